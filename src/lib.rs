@@ -1,3 +1,6 @@
 //! condlm: conditional language models P(y | x) — load real checkpoints, score, train, generate.
+pub mod data;
 pub mod kernels;
 pub mod model;
+pub mod output;
+pub mod score;

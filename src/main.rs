@@ -1,3 +1,32 @@
+use clap::{Parser, Subcommand};
+
+mod cli;
+
+/// condlm — conditional language models P(y | x) on real checkpoints: score, evaluate, train, generate.
+#[derive(Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Args {
+    /// Worker threads for the math (default: all cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Score(cli::score::ScoreArgs),
+    Info(cli::info::InfoArgs),
+}
+
 fn main() {
-    println!("Hello, world!");
+    let args = Args::parse();
+    let result = cli::init_threads(args.threads).and_then(|()| match args.command {
+        Command::Score(a) => cli::score::run(a),
+        Command::Info(a) => cli::info::run(a),
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

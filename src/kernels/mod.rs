@@ -1,1 +1,8 @@
-//! CPU kernels.
+//! CPU kernels. Each op's forward lives beside its backward; shapes are in the doc comments.
+pub mod activation;
+pub mod attention;
+pub mod embedding;
+pub mod lm_head;
+pub mod matmul;
+pub mod norm;
+pub mod rope;

@@ -1,1 +1,362 @@
-//! (being written)
+//! A `tokenizers::Tokenizer` rebuilt from the tokenizer metadata of a GGUF file.
+//!
+//! A GGUF carries no `tokenizer.json`: it stores the vocabulary, the merges, the token types and the
+//! special token ids under llama.cpp's `tokenizer.ggml.*` keys. This module turns that data (already
+//! parsed, see [`GgufVocab`]) into a tokenizer whose ids are identical to what transformers gives for
+//! the same file (`AutoTokenizer.from_pretrained(dir, gguf_file=...)`, transformers 5.x,
+//! `transformers/integrations/gguf/gguf_tokenizer_mapping.py`), which is the reference the tests check
+//! against (`tests/gguf_tokenizer.rs`, fixtures written by `tests/fixtures/make_tokenizer_fixtures.py`).
+//!
+//! What transformers builds for `tokenizer.ggml.model = "gpt2"` (byte-level BPE), and so what we build:
+//! - model: BPE over `tokenizer.ggml.tokens` (id = position) and `tokenizer.ggml.merges` (rank =
+//!   position), no unk token, no dropout, no byte fallback. A token that is not spelled in the
+//!   byte-level alphabet is re-spelled into it (its UTF-8 bytes mapped through GPT-2's
+//!   `bytes_to_unicode`), see the exception for special tokens below.
+//! - no normalizer.
+//! - pre-tokenizer: for the `tokenizer.ggml.pre` values in [`split_regex_for_pre`] (Llama 3, Qwen2,
+//!   Qwen3.5, Tekken, GPT-4o families) `Sequence[Split(regex, Isolated), ByteLevel(add_prefix_space =
+//!   false, use_regex = false)]`; for every other value (including "gpt2", "smollm", "default",
+//!   "starcoder", a missing key, an unknown name) plain `ByteLevel(add_prefix_space = false,
+//!   use_regex = true)`, i.e. the GPT-2 regex.
+//! - added tokens: CONTROL tokens (type 3) as special tokens, USER_DEFINED tokens (type 4) as plain
+//!   (non-special) added tokens, and the tokens named by `bos/eos/unknown/padding_token_id` as
+//!   special tokens; all with `normalized = false`, no strip, so "<|im_start|>" in text is one id.
+//! - post-processor: `TemplateProcessing` `[BOS] $A [EOS]` / `[BOS] $A [EOS] [BOS] $B [EOS]` (type
+//!   ids 0 for the first sequence, 1 for the second), BOS only when `tokenizer.ggml.add_bos_token` is
+//!   true, EOS only when `tokenizer.ggml.add_eos_token` is true; a missing key means false.
+//! - decoder: ByteLevel.
+//!
+//! Where llama.cpp itself differs (it does not matter for ids against transformers, but explains why
+//! llama.cpp may tokenize a few strings differently from us):
+//! - "smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva": llama.cpp first
+//!   splits every digit on its own (`\p{N}`) and then applies the GPT-2 regex; transformers uses the
+//!   GPT-2 regex alone (the original SmolLM tokenizer.json also splits digits individually). For
+//!   SmolLM2's real vocabulary this makes no difference because its merges never join a digit to
+//!   anything, so the BPE ends at single digits either way.
+//! - "gpt2", "mpt", "olmo", "jais": llama.cpp's GPT-2 regex lacks the trailing `|\s+` alternative
+//!   that the `tokenizers` ByteLevel regex has (whitespace at the very end of a string).
+//! - "default" (a BPE file without a known pre type): llama.cpp runs four regexes (punctuation runs,
+//!   the GPT-2 regex, digit runs, 3-digit groups); transformers uses plain ByteLevel.
+//! - "llama-bpe"/"llama3" and "qwen2": llama.cpp uses the same regexes (with the `(?i:...)`
+//!   contraction group spelled out as character classes). The original Qwen2 tokenizer.json also has
+//!   an NFC normalizer, which neither llama.cpp nor transformers' GGUF path applies.
+//!
+//! One deliberate difference from transformers: a CONTROL or USER_DEFINED token, or the token named by
+//! a `*_token_id` key, that is not spelled in the byte-level alphabet (DeepSeek's
+//! "<｜begin▁of▁sentence｜>", whitespace-run tokens) is kept verbatim at its own id and matched in
+//! text, as llama.cpp and the model's original tokenizer.json do. transformers instead re-spells it,
+//! drops it from the special tokens, and (for a named special token) adds the verbatim string again
+//! under a new id past the end of the embedding matrix. Every in-alphabet token, which is every
+//! special token of GPT-2, Llama 3, Qwen2 and SmolLM files, is treated exactly as transformers does.
+//!
+//! `tokenizer.ggml.model = "llama"` (SentencePiece) and the others are not supported yet.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use serde::{Deserialize, Serialize};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::{BPE, Vocab};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::template::TemplateProcessing;
+use tokenizers::{
+    AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+    Tokenizer,
+};
+
+/// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
+pub mod token_type {
+    pub const NORMAL: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const CONTROL: i32 = 3;
+    pub const USER_DEFINED: i32 = 4;
+    pub const UNUSED: i32 = 5;
+    pub const BYTE: i32 = 6;
+}
+
+/// The tokenizer metadata of a GGUF file, as plain data (the `tokenizer.ggml.*` keys).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GgufVocab {
+    /// `tokenizer.ggml.model`, e.g. "gpt2" (byte-level BPE) or "llama" (SentencePiece).
+    pub model: String,
+    /// `tokenizer.ggml.pre`, e.g. "smollm", "gpt2", "llama-bpe", "qwen2", "default".
+    pub pre: Option<String>,
+    /// `tokenizer.ggml.tokens`; a token's id is its position.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.token_type` (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
+    /// 6 byte); may be empty.
+    pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.merges`, each "left right", best first.
+    pub merges: Vec<String>,
+    /// `tokenizer.ggml.bos_token_id`.
+    pub bos_id: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id`.
+    pub eos_id: Option<u32>,
+    /// `tokenizer.ggml.unknown_token_id`.
+    pub unk_id: Option<u32>,
+    /// `tokenizer.ggml.padding_token_id`.
+    pub pad_id: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token`.
+    pub add_bos: Option<bool>,
+    /// `tokenizer.ggml.add_eos_token`.
+    pub add_eos: Option<bool>,
+}
+
+/// The split regex transformers puts in front of `ByteLevel` for a `tokenizer.ggml.pre` value, or
+/// `None` when it uses plain `ByteLevel` (GPT-2 regex). Copied from transformers'
+/// `GGUF_PRE_TOKENIZER_SPLITS` (transformers 5.x).
+pub fn split_regex_for_pre(pre: &str) -> Option<&'static str> {
+    const LLAMA3: &str = concat!(
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}",
+        r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    );
+    const QWEN2: &str = concat!(
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}",
+        r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    );
+    const QWEN35: &str = concat!(
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}",
+        r"| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    );
+    const TEKKEN: &str = concat!(
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+",
+        r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*",
+        r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    );
+    const GPT4O: &str = concat!(
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    );
+    Some(match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3,
+        "tekken" => TEKKEN,
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => QWEN2,
+        "qwen35" => QWEN35,
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => GPT4O,
+        _ => return None,
+    })
+}
+
+/// GPT-2's `bytes_to_unicode`: the printable character each byte is spelled with in a byte-level
+/// vocabulary.
+fn bytes_to_unicode() -> [char; 256] {
+    let mut table = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        table[b as usize] = if printable {
+            char::from(b)
+        } else {
+            let c = char::from_u32(next).expect("valid code point");
+            next += 1;
+            c
+        };
+    }
+    table
+}
+
+/// Builds the tokenizer transformers would build from this GGUF tokenizer metadata.
+pub fn tokenizer_from_gguf_vocab(v: &GgufVocab) -> Result<Tokenizer> {
+    match v.model.as_str() {
+        "gpt2" => byte_level_bpe(v),
+        "llama" => bail!(
+            "tokenizer.ggml.model = \"llama\" (SentencePiece) is not supported yet; \
+             only \"gpt2\" (byte-level BPE) vocabularies can be loaded from GGUF for now"
+        ),
+        "" => bail!("tokenizer.ggml.model is missing or empty"),
+        other => bail!(
+            "tokenizer.ggml.model = {other:?} is not supported; only \"gpt2\" (byte-level BPE) is"
+        ),
+    }
+}
+
+fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
+    let n = v.tokens.len();
+    ensure!(n > 0, "tokenizer.ggml.tokens is empty");
+    ensure!(
+        u32::try_from(n).is_ok(),
+        "tokenizer.ggml.tokens has {n} entries, more than a u32 id can address"
+    );
+    ensure!(
+        v.token_types.is_empty() || v.token_types.len() == n,
+        "tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {n}",
+        v.token_types.len()
+    );
+    let named = [
+        ("tokenizer.ggml.bos_token_id", v.bos_id),
+        ("tokenizer.ggml.eos_token_id", v.eos_id),
+        ("tokenizer.ggml.unknown_token_id", v.unk_id),
+        ("tokenizer.ggml.padding_token_id", v.pad_id),
+    ];
+    for (key, id) in named {
+        if let Some(id) = id {
+            ensure!(
+                (id as usize) < n,
+                "{key} = {id} is out of range: tokenizer.ggml.tokens has {n} entries"
+            );
+        }
+    }
+    let ttype = |i: usize| v.token_types.get(i).copied().unwrap_or(token_type::NORMAL);
+    let named_ids: HashSet<u32> = named.iter().filter_map(|(_, id)| *id).collect();
+
+    // The vocabulary, re-spelled into the byte-level alphabet where needed (transformers'
+    // `byte_level_tokenizer`). Special tokens (see the module docs) stay verbatim.
+    let spelling = bytes_to_unicode();
+    let alphabet: HashSet<char> = spelling.iter().copied().collect();
+    let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
+    let is_added = |i: usize| {
+        matches!(ttype(i), token_type::CONTROL | token_type::USER_DEFINED)
+            || named_ids.contains(&(i as u32))
+    };
+    let mut vocab = Vocab::default();
+    for (i, token) in v.tokens.iter().enumerate() {
+        let spelled = if in_alphabet(token) || is_added(i) {
+            token.clone()
+        } else {
+            token.bytes().map(|b| spelling[b as usize]).collect()
+        };
+        // Like a Python dict built in order: a later duplicate wins.
+        vocab.insert(spelled, i as u32);
+    }
+
+    let mut merges = Vec::with_capacity(v.merges.len());
+    for (rank, merge) in v.merges.iter().enumerate() {
+        let (a, b) = match merge.split_once(' ') {
+            Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => (a, b),
+            _ => bail!(
+                "tokenizer.ggml.merges[{rank}] = {merge:?} is not two tokens separated by one space"
+            ),
+        };
+        for part in [a, b] {
+            ensure!(
+                vocab.contains_key(part),
+                "tokenizer.ggml.merges[{rank}] = {merge:?} refers to {part:?}, \
+                 which is not in tokenizer.ggml.tokens"
+            );
+        }
+        let joined = format!("{a}{b}");
+        ensure!(
+            vocab.contains_key(&joined),
+            "tokenizer.ggml.merges[{rank}] = {merge:?} produces {joined:?}, \
+             which is not in tokenizer.ggml.tokens"
+        );
+        merges.push((a.to_string(), b.to_string()));
+    }
+
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .fuse_unk(false)
+        .build()
+        .map_err(|e| anyhow!("building the BPE model from tokenizer.ggml.tokens/merges: {e}"))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+
+    let pre_tokenizer = match v.pre.as_deref().and_then(split_regex_for_pre) {
+        Some(regex) => {
+            let split = Split::new(
+                SplitPattern::Regex(regex.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| anyhow!("compiling the split regex for tokenizer.ggml.pre: {e}"))?;
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Split(split),
+                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
+            ]))
+        }
+        None => PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
+    };
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
+    tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
+
+    // Added tokens, in transformers' order: control tokens (special), user-defined tokens (not
+    // special), then the named special tokens not added yet (special).
+    let control: Vec<AddedToken> = (0..n)
+        .filter(|&i| ttype(i) == token_type::CONTROL)
+        .map(|i| AddedToken::from(v.tokens[i].clone(), true).normalized(false))
+        .collect();
+    tokenizer
+        .add_special_tokens(control)
+        .map_err(|e| anyhow!("adding the CONTROL tokens of tokenizer.ggml.token_type: {e}"))?;
+    let user: Vec<AddedToken> = (0..n)
+        .filter(|&i| ttype(i) == token_type::USER_DEFINED)
+        .map(|i| AddedToken::from(v.tokens[i].clone(), false).normalized(false))
+        .collect();
+    tokenizer
+        .add_tokens(user)
+        .map_err(|e| anyhow!("adding the USER_DEFINED tokens of tokenizer.ggml.token_type: {e}"))?;
+    let already: HashSet<String> = tokenizer
+        .get_added_tokens_decoder()
+        .into_values()
+        .map(|t| t.content)
+        .collect();
+    let mut named_tokens: Vec<AddedToken> = Vec::new();
+    for (_, id) in named {
+        if let Some(id) = id {
+            let content = &v.tokens[id as usize];
+            if !already.contains(content) && !named_tokens.iter().any(|t| &t.content == content) {
+                named_tokens.push(AddedToken::from(content.clone(), true).normalized(false));
+            }
+        }
+    }
+    tokenizer
+        .add_special_tokens(named_tokens)
+        .map_err(|e| anyhow!("adding the tokens named by tokenizer.ggml.*_token_id: {e}"))?;
+    // Adding a token whose text is in the vocabulary reuses that id; anything else would be a new
+    // id past the embedding matrix, which we never want.
+    ensure!(
+        tokenizer.get_vocab_size(true) == tokenizer.get_vocab_size(false),
+        "internal error: an added token got an id past tokenizer.ggml.tokens"
+    );
+
+    let add_bos = v.add_bos.unwrap_or(false);
+    let add_eos = v.add_eos.unwrap_or(false);
+    // transformers silently drops add_bos/add_eos when there is no such token.
+    let bos = v.bos_id.filter(|_| add_bos);
+    let eos = v.eos_id.filter(|_| add_eos);
+    tokenizer.with_post_processor(Some(PostProcessorWrapper::Template(template(v, bos, eos)?)));
+    Ok(tokenizer)
+}
+
+/// transformers' `update_post_processor`: `[BOS]:0 $A:0 [EOS]:0` and, for pairs, that followed by
+/// `[BOS]:1 $B:1 [EOS]:1`. Built through serde so token texts with spaces or colons are safe.
+fn template(v: &GgufVocab, bos: Option<u32>, eos: Option<u32>) -> Result<TemplateProcessing> {
+    let special = |id: u32, type_id: u32| serde_json::json!({"SpecialToken": {"id": v.tokens[id as usize], "type_id": type_id}});
+    let sequence =
+        |seq: &str, type_id: u32| serde_json::json!({"Sequence": {"id": seq, "type_id": type_id}});
+    let mut single = Vec::new();
+    let mut pair = Vec::new();
+    for (seq, type_id) in [("A", 0u32), ("B", 1u32)] {
+        let mut part = Vec::new();
+        if let Some(id) = bos {
+            part.push(special(id, type_id));
+        }
+        part.push(sequence(seq, type_id));
+        if let Some(id) = eos {
+            part.push(special(id, type_id));
+        }
+        if seq == "A" {
+            single = part.clone();
+        }
+        pair.extend(part);
+    }
+    let mut special_tokens = HashMap::new();
+    for id in [bos, eos].into_iter().flatten() {
+        let text = &v.tokens[id as usize];
+        special_tokens.insert(
+            text.clone(),
+            serde_json::json!({"id": text, "ids": [id], "tokens": [text]}),
+        );
+    }
+    let json = serde_json::json!({
+        "type": "TemplateProcessing",
+        "single": single,
+        "pair": pair,
+        "special_tokens": special_tokens,
+    });
+    serde_json::from_value(json).context("building the BOS/EOS post-processor")
+}

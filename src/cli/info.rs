@@ -1,0 +1,60 @@
+//! `condlm info`: what a checkpoint is — architecture, sizes, tensors, tokenizer.
+use anyhow::Result;
+use clap::Args;
+use condlm::model::checkpoint::{load_tokenizer, open_weights};
+use condlm::model::resolve::resolve;
+use condlm::model::weights::Weights;
+use std::collections::BTreeMap;
+
+/// Describe a checkpoint: architecture, layer/head/hidden sizes, parameters, tensor types, tokenizer.
+#[derive(Args)]
+pub struct InfoArgs {
+    /// An HF checkpoint folder, a .gguf file, or a hub id org/name.
+    model: String,
+    /// Also list every tensor with its shape and type.
+    #[arg(long)]
+    tensors: bool,
+}
+
+pub fn run(a: InfoArgs) -> Result<()> {
+    let files = resolve(&a.model)?;
+    let (c, weights) = open_weights(&files)?;
+    let tok = load_tokenizer(&files, &c, &weights)?;
+    println!("model         {}", files.path().display());
+    println!("architecture  {} ({:?} family)", c.architecture, c.family);
+    println!("layers        {}", c.num_layers);
+    println!("hidden        {} (intermediate {})", c.hidden_size, c.intermediate_size);
+    println!("heads         {} query, {} key/value, head dim {}", c.num_heads, c.num_kv_heads, c.head_dim);
+    println!("parameters    {} ({:.1} M)", c.num_parameters(), c.num_parameters() as f64 / 1e6);
+    println!("context       {} positions", c.max_positions);
+    println!("vocabulary    {} (tokenizer: {})", c.vocab_size, tok.vocab_size());
+    println!("tied head     {}", c.tie_embeddings);
+    let name = |id: u32| tok.inner.id_to_token(id).unwrap_or_else(|| "?".into());
+    let bos = tok.prefix.iter().map(|&i| format!("{} ({i})", name(i))).collect::<Vec<_>>().join(" ");
+    println!("BOS added     {}", if bos.is_empty() { "none".into() } else { bos });
+    println!("EOS           {} ({})", name(tok.eos_id), tok.eos_id);
+    println!("chat template {}", if tok.chat_template.is_some() { "present" } else { "absent" });
+    let mut rows: Vec<(String, Vec<usize>, String)> = match &weights {
+        Weights::Safetensors { files, .. } => {
+            files.summaries().into_iter().map(|s| (s.name, s.shape, s.dtype)).collect()
+        }
+        Weights::Gguf { file, .. } => file
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.dims.iter().map(|&d| d as usize).collect(), t.ty.name().to_string()))
+            .collect(),
+    };
+    rows.sort();
+    let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
+    for (_, _, ty) in &rows {
+        *by_type.entry(ty).or_default() += 1;
+    }
+    let types: Vec<String> = by_type.iter().map(|(t, n)| format!("{t} ×{n}")).collect();
+    println!("tensors       {} ({})", rows.len(), types.join(", "));
+    if a.tensors {
+        for (n, shape, ty) in &rows {
+            println!("  {n:50} {ty:6} {shape:?}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,2 @@
+//! Datasets of (x, y) pairs.
+pub mod rows;

@@ -1,0 +1,155 @@
+//! The one GEMM entry point of the engine: strided f32 views over slices, checked bounds,
+//! and the `gemm` crate underneath (AVX-512/AVX2/FMA picked at run time).
+
+/// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
+#[derive(Clone, Copy)]
+pub struct Mat<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> Mat<'a> {
+    /// A dense row-major (rows, cols) matrix.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Mat { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose, as a view (no copy).
+    pub fn t(self) -> Self {
+        Mat {
+            data: self.data,
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+        }
+    }
+
+    fn check(&self, what: &str) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
+            assert!(last < self.data.len(), "matmul: {what} view out of bounds");
+        }
+    }
+}
+
+/// A mutable row-major view with a row stride (lets a GEMM write a column block of a wider buffer).
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+}
+
+impl<'a> MatMut<'a> {
+    pub fn new(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        MatMut { data, rows, cols, row_stride: cols }
+    }
+}
+
+/// `out = a · b` (or `out += a · b` when `accumulate`).
+pub fn matmul(out: MatMut, a: Mat, b: Mat, accumulate: bool) {
+    assert!(a.cols == b.rows && out.rows == a.rows && out.cols == b.cols, "matmul: shape mismatch");
+    a.check("lhs");
+    b.check("rhs");
+    if out.rows > 0 && out.cols > 0 {
+        assert!((out.rows - 1) * out.row_stride + out.cols <= out.data.len(), "matmul: dst out of bounds");
+    }
+    let (m, n, k) = (a.rows, b.cols, a.cols);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                out.data[r * out.row_stride..r * out.row_stride + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    // Small products lose more to thread hand-off than they gain.
+    let parallelism = if m * n * k >= 1 << 18 && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: every view was bounds-checked above for the index range the GEMM touches,
+    // and `out` is borrowed mutably so it cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.data.as_mut_ptr(),
+            1,
+            out.row_stride as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: Mat, b: Mat) -> Vec<f32> {
+        let mut out = vec![0.0; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                let mut s = 0.0f64;
+                for p in 0..a.cols {
+                    s += a.data[i * a.row_stride + p * a.col_stride] as f64
+                        * b.data[p * b.row_stride + j * b.col_stride] as f64;
+                }
+                out[i * b.cols + j] = s as f32;
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn matches_naive_for_transposed_and_strided_views() {
+        let a: Vec<f32> = (0..7 * 5).map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0).collect();
+        let w: Vec<f32> = (0..9 * 5).map(|i| ((i * 13 % 7) as f32 - 3.0) / 2.0).collect();
+        // x (7,5) · Wᵀ where W is (9,5), written into columns 2..11 of a (7,12) buffer.
+        let mut buf = vec![1.0; 7 * 12];
+        matmul(
+            MatMut { data: &mut buf[2..], rows: 7, cols: 9, row_stride: 12 },
+            Mat::new(&a, 7, 5),
+            Mat::new(&w, 9, 5).t(),
+            false,
+        );
+        let want = naive(Mat::new(&a, 7, 5), Mat::new(&w, 9, 5).t());
+        for r in 0..7 {
+            assert_eq!(&buf[r * 12..r * 12 + 2], &[1.0, 1.0]);
+            assert_eq!(buf[r * 12 + 11], 1.0);
+            for c in 0..9 {
+                assert!((buf[r * 12 + 2 + c] - want[r * 9 + c]).abs() < 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn accumulate_adds_to_destination() {
+        let a = vec![1.0, 2.0, 3.0, 4.0];
+        let b = vec![1.0, 0.0, 0.0, 1.0];
+        let mut out = vec![10.0; 4];
+        matmul(MatMut::new(&mut out, 2, 2), Mat::new(&a, 2, 2), Mat::new(&b, 2, 2), true);
+        assert_eq!(out, vec![11.0, 12.0, 13.0, 14.0]);
+    }
+}

@@ -1,0 +1,368 @@
+//! One `Config` for every supported architecture, read from an HF `config.json` or GGUF metadata.
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+use std::path::Path;
+
+/// The two families the engine implements. Llama covers Llama 2/3, SmolLM2 and Mistral;
+/// Qwen2 is the Llama block with q/k/v biases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// RMSNorm, RoPE, SwiGLU MLP, separate q/k/v projections.
+    Llama,
+    /// LayerNorm, learned positions, GELU-tanh MLP, fused c_attn, biases everywhere.
+    Gpt2,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The architecture name as the checkpoint gives it, e.g. "LlamaForCausalLM" or GGUF "llama".
+    pub architecture: String,
+    pub family: Family,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_positions: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Biases on q/k/v (Qwen2, or Llama's `attention_bias`); GPT-2 has all biases regardless.
+    pub qkv_bias: bool,
+    /// Bias on the attention output projection (Llama's `attention_bias` also covers o_proj).
+    pub o_bias: bool,
+    pub mlp_bias: bool,
+    pub tie_embeddings: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// Llama 3.1's frequency-dependent RoPE rescaling (`rope_scaling.rope_type == "llama3"`).
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+pub struct Llama3RopeScaling {
+    pub factor: f32,
+    pub low_freq_factor: f32,
+    pub high_freq_factor: f32,
+    pub original_max_position_embeddings: f32,
+}
+
+/// The subset of HF config.json keys the supported models use (Llama/Mistral/Qwen2 and GPT-2 names).
+#[derive(Deserialize)]
+struct HfConfig {
+    #[serde(default)]
+    architectures: Vec<String>,
+    model_type: Option<String>,
+    hidden_size: Option<usize>,
+    intermediate_size: Option<usize>,
+    num_hidden_layers: Option<usize>,
+    num_attention_heads: Option<usize>,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    vocab_size: Option<usize>,
+    max_position_embeddings: Option<usize>,
+    rms_norm_eps: Option<f32>,
+    rope_theta: Option<f32>,
+    rope_scaling: Option<serde_json::Value>,
+    /// transformers ≥ 5 nests rope_theta and the scaling type here.
+    rope_parameters: Option<serde_json::Value>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    tie_word_embeddings: Option<bool>,
+    bos_token_id: Option<serde_json::Value>,
+    eos_token_id: Option<serde_json::Value>,
+    hidden_act: Option<String>,
+    // GPT-2 names
+    n_embd: Option<usize>,
+    n_layer: Option<usize>,
+    n_head: Option<usize>,
+    n_inner: Option<usize>,
+    n_positions: Option<usize>,
+    layer_norm_epsilon: Option<f32>,
+    activation_function: Option<String>,
+}
+
+const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel";
+
+fn need<T>(v: Option<T>, key: &str, path: &Path) -> Result<T> {
+    v.with_context(|| format!("{}: missing required key \"{key}\"", path.display()))
+}
+
+/// Token ids in config.json are a number, a list of numbers, or null.
+fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        _ => vec![],
+    }
+}
+
+impl Config {
+    /// Reads an HF `config.json`.
+    pub fn from_hf_json(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let c: HfConfig = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a valid Hugging Face config.json", path.display()))?;
+        let architecture = c
+            .architectures
+            .first()
+            .cloned()
+            .or(c.model_type.clone())
+            .with_context(|| format!("{}: neither \"architectures\" nor \"model_type\" is set", path.display()))?;
+        let family = match architecture.as_str() {
+            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "llama" | "mistral" | "qwen2" => {
+                Family::Llama
+            }
+            "GPT2LMHeadModel" | "gpt2" => Family::Gpt2,
+            other => bail!(
+                "{}: architecture \"{other}\" is not supported (supported: {SUPPORTED})",
+                path.display()
+            ),
+        };
+        let is_qwen2 = architecture.to_lowercase().starts_with("qwen2");
+        let bos = token_ids(&c.bos_token_id).first().copied();
+        let eos = token_ids(&c.eos_token_id);
+        let cfg = match family {
+            Family::Llama => {
+                if let Some(act) = &c.hidden_act
+                    && act != "silu"
+                {
+                    bail!("{}: hidden_act \"{act}\" is not supported (only \"silu\")", path.display());
+                }
+                let hidden = need(c.hidden_size, "hidden_size", path)?;
+                let heads = need(c.num_attention_heads, "num_attention_heads", path)?;
+                let attention_bias = c.attention_bias.unwrap_or(false);
+                Config {
+                    architecture,
+                    family,
+                    hidden_size: hidden,
+                    intermediate_size: need(c.intermediate_size, "intermediate_size", path)?,
+                    num_layers: need(c.num_hidden_layers, "num_hidden_layers", path)?,
+                    num_heads: heads,
+                    num_kv_heads: c.num_key_value_heads.unwrap_or(heads),
+                    head_dim: c.head_dim.unwrap_or(hidden / heads.max(1)),
+                    vocab_size: need(c.vocab_size, "vocab_size", path)?,
+                    max_positions: c.max_position_embeddings.unwrap_or(2048),
+                    norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
+                    rope_theta: c
+                        .rope_theta
+                        .or_else(|| c.rope_parameters.as_ref()?.get("rope_theta")?.as_f64().map(|v| v as f32))
+                        .unwrap_or(10000.0),
+                    rope_scaling: parse_rope_scaling(c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()), path)?,
+                    qkv_bias: is_qwen2 || attention_bias,
+                    o_bias: attention_bias,
+                    mlp_bias: c.mlp_bias.unwrap_or(false),
+                    tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
+                    bos_token_id: bos,
+                    eos_token_ids: eos,
+                }
+            }
+            Family::Gpt2 => {
+                if let Some(act) = &c.activation_function
+                    && !matches!(act.as_str(), "gelu_new" | "gelu_pytorch_tanh")
+                {
+                    bail!(
+                        "{}: activation_function \"{act}\" is not supported (only gelu_new / gelu_pytorch_tanh)",
+                        path.display()
+                    );
+                }
+                let hidden = need(c.n_embd, "n_embd", path)?;
+                let heads = need(c.n_head, "n_head", path)?;
+                Config {
+                    architecture,
+                    family,
+                    hidden_size: hidden,
+                    intermediate_size: c.n_inner.unwrap_or(4 * hidden),
+                    num_layers: need(c.n_layer, "n_layer", path)?,
+                    num_heads: heads,
+                    num_kv_heads: heads,
+                    head_dim: hidden / heads.max(1),
+                    vocab_size: need(c.vocab_size, "vocab_size", path)?,
+                    max_positions: need(c.n_positions, "n_positions", path)?,
+                    norm_eps: c.layer_norm_epsilon.unwrap_or(1e-5),
+                    rope_theta: 0.0,
+                    rope_scaling: None,
+                    qkv_bias: true,
+                    o_bias: true,
+                    mlp_bias: true,
+                    tie_embeddings: c.tie_word_embeddings.unwrap_or(true),
+                    bos_token_id: bos,
+                    eos_token_ids: eos,
+                }
+            }
+        };
+        cfg.validate().with_context(|| format!("{}: inconsistent model config", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks the shape relations the kernels rely on.
+    pub fn validate(&self) -> Result<()> {
+        let nonzero = [
+            ("hidden size", self.hidden_size),
+            ("intermediate size", self.intermediate_size),
+            ("layers", self.num_layers),
+            ("attention heads", self.num_heads),
+            ("key/value heads", self.num_kv_heads),
+            ("head dim", self.head_dim),
+            ("vocab size", self.vocab_size),
+            ("max positions", self.max_positions),
+        ];
+        for (what, v) in nonzero {
+            if v == 0 {
+                bail!("{what} is 0");
+            }
+        }
+        if self.num_heads % self.num_kv_heads != 0 {
+            bail!("{} attention heads are not a multiple of {} key/value heads", self.num_heads, self.num_kv_heads);
+        }
+        if self.family == Family::Llama && self.head_dim % 2 != 0 {
+            bail!("RoPE needs an even head dim, got {}", self.head_dim);
+        }
+        if self.family == Family::Gpt2 && self.num_heads * self.head_dim != self.hidden_size {
+            bail!("n_embd {} is not divisible by n_head {}", self.hidden_size, self.num_heads);
+        }
+        Ok(())
+    }
+
+    /// RoPE inverse frequencies (head_dim/2), as transformers computes them in f32.
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let d = self.head_dim;
+        let base: Vec<f32> =
+            (0..d / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
+        match &self.rope_scaling {
+            None => base,
+            Some(s) => base.into_iter().map(|f| s.scale(f)).collect(),
+        }
+    }
+
+    /// Parameter count as the checkpoint stores it (tied head counted once).
+    pub fn num_parameters(&self) -> usize {
+        let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let (q, kv) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
+        let head = if self.tie_embeddings { 0 } else { v * d };
+        let per_layer = match self.family {
+            Family::Llama => {
+                let attn = d * (q + 2 * kv) + q * d;
+                let bias = if self.qkv_bias { q + 2 * kv } else { 0 } + if self.o_bias { d } else { 0 };
+                let mlp = 3 * d * f + if self.mlp_bias { 2 * f + d } else { 0 };
+                attn + bias + mlp + 2 * d
+            }
+            Family::Gpt2 => (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d) + 4 * d,
+        };
+        let norms = match self.family {
+            Family::Llama => d,
+            Family::Gpt2 => 2 * d + self.max_positions * d,
+        };
+        v * d + head + self.num_layers * per_layer + norms
+    }
+}
+
+fn parse_rope_scaling(v: Option<&serde_json::Value>, path: &Path) -> Result<Option<Llama3RopeScaling>> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
+    let kind = v.get("rope_type").or(v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
+    match kind {
+        "default" => Ok(None),
+        "llama3" => serde_json::from_value(v.clone())
+            .map(Some)
+            .with_context(|| format!("{}: rope_scaling of type llama3 lacks a field", path.display())),
+        other => bail!(
+            "{}: rope_scaling type \"{other}\" is not supported (supported: llama3, or none)",
+            path.display()
+        ),
+    }
+}
+
+impl Llama3RopeScaling {
+    /// Scales one inverse frequency the way transformers' `_compute_llama3_parameters` does.
+    fn scale(&self, inv_freq: f32) -> f32 {
+        let two_pi = 2.0 * std::f32::consts::PI;
+        let low_wavelen = self.original_max_position_embeddings / self.low_freq_factor;
+        let high_wavelen = self.original_max_position_embeddings / self.high_freq_factor;
+        let wavelen = two_pi / inv_freq;
+        if wavelen < high_wavelen {
+            inv_freq
+        } else if wavelen > low_wavelen {
+            inv_freq / self.factor
+        } else {
+            let smooth = (self.original_max_position_embeddings / wavelen - self.low_freq_factor)
+                / (self.high_freq_factor - self.low_freq_factor);
+            (1.0 - smooth) * inv_freq / self.factor + smooth * inv_freq
+        }
+    }
+}
+
+impl Config {
+    /// Reads GGUF metadata (`general.architecture` and its `<arch>.*` keys) and tensor presence.
+    pub fn from_gguf(g: &super::gguf::GgufFile, path: &Path) -> Result<Config> {
+        let arch = g.get_str("general.architecture")?.to_string();
+        let family = match arch.as_str() {
+            "llama" | "qwen2" => Family::Llama,
+            "gpt2" => Family::Gpt2,
+            other => bail!(
+                "{}: GGUF architecture \"{other}\" is not supported (supported: llama, qwen2, gpt2)",
+                path.display()
+            ),
+        };
+        if g.tensor("rope_freqs.weight").is_some() {
+            bail!("{}: per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 scaling) are not supported yet", path.display());
+        }
+        let key = |k: &str| format!("{arch}.{k}");
+        let hidden = g.get_usize(&key("embedding_length"))?;
+        let heads = g.get_usize(&key("attention.head_count"))?;
+        let kv_heads = if g.get(&key("attention.head_count_kv")).is_some() {
+            g.get_usize(&key("attention.head_count_kv"))?
+        } else {
+            heads
+        };
+        let head_dim = if g.get(&key("attention.key_length")).is_some() {
+            g.get_usize(&key("attention.key_length"))?
+        } else {
+            hidden / heads.max(1)
+        };
+        let vocab_size = match g.get(&key("vocab_size")) {
+            Some(_) => g.get_usize(&key("vocab_size"))?,
+            None => g
+                .tensor("token_embd.weight")
+                .and_then(|t| t.dims.get(1).copied())
+                .with_context(|| format!("{}: no vocab size and no token_embd.weight tensor", path.display()))?
+                as usize,
+        };
+        let eps_key = match family {
+            Family::Llama => key("attention.layer_norm_rms_epsilon"),
+            Family::Gpt2 => key("attention.layer_norm_epsilon"),
+        };
+        let token = |k: &str| -> Result<Option<u32>> {
+            match g.get(k) {
+                Some(_) => Ok(Some(g.get_u32(k)?)),
+                None => Ok(None),
+            }
+        };
+        let cfg = Config {
+            family,
+            hidden_size: hidden,
+            intermediate_size: g.get_usize(&key("feed_forward_length"))?,
+            num_layers: g.get_usize(&key("block_count"))?,
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim,
+            vocab_size,
+            max_positions: g.get_usize(&key("context_length"))?,
+            norm_eps: g.get_f32(&eps_key)?,
+            rope_theta: match g.get(&key("rope.freq_base")) {
+                Some(_) => g.get_f32(&key("rope.freq_base"))?,
+                None => 10000.0,
+            },
+            rope_scaling: None,
+            qkv_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_q.bias").is_some(),
+            o_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_output.bias").is_some(),
+            mlp_bias: family == Family::Gpt2 || g.tensor("blk.0.ffn_up.bias").is_some(),
+            tie_embeddings: g.tensor("output.weight").is_none(),
+            bos_token_id: token("tokenizer.ggml.bos_token_id")?,
+            eos_token_ids: token("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
+            architecture: arch,
+        };
+        cfg.validate().with_context(|| format!("{}: inconsistent model metadata", path.display()))?;
+        Ok(cfg)
+    }
+}

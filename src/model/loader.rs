@@ -1,0 +1,156 @@
+//! Builds a `Transformer` from a `Config` and `Weights`, checking every tensor's presence and
+//! shape and refusing tensors the model would silently ignore.
+use super::config::{Config, Family};
+use super::transformer::{Block, Linear, Norm, Transformer};
+use super::weights::{Weights, is_gpt2_conv1d, transpose};
+use anyhow::{Result, bail};
+use std::collections::BTreeSet;
+
+/// Pulls tensors out of a checkpoint by HF name, remembering which were used.
+struct Taker<'a> {
+    weights: &'a Weights,
+    /// Prefix the file uses for GPT-2 ("transformer." or none, as in the original OpenAI upload).
+    file_prefix: String,
+    used: BTreeSet<String>,
+}
+
+impl Taker<'_> {
+    fn file_name(&self, canonical: &str) -> String {
+        match canonical.strip_prefix("transformer.") {
+            Some(rest) => format!("{}{rest}", self.file_prefix),
+            None => canonical.to_string(),
+        }
+    }
+
+    /// The tensor `name` (canonical HF name) with the expected shape, or `None` if absent.
+    fn maybe(&mut self, name: &str, shape: &[usize]) -> Result<Option<Vec<f32>>> {
+        let file_name = self.file_name(name);
+        let Some(t) = self.weights.load(&file_name)? else { return Ok(None) };
+        if t.shape != shape {
+            bail!(
+                "{}: tensor {file_name} has shape {:?}, but the model config implies {:?}; \
+                 the config.json and weights do not belong together",
+                self.weights.path().display(),
+                t.shape,
+                shape
+            );
+        }
+        self.used.insert(file_name);
+        Ok(Some(t.data))
+    }
+
+    fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        match self.maybe(name, shape)? {
+            Some(v) => Ok(v),
+            None => bail!(
+                "{}: tensor {} is missing; the checkpoint is incomplete or not a {} model",
+                self.weights.path().display(),
+                self.file_name(name),
+                "supported"
+            ),
+        }
+    }
+
+    /// A linear layer `module` with HF weight shape (out, in), or (in, out) for GPT-2 Conv1D.
+    fn linear(&mut self, module: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+        let wname = format!("{module}.weight");
+        let w = if is_gpt2_conv1d(&wname) {
+            transpose(&self.take(&wname, &[in_dim, out_dim])?, in_dim, out_dim)
+        } else {
+            self.take(&wname, &[out_dim, in_dim])?
+        };
+        let b = if bias { Some(self.take(&format!("{module}.bias"), &[out_dim])?) } else { None };
+        Ok(Linear { name: module.to_string(), w, b, in_dim, out_dim })
+    }
+
+    fn norm(&mut self, module: &str, dim: usize, bias: bool) -> Result<Norm> {
+        let w = self.take(&format!("{module}.weight"), &[dim])?;
+        let b = if bias { Some(self.take(&format!("{module}.bias"), &[dim])?) } else { None };
+        Ok(Norm { w, b })
+    }
+}
+
+/// Buffers some exporters save that carry no weights.
+fn is_ignorable(name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
+}
+
+pub fn load_transformer(config: Config, weights: &Weights) -> Result<Transformer> {
+    let names = weights.hf_names()?;
+    let gpt2_bare = config.family == Family::Gpt2 && names.iter().any(|n| n == "wte.weight");
+    let mut t = Taker { weights, file_prefix: if gpt2_bare { String::new() } else { "transformer.".into() }, used: BTreeSet::new() };
+    let c = &config;
+    let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
+    let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+    let mut blocks = Vec::with_capacity(c.num_layers);
+    let model = match c.family {
+        Family::Llama => {
+            for i in 0..c.num_layers {
+                let p = format!("model.layers.{i}");
+                blocks.push(Block {
+                    attn_norm: t.norm(&format!("{p}.input_layernorm"), d, false)?,
+                    qkv: vec![
+                        t.linear(&format!("{p}.self_attn.q_proj"), d, q, c.qkv_bias)?,
+                        t.linear(&format!("{p}.self_attn.k_proj"), d, kv, c.qkv_bias)?,
+                        t.linear(&format!("{p}.self_attn.v_proj"), d, kv, c.qkv_bias)?,
+                    ],
+                    o: t.linear(&format!("{p}.self_attn.o_proj"), q, d, c.o_bias)?,
+                    mlp_norm: t.norm(&format!("{p}.post_attention_layernorm"), d, false)?,
+                    gate: Some(t.linear(&format!("{p}.mlp.gate_proj"), d, f, c.mlp_bias)?),
+                    up: t.linear(&format!("{p}.mlp.up_proj"), d, f, c.mlp_bias)?,
+                    down: t.linear(&format!("{p}.mlp.down_proj"), f, d, c.mlp_bias)?,
+                });
+            }
+            Transformer {
+                embed: t.take("model.embed_tokens.weight", &[v, d])?,
+                pos_embed: None,
+                final_norm: t.norm("model.norm", d, false)?,
+                lm_head: lm_head(&mut t, c)?,
+                blocks,
+                config: config.clone(),
+            }
+        }
+        Family::Gpt2 => {
+            for i in 0..c.num_layers {
+                let p = format!("transformer.h.{i}");
+                blocks.push(Block {
+                    attn_norm: t.norm(&format!("{p}.ln_1"), d, true)?,
+                    qkv: vec![t.linear(&format!("{p}.attn.c_attn"), d, q + 2 * kv, true)?],
+                    o: t.linear(&format!("{p}.attn.c_proj"), q, d, true)?,
+                    mlp_norm: t.norm(&format!("{p}.ln_2"), d, true)?,
+                    gate: None,
+                    up: t.linear(&format!("{p}.mlp.c_fc"), d, f, true)?,
+                    down: t.linear(&format!("{p}.mlp.c_proj"), f, d, true)?,
+                });
+            }
+            Transformer {
+                embed: t.take("transformer.wte.weight", &[v, d])?,
+                pos_embed: Some(t.take("transformer.wpe.weight", &[c.max_positions, d])?),
+                final_norm: t.norm("transformer.ln_f", d, true)?,
+                lm_head: lm_head(&mut t, c)?,
+                blocks,
+                config: config.clone(),
+            }
+        }
+    };
+    if let Some(extra) = names.iter().find(|n| !t.used.contains(*n) && !is_ignorable(n)) {
+        bail!(
+            "{}: unknown tensor \"{extra}\" — the {} code path would ignore it and compute a different model; \
+             check that config.json matches the weights",
+            weights.path().display(),
+            c.architecture
+        );
+    }
+    Ok(model)
+}
+
+/// The untied output matrix; a tied model may still store a copy, which is consumed and ignored.
+fn lm_head(t: &mut Taker, c: &Config) -> Result<Option<Vec<f32>>> {
+    let shape = [c.vocab_size, c.hidden_size];
+    if c.tie_embeddings {
+        t.maybe("lm_head.weight", &shape)?;
+        Ok(None)
+    } else {
+        t.take("lm_head.weight", &shape).map(Some)
+    }
+}
