@@ -94,8 +94,5 @@ pub fn score_encoded(
 
 /// Per-token log-probs → row scores.
 pub fn row_scores(token_logprobs: &[Vec<f32>]) -> Vec<RowScore> {
-    token_logprobs
-        .iter()
-        .map(|lp| RowScore { logprob: lp.iter().map(|&v| v as f64).sum(), tokens: lp.len() })
-        .collect()
+    token_logprobs.iter().map(|lp| RowScore { logprob: lp.iter().map(|&v| v as f64).sum(), tokens: lp.len() }).collect()
 }

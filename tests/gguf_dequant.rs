@@ -17,10 +17,7 @@ fn read(name: &str) -> Vec<u8> {
 }
 
 fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 fn assert_bits_eq(got: &[f32], want: &[f32], what: &str) {
@@ -57,11 +54,7 @@ fn parallel_path_is_bit_exact() {
         let raw = read(&format!("{}.bin", ty.name()));
         let want = f32s(&read(&format!("{}.f32", ty.name())));
         let blocks = raw.len() / ty.type_size();
-        let min_blocks: usize = if ty.block_size() == 1 {
-            4096 * 256 * 3 + 5
-        } else {
-            4096 * 3 + 5
-        };
+        let min_blocks: usize = if ty.block_size() == 1 { 4096 * 256 * 3 + 5 } else { 4096 * 3 + 5 };
         let reps = min_blocks.div_ceil(blocks);
         let big_raw = raw.repeat(reps);
         let big_want = want.repeat(reps);
@@ -115,10 +108,7 @@ fn check_meta(got: &MetaValue, want: &Value, ty: &str, key: &str) {
                 check_meta(g, w, t, key);
             }
         }
-        _ => panic!(
-            "{key}: got {} {got}, fixture says {ty} {want}",
-            got.type_name()
-        ),
+        _ => panic!("{key}: got {} {got}, fixture says {ty} {want}", got.type_name()),
     }
 }
 
@@ -150,31 +140,22 @@ fn check_gguf_fixture(stem: &str) {
     assert_eq!(f.get_f32("llama.rope.freq_base").unwrap(), 10000.0);
     assert_eq!(f.get_f32("test.f64").unwrap(), 0.1f64 as f32);
     assert!(f.get_bool("test.bool").unwrap());
-    assert_eq!(
-        f.get_str_array("tokenizer.ggml.tokens").unwrap(),
-        vec!["<s>", "</s>", "a", "b", "Ġhello", ""]
-    );
-    assert_eq!(
-        f.get_i32_array("tokenizer.ggml.token_type").unwrap(),
-        vec![3, 3, 1, 1, 1, -1]
-    );
-    assert_eq!(
-        f.get_f32_array("tokenizer.ggml.scores").unwrap(),
-        vec![0.0, -1.5, 2.25]
-    );
+    assert_eq!(f.get_str_array("tokenizer.ggml.tokens").unwrap(), vec!["<s>", "</s>", "a", "b", "Ġhello", ""]);
+    assert_eq!(f.get_i32_array("tokenizer.ggml.token_type").unwrap(), vec![3, 3, 1, 1, 1, -1]);
+    assert_eq!(f.get_f32_array("tokenizer.ggml.scores").unwrap(), vec![0.0, -1.5, 2.25]);
     assert_eq!(f.opt_u32("llama.nonexistent").unwrap(), None);
     assert_eq!(f.opt_u32("llama.context_length").unwrap(), Some(128));
 
     // typed getter errors name the key and the file
     let p = path.display().to_string();
     for e in [
-        f.get_u32("test.i32").unwrap_err(),       // negative
-        f.get_u32("test.u64").unwrap_err(),       // too large
-        f.get_usize("test.i8").unwrap_err(),      // negative
-        f.get_str("test.u32").unwrap_err(),       // wrong type
-        f.get_u32("no.such.key").unwrap_err(),    // missing
-        f.opt_str("test.bool").unwrap_err(),      // present, wrong type
-        f.get_str_array("test.f32").unwrap_err(), // not an array
+        f.get_u32("test.i32").unwrap_err(),                        // negative
+        f.get_u32("test.u64").unwrap_err(),                        // too large
+        f.get_usize("test.i8").unwrap_err(),                       // negative
+        f.get_str("test.u32").unwrap_err(),                        // wrong type
+        f.get_u32("no.such.key").unwrap_err(),                     // missing
+        f.opt_str("test.bool").unwrap_err(),                       // present, wrong type
+        f.get_str_array("test.f32").unwrap_err(),                  // not an array
         f.get_u32_array("tokenizer.ggml.token_type").unwrap_err(), // -1 element
     ] {
         let msg = format!("{e:#}");
@@ -188,22 +169,11 @@ fn check_gguf_fixture(stem: &str) {
     let offsets = exp["tensor_data_offsets"].as_array().unwrap();
     for (t, off) in tensors.iter().zip(offsets) {
         let name = t["name"].as_str().unwrap();
-        let info = f
-            .tensor(name)
-            .unwrap_or_else(|| panic!("missing tensor {name}"));
+        let info = f.tensor(name).unwrap_or_else(|| panic!("missing tensor {name}"));
         assert_eq!(info.ty.name(), t["type"].as_str().unwrap(), "{name}");
-        let dims: Vec<u64> = t["dims"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d.as_u64().unwrap())
-            .collect();
+        let dims: Vec<u64> = t["dims"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap()).collect();
         assert_eq!(info.dims, dims, "{name}");
-        assert_eq!(
-            f.data_offset() + info.offset,
-            off.as_u64().unwrap(),
-            "{name}"
-        );
+        assert_eq!(f.data_offset() + info.offset, off.as_u64().unwrap(), "{name}");
         assert_eq!(info.offset % f.alignment(), 0, "{name}");
         let want: Vec<f32> = t["values_f32_bits"]
             .as_array()
@@ -212,10 +182,7 @@ fn check_gguf_fixture(stem: &str) {
             .map(|b| f32::from_bits(b.as_u64().unwrap() as u32))
             .collect();
         assert_eq!(info.n_elements() as usize, want.len(), "{name}");
-        assert_eq!(
-            f.tensor_bytes(info).unwrap().len() as u64,
-            info.n_bytes().unwrap()
-        );
+        assert_eq!(f.tensor_bytes(info).unwrap().len() as u64, info.n_bytes().unwrap());
         assert_bits_eq(&f.tensor_f32(name).unwrap(), &want, name);
     }
     let e = f.tensor_f32("no.such.tensor").unwrap_err().to_string();
@@ -243,10 +210,7 @@ fn display_of_metadata() {
         f.get("tokenizer.ggml.tokens").unwrap().to_string(),
         r#"[string; 6] ["<s>", "</s>", "a", "b", "Ġhello", ""]"#
     );
-    assert_eq!(
-        f.get("test.nested").unwrap().to_string(),
-        "[array; 2] [[2 items], [1 items]]"
-    );
+    assert_eq!(f.get("test.nested").unwrap().to_string(), "[array; 2] [[2 items], [1 items]]");
 }
 
 /// Writes `bytes` to a fresh temp file, opens it, and returns the error message (the open must
@@ -262,9 +226,7 @@ fn open_err(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> (String, Strin
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> usize {
-    hay.windows(needle.len())
-        .position(|w| w == needle)
-        .expect("needle in fixture")
+    hay.windows(needle.len()).position(|w| w == needle).expect("needle in fixture")
 }
 
 #[test]
@@ -276,12 +238,7 @@ fn truncated_files_fail_cleanly() {
     // GGUFWriter pads the last tensor's data to the alignment: only cuts before the end of the
     // data itself make the file invalid.
     let g = GgufFile::open(&fixtures().join("small.gguf")).unwrap();
-    let data_end = g
-        .tensors
-        .iter()
-        .map(|t| g.data_offset() + t.offset + t.n_bytes().unwrap())
-        .max()
-        .unwrap() as usize;
+    let data_end = g.tensors.iter().map(|t| g.data_offset() + t.offset + t.n_bytes().unwrap()).max().unwrap() as usize;
     assert!(data_end <= full.len() && data_end + 32 > full.len());
 
     // The first tensor name's first occurrence is in the tensor-info table.
@@ -301,10 +258,7 @@ fn truncated_files_fail_cleanly() {
     for (cut, what) in named {
         let (msg, p) = open_err(&dir, &format!("cut{cut}.gguf"), &full[..cut]);
         assert!(msg.contains(&p), "{what}: {msg}");
-        assert!(
-            msg.contains("re-download") || msg.contains("re-convert"),
-            "{what}: {msg}"
-        );
+        assert!(msg.contains("re-download") || msg.contains("re-convert"), "{what}: {msg}");
     }
     // Cutting in the data names the tensor whose data is missing.
     let (msg, _) = open_err(&dir, "data.gguf", &full[..data_end - 1]);
@@ -331,18 +285,10 @@ fn bad_headers_fail_cleanly() {
     let (msg, p) = open_err(&dir, "magic.gguf", &b);
     assert!(msg.contains(&p) && msg.contains("not a GGUF file"), "{msg}");
 
-    let (msg, p) = open_err(
-        &dir,
-        "json.gguf",
-        b"{\"not\": \"a model at all, just some json\"}",
-    );
+    let (msg, p) = open_err(&dir, "json.gguf", b"{\"not\": \"a model at all, just some json\"}");
     assert!(msg.contains(&p) && msg.contains("not a GGUF file"), "{msg}");
 
-    for (v, needle) in [
-        (1u32, "version 1"),
-        (4, "unsupported GGUF version 4"),
-        (3u32.swap_bytes(), "big-endian"),
-    ] {
+    for (v, needle) in [(1u32, "version 1"), (4, "unsupported GGUF version 4"), (3u32.swap_bytes(), "big-endian")] {
         let mut b = full.clone();
         b[4..8].copy_from_slice(&v.to_le_bytes());
         let (msg, p) = open_err(&dir, "version.gguf", &b);
@@ -380,10 +326,7 @@ fn bad_headers_fail_cleanly() {
     assert_eq!(&b[tok..tok + 8], &3u64.to_le_bytes());
     b[tok..tok + 8].copy_from_slice(&u64::MAX.to_le_bytes());
     let (msg, p) = open_err(&dir, "tokenlen.gguf", &b);
-    assert!(
-        msg.contains(&p) && msg.contains("tokenizer.ggml.tokens"),
-        "{msg}"
-    );
+    assert!(msg.contains(&p) && msg.contains("tokenizer.ggml.tokens"), "{msg}");
 
     // Invalid UTF-8 in a key.
     let mut b = full.clone();
@@ -406,20 +349,14 @@ fn bad_tensor_infos_fail_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let name = "blk.0.ffn_down.weight";
     let ty_at = tensor_type_offset(&full, name);
-    assert_eq!(
-        u32::from_le_bytes(full[ty_at..ty_at + 4].try_into().unwrap()),
-        GgmlType::Q4_0.id()
-    );
+    assert_eq!(u32::from_le_bytes(full[ty_at..ty_at + 4].try_into().unwrap()), GgmlType::Q4_0.id());
 
     // Unsupported (but real) type id, and a nonsense one.
     for (id, needle) in [(16u32, "IQ2_XXS"), (11, "Q3_K"), (12345, "12345")] {
         let mut b = full.clone();
         b[ty_at..ty_at + 4].copy_from_slice(&id.to_le_bytes());
         let (msg, p) = open_err(&dir, "type.gguf", &b);
-        assert!(
-            msg.contains(&p) && msg.contains(name) && msg.contains(needle),
-            "{msg}"
-        );
+        assert!(msg.contains(&p) && msg.contains(name) && msg.contains(needle), "{msg}");
     }
 
     // Data offset past the end of the file, and one that overflows.
@@ -427,10 +364,7 @@ fn bad_tensor_infos_fail_cleanly() {
         let mut b = full.clone();
         b[ty_at + 4..ty_at + 12].copy_from_slice(&off.to_le_bytes());
         let (msg, p) = open_err(&dir, "offset.gguf", &b);
-        assert!(
-            msg.contains(&p) && msg.contains(name) && msg.contains("past the end"),
-            "{msg}"
-        );
+        assert!(msg.contains(&p) && msg.contains(name) && msg.contains("past the end"), "{msg}");
     }
 
     // A huge dimension.
@@ -445,10 +379,7 @@ fn bad_tensor_infos_fail_cleanly() {
     assert_eq!(&b[ne0_at..ne0_at + 8], &96u64.to_le_bytes());
     b[ne0_at..ne0_at + 8].copy_from_slice(&95u64.to_le_bytes());
     let (msg, p) = open_err(&dir, "ne0.gguf", &b);
-    assert!(
-        msg.contains(&p) && msg.contains(name) && msg.contains("block size"),
-        "{msg}"
-    );
+    assert!(msg.contains(&p) && msg.contains(name) && msg.contains("block size"), "{msg}");
 
     // Too many dimensions.
     let mut b = full.clone();
@@ -456,4 +387,38 @@ fn bad_tensor_infos_fail_cleanly() {
     b[nd_at..nd_at + 4].copy_from_slice(&1000u32.to_le_bytes());
     let (msg, p) = open_err(&dir, "ndims.gguf", &b);
     assert!(msg.contains(&p) && msg.contains(name), "{msg}");
+}
+
+/// Every tensor of a real GGUF model against checksums of `gguf.quants.dequantize` (see the
+/// `--real` mode of make_gguf_quant_fixtures.py). Needs CONDLM_REAL_GGUF and
+/// CONDLM_REAL_GGUF_SUMS; run with `--ignored`.
+#[test]
+#[ignore]
+fn real_gguf_matches_python() {
+    let (Ok(model), Ok(sums)) = (std::env::var("CONDLM_REAL_GGUF"), std::env::var("CONDLM_REAL_GGUF_SUMS")) else {
+        eprintln!("CONDLM_REAL_GGUF / CONDLM_REAL_GGUF_SUMS not set; skipping");
+        return;
+    };
+    let sums: Value = serde_json::from_slice(&std::fs::read(&sums).unwrap()).unwrap();
+    let f = GgufFile::open(Path::new(&model)).unwrap();
+    assert_eq!(f.tensors.len(), sums.as_object().unwrap().len());
+    let t0 = std::time::Instant::now();
+    for t in &f.tensors {
+        let v = f.tensor_f32(&t.name).unwrap();
+        let (mut s, mut ws) = (0u64, 0u64);
+        for (i, x) in v.iter().enumerate() {
+            let b = x.to_bits() as u64;
+            s = s.wrapping_add(b);
+            ws = ws.wrapping_add(b.wrapping_mul(i as u64 + 1));
+        }
+        let want = &sums[&t.name];
+        assert_eq!(
+            [v.len() as u64, s, ws],
+            [want[0].as_u64().unwrap(), want[1].as_u64().unwrap(), want[2].as_u64().unwrap()],
+            "{} ({})",
+            t.name,
+            t.ty
+        );
+    }
+    eprintln!("{} tensors of {model} match gguf.quants.dequantize ({:.2?})", f.tensors.len(), t0.elapsed());
 }

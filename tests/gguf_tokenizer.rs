@@ -34,10 +34,7 @@ fn load_fixture(path: &Path) -> Fixture {
 }
 
 fn encode(tok: &Tokenizer, text: &str, special: bool) -> Vec<u32> {
-    tok.encode(text, special)
-        .unwrap_or_else(|e| panic!("encode {text:?}: {e}"))
-        .get_ids()
-        .to_vec()
+    tok.encode(text, special).unwrap_or_else(|e| panic!("encode {text:?}: {e}")).get_ids().to_vec()
 }
 
 /// Checks every case; returns a description of each mismatch.
@@ -46,10 +43,7 @@ fn check_cases(name: &str, tok: &Tokenizer, cases: &[Case]) -> Vec<String> {
     for case in cases {
         let ids = encode(tok, &case.text, false);
         if ids != case.ids {
-            failures.push(format!(
-                "{name}: {:?}\n  ours:         {ids:?}\n  transformers: {:?}",
-                case.text, case.ids
-            ));
+            failures.push(format!("{name}: {:?}\n  ours:         {ids:?}\n  transformers: {:?}", case.text, case.ids));
         }
         let ids_sp = encode(tok, &case.text, true);
         if ids_sp != case.ids_with_special {
@@ -60,10 +54,7 @@ fn check_cases(name: &str, tok: &Tokenizer, cases: &[Case]) -> Vec<String> {
         }
         let decoded = tok.decode(&ids, false).expect("decode");
         if decoded != case.text {
-            failures.push(format!(
-                "{name}: decode(encode({:?})) = {decoded:?}",
-                case.text
-            ));
+            failures.push(format!("{name}: decode(encode({:?})) = {decoded:?}", case.text));
         }
     }
     failures
@@ -77,37 +68,21 @@ fn matches_transformers_on_small_fixtures() {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     paths.sort();
-    let names: Vec<String> = paths
-        .iter()
-        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<String> = paths.iter().map(|p| p.file_stem().unwrap().to_string_lossy().into_owned()).collect();
     for expected in ["smollm", "llama_bpe", "qwen2", "gpt2_eos"] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "missing fixture {expected}"
-        );
+        assert!(names.iter().any(|n| n == expected), "missing fixture {expected}");
     }
     let mut failures = Vec::new();
     let mut checked = 0;
     for (path, name) in paths.iter().zip(&names) {
         let fixture = load_fixture(path);
         assert!(!fixture.cases.is_empty(), "{name}: no cases");
-        let tok =
-            tokenizer_from_gguf_vocab(&fixture.vocab).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert_eq!(
-            tok.get_vocab_size(true),
-            fixture.vocab.tokens.len(),
-            "{name}: vocab size"
-        );
+        let tok = tokenizer_from_gguf_vocab(&fixture.vocab).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(tok.get_vocab_size(true), fixture.vocab.tokens.len(), "{name}: vocab size");
         failures.extend(check_cases(name, &tok, &fixture.cases));
         checked += fixture.cases.len();
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches out of {checked} cases:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} mismatches out of {checked} cases:\n{}", failures.len(), failures.join("\n"));
 }
 
 /// The pre-tokenizers really differ on digits, and the fixtures exercise that.
@@ -123,13 +98,7 @@ fn digit_grouping_differs_by_pre_type() {
     };
     // Llama 3 groups up to three digits, Qwen2 splits every digit.
     assert_eq!(digits(&qwen), ["1", "2", "3", "4", "5", "Ġ", "6", "7", "8"]);
-    assert!(
-        digits(&llama)
-            .iter()
-            .all(|t| t.trim_start_matches('Ġ').len() <= 3),
-        "{:?}",
-        digits(&llama)
-    );
+    assert!(digits(&llama).iter().all(|t| t.trim_start_matches('Ġ').len() <= 3), "{:?}", digits(&llama));
 }
 
 #[test]
@@ -140,11 +109,7 @@ fn special_tokens_and_bos() {
     let ids = encode(&tok, "<|im_start|>user", true);
     assert_eq!(ids[0], f.vocab.bos_id.unwrap());
     assert_eq!(ids[1], id("<|im_start|>"));
-    assert_eq!(
-        tok.decode(&ids, true).unwrap(),
-        "user",
-        "special tokens are skipped on request"
-    );
+    assert_eq!(tok.decode(&ids, true).unwrap(), "user", "special tokens are skipped on request");
 }
 
 fn tiny_vocab() -> GgufVocab {
@@ -192,21 +157,9 @@ fn tiny_vocab_specials_user_defined_and_out_of_alphabet_control() {
     let tok = tokenizer_from_gguf_vocab(&v).unwrap();
     let id = |t: &str| v.tokens.iter().position(|x| x == t).unwrap() as u32;
     let ids = encode(&tok, "<｜User｜>hi hi<think>", true);
-    assert_eq!(
-        ids,
-        [
-            id("<|endoftext|>"),
-            id("<｜User｜>"),
-            id("hi"),
-            id("Ġhi"),
-            id("<think>")
-        ]
-    );
+    assert_eq!(ids, [id("<|endoftext|>"), id("<｜User｜>"), id("hi"), id("Ġhi"), id("<think>")]);
     assert_eq!(tok.get_vocab_size(true), v.tokens.len());
-    assert_eq!(
-        tok.decode(&ids[1..], false).unwrap(),
-        "<｜User｜>hi hi<think>"
-    );
+    assert_eq!(tok.decode(&ids[1..], false).unwrap(), "<｜User｜>hi hi<think>");
     // <think> is user-defined: kept when skipping special tokens.
     assert_eq!(tok.decode(&ids, true).unwrap(), "hi hi<think>");
     // Bytes outside any merge still encode (byte-level BPE has no unknown token).
@@ -226,26 +179,17 @@ fn errors_name_the_metadata_key() {
     let mut v = good.clone();
     v.token_types.pop();
     let e = err(&v);
-    assert!(
-        e.contains("tokenizer.ggml.token_type") && e.contains("tokenizer.ggml.tokens"),
-        "{e}"
-    );
+    assert!(e.contains("tokenizer.ggml.token_type") && e.contains("tokenizer.ggml.tokens"), "{e}");
 
     let mut v = good.clone();
     v.merges.push("h zz".into());
     let e = err(&v);
-    assert!(
-        e.contains("tokenizer.ggml.merges[3]") && e.contains("\"zz\""),
-        "{e}"
-    );
+    assert!(e.contains("tokenizer.ggml.merges[3]") && e.contains("\"zz\""), "{e}");
 
     let mut v = good.clone();
     v.merges.push("i h".into());
     let e = err(&v);
-    assert!(
-        e.contains("tokenizer.ggml.merges[3]") && e.contains("\"ih\""),
-        "{e}"
-    );
+    assert!(e.contains("tokenizer.ggml.merges[3]") && e.contains("\"ih\""), "{e}");
 
     let mut v = good.clone();
     v.merges.push("hi".into());
@@ -266,10 +210,7 @@ fn errors_name_the_metadata_key() {
     let mut v = good.clone();
     v.model = "llama".into();
     let e = err(&v);
-    assert!(
-        e.contains("tokenizer.ggml.model") && e.contains("not supported yet"),
-        "{e}"
-    );
+    assert!(e.contains("tokenizer.ggml.model") && e.contains("not supported yet"), "{e}");
 
     let mut v = good;
     v.model = "bert".into();
@@ -299,8 +240,5 @@ fn matches_transformers_on_real_smollm2() {
         fixture.cases.len(),
         failures.join("\n")
     );
-    eprintln!(
-        "smollm2: {} cases identical to transformers",
-        fixture.cases.len()
-    );
+    eprintln!("smollm2: {} cases identical to transformers", fixture.cases.len());
 }

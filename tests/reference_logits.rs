@@ -49,7 +49,8 @@ fn score_matches_transformers_log_probs_and_token_ids() {
         let lps = score_encoded(&m.model, &enc, 3, |_| {}).unwrap();
         let scores = row_scores(&lps);
         for (k, want) in exp["score"]["rows"].as_array().unwrap().iter().enumerate() {
-            let ids: Vec<u32> = want["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let ids: Vec<u32> =
+                want["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             assert_eq!(enc[k].ids, ids, "{dir} row {k}: token ids differ from transformers");
             assert_eq!(enc[k].y_start, want["n_prompt_tokens"].as_u64().unwrap() as usize, "{dir} row {k}");
             assert_eq!(scores[k].tokens, want["n_y_tokens"].as_u64().unwrap() as usize);

@@ -23,6 +23,9 @@ pub struct ScoreArgs {
     /// Rows per forward pass (packed, no padding).
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Also write each row's token ids, the index where y starts, and every y token's log-prob.
+    #[arg(long)]
+    per_token: bool,
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {
@@ -43,7 +46,12 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let scores = row_scores(&lps);
     let mut lines = String::new();
     for (i, (r, s)) in rows.iter().zip(&scores).enumerate() {
-        let v = serde_json::json!({"row": i, "line": r.line, "logprob": s.logprob, "tokens": s.tokens});
+        let mut v = serde_json::json!({"row": i, "line": r.line, "logprob": s.logprob, "tokens": s.tokens});
+        if a.per_token {
+            v["ids"] = serde_json::json!(encoded[i].ids);
+            v["y_start"] = serde_json::json!(encoded[i].y_start);
+            v["token_logprobs"] = serde_json::json!(lps[i]);
+        }
         lines.push_str(&v.to_string());
         lines.push('\n');
     }

@@ -19,8 +19,8 @@ pub fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(line)
-            .with_context(|| format!("{}:{n}: not valid JSON", path.display()))?;
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}:{n}: not valid JSON", path.display()))?;
         let obj = v.as_object().with_context(|| {
             format!("{}:{n}: expected a JSON object like {{\"prompt\": ..., \"completion\": ...}}", path.display())
         })?;

@@ -9,13 +9,13 @@ fn silu(x: f32) -> f32 {
 
 /// out = silu(gate) ⊙ up.  All (N, hidden).
 pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
-    out.par_chunks_mut(PAR_CHUNK)
-        .zip(gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK)))
-        .for_each(|(o, (g, u))| {
+    out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK))).for_each(
+        |(o, (g, u))| {
             for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
                 *o = silu(*g) * u;
             }
-        });
+        },
+    );
 }
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;

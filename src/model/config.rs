@@ -115,10 +115,7 @@ impl Config {
                 Family::Llama
             }
             "GPT2LMHeadModel" | "gpt2" => Family::Gpt2,
-            other => bail!(
-                "{}: architecture \"{other}\" is not supported (supported: {SUPPORTED})",
-                path.display()
-            ),
+            other => bail!("{}: architecture \"{other}\" is not supported (supported: {SUPPORTED})", path.display()),
         };
         let is_qwen2 = architecture.to_lowercase().starts_with("qwen2");
         let bos = token_ids(&c.bos_token_id).first().copied();
@@ -213,10 +210,10 @@ impl Config {
                 bail!("{what} is 0");
             }
         }
-        if self.num_heads % self.num_kv_heads != 0 {
+        if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             bail!("{} attention heads are not a multiple of {} key/value heads", self.num_heads, self.num_kv_heads);
         }
-        if self.family == Family::Llama && self.head_dim % 2 != 0 {
+        if self.family == Family::Llama && !self.head_dim.is_multiple_of(2) {
             bail!("RoPE needs an even head dim, got {}", self.head_dim);
         }
         if self.family == Family::Gpt2 && self.num_heads * self.head_dim != self.hidden_size {
@@ -228,8 +225,7 @@ impl Config {
     /// RoPE inverse frequencies (head_dim/2), as transformers computes them in f32.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
         let d = self.head_dim;
-        let base: Vec<f32> =
-            (0..d / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
+        let base: Vec<f32> = (0..d / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
         match &self.rope_scaling {
             None => base,
             Some(s) => base.into_iter().map(|f| s.scale(f)).collect(),
@@ -266,10 +262,9 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>, path: &Path) -> Result<Opti
         "llama3" => serde_json::from_value(v.clone())
             .map(Some)
             .with_context(|| format!("{}: rope_scaling of type llama3 lacks a field", path.display())),
-        other => bail!(
-            "{}: rope_scaling type \"{other}\" is not supported (supported: llama3, or none)",
-            path.display()
-        ),
+        other => {
+            bail!("{}: rope_scaling type \"{other}\" is not supported (supported: llama3, or none)", path.display())
+        }
     }
 }
 
@@ -305,7 +300,10 @@ impl Config {
             ),
         };
         if g.tensor("rope_freqs.weight").is_some() {
-            bail!("{}: per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 scaling) are not supported yet", path.display());
+            bail!(
+                "{}: per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 scaling) are not supported yet",
+                path.display()
+            );
         }
         let key = |k: &str| format!("{arch}.{k}");
         let hidden = g.get_usize(&key("embedding_length"))?;

@@ -93,9 +93,7 @@ impl GgmlType {
     pub fn block_size(self) -> usize {
         match self {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => 1,
-            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => {
-                32
-            }
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => 32,
             GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => QK_K,
         }
     }
@@ -135,9 +133,7 @@ impl GgmlType {
 
     /// The type with llama.cpp's name `name` (case-insensitive).
     pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|t| t.name().eq_ignore_ascii_case(name))
+        Self::ALL.into_iter().find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// Bytes needed for `n_elements` elements, or `None` when `n_elements` is not a whole
@@ -164,20 +160,9 @@ pub enum DequantError {
         "{ty} data is {len} bytes, not a whole number of {type_size}-byte blocks \
          (the tensor data is truncated or its type is wrong)"
     )]
-    RaggedBytes {
-        ty: GgmlType,
-        len: usize,
-        type_size: usize,
-    },
-    #[error(
-        "{ty} data holds {n_blocks} blocks = {expected} values, but the output has room for {got}"
-    )]
-    OutputLength {
-        ty: GgmlType,
-        n_blocks: usize,
-        expected: usize,
-        got: usize,
-    },
+    RaggedBytes { ty: GgmlType, len: usize, type_size: usize },
+    #[error("{ty} data holds {n_blocks} blocks = {expected} values, but the output has room for {got}")]
+    OutputLength { ty: GgmlType, n_blocks: usize, expected: usize, got: usize },
 }
 
 /// Dequantizes `bytes` (a whole number of `ty` blocks) into `out`, which must hold exactly
@@ -186,11 +171,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Deq
     let ts = ty.type_size();
     let bs = ty.block_size();
     if !bytes.len().is_multiple_of(ts) {
-        return Err(DequantError::RaggedBytes {
-            ty,
-            len: bytes.len(),
-            type_size: ts,
-        });
+        return Err(DequantError::RaggedBytes { ty, len: bytes.len(), type_size: ts });
     }
     let n_blocks = bytes.len() / ts;
     let expected = n_blocks.checked_mul(bs);
@@ -217,16 +198,8 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Deq
     };
     // Unquantized types have 1-element "blocks": chunk them by the same element count as a
     // 256-element super-block so the parallel split stays coarse.
-    let blocks_per_chunk = if bs == 1 {
-        PAR_CHUNK_BLOCKS * QK_K
-    } else {
-        PAR_CHUNK_BLOCKS
-    };
-    let par_min = if bs == 1 {
-        PAR_MIN_BLOCKS * QK_K
-    } else {
-        PAR_MIN_BLOCKS
-    };
+    let blocks_per_chunk = if bs == 1 { PAR_CHUNK_BLOCKS * QK_K } else { PAR_CHUNK_BLOCKS };
+    let par_min = if bs == 1 { PAR_MIN_BLOCKS * QK_K } else { PAR_MIN_BLOCKS };
     if n_blocks >= par_min {
         bytes
             .par_chunks(blocks_per_chunk * ts)
@@ -242,11 +215,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Deq
 pub fn dequantize_to_vec(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, DequantError> {
     let ts = ty.type_size();
     if !bytes.len().is_multiple_of(ts) {
-        return Err(DequantError::RaggedBytes {
-            ty,
-            len: bytes.len(),
-            type_size: ts,
-        });
+        return Err(DequantError::RaggedBytes { ty, len: bytes.len(), type_size: ts });
     }
     // The output length is bounded by the input length (at most 2 values per byte), so this
     // allocation is safe for any input.
@@ -363,10 +332,7 @@ fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {
-        (
-            (s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
+        ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
     }
 }
 
@@ -482,14 +448,8 @@ mod tests {
     #[test]
     fn length_checks() {
         let mut out = vec![0.0; 32];
-        assert!(matches!(
-            dequantize(GgmlType::Q4_0, &[0u8; 17], &mut out),
-            Err(DequantError::RaggedBytes { .. })
-        ));
-        assert!(matches!(
-            dequantize(GgmlType::Q4_0, &[0u8; 36], &mut out),
-            Err(DequantError::OutputLength { .. })
-        ));
+        assert!(matches!(dequantize(GgmlType::Q4_0, &[0u8; 17], &mut out), Err(DequantError::RaggedBytes { .. })));
+        assert!(matches!(dequantize(GgmlType::Q4_0, &[0u8; 36], &mut out), Err(DequantError::OutputLength { .. })));
         assert!(dequantize(GgmlType::Q4_0, &[0u8; 18], &mut out).is_ok());
         assert!(dequantize(GgmlType::F32, &[], &mut []).is_ok());
     }
@@ -526,9 +486,7 @@ mod tests {
     #[test]
     fn k_scale_unpacking() {
         // scale[j] = j + 1 + 40 * (j >= 4), min[j] = 63 - j: exercises the high bits.
-        let sc: Vec<u8> = (0..8)
-            .map(|j| (j + 1 + if j >= 4 { 40 } else { 0 }) as u8)
-            .collect();
+        let sc: Vec<u8> = (0..8).map(|j| (j + 1 + if j >= 4 { 40 } else { 0 }) as u8).collect();
         let mn: Vec<u8> = (0..8).map(|j| 63 - j as u8).collect();
         let mut s = [0u8; 12];
         for j in 0..4 {
@@ -559,10 +517,6 @@ mod tests {
         let par = dequantize_to_vec(GgmlType::Q8_0, &bytes).unwrap();
         let mut ser = vec![0.0f32; n_blocks * 32];
         dequant_q8_0(&bytes, &mut ser);
-        assert!(
-            par.iter()
-                .zip(&ser)
-                .all(|(a, b)| a.to_bits() == b.to_bits())
-        );
+        assert!(par.iter().zip(&ser).all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 }

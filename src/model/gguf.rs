@@ -207,10 +207,7 @@ impl GgufTensorInfo {
     /// Number of elements (the product of `dims`; 1 for a 0-d tensor). Checked at open time
     /// not to overflow for tensors read from a file.
     pub fn n_elements(&self) -> u64 {
-        self.dims
-            .iter()
-            .try_fold(1u64, |a, &d| a.checked_mul(d))
-            .unwrap_or(u64::MAX)
+        self.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).unwrap_or(u64::MAX)
     }
 
     /// Bytes of data, or `None` if ne0 is not a whole number of blocks or the size overflows.
@@ -275,10 +272,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn err<T>(&self, msg: impl Into<String>) -> PResult<T> {
-        Err(ParseError {
-            msg: msg.into(),
-            at: self.pos,
-        })
+        Err(ParseError { msg: msg.into(), at: self.pos })
     }
 
     fn take(&mut self, n: usize, what: &dyn Fn() -> String) -> PResult<&'a [u8]> {
@@ -371,15 +365,11 @@ fn read_value(c: &mut Cursor<'_>, ty: u32, key: &str, depth: usize) -> PResult<M
         8 => MetaValue::Str(c.string(&what)?),
         9 => {
             if depth >= MAX_ARRAY_DEPTH {
-                return c.err(format!(
-                    "metadata key '{key}' nests arrays more than {MAX_ARRAY_DEPTH} deep"
-                ));
+                return c.err(format!("metadata key '{key}' nests arrays more than {MAX_ARRAY_DEPTH} deep"));
             }
             let elem_ty = c.u32(&|| format!("the array element type of metadata key '{key}'"))?;
             let Some(min) = min_value_size(elem_ty) else {
-                return c.err(format!(
-                    "metadata key '{key}' is an array of unknown value type {elem_ty}"
-                ));
+                return c.err(format!("metadata key '{key}' is an array of unknown value type {elem_ty}"));
             };
             let count = c.u64(&|| format!("the array length of metadata key '{key}'"))?;
             let n = c.check_count(count, min, &format!("the array of metadata key '{key}'"))?;
@@ -428,11 +418,7 @@ fn unsupported_type_name(id: u32) -> &'static str {
 }
 
 fn supported_type_list() -> String {
-    GgmlType::ALL
-        .iter()
-        .map(|t| t.name())
-        .collect::<Vec<_>>()
-        .join(", ")
+    GgmlType::ALL.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
 }
 
 #[derive(Debug)]
@@ -451,17 +437,11 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
 
     // Header.
     if buf.len() < 4 {
-        return Err(format!(
-            "the file is only {} bytes long, too short for a GGUF header; {CORRUPT_HINT}",
-            buf.len()
-        ));
+        return Err(format!("the file is only {} bytes long, too short for a GGUF header; {CORRUPT_HINT}", buf.len()));
     }
     let magic = &buf[..4];
     if magic != b"GGUF" {
-        let legacy = matches!(
-            magic,
-            b"lmgg" | b"fmgg" | b"tjgg" | b"ggml" | b"ggmf" | b"ggjt"
-        );
+        let legacy = matches!(magic, b"lmgg" | b"fmgg" | b"tjgg" | b"ggml" | b"ggmf" | b"ggjt");
         return Err(if legacy {
             "this is a legacy GGML/GGJT model file, not GGUF; convert it to GGUF with llama.cpp's \
              conversion scripts"
@@ -479,11 +459,9 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
     match version {
         2 | 3 => {}
         1 => {
-            return Err(
-                "GGUF version 1 is obsolete and not supported; re-convert the model with a \
+            return Err("GGUF version 1 is obsolete and not supported; re-convert the model with a \
                  current llama.cpp"
-                    .into(),
-            );
+                .into());
         }
         v if v & 0xFFFF == 0 && v != 0 => {
             return Err(format!(
@@ -502,36 +480,24 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
     let n_kv = c.u64(&|| "the metadata count".into()).map_err(at)?;
 
     // Metadata. Minimum pair: key length (8) + value type (4) + 1-byte value.
-    let n_kv = c
-        .check_count(n_kv, 8 + 4 + 1, "the metadata table")
-        .map_err(at)?;
+    let n_kv = c.check_count(n_kv, 8 + 4 + 1, "the metadata table").map_err(at)?;
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
         let key = c.string(&|| format!("metadata key #{i}")).map_err(at)?;
-        let ty = c
-            .u32(&|| format!("the value type of metadata key '{key}'"))
-            .map_err(at)?;
+        let ty = c.u32(&|| format!("the value type of metadata key '{key}'")).map_err(at)?;
         let value = read_value(&mut c, ty, &key, 0).map_err(at)?;
         if metadata.insert(key.clone(), value).is_some() {
-            return Err(format!(
-                "metadata key '{key}' appears twice; {CORRUPT_HINT}"
-            ));
+            return Err(format!("metadata key '{key}' appears twice; {CORRUPT_HINT}"));
         }
     }
 
     // Tensor infos. Minimum entry: name length (8) + n_dims (4) + type (4) + offset (8).
-    let n_tensors = c
-        .check_count(n_tensors, 8 + 4 + 4 + 8, "the tensor table")
-        .map_err(at)?;
+    let n_tensors = c.check_count(n_tensors, 8 + 4 + 4 + 8, "the tensor table").map_err(at)?;
     let mut raw = Vec::with_capacity(n_tensors);
     let mut seen = HashMap::with_capacity(n_tensors);
     for i in 0..n_tensors {
-        let name = c
-            .string(&|| format!("the name of tensor #{i}"))
-            .map_err(at)?;
-        let n_dims = c
-            .u32(&|| format!("the dimension count of tensor '{name}'"))
-            .map_err(at)?;
+        let name = c.string(&|| format!("the name of tensor #{i}")).map_err(at)?;
+        let n_dims = c.u32(&|| format!("the dimension count of tensor '{name}'")).map_err(at)?;
         if n_dims > MAX_DIMS {
             return Err(format!(
                 "tensor '{name}' claims {n_dims} dimensions (GGML allows at most {MAX_DIMS}); \
@@ -540,17 +506,10 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for d in 0..n_dims {
-            dims.push(
-                c.u64(&|| format!("dimension {d} of tensor '{name}'"))
-                    .map_err(at)?,
-            );
+            dims.push(c.u64(&|| format!("dimension {d} of tensor '{name}'")).map_err(at)?);
         }
-        let type_id = c
-            .u32(&|| format!("the type of tensor '{name}'"))
-            .map_err(at)?;
-        let offset = c
-            .u64(&|| format!("the data offset of tensor '{name}'"))
-            .map_err(at)?;
+        let type_id = c.u32(&|| format!("the type of tensor '{name}'")).map_err(at)?;
+        let offset = c.u64(&|| format!("the data offset of tensor '{name}'")).map_err(at)?;
         if seen.insert(name.clone(), i).is_some() {
             return Err(format!("tensor '{name}' appears twice; {CORRUPT_HINT}"));
         }
@@ -583,18 +542,10 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
                 supported_type_list()
             ));
         };
-        let info = GgufTensorInfo {
-            name,
-            dims,
-            ty,
-            offset,
-        };
+        let info = GgufTensorInfo { name, dims, ty, offset };
         let name = &info.name;
         if info.dims.iter().any(|&d| d > i64::MAX as u64) {
-            return Err(format!(
-                "tensor '{name}' has an absurd dimension {:?}; {CORRUPT_HINT}",
-                info.dims
-            ));
+            return Err(format!("tensor '{name}' has an absurd dimension {:?}; {CORRUPT_HINT}", info.dims));
         }
         let ne0 = info.dims.first().copied().unwrap_or(1);
         if !ne0.is_multiple_of(ty.block_size() as u64) {
@@ -605,14 +556,9 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
             ));
         }
         let Some(n_bytes) = info.n_bytes() else {
-            return Err(format!(
-                "tensor '{name}' has dims {:?} whose size overflows; {CORRUPT_HINT}",
-                info.dims
-            ));
+            return Err(format!("tensor '{name}' has dims {:?} whose size overflows; {CORRUPT_HINT}", info.dims));
         };
-        let end = data_offset
-            .checked_add(info.offset)
-            .and_then(|s| s.checked_add(n_bytes));
+        let end = data_offset.checked_add(info.offset).and_then(|s| s.checked_add(n_bytes));
         match end {
             Some(end) if end <= file_len => {}
             _ => {
@@ -627,24 +573,14 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
         tensors.push(info);
     }
 
-    Ok(Parsed {
-        version,
-        alignment,
-        data_offset,
-        metadata,
-        tensors,
-    })
+    Ok(Parsed { version, alignment, data_offset, metadata, tensors })
 }
 
 impl GgufFile {
     /// Opens and parses a GGUF file. Tensor data stays in the memory map until asked for.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path)
-            .with_context(|| format!("cannot open GGUF file {}", path.display()))?;
-        let len = file
-            .metadata()
-            .with_context(|| format!("cannot stat GGUF file {}", path.display()))?
-            .len();
+        let file = File::open(path).with_context(|| format!("cannot open GGUF file {}", path.display()))?;
+        let len = file.metadata().with_context(|| format!("cannot stat GGUF file {}", path.display()))?.len();
         if len < 24 {
             bail!(
                 "GGUF file {}: the file is only {len} bytes long, too short for a GGUF header; \
@@ -655,15 +591,10 @@ impl GgufFile {
         // SAFETY: the map is read-only. As with any mmap, the file must not be truncated or
         // modified by another process while it is open; every access is bounds-checked against
         // the length of the map taken here.
-        let mmap = unsafe { Mmap::map(&file) }
-            .with_context(|| format!("cannot memory-map GGUF file {}", path.display()))?;
+        let mmap =
+            unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map GGUF file {}", path.display()))?;
         let p = parse(&mmap).map_err(|e| anyhow!("GGUF file {}: {e}", path.display()))?;
-        let index = p
-            .tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
-            .collect();
+        let index = p.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(GgufFile {
             path: path.to_path_buf(),
             mmap,
@@ -716,19 +647,10 @@ impl GgufFile {
     }
 
     fn wrong_type(&self, key: &str, v: &MetaValue, expected: &str) -> anyhow::Error {
-        anyhow!(
-            "GGUF file {}: metadata key '{key}' is {} {v}, expected {expected}",
-            self.path.display(),
-            v.type_name()
-        )
+        anyhow!("GGUF file {}: metadata key '{key}' is {} {v}, expected {expected}", self.path.display(), v.type_name())
     }
 
-    fn typed<'a, T>(
-        &'a self,
-        key: &str,
-        expected: &str,
-        f: impl Fn(&'a MetaValue) -> Option<T>,
-    ) -> Result<T> {
+    fn typed<'a, T>(&'a self, key: &str, expected: &str, f: impl Fn(&'a MetaValue) -> Option<T>) -> Result<T> {
         let v = self.require(key)?;
         f(v).ok_or_else(|| self.wrong_type(key, v, expected))
     }
@@ -741,22 +663,19 @@ impl GgufFile {
     ) -> Result<Option<T>> {
         match self.metadata.get(key) {
             None => Ok(None),
-            Some(v) => f(v)
-                .map(Some)
-                .ok_or_else(|| self.wrong_type(key, v, expected)),
+            Some(v) => f(v).map(Some).ok_or_else(|| self.wrong_type(key, v, expected)),
         }
     }
 
     fn typed_array<'a, T>(
         &'a self,
         key: &str,
+        elems: &str,
         expected: &str,
         f: impl Fn(&'a MetaValue) -> Option<T>,
     ) -> Result<Vec<T>> {
         let v = self.require(key)?;
-        let arr = v
-            .as_array()
-            .ok_or_else(|| self.wrong_type(key, v, &format!("an array of {expected}")))?;
+        let arr = v.as_array().ok_or_else(|| self.wrong_type(key, v, &format!("an array of {elems}")))?;
         arr.iter()
             .enumerate()
             .map(|(i, x)| {
@@ -788,9 +707,7 @@ impl GgufFile {
 
     /// Any integer type whose value fits in usize.
     pub fn get_usize(&self, key: &str) -> Result<usize> {
-        self.typed(key, "an integer that fits in usize", |v| {
-            v.as_u64().and_then(|x| usize::try_from(x).ok())
-        })
+        self.typed(key, "an integer that fits in usize", |v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
     }
 
     /// Any integer type whose value fits in i64.
@@ -817,9 +734,7 @@ impl GgufFile {
     }
 
     pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        self.typed_opt(key, "an integer that fits in usize", |v| {
-            v.as_u64().and_then(|x| usize::try_from(x).ok())
-        })
+        self.typed_opt(key, "an integer that fits in usize", |v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
     }
 
     pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
@@ -831,22 +746,22 @@ impl GgufFile {
     }
 
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>> {
-        self.typed_array(key, "strings", MetaValue::as_str)
+        self.typed_array(key, "strings", "a string", MetaValue::as_str)
     }
 
     /// Array of any integer type whose values fit in i32.
     pub fn get_i32_array(&self, key: &str) -> Result<Vec<i32>> {
-        self.typed_array(key, "integers that fit in i32", MetaValue::as_i32)
+        self.typed_array(key, "integers", "an integer that fits in i32", MetaValue::as_i32)
     }
 
     /// Array of any integer type whose values fit in u32.
     pub fn get_u32_array(&self, key: &str) -> Result<Vec<u32>> {
-        self.typed_array(key, "integers that fit in u32", MetaValue::as_u32)
+        self.typed_array(key, "integers", "an integer that fits in u32", MetaValue::as_u32)
     }
 
     /// Array of numbers (f32 exact; f64 and integers converted).
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>> {
-        self.typed_array(key, "numbers", MetaValue::as_f32)
+        self.typed_array(key, "numbers", "a number", MetaValue::as_f32)
     }
 
     pub fn tensor(&self, name: &str) -> Option<&GgufTensorInfo> {
@@ -891,12 +806,8 @@ impl GgufFile {
     pub fn tensor_f32(&self, name: &str) -> Result<Vec<f32>> {
         let info = self.require_tensor(name)?;
         let bytes = self.tensor_bytes(info)?;
-        dequantize_to_vec(info.ty, bytes).map_err(|e| {
-            anyhow!(
-                "GGUF file {}: cannot dequantize tensor '{name}': {e}",
-                self.path.display()
-            )
-        })
+        dequantize_to_vec(info.ty, bytes)
+            .map_err(|e| anyhow!("GGUF file {}: cannot dequantize tensor '{name}': {e}", self.path.display()))
     }
 }
 

@@ -62,8 +62,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::template::TemplateProcessing;
 use tokenizers::{
-    AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
-    Tokenizer,
+    AddedToken, DecoderWrapper, PostProcessorWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
 };
 
 /// `tokenizer.ggml.token_type` values (llama.cpp's `llama_token_type`).
@@ -132,8 +131,8 @@ pub fn split_regex_for_pre(pre: &str) -> Option<&'static str> {
         r"|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
     );
     Some(match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-        | "lfm2" | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3,
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2"
+        | "jina-v5-nano" | "dbrx" | "smaug-bpe" => LLAMA3,
         "tekken" => TEKKEN,
         "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" => QWEN2,
         "qwen35" => QWEN35,
@@ -169,19 +168,14 @@ pub fn tokenizer_from_gguf_vocab(v: &GgufVocab) -> Result<Tokenizer> {
              only \"gpt2\" (byte-level BPE) vocabularies can be loaded from GGUF for now"
         ),
         "" => bail!("tokenizer.ggml.model is missing or empty"),
-        other => bail!(
-            "tokenizer.ggml.model = {other:?} is not supported; only \"gpt2\" (byte-level BPE) is"
-        ),
+        other => bail!("tokenizer.ggml.model = {other:?} is not supported; only \"gpt2\" (byte-level BPE) is"),
     }
 }
 
 fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
     let n = v.tokens.len();
     ensure!(n > 0, "tokenizer.ggml.tokens is empty");
-    ensure!(
-        u32::try_from(n).is_ok(),
-        "tokenizer.ggml.tokens has {n} entries, more than a u32 id can address"
-    );
+    ensure!(u32::try_from(n).is_ok(), "tokenizer.ggml.tokens has {n} entries, more than a u32 id can address");
     ensure!(
         v.token_types.is_empty() || v.token_types.len() == n,
         "tokenizer.ggml.token_type has {} entries but tokenizer.ggml.tokens has {n}",
@@ -195,10 +189,7 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
     ];
     for (key, id) in named {
         if let Some(id) = id {
-            ensure!(
-                (id as usize) < n,
-                "{key} = {id} is out of range: tokenizer.ggml.tokens has {n} entries"
-            );
+            ensure!((id as usize) < n, "{key} = {id} is out of range: tokenizer.ggml.tokens has {n} entries");
         }
     }
     let ttype = |i: usize| v.token_types.get(i).copied().unwrap_or(token_type::NORMAL);
@@ -210,8 +201,7 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
     let alphabet: HashSet<char> = spelling.iter().copied().collect();
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
     let is_added = |i: usize| {
-        matches!(ttype(i), token_type::CONTROL | token_type::USER_DEFINED)
-            || named_ids.contains(&(i as u32))
+        matches!(ttype(i), token_type::CONTROL | token_type::USER_DEFINED) || named_ids.contains(&(i as u32))
     };
     let mut vocab = Vocab::default();
     for (i, token) in v.tokens.iter().enumerate() {
@@ -228,9 +218,7 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
     for (rank, merge) in v.merges.iter().enumerate() {
         let (a, b) = match merge.split_once(' ') {
             Some((a, b)) if !a.is_empty() && !b.is_empty() && !b.contains(' ') => (a, b),
-            _ => bail!(
-                "tokenizer.ggml.merges[{rank}] = {merge:?} is not two tokens separated by one space"
-            ),
+            _ => bail!("tokenizer.ggml.merges[{rank}] = {merge:?} is not two tokens separated by one space"),
         };
         for part in [a, b] {
             ensure!(
@@ -257,12 +245,8 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
 
     let pre_tokenizer = match v.pre.as_deref().and_then(split_regex_for_pre) {
         Some(regex) => {
-            let split = Split::new(
-                SplitPattern::Regex(regex.to_string()),
-                SplitDelimiterBehavior::Isolated,
-                false,
-            )
-            .map_err(|e| anyhow!("compiling the split regex for tokenizer.ggml.pre: {e}"))?;
+            let split = Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, false)
+                .map_err(|e| anyhow!("compiling the split regex for tokenizer.ggml.pre: {e}"))?;
             PreTokenizerWrapper::Sequence(Sequence::new(vec![
                 PreTokenizerWrapper::Split(split),
                 PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
@@ -289,11 +273,7 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
     tokenizer
         .add_tokens(user)
         .map_err(|e| anyhow!("adding the USER_DEFINED tokens of tokenizer.ggml.token_type: {e}"))?;
-    let already: HashSet<String> = tokenizer
-        .get_added_tokens_decoder()
-        .into_values()
-        .map(|t| t.content)
-        .collect();
+    let already: HashSet<String> = tokenizer.get_added_tokens_decoder().into_values().map(|t| t.content).collect();
     let mut named_tokens: Vec<AddedToken> = Vec::new();
     for (_, id) in named {
         if let Some(id) = id {
@@ -325,9 +305,9 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
 /// transformers' `update_post_processor`: `[BOS]:0 $A:0 [EOS]:0` and, for pairs, that followed by
 /// `[BOS]:1 $B:1 [EOS]:1`. Built through serde so token texts with spaces or colons are safe.
 fn template(v: &GgufVocab, bos: Option<u32>, eos: Option<u32>) -> Result<TemplateProcessing> {
-    let special = |id: u32, type_id: u32| serde_json::json!({"SpecialToken": {"id": v.tokens[id as usize], "type_id": type_id}});
-    let sequence =
-        |seq: &str, type_id: u32| serde_json::json!({"Sequence": {"id": seq, "type_id": type_id}});
+    let special =
+        |id: u32, type_id: u32| serde_json::json!({"SpecialToken": {"id": v.tokens[id as usize], "type_id": type_id}});
+    let sequence = |seq: &str, type_id: u32| serde_json::json!({"Sequence": {"id": seq, "type_id": type_id}});
     let mut single = Vec::new();
     let mut pair = Vec::new();
     for (seq, type_id) in [("A", 0u32), ("B", 1u32)] {
@@ -347,10 +327,7 @@ fn template(v: &GgufVocab, bos: Option<u32>, eos: Option<u32>) -> Result<Templat
     let mut special_tokens = HashMap::new();
     for id in [bos, eos].into_iter().flatten() {
         let text = &v.tokens[id as usize];
-        special_tokens.insert(
-            text.clone(),
-            serde_json::json!({"id": text, "ids": [id], "tokens": [text]}),
-        );
+        special_tokens.insert(text.clone(), serde_json::json!({"id": text, "ids": [id], "tokens": [text]}));
     }
     let json = serde_json::json!({
         "type": "TemplateProcessing",

@@ -78,7 +78,11 @@ fn is_ignorable(name: &str) -> bool {
 pub fn load_transformer(config: Config, weights: &Weights) -> Result<Transformer> {
     let names = weights.hf_names()?;
     let gpt2_bare = config.family == Family::Gpt2 && names.iter().any(|n| n == "wte.weight");
-    let mut t = Taker { weights, file_prefix: if gpt2_bare { String::new() } else { "transformer.".into() }, used: BTreeSet::new() };
+    let mut t = Taker {
+        weights,
+        file_prefix: if gpt2_bare { String::new() } else { "transformer.".into() },
+        used: BTreeSet::new(),
+    };
     let c = &config;
     let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);

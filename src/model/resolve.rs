@@ -88,7 +88,8 @@ pub fn resolve_hub(id: &str, cache: &Path) -> Result<ModelFiles> {
     let repo = hf_hub::Cache::new(cache.to_path_buf()).model(id.to_string());
     if let Some(config) = repo.get("config.json") {
         let dir = config.parent().expect("a cached file lives in a snapshot folder").to_path_buf();
-        let weights_cached = repo.get("model.safetensors").is_some() || repo.get("model.safetensors.index.json").is_some();
+        let weights_cached =
+            repo.get("model.safetensors").is_some() || repo.get("model.safetensors.index.json").is_some();
         if weights_cached && HF_FILES.iter().all(|f| repo.get(f).is_some() || *f == "tokenizer_config.json") {
             return Ok(ModelFiles::HfDir(dir));
         }
@@ -101,7 +102,12 @@ pub fn resolve_hub(id: &str, cache: &Path) -> Result<ModelFiles> {
     if is_offline() {
         bail!("{id}: not in the Hugging Face cache at {} and HF_HUB_OFFLINE is set; {how}", cache.display());
     }
-    download(id, cache).map_err(|e| anyhow::anyhow!("{id}: not in the Hugging Face cache at {} and downloading failed ({e}); {how}", cache.display()))
+    download(id, cache).map_err(|e| {
+        anyhow::anyhow!(
+            "{id}: not in the Hugging Face cache at {} and downloading failed ({e}); {how}",
+            cache.display()
+        )
+    })
 }
 
 fn download(id: &str, cache: &Path) -> Result<ModelFiles> {
@@ -116,7 +122,8 @@ fn download(id: &str, cache: &Path) -> Result<ModelFiles> {
     if repo.get("model.safetensors").is_err() {
         let index = repo.get("model.safetensors.index.json")?;
         let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)?;
-        let mut shards: Vec<&str> = v["weight_map"].as_object().into_iter().flatten().filter_map(|(_, f)| f.as_str()).collect();
+        let mut shards: Vec<&str> =
+            v["weight_map"].as_object().into_iter().flatten().filter_map(|(_, f)| f.as_str()).collect();
         shards.sort_unstable();
         shards.dedup();
         for shard in shards {

@@ -37,8 +37,8 @@ impl SafetensorsFiles {
         } else if index_path.is_file() {
             let text = std::fs::read_to_string(&index_path)
                 .with_context(|| format!("cannot read {}", index_path.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not valid JSON", index_path.display()))?;
+            let v: serde_json::Value =
+                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index_path.display()))?;
             let map = v.get("weight_map").and_then(|m| m.as_object()).with_context(|| {
                 format!("{}: no \"weight_map\" object; re-download the checkpoint", index_path.display())
             })?;
@@ -98,12 +98,8 @@ impl SafetensorsFiles {
         let bytes = &shard.mmap[start + info.data_offsets.0..start + info.data_offsets.1];
         let data = match info.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => {
-                bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
-            Dtype::BF16 => {
-                bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
-            }
+            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             other => bail!(
                 "{}: tensor {name} has dtype {other:?}; only F32, F16 and BF16 weights are supported",
                 shard.path.display()

@@ -22,10 +22,16 @@ pub struct EncodedPair {
 impl TextTokenizer {
     /// Wraps a tokenizer; `add_bos` forces a BOS prefix when config says so but the tokenizer's
     /// post-processor does not add one (tokenizer_config.json `add_bos_token: true`).
-    pub fn new(inner: Tokenizer, eos_id: u32, bos_to_force: Option<u32>, chat_template: Option<String>) -> Result<Self> {
+    pub fn new(
+        inner: Tokenizer,
+        eos_id: u32,
+        bos_to_force: Option<u32>,
+        chat_template: Option<String>,
+    ) -> Result<Self> {
         let probe = "condlm probe";
         let with = inner.encode(probe, true).map_err(|e| anyhow::anyhow!("tokenizer failed on a probe text: {e}"))?;
-        let without = inner.encode(probe, false).map_err(|e| anyhow::anyhow!("tokenizer failed on a probe text: {e}"))?;
+        let without =
+            inner.encode(probe, false).map_err(|e| anyhow::anyhow!("tokenizer failed on a probe text: {e}"))?;
         let (with, without) = (with.get_ids(), without.get_ids());
         let mut prefix = (0..=with.len().saturating_sub(without.len()))
             .find(|&k| with[k..].starts_with(without))
@@ -49,7 +55,8 @@ impl TextTokenizer {
             .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg: serde_json::Value = if cfg_path.is_file() {
-            let text = std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?;
+            let text =
+                std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?;
             serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?
         } else {
             serde_json::Value::Null
@@ -60,7 +67,10 @@ impl TextTokenizer {
             inner.token_to_id(s)
         };
         let eos_id = token_id("eos_token").or(config_eos).with_context(|| {
-            format!("{}: no eos_token in tokenizer_config.json or config.json; the model could not learn to stop", dir.display())
+            format!(
+                "{}: no eos_token in tokenizer_config.json or config.json; the model could not learn to stop",
+                dir.display()
+            )
         })?;
         let bos_to_force = match cfg.get("add_bos_token").and_then(|v| v.as_bool()) {
             Some(true) => token_id("bos_token"),

@@ -216,10 +216,9 @@ impl Transformer {
     }
 
     fn norm(&self, out: &mut [f32], stat_a: &mut [f32], stat_b: &mut [f32], x: &[f32], n: &Norm) {
-        let d = self.config.hidden_size;
         match &n.b {
-            None => rmsnorm_forward(out, stat_b, x, &n.w, self.config.norm_eps, d),
-            Some(b) => layernorm_forward(out, stat_a, stat_b, x, &n.w, b, self.config.norm_eps, d),
+            None => rmsnorm_forward(out, stat_b, x, &n.w, self.config.norm_eps),
+            Some(b) => layernorm_forward(out, stat_a, stat_b, x, &n.w, b, self.config.norm_eps),
         }
     }
 }

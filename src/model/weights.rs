@@ -76,7 +76,8 @@ impl Weights {
 
 /// GPT-2's Conv1D modules store (in, out); llama.cpp's converter stores them transposed.
 pub fn is_gpt2_conv1d(hf_name: &str) -> bool {
-    hf_name.ends_with(".weight") && ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"].iter().any(|m| hf_name.contains(m))
+    hf_name.ends_with(".weight")
+        && ["attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"].iter().any(|m| hf_name.contains(m))
 }
 
 /// (rows, cols) row-major → (cols, rows) row-major.
@@ -95,7 +96,7 @@ pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 fn unpermute_rows(data: &[f32], shape: &[usize], n_heads: usize) -> Result<Vec<f32>> {
     let rows = shape[0];
     let cols: usize = shape[1..].iter().product();
-    if n_heads == 0 || rows % (2 * n_heads) != 0 {
+    if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         bail!("cannot un-permute a tensor of {rows} rows into {n_heads} heads");
     }
     let hd = rows / n_heads;
@@ -112,8 +113,11 @@ fn unpermute_rows(data: &[f32], shape: &[usize], n_heads: usize) -> Result<Vec<f
     Ok(out)
 }
 
+/// (HF name, llama.cpp name) pairs.
+type NameTable = &'static [(&'static str, &'static str)];
+
 /// (HF suffix inside a layer, llama.cpp suffix) for the Llama family.
-const LLAMA_LAYER: &[(&str, &str)] = &[
+const LLAMA_LAYER: NameTable = &[
     ("input_layernorm.weight", "attn_norm.weight"),
     ("self_attn.q_proj.weight", "attn_q.weight"),
     ("self_attn.q_proj.bias", "attn_q.bias"),
@@ -128,12 +132,12 @@ const LLAMA_LAYER: &[(&str, &str)] = &[
     ("mlp.up_proj.weight", "ffn_up.weight"),
     ("mlp.down_proj.weight", "ffn_down.weight"),
 ];
-const LLAMA_GLOBAL: &[(&str, &str)] = &[
+const LLAMA_GLOBAL: NameTable = &[
     ("model.embed_tokens.weight", "token_embd.weight"),
     ("model.norm.weight", "output_norm.weight"),
     ("lm_head.weight", "output.weight"),
 ];
-const GPT2_LAYER: &[(&str, &str)] = &[
+const GPT2_LAYER: NameTable = &[
     ("ln_1.weight", "attn_norm.weight"),
     ("ln_1.bias", "attn_norm.bias"),
     ("attn.c_attn.weight", "attn_qkv.weight"),
@@ -147,7 +151,7 @@ const GPT2_LAYER: &[(&str, &str)] = &[
     ("mlp.c_proj.weight", "ffn_down.weight"),
     ("mlp.c_proj.bias", "ffn_down.bias"),
 ];
-const GPT2_GLOBAL: &[(&str, &str)] = &[
+const GPT2_GLOBAL: NameTable = &[
     ("transformer.wte.weight", "token_embd.weight"),
     ("transformer.wpe.weight", "position_embd.weight"),
     ("transformer.ln_f.weight", "output_norm.weight"),
@@ -155,7 +159,8 @@ const GPT2_GLOBAL: &[(&str, &str)] = &[
     ("lm_head.weight", "output.weight"),
 ];
 
-fn tables(arch: &str) -> (&'static [(&'static str, &'static str)], &'static [(&'static str, &'static str)], &'static str) {
+/// (global names, per-layer names, HF layer prefix) of an architecture.
+fn tables(arch: &str) -> (NameTable, NameTable, &'static str) {
     match arch {
         "gpt2" => (GPT2_GLOBAL, GPT2_LAYER, "transformer.h."),
         _ => (LLAMA_GLOBAL, LLAMA_LAYER, "model.layers."),

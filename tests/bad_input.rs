@@ -1,0 +1,156 @@
+//! Bad input gets an error that names the file, line or tensor — never a panic, never a partial output file.
+mod common;
+use common::fixture;
+use std::path::Path;
+use std::process::Command;
+
+/// Runs the binary; returns (success, stderr).
+fn condlm(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_condlm")).args(args).args(["--threads", "1"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (out.status.success(), stderr)
+}
+
+fn score_err(model: &Path, data: &Path) -> String {
+    let (ok, err) = condlm(&["score", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    assert!(!ok, "expected failure");
+    err
+}
+
+/// Copies a fixture model folder into a temp dir so a test can damage it.
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn missing_model_and_data_files_are_named() {
+    let rows = fixture("score_rows.jsonl");
+    let err = score_err(Path::new("/nonexistent/model.gguf"), &rows);
+    assert!(err.contains("/nonexistent/model.gguf") && err.contains("no such file"), "{err}");
+    let err = score_err(&fixture("tiny-llama"), Path::new("/nonexistent/rows.jsonl"));
+    assert!(err.contains("/nonexistent/rows.jsonl"), "{err}");
+}
+
+#[test]
+fn truncated_safetensors_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("tiny-llama"), tmp.path());
+    let w = tmp.path().join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    let err = score_err(tmp.path(), &fixture("score_rows.jsonl"));
+    assert!(err.contains("model.safetensors") && err.contains("truncated"), "{err}");
+}
+
+#[test]
+fn truncated_gguf_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let g = tmp.path().join("cut.gguf");
+    let bytes = std::fs::read(fixture("tiny-llama-gguf/tiny-llama.gguf")).unwrap();
+    for cut in [10, bytes.len() / 3, bytes.len() - 1000] {
+        std::fs::write(&g, &bytes[..cut]).unwrap();
+        let err = score_err(&g, &fixture("score_rows.jsonl"));
+        assert!(err.contains("cut.gguf"), "cut at {cut}: {err}");
+    }
+}
+
+#[test]
+fn unknown_and_missing_tensors_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("tiny-llama"), tmp.path());
+    let w = tmp.path().join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let rename = |from: &str, to: &str| {
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            st.tensors().into_iter().map(|(n, v)| (if n == from { to.to_string() } else { n }, v)).collect();
+        std::fs::write(&w, safetensors::serialize(views, None).unwrap()).unwrap();
+    };
+    rename("model.layers.1.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight_extra");
+    let err = score_err(tmp.path(), &fixture("score_rows.jsonl"));
+    assert!(err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("missing"), "{err}");
+
+    // An extra tensor the model would silently ignore is refused, by name.
+    let mut views: Vec<(String, safetensors::tensor::TensorView)> = st.tensors();
+    let (_, v) = views[0].clone();
+    views.push(("model.layers.0.self_attn.q_norm.weight".into(), v));
+    std::fs::write(&w, safetensors::serialize(views, None).unwrap()).unwrap();
+    let err = score_err(tmp.path(), &fixture("score_rows.jsonl"));
+    assert!(err.contains("unknown tensor \"model.layers.0.self_attn.q_norm.weight\""), "{err}");
+}
+
+#[test]
+fn bad_jsonl_lines_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("{\"prompt\":\"a\",\"completion\":\"b\"}\n[1]\n", ":2: expected a JSON object"),
+        ("{\"prompt\":\"a\",\"completion\":\"b\"}\n{\"prompt\":\"a\"}\n", ":2: missing field \"completion\""),
+        ("{\"prompt\":\"a\",\"completion\":\"b\"\n", ":1: not valid JSON"),
+    ];
+    for (text, want) in cases {
+        let data = tmp.path().join("rows.jsonl");
+        std::fs::write(&data, text).unwrap();
+        let err = score_err(&fixture("tiny-llama"), &data);
+        assert!(err.contains("rows.jsonl") && err.contains(want), "{err}");
+    }
+}
+
+#[test]
+fn unsupported_architecture_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("tiny-llama"), tmp.path());
+    let cfg = tmp.path().join("config.json");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("LlamaForCausalLM", "MambaForCausalLM");
+    std::fs::write(&cfg, text).unwrap();
+    let err = score_err(tmp.path(), &fixture("score_rows.jsonl"));
+    assert!(err.contains("MambaForCausalLM") && err.contains("not supported"), "{err}");
+}
+
+#[test]
+fn score_writes_its_output_whole_or_not_at_all() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("scores.jsonl");
+    let (ok, err) = condlm(&[
+        "score",
+        "--model",
+        fixture("tiny-llama").to_str().unwrap(),
+        "--data",
+        fixture("score_rows.jsonl").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("perplexity"), "{err}");
+    let lines = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(lines.lines().count(), 4);
+    // A failing run (bad data) leaves no output file behind.
+    let out2 = tmp.path().join("scores2.jsonl");
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\":\"a\"}\n").unwrap();
+    let (ok, _) = condlm(&[
+        "score",
+        "--model",
+        fixture("tiny-llama").to_str().unwrap(),
+        "--data",
+        bad.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(!ok && !out2.exists());
+    // An unwritable destination is a clear error.
+    let (ok, err) = condlm(&[
+        "score",
+        "--model",
+        fixture("tiny-llama").to_str().unwrap(),
+        "--data",
+        fixture("score_rows.jsonl").to_str().unwrap(),
+        "--out",
+        "/nonexistent-dir/scores.jsonl",
+    ]);
+    assert!(!ok && err.contains("/nonexistent-dir") && err.contains("not writable"), "{err}");
+}
