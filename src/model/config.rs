@@ -35,6 +35,8 @@ pub struct Config {
     pub o_bias: bool,
     pub mlp_bias: bool,
     pub tie_embeddings: bool,
+    /// Mistral-style sliding-window attention span; sequences longer than it are refused (not implemented).
+    pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -70,6 +72,8 @@ struct HfConfig {
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
     tie_word_embeddings: Option<bool>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
     hidden_act: Option<String>,
@@ -151,6 +155,7 @@ impl Config {
                     o_bias: attention_bias,
                     mlp_bias: c.mlp_bias.unwrap_or(false),
                     tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
+                    sliding_window: c.sliding_window.filter(|_| c.use_sliding_window != Some(false)),
                     bos_token_id: bos,
                     eos_token_ids: eos,
                 }
@@ -184,6 +189,7 @@ impl Config {
                     o_bias: true,
                     mlp_bias: true,
                     tie_embeddings: c.tie_word_embeddings.unwrap_or(true),
+                    sliding_window: None,
                     bos_token_id: bos,
                     eos_token_ids: eos,
                 }
@@ -356,6 +362,7 @@ impl Config {
             o_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_output.bias").is_some(),
             mlp_bias: family == Family::Gpt2 || g.tensor("blk.0.ffn_up.bias").is_some(),
             tie_embeddings: g.tensor("output.weight").is_none(),
+            sliding_window: None,
             bos_token_id: token("tokenizer.ggml.bos_token_id")?,
             eos_token_ids: token("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
             architecture: arch,

@@ -142,6 +142,11 @@ impl Transformer {
         if let Some(s) = batch.seqs.iter().find(|s| s.len() > c.max_positions) {
             bail!("a sequence of {} tokens exceeds the model's context window of {}", s.len(), c.max_positions);
         }
+        if let Some(w) = c.sliding_window
+            && let Some(s) = batch.seqs.iter().find(|s| s.len() > w)
+        {
+            bail!("a sequence of {} tokens exceeds the sliding attention window of {w}, which condlm does not implement", s.len());
+        }
         Ok(())
     }
 
