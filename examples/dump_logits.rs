@@ -23,7 +23,7 @@ fn main() -> Result<()> {
     for (i, p) in pairs.iter().take(n).enumerate() {
         let e = m.tokenizer.encode_pair(&p.prompt, &p.completion)?;
         let batch = PackedBatch::new(std::slice::from_ref(&e.ids));
-        m.model.forward(&batch, &mut acts);
+        m.model.forward(&batch, &mut acts, None);
         let all: Vec<usize> = (0..batch.len()).collect();
         let l = logits(&acts.x[..batch.len() * d], d, m.model.head(), &all, &mut HeadScratch::default());
         let ids: Vec<u8> = e.ids.iter().flat_map(|&t| (t as i64).to_le_bytes()).collect();

@@ -11,3 +11,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     tmp.persist(path).map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(())
 }
+
+/// Writes the files of folder `dir` into a temporary sibling folder, then renames it into place
+/// (replacing an existing `dir`), so readers never see a half-written folder.
+pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".condlm-tmp-")
+        .tempdir_in(parent)
+        .with_context(|| format!("cannot write {}: folder {} is not writable", dir.display(), parent.display()))?;
+    for (name, bytes) in files {
+        std::fs::write(tmp.path().join(name), bytes).with_context(|| format!("cannot write {}/{name}", dir.display()))?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+    }
+    let tmp_path = tmp.keep();
+    std::fs::rename(&tmp_path, dir).with_context(|| format!("cannot move output into {}", dir.display()))?;
+    Ok(())
+}

@@ -69,7 +69,7 @@ pub fn score_encoded(
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
         let batch = PackedBatch::new(&seqs);
         model.check_batch(&batch)?;
-        model.forward(&batch, &mut acts);
+        model.forward(&batch, &mut acts, None);
         // Row t-1's hidden state predicts token t; only y positions are evaluated.
         let (mut sel, mut targets) = (Vec::new(), Vec::new());
         for (e, range) in chunk.iter().zip(&batch.seqs) {

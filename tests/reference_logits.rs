@@ -25,7 +25,7 @@ fn packed_ragged_batch_logits_match_transformers() {
         let seqs: Vec<Vec<u32>> = refs.iter().map(|(ids, _)| ids.clone()).collect();
         let batch = PackedBatch::new(&seqs);
         let mut acts = Activations::default();
-        m.model.forward(&batch, &mut acts);
+        m.model.forward(&batch, &mut acts, None);
         let d = m.model.config.hidden_size;
         let rows: Vec<usize> = (0..batch.len()).collect();
         let ours = logits(&acts.x[..batch.len() * d], d, m.model.head(), &rows, &mut HeadScratch::default());

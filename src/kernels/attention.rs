@@ -53,6 +53,152 @@ pub fn attention_forward(out: &mut [f32], qkv: &[f32], l: QkvLayout, seq_start: 
     });
 }
 
+/// Backward of [`attention_forward`].
+///
+/// dqkv (N, row_len): dq, dk and dv are **written** (=) at their columns (q_col.., k_col.., v_col..);
+/// every other column is left untouched.  datt (N, n_heads·head_dim) is ∂L/∂out; qkv is the forward's input
+/// (after RoPE) and att (N, n_heads·head_dim) its output; seq_start as in the forward.
+///
+/// Flash-style: the softmax P of each (row, head) is recomputed from q and k exactly as the forward did it (no
+/// (T×T) tensor is kept), and with D_i = dO_i·O_i:  dS_ij = P_ij·(dO_i·v_j − D_i),
+/// dq_i = Σ_j dS_ij·k_j/√hd,  dk_j = Σ_{i≥j} dS_ij·q_i/√hd,  dv_j = Σ_{i≥j} P_ij·dO_i,
+/// where dk/dv of a kv head also sum over the n_heads/n_kv_heads query heads that share it.
+///
+/// Parallel over (sequence, kv head) blocks: each block owns the dq columns of its query heads and the dk/dv
+/// columns of its kv head, on its sequence's rows, and computes them sequentially in a fixed order — so the
+/// result is bit-identical for any thread count and scheduling.  Scratch: one Vec of ≤ T floats (the probability
+/// row) per rayon work split, created by `for_each_init` and reused across the blocks of that split — the same
+/// scheme as the forward; it avoids threading a scratch struct through every caller for a few KB.
+pub fn attention_backward(dqkv: &mut [f32], datt: &[f32], qkv: &[f32], att: &[f32], l: QkvLayout, seq_start: &[u32]) {
+    let n = seq_start.len();
+    let (hd, rl) = (l.head_dim, l.row_len);
+    assert!(
+        l.n_kv_heads > 0 && l.n_heads % l.n_kv_heads == 0,
+        "attention_backward: n_heads must be a multiple of n_kv_heads"
+    );
+    let (aw, kw) = (l.n_heads * hd, l.n_kv_heads * hd);
+    assert!(
+        dqkv.len() == n * rl && qkv.len() == n * rl && datt.len() == n * aw && att.len() == n * aw,
+        "attention_backward: shapes"
+    );
+    // The disjointness of the blocks' writes (which the unsafe code below relies on) needs: q, k and v column
+    // ranges inside the row and pairwise disjoint, and sequences that are contiguous runs of rows.
+    let ranges = [(l.q_col, l.q_col + aw), (l.k_col, l.k_col + kw), (l.v_col, l.v_col + kw)];
+    for (a, &(a0, a1)) in ranges.iter().enumerate() {
+        assert!(a1 <= rl, "attention_backward: q/k/v columns outside the row");
+        for &(b0, b1) in &ranges[a + 1..] {
+            assert!(a1 <= b0 || b1 <= a0, "attention_backward: q, k and v columns overlap");
+        }
+    }
+    for (i, &s) in seq_start.iter().enumerate() {
+        assert!(
+            s as usize == i || (i > 0 && s == seq_start[i - 1]),
+            "attention_backward: seq_start[{i}] = {s} is not a packed layout"
+        );
+    }
+    let ctx = Block { out: SharedMut(dqkv.as_mut_ptr(), dqkv.len()), datt, qkv, att, l };
+    let kv = l.n_kv_heads;
+    (0..n * kv).into_par_iter().for_each_init(Vec::new, |p, task| {
+        let (s0, g) = (task / kv, task % kv);
+        if seq_start[s0] as usize != s0 {
+            return; // not the first row of a sequence
+        }
+        let end = s0 + seq_start[s0..].iter().take_while(|&&s| s as usize == s0).count();
+        // SAFETY: block (s0, g) is the only one touching rows s0..end of the dq columns of heads
+        // g·group..(g+1)·group and of the dk/dv columns of kv head g: sequences are disjoint row runs and the
+        // column ranges are disjoint (both asserted above); `dqkv` stays mutably borrowed until all blocks end.
+        unsafe { ctx.run(p, s0, end, g) };
+    });
+}
+
+/// A raw view of the dqkv buffer shared by the blocks of [`attention_backward`], which write disjoint parts.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32, usize);
+// SAFETY: only used to hand out disjoint sub-slices to concurrent blocks (see `attention_backward`).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// SAFETY: while the returned slice lives, no other reference may overlap `start .. start + len`.
+    unsafe fn slice<'a>(self, start: usize, len: usize) -> &'a mut [f32] {
+        assert!(start + len <= self.1, "attention_backward: slice out of bounds");
+        // SAFETY: in bounds (checked above); exclusivity is the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
+    }
+}
+
+/// Everything a (sequence, kv head) block of the attention backward reads or writes.
+struct Block<'a> {
+    out: SharedMut,
+    datt: &'a [f32],
+    qkv: &'a [f32],
+    att: &'a [f32],
+    l: QkvLayout,
+}
+
+impl Block<'_> {
+    /// Writes dq of the query heads of kv head `g`, and dk, dv of kv head `g`, for rows `s0..end`.
+    /// `p` is scratch for one probability row.
+    ///
+    /// SAFETY: no other reference to those (row, column) ranges of the dqkv buffer may exist during the call.
+    unsafe fn run(&self, p: &mut Vec<f32>, s0: usize, end: usize, g: usize) {
+        let l = self.l;
+        let (hd, rl, aw) = (l.head_dim, l.row_len, l.n_heads * l.head_dim);
+        let group = l.n_heads / l.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (k_off, v_off) = (l.k_col + g * hd, l.v_col + g * hd);
+        for j in s0..end {
+            // SAFETY: rows s0..end of kv head g's dk/dv columns belong to this block; each slice dies at once.
+            unsafe {
+                self.out.slice(j * rl + k_off, hd).fill(0.0);
+                self.out.slice(j * rl + v_off, hd).fill(0.0);
+            }
+        }
+        for h in g * group..(g + 1) * group {
+            for i in s0..end {
+                let q = &self.qkv[i * rl + l.q_col + h * hd..][..hd];
+                // Recompute this row's softmax exactly as the forward did.
+                p.clear();
+                let mut max = f32::NEG_INFINITY;
+                for j in s0..=i {
+                    let s = dot(q, &self.qkv[j * rl + k_off..][..hd]) * scale;
+                    max = max.max(s);
+                    p.push(s);
+                }
+                let mut sum = 0.0;
+                for s in p.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let d_o = &self.datt[i * aw + h * hd..][..hd];
+                let d_row = dot(d_o, &self.att[i * aw + h * hd..][..hd]);
+                // SAFETY: row i of query head h (in this block's group) — its dq columns are disjoint from the
+                // dk/dv columns borrowed below, and no other slice of them is alive.
+                let dq = unsafe { self.out.slice(i * rl + l.q_col + h * hd, hd) };
+                dq.fill(0.0);
+                for (j, &e) in (s0..=i).zip(p.iter()) {
+                    let pj = e / sum;
+                    let (k, v) = (&self.qkv[j * rl + k_off..][..hd], &self.qkv[j * rl + v_off..][..hd]);
+                    let ds = pj * dot(d_o, v);
+                    for (a, kv) in dq.iter_mut().zip(k) {
+                        *a += ds * kv;
+                    }
+                    // SAFETY: row j ∈ s0..=i of kv head g: owned by this block; dk and dv columns are disjoint.
+                    let (dk, dv) = unsafe { (self.out.slice(j * rl + k_off, hd), self.out.slice(j * rl + v_off, hd)) };
+                    let sds = scale * ds;
+                    for (((dk, dv), qv), ov) in dk.iter_mut().zip(dv.iter_mut()).zip(q).zip(d_o) {
+                        *dk += sds * qv;
+                        *dv += pj * ov;
+                    }
+                }
+                for a in dq.iter_mut() {
+                    *a *= scale;
+                }
+            }
+        }
+    }
+}
+
 /// Dot product in 8 independent lanes so the compiler vectorises it.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
@@ -69,7 +215,120 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::finite_diff::{Rng, assert_bits_eq, check, weighted_sum, with_threads};
+    use super::super::rope::{RopeTable, rope_backward, rope_forward};
     use super::*;
+
+    // Error measure |g_fd − g| / max(1, |g|), step h = 1e-2.  Truncation h²/6·|L'''|: scores are O(1) here, so
+    // |L'''| is O(1) and the term ≲ 5e-5.  Round-off: a perturbed k or v element moves up to T·head_dim outputs
+    // of O(1) each, ≈ 6e-8·40 ≈ 3e-6 in L, ≈ 1.5e-4 after dividing by 2h in the worst case (random signs give
+    // far less; observed maxima ≤ 4e-5).  3e-4 keeps a ×7 margin; a wrong term or sign gives O(0.1–1).
+    const H: f32 = 1e-2;
+    const TOL: f64 = 3e-4;
+
+    /// Layout with padding and q/k/v out of order: [pad 2 | k | q | pad 1 | v | pad 3].
+    fn layout(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> QkvLayout {
+        let (aw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
+        let (k_col, q_col, v_col) = (2, 2 + kw, 2 + kw + aw + 1);
+        QkvLayout { row_len: v_col + kw + 3, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim }
+    }
+
+    fn packed(lengths: &[usize]) -> (Vec<u32>, Vec<u32>) {
+        let (mut seq_start, mut positions) = (Vec::new(), Vec::new());
+        for &len in lengths {
+            let s = seq_start.len() as u32;
+            seq_start.extend(std::iter::repeat_n(s, len));
+            positions.extend(0..len as u32);
+        }
+        (seq_start, positions)
+    }
+
+    fn is_qkv_col(l: &QkvLayout, c: usize) -> bool {
+        let (aw, kw) = (l.n_heads * l.head_dim, l.n_kv_heads * l.head_dim);
+        (l.q_col..l.q_col + aw).contains(&c)
+            || (l.k_col..l.k_col + kw).contains(&c)
+            || (l.v_col..l.v_col + kw).contains(&c)
+    }
+
+    /// Runs the backward into a buffer whose q/k/v columns hold NaN (they must be overwritten) and whose other
+    /// columns hold 7 (they must stay); returns it with the padding zeroed (its true gradient).
+    fn backward(datt: &[f32], qkv: &[f32], att: &[f32], l: QkvLayout, seq_start: &[u32]) -> Vec<f32> {
+        let fill = |c: usize| if is_qkv_col(&l, c) { f32::NAN } else { 7.0 };
+        let mut d: Vec<f32> = (0..qkv.len()).map(|i| fill(i % l.row_len)).collect();
+        attention_backward(&mut d, datt, qkv, att, l, seq_start);
+        for (i, v) in d.iter_mut().enumerate() {
+            if is_qkv_col(&l, i % l.row_len) {
+                assert!(v.is_finite(), "dqkv[{i}] not written");
+            } else {
+                assert_eq!(*v, 7.0, "dqkv[{i}] outside q/k/v columns was touched");
+                *v = 0.0;
+            }
+        }
+        d
+    }
+
+    #[test]
+    fn attention_backward_matches_finite_differences() {
+        // Packed sequences of lengths 3 and 5; GQA 4/2, plus MQA 3/1 and MHA 2/2.  head_dim 10 exercises both
+        // the 8-lane and the remainder path of `dot`.
+        let (seq_start, _) = packed(&[3, 5]);
+        let n = seq_start.len();
+        for (seed, (nh, nkv)) in [(4, 2), (3, 1), (2, 2)].into_iter().enumerate() {
+            let l = layout(nh, nkv, 10);
+            let mut rng = Rng::new(41 + seed as u64);
+            let (qkv, r) = (rng.vec(n * l.row_len, 1.5), rng.vec(n * nh * 10, 1.0));
+            let loss = |x: &[f32]| {
+                let mut out = vec![0.0; n * nh * 10];
+                attention_forward(&mut out, x, l, &seq_start);
+                weighted_sum(&out, &r)
+            };
+            let mut att = vec![0.0; n * nh * 10];
+            attention_forward(&mut att, &qkv, l, &seq_start);
+            let d = backward(&r, &qkv, &att, l, &seq_start);
+            check(&format!("attention dqkv {nh}/{nkv} heads"), &qkv, &d, H, TOL, loss);
+        }
+    }
+
+    #[test]
+    fn rope_then_attention_backward_matches_finite_differences() {
+        // The chain the model runs: RoPE on q and k (positions restart per packed sequence), then attention.
+        let (seq_start, positions) = packed(&[3, 5]);
+        let n = seq_start.len();
+        let (nh, nkv, hd) = (4, 2, 6);
+        let l = layout(nh, nkv, hd);
+        let table = RopeTable::new(&[1.1, 0.3, 0.02], 8);
+        let mut rng = Rng::new(45);
+        let (x, r) = (rng.vec(n * l.row_len, 1.5), rng.vec(n * nh * hd, 1.0));
+        let forward = |x: &[f32]| {
+            let mut qkv = x.to_vec();
+            rope_forward(&mut qkv, l.row_len, l.q_col, nh, &positions, &table);
+            rope_forward(&mut qkv, l.row_len, l.k_col, nkv, &positions, &table);
+            let mut out = vec![0.0; n * nh * hd];
+            attention_forward(&mut out, &qkv, l, &seq_start);
+            (qkv, out)
+        };
+        let (qkv, att) = forward(&x);
+        let mut d = backward(&r, &qkv, &att, l, &seq_start);
+        rope_backward(&mut d, l.row_len, l.q_col, nh, &positions, &table);
+        rope_backward(&mut d, l.row_len, l.k_col, nkv, &positions, &table);
+        check("rope+attention dx", &x, &d, H, TOL, |xp| weighted_sum(&forward(xp).1, &r));
+    }
+
+    #[test]
+    fn attention_backward_is_bit_identical_across_runs_and_thread_counts() {
+        let (seq_start, _) = packed(&[37, 100, 5, 64, 1, 20]);
+        let n = seq_start.len();
+        let l = layout(8, 2, 16);
+        let mut rng = Rng::new(47);
+        let (qkv, datt) = (rng.vec(n * l.row_len, 1.5), rng.vec(n * 8 * 16, 1.0));
+        let mut att = vec![0.0; n * 8 * 16];
+        attention_forward(&mut att, &qkv, l, &seq_start);
+        let run = || backward(&datt, &qkv, &att, l, &seq_start);
+        let reference = with_threads(1, run);
+        for threads in [1, 2, 3, 4] {
+            assert_bits_eq(&format!("dqkv with {threads} threads"), &reference, &with_threads(threads, run));
+        }
+    }
 
     #[test]
     fn first_row_of_each_sequence_copies_its_value() {

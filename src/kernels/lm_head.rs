@@ -6,14 +6,17 @@ use rayon::prelude::*;
 /// Rows of the LM head per chunk: bounds the logits scratch to CHUNK × vocab floats.
 pub const CHUNK: usize = 64;
 
-/// Reusable buffers for the head: gathered hidden rows (CHUNK, dim) and their logits (CHUNK, vocab).
+/// Reusable buffers for the head: gathered hidden rows (CHUNK, dim), their logits (CHUNK, vocab) and
+/// per-row losses (CHUNK).  They grow on first use and are reused afterwards (no allocation once warm).
 #[derive(Default)]
 pub struct HeadScratch {
     rows: Vec<f32>,
     logits: Vec<f32>,
+    row_loss: Vec<f64>,
 }
 
-/// Logits of the selected rows, chunk by chunk: calls `visit(chunk_start, logits (c, vocab))`.
+/// Logits of the selected rows, chunk by chunk:
+/// calls `visit(chunk_start, gathered hidden rows (c, dim), logits (c, vocab))`.
 fn for_each_chunk(
     hidden: &[f32],
     dim: usize,
@@ -21,7 +24,7 @@ fn for_each_chunk(
     vocab: usize,
     rows: &[usize],
     s: &mut HeadScratch,
-    mut visit: impl FnMut(usize, &mut [f32]),
+    mut visit: impl FnMut(usize, &mut [f32], &mut [f32]),
 ) {
     s.rows.resize(CHUNK.min(rows.len()) * dim, 0.0);
     s.logits.resize(CHUNK.min(rows.len()) * vocab, 0.0);
@@ -37,7 +40,7 @@ fn for_each_chunk(
             Mat::new(head, vocab, dim).t(),
             false,
         );
-        visit(c * CHUNK, logits);
+        visit(c * CHUNK, &mut s.rows[..n * dim], logits);
     }
 }
 
@@ -52,7 +55,7 @@ pub fn target_logprobs(
     s: &mut HeadScratch,
 ) {
     let vocab = head.len() / dim;
-    for_each_chunk(hidden, dim, head, vocab, rows, s, |start, logits| {
+    for_each_chunk(hidden, dim, head, vocab, rows, s, |start, _, logits| {
         out[start..]
             .par_iter_mut()
             .zip(logits.par_chunks(vocab))
@@ -65,10 +68,83 @@ pub fn target_logprobs(
 pub fn logits(hidden: &[f32], dim: usize, head: &[f32], rows: &[usize], s: &mut HeadScratch) -> Vec<f32> {
     let vocab = head.len() / dim;
     let mut out = vec![0.0; rows.len() * vocab];
-    for_each_chunk(hidden, dim, head, vocab, rows, s, |start, l| {
+    for_each_chunk(hidden, dim, head, vocab, rows, s, |start, _, l| {
         out[start * vocab..][..l.len()].copy_from_slice(l);
     });
     out
+}
+
+/// Fused LM head + cross-entropy, forward and backward, chunk by chunk over the selected rows (at most
+/// CHUNK × vocab logits exist at a time, in `s`).
+///
+/// hidden, dhidden: (N, dim); head, dhead: (vocab, dim); rows[k] is the hidden row whose next token is
+/// targets[k] (rows.len() = targets.len(); a row may appear at most once per call).
+/// Per-token loss, PyTorch's `label_smoothing` = ε semantics (target distribution (1−ε)·onehot + ε/V):
+///     loss = (1−ε)·(lse − l_t) + ε·(lse − mean_v l_v)
+/// Returns Σ_k loss_k (unweighted, f64, summed in row order).  Gradient applied, with w = token_weight:
+///     dlogits = w·(softmax − (1−ε)·onehot − ε/V);  dhidden[rows[k]] **+=** dlogits_k · head;
+///     dhead **+=** dlogitsᵀ · hidden[rows]  (when given; None for a frozen head).
+/// Rows of dhidden that are not selected are untouched.  Deterministic for a fixed thread count.
+/// No allocation once `s` is warm.
+#[allow(clippy::too_many_arguments)]
+pub fn cross_entropy_backward(
+    hidden: &[f32],
+    dim: usize,
+    head: &[f32],
+    rows: &[usize],
+    targets: &[u32],
+    token_weight: f32,
+    label_smoothing: f32,
+    dhidden: &mut [f32],
+    mut dhead: Option<&mut [f32]>,
+    s: &mut HeadScratch,
+) -> f64 {
+    let vocab = head.len() / dim;
+    assert!(rows.len() == targets.len(), "cross_entropy_backward: rows and targets differ in length");
+    assert!(dhidden.len() == hidden.len(), "cross_entropy_backward: dhidden shape");
+    assert!(dhead.as_ref().is_none_or(|d| d.len() == head.len()), "cross_entropy_backward: dhead shape");
+    assert!((0.0..=1.0).contains(&label_smoothing), "cross_entropy_backward: label_smoothing outside [0, 1]");
+    let eps = label_smoothing as f64;
+    let (w_target, w_uniform) = (token_weight * (1.0 - label_smoothing), token_weight * label_smoothing / vocab as f32);
+    let mut row_loss = std::mem::take(&mut s.row_loss);
+    row_loss.resize(CHUNK.min(rows.len()), 0.0);
+    let mut total = 0.0f64;
+    for_each_chunk(hidden, dim, head, vocab, rows, s, |start, xs, logits| {
+        let n = xs.len() / dim;
+        let (chunk_rows, chunk_targets) = (&rows[start..start + n], &targets[start..start + n]);
+        // Loss of each row, and its logits turned into dlogits in place.
+        logits.par_chunks_mut(vocab).zip(row_loss[..n].par_iter_mut()).zip(chunk_targets.par_iter()).for_each(
+            |((l, loss), &t)| {
+                let t = t as usize;
+                let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                let (mut sum, mut sum_l) = (0.0f64, 0.0f64);
+                for &v in l.iter() {
+                    sum += ((v - max) as f64).exp();
+                    sum_l += v as f64;
+                }
+                let lse = max as f64 + sum.ln();
+                *loss = (1.0 - eps) * (lse - l[t] as f64) + eps * (lse - sum_l / vocab as f64);
+                let scale = (token_weight as f64 / sum) as f32;
+                for v in l.iter_mut() {
+                    *v = (*v - max).exp() * scale - w_uniform;
+                }
+                l[t] -= w_target;
+            },
+        );
+        total += row_loss[..n].iter().sum::<f64>();
+        if let Some(dh) = dhead.as_deref_mut() {
+            matmul(MatMut::new(dh, vocab, dim), Mat::new(logits, n, vocab).t(), Mat::new(xs, n, dim), true);
+        }
+        // The gathered rows are no longer needed: reuse them for dlogits · head, then scatter-add.
+        matmul(MatMut::new(xs, n, dim), Mat::new(logits, n, vocab), Mat::new(head, vocab, dim), false);
+        for (g, &r) in xs.chunks_exact(dim).zip(chunk_rows) {
+            for (d, g) in dhidden[r * dim..][..dim].iter_mut().zip(g) {
+                *d += g;
+            }
+        }
+    });
+    s.row_loss = row_loss;
+    total
 }
 
 /// log Σ exp(l), stable, accumulated in f64 (vocabularies reach 150k entries).
@@ -80,7 +156,168 @@ pub fn logsumexp(l: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::finite_diff::{Rng, assert_bits_eq, check, with_threads};
     use super::*;
+
+    /// Σ_k loss_k in f64 from the f32 logits of the existing forward path — independent of the backward.
+    fn reference_loss(hidden: &[f32], dim: usize, head: &[f32], rows: &[usize], targets: &[u32], eps: f64) -> f64 {
+        let vocab = head.len() / dim;
+        let l = logits(hidden, dim, head, rows, &mut HeadScratch::default());
+        l.chunks(vocab)
+            .zip(targets)
+            .map(|(l, &t)| {
+                let lse = l.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+                let mean = l.iter().map(|&v| v as f64).sum::<f64>() / vocab as f64;
+                (1.0 - eps) * (lse - l[t as usize] as f64) + eps * (lse - mean)
+            })
+            .sum()
+    }
+
+    #[test]
+    fn cross_entropy_backward_matches_finite_differences() {
+        // CHUNK + 5 hidden rows; CHUNK + 2 of them selected in shuffled order (two chunks), 3 left out.
+        let (n, dim, vocab) = (CHUNK + 5, 6, 11);
+        let mut rng = Rng::new(61);
+        let mut rows: Vec<usize> = (0..n).collect();
+        for i in (1..n).rev() {
+            rows.swap(i, rng.below(i + 1));
+        }
+        let skipped: Vec<usize> = rows.split_off(CHUNK + 2);
+        let targets: Vec<u32> = rows.iter().map(|_| rng.below(vocab) as u32).collect();
+        let (hidden, head) = (rng.vec(n * dim, 1.0), rng.vec(vocab * dim, 1.0));
+        let tw = 0.37f32;
+        // Error measure |g_fd − g| / max(1, |g|), h = 1e-2.  Truncation h²/6·|L'''|: a log-softmax has third
+        // derivatives ≤ 0.1 per logit, times tw·|hidden|³ summed over ≤ 66 rows for a head entry ⇒ ≲ 1e-5.
+        // Round-off: the f32 logits carry ≈ 6e-8·|logit|, over ≤ 66 moved rows ≲ 1e-6 in L, ≲ 5e-5 after
+        // dividing by 2h in the worst case.  Observed maxima ≤ 6e-6 (printed), so 1e-4 keeps a wide margin while
+        // a wrong sign or a missing ε-term errs by ≳ 1e-3.
+        for eps in [0.0f32, 0.1] {
+            let mut s = HeadScratch::default();
+            let (g0, gh0) = (rng.vec(n * dim, 1.0), rng.vec(vocab * dim, 1.0));
+            let (mut dhidden, mut dhead) = (g0.clone(), gh0.clone());
+            let loss = cross_entropy_backward(
+                &hidden,
+                dim,
+                &head,
+                &rows,
+                &targets,
+                tw,
+                eps,
+                &mut dhidden,
+                Some(&mut dhead),
+                &mut s,
+            );
+            let want = reference_loss(&hidden, dim, &head, &rows, &targets, eps as f64);
+            assert!((loss - want).abs() < 1e-5 * want.abs(), "loss {loss} vs {want}");
+            for &r in &skipped {
+                assert_bits_eq("unselected dhidden row", &dhidden[r * dim..][..dim], &g0[r * dim..][..dim]);
+            }
+            let minus = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a - b).collect::<Vec<f32>>();
+            let l = |x: &[f32], w: &[f32]| tw as f64 * reference_loss(x, dim, w, &rows, &targets, eps as f64);
+            check(&format!("lm head dhidden ε={eps}"), &hidden, &minus(&dhidden, &g0), 1e-2, 1e-4, |x| l(x, &head));
+            check(&format!("lm head dhead ε={eps}"), &head, &minus(&dhead, &gh0), 1e-2, 1e-4, |w| l(&hidden, w));
+            // Frozen head: dhidden is the same without dhead.
+            let mut dh2 = g0.clone();
+            cross_entropy_backward(&hidden, dim, &head, &rows, &targets, tw, eps, &mut dh2, None, &mut s);
+            assert_bits_eq("dhidden without dhead", &dhidden, &dh2);
+        }
+    }
+
+    #[test]
+    fn cross_entropy_matches_pytorch_label_smoothing() {
+        // head = identity, so the logits are the hidden rows; values from
+        // torch.nn.functional.cross_entropy(l, t, label_smoothing=ε, reduction="sum") and its autograd in f64.
+        let l = [0.5f32, -1.0, 2.0, 0.25, 1.5, 0.0, -0.5, -2.0];
+        let eye: Vec<f32> = (0..16).map(|i| if i % 5 == 0 { 1.0 } else { 0.0 }).collect();
+        let cases: [(f32, f64, [f32; 8]); 2] = [
+            (
+                0.0,
+                3.697_620_287_473_978_5,
+                [
+                    0.154_234_83,
+                    -0.965_585_56,
+                    0.691_232_53,
+                    0.120_118_2,
+                    -0.279_882_8,
+                    0.160_679_87,
+                    0.097_457_27,
+                    0.021_745_656,
+                ],
+            ),
+            (
+                0.1,
+                3.728_870_287_473_978_5,
+                [
+                    0.129_234_83,
+                    -0.890_585_56,
+                    0.666_232_53,
+                    0.095_118_2,
+                    -0.204_882_8,
+                    0.135_679_87,
+                    0.072_457_27,
+                    -0.003_254_344_5,
+                ],
+            ),
+        ];
+        for (eps, want_loss, want_grad) in cases {
+            let mut d = vec![0.0; 8];
+            let loss = cross_entropy_backward(
+                &l,
+                4,
+                &eye,
+                &[0, 1],
+                &[1, 0],
+                1.0,
+                eps,
+                &mut d,
+                None,
+                &mut HeadScratch::default(),
+            );
+            assert!((loss - want_loss).abs() < 1e-6, "ε={eps}: loss {loss} vs {want_loss}");
+            for (a, b) in d.iter().zip(want_grad) {
+                assert!((a - b).abs() < 1e-6, "ε={eps}: grad {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn cross_entropy_backward_is_bit_identical_across_runs() {
+        // Large enough that the GEMMs go multi-threaded (m·n·k ≥ 2¹⁸); three full chunks and a partial one.
+        let (n, dim, vocab) = (3 * CHUNK + 10, 64, 1000);
+        let mut rng = Rng::new(63);
+        let (hidden, head) = (rng.vec(n * dim, 1.0), rng.vec(vocab * dim, 1.0));
+        let rows: Vec<usize> = (0..n).rev().collect();
+        let targets: Vec<u32> = rows.iter().map(|_| rng.below(vocab) as u32).collect();
+        let run = || {
+            let (mut dhidden, mut dhead, mut s) = (vec![0.0; n * dim], vec![0.0; vocab * dim], HeadScratch::default());
+            let loss = cross_entropy_backward(
+                &hidden,
+                dim,
+                &head,
+                &rows,
+                &targets,
+                0.5,
+                0.1,
+                &mut dhidden,
+                Some(&mut dhead),
+                &mut s,
+            );
+            (loss, dhidden, dhead)
+        };
+        for threads in [1, 2, 4] {
+            let (a, b) = (with_threads(threads, run), with_threads(threads, run));
+            assert_eq!(a.0.to_bits(), b.0.to_bits(), "loss with {threads} threads");
+            assert_bits_eq(&format!("dhidden with {threads} threads"), &a.1, &b.1);
+            assert_bits_eq(&format!("dhead with {threads} threads"), &a.2, &b.2);
+        }
+        // Empty selection: nothing to do, loss 0.
+        let mut d = vec![1.0; n * dim];
+        assert_eq!(
+            cross_entropy_backward(&hidden, dim, &head, &[], &[], 1.0, 0.0, &mut d, None, &mut HeadScratch::default()),
+            0.0
+        );
+        assert!(d.iter().all(|&v| v == 1.0));
+    }
 
     #[test]
     fn logprobs_match_direct_softmax_across_chunk_boundary() {

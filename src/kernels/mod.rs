@@ -6,3 +6,6 @@ pub mod lm_head;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
+
+#[cfg(test)]
+mod finite_diff;

@@ -40,9 +40,217 @@ pub fn layernorm_forward(
     );
 }
 
+/// Backward of [`rmsnorm_forward`].  dout, x, dx: (N, dim); w, dw: (dim); rstd: (N) as saved by the forward.
+/// dx **+=** ∂L/∂x (residual-stream gradient), dw **+=** ∂L/∂w when given.  No allocation.
+///
+/// With r = rstd, g = w ⊙ dout:  dx = r·g − (r³/dim)·x·Σ(g ⊙ x),  dw = Σ_rows dout ⊙ x·r.
+/// dw is reduced in a fixed order (see [`column_reduce`]): bit-identical for any thread count.
+pub fn rmsnorm_backward(dx: &mut [f32], dw: Option<&mut [f32]>, dout: &[f32], x: &[f32], w: &[f32], rstd: &[f32]) {
+    let dim = w.len();
+    let n = rstd.len();
+    assert!(dx.len() == n * dim && dout.len() == n * dim && x.len() == n * dim, "rmsnorm_backward: shapes");
+    dx.par_chunks_mut(dim).zip(dout.par_chunks(dim).zip(x.par_chunks(dim))).zip(rstd.par_iter()).for_each(
+        |((dxr, (dor, xr)), &r)| {
+            let gx: f32 = dor.iter().zip(xr).zip(w).map(|((d, xv), wv)| d * wv * xv).sum();
+            let c = r * r * r * gx / dim as f32;
+            for (((dx, d), xv), wv) in dxr.iter_mut().zip(dor).zip(xr).zip(w) {
+                *dx += r * wv * d - c * xv;
+            }
+        },
+    );
+    if let Some(dw) = dw {
+        assert_eq!(dw.len(), dim, "rmsnorm_backward: dw shape");
+        column_reduce(dw, n, |row, c0, part| {
+            let r = rstd[row];
+            let (dor, xr) = (&dout[row * dim + c0..][..part.len()], &x[row * dim + c0..][..part.len()]);
+            for ((p, d), xv) in part.iter_mut().zip(dor).zip(xr) {
+                *p += d * xv * r;
+            }
+        });
+    }
+}
+
+/// Backward of [`layernorm_forward`].  dout, x, dx: (N, dim); w, dw, db: (dim); mean, rstd: (N) as saved by
+/// the forward.  dx **+=** ∂L/∂x, dw **+=** ∂L/∂w, db **+=** ∂L/∂b (each when given).  No allocation.
+///
+/// With x̂ = (x − mean)·r, g = w ⊙ dout:  dx = r·(g − mean(g) − x̂·mean(g ⊙ x̂)),  dw = Σ dout ⊙ x̂,  db = Σ dout.
+/// dw and db are reduced in a fixed order (see [`column_reduce`]): bit-identical for any thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    dx: &mut [f32],
+    dw: Option<&mut [f32]>,
+    db: Option<&mut [f32]>,
+    dout: &[f32],
+    x: &[f32],
+    w: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+) {
+    let dim = w.len();
+    let n = rstd.len();
+    assert!(
+        dx.len() == n * dim && dout.len() == n * dim && x.len() == n * dim && mean.len() == n,
+        "layernorm_backward: shapes"
+    );
+    dx.par_chunks_mut(dim)
+        .zip(dout.par_chunks(dim).zip(x.par_chunks(dim)))
+        .zip(mean.par_iter().zip(rstd.par_iter()))
+        .for_each(|((dxr, (dor, xr)), (&m, &r))| {
+            let (mut sg, mut sgx) = (0.0f32, 0.0f32);
+            for ((d, xv), wv) in dor.iter().zip(xr).zip(w) {
+                let g = d * wv;
+                sg += g;
+                sgx += g * (xv - m) * r;
+            }
+            let (mg, mgx) = (sg / dim as f32, sgx / dim as f32);
+            for (((dx, d), xv), wv) in dxr.iter_mut().zip(dor).zip(xr).zip(w) {
+                *dx += r * (d * wv - mg - (xv - m) * r * mgx);
+            }
+        });
+    if let Some(dw) = dw {
+        assert_eq!(dw.len(), dim, "layernorm_backward: dw shape");
+        column_reduce(dw, n, |row, c0, part| {
+            let (m, r) = (mean[row], rstd[row]);
+            let (dor, xr) = (&dout[row * dim + c0..][..part.len()], &x[row * dim + c0..][..part.len()]);
+            for ((p, d), xv) in part.iter_mut().zip(dor).zip(xr) {
+                *p += d * (xv - m) * r;
+            }
+        });
+    }
+    if let Some(db) = db {
+        assert_eq!(db.len(), dim, "layernorm_backward: db shape");
+        column_reduce(db, n, |row, c0, part| {
+            let dor = &dout[row * dim + c0..][..part.len()];
+            for (p, d) in part.iter_mut().zip(dor) {
+                *p += d;
+            }
+        });
+    }
+}
+
+/// Features per parallel task of [`column_reduce`].
+const COL_BLOCK: usize = 32;
+/// Rows summed into one partial before it joins the running total (keeps f32 round-off ~ (64 + N/64)·ε).
+const ROW_CHUNK: usize = 64;
+
+/// dst[j] += Σ_row term(row)[j] for a parameter gradient of `dst.len()` features, in an order fixed by the
+/// shapes alone: parallel over blocks of COL_BLOCK features (disjoint outputs), and inside a block rows are
+/// added in row order into a partial per ROW_CHUNK rows, partials joined in chunk order.  The result is
+/// therefore bit-identical for any thread count and any scheduling.  `term(row, c0, part)` adds row `row`'s
+/// contribution for features `c0 .. c0 + part.len()` into `part`.  No allocation (partials live on the stack).
+fn column_reduce(dst: &mut [f32], n_rows: usize, term: impl Fn(usize, usize, &mut [f32]) + Sync) {
+    dst.par_chunks_mut(COL_BLOCK).enumerate().for_each(|(b, out)| {
+        let c0 = b * COL_BLOCK;
+        let mut total = [0.0f32; COL_BLOCK];
+        let total = &mut total[..out.len()];
+        for chunk in (0..n_rows).step_by(ROW_CHUNK) {
+            let mut part = [0.0f32; COL_BLOCK];
+            let part = &mut part[..out.len()];
+            for row in chunk..(chunk + ROW_CHUNK).min(n_rows) {
+                term(row, c0, part);
+            }
+            for (t, p) in total.iter_mut().zip(part.iter()) {
+                *t += p;
+            }
+        }
+        for (o, t) in out.iter_mut().zip(total.iter()) {
+            *o += t;
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
+    use super::super::finite_diff::{Rng, assert_bits_eq, check, weighted_sum, with_threads};
     use super::*;
+
+    const EPS: f32 = 1e-5;
+    // Step and tolerance for the finite-difference checks.  Error measure |g_fd − g| / max(1, |g|).
+    // Truncation error of the central difference is h²/6·|L'''| ≈ 2e-5·|L'''| at h = 1e-2; f32 round-off in the
+    // forward is ≈ 6e-8·Σ|out ⊙ R| over the outputs that move (one row of 40 for dx, all 70×40 for dw), so after
+    // dividing by 2h it stays ≲ 1e-4 (observed maxima: 1.2e-4 for layernorm dx, ≤ 6e-5 elsewhere).  5e-4 keeps a
+    // ×4 margin over that, while a wrong sign or term gives errors of order 0.1–1.
+    const H: f32 = 1e-2;
+    const TOL: f64 = 5e-4;
+    // 70 rows cross the 64-row chunk of the parameter reduction; 40 features span two 32-feature blocks.
+    const N: usize = 70;
+    const DIM: usize = 40;
+
+    fn minus(a: &[f32], b: &[f32]) -> Vec<f32> {
+        a.iter().zip(b).map(|(a, b)| a - b).collect()
+    }
+
+    fn rms_loss(x: &[f32], w: &[f32], r: &[f32]) -> f64 {
+        let (mut out, mut rstd) = (vec![0.0; x.len()], vec![0.0; x.len() / w.len()]);
+        rmsnorm_forward(&mut out, &mut rstd, x, w, EPS);
+        weighted_sum(&out, r)
+    }
+
+    fn ln_loss(x: &[f32], w: &[f32], b: &[f32], r: &[f32]) -> f64 {
+        let n = x.len() / w.len();
+        let (mut out, mut mean, mut rstd) = (vec![0.0; x.len()], vec![0.0; n], vec![0.0; n]);
+        layernorm_forward(&mut out, &mut mean, &mut rstd, x, w, b, EPS);
+        weighted_sum(&out, r)
+    }
+
+    #[test]
+    fn rmsnorm_backward_matches_finite_differences() {
+        let mut rng = Rng::new(11);
+        let x: Vec<f32> = (0..N * DIM).map(|i| rng.uniform() * 2.0 + if i % 7 == 0 { 1.5 } else { 0.0 }).collect();
+        let (w, r) = (rng.vec(DIM, 1.5), rng.vec(N * DIM, 1.0));
+        let (mut out, mut rstd) = (vec![0.0; N * DIM], vec![0.0; N]);
+        rmsnorm_forward(&mut out, &mut rstd, &x, &w, EPS);
+        // Pre-filled gradients: the backward must accumulate (+=), not overwrite.
+        let (g0, gw0) = (rng.vec(N * DIM, 1.0), rng.vec(DIM, 1.0));
+        let (mut dx, mut dw) = (g0.clone(), gw0.clone());
+        rmsnorm_backward(&mut dx, Some(&mut dw), &r, &x, &w, &rstd);
+        check("rmsnorm dx", &x, &minus(&dx, &g0), H, TOL, |xp| rms_loss(xp, &w, &r));
+        check("rmsnorm dw", &w, &minus(&dw, &gw0), H, TOL, |wp| rms_loss(&x, wp, &r));
+        // Without dw, dx is the same.
+        let mut dx2 = g0.clone();
+        rmsnorm_backward(&mut dx2, None, &r, &x, &w, &rstd);
+        assert_bits_eq("rmsnorm dx without dw", &dx, &dx2);
+    }
+
+    #[test]
+    fn layernorm_backward_matches_finite_differences() {
+        let mut rng = Rng::new(12);
+        let x: Vec<f32> = (0..N * DIM).map(|i| rng.uniform() * 2.0 + (i / DIM) as f32 * 0.05).collect();
+        let (w, b, r) = (rng.vec(DIM, 1.5), rng.vec(DIM, 1.0), rng.vec(N * DIM, 1.0));
+        let (mut out, mut mean, mut rstd) = (vec![0.0; N * DIM], vec![0.0; N], vec![0.0; N]);
+        layernorm_forward(&mut out, &mut mean, &mut rstd, &x, &w, &b, EPS);
+        let (g0, gw0, gb0) = (rng.vec(N * DIM, 1.0), rng.vec(DIM, 1.0), rng.vec(DIM, 1.0));
+        let (mut dx, mut dw, mut db) = (g0.clone(), gw0.clone(), gb0.clone());
+        layernorm_backward(&mut dx, Some(&mut dw), Some(&mut db), &r, &x, &w, &mean, &rstd);
+        check("layernorm dx", &x, &minus(&dx, &g0), H, TOL, |xp| ln_loss(xp, &w, &b, &r));
+        check("layernorm dw", &w, &minus(&dw, &gw0), H, TOL, |wp| ln_loss(&x, wp, &b, &r));
+        check("layernorm db", &b, &minus(&db, &gb0), H, TOL, |bp| ln_loss(&x, &w, bp, &r));
+        let mut dx2 = g0.clone();
+        layernorm_backward(&mut dx2, None, None, &r, &x, &w, &mean, &rstd);
+        assert_bits_eq("layernorm dx without dw/db", &dx, &dx2);
+    }
+
+    #[test]
+    fn norm_backwards_are_bit_identical_across_runs_and_thread_counts() {
+        let (n, dim) = (1000, 200);
+        let mut rng = Rng::new(13);
+        let (x, w, b, r) = (rng.vec(n * dim, 2.0), rng.vec(dim, 1.5), rng.vec(dim, 1.0), rng.vec(n * dim, 1.0));
+        let (mut out, mut mean, mut rstd) = (vec![0.0; n * dim], vec![0.0; n], vec![0.0; n]);
+        layernorm_forward(&mut out, &mut mean, &mut rstd, &x, &w, &b, EPS);
+        let run = || {
+            let (mut dx, mut dw, mut db) = (vec![0.0; n * dim], vec![0.0; dim], vec![0.0; dim]);
+            layernorm_backward(&mut dx, Some(&mut dw), Some(&mut db), &r, &x, &w, &mean, &rstd);
+            let (mut rdx, mut rdw) = (vec![0.0; n * dim], vec![0.0; dim]);
+            rmsnorm_backward(&mut rdx, Some(&mut rdw), &r, &x, &w, &rstd);
+            [dx, dw, db, rdx, rdw]
+        };
+        let reference = with_threads(1, run);
+        for threads in [1, 2, 3, 4] {
+            for (k, (a, b)) in reference.iter().zip(with_threads(threads, run)).enumerate() {
+                assert_bits_eq(&format!("norm gradient {k} with {threads} threads"), a, &b);
+            }
+        }
+    }
 
     #[test]
     fn rmsnorm_of_constant_row_is_weight() {

@@ -1,7 +1,9 @@
 //! Builds a `Transformer` from a `Config` and `Weights`, checking every tensor's presence and
 //! shape and refusing tensors the model would silently ignore.
 use super::config::{Config, Family};
-use super::transformer::{Block, Linear, Norm, Transformer};
+use super::linear::Linear;
+use super::param::Param;
+use super::transformer::{Block, Norm, Transformer};
 use super::weights::{Weights, is_gpt2_conv1d, transpose};
 use anyhow::{Result, bail};
 use std::collections::BTreeSet;
@@ -51,7 +53,13 @@ impl Taker<'_> {
         }
     }
 
-    /// A linear layer `module` with HF weight shape (out, in), or (in, out) for GPT-2 Conv1D.
+    /// A tensor as a `Param` named by its canonical HF name.
+    fn param(&mut self, name: &str, shape: &[usize]) -> Result<Param> {
+        Ok(Param::new(name, shape.to_vec(), self.take(name, shape)?))
+    }
+
+    /// A linear layer `module` with HF weight shape (out, in), or (in, out) for GPT-2 Conv1D —
+    /// which is transposed here, so every `Linear` holds (out, in).
     fn linear(&mut self, module: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
         let wname = format!("{module}.weight");
         let w = if is_gpt2_conv1d(&wname) {
@@ -59,13 +67,13 @@ impl Taker<'_> {
         } else {
             self.take(&wname, &[out_dim, in_dim])?
         };
-        let b = if bias { Some(self.take(&format!("{module}.bias"), &[out_dim])?) } else { None };
-        Ok(Linear { name: module.to_string(), w, b, in_dim, out_dim })
+        let b = if bias { Some(self.param(&format!("{module}.bias"), &[out_dim])?) } else { None };
+        Ok(Linear { name: module.to_string(), w: Param::new(wname, vec![out_dim, in_dim], w), b, lora: None, in_dim, out_dim })
     }
 
     fn norm(&mut self, module: &str, dim: usize, bias: bool) -> Result<Norm> {
-        let w = self.take(&format!("{module}.weight"), &[dim])?;
-        let b = if bias { Some(self.take(&format!("{module}.bias"), &[dim])?) } else { None };
+        let w = self.param(&format!("{module}.weight"), &[dim])?;
+        let b = if bias { Some(self.param(&format!("{module}.bias"), &[dim])?) } else { None };
         Ok(Norm { w, b })
     }
 }
@@ -106,7 +114,7 @@ pub fn load_transformer(config: Config, weights: &Weights) -> Result<Transformer
                 });
             }
             Transformer {
-                embed: t.take("model.embed_tokens.weight", &[v, d])?,
+                embed: t.param("model.embed_tokens.weight", &[v, d])?,
                 pos_embed: None,
                 final_norm: t.norm("model.norm", d, false)?,
                 lm_head: lm_head(&mut t, c)?,
@@ -128,8 +136,8 @@ pub fn load_transformer(config: Config, weights: &Weights) -> Result<Transformer
                 });
             }
             Transformer {
-                embed: t.take("transformer.wte.weight", &[v, d])?,
-                pos_embed: Some(t.take("transformer.wpe.weight", &[c.max_positions, d])?),
+                embed: t.param("transformer.wte.weight", &[v, d])?,
+                pos_embed: Some(t.param("transformer.wpe.weight", &[c.max_positions, d])?),
                 final_norm: t.norm("transformer.ln_f", d, true)?,
                 lm_head: lm_head(&mut t, c)?,
                 blocks,
@@ -149,12 +157,12 @@ pub fn load_transformer(config: Config, weights: &Weights) -> Result<Transformer
 }
 
 /// The untied output matrix; a tied model may still store a copy, which is consumed and ignored.
-fn lm_head(t: &mut Taker, c: &Config) -> Result<Option<Vec<f32>>> {
+fn lm_head(t: &mut Taker, c: &Config) -> Result<Option<Param>> {
     let shape = [c.vocab_size, c.hidden_size];
     if c.tie_embeddings {
         t.maybe("lm_head.weight", &shape)?;
         Ok(None)
     } else {
-        t.take("lm_head.weight", &shape).map(Some)
+        t.param("lm_head.weight", &shape).map(Some)
     }
 }

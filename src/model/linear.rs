@@ -1,0 +1,109 @@
+//! y = x·Wᵀ + b (+ (α/r)·B·A·dropout(x) when a LoRA adapter is attached), forward and backward.
+//! W is stored (out, in) — nn.Linear's layout; GPT-2's Conv1D weights are transposed on load.
+use super::param::Param;
+use crate::kernels::matmul::{Mat, MatMut, matmul};
+use crate::lora::Lora;
+use rayon::prelude::*;
+
+pub struct Linear {
+    /// HF module path, e.g. "model.layers.0.self_attn.q_proj" (PEFT keys derive from it).
+    pub name: String,
+    pub w: Param,
+    pub b: Option<Param>,
+    pub lora: Option<Lora>,
+    pub in_dim: usize,
+    pub out_dim: usize,
+}
+
+/// Where a linear layer's output lives: rows of `out_dim` values, `row_stride` apart
+/// (q, k and v write column blocks of one shared buffer).
+pub struct Strided<'a> {
+    pub data: &'a mut [f32],
+    pub row_stride: usize,
+}
+
+/// Saved per adapted layer for backward: u = dropout(x)·Aᵀ, (N, r).
+#[derive(Default)]
+pub struct LoraActs {
+    pub u: Vec<f32>,
+    /// dropout(x) scratch (N, in); only used when dropout > 0.
+    pub x_drop: Vec<f32>,
+    /// ∂L/∂u scratch (N, r).
+    pub du: Vec<f32>,
+}
+
+impl Linear {
+    /// out = x·Wᵀ + b + LoRA, or out += … when `accumulate`. x: (N, in).
+    /// `dropout_seed`: Some while training (LoRA dropout on, masks from the seed), None at inference.
+    pub fn forward(
+        &self,
+        out: Strided,
+        x: &[f32],
+        n: usize,
+        accumulate: bool,
+        la: &mut LoraActs,
+        dropout_seed: Option<u64>,
+    ) {
+        let Strided { data: out, row_stride } = out;
+        matmul(
+            MatMut { data: out, rows: n, cols: self.out_dim, row_stride },
+            Mat::new(x, n, self.in_dim),
+            Mat::new(&self.w.data, self.out_dim, self.in_dim).t(),
+            accumulate,
+        );
+        if let Some(b) = &self.b {
+            add_bias(out, row_stride, n, &b.data);
+        }
+        if let Some(lora) = &self.lora {
+            lora.forward(out, row_stride, x, n, la, dropout_seed);
+        }
+    }
+
+    /// Backward of `forward`: dx += dy·W (+ LoRA path) when `dx` is given; dW, db, dA, dB accumulate
+    /// into whichever of them are trainable. dy: (N, out) with `dy_stride`.
+    pub fn backward(
+        &mut self,
+        dx: Option<&mut [f32]>,
+        dy: &[f32],
+        dy_stride: usize,
+        x: &[f32],
+        n: usize,
+        la: &mut LoraActs,
+        step_seed: u64,
+    ) {
+        let dy_mat = Mat { data: dy, rows: n, cols: self.out_dim, row_stride: dy_stride, col_stride: 1 };
+        if let Some(g) = &mut self.w.grad {
+            // dW (out, in) += dyᵀ · x
+            matmul(MatMut::new(g, self.out_dim, self.in_dim), dy_mat.t(), Mat::new(x, n, self.in_dim), true);
+        }
+        if let Some(g) = self.b.as_mut().and_then(|b| b.grad.as_mut()) {
+            g.par_iter_mut().enumerate().for_each(|(c, g)| {
+                *g += (0..n).map(|r| dy[r * dy_stride + c]).sum::<f32>();
+            });
+        }
+        if let Some(dx) = dx {
+            if let Some(lora) = &mut self.lora {
+                lora.backward(Some(&mut *dx), dy_mat, x, n, la, step_seed);
+            }
+            // dx (N, in) += dy · W
+            matmul(MatMut::new(dx, n, self.in_dim), dy_mat, Mat::new(&self.w.data, self.out_dim, self.in_dim), true);
+        } else if let Some(lora) = &mut self.lora {
+            lora.backward(None, dy_mat, x, n, la, step_seed);
+        }
+    }
+
+    /// Every tensor of this layer, base and adapter.
+    pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Param> {
+        let lora = self.lora.as_mut().map(|l| [&mut l.a, &mut l.b]);
+        std::iter::once(&mut self.w).chain(self.b.as_mut()).chain(lora.into_iter().flatten())
+    }
+}
+
+/// out[r] += b for every row.
+pub fn add_bias(out: &mut [f32], row_stride: usize, n: usize, b: &[f32]) {
+    for r in 0..n {
+        for (o, bv) in out[r * row_stride..][..b.len()].iter_mut().zip(b) {
+            *o += bv;
+        }
+    }
+}

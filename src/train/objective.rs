@@ -1,0 +1,68 @@
+//! The conditional objective on one micro-batch: forward, fused LM-head cross-entropy on y positions
+//! only, backward. Each y token's loss is weighted by 1 / (y tokens in the whole optimizer step), so
+//! gradient accumulation over micro-batches is exact.
+use crate::kernels::lm_head::{HeadScratch, cross_entropy_backward};
+use crate::model::tokenizer::EncodedPair;
+use crate::model::transformer::{Activations, PackedBatch, Transformer};
+use anyhow::Result;
+
+/// Buffers of the objective, reused across micro-batches.
+#[derive(Default)]
+pub struct ObjectiveScratch {
+    pub acts: Activations,
+    head: HeadScratch,
+    dhidden: Vec<f32>,
+    rows: Vec<usize>,
+    targets: Vec<u32>,
+}
+
+/// Row t-1's hidden state predicts token t: the (row, target) pairs of every y token (EOS included).
+pub fn y_positions(rows: &[EncodedPair], batch: &PackedBatch, sel: &mut Vec<usize>, targets: &mut Vec<u32>) {
+    sel.clear();
+    targets.clear();
+    for (e, range) in rows.iter().zip(&batch.seqs) {
+        for t in e.y_start.max(1)..e.ids.len() {
+            sel.push(range.start + t - 1);
+            targets.push(e.ids[t]);
+        }
+    }
+}
+
+/// Forward + backward of one micro-batch; gradients accumulate into the trainable parameters.
+/// Returns Σ per-token loss over its y tokens (unweighted).
+pub fn forward_backward(
+    model: &mut Transformer,
+    rows: &[EncodedPair],
+    token_weight: f32,
+    label_smoothing: f32,
+    s: &mut ObjectiveScratch,
+    step_seed: u64,
+) -> Result<f64> {
+    let seqs: Vec<Vec<u32>> = rows.iter().map(|e| e.ids.clone()).collect();
+    let batch = PackedBatch::new(&seqs);
+    model.check_batch(&batch)?;
+    model.forward(&batch, &mut s.acts, Some(step_seed));
+    y_positions(rows, &batch, &mut s.rows, &mut s.targets);
+    let d = model.config.hidden_size;
+    let n = batch.len();
+    if s.dhidden.len() < n * d {
+        s.dhidden.resize(n * d, 0.0);
+    }
+    let dhidden = &mut s.dhidden[..n * d];
+    dhidden.fill(0.0);
+    let head = model.lm_head.as_mut().unwrap_or(&mut model.embed);
+    let loss = cross_entropy_backward(
+        &s.acts.x[..n * d],
+        d,
+        &head.data,
+        &s.rows,
+        &s.targets,
+        token_weight,
+        label_smoothing,
+        dhidden,
+        head.grad.as_deref_mut(),
+        &mut s.head,
+    );
+    model.backward(&batch, &mut s.acts, dhidden, step_seed);
+    Ok(loss)
+}

@@ -1,0 +1,83 @@
+//! AdamW (decoupled weight decay, bias correction, f32 moments) with the same operation order as
+//! torch.optim.AdamW's single-tensor path, and global-norm gradient clipping as clip_grad_norm_.
+use crate::model::param::Param;
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// torch.optim.AdamW's defaults.
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+    }
+}
+
+/// First and second moments of one trainable tensor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Moments {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+impl Moments {
+    pub fn zeros(len: usize) -> Self {
+        Moments { m: vec![0.0; len], v: vec![0.0; len] }
+    }
+}
+
+/// Weight decay applies to matrices (linear weights, embeddings, LoRA factors), not to biases or
+/// norm gains — the nanoGPT / HF Trainer convention.
+pub fn decays(p: &Param) -> bool {
+    p.shape.len() >= 2
+}
+
+/// One AdamW update of `p` (its gradient must exist) at 1-based step `t` with learning rate `lr`;
+/// `cfg.weight_decay` applies as given (the caller picks 0 for tensors that do not decay).
+pub fn adamw_update(p: &mut Param, mom: &mut Moments, cfg: &AdamWConfig, lr: f64, t: u64) {
+    let g = p.grad.as_ref().expect("AdamW on a frozen tensor");
+    let decay = (1.0 - lr * cfg.weight_decay) as f32;
+    // 1 − β in f64, then f32: (1 − 0.999f32) would be off by 5e-5 relative.
+    let (b2, one_minus_b1, one_minus_b2) = (cfg.beta2 as f32, (1.0 - cfg.beta1) as f32, (1.0 - cfg.beta2) as f32);
+    let step_size = (lr / (1.0 - cfg.beta1.powi(t as i32))) as f32;
+    let bc2_sqrt = (1.0 - cfg.beta2.powi(t as i32)).sqrt() as f32;
+    let eps = cfg.eps as f32;
+    p.data
+        .par_iter_mut()
+        .zip(g.par_iter())
+        .zip(mom.m.par_iter_mut().zip(mom.v.par_iter_mut()))
+        .with_min_len(4096)
+        .for_each(|((w, &g), (m, v))| {
+            *w *= decay;
+            *m += one_minus_b1 * (g - *m);
+            *v = *v * b2 + one_minus_b2 * g * g;
+            let denom = v.sqrt() / bc2_sqrt + eps;
+            *w += -step_size * (*m / denom);
+        });
+}
+
+/// √(Σ g²) over every gradient, accumulated in f64 in a fixed order.
+pub fn global_grad_norm(params: &[&mut Param]) -> f64 {
+    params
+        .iter()
+        .filter_map(|p| p.grad.as_ref())
+        .map(|g| g.par_chunks(4096).map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>()).collect::<Vec<_>>())
+        .flat_map(|parts| parts.into_iter())
+        .sum::<f64>()
+        .sqrt()
+}
+
+/// Scales all gradients by max_norm / (norm + 1e-6) when that is < 1 (torch's clip_grad_norm_).
+pub fn clip_grads(params: &mut [&mut Param], norm: f64, max_norm: f64) {
+    let coef = max_norm / (norm + 1e-6);
+    if coef < 1.0 {
+        for g in params.iter_mut().filter_map(|p| p.grad.as_mut()) {
+            g.par_iter_mut().for_each(|x| *x *= coef as f32);
+        }
+    }
+}
