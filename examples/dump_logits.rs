@@ -28,7 +28,7 @@ fn main() -> Result<()> {
         let l = logits(&acts.x[..batch.len() * d], d, m.model.head(), &all, &mut HeadScratch::default());
         let ids: Vec<u8> = e.ids.iter().flat_map(|&t| (t as i64).to_le_bytes()).collect();
         tensors.push((format!("ids.{i}"), vec![e.ids.len()], Dtype::I64, ids));
-        tensors.push((format!("y_start.{i}"), vec![1], Dtype::I64, (e.y_start as i64).to_le_bytes().to_vec()));
+        tensors.push((format!("y_start.{i}"), vec![1], Dtype::I64, (e.y_start() as i64).to_le_bytes().to_vec()));
         let lb: Vec<u8> = l.iter().flat_map(|v| v.to_le_bytes()).collect();
         tensors.push((format!("logits.{i}"), vec![e.ids.len(), m.model.config.vocab_size], Dtype::F32, lb));
     }

@@ -127,7 +127,15 @@ impl Lora {
     }
 
     /// dB += scale·dyᵀ·u; du = scale·dy·B; dA += duᵀ·dropout(x); dx += dropout'(du·A).
-    pub fn backward(&mut self, dx: Option<&mut [f32]>, dy: Mat, x: &[f32], n: usize, la: &mut LoraActs, step_seed: u64) {
+    pub fn backward(
+        &mut self,
+        dx: Option<&mut [f32]>,
+        dy: Mat,
+        x: &[f32],
+        n: usize,
+        la: &mut LoraActs,
+        step_seed: u64,
+    ) {
         let (r, inp, outd) = (self.rank, self.in_dim(), self.out_dim());
         if let Some(gb) = &mut self.b.grad {
             for (s, u) in la.du[..n * r].iter_mut().zip(&la.u) {
@@ -210,7 +218,91 @@ pub fn attach(model: &mut Transformer, cfg: &LoraConfig, seed: u64) -> Result<us
 pub fn set_full_finetune(model: &mut Transformer, freeze_embeddings: bool) {
     // An untied lm_head is an output layer, not an embedding: it stays trainable.
     for p in model.params_mut() {
-        let is_embedding = p.name.ends_with("embed_tokens.weight") || p.name.ends_with("wte.weight") || p.name.ends_with("wpe.weight");
+        let is_embedding =
+            p.name.ends_with("embed_tokens.weight") || p.name.ends_with("wte.weight") || p.name.ends_with("wpe.weight");
         p.set_trainable(!(freeze_embeddings && is_embedding));
+    }
+}
+
+/// Folds every adapter into its base weight (W += (α/r)·B·A) and removes it: the model then
+/// computes exactly what the adapted model computed, with plain linear layers.
+pub fn merge(model: &mut Transformer) {
+    for lin in model.blocks.iter_mut().flat_map(|b| b.linears_mut()) {
+        if let Some(l) = lin.lora.take() {
+            for (w, d) in lin.w.data.iter_mut().zip(l.delta()) {
+                *w += d;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::linear::{Linear, LoraActs, Strided};
+
+    /// A linear layer with an adapter and dropout: backward matches central finite differences
+    /// of L = Σ R ⊙ y for x, A and B, with the same dropout mask (fixed seed) in every evaluation.
+    #[test]
+    fn lora_with_dropout_backward_matches_finite_differences() {
+        let (n, inp, out, r) = (5, 6, 4, 3);
+        let val = |i: usize, k: u64| (rng::uniform(k, 0, i as u64) - 0.5) as f32;
+        let cfg = LoraConfig { rank: r, alpha: 6.0, dropout: 0.3, rslora: false, targets: vec![] };
+        let mut lin = Linear {
+            name: "m.q_proj".into(),
+            w: Param::new("m.q_proj.weight", vec![out, inp], (0..out * inp).map(|i| val(i, 1)).collect()),
+            b: None,
+            lora: Some(
+                Lora::new("m.q_proj", inp, out, &cfg, 9)
+                    .with_weights((0..r * inp).map(|i| val(i, 2)).collect(), (0..out * r).map(|i| val(i, 3)).collect()),
+            ),
+            in_dim: inp,
+            out_dim: out,
+        };
+        let x: Vec<f32> = (0..n * inp).map(|i| val(i, 4)).collect();
+        let rw: Vec<f32> = (0..n * out).map(|i| val(i, 5)).collect();
+        let seed = 77;
+        let loss = |lin: &Linear, x: &[f32]| -> f64 {
+            let mut y = vec![0.0; n * out];
+            lin.forward(Strided { data: &mut y, row_stride: out }, x, n, false, &mut LoraActs::default(), Some(seed));
+            y.iter().zip(&rw).map(|(a, b)| *a as f64 * *b as f64).sum()
+        };
+        let mut la = LoraActs::default();
+        let mut y = vec![0.0; n * out];
+        lin.forward(Strided { data: &mut y, row_stride: out }, &x, n, false, &mut la, Some(seed));
+        let mut dx = vec![0.0; n * inp];
+        let dy = lin.grad_view(&rw, out, n);
+        lin.backward(Some(&mut dx), dy, &x, &mut la, seed);
+        let h = 1e-2f32;
+        let fd = |f: &mut dyn FnMut(f32) -> f64| (f(h) - f(-h)) / (2.0 * h as f64);
+        // Tolerance: L is bilinear in each of x, A, B, so the central difference is exact up to f32
+        // round-off (~1e-7·Σ|terms| / h ≈ 1e-5).
+        for i in 0..n * inp {
+            let g = fd(&mut |e| {
+                let mut xp = x.clone();
+                xp[i] += e;
+                loss(&lin, &xp)
+            });
+            assert!((g - dx[i] as f64).abs() < 1e-4, "dx[{i}]: {g} vs {}", dx[i]);
+        }
+        let ga = lin.lora.as_ref().unwrap().a.grad.clone().unwrap();
+        let gb = lin.lora.as_ref().unwrap().b.grad.clone().unwrap();
+        for (which, grads) in [(0, ga), (1, gb)] {
+            for (i, &want) in grads.iter().enumerate() {
+                let g = fd(&mut |e| {
+                    let l = lin.lora.as_mut().unwrap();
+                    let p = if which == 0 { &mut l.a } else { &mut l.b };
+                    p.data[i] += e;
+                    let v = loss(&lin, &x);
+                    let l = lin.lora.as_mut().unwrap();
+                    let p = if which == 0 { &mut l.a } else { &mut l.b };
+                    p.data[i] -= e;
+                    v
+                });
+                assert!((g - want as f64).abs() < 1e-4, "d{}[{i}]: {g} vs {want}", ["A", "B"][which]);
+            }
+        }
+        // The frozen base got no gradient buffer.
+        assert!(lin.w.grad.is_none());
     }
 }

@@ -22,7 +22,8 @@ pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
         .tempdir_in(parent)
         .with_context(|| format!("cannot write {}: folder {} is not writable", dir.display(), parent.display()))?;
     for (name, bytes) in files {
-        std::fs::write(tmp.path().join(name), bytes).with_context(|| format!("cannot write {}/{name}", dir.display()))?;
+        std::fs::write(tmp.path().join(name), bytes)
+            .with_context(|| format!("cannot write {}/{name}", dir.display()))?;
     }
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;

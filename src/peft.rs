@@ -10,6 +10,9 @@ use std::path::Path;
 
 const PREFIX: &str = "base_model.model.";
 
+/// A tensor's shape and f32 values.
+type ShapedTensor = (Vec<usize>, Vec<f32>);
+
 /// Writes the model's adapters as a PEFT folder `dir`, atomically (temp folder, then rename).
 pub fn save_adapter(dir: &Path, model: &Transformer, cfg: &LoraConfig, base_model: &str) -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
@@ -17,7 +20,11 @@ pub fn save_adapter(dir: &Path, model: &Transformer, cfg: &LoraConfig, base_mode
     for lin in model.blocks.iter().flat_map(|b| b.linears()) {
         if let Some(l) = &lin.lora {
             for p in [&l.a, &l.b] {
-                tensors.push((format!("{PREFIX}{}", p.name), p.shape.clone(), p.data.iter().flat_map(|v| v.to_le_bytes()).collect()));
+                tensors.push((
+                    format!("{PREFIX}{}", p.name),
+                    p.shape.clone(),
+                    p.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                ));
             }
             modules.insert(lin.name.rsplit('.').next().unwrap_or(&lin.name).to_string());
         }
@@ -48,17 +55,18 @@ pub fn save_adapter(dir: &Path, model: &Transformer, cfg: &LoraConfig, base_mode
         "init_lora_weights": true,
         "modules_to_save": null,
     });
-    crate::output::write_dir_atomic(dir, &[
-        ("adapter_model.safetensors", weights),
-        ("adapter_config.json", serde_json::to_vec_pretty(&config)?),
-    ])
+    crate::output::write_dir_atomic(
+        dir,
+        &[("adapter_model.safetensors", weights), ("adapter_config.json", serde_json::to_vec_pretty(&config)?)],
+    )
 }
 
 /// Reads a PEFT adapter folder's config as a `LoraConfig`.
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     let path = dir.join("adapter_config.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
     let field = |k: &str| v.get(k).filter(|x| !x.is_null());
     if let Some(t) = field("peft_type").and_then(|t| t.as_str())
         && t != "LORA"
@@ -73,7 +81,8 @@ pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     {
         bail!("{}: bias \"{b}\" is not supported (only \"none\")", path.display());
     }
-    let rank = field("r").and_then(|x| x.as_u64()).with_context(|| format!("{}: missing \"r\"", path.display()))? as usize;
+    let rank =
+        field("r").and_then(|x| x.as_u64()).with_context(|| format!("{}: missing \"r\"", path.display()))? as usize;
     let targets = match field("target_modules") {
         Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
         Some(serde_json::Value::String(s)) => vec![s.clone()],
@@ -97,7 +106,7 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<LoraConfig> {
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: not a valid safetensors file ({e})", path.display()))?;
     // module → (A, B)
-    let mut found: BTreeMap<String, [Option<(Vec<usize>, Vec<f32>)>; 2]> = BTreeMap::new();
+    let mut found: BTreeMap<String, [Option<ShapedTensor>; 2]> = BTreeMap::new();
     for (key, view) in st.tensors() {
         let module_key = key.strip_prefix(PREFIX).unwrap_or(&key);
         let (module, which) = if let Some(m) = module_key.strip_suffix(".lora_A.weight") {
@@ -109,8 +118,12 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<LoraConfig> {
         };
         let data: Vec<f32> = match view.dtype() {
             Dtype::F32 => view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => view.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+            Dtype::F16 => {
+                view.data().chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
+            Dtype::BF16 => {
+                view.data().chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+            }
             other => bail!("{}: tensor {key} has dtype {other:?} (expected F32, F16 or BF16)", path.display()),
         };
         found.entry(module.to_string()).or_default()[which] = Some((view.shape().to_vec(), data));
@@ -136,7 +149,10 @@ pub fn load_adapter(dir: &Path, model: &mut Transformer) -> Result<LoraConfig> {
         attached += 1;
     }
     if let Some(module) = found.keys().next() {
-        bail!("{}: adapter targets module {module}, which this model does not have: it was trained for a different base model", path.display());
+        bail!(
+            "{}: adapter targets module {module}, which this model does not have: it was trained for a different base model",
+            path.display()
+        );
     }
     if attached == 0 {
         bail!("{}: the adapter holds no LoRA tensors", path.display());

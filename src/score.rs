@@ -1,7 +1,8 @@
 //! log P(y | x) for (x, y) pairs: the quantity the conditional objective maximises.
+use crate::data::example::{Example, target_rows};
 use crate::data::rows::Pair;
 use crate::kernels::lm_head::{HeadScratch, target_logprobs};
-use crate::model::tokenizer::{EncodedPair, TextTokenizer};
+use crate::model::tokenizer::TextTokenizer;
 use crate::model::transformer::{Activations, PackedBatch, Transformer};
 use anyhow::{Result, bail};
 
@@ -33,16 +34,16 @@ impl Totals {
 }
 
 /// Encodes rows for scoring, checking each against the context window.
-pub fn encode_rows(tok: &TextTokenizer, rows: &[Pair], max_positions: usize) -> Result<Vec<EncodedPair>> {
+pub fn encode_rows(tok: &TextTokenizer, rows: &[Pair], max_positions: usize) -> Result<Vec<Example>> {
     rows.iter()
         .map(|r| {
-            let e = tok.encode_pair(&r.prompt, &r.completion)?;
-            if e.y_start == 0 {
+            if r.prompt.is_empty() && tok.prefix.is_empty() {
                 bail!(
                     "line {}: empty prompt and a tokenizer that adds no BOS: the first completion token has no context",
                     r.line
                 );
             }
+            let e = tok.encode_pair(&r.prompt, &r.completion)?;
             if e.ids.len() > max_positions {
                 bail!(
                     "line {}: {} tokens exceed the model's context window of {max_positions}; shorten the row",
@@ -58,32 +59,27 @@ pub fn encode_rows(tok: &TextTokenizer, rows: &[Pair], max_positions: usize) -> 
 /// Scores encoded rows in packed batches of `batch_rows`; `progress(rows_done)` after each batch.
 pub fn score_encoded(
     model: &Transformer,
-    rows: &[EncodedPair],
+    rows: &[Example],
     batch_rows: usize,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
     let mut acts = Activations::default();
     let mut head = HeadScratch::default();
     let mut out = Vec::with_capacity(rows.len());
+    let (mut sel, mut targets) = (Vec::new(), Vec::new());
     for chunk in rows.chunks(batch_rows.max(1)) {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
         let batch = PackedBatch::new(&seqs);
         model.check_batch(&batch)?;
         model.forward(&batch, &mut acts, None);
-        // Row t-1's hidden state predicts token t; only y positions are evaluated.
-        let (mut sel, mut targets) = (Vec::new(), Vec::new());
-        for (e, range) in chunk.iter().zip(&batch.seqs) {
-            for t in e.y_start..e.ids.len() {
-                sel.push(range.start + t - 1);
-                targets.push(e.ids[t]);
-            }
-        }
+        // Only y positions reach the LM head.
+        target_rows(chunk, &batch, &mut sel, &mut targets);
         let mut lp = vec![0.0f32; sel.len()];
         let d = model.config.hidden_size;
         target_logprobs(&mut lp, &acts.x[..batch.len() * d], d, model.head(), &sel, &targets, &mut head);
         let mut at = 0;
         for e in chunk {
-            let n = e.ids.len() - e.y_start;
+            let n = e.n_targets();
             out.push(lp[at..at + n].to_vec());
             at += n;
         }

@@ -52,7 +52,7 @@ fn score_matches_transformers_log_probs_and_token_ids() {
             let ids: Vec<u32> =
                 want["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             assert_eq!(enc[k].ids, ids, "{dir} row {k}: token ids differ from transformers");
-            assert_eq!(enc[k].y_start, want["n_prompt_tokens"].as_u64().unwrap() as usize, "{dir} row {k}");
+            assert_eq!(enc[k].y_start(), want["n_prompt_tokens"].as_u64().unwrap() as usize, "{dir} row {k}");
             assert_eq!(scores[k].tokens, want["n_y_tokens"].as_u64().unwrap() as usize);
             for (t, w) in lps[k].iter().zip(want["token_logprobs"].as_array().unwrap()) {
                 assert!((*t as f64 - w.as_f64().unwrap()).abs() < 1e-4, "{dir} row {k}: {t} vs {w}");

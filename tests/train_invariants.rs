@@ -3,11 +3,11 @@
 //! same seed ⇒ same numbers; a tiny batch overfits.
 mod common;
 use common::{fixture, rel_err};
+use condlm::data::example::Example;
 use condlm::data::rows::read_pairs;
 use condlm::kernels::lm_head::{HeadScratch, logits};
 use condlm::lora::{LoraConfig, attach, set_full_finetune};
 use condlm::model::checkpoint::{LoadedModel, load_model};
-use condlm::model::tokenizer::EncodedPair;
 use condlm::model::transformer::{Activations, PackedBatch, Transformer};
 use condlm::peft::load_adapter;
 use condlm::score::{encode_rows, row_scores, score_encoded};
@@ -20,7 +20,7 @@ fn load(name: &str) -> LoadedModel {
     load_model(fixture(name).to_str().unwrap()).unwrap()
 }
 
-fn rows(m: &LoadedModel) -> Vec<EncodedPair> {
+fn rows(m: &LoadedModel) -> Vec<Example> {
     let pairs = read_pairs(&fixture("score_rows.jsonl")).unwrap();
     encode_rows(&m.tokenizer, &pairs, m.model.config.max_positions).unwrap()
 }
@@ -35,7 +35,13 @@ fn all_logits(model: &Transformer, seqs: &[Vec<u32>]) -> Vec<f32> {
 }
 
 fn lora_cfg(targets: &[&str]) -> LoraConfig {
-    LoraConfig { rank: 4, alpha: 8.0, dropout: 0.0, rslora: false, targets: targets.iter().map(|s| s.to_string()).collect() }
+    LoraConfig {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        rslora: false,
+        targets: targets.iter().map(|s| s.to_string()).collect(),
+    }
 }
 
 fn train_cfg(lr: f64, steps: usize) -> TrainConfig {
@@ -101,12 +107,13 @@ fn gradients_reach_exactly_the_trainable_tensors() {
 fn gradient_accumulation_equals_one_batch() {
     let base = load("tiny-qwen2");
     let r = rows(&base);
-    let total: usize = r.iter().map(|e| e.ids.len() - e.y_start).sum();
-    let grads = |split: &[&[EncodedPair]]| {
+    let total: usize = r.iter().map(Example::n_targets).sum();
+    let grads = |split: &[&[Example]]| {
         let mut m = load("tiny-qwen2").model;
         set_full_finetune(&mut m, false);
         let mut s = ObjectiveScratch::default();
-        let loss: f64 = split.iter().map(|mb| forward_backward(&mut m, mb, 1.0 / total as f32, 0.0, &mut s, 0).unwrap()).sum();
+        let loss: f64 =
+            split.iter().map(|mb| forward_backward(&mut m, mb, 1.0 / total as f32, 0.0, &mut s, 0).unwrap()).sum();
         let g: Vec<Vec<f32>> = m.params_mut().into_iter().map(|p| p.grad.clone().unwrap()).collect();
         (loss, g)
     };
@@ -126,7 +133,8 @@ fn step_loss_is_minus_total_score_over_tokens() {
     let total: usize = scores.iter().map(|s| s.tokens).sum();
     let want = -scores.iter().map(|s| s.logprob).sum::<f64>() / total as f64;
     set_full_finetune(&mut m.model, false);
-    let loss = forward_backward(&mut m.model, &r, 1.0, 0.0, &mut ObjectiveScratch::default(), 0).unwrap() / total as f64;
+    let loss =
+        forward_backward(&mut m.model, &r, 1.0, 0.0, &mut ObjectiveScratch::default(), 0).unwrap() / total as f64;
     assert!((loss - want).abs() < 1e-5, "{loss} vs {want}");
 }
 
@@ -137,7 +145,9 @@ fn same_seed_same_losses_bit_for_bit() {
         let r = rows(&m);
         attach(&mut m.model, &LoraConfig { dropout: 0.1, ..lora_cfg(&["q_proj", "v_proj"]) }, 5).unwrap();
         let mut t = Trainer::new(m.model, train_cfg(1e-2, 4)).unwrap();
-        (0..4).map(|_| t.step(&[&r[..2], &r[2..]], &[&labels(2), &labels(2)]).unwrap().loss.to_bits()).collect::<Vec<_>>()
+        (0..4)
+            .map(|_| t.step(&[&r[..2], &r[2..]], &[&labels(2), &labels(2)]).unwrap().loss.to_bits())
+            .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
 }
@@ -167,11 +177,35 @@ fn a_step_without_completion_tokens_names_its_rows() {
     let m = load("tiny-llama");
     let mut r = rows(&m)[..2].to_vec();
     for e in &mut r {
-        e.y_start = e.ids.len();
+        e.targets.clear();
     }
     let mut model = m.model;
     set_full_finetune(&mut model, false);
     let mut t = Trainer::new(model, train_cfg(1e-3, 1)).unwrap();
     let err = t.step(&[&r], &[&["data.jsonl:3".to_string(), "data.jsonl:9".to_string()]]).unwrap_err().to_string();
-    assert!(err.contains("data.jsonl:3") && err.contains("data.jsonl:9") && err.contains("no completion tokens"), "{err}");
+    assert!(
+        err.contains("data.jsonl:3") && err.contains("data.jsonl:9") && err.contains("no completion tokens"),
+        "{err}"
+    );
+}
+
+#[test]
+fn merged_equals_unmerged_and_peft_logits() {
+    let mut m = load("tiny-llama");
+    load_adapter(&fixture("train/tiny-llama-lora-init"), &mut m.model).unwrap();
+    let refs = common::reference_sequences("tiny-llama");
+    let want = common::load_f32_tensors(&fixture("train/tiny-llama-lora-logits.safetensors"));
+    let seqs: Vec<Vec<u32>> = refs.iter().map(|(ids, _)| ids.clone()).collect();
+    let unmerged = all_logits(&m.model, &seqs);
+    let vocab = m.model.config.vocab_size;
+    let mut at = 0;
+    for (i, s) in seqs.iter().enumerate() {
+        let got = &unmerged[at * vocab..(at + s.len()) * vocab];
+        let diff = common::max_abs_diff(got, &want[&format!("logits.{i}")].1);
+        assert!(diff <= 1e-4, "PEFT's adapter loaded by condlm: max |Δ logit| {diff}");
+        at += s.len();
+    }
+    condlm::lora::merge(&mut m.model);
+    let diff = common::max_abs_diff(&all_logits(&m.model, &seqs), &unmerged);
+    assert!(diff <= 1e-4, "merged vs unmerged: max |Δ logit| {diff}");
 }

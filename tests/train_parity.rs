@@ -3,9 +3,9 @@
 //! y-masked batch of ragged rows, for tiny Llama, Qwen2 and GPT-2. Relative error ≤ 1e-4 per tensor.
 mod common;
 use common::{fixture, load_f32_tensors, rel_err};
+use condlm::data::example::Example;
 use condlm::lora::set_full_finetune;
 use condlm::model::checkpoint::load_model;
-use condlm::model::tokenizer::EncodedPair;
 use condlm::model::transformer::Transformer;
 use condlm::model::weights::{is_gpt2_conv1d, transpose};
 use condlm::peft::load_adapter;
@@ -17,21 +17,23 @@ fn expected() -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture("train/expected.json")).unwrap()).unwrap()
 }
 
-fn batch_rows(exp: &serde_json::Value, model: &str) -> Vec<EncodedPair> {
+fn batch_rows(exp: &serde_json::Value, model: &str) -> Vec<Example> {
     exp["batch"][model]["rows"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|r| EncodedPair {
-            ids: r["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
-            y_start: r["n_prompt_tokens"].as_u64().unwrap() as usize,
+        .map(|r| {
+            Example::pair(
+                r["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect(),
+                r["n_prompt_tokens"].as_u64().unwrap() as usize,
+            )
         })
         .collect()
 }
 
 /// Runs forward+backward over the whole batch; returns the step loss.
-fn run(model: &mut Transformer, rows: &[EncodedPair], label_smoothing: f32) -> f64 {
-    let total: usize = rows.iter().map(|e| e.ids.len() - e.y_start).sum();
+fn run(model: &mut Transformer, rows: &[Example], label_smoothing: f32) -> f64 {
+    let total: usize = rows.iter().map(Example::n_targets).sum();
     let mut s = ObjectiveScratch::default();
     forward_backward(model, rows, 1.0 / total as f32, label_smoothing, &mut s, 0).unwrap() / total as f64
 }
@@ -44,7 +46,8 @@ fn check_grads(model: &mut Transformer, grads_file: &str, key_prefix: &str, what
         let key = format!("{key_prefix}{}", p.name);
         let (shape, w) = want.get(&key).unwrap_or_else(|| panic!("{what}: no reference gradient for {key}"));
         // GPT-2 Conv1D weights are (in, out) in PyTorch, (out, in) here.
-        let w = if is_gpt2_conv1d(&p.name) && p.lora_free_name() { transpose(w, shape[0], shape[1]) } else { w.clone() };
+        let w =
+            if is_gpt2_conv1d(&p.name) && p.lora_free_name() { transpose(w, shape[0], shape[1]) } else { w.clone() };
         let e = rel_err(g, &w);
         if e > 1e-4 {
             eprintln!("{key}: ours {:?} want {:?}", &g[..4], &w[..4]);

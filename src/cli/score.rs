@@ -49,7 +49,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         let mut v = serde_json::json!({"row": i, "line": r.line, "logprob": s.logprob, "tokens": s.tokens});
         if a.per_token {
             v["ids"] = serde_json::json!(encoded[i].ids);
-            v["y_start"] = serde_json::json!(encoded[i].y_start);
+            v["y_start"] = serde_json::json!(encoded[i].y_start());
             v["token_logprobs"] = serde_json::json!(lps[i]);
         }
         lines.push_str(&v.to_string());

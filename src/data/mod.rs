@@ -1,2 +1,3 @@
 //! Datasets of (x, y) pairs.
+pub mod example;
 pub mod rows;

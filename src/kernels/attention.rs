@@ -73,7 +73,7 @@ pub fn attention_backward(dqkv: &mut [f32], datt: &[f32], qkv: &[f32], att: &[f3
     let n = seq_start.len();
     let (hd, rl) = (l.head_dim, l.row_len);
     assert!(
-        l.n_kv_heads > 0 && l.n_heads % l.n_kv_heads == 0,
+        l.n_kv_heads > 0 && l.n_heads.is_multiple_of(l.n_kv_heads),
         "attention_backward: n_heads must be a multiple of n_kv_heads"
     );
     let (aw, kw) = (l.n_heads * hd, l.n_kv_heads * hd);
@@ -179,7 +179,7 @@ impl Block<'_> {
                 for (j, &e) in (s0..=i).zip(p.iter()) {
                     let pj = e / sum;
                     let (k, v) = (&self.qkv[j * rl + k_off..][..hd], &self.qkv[j * rl + v_off..][..hd]);
-                    let ds = pj * dot(d_o, v);
+                    let ds = pj * (dot(d_o, v) - d_row);
                     for (a, kv) in dq.iter_mut().zip(k) {
                         *a += ds * kv;
                     }

@@ -59,19 +59,16 @@ impl Linear {
         }
     }
 
+    /// dy of this layer inside a buffer with `row_stride` (N rows).
+    pub fn grad_view<'a>(&self, dy: &'a [f32], row_stride: usize, n: usize) -> Mat<'a> {
+        Mat { data: dy, rows: n, cols: self.out_dim, row_stride, col_stride: 1 }
+    }
+
     /// Backward of `forward`: dx += dy·W (+ LoRA path) when `dx` is given; dW, db, dA, dB accumulate
-    /// into whichever of them are trainable. dy: (N, out) with `dy_stride`.
-    pub fn backward(
-        &mut self,
-        dx: Option<&mut [f32]>,
-        dy: &[f32],
-        dy_stride: usize,
-        x: &[f32],
-        n: usize,
-        la: &mut LoraActs,
-        step_seed: u64,
-    ) {
-        let dy_mat = Mat { data: dy, rows: n, cols: self.out_dim, row_stride: dy_stride, col_stride: 1 };
+    /// into whichever of them are trainable. dy: (N, out), possibly a column block of a wider buffer.
+    pub fn backward(&mut self, dx: Option<&mut [f32]>, dy: Mat, x: &[f32], la: &mut LoraActs, step_seed: u64) {
+        let (n, dy_mat, dy_stride) = (dy.rows, dy, dy.row_stride);
+        let dy = dy.data;
         if let Some(g) = &mut self.w.grad {
             // dW (out, in) += dyᵀ · x
             matmul(MatMut::new(g, self.out_dim, self.in_dim), dy_mat.t(), Mat::new(x, n, self.in_dim), true);

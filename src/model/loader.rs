@@ -68,7 +68,14 @@ impl Taker<'_> {
             self.take(&wname, &[out_dim, in_dim])?
         };
         let b = if bias { Some(self.param(&format!("{module}.bias"), &[out_dim])?) } else { None };
-        Ok(Linear { name: module.to_string(), w: Param::new(wname, vec![out_dim, in_dim], w), b, lora: None, in_dim, out_dim })
+        Ok(Linear {
+            name: module.to_string(),
+            w: Param::new(wname, vec![out_dim, in_dim], w),
+            b,
+            lora: None,
+            in_dim,
+            out_dim,
+        })
     }
 
     fn norm(&mut self, module: &str, dim: usize, bias: bool) -> Result<Norm> {

@@ -1,5 +1,6 @@
 //! Text ↔ ids for conditional modelling: x and y are encoded separately and joined as
 //! `[BOS if the tokenizer adds one] + enc(x) + enc(y) + [EOS]`, so the x/y boundary is exact by construction.
+use crate::data::example::Example;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use tokenizers::Tokenizer;
@@ -10,13 +11,6 @@ pub struct TextTokenizer {
     pub prefix: Vec<u32>,
     pub eos_id: u32,
     pub chat_template: Option<String>,
-}
-
-/// A row encoded for the conditional objective: ids = prefix + x + y + EOS; y (with EOS) starts at `y_start`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct EncodedPair {
-    pub ids: Vec<u32>,
-    pub y_start: usize,
 }
 
 impl TextTokenizer {
@@ -93,14 +87,14 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
-    /// prefix + enc(x) + enc(y) + [EOS].
-    pub fn encode_pair(&self, x: &str, y: &str) -> Result<EncodedPair> {
+    /// prefix + enc(x) + enc(y) + [EOS]; y and EOS are the targets.
+    pub fn encode_pair(&self, x: &str, y: &str) -> Result<Example> {
         let mut ids = self.prefix.clone();
         ids.extend(self.encode(x)?);
         let y_start = ids.len();
         ids.extend(self.encode(y)?);
         ids.push(self.eos_id);
-        Ok(EncodedPair { ids, y_start })
+        Ok(Example::pair(ids, y_start))
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

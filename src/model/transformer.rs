@@ -45,8 +45,10 @@ impl Block {
 
     pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Param> {
         let norms = [&mut self.attn_norm, &mut self.mlp_norm];
-        let norm_params: Vec<&mut Param> = norms.into_iter().flat_map(|n| std::iter::once(&mut n.w).chain(n.b.as_mut())).collect();
-        let linears = self.qkv.iter_mut().chain([&mut self.o]).chain(self.gate.as_mut()).chain([&mut self.up, &mut self.down]);
+        let norm_params: Vec<&mut Param> =
+            norms.into_iter().flat_map(|n| std::iter::once(&mut n.w).chain(n.b.as_mut())).collect();
+        let linears =
+            self.qkv.iter_mut().chain([&mut self.o]).chain(self.gate.as_mut()).chain([&mut self.up, &mut self.down]);
         norm_params.into_iter().chain(linears.flat_map(|l| l.params_mut()))
     }
 }
@@ -261,7 +263,14 @@ impl Transformer {
         let layout = self.layout();
         let Activations { x, x_final_in, final_a, final_b, layers, rope, .. } = acts;
         let x = &mut x[..n * d];
-        embedding_forward(x, &batch.tokens, &self.embed.data, &batch.positions, self.pos_embed.as_ref().map(|p| &p.data[..]), d);
+        embedding_forward(
+            x,
+            &batch.tokens,
+            &self.embed.data,
+            &batch.positions,
+            self.pos_embed.as_ref().map(|p| &p.data[..]),
+            d,
+        );
         for (i, blk) in self.blocks.iter().enumerate() {
             let l = &mut layers[if save { i } else { 0 }];
             let seed = train.map(|s| layer_seed(s, i));
@@ -324,7 +333,8 @@ impl Transformer {
             // MLP: x_out = x_mid + down(act(up(h2), gate(h2))), h2 = mlp_norm(x_mid)
             let dact = &mut g.dff_act[..n * f];
             dact.fill(0.0);
-            blk.down.backward(Some(dact), dx, d, &l.ff_act[..n * f], n, &mut l.lora[SLOT_DOWN], seed);
+            let dy = blk.down.grad_view(dx, d, n);
+            blk.down.backward(Some(dact), dy, &l.ff_act[..n * f], &mut l.lora[SLOT_DOWN], seed);
             let (dgate, dup) = (&mut g.dff_gate[..n * f], &mut g.dff_up[..n * f]);
             let dh = &mut g.dh[..n * d];
             dh.fill(0.0);
@@ -332,17 +342,20 @@ impl Transformer {
             match &mut blk.gate {
                 Some(gate) => {
                     swiglu_backward(dgate, dup, dact, &l.ff_gate[..n * f], &l.ff_up[..n * f]);
-                    gate.backward(Some(&mut *dh), dgate, f, h2, n, &mut l.lora[SLOT_GATE], seed);
+                    let dy = gate.grad_view(dgate, f, n);
+                    gate.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_GATE], seed);
                 }
                 None => gelu_tanh_backward(dup, dact, &l.ff_up[..n * f]),
             }
-            blk.up.backward(Some(&mut *dh), dup, f, h2, n, &mut l.lora[SLOT_UP], seed);
+            let dy = blk.up.grad_view(dup, f, n);
+            blk.up.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_UP], seed);
             norm_backward(&mut blk.mlp_norm, dx, dh, &l.x_mid[..n * d], &l.norm2_a[..n], &l.norm2_b[..n]);
 
             // Attention: x_mid = x_in + o(attn(qkv(h1))), h1 = attn_norm(x_in)
             let datt = &mut g.datt[..n * aw];
             datt.fill(0.0);
-            blk.o.backward(Some(datt), dx, d, &l.att[..n * aw], n, &mut l.lora[SLOT_O], seed);
+            let dy = blk.o.grad_view(dx, d, n);
+            blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], seed);
             let dqkv = &mut g.dqkv[..n * qw];
             attention_backward(dqkv, datt, &l.qkv[..n * qw], &l.att[..n * aw], layout, &batch.seq_start);
             if let Some(rope) = rope {
@@ -354,9 +367,9 @@ impl Transformer {
             let h1 = &l.h1[..n * d];
             let mut col = 0;
             for (s, lin) in blk.qkv.iter_mut().enumerate() {
-                let out_dim = lin.out_dim;
-                lin.backward(Some(&mut *dh), &dqkv[col..], qw, h1, n, &mut l.lora[s], seed);
-                col += out_dim;
+                let dy = lin.grad_view(&dqkv[col..], qw, n);
+                lin.backward(Some(&mut *dh), dy, h1, &mut l.lora[s], seed);
+                col += lin.out_dim;
             }
             norm_backward(&mut blk.attn_norm, dx, dh, &l.x_in[..n * d], &l.norm1_a[..n], &l.norm1_b[..n]);
         }

@@ -1,8 +1,8 @@
 //! The conditional objective on one micro-batch: forward, fused LM-head cross-entropy on y positions
 //! only, backward. Each y token's loss is weighted by 1 / (y tokens in the whole optimizer step), so
 //! gradient accumulation over micro-batches is exact.
+use crate::data::example::{Example, target_rows};
 use crate::kernels::lm_head::{HeadScratch, cross_entropy_backward};
-use crate::model::tokenizer::EncodedPair;
 use crate::model::transformer::{Activations, PackedBatch, Transformer};
 use anyhow::Result;
 
@@ -16,23 +16,11 @@ pub struct ObjectiveScratch {
     targets: Vec<u32>,
 }
 
-/// Row t-1's hidden state predicts token t: the (row, target) pairs of every y token (EOS included).
-pub fn y_positions(rows: &[EncodedPair], batch: &PackedBatch, sel: &mut Vec<usize>, targets: &mut Vec<u32>) {
-    sel.clear();
-    targets.clear();
-    for (e, range) in rows.iter().zip(&batch.seqs) {
-        for t in e.y_start.max(1)..e.ids.len() {
-            sel.push(range.start + t - 1);
-            targets.push(e.ids[t]);
-        }
-    }
-}
-
 /// Forward + backward of one micro-batch; gradients accumulate into the trainable parameters.
 /// Returns Σ per-token loss over its y tokens (unweighted).
 pub fn forward_backward(
     model: &mut Transformer,
-    rows: &[EncodedPair],
+    rows: &[Example],
     token_weight: f32,
     label_smoothing: f32,
     s: &mut ObjectiveScratch,
@@ -42,7 +30,7 @@ pub fn forward_backward(
     let batch = PackedBatch::new(&seqs);
     model.check_batch(&batch)?;
     model.forward(&batch, &mut s.acts, Some(step_seed));
-    y_positions(rows, &batch, &mut s.rows, &mut s.targets);
+    target_rows(rows, &batch, &mut s.rows, &mut s.targets);
     let d = model.config.hidden_size;
     let n = batch.len();
     if s.dhidden.len() < n * d {

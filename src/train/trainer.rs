@@ -3,7 +3,7 @@
 use super::objective::{ObjectiveScratch, forward_backward};
 use super::optim::{AdamWConfig, Moments, adamw_update, clip_grads, decays, global_grad_norm};
 use super::schedule::{Schedule, lr_factor};
-use crate::model::tokenizer::EncodedPair;
+use crate::data::example::Example;
 use crate::model::transformer::Transformer;
 use anyhow::{Result, bail};
 
@@ -64,13 +64,14 @@ impl Trainer {
 
     /// One optimizer step over `micro_batches` (gradient accumulation). `labels` name each row
     /// (e.g. "data.jsonl:17") for errors, in the same order as the rows.
-    pub fn step(&mut self, micro_batches: &[&[EncodedPair]], labels: &[&[String]]) -> Result<StepStats> {
-        let y_tokens: usize = micro_batches.iter().flat_map(|b| b.iter()).map(|e| e.ids.len() - e.y_start.max(1)).sum();
+    pub fn step(&mut self, micro_batches: &[&[Example]], labels: &[&[String]]) -> Result<StepStats> {
+        let y_tokens: usize = micro_batches.iter().flat_map(|b| b.iter()).map(Example::n_targets).sum();
         if y_tokens == 0 {
             let rows: Vec<&str> = labels.iter().flat_map(|l| l.iter()).map(|s| s.as_str()).collect();
             bail!("a training step has no completion tokens to learn from (rows: {})", rows.join(", "));
         }
-        let lr = self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
+        let lr =
+            self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
         let weight = 1.0 / y_tokens as f32;
         let mut loss = 0.0;
         for (k, mb) in micro_batches.iter().enumerate() {
