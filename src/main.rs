@@ -15,15 +15,21 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    Train(cli::train::TrainArgs),
     Score(cli::score::ScoreArgs),
+    Eval(cli::eval::EvalArgs),
+    Merge(cli::merge::MergeArgs),
     Info(cli::info::InfoArgs),
 }
 
 fn main() {
     let args = Args::parse();
     let result = cli::init_threads(args.threads).and_then(|()| match args.command {
+        Command::Train(a) => cli::train::run(a),
         Command::Score(a) => cli::score::run(a),
+        Command::Eval(a) => cli::eval::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::Merge(a) => cli::merge::run(a),
     });
     if let Err(e) = result {
         eprintln!("error: {e:#}");

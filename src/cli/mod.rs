@@ -1,6 +1,9 @@
 //! One file per subcommand.
+pub mod eval;
 pub mod info;
+pub mod merge;
 pub mod score;
+pub mod train;
 
 use anyhow::Result;
 

@@ -4,6 +4,7 @@ use clap::Args;
 use condlm::data::rows::read_pairs;
 use condlm::model::checkpoint::load_model;
 use condlm::output::write_atomic;
+use condlm::peft::load_adapter;
 use condlm::score::{Totals, encode_rows, row_scores, score_encoded};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -23,6 +24,9 @@ pub struct ScoreArgs {
     /// Rows per forward pass (packed, no padding).
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// PEFT LoRA adapter folder to apply (condlm's or PEFT's) [default: none].
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// Also write each row's token ids, the index where y starts, and every y token's log-prob.
     #[arg(long)]
     per_token: bool,
@@ -30,7 +34,10 @@ pub struct ScoreArgs {
 
 pub fn run(a: ScoreArgs) -> Result<()> {
     let rows = read_pairs(&a.data)?;
-    let m = load_model(&a.model)?;
+    let mut m = load_model(&a.model)?;
+    if let Some(dir) = &a.adapter {
+        load_adapter(dir, &mut m.model)?;
+    }
     let encoded = encode_rows(&m.tokenizer, &rows, m.model.config.max_positions)
         .map_err(|e| anyhow::anyhow!("{}: {e:#}", a.data.display()))?;
     let total_tokens: usize = encoded.iter().map(|e| e.ids.len()).sum();

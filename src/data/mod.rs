@@ -1,3 +1,8 @@
-//! Datasets of (x, y) pairs.
+//! Datasets of (x, y) pairs: file formats (prompt/completion, Alpaca, chat), chat templates, tokenization
+//! with target masks, truncation, statistics and the split by prompt.
+pub mod chat;
+pub mod dataset;
 pub mod example;
+pub mod formats;
 pub mod rows;
+pub mod show;

@@ -2,6 +2,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod dequant;
+pub mod export;
 pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod linear;

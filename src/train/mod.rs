@@ -1,5 +1,10 @@
-//! Training: the conditional objective, AdamW with schedules and clipping, and the step loop.
+//! Training: the conditional objective, AdamW with schedules and clipping, the step, and the run
+//! (data order, evaluation, metrics, checkpoints, outputs).
+pub mod checkpoint;
 pub mod objective;
 pub mod optim;
+pub mod plot;
+pub mod run;
 pub mod schedule;
+pub mod settings;
 pub mod trainer;

@@ -1,0 +1,61 @@
+//! `condlm eval`: token-weighted NLL and perplexity of y given x over a dataset.
+use anyhow::Result;
+use clap::Args;
+use condlm::data::dataset::{DataOptions, load_dataset};
+use condlm::model::checkpoint::load_model;
+use condlm::peft::load_adapter;
+use condlm::score::{Totals, row_scores, score_encoded};
+use std::path::PathBuf;
+
+/// Evaluate NLL per y token and perplexity exp(ΣNLL/Σtokens) on a dataset (any format `train` reads).
+#[derive(Args)]
+pub struct EvalArgs {
+    /// Model: HF folder, .gguf file, or hub id org/name.
+    #[arg(long)]
+    model: String,
+    /// PEFT LoRA adapter folder to apply (condlm's or PEFT's) [default: none].
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Rows to evaluate.
+    #[arg(long)]
+    data: PathBuf,
+    /// Longest row in tokens (x cut from the left first) [default: the model's context window].
+    #[arg(long)]
+    max_len: Option<usize>,
+    /// Rows per forward pass.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Name of the prompt field.
+    #[arg(long, default_value = "prompt")]
+    prompt_field: String,
+    /// Name of the completion field.
+    #[arg(long, default_value = "completion")]
+    completion_field: String,
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let mut m = load_model(&a.model)?;
+    if let Some(dir) = &a.adapter {
+        load_adapter(dir, &mut m.model)?;
+    }
+    let max_positions = m.model.config.max_positions;
+    let opts = DataOptions {
+        prompt_field: a.prompt_field,
+        completion_field: a.completion_field,
+        max_len: a.max_len.unwrap_or(max_positions).min(max_positions),
+    };
+    let ds = load_dataset(&a.data, &m.tokenizer, &opts)?;
+    let t = Totals::of(&row_scores(&score_encoded(&m.model, &ds.examples, a.batch, |_| {})?));
+    println!(
+        "{}",
+        serde_json::json!({"rows": ds.examples.len(), "tokens": t.tokens, "nll": t.nll_per_token(), "perplexity": t.perplexity()})
+    );
+    eprintln!(
+        "{} rows, {} y tokens: NLL/token {:.4}, perplexity {:.3}",
+        ds.examples.len(),
+        t.tokens,
+        t.nll_per_token(),
+        t.perplexity()
+    );
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! Writes a model as a Hugging Face checkpoint folder that transformers (and condlm) load:
+//! `config.json`, `model.safetensors` (every tensor under its HF name, in HF layout, F32), the tokenizer
+//! files and, when the source has one, `generation_config.json`.
+//!
+//! - HF source: `config.json` and the tokenizer/generation files are copied byte for byte (the
+//!   config already describes the model; a sharded source is written as one `model.safetensors`).
+//!   A missing `tokenizer_config.json` is generated as for GGUF.
+//! - GGUF source: `config.json` is generated from [`Config`] for `LlamaForCausalLM`, `Qwen2ForCausalLM`
+//!   or `GPT2LMHeadModel`; `tokenizer.json` is the tokenizer condlm built from the GGUF metadata,
+//!   serialized; `tokenizer_config.json` names BOS/EOS/PAD and carries the chat template.
+//!
+//! The weights are whatever the `Param`s hold (a fine-tuned or merged model is written as it is
+//! now). GPT-2 Conv1D weights go back to their (in, out) layout; a tied model stores no
+//! `lm_head.weight`. A model with LoRA adapters attached is refused: merge them first
+//! ([`crate::lora::merge`]) or save them as a PEFT adapter.
+use super::config::{Config, Family};
+use super::gguf::GgufFile;
+use super::param::Param;
+use super::resolve::ModelFiles;
+use super::tokenizer::TextTokenizer;
+use super::transformer::Transformer;
+use super::weights::is_gpt2_conv1d;
+use anyhow::{Context, Result, bail};
+use safetensors::tensor::{Dtype, View};
+use serde_json::{Value, json};
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+/// Side files of an HF folder that are copied verbatim when present (tokenizer and generation
+/// settings; the weights and config.json are handled separately).
+const HF_SIDE_FILES: &[&str] = &[
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+];
+
+/// Every file name `save_hf_folder` can write.
+pub const EXPORT_FILES: &[&str] = &[
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "generation_config.json",
+];
+
+/// Writes `model` (with `tok`, loaded from `source`) as an HF checkpoint folder `dir`, atomically:
+/// the folder appears complete or not at all, replacing an existing `dir` (callers decide whether
+/// that is allowed, see `condlm merge`).
+pub fn save_hf_folder(dir: &Path, model: &Transformer, tok: &TextTokenizer, source: &ModelFiles) -> Result<()> {
+    let weights = safetensors_bytes(model)?;
+    let mut files: Vec<(&str, Vec<u8>)> = vec![("model.safetensors", weights)];
+    match source {
+        ModelFiles::HfDir(src) => {
+            let config = src.join("config.json");
+            files.push((
+                "config.json",
+                std::fs::read(&config).with_context(|| format!("cannot read {}", config.display()))?,
+            ));
+            for name in HF_SIDE_FILES {
+                let path = src.join(name);
+                if path.is_file() {
+                    files
+                        .push((name, std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?));
+                }
+            }
+            if !src.join("tokenizer_config.json").is_file() {
+                files.push(("tokenizer_config.json", to_json(&tokenizer_config(model, tok, None))?));
+            }
+        }
+        ModelFiles::Gguf(path) => {
+            let gguf = GgufFile::open(path)?;
+            let pad = gguf.opt_u32("tokenizer.ggml.padding_token_id")?;
+            files.push(("config.json", to_json(&config_json(&model.config, pad)?)?));
+            let tokenizer = tok
+                .inner
+                .to_string(true)
+                .map_err(|e| anyhow::anyhow!("{}: cannot serialize the tokenizer: {e}", path.display()))?;
+            files.push(("tokenizer.json", tokenizer.into_bytes()));
+            files.push(("tokenizer_config.json", to_json(&tokenizer_config(model, tok, pad))?));
+        }
+    }
+    crate::output::write_dir_atomic(dir, &files)
+}
+
+fn to_json(v: &Value) -> Result<Vec<u8>> {
+    let mut bytes = serde_json::to_vec_pretty(v)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// One tensor as the checkpoint stores it, converted to bytes only when the serializer asks, so
+/// that at most one tensor's bytes exist besides the model and the output buffer.
+struct OutTensor<'a> {
+    shape: Vec<usize>,
+    data: &'a [f32],
+    /// Some((rows, cols)): `data` is (rows, cols) and is written transposed, as (cols, rows).
+    transpose: Option<(usize, usize)>,
+}
+
+impl View for OutTensor<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    fn data(&self) -> Cow<'_, [u8]> {
+        let mut out = Vec::with_capacity(self.data.len() * 4);
+        match self.transpose {
+            None => self.data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+            Some((rows, cols)) => {
+                for c in 0..cols {
+                    for r in 0..rows {
+                        out.extend_from_slice(&self.data[r * cols + c].to_le_bytes());
+                    }
+                }
+            }
+        }
+        Cow::Owned(out)
+    }
+
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// Every base tensor of the model in a fixed order (the read-only twin of `Transformer::params_mut`,
+/// without adapters).
+fn base_params(model: &Transformer) -> Vec<&Param> {
+    let mut out = vec![&model.embed];
+    out.extend(model.pos_embed.as_ref());
+    for b in &model.blocks {
+        for n in [&b.attn_norm, &b.mlp_norm] {
+            out.push(&n.w);
+            out.extend(n.b.as_ref());
+        }
+        for l in b.linears() {
+            out.push(&l.w);
+            out.extend(l.b.as_ref());
+        }
+    }
+    out.push(&model.final_norm.w);
+    out.extend(model.final_norm.b.as_ref());
+    out.extend(model.lm_head.as_ref());
+    out
+}
+
+/// `model.safetensors`: every tensor under its HF name and in HF layout, F32, metadata {"format": "pt"}.
+fn safetensors_bytes(model: &Transformer) -> Result<Vec<u8>> {
+    if let Some(l) = model.blocks.iter().flat_map(|b| b.linears()).find(|l| l.lora.is_some()) {
+        bail!(
+            "the model has LoRA adapters attached ({} and others): merge them into the base weights first \
+             (lora::merge / `condlm merge`), or save them as a PEFT adapter",
+            l.name
+        );
+    }
+    let mut names = BTreeSet::new();
+    let mut tensors = Vec::new();
+    for p in base_params(model) {
+        if !names.insert(p.name.as_str()) {
+            bail!("two tensors of the model are both named {}", p.name);
+        }
+        if p.shape.iter().product::<usize>() != p.data.len() {
+            bail!("tensor {} holds {} values but has shape {:?}", p.name, p.data.len(), p.shape);
+        }
+        let t = if model.config.family == Family::Gpt2 && p.shape.len() == 2 && is_gpt2_conv1d(&p.name) {
+            // Held as (out, in) like nn.Linear; Conv1D stores (in, out).
+            OutTensor { shape: vec![p.shape[1], p.shape[0]], data: &p.data, transpose: Some((p.shape[0], p.shape[1])) }
+        } else {
+            OutTensor { shape: p.shape.clone(), data: &p.data, transpose: None }
+        };
+        tensors.push((p.name.as_str(), t));
+    }
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    Ok(safetensors::serialize(tensors, Some(metadata))?)
+}
+
+/// A float from an f32 field, written with the f32's shortest decimal form (1e-5, not 9.99999974e-6).
+fn f32_json(x: f32) -> Value {
+    x.to_string().parse::<f64>().map(Value::from).unwrap_or(Value::Null)
+}
+
+/// config.json token id fields: null, one id, or a list.
+fn ids_json(ids: &[u32]) -> Value {
+    match ids {
+        [] => Value::Null,
+        [one] => json!(one),
+        many => json!(many),
+    }
+}
+
+/// A transformers `config.json` for `c` (used for GGUF sources, which carry none). `pad` is the
+/// padding token id, if known.
+pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
+    let arch = c.architecture.to_lowercase();
+    let common = |v: &mut Value| {
+        v["vocab_size"] = json!(c.vocab_size);
+        v["tie_word_embeddings"] = json!(c.tie_embeddings);
+        v["bos_token_id"] = json!(c.bos_token_id);
+        v["eos_token_id"] = ids_json(&c.eos_token_ids);
+        v["pad_token_id"] = json!(pad);
+        v["torch_dtype"] = json!("float32");
+        v["use_cache"] = json!(true);
+    };
+    let mut v = match c.family {
+        Family::Llama => {
+            let (architecture, model_type) = match arch.as_str() {
+                "llama" | "llamaforcausallm" => ("LlamaForCausalLM", "llama"),
+                "qwen2" | "qwen2forcausallm" => ("Qwen2ForCausalLM", "qwen2"),
+                other => {
+                    bail!("cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, gpt2)")
+                }
+            };
+            let mut v = json!({
+                "architectures": [architecture],
+                "model_type": model_type,
+                "hidden_size": c.hidden_size,
+                "intermediate_size": c.intermediate_size,
+                "num_hidden_layers": c.num_layers,
+                "num_attention_heads": c.num_heads,
+                "num_key_value_heads": c.num_kv_heads,
+                "head_dim": c.head_dim,
+                "max_position_embeddings": c.max_positions,
+                "rms_norm_eps": f32_json(c.norm_eps),
+                "rope_theta": f32_json(c.rope_theta),
+                "rope_scaling": c.rope_scaling.map(|s| json!({
+                    "rope_type": "llama3",
+                    "factor": f32_json(s.factor),
+                    "low_freq_factor": f32_json(s.low_freq_factor),
+                    "high_freq_factor": f32_json(s.high_freq_factor),
+                    "original_max_position_embeddings": s.original_max_position_embeddings as u64,
+                })),
+                "hidden_act": "silu",
+                "attention_dropout": 0.0,
+                "initializer_range": 0.02,
+            });
+            if model_type == "qwen2" {
+                if !c.qkv_bias || c.o_bias || c.mlp_bias {
+                    bail!(
+                        "a Qwen2 model has q/k/v biases and no o_proj/MLP biases; this one (q/k/v {}, o {}, mlp {}) \
+                         cannot be written as Qwen2ForCausalLM",
+                        c.qkv_bias,
+                        c.o_bias,
+                        c.mlp_bias
+                    );
+                }
+                v["use_sliding_window"] = json!(false);
+                v["sliding_window"] = json!(c.sliding_window);
+                v["max_window_layers"] = json!(c.num_layers);
+            } else {
+                if c.qkv_bias != c.o_bias {
+                    bail!(
+                        "LlamaForCausalLM's attention_bias covers q, k, v and o together; this model has q/k/v \
+                         biases {} but o_proj bias {}, which its config.json cannot express",
+                        c.qkv_bias,
+                        c.o_bias
+                    );
+                }
+                v["attention_bias"] = json!(c.qkv_bias);
+                v["mlp_bias"] = json!(c.mlp_bias);
+                v["pretraining_tp"] = json!(1);
+            }
+            v
+        }
+        Family::Gpt2 => json!({
+            "architectures": ["GPT2LMHeadModel"],
+            "model_type": "gpt2",
+            "n_embd": c.hidden_size,
+            "n_layer": c.num_layers,
+            "n_head": c.num_heads,
+            "n_inner": c.intermediate_size,
+            "n_positions": c.max_positions,
+            "n_ctx": c.max_positions,
+            "layer_norm_epsilon": f32_json(c.norm_eps),
+            "activation_function": "gelu_new",
+            "initializer_range": 0.02,
+            "scale_attn_weights": true,
+            "scale_attn_by_inverse_layer_idx": false,
+            "reorder_and_upcast_attn": false,
+        }),
+    };
+    common(&mut v);
+    Ok(v)
+}
+
+/// A `tokenizer_config.json` naming the special tokens (GGUF sources, or HF folders without one).
+/// `add_bos_token` mirrors what the tokenizer's post-processor already does, so loading it back
+/// gives the same BOS behaviour in condlm and transformers.
+fn tokenizer_config(model: &Transformer, tok: &TextTokenizer, pad: Option<u32>) -> Value {
+    let name = |id: Option<u32>| id.and_then(|i| tok.inner.id_to_token(i));
+    json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": !tok.prefix.is_empty(),
+        "add_eos_token": false,
+        "bos_token": name(model.config.bos_token_id),
+        "eos_token": name(Some(tok.eos_id)),
+        "pad_token": name(pad),
+        "chat_template": tok.chat_template,
+        "model_max_length": model.config.max_positions,
+        "clean_up_tokenization_spaces": false,
+    })
+}
+
+/// Whether `dir` may receive an export: it does not exist or is an empty folder, or `force` is set
+/// (then its contents are replaced). Never when it is, or contains, one of `protected` (the model
+/// and adapter being read), whatever `force` says.
+pub fn check_out_dir(dir: &Path, force: bool, protected: &[&Path]) -> Result<()> {
+    if dir.as_os_str().is_empty() {
+        bail!("the output folder path is empty");
+    }
+    if !dir.exists() {
+        return Ok(());
+    }
+    if !dir.is_dir() {
+        bail!("{}: exists and is not a folder", dir.display());
+    }
+    let canon = dir.canonicalize().with_context(|| format!("cannot resolve {}", dir.display()))?;
+    for p in protected {
+        if let Ok(pc) = p.canonicalize()
+            && pc.starts_with(&canon)
+        {
+            bail!(
+                "{}: the output folder would replace {}, which is an input of this command; choose another --out",
+                dir.display(),
+                p.display()
+            );
+        }
+    }
+    let mut entries = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    if entries.next().is_some() && !force {
+        bail!(
+            "{}: the folder exists and is not empty; its contents would be replaced — pass --force to allow that, \
+             or choose another --out",
+            dir.display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Step checkpoints: trainable tensors, AdamW moments, step counter (which fixes the schedule
+//! position, the data cursor and every dropout mask — all pure functions of seed and step) and the
+//! run's settings. Written atomically; the last K are kept, plus the best by eval loss.
+use super::optim::Moments;
+use super::settings::TrainSettings;
+use super::trainer::TrainState;
+use crate::output::write_dir_atomic;
+use anyhow::{Context, Result, bail};
+use safetensors::tensor::{Dtype, TensorView};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+const STATE_JSON: &str = "state.json";
+const TENSORS: &str = "state.safetensors";
+
+/// What `state.json` records besides the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointMeta {
+    pub format: u32,
+    pub step: u64,
+    pub settings: TrainSettings,
+    /// Trainable tensor names in order.
+    pub tensors: Vec<String>,
+    /// Best eval NLL so far and its step.
+    pub best_eval: Option<(f64, u64)>,
+}
+
+pub fn checkpoints_dir(output_dir: &Path) -> PathBuf {
+    output_dir.join("checkpoints")
+}
+
+fn step_dir(output_dir: &Path, step: u64) -> PathBuf {
+    checkpoints_dir(output_dir).join(format!("step-{step:07}"))
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// Writes the checkpoint of `state`, then prunes old ones.
+pub fn save(
+    output_dir: &Path,
+    state: &TrainState,
+    settings: &TrainSettings,
+    best_eval: Option<(f64, u64)>,
+) -> Result<PathBuf> {
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, data, m) in &state.tensors {
+        tensors.push((name.clone(), vec![data.len()], f32_bytes(data)));
+        tensors.push((format!("{name}.exp_avg"), vec![data.len()], f32_bytes(&m.m)));
+        tensors.push((format!("{name}.exp_avg_sq"), vec![data.len()], f32_bytes(&m.v)));
+    }
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_>>()?;
+    let meta = CheckpointMeta {
+        format: 1,
+        step: state.step,
+        settings: settings.clone(),
+        tensors: state.tensors.iter().map(|t| t.0.clone()).collect(),
+        best_eval,
+    };
+    let dir = step_dir(output_dir, state.step);
+    write_dir_atomic(
+        &dir,
+        &[(TENSORS, safetensors::serialize(views, None)?), (STATE_JSON, serde_json::to_vec_pretty(&meta)?)],
+    )?;
+    prune(output_dir, settings.keep_last.max(1), best_eval.map(|b| b.1))?;
+    Ok(dir)
+}
+
+/// Existing checkpoint folders, oldest first.
+pub fn list(output_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(checkpoints_dir(output_dir))
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let step = e.file_name().to_str()?.strip_prefix("step-")?.parse().ok()?;
+            Some((step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn prune(output_dir: &Path, keep: usize, best_step: Option<u64>) -> Result<()> {
+    let all = list(output_dir);
+    let n = all.len();
+    for (step, dir) in all.into_iter().take(n.saturating_sub(keep)) {
+        if Some(step) != best_step {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove old checkpoint {}", dir.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a checkpoint folder, or the latest checkpoint of an output folder.
+pub fn load(path: &Path) -> Result<(CheckpointMeta, TrainState)> {
+    let dir = if path.join(STATE_JSON).is_file() {
+        path.to_path_buf()
+    } else {
+        match list(path).pop() {
+            Some((_, d)) => d,
+            None => bail!("{}: neither a checkpoint folder nor an output folder with checkpoints", path.display()),
+        }
+    };
+    let meta_path = dir.join(STATE_JSON);
+    let meta: CheckpointMeta = serde_json::from_str(
+        &std::fs::read_to_string(&meta_path).with_context(|| format!("cannot read {}", meta_path.display()))?,
+    )
+    .with_context(|| format!("{}: not a condlm checkpoint", meta_path.display()))?;
+    let tpath = dir.join(TENSORS);
+    let bytes = std::fs::read(&tpath).with_context(|| format!("cannot read {}", tpath.display()))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("{}: damaged checkpoint ({e})", tpath.display()))?;
+    let get = |name: &str| -> Result<Vec<f32>> {
+        let t = st.tensor(name).map_err(|_| anyhow::anyhow!("{}: tensor {name} is missing", tpath.display()))?;
+        Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    };
+    let tensors = meta
+        .tensors
+        .iter()
+        .map(|n| {
+            Ok((n.clone(), get(n)?, Moments { m: get(&format!("{n}.exp_avg"))?, v: get(&format!("{n}.exp_avg_sq"))? }))
+        })
+        .collect::<Result<_>>()?;
+    let state = TrainState { step: meta.step, tensors };
+    Ok((meta, state))
+}

@@ -1,0 +1,286 @@
+//! A whole training run, top to bottom: load model and data, attach adapters, loop over
+//! optimizer steps with evaluation, metrics and checkpoints, then write the adapter or model.
+use super::checkpoint;
+use super::optim::AdamWConfig;
+use super::plot::plot_losses;
+use super::settings::TrainSettings;
+use super::trainer::{StepStats, TrainConfig, Trainer};
+use crate::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
+use crate::data::example::Example;
+use crate::lora::{LoraConfig, attach, set_full_finetune};
+use crate::model::checkpoint::{LoadedModel, load_model};
+use crate::model::export::save_hf_folder;
+use crate::model::tokenizer::TextTokenizer;
+use crate::model::transformer::Transformer;
+use crate::peft::save_adapter;
+use crate::score::{Totals, row_scores, score_encoded};
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// How a run ended, for the one-line summary.
+pub struct RunSummary {
+    pub steps: u64,
+    pub first_loss: f64,
+    pub last_loss: f64,
+    pub eval_before: Option<Totals>,
+    pub eval_after: Option<Totals>,
+    pub tokens_per_s: f64,
+    pub output: PathBuf,
+    pub stopped_early: bool,
+}
+
+/// Rows per evaluation forward pass.
+const EVAL_BATCH: usize = 16;
+
+pub fn lora_config(s: &TrainSettings) -> LoraConfig {
+    LoraConfig {
+        rank: s.lora_r,
+        alpha: s.lora_alpha,
+        dropout: s.lora_dropout,
+        rslora: s.rslora,
+        targets: s.lora_targets.split(',').map(|t| t.trim().to_string()).filter(|t| !t.is_empty()).collect(),
+    }
+}
+
+/// Token-weighted NLL of `data` under the model's current weights (no dropout).
+pub fn evaluate(model: &Transformer, data: &[Example]) -> Result<Totals> {
+    let lps = score_encoded(model, data, EVAL_BATCH, |_| {})?;
+    Ok(Totals::of(&row_scores(&lps)))
+}
+
+fn load_data(s: &TrainSettings, tok: &TextTokenizer, max_positions: usize) -> Result<(Dataset, Option<Dataset>)> {
+    let opts = DataOptions {
+        prompt_field: s.prompt_field.clone(),
+        completion_field: s.completion_field.clone(),
+        max_len: s.max_len.min(max_positions),
+    };
+    let all = load_dataset(&s.data, tok, &opts)?;
+    match (&s.eval_data, s.eval_fraction) {
+        (Some(path), _) => Ok((all, Some(load_dataset(path, tok, &opts)?))),
+        (None, f) if f > 0.0 => {
+            let (train, eval) = split_by_prompt(all, f, s.seed);
+            Ok((train, Some(eval)))
+        }
+        _ => Ok((all, None)),
+    }
+}
+
+/// The order rows are visited in epoch `epoch`: a permutation that is a pure function of
+/// (seed, epoch), so the data cursor of a checkpoint is just the step number.
+fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut keyed: Vec<(u64, usize)> = (0..n)
+        .map(|i| (crate::rng::mix(crate::rng::mix(seed ^ epoch.wrapping_mul(0xA24B_AED4)) ^ i as u64), i))
+        .collect();
+    keyed.sort_unstable();
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
+struct Metrics {
+    file: std::fs::File,
+}
+
+impl Metrics {
+    fn open(dir: &Path, append: bool) -> Result<Self> {
+        let path = dir.join("metrics.jsonl");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append)
+            .open(&path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(Metrics { file })
+    }
+
+    fn log(&mut self, v: serde_json::Value) -> Result<()> {
+        writeln!(self.file, "{v}")?;
+        Ok(())
+    }
+}
+
+/// (step, value) points of a curve.
+type Curve = Vec<(u64, f64)>;
+
+/// Reads metrics.jsonl back for the plot: (step, train loss) and (step, eval NLL).
+fn read_curves(dir: &Path) -> (Curve, Curve) {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap_or_default();
+    let (mut train, mut eval) = (vec![], vec![]);
+    for v in text.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()) {
+        let step = v["step"].as_u64().unwrap_or(0);
+        if let Some(l) = v["loss"].as_f64() {
+            train.push((step, l));
+        }
+        if let Some(e) = v["eval_nll"].as_f64() {
+            eval.push((step, e));
+        }
+    }
+    (train, eval)
+}
+
+/// Runs (or, with `resume`, continues) a training run. `stop_after` ends this invocation after
+/// that many steps with a checkpoint, as an interruption would.
+pub fn train(mut s: TrainSettings, resume: Option<&Path>, stop_after: Option<u64>) -> Result<RunSummary> {
+    let resumed = match resume {
+        Some(p) => {
+            let (meta, state) = checkpoint::load(p)?;
+            s = meta.settings.clone();
+            Some((meta, state))
+        }
+        None => None,
+    };
+    s.validate()?;
+    let out = s.output_dir.clone();
+    if resumed.is_none() && !checkpoint::list(&out).is_empty() {
+        bail!(
+            "{} already holds a training run (checkpoints/); continue it with --resume {} or choose another --output-dir",
+            out.display(),
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
+
+    let LoadedModel { files, mut model, tokenizer } = load_model(&s.model)?;
+    let (train_set, eval_set) = load_data(&s, &tokenizer, model.config.max_positions)?;
+    if train_set.examples.is_empty() {
+        bail!("{}: no training rows left (all were empty or truncated away)", s.data.display());
+    }
+    eprintln!("{}", train_set.stats.describe(&format!("train ({})", s.data.display())));
+    if let Some(e) = &eval_set {
+        eprintln!("{}", e.stats.describe("eval"));
+    }
+    let lcfg = lora_config(&s);
+    if s.full {
+        set_full_finetune(&mut model, s.freeze_embeddings);
+    } else {
+        attach(&mut model, &lcfg, s.seed)?;
+    }
+    let rows_per_step = s.batch_size * s.grad_accum;
+    let steps_per_epoch = train_set.examples.len().div_ceil(rows_per_step);
+    let total_steps = s.max_steps.unwrap_or(s.epochs * steps_per_epoch);
+    let cfg = TrainConfig {
+        lr: s.lr,
+        schedule: s.schedule,
+        warmup_steps: s.warmup_steps,
+        total_steps,
+        adamw: AdamWConfig { weight_decay: s.weight_decay, ..AdamWConfig::default() },
+        max_grad_norm: (s.max_grad_norm > 0.0).then_some(s.max_grad_norm),
+        label_smoothing: s.label_smoothing,
+        seed: s.seed,
+    };
+    let mut trainer = Trainer::new(model, cfg)?;
+    let mut best_eval = None;
+    if let Some((meta, state)) = resumed {
+        trainer.import_state(state)?;
+        best_eval = meta.best_eval;
+    }
+    let start_step = trainer.step;
+    let mut metrics = Metrics::open(&out, start_step > 0)?;
+
+    let eval_now = |t: &Trainer| eval_set.as_ref().map(|e| evaluate(&t.model, &e.examples)).transpose();
+    let eval_before = if start_step == 0 { eval_now(&trainer)? } else { None };
+    if let Some(t) = eval_before {
+        metrics.log(serde_json::json!({"step": 0, "eval_nll": t.nll_per_token(), "eval_ppl": t.perplexity(), "eval_tokens": t.tokens}))?;
+    }
+
+    let bar = ProgressBar::new(total_steps as u64).with_style(
+        ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    bar.set_position(start_step);
+    // Throughput counts optimizer steps only (not evaluation or checkpoint writing).
+    let (mut tokens_done, mut train_secs, mut first_loss, mut last_loss) = (0usize, 0.0f64, f64::NAN, f64::NAN);
+    let mut eval_after = None;
+    let mut stopped_early = false;
+    let end = stop_after.map_or(total_steps as u64, |k| (start_step + k).min(total_steps as u64));
+    let mut order: (u64, Vec<usize>) = (u64::MAX, vec![]);
+    for step in start_step..end {
+        let epoch = step / steps_per_epoch as u64;
+        if order.0 != epoch {
+            order = (epoch, epoch_order(train_set.examples.len(), s.seed, epoch));
+        }
+        let order = &order.1;
+        let at = (step % steps_per_epoch as u64) as usize * rows_per_step;
+        let idx = &order[at..(at + rows_per_step).min(order.len())];
+        let rows: Vec<Example> = idx.iter().map(|&i| train_set.examples[i].clone()).collect();
+        let labels: Vec<String> = idx.iter().map(|&i| train_set.sources[i].clone()).collect();
+        let micro: Vec<&[Example]> = rows.chunks(s.batch_size).collect();
+        let micro_labels: Vec<&[String]> = labels.chunks(s.batch_size).collect();
+        let t0 = Instant::now();
+        let st: StepStats = trainer.step(&micro, &micro_labels)?;
+        let step_s = t0.elapsed().as_secs_f64();
+        train_secs += step_s;
+        tokens_done += st.tokens;
+        if first_loss.is_nan() {
+            first_loss = st.loss;
+        }
+        last_loss = st.loss;
+        let tps = tokens_done as f64 / train_secs;
+        let done = step + 1;
+        metrics.log(serde_json::json!({
+            "step": done, "epoch": done as f64 / steps_per_epoch as f64, "loss": st.loss, "lr": st.lr,
+            "grad_norm": st.grad_norm, "tokens": st.tokens, "y_tokens": st.y_tokens,
+            "step_s": step_s, "tokens_per_s": tps,
+        }))?;
+        bar.set_message(format!(
+            "epoch {:.2} loss {:.4} lr {:.2e} {:.0} tok/s",
+            done as f64 / steps_per_epoch as f64,
+            st.loss,
+            st.lr,
+            tps
+        ));
+        bar.set_position(done);
+
+        let epoch_end = done % steps_per_epoch as u64 == 0 || done == total_steps as u64;
+        let eval_due = (s.eval_every > 0 && done % s.eval_every as u64 == 0) || epoch_end;
+        let mut improved = false;
+        if eval_due && let Some(t) = eval_now(&trainer)? {
+            metrics.log(serde_json::json!({"step": done, "eval_nll": t.nll_per_token(), "eval_ppl": t.perplexity(), "eval_tokens": t.tokens}))?;
+            bar.println(format!("step {done}: eval NLL {:.4}, perplexity {:.3}", t.nll_per_token(), t.perplexity()));
+            if best_eval.is_none_or(|(b, _)| t.nll_per_token() < b) {
+                best_eval = Some((t.nll_per_token(), done));
+                improved = true;
+            }
+            eval_after = Some(t);
+        }
+        let interrupted = stop_after.is_some() && done == end && done < total_steps as u64;
+        if improved
+            || interrupted
+            || done == total_steps as u64
+            || (s.save_every > 0 && done % s.save_every as u64 == 0)
+        {
+            checkpoint::save(&out, &trainer.export_state(), &s, best_eval)?;
+        }
+        stopped_early = interrupted;
+    }
+    bar.finish_and_clear();
+
+    let output = if stopped_early {
+        checkpoint::list(&out).pop().map(|c| c.1).unwrap_or(out.clone())
+    } else if s.full {
+        let dir = out.join("model");
+        save_hf_folder(&dir, &trainer.model, &tokenizer, &files)?;
+        dir
+    } else {
+        let dir = out.join("adapter");
+        save_adapter(&dir, &trainer.model, &lcfg, &s.model)?;
+        dir
+    };
+    let (train_curve, eval_curve) = read_curves(&out);
+    if !train_curve.is_empty() {
+        plot_losses(&out.join("loss.png"), &format!("condlm: {}", s.model), &train_curve, &eval_curve)?;
+    }
+    Ok(RunSummary {
+        steps: trainer.step,
+        first_loss,
+        last_loss,
+        eval_before,
+        eval_after,
+        tokens_per_s: tokens_done as f64 / train_secs,
+        output,
+        stopped_early,
+    })
+}

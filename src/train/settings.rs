@@ -1,0 +1,122 @@
+//! Every setting of a training run, with its default; read from a TOML file (`--config`) and
+//! overridden by command-line flags. The resolved settings are saved with each checkpoint.
+use super::schedule::Schedule;
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainSettings {
+    pub model: String,
+    pub data: PathBuf,
+    /// Validation rows from a file; otherwise `eval_fraction` of the prompts are held out.
+    pub eval_data: Option<PathBuf>,
+    pub eval_fraction: f64,
+    pub output_dir: PathBuf,
+    pub prompt_field: String,
+    pub completion_field: String,
+    /// Full fine-tuning instead of LoRA.
+    pub full: bool,
+    pub freeze_embeddings: bool,
+    pub lora_r: usize,
+    pub lora_alpha: f32,
+    pub lora_dropout: f32,
+    /// Comma-separated module names (q_proj,v_proj,…) or "all-linear".
+    pub lora_targets: String,
+    pub rslora: bool,
+    pub lr: f64,
+    pub schedule: Schedule,
+    pub warmup_steps: usize,
+    pub epochs: usize,
+    /// Stop after this many optimizer steps (overrides `epochs`).
+    pub max_steps: Option<usize>,
+    /// Rows per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    pub max_len: usize,
+    pub weight_decay: f64,
+    /// Global gradient-norm clip; 0 disables clipping.
+    pub max_grad_norm: f64,
+    pub label_smoothing: f32,
+    pub seed: u64,
+    /// Evaluate every N steps (0: at the end of each epoch only).
+    pub eval_every: usize,
+    /// Write a checkpoint every N steps (0: only at the end).
+    pub save_every: usize,
+    /// Checkpoints kept (besides the best by eval loss).
+    pub keep_last: usize,
+}
+
+impl Default for TrainSettings {
+    fn default() -> Self {
+        TrainSettings {
+            model: String::new(),
+            data: PathBuf::new(),
+            eval_data: None,
+            eval_fraction: 0.0,
+            output_dir: PathBuf::from("condlm-out"),
+            prompt_field: "prompt".into(),
+            completion_field: "completion".into(),
+            full: false,
+            freeze_embeddings: false,
+            lora_r: 16,
+            lora_alpha: 32.0,
+            lora_dropout: 0.05,
+            lora_targets: "all-linear".into(),
+            rslora: false,
+            lr: 2e-4,
+            schedule: Schedule::Cosine,
+            warmup_steps: 0,
+            epochs: 1,
+            max_steps: None,
+            batch_size: 8,
+            grad_accum: 1,
+            max_len: 1024,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            label_smoothing: 0.0,
+            seed: 42,
+            eval_every: 0,
+            save_every: 100,
+            keep_last: 2,
+        }
+    }
+}
+
+impl TrainSettings {
+    /// Defaults overlaid with a TOML file.
+    pub fn from_toml(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.model.is_empty() {
+            bail!("no model: pass --model (or set model in the --config file)");
+        }
+        if self.data.as_os_str().is_empty() {
+            bail!("no training data: pass --data (or set data in the --config file)");
+        }
+        let positive = [("batch-size", self.batch_size), ("grad-accum", self.grad_accum), ("max-len", self.max_len)];
+        for (name, v) in positive {
+            if v == 0 {
+                bail!("--{name} must be at least 1");
+            }
+        }
+        if self.max_steps.is_none() && self.epochs == 0 {
+            bail!("--epochs must be at least 1 (or give --max-steps)");
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            bail!("--eval-fraction must be in [0, 1), got {}", self.eval_fraction);
+        }
+        if !(0.0..=1.0).contains(&self.label_smoothing) {
+            bail!("--label-smoothing must be in [0, 1], got {}", self.label_smoothing);
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            bail!("--lr must be a positive number, got {}", self.lr);
+        }
+        Ok(())
+    }
+}
