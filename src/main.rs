@@ -19,6 +19,7 @@ enum Command {
     Score(cli::score::ScoreArgs),
     Eval(cli::eval::EvalArgs),
     Merge(cli::merge::MergeArgs),
+    Metrics(cli::metrics::MetricsArgs),
     Info(cli::info::InfoArgs),
 }
 
@@ -30,6 +31,7 @@ fn main() {
         Command::Eval(a) => cli::eval::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Merge(a) => cli::merge::run(a),
+        Command::Metrics(a) => cli::metrics::run(a),
     });
     if let Err(e) = result {
         eprintln!("error: {e:#}");

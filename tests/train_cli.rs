@@ -45,8 +45,11 @@ fn train_args<'a>(out: &'a str, lr: &'a str, extra: &[&'a str]) -> Vec<&'a str> 
     v
 }
 
+/// (step, f64 bits) points.
+type Bits = Vec<(u64, u64)>;
+
 /// (step, loss) of every train line, and (step, eval_nll) of every eval line, as exact f64 bits.
-fn curves(dir: &Path) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+fn curves(dir: &Path) -> (Bits, Bits) {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let (mut train, mut eval) = (vec![], vec![]);
     for v in text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()) {
@@ -125,4 +128,68 @@ fn full_finetuning_writes_an_hf_folder_that_loads() {
         fixture("train_rows.jsonl").to_str().unwrap(),
     ]);
     assert!(ok && err.contains("perplexity"), "{err}");
+}
+
+#[test]
+fn bad_training_input_is_a_clear_error_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = fixture("train_rows.jsonl");
+    let model = fixture("tiny-llama");
+    let base = |out: &Path| -> Vec<String> {
+        ["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--output-dir", out.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    };
+    let run = |args: Vec<String>| {
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        condlm(&refs)
+    };
+    // Every row truncated away: max_len 1 leaves no token to predict y from.
+    let out = tmp.path().join("tiny-len");
+    let (ok, err) = run([base(&out), vec!["--max-len".into(), "1".into()]].concat());
+    assert!(!ok && err.contains("after truncation to max_len 1") && err.contains("train_rows.jsonl:1"), "{err}");
+    assert!(!out.join("adapter").exists() && !out.join("checkpoints").exists());
+    // Output folder that cannot be created.
+    let (ok, err) = run(base(Path::new("/proc/condlm-cannot-write")));
+    assert!(!ok && err.contains("/proc/condlm-cannot-write"), "{err}");
+    // A malformed data line names file and line.
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"prompt\":\"a\",\"completion\":\"b\"}\n{\"prompt\": 3}\n").unwrap();
+    let out = tmp.path().join("bad-out");
+    let mut args = base(&out);
+    args[4] = bad.to_str().unwrap().to_string();
+    let (ok, err) = run(args);
+    assert!(!ok && err.contains("bad.jsonl:2"), "{err}");
+    assert!(!out.join("checkpoints").exists());
+    // Unknown TOML keys are refused, by name.
+    let cfg = tmp.path().join("run.toml");
+    std::fs::write(&cfg, "lora_rank = 8\n").unwrap();
+    let (ok, err) = run([base(&tmp.path().join("cfg-out")), vec!["--config".into(), cfg.to_str().unwrap().into()]].concat());
+    assert!(!ok && err.contains("lora_rank"), "{err}");
+    // Resuming with other settings is refused: the run continues with its saved ones.
+    let (ok, err) = condlm(&["train", "--resume", tmp.path().to_str().unwrap(), "--lr", "1"]);
+    assert!(!ok && err.contains("--resume continues"), "{err}");
+}
+
+#[test]
+fn toml_config_sets_values_and_flags_override_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("run.toml");
+    let out = tmp.path().join("out");
+    std::fs::write(
+        &cfg,
+        format!(
+            "model = {:?}\ndata = {:?}\noutput_dir = {:?}\nmax_steps = 2\nlora_r = 2\nbatch_size = 4\n",
+            fixture("tiny-llama"),
+            fixture("train_rows.jsonl"),
+            out
+        ),
+    )
+    .unwrap();
+    let (ok, err) = condlm(&["train", "--config", cfg.to_str().unwrap(), "--lora-r", "3"]);
+    assert!(ok && err.contains("trained 2 steps"), "{err}");
+    let adapter: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap()).unwrap();
+    assert_eq!(adapter["r"], 3);
 }

@@ -2,6 +2,7 @@
 pub mod eval;
 pub mod info;
 pub mod merge;
+pub mod metrics;
 pub mod score;
 pub mod train;
 
