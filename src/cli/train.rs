@@ -16,6 +16,9 @@ pub struct TrainArgs {
     /// with its saved settings.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Start afresh in an --output-dir that holds an earlier run (its checkpoints and outputs are deleted).
+    #[arg(long)]
+    overwrite: bool,
     /// End this invocation after N steps with a checkpoint, as an interruption would (resume it later).
     #[arg(long)]
     stop_after_steps: Option<u64>,
@@ -174,6 +177,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     }
     let settings = a.settings()?;
+    if a.overwrite && a.resume.is_none() {
+        condlm::train::checkpoint::clear_run(&settings.output_dir)?;
+    }
     let r = train(settings, a.resume.as_deref(), a.stop_after_steps)?;
     let eval = match (r.eval_before, r.eval_after) {
         (Some(b), Some(e)) => format!(

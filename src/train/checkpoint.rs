@@ -70,6 +70,23 @@ pub fn save(
     Ok(dir)
 }
 
+/// Removes what a run writes into `output_dir` (checkpoints, metrics, plot, adapter/model), nothing else.
+pub fn clear_run(output_dir: &Path) -> Result<()> {
+    for name in ["checkpoints", "adapter", "model"] {
+        let p = output_dir.join(name);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+    }
+    for name in ["metrics.jsonl", "loss.png"] {
+        let p = output_dir.join(name);
+        if p.is_file() {
+            std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Existing checkpoint folders, oldest first.
 pub fn list(output_dir: &Path) -> Vec<(u64, PathBuf)> {
     let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(checkpoints_dir(output_dir))

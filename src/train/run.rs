@@ -135,7 +135,8 @@ pub fn train(mut s: TrainSettings, resume: Option<&Path>, stop_after: Option<u64
     let out = s.output_dir.clone();
     if resumed.is_none() && !checkpoint::list(&out).is_empty() {
         bail!(
-            "{} already holds a training run (checkpoints/); continue it with --resume {} or choose another --output-dir",
+            "{} already holds a training run (checkpoints/); continue it with --resume {}, start afresh with --overwrite, \
+             or choose another --output-dir",
             out.display(),
             out.display()
         );
