@@ -6,6 +6,10 @@ use crate::model::param::Param;
 use crate::model::transformer::Transformer;
 use crate::rng;
 use anyhow::{Result, bail};
+use rayon::prelude::*;
+
+/// Elements per parallel task of the dropout mask.
+const DROP_CHUNK: usize = 1 << 14;
 
 pub struct Lora {
     /// (r, in)
@@ -87,9 +91,15 @@ impl Lora {
             la.x_drop.resize(len, 0.0);
         }
         let (p, keep_scale) = (self.dropout as f64, 1.0 / (1.0 - self.dropout));
-        for (i, (d, &v)) in la.x_drop[..len].iter_mut().zip(&x[..len]).enumerate() {
-            *d = if rng::uniform(step_seed, self.stream, i as u64) >= p { v * keep_scale } else { 0.0 };
-        }
+        let key = rng::stream_key(step_seed, self.stream);
+        la.x_drop[..len].par_chunks_mut(DROP_CHUNK).zip(x[..len].par_chunks(DROP_CHUNK)).enumerate().for_each(
+            |(c, (d, x))| {
+                for (i, (d, &v)) in d.iter_mut().zip(x).enumerate() {
+                    let keep = rng::uniform_at(key, (c * DROP_CHUNK + i) as u64) >= p;
+                    *d = if keep { v * keep_scale } else { 0.0 };
+                }
+            },
+        );
     }
 
     /// out += scale · (dropout(x)·Aᵀ)·Bᵀ; saves u = dropout(x)·Aᵀ (N, r) in `la.u`.
@@ -162,11 +172,16 @@ impl Lora {
             let mut t = std::mem::take(&mut la.x_drop);
             matmul(MatMut::new(&mut t[..n * inp], n, inp), du, Mat::new(&self.a.data, r, inp), false);
             let (p, keep_scale) = (self.dropout as f64, 1.0 / (1.0 - self.dropout));
-            for (i, (d, tv)) in dx[..n * inp].iter_mut().zip(&t).enumerate() {
-                if rng::uniform(step_seed, self.stream, i as u64) >= p {
-                    *d += tv * keep_scale;
-                }
-            }
+            let key = rng::stream_key(step_seed, self.stream);
+            dx[..n * inp].par_chunks_mut(DROP_CHUNK).zip(t[..n * inp].par_chunks(DROP_CHUNK)).enumerate().for_each(
+                |(c, (d, t))| {
+                    for (i, (d, tv)) in d.iter_mut().zip(t).enumerate() {
+                        if rng::uniform_at(key, (c * DROP_CHUNK + i) as u64) >= p {
+                            *d += tv * keep_scale;
+                        }
+                    }
+                },
+            );
             la.x_drop = t;
         } else {
             matmul(MatMut::new(&mut dx[..n * inp], n, inp), du, Mat::new(&self.a.data, r, inp), true);

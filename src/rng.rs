@@ -11,8 +11,17 @@ pub fn mix(mut z: u64) -> u64 {
 
 /// Uniform in [0, 1) for element `index` of stream (`seed`, `stream`).
 pub fn uniform(seed: u64, stream: u64, index: u64) -> f64 {
-    let h = mix(mix(seed ^ mix(stream)) ^ index);
-    (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+    uniform_at(stream_key(seed, stream), index)
+}
+
+/// The key of stream (`seed`, `stream`), hoisted out of per-element loops.
+pub fn stream_key(seed: u64, stream: u64) -> u64 {
+    mix(seed ^ mix(stream))
+}
+
+/// `uniform(seed, stream, index)` given `key = stream_key(seed, stream)`.
+pub fn uniform_at(key: u64, index: u64) -> f64 {
+    (mix(key ^ index) >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// A stable 64-bit id for a name (FNV-1a), to derive per-tensor streams.
