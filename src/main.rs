@@ -15,9 +15,10 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
-    Train(cli::train::TrainArgs),
+    Train(Box<cli::train::TrainArgs>),
     Score(cli::score::ScoreArgs),
     Eval(cli::eval::EvalArgs),
+    Inspect(cli::inspect::InspectArgs),
     Merge(cli::merge::MergeArgs),
     Metrics(cli::metrics::MetricsArgs),
     Info(cli::info::InfoArgs),
@@ -26,10 +27,11 @@ enum Command {
 fn main() {
     let args = Args::parse();
     let result = cli::init_threads(args.threads).and_then(|()| match args.command {
-        Command::Train(a) => cli::train::run(a),
+        Command::Train(a) => cli::train::run(*a),
         Command::Score(a) => cli::score::run(a),
         Command::Eval(a) => cli::eval::run(a),
         Command::Info(a) => cli::info::run(a),
+        Command::Inspect(a) => cli::inspect::run(a),
         Command::Merge(a) => cli::merge::run(a),
         Command::Metrics(a) => cli::metrics::run(a),
     });

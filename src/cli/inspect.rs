@@ -61,9 +61,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     let paint = match a.color {
         ColorChoice::Always => Paint::Color,
         ColorChoice::Never => Paint::Plain,
-        ColorChoice::Auto if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() => {
-            Paint::Color
-        }
+        ColorChoice::Auto if std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none() => Paint::Color,
         ColorChoice::Auto => Paint::Plain,
     };
     let shown = a.rows.min(ds.examples.len());
@@ -81,7 +79,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
             cut.push_str(&format!(", y cut by {} tokens", info.cut.y));
         }
         println!(
-            "row {} — {} ({}): {} tokens, {} context, {} targets{cut}",
+            "row {}: {}, {}, {} tokens ({} context, {} targets){cut}",
             i + 1,
             ds.sources[i],
             info.format.name(),

@@ -1,6 +1,7 @@
 //! One file per subcommand.
 pub mod eval;
 pub mod info;
+pub mod inspect;
 pub mod merge;
 pub mod metrics;
 pub mod score;

@@ -355,6 +355,7 @@ pub fn split_by_prompt(all: Dataset, fraction: f64, seed: u64) -> (Dataset, Data
 }
 
 #[cfg(test)]
+#[allow(clippy::single_range_in_vec_init)]
 mod tests {
     use super::*;
 
@@ -384,5 +385,28 @@ mod tests {
         // no room for y at all
         let (e, _) = truncate(&enc(3, 2, 1), 1);
         assert_eq!((e.n_targets(), e.ids), (0, vec![0]));
+    }
+
+    #[test]
+    fn dropped_rows_are_counted_and_split_by_key() {
+        let info = |key| RowInfo { format: Format::Pair, key, cut: Cut { x: 3, y: 0 } };
+        let ds = Dataset {
+            examples: vec![Example::pair(vec![1, 2, 3], 2), Example::pair(vec![1, 2], 1)],
+            sources: vec!["f:1".into(), "f:2".into()],
+            info: vec![info(1), info(2)],
+            dropped: vec![DroppedRow { source: "f:3".into(), info: info(2) }],
+            stats: DataStats { max_len: 8, ..Default::default() },
+        }
+        .restat();
+        let s = &ds.stats;
+        assert_eq!((s.rows, s.examples(), s.rows_without_targets, s.prompts, s.truncated_x), (3, 2, 1, 2, 3));
+        assert_eq!((s.x_tokens, s.y_tokens, s.max_x, s.max_y), (3, 2, 2, 1));
+        assert!(s.describe("t").contains("warning: 1 rows have no y token"), "{}", s.describe("t"));
+        for seed in 0..8 {
+            let (a, b) = split_by_prompt(ds.clone(), 0.5, seed);
+            let (with_2, other) = if a.info.iter().any(|i| i.key == 2) { (a, b) } else { (b, a) };
+            assert_eq!((with_2.dropped.len(), other.dropped.len()), (1, 0));
+            assert_eq!(with_2.stats.rows + other.stats.rows, 3);
+        }
     }
 }

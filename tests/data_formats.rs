@@ -1,0 +1,457 @@
+//! Data formats, chat templates, target masks, truncation and the split, against the references that
+//! tests/fixtures/make_data_fixtures.py wrote with transformers (tests/fixtures/data/).
+#![allow(clippy::single_range_in_vec_init)]
+mod common;
+
+use common::fixture;
+use condlm::data::chat::{ChatTemplate, encode_chat, special_ids};
+use condlm::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
+use condlm::data::example::Example;
+use condlm::data::formats::{Fields, Format, Record, read_rows};
+use condlm::data::show::{Paint, render_example};
+use condlm::model::tokenizer::TextTokenizer;
+use minijinja::Value;
+use std::collections::HashSet;
+use std::path::PathBuf;
+
+fn tiny_tokenizer() -> TextTokenizer {
+    TextTokenizer::from_hf_dir(&fixture("tiny-llama"), None).unwrap()
+}
+
+fn with_template(name: &str) -> TextTokenizer {
+    let mut tok = tiny_tokenizer();
+    tok.chat_template = Some(std::fs::read_to_string(fixture("data").join(name)).unwrap());
+    tok
+}
+
+/// The same tokenizer, but with a BOS (`<|endoftext|>`) forced in front of every text.
+fn tokenizer_with_bos() -> TextTokenizer {
+    let t = tiny_tokenizer();
+    let tok = TextTokenizer::new(t.inner, t.eos_id, Some(0), t.chat_template).unwrap();
+    assert_eq!(tok.prefix, vec![0]);
+    tok
+}
+
+/// expected.json parsed as template values (object key order kept, as transformers sees it).
+fn expected() -> Value {
+    let text = std::fs::read_to_string(fixture("data/expected.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn seq(v: &Value) -> Vec<Value> {
+    v.try_iter().unwrap().collect()
+}
+
+fn ints(v: &Value) -> Vec<u32> {
+    seq(v).iter().map(|x| x.as_i64().unwrap() as u32).collect()
+}
+
+fn mask(e: &Example) -> Vec<u32> {
+    let mut m = vec![0; e.ids.len()];
+    for r in &e.targets {
+        m[r.clone()].iter_mut().for_each(|t| *t = 1);
+    }
+    m
+}
+
+fn opts(max_len: usize) -> DataOptions {
+    DataOptions { max_len, ..Default::default() }
+}
+
+struct TempData {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+fn temp_file(name: &str, text: &str) -> TempData {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    TempData { _dir: dir, path }
+}
+
+fn load_err(tok: &TextTokenizer, name: &str, text: &str) -> (String, PathBuf) {
+    let t = temp_file(name, text);
+    let e = load_dataset(&t.path, tok, &opts(usize::MAX)).expect_err("must fail");
+    (format!("{e:#}"), t.path.clone())
+}
+
+// (a) Loss masks equal transformers' assistant masks (a ChatML template with {% generation %} tags).
+#[test]
+fn chat_masks_match_transformers() {
+    let tok = with_template("chatml_generation.jinja");
+    let ds = load_dataset(&fixture("data/chats.jsonl"), &tok, &opts(usize::MAX)).unwrap();
+    let refs = seq(&expected().get_attr("masks").unwrap());
+    assert_eq!(ds.examples.len(), refs.len());
+    for (i, r) in refs.iter().enumerate() {
+        let e = &ds.examples[i];
+        let want_ids = ints(&r.get_attr("input_ids").unwrap());
+        let want_mask = ints(&r.get_attr("assistant_masks").unwrap());
+        assert_eq!(e.ids, want_ids, "row {i}: ids");
+        assert_eq!(mask(e), want_mask, "row {i}: target mask");
+        // The end-of-turn token is a target; the newline after it is not.
+        let last = e.targets.last().unwrap();
+        assert_eq!(e.ids[last.end - 1], 2, "<|im_end|> closes the last target run");
+        assert_eq!(last.end, e.ids.len() - 1, "the final newline is context");
+        assert_eq!(ds.info[i].format, Format::Chat);
+        assert!(ds.sources[i].ends_with(&format!("chats.jsonl:{}", i + 1)), "{}", ds.sources[i]);
+    }
+    assert_eq!(ds.stats.chats, 4);
+}
+
+// (b) Templates render exactly as transformers renders them (SmolLM2's real one, Llama-3-style and
+// Qwen2-style templates with tools), with and without the generation prompt.
+#[test]
+fn templates_render_like_transformers() {
+    let renders = seq(&expected().get_attr("renders").unwrap());
+    assert!(renders.len() >= 40);
+    let mut seen = HashSet::new();
+    for (i, r) in renders.iter().enumerate() {
+        let name = r.get_attr("template").unwrap().to_string();
+        let source = std::fs::read_to_string(fixture("data").join(&name)).unwrap();
+        let bos = r.get_attr("bos_token").unwrap().to_string();
+        let eos = r.get_attr("eos_token").unwrap().to_string();
+        let t = ChatTemplate::new(&source, &bos, &eos).unwrap();
+        let messages = seq(&r.get_attr("messages").unwrap());
+        let tools = r.get_attr("tools").unwrap();
+        let tools = if tools.is_none() { None } else { Some(tools) };
+        let add_gen = r.get_attr("add_generation_prompt").unwrap().is_true();
+        let got = t.render(&messages, tools.as_ref(), add_gen).unwrap();
+        let want = r.get_attr("text").unwrap().to_string();
+        assert_eq!(got, want, "rendering {i}: {name}, add_generation_prompt={add_gen}");
+        seen.insert((name, add_gen, tools.is_some()));
+    }
+    for t in ["smollm2.jinja", "llama3_style.jinja", "qwen2_style.jinja", "chatml_generation.jinja"] {
+        assert!(seen.contains(&(t.to_string(), true, false)) && seen.contains(&(t.to_string(), false, false)), "{t}");
+    }
+    assert!(seen.contains(&("llama3_style.jinja".to_string(), false, true)));
+    assert!(seen.contains(&("qwen2_style.jinja".to_string(), false, true)));
+}
+
+/// Every template splits every conversation into segments whose concatenation is the full rendering, with the
+/// assistant answers (and end-of-turn tokens) as targets.
+#[test]
+fn segments_reassemble_the_rendering() {
+    let tok = tiny_tokenizer();
+    let special = special_ids(&tok);
+    let rows = read_rows(&fixture("data/chats.jsonl"), &Fields::default()).unwrap();
+    for name in ["smollm2.jinja", "llama3_style.jinja", "qwen2_style.jinja", "chatml_generation.jinja"] {
+        let source = std::fs::read_to_string(fixture("data").join(name)).unwrap();
+        let t = ChatTemplate::new(&source, "<|endoftext|>", "<|im_end|>").unwrap();
+        for row in &rows {
+            let Record::Chat { messages, tools } = &row.record else { panic!() };
+            let values: Vec<Value> = messages.iter().map(|m| m.value.clone()).collect();
+            let full = t.render(&values, None, false).unwrap();
+            let c = encode_chat(&tok, &t, messages, tools.as_ref(), &special).unwrap();
+            // The tiny vocabulary has no special <|eot_id|>: with no end-of-turn token, EOS is appended.
+            let want = if name == "llama3_style.jinja" { format!("{full}<|im_end|>") } else { full };
+            assert_eq!(tok.decode(&c.ids).unwrap(), want, "{name} {}", row.source);
+            let targets: Vec<u32> = c.ids.iter().zip(&c.target).filter(|(_, t)| **t).map(|(i, _)| *i).collect();
+            let text = tok.decode(&targets).unwrap();
+            let answers = messages.iter().filter(|m| m.content.contains("Trailing")).count();
+            if answers > 0 && !["qwen2_style.jinja", "llama3_style.jinja"].contains(&name) {
+                // Trailing spaces of the content stay inside the target, before the end-of-turn token (the
+                // Qwen2- and Llama-3-style templates strip them).
+                assert!(text.contains("Trailing spaces  "), "{name}: {text:?}");
+            }
+            let last = messages.last().unwrap().content.trim();
+            assert!(text.contains(last), "{name}: {text:?} lacks {last:?}");
+            assert!(c.last_turn_start > 0 && c.target[c.last_turn_start]);
+        }
+    }
+}
+
+#[test]
+fn tool_conversations_encode() {
+    let e = expected();
+    let r = seq(&e.get_attr("renders").unwrap())
+        .into_iter()
+        .find(|r| {
+            r.get_attr("template").unwrap().as_str() == Some("qwen2_style.jinja")
+                && !r.get_attr("tools").unwrap().is_none()
+                && !r.get_attr("add_generation_prompt").unwrap().is_true()
+        })
+        .unwrap();
+    let row = format!(
+        "{{\"messages\": {}, \"tools\": {}}}\n",
+        serde_json::to_string(&r.get_attr("messages").unwrap()).unwrap(),
+        serde_json::to_string(&r.get_attr("tools").unwrap()).unwrap()
+    );
+    let tok = with_template("qwen2_style.jinja");
+    let t = temp_file("tools.jsonl", &row);
+    let ds = load_dataset(&t.path, &tok, &opts(usize::MAX)).unwrap();
+    let e0 = &ds.examples[0];
+    assert_eq!(tok.decode(&e0.ids).unwrap(), r.get_attr("text").unwrap().to_string());
+    // Two assistant turns: the tool call and the final answer.
+    assert_eq!(e0.targets.len(), 2);
+    let call = tok.decode(&e0.ids[e0.targets[0].clone()]).unwrap();
+    assert!(call.starts_with("<tool_call>") && call.ends_with("</tool_call><|im_end|>"), "{call:?}");
+}
+
+// (c) Alpaca rows (a JSON array) get Stanford Alpaca's prompts.
+#[test]
+fn alpaca_prompts_are_stanfords() {
+    let path = fixture("data/alpaca.json");
+    let rows = read_rows(&path, &Fields::default()).unwrap();
+    let refs = seq(&expected().get_attr("alpaca").unwrap());
+    assert_eq!(rows.len(), refs.len());
+    for (row, r) in rows.iter().zip(&refs) {
+        let Record::Pair { prompt, completion } = &row.record else { panic!() };
+        assert_eq!(row.format, Format::Alpaca);
+        assert_eq!(prompt, &r.get_attr("prompt").unwrap().to_string());
+        assert_eq!(completion, &r.get_attr("completion").unwrap().to_string());
+    }
+    assert!(rows[0].source.ends_with("alpaca.json:2 (element 0)"), "{}", rows[0].source);
+    assert!(rows[2].source.ends_with("alpaca.json:12 (element 2)"), "{}", rows[2].source);
+    let tok = tiny_tokenizer();
+    let ds = load_dataset(&path, &tok, &opts(usize::MAX)).unwrap();
+    for (e, row) in ds.examples.iter().zip(&rows) {
+        let Record::Pair { prompt, completion } = &row.record else { panic!() };
+        let x = tok.encode(prompt).unwrap();
+        assert_eq!(e.ids[..x.len()], x[..]);
+        assert_eq!(e.targets, vec![x.len()..e.ids.len()]);
+        assert_eq!(tok.decode(&e.ids[x.len()..e.ids.len() - 1]).unwrap(), *completion);
+        assert_eq!(*e.ids.last().unwrap(), tok.eos_id);
+    }
+    assert_eq!(ds.stats.alpaca, 3);
+}
+
+#[test]
+fn pairs_follow_the_objective_and_configured_fields() {
+    let tok = tokenizer_with_bos();
+    let t = temp_file("f.jsonl", "{\"q\": \"name[A]\", \"a\": \" A is\", \"prompt\": \"ignored\"}\n");
+    let o = DataOptions { prompt_field: "q".into(), completion_field: "a".into(), max_len: usize::MAX };
+    let ds = load_dataset(&t.path, &tok, &o).unwrap();
+    let mut want = vec![0];
+    want.extend(tok.encode("name[A]").unwrap());
+    let y_start = want.len();
+    want.extend(tok.encode(" A is").unwrap());
+    want.push(tok.eos_id);
+    assert_eq!(ds.examples[0], Example::pair(want, y_start));
+}
+
+// (d) Truncation keeps y: x is cut from the left first, y from the right only when it alone does not fit.
+#[test]
+fn truncation_keeps_y() {
+    let tok = tokenizer_with_bos();
+    let x = "name[The Eagle], eatType[coffee shop], food[French], priceRange[£20-25]";
+    let y = " The Eagle is a coffee shop.";
+    let (nx, ny) = (tok.encode(x).unwrap().len(), tok.encode(y).unwrap().len() + 1);
+    let rows = format!(
+        "{}\n{}\n{}\n",
+        serde_json::json!({"prompt": x, "completion": y}),
+        serde_json::json!({"prompt": "a", "completion": y}),
+        serde_json::json!({"prompt": x, "completion": y.repeat(4)}),
+    );
+    let t = temp_file("trunc.jsonl", &rows);
+    let full = load_dataset(&t.path, &tok, &opts(usize::MAX)).unwrap();
+    assert_eq!((full.stats.truncated_x, full.stats.truncated_y), (0, 0));
+
+    let max_len = 1 + ny + 5;
+    let ds = load_dataset(&t.path, &tok, &opts(max_len)).unwrap();
+    assert!(ds.examples.iter().all(|e| e.ids.len() <= max_len));
+    let e0 = &ds.examples[0];
+    let f0 = &full.examples[0];
+    assert_eq!(e0.ids[0], 0, "BOS kept");
+    assert_eq!(e0.ids[1..], f0.ids[f0.ids.len() - (max_len - 1)..], "x cut from the left");
+    assert_eq!(e0.n_targets(), ny, "y whole");
+    assert_eq!((ds.info[0].cut.x, ds.info[0].cut.y), (nx - 5, 0));
+    assert_eq!(ds.examples[1], full.examples[1], "short rows untouched");
+    let e2 = &ds.examples[2];
+    let f2 = &full.examples[2];
+    assert_eq!(e2.ids.len(), max_len);
+    assert_eq!(e2.ids[1..], f2.ids[f2.y_start()..f2.y_start() + max_len - 1], "x gone, y's start kept");
+    assert_eq!(e2.targets, vec![1..max_len]);
+    assert_eq!(ds.info[2].cut, condlm::data::dataset::Cut { x: nx, y: f2.n_targets() - (max_len - 1) });
+    assert_eq!((ds.stats.truncated_x, ds.stats.truncated_y, ds.stats.rows_without_targets), (2, 1, 0));
+    assert_eq!(ds.stats.y_tokens, ds.examples.iter().map(|e| e.n_targets()).sum::<usize>());
+    assert!(ds.stats.max_x + ds.stats.max_y <= max_len + nx);
+
+    // Without a BOS prefix, one x token stays as context for y's first token.
+    let tok = tiny_tokenizer();
+    let ds = load_dataset(&t.path, &tok, &opts(ny)).unwrap();
+    let e2 = &ds.examples[2];
+    assert_eq!(e2.targets, vec![1..ny]);
+    assert_eq!(e2.ids[0], *tok.encode(x).unwrap().last().unwrap());
+
+    // max_len 1 leaves no room for y: every row is dropped, which is an error.
+    let e = format!("{:#}", load_dataset(&t.path, &tokenizer_with_bos(), &opts(1)).unwrap_err());
+    assert!(e.contains("none of the 3 rows") && e.contains("trunc.jsonl:1"), "{e}");
+}
+
+// (e) The split never puts one prompt on both sides, and is deterministic in the seed.
+#[test]
+fn split_by_prompt_keeps_prompts_together() {
+    let tok = tiny_tokenizer();
+    let all = load_dataset(&fixture("data/pairs.jsonl"), &tok, &opts(usize::MAX)).unwrap();
+    assert_eq!((all.stats.rows, all.stats.prompts), (24, 8));
+    let x_of =
+        |d: &Dataset| -> HashSet<Vec<u32>> { d.examples.iter().map(|e| e.ids[..e.y_start()].to_vec()).collect() };
+    let mut splits = HashSet::new();
+    for seed in 0..20 {
+        let (train, eval) = split_by_prompt(all.clone(), 0.25, seed);
+        assert_eq!(train.examples.len() + eval.examples.len(), 24);
+        assert_eq!(eval.stats.prompts, 2, "a quarter of 8 prompts");
+        assert_eq!(eval.examples.len(), 6);
+        assert!(x_of(&train).is_disjoint(&x_of(&eval)), "seed {seed}: a prompt on both sides");
+        let (t2, e2) = split_by_prompt(all.clone(), 0.25, seed);
+        assert_eq!((t2.sources, e2.sources.clone()), (train.sources.clone(), eval.sources.clone()), "deterministic");
+        assert_eq!(train.stats.rows + eval.stats.rows, 24);
+        splits.insert(e2.sources);
+    }
+    assert!(splits.len() > 5, "the seed changes the split");
+    // Reordering the file does not change which prompts are held out.
+    let text = std::fs::read_to_string(fixture("data/pairs.jsonl")).unwrap();
+    let t = temp_file("rev.jsonl", &(text.lines().rev().collect::<Vec<_>>().join("\n") + "\n"));
+    let rev = load_dataset(&t.path, &tok, &opts(usize::MAX)).unwrap();
+    let (_, a) = split_by_prompt(all.clone(), 0.25, 7);
+    let (_, b) = split_by_prompt(rev, 0.25, 7);
+    assert_eq!(x_of(&a), x_of(&b));
+    // Small fractions still hold out one prompt; fraction 0 holds out none.
+    assert_eq!(split_by_prompt(all.clone(), 0.01, 1).1.stats.prompts, 1);
+    assert!(split_by_prompt(all.clone(), 0.0, 1).1.examples.is_empty());
+}
+
+#[test]
+fn chats_split_by_their_context() {
+    let tok = with_template("chatml_generation.jinja");
+    let row = |sys: &str, a: &str| {
+        serde_json::json!({"messages": [
+            {"role": "system", "content": sys}, {"role": "user", "content": "q"}, {"role": "assistant", "content": a}
+        ]})
+        .to_string()
+    };
+    let mut text = String::new();
+    for s in 0..6 {
+        for a in 0..3 {
+            text.push_str(&row(&format!("s{s}"), &format!("answer {a}")));
+            text.push('\n');
+        }
+    }
+    let t = temp_file("chats.jsonl", &text);
+    let all = load_dataset(&t.path, &tok, &opts(usize::MAX)).unwrap();
+    assert_eq!(all.stats.prompts, 6);
+    let (train, eval) = split_by_prompt(all, 0.5, 3);
+    let keys = |d: &Dataset| d.info.iter().map(|i| i.key).collect::<HashSet<_>>();
+    assert!(keys(&train).is_disjoint(&keys(&eval)));
+    assert_eq!((train.examples.len(), eval.examples.len()), (9, 9));
+}
+
+// (f) Every bad input names file:line (or file:line (element i) in a JSON array) and says what was expected.
+#[test]
+fn bad_rows_name_file_and_line() {
+    let tok = with_template("chatml_generation.jinja");
+    let good = r#"{"prompt": "a", "completion": "b"}"#;
+    let cases: &[(&str, &[&str])] = &[
+        (r#"{"prompt": "#, &["not valid JSON"]),
+        ("[1, 2]", &["expected a JSON object", "got an array"]),
+        ("\"text\"", &["expected a JSON object", "got a string"]),
+        (r#"{"prompt": "a"}"#, &["missing field \"completion\"", "found \"prompt\""]),
+        (r#"{"completion": "a"}"#, &["missing field \"prompt\""]),
+        (r#"{"prompt": "a", "completion": 3}"#, &["\"completion\"", "must be a string, got a number"]),
+        (r#"{"prompt": ["a"], "completion": "b"}"#, &["\"prompt\"", "must be a string, got an array"]),
+        (r#"{"prompt": "a", "completion": ""}"#, &["\"completion\" is empty", "only EOS"]),
+        (r#"{"text": "a"}"#, &["missing fields", "\"messages\"", "\"instruction\"", "found \"text\""]),
+        (r#"{"instruction": "a", "output": ""}"#, &["\"output\" is empty"]),
+        (r#"{"instruction": "a"}"#, &["missing field \"output\""]),
+        (r#"{"output": "a"}"#, &["missing field \"instruction\""]),
+        (r#"{"instruction": "a", "input": 1, "output": "b"}"#, &["\"input\"", "must be a string"]),
+        (r#"{"messages": "hi"}"#, &["\"messages\" must be an array"]),
+        (r#"{"messages": []}"#, &["\"messages\" is empty"]),
+        (r#"{"messages": [1]}"#, &["messages[0] must be an object"]),
+        (r#"{"messages": [{"content": "a"}]}"#, &["messages[0] has no \"role\""]),
+        (
+            r#"{"messages": [{"role": "human", "content": "a"}]}"#,
+            &["unknown role \"human\"", "system, user, assistant, tool"],
+        ),
+        (r#"{"messages": [{"role": "user"}]}"#, &["messages[0] (user) has no \"content\""]),
+        (r#"{"messages": [{"role": "user", "content": [{"type": "text"}]}]}"#, &["content must be a string"]),
+        (
+            r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}"#,
+            &["empty assistant turn"],
+        ),
+        (
+            r#"{"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "a"}]}"#,
+            &["no assistant turn", "system, user"],
+        ),
+    ];
+    for (row, wants) in cases {
+        let (e, path) = load_err(&tok, "bad.jsonl", &format!("{good}\n\n{row}\n{good}\n"));
+        let at = format!("{}:3: ", path.display());
+        assert!(e.contains(&at), "{row}: {e}");
+        for w in *wants {
+            assert!(e.contains(w), "{row}: {e:?} lacks {w:?}");
+        }
+    }
+    // JSON arrays: the element's line and index.
+    let (e, path) = load_err(&tok, "bad.json", &format!("[\n  {good},\n  {good},\n  7\n]\n"));
+    assert!(e.contains(&format!("{}:4 (element 2): expected a JSON object", path.display())), "{e}");
+    let (e, _) = load_err(&tok, "bad.json", "[\n {\"prompt\": 1,\n]");
+    assert!(e.contains("bad.json: not valid JSON") && e.contains("line 3"), "{e}");
+    let (e, _) = load_err(&tok, "empty.jsonl", "\n\n");
+    assert!(e.contains("empty.jsonl: no rows"), "{e}");
+    // Encoding errors name the row too.
+    let (e, path) = load_err(&tok, "e.jsonl", &format!("{good}\n{{\"prompt\": \"\", \"completion\": \"b\"}}\n"));
+    assert!(e.contains(&format!("{}:2: empty prompt", path.display())), "{e}");
+}
+
+#[test]
+fn chat_template_problems_name_row_and_template() {
+    let chat = r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}"#;
+    let pair = r#"{"prompt": "a", "completion": "b"}"#;
+    // No template at all (tiny-gpt2 has none): pairs are fine, a chat row is an error.
+    let gpt2 = TextTokenizer::from_hf_dir(&fixture("tiny-gpt2"), None).unwrap();
+    let (e, path) = load_err(&gpt2, "c.jsonl", &format!("{pair}\n{chat}\n"));
+    assert!(e.contains(&format!("{}:2: ", path.display())) && e.contains("no chat template"), "{e}");
+    // A template whose renderings are not prefixes of each other.
+    let mut tok = tiny_tokenizer();
+    tok.chat_template = Some(
+        "{% for m in messages %}{% if loop.last %}LAST {% endif %}{{ m.role }}: {{ m.content }}\n{% endfor %}\
+         {% if add_generation_prompt %}assistant: {% endif %}"
+            .into(),
+    );
+    let (e, path) = load_err(&tok, "c.jsonl", &format!("{chat}\n"));
+    assert!(e.contains(&format!("{}:1: ", path.display())), "{e}");
+    assert!(e.contains("not prefix-stable") && e.contains("template starting `{% for m in messages %}"), "{e}");
+    // raise_exception in the template.
+    tok.chat_template = Some("{{ raise_exception('Roles must alternate') }}".into());
+    let (e, _) = load_err(&tok, "c.jsonl", &format!("{chat}\n"));
+    assert!(e.contains("c.jsonl:1: ") && e.contains("Roles must alternate"), "{e}");
+    // A template that does not compile.
+    tok.chat_template = Some("{% for m in messages %}".into());
+    let (e, _) = load_err(&tok, "c.jsonl", &format!("{chat}\n"));
+    assert!(e.contains("does not compile"), "{e}");
+}
+
+#[test]
+fn template_without_end_token_gets_eos() {
+    let mut tok = tiny_tokenizer();
+    tok.chat_template = Some(
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}assistant: \
+         {% endif %}"
+            .into(),
+    );
+    let chat = r#"{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b c"}, {"role": "user", "content": "d"}, {"role": "assistant", "content": "e"}]}"#;
+    let t = temp_file("c.jsonl", &format!("{chat}\n"));
+    let ds = load_dataset(&t.path, &tok, &opts(usize::MAX)).unwrap();
+    let e = &ds.examples[0];
+    assert_eq!(tok.decode(&e.ids).unwrap(), "user: a\nassistant: b c\nuser: d\nassistant: e<|im_end|>");
+    let t0 = tok.decode(&e.ids[e.targets[0].clone()]).unwrap();
+    let t1 = tok.decode(&e.ids[e.targets[1].clone()]).unwrap();
+    assert_eq!((t0.as_str(), t1.as_str()), ("b c", "e<|im_end|>"));
+}
+
+#[test]
+fn inspect_shows_labels() {
+    let tok = tiny_tokenizer();
+    let e = Example::pair(tok.encode("ab£").unwrap().into_iter().chain([2]).collect(), 1);
+    let plain = render_example(&tok, &e, Paint::Plain).unwrap();
+    assert!(plain.starts_with("[x]") && plain.contains("[Y]") && plain.ends_with("<|im_end|>"), "{plain}");
+    let tok = with_template("chatml_generation.jinja");
+    let ds = load_dataset(&fixture("data/chats.jsonl"), &tok, &opts(usize::MAX)).unwrap();
+    let plain = render_example(&tok, &ds.examples[0], Paint::Plain).unwrap();
+    assert!(plain.starts_with("[x]<|im_start|>·") && plain.contains("[Y]"), "{plain}");
+    assert!(plain.ends_with("<|im_end|>[x]\\n"), "{plain}");
+    let colour = render_example(&tok, &ds.examples[0], Paint::Color).unwrap();
+    assert!(colour.contains("\u{1b}[") && !colour.contains("[Y]"));
+}
