@@ -1,5 +1,7 @@
 //! condlm: conditional language models P(y | x) — load real checkpoints, score, train, generate.
 pub mod data;
+pub mod demo;
+pub mod generate;
 pub mod kernels;
 pub mod lora;
 pub mod metrics;

@@ -15,9 +15,11 @@ struct Args {
 
 #[derive(Subcommand)]
 enum Command {
+    Demo(cli::demo::DemoArgs),
     Train(Box<cli::train::TrainArgs>),
     Score(cli::score::ScoreArgs),
     Eval(cli::eval::EvalArgs),
+    Generate(cli::generate::GenerateArgs),
     Inspect(cli::inspect::InspectArgs),
     Merge(cli::merge::MergeArgs),
     Metrics(cli::metrics::MetricsArgs),
@@ -27,9 +29,11 @@ enum Command {
 fn main() {
     let args = Args::parse();
     let result = cli::init_threads(args.threads).and_then(|()| match args.command {
+        Command::Demo(a) => cli::demo::run(a),
         Command::Train(a) => cli::train::run(*a),
         Command::Score(a) => cli::score::run(a),
         Command::Eval(a) => cli::eval::run(a),
+        Command::Generate(a) => cli::generate::run(a),
         Command::Info(a) => cli::info::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Merge(a) => cli::merge::run(a),

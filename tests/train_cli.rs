@@ -136,10 +136,18 @@ fn bad_training_input_is_a_clear_error_and_writes_nothing() {
     let data = fixture("train_rows.jsonl");
     let model = fixture("tiny-llama");
     let base = |out: &Path| -> Vec<String> {
-        ["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--output-dir", out.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect()
+        [
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--output-dir",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
     };
     let run = |args: Vec<String>| {
         let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
@@ -165,7 +173,8 @@ fn bad_training_input_is_a_clear_error_and_writes_nothing() {
     // Unknown TOML keys are refused, by name.
     let cfg = tmp.path().join("run.toml");
     std::fs::write(&cfg, "lora_rank = 8\n").unwrap();
-    let (ok, err) = run([base(&tmp.path().join("cfg-out")), vec!["--config".into(), cfg.to_str().unwrap().into()]].concat());
+    let (ok, err) =
+        run([base(&tmp.path().join("cfg-out")), vec!["--config".into(), cfg.to_str().unwrap().into()]].concat());
     assert!(!ok && err.contains("lora_rank"), "{err}");
     // Resuming with other settings is refused: the run continues with its saved ones.
     let (ok, err) = condlm(&["train", "--resume", tmp.path().to_str().unwrap(), "--lr", "1"]);

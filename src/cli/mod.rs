@@ -1,5 +1,7 @@
 //! One file per subcommand.
+pub mod demo;
 pub mod eval;
+pub mod generate;
 pub mod info;
 pub mod inspect;
 pub mod merge;

@@ -1,0 +1,338 @@
+//! `condlm demo`: the whole mission on data built into the binary, nothing downloaded.
+//!
+//! 1. **Task** ([`task`]): numbers in digits → English words ("4821: " → "four thousand eight hundred
+//!    twenty-one"), split by x into training pairs and held-out numbers.
+//! 2. **Tokenizer** ([`tokenizer`]): one token per printable ASCII character plus `<|endoftext|>` as EOS, an
+//!    ordinary `tokenizers::Tokenizer` built in code.
+//! 3. **Model** ([`model`]): a small `LlamaForCausalLM` with random weights from the seed, written as an HF
+//!    checkpoint folder (`init-model/`), so the rest is condlm's normal path: the tokenizer and weights are loaded
+//!    back from that folder exactly as for any checkpoint.
+//! 4. **Training**: [`crate::train::run::train`] with full fine-tuning on `data/train.jsonl`, evaluating on
+//!    `data/heldout.jsonl` — progress bar, `metrics.jsonl`, `loss.png`, `checkpoints/` and the trained `model/`.
+//! 5. **Evaluation**: token-weighted NLL / perplexity of the held-out y before and after training, and greedy
+//!    generation of y for every held-out x ([`decode`]) scored by exact match (text equal and EOS generated);
+//!    every prediction goes to `samples.jsonl`, the results to `demo.json`.
+pub mod decode;
+pub mod model;
+pub mod task;
+pub mod tokenizer;
+
+use crate::model::checkpoint::load_model;
+use crate::model::export::{config_json, save_hf_folder};
+use crate::model::resolve::ModelFiles;
+use crate::output::write_atomic;
+use crate::train::run::train;
+use crate::train::schedule::Schedule;
+use crate::train::settings::TrainSettings;
+use anyhow::{Context, Result, bail};
+use model::{ModelSize, llama_config, random_llama};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use task::Pair;
+
+/// Marker and results file of a demo folder; a folder holding it may be replaced by the next demo run.
+pub const DEMO_JSON: &str = "demo.json";
+
+/// Everything that sizes a demo run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preset {
+    pub size: ModelSize,
+    /// Training pairs (at most all numbers not held out).
+    pub train_rows: usize,
+    pub heldout_rows: usize,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    pub eval_every: usize,
+}
+
+impl Preset {
+    /// The demo: held-out exact match ≥ 90 % in about two minutes on two cores (measured 97.8–99.0 % over
+    /// seeds 1, 2, 3, 42). `cli/demo.rs`'s help text repeats `steps`.
+    pub fn full() -> Self {
+        Preset {
+            size: ModelSize { hidden: 128, layers: 4, heads: 4, kv_heads: 2, intermediate: 384, max_positions: 64 },
+            train_rows: usize::MAX,
+            heldout_rows: 500,
+            steps: 600,
+            batch_size: 32,
+            lr: 3e-3,
+            warmup_steps: 60,
+            weight_decay: 0.0,
+            eval_every: 100,
+        }
+    }
+
+    /// A few seconds, for tests: the same pipeline with a tiny model and few steps (it will not learn the task).
+    pub fn quick() -> Self {
+        Preset {
+            size: ModelSize { hidden: 32, layers: 2, heads: 4, kv_heads: 2, intermediate: 64, max_positions: 64 },
+            train_rows: 256,
+            heldout_rows: 24,
+            steps: 12,
+            batch_size: 8,
+            lr: 3e-3,
+            warmup_steps: 2,
+            weight_decay: 0.0,
+            eval_every: 6,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DemoOptions {
+    pub output_dir: PathBuf,
+    pub preset: Preset,
+    pub seed: u64,
+    /// Held-out examples printed.
+    pub show: usize,
+}
+
+/// What a demo run measured.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DemoReport {
+    pub eval_nll_before: f64,
+    pub eval_nll_after: f64,
+    pub exact: usize,
+    pub heldout: usize,
+    pub steps: u64,
+    pub train_seconds: f64,
+    pub total_seconds: f64,
+    pub output_dir: PathBuf,
+}
+
+impl DemoReport {
+    pub fn exact_match(&self) -> f64 {
+        self.exact as f64 / self.heldout.max(1) as f64
+    }
+}
+
+/// Creates the output folder, replacing an earlier demo run there but nothing else.
+fn prepare_output(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        if !dir.is_dir() {
+            bail!("{}: exists and is not a folder; choose another --output-dir", dir.display());
+        }
+        let empty = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?.next().is_none();
+        if !empty {
+            if !dir.join(DEMO_JSON).is_file() {
+                bail!(
+                    "{}: the folder exists, is not empty and holds no earlier demo run ({DEMO_JSON}); \
+                     choose another --output-dir",
+                    dir.display()
+                );
+            }
+            eprintln!("replacing the earlier demo run in {}", dir.display());
+            std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))
+}
+
+fn jsonl(rows: impl Iterator<Item = serde_json::Value>) -> Vec<u8> {
+    rows.map(|r| format!("{r}\n")).collect::<String>().into_bytes()
+}
+
+fn pretty(v: &serde_json::Value) -> Result<Vec<u8>> {
+    let mut b = serde_json::to_vec_pretty(v)?;
+    b.push(b'\n');
+    Ok(b)
+}
+
+/// Writes the random model and the demo tokenizer as the HF checkpoint folder `dir`.
+fn write_init_model(dir: &Path, model: &crate::model::transformer::Transformer) -> Result<()> {
+    let tok = tokenizer::demo_tokenizer()?;
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let staging = tempfile::Builder::new().prefix(".condlm-demo-").tempdir_in(parent)?;
+    let tok_json = tok.inner.to_string(true).map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))?;
+    std::fs::write(staging.path().join("config.json"), pretty(&config_json(&model.config, Some(tok.eos_id))?)?)?;
+    std::fs::write(staging.path().join("tokenizer.json"), tok_json)?;
+    let tok_cfg = tokenizer::tokenizer_config_json(model.config.max_positions);
+    std::fs::write(staging.path().join("tokenizer_config.json"), pretty(&tok_cfg)?)?;
+    save_hf_folder(dir, model, &tok, &ModelFiles::HfDir(staging.path().to_path_buf()))
+}
+
+fn quote(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// Runs the demo end to end; prints as it goes and returns the measurements.
+pub fn run(o: &DemoOptions) -> Result<DemoReport> {
+    let t_start = Instant::now();
+    let p = &o.preset;
+    let out = &o.output_dir;
+    prepare_output(out)?;
+    let status = |state: &str| json!({"demo": "numbers to words", "state": state, "seed": o.seed});
+    write_atomic(&out.join(DEMO_JSON), &pretty(&status("running"))?)?;
+
+    // Task, split by x.
+    let (train_pairs, heldout) = task::split(o.seed, p.heldout_rows, p.train_rows);
+    let data_dir = out.join("data");
+    std::fs::create_dir_all(&data_dir)?;
+    let (train_path, heldout_path) = (data_dir.join("train.jsonl"), data_dir.join("heldout.jsonl"));
+    write_atomic(&train_path, &jsonl(train_pairs.iter().map(Pair::json)))?;
+    write_atomic(&heldout_path, &jsonl(heldout.iter().map(Pair::json)))?;
+    let ex = Pair::of(4821);
+    eprintln!("condlm demo — a conditional LM P(y | x) trained from scratch on data built into the binary");
+    eprintln!(
+        "task: numbers → English words, e.g. x = {} → y = {}; {} training pairs, {} held-out numbers (split by x)",
+        quote(&ex.prompt),
+        quote(&ex.completion),
+        train_pairs.len(),
+        heldout.len()
+    );
+
+    // Tokenizer and model, written as an HF folder and loaded back through the normal path.
+    let tok = tokenizer::demo_tokenizer()?;
+    let cfg = llama_config(p.size, tok.vocab_size(), tok.eos_id);
+    cfg.validate()?;
+    let init = random_llama(&cfg, o.seed);
+    let init_dir = out.join("init-model");
+    write_init_model(&init_dir, &init)?;
+    eprintln!(
+        "tokenizer: {} tokens — one per printable ASCII character, <unk>, and {} as EOS",
+        tok.vocab_size(),
+        tokenizer::EOS
+    );
+    eprintln!(
+        "model: LlamaForCausalLM from scratch — {} layers, hidden {}, {} heads ({} key/value), MLP {}, \
+         context {}, tied embeddings: {:.2} M parameters, random init (seed {})",
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.intermediate_size,
+        cfg.max_positions,
+        cfg.num_parameters() as f64 / 1e6,
+        o.seed
+    );
+
+    // Examples shown: evenly spread over the held-out numbers, with what the untrained model makes of them.
+    let show: Vec<&Pair> =
+        (0..o.show.min(heldout.len())).map(|i| &heldout[i * heldout.len() / o.show.max(1)]).collect();
+    let longest_y = heldout.iter().map(|h| h.completion.chars().count()).max().unwrap_or(1);
+    let max_new = longest_y + 8;
+    let show_prompts: Vec<&str> = show.iter().map(|h| h.prompt.as_str()).collect();
+    let before = decode::greedy(&init, &tok, &show_prompts, max_new)?;
+
+    let settings = TrainSettings {
+        model: init_dir.to_string_lossy().into_owned(),
+        data: train_path,
+        eval_data: Some(heldout_path),
+        output_dir: out.clone(),
+        full: true,
+        lr: p.lr,
+        schedule: Schedule::Cosine,
+        warmup_steps: p.warmup_steps,
+        max_steps: Some(p.steps),
+        batch_size: p.batch_size,
+        grad_accum: 1,
+        max_len: cfg.max_positions,
+        weight_decay: p.weight_decay,
+        max_grad_norm: 1.0,
+        seed: o.seed,
+        eval_every: p.eval_every,
+        save_every: 0,
+        keep_last: 1,
+        ..TrainSettings::default()
+    };
+    eprintln!(
+        "training: full fine-tuning, loss on y only — {} steps × {} rows, AdamW lr {:.0e} (warmup {}, cosine), \
+         {} threads",
+        p.steps,
+        p.batch_size,
+        p.lr,
+        p.warmup_steps,
+        rayon::current_num_threads()
+    );
+    let t_train = Instant::now();
+    let summary = train(settings, None, None)?;
+    let train_seconds = t_train.elapsed().as_secs_f64();
+    let (Some(eb), Some(ea)) = (summary.eval_before, summary.eval_after) else {
+        bail!("the training run did not evaluate the held-out pairs");
+    };
+    eprintln!(
+        "trained {} steps in {:.0} s ({:.0} tokens/s): train loss {:.3} → {:.3}",
+        summary.steps, train_seconds, summary.tokens_per_s, summary.first_loss, summary.last_loss
+    );
+    eprintln!(
+        "held-out y, token-weighted: NLL {:.4} → {:.4} nats/token, perplexity {:.2} → {:.3}",
+        eb.nll_per_token(),
+        ea.nll_per_token(),
+        eb.perplexity(),
+        ea.perplexity()
+    );
+
+    // Generation with the trained model as saved (loaded back from model/).
+    let trained = load_model(&summary.output.to_string_lossy())?;
+    let prompts: Vec<&str> = heldout.iter().map(|h| h.prompt.as_str()).collect();
+    let t_gen = Instant::now();
+    let preds = decode::greedy(&trained.model, &trained.tokenizer, &prompts, max_new)?;
+    let gen_seconds = t_gen.elapsed().as_secs_f64();
+    let correct: Vec<bool> = heldout.iter().zip(&preds).map(|(h, (text, eos))| *eos && *text == h.completion).collect();
+    let exact = correct.iter().filter(|&&c| c).count();
+    let samples = heldout.iter().zip(&preds).zip(&correct).map(|((h, (text, eos)), ok)| {
+        json!({"prompt": h.prompt, "completion": h.completion, "generated": text, "eos": eos, "exact": ok})
+    });
+    write_atomic(&out.join("samples.jsonl"), &jsonl(samples))?;
+    let pct = 100.0 * exact as f64 / heldout.len().max(1) as f64;
+    eprintln!(
+        "greedy generation for the {} held-out x ({:.1} s): exact match {pct:.1} % ({exact}/{})",
+        heldout.len(),
+        gen_seconds,
+        heldout.len()
+    );
+    let wrong: Vec<usize> = (0..heldout.len()).filter(|&i| !correct[i]).take(3).collect();
+    let width = show.iter().map(|h| &h.prompt).chain(wrong.iter().map(|&i| &heldout[i].prompt)).map(|p| quote(p).len());
+    let width = width.max().unwrap_or(0);
+    for (h, (untrained, _)) in show.iter().zip(&before) {
+        let i = heldout.iter().position(|x| x.number == h.number).unwrap_or(0);
+        let mark = if correct[i] { "✓" } else { "✗" };
+        eprintln!("  {mark} {:<width$} → {}", quote(&h.prompt), quote(&preds[i].0));
+        let untrained: String = untrained.chars().take(40).collect();
+        eprintln!("    {:<width$}   (untrained model: {})", "", quote(&untrained));
+    }
+    for &i in &wrong {
+        let (h, (text, eos)) = (&heldout[i], &preds[i]);
+        let end = if *eos { "" } else { " (no EOS)" };
+        eprintln!("  ✗ {:<width$} → {}{end}, expected {}", quote(&h.prompt), quote(text), quote(&h.completion));
+    }
+
+    let total_seconds = t_start.elapsed().as_secs_f64();
+    let report = DemoReport {
+        eval_nll_before: eb.nll_per_token(),
+        eval_nll_after: ea.nll_per_token(),
+        exact,
+        heldout: heldout.len(),
+        steps: summary.steps,
+        train_seconds,
+        total_seconds,
+        output_dir: out.clone(),
+    };
+    let results = json!({
+        "demo": "numbers to words",
+        "state": "done",
+        "seed": o.seed,
+        "threads": rayon::current_num_threads(),
+        "task": {"train_pairs": train_pairs.len(), "heldout_pairs": heldout.len(), "example": ex.json()},
+        "model": {"architecture": cfg.architecture, "layers": cfg.num_layers, "hidden": cfg.hidden_size,
+                  "heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads, "intermediate": cfg.intermediate_size,
+                  "vocab": cfg.vocab_size, "max_positions": cfg.max_positions, "parameters": cfg.num_parameters()},
+        "training": {"steps": summary.steps, "batch_size": p.batch_size, "lr": p.lr, "warmup_steps": p.warmup_steps,
+                     "schedule": "cosine", "train_loss_first": summary.first_loss, "train_loss_last": summary.last_loss,
+                     "tokens_per_s": summary.tokens_per_s, "seconds": train_seconds},
+        "eval": {"nll_before": eb.nll_per_token(), "nll_after": ea.nll_per_token(),
+                 "perplexity_before": eb.perplexity(), "perplexity_after": ea.perplexity(), "tokens": ea.tokens},
+        "generation": {"exact": exact, "total": heldout.len(), "exact_match": report.exact_match()},
+        "seconds": total_seconds,
+    });
+    write_atomic(&out.join(DEMO_JSON), &pretty(&results)?)?;
+    eprintln!(
+        "wrote {}: metrics.jsonl, loss.png, checkpoints/, model/ (HF folder), samples.jsonl, {DEMO_JSON}",
+        out.display()
+    );
+    Ok(report)
+}

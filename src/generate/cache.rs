@@ -1,0 +1,94 @@
+//! The key/value cache of incremental decoding: for every layer, the keys and values (after RoPE) of every
+//! position generated so far, in `slots` independent sequences of up to `capacity` positions each.
+//!
+//! Layout, per layer and for K and V alike: `[slot][kv_head][position][head_dim]`, so the positions a query head
+//! attends to are one contiguous run. Everything is allocated once, in [`KvCache::new`]; decoding only writes
+//! into it.
+
+/// Preallocated keys and values of `slots` sequences × `capacity` positions for every layer.
+pub struct KvCache {
+    pub layers: usize,
+    pub slots: usize,
+    pub capacity: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    k: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl KvCache {
+    pub fn new(layers: usize, slots: usize, capacity: usize, kv_heads: usize, head_dim: usize) -> Self {
+        let len = layers * slots * kv_heads * capacity * head_dim;
+        KvCache { layers, slots, capacity, kv_heads, head_dim, k: vec![0.0; len], v: vec![0.0; len] }
+    }
+
+    /// Floats of one (layer, slot): kv_heads × capacity × head_dim.
+    fn slot_len(&self) -> usize {
+        self.kv_heads * self.capacity * self.head_dim
+    }
+
+    /// Offset of (layer, slot, kv_head, pos).
+    pub fn offset(&self, layer: usize, slot: usize, kv_head: usize, pos: usize) -> usize {
+        ((layer * self.slots + slot) * self.kv_heads + kv_head) * self.capacity * self.head_dim + pos * self.head_dim
+    }
+
+    /// Keys and values of one layer (all slots), to read.
+    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+        let n = self.slots * self.slot_len();
+        (&self.k[layer * n..][..n], &self.v[layer * n..][..n])
+    }
+
+    /// Stores the key and value of one position: `k` and `v` hold kv_heads × head_dim values each.
+    pub fn write(&mut self, layer: usize, slot: usize, pos: usize, k: &[f32], v: &[f32]) {
+        assert!(slot < self.slots && pos < self.capacity, "KV cache: slot {slot} / position {pos} out of range");
+        let hd = self.head_dim;
+        for h in 0..self.kv_heads {
+            let at = self.offset(layer, slot, h, pos);
+            self.k[at..at + hd].copy_from_slice(&k[h * hd..][..hd]);
+            self.v[at..at + hd].copy_from_slice(&v[h * hd..][..hd]);
+        }
+    }
+
+    /// Copies positions `0..len` of slot `from` into slot `to`, in every layer (beam search reordering).
+    pub fn copy_slot(&mut self, from: usize, to: usize, len: usize) {
+        if from == to || len == 0 {
+            return;
+        }
+        let hd = self.head_dim;
+        for l in 0..self.layers {
+            for h in 0..self.kv_heads {
+                let (src, dst) = (self.offset(l, from, h, 0), self.offset(l, to, h, 0));
+                self.k.copy_within(src..src + len * hd, dst);
+                self.v.copy_within(src..src + len * hd, dst);
+            }
+        }
+    }
+
+    /// Bytes held (keys and values).
+    pub fn bytes(&self) -> usize {
+        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_and_copy_slot() {
+        let mut c = KvCache::new(2, 3, 4, 2, 3);
+        let k: Vec<f32> = (0..6).map(|i| i as f32).collect();
+        let v: Vec<f32> = (0..6).map(|i| -(i as f32)).collect();
+        c.write(1, 2, 1, &k, &v);
+        let at = c.offset(1, 2, 1, 1);
+        let (lk, lv) = c.layer(1);
+        let base = c.offset(1, 0, 0, 0);
+        assert_eq!(&lk[at - base..][..3], &[3.0, 4.0, 5.0]);
+        assert_eq!(&lv[at - base..][..3], &[-3.0, -4.0, -5.0]);
+        c.copy_slot(2, 0, 2);
+        let at0 = c.offset(1, 0, 1, 1);
+        assert_eq!(&c.layer(1).0[at0 - base..][..3], &[3.0, 4.0, 5.0]);
+        // Layer 0 untouched.
+        assert!(c.layer(0).0.iter().all(|&x| x == 0.0));
+    }
+}

@@ -1,0 +1,181 @@
+//! Generating y from x: incremental decoding over a KV cache, greedy / sampling / beam search with
+//! Hugging Face transformers' semantics, stop tokens and stop strings, streaming text.
+//!
+//! - [`cache`]: the preallocated KV cache (slots × positions per layer).
+//! - [`decoder`]: the model's forward pass for rows (slot, position, token) over the cache — prefill and decode
+//!   steps alike, several sequences per call; LoRA adapters run unmerged.
+//! - [`sampling`]: repetition penalty, no-repeat-n-gram, temperature, top-k, top-p, min-p, seeded draws.
+//! - [`beam`]: beam search exactly as transformers 5 runs it (length penalty, early stopping, n-gram blocking).
+//! - [`detok`]: incremental detokenization (multi-byte characters across tokens) and stop strings.
+//! - [`run`]: the driver — many prompts, batched prefill, continuous batching of decode steps.
+//!
+//! **Prompt encoding** is the training one: `tokenizer.prefix + enc(x)` (BOS only if the tokenizer adds one,
+//! nothing between x and y), so a model fitted on `prefix + enc(x) + enc(y) + EOS` generates y from the same ids.
+//!
+//! **What a generation is.** `ids` are the generated tokens, including the stop token (EOS or a stop id) that
+//! ended it, as transformers returns them. `text` is the incremental decoding of the generated tokens *without*
+//! that stop token, cut before the first occurrence of any stop string (the stop string itself is not part of
+//! the text; its tokens are in `ids`).
+pub mod beam;
+pub mod cache;
+pub mod decoder;
+pub mod detok;
+pub mod run;
+pub mod sampling;
+mod simd;
+
+pub use beam::{BeamParams, EarlyStopping};
+pub use run::{Event, generate};
+pub use sampling::SamplingParams;
+
+use crate::model::tokenizer::TextTokenizer;
+use crate::model::transformer::Transformer;
+use anyhow::{Result, bail};
+
+/// How the next token is chosen.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Strategy {
+    /// The most probable token (transformers' `do_sample=False, num_beams=1`).
+    Greedy,
+    /// A draw from the processed distribution (`do_sample=True`).
+    Sample(SamplingParams),
+    /// Beam search (`num_beams > 1, do_sample=False`).
+    Beam(BeamParams),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateOptions {
+    pub strategy: Strategy,
+    /// At most this many new tokens per prompt (fewer if the context window ends first).
+    pub max_new_tokens: usize,
+    /// transformers' `repetition_penalty`; 1 = off.
+    pub repetition_penalty: f32,
+    /// transformers' `no_repeat_ngram_size`; 0 = off.
+    pub no_repeat_ngram_size: usize,
+    /// Token ids that end a sequence (the caller includes the tokenizer's EOS unless it wants to ignore it).
+    pub stop_ids: Vec<u32>,
+    /// Texts that end a sequence; the returned text stops before the first occurrence.
+    pub stop_strings: Vec<String>,
+    /// Prompts decoded together (each takes `num_beams` cache slots under beam search).
+    pub batch: usize,
+    /// Prompt tokens prefilled per forward call when several prompts start together (a longer prompt still
+    /// goes in one call).
+    pub prefill_tokens: usize,
+}
+
+impl GenerateOptions {
+    /// Greedy decoding of up to `max_new_tokens`, stopping at `eos`.
+    pub fn greedy(max_new_tokens: usize, eos: u32) -> Self {
+        GenerateOptions {
+            strategy: Strategy::Greedy,
+            max_new_tokens,
+            repetition_penalty: 1.0,
+            no_repeat_ngram_size: 0,
+            stop_ids: vec![eos],
+            stop_strings: vec![],
+            batch: 1,
+            prefill_tokens: 512,
+        }
+    }
+
+    pub fn num_beams(&self) -> usize {
+        match self.strategy {
+            Strategy::Beam(b) => b.num_beams,
+            _ => 1,
+        }
+    }
+
+    /// Checks every setting; the error names the flag's meaning.
+    pub fn validate(&self, vocab: usize) -> Result<()> {
+        match self.strategy {
+            Strategy::Greedy => {}
+            Strategy::Sample(p) => {
+                if !(p.temperature > 0.0 && p.temperature.is_finite()) {
+                    bail!("temperature must be > 0 for sampling (got {}); use greedy decoding for 0", p.temperature);
+                }
+                if !(0.0..=1.0).contains(&p.top_p) || p.top_p == 0.0 {
+                    bail!("top-p must be in (0, 1] (got {})", p.top_p);
+                }
+                if !(0.0..=1.0).contains(&p.min_p) {
+                    bail!("min-p must be in [0, 1] (got {})", p.min_p);
+                }
+            }
+            Strategy::Beam(b) => {
+                if b.num_beams < 2 {
+                    bail!("beam search needs at least 2 beams (got {})", b.num_beams);
+                }
+                if !b.length_penalty.is_finite() {
+                    bail!("length penalty must be finite (got {})", b.length_penalty);
+                }
+                if (1 + self.stop_ids.len()).max(2) * b.num_beams > vocab {
+                    bail!("{} beams need more candidate tokens than the vocabulary of {vocab} has", b.num_beams);
+                }
+            }
+        }
+        if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
+            bail!("repetition penalty must be > 0 (got {}); 1 is off", self.repetition_penalty);
+        }
+        if let Some(&t) = self.stop_ids.iter().find(|&&t| t as usize >= vocab) {
+            bail!("stop token id {t} is outside the model's vocabulary of {vocab} entries");
+        }
+        if self.batch == 0 {
+            bail!("batch must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Why a sequence ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// The tokenizer's EOS was generated.
+    Eos,
+    /// Another stop token id was generated.
+    StopId,
+    /// The text reached a stop string.
+    StopString,
+    /// `max_new_tokens` or the end of the context window.
+    Length,
+}
+
+impl Finish {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Eos => "eos",
+            Finish::StopId => "stop_id",
+            Finish::StopString => "stop_string",
+            Finish::Length => "length",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Generation {
+    /// Generated token ids, including the stop token that ended the sequence.
+    pub ids: Vec<u32>,
+    /// The generated text without the stop token, cut before a stop string.
+    pub text: String,
+    pub finish: Finish,
+    /// Beam search: the hypothesis score `sum_logprobs / len ** length_penalty`; otherwise None.
+    pub score: Option<f32>,
+}
+
+/// The prompt as training encodes x: `tokenizer.prefix + enc(prompt)`. An empty prompt is an error unless the
+/// tokenizer adds a BOS (otherwise the first token would have no context).
+pub fn encode_prompt(tok: &TextTokenizer, prompt: &str) -> Result<Vec<u32>> {
+    let mut ids = tok.prefix.clone();
+    ids.extend(tok.encode(prompt)?);
+    if ids.is_empty() {
+        bail!(
+            "the prompt is empty and this tokenizer adds no BOS token: the first generated token would have no context"
+        );
+    }
+    Ok(ids)
+}
+
+/// Positions a sequence may use: the context window (and a sliding-window model's window, which condlm does
+/// not implement beyond).
+pub fn context_len(model: &Transformer) -> usize {
+    let c = &model.config;
+    c.sliding_window.map_or(c.max_positions, |w| w.min(c.max_positions))
+}
