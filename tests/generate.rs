@@ -121,12 +121,16 @@ fn kv_cache_logits_match_full_forward_at_every_step() {
     for &(spec, adapter) in specs {
         let m = load(spec, adapter);
         let (model, vocab, d) = (&m.model, m.model.config.vocab_size, m.model.config.hidden_size);
-        let prompts: Vec<Vec<u32>> = ["name: Blue Spice, eatType: coffee shop", "Café £30", "x"]
+        // Prompts of 1 to ~80 tokens: single rows, a short run, and a prefill long enough for two GEMM tiles.
+        let long = "name: Blue Spice, eatType: coffee shop, area: city centre. A coffee shop in the city centre area \
+                    called Blue Spice, near the river. It is family friendly.";
+        let prompts: Vec<Vec<u32>> = ["name: Blue Spice, eatType: coffee shop", "Café £30", "x", long]
             .iter()
             .map(|p| m.tokenizer.encode(p).unwrap())
             .collect();
         let steps = 12;
-        let mut dec = Decoder::new(model, prompts.len(), 64, 128).unwrap();
+        assert!(prompts[3].len() > 64, "{} tokens", prompts[3].len());
+        let mut dec = Decoder::new(model, prompts.len(), 110, 160).unwrap();
         let mut seqs = prompts.clone();
         let mut acts = Activations::default();
         let mut worst = 0.0f32;

@@ -57,7 +57,7 @@ pub struct GenerateArgs {
     /// Sampling: drop tokens less probable than min-p × the most probable one; 0 = off.
     #[arg(long, default_value_t = 0.0)]
     min_p: f32,
-    /// Sampling seed: results depend only on (seed, row, step), not on --batch or --threads.
+    /// Sampling seed: the draw of each step comes from (seed, row, step), whatever --batch is.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Divide positive / multiply negative scores of tokens already in the sequence (prompt included) by this;

@@ -8,10 +8,16 @@
 //! are stored in the cache, and each row's query heads attend to positions 0..=pos of its own slot. Hence the
 //! attention of a prefill row sees exactly the prompt positions before it — causal, as in training.
 //!
-//! Every buffer is sized in [`Decoder::new`] for at most `max_rows` rows per call and `slots` logit rows; a call
-//! allocates nothing (LoRA scratch grows once to its largest size).
+//! Kernels: up to 16 rows (decode steps, beams, small batches) the linear layers and the LM head run a
+//! matrix-vector kernel that streams each weight matrix once (the step is memory-bound); more rows use the GEMM.
+//! Decode rows attend row by row with a running softmax; a prompt's prefill (≥ 16 consecutive positions of one
+//! slot) attends through GEMMs in tiles of 64 query rows (S = Q·Kᵀ, causal mask, softmax, P·V).
+//!
+//! Every buffer is sized in [`Decoder::new`] for at most `max_rows` rows per call and `slots` logit rows. A call
+//! of at most 16 rows allocates nothing (LoRA scratch grows once to its largest size; checked by a test with a
+//! counting allocator); larger calls (prefills) may let the GEMM library allocate its packing buffers.
 use super::cache::KvCache;
-use super::simd::{axpy_rows, dot, dot_rows, exp_shifted};
+use super::simd::{axpy_rows, dot, dot_rows, dots, exp_shifted};
 use crate::kernels::activation::{gelu_tanh_forward, swiglu_forward};
 use crate::kernels::embedding::embedding_forward;
 use crate::kernels::norm::{layernorm_forward, rmsnorm_forward};
@@ -33,11 +39,15 @@ pub struct Row {
 
 /// Up to this many rows, linear layers use the matrix-vector kernel below (weights streamed once, dot products
 /// over contiguous weight rows); above it, the GEMM.
-const GEMV_MAX_ROWS: usize = 8;
+const GEMV_MAX_ROWS: usize = 16;
 /// Output features per parallel task of the matrix-vector kernel.
 const GEMV_CHUNK: usize = 64;
 /// Attention scores computed per block (on the stack) before the running softmax is updated.
 const ATT_BLOCK: usize = 128;
+/// Consecutive positions of one slot (a prompt's prefill) from this many rows on attend through GEMMs, in tiles
+/// of `ATT_TILE` query rows; shorter runs and decode rows go row by row.
+const RUN_MIN: usize = 16;
+const ATT_TILE: usize = 64;
 
 /// Slots of a block's linear layers in the LoRA scratch: q, k, v (or c_attn), o, gate, up, down.
 const SLOT_O: usize = 3;
@@ -66,6 +76,13 @@ pub struct Decoder<'m> {
     head_in: Vec<f32>,
     head_x: Vec<f32>,
     logits: Vec<f32>,
+    /// Prefill runs of this call: (first row, rows), and which rows they cover.
+    runs: Vec<(usize, usize)>,
+    in_run: Vec<bool>,
+    /// Per query head: scores of one tile (ATT_TILE × capacity), row sums, and its output rows (max_rows × hd).
+    run_scores: Vec<f32>,
+    run_sums: Vec<f32>,
+    run_out: Vec<f32>,
 }
 
 impl<'m> Decoder<'m> {
@@ -100,11 +117,16 @@ impl<'m> Decoder<'m> {
             gate: vec![0.0; n * f],
             up: vec![0.0; n * f],
             act: vec![0.0; n * f],
-            gemv: vec![0.0; GEMV_MAX_ROWS * widest_out.max(v)],
+            gemv: vec![0.0; GEMV_MAX_ROWS * widest_out.max(v).div_ceil(GEMV_CHUNK) * GEMV_CHUNK],
             lora: Default::default(),
             head_in: vec![0.0; slots * d],
             head_x: vec![0.0; slots * d],
             logits: vec![0.0; slots * v],
+            runs: Vec::with_capacity(n / RUN_MIN + 1),
+            in_run: vec![false; n],
+            run_scores: if n >= RUN_MIN { vec![0.0; c.num_heads * ATT_TILE * capacity] } else { vec![] },
+            run_sums: vec![0.0; c.num_heads * ATT_TILE],
+            run_out: if n >= RUN_MIN { vec![0.0; n * aw] } else { vec![] },
         })
     }
 
@@ -129,6 +151,7 @@ impl<'m> Decoder<'m> {
         self.tokens.extend(rows.iter().map(|r| r.token));
         self.positions.clear();
         self.positions.extend(rows.iter().map(|r| r.pos));
+        find_runs(rows, &mut self.runs, &mut self.in_run[..n]);
         let x = &mut self.x[..n * d];
         embedding_forward(
             x,
@@ -156,7 +179,12 @@ impl<'m> Decoder<'m> {
                 self.cache.write(li, row.slot as usize, row.pos as usize, &r[k_col..][..kvw], &r[v_col..][..kvw]);
             }
             let att = &mut self.att[..n * aw];
-            attend(att, qkv, qw, rows, &self.cache, li, c.num_heads);
+            attend(att, qkv, qw, rows, &self.in_run[..n], &self.cache, li, c.num_heads);
+            for &(start, len) in &self.runs {
+                let bufs =
+                    RunBuffers { scores: &mut self.run_scores, sums: &mut self.run_sums, out: &mut self.run_out };
+                attend_run(att, qkv, qw, &rows[start..start + len], start, &self.cache, li, c.num_heads, bufs);
+            }
             linear(&blk.o, Strided { data: x, row_stride: d }, att, n, true, &mut self.lora[SLOT_O], &mut self.gemv);
 
             let h = &mut self.h[..n * d];
@@ -292,21 +320,21 @@ fn matvec(
         }
         return;
     }
-    let tmp = &mut tmp[..out_dim * n];
-    tmp.par_chunks_mut(GEMV_CHUNK * n).enumerate().for_each(|(c, t)| {
-        let o0 = c * GEMV_CHUNK;
-        for (j, t) in t.chunks_exact_mut(n).enumerate() {
-            let wr = &w[(o0 + j) * in_dim..][..in_dim];
-            for (r, t) in t.iter_mut().enumerate() {
-                *t = dot(&x[r * in_dim..][..in_dim], wr);
-            }
+    // tmp: per block of GEMV_CHUNK weight rows, that block's outputs for all n rows ((blocks, n, GEMV_CHUNK));
+    // the block's weights stay in cache from one row to the next.
+    let blocks = out_dim.div_ceil(GEMV_CHUNK);
+    let tmp = &mut tmp[..blocks * n * GEMV_CHUNK];
+    tmp.par_chunks_mut(n * GEMV_CHUNK).enumerate().for_each(|(b, t)| {
+        let (o0, o1) = (b * GEMV_CHUNK, ((b + 1) * GEMV_CHUNK).min(out_dim));
+        for (r, t) in t.chunks_exact_mut(GEMV_CHUNK).enumerate() {
+            dots(&mut t[..o1 - o0], &x[r * in_dim..][..in_dim], &w[o0 * in_dim..o1 * in_dim]);
         }
     });
     let Strided { data, row_stride } = out;
     for r in 0..n {
         let o = &mut data[r * row_stride..][..out_dim];
         for (j, o) in o.iter_mut().enumerate() {
-            let v = tmp[j * n + r] + bias.map_or(0.0, |b| b[j]);
+            let v = tmp[((j / GEMV_CHUNK) * n + r) * GEMV_CHUNK + j % GEMV_CHUNK] + bias.map_or(0.0, |b| b[j]);
             if accumulate {
                 *o += v;
             } else {
@@ -318,7 +346,17 @@ fn matvec(
 
 /// att[i, head h] = softmax(q_i,h · K[slot_i, kv(h), 0..=pos_i]ᵀ / √hd) · V[slot_i, kv(h), 0..=pos_i].
 /// A running (online) softmax over blocks of positions: no scratch beyond one block on the stack.
-fn attend(att: &mut [f32], qkv: &[f32], qw: usize, rows: &[Row], cache: &KvCache, layer: usize, n_heads: usize) {
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    att: &mut [f32],
+    qkv: &[f32],
+    qw: usize,
+    rows: &[Row],
+    skip: &[bool],
+    cache: &KvCache,
+    layer: usize,
+    n_heads: usize,
+) {
     let (hd, kv_heads) = (cache.head_dim, cache.kv_heads);
     let group = n_heads / kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
@@ -326,6 +364,9 @@ fn attend(att: &mut [f32], qkv: &[f32], qw: usize, rows: &[Row], cache: &KvCache
     let base = cache.offset(layer, 0, 0, 0);
     att.par_chunks_mut(hd).enumerate().for_each(|(task, o)| {
         let (i, h) = (task / n_heads, task % n_heads);
+        if skip[i] {
+            return;
+        }
         let row = rows[i];
         let q = &qkv[i * qw + h * hd..][..hd];
         let at = cache.offset(layer, row.slot as usize, h / group, 0) - base;
@@ -355,4 +396,97 @@ fn attend(att: &mut [f32], qkv: &[f32], qw: usize, rows: &[Row], cache: &KvCache
             *x *= inv;
         }
     });
+}
+
+/// Marks runs of at least RUN_MIN rows holding consecutive positions of one slot (prefills).
+fn find_runs(rows: &[Row], runs: &mut Vec<(usize, usize)>, in_run: &mut [bool]) {
+    runs.clear();
+    in_run.fill(false);
+    let mut start = 0;
+    for i in 1..=rows.len() {
+        let continues = i < rows.len() && rows[i].slot == rows[i - 1].slot && rows[i].pos == rows[i - 1].pos + 1;
+        if !continues {
+            if i - start >= RUN_MIN {
+                runs.push((start, i - start));
+                in_run[start..i].fill(true);
+            }
+            start = i;
+        }
+    }
+}
+
+/// Scratch of [`attend_run`], preallocated by the decoder.
+struct RunBuffers<'a> {
+    scores: &'a mut [f32],
+    sums: &'a mut [f32],
+    out: &'a mut [f32],
+}
+
+/// Attention of a prefill run (rows `row0..row0 + run.len()` of the call, consecutive positions of one slot),
+/// through GEMMs per query head and tile of ATT_TILE rows: S = Q·Kᵀ·scale over the cached keys up to the tile's
+/// last position, causal mask, softmax rows, O = P·V. Heads run in parallel, each with its own scratch.
+#[allow(clippy::too_many_arguments)]
+fn attend_run(
+    att: &mut [f32],
+    qkv: &[f32],
+    qw: usize,
+    run: &[Row],
+    row0: usize,
+    cache: &KvCache,
+    layer: usize,
+    n_heads: usize,
+    bufs: RunBuffers,
+) {
+    use crate::kernels::matmul::{Mat, MatMut, matmul};
+    let (hd, cap) = (cache.head_dim, cache.capacity);
+    let group = n_heads / cache.kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (ks, vs) = cache.layer(layer);
+    let base = cache.offset(layer, 0, 0, 0);
+    let (len, slot, pos0) = (run.len(), run[0].slot as usize, run[0].pos as usize);
+    let out = &mut bufs.out[..n_heads * len * hd];
+    out.par_chunks_mut(len * hd)
+        .zip(bufs.scores.par_chunks_mut(ATT_TILE * cap))
+        .zip(bufs.sums.par_chunks_mut(ATT_TILE))
+        .enumerate()
+        .for_each(|(h, ((o, sc), sums))| {
+            let at = cache.offset(layer, slot, h / group, 0) - base;
+            for t0 in (0..len).step_by(ATT_TILE) {
+                let tq = ATT_TILE.min(len - t0);
+                let keys = pos0 + t0 + tq; // positions 0..keys are visible to the tile's last row
+                let q =
+                    Mat { data: &qkv[(row0 + t0) * qw + h * hd..], rows: tq, cols: hd, row_stride: qw, col_stride: 1 };
+                let s = &mut sc[..tq * keys];
+                matmul(MatMut::new(s, tq, keys), q, Mat::new(&ks[at..at + keys * hd], keys, hd).t(), false);
+                for (r, (srow, sum)) in s.chunks_exact_mut(keys).zip(sums.iter_mut()).enumerate() {
+                    let visible = pos0 + t0 + r + 1;
+                    let (live, masked) = srow.split_at_mut(visible);
+                    let max = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
+                    for v in live.iter_mut() {
+                        *v *= scale;
+                    }
+                    *sum = exp_shifted(live, max);
+                    masked.fill(0.0);
+                }
+                let o_tile = &mut o[t0 * hd..(t0 + tq) * hd];
+                matmul(
+                    MatMut::new(o_tile, tq, hd),
+                    Mat::new(s, tq, keys),
+                    Mat::new(&vs[at..at + keys * hd], keys, hd),
+                    false,
+                );
+                for (orow, &sum) in o_tile.chunks_exact_mut(hd).zip(sums.iter()) {
+                    let inv = 1.0 / sum;
+                    for x in orow {
+                        *x *= inv;
+                    }
+                }
+            }
+        });
+    let aw = n_heads * hd;
+    for h in 0..n_heads {
+        for i in 0..len {
+            att[(row0 + i) * aw + h * hd..][..hd].copy_from_slice(&out[(h * len + i) * hd..][..hd]);
+        }
+    }
 }

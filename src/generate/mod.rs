@@ -15,7 +15,19 @@
 //! **What a generation is.** `ids` are the generated tokens, including the stop token (EOS or a stop id) that
 //! ended it, as transformers returns them. `text` is the incremental decoding of the generated tokens *without*
 //! that stop token, cut before the first occurrence of any stop string (the stop string itself is not part of
-//! the text; its tokens are in `ids`).
+//! the text; its tokens are in `ids`). Streaming holds text back while it could be the start of a stop string.
+//!
+//! **Limits and bad input.** A prompt must leave room for one new token: as many tokens as the context window
+//! (or more) is an error; a prompt that leaves fewer positions than `max_new_tokens` stops at the window
+//! (`Finish::Length`). An empty prompt is an error unless the tokenizer adds a BOS. A stop string must be
+//! non-empty and producible by the tokenizer (encoding and decoding it gives it back; one that maps to an
+//! unknown token could never appear in the text), else an error.
+//!
+//! **Determinism.** Greedy and beam search are deterministic; sampling draws step t of prompt i from
+//! `rng::uniform(seed, i, t)`, so the same seed gives the same output. Rows of a batch do not interact: the
+//! batch can change a prompt's logits only by float rounding (a call with more than 16 rows uses the GEMM
+//! instead of the matrix-vector kernel), and the tests find identical outputs for batched and lone prompts.
+
 pub mod beam;
 pub mod cache;
 pub mod decoder;

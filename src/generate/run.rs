@@ -3,8 +3,8 @@
 //! Up to `batch` prompts run at once, each in its own cache slots (one, or `num_beams` under beam search).
 //! Every forward call holds one decode row per running sequence plus the whole prompts of newly admitted ones
 //! (their prefill, up to `prefill_tokens` prompt tokens per call), so a finished prompt's slots are refilled at
-//! the next step. Results do not depend on the batch: each prompt's draws come from its own random stream
-//! (`rng::uniform(seed, prompt index, step)`), and rows do not interact.
+//! the next step. Each prompt's draws come from its own random stream (`rng::uniform(seed, prompt index, step)`)
+//! and rows do not interact, so batching changes results at most through float rounding.
 use super::beam::BeamSearch;
 use super::decoder::{Decoder, Row};
 use super::detok::{Streamer, check_stop_strings};

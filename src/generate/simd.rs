@@ -15,6 +15,24 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     crate::kernels::attention::dot(&a[..n], &b[..n])
 }
 
+/// out[j] = x·w[j·k..(j+1)·k] for j < out.len() (k = x.len()): a matrix-vector product over consecutive weight
+/// rows, four rows per pass so each load of x feeds four FMAs and four weight streams are in flight.
+pub fn dots(out: &mut [f32], x: &[f32], w: &[f32]) {
+    let k = x.len();
+    assert!(w.len() >= out.len() * k, "dots: weights too short");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if has_avx2_fma() {
+            // SAFETY: AVX2/FMA present (checked at run time); lengths asserted above.
+            unsafe { dots_avx2(out, x, w) };
+            return;
+        }
+    }
+    for (j, o) in out.iter_mut().enumerate() {
+        *o = crate::kernels::attention::dot(x, &w[j * k..][..k]);
+    }
+}
+
 /// out[j] = q·ks[j·hd..(j+1)·hd] · scale for every j < out.len().
 pub fn dot_rows(out: &mut [f32], q: &[f32], ks: &[f32], scale: f32) {
     let hd = q.len();
@@ -112,6 +130,48 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
             i += 1;
         }
         total
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(out: &mut [f32], x: &[f32], w: &[f32]) {
+    use std::arch::x86_64::*;
+    let k = x.len();
+    let full = k / 8 * 8;
+    let (px, pw) = (x.as_ptr(), w.as_ptr());
+    let hsum = |v: __m256| -> f32 {
+        let q = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+        let q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+        _mm_cvtss_f32(_mm_add_ss(q, _mm_shuffle_ps(q, q, 1)))
+    };
+    let mut j = 0;
+    // SAFETY (all loads): columns c + 8 ≤ full ≤ k or c < k, rows j + 3 < out.len() with w.len() ≥ out.len()·k.
+    unsafe {
+        while j + 4 <= out.len() {
+            let r = [pw.add(j * k), pw.add((j + 1) * k), pw.add((j + 2) * k), pw.add((j + 3) * k)];
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut c = 0;
+            while c < full {
+                let xv = _mm256_loadu_ps(px.add(c));
+                for (a, row) in acc.iter_mut().zip(r) {
+                    *a = _mm256_fmadd_ps(xv, _mm256_loadu_ps(row.add(c)), *a);
+                }
+                c += 8;
+            }
+            for (t, (a, row)) in acc.iter().zip(r).enumerate() {
+                let mut s = hsum(*a);
+                for c in full..k {
+                    s += *px.add(c) * *row.add(c);
+                }
+                out[j + t] = s;
+            }
+            j += 4;
+        }
+        while j < out.len() {
+            out[j] = dot_avx2(x, std::slice::from_raw_parts(pw.add(j * k), k));
+            j += 1;
+        }
     }
 }
 
@@ -242,6 +302,11 @@ mod tests {
             let mut d = [0.0f32; 2];
             dot_rows(&mut d, &b, two, 2.0);
             assert!((d[1] as f64 - 2.0 * want).abs() < 2e-4, "n = {n}");
+            // dots over 6 weight rows (one pass of four, two single rows).
+            let six: Vec<f32> = (0..6).flat_map(|_| b.iter().copied()).collect();
+            let mut d6 = [0.0f32; 6];
+            dots(&mut d6, &a, &six);
+            assert!(d6.iter().all(|&v| (v as f64 - want).abs() < 1e-4), "n = {n}: {d6:?} vs {want}");
         }
     }
 }
