@@ -1,5 +1,5 @@
 //! Runs N LoRA (or full) optimizer steps on consecutive batches of a JSONL file and prints each
-//! step's loss — the condlm side of scripts/learning_parity_smollm2.py and the memory measurement.
+//! step's loss — the condlm side of the training rows of bench/bench.py (loss agreement, tokens/s, peak RSS).
 //! Usage: train_steps MODEL DATA.jsonl (ADAPTER_DIR | full) STEPS BATCH LR
 use anyhow::{Context, Result};
 use condlm::data::rows::read_pairs;
