@@ -508,10 +508,11 @@ fn cli_streams_a_prompt_and_generates_for_rows() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{}\n", want.text));
     assert!(stderr.contains("new tokens, finish: length") && stderr.contains("decode"), "{stderr}");
 
-    // --data: rows keep their other fields; ids equal the library's; batching does not change them.
+    // --data: rows keep their other fields; ids equal the library's; batching does not change them; a repeated
+    // prompt is decoded once and its output given to each of its rows.
     let dir = tempfile::tempdir().unwrap();
     let rows = dir.path().join("rows.jsonl");
-    let prompts = ["name: The Eagle", "name: Blue Spice, area: riverside", "Café £"];
+    let prompts = ["name: The Eagle", "name: Blue Spice, area: riverside", "name: The Eagle", "Café £"];
     let text: String =
         prompts.iter().enumerate().map(|(i, p)| format!("{{\"prompt\": {p:?}, \"id\": {i}}}\n")).collect();
     std::fs::write(&rows, text).unwrap();
@@ -538,9 +539,11 @@ fn cli_streams_a_prompt_and_generates_for_rows() {
         "--early-stopping",
         "true",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("4 rows (3 distinct prompts)"), "{stderr}");
     let got: Vec<Value> =
         std::fs::read_to_string(&dst).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(got.len(), prompts.len());
     let opts = GenerateOptions {
         strategy: Strategy::Beam(BeamParams { num_beams: 3, length_penalty: 0.9, early_stopping: EarlyStopping::True }),
         no_repeat_ngram_size: 3,

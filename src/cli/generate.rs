@@ -30,8 +30,8 @@ pub struct GenerateArgs {
     /// The prompt x; its continuation is streamed to stdout as it is generated [default: none; give it or --data].
     #[arg(long, conflicts_with = "data", required_unless_present = "data")]
     prompt: Option<String>,
-    /// JSONL file of {"prompt": x, ...} rows: generate for every row; other fields are passed through
-    /// [default: none].
+    /// JSONL file of {"prompt": x, ...} rows: generate for every row; other fields are passed through. Without
+    /// sampling, a prompt repeated in the file is decoded once [default: none].
     #[arg(long)]
     data: Option<PathBuf>,
     /// With --data: write the rows plus "generation", "finish_reason", "new_tokens" (and "score" for beam search)
@@ -249,14 +249,21 @@ fn run_data(
         }
         prompts.push(ids);
     }
-    let bar = ProgressBar::new(rows.len() as u64).with_style(
-        ProgressStyle::with_template("{spinner} generating {pos}/{len} rows [{bar:30}] {per_sec} ETA {eta}")
+    // Greedy and beam search are deterministic: a prompt repeated in the file (E2E-style data with several
+    // references per x) is generated once and its output copied to each of its rows.
+    let (distinct, of_row) = if matches!(opts.strategy, Strategy::Sample(_)) {
+        (prompts.clone(), (0..prompts.len()).collect())
+    } else {
+        distinct_prompts(&prompts)
+    };
+    let bar = ProgressBar::new(distinct.len() as u64).with_style(
+        ProgressStyle::with_template("{spinner} generating {pos}/{len} prompts [{bar:30}] {per_sec} ETA {eta}")
             .expect("static template")
             .progress_chars("=> "),
     );
     let start = Instant::now();
     let mut new_tokens = 0usize;
-    let gens = generate(model, tok, &prompts, opts, |e| {
+    let gens = generate(model, tok, &distinct, opts, |e| {
         if let Event::Done { generation, .. } = e {
             new_tokens += generation.ids.len();
             bar.inc(1);
@@ -266,8 +273,8 @@ fn run_data(
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
     let mut lines = String::new();
-    for ((_, row, _), (g, p)) in rows.iter().zip(gens.iter().zip(&prompts)) {
-        lines.push_str(&output_row(row, g, a.ids.then_some(p)).to_string());
+    for (((_, row, _), &d), p) in rows.iter().zip(&of_row).zip(&prompts) {
+        lines.push_str(&output_row(row, &gens[d], a.ids.then_some(p)).to_string());
         lines.push('\n');
     }
     match &a.out {
@@ -275,11 +282,28 @@ fn run_data(
         None => print!("{lines}"),
     }
     eprintln!(
-        "generated for {} rows: {new_tokens} new tokens in {secs:.1} s ({:.0} tokens/s)",
+        "generated for {} rows ({} distinct prompts): {new_tokens} new tokens in {secs:.1} s ({:.0} tokens/s)",
         rows.len(),
+        distinct.len(),
         new_tokens as f64 / secs
     );
     Ok(())
+}
+
+/// The distinct prompts in first-seen order, and for each input prompt the index of its distinct one.
+fn distinct_prompts(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<usize>) {
+    let mut seen: std::collections::HashMap<&[u32], usize> = Default::default();
+    let mut distinct = Vec::new();
+    let of_row = prompts
+        .iter()
+        .map(|p| {
+            *seen.entry(p).or_insert_with(|| {
+                distinct.push(p.clone());
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    (distinct, of_row)
 }
 
 /// The input row with the generation's fields added (they replace fields of the same name).
