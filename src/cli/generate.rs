@@ -2,6 +2,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use condlm::data::chat::ChatTemplate;
+use condlm::data::rows::{JsonObject, read_objects, string_field};
 use condlm::generate::{
     BeamParams, EarlyStopping, Event, GenerateOptions, Generation, SamplingParams, Strategy, encode_prompt, generate,
 };
@@ -327,30 +328,14 @@ fn output_row(
 }
 
 /// Rows of a JSONL file that each have a string "prompt": (line, the row, the prompt).
-type PromptRow = (usize, serde_json::Map<String, serde_json::Value>, String);
+type PromptRow = (usize, JsonObject, String);
 
 fn read_prompt_rows(path: &Path) -> Result<Vec<PromptRow>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read data file {}", path.display()))?;
-    let mut rows = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{n}: not valid JSON", path.display()))?;
-        let serde_json::Value::Object(obj) = v else {
-            bail!("{}:{n}: expected a JSON object like {{\"prompt\": ...}}", path.display());
-        };
-        let prompt = match obj.get("prompt") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(_) => bail!("{}:{n}: field \"prompt\" must be a string", path.display()),
-            None => bail!("{}:{n}: missing field \"prompt\"", path.display()),
-        };
-        rows.push((n, obj, prompt));
-    }
-    if rows.is_empty() {
-        bail!("{}: no rows", path.display());
-    }
-    Ok(rows)
+    read_objects(path, "{\"prompt\": ...}")?
+        .into_iter()
+        .map(|(line, obj)| {
+            let prompt = string_field(&obj, "prompt", path, line)?;
+            Ok((line, obj, prompt))
+        })
+        .collect()
 }

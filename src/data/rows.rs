@@ -12,6 +12,18 @@ pub struct Pair {
 
 /// Reads every non-blank line of a JSONL file as a pair.
 pub fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
+    read_objects(path, "{\"prompt\": ..., \"completion\": ...}")?
+        .into_iter()
+        .map(|(line, obj)| {
+            let prompt = string_field(&obj, "prompt", path, line)?;
+            Ok(Pair { prompt, completion: string_field(&obj, "completion", path, line)?, line })
+        })
+        .collect()
+}
+
+/// Every non-blank line of a JSONL file as (1-based line, JSON object). `shape` shows the expected object in the
+/// error for a line that is not one. A file with no rows is an error.
+pub fn read_objects(path: &Path, shape: &str) -> Result<Vec<(usize, JsonObject)>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read data file {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -21,26 +33,31 @@ pub fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
         }
         let v: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}:{n}: not valid JSON", path.display()))?;
-        let obj = v.as_object().with_context(|| {
-            format!("{}:{n}: expected a JSON object like {{\"prompt\": ..., \"completion\": ...}}", path.display())
-        })?;
-        let field = |name: &str| -> Result<String> {
-            match obj.get(name) {
-                Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(_) => bail!("{}:{n}: field \"{name}\" must be a string", path.display()),
-                None => bail!(
-                    "{}:{n}: missing field \"{name}\" (found: {})",
-                    path.display(),
-                    obj.keys().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
-                ),
-            }
+        let serde_json::Value::Object(obj) = v else {
+            bail!("{}:{n}: expected a JSON object like {shape}", path.display());
         };
-        out.push(Pair { prompt: field("prompt")?, completion: field("completion")?, line: n });
+        out.push((n, obj));
     }
     if out.is_empty() {
         bail!("{}: no rows", path.display());
     }
     Ok(out)
+}
+
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// The string field `name` of the row at `path:line`, or an error that names the file, the line and the fields
+/// the row has.
+pub fn string_field(obj: &JsonObject, name: &str, path: &Path, line: usize) -> Result<String> {
+    match obj.get(name) {
+        Some(serde_json::Value::String(s)) => Ok(s.clone()),
+        Some(_) => bail!("{}:{line}: field \"{name}\" must be a string", path.display()),
+        None => bail!(
+            "{}:{line}: missing field \"{name}\" (found: {})",
+            path.display(),
+            obj.keys().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
+        ),
+    }
 }
 
 #[cfg(test)]

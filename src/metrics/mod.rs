@@ -18,7 +18,8 @@
 pub mod bleu;
 pub mod rouge;
 
-use anyhow::{Context, Result, bail};
+use crate::data::rows::{read_objects, string_field};
+use anyhow::{Result, bail};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -51,38 +52,13 @@ pub struct TextRow {
 /// Reads every non-blank line of a JSONL file; each must be an object with string fields `prompt_field` and
 /// `text_field` (other fields are ignored). Errors name the file and line.
 pub fn read_rows(path: &Path, prompt_field: &str, text_field: &str) -> Result<Vec<TextRow>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{n}: not valid JSON", path.display()))?;
-        let obj = v.as_object().with_context(|| {
-            format!(
-                "{}:{n}: expected a JSON object with fields \"{prompt_field}\" and \"{text_field}\"",
-                path.display()
-            )
-        })?;
-        let field = |name: &str| -> Result<String> {
-            match obj.get(name) {
-                Some(serde_json::Value::String(s)) => Ok(s.clone()),
-                Some(_) => bail!("{}:{n}: field \"{name}\" must be a string", path.display()),
-                None => bail!(
-                    "{}:{n}: missing field \"{name}\" (found: {})",
-                    path.display(),
-                    obj.keys().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
-                ),
-            }
-        };
-        out.push(TextRow { prompt: field(prompt_field)?, text: field(text_field)?, line: n });
-    }
-    if out.is_empty() {
-        bail!("{}: no rows", path.display());
-    }
-    Ok(out)
+    read_objects(path, &format!("{{\"{prompt_field}\": ..., \"{text_field}\": ...}}"))?
+        .into_iter()
+        .map(|(line, obj)| {
+            let prompt = string_field(&obj, prompt_field, path, line)?;
+            Ok(TextRow { prompt, text: string_field(&obj, text_field, path, line)?, line })
+        })
+        .collect()
 }
 
 /// Hypotheses matched with their references.
