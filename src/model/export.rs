@@ -38,18 +38,6 @@ const HF_SIDE_FILES: &[&str] = &[
     "generation_config.json",
 ];
 
-/// Every file name `save_hf_folder` can write.
-pub const EXPORT_FILES: &[&str] = &[
-    "config.json",
-    "model.safetensors",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "generation_config.json",
-];
-
 /// Writes `model` (with `tok`, loaded from `source`) as an HF checkpoint folder `dir`, atomically:
 /// the folder appears complete or not at all, replacing an existing `dir` (callers decide whether
 /// that is allowed, see `condlm merge`).

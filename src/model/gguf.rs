@@ -700,11 +700,6 @@ impl GgufFile {
         self.typed(key, "an integer that fits in u32", MetaValue::as_u32)
     }
 
-    /// Any integer type whose value fits in u64.
-    pub fn get_u64(&self, key: &str) -> Result<u64> {
-        self.typed(key, "a non-negative integer", MetaValue::as_u64)
-    }
-
     /// Any integer type whose value fits in usize.
     pub fn get_usize(&self, key: &str) -> Result<usize> {
         self.typed(key, "an integer that fits in usize", |v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
@@ -731,14 +726,6 @@ impl GgufFile {
 
     pub fn opt_u32(&self, key: &str) -> Result<Option<u32>> {
         self.typed_opt(key, "an integer that fits in u32", MetaValue::as_u32)
-    }
-
-    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
-        self.typed_opt(key, "an integer that fits in usize", |v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
-    }
-
-    pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
-        self.typed_opt(key, "a number", MetaValue::as_f32)
     }
 
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {

@@ -84,11 +84,6 @@ impl SafetensorsFiles {
         self.index.keys().map(|s| s.as_str())
     }
 
-    /// Which file holds `name` (for error messages).
-    pub fn file_of(&self, name: &str) -> Option<&Path> {
-        self.index.get(name).map(|&i| self.shards[i].path.as_path())
-    }
-
     /// The tensor as f32 with its shape; `None` if no shard has it.
     pub fn load_f32(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
         let Some(&i) = self.index.get(name) else { return Ok(None) };
