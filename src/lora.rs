@@ -1,14 +1,14 @@
 //! LoRA (Hu et al. 2021) as PEFT implements it: h = W0·x + (α/r)·B·A·dropout(x), A (r, in)
 //! Kaiming-uniform(a=√5), B (out, r) zeros; rsLoRA scales by α/√r. Only A and B are trainable.
 use crate::kernels::matmul::{Mat, MatMut, matmul};
-use crate::model::linear::LoraActs;
+use crate::model::linear::{Dropout, LoraActs};
 use crate::model::param::Param;
-use crate::model::transformer::Transformer;
+use crate::model::transformer::{Transformer, grow};
 use crate::rng;
 use anyhow::{Result, bail};
 use rayon::prelude::*;
 
-/// Elements per parallel task of the dropout mask.
+/// Elements per parallel task of the dropout mask (a multiple of 64: each task owns whole mask words).
 const DROP_CHUNK: usize = 1 << 14;
 
 pub struct Lora {
@@ -83,27 +83,47 @@ impl Lora {
         self.b.shape[0]
     }
 
-    /// dropout(x) into `la.x_drop`: keep with prob 1−p, scaled by 1/(1−p); the mask is a pure
-    /// function of (step_seed, layer, element), so backward regenerates it instead of storing it.
-    fn drop_input(&self, x: &[f32], n: usize, la: &mut LoraActs, step_seed: u64) {
+    /// dropout(x) into `x_drop` and its mask into `la.keep`: keep with prob 1−p, scaled by 1/(1−p); the mask is a
+    /// pure function of (step seed, layer, element), so it does not depend on the thread count.
+    fn drop_input(&self, x: &[f32], n: usize, la: &mut LoraActs, seed: u64, x_drop: &mut Vec<f32>) {
         let len = n * self.in_dim();
-        if la.x_drop.len() < len {
-            la.x_drop.resize(len, 0.0);
-        }
+        grow(x_drop, len);
+        la.keep.resize(len.div_ceil(64), 0);
         let (p, keep_scale) = (self.dropout as f64, 1.0 / (1.0 - self.dropout));
-        let key = rng::stream_key(step_seed, self.stream);
-        la.x_drop[..len].par_chunks_mut(DROP_CHUNK).zip(x[..len].par_chunks(DROP_CHUNK)).enumerate().for_each(
-            |(c, (d, x))| {
+        let key = rng::stream_key(seed, self.stream);
+        x_drop[..len]
+            .par_chunks_mut(DROP_CHUNK)
+            .zip(x[..len].par_chunks(DROP_CHUNK))
+            .zip(la.keep.par_chunks_mut(DROP_CHUNK / 64))
+            .enumerate()
+            .for_each(|(c, ((d, x), bits))| {
+                bits.fill(0);
                 for (i, (d, &v)) in d.iter_mut().zip(x).enumerate() {
                     let keep = rng::uniform_at(key, (c * DROP_CHUNK + i) as u64) >= p;
                     *d = if keep { v * keep_scale } else { 0.0 };
+                    bits[i / 64] |= (keep as u64) << (i % 64);
                 }
-            },
-        );
+            });
+    }
+
+    /// dropout(x) again into `x_drop`, from the mask `drop_input` saved: the same values, no random numbers.
+    fn redrop_input(&self, x: &[f32], n: usize, la: &LoraActs, x_drop: &mut Vec<f32>) {
+        let len = n * self.in_dim();
+        grow(x_drop, len);
+        let keep_scale = 1.0 / (1.0 - self.dropout);
+        x_drop[..len]
+            .par_chunks_mut(DROP_CHUNK)
+            .zip(x[..len].par_chunks(DROP_CHUNK))
+            .zip(la.keep.par_chunks(DROP_CHUNK / 64))
+            .for_each(|((d, x), bits)| {
+                for (i, (d, &v)) in d.iter_mut().zip(x).enumerate() {
+                    *d = if bits[i / 64] >> (i % 64) & 1 == 1 { v * keep_scale } else { 0.0 };
+                }
+            });
     }
 
     /// out += scale · (dropout(x)·Aᵀ)·Bᵀ; saves u = dropout(x)·Aᵀ (N, r) in `la.u`.
-    /// Dropout applies only while training (`dropout_seed` is Some).
+    /// Dropout applies only while training (`dropout` is Some).
     pub fn forward(
         &self,
         out: &mut [f32],
@@ -111,18 +131,20 @@ impl Lora {
         x: &[f32],
         n: usize,
         la: &mut LoraActs,
-        dropout_seed: Option<u64>,
+        dropout: Option<Dropout>,
     ) {
         let (r, inp, outd) = (self.rank, self.in_dim(), self.out_dim());
-        let drop = self.dropout > 0.0 && dropout_seed.is_some();
-        if drop {
-            self.drop_input(x, n, la, dropout_seed.unwrap_or_default());
-        }
         if la.u.len() < n * r {
             la.u.resize(n * r, 0.0);
             la.du.resize(n * r, 0.0);
         }
-        let xin = if drop { &la.x_drop[..n * inp] } else { &x[..n * inp] };
+        let xin = match dropout {
+            Some(Dropout { seed, x_drop }) if self.dropout > 0.0 => {
+                self.drop_input(x, n, la, seed, x_drop);
+                &x_drop[..n * inp]
+            }
+            _ => &x[..n * inp],
+        };
         matmul(MatMut::new(&mut la.u[..n * r], n, r), Mat::new(xin, n, inp), Mat::new(&self.a.data, r, inp).t(), false);
         // Scale the small (N, r) factor rather than the (N, out) product.
         for (s, u) in la.du[..n * r].iter_mut().zip(&la.u) {
@@ -136,7 +158,8 @@ impl Lora {
         );
     }
 
-    /// dB += scale·dyᵀ·u; du = scale·dy·B; dA += duᵀ·dropout(x); dx += dropout'(du·A).
+    /// dB += scale·dyᵀ·u; du = scale·dy·B; dA += duᵀ·dropout(x); dx += dropout'(du·A). With dropout, uses the
+    /// mask the training forward saved in `la` and `x_drop` as scratch.
     pub fn backward(
         &mut self,
         dx: Option<&mut [f32]>,
@@ -144,7 +167,7 @@ impl Lora {
         x: &[f32],
         n: usize,
         la: &mut LoraActs,
-        step_seed: u64,
+        x_drop: &mut Vec<f32>,
     ) {
         let (r, inp, outd) = (self.rank, self.in_dim(), self.out_dim());
         if let Some(gb) = &mut self.b.grad {
@@ -158,31 +181,34 @@ impl Lora {
             *d *= self.scale;
         }
         if self.a.is_trainable() {
-            if self.dropout > 0.0 {
-                self.drop_input(x, n, la, step_seed);
-            }
-            let xin = if self.dropout > 0.0 { &la.x_drop[..n * inp] } else { &x[..n * inp] };
+            let xin = if self.dropout > 0.0 {
+                self.redrop_input(x, n, la, x_drop);
+                &x_drop[..n * inp]
+            } else {
+                &x[..n * inp]
+            };
             let ga = self.a.grad.as_mut().expect("trainable");
             matmul(MatMut::new(ga, r, inp), Mat::new(&la.du[..n * r], n, r).t(), Mat::new(xin, n, inp), true);
         }
         let Some(dx) = dx else { return };
         let du = Mat::new(&la.du[..n * r], n, r);
         if self.dropout > 0.0 {
-            // dx += mask ⊙ (du·A) / (1−p): the mask is where dropout(x) kept x; regenerate it.
-            let mut t = std::mem::take(&mut la.x_drop);
-            matmul(MatMut::new(&mut t[..n * inp], n, inp), du, Mat::new(&self.a.data, r, inp), false);
-            let (p, keep_scale) = (self.dropout as f64, 1.0 / (1.0 - self.dropout));
-            let key = rng::stream_key(step_seed, self.stream);
-            dx[..n * inp].par_chunks_mut(DROP_CHUNK).zip(t[..n * inp].par_chunks(DROP_CHUNK)).enumerate().for_each(
-                |(c, (d, t))| {
+            // dx += keep ⊙ (du·A) / (1−p), with du·A in the scratch.
+            grow(x_drop, n * inp);
+            let t = &mut x_drop[..n * inp];
+            matmul(MatMut::new(t, n, inp), du, Mat::new(&self.a.data, r, inp), false);
+            let keep_scale = 1.0 / (1.0 - self.dropout);
+            dx[..n * inp]
+                .par_chunks_mut(DROP_CHUNK)
+                .zip(t.par_chunks(DROP_CHUNK))
+                .zip(la.keep.par_chunks(DROP_CHUNK / 64))
+                .for_each(|((d, t), bits)| {
                     for (i, (d, tv)) in d.iter_mut().zip(t).enumerate() {
-                        if rng::uniform_at(key, (c * DROP_CHUNK + i) as u64) >= p {
+                        if bits[i / 64] >> (i % 64) & 1 == 1 {
                             *d += tv * keep_scale;
                         }
                     }
-                },
-            );
-            la.x_drop = t;
+                });
         } else {
             matmul(MatMut::new(&mut dx[..n * inp], n, inp), du, Mat::new(&self.a.data, r, inp), true);
         }
@@ -279,15 +305,31 @@ mod tests {
         let seed = 77;
         let loss = |lin: &Linear, x: &[f32]| -> f64 {
             let mut y = vec![0.0; n * out];
-            lin.forward(Strided { data: &mut y, row_stride: out }, x, n, false, &mut LoraActs::default(), Some(seed));
+            let (mut la, mut x_drop) = (LoraActs::default(), Vec::new());
+            lin.forward(
+                Strided { data: &mut y, row_stride: out },
+                x,
+                n,
+                false,
+                &mut la,
+                Some(Dropout { seed, x_drop: &mut x_drop }),
+            );
             y.iter().zip(&rw).map(|(a, b)| *a as f64 * *b as f64).sum()
         };
         let mut la = LoraActs::default();
         let mut y = vec![0.0; n * out];
-        lin.forward(Strided { data: &mut y, row_stride: out }, &x, n, false, &mut la, Some(seed));
+        let mut x_drop = Vec::new();
+        lin.forward(
+            Strided { data: &mut y, row_stride: out },
+            &x,
+            n,
+            false,
+            &mut la,
+            Some(Dropout { seed, x_drop: &mut x_drop }),
+        );
         let mut dx = vec![0.0; n * inp];
         let dy = lin.grad_view(&rw, out, n);
-        lin.backward(Some(&mut dx), dy, &x, &mut la, seed);
+        lin.backward(Some(&mut dx), dy, &x, &mut la, &mut x_drop);
         let h = 1e-2f32;
         let fd = |f: &mut dyn FnMut(f32) -> f64| (f(h) - f(-h)) / (2.0 * h as f64);
         // Tolerance: L is bilinear in each of x, A, B, so the central difference is exact up to f32

@@ -26,15 +26,23 @@ pub struct Strided<'a> {
 #[derive(Default)]
 pub struct LoraActs {
     pub u: Vec<f32>,
-    /// dropout(x) scratch (N, in); only used when dropout > 0.
-    pub x_drop: Vec<f32>,
+    /// The dropout mask of x, one bit per element (set = kept); only with dropout > 0. Backward rebuilds
+    /// dropout(x) from it, so no layer keeps an (N, in) copy.
+    pub keep: Vec<u64>,
     /// ∂L/∂u scratch (N, r).
     pub du: Vec<f32>,
 }
 
+/// LoRA dropout while training: this layer's seed for the step, and scratch for dropout(x) (N, in) that all
+/// layers share.
+pub struct Dropout<'a> {
+    pub seed: u64,
+    pub x_drop: &'a mut Vec<f32>,
+}
+
 impl Linear {
     /// out = x·Wᵀ + b + LoRA, or out += … when `accumulate`. x: (N, in).
-    /// `dropout_seed`: Some while training (LoRA dropout on, masks from the seed), None at inference.
+    /// `dropout`: Some while training (LoRA dropout on, masks from its seed), None at inference.
     pub fn forward(
         &self,
         out: Strided,
@@ -42,7 +50,7 @@ impl Linear {
         n: usize,
         accumulate: bool,
         la: &mut LoraActs,
-        dropout_seed: Option<u64>,
+        dropout: Option<Dropout>,
     ) {
         let Strided { data: out, row_stride } = out;
         matmul(
@@ -55,7 +63,7 @@ impl Linear {
             add_bias(out, row_stride, n, &b.data);
         }
         if let Some(lora) = &self.lora {
-            lora.forward(out, row_stride, x, n, la, dropout_seed);
+            lora.forward(out, row_stride, x, n, la, dropout);
         }
     }
 
@@ -66,7 +74,8 @@ impl Linear {
 
     /// Backward of `forward`: dx += dy·W (+ LoRA path) when `dx` is given; dW, db, dA, dB accumulate
     /// into whichever of them are trainable. dy: (N, out), possibly a column block of a wider buffer.
-    pub fn backward(&mut self, dx: Option<&mut [f32]>, dy: Mat, x: &[f32], la: &mut LoraActs, step_seed: u64) {
+    /// `x_drop`: the scratch the training forward used (see [`Dropout`]).
+    pub fn backward(&mut self, dx: Option<&mut [f32]>, dy: Mat, x: &[f32], la: &mut LoraActs, x_drop: &mut Vec<f32>) {
         let (n, dy_mat, dy_stride) = (dy.rows, dy, dy.row_stride);
         let dy = dy.data;
         if let Some(g) = &mut self.w.grad {
@@ -80,12 +89,12 @@ impl Linear {
         }
         if let Some(dx) = dx {
             if let Some(lora) = &mut self.lora {
-                lora.backward(Some(&mut *dx), dy_mat, x, n, la, step_seed);
+                lora.backward(Some(&mut *dx), dy_mat, x, n, la, x_drop);
             }
             // dx (N, in) += dy · W
             matmul(MatMut::new(dx, n, self.in_dim), dy_mat, Mat::new(&self.w.data, self.out_dim, self.in_dim), true);
         } else if let Some(lora) = &mut self.lora {
-            lora.backward(None, dy_mat, x, n, la, step_seed);
+            lora.backward(None, dy_mat, x, n, la, x_drop);
         }
     }
 

@@ -1,7 +1,7 @@
 //! The decoder-only transformer for both families: weights (HF names kept, so PEFT keys map
 //! without tables), the forward pass over a packed batch, and its backward pass.
 use super::config::{Config, Family};
-use super::linear::{Linear, LoraActs, Strided};
+use super::linear::{Dropout, Linear, LoraActs, Strided};
 use super::param::Param;
 use crate::kernels::activation::{gelu_tanh_backward, gelu_tanh_forward, swiglu_backward, swiglu_forward};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
@@ -147,11 +147,18 @@ pub struct Activations {
     final_a: Vec<f32>,
     final_b: Vec<f32>,
     layers: Vec<LayerActs>,
+    /// dropout(x) of the LoRA layer at hand (N, in), shared by all layers (each keeps only its mask).
+    lora_x_drop: Vec<f32>,
     grads: GradScratch,
     rope: Option<RopeTable>,
 }
 
-fn grow(v: &mut Vec<f32>, n: usize) {
+/// The LoRA dropout of one layer's forward, when training.
+fn dropout(seed: Option<u64>, x_drop: &mut Vec<f32>) -> Option<Dropout<'_>> {
+    seed.map(|seed| Dropout { seed, x_drop })
+}
+
+pub(crate) fn grow(v: &mut Vec<f32>, n: usize) {
     if v.len() < n {
         v.resize(n, 0.0);
     }
@@ -261,7 +268,7 @@ impl Transformer {
         let (n, d, f) = (batch.len(), c.hidden_size, c.intermediate_size);
         let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
         let layout = self.layout();
-        let Activations { x, x_final_in, final_a, final_b, layers, rope, .. } = acts;
+        let Activations { x, x_final_in, final_a, final_b, layers, lora_x_drop, rope, .. } = acts;
         let x = &mut x[..n * d];
         embedding_forward(
             x,
@@ -280,7 +287,14 @@ impl Transformer {
             let qkv = &mut l.qkv[..n * qw];
             let mut col = 0;
             for (s, lin) in blk.qkv.iter().enumerate() {
-                lin.forward(Strided { data: &mut qkv[col..], row_stride: qw }, h1, n, false, &mut l.lora[s], seed);
+                lin.forward(
+                    Strided { data: &mut qkv[col..], row_stride: qw },
+                    h1,
+                    n,
+                    false,
+                    &mut l.lora[s],
+                    dropout(seed, lora_x_drop),
+                );
                 col += lin.out_dim;
             }
             if let Some(rope) = rope {
@@ -289,21 +303,49 @@ impl Transformer {
             }
             let att = &mut l.att[..n * aw];
             attention_forward(att, qkv, layout, &batch.seq_start);
-            blk.o.forward(Strided { data: x, row_stride: d }, att, n, true, &mut l.lora[SLOT_O], seed);
+            blk.o.forward(
+                Strided { data: x, row_stride: d },
+                att,
+                n,
+                true,
+                &mut l.lora[SLOT_O],
+                dropout(seed, lora_x_drop),
+            );
             l.x_mid[..n * d].copy_from_slice(x);
 
             norm_forward(&blk.mlp_norm, &mut l.h2[..n * d], &mut l.norm2_a[..n], &mut l.norm2_b[..n], x, c.norm_eps);
             let h2 = &l.h2[..n * d];
             let (gate, up, act) = (&mut l.ff_gate[..n * f], &mut l.ff_up[..n * f], &mut l.ff_act[..n * f]);
-            blk.up.forward(Strided { data: up, row_stride: f }, h2, n, false, &mut l.lora[SLOT_UP], seed);
+            blk.up.forward(
+                Strided { data: up, row_stride: f },
+                h2,
+                n,
+                false,
+                &mut l.lora[SLOT_UP],
+                dropout(seed, lora_x_drop),
+            );
             match &blk.gate {
                 Some(g) => {
-                    g.forward(Strided { data: gate, row_stride: f }, h2, n, false, &mut l.lora[SLOT_GATE], seed);
+                    g.forward(
+                        Strided { data: gate, row_stride: f },
+                        h2,
+                        n,
+                        false,
+                        &mut l.lora[SLOT_GATE],
+                        dropout(seed, lora_x_drop),
+                    );
                     swiglu_forward(act, gate, up);
                 }
                 None => gelu_tanh_forward(act, up),
             }
-            blk.down.forward(Strided { data: x, row_stride: d }, act, n, true, &mut l.lora[SLOT_DOWN], seed);
+            blk.down.forward(
+                Strided { data: x, row_stride: d },
+                act,
+                n,
+                true,
+                &mut l.lora[SLOT_DOWN],
+                dropout(seed, lora_x_drop),
+            );
         }
         x_final_in[..n * d].copy_from_slice(x);
         norm_forward(&self.final_norm, x, &mut final_a[..n], &mut final_b[..n], &x_final_in[..n * d], c.norm_eps);
@@ -312,12 +354,12 @@ impl Transformer {
     /// Backward of a `forward(save = true)`: `dhidden` (N, d) is ∂L/∂(final-normed hidden states)
     /// (the LM head's gradient already went to its own parameter). Accumulates into every trainable
     /// parameter's gradient; frozen tensors only pass activation gradients through.
-    pub fn backward(&mut self, batch: &PackedBatch, acts: &mut Activations, dhidden: &[f32], step_seed: u64) {
+    pub fn backward(&mut self, batch: &PackedBatch, acts: &mut Activations, dhidden: &[f32]) {
         let c = self.config.clone();
         let (n, d, f) = (batch.len(), c.hidden_size, c.intermediate_size);
         let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
         let layout = self.layout();
-        let Activations { x_final_in, final_a, final_b, layers, grads: g, rope, .. } = acts;
+        let Activations { x_final_in, final_a, final_b, layers, lora_x_drop, grads: g, rope, .. } = acts;
         for (v, len) in [(&mut g.dx, n * d), (&mut g.dh, n * d), (&mut g.dqkv, n * qw), (&mut g.datt, n * aw)] {
             grow(v, len);
         }
@@ -329,12 +371,11 @@ impl Transformer {
         norm_backward(&mut self.final_norm, dx, dhidden, &x_final_in[..n * d], &final_a[..n], &final_b[..n]);
         for (i, blk) in self.blocks.iter_mut().enumerate().rev() {
             let l = &mut layers[i];
-            let seed = layer_seed(step_seed, i);
             // MLP: x_out = x_mid + down(act(up(h2), gate(h2))), h2 = mlp_norm(x_mid)
             let dact = &mut g.dff_act[..n * f];
             dact.fill(0.0);
             let dy = blk.down.grad_view(dx, d, n);
-            blk.down.backward(Some(dact), dy, &l.ff_act[..n * f], &mut l.lora[SLOT_DOWN], seed);
+            blk.down.backward(Some(dact), dy, &l.ff_act[..n * f], &mut l.lora[SLOT_DOWN], lora_x_drop);
             let (dgate, dup) = (&mut g.dff_gate[..n * f], &mut g.dff_up[..n * f]);
             let dh = &mut g.dh[..n * d];
             dh.fill(0.0);
@@ -343,19 +384,19 @@ impl Transformer {
                 Some(gate) => {
                     swiglu_backward(dgate, dup, dact, &l.ff_gate[..n * f], &l.ff_up[..n * f]);
                     let dy = gate.grad_view(dgate, f, n);
-                    gate.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_GATE], seed);
+                    gate.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_GATE], lora_x_drop);
                 }
                 None => gelu_tanh_backward(dup, dact, &l.ff_up[..n * f]),
             }
             let dy = blk.up.grad_view(dup, f, n);
-            blk.up.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_UP], seed);
+            blk.up.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_UP], lora_x_drop);
             norm_backward(&mut blk.mlp_norm, dx, dh, &l.x_mid[..n * d], &l.norm2_a[..n], &l.norm2_b[..n]);
 
             // Attention: x_mid = x_in + o(attn(qkv(h1))), h1 = attn_norm(x_in)
             let datt = &mut g.datt[..n * aw];
             datt.fill(0.0);
             let dy = blk.o.grad_view(dx, d, n);
-            blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], seed);
+            blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], lora_x_drop);
             let dqkv = &mut g.dqkv[..n * qw];
             attention_backward(dqkv, datt, &l.qkv[..n * qw], &l.att[..n * aw], layout, &batch.seq_start);
             if let Some(rope) = rope {
@@ -368,7 +409,7 @@ impl Transformer {
             let mut col = 0;
             for (s, lin) in blk.qkv.iter_mut().enumerate() {
                 let dy = lin.grad_view(&dqkv[col..], qw, n);
-                lin.backward(Some(&mut *dh), dy, h1, &mut l.lora[s], seed);
+                lin.backward(Some(&mut *dh), dy, h1, &mut l.lora[s], lora_x_drop);
                 col += lin.out_dim;
             }
             norm_backward(&mut blk.attn_norm, dx, dh, &l.x_in[..n * d], &l.norm1_a[..n], &l.norm1_b[..n]);

@@ -51,6 +51,6 @@ pub fn forward_backward(
         head.grad.as_deref_mut(),
         &mut s.head,
     );
-    model.backward(&batch, &mut s.acts, dhidden, step_seed);
+    model.backward(&batch, &mut s.acts, dhidden);
     Ok(loss)
 }
