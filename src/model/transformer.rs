@@ -268,7 +268,7 @@ impl Transformer {
         let (n, d, f) = (batch.len(), c.hidden_size, c.intermediate_size);
         let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
         let layout = self.layout();
-        let Activations { x, x_final_in, final_a, final_b, layers, lora_x_drop, rope, .. } = acts;
+        let Activations { x, x_final_in, final_a, final_b, layers, lora_x_drop: xd, rope, .. } = acts;
         let x = &mut x[..n * d];
         embedding_forward(
             x,
@@ -293,7 +293,7 @@ impl Transformer {
                     n,
                     false,
                     &mut l.lora[s],
-                    dropout(seed, lora_x_drop),
+                    dropout(seed, xd),
                 );
                 col += lin.out_dim;
             }
@@ -303,27 +303,13 @@ impl Transformer {
             }
             let att = &mut l.att[..n * aw];
             attention_forward(att, qkv, layout, &batch.seq_start);
-            blk.o.forward(
-                Strided { data: x, row_stride: d },
-                att,
-                n,
-                true,
-                &mut l.lora[SLOT_O],
-                dropout(seed, lora_x_drop),
-            );
+            blk.o.forward(Strided { data: x, row_stride: d }, att, n, true, &mut l.lora[SLOT_O], dropout(seed, xd));
             l.x_mid[..n * d].copy_from_slice(x);
 
             norm_forward(&blk.mlp_norm, &mut l.h2[..n * d], &mut l.norm2_a[..n], &mut l.norm2_b[..n], x, c.norm_eps);
             let h2 = &l.h2[..n * d];
             let (gate, up, act) = (&mut l.ff_gate[..n * f], &mut l.ff_up[..n * f], &mut l.ff_act[..n * f]);
-            blk.up.forward(
-                Strided { data: up, row_stride: f },
-                h2,
-                n,
-                false,
-                &mut l.lora[SLOT_UP],
-                dropout(seed, lora_x_drop),
-            );
+            blk.up.forward(Strided { data: up, row_stride: f }, h2, n, false, &mut l.lora[SLOT_UP], dropout(seed, xd));
             match &blk.gate {
                 Some(g) => {
                     g.forward(
@@ -332,7 +318,7 @@ impl Transformer {
                         n,
                         false,
                         &mut l.lora[SLOT_GATE],
-                        dropout(seed, lora_x_drop),
+                        dropout(seed, xd),
                     );
                     swiglu_forward(act, gate, up);
                 }
@@ -344,7 +330,7 @@ impl Transformer {
                 n,
                 true,
                 &mut l.lora[SLOT_DOWN],
-                dropout(seed, lora_x_drop),
+                dropout(seed, xd),
             );
         }
         x_final_in[..n * d].copy_from_slice(x);
