@@ -17,11 +17,11 @@
 //! of at most 16 rows allocates nothing (LoRA scratch grows once to its largest size; checked by a test with a
 //! counting allocator); larger calls (prefills) may let the GEMM library allocate its packing buffers.
 use super::cache::KvCache;
-use super::simd::{axpy_rows, dot, dot_rows, dots, exp_shifted};
 use crate::kernels::activation::{gelu_tanh_forward, swiglu_forward};
 use crate::kernels::embedding::embedding_forward;
 use crate::kernels::norm::{layernorm_forward, rmsnorm_forward};
 use crate::kernels::rope::{RopeTable, rope_forward};
+use crate::kernels::simd::{axpy_rows, dot, dot_rows, dots, exp_shifted};
 use crate::lora::Lora;
 use crate::model::config::Family;
 use crate::model::linear::{Linear, LoraActs, Strided, add_bias};
@@ -387,7 +387,7 @@ fn attend(
                     *x *= rescale;
                 }
             }
-            sum += exp_shifted(&mut scores[..m], new_max);
+            sum += exp_shifted(&mut scores[..m], new_max) as f32;
             axpy_rows(o, &scores[..m], &v[start * hd..][..m * hd]);
             max = new_max;
         }
@@ -465,7 +465,7 @@ fn attend_run(
                     for v in live.iter_mut() {
                         *v *= scale;
                     }
-                    *sum = exp_shifted(live, max);
+                    *sum = exp_shifted(live, max) as f32;
                     masked.fill(0.0);
                 }
                 let o_tile = &mut o[t0 * hd..(t0 + tq) * hd];

@@ -34,7 +34,6 @@ pub mod decoder;
 pub mod detok;
 pub mod run;
 pub mod sampling;
-mod simd;
 
 pub use beam::{BeamParams, EarlyStopping};
 pub use run::{Event, generate};

@@ -1,6 +1,7 @@
 //! LM head fused with log-softmax, evaluated only at the rows asked for and in chunks of rows,
 //! so a (tokens × vocab) matrix never exists for a whole batch.
 use super::matmul::{Mat, MatMut, matmul};
+use super::simd::exp_shifted;
 use rayon::prelude::*;
 
 /// Rows of the LM head per chunk: bounds the logits scratch to CHUNK × vocab floats.
@@ -56,11 +57,12 @@ pub fn target_logprobs(
 ) {
     let vocab = head.len() / dim;
     for_each_chunk(hidden, dim, head, vocab, rows, s, |start, _, logits| {
-        out[start..]
-            .par_iter_mut()
-            .zip(logits.par_chunks(vocab))
-            .zip(targets[start..].par_iter())
-            .for_each(|((o, l), &t)| *o = l[t as usize] - logsumexp(l));
+        out[start..].par_iter_mut().zip(logits.par_chunks_mut(vocab)).zip(targets[start..].par_iter()).for_each(
+            |((o, l), &t)| {
+                let (lt, max) = (l[t as usize], row_max(l));
+                *o = ((lt - max) as f64 - exp_shifted(l, max).ln()) as f32;
+            },
+        );
     });
 }
 
@@ -116,17 +118,14 @@ pub fn cross_entropy_backward(
         logits.par_chunks_mut(vocab).zip(row_loss[..n].par_iter_mut()).zip(chunk_targets.par_iter()).for_each(
             |((l, loss), &t)| {
                 let t = t as usize;
-                let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                let (mut sum, mut sum_l) = (0.0f64, 0.0f64);
-                for &v in l.iter() {
-                    sum += ((v - max) as f64).exp();
-                    sum_l += v as f64;
-                }
+                let (lt, max) = (l[t], row_max(l));
+                let mean_l = if eps > 0.0 { l.iter().map(|&v| v as f64).sum::<f64>() / vocab as f64 } else { 0.0 };
+                let sum = exp_shifted(l, max); // l now holds exp(l − max)
                 let lse = max as f64 + sum.ln();
-                *loss = (1.0 - eps) * (lse - l[t] as f64) + eps * (lse - sum_l / vocab as f64);
+                *loss = (1.0 - eps) * (lse - lt as f64) + eps * (lse - mean_l);
                 let scale = (token_weight as f64 / sum) as f32;
                 for v in l.iter_mut() {
-                    *v = (*v - max).exp() * scale - w_uniform;
+                    *v = *v * scale - w_uniform;
                 }
                 l[t] -= w_target;
             },
@@ -147,11 +146,8 @@ pub fn cross_entropy_backward(
     total
 }
 
-/// log Σ exp(l), stable, accumulated in f64 (vocabularies reach 150k entries).
-pub fn logsumexp(l: &[f32]) -> f32 {
-    let max = l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let sum: f64 = l.iter().map(|&v| ((v - max) as f64).exp()).sum();
-    max + sum.ln() as f32
+fn row_max(l: &[f32]) -> f32 {
+    l.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
 }
 
 #[cfg(test)]

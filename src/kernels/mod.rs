@@ -6,6 +6,7 @@ pub mod lm_head;
 pub mod matmul;
 pub mod norm;
 pub mod rope;
+pub mod simd;
 
 #[cfg(test)]
 mod finite_diff;
