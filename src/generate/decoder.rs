@@ -25,7 +25,7 @@ use crate::kernels::simd::{axpy_rows, dot, dot_rows, dots, exp_shifted};
 use crate::lora::Lora;
 use crate::model::config::Family;
 use crate::model::linear::{Linear, LoraActs, Strided, add_bias};
-use crate::model::transformer::{Norm, Transformer};
+use crate::model::transformer::{Norm, SLOT_DOWN, SLOT_GATE, SLOT_O, SLOT_UP, Transformer};
 use anyhow::{Result, bail};
 use rayon::prelude::*;
 
@@ -48,12 +48,6 @@ const ATT_BLOCK: usize = 128;
 /// of `ATT_TILE` query rows; shorter runs and decode rows go row by row.
 const RUN_MIN: usize = 16;
 const ATT_TILE: usize = 64;
-
-/// Slots of a block's linear layers in the LoRA scratch: q, k, v (or c_attn), o, gate, up, down.
-const SLOT_O: usize = 3;
-const SLOT_GATE: usize = 4;
-const SLOT_UP: usize = 5;
-const SLOT_DOWN: usize = 6;
 
 pub struct Decoder<'m> {
     model: &'m Transformer,

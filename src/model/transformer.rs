@@ -28,11 +28,12 @@ pub struct Block {
     pub down: Linear,
 }
 
-/// Slots of a block's linear layers in `LayerActs::lora`: q, k, v (or c_attn), o, gate, up, down.
-const SLOT_O: usize = 3;
-const SLOT_GATE: usize = 4;
-const SLOT_UP: usize = 5;
-const SLOT_DOWN: usize = 6;
+/// Slots of a block's linear layers in `LayerActs::lora` (and the decoder's LoRA scratch): q, k, v (or c_attn),
+/// o, gate, up, down.
+pub(crate) const SLOT_O: usize = 3;
+pub(crate) const SLOT_GATE: usize = 4;
+pub(crate) const SLOT_UP: usize = 5;
+pub(crate) const SLOT_DOWN: usize = 6;
 
 impl Block {
     pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
