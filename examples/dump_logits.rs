@@ -2,10 +2,12 @@
 //! real-model comparison with transformers (scripts/check_smollm2.py).
 //! Usage: dump_logits MODEL DATA.jsonl ROWS OUT.safetensors
 use anyhow::{Context, Result};
+use condlm::data::example::Example;
 use condlm::data::rows::read_pairs;
+use condlm::formats::load::load_model;
 use condlm::kernels::lm_head::{HeadScratch, logits};
-use condlm::model::checkpoint::load_model;
-use condlm::model::transformer::{Activations, PackedBatch};
+use condlm::network::batch::PackedBatch;
+use condlm::network::transformer::Activations;
 use safetensors::{Dtype, tensor::TensorView};
 use std::path::Path;
 
@@ -21,7 +23,7 @@ fn main() -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::new();
     let mut acts = Activations::default();
     for (i, p) in pairs.iter().take(n).enumerate() {
-        let e = m.tokenizer.encode_pair(&p.prompt, &p.completion)?;
+        let e = Example::encode_pair(&m.tokenizer, &p.prompt, &p.completion)?;
         let batch = PackedBatch::new(std::slice::from_ref(&e.ids));
         m.model.forward(&batch, &mut acts, None);
         let all: Vec<usize> = (0..batch.len()).collect();

@@ -2,8 +2,8 @@
 //! (config.json, model.safetensors in F32, tokenizer files), for scripts/check_export_transformers.py.
 //! Usage: export_hf MODEL OUT_DIR
 use anyhow::Result;
-use condlm::model::checkpoint::load_model;
-use condlm::model::export::save_hf_folder;
+use condlm::formats::hf_export::save_hf_folder;
+use condlm::formats::load::load_model;
 use std::path::Path;
 
 fn main() -> Result<()> {

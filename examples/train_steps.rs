@@ -2,10 +2,11 @@
 //! step's loss — the condlm side of the training rows of bench/bench.py (loss agreement, tokens/s, peak RSS).
 //! Usage: train_steps MODEL DATA.jsonl (ADAPTER_DIR | full) STEPS BATCH LR
 use anyhow::{Context, Result};
+use condlm::data::example::Example;
 use condlm::data::rows::read_pairs;
-use condlm::lora::set_full_finetune;
-use condlm::model::checkpoint::load_model;
-use condlm::peft::load_adapter;
+use condlm::formats::load::load_model;
+use condlm::formats::peft::load_adapter;
+use condlm::network::adapters::set_full_finetune;
 use condlm::train::optim::AdamWConfig;
 use condlm::train::schedule::Schedule;
 use condlm::train::trainer::{TrainConfig, Trainer};
@@ -35,7 +36,7 @@ fn main() -> Result<()> {
     }
     let pairs = read_pairs(Path::new(data))?;
     let rows: Vec<_> =
-        pairs.iter().map(|p| m.tokenizer.encode_pair(&p.prompt, &p.completion)).collect::<Result<_>>()?;
+        pairs.iter().map(|p| Example::encode_pair(&m.tokenizer, &p.prompt, &p.completion)).collect::<Result<_>>()?;
     let cfg = TrainConfig {
         lr,
         schedule: Schedule::Constant,

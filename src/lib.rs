@@ -1,13 +1,26 @@
 //! condlm: conditional language models P(y | x) — load real checkpoints, score, train, generate.
-pub mod data;
-pub mod demo;
-pub mod generate;
+//!
+//! Layers, lowest first; a module imports only from its own layer's lower files and from layers below it
+//! (ARCHITECTURE.md draws the map; tests/architecture.rs checks it):
+//! 0. [`kernels`], [`rng`], [`output`] — math on slices, deterministic random numbers, atomic file writes.
+//! 1. [`network`] — the transformer as parameters and one forward/backward pass (training, scoring, decoding).
+//! 2. [`tokenizer`], then [`formats`] — text ↔ ids; checkpoint and adapter files in and out.
+//! 3. [`data`] — (x, y) rows from files, chat templates, target masks.
+//! 4. [`score`], then [`train`], [`generate`], [`metrics`] — the jobs.
+//!
+//! The command line (`src/cli/`, in the binary) sits on top.
 pub mod kernels;
-pub mod lora;
-pub mod metrics;
-pub mod model;
 pub mod output;
-pub mod peft;
 pub mod rng;
+
+pub mod network;
+
+pub mod formats;
+pub mod tokenizer;
+
+pub mod data;
+
+pub mod generate;
+pub mod metrics;
 pub mod score;
 pub mod train;

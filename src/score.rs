@@ -2,8 +2,9 @@
 use crate::data::example::{Example, target_rows};
 use crate::data::rows::Pair;
 use crate::kernels::lm_head::{HeadScratch, target_logprobs};
-use crate::model::tokenizer::TextTokenizer;
-use crate::model::transformer::{Activations, PackedBatch, Transformer};
+use crate::network::batch::PackedBatch;
+use crate::network::transformer::{Activations, Transformer};
+use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, bail};
 
 #[derive(Clone, Debug, PartialEq)]
@@ -43,7 +44,7 @@ pub fn encode_rows(tok: &TextTokenizer, rows: &[Pair], max_positions: usize) -> 
                     r.line
                 );
             }
-            let e = tok.encode_pair(&r.prompt, &r.completion)?;
+            let e = Example::encode_pair(tok, &r.prompt, &r.completion)?;
             if e.ids.len() > max_positions {
                 bail!(
                     "line {}: {} tokens exceed the model's context window of {max_positions}; shorten the row",

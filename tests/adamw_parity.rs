@@ -2,7 +2,7 @@
 //! transformers' get_cosine_schedule_with_warmup and clip_grad_norm_ (fixture: make_train_fixtures.py).
 mod common;
 use common::{fixture, load_f32_tensors};
-use condlm::model::param::Param;
+use condlm::network::param::Param;
 use condlm::train::optim::{AdamWConfig, Moments, adamw_update, clip_grads, global_grad_norm};
 use condlm::train::schedule::{Schedule, lr_factor};
 

@@ -8,12 +8,14 @@
 //!   no output folder.
 mod common;
 use common::{fixture, load_f32_tensors, max_abs_diff, reference_sequences};
+use condlm::formats::hf_export::save_hf_folder;
+use condlm::formats::load::{LoadedModel, load_model};
+use condlm::formats::peft::load_adapter;
 use condlm::kernels::lm_head::{HeadScratch, logits};
-use condlm::lora::{LoraConfig, attach};
-use condlm::model::checkpoint::{LoadedModel, load_model};
-use condlm::model::export::save_hf_folder;
-use condlm::model::transformer::{Activations, PackedBatch, Transformer};
-use condlm::peft::load_adapter;
+use condlm::network::adapters::attach;
+use condlm::network::batch::PackedBatch;
+use condlm::network::lora::LoraConfig;
+use condlm::network::transformer::{Activations, Transformer};
 use std::path::Path;
 use std::process::Command;
 

@@ -2,6 +2,8 @@
 //! the KV cache against the full forward pass, sampling filters against hand-computed distributions, and bad input.
 mod common;
 use common::fixture;
+use condlm::formats::load::{LoadedModel, load_model};
+use condlm::formats::peft::load_adapter;
 use condlm::generate::decoder::{Decoder, Row};
 use condlm::generate::detok::Streamer;
 use condlm::generate::sampling::{Scratch, draw, min_p, softmax, top_k, top_p, warp};
@@ -9,9 +11,8 @@ use condlm::generate::{
     BeamParams, EarlyStopping, Event, Finish, GenerateOptions, SamplingParams, Strategy, encode_prompt, generate,
 };
 use condlm::kernels::lm_head::{HeadScratch, logits};
-use condlm::model::checkpoint::{LoadedModel, load_model};
-use condlm::model::transformer::{Activations, PackedBatch};
-use condlm::peft::load_adapter;
+use condlm::network::batch::PackedBatch;
+use condlm::network::transformer::Activations;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -365,7 +366,7 @@ fn bad_input_gives_clear_errors() {
             "model":{"type":"WordLevel","vocab":{"[UNK]":0,"a":1,"b":2},"unk_token":"[UNK]"}}"#,
     )
     .unwrap();
-    let wl = condlm::model::tokenizer::TextTokenizer::new(word_level, 0, None, None).unwrap();
+    let wl = condlm::tokenizer::TextTokenizer::new(word_level, 0, None, None).unwrap();
     let e = condlm::generate::detok::check_stop_strings(&wl, &["zz".to_string()]).unwrap_err().to_string();
     assert!(e.contains("cannot be produced"), "{e}");
     // Out-of-vocabulary ids and bad settings.

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use condlm::model::gguf_tokenizer::{GgufVocab, tokenizer_from_gguf_vocab};
+use condlm::formats::gguf::tokenizer::{GgufVocab, tokenizer_from_gguf_vocab};
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 

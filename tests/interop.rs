@@ -3,10 +3,11 @@
 //! make_train_fixtures.py). Also: an adapter for another base is refused by name.
 mod common;
 use common::{fixture, load_f32_tensors, max_abs_diff};
+use condlm::formats::load::load_model;
+use condlm::formats::peft::load_adapter;
 use condlm::kernels::lm_head::{HeadScratch, logits};
-use condlm::model::checkpoint::load_model;
-use condlm::model::transformer::{Activations, PackedBatch, Transformer};
-use condlm::peft::load_adapter;
+use condlm::network::batch::PackedBatch;
+use condlm::network::transformer::{Activations, Transformer};
 
 fn logits_of(model: &Transformer, ids: &[u32]) -> Vec<f32> {
     let batch = PackedBatch::new(&[ids.to_vec()]);

@@ -3,9 +3,10 @@
 mod common;
 use common::{expected_json, fixture, max_abs_diff, reference_sequences};
 use condlm::data::rows::read_pairs;
+use condlm::formats::load::load_model;
 use condlm::kernels::lm_head::{HeadScratch, logits};
-use condlm::model::checkpoint::load_model;
-use condlm::model::transformer::{Activations, PackedBatch};
+use condlm::network::batch::PackedBatch;
+use condlm::network::transformer::Activations;
 use condlm::score::{encode_rows, row_scores, score_encoded};
 
 /// (fixture folder with expected files, --model argument)

@@ -5,11 +5,13 @@ mod common;
 use common::{fixture, rel_err};
 use condlm::data::example::Example;
 use condlm::data::rows::read_pairs;
+use condlm::formats::load::{LoadedModel, load_model};
+use condlm::formats::peft::load_adapter;
 use condlm::kernels::lm_head::{HeadScratch, logits};
-use condlm::lora::{LoraConfig, attach, set_full_finetune};
-use condlm::model::checkpoint::{LoadedModel, load_model};
-use condlm::model::transformer::{Activations, PackedBatch, Transformer};
-use condlm::peft::load_adapter;
+use condlm::network::adapters::{attach, set_full_finetune};
+use condlm::network::batch::PackedBatch;
+use condlm::network::lora::LoraConfig;
+use condlm::network::transformer::{Activations, Transformer};
 use condlm::score::{encode_rows, row_scores, score_encoded};
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 use condlm::train::optim::AdamWConfig;
@@ -205,7 +207,7 @@ fn merged_equals_unmerged_and_peft_logits() {
         assert!(diff <= 1e-4, "PEFT's adapter loaded by condlm: max |Δ logit| {diff}");
         at += s.len();
     }
-    condlm::lora::merge(&mut m.model);
+    condlm::network::adapters::merge(&mut m.model);
     let diff = common::max_abs_diff(&all_logits(&m.model, &seqs), &unmerged);
     assert!(diff <= 1e-4, "merged vs unmerged: max |Δ logit| {diff}");
 }

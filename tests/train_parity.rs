@@ -4,11 +4,11 @@
 mod common;
 use common::{fixture, load_f32_tensors, rel_err};
 use condlm::data::example::Example;
-use condlm::lora::set_full_finetune;
-use condlm::model::checkpoint::load_model;
-use condlm::model::transformer::Transformer;
-use condlm::model::weights::{is_gpt2_conv1d, transpose};
-use condlm::peft::load_adapter;
+use condlm::formats::load::load_model;
+use condlm::formats::peft::load_adapter;
+use condlm::formats::weights::{is_gpt2_conv1d, transpose};
+use condlm::network::adapters::set_full_finetune;
+use condlm::network::transformer::Transformer;
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 
 const MODELS: &[&str] = &["tiny-llama", "tiny-qwen2", "tiny-gpt2"];
@@ -62,7 +62,7 @@ fn check_grads(model: &mut Transformer, grads_file: &str, key_prefix: &str, what
 trait LoraFree {
     fn lora_free_name(&self) -> bool;
 }
-impl LoraFree for condlm::model::param::Param {
+impl LoraFree for condlm::network::param::Param {
     fn lora_free_name(&self) -> bool {
         !self.name.contains(".lora_")
     }

@@ -2,8 +2,8 @@
 use anyhow::Result;
 use clap::Args;
 use condlm::data::dataset::{DataOptions, load_dataset};
-use condlm::model::checkpoint::load_model;
-use condlm::peft::load_adapter;
+use condlm::formats::load::load_model;
+use condlm::formats::peft::load_adapter;
 use condlm::score::{Totals, row_scores, score_encoded};
 use std::path::PathBuf;
 

@@ -3,13 +3,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use condlm::data::chat::ChatTemplate;
 use condlm::data::rows::{JsonObject, read_objects, string_field};
+use condlm::formats::load::load_model;
+use condlm::formats::peft::load_adapter;
 use condlm::generate::{
     BeamParams, EarlyStopping, Event, GenerateOptions, Generation, SamplingParams, Strategy, encode_prompt, generate,
 };
-use condlm::model::checkpoint::load_model;
-use condlm::model::tokenizer::TextTokenizer;
 use condlm::output::write_atomic;
-use condlm::peft::load_adapter;
+use condlm::tokenizer::TextTokenizer;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -181,7 +181,7 @@ fn options(a: &GenerateArgs, tok: &TextTokenizer) -> Result<GenerateOptions> {
 }
 
 fn run_prompt(
-    model: &condlm::model::transformer::Transformer,
+    model: &condlm::network::transformer::Transformer,
     tok: &TextTokenizer,
     prompt: Vec<u32>,
     opts: &GenerateOptions,
@@ -230,7 +230,7 @@ fn run_prompt(
 
 fn run_data(
     a: &GenerateArgs,
-    model: &condlm::model::transformer::Transformer,
+    model: &condlm::network::transformer::Transformer,
     tok: &TextTokenizer,
     path: &Path,
     opts: &GenerateOptions,

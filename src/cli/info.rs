@@ -1,9 +1,9 @@
 //! `condlm info`: what a checkpoint is — architecture, sizes, tensors, tokenizer.
 use anyhow::Result;
 use clap::Args;
-use condlm::model::checkpoint::{load_tokenizer, open_weights};
-use condlm::model::resolve::resolve;
-use condlm::model::weights::Weights;
+use condlm::formats::load::{load_tokenizer, open_weights};
+use condlm::formats::resolve::resolve;
+use condlm::formats::weights::Weights;
 use std::collections::BTreeMap;
 
 /// Describe a checkpoint: architecture, layer/head/hidden sizes, parameters, tensor types, tokenizer.

@@ -3,8 +3,8 @@ use anyhow::Result;
 use clap::{Args, ValueEnum};
 use condlm::data::dataset::{DataOptions, load_dataset};
 use condlm::data::show::{Paint, legend, render_example};
-use condlm::model::checkpoint::{load_tokenizer, open_weights};
-use condlm::model::resolve::resolve;
+use condlm::formats::load::{load_tokenizer, open_weights};
+use condlm::formats::resolve::resolve;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 

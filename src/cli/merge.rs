@@ -10,10 +10,10 @@
 //! be, or contain, the base model or the adapter, even with `--force`.
 use anyhow::{Context, Result};
 use clap::Args;
-use condlm::lora;
-use condlm::model::checkpoint::load_model;
-use condlm::model::export::{check_out_dir, save_hf_folder};
-use condlm::peft::load_adapter;
+use condlm::formats::hf_export::{check_out_dir, save_hf_folder};
+use condlm::formats::load::load_model;
+use condlm::formats::peft::load_adapter;
+use condlm::network::adapters;
 use std::path::{Path, PathBuf};
 
 /// Merge a PEFT LoRA adapter into its base model (W += (α/r)·B·A) and save a Hugging Face checkpoint folder.
@@ -46,7 +46,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
     let cfg = load_adapter(&a.adapter, &mut m.model)?;
     warn_on_other_base(&a.adapter, &a.model);
     let adapted = m.model.blocks.iter().flat_map(|b| b.linears()).filter(|l| l.lora.is_some()).count();
-    lora::merge(&mut m.model);
+    adapters::merge(&mut m.model);
     save_hf_folder(&a.out, &m.model, &m.tokenizer, &m.files)
         .with_context(|| format!("cannot write the merged model to {}", a.out.display()))?;
     eprintln!(

@@ -2,9 +2,9 @@
 use anyhow::Result;
 use clap::Args;
 use condlm::data::rows::read_pairs;
-use condlm::model::checkpoint::load_model;
+use condlm::formats::load::load_model;
+use condlm::formats::peft::load_adapter;
 use condlm::output::write_atomic;
-use condlm::peft::load_adapter;
 use condlm::score::{Totals, encode_rows, row_scores, score_encoded};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;

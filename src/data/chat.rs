@@ -22,8 +22,8 @@
 //! no end-of-turn marker), EOS is appended to it as a target. A template whose earlier rendering is not a
 //! prefix of a later one cannot be split this way and is an error. No BOS is added beyond what the template
 //! writes (transformers tokenizes the rendering with `add_special_tokens=False`).
-use super::formats::{Message, Role};
-use crate::model::tokenizer::TextTokenizer;
+use super::records::{Message, Role};
+use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, anyhow, bail};
 use minijinja::value::{Kwargs, ValueKind};
 use minijinja::{Environment, Error, ErrorKind, Value};

@@ -20,8 +20,8 @@
 //! independent of row order, tokenizer and template.
 use super::chat::{ChatTemplate, encode_chat, special_ids};
 use super::example::Example;
-use super::formats::{Fields, Format, Record, Row, read_rows};
-use crate::model::tokenizer::TextTokenizer;
+use super::records::{Fields, Format, Record, Row, read_rows};
+use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, anyhow, bail};
 use std::collections::HashSet;
 use std::path::Path;

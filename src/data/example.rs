@@ -1,5 +1,7 @@
 //! A training/scoring example: token ids plus which of them are targets (y tokens, EOS included).
-use crate::model::transformer::PackedBatch;
+use crate::network::batch::PackedBatch;
+use crate::tokenizer::TextTokenizer;
+use anyhow::Result;
 use std::ops::Range;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -15,6 +17,17 @@ impl Example {
     pub fn pair(ids: Vec<u32>, y_start: usize) -> Self {
         let targets = std::iter::once(y_start.max(1)..ids.len()).collect();
         Example { ids, targets }
+    }
+
+    /// x and y tokenized **separately** and joined as `prefix + enc(x) + enc(y) + [EOS]`, so the x/y boundary
+    /// is exact by construction; y and EOS are the targets.
+    pub fn encode_pair(tok: &TextTokenizer, x: &str, y: &str) -> Result<Self> {
+        let mut ids = tok.prefix.clone();
+        ids.extend(tok.encode(x)?);
+        let y_start = ids.len();
+        ids.extend(tok.encode(y)?);
+        ids.push(tok.eos_id);
+        Ok(Example::pair(ids, y_start))
     }
 
     /// Where y starts (the first target), or the end if there is none.

@@ -3,6 +3,6 @@
 pub mod chat;
 pub mod dataset;
 pub mod example;
-pub mod formats;
+pub mod records;
 pub mod rows;
 pub mod show;

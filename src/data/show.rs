@@ -6,7 +6,7 @@
 //! Token text is the token decoded alone, with `\n`, `\r`, `\t` and other control characters escaped; a token
 //! that is only part of a UTF-8 character is shown as its bytes (`\xC2`).
 use super::example::Example;
-use crate::model::tokenizer::TextTokenizer;
+use crate::tokenizer::TextTokenizer;
 use anstyle::{AnsiColor, Effects, Style};
 use anyhow::Result;
 

@@ -16,16 +16,17 @@
 //! Every buffer is sized in [`Decoder::new`] for at most `max_rows` rows per call and `slots` logit rows. A call
 //! of at most 16 rows allocates nothing (LoRA scratch grows once to its largest size; checked by a test with a
 //! counting allocator); larger calls (prefills) may let the GEMM library allocate its packing buffers.
-use super::cache::KvCache;
 use crate::kernels::activation::{gelu_tanh_forward, swiglu_forward};
 use crate::kernels::embedding::embedding_forward;
 use crate::kernels::norm::{layernorm_forward, rmsnorm_forward};
 use crate::kernels::rope::{RopeTable, rope_forward};
 use crate::kernels::simd::{axpy_rows, dot, dot_rows, dots, exp_shifted};
-use crate::lora::Lora;
-use crate::model::config::Family;
-use crate::model::linear::{Linear, LoraActs, Strided, add_bias};
-use crate::model::transformer::{Norm, SLOT_DOWN, SLOT_GATE, SLOT_O, SLOT_UP, Transformer};
+use crate::network::config::Family;
+use crate::network::kv_cache::KvCache;
+use crate::network::linear::{Linear, Strided, add_bias};
+use crate::network::lora::Lora;
+use crate::network::lora::LoraActs;
+use crate::network::transformer::{Norm, SLOT_DOWN, SLOT_GATE, SLOT_O, SLOT_UP, Transformer};
 use anyhow::{Result, bail};
 use rayon::prelude::*;
 

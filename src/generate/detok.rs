@@ -8,7 +8,7 @@
 //!
 //! Stop strings are searched in the accumulated text; text is held back while its end could still be the start
 //! of a stop string, so streamed output never shows a stop string (or a piece of one that then completes).
-use crate::model::tokenizer::TextTokenizer;
+use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, bail};
 
 /// Decodes generated tokens one at a time into text, watching for stop strings.

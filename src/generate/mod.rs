@@ -1,7 +1,7 @@
 //! Generating y from x: incremental decoding over a KV cache, greedy / sampling / beam search with
 //! Hugging Face transformers' semantics, stop tokens and stop strings, streaming text.
 //!
-//! - [`cache`]: the preallocated KV cache (slots × positions per layer).
+//! - [`crate::network::kv_cache`] (below, in the network): the preallocated KV cache (slots × positions per layer).
 //! - [`decoder`]: the model's forward pass for rows (slot, position, token) over the cache — prefill and decode
 //!   steps alike, several sequences per call; LoRA adapters run unmerged.
 //! - [`sampling`]: repetition penalty, no-repeat-n-gram, temperature, top-k, top-p, min-p, seeded draws.
@@ -29,7 +29,6 @@
 //! instead of the matrix-vector kernel), and the tests find identical outputs for batched and lone prompts.
 
 pub mod beam;
-pub mod cache;
 pub mod decoder;
 pub mod detok;
 pub mod run;
@@ -39,8 +38,8 @@ pub use beam::{BeamParams, EarlyStopping};
 pub use run::{Event, generate};
 pub use sampling::SamplingParams;
 
-use crate::model::tokenizer::TextTokenizer;
-use crate::model::transformer::Transformer;
+use crate::network::transformer::Transformer;
+use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, bail};
 
 /// How the next token is chosen.

@@ -10,8 +10,8 @@ use super::decoder::{Decoder, Row};
 use super::detok::{Streamer, check_stop_strings};
 use super::sampling::{Scratch, argmax, draw, no_repeat_ngram, repetition_penalty, uniform, warp};
 use super::{Finish, GenerateOptions, Generation, Strategy, context_len};
-use crate::model::tokenizer::TextTokenizer;
-use crate::model::transformer::Transformer;
+use crate::network::transformer::Transformer;
+use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, bail};
 
 /// What [`generate`] reports while it runs.

@@ -3,7 +3,8 @@
 //! gradient accumulation over micro-batches is exact.
 use crate::data::example::{Example, target_rows};
 use crate::kernels::lm_head::{HeadScratch, cross_entropy_backward};
-use crate::model::transformer::{Activations, PackedBatch, Transformer};
+use crate::network::batch::PackedBatch;
+use crate::network::transformer::{Activations, Transformer};
 use anyhow::Result;
 
 /// Buffers of the objective, reused across micro-batches.

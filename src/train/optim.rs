@@ -1,6 +1,6 @@
 //! AdamW (decoupled weight decay, bias correction, f32 moments) with the same operation order as
 //! torch.optim.AdamW's single-tensor path, and global-norm gradient clipping as clip_grad_norm_.
-use crate::model::param::Param;
+use crate::network::param::Param;
 use rayon::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -4,7 +4,7 @@ use super::objective::{ObjectiveScratch, forward_backward};
 use super::optim::{AdamWConfig, Moments, adamw_update, clip_grads, decays, global_grad_norm};
 use super::schedule::{Schedule, lr_factor};
 use crate::data::example::Example;
-use crate::model::transformer::Transformer;
+use crate::network::transformer::Transformer;
 use anyhow::{Result, bail};
 
 #[derive(Clone, Debug, PartialEq)]

@@ -1,10 +1,10 @@
 //! Builds a `Transformer` from a `Config` and `Weights`, checking every tensor's presence and
 //! shape and refusing tensors the model would silently ignore.
-use super::config::{Config, Family};
-use super::linear::Linear;
-use super::param::Param;
-use super::transformer::{Block, Norm, Transformer};
 use super::weights::{Weights, is_gpt2_conv1d, transpose};
+use crate::network::config::{Config, Family};
+use crate::network::linear::Linear;
+use crate::network::param::Param;
+use crate::network::transformer::{Block, Norm, Transformer};
 use anyhow::{Result, bail};
 use std::collections::BTreeSet;
 

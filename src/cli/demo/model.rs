@@ -1,11 +1,11 @@
 //! A small Llama-architecture model built from scratch: its `Config` and random weights (normal,
 //! std 0.02, norms at 1), a pure function of the seed through `condlm::rng`. Tensor names and
 //! shapes are the ones `model::loader` reads, so the model saves as an HF folder and loads back.
-use crate::model::config::{Config, Family};
-use crate::model::linear::Linear;
-use crate::model::param::Param;
-use crate::model::transformer::{Block, Norm, Transformer};
-use crate::rng::{stream_id, uniform};
+use condlm::network::config::{Config, Family};
+use condlm::network::linear::Linear;
+use condlm::network::param::Param;
+use condlm::network::transformer::{Block, Norm, Transformer};
+use condlm::rng::{stream_id, uniform};
 
 /// The size knobs of the demo model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,6 +1,5 @@
-//! Text ↔ ids for conditional modelling: x and y are encoded separately and joined as
-//! `[BOS if the tokenizer adds one] + enc(x) + enc(y) + [EOS]`, so the x/y boundary is exact by construction.
-use crate::data::example::Example;
+//! Text ↔ ids: a Hugging Face `tokenizers::Tokenizer` with what conditional modelling needs around it — the
+//! prefix the tokenizer puts before a text (BOS or nothing), EOS, and the chat template.
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use tokenizers::Tokenizer;
@@ -85,16 +84,6 @@ impl TextTokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
-    }
-
-    /// prefix + enc(x) + enc(y) + [EOS]; y and EOS are the targets.
-    pub fn encode_pair(&self, x: &str, y: &str) -> Result<Example> {
-        let mut ids = self.prefix.clone();
-        ids.extend(self.encode(x)?);
-        let y_start = ids.len();
-        ids.extend(self.encode(y)?);
-        ids.push(self.eos_id);
-        Ok(Example::pair(ids, y_start))
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

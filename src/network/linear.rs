@@ -1,8 +1,8 @@
 //! y = x·Wᵀ + b (+ (α/r)·B·A·dropout(x) when a LoRA adapter is attached), forward and backward.
 //! W is stored (out, in) — nn.Linear's layout; GPT-2's Conv1D weights are transposed on load.
+use super::lora::{Dropout, Lora, LoraActs};
 use super::param::Param;
 use crate::kernels::matmul::{Mat, MatMut, matmul};
-use crate::lora::Lora;
 use rayon::prelude::*;
 
 pub struct Linear {
@@ -20,24 +20,6 @@ pub struct Linear {
 pub struct Strided<'a> {
     pub data: &'a mut [f32],
     pub row_stride: usize,
-}
-
-/// Saved per adapted layer for backward: u = dropout(x)·Aᵀ, (N, r).
-#[derive(Default)]
-pub struct LoraActs {
-    pub u: Vec<f32>,
-    /// The dropout mask of x, one bit per element (set = kept); only with dropout > 0. Backward rebuilds
-    /// dropout(x) from it, so no layer keeps an (N, in) copy.
-    pub keep: Vec<u64>,
-    /// ∂L/∂u scratch (N, r).
-    pub du: Vec<f32>,
-}
-
-/// LoRA dropout while training: this layer's seed for the step, and scratch for dropout(x) (N, in) that all
-/// layers share.
-pub struct Dropout<'a> {
-    pub seed: u64,
-    pub x_drop: &'a mut Vec<f32>,
 }
 
 impl Linear {

@@ -1,8 +1,8 @@
 //! PEFT's LoRA adapter format: `adapter_model.safetensors` with keys
 //! `base_model.model.<module>.lora_A.weight` (r, in) / `.lora_B.weight` (out, r), and `adapter_config.json`.
-use crate::lora::{Lora, LoraConfig};
-use crate::model::config::Family;
-use crate::model::transformer::Transformer;
+use crate::network::config::Family;
+use crate::network::lora::{Lora, LoraConfig};
+use crate::network::transformer::Transformer;
 use anyhow::{Context, Result, bail};
 use safetensors::tensor::{Dtype, TensorView};
 use std::collections::{BTreeMap, HashMap};

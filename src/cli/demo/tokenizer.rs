@@ -2,8 +2,8 @@
 //! model over single characters, split by a per-character pre-tokenizer, joined back by a `Fuse`
 //! decoder) plus `<|endoftext|>` as EOS and `<unk>`. It is an ordinary `tokenizers::Tokenizer`, saved
 //! as `tokenizer.json` with the model, so training, scoring and generation encode exactly alike.
-use crate::model::tokenizer::TextTokenizer;
 use anyhow::{Result, anyhow};
+use condlm::tokenizer::TextTokenizer;
 use serde_json::{Map, Value, json};
 use tokenizers::Tokenizer;
 
@@ -62,6 +62,7 @@ pub fn demo_tokenizer() -> Result<TextTokenizer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use condlm::data::example::Example;
 
     #[test]
     fn one_token_per_character_and_round_trip() {
@@ -72,7 +73,7 @@ mod tests {
         let ids = tok.encode(text).unwrap();
         assert_eq!(ids.len(), text.chars().count());
         assert_eq!(tok.decode(&ids).unwrap(), text);
-        let e = tok.encode_pair("12: ", "twelve").unwrap();
+        let e = Example::encode_pair(&tok, "12: ", "twelve").unwrap();
         assert_eq!(e.ids.len(), 4 + 6 + 1);
         assert_eq!(e.ids.last(), Some(&0));
         assert_eq!(e.y_start(), 4);

@@ -1,8 +1,14 @@
 //! `condlm demo`: train a small Llama model from scratch on a task built into the binary, then evaluate and
 //! generate — nothing downloaded.
+mod decode;
+mod model;
+mod run;
+mod task;
+mod tokenizer;
+
 use anyhow::{Result, bail};
 use clap::Args;
-use condlm::demo::{DemoOptions, Preset, run as run_demo};
+use run::{DemoOptions, Preset, run as run_demo};
 use std::path::PathBuf;
 
 /// The whole mission offline: numbers → English words, learned by a Llama model trained from scratch on

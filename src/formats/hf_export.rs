@@ -12,14 +12,14 @@
 //! The weights are whatever the `Param`s hold (a fine-tuned or merged model is written as it is
 //! now). GPT-2 Conv1D weights go back to their (in, out) layout; a tied model stores no
 //! `lm_head.weight`. A model with LoRA adapters attached is refused: merge them first
-//! ([`crate::lora::merge`]) or save them as a PEFT adapter.
-use super::config::{Config, Family};
-use super::gguf::GgufFile;
-use super::param::Param;
+//! ([`crate::network::adapters::merge`]) or save them as a PEFT adapter.
+use super::gguf::file::GgufFile;
 use super::resolve::ModelFiles;
-use super::tokenizer::TextTokenizer;
-use super::transformer::Transformer;
 use super::weights::is_gpt2_conv1d;
+use crate::network::config::{Config, Family};
+use crate::network::param::Param;
+use crate::network::transformer::Transformer;
+use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result, bail};
 use safetensors::tensor::{Dtype, View};
 use serde_json::{Value, json};

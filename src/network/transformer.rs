@@ -1,7 +1,10 @@
 //! The decoder-only transformer for both families: weights (HF names kept, so PEFT keys map
 //! without tables), the forward pass over a packed batch, and its backward pass.
+use super::batch::PackedBatch;
 use super::config::{Config, Family};
-use super::linear::{Dropout, Linear, LoraActs, Strided};
+use super::grow;
+use super::linear::{Linear, Strided};
+use super::lora::{Dropout, LoraActs};
 use super::param::Param;
 use crate::kernels::activation::{gelu_tanh_backward, gelu_tanh_forward, swiglu_backward, swiglu_forward};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
@@ -66,38 +69,6 @@ pub struct Transformer {
     pub lm_head: Option<Param>,
 }
 
-/// Rows of several sequences packed end to end; row i sits at position `positions[i]` of the
-/// sequence that starts at row `seq_start[i]`.
-pub struct PackedBatch {
-    pub tokens: Vec<u32>,
-    pub positions: Vec<u32>,
-    pub seq_start: Vec<u32>,
-    /// Row range of each sequence.
-    pub seqs: Vec<std::ops::Range<usize>>,
-}
-
-impl PackedBatch {
-    pub fn new(seqs: &[Vec<u32>]) -> Self {
-        let mut b = PackedBatch { tokens: vec![], positions: vec![], seq_start: vec![], seqs: vec![] };
-        for s in seqs {
-            let start = b.tokens.len();
-            b.tokens.extend_from_slice(s);
-            b.positions.extend(0..s.len() as u32);
-            b.seq_start.extend(std::iter::repeat_n(start as u32, s.len()));
-            b.seqs.push(start..b.tokens.len());
-        }
-        b
-    }
-
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tokens.is_empty()
-    }
-}
-
 /// What one block saves in forward for its backward. All (N, ·) row-major.
 #[derive(Default)]
 pub struct LayerActs {
@@ -157,12 +128,6 @@ pub struct Activations {
 /// The LoRA dropout of one layer's forward, when training.
 fn dropout(seed: Option<u64>, x_drop: &mut Vec<f32>) -> Option<Dropout<'_>> {
     seed.map(|seed| Dropout { seed, x_drop })
-}
-
-pub(crate) fn grow(v: &mut Vec<f32>, n: usize) {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
 }
 
 /// Seed of one layer's dropout masks within a step.

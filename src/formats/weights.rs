@@ -1,6 +1,6 @@
 //! Tensors by their Hugging Face names, from safetensors or GGUF. A GGUF file is translated on
 //! the fly: llama.cpp names → HF names, Q/K rows un-permuted for Llama, GPT-2 weights back to Conv1D (in, out).
-use super::gguf::GgufFile;
+use super::gguf::file::GgufFile;
 use super::safetensors_files::SafetensorsFiles;
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};

@@ -1,9 +1,9 @@
 //! Greedy generation of y for the demo's prompts, through `condlm::generate` (KV cache, batched), with
 //! the training encoding of x (`tokenizer.prefix + enc(x)`).
-use crate::generate::{Finish, GenerateOptions, encode_prompt, generate};
-use crate::model::tokenizer::TextTokenizer;
-use crate::model::transformer::Transformer;
 use anyhow::Result;
+use condlm::generate::{Finish, GenerateOptions, encode_prompt, generate};
+use condlm::network::transformer::Transformer;
+use condlm::tokenizer::TextTokenizer;
 
 /// Prompts decoded together.
 const BATCH: usize = 32;

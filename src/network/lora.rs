@@ -1,15 +1,31 @@
 //! LoRA (Hu et al. 2021) as PEFT implements it: h = W0·x + (α/r)·B·A·dropout(x), A (r, in)
 //! Kaiming-uniform(a=√5), B (out, r) zeros; rsLoRA scales by α/√r. Only A and B are trainable.
+use super::grow;
+use super::param::Param;
 use crate::kernels::matmul::{Mat, MatMut, matmul};
-use crate::model::linear::{Dropout, LoraActs};
-use crate::model::param::Param;
-use crate::model::transformer::{Transformer, grow};
 use crate::rng;
-use anyhow::{Result, bail};
 use rayon::prelude::*;
 
 /// Elements per parallel task of the dropout mask (a multiple of 64: each task owns whole mask words).
 const DROP_CHUNK: usize = 1 << 14;
+
+/// Saved per adapted layer for backward: u = dropout(x)·Aᵀ, (N, r).
+#[derive(Default)]
+pub struct LoraActs {
+    pub u: Vec<f32>,
+    /// The dropout mask of x, one bit per element (set = kept); only with dropout > 0. Backward rebuilds
+    /// dropout(x) from it, so no layer keeps an (N, in) copy.
+    pub keep: Vec<u64>,
+    /// ∂L/∂u scratch (N, r).
+    pub du: Vec<f32>,
+}
+
+/// LoRA dropout while training: this layer's seed for the step, and scratch for dropout(x) (N, in) that all
+/// layers share.
+pub struct Dropout<'a> {
+    pub seed: u64,
+    pub x_drop: &'a mut Vec<f32>,
+}
 
 pub struct Lora {
     /// (r, in)
@@ -226,61 +242,10 @@ impl Lora {
     }
 }
 
-/// Freezes the whole base and attaches fresh adapters to the targeted linear layers.
-pub fn attach(model: &mut Transformer, cfg: &LoraConfig, seed: u64) -> Result<usize> {
-    if cfg.rank == 0 {
-        bail!("LoRA rank must be at least 1");
-    }
-    if !(0.0..1.0).contains(&cfg.dropout) {
-        bail!("LoRA dropout must be in [0, 1), got {}", cfg.dropout);
-    }
-    for p in model.params_mut() {
-        p.set_trainable(false);
-    }
-    let mut count = 0;
-    for blk in &mut model.blocks {
-        for lin in blk.linears_mut() {
-            if cfg.targets_module(&lin.name) {
-                lin.lora = Some(Lora::new(&lin.name, lin.in_dim, lin.out_dim, cfg, seed));
-                count += 1;
-            }
-        }
-    }
-    if count == 0 {
-        let mut leaves: Vec<&str> =
-            model.blocks[0].linears().map(|l| l.name.rsplit('.').next().unwrap_or(&l.name)).collect();
-        leaves.dedup();
-        bail!("no layer matches LoRA targets {:?}; this model's linear layers are: {}", cfg.targets, leaves.join(", "));
-    }
-    Ok(count)
-}
-
-/// Full fine-tuning: every tensor trainable, optionally except the embeddings (and a head tied to them).
-pub fn set_full_finetune(model: &mut Transformer, freeze_embeddings: bool) {
-    // An untied lm_head is an output layer, not an embedding: it stays trainable.
-    for p in model.params_mut() {
-        let is_embedding =
-            p.name.ends_with("embed_tokens.weight") || p.name.ends_with("wte.weight") || p.name.ends_with("wpe.weight");
-        p.set_trainable(!(freeze_embeddings && is_embedding));
-    }
-}
-
-/// Folds every adapter into its base weight (W += (α/r)·B·A) and removes it: the model then
-/// computes exactly what the adapted model computed, with plain linear layers.
-pub fn merge(model: &mut Transformer) {
-    for lin in model.blocks.iter_mut().flat_map(|b| b.linears_mut()) {
-        if let Some(l) = lin.lora.take() {
-            for (w, d) in lin.w.data.iter_mut().zip(l.delta()) {
-                *w += d;
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::linear::{Linear, LoraActs, Strided};
+    use crate::network::linear::{Linear, Strided};
 
     /// A linear layer with an adapter and dropout: backward matches central finite differences
     /// of L = Σ R ⊙ y for x, A and B, with the same dropout mask (fixed seed) in every evaluation.

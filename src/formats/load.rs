@@ -1,13 +1,14 @@
 //! Loading a model end to end: resolve `--model`, read config, weights and tokenizer.
-use super::config::Config;
-use super::gguf::GgufFile;
-use super::gguf_tokenizer::{GgufVocab, tokenizer_from_gguf_vocab};
-use super::loader::load_transformer;
+use super::assemble::load_transformer;
+use super::gguf::config::config_from_gguf;
+use super::gguf::file::GgufFile;
+use super::gguf::tokenizer::{GgufVocab, tokenizer_from_gguf_vocab};
 use super::resolve::{ModelFiles, resolve};
 use super::safetensors_files::SafetensorsFiles;
-use super::tokenizer::TextTokenizer;
-use super::transformer::Transformer;
 use super::weights::Weights;
+use crate::network::config::Config;
+use crate::network::transformer::Transformer;
+use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result};
 
 pub struct LoadedModel {
@@ -26,7 +27,7 @@ pub fn open_weights(files: &ModelFiles) -> Result<(Config, Weights)> {
         }
         ModelFiles::Gguf(path) => {
             let file = GgufFile::open(path)?;
-            let config = Config::from_gguf(&file, path)?;
+            let config = config_from_gguf(&file, path)?;
             let weights = Weights::Gguf {
                 arch: config.architecture.clone(),
                 num_heads: config.num_heads,

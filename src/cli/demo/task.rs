@@ -2,7 +2,7 @@
 //! "4821: " → "four thousand eight hundred twenty-one". Conditioning is everything here: y is a
 //! deterministic function of x, so a model that ignored x could not do better than guessing.
 //! Every x occurs once, so splitting by x is splitting by number.
-use crate::rng::mix;
+use condlm::rng::mix;
 
 const ONES: [&str; 20] = [
     "zero",

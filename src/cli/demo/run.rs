@@ -1,35 +1,31 @@
 //! `condlm demo`: the whole mission on data built into the binary, nothing downloaded.
 //!
-//! 1. **Task** ([`task`]): numbers in digits → English words ("4821: " → "four thousand eight hundred
+//! 1. **Task** ([`super::task`]): numbers in digits → English words ("4821: " → "four thousand eight hundred
 //!    twenty-one"), split by x into training pairs and held-out numbers.
-//! 2. **Tokenizer** ([`tokenizer`]): one token per printable ASCII character plus `<|endoftext|>` as EOS, an
+//! 2. **Tokenizer** ([`super::tokenizer`]): one token per printable ASCII character plus `<|endoftext|>` as EOS, an
 //!    ordinary `tokenizers::Tokenizer` built in code.
-//! 3. **Model** ([`model`]): a small `LlamaForCausalLM` with random weights from the seed, written as an HF
+//! 3. **Model** ([`super::model`]): a small `LlamaForCausalLM` with random weights from the seed, written as an HF
 //!    checkpoint folder (`init-model/`), so the rest is condlm's normal path: the tokenizer and weights are loaded
 //!    back from that folder exactly as for any checkpoint.
-//! 4. **Training**: [`crate::train::run::train`] with full fine-tuning on `data/train.jsonl`, evaluating on
+//! 4. **Training**: [`condlm::train::run::train`] with full fine-tuning on `data/train.jsonl`, evaluating on
 //!    `data/heldout.jsonl` — progress bar, `metrics.jsonl`, `loss.png`, `checkpoints/` and the trained `model/`.
 //! 5. **Evaluation**: token-weighted NLL / perplexity of the held-out y before and after training, and greedy
-//!    generation of y for every held-out x ([`decode`]) scored by exact match (text equal and EOS generated);
+//!    generation of y for every held-out x ([`super::decode`]) scored by exact match (text equal and EOS generated);
 //!    every prediction goes to `samples.jsonl`, the results to `demo.json`.
-pub mod decode;
-pub mod model;
-pub mod task;
-pub mod tokenizer;
-
-use crate::model::checkpoint::load_model;
-use crate::model::export::{config_json, save_hf_folder};
-use crate::model::resolve::ModelFiles;
-use crate::output::write_atomic;
-use crate::train::run::train;
-use crate::train::schedule::Schedule;
-use crate::train::settings::TrainSettings;
+use super::model::{ModelSize, llama_config, random_llama};
+use super::task::Pair;
+use super::{decode, task, tokenizer};
 use anyhow::{Context, Result, bail};
-use model::{ModelSize, llama_config, random_llama};
+use condlm::formats::hf_export::{config_json, save_hf_folder};
+use condlm::formats::load::load_model;
+use condlm::formats::resolve::ModelFiles;
+use condlm::output::write_atomic;
+use condlm::train::run::train;
+use condlm::train::schedule::Schedule;
+use condlm::train::settings::TrainSettings;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
-use task::Pair;
 
 /// Marker and results file of a demo folder; a folder holding it may be replaced by the next demo run.
 pub const DEMO_JSON: &str = "demo.json";
@@ -143,7 +139,7 @@ fn pretty(v: &serde_json::Value) -> Result<Vec<u8>> {
 }
 
 /// Writes the random model and the demo tokenizer as the HF checkpoint folder `dir`.
-fn write_init_model(dir: &Path, model: &crate::model::transformer::Transformer) -> Result<()> {
+fn write_init_model(dir: &Path, model: &condlm::network::transformer::Transformer) -> Result<()> {
     let tok = tokenizer::demo_tokenizer()?;
     let parent = dir.parent().unwrap_or(Path::new("."));
     let staging = tempfile::Builder::new().prefix(".condlm-demo-").tempdir_in(parent)?;

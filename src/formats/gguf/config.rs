@@ -1,0 +1,81 @@
+//! The network's `Config` from GGUF metadata (`general.architecture` and its `<arch>.*` keys).
+use super::file::GgufFile;
+use crate::network::config::{Config, Family};
+use anyhow::{Context, Result, bail};
+use std::path::Path;
+
+/// Reads GGUF metadata (`general.architecture` and its `<arch>.*` keys) and tensor presence.
+pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
+    let arch = g.get_str("general.architecture")?.to_string();
+    let family = match arch.as_str() {
+        "llama" | "qwen2" => Family::Llama,
+        "gpt2" => Family::Gpt2,
+        other => {
+            bail!("{}: GGUF architecture \"{other}\" is not supported (supported: llama, qwen2, gpt2)", path.display())
+        }
+    };
+    if g.tensor("rope_freqs.weight").is_some() {
+        bail!(
+            "{}: per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 scaling) are not supported yet",
+            path.display()
+        );
+    }
+    let key = |k: &str| format!("{arch}.{k}");
+    let hidden = g.get_usize(&key("embedding_length"))?;
+    let heads = g.get_usize(&key("attention.head_count"))?;
+    let kv_heads = if g.get(&key("attention.head_count_kv")).is_some() {
+        g.get_usize(&key("attention.head_count_kv"))?
+    } else {
+        heads
+    };
+    let head_dim = if g.get(&key("attention.key_length")).is_some() {
+        g.get_usize(&key("attention.key_length"))?
+    } else {
+        hidden / heads.max(1)
+    };
+    let vocab_size = match g.get(&key("vocab_size")) {
+        Some(_) => g.get_usize(&key("vocab_size"))?,
+        None => g
+            .tensor("token_embd.weight")
+            .and_then(|t| t.dims.get(1).copied())
+            .with_context(|| format!("{}: no vocab size and no token_embd.weight tensor", path.display()))?
+            as usize,
+    };
+    let eps_key = match family {
+        Family::Llama => key("attention.layer_norm_rms_epsilon"),
+        Family::Gpt2 => key("attention.layer_norm_epsilon"),
+    };
+    let token = |k: &str| -> Result<Option<u32>> {
+        match g.get(k) {
+            Some(_) => Ok(Some(g.get_u32(k)?)),
+            None => Ok(None),
+        }
+    };
+    let cfg = Config {
+        family,
+        hidden_size: hidden,
+        intermediate_size: g.get_usize(&key("feed_forward_length"))?,
+        num_layers: g.get_usize(&key("block_count"))?,
+        num_heads: heads,
+        num_kv_heads: kv_heads,
+        head_dim,
+        vocab_size,
+        max_positions: g.get_usize(&key("context_length"))?,
+        norm_eps: g.get_f32(&eps_key)?,
+        rope_theta: match g.get(&key("rope.freq_base")) {
+            Some(_) => g.get_f32(&key("rope.freq_base"))?,
+            None => 10000.0,
+        },
+        rope_scaling: None,
+        qkv_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_q.bias").is_some(),
+        o_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_output.bias").is_some(),
+        mlp_bias: family == Family::Gpt2 || g.tensor("blk.0.ffn_up.bias").is_some(),
+        tie_embeddings: g.tensor("output.weight").is_none(),
+        sliding_window: None,
+        bos_token_id: token("tokenizer.ggml.bos_token_id")?,
+        eos_token_ids: token("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
+        architecture: arch,
+    };
+    cfg.validate().with_context(|| format!("{}: inconsistent model metadata", path.display()))?;
+    Ok(cfg)
+}

@@ -1,0 +1,56 @@
+//! Which tensors train: LoRA adapters attached to the targeted linear layers (base frozen), or full
+//! fine-tuning; and merging adapters back into the base weights.
+use super::lora::{Lora, LoraConfig};
+use super::transformer::Transformer;
+use anyhow::{Result, bail};
+
+/// Freezes the whole base and attaches fresh adapters to the targeted linear layers.
+pub fn attach(model: &mut Transformer, cfg: &LoraConfig, seed: u64) -> Result<usize> {
+    if cfg.rank == 0 {
+        bail!("LoRA rank must be at least 1");
+    }
+    if !(0.0..1.0).contains(&cfg.dropout) {
+        bail!("LoRA dropout must be in [0, 1), got {}", cfg.dropout);
+    }
+    for p in model.params_mut() {
+        p.set_trainable(false);
+    }
+    let mut count = 0;
+    for blk in &mut model.blocks {
+        for lin in blk.linears_mut() {
+            if cfg.targets_module(&lin.name) {
+                lin.lora = Some(Lora::new(&lin.name, lin.in_dim, lin.out_dim, cfg, seed));
+                count += 1;
+            }
+        }
+    }
+    if count == 0 {
+        let mut leaves: Vec<&str> =
+            model.blocks[0].linears().map(|l| l.name.rsplit('.').next().unwrap_or(&l.name)).collect();
+        leaves.dedup();
+        bail!("no layer matches LoRA targets {:?}; this model's linear layers are: {}", cfg.targets, leaves.join(", "));
+    }
+    Ok(count)
+}
+
+/// Full fine-tuning: every tensor trainable, optionally except the embeddings (and a head tied to them).
+pub fn set_full_finetune(model: &mut Transformer, freeze_embeddings: bool) {
+    // An untied lm_head is an output layer, not an embedding: it stays trainable.
+    for p in model.params_mut() {
+        let is_embedding =
+            p.name.ends_with("embed_tokens.weight") || p.name.ends_with("wte.weight") || p.name.ends_with("wpe.weight");
+        p.set_trainable(!(freeze_embeddings && is_embedding));
+    }
+}
+
+/// Folds every adapter into its base weight (W += (α/r)·B·A) and removes it: the model then
+/// computes exactly what the adapted model computed, with plain linear layers.
+pub fn merge(model: &mut Transformer) {
+    for lin in model.blocks.iter_mut().flat_map(|b| b.linears_mut()) {
+        if let Some(l) = lin.lora.take() {
+            for (w, d) in lin.w.data.iter_mut().zip(l.delta()) {
+                *w += d;
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! A packed batch: several sequences end to end in one set of rows, no padding.
+
+/// Rows of several sequences packed end to end; row i sits at position `positions[i]` of the
+/// sequence that starts at row `seq_start[i]`.
+pub struct PackedBatch {
+    pub tokens: Vec<u32>,
+    pub positions: Vec<u32>,
+    pub seq_start: Vec<u32>,
+    /// Row range of each sequence.
+    pub seqs: Vec<std::ops::Range<usize>>,
+}
+
+impl PackedBatch {
+    pub fn new(seqs: &[Vec<u32>]) -> Self {
+        let mut b = PackedBatch { tokens: vec![], positions: vec![], seq_start: vec![], seqs: vec![] };
+        for s in seqs {
+            let start = b.tokens.len();
+            b.tokens.extend_from_slice(s);
+            b.positions.extend(0..s.len() as u32);
+            b.seq_start.extend(std::iter::repeat_n(start as u32, s.len()));
+            b.seqs.push(start..b.tokens.len());
+        }
+        b
+    }
+
+    pub fn len(&self) -> usize {
+        self.tokens.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+}
