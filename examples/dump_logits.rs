@@ -6,8 +6,9 @@ use condlm::data::example::Example;
 use condlm::data::rows::read_pairs;
 use condlm::formats::load::load_model;
 use condlm::kernels::lm_head::{HeadScratch, logits};
+use condlm::network::activations::Activations;
 use condlm::network::batch::PackedBatch;
-use condlm::network::transformer::Activations;
+use condlm::network::transformer::Mode;
 use safetensors::{Dtype, tensor::TensorView};
 use std::path::Path;
 
@@ -25,7 +26,7 @@ fn main() -> Result<()> {
     for (i, p) in pairs.iter().take(n).enumerate() {
         let e = Example::encode_pair(&m.tokenizer, &p.prompt, &p.completion)?;
         let batch = PackedBatch::new(std::slice::from_ref(&e.ids));
-        m.model.forward(&batch, &mut acts, None);
+        m.model.forward(&batch, &mut acts, Mode::Infer);
         let all: Vec<usize> = (0..batch.len()).collect();
         let l = logits(&acts.x[..batch.len() * d], d, m.model.head(), &all, &mut HeadScratch::default());
         let ids: Vec<u8> = e.ids.iter().flat_map(|&t| (t as i64).to_le_bytes()).collect();

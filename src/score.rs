@@ -2,8 +2,9 @@
 use crate::data::example::{Example, target_rows};
 use crate::data::rows::Pair;
 use crate::kernels::lm_head::{HeadScratch, target_logprobs};
+use crate::network::activations::Activations;
 use crate::network::batch::PackedBatch;
-use crate::network::transformer::{Activations, Transformer};
+use crate::network::transformer::{Mode, Transformer};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, bail};
 
@@ -72,7 +73,7 @@ pub fn score_encoded(
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
         let batch = PackedBatch::new(&seqs);
         model.check_batch(&batch)?;
-        model.forward(&batch, &mut acts, None);
+        model.forward(&batch, &mut acts, Mode::Infer);
         // Only y positions reach the LM head.
         target_rows(chunk, &batch, &mut sel, &mut targets);
         let mut lp = vec![0.0f32; sel.len()];

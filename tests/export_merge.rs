@@ -12,10 +12,11 @@ use condlm::formats::hf_export::save_hf_folder;
 use condlm::formats::load::{LoadedModel, load_model};
 use condlm::formats::peft::load_adapter;
 use condlm::kernels::lm_head::{HeadScratch, logits};
+use condlm::network::activations::Activations;
 use condlm::network::adapters::attach;
 use condlm::network::batch::PackedBatch;
 use condlm::network::lora::LoraConfig;
-use condlm::network::transformer::{Activations, Transformer};
+use condlm::network::transformer::{Mode, Transformer};
 use std::path::Path;
 use std::process::Command;
 
@@ -23,7 +24,7 @@ use std::process::Command;
 fn all_logits(model: &Transformer, seqs: &[Vec<u32>]) -> Vec<Vec<f32>> {
     let batch = PackedBatch::new(seqs);
     let mut acts = Activations::default();
-    model.forward(&batch, &mut acts, None);
+    model.forward(&batch, &mut acts, Mode::Infer);
     let d = model.config.hidden_size;
     batch
         .seqs

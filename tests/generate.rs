@@ -4,15 +4,17 @@ mod common;
 use common::fixture;
 use condlm::formats::load::{LoadedModel, load_model};
 use condlm::formats::peft::load_adapter;
-use condlm::generate::decoder::{Decoder, Row};
+use condlm::generate::decoder::Decoder;
 use condlm::generate::detok::Streamer;
 use condlm::generate::sampling::{Scratch, draw, min_p, softmax, top_k, top_p, warp};
 use condlm::generate::{
     BeamParams, EarlyStopping, Event, Finish, GenerateOptions, SamplingParams, Strategy, encode_prompt, generate,
 };
 use condlm::kernels::lm_head::{HeadScratch, logits};
+use condlm::network::activations::Activations;
 use condlm::network::batch::PackedBatch;
-use condlm::network::transformer::Activations;
+use condlm::network::batch::Row;
+use condlm::network::transformer::Mode;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -146,7 +148,7 @@ fn kv_cache_logits_match_full_forward_at_every_step() {
             }
             let got = dec.forward(&rows, &logit_rows).unwrap().to_vec();
             let batch = PackedBatch::new(&seqs);
-            model.forward(&batch, &mut acts, None);
+            model.forward(&batch, &mut acts, Mode::Infer);
             let last: Vec<usize> = batch.seqs.iter().map(|r| r.end - 1).collect();
             let want = logits(&acts.x[..batch.len() * d], d, model.head(), &last, &mut HeadScratch::default());
             for (s, seq) in seqs.iter_mut().enumerate() {

@@ -6,13 +6,14 @@ use common::{fixture, load_f32_tensors, max_abs_diff};
 use condlm::formats::load::load_model;
 use condlm::formats::peft::load_adapter;
 use condlm::kernels::lm_head::{HeadScratch, logits};
+use condlm::network::activations::Activations;
 use condlm::network::batch::PackedBatch;
-use condlm::network::transformer::{Activations, Transformer};
+use condlm::network::transformer::{Mode, Transformer};
 
 fn logits_of(model: &Transformer, ids: &[u32]) -> Vec<f32> {
     let batch = PackedBatch::new(&[ids.to_vec()]);
     let mut acts = Activations::default();
-    model.forward(&batch, &mut acts, None);
+    model.forward(&batch, &mut acts, Mode::Infer);
     let d = model.config.hidden_size;
     let rows: Vec<usize> = (0..batch.len()).collect();
     logits(&acts.x[..batch.len() * d], d, model.head(), &rows, &mut HeadScratch::default())

@@ -5,8 +5,9 @@ use common::{expected_json, fixture, max_abs_diff, reference_sequences};
 use condlm::data::rows::read_pairs;
 use condlm::formats::load::load_model;
 use condlm::kernels::lm_head::{HeadScratch, logits};
+use condlm::network::activations::Activations;
 use condlm::network::batch::PackedBatch;
-use condlm::network::transformer::Activations;
+use condlm::network::transformer::Mode;
 use condlm::score::{encode_rows, row_scores, score_encoded};
 
 /// (fixture folder with expected files, --model argument)
@@ -26,7 +27,7 @@ fn packed_ragged_batch_logits_match_transformers() {
         let seqs: Vec<Vec<u32>> = refs.iter().map(|(ids, _)| ids.clone()).collect();
         let batch = PackedBatch::new(&seqs);
         let mut acts = Activations::default();
-        m.model.forward(&batch, &mut acts, None);
+        m.model.forward(&batch, &mut acts, Mode::Infer);
         let d = m.model.config.hidden_size;
         let rows: Vec<usize> = (0..batch.len()).collect();
         let ours = logits(&acts.x[..batch.len() * d], d, m.model.head(), &rows, &mut HeadScratch::default());

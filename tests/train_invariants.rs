@@ -8,10 +8,11 @@ use condlm::data::rows::read_pairs;
 use condlm::formats::load::{LoadedModel, load_model};
 use condlm::formats::peft::load_adapter;
 use condlm::kernels::lm_head::{HeadScratch, logits};
+use condlm::network::activations::Activations;
 use condlm::network::adapters::{attach, set_full_finetune};
 use condlm::network::batch::PackedBatch;
 use condlm::network::lora::LoraConfig;
-use condlm::network::transformer::{Activations, Transformer};
+use condlm::network::transformer::{Mode, Transformer};
 use condlm::score::{encode_rows, row_scores, score_encoded};
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 use condlm::train::optim::AdamWConfig;
@@ -30,7 +31,7 @@ fn rows(m: &LoadedModel) -> Vec<Example> {
 fn all_logits(model: &Transformer, seqs: &[Vec<u32>]) -> Vec<f32> {
     let batch = PackedBatch::new(seqs);
     let mut acts = Activations::default();
-    model.forward(&batch, &mut acts, None);
+    model.forward(&batch, &mut acts, Mode::Infer);
     let d = model.config.hidden_size;
     let rows: Vec<usize> = (0..batch.len()).collect();
     logits(&acts.x[..batch.len() * d], d, model.head(), &rows, &mut HeadScratch::default())

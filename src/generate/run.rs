@@ -6,10 +6,11 @@
 //! the next step. Each prompt's draws come from its own random stream (`rng::uniform(seed, prompt index, step)`)
 //! and rows do not interact, so batching changes results at most through float rounding.
 use super::beam::BeamSearch;
-use super::decoder::{Decoder, Row};
+use super::decoder::Decoder;
 use super::detok::{Streamer, check_stop_strings};
 use super::sampling::{Scratch, argmax, draw, no_repeat_ngram, repetition_penalty, uniform, warp};
 use super::{Finish, GenerateOptions, Generation, Strategy, context_len};
+use crate::network::batch::Row;
 use crate::network::transformer::Transformer;
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, bail};

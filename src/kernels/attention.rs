@@ -3,6 +3,14 @@
 //! The batch is packed: rows of all sequences are concatenated, and row i attends to rows
 //! `seq_start[i] ..= i` of its own sequence only — no padding, no cross-sequence leakage.
 use rayon::prelude::*;
+use std::cell::RefCell;
+
+thread_local! {
+    /// One row of scores / probabilities (≤ sequence length) per thread, grown to the longest sequence once and
+    /// reused: no allocation per call. A task borrows it for its own sequential body only (no nested parallelism
+    /// inside), so the borrow never overlaps.
+    static PROBS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Where q, k and v live inside the projection buffer `qkv` of shape (N, row_len).
 #[derive(Clone, Copy)]
@@ -21,35 +29,37 @@ pub fn attention_forward(out: &mut [f32], qkv: &[f32], l: QkvLayout, seq_start: 
     let hd = l.head_dim;
     let group = l.n_heads / l.n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(l.n_heads * hd).enumerate().for_each_init(Vec::new, |scores, (i, o)| {
-        let start = seq_start[i] as usize;
-        let q_row = &qkv[i * l.row_len..][..l.row_len];
-        for h in 0..l.n_heads {
-            let q = &q_row[l.q_col + h * hd..][..hd];
-            let kv = h / group;
-            scores.clear();
-            let mut max = f32::NEG_INFINITY;
-            for j in start..=i {
-                let k = &qkv[j * l.row_len + l.k_col + kv * hd..][..hd];
-                let s = dot(q, k) * scale;
-                max = max.max(s);
-                scores.push(s);
-            }
-            let mut sum = 0.0;
-            for s in scores.iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
-            }
-            let o = &mut o[h * hd..][..hd];
-            o.fill(0.0);
-            for (j, p) in (start..=i).zip(scores.iter()) {
-                let v = &qkv[j * l.row_len + l.v_col + kv * hd..][..hd];
-                let w = p / sum;
-                for (o, v) in o.iter_mut().zip(v) {
-                    *o += w * v;
+    out.par_chunks_mut(l.n_heads * hd).enumerate().for_each(|(i, o)| {
+        PROBS.with_borrow_mut(|scores| {
+            let start = seq_start[i] as usize;
+            let q_row = &qkv[i * l.row_len..][..l.row_len];
+            for h in 0..l.n_heads {
+                let q = &q_row[l.q_col + h * hd..][..hd];
+                let kv = h / group;
+                scores.clear();
+                let mut max = f32::NEG_INFINITY;
+                for j in start..=i {
+                    let k = &qkv[j * l.row_len + l.k_col + kv * hd..][..hd];
+                    let s = dot(q, k) * scale;
+                    max = max.max(s);
+                    scores.push(s);
+                }
+                let mut sum = 0.0;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let o = &mut o[h * hd..][..hd];
+                o.fill(0.0);
+                for (j, p) in (start..=i).zip(scores.iter()) {
+                    let v = &qkv[j * l.row_len + l.v_col + kv * hd..][..hd];
+                    let w = p / sum;
+                    for (o, v) in o.iter_mut().zip(v) {
+                        *o += w * v;
+                    }
                 }
             }
-        }
+        })
     });
 }
 
@@ -67,8 +77,7 @@ pub fn attention_forward(out: &mut [f32], qkv: &[f32], l: QkvLayout, seq_start: 
 /// Parallel over (sequence, kv head) blocks: each block owns the dq columns of its query heads and the dk/dv
 /// columns of its kv head, on its sequence's rows, and computes them sequentially in a fixed order — so the
 /// result is bit-identical for any thread count and scheduling.  Scratch: one Vec of ≤ T floats (the probability
-/// row) per rayon work split, created by `for_each_init` and reused across the blocks of that split — the same
-/// scheme as the forward; it avoids threading a scratch struct through every caller for a few KB.
+/// row) per thread, [`PROBS`], as in the forward.
 pub fn attention_backward(dqkv: &mut [f32], datt: &[f32], qkv: &[f32], att: &[f32], l: QkvLayout, seq_start: &[u32]) {
     let n = seq_start.len();
     let (hd, rl) = (l.head_dim, l.row_len);
@@ -98,7 +107,7 @@ pub fn attention_backward(dqkv: &mut [f32], datt: &[f32], qkv: &[f32], att: &[f3
     }
     let ctx = Block { out: SharedMut(dqkv.as_mut_ptr(), dqkv.len()), datt, qkv, att, l };
     let kv = l.n_kv_heads;
-    (0..n * kv).into_par_iter().for_each_init(Vec::new, |p, task| {
+    (0..n * kv).into_par_iter().for_each(|task| {
         let (s0, g) = (task / kv, task % kv);
         if seq_start[s0] as usize != s0 {
             return; // not the first row of a sequence
@@ -107,7 +116,7 @@ pub fn attention_backward(dqkv: &mut [f32], datt: &[f32], qkv: &[f32], att: &[f3
         // SAFETY: block (s0, g) is the only one touching rows s0..end of the dq columns of heads
         // g·group..(g+1)·group and of the dk/dv columns of kv head g: sequences are disjoint row runs and the
         // column ranges are disjoint (both asserted above); `dqkv` stays mutably borrowed until all blocks end.
-        unsafe { ctx.run(p, s0, end, g) };
+        PROBS.with_borrow_mut(|p| unsafe { ctx.run(p, s0, end, g) });
     });
 }
 

@@ -2,11 +2,21 @@
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod kv_attention;
 pub mod lm_head;
 pub mod matmul;
+pub mod matvec;
 pub mod norm;
 pub mod rope;
 pub mod simd;
 
 #[cfg(test)]
 mod finite_diff;
+
+/// Grows a reusable buffer to at least `n` values (never shrinks): buffers reach their largest size once and
+/// are reused after that.
+pub fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}

@@ -1,4 +1,5 @@
-//! A packed batch: several sequences end to end in one set of rows, no padding.
+//! The rows of a forward pass: a packed batch (several sequences end to end, no padding) for training and
+//! scoring, or decoding rows (token, position, cache slot) for the KV-cache path.
 
 /// Rows of several sequences packed end to end; row i sits at position `positions[i]` of the
 /// sequence that starts at row `seq_start[i]`.
@@ -30,4 +31,12 @@ impl PackedBatch {
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
     }
+}
+
+/// One decoding row: `token` at position `pos` of KV-cache slot `slot`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Row {
+    pub slot: u32,
+    pub pos: u32,
+    pub token: u32,
 }

@@ -5,6 +5,8 @@
 //! attends to are one contiguous run. Everything is allocated once, in [`KvCache::new`]; decoding only writes
 //! into it.
 
+use crate::kernels::kv_attention::KvLayer;
+
 /// Preallocated keys and values of `slots` sequences × `capacity` positions for every layer.
 pub struct KvCache {
     pub layers: usize,
@@ -33,9 +35,15 @@ impl KvCache {
     }
 
     /// Keys and values of one layer (all slots), to read.
-    pub fn layer(&self, layer: usize) -> (&[f32], &[f32]) {
+    pub fn layer(&self, layer: usize) -> KvLayer<'_> {
         let n = self.slots * self.slot_len();
-        (&self.k[layer * n..][..n], &self.v[layer * n..][..n])
+        KvLayer {
+            k: &self.k[layer * n..][..n],
+            v: &self.v[layer * n..][..n],
+            kv_heads: self.kv_heads,
+            capacity: self.capacity,
+            head_dim: self.head_dim,
+        }
     }
 
     /// Stores the key and value of one position: `k` and `v` hold kv_heads × head_dim values each.
@@ -81,14 +89,14 @@ mod tests {
         let v: Vec<f32> = (0..6).map(|i| -(i as f32)).collect();
         c.write(1, 2, 1, &k, &v);
         let at = c.offset(1, 2, 1, 1);
-        let (lk, lv) = c.layer(1);
+        let (lk, lv) = (c.layer(1).k, c.layer(1).v);
         let base = c.offset(1, 0, 0, 0);
         assert_eq!(&lk[at - base..][..3], &[3.0, 4.0, 5.0]);
         assert_eq!(&lv[at - base..][..3], &[-3.0, -4.0, -5.0]);
         c.copy_slot(2, 0, 2);
         let at0 = c.offset(1, 0, 1, 1);
-        assert_eq!(&c.layer(1).0[at0 - base..][..3], &[3.0, 4.0, 5.0]);
+        assert_eq!(&c.layer(1).k[at0 - base..][..3], &[3.0, 4.0, 5.0]);
         // Layer 0 untouched.
-        assert!(c.layer(0).0.iter().all(|&x| x == 0.0));
+        assert!(c.layer(0).k.iter().all(|&x| x == 0.0));
     }
 }

@@ -3,6 +3,7 @@
 use super::lora::{Dropout, Lora, LoraActs};
 use super::param::Param;
 use crate::kernels::matmul::{Mat, MatMut, matmul};
+use crate::kernels::matvec::matmul_wt;
 use rayon::prelude::*;
 
 pub struct Linear {
@@ -15,32 +16,33 @@ pub struct Linear {
     pub out_dim: usize,
 }
 
-/// Where a linear layer's output lives: rows of `out_dim` values, `row_stride` apart
-/// (q, k and v write column blocks of one shared buffer).
+/// Where a linear layer's output lives — rows of `out_dim` values, `row_stride` apart (q, k and v write column
+/// blocks of one shared buffer) — and whether the layer overwrites it or adds to it (a residual stream).
 pub struct Strided<'a> {
     pub data: &'a mut [f32],
     pub row_stride: usize,
+    pub accumulate: bool,
+}
+
+impl<'a> Strided<'a> {
+    /// The layer's output replaces what is there.
+    pub fn write(data: &'a mut [f32], row_stride: usize) -> Self {
+        Strided { data, row_stride, accumulate: false }
+    }
+
+    /// The layer's output is added to what is there.
+    pub fn add(data: &'a mut [f32], row_stride: usize) -> Self {
+        Strided { data, row_stride, accumulate: true }
+    }
 }
 
 impl Linear {
-    /// out = x·Wᵀ + b + LoRA, or out += … when `accumulate`. x: (N, in).
+    /// out = x·Wᵀ + b + LoRA, or out += … (see [`Strided`]). x: (N, in).
     /// `dropout`: Some while training (LoRA dropout on, masks from its seed), None at inference.
-    pub fn forward(
-        &self,
-        out: Strided,
-        x: &[f32],
-        n: usize,
-        accumulate: bool,
-        la: &mut LoraActs,
-        dropout: Option<Dropout>,
-    ) {
-        let Strided { data: out, row_stride } = out;
-        matmul(
-            MatMut { data: out, rows: n, cols: self.out_dim, row_stride },
-            Mat::new(x, n, self.in_dim),
-            Mat::new(&self.w.data, self.out_dim, self.in_dim).t(),
-            accumulate,
-        );
+    pub fn forward(&self, out: Strided, x: &[f32], n: usize, la: &mut LoraActs, dropout: Option<Dropout>) {
+        let Strided { data: out, row_stride, accumulate } = out;
+        let dst = MatMut { data: &mut *out, rows: n, cols: self.out_dim, row_stride };
+        matmul_wt(dst, Mat::new(&x[..n * self.in_dim], n, self.in_dim), &self.w.data, accumulate);
         if let Some(b) = &self.b {
             add_bias(out, row_stride, n, &b.data);
         }

@@ -1,8 +1,9 @@
 //! LoRA (Hu et al. 2021) as PEFT implements it: h = W0·x + (α/r)·B·A·dropout(x), A (r, in)
 //! Kaiming-uniform(a=√5), B (out, r) zeros; rsLoRA scales by α/√r. Only A and B are trainable.
-use super::grow;
 use super::param::Param;
+use crate::kernels::grow;
 use crate::kernels::matmul::{Mat, MatMut, matmul};
+use crate::kernels::matvec::matmul_wt;
 use crate::rng;
 use rayon::prelude::*;
 
@@ -161,17 +162,13 @@ impl Lora {
             }
             _ => &x[..n * inp],
         };
-        matmul(MatMut::new(&mut la.u[..n * r], n, r), Mat::new(xin, n, inp), Mat::new(&self.a.data, r, inp).t(), false);
+        matmul_wt(MatMut::new(&mut la.u[..n * r], n, r), Mat::new(xin, n, inp), &self.a.data, false);
         // Scale the small (N, r) factor rather than the (N, out) product.
         for (s, u) in la.du[..n * r].iter_mut().zip(&la.u) {
             *s = self.scale * u;
         }
-        matmul(
-            MatMut { data: out, rows: n, cols: outd, row_stride },
-            Mat::new(&la.du[..n * r], n, r),
-            Mat::new(&self.b.data, outd, r).t(),
-            true,
-        );
+        let dst = MatMut { data: out, rows: n, cols: outd, row_stride };
+        matmul_wt(dst, Mat::new(&la.du[..n * r], n, r), &self.b.data, true);
     }
 
     /// dB += scale·dyᵀ·u; du = scale·dy·B; dA += duᵀ·dropout(x); dx += dropout'(du·A). With dropout, uses the
@@ -271,27 +268,13 @@ mod tests {
         let loss = |lin: &Linear, x: &[f32]| -> f64 {
             let mut y = vec![0.0; n * out];
             let (mut la, mut x_drop) = (LoraActs::default(), Vec::new());
-            lin.forward(
-                Strided { data: &mut y, row_stride: out },
-                x,
-                n,
-                false,
-                &mut la,
-                Some(Dropout { seed, x_drop: &mut x_drop }),
-            );
+            lin.forward(Strided::write(&mut y, out), x, n, &mut la, Some(Dropout { seed, x_drop: &mut x_drop }));
             y.iter().zip(&rw).map(|(a, b)| *a as f64 * *b as f64).sum()
         };
         let mut la = LoraActs::default();
         let mut y = vec![0.0; n * out];
         let mut x_drop = Vec::new();
-        lin.forward(
-            Strided { data: &mut y, row_stride: out },
-            &x,
-            n,
-            false,
-            &mut la,
-            Some(Dropout { seed, x_drop: &mut x_drop }),
-        );
+        lin.forward(Strided::write(&mut y, out), &x, n, &mut la, Some(Dropout { seed, x_drop: &mut x_drop }));
         let mut dx = vec![0.0; n * inp];
         let dy = lin.grad_view(&rw, out, n);
         lin.backward(Some(&mut dx), dy, &x, &mut la, &mut x_drop);

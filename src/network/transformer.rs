@@ -1,16 +1,22 @@
-//! The decoder-only transformer for both families: weights (HF names kept, so PEFT keys map
-//! without tables), the forward pass over a packed batch, and its backward pass.
-use super::batch::PackedBatch;
-use super::config::{Config, Family};
-use super::grow;
+//! The decoder-only transformer for both families: weights (HF names kept, so PEFT keys map without tables),
+//! the one forward pass that training, scoring and decoding share, and its backward pass.
+//!
+//! One block loop serves every caller; only attention's context differs (see [`Context`]): within a packed
+//! batch (training, scoring: row i sees the rows of its own sequence up to i), or over the KV cache (decoding:
+//! a row's k, v are stored in its cache slot, then it sees positions 0..=pos of that slot).
+use super::activations::Activations;
+use super::batch::{PackedBatch, Row};
+use super::config::Config;
+use super::kv_cache::KvCache;
 use super::linear::{Linear, Strided};
-use super::lora::{Dropout, LoraActs};
+use super::lora::Dropout;
 use super::param::Param;
 use crate::kernels::activation::{gelu_tanh_backward, gelu_tanh_forward, swiglu_backward, swiglu_forward};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
+use crate::kernels::kv_attention::cached_attention;
 use crate::kernels::norm::{layernorm_backward, layernorm_forward, rmsnorm_backward, rmsnorm_forward};
-use crate::kernels::rope::{RopeTable, rope_backward, rope_forward};
+use crate::kernels::rope::{rope_backward, rope_forward};
 use anyhow::{Result, bail};
 
 /// RMSNorm (no bias) or LayerNorm (with bias).
@@ -31,12 +37,30 @@ pub struct Block {
     pub down: Linear,
 }
 
-/// Slots of a block's linear layers in `LayerActs::lora` (and the decoder's LoRA scratch): q, k, v (or c_attn),
-/// o, gate, up, down.
-pub(crate) const SLOT_O: usize = 3;
-pub(crate) const SLOT_GATE: usize = 4;
-pub(crate) const SLOT_UP: usize = 5;
-pub(crate) const SLOT_DOWN: usize = 6;
+/// Slots of a block's linear layers in `LayerActs::lora`: q, k, v (or c_attn), o, gate, up, down.
+const SLOT_O: usize = 3;
+const SLOT_GATE: usize = 4;
+const SLOT_UP: usize = 5;
+const SLOT_DOWN: usize = 6;
+
+/// How a forward pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Every block keeps what [`Transformer::backward`] needs, and LoRA dropout is on, its masks a pure function
+    /// of `step_seed`.
+    Train { step_seed: u64 },
+    /// One block's buffers, no dropout.
+    Infer,
+}
+
+/// Where attention finds the keys and values a row sees.
+enum Context<'a> {
+    /// Within the packed batch: row i sees rows `seq_start[i]..=i`.
+    Packed { seq_start: &'a [u32] },
+    /// In the KV cache: row i's k, v go to position `positions[i]` of slot `slots[i]`, then it sees positions
+    /// `0..=positions[i]` of that slot.
+    Cached { cache: &'a mut KvCache, slots: &'a [u32] },
+}
 
 impl Block {
     pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut Linear> {
@@ -47,13 +71,19 @@ impl Block {
         self.qkv.iter().chain([&self.o]).chain(self.gate.as_ref()).chain([&self.up, &self.down])
     }
 
-    pub fn params_mut(&mut self) -> impl Iterator<Item = &mut Param> {
-        let norms = [&mut self.attn_norm, &mut self.mlp_norm];
-        let norm_params: Vec<&mut Param> =
-            norms.into_iter().flat_map(|n| std::iter::once(&mut n.w).chain(n.b.as_mut())).collect();
+    /// Visits every tensor of the block (norms, then each linear layer's weight, bias and adapter).
+    fn for_each_param_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut Param)) {
+        for n in [&mut self.attn_norm, &mut self.mlp_norm] {
+            f(&mut n.w);
+            if let Some(b) = &mut n.b {
+                f(b);
+            }
+        }
         let linears =
             self.qkv.iter_mut().chain([&mut self.o]).chain(self.gate.as_mut()).chain([&mut self.up, &mut self.down]);
-        norm_params.into_iter().chain(linears.flat_map(|l| l.params_mut()))
+        for l in linears {
+            l.params_mut().for_each(&mut *f);
+        }
     }
 }
 
@@ -69,72 +99,6 @@ pub struct Transformer {
     pub lm_head: Option<Param>,
 }
 
-/// What one block saves in forward for its backward. All (N, ·) row-major.
-#[derive(Default)]
-pub struct LayerActs {
-    /// residual stream entering the block (N, d)
-    x_in: Vec<f32>,
-    /// attn_norm(x_in) (N, d)
-    h1: Vec<f32>,
-    norm1_a: Vec<f32>,
-    norm1_b: Vec<f32>,
-    /// q|k|v after RoPE (N, qkv_width)
-    qkv: Vec<f32>,
-    /// attention output before o_proj (N, heads·head_dim)
-    att: Vec<f32>,
-    /// residual stream after attention (N, d)
-    x_mid: Vec<f32>,
-    /// mlp_norm(x_mid) (N, d)
-    h2: Vec<f32>,
-    norm2_a: Vec<f32>,
-    norm2_b: Vec<f32>,
-    /// gate and up pre-activations, activation output (N, ffn)
-    ff_gate: Vec<f32>,
-    ff_up: Vec<f32>,
-    ff_act: Vec<f32>,
-    /// LoRA factors per linear slot
-    lora: [LoraActs; 7],
-}
-
-/// Gradient scratch for the backward pass (N, ·), reused across layers.
-#[derive(Default)]
-struct GradScratch {
-    dx: Vec<f32>,
-    dh: Vec<f32>,
-    dqkv: Vec<f32>,
-    datt: Vec<f32>,
-    dff_gate: Vec<f32>,
-    dff_up: Vec<f32>,
-    dff_act: Vec<f32>,
-}
-
-/// Forward/backward buffers, grown to the largest batch seen and reused: no allocation per step after that.
-/// Inference (`save = false`) keeps one block's worth; training keeps every block's.
-#[derive(Default)]
-pub struct Activations {
-    /// residual stream (N, d); after `forward` it holds the final-normed hidden states.
-    pub x: Vec<f32>,
-    /// residual stream before the final norm (N, d)
-    x_final_in: Vec<f32>,
-    final_a: Vec<f32>,
-    final_b: Vec<f32>,
-    layers: Vec<LayerActs>,
-    /// dropout(x) of the LoRA layer at hand (N, in), shared by all layers (each keeps only its mask).
-    lora_x_drop: Vec<f32>,
-    grads: GradScratch,
-    rope: Option<RopeTable>,
-}
-
-/// The LoRA dropout of one layer's forward, when training.
-fn dropout(seed: Option<u64>, x_drop: &mut Vec<f32>) -> Option<Dropout<'_>> {
-    seed.map(|seed| Dropout { seed, x_drop })
-}
-
-/// Seed of one layer's dropout masks within a step.
-fn layer_seed(step_seed: u64, layer: usize) -> u64 {
-    crate::rng::mix(step_seed ^ (layer as u64).wrapping_mul(0x9E37_79B9))
-}
-
 impl Transformer {
     pub fn qkv_width(&self) -> usize {
         let c = &self.config;
@@ -146,16 +110,29 @@ impl Transformer {
         &self.lm_head.as_ref().unwrap_or(&self.embed).data
     }
 
-    /// Every tensor of the model (base and adapters), in a fixed order.
-    pub fn params_mut(&mut self) -> Vec<&mut Param> {
-        let mut out: Vec<&mut Param> = vec![&mut self.embed];
-        out.extend(self.pos_embed.as_mut());
-        for b in &mut self.blocks {
-            out.extend(b.params_mut());
+    /// Visits every tensor of the model (base and adapters) in a fixed order — the order of checkpoints and
+    /// optimizer state. Allocates nothing (the training step's path).
+    pub fn for_each_param_mut<'a>(&'a mut self, mut f: impl FnMut(&'a mut Param)) {
+        f(&mut self.embed);
+        if let Some(p) = &mut self.pos_embed {
+            f(p);
         }
-        out.push(&mut self.final_norm.w);
-        out.extend(self.final_norm.b.as_mut());
-        out.extend(self.lm_head.as_mut());
+        for b in &mut self.blocks {
+            b.for_each_param_mut(&mut f);
+        }
+        f(&mut self.final_norm.w);
+        if let Some(b) = &mut self.final_norm.b {
+            f(b);
+        }
+        if let Some(h) = &mut self.lm_head {
+            f(h);
+        }
+    }
+
+    /// Every tensor of the model, in [`Self::for_each_param_mut`]'s order.
+    pub fn params_mut(&mut self) -> Vec<&mut Param> {
+        let mut out = vec![];
+        self.for_each_param_mut(|p| out.push(p));
         out
     }
 
@@ -192,132 +169,116 @@ impl Transformer {
         Ok(())
     }
 
-    fn prepare(&self, batch: &PackedBatch, acts: &mut Activations, save: bool) {
-        let c = &self.config;
-        let (n, d, f) = (batch.len(), c.hidden_size, c.intermediate_size);
-        let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
-        let n_layers = if save { c.num_layers } else { 1 };
-        if acts.layers.len() < n_layers {
-            acts.layers.resize_with(n_layers, LayerActs::default);
-        }
-        for v in [&mut acts.x, &mut acts.x_final_in] {
-            grow(v, n * d);
-        }
-        grow(&mut acts.final_a, n);
-        grow(&mut acts.final_b, n);
-        for l in &mut acts.layers[..n_layers] {
-            for v in [&mut l.x_in, &mut l.h1, &mut l.x_mid, &mut l.h2] {
-                grow(v, n * d);
-            }
-            for v in [&mut l.norm1_a, &mut l.norm1_b, &mut l.norm2_a, &mut l.norm2_b] {
-                grow(v, n);
-            }
-            grow(&mut l.qkv, n * qw);
-            grow(&mut l.att, n * aw);
-            for v in [&mut l.ff_gate, &mut l.ff_up, &mut l.ff_act] {
-                grow(v, n * f);
-            }
-        }
+    /// Runs a packed batch; on return `acts.x[..N·d]` holds the final-normed hidden states.
+    pub fn forward(&self, batch: &PackedBatch, acts: &mut Activations, mode: Mode) {
         let max_pos = batch.positions.iter().max().map_or(0, |&p| p as usize + 1);
-        if c.family == Family::Llama && acts.rope.as_ref().is_none_or(|t| t.cos.len() < max_pos * c.head_dim / 2) {
-            acts.rope = Some(RopeTable::new(&c.rope_inv_freq(), max_pos.max(256).min(c.max_positions)));
-        }
+        let ctx = Context::Packed { seq_start: &batch.seq_start };
+        self.run_blocks(&batch.tokens, &batch.positions, max_pos, ctx, acts, mode);
     }
 
-    /// Runs the batch; on return `acts.x[..N·d]` holds the final-normed hidden states.
-    /// `train = Some(step_seed)`: every block keeps what `backward` needs and LoRA dropout is on,
-    /// its masks derived from `step_seed`. `None`: inference, one block's buffers, no dropout.
-    pub fn forward(&self, batch: &PackedBatch, acts: &mut Activations, train: Option<u64>) {
-        let save = train.is_some();
-        self.prepare(batch, acts, save);
+    /// Runs decoding rows over the KV cache (their k, v land in it), at inference; on return `acts.x[..N·d]`
+    /// holds the rows' final-normed hidden states. Rows are checked by the caller (see `Decoder`).
+    pub fn forward_cached(&self, rows: &[Row], cache: &mut KvCache, acts: &mut Activations) {
+        let mut tokens = std::mem::take(&mut acts.row_tokens);
+        let mut positions = std::mem::take(&mut acts.row_positions);
+        let mut slots = std::mem::take(&mut acts.row_slots);
+        tokens.clear();
+        positions.clear();
+        slots.clear();
+        tokens.extend(rows.iter().map(|r| r.token));
+        positions.extend(rows.iter().map(|r| r.pos));
+        slots.extend(rows.iter().map(|r| r.slot));
+        let capacity = cache.capacity;
+        self.run_blocks(&tokens, &positions, capacity, Context::Cached { cache, slots: &slots }, acts, Mode::Infer);
+        (acts.row_tokens, acts.row_positions, acts.row_slots) = (tokens, positions, slots);
+    }
+
+    /// The block loop every forward pass goes through: embeddings, then per block
+    /// x += o(attention(rope(qkv(attn_norm(x))))) and x += down(act(gate(h), up(h))), h = mlp_norm(x)
+    /// (GPT-2: act = GELU(up(h))), then the final norm.
+    fn run_blocks(
+        &self,
+        tokens: &[u32],
+        positions: &[u32],
+        max_pos: usize,
+        mut ctx: Context,
+        acts: &mut Activations,
+        mode: Mode,
+    ) {
         let c = &self.config;
-        let (n, d, f) = (batch.len(), c.hidden_size, c.intermediate_size);
+        let train_seed = match mode {
+            Mode::Train { step_seed } => Some(step_seed),
+            Mode::Infer => None,
+        };
+        let kept_layers = if train_seed.is_some() { c.num_layers } else { 1 };
+        let (n, d, f) = (tokens.len(), c.hidden_size, c.intermediate_size);
         let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
+        acts.prepare(c, qw, n, max_pos, kept_layers);
         let layout = self.layout();
-        let Activations { x, x_final_in, final_a, final_b, layers, lora_x_drop: xd, rope, .. } = acts;
+        let Activations { x, x_final_in, final_a, final_b, layers, lora_x_drop: xd, rope, cached, .. } = acts;
         let x = &mut x[..n * d];
-        embedding_forward(
-            x,
-            &batch.tokens,
-            &self.embed.data,
-            &batch.positions,
-            self.pos_embed.as_ref().map(|p| &p.data[..]),
-            d,
-        );
+        let pos_embed = self.pos_embed.as_ref().map(|p| &p.data[..]);
+        embedding_forward(x, tokens, &self.embed.data, positions, pos_embed, d);
         for (i, blk) in self.blocks.iter().enumerate() {
-            let l = &mut layers[if save { i } else { 0 }];
-            let seed = train.map(|s| layer_seed(s, i));
-            l.x_in[..n * d].copy_from_slice(x);
+            let l = &mut layers[if train_seed.is_some() { i } else { 0 }];
+            let seed = train_seed.map(|s| layer_seed(s, i));
+            if train_seed.is_some() {
+                l.x_in[..n * d].copy_from_slice(x);
+            }
             norm_forward(&blk.attn_norm, &mut l.h1[..n * d], &mut l.norm1_a[..n], &mut l.norm1_b[..n], x, c.norm_eps);
             let h1 = &l.h1[..n * d];
             let qkv = &mut l.qkv[..n * qw];
             let mut col = 0;
             for (s, lin) in blk.qkv.iter().enumerate() {
-                lin.forward(
-                    Strided { data: &mut qkv[col..], row_stride: qw },
-                    h1,
-                    n,
-                    false,
-                    &mut l.lora[s],
-                    dropout(seed, xd),
-                );
+                lin.forward(Strided::write(&mut qkv[col..], qw), h1, n, &mut l.lora[s], dropout(seed, xd));
                 col += lin.out_dim;
             }
             if let Some(rope) = rope {
-                rope_forward(qkv, qw, layout.q_col, c.num_heads, &batch.positions, rope);
-                rope_forward(qkv, qw, layout.k_col, c.num_kv_heads, &batch.positions, rope);
+                rope_forward(qkv, qw, layout.q_col, c.num_heads, positions, rope);
+                rope_forward(qkv, qw, layout.k_col, c.num_kv_heads, positions, rope);
             }
             let att = &mut l.att[..n * aw];
-            attention_forward(att, qkv, layout, &batch.seq_start);
-            blk.o.forward(Strided { data: x, row_stride: d }, att, n, true, &mut l.lora[SLOT_O], dropout(seed, xd));
-            l.x_mid[..n * d].copy_from_slice(x);
+            match &mut ctx {
+                Context::Packed { seq_start } => attention_forward(att, qkv, layout, seq_start),
+                Context::Cached { cache, slots } => {
+                    let kvw = c.num_kv_heads * c.head_dim;
+                    for (r, row) in qkv.chunks_exact(qw).enumerate() {
+                        let (k, v) = (&row[layout.k_col..][..kvw], &row[layout.v_col..][..kvw]);
+                        cache.write(i, slots[r] as usize, positions[r] as usize, k, v);
+                    }
+                    cached_attention(att, qkv, layout, slots, positions, cache.layer(i), cached);
+                }
+            }
+            blk.o.forward(Strided::add(x, d), att, n, &mut l.lora[SLOT_O], dropout(seed, xd));
+            if train_seed.is_some() {
+                l.x_mid[..n * d].copy_from_slice(x);
+            }
 
             norm_forward(&blk.mlp_norm, &mut l.h2[..n * d], &mut l.norm2_a[..n], &mut l.norm2_b[..n], x, c.norm_eps);
             let h2 = &l.h2[..n * d];
             let (gate, up, act) = (&mut l.ff_gate[..n * f], &mut l.ff_up[..n * f], &mut l.ff_act[..n * f]);
-            blk.up.forward(Strided { data: up, row_stride: f }, h2, n, false, &mut l.lora[SLOT_UP], dropout(seed, xd));
+            blk.up.forward(Strided::write(up, f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
             match &blk.gate {
                 Some(g) => {
-                    g.forward(
-                        Strided { data: gate, row_stride: f },
-                        h2,
-                        n,
-                        false,
-                        &mut l.lora[SLOT_GATE],
-                        dropout(seed, xd),
-                    );
+                    g.forward(Strided::write(gate, f), h2, n, &mut l.lora[SLOT_GATE], dropout(seed, xd));
                     swiglu_forward(act, gate, up);
                 }
                 None => gelu_tanh_forward(act, up),
             }
-            blk.down.forward(
-                Strided { data: x, row_stride: d },
-                act,
-                n,
-                true,
-                &mut l.lora[SLOT_DOWN],
-                dropout(seed, xd),
-            );
+            blk.down.forward(Strided::add(x, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd));
         }
         x_final_in[..n * d].copy_from_slice(x);
         norm_forward(&self.final_norm, x, &mut final_a[..n], &mut final_b[..n], &x_final_in[..n * d], c.norm_eps);
     }
 
-    /// Backward of a `forward(save = true)`: `dhidden` (N, d) is ∂L/∂(final-normed hidden states)
+    /// Backward of a `forward(…, Mode::Train)`: `dhidden` (N, d) is ∂L/∂(final-normed hidden states)
     /// (the LM head's gradient already went to its own parameter). Accumulates into every trainable
     /// parameter's gradient; frozen tensors only pass activation gradients through.
     pub fn backward(&mut self, batch: &PackedBatch, acts: &mut Activations, dhidden: &[f32]) {
-        let c = self.config.clone();
-        let (n, d, f) = (batch.len(), c.hidden_size, c.intermediate_size);
-        let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
-        let layout = self.layout();
+        let (n, qw, layout) = (batch.len(), self.qkv_width(), self.layout());
+        acts.prepare_grads(&self.config, qw, n);
+        let (d, f, aw) = (self.config.hidden_size, self.config.intermediate_size, layout.n_heads * layout.head_dim);
         let Activations { x_final_in, final_a, final_b, layers, lora_x_drop, grads: g, rope, .. } = acts;
-        for (v, len) in [(&mut g.dx, n * d), (&mut g.dh, n * d), (&mut g.dqkv, n * qw), (&mut g.datt, n * aw)] {
-            grow(v, len);
-        }
-        for v in [&mut g.dff_gate, &mut g.dff_up, &mut g.dff_act] {
-            grow(v, n * f);
-        }
         let dx = &mut g.dx[..n * d];
         dx.fill(0.0);
         norm_backward(&mut self.final_norm, dx, dhidden, &x_final_in[..n * d], &final_a[..n], &final_b[..n]);
@@ -352,8 +313,8 @@ impl Transformer {
             let dqkv = &mut g.dqkv[..n * qw];
             attention_backward(dqkv, datt, &l.qkv[..n * qw], &l.att[..n * aw], layout, &batch.seq_start);
             if let Some(rope) = rope {
-                rope_backward(dqkv, qw, layout.q_col, c.num_heads, &batch.positions, rope);
-                rope_backward(dqkv, qw, layout.k_col, c.num_kv_heads, &batch.positions, rope);
+                rope_backward(dqkv, qw, layout.q_col, layout.n_heads, &batch.positions, rope);
+                rope_backward(dqkv, qw, layout.k_col, layout.n_kv_heads, &batch.positions, rope);
             }
             let dh = &mut g.dh[..n * d];
             dh.fill(0.0);
@@ -375,6 +336,16 @@ impl Transformer {
             d,
         );
     }
+}
+
+/// The LoRA dropout of one layer's forward, when training.
+fn dropout(seed: Option<u64>, x_drop: &mut Vec<f32>) -> Option<Dropout<'_>> {
+    seed.map(|seed| Dropout { seed, x_drop })
+}
+
+/// Seed of one layer's dropout masks within a step.
+fn layer_seed(step_seed: u64, layer: usize) -> u64 {
+    crate::rng::mix(step_seed ^ (layer as u64).wrapping_mul(0x9E37_79B9))
 }
 
 fn norm_forward(n: &Norm, out: &mut [f32], stat_a: &mut [f32], stat_b: &mut [f32], x: &[f32], eps: f32) {

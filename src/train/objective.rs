@@ -3,8 +3,9 @@
 //! gradient accumulation over micro-batches is exact.
 use crate::data::example::{Example, target_rows};
 use crate::kernels::lm_head::{HeadScratch, cross_entropy_backward};
+use crate::network::activations::Activations;
 use crate::network::batch::PackedBatch;
-use crate::network::transformer::{Activations, Transformer};
+use crate::network::transformer::{Mode, Transformer};
 use anyhow::Result;
 
 /// Buffers of the objective, reused across micro-batches.
@@ -30,7 +31,7 @@ pub fn forward_backward(
     let seqs: Vec<Vec<u32>> = rows.iter().map(|e| e.ids.clone()).collect();
     let batch = PackedBatch::new(&seqs);
     model.check_batch(&batch)?;
-    model.forward(&batch, &mut s.acts, Some(step_seed));
+    model.forward(&batch, &mut s.acts, Mode::Train { step_seed });
     target_rows(rows, &batch, &mut s.rows, &mut s.targets);
     let d = model.config.hidden_size;
     let n = batch.len();

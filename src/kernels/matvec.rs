@@ -1,0 +1,99 @@
+//! out (+)= x·Wᵀ — the product of every linear layer and of the LM head — with W (out, in) row-major as
+//! nn.Linear stores it. Up to [`MAX_ROWS`] rows of x (decode steps, beams, small batches) it runs a
+//! matrix-vector kernel that streams each weight row once for all rows (the product is memory-bound there, and
+//! a GEMM's packing would cost more than it saves); more rows go to the GEMM.
+use super::matmul::{Mat, MatMut, matmul};
+use super::simd::dots;
+use rayon::prelude::*;
+
+/// Up to this many rows of x, the matrix-vector kernel; above, the GEMM.
+pub const MAX_ROWS: usize = 16;
+/// Output features per parallel task: the task's weight rows stay in cache from one row of x to the next.
+const CHUNK: usize = 64;
+
+/// out (n, out_dim) = x (n, in)·Wᵀ, or out += x·Wᵀ when `accumulate`. x is dense row-major; `out` may be a
+/// column block of a wider buffer (its row stride).
+pub fn matmul_wt(out: MatMut, x: Mat, w: &[f32], accumulate: bool) {
+    let (n, in_dim, out_dim) = (x.rows, x.cols, out.cols);
+    let w = Mat::new(&w[..out_dim * in_dim], out_dim, in_dim);
+    let dense_x = x.col_stride == 1 && x.row_stride == in_dim;
+    if n > MAX_ROWS || !dense_x {
+        matmul(out, x, w.t(), accumulate);
+        return;
+    }
+    assert!(out.rows == n && x.data.len() >= n * in_dim, "matmul_wt: shape mismatch");
+    if n > 0 && out_dim > 0 {
+        assert!((n - 1) * out.row_stride + out_dim <= out.data.len(), "matmul_wt: dst out of bounds");
+    }
+    let row_stride = out.row_stride;
+    let dst = SharedOut(out.data.as_mut_ptr());
+    (0..out_dim.div_ceil(CHUNK)).into_par_iter().for_each(|b| {
+        let (o0, o1) = (b * CHUNK, ((b + 1) * CHUNK).min(out_dim));
+        let mut block = [0.0f32; CHUNK];
+        for r in 0..n {
+            let block = &mut block[..o1 - o0];
+            dots(block, &x.data[r * in_dim..][..in_dim], &w.data[o0 * in_dim..o1 * in_dim]);
+            // SAFETY: row r, columns o0..o1 of `out` lie inside its slice (asserted above), and no other task
+            // writes these columns: tasks own disjoint column blocks.
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.at(r * row_stride + o0), o1 - o0) };
+            if accumulate {
+                o.iter_mut().zip(block.iter()).for_each(|(o, v)| *o += v);
+            } else {
+                o.copy_from_slice(block);
+            }
+        }
+    });
+}
+
+/// The output pointer, shared by tasks that write disjoint column blocks.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint elements (see `matmul_wt`); the pointer outlives the parallel loop.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the slice the pointer came from.
+        unsafe { self.0.add(offset) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(x: &[f32], w: &[f32], n: usize, k: usize, m: usize) -> Vec<f64> {
+        (0..n * m).map(|i| (0..k).map(|p| x[i / m * k + p] as f64 * w[i % m * k + p] as f64).sum()).collect()
+    }
+
+    /// Both sides of the dispatch (few rows: the matrix-vector kernel; many: the GEMM) give x·Wᵀ, into a column
+    /// block of a wider buffer, overwriting or accumulating.
+    #[test]
+    fn few_and_many_rows_match_the_reference() {
+        let (k, m) = (37, 150); // not multiples of the SIMD width or CHUNK
+        for n in [1, 3, MAX_ROWS, MAX_ROWS + 1, 40] {
+            let x: Vec<f32> = (0..n * k).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+            let w: Vec<f32> = (0..m * k).map(|i| ((i * 11 % 17) as f32 - 8.0) / 7.0).collect();
+            let want = reference(&x, &w, n, k, m);
+            for accumulate in [false, true] {
+                let stride = m + 5;
+                let mut buf = vec![1.0f32; n * stride];
+                let out = MatMut { data: &mut buf[2..], rows: n, cols: m, row_stride: stride };
+                matmul_wt(out, Mat::new(&x, n, k), &w, accumulate);
+                for r in 0..n {
+                    assert_eq!(&buf[r * stride..][..2], &[1.0, 1.0], "n={n}: columns before the block");
+                    for c in 0..m {
+                        let got = buf[r * stride + 2 + c] as f64;
+                        let expect = want[r * m + c] + if accumulate { 1.0 } else { 0.0 };
+                        assert!(
+                            (got - expect).abs() < 1e-4 * (1.0 + expect.abs()),
+                            "n={n} ({r},{c}): {got} vs {expect}"
+                        );
+                    }
+                    assert!(buf[r * stride + 2 + m..(r + 1) * stride].iter().all(|&v| v == 1.0));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The buffers of the forward and backward passes, grown to the largest batch seen and reused: after the first
+//! step of a given size, a pass allocates nothing.
+use super::config::{Config, Family};
+use super::lora::LoraActs;
+use crate::kernels::grow;
+use crate::kernels::kv_attention::CachedAttentionScratch;
+use crate::kernels::rope::RopeTable;
+
+/// What one block saves in forward for its backward. All (N, ·) row-major.
+#[derive(Default)]
+pub(super) struct LayerActs {
+    /// residual stream entering the block (N, d); training only
+    pub x_in: Vec<f32>,
+    /// attn_norm(x_in) (N, d)
+    pub h1: Vec<f32>,
+    pub norm1_a: Vec<f32>,
+    pub norm1_b: Vec<f32>,
+    /// q|k|v after RoPE (N, qkv_width)
+    pub qkv: Vec<f32>,
+    /// attention output before o_proj (N, heads·head_dim)
+    pub att: Vec<f32>,
+    /// residual stream after attention (N, d); training only
+    pub x_mid: Vec<f32>,
+    /// mlp_norm(x_mid) (N, d)
+    pub h2: Vec<f32>,
+    pub norm2_a: Vec<f32>,
+    pub norm2_b: Vec<f32>,
+    /// gate and up pre-activations, activation output (N, ffn)
+    pub ff_gate: Vec<f32>,
+    pub ff_up: Vec<f32>,
+    pub ff_act: Vec<f32>,
+    /// LoRA factors per linear slot (see `Block::linears`): q, k, v (or c_attn), o, gate, up, down
+    pub lora: [LoraActs; 7],
+}
+
+/// Gradient scratch for the backward pass (N, ·), reused across layers.
+#[derive(Default)]
+pub(super) struct GradScratch {
+    pub dx: Vec<f32>,
+    pub dh: Vec<f32>,
+    pub dqkv: Vec<f32>,
+    pub datt: Vec<f32>,
+    pub dff_gate: Vec<f32>,
+    pub dff_up: Vec<f32>,
+    pub dff_act: Vec<f32>,
+}
+
+/// Forward/backward buffers. Training keeps every block's [`LayerActs`]; inference keeps one.
+#[derive(Default)]
+pub struct Activations {
+    /// residual stream (N, d); after a forward pass it holds the final-normed hidden states.
+    pub x: Vec<f32>,
+    /// residual stream before the final norm (N, d)
+    pub(super) x_final_in: Vec<f32>,
+    pub(super) final_a: Vec<f32>,
+    pub(super) final_b: Vec<f32>,
+    pub(super) layers: Vec<LayerActs>,
+    /// dropout(x) of the LoRA layer at hand (N, in), shared by all layers (each keeps only its mask).
+    pub(super) lora_x_drop: Vec<f32>,
+    pub(super) grads: GradScratch,
+    pub(super) rope: Option<RopeTable>,
+    /// Rows of a cached (decoding) pass: their tokens, positions and cache slots.
+    pub(super) row_tokens: Vec<u32>,
+    pub(super) row_positions: Vec<u32>,
+    pub(super) row_slots: Vec<u32>,
+    pub(super) cached: CachedAttentionScratch,
+}
+
+impl Activations {
+    /// Sizes the forward buffers for `n` rows at positions below `max_pos`; `layers` blocks keep their
+    /// activations (all of them when training, one at inference).
+    pub(super) fn prepare(&mut self, c: &Config, qkv_width: usize, n: usize, max_pos: usize, layers: usize) {
+        let (d, f, aw) = (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim);
+        if self.layers.len() < layers {
+            self.layers.resize_with(layers, LayerActs::default);
+        }
+        for v in [&mut self.x, &mut self.x_final_in] {
+            grow(v, n * d);
+        }
+        grow(&mut self.final_a, n);
+        grow(&mut self.final_b, n);
+        let keep_residuals = layers > 1;
+        for l in &mut self.layers[..layers] {
+            for v in [&mut l.h1, &mut l.h2] {
+                grow(v, n * d);
+            }
+            if keep_residuals {
+                grow(&mut l.x_in, n * d);
+                grow(&mut l.x_mid, n * d);
+            }
+            for v in [&mut l.norm1_a, &mut l.norm1_b, &mut l.norm2_a, &mut l.norm2_b] {
+                grow(v, n);
+            }
+            grow(&mut l.qkv, n * qkv_width);
+            grow(&mut l.att, n * aw);
+            for v in [&mut l.ff_gate, &mut l.ff_up, &mut l.ff_act] {
+                grow(v, n * f);
+            }
+        }
+        if c.family == Family::Llama && self.rope.as_ref().is_none_or(|t| t.cos.len() < max_pos * c.head_dim / 2) {
+            self.rope = Some(RopeTable::new(&c.rope_inv_freq(), max_pos.max(256).min(c.max_positions)));
+        }
+    }
+
+    /// Sizes the backward scratch for `n` rows.
+    pub(super) fn prepare_grads(&mut self, c: &Config, qkv_width: usize, n: usize) {
+        let (d, f, aw) = (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim);
+        let g = &mut self.grads;
+        for (v, len) in [(&mut g.dx, n * d), (&mut g.dh, n * d), (&mut g.dqkv, n * qkv_width), (&mut g.datt, n * aw)] {
+            grow(v, len);
+        }
+        for v in [&mut g.dff_gate, &mut g.dff_up, &mut g.dff_act] {
+            grow(v, n * f);
+        }
+    }
+}
