@@ -52,10 +52,10 @@ fn main() -> Result<()> {
     for s in 0..steps {
         // The same batches as peft_bench.py: rows (s·B + k) mod len.
         let idx: Vec<usize> = (0..batch).map(|k| (s * batch + k) % rows.len()).collect();
-        let mb: Vec<_> = idx.iter().map(|&i| rows[i].clone()).collect();
+        let mb: Vec<_> = idx.iter().map(|&i| &rows[i]).collect();
         let labels: Vec<String> = idx.iter().map(|i| format!("{data}:{}", pairs[*i].line)).collect();
         let t0 = std::time::Instant::now();
-        let st = trainer.step(&[&mb], &[&labels])?;
+        let st = trainer.step(&mb, batch, &labels)?;
         let dt = t0.elapsed().as_secs_f64();
         if s > 0 {
             tokens += st.tokens;

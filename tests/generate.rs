@@ -389,45 +389,8 @@ fn bad_input_gives_clear_errors() {
     assert!(generate(model, tok, &[vec![5]], &o, |_| {}).unwrap_err().to_string().contains("at least 1"));
 }
 
-/// Counts heap allocations made by threads that opted in (the test's own rayon pool), so other tests running in
-/// parallel in this binary do not disturb the count.
-mod alloc_count {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    pub struct Counting;
-    pub static COUNT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! { pub static TRACK: Cell<bool> = const { Cell::new(false) }; }
-
-    fn note() {
-        if TRACK.with(|t| t.get()) {
-            COUNT.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    // SAFETY: forwards to the system allocator unchanged; only counts.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-            note();
-            unsafe { System.alloc(l) }
-        }
-        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-            note();
-            unsafe { System.alloc_zeroed(l) }
-        }
-        unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-            note();
-            unsafe { System.realloc(p, l, n) }
-        }
-        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-            unsafe { System.dealloc(p, l) }
-        }
-    }
-}
-
 #[global_allocator]
-static ALLOC: alloc_count::Counting = alloc_count::Counting;
+static ALLOC: common::alloc_count::Counting = common::alloc_count::Counting;
 
 /// Once the decoder and the processors' scratch exist, decode steps (forward over the cache, LoRA unmerged,
 /// repetition penalty, n-gram blocking, temperature/top-k/top-p/min-p, draw) allocate nothing.
@@ -440,7 +403,7 @@ fn decode_steps_allocate_nothing() {
     // unpredictable moments independent of this code.
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
-        .start_handler(|_| alloc_count::TRACK.with(|t| t.set(true)))
+        .start_handler(|_| common::alloc_count::TRACK.with(|t| t.set(true)))
         .build()
         .unwrap();
     let vocab = m.model.config.vocab_size;
@@ -480,13 +443,13 @@ fn decode_steps_allocate_nothing() {
         for _ in 0..3 {
             run(&mut seqs, false); // LoRA scratch reaches its size
         }
-        alloc_count::TRACK.with(|t| t.set(true));
-        alloc_count::COUNT.store(0, Ordering::SeqCst);
+        common::alloc_count::TRACK.with(|t| t.set(true));
+        common::alloc_count::COUNT.store(0, Ordering::SeqCst);
         let steps = 40;
         for _ in 0..steps {
             run(&mut seqs, false);
         }
-        (alloc_count::COUNT.load(Ordering::SeqCst), steps)
+        (common::alloc_count::COUNT.load(Ordering::SeqCst), steps)
     });
     assert_eq!(allocs, 0, "{allocs} heap allocations in {steps} decode steps");
 }

@@ -148,9 +148,7 @@ fn same_seed_same_losses_bit_for_bit() {
         let r = rows(&m);
         attach(&mut m.model, &LoraConfig { dropout: 0.1, ..lora_cfg(&["q_proj", "v_proj"]) }, 5).unwrap();
         let mut t = Trainer::new(m.model, train_cfg(1e-2, 4)).unwrap();
-        (0..4)
-            .map(|_| t.step(&[&r[..2], &r[2..]], &[&labels(2), &labels(2)]).unwrap().loss.to_bits())
-            .collect::<Vec<_>>()
+        (0..4).map(|_| t.step(&r[..4], 2, &labels(4)).unwrap().loss.to_bits()).collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
 }
@@ -166,10 +164,10 @@ fn a_tiny_batch_overfits() {
             set_full_finetune(&mut m.model, false);
         }
         let mut t = Trainer::new(m.model, train_cfg(if lora { 2e-2 } else { 3e-3 }, 150)).unwrap();
-        let first = t.step(&[&r], &[&labels(2)]).unwrap().loss;
+        let first = t.step(&r, 2, &labels(2)).unwrap().loss;
         let mut last = first;
         for _ in 0..150 {
-            last = t.step(&[&r], &[&labels(2)]).unwrap().loss;
+            last = t.step(&r, 2, &labels(2)).unwrap().loss;
         }
         assert!(last < 0.05, "{name}: loss went {first} → {last}");
     }
@@ -185,7 +183,7 @@ fn a_step_without_completion_tokens_names_its_rows() {
     let mut model = m.model;
     set_full_finetune(&mut model, false);
     let mut t = Trainer::new(model, train_cfg(1e-3, 1)).unwrap();
-    let err = t.step(&[&r], &[&["data.jsonl:3".to_string(), "data.jsonl:9".to_string()]]).unwrap_err().to_string();
+    let err = t.step(&r, 2, &["data.jsonl:3", "data.jsonl:9"]).unwrap_err().to_string();
     assert!(
         err.contains("data.jsonl:3") && err.contains("data.jsonl:9") && err.contains("no completion tokens"),
         "{err}"

@@ -2,6 +2,7 @@
 use crate::network::batch::PackedBatch;
 use crate::tokenizer::TextTokenizer;
 use anyhow::Result;
+use std::borrow::Borrow;
 use std::ops::Range;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -42,10 +43,10 @@ impl Example {
 
 /// Row t−1's hidden state predicts token t: the (hidden row, target id) pairs of every y token of
 /// `rows`, packed as in `batch`.
-pub fn target_rows(rows: &[Example], batch: &PackedBatch, sel: &mut Vec<usize>, targets: &mut Vec<u32>) {
+pub fn target_rows<E: Borrow<Example>>(rows: &[E], batch: &PackedBatch, sel: &mut Vec<usize>, targets: &mut Vec<u32>) {
     sel.clear();
     targets.clear();
-    for (e, range) in rows.iter().zip(&batch.seqs) {
+    for (e, range) in rows.iter().map(Borrow::borrow).zip(&batch.seqs) {
         for t in e.targets.iter().flat_map(|r| r.clone()) {
             sel.push(range.start + t - 1);
             targets.push(e.ids[t]);

@@ -3,6 +3,7 @@
 
 /// Rows of several sequences packed end to end; row i sits at position `positions[i]` of the
 /// sequence that starts at row `seq_start[i]`.
+#[derive(Default)]
 pub struct PackedBatch {
     pub tokens: Vec<u32>,
     pub positions: Vec<u32>,
@@ -14,14 +15,23 @@ pub struct PackedBatch {
 impl PackedBatch {
     pub fn new(seqs: &[Vec<u32>]) -> Self {
         let mut b = PackedBatch { tokens: vec![], positions: vec![], seq_start: vec![], seqs: vec![] };
-        for s in seqs {
-            let start = b.tokens.len();
-            b.tokens.extend_from_slice(s);
-            b.positions.extend(0..s.len() as u32);
-            b.seq_start.extend(std::iter::repeat_n(start as u32, s.len()));
-            b.seqs.push(start..b.tokens.len());
-        }
+        b.pack(seqs.iter().map(|s| &s[..]));
         b
+    }
+
+    /// Replaces the contents with `seqs`, reusing the buffers (no allocation once they are large enough).
+    pub fn pack<'a>(&mut self, seqs: impl Iterator<Item = &'a [u32]>) {
+        self.tokens.clear();
+        self.positions.clear();
+        self.seq_start.clear();
+        self.seqs.clear();
+        for s in seqs {
+            let start = self.tokens.len();
+            self.tokens.extend_from_slice(s);
+            self.positions.extend(0..s.len() as u32);
+            self.seq_start.extend(std::iter::repeat_n(start as u32, s.len()));
+            self.seqs.push(start..self.tokens.len());
+        }
     }
 
     pub fn len(&self) -> usize {

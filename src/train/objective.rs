@@ -2,11 +2,13 @@
 //! only, backward. Each y token's loss is weighted by 1 / (y tokens in the whole optimizer step), so
 //! gradient accumulation over micro-batches is exact.
 use crate::data::example::{Example, target_rows};
+use crate::kernels::grow;
 use crate::kernels::lm_head::{HeadScratch, cross_entropy_backward};
 use crate::network::activations::Activations;
 use crate::network::batch::PackedBatch;
 use crate::network::transformer::{Mode, Transformer};
 use anyhow::Result;
+use std::borrow::Borrow;
 
 /// Buffers of the objective, reused across micro-batches.
 #[derive(Default)]
@@ -16,28 +18,27 @@ pub struct ObjectiveScratch {
     dhidden: Vec<f32>,
     rows: Vec<usize>,
     targets: Vec<u32>,
+    batch: PackedBatch,
 }
 
 /// Forward + backward of one micro-batch; gradients accumulate into the trainable parameters.
 /// Returns Σ per-token loss over its y tokens (unweighted).
-pub fn forward_backward(
+pub fn forward_backward<E: Borrow<Example>>(
     model: &mut Transformer,
-    rows: &[Example],
+    rows: &[E],
     token_weight: f32,
     label_smoothing: f32,
     s: &mut ObjectiveScratch,
     step_seed: u64,
 ) -> Result<f64> {
-    let seqs: Vec<Vec<u32>> = rows.iter().map(|e| e.ids.clone()).collect();
-    let batch = PackedBatch::new(&seqs);
-    model.check_batch(&batch)?;
-    model.forward(&batch, &mut s.acts, Mode::Train { step_seed });
-    target_rows(rows, &batch, &mut s.rows, &mut s.targets);
+    let batch = &mut s.batch;
+    batch.pack(rows.iter().map(|e| &e.borrow().ids[..]));
+    model.check_batch(batch)?;
+    model.forward(batch, &mut s.acts, Mode::Train { step_seed });
+    target_rows(rows, batch, &mut s.rows, &mut s.targets);
     let d = model.config.hidden_size;
     let n = batch.len();
-    if s.dhidden.len() < n * d {
-        s.dhidden.resize(n * d, 0.0);
-    }
+    grow(&mut s.dhidden, n * d);
     let dhidden = &mut s.dhidden[..n * d];
     dhidden.fill(0.0);
     let head = model.lm_head.as_mut().unwrap_or(&mut model.embed);
@@ -53,6 +54,6 @@ pub fn forward_backward(
         head.grad.as_deref_mut(),
         &mut s.head,
     );
-    model.backward(&batch, &mut s.acts, dhidden);
+    model.backward(batch, &mut s.acts, dhidden);
     Ok(loss)
 }

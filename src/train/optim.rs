@@ -61,23 +61,33 @@ pub fn adamw_update(p: &mut Param, mom: &mut Moments, cfg: &AdamWConfig, lr: f64
         });
 }
 
-/// √(Σ g²) over every gradient, accumulated in f64 in a fixed order.
-pub fn global_grad_norm(params: &[&mut Param]) -> f64 {
-    params
-        .iter()
-        .filter_map(|p| p.grad.as_ref())
-        .map(|g| g.par_chunks(4096).map(|c| c.iter().map(|&x| x as f64 * x as f64).sum::<f64>()).collect::<Vec<_>>())
-        .flat_map(|parts| parts.into_iter())
-        .sum::<f64>()
-        .sqrt()
+/// Elements per partial sum of [`add_grad_sq`]: the partial sums are summed in a fixed order, so the norm does
+/// not depend on the thread count.
+pub const NORM_CHUNK: usize = 4096;
+
+/// total += Σ g² of `p`'s gradient, in f64: partial sums of NORM_CHUNK elements (in parallel, into `partials`,
+/// which holds at least len / NORM_CHUNK values) added in order. The global norm is √ of the total over every
+/// trainable tensor, visited in model order.
+pub fn add_grad_sq(total: &mut f64, p: &Param, partials: &mut [f64]) {
+    let Some(g) = &p.grad else { return };
+    let parts = &mut partials[..g.len().div_ceil(NORM_CHUNK)];
+    parts.par_iter_mut().zip(g.par_chunks(NORM_CHUNK)).for_each(|(s, c)| {
+        *s = c.iter().map(|&x| x as f64 * x as f64).sum::<f64>();
+    });
+    for s in parts.iter() {
+        *total += s;
+    }
 }
 
-/// Scales all gradients by max_norm / (norm + 1e-6) when that is < 1 (torch's clip_grad_norm_).
-pub fn clip_grads(params: &mut [&mut Param], norm: f64, max_norm: f64) {
+/// The clipping factor max_norm / (norm + 1e-6) when that is < 1 (torch's clip_grad_norm_), else None.
+pub fn clip_coef(norm: f64, max_norm: f64) -> Option<f32> {
     let coef = max_norm / (norm + 1e-6);
-    if coef < 1.0 {
-        for g in params.iter_mut().filter_map(|p| p.grad.as_mut()) {
-            g.par_iter_mut().for_each(|x| *x *= coef as f32);
-        }
+    (coef < 1.0).then_some(coef as f32)
+}
+
+/// Scales `p`'s gradient by `coef`.
+pub fn scale_grad(p: &mut Param, coef: f32) {
+    if let Some(g) = &mut p.grad {
+        g.par_iter_mut().for_each(|x| *x *= coef);
     }
 }

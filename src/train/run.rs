@@ -198,21 +198,22 @@ pub fn train(mut s: TrainSettings, resume: Option<&Path>, stop_after: Option<u64
     let mut eval_after = None;
     let mut stopped_early = false;
     let end = stop_after.map_or(total_steps as u64, |k| (start_step + k).min(total_steps as u64));
-    let mut order: (u64, Vec<usize>) = (u64::MAX, vec![]);
+    // This epoch's rows (and their labels) in visiting order; each step takes the next slice.
+    let mut epoch: (u64, Vec<&Example>, Vec<&str>) = (u64::MAX, vec![], vec![]);
     for step in start_step..end {
-        let epoch = step / steps_per_epoch as u64;
-        if order.0 != epoch {
-            order = (epoch, epoch_order(train_set.examples.len(), s.seed, epoch));
+        if epoch.0 != step / steps_per_epoch as u64 {
+            let e = step / steps_per_epoch as u64;
+            let order = epoch_order(train_set.examples.len(), s.seed, e);
+            epoch = (
+                e,
+                order.iter().map(|&i| &train_set.examples[i]).collect(),
+                order.iter().map(|&i| train_set.sources[i].as_str()).collect(),
+            );
         }
-        let order = &order.1;
         let at = (step % steps_per_epoch as u64) as usize * rows_per_step;
-        let idx = &order[at..(at + rows_per_step).min(order.len())];
-        let rows: Vec<Example> = idx.iter().map(|&i| train_set.examples[i].clone()).collect();
-        let labels: Vec<String> = idx.iter().map(|&i| train_set.sources[i].clone()).collect();
-        let micro: Vec<&[Example]> = rows.chunks(s.batch_size).collect();
-        let micro_labels: Vec<&[String]> = labels.chunks(s.batch_size).collect();
+        let take = at..(at + rows_per_step).min(epoch.1.len());
         let t0 = Instant::now();
-        let st: StepStats = trainer.step(&micro, &micro_labels)?;
+        let st: StepStats = trainer.step(&epoch.1[take.clone()], s.batch_size, &epoch.2[take])?;
         let step_s = t0.elapsed().as_secs_f64();
         train_secs += step_s;
         tokens_done += st.tokens;

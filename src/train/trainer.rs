@@ -1,11 +1,12 @@
 //! The optimizer step the training loop drives: micro-batches → exact token-weighted loss and
 //! gradients → clipping → AdamW → schedule. State export/import makes checkpoints exact.
 use super::objective::{ObjectiveScratch, forward_backward};
-use super::optim::{AdamWConfig, Moments, adamw_update, clip_grads, decays, global_grad_norm};
+use super::optim::{AdamWConfig, Moments, NORM_CHUNK, adamw_update, add_grad_sq, clip_coef, decays, scale_grad};
 use super::schedule::{Schedule, lr_factor};
 use crate::data::example::Example;
 use crate::network::transformer::Transformer;
 use anyhow::{Result, bail};
+use std::borrow::Borrow;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -47,54 +48,95 @@ pub struct Trainer {
     pub cfg: TrainConfig,
     /// Optimizer steps taken.
     pub step: u64,
+    /// AdamW moments of each trainable tensor, in model order.
     moments: Vec<Moments>,
     scratch: ObjectiveScratch,
+    /// Partial sums of the gradient norm (see `optim::add_grad_sq`), sized for the largest tensor.
+    norm_partials: Vec<f64>,
 }
 
 impl Trainer {
     /// `model` already has its trainable tensors chosen (gradient buffers present).
     pub fn new(mut model: Transformer, cfg: TrainConfig) -> Result<Self> {
-        let moments: Vec<Moments> =
-            model.params_mut().into_iter().filter(|p| p.is_trainable()).map(|p| Moments::zeros(p.data.len())).collect();
+        let (mut moments, mut largest) = (vec![], 0);
+        model.for_each_param_mut(|p| {
+            if p.is_trainable() {
+                moments.push(Moments::zeros(p.data.len()));
+                largest = largest.max(p.data.len());
+            }
+        });
         if moments.is_empty() {
             bail!("nothing to train: no tensor is trainable");
         }
-        Ok(Trainer { model, cfg, step: 0, moments, scratch: ObjectiveScratch::default() })
+        let norm_partials = vec![0.0; largest.div_ceil(NORM_CHUNK)];
+        Ok(Trainer { model, cfg, step: 0, moments, scratch: ObjectiveScratch::default(), norm_partials })
     }
 
-    /// One optimizer step over `micro_batches` (gradient accumulation). `labels` name each row
-    /// (e.g. "data.jsonl:17") for errors, in the same order as the rows.
-    pub fn step(&mut self, micro_batches: &[&[Example]], labels: &[&[String]]) -> Result<StepStats> {
-        let y_tokens: usize = micro_batches.iter().flat_map(|b| b.iter()).map(Example::n_targets).sum();
+    /// One optimizer step over `rows`, in micro-batches of `micro_batch` rows (gradient accumulation). `labels`
+    /// name each row (e.g. "data.jsonl:17") for errors. Once the buffers have grown to the step's size, a step
+    /// allocates nothing.
+    pub fn step<E: Borrow<Example>>(
+        &mut self,
+        rows: &[E],
+        micro_batch: usize,
+        labels: &[impl AsRef<str>],
+    ) -> Result<StepStats> {
+        let y_tokens: usize = rows.iter().map(|e| e.borrow().n_targets()).sum();
         if y_tokens == 0 {
-            let rows: Vec<&str> = labels.iter().flat_map(|l| l.iter()).map(|s| s.as_str()).collect();
-            bail!("a training step has no completion tokens to learn from (rows: {})", rows.join(", "));
+            let names: Vec<&str> = labels.iter().map(|l| l.as_ref()).collect();
+            bail!("a training step has no completion tokens to learn from (rows: {})", names.join(", "));
         }
         let lr =
             self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
-        let weight = 1.0 / y_tokens as f32;
-        let mut loss = 0.0;
-        for (k, mb) in micro_batches.iter().enumerate() {
-            let seed = crate::rng::mix(self.cfg.seed ^ crate::rng::mix(self.step * 1_000_003 + k as u64));
-            loss += forward_backward(&mut self.model, mb, weight, self.cfg.label_smoothing, &mut self.scratch, seed)?;
-        }
-        let mut params: Vec<_> = self.model.params_mut().into_iter().filter(|p| p.is_trainable()).collect();
-        let grad_norm = global_grad_norm(&params);
+        let loss = self.accumulate_gradients(rows, micro_batch, 1.0 / y_tokens as f32)?;
+        let grad_norm = self.grad_norm();
         if !grad_norm.is_finite() {
             bail!("gradient norm is {grad_norm} at step {}: lower the learning rate or check the data", self.step + 1);
         }
-        if let Some(max) = self.cfg.max_grad_norm {
-            clip_grads(&mut params, grad_norm, max);
-        }
-        let t = self.step + 1;
-        let no_decay = AdamWConfig { weight_decay: 0.0, ..self.cfg.adamw };
-        for (p, m) in params.iter_mut().zip(&mut self.moments) {
-            adamw_update(p, m, if decays(p) { &self.cfg.adamw } else { &no_decay }, lr, t);
-            p.zero_grad();
-        }
-        self.step = t;
-        let tokens = micro_batches.iter().flat_map(|b| b.iter()).map(|e| e.ids.len()).sum();
+        let clip = self.cfg.max_grad_norm.and_then(|max| clip_coef(grad_norm, max));
+        self.update(lr, clip);
+        let tokens = rows.iter().map(|e| e.borrow().ids.len()).sum();
         Ok(StepStats { loss: loss / y_tokens as f64, y_tokens, tokens, grad_norm, lr })
+    }
+
+    /// Forward and backward of every micro-batch, each y token's loss weighted by `token_weight`; returns
+    /// Σ per-token loss.
+    fn accumulate_gradients<E: Borrow<Example>>(&mut self, rows: &[E], micro_batch: usize, weight: f32) -> Result<f64> {
+        let mut loss = 0.0;
+        for (k, mb) in rows.chunks(micro_batch.max(1)).enumerate() {
+            let seed = crate::rng::mix(self.cfg.seed ^ crate::rng::mix(self.step * 1_000_003 + k as u64));
+            loss += forward_backward(&mut self.model, mb, weight, self.cfg.label_smoothing, &mut self.scratch, seed)?;
+        }
+        Ok(loss)
+    }
+
+    /// √(Σ g²) over every trainable tensor, in model order.
+    fn grad_norm(&mut self) -> f64 {
+        let mut total = 0.0;
+        let partials = &mut self.norm_partials;
+        self.model.for_each_param_mut(|p| add_grad_sq(&mut total, p, partials));
+        total.sqrt()
+    }
+
+    /// Clips (scales every gradient by `clip`, if any), takes the AdamW step at learning rate `lr`, zeroes the
+    /// gradients and counts the step.
+    fn update(&mut self, lr: f64, clip: Option<f32>) {
+        let t = self.step + 1;
+        let decay = self.cfg.adamw;
+        let no_decay = AdamWConfig { weight_decay: 0.0, ..decay };
+        let mut moments = self.moments.iter_mut();
+        self.model.for_each_param_mut(|p| {
+            if !p.is_trainable() {
+                return;
+            }
+            if let Some(coef) = clip {
+                scale_grad(p, coef);
+            }
+            let m = moments.next().expect("one set of moments per trainable tensor");
+            adamw_update(p, m, if decays(p) { &decay } else { &no_decay }, lr, t);
+            p.zero_grad();
+        });
+        self.step = t;
     }
 
     pub fn export_state(&mut self) -> TrainState {

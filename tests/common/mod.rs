@@ -1,5 +1,7 @@
 //! Shared helpers for integration tests: fixture paths and the reference files make_fixtures.py writes.
 #![allow(dead_code)]
+pub mod alloc_count;
+
 use safetensors::SafeTensors;
 use std::path::PathBuf;
 
