@@ -396,16 +396,8 @@ static ALLOC: common::alloc_count::Counting = common::alloc_count::Counting;
 /// repetition penalty, n-gram blocking, temperature/top-k/top-p/min-p, draw) allocate nothing.
 #[test]
 fn decode_steps_allocate_nothing() {
-    use std::sync::atomic::Ordering;
     let m = load("tiny-llama", Some("train/tiny-llama-lora-init"));
-    // One worker thread: the same code paths run (rayon still splits the work), but no work-stealing, whose
-    // bookkeeping (crossbeam's epoch registration of a thread that steals for the first time) may allocate at
-    // unpredictable moments independent of this code.
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .start_handler(|_| common::alloc_count::TRACK.with(|t| t.set(true)))
-        .build()
-        .unwrap();
+    let pool = common::alloc_count::counted_pool();
     let vocab = m.model.config.vocab_size;
     let params = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.01, seed: 1 };
     let (allocs, steps) = pool.install(|| {
@@ -443,13 +435,13 @@ fn decode_steps_allocate_nothing() {
         for _ in 0..3 {
             run(&mut seqs, false); // LoRA scratch reaches its size
         }
-        common::alloc_count::TRACK.with(|t| t.set(true));
-        common::alloc_count::COUNT.store(0, Ordering::SeqCst);
         let steps = 40;
-        for _ in 0..steps {
-            run(&mut seqs, false);
-        }
-        (common::alloc_count::COUNT.load(Ordering::SeqCst), steps)
+        common::alloc_count::allocations_in(|| {
+            for _ in 0..steps {
+                run(&mut seqs, false);
+            }
+            steps
+        })
     });
     assert_eq!(allocs, 0, "{allocs} heap allocations in {steps} decode steps");
 }

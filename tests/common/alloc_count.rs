@@ -3,15 +3,18 @@
 //! `#[global_allocator] static ALLOC: common::alloc_count::Counting = common::alloc_count::Counting;`.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub struct Counting;
-pub static COUNT: AtomicUsize = AtomicUsize::new(0);
-thread_local! { pub static TRACK: Cell<bool> = const { Cell::new(false) }; }
+thread_local! {
+    /// Whether this thread's allocations are counted, and how many it made. Per thread, so two tests of one
+    /// binary counting at the same time do not see each other's allocations.
+    pub static TRACK: Cell<bool> = const { Cell::new(false) };
+    static COUNT: Cell<usize> = const { Cell::new(0) };
+}
 
 fn note() {
     if TRACK.with(|t| t.get()) {
-        COUNT.fetch_add(1, Ordering::Relaxed);
+        COUNT.with(|c| c.set(c.get() + 1));
     }
 }
 
@@ -41,10 +44,11 @@ pub fn counted_pool() -> rayon::ThreadPool {
     rayon::ThreadPoolBuilder::new().num_threads(1).start_handler(|_| TRACK.with(|t| t.set(true))).build().unwrap()
 }
 
-/// Heap allocations made by `f` on a counted thread (call it inside `counted_pool().install`).
+/// Heap allocations made by `f` on this thread (call it inside `counted_pool().install`, whose one thread runs
+/// all the parallel work too).
 pub fn allocations_in<R>(f: impl FnOnce() -> R) -> (usize, R) {
     TRACK.with(|t| t.set(true));
-    COUNT.store(0, Ordering::SeqCst);
+    COUNT.with(|c| c.set(0));
     let r = f();
-    (COUNT.load(Ordering::SeqCst), r)
+    (COUNT.with(|c| c.get()), r)
 }
