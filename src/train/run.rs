@@ -4,7 +4,7 @@ use super::checkpoint;
 use super::optim::AdamWConfig;
 use super::plot::plot_losses;
 use super::settings::TrainSettings;
-use super::trainer::{StepStats, TrainConfig, Trainer};
+use super::trainer::{StepStats, TrainConfig, TrainState, Trainer};
 use crate::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
 use crate::data::example::Example;
 use crate::formats::hf_export::save_hf_folder;
@@ -59,14 +59,22 @@ fn load_data(s: &TrainSettings, tok: &TextTokenizer, max_positions: usize) -> Re
         max_len: s.max_len.min(max_positions),
     };
     let all = load_dataset(&s.data, tok, &opts)?;
-    match (&s.eval_data, s.eval_fraction) {
-        (Some(path), _) => Ok((all, Some(load_dataset(path, tok, &opts)?))),
+    let (train, eval) = match (&s.eval_data, s.eval_fraction) {
+        (Some(path), _) => (all, Some(load_dataset(path, tok, &opts)?)),
         (None, f) if f > 0.0 => {
             let (train, eval) = split_by_prompt(all, f, s.seed);
-            Ok((train, Some(eval)))
+            (train, Some(eval))
         }
-        _ => Ok((all, None)),
+        _ => (all, None),
+    };
+    if train.examples.is_empty() {
+        bail!("{}: no training rows left (all were empty or truncated away)", s.data.display());
     }
+    eprintln!("{}", train.stats.describe(&format!("train ({})", s.data.display())));
+    if let Some(e) = &eval {
+        eprintln!("{}", e.stats.describe("eval"));
+    }
+    Ok((train, eval))
 }
 
 /// The order rows are visited in epoch `epoch`: a permutation that is a pure function of
@@ -100,6 +108,10 @@ impl Metrics {
         writeln!(self.file, "{v}")?;
         Ok(())
     }
+
+    fn log_eval(&mut self, step: u64, t: &Totals) -> Result<()> {
+        self.log(serde_json::json!({"step": step, "eval_nll": t.nll_per_token(), "eval_ppl": t.perplexity(), "eval_tokens": t.tokens}))
+    }
 }
 
 /// (step, value) points of a curve.
@@ -123,146 +135,30 @@ fn read_curves(dir: &Path) -> (Curve, Curve) {
 
 /// Runs (or, with `resume`, continues) a training run. `stop_after` ends this invocation after
 /// that many steps with a checkpoint, as an interruption would.
-pub fn train(mut s: TrainSettings, resume: Option<&Path>, stop_after: Option<u64>) -> Result<RunSummary> {
-    let resumed = match resume {
-        Some(p) => {
-            let (meta, state) = checkpoint::load(p)?;
-            s = meta.settings.clone();
-            Some((meta, state))
-        }
-        None => None,
-    };
-    s.validate()?;
-    let out = s.output_dir.clone();
-    if resumed.is_none() && !checkpoint::list(&out).is_empty() {
-        bail!(
-            "{} already holds a training run (checkpoints/); continue it with --resume {}, start afresh with --overwrite, \
-             or choose another --output-dir",
-            out.display(),
-            out.display()
-        );
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
-
+pub fn train(s: TrainSettings, resume: Option<&Path>, stop_after: Option<u64>) -> Result<RunSummary> {
+    let (s, resumed) = settings_and_state(s, resume)?;
+    prepare_output_dir(&s.output_dir, resumed.is_some())?;
     let LoadedModel { files, mut model, tokenizer } = load_model(&s.model)?;
     let (train_set, eval_set) = load_data(&s, &tokenizer, model.config.max_positions)?;
-    if train_set.examples.is_empty() {
-        bail!("{}: no training rows left (all were empty or truncated away)", s.data.display());
-    }
-    eprintln!("{}", train_set.stats.describe(&format!("train ({})", s.data.display())));
-    if let Some(e) = &eval_set {
-        eprintln!("{}", e.stats.describe("eval"));
-    }
     let lcfg = lora_config(&s);
     if s.full {
         set_full_finetune(&mut model, s.freeze_embeddings);
     } else {
         attach(&mut model, &lcfg, s.seed)?;
     }
-    let rows_per_step = s.batch_size * s.grad_accum;
-    let steps_per_epoch = train_set.examples.len().div_ceil(rows_per_step);
-    let total_steps = s.max_steps.unwrap_or(s.epochs * steps_per_epoch);
-    let cfg = TrainConfig {
-        lr: s.lr,
-        schedule: s.schedule,
-        warmup_steps: s.warmup_steps,
-        total_steps,
-        adamw: AdamWConfig { weight_decay: s.weight_decay, ..AdamWConfig::default() },
-        max_grad_norm: (s.max_grad_norm > 0.0).then_some(s.max_grad_norm),
-        label_smoothing: s.label_smoothing,
-        seed: s.seed,
-    };
-    let mut trainer = Trainer::new(model, cfg)?;
+    let plan = Plan::new(&s, train_set.examples.len());
+    let mut trainer = Trainer::new(model, train_config(&s, plan.total_steps))?;
     let mut best_eval = None;
     if let Some((meta, state)) = resumed {
         trainer.import_state(state)?;
         best_eval = meta.best_eval;
     }
-    let start_step = trainer.step;
-    let mut metrics = Metrics::open(&out, start_step > 0)?;
+    let steps = StepLoop { s: &s, plan, train_set: &train_set, eval_set: eval_set.as_ref(), stop_after };
+    let progress = steps.run(&mut trainer, best_eval)?;
 
-    let eval_now = |t: &Trainer| eval_set.as_ref().map(|e| evaluate(&t.model, &e.examples)).transpose();
-    let eval_before = if start_step == 0 { eval_now(&trainer)? } else { None };
-    if let Some(t) = eval_before {
-        metrics.log(serde_json::json!({"step": 0, "eval_nll": t.nll_per_token(), "eval_ppl": t.perplexity(), "eval_tokens": t.tokens}))?;
-    }
-
-    let bar = ProgressBar::new(total_steps as u64).with_style(
-        ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
-    bar.set_position(start_step);
-    // Throughput counts optimizer steps only (not evaluation or checkpoint writing).
-    let (mut tokens_done, mut train_secs, mut first_loss, mut last_loss) = (0usize, 0.0f64, f64::NAN, f64::NAN);
-    let mut eval_after = None;
-    let mut stopped_early = false;
-    let end = stop_after.map_or(total_steps as u64, |k| (start_step + k).min(total_steps as u64));
-    // This epoch's rows (and their labels) in visiting order; each step takes the next slice.
-    let mut epoch: (u64, Vec<&Example>, Vec<&str>) = (u64::MAX, vec![], vec![]);
-    for step in start_step..end {
-        if epoch.0 != step / steps_per_epoch as u64 {
-            let e = step / steps_per_epoch as u64;
-            let order = epoch_order(train_set.examples.len(), s.seed, e);
-            epoch = (
-                e,
-                order.iter().map(|&i| &train_set.examples[i]).collect(),
-                order.iter().map(|&i| train_set.sources[i].as_str()).collect(),
-            );
-        }
-        let at = (step % steps_per_epoch as u64) as usize * rows_per_step;
-        let take = at..(at + rows_per_step).min(epoch.1.len());
-        let t0 = Instant::now();
-        let st: StepStats = trainer.step(&epoch.1[take.clone()], s.batch_size, &epoch.2[take])?;
-        let step_s = t0.elapsed().as_secs_f64();
-        train_secs += step_s;
-        tokens_done += st.tokens;
-        if first_loss.is_nan() {
-            first_loss = st.loss;
-        }
-        last_loss = st.loss;
-        let tps = tokens_done as f64 / train_secs;
-        let done = step + 1;
-        metrics.log(serde_json::json!({
-            "step": done, "epoch": done as f64 / steps_per_epoch as f64, "loss": st.loss, "lr": st.lr,
-            "grad_norm": st.grad_norm, "tokens": st.tokens, "y_tokens": st.y_tokens,
-            "step_s": step_s, "tokens_per_s": tps,
-        }))?;
-        bar.set_message(format!(
-            "epoch {:.2} loss {:.4} lr {:.2e} {:.0} tok/s",
-            done as f64 / steps_per_epoch as f64,
-            st.loss,
-            st.lr,
-            tps
-        ));
-        bar.set_position(done);
-
-        let epoch_end = done % steps_per_epoch as u64 == 0 || done == total_steps as u64;
-        let eval_due = (s.eval_every > 0 && done % s.eval_every as u64 == 0) || epoch_end;
-        let mut improved = false;
-        if eval_due && let Some(t) = eval_now(&trainer)? {
-            metrics.log(serde_json::json!({"step": done, "eval_nll": t.nll_per_token(), "eval_ppl": t.perplexity(), "eval_tokens": t.tokens}))?;
-            bar.println(format!("step {done}: eval NLL {:.4}, perplexity {:.3}", t.nll_per_token(), t.perplexity()));
-            if best_eval.is_none_or(|(b, _)| t.nll_per_token() < b) {
-                best_eval = Some((t.nll_per_token(), done));
-                improved = true;
-            }
-            eval_after = Some(t);
-        }
-        let interrupted = stop_after.is_some() && done == end && done < total_steps as u64;
-        if improved
-            || interrupted
-            || done == total_steps as u64
-            || (s.save_every > 0 && done % s.save_every as u64 == 0)
-        {
-            checkpoint::save(&out, &trainer.export_state(), &s, best_eval)?;
-        }
-        stopped_early = interrupted;
-    }
-    bar.finish_and_clear();
-
-    let output = if stopped_early {
-        checkpoint::list(&out).pop().map(|c| c.1).unwrap_or(out.clone())
+    let out = &s.output_dir;
+    let output = if progress.stopped_early {
+        checkpoint::list(out).pop().map(|c| c.1).unwrap_or(out.clone())
     } else if s.full {
         let dir = out.join("model");
         save_hf_folder(&dir, &trainer.model, &tokenizer, &files)?;
@@ -272,18 +168,189 @@ pub fn train(mut s: TrainSettings, resume: Option<&Path>, stop_after: Option<u64
         save_adapter(&dir, &trainer.model, &lcfg, &s.model)?;
         dir
     };
-    let (train_curve, eval_curve) = read_curves(&out);
+    let (train_curve, eval_curve) = read_curves(out);
     if !train_curve.is_empty() {
         plot_losses(&out.join("loss.png"), &format!("condlm: {}", s.model), &train_curve, &eval_curve)?;
     }
     Ok(RunSummary {
         steps: trainer.step,
-        first_loss,
-        last_loss,
-        eval_before,
-        eval_after,
-        tokens_per_s: tokens_done as f64 / train_secs,
+        first_loss: progress.first_loss,
+        last_loss: progress.last_loss,
+        eval_before: progress.eval_before,
+        eval_after: progress.eval_after,
+        tokens_per_s: progress.tokens as f64 / progress.train_secs,
         output,
-        stopped_early,
+        stopped_early: progress.stopped_early,
     })
+}
+
+/// The settings to run with (a resumed run's own, from its checkpoint) and the state to resume from.
+fn settings_and_state(
+    s: TrainSettings,
+    resume: Option<&Path>,
+) -> Result<(TrainSettings, Option<(checkpoint::CheckpointMeta, TrainState)>)> {
+    let (s, resumed) = match resume {
+        Some(p) => {
+            let (meta, state) = checkpoint::load(p)?;
+            (meta.settings.clone(), Some((meta, state)))
+        }
+        None => (s, None),
+    };
+    s.validate()?;
+    Ok((s, resumed))
+}
+
+/// Refuses to start a fresh run over an earlier one, then makes sure the folder exists.
+fn prepare_output_dir(out: &Path, resuming: bool) -> Result<()> {
+    if !resuming && !checkpoint::list(out).is_empty() {
+        bail!(
+            "{} already holds a training run (checkpoints/); continue it with --resume {}, start afresh with --overwrite, \
+             or choose another --output-dir",
+            out.display(),
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))
+}
+
+fn train_config(s: &TrainSettings, total_steps: usize) -> TrainConfig {
+    TrainConfig {
+        lr: s.lr,
+        schedule: s.schedule,
+        warmup_steps: s.warmup_steps,
+        total_steps,
+        adamw: AdamWConfig { weight_decay: s.weight_decay, ..AdamWConfig::default() },
+        max_grad_norm: (s.max_grad_norm > 0.0).then_some(s.max_grad_norm),
+        label_smoothing: s.label_smoothing,
+        seed: s.seed,
+    }
+}
+
+/// How the rows divide into steps.
+#[derive(Clone, Copy)]
+struct Plan {
+    rows_per_step: usize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+}
+
+impl Plan {
+    fn new(s: &TrainSettings, rows: usize) -> Self {
+        let rows_per_step = s.batch_size * s.grad_accum;
+        let steps_per_epoch = rows.div_ceil(rows_per_step);
+        Plan { rows_per_step, steps_per_epoch, total_steps: s.max_steps.unwrap_or(s.epochs * steps_per_epoch) }
+    }
+
+    fn epoch_of(&self, done_steps: u64) -> f64 {
+        done_steps as f64 / self.steps_per_epoch as f64
+    }
+}
+
+/// What the loop reports back. Throughput counts optimizer steps only (not evaluation or checkpoint writing).
+struct Progress {
+    tokens: usize,
+    train_secs: f64,
+    first_loss: f64,
+    last_loss: f64,
+    eval_before: Option<Totals>,
+    eval_after: Option<Totals>,
+    stopped_early: bool,
+}
+
+/// The optimizer steps of one invocation, with their metrics, evaluations and checkpoints.
+struct StepLoop<'a> {
+    s: &'a TrainSettings,
+    plan: Plan,
+    train_set: &'a Dataset,
+    eval_set: Option<&'a Dataset>,
+    stop_after: Option<u64>,
+}
+
+impl StepLoop<'_> {
+    fn evaluate(&self, t: &Trainer) -> Result<Option<Totals>> {
+        self.eval_set.map(|e| evaluate(&t.model, &e.examples)).transpose()
+    }
+
+    fn run(&self, trainer: &mut Trainer, mut best_eval: Option<(f64, u64)>) -> Result<Progress> {
+        let (s, plan) = (self.s, self.plan);
+        let (start_step, total) = (trainer.step, plan.total_steps as u64);
+        let mut metrics = Metrics::open(&s.output_dir, start_step > 0)?;
+        let eval_before = if start_step == 0 { self.evaluate(trainer)? } else { None };
+        if let Some(t) = eval_before {
+            metrics.log_eval(0, &t)?;
+        }
+        let bar = ProgressBar::new(total).with_style(
+            ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        bar.set_position(start_step);
+        let mut p = Progress {
+            tokens: 0,
+            train_secs: 0.0,
+            first_loss: f64::NAN,
+            last_loss: f64::NAN,
+            eval_before,
+            eval_after: None,
+            stopped_early: false,
+        };
+        let end = self.stop_after.map_or(total, |k| (start_step + k).min(total));
+        // This epoch's rows (and their labels) in visiting order; each step takes the next slice.
+        let mut epoch: (u64, Vec<&Example>, Vec<&str>) = (u64::MAX, vec![], vec![]);
+        for step in start_step..end {
+            if epoch.0 != step / plan.steps_per_epoch as u64 {
+                epoch = self.epoch_rows(step / plan.steps_per_epoch as u64);
+            }
+            let at = (step % plan.steps_per_epoch as u64) as usize * plan.rows_per_step;
+            let take = at..(at + plan.rows_per_step).min(epoch.1.len());
+            let t0 = Instant::now();
+            let st: StepStats = trainer.step(&epoch.1[take.clone()], s.batch_size, &epoch.2[take])?;
+            let step_s = t0.elapsed().as_secs_f64();
+            (p.train_secs, p.tokens, p.last_loss) = (p.train_secs + step_s, p.tokens + st.tokens, st.loss);
+            if p.first_loss.is_nan() {
+                p.first_loss = st.loss;
+            }
+            let (done, tps) = (step + 1, p.tokens as f64 / p.train_secs);
+            metrics.log(serde_json::json!({
+                "step": done, "epoch": plan.epoch_of(done), "loss": st.loss, "lr": st.lr,
+                "grad_norm": st.grad_norm, "tokens": st.tokens, "y_tokens": st.y_tokens,
+                "step_s": step_s, "tokens_per_s": tps,
+            }))?;
+            let (epoch_now, loss, lr) = (plan.epoch_of(done), st.loss, st.lr);
+            bar.set_message(format!("epoch {epoch_now:.2} loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
+            bar.set_position(done);
+
+            let epoch_end = done % plan.steps_per_epoch as u64 == 0 || done == total;
+            let eval_due = (s.eval_every > 0 && done % s.eval_every as u64 == 0) || epoch_end;
+            let mut improved = false;
+            if eval_due && let Some(t) = self.evaluate(trainer)? {
+                metrics.log_eval(done, &t)?;
+                bar.println(format!(
+                    "step {done}: eval NLL {:.4}, perplexity {:.3}",
+                    t.nll_per_token(),
+                    t.perplexity()
+                ));
+                if best_eval.is_none_or(|(b, _)| t.nll_per_token() < b) {
+                    best_eval = Some((t.nll_per_token(), done));
+                    improved = true;
+                }
+                p.eval_after = Some(t);
+            }
+            let interrupted = self.stop_after.is_some() && done == end && done < total;
+            let save_due = s.save_every > 0 && done % s.save_every as u64 == 0;
+            if improved || interrupted || done == total || save_due {
+                checkpoint::save(&s.output_dir, &trainer.export_state(), s, best_eval)?;
+            }
+            p.stopped_early = interrupted;
+        }
+        bar.finish_and_clear();
+        Ok(p)
+    }
+
+    /// Epoch `e`'s rows and their labels, in its visiting order.
+    fn epoch_rows(&self, e: u64) -> (u64, Vec<&Example>, Vec<&str>) {
+        let d = self.train_set;
+        let order = epoch_order(d.examples.len(), self.s.seed, e);
+        (e, order.iter().map(|&i| &d.examples[i]).collect(), order.iter().map(|&i| d.sources[i].as_str()).collect())
+    }
 }
