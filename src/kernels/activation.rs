@@ -65,15 +65,26 @@ pub fn gelu_tanh_backward(dx: &mut [f32], dout: &[f32], x: &[f32]) {
 
 #[cfg(test)]
 mod tests {
-    use super::super::finite_diff::{Rng, assert_bits_eq, check, weighted_sum};
+    use super::super::finite_diff::{Rng, Tol, assert_bits_eq, assert_catches_sign_flip, check, weighted_sum};
     use super::*;
 
-    // Error measure |g_fd − g| / max(1, |g|).  Element-wise ops: perturbing one input moves one output, so the
-    // f32 round-off of L is ≈ 6e-8·|out·R| ≲ 3e-7, i.e. ≲ 2e-5 after dividing by 2h = 2e-2; the truncation error
-    // h²/6·|f'''| is ≲ 3e-5 for silu/gelu (|f'''| ≲ 1.5) and R·up scaling ≤ 2.  Tolerance 2e-4 leaves a margin
-    // of several times over what is observed; any wrong term in a derivative gives errors of order 0.1–1.
+    // Finite-difference steps and tolerances |g_fd − g| ≤ rtol·|g_fd| + atol (error budget: finite_diff.rs).
+    //
+    // gelu dx, swiglu dgate (non-linear): perturbing one input moves one output.  Truncation h²/6·|f'''|·|R·up|
+    // with max|gelu'''| = 0.78 and max|silu'''| = 0.31 (|up| < 2 for swiglu, |R| < 1) is ≤ 1.3e-5 and ≤ 1.0e-5 at
+    // h = 1e-2 — the observed maxima, 1.1e-5 and 2e-6 beyond rtol, sit at it.  Round-off: the one moved output
+    // rounds by ≈ 3u·|o|; where |g| is small, either R (hence o·R) is small or f' ≈ 0, near x ≈ −0.75 (gelu) or
+    // −1.28 (silu) where |o·R| < 0.6, giving ≤ 3u·0.6·√2 / 2h ≈ 4e-6.  Where |o| is large (|x| up to 5), o ≈ x·f'
+    // tracks g and its round-off 3u·|x|·√2 / 2h ≈ 6e-5·|g| falls to rtol.  So atol = 2e-5, rtol = 1e-4.
+    // (Old: |Δ| ≤ 2e-4·max(1, |g|).)
     const H: f32 = 1e-2;
-    const TOL: f64 = 2e-4;
+    const TOL: Tol = Tol { rtol: 1e-4, atol: 2e-5 };
+    // swiglu dup: L is linear in up — no truncation at any step, so h = 0.5.  The only round-off is the final
+    // f32 product o = silu(gate)·up (silu(gate) is bit-identical in both evaluations): ≤ u·|o·R| per evaluation,
+    // and |o·R| = |up ± h|·|g| ≤ 2.5·|g|, so |Δ| ≤ 2·u·2.5·|g| / 2h ≈ 3e-7·|g|: relative, well inside
+    // rtol = 1e-5.  atol = 1e-6 only floors the f64 sum (≈ 1e-16·Σ|o R|) and the f32 rounding of tiny g.
+    const H_LINEAR: f32 = 0.5;
+    const TOL_LINEAR: Tol = Tol { rtol: 1e-5, atol: 1e-6 };
 
     #[test]
     fn swiglu_backward_matches_finite_differences() {
@@ -88,8 +99,10 @@ mod tests {
         // Pre-filled with NaN: the backward must overwrite (=).
         let (mut dg, mut du) = (vec![f32::NAN; n], vec![f32::NAN; n]);
         swiglu_backward(&mut dg, &mut du, &r, &gate, &up);
-        check("swiglu dgate", &gate, &dg, H, TOL, |g| loss(g, &up));
-        check("swiglu dup", &up, &du, H, TOL, |u| loss(&gate, u));
+        let fd = check("swiglu dgate", &gate, &dg, H, TOL, |g| loss(g, &up));
+        assert_catches_sign_flip("swiglu dgate", &fd, &dg, TOL);
+        let fd = check("swiglu dup", &up, &du, H_LINEAR, TOL_LINEAR, |u| loss(&gate, u));
+        assert_catches_sign_flip("swiglu dup", &fd, &du, TOL_LINEAR);
         let (mut dg2, mut du2) = (vec![0.0; n], vec![0.0; n]);
         swiglu_backward(&mut dg2, &mut du2, &r, &gate, &up);
         assert_bits_eq("swiglu dgate rerun", &dg, &dg2);
@@ -103,11 +116,12 @@ mod tests {
         let (x, r) = (rng.vec(n, 4.0), rng.vec(n, 1.0));
         let mut dx = vec![f32::NAN; n];
         gelu_tanh_backward(&mut dx, &r, &x);
-        check("gelu dx", &x, &dx, H, TOL, |x| {
+        let fd = check("gelu dx", &x, &dx, H, TOL, |x| {
             let mut o = vec![0.0; n];
             gelu_tanh_forward(&mut o, x);
             weighted_sum(&o, &r)
         });
+        assert_catches_sign_flip("gelu dx", &fd, &dx, TOL);
         // torch.autograd of gelu(x, approximate="tanh") at x = 1, −1, 0.5.
         gelu_tanh_backward(&mut dx[..3], &[1.0; 3], &[1.0, -1.0, 0.5]);
         for (a, b) in dx.iter().zip([1.082_964_1, -0.082_964_09, 0.867_369_9]) {

@@ -224,16 +224,22 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::finite_diff::{Rng, assert_bits_eq, check, weighted_sum, with_threads};
+    use super::super::finite_diff::{
+        Rng, Tol, assert_bits_eq, assert_catches_sign_flip, check, weighted_sum, with_threads,
+    };
     use super::super::rope::{RopeTable, rope_backward, rope_forward};
     use super::*;
 
-    // Error measure |g_fd − g| / max(1, |g|), step h = 1e-2.  Truncation h²/6·|L'''|: scores are O(1) here, so
-    // |L'''| is O(1) and the term ≲ 5e-5.  Round-off: a perturbed k or v element moves up to T·head_dim outputs
-    // of O(1) each, ≈ 6e-8·40 ≈ 3e-6 in L, ≈ 1.5e-4 after dividing by 2h in the worst case (random signs give
-    // far less; observed maxima ≤ 4e-5).  3e-4 keeps a ×7 margin; a wrong term or sign gives O(0.1–1).
-    const H: f32 = 1e-2;
-    const TOL: f64 = 3e-4;
+    // Finite differences: |g_fd − g| ≤ rtol·|g_fd| + atol (error budget: finite_diff.rs), step h = 2e-2.
+    // Truncation h²/6·|L'''| = 6.7e-5·|L'''|: scores are O(1) here (|q|, |k| < 1.5, scale 1/√10), so the
+    // softmax's third derivatives along one q/k element are O(0.1), ≈ 1e-5.  Round-off: a perturbed k or v
+    // element moves up to T·head_dim ≈ 40 outputs of O(1), each rounded independently by a few ulps through the
+    // score → exp → weighted-sum chain: ≈ √40·3u·|o R| ≈ 5e-7 per evaluation, ≈ 2e-5 in g_fd after √2 / 2h.
+    // Observed: the atol actually needed at rtol 1e-4 is ≤ 1.4e-5 (printed); it is 1.6–2.8e-5 at h = 1e-2
+    // (round-off grows as 1/h) and similar at 3e-2 (truncation grows as h²).  atol = 3e-5, rtol = 1e-4 (the f32
+    // round-off of outputs that scale with g).  (Old: |Δ| ≤ 3e-4·max(1, |g|).)
+    const H: f32 = 2e-2;
+    const TOL: Tol = Tol { rtol: 1e-4, atol: 3e-5 };
 
     /// Layout with padding and q/k/v out of order: [pad 2 | k | q | pad 1 | v | pad 3].
     fn layout(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> QkvLayout {
@@ -294,7 +300,9 @@ mod tests {
             let mut att = vec![0.0; n * nh * 10];
             attention_forward(&mut att, &qkv, l, &seq_start);
             let d = backward(&r, &qkv, &att, l, &seq_start);
-            check(&format!("attention dqkv {nh}/{nkv} heads"), &qkv, &d, H, TOL, loss);
+            let name = format!("attention dqkv {nh}/{nkv} heads");
+            let fd = check(&name, &qkv, &d, H, TOL, loss);
+            assert_catches_sign_flip(&name, &fd, &d, TOL);
         }
     }
 
@@ -320,7 +328,8 @@ mod tests {
         let mut d = backward(&r, &qkv, &att, l, &seq_start);
         rope_backward(&mut d, l.row_len, l.q_col, nh, &positions, &table);
         rope_backward(&mut d, l.row_len, l.k_col, nkv, &positions, &table);
-        check("rope+attention dx", &x, &d, H, TOL, |xp| weighted_sum(&forward(xp).1, &r));
+        let fd = check("rope+attention dx", &x, &d, H, TOL, |xp| weighted_sum(&forward(xp).1, &r));
+        assert_catches_sign_flip("rope+attention dx", &fd, &d, TOL);
     }
 
     #[test]

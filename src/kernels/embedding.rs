@@ -50,7 +50,9 @@ pub fn embedding_backward(
 
 #[cfg(test)]
 mod tests {
-    use super::super::finite_diff::{Rng, assert_bits_eq, check, weighted_sum, with_threads};
+    use super::super::finite_diff::{
+        Rng, Tol, assert_bits_eq, assert_catches_sign_flip, check, small_column, weighted_sum, with_threads,
+    };
     use super::*;
 
     #[test]
@@ -61,7 +63,9 @@ mod tests {
         let positions = [0u32, 1, 2, 0, 1, 2, 3, 4];
         let n = ids.len();
         let mut rng = Rng::new(51);
-        let (table, pos, r) = (rng.vec(vocab * dim, 1.0), rng.vec(max_pos * dim, 1.0), rng.vec(n * dim, 1.0));
+        // Column 2 of R is tiny, so every table row has a small gradient element for the sign-flip check.
+        let (table, pos) = (rng.vec(vocab * dim, 1.0), rng.vec(max_pos * dim, 1.0));
+        let r = small_column(rng.vec(n * dim, 1.0), dim, 2);
         let loss = |t: &[f32], p: &[f32]| {
             let mut out = vec![0.0; n * dim];
             embedding_forward(&mut out, &ids, t, &positions, Some(p), dim);
@@ -71,9 +75,18 @@ mod tests {
         let (mut dt, mut dp) = (g0.clone(), p0.clone());
         embedding_backward(Some(&mut dt), Some(&mut dp), &r, &ids, &positions, dim);
         let minus = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a - b).collect::<Vec<f32>>();
-        // L is linear in both tables: no truncation error; round-off ≈ 6e-8·(a few terms)/2h ≪ 1e-4.
-        check("embedding dtable", &table, &minus(&dt, &g0), 1e-2, 1e-4, |t| loss(t, &pos));
-        check("embedding dpos", &pos, &minus(&dp, &p0), 1e-2, 1e-4, |p| loss(&table, p));
+        // |g_fd − g| ≤ rtol·|g_fd| + atol (error budget: finite_diff.rs).  L is linear in both tables, so the
+        // central difference has no truncation error at any step: h = 0.5 shrinks round-off.  A table entry
+        // feeds at most 3 outputs (id 3 and id 1 appear 3 times; positions ≤ 2), each the f32 sum t + p with
+        // |t + p| < 2.5 rounded by ≤ u·2.5: ≤ 2·3·u·2.5·|R| / 2h ≈ 9e-7 in the worst case (observed ≤ 2.4e-7).
+        // atol = 1e-6; rtol = 1e-5 covers the f32 sum of ≤ 3 R terms in g.  (Old: |Δ| ≤ 1e-4·max(1, |g|).)
+        const H: f32 = 0.5;
+        const TOL: Tol = Tol { rtol: 1e-5, atol: 1e-6 };
+        let (dt1, dp1) = (minus(&dt, &g0), minus(&dp, &p0));
+        let fd = check("embedding dtable", &table, &dt1, H, TOL, |t| loss(t, &pos));
+        assert_catches_sign_flip("embedding dtable", &fd, &dt1, TOL);
+        let fd = check("embedding dpos", &pos, &dp1, H, TOL, |p| loss(&table, p));
+        assert_catches_sign_flip("embedding dpos", &fd, &dp1, TOL);
         // Rows never looked up (id 2, 4, 5; position 5) keep their pre-filled gradient exactly.
         for v in [2, 4, 5] {
             assert_bits_eq("untouched table row", &dt[v * dim..][..dim], &g0[v * dim..][..dim]);

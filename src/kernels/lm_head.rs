@@ -152,7 +152,7 @@ fn row_max(l: &[f32]) -> f32 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::finite_diff::{Rng, assert_bits_eq, check, with_threads};
+    use super::super::finite_diff::{Rng, Tol, assert_bits_eq, assert_catches_sign_flip, check, with_threads};
     use super::*;
 
     /// Σ_k loss_k in f64 from the f32 logits of the existing forward path — independent of the backward.
@@ -182,11 +182,16 @@ mod tests {
         let targets: Vec<u32> = rows.iter().map(|_| rng.below(vocab) as u32).collect();
         let (hidden, head) = (rng.vec(n * dim, 1.0), rng.vec(vocab * dim, 1.0));
         let tw = 0.37f32;
-        // Error measure |g_fd − g| / max(1, |g|), h = 1e-2.  Truncation h²/6·|L'''|: a log-softmax has third
-        // derivatives ≤ 0.1 per logit, times tw·|hidden|³ summed over ≤ 66 rows for a head entry ⇒ ≲ 1e-5.
-        // Round-off: the f32 logits carry ≈ 6e-8·|logit|, over ≤ 66 moved rows ≲ 1e-6 in L, ≲ 5e-5 after
-        // dividing by 2h in the worst case.  Observed maxima ≤ 6e-6 (printed), so 1e-4 keeps a wide margin while
-        // a wrong sign or a missing ε-term errs by ≳ 1e-3.
+        // |g_fd − g| ≤ rtol·|g_fd| + atol (error budget: finite_diff.rs), h = 1e-2.  Truncation h²/6·|L'''|:
+        // along one hidden element, L''' = tw·(third cumulant of head[·, d] under the softmax) ≤ 0.37·0.77, so
+        // ≤ 5e-6; along one head entry it is Σ over the ≤ 66 selected rows of tw·h³·p(1−p)(1−2p) (each ≤ 0.036),
+        // ≈ 5e-6 with random signs.  Round-off: only the f32 logits round (the loss itself is f64), by ≈ u·|logit|
+        // with |logit| ≲ 2, weighted by |p − 1[t]|: one row moves for dhidden, ≤ 66 for dhead, ≈ √66·u·2·0.37·√2
+        // / 2h ≈ 2e-5 at worst for dhead, far less typically.  Observed: atol needed ≤ 5e-6 at rtol 1e-5
+        // (printed).  atol = 2e-5; rtol = 5e-5 for the f32 rounding that scales with g (dhead is a sum over 66
+        // rows).  rtol + atol < 1e-4, so this is stricter everywhere than the old |Δ| ≤ 1e-4·max(1, |g|), and a
+        // wrong sign or a missing ε-term errs by ≳ 1e-3.
+        const TOL: Tol = Tol { rtol: 5e-5, atol: 2e-5 };
         for eps in [0.0f32, 0.1] {
             let mut s = HeadScratch::default();
             let (g0, gh0) = (rng.vec(n * dim, 1.0), rng.vec(vocab * dim, 1.0));
@@ -210,8 +215,13 @@ mod tests {
             }
             let minus = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(a, b)| a - b).collect::<Vec<f32>>();
             let l = |x: &[f32], w: &[f32]| tw as f64 * reference_loss(x, dim, w, &rows, &targets, eps as f64);
-            check(&format!("lm head dhidden ε={eps}"), &hidden, &minus(&dhidden, &g0), 1e-2, 1e-4, |x| l(x, &head));
-            check(&format!("lm head dhead ε={eps}"), &head, &minus(&dhead, &gh0), 1e-2, 1e-4, |w| l(&hidden, w));
+            let (dh1, dw1) = (minus(&dhidden, &g0), minus(&dhead, &gh0));
+            let name = format!("lm head dhidden ε={eps}");
+            let fd = check(&name, &hidden, &dh1, 1e-2, TOL, |x| l(x, &head));
+            assert_catches_sign_flip(&name, &fd, &dh1, TOL);
+            let name = format!("lm head dhead ε={eps}");
+            let fd = check(&name, &head, &dw1, 1e-2, TOL, |w| l(&hidden, w));
+            assert_catches_sign_flip(&name, &fd, &dw1, TOL);
             // Frozen head: dhidden is the same without dhead.
             let mut dh2 = g0.clone();
             cross_entropy_backward(&hidden, dim, &head, &rows, &targets, tw, eps, &mut dh2, None, &mut s);

@@ -11,7 +11,7 @@ pub mod rope;
 pub mod simd;
 
 #[cfg(test)]
-mod finite_diff;
+pub(crate) mod finite_diff;
 
 /// Grows a reusable buffer to at least `n` values (never shrinks): buffers reach their largest size once and
 /// are reused after that.

@@ -161,23 +161,43 @@ fn column_reduce(dst: &mut [f32], n_rows: usize, term: impl Fn(usize, usize, &mu
 
 #[cfg(test)]
 mod tests {
-    use super::super::finite_diff::{Rng, assert_bits_eq, check, weighted_sum, with_threads};
+    use super::super::finite_diff::{
+        Rng, Tol, assert_bits_eq, assert_catches_sign_flip, check, small_column, weighted_sum, with_threads,
+    };
     use super::*;
 
     const EPS: f32 = 1e-5;
-    // Step and tolerance for the finite-difference checks.  Error measure |g_fd − g| / max(1, |g|).
-    // Truncation error of the central difference is h²/6·|L'''| ≈ 2e-5·|L'''| at h = 1e-2; f32 round-off in the
-    // forward is ≈ 6e-8·Σ|out ⊙ R| over the outputs that move (one row of 40 for dx, all 70×40 for dw), so after
-    // dividing by 2h it stays ≲ 1e-4 (observed maxima: 1.2e-4 for layernorm dx, ≤ 6e-5 elsewhere).  5e-4 keeps a
-    // ×4 margin over that, while a wrong sign or term gives errors of order 0.1–1.
-    const H: f32 = 1e-2;
-    const TOL: f64 = 5e-4;
+    // Finite-difference steps and tolerances |g_fd − g| ≤ rtol·|g_fd| + atol (error budget: finite_diff.rs).
+    //
+    // dx: L is non-linear in x.  Perturbing x_i moves its whole row of 40 outputs, and the row's f32 rstd (and,
+    // for layernorm, mean) — one reduction over 40 values, rounded by a few ulps — scales all 40 coherently, so
+    // L(x ± h) carries ≈ 2u·Σ_row|o r| of round-off; with |o| ≲ |w|·|x̂| (w < 1.5, x̂ ≈ N(0, 1)) and |r| < 1,
+    // Σ_row|o r| ≈ 15, i.e. ≈ 2e-6 per evaluation and √2·2e-6 / 2h ≈ 4e-5 in g_fd at h = 3e-2.  Truncation
+    // h²/6·|L'''| = 1.5e-4·|L'''| with |L'''| ≲ 0.1 at rstd ≈ 1 adds ≲ 1.5e-5.  h = 3e-2 balances the two: the
+    // observed error falls as 1/h up to it (1.2e-4 at h = 1e-2, ≤ 3e-5 at 3e-2) and rises beyond (1e-4 at 6e-2).
+    // atol = 8e-5 covers that ≈ 6e-5 estimate with the observed ≤ 3e-5 well inside; rtol = 1e-4 covers the f32
+    // rounding of terms that scale with g itself.  (Old: |Δ| ≤ 5e-4·max(1, |g|).)
+    const H_X: f32 = 3e-2;
+    const TOL_X: Tol = Tol { rtol: 1e-4, atol: 8e-5 };
+    // dw, db: L is linear in w and in b, so the central difference has no truncation error at any step; h = 0.5
+    // shrinks round-off.  Perturbing w_j moves column j of all 70 rows: each output rounds by ≤ 2u·|o| with
+    // |o| ≲ (|w| + h)·|x̂| ≲ 2·3, so the worst case is 2·70·2u·|o r| / 2h ≈ 1e-4 but random signs give
+    // ≈ √70·2u·6·0.5·√2 ≈ 4e-6 (observed ≤ 2.1e-6); atol = 1e-5.  rtol = 1e-5: the f32 gradient is a sum over
+    // 70 rows, rounded by ≈ √70·u ≈ 5e-7 relative, with room to spare.
+    const H_W: f32 = 0.5;
+    const TOL_W: Tol = Tol { rtol: 1e-5, atol: 1e-5 };
     // 70 rows cross the 64-row chunk of the parameter reduction; 40 features span two 32-feature blocks.
     const N: usize = 70;
     const DIM: usize = 40;
 
     fn minus(a: &[f32], b: &[f32]) -> Vec<f32> {
         a.iter().zip(b).map(|(a, b)| a - b).collect()
+    }
+
+    /// Checks `g` against finite differences, then that a sign flip on its smallest visible element is caught.
+    fn check_both(name: &str, x: &[f32], g: &[f32], h: f32, tol: Tol, loss: impl FnMut(&[f32]) -> f64) {
+        let fd = check(name, x, g, h, tol, loss);
+        assert_catches_sign_flip(name, &fd, g, tol);
     }
 
     fn rms_loss(x: &[f32], w: &[f32], r: &[f32]) -> f64 {
@@ -197,15 +217,15 @@ mod tests {
     fn rmsnorm_backward_matches_finite_differences() {
         let mut rng = Rng::new(11);
         let x: Vec<f32> = (0..N * DIM).map(|i| rng.uniform() * 2.0 + if i % 7 == 0 { 1.5 } else { 0.0 }).collect();
-        let (w, r) = (rng.vec(DIM, 1.5), rng.vec(N * DIM, 1.0));
+        let (w, r) = (rng.vec(DIM, 1.5), small_column(rng.vec(N * DIM, 1.0), DIM, 3));
         let (mut out, mut rstd) = (vec![0.0; N * DIM], vec![0.0; N]);
         rmsnorm_forward(&mut out, &mut rstd, &x, &w, EPS);
         // Pre-filled gradients: the backward must accumulate (+=), not overwrite.
         let (g0, gw0) = (rng.vec(N * DIM, 1.0), rng.vec(DIM, 1.0));
         let (mut dx, mut dw) = (g0.clone(), gw0.clone());
         rmsnorm_backward(&mut dx, Some(&mut dw), &r, &x, &w, &rstd);
-        check("rmsnorm dx", &x, &minus(&dx, &g0), H, TOL, |xp| rms_loss(xp, &w, &r));
-        check("rmsnorm dw", &w, &minus(&dw, &gw0), H, TOL, |wp| rms_loss(&x, wp, &r));
+        check_both("rmsnorm dx", &x, &minus(&dx, &g0), H_X, TOL_X, |xp| rms_loss(xp, &w, &r));
+        check_both("rmsnorm dw", &w, &minus(&dw, &gw0), H_W, TOL_W, |wp| rms_loss(&x, wp, &r));
         // Without dw, dx is the same.
         let mut dx2 = g0.clone();
         rmsnorm_backward(&mut dx2, None, &r, &x, &w, &rstd);
@@ -216,15 +236,15 @@ mod tests {
     fn layernorm_backward_matches_finite_differences() {
         let mut rng = Rng::new(12);
         let x: Vec<f32> = (0..N * DIM).map(|i| rng.uniform() * 2.0 + (i / DIM) as f32 * 0.05).collect();
-        let (w, b, r) = (rng.vec(DIM, 1.5), rng.vec(DIM, 1.0), rng.vec(N * DIM, 1.0));
+        let (w, b, r) = (rng.vec(DIM, 1.5), rng.vec(DIM, 1.0), small_column(rng.vec(N * DIM, 1.0), DIM, 3));
         let (mut out, mut mean, mut rstd) = (vec![0.0; N * DIM], vec![0.0; N], vec![0.0; N]);
         layernorm_forward(&mut out, &mut mean, &mut rstd, &x, &w, &b, EPS);
         let (g0, gw0, gb0) = (rng.vec(N * DIM, 1.0), rng.vec(DIM, 1.0), rng.vec(DIM, 1.0));
         let (mut dx, mut dw, mut db) = (g0.clone(), gw0.clone(), gb0.clone());
         layernorm_backward(&mut dx, Some(&mut dw), Some(&mut db), &r, &x, &w, &mean, &rstd);
-        check("layernorm dx", &x, &minus(&dx, &g0), H, TOL, |xp| ln_loss(xp, &w, &b, &r));
-        check("layernorm dw", &w, &minus(&dw, &gw0), H, TOL, |wp| ln_loss(&x, wp, &b, &r));
-        check("layernorm db", &b, &minus(&db, &gb0), H, TOL, |bp| ln_loss(&x, &w, bp, &r));
+        check_both("layernorm dx", &x, &minus(&dx, &g0), H_X, TOL_X, |xp| ln_loss(xp, &w, &b, &r));
+        check_both("layernorm dw", &w, &minus(&dw, &gw0), H_W, TOL_W, |wp| ln_loss(&x, wp, &b, &r));
+        check_both("layernorm db", &b, &minus(&db, &gb0), H_W, TOL_W, |bp| ln_loss(&x, &w, bp, &r));
         let mut dx2 = g0.clone();
         layernorm_backward(&mut dx2, None, None, &r, &x, &w, &mean, &rstd);
         assert_bits_eq("layernorm dx without dw/db", &dx, &dx2);

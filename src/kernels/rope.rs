@@ -65,7 +65,7 @@ pub fn rope_backward(buf: &mut [f32], row_len: usize, col: usize, n_heads: usize
 
 #[cfg(test)]
 mod tests {
-    use super::super::finite_diff::{Rng, check, weighted_sum};
+    use super::super::finite_diff::{Rng, Tol, assert_catches_sign_flip, check, weighted_sum};
     use super::*;
 
     #[test]
@@ -87,13 +87,19 @@ mod tests {
         let mut g = r.clone();
         rope_backward(&mut g, row_len, k_col, hk, &positions, &table);
         rope_backward(&mut g, row_len, q_col, hq, &positions, &table);
-        // L is linear in x: the central difference has no truncation error, only f32 round-off
-        // (≈ 6e-8·2 terms / 2h ≈ 1e-5 at h = 1e-2), so 1e-4 is a tight yet safe tolerance.
-        check("rope dx", &x, &g, 1e-2, 1e-4, |xp| {
+        // |g_fd − g| ≤ rtol·|g_fd| + atol (error budget: finite_diff.rs).  L is linear in x: the central
+        // difference has no truncation error at any step, so h = 0.5 shrinks round-off.  A perturbed element moves
+        // the two outputs of its rotation pair, x·cos − y·sin and x·sin + y·cos with |x ± h| ≤ 1.5 and |y| ≤ 1,
+        // each rounded by ≤ 2u·2.5: ≤ 2·2·2u·2.5·|R| / 2h ≈ 1.2e-6 in the worst case, ≈ 3e-7 typically (observed
+        // ≤ 1.3e-7; padding columns are untouched, so exact).  atol = 2e-6; rtol = 1e-5 for the f32 rounding of
+        // g itself (a rotation of R).  (Old: |Δ| ≤ 1e-4·max(1, |g|).)
+        const TOL: Tol = Tol { rtol: 1e-5, atol: 2e-6 };
+        let fd = check("rope dx", &x, &g, 0.5, TOL, |xp| {
             let mut buf = xp.to_vec();
             forward(&mut buf);
             weighted_sum(&buf, &r)
         });
+        assert_catches_sign_flip("rope dx", &fd, &g, TOL);
         // Orthogonality: backward ∘ forward = identity, and padding columns are never touched.
         let mut buf = x.clone();
         forward(&mut buf);
