@@ -2,8 +2,7 @@
 //! real-model comparison with transformers (scripts/check_smollm2.py).
 //! Usage: dump_logits MODEL DATA.jsonl ROWS OUT.safetensors
 use anyhow::{Context, Result};
-use condlm::data::example::Example;
-use condlm::data::rows::read_pairs;
+use condlm::data::dataset::{DataOptions, load_dataset};
 use condlm::formats::load::load_model;
 use condlm::kernels::lm_head::{HeadScratch, logits};
 use condlm::network::activations::Activations;
@@ -19,12 +18,11 @@ fn main() -> Result<()> {
     };
     let n: usize = rows.parse().context("ROWS must be a number")?;
     let m = load_model(model)?;
-    let pairs = read_pairs(Path::new(data))?;
+    let rows = load_dataset(Path::new(data), &m.tokenizer, &DataOptions::default())?.examples;
     let d = m.model.config.hidden_size;
     let mut tensors: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = Vec::new();
     let mut acts = Activations::default();
-    for (i, p) in pairs.iter().take(n).enumerate() {
-        let e = Example::encode_pair(&m.tokenizer, &p.prompt, &p.completion)?;
+    for (i, e) in rows.iter().take(n).enumerate() {
         let batch = PackedBatch::new(std::slice::from_ref(&e.ids));
         m.model.forward(&batch, &mut acts, Mode::Infer);
         let all: Vec<usize> = (0..batch.len()).collect();

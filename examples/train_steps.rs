@@ -2,8 +2,7 @@
 //! step's loss — the condlm side of the training rows of bench/bench.py (loss agreement, tokens/s, peak RSS).
 //! Usage: train_steps MODEL DATA.jsonl (ADAPTER_DIR | full) STEPS BATCH LR
 use anyhow::{Context, Result};
-use condlm::data::example::Example;
-use condlm::data::rows::read_pairs;
+use condlm::data::dataset::{DataOptions, load_dataset};
 use condlm::formats::load::load_model;
 use condlm::formats::peft::load_adapter;
 use condlm::network::adapters::set_full_finetune;
@@ -34,9 +33,8 @@ fn main() -> Result<()> {
     } else {
         load_adapter(Path::new(adapter), &mut m.model)?;
     }
-    let pairs = read_pairs(Path::new(data))?;
-    let rows: Vec<_> =
-        pairs.iter().map(|p| Example::encode_pair(&m.tokenizer, &p.prompt, &p.completion)).collect::<Result<_>>()?;
+    let ds = load_dataset(Path::new(data), &m.tokenizer, &DataOptions::default())?;
+    let rows = &ds.examples;
     let cfg = TrainConfig {
         lr,
         schedule: Schedule::Constant,
@@ -53,7 +51,7 @@ fn main() -> Result<()> {
         // The same batches as peft_bench.py: rows (s·B + k) mod len.
         let idx: Vec<usize> = (0..batch).map(|k| (s * batch + k) % rows.len()).collect();
         let mb: Vec<_> = idx.iter().map(|&i| &rows[i]).collect();
-        let labels: Vec<String> = idx.iter().map(|i| format!("{data}:{}", pairs[*i].line)).collect();
+        let labels: Vec<&str> = idx.iter().map(|&i| ds.sources[i].as_str()).collect();
         let t0 = std::time::Instant::now();
         let st = trainer.step(&mb, batch, &labels)?;
         let dt = t0.elapsed().as_secs_f64();

@@ -1,12 +1,13 @@
 //! log P(y | x) for (x, y) pairs: the quantity the conditional objective maximises.
+use crate::data::dataset::{DataOptions, Dataset, load_dataset};
 use crate::data::example::{Example, target_rows};
-use crate::data::rows::Pair;
 use crate::kernels::lm_head::{HeadScratch, target_logprobs};
 use crate::network::activations::Activations;
 use crate::network::batch::PackedBatch;
 use crate::network::transformer::{Mode, Transformer};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, bail};
+use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowScore {
@@ -35,27 +36,21 @@ impl Totals {
     }
 }
 
-/// Encodes rows for scoring, checking each against the context window.
-pub fn encode_rows(tok: &TextTokenizer, rows: &[Pair], max_positions: usize) -> Result<Vec<Example>> {
-    rows.iter()
-        .map(|r| {
-            if r.prompt.is_empty() && tok.prefix.is_empty() {
-                bail!(
-                    "line {}: empty prompt and a tokenizer that adds no BOS: the first completion token has no context",
-                    r.line
-                );
-            }
-            let e = Example::encode_pair(tok, &r.prompt, &r.completion)?;
-            if e.ids.len() > max_positions {
-                bail!(
-                    "line {}: {} tokens exceed the model's context window of {max_positions}; shorten the row",
-                    r.line,
-                    e.ids.len()
-                );
-            }
-            Ok(e)
-        })
-        .collect()
+/// Every row of `path` (any format [`load_dataset`] reads, with the field names of `opts`) encoded whole.
+/// Scoring never truncates — a cut row's log-prob is not log P(y | x) — so a row longer than `opts.max_len`
+/// (the model's context window) is an error naming the row.
+pub fn load_rows(path: &Path, tok: &TextTokenizer, opts: &DataOptions) -> Result<Dataset> {
+    let ds = load_dataset(path, tok, &DataOptions { max_len: usize::MAX, ..opts.clone() })?;
+    for (e, source) in ds.examples.iter().zip(&ds.sources) {
+        if e.ids.len() > opts.max_len {
+            bail!(
+                "{source}: {} tokens exceed the model's context window of {}; shorten the row",
+                e.ids.len(),
+                opts.max_len
+            );
+        }
+    }
+    Ok(ds)
 }
 
 /// Scores encoded rows in packed batches of `batch_rows`; `progress(rows_done)` after each batch.

@@ -4,7 +4,7 @@
 mod common;
 
 use common::fixture;
-use condlm::data::chat::{ChatTemplate, encode_chat, special_ids};
+use condlm::data::chat::{ChatTemplate, GenerationPrompt, encode_chat, special_ids};
 use condlm::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
 use condlm::data::example::Example;
 use condlm::data::records::{Fields, Format, Record, read_rows};
@@ -116,7 +116,8 @@ fn templates_render_like_transformers() {
         let tools = r.get_attr("tools").unwrap();
         let tools = if tools.is_none() { None } else { Some(tools) };
         let add_gen = r.get_attr("add_generation_prompt").unwrap().is_true();
-        let got = t.render(&messages, tools.as_ref(), add_gen).unwrap();
+        let prompt = if add_gen { GenerationPrompt::Add } else { GenerationPrompt::Omit };
+        let got = t.render(&messages, tools.as_ref(), prompt).unwrap();
         let want = r.get_attr("text").unwrap().to_string();
         assert_eq!(got, want, "rendering {i}: {name}, add_generation_prompt={add_gen}");
         seen.insert((name, add_gen, tools.is_some()));
@@ -141,7 +142,7 @@ fn segments_reassemble_the_rendering() {
         for row in &rows {
             let Record::Chat { messages, tools } = &row.record else { panic!() };
             let values: Vec<Value> = messages.iter().map(|m| m.value.clone()).collect();
-            let full = t.render(&values, None, false).unwrap();
+            let full = t.render(&values, None, GenerationPrompt::Omit).unwrap();
             let c = encode_chat(&tok, &t, messages, tools.as_ref(), &special).unwrap();
             // The tiny vocabulary has no special <|eot_id|>: with no end-of-turn token, EOS is appended.
             let want = if name == "llama3_style.jinja" { format!("{full}<|im_end|>") } else { full };

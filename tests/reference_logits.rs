@@ -2,13 +2,13 @@
 //! full logits of a ragged batch run packed together, and log P(y | x) of real E2E rows.
 mod common;
 use common::{expected_json, fixture, max_abs_diff, reference_sequences};
-use condlm::data::rows::read_pairs;
+use condlm::data::dataset::DataOptions;
 use condlm::formats::load::load_model;
 use condlm::kernels::lm_head::{HeadScratch, logits};
 use condlm::network::activations::Activations;
 use condlm::network::batch::PackedBatch;
 use condlm::network::transformer::Mode;
-use condlm::score::{encode_rows, row_scores, score_encoded};
+use condlm::score::{load_rows, row_scores, score_encoded};
 
 /// (fixture folder with expected files, --model argument)
 const MODELS: &[(&str, &str)] = &[
@@ -43,11 +43,11 @@ fn packed_ragged_batch_logits_match_transformers() {
 
 #[test]
 fn score_matches_transformers_log_probs_and_token_ids() {
-    let rows = read_pairs(&fixture("score_rows.jsonl")).unwrap();
     for (dir, spec) in MODELS {
         let m = load_model(fixture(spec).to_str().unwrap()).unwrap();
         let exp = expected_json(dir);
-        let enc = encode_rows(&m.tokenizer, &rows, m.model.config.max_positions).unwrap();
+        let opts = DataOptions { max_len: m.model.config.max_positions, ..DataOptions::default() };
+        let enc = load_rows(&fixture("score_rows.jsonl"), &m.tokenizer, &opts).unwrap().examples;
         let lps = score_encoded(&m.model, &enc, 3, |_| {}).unwrap();
         let scores = row_scores(&lps);
         for (k, want) in exp["score"]["rows"].as_array().unwrap().iter().enumerate() {

@@ -3,8 +3,8 @@
 //! same seed ⇒ same numbers; a tiny batch overfits.
 mod common;
 use common::{fixture, rel_err};
+use condlm::data::dataset::DataOptions;
 use condlm::data::example::Example;
-use condlm::data::rows::read_pairs;
 use condlm::formats::load::{LoadedModel, load_model};
 use condlm::formats::peft::load_adapter;
 use condlm::kernels::lm_head::{HeadScratch, logits};
@@ -13,7 +13,7 @@ use condlm::network::adapters::{attach, set_full_finetune};
 use condlm::network::batch::PackedBatch;
 use condlm::network::lora::LoraConfig;
 use condlm::network::transformer::{Mode, Transformer};
-use condlm::score::{encode_rows, row_scores, score_encoded};
+use condlm::score::{load_rows, row_scores, score_encoded};
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 use condlm::train::optim::AdamWConfig;
 use condlm::train::schedule::Schedule;
@@ -24,8 +24,8 @@ fn load(name: &str) -> LoadedModel {
 }
 
 fn rows(m: &LoadedModel) -> Vec<Example> {
-    let pairs = read_pairs(&fixture("score_rows.jsonl")).unwrap();
-    encode_rows(&m.tokenizer, &pairs, m.model.config.max_positions).unwrap()
+    let opts = DataOptions { max_len: m.model.config.max_positions, ..DataOptions::default() };
+    load_rows(&fixture("score_rows.jsonl"), &m.tokenizer, &opts).unwrap().examples
 }
 
 fn all_logits(model: &Transformer, seqs: &[Vec<u32>]) -> Vec<f32> {

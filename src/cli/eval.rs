@@ -1,7 +1,8 @@
 //! `condlm eval`: token-weighted NLL and perplexity of y given x over a dataset.
+use super::FieldArgs;
 use anyhow::Result;
 use clap::Args;
-use condlm::data::dataset::{DataOptions, load_dataset};
+use condlm::data::dataset::load_dataset;
 use condlm::formats::load::load_model;
 use condlm::formats::peft::load_adapter;
 use condlm::score::{Totals, row_scores, score_encoded};
@@ -25,12 +26,8 @@ pub struct EvalArgs {
     /// Rows per forward pass.
     #[arg(long, default_value_t = 16)]
     batch: usize,
-    /// Name of the prompt field.
-    #[arg(long, default_value = "prompt")]
-    prompt_field: String,
-    /// Name of the completion field.
-    #[arg(long, default_value = "completion")]
-    completion_field: String,
+    #[command(flatten)]
+    fields: FieldArgs,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -39,11 +36,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         load_adapter(dir, &mut m.model)?;
     }
     let max_positions = m.model.config.max_positions;
-    let opts = DataOptions {
-        prompt_field: a.prompt_field,
-        completion_field: a.completion_field,
-        max_len: a.max_len.unwrap_or(max_positions).min(max_positions),
-    };
+    let opts = a.fields.options(a.max_len.unwrap_or(max_positions).min(max_positions));
     let ds = load_dataset(&a.data, &m.tokenizer, &opts)?;
     let t = Totals::of(&row_scores(&score_encoded(&m.model, &ds.examples, a.batch, |_| {})?));
     println!(

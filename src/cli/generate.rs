@@ -1,16 +1,17 @@
 //! `condlm generate`: continue one prompt (streamed to stdout) or every row of a JSONL file.
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use condlm::data::chat::ChatTemplate;
+use condlm::data::chat::{ChatTemplate, GenerationPrompt};
 use condlm::data::rows::{JsonObject, read_objects, string_field};
 use condlm::formats::load::load_model;
 use condlm::formats::peft::load_adapter;
 use condlm::generate::{
     BeamParams, EarlyStopping, Event, GenerateOptions, Generation, SamplingParams, Strategy, encode_prompt, generate,
 };
+use condlm::network::transformer::Transformer;
 use condlm::output::write_atomic;
+use condlm::progress;
 use condlm::tokenizer::TextTokenizer;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -119,7 +120,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         match &template {
             Some(t) => {
                 let msg = minijinja::Value::from_pairs([("role", "user"), ("content", text)]);
-                let rendered = t.render(&[msg], None, true)?;
+                let rendered = t.render(&[msg], None, GenerationPrompt::Add)?;
                 m.tokenizer.encode(&rendered)
             }
             None => encode_prompt(&m.tokenizer, text),
@@ -180,12 +181,7 @@ fn options(a: &GenerateArgs, tok: &TextTokenizer) -> Result<GenerateOptions> {
     })
 }
 
-fn run_prompt(
-    model: &condlm::network::transformer::Transformer,
-    tok: &TextTokenizer,
-    prompt: Vec<u32>,
-    opts: &GenerateOptions,
-) -> Result<()> {
+fn run_prompt(model: &Transformer, tok: &TextTokenizer, prompt: Vec<u32>, opts: &GenerateOptions) -> Result<()> {
     let n_prompt = prompt.len();
     let start = Instant::now();
     let mut first_token: Option<Instant> = None;
@@ -230,26 +226,14 @@ fn run_prompt(
 
 fn run_data(
     a: &GenerateArgs,
-    model: &condlm::network::transformer::Transformer,
+    model: &Transformer,
     tok: &TextTokenizer,
     path: &Path,
     opts: &GenerateOptions,
     encode: impl Fn(&str) -> Result<Vec<u32>>,
 ) -> Result<()> {
     let rows = read_prompt_rows(path)?;
-    let mut prompts = Vec::with_capacity(rows.len());
-    for (line, _, prompt) in &rows {
-        let ids = encode(prompt).with_context(|| format!("{}:{line}", path.display()))?;
-        if ids.len() >= condlm::generate::context_len(model) {
-            bail!(
-                "{}:{line}: the prompt has {} tokens, but the model's context window is {}: no room to generate",
-                path.display(),
-                ids.len(),
-                condlm::generate::context_len(model)
-            );
-        }
-        prompts.push(ids);
-    }
+    let prompts = encode_prompts(&rows, path, model, encode)?;
     // Greedy and beam search are deterministic: a prompt repeated in the file (E2E-style data with several
     // references per x) is generated once and its output copied to each of its rows.
     let (distinct, of_row) = if matches!(opts.strategy, Strategy::Sample(_)) {
@@ -257,11 +241,8 @@ fn run_data(
     } else {
         distinct_prompts(&prompts)
     };
-    let bar = ProgressBar::new(distinct.len() as u64).with_style(
-        ProgressStyle::with_template("{spinner} generating {pos}/{len} prompts [{bar:30}] {per_sec} ETA {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
-    );
+    let bar =
+        progress::bar(distinct.len() as u64, "{spinner} generating {pos}/{len} prompts [{bar:30}] {per_sec} ETA {eta}");
     let start = Instant::now();
     let mut new_tokens = 0usize;
     let gens = generate(model, tok, &distinct, opts, |e| {
@@ -289,6 +270,30 @@ fn run_data(
         new_tokens as f64 / secs
     );
     Ok(())
+}
+
+/// Each row's prompt as ids; a prompt that leaves no room to generate is an error naming its line.
+fn encode_prompts(
+    rows: &[PromptRow],
+    path: &Path,
+    model: &Transformer,
+    encode: impl Fn(&str) -> Result<Vec<u32>>,
+) -> Result<Vec<Vec<u32>>> {
+    let context = condlm::generate::context_len(model);
+    rows.iter()
+        .map(|(line, _, prompt)| {
+            let ids = encode(prompt).with_context(|| format!("{}:{line}", path.display()))?;
+            if ids.len() >= context {
+                bail!(
+                    "{}:{line}: the prompt has {} tokens, but the model's context window is {context}: no room to \
+                     generate",
+                    path.display(),
+                    ids.len()
+                );
+            }
+            Ok(ids)
+        })
+        .collect()
 }
 
 /// The distinct prompts in first-seen order, and for each input prompt the index of its distinct one.

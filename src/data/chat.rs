@@ -39,6 +39,14 @@ pub struct ChatTemplate {
 
 const TEMPLATE: &str = "chat_template";
 
+/// Whether a rendering ends with the header of a new assistant turn, ready for the model to answer
+/// (transformers' `add_generation_prompt`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenerationPrompt {
+    Add,
+    Omit,
+}
+
 impl ChatTemplate {
     /// Compiles a Hugging Face chat template.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
@@ -83,11 +91,11 @@ impl ChatTemplate {
     }
 
     /// The conversation rendered as transformers would (`tools` as the template variable of that name).
-    pub fn render(&self, messages: &[Value], tools: Option<&Value>, add_generation_prompt: bool) -> Result<String> {
+    pub fn render(&self, messages: &[Value], tools: Option<&Value>, prompt: GenerationPrompt) -> Result<String> {
         let tmpl = self.env.get_template(TEMPLATE).map_err(|e| anyhow!("{e}"))?;
         let ctx = minijinja::context! {
             messages => Value::from(messages.to_vec()),
-            add_generation_prompt => add_generation_prompt,
+            add_generation_prompt => prompt == GenerationPrompt::Add,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
             tools => tools.cloned().unwrap_or(Value::from(())),
@@ -333,6 +341,13 @@ pub struct ChatTokens {
     pub last_turn_start: usize,
 }
 
+/// A piece of a rendered conversation: context (no loss) or an assistant answer (targets).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Segment {
+    Context,
+    Target,
+}
+
 /// Renders `messages` (which end with an assistant turn) prefix by prefix and tokenizes each segment alone;
 /// assistant segments are targets. See the module notes.
 pub fn encode_chat(
@@ -347,9 +362,9 @@ pub fn encode_chat(
     let mut target = Vec::new();
     let mut last_turn_start = 0;
     let mut done = String::new(); // the rendering so far, everything of it tokenized
-    let push = |text: &str, is_target: bool, ids: &mut Vec<u32>, target: &mut Vec<bool>| -> Result<()> {
+    let push = |text: &str, segment: Segment, ids: &mut Vec<u32>, target: &mut Vec<bool>| -> Result<()> {
         let t = tok.encode(text)?;
-        target.extend(std::iter::repeat_n(is_target, t.len()));
+        target.extend(std::iter::repeat_n(segment == Segment::Target, t.len()));
         ids.extend(t);
         Ok(())
     };
@@ -373,8 +388,8 @@ pub fn encode_chat(
         if m.role != Role::Assistant {
             continue;
         }
-        let before = template.render(&values[..k], tools, true)?;
-        let after = template.render(&values[..=k], tools, false)?;
+        let before = template.render(&values[..k], tools, GenerationPrompt::Add)?;
+        let after = template.render(&values[..=k], tools, GenerationPrompt::Omit)?;
         if !before.starts_with(&done) {
             return Err(not_prefix(
                 &done,
@@ -395,11 +410,11 @@ pub fn encode_chat(
                 ),
             ));
         }
-        push(&before[done.len()..], false, &mut ids, &mut target)?;
+        push(&before[done.len()..], Segment::Context, &mut ids, &mut target)?;
         let answer = &after[before.len()..];
         let body = answer.trim_end();
         last_turn_start = ids.len();
-        push(body, true, &mut ids, &mut target)?;
+        push(body, Segment::Target, &mut ids, &mut target)?;
         let is_last = k + 1 == messages.len();
         if is_last && !ids.last().is_some_and(|t| special.contains(t) || *t == tok.eos_id) {
             // No end-of-turn marker from the template: EOS teaches the model to stop.
@@ -407,7 +422,7 @@ pub fn encode_chat(
             target.push(true);
             break;
         }
-        push(&answer[body.len()..], false, &mut ids, &mut target)?;
+        push(&answer[body.len()..], Segment::Context, &mut ids, &mut target)?;
         done = after;
     }
     if target.iter().all(|t| !t) {
@@ -478,8 +493,8 @@ mod tests {
         )
         .unwrap();
         let msgs = vec![Value::from_pairs([("content", "one")]), Value::from_pairs([("content", "two")])];
-        assert_eq!(t.render(&msgs, None, false).unwrap(), "2S4one");
-        let e = t.render(&msgs, None, true).unwrap_err().to_string();
+        assert_eq!(t.render(&msgs, None, GenerationPrompt::Omit).unwrap(), "2S4one");
+        let e = t.render(&msgs, None, GenerationPrompt::Add).unwrap_err().to_string();
         assert!(e.contains("boom"), "{e}");
     }
 }

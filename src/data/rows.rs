@@ -1,25 +1,7 @@
-//! Reading `{"prompt": x, "completion": y}` rows from JSONL, with errors that name file and line.
+//! Plain JSONL objects with string fields (the prompts of `generate --data`, the rows of `metrics`), with errors
+//! that name file and line. Training, evaluation and scoring rows go through [`super::records`] instead.
 use anyhow::{Context, Result, bail};
 use std::path::Path;
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Pair {
-    pub prompt: String,
-    pub completion: String,
-    /// 1-based line in the source file, for messages.
-    pub line: usize,
-}
-
-/// Reads every non-blank line of a JSONL file as a pair.
-pub fn read_pairs(path: &Path) -> Result<Vec<Pair>> {
-    read_objects(path, "{\"prompt\": ..., \"completion\": ...}")?
-        .into_iter()
-        .map(|(line, obj)| {
-            let prompt = string_field(&obj, "prompt", path, line)?;
-            Ok(Pair { prompt, completion: string_field(&obj, "completion", path, line)?, line })
-        })
-        .collect()
-}
 
 /// Every non-blank line of a JSONL file as (1-based line, JSON object). `shape` shows the expected object in the
 /// error for a line that is not one. A file with no rows is an error.
@@ -64,17 +46,23 @@ pub fn string_field(obj: &JsonObject, name: &str, path: &Path, line: usize) -> R
 mod tests {
     use super::*;
 
-    fn read(text: &str) -> Result<Vec<Pair>> {
+    /// The "prompt" and "completion" of every row of a temporary JSONL file holding `text`.
+    fn read(text: &str) -> Result<Vec<(usize, String, String)>> {
         let tmp = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(tmp.path(), text).unwrap();
-        read_pairs(tmp.path())
+        read_objects(tmp.path(), "{\"prompt\": ..., \"completion\": ...}")?
+            .into_iter()
+            .map(|(line, obj)| {
+                let field = |name| string_field(&obj, name, tmp.path(), line);
+                Ok((line, field("prompt")?, field("completion")?))
+            })
+            .collect()
     }
 
     #[test]
     fn reads_rows_and_skips_blank_lines() {
         let rows = read("{\"prompt\":\"a\",\"completion\":\"b\"}\n\n{\"prompt\":\"c\",\"completion\":\"\"}\n").unwrap();
-        assert_eq!(rows.len(), 2);
-        assert_eq!((rows[1].prompt.as_str(), rows[1].completion.as_str(), rows[1].line), ("c", "", 3));
+        assert_eq!(rows, vec![(1, "a".into(), "b".into()), (3, "c".into(), "".into())]);
     }
 
     #[test]
@@ -87,5 +75,7 @@ mod tests {
         assert!(e.contains(":1: not valid JSON"), "{e}");
         let e = read("{\"prompt\":1,\"completion\":\"b\"}\n").unwrap_err().to_string();
         assert!(e.contains("must be a string"), "{e}");
+        let e = read("\n\n").unwrap_err().to_string();
+        assert!(e.contains("no rows"), "{e}");
     }
 }

@@ -8,6 +8,19 @@ use crate::network::transformer::{Block, Norm, Transformer};
 use anyhow::{Result, bail};
 use std::collections::BTreeSet;
 
+/// Whether a layer has a bias tensor besides its weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Bias {
+    With,
+    Without,
+}
+
+impl From<bool> for Bias {
+    fn from(has_bias: bool) -> Self {
+        if has_bias { Bias::With } else { Bias::Without }
+    }
+}
+
 /// Pulls tensors out of a checkpoint by HF name, remembering which were used.
 struct Taker<'a> {
     weights: &'a Weights,
@@ -60,14 +73,14 @@ impl Taker<'_> {
 
     /// A linear layer `module` with HF weight shape (out, in), or (in, out) for GPT-2 Conv1D —
     /// which is transposed here, so every `Linear` holds (out, in).
-    fn linear(&mut self, module: &str, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+    fn linear(&mut self, module: &str, in_dim: usize, out_dim: usize, bias: Bias) -> Result<Linear> {
         let wname = format!("{module}.weight");
         let w = if is_gpt2_conv1d(&wname) {
             transpose(&self.take(&wname, &[in_dim, out_dim])?, in_dim, out_dim)
         } else {
             self.take(&wname, &[out_dim, in_dim])?
         };
-        let b = if bias { Some(self.param(&format!("{module}.bias"), &[out_dim])?) } else { None };
+        let b = self.bias(module, out_dim, bias)?;
         Ok(Linear {
             name: module.to_string(),
             w: Param::new(wname, vec![out_dim, in_dim], w),
@@ -78,10 +91,17 @@ impl Taker<'_> {
         })
     }
 
-    fn norm(&mut self, module: &str, dim: usize, bias: bool) -> Result<Norm> {
+    fn norm(&mut self, module: &str, dim: usize, bias: Bias) -> Result<Norm> {
         let w = self.param(&format!("{module}.weight"), &[dim])?;
-        let b = if bias { Some(self.param(&format!("{module}.bias"), &[dim])?) } else { None };
-        Ok(Norm { w, b })
+        Ok(Norm { w, b: self.bias(module, dim, bias)? })
+    }
+
+    /// `module.bias` of length `dim` when the layer has one.
+    fn bias(&mut self, module: &str, dim: usize, bias: Bias) -> Result<Option<Param>> {
+        match bias {
+            Bias::With => self.param(&format!("{module}.bias"), &[dim]).map(Some),
+            Bias::Without => Ok(None),
+        }
     }
 }
 
@@ -107,23 +127,23 @@ pub fn load_transformer(config: Config, weights: &Weights) -> Result<Transformer
             for i in 0..c.num_layers {
                 let p = format!("model.layers.{i}");
                 blocks.push(Block {
-                    attn_norm: t.norm(&format!("{p}.input_layernorm"), d, false)?,
+                    attn_norm: t.norm(&format!("{p}.input_layernorm"), d, Bias::Without)?,
                     qkv: vec![
-                        t.linear(&format!("{p}.self_attn.q_proj"), d, q, c.qkv_bias)?,
-                        t.linear(&format!("{p}.self_attn.k_proj"), d, kv, c.qkv_bias)?,
-                        t.linear(&format!("{p}.self_attn.v_proj"), d, kv, c.qkv_bias)?,
+                        t.linear(&format!("{p}.self_attn.q_proj"), d, q, c.qkv_bias.into())?,
+                        t.linear(&format!("{p}.self_attn.k_proj"), d, kv, c.qkv_bias.into())?,
+                        t.linear(&format!("{p}.self_attn.v_proj"), d, kv, c.qkv_bias.into())?,
                     ],
-                    o: t.linear(&format!("{p}.self_attn.o_proj"), q, d, c.o_bias)?,
-                    mlp_norm: t.norm(&format!("{p}.post_attention_layernorm"), d, false)?,
-                    gate: Some(t.linear(&format!("{p}.mlp.gate_proj"), d, f, c.mlp_bias)?),
-                    up: t.linear(&format!("{p}.mlp.up_proj"), d, f, c.mlp_bias)?,
-                    down: t.linear(&format!("{p}.mlp.down_proj"), f, d, c.mlp_bias)?,
+                    o: t.linear(&format!("{p}.self_attn.o_proj"), q, d, c.o_bias.into())?,
+                    mlp_norm: t.norm(&format!("{p}.post_attention_layernorm"), d, Bias::Without)?,
+                    gate: Some(t.linear(&format!("{p}.mlp.gate_proj"), d, f, c.mlp_bias.into())?),
+                    up: t.linear(&format!("{p}.mlp.up_proj"), d, f, c.mlp_bias.into())?,
+                    down: t.linear(&format!("{p}.mlp.down_proj"), f, d, c.mlp_bias.into())?,
                 });
             }
             Transformer {
                 embed: t.param("model.embed_tokens.weight", &[v, d])?,
                 pos_embed: None,
-                final_norm: t.norm("model.norm", d, false)?,
+                final_norm: t.norm("model.norm", d, Bias::Without)?,
                 lm_head: lm_head(&mut t, c)?,
                 blocks,
                 config: config.clone(),
@@ -133,19 +153,19 @@ pub fn load_transformer(config: Config, weights: &Weights) -> Result<Transformer
             for i in 0..c.num_layers {
                 let p = format!("transformer.h.{i}");
                 blocks.push(Block {
-                    attn_norm: t.norm(&format!("{p}.ln_1"), d, true)?,
-                    qkv: vec![t.linear(&format!("{p}.attn.c_attn"), d, q + 2 * kv, true)?],
-                    o: t.linear(&format!("{p}.attn.c_proj"), q, d, true)?,
-                    mlp_norm: t.norm(&format!("{p}.ln_2"), d, true)?,
+                    attn_norm: t.norm(&format!("{p}.ln_1"), d, Bias::With)?,
+                    qkv: vec![t.linear(&format!("{p}.attn.c_attn"), d, q + 2 * kv, Bias::With)?],
+                    o: t.linear(&format!("{p}.attn.c_proj"), q, d, Bias::With)?,
+                    mlp_norm: t.norm(&format!("{p}.ln_2"), d, Bias::With)?,
                     gate: None,
-                    up: t.linear(&format!("{p}.mlp.c_fc"), d, f, true)?,
-                    down: t.linear(&format!("{p}.mlp.c_proj"), f, d, true)?,
+                    up: t.linear(&format!("{p}.mlp.c_fc"), d, f, Bias::With)?,
+                    down: t.linear(&format!("{p}.mlp.c_proj"), f, d, Bias::With)?,
                 });
             }
             Transformer {
                 embed: t.param("transformer.wte.weight", &[v, d])?,
                 pos_embed: Some(t.param("transformer.wpe.weight", &[c.max_positions, d])?),
-                final_norm: t.norm("transformer.ln_f", d, true)?,
+                final_norm: t.norm("transformer.ln_f", d, Bias::With)?,
                 lm_head: lm_head(&mut t, c)?,
                 blocks,
                 config: config.clone(),

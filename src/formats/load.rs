@@ -50,34 +50,28 @@ pub fn load_tokenizer(files: &ModelFiles, config: &Config, weights: &Weights) ->
             let eos = vocab.eos_id.or(config.eos_token_ids.first().copied()).with_context(|| {
                 format!("{}: no tokenizer.ggml.eos_token_id; the model could not learn to stop", path.display())
             })?;
-            let template = file.get("tokenizer.chat_template").and_then(|v| v.as_str()).map(str::to_owned);
+            let template = file.opt_str("tokenizer.chat_template")?.map(str::to_owned);
             TextTokenizer::new(inner, eos, None, template)
         }
         _ => TextTokenizer::from_hf_dir(files.path(), config.eos_token_ids.first().copied()),
     }
 }
 
+/// The `tokenizer.ggml.*` keys; a key of the wrong type is an error naming the file and the key.
 fn gguf_vocab(g: &GgufFile) -> Result<GgufVocab> {
-    let opt_u32 = |k: &str| -> Result<Option<u32>> { g.get(k).map(|_| g.get_u32(k)).transpose() };
-    let opt_bool = |k: &str| g.get(k).and_then(|v| v.as_bool());
+    let strings = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect();
     Ok(GgufVocab {
         model: g.get_str("tokenizer.ggml.model")?.to_string(),
-        pre: g.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).map(str::to_owned),
-        tokens: g.get_str_array("tokenizer.ggml.tokens")?.into_iter().map(str::to_owned).collect(),
-        token_types: match g.get("tokenizer.ggml.token_type") {
-            Some(_) => g.get_i32_array("tokenizer.ggml.token_type")?,
-            None => vec![],
-        },
-        merges: match g.get("tokenizer.ggml.merges") {
-            Some(_) => g.get_str_array("tokenizer.ggml.merges")?.into_iter().map(str::to_owned).collect(),
-            None => vec![],
-        },
-        bos_id: opt_u32("tokenizer.ggml.bos_token_id")?,
-        eos_id: opt_u32("tokenizer.ggml.eos_token_id")?,
-        unk_id: opt_u32("tokenizer.ggml.unknown_token_id")?,
-        pad_id: opt_u32("tokenizer.ggml.padding_token_id")?,
-        add_bos: opt_bool("tokenizer.ggml.add_bos_token"),
-        add_eos: opt_bool("tokenizer.ggml.add_eos_token"),
+        pre: g.opt_str("tokenizer.ggml.pre")?.map(str::to_owned),
+        tokens: strings(g.get_str_array("tokenizer.ggml.tokens")?),
+        token_types: g.opt_i32_array("tokenizer.ggml.token_type")?.unwrap_or_default(),
+        merges: g.opt_str_array("tokenizer.ggml.merges")?.map_or_else(Vec::new, strings),
+        bos_id: g.opt_u32("tokenizer.ggml.bos_token_id")?,
+        eos_id: g.opt_u32("tokenizer.ggml.eos_token_id")?,
+        unk_id: g.opt_u32("tokenizer.ggml.unknown_token_id")?,
+        pad_id: g.opt_u32("tokenizer.ggml.padding_token_id")?,
+        add_bos: g.opt_bool("tokenizer.ggml.add_bos_token")?,
+        add_eos: g.opt_bool("tokenizer.ggml.add_eos_token")?,
     })
 }
 
@@ -88,4 +82,95 @@ pub fn load_model(spec: &str) -> Result<LoadedModel> {
     let tokenizer = load_tokenizer(&files, &config, &weights)?;
     let model = load_transformer(config, &weights)?;
     Ok(LoadedModel { files, model, tokenizer })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A metadata value to write: GGUF type 8 (string), 4 (u32), or an array (type 9) of either.
+    enum Value<'a> {
+        Str(&'a str),
+        U32(u32),
+        Strs(&'a [&'a str]),
+        U32s(&'a [u32]),
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn put_value(out: &mut Vec<u8>, v: &Value) {
+        match v {
+            Value::Str(s) => {
+                out.extend_from_slice(&8u32.to_le_bytes());
+                put_str(out, s);
+            }
+            Value::U32(x) => {
+                out.extend_from_slice(&4u32.to_le_bytes());
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+            Value::Strs(a) => {
+                out.extend_from_slice(&9u32.to_le_bytes());
+                out.extend_from_slice(&8u32.to_le_bytes());
+                out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+                a.iter().for_each(|s| put_str(out, s));
+            }
+            Value::U32s(a) => {
+                out.extend_from_slice(&9u32.to_le_bytes());
+                out.extend_from_slice(&4u32.to_le_bytes());
+                out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+                a.iter().for_each(|x| out.extend_from_slice(&x.to_le_bytes()));
+            }
+        }
+    }
+
+    /// The tokenizer of a GGUF v3 file with these metadata pairs and no tensors, or the error as text, with
+    /// the file's path.
+    fn vocab(kvs: &[(&str, Value)]) -> (Result<GgufVocab, String>, String) {
+        let mut f = b"GGUF".to_vec();
+        f.extend_from_slice(&3u32.to_le_bytes());
+        f.extend_from_slice(&0u64.to_le_bytes());
+        f.extend_from_slice(&(kvs.len() as u64).to_le_bytes());
+        for (k, v) in kvs {
+            put_str(&mut f, k);
+            put_value(&mut f, v);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("typed.gguf");
+        std::fs::write(&path, f).unwrap();
+        let g = GgufFile::open(&path).unwrap();
+        (gguf_vocab(&g).map_err(|e| format!("{e:#}")), path.display().to_string())
+    }
+
+    #[test]
+    fn tokenizer_keys_of_the_wrong_type_are_errors_naming_file_and_key() {
+        const MODEL: (&str, Value) = ("tokenizer.ggml.model", Value::Str("gpt2"));
+        let tokens = ("tokenizer.ggml.tokens", Value::Strs(&["a", "b", "ab"]));
+        let (v, _) = vocab(&[MODEL, tokens, ("tokenizer.ggml.bos_token_id", Value::U32(1))]);
+        let v = v.unwrap();
+        assert_eq!((v.tokens.len(), v.bos_id, v.pre, v.merges.len()), (3, Some(1), None, 0));
+
+        let tokens = || ("tokenizer.ggml.tokens", Value::Strs(&["a", "b", "ab"]));
+        let cases = [
+            (
+                vec![MODEL, ("tokenizer.ggml.tokens", Value::U32s(&[1, 2]))],
+                "tokenizer.ggml.tokens",
+                "expected a string",
+            ),
+            (vec![MODEL, ("tokenizer.ggml.tokens", Value::Str("a b"))], "tokenizer.ggml.tokens", "an array of strings"),
+            (vec![MODEL, tokens(), ("tokenizer.ggml.bos_token_id", Value::Str("1"))], "bos_token_id", "an integer"),
+            (vec![MODEL, tokens(), ("tokenizer.ggml.pre", Value::U32(2))], "tokenizer.ggml.pre", "a string"),
+            (vec![MODEL, tokens(), ("tokenizer.ggml.merges", Value::U32s(&[0]))], "merges", "expected a string"),
+            (vec![MODEL, tokens(), ("tokenizer.ggml.token_type", Value::Strs(&["1"]))], "token_type", "an integer"),
+            (vec![MODEL, tokens(), ("tokenizer.ggml.add_bos_token", Value::U32(1))], "add_bos_token", "a bool"),
+            (vec![("tokenizer.ggml.model", Value::U32s(&[])), tokens()], "tokenizer.ggml.model", "a string"),
+        ];
+        for (kvs, key, expected) in cases {
+            let (v, path) = vocab(&kvs);
+            let e = v.expect_err(key);
+            assert!(e.contains(&path) && e.contains(key) && e.contains(expected), "{key}: {e}");
+        }
+    }
 }

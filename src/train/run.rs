@@ -13,10 +13,10 @@ use crate::formats::peft::save_adapter;
 use crate::network::adapters::{attach, set_full_finetune};
 use crate::network::lora::LoraConfig;
 use crate::network::transformer::Transformer;
+use crate::progress;
 use crate::score::{Totals, row_scores, score_encoded};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -279,11 +279,7 @@ impl StepLoop<'_> {
         if let Some(t) = eval_before {
             metrics.log_eval(0, &t)?;
         }
-        let bar = ProgressBar::new(total).with_style(
-            ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
+        let bar = progress::bar(total, "{bar:30} step {pos}/{len} {msg} ETA {eta}");
         bar.set_position(start_step);
         let mut p = Progress {
             tokens: 0,

@@ -19,8 +19,12 @@ use anyhow::{Context, Result, bail};
 use condlm::formats::hf_export::{config_json, save_hf_folder};
 use condlm::formats::load::load_model;
 use condlm::formats::resolve::ModelFiles;
+use condlm::network::config::Config;
+use condlm::network::transformer::Transformer;
 use condlm::output::write_atomic;
-use condlm::train::run::train;
+use condlm::score::Totals;
+use condlm::tokenizer::TextTokenizer;
+use condlm::train::run::{RunSummary, train};
 use condlm::train::schedule::Schedule;
 use condlm::train::settings::TrainSettings;
 use serde_json::json;
@@ -139,7 +143,7 @@ fn pretty(v: &serde_json::Value) -> Result<Vec<u8>> {
 }
 
 /// Writes the random model and the demo tokenizer as the HF checkpoint folder `dir`.
-fn write_init_model(dir: &Path, model: &condlm::network::transformer::Transformer) -> Result<()> {
+fn write_init_model(dir: &Path, model: &Transformer) -> Result<()> {
     let tok = tokenizer::demo_tokenizer()?;
     let parent = dir.parent().unwrap_or(Path::new("."));
     let staging = tempfile::Builder::new().prefix(".condlm-demo-").tempdir_in(parent)?;
@@ -158,36 +162,87 @@ fn quote(s: &str) -> String {
 /// Runs the demo end to end; prints as it goes and returns the measurements.
 pub fn run(o: &DemoOptions) -> Result<DemoReport> {
     let t_start = Instant::now();
-    let p = &o.preset;
     let out = &o.output_dir;
     prepare_output(out)?;
-    let status = |state: &str| json!({"demo": "numbers to words", "state": state, "seed": o.seed});
-    write_atomic(&out.join(DEMO_JSON), &pretty(&status("running"))?)?;
+    let status = json!({"demo": "numbers to words", "state": "running", "seed": o.seed});
+    write_atomic(&out.join(DEMO_JSON), &pretty(&status)?)?;
+    let task = write_task(o)?;
+    let init = write_random_model(o)?;
+    // Examples shown: evenly spread over the held-out numbers, with what the untrained model makes of them.
+    let heldout = &task.heldout;
+    let show: Vec<&Pair> =
+        (0..o.show.min(heldout.len())).map(|i| &heldout[i * heldout.len() / o.show.max(1)]).collect();
+    let longest_y = heldout.iter().map(|h| h.completion.chars().count()).max().unwrap_or(1);
+    let max_new = longest_y + 8;
+    let show_prompts: Vec<&str> = show.iter().map(|h| h.prompt.as_str()).collect();
+    let before = decode::greedy(&init.model, &init.tok, &show_prompts, max_new)?;
+    let trained = train_model(o, &task, &init)?;
+    let generated = generate_heldout(o, &trained.summary, heldout, max_new)?;
+    print_examples(heldout, &show, &before, &generated);
+    let report = DemoReport {
+        eval_nll_before: trained.before.nll_per_token(),
+        eval_nll_after: trained.after.nll_per_token(),
+        exact: generated.exact,
+        heldout: heldout.len(),
+        steps: trained.summary.steps,
+        train_seconds: trained.seconds,
+        total_seconds: t_start.elapsed().as_secs_f64(),
+        output_dir: out.clone(),
+    };
+    write_atomic(&out.join(DEMO_JSON), &pretty(&results_json(o, &task, &init, &trained, &report))?)?;
+    eprintln!(
+        "wrote {}: metrics.jsonl, loss.png, checkpoints/, model/ (HF folder), samples.jsonl, {DEMO_JSON}",
+        out.display()
+    );
+    Ok(report)
+}
 
-    // Task, split by x.
-    let (train_pairs, heldout) = task::split(o.seed, p.heldout_rows, p.train_rows);
-    let data_dir = out.join("data");
+/// The task's pairs, written as `data/train.jsonl` and `data/heldout.jsonl`.
+struct Task {
+    train: Vec<Pair>,
+    heldout: Vec<Pair>,
+    train_path: PathBuf,
+    heldout_path: PathBuf,
+    /// The pair shown as an example.
+    example: Pair,
+}
+
+/// The task, split by x, written to `data/` and announced.
+fn write_task(o: &DemoOptions) -> Result<Task> {
+    let (train, heldout) = task::split(o.seed, o.preset.heldout_rows, o.preset.train_rows);
+    let data_dir = o.output_dir.join("data");
     std::fs::create_dir_all(&data_dir)?;
     let (train_path, heldout_path) = (data_dir.join("train.jsonl"), data_dir.join("heldout.jsonl"));
-    write_atomic(&train_path, &jsonl(train_pairs.iter().map(Pair::json)))?;
+    write_atomic(&train_path, &jsonl(train.iter().map(Pair::json)))?;
     write_atomic(&heldout_path, &jsonl(heldout.iter().map(Pair::json)))?;
-    let ex = Pair::of(4821);
+    let example = Pair::of(4821);
     eprintln!("condlm demo — a conditional LM P(y | x) trained from scratch on data built into the binary");
     eprintln!(
         "task: numbers → English words, e.g. x = {} → y = {}; {} training pairs, {} held-out numbers (split by x)",
-        quote(&ex.prompt),
-        quote(&ex.completion),
-        train_pairs.len(),
+        quote(&example.prompt),
+        quote(&example.completion),
+        train.len(),
         heldout.len()
     );
+    Ok(Task { train, heldout, train_path, heldout_path, example })
+}
 
-    // Tokenizer and model, written as an HF folder and loaded back through the normal path.
+/// The untrained model, as built and as written to `init-model/`.
+struct InitModel {
+    tok: TextTokenizer,
+    cfg: Config,
+    model: Transformer,
+    dir: PathBuf,
+}
+
+/// Tokenizer and random model, written as an HF folder (training loads them back through the normal path).
+fn write_random_model(o: &DemoOptions) -> Result<InitModel> {
     let tok = tokenizer::demo_tokenizer()?;
-    let cfg = llama_config(p.size, tok.vocab_size(), tok.eos_id);
+    let cfg = llama_config(o.preset.size, tok.vocab_size(), tok.eos_id);
     cfg.validate()?;
-    let init = random_llama(&cfg, o.seed);
-    let init_dir = out.join("init-model");
-    write_init_model(&init_dir, &init)?;
+    let model = random_llama(&cfg, o.seed);
+    let dir = o.output_dir.join("init-model");
+    write_init_model(&dir, &model)?;
     eprintln!(
         "tokenizer: {} tokens — one per printable ASCII character, <unk>, and {} as EOS",
         tok.vocab_size(),
@@ -205,20 +260,25 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
         cfg.num_parameters() as f64 / 1e6,
         o.seed
     );
+    Ok(InitModel { tok, cfg, model, dir })
+}
 
-    // Examples shown: evenly spread over the held-out numbers, with what the untrained model makes of them.
-    let show: Vec<&Pair> =
-        (0..o.show.min(heldout.len())).map(|i| &heldout[i * heldout.len() / o.show.max(1)]).collect();
-    let longest_y = heldout.iter().map(|h| h.completion.chars().count()).max().unwrap_or(1);
-    let max_new = longest_y + 8;
-    let show_prompts: Vec<&str> = show.iter().map(|h| h.prompt.as_str()).collect();
-    let before = decode::greedy(&init, &tok, &show_prompts, max_new)?;
+/// What training did: the run's summary, its duration, and the held-out NLL before and after.
+struct Trained {
+    summary: RunSummary,
+    seconds: f64,
+    before: Totals,
+    after: Totals,
+}
 
+/// Full fine-tuning of the random model on the training pairs, evaluated on the held-out ones.
+fn train_model(o: &DemoOptions, task: &Task, init: &InitModel) -> Result<Trained> {
+    let p = &o.preset;
     let settings = TrainSettings {
-        model: init_dir.to_string_lossy().into_owned(),
-        data: train_path,
-        eval_data: Some(heldout_path),
-        output_dir: out.clone(),
+        model: init.dir.to_string_lossy().into_owned(),
+        data: task.train_path.clone(),
+        eval_data: Some(task.heldout_path.clone()),
+        output_dir: o.output_dir.clone(),
         full: true,
         lr: p.lr,
         schedule: Schedule::Cosine,
@@ -226,7 +286,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
         max_steps: Some(p.steps),
         batch_size: p.batch_size,
         grad_accum: 1,
-        max_len: cfg.max_positions,
+        max_len: init.cfg.max_positions,
         weight_decay: p.weight_decay,
         max_grad_norm: 1.0,
         seed: o.seed,
@@ -246,23 +306,35 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
     );
     let t_train = Instant::now();
     let summary = train(settings, None, None)?;
-    let train_seconds = t_train.elapsed().as_secs_f64();
-    let (Some(eb), Some(ea)) = (summary.eval_before, summary.eval_after) else {
+    let seconds = t_train.elapsed().as_secs_f64();
+    let (Some(before), Some(after)) = (summary.eval_before, summary.eval_after) else {
         bail!("the training run did not evaluate the held-out pairs");
     };
     eprintln!(
         "trained {} steps in {:.0} s ({:.0} tokens/s): train loss {:.3} → {:.3}",
-        summary.steps, train_seconds, summary.tokens_per_s, summary.first_loss, summary.last_loss
+        summary.steps, seconds, summary.tokens_per_s, summary.first_loss, summary.last_loss
     );
     eprintln!(
         "held-out y, token-weighted: NLL {:.4} → {:.4} nats/token, perplexity {:.2} → {:.3}",
-        eb.nll_per_token(),
-        ea.nll_per_token(),
-        eb.perplexity(),
-        ea.perplexity()
+        before.nll_per_token(),
+        after.nll_per_token(),
+        before.perplexity(),
+        after.perplexity()
     );
+    Ok(Trained { summary, seconds, before, after })
+}
 
-    // Generation with the trained model as saved (loaded back from model/).
+/// The trained model's greedy output for each held-out x: (text, ended with EOS), whether it is exact, and how
+/// many are.
+struct Generated {
+    preds: Vec<(String, bool)>,
+    correct: Vec<bool>,
+    exact: usize,
+}
+
+/// Greedy generation for every held-out x with the trained model as saved (loaded back from `model/`), written
+/// to `samples.jsonl`.
+fn generate_heldout(o: &DemoOptions, summary: &RunSummary, heldout: &[Pair], max_new: usize) -> Result<Generated> {
     let trained = load_model(&summary.output.to_string_lossy())?;
     let prompts: Vec<&str> = heldout.iter().map(|h| h.prompt.as_str()).collect();
     let t_gen = Instant::now();
@@ -273,7 +345,7 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
     let samples = heldout.iter().zip(&preds).zip(&correct).map(|((h, (text, eos)), ok)| {
         json!({"prompt": h.prompt, "completion": h.completion, "generated": text, "eos": eos, "exact": ok})
     });
-    write_atomic(&out.join("samples.jsonl"), &jsonl(samples))?;
+    write_atomic(&o.output_dir.join("samples.jsonl"), &jsonl(samples))?;
     let pct = 100.0 * exact as f64 / heldout.len().max(1) as f64;
     eprintln!(
         "greedy generation for the {} held-out x ({:.1} s): exact match {pct:.1} % ({exact}/{})",
@@ -281,54 +353,47 @@ pub fn run(o: &DemoOptions) -> Result<DemoReport> {
         gen_seconds,
         heldout.len()
     );
-    let wrong: Vec<usize> = (0..heldout.len()).filter(|&i| !correct[i]).take(3).collect();
+    Ok(Generated { preds, correct, exact })
+}
+
+/// The shown examples (trained and untrained output) and up to three wrong predictions.
+fn print_examples(heldout: &[Pair], show: &[&Pair], before: &[(String, bool)], g: &Generated) {
+    let wrong: Vec<usize> = (0..heldout.len()).filter(|&i| !g.correct[i]).take(3).collect();
     let width = show.iter().map(|h| &h.prompt).chain(wrong.iter().map(|&i| &heldout[i].prompt)).map(|p| quote(p).len());
     let width = width.max().unwrap_or(0);
-    for (h, (untrained, _)) in show.iter().zip(&before) {
+    for (h, (untrained, _)) in show.iter().zip(before) {
         let i = heldout.iter().position(|x| x.number == h.number).unwrap_or(0);
-        let mark = if correct[i] { "✓" } else { "✗" };
-        eprintln!("  {mark} {:<width$} → {}", quote(&h.prompt), quote(&preds[i].0));
+        let mark = if g.correct[i] { "✓" } else { "✗" };
+        eprintln!("  {mark} {:<width$} → {}", quote(&h.prompt), quote(&g.preds[i].0));
         let untrained: String = untrained.chars().take(40).collect();
         eprintln!("    {:<width$}   (untrained model: {})", "", quote(&untrained));
     }
     for &i in &wrong {
-        let (h, (text, eos)) = (&heldout[i], &preds[i]);
+        let (h, (text, eos)) = (&heldout[i], &g.preds[i]);
         let end = if *eos { "" } else { " (no EOS)" };
         eprintln!("  ✗ {:<width$} → {}{end}, expected {}", quote(&h.prompt), quote(text), quote(&h.completion));
     }
+}
 
-    let total_seconds = t_start.elapsed().as_secs_f64();
-    let report = DemoReport {
-        eval_nll_before: eb.nll_per_token(),
-        eval_nll_after: ea.nll_per_token(),
-        exact,
-        heldout: heldout.len(),
-        steps: summary.steps,
-        train_seconds,
-        total_seconds,
-        output_dir: out.clone(),
-    };
-    let results = json!({
+/// The finished run's `demo.json`.
+fn results_json(o: &DemoOptions, task: &Task, init: &InitModel, t: &Trained, r: &DemoReport) -> serde_json::Value {
+    let (p, cfg, s) = (&o.preset, &init.cfg, &t.summary);
+    json!({
         "demo": "numbers to words",
         "state": "done",
         "seed": o.seed,
         "threads": rayon::current_num_threads(),
-        "task": {"train_pairs": train_pairs.len(), "heldout_pairs": heldout.len(), "example": ex.json()},
+        "task": {"train_pairs": task.train.len(), "heldout_pairs": task.heldout.len(), "example": task.example.json()},
         "model": {"architecture": cfg.architecture, "layers": cfg.num_layers, "hidden": cfg.hidden_size,
                   "heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads, "intermediate": cfg.intermediate_size,
                   "vocab": cfg.vocab_size, "max_positions": cfg.max_positions, "parameters": cfg.num_parameters()},
-        "training": {"steps": summary.steps, "batch_size": p.batch_size, "lr": p.lr, "warmup_steps": p.warmup_steps,
-                     "schedule": "cosine", "train_loss_first": summary.first_loss, "train_loss_last": summary.last_loss,
-                     "tokens_per_s": summary.tokens_per_s, "seconds": train_seconds},
-        "eval": {"nll_before": eb.nll_per_token(), "nll_after": ea.nll_per_token(),
-                 "perplexity_before": eb.perplexity(), "perplexity_after": ea.perplexity(), "tokens": ea.tokens},
-        "generation": {"exact": exact, "total": heldout.len(), "exact_match": report.exact_match()},
-        "seconds": total_seconds,
-    });
-    write_atomic(&out.join(DEMO_JSON), &pretty(&results)?)?;
-    eprintln!(
-        "wrote {}: metrics.jsonl, loss.png, checkpoints/, model/ (HF folder), samples.jsonl, {DEMO_JSON}",
-        out.display()
-    );
-    Ok(report)
+        "training": {"steps": s.steps, "batch_size": p.batch_size, "lr": p.lr, "warmup_steps": p.warmup_steps,
+                     "schedule": "cosine", "train_loss_first": s.first_loss, "train_loss_last": s.last_loss,
+                     "tokens_per_s": s.tokens_per_s, "seconds": t.seconds},
+        "eval": {"nll_before": t.before.nll_per_token(), "nll_after": t.after.nll_per_token(),
+                 "perplexity_before": t.before.perplexity(), "perplexity_after": t.after.perplexity(),
+                 "tokens": t.after.tokens},
+        "generation": {"exact": r.exact, "total": r.heldout, "exact_match": r.exact_match()},
+        "seconds": r.total_seconds,
+    })
 }

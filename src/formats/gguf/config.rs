@@ -23,18 +23,10 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = g.get_usize(&key("embedding_length"))?;
     let heads = g.get_usize(&key("attention.head_count"))?;
-    let kv_heads = if g.get(&key("attention.head_count_kv")).is_some() {
-        g.get_usize(&key("attention.head_count_kv"))?
-    } else {
-        heads
-    };
-    let head_dim = if g.get(&key("attention.key_length")).is_some() {
-        g.get_usize(&key("attention.key_length"))?
-    } else {
-        hidden / heads.max(1)
-    };
-    let vocab_size = match g.get(&key("vocab_size")) {
-        Some(_) => g.get_usize(&key("vocab_size"))?,
+    let kv_heads = g.opt_usize(&key("attention.head_count_kv"))?.unwrap_or(heads);
+    let head_dim = g.opt_usize(&key("attention.key_length"))?.unwrap_or(hidden / heads.max(1));
+    let vocab_size = match g.opt_usize(&key("vocab_size"))? {
+        Some(n) => n,
         None => g
             .tensor("token_embd.weight")
             .and_then(|t| t.dims.get(1).copied())
@@ -44,12 +36,6 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     let eps_key = match family {
         Family::Llama => key("attention.layer_norm_rms_epsilon"),
         Family::Gpt2 => key("attention.layer_norm_epsilon"),
-    };
-    let token = |k: &str| -> Result<Option<u32>> {
-        match g.get(k) {
-            Some(_) => Ok(Some(g.get_u32(k)?)),
-            None => Ok(None),
-        }
     };
     let cfg = Config {
         family,
@@ -62,18 +48,15 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         vocab_size,
         max_positions: g.get_usize(&key("context_length"))?,
         norm_eps: g.get_f32(&eps_key)?,
-        rope_theta: match g.get(&key("rope.freq_base")) {
-            Some(_) => g.get_f32(&key("rope.freq_base"))?,
-            None => 10000.0,
-        },
+        rope_theta: g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
         rope_scaling: None,
         qkv_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_q.bias").is_some(),
         o_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_output.bias").is_some(),
         mlp_bias: family == Family::Gpt2 || g.tensor("blk.0.ffn_up.bias").is_some(),
         tie_embeddings: g.tensor("output.weight").is_none(),
         sliding_window: None,
-        bos_token_id: token("tokenizer.ggml.bos_token_id")?,
-        eos_token_ids: token("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
+        bos_token_id: g.opt_u32("tokenizer.ggml.bos_token_id")?,
+        eos_token_ids: g.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
         architecture: arch,
     };
     cfg.validate().with_context(|| format!("{}: inconsistent model metadata", path.display()))?;

@@ -432,10 +432,25 @@ struct Parsed {
 
 /// Parses everything but the tensor data. Errors carry no file name; `open` adds it.
 fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
-    let at = |e: ParseError| format!("{} (at byte offset {}); {CORRUPT_HINT}", e.msg, e.at);
     let mut c = Cursor { buf, pos: 0 };
+    let (version, n_tensors, n_kv) = read_header(&mut c)?;
+    let metadata = read_metadata(&mut c, n_kv)?;
+    let raw = read_tensor_infos(&mut c, n_tensors)?;
+    let alignment = alignment(&metadata)?;
+    let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
+    let tensors = check_tensors(raw, data_offset, buf.len() as u64)?;
+    Ok(Parsed { version, alignment, data_offset, metadata, tensors })
+}
 
-    // Header.
+/// A cursor error as the message `parse` returns: what, where, and what to do.
+fn at(e: ParseError) -> String {
+    format!("{} (at byte offset {}); {CORRUPT_HINT}", e.msg, e.at)
+}
+
+/// Magic and version (legacy, big-endian and unknown versions get their own messages), then the tensor and
+/// metadata counts.
+fn read_header(c: &mut Cursor<'_>) -> std::result::Result<(u32, u64, u64), String> {
+    let buf = c.buf;
     if buf.len() < 4 {
         return Err(format!("the file is only {} bytes long, too short for a GGUF header; {CORRUPT_HINT}", buf.len()));
     }
@@ -478,20 +493,31 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
     }
     let n_tensors = c.u64(&|| "the tensor count".into()).map_err(at)?;
     let n_kv = c.u64(&|| "the metadata count".into()).map_err(at)?;
+    Ok((version, n_tensors, n_kv))
+}
 
-    // Metadata. Minimum pair: key length (8) + value type (4) + 1-byte value.
+/// The `n_kv` metadata pairs; a key that appears twice is an error.
+fn read_metadata(c: &mut Cursor<'_>, n_kv: u64) -> std::result::Result<BTreeMap<String, MetaValue>, String> {
+    // Minimum pair: key length (8) + value type (4) + 1-byte value.
     let n_kv = c.check_count(n_kv, 8 + 4 + 1, "the metadata table").map_err(at)?;
     let mut metadata = BTreeMap::new();
     for i in 0..n_kv {
         let key = c.string(&|| format!("metadata key #{i}")).map_err(at)?;
         let ty = c.u32(&|| format!("the value type of metadata key '{key}'")).map_err(at)?;
-        let value = read_value(&mut c, ty, &key, 0).map_err(at)?;
+        let value = read_value(c, ty, &key, 0).map_err(at)?;
         if metadata.insert(key.clone(), value).is_some() {
             return Err(format!("metadata key '{key}' appears twice; {CORRUPT_HINT}"));
         }
     }
+    Ok(metadata)
+}
 
-    // Tensor infos. Minimum entry: name length (8) + n_dims (4) + type (4) + offset (8).
+/// A tensor-info entry as read, before its type and extent are checked: (name, dims, GGML type id, offset).
+type RawTensorInfo = (String, Vec<u64>, u32, u64);
+
+/// The `n_tensors` tensor-info entries; a name that appears twice is an error.
+fn read_tensor_infos(c: &mut Cursor<'_>, n_tensors: u64) -> std::result::Result<Vec<RawTensorInfo>, String> {
+    // Minimum entry: name length (8) + n_dims (4) + type (4) + offset (8).
     let n_tensors = c.check_count(n_tensors, 8 + 4 + 4 + 8, "the tensor table").map_err(at)?;
     let mut raw = Vec::with_capacity(n_tensors);
     let mut seen = HashMap::with_capacity(n_tensors);
@@ -515,23 +541,26 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
         }
         raw.push((name, dims, type_id, offset));
     }
+    Ok(raw)
+}
 
-    // Alignment and data section.
-    let alignment = match metadata.get("general.alignment") {
-        None => DEFAULT_ALIGNMENT,
+/// `general.alignment` (a power of two), or the default 32.
+fn alignment(metadata: &BTreeMap<String, MetaValue>) -> std::result::Result<u64, String> {
+    match metadata.get("general.alignment") {
+        None => Ok(DEFAULT_ALIGNMENT),
         Some(v) => match v.as_u64() {
-            Some(a) if a != 0 && a.is_power_of_two() && a <= 1 << 30 => a,
-            _ => {
-                return Err(format!(
-                    "general.alignment is {v} ({}), not a power of two; {CORRUPT_HINT}",
-                    v.type_name()
-                ));
-            }
+            Some(a) if a != 0 && a.is_power_of_two() && a <= 1 << 30 => Ok(a),
+            _ => Err(format!("general.alignment is {v} ({}), not a power of two; {CORRUPT_HINT}", v.type_name())),
         },
-    };
-    let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
-    let file_len = buf.len() as u64;
+    }
+}
 
+/// Each tensor's GGML type (one condlm dequantizes), dims (sane, whole blocks per row) and data (inside the file).
+fn check_tensors(
+    raw: Vec<RawTensorInfo>,
+    data_offset: u64,
+    file_len: u64,
+) -> std::result::Result<Vec<GgufTensorInfo>, String> {
     let mut tensors = Vec::with_capacity(raw.len());
     for (name, dims, type_id, offset) in raw {
         let Some(ty) = GgmlType::from_id(type_id) else {
@@ -572,8 +601,7 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
         }
         tensors.push(info);
     }
-
-    Ok(Parsed { version, alignment, data_offset, metadata, tensors })
+    Ok(tensors)
 }
 
 impl GgufFile {
@@ -674,7 +702,28 @@ impl GgufFile {
         expected: &str,
         f: impl Fn(&'a MetaValue) -> Option<T>,
     ) -> Result<Vec<T>> {
-        let v = self.require(key)?;
+        self.array_of(key, self.require(key)?, elems, expected, f)
+    }
+
+    fn typed_array_opt<'a, T>(
+        &'a self,
+        key: &str,
+        elems: &str,
+        expected: &str,
+        f: impl Fn(&'a MetaValue) -> Option<T>,
+    ) -> Result<Option<Vec<T>>> {
+        self.metadata.get(key).map(|v| self.array_of(key, v, elems, expected, f)).transpose()
+    }
+
+    /// `v`, the value of `key`, as an array whose every element `f` accepts.
+    fn array_of<'a, T>(
+        &self,
+        key: &str,
+        v: &'a MetaValue,
+        elems: &str,
+        expected: &str,
+        f: impl Fn(&'a MetaValue) -> Option<T>,
+    ) -> Result<Vec<T>> {
         let arr = v.as_array().ok_or_else(|| self.wrong_type(key, v, &format!("an array of {elems}")))?;
         arr.iter()
             .enumerate()
@@ -728,6 +777,14 @@ impl GgufFile {
         self.typed_opt(key, "an integer that fits in u32", MetaValue::as_u32)
     }
 
+    pub fn opt_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.typed_opt(key, "an integer that fits in usize", |v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
+    }
+
+    pub fn opt_f32(&self, key: &str) -> Result<Option<f32>> {
+        self.typed_opt(key, "a number", MetaValue::as_f32)
+    }
+
     pub fn opt_bool(&self, key: &str) -> Result<Option<bool>> {
         self.typed_opt(key, "a bool", MetaValue::as_bool)
     }
@@ -736,9 +793,19 @@ impl GgufFile {
         self.typed_array(key, "strings", "a string", MetaValue::as_str)
     }
 
+    /// `Ok(None)` when the key is absent; an error when present and not an array of strings.
+    pub fn opt_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        self.typed_array_opt(key, "strings", "a string", MetaValue::as_str)
+    }
+
     /// Array of any integer type whose values fit in i32.
     pub fn get_i32_array(&self, key: &str) -> Result<Vec<i32>> {
         self.typed_array(key, "integers", "an integer that fits in i32", MetaValue::as_i32)
+    }
+
+    /// `Ok(None)` when the key is absent; an error when present and not an array of integers that fit in i32.
+    pub fn opt_i32_array(&self, key: &str) -> Result<Option<Vec<i32>>> {
+        self.typed_array_opt(key, "integers", "an integer that fits in i32", MetaValue::as_i32)
     }
 
     /// Array of any integer type whose values fit in u32.

@@ -173,6 +173,28 @@ pub fn tokenizer_from_gguf_vocab(v: &GgufVocab) -> Result<Tokenizer> {
 }
 
 fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
+    let named = named_tokens(v)?;
+    let vocab = byte_level_vocab(v, &named);
+    let merges = bpe_merges(v, &vocab)?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .fuse_unk(false)
+        .build()
+        .map_err(|e| anyhow!("building the BPE model from tokenizer.ggml.tokens/merges: {e}"))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(pre_tokenizer(v.pre.as_deref())?));
+    tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
+    add_special_tokens(&mut tokenizer, v, &named)?;
+    // transformers silently drops add_bos/add_eos when there is no such token.
+    let bos = v.bos_id.filter(|_| v.add_bos.unwrap_or(false));
+    let eos = v.eos_id.filter(|_| v.add_eos.unwrap_or(false));
+    tokenizer.with_post_processor(Some(PostProcessorWrapper::Template(template(v, bos, eos)?)));
+    Ok(tokenizer)
+}
+
+/// The special tokens named by `tokenizer.ggml.*_token_id` (key, id), after checking the vocabulary's size,
+/// its token types and that every named id is a token.
+fn named_tokens(v: &GgufVocab) -> Result<[(&'static str, Option<u32>); 4]> {
     let n = v.tokens.len();
     ensure!(n > 0, "tokenizer.ggml.tokens is empty");
     ensure!(u32::try_from(n).is_ok(), "tokenizer.ggml.tokens has {n} entries, more than a u32 id can address");
@@ -192,16 +214,23 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
             ensure!((id as usize) < n, "{key} = {id} is out of range: tokenizer.ggml.tokens has {n} entries");
         }
     }
-    let ttype = |i: usize| v.token_types.get(i).copied().unwrap_or(token_type::NORMAL);
-    let named_ids: HashSet<u32> = named.iter().filter_map(|(_, id)| *id).collect();
+    Ok(named)
+}
 
-    // The vocabulary, re-spelled into the byte-level alphabet where needed (transformers'
-    // `byte_level_tokenizer`). Special tokens (see the module docs) stay verbatim.
+/// Token `i`'s type (NORMAL when the file gives none).
+fn token_type_of(v: &GgufVocab, i: usize) -> i32 {
+    v.token_types.get(i).copied().unwrap_or(token_type::NORMAL)
+}
+
+/// The vocabulary, re-spelled into the byte-level alphabet where needed (transformers'
+/// `byte_level_tokenizer`). Special tokens (see the module docs) stay verbatim.
+fn byte_level_vocab(v: &GgufVocab, named: &[(&str, Option<u32>)]) -> Vocab {
+    let named_ids: HashSet<u32> = named.iter().filter_map(|(_, id)| *id).collect();
     let spelling = bytes_to_unicode();
     let alphabet: HashSet<char> = spelling.iter().copied().collect();
     let in_alphabet = |t: &str| t.chars().all(|c| alphabet.contains(&c));
     let is_added = |i: usize| {
-        matches!(ttype(i), token_type::CONTROL | token_type::USER_DEFINED) || named_ids.contains(&(i as u32))
+        matches!(token_type_of(v, i), token_type::CONTROL | token_type::USER_DEFINED) || named_ids.contains(&(i as u32))
     };
     let mut vocab = Vocab::default();
     for (i, token) in v.tokens.iter().enumerate() {
@@ -213,7 +242,11 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
         // Like a Python dict built in order: a later duplicate wins.
         vocab.insert(spelled, i as u32);
     }
+    vocab
+}
 
+/// `tokenizer.ggml.merges` as (left, right) pairs, rank = position; each side and their join must be tokens.
+fn bpe_merges(v: &GgufVocab, vocab: &Vocab) -> Result<Vec<(String, String)>> {
     let mut merges = Vec::with_capacity(v.merges.len());
     for (rank, merge) in v.merges.iter().enumerate() {
         let (a, b) = match merge.split_once(' ') {
@@ -235,47 +268,45 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
         );
         merges.push((a.to_string(), b.to_string()));
     }
+    Ok(merges)
+}
 
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .fuse_unk(false)
-        .build()
-        .map_err(|e| anyhow!("building the BPE model from tokenizer.ggml.tokens/merges: {e}"))?;
-    let mut tokenizer = Tokenizer::new(bpe);
-
-    let pre_tokenizer = match v.pre.as_deref().and_then(split_regex_for_pre) {
+/// `Split(regex) + ByteLevel` for the `tokenizer.ggml.pre` values of [`split_regex_for_pre`], plain
+/// `ByteLevel` with the GPT-2 regex for every other.
+fn pre_tokenizer(pre: Option<&str>) -> Result<PreTokenizerWrapper> {
+    let byte_level = |use_regex| ByteLevel::new(false, true, use_regex); // no prefix space, trim offsets
+    Ok(match pre.and_then(split_regex_for_pre) {
         Some(regex) => {
-            let split = Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, false)
+            let invert = false;
+            let split = Split::new(SplitPattern::Regex(regex.to_string()), SplitDelimiterBehavior::Isolated, invert)
                 .map_err(|e| anyhow!("compiling the split regex for tokenizer.ggml.pre: {e}"))?;
             PreTokenizerWrapper::Sequence(Sequence::new(vec![
                 PreTokenizerWrapper::Split(split),
-                PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
+                PreTokenizerWrapper::ByteLevel(byte_level(false)),
             ]))
         }
-        None => PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
-    };
-    tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
-    tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
+        None => PreTokenizerWrapper::ByteLevel(byte_level(true)),
+    })
+}
 
-    // Added tokens, in transformers' order: control tokens (special), user-defined tokens (not
-    // special), then the named special tokens not added yet (special).
-    let control: Vec<AddedToken> = (0..n)
-        .filter(|&i| ttype(i) == token_type::CONTROL)
-        .map(|i| AddedToken::from(v.tokens[i].clone(), true).normalized(false))
-        .collect();
+/// Added tokens, in transformers' order: control tokens (special), user-defined tokens (not special), then
+/// the named special tokens not added yet (special).
+fn add_special_tokens(tokenizer: &mut Tokenizer, v: &GgufVocab, named: &[(&str, Option<u32>)]) -> Result<()> {
+    let of_type = |ty: i32, special: bool| -> Vec<AddedToken> {
+        (0..v.tokens.len())
+            .filter(|&i| token_type_of(v, i) == ty)
+            .map(|i| AddedToken::from(v.tokens[i].clone(), special).normalized(false))
+            .collect()
+    };
     tokenizer
-        .add_special_tokens(control)
+        .add_special_tokens(of_type(token_type::CONTROL, true))
         .map_err(|e| anyhow!("adding the CONTROL tokens of tokenizer.ggml.token_type: {e}"))?;
-    let user: Vec<AddedToken> = (0..n)
-        .filter(|&i| ttype(i) == token_type::USER_DEFINED)
-        .map(|i| AddedToken::from(v.tokens[i].clone(), false).normalized(false))
-        .collect();
     tokenizer
-        .add_tokens(user)
+        .add_tokens(of_type(token_type::USER_DEFINED, false))
         .map_err(|e| anyhow!("adding the USER_DEFINED tokens of tokenizer.ggml.token_type: {e}"))?;
     let already: HashSet<String> = tokenizer.get_added_tokens_decoder().into_values().map(|t| t.content).collect();
     let mut named_tokens: Vec<AddedToken> = Vec::new();
-    for (_, id) in named {
+    for &(_, id) in named {
         if let Some(id) = id {
             let content = &v.tokens[id as usize];
             if !already.contains(content) && !named_tokens.iter().any(|t| &t.content == content) {
@@ -292,14 +323,7 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
         tokenizer.get_vocab_size(true) == tokenizer.get_vocab_size(false),
         "internal error: an added token got an id past tokenizer.ggml.tokens"
     );
-
-    let add_bos = v.add_bos.unwrap_or(false);
-    let add_eos = v.add_eos.unwrap_or(false);
-    // transformers silently drops add_bos/add_eos when there is no such token.
-    let bos = v.bos_id.filter(|_| add_bos);
-    let eos = v.eos_id.filter(|_| add_eos);
-    tokenizer.with_post_processor(Some(PostProcessorWrapper::Template(template(v, bos, eos)?)));
-    Ok(tokenizer)
+    Ok(())
 }
 
 /// transformers' `update_post_processor`: `[BOS]:0 $A:0 [EOS]:0` and, for pairs, that followed by

@@ -1,0 +1,118 @@
+//! `condlm score` reads every file `condlm eval` reads (prompt/completion, Alpaca, chat; JSONL or a JSON array)
+//! and agrees with it on the total NLL per token.
+mod common;
+use common::fixture;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs the binary on `model` and `data`; returns (stdout, stderr).
+fn condlm(command: &str, model: &Path, data: &Path, extra: &[&str]) -> (String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_condlm"))
+        .args([command, "--threads", "2", "--model"])
+        .arg(model)
+        .arg("--data")
+        .arg(data)
+        .args(extra)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8_lossy(&out.stderr).to_string());
+    assert!(out.status.success() && !stderr.contains("panicked"), "{command} {}: {stderr}", data.display());
+    (stdout, stderr)
+}
+
+/// tiny-llama (which has a chat template) copied into `dir` with a context window of 1024 instead of 128, so
+/// that the Alpaca fixture's rows (up to ~250 tokens) fit whole: `eval` then cuts nothing, `score` refuses
+/// nothing, and both see the same rows.
+fn long_context_llama(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny-llama-1k");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let config = model.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"max_position_embeddings\": 128"));
+    std::fs::write(&config, text.replace("\"max_position_embeddings\": 128", "\"max_position_embeddings\": 1024"))
+        .unwrap();
+    model
+}
+
+/// `score`'s rows, and its NLL per token from them: −Σ logprob / Σ tokens.
+fn score(model: &Path, data: &Path) -> (Vec<serde_json::Value>, f64) {
+    let (stdout, stderr) = condlm("score", model, data, &[]);
+    assert!(stderr.contains("perplexity"), "{stderr}");
+    let rows: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let nll: f64 = -rows.iter().map(|r| r["logprob"].as_f64().unwrap()).sum::<f64>();
+    let tokens: u64 = rows.iter().map(|r| r["tokens"].as_u64().unwrap()).sum();
+    (rows, nll / tokens as f64)
+}
+
+/// `eval`'s JSON line.
+fn eval(model: &Path, data: &Path) -> serde_json::Value {
+    serde_json::from_str(&condlm("eval", model, data, &[]).0).unwrap()
+}
+
+#[test]
+fn score_reads_what_eval_reads_and_agrees_on_nll() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = long_context_llama(tmp.path());
+    for (file, first_source) in [
+        ("data/alpaca.json", "alpaca.json:2 (element 0)"),
+        ("data/chats.jsonl", "chats.jsonl:1"),
+        ("score_rows.jsonl", "score_rows.jsonl:1"),
+    ] {
+        let data = fixture(file);
+        let (rows, nll) = score(&model, &data);
+        let e = eval(&model, &data);
+        assert_eq!(rows.len() as u64, e["rows"].as_u64().unwrap(), "{file}");
+        let tokens: u64 = rows.iter().map(|r| r["tokens"].as_u64().unwrap()).sum();
+        assert_eq!(tokens, e["tokens"].as_u64().unwrap(), "{file}: eval cut rows that score kept whole");
+        let want = e["nll"].as_f64().unwrap();
+        assert!((nll - want).abs() <= 1e-6 * want.abs(), "{file}: score {nll} vs eval {want}");
+        // Each output row names its source row.
+        assert_eq!(rows[0]["row"], 0);
+        assert!(rows[0]["source"].as_str().unwrap().ends_with(first_source), "{file}: {}", rows[0]);
+    }
+}
+
+#[test]
+fn score_takes_the_field_flags_and_per_token_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    std::fs::write(&data, "{\"q\": \"name: Blue Spice\", \"a\": \"A coffee shop.\"}\n").unwrap();
+    let (stdout, _) = condlm(
+        "score",
+        &fixture("tiny-llama"),
+        &data,
+        &["--prompt-field", "q", "--completion-field", "a", "--per-token"],
+    );
+    let row: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let (ids, lps) = (row["ids"].as_array().unwrap(), row["token_logprobs"].as_array().unwrap());
+    let y_start = row["y_start"].as_u64().unwrap() as usize;
+    assert_eq!((ids.len() - y_start, lps.len()), (lps.len(), row["tokens"].as_u64().unwrap() as usize));
+    let sum: f64 = lps.iter().map(|v| v.as_f64().unwrap()).sum();
+    assert!((sum - row["logprob"].as_f64().unwrap()).abs() < 1e-3, "{row}");
+}
+
+#[test]
+fn score_refuses_a_row_longer_than_the_context_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("long.jsonl");
+    let long = "word ".repeat(5000);
+    std::fs::write(
+        &data,
+        format!("{{\"prompt\": \"a\", \"completion\": \"b\"}}\n{{\"prompt\": \"{long}\", \"completion\": \"b\"}}\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_condlm"))
+        .args(["score", "--threads", "1", "--model"])
+        .arg(fixture("tiny-llama"))
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("long.jsonl:2") && stderr.contains("context window"), "{stderr}");
+}
