@@ -1,5 +1,6 @@
-//! The one GEMM entry point of the engine: strided f32 views over slices, checked bounds,
-//! and the `gemm` crate underneath (AVX-512/AVX2/FMA picked at run time).
+//! The one GEMM entry point of the engine: strided f32 views over slices, checked bounds, and our packed
+//! GEMM underneath ([`super::gemm`]: AVX-512 / AVX2+FMA / portable micro-kernels picked at run time).
+use super::gemm::{Isa, gemm};
 
 /// A read-only matrix view: element (i, j) is `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
@@ -28,7 +29,7 @@ impl<'a> Mat<'a> {
         }
     }
 
-    fn check(&self, what: &str) {
+    pub(super) fn check(&self, what: &str) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride;
             assert!(last < self.data.len(), "matmul: {what} view out of bounds");
@@ -58,49 +59,7 @@ pub fn matmul(out: MatMut, a: Mat, b: Mat, accumulate: bool) {
     if out.rows > 0 && out.cols > 0 {
         assert!((out.rows - 1) * out.row_stride + out.cols <= out.data.len(), "matmul: dst out of bounds");
     }
-    let (m, n, k) = (a.rows, b.cols, a.cols);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        if !accumulate {
-            for r in 0..m {
-                out.data[r * out.row_stride..r * out.row_stride + n].fill(0.0);
-            }
-        }
-        return;
-    }
-    // Small products lose more to thread hand-off than they gain.
-    let parallelism = if m * n * k >= 1 << 18 && rayon::current_num_threads() > 1 {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: every view was bounds-checked above for the index range the GEMM touches,
-    // and `out` is borrowed mutably so it cannot alias `a` or `b`.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.data.as_mut_ptr(),
-            1,
-            out.row_stride as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
+    gemm(Isa::best(), out, a, b, accumulate);
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 pub mod activation;
 pub mod attention;
 pub mod embedding;
+pub mod gemm;
 pub mod kv_attention;
 pub mod lm_head;
 pub mod matmul;
