@@ -2,7 +2,8 @@
 //! the products of one SmolLM2-135M training step (hidden 576, ffn 1536, vocab 49152, LoRA r 16, N = 1024
 //! tokens, a 64-row LM-head chunk). Prints GFLOP/s (median of the reps) and ours / gemm per shape.
 //! Usage: cargo run --release --example gemm_bench -- [--threads N] [--reps R] [--filter TEXT] [--mkn M,K,N]
-use condlm::kernels::matmul::{Mat, MatMut, matmul};
+use condlm::kernels::mat::{Mat, MatMut};
+use condlm::kernels::matmul::matmul;
 use std::time::Instant;
 
 /// How an operand is stored: as is (row-major), or as the transpose view of a row-major buffer.

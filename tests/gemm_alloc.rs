@@ -2,7 +2,8 @@
 //! work through rayon's allocation-free `join`. Counted with a global allocator that counts only on threads
 //! that opted in (the pool's workers and the test thread while measuring).
 use condlm::kernels::gemm::{Isa, gemm};
-use condlm::kernels::matmul::{Mat, MatMut, matmul};
+use condlm::kernels::mat::{Mat, MatMut};
+use condlm::kernels::matmul::matmul;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 

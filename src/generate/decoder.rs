@@ -10,7 +10,7 @@
 //!
 //! The cache is allocated in [`Decoder::new`]; the other buffers grow to the largest call once. After that a
 //! call allocates nothing (checked by a test with a counting allocator).
-use crate::kernels::matmul::{Mat, MatMut};
+use crate::kernels::mat::{Mat, MatMut};
 use crate::kernels::matvec::matmul_wt;
 use crate::network::activations::Activations;
 use crate::network::batch::Row;

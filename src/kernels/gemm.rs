@@ -1,4 +1,4 @@
-//! The packed f32 GEMM under [`matmul`](super::matmul::matmul), BLIS / llm.c style:
+//! The packed f32 GEMM that `matmul` (the checked entry point) calls, BLIS / llm.c style:
 //!
 //! ```text
 //! C (m × n, row-major, row stride ldc)  (+)=  A (m × k, any strides) · B (k × n, any strides)
@@ -20,7 +20,7 @@
 //! back only the valid part, and threads split C into rectangles (over m and n, never k): the result is
 //! bit-identical for any thread count. The packing buffers live in one thread-local allocation of fixed size, so
 //! once a thread has run one product, its later products allocate nothing.
-use super::matmul::{Mat, MatMut};
+use super::mat::{Mat, MatMut};
 use rayon::prelude::*;
 use std::cell::RefCell;
 

@@ -3,7 +3,8 @@
 //! prefill — at least [`RUN_MIN`] consecutive positions of one slot — attends through GEMMs in tiles of
 //! [`ATT_TILE`] query rows (S = Q·Kᵀ, causal mask, softmax, P·V).
 use super::attention::QkvLayout;
-use super::matmul::{Mat, MatMut, matmul};
+use super::mat::{Mat, MatMut};
+use super::matmul::matmul;
 use super::simd::{axpy_rows, dot_rows, exp_shifted};
 use rayon::prelude::*;
 

@@ -1,6 +1,7 @@
 //! LM head fused with log-softmax, evaluated only at the rows asked for and in chunks of rows,
 //! so a (tokens × vocab) matrix never exists for a whole batch.
-use super::matmul::{Mat, MatMut, matmul};
+use super::mat::{Mat, MatMut};
+use super::matmul::matmul;
 use super::simd::exp_shifted;
 use rayon::prelude::*;
 

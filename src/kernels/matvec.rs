@@ -2,7 +2,8 @@
 //! nn.Linear stores it. Up to [`MAX_ROWS`] rows of x (decode steps, beams, small batches) it runs a
 //! matrix-vector kernel that streams each weight row once for all rows (the product is memory-bound there, and
 //! a GEMM's packing would cost more than it saves); more rows go to the GEMM.
-use super::matmul::{Mat, MatMut, matmul};
+use super::mat::{Mat, MatMut};
+use super::matmul::matmul;
 use super::simd::dots;
 use rayon::prelude::*;
 

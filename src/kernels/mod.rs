@@ -5,6 +5,7 @@ pub mod embedding;
 pub mod gemm;
 pub mod kv_attention;
 pub mod lm_head;
+pub mod mat;
 pub mod matmul;
 pub mod matvec;
 pub mod norm;

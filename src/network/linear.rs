@@ -2,7 +2,8 @@
 //! W is stored (out, in) — nn.Linear's layout; GPT-2's Conv1D weights are transposed on load.
 use super::lora::{Dropout, Lora, LoraActs};
 use super::param::Param;
-use crate::kernels::matmul::{Mat, MatMut, matmul};
+use crate::kernels::mat::{Mat, MatMut};
+use crate::kernels::matmul::matmul;
 use crate::kernels::matvec::matmul_wt;
 use rayon::prelude::*;
 

@@ -2,7 +2,8 @@
 //! Kaiming-uniform(a=√5), B (out, r) zeros; rsLoRA scales by α/√r. Only A and B are trainable.
 use super::param::Param;
 use crate::kernels::grow;
-use crate::kernels::matmul::{Mat, MatMut, matmul};
+use crate::kernels::mat::{Mat, MatMut};
+use crate::kernels::matmul::matmul;
 use crate::kernels::matvec::matmul_wt;
 use crate::rng;
 use rayon::prelude::*;
