@@ -2,6 +2,8 @@
 //! the products of one SmolLM2-135M training step (hidden 576, ffn 1536, vocab 49152, LoRA r 16, N = 1024
 //! tokens, a 64-row LM-head chunk). Prints GFLOP/s (median of the reps) and ours / gemm per shape.
 //! Usage: cargo run --release --example gemm_bench -- [--threads N] [--reps R] [--filter TEXT] [--mkn M,K,N]
+//!   [--isa scalar|avx2|avx512]   (ours with a slower kernel family than `matmul` picks, e.g. to time fallbacks)
+use condlm::kernels::gemm::{Isa, gemm};
 use condlm::kernels::mat::{Mat, MatMut};
 use condlm::kernels::matmul::matmul;
 use std::time::Instant;
@@ -147,8 +149,14 @@ fn main() {
     let threads: usize = arg("--threads").map_or(2, |v| v.parse().expect("--threads N"));
     let reps: usize = arg("--reps").map_or(7, |v| v.parse().expect("--reps R"));
     let filter = arg("--filter").unwrap_or_default();
+    let isa = arg("--isa").map_or(Isa::best(), |name| {
+        *Isa::available()
+            .iter()
+            .find(|i| format!("{i:?}").eq_ignore_ascii_case(&name))
+            .unwrap_or_else(|| panic!("--isa {name}: this CPU runs {:?}", Isa::available()))
+    });
     let (model, flags) = cpu();
-    println!("CPU: {model}\nflags: {flags}\nthreads: {threads}, reps: {reps} (median)\n");
+    println!("CPU: {model}\nflags: {flags}\nthreads: {threads}, reps: {reps} (median), our kernels: {isa:?}\n");
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     // Half a second of work first, so that the first shape does not run at a lower clock.
     pool.install(|| {
@@ -170,12 +178,12 @@ fn main() {
         if custom.is_empty() { vec![("SmolLM2-135M training step", SHAPES)] } else { vec![("custom", &custom[..])] };
     for (title, shapes) in lists {
         println!("{title}:");
-        table(&pool, shapes.iter().filter(|s| s.name.contains(&filter)), reps);
+        table(&pool, isa, shapes.iter().filter(|s| s.name.contains(&filter)), reps);
     }
 }
 
 /// Times each shape, prints its row, then the geometric mean and the worst of ours / gemm.
-fn table<'a>(pool: &rayon::ThreadPool, shapes: impl Iterator<Item = &'a Shape>, reps: usize) {
+fn table<'a>(pool: &rayon::ThreadPool, isa: Isa, shapes: impl Iterator<Item = &'a Shape>, reps: usize) {
     println!(
         "{:<22} {:>6} {:>6} {:>6} {:>4} {:>10} {:>10} {:>7} {:>9}",
         "shape", "m", "k", "n", "acc", "ours GF/s", "gemm GF/s", "ratio", "max err"
@@ -191,13 +199,13 @@ fn table<'a>(pool: &rayon::ThreadPool, shapes: impl Iterator<Item = &'a Shape>, 
         let mut theirs = vec![0.0; s.m * s.n];
         let (t_ours, t_theirs, err) = pool.install(|| {
             // One unaccumulated call of each: the results must agree to f32 rounding.
-            matmul(MatMut::new(&mut ours, s.m, s.n), av, bv, false);
+            gemm(isa, MatMut::new(&mut ours, s.m, s.n), av, bv, false);
             gemm_crate(MatMut::new(&mut theirs, s.m, s.n), av, bv, false);
             let scale = theirs.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-30);
             let err = ours.iter().zip(&theirs).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) / scale;
             let (t_ours, t_theirs) = time2(
                 reps,
-                || matmul(MatMut::new(&mut ours, s.m, s.n), av, bv, s.accumulate),
+                || gemm(isa, MatMut::new(&mut ours, s.m, s.n), av, bv, s.accumulate),
                 || gemm_crate(MatMut::new(&mut theirs, s.m, s.n), av, bv, s.accumulate),
             );
             (t_ours, t_theirs, err)

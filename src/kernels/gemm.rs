@@ -516,10 +516,13 @@ mod avx2 {
         load: bool,
     ) {
         // Start fetching the C tile: it is read and written only at the end, and C is usually larger than L2.
+        // Every cache line of each row: the first float of each vector, and the last float (rows need not be aligned).
         for i in 0..MR {
-            for j in [0, 8 * NV - 1] {
-                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + j).cast());
+            let row = c.wrapping_add(i * ldc);
+            for v in 0..NV {
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(8 * v).cast());
             }
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(8 * NV - 1).cast());
         }
         // SAFETY: forwarded caller guarantees.
         let acc =
@@ -589,10 +592,13 @@ mod avx512 {
         load: bool,
     ) {
         // Start fetching the C tile: it is read and written only at the end, and C is usually larger than L2.
+        // Every cache line of each row: the first float of each vector, and the last float (rows need not be aligned).
         for i in 0..MR {
-            for j in [0, 16 * NV - 1] {
-                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + j).cast());
+            let row = c.wrapping_add(i * ldc);
+            for v in 0..NV {
+                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(16 * v).cast());
             }
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(16 * NV - 1).cast());
         }
         // SAFETY: forwarded caller guarantees.
         let acc =
