@@ -15,9 +15,9 @@
 //! When the block has a single B panel (narrow products such as LoRA's x·Aᵀ, n = r) packing A would cost as much
 //! as using it, so full-height tiles read a row-major A in place instead.
 //!
-//! Each element of C is computed the same way wherever it lies: Σ_p a·b in p order, one fused multiply-add per
-//! term, per depth block, then added to C. Edge tiles run the same micro-kernel into a scratch tile and write
-//! back only the valid part, and threads split C into rectangles (over m and n, never k): the result is
+//! Each element of C is computed the same way wherever it lies: Σ_p a·b in p order (fused multiply-adds in the
+//! SIMD kernels) per depth block, then added to C. Edge tiles run the same micro-kernel into a scratch tile and
+//! write back only the valid part, and threads split C into rectangles (over m and n, never k): the result is
 //! bit-identical for any thread count. The packing buffers live in one thread-local allocation of fixed size, so
 //! once a thread has run one product, its later products allocate nothing.
 use super::mat::{Mat, MatMut};
