@@ -7,45 +7,13 @@ use condlm::kernels::matmul::matmul;
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 
-mod alloc_count {
-    use std::alloc::{GlobalAlloc, Layout, System};
-    use std::cell::Cell;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    pub struct Counting;
-    pub static COUNT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! { pub static TRACK: Cell<bool> = const { Cell::new(false) }; }
-
-    fn note() {
-        if TRACK.with(|t| t.get()) {
-            COUNT.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    // SAFETY: forwards to the system allocator unchanged; only counts.
-    unsafe impl GlobalAlloc for Counting {
-        unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-            note();
-            unsafe { System.alloc(l) }
-        }
-        unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
-            note();
-            unsafe { System.alloc_zeroed(l) }
-        }
-        unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-            note();
-            unsafe { System.realloc(p, l, n) }
-        }
-        unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-            unsafe { System.dealloc(p, l) }
-        }
-    }
-}
+mod common;
+use common::alloc_count::{TOTAL, TRACK, counted_pool_of};
 
 #[global_allocator]
-static ALLOC: alloc_count::Counting = alloc_count::Counting;
+static ALLOC: common::alloc_count::Counting = common::alloc_count::Counting;
 
-/// The tests share the one counter: one at a time.
+/// The tests share the one total: one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 /// (m, k, n, a transposed (like dyᵀ), b transposed (like Wᵀ), accumulate): small and large, narrow and wide,
@@ -87,29 +55,21 @@ fn allocations(pool: &rayon::ThreadPool, reps: usize) -> usize {
     pool.broadcast(|_| run_all(&mut buffers()[..1], &isas));
     pool.install(|| run_all(&mut bufs, &isas));
     pool.install(|| {
-        alloc_count::TRACK.with(|t| t.set(true));
-        alloc_count::COUNT.store(0, Ordering::SeqCst);
+        TRACK.with(|t| t.set(true));
+        TOTAL.store(0, Ordering::SeqCst);
         for _ in 0..reps {
             run_all(&mut bufs, &isas);
         }
-        alloc_count::TRACK.with(|t| t.set(false));
-        alloc_count::COUNT.load(Ordering::SeqCst)
+        TRACK.with(|t| t.set(false));
+        TOTAL.load(Ordering::SeqCst)
     })
-}
-
-fn counting_pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .start_handler(|_| alloc_count::TRACK.with(|t| t.set(true)))
-        .build()
-        .unwrap()
 }
 
 /// One worker: every product runs whole on it.
 #[test]
 fn warm_products_allocate_nothing_on_one_thread() {
     let _serial = SERIAL.lock().unwrap();
-    let allocs = allocations(&counting_pool(1), 5);
+    let allocs = allocations(&counted_pool_of(1), 5);
     assert_eq!(allocs, 0, "{allocs} heap allocations in 5 rounds of {} products", SHAPES.len());
 }
 
@@ -117,6 +77,6 @@ fn warm_products_allocate_nothing_on_one_thread() {
 #[test]
 fn warm_products_allocate_nothing_on_two_threads() {
     let _serial = SERIAL.lock().unwrap();
-    let allocs = allocations(&counting_pool(2), 20);
+    let allocs = allocations(&counted_pool_of(2), 20);
     assert_eq!(allocs, 0, "{allocs} heap allocations in 20 rounds of {} products", SHAPES.len());
 }

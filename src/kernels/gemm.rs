@@ -464,157 +464,128 @@ mod scalar {
     }
 }
 
-/// AVX2 + FMA micro-kernel: MR rows × NV vectors of 8 columns, the accumulators in the 16 ymm registers.
+/// A SIMD micro-kernel family: MR rows × NV vectors of `$lanes` columns, the accumulators in registers. One
+/// template for AVX2 and AVX-512, which differ only in vector type, width and intrinsics.
+macro_rules! simd_kernel {
+    ($name:ident, $feature:literal, $vec:ty, $lanes:literal,
+     $zero:ident, $load:ident, $splat:ident, $fma:ident, $add:ident, $store:ident) => {
+        mod $name {
+            use std::arch::x86_64::*;
+
+            pub(super) struct Tile<const MR: usize, const NV: usize>;
+
+            impl<const MR: usize, const NV: usize> super::Kernel for Tile<MR, NV> {
+                const MR: usize = MR;
+                const NR: usize = $lanes * NV;
+                const AVX: bool = true;
+                unsafe fn tile(
+                    kb: usize,
+                    a: *const f32,
+                    lda: usize,
+                    b: *const f32,
+                    c: *mut f32,
+                    ldc: usize,
+                    load: bool,
+                ) {
+                    // SAFETY: forwarded caller guarantees; this family only runs on CPUs with its features
+                    // (`Isa::available` checks them).
+                    unsafe { tile::<MR, NV>(kb, a, lda, b, c, ldc, load) }
+                }
+            }
+
+            /// Σ_p A[i, p] · Bp[p, v·L..v·L + L] for i < MR, v < NV, L lanes (A packed when `ROWS` is false, else
+            /// rows at `lda`).
+            #[target_feature(enable = $feature)]
+            #[inline]
+            unsafe fn dot<const MR: usize, const NV: usize, const ROWS: bool>(
+                kb: usize,
+                a: *const f32,
+                lda: usize,
+                b: *const f32,
+            ) -> [[$vec; NV]; MR] {
+                let mut acc = [[$zero(); NV]; MR];
+                for p in 0..kb {
+                    // SAFETY: p·NR + (v + 1)·L ≤ kb·NR floats at `b`.
+                    let bv: [$vec; NV] = std::array::from_fn(|v| unsafe { $load(b.add((p * NV + v) * $lanes)) });
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        // SAFETY: A[i, p] is readable (caller's guarantee).
+                        let ai = $splat(unsafe { if ROWS { *a.add(i * lda + p) } else { *a.add(p * MR + i) } });
+                        for (s, &x) in row.iter_mut().zip(&bv) {
+                            *s = $fma(ai, x, *s);
+                        }
+                    }
+                }
+                acc
+            }
+
+            #[target_feature(enable = $feature)]
+            unsafe fn tile<const MR: usize, const NV: usize>(
+                kb: usize,
+                a: *const f32,
+                lda: usize,
+                b: *const f32,
+                c: *mut f32,
+                ldc: usize,
+                load: bool,
+            ) {
+                // Start fetching the C tile: it is read and written only at the end, and C is usually larger than
+                // L2. Every cache line of each row: the first float of each vector, and the last float (rows need
+                // not be aligned).
+                for i in 0..MR {
+                    let row = c.wrapping_add(i * ldc);
+                    for v in 0..NV {
+                        _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add($lanes * v).cast());
+                    }
+                    _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add($lanes * NV - 1).cast());
+                }
+                // SAFETY: forwarded caller guarantees.
+                let acc = unsafe {
+                    if lda == 0 { dot::<MR, NV, false>(kb, a, 0, b) } else { dot::<MR, NV, true>(kb, a, lda, b) }
+                };
+                for (i, row) in acc.iter().enumerate() {
+                    for (v, &s) in row.iter().enumerate() {
+                        // SAFETY: the MR × NR tile at `c` (row stride ldc) is writable.
+                        unsafe {
+                            let dst = c.add(i * ldc + v * $lanes);
+                            let s = if load { $add($load(dst), s) } else { s };
+                            $store(dst, s);
+                        }
+                    }
+                }
+            }
+        }
+    };
+}
+
+// AVX2 + FMA: 8 columns per vector, 16 ymm registers.
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
+simd_kernel!(
+    avx2,
+    "avx2,fma",
+    __m256,
+    8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps,
+    _mm256_storeu_ps
+);
 
-    pub(super) struct Tile<const MR: usize, const NV: usize>;
-
-    impl<const MR: usize, const NV: usize> super::Kernel for Tile<MR, NV> {
-        const MR: usize = MR;
-        const NR: usize = 8 * NV;
-        const AVX: bool = true;
-        unsafe fn tile(kb: usize, a: *const f32, lda: usize, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
-            // SAFETY: forwarded caller guarantees; `Isa::Avx2` only runs on CPUs with AVX2 and FMA.
-            unsafe { tile::<MR, NV>(kb, a, lda, b, c, ldc, load) }
-        }
-    }
-
-    /// Σ_p A[i, p] · Bp[p, v·8..v·8 + 8] for i < MR, v < NV (A packed when `ROWS` is false, else rows at `lda`).
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
-    unsafe fn dot<const MR: usize, const NV: usize, const ROWS: bool>(
-        kb: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-    ) -> [[__m256; NV]; MR] {
-        let mut acc = [[_mm256_setzero_ps(); NV]; MR];
-        for p in 0..kb {
-            // SAFETY: p·NR + v·8 + 8 ≤ kb·NR floats at `b`.
-            let bv: [__m256; NV] = std::array::from_fn(|v| unsafe { _mm256_loadu_ps(b.add((p * NV + v) * 8)) });
-            for (i, row) in acc.iter_mut().enumerate() {
-                // SAFETY: A[i, p] is readable (caller's guarantee).
-                let ai = _mm256_set1_ps(unsafe { if ROWS { *a.add(i * lda + p) } else { *a.add(p * MR + i) } });
-                for (s, &x) in row.iter_mut().zip(&bv) {
-                    *s = _mm256_fmadd_ps(ai, x, *s);
-                }
-            }
-        }
-        acc
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn tile<const MR: usize, const NV: usize>(
-        kb: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        load: bool,
-    ) {
-        // Start fetching the C tile: it is read and written only at the end, and C is usually larger than L2.
-        // Every cache line of each row: the first float of each vector, and the last float (rows need not be aligned).
-        for i in 0..MR {
-            let row = c.wrapping_add(i * ldc);
-            for v in 0..NV {
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(8 * v).cast());
-            }
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(8 * NV - 1).cast());
-        }
-        // SAFETY: forwarded caller guarantees.
-        let acc =
-            unsafe { if lda == 0 { dot::<MR, NV, false>(kb, a, 0, b) } else { dot::<MR, NV, true>(kb, a, lda, b) } };
-        for (i, row) in acc.iter().enumerate() {
-            for (v, &s) in row.iter().enumerate() {
-                // SAFETY: the MR × NR tile at `c` (row stride ldc) is writable.
-                unsafe {
-                    let dst = c.add(i * ldc + v * 8);
-                    let s = if load { _mm256_add_ps(_mm256_loadu_ps(dst), s) } else { s };
-                    _mm256_storeu_ps(dst, s);
-                }
-            }
-        }
-    }
-}
-
-/// AVX-512F micro-kernel: MR rows × NV vectors of 16 columns, the accumulators in the 32 zmm registers.
+// AVX-512F: 16 columns per vector, 32 zmm registers.
 #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
-mod avx512 {
-    use std::arch::x86_64::*;
-
-    pub(super) struct Tile<const MR: usize, const NV: usize>;
-
-    impl<const MR: usize, const NV: usize> super::Kernel for Tile<MR, NV> {
-        const MR: usize = MR;
-        const NR: usize = 16 * NV;
-        const AVX: bool = true;
-        unsafe fn tile(kb: usize, a: *const f32, lda: usize, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
-            // SAFETY: forwarded caller guarantees; `Isa::Avx512` only runs on CPUs with AVX-512F.
-            unsafe { tile::<MR, NV>(kb, a, lda, b, c, ldc, load) }
-        }
-    }
-
-    /// Σ_p A[i, p] · Bp[p, v·16..v·16 + 16] for i < MR, v < NV (A packed when `ROWS` is false, else rows at `lda`).
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn dot<const MR: usize, const NV: usize, const ROWS: bool>(
-        kb: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-    ) -> [[__m512; NV]; MR] {
-        let mut acc = [[_mm512_setzero_ps(); NV]; MR];
-        for p in 0..kb {
-            // SAFETY: p·NR + v·16 + 16 ≤ kb·NR floats at `b`.
-            let bv: [__m512; NV] = std::array::from_fn(|v| unsafe { _mm512_loadu_ps(b.add((p * NV + v) * 16)) });
-            for (i, row) in acc.iter_mut().enumerate() {
-                // SAFETY: A[i, p] is readable (caller's guarantee).
-                let ai = _mm512_set1_ps(unsafe { if ROWS { *a.add(i * lda + p) } else { *a.add(p * MR + i) } });
-                for (s, &x) in row.iter_mut().zip(&bv) {
-                    *s = _mm512_fmadd_ps(ai, x, *s);
-                }
-            }
-        }
-        acc
-    }
-
-    #[target_feature(enable = "avx512f")]
-    unsafe fn tile<const MR: usize, const NV: usize>(
-        kb: usize,
-        a: *const f32,
-        lda: usize,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        load: bool,
-    ) {
-        // Start fetching the C tile: it is read and written only at the end, and C is usually larger than L2.
-        // Every cache line of each row: the first float of each vector, and the last float (rows need not be aligned).
-        for i in 0..MR {
-            let row = c.wrapping_add(i * ldc);
-            for v in 0..NV {
-                _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(16 * v).cast());
-            }
-            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(16 * NV - 1).cast());
-        }
-        // SAFETY: forwarded caller guarantees.
-        let acc =
-            unsafe { if lda == 0 { dot::<MR, NV, false>(kb, a, 0, b) } else { dot::<MR, NV, true>(kb, a, lda, b) } };
-        for (i, row) in acc.iter().enumerate() {
-            for (v, &s) in row.iter().enumerate() {
-                // SAFETY: the MR × NR tile at `c` (row stride ldc) is writable.
-                unsafe {
-                    let dst = c.add(i * ldc + v * 16);
-                    let s = if load { _mm512_add_ps(_mm512_loadu_ps(dst), s) } else { s };
-                    _mm512_storeu_ps(dst, s);
-                }
-            }
-        }
-    }
-}
+simd_kernel!(
+    avx512,
+    "avx512f",
+    __m512,
+    16,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps,
+    _mm512_storeu_ps
+);
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,7 @@
 //! `#[global_allocator] static ALLOC: common::alloc_count::Counting = common::alloc_count::Counting;`.
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub struct Counting;
 thread_local! {
@@ -11,10 +12,14 @@ thread_local! {
     pub static TRACK: Cell<bool> = const { Cell::new(false) };
     static COUNT: Cell<usize> = const { Cell::new(0) };
 }
+/// Allocations of every counted thread together (for tests whose work spreads over several threads; such tests
+/// must not run at the same time as each other).
+pub static TOTAL: AtomicUsize = AtomicUsize::new(0);
 
 fn note() {
     if TRACK.with(|t| t.get()) {
         COUNT.with(|c| c.set(c.get() + 1));
+        TOTAL.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -41,7 +46,12 @@ unsafe impl GlobalAlloc for Counting {
 /// work), but no work-stealing, whose bookkeeping (crossbeam's epoch registration of a thread that steals for
 /// the first time) may allocate at moments independent of the code under test.
 pub fn counted_pool() -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(1).start_handler(|_| TRACK.with(|t| t.set(true))).build().unwrap()
+    counted_pool_of(1)
+}
+
+/// A rayon pool of `threads` counted threads.
+pub fn counted_pool_of(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).start_handler(|_| TRACK.with(|t| t.set(true))).build().unwrap()
 }
 
 /// Heap allocations made by `f` on this thread (call it inside `counted_pool().install`, whose one thread runs
