@@ -82,15 +82,7 @@ fn gemm_crate(out: MatMut, a: Mat, b: Mat, accumulate: bool) {
 }
 
 fn fill(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect()
+    (0..len).map(|i| condlm::rng::uniform(seed, 0, i as u64) as f32 - 0.5).collect()
 }
 
 fn view(data: &[f32], rows: usize, cols: usize, layout: Layout) -> Mat<'_> {

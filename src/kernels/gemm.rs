@@ -592,15 +592,7 @@ mod tests {
     use super::*;
 
     fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
+        (0..len).map(|i| (2.0 * crate::rng::uniform(seed, 0, i as u64) - 1.0) as f32).collect()
     }
 
     /// How a test operand (rows × cols) is laid out in its buffer.
