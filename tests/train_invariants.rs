@@ -210,3 +210,20 @@ fn merged_equals_unmerged_and_peft_logits() {
     let diff = common::max_abs_diff(&all_logits(&m.model, &seqs), &unmerged);
     assert!(diff <= 1e-4, "merged vs unmerged: max |Δ logit| {diff}");
 }
+
+/// A model of a single block trains like any other (training keeps every block's activations, here one).
+#[test]
+fn a_one_block_model_trains() {
+    let mut m = load("tiny-llama");
+    let r = rows(&m)[..2].to_vec();
+    m.model.blocks.truncate(1);
+    m.model.config.num_layers = 1;
+    set_full_finetune(&mut m.model, false);
+    let mut t = Trainer::new(m.model, train_cfg(3e-3, 30)).unwrap();
+    let first = t.step(&r, 2, &labels(2)).unwrap().loss;
+    let mut last = first;
+    for _ in 0..30 {
+        last = t.step(&r, 2, &labels(2)).unwrap().loss;
+    }
+    assert!(last < first * 0.8, "loss went {first} → {last}");
+}

@@ -66,11 +66,20 @@ pub struct Activations {
     pub(super) cached: CachedAttentionScratch,
 }
 
+/// Which blocks' activations a forward pass keeps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Keep {
+    /// Every block's, with the residual streams, for the backward pass (training).
+    EveryBlock,
+    /// One block's buffers, reused by each block in turn (inference).
+    OneBlock,
+}
+
 impl Activations {
-    /// Sizes the forward buffers for `n` rows at positions below `max_pos`; `layers` blocks keep their
-    /// activations (all of them when training, one at inference).
-    pub(super) fn prepare(&mut self, c: &Config, qkv_width: usize, n: usize, max_pos: usize, layers: usize) {
+    /// Sizes the forward buffers for `n` rows at positions below `max_pos`.
+    pub(super) fn prepare(&mut self, c: &Config, qkv_width: usize, n: usize, max_pos: usize, keep: Keep) {
         let (d, f, aw) = (c.hidden_size, c.intermediate_size, c.num_heads * c.head_dim);
+        let layers = if keep == Keep::EveryBlock { c.num_layers } else { 1 };
         if self.layers.len() < layers {
             self.layers.resize_with(layers, LayerActs::default);
         }
@@ -79,7 +88,7 @@ impl Activations {
         }
         grow(&mut self.final_a, n);
         grow(&mut self.final_b, n);
-        let keep_residuals = layers > 1;
+        let keep_residuals = keep == Keep::EveryBlock;
         for l in &mut self.layers[..layers] {
             for v in [&mut l.h1, &mut l.h2] {
                 grow(v, n * d);

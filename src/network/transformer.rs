@@ -4,7 +4,7 @@
 //! One block loop serves every caller; only attention's context differs (see [`Context`]): within a packed
 //! batch (training, scoring: row i sees the rows of its own sequence up to i), or over the KV cache (decoding:
 //! a row's k, v are stored in its cache slot, then it sees positions 0..=pos of that slot).
-use super::activations::Activations;
+use super::activations::{Activations, Keep};
 use super::batch::{PackedBatch, Row};
 use super::config::Config;
 use super::kv_cache::KvCache;
@@ -210,10 +210,10 @@ impl Transformer {
             Mode::Train { step_seed } => Some(step_seed),
             Mode::Infer => None,
         };
-        let kept_layers = if train_seed.is_some() { c.num_layers } else { 1 };
+        let keep = if train_seed.is_some() { Keep::EveryBlock } else { Keep::OneBlock };
         let (n, d, f) = (tokens.len(), c.hidden_size, c.intermediate_size);
         let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
-        acts.prepare(c, qw, n, max_pos, kept_layers);
+        acts.prepare(c, qw, n, max_pos, keep);
         let layout = self.layout();
         let Activations { x, x_final_in, final_a, final_b, layers, lora_x_drop: xd, rope, cached, .. } = acts;
         let x = &mut x[..n * d];
