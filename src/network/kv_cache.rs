@@ -30,7 +30,7 @@ impl KvCache {
     }
 
     /// Offset of (layer, slot, kv_head, pos).
-    pub fn offset(&self, layer: usize, slot: usize, kv_head: usize, pos: usize) -> usize {
+    fn offset(&self, layer: usize, slot: usize, kv_head: usize, pos: usize) -> usize {
         ((layer * self.slots + slot) * self.kv_heads + kv_head) * self.capacity * self.head_dim + pos * self.head_dim
     }
 
@@ -70,11 +70,6 @@ impl KvCache {
                 self.v.copy_within(src..src + len * hd, dst);
             }
         }
-    }
-
-    /// Bytes held (keys and values).
-    pub fn bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
     }
 }
 

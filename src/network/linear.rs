@@ -91,7 +91,7 @@ impl Linear {
 }
 
 /// out[r] += b for every row.
-pub fn add_bias(out: &mut [f32], row_stride: usize, n: usize, b: &[f32]) {
+fn add_bias(out: &mut [f32], row_stride: usize, n: usize, b: &[f32]) {
     for r in 0..n {
         for (o, bv) in out[r * row_stride..][..b.len()].iter_mut().zip(b) {
             *o += bv;
