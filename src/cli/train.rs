@@ -1,7 +1,7 @@
 //! `condlm train`: fit a model on (x, y) pairs by the conditional objective, LoRA or full fine-tuning.
 use anyhow::{Result, bail};
 use clap::Args;
-use condlm::train::run::train;
+use condlm::train::run::{Ending, RunOptions, train};
 use condlm::train::schedule::Schedule;
 use condlm::train::settings::TrainSettings;
 use std::path::PathBuf;
@@ -16,9 +16,23 @@ pub struct TrainArgs {
     /// with its saved settings.
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Start afresh in an --output-dir that holds an earlier run (its checkpoints and outputs are deleted).
+    /// Start afresh in an --output-dir that holds an earlier run. Everything is checked and loaded first; the
+    /// earlier run's files are set aside, deleted once the new run writes its first checkpoint, and put back
+    /// if it fails before that.
     #[arg(long)]
     overwrite: bool,
+    /// With --resume: continue although the data files changed since the run started (recorded in
+    /// metrics.jsonl) [default: refuse].
+    #[arg(long)]
+    accept_changed_data: bool,
+    /// Do not stop on divergence (the smoothed loss 2 nats above its best) or collapse (a zero gradient for 3
+    /// steps) [default: stop, keeping the checkpoints, writing no result]. Non-finite losses always stop a run.
+    #[arg(long)]
+    no_divergence_guard: bool,
+    /// Exit 0 even when the finished run left the model worse than it started (eval NLL, or the training loss
+    /// without eval data) [default: exit 1, the result written].
+    #[arg(long)]
+    allow_worse: bool,
     /// End this invocation after N steps with a checkpoint, as an interruption would (resume it later).
     #[arg(long)]
     stop_after_steps: Option<u64>,
@@ -32,7 +46,7 @@ pub struct TrainArgs {
     #[arg(long)]
     eval_data: Option<PathBuf>,
     /// Hold out this fraction of the prompts for validation when --eval-data is not given [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     eval_fraction: Option<f64>,
     /// Where metrics.jsonl, loss.png, checkpoints/ and adapter/ (or model/) go [default: condlm-out].
     #[arg(long)]
@@ -53,10 +67,10 @@ pub struct TrainArgs {
     #[arg(long)]
     lora_r: Option<usize>,
     /// LoRA α; the update is scaled by α/r [default: 32].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lora_alpha: Option<f32>,
     /// Dropout on the LoRA input [default: 0.05].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lora_dropout: Option<f32>,
     /// Comma-separated module names to adapt (q_proj,v_proj,… or c_attn,c_proj,c_fc) or all-linear [default: all-linear].
     #[arg(long)]
@@ -65,7 +79,7 @@ pub struct TrainArgs {
     #[arg(long)]
     rslora: bool,
     /// Peak learning rate [default: 2e-4].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     lr: Option<f64>,
     /// Learning-rate schedule after warmup [default: cosine].
     #[arg(long, value_enum)]
@@ -89,18 +103,18 @@ pub struct TrainArgs {
     #[arg(long)]
     max_len: Option<usize>,
     /// AdamW decoupled weight decay on matrices (not biases or norms) [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     weight_decay: Option<f64>,
     /// Clip the global gradient norm to this; 0 disables [default: 1.0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     max_grad_norm: Option<f64>,
     /// Label smoothing ε of the cross-entropy [default: 0].
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     label_smoothing: Option<f32>,
     /// Seed for adapter init, data order and dropout [default: 42].
     #[arg(long)]
     seed: Option<u64>,
-    /// Evaluate every N steps; 0 = at the end of each epoch [default: 0].
+    /// Evaluate every N steps and after the last; 0 = at the end of each epoch [default: 0].
     #[arg(long)]
     eval_every: Option<usize>,
     /// Checkpoint every N steps; 0 = only at the end [default: 100].
@@ -162,25 +176,44 @@ impl TrainArgs {
         Ok(s)
     }
 
-    /// On --resume only the interruption flag may be given: the run continues with its saved settings.
+    /// On --resume only the flags that do not change the math may be given: the run continues with its saved
+    /// settings.
     fn only_resume_flags(&self) -> bool {
-        let bare =
-            TrainArgs { resume: self.resume.clone(), stop_after_steps: self.stop_after_steps, ..Default::default() };
-        self.config.is_none() && bare.settings().ok() == self.settings().ok()
+        let bare = TrainArgs {
+            resume: self.resume.clone(),
+            stop_after_steps: self.stop_after_steps,
+            accept_changed_data: self.accept_changed_data,
+            no_divergence_guard: self.no_divergence_guard,
+            allow_worse: self.allow_worse,
+            ..Default::default()
+        };
+        self.config.is_none() && !self.overwrite && bare.settings().ok() == self.settings().ok()
     }
 }
 
 pub fn run(a: TrainArgs) -> Result<()> {
     if a.resume.is_some() && !a.only_resume_flags() {
         bail!(
-            "--resume continues a run with the settings saved in its checkpoint; drop the other flags (only --stop-after-steps and --threads may be given)"
+            "--resume continues a run with the settings saved in its checkpoint; drop the other flags (only \
+             --stop-after-steps, --accept-changed-data, --no-divergence-guard, --allow-worse and --threads may be given)"
         );
     }
-    let settings = a.settings()?;
-    if a.overwrite && a.resume.is_none() {
-        condlm::train::checkpoint::clear_run(&settings.output_dir)?;
+    if a.accept_changed_data && a.resume.is_none() {
+        bail!("--accept-changed-data only applies with --resume");
     }
-    let r = train(settings, a.resume.as_deref(), a.stop_after_steps)?;
+    let settings = a.settings()?;
+    let opts = RunOptions {
+        resume: a.resume.clone(),
+        stop_after: a.stop_after_steps,
+        overwrite: a.overwrite,
+        accept_changed_data: a.accept_changed_data,
+        divergence_guard: !a.no_divergence_guard,
+    };
+    let r = train(settings, &opts)?;
+    if r.ending == Ending::AlreadyFinished {
+        eprintln!("the run already finished ({} steps); its result is {}", r.steps, r.output.display());
+        return Ok(());
+    }
     let eval = match (r.eval_before, r.eval_after) {
         (Some(b), Some(e)) => format!(
             ", eval NLL {:.4} → {:.4} (perplexity {:.2} → {:.2})",
@@ -192,14 +225,27 @@ pub fn run(a: TrainArgs) -> Result<()> {
         (None, Some(e)) => format!(", eval NLL {:.4} (perplexity {:.2})", e.nll_per_token(), e.perplexity()),
         _ => String::new(),
     };
-    let what = if r.stopped_early { "stopped at step" } else { "trained" };
-    eprintln!(
-        "{what} {} steps: train loss {:.4} → {:.4}{eval}, {:.0} tokens/s; wrote {}",
-        r.steps,
-        r.first_loss,
-        r.last_loss,
-        r.tokens_per_s,
-        r.output.display()
-    );
+    let what = if r.ending == Ending::Finished { format!("trained {} steps", r.steps) } else { format!("stopped at step {}", r.steps) };
+    let losses = if r.steps_taken > 0 {
+        format!(": train loss {:.4} → {:.4}{eval}, {:.0} tokens/s", r.first_loss, r.last_loss, r.tokens_per_s)
+    } else {
+        String::new()
+    };
+    eprintln!("{what}{losses}; wrote {}", r.output.display());
+    let out = r.output.parent().and_then(|p| p.parent()).unwrap_or(&r.output);
+    match r.ending {
+        Ending::Interrupted(sig) => {
+            eprintln!("interrupted by {}; continue with: condlm train --resume {}", sig.name(), out.display());
+            std::process::exit(sig.exit_code());
+        }
+        Ending::Finished => match r.worse {
+            Some(w) if !a.allow_worse => {
+                bail!("{w}; the result is written, but pass --allow-worse to accept such a run (exit 0)")
+            }
+            Some(w) => eprintln!("warning: {w} (accepted: --allow-worse)"),
+            None => {}
+        },
+        _ => {}
+    }
     Ok(())
 }

@@ -23,6 +23,16 @@ pub struct CheckpointMeta {
     pub tensors: Vec<String>,
     /// Best eval NLL so far and its step.
     pub best_eval: Option<(f64, u64)>,
+    /// SHA-256 of the training (and eval) data the run reads, so a resume notices changed data.
+    #[serde(default)]
+    pub data_sha256: Option<String>,
+}
+
+/// What a checkpoint records about its run besides the trainer's state.
+pub struct RunRecord<'a> {
+    pub settings: &'a TrainSettings,
+    pub best_eval: Option<(f64, u64)>,
+    pub data_sha256: &'a str,
 }
 
 pub fn checkpoints_dir(output_dir: &Path) -> PathBuf {
@@ -38,12 +48,7 @@ fn f32_bytes(v: &[f32]) -> Vec<u8> {
 }
 
 /// Writes the checkpoint of `state`, then prunes old ones.
-pub fn save(
-    output_dir: &Path,
-    state: &TrainState,
-    settings: &TrainSettings,
-    best_eval: Option<(f64, u64)>,
-) -> Result<PathBuf> {
+pub fn save(output_dir: &Path, state: &TrainState, run: &RunRecord) -> Result<PathBuf> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, data, m) in &state.tensors {
         tensors.push((name.clone(), vec![data.len()], f32_bytes(data)));
@@ -57,34 +62,18 @@ pub fn save(
     let meta = CheckpointMeta {
         format: 1,
         step: state.step,
-        settings: settings.clone(),
+        settings: run.settings.clone(),
         tensors: state.tensors.iter().map(|t| t.0.clone()).collect(),
-        best_eval,
+        best_eval: run.best_eval,
+        data_sha256: Some(run.data_sha256.to_string()),
     };
     let dir = step_dir(output_dir, state.step);
     write_dir_atomic(
         &dir,
         &[(TENSORS, safetensors::serialize(views, None)?), (STATE_JSON, serde_json::to_vec_pretty(&meta)?)],
     )?;
-    prune(output_dir, settings.keep_last.max(1), best_eval.map(|b| b.1))?;
+    prune(output_dir, run.settings.keep_last.max(1), run.best_eval.map(|b| b.1))?;
     Ok(dir)
-}
-
-/// Removes what a run writes into `output_dir` (checkpoints, metrics, plot, adapter/model), nothing else.
-pub fn clear_run(output_dir: &Path) -> Result<()> {
-    for name in ["checkpoints", "adapter", "model"] {
-        let p = output_dir.join(name);
-        if p.is_dir() {
-            std::fs::remove_dir_all(&p).with_context(|| format!("cannot remove {}", p.display()))?;
-        }
-    }
-    for name in ["metrics.jsonl", "loss.png"] {
-        let p = output_dir.join(name);
-        if p.is_file() {
-            std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
-        }
-    }
-    Ok(())
 }
 
 /// Existing checkpoint folders, oldest first.
@@ -113,16 +102,27 @@ fn prune(output_dir: &Path, keep: usize, best_step: Option<u64>) -> Result<()> {
     Ok(())
 }
 
-/// Reads a checkpoint folder, or the latest checkpoint of an output folder.
+/// Reads a checkpoint folder, or the latest checkpoint of an output folder. When the latest is damaged, the
+/// error names the newest earlier checkpoint that reads cleanly (resuming from it is the user's choice).
 pub fn load(path: &Path) -> Result<(CheckpointMeta, TrainState)> {
-    let dir = if path.join(STATE_JSON).is_file() {
-        path.to_path_buf()
-    } else {
-        match list(path).pop() {
-            Some((_, d)) => d,
-            None => bail!("{}: neither a checkpoint folder nor an output folder with checkpoints", path.display()),
-        }
+    if path.join(STATE_JSON).is_file() {
+        return load_dir(path);
+    }
+    let mut all = list(path);
+    let Some((_, latest)) = all.pop() else {
+        bail!("{}: neither a checkpoint folder nor an output folder with checkpoints", path.display());
     };
+    load_dir(&latest).map_err(|e| match all.iter().rev().find(|(_, d)| load_dir(d).is_ok()) {
+        Some((_, intact)) => e.context(format!(
+            "the latest checkpoint is damaged; the earlier checkpoint {} is intact: continue from it with --resume {}",
+            intact.display(),
+            intact.display()
+        )),
+        None => e.context("the latest checkpoint is damaged and no earlier one is intact"),
+    })
+}
+
+fn load_dir(dir: &Path) -> Result<(CheckpointMeta, TrainState)> {
     let meta_path = dir.join(STATE_JSON);
     let meta: CheckpointMeta = serde_json::from_str(
         &std::fs::read_to_string(&meta_path).with_context(|| format!("cannot read {}", meta_path.display()))?,
@@ -134,7 +134,18 @@ pub fn load(path: &Path) -> Result<(CheckpointMeta, TrainState)> {
         .map_err(|e| anyhow::anyhow!("{}: damaged checkpoint ({e})", tpath.display()))?;
     let get = |name: &str| -> Result<Vec<f32>> {
         let t = st.tensor(name).map_err(|_| anyhow::anyhow!("{}: tensor {name} is missing", tpath.display()))?;
-        Ok(t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        if t.dtype() != Dtype::F32 {
+            bail!("{}: tensor {name} has dtype {:?}, a condlm checkpoint holds F32", tpath.display(), t.dtype());
+        }
+        let v: Vec<f32> = t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            bail!(
+                "{}: tensor {name} holds a non-finite value ({} at index {i}): the checkpoint is damaged",
+                tpath.display(),
+                v[i]
+            );
+        }
+        Ok(v)
     };
     let tensors = meta
         .tensors

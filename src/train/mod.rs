@@ -1,8 +1,11 @@
 //! Training: the conditional objective, AdamW with schedules and clipping, the step, and the run
 //! (data order, evaluation, metrics, checkpoints, outputs).
 pub mod checkpoint;
+pub mod guard;
+pub mod interrupt;
 pub mod objective;
 pub mod optim;
+pub mod output_dir;
 pub mod plot;
 pub mod run;
 pub mod schedule;

@@ -1,7 +1,10 @@
 //! A whole training run, top to bottom: load model and data, attach adapters, loop over
 //! optimizer steps with evaluation, metrics and checkpoints, then write the adapter or model.
-use super::checkpoint;
+use super::checkpoint::{self, RunRecord};
+use super::guard::{Guard, worse_than_start};
+use super::interrupt::{Interrupt, Signal};
 use super::optim::AdamWConfig;
+use super::output_dir::{self, SetAside};
 use super::plot::plot_losses;
 use super::settings::TrainSettings;
 use super::trainer::{StepStats, TrainConfig, TrainState, Trainer};
@@ -21,16 +24,54 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// How an invocation of `train` ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Every step is done and the adapter (or model) is written.
+    Finished,
+    /// `--stop-after-steps` ended it with a checkpoint.
+    Stopped,
+    /// A signal ended it with a checkpoint.
+    Interrupted(Signal),
+    /// A resumed run that had already taken every step (its output exists).
+    AlreadyFinished,
+}
+
 /// How a run ended, for the one-line summary.
 pub struct RunSummary {
     pub steps: u64,
+    /// Steps this invocation took.
+    pub steps_taken: u64,
     pub first_loss: f64,
     pub last_loss: f64,
     pub eval_before: Option<Totals>,
     pub eval_after: Option<Totals>,
     pub tokens_per_s: f64,
     pub output: PathBuf,
-    pub stopped_early: bool,
+    pub ending: Ending,
+    /// Why a finished run left the model worse than it started, if it did.
+    pub worse: Option<String>,
+}
+
+/// How `train` runs, besides the settings (which a checkpoint saves): none of these change the math.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Continue the run saved in this checkpoint (or output) folder.
+    pub resume: Option<PathBuf>,
+    /// End this invocation after that many steps with a checkpoint, as an interruption would.
+    pub stop_after: Option<u64>,
+    /// Replace an earlier run in the output folder (set aside until the first checkpoint).
+    pub overwrite: bool,
+    /// On resume, continue although the data files changed since the run started.
+    pub accept_changed_data: bool,
+    /// Stop on divergence or collapse ([`super::guard`]).
+    pub divergence_guard: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { resume: None, stop_after: None, overwrite: false, accept_changed_data: false, divergence_guard: true }
+    }
 }
 
 /// Rows per evaluation forward pass.
@@ -68,6 +109,14 @@ fn load_data(s: &TrainSettings, tok: &TextTokenizer, max_positions: usize) -> Re
         _ => (all, None),
     };
     if train.examples.is_empty() {
+        if eval.as_ref().is_some_and(|e| !e.examples.is_empty()) && s.eval_data.is_none() {
+            bail!(
+                "{}: --eval-fraction {} held out every row: it holds out whole prompts, and this data has too few \
+                 distinct prompts to split; pass --eval-data or lower --eval-fraction",
+                s.data.display(),
+                s.eval_fraction
+            );
+        }
         bail!("{}: no training rows left (all were empty or truncated away)", s.data.display());
     }
     eprintln!("{}", train.stats.describe(&format!("train ({})", s.data.display())));
@@ -92,13 +141,26 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn open(dir: &Path, append: bool) -> Result<Self> {
+    /// Opens metrics.jsonl: afresh for a new run; for a run resumed at step `resumed_at`, without the rows
+    /// of the steps after it (an interrupted invocation may have logged steps its checkpoint does not hold).
+    fn open(dir: &Path, resumed_at: Option<u64>) -> Result<Self> {
         let path = dir.join("metrics.jsonl");
+        if let Some(step) = resumed_at {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let kept: String = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["step"].as_u64().is_some_and(|s| s <= step))
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            crate::output::write_atomic(&path, kept.as_bytes())?;
+        }
         let file = std::fs::OpenOptions::new()
             .create(true)
-            .append(append)
+            .append(resumed_at.is_some())
             .write(true)
-            .truncate(!append)
+            .truncate(resumed_at.is_none())
             .open(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
         Ok(Metrics { file })
@@ -133,13 +195,16 @@ fn read_curves(dir: &Path) -> (Curve, Curve) {
     (train, eval)
 }
 
-/// Runs (or, with `resume`, continues) a training run. `stop_after` ends this invocation after
-/// that many steps with a checkpoint, as an interruption would.
-pub fn train(s: TrainSettings, resume: Option<&Path>, stop_after: Option<u64>) -> Result<RunSummary> {
-    let (s, resumed) = settings_and_state(s, resume)?;
-    prepare_output_dir(&s.output_dir, resumed.is_some())?;
+/// Runs (or, with `opts.resume`, continues) a training run. Everything is loaded and checked before the output
+/// folder is touched; an earlier run replaced by `opts.overwrite` is kept until the first checkpoint.
+pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
+    let (s, resumed) = settings_and_state(s, opts.resume.as_deref())?;
+    let out = s.output_dir.clone();
+    let inputs: Vec<&Path> = [Path::new(&s.model), s.data.as_path()].into_iter().chain(s.eval_data.as_deref()).collect();
+    output_dir::check(&out, resumed.is_some(), opts.overwrite, &inputs)?;
     let LoadedModel { files, mut model, tokenizer } = load_model(&s.model)?;
     let (train_set, eval_set) = load_data(&s, &tokenizer, model.config.max_positions)?;
+    let data_sha256 = data_fingerprint(&s)?;
     let lcfg = lora_config(&s);
     if s.full {
         set_full_finetune(&mut model, s.freeze_embeddings);
@@ -147,41 +212,123 @@ pub fn train(s: TrainSettings, resume: Option<&Path>, stop_after: Option<u64>) -
         attach(&mut model, &lcfg, s.seed)?;
     }
     let plan = Plan::new(&s, train_set.examples.len());
+    let vocab = model.config.vocab_size;
     let mut trainer = Trainer::new(model, train_config(&s, plan.total_steps))?;
-    let mut best_eval = None;
+    let (mut best_eval, mut data_changed) = (None, false);
     if let Some((meta, state)) = resumed {
+        data_changed = check_same_data(&meta, &data_sha256, opts.accept_changed_data)?;
         trainer.import_state(state)?;
         best_eval = meta.best_eval;
     }
-    let steps = StepLoop { s: &s, plan, train_set: &train_set, eval_set: eval_set.as_ref(), stop_after };
-    let progress = steps.run(&mut trainer, best_eval)?;
+    let output = out.join(if s.full { "model" } else { "adapter" });
+    if trainer.step >= plan.total_steps as u64 && output.exists() {
+        return Ok(RunSummary {
+            steps: trainer.step,
+            steps_taken: 0,
+            first_loss: f64::NAN,
+            last_loss: f64::NAN,
+            eval_before: None,
+            eval_after: None,
+            tokens_per_s: 0.0,
+            output,
+            ending: Ending::AlreadyFinished,
+            worse: None,
+        });
+    }
 
-    let out = &s.output_dir;
-    let output = if progress.stopped_early {
-        checkpoint::list(out).pop().map(|c| c.1).unwrap_or(out.clone())
-    } else if s.full {
-        let dir = out.join("model");
-        save_hf_folder(&dir, &trainer.model, &tokenizer, &files)?;
-        dir
-    } else {
-        let dir = out.join("adapter");
-        save_adapter(&dir, &trainer.model, &lcfg, &s.model)?;
-        dir
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
+    let interrupt = Interrupt::install()?;
+    let mut aside = if opts.overwrite { SetAside::take(&out)? } else { None };
+    let steps = StepLoop {
+        s: &s,
+        plan,
+        train_set: &train_set,
+        eval_set: eval_set.as_ref(),
+        stop_after: opts.stop_after,
+        interrupt: &interrupt,
+        guard: opts.divergence_guard.then(|| Guard::new(vocab)),
+        data_sha256: &data_sha256,
+        data_changed,
     };
-    let (train_curve, eval_curve) = read_curves(out);
+    let progress = match steps.run(&mut trainer, best_eval, &mut aside) {
+        Ok(p) => p,
+        Err(e) => return Err(after_failure(e, &out, aside)),
+    };
+    let ending = progress.ending;
+    let output = match ending {
+        Ending::Finished if s.full => {
+            save_hf_folder(&output, &trainer.model, &tokenizer, &files)?;
+            output
+        }
+        Ending::Finished => {
+            save_adapter(&output, &trainer.model, &lcfg, &s.model)?;
+            output
+        }
+        _ => checkpoint::list(&out).pop().map_or(out.clone(), |c| c.1),
+    };
+    let (train_curve, eval_curve) = read_curves(&out);
     if !train_curve.is_empty() {
         plot_losses(&out.join("loss.png"), &format!("condlm: {}", s.model), &train_curve, &eval_curve)?;
     }
     Ok(RunSummary {
         steps: trainer.step,
+        steps_taken: progress.steps_taken,
         first_loss: progress.first_loss,
         last_loss: progress.last_loss,
         eval_before: progress.eval_before,
         eval_after: progress.eval_after,
         tokens_per_s: progress.tokens as f64 / progress.train_secs,
         output,
-        stopped_early: progress.stopped_early,
+        ending,
+        worse: (ending == Ending::Finished).then(|| worse_than_start(&train_curve, &eval_curve)).flatten(),
     })
+}
+
+/// A run that failed mid-way: puts back an earlier run it replaced (when it has no checkpoint of its own yet)
+/// and says what is kept.
+fn after_failure(e: anyhow::Error, out: &Path, aside: Option<SetAside>) -> anyhow::Error {
+    if let Some(a) = aside {
+        return match a.restore() {
+            Ok(()) => e.context(format!("the run wrote no checkpoint; the earlier run in {} is back", out.display())),
+            Err(r) => e.context(format!("the earlier run could not be put back: {r:#}")),
+        };
+    }
+    match checkpoint::list(out).pop() {
+        Some((step, dir)) => e.context(format!(
+            "nothing was written as the run's result; its last checkpoint ({}, step {step}) is kept",
+            dir.display()
+        )),
+        None => e.context("nothing was written as the run's result"),
+    }
+}
+
+/// SHA-256 over the training data file and then the eval data file, if any.
+fn data_fingerprint(s: &TrainSettings) -> Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for path in std::iter::once(&s.data).chain(s.eval_data.as_ref()) {
+        let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// A resumed run must see the data it started with: its order and batches depend on it. True when it changed
+/// and `accept` lets the run go on.
+fn check_same_data(meta: &checkpoint::CheckpointMeta, now: &str, accept: bool) -> Result<bool> {
+    match &meta.data_sha256 {
+        Some(then) if then != now && !accept => bail!(
+            "the data changed since this run started ({} has SHA-256 {now}, the checkpoint recorded {then}); \
+             resuming would continue on different rows. Restore the data, or pass --accept-changed-data to continue \
+             anyway (recorded in metrics.jsonl)",
+            meta.settings.data.display()
+        ),
+        Some(then) if then != now => {
+            eprintln!("warning: the data changed since this run started; continuing on the new data (--accept-changed-data)");
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 /// The settings to run with (a resumed run's own, from its checkpoint) and the state to resume from.
@@ -198,19 +345,6 @@ fn settings_and_state(
     };
     s.validate()?;
     Ok((s, resumed))
-}
-
-/// Refuses to start a fresh run over an earlier one, then makes sure the folder exists.
-fn prepare_output_dir(out: &Path, resuming: bool) -> Result<()> {
-    if !resuming && !checkpoint::list(out).is_empty() {
-        bail!(
-            "{} already holds a training run (checkpoints/); continue it with --resume {}, start afresh with --overwrite, \
-             or choose another --output-dir",
-            out.display(),
-            out.display()
-        );
-    }
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create output folder {}", out.display()))
 }
 
 fn train_config(s: &TrainSettings, total_steps: usize) -> TrainConfig {
@@ -248,13 +382,14 @@ impl Plan {
 
 /// What the loop reports back. Throughput counts optimizer steps only (not evaluation or checkpoint writing).
 struct Progress {
+    steps_taken: u64,
     tokens: usize,
     train_secs: f64,
     first_loss: f64,
     last_loss: f64,
     eval_before: Option<Totals>,
     eval_after: Option<Totals>,
-    stopped_early: bool,
+    ending: Ending,
 }
 
 /// The optimizer steps of one invocation, with their metrics, evaluations and checkpoints.
@@ -264,6 +399,11 @@ struct StepLoop<'a> {
     train_set: &'a Dataset,
     eval_set: Option<&'a Dataset>,
     stop_after: Option<u64>,
+    interrupt: &'a Interrupt,
+    guard: Option<Guard>,
+    data_sha256: &'a str,
+    /// A resumed run continues on data that changed (`--accept-changed-data`): logged once.
+    data_changed: bool,
 }
 
 impl StepLoop<'_> {
@@ -271,10 +411,19 @@ impl StepLoop<'_> {
         self.eval_set.map(|e| evaluate(&t.model, &e.examples)).transpose()
     }
 
-    fn run(&self, trainer: &mut Trainer, mut best_eval: Option<(f64, u64)>) -> Result<Progress> {
-        let (s, plan) = (self.s, self.plan);
+    /// Takes the steps; the first checkpoint written discards the earlier run `aside` replaced.
+    fn run(
+        mut self,
+        trainer: &mut Trainer,
+        mut best_eval: Option<(f64, u64)>,
+        aside: &mut Option<SetAside>,
+    ) -> Result<Progress> {
+        let (s, plan, mut guard) = (self.s, self.plan, self.guard.take());
         let (start_step, total) = (trainer.step, plan.total_steps as u64);
-        let mut metrics = Metrics::open(&s.output_dir, start_step > 0)?;
+        let mut metrics = Metrics::open(&s.output_dir, (start_step > 0).then_some(start_step))?;
+        if self.data_changed {
+            metrics.log(serde_json::json!({"step": start_step, "event": "data_changed", "data_sha256": self.data_sha256}))?;
+        }
         let eval_before = if start_step == 0 { self.evaluate(trainer)? } else { None };
         if let Some(t) = eval_before {
             metrics.log_eval(0, &t)?;
@@ -282,13 +431,14 @@ impl StepLoop<'_> {
         let bar = progress::bar(total, "{bar:30} step {pos}/{len} {msg} ETA {eta}");
         bar.set_position(start_step);
         let mut p = Progress {
+            steps_taken: 0,
             tokens: 0,
             train_secs: 0.0,
             first_loss: f64::NAN,
             last_loss: f64::NAN,
             eval_before,
             eval_after: None,
-            stopped_early: false,
+            ending: Ending::Finished,
         };
         let end = self.stop_after.map_or(total, |k| (start_step + k).min(total));
         // This epoch's rows (and their labels) in visiting order; each step takes the next slice.
@@ -303,6 +453,7 @@ impl StepLoop<'_> {
             let st: StepStats = trainer.step(&epoch.1[take.clone()], s.batch_size, &epoch.2[take])?;
             let step_s = t0.elapsed().as_secs_f64();
             (p.train_secs, p.tokens, p.last_loss) = (p.train_secs + step_s, p.tokens + st.tokens, st.loss);
+            p.steps_taken += 1;
             if p.first_loss.is_nan() {
                 p.first_loss = st.loss;
             }
@@ -312,12 +463,19 @@ impl StepLoop<'_> {
                 "grad_norm": st.grad_norm, "tokens": st.tokens, "y_tokens": st.y_tokens,
                 "step_s": step_s, "tokens_per_s": tps,
             }))?;
+            if let Some(g) = &mut guard {
+                g.check(done, &st)
+                    .map_err(|msg| anyhow::anyhow!("{msg}; turn this check off with --no-divergence-guard"))?;
+            }
             let (epoch_now, loss, lr) = (plan.epoch_of(done), st.loss, st.lr);
             bar.set_message(format!("epoch {epoch_now:.2} loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
             bar.set_position(done);
 
-            let epoch_end = done % plan.steps_per_epoch as u64 == 0 || done == total;
-            let eval_due = (s.eval_every > 0 && done % s.eval_every as u64 == 0) || epoch_end;
+            let eval_due = if s.eval_every > 0 {
+                done % s.eval_every as u64 == 0 || done == total
+            } else {
+                done % plan.steps_per_epoch as u64 == 0 || done == total
+            };
             let mut improved = false;
             if eval_due && let Some(t) = self.evaluate(trainer)? {
                 metrics.log_eval(done, &t)?;
@@ -332,12 +490,26 @@ impl StepLoop<'_> {
                 }
                 p.eval_after = Some(t);
             }
-            let interrupted = self.stop_after.is_some() && done == end && done < total;
-            let save_due = s.save_every > 0 && done % s.save_every as u64 == 0;
-            if improved || interrupted || done == total || save_due {
-                checkpoint::save(&s.output_dir, &trainer.export_state(), s, best_eval)?;
+            let signal = self.interrupt.requested();
+            if let Some(sig) = signal {
+                bar.println(format!("{}: finishing step {done} with a checkpoint", sig.name()));
             }
-            p.stopped_early = interrupted;
+            let stopped = self.stop_after.is_some() && done == end && done < total;
+            let save_due = s.save_every > 0 && done % s.save_every as u64 == 0;
+            if improved || stopped || signal.is_some() || done == total || save_due {
+                let run = RunRecord { settings: s, best_eval, data_sha256: self.data_sha256 };
+                checkpoint::save(&s.output_dir, &trainer.export_state(), &run)?;
+                if let Some(a) = aside.take() {
+                    a.discard()?;
+                }
+            }
+            if let Some(sig) = signal {
+                p.ending = Ending::Interrupted(sig);
+                break;
+            }
+            if stopped {
+                p.ending = Ending::Stopped;
+            }
         }
         bar.finish_and_clear();
         Ok(p)

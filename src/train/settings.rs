@@ -108,6 +108,26 @@ impl TrainSettings {
         if self.max_steps.is_none() && self.epochs == 0 {
             bail!("--epochs must be at least 1 (or give --max-steps)");
         }
+        if self.max_steps == Some(0) {
+            bail!("--max-steps must be at least 1");
+        }
+        if !self.full {
+            if self.lora_r == 0 {
+                bail!("--lora-r must be at least 1");
+            }
+            if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
+                bail!("--lora-alpha must be a positive number, got {}", self.lora_alpha);
+            }
+            if !(0.0..1.0).contains(&self.lora_dropout) {
+                bail!("--lora-dropout must be in [0, 1), got {}", self.lora_dropout);
+            }
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            bail!("--weight-decay must be a number ≥ 0, got {}", self.weight_decay);
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            bail!("--max-grad-norm must be a number ≥ 0 (0 turns clipping off), got {}", self.max_grad_norm);
+        }
         if !(0.0..1.0).contains(&self.eval_fraction) {
             bail!("--eval-fraction must be in [0, 1), got {}", self.eval_fraction);
         }

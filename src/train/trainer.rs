@@ -90,8 +90,15 @@ impl Trainer {
             self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
         let loss = self.accumulate_gradients(rows, micro_batch, 1.0 / y_tokens as f32)?;
         let grad_norm = self.grad_norm();
-        if !grad_norm.is_finite() {
-            bail!("gradient norm is {grad_norm} at step {}: lower the learning rate or check the data", self.step + 1);
+        if !(grad_norm.is_finite() && loss.is_finite()) {
+            let cause = if self.step == 0 {
+                "before any update, so the cause is the model (a weight that is NaN or inf, or values that overflow) \
+                 or the data, not the learning rate"
+            } else {
+                "the weights are left as they were after the previous step; the learning rate is likely too high: \
+                 lower it, add --warmup-steps, and keep --max-grad-norm on"
+            };
+            bail!("the loss is {loss} and the gradient norm {grad_norm} at step {}: {cause}", self.step + 1);
         }
         let clip = self.cfg.max_grad_norm.and_then(|max| clip_coef(grad_norm, max));
         self.update(lr, clip);

@@ -305,7 +305,7 @@ fn train_model(o: &DemoOptions, task: &Task, init: &InitModel) -> Result<Trained
         rayon::current_num_threads()
     );
     let t_train = Instant::now();
-    let summary = train(settings, None, None)?;
+    let summary = train(settings, &condlm::train::run::RunOptions::default())?;
     let seconds = t_train.elapsed().as_secs_f64();
     let (Some(before), Some(after)) = (summary.eval_before, summary.eval_after) else {
         bail!("the training run did not evaluate the held-out pairs");

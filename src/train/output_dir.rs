@@ -1,0 +1,177 @@
+//! A training run's output folder over its life. A fresh run never mixes with an earlier one: without
+//! `--overwrite` it refuses a folder that holds a run's files; with it, the earlier run is first *set aside*
+//! (renamed into a hidden sibling inside the folder), deleted once the new run has written its first
+//! checkpoint, and moved back if the new run fails before that. Nothing an earlier run made is deleted
+//! before the new result exists, and no input of the run may live inside what would be replaced.
+use super::checkpoint;
+use anyhow::{Context, Result, bail};
+use std::path::{Path, PathBuf};
+
+/// What a run writes into its output folder; these, and nothing else, are replaced by `--overwrite`.
+pub const RUN_FILES: [&str; 5] = ["checkpoints", "adapter", "model", "metrics.jsonl", "loss.png"];
+
+/// Prefix of the hidden folder holding an earlier run while a `--overwrite` run has no checkpoint yet.
+const ASIDE_PREFIX: &str = ".condlm-replaced-";
+
+/// The run files present in `out`.
+fn present(out: &Path) -> Vec<PathBuf> {
+    RUN_FILES.iter().map(|n| out.join(n)).filter(|p| p.exists()).collect()
+}
+
+/// An earlier run left set aside by an interrupted `--overwrite`, if any.
+fn leftover_aside(out: &Path) -> Option<PathBuf> {
+    std::fs::read_dir(out).ok()?.flatten().map(|e| e.path()).find(|p| {
+        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(ASIDE_PREFIX)) && p.is_dir()
+    })
+}
+
+/// Checks, before anything is loaded, that a run may write into `out`: a resumed run continues its own
+/// files; a fresh one needs a folder without a run's files, or `overwrite`, and none of `inputs` (model,
+/// data, config paths) may lie inside the files `overwrite` would replace.
+pub fn check(out: &Path, resuming: bool, overwrite: bool, inputs: &[&Path]) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("--output-dir {}: exists and is not a folder; choose another --output-dir", out.display());
+    }
+    if let Some(aside) = leftover_aside(out) {
+        bail!(
+            "{} holds {}, an earlier run that an interrupted --overwrite set aside; move its contents back into {} \
+             to keep that run, or delete it, then run again",
+            out.display(),
+            aside.display(),
+            out.display()
+        );
+    }
+    if resuming {
+        return Ok(());
+    }
+    let existing = present(out);
+    if existing.is_empty() {
+        return Ok(());
+    }
+    if !overwrite {
+        let names: Vec<String> = existing.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into()).collect();
+        let hint = if checkpoint::list(out).is_empty() {
+            String::new()
+        } else {
+            format!("continue it with --resume {}, ", out.display())
+        };
+        bail!(
+            "{} already holds a training run ({}); {hint}replace it with --overwrite (kept until the new run's first \
+             checkpoint), or choose another --output-dir",
+            out.display(),
+            names.join(", ")
+        );
+    }
+    for input in inputs {
+        let Ok(input_c) = input.canonicalize() else { continue };
+        for file in &existing {
+            if let Ok(file_c) = file.canonicalize()
+                && input_c.starts_with(&file_c)
+            {
+                bail!(
+                    "{} is an input of this run but lies inside {}, which --overwrite would replace; copy it elsewhere \
+                     or choose another --output-dir",
+                    input.display(),
+                    file.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An earlier run moved aside by `--overwrite`, until the new run either writes its first checkpoint
+/// ([`SetAside::discard`]) or fails ([`SetAside::restore`]).
+pub struct SetAside {
+    out: PathBuf,
+    aside: PathBuf,
+}
+
+impl SetAside {
+    /// Moves the run files of `out` into a hidden folder inside it (renames only: nothing is copied or
+    /// deleted). None when there is nothing to set aside.
+    pub fn take(out: &Path) -> Result<Option<SetAside>> {
+        let existing = present(out);
+        if existing.is_empty() {
+            return Ok(None);
+        }
+        let aside = out.join(format!("{ASIDE_PREFIX}{}", std::process::id()));
+        std::fs::create_dir(&aside).with_context(|| format!("cannot create {}", aside.display()))?;
+        for p in existing {
+            let to = aside.join(p.file_name().expect("run files have names"));
+            std::fs::rename(&p, &to).with_context(|| format!("cannot move {} to {}", p.display(), to.display()))?;
+        }
+        Ok(Some(SetAside { out: out.to_path_buf(), aside }))
+    }
+
+    /// The new run has a checkpoint: the earlier run goes.
+    pub fn discard(self) -> Result<()> {
+        std::fs::remove_dir_all(&self.aside)
+            .with_context(|| format!("cannot remove the replaced run in {}", self.aside.display()))
+    }
+
+    /// The new run failed before its first checkpoint: its partial files go and the earlier run comes back.
+    pub fn restore(self) -> Result<()> {
+        for p in present(&self.out) {
+            let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            removed.with_context(|| format!("cannot remove {}", p.display()))?;
+        }
+        for entry in std::fs::read_dir(&self.aside).with_context(|| format!("cannot list {}", self.aside.display()))? {
+            let from = entry?.path();
+            let to = self.out.join(from.file_name().expect("entries have names"));
+            std::fs::rename(&from, &to).with_context(|| format!("cannot move {} back", from.display()))?;
+        }
+        std::fs::remove_dir(&self.aside).with_context(|| format!("cannot remove {}", self.aside.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_folder() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("adapter")).unwrap();
+        std::fs::write(dir.path().join("adapter/adapter_config.json"), "{}").unwrap();
+        std::fs::write(dir.path().join("metrics.jsonl"), "{\"step\":1}\n").unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_folder_with_a_run_needs_overwrite() {
+        let dir = run_folder();
+        let err = check(dir.path(), false, false, &[]).unwrap_err().to_string();
+        assert!(err.contains("already holds a training run") && err.contains("adapter, metrics.jsonl"), "{err}");
+        check(dir.path(), false, true, &[]).unwrap();
+        check(dir.path(), true, false, &[]).unwrap();
+    }
+
+    #[test]
+    fn an_input_inside_the_replaced_files_is_refused() {
+        let dir = run_folder();
+        let err = check(dir.path(), false, true, &[&dir.path().join("adapter")]).unwrap_err().to_string();
+        assert!(err.contains("lies inside") && err.contains("adapter"), "{err}");
+        check(dir.path(), false, true, &[&dir.path().join("notes.txt")]).unwrap();
+    }
+
+    #[test]
+    fn set_aside_restores_or_discards_and_leaves_other_files() {
+        let dir = run_folder();
+        let aside = SetAside::take(dir.path()).unwrap().unwrap();
+        assert!(present(dir.path()).is_empty());
+        let err = check(dir.path(), false, false, &[]).unwrap_err().to_string();
+        assert!(err.contains("interrupted --overwrite"), "{err}");
+        std::fs::write(dir.path().join("metrics.jsonl"), "new\n").unwrap();
+        std::fs::write(dir.path().join("loss.png"), "new").unwrap();
+        aside.restore().unwrap();
+        assert!(!dir.path().join("loss.png").exists(), "the failed run's files go");
+        assert_eq!(std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap(), "{\"step\":1}\n");
+        assert!(dir.path().join("adapter/adapter_config.json").is_file());
+        assert!(leftover_aside(dir.path()).is_none());
+
+        SetAside::take(dir.path()).unwrap().unwrap().discard().unwrap();
+        assert!(present(dir.path()).is_empty() && leftover_aside(dir.path()).is_none());
+        assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "mine");
+    }
+}
