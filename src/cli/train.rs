@@ -7,7 +7,10 @@ use condlm::train::settings::TrainSettings;
 use std::path::PathBuf;
 
 /// Fine-tune on (x, y) pairs with the loss on y only. Settings come from defaults, then --config, then flags.
+///
+/// A flag given twice takes its last value (so a flag can override one in a wrapper script).
 #[derive(Args, Default)]
+#[command(args_override_self = true)]
 pub struct TrainArgs {
     /// TOML file with any of the settings below (snake_case keys, e.g. lora_r = 8); flags override it.
     #[arg(long)]
@@ -225,7 +228,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
         (None, Some(e)) => format!(", eval NLL {:.4} (perplexity {:.2})", e.nll_per_token(), e.perplexity()),
         _ => String::new(),
     };
-    let what = if r.ending == Ending::Finished { format!("trained {} steps", r.steps) } else { format!("stopped at step {}", r.steps) };
+    let what = if r.ending == Ending::Finished {
+        format!("trained {} steps", r.steps)
+    } else {
+        format!("stopped at step {}", r.steps)
+    };
     let losses = if r.steps_taken > 0 {
         format!(": train loss {:.4} → {:.4}{eval}, {:.0} tokens/s", r.first_loss, r.last_loss, r.tokens_per_s)
     } else {

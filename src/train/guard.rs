@@ -20,14 +20,16 @@ const SMOOTHING: f64 = 0.1;
 
 pub struct Guard {
     ln_vocab: f64,
+    /// The run's peak learning rate, for the advice.
+    lr: f64,
     smoothed: Option<f64>,
     smoothed_min: f64,
     zero_grad_steps: u32,
 }
 
 impl Guard {
-    pub fn new(vocab: usize) -> Self {
-        Guard { ln_vocab: (vocab as f64).ln(), smoothed: None, smoothed_min: f64::INFINITY, zero_grad_steps: 0 }
+    pub fn new(vocab: usize, lr: f64) -> Self {
+        Guard { ln_vocab: (vocab as f64).ln(), lr, smoothed: None, smoothed_min: f64::INFINITY, zero_grad_steps: 0 }
     }
 
     /// Err(what went wrong and what to do) when step `step` shows divergence or collapse.
@@ -39,8 +41,8 @@ impl Guard {
         let lower = format!(
             "the learning rate ({:.2e}) is likely too high: lower it (e.g. --lr={:.1e}), add --warmup-steps, and keep \
              --max-grad-norm on",
-            st.lr.max(0.0),
-            st.lr / 10.0
+            self.lr,
+            self.lr / 10.0
         );
         if smoothed > self.smoothed_min + DIVERGENCE_NATS {
             return Err(format!(
@@ -51,7 +53,10 @@ impl Guard {
         }
         if self.zero_grad_steps >= ZERO_GRAD_STEPS {
             let uniform = if (st.loss - self.ln_vocab).abs() < 1e-3 {
-                format!(" and the loss is ln(vocabulary) = {:.4}: the model predicts a uniform distribution", self.ln_vocab)
+                format!(
+                    " and the loss is ln(vocabulary) = {:.4}: the model predicts a uniform distribution",
+                    self.ln_vocab
+                )
             } else {
                 String::new()
             };
@@ -71,7 +76,8 @@ pub fn worse_than_start(train: &[(u64, f64)], eval: &[(u64, f64)]) -> Option<Str
     if let (Some(&(0, first)), Some(&(step, last))) = (eval.first(), eval.last())
         && step > 0
     {
-        return (last > first).then(|| format!("the eval NLL got worse: {first:.4} before training, {last:.4} at step {step}"));
+        return (last > first)
+            .then(|| format!("the eval NLL got worse: {first:.4} before training, {last:.4} at step {step}"));
     }
     if train.len() < 8 {
         return None;
@@ -94,7 +100,7 @@ mod tests {
 
     #[test]
     fn a_healthy_noisy_descent_passes() {
-        let mut g = Guard::new(1000);
+        let mut g = Guard::new(1000, 1e-3);
         for step in 1..=200u64 {
             let noise = if step % 3 == 0 { 1.5 } else { -0.3 };
             g.check(step, &stats(4.0 / (1.0 + step as f64 / 20.0) + noise.max(0.0), 0.5)).unwrap();
@@ -103,7 +109,7 @@ mod tests {
 
     #[test]
     fn a_climbing_loss_is_divergence() {
-        let mut g = Guard::new(1000);
+        let mut g = Guard::new(1000, 1e-3);
         let losses = [3.0, 2.5, 2.0, 2.2, 5.0, 40.0, 1e4, 2.4e7];
         let tripped = losses.iter().enumerate().find_map(|(i, &l)| g.check(i as u64 + 1, &stats(l, 1.0)).err());
         let msg = tripped.expect("the guard must trip");
@@ -112,7 +118,7 @@ mod tests {
 
     #[test]
     fn a_zero_gradient_at_uniform_loss_is_collapse() {
-        let mut g = Guard::new(1000);
+        let mut g = Guard::new(1000, 1e-3);
         let ln_v = 1000f64.ln();
         assert!(g.check(1, &stats(8.8, 3.0)).is_ok());
         assert!(g.check(2, &stats(ln_v, 0.0)).is_ok());
@@ -123,7 +129,7 @@ mod tests {
 
     #[test]
     fn a_single_zero_gradient_is_not_collapse() {
-        let mut g = Guard::new(1000);
+        let mut g = Guard::new(1000, 1e-3);
         for step in 1..=10 {
             g.check(step, &stats(2.0, if step % 3 == 0 { 0.0 } else { 1.0 })).unwrap();
         }

@@ -20,9 +20,11 @@ fn present(out: &Path) -> Vec<PathBuf> {
 
 /// An earlier run left set aside by an interrupted `--overwrite`, if any.
 fn leftover_aside(out: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(out).ok()?.flatten().map(|e| e.path()).find(|p| {
-        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(ASIDE_PREFIX)) && p.is_dir()
-    })
+    std::fs::read_dir(out)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(ASIDE_PREFIX)) && p.is_dir())
 }
 
 /// Checks, before anything is loaded, that a run may write into `out`: a resumed run continues its own
@@ -49,7 +51,8 @@ pub fn check(out: &Path, resuming: bool, overwrite: bool, inputs: &[&Path]) -> R
         return Ok(());
     }
     if !overwrite {
-        let names: Vec<String> = existing.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into()).collect();
+        let names: Vec<String> =
+            existing.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into()).collect();
         let hint = if checkpoint::list(out).is_empty() {
             String::new()
         } else {

@@ -70,7 +70,13 @@ pub struct RunOptions {
 
 impl Default for RunOptions {
     fn default() -> Self {
-        RunOptions { resume: None, stop_after: None, overwrite: false, accept_changed_data: false, divergence_guard: true }
+        RunOptions {
+            resume: None,
+            stop_after: None,
+            overwrite: false,
+            accept_changed_data: false,
+            divergence_guard: true,
+        }
     }
 }
 
@@ -150,7 +156,8 @@ impl Metrics {
             let kept: String = text
                 .lines()
                 .filter(|l| {
-                    serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["step"].as_u64().is_some_and(|s| s <= step))
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .is_ok_and(|v| v["step"].as_u64().is_some_and(|s| s <= step))
                 })
                 .map(|l| format!("{l}\n"))
                 .collect();
@@ -200,7 +207,8 @@ fn read_curves(dir: &Path) -> (Curve, Curve) {
 pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
     let (s, resumed) = settings_and_state(s, opts.resume.as_deref())?;
     let out = s.output_dir.clone();
-    let inputs: Vec<&Path> = [Path::new(&s.model), s.data.as_path()].into_iter().chain(s.eval_data.as_deref()).collect();
+    let inputs: Vec<&Path> =
+        [Path::new(&s.model), s.data.as_path()].into_iter().chain(s.eval_data.as_deref()).collect();
     output_dir::check(&out, resumed.is_some(), opts.overwrite, &inputs)?;
     let LoadedModel { files, mut model, tokenizer } = load_model(&s.model)?;
     let (train_set, eval_set) = load_data(&s, &tokenizer, model.config.max_positions)?;
@@ -246,7 +254,7 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
         eval_set: eval_set.as_ref(),
         stop_after: opts.stop_after,
         interrupt: &interrupt,
-        guard: opts.divergence_guard.then(|| Guard::new(vocab)),
+        guard: opts.divergence_guard.then(|| Guard::new(vocab, s.lr)),
         data_sha256: &data_sha256,
         data_changed,
     };
@@ -287,19 +295,20 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
 /// A run that failed mid-way: puts back an earlier run it replaced (when it has no checkpoint of its own yet)
 /// and says what is kept.
 fn after_failure(e: anyhow::Error, out: &Path, aside: Option<SetAside>) -> anyhow::Error {
-    if let Some(a) = aside {
-        return match a.restore() {
-            Ok(()) => e.context(format!("the run wrote no checkpoint; the earlier run in {} is back", out.display())),
-            Err(r) => e.context(format!("the earlier run could not be put back: {r:#}")),
-        };
-    }
-    match checkpoint::list(out).pop() {
-        Some((step, dir)) => e.context(format!(
-            "nothing was written as the run's result; its last checkpoint ({}, step {step}) is kept",
-            dir.display()
-        )),
-        None => e.context("nothing was written as the run's result"),
-    }
+    let kept = match (aside, checkpoint::list(out).pop()) {
+        (Some(a), _) => match a.restore() {
+            Ok(()) => format!("the run wrote no checkpoint; the earlier run in {} is back", out.display()),
+            Err(r) => format!("the earlier run could not be put back: {r:#}"),
+        },
+        (None, Some((step, dir))) => {
+            format!(
+                "nothing was written as the run's result; its last checkpoint ({}, step {step}) is kept",
+                dir.display()
+            )
+        }
+        (None, None) => "nothing was written as the run's result".into(),
+    };
+    anyhow::anyhow!("{e:#}\n{kept}")
 }
 
 /// SHA-256 over the training data file and then the eval data file, if any.
@@ -324,7 +333,9 @@ fn check_same_data(meta: &checkpoint::CheckpointMeta, now: &str, accept: bool) -
             meta.settings.data.display()
         ),
         Some(then) if then != now => {
-            eprintln!("warning: the data changed since this run started; continuing on the new data (--accept-changed-data)");
+            eprintln!(
+                "warning: the data changed since this run started; continuing on the new data (--accept-changed-data)"
+            );
             Ok(true)
         }
         _ => Ok(false),
@@ -422,7 +433,9 @@ impl StepLoop<'_> {
         let (start_step, total) = (trainer.step, plan.total_steps as u64);
         let mut metrics = Metrics::open(&s.output_dir, (start_step > 0).then_some(start_step))?;
         if self.data_changed {
-            metrics.log(serde_json::json!({"step": start_step, "event": "data_changed", "data_sha256": self.data_sha256}))?;
+            metrics.log(
+                serde_json::json!({"step": start_step, "event": "data_changed", "data_sha256": self.data_sha256}),
+            )?;
         }
         let eval_before = if start_step == 0 { self.evaluate(trainer)? } else { None };
         if let Some(t) = eval_before {

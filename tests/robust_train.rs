@@ -1,0 +1,349 @@
+//! `condlm train` as a hostile or unlucky user meets it: --overwrite never destroys an earlier run before the new
+//! one has a checkpoint, divergence and collapse fail loudly, signals leave a checkpoint, resume refuses changed
+//! data and drops stale metrics, and every flag is checked with its allowed range. Tiny fixtures throughout.
+mod common;
+use common::fixture;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+struct Run {
+    code: Option<i32>,
+    stderr: String,
+}
+
+impl Run {
+    fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// Asserts a failure whose message holds every one of `words`.
+    fn fails_with(&self, words: &[&str]) {
+        assert!(!self.ok(), "expected a failure, got success:\n{}", self.stderr);
+        for w in words {
+            assert!(self.stderr.contains(w), "missing {w:?} in:\n{}", self.stderr);
+        }
+    }
+}
+
+fn finish(out: Output) -> Run {
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    Run { code: out.status.code(), stderr }
+}
+
+fn condlm(args: &[&str]) -> Run {
+    finish(Command::new(env!("CARGO_BIN_EXE_condlm")).args(args).args(["--threads", "1"]).output().unwrap())
+}
+
+fn s(p: &Path) -> String {
+    p.to_str().unwrap().to_string()
+}
+
+/// `train` on tiny-llama with small, fast settings; `extra` flags come last (and win).
+fn train_cmd(out: &Path, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "train",
+        "--model",
+        &s(&fixture("tiny-llama")),
+        "--data",
+        &s(&fixture("train_rows.jsonl")),
+        "--output-dir",
+        &s(out),
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--lr",
+        "5e-3",
+        "--lora-r",
+        "2",
+        "--save-every",
+        "0",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    v.extend(extra.iter().map(|x| x.to_string()));
+    v
+}
+
+fn train(out: &Path, extra: &[&str]) -> Run {
+    let args = train_cmd(out, extra);
+    condlm(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn read(p: &Path) -> Vec<u8> {
+    std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// The steps of metrics.jsonl's training rows and of its eval rows.
+fn metric_steps(out: &Path) -> (Vec<u64>, Vec<u64>) {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let rows: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let steps = |key: &str| rows.iter().filter(|v| v.get(key).is_some()).map(|v| v["step"].as_u64().unwrap()).collect();
+    (steps("loss"), steps("eval_nll"))
+}
+
+/// A finished run in `out`; returns the bytes of its adapter and metrics, to check they survive.
+fn finished_run(out: &Path) -> (Vec<u8>, Vec<u8>) {
+    let r = train(out, &[]);
+    assert!(r.ok(), "{}", r.stderr);
+    (read(&out.join("adapter/adapter_model.safetensors")), read(&out.join("metrics.jsonl")))
+}
+
+fn assert_kept(out: &Path, before: &(Vec<u8>, Vec<u8>)) {
+    assert_eq!(read(&out.join("adapter/adapter_model.safetensors")), before.0, "the earlier adapter changed");
+    assert_eq!(read(&out.join("metrics.jsonl")), before.1, "the earlier metrics changed");
+    let leftovers: Vec<_> = std::fs::read_dir(out).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(leftovers.iter().all(|n| !n.to_string_lossy().starts_with(".condlm")), "{leftovers:?}");
+}
+
+#[test]
+fn overwrite_with_bad_input_keeps_the_earlier_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let before = finished_run(&out);
+    train(&out, &["--overwrite", "--data", "/nonexistent/typo.jsonl"]).fails_with(&["typo.jsonl"]);
+    assert_kept(&out, &before);
+    train(&out, &["--overwrite", "--lora-dropout", "1.5"]).fails_with(&["--lora-dropout", "[0, 1)"]);
+    assert_kept(&out, &before);
+    // A divergence before the new run's first checkpoint puts the earlier run back.
+    train(&out, &["--overwrite", "--lr", "1e6", "--max-steps", "8"]).fails_with(&["collapsed", "is back"]);
+    assert_kept(&out, &before);
+}
+
+#[test]
+fn overwrite_replaces_the_run_once_the_new_one_succeeds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let before = finished_run(&out);
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let r = train(&out, &["--overwrite", "--seed", "7"]);
+    assert!(r.ok(), "{}", r.stderr);
+    assert_ne!(read(&out.join("adapter/adapter_model.safetensors")), before.0, "a new seed gives a new adapter");
+    assert_eq!(metric_steps(&out).0, vec![1, 2, 3, 4], "the metrics are the new run's alone");
+    assert_eq!(read(&out.join("notes.txt")), b"mine", "files that are not the run's stay");
+    let names: Vec<_> = std::fs::read_dir(&out).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(names.iter().all(|n| !n.to_string_lossy().starts_with(".condlm")), "{names:?}");
+}
+
+#[test]
+fn overwrite_refuses_a_model_inside_the_run_it_would_replace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let r = train(&out, &["--full"]);
+    assert!(r.ok(), "{}", r.stderr);
+    let model = out.join("model");
+    let weights = read(&model.join("model.safetensors"));
+    train(&out, &["--full", "--overwrite", "--model", &s(&model)]).fails_with(&["lies inside", "model"]);
+    assert_eq!(read(&model.join("model.safetensors")), weights);
+}
+
+#[test]
+fn a_folder_with_any_run_file_is_not_reused_without_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (name, is_dir) in [("adapter", true), ("metrics.jsonl", false)] {
+        let out = tmp.path().join(name.replace('.', "_"));
+        std::fs::create_dir_all(&out).unwrap();
+        let p = out.join(name);
+        if is_dir {
+            std::fs::create_dir(&p).unwrap();
+            std::fs::write(p.join("adapter_config.json"), "{}").unwrap();
+        } else {
+            std::fs::write(&p, "{\"step\": 1}\n").unwrap();
+        }
+        train(&out, &[]).fails_with(&["already holds a training run", name, "--overwrite"]);
+        assert!(p.exists());
+    }
+}
+
+#[test]
+fn divergence_and_collapse_fail_without_writing_a_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("lora");
+    let r = train(&out, &["--lr", "1e6", "--max-steps", "8"]);
+    r.fails_with(&["collapsed", "uniform distribution", "--lr=", "--no-divergence-guard"]);
+    assert!(!out.join("adapter").exists());
+    let out = tmp.path().join("full");
+    let r = train(&out, &["--full", "--lr", "1e3", "--max-grad-norm", "0", "--max-steps", "8"]);
+    r.fails_with(&["diverged", "--lr="]);
+    assert!(!out.join("model").exists());
+}
+
+#[test]
+fn a_finished_run_that_got_worse_exits_non_zero_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Training on one repeated word makes the model sure of it, so held-out completions of other words get a
+    // clearly worse NLL (observed 5.94 → 8.60) while the training loss falls: a run that did what it was told
+    // and made the model worse on what the user evaluates.
+    let rows = |completion: &str, n: usize| -> String {
+        (0..n).map(|i| format!("{{\"prompt\": \"Question {i}:\", \"completion\": \"{completion}\"}}\n")).collect()
+    };
+    let (data, eval) = (tmp.path().join("train.jsonl"), tmp.path().join("eval.jsonl"));
+    std::fs::write(&data, rows(" the the the the the the the the", 16)).unwrap();
+    std::fs::write(&eval, rows(" zzzz qqqq zzzz qqqq", 8)).unwrap();
+    let args = ["--data", &s(&data), "--eval-data", &s(&eval), "--lr", "5e-2", "--max-steps", "6"];
+    let out = tmp.path().join("worse");
+    train(&out, &args).fails_with(&["eval NLL got worse", "--allow-worse"]);
+    assert!(out.join("adapter/adapter_model.safetensors").is_file(), "the result is still written");
+    let out = tmp.path().join("allowed");
+    let r = train(&out, &[&args[..], &["--allow-worse"]].concat());
+    assert!(r.ok() && r.stderr.contains("accepted"), "{}", r.stderr);
+}
+
+/// Starts a long run, sends `signal` once it has taken a step, and returns the ended process's result.
+fn interrupted_run(out: &Path, signal: &str) -> Run {
+    let args = train_cmd(out, &["--max-steps", "400"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_condlm"))
+        .args(&args)
+        .args(["--threads", "1"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|t| t.contains("\"loss\"")) {
+        assert!(start.elapsed() < Duration::from_secs(120), "the run never took a step");
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    finish(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn sigint_and_sigterm_write_a_checkpoint_and_the_run_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = tmp.path().join("straight");
+    let r = train(&straight, &["--max-steps", "400"]);
+    assert!(r.ok(), "{}", r.stderr);
+    for (signal, code) in [("-INT", 130), ("-TERM", 143)] {
+        let out = tmp.path().join(&signal[1..]);
+        let r = interrupted_run(&out, signal);
+        assert_eq!(r.code, Some(code), "{}", r.stderr);
+        assert!(r.stderr.contains(&format!("condlm train --resume {}", out.display())), "{}", r.stderr);
+        assert!(!out.join("adapter").exists());
+        let ckpts: Vec<PathBuf> =
+            std::fs::read_dir(out.join("checkpoints")).unwrap().flatten().map(|e| e.path()).collect();
+        assert_eq!(ckpts.len(), 1, "{ckpts:?}");
+        let r = condlm(&["train", "--resume", &s(&out)]);
+        assert!(r.ok(), "{}", r.stderr);
+        assert_eq!(
+            read(&out.join("adapter/adapter_model.safetensors")),
+            read(&straight.join("adapter/adapter_model.safetensors")),
+            "resumed after {signal} differs from the uninterrupted run"
+        );
+        assert_eq!(metric_steps(&out).0, (1..=400).collect::<Vec<u64>>());
+    }
+}
+
+#[test]
+fn resume_drops_metrics_rows_past_the_checkpoint_and_knows_a_finished_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let r = train(&out, &["--max-steps", "6", "--stop-after-steps", "3"]);
+    assert!(r.ok() && r.stderr.contains("stopped at step 3"), "{}", r.stderr);
+    // An invocation killed after its checkpoint logs steps the checkpoint does not hold.
+    let mut f = std::fs::OpenOptions::new().append(true).open(out.join("metrics.jsonl")).unwrap();
+    std::io::Write::write_all(&mut f, b"{\"step\":4,\"loss\":9.9}\n{\"step\":5,\"loss\":9.9}\n").unwrap();
+    let r = condlm(&["train", "--resume", &s(&out)]);
+    assert!(r.ok(), "{}", r.stderr);
+    assert_eq!(metric_steps(&out).0, vec![1, 2, 3, 4, 5, 6]);
+    let adapter = read(&out.join("adapter/adapter_model.safetensors"));
+    let r = condlm(&["train", "--resume", &s(&out)]);
+    assert!(r.ok() && r.stderr.contains("already finished"), "{}", r.stderr);
+    assert!(!r.stderr.contains("NaN"), "{}", r.stderr);
+    assert_eq!(read(&out.join("adapter/adapter_model.safetensors")), adapter);
+}
+
+#[test]
+fn resume_refuses_changed_data_unless_accepted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    std::fs::copy(fixture("train_rows.jsonl"), &data).unwrap();
+    let out = tmp.path().join("run");
+    let r = train(&out, &["--data", &s(&data), "--max-steps", "6", "--stop-after-steps", "2"]);
+    assert!(r.ok(), "{}", r.stderr);
+    let mut text = std::fs::read_to_string(&data).unwrap();
+    text.push_str("{\"prompt\": \"a new row\", \"completion\": \" appended later\"}\n");
+    std::fs::write(&data, text).unwrap();
+    condlm(&["train", "--resume", &s(&out)]).fails_with(&["data changed", "--accept-changed-data"]);
+    let r = condlm(&["train", "--resume", &s(&out), "--accept-changed-data"]);
+    assert!(r.ok(), "{}", r.stderr);
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"event\":\"data_changed\""), "{metrics}");
+}
+
+#[test]
+fn a_damaged_latest_checkpoint_names_the_intact_earlier_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let r = train(&out, &["--max-steps", "6", "--save-every", "2", "--keep-last", "3", "--stop-after-steps", "6"]);
+    assert!(r.ok(), "{}", r.stderr);
+    let latest = out.join("checkpoints/step-0000006/state.safetensors");
+    let bytes = read(&latest);
+    std::fs::write(&latest, &bytes[..bytes.len() / 2]).unwrap();
+    condlm(&["train", "--resume", &s(&out)]).fails_with(&["step-0000006", "damaged", "--resume", "step-0000004"]);
+
+    // A non-finite value in a checkpoint tensor is named.
+    let earlier = out.join("checkpoints/step-0000004/state.safetensors");
+    let bytes = read(&earlier);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> =
+        st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec())).collect();
+    tensors.sort();
+    tensors[0].2[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(n, sh, b)| {
+            (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sh.clone(), b).unwrap())
+        })
+        .collect();
+    std::fs::write(&earlier, safetensors::serialize(views, None).unwrap()).unwrap();
+    let r = condlm(&["train", "--resume", &s(&earlier.parent().unwrap())]);
+    r.fails_with(&["non-finite", &tensors[0].0]);
+}
+
+#[test]
+fn every_flag_is_checked_with_its_range() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let cases: [(&[&str], &[&str]); 10] = [
+        (&["--lr", "-1"], &["--lr must be a positive number"]),
+        (&["--lr=nan"], &["--lr must be a positive number"]),
+        (&["--weight-decay=-1"], &["--weight-decay", "≥ 0"]),
+        (&["--max-grad-norm", "-1"], &["--max-grad-norm", "≥ 0"]),
+        (&["--max-grad-norm", "nan"], &["--max-grad-norm", "≥ 0"]),
+        (&["--lora-alpha", "nan"], &["--lora-alpha must be a positive number"]),
+        (&["--lora-dropout", "1"], &["--lora-dropout must be in [0, 1)"]),
+        (&["--lora-r", "0"], &["--lora-r must be at least 1"]),
+        (&["--max-steps", "0"], &["--max-steps must be at least 1"]),
+        (&["--eval-fraction", "1"], &["--eval-fraction must be in [0, 1)"]),
+    ];
+    for (flags, words) in cases {
+        train(&out, flags).fails_with(words);
+        assert!(!out.exists(), "{flags:?} created the output folder");
+    }
+}
+
+#[test]
+fn eval_every_evaluates_on_its_steps_and_the_last_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    // 40 rows minus the held-out prompts: about 7 steps per epoch of 4 rows, so step 12 crosses an epoch end.
+    let r = train(&out, &["--max-steps", "12", "--eval-fraction", "0.2", "--eval-every", "5"]);
+    assert!(r.ok(), "{}", r.stderr);
+    assert_eq!(metric_steps(&out).1, vec![0, 5, 10, 12]);
+}
+
+#[test]
+fn holding_out_the_only_prompt_says_so() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("one_prompt.jsonl");
+    let rows: String =
+        (0..6).map(|i| format!("{{\"prompt\": \"Same question\", \"completion\": \" answer {i}\"}}\n")).collect();
+    std::fs::write(&data, rows).unwrap();
+    let out = tmp.path().join("run");
+    train(&out, &["--data", &s(&data), "--eval-fraction", "0.5"]).fails_with(&["--eval-fraction", "--eval-data"]);
+}
