@@ -301,7 +301,7 @@ fn a_damaged_latest_checkpoint_names_the_intact_earlier_one() {
         })
         .collect();
     std::fs::write(&earlier, safetensors::serialize(views, None).unwrap()).unwrap();
-    let r = condlm(&["train", "--resume", &s(&earlier.parent().unwrap())]);
+    let r = condlm(&["train", "--resume", &s(earlier.parent().unwrap())]);
     r.fails_with(&["non-finite", &tensors[0].0]);
 }
 
