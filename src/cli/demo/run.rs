@@ -110,8 +110,10 @@ impl DemoReport {
     }
 }
 
-/// Creates the output folder, replacing an earlier demo run there but nothing else.
-fn prepare_output(dir: &Path) -> Result<()> {
+/// Creates the output folder. An earlier demo run there (and nothing else) is renamed to a hidden sibling,
+/// returned so it can be deleted once the new run has finished, or put back if it fails.
+fn prepare_output(dir: &Path) -> Result<Option<PathBuf>> {
+    let mut earlier = None;
     if dir.exists() {
         if !dir.is_dir() {
             bail!("{}: exists and is not a folder; choose another --output-dir", dir.display());
@@ -125,11 +127,15 @@ fn prepare_output(dir: &Path) -> Result<()> {
                     dir.display()
                 );
             }
-            eprintln!("replacing the earlier demo run in {}", dir.display());
-            std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
+            let name = dir.file_name().map_or("demo".into(), |n| n.to_string_lossy().into_owned());
+            let aside = dir.with_file_name(format!(".{name}.replaced-{}", std::process::id()));
+            std::fs::rename(dir, &aside).with_context(|| format!("cannot move {} aside", dir.display()))?;
+            eprintln!("replacing the earlier demo run in {} once this one finishes", dir.display());
+            earlier = Some(aside);
         }
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    Ok(earlier)
 }
 
 fn jsonl(rows: impl Iterator<Item = serde_json::Value>) -> Vec<u8> {
@@ -160,10 +166,26 @@ fn quote(s: &str) -> String {
 }
 
 /// Runs the demo end to end; prints as it goes and returns the measurements.
+/// Runs the demo end to end; prints as it goes and returns the measurements. An earlier demo run in the output
+/// folder is replaced only when this one succeeds.
 pub fn run(o: &DemoOptions) -> Result<DemoReport> {
+    let earlier = prepare_output(&o.output_dir)?;
+    let result = run_in(o);
+    if let Some(aside) = earlier {
+        if result.is_ok() {
+            std::fs::remove_dir_all(&aside).with_context(|| format!("cannot remove {}", aside.display()))?;
+        } else {
+            std::fs::remove_dir_all(&o.output_dir)
+                .and_then(|()| std::fs::rename(&aside, &o.output_dir))
+                .with_context(|| format!("cannot put the earlier demo run back from {}", aside.display()))?;
+        }
+    }
+    result
+}
+
+fn run_in(o: &DemoOptions) -> Result<DemoReport> {
     let t_start = Instant::now();
     let out = &o.output_dir;
-    prepare_output(out)?;
     let status = json!({"demo": "numbers to words", "state": "running", "seed": o.seed});
     write_atomic(&out.join(DEMO_JSON), &pretty(&status)?)?;
     let task = write_task(o)?;
