@@ -165,7 +165,6 @@ fn quote(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
-/// Runs the demo end to end; prints as it goes and returns the measurements.
 /// Runs the demo end to end; prints as it goes and returns the measurements. An earlier demo run in the output
 /// folder is replaced only when this one succeeds.
 pub fn run(o: &DemoOptions) -> Result<DemoReport> {
