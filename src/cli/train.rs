@@ -36,6 +36,10 @@ pub struct TrainArgs {
     /// without eval data) [default: exit 1, the result written].
     #[arg(long)]
     allow_worse: bool,
+    /// Start even when the estimated memory of the run (printed at the start) exceeds what the machine has
+    /// available [default: refuse].
+    #[arg(long)]
+    no_memory_check: bool,
     /// End this invocation after N steps with a checkpoint, as an interruption would (resume it later).
     #[arg(long)]
     stop_after_steps: Option<u64>,
@@ -188,6 +192,7 @@ impl TrainArgs {
             accept_changed_data: self.accept_changed_data,
             no_divergence_guard: self.no_divergence_guard,
             allow_worse: self.allow_worse,
+            no_memory_check: self.no_memory_check,
             ..Default::default()
         };
         self.config.is_none() && !self.overwrite && bare.settings().ok() == self.settings().ok()
@@ -198,7 +203,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.resume.is_some() && !a.only_resume_flags() {
         bail!(
             "--resume continues a run with the settings saved in its checkpoint; drop the other flags (only \
-             --stop-after-steps, --accept-changed-data, --no-divergence-guard, --allow-worse and --threads may be given)"
+             --stop-after-steps, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check and \
+             --threads may be given)"
         );
     }
     if a.accept_changed_data && a.resume.is_none() {
@@ -211,6 +217,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
         overwrite: a.overwrite,
         accept_changed_data: a.accept_changed_data,
         divergence_guard: !a.no_divergence_guard,
+        memory_check: !a.no_memory_check,
     };
     let r = train(settings, &opts)?;
     if r.ending == Ending::AlreadyFinished {

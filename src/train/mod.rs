@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod guard;
 pub mod interrupt;
+pub mod memory;
 pub mod objective;
 pub mod optim;
 pub mod output_dir;

@@ -3,6 +3,7 @@
 use super::checkpoint::{self, RunRecord};
 use super::guard::{Guard, worse_than_start};
 use super::interrupt::{Interrupt, Signal};
+use super::memory::{MemoryPlan, available_bytes, largest_micro_batch};
 use super::optim::AdamWConfig;
 use super::output_dir::{self, SetAside};
 use super::plot::plot_losses;
@@ -11,8 +12,9 @@ use super::trainer::{StepStats, TrainConfig, TrainState, Trainer};
 use crate::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
 use crate::data::example::Example;
 use crate::formats::hf_export::save_hf_folder;
-use crate::formats::load::{LoadedModel, load_model};
+use crate::formats::load::{LoadedModel, load_model, open_weights};
 use crate::formats::peft::save_adapter;
+use crate::formats::resolve::resolve;
 use crate::network::adapters::{attach, set_full_finetune};
 use crate::network::lora::LoraConfig;
 use crate::network::transformer::Transformer;
@@ -66,6 +68,8 @@ pub struct RunOptions {
     pub accept_changed_data: bool,
     /// Stop on divergence or collapse ([`super::guard`]).
     pub divergence_guard: bool,
+    /// Refuse a run whose estimated memory exceeds what the machine has ([`super::memory`]).
+    pub memory_check: bool,
 }
 
 impl Default for RunOptions {
@@ -76,6 +80,7 @@ impl Default for RunOptions {
             overwrite: false,
             accept_changed_data: false,
             divergence_guard: true,
+            memory_check: true,
         }
     }
 }
@@ -210,8 +215,20 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
     let inputs: Vec<&Path> =
         [Path::new(&s.model), s.data.as_path()].into_iter().chain(s.eval_data.as_deref()).collect();
     output_dir::check(&out, resumed.is_some(), opts.overwrite, &inputs)?;
+    let available = if opts.memory_check { available_bytes() } else { None };
+    let (config, _) = open_weights(&resolve(&s.model)?)?;
+    MemoryPlan::new(&config, &s, 0).check(available, &s)?;
     let LoadedModel { files, mut model, tokenizer } = load_model(&s.model)?;
     let (train_set, eval_set) = load_data(&s, &tokenizer, model.config.max_positions)?;
+    let lengths = train_set.examples.iter().map(|e| e.ids.len()).collect();
+    let memory = MemoryPlan::new(&model.config, &s, largest_micro_batch(lengths, s.batch_size));
+    memory.check(available, &s)?;
+    let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+    eprintln!(
+        "memory: {}{}",
+        memory.describe(),
+        available.map_or(String::new(), |a| format!("; {:.2} GiB available", gib(a)))
+    );
     let data_sha256 = data_fingerprint(&s)?;
     let lcfg = lora_config(&s);
     if s.full {
