@@ -10,7 +10,7 @@ use condlm::generate::{
     encode_prompt, generate, generate_from,
 };
 use condlm::network::transformer::Transformer;
-use condlm::output::rows::{Destination, prepare};
+use condlm::output::rows::{Destination, RowWriter, prepare};
 use condlm::progress;
 use condlm::tokenizer::TextTokenizer;
 use serde_json::Value;
@@ -264,39 +264,32 @@ fn run_data(
     let beam = matches!(opts.strategy, Strategy::Beam(_));
     let (mut writer, done) = out.open(|i, line| done_row(&rows, &prompts, i, line, beam, a.ids))?;
     let resumed = done.len();
-    let todo = &prompts[resumed..];
-    // Greedy and beam search are deterministic: a prompt repeated in the file (E2E-style data with several
-    // references per x) is generated once and its output copied to each of its rows.
-    let (distinct, of_row) = if matches!(opts.strategy, Strategy::Sample(_)) {
-        (todo.to_vec(), (0..todo.len()).collect())
+    let (todo_rows, todo) = (&rows[resumed..], &prompts[resumed..]);
+    let plan = if matches!(opts.strategy, Strategy::Sample(_)) {
+        Plan::every_row(todo)
     } else {
-        distinct_prompts(todo)
+        Plan::once_per_prompt(&prompts[..resumed], done, todo)
     };
+    let Plan { distinct, first, mut fields, of_row } = plan;
     let bar =
         progress::bar(distinct.len() as u64, "{spinner} generating {pos}/{len} prompts [{bar:30}] {per_sec} ETA {eta}");
     let start = Instant::now();
     let mut new_tokens = 0usize;
-    // Rows are written in input order as soon as every row before them is done too.
-    let mut finished: Vec<Option<Generation>> = vec![None; distinct.len()];
     let mut next = 0;
+    write_ready(&mut writer, todo_rows, &of_row, &fields, &mut next)?;
     generate_from(model, tok, &distinct, resumed, opts, |e| {
         if let Event::Done { prompt, generation } = e {
             new_tokens += generation.ids.len();
             bar.inc(1);
-            finished[prompt] = Some(generation.clone());
-            while let Some(g) = of_row.get(next).and_then(|&d| finished[d].as_ref()) {
-                let r = resumed + next;
-                writer.push(&output_row(&rows[r].1, g, a.ids.then_some(&prompts[r])))?;
-                next += 1;
-            }
-            writer.flush()?;
+            fields[first + prompt] = Some(generated_fields(generation, a.ids.then_some(&distinct[prompt])));
+            write_ready(&mut writer, todo_rows, &of_row, &fields, &mut next)?;
         }
         Ok(())
     })
     .map_err(|e| match e.downcast_ref::<NonFiniteLogits>() {
         Some(n) => {
-            let r = resumed + of_row.iter().position(|&d| d == n.prompt).unwrap_or(0);
-            anyhow::anyhow!(n.describe(&format!("{}:{}", path.display(), rows[r].0)))
+            let r = of_row.iter().position(|&t| t == first + n.prompt).unwrap_or(0);
+            anyhow::anyhow!(n.describe(&format!("{}:{}", path.display(), todo_rows[r].0)))
         }
         None => anyhow::anyhow!("{}: {e:#}", path.display()),
     })?;
@@ -313,10 +306,81 @@ fn run_data(
     Ok(())
 }
 
+/// What to decode for the rows still to write, and where each row's output fields come from.
+struct Plan {
+    /// Prompts to decode; prompt d's fields go to `fields[first + d]`.
+    distinct: Vec<Vec<u32>>,
+    first: usize,
+    /// The fields rows get (see [`generated_fields`]): outputs an interrupted run kept, then those of the
+    /// prompts to decode (None until done).
+    fields: Vec<Option<JsonObject>>,
+    /// For each row, its entry of `fields`.
+    of_row: Vec<usize>,
+}
+
+impl Plan {
+    /// Sampling: every row draws its own sample.
+    fn every_row(todo: &[Vec<u32>]) -> Plan {
+        Plan { distinct: todo.to_vec(), first: 0, fields: vec![None; todo.len()], of_row: (0..todo.len()).collect() }
+    }
+
+    /// Greedy and beam search are deterministic: a prompt repeated in the file (E2E-style data with several
+    /// references per x) is decoded once and its output copied to each of its rows — also when an interrupted
+    /// run kept it (`kept` prompts, their output fields `done`), so that resuming writes what one run would.
+    fn once_per_prompt(kept: &[Vec<u32>], done: Vec<JsonObject>, todo: &[Vec<u32>]) -> Plan {
+        let mut known: std::collections::HashMap<&[u32], usize> = Default::default();
+        let mut fields = vec![];
+        for (p, f) in kept.iter().zip(done) {
+            known.entry(p).or_insert_with(|| {
+                fields.push(Some(f));
+                fields.len() - 1
+            });
+        }
+        let first = fields.len();
+        let mut distinct = vec![];
+        let of_row = todo
+            .iter()
+            .map(|p| {
+                *known.entry(p).or_insert_with(|| {
+                    distinct.push(p.clone());
+                    fields.push(None);
+                    fields.len() - 1
+                })
+            })
+            .collect();
+        Plan { distinct, first, fields, of_row }
+    }
+}
+
+/// Writes the rows from `*next` on, in input order, while each one's output fields are known; then flushes, so
+/// an interruption keeps them.
+fn write_ready(
+    writer: &mut RowWriter,
+    rows: &[PromptRow],
+    of_row: &[usize],
+    fields: &[Option<JsonObject>],
+    next: &mut usize,
+) -> Result<()> {
+    while let Some(f) = of_row.get(*next).and_then(|&t| fields[t].as_ref()) {
+        let mut out = rows[*next].1.clone();
+        out.extend(f.clone());
+        writer.push(&Value::Object(out))?;
+        *next += 1;
+    }
+    writer.flush()
+}
+
 /// A row an interrupted run wrote (read back by --resume-output): it must be input row `i` with the fields
-/// [`output_row`] adds under these settings (beam search adds "score", --ids the ids), and with --ids the same
-/// prompt ids.
-fn done_row(rows: &[PromptRow], prompts: &[Vec<u32>], i: usize, line: &Value, beam: bool, ids: bool) -> Result<()> {
+/// [`generated_fields`] adds under these settings (beam search adds "score", --ids the ids), and with --ids the
+/// same prompt ids. Returns those fields.
+fn done_row(
+    rows: &[PromptRow],
+    prompts: &[Vec<u32>],
+    i: usize,
+    line: &Value,
+    beam: bool,
+    ids: bool,
+) -> Result<JsonObject> {
     let Some((n, row, _)) = rows.get(i) else { bail!("row {}, but --data has only {} rows", i + 1, rows.len()) };
     let Some(obj) = line.as_object() else { bail!("not a JSON object") };
     let added = ["generation", "finish_reason", "new_tokens"]
@@ -336,7 +400,7 @@ fn done_row(rows: &[PromptRow], prompts: &[Vec<u32>], i: usize, line: &Value, be
     if ids && obj["prompt_ids"] != serde_json::json!(prompts[i]) {
         bail!("its prompt_ids are not this model's encoding of line {n} of --data");
     }
-    Ok(())
+    Ok(added.iter().map(|&k| (k.to_string(), obj[k].clone())).collect())
 }
 
 /// Each row's prompt as ids; a prompt that leaves no room to generate is an error naming its line.
@@ -363,29 +427,9 @@ fn encode_prompts(
         .collect()
 }
 
-/// The distinct prompts in first-seen order, and for each input prompt the index of its distinct one.
-fn distinct_prompts(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<usize>) {
-    let mut seen: std::collections::HashMap<&[u32], usize> = Default::default();
-    let mut distinct = Vec::new();
-    let of_row = prompts
-        .iter()
-        .map(|p| {
-            *seen.entry(p).or_insert_with(|| {
-                distinct.push(p.clone());
-                distinct.len() - 1
-            })
-        })
-        .collect();
-    (distinct, of_row)
-}
-
-/// The input row with the generation's fields added (they replace fields of the same name).
-fn output_row(
-    row: &serde_json::Map<String, serde_json::Value>,
-    g: &Generation,
-    prompt_ids: Option<&Vec<u32>>,
-) -> serde_json::Value {
-    let mut out = row.clone();
+/// The fields a generation adds to its rows (they replace input fields of the same name).
+fn generated_fields(g: &Generation, prompt_ids: Option<&Vec<u32>>) -> JsonObject {
+    let mut out = JsonObject::new();
     out.insert("generation".into(), g.text.clone().into());
     out.insert("finish_reason".into(), g.finish.as_str().into());
     out.insert("new_tokens".into(), g.ids.len().into());
@@ -396,7 +440,7 @@ fn output_row(
         out.insert("prompt_ids".into(), serde_json::json!(p));
         out.insert("generated_ids".into(), serde_json::json!(g.ids));
     }
-    serde_json::Value::Object(out)
+    out
 }
 
 /// Rows of a JSONL file that each have a string "prompt": (line, the row, the prompt).
