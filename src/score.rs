@@ -17,6 +17,13 @@ pub struct RowScore {
     pub tokens: usize,
 }
 
+impl RowScore {
+    /// A row's score from its per-token log-probs (summed in f64).
+    pub fn of(token_logprobs: &[f32]) -> Self {
+        RowScore { logprob: token_logprobs.iter().map(|&v| v as f64).sum(), tokens: token_logprobs.len() }
+    }
+}
+
 /// Token-weighted totals: NLL per token and perplexity exp(ΣNLL / Σtokens).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Totals {
@@ -162,5 +169,5 @@ pub fn name_row(e: anyhow::Error, sources: &[String]) -> anyhow::Error {
 
 /// Per-token log-probs → row scores.
 pub fn row_scores(token_logprobs: &[Vec<f32>]) -> Vec<RowScore> {
-    token_logprobs.iter().map(|lp| RowScore { logprob: lp.iter().map(|&v| v as f64).sum(), tokens: lp.len() }).collect()
+    token_logprobs.iter().map(|lp| RowScore::of(lp)).collect()
 }

@@ -282,7 +282,8 @@ fn run_data(
             new_tokens += generation.ids.len();
             bar.inc(1);
             fields[first + prompt] = Some(generated_fields(generation, a.ids.then_some(&distinct[prompt])));
-            write_ready(&mut writer, todo_rows, &of_row, &fields, &mut next)?;
+            // The bar steps aside while rows go to the terminal.
+            bar.suspend(|| write_ready(&mut writer, todo_rows, &of_row, &fields, &mut next))?;
         }
         Ok(())
     })

@@ -62,13 +62,16 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     bar.set_position(resumed as u64);
     let start = std::time::Instant::now();
     score_batches(&m.model, &ds.examples[resumed..], a.batch, |first, lps| {
-        for (k, lp) in lps.iter().enumerate() {
-            let i = resumed + first + k;
-            let s = RowScore { logprob: lp.iter().map(|&v| v as f64).sum(), tokens: lp.len() };
-            writer.push(&output_row(&ds, i, &s, a.per_token.then_some(lp.as_slice())))?;
-            scores.push(s);
-        }
-        writer.flush()?;
+        // The bar steps aside while rows go to the terminal.
+        bar.suspend(|| {
+            for (k, lp) in lps.iter().enumerate() {
+                let i = resumed + first + k;
+                let s = RowScore::of(lp);
+                writer.push(&output_row(&ds, i, &s, a.per_token.then_some(lp.as_slice())))?;
+                scores.push(s);
+            }
+            writer.flush()
+        })?;
         bar.set_position(scores.len() as u64);
         Ok(())
     })
