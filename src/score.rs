@@ -87,7 +87,7 @@ pub fn score_encoded(
 ) -> Result<Vec<Vec<f32>>> {
     let mut out = Vec::with_capacity(rows.len());
     score_batches(model, rows, batch_rows, |_, lps| {
-        out.extend_from_slice(lps);
+        out.extend(lps);
         progress(out.len());
         Ok(())
     })?;
@@ -102,7 +102,7 @@ pub fn score_batches(
     model: &Transformer,
     rows: &[Example],
     batch_rows: usize,
-    mut on_batch: impl FnMut(usize, &[Vec<f32>]) -> Result<()>,
+    mut on_batch: impl FnMut(usize, Vec<Vec<f32>>) -> Result<()>,
 ) -> Result<()> {
     let mut acts = Activations::default();
     let mut head = HeadScratch::default();
@@ -129,7 +129,7 @@ pub fn score_batches(
             lps.push(row.to_vec());
             at += n;
         }
-        on_batch(first, &lps)?;
+        on_batch(first, lps)?;
         first += chunk.len();
     }
     Ok(())

@@ -64,9 +64,9 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     score_batches(&m.model, &ds.examples[resumed..], a.batch, |first, lps| {
         // The bar steps aside while rows go to the terminal.
         bar.suspend(|| {
-            for (k, lp) in lps.iter().enumerate() {
+            for (k, lp) in lps.into_iter().enumerate() {
                 let i = resumed + first + k;
-                let s = RowScore::of(lp);
+                let s = RowScore::of(&lp);
                 writer.push(&output_row(&ds, i, &s, a.per_token.then_some(lp.as_slice())))?;
                 scores.push(s);
             }
