@@ -17,6 +17,13 @@ pub struct RowScore {
     pub tokens: usize,
 }
 
+impl RowScore {
+    /// A row's score from its per-token log-probs (summed in f64).
+    pub fn of(token_logprobs: &[f32]) -> Self {
+        RowScore { logprob: token_logprobs.iter().map(|&v| v as f64).sum(), tokens: token_logprobs.len() }
+    }
+}
+
 /// Token-weighted totals: NLL per token and perplexity exp(ΣNLL / Σtokens).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Totals {
@@ -53,6 +60,24 @@ pub fn load_rows(path: &Path, tok: &TextTokenizer, opts: &DataOptions) -> Result
     Ok(ds)
 }
 
+/// Every row of `path` as `eval` scores it: x may be cut from the left to fit `opts.max_len`, y never — a row
+/// whose y (with EOS) does not fit is an error naming the row, as in [`load_rows`], since a partial y's NLL is
+/// not the row's.
+pub fn load_rows_cut_x(path: &Path, tok: &TextTokenizer, opts: &DataOptions) -> Result<Dataset> {
+    let ds = load_dataset(path, tok, opts)?;
+    let cut = ds.info.iter().zip(&ds.sources).map(|(i, s)| (i.cut.y, s));
+    let dropped = ds.dropped.iter().map(|d| (d.info.cut.y, &d.source));
+    if let Some((n, source)) = dropped.chain(cut).find(|(n, _)| *n > 0) {
+        bail!(
+            "{source}: its completion does not fit in {} tokens ({n} of its target tokens would be cut, even with \
+             the prompt cut from the left); scores are only given for whole completions: raise --max-len (up to \
+             the model's context window) or shorten the row",
+            opts.max_len
+        );
+    }
+    Ok(ds)
+}
+
 /// Scores encoded rows in packed batches of `batch_rows`; `progress(rows_done)` after each batch.
 pub fn score_encoded(
     model: &Transformer,
@@ -60,10 +85,29 @@ pub fn score_encoded(
     batch_rows: usize,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(rows.len());
+    score_batches(model, rows, batch_rows, |_, lps| {
+        out.extend(lps);
+        progress(out.len());
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Scores encoded rows in packed batches of `batch_rows`, handing each batch's per-token log-probs to
+/// `on_batch(index of its first row, log-probs)` as soon as it is done (an error there stops scoring). A
+/// non-finite log-prob stops scoring with [`NonFiniteScore`]: it means NaN or inf in the weights, never a
+/// property of the row, and a total over it would be meaningless.
+pub fn score_batches(
+    model: &Transformer,
+    rows: &[Example],
+    batch_rows: usize,
+    mut on_batch: impl FnMut(usize, Vec<Vec<f32>>) -> Result<()>,
+) -> Result<()> {
     let mut acts = Activations::default();
     let mut head = HeadScratch::default();
-    let mut out = Vec::with_capacity(rows.len());
     let (mut sel, mut targets) = (Vec::new(), Vec::new());
+    let mut first = 0;
     for chunk in rows.chunks(batch_rows.max(1)) {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
         let batch = PackedBatch::new(&seqs);
@@ -75,17 +119,55 @@ pub fn score_encoded(
         let d = model.config.hidden_size;
         target_logprobs(&mut lp, &acts.x[..batch.len() * d], d, model.head(), &sel, &targets, &mut head);
         let mut at = 0;
-        for e in chunk {
+        let mut lps = Vec::with_capacity(chunk.len());
+        for (i, e) in chunk.iter().enumerate() {
             let n = e.n_targets();
-            out.push(lp[at..at + n].to_vec());
+            let row = &lp[at..at + n];
+            if let Some(&value) = row.iter().find(|v| !v.is_finite()) {
+                return Err(NonFiniteScore { row: first + i, value }.into());
+            }
+            lps.push(row.to_vec());
             at += n;
         }
-        progress(out.len());
+        on_batch(first, lps)?;
+        first += chunk.len();
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Row `row` (an index into the rows scored) got a non-finite token log-prob.
+#[derive(Debug)]
+pub struct NonFiniteScore {
+    pub row: usize,
+    pub value: f32,
+}
+
+impl NonFiniteScore {
+    /// The message, with the row named by `source` (e.g. `file:line`).
+    pub fn describe(&self, source: &str) -> String {
+        format!(
+            "{source}: a token's log P(y | x) is {}: the model or adapter holds non-finite values (NaN or inf) — the \
+             scores would be meaningless; repair or re-create the weights",
+            self.value
+        )
+    }
+}
+
+impl std::fmt::Display for NonFiniteScore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(&format!("row {}", self.row)))
+    }
+}
+
+impl std::error::Error for NonFiniteScore {}
+
+/// Names the row of a [`NonFiniteScore`] by its source (`sources[row]`); other errors pass unchanged.
+pub fn name_row(e: anyhow::Error, sources: &[String]) -> anyhow::Error {
+    let named = e.downcast_ref::<NonFiniteScore>().and_then(|n| Some(n.describe(sources.get(n.row)?)));
+    named.map_or(e, |m| anyhow::anyhow!(m))
 }
 
 /// Per-token log-probs → row scores.
 pub fn row_scores(token_logprobs: &[Vec<f32>]) -> Vec<RowScore> {
-    token_logprobs.iter().map(|lp| RowScore { logprob: lp.iter().map(|&v| v as f64).sum(), tokens: lp.len() }).collect()
+    token_logprobs.iter().map(|lp| RowScore::of(lp)).collect()
 }

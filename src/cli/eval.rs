@@ -1,11 +1,10 @@
 //! `condlm eval`: token-weighted NLL and perplexity of y given x over a dataset.
 use super::FieldArgs;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
-use condlm::data::dataset::load_dataset;
 use condlm::formats::load::load_model;
 use condlm::formats::peft::load_adapter;
-use condlm::score::{Totals, row_scores, score_encoded};
+use condlm::score::{Totals, load_rows_cut_x, name_row, row_scores, score_encoded};
 use std::path::PathBuf;
 
 /// Evaluate NLL per y token and perplexity exp(ΣNLL/Σtokens) on a dataset (any format `train` reads).
@@ -20,25 +19,33 @@ pub struct EvalArgs {
     /// Rows to evaluate.
     #[arg(long)]
     data: PathBuf,
-    /// Longest row in tokens (x cut from the left first) [default: the model's context window].
-    #[arg(long)]
+    /// Longest row in tokens: x is cut from the left to fit; a row whose completion alone does not fit is an
+    /// error [default: the model's context window].
+    #[arg(long, allow_negative_numbers = true)]
     max_len: Option<usize>,
-    /// Rows per forward pass.
-    #[arg(long, default_value_t = 16)]
+    /// Rows per forward pass (at least 1).
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
     batch: usize,
     #[command(flatten)]
     fields: FieldArgs,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1 (rows per forward pass)");
+    }
+    if a.max_len == Some(0) {
+        bail!("--max-len must be at least 1 (tokens per row)");
+    }
     let mut m = load_model(&a.model)?;
     if let Some(dir) = &a.adapter {
         load_adapter(dir, &mut m.model)?;
     }
     let max_positions = m.model.config.max_positions;
     let opts = a.fields.options(a.max_len.unwrap_or(max_positions).min(max_positions));
-    let ds = load_dataset(&a.data, &m.tokenizer, &opts)?;
-    let t = Totals::of(&row_scores(&score_encoded(&m.model, &ds.examples, a.batch, |_| {})?));
+    let ds = load_rows_cut_x(&a.data, &m.tokenizer, &opts)?;
+    let lps = score_encoded(&m.model, &ds.examples, a.batch, |_| {}).map_err(|e| name_row(e, &ds.sources))?;
+    let t = Totals::of(&row_scores(&lps));
     println!(
         "{}",
         serde_json::json!({"rows": ds.examples.len(), "tokens": t.tokens, "nll": t.nll_per_token(), "perplexity": t.perplexity()})

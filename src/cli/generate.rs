@@ -6,12 +6,14 @@ use condlm::data::rows::{JsonObject, read_objects, string_field};
 use condlm::formats::load::load_model;
 use condlm::formats::peft::load_adapter;
 use condlm::generate::{
-    BeamParams, EarlyStopping, Event, GenerateOptions, Generation, SamplingParams, Strategy, encode_prompt, generate,
+    BeamParams, EarlyStopping, Event, GenerateOptions, Generation, NonFiniteLogits, SamplingParams, Strategy,
+    encode_prompt, generate, generate_from,
 };
 use condlm::network::transformer::Transformer;
-use condlm::output::write_atomic;
+use condlm::output::rows::{Destination, RowWriter, prepare};
 use condlm::progress;
 use condlm::tokenizer::TextTokenizer;
+use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -37,43 +39,51 @@ pub struct GenerateArgs {
     #[arg(long)]
     data: Option<PathBuf>,
     /// With --data: write the rows plus "generation", "finish_reason", "new_tokens" (and "score" for beam search)
-    /// as JSONL here, atomically [default: stdout].
+    /// as JSONL here; rows grow in FILE.partial as they finish, renamed to FILE when every row is done (an
+    /// interrupted run leaves the partial: see --resume-output) [default: stdout, each row as it finishes].
     #[arg(long, requires = "data")]
     out: Option<PathBuf>,
+    /// Replace an existing --out file (and discard its .partial) [default: off: an existing file is an error].
+    #[arg(long, requires = "out")]
+    overwrite: bool,
+    /// Continue an interrupted run: keep the rows of --out's .partial (checked against --data), generate the
+    /// rest; sampling draws what an uninterrupted run would [default: off: an existing .partial is an error].
+    #[arg(long, requires = "out")]
+    resume_output: bool,
     /// Render each prompt as a user message with the model's chat template (add_generation_prompt), as training
     /// on chat data renders it; the template writes any BOS itself [default: off].
     #[arg(long)]
     chat: bool,
-    /// At most this many new tokens per prompt (fewer where the context window ends first).
-    #[arg(long, default_value_t = 128)]
+    /// At most this many new tokens per prompt, at least 1 (fewer where the context window ends first).
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true)]
     max_new_tokens: usize,
-    /// Sampling temperature; 0 = greedy decoding (no sampling).
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling temperature, finite and ≥ 0; 0 = greedy decoding (no sampling).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     temperature: f32,
     /// Sampling: keep the k most probable tokens; 0 = off.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     top_k: usize,
-    /// Sampling: keep the most probable tokens up to this probability mass (nucleus); 1 = off.
-    #[arg(long, default_value_t = 1.0)]
+    /// Sampling: keep the most probable tokens up to this probability mass (nucleus), in (0, 1]; 1 = off.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     top_p: f32,
-    /// Sampling: drop tokens less probable than min-p × the most probable one; 0 = off.
-    #[arg(long, default_value_t = 0.0)]
+    /// Sampling: drop tokens less probable than min-p × the most probable one, in [0, 1); 0 = off.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     min_p: f32,
     /// Sampling seed: the draw of each step comes from (seed, row, step), whatever --batch is.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     seed: u64,
-    /// Divide positive / multiply negative scores of tokens already in the sequence (prompt included) by this;
-    /// 1 = off.
-    #[arg(long, default_value_t = 1.0)]
+    /// Divide positive / multiply negative scores of tokens already in the sequence (prompt included) by this,
+    /// finite and > 0; 1 = off.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     repetition_penalty: f32,
     /// Never repeat an n-gram of this size (prompt included); 0 = off.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     no_repeat_ngram_size: usize,
     /// Beam search with this many beams (> 1); 1 = greedy or sampling.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     num_beams: usize,
-    /// Beam search: hypotheses are scored sum(log p) / new_tokens^length_penalty.
-    #[arg(long, default_value_t = 1.0)]
+    /// Beam search: hypotheses are scored sum(log p) / new_tokens^length_penalty (finite).
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     length_penalty: f64,
     /// Beam search: stop when num-beams hypotheses are done (true), when the best running beam cannot beat them
     /// at its current length (false, transformers' default), or at its maximum length (never).
@@ -83,13 +93,13 @@ pub struct GenerateArgs {
     #[arg(long = "stop", value_name = "TEXT")]
     stop: Vec<String>,
     /// Stop after generating this token id (repeatable), besides EOS [default: none].
-    #[arg(long = "stop-id", value_name = "ID")]
+    #[arg(long = "stop-id", value_name = "ID", allow_negative_numbers = true)]
     stop_ids: Vec<u32>,
     /// Do not stop at the tokenizer's EOS token [default: off].
     #[arg(long)]
     ignore_eos: bool,
-    /// Prompts decoded together with --data (continuous batching; each takes num-beams cache slots).
-    #[arg(long, default_value_t = 8)]
+    /// Prompts decoded together with --data (continuous batching; each takes num-beams cache slots), at least 1.
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     batch: usize,
     /// With --data: also write "prompt_ids" and "generated_ids" (the latter including the stop token)
     /// [default: off].
@@ -105,11 +115,18 @@ enum EarlyStop {
 }
 
 pub fn run(a: GenerateArgs) -> Result<()> {
+    // Flags and the output file are checked before the model loads: a mistake costs nothing.
+    let mut opts = options(&a)?;
+    let out = a.data.is_some().then(|| prepare(a.out.as_deref(), a.overwrite, a.resume_output)).transpose()?;
     let mut m = load_model(&a.model)?;
     if let Some(dir) = &a.adapter {
         load_adapter(dir, &mut m.model)?;
     }
-    let opts = options(&a, &m.tokenizer)?;
+    if !a.ignore_eos {
+        let eos = m.tokenizer.eos_id;
+        opts.stop_ids.retain(|&t| t != eos);
+        opts.stop_ids.insert(0, eos);
+    }
     let template = if a.chat {
         let t = ChatTemplate::for_tokenizer(&m.tokenizer)?;
         Some(t.with_context(|| format!("{}: --chat, but the model has no chat template", a.model))?)
@@ -126,14 +143,25 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             None => encode_prompt(&m.tokenizer, text),
         }
     };
-    match (&a.prompt, &a.data) {
-        (Some(p), _) => run_prompt(&m.model, &m.tokenizer, encode(p)?, &opts),
-        (None, Some(path)) => run_data(&a, &m.model, &m.tokenizer, path, &opts, encode),
-        (None, None) => bail!("give --prompt or --data"),
+    match (&a.prompt, &a.data, out) {
+        (Some(p), _, _) => run_prompt(&m.model, &m.tokenizer, encode(p)?, &opts),
+        (None, Some(path), Some(out)) => run_data(&a, &m.model, &m.tokenizer, path, out, &opts, encode),
+        _ => bail!("give --prompt or --data"),
     }
 }
 
-fn options(a: &GenerateArgs, tok: &TextTokenizer) -> Result<GenerateOptions> {
+/// The decoding options of the flags, every range checked; stop ids are the --stop-id ones (the caller adds
+/// the tokenizer's EOS).
+fn options(a: &GenerateArgs) -> Result<GenerateOptions> {
+    if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+        bail!("--temperature must be finite and ≥ 0 (got {}); 0 = greedy decoding", a.temperature);
+    }
+    if !a.length_penalty.is_finite() {
+        bail!("--length-penalty must be finite (got {}); 1 = no length normalisation", a.length_penalty);
+    }
+    let sampling =
+        SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, min_p: a.min_p, seed: a.seed };
+    sampling.check_filters()?;
     let sampling_flags = a.top_k != 0 || a.top_p != 1.0 || a.min_p != 0.0;
     let strategy = if a.num_beams > 1 {
         if a.temperature > 0.0 || sampling_flags {
@@ -148,28 +176,20 @@ fn options(a: &GenerateArgs, tok: &TextTokenizer) -> Result<GenerateOptions> {
     } else if a.num_beams == 0 {
         bail!("--num-beams must be at least 1");
     } else if a.temperature > 0.0 {
-        Strategy::Sample(SamplingParams {
-            temperature: a.temperature,
-            top_k: a.top_k,
-            top_p: a.top_p,
-            min_p: a.min_p,
-            seed: a.seed,
-        })
-    } else if a.temperature < 0.0 {
-        bail!("--temperature must be ≥ 0 (0 = greedy)");
+        Strategy::Sample(sampling)
     } else {
         if sampling_flags {
             bail!("--top-k/--top-p/--min-p filter sampling: set --temperature > 0 (0 means greedy decoding)");
         }
         Strategy::Greedy
     };
-    let mut stop_ids = if a.ignore_eos { vec![] } else { vec![tok.eos_id] };
+    let mut stop_ids = vec![];
     for &t in &a.stop_ids {
         if !stop_ids.contains(&t) {
             stop_ids.push(t);
         }
     }
-    Ok(GenerateOptions {
+    let opts = GenerateOptions {
         strategy,
         max_new_tokens: a.max_new_tokens,
         repetition_penalty: a.repetition_penalty,
@@ -178,7 +198,9 @@ fn options(a: &GenerateArgs, tok: &TextTokenizer) -> Result<GenerateOptions> {
         stop_strings: a.stop.clone(),
         batch: a.batch,
         prefill_tokens: 512,
-    })
+    };
+    opts.check_settings()?;
+    Ok(opts)
 }
 
 fn run_prompt(model: &Transformer, tok: &TextTokenizer, prompt: Vec<u32>, opts: &GenerateOptions) -> Result<()> {
@@ -197,6 +219,10 @@ fn run_prompt(model: &Transformer, tok: &TextTokenizer, prompt: Vec<u32>, opts: 
             }
         }
         Event::Done { .. } => {}
+    })
+    .map_err(|e| match e.downcast_ref::<NonFiniteLogits>() {
+        Some(n) => anyhow::anyhow!(n.describe("--prompt")),
+        None => e,
     })?;
     if let Some(e) = write_err {
         return Err(e).context("cannot write to stdout");
@@ -229,47 +255,153 @@ fn run_data(
     model: &Transformer,
     tok: &TextTokenizer,
     path: &Path,
+    out: Destination,
     opts: &GenerateOptions,
     encode: impl Fn(&str) -> Result<Vec<u32>>,
 ) -> Result<()> {
     let rows = read_prompt_rows(path)?;
     let prompts = encode_prompts(&rows, path, model, encode)?;
-    // Greedy and beam search are deterministic: a prompt repeated in the file (E2E-style data with several
-    // references per x) is generated once and its output copied to each of its rows.
-    let (distinct, of_row) = if matches!(opts.strategy, Strategy::Sample(_)) {
-        (prompts.clone(), (0..prompts.len()).collect())
+    let beam = matches!(opts.strategy, Strategy::Beam(_));
+    let (mut writer, done) = out.open(|i, line| done_row(&rows, &prompts, i, line, beam, a.ids))?;
+    let resumed = done.len();
+    let (todo_rows, todo) = (&rows[resumed..], &prompts[resumed..]);
+    let plan = if matches!(opts.strategy, Strategy::Sample(_)) {
+        Plan::every_row(todo)
     } else {
-        distinct_prompts(&prompts)
+        Plan::once_per_prompt(&prompts[..resumed], done, todo)
     };
+    let Plan { distinct, first, mut fields, of_row } = plan;
     let bar =
         progress::bar(distinct.len() as u64, "{spinner} generating {pos}/{len} prompts [{bar:30}] {per_sec} ETA {eta}");
     let start = Instant::now();
     let mut new_tokens = 0usize;
-    let gens = generate(model, tok, &distinct, opts, |e| {
-        if let Event::Done { generation, .. } = e {
+    let mut next = 0;
+    write_ready(&mut writer, todo_rows, &of_row, &fields, &mut next)?;
+    generate_from(model, tok, &distinct, resumed, opts, |e| {
+        if let Event::Done { prompt, generation } = e {
             new_tokens += generation.ids.len();
             bar.inc(1);
+            fields[first + prompt] = Some(generated_fields(generation, a.ids.then_some(&distinct[prompt])));
+            // The bar steps aside while rows go to the terminal.
+            bar.suspend(|| write_ready(&mut writer, todo_rows, &of_row, &fields, &mut next))?;
         }
+        Ok(())
     })
-    .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+    .map_err(|e| match e.downcast_ref::<NonFiniteLogits>() {
+        Some(n) => {
+            let r = of_row.iter().position(|&t| t == first + n.prompt).unwrap_or(0);
+            anyhow::anyhow!(n.describe(&format!("{}:{}", path.display(), todo_rows[r].0)))
+        }
+        None => anyhow::anyhow!("{}: {e:#}", path.display()),
+    })?;
+    writer.finish()?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    let mut lines = String::new();
-    for (((_, row, _), &d), p) in rows.iter().zip(&of_row).zip(&prompts) {
-        lines.push_str(&output_row(row, &gens[d], a.ids.then_some(p)).to_string());
-        lines.push('\n');
-    }
-    match &a.out {
-        Some(p) => write_atomic(p, lines.as_bytes())?,
-        None => print!("{lines}"),
-    }
+    let kept = if resumed > 0 { format!("; {resumed} rows kept from the interrupted run") } else { String::new() };
     eprintln!(
-        "generated for {} rows ({} distinct prompts): {new_tokens} new tokens in {secs:.1} s ({:.0} tokens/s)",
-        rows.len(),
+        "generated for {} rows ({} distinct prompts): {new_tokens} new tokens in {secs:.1} s ({:.0} tokens/s){kept}",
+        todo.len(),
         distinct.len(),
         new_tokens as f64 / secs
     );
     Ok(())
+}
+
+/// What to decode for the rows still to write, and where each row's output fields come from.
+struct Plan {
+    /// Prompts to decode; prompt d's fields go to `fields[first + d]`.
+    distinct: Vec<Vec<u32>>,
+    first: usize,
+    /// The fields rows get (see [`generated_fields`]): outputs an interrupted run kept, then those of the
+    /// prompts to decode (None until done).
+    fields: Vec<Option<JsonObject>>,
+    /// For each row, its entry of `fields`.
+    of_row: Vec<usize>,
+}
+
+impl Plan {
+    /// Sampling: every row draws its own sample.
+    fn every_row(todo: &[Vec<u32>]) -> Plan {
+        Plan { distinct: todo.to_vec(), first: 0, fields: vec![None; todo.len()], of_row: (0..todo.len()).collect() }
+    }
+
+    /// Greedy and beam search are deterministic: a prompt repeated in the file (E2E-style data with several
+    /// references per x) is decoded once and its output copied to each of its rows — also when an interrupted
+    /// run kept it (`kept` prompts, their output fields `done`), so that resuming writes what one run would.
+    fn once_per_prompt(kept: &[Vec<u32>], done: Vec<JsonObject>, todo: &[Vec<u32>]) -> Plan {
+        let mut known: std::collections::HashMap<&[u32], usize> = Default::default();
+        let mut fields = vec![];
+        for (p, f) in kept.iter().zip(done) {
+            known.entry(p).or_insert_with(|| {
+                fields.push(Some(f));
+                fields.len() - 1
+            });
+        }
+        let first = fields.len();
+        let mut distinct = vec![];
+        let of_row = todo
+            .iter()
+            .map(|p| {
+                *known.entry(p).or_insert_with(|| {
+                    distinct.push(p.clone());
+                    fields.push(None);
+                    fields.len() - 1
+                })
+            })
+            .collect();
+        Plan { distinct, first, fields, of_row }
+    }
+}
+
+/// Writes the rows from `*next` on, in input order, while each one's output fields are known; then flushes, so
+/// an interruption keeps them.
+fn write_ready(
+    writer: &mut RowWriter,
+    rows: &[PromptRow],
+    of_row: &[usize],
+    fields: &[Option<JsonObject>],
+    next: &mut usize,
+) -> Result<()> {
+    while let Some(f) = of_row.get(*next).and_then(|&t| fields[t].as_ref()) {
+        let mut out = rows[*next].1.clone();
+        out.extend(f.clone());
+        writer.push(&Value::Object(out))?;
+        *next += 1;
+    }
+    writer.flush()
+}
+
+/// A row an interrupted run wrote (read back by --resume-output): it must be input row `i` with the fields
+/// [`generated_fields`] adds under these settings (beam search adds "score", --ids the ids), and with --ids the
+/// same prompt ids. Returns those fields.
+fn done_row(
+    rows: &[PromptRow],
+    prompts: &[Vec<u32>],
+    i: usize,
+    line: &Value,
+    beam: bool,
+    ids: bool,
+) -> Result<JsonObject> {
+    let Some((n, row, _)) = rows.get(i) else { bail!("row {}, but --data has only {} rows", i + 1, rows.len()) };
+    let Some(obj) = line.as_object() else { bail!("not a JSON object") };
+    let added = ["generation", "finish_reason", "new_tokens"]
+        .into_iter()
+        .chain(beam.then_some("score"))
+        .chain(ids.then_some(["prompt_ids", "generated_ids"]).into_iter().flatten());
+    let added: Vec<&str> = added.collect();
+    let same_input = row.iter().all(|(k, v)| added.contains(&k.as_str()) || obj.get(k) == Some(v));
+    let same_fields = obj.len() == row.keys().filter(|k| !added.contains(&k.as_str())).count() + added.len()
+        && added.iter().all(|k| obj.contains_key(*k));
+    if !same_input {
+        bail!("it is not the output of line {n} of --data");
+    }
+    if !same_fields {
+        bail!("its fields are not the ones these settings write (--num-beams, --ids)");
+    }
+    if ids && obj["prompt_ids"] != serde_json::json!(prompts[i]) {
+        bail!("its prompt_ids are not this model's encoding of line {n} of --data");
+    }
+    Ok(added.iter().map(|&k| (k.to_string(), obj[k].clone())).collect())
 }
 
 /// Each row's prompt as ids; a prompt that leaves no room to generate is an error naming its line.
@@ -296,29 +428,9 @@ fn encode_prompts(
         .collect()
 }
 
-/// The distinct prompts in first-seen order, and for each input prompt the index of its distinct one.
-fn distinct_prompts(prompts: &[Vec<u32>]) -> (Vec<Vec<u32>>, Vec<usize>) {
-    let mut seen: std::collections::HashMap<&[u32], usize> = Default::default();
-    let mut distinct = Vec::new();
-    let of_row = prompts
-        .iter()
-        .map(|p| {
-            *seen.entry(p).or_insert_with(|| {
-                distinct.push(p.clone());
-                distinct.len() - 1
-            })
-        })
-        .collect();
-    (distinct, of_row)
-}
-
-/// The input row with the generation's fields added (they replace fields of the same name).
-fn output_row(
-    row: &serde_json::Map<String, serde_json::Value>,
-    g: &Generation,
-    prompt_ids: Option<&Vec<u32>>,
-) -> serde_json::Value {
-    let mut out = row.clone();
+/// The fields a generation adds to its rows (they replace input fields of the same name).
+fn generated_fields(g: &Generation, prompt_ids: Option<&Vec<u32>>) -> JsonObject {
+    let mut out = JsonObject::new();
     out.insert("generation".into(), g.text.clone().into());
     out.insert("finish_reason".into(), g.finish.as_str().into());
     out.insert("new_tokens".into(), g.ids.len().into());
@@ -329,7 +441,7 @@ fn output_row(
         out.insert("prompt_ids".into(), serde_json::json!(p));
         out.insert("generated_ids".into(), serde_json::json!(g.ids));
     }
-    serde_json::Value::Object(out)
+    out
 }
 
 /// Rows of a JSONL file that each have a string "prompt": (line, the row, the prompt).

@@ -1,17 +1,19 @@
 //! `condlm score`: log P(y + EOS | x) for every row, then token-weighted NLL and perplexity.
 use super::FieldArgs;
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::dataset::Dataset;
 use condlm::formats::load::load_model;
 use condlm::formats::peft::load_adapter;
-use condlm::output::write_atomic;
+use condlm::output::rows::prepare;
 use condlm::progress;
-use condlm::score::{RowScore, Totals, load_rows, row_scores, score_encoded};
+use condlm::score::{RowScore, Totals, load_rows, name_row, score_batches};
+use serde_json::Value;
 use std::path::PathBuf;
 
 /// Score every row: log P(y + EOS | x) per row (natural log), then NLL/token and perplexity. Rows are read as
 /// `eval` and `train` read them (prompt/completion, Alpaca or chat; JSONL or a JSON array), never truncated.
+/// Each row is written as soon as its batch is scored.
 #[derive(Args)]
 pub struct ScoreArgs {
     /// Model: an HF checkpoint folder, a .gguf file, or a hub id org/name (from the HF cache, downloaded when online).
@@ -20,16 +22,24 @@ pub struct ScoreArgs {
     /// Rows: JSONL or JSON array of {"prompt","completion"}, Alpaca or {"messages"} rows.
     #[arg(long)]
     data: PathBuf,
-    /// Write per-row scores as JSONL here instead of stdout (written atomically).
+    /// Write per-row scores as JSONL here instead of stdout: rows grow in FILE.partial, renamed to FILE when every
+    /// row is scored (an interrupted run leaves the partial: see --resume-output) [default: stdout].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Rows per forward pass (packed, no padding).
-    #[arg(long, default_value_t = 8)]
+    /// Replace an existing --out file (and discard its .partial) [default: off: an existing file is an error].
+    #[arg(long, requires = "out")]
+    overwrite: bool,
+    /// Continue an interrupted run: keep the rows of --out's .partial (checked against --data), score the rest
+    /// [default: off: an existing .partial is an error].
+    #[arg(long, requires = "out")]
+    resume_output: bool,
+    /// Rows per forward pass (packed, no padding; at least 1).
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     batch: usize,
     /// PEFT LoRA adapter folder to apply (condlm's or PEFT's) [default: none].
     #[arg(long)]
     adapter: Option<PathBuf>,
-    /// Also write each row's token ids, the index where y starts, and every y token's log-prob.
+    /// Also write each row's token ids, the index where y starts, and every y token's log-prob [default: off].
     #[arg(long)]
     per_token: bool,
     #[command(flatten)]
@@ -37,24 +47,40 @@ pub struct ScoreArgs {
 }
 
 pub fn run(a: ScoreArgs) -> Result<()> {
+    if a.batch == 0 {
+        bail!("--batch must be at least 1 (rows per forward pass)");
+    }
+    let out = prepare(a.out.as_deref(), a.overwrite, a.resume_output)?;
     let mut m = load_model(&a.model)?;
     if let Some(dir) = &a.adapter {
         load_adapter(dir, &mut m.model)?;
     }
     let ds = load_rows(&a.data, &m.tokenizer, &a.fields.options(m.model.config.max_positions))?;
+    let (mut writer, mut scores) = out.open(|i, row| done_row(&ds, i, row, a.per_token))?;
+    let resumed = scores.len();
     let bar = progress::bar(ds.len() as u64, "{spinner} scoring {pos}/{len} rows [{bar:30}] {per_sec} ETA {eta}");
+    bar.set_position(resumed as u64);
     let start = std::time::Instant::now();
-    let lps = score_encoded(&m.model, &ds.examples, a.batch, |done| bar.set_position(done as u64))?;
+    score_batches(&m.model, &ds.examples[resumed..], a.batch, |first, lps| {
+        // The bar steps aside while rows go to the terminal.
+        bar.suspend(|| {
+            for (k, lp) in lps.into_iter().enumerate() {
+                let i = resumed + first + k;
+                let s = RowScore::of(&lp);
+                writer.push(&output_row(&ds, i, &s, a.per_token.then_some(lp.as_slice())))?;
+                scores.push(s);
+            }
+            writer.flush()
+        })?;
+        bar.set_position(scores.len() as u64);
+        Ok(())
+    })
+    .map_err(|e| name_row(e, &ds.sources[resumed..]))?;
+    writer.finish()?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    let scores = row_scores(&lps);
-    let lines = output_rows(&ds, &scores, a.per_token.then_some(lps.as_slice()));
-    match &a.out {
-        Some(p) => write_atomic(p, lines.as_bytes())?,
-        None => print!("{lines}"),
-    }
     let t = Totals::of(&scores);
-    let total_tokens: usize = ds.examples.iter().map(|e| e.ids.len()).sum();
+    let total_tokens: usize = ds.examples[resumed..].iter().map(|e| e.ids.len()).sum();
     eprintln!(
         "scored {} rows, {} y tokens: NLL/token {:.4}, perplexity {:.3} ({:.0} tokens/s)",
         ds.len(),
@@ -66,19 +92,34 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
-/// One JSON line per row: its index, its source (`file:line`, or `file:line (element i)` in a JSON array),
+/// Row `i` as a JSON line: its index, its source (`file:line`, or `file:line (element i)` in a JSON array),
 /// log-prob and scored tokens; with `token_logprobs`, also its ids, where y starts and each target's log-prob.
-fn output_rows(ds: &Dataset, scores: &[RowScore], token_logprobs: Option<&[Vec<f32>]>) -> String {
-    let mut lines = String::new();
-    for (i, s) in scores.iter().enumerate() {
-        let mut v = serde_json::json!({"row": i, "source": ds.sources[i], "logprob": s.logprob, "tokens": s.tokens});
-        if let Some(lps) = token_logprobs {
-            v["ids"] = serde_json::json!(ds.examples[i].ids);
-            v["y_start"] = serde_json::json!(ds.examples[i].y_start());
-            v["token_logprobs"] = serde_json::json!(lps[i]);
-        }
-        lines.push_str(&v.to_string());
-        lines.push('\n');
+fn output_row(ds: &Dataset, i: usize, s: &RowScore, token_logprobs: Option<&[f32]>) -> Value {
+    let mut v = serde_json::json!({"row": i, "source": ds.sources[i], "logprob": s.logprob, "tokens": s.tokens});
+    if let Some(lps) = token_logprobs {
+        v["ids"] = serde_json::json!(ds.examples[i].ids);
+        v["y_start"] = serde_json::json!(ds.examples[i].y_start());
+        v["token_logprobs"] = serde_json::json!(lps);
     }
-    lines
+    v
+}
+
+/// A row an interrupted run wrote (read back by --resume-output): it must be row `i` of this input, scored
+/// with the same --per-token setting; its score counts in the totals.
+fn done_row(ds: &Dataset, i: usize, row: &Value, per_token: bool) -> Result<RowScore> {
+    let Some(source) = ds.sources.get(i) else { bail!("row {i}, but --data has only {} rows", ds.len()) };
+    if row["row"] != i || row["source"] != source.as_str() {
+        bail!("row {} from {} where row {i} from {source} was expected", row["row"], row["source"]);
+    }
+    let e = &ds.examples[i];
+    if row["tokens"] != e.n_targets() {
+        bail!("{} scored tokens where {source} has {}", row["tokens"], e.n_targets());
+    }
+    if per_token != row.get("ids").is_some() || (per_token && row["ids"] != serde_json::json!(e.ids)) {
+        bail!("written with other --per-token settings or token ids for {source}");
+    }
+    match row["logprob"].as_f64() {
+        Some(logprob) if logprob.is_finite() => Ok(RowScore { logprob, tokens: e.n_targets() }),
+        _ => bail!("no finite logprob for {source}"),
+    }
 }

@@ -35,7 +35,7 @@ pub mod run;
 pub mod sampling;
 
 pub use beam::{BeamParams, EarlyStopping};
-pub use run::{Event, generate};
+pub use run::{Event, NonFiniteLogits, generate, generate_from};
 pub use sampling::SamplingParams;
 
 use crate::network::transformer::Transformer;
@@ -95,20 +95,33 @@ impl GenerateOptions {
         }
     }
 
-    /// Checks every setting; the error names the flag's meaning.
+    /// Checks every setting; the error names the flag's meaning and its allowed range.
     pub fn validate(&self, vocab: usize) -> Result<()> {
+        self.check_settings()?;
+        if let Strategy::Beam(b) = self.strategy
+            && (1 + self.stop_ids.len()).max(2) * b.num_beams > vocab
+        {
+            bail!("{} beams need more candidate tokens than the vocabulary of {vocab} has", b.num_beams);
+        }
+        if let Some(&t) = self.stop_ids.iter().find(|&&t| t as usize >= vocab) {
+            bail!("stop token id {t} is outside the model's vocabulary of {vocab} entries");
+        }
+        Ok(())
+    }
+
+    /// The checks of [`GenerateOptions::validate`] that need no model, so a command line can run them before
+    /// loading one.
+    pub fn check_settings(&self) -> Result<()> {
         match self.strategy {
             Strategy::Greedy => {}
             Strategy::Sample(p) => {
                 if !(p.temperature > 0.0 && p.temperature.is_finite()) {
-                    bail!("temperature must be > 0 for sampling (got {}); use greedy decoding for 0", p.temperature);
+                    bail!(
+                        "temperature must be > 0 and finite for sampling (got {}); use greedy decoding for 0",
+                        p.temperature
+                    );
                 }
-                if !(0.0..=1.0).contains(&p.top_p) || p.top_p == 0.0 {
-                    bail!("top-p must be in (0, 1] (got {})", p.top_p);
-                }
-                if !(0.0..=1.0).contains(&p.min_p) {
-                    bail!("min-p must be in [0, 1] (got {})", p.min_p);
-                }
+                p.check_filters()?;
             }
             Strategy::Beam(b) => {
                 if b.num_beams < 2 {
@@ -117,19 +130,16 @@ impl GenerateOptions {
                 if !b.length_penalty.is_finite() {
                     bail!("length penalty must be finite (got {})", b.length_penalty);
                 }
-                if (1 + self.stop_ids.len()).max(2) * b.num_beams > vocab {
-                    bail!("{} beams need more candidate tokens than the vocabulary of {vocab} has", b.num_beams);
-                }
             }
         }
         if !(self.repetition_penalty > 0.0 && self.repetition_penalty.is_finite()) {
-            bail!("repetition penalty must be > 0 (got {}); 1 is off", self.repetition_penalty);
+            bail!("repetition penalty must be > 0 and finite (got {}); 1 is off", self.repetition_penalty);
         }
-        if let Some(&t) = self.stop_ids.iter().find(|&&t| t as usize >= vocab) {
-            bail!("stop token id {t} is outside the model's vocabulary of {vocab} entries");
+        if self.max_new_tokens == 0 {
+            bail!("max new tokens must be at least 1 (got 0)");
         }
         if self.batch == 0 {
-            bail!("batch must be at least 1");
+            bail!("batch must be at least 1 (got 0)");
         }
         Ok(())
     }

@@ -70,12 +70,27 @@ pub fn generate(
     opts: &GenerateOptions,
     mut on_event: impl FnMut(Event),
 ) -> Result<Vec<Generation>> {
+    generate_from(model, tok, prompts, 0, opts, |e| {
+        on_event(e);
+        Ok(())
+    })
+}
+
+/// [`generate`] for `prompts` that continue a longer list at index `first`: prompt i samples from random stream
+/// `first + i`, as it would in a run over the whole list (so a run resumed after `first` prompts draws what an
+/// uninterrupted run would). An error from `on_event` (e.g. the output cannot be written) stops generation.
+/// Non-finite logits stop it with [`NonFiniteLogits`].
+pub fn generate_from(
+    model: &Transformer,
+    tok: &TextTokenizer,
+    prompts: &[Vec<u32>],
+    first: usize,
+    opts: &GenerateOptions,
+    mut on_event: impl FnMut(Event) -> Result<()>,
+) -> Result<Vec<Generation>> {
     let vocab = model.config.vocab_size;
     opts.validate(vocab)?;
     check_stop_strings(tok, &opts.stop_strings)?;
-    if opts.max_new_tokens == 0 {
-        bail!("max new tokens must be at least 1");
-    }
     let ctx = context_len(model);
     for (i, p) in prompts.iter().enumerate() {
         if p.is_empty() {
@@ -120,7 +135,7 @@ pub fn generate(
         logit_rows.clear();
         owners.clear();
         for (ti, t) in tasks.iter().enumerate() {
-            let first = logit_rows.len();
+            let start = logit_rows.len();
             match t {
                 Task::Single(s) => {
                     logit_rows.push(rows.len());
@@ -135,7 +150,7 @@ pub fn generate(
                     }
                 }
             }
-            owners.push((ti, first, logit_rows.len() - first));
+            owners.push((ti, start, logit_rows.len() - start));
         }
         // Admit new prompts into free slots, their whole prompt as prefill rows.
         let mut prefill = 0;
@@ -183,8 +198,16 @@ pub fn generate(
         work[..logits.len()].copy_from_slice(logits);
 
         finished.clear();
-        for &(ti, first, n) in &owners {
-            let w = &mut work[first * vocab..(first + n) * vocab];
+        for &(ti, row, n) in &owners {
+            let w = &mut work[row * vocab..(row + n) * vocab];
+            // Checked before the processors, which set scores to -inf on purpose.
+            if w.iter().any(|v| !v.is_finite()) {
+                let prompt = match &tasks[ti] {
+                    Task::Single(s) => s.prompt,
+                    Task::Beam(b) => b.prompt,
+                };
+                return Err(NonFiniteLogits { prompt }.into());
+            }
             match &mut tasks[ti] {
                 Task::Single(s) => {
                     repetition_penalty(w, &s.seq, opts.repetition_penalty, &mut scratch);
@@ -193,12 +216,12 @@ pub fn generate(
                     let token = match &opts.strategy {
                         Strategy::Sample(p) => {
                             warp(w, p, &mut scratch);
-                            draw(w, uniform(p.seed, s.prompt as u64, step as u64))
+                            draw(w, uniform(p.seed, (first + s.prompt) as u64, step as u64))
                         }
                         _ => argmax(w),
                     } as u32;
                     s.seq.push(token);
-                    on_event(Event::Token { prompt: s.prompt, id: token });
+                    on_event(Event::Token { prompt: s.prompt, id: token })?;
                     let mut finish = None;
                     if stop_ids.contains(&token) {
                         finish = Some(if token == tok.eos_id { Finish::Eos } else { Finish::StopId });
@@ -212,7 +235,7 @@ pub fn generate(
                     }
                     let text = s.streamer.printable(finish.is_some());
                     if !text.is_empty() {
-                        on_event(Event::Text { prompt: s.prompt, text });
+                        on_event(Event::Text { prompt: s.prompt, text })?;
                     }
                     if let Some(finish) = finish {
                         let g = Generation {
@@ -221,7 +244,7 @@ pub fn generate(
                             finish,
                             score: None,
                         };
-                        on_event(Event::Done { prompt: s.prompt, generation: &g });
+                        on_event(Event::Done { prompt: s.prompt, generation: &g })?;
                         results[s.prompt] = Some(g);
                         finished.push(ti);
                     }
@@ -240,9 +263,9 @@ pub fn generate(
                     if b.search.is_done() {
                         let g = beam_generation(tok, &b.search, stop_ids, stop_strings)?;
                         if !g.text.is_empty() {
-                            on_event(Event::Text { prompt: b.prompt, text: &g.text });
+                            on_event(Event::Text { prompt: b.prompt, text: &g.text })?;
                         }
-                        on_event(Event::Done { prompt: b.prompt, generation: &g });
+                        on_event(Event::Done { prompt: b.prompt, generation: &g })?;
                         results[b.prompt] = Some(g);
                         finished.push(ti);
                     } else {
@@ -262,6 +285,30 @@ pub fn generate(
         .map(|(i, r)| r.ok_or_else(|| anyhow::anyhow!("prompt {i} was not generated")))
         .collect()
 }
+
+/// Prompt `prompt` (an index into the prompts given) got a NaN or infinite next-token score.
+#[derive(Debug)]
+pub struct NonFiniteLogits {
+    pub prompt: usize,
+}
+
+impl NonFiniteLogits {
+    /// The message, with the prompt named by `name` (e.g. `file:line`).
+    pub fn describe(&self, name: &str) -> String {
+        format!(
+            "{name}: the model's next-token scores are not finite (NaN or inf): the model or adapter holds \
+             non-finite values, and any token chosen from them would be garbage; repair or re-create the weights"
+        )
+    }
+}
+
+impl std::fmt::Display for NonFiniteLogits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe(&format!("prompt {}", self.prompt)))
+    }
+}
+
+impl std::error::Error for NonFiniteLogits {}
 
 /// Points each new running beam at a cache slot holding its source beam's keys and values: a source's slot is
 /// taken over by the first new beam that continues it (no copy); further beams continuing the same source get a

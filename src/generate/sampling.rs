@@ -26,6 +26,20 @@ impl Default for SamplingParams {
     }
 }
 
+impl SamplingParams {
+    /// The filters' ranges: top-p in (0, 1], min-p in [0, 1) (1 would keep only the most probable token:
+    /// greedy decoding); NaN is in no range.
+    pub fn check_filters(&self) -> anyhow::Result<()> {
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            anyhow::bail!("top-p must be in (0, 1] (got {}); 1 is off", self.top_p);
+        }
+        if !(self.min_p >= 0.0 && self.min_p < 1.0) {
+            anyhow::bail!("min-p must be in [0, 1) (got {}); 0 is off", self.min_p);
+        }
+        Ok(())
+    }
+}
+
 /// Reusable buffers for the processors (vocabulary-sized, allocated once).
 pub struct Scratch {
     order: Vec<u32>,

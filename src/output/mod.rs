@@ -1,4 +1,7 @@
-//! Output files are written whole or not at all: to a temporary sibling, then renamed.
+//! Output files are written whole or not at all: to a temporary sibling, then renamed. Row-by-row results
+//! (JSONL that grows while a job runs, kept when it is interrupted) are [`rows`].
+pub mod rows;
+
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;

@@ -1,0 +1,342 @@
+//! `score`, `eval` and `generate` never lose work and never report a broken result as success: outputs are
+//! checked before any work, grow in FILE.partial (kept on interruption, continued by --resume-output, renamed
+//! when complete), an existing file is replaced only with --overwrite, non-finite results fail naming the row,
+//! eval never scores part of a completion, and every numeric flag's range is checked before the model loads.
+mod common;
+use common::fixture;
+use condlm::formats::load::load_model;
+use condlm::generate::{GenerateOptions, NonFiniteLogits, generate_from};
+use condlm::score::{NonFiniteScore, load_rows, score_batches};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Runs the binary; returns (success, stdout, stderr).
+fn condlm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_condlm")).args(args).args(["--threads", "1"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8_lossy(&out.stderr).to_string());
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (out.status.success(), stdout, stderr)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn partial(out: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.partial", out.display()))
+}
+
+/// Simulates a run killed at byte `cut` of its output: the finished file's first `cut` bytes left as the partial
+/// (mid-line unless `cut` falls on a line end), the file itself absent.
+fn interrupt(out: &Path, full: &str, cut: usize) {
+    std::fs::write(partial(out), &full.as_bytes()[..cut]).unwrap();
+    let _ = std::fs::remove_file(out);
+}
+
+/// Six rows of which two repeat an earlier prompt (greedy decodes a repeated prompt once).
+fn prompt_rows(dir: &Path) -> PathBuf {
+    let rows = dir.join("rows.jsonl");
+    let text: String =
+        (0..6).map(|i| format!("{{\"prompt\": \"name: The Eagle {}\", \"id\": {i}}}\n", i % 4)).collect();
+    std::fs::write(&rows, text).unwrap();
+    rows
+}
+
+#[test]
+fn a_missing_output_folder_fails_before_the_model_loads() {
+    // The model does not exist either: an error about the folder shows the output was checked first.
+    let (ok, _, err) =
+        condlm(&["score", "--model", "/nonexistent/model", "--data", "x.jsonl", "--out", "/missing-dir/s.jsonl"]);
+    assert!(!ok && err.contains("/missing-dir") && err.contains("does not exist"), "{err}");
+    let (ok, _, err) =
+        condlm(&["generate", "--model", "/nonexistent/model", "--data", "x.jsonl", "--out", "/missing-dir/g.jsonl"]);
+    assert!(!ok && err.contains("/missing-dir") && err.contains("does not exist"), "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, _, err) = condlm(&["score", "--model", "/nonexistent/model", "--data", "x.jsonl", "--out", s(tmp.path())]);
+    assert!(!ok && err.contains("is a folder"), "{err}");
+}
+
+#[test]
+fn score_resumed_after_an_interruption_writes_the_uninterrupted_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("scores.jsonl");
+    let (model, data) = (fixture("tiny-llama"), fixture("score_rows.jsonl"));
+    let args = ["score", "--model", s(&model), "--data", s(&data), "--out", s(&out), "--per-token"];
+    let (ok, _, err) = condlm(&[&args[..], &["--batch", "2"]].concat());
+    assert!(ok, "{err}");
+    assert!(!partial(&out).exists());
+    let full = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(full.lines().count(), 4);
+    let first_line = full.find('\n').unwrap() + 1;
+    // Killed inside row 1, exactly after row 0, and inside row 0: each resumes to the same bytes (whatever the
+    // batch size) and the same totals.
+    for cut in [first_line + 30, first_line, 5] {
+        interrupt(&out, &full, cut);
+        let (ok, _, err) = condlm(&[&args[..], &["--batch", "3", "--resume-output"]].concat());
+        assert!(ok, "cut at {cut}: {err}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), full, "cut at {cut}");
+        assert!(!partial(&out).exists() && err.contains("NLL/token 8.6483"), "{err}");
+    }
+    // Without --per-token the partial's rows are of other settings: refused, naming the line.
+    interrupt(&out, &full, first_line);
+    let (ok, _, err) =
+        condlm(&["score", "--model", s(&model), "--data", s(&data), "--out", s(&out), "--resume-output"]);
+    assert!(!ok && err.contains("scores.jsonl.partial:1") && err.contains("--per-token"), "{err}");
+}
+
+/// Equal rows, except that a beam score may differ by float rounding: the resumed run decodes fewer prompts
+/// at once, and a batch of prompts may take another kernel (GEMM instead of matrix-vector) than a lone one.
+fn assert_same_generations(got: &str, want: &str) {
+    let parse = |t: &str| t.lines().map(|l| serde_json::from_str(l).unwrap()).collect::<Vec<serde_json::Value>>();
+    let (mut got, mut want) = (parse(got), parse(want));
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter_mut().zip(&mut want) {
+        if let (Some(a), Some(b)) =
+            (g.as_object_mut().unwrap().remove("score"), w.as_object_mut().unwrap().remove("score"))
+        {
+            let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+            assert!((a - b).abs() <= 1e-5 * b.abs(), "beam score {a} vs {b}");
+        }
+        assert_eq!(g, w);
+    }
+}
+
+#[test]
+fn generate_resumed_after_an_interruption_writes_the_uninterrupted_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = prompt_rows(tmp.path());
+    let out = tmp.path().join("gen.jsonl");
+    let model = fixture("tiny-llama");
+    for decoding in [&["--num-beams", "2"][..], &["--temperature", "0.8", "--seed", "3"][..], &[][..]] {
+        let args =
+            [&["generate", "--model", s(&model), "--data", s(&rows), "--max-new-tokens", "6", "--ids"][..], decoding]
+                .concat();
+        // Without --out the rows go to stdout; with it, the same rows to the file.
+        let (ok, stdout, err) = condlm(&args);
+        assert!(ok, "{err}");
+        assert_eq!(stdout.lines().count(), 6, "{stdout}");
+        let with_out = [&args[..], &["--out", s(&out), "--overwrite"]].concat();
+        let (ok, _, err) = condlm(&with_out);
+        assert!(ok, "{err}");
+        let full = std::fs::read_to_string(&out).unwrap();
+        assert_eq!(full, stdout, "{decoding:?}");
+        // Killed in the middle of row 3 (rows 0..=2 kept): the rest is generated, sampled rows draw what the
+        // uninterrupted run drew, and repeated prompts of the kept rows are decoded again.
+        let cut = full.match_indices('\n').nth(2).unwrap().0 + 10;
+        interrupt(&out, &full, cut);
+        let (ok, _, err) = condlm(&[&args[..], &["--out", s(&out), "--resume-output"]].concat());
+        assert!(ok && err.contains("3 rows already done"), "{decoding:?}: {err}");
+        assert_same_generations(&std::fs::read_to_string(&out).unwrap(), &full);
+    }
+    // A partial of other rows is refused, naming its line.
+    let other = tmp.path().join("other.jsonl");
+    std::fs::write(&other, "{\"prompt\": \"name: The Eagle 0\", \"id\": 7}\n").unwrap();
+    std::fs::write(partial(&out), "{\"prompt\": \"name: The Eagle 0\", \"id\": 0, \"generation\": \"x\"}\n").unwrap();
+    let (ok, _, err) = condlm(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--data",
+        s(&other),
+        "--out",
+        s(&out),
+        "--overwrite",
+        "--resume-output",
+    ]);
+    assert!(!ok && err.contains("gen.jsonl.partial:1") && err.contains("line 1 of --data"), "{err}");
+}
+
+#[test]
+fn a_partial_needs_resume_output_and_a_finished_file_needs_overwrite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = prompt_rows(tmp.path());
+    let model = fixture("tiny-llama");
+    for (command, data) in [("score", fixture("score_rows.jsonl")), ("generate", rows)] {
+        let out = tmp.path().join(format!("{command}.jsonl"));
+        let mut args = vec![command, "--model", s(&model), "--data", s(&data), "--out", s(&out)];
+        if command == "generate" {
+            args.extend(["--max-new-tokens", "4"]);
+        }
+        let (ok, _, err) = condlm(&args);
+        assert!(ok, "{err}");
+        let full = std::fs::read_to_string(&out).unwrap();
+        // A finished file is not replaced without --overwrite, and stays as it was.
+        std::fs::write(&out, "keep me\n").unwrap();
+        let (ok, _, err) = condlm(&args);
+        assert!(
+            !ok && err.contains(&format!("{command}.jsonl already exists")) && err.contains("--overwrite"),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "keep me\n");
+        let (ok, _, err) = condlm(&[&args[..], &["--overwrite"]].concat());
+        assert!(ok, "{err}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), full);
+        // A partial is neither ignored nor overwritten without being asked.
+        interrupt(&out, &full, 20);
+        let (ok, _, err) = condlm(&args);
+        assert!(!ok && err.contains(&format!("{command}.jsonl.partial")) && err.contains("--resume-output"), "{err}");
+        assert_eq!(std::fs::read(partial(&out)).unwrap(), &full.as_bytes()[..20]);
+        // --overwrite starts over.
+        let (ok, _, err) = condlm(&[&args[..], &["--overwrite"]].concat());
+        assert!(ok, "{err}");
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), full);
+        assert!(!partial(&out).exists());
+    }
+}
+
+/// tiny-llama copied into `dir` with one NaN in its final norm's gain, so that every logit is NaN.
+fn nan_llama(dir: &Path) -> PathBuf {
+    let model = dir.join("nan-llama");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let w = model.join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut norm = st.tensor("model.norm.weight").unwrap().data().to_vec();
+    norm[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            if n == "model.norm.weight" {
+                (n, safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), &norm).unwrap())
+            } else {
+                (n, v)
+            }
+        })
+        .collect();
+    std::fs::write(&w, safetensors::serialize(views, None).unwrap()).unwrap();
+    model
+}
+
+#[test]
+fn non_finite_weights_fail_score_eval_and_generate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = nan_llama(tmp.path());
+    let data = fixture("score_rows.jsonl");
+    let rows = prompt_rows(tmp.path());
+    let out = tmp.path().join("scores.jsonl");
+    // Either a check at load (naming the tensor) or the result guard (naming the first row) stops each command.
+    let refused = |err: &str, row: &str| {
+        err.contains("non-finite") && (err.contains(row) || err.contains("model.norm.weight")) && !err.contains("NLL")
+    };
+    let (ok, stdout, err) = condlm(&["score", "--model", s(&model), "--data", s(&data), "--out", s(&out)]);
+    assert!(!ok && refused(&err, "score_rows.jsonl:1") && stdout.is_empty(), "{err}");
+    assert!(!out.exists());
+    let (ok, stdout, err) = condlm(&["eval", "--model", s(&model), "--data", s(&data)]);
+    assert!(!ok && refused(&err, "score_rows.jsonl:1") && stdout.is_empty(), "{err}");
+    let (ok, stdout, err) = condlm(&["generate", "--model", s(&model), "--data", s(&rows)]);
+    assert!(!ok && refused(&err, "rows.jsonl:1") && stdout.is_empty(), "{err}");
+    let (ok, stdout, err) = condlm(&["generate", "--model", s(&model), "--prompt", "name: The Eagle"]);
+    assert!(!ok && refused(&err, "--prompt") && stdout.is_empty(), "{err}");
+}
+
+/// The result-side guards themselves, on a model whose weights turn non-finite after loading (so that no load
+/// check can stop it first): scoring stops at the first batch with the row, generating with the prompt.
+#[test]
+fn non_finite_results_are_errors_naming_the_row() {
+    let mut m = load_model(s(&fixture("tiny-llama"))).unwrap();
+    let opts = condlm::data::dataset::DataOptions { max_len: 128, ..Default::default() };
+    let rows = load_rows(&fixture("score_rows.jsonl"), &m.tokenizer, &opts).unwrap().examples;
+    // Finite weights: every batch reaches the caller.
+    let mut batches = vec![];
+    score_batches(&m.model, &rows, 2, |first, lps| {
+        batches.push((first, lps.len()));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(batches, vec![(0, 2), (2, 2)]);
+    // An infinite weight in the last block's down projection: the last row's scores go non-finite.
+    m.model.blocks.last_mut().unwrap().down.w.data[0] = f32::INFINITY;
+    let e = score_batches(&m.model, &rows, 2, |_, _| Ok(())).unwrap_err();
+    let n = e.downcast_ref::<NonFiniteScore>().unwrap_or_else(|| panic!("{e:#}"));
+    assert_eq!(n.row, 0);
+    assert!(e.to_string().contains("non-finite"), "{e}");
+    let prompts = vec![vec![1, 5, 6], vec![1, 7]];
+    let e = generate_from(&m.model, &m.tokenizer, &prompts, 4, &GenerateOptions::greedy(4, 2), |_| Ok(())).unwrap_err();
+    let n = e.downcast_ref::<NonFiniteLogits>().unwrap_or_else(|| panic!("{e:#}"));
+    assert_eq!(n.prompt, 0);
+}
+
+#[test]
+fn eval_cuts_x_but_never_y() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-llama");
+    // A row whose prompt alone is longer than the context: x is cut, y scored whole (as many tokens as score
+    // counts for the same completion after a short prompt).
+    let long_x = tmp.path().join("long_x.jsonl");
+    let words = "word ".repeat(300);
+    std::fs::write(&long_x, format!("{{\"prompt\": \"{words}\", \"completion\": \"The Eagle\"}}\n")).unwrap();
+    let short = tmp.path().join("short.jsonl");
+    std::fs::write(&short, "{\"prompt\": \"word\", \"completion\": \"The Eagle\"}\n").unwrap();
+    let (ok, stdout, err) = condlm(&["eval", "--model", s(&model), "--data", s(&long_x)]);
+    assert!(ok, "{err}");
+    let e: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let (ok, scored, err) = condlm(&["score", "--model", s(&model), "--data", s(&short)]);
+    assert!(ok, "{err}");
+    let row: serde_json::Value = serde_json::from_str(scored.trim()).unwrap();
+    assert_eq!(e["tokens"], row["tokens"]);
+    // A completion that does not fit is an error naming its row, at the context window and at --max-len.
+    let long_y = tmp.path().join("long_y.jsonl");
+    std::fs::write(
+        &long_y,
+        format!("{{\"prompt\": \"a\", \"completion\": \"b\"}}\n{{\"prompt\": \"a\", \"completion\": \"{words}\"}}\n"),
+    )
+    .unwrap();
+    let (ok, stdout, err) = condlm(&["eval", "--model", s(&model), "--data", s(&long_y)]);
+    assert!(!ok && stdout.is_empty(), "{stdout}");
+    assert!(err.contains("long_y.jsonl:2") && err.contains("does not fit in 128 tokens"), "{err}");
+    let (ok, _, err) =
+        condlm(&["eval", "--model", s(&model), "--data", s(&fixture("score_rows.jsonl")), "--max-len", "40"]);
+    assert!(!ok && err.contains("score_rows.jsonl:2") && err.contains("--max-len"), "{err}");
+}
+
+#[test]
+fn flag_ranges_are_checked_before_the_model_loads() {
+    // The model does not exist: a range message shows the flag was checked first.
+    let base = |command: &str| vec![command.to_string(), "--model".into(), "/nonexistent/model".into()];
+    let cases: &[(&str, &[&str], &str)] = &[
+        ("score", &["--data", "x.jsonl", "--batch", "0"], "--batch must be at least 1"),
+        ("eval", &["--data", "x.jsonl", "--batch", "0"], "--batch must be at least 1"),
+        ("eval", &["--data", "x.jsonl", "--max-len", "0"], "--max-len must be at least 1"),
+        ("generate", &["--prompt", "x", "--batch", "0"], "batch must be at least 1"),
+        ("generate", &["--prompt", "x", "--max-new-tokens", "0"], "max new tokens must be at least 1"),
+        ("generate", &["--prompt", "x", "--temperature", "-1"], "finite and ≥ 0 (got -1)"),
+        ("generate", &["--prompt", "x", "--temperature", "nan"], "finite and ≥ 0 (got NaN)"),
+        ("generate", &["--prompt", "x", "--temperature", "inf"], "finite and ≥ 0 (got inf)"),
+        ("generate", &["--prompt", "x", "--temperature", "1", "--top-p", "0"], "top-p must be in (0, 1] (got 0)"),
+        ("generate", &["--prompt", "x", "--top-p", "1.5"], "top-p must be in (0, 1] (got 1.5)"),
+        ("generate", &["--prompt", "x", "--min-p", "-0.1"], "min-p must be in [0, 1) (got -0.1)"),
+        ("generate", &["--prompt", "x", "--temperature", "1", "--min-p", "1"], "min-p must be in [0, 1) (got 1)"),
+        ("generate", &["--prompt", "x", "--repetition-penalty", "0"], "repetition penalty must be > 0 and finite"),
+        ("generate", &["--prompt", "x", "--repetition-penalty", "nan"], "repetition penalty must be > 0 and finite"),
+        ("generate", &["--prompt", "x", "--length-penalty", "nan"], "--length-penalty must be finite (got NaN)"),
+        ("generate", &["--prompt", "x", "--num-beams", "2", "--length-penalty=-inf"], "must be finite (got -inf)"),
+        ("generate", &["--prompt", "x", "--num-beams", "0"], "--num-beams must be at least 1"),
+        ("generate", &["--prompt", "x", "--batch", "-1"], "invalid value '-1' for '--batch"),
+    ];
+    for (command, args, want) in cases {
+        let mut all = base(command);
+        all.extend(args.iter().map(|a| a.to_string()));
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        let (ok, _, err) = condlm(&all);
+        assert!(!ok && err.contains(want) && !err.contains("nonexistent"), "{command} {args:?}: {err}");
+    }
+}
+
+#[test]
+fn help_documents_the_output_flags_with_their_defaults() {
+    for command in ["score", "generate"] {
+        let (ok, help, _) = condlm(&[command, "--help"]);
+        assert!(ok);
+        for flag in ["--out", "--overwrite", "--resume-output"] {
+            let at = help.find(&format!("\n      {flag} ")).or_else(|| help.find(&format!("\n      {flag}\n")));
+            let entry = &help[at.unwrap_or_else(|| panic!("{command}: {flag} missing")) + 7..];
+            let end = entry[2..].find("\n      --").map_or(entry.len(), |e| e + 2);
+            assert!(entry[..end].contains("[default: "), "{command} {flag}: {}", &entry[..end]);
+        }
+    }
+}
