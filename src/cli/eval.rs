@@ -1,10 +1,9 @@
 //! `condlm eval`: token-weighted NLL and perplexity of y given x over a dataset.
-use super::FieldArgs;
+use super::{AdapterArgs, FieldArgs};
 use anyhow::Result;
 use clap::Args;
 use condlm::data::dataset::load_dataset;
 use condlm::formats::load::load_model;
-use condlm::formats::peft::load_adapter;
 use condlm::score::{Totals, row_scores, score_encoded};
 use std::path::PathBuf;
 
@@ -14,9 +13,8 @@ pub struct EvalArgs {
     /// Model: HF folder, .gguf file, or hub id org/name.
     #[arg(long)]
     model: String,
-    /// PEFT LoRA adapter folder to apply (condlm's or PEFT's) [default: none].
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     /// Rows to evaluate.
     #[arg(long)]
     data: PathBuf,
@@ -32,9 +30,7 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let mut m = load_model(&a.model)?;
-    if let Some(dir) = &a.adapter {
-        load_adapter(dir, &mut m.model)?;
-    }
+    a.adapter.apply(&a.model, &mut m)?;
     let max_positions = m.model.config.max_positions;
     let opts = a.fields.options(a.max_len.unwrap_or(max_positions).min(max_positions));
     let ds = load_dataset(&a.data, &m.tokenizer, &opts)?;

@@ -1,10 +1,9 @@
 //! `condlm score`: log P(y + EOS | x) for every row, then token-weighted NLL and perplexity.
-use super::FieldArgs;
+use super::{AdapterArgs, FieldArgs};
 use anyhow::Result;
 use clap::Args;
 use condlm::data::dataset::Dataset;
 use condlm::formats::load::load_model;
-use condlm::formats::peft::load_adapter;
 use condlm::output::write_atomic;
 use condlm::progress;
 use condlm::score::{RowScore, Totals, load_rows, row_scores, score_encoded};
@@ -26,9 +25,8 @@ pub struct ScoreArgs {
     /// Rows per forward pass (packed, no padding).
     #[arg(long, default_value_t = 8)]
     batch: usize,
-    /// PEFT LoRA adapter folder to apply (condlm's or PEFT's) [default: none].
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     /// Also write each row's token ids, the index where y starts, and every y token's log-prob.
     #[arg(long)]
     per_token: bool,
@@ -38,9 +36,7 @@ pub struct ScoreArgs {
 
 pub fn run(a: ScoreArgs) -> Result<()> {
     let mut m = load_model(&a.model)?;
-    if let Some(dir) = &a.adapter {
-        load_adapter(dir, &mut m.model)?;
-    }
+    a.adapter.apply(&a.model, &mut m)?;
     let ds = load_rows(&a.data, &m.tokenizer, &a.fields.options(m.model.config.max_positions))?;
     let bar = progress::bar(ds.len() as u64, "{spinner} scoring {pos}/{len} rows [{bar:30}] {per_sec} ETA {eta}");
     let start = std::time::Instant::now();
