@@ -10,6 +10,7 @@
 //! alpha follow `rank_pattern` / `alpha_pattern` as PEFT's `get_pattern_key` picks them. The tensors in the file
 //! must be exactly those of the targeted modules. Features condlm does not implement (DoRA, `modules_to_save`,
 //! …) are refused by name when set, and so is a key condlm does not know.
+use super::weights::check_finite;
 use crate::network::config::Family;
 use crate::network::lora::{Lora, LoraConfig};
 use crate::network::transformer::Transformer;
@@ -243,7 +244,8 @@ struct Fields<'a> {
 impl Fields<'_> {
     /// `key` is a plain key (quoted here) or already a phrase such as `rank_pattern entry "q_proj"`.
     fn bad(&self, key: &str, v: &Value, want: &str) -> anyhow::Error {
-        let key = if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') { format!("\"{key}\"") } else { key.into() };
+        let key =
+            if key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') { format!("\"{key}\"") } else { key.into() };
         anyhow!("{}: {key} is {}; it must be {want}", self.path.display(), describe(v))
     }
 
@@ -335,7 +337,11 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
     };
     Ok(AdapterConfig {
         lora: LoraConfig { rank, alpha, dropout, rslora, targets: written_targets },
-        base_model: f.optional("base_model_name_or_path").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned),
+        base_model: f
+            .optional("base_model_name_or_path")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned),
         targets: targets.unwrap_or(Targets::Default),
         exclude,
         layers,
@@ -412,7 +418,9 @@ fn read_layers(f: &Fields, targets: Option<&Targets>) -> Result<Option<Layers>> 
         return Ok(None);
     };
     if matches!(targets, Some(Targets::Regex(_) | Targets::AllLinear)) {
-        bail!("{path}: \"layers_to_transform\" cannot be used when \"target_modules\" is a string (PEFT refuses that too)");
+        bail!(
+            "{path}: \"layers_to_transform\" cannot be used when \"target_modules\" is a string (PEFT refuses that too)"
+        );
     }
     let want = "a layer index or a list of them, such as [0, 1]";
     let indices = match v {
@@ -428,7 +436,9 @@ fn read_layers(f: &Fields, targets: Option<&Targets>) -> Result<Option<Layers>> 
             .iter()
             .map(|p| match p.as_str() {
                 Some(p) => f.regex("layers_pattern", &format!(r"^(?:^|.*?\.){p}\.(?P<idx>\d+)\.")),
-                None => Err(f.bad("layers_pattern", pattern.unwrap(), "a string or a list of strings such as \"layers\"")),
+                None => {
+                    Err(f.bad("layers_pattern", pattern.unwrap(), "a string or a list of strings such as \"layers\""))
+                }
             })
             .collect::<Result<_>>()?,
         Some(other) => return Err(f.bad("layers_pattern", other, "a string or a list of strings such as \"layers\"")),
@@ -591,14 +601,6 @@ fn read_lora_tensors(path: &Path) -> Result<BTreeMap<String, [Option<ShapedTenso
         found.entry(module.to_string()).or_default()[which] = Some((view.shape().to_vec(), data));
     }
     Ok(found)
-}
-
-/// Err("holds NaN at element i") for the first value that is not finite. One pass, no copy.
-pub fn check_finite(data: &[f32]) -> std::result::Result<(), String> {
-    match data.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(format!("holds {} at element {i} of {}", data[i], data.len())),
-        None => Ok(()),
-    }
 }
 
 /// An error when the adapter's `base_model_name_or_path` names another model than `spec` (`--model`
