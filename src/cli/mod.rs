@@ -13,7 +13,7 @@ use anyhow::Result;
 use clap::Args;
 use condlm::data::dataset::DataOptions;
 use condlm::formats::load::LoadedModel;
-use condlm::formats::peft::{AdapterConfig, attach_adapter, check_base, read_adapter_config};
+use condlm::formats::peft::{AdapterConfig, attach_adapter, base_mismatch, read_adapter_config};
 use std::path::PathBuf;
 
 /// The field names of prompt/completion rows, shared by `eval` and `score` (`train` takes the same flags as
@@ -57,11 +57,15 @@ impl AdapterArgs {
     pub fn apply(&self, model: &str, m: &mut LoadedModel) -> Result<Option<AdapterConfig>> {
         let Some(dir) = &self.adapter else { return Ok(None) };
         let cfg = read_adapter_config(dir)?;
-        if let Err(e) = check_base(dir, &cfg, model) {
+        if let Some(m) = base_mismatch(dir, &cfg, model) {
             if !self.ignore_base_mismatch {
-                return Err(e);
+                anyhow::bail!(
+                    "{m}; on another base (even one with the same shapes) it computes something its training never \
+                     saw. Pass the model it was trained on, or --ignore-base-mismatch if \"{model}\" is that model \
+                     under another name"
+                );
             }
-            eprintln!("warning: {e:#} (applied anyway: --ignore-base-mismatch)");
+            eprintln!("warning: {m}; applied anyway (--ignore-base-mismatch)");
         }
         attach_adapter(dir, &cfg, &mut m.model)?;
         Ok(Some(cfg))

@@ -603,18 +603,15 @@ fn read_lora_tensors(path: &Path) -> Result<BTreeMap<String, [Option<ShapedTenso
     Ok(found)
 }
 
-/// An error when the adapter's `base_model_name_or_path` names another model than `spec` (`--model`
-/// as given); nothing to compare when the config records no base. See `same_base` for what counts as the same.
-pub fn check_base(adapter_dir: &Path, cfg: &AdapterConfig, spec: &str) -> Result<()> {
-    match &cfg.base_model {
-        Some(base) if !same_base(base, spec) => bail!(
-            "{}: the adapter was trained for a different base model: \"{base}\", not \"{spec}\"; on another base \
-             (even one with the same shapes) it computes something its training never saw. Pass the model it \
-             was trained on, or --ignore-base-mismatch if \"{spec}\" is that model under another name",
-            adapter_dir.join("adapter_config.json").display()
-        ),
-        _ => Ok(()),
-    }
+/// "<adapter_config.json>: the adapter was trained for a different base model: …" when its
+/// `base_model_name_or_path` names another model than `spec` (`--model` as given); `None` when it names the same
+/// one (see `same_base`) or records none.
+pub fn base_mismatch(adapter_dir: &Path, cfg: &AdapterConfig, spec: &str) -> Option<String> {
+    let base = cfg.base_model.as_deref().filter(|b| !same_base(b, spec))?;
+    Some(format!(
+        "{}: the adapter was trained for a different base model: \"{base}\", not \"{spec}\"",
+        adapter_dir.join("adapter_config.json").display()
+    ))
 }
 
 /// Whether `recorded` (an adapter's `base_model_name_or_path`) and `spec` (`--model`) name the same model:
@@ -657,4 +654,87 @@ fn model_name(spec: &str) -> String {
         name = quant.captures(stem).and_then(|c| c.get(1)).map_or(stem, |m| m.as_str());
     }
     name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The config of these keys, read from a temp folder.
+    fn config(json: &str) -> Result<AdapterConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("adapter_config.json"), json).unwrap();
+        read_adapter_config(dir.path())
+    }
+
+    const Q0: &str = "model.layers.0.self_attn.q_proj";
+    const Q1: &str = "model.layers.1.self_attn.q_proj";
+    const K0: &str = "model.layers.0.self_attn.k_proj";
+
+    #[test]
+    fn missing_keys_take_peft_defaults() {
+        let c = config("{}").unwrap();
+        assert_eq!((c.lora.rank, c.lora.alpha, c.lora.dropout, c.lora.rslora), (8, 8.0, 0.0, false));
+        // PEFT's default targets for Llama-family models: q_proj and v_proj.
+        assert!(c.targets_module(Q0, Family::Llama) && !c.targets_module(K0, Family::Llama));
+        assert!(c.targets_module("transformer.h.0.attn.c_attn", Family::Gpt2));
+    }
+
+    #[test]
+    fn patterns_are_tried_in_file_order_at_a_dot_boundary() {
+        let c = config(
+            r#"{"r": 4, "lora_alpha": 8, "rank_pattern": {"q_proj": 2, "layers.1.self_attn.q_proj": 6},
+                           "alpha_pattern": {"_proj": 1}}"#,
+        )
+        .unwrap();
+        // "q_proj" comes first in the file and matches layer 1's q_proj too (a BTreeMap would try the other first).
+        assert_eq!(c.rank_alpha(Q1), (2, 8.0));
+        // "_proj" must follow a dot: it matches no module.
+        assert_eq!(c.rank_alpha(K0), (4, 8.0));
+        assert!(
+            config(r#"{"rank_pattern": {"q_proj": 0}}"#)
+                .unwrap_err()
+                .to_string()
+                .contains("rank_pattern entry \"q_proj\" is 0")
+        );
+    }
+
+    #[test]
+    fn targets_exclude_and_layers_follow_peft() {
+        let c =
+            config(r#"{"target_modules": ["q_proj", "model.layers.1.self_attn.k_proj"], "layers_to_transform": 1}"#)
+                .unwrap();
+        // A full path in the list is taken as is; a suffix only inside layers_to_transform.
+        assert!(c.targets_module("model.layers.1.self_attn.k_proj", Family::Llama));
+        assert!(c.targets_module(Q1, Family::Llama) && !c.targets_module(Q0, Family::Llama));
+        let c = config(r#"{"target_modules": "all-linear", "exclude_modules": ["q_proj"]}"#).unwrap();
+        assert!(!c.targets_module(Q0, Family::Llama) && c.targets_module(K0, Family::Llama));
+        let c = config(r#"{"target_modules": ".*\\.q_proj"}"#).unwrap();
+        assert!(c.targets_module(Q0, Family::Llama) && !c.targets_module(K0, Family::Llama));
+        let e = config(r#"{"target_modules": "q_proj", "layers_to_transform": [0]}"#).unwrap_err();
+        assert!(e.to_string().contains("layers_to_transform"), "{e}");
+        let e = config(r#"{"layers_pattern": "layers"}"#).unwrap_err();
+        assert!(e.to_string().contains("layers_pattern"), "{e}");
+    }
+
+    #[test]
+    fn same_base_compares_model_names() {
+        for (recorded, spec) in [
+            ("HuggingFaceTB/SmolLM2-135M-Instruct", "/tmp/smol/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            ("HuggingFaceTB/SmolLM2-135M-Instruct", "/models/smollm2-135m-instruct/"),
+            ("org/Llama-3.2-1B", "/x/Llama-3.2-1B-Q4_K_M.gguf"),
+            ("org/name", "/home/u/.cache/huggingface/hub/models--org--name/snapshots/abc123"),
+        ] {
+            assert!(same_base(recorded, spec), "{recorded} vs {spec}");
+        }
+        // A GGUF is also known by its folder's name.
+        assert!(same_base("/a/tiny-llama-gguf", "/b/tiny-llama-gguf/model.gguf"));
+        for (recorded, spec) in [
+            ("HuggingFaceTB/SmolLM2-135M", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+            ("/a/tiny-llama", "/a/tiny-qwen2"),
+            ("org/Llama-3.2-1B", "/x/Llama-3.2-3B.Q8_0.gguf"),
+        ] {
+            assert!(!same_base(recorded, spec), "{recorded} vs {spec}");
+        }
+    }
 }
