@@ -128,7 +128,8 @@ pub fn load_transformer(config: Config, weights: &Weights) -> Result<Transformer
     let c = &config;
     let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-    let mut blocks = Vec::with_capacity(c.num_layers);
+    // Not `with_capacity(num_layers)`: config.json's layer count is checked only as its tensors are found.
+    let mut blocks = Vec::new();
     let model = match c.family {
         Family::Llama => {
             for i in 0..c.num_layers {

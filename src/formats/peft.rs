@@ -119,7 +119,8 @@ struct Pattern<T> {
 /// What `adapter_config.json` says, checked.
 #[derive(Debug)]
 pub struct AdapterConfig {
-    /// `r`, `lora_alpha`, `lora_dropout`, `use_rslora`; `targets` is `target_modules` as written (for messages).
+    /// `r`, `lora_alpha`, `lora_dropout`, `use_rslora`; `targets` stays empty: PEFT's rules for which modules
+    /// are adapted are `targets_module`'s.
     pub lora: LoraConfig,
     /// `base_model_name_or_path`, when set and not empty.
     pub base_model: Option<String>,
@@ -160,6 +161,16 @@ impl AdapterConfig {
         let rank = self.rank_pattern.iter().find(|p| p.re.is_match(module)).map_or(self.lora.rank, |p| p.value);
         let alpha = self.alpha_pattern.iter().find(|p| p.re.is_match(module)).map_or(self.lora.alpha, |p| p.value);
         (rank, alpha)
+    }
+
+    /// `target_modules` for messages.
+    fn targets_text(&self, family: Family) -> String {
+        match &self.targets {
+            Targets::AllLinear => "\"all-linear\"".into(),
+            Targets::Regex(re) => format!("{:?}", re.as_str().trim_start_matches("^(?:").trim_end_matches(")$")),
+            Targets::Names(names) => format!("{names:?}"),
+            Targets::Default => format!("missing: PEFT's default {:?}", default_targets(family)),
+        }
     }
 
     /// How the module's r was chosen, for messages.
@@ -251,10 +262,10 @@ impl Fields<'_> {
 
     /// A positive integer; `what` names it in messages.
     fn positive_int(&self, what: &str, v: &Value) -> Result<usize> {
-        match v.as_u64() {
-            Some(n) if n >= 1 => usize::try_from(n).map_err(|_| self.bad(what, v, "a positive integer")),
-            _ => Err(self.bad(what, v, "a positive integer such as 8 or 16")),
-        }
+        v.as_u64()
+            .filter(|&n| n >= 1)
+            .and_then(|n| usize::try_from(n).ok())
+            .ok_or_else(|| self.bad(what, v, "a positive integer such as 8 or 16"))
     }
 
     /// A finite number.
@@ -330,13 +341,8 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
     })?;
     let rank_pattern = read_patterns(&f, "rank_pattern", order.rank_pattern, |w, v| f.positive_int(w, v))?;
     let alpha_pattern = read_patterns(&f, "alpha_pattern", order.alpha_pattern, |w, v| Ok(f.number(w, v)? as f32))?;
-    let written_targets = match obj.get("target_modules") {
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect(),
-        Some(Value::String(s)) => vec![s.clone()],
-        _ => vec![],
-    };
     Ok(AdapterConfig {
-        lora: LoraConfig { rank, alpha, dropout, rslora, targets: written_targets },
+        lora: LoraConfig { rank, alpha, dropout, rslora, targets: vec![] },
         base_model: f
             .optional("base_model_name_or_path")
             .and_then(Value::as_str)
@@ -520,10 +526,10 @@ pub fn attach_adapter(dir: &Path, cfg: &AdapterConfig, model: &mut Transformer) 
         let Some(pair) = found.remove(&lin.name) else {
             if targeted {
                 bail!(
-                    "{shown}: adapter_config.json targets {} (target_modules {:?}), but the file has no lora_A / \
+                    "{shown}: adapter_config.json targets {} (target_modules {}), but the file has no lora_A / \
                      lora_B for it: the adapter is incomplete",
                     lin.name,
-                    cfg.lora.targets
+                    cfg.targets_text(family)
                 );
             }
             continue;
@@ -534,7 +540,7 @@ pub fn attach_adapter(dir: &Path, cfg: &AdapterConfig, model: &mut Transformer) 
                  {:?}, exclude_modules, layers_to_transform), so PEFT would ignore them: the config and the \
                  weights do not belong together",
                 lin.name,
-                cfg.lora.targets
+                cfg.targets_text(family)
             );
         }
         let [Some((sa, a)), Some((sb, b))] = pair else {
@@ -559,7 +565,7 @@ pub fn attach_adapter(dir: &Path, cfg: &AdapterConfig, model: &mut Transformer) 
                 lin.name
             );
         }
-        let module_cfg = LoraConfig { rank, alpha, targets: vec![], ..cfg.lora.clone() };
+        let module_cfg = LoraConfig { rank, alpha, ..cfg.lora.clone() };
         lin.lora = Some(Lora::new(&lin.name, lin.in_dim, lin.out_dim, &module_cfg, 0).with_weights(a, b));
     }
     if model.blocks.iter().flat_map(|b| b.linears()).all(|l| l.lora.is_none()) {
