@@ -269,11 +269,16 @@ fn adapter_for_another_base_is_refused_without_output() {
     assert!(err.contains("different base model") && err.contains("tiny-gpt2-lora-init"), "{err}");
     assert!(!out.exists());
     assert!(entries(tmp.path()).is_empty(), "left behind: {:?}", entries(tmp.path()));
-    // Same shapes but another base (tiny-qwen2's adapter on tiny-llama): merged, with a note naming both.
+    // Same shapes but another base (tiny-qwen2's adapter on tiny-llama): refused, merged with
+    // --ignore-base-mismatch and a warning naming both.
     let (ok, err) = merge(&fixture("tiny-llama"), &fixture("train/tiny-qwen2-lora-init"), &out, &[]);
-    assert!(ok && err.contains("note:") && err.contains("tiny-qwen2") && err.contains("tiny-llama"), "{err}");
+    assert!(!ok && err.contains("different base model") && err.contains("--ignore-base-mismatch"), "{err}");
+    assert!(!out.exists());
+    let (ok, err) =
+        merge(&fixture("tiny-llama"), &fixture("train/tiny-qwen2-lora-init"), &out, &["--ignore-base-mismatch"]);
+    assert!(ok && err.contains("warning:") && err.contains("tiny-qwen2") && err.contains("tiny-llama"), "{err}");
     let (ok, err) = merge(&fixture("tiny-llama"), &fixture("train/tiny-llama-lora-init"), &tmp.path().join("m2"), &[]);
-    assert!(ok && !err.contains("note:"), "{err}");
+    assert!(ok && !err.contains("warning:"), "{err}");
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_dir_all(tmp.path().join("m2")).unwrap();
     let (ok, err) = merge(&fixture("tiny-llama"), &tmp.path().join("no-such-adapter"), &out, &[]);

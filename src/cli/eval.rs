@@ -1,9 +1,8 @@
 //! `condlm eval`: token-weighted NLL and perplexity of y given x over a dataset.
-use super::FieldArgs;
+use super::{AdapterArgs, FieldArgs};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::formats::load::load_model;
-use condlm::formats::peft::load_adapter;
 use condlm::score::{Totals, load_rows_cut_x, name_row, row_scores, score_encoded};
 use std::path::PathBuf;
 
@@ -13,9 +12,8 @@ pub struct EvalArgs {
     /// Model: HF folder, .gguf file, or hub id org/name.
     #[arg(long)]
     model: String,
-    /// PEFT LoRA adapter folder to apply (condlm's or PEFT's) [default: none].
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     /// Rows to evaluate.
     #[arg(long)]
     data: PathBuf,
@@ -38,9 +36,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!("--max-len must be at least 1 (tokens per row)");
     }
     let mut m = load_model(&a.model)?;
-    if let Some(dir) = &a.adapter {
-        load_adapter(dir, &mut m.model)?;
-    }
+    a.adapter.apply(&a.model, &mut m)?;
     let max_positions = m.model.config.max_positions;
     let opts = a.fields.options(a.max_len.unwrap_or(max_positions).min(max_positions));
     let ds = load_rows_cut_x(&a.data, &m.tokenizer, &opts)?;

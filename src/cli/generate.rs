@@ -1,10 +1,10 @@
 //! `condlm generate`: continue one prompt (streamed to stdout) or every row of a JSONL file.
+use super::AdapterArgs;
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use condlm::data::chat::{ChatTemplate, GenerationPrompt};
 use condlm::data::rows::{JsonObject, read_objects, string_field};
 use condlm::formats::load::load_model;
-use condlm::formats::peft::load_adapter;
 use condlm::generate::{
     BeamParams, EarlyStopping, Event, GenerateOptions, Generation, NonFiniteLogits, SamplingParams, Strategy,
     encode_prompt, generate, generate_from,
@@ -28,9 +28,8 @@ pub struct GenerateArgs {
     /// Model: an HF checkpoint folder, a .gguf file, or a hub id org/name (from the HF cache, downloaded when online).
     #[arg(long)]
     model: String,
-    /// PEFT LoRA adapter folder to apply, unmerged (condlm's or PEFT's) [default: none].
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     /// The prompt x; its continuation is streamed to stdout as it is generated [default: none; give it or --data].
     #[arg(long, conflicts_with = "data", required_unless_present = "data")]
     prompt: Option<String>,
@@ -119,9 +118,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let mut opts = options(&a)?;
     let out = a.data.is_some().then(|| prepare(a.out.as_deref(), a.overwrite, a.resume_output)).transpose()?;
     let mut m = load_model(&a.model)?;
-    if let Some(dir) = &a.adapter {
-        load_adapter(dir, &mut m.model)?;
-    }
+    a.adapter.apply(&a.model, &mut m)?;
     if !a.ignore_eos {
         let eos = m.tokenizer.eos_id;
         opts.stop_ids.retain(|&t| t != eos);

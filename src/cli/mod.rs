@@ -12,6 +12,9 @@ pub mod train;
 use anyhow::Result;
 use clap::Args;
 use condlm::data::dataset::DataOptions;
+use condlm::formats::load::LoadedModel;
+use condlm::formats::peft::{AdapterConfig, attach_adapter, base_mismatch, read_adapter_config};
+use std::path::PathBuf;
 
 /// The field names of prompt/completion rows, shared by `eval` and `score` (`train` takes the same flags as
 /// optional settings over its config file).
@@ -33,6 +36,39 @@ impl FieldArgs {
             completion_field: self.completion_field.clone(),
             max_len,
         }
+    }
+}
+
+/// The adapter to apply, shared by `eval`, `score`, `generate` and `merge` (which requires it).
+#[derive(Args)]
+pub struct AdapterArgs {
+    /// PEFT LoRA adapter folder to apply (condlm's or PEFT's), trained for --model [default: none].
+    #[arg(long)]
+    pub adapter: Option<PathBuf>,
+    /// Apply --adapter even though its adapter_config.json names another base model than --model (a warning
+    /// is printed; tensor shapes must still match) [default: off, such an adapter is refused].
+    #[arg(long, requires = "adapter")]
+    ignore_base_mismatch: bool,
+}
+
+impl AdapterArgs {
+    /// Attaches the adapter, if any, to `m` (loaded from `model`, the --model spec); one that names another
+    /// base is refused unless --ignore-base-mismatch.
+    pub fn apply(&self, model: &str, m: &mut LoadedModel) -> Result<Option<AdapterConfig>> {
+        let Some(dir) = &self.adapter else { return Ok(None) };
+        let cfg = read_adapter_config(dir)?;
+        if let Some(m) = base_mismatch(dir, &cfg, model) {
+            if !self.ignore_base_mismatch {
+                anyhow::bail!(
+                    "{m}; on another base (even one with the same shapes) it computes something its training never \
+                     saw. Pass the model it was trained on, or --ignore-base-mismatch if \"{model}\" is that model \
+                     under another name"
+                );
+            }
+            eprintln!("warning: {m}; applied anyway (--ignore-base-mismatch)");
+        }
+        attach_adapter(dir, &cfg, &mut m.model)?;
+        Ok(Some(cfg))
     }
 }
 

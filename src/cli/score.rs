@@ -1,10 +1,9 @@
 //! `condlm score`: log P(y + EOS | x) for every row, then token-weighted NLL and perplexity.
-use super::FieldArgs;
+use super::{AdapterArgs, FieldArgs};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::dataset::Dataset;
 use condlm::formats::load::load_model;
-use condlm::formats::peft::load_adapter;
 use condlm::output::rows::prepare;
 use condlm::progress;
 use condlm::score::{RowScore, Totals, load_rows, name_row, score_batches};
@@ -36,9 +35,8 @@ pub struct ScoreArgs {
     /// Rows per forward pass (packed, no padding; at least 1).
     #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
     batch: usize,
-    /// PEFT LoRA adapter folder to apply (condlm's or PEFT's) [default: none].
-    #[arg(long)]
-    adapter: Option<PathBuf>,
+    #[command(flatten)]
+    adapter: AdapterArgs,
     /// Also write each row's token ids, the index where y starts, and every y token's log-prob [default: off].
     #[arg(long)]
     per_token: bool,
@@ -52,9 +50,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     }
     let out = prepare(a.out.as_deref(), a.overwrite, a.resume_output)?;
     let mut m = load_model(&a.model)?;
-    if let Some(dir) = &a.adapter {
-        load_adapter(dir, &mut m.model)?;
-    }
+    a.adapter.apply(&a.model, &mut m)?;
     let ds = load_rows(&a.data, &m.tokenizer, &a.fields.options(m.model.config.max_positions))?;
     let (mut writer, mut scores) = out.open(|i, row| done_row(&ds, i, row, a.per_token))?;
     let resumed = scores.len();

@@ -1,11 +1,11 @@
-//! Builds a `Transformer` from a `Config` and `Weights`, checking every tensor's presence and
-//! shape and refusing tensors the model would silently ignore.
-use super::weights::{Weights, is_gpt2_conv1d, transpose};
+//! Builds a `Transformer` from a `Config` and `Weights`, checking every tensor's presence, shape and
+//! values (finite, after dequantization) and refusing tensors the model would silently ignore.
+use super::weights::{Weights, check_finite, is_gpt2_conv1d, transpose};
 use crate::network::config::{Config, Family};
 use crate::network::linear::Linear;
 use crate::network::param::Param;
 use crate::network::transformer::{Block, Norm, Transformer};
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use std::collections::BTreeSet;
 
 /// Whether a layer has a bias tensor besides its weight.
@@ -50,6 +50,13 @@ impl Taker<'_> {
                 shape
             );
         }
+        // A NaN or ∞ in a weight would come out as an NLL of NaN with exit code 0.
+        check_finite(&t.data).map_err(|e| {
+            anyhow!(
+                "{}: tensor {file_name} {e}: the file is damaged or the training that made it diverged",
+                self.weights.path().display()
+            )
+        })?;
         self.used.insert(file_name);
         Ok(Some(t.data))
     }
@@ -121,7 +128,8 @@ pub fn load_transformer(config: Config, weights: &Weights) -> Result<Transformer
     let c = &config;
     let (d, f, v) = (c.hidden_size, c.intermediate_size, c.vocab_size);
     let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-    let mut blocks = Vec::with_capacity(c.num_layers);
+    // Not `with_capacity(num_layers)`: config.json's layer count is checked only as its tensors are found.
+    let mut blocks = Vec::new();
     let model = match c.family {
         Family::Llama => {
             for i in 0..c.num_layers {

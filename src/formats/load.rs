@@ -80,8 +80,26 @@ pub fn load_model(spec: &str) -> Result<LoadedModel> {
     let files = resolve(spec)?;
     let (config, weights) = open_weights(&files)?;
     let tokenizer = load_tokenizer(&files, &config, &weights)?;
+    check_vocab(&files, &config, &tokenizer)?;
     let model = load_transformer(config, &weights)?;
     Ok(LoadedModel { files, model, tokenizer })
+}
+
+/// Every id the tokenizer can produce must have an embedding row: an id past the table would index out of
+/// it. More rows than tokens is fine (checkpoints often pad the vocabulary to a multiple of 64).
+fn check_vocab(files: &ModelFiles, config: &Config, tok: &TextTokenizer) -> Result<()> {
+    let vocab = tok.inner.get_vocab(true);
+    let specials = tok.prefix.iter().chain([&tok.eos_id]);
+    let Some(max_id) = vocab.values().chain(specials).copied().max() else { return Ok(()) };
+    if max_id as usize >= config.vocab_size {
+        anyhow::bail!(
+            "{}: the tokenizer has token ids up to {max_id}, but the model's embedding has {} rows (vocab_size); \
+             the tokenizer and the weights do not belong together",
+            files.path().display(),
+            config.vocab_size
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

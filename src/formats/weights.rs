@@ -74,6 +74,14 @@ impl Weights {
     }
 }
 
+/// Err("holds NaN at element i") for the first value that is not finite. One pass, no copy.
+pub fn check_finite(data: &[f32]) -> std::result::Result<(), String> {
+    match data.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(format!("holds {} at element {i} of {}", data[i], data.len())),
+        None => Ok(()),
+    }
+}
+
 /// GPT-2's Conv1D modules store (in, out); llama.cpp's converter stores them transposed.
 pub fn is_gpt2_conv1d(hf_name: &str) -> bool {
     hf_name.ends_with(".weight")

@@ -1,6 +1,6 @@
 //! Which tensors train: LoRA adapters attached to the targeted linear layers (base frozen), or full
 //! fine-tuning; and merging adapters back into the base weights.
-use super::lora::{Lora, LoraConfig};
+use super::lora::{Lora, LoraConfig, target_matches};
 use super::transformer::Transformer;
 use anyhow::{Result, bail};
 
@@ -11,6 +11,21 @@ pub fn attach(model: &mut Transformer, cfg: &LoraConfig, seed: u64) -> Result<us
     }
     if !(0.0..1.0).contains(&cfg.dropout) {
         bail!("LoRA dropout must be in [0, 1), got {}", cfg.dropout);
+    }
+    // Every name must match a linear layer of this model: a misspelt target would silently train fewer layers.
+    let names: Vec<&str> = model.blocks.iter().flat_map(|b| b.linears()).map(|l| l.name.as_str()).collect();
+    if let Some(bad) = cfg.targets.iter().find(|t| !names.iter().any(|n| target_matches(t, n))) {
+        let mut leaves: Vec<&str> = names.iter().map(|n| n.rsplit('.').next().unwrap_or(n)).collect();
+        leaves.sort_unstable();
+        leaves.dedup();
+        bail!(
+            "LoRA target \"{bad}\" matches no linear layer of this model; its linear layers are: {}, \
+             or all-linear for all of them",
+            leaves.join(", ")
+        );
+    }
+    if cfg.targets.is_empty() {
+        bail!("no LoRA targets given; name linear layers such as q_proj,v_proj, or all-linear");
     }
     for p in model.params_mut() {
         p.set_trainable(false);
@@ -23,12 +38,6 @@ pub fn attach(model: &mut Transformer, cfg: &LoraConfig, seed: u64) -> Result<us
                 count += 1;
             }
         }
-    }
-    if count == 0 {
-        let mut leaves: Vec<&str> =
-            model.blocks[0].linears().map(|l| l.name.rsplit('.').next().unwrap_or(&l.name)).collect();
-        leaves.dedup();
-        bail!("no layer matches LoRA targets {:?}; this model's linear layers are: {}", cfg.targets, leaves.join(", "));
     }
     Ok(count)
 }

@@ -59,9 +59,15 @@ impl LoraConfig {
 
     /// Whether the linear layer `module` (full HF path) gets an adapter.
     pub fn targets_module(&self, module: &str) -> bool {
-        let leaf = module.rsplit('.').next().unwrap_or(module);
-        self.targets.iter().any(|t| t == "all-linear" || t == leaf || t == module)
+        self.targets.iter().any(|t| target_matches(t, module))
     }
+}
+
+/// Whether the target `t` (a leaf name such as q_proj, a full module path, or "all-linear") names the linear
+/// layer `module`.
+pub fn target_matches(t: &str, module: &str) -> bool {
+    let leaf = module.rsplit('.').next().unwrap_or(module);
+    t == "all-linear" || t == leaf || t == module
 }
 
 impl Lora {
