@@ -74,10 +74,10 @@ impl Weights {
     }
 }
 
-/// Err("holds NaN at element i") for the first value that is not finite. One pass, no copy.
+/// Err("holds a non-finite value, NaN at element i of n") for the first value that is not finite. One pass, no copy.
 pub fn check_finite(data: &[f32]) -> std::result::Result<(), String> {
     match data.iter().position(|v| !v.is_finite()) {
-        Some(i) => Err(format!("holds {} at element {i} of {}", data[i], data.len())),
+        Some(i) => Err(format!("holds a non-finite value, {} at element {i} of {}", data[i], data.len())),
         None => Ok(()),
     }
 }
