@@ -42,8 +42,8 @@ const HF_SIDE_FILES: &[&str] = &[
 /// the folder appears complete or not at all, replacing an existing `dir` (callers decide whether
 /// that is allowed, see `condlm merge`).
 pub fn save_hf_folder(dir: &Path, model: &Transformer, tok: &TextTokenizer, source: &ModelFiles) -> Result<()> {
-    let weights = safetensors_bytes(model)?;
-    let mut files: Vec<(&str, Vec<u8>)> = vec![("model.safetensors", weights)];
+    let weights = weight_views(model)?;
+    let mut files: Vec<(&str, Vec<u8>)> = vec![];
     match source {
         ModelFiles::HfDir(src) => {
             let config = src.join("config.json");
@@ -74,7 +74,12 @@ pub fn save_hf_folder(dir: &Path, model: &Transformer, tok: &TextTokenizer, sour
             files.push(("tokenizer_config.json", to_json(&tokenizer_config(model, tok, pad))?));
         }
     }
-    crate::output::write_dir_atomic(dir, &files)
+    crate::output::write_dir_atomic_with(dir, |tmp| {
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        safetensors::serialize_to_file(weights, Some(metadata), &tmp.join("model.safetensors"))
+            .with_context(|| format!("cannot write {}/model.safetensors", dir.display()))?;
+        crate::output::write_files(tmp, dir, &files)
+    })
 }
 
 fn to_json(v: &Value) -> Result<Vec<u8>> {
@@ -83,13 +88,20 @@ fn to_json(v: &Value) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// One tensor as the checkpoint stores it, converted to bytes only when the serializer asks, so
+/// One f32 tensor as a checkpoint stores it, converted to bytes only when the serializer asks, so
 /// that at most one tensor's bytes exist besides the model and the output buffer.
-struct OutTensor<'a> {
+pub struct OutTensor<'a> {
     shape: Vec<usize>,
     data: &'a [f32],
     /// Some((rows, cols)): `data` is (rows, cols) and is written transposed, as (cols, rows).
     transpose: Option<(usize, usize)>,
+}
+
+impl<'a> OutTensor<'a> {
+    /// `data` as it is, under `shape`.
+    pub fn new(shape: Vec<usize>, data: &'a [f32]) -> Self {
+        OutTensor { shape, data, transpose: None }
+    }
 }
 
 impl View for OutTensor<'_> {
@@ -142,8 +154,9 @@ fn base_params(model: &Transformer) -> Vec<&Param> {
     out
 }
 
-/// `model.safetensors`: every tensor under its HF name and in HF layout, F32, metadata {"format": "pt"}.
-fn safetensors_bytes(model: &Transformer) -> Result<Vec<u8>> {
+/// The tensors of `model.safetensors`: every tensor under its HF name and in HF layout, F32 (written with
+/// metadata {"format": "pt"}), streamed to the file one tensor at a time.
+fn weight_views(model: &Transformer) -> Result<Vec<(&str, OutTensor<'_>)>> {
     if let Some(l) = model.blocks.iter().flat_map(|b| b.linears()).find(|l| l.lora.is_some()) {
         bail!(
             "the model has LoRA adapters attached ({} and others): merge them into the base weights first \
@@ -164,12 +177,11 @@ fn safetensors_bytes(model: &Transformer) -> Result<Vec<u8>> {
             // Held as (out, in) like nn.Linear; Conv1D stores (in, out).
             OutTensor { shape: vec![p.shape[1], p.shape[0]], data: &p.data, transpose: Some((p.shape[0], p.shape[1])) }
         } else {
-            OutTensor { shape: p.shape.clone(), data: &p.data, transpose: None }
+            OutTensor::new(p.shape.clone(), &p.data)
         };
         tensors.push((p.name.as_str(), t));
     }
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    Ok(safetensors::serialize(tensors, Some(metadata))?)
+    Ok(tensors)
 }
 
 /// A float from an f32 field, written with the f32's shortest decimal form (1e-5, not 9.99999974e-6).

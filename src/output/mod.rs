@@ -18,16 +18,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// Writes the files of folder `dir` into a temporary sibling folder, then renames it into place
 /// (replacing an existing `dir`), so readers never see a half-written folder.
 pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    write_dir_atomic_with(dir, |tmp| write_files(tmp, dir, files))
+}
+
+/// Writes `files` into the temporary folder `tmp` of the output folder `dir` (named in errors).
+pub fn write_files(tmp: &Path, dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    for (name, bytes) in files {
+        std::fs::write(tmp.join(name), bytes).with_context(|| format!("cannot write {}/{name}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// As [`write_dir_atomic`], with `fill` writing the files into the temporary folder it is given (for files
+/// streamed to disk rather than built in memory).
+pub fn write_dir_atomic_with(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
     let tmp = tempfile::Builder::new()
         .prefix(".condlm-tmp-")
         .tempdir_in(parent)
         .with_context(|| format!("cannot write {}: folder {} is not writable", dir.display(), parent.display()))?;
-    for (name, bytes) in files {
-        std::fs::write(tmp.path().join(name), bytes)
-            .with_context(|| format!("cannot write {}/{name}", dir.display()))?;
-    }
+    fill(tmp.path())?;
     if dir.exists() {
         std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
     }

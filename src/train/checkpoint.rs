@@ -4,9 +4,10 @@
 use super::optim::Moments;
 use super::settings::TrainSettings;
 use super::trainer::TrainState;
-use crate::output::write_dir_atomic;
+use crate::formats::hf_export::OutTensor;
+use crate::output::write_dir_atomic_with;
 use anyhow::{Context, Result, bail};
-use safetensors::tensor::{Dtype, TensorView};
+use safetensors::tensor::Dtype;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -43,35 +44,32 @@ fn step_dir(output_dir: &Path, step: u64) -> PathBuf {
     checkpoints_dir(output_dir).join(format!("step-{step:07}"))
 }
 
-fn f32_bytes(v: &[f32]) -> Vec<u8> {
-    v.iter().flat_map(|x| x.to_le_bytes()).collect()
-}
-
-/// Writes the checkpoint of `state`, then prunes old ones.
-pub fn save(output_dir: &Path, state: &TrainState, run: &RunRecord) -> Result<PathBuf> {
-    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, data, m) in &state.tensors {
-        tensors.push((name.clone(), vec![data.len()], f32_bytes(data)));
-        tensors.push((format!("{name}.exp_avg"), vec![data.len()], f32_bytes(&m.m)));
-        tensors.push((format!("{name}.exp_avg_sq"), vec![data.len()], f32_bytes(&m.v)));
+/// Writes the checkpoint of step `step` — each trainable tensor's (name, values, moments) — streamed to disk
+/// without a copy of the state, then prunes old ones.
+pub fn save(output_dir: &Path, step: u64, tensors: &[(&str, &[f32], &Moments)], run: &RunRecord) -> Result<PathBuf> {
+    let (m_names, v_names): (Vec<String>, Vec<String>) =
+        tensors.iter().map(|(n, ..)| (format!("{n}.exp_avg"), format!("{n}.exp_avg_sq"))).unzip();
+    let mut views: Vec<(&str, OutTensor)> = Vec::with_capacity(3 * tensors.len());
+    for (i, (name, data, m)) in tensors.iter().enumerate() {
+        views.push((name, OutTensor::new(vec![data.len()], data)));
+        views.push((&m_names[i], OutTensor::new(vec![data.len()], &m.m)));
+        views.push((&v_names[i], OutTensor::new(vec![data.len()], &m.v)));
     }
-    let views: Vec<(String, TensorView)> = tensors
-        .iter()
-        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
-        .collect::<Result<_>>()?;
     let meta = CheckpointMeta {
         format: 1,
-        step: state.step,
+        step,
         settings: run.settings.clone(),
-        tensors: state.tensors.iter().map(|t| t.0.clone()).collect(),
+        tensors: tensors.iter().map(|t| t.0.to_string()).collect(),
         best_eval: run.best_eval,
         data_sha256: Some(run.data_sha256.to_string()),
     };
-    let dir = step_dir(output_dir, state.step);
-    write_dir_atomic(
-        &dir,
-        &[(TENSORS, safetensors::serialize(views, None)?), (STATE_JSON, serde_json::to_vec_pretty(&meta)?)],
-    )?;
+    let dir = step_dir(output_dir, step);
+    write_dir_atomic_with(&dir, |tmp| {
+        safetensors::serialize_to_file(views, None, &tmp.join(TENSORS))
+            .with_context(|| format!("cannot write {}/{TENSORS}", dir.display()))?;
+        std::fs::write(tmp.join(STATE_JSON), serde_json::to_vec_pretty(&meta)?)
+            .with_context(|| format!("cannot write {}/{STATE_JSON}", dir.display()))
+    })?;
     prune(output_dir, run.settings.keep_last.max(1), run.best_eval.map(|b| b.1))?;
     Ok(dir)
 }

@@ -528,7 +528,7 @@ impl StepLoop<'_> {
             let save_due = s.save_every > 0 && done % s.save_every as u64 == 0;
             if improved || stopped || signal.is_some() || done == total || save_due {
                 let run = RunRecord { settings: s, best_eval, data_sha256: self.data_sha256 };
-                checkpoint::save(&s.output_dir, &trainer.export_state(), &run)?;
+                checkpoint::save(&s.output_dir, trainer.step, &trainer.trainable_state(), &run)?;
                 if let Some(a) = aside.take() {
                     a.discard()?;
                 }

@@ -146,10 +146,10 @@ impl Trainer {
         self.step = t;
     }
 
-    pub fn export_state(&mut self) -> TrainState {
+    /// (name, values, moments) of each trainable tensor, borrowed: what a checkpoint writes, without a copy.
+    pub fn trainable_state(&mut self) -> Vec<(&str, &[f32], &Moments)> {
         let params = self.model.params_mut().into_iter().filter(|p| p.is_trainable());
-        let tensors = params.zip(&self.moments).map(|(p, m)| (p.name.clone(), p.data.clone(), m.clone())).collect();
-        TrainState { step: self.step, tensors }
+        params.zip(&self.moments).map(|(p, m)| (p.name.as_str(), p.data.as_slice(), m)).collect()
     }
 
     /// Restores a state exported from a trainer over the same model and trainable set.
