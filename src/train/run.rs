@@ -19,7 +19,7 @@ use crate::network::adapters::{attach, set_full_finetune};
 use crate::network::lora::LoraConfig;
 use crate::network::transformer::Transformer;
 use crate::progress;
-use crate::score::{Totals, row_scores, score_encoded};
+use crate::score::{Totals, name_row, row_scores, score_encoded};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -98,9 +98,10 @@ pub fn lora_config(s: &TrainSettings) -> LoraConfig {
     }
 }
 
-/// Token-weighted NLL of `data` under the model's current weights (no dropout).
-pub fn evaluate(model: &Transformer, data: &[Example]) -> Result<Totals> {
-    let lps = score_encoded(model, data, EVAL_BATCH, |_| {})?;
+/// Token-weighted NLL of `data` under the model's current weights (no dropout); a non-finite row is named
+/// by its source.
+pub fn evaluate(model: &Transformer, data: &Dataset) -> Result<Totals> {
+    let lps = score_encoded(model, &data.examples, EVAL_BATCH, |_| {}).map_err(|e| name_row(e, &data.sources))?;
     Ok(Totals::of(&row_scores(&lps)))
 }
 
@@ -436,7 +437,7 @@ struct StepLoop<'a> {
 
 impl StepLoop<'_> {
     fn evaluate(&self, t: &Trainer) -> Result<Option<Totals>> {
-        self.eval_set.map(|e| evaluate(&t.model, &e.examples)).transpose()
+        self.eval_set.map(|e| evaluate(&t.model, e)).transpose()
     }
 
     /// Takes the steps; the first checkpoint written discards the earlier run `aside` replaced.
