@@ -347,3 +347,34 @@ fn holding_out_the_only_prompt_says_so() {
     let out = tmp.path().join("run");
     train(&out, &["--data", &s(&data), "--eval-fraction", "0.5"]).fails_with(&["--eval-fraction", "--eval-data"]);
 }
+
+#[test]
+fn a_model_with_a_nan_weight_is_named_before_training_blames_the_learning_rate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("nan-llama");
+    std::fs::create_dir(&model).unwrap();
+    for e in std::fs::read_dir(fixture("tiny-llama")).unwrap().flatten() {
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let w = model.join("model.safetensors");
+    let bytes = read(&w);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let nan: Vec<u8> = std::iter::repeat_n(f32::NAN.to_le_bytes(), 64).flatten().collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, v)| match n.as_str() {
+            "model.norm.weight" => {
+                let t = safetensors::tensor::TensorView::new(v.dtype(), v.shape().to_vec(), &nan[..v.data().len()]);
+                (n, t.unwrap())
+            }
+            _ => (n, v),
+        })
+        .collect();
+    std::fs::write(&w, safetensors::serialize(views, None).unwrap()).unwrap();
+    let out = tmp.path().join("run");
+    let r = train(&out, &["--model", &s(&model)]);
+    r.fails_with(&["model.norm.weight", "non-finite"]);
+    assert!(!r.stderr.contains("learning rate"), "{}", r.stderr);
+    assert!(!out.exists(), "nothing is written for a model that cannot train");
+}
