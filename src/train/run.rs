@@ -324,6 +324,10 @@ fn after_failure(e: anyhow::Error, out: &Path, aside: Option<SetAside>) -> anyho
                 dir.display()
             )
         }
+        (None, None) if out.join("metrics.jsonl").exists() => format!(
+            "nothing was written as the run's result; its metrics are in {}; start again with --overwrite",
+            out.join("metrics.jsonl").display()
+        ),
         (None, None) => "nothing was written as the run's result".into(),
     };
     anyhow::anyhow!("{e:#}\n{kept}")
