@@ -52,6 +52,10 @@ pub fn resolve(spec: &str) -> Result<ModelFiles> {
     if path.is_dir() {
         return resolve_dir(path);
     }
+    if path.exists() {
+        // A FIFO or a device: refused here (with what it is) rather than blocked on or read forever later.
+        crate::input::open_regular(path, "model file")?;
+    }
     let looks_like_hub_id = spec.split('/').count() == 2
         && !spec.starts_with('.')
         && !spec.starts_with('/')

@@ -13,13 +13,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
-use memmap2::Mmap;
+use anyhow::{Result, anyhow, bail};
 
 use super::dequant::{GgmlType, dequantize_to_vec};
+use crate::input::{self, FileBytes};
 
 /// GGML's maximum number of tensor dimensions.
 const MAX_DIMS: u32 = 4;
@@ -230,7 +229,7 @@ impl GgufTensorInfo {
 /// memory map.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    bytes: FileBytes,
     version: u32,
     alignment: u64,
     data_offset: u64,
@@ -438,7 +437,7 @@ fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
     let raw = read_tensor_infos(&mut c, n_tensors)?;
     let alignment = alignment(&metadata)?;
     let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
-    let tensors = check_tensors(raw, data_offset, buf.len() as u64)?;
+    let tensors = check_tensors(raw, data_offset, alignment, buf.len() as u64)?;
     Ok(Parsed { version, alignment, data_offset, metadata, tensors })
 }
 
@@ -555,10 +554,12 @@ fn alignment(metadata: &BTreeMap<String, MetaValue>) -> std::result::Result<u64,
     }
 }
 
-/// Each tensor's GGML type (one condlm dequantizes), dims (sane, whole blocks per row) and data (inside the file).
+/// Each tensor's GGML type (one condlm dequantizes), dims (sane, whole blocks per row) and data (aligned as
+/// llama.cpp requires, inside the file).
 fn check_tensors(
     raw: Vec<RawTensorInfo>,
     data_offset: u64,
+    alignment: u64,
     file_len: u64,
 ) -> std::result::Result<Vec<GgufTensorInfo>, String> {
     let mut tensors = Vec::with_capacity(raw.len());
@@ -584,6 +585,13 @@ fn check_tensors(
                 ty.block_size()
             ));
         }
+        if !info.offset.is_multiple_of(alignment) {
+            return Err(format!(
+                "the data offset {} of tensor '{name}' is not a multiple of the file's alignment {alignment}; \
+                 {CORRUPT_HINT}",
+                info.offset
+            ));
+        }
         let Some(n_bytes) = info.n_bytes() else {
             return Err(format!("tensor '{name}' has dims {:?} whose size overflows; {CORRUPT_HINT}", info.dims));
         };
@@ -607,25 +615,24 @@ fn check_tensors(
 impl GgufFile {
     /// Opens and parses a GGUF file. Tensor data stays in the memory map until asked for.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open GGUF file {}", path.display()))?;
-        let len = file.metadata().with_context(|| format!("cannot stat GGUF file {}", path.display()))?.len();
-        if len < 24 {
+        Self::from_bytes(path, input::map(path, "GGUF file")?)
+    }
+
+    /// Parses a GGUF file's bytes (what [`GgufFile::open`] does with the memory map); `path` names the file in
+    /// errors.
+    pub fn from_bytes(path: &Path, bytes: FileBytes) -> Result<Self> {
+        if bytes.len() < 24 {
             bail!(
-                "GGUF file {}: the file is only {len} bytes long, too short for a GGUF header; \
-                 {CORRUPT_HINT}",
-                path.display()
+                "GGUF file {}: the file is only {} bytes long, too short for a GGUF header; {CORRUPT_HINT}",
+                path.display(),
+                bytes.len()
             );
         }
-        // SAFETY: the map is read-only. As with any mmap, the file must not be truncated or
-        // modified by another process while it is open; every access is bounds-checked against
-        // the length of the map taken here.
-        let mmap =
-            unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map GGUF file {}", path.display()))?;
-        let p = parse(&mmap).map_err(|e| anyhow!("GGUF file {}: {e}", path.display()))?;
+        let p = parse(&bytes).map_err(|e| anyhow!("GGUF file {}: {e}", path.display()))?;
         let index = p.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(GgufFile {
             path: path.to_path_buf(),
-            mmap,
+            bytes,
             version: p.version,
             alignment: p.alignment,
             data_offset: p.data_offset,
@@ -656,7 +663,7 @@ impl GgufFile {
 
     /// Size of the file in bytes.
     pub fn file_len(&self) -> u64 {
-        self.mmap.len() as u64
+        self.bytes.len() as u64
     }
 
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
@@ -839,10 +846,10 @@ impl GgufFile {
         let range = info.n_bytes().and_then(|n| {
             let start = self.data_offset.checked_add(info.offset)?;
             let end = start.checked_add(n)?;
-            (end <= self.mmap.len() as u64).then_some(start as usize..end as usize)
+            (end <= self.bytes.len() as u64).then_some(start as usize..end as usize)
         });
         match range {
-            Some(r) => Ok(&self.mmap[r]),
+            Some(r) => Ok(&self.bytes[r]),
             None => bail!(
                 "GGUF file {}: the data of tensor '{}' ({}, dims {:?}, data offset {}) lies outside \
                  the file ({} bytes); {CORRUPT_HINT}",
@@ -851,7 +858,7 @@ impl GgufFile {
                 info.ty,
                 info.dims,
                 info.offset,
-                self.mmap.len()
+                self.bytes.len()
             ),
         }
     }
