@@ -585,13 +585,6 @@ fn check_tensors(
                 ty.block_size()
             ));
         }
-        if !info.offset.is_multiple_of(alignment) {
-            return Err(format!(
-                "the data offset {} of tensor '{name}' is not a multiple of the file's alignment {alignment}; \
-                 {CORRUPT_HINT}",
-                info.offset
-            ));
-        }
         let Some(n_bytes) = info.n_bytes() else {
             return Err(format!("tensor '{name}' has dims {:?} whose size overflows; {CORRUPT_HINT}", info.dims));
         };
@@ -606,6 +599,13 @@ fn check_tensors(
                     info.dims, info.offset
                 ));
             }
+        }
+        if !info.offset.is_multiple_of(alignment) {
+            return Err(format!(
+                "the data offset {} of tensor '{name}' is not a multiple of the file's alignment {alignment}; \
+                 {CORRUPT_HINT}",
+                info.offset
+            ));
         }
         tensors.push(info);
     }
