@@ -243,8 +243,8 @@ fn model_files_that_are_not_regular_files_are_refused() {
         assert!(!ok, "score --model {} succeeded", model.display());
         assert_names(&err, &[&format!("model file {}", model.display()), what]);
     }
-    // Inside an HF folder: a tokenizer.json or a chat template that is a pipe.
-    for name in ["tokenizer.json", "chat_template.jinja"] {
+    // Inside an HF folder: weights, a tokenizer.json or a chat template that is a pipe.
+    for name in ["model.safetensors", "tokenizer.json", "chat_template.jinja"] {
         let dir = tmp.path().join(name.replace('.', "_"));
         std::fs::create_dir(&dir).unwrap();
         for e in std::fs::read_dir(fixture("tiny-qwen2")).unwrap() {

@@ -31,26 +31,11 @@ impl SafetensorsFiles {
     pub fn open(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if single.is_file() {
+        let files: Vec<PathBuf> = if single.exists() {
             vec![single]
-        } else if index_path.is_file() {
+        } else if index_path.exists() {
             let text = input::read_to_string(&index_path, "shard index")?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index_path.display()))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).with_context(|| {
-                format!("{}: no \"weight_map\" object; re-download the checkpoint", index_path.display())
-            })?;
-            let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
-            names.sort_unstable();
-            names.dedup();
-            // A shard is a file beside the index: a path would let the index read any file on the machine.
-            if let Some(bad) = names.iter().find(|f| Path::new(f).file_name() != Some(std::ffi::OsStr::new(f))) {
-                bail!(
-                    "{}: shard {bad:?} is not a plain file name in the checkpoint folder; re-download the checkpoint",
-                    index_path.display()
-                );
-            }
-            names.into_iter().map(|f| dir.join(f)).collect()
+            shard_names(&index_path, &text)?.into_iter().map(|f| dir.join(f)).collect()
         } else {
             bail!(
                 "{}: no model.safetensors or model.safetensors.index.json; \
@@ -121,6 +106,28 @@ impl SafetensorsFiles {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
     }
+}
+
+/// The shard files a `model.safetensors.index.json` (read from `index_path`, text `text`) lists in its
+/// `weight_map`, sorted, each once. Each must be a plain file name: a shard lives beside the index, and a path
+/// would let the index read (or, when downloading, write) any file on the machine.
+pub fn shard_names(index_path: &Path, text: &str) -> Result<Vec<String>> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("{}: not valid JSON", index_path.display()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{}: no \"weight_map\" object; re-download the checkpoint", index_path.display()))?;
+    let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_owned)).collect();
+    names.sort_unstable();
+    names.dedup();
+    if let Some(bad) = names.iter().find(|f| Path::new(f).file_name() != Some(std::ffi::OsStr::new(f))) {
+        bail!(
+            "{}: shard {bad:?} is not a plain file name in the checkpoint folder; re-download the checkpoint",
+            index_path.display()
+        );
+    }
+    Ok(names)
 }
 
 impl Shard {
