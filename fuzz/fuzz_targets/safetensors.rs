@@ -7,8 +7,7 @@ use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(st) = SafetensorsFiles::from_bytes(Path::new("model.safetensors"), FileBytes::Owned(data.to_vec()))
-    else {
+    let Ok(st) = SafetensorsFiles::from_bytes(Path::new("model.safetensors"), FileBytes::Owned(data.to_vec())) else {
         return;
     };
     let names: Vec<String> = st.names().map(str::to_owned).collect();
