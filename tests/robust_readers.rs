@@ -75,6 +75,10 @@ fn gguf_counts_and_lengths_beyond_the_file_are_refused_before_allocating() {
         let err = Gguf::header(0, 1).str("a").u32(9).u32(elem_ty).u64(1 << 50).data(64).err();
         assert_names(&err, &["hostile.gguf", "the array of metadata key 'a' claims 1125899906842624 items"]);
     }
+    // 2^24 + 1 one-byte values that are in the file: each would become a 32-byte value in memory.
+    let n = (1 << 24) + 1;
+    let err = Gguf::header(0, 1).str("a").u32(9).u32(0).u64(n).data(n as usize).err();
+    assert_names(&err, &["hostile.gguf", "metadata key 'a'", "past 16777216 values"]);
 }
 
 #[test]

@@ -25,6 +25,10 @@ const MAX_DIMS: u32 = 4;
 /// Deepest nesting of metadata arrays we accept (real files use 1).
 const MAX_ARRAY_DEPTH: usize = 8;
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// Metadata array elements read in all, over every array of a file. Each element becomes a `MetaValue` of 32
+/// bytes, so a file of 1-byte elements would otherwise allocate 32 times its own size; this bounds the metadata
+/// to 512 MiB. Real files hold under 2 million (vocabulary, token types, scores, merges).
+const MAX_ARRAY_VALUES: usize = 1 << 24;
 
 const CORRUPT_HINT: &str = "the file is truncated or corrupt: re-download or re-convert it";
 
@@ -263,6 +267,8 @@ type PResult<T> = std::result::Result<T, ParseError>;
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Metadata array elements still allowed (see [`MAX_ARRAY_VALUES`]).
+    array_values_left: usize,
 }
 
 impl<'a> Cursor<'a> {
@@ -372,6 +378,13 @@ fn read_value(c: &mut Cursor<'_>, ty: u32, key: &str, depth: usize) -> PResult<M
             };
             let count = c.u64(&|| format!("the array length of metadata key '{key}'"))?;
             let n = c.check_count(count, min, &format!("the array of metadata key '{key}'"))?;
+            if n > c.array_values_left {
+                return c.err(format!(
+                    "metadata key '{key}' brings the file's metadata arrays past {MAX_ARRAY_VALUES} values in all, \
+                     far more than any real model has"
+                ));
+            }
+            c.array_values_left -= n;
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 items.push(read_value(c, elem_ty, key, depth + 1)?);
@@ -431,7 +444,7 @@ struct Parsed {
 
 /// Parses everything but the tensor data. Errors carry no file name; `open` adds it.
 fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
-    let mut c = Cursor { buf, pos: 0 };
+    let mut c = Cursor { buf, pos: 0, array_values_left: MAX_ARRAY_VALUES };
     let (version, n_tensors, n_kv) = read_header(&mut c)?;
     let metadata = read_metadata(&mut c, n_kv)?;
     let raw = read_tensor_infos(&mut c, n_tensors)?;
