@@ -1,5 +1,6 @@
 //! Text ↔ ids: a Hugging Face `tokenizers::Tokenizer` with what conditional modelling needs around it — the
 //! prefix the tokenizer puts before a text (BOS or nothing), EOS, and the chat template.
+use crate::input;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 use tokenizers::Tokenizer;
@@ -41,15 +42,15 @@ impl TextTokenizer {
     /// Loads `tokenizer.json` and `tokenizer_config.json` from an HF folder.
     pub fn from_hf_dir(dir: &Path, config_eos: Option<u32>) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        if !path.is_file() {
+        if !path.exists() {
             bail!("{}: tokenizer.json is missing; copy it from the original model folder", dir.display());
         }
-        let inner = Tokenizer::from_file(&path)
+        let inner: Tokenizer = input::read_to_string(&path, "tokenizer file")?
+            .parse()
             .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
         let cfg_path = dir.join("tokenizer_config.json");
-        let cfg: serde_json::Value = if cfg_path.is_file() {
-            let text =
-                std::fs::read_to_string(&cfg_path).with_context(|| format!("cannot read {}", cfg_path.display()))?;
+        let cfg: serde_json::Value = if cfg_path.exists() {
+            let text = input::read_to_string(&cfg_path, "tokenizer config")?;
             serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", cfg_path.display()))?
         } else {
             serde_json::Value::Null
@@ -75,7 +76,10 @@ impl TextTokenizer {
                 .iter()
                 .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
                 .and_then(|t| t.get("template")?.as_str().map(str::to_owned)),
-            _ => std::fs::read_to_string(dir.join("chat_template.jinja")).ok(),
+            _ => {
+                let path = dir.join("chat_template.jinja");
+                path.exists().then(|| input::read_to_string(&path, "chat template")).transpose()?
+            }
         };
         Self::new(inner, eos_id, bos_to_force, chat_template)
     }

@@ -9,6 +9,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("kernels", 0),
     ("rng", 0),
     ("output", 0),
+    ("input", 0),
     ("progress", 0),
     ("network", 1),
     ("tokenizer", 2),

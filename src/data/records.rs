@@ -13,7 +13,8 @@
 //! reads Alpaca files as plain pairs. Chat roles are `system`, `user`, `assistant` and `tool` (tool results are
 //! context, like user turns); anything else is an error. Empty completions (and empty assistant turns) are errors:
 //! an empty y would teach the model nothing but to stop at once.
-use anyhow::{Context, Result, bail};
+use crate::input;
+use anyhow::{Result, bail};
 use std::path::Path;
 
 /// Stanford Alpaca's prompt for rows with a non-empty `input` (`{instruction}`/`{input}` are substituted).
@@ -152,9 +153,14 @@ impl Row {
 
 /// Reads every row of a JSONL file or JSON array.
 pub fn read_rows(path: &Path, fields: &Fields) -> Result<Vec<Row>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read data file {}", path.display()))?;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
-    let name = path.display().to_string();
+    let text = input::read_to_string(path, "data file")?;
+    parse_rows(&text, &path.display().to_string(), fields)
+}
+
+/// Every row of the text of a JSONL file or JSON array (what [`read_rows`] does with the file's text); `name`
+/// names the file in errors.
+pub fn parse_rows(text: &str, name: &str, fields: &Fields) -> Result<Vec<Row>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut rows = Vec::new();
     if text.trim_start().starts_with('[') {
         if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {

@@ -1,12 +1,17 @@
 //! Plain JSONL objects with string fields (the prompts of `generate --data`, the rows of `metrics`), with errors
 //! that name file and line. Training, evaluation and scoring rows go through [`super::records`] instead.
+use crate::input;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 
 /// Every non-blank line of a JSONL file as (1-based line, JSON object). `shape` shows the expected object in the
 /// error for a line that is not one. A file with no rows is an error.
 pub fn read_objects(path: &Path, shape: &str) -> Result<Vec<(usize, JsonObject)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read data file {}", path.display()))?;
+    parse_objects(&input::read_to_string(path, "data file")?, path, shape)
+}
+
+/// [`read_objects`] on the text of the file at `path`.
+pub fn parse_objects(text: &str, path: &Path, shape: &str) -> Result<Vec<(usize, JsonObject)>> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;

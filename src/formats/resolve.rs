@@ -1,6 +1,7 @@
 //! `--model` → files on disk: an HF folder, a `.gguf` file, or a hub id `org/name` found in
 //! the standard Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub)
 //! and downloaded into it when online.
+use super::safetensors_files::shard_names;
 use anyhow::{Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -51,6 +52,10 @@ pub fn resolve(spec: &str) -> Result<ModelFiles> {
     }
     if path.is_dir() {
         return resolve_dir(path);
+    }
+    if path.exists() {
+        // A FIFO or a device: refused here (with what it is) rather than blocked on or read forever later.
+        crate::input::open_regular(path, "model file")?;
     }
     let looks_like_hub_id = spec.split('/').count() == 2
         && !spec.starts_with('.')
@@ -121,13 +126,8 @@ fn download(id: &str, cache: &Path) -> Result<ModelFiles> {
     let _ = repo.get("tokenizer_config.json");
     if repo.get("model.safetensors").is_err() {
         let index = repo.get("model.safetensors.index.json")?;
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index)?)?;
-        let mut shards: Vec<&str> =
-            v["weight_map"].as_object().into_iter().flatten().filter_map(|(_, f)| f.as_str()).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        for shard in shards {
-            repo.get(shard)?;
+        for shard in shard_names(&index, &crate::input::read_to_string(&index, "shard index")?)? {
+            repo.get(&shard)?;
         }
     }
     Ok(ModelFiles::HfDir(config.parent().expect("snapshot folder").to_path_buf()))

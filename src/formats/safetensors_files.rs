@@ -1,15 +1,14 @@
 //! A Hugging Face checkpoint's weights: `model.safetensors`, or shards listed in
 //! `model.safetensors.index.json`, memory-mapped; tensors converted to f32 on request.
+use crate::input::{self, FileBytes};
 use anyhow::{Context, Result, bail};
-use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, SafeTensors};
 use std::collections::HashMap;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 struct Shard {
     path: PathBuf,
-    mmap: Mmap,
+    bytes: FileBytes,
     header_len: usize,
     meta: Metadata,
 }
@@ -32,20 +31,11 @@ impl SafetensorsFiles {
     pub fn open(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index_path = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if single.is_file() {
+        let files: Vec<PathBuf> = if single.exists() {
             vec![single]
-        } else if index_path.is_file() {
-            let text = std::fs::read_to_string(&index_path)
-                .with_context(|| format!("cannot read {}", index_path.display()))?;
-            let v: serde_json::Value =
-                serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", index_path.display()))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).with_context(|| {
-                format!("{}: no \"weight_map\" object; re-download the checkpoint", index_path.display())
-            })?;
-            let mut names: Vec<&str> = map.values().filter_map(|f| f.as_str()).collect();
-            names.sort_unstable();
-            names.dedup();
-            names.into_iter().map(|f| dir.join(f)).collect()
+        } else if index_path.exists() {
+            let text = input::read_to_string(&index_path, "shard index")?;
+            shard_names(&index_path, &text)?.into_iter().map(|f| dir.join(f)).collect()
         } else {
             bail!(
                 "{}: no model.safetensors or model.safetensors.index.json; \
@@ -55,25 +45,27 @@ impl SafetensorsFiles {
             );
         };
         let mut shards = Vec::new();
-        let mut index = HashMap::new();
         for path in files {
-            let file = File::open(&path).with_context(|| {
-                format!("cannot open {} (listed in the checkpoint); re-download the checkpoint", path.display())
-            })?;
-            // SAFETY: the file is opened read-only; a checkpoint changing under a running process is unsupported.
-            let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot map {}", path.display()))?;
-            let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}: not a valid safetensors file ({e}); it may be truncated — re-download it",
-                    path.display()
-                )
-            })?;
-            for name in meta.tensors().keys() {
-                index.insert(name.clone(), shards.len());
-            }
-            shards.push(Shard { path, mmap, header_len, meta });
+            let bytes = input::map(&path, "safetensors weights file")?;
+            shards.push(Shard::read(path, bytes)?);
         }
-        Ok(SafetensorsFiles { shards, index })
+        Ok(Self::of_shards(shards))
+    }
+
+    /// One safetensors file's bytes (what [`SafetensorsFiles::open`] does with each memory-mapped shard); `path`
+    /// names the file in errors.
+    pub fn from_bytes(path: &Path, bytes: FileBytes) -> Result<Self> {
+        Ok(Self::of_shards(vec![Shard::read(path.to_path_buf(), bytes)?]))
+    }
+
+    fn of_shards(shards: Vec<Shard>) -> Self {
+        let mut index = HashMap::new();
+        for (i, shard) in shards.iter().enumerate() {
+            for name in shard.meta.tensors().keys() {
+                index.insert(name.clone(), i);
+            }
+        }
+        SafetensorsFiles { shards, index }
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -90,7 +82,7 @@ impl SafetensorsFiles {
         let shard = &self.shards[i];
         let info = shard.meta.info(name).expect("indexed tensor has metadata");
         let start = 8 + shard.header_len;
-        let bytes = &shard.mmap[start + info.data_offsets.0..start + info.data_offsets.1];
+        let bytes = &shard.bytes[start + info.data_offsets.0..start + info.data_offsets.1];
         let data = match info.dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
@@ -113,5 +105,41 @@ impl SafetensorsFiles {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+}
+
+/// The shard files a `model.safetensors.index.json` (read from `index_path`, text `text`) lists in its
+/// `weight_map`, sorted, each once. Each must be a plain file name: a shard lives beside the index, and a path
+/// would let the index read (or, when downloading, write) any file on the machine.
+pub fn shard_names(index_path: &Path, text: &str) -> Result<Vec<String>> {
+    let v: serde_json::Value =
+        serde_json::from_str(text).with_context(|| format!("{}: not valid JSON", index_path.display()))?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{}: no \"weight_map\" object; re-download the checkpoint", index_path.display()))?;
+    let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_owned)).collect();
+    names.sort_unstable();
+    names.dedup();
+    if let Some(bad) = names.iter().find(|f| Path::new(f).file_name() != Some(std::ffi::OsStr::new(f))) {
+        bail!(
+            "{}: shard {bad:?} is not a plain file name in the checkpoint folder; re-download the checkpoint",
+            index_path.display()
+        );
+    }
+    Ok(names)
+}
+
+impl Shard {
+    /// The header of a safetensors file: `safetensors` checks that it is JSON of sane size and that the tensors'
+    /// offsets tile the data exactly, each as long as its dtype and shape say, so every later slice is in bounds.
+    fn read(path: PathBuf, bytes: FileBytes) -> Result<Shard> {
+        let (header_len, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not a valid safetensors file ({e}); it may be truncated — re-download it",
+                path.display()
+            )
+        })?;
+        Ok(Shard { path, bytes, header_len, meta })
     }
 }

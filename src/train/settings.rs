@@ -89,7 +89,12 @@ impl TrainSettings {
     /// Defaults overlaid with a TOML file.
     pub fn from_toml(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        Self::from_toml_str(&text, path)
+    }
+
+    /// Defaults overlaid with the text of a TOML file; `origin` names the file in errors.
+    pub fn from_toml_str(text: &str, origin: &Path) -> Result<Self> {
+        toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", origin.display()))
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -13,19 +13,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, anyhow, bail};
-use memmap2::Mmap;
+use anyhow::{Result, anyhow, bail};
 
 use super::dequant::{GgmlType, dequantize_to_vec};
+use crate::input::{self, FileBytes};
 
 /// GGML's maximum number of tensor dimensions.
 const MAX_DIMS: u32 = 4;
 /// Deepest nesting of metadata arrays we accept (real files use 1).
 const MAX_ARRAY_DEPTH: usize = 8;
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// Metadata array elements read in all, over every array of a file. Each element becomes a `MetaValue` of 32
+/// bytes, so a file of 1-byte elements would otherwise allocate 32 times its own size; this bounds the metadata
+/// to 512 MiB. Real files hold under 2 million (vocabulary, token types, scores, merges).
+const MAX_ARRAY_VALUES: usize = 1 << 24;
 
 const CORRUPT_HINT: &str = "the file is truncated or corrupt: re-download or re-convert it";
 
@@ -230,7 +233,7 @@ impl GgufTensorInfo {
 /// memory map.
 pub struct GgufFile {
     path: PathBuf,
-    mmap: Mmap,
+    bytes: FileBytes,
     version: u32,
     alignment: u64,
     data_offset: u64,
@@ -264,6 +267,8 @@ type PResult<T> = std::result::Result<T, ParseError>;
 struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Metadata array elements still allowed (see [`MAX_ARRAY_VALUES`]).
+    array_values_left: usize,
 }
 
 impl<'a> Cursor<'a> {
@@ -373,6 +378,13 @@ fn read_value(c: &mut Cursor<'_>, ty: u32, key: &str, depth: usize) -> PResult<M
             };
             let count = c.u64(&|| format!("the array length of metadata key '{key}'"))?;
             let n = c.check_count(count, min, &format!("the array of metadata key '{key}'"))?;
+            if n > c.array_values_left {
+                return c.err(format!(
+                    "metadata key '{key}' brings the file's metadata arrays past {MAX_ARRAY_VALUES} values in all, \
+                     far more than any real model has"
+                ));
+            }
+            c.array_values_left -= n;
             let mut items = Vec::with_capacity(n);
             for _ in 0..n {
                 items.push(read_value(c, elem_ty, key, depth + 1)?);
@@ -432,13 +444,13 @@ struct Parsed {
 
 /// Parses everything but the tensor data. Errors carry no file name; `open` adds it.
 fn parse(buf: &[u8]) -> std::result::Result<Parsed, String> {
-    let mut c = Cursor { buf, pos: 0 };
+    let mut c = Cursor { buf, pos: 0, array_values_left: MAX_ARRAY_VALUES };
     let (version, n_tensors, n_kv) = read_header(&mut c)?;
     let metadata = read_metadata(&mut c, n_kv)?;
     let raw = read_tensor_infos(&mut c, n_tensors)?;
     let alignment = alignment(&metadata)?;
     let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
-    let tensors = check_tensors(raw, data_offset, buf.len() as u64)?;
+    let tensors = check_tensors(raw, data_offset, alignment, buf.len() as u64)?;
     Ok(Parsed { version, alignment, data_offset, metadata, tensors })
 }
 
@@ -555,10 +567,12 @@ fn alignment(metadata: &BTreeMap<String, MetaValue>) -> std::result::Result<u64,
     }
 }
 
-/// Each tensor's GGML type (one condlm dequantizes), dims (sane, whole blocks per row) and data (inside the file).
+/// Each tensor's GGML type (one condlm dequantizes), dims (sane, whole blocks per row) and data (aligned as
+/// llama.cpp requires, inside the file).
 fn check_tensors(
     raw: Vec<RawTensorInfo>,
     data_offset: u64,
+    alignment: u64,
     file_len: u64,
 ) -> std::result::Result<Vec<GgufTensorInfo>, String> {
     let mut tensors = Vec::with_capacity(raw.len());
@@ -599,6 +613,13 @@ fn check_tensors(
                 ));
             }
         }
+        if !info.offset.is_multiple_of(alignment) {
+            return Err(format!(
+                "the data offset {} of tensor '{name}' is not a multiple of the file's alignment {alignment}; \
+                 {CORRUPT_HINT}",
+                info.offset
+            ));
+        }
         tensors.push(info);
     }
     Ok(tensors)
@@ -607,25 +628,24 @@ fn check_tensors(
 impl GgufFile {
     /// Opens and parses a GGUF file. Tensor data stays in the memory map until asked for.
     pub fn open(path: &Path) -> Result<Self> {
-        let file = File::open(path).with_context(|| format!("cannot open GGUF file {}", path.display()))?;
-        let len = file.metadata().with_context(|| format!("cannot stat GGUF file {}", path.display()))?.len();
-        if len < 24 {
+        Self::from_bytes(path, input::map(path, "GGUF file")?)
+    }
+
+    /// Parses a GGUF file's bytes (what [`GgufFile::open`] does with the memory map); `path` names the file in
+    /// errors.
+    pub fn from_bytes(path: &Path, bytes: FileBytes) -> Result<Self> {
+        if bytes.len() < 24 {
             bail!(
-                "GGUF file {}: the file is only {len} bytes long, too short for a GGUF header; \
-                 {CORRUPT_HINT}",
-                path.display()
+                "GGUF file {}: the file is only {} bytes long, too short for a GGUF header; {CORRUPT_HINT}",
+                path.display(),
+                bytes.len()
             );
         }
-        // SAFETY: the map is read-only. As with any mmap, the file must not be truncated or
-        // modified by another process while it is open; every access is bounds-checked against
-        // the length of the map taken here.
-        let mmap =
-            unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map GGUF file {}", path.display()))?;
-        let p = parse(&mmap).map_err(|e| anyhow!("GGUF file {}: {e}", path.display()))?;
+        let p = parse(&bytes).map_err(|e| anyhow!("GGUF file {}: {e}", path.display()))?;
         let index = p.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(GgufFile {
             path: path.to_path_buf(),
-            mmap,
+            bytes,
             version: p.version,
             alignment: p.alignment,
             data_offset: p.data_offset,
@@ -656,7 +676,7 @@ impl GgufFile {
 
     /// Size of the file in bytes.
     pub fn file_len(&self) -> u64 {
-        self.mmap.len() as u64
+        self.bytes.len() as u64
     }
 
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
@@ -839,10 +859,10 @@ impl GgufFile {
         let range = info.n_bytes().and_then(|n| {
             let start = self.data_offset.checked_add(info.offset)?;
             let end = start.checked_add(n)?;
-            (end <= self.mmap.len() as u64).then_some(start as usize..end as usize)
+            (end <= self.bytes.len() as u64).then_some(start as usize..end as usize)
         });
         match range {
-            Some(r) => Ok(&self.mmap[r]),
+            Some(r) => Ok(&self.bytes[r]),
             None => bail!(
                 "GGUF file {}: the data of tensor '{}' ({}, dims {:?}, data offset {}) lies outside \
                  the file ({} bytes); {CORRUPT_HINT}",
@@ -851,7 +871,7 @@ impl GgufFile {
                 info.ty,
                 info.dims,
                 info.offset,
-                self.mmap.len()
+                self.bytes.len()
             ),
         }
     }
