@@ -378,3 +378,8 @@ fn a_model_with_a_nan_weight_is_named_before_training_blames_the_learning_rate()
     assert!(!r.stderr.contains("learning rate"), "{}", r.stderr);
     assert!(!out.exists(), "nothing is written for a model that cannot train");
 }
+
+#[test]
+fn a_config_that_is_not_a_regular_file_is_refused() {
+    condlm(&["train", "--config", "/dev/zero"]).fails_with(&["/dev/zero", "not a regular file"]);
+}

@@ -314,7 +314,7 @@ impl Fields<'_> {
 /// Reads and checks a PEFT adapter folder's `adapter_config.json`.
 pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
     let path = dir.join("adapter_config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = crate::input::read_to_string(&path, "adapter config")?;
     let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
     let obj = v.as_object().with_context(|| format!("{}: not a JSON object", path.display()))?;
     let f = Fields { path: &path, obj };
@@ -578,7 +578,7 @@ pub fn attach_adapter(dir: &Path, cfg: &AdapterConfig, model: &mut Transformer) 
 /// is an error naming the tensor.
 fn read_lora_tensors(path: &Path) -> Result<BTreeMap<String, [Option<ShapedTensor>; 2]>> {
     let shown = path.display();
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {shown}"))?;
+    let bytes = crate::input::map(path, "adapter weights file")?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow!("{shown}: not a valid safetensors file ({e})"))?;
     let mut found: BTreeMap<String, [Option<ShapedTensor>; 2]> = BTreeMap::new();

@@ -216,6 +216,22 @@ impl Config {
                 bail!("{what} is 0");
             }
         }
+        // Far above any real model, and low enough that products of dimensions (parameter counts, buffer sizes)
+        // cannot overflow: a damaged or hostile config fails here, not in an allocation.
+        let limits = [
+            ("hidden size", self.hidden_size, 1 << 20),
+            ("intermediate size", self.intermediate_size, 1 << 22),
+            ("layers", self.num_layers, 1 << 12),
+            ("attention heads", self.num_heads, 1 << 16),
+            ("head dim", self.head_dim, 1 << 16),
+            ("vocab size", self.vocab_size, 1 << 24),
+            ("max positions", self.max_positions, 1 << 26),
+        ];
+        for (what, v, max) in limits {
+            if v > max {
+                bail!("{what} is {v}, above the {max} condlm accepts: the config is damaged");
+            }
+        }
         if !self.num_heads.is_multiple_of(self.num_kv_heads) {
             bail!("{} attention heads are not a multiple of {} key/value heads", self.num_heads, self.num_kv_heads);
         }

@@ -122,12 +122,10 @@ pub fn load(path: &Path) -> Result<(CheckpointMeta, TrainState)> {
 
 fn load_dir(dir: &Path) -> Result<(CheckpointMeta, TrainState)> {
     let meta_path = dir.join(STATE_JSON);
-    let meta: CheckpointMeta = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path).with_context(|| format!("cannot read {}", meta_path.display()))?,
-    )
-    .with_context(|| format!("{}: not a condlm checkpoint", meta_path.display()))?;
+    let meta: CheckpointMeta = serde_json::from_str(&crate::input::read_to_string(&meta_path, "checkpoint state")?)
+        .with_context(|| format!("{}: not a condlm checkpoint", meta_path.display()))?;
     let tpath = dir.join(TENSORS);
-    let bytes = std::fs::read(&tpath).with_context(|| format!("cannot read {}", tpath.display()))?;
+    let bytes = crate::input::map(&tpath, "checkpoint tensors file")?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow::anyhow!("{}: damaged checkpoint ({e})", tpath.display()))?;
     let get = |name: &str| -> Result<Vec<f32>> {

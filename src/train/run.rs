@@ -338,7 +338,7 @@ fn data_fingerprint(s: &TrainSettings) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
     for path in std::iter::once(&s.data).chain(s.eval_data.as_ref()) {
-        let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let mut f = crate::input::open_regular(path, "data file")?;
         std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
     }
     Ok(format!("{:x}", h.finalize()))

@@ -1,7 +1,7 @@
 //! Every setting of a training run, with its default; read from a TOML file (`--config`) and
 //! overridden by command-line flags. The resolved settings are saved with each checkpoint.
 use super::schedule::Schedule;
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -88,7 +88,7 @@ impl Default for TrainSettings {
 impl TrainSettings {
     /// Defaults overlaid with a TOML file.
     pub fn from_toml(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let text = crate::input::read_to_string(path, "config file")?;
         Self::from_toml_str(&text, path)
     }
 
