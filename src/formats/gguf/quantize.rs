@@ -104,12 +104,20 @@ fn put_f16(b: &mut [u8], o: usize, v: f32) {
     b[o..o + 2].copy_from_slice(&f16::from_f32(v).to_bits().to_le_bytes());
 }
 
-/// F16: IEEE half, rounded to nearest even (numpy's `astype(float16)`). NaN and infinities are
-/// kept; a finite value that would round to infinity is an error.
+/// F16: IEEE half, rounded to nearest even (numpy's `astype(float16)`). Infinities are kept, and
+/// NaNs as numpy keeps them: the top 10 payload bits, not made quiet (`half` would set the quiet
+/// bit), and bumped to 1 if they are all zero. A finite value that would round to infinity is an
+/// error.
 fn quant_f16(values: &[f32]) -> Result<Vec<u8>, QuantizeError> {
     let mut out = Vec::with_capacity(values.len() * 2);
     for (index, &v) in values.iter().enumerate() {
-        let h = f16::from_f32(v);
+        let h = if v.is_nan() {
+            let bits = v.to_bits();
+            let payload = (((bits & 0x007f_ffff) >> 13) as u16).max(1);
+            f16::from_bits(((bits >> 16) as u16 & 0x8000) | 0x7c00 | payload)
+        } else {
+            f16::from_f32(v)
+        };
         if h.is_infinite() && v.is_finite() {
             let max = f16::MAX.to_f32();
             return Err(QuantizeError::OutOfRange { ty: GgmlType::F16, index, value: v, max, alt: " or BF16" });
