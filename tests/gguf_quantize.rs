@@ -148,7 +148,10 @@ fn check_block_bound(ty: GgmlType, row: usize, x: &[f32], back: &[f32]) {
             _ => unreachable!("{ty}"),
         } + (max.abs() + min.abs()) * 2f32.powi(-10);
         for (i, (&v, &d)) in xb.iter().zip(bb).enumerate() {
-            assert!((v - d).abs() <= bound, "{ty}: row {row} block {b} value {i}: {v} came back as {d} (bound {bound})");
+            assert!(
+                (v - d).abs() <= bound,
+                "{ty}: row {row} block {b} value {i}: {v} came back as {d} (bound {bound})"
+            );
         }
     }
 }
@@ -191,11 +194,15 @@ fn ragged_length_is_refused_naming_the_block_size() {
 
 #[test]
 fn non_finite_values_are_refused_by_block_types() {
-    for (ty, bad) in [(GgmlType::Q8_0, f32::NAN), (GgmlType::Q4_K, f32::INFINITY), (GgmlType::Q4_1, f32::NEG_INFINITY)] {
+    for (ty, bad) in [(GgmlType::Q8_0, f32::NAN), (GgmlType::Q4_K, f32::INFINITY), (GgmlType::Q4_1, f32::NEG_INFINITY)]
+    {
         let mut x = vec![0.25f32; 512];
         x[300] = bad;
         let e = quantize(ty, &x).unwrap_err();
-        assert!(matches!(e, QuantizeError::NonFinite { index: 300, value, .. } if value.to_bits() == bad.to_bits()), "{e}");
+        assert!(
+            matches!(e, QuantizeError::NonFinite { index: 300, value, .. } if value.to_bits() == bad.to_bits()),
+            "{e}"
+        );
         let msg = e.to_string();
         assert!(msg.contains("value 300") && msg.contains(ty.name()), "{msg}");
     }
@@ -208,7 +215,8 @@ fn non_finite_values_are_refused_by_block_types() {
 fn scale_overflow_is_refused_naming_the_block() {
     // Q8_0: d = 1e9 / 127 > 65504. Q4_1: the min -1e5 is beyond f16. Q4_K/Q6_K: the super-block
     // scale (about 1e9 / 15 / 63 and 1e9 / 32 / 128).
-    for (ty, start, end) in [(GgmlType::Q8_0, 32, 64), (GgmlType::Q4_1, 32, 64), (GgmlType::Q4_K, 0, 256), (GgmlType::Q6_K, 0, 256)]
+    for (ty, start, end) in
+        [(GgmlType::Q8_0, 32, 64), (GgmlType::Q4_1, 32, 64), (GgmlType::Q4_K, 0, 256), (GgmlType::Q6_K, 0, 256)]
     {
         let mut x: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin()).collect();
         x[40] = if ty == GgmlType::Q4_1 { -1e5 } else { 1e9 };

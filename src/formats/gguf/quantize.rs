@@ -244,14 +244,7 @@ fn nearest_int(v: f32) -> i32 {
 /// llama.cpp's `make_qkx2_quants` with `use_mad = false`: the scale and (negated) min of an
 /// affine sub-block with levels 0..=nmax, refined by a weighted least-squares search over
 /// `nstep + 1` trial inverse scales. Writes the levels to `levels`; returns `(scale, -min)`.
-fn make_qkx2_quants(
-    nmax: i32,
-    x: &[f32],
-    weights: &[f32],
-    levels: &mut [u8],
-    rmin: f32,
-    nstep: i32,
-) -> (f32, f32) {
+fn make_qkx2_quants(nmax: i32, x: &[f32], weights: &[f32], levels: &mut [u8], rmin: f32, nstep: i32) -> (f32, f32) {
     const RDELTA: f32 = 0.1;
     let n = x.len();
     let (mut min, mut max) = (x[0], x[0]);
