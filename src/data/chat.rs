@@ -47,6 +47,9 @@ pub enum GenerationPrompt {
     Omit,
 }
 
+/// Instructions one rendering of a chat template may run.
+const TEMPLATE_FUEL: u64 = 50_000_000;
+
 impl ChatTemplate {
     /// Compiles a Hugging Face chat template.
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self> {
@@ -58,6 +61,10 @@ impl ChatTemplate {
                 .build()
                 .map_err(|e| anyhow!("cannot configure the template engine: {e}"))?,
         );
+        // A template comes with the model file: bound the work one rendering may do, so a hostile or broken
+        // template (an endless loop) fails with an error instead of hanging. Real templates use a few hundred
+        // units per message.
+        env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_filter("tojson", tojson);
         env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
@@ -455,6 +462,18 @@ mod tests {
         ] {
             assert_eq!(py_float(f), want, "{f}");
         }
+    }
+
+    #[test]
+    fn an_endless_template_runs_out_of_fuel() {
+        let t = ChatTemplate::new(
+            "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}",
+            "",
+            "",
+        )
+        .unwrap();
+        let err = t.render(&[], None, GenerationPrompt::Add).unwrap_err();
+        assert!(format!("{err:#}").contains("fuel"), "{err:#}");
     }
 
     #[test]
