@@ -96,7 +96,8 @@ fn write_err(metadata: &[(&str, MetaValue)], tensors: &[TensorToWrite<'_>]) -> S
 #[test]
 fn bad_input_is_refused_naming_it() {
     let d = vec![0u8; 144];
-    let t = |name, dims: Vec<u64>, data| TensorToWrite { name, dims, ty: GgmlType::Q4_K, data: TensorData::Bytes(data) };
+    let t =
+        |name, dims: Vec<u64>, data| TensorToWrite { name, dims, ty: GgmlType::Q4_K, data: TensorData::Bytes(data) };
     let msg = write_err(&[], &[t("w", vec![256, 2], &d)]);
     assert!(msg.contains("'w'") && msg.contains("288") && msg.contains("144"), "{msg}");
     let msg = write_err(&[], &[t("w", vec![128, 2], &d)]);

@@ -135,7 +135,11 @@ pub fn run(a: ExportGgufArgs) -> Result<()> {
         tensors.len(),
         type_counts(&tensors),
         bytes as f64 / 1e6,
-        if a.modelfile { format!("; Ollama: ollama create NAME -f {}", modelfile_path.display()) } else { String::new() },
+        if a.modelfile {
+            format!("; Ollama: ollama create NAME -f {}", modelfile_path.display())
+        } else {
+            String::new()
+        },
         start.elapsed().as_secs_f64()
     );
     Ok(())
@@ -151,7 +155,11 @@ fn check_out(a: &ExportGgufArgs, modelfile_path: &Path) -> Result<()> {
         bail!("--out {} is an input of this export (the model or the adapter); write elsewhere", a.out.display());
     }
     if a.out.is_dir() {
-        bail!("--out {} is a folder; give the GGUF file to write, e.g. {}/model.gguf", a.out.display(), a.out.display());
+        bail!(
+            "--out {} is a folder; give the GGUF file to write, e.g. {}/model.gguf",
+            a.out.display(),
+            a.out.display()
+        );
     }
     for p in [Some(a.out.as_path()), a.modelfile.then_some(modelfile_path)].into_iter().flatten() {
         if p.exists() && !a.overwrite {

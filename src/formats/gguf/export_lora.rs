@@ -38,7 +38,12 @@ fn adapters(model: &Transformer) -> impl Iterator<Item = (&str, &Lora)> {
 }
 
 /// The `lora_a`/`lora_b` tensors of every adapter in `ty` (F32, F16 or BF16), for adapter alpha `alpha`.
-pub fn adapter_tensors<'a>(model: &'a Transformer, arch: &str, ty: GgmlType, alpha: f32) -> Result<Vec<ExportTensor<'a>>> {
+pub fn adapter_tensors<'a>(
+    model: &'a Transformer,
+    arch: &str,
+    ty: GgmlType,
+    alpha: f32,
+) -> Result<Vec<ExportTensor<'a>>> {
     if !matches!(ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
         bail!("a LoRA adapter GGUF holds F32, F16 or BF16 tensors (llama.cpp applies them unquantized), not {ty}");
     }

@@ -27,7 +27,11 @@ pub fn tokenizer_metadata(
     let mut m = match files {
         ModelFiles::Gguf(path) => {
             let g = GgufFile::open(path)?;
-            g.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")).map(|(k, v)| (k.clone(), v.clone())).collect()
+            g.metadata
+                .iter()
+                .filter(|(k, _)| k.starts_with("tokenizer."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
         }
         ModelFiles::HfDir(dir) => from_hf(dir, tok, config)?,
     };
@@ -81,9 +85,7 @@ fn from_hf(dir: &Path, tok: &TextTokenizer, config: &Config) -> Result<Vec<(Stri
         .into_iter()
         .flatten()
         .map(|m| match m {
-            Value::Array(pair) => {
-                MetaValue::Str(pair.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
-            }
+            Value::Array(pair) => MetaValue::Str(pair.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")),
             other => MetaValue::Str(other.as_str().unwrap_or_default().to_string()),
         })
         .collect();
@@ -179,7 +181,8 @@ mod tests {
     fn pre_tokenizers_map_to_llama_cpp_names() {
         let bl = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "use_regex": regex});
         assert_eq!(pre_name(&bl(true)), Some("gpt-2"));
-        let smol = json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, bl(true)]});
+        let smol =
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, bl(true)]});
         assert_eq!(pre_name(&smol), Some("smollm"));
         let split = |r: &str| {
             json!({"type": "Sequence", "pretokenizers": [

@@ -7,11 +7,13 @@
 //! the raw prompt (`{{ .Prompt }}`), which is what condlm trained it on for prompt/completion rows.
 
 /// ChatML as a Go template over Ollama's messages, ending with the assistant turn to complete.
-const CHATML: &str = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n";
+const CHATML: &str =
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n";
 
 /// The Modelfile text for `gguf_file` (a name relative to the Modelfile's folder).
 pub fn modelfile(gguf_file: &str, chat_template: Option<&str>, eos_token: &str) -> String {
-    let mut out = format!("# Ollama Modelfile written by condlm: ollama create NAME -f Modelfile\nFROM ./{gguf_file}\n");
+    let mut out =
+        format!("# Ollama Modelfile written by condlm: ollama create NAME -f Modelfile\nFROM ./{gguf_file}\n");
     let mut stops = vec![eos_token.to_string()];
     match chat_template {
         Some(t) if t.contains("<|im_start|>") && t.contains("<|im_end|>") => {
