@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use condlm::formats::gguf::dequant::{DequantError, GgmlType, dequantize, dequantize_to_vec};
 use condlm::formats::gguf::file::{GgufFile, MetaValue};
+use condlm::kernels::dequant::{DequantError, GgmlType, dequantize, dequantize_to_vec};
 use serde_json::Value;
 
 fn fixtures() -> PathBuf {

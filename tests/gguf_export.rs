@@ -4,9 +4,9 @@
 mod common;
 
 use common::{condlm, fixture};
-use condlm::formats::gguf::dequant::{GgmlType, dequantize_to_vec};
 use condlm::formats::gguf::file::GgufFile;
 use condlm::formats::gguf::quantize::quantize;
+use condlm::kernels::dequant::{GgmlType, dequantize_to_vec};
 use std::path::{Path, PathBuf};
 
 fn out_dir(name: &str) -> PathBuf {

@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use condlm::formats::gguf::dequant::{GgmlType, dequantize_to_vec};
 use condlm::formats::gguf::quantize::{QuantizeError, quantize};
+use condlm::kernels::dequant::{GgmlType, dequantize_to_vec};
 
 /// Values per fixture row (rows.f32 holds ROWS of them, one distribution each).
 const ROW_LEN: usize = 512;

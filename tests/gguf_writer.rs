@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use condlm::formats::gguf::dequant::{GgmlType, dequantize_to_vec};
 use condlm::formats::gguf::file::{GgufFile, MetaValue};
 use condlm::formats::gguf::quantize::quantize;
 use condlm::formats::gguf::writer::{TensorData, TensorToWrite, write_gguf};
+use condlm::kernels::dequant::{GgmlType, dequantize_to_vec};
 
 fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("condlm-gguf-writer-{}-{name}.gguf", std::process::id()))

@@ -311,8 +311,8 @@ fn nan_in_a_norm_weight_of_a_safetensors_model_is_named() {
 
 #[test]
 fn infinity_in_a_gguf_tensor_is_named() {
-    use condlm::formats::gguf::dequant::GgmlType;
     use condlm::formats::gguf::file::GgufFile;
+    use condlm::kernels::dequant::GgmlType;
     let tmp = tempfile::tempdir().unwrap();
     let src = fixture("tiny-llama-gguf/tiny-llama.gguf");
     let mut bytes = std::fs::read(&src).unwrap();

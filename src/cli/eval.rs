@@ -1,8 +1,8 @@
 //! `condlm eval`: token-weighted NLL and perplexity of y given x over a dataset.
-use super::{AdapterArgs, FieldArgs};
+use super::{AdapterArgs, BaseArgs, FieldArgs};
 use anyhow::{Result, bail};
 use clap::Args;
-use condlm::formats::load::load_model;
+use condlm::formats::load::load_model_as;
 use condlm::score::{Totals, load_rows_cut_x, name_row, row_scores, score_encoded};
 use std::path::PathBuf;
 
@@ -14,6 +14,8 @@ pub struct EvalArgs {
     model: String,
     #[command(flatten)]
     adapter: AdapterArgs,
+    #[command(flatten)]
+    base: BaseArgs,
     /// Rows to evaluate.
     #[arg(long)]
     data: PathBuf,
@@ -35,7 +37,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.max_len == Some(0) {
         bail!("--max-len must be at least 1 (tokens per row)");
     }
-    let mut m = load_model(&a.model)?;
+    let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
     let max_positions = m.model.config.max_positions;
     let opts = a.fields.options(a.max_len.unwrap_or(max_positions).min(max_positions));

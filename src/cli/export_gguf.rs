@@ -4,7 +4,6 @@
 use super::AdapterArgs;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
-use condlm::formats::gguf::dequant::GgmlType;
 use condlm::formats::gguf::export::{
     ExportTensor, gguf_arch, model_metadata, model_tensors, type_counts, write_export,
 };
@@ -13,6 +12,7 @@ use condlm::formats::gguf::export_vocab::tokenizer_metadata;
 use condlm::formats::gguf::file::MetaValue;
 use condlm::formats::gguf::modelfile::modelfile;
 use condlm::formats::load::load_model;
+use condlm::kernels::dequant::GgmlType;
 use condlm::network::adapters;
 use condlm::progress;
 use std::path::{Path, PathBuf};

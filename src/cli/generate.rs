@@ -1,10 +1,10 @@
 //! `condlm generate`: continue one prompt (streamed to stdout) or every row of a JSONL file.
-use super::AdapterArgs;
+use super::{AdapterArgs, BaseArgs};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use condlm::data::chat::{ChatTemplate, GenerationPrompt};
 use condlm::data::rows::{JsonObject, read_objects, string_field};
-use condlm::formats::load::load_model;
+use condlm::formats::load::load_model_as;
 use condlm::generate::{
     BeamParams, EarlyStopping, Event, GenerateOptions, Generation, NonFiniteLogits, SamplingParams, Strategy,
     encode_prompt, generate, generate_from,
@@ -30,6 +30,8 @@ pub struct GenerateArgs {
     model: String,
     #[command(flatten)]
     adapter: AdapterArgs,
+    #[command(flatten)]
+    base: BaseArgs,
     /// The prompt x; its continuation is streamed to stdout as it is generated [default: none; give it or --data].
     #[arg(long, conflicts_with = "data", required_unless_present = "data")]
     prompt: Option<String>,
@@ -117,7 +119,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     // Flags and the output file are checked before the model loads: a mistake costs nothing.
     let mut opts = options(&a)?;
     let out = a.data.is_some().then(|| prepare(a.out.as_deref(), a.overwrite, a.resume_output)).transpose()?;
-    let mut m = load_model(&a.model)?;
+    let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
     if !a.ignore_eos {
         let eos = m.tokenizer.eos_id;

@@ -15,6 +15,7 @@ use clap::Args;
 use condlm::data::dataset::DataOptions;
 use condlm::formats::load::LoadedModel;
 use condlm::formats::peft::{AdapterConfig, attach_adapter, base_mismatch, read_adapter_config};
+use condlm::formats::weights::BaseDtype;
 use std::path::PathBuf;
 
 /// The field names of prompt/completion rows, shared by `eval` and `score` (`train` takes the same flags as
@@ -38,6 +39,15 @@ impl FieldArgs {
             max_len,
         }
     }
+}
+
+/// How the model's block matrices are kept, shared by `eval`, `score` and `generate`.
+#[derive(Args)]
+pub struct BaseArgs {
+    /// stored (as the checkpoint has them: GGUF blocks, F16, BF16 stay packed; results identical to f32 in
+    /// less memory), f32, or bf16 (rounded) [default: stored].
+    #[arg(long, value_enum, default_value_t = BaseDtype::Stored, hide_default_value = true)]
+    pub base_dtype: BaseDtype,
 }
 
 /// The adapter to apply, shared by `eval`, `score`, `generate` and `merge` (which requires it).

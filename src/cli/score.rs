@@ -1,9 +1,9 @@
 //! `condlm score`: log P(y + EOS | x) for every row, then token-weighted NLL and perplexity.
-use super::{AdapterArgs, FieldArgs};
+use super::{AdapterArgs, BaseArgs, FieldArgs};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::dataset::Dataset;
-use condlm::formats::load::load_model;
+use condlm::formats::load::load_model_as;
 use condlm::output::rows::prepare;
 use condlm::progress;
 use condlm::score::{RowScore, Totals, load_rows, name_row, score_batches};
@@ -37,6 +37,8 @@ pub struct ScoreArgs {
     batch: usize,
     #[command(flatten)]
     adapter: AdapterArgs,
+    #[command(flatten)]
+    base: BaseArgs,
     /// Also write each row's token ids, the index where y starts, and every y token's log-prob [default: off].
     #[arg(long)]
     per_token: bool,
@@ -49,7 +51,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         bail!("--batch must be at least 1 (rows per forward pass)");
     }
     let out = prepare(a.out.as_deref(), a.overwrite, a.resume_output)?;
-    let mut m = load_model(&a.model)?;
+    let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
     let ds = load_rows(&a.data, &m.tokenizer, &a.fields.options(m.model.config.max_positions))?;
     let (mut writer, mut scores) = out.open(|i, row| done_row(&ds, i, row, a.per_token))?;

@@ -1,6 +1,7 @@
 //! `condlm train`: fit a model on (x, y) pairs by the conditional objective, LoRA or full fine-tuning.
 use anyhow::{Result, bail};
 use clap::Args;
+use condlm::formats::weights::BaseDtype;
 use condlm::train::run::{Ending, RunOptions, train};
 use condlm::train::schedule::Schedule;
 use condlm::train::settings::TrainSettings;
@@ -130,6 +131,11 @@ pub struct TrainArgs {
     /// Checkpoints kept besides the best one by eval loss [default: 2].
     #[arg(long)]
     keep_last: Option<usize>,
+    /// How the frozen base's block matrices are kept: stored (as the checkpoint has them: GGUF blocks, F16, BF16
+    /// stay packed; same results as f32 in less memory), f32, or bf16 (rounded). Trained matrices are f32
+    /// [default: stored].
+    #[arg(long, value_enum)]
+    base_dtype: Option<BaseDtype>,
 }
 
 macro_rules! overlay {
@@ -169,7 +175,8 @@ impl TrainArgs {
             seed,
             eval_every,
             save_every,
-            keep_last
+            keep_last,
+            base_dtype
         );
         if let Some(p) = &a.eval_data {
             s.eval_data = Some(p.clone());

@@ -1,6 +1,9 @@
 //! Builds a `Transformer` from a `Config` and `Weights`, checking every tensor's presence, shape and
 //! values (finite, after dequantization) and refusing tensors the model would silently ignore.
-use super::weights::{Weights, check_finite, is_gpt2_conv1d, transpose};
+use super::gguf::quantize::quantize;
+use super::weights::{BaseDtype, Weights, check_finite, is_gpt2_conv1d, transpose};
+use crate::kernels::dequant::GgmlType;
+use crate::kernels::packed::PackedMatrix;
 use crate::network::config::{Config, Family};
 use crate::network::linear::Linear;
 use crate::network::param::Param;
@@ -24,6 +27,7 @@ impl From<bool> for Bias {
 /// Pulls tensors out of a checkpoint by HF name, remembering which were used.
 struct Taker<'a> {
     weights: &'a Weights,
+    base: BaseDtype,
     /// Prefix the file uses for GPT-2 ("transformer." or none, as in the original OpenAI upload).
     file_prefix: String,
     used: BTreeSet<String>,
@@ -79,23 +83,55 @@ impl Taker<'_> {
     }
 
     /// A linear layer `module` with HF weight shape (out, in), or (in, out) for GPT-2 Conv1D —
-    /// which is transposed here, so every `Linear` holds (out, in).
+    /// which is transposed here, so every `Linear` holds (out, in). Its weight is kept as `self.base` says.
     fn linear(&mut self, module: &str, in_dim: usize, out_dim: usize, bias: Bias) -> Result<Linear> {
         let wname = format!("{module}.weight");
-        let w = if is_gpt2_conv1d(&wname) {
-            transpose(&self.take(&wname, &[in_dim, out_dim])?, in_dim, out_dim)
-        } else {
-            self.take(&wname, &[out_dim, in_dim])?
+        let w = match self.packed(&wname, out_dim, in_dim)? {
+            Some(p) => Param::new_packed(wname, p),
+            None => {
+                let w = if is_gpt2_conv1d(&wname) {
+                    transpose(&self.take(&wname, &[in_dim, out_dim])?, in_dim, out_dim)
+                } else {
+                    self.take(&wname, &[out_dim, in_dim])?
+                };
+                match self.base {
+                    BaseDtype::Bf16 => {
+                        let bytes = quantize(GgmlType::BF16, &w)?;
+                        Param::new_packed(
+                            wname,
+                            PackedMatrix::new(GgmlType::BF16, out_dim, in_dim, bytes).map_err(|e| anyhow!(e))?,
+                        )
+                    }
+                    BaseDtype::Stored | BaseDtype::F32 => Param::new(wname, vec![out_dim, in_dim], w),
+                }
+            }
         };
         let b = self.bias(module, out_dim, bias)?;
-        Ok(Linear {
-            name: module.to_string(),
-            w: Param::new(wname, vec![out_dim, in_dim], w),
-            b,
-            lora: None,
-            in_dim,
-            out_dim,
-        })
+        Ok(Linear { name: module.to_string(), w, b, lora: None, in_dim, out_dim })
+    }
+
+    /// Matrix `name` (out, in) in its stored form when the base keeps it so (`BaseDtype::Stored` and a packed
+    /// stored type), checked like [`Self::maybe`].
+    fn packed(&mut self, name: &str, out_dim: usize, in_dim: usize) -> Result<Option<PackedMatrix>> {
+        if self.base != BaseDtype::Stored {
+            return Ok(None);
+        }
+        let file_name = self.file_name(name);
+        let Some(p) = self.weights.load_packed(&file_name)? else { return Ok(None) };
+        let path = self.weights.path().display();
+        if (p.rows, p.cols) != (out_dim, in_dim) {
+            bail!(
+                "{path}: tensor {file_name} holds a ({}, {}) matrix, but the model config implies ({out_dim}, \
+                 {in_dim}); the config and weights do not belong together",
+                p.rows,
+                p.cols
+            );
+        }
+        check_finite(&p.to_f32()).map_err(|e| {
+            anyhow!("{path}: tensor {file_name} {e}: the file is damaged or the training that made it diverged")
+        })?;
+        self.used.insert(file_name);
+        Ok(Some(p))
     }
 
     fn norm(&mut self, module: &str, dim: usize, bias: Bias) -> Result<Norm> {
@@ -117,11 +153,13 @@ fn is_ignorable(name: &str) -> bool {
     name.ends_with("rotary_emb.inv_freq") || name.ends_with(".attn.bias") || name.ends_with(".attn.masked_bias")
 }
 
-pub fn load_transformer(config: Config, weights: &Weights) -> Result<Transformer> {
+/// The model in `weights`, its frozen matrices kept as `base` says.
+pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> Result<Transformer> {
     let names = weights.hf_names()?;
     let gpt2_bare = config.family == Family::Gpt2 && names.iter().any(|n| n == "wte.weight");
     let mut t = Taker {
         weights,
+        base,
         file_prefix: if gpt2_bare { String::new() } else { "transformer.".into() },
         used: BTreeSet::new(),
     };

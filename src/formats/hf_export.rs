@@ -16,6 +16,7 @@
 use super::gguf::file::GgufFile;
 use super::resolve::ModelFiles;
 use super::weights::is_gpt2_conv1d;
+use crate::kernels::packed::PackedMatrix;
 use crate::network::config::{Config, Family};
 use crate::network::param::Param;
 use crate::network::transformer::Transformer;
@@ -93,6 +94,8 @@ fn to_json(v: &Value) -> Result<Vec<u8>> {
 pub struct OutTensor<'a> {
     shape: Vec<usize>,
     data: &'a [f32],
+    /// Set for a matrix kept packed (then `data` is empty): dequantized when written.
+    packed: Option<&'a PackedMatrix>,
     /// Some((rows, cols)): `data` is (rows, cols) and is written transposed, as (cols, rows).
     transpose: Option<(usize, usize)>,
 }
@@ -100,7 +103,7 @@ pub struct OutTensor<'a> {
 impl<'a> OutTensor<'a> {
     /// `data` as it is, under `shape`.
     pub fn new(shape: Vec<usize>, data: &'a [f32]) -> Self {
-        OutTensor { shape, data, transpose: None }
+        OutTensor { shape, data, packed: None, transpose: None }
     }
 }
 
@@ -114,13 +117,17 @@ impl View for OutTensor<'_> {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
-        let mut out = Vec::with_capacity(self.data.len() * 4);
+        let data = match self.packed {
+            Some(p) => Cow::Owned(p.to_f32()),
+            None => Cow::Borrowed(self.data),
+        };
+        let mut out = Vec::with_capacity(self.data_len());
         match self.transpose {
-            None => self.data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+            None => data.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
             Some((rows, cols)) => {
                 for c in 0..cols {
                     for r in 0..rows {
-                        out.extend_from_slice(&self.data[r * cols + c].to_le_bytes());
+                        out.extend_from_slice(&data[r * cols + c].to_le_bytes());
                     }
                 }
             }
@@ -129,7 +136,7 @@ impl View for OutTensor<'_> {
     }
 
     fn data_len(&self) -> usize {
-        self.data.len() * 4
+        self.shape.iter().product::<usize>() * 4
     }
 }
 
@@ -170,14 +177,16 @@ fn weight_views(model: &Transformer) -> Result<Vec<(&str, OutTensor<'_>)>> {
         if !names.insert(p.name.as_str()) {
             bail!("two tensors of the model are both named {}", p.name);
         }
-        if p.shape.iter().product::<usize>() != p.data.len() {
+        if p.packed.is_none() && p.shape.iter().product::<usize>() != p.data.len() {
             bail!("tensor {} holds {} values but has shape {:?}", p.name, p.data.len(), p.shape);
         }
+        let packed = p.packed.as_ref();
         let t = if model.config.family == Family::Gpt2 && p.shape.len() == 2 && is_gpt2_conv1d(&p.name) {
             // Held as (out, in) like nn.Linear; Conv1D stores (in, out).
-            OutTensor { shape: vec![p.shape[1], p.shape[0]], data: &p.data, transpose: Some((p.shape[0], p.shape[1])) }
+            let shape = vec![p.shape[1], p.shape[0]];
+            OutTensor { shape, data: &p.data, packed, transpose: Some((p.shape[0], p.shape[1])) }
         } else {
-            OutTensor::new(p.shape.clone(), &p.data)
+            OutTensor { shape: p.shape.clone(), data: &p.data, packed, transpose: None }
         };
         tensors.push((p.name.as_str(), t));
     }

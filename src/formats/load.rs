@@ -5,7 +5,7 @@ use super::gguf::file::GgufFile;
 use super::gguf::tokenizer::{GgufVocab, tokenizer_from_gguf_vocab};
 use super::resolve::{ModelFiles, resolve};
 use super::safetensors_files::SafetensorsFiles;
-use super::weights::Weights;
+use super::weights::{BaseDtype, Weights};
 use crate::network::config::Config;
 use crate::network::transformer::Transformer;
 use crate::tokenizer::TextTokenizer;
@@ -75,13 +75,18 @@ fn gguf_vocab(g: &GgufFile) -> Result<GgufVocab> {
     })
 }
 
-/// Resolves `spec` and loads model and tokenizer.
+/// Resolves `spec` and loads model and tokenizer, the block matrices kept as the checkpoint stores them.
 pub fn load_model(spec: &str) -> Result<LoadedModel> {
+    load_model_as(spec, BaseDtype::Stored)
+}
+
+/// As [`load_model`], the block matrices kept as `base` says. Trainable matrices become f32 whatever `base` is.
+pub fn load_model_as(spec: &str, base: BaseDtype) -> Result<LoadedModel> {
     let files = resolve(spec)?;
     let (config, weights) = open_weights(&files)?;
     let tokenizer = load_tokenizer(&files, &config, &weights)?;
     check_vocab(&files, &config, &tokenizer)?;
-    let model = load_transformer(config, &weights)?;
+    let model = load_transformer(config, &weights, base)?;
     Ok(LoadedModel { files, model, tokenizer })
 }
 

@@ -76,14 +76,21 @@ impl SafetensorsFiles {
         self.index.keys().map(|s| s.as_str())
     }
 
+    /// The tensor's dtype, shape and bytes as stored; `None` if no shard has it.
+    pub fn raw(&self, name: &str) -> Option<(Dtype, &[usize], &[u8])> {
+        let &i = self.index.get(name)?;
+        let shard = &self.shards[i];
+        let info = shard.meta.info(name).expect("indexed tensor has metadata");
+        let start = 8 + shard.header_len;
+        Some((info.dtype, &info.shape, &shard.bytes[start + info.data_offsets.0..start + info.data_offsets.1]))
+    }
+
     /// The tensor as f32 with its shape; `None` if no shard has it.
     pub fn load_f32(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>> {
         let Some(&i) = self.index.get(name) else { return Ok(None) };
         let shard = &self.shards[i];
-        let info = shard.meta.info(name).expect("indexed tensor has metadata");
-        let start = 8 + shard.header_len;
-        let bytes = &shard.bytes[start + info.data_offsets.0..start + info.data_offsets.1];
-        let data = match info.dtype {
+        let (dtype, shape, bytes) = self.raw(name).expect("indexed tensor");
+        let data = match dtype {
             Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
             Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             Dtype::BF16 => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
@@ -92,7 +99,7 @@ impl SafetensorsFiles {
                 shard.path.display()
             ),
         };
-        Ok(Some((info.shape.clone(), data)))
+        Ok(Some((shape.to_vec(), data)))
     }
 
     /// Every tensor's name, shape and dtype, sorted by name.

@@ -2,7 +2,11 @@
 //! the fly: llama.cpp names → HF names, Q/K rows un-permuted for Llama, GPT-2 weights back to Conv1D (in, out).
 use super::gguf::file::GgufFile;
 use super::safetensors_files::SafetensorsFiles;
+use crate::kernels::dequant::GgmlType;
+use crate::kernels::packed::PackedMatrix;
 use anyhow::{Result, bail};
+use safetensors::Dtype;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 pub enum Weights {
@@ -70,6 +74,96 @@ impl Weights {
     }
 }
 
+/// How the weight matrices of the blocks are kept in memory (the embeddings, norms and biases are always f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseDtype {
+    /// As the checkpoint stores them: GGUF blocks (Q4_K, Q8_0, …), F16 or BF16 stay packed, F32 stays F32.
+    /// The products are bit-identical to f32's; only memory differs.
+    #[default]
+    Stored,
+    /// Every matrix as f32 (4 bytes per weight).
+    F32,
+    /// Every matrix rounded to bf16 (2 bytes per weight; changes the values unless they were bf16).
+    Bf16,
+}
+
+impl Weights {
+    /// Bytes the model's weights take in memory when its block matrices are kept as `base` says (everything
+    /// else is f32), from the tensor table alone: what the memory plan counts before loading.
+    pub fn resident_bytes(&self, base: BaseDtype) -> Result<usize> {
+        let block_matrix = |name: &str, dims: usize| dims == 2 && (name.contains(".layers.") || name.contains(".h."));
+        let mut total = 0;
+        match self {
+            Weights::Safetensors { files, .. } => {
+                for t in files.summaries() {
+                    let n: usize = t.shape.iter().product();
+                    let packed = block_matrix(&t.name, t.shape.len()) && !is_gpt2_conv1d(&t.name);
+                    let stored_half = matches!(t.dtype.as_str(), "F16" | "BF16");
+                    total += match base {
+                        BaseDtype::Stored if packed && stored_half => 2 * n,
+                        BaseDtype::Bf16 if block_matrix(&t.name, t.shape.len()) => 2 * n,
+                        _ => 4 * n,
+                    };
+                }
+            }
+            Weights::Gguf { file, arch, .. } => {
+                for t in &file.tensors {
+                    let n = t.n_elements() as usize;
+                    let hf = gguf_to_hf(&t.name, arch).unwrap_or_default();
+                    let matrix = block_matrix(&hf, t.dims.len());
+                    total += match base {
+                        BaseDtype::Stored if matrix && t.ty != GgmlType::F32 => {
+                            t.n_bytes().unwrap_or(4 * n as u64) as usize
+                        }
+                        BaseDtype::Bf16 if matrix => 2 * n,
+                        _ => 4 * n,
+                    };
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    /// Matrix `hf_name` as an (out, in) [`PackedMatrix`] in its stored form — a GGUF tensor that is not F32, or
+    /// an F16/BF16 safetensors tensor — with Llama's Q/K rows un-permuted; `None` when absent, stored as F32, or
+    /// in a layout that needs a transpose (GPT-2's Conv1D in safetensors), which the f32 path handles.
+    pub fn load_packed(&self, hf_name: &str) -> Result<Option<PackedMatrix>> {
+        let (ty, rows, cols, bytes) = match self {
+            Weights::Safetensors { files, .. } => {
+                let Some((dtype, shape, bytes)) = files.raw(hf_name) else { return Ok(None) };
+                let ty = match dtype {
+                    Dtype::F16 => GgmlType::F16,
+                    Dtype::BF16 => GgmlType::BF16,
+                    _ => return Ok(None),
+                };
+                if shape.len() != 2 || is_gpt2_conv1d(hf_name) {
+                    return Ok(None);
+                }
+                (ty, shape[0], shape[1], bytes)
+            }
+            Weights::Gguf { file, arch, .. } => {
+                let Some(info) = hf_to_gguf(hf_name, arch).and_then(|n| file.tensor(&n)) else { return Ok(None) };
+                if info.ty == GgmlType::F32 || info.dims.len() != 2 {
+                    return Ok(None);
+                }
+                (info.ty, info.dims[1] as usize, info.dims[0] as usize, file.tensor_bytes(info)?)
+            }
+        };
+        let packed = PackedMatrix::new(ty, rows, cols, bytes.to_vec())
+            .map_err(|e| anyhow::anyhow!("{}: tensor {hf_name}: {e}", self.path().display()))?;
+        Ok(Some(match self {
+            Weights::Gguf { arch, num_heads, num_kv_heads, .. } => {
+                match permuted_heads(hf_name, arch, *num_heads, *num_kv_heads) {
+                    Some(heads) => packed.permute_rows(&qk_row_order(rows, heads, Permute::FromGguf)?),
+                    None => packed,
+                }
+            }
+            Weights::Safetensors { .. } => packed,
+        }))
+    }
+}
+
 /// Err("holds a non-finite value, NaN at element i of n") for the first value that is not finite. One pass, no copy.
 pub fn check_finite(data: &[f32]) -> std::result::Result<(), String> {
     match data.iter().position(|v| !v.is_finite()) {
@@ -122,24 +216,29 @@ pub fn permuted_heads(hf_name: &str, arch: &str, num_heads: usize, num_kv_heads:
 /// llama.cpp's `permute` of Q/K projection rows (interleaved rotary pairs vs. rotate-half halves) and
 /// its inverse: within each head, GGUF row `2j + s` holds HF row `s·(head_dim/2) + j`.
 pub fn permute_qk_rows(data: &[f32], shape: &[usize], n_heads: usize, dir: Permute) -> Result<Vec<f32>> {
-    let rows = shape[0];
     let cols: usize = shape[1..].iter().product();
+    let order = qk_row_order(shape[0], n_heads, dir)?;
+    Ok(order.iter().flat_map(|&r| &data[r * cols..(r + 1) * cols]).copied().collect())
+}
+
+/// The source row of every destination row of [`permute_qk_rows`].
+pub fn qk_row_order(rows: usize, n_heads: usize, dir: Permute) -> Result<Vec<usize>> {
     if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
         bail!("cannot permute a tensor of {rows} rows into {n_heads} heads");
     }
     let hd = rows / n_heads;
-    let mut out = vec![0.0; data.len()];
+    let mut order = vec![0; rows];
     for h in 0..n_heads {
         for j in 0..hd / 2 {
             for s in 0..2 {
-                let gguf = (h * hd + 2 * j + s) * cols;
-                let hf = (h * hd + s * (hd / 2) + j) * cols;
+                let gguf = h * hd + 2 * j + s;
+                let hf = h * hd + s * (hd / 2) + j;
                 let (src, dst) = if dir == Permute::FromGguf { (gguf, hf) } else { (hf, gguf) };
-                out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
+                order[dst] = src;
             }
         }
     }
-    Ok(out)
+    Ok(order)
 }
 
 /// (HF name, llama.cpp name) pairs.

@@ -131,6 +131,13 @@ pub fn gemm(isa: Isa, out: MatMut, a: Mat, b: Mat, accumulate: bool) {
     }
 }
 
+/// The depth of the GEMM's blocks for a product of depth `k`: equal blocks of at most KC, a function of k alone, so
+/// the summation order never depends on how C is split (and a caller that cuts k at these points gets the same
+/// bits, see `packed`).
+pub fn depth_block(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC))
+}
+
 /// The destination pointer, shared by the threads that write disjoint rectangles of it.
 #[derive(Clone, Copy)]
 struct Dst(*mut f32);
@@ -227,8 +234,7 @@ unsafe fn blocked<K: Kernel>(
 ) {
     let (mr, nr, k) = (K::MR, K::NR, a.cols);
     let (mc, nc) = (MC / mr * mr, NC / nr * nr);
-    // Equal depth blocks, a function of k alone: the summation order never depends on the split.
-    let kc = k.div_ceil(k.div_ceil(KC));
+    let kc = depth_block(k);
     let (bp, ap) = buf.split_at_mut(KC * nc);
     let mut scratch = [0.0f32; MAX_TILE];
     for jc in cols.clone().step_by(nc) {

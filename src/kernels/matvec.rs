@@ -10,7 +10,7 @@ use rayon::prelude::*;
 /// Up to this many rows of x, the matrix-vector kernel; above, the GEMM.
 pub const MAX_ROWS: usize = 16;
 /// Output features per parallel task: the task's weight rows stay in cache from one row of x to the next.
-const CHUNK: usize = 64;
+pub const CHUNK: usize = 64;
 
 /// out (n, out_dim) = x (n, in)·Wᵀ, or out += x·Wᵀ when `accumulate`. x is dense row-major; `out` may be a
 /// column block of a wider buffer (its row stride).

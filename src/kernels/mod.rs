@@ -1,6 +1,7 @@
 //! CPU kernels. Each op's forward lives beside its backward; shapes are in the doc comments.
 pub mod activation;
 pub mod attention;
+pub mod dequant;
 pub mod embedding;
 pub mod gemm;
 pub mod kv_attention;
@@ -9,6 +10,7 @@ pub mod mat;
 pub mod matmul;
 pub mod matvec;
 pub mod norm;
+pub mod packed;
 pub mod rope;
 pub mod simd;
 

@@ -57,6 +57,7 @@ pub fn set_full_finetune(model: &mut Transformer, freeze_embeddings: bool) {
 pub fn merge(model: &mut Transformer) {
     for lin in model.blocks.iter_mut().flat_map(|b| b.linears_mut()) {
         if let Some(l) = lin.lora.take() {
+            lin.w.unpack();
             for (w, d) in lin.w.data.iter_mut().zip(l.delta()) {
                 *w += d;
             }

@@ -1,5 +1,6 @@
 //! y = x·Wᵀ + b (+ (α/r)·B·A·dropout(x) when a LoRA adapter is attached), forward and backward.
-//! W is stored (out, in) — nn.Linear's layout; GPT-2's Conv1D weights are transposed on load.
+//! W is stored (out, in) — nn.Linear's layout; GPT-2's Conv1D weights are transposed on load. A frozen W may be
+//! kept packed (GGML blocks, F16, BF16: [`crate::kernels::packed`]); its products are the same bits.
 use super::lora::{Dropout, Lora, LoraActs};
 use super::param::Param;
 use crate::kernels::mat::{Mat, MatMut};
@@ -43,7 +44,11 @@ impl Linear {
     pub fn forward(&self, out: Strided, x: &[f32], n: usize, la: &mut LoraActs, dropout: Option<Dropout>) {
         let Strided { data: out, row_stride, accumulate } = out;
         let dst = MatMut { data: &mut *out, rows: n, cols: self.out_dim, row_stride };
-        matmul_wt(dst, Mat::new(&x[..n * self.in_dim], n, self.in_dim), &self.w.data, accumulate);
+        let xm = Mat::new(&x[..n * self.in_dim], n, self.in_dim);
+        match &self.w.packed {
+            Some(w) => w.matmul_wt(dst, xm, accumulate),
+            None => matmul_wt(dst, xm, &self.w.data, accumulate),
+        }
         if let Some(b) = &self.b {
             add_bias(out, row_stride, n, &b.data);
         }
@@ -77,7 +82,11 @@ impl Linear {
                 lora.backward(Some(&mut *dx), dy_mat, x, n, la, x_drop);
             }
             // dx (N, in) += dy · W
-            matmul(MatMut::new(dx, n, self.in_dim), dy_mat, Mat::new(&self.w.data, self.out_dim, self.in_dim), true);
+            let dx = MatMut::new(dx, n, self.in_dim);
+            match &self.w.packed {
+                Some(w) => w.matmul_dx(dx, dy_mat, true),
+                None => matmul(dx, dy_mat, Mat::new(&self.w.data, self.out_dim, self.in_dim), true),
+            }
         } else if let Some(lora) = &mut self.lora {
             lora.backward(None, dy_mat, x, n, la, x_drop);
         }

@@ -14,7 +14,7 @@ const BASE_BYTES: usize = 128 << 20;
 /// Estimated bytes by what holds them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MemoryPlan {
-    /// Frozen and trainable weights as f32.
+    /// Frozen and trainable weights as they are kept (see `BaseDtype`).
     pub weights: usize,
     /// Gradients and AdamW moments of the trainable tensors (and LoRA's own weights).
     pub optimizer: usize,
@@ -24,8 +24,9 @@ pub struct MemoryPlan {
 }
 
 impl MemoryPlan {
-    /// `tokens`: the most tokens one micro-batch can hold (0 before the data is read).
-    pub fn new(c: &Config, s: &TrainSettings, tokens: usize) -> Self {
+    /// `tokens`: the most tokens one micro-batch can hold (0 before the data is read); `weight_bytes`: what the
+    /// model's weights take as they are kept.
+    pub fn new(c: &Config, s: &TrainSettings, tokens: usize, weight_bytes: usize) -> Self {
         let (d, f, layers) = (c.hidden_size, c.intermediate_size, c.num_layers);
         let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         // (in, out) of each block's linear layers; LoRA on all of them bounds any --lora-targets.
@@ -50,7 +51,7 @@ impl MemoryPlan {
         // The LM head's logits and their gradient, 64 rows at a time.
         let head = 2 * 64 * c.vocab_size * 4;
         let activations = if tokens == 0 { 0 } else { 4 * tokens * (layers * per_block + once) + head };
-        MemoryPlan { weights: 4 * params + BASE_BYTES, optimizer, activations, tokens }
+        MemoryPlan { weights: weight_bytes + BASE_BYTES, optimizer, activations, tokens }
     }
 
     pub fn total(&self) -> usize {
@@ -140,7 +141,7 @@ mod tests {
     fn the_plan_counts_each_part_as_documented() {
         let c = smollm2();
         let lora = TrainSettings { lora_r: 16, ..TrainSettings::default() };
-        let p = MemoryPlan::new(&c, &lora, 0);
+        let p = MemoryPlan::new(&c, &lora, 0, 4 * c.num_parameters());
         assert_eq!(p.weights, 4 * c.num_parameters() + BASE_BYTES);
         assert_eq!(c.num_parameters(), 134_515_008, "SmolLM2-135M's parameter count");
         // all-linear LoRA r=16 on SmolLM2: 30 blocks × r × Σ(in+out) values, with Σ(in+out) over q, k, v, o,
@@ -148,10 +149,10 @@ mod tests {
         assert_eq!(p.optimizer, 16 * 30 * 16 * 10176);
         assert_eq!(p.activations, 0);
         let full = TrainSettings { full: true, ..TrainSettings::default() };
-        assert_eq!(MemoryPlan::new(&c, &full, 0).optimizer, 12 * c.num_parameters());
+        assert_eq!(MemoryPlan::new(&c, &full, 0, 4 * c.num_parameters()).optimizer, 12 * c.num_parameters());
         // Activations grow linearly with the tokens of a micro-batch.
-        let a1 = MemoryPlan::new(&c, &lora, 1000).activations;
-        let a2 = MemoryPlan::new(&c, &lora, 2000).activations;
+        let a1 = MemoryPlan::new(&c, &lora, 1000, 4 * c.num_parameters()).activations;
+        let a2 = MemoryPlan::new(&c, &lora, 2000, 4 * c.num_parameters()).activations;
         let head = 2 * 64 * 49152 * 4;
         assert_eq!(a2 - head, 2 * (a1 - head));
     }
@@ -160,13 +161,14 @@ mod tests {
     fn a_plan_over_the_limit_names_the_lever() {
         let c = smollm2();
         let s = TrainSettings { batch_size: 64, ..TrainSettings::default() };
-        let p = MemoryPlan::new(&c, &s, 64 * 1024);
+        let p = MemoryPlan::new(&c, &s, 64 * 1024, 4 * c.num_parameters());
         let err = p.check(Some(1 << 30), &s).unwrap_err().to_string();
         assert!(err.contains("--batch-size (now 64") && err.contains("--no-memory-check"), "{err}");
         p.check(Some(p.total()), &s).unwrap();
         p.check(None, &s).unwrap();
         let full = TrainSettings { full: true, ..TrainSettings::default() };
-        let err = MemoryPlan::new(&c, &full, 10).check(Some(1 << 20), &full).unwrap_err().to_string();
+        let err =
+            MemoryPlan::new(&c, &full, 10, 4 * c.num_parameters()).check(Some(1 << 20), &full).unwrap_err().to_string();
         assert!(err.contains("drop --full"), "{err}");
     }
 

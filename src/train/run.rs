@@ -11,8 +11,8 @@ use super::settings::TrainSettings;
 use super::trainer::{StepStats, TrainConfig, TrainState, Trainer};
 use crate::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
 use crate::data::example::Example;
-use crate::formats::hf_export::save_hf_folder;
-use crate::formats::load::{LoadedModel, load_model, open_weights};
+use crate::formats::hf_export::{base_params, save_hf_folder};
+use crate::formats::load::{LoadedModel, load_model_as, open_weights};
 use crate::formats::peft::save_adapter;
 use crate::formats::resolve::resolve;
 use crate::network::adapters::{attach, set_full_finetune};
@@ -217,12 +217,17 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
         [Path::new(&s.model), s.data.as_path()].into_iter().chain(s.eval_data.as_deref()).collect();
     output_dir::check(&out, resumed.is_some(), opts.overwrite, &inputs)?;
     let available = if opts.memory_check { available_bytes() } else { None };
-    let (config, _) = open_weights(&resolve(&s.model)?)?;
-    MemoryPlan::new(&config, &s, 0).check(available, &s)?;
-    let LoadedModel { files, mut model, tokenizer } = load_model(&s.model)?;
+    let (config, weights) = open_weights(&resolve(&s.model)?)?;
+    // Full fine-tuning trains (so keeps in f32) every matrix; LoRA keeps the frozen ones as --base-dtype says.
+    let weight_bytes = if s.full { 4 * config.num_parameters() } else { weights.resident_bytes(s.base_dtype)? };
+    drop(weights);
+    MemoryPlan::new(&config, &s, 0, weight_bytes).check(available, &s)?;
+    let LoadedModel { files, mut model, tokenizer } = load_model_as(&s.model, s.base_dtype)?;
     let (train_set, eval_set) = load_data(&s, &tokenizer, model.config.max_positions)?;
     let lengths = train_set.examples.iter().map(|e| e.ids.len()).collect();
-    let memory = MemoryPlan::new(&model.config, &s, largest_micro_batch(lengths, s.batch_size));
+    let loaded_bytes = base_params(&model).iter().map(|p| p.stored_bytes()).sum();
+    let weight_bytes = if s.full { 4 * model.config.num_parameters() } else { loaded_bytes };
+    let memory = MemoryPlan::new(&model.config, &s, largest_micro_batch(lengths, s.batch_size), weight_bytes);
     memory.check(available, &s)?;
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     eprintln!(

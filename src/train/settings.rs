@@ -1,6 +1,7 @@
 //! Every setting of a training run, with its default; read from a TOML file (`--config`) and
 //! overridden by command-line flags. The resolved settings are saved with each checkpoint.
 use super::schedule::Schedule;
+use crate::formats::weights::BaseDtype;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -47,6 +48,8 @@ pub struct TrainSettings {
     pub save_every: usize,
     /// Checkpoints kept (besides the best by eval loss).
     pub keep_last: usize,
+    /// How the frozen base's block matrices are kept in memory.
+    pub base_dtype: BaseDtype,
 }
 
 impl Default for TrainSettings {
@@ -81,6 +84,7 @@ impl Default for TrainSettings {
             eval_every: 0,
             save_every: 100,
             keep_last: 2,
+            base_dtype: BaseDtype::Stored,
         }
     }
 }

@@ -7,12 +7,13 @@
 //! (`output.weight`, or `token_embd.weight` when the embeddings are tied) is Q6_K when the type asked for has
 //! fewer than 8 bits, as `llama-quantize` does; a matrix whose rows do not divide into the type's blocks takes
 //! llama.cpp's fallback (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16 when even 32 does not divide).
-use super::dequant::GgmlType;
 use super::file::MetaValue;
 use super::quantize::quantize;
 use super::writer::{TensorData, TensorToWrite, write_gguf};
 use crate::formats::hf_export::base_params;
-use crate::formats::weights::{Permute, hf_to_gguf, permute_qk_rows, permuted_heads};
+use crate::formats::weights::{Permute, hf_to_gguf, permuted_heads, qk_row_order};
+use crate::kernels::dequant::GgmlType;
+use crate::kernels::packed::PackedMatrix;
 use crate::network::config::{Config, Family};
 use crate::network::param::Param;
 use crate::network::transformer::Transformer;
@@ -111,13 +112,45 @@ pub fn tensor_type(name: &str, shape: &[usize], ty: GgmlType, tied: bool) -> Ggm
     t
 }
 
-/// One tensor of the exported file: its GGUF name, row-major shape, type, and the values (Q/K rows already
-/// permuted where llama.cpp expects it).
+/// One tensor of the exported file: its GGUF name, row-major shape and type, where its values come from, and
+/// the row order llama.cpp expects (Llama's Q/K permutation), applied when the tensor is written.
 pub struct ExportTensor<'a> {
     pub name: String,
     pub shape: Vec<usize>,
     pub ty: GgmlType,
-    pub values: Cow<'a, [f32]>,
+    pub source: Source<'a>,
+    /// Row i of the file is row `order[i]` of the source.
+    pub order: Option<Vec<usize>>,
+}
+
+/// The values of an exported tensor.
+pub enum Source<'a> {
+    F32(Cow<'a, [f32]>),
+    /// A matrix kept packed: its blocks are copied as they are when the file's type is theirs (no second
+    /// rounding), else dequantized and converted.
+    Packed(&'a PackedMatrix),
+}
+
+impl ExportTensor<'_> {
+    /// The tensor's bytes in the file.
+    pub fn bytes(&self) -> Result<Vec<u8>> {
+        let row = self.shape.last().copied().unwrap_or(1);
+        match &self.source {
+            Source::Packed(m) if m.ty == self.ty => {
+                Ok(self.order.as_ref().map_or_else(|| m.bytes.clone(), |o| m.permute_rows(o).bytes))
+            }
+            Source::Packed(m) => encode(&reorder(&m.to_f32(), row, self.order.as_deref()), row, self.ty),
+            Source::F32(v) => encode(&reorder(v, row, self.order.as_deref()), row, self.ty),
+        }
+    }
+}
+
+/// Rows of `values` in `order` (when given).
+fn reorder<'a>(values: &'a [f32], row: usize, order: Option<&[usize]>) -> Cow<'a, [f32]> {
+    match order {
+        Some(o) => Cow::Owned(o.iter().flat_map(|&r| &values[r * row..(r + 1) * row]).copied().collect()),
+        None => Cow::Borrowed(values),
+    }
 }
 
 /// `values` (rows of `row` values) in `ty`'s bytes, rows quantized in parallel; an error names the row.
@@ -137,7 +170,7 @@ pub fn encode(values: &[f32], row: usize, ty: GgmlType) -> Result<Vec<u8>> {
 }
 
 /// The base tensors of `model` under llama.cpp names, in the type `ty` asks for. Adapters must be merged
-/// first.
+/// first. A matrix kept packed in the file's type is copied block for block.
 pub fn model_tensors<'a>(model: &'a Transformer, arch: &str, ty: GgmlType) -> Result<Vec<ExportTensor<'a>>> {
     let c = &model.config;
     let mut out = Vec::new();
@@ -150,12 +183,15 @@ pub fn model_tensors<'a>(model: &'a Transformer, arch: &str, ty: GgmlType) -> Re
 fn model_tensor<'a>(p: &'a Param, c: &Config, arch: &str, ty: GgmlType) -> Result<ExportTensor<'a>> {
     let name = hf_to_gguf(&p.name, arch)
         .with_context(|| format!("tensor {} has no llama.cpp name in a {arch} model", p.name))?;
-    let values = match permuted_heads(&p.name, arch, c.num_heads, c.num_kv_heads) {
-        Some(heads) => Cow::Owned(permute_qk_rows(&p.data, &p.shape, heads, Permute::ToGguf)?),
-        None => Cow::Borrowed(&p.data[..]),
+    let order = permuted_heads(&p.name, arch, c.num_heads, c.num_kv_heads)
+        .map(|heads| qk_row_order(p.shape[0], heads, Permute::ToGguf))
+        .transpose()?;
+    let source = match &p.packed {
+        Some(m) => Source::Packed(m),
+        None => Source::F32(Cow::Borrowed(&p.data)),
     };
     let ty = tensor_type(&name, &p.shape, ty, c.tie_embeddings);
-    Ok(ExportTensor { name, shape: p.shape.clone(), ty, values })
+    Ok(ExportTensor { name, shape: p.shape.clone(), ty, source, order })
 }
 
 /// Writes metadata and tensors as GGUF to `out`, each tensor's bytes made (in parallel over rows) only when
@@ -175,7 +211,7 @@ pub fn write_export(
             dims: t.shape.iter().rev().map(|&d| d as u64).collect(),
             ty: t.ty,
             data: TensorData::Lazy(Box::new(move || {
-                let bytes = encode(&t.values, t.shape.last().copied().unwrap_or(1), t.ty);
+                let bytes = t.bytes();
                 on_tensor();
                 bytes
             })),

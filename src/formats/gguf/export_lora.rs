@@ -6,10 +6,10 @@
 //! llama.cpp scales every adapter by `alpha / r` (r read from each `lora_a`). condlm's scale may differ per
 //! matrix (rsLoRA's α/√r, PEFT rank/alpha patterns), so each B is multiplied by `scale · r / alpha`: 1 exactly
 //! for a plain adapter, whose tensors are then written as they are.
-use super::dequant::GgmlType;
-use super::export::ExportTensor;
+use super::export::{ExportTensor, Source};
 use super::file::MetaValue;
-use crate::formats::weights::{Permute, hf_to_gguf, permute_qk_rows, permuted_heads};
+use crate::formats::weights::{Permute, hf_to_gguf, permuted_heads, qk_row_order};
+use crate::kernels::dequant::GgmlType;
 use crate::network::lora::Lora;
 use crate::network::transformer::Transformer;
 use anyhow::{Context, Result, bail};
@@ -52,20 +52,24 @@ pub fn adapter_tensors<'a>(
     for (weight, lora) in adapters(model) {
         let name = hf_to_gguf(weight, arch).with_context(|| format!("{weight} has no llama.cpp name in {arch}"))?;
         let factor = lora.scale * lora.rank as f32 / alpha;
-        let mut b = Cow::Borrowed(&lora.b.data[..]);
-        if let Some(heads) = permuted_heads(weight, arch, c.num_heads, c.num_kv_heads) {
-            b = Cow::Owned(permute_qk_rows(&b, &lora.b.shape, heads, Permute::ToGguf)?);
-        }
-        if factor != 1.0 {
-            b = Cow::Owned(b.iter().map(|v| v * factor).collect());
-        }
+        let b = match factor == 1.0 {
+            true => Cow::Borrowed(&lora.b.data[..]),
+            false => Cow::Owned(lora.b.data.iter().map(|v| v * factor).collect()),
+        };
+        // B's rows are the base matrix's output rows: permuted like them for Llama q/k.
+        let order = permuted_heads(weight, arch, c.num_heads, c.num_kv_heads)
+            .map(|heads| qk_row_order(lora.b.shape[0], heads, Permute::ToGguf))
+            .transpose()?;
+        let a = Source::F32(Cow::Borrowed(&lora.a.data));
         out.push(ExportTensor {
             name: format!("{name}.lora_a"),
             shape: lora.a.shape.clone(),
             ty,
-            values: Cow::Borrowed(&lora.a.data),
+            source: a,
+            order: None,
         });
-        out.push(ExportTensor { name: format!("{name}.lora_b"), shape: lora.b.shape.clone(), ty, values: b });
+        let b = Source::F32(b);
+        out.push(ExportTensor { name: format!("{name}.lora_b"), shape: lora.b.shape.clone(), ty, source: b, order });
     }
     Ok(out)
 }

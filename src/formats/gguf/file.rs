@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 
-use super::dequant::{GgmlType, dequantize_to_vec};
 use crate::input::{self, FileBytes};
+use crate::kernels::dequant::{GgmlType, dequantize_to_vec};
 
 /// GGML's maximum number of tensor dimensions.
 const MAX_DIMS: u32 = 4;

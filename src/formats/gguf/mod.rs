@@ -1,7 +1,6 @@
-//! GGUF: the file reader, the llama.cpp block dequantizers and quantizers, a writer, the network config and the
+//! GGUF: the file reader, the llama.cpp block quantizers (the dequantizers are kernels::dequant), a writer, the network config and the
 //! tokenizer stored in its metadata.
 pub mod config;
-pub mod dequant;
 pub mod export;
 pub mod export_lora;
 pub mod export_vocab;

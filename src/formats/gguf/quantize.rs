@@ -1,4 +1,4 @@
-//! Quantization of `f32` values into GGML block bytes: the inverse of [`super::dequant`], for
+//! Quantization of `f32` values into GGML block bytes: the inverse of [`crate::kernels::dequant`], for
 //! writing GGUF files.
 //!
 //! Every routine reproduces a reference bit for bit (tests/gguf_quantize.rs checks it against
@@ -19,7 +19,7 @@
 
 use half::f16;
 
-use super::dequant::GgmlType;
+use crate::kernels::dequant::GgmlType;
 
 /// Elements per K-quant super-block.
 const QK_K: usize = 256;
@@ -86,7 +86,7 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, QuantizeError> 
 }
 
 /// Byte offsets of the f16 scale/min fields in one block (the layouts are documented on the
-/// dequantizers in [`super::dequant`]).
+/// dequantizers in [`crate::kernels::dequant`]).
 fn f16_fields(ty: GgmlType) -> &'static [usize] {
     match ty {
         GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],

@@ -8,8 +8,8 @@ use std::io::Write;
 
 use anyhow::{Context, Result, bail, ensure};
 
-use super::dequant::GgmlType;
 use super::file::MetaValue;
+use crate::kernels::dequant::GgmlType;
 
 const DEFAULT_ALIGNMENT: u64 = 32;
 

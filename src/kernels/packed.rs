@@ -1,0 +1,147 @@
+//! A frozen weight matrix W (out, in) kept in its stored form — GGML blocks (Q4_0 … Q6_K, Q8_0), F16 or BF16 —
+//! and the two products the network needs from it, computed by dequantizing panels of rows on the fly into a
+//! reusable f32 tile that feeds the same kernels as a dense f32 matrix:
+//!
+//! ```text
+//! forward   out (N, out) (+)= x (N, in) · Wᵀ     panels of W rows = column blocks of out
+//! backward  dx  (N, in)  (+)= dy (N, out) · W    panels of W rows = depth blocks of the GEMM
+//! ```
+//!
+//! Dequantized values are exactly the values a dense f32 copy would hold, and the panels are cut where the
+//! dense kernels cut anyway (output columns are computed independently; the GEMM's depth blocks are
+//! `gemm::depth_block(k)` rows), so both products are **bit-identical** to the dense path — a quantized base
+//! costs memory only as its file does, never accuracy.
+use super::dequant::{GgmlType, dequantize};
+use super::gemm::depth_block;
+use super::mat::{Mat, MatMut};
+use super::matmul::matmul;
+use super::matvec::{CHUNK, MAX_ROWS, matmul_wt};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+/// Output features dequantized per forward panel (a multiple of [`CHUNK`]).
+const FORWARD_PANEL: usize = 256;
+
+/// W (rows = out, cols = in) in `ty`'s bytes, rows laid end to end.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PackedMatrix {
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+    pub bytes: Vec<u8>,
+}
+
+impl PackedMatrix {
+    /// Wraps `bytes`; fails, saying why, when they are not `rows` rows of `cols` values of `ty`.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Self, String> {
+        if !cols.is_multiple_of(ty.block_size()) {
+            return Err(format!("rows of {cols} values do not divide into {ty} blocks of {}", ty.block_size()));
+        }
+        let want = (cols / ty.block_size()).checked_mul(ty.type_size()).and_then(|b| b.checked_mul(rows));
+        if want != Some(bytes.len()) {
+            return Err(format!("{rows} × {cols} {ty} values need {want:?} bytes, not {}", bytes.len()));
+        }
+        Ok(PackedMatrix { ty, rows, cols, bytes })
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.cols / self.ty.block_size() * self.ty.type_size()
+    }
+
+    /// Rows `r0..r0 + out.len() / cols` as f32 into `out`, in parallel over rows.
+    pub fn dequantize_rows(&self, r0: usize, out: &mut [f32]) {
+        let (cols, rb) = (self.cols, self.row_bytes());
+        out.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
+            let src = &self.bytes[(r0 + i) * rb..][..rb];
+            dequantize(self.ty, src, row).expect("PackedMatrix::new checked the block layout");
+        });
+    }
+
+    /// Every value as f32 (rows, cols).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        self.dequantize_rows(0, &mut out);
+        out
+    }
+
+    /// Reorders whole rows: row i of the result is row `order[i]` of self (Llama's Q/K permutation).
+    pub fn permute_rows(&self, order: &[usize]) -> Self {
+        let rb = self.row_bytes();
+        let bytes = order.iter().flat_map(|&r| &self.bytes[r * rb..(r + 1) * rb]).copied().collect();
+        PackedMatrix { bytes, ..*self }
+    }
+
+    /// out (N, rows) = x (N, cols) · Wᵀ, or out += … when `accumulate`; bit-identical to
+    /// [`matmul_wt`] on the dequantized matrix.
+    pub fn matmul_wt(&self, out: MatMut, x: Mat, accumulate: bool) {
+        assert!(x.cols == self.cols && out.cols == self.rows, "PackedMatrix::matmul_wt: shape mismatch");
+        // Few rows of x: the matrix-vector kernel's own blocks of CHUNK features; many: GEMM column panels.
+        let panel = if x.rows <= MAX_ROWS { CHUNK } else { FORWARD_PANEL };
+        let MatMut { data, rows: n, row_stride, .. } = out;
+        with_tile(panel.min(self.rows) * self.cols, |tile| {
+            for r0 in (0..self.rows).step_by(panel) {
+                let r1 = (r0 + panel).min(self.rows);
+                let w = &mut tile[..(r1 - r0) * self.cols];
+                self.dequantize_rows(r0, w);
+                let dst = MatMut { data: &mut data[r0..], rows: n, cols: r1 - r0, row_stride };
+                matmul_wt(dst, x, w, accumulate);
+            }
+        });
+    }
+
+    /// dx (N, cols) (+)= dy (N, rows) · W, bit-identical to [`matmul`] on the dequantized matrix: the panels are
+    /// the GEMM's own depth blocks.
+    pub fn matmul_dx(&self, dx: MatMut, dy: Mat, accumulate: bool) {
+        assert!(dy.cols == self.rows && dx.cols == self.cols, "PackedMatrix::matmul_dx: shape mismatch");
+        let kc = depth_block(self.rows);
+        let MatMut { data, rows: n, row_stride, .. } = dx;
+        with_tile(kc.min(self.rows) * self.cols, |tile| {
+            for r0 in (0..self.rows).step_by(kc.max(1)) {
+                let r1 = (r0 + kc).min(self.rows);
+                let w = &mut tile[..(r1 - r0) * self.cols];
+                self.dequantize_rows(r0, w);
+                let dy_block = Mat { data: &dy.data[r0 * dy.col_stride..], cols: r1 - r0, ..dy };
+                let dst = MatMut { data: &mut *data, rows: n, cols: self.cols, row_stride };
+                matmul(dst, dy_block, Mat::new(w, r1 - r0, self.cols), accumulate || r0 > 0);
+            }
+        });
+    }
+}
+
+thread_local! {
+    /// The f32 tile panels are dequantized into: grown once to the largest panel, then reused.
+    static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's tile of at least `len` floats. A product called from inside `f` (the GEMM on
+/// another rayon thread) never touches this thread's tile while `f` holds it: the tile is taken out first.
+fn with_tile<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    let mut tile = TILE.with(|t| std::mem::take(&mut *t.borrow_mut()));
+    super::grow(&mut tile, len);
+    let r = f(&mut tile[..len]);
+    TILE.with(|t| *t.borrow_mut() = tile);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The bit-identity of both products with the dense path, for every type, is tests/quantized_base.rs (it
+    // needs the quantizers of `formats`).
+
+    #[test]
+    fn bad_layouts_are_refused() {
+        assert!(PackedMatrix::new(GgmlType::Q4_K, 2, 128, vec![0; 144]).unwrap_err().contains("divide"));
+        assert!(PackedMatrix::new(GgmlType::Q8_0, 2, 64, vec![0; 100]).unwrap_err().contains("136"));
+    }
+
+    #[test]
+    fn permuting_rows_moves_whole_rows() {
+        let bytes: Vec<u8> = (0..3 * 34).map(|i| (i % 7) as u8).collect();
+        let m = PackedMatrix::new(GgmlType::Q8_0, 3, 32, bytes.clone()).unwrap();
+        let p = m.permute_rows(&[2, 0, 1]);
+        assert_eq!(&p.bytes[..34], &bytes[68..]);
+        assert_eq!(&p.bytes[34..68], &bytes[..34]);
+    }
+}

@@ -1,0 +1,127 @@
+//! A frozen base kept packed (GGML blocks, F16, BF16) computes exactly what its f32 copy computes: both
+//! products bit for bit for every type, and whole runs (train, score) with identical numbers.
+mod common;
+
+use common::{condlm, fixture};
+use condlm::formats::gguf::quantize::quantize;
+use condlm::formats::weights::BaseDtype;
+use condlm::kernels::dequant::GgmlType;
+use condlm::kernels::mat::{Mat, MatMut};
+use condlm::kernels::matmul::matmul;
+use condlm::kernels::matvec::{MAX_ROWS, matmul_wt};
+use condlm::kernels::packed::PackedMatrix;
+use condlm::rng::uniform;
+use std::path::{Path, PathBuf};
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    (0..n).map(|i| (uniform(seed, 1, i as u64) as f32 - 0.5) * 0.4).collect()
+}
+
+#[test]
+fn packed_products_equal_the_dense_ones_bit_for_bit() {
+    let cols = 256 * 3; // every block size divides it
+    for ty in GgmlType::ALL {
+        // 800 rows: the backward GEMM's depth splits in two blocks of 400, which the packed path must match
+        for rows in [40, 300, 800] {
+            let w =
+                PackedMatrix::new(ty, rows, cols, quantize(ty, &random(rows * cols, rows as u64)).unwrap()).unwrap();
+            let dense = w.to_f32();
+            for n in [1, 5, MAX_ROWS + 3, 70] {
+                let x = random(n * cols, 7 + n as u64);
+                let stride = rows + 3; // a column block of a wider buffer, as q/k/v write
+                for acc in [false, true] {
+                    let (mut got, mut want) = (vec![0.5f32; n * stride], vec![0.5f32; n * stride]);
+                    w.matmul_wt(
+                        MatMut { data: &mut got, rows: n, cols: rows, row_stride: stride },
+                        Mat::new(&x, n, cols),
+                        acc,
+                    );
+                    let dst = MatMut { data: &mut want, rows: n, cols: rows, row_stride: stride };
+                    matmul_wt(dst, Mat::new(&x, n, cols), &dense, acc);
+                    assert!(got == want, "{ty:?} x·Wᵀ rows={rows} n={n} accumulate={acc}");
+
+                    let dy = random(n * rows, 9 + n as u64);
+                    let (mut got, mut want) = (vec![0.25f32; n * cols], vec![0.25f32; n * cols]);
+                    w.matmul_dx(MatMut::new(&mut got, n, cols), Mat::new(&dy, n, rows), acc);
+                    matmul(MatMut::new(&mut want, n, cols), Mat::new(&dy, n, rows), Mat::new(&dense, rows, cols), acc);
+                    assert!(got == want, "{ty:?} dy·W rows={rows} n={n} accumulate={acc}");
+                }
+            }
+        }
+    }
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("condlm-quantized-base-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// tiny-llama with every block matrix in `ty` (through export-gguf), in `dir`.
+fn packed_model(dir: &Path, ty: &str) -> PathBuf {
+    let out = dir.join(format!("tiny-llama-{ty}.gguf"));
+    let (ok, _, err) = condlm(&["export-gguf", "--model", p(&fixture("tiny-llama")), "--out", p(&out), "--type", ty]);
+    assert!(ok, "{err}");
+    out
+}
+
+/// The per-step losses of a short run, and the adapter (or model) bytes it wrote.
+fn train(model: &Path, out: &Path, extra: &[&str]) -> (Vec<f64>, Vec<u8>) {
+    let data = fixture("train_rows.jsonl");
+    let args = ["train", "--model", p(model), "--data", p(&data), "--output-dir", p(out), "--max-steps", "3"];
+    let rest = ["--batch-size", "4", "--lr", "5e-3", "--save-every", "0", "--allow-worse"];
+    let (ok, _, err) = condlm(&[&args[..], &rest, extra].concat());
+    assert!(ok, "train {extra:?}: {err}");
+    let losses = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect();
+    let result =
+        if out.join("adapter").exists() { "adapter/adapter_model.safetensors" } else { "model/model.safetensors" };
+    (losses, std::fs::read(out.join(result)).unwrap())
+}
+
+#[test]
+fn lora_and_full_runs_on_a_packed_base_equal_the_f32_base() {
+    let d = out_dir("train");
+    for ty in ["q8_0", "q4_0", "f16"] {
+        let model = packed_model(&d, ty);
+        for mode in [&[][..], &["--full"][..]] {
+            let name = format!("{ty}{}", mode.len());
+            let (packed_losses, packed_out) = train(&model, &d.join(format!("{name}-stored")), mode);
+            let f32_args = [mode, &["--base-dtype", "f32"]].concat();
+            let (f32_losses, f32_out) = train(&model, &d.join(format!("{name}-f32")), &f32_args);
+            assert_eq!(packed_losses.len(), 3, "{name}");
+            assert_eq!(packed_losses, f32_losses, "{name}: losses differ between the packed and the f32 base");
+            assert!(packed_out == f32_out, "{name}: the written result differs");
+        }
+    }
+}
+
+#[test]
+fn scores_are_identical_and_bf16_is_close() {
+    let d = out_dir("score");
+    let model = packed_model(&d, "q4_0");
+    let data = fixture("score_rows.jsonl");
+    let score = |base: &str| {
+        let (ok, out, err) = condlm(&["score", "--model", p(&model), "--data", p(&data), "--base-dtype", base]);
+        assert!(ok, "{err}");
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["logprob"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let m = condlm::formats::load::load_model_as(p(&model), BaseDtype::Stored).unwrap().model;
+    let q = &m.blocks[0].qkv[0].w;
+    assert_eq!((q.dtype(), q.data.len()), (GgmlType::Q4_0, 0), "the stored base must be kept packed");
+    let (stored, f32) = (score("stored"), score("f32"));
+    assert_eq!(stored, f32);
+    for (b, f) in score("bf16").iter().zip(&f32) {
+        assert!((b - f).abs() < 2e-2 * (1.0 + f.abs()), "bf16 {b} vs f32 {f}");
+    }
+}
