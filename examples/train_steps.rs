@@ -44,6 +44,7 @@ fn main() -> Result<()> {
         max_grad_norm: None,
         label_smoothing: 0.0,
         seed: 0,
+        checkpoint_activations: false,
     };
     let mut trainer = Trainer::new(m.model, cfg)?;
     let (mut tokens, mut secs) = (0usize, 0.0f64);

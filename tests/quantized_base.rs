@@ -1,5 +1,6 @@
 //! A frozen base kept packed (GGML blocks, F16, BF16) computes exactly what its f32 copy computes: both
-//! products bit for bit for every type, and whole runs (train, score) with identical numbers.
+//! products bit for bit for every type, and whole runs (train, score) with identical numbers; so does a run
+//! with activation checkpointing.
 mod common;
 
 use common::{condlm, fixture};
@@ -88,7 +89,7 @@ fn train(model: &Path, out: &Path, extra: &[&str]) -> (Vec<f64>, Vec<u8>) {
 }
 
 #[test]
-fn lora_and_full_runs_on_a_packed_base_equal_the_f32_base() {
+fn lora_and_full_runs_on_a_packed_base_or_with_checkpointing_equal_the_plain_f32_run() {
     let d = out_dir("train");
     for ty in ["q8_0", "q4_0", "f16"] {
         let model = packed_model(&d, ty);
@@ -100,6 +101,10 @@ fn lora_and_full_runs_on_a_packed_base_equal_the_f32_base() {
             assert_eq!(packed_losses.len(), 3, "{name}");
             assert_eq!(packed_losses, f32_losses, "{name}: losses differ between the packed and the f32 base");
             assert!(packed_out == f32_out, "{name}: the written result differs");
+            let ckpt_args = [mode, &["--checkpoint-activations"]].concat();
+            let (ckpt_losses, ckpt_out) = train(&model, &d.join(format!("{name}-ckpt")), &ckpt_args);
+            assert_eq!(ckpt_losses, f32_losses, "{name}: activation checkpointing changed the losses");
+            assert!(ckpt_out == f32_out, "{name}: activation checkpointing changed the result");
         }
     }
 }

@@ -37,6 +37,7 @@ fn steps_allocate_nothing(name: &str, lora: bool) {
         max_grad_norm: Some(1e-3), // small enough that clipping runs
         label_smoothing: 0.1,
         seed: 1,
+        checkpoint_activations: false,
     };
     let (allocs, losses) = counted_pool().install(|| {
         let mut t = Trainer::new(model, cfg).unwrap();

@@ -136,6 +136,11 @@ pub struct TrainArgs {
     /// [default: stored].
     #[arg(long, value_enum)]
     base_dtype: Option<BaseDtype>,
+    /// Activation checkpointing: keep only each block's input and recompute the block in the backward pass —
+    /// activation memory of about one block instead of all, for one more forward pass; same gradients
+    /// [default: off].
+    #[arg(long)]
+    checkpoint_activations: bool,
 }
 
 macro_rules! overlay {
@@ -187,6 +192,7 @@ impl TrainArgs {
         s.full |= a.full;
         s.freeze_embeddings |= a.freeze_embeddings;
         s.rslora |= a.rslora;
+        s.checkpoint_activations |= a.checkpoint_activations;
         Ok(s)
     }
 

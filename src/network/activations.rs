@@ -8,7 +8,7 @@ use crate::kernels::rope::RopeTable;
 
 /// What one block saves in forward for its backward. All (N, ·) row-major.
 #[derive(Default)]
-pub(super) struct LayerActs {
+pub struct LayerActs {
     /// residual stream entering the block (N, d); training only
     pub x_in: Vec<f32>,
     /// attn_norm(x_in) (N, d)
@@ -35,7 +35,7 @@ pub(super) struct LayerActs {
 
 /// Gradient scratch for the backward pass (N, ·), reused across layers.
 #[derive(Default)]
-pub(super) struct GradScratch {
+pub struct GradScratch {
     pub dx: Vec<f32>,
     pub dh: Vec<f32>,
     pub dqkv: Vec<f32>,
@@ -55,6 +55,13 @@ pub struct Activations {
     pub(super) final_a: Vec<f32>,
     pub(super) final_b: Vec<f32>,
     pub(super) layers: Vec<LayerActs>,
+    /// Each block's input (N, d) when training recomputes activations ([`Keep::BlockInputs`]).
+    pub(super) block_inputs: Vec<Vec<f32>>,
+    /// The residual stream of the block being recomputed (N, d).
+    pub(super) recompute_x: Vec<f32>,
+    /// What the last forward pass kept, and its step seed when it was a training pass.
+    pub(super) keep: Keep,
+    pub(super) step_seed: Option<u64>,
     /// dropout(x) of the LoRA layer at hand (N, in), shared by all layers (each keeps only its mask).
     pub(super) lora_x_drop: Vec<f32>,
     pub(super) grads: GradScratch,
@@ -67,11 +74,15 @@ pub struct Activations {
 }
 
 /// Which blocks' activations a forward pass keeps.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) enum Keep {
     /// Every block's, with the residual streams, for the backward pass (training).
     EveryBlock,
+    /// Every block's input, and one block's buffers (training with activation checkpointing: the backward
+    /// pass recomputes each block from its input).
+    BlockInputs,
     /// One block's buffers, reused by each block in turn (inference).
+    #[default]
     OneBlock,
 }
 
@@ -88,7 +99,14 @@ impl Activations {
         }
         grow(&mut self.final_a, n);
         grow(&mut self.final_b, n);
-        let keep_residuals = keep == Keep::EveryBlock;
+        let keep_residuals = keep != Keep::OneBlock;
+        if keep == Keep::BlockInputs {
+            self.block_inputs.resize_with(c.num_layers, Vec::new);
+            for v in &mut self.block_inputs {
+                grow(v, n * d);
+            }
+            grow(&mut self.recompute_x, n * d);
+        }
         for l in &mut self.layers[..layers] {
             for v in [&mut l.h1, &mut l.h2] {
                 grow(v, n * d);

@@ -4,7 +4,7 @@
 //! One block loop serves every caller; only attention's context differs (see [`Context`]): within a packed
 //! batch (training, scoring: row i sees the rows of its own sequence up to i), or over the KV cache (decoding:
 //! a row's k, v are stored in its cache slot, then it sees positions 0..=pos of that slot).
-use super::activations::{Activations, Keep};
+use super::activations::{Activations, GradScratch, Keep, LayerActs};
 use super::batch::{PackedBatch, Row};
 use super::config::Config;
 use super::kv_cache::KvCache;
@@ -14,9 +14,9 @@ use super::param::Param;
 use crate::kernels::activation::{gelu_tanh_backward, gelu_tanh_forward, swiglu_backward, swiglu_forward};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
-use crate::kernels::kv_attention::cached_attention;
+use crate::kernels::kv_attention::{CachedAttentionScratch, cached_attention};
 use crate::kernels::norm::{layernorm_backward, layernorm_forward, rmsnorm_backward, rmsnorm_forward};
-use crate::kernels::rope::{rope_backward, rope_forward};
+use crate::kernels::rope::{RopeTable, rope_backward, rope_forward};
 use anyhow::{Result, bail};
 
 /// RMSNorm (no bias) or LayerNorm (with bias).
@@ -48,7 +48,9 @@ const SLOT_DOWN: usize = 6;
 pub enum Mode {
     /// Every block keeps what [`Transformer::backward`] needs, and LoRA dropout is on, its masks a pure function
     /// of `step_seed`.
-    Train { step_seed: u64 },
+    /// With `recompute` (activation checkpointing) only each block's input is kept, and the backward pass
+    /// recomputes the rest: less memory for one more forward pass of the blocks, the same gradients.
+    Train { step_seed: u64, recompute: bool },
     /// One block's buffers, no dropout.
     Infer,
 }
@@ -193,9 +195,9 @@ impl Transformer {
         (acts.row_tokens, acts.row_positions, acts.row_slots) = (tokens, positions, slots);
     }
 
-    /// The block loop every forward pass goes through: embeddings, then per block
-    /// x += o(attention(rope(qkv(attn_norm(x))))) and x += down(act(gate(h), up(h))), h = mlp_norm(x)
-    /// (GPT-2: act = GELU(up(h))), then the final norm.
+    /// The block loop every forward pass goes through: embeddings, then each block ([`Self::block_forward`]),
+    /// then the final norm. Training keeps every block's activations, or with `recompute` only each block's input
+    /// (the backward pass recomputes the rest, block by block).
     fn run_blocks(
         &self,
         tokens: &[u32],
@@ -206,136 +208,211 @@ impl Transformer {
         mode: Mode,
     ) {
         let c = &self.config;
-        let train_seed = match mode {
-            Mode::Train { step_seed } => Some(step_seed),
-            Mode::Infer => None,
+        let (train_seed, keep) = match mode {
+            Mode::Train { step_seed, recompute: false } => (Some(step_seed), Keep::EveryBlock),
+            Mode::Train { step_seed, recompute: true } => (Some(step_seed), Keep::BlockInputs),
+            Mode::Infer => (None, Keep::OneBlock),
         };
-        let keep = if train_seed.is_some() { Keep::EveryBlock } else { Keep::OneBlock };
-        let (n, d, f) = (tokens.len(), c.hidden_size, c.intermediate_size);
-        let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
-        acts.prepare(c, qw, n, max_pos, keep);
-        let layout = self.layout();
-        let Activations { x, x_final_in, final_a, final_b, layers, lora_x_drop: xd, rope, cached, .. } = acts;
+        let (n, d) = (tokens.len(), c.hidden_size);
+        acts.prepare(c, self.qkv_width(), n, max_pos, keep);
+        (acts.step_seed, acts.keep) = (train_seed, keep);
+        let Activations { x, x_final_in, final_a, final_b, layers, block_inputs, lora_x_drop, rope, cached, .. } = acts;
         let x = &mut x[..n * d];
         let pos_embed = self.pos_embed.as_ref().map(|p| &p.data[..]);
         embedding_forward(x, tokens, &self.embed.data, positions, pos_embed, d);
-        for (i, blk) in self.blocks.iter().enumerate() {
-            let l = &mut layers[if train_seed.is_some() { i } else { 0 }];
-            let seed = train_seed.map(|s| layer_seed(s, i));
-            if train_seed.is_some() {
-                l.x_in[..n * d].copy_from_slice(x);
+        let mut io =
+            BlockIo { positions, ctx: &mut ctx, step_seed: train_seed, lora_x_drop, rope: rope.as_ref(), cached };
+        for i in 0..self.blocks.len() {
+            if keep == Keep::BlockInputs {
+                block_inputs[i][..n * d].copy_from_slice(x);
             }
-            norm_forward(&blk.attn_norm, &mut l.h1[..n * d], &mut l.norm1_a[..n], &mut l.norm1_b[..n], x, c.norm_eps);
-            let h1 = &l.h1[..n * d];
-            let qkv = &mut l.qkv[..n * qw];
-            let mut col = 0;
-            for (s, lin) in blk.qkv.iter().enumerate() {
-                lin.forward(Strided::write(&mut qkv[col..], qw), h1, n, &mut l.lora[s], dropout(seed, xd));
-                col += lin.out_dim;
-            }
-            if let Some(rope) = rope {
-                rope_forward(qkv, qw, layout.q_col, c.num_heads, positions, rope);
-                rope_forward(qkv, qw, layout.k_col, c.num_kv_heads, positions, rope);
-            }
-            let att = &mut l.att[..n * aw];
-            match &mut ctx {
-                Context::Packed { seq_start } => attention_forward(att, qkv, layout, seq_start),
-                Context::Cached { cache, slots } => {
-                    let kvw = c.num_kv_heads * c.head_dim;
-                    for (r, row) in qkv.chunks_exact(qw).enumerate() {
-                        let (k, v) = (&row[layout.k_col..][..kvw], &row[layout.v_col..][..kvw]);
-                        cache.write(i, slots[r] as usize, positions[r] as usize, k, v);
-                    }
-                    cached_attention(att, qkv, layout, slots, positions, cache.layer(i), cached);
-                }
-            }
-            blk.o.forward(Strided::add(x, d), att, n, &mut l.lora[SLOT_O], dropout(seed, xd));
-            if train_seed.is_some() {
-                l.x_mid[..n * d].copy_from_slice(x);
-            }
-
-            norm_forward(&blk.mlp_norm, &mut l.h2[..n * d], &mut l.norm2_a[..n], &mut l.norm2_b[..n], x, c.norm_eps);
-            let h2 = &l.h2[..n * d];
-            let (gate, up, act) = (&mut l.ff_gate[..n * f], &mut l.ff_up[..n * f], &mut l.ff_act[..n * f]);
-            blk.up.forward(Strided::write(up, f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
-            match &blk.gate {
-                Some(g) => {
-                    g.forward(Strided::write(gate, f), h2, n, &mut l.lora[SLOT_GATE], dropout(seed, xd));
-                    swiglu_forward(act, gate, up);
-                }
-                None => gelu_tanh_forward(act, up),
-            }
-            blk.down.forward(Strided::add(x, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd));
+            let l = &mut layers[if keep == Keep::EveryBlock { i } else { 0 }];
+            self.block_forward(i, l, x, &mut io);
         }
         x_final_in[..n * d].copy_from_slice(x);
         norm_forward(&self.final_norm, x, &mut final_a[..n], &mut final_b[..n], &x_final_in[..n * d], c.norm_eps);
     }
 
+    /// Block `i` on the residual stream x (N, d): x += o(attention(rope(qkv(attn_norm(x))))), then
+    /// x += down(act(gate(h), up(h))), h = mlp_norm(x) (GPT-2: act = GELU(up(h))). Saves into `l` what its
+    /// backward needs (and, when training, the residual streams entering both halves).
+    fn block_forward(&self, i: usize, l: &mut LayerActs, x: &mut [f32], io: &mut BlockIo) {
+        let (c, blk, layout) = (&self.config, &self.blocks[i], self.layout());
+        let (n, d, f) = (io.positions.len(), c.hidden_size, c.intermediate_size);
+        let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
+        let seed = io.step_seed.map(|s| layer_seed(s, i));
+        let xd = &mut *io.lora_x_drop;
+        if seed.is_some() {
+            l.x_in[..n * d].copy_from_slice(x);
+        }
+        norm_forward(&blk.attn_norm, &mut l.h1[..n * d], &mut l.norm1_a[..n], &mut l.norm1_b[..n], x, c.norm_eps);
+        let h1 = &l.h1[..n * d];
+        let qkv = &mut l.qkv[..n * qw];
+        let mut col = 0;
+        for (s, lin) in blk.qkv.iter().enumerate() {
+            lin.forward(Strided::write(&mut qkv[col..], qw), h1, n, &mut l.lora[s], dropout(seed, xd));
+            col += lin.out_dim;
+        }
+        if let Some(rope) = io.rope {
+            rope_forward(qkv, qw, layout.q_col, c.num_heads, io.positions, rope);
+            rope_forward(qkv, qw, layout.k_col, c.num_kv_heads, io.positions, rope);
+        }
+        let att = &mut l.att[..n * aw];
+        match &mut *io.ctx {
+            Context::Packed { seq_start } => attention_forward(att, qkv, layout, seq_start),
+            Context::Cached { cache, slots } => {
+                let kvw = c.num_kv_heads * c.head_dim;
+                for (r, row) in qkv.chunks_exact(qw).enumerate() {
+                    let (k, v) = (&row[layout.k_col..][..kvw], &row[layout.v_col..][..kvw]);
+                    cache.write(i, slots[r] as usize, io.positions[r] as usize, k, v);
+                }
+                cached_attention(att, qkv, layout, slots, io.positions, cache.layer(i), io.cached);
+            }
+        }
+        blk.o.forward(Strided::add(x, d), att, n, &mut l.lora[SLOT_O], dropout(seed, xd));
+        if seed.is_some() {
+            l.x_mid[..n * d].copy_from_slice(x);
+        }
+
+        norm_forward(&blk.mlp_norm, &mut l.h2[..n * d], &mut l.norm2_a[..n], &mut l.norm2_b[..n], x, c.norm_eps);
+        let h2 = &l.h2[..n * d];
+        let (gate, up, act) = (&mut l.ff_gate[..n * f], &mut l.ff_up[..n * f], &mut l.ff_act[..n * f]);
+        blk.up.forward(Strided::write(up, f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
+        match &blk.gate {
+            Some(g) => {
+                g.forward(Strided::write(gate, f), h2, n, &mut l.lora[SLOT_GATE], dropout(seed, xd));
+                swiglu_forward(act, gate, up);
+            }
+            None => gelu_tanh_forward(act, up),
+        }
+        blk.down.forward(Strided::add(x, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd));
+    }
+
     /// Backward of a `forward(…, Mode::Train)`: `dhidden` (N, d) is ∂L/∂(final-normed hidden states)
     /// (the LM head's gradient already went to its own parameter). Accumulates into every trainable
-    /// parameter's gradient; frozen tensors only pass activation gradients through.
+    /// parameter's gradient; frozen tensors only pass activation gradients through. After a forward with
+    /// `recompute`, each block's activations are first recomputed from its saved input (the last block's are
+    /// still there) — the same operations on the same values, so the gradients are the same bits.
     pub fn backward(&mut self, batch: &PackedBatch, acts: &mut Activations, dhidden: &[f32]) {
-        let (n, qw, layout) = (batch.len(), self.qkv_width(), self.layout());
+        let (n, qw) = (batch.len(), self.qkv_width());
+        let d = self.config.hidden_size;
         acts.prepare_grads(&self.config, qw, n);
-        let (d, f, aw) = (self.config.hidden_size, self.config.intermediate_size, layout.n_heads * layout.head_dim);
-        let Activations { x_final_in, final_a, final_b, layers, lora_x_drop, grads: g, rope, .. } = acts;
-        let dx = &mut g.dx[..n * d];
+        let recompute = acts.keep == Keep::BlockInputs;
+        let Activations {
+            x_final_in,
+            final_a,
+            final_b,
+            layers,
+            block_inputs,
+            recompute_x,
+            step_seed,
+            lora_x_drop,
+            grads,
+            rope,
+            cached,
+            ..
+        } = acts;
+        let dx = &mut grads.dx[..n * d];
         dx.fill(0.0);
         norm_backward(&mut self.final_norm, dx, dhidden, &x_final_in[..n * d], &final_a[..n], &final_b[..n]);
-        for (i, blk) in self.blocks.iter_mut().enumerate().rev() {
-            let l = &mut layers[i];
-            // MLP: x_out = x_mid + down(act(up(h2), gate(h2))), h2 = mlp_norm(x_mid)
-            let dact = &mut g.dff_act[..n * f];
-            dact.fill(0.0);
-            let dy = blk.down.grad_view(dx, d, n);
-            blk.down.backward(Some(dact), dy, &l.ff_act[..n * f], &mut l.lora[SLOT_DOWN], lora_x_drop);
-            let (dgate, dup) = (&mut g.dff_gate[..n * f], &mut g.dff_up[..n * f]);
-            let dh = &mut g.dh[..n * d];
-            dh.fill(0.0);
-            let h2 = &l.h2[..n * d];
-            match &mut blk.gate {
-                Some(gate) => {
-                    swiglu_backward(dgate, dup, dact, &l.ff_gate[..n * f], &l.ff_up[..n * f]);
-                    let dy = gate.grad_view(dgate, f, n);
-                    gate.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_GATE], lora_x_drop);
-                }
-                None => gelu_tanh_backward(dup, dact, &l.ff_up[..n * f]),
+        let last = self.blocks.len().saturating_sub(1);
+        for i in (0..self.blocks.len()).rev() {
+            if recompute && i != last {
+                let x = &mut recompute_x[..n * d];
+                x.copy_from_slice(&block_inputs[i][..n * d]);
+                let mut ctx = Context::Packed { seq_start: &batch.seq_start };
+                let mut io = BlockIo {
+                    positions: &batch.positions,
+                    ctx: &mut ctx,
+                    step_seed: *step_seed,
+                    lora_x_drop,
+                    rope: rope.as_ref(),
+                    cached,
+                };
+                self.block_forward(i, &mut layers[0], x, &mut io);
             }
-            let dy = blk.up.grad_view(dup, f, n);
-            blk.up.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_UP], lora_x_drop);
-            norm_backward(&mut blk.mlp_norm, dx, dh, &l.x_mid[..n * d], &l.norm2_a[..n], &l.norm2_b[..n]);
-
-            // Attention: x_mid = x_in + o(attn(qkv(h1))), h1 = attn_norm(x_in)
-            let datt = &mut g.datt[..n * aw];
-            datt.fill(0.0);
-            let dy = blk.o.grad_view(dx, d, n);
-            blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], lora_x_drop);
-            let dqkv = &mut g.dqkv[..n * qw];
-            attention_backward(dqkv, datt, &l.qkv[..n * qw], &l.att[..n * aw], layout, &batch.seq_start);
-            if let Some(rope) = rope {
-                rope_backward(dqkv, qw, layout.q_col, layout.n_heads, &batch.positions, rope);
-                rope_backward(dqkv, qw, layout.k_col, layout.n_kv_heads, &batch.positions, rope);
-            }
-            let dh = &mut g.dh[..n * d];
-            dh.fill(0.0);
-            let h1 = &l.h1[..n * d];
-            let mut col = 0;
-            for (s, lin) in blk.qkv.iter_mut().enumerate() {
-                let dy = lin.grad_view(&dqkv[col..], qw, n);
-                lin.backward(Some(&mut *dh), dy, h1, &mut l.lora[s], lora_x_drop);
-                col += lin.out_dim;
-            }
-            norm_backward(&mut blk.attn_norm, dx, dh, &l.x_in[..n * d], &l.norm1_a[..n], &l.norm1_b[..n]);
+            let l = &mut layers[if recompute { 0 } else { i }];
+            self.block_backward(i, l, grads, lora_x_drop, batch, rope.as_ref());
         }
         embedding_backward(
             self.embed.grad.as_deref_mut(),
             self.pos_embed.as_mut().and_then(|p| p.grad.as_deref_mut()),
-            dx,
+            &grads.dx[..n * d],
             &batch.tokens,
             &batch.positions,
             d,
         );
     }
+
+    /// Backward of block `i` from its saved activations `l`: `g.dx` holds ∂L/∂(block output) on entry and
+    /// ∂L/∂(block input) on return.
+    fn block_backward(
+        &mut self,
+        i: usize,
+        l: &mut LayerActs,
+        g: &mut GradScratch,
+        lora_x_drop: &mut Vec<f32>,
+        batch: &PackedBatch,
+        rope: Option<&RopeTable>,
+    ) {
+        let (n, qw, layout) = (batch.len(), self.qkv_width(), self.layout());
+        let (d, f, aw) = (self.config.hidden_size, self.config.intermediate_size, layout.n_heads * layout.head_dim);
+        let blk = &mut self.blocks[i];
+        let dx = &mut g.dx[..n * d];
+        // MLP: x_out = x_mid + down(act(up(h2), gate(h2))), h2 = mlp_norm(x_mid)
+        let dact = &mut g.dff_act[..n * f];
+        dact.fill(0.0);
+        let dy = blk.down.grad_view(dx, d, n);
+        blk.down.backward(Some(dact), dy, &l.ff_act[..n * f], &mut l.lora[SLOT_DOWN], lora_x_drop);
+        let (dgate, dup) = (&mut g.dff_gate[..n * f], &mut g.dff_up[..n * f]);
+        let dh = &mut g.dh[..n * d];
+        dh.fill(0.0);
+        let h2 = &l.h2[..n * d];
+        match &mut blk.gate {
+            Some(gate) => {
+                swiglu_backward(dgate, dup, dact, &l.ff_gate[..n * f], &l.ff_up[..n * f]);
+                let dy = gate.grad_view(dgate, f, n);
+                gate.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_GATE], lora_x_drop);
+            }
+            None => gelu_tanh_backward(dup, dact, &l.ff_up[..n * f]),
+        }
+        let dy = blk.up.grad_view(dup, f, n);
+        blk.up.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_UP], lora_x_drop);
+        norm_backward(&mut blk.mlp_norm, dx, dh, &l.x_mid[..n * d], &l.norm2_a[..n], &l.norm2_b[..n]);
+
+        // Attention: x_mid = x_in + o(attn(qkv(h1))), h1 = attn_norm(x_in)
+        let datt = &mut g.datt[..n * aw];
+        datt.fill(0.0);
+        let dy = blk.o.grad_view(dx, d, n);
+        blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], lora_x_drop);
+        let dqkv = &mut g.dqkv[..n * qw];
+        attention_backward(dqkv, datt, &l.qkv[..n * qw], &l.att[..n * aw], layout, &batch.seq_start);
+        if let Some(rope) = rope {
+            rope_backward(dqkv, qw, layout.q_col, layout.n_heads, &batch.positions, rope);
+            rope_backward(dqkv, qw, layout.k_col, layout.n_kv_heads, &batch.positions, rope);
+        }
+        let dh = &mut g.dh[..n * d];
+        dh.fill(0.0);
+        let h1 = &l.h1[..n * d];
+        let mut col = 0;
+        for (s, lin) in blk.qkv.iter_mut().enumerate() {
+            let dy = lin.grad_view(&dqkv[col..], qw, n);
+            lin.backward(Some(&mut *dh), dy, h1, &mut l.lora[s], lora_x_drop);
+            col += lin.out_dim;
+        }
+        norm_backward(&mut blk.attn_norm, dx, dh, &l.x_in[..n * d], &l.norm1_a[..n], &l.norm1_b[..n]);
+    }
+}
+
+/// What a block's forward reads besides its weights and writes besides its activations.
+struct BlockIo<'a, 'c> {
+    positions: &'a [u32],
+    ctx: &'a mut Context<'c>,
+    /// Some while training: LoRA dropout on, masks from this step's seed.
+    step_seed: Option<u64>,
+    lora_x_drop: &'a mut Vec<f32>,
+    rope: Option<&'a RopeTable>,
+    cached: &'a mut CachedAttentionScratch,
 }
 
 /// The LoRA dropout of one layer's forward, when training.

@@ -50,7 +50,9 @@ impl MemoryPlan {
         let once = 4 * d + qkv + q + 3 * f + d.max(f);
         // The LM head's logits and their gradient, 64 rows at a time.
         let head = 2 * 64 * c.vocab_size * 4;
-        let activations = if tokens == 0 { 0 } else { 4 * tokens * (layers * per_block + once) + head };
+        // With activation checkpointing every block keeps its input (N, d) and one block's buffers exist.
+        let blocks = if s.checkpoint_activations { layers * d + per_block } else { layers * per_block };
+        let activations = if tokens == 0 { 0 } else { 4 * tokens * (blocks + once) + head };
         MemoryPlan { weights: weight_bytes + BASE_BYTES, optimizer, activations, tokens }
     }
 
@@ -82,13 +84,17 @@ impl MemoryPlan {
         let advice = if self.activations > self.weights + self.optimizer {
             format!(
                 "the activations dominate: lower --batch-size (now {}; they scale with it, --grad-accum keeps the \
-                 step's rows) or --max-len (now {})",
-                s.batch_size, s.max_len
+                 step's rows) or --max-len (now {}){}",
+                s.batch_size,
+                s.max_len,
+                if s.checkpoint_activations { "" } else { ", or pass --checkpoint-activations" }
             )
         } else if s.full {
             "the weights and optimizer state dominate: train LoRA (drop --full) or use a smaller model".into()
         } else {
-            "the weights dominate: use a smaller model".into()
+            "the weights dominate: keep a quantized base packed (--base-dtype stored, the default, with a GGUF \
+             file) or use a smaller model"
+                .into()
         };
         bail!(
             "this run needs {} but the machine has {:.2} GiB available; {advice}. Pass --no-memory-check to try anyway",
@@ -155,6 +161,12 @@ mod tests {
         let a2 = MemoryPlan::new(&c, &lora, 2000, 4 * c.num_parameters()).activations;
         let head = 2 * 64 * 49152 * 4;
         assert_eq!(a2 - head, 2 * (a1 - head));
+        // Checkpointing keeps each block's input (d = 576 values a token) and one block's buffers.
+        let ckpt = TrainSettings { checkpoint_activations: true, ..lora.clone() };
+        let a_ckpt = MemoryPlan::new(&c, &ckpt, 1000, 0).activations;
+        let per_block = (a1 - head) / 1000 / 4; // floats a token: 30 blocks + the once-only buffers
+        let once = 4 * 576 + 960 + 576 + 3 * 1536 + 1536;
+        assert_eq!((a_ckpt - head) / 1000 / 4, 30 * 576 + (per_block - once) / 30 + once);
     }
 
     #[test]

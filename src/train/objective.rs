@@ -14,6 +14,8 @@ use std::borrow::Borrow;
 #[derive(Default)]
 pub struct ObjectiveScratch {
     pub acts: Activations,
+    /// Activation checkpointing: keep only each block's input, recompute the rest in the backward pass.
+    pub recompute_activations: bool,
     head: HeadScratch,
     dhidden: Vec<f32>,
     rows: Vec<usize>,
@@ -34,7 +36,7 @@ pub fn forward_backward<E: Borrow<Example>>(
     let batch = &mut s.batch;
     batch.pack(rows.iter().map(|e| &e.borrow().ids[..]));
     model.check_batch(batch)?;
-    model.forward(batch, &mut s.acts, Mode::Train { step_seed });
+    model.forward(batch, &mut s.acts, Mode::Train { step_seed, recompute: s.recompute_activations });
     target_rows(rows, batch, &mut s.rows, &mut s.targets);
     let d = model.config.hidden_size;
     let n = batch.len();

@@ -395,6 +395,7 @@ fn train_config(s: &TrainSettings, total_steps: usize) -> TrainConfig {
         max_grad_norm: (s.max_grad_norm > 0.0).then_some(s.max_grad_norm),
         label_smoothing: s.label_smoothing,
         seed: s.seed,
+        checkpoint_activations: s.checkpoint_activations,
     }
 }
 

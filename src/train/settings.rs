@@ -50,6 +50,8 @@ pub struct TrainSettings {
     pub keep_last: usize,
     /// How the frozen base's block matrices are kept in memory.
     pub base_dtype: BaseDtype,
+    /// Keep only each block's input in the forward pass and recompute the rest in the backward pass.
+    pub checkpoint_activations: bool,
 }
 
 impl Default for TrainSettings {
@@ -85,6 +87,7 @@ impl Default for TrainSettings {
             save_every: 100,
             keep_last: 2,
             base_dtype: BaseDtype::Stored,
+            checkpoint_activations: false,
         }
     }
 }

@@ -19,6 +19,8 @@ pub struct TrainConfig {
     pub max_grad_norm: Option<f64>,
     pub label_smoothing: f32,
     pub seed: u64,
+    /// Activation checkpointing (see [`ObjectiveScratch::recompute_activations`]).
+    pub checkpoint_activations: bool,
 }
 
 /// What one optimizer step did.
@@ -69,7 +71,9 @@ impl Trainer {
             bail!("nothing to train: no tensor is trainable");
         }
         let norm_partials = vec![0.0; largest.div_ceil(NORM_CHUNK)];
-        Ok(Trainer { model, cfg, step: 0, moments, scratch: ObjectiveScratch::default(), norm_partials })
+        let mut scratch = ObjectiveScratch::default();
+        scratch.recompute_activations = cfg.checkpoint_activations;
+        Ok(Trainer { model, cfg, step: 0, moments, scratch, norm_partials })
     }
 
     /// One optimizer step over `rows`, in micro-batches of `micro_batch` rows (gradient accumulation). `labels`
