@@ -10,18 +10,36 @@ use rayon::prelude::*;
 /// Up to this many rows of x, the matrix-vector kernel; above, the GEMM.
 pub const MAX_ROWS: usize = 16;
 /// Output features per parallel task: the task's weight rows stay in cache from one row of x to the next.
-pub const CHUNK: usize = 64;
+const CHUNK: usize = 64;
 
 /// out (n, out_dim) = x (n, in)·Wᵀ, or out += x·Wᵀ when `accumulate`. x is dense row-major; `out` may be a
 /// column block of a wider buffer (its row stride).
 pub fn matmul_wt(out: MatMut, x: Mat, w: &[f32], accumulate: bool) {
     let (n, in_dim, out_dim) = (x.rows, x.cols, out.cols);
     let w = Mat::new(&w[..out_dim * in_dim], out_dim, in_dim);
-    let dense_x = x.col_stride == 1 && x.row_stride == in_dim;
-    if n > MAX_ROWS || !dense_x {
+    if n > MAX_ROWS || !is_dense(x) {
         matmul(out, x, w.t(), accumulate);
         return;
     }
+    matvec_blocks(out, x, accumulate, |o0, o1, f| f(&w.data[o0 * in_dim..o1 * in_dim]));
+}
+
+/// Whether x is dense row-major (what the matrix-vector kernel reads).
+pub fn is_dense(x: Mat) -> bool {
+    x.col_stride == 1 && x.row_stride == x.cols
+}
+
+/// The matrix-vector kernel of [`matmul_wt`] for dense x of at most [`MAX_ROWS`] rows, with the weight rows of
+/// each block of [`CHUNK`] output features supplied by `rows(o0, o1, f)`, which calls `f` with W[o0..o1]
+/// (a slice of a dense W, or a block dequantized on the fly): blocks run in parallel, and each element is the
+/// same dot product whichever supplies the rows.
+pub fn matvec_blocks(
+    out: MatMut,
+    x: Mat,
+    accumulate: bool,
+    rows: impl Fn(usize, usize, &mut dyn FnMut(&[f32])) + Sync,
+) {
+    let (n, in_dim, out_dim) = (x.rows, x.cols, out.cols);
     assert!(out.rows == n && x.data.len() >= n * in_dim, "matmul_wt: shape mismatch");
     if n > 0 && out_dim > 0 {
         assert!((n - 1) * out.row_stride + out_dim <= out.data.len(), "matmul_wt: dst out of bounds");
@@ -30,19 +48,21 @@ pub fn matmul_wt(out: MatMut, x: Mat, w: &[f32], accumulate: bool) {
     let dst = SharedOut(out.data.as_mut_ptr());
     (0..out_dim.div_ceil(CHUNK)).into_par_iter().for_each(|b| {
         let (o0, o1) = (b * CHUNK, ((b + 1) * CHUNK).min(out_dim));
-        let mut block = [0.0f32; CHUNK];
-        for r in 0..n {
-            let block = &mut block[..o1 - o0];
-            dots(block, &x.data[r * in_dim..][..in_dim], &w.data[o0 * in_dim..o1 * in_dim]);
-            // SAFETY: row r, columns o0..o1 of `out` lie inside its slice (asserted above), and no other task
-            // writes these columns: tasks own disjoint column blocks.
-            let o = unsafe { std::slice::from_raw_parts_mut(dst.at(r * row_stride + o0), o1 - o0) };
-            if accumulate {
-                o.iter_mut().zip(block.iter()).for_each(|(o, v)| *o += v);
-            } else {
-                o.copy_from_slice(block);
+        rows(o0, o1, &mut |w| {
+            let mut block = [0.0f32; CHUNK];
+            for r in 0..n {
+                let block = &mut block[..o1 - o0];
+                dots(block, &x.data[r * in_dim..][..in_dim], &w[..(o1 - o0) * in_dim]);
+                // SAFETY: row r, columns o0..o1 of `out` lie inside its slice (asserted above), and no other task
+                // writes these columns: tasks own disjoint column blocks.
+                let o = unsafe { std::slice::from_raw_parts_mut(dst.at(r * row_stride + o0), o1 - o0) };
+                if accumulate {
+                    o.iter_mut().zip(block.iter()).for_each(|(o, v)| *o += v);
+                } else {
+                    o.copy_from_slice(block);
+                }
             }
-        }
+        });
     });
 }
 

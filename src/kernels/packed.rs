@@ -15,11 +15,11 @@ use super::dequant::{GgmlType, dequantize};
 use super::gemm::depth_block;
 use super::mat::{Mat, MatMut};
 use super::matmul::matmul;
-use super::matvec::{CHUNK, MAX_ROWS, matmul_wt};
+use super::matvec::{MAX_ROWS, is_dense, matmul_wt, matvec_blocks};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-/// Output features dequantized per forward panel (a multiple of [`CHUNK`]).
+/// Output features dequantized per GEMM panel of the forward product.
 const FORWARD_PANEL: usize = 256;
 
 /// W (rows = out, cols = in) in `ty`'s bytes, rows laid end to end.
@@ -48,19 +48,24 @@ impl PackedMatrix {
         self.cols / self.ty.block_size() * self.ty.type_size()
     }
 
-    /// Rows `r0..r0 + out.len() / cols` as f32 into `out`, in parallel over rows.
-    pub fn dequantize_rows(&self, r0: usize, out: &mut [f32]) {
+    /// Rows `r0..r0 + out.len() / cols` as f32 into `out` (in parallel over rows when `parallel`).
+    pub fn dequantize_rows(&self, r0: usize, out: &mut [f32], parallel: bool) {
         let (cols, rb) = (self.cols, self.row_bytes());
-        out.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
+        let one = |(i, row): (usize, &mut [f32])| {
             let src = &self.bytes[(r0 + i) * rb..][..rb];
             dequantize(self.ty, src, row).expect("PackedMatrix::new checked the block layout");
-        });
+        };
+        if parallel {
+            out.par_chunks_mut(cols).enumerate().for_each(one);
+        } else {
+            out.chunks_mut(cols).enumerate().for_each(one);
+        }
     }
 
     /// Every value as f32 (rows, cols).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.rows * self.cols];
-        self.dequantize_rows(0, &mut out);
+        self.dequantize_rows(0, &mut out, true);
         out
     }
 
@@ -75,14 +80,23 @@ impl PackedMatrix {
     /// [`matmul_wt`] on the dequantized matrix.
     pub fn matmul_wt(&self, out: MatMut, x: Mat, accumulate: bool) {
         assert!(x.cols == self.cols && out.cols == self.rows, "PackedMatrix::matmul_wt: shape mismatch");
-        // Few rows of x: the matrix-vector kernel's own blocks of CHUNK features; many: GEMM column panels.
-        let panel = if x.rows <= MAX_ROWS { CHUNK } else { FORWARD_PANEL };
+        if x.rows <= MAX_ROWS && is_dense(x) {
+            // Decoding: each block of output features dequantizes its own rows on its own thread.
+            let cols = self.cols;
+            matvec_blocks(out, x, accumulate, |o0, o1, f| {
+                with_tile((o1 - o0) * cols, |w| {
+                    self.dequantize_rows(o0, w, false);
+                    f(w)
+                })
+            });
+            return;
+        }
         let MatMut { data, rows: n, row_stride, .. } = out;
-        with_tile(panel.min(self.rows) * self.cols, |tile| {
-            for r0 in (0..self.rows).step_by(panel) {
-                let r1 = (r0 + panel).min(self.rows);
+        with_tile(FORWARD_PANEL.min(self.rows) * self.cols, |tile| {
+            for r0 in (0..self.rows).step_by(FORWARD_PANEL) {
+                let r1 = (r0 + FORWARD_PANEL).min(self.rows);
                 let w = &mut tile[..(r1 - r0) * self.cols];
-                self.dequantize_rows(r0, w);
+                self.dequantize_rows(r0, w, true);
                 let dst = MatMut { data: &mut data[r0..], rows: n, cols: r1 - r0, row_stride };
                 matmul_wt(dst, x, w, accumulate);
             }
@@ -99,7 +113,7 @@ impl PackedMatrix {
             for r0 in (0..self.rows).step_by(kc.max(1)) {
                 let r1 = (r0 + kc).min(self.rows);
                 let w = &mut tile[..(r1 - r0) * self.cols];
-                self.dequantize_rows(r0, w);
+                self.dequantize_rows(r0, w, true);
                 let dy_block = Mat { data: &dy.data[r0 * dy.col_stride..], cols: r1 - r0, ..dy };
                 let dst = MatMut { data: &mut *data, rows: n, cols: self.cols, row_stride };
                 matmul(dst, dy_block, Mat::new(w, r1 - r0, self.cols), accumulate || r0 > 0);
