@@ -82,6 +82,15 @@ impl Taker<'_> {
         Ok(Param::new(name, shape.to_vec(), self.take(name, shape)?))
     }
 
+    /// A (rows, cols) matrix outside the blocks (the embeddings, the LM head): packed when the checkpoint stores
+    /// it so and the base keeps that form, else f32.
+    fn matrix_param(&mut self, name: &str, rows: usize, cols: usize) -> Result<Param> {
+        match self.packed(name, rows, cols)? {
+            Some(p) => Ok(Param::new_packed(name, p)),
+            None => self.param(name, &[rows, cols]),
+        }
+    }
+
     /// A linear layer `module` with HF weight shape (out, in), or (in, out) for GPT-2 Conv1D —
     /// which is transposed here, so every `Linear` holds (out, in). Its weight is kept as `self.base` says.
     fn linear(&mut self, module: &str, in_dim: usize, out_dim: usize, bias: Bias) -> Result<Linear> {
@@ -187,7 +196,7 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                 });
             }
             Transformer {
-                embed: t.param("model.embed_tokens.weight", &[v, d])?,
+                embed: t.matrix_param("model.embed_tokens.weight", v, d)?,
                 pos_embed: None,
                 final_norm: t.norm("model.norm", d, Bias::Without)?,
                 lm_head: lm_head(&mut t, c)?,
@@ -209,7 +218,7 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                 });
             }
             Transformer {
-                embed: t.param("transformer.wte.weight", &[v, d])?,
+                embed: t.matrix_param("transformer.wte.weight", v, d)?,
                 pos_embed: Some(t.param("transformer.wpe.weight", &[c.max_positions, d])?),
                 final_norm: t.norm("transformer.ln_f", d, Bias::With)?,
                 lm_head: lm_head(&mut t, c)?,
@@ -236,6 +245,6 @@ fn lm_head(t: &mut Taker, c: &Config) -> Result<Option<Param>> {
         t.maybe("lm_head.weight", &shape)?;
         Ok(None)
     } else {
-        t.param("lm_head.weight", &shape).map(Some)
+        t.matrix_param("lm_head.weight", c.vocab_size, c.hidden_size).map(Some)
     }
 }

@@ -93,12 +93,14 @@ impl Weights {
     /// else is f32), from the tensor table alone: what the memory plan counts before loading.
     pub fn resident_bytes(&self, base: BaseDtype) -> Result<usize> {
         let block_matrix = |name: &str, dims: usize| dims == 2 && (name.contains(".layers.") || name.contains(".h."));
+        // what `Stored` keeps packed: the block matrices, the embeddings and the LM head (not GPT-2's positions)
+        let packable = |name: &str, dims: usize| dims == 2 && !name.ends_with("wpe.weight");
         let mut total = 0;
         match self {
             Weights::Safetensors { files, .. } => {
                 for t in files.summaries() {
                     let n: usize = t.shape.iter().product();
-                    let packed = block_matrix(&t.name, t.shape.len()) && !is_gpt2_conv1d(&t.name);
+                    let packed = packable(&t.name, t.shape.len()) && !is_gpt2_conv1d(&t.name);
                     let stored_half = matches!(t.dtype.as_str(), "F16" | "BF16");
                     total += match base {
                         BaseDtype::Stored if packed && stored_half => 2 * n,
@@ -113,7 +115,7 @@ impl Weights {
                     let hf = gguf_to_hf(&t.name, arch).unwrap_or_default();
                     let matrix = block_matrix(&hf, t.dims.len());
                     total += match base {
-                        BaseDtype::Stored if matrix && t.ty != GgmlType::F32 => {
+                        BaseDtype::Stored if packable(&hf, t.dims.len()) && t.ty != GgmlType::F32 => {
                             t.n_bytes().unwrap_or(4 * n as u64) as usize
                         }
                         BaseDtype::Bf16 if matrix => 2 * n,

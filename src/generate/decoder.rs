@@ -11,7 +11,6 @@
 //! The cache is allocated in [`Decoder::new`]; the other buffers grow to the largest call once. After that a
 //! call allocates nothing (checked by a test with a counting allocator).
 use crate::kernels::mat::{Mat, MatMut};
-use crate::kernels::matvec::matmul_wt;
 use crate::network::activations::Activations;
 use crate::network::batch::Row;
 use crate::network::kv_cache::KvCache;
@@ -68,7 +67,7 @@ impl<'m> Decoder<'m> {
             dst.copy_from_slice(&self.acts.x[r * d..][..d]);
         }
         let logits = MatMut::new(&mut self.logits[..k * v], k, v);
-        matmul_wt(logits, Mat::new(&self.head_x[..k * d], k, d), model.head(), false);
+        model.head().matmul_wt(logits, Mat::new(&self.head_x[..k * d], k, d), false);
         Ok(&self.logits[..k * v])
     }
 

@@ -1,19 +1,19 @@
 //! Token (and learned position) embedding lookup.
+use super::packed::MatrixRef;
 use rayon::prelude::*;
 
-/// out[i] = table[ids[i]] (+ pos_table[positions[i]]).  table: (V, dim); out: (N, dim).
+/// out[i] = table[ids[i]] (+ pos_table[positions[i]]).  table: (V, dim), dense or packed; out: (N, dim).
 /// Ids were validated against V when the batch was built.
 pub fn embedding_forward(
     out: &mut [f32],
     ids: &[u32],
-    table: &[f32],
+    table: MatrixRef,
     positions: &[u32],
     pos_table: Option<&[f32]>,
     dim: usize,
 ) {
     out.par_chunks_mut(dim).enumerate().for_each(|(i, row)| {
-        let t = ids[i] as usize * dim;
-        row.copy_from_slice(&table[t..t + dim]);
+        table.row(ids[i] as usize, row);
         if let Some(pt) = pos_table {
             let p = positions[i] as usize * dim;
             for (o, v) in row.iter_mut().zip(&pt[p..p + dim]) {
@@ -68,7 +68,14 @@ mod tests {
         let r = small_column(rng.vec(n * dim, 1.0), dim, 2);
         let loss = |t: &[f32], p: &[f32]| {
             let mut out = vec![0.0; n * dim];
-            embedding_forward(&mut out, &ids, t, &positions, Some(p), dim);
+            embedding_forward(
+                &mut out,
+                &ids,
+                MatrixRef::Dense { data: t, rows: vocab, cols: dim },
+                &positions,
+                Some(p),
+                dim,
+            );
             weighted_sum(&out, &r)
         };
         let (g0, p0) = (rng.vec(vocab * dim, 1.0), rng.vec(max_pos * dim, 1.0));

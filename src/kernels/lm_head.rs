@@ -2,6 +2,7 @@
 //! so a (tokens × vocab) matrix never exists for a whole batch.
 use super::mat::{Mat, MatMut};
 use super::matmul::matmul;
+use super::packed::MatrixRef;
 use super::simd::exp_shifted;
 use rayon::prelude::*;
 
@@ -22,7 +23,7 @@ pub struct HeadScratch {
 fn for_each_chunk(
     hidden: &[f32],
     dim: usize,
-    head: &[f32],
+    head: MatrixRef,
     vocab: usize,
     rows: &[usize],
     s: &mut HeadScratch,
@@ -36,12 +37,7 @@ fn for_each_chunk(
             dst.copy_from_slice(&hidden[r * dim..][..dim]);
         }
         let logits = &mut s.logits[..n * vocab];
-        matmul(
-            MatMut::new(logits, n, vocab),
-            Mat::new(&s.rows[..n * dim], n, dim),
-            Mat::new(head, vocab, dim).t(),
-            false,
-        );
+        head.gemm_wt(MatMut::new(logits, n, vocab), Mat::new(&s.rows[..n * dim], n, dim), false);
         visit(c * CHUNK, &mut s.rows[..n * dim], logits);
     }
 }
@@ -51,12 +47,12 @@ pub fn target_logprobs(
     out: &mut [f32],
     hidden: &[f32],
     dim: usize,
-    head: &[f32],
+    head: MatrixRef,
     rows: &[usize],
     targets: &[u32],
     s: &mut HeadScratch,
 ) {
-    let vocab = head.len() / dim;
+    let vocab = head.rows();
     for_each_chunk(hidden, dim, head, vocab, rows, s, |start, _, logits| {
         out[start..].par_iter_mut().zip(logits.par_chunks_mut(vocab)).zip(targets[start..].par_iter()).for_each(
             |((o, l), &t)| {
@@ -68,8 +64,8 @@ pub fn target_logprobs(
 }
 
 /// Full logits (rows.len(), vocab) of the selected rows — for tests, `info` and small vocabularies.
-pub fn logits(hidden: &[f32], dim: usize, head: &[f32], rows: &[usize], s: &mut HeadScratch) -> Vec<f32> {
-    let vocab = head.len() / dim;
+pub fn logits(hidden: &[f32], dim: usize, head: MatrixRef, rows: &[usize], s: &mut HeadScratch) -> Vec<f32> {
+    let vocab = head.rows();
     let mut out = vec![0.0; rows.len() * vocab];
     for_each_chunk(hidden, dim, head, vocab, rows, s, |start, _, l| {
         out[start * vocab..][..l.len()].copy_from_slice(l);
@@ -93,7 +89,7 @@ pub fn logits(hidden: &[f32], dim: usize, head: &[f32], rows: &[usize], s: &mut 
 pub fn cross_entropy_backward(
     hidden: &[f32],
     dim: usize,
-    head: &[f32],
+    head: MatrixRef,
     rows: &[usize],
     targets: &[u32],
     token_weight: f32,
@@ -102,10 +98,10 @@ pub fn cross_entropy_backward(
     mut dhead: Option<&mut [f32]>,
     s: &mut HeadScratch,
 ) -> f64 {
-    let vocab = head.len() / dim;
+    let vocab = head.rows();
     assert!(rows.len() == targets.len(), "cross_entropy_backward: rows and targets differ in length");
     assert!(dhidden.len() == hidden.len(), "cross_entropy_backward: dhidden shape");
-    assert!(dhead.as_ref().is_none_or(|d| d.len() == head.len()), "cross_entropy_backward: dhead shape");
+    assert!(dhead.as_ref().is_none_or(|d| d.len() == vocab * dim), "cross_entropy_backward: dhead shape");
     assert!((0.0..=1.0).contains(&label_smoothing), "cross_entropy_backward: label_smoothing outside [0, 1]");
     let eps = label_smoothing as f64;
     let (w_target, w_uniform) = (token_weight * (1.0 - label_smoothing), token_weight * label_smoothing / vocab as f32);
@@ -136,7 +132,7 @@ pub fn cross_entropy_backward(
             matmul(MatMut::new(dh, vocab, dim), Mat::new(logits, n, vocab).t(), Mat::new(xs, n, dim), true);
         }
         // The gathered rows are no longer needed: reuse them for dlogits · head, then scatter-add.
-        matmul(MatMut::new(xs, n, dim), Mat::new(logits, n, vocab), Mat::new(head, vocab, dim), false);
+        head.matmul_dx(MatMut::new(xs, n, dim), Mat::new(logits, n, vocab), false);
         for (g, &r) in xs.chunks_exact(dim).zip(chunk_rows) {
             for (d, g) in dhidden[r * dim..][..dim].iter_mut().zip(g) {
                 *d += g;
@@ -157,9 +153,14 @@ mod tests {
     use super::*;
 
     /// Σ_k loss_k in f64 from the f32 logits of the existing forward path — independent of the backward.
+    /// A dense (vocab, dim) head.
+    fn dense(head: &[f32], dim: usize) -> MatrixRef<'_> {
+        MatrixRef::Dense { data: head, rows: head.len() / dim, cols: dim }
+    }
+
     fn reference_loss(hidden: &[f32], dim: usize, head: &[f32], rows: &[usize], targets: &[u32], eps: f64) -> f64 {
         let vocab = head.len() / dim;
-        let l = logits(hidden, dim, head, rows, &mut HeadScratch::default());
+        let l = logits(hidden, dim, dense(head, dim), rows, &mut HeadScratch::default());
         l.chunks(vocab)
             .zip(targets)
             .map(|(l, &t)| {
@@ -200,7 +201,7 @@ mod tests {
             let loss = cross_entropy_backward(
                 &hidden,
                 dim,
-                &head,
+                dense(&head, dim),
                 &rows,
                 &targets,
                 tw,
@@ -225,7 +226,7 @@ mod tests {
             assert_catches_sign_flip(&name, &fd, &dw1, TOL);
             // Frozen head: dhidden is the same without dhead.
             let mut dh2 = g0.clone();
-            cross_entropy_backward(&hidden, dim, &head, &rows, &targets, tw, eps, &mut dh2, None, &mut s);
+            cross_entropy_backward(&hidden, dim, dense(&head, dim), &rows, &targets, tw, eps, &mut dh2, None, &mut s);
             assert_bits_eq("dhidden without dhead", &dhidden, &dh2);
         }
     }
@@ -262,7 +263,7 @@ mod tests {
             let loss = cross_entropy_backward(
                 &l,
                 4,
-                &eye,
+                dense(&eye, 4),
                 &[0, 1],
                 &[1, 0],
                 1.0,
@@ -291,7 +292,7 @@ mod tests {
             let loss = cross_entropy_backward(
                 &hidden,
                 dim,
-                &head,
+                dense(&head, dim),
                 &rows,
                 &targets,
                 0.5,
@@ -311,7 +312,18 @@ mod tests {
         // Empty selection: nothing to do, loss 0.
         let mut d = vec![1.0; n * dim];
         assert_eq!(
-            cross_entropy_backward(&hidden, dim, &head, &[], &[], 1.0, 0.0, &mut d, None, &mut HeadScratch::default()),
+            cross_entropy_backward(
+                &hidden,
+                dim,
+                dense(&head, dim),
+                &[],
+                &[],
+                1.0,
+                0.0,
+                &mut d,
+                None,
+                &mut HeadScratch::default()
+            ),
             0.0
         );
         assert!(d.iter().all(|&v| v == 1.0));
@@ -326,7 +338,7 @@ mod tests {
         let targets: Vec<u32> = (0..n).map(|i| (i % vocab) as u32).collect();
         let mut out = vec![0.0; n];
         let mut s = HeadScratch::default();
-        target_logprobs(&mut out, &hidden, dim, &head, &rows, &targets, &mut s);
+        target_logprobs(&mut out, &hidden, dim, dense(&head, dim), &rows, &targets, &mut s);
         for (k, &r) in rows.iter().enumerate() {
             let l: Vec<f64> = (0..vocab)
                 .map(|v| (0..dim).map(|d| hidden[r * dim + d] as f64 * head[v * dim + d] as f64).sum())

@@ -91,6 +91,13 @@ impl PackedMatrix {
             });
             return;
         }
+        self.gemm_wt(out, x, accumulate);
+    }
+
+    /// As [`Self::matmul_wt`], always through the GEMM (whatever the rows of x): bit-identical to
+    /// `matmul(out, x, Wᵀ)` on the dequantized matrix.
+    pub fn gemm_wt(&self, out: MatMut, x: Mat, accumulate: bool) {
+        assert!(x.cols == self.cols && out.cols == self.rows, "PackedMatrix::gemm_wt: shape mismatch");
         let MatMut { data, rows: n, row_stride, .. } = out;
         with_tile(FORWARD_PANEL.min(self.rows) * self.cols, |tile| {
             for r0 in (0..self.rows).step_by(FORWARD_PANEL) {
@@ -98,7 +105,7 @@ impl PackedMatrix {
                 let w = &mut tile[..(r1 - r0) * self.cols];
                 self.dequantize_rows(r0, w, true);
                 let dst = MatMut { data: &mut data[r0..], rows: n, cols: r1 - r0, row_stride };
-                matmul_wt(dst, x, w, accumulate);
+                matmul(dst, x, Mat::new(w, r1 - r0, self.cols).t(), accumulate);
             }
         });
     }
@@ -119,6 +126,62 @@ impl PackedMatrix {
                 matmul(dst, dy_block, Mat::new(w, r1 - r0, self.cols), accumulate || r0 > 0);
             }
         });
+    }
+}
+
+/// A weight matrix W (rows, cols) as the kernels read it: dense f32 or packed. The packed products are the
+/// dense ones' bits.
+#[derive(Clone, Copy)]
+pub enum MatrixRef<'a> {
+    Dense { data: &'a [f32], rows: usize, cols: usize },
+    Packed(&'a PackedMatrix),
+}
+
+impl MatrixRef<'_> {
+    pub fn rows(self) -> usize {
+        match self {
+            MatrixRef::Dense { rows, .. } => rows,
+            MatrixRef::Packed(p) => p.rows,
+        }
+    }
+
+    pub fn cols(self) -> usize {
+        match self {
+            MatrixRef::Dense { cols, .. } => cols,
+            MatrixRef::Packed(p) => p.cols,
+        }
+    }
+
+    /// out (N, rows) (+)= x · Wᵀ, by the matrix-vector kernel for few rows of x ([`matmul_wt`]).
+    pub fn matmul_wt(self, out: MatMut, x: Mat, accumulate: bool) {
+        match self {
+            MatrixRef::Dense { data, rows, cols } => matmul_wt(out, x, &data[..rows * cols], accumulate),
+            MatrixRef::Packed(p) => p.matmul_wt(out, x, accumulate),
+        }
+    }
+
+    /// out (N, rows) (+)= x · Wᵀ, always by the GEMM.
+    pub fn gemm_wt(self, out: MatMut, x: Mat, accumulate: bool) {
+        match self {
+            MatrixRef::Dense { data, rows, cols } => matmul(out, x, Mat::new(data, rows, cols).t(), accumulate),
+            MatrixRef::Packed(p) => p.gemm_wt(out, x, accumulate),
+        }
+    }
+
+    /// dx (N, cols) (+)= dy (N, rows) · W.
+    pub fn matmul_dx(self, dx: MatMut, dy: Mat, accumulate: bool) {
+        match self {
+            MatrixRef::Dense { data, rows, cols } => matmul(dx, dy, Mat::new(data, rows, cols), accumulate),
+            MatrixRef::Packed(p) => p.matmul_dx(dx, dy, accumulate),
+        }
+    }
+
+    /// Row `r` into `out` (cols values): an embedding lookup.
+    pub fn row(self, r: usize, out: &mut [f32]) {
+        match self {
+            MatrixRef::Dense { data, cols, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+            MatrixRef::Packed(p) => p.dequantize_rows(r, out, false),
+        }
     }
 }
 

@@ -5,7 +5,6 @@ use super::lora::{Dropout, Lora, LoraActs};
 use super::param::Param;
 use crate::kernels::mat::{Mat, MatMut};
 use crate::kernels::matmul::matmul;
-use crate::kernels::matvec::matmul_wt;
 use rayon::prelude::*;
 
 pub struct Linear {
@@ -44,11 +43,7 @@ impl Linear {
     pub fn forward(&self, out: Strided, x: &[f32], n: usize, la: &mut LoraActs, dropout: Option<Dropout>) {
         let Strided { data: out, row_stride, accumulate } = out;
         let dst = MatMut { data: &mut *out, rows: n, cols: self.out_dim, row_stride };
-        let xm = Mat::new(&x[..n * self.in_dim], n, self.in_dim);
-        match &self.w.packed {
-            Some(w) => w.matmul_wt(dst, xm, accumulate),
-            None => matmul_wt(dst, xm, &self.w.data, accumulate),
-        }
+        self.w.matrix().matmul_wt(dst, Mat::new(&x[..n * self.in_dim], n, self.in_dim), accumulate);
         if let Some(b) = &self.b {
             add_bias(out, row_stride, n, &b.data);
         }
@@ -82,11 +77,7 @@ impl Linear {
                 lora.backward(Some(&mut *dx), dy_mat, x, n, la, x_drop);
             }
             // dx (N, in) += dy · W
-            let dx = MatMut::new(dx, n, self.in_dim);
-            match &self.w.packed {
-                Some(w) => w.matmul_dx(dx, dy_mat, true),
-                None => matmul(dx, dy_mat, Mat::new(&self.w.data, self.out_dim, self.in_dim), true),
-            }
+            self.w.matrix().matmul_dx(MatMut::new(dx, n, self.in_dim), dy_mat, true);
         } else if let Some(lora) = &mut self.lora {
             lora.backward(None, dy_mat, x, n, la, x_drop);
         }

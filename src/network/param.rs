@@ -1,7 +1,7 @@
 //! A named tensor. Its gradient buffer exists only while it is trainable, so a frozen base
 //! cannot accumulate (or pay memory for) gradients by construction.
 use crate::kernels::dequant::GgmlType;
-use crate::kernels::packed::PackedMatrix;
+use crate::kernels::packed::{MatrixRef, PackedMatrix};
 use std::borrow::Cow;
 
 pub struct Param {
@@ -47,6 +47,17 @@ impl Param {
         }
     }
 
+    /// The tensor as a (rows, cols) matrix for the kernels (rows = its first dimension).
+    pub fn matrix(&self) -> MatrixRef<'_> {
+        dense_or_packed(&self.shape, &self.data, self.packed.as_ref())
+    }
+
+    /// [`Self::matrix`] and the gradient buffer (when trainable) at once.
+    pub fn matrix_and_grad(&mut self) -> (MatrixRef<'_>, Option<&mut [f32]>) {
+        let Param { shape, data, grad, packed, .. } = self;
+        (dense_or_packed(shape, data, packed.as_ref()), grad.as_deref_mut())
+    }
+
     /// The values as f32, dequantized when packed.
     pub fn values(&self) -> Cow<'_, [f32]> {
         match &self.packed {
@@ -70,5 +81,12 @@ impl Param {
     /// Bytes the values take in memory.
     pub fn stored_bytes(&self) -> usize {
         self.packed.as_ref().map_or(self.data.len() * 4, |p| p.bytes.len())
+    }
+}
+
+fn dense_or_packed<'a>(shape: &[usize], data: &'a [f32], packed: Option<&'a PackedMatrix>) -> MatrixRef<'a> {
+    match packed {
+        Some(p) => MatrixRef::Packed(p),
+        None => MatrixRef::Dense { data, rows: shape[0], cols: data.len() / shape[0].max(1) },
     }
 }

@@ -16,6 +16,7 @@ use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::kv_attention::{CachedAttentionScratch, cached_attention};
 use crate::kernels::norm::{layernorm_backward, layernorm_forward, rmsnorm_backward, rmsnorm_forward};
+use crate::kernels::packed::MatrixRef;
 use crate::kernels::rope::{RopeTable, rope_backward, rope_forward};
 use anyhow::{Result, bail};
 
@@ -108,8 +109,8 @@ impl Transformer {
     }
 
     /// The LM head matrix (vocab, hidden).
-    pub fn head(&self) -> &[f32] {
-        &self.lm_head.as_ref().unwrap_or(&self.embed).data
+    pub fn head(&self) -> MatrixRef<'_> {
+        self.lm_head.as_ref().unwrap_or(&self.embed).matrix()
     }
 
     /// Visits every tensor of the model (base and adapters) in a fixed order — the order of checkpoints and
@@ -219,7 +220,7 @@ impl Transformer {
         let Activations { x, x_final_in, final_a, final_b, layers, block_inputs, lora_x_drop, rope, cached, .. } = acts;
         let x = &mut x[..n * d];
         let pos_embed = self.pos_embed.as_ref().map(|p| &p.data[..]);
-        embedding_forward(x, tokens, &self.embed.data, positions, pos_embed, d);
+        embedding_forward(x, tokens, self.embed.matrix(), positions, pos_embed, d);
         let mut io =
             BlockIo { positions, ctx: &mut ctx, step_seed: train_seed, lora_x_drop, rope: rope.as_ref(), cached };
         for i in 0..self.blocks.len() {

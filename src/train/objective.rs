@@ -43,17 +43,17 @@ pub fn forward_backward<E: Borrow<Example>>(
     grow(&mut s.dhidden, n * d);
     let dhidden = &mut s.dhidden[..n * d];
     dhidden.fill(0.0);
-    let head = model.lm_head.as_mut().unwrap_or(&mut model.embed);
+    let (head, dhead) = model.lm_head.as_mut().unwrap_or(&mut model.embed).matrix_and_grad();
     let loss = cross_entropy_backward(
         &s.acts.x[..n * d],
         d,
-        &head.data,
+        head,
         &s.rows,
         &s.targets,
         token_weight,
         label_smoothing,
         dhidden,
-        head.grad.as_deref_mut(),
+        dhead,
         &mut s.head,
     );
     model.backward(batch, &mut s.acts, dhidden);
