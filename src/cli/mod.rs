@@ -12,6 +12,7 @@ pub mod train;
 use anyhow::Result;
 use clap::Args;
 use condlm::data::dataset::DataOptions;
+use condlm::data::source::{DataFormat, DataSource, resolve_data};
 use condlm::formats::load::LoadedModel;
 use condlm::formats::peft::{AdapterConfig, attach_adapter, base_mismatch, read_adapter_config};
 use std::path::PathBuf;
@@ -36,6 +37,30 @@ impl FieldArgs {
             completion_field: self.completion_field.clone(),
             max_len,
         }
+    }
+}
+
+/// Where rows come from, shared by `eval`, `score` and `inspect` (`train` takes the same flags as settings).
+#[derive(Args)]
+pub struct DataArgs {
+    /// Rows: a data file (JSONL, JSON array, Parquet, CSV or TSV), a dataset folder, or a hub dataset id org/name
+    /// (from the HF cache, downloaded when online).
+    #[arg(long)]
+    pub data: String,
+    /// How to read data files: auto (by extension: .parquet, .csv, .tsv, else JSONL or a JSON array), jsonl,
+    /// json, parquet, csv, tsv [default: auto].
+    #[arg(long, value_enum, default_value_t = DataFormat::Auto, hide_default_value = true)]
+    data_format: DataFormat,
+    /// Split of a dataset folder or hub dataset (train, validation, test, …) [default: train for train and
+    /// inspect; for eval and score the first of validation, valid, val, dev, test that is present].
+    #[arg(long)]
+    split: Option<String>,
+}
+
+impl DataArgs {
+    /// The files to read; `defaults` are the splits tried when --split is not given.
+    pub fn source(&self, defaults: &[&str]) -> Result<DataSource> {
+        resolve_data(&self.data, self.data_format, self.split.as_deref(), defaults)
     }
 }
 
