@@ -576,14 +576,14 @@ fn hub_datasets_are_read_by_split_from_the_cache() {
     let env = [("HF_HUB_CACHE", cache.path())];
     let (ok, out, err) = inspect("org/name", &["--split", "test", "--rows", "5"], &env);
     assert!(ok, "{err}");
-    assert!(out.contains("org/name (split test): 5 rows (3 Alpaca, 2 chat)"), "{out}");
+    assert!(out.contains("org/name, split test: 5 rows (3 Alpaca, 2 chat)"), "{out}");
     let first = out.lines().find(|l| l.starts_with("row 1:")).unwrap();
     assert!(first.contains("data/test-00000-of-00002.parquet: row 0 (row group 0, row 0)"), "{first}");
     let fourth = out.lines().find(|l| l.starts_with("row 4:")).unwrap();
     assert!(fourth.contains("data/test-00001-of-00002.parquet: row 0"), "{fourth}");
     // inspect reads train by default; eval reads validation, else test.
     let (ok, out, err) = inspect("org/name", &[], &env);
-    assert!(ok && out.contains("org/name (split train): 6 rows (6 prompt/completion)"), "{out}{err}");
+    assert!(ok && out.contains("org/name, split train: 6 rows (6 prompt/completion)"), "{out}{err}");
     let model = fixture("tiny-llama");
     let (ok, out, err) = run_condlm(&["eval", "--model", model.to_str().unwrap(), "--data", "org/name"], &env);
     assert!(ok && out.contains("\"rows\":5"), "{out}{err}");
@@ -640,7 +640,7 @@ fn training_on_a_dataset_folder_hashes_every_shard_for_resume() {
     let more = ["--batch-size", "4", "--lora-r", "2", "--save-every", "1", "--stop-after-steps", "2"];
     let (ok, _, err) = run_condlm(&[&args[..], &more].concat(), &[]);
     assert!(ok, "{err}");
-    assert!(err.contains("train (") && err.contains("(split train)): 12 rows"), "{err}");
+    assert!(err.contains("train (") && err.contains(", split train): 12 rows"), "{err}");
     // The second shard changes: the resumed run must notice.
     let mut text = std::fs::read_to_string(data.join("train-00001-of-00002.csv")).unwrap();
     text.push_str("one more,\" row\"\n");

@@ -40,19 +40,26 @@ impl FieldArgs {
     }
 }
 
-/// Where rows come from, shared by `eval`, `score` and `inspect` (`train` takes the same flags as settings).
+/// Help of --data-format, shared by every command that reads data.
+pub const DATA_FORMAT_HELP: &str = "How to read data files: auto (by extension: .parquet, .csv, .tsv, else JSONL or a \
+JSON array), jsonl, json, parquet, csv, tsv [default: auto]";
+
+/// Help of --split for the commands that read evaluation data by default.
+pub const EVAL_SPLIT_HELP: &str = "Split of a dataset folder or hub dataset given as --data [default: the first of \
+validation, valid, val, dev, test that is present]";
+
+/// Where rows come from, shared by `eval`, `score` and `inspect` (`train` and `generate` take the same flags,
+/// optional).
 #[derive(Args)]
 pub struct DataArgs {
     /// Rows: a data file (JSONL, JSON array, Parquet, CSV or TSV), a dataset folder, or a hub dataset id org/name
     /// (from the HF cache, downloaded when online).
     #[arg(long)]
     pub data: String,
-    /// How to read data files: auto (by extension: .parquet, .csv, .tsv, else JSONL or a JSON array), jsonl,
-    /// json, parquet, csv, tsv [default: auto].
-    #[arg(long, value_enum, default_value_t = DataFormat::Auto, hide_default_value = true)]
+    #[arg(long, value_enum, default_value_t = DataFormat::Auto, hide_default_value = true, help = DATA_FORMAT_HELP)]
     data_format: DataFormat,
-    /// Split of a dataset folder or hub dataset (train, validation, test, …) [default: train for train and
-    /// inspect; for eval and score the first of validation, valid, val, dev, test that is present].
+    /// Split of a dataset folder or hub dataset given as --data [default: train for inspect; for eval and score
+    /// the first of validation, valid, val, dev, test that is present].
     #[arg(long)]
     split: Option<String>,
 }

@@ -51,8 +51,7 @@ pub struct TrainArgs {
     /// Parquet, CSV or TSV), a dataset folder, or a hub dataset id org/name.
     #[arg(long)]
     data: Option<String>,
-    /// How to read data files: auto (by extension), jsonl, json, parquet, csv, tsv [default: auto].
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, help = super::DATA_FORMAT_HELP)]
     data_format: Option<DataFormat>,
     /// Split of a dataset folder or hub dataset given as --data [default: train].
     #[arg(long)]

@@ -13,16 +13,21 @@ use std::fmt::Write;
 use std::path::Path;
 
 /// Calls `row(source, json_object_text)` for each row of the Parquet file at `path`, reading only the top-level
-/// columns named in `columns` (a file with none of them is an error listing its columns).
-pub fn for_each_row(path: &Path, columns: &[&str], mut row: impl FnMut(String, &str) -> Result<()>) -> Result<()> {
+/// columns named in `columns` (a file with none of them is an error listing its columns), or all of them.
+pub fn for_each_row(
+    path: &Path,
+    columns: Option<&[&str]>,
+    mut row: impl FnMut(String, &str) -> Result<()>,
+) -> Result<()> {
     let name = path.display();
     let file = crate::input::open_regular(path, "data file")?;
     let reader = SerializedFileReader::new(file).map_err(|e| {
         anyhow!("{name}: not a readable Parquet file ({e}); it may be truncated or not Parquet (see --data-format)")
     })?;
     let schema = reader.metadata().file_metadata().schema();
-    let fields: Vec<_> = schema.get_fields().iter().filter(|t| columns.contains(&t.name())).cloned().collect();
-    if fields.is_empty() {
+    let wanted = |name: &str| columns.is_none_or(|c| c.contains(&name));
+    let fields: Vec<_> = schema.get_fields().iter().filter(|t| wanted(t.name())).cloned().collect();
+    if let (true, Some(columns)) = (fields.is_empty(), columns) {
         bail!(
             "{name}: none of the columns rows are read from ({}); the file has {}. Name the prompt and completion \
              columns with --prompt-field and --completion-field",

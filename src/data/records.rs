@@ -174,7 +174,7 @@ pub fn read_rows(data: impl Into<DataSource>, fields: &Fields) -> Result<Vec<Row
         };
         match data.format.reader(path) {
             Reader::Json => rows.extend(read_json(path, fields)?),
-            Reader::Parquet => parquet_rows::for_each_row(path, &fields.columns(), &mut push)?,
+            Reader::Parquet => parquet_rows::for_each_row(path, Some(&fields.columns()), &mut push)?,
             Reader::Delimited(d) => csv_rows::for_each_row(path, d, &mut push)?,
         }
         if rows.len() == before {

@@ -58,7 +58,7 @@ pub const EVAL_SPLITS: &[&str] = &["validation", "valid", "val", "dev", "test"];
 /// Files to read, in order, as one dataset.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DataSource {
-    /// What the user asked for, for logs: the path, or `spec (split NAME)`.
+    /// What the user asked for, for logs: the path, or `spec, split NAME`.
     pub label: String,
     pub files: Vec<PathBuf>,
     pub format: DataFormat,
@@ -148,7 +148,7 @@ fn from_folder(
     let (name, files) =
         choose(&groups, split, defaults).map_err(|e| anyhow::anyhow!("{spec} ({}): {e}", dir.display()))?;
     Ok(DataSource {
-        label: format!("{spec} (split {name})"),
+        label: format!("{spec}, split {name}"),
         files: files.iter().map(|f| dir.join(f)).collect(),
         format,
     })
@@ -182,7 +182,7 @@ fn download(id: &str, cache: &Path, format: DataFormat, split: Option<&str>, def
     let groups = group_splits(&names);
     let (name, files) = choose(&groups, split, defaults)?;
     let files = files.iter().map(|f| repo.get(f)).collect::<Result<Vec<_>, _>>()?;
-    Ok(DataSource { label: format!("{id} (split {name})"), files, format })
+    Ok(DataSource { label: format!("{id}, split {name}"), files, format })
 }
 
 #[cfg(test)]
@@ -206,7 +206,7 @@ mod tests {
         let spec = tmp.path().to_str().unwrap();
         let s = resolve_data(spec, DataFormat::Auto, None, EVAL_SPLITS).unwrap();
         assert_eq!(s.files, [tmp.path().join("test.jsonl")]);
-        assert!(s.label.ends_with("(split test)"), "{}", s.label);
+        assert!(s.label.ends_with(", split test"), "{}", s.label);
         let file = tmp.path().join("train.jsonl");
         let e = resolve_data(file.to_str().unwrap(), DataFormat::Auto, Some("x"), &[]).unwrap_err().to_string();
         assert!(e.contains("drop --split"), "{e}");
