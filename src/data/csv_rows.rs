@@ -1,5 +1,5 @@
 //! CSV and TSV files → rows as JSON object text (one string per column, in header order), streamed, so that
-//! [`super::records`] reads them exactly as it reads JSONL.
+//! `records` reads them exactly as it reads JSONL.
 //!
 //! The first line names the columns. Fields may be quoted with `"` (RFC 4180, as Python's `csv` and pandas
 //! write them, TSV included), so a quoted field can hold the delimiter, newlines and `""` for a quote. Every cell

@@ -1,6 +1,6 @@
 //! Parquet files → rows as JSON object text (columns and struct fields in schema order, as a JSONL writer would
 //! have written them), read one row group at a time and only the columns a row can use, so that
-//! [`super::records`] reads them exactly as it reads JSONL.
+//! `records` reads them exactly as it reads JSONL.
 //!
 //! Rows are named `file: row I (row group G, row R)`, all 0-based (as pyarrow counts). Strings (dictionary
 //! encoded or not) and UTF-8 binary are JSON strings, lists are arrays, structs and maps are objects, numbers and
