@@ -648,3 +648,25 @@ fn training_on_a_dataset_folder_hashes_every_shard_for_resume() {
     let (ok, _, err) = run_condlm(&["train", "--resume", out_s], &[]);
     assert!(!ok && err.contains("data changed"), "{err}");
 }
+
+#[test]
+fn generate_reads_parquet_and_csv_prompts_like_jsonl() {
+    let model = fixture("tiny-llama");
+    let generations = |file: &str| {
+        let path = formats_fixture(file);
+        let args = ["generate", "--model", model.to_str().unwrap(), "--data", path.to_str().unwrap()];
+        let (ok, out, err) = run_condlm(&[&args[..], &["--max-new-tokens", "4"]].concat(), &[]);
+        assert!(ok, "{file}: {err}");
+        out.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["prompt"].clone(), v["completion"].clone(), v["generation"].clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = generations("pairs.jsonl");
+    assert_eq!(want.len(), 6);
+    for other in ["pairs.parquet", "pairs.csv", "pairs.tsv"] {
+        assert_eq!(generations(other), want, "{other}");
+    }
+}

@@ -55,7 +55,7 @@ pub struct DataArgs {
     /// Rows: a data file (JSONL, JSON array, Parquet, CSV or TSV), a dataset folder, or a hub dataset id org/name
     /// (from the HF cache, downloaded when online).
     #[arg(long)]
-    pub data: String,
+    data: String,
     #[arg(long, value_enum, default_value_t = DataFormat::Auto, hide_default_value = true, help = DATA_FORMAT_HELP)]
     data_format: DataFormat,
     /// Split of a dataset folder or hub dataset given as --data [default: train for inspect; for eval and score

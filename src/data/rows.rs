@@ -74,7 +74,9 @@ pub fn string_field(obj: &JsonObject, name: &str, path: &Path, line: usize) -> R
 pub fn field_of(obj: &JsonObject, name: &str, source: &str) -> Result<String> {
     match obj.get(name) {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        Some(serde_json::Value::Null) => bail!("{source}: field \"{name}\" must be a string, got null (a missing value)"),
+        Some(serde_json::Value::Null) => {
+            bail!("{source}: field \"{name}\" must be a string, got null (a missing value)")
+        }
         Some(_) => bail!("{source}: field \"{name}\" must be a string"),
         None => bail!(
             "{source}: missing field \"{name}\" (found: {})",

@@ -1,7 +1,7 @@
 //! `--data` → the files to read and how: a data file, a dataset folder, or a hub dataset id `org/name` found in
 //! the Hugging Face cache (HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub) and downloaded into it
 //! when online. Folders and hub datasets are grouped into splits by [`super::splits`]; `--split` picks one.
-use super::splits::{choose, describe, group_splits};
+use super::splits::{DATA_EXTENSIONS, choose, describe, group_splits};
 use crate::formats::resolve::{hub_cache_dir, is_offline, looks_like_hub_id};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -100,7 +100,9 @@ pub fn resolve_data(spec: &str, format: DataFormat, split: Option<&str>, default
         // A FIFO or a device: refused here (with what it is) rather than blocked on later.
         crate::input::open_regular(path, "data file")?;
     }
-    if !looks_like_hub_id(spec) {
+    // `data/train.jsonl` that is not there is a missing file, not a hub id.
+    let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase());
+    if !looks_like_hub_id(spec) || ext.is_some_and(|e| DATA_EXTENSIONS.contains(&e.as_str())) {
         bail!("{spec}: no such file or folder (pass a data file, a dataset folder, or a hub dataset id org/name)");
     }
     let cache = hub_cache_dir();
@@ -210,5 +212,7 @@ mod tests {
         let file = tmp.path().join("train.jsonl");
         let e = resolve_data(file.to_str().unwrap(), DataFormat::Auto, Some("x"), &[]).unwrap_err().to_string();
         assert!(e.contains("drop --split"), "{e}");
+        let e = resolve_data("data/missing.jsonl", DataFormat::Auto, None, &[]).unwrap_err().to_string();
+        assert!(e.contains("no such file"), "{e}");
     }
 }
