@@ -122,9 +122,9 @@ enum EarlyStop {
 pub fn run(a: GenerateArgs) -> Result<()> {
     // Flags and the output file are checked before the model loads: a mistake costs nothing.
     let mut opts = options(&a)?;
+    let out = a.data.is_some().then(|| prepare(a.out.as_deref(), a.overwrite, a.resume_output)).transpose()?;
     let data =
         a.data.as_deref().map(|d| resolve_data(d, a.data_format, a.split.as_deref(), EVAL_SPLITS)).transpose()?;
-    let out = data.is_some().then(|| prepare(a.out.as_deref(), a.overwrite, a.resume_output)).transpose()?;
     let mut m = load_model(&a.model)?;
     a.adapter.apply(&a.model, &mut m)?;
     if !a.ignore_eos {

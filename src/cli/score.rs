@@ -49,8 +49,8 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1 (rows per forward pass)");
     }
-    let data = a.data.source(EVAL_SPLITS)?;
     let out = prepare(a.out.as_deref(), a.overwrite, a.resume_output)?;
+    let data = a.data.source(EVAL_SPLITS)?;
     let mut m = load_model(&a.model)?;
     a.adapter.apply(&a.model, &mut m)?;
     let ds = load_rows(&data, &m.tokenizer, &a.fields.options(m.model.config.max_positions))?;
