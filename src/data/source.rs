@@ -156,8 +156,8 @@ fn from_folder(
     })
 }
 
-/// Every regular file below `dir` (symlinks followed, as the hub cache links snapshots to blobs), as paths
-/// relative to the top folder, `/`-separated.
+/// Every file below `dir` (symlinks followed, as the hub cache links snapshots to blobs), as paths relative to
+/// the top folder, `/`-separated.
 fn list_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
     let entries = std::fs::read_dir(dir).map_err(|e| anyhow::anyhow!("{}: cannot list folder: {e}", dir.display()))?;
     for e in entries {
@@ -167,7 +167,8 @@ fn list_files(dir: &Path, prefix: &str, out: &mut Vec<String>) -> Result<()> {
         let path = e.path();
         if path.is_dir() {
             list_files(&path, &rel, out)?;
-        } else if path.is_file() {
+        } else {
+            // Not only regular files: a FIFO or a broken link named like data is refused when read, not skipped.
             out.push(rel);
         }
     }
