@@ -107,7 +107,13 @@ pub fn resolve_data(spec: &str, format: DataFormat, split: Option<&str>, default
     }
     let cache = hub_cache_dir();
     if let Some(snapshot) = cached_snapshot(spec, &cache) {
-        return from_folder(spec, &snapshot, format, split, defaults);
+        // A snapshot may hold only part of the dataset (`huggingface-cli download --include ...`).
+        return from_folder(spec, &snapshot, format, split, defaults).map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\n(the cache holds the files downloaded so far; `huggingface-cli download --repo-type dataset \
+                 {spec}` fetches the rest)"
+            )
+        });
     }
     let how = format!(
         "get it with `huggingface-cli download --repo-type dataset {spec}` (or `hf download --repo-type dataset \
