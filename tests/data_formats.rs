@@ -625,6 +625,9 @@ fn bad_data_files_name_file_and_row() {
     fails(&csv("empty.csv", "prompt,completion\na,b\nc,\n"), &["empty.csv:3", "\"completion\" is empty"]);
     fails(&csv("chat.csv", "messages\n[{\"role\": \"user\"\n"), &["chat.csv:2", "column \"messages\"", "JSON"]);
     fails(&csv("cols.csv", "q,a\nx,y\n"), &["cols.csv:2", "missing fields"]);
+    let latin1 = tmp.path().join("latin1.csv");
+    std::fs::write(&latin1, b"prompt,completion\na,b\nc,caf\xe9\n").unwrap();
+    fails(&latin1, &["latin1.csv:3", "column \"completion\"", "not UTF-8"]);
 }
 
 #[test]
