@@ -1,13 +1,13 @@
 //! log P(y | x) for (x, y) pairs: the quantity the conditional objective maximises.
 use crate::data::dataset::{DataOptions, Dataset, load_dataset};
 use crate::data::example::{Example, target_rows};
+use crate::data::source::DataSource;
 use crate::kernels::lm_head::{HeadScratch, target_logprobs};
 use crate::network::activations::Activations;
 use crate::network::batch::PackedBatch;
 use crate::network::transformer::{Mode, Transformer};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, bail};
-use std::path::Path;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RowScore {
@@ -43,11 +43,11 @@ impl Totals {
     }
 }
 
-/// Every row of `path` (any format [`load_dataset`] reads, with the field names of `opts`) encoded whole.
+/// Every row of `data` (any format [`load_dataset`] reads, with the field names of `opts`) encoded whole.
 /// Scoring never truncates — a cut row's log-prob is not log P(y | x) — so a row longer than `opts.max_len`
 /// (the model's context window) is an error naming the row.
-pub fn load_rows(path: &Path, tok: &TextTokenizer, opts: &DataOptions) -> Result<Dataset> {
-    let ds = load_dataset(path, tok, &DataOptions { max_len: usize::MAX, ..opts.clone() })?;
+pub fn load_rows(data: impl Into<DataSource>, tok: &TextTokenizer, opts: &DataOptions) -> Result<Dataset> {
+    let ds = load_dataset(data, tok, &DataOptions { max_len: usize::MAX, ..opts.clone() })?;
     for (e, source) in ds.examples.iter().zip(&ds.sources) {
         if e.ids.len() > opts.max_len {
             bail!(
@@ -60,11 +60,11 @@ pub fn load_rows(path: &Path, tok: &TextTokenizer, opts: &DataOptions) -> Result
     Ok(ds)
 }
 
-/// Every row of `path` as `eval` scores it: x may be cut from the left to fit `opts.max_len`, y never — a row
+/// Every row of `data` as `eval` scores it: x may be cut from the left to fit `opts.max_len`, y never — a row
 /// whose y (with EOS) does not fit is an error naming the row, as in [`load_rows`], since a partial y's NLL is
 /// not the row's.
-pub fn load_rows_cut_x(path: &Path, tok: &TextTokenizer, opts: &DataOptions) -> Result<Dataset> {
-    let ds = load_dataset(path, tok, opts)?;
+pub fn load_rows_cut_x(data: impl Into<DataSource>, tok: &TextTokenizer, opts: &DataOptions) -> Result<Dataset> {
+    let ds = load_dataset(data, tok, opts)?;
     let cut = ds.info.iter().zip(&ds.sources).map(|(i, s)| (i.cut.y, s));
     let dropped = ds.dropped.iter().map(|d| (d.info.cut.y, &d.source));
     if let Some((n, source)) = dropped.chain(cut).find(|(n, _)| *n > 0) {

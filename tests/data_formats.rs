@@ -456,3 +456,220 @@ fn inspect_shows_labels() {
     let colour = render_example(&tok, &ds.examples[0], Paint::Color).unwrap();
     assert!(colour.contains("\u{1b}[") && !colour.contains("[Y]"));
 }
+
+// Parquet, CSV and TSV (tests/fixtures/data_formats/, written by make_data_format_fixtures.py) give the records
+// and the encoded rows of the JSONL file with the same examples.
+
+fn formats_fixture(name: &str) -> PathBuf {
+    fixture("data_formats").join(name)
+}
+
+#[test]
+fn parquet_csv_and_tsv_read_as_their_jsonl() {
+    let tok = with_template("chatml_generation.jinja");
+    let cases = [
+        ("pairs.jsonl", &["pairs.parquet", "pairs.csv", "pairs.tsv"][..]),
+        ("alpaca.jsonl", &["alpaca.parquet", "alpaca.csv"]),
+        ("chat.jsonl", &["chat.parquet", "chat.csv"]),
+        ("large.jsonl", &["large.parquet"]),
+    ];
+    for (reference, others) in cases {
+        let want = read_rows(&formats_fixture(reference), &Fields::default()).unwrap();
+        let want_ds = load_dataset(&formats_fixture(reference), &tok, &opts(usize::MAX)).unwrap();
+        for other in others {
+            let got = read_rows(&formats_fixture(other), &Fields::default()).unwrap();
+            assert_eq!(got.len(), want.len(), "{other}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.format, w.format, "{}", g.source);
+                // Debug shows every string and the message objects with their key order.
+                assert_eq!(format!("{:?}", g.record), format!("{:?}", w.record), "{}", g.source);
+            }
+            let ds = load_dataset(&formats_fixture(other), &tok, &opts(usize::MAX)).unwrap();
+            assert_eq!(ds.examples, want_ds.examples, "{other}");
+            assert_eq!(ds.stats, want_ds.stats, "{other}");
+        }
+    }
+    let large = read_rows(&formats_fixture("large.parquet"), &Fields::default()).unwrap();
+    let Record::Pair { completion, .. } = &large[0].record else { panic!() };
+    assert!(completion.len() > 64 << 10);
+}
+
+#[test]
+fn rows_of_parquet_and_csv_are_named_by_row_group_and_line() {
+    let rows = read_rows(&formats_fixture("pairs.parquet"), &Fields::default()).unwrap();
+    assert!(rows[3].source.ends_with("pairs.parquet: row 3 (row group 1, row 1)"), "{}", rows[3].source);
+    assert!(rows[5].source.ends_with("row 5 (row group 2, row 1)"), "{}", rows[5].source);
+    // Row 2 of pairs.csv spans lines 3 to 5 (quoted newlines), so row 3 starts on line 6.
+    let rows = read_rows(&formats_fixture("pairs.csv"), &Fields::default()).unwrap();
+    let lines: Vec<&str> = rows.iter().map(|r| r.source.rsplit(':').next().unwrap()).collect();
+    assert_eq!(lines, ["2", "3", "6", "7", "8", "9"]);
+}
+
+/// Runs the binary; returns (success, stdout, stderr). A panic fails the test.
+fn run_condlm(args: &[&str], env: &[(&str, &std::path::Path)]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_condlm"));
+    cmd.args(args).env_remove("HF_HOME").env("HF_HUB_OFFLINE", "1");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let (stdout, stderr) =
+        (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(!stderr.contains("panicked"), "panic: {stderr}");
+    (out.status.success(), stdout, stderr)
+}
+
+fn inspect(data: &str, extra: &[&str], env: &[(&str, &std::path::Path)]) -> (bool, String, String) {
+    let model = fixture("tiny-llama");
+    let mut args = vec!["inspect", "--model", model.to_str().unwrap(), "--data", data, "--color", "never"];
+    args.extend(extra);
+    run_condlm(&args, env)
+}
+
+#[test]
+fn inspect_shows_every_format_as_its_jsonl() {
+    let tokens_and_stats = |file: &str, format: &[&str]| {
+        let path = formats_fixture(file);
+        let (ok, out, err) = inspect(path.to_str().unwrap(), &[&["--rows", "9"][..], format].concat(), &[]);
+        assert!(ok, "{file}: {err}");
+        // Row headers name the file and row; the rest must not depend on the format.
+        out.lines()
+            .filter(|l| !l.starts_with("row "))
+            .map(|l| l.replace(path.to_str().unwrap(), "DATA"))
+            .collect::<Vec<_>>()
+    };
+    let want = tokens_and_stats("pairs.jsonl", &[]);
+    assert!(want.iter().any(|l| l.starts_with("DATA: 6 rows")), "{want:?}");
+    for other in ["pairs.parquet", "pairs.csv", "pairs.tsv"] {
+        assert_eq!(tokens_and_stats(other, &[]), want, "{other}");
+    }
+    // --data-format overrides the extension.
+    let tmp = tempfile::tempdir().unwrap();
+    let renamed = tmp.path().join("pairs.dat");
+    std::fs::copy(formats_fixture("pairs.tsv"), &renamed).unwrap();
+    let (ok, out, err) = inspect(renamed.to_str().unwrap(), &["--data-format", "tsv"], &[]);
+    assert!(ok && out.contains("6 rows"), "{out}{err}");
+}
+
+/// A hub cache with `datasets--org--name`: train (one shard) and test (two shards), as huggingface_hub lays it out.
+fn hub_cache() -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("datasets--org--name");
+    let snap = repo.join("snapshots").join("0123abcd");
+    std::fs::create_dir_all(snap.join("data")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs").join("main"), "0123abcd").unwrap();
+    std::fs::write(snap.join("README.md"), "# a dataset card\n").unwrap();
+    for (from, to) in [
+        ("pairs.parquet", "train-00000-of-00001.parquet"),
+        ("alpaca.parquet", "test-00000-of-00002.parquet"),
+        ("chat.parquet", "test-00001-of-00002.parquet"),
+    ] {
+        std::fs::copy(formats_fixture(from), snap.join("data").join(to)).unwrap();
+    }
+    tmp
+}
+
+#[test]
+fn hub_datasets_are_read_by_split_from_the_cache() {
+    let cache = hub_cache();
+    let env = [("HF_HUB_CACHE", cache.path())];
+    let (ok, out, err) = inspect("org/name", &["--split", "test", "--rows", "5"], &env);
+    assert!(ok, "{err}");
+    assert!(out.contains("org/name, split test: 5 rows (3 Alpaca, 2 chat)"), "{out}");
+    let first = out.lines().find(|l| l.starts_with("row 1:")).unwrap();
+    assert!(first.contains("data/test-00000-of-00002.parquet: row 0 (row group 0, row 0)"), "{first}");
+    let fourth = out.lines().find(|l| l.starts_with("row 4:")).unwrap();
+    assert!(fourth.contains("data/test-00001-of-00002.parquet: row 0"), "{fourth}");
+    // inspect reads train by default; eval reads validation, else test.
+    let (ok, out, err) = inspect("org/name", &[], &env);
+    assert!(ok && out.contains("org/name, split train: 6 rows (6 prompt/completion)"), "{out}{err}");
+    let model = fixture("tiny-llama");
+    let (ok, out, err) = run_condlm(&["eval", "--model", model.to_str().unwrap(), "--data", "org/name"], &env);
+    assert!(ok && out.contains("\"rows\":5"), "{out}{err}");
+    // A missing split lists the splits and files present; a missing dataset says how to download it.
+    let (ok, _, err) = inspect("org/name", &["--split", "validation"], &env);
+    assert!(!ok && err.contains("no split \"validation\""), "{err}");
+    assert!(err.contains("test: data/test-00000-of-00002.parquet, data/test-00001-of-00002.parquet"), "{err}");
+    assert!(err.contains("train: data/train-00000-of-00001.parquet"), "{err}");
+    let (ok, _, err) = inspect("org/other", &[], &env);
+    assert!(!ok && err.contains("huggingface-cli download --repo-type dataset org/other"), "{err}");
+}
+
+#[test]
+fn bad_data_files_name_file_and_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fails = |path: &std::path::Path, words: &[&str]| {
+        let (ok, _, err) = inspect(path.to_str().unwrap(), &[], &[]);
+        assert!(!ok, "{} must fail", path.display());
+        for w in words {
+            assert!(err.contains(w), "{} should say {w:?}: {err}", path.display());
+        }
+    };
+    let whole = std::fs::read(formats_fixture("pairs.parquet")).unwrap();
+    let cut = tmp.path().join("cut.parquet");
+    std::fs::write(&cut, &whole[..whole.len() / 2]).unwrap();
+    fails(&cut, &["cut.parquet", "not a readable Parquet file"]);
+    fails(&formats_fixture("no_prompt.parquet"), &["no_prompt.parquet", "\"question\", \"answer\"", "--prompt-field"]);
+    fails(
+        &formats_fixture("null_completion.parquet"),
+        &["null_completion.parquet: row 3 (row group 1, row 1)", "\"completion\"", "null"],
+    );
+    let csv = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let unbalanced = csv("quote.csv", "prompt,completion\na,b\n\"c,d\ne,f\n");
+    fails(&unbalanced, &["quote.csv:3", "quoting"]);
+    fails(&csv("empty.csv", "prompt,completion\na,b\nc,\n"), &["empty.csv:3", "\"completion\" is empty"]);
+    fails(&csv("chat.csv", "messages\n[{\"role\": \"user\"\n"), &["chat.csv:2", "column \"messages\"", "JSON"]);
+    fails(&csv("cols.csv", "q,a\nx,y\n"), &["cols.csv:2", "missing fields"]);
+    let latin1 = tmp.path().join("latin1.csv");
+    std::fs::write(&latin1, b"prompt,completion\na,b\nc,caf\xe9\n").unwrap();
+    fails(&latin1, &["latin1.csv:3", "column \"completion\"", "not UTF-8"]);
+}
+
+#[test]
+fn training_on_a_dataset_folder_hashes_every_shard_for_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::copy(formats_fixture("pairs.parquet"), data.join("train-00000-of-00002.parquet")).unwrap();
+    std::fs::copy(formats_fixture("pairs.csv"), data.join("train-00001-of-00002.csv")).unwrap();
+    let (out, model) = (tmp.path().join("run"), fixture("tiny-llama"));
+    let (out_s, model_s, data_s) = (out.to_str().unwrap(), model.to_str().unwrap(), data.to_str().unwrap());
+    let args = ["train", "--model", model_s, "--data", data_s, "--output-dir", out_s, "--max-steps", "4"];
+    let more = ["--batch-size", "4", "--lora-r", "2", "--save-every", "1", "--stop-after-steps", "2"];
+    let (ok, _, err) = run_condlm(&[&args[..], &more].concat(), &[]);
+    assert!(ok, "{err}");
+    assert!(err.contains("train (") && err.contains(", split train): 12 rows"), "{err}");
+    // The second shard changes: the resumed run must notice.
+    let mut text = std::fs::read_to_string(data.join("train-00001-of-00002.csv")).unwrap();
+    text.push_str("one more,\" row\"\n");
+    std::fs::write(data.join("train-00001-of-00002.csv"), text).unwrap();
+    let (ok, _, err) = run_condlm(&["train", "--resume", out_s], &[]);
+    assert!(!ok && err.contains("data changed"), "{err}");
+}
+
+#[test]
+fn generate_reads_parquet_and_csv_prompts_like_jsonl() {
+    let model = fixture("tiny-llama");
+    let generations = |file: &str| {
+        let path = formats_fixture(file);
+        let args = ["generate", "--model", model.to_str().unwrap(), "--data", path.to_str().unwrap()];
+        let (ok, out, err) = run_condlm(&[&args[..], &["--max-new-tokens", "4"]].concat(), &[]);
+        assert!(ok, "{file}: {err}");
+        out.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["prompt"].clone(), v["completion"].clone(), v["generation"].clone())
+            })
+            .collect::<Vec<_>>()
+    };
+    let want = generations("pairs.jsonl");
+    assert_eq!(want.len(), 6);
+    for other in ["pairs.parquet", "pairs.csv", "pairs.tsv"] {
+        assert_eq!(generations(other), want, "{other}");
+    }
+}

@@ -143,7 +143,7 @@ fn generate_resumed_after_an_interruption_writes_the_uninterrupted_file() {
         "--overwrite",
         "--resume-output",
     ]);
-    assert!(!ok && err.contains("gen.jsonl.partial:1") && err.contains("line 1 of --data"), "{err}");
+    assert!(!ok && err.contains("gen.jsonl.partial:1") && err.contains("other.jsonl:1 of --data"), "{err}");
 }
 
 #[test]

@@ -220,16 +220,24 @@ fn data_files_that_are_not_regular_files_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let pipe = fifo(tmp.path(), "rows.jsonl");
     let model = fixture("tiny-llama");
-    for (data, what) in [
-        (Path::new("/dev/zero"), "is a device"),
-        (pipe.as_path(), "is a named pipe (FIFO)"),
-        (tmp.path(), "is a folder"),
-    ] {
+    for (data, what) in [(Path::new("/dev/zero"), "is a device"), (pipe.as_path(), "is a named pipe (FIFO)")] {
         let (ok, err) =
             condlm_bounded(&["score", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()]);
         assert!(!ok, "score --data {} succeeded", data.display());
         assert_names(&err, &[&format!("data file {}", data.display()), what, "not a regular file"]);
     }
+    // A folder is a dataset whose files are read through the same check.
+    let (ok, err) = condlm_bounded(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        tmp.path().to_str().unwrap(),
+        "--split",
+        "train",
+    ]);
+    assert!(!ok);
+    assert_names(&err, &[pipe.to_str().unwrap(), "is a named pipe (FIFO)"]);
     // generate --data and metrics read plain JSONL objects through the same check.
     let (ok, err) = condlm_bounded(&["generate", "--model", model.to_str().unwrap(), "--data", pipe.to_str().unwrap()]);
     assert!(!ok);

@@ -1,10 +1,10 @@
 //! `condlm eval`: token-weighted NLL and perplexity of y given x over a dataset.
-use super::{AdapterArgs, BaseArgs, FieldArgs};
+use super::{AdapterArgs, BaseArgs, DataArgs, FieldArgs};
 use anyhow::{Result, bail};
 use clap::Args;
+use condlm::data::source::EVAL_SPLITS;
 use condlm::formats::load::load_model_as;
 use condlm::score::{Totals, load_rows_cut_x, name_row, row_scores, score_encoded};
-use std::path::PathBuf;
 
 /// Evaluate NLL per y token and perplexity exp(ΣNLL/Σtokens) on a dataset (any format `train` reads).
 #[derive(Args)]
@@ -16,9 +16,8 @@ pub struct EvalArgs {
     adapter: AdapterArgs,
     #[command(flatten)]
     base: BaseArgs,
-    /// Rows to evaluate.
-    #[arg(long)]
-    data: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
     /// Longest row in tokens: x is cut from the left to fit; a row whose completion alone does not fit is an
     /// error [default: the model's context window].
     #[arg(long, allow_negative_numbers = true)]
@@ -37,11 +36,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.max_len == Some(0) {
         bail!("--max-len must be at least 1 (tokens per row)");
     }
+    let data = a.data.source(EVAL_SPLITS)?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
     let max_positions = m.model.config.max_positions;
     let opts = a.fields.options(a.max_len.unwrap_or(max_positions).min(max_positions));
-    let ds = load_rows_cut_x(&a.data, &m.tokenizer, &opts)?;
+    let ds = load_rows_cut_x(&data, &m.tokenizer, &opts)?;
     let lps = score_encoded(&m.model, &ds.examples, a.batch, |_| {}).map_err(|e| name_row(e, &ds.sources))?;
     let t = Totals::of(&row_scores(&lps));
     println!(

@@ -1,9 +1,10 @@
-//! `condlm generate`: continue one prompt (streamed to stdout) or every row of a JSONL file.
-use super::{AdapterArgs, BaseArgs};
+//! `condlm generate`: continue one prompt (streamed to stdout) or every row of --data.
+use super::{AdapterArgs, BaseArgs, DATA_FORMAT_HELP, EVAL_SPLIT_HELP};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use condlm::data::chat::{ChatTemplate, GenerationPrompt};
-use condlm::data::rows::{JsonObject, read_objects, string_field};
+use condlm::data::rows::{JsonObject, field_of, read_source_objects};
+use condlm::data::source::{DataFormat, DataSource, EVAL_SPLITS, resolve_data};
 use condlm::formats::load::load_model_as;
 use condlm::generate::{
     BeamParams, EarlyStopping, Event, GenerateOptions, Generation, NonFiniteLogits, SamplingParams, Strategy,
@@ -15,7 +16,7 @@ use condlm::progress;
 use condlm::tokenizer::TextTokenizer;
 use serde_json::Value;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// Generate y from x. The prompt is encoded exactly as training encodes x (the tokenizer's BOS if it adds one,
@@ -35,10 +36,15 @@ pub struct GenerateArgs {
     /// The prompt x; its continuation is streamed to stdout as it is generated [default: none; give it or --data].
     #[arg(long, conflicts_with = "data", required_unless_present = "data")]
     prompt: Option<String>,
-    /// JSONL file of {"prompt": x, ...} rows: generate for every row; other fields are passed through. Without
-    /// sampling, a prompt repeated in the file is decoded once [default: none].
+    /// Rows with a string "prompt" (a data file: JSONL, Parquet, CSV or TSV; a dataset folder; or a hub dataset
+    /// id org/name): generate for every row; other fields are passed through. Without sampling, a prompt
+    /// repeated in the data is decoded once [default: none].
     #[arg(long)]
-    data: Option<PathBuf>,
+    data: Option<String>,
+    #[arg(long, value_enum, default_value_t = DataFormat::Auto, hide_default_value = true, help = DATA_FORMAT_HELP)]
+    data_format: DataFormat,
+    #[arg(long, requires = "data", help = EVAL_SPLIT_HELP)]
+    split: Option<String>,
     /// With --data: write the rows plus "generation", "finish_reason", "new_tokens" (and "score" for beam search)
     /// as JSONL here; rows grow in FILE.partial as they finish, renamed to FILE when every row is done (an
     /// interrupted run leaves the partial: see --resume-output) [default: stdout, each row as it finishes].
@@ -119,6 +125,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     // Flags and the output file are checked before the model loads: a mistake costs nothing.
     let mut opts = options(&a)?;
     let out = a.data.is_some().then(|| prepare(a.out.as_deref(), a.overwrite, a.resume_output)).transpose()?;
+    let data =
+        a.data.as_deref().map(|d| resolve_data(d, a.data_format, a.split.as_deref(), EVAL_SPLITS)).transpose()?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
     if !a.ignore_eos {
@@ -142,9 +150,9 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             None => encode_prompt(&m.tokenizer, text),
         }
     };
-    match (&a.prompt, &a.data, out) {
+    match (&a.prompt, &data, out) {
         (Some(p), _, _) => run_prompt(&m.model, &m.tokenizer, encode(p)?, &opts),
-        (None, Some(path), Some(out)) => run_data(&a, &m.model, &m.tokenizer, path, out, &opts, encode),
+        (None, Some(data), Some(out)) => run_data(&a, &m.model, &m.tokenizer, data, out, &opts, encode),
         _ => bail!("give --prompt or --data"),
     }
 }
@@ -253,13 +261,13 @@ fn run_data(
     a: &GenerateArgs,
     model: &Transformer,
     tok: &TextTokenizer,
-    path: &Path,
+    data: &DataSource,
     out: Destination,
     opts: &GenerateOptions,
     encode: impl Fn(&str) -> Result<Vec<u32>>,
 ) -> Result<()> {
-    let rows = read_prompt_rows(path)?;
-    let prompts = encode_prompts(&rows, path, model, encode)?;
+    let rows = read_prompt_rows(data)?;
+    let prompts = encode_prompts(&rows, model, encode)?;
     let beam = matches!(opts.strategy, Strategy::Beam(_));
     let (mut writer, done) = out.open(|i, line| done_row(&rows, &prompts, i, line, beam, a.ids))?;
     let resumed = done.len();
@@ -289,9 +297,9 @@ fn run_data(
     .map_err(|e| match e.downcast_ref::<NonFiniteLogits>() {
         Some(n) => {
             let r = of_row.iter().position(|&t| t == first + n.prompt).unwrap_or(0);
-            anyhow::anyhow!(n.describe(&format!("{}:{}", path.display(), todo_rows[r].0)))
+            anyhow::anyhow!(n.describe(&todo_rows[r].0))
         }
-        None => anyhow::anyhow!("{}: {e:#}", path.display()),
+        None => anyhow::anyhow!("{}: {e:#}", data.label),
     })?;
     writer.finish()?;
     bar.finish_and_clear();
@@ -381,7 +389,7 @@ fn done_row(
     beam: bool,
     ids: bool,
 ) -> Result<JsonObject> {
-    let Some((n, row, _)) = rows.get(i) else { bail!("row {}, but --data has only {} rows", i + 1, rows.len()) };
+    let Some((source, row, _)) = rows.get(i) else { bail!("row {}, but --data has only {} rows", i + 1, rows.len()) };
     let Some(obj) = line.as_object() else { bail!("not a JSON object") };
     let added = ["generation", "finish_reason", "new_tokens"]
         .into_iter()
@@ -392,33 +400,31 @@ fn done_row(
     let same_fields = obj.len() == row.keys().filter(|k| !added.contains(&k.as_str())).count() + added.len()
         && added.iter().all(|k| obj.contains_key(*k));
     if !same_input {
-        bail!("it is not the output of line {n} of --data");
+        bail!("it is not the output of {source} of --data");
     }
     if !same_fields {
         bail!("its fields are not the ones these settings write (--num-beams, --ids)");
     }
     if ids && obj["prompt_ids"] != serde_json::json!(prompts[i]) {
-        bail!("its prompt_ids are not this model's encoding of line {n} of --data");
+        bail!("its prompt_ids are not this model's encoding of {source} of --data");
     }
     Ok(added.iter().map(|&k| (k.to_string(), obj[k].clone())).collect())
 }
 
-/// Each row's prompt as ids; a prompt that leaves no room to generate is an error naming its line.
+/// Each row's prompt as ids; a prompt that leaves no room to generate is an error naming its row.
 fn encode_prompts(
     rows: &[PromptRow],
-    path: &Path,
     model: &Transformer,
     encode: impl Fn(&str) -> Result<Vec<u32>>,
 ) -> Result<Vec<Vec<u32>>> {
     let context = condlm::generate::context_len(model);
     rows.iter()
-        .map(|(line, _, prompt)| {
-            let ids = encode(prompt).with_context(|| format!("{}:{line}", path.display()))?;
+        .map(|(source, _, prompt)| {
+            let ids = encode(prompt).with_context(|| source.clone())?;
             if ids.len() >= context {
                 bail!(
-                    "{}:{line}: the prompt has {} tokens, but the model's context window is {context}: no room to \
+                    "{source}: the prompt has {} tokens, but the model's context window is {context}: no room to \
                      generate",
-                    path.display(),
                     ids.len()
                 );
             }
@@ -443,15 +449,15 @@ fn generated_fields(g: &Generation, prompt_ids: Option<&Vec<u32>>) -> JsonObject
     out
 }
 
-/// Rows of a JSONL file that each have a string "prompt": (line, the row, the prompt).
-type PromptRow = (usize, JsonObject, String);
+/// Rows that each have a string "prompt": (where the row is, the row, the prompt).
+type PromptRow = (String, JsonObject, String);
 
-fn read_prompt_rows(path: &Path) -> Result<Vec<PromptRow>> {
-    read_objects(path, "{\"prompt\": ...}")?
+fn read_prompt_rows(data: &DataSource) -> Result<Vec<PromptRow>> {
+    read_source_objects(data, "{\"prompt\": ...}")?
         .into_iter()
-        .map(|(line, obj)| {
-            let prompt = string_field(&obj, "prompt", path, line)?;
-            Ok((line, obj, prompt))
+        .map(|(source, obj)| {
+            let prompt = field_of(&obj, "prompt", &source)?;
+            Ok((source, obj, prompt))
         })
         .collect()
 }

@@ -1,12 +1,13 @@
 //! `condlm inspect`: how rows are tokenized and which tokens the loss sees, then statistics for the whole file.
+use super::DataArgs;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 use condlm::data::dataset::{DataOptions, load_dataset};
 use condlm::data::show::{Paint, legend, render_example};
+use condlm::data::source::TRAIN_SPLITS;
 use condlm::formats::load::{load_tokenizer, open_weights};
 use condlm::formats::resolve::resolve;
 use std::io::IsTerminal;
-use std::path::PathBuf;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ColorChoice {
@@ -16,16 +17,16 @@ pub enum ColorChoice {
 }
 
 /// Show the first rows token by token with their labels (context, ignored by the loss, vs. y targets), then
-/// statistics for the whole file: rows, x/y tokens, truncation, rows without y tokens. Reads every format
-/// `train` reads (prompt/completion, Alpaca, chat). Loads the tokenizer only, not the weights.
+/// statistics for the whole data: rows, x/y tokens, truncation, rows without y tokens. Reads every format
+/// `train` reads (prompt/completion, Alpaca, chat; JSONL, JSON, Parquet, CSV, TSV,
+/// dataset folders and hub datasets). Loads the tokenizer only, not the weights.
 #[derive(Args)]
 pub struct InspectArgs {
     /// Model whose tokenizer and chat template to use: an HF folder, a .gguf file, or a hub id org/name.
     #[arg(long)]
     model: String,
-    /// JSONL file or JSON array of rows.
-    #[arg(long)]
-    data: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
     /// Truncate rows to this many tokens [default: the model's context window].
     #[arg(long)]
     max_len: Option<usize>,
@@ -44,6 +45,7 @@ pub struct InspectArgs {
 }
 
 pub fn run(a: InspectArgs) -> Result<()> {
+    let data = a.data.source(TRAIN_SPLITS)?;
     let files = resolve(&a.model)?;
     let (config, weights) = open_weights(&files)?;
     let tok = load_tokenizer(&files, &config, &weights)?;
@@ -57,7 +59,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         completion_field: a.completion_field,
         max_len: max_len.min(max_positions),
     };
-    let ds = load_dataset(&a.data, &tok, &opts)?;
+    let ds = load_dataset(&data, &tok, &opts)?;
     let paint = match a.color {
         ColorChoice::Always => Paint::Color,
         ColorChoice::Never => Paint::Plain,
@@ -89,7 +91,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         );
         println!("{}\n", render_example(&tok, e, paint)?);
     }
-    println!("{}", ds.stats.describe(&a.data.display().to_string()));
+    println!("{}", ds.stats.describe(&data.label));
     for d in ds.dropped.iter().take(5) {
         println!("  dropped (no y token left): {}", d.source);
     }

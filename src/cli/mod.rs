@@ -13,6 +13,7 @@ pub mod train;
 use anyhow::Result;
 use clap::Args;
 use condlm::data::dataset::DataOptions;
+use condlm::data::source::{DataFormat, DataSource, resolve_data};
 use condlm::formats::load::LoadedModel;
 use condlm::formats::peft::{AdapterConfig, attach_adapter, base_mismatch, read_adapter_config};
 use condlm::formats::weights::BaseDtype;
@@ -48,6 +49,37 @@ pub struct BaseArgs {
     /// less memory), f32, or bf16 (rounded) [default: stored].
     #[arg(long, value_enum, default_value_t = BaseDtype::Stored, hide_default_value = true)]
     pub base_dtype: BaseDtype,
+}
+
+/// Help of --data-format, shared by every command that reads data.
+pub const DATA_FORMAT_HELP: &str = "How to read data files: auto (by extension: .parquet, .csv, .tsv, else JSONL or a \
+JSON array), jsonl, json, parquet, csv, tsv [default: auto]";
+
+/// Help of --split for the commands that read evaluation data by default.
+pub const EVAL_SPLIT_HELP: &str = "Split of a dataset folder or hub dataset given as --data [default: the first of \
+validation, valid, val, dev, test that is present]";
+
+/// Where rows come from, shared by `eval`, `score` and `inspect` (`train` and `generate` take the same flags,
+/// optional).
+#[derive(Args)]
+pub struct DataArgs {
+    /// Rows: a data file (JSONL, JSON array, Parquet, CSV or TSV), a dataset folder, or a hub dataset id org/name
+    /// (from the HF cache, downloaded when online).
+    #[arg(long)]
+    data: String,
+    #[arg(long, value_enum, default_value_t = DataFormat::Auto, hide_default_value = true, help = DATA_FORMAT_HELP)]
+    data_format: DataFormat,
+    /// Split of a dataset folder or hub dataset given as --data [default: train for inspect; for eval and score
+    /// the first of validation, valid, val, dev, test that is present].
+    #[arg(long)]
+    split: Option<String>,
+}
+
+impl DataArgs {
+    /// The files to read; `defaults` are the splits tried when --split is not given.
+    pub fn source(&self, defaults: &[&str]) -> Result<DataSource> {
+        resolve_data(&self.data, self.data_format, self.split.as_deref(), defaults)
+    }
 }
 
 /// The adapter to apply, shared by `eval`, `score`, `generate` and `merge` (which requires it).

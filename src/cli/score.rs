@@ -1,8 +1,9 @@
 //! `condlm score`: log P(y + EOS | x) for every row, then token-weighted NLL and perplexity.
-use super::{AdapterArgs, BaseArgs, FieldArgs};
+use super::{AdapterArgs, BaseArgs, DataArgs, FieldArgs};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::dataset::Dataset;
+use condlm::data::source::EVAL_SPLITS;
 use condlm::formats::load::load_model_as;
 use condlm::output::rows::prepare;
 use condlm::progress;
@@ -11,16 +12,16 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 /// Score every row: log P(y + EOS | x) per row (natural log), then NLL/token and perplexity. Rows are read as
-/// `eval` and `train` read them (prompt/completion, Alpaca or chat; JSONL or a JSON array), never truncated.
+/// `eval` and `train` read them (prompt/completion, Alpaca or chat; JSONL, a JSON array, Parquet, CSV or TSV),
+/// never truncated.
 /// Each row is written as soon as its batch is scored.
 #[derive(Args)]
 pub struct ScoreArgs {
     /// Model: an HF checkpoint folder, a .gguf file, or a hub id org/name (from the HF cache, downloaded when online).
     #[arg(long)]
     model: String,
-    /// Rows: JSONL or JSON array of {"prompt","completion"}, Alpaca or {"messages"} rows.
-    #[arg(long)]
-    data: PathBuf,
+    #[command(flatten)]
+    data: DataArgs,
     /// Write per-row scores as JSONL here instead of stdout: rows grow in FILE.partial, renamed to FILE when every
     /// row is scored (an interrupted run leaves the partial: see --resume-output) [default: stdout].
     #[arg(long)]
@@ -51,9 +52,10 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         bail!("--batch must be at least 1 (rows per forward pass)");
     }
     let out = prepare(a.out.as_deref(), a.overwrite, a.resume_output)?;
+    let data = a.data.source(EVAL_SPLITS)?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
-    let ds = load_rows(&a.data, &m.tokenizer, &a.fields.options(m.model.config.max_positions))?;
+    let ds = load_rows(&data, &m.tokenizer, &a.fields.options(m.model.config.max_positions))?;
     let (mut writer, mut scores) = out.open(|i, row| done_row(&ds, i, row, a.per_token))?;
     let resumed = scores.len();
     let bar = progress::bar(ds.len() as u64, "{spinner} scoring {pos}/{len} rows [{bar:30}] {per_sec} ETA {eta}");

@@ -1,6 +1,7 @@
 //! `condlm train`: fit a model on (x, y) pairs by the conditional objective, LoRA or full fine-tuning.
 use anyhow::{Result, bail};
 use clap::Args;
+use condlm::data::source::DataFormat;
 use condlm::formats::weights::BaseDtype;
 use condlm::train::run::{Ending, RunOptions, train};
 use condlm::train::schedule::Schedule;
@@ -47,12 +48,22 @@ pub struct TrainArgs {
     /// Model: HF folder, .gguf file, or hub id org/name.
     #[arg(long)]
     model: Option<String>,
-    /// Training rows: JSONL or JSON array of {"prompt","completion"}, Alpaca or {"messages"} rows.
+    /// Training rows ({"prompt","completion"}, Alpaca or {"messages"} rows): a data file (JSONL, JSON array,
+    /// Parquet, CSV or TSV), a dataset folder, or a hub dataset id org/name.
     #[arg(long)]
-    data: Option<PathBuf>,
-    /// Validation rows from a file [default: none].
+    data: Option<String>,
+    #[arg(long, value_enum, help = super::DATA_FORMAT_HELP)]
+    data_format: Option<DataFormat>,
+    /// Split of a dataset folder or hub dataset given as --data [default: train].
     #[arg(long)]
-    eval_data: Option<PathBuf>,
+    split: Option<String>,
+    /// Validation rows, read like --data [default: none].
+    #[arg(long)]
+    eval_data: Option<String>,
+    /// Split of a dataset folder or hub dataset given as --eval-data [default: the first of validation, valid,
+    /// val, dev, test that is present].
+    #[arg(long)]
+    eval_split: Option<String>,
     /// Hold out this fraction of the prompts for validation when --eval-data is not given [default: 0].
     #[arg(long, allow_negative_numbers = true)]
     eval_fraction: Option<f64>,
@@ -159,6 +170,7 @@ impl TrainArgs {
             a,
             model,
             data,
+            data_format,
             eval_fraction,
             output_dir,
             prompt_field,
@@ -183,8 +195,12 @@ impl TrainArgs {
             keep_last,
             base_dtype
         );
-        if let Some(p) = &a.eval_data {
-            s.eval_data = Some(p.clone());
+        for (flag, setting) in
+            [(&a.eval_data, &mut s.eval_data), (&a.split, &mut s.split), (&a.eval_split, &mut s.eval_split)]
+        {
+            if let Some(v) = flag {
+                *setting = Some(v.clone());
+            }
         }
         if let Some(n) = a.max_steps {
             s.max_steps = Some(n);

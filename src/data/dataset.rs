@@ -1,4 +1,4 @@
-//! A tokenized dataset for training and evaluation: rows read by [`super::formats`], encoded with the
+//! A tokenized dataset for training and evaluation: rows read by [`super::records`], encoded with the
 //! conditional objective, truncated to `max_len`, with statistics and a split by prompt.
 //!
 //! **Encoding.** Pairs (and Alpaca rows): `[prefix] + enc(x) + enc(y) + [EOS]`, targets y + EOS, where the
@@ -21,10 +21,10 @@
 use super::chat::{ChatTemplate, encode_chat, special_ids};
 use super::example::Example;
 use super::records::{Fields, Format, Record, Row, read_rows};
+use super::source::DataSource;
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, anyhow, bail};
 use std::collections::HashSet;
-use std::path::Path;
 
 #[derive(Clone, Debug)]
 pub struct DataOptions {
@@ -196,10 +196,10 @@ pub fn key_hash(key: &str) -> u64 {
     key.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// Reads, encodes and truncates every row of `path` (JSONL or a JSON array; see [`super::formats`]).
-pub fn load_dataset(path: &Path, tok: &TextTokenizer, opts: &DataOptions) -> Result<Dataset> {
+/// Reads, encodes and truncates every row of `data` (a file, or the files of a split; see [`super::records`]).
+pub fn load_dataset(data: impl Into<DataSource>, tok: &TextTokenizer, opts: &DataOptions) -> Result<Dataset> {
     let fields = Fields { prompt: opts.prompt_field.clone(), completion: opts.completion_field.clone() };
-    let rows = read_rows(path, &fields)?;
+    let rows = read_rows(data, &fields)?;
     encode_rows(&rows, tok, opts.max_len)
 }
 

@@ -1,7 +1,9 @@
-//! Reading data files into rows of one of three formats, with errors that name file and line.
+//! Reading data files into rows of one of three formats, with errors that name file and line (or row).
 //!
-//! A file is JSONL (one JSON object per line, blank lines skipped) or one JSON array of objects (told apart by
-//! the first non-blank character, `[`, whatever the extension). Each row is detected on its own:
+//! A JSON file is JSONL (one JSON object per line, blank lines skipped) or one JSON array of objects (told apart
+//! by the first non-blank character, `[`, whatever the extension). Parquet, CSV and TSV rows are turned into the
+//! JSON object a JSONL file would hold ([`super::parquet_rows`], [`super::csv_rows`]) and read by the same
+//! [`parse_row`], so every format gives the same records. Each row is detected on its own:
 //!
 //! | row has                                  | format        | x                                     | y          |
 //! |------------------------------------------|---------------|---------------------------------------|------------|
@@ -13,6 +15,8 @@
 //! reads Alpaca files as plain pairs. Chat roles are `system`, `user`, `assistant` and `tool` (tool results are
 //! context, like user turns); anything else is an error. Empty completions (and empty assistant turns) are errors:
 //! an empty y would teach the model nothing but to stop at once.
+use super::source::{DataSource, Reader};
+use super::{csv_rows, parquet_rows};
 use crate::input;
 use anyhow::{Result, bail};
 use std::path::Path;
@@ -57,6 +61,13 @@ pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
 pub struct Fields {
     pub prompt: String,
     pub completion: String,
+}
+
+impl Fields {
+    /// Every top-level field a row can be read from (what a Parquet reader needs of a file's columns).
+    pub fn columns(&self) -> [&str; 7] {
+        ["messages", "tools", &self.prompt, &self.completion, "instruction", "input", "output"]
+    }
 }
 
 impl Default for Fields {
@@ -151,8 +162,30 @@ impl Row {
     }
 }
 
-/// Reads every row of a JSONL file or JSON array.
-pub fn read_rows(path: &Path, fields: &Fields) -> Result<Vec<Row>> {
+/// Reads every row of every file of `data`, in order (each file must hold rows).
+pub fn read_rows(data: impl Into<DataSource>, fields: &Fields) -> Result<Vec<Row>> {
+    let data = data.into();
+    let mut rows = Vec::new();
+    for path in &data.files {
+        let before = rows.len();
+        let mut push = |source: String, text: &str| -> Result<()> {
+            rows.push(parse_row(text, fields).map_err(|e| anyhow::anyhow!("{source}: {e}"))?.with_source(source));
+            Ok(())
+        };
+        match data.format.reader(path) {
+            Reader::Json => rows.extend(read_json(path, fields)?),
+            Reader::Parquet => parquet_rows::for_each_row(path, Some(&fields.columns()), &mut push)?,
+            Reader::Delimited(d) => csv_rows::for_each_row(path, d, &mut push)?,
+        }
+        if rows.len() == before {
+            bail!("{}: no rows", path.display());
+        }
+    }
+    Ok(rows)
+}
+
+/// Every row of a JSONL file or JSON array.
+fn read_json(path: &Path, fields: &Fields) -> Result<Vec<Row>> {
     let text = input::read_to_string(path, "data file")?;
     parse_rows(&text, &path.display().to_string(), fields)
 }
@@ -273,6 +306,9 @@ pub fn parse_row(text: &str, fields: &Fields) -> Result<Row, String> {
         match obj.get(name) {
             None => Ok(None),
             Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(serde_json::Value::Null) => {
+                Err(format!("field \"{name}\" ({what}) is null (a missing value); fill it in or drop the row"))
+            }
             Some(other) => Err(format!("field \"{name}\" ({what}) must be a string, got {}", kind_of(other))),
         }
     };

@@ -1,8 +1,39 @@
-//! Plain JSONL objects with string fields (the prompts of `generate --data`, the rows of `metrics`), with errors
-//! that name file and line. Training, evaluation and scoring rows go through [`super::records`] instead.
+//! Plain JSON objects with string fields (the prompts of `generate --data`, the rows of `metrics`), with errors
+//! that name file and line (or row). Training, evaluation and scoring rows go through [`super::records`] instead.
+use super::source::{DataSource, Reader};
+use super::{csv_rows, parquet_rows};
 use crate::input;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
+
+/// Every row of every file of `data` as (source, JSON object), every column kept: the lines of JSONL files
+/// (`file:line`, see [`read_objects`]) and the rows of Parquet, CSV and TSV files (named as
+/// [`super::parquet_rows`] and [`super::csv_rows`] name them). A file with no rows is an error.
+pub fn read_source_objects(data: &DataSource, shape: &str) -> Result<Vec<(String, JsonObject)>> {
+    let mut out = Vec::new();
+    for path in &data.files {
+        let before = out.len();
+        let mut push = |source: String, text: &str| -> Result<()> {
+            match serde_json::from_str(text) {
+                Ok(serde_json::Value::Object(obj)) => out.push((source, obj)),
+                _ => bail!("{source}: expected a row like {shape}"),
+            }
+            Ok(())
+        };
+        match data.format.reader(path) {
+            Reader::Json => {
+                let rows = read_objects(path, shape)?;
+                out.extend(rows.into_iter().map(|(line, obj)| (format!("{}:{line}", path.display()), obj)));
+            }
+            Reader::Parquet => parquet_rows::for_each_row(path, None, &mut push)?,
+            Reader::Delimited(d) => csv_rows::for_each_row(path, d, &mut push)?,
+        }
+        if out.len() == before {
+            bail!("{}: no rows", path.display());
+        }
+    }
+    Ok(out)
+}
 
 /// Every non-blank line of a JSONL file as (1-based line, JSON object). `shape` shows the expected object in the
 /// error for a line that is not one. A file with no rows is an error.
@@ -36,12 +67,19 @@ pub type JsonObject = serde_json::Map<String, serde_json::Value>;
 /// The string field `name` of the row at `path:line`, or an error that names the file, the line and the fields
 /// the row has.
 pub fn string_field(obj: &JsonObject, name: &str, path: &Path, line: usize) -> Result<String> {
+    field_of(obj, name, &format!("{}:{line}", path.display()))
+}
+
+/// The string field `name` of the row `source` names, or an error that names it and the fields the row has.
+pub fn field_of(obj: &JsonObject, name: &str, source: &str) -> Result<String> {
     match obj.get(name) {
         Some(serde_json::Value::String(s)) => Ok(s.clone()),
-        Some(_) => bail!("{}:{line}: field \"{name}\" must be a string", path.display()),
+        Some(serde_json::Value::Null) => {
+            bail!("{source}: field \"{name}\" must be a string, got null (a missing value)")
+        }
+        Some(_) => bail!("{source}: field \"{name}\" must be a string"),
         None => bail!(
-            "{}:{line}: missing field \"{name}\" (found: {})",
-            path.display(),
+            "{source}: missing field \"{name}\" (found: {})",
             obj.keys().map(|k| format!("\"{k}\"")).collect::<Vec<_>>().join(", ")
         ),
     }

@@ -35,7 +35,8 @@ pub fn hub_cache_dir() -> PathBuf {
     PathBuf::from(home).join(".cache").join("huggingface").join("hub")
 }
 
-fn is_offline() -> bool {
+/// Whether HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) forbids downloads.
+pub fn is_offline() -> bool {
     ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"]
         .iter()
         .any(|k| std::env::var(k).is_ok_and(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes" | "ON")))
@@ -57,14 +58,18 @@ pub fn resolve(spec: &str) -> Result<ModelFiles> {
         // A FIFO or a device: refused here (with what it is) rather than blocked on or read forever later.
         crate::input::open_regular(path, "model file")?;
     }
-    let looks_like_hub_id = spec.split('/').count() == 2
-        && !spec.starts_with('.')
-        && !spec.starts_with('/')
-        && spec.split('/').all(|p| !p.is_empty());
-    if !looks_like_hub_id {
+    if !looks_like_hub_id(spec) {
         bail!("{spec}: no such file or folder (pass an HF checkpoint folder, a .gguf file, or a hub id org/name)");
     }
     resolve_hub(spec, &hub_cache_dir())
+}
+
+/// Whether a spec that is not a path on disk reads as a hub repository id `org/name`.
+pub fn looks_like_hub_id(spec: &str) -> bool {
+    spec.split('/').count() == 2
+        && !spec.starts_with('.')
+        && !spec.starts_with('/')
+        && spec.split('/').all(|p| !p.is_empty())
 }
 
 fn resolve_dir(dir: &Path) -> Result<ModelFiles> {

@@ -11,6 +11,7 @@ use super::settings::TrainSettings;
 use super::trainer::{StepStats, TrainConfig, TrainState, Trainer};
 use crate::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
 use crate::data::example::Example;
+use crate::data::source::DataSource;
 use crate::formats::hf_export::{base_params, save_hf_folder};
 use crate::formats::load::{LoadedModel, load_model_as, open_weights};
 use crate::formats::peft::save_adapter;
@@ -105,15 +106,20 @@ pub fn evaluate(model: &Transformer, data: &Dataset) -> Result<Totals> {
     Ok(Totals::of(&row_scores(&lps)))
 }
 
-fn load_data(s: &TrainSettings, tok: &TextTokenizer, max_positions: usize) -> Result<(Dataset, Option<Dataset>)> {
+fn load_data(
+    s: &TrainSettings,
+    (data, eval_data): &(DataSource, Option<DataSource>),
+    tok: &TextTokenizer,
+    max_positions: usize,
+) -> Result<(Dataset, Option<Dataset>)> {
     let opts = DataOptions {
         prompt_field: s.prompt_field.clone(),
         completion_field: s.completion_field.clone(),
         max_len: s.max_len.min(max_positions),
     };
-    let all = load_dataset(&s.data, tok, &opts)?;
-    let (train, eval) = match (&s.eval_data, s.eval_fraction) {
-        (Some(path), _) => (all, Some(load_dataset(path, tok, &opts)?)),
+    let all = load_dataset(data, tok, &opts)?;
+    let (train, eval) = match (eval_data, s.eval_fraction) {
+        (Some(e), _) => (all, Some(load_dataset(e, tok, &opts)?)),
         (None, f) if f > 0.0 => {
             let (train, eval) = split_by_prompt(all, f, s.seed);
             (train, Some(eval))
@@ -125,13 +131,13 @@ fn load_data(s: &TrainSettings, tok: &TextTokenizer, max_positions: usize) -> Re
             bail!(
                 "{}: --eval-fraction {} held out every row: it holds out whole prompts, and this data has too few \
                  distinct prompts to split; pass --eval-data or lower --eval-fraction",
-                s.data.display(),
+                data.label,
                 s.eval_fraction
             );
         }
-        bail!("{}: no training rows left (all were empty or truncated away)", s.data.display());
+        bail!("{}: no training rows left (all were empty or truncated away)", data.label);
     }
-    eprintln!("{}", train.stats.describe(&format!("train ({})", s.data.display())));
+    eprintln!("{}", train.stats.describe(&format!("train ({})", data.label)));
     if let Some(e) = &eval {
         eprintln!("{}", e.stats.describe("eval"));
     }
@@ -212,9 +218,10 @@ fn read_curves(dir: &Path) -> (Curve, Curve) {
 /// folder is touched; an earlier run replaced by `opts.overwrite` is kept until the first checkpoint.
 pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
     let (s, resumed) = settings_and_state(s, opts.resume.as_deref())?;
+    let sources = s.data_sources()?;
     let out = s.output_dir.clone();
     let inputs: Vec<&Path> =
-        [Path::new(&s.model), s.data.as_path()].into_iter().chain(s.eval_data.as_deref()).collect();
+        [Path::new(&s.model), Path::new(&s.data)].into_iter().chain(s.eval_data.as_deref().map(Path::new)).collect();
     output_dir::check(&out, resumed.is_some(), opts.overwrite, &inputs)?;
     let available = if opts.memory_check { available_bytes() } else { None };
     let (config, weights) = open_weights(&resolve(&s.model)?)?;
@@ -223,7 +230,7 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
     drop(weights);
     MemoryPlan::new(&config, &s, 0, weight_bytes).check(available, &s)?;
     let LoadedModel { files, mut model, tokenizer } = load_model_as(&s.model, s.base_dtype)?;
-    let (train_set, eval_set) = load_data(&s, &tokenizer, model.config.max_positions)?;
+    let (train_set, eval_set) = load_data(&s, &sources, &tokenizer, model.config.max_positions)?;
     let lengths = train_set.examples.iter().map(|e| e.ids.len()).collect();
     let loaded_bytes = base_params(&model).iter().map(|p| p.stored_bytes()).sum();
     let weight_bytes = if s.full { 4 * model.config.num_parameters() } else { loaded_bytes };
@@ -235,7 +242,7 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
         memory.describe(),
         available.map_or(String::new(), |a| format!("; {:.2} GiB available", gib(a)))
     );
-    let data_sha256 = data_fingerprint(&s)?;
+    let data_sha256 = data_fingerprint(&sources)?;
     let lcfg = lora_config(&s);
     if s.full {
         set_full_finetune(&mut model, s.freeze_embeddings);
@@ -338,11 +345,12 @@ fn after_failure(e: anyhow::Error, out: &Path, aside: Option<SetAside>) -> anyho
     anyhow::anyhow!("{e:#}\n{kept}")
 }
 
-/// SHA-256 over the training data file and then the eval data file, if any.
-fn data_fingerprint(s: &TrainSettings) -> Result<String> {
+/// SHA-256 over the training data files (in order; one file gives its own SHA-256) and then the eval data
+/// files, if any.
+fn data_fingerprint((data, eval_data): &(DataSource, Option<DataSource>)) -> Result<String> {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for path in std::iter::once(&s.data).chain(s.eval_data.as_ref()) {
+    for path in data.files.iter().chain(eval_data.iter().flat_map(|e| &e.files)) {
         let mut f = crate::input::open_regular(path, "data file")?;
         std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
     }
@@ -357,7 +365,7 @@ fn check_same_data(meta: &checkpoint::CheckpointMeta, now: &str, accept: bool) -
             "the data changed since this run started ({} has SHA-256 {now}, the checkpoint recorded {then}); \
              resuming would continue on different rows. Restore the data, or pass --accept-changed-data to continue \
              anyway (recorded in metrics.jsonl)",
-            meta.settings.data.display()
+            meta.settings.data
         ),
         Some(then) if then != now => {
             eprintln!(

@@ -1,6 +1,7 @@
 //! Every setting of a training run, with its default; read from a TOML file (`--config`) and
 //! overridden by command-line flags. The resolved settings are saved with each checkpoint.
 use super::schedule::Schedule;
+use crate::data::source::{DataFormat, DataSource, EVAL_SPLITS, TRAIN_SPLITS, resolve_data};
 use crate::formats::weights::BaseDtype;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
@@ -10,9 +11,16 @@ use std::path::{Path, PathBuf};
 #[serde(default, deny_unknown_fields)]
 pub struct TrainSettings {
     pub model: String,
-    pub data: PathBuf,
-    /// Validation rows from a file; otherwise `eval_fraction` of the prompts are held out.
-    pub eval_data: Option<PathBuf>,
+    /// Training rows: a data file, a dataset folder or a hub dataset id (see `data::source`).
+    pub data: String,
+    /// How data files are read (by extension unless set).
+    pub data_format: DataFormat,
+    /// Split of `data` when it is a folder or hub dataset (default: train).
+    pub split: Option<String>,
+    /// Validation rows, read like `data`; otherwise `eval_fraction` of the prompts are held out.
+    pub eval_data: Option<String>,
+    /// Split of `eval_data` when it is a folder or hub dataset (default: validation, else test, …).
+    pub eval_split: Option<String>,
     pub eval_fraction: f64,
     pub output_dir: PathBuf,
     pub prompt_field: String,
@@ -58,8 +66,11 @@ impl Default for TrainSettings {
     fn default() -> Self {
         TrainSettings {
             model: String::new(),
-            data: PathBuf::new(),
+            data: String::new(),
+            data_format: DataFormat::Auto,
+            split: None,
             eval_data: None,
+            eval_split: None,
             eval_fraction: 0.0,
             output_dir: PathBuf::from("condlm-out"),
             prompt_field: "prompt".into(),
@@ -104,12 +115,25 @@ impl TrainSettings {
         toml::from_str(text).map_err(|e| anyhow::anyhow!("{}: {e}", origin.display()))
     }
 
+    /// The files of the training data and of the eval data, if any.
+    pub fn data_sources(&self) -> Result<(DataSource, Option<DataSource>)> {
+        let data = resolve_data(&self.data, self.data_format, self.split.as_deref(), TRAIN_SPLITS)?;
+        let eval = self.eval_data.as_deref().map(|e| {
+            resolve_data(e, self.data_format, self.eval_split.as_deref(), EVAL_SPLITS)
+                .map_err(|err| anyhow::anyhow!("--eval-data: {err:#}"))
+        });
+        Ok((data, eval.transpose()?))
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.model.is_empty() {
             bail!("no model: pass --model (or set model in the --config file)");
         }
-        if self.data.as_os_str().is_empty() {
+        if self.data.is_empty() {
             bail!("no training data: pass --data (or set data in the --config file)");
+        }
+        if self.eval_split.is_some() && self.eval_data.is_none() {
+            bail!("--eval-split names a split of --eval-data; pass --eval-data too (or drop --eval-split)");
         }
         let positive = [("batch-size", self.batch_size), ("grad-accum", self.grad_accum), ("max-len", self.max_len)];
         for (name, v) in positive {

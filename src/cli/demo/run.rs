@@ -297,8 +297,8 @@ fn train_model(o: &DemoOptions, task: &Task, init: &InitModel) -> Result<Trained
     let p = &o.preset;
     let settings = TrainSettings {
         model: init.dir.to_string_lossy().into_owned(),
-        data: task.train_path.clone(),
-        eval_data: Some(task.heldout_path.clone()),
+        data: task.train_path.to_string_lossy().into_owned(),
+        eval_data: Some(task.heldout_path.to_string_lossy().into_owned()),
         output_dir: o.output_dir.clone(),
         full: true,
         lr: p.lr,
