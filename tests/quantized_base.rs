@@ -130,3 +130,19 @@ fn scores_are_identical_and_bf16_is_close() {
         assert!((b - f).abs() < 2e-2 * (1.0 + f.abs()), "bf16 {b} vs f32 {f}");
     }
 }
+
+#[test]
+fn dry_run_prints_the_plan_by_kept_type_and_writes_nothing() {
+    let d = out_dir("dry-run");
+    let model = packed_model(&d, "q8_0");
+    let out = d.join("run");
+    let data = fixture("train_rows.jsonl");
+    let args = ["train", "--model", p(&model), "--data", p(&data), "--output-dir", p(&out), "--dry-run"];
+    let (ok, _, err) = condlm(&args);
+    assert!(ok, "{err}");
+    assert!(err.contains("memory: ≈") && err.contains("weights as kept (GiB): F32") && err.contains("Q8_0"), "{err}");
+    assert!(err.contains("dry run: nothing trained"), "{err}");
+    assert!(!out.exists(), "a dry run must not create the output folder");
+    let (ok, _, err) = condlm(&[&args[..], &["--base-dtype", "f32"]].concat());
+    assert!(ok && !err.contains("Q8_0"), "{err}");
+}

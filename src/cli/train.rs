@@ -152,6 +152,10 @@ pub struct TrainArgs {
     /// [default: off].
     #[arg(long)]
     checkpoint_activations: bool,
+    /// Check the settings, model and data, print the memory plan (weights by type, optimizer state, activations)
+    /// and exit without loading the weights or writing anything [default: off].
+    #[arg(long)]
+    dry_run: bool,
 }
 
 macro_rules! overlay {
@@ -247,8 +251,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         accept_changed_data: a.accept_changed_data,
         divergence_guard: !a.no_divergence_guard,
         memory_check: !a.no_memory_check,
+        dry_run: a.dry_run,
     };
     let r = train(settings, &opts)?;
+    if r.ending == Ending::DryRun {
+        eprintln!("dry run: nothing trained or written");
+        return Ok(());
+    }
     if r.ending == Ending::AlreadyFinished {
         eprintln!("the run already finished ({} steps); its result is {}", r.steps, r.output.display());
         return Ok(());

@@ -82,12 +82,33 @@ pub fn load_model(spec: &str) -> Result<LoadedModel> {
 
 /// As [`load_model`], the block matrices kept as `base` says. Trainable matrices become f32 whatever `base` is.
 pub fn load_model_as(spec: &str, base: BaseDtype) -> Result<LoadedModel> {
+    open_model(spec)?.load(base)
+}
+
+/// A checkpoint opened but its weights not yet converted: config, tensor table and tokenizer (what a memory
+/// plan or a dry run needs).
+pub struct OpenedModel {
+    pub files: ModelFiles,
+    pub config: Config,
+    pub weights: Weights,
+    pub tokenizer: TextTokenizer,
+}
+
+/// Resolves `spec`, reads its config and tokenizer and checks they belong together.
+pub fn open_model(spec: &str) -> Result<OpenedModel> {
     let files = resolve(spec)?;
     let (config, weights) = open_weights(&files)?;
     let tokenizer = load_tokenizer(&files, &config, &weights)?;
     check_vocab(&files, &config, &tokenizer)?;
-    let model = load_transformer(config, &weights, base)?;
-    Ok(LoadedModel { files, model, tokenizer })
+    Ok(OpenedModel { files, config, weights, tokenizer })
+}
+
+impl OpenedModel {
+    /// Builds the network, its block matrices kept as `base` says.
+    pub fn load(self, base: BaseDtype) -> Result<LoadedModel> {
+        let model = load_transformer(self.config, &self.weights, base)?;
+        Ok(LoadedModel { files: self.files, model, tokenizer: self.tokenizer })
+    }
 }
 
 /// Every id the tokenizer can produce must have an embedding row: an id past the table would index out of

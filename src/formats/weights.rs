@@ -7,6 +7,7 @@ use crate::kernels::packed::PackedMatrix;
 use anyhow::{Result, bail};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub enum Weights {
@@ -89,42 +90,46 @@ pub enum BaseDtype {
 }
 
 impl Weights {
-    /// Bytes the model's weights take in memory when its block matrices are kept as `base` says (everything
-    /// else is f32), from the tensor table alone: what the memory plan counts before loading.
-    pub fn resident_bytes(&self, base: BaseDtype) -> Result<usize> {
+    /// Bytes the model's weights take in memory, by the type they are kept in, when its matrices are kept as
+    /// `base` says — from the tensor table alone: what the memory plan counts before loading.
+    pub fn resident_bytes(&self, base: BaseDtype) -> BTreeMap<&'static str, usize> {
         let block_matrix = |name: &str, dims: usize| dims == 2 && (name.contains(".layers.") || name.contains(".h."));
-        // what `Stored` keeps packed: the block matrices, the embeddings and the LM head (not GPT-2's positions)
+        // what `Stored` keeps packed: every matrix but GPT-2's position table
         let packable = |name: &str, dims: usize| dims == 2 && !name.ends_with("wpe.weight");
-        let mut total = 0;
+        let mut kept = BTreeMap::new();
+        let mut add = |ty: &'static str, bytes: usize| *kept.entry(ty).or_default() += bytes;
         match self {
             Weights::Safetensors { files, .. } => {
                 for t in files.summaries() {
                     let n: usize = t.shape.iter().product();
-                    let packed = packable(&t.name, t.shape.len()) && !is_gpt2_conv1d(&t.name);
-                    let stored_half = matches!(t.dtype.as_str(), "F16" | "BF16");
-                    total += match base {
-                        BaseDtype::Stored if packed && stored_half => 2 * n,
-                        BaseDtype::Bf16 if block_matrix(&t.name, t.shape.len()) => 2 * n,
-                        _ => 4 * n,
-                    };
+                    let dims = t.shape.len();
+                    match (base, t.dtype.as_str()) {
+                        (BaseDtype::Stored, ty @ ("F16" | "BF16"))
+                            if packable(&t.name, dims) && !is_gpt2_conv1d(&t.name) =>
+                        {
+                            add(if ty == "F16" { "F16" } else { "BF16" }, 2 * n)
+                        }
+                        (BaseDtype::Bf16, _) if block_matrix(&t.name, dims) => add("BF16", 2 * n),
+                        _ => add("F32", 4 * n),
+                    }
                 }
             }
             Weights::Gguf { file, arch, .. } => {
                 for t in &file.tensors {
                     let n = t.n_elements() as usize;
                     let hf = gguf_to_hf(&t.name, arch).unwrap_or_default();
-                    let matrix = block_matrix(&hf, t.dims.len());
-                    total += match base {
-                        BaseDtype::Stored if packable(&hf, t.dims.len()) && t.ty != GgmlType::F32 => {
-                            t.n_bytes().unwrap_or(4 * n as u64) as usize
+                    let dims = t.dims.len();
+                    match base {
+                        BaseDtype::Stored if packable(&hf, dims) && t.ty != GgmlType::F32 => {
+                            add(t.ty.name(), t.n_bytes().unwrap_or(4 * n as u64) as usize)
                         }
-                        BaseDtype::Bf16 if matrix => 2 * n,
-                        _ => 4 * n,
-                    };
+                        BaseDtype::Bf16 if block_matrix(&hf, dims) => add("BF16", 2 * n),
+                        _ => add("F32", 4 * n),
+                    }
                 }
             }
         }
-        Ok(total)
+        kept
     }
 
     /// Matrix `hf_name` as an (out, in) [`PackedMatrix`] in its stored form — a GGUF tensor that is not F32, or

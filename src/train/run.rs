@@ -12,10 +12,9 @@ use super::trainer::{StepStats, TrainConfig, TrainState, Trainer};
 use crate::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
 use crate::data::example::Example;
 use crate::data::source::DataSource;
-use crate::formats::hf_export::{base_params, save_hf_folder};
-use crate::formats::load::{LoadedModel, load_model_as, open_weights};
+use crate::formats::hf_export::save_hf_folder;
+use crate::formats::load::{LoadedModel, open_model};
 use crate::formats::peft::save_adapter;
-use crate::formats::resolve::resolve;
 use crate::network::adapters::{attach, set_full_finetune};
 use crate::network::lora::LoraConfig;
 use crate::network::transformer::Transformer;
@@ -38,6 +37,26 @@ pub enum Ending {
     Interrupted(Signal),
     /// A resumed run that had already taken every step (its output exists).
     AlreadyFinished,
+    /// `--dry-run`: settings, model and data checked, the memory plan printed, nothing trained or written.
+    DryRun,
+}
+
+impl RunSummary {
+    /// A run that took no step.
+    fn nothing(ending: Ending, output: PathBuf) -> Self {
+        RunSummary {
+            steps: 0,
+            steps_taken: 0,
+            first_loss: f64::NAN,
+            last_loss: f64::NAN,
+            eval_before: None,
+            eval_after: None,
+            tokens_per_s: 0.0,
+            output,
+            ending,
+            worse: None,
+        }
+    }
 }
 
 /// How a run ended, for the one-line summary.
@@ -71,6 +90,8 @@ pub struct RunOptions {
     pub divergence_guard: bool,
     /// Refuse a run whose estimated memory exceeds what the machine has ([`super::memory`]).
     pub memory_check: bool,
+    /// Check everything and print the memory plan, then stop before loading the weights.
+    pub dry_run: bool,
 }
 
 impl Default for RunOptions {
@@ -82,6 +103,7 @@ impl Default for RunOptions {
             accept_changed_data: false,
             divergence_guard: true,
             memory_check: true,
+            dry_run: false,
         }
     }
 }
@@ -224,17 +246,15 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
         [Path::new(&s.model), Path::new(&s.data)].into_iter().chain(s.eval_data.as_deref().map(Path::new)).collect();
     output_dir::check(&out, resumed.is_some(), opts.overwrite, &inputs)?;
     let available = if opts.memory_check { available_bytes() } else { None };
-    let (config, weights) = open_weights(&resolve(&s.model)?)?;
+    let opened = open_model(&s.model)?;
+    let params = opened.config.num_parameters();
     // Full fine-tuning trains (so keeps in f32) every matrix; LoRA keeps the frozen ones as --base-dtype says.
-    let weight_bytes = if s.full { 4 * config.num_parameters() } else { weights.resident_bytes(s.base_dtype)? };
-    drop(weights);
-    MemoryPlan::new(&config, &s, 0, weight_bytes).check(available, &s)?;
-    let LoadedModel { files, mut model, tokenizer } = load_model_as(&s.model, s.base_dtype)?;
-    let (train_set, eval_set) = load_data(&s, &sources, &tokenizer, model.config.max_positions)?;
+    let kept = if s.full { [("F32", 4 * params)].into() } else { opened.weights.resident_bytes(s.base_dtype) };
+    let weight_bytes = kept.values().sum();
+    MemoryPlan::new(&opened.config, &s, 0, weight_bytes).check(available, &s)?;
+    let (train_set, eval_set) = load_data(&s, &sources, &opened.tokenizer, opened.config.max_positions)?;
     let lengths = train_set.examples.iter().map(|e| e.ids.len()).collect();
-    let loaded_bytes = base_params(&model).iter().map(|p| p.stored_bytes()).sum();
-    let weight_bytes = if s.full { 4 * model.config.num_parameters() } else { loaded_bytes };
-    let memory = MemoryPlan::new(&model.config, &s, largest_micro_batch(lengths, s.batch_size), weight_bytes);
+    let memory = MemoryPlan::new(&opened.config, &s, largest_micro_batch(lengths, s.batch_size), weight_bytes);
     memory.check(available, &s)?;
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     eprintln!(
@@ -242,6 +262,12 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
         memory.describe(),
         available.map_or(String::new(), |a| format!("; {:.2} GiB available", gib(a)))
     );
+    if opts.dry_run {
+        let by_type: Vec<String> = kept.iter().map(|(ty, b)| format!("{ty} {:.2}", gib(*b))).collect();
+        eprintln!("weights as kept (GiB): {}", by_type.join(", "));
+        return Ok(RunSummary::nothing(Ending::DryRun, out));
+    }
+    let LoadedModel { files, mut model, tokenizer } = opened.load(s.base_dtype)?;
     let data_sha256 = data_fingerprint(&sources)?;
     let lcfg = lora_config(&s);
     if s.full {
@@ -260,18 +286,7 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
     }
     let output = out.join(if s.full { "model" } else { "adapter" });
     if trainer.step >= plan.total_steps as u64 && output.exists() {
-        return Ok(RunSummary {
-            steps: trainer.step,
-            steps_taken: 0,
-            first_loss: f64::NAN,
-            last_loss: f64::NAN,
-            eval_before: None,
-            eval_after: None,
-            tokens_per_s: 0.0,
-            output,
-            ending: Ending::AlreadyFinished,
-            worse: None,
-        });
+        return Ok(RunSummary { steps: trainer.step, ..RunSummary::nothing(Ending::AlreadyFinished, output) });
     }
 
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
