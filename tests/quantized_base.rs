@@ -6,6 +6,7 @@ mod common;
 use common::{condlm, fixture};
 use condlm::formats::gguf::quantize::quantize;
 use condlm::formats::weights::BaseDtype;
+use condlm::input::SharedBytes;
 use condlm::kernels::dequant::GgmlType;
 use condlm::kernels::mat::{Mat, MatMut};
 use condlm::kernels::matmul::matmul;
@@ -24,8 +25,8 @@ fn packed_products_equal_the_dense_ones_bit_for_bit() {
     for ty in GgmlType::ALL {
         // 800 rows: the backward GEMM's depth splits in two blocks of 400, which the packed path must match
         for rows in [40, 300, 800] {
-            let w =
-                PackedMatrix::new(ty, rows, cols, quantize(ty, &random(rows * cols, rows as u64)).unwrap()).unwrap();
+            let bytes = SharedBytes::owned(quantize(ty, &random(rows * cols, rows as u64)).unwrap());
+            let w = PackedMatrix::new(ty, rows, cols, bytes).unwrap();
             let dense = w.to_f32();
             for n in [1, 5, MAX_ROWS + 3, 70] {
                 let x = random(n * cols, 7 + n as u64);
@@ -145,4 +146,21 @@ fn dry_run_prints_the_plan_by_kept_type_and_writes_nothing() {
     assert!(!out.exists(), "a dry run must not create the output folder");
     let (ok, _, err) = condlm(&[&args[..], &["--base-dtype", "f32"]].concat());
     assert!(ok && !err.contains("Q8_0"), "{err}");
+}
+
+#[test]
+fn an_infinite_scale_in_a_packed_matrix_is_named_with_its_row() {
+    let d = out_dir("inf-scale");
+    let model = packed_model(&d, "q8_0");
+    let g = condlm::formats::gguf::file::GgufFile::open(&model).unwrap();
+    let t = g.require_tensor("blk.1.ffn_up.weight").unwrap();
+    // Q8_0 rows of 64 values are two 34-byte blocks, each led by its f16 scale: row 3's second block
+    let at = (g.data_offset() + t.offset) as usize + 3 * 68 + 34;
+    let mut bytes = std::fs::read(&model).unwrap();
+    bytes[at..at + 2].copy_from_slice(&0x7C00u16.to_le_bytes()); // +inf
+    let bad = d.join("inf.gguf");
+    std::fs::write(&bad, bytes).unwrap();
+    let (ok, _, err) = condlm(&["score", "--model", p(&bad), "--data", p(&fixture("score_rows.jsonl"))]);
+    assert!(!ok && err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("row 3, column 32"), "{err}");
+    assert!(err.contains("damaged"), "{err}");
 }

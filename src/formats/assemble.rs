@@ -2,6 +2,7 @@
 //! values (finite, after dequantization) and refusing tensors the model would silently ignore.
 use super::gguf::quantize::quantize;
 use super::weights::{BaseDtype, Weights, check_finite, is_gpt2_conv1d, transpose};
+use crate::input::SharedBytes;
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
 use crate::network::config::{Config, Family};
@@ -105,11 +106,10 @@ impl Taker<'_> {
                 };
                 match self.base {
                     BaseDtype::Bf16 => {
-                        let bytes = quantize(GgmlType::BF16, &w)?;
-                        Param::new_packed(
-                            wname,
-                            PackedMatrix::new(GgmlType::BF16, out_dim, in_dim, bytes).map_err(|e| anyhow!(e))?,
-                        )
+                        let bytes = SharedBytes::owned(quantize(GgmlType::BF16, &w)?);
+                        let packed =
+                            PackedMatrix::new(GgmlType::BF16, out_dim, in_dim, bytes).map_err(|e| anyhow!(e))?;
+                        Param::new_packed(wname, packed)
                     }
                     BaseDtype::Stored | BaseDtype::F32 => Param::new(wname, vec![out_dim, in_dim], w),
                 }
@@ -136,9 +136,12 @@ impl Taker<'_> {
                 p.cols
             );
         }
-        check_finite(&p.to_f32()).map_err(|e| {
-            anyhow!("{path}: tensor {file_name} {e}: the file is damaged or the training that made it diverged")
-        })?;
+        if let Some((r, c, v)) = p.first_non_finite() {
+            bail!(
+                "{path}: tensor {file_name} holds a non-finite value, {v} at row {r}, column {c}: the file is damaged \
+                 or the training that made it diverged"
+            );
+        }
         self.used.insert(file_name);
         Ok(Some(p))
     }

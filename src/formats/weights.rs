@@ -2,6 +2,7 @@
 //! the fly: llama.cpp names → HF names, Q/K rows un-permuted for Llama, GPT-2 weights back to Conv1D (in, out).
 use super::gguf::file::GgufFile;
 use super::safetensors_files::SafetensorsFiles;
+use crate::input::SharedBytes;
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
 use anyhow::{Result, bail};
@@ -147,17 +148,17 @@ impl Weights {
                 if shape.len() != 2 || is_gpt2_conv1d(hf_name) {
                     return Ok(None);
                 }
-                (ty, shape[0], shape[1], bytes)
+                (ty, shape[0], shape[1], SharedBytes::owned(bytes.to_vec()))
             }
             Weights::Gguf { file, arch, .. } => {
                 let Some(info) = hf_to_gguf(hf_name, arch).and_then(|n| file.tensor(&n)) else { return Ok(None) };
                 if info.ty == GgmlType::F32 || info.dims.len() != 2 {
                     return Ok(None);
                 }
-                (info.ty, info.dims[1] as usize, info.dims[0] as usize, file.tensor_bytes(info)?)
+                (info.ty, info.dims[1] as usize, info.dims[0] as usize, file.tensor_shared(info)?)
             }
         };
-        let packed = PackedMatrix::new(ty, rows, cols, bytes.to_vec())
+        let packed = PackedMatrix::new(ty, rows, cols, bytes)
             .map_err(|e| anyhow::anyhow!("{}: tensor {hf_name}: {e}", self.path().display()))?;
         Ok(Some(match self {
             Weights::Gguf { arch, num_heads, num_kv_heads, .. } => {

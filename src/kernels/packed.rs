@@ -16,24 +16,26 @@ use super::gemm::depth_block;
 use super::mat::{Mat, MatMut};
 use super::matmul::matmul;
 use super::matvec::{MAX_ROWS, is_dense, matmul_wt, matvec_blocks};
+use crate::input::SharedBytes;
 use rayon::prelude::*;
 use std::cell::RefCell;
 
 /// Output features dequantized per GEMM panel of the forward product.
 const FORWARD_PANEL: usize = 256;
 
-/// W (rows = out, cols = in) in `ty`'s bytes, rows laid end to end.
+/// W (rows = out, cols = in) in `ty`'s bytes, rows laid end to end — its own, or a view of the memory-mapped
+/// checkpoint (then the weights cost the file's pages, shared with the page cache, and no copy).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedMatrix {
     pub ty: GgmlType,
     pub rows: usize,
     pub cols: usize,
-    pub bytes: Vec<u8>,
+    pub bytes: SharedBytes,
 }
 
 impl PackedMatrix {
     /// Wraps `bytes`; fails, saying why, when they are not `rows` rows of `cols` values of `ty`.
-    pub fn new(ty: GgmlType, rows: usize, cols: usize, bytes: Vec<u8>) -> Result<Self, String> {
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, bytes: SharedBytes) -> Result<Self, String> {
         if !cols.is_multiple_of(ty.block_size()) {
             return Err(format!("rows of {cols} values do not divide into {ty} blocks of {}", ty.block_size()));
         }
@@ -62,6 +64,19 @@ impl PackedMatrix {
         }
     }
 
+    /// The first non-finite value as (row, column, value), dequantizing a few rows at a time (never the whole
+    /// matrix: an embedding table in f32 is as large as the rest of a small model).
+    pub fn first_non_finite(&self) -> Option<(usize, usize, f32)> {
+        const ROWS: usize = 64;
+        (0..self.rows.div_ceil(ROWS)).into_par_iter().find_map_first(|c| {
+            let (r0, r1) = (c * ROWS, ((c + 1) * ROWS).min(self.rows));
+            let mut buf = vec![0.0; (r1 - r0) * self.cols];
+            self.dequantize_rows(r0, &mut buf, false);
+            let i = buf.iter().position(|v| !v.is_finite())?;
+            Some((r0 + i / self.cols, i % self.cols, buf[i]))
+        })
+    }
+
     /// Every value as f32 (rows, cols).
     pub fn to_f32(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.rows * self.cols];
@@ -73,7 +88,7 @@ impl PackedMatrix {
     pub fn permute_rows(&self, order: &[usize]) -> Self {
         let rb = self.row_bytes();
         let bytes = order.iter().flat_map(|&r| &self.bytes[r * rb..(r + 1) * rb]).copied().collect();
-        PackedMatrix { bytes, ..*self }
+        PackedMatrix { bytes: SharedBytes::owned(bytes), ..*self }
     }
 
     /// out (N, rows) = x (N, cols) · Wᵀ, or out += … when `accumulate`; bit-identical to
@@ -209,14 +224,15 @@ mod tests {
 
     #[test]
     fn bad_layouts_are_refused() {
-        assert!(PackedMatrix::new(GgmlType::Q4_K, 2, 128, vec![0; 144]).unwrap_err().contains("divide"));
-        assert!(PackedMatrix::new(GgmlType::Q8_0, 2, 64, vec![0; 100]).unwrap_err().contains("136"));
+        let zeros = |n| SharedBytes::owned(vec![0; n]);
+        assert!(PackedMatrix::new(GgmlType::Q4_K, 2, 128, zeros(144)).unwrap_err().contains("divide"));
+        assert!(PackedMatrix::new(GgmlType::Q8_0, 2, 64, zeros(100)).unwrap_err().contains("136"));
     }
 
     #[test]
     fn permuting_rows_moves_whole_rows() {
         let bytes: Vec<u8> = (0..3 * 34).map(|i| (i % 7) as u8).collect();
-        let m = PackedMatrix::new(GgmlType::Q8_0, 3, 32, bytes.clone()).unwrap();
+        let m = PackedMatrix::new(GgmlType::Q8_0, 3, 32, SharedBytes::owned(bytes.clone())).unwrap();
         let p = m.permute_rows(&[2, 0, 1]);
         assert_eq!(&p.bytes[..34], &bytes[68..]);
         assert_eq!(&p.bytes[34..68], &bytes[..34]);

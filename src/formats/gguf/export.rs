@@ -137,7 +137,7 @@ impl ExportTensor<'_> {
         let row = self.shape.last().copied().unwrap_or(1);
         match &self.source {
             Source::Packed(m) if m.ty == self.ty => {
-                Ok(self.order.as_ref().map_or_else(|| m.bytes.clone(), |o| m.permute_rows(o).bytes))
+                Ok(self.order.as_ref().map_or_else(|| m.bytes.to_vec(), |o| m.permute_rows(o).bytes.to_vec()))
             }
             Source::Packed(m) => encode(&reorder(&m.to_f32(), row, self.order.as_deref()), row, self.ty),
             Source::F32(v) => encode(&reorder(v, row, self.order.as_deref()), row, self.ty),

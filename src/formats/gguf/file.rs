@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::input::{self, FileBytes};
+use crate::input::{self, FileBytes, SharedBytes};
 use crate::kernels::dequant::{GgmlType, dequantize_to_vec};
+use std::sync::Arc;
 
 /// GGML's maximum number of tensor dimensions.
 const MAX_DIMS: u32 = 4;
@@ -233,7 +234,7 @@ impl GgufTensorInfo {
 /// memory map.
 pub struct GgufFile {
     path: PathBuf,
-    bytes: FileBytes,
+    bytes: Arc<FileBytes>,
     version: u32,
     alignment: u64,
     data_offset: u64,
@@ -645,7 +646,7 @@ impl GgufFile {
         let index = p.tensors.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
         Ok(GgufFile {
             path: path.to_path_buf(),
-            bytes,
+            bytes: Arc::new(bytes),
             version: p.version,
             alignment: p.alignment,
             data_offset: p.data_offset,
@@ -856,13 +857,22 @@ impl GgufFile {
 
     /// The raw (still quantized) bytes of a tensor.
     pub fn tensor_bytes(&self, info: &GgufTensorInfo) -> Result<&[u8]> {
+        Ok(&self.bytes[self.tensor_range(info)?])
+    }
+
+    /// A tensor's bytes as a shared view of the file (no copy: a model kept packed uses the file's pages).
+    pub fn tensor_shared(&self, info: &GgufTensorInfo) -> Result<SharedBytes> {
+        Ok(SharedBytes::new(self.bytes.clone(), self.tensor_range(info)?))
+    }
+
+    fn tensor_range(&self, info: &GgufTensorInfo) -> Result<std::ops::Range<usize>> {
         let range = info.n_bytes().and_then(|n| {
             let start = self.data_offset.checked_add(info.offset)?;
             let end = start.checked_add(n)?;
             (end <= self.bytes.len() as u64).then_some(start as usize..end as usize)
         });
         match range {
-            Some(r) => Ok(&self.bytes[r]),
+            Some(r) => Ok(r),
             None => bail!(
                 "GGUF file {}: the data of tensor '{}' ({}, dims {:?}, data offset {}) lies outside \
                  the file ({} bytes); {CORRUPT_HINT}",
