@@ -164,3 +164,26 @@ fn an_infinite_scale_in_a_packed_matrix_is_named_with_its_row() {
     assert!(!ok && err.contains("model.layers.1.mlp.up_proj.weight") && err.contains("row 3, column 32"), "{err}");
     assert!(err.contains("damaged"), "{err}");
 }
+
+#[test]
+fn a_run_on_a_packed_base_with_checkpointing_resumes_exactly() {
+    let d = out_dir("resume");
+    let model = packed_model(&d, "q4_0");
+    let flags = ["--checkpoint-activations", "--lora-dropout", "0.1"];
+    let (whole_losses, whole) = train(&model, &d.join("whole"), &flags);
+    let out = d.join("parts");
+    let data = fixture("train_rows.jsonl");
+    let args = ["train", "--model", p(&model), "--data", p(&data), "--output-dir", p(&out), "--max-steps", "3"];
+    let rest = ["--batch-size", "4", "--lr", "5e-3", "--save-every", "0", "--allow-worse", "--stop-after-steps", "2"];
+    let (ok, _, err) = condlm(&[&args[..], &rest, &flags].concat());
+    assert!(ok, "{err}");
+    let (ok, _, err) = condlm(&["train", "--resume", p(&out), "--allow-worse"]);
+    assert!(ok, "{err}");
+    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect();
+    assert_eq!(losses, whole_losses);
+    assert!(std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap() == whole);
+}
