@@ -8,7 +8,6 @@ use std::fs::{File, FileType};
 use std::io::Read;
 use std::ops::Deref;
 use std::path::Path;
-use std::sync::Arc;
 
 /// What a file that is not a regular file is, for messages.
 fn kind(t: &FileType) -> &'static str {
@@ -60,6 +59,12 @@ pub enum FileBytes {
     Owned(Vec<u8>),
 }
 
+impl AsRef<[u8]> for FileBytes {
+    fn as_ref(&self) -> &[u8] {
+        self
+    }
+}
+
 impl Deref for FileBytes {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
@@ -67,46 +72,6 @@ impl Deref for FileBytes {
             FileBytes::Mapped(m) => m,
             FileBytes::Owned(v) => v,
         }
-    }
-}
-
-/// A range of a file's bytes that keeps the file open (memory-mapped) while it lives, or bytes of its own.
-#[derive(Clone)]
-pub struct SharedBytes {
-    file: Arc<FileBytes>,
-    range: std::ops::Range<usize>,
-}
-
-impl SharedBytes {
-    /// `range` of `file`; panics if it lies outside (callers have checked it).
-    pub fn new(file: Arc<FileBytes>, range: std::ops::Range<usize>) -> Self {
-        assert!(range.end <= file.len(), "SharedBytes: range outside the file");
-        SharedBytes { file, range }
-    }
-
-    /// Bytes of their own (not from a file).
-    pub fn owned(bytes: Vec<u8>) -> Self {
-        let len = bytes.len();
-        SharedBytes { file: Arc::new(FileBytes::Owned(bytes)), range: 0..len }
-    }
-}
-
-impl Deref for SharedBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.file[self.range.clone()]
-    }
-}
-
-impl std::fmt::Debug for SharedBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SharedBytes({} bytes)", self.range.len())
-    }
-}
-
-impl PartialEq for SharedBytes {
-    fn eq(&self, other: &Self) -> bool {
-        **self == **other
     }
 }
 

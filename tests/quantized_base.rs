@@ -6,12 +6,12 @@ mod common;
 use common::{condlm, fixture};
 use condlm::formats::gguf::quantize::quantize;
 use condlm::formats::weights::BaseDtype;
-use condlm::input::SharedBytes;
 use condlm::kernels::dequant::GgmlType;
 use condlm::kernels::mat::{Mat, MatMut};
 use condlm::kernels::matmul::matmul;
 use condlm::kernels::matvec::{MAX_ROWS, matmul_wt};
 use condlm::kernels::packed::PackedMatrix;
+use condlm::kernels::packed::SharedBytes;
 use condlm::rng::uniform;
 use std::path::{Path, PathBuf};
 

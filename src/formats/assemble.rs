@@ -2,9 +2,9 @@
 //! values (finite, after dequantization) and refusing tensors the model would silently ignore.
 use super::gguf::quantize::quantize;
 use super::weights::{BaseDtype, Weights, check_finite, is_gpt2_conv1d, transpose};
-use crate::input::SharedBytes;
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
+use crate::kernels::packed::SharedBytes;
 use crate::network::config::{Config, Family};
 use crate::network::linear::Linear;
 use crate::network::param::Param;
@@ -184,8 +184,16 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
         Family::Llama => {
             for i in 0..c.num_layers {
                 let p = format!("model.layers.{i}");
+                let qk_norm = match c.qk_norm {
+                    true => Some((
+                        t.norm(&format!("{p}.self_attn.q_norm"), c.head_dim, Bias::Without)?,
+                        t.norm(&format!("{p}.self_attn.k_norm"), c.head_dim, Bias::Without)?,
+                    )),
+                    false => None,
+                };
                 blocks.push(Block {
                     attn_norm: t.norm(&format!("{p}.input_layernorm"), d, Bias::Without)?,
+                    qk_norm,
                     qkv: vec![
                         t.linear(&format!("{p}.self_attn.q_proj"), d, q, c.qkv_bias.into())?,
                         t.linear(&format!("{p}.self_attn.k_proj"), d, kv, c.qkv_bias.into())?,
@@ -212,6 +220,7 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                 let p = format!("transformer.h.{i}");
                 blocks.push(Block {
                     attn_norm: t.norm(&format!("{p}.ln_1"), d, Bias::With)?,
+                    qk_norm: None,
                     qkv: vec![t.linear(&format!("{p}.attn.c_attn"), d, q + 2 * kv, Bias::With)?],
                     o: t.linear(&format!("{p}.attn.c_proj"), q, d, Bias::With)?,
                     mlp_norm: t.norm(&format!("{p}.ln_2"), d, Bias::With)?,

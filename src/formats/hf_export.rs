@@ -150,6 +150,7 @@ pub fn base_params(model: &Transformer) -> Vec<&Param> {
             out.push(&n.w);
             out.extend(n.b.as_ref());
         }
+        out.extend(b.qk_norm.iter().flat_map(|(q, k)| [&q.w, &k.w]));
         for l in b.linears() {
             out.push(&l.w);
             out.extend(l.b.as_ref());
@@ -225,9 +226,10 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
             let (architecture, model_type) = match arch.as_str() {
                 "llama" | "llamaforcausallm" => ("LlamaForCausalLM", "llama"),
                 "qwen2" | "qwen2forcausallm" => ("Qwen2ForCausalLM", "qwen2"),
-                other => {
-                    bail!("cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, gpt2)")
-                }
+                "qwen3" | "qwen3forcausallm" => ("Qwen3ForCausalLM", "qwen3"),
+                other => bail!(
+                    "cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, qwen3, gpt2)"
+                ),
             };
             let mut v = json!({
                 "architectures": [architecture],
@@ -265,6 +267,9 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 v["use_sliding_window"] = json!(false);
                 v["sliding_window"] = json!(c.sliding_window);
                 v["max_window_layers"] = json!(c.num_layers);
+            } else if model_type == "qwen3" {
+                v["attention_bias"] = json!(c.qkv_bias);
+                v["use_sliding_window"] = json!(false);
             } else {
                 if c.qkv_bias != c.o_bias {
                     bail!(

@@ -2,9 +2,9 @@
 //! the fly: llama.cpp names → HF names, Q/K rows un-permuted for Llama, GPT-2 weights back to Conv1D (in, out).
 use super::gguf::file::GgufFile;
 use super::safetensors_files::SafetensorsFiles;
-use crate::input::SharedBytes;
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
+use crate::kernels::packed::SharedBytes;
 use anyhow::{Result, bail};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
@@ -263,6 +263,8 @@ const LLAMA_LAYER: NameTable = &[
     ("self_attn.v_proj.bias", "attn_v.bias"),
     ("self_attn.o_proj.weight", "attn_output.weight"),
     ("self_attn.o_proj.bias", "attn_output.bias"),
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
     ("post_attention_layernorm.weight", "ffn_norm.weight"),
     ("mlp.gate_proj.weight", "ffn_gate.weight"),
     ("mlp.up_proj.weight", "ffn_up.weight"),

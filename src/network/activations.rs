@@ -19,6 +19,12 @@ pub struct LayerActs {
     pub qkv: Vec<f32>,
     /// attention output before o_proj (N, heads·head_dim)
     pub att: Vec<f32>,
+    /// With per-head q/k norms: q and k before them, (N·heads, head_dim) and (N·kv_heads, head_dim), and their
+    /// reciprocal RMS per head row
+    pub q_pre: Vec<f32>,
+    pub k_pre: Vec<f32>,
+    pub q_rstd: Vec<f32>,
+    pub k_rstd: Vec<f32>,
     /// residual stream after attention (N, d); training only
     pub x_mid: Vec<f32>,
     /// mlp_norm(x_mid) (N, d)
@@ -36,6 +42,9 @@ pub struct LayerActs {
 /// Gradient scratch for the backward pass (N, ·), reused across layers.
 #[derive(Default)]
 pub struct GradScratch {
+    /// ∂L/∂ q or k after and before their per-head norm, (N·heads, head_dim)
+    pub dqk_post: Vec<f32>,
+    pub dqk_pre: Vec<f32>,
     pub dx: Vec<f32>,
     pub dh: Vec<f32>,
     pub dqkv: Vec<f32>,
@@ -62,6 +71,8 @@ pub struct Activations {
     /// What the last forward pass kept, and its step seed when it was a training pass.
     pub(super) keep: Keep,
     pub(super) step_seed: Option<u64>,
+    /// q or k normalized per head, before going back into q|k|v (N·heads, head_dim), shared by all layers.
+    pub(super) qk_post: Vec<f32>,
     /// dropout(x) of the LoRA layer at hand (N, in), shared by all layers (each keeps only its mask).
     pub(super) lora_x_drop: Vec<f32>,
     pub(super) grads: GradScratch,
@@ -120,9 +131,18 @@ impl Activations {
             }
             grow(&mut l.qkv, n * qkv_width);
             grow(&mut l.att, n * aw);
+            if c.qk_norm {
+                grow(&mut l.q_pre, n * aw);
+                grow(&mut l.k_pre, n * c.num_kv_heads * c.head_dim);
+                grow(&mut l.q_rstd, n * c.num_heads);
+                grow(&mut l.k_rstd, n * c.num_kv_heads);
+            }
             for v in [&mut l.ff_gate, &mut l.ff_up, &mut l.ff_act] {
                 grow(v, n * f);
             }
+        }
+        if c.qk_norm {
+            grow(&mut self.qk_post, n * aw);
         }
         if c.family == Family::Llama && self.rope.as_ref().is_none_or(|t| t.cos.len() < max_pos * c.head_dim / 2) {
             self.rope = Some(RopeTable::new(&c.rope_inv_freq(), max_pos.max(256).min(c.max_positions)));
@@ -138,6 +158,10 @@ impl Activations {
         }
         for v in [&mut g.dff_gate, &mut g.dff_up, &mut g.dff_act] {
             grow(v, n * f);
+        }
+        if c.qk_norm {
+            grow(&mut g.dqk_post, n * aw);
+            grow(&mut g.dqk_pre, n * aw);
         }
     }
 }

@@ -35,6 +35,8 @@ pub struct Config {
     pub o_bias: bool,
     pub mlp_bias: bool,
     pub tie_embeddings: bool,
+    /// Per-head RMSNorm of q and k before RoPE (Qwen3's `q_norm`/`k_norm`).
+    pub qk_norm: bool,
     /// Mistral-style sliding-window attention span; sequences longer than it are refused (not implemented).
     pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
@@ -87,7 +89,7 @@ struct HfConfig {
     activation_function: Option<String>,
 }
 
-const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, GPT2LMHeadModel";
+const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, GPT2LMHeadModel";
 
 fn need<T>(v: Option<T>, key: &str, path: &Path) -> Result<T> {
     v.with_context(|| format!("{}: missing required key \"{key}\"", path.display()))
@@ -115,13 +117,13 @@ impl Config {
             .or(c.model_type.clone())
             .with_context(|| format!("{}: neither \"architectures\" nor \"model_type\" is set", path.display()))?;
         let family = match architecture.as_str() {
-            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "llama" | "mistral" | "qwen2" => {
-                Family::Llama
-            }
+            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM" | "llama"
+            | "mistral" | "qwen2" | "qwen3" => Family::Llama,
             "GPT2LMHeadModel" | "gpt2" => Family::Gpt2,
             other => bail!("{}: architecture \"{other}\" is not supported (supported: {SUPPORTED})", path.display()),
         };
         let is_qwen2 = architecture.to_lowercase().starts_with("qwen2");
+        let is_qwen3 = architecture.to_lowercase().starts_with("qwen3");
         let bos = token_ids(&c.bos_token_id).first().copied();
         let eos = token_ids(&c.eos_token_id);
         let cfg = match family {
@@ -153,6 +155,7 @@ impl Config {
                     rope_scaling: parse_rope_scaling(c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()), path)?,
                     qkv_bias: is_qwen2 || attention_bias,
                     o_bias: attention_bias,
+                    qk_norm: is_qwen3,
                     mlp_bias: c.mlp_bias.unwrap_or(false),
                     tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
                     sliding_window: c.sliding_window.filter(|_| c.use_sliding_window != Some(false)),
@@ -187,6 +190,7 @@ impl Config {
                     rope_scaling: None,
                     qkv_bias: true,
                     o_bias: true,
+                    qk_norm: false,
                     mlp_bias: true,
                     tie_embeddings: c.tie_word_embeddings.unwrap_or(true),
                     sliding_window: None,

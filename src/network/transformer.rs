@@ -28,6 +28,8 @@ pub struct Norm {
 
 pub struct Block {
     pub attn_norm: Norm,
+    /// Per-head RMSNorms of q and k, before RoPE (Qwen3): weights of head_dim values shared by the heads.
+    pub qk_norm: Option<(Norm, Norm)>,
     /// q, k, v projections (Llama family) or the fused c_attn (GPT-2), writing into one (N, q+k+v) buffer.
     pub qkv: Vec<Linear>,
     pub o: Linear,
@@ -81,6 +83,10 @@ impl Block {
             if let Some(b) = &mut n.b {
                 f(b);
             }
+        }
+        if let Some((q, k)) = &mut self.qk_norm {
+            f(&mut q.w);
+            f(&mut k.w);
         }
         let linears =
             self.qkv.iter_mut().chain([&mut self.o]).chain(self.gate.as_mut()).chain([&mut self.up, &mut self.down]);
@@ -217,12 +223,31 @@ impl Transformer {
         let (n, d) = (tokens.len(), c.hidden_size);
         acts.prepare(c, self.qkv_width(), n, max_pos, keep);
         (acts.step_seed, acts.keep) = (train_seed, keep);
-        let Activations { x, x_final_in, final_a, final_b, layers, block_inputs, lora_x_drop, rope, cached, .. } = acts;
+        let Activations {
+            x,
+            x_final_in,
+            final_a,
+            final_b,
+            layers,
+            block_inputs,
+            lora_x_drop,
+            qk_post,
+            rope,
+            cached,
+            ..
+        } = acts;
         let x = &mut x[..n * d];
         let pos_embed = self.pos_embed.as_ref().map(|p| &p.data[..]);
         embedding_forward(x, tokens, self.embed.matrix(), positions, pos_embed, d);
-        let mut io =
-            BlockIo { positions, ctx: &mut ctx, step_seed: train_seed, lora_x_drop, rope: rope.as_ref(), cached };
+        let mut io = BlockIo {
+            positions,
+            ctx: &mut ctx,
+            step_seed: train_seed,
+            lora_x_drop,
+            qk_post,
+            rope: rope.as_ref(),
+            cached,
+        };
         for i in 0..self.blocks.len() {
             if keep == Keep::BlockInputs {
                 block_inputs[i][..n * d].copy_from_slice(x);
@@ -253,6 +278,18 @@ impl Transformer {
         for (s, lin) in blk.qkv.iter().enumerate() {
             lin.forward(Strided::write(&mut qkv[col..], qw), h1, n, &mut l.lora[s], dropout(seed, xd));
             col += lin.out_dim;
+        }
+        if let Some((qn, kn)) = &blk.qk_norm {
+            let hd = c.head_dim;
+            for (norm, col, heads, pre, rstd) in [
+                (qn, layout.q_col, c.num_heads, &mut l.q_pre, &mut l.q_rstd),
+                (kn, layout.k_col, c.num_kv_heads, &mut l.k_pre, &mut l.k_rstd),
+            ] {
+                let (pre, post) = (&mut pre[..n * heads * hd], &mut io.qk_post[..n * heads * hd]);
+                gather_cols(pre, qkv, qw, col, heads * hd);
+                rmsnorm_forward(post, &mut rstd[..n * heads], pre, &norm.w.data, c.norm_eps);
+                scatter_cols(qkv, qw, col, heads * hd, post);
+            }
         }
         if let Some(rope) = io.rope {
             rope_forward(qkv, qw, layout.q_col, c.num_heads, io.positions, rope);
@@ -308,6 +345,7 @@ impl Transformer {
             recompute_x,
             step_seed,
             lora_x_drop,
+            qk_post,
             grads,
             rope,
             cached,
@@ -327,6 +365,7 @@ impl Transformer {
                     ctx: &mut ctx,
                     step_seed: *step_seed,
                     lora_x_drop,
+                    qk_post,
                     rope: rope.as_ref(),
                     cached,
                 };
@@ -392,6 +431,20 @@ impl Transformer {
             rope_backward(dqkv, qw, layout.q_col, layout.n_heads, &batch.positions, rope);
             rope_backward(dqkv, qw, layout.k_col, layout.n_kv_heads, &batch.positions, rope);
         }
+        if let Some((qn, kn)) = &mut blk.qk_norm {
+            let hd = layout.head_dim;
+            for (norm, col, heads, pre, rstd) in [
+                (qn, layout.q_col, layout.n_heads, &l.q_pre, &l.q_rstd),
+                (kn, layout.k_col, layout.n_kv_heads, &l.k_pre, &l.k_rstd),
+            ] {
+                let (dpost, dpre) = (&mut g.dqk_post[..n * heads * hd], &mut g.dqk_pre[..n * heads * hd]);
+                gather_cols(dpost, dqkv, qw, col, heads * hd);
+                dpre.fill(0.0);
+                let (w, dw) = (&norm.w.data, norm.w.grad.as_deref_mut());
+                rmsnorm_backward(dpre, dw, dpost, &pre[..n * heads * hd], w, &rstd[..n * heads]);
+                scatter_cols(dqkv, qw, col, heads * hd, dpre);
+            }
+        }
         let dh = &mut g.dh[..n * d];
         dh.fill(0.0);
         let h1 = &l.h1[..n * d];
@@ -412,8 +465,24 @@ struct BlockIo<'a, 'c> {
     /// Some while training: LoRA dropout on, masks from this step's seed.
     step_seed: Option<u64>,
     lora_x_drop: &'a mut Vec<f32>,
+    /// Scratch of the per-head q/k norms.
+    qk_post: &'a mut [f32],
     rope: Option<&'a RopeTable>,
     cached: &'a mut CachedAttentionScratch,
+}
+
+/// dst (N, width) = columns col..col + width of src (N rows of `stride`).
+fn gather_cols(dst: &mut [f32], src: &[f32], stride: usize, col: usize, width: usize) {
+    for (d, s) in dst.chunks_exact_mut(width).zip(src.chunks(stride)) {
+        d.copy_from_slice(&s[col..col + width]);
+    }
+}
+
+/// Columns col..col + width of dst (N rows of `stride`) = src (N, width).
+fn scatter_cols(dst: &mut [f32], stride: usize, col: usize, width: usize, src: &[f32]) {
+    for (d, s) in dst.chunks_mut(stride).zip(src.chunks_exact(width)) {
+        d[col..col + width].copy_from_slice(s);
+    }
 }
 
 /// The LoRA dropout of one layer's forward, when training.

@@ -38,6 +38,7 @@ pub fn llama_config(size: ModelSize, vocab: usize, eos: u32) -> Config {
         o_bias: false,
         mlp_bias: false,
         tie_embeddings: true,
+        qk_norm: false,
         sliding_window: None,
         bos_token_id: None,
         eos_token_ids: vec![eos],
@@ -84,6 +85,7 @@ pub fn random_llama(config: &Config, seed: u64) -> Transformer {
         .map(|i| {
             let p = format!("model.layers.{i}");
             Block {
+                qk_norm: None,
                 attn_norm: rms_norm(&format!("{p}.input_layernorm"), d),
                 qkv: vec![
                     linear(seed, &format!("{p}.self_attn.q_proj"), d, q),

@@ -8,10 +8,13 @@ use std::path::Path;
 pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     let arch = g.get_str("general.architecture")?.to_string();
     let family = match arch.as_str() {
-        "llama" | "qwen2" => Family::Llama,
+        "llama" | "qwen2" | "qwen3" => Family::Llama,
         "gpt2" => Family::Gpt2,
         other => {
-            bail!("{}: GGUF architecture \"{other}\" is not supported (supported: llama, qwen2, gpt2)", path.display())
+            bail!(
+                "{}: GGUF architecture \"{other}\" is not supported (supported: llama, qwen2, qwen3, gpt2)",
+                path.display()
+            )
         }
     };
     if g.tensor("rope_freqs.weight").is_some() {
@@ -54,6 +57,7 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         o_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_output.bias").is_some(),
         mlp_bias: family == Family::Gpt2 || g.tensor("blk.0.ffn_up.bias").is_some(),
         tie_embeddings: g.tensor("output.weight").is_none(),
+        qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
         sliding_window: None,
         bos_token_id: g.opt_u32("tokenizer.ggml.bos_token_id")?,
         eos_token_ids: g.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect(),

@@ -35,6 +35,7 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
     Ok(match (c.family, c.architecture.as_str()) {
         (Family::Gpt2, _) => "gpt2",
         (Family::Llama, "Qwen2ForCausalLM" | "qwen2") => "qwen2",
+        (Family::Llama, "Qwen3ForCausalLM" | "qwen3") => "qwen3",
         (Family::Llama, _) => "llama",
     })
 }

@@ -17,8 +17,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow, bail};
 
-use crate::input::{self, FileBytes, SharedBytes};
+use crate::input::{self, FileBytes};
 use crate::kernels::dequant::{GgmlType, dequantize_to_vec};
+use crate::kernels::packed::SharedBytes;
 use std::sync::Arc;
 
 /// GGML's maximum number of tensor dimensions.
