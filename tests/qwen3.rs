@@ -30,6 +30,9 @@ fn rows() -> Vec<Example> {
 fn logits_match_transformers() {
     let m = model();
     assert!(m.config.qk_norm && m.config.head_dim == 32 && m.blocks[0].qk_norm.is_some());
+    // every tensor of the checkpoint, counted from the config (the memory plan relies on it)
+    let stored: usize = load_f32_tensors(&fixture("tiny-qwen3/model.safetensors")).values().map(|(_, v)| v.len()).sum();
+    assert_eq!(m.config.num_parameters(), stored);
     let d = m.config.hidden_size;
     for (ids, want) in reference_sequences("tiny-qwen3") {
         let batch = PackedBatch::new(std::slice::from_ref(&ids));

@@ -24,7 +24,8 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("architecture  {} ({:?} family)", c.architecture, c.family);
     println!("layers        {}", c.num_layers);
     println!("hidden        {} (intermediate {})", c.hidden_size, c.intermediate_size);
-    println!("heads         {} query, {} key/value, head dim {}", c.num_heads, c.num_kv_heads, c.head_dim);
+    let qk_norm = if c.qk_norm { ", per-head q/k RMSNorm" } else { "" };
+    println!("heads         {} query, {} key/value, head dim {}{qk_norm}", c.num_heads, c.num_kv_heads, c.head_dim);
     println!("parameters    {} ({:.1} M)", c.num_parameters(), c.num_parameters() as f64 / 1e6);
     println!("context       {} positions", c.max_positions);
     println!("vocabulary    {} (tokenizer: {})", c.vocab_size, tok.vocab_size());

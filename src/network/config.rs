@@ -268,7 +268,8 @@ impl Config {
                 let attn = d * (q + 2 * kv) + q * d;
                 let bias = if self.qkv_bias { q + 2 * kv } else { 0 } + if self.o_bias { d } else { 0 };
                 let mlp = 3 * d * f + if self.mlp_bias { 2 * f + d } else { 0 };
-                attn + bias + mlp + 2 * d
+                let qk_norm = if self.qk_norm { 2 * self.head_dim } else { 0 };
+                attn + bias + mlp + 2 * d + qk_norm
             }
             Family::Gpt2 => (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d) + 4 * d,
         };
