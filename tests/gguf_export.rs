@@ -194,3 +194,29 @@ fn modelfile_and_refusals() {
     let leftovers: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 2, "only m.gguf and Modelfile may exist: {leftovers:?}");
 }
+
+#[test]
+fn merging_into_a_quantized_base_warns_when_the_output_is_no_finer() {
+    let d = out_dir("requantize");
+    let base = d.join("base-q4_0.gguf");
+    export(&["--model", p(&fixture("tiny-llama")), "--out", p(&base), "--type", "q4_0"]);
+    let adapter = fixture("interop/tiny-llama-condlm-adapter");
+    let merged = |ty: &str| {
+        let out = d.join(format!("merged-{ty}.gguf"));
+        export(&[
+            "--model",
+            p(&base),
+            "--adapter",
+            p(&adapter),
+            "--ignore-base-mismatch",
+            "--out",
+            p(&out),
+            "--type",
+            ty,
+        ])
+    };
+    let msg = merged("q4_0");
+    assert!(msg.contains("warning") && msg.contains("snaps back") && msg.contains("--lora-only"), "{msg}");
+    assert!(!merged("q8_0").contains("quantization step"));
+    assert!(!merged("f16").contains("quantization step"));
+}
