@@ -121,6 +121,7 @@ fn kv_cache_logits_match_full_forward_at_every_step() {
         ("tiny-gpt2", Some("train/tiny-gpt2-lora-init")),
         ("tiny-llama-gguf/tiny-llama.gguf", None),
         ("tiny-qwen3", Some("tiny-qwen3/lora-init")),
+        ("tiny-smollm3", None),
     ];
     for &(spec, adapter) in specs {
         let m = load(spec, adapter);

@@ -37,6 +37,8 @@ pub struct Config {
     pub tie_embeddings: bool,
     /// Per-head RMSNorm of q and k before RoPE (Qwen3's `q_norm`/`k_norm`).
     pub qk_norm: bool,
+    /// Layers that skip RoPE (SmolLM3's `no_rope_layers` zeros); empty: every layer applies it.
+    pub no_rope: Vec<bool>,
     /// Mistral-style sliding-window attention span; sequences longer than it are refused (not implemented).
     pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
@@ -76,6 +78,9 @@ struct HfConfig {
     tie_word_embeddings: Option<bool>,
     sliding_window: Option<usize>,
     use_sliding_window: Option<bool>,
+    /// SmolLM3: 1 = the layer applies RoPE, 0 = it does not.
+    no_rope_layers: Option<Vec<u8>>,
+    no_rope_layer_interval: Option<usize>,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
     hidden_act: Option<String>,
@@ -89,10 +94,36 @@ struct HfConfig {
     activation_function: Option<String>,
 }
 
-const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, GPT2LMHeadModel";
+const SUPPORTED: &str =
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, GPT2LMHeadModel";
 
 fn need<T>(v: Option<T>, key: &str, path: &Path) -> Result<T> {
     v.with_context(|| format!("{}: missing required key \"{key}\"", path.display()))
+}
+
+/// SmolLM3's layers without RoPE: `no_rope_layers` (1 = RoPE, 0 = none), else every `no_rope_layer_interval`-th
+/// layer (transformers' default, 4).
+fn smollm3_no_rope(c: &HfConfig, path: &Path) -> Result<Vec<bool>> {
+    if c.use_sliding_window == Some(true) {
+        bail!(
+            "{}: use_sliding_window (SmolLM3's sliding-window layers) is not supported yet; set it to false if the \
+             rows fit the window anyway",
+            path.display()
+        );
+    }
+    let layers = need(c.num_hidden_layers, "num_hidden_layers", path)?;
+    match &c.no_rope_layers {
+        Some(l) if l.len() < layers => bail!(
+            "{}: no_rope_layers has {} entries for {layers} layers; it needs one per layer",
+            path.display(),
+            l.len()
+        ),
+        Some(l) => Ok(l[..layers].iter().map(|&r| r == 0).collect()),
+        None => {
+            let every = c.no_rope_layer_interval.unwrap_or(4).max(1);
+            Ok((0..layers).map(|i| (i + 1) % every == 0).collect())
+        }
+    }
 }
 
 /// Token ids in config.json are a number, a list of numbers, or null.
@@ -117,13 +148,14 @@ impl Config {
             .or(c.model_type.clone())
             .with_context(|| format!("{}: neither \"architectures\" nor \"model_type\" is set", path.display()))?;
         let family = match architecture.as_str() {
-            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM" | "llama"
-            | "mistral" | "qwen2" | "qwen3" => Family::Llama,
+            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
+            | "SmolLM3ForCausalLM" | "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3" => Family::Llama,
             "GPT2LMHeadModel" | "gpt2" => Family::Gpt2,
             other => bail!("{}: architecture \"{other}\" is not supported (supported: {SUPPORTED})", path.display()),
         };
         let is_qwen2 = architecture.to_lowercase().starts_with("qwen2");
         let is_qwen3 = architecture.to_lowercase().starts_with("qwen3");
+        let is_smollm3 = architecture.to_lowercase().starts_with("smollm3");
         let bos = token_ids(&c.bos_token_id).first().copied();
         let eos = token_ids(&c.eos_token_id);
         let cfg = match family {
@@ -156,6 +188,7 @@ impl Config {
                     qkv_bias: is_qwen2 || attention_bias,
                     o_bias: attention_bias,
                     qk_norm: is_qwen3,
+                    no_rope: if is_smollm3 { smollm3_no_rope(&c, path)? } else { vec![] },
                     mlp_bias: c.mlp_bias.unwrap_or(false),
                     tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
                     sliding_window: c.sliding_window.filter(|_| c.use_sliding_window != Some(false)),
@@ -191,6 +224,7 @@ impl Config {
                     qkv_bias: true,
                     o_bias: true,
                     qk_norm: false,
+                    no_rope: vec![],
                     mlp_bias: true,
                     tie_embeddings: c.tie_word_embeddings.unwrap_or(true),
                     sliding_window: None,
@@ -201,6 +235,11 @@ impl Config {
         };
         cfg.validate().with_context(|| format!("{}: inconsistent model config", path.display()))?;
         Ok(cfg)
+    }
+
+    /// Whether layer `i` applies RoPE.
+    pub fn rope_in(&self, i: usize) -> bool {
+        !self.no_rope.get(i).copied().unwrap_or(false)
     }
 
     /// Checks the shape relations the kernels rely on.

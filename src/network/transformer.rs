@@ -291,7 +291,7 @@ impl Transformer {
                 scatter_cols(qkv, qw, col, heads * hd, post);
             }
         }
-        if let Some(rope) = io.rope {
+        if let Some(rope) = io.rope.filter(|_| c.rope_in(i)) {
             rope_forward(qkv, qw, layout.q_col, c.num_heads, io.positions, rope);
             rope_forward(qkv, qw, layout.k_col, c.num_kv_heads, io.positions, rope);
         }
@@ -427,7 +427,7 @@ impl Transformer {
         blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], lora_x_drop);
         let dqkv = &mut g.dqkv[..n * qw];
         attention_backward(dqkv, datt, &l.qkv[..n * qw], &l.att[..n * aw], layout, &batch.seq_start);
-        if let Some(rope) = rope {
+        if let Some(rope) = rope.filter(|_| self.config.rope_in(i)) {
             rope_backward(dqkv, qw, layout.q_col, layout.n_heads, &batch.positions, rope);
             rope_backward(dqkv, qw, layout.k_col, layout.n_kv_heads, &batch.positions, rope);
         }

@@ -39,6 +39,7 @@ pub fn llama_config(size: ModelSize, vocab: usize, eos: u32) -> Config {
         mlp_bias: false,
         tie_embeddings: true,
         qk_norm: false,
+        no_rope: vec![],
         sliding_window: None,
         bos_token_id: None,
         eos_token_ids: vec![eos],

@@ -58,6 +58,7 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         mlp_bias: family == Family::Gpt2 || g.tensor("blk.0.ffn_up.bias").is_some(),
         tie_embeddings: g.tensor("output.weight").is_none(),
         qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
+        no_rope: vec![],
         sliding_window: None,
         bos_token_id: g.opt_u32("tokenizer.ggml.bos_token_id")?,
         eos_token_ids: g.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect(),

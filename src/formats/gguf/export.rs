@@ -32,6 +32,11 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
              rope_freqs tensor; exporting it to GGUF is not supported yet"
         );
     }
+    if !c.no_rope.is_empty() {
+        bail!(
+            "the model skips RoPE in some layers (SmolLM3's no_rope_layers); exporting it to GGUF is not supported yet"
+        );
+    }
     Ok(match (c.family, c.architecture.as_str()) {
         (Family::Gpt2, _) => "gpt2",
         (Family::Llama, "Qwen2ForCausalLM" | "qwen2") => "qwen2",
