@@ -23,8 +23,9 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
 fn packed_products_equal_the_dense_ones_bit_for_bit() {
     let cols = 256 * 3; // every block size divides it
     for ty in GgmlType::ALL {
-        // 800 rows: the backward GEMM's depth splits in two blocks of 400, which the packed path must match
-        for rows in [40, 300, 800] {
+        // 800 rows: the backward GEMM's depth splits in two blocks of 400, which the packed path must match;
+        // 1500 rows of 768: the forward product runs in two panels
+        for rows in [40, 300, 800, 1500] {
             let bytes = SharedBytes::owned(quantize(ty, &random(rows * cols, rows as u64)).unwrap());
             let w = PackedMatrix::new(ty, rows, cols, bytes).unwrap();
             let dense = w.to_f32();

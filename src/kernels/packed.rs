@@ -21,8 +21,9 @@ use std::cell::RefCell;
 use std::ops::Deref;
 use std::sync::Arc;
 
-/// Output features dequantized per GEMM panel of the forward product.
-const FORWARD_PANEL: usize = 256;
+/// Floats of one forward panel: as many output features as fit (at least 64), so narrow matrices run in one
+/// GEMM call and wide ones in cache-sized panels.
+const FORWARD_PANEL_FLOATS: usize = 1 << 20;
 
 /// W (rows = out, cols = in) in `ty`'s bytes, rows laid end to end — its own, or a view of the memory-mapped
 /// checkpoint (then the weights cost the file's pages, shared with the page cache, and no copy).
@@ -115,9 +116,10 @@ impl PackedMatrix {
     pub fn gemm_wt(&self, out: MatMut, x: Mat, accumulate: bool) {
         assert!(x.cols == self.cols && out.cols == self.rows, "PackedMatrix::gemm_wt: shape mismatch");
         let MatMut { data, rows: n, row_stride, .. } = out;
-        with_tile(FORWARD_PANEL.min(self.rows) * self.cols, |tile| {
-            for r0 in (0..self.rows).step_by(FORWARD_PANEL) {
-                let r1 = (r0 + FORWARD_PANEL).min(self.rows);
+        let panel = (FORWARD_PANEL_FLOATS / self.cols.max(1)).max(64).min(self.rows);
+        with_tile(panel * self.cols, |tile| {
+            for r0 in (0..self.rows).step_by(panel.max(1)) {
+                let r1 = (r0 + panel).min(self.rows);
                 let w = &mut tile[..(r1 - r0) * self.cols];
                 self.dequantize_rows(r0, w, true);
                 let dst = MatMut { data: &mut data[r0..], rows: n, cols: r1 - r0, row_stride };
