@@ -22,6 +22,7 @@ enum Command {
     Generate(cli::generate::GenerateArgs),
     Inspect(cli::inspect::InspectArgs),
     Merge(cli::merge::MergeArgs),
+    ExportGguf(cli::export_gguf::ExportGgufArgs),
     Metrics(cli::metrics::MetricsArgs),
     Info(cli::info::InfoArgs),
 }
@@ -37,6 +38,7 @@ fn main() {
         Command::Info(a) => cli::info::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Merge(a) => cli::merge::run(a),
+        Command::ExportGguf(a) => cli::export_gguf::run(a),
         Command::Metrics(a) => cli::metrics::run(a),
     });
     if let Err(e) = result {

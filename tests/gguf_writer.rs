@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use condlm::formats::gguf::dequant::{GgmlType, dequantize_to_vec};
 use condlm::formats::gguf::file::{GgufFile, MetaValue};
 use condlm::formats::gguf::quantize::quantize;
-use condlm::formats::gguf::writer::{TensorToWrite, write_gguf};
+use condlm::formats::gguf::writer::{TensorData, TensorToWrite, write_gguf};
 
 fn temp_path(name: &str) -> PathBuf {
     std::env::temp_dir().join(format!("condlm-gguf-writer-{}-{name}.gguf", std::process::id()))
@@ -54,7 +54,7 @@ fn written_file_reads_back() {
     let tensors: Vec<TensorToWrite<'_>> = specs
         .iter()
         .zip(&data)
-        .map(|((name, dims, ty), d)| TensorToWrite { name, dims: dims.clone(), ty: *ty, data: d })
+        .map(|((name, dims, ty), d)| TensorToWrite { name, dims: dims.clone(), ty: *ty, data: TensorData::Bytes(d) })
         .collect();
     let f = write_and_open("roundtrip", &metadata, &tensors);
     assert_eq!((f.version(), f.alignment()), (3, 32));
@@ -76,8 +76,8 @@ fn custom_alignment_is_honoured() {
     let d = quantize(GgmlType::F32, &values(3, 0.0)).unwrap();
     let e = quantize(GgmlType::F16, &values(5, 1.0)).unwrap();
     let tensors = [
-        TensorToWrite { name: "a", dims: vec![3], ty: GgmlType::F32, data: &d },
-        TensorToWrite { name: "b", dims: vec![5], ty: GgmlType::F16, data: &e },
+        TensorToWrite { name: "a", dims: vec![3], ty: GgmlType::F32, data: TensorData::Bytes(&d) },
+        TensorToWrite { name: "b", dims: vec![5], ty: GgmlType::F16, data: TensorData::Bytes(&e) },
     ];
     let f = write_and_open("align", &[("general.alignment", MetaValue::U32(64))], &tensors);
     assert_eq!(f.alignment(), 64);
@@ -96,7 +96,8 @@ fn write_err(metadata: &[(&str, MetaValue)], tensors: &[TensorToWrite<'_>]) -> S
 #[test]
 fn bad_input_is_refused_naming_it() {
     let d = vec![0u8; 144];
-    let t = |name, dims: Vec<u64>, data| TensorToWrite { name, dims, ty: GgmlType::Q4_K, data };
+    let t =
+        |name, dims: Vec<u64>, data| TensorToWrite { name, dims, ty: GgmlType::Q4_K, data: TensorData::Bytes(data) };
     let msg = write_err(&[], &[t("w", vec![256, 2], &d)]);
     assert!(msg.contains("'w'") && msg.contains("288") && msg.contains("144"), "{msg}");
     let msg = write_err(&[], &[t("w", vec![128, 2], &d)]);

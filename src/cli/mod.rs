@@ -1,6 +1,7 @@
 //! One file per subcommand.
 pub mod demo;
 pub mod eval;
+pub mod export_gguf;
 pub mod generate;
 pub mod info;
 pub mod inspect;

@@ -135,7 +135,7 @@ impl View for OutTensor<'_> {
 
 /// Every base tensor of the model in a fixed order (the read-only twin of `Transformer::params_mut`,
 /// without adapters).
-fn base_params(model: &Transformer) -> Vec<&Param> {
+pub fn base_params(model: &Transformer) -> Vec<&Param> {
     let mut out = vec![&model.embed];
     out.extend(model.pos_embed.as_ref());
     for b in &model.blocks {

@@ -57,12 +57,8 @@ impl Weights {
                 let Some(info) = file.tensor(&name) else { return Ok(None) };
                 let mut shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
                 let mut data = file.tensor_f32(&name)?;
-                if arch == "llama" {
-                    if hf_name.contains("self_attn.q_proj.") {
-                        data = unpermute_rows(&data, &shape, *num_heads)?;
-                    } else if hf_name.contains("self_attn.k_proj.") {
-                        data = unpermute_rows(&data, &shape, *num_kv_heads)?;
-                    }
+                if let Some(heads) = permuted_heads(hf_name, arch, *num_heads, *num_kv_heads) {
+                    data = permute_qk_rows(&data, &shape, heads, Permute::FromGguf)?;
                 }
                 if arch == "gpt2" && shape.len() == 2 && is_gpt2_conv1d(hf_name) {
                     data = transpose(&data, shape[0], shape[1]);
@@ -99,21 +95,46 @@ pub fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-/// Undoes llama.cpp's `permute` of Q/K projections: within each head, GGUF row `2j + s`
-/// holds HF row `s·(head_dim/2) + j` (interleaved pairs vs. rotate-half halves).
-fn unpermute_rows(data: &[f32], shape: &[usize], n_heads: usize) -> Result<Vec<f32>> {
+/// Which way [`permute_qk_rows`] goes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Permute {
+    /// HF → GGUF, as llama.cpp's converter writes Llama Q/K projections.
+    ToGguf,
+    /// GGUF → HF.
+    FromGguf,
+}
+
+/// The head count whose rows llama.cpp's converter permutes in tensor `hf_name` (a Llama q/k projection
+/// weight or bias), or `None` for every other tensor and architecture.
+pub fn permuted_heads(hf_name: &str, arch: &str, num_heads: usize, num_kv_heads: usize) -> Option<usize> {
+    if arch != "llama" {
+        return None;
+    }
+    if hf_name.contains("self_attn.q_proj.") {
+        Some(num_heads)
+    } else if hf_name.contains("self_attn.k_proj.") {
+        Some(num_kv_heads)
+    } else {
+        None
+    }
+}
+
+/// llama.cpp's `permute` of Q/K projection rows (interleaved rotary pairs vs. rotate-half halves) and
+/// its inverse: within each head, GGUF row `2j + s` holds HF row `s·(head_dim/2) + j`.
+pub fn permute_qk_rows(data: &[f32], shape: &[usize], n_heads: usize, dir: Permute) -> Result<Vec<f32>> {
     let rows = shape[0];
     let cols: usize = shape[1..].iter().product();
     if n_heads == 0 || !rows.is_multiple_of(2 * n_heads) {
-        bail!("cannot un-permute a tensor of {rows} rows into {n_heads} heads");
+        bail!("cannot permute a tensor of {rows} rows into {n_heads} heads");
     }
     let hd = rows / n_heads;
     let mut out = vec![0.0; data.len()];
     for h in 0..n_heads {
         for j in 0..hd / 2 {
             for s in 0..2 {
-                let src = (h * hd + 2 * j + s) * cols;
-                let dst = (h * hd + s * (hd / 2) + j) * cols;
+                let gguf = (h * hd + 2 * j + s) * cols;
+                let hf = (h * hd + s * (hd / 2) + j) * cols;
+                let (src, dst) = if dir == Permute::FromGguf { (gguf, hf) } else { (hf, gguf) };
                 out[dst..dst + cols].copy_from_slice(&data[src..src + cols]);
             }
         }
@@ -175,7 +196,8 @@ fn tables(arch: &str) -> (NameTable, NameTable, &'static str) {
     }
 }
 
-fn hf_to_gguf(hf: &str, arch: &str) -> Option<String> {
+/// The llama.cpp name of HF tensor `hf` in architecture `arch` (a GGUF architecture name).
+pub fn hf_to_gguf(hf: &str, arch: &str) -> Option<String> {
     let (global, layer, prefix) = tables(arch);
     if let Some((_, g)) = global.iter().find(|(h, _)| *h == hf) {
         return Some(g.to_string());
@@ -216,7 +238,7 @@ mod tests {
     }
 
     #[test]
-    fn unpermute_inverts_llama_cpp_permute() {
+    fn permute_is_llama_cpp_permute_and_its_inverse() {
         // llama.cpp: reshape(n_head, 2, hd/2, cols).swapaxes(1, 2) — build that permutation and invert it.
         let (n_heads, hd, cols) = (2, 4, 3);
         let hf: Vec<f32> = (0..n_heads * hd * cols).map(|i| i as f32).collect();
@@ -230,6 +252,8 @@ mod tests {
                 }
             }
         }
-        assert_eq!(unpermute_rows(&gguf, &[n_heads * hd, cols], n_heads).unwrap(), hf);
+        let shape = [n_heads * hd, cols];
+        assert_eq!(permute_qk_rows(&gguf, &shape, n_heads, Permute::FromGguf).unwrap(), hf);
+        assert_eq!(permute_qk_rows(&hf, &shape, n_heads, Permute::ToGguf).unwrap(), gguf);
     }
 }

@@ -6,11 +6,20 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
 
+/// Writes `bytes` to `path` through a temporary sibling file renamed into place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |w| Ok(w.write_all(bytes)?))
+}
+
+/// As [`write_atomic`], with `fill` streaming the contents into a buffered writer of the temporary file (for
+/// files too large to build in memory).
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)
+    let tmp = tempfile::NamedTempFile::new_in(dir)
         .with_context(|| format!("cannot write {}: folder {} is not writable", path.display(), dir.display()))?;
-    tmp.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
+    fill(&mut w).with_context(|| format!("cannot write {}", path.display()))?;
+    w.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error()))?;
     tmp.persist(path).map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
     Ok(())
 }

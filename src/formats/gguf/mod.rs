@@ -2,7 +2,11 @@
 //! tokenizer stored in its metadata.
 pub mod config;
 pub mod dequant;
+pub mod export;
+pub mod export_lora;
+pub mod export_vocab;
 pub mod file;
+pub mod modelfile;
 pub mod quantize;
 pub mod tokenizer;
 pub mod writer;

@@ -14,13 +14,19 @@ use super::file::MetaValue;
 const DEFAULT_ALIGNMENT: u64 = 32;
 
 /// One tensor to write: `dims` in GGUF order (`dims[0]` = ne0, the innermost dimension, i.e. the
-/// row-major shape reversed) and `data` already in `ty`'s block bytes (see
-/// [`super::quantize::quantize`]).
+/// row-major shape reversed) and its data in `ty`'s block bytes (see [`super::quantize::quantize`]).
 pub struct TensorToWrite<'a> {
     pub name: &'a str,
     pub dims: Vec<u64>,
     pub ty: GgmlType,
-    pub data: &'a [u8],
+    pub data: TensorData<'a>,
+}
+
+/// A tensor's bytes: at hand, or made when the writer reaches the tensor, so that a model is written
+/// with one converted tensor in memory at a time.
+pub enum TensorData<'a> {
+    Bytes(&'a [u8]),
+    Lazy(Box<dyn Fn() -> Result<Vec<u8>> + 'a>),
 }
 
 /// Writes a GGUF v3 file to `out`. Fails, naming the key or tensor, on duplicate names, arrays
@@ -43,19 +49,24 @@ pub fn write_gguf<W: Write>(mut out: W, metadata: &[(&str, MetaValue)], tensors:
         let ne0 = t.dims.first().copied().unwrap_or(1);
         let n = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
         let expected = n.filter(|_| ne0.is_multiple_of(t.ty.block_size() as u64)).and_then(|n| t.ty.bytes_for(n));
+        let given = match &t.data {
+            TensorData::Bytes(b) => Some(b.len() as u64),
+            TensorData::Lazy(_) => None,
+        };
         ensure!(
-            expected == Some(t.data.len() as u64),
+            expected.is_some() && (given.is_none() || expected == given),
             "tensor '{}': dims {:?} of type {} need {} bytes, but {} were given (quantize the tensor to this type, \
              with ne0 a multiple of {})",
             t.name,
             t.dims,
             t.ty,
             expected.map_or("an impossible number of".to_string(), |b| b.to_string()),
-            t.data.len(),
+            given.map_or("other".to_string(), |b| b.to_string()),
             t.ty.block_size()
         );
+        let len = expected.unwrap_or_default();
         offsets.push(offset);
-        offset = (offset + t.data.len() as u64).next_multiple_of(alignment);
+        offset = (offset + len).next_multiple_of(alignment);
     }
 
     let mut head = Vec::new();
@@ -82,8 +93,25 @@ pub fn write_gguf<W: Write>(mut out: W, metadata: &[(&str, MetaValue)], tensors:
     let mut written = 0u64;
     for (t, &off) in tensors.iter().zip(&offsets) {
         out.write_all(&vec![0u8; (off - written) as usize])?;
-        out.write_all(t.data)?;
-        written = off + t.data.len() as u64;
+        let made;
+        let bytes = match &t.data {
+            TensorData::Bytes(b) => *b,
+            TensorData::Lazy(make) => {
+                made = make().with_context(|| format!("tensor '{}'", t.name))?;
+                &made[..]
+            }
+        };
+        let len = t.dims.iter().product::<u64>();
+        ensure!(
+            t.ty.bytes_for(len) == Some(bytes.len() as u64),
+            "tensor '{}': {} bytes were made for dims {:?} of type {}",
+            t.name,
+            bytes.len(),
+            t.dims,
+            t.ty
+        );
+        out.write_all(bytes)?;
+        written = off + bytes.len() as u64;
     }
     out.write_all(&vec![0u8; (offset - written) as usize])?;
     out.flush()?;

@@ -1,0 +1,170 @@
+//! `condlm export-gguf`: a model (a base with an adapter merged in, or a full fine-tune) as one GGUF file for
+//! llama.cpp, Ollama and LM Studio; or, with `--lora-only`, the adapter alone in llama.cpp's LoRA format.
+//! The file is written to a temporary name in the same folder and renamed when complete.
+use super::AdapterArgs;
+use anyhow::{Result, bail};
+use clap::{Args, ValueEnum};
+use condlm::formats::gguf::dequant::GgmlType;
+use condlm::formats::gguf::export::{
+    ExportTensor, gguf_arch, model_metadata, model_tensors, type_counts, write_export,
+};
+use condlm::formats::gguf::export_lora::{adapter_metadata, adapter_tensors, lora_alpha};
+use condlm::formats::gguf::export_vocab::tokenizer_metadata;
+use condlm::formats::gguf::file::MetaValue;
+use condlm::formats::gguf::modelfile::modelfile;
+use condlm::formats::load::load_model;
+use condlm::network::adapters;
+use condlm::progress;
+use std::path::{Path, PathBuf};
+
+/// Write a model as a GGUF file for llama.cpp / Ollama / LM Studio: --model with --adapter merged in (or a full
+/// fine-tune's model folder on its own), or with --lora-only just the adapter in llama.cpp's LoRA format.
+#[derive(Args)]
+pub struct ExportGgufArgs {
+    /// Base model: an HF checkpoint folder, a .gguf file, or a hub id org/name (from the HF cache, downloaded when online).
+    #[arg(long)]
+    model: String,
+    #[command(flatten)]
+    adapter: AdapterArgs,
+    /// The GGUF file to write (written to a temporary name, renamed when complete).
+    #[arg(long)]
+    out: PathBuf,
+    /// Type of the weight matrices. Norms and biases stay F32; below 8 bits the output matrix is Q6_K, and rows
+    /// that do not divide into the type's blocks take llama.cpp's fallback (Q4_K→Q5_0, Q5_K→Q5_1, Q6_K→Q8_0,
+    /// else F16). An adapter (--lora-only) takes f32, f16 or bf16.
+    #[arg(long = "type", value_enum, default_value_t = TypeArg::F16)]
+    ty: TypeArg,
+    /// Write only the adapter (--adapter required) as a llama.cpp LoRA GGUF, for `llama-cli -m BASE.gguf --lora
+    /// OUT` [default: off: the merged model].
+    #[arg(long, requires = "adapter")]
+    lora_only: bool,
+    /// Also write an Ollama Modelfile named Modelfile next to --out [default: off].
+    #[arg(long, conflicts_with = "lora_only")]
+    modelfile: bool,
+    /// llama.cpp's pre-tokenizer name (tokenizer.ggml.pre), for an HF tokenizer whose pre-tokenizer condlm cannot
+    /// name itself [default: from the source: copied from a GGUF, recognised in tokenizer.json].
+    #[arg(long)]
+    tokenizer_pre: Option<String>,
+    /// general.name in the file [default: the --out file name without extension].
+    #[arg(long)]
+    name: Option<String>,
+    /// Replace --out (and the Modelfile) if they exist [default: off: an existing file is an error].
+    #[arg(long)]
+    overwrite: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TypeArg {
+    F32,
+    F16,
+    Bf16,
+    #[value(name = "q8_0")]
+    Q8_0,
+    #[value(name = "q6_k")]
+    Q6K,
+    #[value(name = "q5_k")]
+    Q5K,
+    #[value(name = "q5_1")]
+    Q5_1,
+    #[value(name = "q5_0")]
+    Q5_0,
+    #[value(name = "q4_k")]
+    Q4K,
+    #[value(name = "q4_1")]
+    Q4_1,
+    #[value(name = "q4_0")]
+    Q4_0,
+}
+
+impl TypeArg {
+    fn ggml(self) -> GgmlType {
+        match self {
+            TypeArg::F32 => GgmlType::F32,
+            TypeArg::F16 => GgmlType::F16,
+            TypeArg::Bf16 => GgmlType::BF16,
+            TypeArg::Q8_0 => GgmlType::Q8_0,
+            TypeArg::Q6K => GgmlType::Q6_K,
+            TypeArg::Q5K => GgmlType::Q5_K,
+            TypeArg::Q5_1 => GgmlType::Q5_1,
+            TypeArg::Q5_0 => GgmlType::Q5_0,
+            TypeArg::Q4K => GgmlType::Q4_K,
+            TypeArg::Q4_1 => GgmlType::Q4_1,
+            TypeArg::Q4_0 => GgmlType::Q4_0,
+        }
+    }
+}
+
+pub fn run(a: ExportGgufArgs) -> Result<()> {
+    let start = std::time::Instant::now();
+    let modelfile_path = a.out.with_file_name("Modelfile");
+    check_out(&a, &modelfile_path)?;
+    let ty = a.ty.ggml();
+    let mut m = load_model(&a.model)?;
+    let cfg = a.adapter.apply(&a.model, &mut m)?;
+    let arch = gguf_arch(&m.model.config)?;
+    let name = a.name.clone().unwrap_or_else(|| a.out.file_stem().unwrap_or_default().to_string_lossy().into_owned());
+    let (metadata, tensors, what): (Vec<(String, MetaValue)>, Vec<ExportTensor<'_>>, String);
+    if a.lora_only {
+        let alpha = lora_alpha(&m.model)?;
+        metadata = adapter_metadata(arch, &name, alpha);
+        tensors = adapter_tensors(&m.model, arch, ty, alpha)?;
+        what = format!("LoRA adapter ({} matrices, alpha {alpha}) for {arch}", tensors.len() / 2);
+    } else {
+        if cfg.is_some() {
+            adapters::merge(&mut m.model);
+        }
+        let mut md = model_metadata(&m.model.config, arch, &name, ty);
+        md.extend(tokenizer_metadata(&m.files, &m.tokenizer, &m.model.config, a.tokenizer_pre.as_deref())?);
+        metadata = md;
+        tensors = model_tensors(&m.model, arch, ty)?;
+        what = format!("{arch} model{}", if cfg.is_some() { " with the adapter merged" } else { "" });
+    }
+    let bar = progress::bar(tensors.len() as u64, "{spinner} writing {pos}/{len} tensors [{bar:30}] ETA {eta}");
+    condlm::output::write_atomic_with(&a.out, |w| write_export(w, &metadata, &tensors, || bar.inc(1)))?;
+    bar.finish_and_clear();
+    if a.modelfile {
+        let eos = m.tokenizer.inner.id_to_token(m.tokenizer.eos_id).unwrap_or_default();
+        let file_name = a.out.file_name().unwrap_or_default().to_string_lossy();
+        let text = modelfile(&file_name, m.tokenizer.chat_template.as_deref(), &eos);
+        condlm::output::write_atomic(&modelfile_path, text.as_bytes())?;
+    }
+    let bytes = std::fs::metadata(&a.out).map(|md| md.len()).unwrap_or(0);
+    eprintln!(
+        "wrote {} ({what}; {} tensors: {}; {:.1} MB{}) in {:.1}s",
+        a.out.display(),
+        tensors.len(),
+        type_counts(&tensors),
+        bytes as f64 / 1e6,
+        if a.modelfile {
+            format!("; Ollama: ollama create NAME -f {}", modelfile_path.display())
+        } else {
+            String::new()
+        },
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Refuses an --out (or Modelfile) that exists without --overwrite, and an --out that is an input.
+fn check_out(a: &ExportGgufArgs, modelfile_path: &Path) -> Result<()> {
+    let same = |p: &Path| match (a.out.canonicalize(), p.canonicalize()) {
+        (Ok(x), Ok(y)) => x.starts_with(y),
+        _ => false,
+    };
+    if same(Path::new(&a.model)) || a.adapter.adapter.as_deref().is_some_and(same) {
+        bail!("--out {} is an input of this export (the model or the adapter); write elsewhere", a.out.display());
+    }
+    if a.out.is_dir() {
+        bail!(
+            "--out {} is a folder; give the GGUF file to write, e.g. {}/model.gguf",
+            a.out.display(),
+            a.out.display()
+        );
+    }
+    for p in [Some(a.out.as_path()), a.modelfile.then_some(modelfile_path)].into_iter().flatten() {
+        if p.exists() && !a.overwrite {
+            bail!("{} exists; pass --overwrite to replace it, or choose another --out", p.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! A model as one GGUF file that llama.cpp (and Ollama, LM Studio) loads: what llama.cpp's
+//! `convert_hf_to_gguf.py` writes for the architectures condlm supports — llama.cpp tensor names, Q/K rows
+//! permuted for `llama`, GPT-2's Conv1D weights as (out, in), the hyper-parameters under `<arch>.*`, the
+//! tokenizer under `tokenizer.*` — with the weights in the type asked for.
+//!
+//! Tensor types follow llama.cpp's rules: one-dimensional tensors (norms, biases) stay F32; the output matrix
+//! (`output.weight`, or `token_embd.weight` when the embeddings are tied) is Q6_K when the type asked for has
+//! fewer than 8 bits, as `llama-quantize` does; a matrix whose rows do not divide into the type's blocks takes
+//! llama.cpp's fallback (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16 when even 32 does not divide).
+use super::dequant::GgmlType;
+use super::file::MetaValue;
+use super::quantize::quantize;
+use super::writer::{TensorData, TensorToWrite, write_gguf};
+use crate::formats::hf_export::base_params;
+use crate::formats::weights::{Permute, hf_to_gguf, permute_qk_rows, permuted_heads};
+use crate::network::config::{Config, Family};
+use crate::network::param::Param;
+use crate::network::transformer::Transformer;
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::io::Write;
+
+/// The llama.cpp architecture name (`general.architecture`) of a config: Mistral is written as `llama`, as
+/// llama.cpp's converter does.
+pub fn gguf_arch(c: &Config) -> Result<&'static str> {
+    if c.rope_scaling.is_some() {
+        bail!(
+            "the model uses Llama 3.1 RoPE scaling (rope_scaling in config.json), which llama.cpp needs as a \
+             rope_freqs tensor; exporting it to GGUF is not supported yet"
+        );
+    }
+    Ok(match (c.family, c.architecture.as_str()) {
+        (Family::Gpt2, _) => "gpt2",
+        (Family::Llama, "Qwen2ForCausalLM" | "qwen2") => "qwen2",
+        (Family::Llama, _) => "llama",
+    })
+}
+
+/// `general.file_type` (llama.cpp's `llama_ftype`) of a file whose matrices are mostly `ty`.
+fn file_type(ty: GgmlType) -> u32 {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q4_1 => 3,
+        GgmlType::Q8_0 => 7,
+        GgmlType::Q5_0 => 8,
+        GgmlType::Q5_1 => 9,
+        GgmlType::Q4_K => 14, // Q4_K_S: every matrix Q4_K
+        GgmlType::Q5_K => 16, // Q5_K_S
+        GgmlType::Q6_K => 18,
+        GgmlType::BF16 => 32,
+    }
+}
+
+/// The `general.*` and `<arch>.*` keys of a model file.
+pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(String, MetaValue)> {
+    let u32_of = |n: usize| MetaValue::U32(n as u32);
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut m = vec![
+        ("general.architecture".to_string(), MetaValue::Str(arch.to_string())),
+        ("general.type".to_string(), MetaValue::Str("model".into())),
+        ("general.name".to_string(), MetaValue::Str(name.to_string())),
+        ("general.file_type".to_string(), MetaValue::U32(file_type(ty))),
+        ("general.quantization_version".to_string(), MetaValue::U32(2)),
+        (key("context_length"), u32_of(c.max_positions)),
+        (key("embedding_length"), u32_of(c.hidden_size)),
+        (key("block_count"), u32_of(c.num_layers)),
+        (key("feed_forward_length"), u32_of(c.intermediate_size)),
+        (key("attention.head_count"), u32_of(c.num_heads)),
+    ];
+    match c.family {
+        Family::Gpt2 => m.push((key("attention.layer_norm_epsilon"), MetaValue::F32(c.norm_eps))),
+        Family::Llama => m.extend([
+            (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
+            (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
+            (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
+            (key("attention.key_length"), u32_of(c.head_dim)),
+            (key("attention.value_length"), u32_of(c.head_dim)),
+            (key("vocab_size"), u32_of(c.vocab_size)),
+            (key("rope.dimension_count"), u32_of(c.head_dim)),
+        ]),
+    }
+    m
+}
+
+/// Whether `ty` stores fewer than 8 bits per weight (the types after which llama-quantize keeps the output
+/// matrix in Q6_K).
+fn below_8_bits(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K)
+}
+
+/// The type a tensor of GGUF name `name` and row-major `shape` is stored in when the file's type is `ty`.
+pub fn tensor_type(name: &str, shape: &[usize], ty: GgmlType, tied: bool) -> GgmlType {
+    if shape.len() < 2 {
+        return GgmlType::F32;
+    }
+    let is_output = name == "output.weight" || (tied && name == "token_embd.weight");
+    let mut t = if is_output && below_8_bits(ty) { GgmlType::Q6_K } else { ty };
+    let row = shape[shape.len() - 1];
+    while !row.is_multiple_of(t.block_size()) {
+        t = match t {
+            GgmlType::Q4_K => GgmlType::Q5_0,
+            GgmlType::Q5_K => GgmlType::Q5_1,
+            GgmlType::Q6_K => GgmlType::Q8_0,
+            _ => GgmlType::F16,
+        };
+    }
+    t
+}
+
+/// One tensor of the exported file: its GGUF name, row-major shape, type, and the values (Q/K rows already
+/// permuted where llama.cpp expects it).
+pub struct ExportTensor<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub ty: GgmlType,
+    pub values: Cow<'a, [f32]>,
+}
+
+/// `values` (rows of `row` values) in `ty`'s bytes, rows quantized in parallel; an error names the row.
+pub fn encode(values: &[f32], row: usize, ty: GgmlType) -> Result<Vec<u8>> {
+    let rows_per_task = (1 << 16) / row.max(1) + 1;
+    let parts: Vec<Vec<u8>> = values
+        .par_chunks(rows_per_task * row.max(1))
+        .enumerate()
+        .map(|(i, chunk)| {
+            quantize(ty, chunk).with_context(|| {
+                let first = i * rows_per_task;
+                format!("rows {first}..{} as {ty}", first + chunk.len() / row.max(1))
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(parts.concat())
+}
+
+/// The base tensors of `model` under llama.cpp names, in the type `ty` asks for. Adapters must be merged
+/// first.
+pub fn model_tensors<'a>(model: &'a Transformer, arch: &str, ty: GgmlType) -> Result<Vec<ExportTensor<'a>>> {
+    let c = &model.config;
+    let mut out = Vec::new();
+    for p in base_params(model) {
+        out.push(model_tensor(p, c, arch, ty)?);
+    }
+    Ok(out)
+}
+
+fn model_tensor<'a>(p: &'a Param, c: &Config, arch: &str, ty: GgmlType) -> Result<ExportTensor<'a>> {
+    let name = hf_to_gguf(&p.name, arch)
+        .with_context(|| format!("tensor {} has no llama.cpp name in a {arch} model", p.name))?;
+    let values = match permuted_heads(&p.name, arch, c.num_heads, c.num_kv_heads) {
+        Some(heads) => Cow::Owned(permute_qk_rows(&p.data, &p.shape, heads, Permute::ToGguf)?),
+        None => Cow::Borrowed(&p.data[..]),
+    };
+    let ty = tensor_type(&name, &p.shape, ty, c.tie_embeddings);
+    Ok(ExportTensor { name, shape: p.shape.clone(), ty, values })
+}
+
+/// Writes metadata and tensors as GGUF to `out`, each tensor's bytes made (in parallel over rows) only when
+/// the writer reaches it; `on_tensor` is called after each.
+pub fn write_export(
+    out: impl Write,
+    metadata: &[(String, MetaValue)],
+    tensors: &[ExportTensor<'_>],
+    on_tensor: impl Fn(),
+) -> Result<()> {
+    let meta: Vec<(&str, MetaValue)> = metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    let on_tensor = &on_tensor;
+    let writes: Vec<TensorToWrite<'_>> = tensors
+        .iter()
+        .map(|t| TensorToWrite {
+            name: &t.name,
+            dims: t.shape.iter().rev().map(|&d| d as u64).collect(),
+            ty: t.ty,
+            data: TensorData::Lazy(Box::new(move || {
+                let bytes = encode(&t.values, t.shape.last().copied().unwrap_or(1), t.ty);
+                on_tensor();
+                bytes
+            })),
+        })
+        .collect();
+    write_gguf(out, &meta, &writes)
+}
+
+/// "211 Q5_0, 61 F32" for a summary line.
+pub fn type_counts(tensors: &[ExportTensor<'_>]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for t in tensors {
+        *counts.entry(t.ty.name()).or_default() += 1;
+    }
+    counts.iter().map(|(t, n)| format!("{n} {t}")).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn types_follow_llama_quantize() {
+        // norms and biases stay F32
+        assert_eq!(tensor_type("blk.0.attn_norm.weight", &[576], GgmlType::Q4_K, true), GgmlType::F32);
+        // rows of 1536 take Q4_K; rows of 576 (not a multiple of 256) fall back to Q5_0
+        assert_eq!(tensor_type("blk.0.ffn_down.weight", &[576, 1536], GgmlType::Q4_K, true), GgmlType::Q4_K);
+        assert_eq!(tensor_type("blk.0.ffn_up.weight", &[1536, 576], GgmlType::Q4_K, true), GgmlType::Q5_0);
+        // the output matrix is Q6_K below 8 bits (the tied embedding when there is no output.weight)
+        assert_eq!(tensor_type("output.weight", &[100, 512], GgmlType::Q4_0, false), GgmlType::Q6_K);
+        assert_eq!(tensor_type("token_embd.weight", &[100, 512], GgmlType::Q4_0, true), GgmlType::Q6_K);
+        assert_eq!(tensor_type("token_embd.weight", &[100, 512], GgmlType::Q4_0, false), GgmlType::Q4_0);
+        assert_eq!(tensor_type("token_embd.weight", &[100, 576], GgmlType::Q4_0, true), GgmlType::Q8_0);
+        assert_eq!(tensor_type("output.weight", &[100, 512], GgmlType::Q8_0, false), GgmlType::Q8_0);
+        // rows that not even 32 divides are F16
+        assert_eq!(tensor_type("blk.0.attn_q.weight", &[64, 40], GgmlType::Q8_0, false), GgmlType::F16);
+        assert_eq!(tensor_type("blk.0.attn_q.weight", &[64, 40], GgmlType::BF16, false), GgmlType::BF16);
+    }
+
+    #[test]
+    fn encode_names_the_row_that_fails() {
+        let mut v = vec![0.5f32; 64 * 3];
+        v[64 * 2 + 5] = f32::NAN;
+        assert_eq!(encode(&v[..128], 64, GgmlType::Q8_0).unwrap(), quantize(GgmlType::Q8_0, &v[..128]).unwrap());
+        let e = format!("{:#}", encode(&v, 64, GgmlType::Q8_0).unwrap_err());
+        assert!(e.contains("rows 0..3") && e.contains("NaN"), "{e}");
+    }
+}

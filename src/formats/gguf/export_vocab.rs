@@ -1,0 +1,196 @@
+//! The `tokenizer.*` keys of an exported GGUF file. From a GGUF source they are copied as they are (they
+//! are what llama.cpp read there); from a Hugging Face folder they are built as llama.cpp's converter builds
+//! a byte-level BPE vocabulary: every id's token (gaps up to the model's vocabulary size as `[PADn]`,
+//! unused), token types (special added tokens are control tokens), merges, the pre-tokenizer's llama.cpp
+//! name, the special ids and the chat template.
+use super::file::{GgufFile, MetaValue};
+use super::tokenizer::{split_regex_for_pre, token_type};
+use crate::formats::resolve::ModelFiles;
+use crate::input;
+use crate::network::config::Config;
+use crate::tokenizer::TextTokenizer;
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use std::path::Path;
+
+/// llama.cpp pre-tokenizer names whose split regex condlm knows (see [`split_regex_for_pre`]).
+const SPLIT_PRES: &[&str] = &["llama-bpe", "qwen2", "qwen35", "tekken", "gpt-4o"];
+
+/// The `tokenizer.*` metadata for a model loaded from `files` with tokenizer `tok`; `pre` overrides the
+/// pre-tokenizer name (`tokenizer.ggml.pre`).
+pub fn tokenizer_metadata(
+    files: &ModelFiles,
+    tok: &TextTokenizer,
+    config: &Config,
+    pre: Option<&str>,
+) -> Result<Vec<(String, MetaValue)>> {
+    let mut m = match files {
+        ModelFiles::Gguf(path) => {
+            let g = GgufFile::open(path)?;
+            g.metadata
+                .iter()
+                .filter(|(k, _)| k.starts_with("tokenizer."))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        }
+        ModelFiles::HfDir(dir) => from_hf(dir, tok, config)?,
+    };
+    if let Some(pre) = pre {
+        m.retain(|(k, _)| k != "tokenizer.ggml.pre");
+        m.push(("tokenizer.ggml.pre".into(), MetaValue::Str(pre.into())));
+    }
+    Ok(m)
+}
+
+fn from_hf(dir: &Path, tok: &TextTokenizer, config: &Config) -> Result<Vec<(String, MetaValue)>> {
+    let json: Value = serde_json::from_str(
+        &tok.inner.to_string(false).map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))?,
+    )?;
+    let model = &json["model"];
+    if model["type"] != "BPE" || !mentions_byte_level(&json["pre_tokenizer"]) {
+        bail!(
+            "{}/tokenizer.json: only byte-level BPE tokenizers (GPT-2, Llama 3, Qwen2, SmolLM) can be exported \
+             to GGUF for now; this one is a {} model",
+            dir.display(),
+            model["type"].as_str().unwrap_or("unknown")
+        );
+    }
+    let n = config.vocab_size;
+    let mut tokens: Vec<Option<(String, i32)>> = vec![None; n];
+    let mut put = |id: u64, text: &str, ty: i32| -> Result<()> {
+        let slot = tokens.get_mut(id as usize).with_context(|| {
+            format!("{}/tokenizer.json: token {text:?} has id {id}, past the model's {n} embeddings", dir.display())
+        })?;
+        *slot = Some((text.to_string(), ty));
+        Ok(())
+    };
+    for (text, id) in model["vocab"].as_object().context("tokenizer.json: model.vocab is not an object")? {
+        put(id.as_u64().context("tokenizer.json: a vocabulary id is not a number")?, text, token_type::NORMAL)?;
+    }
+    for t in json["added_tokens"].as_array().into_iter().flatten() {
+        let special = t["special"].as_bool().unwrap_or(false);
+        let ty = if special { token_type::CONTROL } else { token_type::USER_DEFINED };
+        put(t["id"].as_u64().unwrap_or(u64::MAX), t["content"].as_str().unwrap_or_default(), ty)?;
+    }
+    let (tokens, types): (Vec<MetaValue>, Vec<MetaValue>) = tokens
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let (text, ty) = t.unwrap_or_else(|| (format!("[PAD{i}]"), token_type::UNUSED));
+            (MetaValue::Str(text), MetaValue::I32(ty))
+        })
+        .unzip();
+    let merges: Vec<MetaValue> = model["merges"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m {
+            Value::Array(pair) => MetaValue::Str(pair.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")),
+            other => MetaValue::Str(other.as_str().unwrap_or_default().to_string()),
+        })
+        .collect();
+    let pre = pre_name(&json["pre_tokenizer"]).with_context(|| {
+        format!(
+            "{}/tokenizer.json: its pre-tokenizer ({}) has no llama.cpp name condlm knows; pass \
+             --tokenizer-pre NAME with llama.cpp's tokenizer.ggml.pre for this model (e.g. llama-bpe, qwen2, \
+             smollm, gpt-2)",
+            dir.display(),
+            json["pre_tokenizer"]
+        )
+    })?;
+    let mut m = vec![
+        ("tokenizer.ggml.model".to_string(), MetaValue::Str("gpt2".into())),
+        ("tokenizer.ggml.pre".to_string(), MetaValue::Str(pre.into())),
+        ("tokenizer.ggml.tokens".to_string(), MetaValue::Array(tokens)),
+        ("tokenizer.ggml.token_type".to_string(), MetaValue::Array(types)),
+        ("tokenizer.ggml.merges".to_string(), MetaValue::Array(merges)),
+    ];
+    let named = special_ids(dir, tok)?;
+    let bos = named.bos.or(config.bos_token_id);
+    for (key, id) in [
+        ("bos_token_id", bos),
+        ("eos_token_id", Some(tok.eos_id)),
+        ("unknown_token_id", named.unk),
+        ("padding_token_id", named.pad),
+    ] {
+        if let Some(id) = id {
+            m.push((format!("tokenizer.ggml.{key}"), MetaValue::U32(id)));
+        }
+    }
+    let add_bos = !tok.prefix.is_empty();
+    m.push(("tokenizer.ggml.add_bos_token".into(), MetaValue::Bool(add_bos)));
+    m.push(("tokenizer.ggml.add_eos_token".into(), MetaValue::Bool(false)));
+    if let Some(t) = &tok.chat_template {
+        m.push(("tokenizer.chat_template".into(), MetaValue::Str(t.clone())));
+    }
+    Ok(m)
+}
+
+fn mentions_byte_level(pre: &Value) -> bool {
+    pre["type"] == "ByteLevel" || pre["pretokenizers"].as_array().is_some_and(|l| l.iter().any(mentions_byte_level))
+}
+
+/// llama.cpp's `tokenizer.ggml.pre` for an HF pre-tokenizer (serialized), when condlm knows the equivalent.
+fn pre_name(pre: &Value) -> Option<&'static str> {
+    let byte_level = |v: &Value, regex: bool| {
+        v["type"] == "ByteLevel" && v["use_regex"].as_bool().unwrap_or(true) == regex && v["add_prefix_space"] != true
+    };
+    if byte_level(pre, true) {
+        return Some("gpt-2");
+    }
+    match pre["pretokenizers"].as_array()?.as_slice() {
+        // SmolLM's (and StarCoder's): digits one by one, then GPT-2's split
+        [d, b] if d["type"] == "Digits" && d["individual_digits"] == true && byte_level(b, true) => Some("smollm"),
+        [s, b] if s["type"] == "Split" && byte_level(b, false) => {
+            let regex = s["pattern"]["Regex"].as_str()?;
+            SPLIT_PRES.iter().copied().find(|p| split_regex_for_pre(p) == Some(regex))
+        }
+        _ => None,
+    }
+}
+
+/// Special token ids named in tokenizer_config.json (by their text).
+struct SpecialIds {
+    bos: Option<u32>,
+    unk: Option<u32>,
+    pad: Option<u32>,
+}
+
+fn special_ids(dir: &Path, tok: &TextTokenizer) -> Result<SpecialIds> {
+    let path = dir.join("tokenizer_config.json");
+    let cfg: Value = if path.is_file() {
+        serde_json::from_str(&input::read_to_string(&path, "tokenizer config")?)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?
+    } else {
+        Value::Null
+    };
+    let id = |key: &str| {
+        let v = &cfg[key];
+        let text = v.as_str().or_else(|| v["content"].as_str())?;
+        tok.inner.token_to_id(text)
+    };
+    Ok(SpecialIds { bos: id("bos_token"), unk: id("unk_token"), pad: id("pad_token") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn pre_tokenizers_map_to_llama_cpp_names() {
+        let bl = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "use_regex": regex});
+        assert_eq!(pre_name(&bl(true)), Some("gpt-2"));
+        let smol =
+            json!({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": true}, bl(true)]});
+        assert_eq!(pre_name(&smol), Some("smollm"));
+        let split = |r: &str| {
+            json!({"type": "Sequence", "pretokenizers": [
+                {"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": false}, bl(false)]})
+        };
+        assert_eq!(pre_name(&split(split_regex_for_pre("qwen2").unwrap())), Some("qwen2"));
+        assert_eq!(pre_name(&split(split_regex_for_pre("llama-bpe").unwrap())), Some("llama-bpe"));
+        assert_eq!(pre_name(&split("\\s+")), None);
+        assert_eq!(pre_name(&json!({"type": "Metaspace"})), None);
+    }
+}

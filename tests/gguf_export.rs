@@ -1,0 +1,196 @@
+//! `condlm export-gguf` against independent references: the GGUF that llama.cpp's converter layout gives for
+//! tiny-llama (tests/fixtures/tiny-llama-gguf, written by gguf-py in make_fixtures.py), the source model's
+//! scores, and the adapter's merged weights.
+mod common;
+
+use common::{condlm, fixture};
+use condlm::formats::gguf::dequant::{GgmlType, dequantize_to_vec};
+use condlm::formats::gguf::file::GgufFile;
+use condlm::formats::gguf::quantize::quantize;
+use std::path::{Path, PathBuf};
+
+fn out_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("condlm-gguf-export-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn export(args: &[&str]) -> String {
+    let (ok, _, err) = condlm(&[&["export-gguf"], args].concat());
+    assert!(ok, "export-gguf {args:?} failed: {err}");
+    err
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Per-row log P(y|x) of `condlm score` on the fixture rows.
+fn scores(model: &str, adapter: Option<&Path>) -> Vec<f64> {
+    let data = fixture("score_rows.jsonl");
+    let mut args = vec!["score", "--model", model, "--data", p(&data)];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", p(a), "--ignore-base-mismatch"]);
+    }
+    let (ok, out, err) = condlm(&args);
+    assert!(ok, "score failed: {err}");
+    out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["logprob"].as_f64().unwrap()).collect()
+}
+
+fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}: row {i}: {x} vs {y}");
+    }
+}
+
+#[test]
+fn hf_folder_exports_as_llama_cpp_converter_writes_it() {
+    let d = out_dir("converter");
+    let out = d.join("tiny-llama.gguf");
+    export(&["--model", p(&fixture("tiny-llama")), "--out", p(&out), "--type", "f32", "--name", "tiny-llama"]);
+    let ours = GgufFile::open(&out).unwrap();
+    let theirs = GgufFile::open(&fixture("tiny-llama-gguf/tiny-llama.gguf")).unwrap();
+    assert_eq!(ours.metadata, theirs.metadata, "metadata differs from the converter's");
+    assert_eq!(ours.tensors.len(), theirs.tensors.len());
+    for t in &theirs.tensors {
+        let o = ours.require_tensor(&t.name).unwrap();
+        assert_eq!((o.dims.clone(), o.ty), (t.dims.clone(), GgmlType::F32), "{}", t.name);
+        let ours_f32 = ours.tensor_bytes(o).unwrap();
+        let expected = match t.ty {
+            // the fixture stores ffn_up as F16 / Q8_0: our values quantized so must be its bytes
+            GgmlType::F32 => ours_f32.to_vec(),
+            ty => {
+                let v: Vec<f32> = ours_f32.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+                quantize(ty, &v).unwrap()
+            }
+        };
+        assert!(expected == theirs.tensor_bytes(t).unwrap(), "tensor {} differs from the converter's", t.name);
+    }
+}
+
+#[test]
+fn exported_models_score_like_their_source() {
+    let d = out_dir("roundtrip");
+    for (src, model) in [
+        ("tiny-llama", fixture("tiny-llama")),
+        ("tiny-llama-gguf", fixture("tiny-llama-gguf/tiny-llama.gguf")),
+        ("tiny-qwen2", fixture("tiny-qwen2")),
+        ("tiny-gpt2", fixture("tiny-gpt2")),
+    ] {
+        let reference = scores(p(&model), None);
+        let out = d.join(format!("{src}.gguf"));
+        export(&["--model", p(&model), "--out", p(&out), "--type", "f32"]);
+        assert_close(&scores(p(&out), None), &reference, 1e-6, src);
+        export(&["--model", p(&model), "--out", p(&out), "--type", "bf16", "--overwrite"]);
+        assert_close(&scores(p(&out), None), &reference, 2e-2, &format!("{src} bf16"));
+    }
+}
+
+#[test]
+fn merged_export_scores_like_base_plus_adapter_and_the_gguf_adapter_holds_the_delta() {
+    let d = out_dir("adapter");
+    for name in ["tiny-llama", "tiny-gpt2"] {
+        let base = fixture(name);
+        let adapter = fixture(&format!("interop/{name}-condlm-adapter"));
+        let with_adapter = scores(p(&base), Some(&adapter));
+        let merged = d.join(format!("{name}-merged.gguf"));
+        let a = ["--adapter", p(&adapter), "--ignore-base-mismatch"];
+        export(&[&["--model", p(&base), "--out", p(&merged), "--type", "f32"][..], &a].concat());
+        assert_close(&scores(p(&merged), None), &with_adapter, 1e-5, name);
+
+        // llama.cpp applies W + (alpha / r)·B·A with A = lora_a (ne [in, r]) and B = lora_b (ne [r, out])
+        let base_gguf = d.join(format!("{name}-base.gguf"));
+        export(&["--model", p(&base), "--out", p(&base_gguf), "--type", "f32"]);
+        let lora = d.join(format!("{name}-lora.gguf"));
+        let msg = export(&[&["--model", p(&base), "--out", p(&lora), "--lora-only", "--type", "f32"][..], &a].concat());
+        assert!(msg.contains("LoRA adapter"), "{msg}");
+        let (base_g, merged_g, lora_g) =
+            (GgufFile::open(&base_gguf).unwrap(), GgufFile::open(&merged).unwrap(), GgufFile::open(&lora).unwrap());
+        assert_eq!(lora_g.get_str("general.type").unwrap(), "adapter");
+        assert_eq!(lora_g.get_str("adapter.type").unwrap(), "lora");
+        let alpha = lora_g.get_f32("adapter.lora.alpha").unwrap();
+        let mut checked = 0;
+        for t in lora_g.tensors.iter().filter(|t| t.name.ends_with(".lora_a")) {
+            let w = t.name.trim_end_matches(".lora_a");
+            let b_info = lora_g.require_tensor(&format!("{w}.lora_b")).unwrap();
+            let (inp, r, out) = (t.dims[0] as usize, t.dims[1] as usize, b_info.dims[1] as usize);
+            assert_eq!(b_info.dims[0] as usize, r, "{w}");
+            let (a_v, b_v) = (lora_g.tensor_f32(&t.name).unwrap(), lora_g.tensor_f32(&b_info.name).unwrap());
+            let (w0, w1) = (base_g.tensor_f32(w).unwrap(), merged_g.tensor_f32(w).unwrap());
+            assert_eq!(w0.len(), inp * out, "{w}");
+            let mut max_err = 0f32;
+            for o in 0..out {
+                for i in 0..inp {
+                    let delta: f32 = (0..r).map(|k| b_v[o * r + k] * a_v[k * inp + i]).sum::<f32>() * alpha / r as f32;
+                    max_err = max_err.max((w0[o * inp + i] + delta - w1[o * inp + i]).abs());
+                }
+            }
+            assert!(max_err < 1e-5, "{name} {w}: base + adapter differs from the merged matrix by {max_err}");
+            checked += 1;
+        }
+        assert!(checked >= 4, "{name}: only {checked} adapted matrices");
+    }
+}
+
+#[test]
+fn quantized_types_hold_llama_cpp_blocks_of_the_same_values() {
+    let d = out_dir("types");
+    let model = fixture("tiny-llama");
+    let f32_file = d.join("f32.gguf");
+    export(&["--model", p(&model), "--out", p(&f32_file), "--type", "f32"]);
+    let reference = GgufFile::open(&f32_file).unwrap();
+    for (ty, matrix_ty) in [("q8_0", GgmlType::Q8_0), ("q4_0", GgmlType::Q4_0), ("q4_k", GgmlType::Q5_0)] {
+        let out = d.join(format!("{ty}.gguf"));
+        export(&["--model", p(&model), "--out", p(&out), "--type", ty]);
+        let g = GgufFile::open(&out).unwrap();
+        for t in &g.tensors {
+            let r = reference.require_tensor(&t.name).unwrap();
+            let values = reference.tensor_f32(&t.name).unwrap();
+            let want = match (t.dims.len(), t.name.as_str()) {
+                (1, _) => GgmlType::F32,
+                // tied: the embedding is the output matrix, Q6_K below 8 bits, Q8_0 when 64 columns cannot
+                (_, "token_embd.weight") if ty != "q8_0" => GgmlType::Q8_0,
+                _ => matrix_ty,
+            };
+            assert_eq!((t.ty, &t.dims), (want, &r.dims), "{ty} {}", t.name);
+            assert!(quantize(want, &values).unwrap() == g.tensor_bytes(t).unwrap(), "{ty} {}", t.name);
+            let back = dequantize_to_vec(want, g.tensor_bytes(t).unwrap()).unwrap();
+            assert_eq!(back.len(), values.len());
+        }
+    }
+}
+
+#[test]
+fn modelfile_and_refusals() {
+    let d = out_dir("modelfile");
+    let model = fixture("tiny-llama");
+    let out = d.join("m.gguf");
+    let msg = export(&["--model", p(&model), "--out", p(&out), "--modelfile"]);
+    assert!(msg.contains("ollama create"), "{msg}");
+    let mf = std::fs::read_to_string(d.join("Modelfile")).unwrap();
+    assert!(mf.contains("FROM ./m.gguf") && mf.contains("<|im_start|>{{ .Role }}"), "{mf}");
+    assert!(mf.contains("PARAMETER stop \"<|im_end|>\""), "{mf}");
+
+    let before = std::fs::read(&out).unwrap();
+    let (ok, _, err) = condlm(&["export-gguf", "--model", p(&model), "--out", p(&out)]);
+    assert!(!ok && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), before, "a refused export must leave the file alone");
+
+    let gguf = fixture("tiny-llama-gguf/tiny-llama.gguf");
+    let (ok, _, err) = condlm(&["export-gguf", "--model", p(&gguf), "--out", p(&gguf), "--overwrite"]);
+    assert!(!ok && err.contains("input"), "{err}");
+
+    let adapter = fixture("interop/tiny-llama-condlm-adapter");
+    let lora = d.join("lora.gguf");
+    let args = ["export-gguf", "--model", p(&model), "--adapter", p(&adapter), "--lora-only", "--out", p(&lora)];
+    let (ok, _, err) = condlm(&[&args[..], &["--type", "q4_0", "--ignore-base-mismatch"]].concat());
+    assert!(!ok && err.contains("F32, F16 or BF16"), "{err}");
+    assert!(!lora.exists(), "a failed export must not leave a file");
+
+    let (ok, _, err) = condlm(&["export-gguf", "--model", p(&model), "--out", p(&d.join("x.gguf")), "--lora-only"]);
+    assert!(!ok && err.contains("--adapter"), "{err}");
+    let leftovers: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(leftovers.len(), 2, "only m.gguf and Modelfile may exist: {leftovers:?}");
+}
