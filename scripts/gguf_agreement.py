@@ -88,8 +88,9 @@ def same_file_kind(t):
     return f"same_file_{t}" if t in ("f32", "f16", "bf16") else "same_file_quant"
 
 
-def die(msg, code=2):
-    sys.exit(f"gguf_agreement: {msg}")
+def die(msg):
+    print(f"gguf_agreement: {msg}", file=sys.stderr)
+    sys.exit(2)
 
 
 needed = [(a.condlm, "the condlm binary"), (a.gguf, "the base GGUF (bash /work/shared/models/fetch.sh smollm2)")]
