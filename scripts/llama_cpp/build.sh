@@ -31,6 +31,10 @@ if [ -z "$CMAKE" ]; then
 fi
 
 BUILD=$CACHE/build-$VERSION
+# A build folder configured from another checkout (its CMakeLists.txt path is recorded) is reconfigured from this one.
+if [ -f "$BUILD/CMakeCache.txt" ] && ! grep -qx "CMAKE_HOME_DIRECTORY:INTERNAL=$HERE" "$BUILD/CMakeCache.txt"; then
+    rm -f "$BUILD/CMakeCache.txt"
+fi
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
     "$CMAKE" -S "$HERE" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CPP_DIR="$SRC"
 fi
