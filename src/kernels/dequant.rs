@@ -183,19 +183,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) -> Result<(), Deq
             got: out.len(),
         });
     }
-    let f: fn(&[u8], &mut [f32]) = match ty {
-        GgmlType::F32 => dequant_f32,
-        GgmlType::F16 => dequant_f16,
-        GgmlType::BF16 => dequant_bf16,
-        GgmlType::Q4_0 => dequant_q4_0,
-        GgmlType::Q4_1 => dequant_q4_1,
-        GgmlType::Q5_0 => dequant_q5_0,
-        GgmlType::Q5_1 => dequant_q5_1,
-        GgmlType::Q8_0 => dequant_q8_0,
-        GgmlType::Q4_K => dequant_q4_k,
-        GgmlType::Q5_K => dequant_q5_k,
-        GgmlType::Q6_K => dequant_q6_k,
-    };
+    let f = block_routine(ty);
     // Unquantized types have 1-element "blocks": chunk them by the same element count as a
     // 256-element super-block so the parallel split stays coarse.
     let blocks_per_chunk = if bs == 1 { PAR_CHUNK_BLOCKS * QK_K } else { PAR_CHUNK_BLOCKS };
@@ -395,24 +383,111 @@ fn dequant_q6_k(bytes: &[u8], out: &mut [f32]) {
     for (b, o) in bytes.chunks_exact(210).zip(out.chunks_exact_mut(QK_K)) {
         let d = f16_at(b, 208);
         for h in 0..2 {
-            let ql = &b[64 * h..64 * h + 64];
-            let qh = &b[128 + 32 * h..128 + 32 * h + 32];
+            let ql: &[u8; 64] = b[64 * h..64 * h + 64].try_into().expect("64 bytes");
+            let qh: &[u8; 32] = b[128 + 32 * h..128 + 32 * h + 32].try_into().expect("32 bytes");
             let sc = &b[192 + 8 * h..192 + 8 * h + 8];
-            let y = &mut o[128 * h..128 * h + 128];
-            for r in 0..128 {
-                let lo = (ql[r % 64] >> (4 * (r / 64))) & 0x0F;
-                let hi = (qh[r % 32] >> (2 * (r / 32))) & 0x03;
-                let q = (lo | (hi << 4)) as i32 - 32;
-                let s = sc[r / 16] as i8;
-                y[r] = (d * s as f32) * q as f32;
+            let y: &mut [f32; 128] = (&mut o[128 * h..128 * h + 128]).try_into().expect("128 values");
+            // value r of the half: low 4 bits from ql[r % 64] (nibble r / 64), high 2 bits from qh[r % 32]
+            // (pair r / 32), scale sc[r / 16]; the four values l, l + 32, l + 64, l + 96 share ql and qh bytes.
+            for g in 0..2 {
+                let ds: [f32; 4] = std::array::from_fn(|k| d * sc[g + 2 * k] as i8 as f32);
+                for l in 16 * g..16 * g + 16 {
+                    let q = |lo: u8, hi: u8| ((lo & 0x0F) | ((hi & 0x03) << 4)) as i32 - 32;
+                    y[l] = ds[0] * q(ql[l], qh[l]) as f32;
+                    y[l + 32] = ds[1] * q(ql[l + 32], qh[l] >> 2) as f32;
+                    y[l + 64] = ds[2] * q(ql[l] >> 4, qh[l] >> 4) as f32;
+                    y[l + 96] = ds[3] * q(ql[l + 32] >> 4, qh[l] >> 6) as f32;
+                }
             }
         }
     }
 }
 
+/// The block routine of `ty` for any CPU.
+fn portable(ty: GgmlType) -> fn(&[u8], &mut [f32]) {
+    match ty {
+        GgmlType::F32 => dequant_f32,
+        GgmlType::F16 => dequant_f16,
+        GgmlType::BF16 => dequant_bf16,
+        GgmlType::Q4_0 => dequant_q4_0,
+        GgmlType::Q4_1 => dequant_q4_1,
+        GgmlType::Q5_0 => dequant_q5_0,
+        GgmlType::Q5_1 => dequant_q5_1,
+        GgmlType::Q8_0 => dequant_q8_0,
+        GgmlType::Q4_K => dequant_q4_k,
+        GgmlType::Q5_K => dequant_q5_k,
+        GgmlType::Q6_K => dequant_q6_k,
+    }
+}
+
+/// The block routine of `ty`, the block-quantized ones compiled for AVX2 when the CPU has it: the same operations
+/// in the same order (Rust never fuses a multiply and an add), so the same bits, in vector registers.
+fn block_routine(ty: GgmlType) -> fn(&[u8], &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        macro_rules! wide {
+            ($f:ident) => {{
+                #[target_feature(enable = "avx2")]
+                unsafe fn wide(b: &[u8], o: &mut [f32]) {
+                    $f(b, o)
+                }
+                fn run(b: &[u8], o: &mut [f32]) {
+                    // SAFETY: chosen only when the CPU reports AVX2 (above).
+                    unsafe { wide(b, o) }
+                }
+                run
+            }};
+        }
+        match ty {
+            GgmlType::Q4_0 => return wide!(dequant_q4_0),
+            GgmlType::Q4_1 => return wide!(dequant_q4_1),
+            GgmlType::Q5_0 => return wide!(dequant_q5_0),
+            GgmlType::Q5_1 => return wide!(dequant_q5_1),
+            GgmlType::Q8_0 => return wide!(dequant_q8_0),
+            GgmlType::Q4_K => return wide!(dequant_q4_k),
+            GgmlType::Q5_K => return wide!(dequant_q5_k),
+            GgmlType::Q6_K => return wide!(dequant_q6_k),
+            GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {}
+        }
+    }
+    portable(ty)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vector_and_portable_routines_give_the_same_bits() {
+        // Blocks of pseudo-random bytes with small finite f16 scales (0x2000..0x2fff): every value is finite.
+        for ty in GgmlType::ALL.into_iter().filter(|t| t.block_size() > 1) {
+            let n_blocks = 37;
+            let mut bytes: Vec<u8> =
+                (0..n_blocks * ty.type_size()).map(|i| (i * 2654435761usize >> 13) as u8).collect();
+            for blk in bytes.chunks_exact_mut(ty.type_size()) {
+                for off in f16_offsets(ty) {
+                    blk[off] = 0x00;
+                    blk[off + 1] = 0x20 | (blk[off + 1] & 0x0F);
+                }
+            }
+            let mut wide = vec![0.0; n_blocks * ty.block_size()];
+            block_routine(ty)(&bytes, &mut wide);
+            let mut plain = vec![0.0; wide.len()];
+            portable(ty)(&bytes, &mut plain);
+            assert!(wide.iter().all(|v| v.is_finite()), "{ty}");
+            assert!(wide.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty}");
+        }
+    }
+
+    /// Byte offsets of the f16 fields (scales, mins) in a block of `ty`.
+    fn f16_offsets(ty: GgmlType) -> Vec<usize> {
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => vec![0],
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => vec![0, 2],
+            GgmlType::Q6_K => vec![208],
+            _ => vec![],
+        }
+    }
 
     #[test]
     fn ids_round_trip() {
