@@ -463,7 +463,7 @@ mod tests {
         for ty in GgmlType::ALL.into_iter().filter(|t| t.block_size() > 1) {
             let n_blocks = 37;
             let mut bytes: Vec<u8> =
-                (0..n_blocks * ty.type_size()).map(|i| (i * 2654435761usize >> 13) as u8).collect();
+                (0..n_blocks * ty.type_size()).map(|i| ((i * 2654435761usize) >> 13) as u8).collect();
             for blk in bytes.chunks_exact_mut(ty.type_size()) {
                 for off in f16_offsets(ty) {
                     blk[off] = 0x00;
