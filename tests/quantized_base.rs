@@ -188,3 +188,28 @@ fn a_run_on_a_packed_base_with_checkpointing_resumes_exactly() {
     assert_eq!(losses, whole_losses);
     assert!(std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap() == whole);
 }
+
+#[test]
+fn resume_may_switch_to_checkpointing_and_an_f32_base_but_not_to_bf16() {
+    let d = out_dir("resume-switch");
+    let model = packed_model(&d, "q8_0");
+    let (whole_losses, whole) = train(&model, &d.join("whole"), &[]);
+    let out = d.join("parts");
+    let data = fixture("train_rows.jsonl");
+    let args = ["train", "--model", p(&model), "--data", p(&data), "--output-dir", p(&out), "--max-steps", "3"];
+    let rest = ["--batch-size", "4", "--lr", "5e-3", "--save-every", "0", "--allow-worse", "--stop-after-steps", "2"];
+    let (ok, _, err) = condlm(&[&args[..], &rest].concat());
+    assert!(ok, "{err}");
+    let (ok, _, err) = condlm(&["train", "--resume", p(&out), "--base-dtype", "bf16"]);
+    assert!(!ok && err.contains("bf16 rounds") && err.contains("Stored"), "{err}");
+    let resume = ["train", "--resume", p(&out), "--allow-worse", "--checkpoint-activations", "--base-dtype", "f32"];
+    let (ok, _, err) = condlm(&resume);
+    assert!(ok, "{err}");
+    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
+        .collect();
+    assert_eq!(losses, whole_losses);
+    assert!(std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap() == whole);
+}

@@ -226,6 +226,8 @@ impl TrainArgs {
             no_divergence_guard: self.no_divergence_guard,
             allow_worse: self.allow_worse,
             no_memory_check: self.no_memory_check,
+            checkpoint_activations: self.checkpoint_activations,
+            base_dtype: self.base_dtype,
             ..Default::default()
         };
         self.config.is_none() && !self.overwrite && bare.settings().ok() == self.settings().ok()
@@ -236,8 +238,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.resume.is_some() && !a.only_resume_flags() {
         bail!(
             "--resume continues a run with the settings saved in its checkpoint; drop the other flags (only \
-             --stop-after-steps, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check and \
-             --threads may be given)"
+             --stop-after-steps, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check, \
+             --checkpoint-activations, --base-dtype stored|f32 and --threads may be given)"
         );
     }
     if a.accept_changed_data && a.resume.is_none() {
@@ -252,6 +254,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
         divergence_guard: !a.no_divergence_guard,
         memory_check: !a.no_memory_check,
         dry_run: a.dry_run,
+        resume_checkpoint_activations: a.checkpoint_activations,
+        resume_base_dtype: a.base_dtype,
     };
     let r = train(settings, &opts)?;
     if r.ending == Ending::DryRun {

@@ -15,6 +15,7 @@ use crate::data::source::DataSource;
 use crate::formats::hf_export::save_hf_folder;
 use crate::formats::load::{LoadedModel, open_model};
 use crate::formats::peft::save_adapter;
+use crate::formats::weights::BaseDtype;
 use crate::network::adapters::{attach, set_full_finetune};
 use crate::network::lora::LoraConfig;
 use crate::network::transformer::Transformer;
@@ -92,6 +93,10 @@ pub struct RunOptions {
     pub memory_check: bool,
     /// Check everything and print the memory plan, then stop before loading the weights.
     pub dry_run: bool,
+    /// On resume, turn activation checkpointing on (memory for time; the same numbers).
+    pub resume_checkpoint_activations: bool,
+    /// On resume, keep the base as this instead (stored ↔ f32 give the same numbers; bf16 does not).
+    pub resume_base_dtype: Option<BaseDtype>,
 }
 
 impl Default for RunOptions {
@@ -104,6 +109,8 @@ impl Default for RunOptions {
             divergence_guard: true,
             memory_check: true,
             dry_run: false,
+            resume_checkpoint_activations: false,
+            resume_base_dtype: None,
         }
     }
 }
@@ -239,7 +246,7 @@ fn read_curves(dir: &Path) -> (Curve, Curve) {
 /// Runs (or, with `opts.resume`, continues) a training run. Everything is loaded and checked before the output
 /// folder is touched; an earlier run replaced by `opts.overwrite` is kept until the first checkpoint.
 pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
-    let (s, resumed) = settings_and_state(s, opts.resume.as_deref())?;
+    let (s, resumed) = settings_and_state(s, opts)?;
     let sources = s.data_sources()?;
     let out = s.output_dir.clone();
     let inputs: Vec<&Path> =
@@ -395,12 +402,24 @@ fn check_same_data(meta: &checkpoint::CheckpointMeta, now: &str, accept: bool) -
 /// The settings to run with (a resumed run's own, from its checkpoint) and the state to resume from.
 fn settings_and_state(
     s: TrainSettings,
-    resume: Option<&Path>,
+    opts: &RunOptions,
 ) -> Result<(TrainSettings, Option<(checkpoint::CheckpointMeta, TrainState)>)> {
-    let (s, resumed) = match resume {
+    let (s, resumed) = match &opts.resume {
         Some(p) => {
             let (meta, state) = checkpoint::load(p)?;
-            (meta.settings.clone(), Some((meta, state)))
+            let mut s = meta.settings.clone();
+            s.checkpoint_activations |= opts.resume_checkpoint_activations;
+            if let Some(b) = opts.resume_base_dtype {
+                if (b == BaseDtype::Bf16) != (s.base_dtype == BaseDtype::Bf16) {
+                    bail!(
+                        "--base-dtype {b:?} on --resume would change the numbers (bf16 rounds the base's matrices); \
+                         the run was started with {:?}: resume with that, or stored/f32, which compute the same",
+                        s.base_dtype
+                    );
+                }
+                s.base_dtype = b;
+            }
+            (s, Some((meta, state)))
         }
         None => (s, None),
     };
