@@ -73,13 +73,17 @@ fn packed_model(dir: &Path, ty: &str) -> PathBuf {
     out
 }
 
-/// The per-step losses of a short run, and the adapter (or model) bytes it wrote.
-fn train(model: &Path, out: &Path, extra: &[&str]) -> (Vec<f64>, Vec<u8>) {
+/// Runs a short `train` (3 steps) on `model` into `out`, `extra` flags last.
+fn run_train(model: &Path, out: &Path, extra: &[&str]) {
     let data = fixture("train_rows.jsonl");
     let args = ["train", "--model", p(model), "--data", p(&data), "--output-dir", p(out), "--max-steps", "3"];
     let rest = ["--batch-size", "4", "--lr", "5e-3", "--save-every", "0", "--allow-worse"];
     let (ok, _, err) = condlm(&[&args[..], &rest, extra].concat());
     assert!(ok, "train {extra:?}: {err}");
+}
+
+/// The per-step losses of the run in `out`, and the adapter (or model) bytes it wrote.
+fn outcome(out: &Path) -> (Vec<f64>, Vec<u8>) {
     let losses = std::fs::read_to_string(out.join("metrics.jsonl"))
         .unwrap()
         .lines()
@@ -88,6 +92,11 @@ fn train(model: &Path, out: &Path, extra: &[&str]) -> (Vec<f64>, Vec<u8>) {
     let result =
         if out.join("adapter").exists() { "adapter/adapter_model.safetensors" } else { "model/model.safetensors" };
     (losses, std::fs::read(out.join(result)).unwrap())
+}
+
+fn train(model: &Path, out: &Path, extra: &[&str]) -> (Vec<f64>, Vec<u8>) {
+    run_train(model, out, extra);
+    outcome(out)
 }
 
 #[test]
@@ -171,45 +180,25 @@ fn a_run_on_a_packed_base_with_checkpointing_resumes_exactly() {
     let d = out_dir("resume");
     let model = packed_model(&d, "q4_0");
     let flags = ["--checkpoint-activations", "--lora-dropout", "0.1"];
-    let (whole_losses, whole) = train(&model, &d.join("whole"), &flags);
+    let whole = train(&model, &d.join("whole"), &flags);
     let out = d.join("parts");
-    let data = fixture("train_rows.jsonl");
-    let args = ["train", "--model", p(&model), "--data", p(&data), "--output-dir", p(&out), "--max-steps", "3"];
-    let rest = ["--batch-size", "4", "--lr", "5e-3", "--save-every", "0", "--allow-worse", "--stop-after-steps", "2"];
-    let (ok, _, err) = condlm(&[&args[..], &rest, &flags].concat());
-    assert!(ok, "{err}");
+    run_train(&model, &out, &[&flags[..], &["--stop-after-steps", "2"]].concat());
     let (ok, _, err) = condlm(&["train", "--resume", p(&out), "--allow-worse"]);
     assert!(ok, "{err}");
-    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
-        .collect();
-    assert_eq!(losses, whole_losses);
-    assert!(std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap() == whole);
+    assert!(outcome(&out) == whole, "the resumed run differs from the uninterrupted one");
 }
 
 #[test]
 fn resume_may_switch_to_checkpointing_and_an_f32_base_but_not_to_bf16() {
     let d = out_dir("resume-switch");
     let model = packed_model(&d, "q8_0");
-    let (whole_losses, whole) = train(&model, &d.join("whole"), &[]);
+    let whole = train(&model, &d.join("whole"), &[]);
     let out = d.join("parts");
-    let data = fixture("train_rows.jsonl");
-    let args = ["train", "--model", p(&model), "--data", p(&data), "--output-dir", p(&out), "--max-steps", "3"];
-    let rest = ["--batch-size", "4", "--lr", "5e-3", "--save-every", "0", "--allow-worse", "--stop-after-steps", "2"];
-    let (ok, _, err) = condlm(&[&args[..], &rest].concat());
-    assert!(ok, "{err}");
+    run_train(&model, &out, &["--stop-after-steps", "2"]);
     let (ok, _, err) = condlm(&["train", "--resume", p(&out), "--base-dtype", "bf16"]);
     assert!(!ok && err.contains("bf16 rounds") && err.contains("Stored"), "{err}");
     let resume = ["train", "--resume", p(&out), "--allow-worse", "--checkpoint-activations", "--base-dtype", "f32"];
     let (ok, _, err) = condlm(&resume);
     assert!(ok, "{err}");
-    let losses: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"].as_f64())
-        .collect();
-    assert_eq!(losses, whole_losses);
-    assert!(std::fs::read(out.join("adapter/adapter_model.safetensors")).unwrap() == whole);
+    assert!(outcome(&out) == whole, "the resumed run differs from the uninterrupted one");
 }
