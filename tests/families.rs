@@ -45,6 +45,16 @@ fn configs_read_the_family_features() {
     assert_eq!(g.attn_scale, Some((24f64).powf(-0.5) as f32));
     let m = model("tiny-mistral").config;
     assert_eq!((m.window(0), m.window(1)), (Some(4), Some(4)));
+    let (ok, out, err) = condlm(&["info", fixture("tiny-gemma3").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for line in [
+        "sliding window of 4 positions on 3 of 4 layers (global: 2), q·k scaled by",
+        "RoPE base 1000000 (sliding layers: 10000)",
+        "GeGLU (tanh GELU) MLP, 4 RMSNorms per block",
+        "head dim 32, per-head q/k RMSNorm",
+    ] {
+        assert!(out.contains(line), "info lacks {line:?}:\n{out}");
+    }
     for name in FAMILIES {
         // every tensor of the checkpoint, counted from the config (the memory plan relies on it)
         let stored: usize =
