@@ -57,11 +57,15 @@ pub fn load_tokenizer(files: &ModelFiles, config: &Config, weights: &Weights) ->
     }
 }
 
-/// The `tokenizer.ggml.*` keys; a key of the wrong type is an error naming the file and the key.
-fn gguf_vocab(g: &GgufFile) -> Result<GgufVocab> {
+/// The `tokenizer.ggml.*` keys (and `general.architecture`, which picks the SentencePiece flavour); a key of
+/// the wrong type is an error naming the file and the key.
+pub fn gguf_vocab(g: &GgufFile) -> Result<GgufVocab> {
     let strings = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect();
+    const SCORES: &str = "tokenizer.ggml.scores";
     Ok(GgufVocab {
         model: g.get_str("tokenizer.ggml.model")?.to_string(),
+        arch: g.opt_str("general.architecture")?.map(str::to_owned),
+        scores: if g.get(SCORES).is_some() { g.get_f32_array(SCORES)? } else { Vec::new() },
         pre: g.opt_str("tokenizer.ggml.pre")?.map(str::to_owned),
         tokens: strings(g.get_str_array("tokenizer.ggml.tokens")?),
         token_types: g.opt_i32_array("tokenizer.ggml.token_type")?.unwrap_or_default(),

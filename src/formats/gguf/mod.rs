@@ -8,4 +8,5 @@ pub mod file;
 pub mod modelfile;
 pub mod quantize;
 pub mod tokenizer;
+mod tokenizer_spm;
 pub mod writer;

@@ -49,7 +49,8 @@
 //! under a new id past the end of the embedding matrix. Every in-alphabet token, which is every
 //! special token of GPT-2, Llama 3, Qwen2 and SmolLM files, is treated exactly as transformers does.
 //!
-//! `tokenizer.ggml.model = "llama"` (SentencePiece) and the others are not supported yet.
+//! `tokenizer.ggml.model = "llama"` (SentencePiece) is built in [`super::tokenizer_spm`]; other models
+//! ("t5", "bert", "gemma4", ...) are refused.
 
 use std::collections::{HashMap, HashSet};
 
@@ -81,6 +82,8 @@ pub mod token_type {
 pub struct GgufVocab {
     /// `tokenizer.ggml.model`, e.g. "gpt2" (byte-level BPE) or "llama" (SentencePiece).
     pub model: String,
+    /// `general.architecture`: picks the SentencePiece flavour (Gemma, Phi-3, Llama), as transformers does.
+    pub arch: Option<String>,
     /// `tokenizer.ggml.pre`, e.g. "smollm", "gpt2", "llama-bpe", "qwen2", "default".
     pub pre: Option<String>,
     /// `tokenizer.ggml.tokens`; a token's id is its position.
@@ -88,6 +91,8 @@ pub struct GgufVocab {
     /// `tokenizer.ggml.token_type` (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused,
     /// 6 byte); may be empty.
     pub token_types: Vec<i32>,
+    /// `tokenizer.ggml.scores` (SentencePiece: the merge order); may be empty.
+    pub scores: Vec<f32>,
     /// `tokenizer.ggml.merges`, each "left right", best first.
     pub merges: Vec<String>,
     /// `tokenizer.ggml.bos_token_id`.
@@ -163,12 +168,12 @@ fn bytes_to_unicode() -> [char; 256] {
 pub fn tokenizer_from_gguf_vocab(v: &GgufVocab) -> Result<Tokenizer> {
     match v.model.as_str() {
         "gpt2" => byte_level_bpe(v),
-        "llama" => bail!(
-            "tokenizer.ggml.model = \"llama\" (SentencePiece) is not supported yet; \
-             only \"gpt2\" (byte-level BPE) vocabularies can be loaded from GGUF for now"
-        ),
+        "llama" => super::tokenizer_spm::sentencepiece(v),
         "" => bail!("tokenizer.ggml.model is missing or empty"),
-        other => bail!("tokenizer.ggml.model = {other:?} is not supported; only \"gpt2\" (byte-level BPE) is"),
+        other => bail!(
+            "tokenizer.ggml.model = {other:?} is not supported; only \"gpt2\" (byte-level BPE) and \"llama\" \
+             (SentencePiece) are"
+        ),
     }
 }
 
@@ -184,7 +189,9 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
     let mut tokenizer = Tokenizer::new(bpe);
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer(v.pre.as_deref())?));
     tokenizer.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDecoder::default())));
-    add_special_tokens(&mut tokenizer, v, &named)?;
+    let named_ids: Vec<u32> = named.iter().filter_map(|(_, id)| *id).collect();
+    // Every user-defined token is in the vocabulary: out-of-alphabet ones are kept verbatim.
+    add_special_tokens(&mut tokenizer, v, &named_ids, |_| true)?;
     // transformers silently drops add_bos/add_eos when there is no such token.
     let bos = v.bos_id.filter(|_| v.add_bos.unwrap_or(false));
     let eos = v.eos_id.filter(|_| v.add_eos.unwrap_or(false));
@@ -194,7 +201,7 @@ fn byte_level_bpe(v: &GgufVocab) -> Result<Tokenizer> {
 
 /// The special tokens named by `tokenizer.ggml.*_token_id` (key, id), after checking the vocabulary's size,
 /// its token types and that every named id is a token.
-fn named_tokens(v: &GgufVocab) -> Result<[(&'static str, Option<u32>); 4]> {
+pub(super) fn named_tokens(v: &GgufVocab) -> Result<[(&'static str, Option<u32>); 4]> {
     let n = v.tokens.len();
     ensure!(n > 0, "tokenizer.ggml.tokens is empty");
     ensure!(u32::try_from(n).is_ok(), "tokenizer.ggml.tokens has {n} entries, more than a u32 id can address");
@@ -246,7 +253,7 @@ fn byte_level_vocab(v: &GgufVocab, named: &[(&str, Option<u32>)]) -> Vocab {
 }
 
 /// `tokenizer.ggml.merges` as (left, right) pairs, rank = position; each side and their join must be tokens.
-fn bpe_merges(v: &GgufVocab, vocab: &Vocab) -> Result<Vec<(String, String)>> {
+pub(super) fn bpe_merges(v: &GgufVocab, vocab: &Vocab) -> Result<Vec<(String, String)>> {
     let mut merges = Vec::with_capacity(v.merges.len());
     for (rank, merge) in v.merges.iter().enumerate() {
         let (a, b) = match merge.split_once(' ') {
@@ -289,12 +296,17 @@ fn pre_tokenizer(pre: Option<&str>) -> Result<PreTokenizerWrapper> {
     })
 }
 
-/// Added tokens, in transformers' order: control tokens (special), user-defined tokens (not special), then
-/// the named special tokens not added yet (special).
-fn add_special_tokens(tokenizer: &mut Tokenizer, v: &GgufVocab, named: &[(&str, Option<u32>)]) -> Result<()> {
+/// Added tokens, in transformers' order: control tokens (special), user-defined tokens (not special; only
+/// those `in_vocab` says the model can look up), then the tokens of `named_ids` not added yet (special).
+pub(super) fn add_special_tokens(
+    tokenizer: &mut Tokenizer,
+    v: &GgufVocab,
+    named_ids: &[u32],
+    in_vocab: impl Fn(&str) -> bool,
+) -> Result<()> {
     let of_type = |ty: i32, special: bool| -> Vec<AddedToken> {
         (0..v.tokens.len())
-            .filter(|&i| token_type_of(v, i) == ty)
+            .filter(|&i| token_type_of(v, i) == ty && (ty != token_type::USER_DEFINED || in_vocab(&v.tokens[i])))
             .map(|i| AddedToken::from(v.tokens[i].clone(), special).normalized(false))
             .collect()
     };
@@ -306,12 +318,10 @@ fn add_special_tokens(tokenizer: &mut Tokenizer, v: &GgufVocab, named: &[(&str, 
         .map_err(|e| anyhow!("adding the USER_DEFINED tokens of tokenizer.ggml.token_type: {e}"))?;
     let already: HashSet<String> = tokenizer.get_added_tokens_decoder().into_values().map(|t| t.content).collect();
     let mut named_tokens: Vec<AddedToken> = Vec::new();
-    for &(_, id) in named {
-        if let Some(id) = id {
-            let content = &v.tokens[id as usize];
-            if !already.contains(content) && !named_tokens.iter().any(|t| &t.content == content) {
-                named_tokens.push(AddedToken::from(content.clone(), true).normalized(false));
-            }
+    for &id in named_ids {
+        let content = &v.tokens[id as usize];
+        if !already.contains(content) && !named_tokens.iter().any(|t| &t.content == content) {
+            named_tokens.push(AddedToken::from(content.clone(), true).normalized(false));
         }
     }
     tokenizer
@@ -328,7 +338,7 @@ fn add_special_tokens(tokenizer: &mut Tokenizer, v: &GgufVocab, named: &[(&str, 
 
 /// transformers' `update_post_processor`: `[BOS]:0 $A:0 [EOS]:0` and, for pairs, that followed by
 /// `[BOS]:1 $B:1 [EOS]:1`. Built through serde so token texts with spaces or colons are safe.
-fn template(v: &GgufVocab, bos: Option<u32>, eos: Option<u32>) -> Result<TemplateProcessing> {
+pub(super) fn template(v: &GgufVocab, bos: Option<u32>, eos: Option<u32>) -> Result<TemplateProcessing> {
     let special =
         |id: u32, type_id: u32| serde_json::json!({"SpecialToken": {"id": v.tokens[id as usize], "type_id": type_id}});
     let sequence = |seq: &str, type_id: u32| serde_json::json!({"Sequence": {"id": seq, "type_id": type_id}});
