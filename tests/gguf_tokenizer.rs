@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 
+use condlm::data::chat::{ChatTemplate, encode_chat, special_ids};
+use condlm::data::records::{Fields, Record, parse_row};
 use condlm::formats::gguf::file::GgufFile;
 use condlm::formats::gguf::tokenizer::{GgufVocab, tokenizer_from_gguf_vocab};
 use condlm::formats::load::gguf_vocab;
@@ -458,5 +460,48 @@ fn gemma3_real_gguf_matches_transformers() {
             failures.join("\n")
         );
         eprintln!("gemma3: {} strings of {} identical to transformers", fixture.cases.len(), file.display());
+    }
+}
+
+#[derive(Deserialize)]
+struct ChatCase {
+    messages: serde_json::Value,
+    text: String,
+    ids: Vec<u32>,
+    target: Vec<bool>,
+}
+
+#[derive(Deserialize)]
+struct ChatFixture {
+    template: String,
+    cases: Vec<ChatCase>,
+}
+
+/// Gemma 3's chat template (`<start_of_turn>model … <end_of_turn>`, system text folded into the first user
+/// turn, list contents) on the Gemma vocabulary: condlm's turn-by-turn ids equal transformers' tokenization
+/// of the whole rendering, and the targets are exactly the tokens of each answer (trimmed, as the template
+/// writes it) plus its `<end_of_turn>`, found by transformers' character offsets. No EOS is appended: the
+/// template's `<end_of_turn>` is the stop token.
+#[test]
+fn gemma3_chat_template_masks_assistant_turns() {
+    let vocab = load_spm_fixture(&spm_dir().join("gemma3_small.json")).vocab;
+    let chat: ChatFixture =
+        serde_json::from_str(&std::fs::read_to_string(spm_dir().join("gemma3_chat.json")).unwrap()).unwrap();
+    let inner = tokenizer_from_gguf_vocab(&vocab).unwrap();
+    let tok = TextTokenizer::new(inner, vocab.eos_id.unwrap(), None, Some(chat.template.clone())).unwrap();
+    let template = ChatTemplate::for_tokenizer(&tok).unwrap().unwrap();
+    let special = special_ids(&tok);
+    let end_of_turn = vocab.tokens.iter().position(|t| t == "<end_of_turn>").unwrap() as u32;
+    for case in &chat.cases {
+        let line = serde_json::json!({ "messages": case.messages }).to_string();
+        let row = parse_row(&line, &Fields::default()).unwrap();
+        let Record::Chat { messages, tools } = &row.record else { panic!("not a chat: {line}") };
+        let c = encode_chat(&tok, &template, messages, tools.as_ref(), &special).unwrap();
+        assert_eq!(tok.decode(&c.ids).unwrap(), case.text, "rendering");
+        assert_eq!(c.ids, case.ids, "{:?}", case.text);
+        assert_eq!(c.target, case.target, "{:?}", case.text);
+        assert_eq!(c.ids.iter().filter(|&&i| i == tok.eos_id).count(), 0, "no EOS appended");
+        let last_target = c.target.iter().rposition(|&t| t).unwrap();
+        assert_eq!(c.ids[last_target], end_of_turn);
     }
 }
