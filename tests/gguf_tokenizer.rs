@@ -294,7 +294,7 @@ fn vocab_of_gguf(path: &Path) -> GgufVocab {
 /// A fixture's tokenizer: from the committed GGUF it names, or from the vocabulary it carries.
 fn spm_tokenizer(fixture: &SpmFixture) -> (GgufVocab, Tokenizer) {
     let vocab = match &fixture.gguf {
-        Some(name) => vocab_of_gguf(&spm_dir().join(name)),
+        Some(name) => vocab_of_gguf(&spm_dir().join(name)), // an absolute path stays as it is
         None => fixture.vocab.clone(),
     };
     let tok = tokenizer_from_gguf_vocab(&vocab).unwrap_or_else(|e| panic!("{e:#}"));
@@ -431,8 +431,7 @@ fn llama_cpp_spm_test_vectors() {
 
 /// The real Gemma 3 270M GGUF (`bash ../shared/models/fetch.sh gemma3`), read from CONDLM_GEMMA3_GGUF or
 /// ~/.cache/condlm/models/gemma-3-270m-q4_k_m.gguf; skipped with a message when absent. The committed ids
-/// (tricky strings, llama.cpp's inputs, 100 E2E rows) are transformers'; CONDLM_GEMMA3_TOKENIZER_CASES may
-/// point at a JSON of the same shape with every E2E row (`make_tokenizer_fixtures.py --gemma-full-out`).
+/// (tricky strings, llama.cpp's inputs, 100 E2E rows) are transformers'.
 #[test]
 fn gemma3_real_gguf_matches_transformers() {
     let path = std::env::var_os("CONDLM_GEMMA3_GGUF").map(PathBuf::from).unwrap_or_else(|| {
@@ -446,20 +445,33 @@ fn gemma3_real_gguf_matches_transformers() {
     assert_eq!((vocab.model.as_str(), vocab.arch.as_deref(), vocab.tokens.len()), ("llama", Some("gemma3"), 262_144));
     let tok = tokenizer_from_gguf_vocab(&vocab).unwrap_or_else(|e| panic!("{e:#}"));
     assert_eq!(tok.get_vocab_size(true), vocab.tokens.len());
-    let mut files = vec![spm_dir().join("gemma3_real.json")];
-    files.extend(std::env::var_os("CONDLM_GEMMA3_TOKENIZER_CASES").map(PathBuf::from));
-    for file in files {
+    let text_tok = TextTokenizer::new(tok.clone(), vocab.eos_id.unwrap(), None, None).unwrap();
+    assert_eq!((text_tok.prefix.as_slice(), text_tok.eos_id), ([2].as_slice(), 1), "<bos> before x, <eos> after y");
+    let fixture = load_spm_fixture(&spm_dir().join("gemma3_real.json"));
+    let failures = check_spm_cases("gemma3", &vocab, &tok, &fixture.cases);
+    assert!(failures.is_empty(), "{} mismatches of {}:\n{}", failures.len(), fixture.cases.len(), failures.join("\n"));
+}
+
+/// Larger sets of transformers ids written outside the repository (`make_tokenizer_fixtures.py --spm-full-out
+/// DIR`: every E2E row for each SentencePiece GGUF), named by CONDLM_SPM_CASES=a.json,b.json; skipped when unset.
+#[test]
+fn spm_cases_from_env() {
+    let Ok(list) = std::env::var("CONDLM_SPM_CASES") else {
+        eprintln!("SKIPPED: CONDLM_SPM_CASES is not set");
+        return;
+    };
+    for file in list.split(',').map(PathBuf::from) {
         let fixture = load_spm_fixture(&file);
-        let failures = check_spm_cases("gemma3", &vocab, &tok, &fixture.cases);
+        let (vocab, tok) = spm_tokenizer(&fixture);
+        let failures = check_spm_cases(&file.display().to_string(), &vocab, &tok, &fixture.cases);
         assert!(
             failures.is_empty(),
-            "{}: {} mismatches of {}:\n{}",
-            file.display(),
+            "{} mismatches of {}:\n{}",
             failures.len(),
             fixture.cases.len(),
             failures.join("\n")
         );
-        eprintln!("gemma3: {} strings of {} identical to transformers", fixture.cases.len(), file.display());
+        eprintln!("{}: {} strings identical to transformers", file.display(), fixture.cases.len());
     }
 }
 

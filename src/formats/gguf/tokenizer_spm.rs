@@ -57,7 +57,9 @@ use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::PostProcessorWrapper;
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
+};
 
 use super::tokenizer::{GgufVocab, add_special_tokens, named_tokens, template};
 
@@ -121,9 +123,7 @@ pub(super) fn sentencepiece(v: &GgufVocab) -> Result<Tokenizer> {
         .filter(|t| vocab.contains_key(**t))
         .map(|t| AddedToken::from(t.to_string(), true).normalized(false))
         .collect();
-    tokenizer
-        .add_special_tokens(defaults)
-        .map_err(|e| anyhow!("adding the tokenizer class's special tokens: {e}"))?;
+    tokenizer.add_special_tokens(defaults).map_err(|e| anyhow!("adding the tokenizer class's special tokens: {e}"))?;
     let named_ids: Vec<u32> = named.iter().filter_map(|(_, id)| *id).collect();
     add_special_tokens(&mut tokenizer, v, &named_ids, |t| vocab.contains_key(t))?;
     let bos = v.bos_id.filter(|_| v.add_bos.unwrap_or(true));
@@ -214,7 +214,8 @@ fn generate_merges(tokens: &[String], vocab: &Vocab, scores: &[(usize, f64)]) ->
 /// Normalizer, pre-tokenizer and decoder of each flavour (see the module docs).
 fn set_text_handling(tokenizer: &mut Tokenizer, flavour: Flavour) -> Result<()> {
     let space_to_mark = || -> Result<NormalizerWrapper> {
-        let replace = Replace::new(" ", SPACE.to_string()).map_err(|e| anyhow!("building the ' ' → '▁' normalizer: {e}"))?;
+        let replace =
+            Replace::new(" ", SPACE.to_string()).map_err(|e| anyhow!("building the ' ' → '▁' normalizer: {e}"))?;
         Ok(NormalizerWrapper::Replace(replace))
     };
     let mark_to_space =
@@ -235,10 +236,13 @@ fn set_text_handling(tokenizer: &mut Tokenizer, flavour: Flavour) -> Result<()> 
             tokenizer.with_normalizer(Some(normalizer)).map_err(|e| anyhow!("setting the Phi-3 normalizer: {e}"))?;
         }
         Flavour::Gemma => {
-            tokenizer.with_normalizer(Some(space_to_mark()?)).map_err(|e| anyhow!("setting the Gemma normalizer: {e}"))?;
+            tokenizer
+                .with_normalizer(Some(space_to_mark()?))
+                .map_err(|e| anyhow!("setting the Gemma normalizer: {e}"))?;
             let invert = false;
-            let split = Split::new(SplitPattern::String(" ".into()), SplitDelimiterBehavior::MergedWithPrevious, invert)
-                .map_err(|e| anyhow!("building the Gemma pre-tokenizer: {e}"))?;
+            let split =
+                Split::new(SplitPattern::String(" ".into()), SplitDelimiterBehavior::MergedWithPrevious, invert)
+                    .map_err(|e| anyhow!("building the Gemma pre-tokenizer: {e}"))?;
             tokenizer.with_pre_tokenizer(Some(PreTokenizerWrapper::Split(split)));
         }
     }
@@ -249,4 +253,3 @@ fn set_text_handling(tokenizer: &mut Tokenizer, flavour: Flavour) -> Result<()> 
     tokenizer.with_decoder(Some(DecoderWrapper::Sequence(DecoderSequence::new(decoders))));
     Ok(())
 }
-
