@@ -517,3 +517,18 @@ fn gemma3_chat_template_masks_assistant_turns() {
         assert_eq!(c.ids[last_target], end_of_turn);
     }
 }
+
+/// `condlm inspect` shows SentencePiece tokens with their leading space (which Llama's decoder strips from a
+/// token decoded alone) and byte-fallback tokens as their byte.
+#[test]
+fn inspect_shows_sentencepiece_tokens() {
+    let vocab = vocab_of_gguf(&spm_dir().join("ggml-vocab-llama-spm.gguf"));
+    let inner = tokenizer_from_gguf_vocab(&vocab).unwrap();
+    let tok = TextTokenizer::new(inner, vocab.eos_id.unwrap(), None, None).unwrap();
+    let shown = |text: &str| -> Vec<String> {
+        tok.encode(text).unwrap().iter().map(|&id| condlm::data::show::token_text(&tok, id)).collect()
+    };
+    assert_eq!(shown("Hello world\n"), [" Hello", " world", "\\n"]);
+    // 🦙 has no token of its own: four byte-fallback tokens.
+    assert_eq!(shown("🦙"), [" ", "\\xF0", "\\x9F", "\\xA6", "\\x99"]);
+}
