@@ -443,7 +443,9 @@ fn gemma3_real_gguf_matches_transformers() {
     }
     let vocab = vocab_of_gguf(&path);
     assert_eq!((vocab.model.as_str(), vocab.arch.as_deref(), vocab.tokens.len()), ("llama", Some("gemma3"), 262_144));
+    let start = std::time::Instant::now();
     let tok = tokenizer_from_gguf_vocab(&vocab).unwrap_or_else(|e| panic!("{e:#}"));
+    eprintln!("gemma3: tokenizer built in {:.2} s", start.elapsed().as_secs_f64());
     assert_eq!(tok.get_vocab_size(true), vocab.tokens.len());
     let text_tok = TextTokenizer::new(tok.clone(), vocab.eos_id.unwrap(), None, None).unwrap();
     assert_eq!((text_tok.prefix.as_slice(), text_tok.eos_id), ([2].as_slice(), 1), "<bos> before x, <eos> after y");

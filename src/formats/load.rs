@@ -213,6 +213,12 @@ mod tests {
             (vec![MODEL, tokens(), ("tokenizer.ggml.merges", Value::U32s(&[0]))], "merges", "expected a string"),
             (vec![MODEL, tokens(), ("tokenizer.ggml.token_type", Value::Strs(&["1"]))], "token_type", "an integer"),
             (vec![MODEL, tokens(), ("tokenizer.ggml.add_bos_token", Value::U32(1))], "add_bos_token", "a bool"),
+            (
+                vec![MODEL, tokens(), ("tokenizer.ggml.scores", Value::Strs(&["0"]))],
+                "tokenizer.ggml.scores",
+                "a number",
+            ),
+            (vec![MODEL, tokens(), ("general.architecture", Value::U32(1))], "general.architecture", "a string"),
             (vec![("tokenizer.ggml.model", Value::U32s(&[])), tokens()], "tokenizer.ggml.model", "a string"),
         ];
         for (kvs, key, expected) in cases {

@@ -25,7 +25,7 @@
 //!   `Replace("▁", " "), ByteFallback, Fuse` (no strip: Gemma adds no prefix space, so none is removed).
 //! - added tokens: first the transformers class's default special tokens ("<unk>", "<s>", "</s>" for
 //!   Llama and Phi-3; "<pad>", "<eos>", "<bos>", "<unk>", "<mask>" for Gemma) when the vocabulary has
-//!   them, then as for byte-level BPE (see [`super::tokenizer`]): CONTROL special, USER_DEFINED plain
+//!   them, then as for byte-level BPE (see `tokenizer.rs`): CONTROL special, USER_DEFINED plain
 //!   (only those whose text is a vocabulary entry after the re-spelling, so Gemma's space-run tokens are
 //!   left to the BPE), the tokens named by `*_token_id` special; all matched verbatim in text.
 //! - post-processor: BOS when `tokenizer.ggml.add_bos_token` is true *or missing* (llama.cpp adds BOS
@@ -33,18 +33,19 @@
 //!   `add_eos_token` is true.
 //! - `tokenizer.ggml.add_space_prefix` and `tokenizer.ggml.pre` are ignored, as transformers ignores them.
 //!
-//! Where llama.cpp differs (its test vectors, `tests/fixtures/gguf_tokenizer/ggml-vocab-*.gguf.out`, are
-//! checked with these cases set aside; the transformers ids are what we match):
-//! - Llama: text starting with spaces. SentencePiece (and llama.cpp) always put a "▁" in front, so
-//!   " Hello" is "▁▁Hello" → [29871, 15043]; transformers' `Metaspace(prepend_scheme="first")` adds none
-//!   when the text already starts with a space, giving "▁Hello" → [15043]. Every string that does
-//!   not start with a space is identical. Phi-3's normalizer always prepends, so Phi-3 agrees with
-//!   llama.cpp everywhere.
+//! Where llama.cpp differs (its test vectors, `tests/fixtures/gguf_tokenizer/spm/ggml-vocab-*.gguf.out`,
+//! are checked with these cases set aside; the transformers ids are what we match):
+//! - Llama: text starting with a space (15 of the 46 Llama-SPM vectors). SentencePiece (and llama.cpp)
+//!   always put a "▁" in front, so " Hello" is "▁▁Hello" → [29871, 15043]; transformers'
+//!   `Metaspace(prepend_scheme="first")` adds none when the text already starts with a space, giving
+//!   "▁Hello" → [15043]. The other 31 vectors are identical. Phi-3's normalizer always prepends, so
+//!   Phi-3 agrees with llama.cpp on all 46.
 //!
 //! Deliberate differences from transformers, none of which occurs in a real Llama, Phi-3 or Gemma file:
 //! a class default special token (above) missing from the vocabulary is left out, where transformers
-//! would add its text as a new token past the embedding matrix (and Gemma's BPE gets no unk token); `tokenizer.ggml.merges`, if a
-//! SentencePiece file has any, are ignored only when empty (transformers uses them whenever the key exists).
+//! would add its text as a new token past the embedding matrix (and Gemma's BPE gets no unk token);
+//! `tokenizer.ggml.merges`, if a SentencePiece file has any, are used unless the list is empty
+//! (transformers uses them whenever the key exists, even empty).
 use std::collections::HashMap;
 
 use anyhow::{Result, anyhow, ensure};
@@ -61,7 +62,7 @@ use tokenizers::{
     AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer,
 };
 
-use super::tokenizer::{GgufVocab, add_special_tokens, named_tokens, template};
+use super::tokenizer_meta::{GgufVocab, add_special_tokens, bpe_merges, named_tokens, template};
 
 /// The SentencePiece word-boundary mark that stands for a space.
 const SPACE: char = '▁';
@@ -105,7 +106,7 @@ pub(super) fn sentencepiece(v: &GgufVocab) -> Result<Tokenizer> {
         vocab.insert(token.clone(), i as u32); // like a Python dict built in order: a later duplicate wins
     }
     let merges = if !v.merges.is_empty() {
-        super::tokenizer::bpe_merges(v, &vocab)?
+        bpe_merges(v, &vocab)?
     } else {
         generate_merges(&tokens, &vocab, &merge_scores(v, flavour, &tokens)?)
     };
@@ -134,7 +135,8 @@ pub(super) fn sentencepiece(v: &GgufVocab) -> Result<Tokenizer> {
 
 /// The tokens as the BPE model looks them up: Gemma's space-run tokens re-spelled with "▁".
 fn spelled_tokens(v: &GgufVocab, flavour: Flavour) -> Vec<String> {
-    let space_run = |t: &str| t.contains(' ') && t.chars().all(char::is_whitespace);
+    // Python's `not t.strip()`: its whitespace also counts the separators U+001C..U+001F.
+    let space_run = |t: &str| t.contains(' ') && t.chars().all(|c| c.is_whitespace() || ('\x1c'..='\x1f').contains(&c));
     v.tokens
         .iter()
         .map(|t| {
