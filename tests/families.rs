@@ -1,20 +1,23 @@
 //! The families beyond Llama/Qwen2/GPT-2 against transformers and PyTorch autograd on tiny random checkpoints
-//! (tests/fixtures/make_family_fixtures.py): Qwen3 (per-head q/k RMSNorm before RoPE, head_dim ≠ hidden / heads)
-//! and SmolLM3 (layers without RoPE): logits, LoRA (every linear layer) and full fine-tuning gradients; Qwen3
-//! also through GGUF export.
+//! (tests/fixtures/make_family_fixtures.py): Qwen3 (per-head q/k RMSNorm before RoPE, head_dim ≠ hidden / heads),
+//! SmolLM3 (layers without RoPE) and Phi-3 (fused qkv_proj / gate_up_proj; Phi-4-mini's partial rotary factor and
+//! LongRoPE scaling): logits, LoRA (every linear layer) and full fine-tuning gradients; Qwen3 also through GGUF
+//! export; Phi-3's greedy decoding and KV cache.
 mod common;
 use common::{condlm, expected_json, fixture, load_f32_tensors, max_abs_diff, reference_sequences, rel_err};
 use condlm::data::example::Example;
 use condlm::formats::load::load_model;
 use condlm::formats::peft::load_adapter;
+use condlm::generate::decoder::Decoder;
+use condlm::generate::{GenerateOptions, generate};
 use condlm::kernels::lm_head::{HeadScratch, logits};
 use condlm::network::activations::Activations;
 use condlm::network::adapters::set_full_finetune;
-use condlm::network::batch::PackedBatch;
+use condlm::network::batch::{PackedBatch, Row};
 use condlm::network::transformer::{Mode, Transformer};
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 
-const FAMILIES: [&str; 2] = ["tiny-qwen3", "tiny-smollm3"];
+const FAMILIES: [&str; 4] = ["tiny-qwen3", "tiny-smollm3", "tiny-phi3", "tiny-phi4"];
 
 fn model(name: &str) -> Transformer {
     load_model(fixture(name).to_str().unwrap()).unwrap().model
@@ -35,6 +38,16 @@ fn configs_read_the_family_features() {
     assert!(q.config.qk_norm && q.config.head_dim == 32 && q.blocks[0].qk_norm.is_some());
     let s = model("tiny-smollm3");
     assert_eq!((0..4).map(|i| s.config.rope_in(i)).collect::<Vec<_>>(), [true, false, true, false]);
+    let p = model("tiny-phi3");
+    assert!(p.config.fused_projections() && p.config.rotary_dim == 16 && p.config.longrope.is_none());
+    let names: Vec<&str> = p.blocks[0].linears().map(|l| l.name.as_str()).collect();
+    let want = ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"];
+    assert_eq!(names, want.map(|m| format!("model.layers.0.{m}")));
+    let p = model("tiny-phi4");
+    let l = p.config.longrope.as_ref().unwrap();
+    assert_eq!((p.config.rotary_dim, l.original_max_positions, l.long_factor.len()), (12, 16, 6));
+    // transformers' default: √(1 + ln(128 / 16) / ln 16)
+    assert!((l.attention_factor as f64 - (1.0 + 8f64.ln() / 16f64.ln()).sqrt()).abs() < 1e-6);
     for name in FAMILIES {
         // every tensor of the checkpoint, counted from the config (the memory plan relies on it)
         let stored: usize =
@@ -119,4 +132,71 @@ fn qwen3_gguf_export_keeps_the_model_and_smollm3_is_refused() {
     let (ok, _, err) =
         condlm(&["export-gguf", "--model", smol.to_str().unwrap(), "--out", out.to_str().unwrap(), "--overwrite"]);
     assert!(!ok && err.contains("no_rope_layers"), "{err}");
+}
+
+/// Greedy decoding over the KV cache gives transformers' ids, for Phi-4-mini's RoPE also when the sequence crosses
+/// LongRoPE's original context while decoding (the new rows take the long factors, the cached keys keep the short
+/// ones, as in transformers), alone and batched with prefill mixed into decode steps.
+#[test]
+fn phi3_greedy_ids_match_transformers() {
+    for name in ["tiny-phi3", "tiny-phi4"] {
+        let m = load_model(fixture(name).to_str().unwrap()).unwrap();
+        let exp = expected_json(name);
+        let cases = exp["greedy"].as_array().unwrap();
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        };
+        let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["prompt_ids"])).collect();
+        let wants: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["output_ids"])).collect();
+        for batch in [1, 3] {
+            for (p, want) in prompts.iter().zip(&wants) {
+                let mut opts = GenerateOptions::greedy(want.len(), 2);
+                opts.batch = batch;
+                let got = generate(&m.model, &m.tokenizer, std::slice::from_ref(p), &opts, |_| {}).unwrap();
+                assert_eq!(&got[0].ids, want, "{name}: prompt {p:?}");
+            }
+            let mut opts = GenerateOptions::greedy(16, 2);
+            opts.batch = batch;
+            let got = generate(&m.model, &m.tokenizer, &prompts, &opts, |_| {}).unwrap();
+            for (g, want) in got.iter().zip(&wants) {
+                assert_eq!(g.ids[..want.len()], want[..], "{name}: batch {batch}");
+            }
+        }
+    }
+}
+
+/// Decoding over the cache gives the full forward pass's logits at every step while the sequences stay on one
+/// side of LongRoPE's original context (a short prompt, and one past it from the prefill on), with an adapter on
+/// the fused modules.
+#[test]
+fn phi3_kv_cache_logits_match_full_forward() {
+    for name in ["tiny-phi3", "tiny-phi4"] {
+        let mut m = model(name);
+        load_adapter(&fixture(&format!("{name}/lora-init")), &mut m).unwrap();
+        let (vocab, d) = (m.config.vocab_size, m.config.hidden_size);
+        let mut seqs = vec![vec![5u32, 9, 11], (0..20).map(|i| 100 + 7 * i).collect()];
+        let mut dec = Decoder::new(&m, seqs.len(), 64, 64).unwrap();
+        let mut acts = Activations::default();
+        for step in 0..10 {
+            let (mut rows, mut logit_rows) = (vec![], vec![]);
+            for (s, seq) in seqs.iter().enumerate() {
+                let from = if step == 0 { 0 } else { seq.len() - 1 };
+                for (pos, &token) in seq.iter().enumerate().skip(from) {
+                    rows.push(Row { slot: s as u32, pos: pos as u32, token });
+                }
+                logit_rows.push(rows.len() - 1);
+            }
+            let got = dec.forward(&rows, &logit_rows).unwrap().to_vec();
+            let batch = PackedBatch::new(&seqs);
+            m.forward(&batch, &mut acts, Mode::Infer);
+            let last: Vec<usize> = batch.seqs.iter().map(|r| r.end - 1).collect();
+            let want = logits(&acts.x[..batch.len() * d], d, m.head(), &last, &mut HeadScratch::default());
+            let diff = max_abs_diff(&got, &want);
+            assert!(diff <= 1e-4, "{name} step {step}: max |Δ logit| {diff}");
+            for (s, seq) in seqs.iter_mut().enumerate() {
+                seq.push(condlm::generate::sampling::argmax(&got[s * vocab..][..vocab]) as u32);
+            }
+        }
+        assert!(seqs[0].len() <= 16 && seqs[1].len() > 16);
+    }
 }

@@ -29,6 +29,11 @@ pub struct Config {
     pub norm_eps: f32,
     pub rope_theta: f32,
     pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Features of each head that RoPE rotates (the first ones; Phi-4-mini's `partial_rotary_factor` 0.75);
+    /// `head_dim` for every other model.
+    pub rotary_dim: usize,
+    /// Phi-3's `longrope` (old name `su`) scaling: per-frequency factors, short or long by sequence length.
+    pub longrope: Option<LongRope>,
     /// Biases on q/k/v (Qwen2, or Llama's `attention_bias`); GPT-2 has all biases regardless.
     pub qkv_bias: bool,
     /// Bias on the attention output projection (Llama's `attention_bias` also covers o_proj).
@@ -52,6 +57,17 @@ pub struct Llama3RopeScaling {
     pub low_freq_factor: f32,
     pub high_freq_factor: f32,
     pub original_max_position_embeddings: f32,
+}
+
+/// LongRoPE (`rope_scaling.type` = `longrope` or `su`), as transformers' `_compute_longrope_parameters` reads it:
+/// inverse frequency i is 1 / (factor_i · θ^(2i/rotary_dim)), with the long factors for a sequence longer than
+/// `original_max_positions` and the short ones otherwise; cos and sin are scaled by `attention_factor`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LongRope {
+    pub short_factor: Vec<f32>,
+    pub long_factor: Vec<f32>,
+    pub original_max_positions: usize,
+    pub attention_factor: f32,
 }
 
 /// The subset of HF config.json keys the supported models use (Llama/Mistral/Qwen2 and GPT-2 names).
@@ -81,6 +97,10 @@ struct HfConfig {
     /// SmolLM3: 1 = the layer applies RoPE, 0 = it does not.
     no_rope_layers: Option<Vec<u8>>,
     no_rope_layer_interval: Option<usize>,
+    /// Phi-3: the fraction of each head RoPE rotates (transformers ≥ 5 moves it into rope_parameters), and the
+    /// pretraining context LongRoPE's factors are chosen against.
+    partial_rotary_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
     hidden_act: Option<String>,
@@ -95,7 +115,8 @@ struct HfConfig {
 }
 
 const SUPPORTED: &str =
-    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, GPT2LMHeadModel";
+    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM, \
+     GPT2LMHeadModel";
 
 fn need<T>(v: Option<T>, key: &str, path: &Path) -> Result<T> {
     v.with_context(|| format!("{}: missing required key \"{key}\"", path.display()))
@@ -126,6 +147,59 @@ fn smollm3_no_rope(c: &HfConfig, path: &Path) -> Result<Vec<bool>> {
     }
 }
 
+/// Phi-3's partial rotary factor and LongRoPE scaling, read as transformers' Phi3Config reads them: the top-level
+/// `original_max_position_embeddings` (default 4096) wins over the one in the scaling; `factor` defaults to
+/// max_position_embeddings / original, the attention factor to √(1 + ln factor / ln original) above 1.
+fn phi3_rope(
+    c: &HfConfig,
+    rope: Option<&serde_json::Value>,
+    head_dim: usize,
+    path: &Path,
+) -> Result<(usize, Option<LongRope>)> {
+    let p = path.display();
+    let partial = c.partial_rotary_factor.or_else(|| rope?.get("partial_rotary_factor")?.as_f64()).unwrap_or(1.0);
+    let rotary_dim = (head_dim as f64 * partial) as usize;
+    if !(partial > 0.0 && partial <= 1.0) || rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
+        bail!(
+            "{p}: partial_rotary_factor {partial} of head dim {head_dim} gives {rotary_dim} rotated features; \
+             RoPE needs an even, non-zero count of at most the head dim"
+        );
+    }
+    let Some(v) = rope else { return Ok((rotary_dim, None)) };
+    match v.get("rope_type").or(v.get("type")).and_then(|t| t.as_str()).unwrap_or("") {
+        "default" => return Ok((rotary_dim, None)),
+        // transformers' Phi3Config reads the old names as longrope
+        "longrope" | "su" | "yarn" => {}
+        other => bail!("{p}: rope_scaling type \"{other}\" is not supported for Phi-3 (supported: longrope, su)"),
+    }
+    let factors = |key: &str| -> Result<Vec<f32>> {
+        let list: Vec<f32> = v
+            .get(key)
+            .and_then(|l| l.as_array())
+            .and_then(|l| l.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+            .with_context(|| format!("{p}: rope_scaling.{key} must be a list of numbers for longrope scaling"))?;
+        if list.len() != rotary_dim / 2 {
+            bail!("{p}: rope_scaling.{key} has {} entries; rotary dim {rotary_dim} needs {}", list.len(), rotary_dim / 2);
+        }
+        Ok(list)
+    };
+    let original = c.original_max_position_embeddings.unwrap_or(4096);
+    let max_positions = c.max_position_embeddings.unwrap_or(2048);
+    let factor = v.get("factor").and_then(|f| f.as_f64()).unwrap_or(max_positions as f64 / original as f64);
+    let attention_factor = match v.get("attention_factor").and_then(|f| f.as_f64()) {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    let longrope = LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_positions: original,
+        attention_factor: attention_factor as f32,
+    };
+    Ok((rotary_dim, Some(longrope)))
+}
+
 /// Token ids in config.json are a number, a list of numbers, or null.
 fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
     match v {
@@ -149,13 +223,15 @@ impl Config {
             .with_context(|| format!("{}: neither \"architectures\" nor \"model_type\" is set", path.display()))?;
         let family = match architecture.as_str() {
             "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
-            | "SmolLM3ForCausalLM" | "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3" => Family::Llama,
+            | "SmolLM3ForCausalLM" | "Phi3ForCausalLM" | "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3"
+            | "phi3" => Family::Llama,
             "GPT2LMHeadModel" | "gpt2" => Family::Gpt2,
             other => bail!("{}: architecture \"{other}\" is not supported (supported: {SUPPORTED})", path.display()),
         };
         let is_qwen2 = architecture.to_lowercase().starts_with("qwen2");
         let is_qwen3 = architecture.to_lowercase().starts_with("qwen3");
         let is_smollm3 = architecture.to_lowercase().starts_with("smollm3");
+        let is_phi3 = architecture.to_lowercase().starts_with("phi3");
         let bos = token_ids(&c.bos_token_id).first().copied();
         let eos = token_ids(&c.eos_token_id);
         let cfg = match family {
@@ -168,6 +244,12 @@ impl Config {
                 let hidden = need(c.hidden_size, "hidden_size", path)?;
                 let heads = need(c.num_attention_heads, "num_attention_heads", path)?;
                 let attention_bias = c.attention_bias.unwrap_or(false);
+                let head_dim = c.head_dim.unwrap_or(hidden / heads.max(1));
+                let rope = c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()).filter(|v| !v.is_null());
+                let (rotary_dim, longrope) = match is_phi3 {
+                    true => phi3_rope(&c, rope, head_dim, path)?,
+                    false => (head_dim, None),
+                };
                 Config {
                     architecture,
                     family,
@@ -176,7 +258,7 @@ impl Config {
                     num_layers: need(c.num_hidden_layers, "num_hidden_layers", path)?,
                     num_heads: heads,
                     num_kv_heads: c.num_key_value_heads.unwrap_or(heads),
-                    head_dim: c.head_dim.unwrap_or(hidden / heads.max(1)),
+                    head_dim,
                     vocab_size: need(c.vocab_size, "vocab_size", path)?,
                     max_positions: c.max_position_embeddings.unwrap_or(2048),
                     norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
@@ -184,7 +266,9 @@ impl Config {
                         .rope_theta
                         .or_else(|| c.rope_parameters.as_ref()?.get("rope_theta")?.as_f64().map(|v| v as f32))
                         .unwrap_or(10000.0),
-                    rope_scaling: parse_rope_scaling(c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()), path)?,
+                    rope_scaling: if is_phi3 { None } else { parse_rope_scaling(rope, path)? },
+                    rotary_dim,
+                    longrope,
                     qkv_bias: is_qwen2 || attention_bias,
                     o_bias: attention_bias,
                     qk_norm: is_qwen3,
@@ -221,6 +305,8 @@ impl Config {
                     norm_eps: c.layer_norm_epsilon.unwrap_or(1e-5),
                     rope_theta: 0.0,
                     rope_scaling: None,
+                    rotary_dim: hidden / heads.max(1),
+                    longrope: None,
                     qkv_bias: true,
                     o_bias: true,
                     qk_norm: false,
@@ -235,6 +321,11 @@ impl Config {
         };
         cfg.validate().with_context(|| format!("{}: inconsistent model config", path.display()))?;
         Ok(cfg)
+    }
+
+    /// Phi-3's fused `qkv_proj` and `gate_up_proj` (gate rows first, then up) instead of separate projections.
+    pub fn fused_projections(&self) -> bool {
+        self.architecture.get(..4).is_some_and(|a| a.eq_ignore_ascii_case("phi3"))
     }
 
     /// Whether layer `i` applies RoPE.
@@ -281,19 +372,29 @@ impl Config {
         if self.family == Family::Llama && !self.head_dim.is_multiple_of(2) {
             bail!("RoPE needs an even head dim, got {}", self.head_dim);
         }
+        if self.family == Family::Llama
+            && (self.rotary_dim == 0 || self.rotary_dim > self.head_dim || !self.rotary_dim.is_multiple_of(2))
+        {
+            bail!("RoPE needs an even rotary dim of at most the head dim {}, got {}", self.head_dim, self.rotary_dim);
+        }
         if self.family == Family::Gpt2 && self.num_heads * self.head_dim != self.hidden_size {
             bail!("n_embd {} is not divisible by n_head {}", self.hidden_size, self.num_heads);
         }
         Ok(())
     }
 
-    /// RoPE inverse frequencies (head_dim/2), as transformers computes them in f32.
-    pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim;
-        let base: Vec<f32> = (0..d / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
-        match &self.rope_scaling {
-            None => base,
-            Some(s) => base.into_iter().map(|f| s.scale(f)).collect(),
+    /// RoPE inverse frequencies (rotary_dim/2), as transformers computes them in f32; `long`: LongRoPE's set for
+    /// sequences longer than its original context (the same set without LongRoPE).
+    pub fn rope_inv_freq(&self, long: bool) -> Vec<f32> {
+        let d = self.rotary_dim;
+        let base = (0..d / 2).map(|i| self.rope_theta.powf((2 * i) as f32 / d as f32));
+        match (&self.rope_scaling, &self.longrope) {
+            (_, Some(l)) => {
+                let ext = if long { &l.long_factor } else { &l.short_factor };
+                base.zip(ext).map(|(b, e)| 1.0 / (e * b)).collect()
+            }
+            (None, None) => base.map(|b| 1.0 / b).collect(),
+            (Some(s), None) => base.map(|b| s.scale(1.0 / b)).collect(),
         }
     }
 

@@ -30,12 +30,14 @@ pub struct Block {
     pub attn_norm: Norm,
     /// Per-head RMSNorms of q and k, before RoPE (Qwen3): weights of head_dim values shared by the heads.
     pub qk_norm: Option<(Norm, Norm)>,
-    /// q, k, v projections (Llama family) or the fused c_attn (GPT-2), writing into one (N, q+k+v) buffer.
+    /// q, k, v projections (Llama family) or the fused c_attn (GPT-2) or qkv_proj (Phi-3), writing into one
+    /// (N, q+k+v) buffer.
     pub qkv: Vec<Linear>,
     pub o: Linear,
     pub mlp_norm: Norm,
-    /// gate_proj (SwiGLU); None for GPT-2's GELU MLP.
+    /// gate_proj (SwiGLU); None for GPT-2's GELU MLP and Phi-3's fused gate_up_proj.
     pub gate: Option<Linear>,
+    /// up_proj, c_fc (GPT-2), or Phi-3's gate_up_proj (2·ffn outputs: gate, then up).
     pub up: Linear,
     pub down: Linear,
 }
@@ -233,10 +235,19 @@ impl Transformer {
             lora_x_drop,
             qk_post,
             rope,
+            rope_rows,
+            gate_up,
             cached,
             ..
         } = acts;
         let x = &mut x[..n * d];
+        if let Some(t) = rope {
+            let seq_keys = match &ctx {
+                Context::Packed { seq_start } => seq_start,
+                Context::Cached { slots, .. } => slots,
+            };
+            set_rope_rows(rope_rows, positions, seq_keys, c.longrope.as_ref().map(|l| l.original_max_positions), t);
+        }
         let pos_embed = self.pos_embed.as_ref().map(|p| &p.data[..]);
         embedding_forward(x, tokens, self.embed.matrix(), positions, pos_embed, d);
         let mut io = BlockIo {
@@ -245,7 +256,8 @@ impl Transformer {
             step_seed: train_seed,
             lora_x_drop,
             qk_post,
-            rope: rope.as_ref(),
+            rope: rope.as_ref().map(|t| (t, &rope_rows[..])),
+            gate_up,
             cached,
         };
         for i in 0..self.blocks.len() {
@@ -291,9 +303,9 @@ impl Transformer {
                 scatter_cols(qkv, qw, col, heads * hd, post);
             }
         }
-        if let Some(rope) = io.rope.filter(|_| c.rope_in(i)) {
-            rope_forward(qkv, qw, layout.q_col, c.num_heads, io.positions, rope);
-            rope_forward(qkv, qw, layout.k_col, c.num_kv_heads, io.positions, rope);
+        if let Some((rope, rows)) = io.rope.filter(|_| c.rope_in(i)) {
+            rope_forward(qkv, qw, layout.q_col, c.num_heads, rows, rope);
+            rope_forward(qkv, qw, layout.k_col, c.num_kv_heads, rows, rope);
         }
         let att = &mut l.att[..n * aw];
         match &mut *io.ctx {
@@ -315,13 +327,21 @@ impl Transformer {
         norm_forward(&blk.mlp_norm, &mut l.h2[..n * d], &mut l.norm2_a[..n], &mut l.norm2_b[..n], x, c.norm_eps);
         let h2 = &l.h2[..n * d];
         let (gate, up, act) = (&mut l.ff_gate[..n * f], &mut l.ff_up[..n * f], &mut l.ff_act[..n * f]);
-        blk.up.forward(Strided::write(up, f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
-        match &blk.gate {
-            Some(g) => {
-                g.forward(Strided::write(gate, f), h2, n, &mut l.lora[SLOT_GATE], dropout(seed, xd));
-                swiglu_forward(act, gate, up);
+        if c.fused_projections() {
+            let gate_up = &mut io.gate_up[..n * 2 * f];
+            blk.up.forward(Strided::write(gate_up, 2 * f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
+            gather_cols(gate, gate_up, 2 * f, 0, f);
+            gather_cols(up, gate_up, 2 * f, f, f);
+            swiglu_forward(act, gate, up);
+        } else {
+            blk.up.forward(Strided::write(up, f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
+            match &blk.gate {
+                Some(g) => {
+                    g.forward(Strided::write(gate, f), h2, n, &mut l.lora[SLOT_GATE], dropout(seed, xd));
+                    swiglu_forward(act, gate, up);
+                }
+                None => gelu_tanh_forward(act, up),
             }
-            None => gelu_tanh_forward(act, up),
         }
         blk.down.forward(Strided::add(x, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd));
     }
@@ -348,9 +368,12 @@ impl Transformer {
             qk_post,
             grads,
             rope,
+            rope_rows,
+            gate_up,
             cached,
             ..
         } = acts;
+        let rope = rope.as_ref().map(|t| (t, &rope_rows[..]));
         let dx = &mut grads.dx[..n * d];
         dx.fill(0.0);
         norm_backward(&mut self.final_norm, dx, dhidden, &x_final_in[..n * d], &final_a[..n], &final_b[..n]);
@@ -366,13 +389,14 @@ impl Transformer {
                     step_seed: *step_seed,
                     lora_x_drop,
                     qk_post,
-                    rope: rope.as_ref(),
+                    rope,
+                    gate_up,
                     cached,
                 };
                 self.block_forward(i, &mut layers[0], x, &mut io);
             }
             let l = &mut layers[if recompute { 0 } else { i }];
-            self.block_backward(i, l, grads, lora_x_drop, batch, rope.as_ref());
+            self.block_backward(i, l, grads, lora_x_drop, batch, rope);
         }
         embedding_backward(
             self.embed.grad.as_deref_mut(),
@@ -393,10 +417,11 @@ impl Transformer {
         g: &mut GradScratch,
         lora_x_drop: &mut Vec<f32>,
         batch: &PackedBatch,
-        rope: Option<&RopeTable>,
+        rope: Option<(&RopeTable, &[u32])>,
     ) {
         let (n, qw, layout) = (batch.len(), self.qkv_width(), self.layout());
         let (d, f, aw) = (self.config.hidden_size, self.config.intermediate_size, layout.n_heads * layout.head_dim);
+        let (fused, rope_in) = (self.config.fused_projections(), self.config.rope_in(i));
         let blk = &mut self.blocks[i];
         let dx = &mut g.dx[..n * d];
         // MLP: x_out = x_mid + down(act(up(h2), gate(h2))), h2 = mlp_norm(x_mid)
@@ -414,9 +439,18 @@ impl Transformer {
                 let dy = gate.grad_view(dgate, f, n);
                 gate.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_GATE], lora_x_drop);
             }
+            None if fused => swiglu_backward(dgate, dup, dact, &l.ff_gate[..n * f], &l.ff_up[..n * f]),
             None => gelu_tanh_backward(dup, dact, &l.ff_up[..n * f]),
         }
-        let dy = blk.up.grad_view(dup, f, n);
+        let dy = match fused {
+            true => {
+                let dgate_up = &mut g.dgate_up[..n * 2 * f];
+                scatter_cols(dgate_up, 2 * f, 0, f, dgate);
+                scatter_cols(dgate_up, 2 * f, f, f, dup);
+                blk.up.grad_view(dgate_up, 2 * f, n)
+            }
+            false => blk.up.grad_view(dup, f, n),
+        };
         blk.up.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_UP], lora_x_drop);
         norm_backward(&mut blk.mlp_norm, dx, dh, &l.x_mid[..n * d], &l.norm2_a[..n], &l.norm2_b[..n]);
 
@@ -427,9 +461,9 @@ impl Transformer {
         blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], lora_x_drop);
         let dqkv = &mut g.dqkv[..n * qw];
         attention_backward(dqkv, datt, &l.qkv[..n * qw], &l.att[..n * aw], layout, &batch.seq_start);
-        if let Some(rope) = rope.filter(|_| self.config.rope_in(i)) {
-            rope_backward(dqkv, qw, layout.q_col, layout.n_heads, &batch.positions, rope);
-            rope_backward(dqkv, qw, layout.k_col, layout.n_kv_heads, &batch.positions, rope);
+        if let Some((rope, rows)) = rope.filter(|_| rope_in) {
+            rope_backward(dqkv, qw, layout.q_col, layout.n_heads, rows, rope);
+            rope_backward(dqkv, qw, layout.k_col, layout.n_kv_heads, rows, rope);
         }
         if let Some((qn, kn)) = &mut blk.qk_norm {
             let hd = layout.head_dim;
@@ -467,8 +501,29 @@ struct BlockIo<'a, 'c> {
     lora_x_drop: &'a mut Vec<f32>,
     /// Scratch of the per-head q/k norms.
     qk_post: &'a mut [f32],
-    rope: Option<&'a RopeTable>,
+    /// The RoPE table and each row's row of it.
+    rope: Option<(&'a RopeTable, &'a [u32])>,
+    /// Scratch of Phi-3's fused gate|up output.
+    gate_up: &'a mut [f32],
     cached: &'a mut CachedAttentionScratch,
+}
+
+/// Each row's row of the RoPE table: its position, offset into LongRoPE's long set when its sequence reaches past
+/// `long_after` positions within this pass. That is transformers' choice (by the largest position of a forward
+/// call) made per sequence: a sequence's rows here are the contiguous rows sharing a key (`seq_keys`: the packed
+/// sequence's start, or the cache slot), so a row scores alike alone or packed, and a decode step past the
+/// original context switches to the long set while the cached keys keep their rotation, as in transformers.
+fn set_rope_rows(out: &mut Vec<u32>, positions: &[u32], seq_keys: &[u32], long_after: Option<usize>, t: &RopeTable) {
+    out.clear();
+    let mut start = 0;
+    while start < positions.len() {
+        let len = seq_keys[start..].iter().position(|&k| k != seq_keys[start]).unwrap_or(positions.len() - start);
+        let rows = &positions[start..start + len];
+        let longest = rows.iter().max().map_or(0, |&p| p as usize + 1);
+        let offset = if long_after.is_some_and(|o| longest > o) { t.max_pos as u32 } else { 0 };
+        out.extend(rows.iter().map(|&p| p + offset));
+        start += len;
+    }
 }
 
 /// dst (N, width) = columns col..col + width of src (N rows of `stride`).
