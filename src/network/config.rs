@@ -114,8 +114,7 @@ struct HfConfig {
     activation_function: Option<String>,
 }
 
-const SUPPORTED: &str =
-    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM, \
+const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, Phi3ForCausalLM, \
      GPT2LMHeadModel";
 
 fn need<T>(v: Option<T>, key: &str, path: &Path) -> Result<T> {
@@ -179,7 +178,11 @@ fn phi3_rope(
             .and_then(|l| l.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
             .with_context(|| format!("{p}: rope_scaling.{key} must be a list of numbers for longrope scaling"))?;
         if list.len() != rotary_dim / 2 {
-            bail!("{p}: rope_scaling.{key} has {} entries; rotary dim {rotary_dim} needs {}", list.len(), rotary_dim / 2);
+            bail!(
+                "{p}: rope_scaling.{key} has {} entries; rotary dim {rotary_dim} needs {}",
+                list.len(),
+                rotary_dim / 2
+            );
         }
         Ok(list)
     };

@@ -199,6 +199,12 @@ impl Transformer {
         tokens.extend(rows.iter().map(|r| r.token));
         positions.extend(rows.iter().map(|r| r.pos));
         slots.extend(rows.iter().map(|r| r.slot));
+        for r in rows {
+            cache.write_token(r.slot as usize, r.pos as usize, r.token);
+        }
+        if let Some(l) = &self.config.longrope {
+            rerun_outgrown(&mut tokens, &mut positions, &mut slots, l.original_max_positions, cache);
+        }
         let capacity = cache.capacity;
         self.run_blocks(&tokens, &positions, capacity, Context::Cached { cache, slots: &slots }, acts, Mode::Infer);
         (acts.row_tokens, acts.row_positions, acts.row_slots) = (tokens, positions, slots);
@@ -236,6 +242,7 @@ impl Transformer {
             qk_post,
             rope,
             rope_rows,
+            rope_longest,
             gate_up,
             cached,
             ..
@@ -246,7 +253,8 @@ impl Transformer {
                 Context::Packed { seq_start } => seq_start,
                 Context::Cached { slots, .. } => slots,
             };
-            set_rope_rows(rope_rows, positions, seq_keys, c.longrope.as_ref().map(|l| l.original_max_positions), t);
+            let long_after = c.longrope.as_ref().map(|l| l.original_max_positions);
+            set_rope_rows(rope_rows, rope_longest, positions, seq_keys, long_after, t);
         }
         let pos_embed = self.pos_embed.as_ref().map(|p| &p.data[..]);
         embedding_forward(x, tokens, self.embed.matrix(), positions, pos_embed, d);
@@ -492,6 +500,37 @@ impl Transformer {
     }
 }
 
+/// LongRoPE in decoding: a cached sequence that outgrows the original context in this pass (its rows reach past
+/// `long_after` positions while its cached ones do not) is run again from position 0, its earlier tokens appended
+/// as rows after the given ones — all its positions then take the long factors, as transformers' Phi-3 generation
+/// recomputes its cache at that step, and decoding stays equal to the full forward pass.
+fn rerun_outgrown(
+    tokens: &mut Vec<u32>,
+    positions: &mut Vec<u32>,
+    slots: &mut Vec<u32>,
+    long_after: usize,
+    cache: &KvCache,
+) {
+    let n = positions.len();
+    for i in 0..n {
+        let slot = slots[i];
+        // the slot's first row in this pass stands for all of them
+        if slots[..i].contains(&slot) {
+            continue;
+        }
+        let rows = (0..n).filter(|&j| slots[j] == slot);
+        let first = rows.clone().map(|j| positions[j]).min().unwrap_or(0) as usize;
+        let longest = rows.map(|j| positions[j] as usize + 1).max().unwrap_or(0);
+        if longest > long_after && (1..=long_after).contains(&first) {
+            for p in 0..first {
+                tokens.push(cache.token(slot as usize, p));
+                positions.push(p as u32);
+                slots.push(slot);
+            }
+        }
+    }
+}
+
 /// What a block's forward reads besides its weights and writes besides its activations.
 struct BlockIo<'a, 'c> {
     positions: &'a [u32],
@@ -508,21 +547,29 @@ struct BlockIo<'a, 'c> {
     cached: &'a mut CachedAttentionScratch,
 }
 
-/// Each row's row of the RoPE table: its position, offset into LongRoPE's long set when its sequence reaches past
-/// `long_after` positions within this pass. That is transformers' choice (by the largest position of a forward
-/// call) made per sequence: a sequence's rows here are the contiguous rows sharing a key (`seq_keys`: the packed
-/// sequence's start, or the cache slot), so a row scores alike alone or packed, and a decode step past the
-/// original context switches to the long set while the cached keys keep their rotation, as in transformers.
-fn set_rope_rows(out: &mut Vec<u32>, positions: &[u32], seq_keys: &[u32], long_after: Option<usize>, t: &RopeTable) {
+/// Each row's row of the RoPE table: its position, offset into LongRoPE's long set when its sequence is longer than
+/// `long_after` positions — transformers' rule, made per sequence (the rows sharing a key, `seq_keys`: the packed
+/// sequence's start, or the cache slot), so a row scores alike alone or packed. `longest`: scratch.
+fn set_rope_rows(
+    out: &mut Vec<u32>,
+    longest: &mut Vec<u32>,
+    positions: &[u32],
+    seq_keys: &[u32],
+    long_after: Option<usize>,
+    t: &RopeTable,
+) {
     out.clear();
-    let mut start = 0;
-    while start < positions.len() {
-        let len = seq_keys[start..].iter().position(|&k| k != seq_keys[start]).unwrap_or(positions.len() - start);
-        let rows = &positions[start..start + len];
-        let longest = rows.iter().max().map_or(0, |&p| p as usize + 1);
-        let offset = if long_after.is_some_and(|o| longest > o) { t.max_pos as u32 } else { 0 };
-        out.extend(rows.iter().map(|&p| p + offset));
-        start += len;
+    out.extend_from_slice(positions);
+    let Some(o) = long_after else { return };
+    longest.clear();
+    longest.resize(seq_keys.iter().max().map_or(0, |&k| k as usize + 1), 0);
+    for (&k, &p) in seq_keys.iter().zip(positions) {
+        longest[k as usize] = longest[k as usize].max(p + 1);
+    }
+    for (r, &k) in out.iter_mut().zip(seq_keys) {
+        if longest[k as usize] as usize > o {
+            *r += t.max_pos as u32;
+        }
     }
 }
 
