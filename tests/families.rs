@@ -202,3 +202,20 @@ fn phi3_kv_cache_logits_match_full_forward() {
         assert_eq!((seqs[0].len(), seqs[1].len()), (19, 36));
     }
 }
+
+/// `info` names Phi-4-mini's RoPE; the config.json condlm writes for a Phi-3 model (GGUF sources) reads back as
+/// the same model config, LongRoPE included.
+#[test]
+fn phi3_info_and_written_config() {
+    let dir = fixture("tiny-phi4");
+    let (ok, out, err) = condlm(&["info", dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("the first 12 of 16 features") && out.contains("longrope scaling"), "{out}");
+    assert!(out.contains("fused qkv_proj and gate_up_proj"), "{out}");
+    let c = model("tiny-phi4").config;
+    let written = condlm::formats::hf_export::config_json(&c, Some(0)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("config.json");
+    std::fs::write(&path, serde_json::to_string(&written).unwrap()).unwrap();
+    assert_eq!(condlm::network::config::Config::from_hf_json(&path).unwrap(), c);
+}

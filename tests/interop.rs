@@ -33,6 +33,9 @@ fn check(model_dir: &str, adapter: &str, peft_logits: &str) {
 fn peft_reads_condlm_adapters_as_condlm_means_them() {
     check("tiny-llama", "interop/tiny-llama-condlm-adapter", "interop/tiny-llama-peft-logits.safetensors");
     check("tiny-gpt2", "interop/tiny-gpt2-condlm-adapter", "interop/tiny-gpt2-peft-logits.safetensors");
+    // all-linear on Phi-3: one adapter on each fused qkv_proj and gate_up_proj
+    check("tiny-phi3", "interop/tiny-phi3-condlm-adapter", "interop/tiny-phi3-peft-logits.safetensors");
+    check("tiny-phi4", "interop/tiny-phi4-condlm-adapter", "interop/tiny-phi4-peft-logits.safetensors");
 }
 
 #[test]

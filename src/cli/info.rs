@@ -4,6 +4,7 @@ use clap::Args;
 use condlm::formats::load::{load_tokenizer, open_weights};
 use condlm::formats::resolve::resolve;
 use condlm::formats::weights::Weights;
+use condlm::network::config::{Config, Family};
 use std::collections::BTreeMap;
 
 /// Describe a checkpoint: architecture, layer/head/hidden sizes, parameters, tensor types, tokenizer.
@@ -28,6 +29,12 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("heads         {} query, {} key/value, head dim {}{qk_norm}", c.num_heads, c.num_kv_heads, c.head_dim);
     println!("parameters    {} ({:.1} M)", c.num_parameters(), c.num_parameters() as f64 / 1e6);
     println!("context       {} positions", c.max_positions);
+    if c.family == Family::Llama {
+        println!("rope          {}", rope_text(&c));
+    }
+    if c.fused_projections() {
+        println!("projections   fused qkv_proj and gate_up_proj");
+    }
     println!("vocabulary    {} (tokenizer: {})", c.vocab_size, tok.vocab_size());
     println!("tied head     {}", c.tie_embeddings);
     let name = |id: u32| tok.inner.id_to_token(id).unwrap_or_else(|| "?".into());
@@ -58,4 +65,28 @@ pub fn run(a: InfoArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// RoPE's base, the features it rotates, its scaling and the layers without it.
+fn rope_text(c: &Config) -> String {
+    let mut t = format!("θ {}", c.rope_theta);
+    if c.rotary_dim != c.head_dim {
+        t += &format!(", partial: the first {} of {} features of each head", c.rotary_dim, c.head_dim);
+    }
+    match (&c.rope_scaling, &c.longrope) {
+        (Some(s), _) => t += &format!(", llama3 scaling (factor {})", s.factor),
+        (None, Some(l)) => {
+            let past = l.original_max_positions;
+            t += &format!(
+                ", longrope scaling (long factors past {past} positions, attention factor {:.4})",
+                l.attention_factor
+            )
+        }
+        (None, None) => {}
+    }
+    let skipped = c.no_rope.iter().filter(|&&n| n).count();
+    if skipped > 0 {
+        t += &format!(", none in {skipped} of {} layers", c.num_layers);
+    }
+    t
 }

@@ -227,8 +227,10 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 "llama" | "llamaforcausallm" => ("LlamaForCausalLM", "llama"),
                 "qwen2" | "qwen2forcausallm" => ("Qwen2ForCausalLM", "qwen2"),
                 "qwen3" | "qwen3forcausallm" => ("Qwen3ForCausalLM", "qwen3"),
+                "phi3" | "phi3forcausallm" => ("Phi3ForCausalLM", "phi3"),
                 other => bail!(
-                    "cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, qwen3, gpt2)"
+                    "cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, qwen3, phi3, \
+                     gpt2)"
                 ),
             };
             let mut v = json!({
@@ -267,6 +269,21 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 v["use_sliding_window"] = json!(false);
                 v["sliding_window"] = json!(c.sliding_window);
                 v["max_window_layers"] = json!(c.num_layers);
+            } else if model_type == "phi3" {
+                if c.qkv_bias || c.o_bias || c.mlp_bias {
+                    bail!("a Phi-3 model has no biases; this one cannot be written as Phi3ForCausalLM");
+                }
+                v["partial_rotary_factor"] = json!(c.rotary_dim as f64 / c.head_dim as f64);
+                v["sliding_window"] = json!(c.sliding_window);
+                if let Some(l) = &c.longrope {
+                    v["original_max_position_embeddings"] = json!(l.original_max_positions);
+                    v["rope_scaling"] = json!({
+                        "type": "longrope",
+                        "short_factor": l.short_factor.iter().map(|&f| f32_json(f)).collect::<Vec<_>>(),
+                        "long_factor": l.long_factor.iter().map(|&f| f32_json(f)).collect::<Vec<_>>(),
+                        "attention_factor": f32_json(l.attention_factor),
+                    });
+                }
             } else if model_type == "qwen3" {
                 v["attention_bias"] = json!(c.qkv_bias);
                 v["use_sliding_window"] = json!(false);
