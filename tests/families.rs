@@ -115,7 +115,7 @@ fn lora_and_full_gradients_match_pytorch() {
 }
 
 #[test]
-fn qwen3_gguf_export_keeps_the_model_and_smollm3_is_refused() {
+fn qwen3_gguf_export_keeps_the_model_and_smollm3_and_phi3_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny-qwen3.gguf");
     let model = fixture("tiny-qwen3");
@@ -132,6 +132,10 @@ fn qwen3_gguf_export_keeps_the_model_and_smollm3_is_refused() {
     let (ok, _, err) =
         condlm(&["export-gguf", "--model", smol.to_str().unwrap(), "--out", out.to_str().unwrap(), "--overwrite"]);
     assert!(!ok && err.contains("no_rope_layers"), "{err}");
+    let phi = fixture("tiny-phi3");
+    let (ok, _, err) =
+        condlm(&["export-gguf", "--model", phi.to_str().unwrap(), "--out", out.to_str().unwrap(), "--overwrite"]);
+    assert!(!ok && err.contains("Phi-3"), "{err}");
 }
 
 /// Greedy decoding over the KV cache gives transformers' ids, for Phi-4-mini's RoPE also when the sequence crosses
@@ -218,4 +222,67 @@ fn phi3_info_and_written_config() {
     let path = tmp.path().join("config.json");
     std::fs::write(&path, serde_json::to_string(&written).unwrap()).unwrap();
     assert_eq!(condlm::network::config::Config::from_hf_json(&path).unwrap(), c);
+}
+
+/// Phi-3 configs in the Hub's spelling (`rope_scaling` with the old type name `su`, as Phi-3-mini-128k writes it)
+/// read like transformers reads them; what condlm cannot run is an error naming the key.
+#[test]
+fn phi3_config_spellings_and_errors() {
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-phi4/config.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let read = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base.clone();
+        edit(&mut v);
+        let path = tmp.path().join("config.json");
+        std::fs::write(&path, v.to_string()).unwrap();
+        condlm::network::config::Config::from_hf_json(&path)
+    };
+    let want = model("tiny-phi4").config;
+    let legacy = read(&|v| {
+        let p = v.as_object_mut().unwrap().remove("rope_parameters").unwrap();
+        v["rope_theta"] = p["rope_theta"].clone();
+        v["rope_scaling"] = serde_json::json!({"type": "su", "short_factor": p["short_factor"],
+                                               "long_factor": p["long_factor"]});
+    });
+    assert_eq!(legacy.unwrap(), want);
+    let err = |edit: &dyn Fn(&mut serde_json::Value)| format!("{:#}", read(edit).unwrap_err());
+    let e = err(&|v| v["rope_parameters"]["short_factor"] = serde_json::json!([1.0, 2.0]));
+    assert!(e.contains("rope_scaling.short_factor has 2 entries; rotary dim 12 needs 6"), "{e}");
+    let e = err(&|v| v["rope_parameters"]["rope_type"] = serde_json::json!("dynamic"));
+    assert!(e.contains("rope_scaling type \"dynamic\" is not supported for Phi-3"), "{e}");
+    let e = err(&|v| v["partial_rotary_factor"] = serde_json::json!(0.7));
+    assert!(e.contains("partial_rotary_factor 0.7 of head dim 16 gives 11"), "{e}");
+    // without LongRoPE: the partial rotary factor alone, from transformers 5's rope_parameters
+    let plain = read(&|v| {
+        v.as_object_mut().unwrap().remove("partial_rotary_factor");
+        v["rope_parameters"] =
+            serde_json::json!({"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5});
+    });
+    let plain = plain.unwrap();
+    assert_eq!((plain.rotary_dim, plain.longrope), (8, None));
+}
+
+/// `merge` folds an adapter on the fused modules into the Phi-3 weights: the merged folder gives the logits PEFT
+/// computes with the adapter unmerged.
+#[test]
+fn phi3_merge_keeps_the_adapted_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    let (base, adapter) = (fixture("tiny-phi4"), fixture("interop/tiny-phi4-condlm-adapter"));
+    let args = ["merge", "--model", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap()];
+    let (ok, _, err) = condlm(&[&args[..], &["--out", out.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let m = load_model(out.to_str().unwrap()).unwrap().model;
+    let want = load_f32_tensors(&fixture("interop/tiny-phi4-peft-logits.safetensors"));
+    let d = m.config.hidden_size;
+    for (i, (ids, _)) in reference_sequences("tiny-phi4").iter().enumerate() {
+        let batch = PackedBatch::new(std::slice::from_ref(ids));
+        let mut acts = Activations::default();
+        m.forward(&batch, &mut acts, Mode::Infer);
+        let all: Vec<usize> = (0..ids.len()).collect();
+        let got = logits(&acts.x[..ids.len() * d], d, m.head(), &all, &mut HeadScratch::default());
+        let diff = max_abs_diff(&got, &want[&format!("logits.{i}")].1);
+        assert!(diff <= 1e-4, "row {i}: max |Δ logit| vs PEFT {diff}");
+    }
 }
