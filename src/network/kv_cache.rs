@@ -99,12 +99,14 @@ mod tests {
         let k: Vec<f32> = (0..6).map(|i| i as f32).collect();
         let v: Vec<f32> = (0..6).map(|i| -(i as f32)).collect();
         c.write(1, 2, 1, &k, &v);
+        c.write_token(2, 1, 8);
         let at = c.offset(1, 2, 1, 1);
         let (lk, lv) = (c.layer(1).k, c.layer(1).v);
         let base = c.offset(1, 0, 0, 0);
         assert_eq!(&lk[at - base..][..3], &[3.0, 4.0, 5.0]);
         assert_eq!(&lv[at - base..][..3], &[-3.0, -4.0, -5.0]);
         c.copy_slot(2, 0, 2);
+        assert_eq!(c.token(0, 1), 8);
         let at0 = c.offset(1, 0, 1, 1);
         assert_eq!(&c.layer(1).k[at0 - base..][..3], &[3.0, 4.0, 5.0]);
         // Layer 0 untouched.
