@@ -81,7 +81,7 @@ pub struct Activations {
     pub(super) rope: Option<RopeTable>,
     /// Each row's row of the RoPE table: its position, in LongRoPE's long set when its sequence needs it.
     pub(super) rope_rows: Vec<u32>,
-    /// The longest sequence of each key in [`set_rope_rows`](super::transformer)'s pass (scratch).
+    /// Scratch of the choice of RoPE rows: the length of each sequence in the pass.
     pub(super) rope_longest: Vec<u32>,
     /// Phi-3's fused gate|up output (N, 2·ffn) in forward, its gradient in backward; shared by all layers.
     pub(super) gate_up: Vec<f32>,

@@ -246,7 +246,8 @@ impl Config {
                 }
                 let hidden = need(c.hidden_size, "hidden_size", path)?;
                 let heads = need(c.num_attention_heads, "num_attention_heads", path)?;
-                let attention_bias = c.attention_bias.unwrap_or(false);
+                // Phi-3 has no biases, whatever attention_bias / mlp_bias say (transformers reads neither for it)
+                let attention_bias = !is_phi3 && c.attention_bias.unwrap_or(false);
                 let head_dim = c.head_dim.unwrap_or(hidden / heads.max(1));
                 let rope = c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()).filter(|v| !v.is_null());
                 let (rotary_dim, longrope) = match is_phi3 {
@@ -276,7 +277,7 @@ impl Config {
                     o_bias: attention_bias,
                     qk_norm: is_qwen3,
                     no_rope: if is_smollm3 { smollm3_no_rope(&c, path)? } else { vec![] },
-                    mlp_bias: c.mlp_bias.unwrap_or(false),
+                    mlp_bias: !is_phi3 && c.mlp_bias.unwrap_or(false),
                     tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
                     sliding_window: c.sliding_window.filter(|_| c.use_sliding_window != Some(false)),
                     bos_token_id: bos,
