@@ -1,22 +1,25 @@
 //! The families beyond Llama/Qwen2/GPT-2 against transformers and PyTorch autograd on tiny random checkpoints
 //! (tests/fixtures/make_family_fixtures.py): Qwen3 (per-head q/k RMSNorm before RoPE, head_dim ≠ hidden / heads),
 //! SmolLM3 (layers without RoPE), Gemma 3 ((1 + w) norms, four per block, GeGLU, scaled embeddings and queries,
-//! sliding and global layers with their own RoPE bases) and Mistral (a sliding window on every layer), every row
-//! longer than the windows: logits, LoRA (every linear layer) and full fine-tuning gradients; Qwen3 also through
-//! GGUF export.
+//! sliding and global layers with their own RoPE bases), Mistral (a sliding window on every layer) and Phi-3 (fused
+//! qkv_proj / gate_up_proj; Phi-4-mini's partial rotary factor and LongRoPE scaling), every row longer than the
+//! windows: logits, LoRA (every linear layer) and full fine-tuning gradients; Qwen3 also through GGUF export;
+//! Phi-3's greedy decoding and KV cache.
 mod common;
 use common::{condlm, expected_json, fixture, load_f32_tensors, max_abs_diff, reference_sequences, rel_err};
 use condlm::data::example::Example;
 use condlm::formats::load::load_model;
 use condlm::formats::peft::load_adapter;
+use condlm::generate::decoder::Decoder;
+use condlm::generate::{GenerateOptions, generate};
 use condlm::kernels::lm_head::{HeadScratch, logits};
 use condlm::network::activations::Activations;
 use condlm::network::adapters::set_full_finetune;
-use condlm::network::batch::PackedBatch;
+use condlm::network::batch::{PackedBatch, Row};
 use condlm::network::transformer::{Mode, Transformer};
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 
-const FAMILIES: [&str; 4] = ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral"];
+const FAMILIES: [&str; 6] = ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral", "tiny-phi3", "tiny-phi4"];
 
 fn model(name: &str) -> Transformer {
     load_model(fixture(name).to_str().unwrap()).unwrap().model
@@ -55,6 +58,16 @@ fn configs_read_the_family_features() {
     ] {
         assert!(out.contains(line), "info lacks {line:?}:\n{out}");
     }
+    let p = model("tiny-phi3");
+    assert!(p.config.fused_projections() && p.config.rotary_dim == 16 && p.config.longrope.is_none());
+    let names: Vec<&str> = p.blocks[0].linears().map(|l| l.name.as_str()).collect();
+    let want = ["self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"];
+    assert_eq!(names, want.map(|m| format!("model.layers.0.{m}")));
+    let p = model("tiny-phi4");
+    let l = p.config.longrope.as_ref().unwrap();
+    assert_eq!((p.config.rotary_dim, l.original_max_positions, l.long_factor.len()), (12, 16, 6));
+    // transformers' default: √(1 + ln(128 / 16) / ln 16)
+    assert!((l.attention_factor as f64 - (1.0 + 8f64.ln() / 16f64.ln()).sqrt()).abs() < 1e-6);
     for name in FAMILIES {
         // every tensor of the checkpoint, counted from the config (the memory plan relies on it)
         let stored: usize =
@@ -122,7 +135,7 @@ fn lora_and_full_gradients_match_pytorch() {
 }
 
 #[test]
-fn qwen3_gguf_export_keeps_the_model_and_smollm3_is_refused() {
+fn qwen3_gguf_export_keeps_the_model_and_smollm3_and_phi3_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tiny-qwen3.gguf");
     let model = fixture("tiny-qwen3");
@@ -139,4 +152,157 @@ fn qwen3_gguf_export_keeps_the_model_and_smollm3_is_refused() {
     let (ok, _, err) =
         condlm(&["export-gguf", "--model", smol.to_str().unwrap(), "--out", out.to_str().unwrap(), "--overwrite"]);
     assert!(!ok && err.contains("no_rope_layers"), "{err}");
+    let phi = fixture("tiny-phi3");
+    let (ok, _, err) =
+        condlm(&["export-gguf", "--model", phi.to_str().unwrap(), "--out", out.to_str().unwrap(), "--overwrite"]);
+    assert!(!ok && err.contains("Phi-3"), "{err}");
+}
+
+/// Greedy decoding over the KV cache gives transformers' ids, for Phi-4-mini's RoPE also when the sequence crosses
+/// LongRoPE's original context while decoding (transformers then recomputes its cache with the long factors;
+/// condlm re-rotates the cached keys), alone and batched with prefill mixed into decode steps.
+#[test]
+fn phi3_greedy_ids_match_transformers() {
+    for name in ["tiny-phi3", "tiny-phi4"] {
+        let m = load_model(fixture(name).to_str().unwrap()).unwrap();
+        let exp = expected_json(name);
+        let cases = exp["greedy"].as_array().unwrap();
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+        };
+        let prompts: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["prompt_ids"])).collect();
+        let wants: Vec<Vec<u32>> = cases.iter().map(|c| ids(&c["output_ids"])).collect();
+        for batch in [1, 3] {
+            for (p, want) in prompts.iter().zip(&wants) {
+                let mut opts = GenerateOptions::greedy(want.len(), 2);
+                opts.batch = batch;
+                let got = generate(&m.model, &m.tokenizer, std::slice::from_ref(p), &opts, |_| {}).unwrap();
+                assert_eq!(&got[0].ids, want, "{name}: prompt {p:?}");
+            }
+            let mut opts = GenerateOptions::greedy(16, 2);
+            opts.batch = batch;
+            let got = generate(&m.model, &m.tokenizer, &prompts, &opts, |_| {}).unwrap();
+            for (g, want) in got.iter().zip(&wants) {
+                assert_eq!(g.ids[..want.len()], want[..], "{name}: batch {batch}");
+            }
+        }
+    }
+}
+
+/// Decoding over the cache gives the full forward pass's logits at every step — for Phi-4-mini's RoPE with a
+/// sequence that crosses LongRoPE's original context of 16 while decoding and one past it from the prefill on —
+/// with an adapter on the fused modules.
+#[test]
+fn phi3_kv_cache_logits_match_full_forward() {
+    for name in ["tiny-phi3", "tiny-phi4"] {
+        let mut m = model(name);
+        load_adapter(&fixture(&format!("{name}/lora-init")), &mut m).unwrap();
+        let (vocab, d) = (m.config.vocab_size, m.config.hidden_size);
+        let mut seqs = vec![vec![5u32, 9, 11], (0..20).map(|i| 100 + 7 * i).collect()];
+        let mut dec = Decoder::new(&m, seqs.len(), 64, 64).unwrap();
+        let mut acts = Activations::default();
+        for step in 0..16 {
+            let (mut rows, mut logit_rows) = (vec![], vec![]);
+            for (s, seq) in seqs.iter().enumerate() {
+                let from = if step == 0 { 0 } else { seq.len() - 1 };
+                for (pos, &token) in seq.iter().enumerate().skip(from) {
+                    rows.push(Row { slot: s as u32, pos: pos as u32, token });
+                }
+                logit_rows.push(rows.len() - 1);
+            }
+            let got = dec.forward(&rows, &logit_rows).unwrap().to_vec();
+            let batch = PackedBatch::new(&seqs);
+            m.forward(&batch, &mut acts, Mode::Infer);
+            let last: Vec<usize> = batch.seqs.iter().map(|r| r.end - 1).collect();
+            let want = logits(&acts.x[..batch.len() * d], d, m.head(), &last, &mut HeadScratch::default());
+            for s in 0..seqs.len() {
+                let diff = max_abs_diff(&got[s * vocab..][..vocab], &want[s * vocab..][..vocab]);
+                assert!(diff <= 1e-4, "{name} step {step} sequence {s}: max |Δ logit| {diff}");
+            }
+            for (s, seq) in seqs.iter_mut().enumerate() {
+                seq.push(condlm::generate::sampling::argmax(&got[s * vocab..][..vocab]) as u32);
+            }
+        }
+        assert_eq!((seqs[0].len(), seqs[1].len()), (19, 36));
+    }
+}
+
+/// `info` names Phi-4-mini's RoPE; the config.json condlm writes for a Phi-3 model (GGUF sources) reads back as
+/// the same model config, LongRoPE included.
+#[test]
+fn phi3_info_and_written_config() {
+    let dir = fixture("tiny-phi4");
+    let (ok, out, err) = condlm(&["info", dir.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("the first 12 of 16 features") && out.contains("longrope scaling"), "{out}");
+    assert!(out.contains("fused qkv_proj and gate_up_proj"), "{out}");
+    let c = model("tiny-phi4").config;
+    let written = condlm::formats::hf_export::config_json(&c, Some(0)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("config.json");
+    std::fs::write(&path, serde_json::to_string(&written).unwrap()).unwrap();
+    assert_eq!(condlm::network::config::Config::from_hf_json(&path).unwrap(), c);
+}
+
+/// Phi-3 configs in the Hub's spelling (`rope_scaling` with the old type name `su`, as Phi-3-mini-128k writes it)
+/// read like transformers reads them; what condlm cannot run is an error naming the key.
+#[test]
+fn phi3_config_spellings_and_errors() {
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-phi4/config.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let read = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base.clone();
+        edit(&mut v);
+        let path = tmp.path().join("config.json");
+        std::fs::write(&path, v.to_string()).unwrap();
+        condlm::network::config::Config::from_hf_json(&path)
+    };
+    let want = model("tiny-phi4").config;
+    let legacy = read(&|v| {
+        let p = v.as_object_mut().unwrap().remove("rope_parameters").unwrap();
+        v["rope_theta"] = p["rope_theta"].clone();
+        v["rope_scaling"] = serde_json::json!({"type": "su", "short_factor": p["short_factor"],
+                                               "long_factor": p["long_factor"]});
+    });
+    assert_eq!(legacy.unwrap(), want);
+    let err = |edit: &dyn Fn(&mut serde_json::Value)| format!("{:#}", read(edit).unwrap_err());
+    let e = err(&|v| v["rope_parameters"]["short_factor"] = serde_json::json!([1.0, 2.0]));
+    assert!(e.contains("rope_scaling.short_factor has 2 entries; rotary dim 12 needs 6"), "{e}");
+    let e = err(&|v| v["rope_parameters"]["rope_type"] = serde_json::json!("dynamic"));
+    assert!(e.contains("rope_scaling type \"dynamic\" is not supported for Phi-3"), "{e}");
+    let e = err(&|v| v["partial_rotary_factor"] = serde_json::json!(0.7));
+    assert!(e.contains("partial_rotary_factor 0.7 of head dim 16 gives 11"), "{e}");
+    // without LongRoPE: the partial rotary factor alone, from transformers 5's rope_parameters
+    let plain = read(&|v| {
+        v.as_object_mut().unwrap().remove("partial_rotary_factor");
+        v["rope_parameters"] =
+            serde_json::json!({"rope_type": "default", "rope_theta": 1e6, "partial_rotary_factor": 0.5});
+    });
+    let plain = plain.unwrap();
+    assert_eq!((plain.rotary_dim, plain.longrope), (8, None));
+}
+
+/// `merge` folds an adapter on the fused modules into the Phi-3 weights: the merged folder gives the logits PEFT
+/// computes with the adapter unmerged.
+#[test]
+fn phi3_merge_keeps_the_adapted_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("merged");
+    let (base, adapter) = (fixture("tiny-phi4"), fixture("interop/tiny-phi4-condlm-adapter"));
+    let args = ["merge", "--model", base.to_str().unwrap(), "--adapter", adapter.to_str().unwrap()];
+    let (ok, _, err) = condlm(&[&args[..], &["--out", out.to_str().unwrap()]].concat());
+    assert!(ok, "{err}");
+    let m = load_model(out.to_str().unwrap()).unwrap().model;
+    let want = load_f32_tensors(&fixture("interop/tiny-phi4-peft-logits.safetensors"));
+    let d = m.config.hidden_size;
+    for (i, (ids, _)) in reference_sequences("tiny-phi4").iter().enumerate() {
+        let batch = PackedBatch::new(std::slice::from_ref(ids));
+        let mut acts = Activations::default();
+        m.forward(&batch, &mut acts, Mode::Infer);
+        let all: Vec<usize> = (0..ids.len()).collect();
+        let got = logits(&acts.x[..ids.len() * d], d, m.head(), &all, &mut HeadScratch::default());
+        let diff = max_abs_diff(&got, &want[&format!("logits.{i}")].1);
+        assert!(diff <= 1e-4, "row {i}: max |Δ logit| vs PEFT {diff}");
+    }
 }

@@ -124,6 +124,8 @@ fn kv_cache_logits_match_full_forward_at_every_step() {
         ("tiny-smollm3", None),
         ("tiny-gemma3", Some("tiny-gemma3/lora-init")),
         ("tiny-mistral", None),
+        ("tiny-phi3", Some("tiny-phi3/lora-init")),
+        ("tiny-phi4", None),
     ];
     for &(spec, adapter) in specs {
         let m = load(spec, adapter);

@@ -45,6 +45,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
     }
     println!("parameters    {} ({:.1} M)", c.num_parameters(), c.num_parameters() as f64 / 1e6);
     println!("context       {} positions", c.max_positions);
+    if c.fused_projections() {
+        println!("projections   fused qkv_proj and gate_up_proj");
+    }
     println!("vocabulary    {} (tokenizer: {})", c.vocab_size, tok.vocab_size());
     println!("tied head     {}", c.tie_embeddings);
     let name = |id: u32| tok.inner.id_to_token(id).unwrap_or_else(|| "?".into());
@@ -100,7 +103,8 @@ fn attention_line(c: &Config) -> String {
     line
 }
 
-/// RoPE bases (the sliding layers' own), scaling, and layers without RoPE; or GPT-2's learned positions.
+/// RoPE: its bases (the sliding layers' own), the features it rotates, its scaling and the layers without it; or
+/// GPT-2's learned positions.
 fn rope_line(c: &Config) -> String {
     if c.family == Family::Gpt2 {
         return "learned position embeddings".to_string();
@@ -109,8 +113,18 @@ fn rope_line(c: &Config) -> String {
     if let Some(local) = c.rope_local_theta {
         line += &format!(" (sliding layers: {local})");
     }
-    if let Some(s) = &c.rope_scaling {
-        line += &format!(", Llama 3 scaling ×{} from {} positions", s.factor, s.original_max_position_embeddings);
+    if c.rotary_dim != c.head_dim {
+        line += &format!(", partial: the first {} of {} features of each head", c.rotary_dim, c.head_dim);
+    }
+    match (&c.rope_scaling, &c.longrope) {
+        (Some(s), _) => {
+            line += &format!(", Llama 3 scaling ×{} from {} positions", s.factor, s.original_max_position_embeddings)
+        }
+        (None, Some(l)) => {
+            let past = l.original_max_positions;
+            line += &format!(", longrope scaling (long factors past {past} positions, attention factor {:.4})", l.attention_factor)
+        }
+        (None, None) => {}
     }
     let skipped: Vec<String> = (0..c.num_layers).filter(|&i| !c.rope_in(i)).map(|i| i.to_string()).collect();
     if !skipped.is_empty() {

@@ -203,19 +203,32 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                     ),
                     false => (t.norm(&format!("{p}.post_attention_layernorm"), d, Bias::Without)?, None),
                 };
+                let (qkv, gate, up) = match c.fused_projections() {
+                    // Phi-3: one qkv_proj (q, then k, then v rows) and one gate_up_proj (gate rows, then up)
+                    true => (
+                        vec![t.linear(&format!("{p}.self_attn.qkv_proj"), d, q + 2 * kv, c.qkv_bias.into())?],
+                        None,
+                        t.linear(&format!("{p}.mlp.gate_up_proj"), d, 2 * f, c.mlp_bias.into())?,
+                    ),
+                    false => (
+                        vec![
+                            t.linear(&format!("{p}.self_attn.q_proj"), d, q, c.qkv_bias.into())?,
+                            t.linear(&format!("{p}.self_attn.k_proj"), d, kv, c.qkv_bias.into())?,
+                            t.linear(&format!("{p}.self_attn.v_proj"), d, kv, c.qkv_bias.into())?,
+                        ],
+                        Some(t.linear(&format!("{p}.mlp.gate_proj"), d, f, c.mlp_bias.into())?),
+                        t.linear(&format!("{p}.mlp.up_proj"), d, f, c.mlp_bias.into())?,
+                    ),
+                };
                 blocks.push(Block {
                     attn_norm: t.norm(&format!("{p}.input_layernorm"), d, Bias::Without)?,
                     post_norms,
                     qk_norm,
-                    qkv: vec![
-                        t.linear(&format!("{p}.self_attn.q_proj"), d, q, c.qkv_bias.into())?,
-                        t.linear(&format!("{p}.self_attn.k_proj"), d, kv, c.qkv_bias.into())?,
-                        t.linear(&format!("{p}.self_attn.v_proj"), d, kv, c.qkv_bias.into())?,
-                    ],
+                    qkv,
                     o: t.linear(&format!("{p}.self_attn.o_proj"), q, d, c.o_bias.into())?,
                     mlp_norm,
-                    gate: Some(t.linear(&format!("{p}.mlp.gate_proj"), d, f, c.mlp_bias.into())?),
-                    up: t.linear(&format!("{p}.mlp.up_proj"), d, f, c.mlp_bias.into())?,
+                    gate,
+                    up,
                     down: t.linear(&format!("{p}.mlp.down_proj"), f, d, c.mlp_bias.into())?,
                 });
             }

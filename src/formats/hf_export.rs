@@ -229,9 +229,10 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 "qwen2" | "qwen2forcausallm" => ("Qwen2ForCausalLM", "qwen2"),
                 "qwen3" | "qwen3forcausallm" => ("Qwen3ForCausalLM", "qwen3"),
                 "gemma3" | "gemma3forcausallm" => ("Gemma3ForCausalLM", "gemma3_text"),
+                "phi3" | "phi3forcausallm" => ("Phi3ForCausalLM", "phi3"),
                 other => bail!(
                     "cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, qwen3, \
-                     gemma3, gpt2)"
+                     gemma3, phi3, gpt2)"
                 ),
             };
             let mut v = json!({
@@ -289,6 +290,21 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                     },
                 });
                 v["attention_bias"] = json!(c.qkv_bias);
+            } else if model_type == "phi3" {
+                if c.qkv_bias || c.o_bias || c.mlp_bias {
+                    bail!("a Phi-3 model has no biases; this one cannot be written as Phi3ForCausalLM");
+                }
+                v["partial_rotary_factor"] = json!(c.rotary_dim as f64 / c.head_dim as f64);
+                v["sliding_window"] = json!(c.sliding_window);
+                if let Some(l) = &c.longrope {
+                    v["original_max_position_embeddings"] = json!(l.original_max_positions);
+                    v["rope_scaling"] = json!({
+                        "type": "longrope",
+                        "short_factor": l.short_factor.iter().map(|&f| f32_json(f)).collect::<Vec<_>>(),
+                        "long_factor": l.long_factor.iter().map(|&f| f32_json(f)).collect::<Vec<_>>(),
+                        "attention_factor": f32_json(l.attention_factor),
+                    });
+                }
             } else if model_type == "qwen3" {
                 v["attention_bias"] = json!(c.qkv_bias);
                 v["use_sliding_window"] = json!(false);

@@ -60,6 +60,8 @@ pub struct GradScratch {
     pub dff_gate: Vec<f32>,
     pub dff_up: Vec<f32>,
     pub dff_act: Vec<f32>,
+    /// ∂L/∂ Phi-3's fused gate|up output (N, 2·ffn)
+    pub dgate_up: Vec<f32>,
 }
 
 /// Forward/backward buffers. Training keeps every block's [`LayerActs`]; inference keeps one.
@@ -89,6 +91,12 @@ pub struct Activations {
     pub(super) rope: Option<RopeTable>,
     /// The sliding layers' table when they have their own RoPE base (Gemma 3).
     pub(super) rope_local: Option<RopeTable>,
+    /// Each row's row of the RoPE table: its position, in LongRoPE's long set when its sequence needs it.
+    pub(super) rope_rows: Vec<u32>,
+    /// Scratch of the choice of RoPE rows: the length of each sequence in the pass.
+    pub(super) rope_longest: Vec<u32>,
+    /// Phi-3's fused gate|up output (N, 2·ffn) in forward, its gradient in backward; shared by all layers.
+    pub(super) gate_up: Vec<f32>,
     /// Rows of a cached (decoding) pass: their tokens, positions and cache slots.
     pub(super) row_tokens: Vec<u32>,
     pub(super) row_positions: Vec<u32>,
@@ -165,15 +173,20 @@ impl Activations {
         if c.sandwich_norms {
             grow(&mut self.sublayer_out, n * d);
         }
-        let too_short = |t: &Option<RopeTable>| t.as_ref().is_none_or(|t| t.cos.len() < max_pos * c.head_dim / 2);
-        let table_len = max_pos.max(256).min(c.max_positions);
-        if c.family == Family::Llama && too_short(&self.rope) {
-            self.rope = Some(RopeTable::new(&c.rope_inv_freq(), table_len));
+        if c.fused_projections() {
+            grow(&mut self.gate_up, n * 2 * f);
         }
-        if too_short(&self.rope_local)
+        let rows = max_pos.max(256).min(c.max_positions);
+        if c.family == Family::Llama && self.rope.as_ref().is_none_or(|t| t.max_pos < max_pos) {
+            let (short, long) = (c.rope_inv_freq(false), c.rope_inv_freq(true));
+            let sets: &[&[f32]] = if c.longrope.is_some() { &[&short, &long] } else { &[&short] };
+            let scale = c.longrope.as_ref().map_or(1.0, |l| l.attention_factor);
+            self.rope = Some(RopeTable::with_sets(sets, rows, c.head_dim, scale));
+        }
+        if self.rope_local.as_ref().is_none_or(|t| t.max_pos < max_pos)
             && let Some(inv_freq) = c.rope_local_inv_freq()
         {
-            self.rope_local = Some(RopeTable::new(&inv_freq, table_len));
+            self.rope_local = Some(RopeTable::new(&inv_freq, rows));
         }
     }
 
@@ -186,6 +199,9 @@ impl Activations {
         }
         for v in [&mut g.dff_gate, &mut g.dff_up, &mut g.dff_act] {
             grow(v, n * f);
+        }
+        if c.fused_projections() {
+            grow(&mut g.dgate_up, n * 2 * f);
         }
         if c.qk_norm {
             grow(&mut g.dqk_post, n * aw);

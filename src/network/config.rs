@@ -30,6 +30,11 @@ pub struct Config {
     pub norm_eps: f32,
     pub rope_theta: f32,
     pub rope_scaling: Option<Llama3RopeScaling>,
+    /// Features of each head that RoPE rotates (the first ones; Phi-4-mini's `partial_rotary_factor` 0.75);
+    /// `head_dim` for every other model.
+    pub rotary_dim: usize,
+    /// Phi-3's `longrope` (old name `su`) scaling: per-frequency factors, short or long by sequence length.
+    pub longrope: Option<LongRope>,
     /// Biases on q/k/v (Qwen2, or Llama's `attention_bias`); GPT-2 has all biases regardless.
     pub qkv_bias: bool,
     /// Bias on the attention output projection (Llama's `attention_bias` also covers o_proj).
@@ -71,6 +76,17 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: f32,
 }
 
+/// LongRoPE (`rope_scaling.type` = `longrope` or `su`), as transformers' `_compute_longrope_parameters` reads it:
+/// inverse frequency i is 1 / (factor_i · θ^(2i/rotary_dim)), with the long factors for a sequence longer than
+/// `original_max_positions` and the short ones otherwise; cos and sin are scaled by `attention_factor`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LongRope {
+    pub short_factor: Vec<f32>,
+    pub long_factor: Vec<f32>,
+    pub original_max_positions: usize,
+    pub attention_factor: f32,
+}
+
 /// The subset of HF config.json keys the supported models use (Llama/Mistral/Qwen2 and GPT-2 names).
 #[derive(Deserialize)]
 struct HfConfig {
@@ -109,6 +125,10 @@ struct HfConfig {
     final_logit_softcapping: Option<f32>,
     attn_logit_softcapping: Option<f32>,
     use_bidirectional_attention: Option<bool>,
+    /// Phi-3: the fraction of each head RoPE rotates (transformers ≥ 5 moves it into rope_parameters), and the
+    /// pretraining context LongRoPE's factors are chosen against.
+    partial_rotary_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
     hidden_act: Option<String>,
@@ -123,7 +143,7 @@ struct HfConfig {
 }
 
 const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, \
-                         SmolLM3ForCausalLM, Gemma3ForCausalLM, GPT2LMHeadModel";
+                         SmolLM3ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, GPT2LMHeadModel";
 
 fn need<T>(v: Option<T>, key: &str, path: &Path) -> Result<T> {
     v.with_context(|| format!("{}: missing required key \"{key}\"", path.display()))
@@ -201,6 +221,61 @@ fn sliding_layers(c: &HfConfig, is_gemma3: bool, is_qwen: bool, layers: usize, p
     } else {
         vec![true; layers]
     })
+/// Phi-3's partial rotary factor and LongRoPE scaling, read as transformers' Phi3Config reads them: the top-level
+/// `original_max_position_embeddings` (default 4096) wins over the one in the scaling; `factor` defaults to
+/// max_position_embeddings / original, the attention factor to √(1 + ln factor / ln original) above 1.
+fn phi3_rope(
+    c: &HfConfig,
+    rope: Option<&serde_json::Value>,
+    head_dim: usize,
+    path: &Path,
+) -> Result<(usize, Option<LongRope>)> {
+    let p = path.display();
+    let partial = c.partial_rotary_factor.or_else(|| rope?.get("partial_rotary_factor")?.as_f64()).unwrap_or(1.0);
+    let rotary_dim = (head_dim as f64 * partial) as usize;
+    if !(partial > 0.0 && partial <= 1.0) || rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
+        bail!(
+            "{p}: partial_rotary_factor {partial} of head dim {head_dim} gives {rotary_dim} rotated features; \
+             RoPE needs an even, non-zero count of at most the head dim"
+        );
+    }
+    let Some(v) = rope else { return Ok((rotary_dim, None)) };
+    match v.get("rope_type").or(v.get("type")).and_then(|t| t.as_str()).unwrap_or("") {
+        "default" => return Ok((rotary_dim, None)),
+        // transformers' Phi3Config reads the old names as longrope
+        "longrope" | "su" | "yarn" => {}
+        other => bail!("{p}: rope_scaling type \"{other}\" is not supported for Phi-3 (supported: longrope, su)"),
+    }
+    let factors = |key: &str| -> Result<Vec<f32>> {
+        let list: Vec<f32> = v
+            .get(key)
+            .and_then(|l| l.as_array())
+            .and_then(|l| l.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+            .with_context(|| format!("{p}: rope_scaling.{key} must be a list of numbers for longrope scaling"))?;
+        if list.len() != rotary_dim / 2 {
+            bail!(
+                "{p}: rope_scaling.{key} has {} entries; rotary dim {rotary_dim} needs {}",
+                list.len(),
+                rotary_dim / 2
+            );
+        }
+        Ok(list)
+    };
+    let original = c.original_max_position_embeddings.unwrap_or(4096);
+    let max_positions = c.max_position_embeddings.unwrap_or(2048);
+    let factor = v.get("factor").and_then(|f| f.as_f64()).unwrap_or(max_positions as f64 / original as f64);
+    let attention_factor = match v.get("attention_factor").and_then(|f| f.as_f64()) {
+        Some(a) => a,
+        None if factor <= 1.0 => 1.0,
+        None => (1.0 + factor.ln() / (original as f64).ln()).sqrt(),
+    };
+    let longrope = LongRope {
+        short_factor: factors("short_factor")?,
+        long_factor: factors("long_factor")?,
+        original_max_positions: original,
+        attention_factor: attention_factor as f32,
+    };
+    Ok((rotary_dim, Some(longrope)))
 }
 
 /// Token ids in config.json are a number, a list of numbers, or null.
@@ -226,8 +301,8 @@ impl Config {
             .with_context(|| format!("{}: neither \"architectures\" nor \"model_type\" is set", path.display()))?;
         let family = match architecture.as_str() {
             "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
-            | "SmolLM3ForCausalLM" | "Gemma3ForCausalLM" | "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3"
-            | "gemma3_text" => Family::Llama,
+            | "SmolLM3ForCausalLM" | "Gemma3ForCausalLM" | "Phi3ForCausalLM" | "llama" | "mistral" | "qwen2"
+            | "qwen3" | "smollm3" | "gemma3_text" | "phi3" => Family::Llama,
             "GPT2LMHeadModel" | "gpt2" => Family::Gpt2,
             "Gemma3ForConditionalGeneration" | "gemma3" => bail!(
                 "{}: {architecture} is Gemma 3's multimodal checkpoint; condlm reads the text model only \
@@ -239,6 +314,7 @@ impl Config {
         let lower = architecture.to_lowercase();
         let (is_qwen2, is_qwen3) = (lower.starts_with("qwen2"), lower.starts_with("qwen3"));
         let (is_smollm3, is_gemma3) = (lower.starts_with("smollm3"), lower.starts_with("gemma3"));
+        let is_phi3 = lower.starts_with("phi3");
         let bos = token_ids(&c.bos_token_id).first().copied();
         let eos = token_ids(&c.eos_token_id);
         let cfg = match family {
@@ -265,7 +341,14 @@ impl Config {
                 let hidden = need(c.hidden_size, "hidden_size", path)?;
                 let heads = need(c.num_attention_heads, "num_attention_heads", path)?;
                 let layers = need(c.num_hidden_layers, "num_hidden_layers", path)?;
-                let attention_bias = c.attention_bias.unwrap_or(false);
+                // Phi-3 has no biases, whatever attention_bias / mlp_bias say (transformers reads neither for it)
+                let attention_bias = !is_phi3 && c.attention_bias.unwrap_or(false);
+                let head_dim = c.head_dim.unwrap_or(if is_gemma3 { 256 } else { hidden / heads.max(1) });
+                let rope = c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()).filter(|v| !v.is_null());
+                let (rotary_dim, longrope) = match is_phi3 {
+                    true => phi3_rope(&c, rope, head_dim, path)?,
+                    false => (head_dim, None),
+                };
                 let (rope_theta, rope_local_theta, rope_scaling) = if is_gemma3 {
                     let (global, local) = gemma3_rope_thetas(&c, path)?;
                     (global, Some(local), None)
@@ -274,9 +357,10 @@ impl Config {
                         .rope_theta
                         .or_else(|| c.rope_parameters.as_ref()?.get("rope_theta")?.as_f64().map(|v| v as f32))
                         .unwrap_or(10000.0);
-                    (theta, None, parse_rope_scaling(c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()), path)?)
+                    (theta, None, if is_phi3 { None } else { parse_rope_scaling(rope, path)? })
                 };
-                // Qwen2/Qwen3 keep their window off unless use_sliding_window says so; Mistral and Gemma 3 use it.
+                // Qwen2/Qwen3 keep their window off unless use_sliding_window says so; Mistral, Phi-3 and Gemma 3
+                // use it.
                 let sliding_window = match (is_qwen2 || is_qwen3 || is_smollm3, c.use_sliding_window) {
                     (true, Some(true)) | (false, None | Some(true)) => c.sliding_window,
                     _ => None,
@@ -289,17 +373,19 @@ impl Config {
                     num_layers: layers,
                     num_heads: heads,
                     num_kv_heads: c.num_key_value_heads.unwrap_or(heads),
-                    head_dim: c.head_dim.unwrap_or(if is_gemma3 { 256 } else { hidden / heads.max(1) }),
+                    head_dim,
                     vocab_size: need(c.vocab_size, "vocab_size", path)?,
                     max_positions: c.max_position_embeddings.unwrap_or(2048),
                     norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
                     rope_theta,
                     rope_scaling,
+                    rotary_dim,
+                    longrope,
                     qkv_bias: is_qwen2 || attention_bias,
                     o_bias: attention_bias,
                     qk_norm: is_qwen3 || is_gemma3,
                     no_rope: if is_smollm3 { smollm3_no_rope(&c, path)? } else { vec![] },
-                    mlp_bias: c.mlp_bias.unwrap_or(false),
+                    mlp_bias: !is_phi3 && c.mlp_bias.unwrap_or(false),
                     tie_embeddings: c.tie_word_embeddings.unwrap_or(is_gemma3),
                     sliding_layers: if sliding_window.is_some() || is_gemma3 {
                         sliding_layers(&c, is_gemma3, is_qwen2 || is_qwen3, layers, path)?
@@ -342,6 +428,8 @@ impl Config {
                     norm_eps: c.layer_norm_epsilon.unwrap_or(1e-5),
                     rope_theta: 0.0,
                     rope_scaling: None,
+                    rotary_dim: hidden / heads.max(1),
+                    longrope: None,
                     qkv_bias: true,
                     o_bias: true,
                     qk_norm: false,
@@ -363,6 +451,11 @@ impl Config {
         };
         cfg.validate().with_context(|| format!("{}: inconsistent model config", path.display()))?;
         Ok(cfg)
+    }
+
+    /// Phi-3's fused `qkv_proj` and `gate_up_proj` (gate rows first, then up) instead of separate projections.
+    pub fn fused_projections(&self) -> bool {
+        self.architecture.get(..4).is_some_and(|a| a.eq_ignore_ascii_case("phi3"))
     }
 
     /// Whether layer `i` applies RoPE.
@@ -419,18 +512,29 @@ impl Config {
         if self.family == Family::Llama && !self.head_dim.is_multiple_of(2) {
             bail!("RoPE needs an even head dim, got {}", self.head_dim);
         }
+        if self.family == Family::Llama
+            && (self.rotary_dim == 0 || self.rotary_dim > self.head_dim || !self.rotary_dim.is_multiple_of(2))
+        {
+            bail!("RoPE needs an even rotary dim of at most the head dim {}, got {}", self.head_dim, self.rotary_dim);
+        }
         if self.family == Family::Gpt2 && self.num_heads * self.head_dim != self.hidden_size {
             bail!("n_embd {} is not divisible by n_head {}", self.hidden_size, self.num_heads);
         }
         Ok(())
     }
 
-    /// RoPE inverse frequencies (head_dim/2), as transformers computes them in f32.
-    pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let base = inv_freq(self.rope_theta, self.head_dim);
-        match &self.rope_scaling {
-            None => base,
-            Some(s) => base.into_iter().map(|f| s.scale(f)).collect(),
+    /// RoPE inverse frequencies (rotary_dim/2), as transformers computes them in f32; `long`: LongRoPE's set for
+    /// sequences longer than its original context (the same set without LongRoPE).
+    pub fn rope_inv_freq(&self, long: bool) -> Vec<f32> {
+        let d = self.rotary_dim;
+        match (&self.rope_scaling, &self.longrope) {
+            (_, Some(l)) => {
+                let ext = if long { &l.long_factor } else { &l.short_factor };
+                let base = (0..d / 2).map(|i| self.rope_theta.powf((2 * i) as f32 / d as f32));
+                base.zip(ext).map(|(b, e)| 1.0 / (e * b)).collect()
+            }
+            (None, None) => inv_freq(self.rope_theta, d),
+            (Some(s), None) => inv_freq(self.rope_theta, d).into_iter().map(|f| s.scale(f)).collect(),
         }
     }
 

@@ -1,5 +1,6 @@
 //! The key/value cache of incremental decoding: for every layer, the keys and values (after RoPE) of every
-//! position generated so far, in `slots` independent sequences of up to `capacity` positions each.
+//! position generated so far, in `slots` independent sequences of up to `capacity` positions each; and the tokens
+//! at those positions (LongRoPE reruns a sequence that outgrows its original context).
 //!
 //! Layout, per layer and for K and V alike: `[slot][kv_head][position][head_dim]`, so the positions a query head
 //! attends to are one contiguous run. Everything is allocated once, in [`KvCache::new`]; decoding only writes
@@ -16,12 +17,15 @@ pub struct KvCache {
     pub head_dim: usize,
     k: Vec<f32>,
     v: Vec<f32>,
+    /// (slots, capacity)
+    tokens: Vec<u32>,
 }
 
 impl KvCache {
     pub fn new(layers: usize, slots: usize, capacity: usize, kv_heads: usize, head_dim: usize) -> Self {
         let len = layers * slots * kv_heads * capacity * head_dim;
-        KvCache { layers, slots, capacity, kv_heads, head_dim, k: vec![0.0; len], v: vec![0.0; len] }
+        let tokens = vec![0; slots * capacity];
+        KvCache { layers, slots, capacity, kv_heads, head_dim, k: vec![0.0; len], v: vec![0.0; len], tokens }
     }
 
     /// Floats of one (layer, slot): kv_heads × capacity × head_dim.
@@ -57,12 +61,24 @@ impl KvCache {
         }
     }
 
-    /// Copies positions `0..len` of slot `from` into slot `to`, in every layer (beam search reordering).
+    /// Records the token at (slot, pos).
+    pub fn write_token(&mut self, slot: usize, pos: usize, token: u32) {
+        assert!(slot < self.slots && pos < self.capacity, "KV cache: slot {slot} / position {pos} out of range");
+        self.tokens[slot * self.capacity + pos] = token;
+    }
+
+    /// The token recorded at (slot, pos).
+    pub fn token(&self, slot: usize, pos: usize) -> u32 {
+        self.tokens[slot * self.capacity + pos]
+    }
+
+    /// Copies positions `0..len` of slot `from` into slot `to`, in every layer, tokens too (beam search reordering).
     pub fn copy_slot(&mut self, from: usize, to: usize, len: usize) {
         if from == to || len == 0 {
             return;
         }
-        let hd = self.head_dim;
+        let (hd, cap) = (self.head_dim, self.capacity);
+        self.tokens.copy_within(from * cap..from * cap + len, to * cap);
         for l in 0..self.layers {
             for h in 0..self.kv_heads {
                 let (src, dst) = (self.offset(l, from, h, 0), self.offset(l, to, h, 0));
@@ -83,12 +99,14 @@ mod tests {
         let k: Vec<f32> = (0..6).map(|i| i as f32).collect();
         let v: Vec<f32> = (0..6).map(|i| -(i as f32)).collect();
         c.write(1, 2, 1, &k, &v);
+        c.write_token(2, 1, 8);
         let at = c.offset(1, 2, 1, 1);
         let (lk, lv) = (c.layer(1).k, c.layer(1).v);
         let base = c.offset(1, 0, 0, 0);
         assert_eq!(&lk[at - base..][..3], &[3.0, 4.0, 5.0]);
         assert_eq!(&lv[at - base..][..3], &[-3.0, -4.0, -5.0]);
         c.copy_slot(2, 0, 2);
+        assert_eq!(c.token(0, 1), 8);
         let at0 = c.offset(1, 0, 1, 1);
         assert_eq!(&c.layer(1).k[at0 - base..][..3], &[3.0, 4.0, 5.0]);
         // Layer 0 untouched.

@@ -33,12 +33,14 @@ pub struct Block {
     pub post_norms: Option<(Norm, Norm)>,
     /// Per-head RMSNorms of q and k, before RoPE (Qwen3): weights of head_dim values shared by the heads.
     pub qk_norm: Option<(Norm, Norm)>,
-    /// q, k, v projections (Llama family) or the fused c_attn (GPT-2), writing into one (N, q+k+v) buffer.
+    /// q, k, v projections (Llama family) or the fused c_attn (GPT-2) or qkv_proj (Phi-3), writing into one
+    /// (N, q+k+v) buffer.
     pub qkv: Vec<Linear>,
     pub o: Linear,
     pub mlp_norm: Norm,
-    /// gate_proj (SwiGLU/GeGLU); None for GPT-2's GELU MLP.
+    /// gate_proj (SwiGLU/GeGLU); None for GPT-2's GELU MLP and Phi-3's fused gate_up_proj.
     pub gate: Option<Linear>,
+    /// up_proj, c_fc (GPT-2), or Phi-3's gate_up_proj (2·ffn outputs: gate, then up).
     pub up: Linear,
     pub down: Linear,
 }
@@ -210,6 +212,12 @@ impl Transformer {
         tokens.extend(rows.iter().map(|r| r.token));
         positions.extend(rows.iter().map(|r| r.pos));
         slots.extend(rows.iter().map(|r| r.slot));
+        for r in rows {
+            cache.write_token(r.slot as usize, r.pos as usize, r.token);
+        }
+        if let Some(l) = &self.config.longrope {
+            rerun_outgrown(&mut tokens, &mut positions, &mut slots, l.original_max_positions, cache);
+        }
         let capacity = cache.capacity;
         self.run_blocks(&tokens, &positions, capacity, Context::Cached { cache, slots: &slots }, acts, Mode::Infer);
         (acts.row_tokens, acts.row_positions, acts.row_slots) = (tokens, positions, slots);
@@ -248,10 +256,21 @@ impl Transformer {
             sublayer_out,
             rope,
             rope_local,
+            rope_rows,
+            rope_longest,
+            gate_up,
             cached,
             ..
         } = acts;
         let x = &mut x[..n * d];
+        if let Some(t) = rope {
+            let seq_keys = match &ctx {
+                Context::Packed { seq_start } => seq_start,
+                Context::Cached { slots, .. } => slots,
+            };
+            let long_after = c.longrope.as_ref().map(|l| l.original_max_positions);
+            set_rope_rows(rope_rows, rope_longest, positions, seq_keys, long_after, t);
+        }
         let pos_embed = self.pos_embed.as_ref().map(|p| &p.data[..]);
         embedding_forward(x, tokens, self.embed.matrix(), positions, pos_embed, d);
         if let Some(s) = self.embed_scale() {
@@ -264,8 +283,9 @@ impl Transformer {
             lora_x_drop,
             qk_post,
             sublayer_out,
-            rope: rope.as_ref(),
+            rope: rope.as_ref().map(|t| (t, &rope_rows[..])),
             rope_local: rope_local.as_ref(),
+            gate_up,
             cached,
         };
         for i in 0..self.blocks.len() {
@@ -313,10 +333,9 @@ impl Transformer {
                 scatter_cols(qkv, qw, col, heads * hd, post);
             }
         }
-        let rope = if c.local_rope(i) { io.rope_local } else { io.rope };
-        if let Some(rope) = rope.filter(|_| c.rope_in(i)) {
-            rope_forward(qkv, qw, layout.q_col, c.num_heads, io.positions, rope);
-            rope_forward(qkv, qw, layout.k_col, c.num_kv_heads, io.positions, rope);
+        if let Some((rope, rows)) = layer_rope(c, i, io.rope, io.rope_local).filter(|_| c.rope_in(i)) {
+            rope_forward(qkv, qw, layout.q_col, c.num_heads, rows, rope);
+            rope_forward(qkv, qw, layout.k_col, c.num_kv_heads, rows, rope);
         }
         let att = &mut l.att[..n * aw];
         match &mut *io.ctx {
@@ -346,13 +365,21 @@ impl Transformer {
         norm_forward(&blk.mlp_norm, &mut l.h2[..n * d], &mut l.norm2_a[..n], &mut l.norm2_b[..n], x, off, c.norm_eps);
         let h2 = &l.h2[..n * d];
         let (gate, up, act) = (&mut l.ff_gate[..n * f], &mut l.ff_up[..n * f], &mut l.ff_act[..n * f]);
-        blk.up.forward(Strided::write(up, f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
-        match &blk.gate {
-            Some(g) => {
-                g.forward(Strided::write(gate, f), h2, n, &mut l.lora[SLOT_GATE], dropout(seed, xd));
-                glu_forward(act, gate, up, c.mlp_act);
+        if c.fused_projections() {
+            let gate_up = &mut io.gate_up[..n * 2 * f];
+            blk.up.forward(Strided::write(gate_up, 2 * f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
+            gather_cols(gate, gate_up, 2 * f, 0, f);
+            gather_cols(up, gate_up, 2 * f, f, f);
+            glu_forward(act, gate, up, c.mlp_act);
+        } else {
+            blk.up.forward(Strided::write(up, f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
+            match &blk.gate {
+                Some(g) => {
+                    g.forward(Strided::write(gate, f), h2, n, &mut l.lora[SLOT_GATE], dropout(seed, xd));
+                    glu_forward(act, gate, up, c.mlp_act);
+                }
+                None => gelu_tanh_forward(act, up),
             }
-            None => gelu_tanh_forward(act, up),
         }
         match post {
             None => blk.down.forward(Strided::add(x, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd)),
@@ -388,9 +415,12 @@ impl Transformer {
             grads,
             rope,
             rope_local,
+            rope_rows,
+            gate_up,
             cached,
             ..
         } = acts;
+        let rope = rope.as_ref().map(|t| (t, &rope_rows[..]));
         let dx = &mut grads.dx[..n * d];
         dx.fill(0.0);
         let (xf, fa, fb, off) = (&x_final_in[..n * d], &final_a[..n], &final_b[..n], self.norm_offset());
@@ -408,14 +438,15 @@ impl Transformer {
                     lora_x_drop,
                     qk_post,
                     sublayer_out,
-                    rope: rope.as_ref(),
+                    rope,
                     rope_local: rope_local.as_ref(),
+                    gate_up,
                     cached,
                 };
                 self.block_forward(i, &mut layers[0], x, &mut io);
             }
             let l = &mut layers[if recompute { 0 } else { i }];
-            let rope = if self.config.local_rope(i) { rope_local.as_ref() } else { rope.as_ref() };
+            let rope = layer_rope(&self.config, i, rope, rope_local.as_ref());
             self.block_backward(i, l, grads, lora_x_drop, batch, rope);
         }
         if let Some(s) = self.embed_scale() {
@@ -440,11 +471,11 @@ impl Transformer {
         g: &mut GradScratch,
         lora_x_drop: &mut Vec<f32>,
         batch: &PackedBatch,
-        rope: Option<&RopeTable>,
+        rope: Option<(&RopeTable, &[u32])>,
     ) {
         let (n, qw, layout, off) = (batch.len(), self.qkv_width(), self.layout(i), self.norm_offset());
         let (d, f, aw) = (self.config.hidden_size, self.config.intermediate_size, layout.n_heads * layout.head_dim);
-        let (mlp_act, rope_in) = (self.config.mlp_act, self.config.rope_in(i));
+        let (mlp_act, fused, rope_in) = (self.config.mlp_act, self.config.fused_projections(), self.config.rope_in(i));
         let blk = &mut self.blocks[i];
         let dx = &mut g.dx[..n * d];
         // MLP: x_out = x_mid + [post_mlp_norm] down(act(up(h2), gate(h2))), h2 = mlp_norm(x_mid)
@@ -471,9 +502,18 @@ impl Transformer {
                 let dy = gate.grad_view(dgate, f, n);
                 gate.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_GATE], lora_x_drop);
             }
+            None if fused => glu_backward(dgate, dup, dact, &l.ff_gate[..n * f], &l.ff_up[..n * f], mlp_act),
             None => gelu_tanh_backward(dup, dact, &l.ff_up[..n * f]),
         }
-        let dy = blk.up.grad_view(dup, f, n);
+        let dy = match fused {
+            true => {
+                let dgate_up = &mut g.dgate_up[..n * 2 * f];
+                scatter_cols(dgate_up, 2 * f, 0, f, dgate);
+                scatter_cols(dgate_up, 2 * f, f, f, dup);
+                blk.up.grad_view(dgate_up, 2 * f, n)
+            }
+            false => blk.up.grad_view(dup, f, n),
+        };
         blk.up.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_UP], lora_x_drop);
         norm_backward(&mut blk.mlp_norm, dx, dh, &l.x_mid[..n * d], &l.norm2_a[..n], &l.norm2_b[..n], off);
 
@@ -493,9 +533,9 @@ impl Transformer {
         blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], lora_x_drop);
         let dqkv = &mut g.dqkv[..n * qw];
         attention_backward(dqkv, datt, &l.qkv[..n * qw], &l.att[..n * aw], layout, &batch.seq_start);
-        if let Some(rope) = rope.filter(|_| rope_in) {
-            rope_backward(dqkv, qw, layout.q_col, layout.n_heads, &batch.positions, rope);
-            rope_backward(dqkv, qw, layout.k_col, layout.n_kv_heads, &batch.positions, rope);
+        if let Some((rope, rows)) = rope.filter(|_| rope_in) {
+            rope_backward(dqkv, qw, layout.q_col, layout.n_heads, rows, rope);
+            rope_backward(dqkv, qw, layout.k_col, layout.n_kv_heads, rows, rope);
         }
         if let Some((qn, kn)) = &mut blk.qk_norm {
             let hd = layout.head_dim;
@@ -524,6 +564,37 @@ impl Transformer {
     }
 }
 
+/// LongRoPE in decoding: a cached sequence that outgrows the original context in this pass (its rows reach past
+/// `long_after` positions while its cached ones do not) is run again from position 0, its earlier tokens appended
+/// as rows after the given ones — all its positions then take the long factors, as transformers' Phi-3 generation
+/// recomputes its cache at that step, and decoding stays equal to the full forward pass.
+fn rerun_outgrown(
+    tokens: &mut Vec<u32>,
+    positions: &mut Vec<u32>,
+    slots: &mut Vec<u32>,
+    long_after: usize,
+    cache: &KvCache,
+) {
+    let n = positions.len();
+    for i in 0..n {
+        let slot = slots[i];
+        // the slot's first row in this pass stands for all of them
+        if slots[..i].contains(&slot) {
+            continue;
+        }
+        let rows = (0..n).filter(|&j| slots[j] == slot);
+        let first = rows.clone().map(|j| positions[j]).min().unwrap_or(0) as usize;
+        let longest = rows.map(|j| positions[j] as usize + 1).max().unwrap_or(0);
+        if longest > long_after && (1..=long_after).contains(&first) {
+            for p in 0..first {
+                tokens.push(cache.token(slot as usize, p));
+                positions.push(p as u32);
+                slots.push(slot);
+            }
+        }
+    }
+}
+
 /// What a block's forward reads besides its weights and writes besides its activations.
 struct BlockIo<'a, 'c> {
     positions: &'a [u32],
@@ -535,10 +606,52 @@ struct BlockIo<'a, 'c> {
     qk_post: &'a mut [f32],
     /// Scratch of a post-normed sublayer output on its way into the residual stream (N, d).
     sublayer_out: &'a mut [f32],
-    rope: Option<&'a RopeTable>,
-    /// The sliding layers' table when they rotate with their own base (Gemma 3).
+    /// The RoPE table and each row's row of it.
+    rope: Option<(&'a RopeTable, &'a [u32])>,
+    /// The sliding layers' table when they rotate with their own base (Gemma 3), read at the same rows.
     rope_local: Option<&'a RopeTable>,
+    /// Scratch of Phi-3's fused gate|up output.
+    gate_up: &'a mut [f32],
     cached: &'a mut CachedAttentionScratch,
+}
+
+/// Each row's row of the RoPE table: its position, offset into LongRoPE's long set when its sequence is longer than
+/// `long_after` positions — transformers' rule, made per sequence (the rows sharing a key, `seq_keys`: the packed
+/// sequence's start, or the cache slot), so a row scores alike alone or packed. `longest`: scratch.
+fn set_rope_rows(
+    out: &mut Vec<u32>,
+    longest: &mut Vec<u32>,
+    positions: &[u32],
+    seq_keys: &[u32],
+    long_after: Option<usize>,
+    t: &RopeTable,
+) {
+    out.clear();
+    out.extend_from_slice(positions);
+    let Some(o) = long_after else { return };
+    longest.clear();
+    longest.resize(seq_keys.iter().max().map_or(0, |&k| k as usize + 1), 0);
+    for (&k, &p) in seq_keys.iter().zip(positions) {
+        longest[k as usize] = longest[k as usize].max(p + 1);
+    }
+    for (r, &k) in out.iter_mut().zip(seq_keys) {
+        if longest[k as usize] as usize > o {
+            *r += t.max_pos as u32;
+        }
+    }
+}
+
+/// The table (and rows) layer `i` rotates with: the sliding layers' own when the model has one (Gemma 3).
+fn layer_rope<'a>(
+    c: &Config,
+    i: usize,
+    rope: Option<(&'a RopeTable, &'a [u32])>,
+    local: Option<&'a RopeTable>,
+) -> Option<(&'a RopeTable, &'a [u32])> {
+    match (rope, local) {
+        (Some((_, rows)), Some(local)) if c.local_rope(i) => Some((local, rows)),
+        (rope, _) => rope,
+    }
 }
 
 /// dst (N, width) = columns col..col + width of src (N rows of `stride`).

@@ -35,6 +35,8 @@ pub fn llama_config(size: ModelSize, vocab: usize, eos: u32) -> Config {
         norm_eps: 1e-5,
         rope_theta: 10_000.0,
         rope_scaling: None,
+        rotary_dim: size.hidden / size.heads,
+        longrope: None,
         qkv_bias: false,
         o_bias: false,
         mlp_bias: false,

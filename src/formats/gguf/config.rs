@@ -63,6 +63,8 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         norm_eps: g.get_f32(&eps_key)?,
         rope_theta: g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
         rope_scaling: None,
+        rotary_dim: head_dim,
+        longrope: None,
         qkv_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_q.bias").is_some(),
         o_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_output.bias").is_some(),
         mlp_bias: family == Family::Gpt2 || g.tensor("blk.0.ffn_up.bias").is_some(),

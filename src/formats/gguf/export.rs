@@ -32,6 +32,12 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
              rope_freqs tensor; exporting it to GGUF is not supported yet"
         );
     }
+    if c.fused_projections() {
+        bail!(
+            "the model is a Phi-3 (fused qkv_proj / gate_up_proj, partial rotary, LongRoPE factors as tensors); \
+             exporting it to GGUF is not supported yet — merge it into an HF folder (condlm merge) instead"
+        );
+    }
     if !c.no_rope.is_empty() {
         bail!(
             "the model skips RoPE in some layers (SmolLM3's no_rope_layers); exporting it to GGUF is not supported yet"
