@@ -10,6 +10,7 @@ use condlm::generate::{
     BeamParams, EarlyStopping, Event, GenerateOptions, Generation, NonFiniteLogits, SamplingParams, Strategy,
     encode_prompt, generate, generate_from,
 };
+use condlm::kernels::quant_dot::{Compute, set_compute};
 use condlm::network::transformer::Transformer;
 use condlm::output::rows::{Destination, RowWriter, prepare};
 use condlm::progress;
@@ -33,6 +34,11 @@ pub struct GenerateArgs {
     adapter: AdapterArgs,
     #[command(flatten)]
     base: BaseArgs,
+    /// Decoding's products on a block-quantized base (Q4_0 … Q6_K): f32 (dequantized; the f32 base's results)
+    /// or int8 (activations rounded to 8 bits, integer dot products on the stored blocks, as llama.cpp does:
+    /// faster, slightly different log-probs) [default: f32].
+    #[arg(long, value_enum, default_value_t = Compute::F32, hide_default_value = true)]
+    compute: Compute,
     /// The prompt x; its continuation is streamed to stdout as it is generated [default: none; give it or --data].
     #[arg(long, conflicts_with = "data", required_unless_present = "data")]
     prompt: Option<String>,
@@ -129,6 +135,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         a.data.as_deref().map(|d| resolve_data(d, a.data_format, a.split.as_deref(), EVAL_SPLITS)).transpose()?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
+    set_compute(a.compute);
     if !a.ignore_eos {
         let eos = m.tokenizer.eos_id;
         opts.stop_ids.retain(|&t| t != eos);
