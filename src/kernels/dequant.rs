@@ -55,7 +55,7 @@ impl GgmlType {
     ];
 
     /// The type for a GGML type id, or `None` for an id condlm does not support.
-    pub fn from_id(id: u32) -> Option<Self> {
+    pub const fn from_id(id: u32) -> Option<Self> {
         Some(match id {
             0 => GgmlType::F32,
             1 => GgmlType::F16,
@@ -73,7 +73,7 @@ impl GgmlType {
     }
 
     /// The GGML type id (`enum ggml_type`).
-    pub fn id(self) -> u32 {
+    pub const fn id(self) -> u32 {
         match self {
             GgmlType::F32 => 0,
             GgmlType::F16 => 1,

@@ -59,6 +59,8 @@ pub struct Q8Rows {
     d: Vec<f32>,
     q: Vec<i8>,
     sums: Vec<i32>,
+    /// d · Σ q per 32 values (the min terms of Q4_1 / Q5_1).
+    dsum: Vec<f32>,
 }
 
 impl Q8Rows {
@@ -82,6 +84,10 @@ impl Q8Rows {
         for (s, q) in self.sums.iter_mut().zip(self.q.chunks_exact(16)) {
             *s = q.iter().map(|&v| v as i32).sum();
         }
+        self.dsum.resize(x.len() / 32, 0.0);
+        for (i, (ds, s)) in self.dsum.iter_mut().zip(self.sums.chunks_exact(2)).enumerate() {
+            *ds = self.d[i * 32 / block] * (s[0] + s[1]) as f32;
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -97,37 +103,64 @@ impl Q8Rows {
         &self.d[r * nb..][..nb]
     }
 
+    fn dsum(&self, r: usize) -> &[f32] {
+        &self.dsum[r * self.cols / 32..][..self.cols / 32]
+    }
+
     fn sums(&self, r: usize) -> &[i32] {
         &self.sums[r * self.cols / 16..][..self.cols / 16]
     }
 }
 
-/// The integer kernels, one implementation per instruction set. Weights and activations are signed bytes with
-/// |w| ≤ 128 and |x| ≤ 127 (what [`Q8Rows`] and the unpacking give), so no 16-bit pair sum overflows.
+/// The kernels, one implementation per instruction set. Weights and activations are signed bytes with
+/// |w| ≤ 128 and |x| ≤ 127 (what [`Q8Rows`] and the unpacking give), so no 16-bit pair sum overflows. Blocks
+/// of 32 accumulate into 8 f32 lanes, lane l taking the integer sum of values 4l..4l+4 times the block's scale
+/// (a multiply then an add, never fused): every implementation forms the same lanes and sums them in the same
+/// order, so all give the same bits.
 trait IntDot {
+    type Acc: Copy;
+    fn zero() -> Self::Acc;
+    /// acc + scale · (Σ_{i ∈ 4l..4l+4} w[i]·x[i])_l over one block of 32.
+    fn block(acc: Self::Acc, w: &[i8; 32], x: &[i8], scale: f32) -> Self::Acc;
+    /// ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)).
+    fn sum(acc: Self::Acc) -> f32;
     /// Σ_g sc[g] · Σ_{i ∈ 16g..16g+16} w[i]·x[i] over 256 values.
     fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32;
-    /// out[b] = Σ_{i ∈ 32b..32b+32} w[i]·x[i] for b < out.len().
-    fn dot_blocks(w: &[i8], x: &[i8], out: &mut [i32]);
+    /// The little-endian f16 at b[i..i + 2] as f32.
+    fn f16(b: &[u8], i: usize) -> f32 {
+        f16_at(b, i)
+    }
 }
 
 struct Portable;
 
+fn idot(w: &[i8], x: &[i8]) -> i32 {
+    w.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum()
+}
+
 impl IntDot for Portable {
-    #[inline(always)]
-    fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32 {
-        let groups = w.chunks_exact(16).zip(x.chunks_exact(16));
-        groups
-            .zip(sc)
-            .map(|((w, x), &s)| s as i32 * w.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum::<i32>())
-            .sum()
+    type Acc = [f32; 8];
+
+    fn zero() -> [f32; 8] {
+        [0.0; 8]
     }
 
     #[inline(always)]
-    fn dot_blocks(w: &[i8], x: &[i8], out: &mut [i32]) {
-        for ((o, w), x) in out.iter_mut().zip(w.chunks_exact(32)).zip(x.chunks_exact(32)) {
-            *o = w.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum();
+    fn block(mut acc: [f32; 8], w: &[i8; 32], x: &[i8], scale: f32) -> [f32; 8] {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += scale * idot(&w[4 * l..4 * l + 4], &x[4 * l..4 * l + 4]) as f32;
         }
+        acc
+    }
+
+    fn sum(l: [f32; 8]) -> f32 {
+        ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+    }
+
+    #[inline(always)]
+    fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32 {
+        let groups = w.chunks_exact(16).zip(x.chunks_exact(16));
+        groups.zip(sc).map(|((w, x), &s)| s as i32 * idot(w, x)).sum()
     }
 }
 
@@ -136,10 +169,13 @@ mod x86 {
     use super::IntDot;
     use std::arch::x86_64::*;
 
+    // SAFETY (every `unsafe` block here): the functions run inlined into `dot_row_avx2` / `dot_row_vnni`, whose
+    // target features the CPU has (checked by `Isa::available`), and read 32 bytes at w and x, which callers
+    // pass (asserted).
+
     /// |w| and x with w's sign, the unsigned × signed operands of `vpmaddubsw` / `vpdpbusd` (|w|·sign(w)x = w·x).
     #[inline(always)]
     unsafe fn operands(w: *const i8, x: *const i8) -> (__m256i, __m256i) {
-        // SAFETY (all functions here): callers pass 32 readable bytes at w and x, and run with AVX2 enabled.
         unsafe {
             let (w, x) = (_mm256_loadu_si256(w.cast()), _mm256_loadu_si256(x.cast()));
             (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
@@ -155,9 +191,51 @@ mod x86 {
         }
     }
 
+    #[inline(always)]
+    fn sum(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); // l0+l4 … l3+l7
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s)); // (l0+l4)+(l2+l6), (l1+l5)+(l3+l7)
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
+    }
+
+    /// An f16 widened by the F16C instruction (`half` does not inline into the kernels).
+    #[inline(always)]
+    fn f16c(b: &[u8], i: usize) -> f32 {
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([b[i], b[i + 1]]) as i32))) }
+    }
+
+    /// acc + scale · lanes, multiplied then added (as the portable kernel).
+    #[inline(always)]
+    fn add_scaled(acc: __m256, lanes: __m256i, scale: f32) -> __m256 {
+        unsafe { _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(lanes))) }
+    }
+
     pub struct Avx2;
 
     impl IntDot for Avx2 {
+        type Acc = __m256;
+
+        #[inline(always)]
+        fn zero() -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+
+        #[inline(always)]
+        fn block(acc: __m256, w: &[i8; 32], x: &[i8], scale: f32) -> __m256 {
+            assert!(x.len() >= 32);
+            unsafe {
+                let (a, b) = operands(w.as_ptr(), x.as_ptr());
+                add_scaled(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)), scale)
+            }
+        }
+
+        #[inline(always)]
+        fn sum(acc: __m256) -> f32 {
+            sum(acc)
+        }
+
         #[inline(always)]
         fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32 {
             assert!(x.len() >= 256);
@@ -175,21 +253,35 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn dot_blocks(w: &[i8], x: &[i8], out: &mut [i32]) {
-            assert!(w.len() >= 32 * out.len() && x.len() >= 32 * out.len());
-            unsafe {
-                let ones = _mm256_set1_epi16(1);
-                for (b, o) in out.iter_mut().enumerate() {
-                    let (a, v) = operands(w.as_ptr().add(32 * b), x.as_ptr().add(32 * b));
-                    *o = hsum(_mm256_madd_epi16(_mm256_maddubs_epi16(a, v), ones));
-                }
-            }
+        fn f16(b: &[u8], i: usize) -> f32 {
+            f16c(b, i)
         }
     }
 
     pub struct Vnni;
 
     impl IntDot for Vnni {
+        type Acc = __m256;
+
+        #[inline(always)]
+        fn zero() -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+
+        #[inline(always)]
+        fn block(acc: __m256, w: &[i8; 32], x: &[i8], scale: f32) -> __m256 {
+            assert!(x.len() >= 32);
+            unsafe {
+                let (a, b) = operands(w.as_ptr(), x.as_ptr());
+                add_scaled(acc, _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b), scale)
+            }
+        }
+
+        #[inline(always)]
+        fn sum(acc: __m256) -> f32 {
+            sum(acc)
+        }
+
         #[inline(always)]
         fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32 {
             assert!(x.len() >= 256);
@@ -207,14 +299,8 @@ mod x86 {
         }
 
         #[inline(always)]
-        fn dot_blocks(w: &[i8], x: &[i8], out: &mut [i32]) {
-            assert!(w.len() >= 32 * out.len() && x.len() >= 32 * out.len());
-            unsafe {
-                for (b, o) in out.iter_mut().enumerate() {
-                    let (a, v) = operands(w.as_ptr().add(32 * b), x.as_ptr().add(32 * b));
-                    *o = hsum(_mm256_dpbusd_epi32(_mm256_setzero_si256(), a, v));
-                }
-            }
+        fn f16(b: &[u8], i: usize) -> f32 {
+            f16c(b, i)
         }
     }
 }
@@ -237,8 +323,10 @@ impl Isa {
             use std::arch::is_x86_feature_detected as has;
             match self {
                 Isa::Portable => true,
-                Isa::Avx2 => has!("avx2"),
-                Isa::Avx512Vnni => has!("avx2") && has!("avx512f") && has!("avx512vl") && has!("avx512vnni"),
+                Isa::Avx2 => has!("avx2") && has!("f16c"),
+                Isa::Avx512Vnni => {
+                    has!("avx2") && has!("f16c") && has!("avx512f") && has!("avx512vl") && has!("avx512vnni")
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -272,58 +360,68 @@ pub fn dot_row(isa: Isa, ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32])
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_row_avx2(ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
     dot_row_with::<x86::Avx2>(ty, row, xs, out)
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,avx512f,avx512vl,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
 unsafe fn dot_row_vnni(ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
     dot_row_with::<x86::Vnni>(ty, row, xs, out)
 }
 
+/// [`dot_row_of`] for `ty`, compiled for each type (the unpacking of a block is then straight-line code).
 #[inline(always)]
 fn dot_row_with<I: IntDot>(ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
-    out.fill(0.0);
-    let (ts, bs) = (ty.type_size(), ty.block_size());
-    if bs == QK_K {
-        let (mut w, mut sc, mut mins) = ([0i8; QK_K], [0i16; 16], [0i16; 8]);
-        for (s, b) in row.chunks_exact(ts).enumerate() {
-            let (d, dmin) = unpack_k(ty, b, &mut w, &mut sc, &mut mins);
-            for (r, o) in out.iter_mut().enumerate() {
-                let dx = xs.d(r)[s];
-                let isum = I::dot_scaled(&w, &xs.q(r)[QK_K * s..], &sc);
+    macro_rules! each {
+        ($($t:ident),*) => {
+            match ty {
+                $(GgmlType::$t => dot_row_of::<I, { GgmlType::$t.id() }>(row, xs, out),)*
+                _ => unreachable!("{ty} is not block-quantized"),
+            }
+        };
+    }
+    each!(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)
+}
+
+#[inline(always)]
+fn dot_row_of<I: IntDot, const T: u32>(row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
+    let ty = GgmlType::from_id(T).expect("a GGML type id");
+    let ts = ty.type_size();
+    // Row by row, each with its accumulators in registers (x rows > 1 only for beams: they unpack again).
+    for (r, o) in out.iter_mut().enumerate() {
+        let (q, dx) = (xs.q(r), xs.d(r));
+        *o = if ty.block_size() == QK_K {
+            let (mut w, mut sc, mut mins) = ([0i8; QK_K], [0i16; 16], [0i16; 8]);
+            let mut acc = 0.0f32;
+            for (s, b) in row.chunks_exact(ts).enumerate() {
+                let (d, dmin) = unpack_k::<I>(ty, b, &mut w, &mut sc, &mut mins);
+                let isum = I::dot_scaled(&w, &q[QK_K * s..], &sc);
                 let sums = &xs.sums(r)[16 * s..][..16];
                 let msum: i32 = mins.iter().zip(sums.chunks_exact(2)).map(|(&m, p)| m as i32 * (p[0] + p[1])).sum();
-                *o += (d * dx) * isum as f32 - (dmin * dx) * msum as f32;
+                acc += (d * dx[s]) * isum as f32 - (dmin * dx[s]) * msum as f32;
             }
-        }
-        return;
-    }
-    // Eight blocks of 32 at a time: one unpacking serves every row of x.
-    const GROUP: usize = 8;
-    let (mut w, mut dm, mut idots) = ([0i8; 32 * GROUP], [(0.0f32, 0.0f32); GROUP], [0i32; GROUP]);
-    for (g, blocks) in row.chunks(ts * GROUP).enumerate() {
-        let nb = blocks.len() / ts;
-        for (k, b) in blocks.chunks_exact(ts).enumerate() {
-            dm[k] = unpack_legacy(ty, b, (&mut w[32 * k..32 * k + 32]).try_into().expect("32 values"));
-        }
-        for (r, o) in out.iter_mut().enumerate() {
-            let b0 = g * GROUP;
-            I::dot_blocks(&w[..32 * nb], &xs.q(r)[32 * b0..], &mut idots[..nb]);
-            let (dx, sums) = (&xs.d(r)[b0..], &xs.sums(r)[2 * b0..]);
-            for k in 0..nb {
-                let (d, m) = dm[k];
-                *o += (d * dx[k]) * idots[k] as f32 + m * (dx[k] * (sums[2 * k] + sums[2 * k + 1]) as f32);
+            acc
+        } else {
+            let mut w = [0i8; 32];
+            let (mut acc, mut min_terms) = (I::zero(), 0.0f32);
+            let with_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+            for ((b, blk), &dx) in row.chunks_exact(ts).enumerate().zip(dx) {
+                let (d, m) = unpack_legacy::<I>(ty, blk, &mut w);
+                acc = I::block(acc, &w, &q[32 * b..], d * dx);
+                if with_min {
+                    min_terms += m * xs.dsum(r)[b];
+                }
             }
-        }
+            I::sum(acc) + min_terms
+        };
     }
 }
 
 /// One block of 32 of Q4_0 … Q8_0 as integers w (value = d·w + m) and (d, m).
 #[inline(always)]
-fn unpack_legacy(ty: GgmlType, b: &[u8], w: &mut [i8; 32]) -> (f32, f32) {
+fn unpack_legacy<I: IntDot>(ty: GgmlType, b: &[u8], w: &mut [i8; 32]) -> (f32, f32) {
     let nibbles = |qs: &[u8], w: &mut [i8; 32], high: u32, off: i8| {
         for j in 0..16 {
             let (h0, h1) = (((high >> j) & 1) << 4, ((high >> (j + 16)) & 1) << 4);
@@ -340,14 +438,20 @@ fn unpack_legacy(ty: GgmlType, b: &[u8], w: &mut [i8; 32]) -> (f32, f32) {
         GgmlType::Q8_0 => w.iter_mut().zip(&b[2..34]).for_each(|(w, &q)| *w = q as i8),
         _ => unreachable!("{ty} is not a block-of-32 type"),
     }
-    let m = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) { f16_at(b, 2) } else { 0.0 };
-    (f16_at(b, 0), m)
+    let m = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) { I::f16(b, 2) } else { 0.0 };
+    (I::f16(b, 0), m)
 }
 
 /// One K-quant super-block as integers w, the scale of each group of 16 and (Q4_K, Q5_K) the min of each
 /// sub-block of 32; returns (d, dmin): value = d·sc·w − dmin·m.
 #[inline(always)]
-fn unpack_k(ty: GgmlType, b: &[u8], w: &mut [i8; QK_K], sc: &mut [i16; 16], mins: &mut [i16; 8]) -> (f32, f32) {
+fn unpack_k<I: IntDot>(
+    ty: GgmlType,
+    b: &[u8],
+    w: &mut [i8; QK_K],
+    sc: &mut [i16; 16],
+    mins: &mut [i16; 8],
+) -> (f32, f32) {
     match ty {
         GgmlType::Q4_K | GgmlType::Q5_K => {
             let (scales, qs, qh) = if ty == GgmlType::Q4_K {
@@ -369,7 +473,7 @@ fn unpack_k(ty: GgmlType, b: &[u8], w: &mut [i8; QK_K], sc: &mut [i16; 16], mins
                     }
                 }
             }
-            (f16_at(b, 0), f16_at(b, 2))
+            (I::f16(b, 0), I::f16(b, 2))
         }
         GgmlType::Q6_K => {
             for h in 0..2 {
@@ -386,7 +490,7 @@ fn unpack_k(ty: GgmlType, b: &[u8], w: &mut [i8; QK_K], sc: &mut [i16; 16], mins
                     sc[8 * h + k] = b[192 + 8 * h + k] as i8 as i16;
                 }
             }
-            (f16_at(b, 208), 0.0)
+            (I::f16(b, 208), 0.0)
         }
         _ => unreachable!("{ty} is not a K-quant"),
     }
@@ -401,10 +505,10 @@ mod tests {
         (0..n).map(|i| (((i + seed * 7919) * 2654435761usize) >> 13) as u8).collect()
     }
 
-    /// Every instruction set gives the portable kernels' integers, on the extremes too (w = −128, |x| = 127,
+    /// Every instruction set gives the portable kernels' results, on the extremes too (w = −128, |x| = 127,
     /// |sc| = 128): a wrong lane order, sign trick or overflow shows as a different sum.
     #[test]
-    fn integer_kernels_agree_with_the_portable_ones() {
+    fn kernels_agree_with_the_portable_ones() {
         for seed in 0..20 {
             let mut w: [i8; 256] = std::array::from_fn(|i| bytes(256, seed)[i] as i8);
             let mut x: Vec<i8> = bytes(256, seed + 100).iter().map(|&b| (b as i8).max(-127)).collect();
@@ -414,46 +518,50 @@ mod tests {
                 x.fill(-127);
                 sc.fill(-128);
             }
-            let want = Portable::dot_scaled(&w, &x, &sc);
-            let mut want_blocks = [0; 8];
-            Portable::dot_blocks(&w, &x, &mut want_blocks);
+            let want = (Portable::dot_scaled(&w, &x, &sc), blocks::<Portable>(&w, &x));
             for isa in Isa::ALL.into_iter().filter(|&i| i != Isa::Portable) {
                 if !isa.available() {
                     eprintln!("{isa:?}: not on this CPU, not tested");
                     continue;
                 }
-                let (got, got_blocks) = run_isa(isa, &w, &x, &sc);
-                assert_eq!(got, want, "{isa:?} dot_scaled, seed {seed}");
-                assert_eq!(got_blocks, want_blocks, "{isa:?} dot_blocks, seed {seed}");
+                let got = run_isa(isa, &w, &x, &sc);
+                assert_eq!(got.0, want.0, "{isa:?} dot_scaled, seed {seed}");
+                assert_eq!(got.1.to_bits(), want.1.to_bits(), "{isa:?} blocks, seed {seed}: {} vs {}", got.1, want.1);
             }
         }
     }
 
-    fn run_isa(isa: Isa, w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> (i32, [i32; 8]) {
+    /// The 8 blocks of 32 accumulated with distinct scales.
+    #[inline(always)]
+    fn blocks<I: IntDot>(w: &[i8; 256], x: &[i8]) -> f32 {
+        let mut acc = I::zero();
+        for b in 0..8 {
+            acc = I::block(acc, w[32 * b..32 * b + 32].try_into().unwrap(), &x[32 * b..], 0.37 + b as f32);
+        }
+        I::sum(acc)
+    }
+
+    fn run_isa(isa: Isa, w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> (i32, f32) {
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(w: &[i8; 256], x: &[i8], sc: &[i16; 16], out: &mut [i32; 8]) -> i32 {
-            x86::Avx2::dot_blocks(w, x, out);
-            x86::Avx2::dot_scaled(w, x, sc)
+        #[target_feature(enable = "avx2,f16c")]
+        fn avx2(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> (i32, f32) {
+            (x86::Avx2::dot_scaled(w, x, sc), blocks::<x86::Avx2>(w, x))
         }
         #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
-        unsafe fn vnni(w: &[i8; 256], x: &[i8], sc: &[i16; 16], out: &mut [i32; 8]) -> i32 {
-            x86::Vnni::dot_blocks(w, x, out);
-            x86::Vnni::dot_scaled(w, x, sc)
+        #[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512vnni")]
+        fn vnni(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> (i32, f32) {
+            (x86::Vnni::dot_scaled(w, x, sc), blocks::<x86::Vnni>(w, x))
         }
-        let mut out = [0; 8];
-        let s = match isa {
+        match isa {
             Isa::Portable => unreachable!(),
             // SAFETY: callers checked `isa.available()`.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2(w, x, sc, &mut out) },
+            Isa::Avx2 => unsafe { avx2(w, x, sc) },
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => unsafe { vnni(w, x, sc, &mut out) },
+            Isa::Avx512Vnni => unsafe { vnni(w, x, sc) },
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!(),
-        };
-        (s, out)
+        }
     }
 
     /// Random blocks of every type (finite f16 scales): each instruction set's row products equal the portable
