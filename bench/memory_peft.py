@@ -52,7 +52,7 @@ for s in range(steps + 1):
     loss.backward(); opt.step(); opt.zero_grad()
     if s > 0:
         toks += int(att.sum()); tt += time.time() - st
-    print(f"step {s} loss {loss.item():.4f}", file=sys.stderr, flush=True)
+    print(f"step {s} loss {loss.item():.4f} time {time.time() - st:.1f}s", file=sys.stderr, flush=True)
 print(f"PEFT tokens/s {toks / tt:.1f}")
 '''
 
@@ -85,8 +85,8 @@ def main():
             wall = time.time() - start
             if p.returncode != 0:
                 sys.exit(f"{label} failed:\n{err[-3000:]}")
-            speed = re.search(r"(\d+(?:\.\d+)?) tokens/s", out + err)
-            results.append((label, rss / 1e9, speed.group(1) if speed else "?", wall))
+            speed = re.search(r"(\d+(?:\.\d+)?) tokens/s|tokens/s (\d+(?:\.\d+)?)", out + err)
+            results.append((label, rss / 1e9, (speed.group(1) or speed.group(2)) if speed else "?", wall))
             print(results[-1], flush=True)
     print(f"load average {os.getloadavg()[0]:.2f}")
     print("| engine | peak RSS (GB) | tokens/s | wall (s) |\n|---|---|---|---|")

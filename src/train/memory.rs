@@ -251,7 +251,7 @@ mod tests {
         let p = DecodePlan::new(&c, 100 << 20, 4, 2048);
         assert_eq!(p.kv_cache, 4 * 2048 * 46080);
         assert_eq!(p.total(), (100 << 20) + BASE_BYTES + p.kv_cache + 2 * 4 * 4 * 49152);
-        assert!(p.check(Some(1 << 30)).unwrap_err().to_string().contains("the KV cache dominates"));
+        assert!(p.check(Some(500 << 20)).unwrap_err().to_string().contains("the KV cache dominates"));
         p.check(Some(p.total())).unwrap();
     }
 
