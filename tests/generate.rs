@@ -595,6 +595,7 @@ fn cli_help_documents_every_flag_with_its_default_and_rejects_bad_flags() {
         "--ignore-eos",
         "--batch",
         "--ids",
+        "--compute",
     ] {
         let at = help.find(&format!("\n      {flag}")).unwrap_or_else(|| panic!("{flag} missing from --help")) + 7;
         let entry = &help[at..];
@@ -609,4 +610,23 @@ fn cli_help_documents_every_flag_with_its_default_and_rejects_bad_flags() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("prompt is empty"));
     let out = condlm_cli(&["generate", "--model", model, "--prompt", "x", "--stop", ""]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("stop string is empty"));
+}
+
+/// `--compute int8` runs the integer kernels on a block-quantized base (the fixture's Q8_0 matrices; their
+/// numbers are tested in `kernels::quant_dot`); both computes print the memory plan with the KV cache.
+#[test]
+fn cli_int8_compute_generates_and_prints_the_memory_plan() {
+    let model = fixture("tiny-llama-gguf/tiny-llama.gguf");
+    let run = |compute: &str| {
+        let args = ["generate", "--model", model.to_str().unwrap(), "--prompt", "hello", "--max-new-tokens", "6"];
+        let out = condlm_cli(&[&args[..], &["--compute", compute, "--ignore-eos"]].concat());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "--compute {compute}: {err}");
+        assert!(err.contains("KV cache") && err.contains("1 sequences ×"), "{err}");
+        assert!(err.contains("+ 6 new tokens"), "{err}");
+    };
+    run("int8");
+    run("f32");
+    let out = condlm_cli(&["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--compute", "int4"]);
+    assert!(!out.status.success());
 }

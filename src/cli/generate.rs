@@ -5,15 +5,17 @@ use clap::{Args, ValueEnum};
 use condlm::data::chat::{ChatTemplate, GenerationPrompt};
 use condlm::data::rows::{JsonObject, field_of, read_source_objects};
 use condlm::data::source::{DataFormat, DataSource, EVAL_SPLITS, resolve_data};
-use condlm::formats::load::load_model_as;
+use condlm::formats::load::{LoadedModel, open_model};
 use condlm::generate::{
     BeamParams, EarlyStopping, Event, GenerateOptions, Generation, NonFiniteLogits, SamplingParams, Strategy,
     encode_prompt, generate, generate_from,
 };
+use condlm::kernels::quant_dot::{Compute, set_compute};
 use condlm::network::transformer::Transformer;
 use condlm::output::rows::{Destination, RowWriter, prepare};
 use condlm::progress;
 use condlm::tokenizer::TextTokenizer;
+use condlm::train::memory::{DecodePlan, available_bytes};
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +35,11 @@ pub struct GenerateArgs {
     adapter: AdapterArgs,
     #[command(flatten)]
     base: BaseArgs,
+    /// Decoding's products on a block-quantized base (Q4_0 … Q6_K): f32 (dequantized; the f32 base's results)
+    /// or int8 (activations rounded to 8 bits, integer dot products on the stored blocks, as llama.cpp does:
+    /// faster, slightly different log-probs) [default: f32].
+    #[arg(long, value_enum, default_value_t = Compute::F32, hide_default_value = true)]
+    compute: Compute,
     /// The prompt x; its continuation is streamed to stdout as it is generated [default: none; give it or --data].
     #[arg(long, conflicts_with = "data", required_unless_present = "data")]
     prompt: Option<String>,
@@ -127,8 +134,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let out = a.data.is_some().then(|| prepare(a.out.as_deref(), a.overwrite, a.resume_output)).transpose()?;
     let data =
         a.data.as_deref().map(|d| resolve_data(d, a.data_format, a.split.as_deref(), EVAL_SPLITS)).transpose()?;
-    let mut m = load_model_as(&a.model, a.base.base_dtype)?;
+    let opened = open_model(&a.model)?;
+    let weight_bytes: usize = opened.weights.resident_bytes(a.base.base_dtype).values().sum();
+    let mut m = opened.load(a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
+    set_compute(a.compute);
     if !a.ignore_eos {
         let eos = m.tokenizer.eos_id;
         opts.stop_ids.retain(|&t| t != eos);
@@ -151,10 +161,27 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         }
     };
     match (&a.prompt, &data, out) {
-        (Some(p), _, _) => run_prompt(&m.model, &m.tokenizer, encode(p)?, &opts),
-        (None, Some(data), Some(out)) => run_data(&a, &m.model, &m.tokenizer, data, out, &opts, encode),
+        (Some(p), _, _) => {
+            let prompt = encode(p)?;
+            check_memory(&m.model, weight_bytes, std::slice::from_ref(&prompt), &opts)?;
+            run_prompt(&m.model, &m.tokenizer, prompt, &opts)
+        }
+        (None, Some(data), Some(out)) => run_data(&a, &m, weight_bytes, data, out, &opts, encode),
         _ => bail!("give --prompt or --data"),
     }
+}
+
+/// Prints the memory plan of decoding `prompts` (weights, KV cache) and refuses one the machine cannot hold.
+fn check_memory(model: &Transformer, weight_bytes: usize, prompts: &[Vec<u32>], opts: &GenerateOptions) -> Result<()> {
+    let beams = match &opts.strategy {
+        Strategy::Beam(b) => b.num_beams,
+        _ => 1,
+    };
+    let window = model.config.max_positions;
+    let capacity = prompts.iter().map(|p| (p.len() + opts.max_new_tokens).min(window)).max().unwrap_or(1);
+    let plan = DecodePlan::new(&model.config, weight_bytes, opts.batch.min(prompts.len()).max(1) * beams, capacity);
+    eprintln!("memory: {}", plan.describe());
+    plan.check(available_bytes())
 }
 
 /// The decoding options of the flags, every range checked; stop ids are the --stop-id ones (the caller adds
@@ -259,15 +286,17 @@ fn run_prompt(model: &Transformer, tok: &TextTokenizer, prompt: Vec<u32>, opts: 
 
 fn run_data(
     a: &GenerateArgs,
-    model: &Transformer,
-    tok: &TextTokenizer,
+    m: &LoadedModel,
+    weight_bytes: usize,
     data: &DataSource,
     out: Destination,
     opts: &GenerateOptions,
     encode: impl Fn(&str) -> Result<Vec<u32>>,
 ) -> Result<()> {
+    let (model, tok) = (&m.model, &m.tokenizer);
     let rows = read_prompt_rows(data)?;
     let prompts = encode_prompts(&rows, model, encode)?;
+    check_memory(model, weight_bytes, &prompts, opts)?;
     let beam = matches!(opts.strategy, Strategy::Beam(_));
     let (mut writer, done) = out.open(|i, line| done_row(&rows, &prompts, i, line, beam, a.ids))?;
     let resumed = done.len();

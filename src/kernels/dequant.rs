@@ -14,7 +14,7 @@ use half::f16;
 use rayon::prelude::*;
 
 /// Elements per K-quant super-block.
-const QK_K: usize = 256;
+pub(super) const QK_K: usize = 256;
 
 /// Tensors with at least this many blocks are dequantized in parallel.
 const PAR_MIN_BLOCKS: usize = 4096;
@@ -55,7 +55,7 @@ impl GgmlType {
     ];
 
     /// The type for a GGML type id, or `None` for an id condlm does not support.
-    pub fn from_id(id: u32) -> Option<Self> {
+    pub const fn from_id(id: u32) -> Option<Self> {
         Some(match id {
             0 => GgmlType::F32,
             1 => GgmlType::F16,
@@ -73,7 +73,7 @@ impl GgmlType {
     }
 
     /// The GGML type id (`enum ggml_type`).
-    pub fn id(self) -> u32 {
+    pub const fn id(self) -> u32 {
         match self {
             GgmlType::F32 => 0,
             GgmlType::F16 => 1,
@@ -213,7 +213,7 @@ pub fn dequantize_to_vec(ty: GgmlType, bytes: &[u8]) -> Result<Vec<f32>, Dequant
 }
 
 #[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
+pub(super) fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
 }
 
@@ -316,7 +316,7 @@ fn dequant_q8_0(bytes: &[u8], out: &mut [f32]) {
 ///  bytes 8..12: bits 0-3 = low 4 bits of scale[4..8], bits 4-7 = low 4 bits of min[4..8]
 /// ```
 #[inline]
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
+pub(super) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
     if j < 4 {
         (s[j] & 63, s[j + 4] & 63)
     } else {

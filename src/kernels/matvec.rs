@@ -39,8 +39,22 @@ pub fn matvec_blocks(
     accumulate: bool,
     rows: impl Fn(usize, usize, &mut dyn FnMut(&[f32])) + Sync,
 ) {
-    let (n, in_dim, out_dim) = (x.rows, x.cols, out.cols);
+    let (n, in_dim) = (x.rows, x.cols);
     assert!(out.rows == n && x.data.len() >= n * in_dim, "matmul_wt: shape mismatch");
+    column_blocks(out, accumulate, |o0, o1, block| {
+        rows(o0, o1, &mut |w| {
+            for r in 0..n {
+                dots(&mut block[r * (o1 - o0)..][..o1 - o0], &x.data[r * in_dim..][..in_dim], &w[..(o1 - o0) * in_dim]);
+            }
+        })
+    });
+}
+
+/// Fills `out` (n, out_dim) (or adds to it when `accumulate`) by blocks of [`CHUNK`] columns in parallel:
+/// `block(o0, o1, b)` writes columns o0..o1 of every row into b (n, o1 − o0), row-major. n ≤ [`MAX_ROWS`].
+pub fn column_blocks(out: MatMut, accumulate: bool, block: impl Fn(usize, usize, &mut [f32]) + Sync) {
+    let (n, out_dim) = (out.rows, out.cols);
+    assert!(n <= MAX_ROWS, "column_blocks: {n} rows, more than {MAX_ROWS}");
     if n > 0 && out_dim > 0 {
         assert!((n - 1) * out.row_stride + out_dim <= out.data.len(), "matmul_wt: dst out of bounds");
     }
@@ -48,21 +62,19 @@ pub fn matvec_blocks(
     let dst = SharedOut(out.data.as_mut_ptr());
     (0..out_dim.div_ceil(CHUNK)).into_par_iter().for_each(|b| {
         let (o0, o1) = (b * CHUNK, ((b + 1) * CHUNK).min(out_dim));
-        rows(o0, o1, &mut |w| {
-            let mut block = [0.0f32; CHUNK];
-            for r in 0..n {
-                let block = &mut block[..o1 - o0];
-                dots(block, &x.data[r * in_dim..][..in_dim], &w[..(o1 - o0) * in_dim]);
-                // SAFETY: row r, columns o0..o1 of `out` lie inside its slice (asserted above), and no other task
-                // writes these columns: tasks own disjoint column blocks.
-                let o = unsafe { std::slice::from_raw_parts_mut(dst.at(r * row_stride + o0), o1 - o0) };
-                if accumulate {
-                    o.iter_mut().zip(block.iter()).for_each(|(o, v)| *o += v);
-                } else {
-                    o.copy_from_slice(block);
-                }
+        let mut buf = [0.0f32; CHUNK * MAX_ROWS];
+        let buf = &mut buf[..n * (o1 - o0)];
+        block(o0, o1, buf);
+        for (r, vals) in buf.chunks_exact(o1 - o0).enumerate() {
+            // SAFETY: row r, columns o0..o1 of `out` lie inside its slice (asserted above), and no other task
+            // writes these columns: tasks own disjoint column blocks.
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.at(r * row_stride + o0), o1 - o0) };
+            if accumulate {
+                o.iter_mut().zip(vals).for_each(|(o, v)| *o += v);
+            } else {
+                o.copy_from_slice(vals);
             }
-        });
+        }
     });
 }
 

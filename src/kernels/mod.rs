@@ -11,6 +11,7 @@ pub mod matmul;
 pub mod matvec;
 pub mod norm;
 pub mod packed;
+pub mod quant_dot;
 pub mod rope;
 pub mod simd;
 

@@ -15,7 +15,8 @@ use super::dequant::{GgmlType, dequantize};
 use super::gemm::depth_block;
 use super::mat::{Mat, MatMut};
 use super::matmul::matmul;
-use super::matvec::{MAX_ROWS, is_dense, matmul_wt, matvec_blocks};
+use super::matvec::{MAX_ROWS, column_blocks, is_dense, matmul_wt, matvec_blocks};
+use super::quant_dot::{self, Compute, Isa, Q8Rows};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Deref;
@@ -97,6 +98,10 @@ impl PackedMatrix {
     /// [`matmul_wt`] on the dequantized matrix.
     pub fn matmul_wt(&self, out: MatMut, x: Mat, accumulate: bool) {
         assert!(x.cols == self.cols && out.cols == self.rows, "PackedMatrix::matmul_wt: shape mismatch");
+        if x.rows <= MAX_ROWS && is_dense(x) && quant_dot::compute() == Compute::Int8 && quant_dot::supports(self.ty) {
+            self.matvec_int8(out, x, accumulate);
+            return;
+        }
         if x.rows <= MAX_ROWS && is_dense(x) {
             // Decoding: each block of output features dequantizes its own rows on its own thread.
             let cols = self.cols;
@@ -109,6 +114,24 @@ impl PackedMatrix {
             return;
         }
         self.gemm_wt(out, x, accumulate);
+    }
+
+    /// out (N ≤ [`MAX_ROWS`], rows) (+)= x · Wᵀ with x rounded to 8 bits and integer dot products on the stored
+    /// blocks (`--compute int8`, see [`quant_dot`]).
+    fn matvec_int8(&self, out: MatMut, x: Mat, accumulate: bool) {
+        let (isa, rb, n) = (Isa::best(), self.row_bytes(), x.rows);
+        with_q8(|xs| {
+            xs.quantize(self.ty, &x.data[..n * self.cols], self.cols);
+            column_blocks(out, accumulate, |o0, o1, block| {
+                let mut col = [0.0f32; MAX_ROWS];
+                for o in o0..o1 {
+                    quant_dot::dot_row(isa, self.ty, &self.bytes[o * rb..][..rb], xs, &mut col[..n]);
+                    for r in 0..n {
+                        block[r * (o1 - o0) + o - o0] = col[r];
+                    }
+                }
+            });
+        });
     }
 
     /// As [`Self::matmul_wt`], always through the GEMM (whatever the rows of x): bit-identical to
@@ -246,6 +269,17 @@ impl PartialEq for SharedBytes {
 thread_local! {
     /// The f32 tile panels are dequantized into: grown once to the largest panel, then reused.
     static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's quantized activations (buffers reused from call to call).
+fn with_q8<R>(f: impl FnOnce(&mut Q8Rows) -> R) -> R {
+    thread_local! {
+        static Q8: RefCell<Q8Rows> = RefCell::new(Q8Rows::default());
+    }
+    let mut q = Q8.with(|q| std::mem::take(&mut *q.borrow_mut()));
+    let r = f(&mut q);
+    Q8.with(|t| *t.borrow_mut() = q);
+    r
 }
 
 /// Runs `f` on this thread's tile of at least `len` floats. A product called from inside `f` (the GEMM on

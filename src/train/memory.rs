@@ -108,6 +108,65 @@ impl MemoryPlan {
     }
 }
 
+/// Bytes of decoding's KV cache: keys and values (f32) of every layer for `slots` sequences × `capacity`
+/// positions (`network::kv_cache`).
+pub fn kv_cache_bytes(c: &Config, slots: usize, capacity: usize) -> usize {
+    2 * 4 * c.num_layers * slots * capacity * c.num_kv_heads * c.head_dim
+}
+
+/// What `generate` holds: the weights as kept, the KV cache of every slot, and each slot's logits and sampling
+/// work (two rows of the vocabulary).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DecodePlan {
+    pub weights: usize,
+    pub kv_cache: usize,
+    pub logits: usize,
+    pub slots: usize,
+    pub capacity: usize,
+}
+
+impl DecodePlan {
+    pub fn new(c: &Config, weight_bytes: usize, slots: usize, capacity: usize) -> Self {
+        let (kv_cache, logits) = (kv_cache_bytes(c, slots, capacity), 2 * 4 * slots * c.vocab_size);
+        DecodePlan { weights: weight_bytes + BASE_BYTES, kv_cache, logits, slots, capacity }
+    }
+
+    pub fn total(&self) -> usize {
+        self.weights + self.kv_cache + self.logits
+    }
+
+    pub fn describe(&self) -> String {
+        let gib = |b: usize| b as f64 / GIB;
+        format!(
+            "≈ {:.2} GiB (weights {:.2}, KV cache {:.2} for {} sequences × {} positions, logits {:.2})",
+            gib(self.total()),
+            gib(self.weights),
+            gib(self.kv_cache),
+            self.slots,
+            self.capacity,
+            gib(self.logits)
+        )
+    }
+
+    /// Err when the plan needs more than `available` bytes, saying what to change.
+    pub fn check(&self, available: Option<usize>) -> Result<()> {
+        let Some(avail) = available else { return Ok(()) };
+        if self.total() <= avail {
+            return Ok(());
+        }
+        let advice = if self.kv_cache > self.weights {
+            "the KV cache dominates: lower --max-new-tokens, --batch-size or --num-beams"
+        } else {
+            "the weights dominate: keep a quantized base packed (--base-dtype stored, the default) or use a smaller model"
+        };
+        bail!(
+            "generating needs {} but the machine has {:.2} GiB available; {advice}",
+            self.describe(),
+            avail as f64 / GIB
+        )
+    }
+}
+
 /// Memory this process may still use: MemAvailable from /proc/meminfo, or less under a cgroup (v2) limit.
 /// None where neither can be read.
 pub fn available_bytes() -> Option<usize> {
@@ -186,6 +245,18 @@ mod tests {
         let err =
             MemoryPlan::new(&c, &full, 10, 4 * c.num_parameters()).check(Some(1 << 20), &full).unwrap_err().to_string();
         assert!(err.contains("drop --full"), "{err}");
+    }
+
+    #[test]
+    fn the_decode_plan_counts_the_kv_cache() {
+        let c = smollm2();
+        // SmolLM2: 30 layers × 3 KV heads × 64 dims, keys and values in f32: 46080 bytes a position.
+        assert_eq!(kv_cache_bytes(&c, 1, 1), 2 * 4 * 30 * 3 * 64);
+        let p = DecodePlan::new(&c, 100 << 20, 4, 2048);
+        assert_eq!(p.kv_cache, 4 * 2048 * 46080);
+        assert_eq!(p.total(), (100 << 20) + BASE_BYTES + p.kv_cache + 2 * 4 * 4 * 49152);
+        assert!(p.check(Some(500 << 20)).unwrap_err().to_string().contains("the KV cache dominates"));
+        p.check(Some(p.total())).unwrap();
     }
 
     #[test]

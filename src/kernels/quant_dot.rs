@@ -1,0 +1,611 @@
+//! The int8 compute path of decoding (`--compute int8`), llama.cpp's way of multiplying block-quantized weights
+//! by a few rows of activations: each row of x is rounded to 8-bit blocks ([`Q8Rows`]: one f32 scale per 32
+//! values for Q4_0 … Q8_0, per 256 for the K-quants, as llama.cpp's Q8_0 / Q8_K), and each weight block's
+//! integers meet them in integer dot products, the block's float scales applied once per block:
+//!
+//! ```text
+//! Q4_0 … Q8_0   Σ_b  d_b·dx_b · Σ_i w_i q_i  +  m_b · dx_b Σ_i q_i                 blocks of 32
+//! Q4_K, Q5_K    d·dx · Σ_g sc_g Σ_i w_i q_i  −  dmin·dx · Σ_j m_j Σ_i q_i           super-blocks of 256
+//! Q6_K          d·dx · Σ_g sc_g Σ_i w_i q_i                  (w = q6 − 32)           (g: groups of 16)
+//! ```
+//!
+//! The integer sums run on an AVX-512 VNNI (`vpdpbusd`), AVX2 (`vpmaddubsw` / `vpmaddwd`) or portable kernel
+//! picked at run time ([`Isa::best`]); the three give the same integers, hence the same bits. Against the f32
+//! path the only difference is the rounding of x to 8 bits — the accuracy cost measured in
+//! bench/decode_vs_llama_cpp.md — so the path is opt-in. Weights are read once, as stored: 4.5–6.6 bits a value
+//! instead of the 32 of a dequantized tile.
+use super::dequant::{GgmlType, QK_K, f16_at, scale_min_k4};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How the matrix-vector products of decoding multiply a block-quantized weight matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compute {
+    /// Dequantize to f32 and multiply in f32: the bits of the dense f32 path.
+    F32,
+    /// Round the activations to 8 bits and multiply with integer dot products (llama.cpp's way).
+    Int8,
+}
+
+static COMPUTE: AtomicU8 = AtomicU8::new(0);
+
+/// Sets the compute of this process's matrix-vector products on block-quantized weights (a run-wide choice,
+/// made once by the command line before any product).
+pub fn set_compute(c: Compute) {
+    COMPUTE.store(c as u8, Ordering::Relaxed);
+}
+
+/// The compute set by [`set_compute`] (f32 unless set).
+pub fn compute() -> Compute {
+    if COMPUTE.load(Ordering::Relaxed) == Compute::Int8 as u8 { Compute::Int8 } else { Compute::F32 }
+}
+
+/// Whether [`dot_row`] handles weights of `ty` (the block-quantized types).
+pub fn supports(ty: GgmlType) -> bool {
+    ty.block_size() > 1
+}
+
+/// Values per activation block for weights of `ty`: 256 for the K-quants, 32 otherwise.
+fn act_block(ty: GgmlType) -> usize {
+    if ty.block_size() == QK_K { QK_K } else { 32 }
+}
+
+/// n rows of x (n, cols) rounded to 8-bit blocks: q ≈ x / d with |q| ≤ 127, d = max|x| / 127 per block, and
+/// the sum of q over every 16 values (the min and offset terms need Σ q).
+#[derive(Default)]
+pub struct Q8Rows {
+    block: usize,
+    cols: usize,
+    d: Vec<f32>,
+    q: Vec<i8>,
+    sums: Vec<i32>,
+    /// d · Σ q per 32 values (the min terms of Q4_1 / Q5_1).
+    dsum: Vec<f32>,
+}
+
+impl Q8Rows {
+    /// Quantizes x (x.len() / cols rows) in blocks for weights of `ty`, reusing this value's buffers.
+    pub fn quantize(&mut self, ty: GgmlType, x: &[f32], cols: usize) {
+        let block = act_block(ty);
+        assert!(cols.is_multiple_of(block) && x.len().is_multiple_of(cols), "Q8Rows: ragged rows");
+        self.block = block;
+        self.cols = cols;
+        self.d.resize(x.len() / block, 0.0);
+        self.q.resize(x.len(), 0);
+        self.sums.resize(x.len() / 16, 0);
+        for ((xb, qb), d) in x.chunks_exact(block).zip(self.q.chunks_exact_mut(block)).zip(&mut self.d) {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+            *d = amax / 127.0;
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                *q = (v * id).round() as i8;
+            }
+        }
+        for (s, q) in self.sums.iter_mut().zip(self.q.chunks_exact(16)) {
+            *s = q.iter().map(|&v| v as i32).sum();
+        }
+        self.dsum.resize(x.len() / 32, 0.0);
+        for (i, (ds, s)) in self.dsum.iter_mut().zip(self.sums.chunks_exact(2)).enumerate() {
+            *ds = self.d[i * 32 / block] * (s[0] + s[1]) as f32;
+        }
+    }
+
+    pub fn rows(&self) -> usize {
+        self.q.len() / self.cols.max(1)
+    }
+
+    fn q(&self, r: usize) -> &[i8] {
+        &self.q[r * self.cols..][..self.cols]
+    }
+
+    fn d(&self, r: usize) -> &[f32] {
+        let nb = self.cols / self.block;
+        &self.d[r * nb..][..nb]
+    }
+
+    fn dsum(&self, r: usize) -> &[f32] {
+        &self.dsum[r * self.cols / 32..][..self.cols / 32]
+    }
+
+    fn sums(&self, r: usize) -> &[i32] {
+        &self.sums[r * self.cols / 16..][..self.cols / 16]
+    }
+}
+
+/// The kernels, one implementation per instruction set. Weights and activations are signed bytes with
+/// |w| ≤ 128 and |x| ≤ 127 (what [`Q8Rows`] and the unpacking give), so no 16-bit pair sum overflows. Blocks
+/// of 32 accumulate into 8 f32 lanes, lane l taking the integer sum of values 4l..4l+4 times the block's scale
+/// (a multiply then an add, never fused): every implementation forms the same lanes and sums them in the same
+/// order, so all give the same bits.
+trait IntDot {
+    type Acc: Copy;
+    fn zero() -> Self::Acc;
+    /// acc + scale · (Σ_{i ∈ 4l..4l+4} w[i]·x[i])_l over one block of 32.
+    fn block(acc: Self::Acc, w: &[i8; 32], x: &[i8], scale: f32) -> Self::Acc;
+    /// ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)).
+    fn sum(acc: Self::Acc) -> f32;
+    /// Σ_g sc[g] · Σ_{i ∈ 16g..16g+16} w[i]·x[i] over 256 values.
+    fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32;
+    /// The little-endian f16 at b[i..i + 2] as f32.
+    fn f16(b: &[u8], i: usize) -> f32 {
+        f16_at(b, i)
+    }
+}
+
+struct Portable;
+
+fn idot(w: &[i8], x: &[i8]) -> i32 {
+    w.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum()
+}
+
+impl IntDot for Portable {
+    type Acc = [f32; 8];
+
+    fn zero() -> [f32; 8] {
+        [0.0; 8]
+    }
+
+    #[inline(always)]
+    fn block(mut acc: [f32; 8], w: &[i8; 32], x: &[i8], scale: f32) -> [f32; 8] {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a += scale * idot(&w[4 * l..4 * l + 4], &x[4 * l..4 * l + 4]) as f32;
+        }
+        acc
+    }
+
+    fn sum(l: [f32; 8]) -> f32 {
+        ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
+    }
+
+    #[inline(always)]
+    fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32 {
+        let groups = w.chunks_exact(16).zip(x.chunks_exact(16));
+        groups.zip(sc).map(|((w, x), &s)| s as i32 * idot(w, x)).sum()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::IntDot;
+    use std::arch::x86_64::*;
+
+    // SAFETY (every `unsafe` block here): the functions run inlined into `dot_row_avx2` / `dot_row_vnni`, whose
+    // target features the CPU has (checked by `Isa::available`), and read 32 bytes at w and x, which callers
+    // pass (asserted).
+
+    /// |w| and x with w's sign, the unsigned × signed operands of `vpmaddubsw` / `vpdpbusd` (|w|·sign(w)x = w·x).
+    #[inline(always)]
+    unsafe fn operands(w: *const i8, x: *const i8) -> (__m256i, __m256i) {
+        unsafe {
+            let (w, x) = (_mm256_loadu_si256(w.cast()), _mm256_loadu_si256(x.cast()));
+            (_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w))
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256i) -> i32 {
+        unsafe {
+            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+            _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
+        }
+    }
+
+    #[inline(always)]
+    fn sum(v: __m256) -> f32 {
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); // l0+l4 … l3+l7
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s)); // (l0+l4)+(l2+l6), (l1+l5)+(l3+l7)
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+        }
+    }
+
+    /// An f16 widened by the F16C instruction (`half` does not inline into the kernels).
+    #[inline(always)]
+    fn f16c(b: &[u8], i: usize) -> f32 {
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([b[i], b[i + 1]]) as i32))) }
+    }
+
+    /// acc + scale · lanes, multiplied then added (as the portable kernel).
+    #[inline(always)]
+    fn add_scaled(acc: __m256, lanes: __m256i, scale: f32) -> __m256 {
+        unsafe { _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(scale), _mm256_cvtepi32_ps(lanes))) }
+    }
+
+    pub struct Avx2;
+
+    impl IntDot for Avx2 {
+        type Acc = __m256;
+
+        #[inline(always)]
+        fn zero() -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+
+        #[inline(always)]
+        fn block(acc: __m256, w: &[i8; 32], x: &[i8], scale: f32) -> __m256 {
+            assert!(x.len() >= 32);
+            unsafe {
+                let (a, b) = operands(w.as_ptr(), x.as_ptr());
+                add_scaled(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)), scale)
+            }
+        }
+
+        #[inline(always)]
+        fn sum(acc: __m256) -> f32 {
+            sum(acc)
+        }
+
+        #[inline(always)]
+        fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32 {
+            assert!(x.len() >= 256);
+            unsafe {
+                let mut acc = _mm256_setzero_si256();
+                for c in 0..8 {
+                    let (a, b) = operands(w.as_ptr().add(32 * c), x.as_ptr().add(32 * c));
+                    // 16 pair sums: lanes 0..8 are group 2c, lanes 8..16 group 2c + 1.
+                    let pairs = _mm256_maddubs_epi16(a, b);
+                    let s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * c + 1]), _mm_set1_epi16(sc[2 * c]));
+                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, s));
+                }
+                hsum(acc)
+            }
+        }
+
+        #[inline(always)]
+        fn f16(b: &[u8], i: usize) -> f32 {
+            f16c(b, i)
+        }
+    }
+
+    pub struct Vnni;
+
+    impl IntDot for Vnni {
+        type Acc = __m256;
+
+        #[inline(always)]
+        fn zero() -> __m256 {
+            unsafe { _mm256_setzero_ps() }
+        }
+
+        #[inline(always)]
+        fn block(acc: __m256, w: &[i8; 32], x: &[i8], scale: f32) -> __m256 {
+            assert!(x.len() >= 32);
+            unsafe {
+                let (a, b) = operands(w.as_ptr(), x.as_ptr());
+                add_scaled(acc, _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b), scale)
+            }
+        }
+
+        #[inline(always)]
+        fn sum(acc: __m256) -> f32 {
+            sum(acc)
+        }
+
+        #[inline(always)]
+        fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32 {
+            assert!(x.len() >= 256);
+            unsafe {
+                let mut acc = _mm256_setzero_si256();
+                for c in 0..8 {
+                    let (a, b) = operands(w.as_ptr().add(32 * c), x.as_ptr().add(32 * c));
+                    // 8 sums of 4 products: lanes 0..4 are group 2c, lanes 4..8 group 2c + 1.
+                    let quads = _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
+                    let s = _mm256_set_m128i(_mm_set1_epi32(sc[2 * c + 1] as i32), _mm_set1_epi32(sc[2 * c] as i32));
+                    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(quads, s));
+                }
+                hsum(acc)
+            }
+        }
+
+        #[inline(always)]
+        fn f16(b: &[u8], i: usize) -> f32 {
+            f16c(b, i)
+        }
+    }
+}
+
+/// An instruction set for the integer kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Portable,
+    Avx2,
+    Avx512Vnni,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni];
+
+    /// Whether this CPU runs `self`.
+    pub fn available(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                Isa::Portable => true,
+                Isa::Avx2 => has!("avx2") && has!("f16c"),
+                Isa::Avx512Vnni => {
+                    has!("avx2") && has!("f16c") && has!("avx512f") && has!("avx512vl") && has!("avx512vnni")
+                }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        matches!(self, Isa::Portable)
+    }
+
+    /// The fastest instruction set this CPU has.
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| Isa::ALL.into_iter().rev().find(|i| i.available()).unwrap_or(Isa::Portable))
+    }
+}
+
+/// out[r] = W_row · x_r for every row r of `xs`, with `row` one weight row of `ty` (xs.cols values) and `xs`
+/// quantized for `ty`, on the integer kernels of `isa` (which this CPU must have: see [`Isa::available`]).
+pub fn dot_row(isa: Isa, ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
+    assert!(isa.available(), "{isa:?} is not available on this CPU");
+    assert!(supports(ty) && xs.block == act_block(ty), "dot_row: activations quantized for another type");
+    assert!(row.len() == xs.cols / ty.block_size() * ty.type_size() && out.len() == xs.rows());
+    match isa {
+        Isa::Portable => dot_row_with::<Portable>(ty, row, xs, out),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 (asserted above).
+        Isa::Avx2 => unsafe { dot_row_avx2(ty, row, xs, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2, AVX-512F/VL and VNNI (asserted above).
+        Isa::Avx512Vnni => unsafe { dot_row_vnni(ty, row, xs, out) },
+        #[cfg(not(target_arch = "x86_64"))]
+        _ => unreachable!("only the portable kernels exist off x86-64"),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row_avx2(ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
+    dot_row_with::<x86::Avx2>(ty, row, xs, out)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn dot_row_vnni(ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
+    dot_row_with::<x86::Vnni>(ty, row, xs, out)
+}
+
+/// [`dot_row_of`] for `ty`, compiled for each type (the unpacking of a block is then straight-line code).
+#[inline(always)]
+fn dot_row_with<I: IntDot>(ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
+    macro_rules! each {
+        ($($t:ident),*) => {
+            match ty {
+                $(GgmlType::$t => dot_row_of::<I, { GgmlType::$t.id() }>(row, xs, out),)*
+                _ => unreachable!("{ty} is not block-quantized"),
+            }
+        };
+    }
+    each!(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)
+}
+
+#[inline(always)]
+fn dot_row_of<I: IntDot, const T: u32>(row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
+    let ty = GgmlType::from_id(T).expect("a GGML type id");
+    let ts = ty.type_size();
+    // Row by row, each with its accumulators in registers (x rows > 1 only for beams: they unpack again).
+    for (r, o) in out.iter_mut().enumerate() {
+        let (q, dx) = (xs.q(r), xs.d(r));
+        *o = if ty.block_size() == QK_K {
+            let (mut w, mut sc, mut mins) = ([0i8; QK_K], [0i16; 16], [0i16; 8]);
+            let mut acc = 0.0f32;
+            for (s, b) in row.chunks_exact(ts).enumerate() {
+                let (d, dmin) = unpack_k::<I>(ty, b, &mut w, &mut sc, &mut mins);
+                let isum = I::dot_scaled(&w, &q[QK_K * s..], &sc);
+                let sums = &xs.sums(r)[16 * s..][..16];
+                let msum: i32 = mins.iter().zip(sums.chunks_exact(2)).map(|(&m, p)| m as i32 * (p[0] + p[1])).sum();
+                acc += (d * dx[s]) * isum as f32 - (dmin * dx[s]) * msum as f32;
+            }
+            acc
+        } else {
+            let mut w = [0i8; 32];
+            let (mut acc, mut min_terms) = (I::zero(), 0.0f32);
+            let with_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+            for ((b, blk), &dx) in row.chunks_exact(ts).enumerate().zip(dx) {
+                let (d, m) = unpack_legacy::<I>(ty, blk, &mut w);
+                acc = I::block(acc, &w, &q[32 * b..], d * dx);
+                if with_min {
+                    min_terms += m * xs.dsum(r)[b];
+                }
+            }
+            I::sum(acc) + min_terms
+        };
+    }
+}
+
+/// One block of 32 of Q4_0 … Q8_0 as integers w (value = d·w + m) and (d, m).
+#[inline(always)]
+fn unpack_legacy<I: IntDot>(ty: GgmlType, b: &[u8], w: &mut [i8; 32]) -> (f32, f32) {
+    let nibbles = |qs: &[u8], w: &mut [i8; 32], high: u32, off: i8| {
+        for j in 0..16 {
+            let (h0, h1) = (((high >> j) & 1) << 4, ((high >> (j + 16)) & 1) << 4);
+            w[j] = ((qs[j] & 0x0F) | h0 as u8) as i8 - off;
+            w[j + 16] = ((qs[j] >> 4) | h1 as u8) as i8 - off;
+        }
+    };
+    let qh = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
+    match ty {
+        GgmlType::Q4_0 => nibbles(&b[2..18], w, 0, 8),
+        GgmlType::Q4_1 => nibbles(&b[4..20], w, 0, 0),
+        GgmlType::Q5_0 => nibbles(&b[6..22], w, qh(2), 16),
+        GgmlType::Q5_1 => nibbles(&b[8..24], w, qh(4), 0),
+        GgmlType::Q8_0 => w.iter_mut().zip(&b[2..34]).for_each(|(w, &q)| *w = q as i8),
+        _ => unreachable!("{ty} is not a block-of-32 type"),
+    }
+    let m = if matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1) { I::f16(b, 2) } else { 0.0 };
+    (I::f16(b, 0), m)
+}
+
+/// One K-quant super-block as integers w, the scale of each group of 16 and (Q4_K, Q5_K) the min of each
+/// sub-block of 32; returns (d, dmin): value = d·sc·w − dmin·m.
+#[inline(always)]
+fn unpack_k<I: IntDot>(
+    ty: GgmlType,
+    b: &[u8],
+    w: &mut [i8; QK_K],
+    sc: &mut [i16; 16],
+    mins: &mut [i16; 8],
+) -> (f32, f32) {
+    match ty {
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            let (scales, qs, qh) = if ty == GgmlType::Q4_K {
+                (&b[4..16], &b[16..144], None)
+            } else {
+                (&b[4..16], &b[48..176], Some(&b[16..48]))
+            };
+            for c in 0..4 {
+                for (j, half) in [(2 * c, 0), (2 * c + 1, 1)] {
+                    let (s, m) = scale_min_k4(j, scales);
+                    sc[2 * j] = s as i16;
+                    sc[2 * j + 1] = s as i16;
+                    mins[j] = m as i16;
+                    let dst = &mut w[64 * c + 32 * half..][..32];
+                    for l in 0..32 {
+                        let nib = (qs[32 * c + l] >> (4 * half)) & 0x0F;
+                        let hi = qh.map_or(0, |qh| ((qh[l] >> j) & 1) << 4);
+                        dst[l] = (nib | hi) as i8;
+                    }
+                }
+            }
+            (I::f16(b, 0), I::f16(b, 2))
+        }
+        GgmlType::Q6_K => {
+            for h in 0..2 {
+                let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..128 + 32 * h + 32]);
+                let y = &mut w[128 * h..128 * h + 128];
+                for l in 0..32 {
+                    let q = |lo: u8, hi: u8| ((lo & 0x0F) | ((hi & 0x03) << 4)) as i8 - 32;
+                    y[l] = q(ql[l], qh[l]);
+                    y[l + 32] = q(ql[l + 32], qh[l] >> 2);
+                    y[l + 64] = q(ql[l] >> 4, qh[l] >> 4);
+                    y[l + 96] = q(ql[l + 32] >> 4, qh[l] >> 6);
+                }
+                for k in 0..8 {
+                    sc[8 * h + k] = b[192 + 8 * h + k] as i8 as i16;
+                }
+            }
+            (I::f16(b, 208), 0.0)
+        }
+        _ => unreachable!("{ty} is not a K-quant"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pseudo-random bytes.
+    fn bytes(n: usize, seed: usize) -> Vec<u8> {
+        (0..n).map(|i| (((i + seed * 7919) * 2654435761usize) >> 13) as u8).collect()
+    }
+
+    /// Every instruction set gives the portable kernels' results, on the extremes too (w = −128, |x| = 127,
+    /// |sc| = 128): a wrong lane order, sign trick or overflow shows as a different sum.
+    #[test]
+    fn kernels_agree_with_the_portable_ones() {
+        for seed in 0..20 {
+            let mut w: [i8; 256] = std::array::from_fn(|i| bytes(256, seed)[i] as i8);
+            let mut x: Vec<i8> = bytes(256, seed + 100).iter().map(|&b| (b as i8).max(-127)).collect();
+            let mut sc: [i16; 16] = std::array::from_fn(|i| bytes(16, seed + 200)[i] as i8 as i16);
+            if seed == 0 {
+                w.fill(-128);
+                x.fill(-127);
+                sc.fill(-128);
+            }
+            let want = (Portable::dot_scaled(&w, &x, &sc), blocks::<Portable>(&w, &x));
+            for isa in Isa::ALL.into_iter().filter(|&i| i != Isa::Portable) {
+                if !isa.available() {
+                    eprintln!("{isa:?}: not on this CPU, not tested");
+                    continue;
+                }
+                let got = run_isa(isa, &w, &x, &sc);
+                assert_eq!(got.0, want.0, "{isa:?} dot_scaled, seed {seed}");
+                assert_eq!(got.1.to_bits(), want.1.to_bits(), "{isa:?} blocks, seed {seed}: {} vs {}", got.1, want.1);
+            }
+        }
+    }
+
+    /// The 8 blocks of 32 accumulated with distinct scales.
+    #[inline(always)]
+    fn blocks<I: IntDot>(w: &[i8; 256], x: &[i8]) -> f32 {
+        let mut acc = I::zero();
+        for b in 0..8 {
+            acc = I::block(acc, w[32 * b..32 * b + 32].try_into().unwrap(), &x[32 * b..], 0.37 + b as f32);
+        }
+        I::sum(acc)
+    }
+
+    fn run_isa(isa: Isa, w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> (i32, f32) {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,f16c")]
+        fn avx2(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> (i32, f32) {
+            (x86::Avx2::dot_scaled(w, x, sc), blocks::<x86::Avx2>(w, x))
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512vnni")]
+        fn vnni(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> (i32, f32) {
+            (x86::Vnni::dot_scaled(w, x, sc), blocks::<x86::Vnni>(w, x))
+        }
+        match isa {
+            Isa::Portable => unreachable!(),
+            // SAFETY: callers checked `isa.available()`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { avx2(w, x, sc) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => unsafe { vnni(w, x, sc) },
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => unreachable!(),
+        }
+    }
+
+    /// Random blocks of every type (finite f16 scales): each instruction set's row products equal the portable
+    /// ones bit for bit, and the portable ones are the f32 product of the dequantized row with the 8-bit-rounded
+    /// x (an independent evaluation of the same math), within float rounding.
+    #[test]
+    fn row_products_match_the_dequantized_weights() {
+        let cols = 512;
+        for ty in GgmlType::ALL.into_iter().filter(|&t| supports(t)) {
+            let nb = cols / ty.block_size();
+            let mut row = bytes(nb * ty.type_size(), ty.id() as usize);
+            for blk in row.chunks_exact_mut(ty.type_size()) {
+                let offs: &[usize] = match ty {
+                    GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+                    GgmlType::Q6_K => &[208],
+                    _ => &[0, 2],
+                };
+                for &o in offs {
+                    blk[o + 1] = 0x30 | (blk[o + 1] & 0x07); // f16 in [0.125, 1): finite, positive
+                }
+            }
+            let wf = super::super::dequant::dequantize_to_vec(ty, &row).unwrap();
+            let n = 3;
+            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+            let mut xs = Q8Rows::default();
+            xs.quantize(ty, &x, cols);
+            let mut want = vec![0.0; n];
+            dot_row(Isa::Portable, ty, &row, &xs, &mut want);
+            for r in 0..n {
+                let block = act_block(ty);
+                let xq: Vec<f64> = (0..cols).map(|i| xs.q(r)[i] as f64 * xs.d(r)[i / block] as f64).collect();
+                let exact: f64 = wf.iter().zip(&xq).map(|(&w, &v)| w as f64 * v).sum();
+                let scale: f64 = wf.iter().zip(&xq).map(|(&w, &v)| (w as f64 * v).abs()).sum();
+                assert!((want[r] as f64 - exact).abs() <= 1e-5 * scale, "{ty} row {r}: {} vs {exact}", want[r]);
+                // and the rounding of x itself stays within half a step
+                for i in 0..cols {
+                    assert!((xq[i] - x[r * cols + i] as f64).abs() <= 0.5001 * xs.d(r)[i / block] as f64);
+                }
+            }
+            for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+                let mut got = vec![0.0; n];
+                dot_row(isa, ty, &row, &xs, &mut got);
+                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty} {isa:?}");
+            }
+        }
+    }
+}
