@@ -1,9 +1,14 @@
 //! The optimizer step the training loop drives: micro-batches → exact token-weighted loss and
 //! gradients → clipping → AdamW → schedule. State export/import makes checkpoints exact.
+//!
+//! Data-parallel (`step_on` with several ranks): every rank holds the step's rows and takes its shard of each
+//! micro-batch; each y token is still weighted by 1 / (y tokens of the whole step), counted on all rows, so the
+//! gradients summed over ranks are the single-process gradients up to summation order.
 use super::objective::{ObjectiveScratch, forward_backward};
 use super::optim::{AdamWConfig, Moments, NORM_CHUNK, adamw_update, add_grad_sq, clip_coef, decays, scale_grad};
 use super::schedule::{Schedule, lr_factor};
 use crate::data::example::Example;
+use crate::distributed::{Collectives, Single, shard};
 use crate::network::transformer::Transformer;
 use anyhow::{Result, bail};
 use std::borrow::Borrow;
@@ -85,6 +90,18 @@ impl Trainer {
         micro_batch: usize,
         labels: &[impl AsRef<str>],
     ) -> Result<StepStats> {
+        self.step_on(&Single, rows, micro_batch, labels)
+    }
+
+    /// [`Self::step`] as one rank of `world`: every rank passes the same `rows` (the whole step) and computes
+    /// its shard of each micro-batch; gradients and loss are summed over ranks before clipping and the update.
+    pub fn step_on<E: Borrow<Example>>(
+        &mut self,
+        world: &dyn Collectives,
+        rows: &[E],
+        micro_batch: usize,
+        labels: &[impl AsRef<str>],
+    ) -> Result<StepStats> {
         let y_tokens: usize = rows.iter().map(|e| e.borrow().n_targets()).sum();
         if y_tokens == 0 {
             let names: Vec<&str> = labels.iter().map(|l| l.as_ref()).collect();
@@ -92,7 +109,8 @@ impl Trainer {
         }
         let lr =
             self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
-        let loss = self.accumulate_gradients(rows, micro_batch, 1.0 / y_tokens as f32)?;
+        let loss = self.accumulate_gradients(world, rows, micro_batch, 1.0 / y_tokens as f32)?;
+        let loss = self.sum_over_ranks(world, loss);
         let grad_norm = self.grad_norm();
         if !(grad_norm.is_finite() && loss.is_finite()) {
             let cause = if self.step == 0 {
@@ -110,15 +128,38 @@ impl Trainer {
         Ok(StepStats { loss: loss / y_tokens as f64, y_tokens, tokens, grad_norm, lr })
     }
 
-    /// Forward and backward of every micro-batch, each y token's loss weighted by `token_weight`; returns
-    /// Σ per-token loss.
-    fn accumulate_gradients<E: Borrow<Example>>(&mut self, rows: &[E], micro_batch: usize, weight: f32) -> Result<f64> {
+    /// Forward and backward of this rank's shard of every micro-batch, each y token's loss weighted by
+    /// `token_weight`; returns Σ per-token loss of the shards.
+    fn accumulate_gradients<E: Borrow<Example>>(
+        &mut self,
+        world: &dyn Collectives,
+        rows: &[E],
+        micro_batch: usize,
+        weight: f32,
+    ) -> Result<f64> {
         let mut loss = 0.0;
         for (k, mb) in rows.chunks(micro_batch.max(1)).enumerate() {
+            let mine = &mb[shard(mb.len(), world.rank(), world.size())];
+            if mine.is_empty() {
+                continue;
+            }
             let seed = crate::rng::mix(self.cfg.seed ^ crate::rng::mix(self.step * 1_000_003 + k as u64));
-            loss += forward_backward(&mut self.model, mb, weight, self.cfg.label_smoothing, &mut self.scratch, seed)?;
+            loss += forward_backward(&mut self.model, mine, weight, self.cfg.label_smoothing, &mut self.scratch, seed)?;
         }
         Ok(loss)
+    }
+
+    /// Sums every gradient and the step's `loss` over the ranks (nothing to do on one).
+    fn sum_over_ranks(&mut self, world: &dyn Collectives, loss: f64) -> f64 {
+        if world.size() == 1 {
+            return loss;
+        }
+        self.model.for_each_param_mut(|p| {
+            if let Some(g) = &mut p.grad {
+                world.sum_f32(g);
+            }
+        });
+        world.sum_scalar(loss)
     }
 
     /// √(Σ g²) over every trainable tensor, in model order.
