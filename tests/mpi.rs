@@ -225,3 +225,21 @@ fn an_error_on_one_rank_ends_every_rank_with_its_message() {
     assert!(!o.status.success(), "{err}");
     assert!(err.contains("error (rank 0 of 2)") && err.contains("--overwrite"), "{err}");
 }
+
+#[test]
+fn zero1_gives_the_bits_of_unsharded_moments_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, sharded, resumed) = (tmp.path().join("plain"), tmp.path().join("zero1"), tmp.path().join("resumed"));
+    ok(2, &strs(&train_args(&plain, true, &[])));
+    ok(2, &strs(&train_args(&sharded, true, &["--zero1"])));
+    ok(2, &strs(&train_args(&resumed, true, &["--zero1", "--stop-after-steps", "4"])));
+    // The checkpoint of a sharded run holds whole moments: a plain 2-rank run resumes it.
+    ok(2, &["train", "--resume", resumed.to_str().unwrap()]);
+    let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    let state = "checkpoints/step-0000010/state.safetensors";
+    for dir in [&sharded, &resumed] {
+        assert_eq!(curves(dir), curves(&plain));
+        assert!(read(dir, "model/model.safetensors") == read(&plain, "model/model.safetensors"));
+        assert!(read(dir, state) == read(&plain, state), "moments and weights of the last checkpoint");
+    }
+}

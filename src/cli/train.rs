@@ -46,6 +46,11 @@ pub struct TrainArgs {
     /// End this invocation after N steps with a checkpoint, as an interruption would (resume it later).
     #[arg(long)]
     stop_after_steps: Option<u64>,
+    /// Under mpirun/srun: each rank keeps and updates 1/R of the AdamW moments (ZeRO stage 1), then the updated
+    /// parts are broadcast; the same numbers, less memory per rank for full fine-tuning [default: every rank
+    /// keeps all moments]. May be turned on or off on --resume.
+    #[arg(long)]
+    zero1: bool,
     /// Model: HF folder, .gguf file, or hub id org/name.
     #[arg(long)]
     model: Option<String>,
@@ -223,6 +228,7 @@ impl TrainArgs {
         let bare = TrainArgs {
             resume: self.resume.clone(),
             stop_after_steps: self.stop_after_steps,
+            zero1: self.zero1,
             accept_changed_data: self.accept_changed_data,
             no_divergence_guard: self.no_divergence_guard,
             allow_worse: self.allow_worse,
@@ -259,7 +265,7 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
     if a.resume.is_some() && !a.only_resume_flags() {
         bail!(
             "--resume continues a run with the settings saved in its checkpoint; drop the other flags (only \
-             --stop-after-steps, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check, \
+             --stop-after-steps, --zero1, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check, \
              --checkpoint-activations, --base-dtype stored|f32 and --threads may be given)"
         );
     }
@@ -277,6 +283,7 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
         dry_run: a.dry_run,
         resume_checkpoint_activations: a.checkpoint_activations,
         resume_base_dtype: a.base_dtype,
+        zero1: a.zero1,
     };
     let r = train_on(world, settings, &opts)?;
     if !world.is_root() {

@@ -102,6 +102,8 @@ pub struct RunOptions {
     pub resume_checkpoint_activations: bool,
     /// On resume, keep the base as this instead (stored ↔ f32 give the same numbers; bf16 does not).
     pub resume_base_dtype: Option<BaseDtype>,
+    /// Under several ranks, ZeRO-1: each rank keeps 1/R of the AdamW moments ([`Trainer::shard_optimizer`]).
+    pub zero1: bool,
 }
 
 impl Default for RunOptions {
@@ -116,6 +118,7 @@ impl Default for RunOptions {
             dry_run: false,
             resume_checkpoint_activations: false,
             resume_base_dtype: None,
+            zero1: false,
         }
     }
 }
@@ -317,6 +320,9 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     let plan = Plan::new(&s, train_set.examples.len());
     let vocab = model.config.vocab_size;
     let mut trainer = Trainer::new(model, train_config(&s, plan.total_steps))?;
+    if opts.zero1 && world.size() > 1 {
+        trainer.shard_optimizer(world);
+    }
     let (mut best_eval, mut data_changed) = (None, false);
     if let Some((meta, state)) = resumed {
         data_changed = check_same_data(&meta, &data_sha256, opts.accept_changed_data)?;
@@ -596,7 +602,7 @@ impl StepLoop<'_> {
                 m.log(serde_json::json!({
                     "step": done, "epoch": plan.epoch_of(done), "loss": st.loss, "lr": st.lr,
                     "grad_norm": st.grad_norm, "tokens": st.tokens, "y_tokens": st.y_tokens,
-                    "step_s": step_s, "tokens_per_s": tps,
+                    "step_s": step_s, "tokens_per_s": tps, "comm_s": st.comm_s,
                 }))?;
             }
             if let Some(g) = &mut guard {
@@ -634,11 +640,20 @@ impl StepLoop<'_> {
             }
             let stopped = self.stop_after.is_some() && done == end && done < total;
             let save_due = s.save_every > 0 && done % s.save_every as u64 == 0;
-            if root && (improved || stopped || signal.is_some() || done == total || save_due) {
-                let run = RunRecord { settings: s, best_eval, data_sha256: self.data_sha256 };
-                checkpoint::save(&s.output_dir, trainer.step, &trainer.trainable_state(), &run)?;
-                if let Some(a) = aside.take() {
-                    a.discard()?;
+            if improved || stopped || signal.is_some() || done == total || save_due {
+                // Every rank decides alike (the values above are the same on all); ZeRO-1 gathers the moments.
+                let gathered = trainer.gather_moments(self.world);
+                if root {
+                    let step = trainer.step;
+                    let mut state = trainer.trainable_state();
+                    for (t, m) in state.iter_mut().zip(gathered.iter().flatten()) {
+                        t.2 = m;
+                    }
+                    let run = RunRecord { settings: s, best_eval, data_sha256: self.data_sha256 };
+                    checkpoint::save(&s.output_dir, step, &state, &run)?;
+                    if let Some(a) = aside.take() {
+                        a.discard()?;
+                    }
                 }
             }
             if let Some(sig) = signal {

@@ -4,14 +4,22 @@
 //! Data-parallel (`step_on` with several ranks): every rank holds the step's rows and takes its shard of each
 //! micro-batch; each y token is still weighted by 1 / (y tokens of the whole step), counted on all rows, so the
 //! gradients summed over ranks are the single-process gradients up to summation order.
+//!
+//! ZeRO stage 1 ([`Trainer::shard_optimizer`]): the trainable elements, in model order, are split into one
+//! contiguous part per rank; a rank keeps the AdamW moments of its part only, updates only those values, then
+//! every part is broadcast from its owner. AdamW is element-wise, so the values are those of the unsharded run.
 use super::objective::{ObjectiveScratch, forward_backward};
-use super::optim::{AdamWConfig, Moments, NORM_CHUNK, adamw_update, add_grad_sq, clip_coef, decays, scale_grad};
+use super::optim::{
+    AdamWConfig, Moments, NORM_CHUNK, adamw_update, adamw_update_slice, add_grad_sq, clip_coef, decays, scale_grad,
+};
 use super::schedule::{Schedule, lr_factor};
 use crate::data::example::Example;
 use crate::distributed::{Collectives, Single, shard};
 use crate::network::transformer::Transformer;
 use anyhow::{Result, bail};
 use std::borrow::Borrow;
+use std::ops::Range;
+use std::time::Instant;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -39,6 +47,8 @@ pub struct StepStats {
     /// Gradient norm before clipping.
     pub grad_norm: f64,
     pub lr: f64,
+    /// Seconds spent in collectives (gradient sums, ZeRO-1 broadcasts); 0 on one process.
+    pub comm_s: f64,
 }
 
 /// Trainable tensors, their moments and the step counter — everything a checkpoint needs
@@ -55,8 +65,9 @@ pub struct Trainer {
     pub cfg: TrainConfig,
     /// Optimizer steps taken.
     pub step: u64,
-    /// AdamW moments of each trainable tensor, in model order.
+    /// AdamW moments of each trainable tensor, in model order (under ZeRO-1, of this rank's part of it).
     moments: Vec<Moments>,
+    zero1: Option<Zero1>,
     scratch: ObjectiveScratch,
     /// Partial sums of the gradient norm (see `optim::add_grad_sq`), sized for the largest tensor.
     norm_partials: Vec<f64>,
@@ -78,7 +89,28 @@ impl Trainer {
         let norm_partials = vec![0.0; largest.div_ceil(NORM_CHUNK)];
         let mut scratch = ObjectiveScratch::default();
         scratch.recompute_activations = cfg.checkpoint_activations;
-        Ok(Trainer { model, cfg, step: 0, moments, scratch, norm_partials })
+        Ok(Trainer { model, cfg, step: 0, moments, scratch, norm_partials, zero1: None })
+    }
+
+    /// ZeRO-1 over `world`: from now on this rank keeps (and updates) the moments of its part of the trainable
+    /// elements only. Call before [`Self::import_state`] and the first step; every rank calls it.
+    pub fn shard_optimizer(&mut self, world: &dyn Collectives) {
+        let sizes = self.trainable_sizes();
+        let z = Zero1 { total: sizes.iter().sum(), rank: world.rank(), ranks: world.size() };
+        let mut at = 0;
+        self.moments = sizes
+            .iter()
+            .map(|&len| {
+                let own = z.part(at..at + len, z.rank);
+                at += len;
+                Moments::zeros(own.len())
+            })
+            .collect();
+        self.zero1 = Some(z);
+    }
+
+    fn trainable_sizes(&mut self) -> Vec<usize> {
+        self.model.params_mut().into_iter().filter(|p| p.is_trainable()).map(|p| p.data.len()).collect()
     }
 
     /// One optimizer step over `rows`, in micro-batches of `micro_batch` rows (gradient accumulation). `labels`
@@ -110,7 +142,9 @@ impl Trainer {
         let lr =
             self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
         let loss = self.accumulate_gradients(world, rows, micro_batch, 1.0 / y_tokens as f32)?;
+        let t0 = Instant::now();
         let loss = self.sum_over_ranks(world, loss);
+        let mut comm_s = t0.elapsed().as_secs_f64();
         let grad_norm = self.grad_norm();
         if !(grad_norm.is_finite() && loss.is_finite()) {
             let cause = if self.step == 0 {
@@ -124,8 +158,11 @@ impl Trainer {
         }
         let clip = self.cfg.max_grad_norm.and_then(|max| clip_coef(grad_norm, max));
         self.update(lr, clip);
+        let t0 = Instant::now();
+        self.broadcast_parts(world);
+        comm_s += t0.elapsed().as_secs_f64();
         let tokens = rows.iter().map(|e| e.borrow().ids.len()).sum();
-        Ok(StepStats { loss: loss / y_tokens as f64, y_tokens, tokens, grad_norm, lr })
+        Ok(StepStats { loss: loss / y_tokens as f64, y_tokens, tokens, grad_norm, lr, comm_s })
     }
 
     /// Forward and backward of this rank's shard of every micro-batch, each y token's loss weighted by
@@ -177,6 +214,7 @@ impl Trainer {
         let decay = self.cfg.adamw;
         let no_decay = AdamWConfig { weight_decay: 0.0, ..decay };
         let mut moments = self.moments.iter_mut();
+        let (zero1, mut at) = (&self.zero1, 0);
         self.model.for_each_param_mut(|p| {
             if !p.is_trainable() {
                 return;
@@ -185,10 +223,71 @@ impl Trainer {
                 scale_grad(p, coef);
             }
             let m = moments.next().expect("one set of moments per trainable tensor");
-            adamw_update(p, m, if decays(p) { &decay } else { &no_decay }, lr, t);
+            let cfg = if decays(p) { &decay } else { &no_decay };
+            match zero1 {
+                None => adamw_update(p, m, cfg, lr, t),
+                Some(z) => {
+                    let own = z.part(at..at + p.data.len(), z.rank);
+                    let g = &p.grad.as_ref().expect("a trainable tensor has a gradient")[own.clone()];
+                    adamw_update_slice(&mut p.data[own], g, m, cfg, lr, t);
+                }
+            }
+            at += p.data.len();
             p.zero_grad();
         });
         self.step = t;
+    }
+
+    /// ZeRO-1: every rank's updated part to every rank (nothing to do unsharded).
+    fn broadcast_parts(&mut self, world: &dyn Collectives) {
+        let Some(z) = &self.zero1 else { return };
+        let mut at = 0;
+        self.model.for_each_param_mut(|p| {
+            if !p.is_trainable() {
+                return;
+            }
+            for q in 0..z.ranks {
+                let part = z.part(at..at + p.data.len(), q);
+                if !part.is_empty() {
+                    world.broadcast_f32(&mut p.data[part], q);
+                }
+            }
+            at += p.data.len();
+        });
+    }
+
+    /// ZeRO-1: the whole moments of every trainable tensor, on rank 0 (what a checkpoint writes); an empty list
+    /// on the other ranks, which send their parts. None unsharded. Every rank calls it.
+    pub fn gather_moments(&mut self, world: &dyn Collectives) -> Option<Vec<Moments>> {
+        let sizes = self.trainable_sizes();
+        let z = self.zero1.as_ref()?;
+        let (mut at, mut out, mut scratch) = (0, vec![], vec![]);
+        for (len, own) in sizes.into_iter().zip(&mut self.moments) {
+            let mut whole = if z.rank == 0 { Moments::zeros(len) } else { Moments::zeros(0) };
+            for q in 0..z.ranks {
+                let part = z.part(at..at + len, q);
+                if part.is_empty() {
+                    continue;
+                }
+                for (mine, all) in [(&mut own.m, &mut whole.m), (&mut own.v, &mut whole.v)] {
+                    match (z.rank == q, z.rank == 0) {
+                        (true, true) => all[part.clone()].copy_from_slice(mine),
+                        _ if q == 0 => {} // rank 0's own part: nobody else needs it
+                        (true, false) => world.broadcast_f32(mine, q),
+                        (false, true) => world.broadcast_f32(&mut all[part.clone()], q),
+                        (false, false) => {
+                            scratch.resize(part.len(), 0.0);
+                            world.broadcast_f32(&mut scratch, q);
+                        }
+                    }
+                }
+            }
+            at += len;
+            if z.rank == 0 {
+                out.push(whole);
+            }
+        }
+        Some(out)
     }
 
     /// (name, values, moments) of each trainable tensor, borrowed: what a checkpoint writes, without a copy.
@@ -203,14 +302,39 @@ impl Trainer {
         if params.len() != state.tensors.len() {
             bail!("checkpoint holds {} trainable tensors, this run trains {}", state.tensors.len(), params.len());
         }
+        let mut at = 0;
         for ((p, m), (name, data, mom)) in params.iter_mut().zip(&mut self.moments).zip(state.tensors) {
             if p.name != name || p.data.len() != data.len() {
                 bail!("checkpoint tensor {name} does not match this run's {} ({} values)", p.name, p.data.len());
             }
+            *m = match &self.zero1 {
+                None => mom,
+                Some(z) => {
+                    let own = z.part(at..at + data.len(), z.rank);
+                    Moments { m: mom.m[own.clone()].to_vec(), v: mom.v[own].to_vec() }
+                }
+            };
+            at += data.len();
             p.data = data;
-            *m = mom;
         }
         self.step = state.step;
         Ok(())
+    }
+}
+
+/// How ZeRO-1 splits the trainable elements (all tensors end to end, in model order) among the ranks.
+struct Zero1 {
+    total: usize,
+    rank: usize,
+    ranks: usize,
+}
+
+impl Zero1 {
+    /// The part of the tensor at `tensor` (its elements' range end to end) that rank `q` owns, as a range
+    /// inside the tensor (empty when it owns none of it).
+    fn part(&self, tensor: Range<usize>, q: usize) -> Range<usize> {
+        let owned = shard(self.total, q, self.ranks);
+        let (start, end) = (owned.start.max(tensor.start), owned.end.min(tensor.end));
+        if start < end { start - tensor.start..end - tensor.start } else { 0..0 }
     }
 }
