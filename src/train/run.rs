@@ -602,7 +602,7 @@ impl StepLoop<'_> {
                 m.log(serde_json::json!({
                     "step": done, "epoch": plan.epoch_of(done), "loss": st.loss, "lr": st.lr,
                     "grad_norm": st.grad_norm, "tokens": st.tokens, "y_tokens": st.y_tokens,
-                    "step_s": step_s, "tokens_per_s": tps, "comm_s": st.comm_s,
+                    "step_s": step_s, "tokens_per_s": tps, "comm_s": st.comm_s, "wait_s": st.wait_s,
                 }))?;
             }
             if let Some(g) = &mut guard {
@@ -653,6 +653,9 @@ impl StepLoop<'_> {
                     checkpoint::save(&s.output_dir, step, &state, &run)?;
                     if let Some(a) = aside.take() {
                         a.discard()?;
+                    }
+                    if let Some(g) = gathered {
+                        trainer.keep_own_parts(g);
                     }
                 }
             }

@@ -47,8 +47,10 @@ pub struct StepStats {
     /// Gradient norm before clipping.
     pub grad_norm: f64,
     pub lr: f64,
-    /// Seconds spent in collectives (gradient sums, ZeRO-1 broadcasts); 0 on one process.
+    /// Seconds spent moving data in collectives (gradient sums, ZeRO-1 broadcasts); 0 on one process.
     pub comm_s: f64,
+    /// Seconds this rank waited for the slowest rank to finish its micro-batches (a barrier before the sums).
+    pub wait_s: f64,
 }
 
 /// Trainable tensors, their moments and the step counter — everything a checkpoint needs
@@ -60,6 +62,9 @@ pub struct TrainState {
     pub tensors: Vec<(String, Vec<f32>, Moments)>,
 }
 
+/// Values per gradient bucket of a multi-rank step (4 MiB).
+const BUCKET: usize = 1 << 20;
+
 pub struct Trainer {
     pub model: Transformer,
     pub cfg: TrainConfig,
@@ -68,6 +73,8 @@ pub struct Trainer {
     /// AdamW moments of each trainable tensor, in model order (under ZeRO-1, of this rank's part of it).
     moments: Vec<Moments>,
     zero1: Option<Zero1>,
+    /// Small gradients packed end to end for one collective (see `sum_over_ranks`).
+    bucket: Vec<f32>,
     scratch: ObjectiveScratch,
     /// Partial sums of the gradient norm (see `optim::add_grad_sq`), sized for the largest tensor.
     norm_partials: Vec<f64>,
@@ -89,7 +96,7 @@ impl Trainer {
         let norm_partials = vec![0.0; largest.div_ceil(NORM_CHUNK)];
         let mut scratch = ObjectiveScratch::default();
         scratch.recompute_activations = cfg.checkpoint_activations;
-        Ok(Trainer { model, cfg, step: 0, moments, scratch, norm_partials, zero1: None })
+        Ok(Trainer { model, cfg, step: 0, moments, scratch, norm_partials, zero1: None, bucket: vec![] })
     }
 
     /// ZeRO-1 over `world`: from now on this rank keeps (and updates) the moments of its part of the trainable
@@ -143,6 +150,11 @@ impl Trainer {
             self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
         let loss = self.accumulate_gradients(world, rows, micro_batch, 1.0 / y_tokens as f32)?;
         let t0 = Instant::now();
+        if world.size() > 1 {
+            world.barrier();
+        }
+        let wait_s = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
         let loss = self.sum_over_ranks(world, loss);
         let mut comm_s = t0.elapsed().as_secs_f64();
         let grad_norm = self.grad_norm();
@@ -162,7 +174,7 @@ impl Trainer {
         self.broadcast_parts(world);
         comm_s += t0.elapsed().as_secs_f64();
         let tokens = rows.iter().map(|e| e.borrow().ids.len()).sum();
-        Ok(StepStats { loss: loss / y_tokens as f64, y_tokens, tokens, grad_norm, lr, comm_s })
+        Ok(StepStats { loss: loss / y_tokens as f64, y_tokens, tokens, grad_norm, lr, comm_s, wait_s })
     }
 
     /// Forward and backward of this rank's shard of every micro-batch, each y token's loss weighted by
@@ -186,16 +198,39 @@ impl Trainer {
         Ok(loss)
     }
 
-    /// Sums every gradient and the step's `loss` over the ranks (nothing to do on one).
+    /// Sums every gradient and the step's `loss` over the ranks (nothing to do on one). A gradient of BUCKET
+    /// values or more is summed where it lies; smaller ones travel packed end to end in buckets of up to BUCKET
+    /// values, so LoRA's hundreds of small factors take a few collectives instead of one each (every collective
+    /// costs a round of latency, more so on a busy machine).
     fn sum_over_ranks(&mut self, world: &dyn Collectives, loss: f64) -> f64 {
         if world.size() == 1 {
             return loss;
         }
-        self.model.for_each_param_mut(|p| {
-            if let Some(g) = &mut p.grad {
-                world.sum_f32(g);
+        let mut grads: Vec<&mut Vec<f32>> =
+            self.model.params_mut().into_iter().filter_map(|p| p.grad.as_mut()).collect();
+        let (large, mut small): (Vec<_>, Vec<_>) = grads.iter_mut().partition(|g| g.len() >= BUCKET);
+        for g in large {
+            world.sum_f32(g);
+        }
+        let bucket = &mut self.bucket;
+        let mut rest = &mut small[..];
+        while !rest.is_empty() {
+            let (mut n, mut len) = (0, 0);
+            while n < rest.len() && len + rest[n].len() <= BUCKET {
+                len += rest[n].len();
+                n += 1;
             }
-        });
+            bucket.clear();
+            rest[..n].iter().for_each(|g| bucket.extend_from_slice(g));
+            world.sum_f32(bucket);
+            let mut at = 0;
+            for g in &mut rest[..n] {
+                let len = g.len();
+                g.copy_from_slice(&bucket[at..at + len]);
+                at += len;
+            }
+            rest = &mut rest[n..];
+        }
         world.sum_scalar(loss)
     }
 
@@ -256,8 +291,9 @@ impl Trainer {
         });
     }
 
-    /// ZeRO-1: the whole moments of every trainable tensor, on rank 0 (what a checkpoint writes); an empty list
-    /// on the other ranks, which send their parts. None unsharded. Every rank calls it.
+    /// ZeRO-1: the whole moments of every trainable tensor, on rank 0 (what a checkpoint writes; rank 0's own
+    /// parts move into them, so its peak is the unsharded moments'); an empty list on the other ranks, which send
+    /// their parts. None unsharded. Every rank calls it; rank 0 hands the list back to [`Self::keep_own_parts`].
     pub fn gather_moments(&mut self, world: &dyn Collectives) -> Option<Vec<Moments>> {
         let sizes = self.trainable_sizes();
         let z = self.zero1.as_ref()?;
@@ -271,7 +307,10 @@ impl Trainer {
                 }
                 for (mine, all) in [(&mut own.m, &mut whole.m), (&mut own.v, &mut whole.v)] {
                     match (z.rank == q, z.rank == 0) {
-                        (true, true) => all[part.clone()].copy_from_slice(mine),
+                        (true, true) => {
+                            all[part.clone()].copy_from_slice(mine);
+                            *mine = vec![];
+                        }
                         _ if q == 0 => {} // rank 0's own part: nobody else needs it
                         (true, false) => world.broadcast_f32(mine, q),
                         (false, true) => world.broadcast_f32(&mut all[part.clone()], q),
@@ -288,6 +327,18 @@ impl Trainer {
             }
         }
         Some(out)
+    }
+
+    /// ZeRO-1 on rank 0 after a checkpoint: takes its own parts back out of `gathered`, freeing it tensor by
+    /// tensor.
+    pub fn keep_own_parts(&mut self, gathered: Vec<Moments>) {
+        let (sizes, Some(z)) = (self.trainable_sizes(), &self.zero1) else { return };
+        let mut at = 0;
+        for ((len, own), whole) in sizes.into_iter().zip(&mut self.moments).zip(gathered) {
+            let part = z.part(at..at + len, z.rank);
+            *own = Moments { m: whole.m[part.clone()].to_vec(), v: whole.v[part].to_vec() };
+            at += len;
+        }
     }
 
     /// (name, values, moments) of each trainable tensor, borrowed: what a checkpoint writes, without a copy.
