@@ -19,7 +19,7 @@ run() {
     shift 2
     local out=$TMP/$label launch=()
     if [ "$ranks" -gt 1 ]; then
-        launch=(mpirun --oversubscribe --allow-run-as-root --bind-to none -np "$ranks")
+        launch=(mpirun --oversubscribe --allow-run-as-root --bind-to none --mca mpi_yield_when_idle 1 -np "$ranks")
     fi
     # shellcheck disable=SC2016 # expanded by each rank's shell
     "${launch[@]}" bash -c '/usr/bin/time -f "rss_kib %M" -o "$0.${OMPI_COMM_WORLD_RANK:-0}" "$@"' "$TMP/$label.rss" \
