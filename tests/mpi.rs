@@ -243,3 +243,24 @@ fn zero1_gives_the_bits_of_unsharded_moments_and_resumes() {
         assert!(read(dir, state) == read(&plain, state), "moments and weights of the last checkpoint");
     }
 }
+
+#[test]
+fn interrupting_mpirun_stops_every_rank_after_the_same_step_with_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let args = train_args(&out, false, &["--max-steps", "1000000", "--save-every", "0"]);
+    let child = launch(2, &strs(&args)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_to_string(out.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the run did not start training");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Open MPI's mpirun passes Ctrl-C on to every rank as SIGTERM.
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let o = ends_within(child, Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("interrupted by") && err.contains("--resume"), "{err}");
+    let (train, _) = curves(&out);
+    let last = train.last().unwrap().0;
+    assert!(out.join(format!("checkpoints/step-{last:07}")).is_dir(), "no checkpoint of step {last}: {err}");
+}
