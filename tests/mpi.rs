@@ -16,6 +16,9 @@ fn launch(ranks: usize, args: &[&str]) -> Command {
     } else {
         let mut c = Command::new("mpirun");
         c.args(["--oversubscribe", "--allow-run-as-root", "-np", &ranks.to_string(), bin]);
+        // Containers often forbid the cross-process memory copies (CMA) Open MPI's shared-memory transport tries
+        // first; copying through shared buffers works everywhere.
+        c.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
         c
     };
     cmd.args(["--threads", "1"]).args(args);
@@ -77,8 +80,11 @@ fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(|s| s.as_str()).collect()
 }
 
+/// (step, value) points.
+type Curve = Vec<(u64, f64)>;
+
 /// (step, loss) of every train line and (step, eval NLL) of every eval line of metrics.jsonl.
-fn curves(dir: &Path) -> (Vec<(u64, f64)>, Vec<(u64, f64)>) {
+fn curves(dir: &Path) -> (Curve, Curve) {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
     let (mut train, mut eval) = (vec![], vec![]);
     for v in text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()) {

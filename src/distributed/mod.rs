@@ -76,7 +76,11 @@ fn launched_size() -> Option<usize> {
 /// `Single`. A launcher that starts several ranks of a build without MPI is an error: each rank would train
 /// alone and all would write the same output folder.
 pub fn init() -> Result<Box<dyn Collectives>> {
-    let launched = launched_size();
+    init_launched(launched_size())
+}
+
+/// [`init`] for the world size a launcher announced, if any.
+fn init_launched(launched: Option<usize>) -> Result<Box<dyn Collectives>> {
     #[cfg(feature = "mpi")]
     if launched.is_some() {
         return Ok(Box::new(mpi::Mpi::init()?));
@@ -93,6 +97,13 @@ pub fn init() -> Result<Box<dyn Collectives>> {
 #[cfg(test)]
 mod tests {
     use super::shard;
+
+    #[cfg(not(feature = "mpi"))]
+    #[test]
+    fn several_ranks_of_a_build_without_mpi_are_refused() {
+        let e = super::init_launched(Some(2)).err().expect("refused").to_string();
+        assert!(e.contains("one of 2 MPI ranks") && e.contains("--features mpi"), "{e}");
+    }
 
     #[test]
     fn shards_cover_every_item_once_in_order() {

@@ -201,7 +201,7 @@ impl Trainer {
     /// Sums every gradient and the step's `loss` over the ranks (nothing to do on one). A gradient of BUCKET
     /// values or more is summed where it lies; smaller ones travel packed end to end in buckets of up to BUCKET
     /// values, so LoRA's hundreds of small factors take a few collectives instead of one each (every collective
-    /// costs a round of latency, more so on a busy machine).
+    /// costs a round of latency, more so on a busy machine). A multi-rank step allocates the list of gradients.
     fn sum_over_ranks(&mut self, world: &dyn Collectives, loss: f64) -> f64 {
         if world.size() == 1 {
             return loss;
