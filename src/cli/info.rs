@@ -4,6 +4,8 @@ use clap::Args;
 use condlm::formats::load::{load_tokenizer, open_weights};
 use condlm::formats::resolve::resolve;
 use condlm::formats::weights::Weights;
+use condlm::kernels::activation::GateAct;
+use condlm::network::config::{Config, Family};
 use std::collections::BTreeMap;
 
 /// Describe a checkpoint: architecture, layer/head/hidden sizes, parameters, tensor types, tokenizer.
@@ -26,6 +28,21 @@ pub fn run(a: InfoArgs) -> Result<()> {
     println!("hidden        {} (intermediate {})", c.hidden_size, c.intermediate_size);
     let qk_norm = if c.qk_norm { ", per-head q/k RMSNorm" } else { "" };
     println!("heads         {} query, {} key/value, head dim {}{qk_norm}", c.num_heads, c.num_kv_heads, c.head_dim);
+    println!("attention     {}", attention_line(&c));
+    println!("positions     {}", rope_line(&c));
+    if c.family == Family::Llama {
+        let act = match c.mlp_act {
+            GateAct::Silu => "SwiGLU",
+            GateAct::GeluTanh => "GeGLU (tanh GELU)",
+        };
+        let norms = match (c.sandwich_norms, c.norm_plus_one) {
+            (true, _) => "4 RMSNorms per block (pre and post attention and MLP), weights applied as 1 + w",
+            (false, true) => "RMSNorm, weights applied as 1 + w",
+            (false, false) => "RMSNorm before attention and MLP",
+        };
+        let scaled = if c.scale_embeddings { ", embeddings × √hidden" } else { "" };
+        println!("block         {act} MLP, {norms}{scaled}; no logit soft-capping");
+    }
     println!("parameters    {} ({:.1} M)", c.num_parameters(), c.num_parameters() as f64 / 1e6);
     println!("context       {} positions", c.max_positions);
     println!("vocabulary    {} (tokenizer: {})", c.vocab_size, tok.vocab_size());
@@ -58,4 +75,46 @@ pub fn run(a: InfoArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// "full causal" or the sliding window and which layers use it, and the q·k scale when it is not 1/√head_dim.
+fn attention_line(c: &Config) -> String {
+    let sliding: Vec<usize> = (0..c.num_layers).filter(|&i| c.window(i).is_some()).collect();
+    let mut line = match c.sliding_window {
+        Some(w) if sliding.len() == c.num_layers => format!("sliding window of {w} positions on every layer"),
+        Some(w) if !sliding.is_empty() => {
+            let global: Vec<String> =
+                (0..c.num_layers).filter(|i| !sliding.contains(i)).map(|i| i.to_string()).collect();
+            format!(
+                "sliding window of {w} positions on {} of {} layers (global: {})",
+                sliding.len(),
+                c.num_layers,
+                global.join(", ")
+            )
+        }
+        _ => "full causal".to_string(),
+    };
+    if let Some(s) = c.attn_scale {
+        line += &format!(", q·k scaled by {s} (not 1/√head_dim)");
+    }
+    line
+}
+
+/// RoPE bases (the sliding layers' own), scaling, and layers without RoPE; or GPT-2's learned positions.
+fn rope_line(c: &Config) -> String {
+    if c.family == Family::Gpt2 {
+        return "learned position embeddings".to_string();
+    }
+    let mut line = format!("RoPE base {}", c.rope_theta);
+    if let Some(local) = c.rope_local_theta {
+        line += &format!(" (sliding layers: {local})");
+    }
+    if let Some(s) = &c.rope_scaling {
+        line += &format!(", Llama 3 scaling ×{} from {} positions", s.factor, s.original_max_position_embeddings);
+    }
+    let skipped: Vec<String> = (0..c.num_layers).filter(|&i| !c.rope_in(i)).map(|i| i.to_string()).collect();
+    if !skipped.is_empty() {
+        line += &format!(", no RoPE in layers {}", skipped.join(", "));
+    }
+    line
 }

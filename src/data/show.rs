@@ -3,8 +3,9 @@
 //! Plain text (not a terminal, or `--color never`): tokens are separated by `·`; a marker opens every run of
 //! tokens with the same state: `[x]` context (ignored by the loss), `[Y]` target (y, EOS / end-of-turn
 //! included). With colour, the markers are replaced by colour: context dimmed, targets green.
-//! Token text is the token decoded alone, with `\n`, `\r`, `\t` and other control characters escaped; a token
-//! that is only part of a UTF-8 character is shown as its bytes (`\xC2`).
+//! Token text is the token decoded alone (its leading space kept, also where a SentencePiece decoder strips it),
+//! with `\n`, `\r`, `\t` and other control characters escaped; a token that is only part of a UTF-8 character
+//! (a byte-level piece or a SentencePiece `<0xC2>`) is shown as its bytes (`\xC2`).
 use super::example::Example;
 use crate::tokenizer::TextTokenizer;
 use anstyle::{AnsiColor, Effects, Style};
@@ -33,11 +34,15 @@ pub fn legend(paint: Paint) -> String {
     }
 }
 
-/// One token as readable text.
+/// One token as readable text: its text after another copy of itself, so a SentencePiece decoder that drops
+/// the space at the very start of a text (Llama's "▁Blue" → "Blue") still shows it.
 pub fn token_text(tok: &TextTokenizer, id: u32) -> String {
-    let decoded = tok.decode(&[id]).unwrap_or_default();
+    let once = tok.decode(&[id]).unwrap_or_default();
+    let twice = tok.decode(&[id, id]).unwrap_or_default();
+    let decoded = twice.strip_prefix(once.as_str()).map_or(once.clone(), str::to_owned);
     if decoded.contains('\u{fffd}')
-        && let Some(bytes) = tok.inner.id_to_token(id).and_then(|raw| byte_level_bytes(&raw))
+        && let Some(bytes) =
+            tok.inner.id_to_token(id).and_then(|raw| sentencepiece_byte(&raw).or_else(|| byte_level_bytes(&raw)))
     {
         return bytes.iter().map(|b| format!("\\x{b:02X}")).collect();
     }
@@ -55,6 +60,12 @@ pub fn token_text(tok: &TextTokenizer, id: u32) -> String {
         }
     }
     out
+}
+
+/// The byte of a SentencePiece byte-fallback token (`<0xE2>`), if it is one.
+fn sentencepiece_byte(raw: &str) -> Option<Vec<u8>> {
+    let hex = raw.strip_prefix("<0x")?.strip_suffix('>')?;
+    (hex.len() == 2).then(|| u8::from_str_radix(hex, 16).ok().map(|b| vec![b]))?
 }
 
 /// The bytes a byte-level BPE token spells (GPT-2's `bytes_to_unicode` inverted), if it is one.

@@ -191,8 +191,21 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                     )),
                     false => None,
                 };
+                // Gemma 3 names its pre-MLP norm pre_feedforward_layernorm; its post_attention_layernorm norms the
+                // attention output (Llama's post_attention_layernorm is the pre-MLP norm).
+                let (mlp_norm, post_norms) = match c.sandwich_norms {
+                    true => (
+                        t.norm(&format!("{p}.pre_feedforward_layernorm"), d, Bias::Without)?,
+                        Some((
+                            t.norm(&format!("{p}.post_attention_layernorm"), d, Bias::Without)?,
+                            t.norm(&format!("{p}.post_feedforward_layernorm"), d, Bias::Without)?,
+                        )),
+                    ),
+                    false => (t.norm(&format!("{p}.post_attention_layernorm"), d, Bias::Without)?, None),
+                };
                 blocks.push(Block {
                     attn_norm: t.norm(&format!("{p}.input_layernorm"), d, Bias::Without)?,
+                    post_norms,
                     qk_norm,
                     qkv: vec![
                         t.linear(&format!("{p}.self_attn.q_proj"), d, q, c.qkv_bias.into())?,
@@ -200,7 +213,7 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                         t.linear(&format!("{p}.self_attn.v_proj"), d, kv, c.qkv_bias.into())?,
                     ],
                     o: t.linear(&format!("{p}.self_attn.o_proj"), q, d, c.o_bias.into())?,
-                    mlp_norm: t.norm(&format!("{p}.post_attention_layernorm"), d, Bias::Without)?,
+                    mlp_norm,
                     gate: Some(t.linear(&format!("{p}.mlp.gate_proj"), d, f, c.mlp_bias.into())?),
                     up: t.linear(&format!("{p}.mlp.up_proj"), d, f, c.mlp_bias.into())?,
                     down: t.linear(&format!("{p}.mlp.down_proj"), f, d, c.mlp_bias.into())?,
@@ -220,6 +233,7 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                 let p = format!("transformer.h.{i}");
                 blocks.push(Block {
                     attn_norm: t.norm(&format!("{p}.ln_1"), d, Bias::With)?,
+                    post_norms: None,
                     qk_norm: None,
                     qkv: vec![t.linear(&format!("{p}.attn.c_attn"), d, q + 2 * kv, Bias::With)?],
                     o: t.linear(&format!("{p}.attn.c_proj"), q, d, Bias::With)?,

@@ -150,6 +150,7 @@ pub fn base_params(model: &Transformer) -> Vec<&Param> {
             out.push(&n.w);
             out.extend(n.b.as_ref());
         }
+        out.extend(b.post_norms.iter().flat_map(|(a, m)| [&a.w, &m.w]));
         out.extend(b.qk_norm.iter().flat_map(|(q, k)| [&q.w, &k.w]));
         for l in b.linears() {
             out.push(&l.w);
@@ -227,8 +228,10 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 "llama" | "llamaforcausallm" => ("LlamaForCausalLM", "llama"),
                 "qwen2" | "qwen2forcausallm" => ("Qwen2ForCausalLM", "qwen2"),
                 "qwen3" | "qwen3forcausallm" => ("Qwen3ForCausalLM", "qwen3"),
+                "gemma3" | "gemma3forcausallm" => ("Gemma3ForCausalLM", "gemma3_text"),
                 other => bail!(
-                    "cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, qwen3, gpt2)"
+                    "cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, qwen3, \
+                     gemma3, gpt2)"
                 ),
             };
             let mut v = json!({
@@ -267,6 +270,25 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 v["use_sliding_window"] = json!(false);
                 v["sliding_window"] = json!(c.sliding_window);
                 v["max_window_layers"] = json!(c.num_layers);
+            } else if model_type == "gemma3_text" {
+                let kind = |sliding: bool| if sliding { "sliding_attention" } else { "full_attention" };
+                let scale = c.attn_scale.unwrap_or(1.0 / (c.head_dim as f32).sqrt()) as f64;
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("hidden_act");
+                    o.remove("rope_theta");
+                }
+                v["hidden_activation"] = json!("gelu_pytorch_tanh");
+                v["query_pre_attn_scalar"] = json!((1.0 / (scale * scale)).round());
+                v["sliding_window"] = json!(c.sliding_window);
+                v["layer_types"] = json!((0..c.num_layers).map(|i| kind(c.local_rope(i))).collect::<Vec<_>>());
+                v["rope_parameters"] = json!({
+                    "full_attention": {"rope_type": "default", "rope_theta": f32_json(c.rope_theta)},
+                    "sliding_attention": {
+                        "rope_type": "default",
+                        "rope_theta": f32_json(c.rope_local_theta.unwrap_or(c.rope_theta)),
+                    },
+                });
+                v["attention_bias"] = json!(c.qkv_bias);
             } else if model_type == "qwen3" {
                 v["attention_bias"] = json!(c.qkv_bias);
                 v["use_sliding_window"] = json!(false);

@@ -57,11 +57,15 @@ pub fn load_tokenizer(files: &ModelFiles, config: &Config, weights: &Weights) ->
     }
 }
 
-/// The `tokenizer.ggml.*` keys; a key of the wrong type is an error naming the file and the key.
-fn gguf_vocab(g: &GgufFile) -> Result<GgufVocab> {
+/// The `tokenizer.ggml.*` keys (and `general.architecture`, which picks the SentencePiece flavour); a key of
+/// the wrong type is an error naming the file and the key.
+pub fn gguf_vocab(g: &GgufFile) -> Result<GgufVocab> {
     let strings = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect();
+    const SCORES: &str = "tokenizer.ggml.scores";
     Ok(GgufVocab {
         model: g.get_str("tokenizer.ggml.model")?.to_string(),
+        arch: g.opt_str("general.architecture")?.map(str::to_owned),
+        scores: if g.get(SCORES).is_some() { g.get_f32_array(SCORES)? } else { Vec::new() },
         pre: g.opt_str("tokenizer.ggml.pre")?.map(str::to_owned),
         tokens: strings(g.get_str_array("tokenizer.ggml.tokens")?),
         token_types: g.opt_i32_array("tokenizer.ggml.token_type")?.unwrap_or_default(),
@@ -209,6 +213,12 @@ mod tests {
             (vec![MODEL, tokens(), ("tokenizer.ggml.merges", Value::U32s(&[0]))], "merges", "expected a string"),
             (vec![MODEL, tokens(), ("tokenizer.ggml.token_type", Value::Strs(&["1"]))], "token_type", "an integer"),
             (vec![MODEL, tokens(), ("tokenizer.ggml.add_bos_token", Value::U32(1))], "add_bos_token", "a bool"),
+            (
+                vec![MODEL, tokens(), ("tokenizer.ggml.scores", Value::Strs(&["0"]))],
+                "tokenizer.ggml.scores",
+                "a number",
+            ),
+            (vec![MODEL, tokens(), ("general.architecture", Value::U32(1))], "general.architecture", "a string"),
             (vec![("tokenizer.ggml.model", Value::U32s(&[])), tokens()], "tokenizer.ggml.model", "a string"),
         ];
         for (kvs, key, expected) in cases {

@@ -63,6 +63,9 @@ impl Weights {
                 let Some(info) = file.tensor(&name) else { return Ok(None) };
                 let mut shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
                 let mut data = file.tensor_f32(&name)?;
+                if gguf_adds_one(&name, arch) {
+                    data.iter_mut().for_each(|v| *v -= 1.0);
+                }
                 if let Some(heads) = permuted_heads(hf_name, arch, *num_heads, *num_kv_heads) {
                     data = permute_qk_rows(&data, &shape, heads, Permute::FromGguf)?;
                 }
@@ -265,10 +268,17 @@ const LLAMA_LAYER: NameTable = &[
     ("self_attn.o_proj.bias", "attn_output.bias"),
     ("self_attn.q_norm.weight", "attn_q_norm.weight"),
     ("self_attn.k_norm.weight", "attn_k_norm.weight"),
-    ("post_attention_layernorm.weight", "ffn_norm.weight"),
     ("mlp.gate_proj.weight", "ffn_gate.weight"),
     ("mlp.up_proj.weight", "ffn_up.weight"),
     ("mlp.down_proj.weight", "ffn_down.weight"),
+];
+/// The pre-MLP norm: Llama's post_attention_layernorm.
+const LLAMA_MLP_NORM: NameTable = &[("post_attention_layernorm.weight", "ffn_norm.weight")];
+/// Gemma 3's norms: its post_attention_layernorm norms the attention output; the pre-MLP norm has its own name.
+const GEMMA3_NORMS: NameTable = &[
+    ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+    ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+    ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
 ];
 const LLAMA_GLOBAL: NameTable = &[
     ("model.embed_tokens.weight", "token_embd.weight"),
@@ -298,10 +308,11 @@ const GPT2_GLOBAL: NameTable = &[
 ];
 
 /// (global names, per-layer names, HF layer prefix) of an architecture.
-fn tables(arch: &str) -> (NameTable, NameTable, &'static str) {
+fn tables(arch: &str) -> (NameTable, &'static [NameTable], &'static str) {
     match arch {
-        "gpt2" => (GPT2_GLOBAL, GPT2_LAYER, "transformer.h."),
-        _ => (LLAMA_GLOBAL, LLAMA_LAYER, "model.layers."),
+        "gpt2" => (GPT2_GLOBAL, &[GPT2_LAYER], "transformer.h."),
+        "gemma3" => (LLAMA_GLOBAL, &[LLAMA_LAYER, GEMMA3_NORMS], "model.layers."),
+        _ => (LLAMA_GLOBAL, &[LLAMA_LAYER, LLAMA_MLP_NORM], "model.layers."),
     }
 }
 
@@ -312,7 +323,7 @@ pub fn hf_to_gguf(hf: &str, arch: &str) -> Option<String> {
         return Some(g.to_string());
     }
     let (n, rest) = hf.strip_prefix(prefix)?.split_once('.')?;
-    let (_, g) = layer.iter().find(|(h, _)| *h == rest)?;
+    let (_, g) = layer.iter().flat_map(|t| t.iter()).find(|(h, _)| *h == rest)?;
     Some(format!("blk.{n}.{g}"))
 }
 
@@ -322,8 +333,14 @@ fn gguf_to_hf(gguf: &str, arch: &str) -> Option<String> {
         return Some(h.to_string());
     }
     let (n, rest) = gguf.strip_prefix("blk.")?.split_once('.')?;
-    let (h, _) = layer.iter().find(|(_, g)| *g == rest)?;
+    let (h, _) = layer.iter().flat_map(|t| t.iter()).find(|(_, g)| *g == rest)?;
     Some(format!("{prefix}{n}.{h}"))
+}
+
+/// Whether the GGUF stores tensor `gguf_name` as 1 + the HF value: Gemma's RMSNorm weights, which HF keeps
+/// zero-centred and llama.cpp's converter writes with the 1 added.
+pub fn gguf_adds_one(gguf_name: &str, arch: &str) -> bool {
+    arch == "gemma3" && gguf_name.ends_with("norm.weight")
 }
 
 #[cfg(test)]
@@ -332,17 +349,22 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for arch in ["llama", "gpt2"] {
+        for arch in ["llama", "gpt2", "gemma3"] {
             let (global, layer, prefix) = tables(arch);
             for (h, _) in global {
                 assert_eq!(gguf_to_hf(&hf_to_gguf(h, arch).unwrap(), arch).unwrap(), *h);
             }
-            for (h, _) in layer {
+            for (h, _) in layer.iter().flat_map(|t| t.iter()) {
                 let name = format!("{prefix}7.{h}");
                 assert_eq!(gguf_to_hf(&hf_to_gguf(&name, arch).unwrap(), arch).unwrap(), name);
             }
         }
         assert_eq!(hf_to_gguf("model.layers.3.mlp.up_proj.weight", "qwen2").unwrap(), "blk.3.ffn_up.weight");
+        let pre_mlp = |arch| hf_to_gguf("model.layers.0.post_attention_layernorm.weight", arch).unwrap();
+        assert_eq!(
+            (pre_mlp("llama"), pre_mlp("gemma3")),
+            ("blk.0.ffn_norm.weight".into(), "blk.0.post_attention_norm.weight".into())
+        );
         assert!(gguf_to_hf("blk.0.something_else.weight", "llama").is_none());
     }
 

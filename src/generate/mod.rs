@@ -193,9 +193,8 @@ pub fn encode_prompt(tok: &TextTokenizer, prompt: &str) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// Positions a sequence may use: the context window (and a sliding-window model's window, which condlm does
-/// not implement beyond).
+/// Positions a sequence may use: the model's context window (a sliding window bounds what each position sees,
+/// not how long a sequence may grow).
 pub fn context_len(model: &Transformer) -> usize {
-    let c = &model.config;
-    c.sliding_window.map_or(c.max_positions, |w| w.min(c.max_positions))
+    model.config.max_positions
 }

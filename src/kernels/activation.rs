@@ -1,48 +1,81 @@
-//! Element-wise MLP activations: SwiGLU (Llama family) and GELU with the tanh approximation (GPT-2's "gelu_new").
+//! Element-wise MLP activations: gated (SwiGLU: Llama family; GeGLU: Gemma) and GELU with the tanh approximation
+//! (GPT-2's "gelu_new").
 use rayon::prelude::*;
 
 const PAR_CHUNK: usize = 1 << 14;
 
-fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
+/// The activation of a gated MLP's gate: SiLU (SwiGLU: Llama, Qwen, Mistral) or the tanh GELU (GeGLU: Gemma).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GateAct {
+    Silu,
+    GeluTanh,
 }
 
-/// out = silu(gate) ⊙ up.  All (N, hidden).
-pub fn swiglu_forward(out: &mut [f32], gate: &[f32], up: &[f32]) {
+impl GateAct {
+    fn value(self, g: f32) -> f32 {
+        match self {
+            GateAct::Silu => g / (1.0 + (-g).exp()),
+            GateAct::GeluTanh => gelu_tanh(g),
+        }
+    }
+
+    /// The activation's derivative at g: silu'(g) = σ(g)·(1 + g·(1 − σ(g))), gelu' as in [`gelu_tanh_backward`].
+    fn derivative(self, g: f32) -> f32 {
+        match self {
+            GateAct::Silu => {
+                let sig = 1.0 / (1.0 + (-g).exp());
+                sig * (1.0 + g * (1.0 - sig))
+            }
+            GateAct::GeluTanh => gelu_tanh_derivative(g),
+        }
+    }
+}
+
+/// out = act(gate) ⊙ up.  All (N, hidden).
+pub fn glu_forward(out: &mut [f32], gate: &[f32], up: &[f32], act: GateAct) {
     out.par_chunks_mut(PAR_CHUNK).zip(gate.par_chunks(PAR_CHUNK).zip(up.par_chunks(PAR_CHUNK))).for_each(
         |(o, (g, u))| {
             for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                *o = silu(*g) * u;
+                *o = act.value(*g) * u;
             }
         },
     );
 }
 
-/// Backward of [`swiglu_forward`].  All (N, hidden).  dgate **=** dout ⊙ up ⊙ silu'(gate),
-/// dup **=** dout ⊙ silu(gate), with silu'(g) = σ(g)·(1 + g·(1 − σ(g))).  No allocation.
-pub fn swiglu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+/// Backward of [`glu_forward`].  All (N, hidden).  dgate **=** dout ⊙ up ⊙ act'(gate), dup **=** dout ⊙
+/// act(gate).  No allocation.
+pub fn glu_backward(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32], act: GateAct) {
     assert!(
         dgate.len() == dout.len() && dup.len() == dout.len() && gate.len() == dout.len() && up.len() == dout.len(),
-        "swiglu_backward: shapes"
+        "glu_backward: shapes"
     );
     dgate.par_chunks_mut(PAR_CHUNK).zip(dup.par_chunks_mut(PAR_CHUNK)).enumerate().for_each(|(c, (dg, du))| {
         let range = c * PAR_CHUNK..c * PAR_CHUNK + dg.len();
         let (d, g, u) = (&dout[range.clone()], &gate[range.clone()], &up[range]);
         for ((((dg, du), &d), &g), &u) in dg.iter_mut().zip(du.iter_mut()).zip(d).zip(g).zip(u) {
-            let sig = 1.0 / (1.0 + (-g).exp());
-            *dg = d * u * sig * (1.0 + g * (1.0 - sig));
-            *du = d * g * sig;
+            *dg = d * u * act.derivative(g);
+            *du = d * act.value(g);
         }
     });
 }
 
 const SQRT_2_OVER_PI: f32 = 0.797_884_6;
 
+fn gelu_tanh(x: f32) -> f32 {
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
+}
+
+fn gelu_tanh_derivative(x: f32) -> f32 {
+    let t = (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh();
+    let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du
+}
+
 /// out = 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).  All (N, hidden).
 pub fn gelu_tanh_forward(out: &mut [f32], x: &[f32]) {
     out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(o, x)| {
         for (o, &x) in o.iter_mut().zip(x) {
-            *o = 0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh());
+            *o = gelu_tanh(x);
         }
     });
 }
@@ -55,9 +88,7 @@ pub fn gelu_tanh_backward(dx: &mut [f32], dout: &[f32], x: &[f32]) {
     dx.par_chunks_mut(PAR_CHUNK).zip(dout.par_chunks(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK))).for_each(
         |(g, (d, x))| {
             for ((g, &d), &x) in g.iter_mut().zip(d).zip(x) {
-                let t = (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh();
-                let du = SQRT_2_OVER_PI * (1.0 + 3.0 * 0.044715 * x * x);
-                *g = d * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+                *g = d * gelu_tanh_derivative(x);
             }
         },
     );
@@ -87,26 +118,30 @@ mod tests {
     const TOL_LINEAR: Tol = Tol { rtol: 1e-5, atol: 1e-6 };
 
     #[test]
-    fn swiglu_backward_matches_finite_differences() {
+    fn glu_backward_matches_finite_differences() {
         let n = 5 * 24;
-        let mut rng = Rng::new(21);
-        let (gate, up, r) = (rng.vec(n, 5.0), rng.vec(n, 2.0), rng.vec(n, 1.0));
-        let loss = |g: &[f32], u: &[f32]| {
-            let mut o = vec![0.0; n];
-            swiglu_forward(&mut o, g, u);
-            weighted_sum(&o, &r)
-        };
-        // Pre-filled with NaN: the backward must overwrite (=).
-        let (mut dg, mut du) = (vec![f32::NAN; n], vec![f32::NAN; n]);
-        swiglu_backward(&mut dg, &mut du, &r, &gate, &up);
-        let fd = check("swiglu dgate", &gate, &dg, H, TOL, |g| loss(g, &up));
-        assert_catches_sign_flip("swiglu dgate", &fd, &dg, TOL);
-        let fd = check("swiglu dup", &up, &du, H_LINEAR, TOL_LINEAR, |u| loss(&gate, u));
-        assert_catches_sign_flip("swiglu dup", &fd, &du, TOL_LINEAR);
-        let (mut dg2, mut du2) = (vec![0.0; n], vec![0.0; n]);
-        swiglu_backward(&mut dg2, &mut du2, &r, &gate, &up);
-        assert_bits_eq("swiglu dgate rerun", &dg, &dg2);
-        assert_bits_eq("swiglu dup rerun", &du, &du2);
+        for act in [GateAct::Silu, GateAct::GeluTanh] {
+            let mut rng = Rng::new(21);
+            let (gate, up, r) = (rng.vec(n, 5.0), rng.vec(n, 2.0), rng.vec(n, 1.0));
+            let loss = |g: &[f32], u: &[f32]| {
+                let mut o = vec![0.0; n];
+                glu_forward(&mut o, g, u, act);
+                weighted_sum(&o, &r)
+            };
+            // Pre-filled with NaN: the backward must overwrite (=).
+            let (mut dg, mut du) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+            glu_backward(&mut dg, &mut du, &r, &gate, &up, act);
+            let name = format!("{act:?} dgate");
+            let fd = check(&name, &gate, &dg, H, TOL, |g| loss(g, &up));
+            assert_catches_sign_flip(&name, &fd, &dg, TOL);
+            let name = format!("{act:?} dup");
+            let fd = check(&name, &up, &du, H_LINEAR, TOL_LINEAR, |u| loss(&gate, u));
+            assert_catches_sign_flip(&name, &fd, &du, TOL_LINEAR);
+            let (mut dg2, mut du2) = (vec![0.0; n], vec![0.0; n]);
+            glu_backward(&mut dg2, &mut du2, &r, &gate, &up, act);
+            assert_bits_eq("dgate rerun", &dg, &dg2);
+            assert_bits_eq("dup rerun", &du, &du2);
+        }
     }
 
     #[test]
@@ -132,7 +167,7 @@ mod tests {
     #[test]
     fn known_values() {
         let mut o = vec![0.0; 3];
-        swiglu_forward(&mut o, &[0.0, 1.0, -2.0], &[5.0, 2.0, 1.0]);
+        glu_forward(&mut o, &[0.0, 1.0, -2.0], &[5.0, 2.0, 1.0], GateAct::Silu);
         let want = [0.0, 2.0 / (1.0 + (-1.0f32).exp()), -2.0 / (1.0 + 2.0f32.exp())];
         for (a, b) in o.iter().zip(want) {
             assert!((a - b).abs() < 1e-6);

@@ -22,16 +22,29 @@ pub struct QkvLayout {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Multiplies q·k before the softmax: 1/√head_dim, or the model's own (Gemma 3: query_pre_attn_scalar^-½).
+    pub scale: f32,
+    /// Sliding-window span (Mistral, Gemma 3's local layers): a row sees the `window` most recent positions,
+    /// itself included; `usize::MAX` for full causal attention.
+    pub window: usize,
 }
 
-/// out (N, n_heads·head_dim): softmax(q·kᵀ/√head_dim, causal) · v, per head; kv head = head / (n_heads / n_kv_heads).
+impl QkvLayout {
+    /// The first row (or cache position) row/position `i` sees, given its sequence's first one: window-bounded.
+    pub fn first_visible(&self, i: usize, seq_first: usize) -> usize {
+        seq_first.max((i + 1).saturating_sub(self.window))
+    }
+}
+
+/// out (N, n_heads·head_dim): softmax(q·kᵀ·scale, causal, within the window) · v, per head; kv head =
+/// head / (n_heads / n_kv_heads).
 pub fn attention_forward(out: &mut [f32], qkv: &[f32], l: QkvLayout, seq_start: &[u32]) {
     let hd = l.head_dim;
     let group = l.n_heads / l.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = l.scale;
     out.par_chunks_mut(l.n_heads * hd).enumerate().for_each(|(i, o)| {
         PROBS.with_borrow_mut(|scores| {
-            let start = seq_start[i] as usize;
+            let start = l.first_visible(i, seq_start[i] as usize);
             let q_row = &qkv[i * l.row_len..][..l.row_len];
             for h in 0..l.n_heads {
                 let q = &q_row[l.q_col + h * hd..][..hd];
@@ -70,8 +83,8 @@ pub fn attention_forward(out: &mut [f32], qkv: &[f32], l: QkvLayout, seq_start: 
 /// (after RoPE) and att (N, n_heads·head_dim) its output; seq_start as in the forward.
 ///
 /// Flash-style: the softmax P of each (row, head) is recomputed from q and k exactly as the forward did it (no
-/// (T×T) tensor is kept), and with D_i = dO_i·O_i:  dS_ij = P_ij·(dO_i·v_j − D_i),
-/// dq_i = Σ_j dS_ij·k_j/√hd,  dk_j = Σ_{i≥j} dS_ij·q_i/√hd,  dv_j = Σ_{i≥j} P_ij·dO_i,
+/// (T×T) tensor is kept), and with D_i = dO_i·O_i, s = the layout's scale:  dS_ij = P_ij·(dO_i·v_j − D_i),
+/// dq_i = Σ_j dS_ij·k_j·s,  dk_j = Σ_{i≥j} dS_ij·q_i·s,  dv_j = Σ_{i≥j} P_ij·dO_i  (j within i's window),
 /// where dk/dv of a kv head also sum over the n_heads/n_kv_heads query heads that share it.
 ///
 /// Parallel over (sequence, kv head) blocks: each block owns the dq columns of its query heads and the dk/dv
@@ -154,7 +167,7 @@ impl Block<'_> {
         let l = self.l;
         let (hd, rl, aw) = (l.head_dim, l.row_len, l.n_heads * l.head_dim);
         let group = l.n_heads / l.n_kv_heads;
-        let scale = 1.0 / (hd as f32).sqrt();
+        let scale = l.scale;
         let (k_off, v_off) = (l.k_col + g * hd, l.v_col + g * hd);
         for j in s0..end {
             // SAFETY: rows s0..end of kv head g's dk/dv columns belong to this block; each slice dies at once.
@@ -166,10 +179,11 @@ impl Block<'_> {
         for h in g * group..(g + 1) * group {
             for i in s0..end {
                 let q = &self.qkv[i * rl + l.q_col + h * hd..][..hd];
+                let first = l.first_visible(i, s0);
                 // Recompute this row's softmax exactly as the forward did.
                 p.clear();
                 let mut max = f32::NEG_INFINITY;
-                for j in s0..=i {
+                for j in first..=i {
                     let s = dot(q, &self.qkv[j * rl + k_off..][..hd]) * scale;
                     max = max.max(s);
                     p.push(s);
@@ -185,14 +199,14 @@ impl Block<'_> {
                 // dk/dv columns borrowed below, and no other slice of them is alive.
                 let dq = unsafe { self.out.slice(i * rl + l.q_col + h * hd, hd) };
                 dq.fill(0.0);
-                for (j, &e) in (s0..=i).zip(p.iter()) {
+                for (j, &e) in (first..=i).zip(p.iter()) {
                     let pj = e / sum;
                     let (k, v) = (&self.qkv[j * rl + k_off..][..hd], &self.qkv[j * rl + v_off..][..hd]);
                     let ds = pj * (dot(d_o, v) - d_row);
                     for (a, kv) in dq.iter_mut().zip(k) {
                         *a += ds * kv;
                     }
-                    // SAFETY: row j ∈ s0..=i of kv head g: owned by this block; dk and dv columns are disjoint.
+                    // SAFETY: row j ∈ first..=i ⊆ s0..=i of kv head g: owned by this block; dk and dv columns are disjoint.
                     let (dk, dv) = unsafe { (self.out.slice(j * rl + k_off, hd), self.out.slice(j * rl + v_off, hd)) };
                     let sds = scale * ds;
                     for (((dk, dv), qv), ov) in dk.iter_mut().zip(dv.iter_mut()).zip(q).zip(d_o) {
@@ -245,7 +259,8 @@ mod tests {
     fn layout(n_heads: usize, n_kv_heads: usize, head_dim: usize) -> QkvLayout {
         let (aw, kw) = (n_heads * head_dim, n_kv_heads * head_dim);
         let (k_col, q_col, v_col) = (2, 2 + kw, 2 + kw + aw + 1);
-        QkvLayout { row_len: v_col + kw + 3, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim }
+        let (scale, window) = (1.0 / (head_dim as f32).sqrt(), usize::MAX);
+        QkvLayout { row_len: v_col + kw + 3, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim, scale, window }
     }
 
     fn packed(lengths: &[usize]) -> (Vec<u32>, Vec<u32>) {
@@ -333,6 +348,39 @@ mod tests {
     }
 
     #[test]
+    fn sliding_window_rows_see_only_their_window_and_the_backward_matches_finite_differences() {
+        // Window 3 over packed sequences of 7 and 3 rows, with a scale that is not 1/√head_dim (Gemma 3's
+        // query_pre_attn_scalar): row i of the windowed pass must equal the last row of a full causal pass over
+        // rows first_visible(i)..=i alone, bit for bit (same scores in the same order).
+        let (seq_start, _) = packed(&[7, 3]);
+        let n = seq_start.len();
+        let (nh, nkv, hd) = (4, 2, 6);
+        let l = QkvLayout { window: 3, scale: 0.3, ..layout(nh, nkv, hd) };
+        let full = QkvLayout { window: usize::MAX, ..l };
+        let mut rng = Rng::new(49);
+        let (qkv, r) = (rng.vec(n * l.row_len, 1.5), rng.vec(n * nh * hd, 1.0));
+        let (mut att, mut att_full) = (vec![0.0; n * nh * hd], vec![0.0; n * nh * hd]);
+        attention_forward(&mut att, &qkv, l, &seq_start);
+        attention_forward(&mut att_full, &qkv, full, &seq_start);
+        assert_ne!(att, att_full, "a window of 3 must change rows 3..7 of the first sequence");
+        for i in 0..n {
+            let first = l.first_visible(i, seq_start[i] as usize);
+            let m = i + 1 - first;
+            let mut alone = vec![0.0; m * nh * hd];
+            attention_forward(&mut alone, &qkv[first * l.row_len..(i + 1) * l.row_len], full, &vec![0; m]);
+            assert_bits_eq(&format!("row {i}"), &att[i * nh * hd..][..nh * hd], &alone[(m - 1) * nh * hd..]);
+        }
+        let d = backward(&r, &qkv, &att, l, &seq_start);
+        let loss = |x: &[f32]| {
+            let mut out = vec![0.0; n * nh * hd];
+            attention_forward(&mut out, x, l, &seq_start);
+            weighted_sum(&out, &r)
+        };
+        let fd = check("windowed attention dqkv", &qkv, &d, H, TOL, loss);
+        assert_catches_sign_flip("windowed attention dqkv", &fd, &d, TOL);
+    }
+
+    #[test]
     fn attention_backward_is_bit_identical_across_runs_and_thread_counts() {
         let (seq_start, _) = packed(&[37, 100, 5, 64, 1, 20]);
         let n = seq_start.len();
@@ -351,7 +399,17 @@ mod tests {
     #[test]
     fn first_row_of_each_sequence_copies_its_value() {
         // Two packed sequences of lengths 2 and 1; one head, head_dim 2; q=k=v layout [q|k|v].
-        let l = QkvLayout { row_len: 6, q_col: 0, k_col: 2, v_col: 4, n_heads: 1, n_kv_heads: 1, head_dim: 2 };
+        let l = QkvLayout {
+            row_len: 6,
+            q_col: 0,
+            k_col: 2,
+            v_col: 4,
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim: 2,
+            scale: 0.5f32.sqrt(),
+            window: usize::MAX,
+        };
         let qkv = vec![
             1.0, 0.0, 1.0, 0.0, 5.0, 6.0, // seq 0, pos 0
             1.0, 0.0, 1.0, 0.0, 7.0, 8.0, // seq 0, pos 1: equal scores ⇒ mean of values

@@ -79,13 +79,14 @@ pub fn cached_attention(
     }
 }
 
-/// att[i, head h] = softmax(q_i,h · K[slot_i, kv(h), 0..=pos_i]ᵀ / √hd) · V[slot_i, kv(h), 0..=pos_i].
+/// att[i, head h] = softmax(q_i,h · K[slot_i, kv(h), first..=pos_i]ᵀ · scale) · V[slot_i, kv(h), first..=pos_i],
+/// first = the window's start (0 without a window).
 /// A running (online) softmax over blocks of positions: no scratch beyond one block on the stack.
 /// Rows marked in `skip` (prefill runs) are left to [`attend_run`].
 fn attend(att: &mut [f32], qkv: &[f32], l: QkvLayout, slots: &[u32], positions: &[u32], skip: &[bool], kv: KvLayer) {
     let (hd, n_heads) = (l.head_dim, l.n_heads);
     let group = n_heads / l.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = l.scale;
     att[..slots.len() * n_heads * hd].par_chunks_mut(hd).enumerate().for_each(|(task, o)| {
         let (i, h) = (task / n_heads, task % n_heads);
         if skip[i] {
@@ -95,10 +96,11 @@ fn attend(att: &mut [f32], qkv: &[f32], l: QkvLayout, slots: &[u32], positions: 
         let at = kv.at(slots[i] as usize, h / group);
         let (k, v) = (&kv.k[at..], &kv.v[at..]);
         let len = positions[i] as usize + 1;
+        let first = l.first_visible(len - 1, 0);
         let mut scores = [0.0f32; ATT_BLOCK];
         let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
         o.fill(0.0);
-        for start in (0..len).step_by(ATT_BLOCK) {
+        for start in (first..len).step_by(ATT_BLOCK) {
             let m = ATT_BLOCK.min(len - start);
             dot_rows(&mut scores[..m], q, &k[start * hd..][..m * hd], scale);
             let block_max = scores[..m].iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
@@ -147,7 +149,7 @@ struct RunBuffers<'a> {
 
 /// Attention of a prefill run (rows `row0..row0 + len` of the call: positions `pos0..pos0 + len` of `slot`),
 /// through GEMMs per query head and tile of ATT_TILE rows: S = Q·Kᵀ·scale over the cached keys up to the tile's
-/// last position, causal mask, softmax rows, O = P·V. Heads run in parallel, each with its own scratch.
+/// last position, causal (and window) mask, softmax rows, O = P·V. Heads run in parallel, each with its own scratch.
 #[allow(clippy::too_many_arguments)]
 fn attend_run(
     att: &mut [f32],
@@ -162,7 +164,7 @@ fn attend_run(
 ) {
     let (hd, cap, n_heads, qw) = (l.head_dim, kv.capacity, l.n_heads, l.row_len);
     let group = n_heads / l.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = l.scale;
     let (ks, vs) = (kv.k, kv.v);
     let out = &mut bufs.out[..n_heads * len * hd];
     out.par_chunks_mut(len * hd)
@@ -185,7 +187,10 @@ fn attend_run(
                 matmul(MatMut::new(s, tq, keys), q, Mat::new(&ks[at..at + keys * hd], keys, hd).t(), false);
                 for (r, (srow, sum)) in s.chunks_exact_mut(keys).zip(sums.iter_mut()).enumerate() {
                     let visible = pos0 + t0 + r + 1;
-                    let (live, masked) = srow.split_at_mut(visible);
+                    let first = l.first_visible(visible - 1, 0);
+                    let (before, rest) = srow.split_at_mut(first);
+                    before.fill(0.0);
+                    let (live, masked) = rest.split_at_mut(visible - first);
                     let max = live.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v * scale));
                     for v in live.iter_mut() {
                         *v *= scale;

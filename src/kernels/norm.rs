@@ -2,15 +2,16 @@
 //! Forward saves the per-row statistics the backward pass needs.
 use rayon::prelude::*;
 
-/// out[r] = x[r] / sqrt(mean(x[r]²) + eps) ⊙ w.  x, out: (N, dim); rstd: (N).
-pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], eps: f32) {
+/// out[r] = x[r] / sqrt(mean(x[r]²) + eps) ⊙ (offset + w).  x, out: (N, dim); rstd: (N).  `offset` is 0, or 1 for
+/// Gemma's zero-centred weights (computed as transformers does: (1 + w) in f32, then the product).
+pub fn rmsnorm_forward(out: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], offset: f32, eps: f32) {
     let dim = w.len();
     out.par_chunks_mut(dim).zip(rstd.par_iter_mut()).zip(x.par_chunks(dim)).for_each(|((o, rs), xr)| {
         let ms = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
         let r = 1.0 / (ms + eps).sqrt();
         *rs = r;
         for ((o, xv), wv) in o.iter_mut().zip(xr).zip(w) {
-            *o = wv * (xv * r);
+            *o = (offset + wv) * (xv * r);
         }
     });
 }
@@ -43,18 +44,26 @@ pub fn layernorm_forward(
 /// Backward of [`rmsnorm_forward`].  dout, x, dx: (N, dim); w, dw: (dim); rstd: (N) as saved by the forward.
 /// dx **+=** ∂L/∂x (residual-stream gradient), dw **+=** ∂L/∂w when given.  No allocation.
 ///
-/// With r = rstd, g = w ⊙ dout:  dx = r·g − (r³/dim)·x·Σ(g ⊙ x),  dw = Σ_rows dout ⊙ x·r.
+/// With r = rstd, g = (offset + w) ⊙ dout:  dx = r·g − (r³/dim)·x·Σ(g ⊙ x),  dw = Σ_rows dout ⊙ x·r.
 /// dw is reduced in a fixed order (see [`column_reduce`]): bit-identical for any thread count.
-pub fn rmsnorm_backward(dx: &mut [f32], dw: Option<&mut [f32]>, dout: &[f32], x: &[f32], w: &[f32], rstd: &[f32]) {
+pub fn rmsnorm_backward(
+    dx: &mut [f32],
+    dw: Option<&mut [f32]>,
+    dout: &[f32],
+    x: &[f32],
+    w: &[f32],
+    offset: f32,
+    rstd: &[f32],
+) {
     let dim = w.len();
     let n = rstd.len();
     assert!(dx.len() == n * dim && dout.len() == n * dim && x.len() == n * dim, "rmsnorm_backward: shapes");
     dx.par_chunks_mut(dim).zip(dout.par_chunks(dim).zip(x.par_chunks(dim))).zip(rstd.par_iter()).for_each(
         |((dxr, (dor, xr)), &r)| {
-            let gx: f32 = dor.iter().zip(xr).zip(w).map(|((d, xv), wv)| d * wv * xv).sum();
+            let gx: f32 = dor.iter().zip(xr).zip(w).map(|((d, xv), wv)| d * (offset + wv) * xv).sum();
             let c = r * r * r * gx / dim as f32;
             for (((dx, d), xv), wv) in dxr.iter_mut().zip(dor).zip(xr).zip(w) {
-                *dx += r * wv * d - c * xv;
+                *dx += r * (offset + wv) * d - c * xv;
             }
         },
     );
@@ -200,9 +209,9 @@ mod tests {
         assert_catches_sign_flip(name, &fd, g, tol);
     }
 
-    fn rms_loss(x: &[f32], w: &[f32], r: &[f32]) -> f64 {
+    fn rms_loss(x: &[f32], w: &[f32], offset: f32, r: &[f32]) -> f64 {
         let (mut out, mut rstd) = (vec![0.0; x.len()], vec![0.0; x.len() / w.len()]);
-        rmsnorm_forward(&mut out, &mut rstd, x, w, EPS);
+        rmsnorm_forward(&mut out, &mut rstd, x, w, offset, EPS);
         weighted_sum(&out, r)
     }
 
@@ -215,21 +224,25 @@ mod tests {
 
     #[test]
     fn rmsnorm_backward_matches_finite_differences() {
-        let mut rng = Rng::new(11);
-        let x: Vec<f32> = (0..N * DIM).map(|i| rng.uniform() * 2.0 + if i % 7 == 0 { 1.5 } else { 0.0 }).collect();
-        let (w, r) = (rng.vec(DIM, 1.5), small_column(rng.vec(N * DIM, 1.0), DIM, 3));
-        let (mut out, mut rstd) = (vec![0.0; N * DIM], vec![0.0; N]);
-        rmsnorm_forward(&mut out, &mut rstd, &x, &w, EPS);
-        // Pre-filled gradients: the backward must accumulate (+=), not overwrite.
-        let (g0, gw0) = (rng.vec(N * DIM, 1.0), rng.vec(DIM, 1.0));
-        let (mut dx, mut dw) = (g0.clone(), gw0.clone());
-        rmsnorm_backward(&mut dx, Some(&mut dw), &r, &x, &w, &rstd);
-        check_both("rmsnorm dx", &x, &minus(&dx, &g0), H_X, TOL_X, |xp| rms_loss(xp, &w, &r));
-        check_both("rmsnorm dw", &w, &minus(&dw, &gw0), H_W, TOL_W, |wp| rms_loss(&x, wp, &r));
-        // Without dw, dx is the same.
-        let mut dx2 = g0.clone();
-        rmsnorm_backward(&mut dx2, None, &r, &x, &w, &rstd);
-        assert_bits_eq("rmsnorm dx without dw", &dx, &dx2);
+        // offset 0 (Llama) and 1 (Gemma's (1 + w)); the 1 + w weights stay O(1) like the plain ones.
+        for (offset, seed) in [(0.0, 11), (1.0, 14)] {
+            let mut rng = Rng::new(seed);
+            let x: Vec<f32> = (0..N * DIM).map(|i| rng.uniform() * 2.0 + if i % 7 == 0 { 1.5 } else { 0.0 }).collect();
+            let (w, r) = (rng.vec(DIM, 1.5 - offset), small_column(rng.vec(N * DIM, 1.0), DIM, 3));
+            let (mut out, mut rstd) = (vec![0.0; N * DIM], vec![0.0; N]);
+            rmsnorm_forward(&mut out, &mut rstd, &x, &w, offset, EPS);
+            // Pre-filled gradients: the backward must accumulate (+=), not overwrite.
+            let (g0, gw0) = (rng.vec(N * DIM, 1.0), rng.vec(DIM, 1.0));
+            let (mut dx, mut dw) = (g0.clone(), gw0.clone());
+            rmsnorm_backward(&mut dx, Some(&mut dw), &r, &x, &w, offset, &rstd);
+            let name = |what: &str| format!("rmsnorm {what}, offset {offset}");
+            check_both(&name("dx"), &x, &minus(&dx, &g0), H_X, TOL_X, |xp| rms_loss(xp, &w, offset, &r));
+            check_both(&name("dw"), &w, &minus(&dw, &gw0), H_W, TOL_W, |wp| rms_loss(&x, wp, offset, &r));
+            // Without dw, dx is the same.
+            let mut dx2 = g0.clone();
+            rmsnorm_backward(&mut dx2, None, &r, &x, &w, offset, &rstd);
+            assert_bits_eq("rmsnorm dx without dw", &dx, &dx2);
+        }
     }
 
     #[test]
@@ -261,7 +274,7 @@ mod tests {
             let (mut dx, mut dw, mut db) = (vec![0.0; n * dim], vec![0.0; dim], vec![0.0; dim]);
             layernorm_backward(&mut dx, Some(&mut dw), Some(&mut db), &r, &x, &w, &mean, &rstd);
             let (mut rdx, mut rdw) = (vec![0.0; n * dim], vec![0.0; dim]);
-            rmsnorm_backward(&mut rdx, Some(&mut rdw), &r, &x, &w, &rstd);
+            rmsnorm_backward(&mut rdx, Some(&mut rdw), &r, &x, &w, 0.0, &rstd);
             [dx, dw, db, rdx, rdw]
         };
         let reference = with_threads(1, run);
@@ -277,9 +290,13 @@ mod tests {
         let x = vec![3.0f32; 4];
         let w = vec![1.0, 2.0, 3.0, 4.0];
         let (mut out, mut rstd) = (vec![0.0; 4], vec![0.0; 1]);
-        rmsnorm_forward(&mut out, &mut rstd, &x, &w, 0.0);
+        rmsnorm_forward(&mut out, &mut rstd, &x, &w, 0.0, 0.0);
         for (o, wv) in out.iter().zip(&w) {
             assert!((o - wv).abs() < 1e-6);
+        }
+        rmsnorm_forward(&mut out, &mut rstd, &x, &w, 1.0, 0.0);
+        for (o, wv) in out.iter().zip(&w) {
+            assert!((o - (1.0 + wv)).abs() < 1e-6, "Gemma's (1 + w)");
         }
         assert!((rstd[0] - 1.0 / 3.0).abs() < 1e-7);
     }

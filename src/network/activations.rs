@@ -19,6 +19,12 @@ pub struct LayerActs {
     pub qkv: Vec<f32>,
     /// attention output before o_proj (N, heads·head_dim)
     pub att: Vec<f32>,
+    /// With post norms (Gemma 3): o_proj's and down_proj's outputs before their norms (N, d), and the norms'
+    /// reciprocal RMS per row
+    pub attn_out: Vec<f32>,
+    pub mlp_out: Vec<f32>,
+    pub post1_rstd: Vec<f32>,
+    pub post2_rstd: Vec<f32>,
     /// With per-head q/k norms: q and k before them, (N·heads, head_dim) and (N·kv_heads, head_dim), and their
     /// reciprocal RMS per head row
     pub q_pre: Vec<f32>,
@@ -45,6 +51,8 @@ pub struct GradScratch {
     /// ∂L/∂ q or k after and before their per-head norm, (N·heads, head_dim)
     pub dqk_post: Vec<f32>,
     pub dqk_pre: Vec<f32>,
+    /// ∂L/∂ a post-normed sublayer's output before its norm (N, d)
+    pub dsublayer: Vec<f32>,
     pub dx: Vec<f32>,
     pub dh: Vec<f32>,
     pub dqkv: Vec<f32>,
@@ -73,10 +81,14 @@ pub struct Activations {
     pub(super) step_seed: Option<u64>,
     /// q or k normalized per head, before going back into q|k|v (N·heads, head_dim), shared by all layers.
     pub(super) qk_post: Vec<f32>,
+    /// A post-normed sublayer output on its way into the residual stream (N, d), shared by all layers.
+    pub(super) sublayer_out: Vec<f32>,
     /// dropout(x) of the LoRA layer at hand (N, in), shared by all layers (each keeps only its mask).
     pub(super) lora_x_drop: Vec<f32>,
     pub(super) grads: GradScratch,
     pub(super) rope: Option<RopeTable>,
+    /// The sliding layers' table when they have their own RoPE base (Gemma 3).
+    pub(super) rope_local: Option<RopeTable>,
     /// Rows of a cached (decoding) pass: their tokens, positions and cache slots.
     pub(super) row_tokens: Vec<u32>,
     pub(super) row_positions: Vec<u32>,
@@ -140,12 +152,28 @@ impl Activations {
             for v in [&mut l.ff_gate, &mut l.ff_up, &mut l.ff_act] {
                 grow(v, n * f);
             }
+            if c.sandwich_norms {
+                grow(&mut l.attn_out, n * d);
+                grow(&mut l.mlp_out, n * d);
+                grow(&mut l.post1_rstd, n);
+                grow(&mut l.post2_rstd, n);
+            }
         }
         if c.qk_norm {
             grow(&mut self.qk_post, n * aw);
         }
-        if c.family == Family::Llama && self.rope.as_ref().is_none_or(|t| t.cos.len() < max_pos * c.head_dim / 2) {
-            self.rope = Some(RopeTable::new(&c.rope_inv_freq(), max_pos.max(256).min(c.max_positions)));
+        if c.sandwich_norms {
+            grow(&mut self.sublayer_out, n * d);
+        }
+        let too_short = |t: &Option<RopeTable>| t.as_ref().is_none_or(|t| t.cos.len() < max_pos * c.head_dim / 2);
+        let table_len = max_pos.max(256).min(c.max_positions);
+        if c.family == Family::Llama && too_short(&self.rope) {
+            self.rope = Some(RopeTable::new(&c.rope_inv_freq(), table_len));
+        }
+        if too_short(&self.rope_local)
+            && let Some(inv_freq) = c.rope_local_inv_freq()
+        {
+            self.rope_local = Some(RopeTable::new(&inv_freq, table_len));
         }
     }
 
@@ -162,6 +190,9 @@ impl Activations {
         if c.qk_norm {
             grow(&mut g.dqk_post, n * aw);
             grow(&mut g.dqk_pre, n * aw);
+        }
+        if c.sandwich_norms {
+            grow(&mut g.dsublayer, n * d);
         }
     }
 }

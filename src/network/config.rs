@@ -1,10 +1,11 @@
 //! One `Config` for every supported architecture, read from an HF `config.json` or GGUF metadata.
+use crate::kernels::activation::GateAct;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::Path;
 
-/// The two families the engine implements. Llama covers Llama 2/3, SmolLM2 and Mistral;
-/// Qwen2 is the Llama block with q/k/v biases.
+/// The two families the engine implements. Llama covers Llama 2/3, SmolLM2, Mistral, Qwen2/3, SmolLM3 and Gemma 3,
+/// whose differences are the flags of [`Config`] (biases, q/k norms, windows, Gemma's norms and GeGLU).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     /// RMSNorm, RoPE, SwiGLU MLP, separate q/k/v projections.
@@ -39,8 +40,24 @@ pub struct Config {
     pub qk_norm: bool,
     /// Layers that skip RoPE (SmolLM3's `no_rope_layers` zeros); empty: every layer applies it.
     pub no_rope: Vec<bool>,
-    /// Mistral-style sliding-window attention span; sequences longer than it are refused (not implemented).
+    /// Sliding-window attention span (Mistral, Gemma 3's local layers): a position sees the `sliding_window`
+    /// most recent positions, itself included.
     pub sliding_window: Option<usize>,
+    /// Which layers are sliding layers (Gemma 3's `layer_types`); empty: every layer, when there is a window.
+    pub sliding_layers: Vec<bool>,
+    /// RoPE base of the sliding layers when it differs from `rope_theta` (Gemma 3's local layers).
+    pub rope_local_theta: Option<f32>,
+    /// q·k multiplier before the softmax when it is not 1/√head_dim (Gemma 3: query_pre_attn_scalar^-½).
+    pub attn_scale: Option<f32>,
+    /// The activation of the gated MLP (Llama family): act(gate) ⊙ up.
+    pub mlp_act: GateAct,
+    /// RMSNorm weights are stored zero-centred and applied as (1 + w) (Gemma).
+    pub norm_plus_one: bool,
+    /// Gemma 3's block: RMSNorms on the attention and MLP outputs before they join the residual stream
+    /// (`post_attention_layernorm`, `post_feedforward_layernorm`); its pre-MLP norm is `pre_feedforward_layernorm`.
+    pub sandwich_norms: bool,
+    /// Token embeddings multiplied by √hidden_size (Gemma).
+    pub scale_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -81,6 +98,17 @@ struct HfConfig {
     /// SmolLM3: 1 = the layer applies RoPE, 0 = it does not.
     no_rope_layers: Option<Vec<u8>>,
     no_rope_layer_interval: Option<usize>,
+    /// Gemma 3 (and transformers ≥ 4.53 for every model with windows): "sliding_attention" / "full_attention".
+    layer_types: Option<Vec<String>>,
+    sliding_window_pattern: Option<usize>,
+    /// Qwen2: layers from this index on use the window (when use_sliding_window).
+    max_window_layers: Option<usize>,
+    rope_local_base_freq: Option<f32>,
+    query_pre_attn_scalar: Option<f32>,
+    hidden_activation: Option<String>,
+    final_logit_softcapping: Option<f32>,
+    attn_logit_softcapping: Option<f32>,
+    use_bidirectional_attention: Option<bool>,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
     hidden_act: Option<String>,
@@ -94,8 +122,8 @@ struct HfConfig {
     activation_function: Option<String>,
 }
 
-const SUPPORTED: &str =
-    "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, SmolLM3ForCausalLM, GPT2LMHeadModel";
+const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, \
+                         SmolLM3ForCausalLM, Gemma3ForCausalLM, GPT2LMHeadModel";
 
 fn need<T>(v: Option<T>, key: &str, path: &Path) -> Result<T> {
     v.with_context(|| format!("{}: missing required key \"{key}\"", path.display()))
@@ -126,6 +154,55 @@ fn smollm3_no_rope(c: &HfConfig, path: &Path) -> Result<Vec<bool>> {
     }
 }
 
+/// Gemma 3's RoPE bases (global layers, local layers): `rope_parameters` by layer type (transformers ≥ 5), else
+/// `rope_theta` / `rope_local_base_freq`, else transformers' defaults (1e6, 1e4). Only the default rotary type is
+/// read: a scaled one (the 4B+ models' "linear") is an error naming the key.
+fn gemma3_rope_thetas(c: &HfConfig, path: &Path) -> Result<(f32, f32)> {
+    let by_type = |t: &str| c.rope_parameters.as_ref().and_then(|p| p.get(t)).filter(|v| !v.is_null());
+    for (key, v) in [
+        ("rope_scaling", c.rope_scaling.as_ref().filter(|v| !v.is_null())),
+        ("rope_parameters.full_attention", by_type("full_attention")),
+        ("rope_parameters.sliding_attention", by_type("sliding_attention")),
+    ] {
+        let kind = v.and_then(|v| v.get("rope_type").or(v.get("type"))).and_then(|t| t.as_str());
+        if let Some(kind) = kind.filter(|&k| k != "default") {
+            bail!("{}: {key} has rope_type \"{kind}\", which condlm does not support for Gemma 3", path.display());
+        }
+    }
+    let theta = |t: &str| by_type(t).and_then(|v| v.get("rope_theta")?.as_f64()).map(|v| v as f32);
+    Ok((
+        theta("full_attention").or(c.rope_theta).unwrap_or(1_000_000.0),
+        theta("sliding_attention").or(c.rope_local_base_freq).unwrap_or(10_000.0),
+    ))
+}
+
+/// Which layers use the sliding window: `layer_types` when given; else Gemma 3's `sliding_window_pattern` (every
+/// n-th layer global, default 6), Qwen2's `max_window_layers` (layers from it on slide), or every layer (Mistral).
+fn sliding_layers(c: &HfConfig, is_gemma3: bool, is_qwen: bool, layers: usize, path: &Path) -> Result<Vec<bool>> {
+    if let Some(types) = &c.layer_types {
+        if types.len() < layers {
+            bail!("{}: layer_types has {} entries for {layers} layers", path.display(), types.len());
+        }
+        return types[..layers]
+            .iter()
+            .map(|t| match t.as_str() {
+                "sliding_attention" => Ok(true),
+                "full_attention" => Ok(false),
+                other => bail!("{}: layer_types entry \"{other}\" is not supported", path.display()),
+            })
+            .collect();
+    }
+    Ok(if is_gemma3 {
+        let every = c.sliding_window_pattern.unwrap_or(6).max(1);
+        (0..layers).map(|i| (i + 1) % every != 0).collect()
+    } else if is_qwen {
+        let from = c.max_window_layers.unwrap_or(28);
+        (0..layers).map(|i| i >= from).collect()
+    } else {
+        vec![true; layers]
+    })
+}
+
 /// Token ids in config.json are a number, a list of numbers, or null.
 fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
     match v {
@@ -149,49 +226,93 @@ impl Config {
             .with_context(|| format!("{}: neither \"architectures\" nor \"model_type\" is set", path.display()))?;
         let family = match architecture.as_str() {
             "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
-            | "SmolLM3ForCausalLM" | "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3" => Family::Llama,
+            | "SmolLM3ForCausalLM" | "Gemma3ForCausalLM" | "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3"
+            | "gemma3_text" => Family::Llama,
             "GPT2LMHeadModel" | "gpt2" => Family::Gpt2,
+            "Gemma3ForConditionalGeneration" | "gemma3" => bail!(
+                "{}: {architecture} is Gemma 3's multimodal checkpoint; condlm reads the text model only \
+                 (Gemma3ForCausalLM, e.g. gemma-3-270m or gemma-3-1b, or a GGUF of the text weights)",
+                path.display()
+            ),
             other => bail!("{}: architecture \"{other}\" is not supported (supported: {SUPPORTED})", path.display()),
         };
-        let is_qwen2 = architecture.to_lowercase().starts_with("qwen2");
-        let is_qwen3 = architecture.to_lowercase().starts_with("qwen3");
-        let is_smollm3 = architecture.to_lowercase().starts_with("smollm3");
+        let lower = architecture.to_lowercase();
+        let (is_qwen2, is_qwen3) = (lower.starts_with("qwen2"), lower.starts_with("qwen3"));
+        let (is_smollm3, is_gemma3) = (lower.starts_with("smollm3"), lower.starts_with("gemma3"));
         let bos = token_ids(&c.bos_token_id).first().copied();
         let eos = token_ids(&c.eos_token_id);
         let cfg = match family {
             Family::Llama => {
-                if let Some(act) = &c.hidden_act
-                    && act != "silu"
-                {
-                    bail!("{}: hidden_act \"{act}\" is not supported (only \"silu\")", path.display());
+                for (key, v) in [
+                    ("final_logit_softcapping", c.final_logit_softcapping),
+                    ("attn_logit_softcapping", c.attn_logit_softcapping),
+                ] {
+                    if let Some(v) = v {
+                        bail!("{}: {key} = {v} (Gemma 2's logit soft-capping) is not supported", path.display());
+                    }
                 }
+                if c.use_bidirectional_attention == Some(true) {
+                    bail!("{}: use_bidirectional_attention = true (an encoder) is not supported", path.display());
+                }
+                let mlp_act = match c.hidden_activation.as_deref().or(c.hidden_act.as_deref()) {
+                    None if is_gemma3 => GateAct::GeluTanh,
+                    None | Some("silu") => GateAct::Silu,
+                    Some("gelu_pytorch_tanh") => GateAct::GeluTanh,
+                    Some(act) => {
+                        bail!("{}: hidden_act \"{act}\" is not supported (silu, or gelu_pytorch_tanh)", path.display())
+                    }
+                };
                 let hidden = need(c.hidden_size, "hidden_size", path)?;
                 let heads = need(c.num_attention_heads, "num_attention_heads", path)?;
+                let layers = need(c.num_hidden_layers, "num_hidden_layers", path)?;
                 let attention_bias = c.attention_bias.unwrap_or(false);
+                let (rope_theta, rope_local_theta, rope_scaling) = if is_gemma3 {
+                    let (global, local) = gemma3_rope_thetas(&c, path)?;
+                    (global, Some(local), None)
+                } else {
+                    let theta = c
+                        .rope_theta
+                        .or_else(|| c.rope_parameters.as_ref()?.get("rope_theta")?.as_f64().map(|v| v as f32))
+                        .unwrap_or(10000.0);
+                    (theta, None, parse_rope_scaling(c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()), path)?)
+                };
+                // Qwen2/Qwen3 keep their window off unless use_sliding_window says so; Mistral and Gemma 3 use it.
+                let sliding_window = match (is_qwen2 || is_qwen3 || is_smollm3, c.use_sliding_window) {
+                    (true, Some(true)) | (false, None | Some(true)) => c.sliding_window,
+                    _ => None,
+                };
                 Config {
                     architecture,
                     family,
                     hidden_size: hidden,
                     intermediate_size: need(c.intermediate_size, "intermediate_size", path)?,
-                    num_layers: need(c.num_hidden_layers, "num_hidden_layers", path)?,
+                    num_layers: layers,
                     num_heads: heads,
                     num_kv_heads: c.num_key_value_heads.unwrap_or(heads),
-                    head_dim: c.head_dim.unwrap_or(hidden / heads.max(1)),
+                    head_dim: c.head_dim.unwrap_or(if is_gemma3 { 256 } else { hidden / heads.max(1) }),
                     vocab_size: need(c.vocab_size, "vocab_size", path)?,
                     max_positions: c.max_position_embeddings.unwrap_or(2048),
                     norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
-                    rope_theta: c
-                        .rope_theta
-                        .or_else(|| c.rope_parameters.as_ref()?.get("rope_theta")?.as_f64().map(|v| v as f32))
-                        .unwrap_or(10000.0),
-                    rope_scaling: parse_rope_scaling(c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()), path)?,
+                    rope_theta,
+                    rope_scaling,
                     qkv_bias: is_qwen2 || attention_bias,
                     o_bias: attention_bias,
-                    qk_norm: is_qwen3,
+                    qk_norm: is_qwen3 || is_gemma3,
                     no_rope: if is_smollm3 { smollm3_no_rope(&c, path)? } else { vec![] },
                     mlp_bias: c.mlp_bias.unwrap_or(false),
-                    tie_embeddings: c.tie_word_embeddings.unwrap_or(false),
-                    sliding_window: c.sliding_window.filter(|_| c.use_sliding_window != Some(false)),
+                    tie_embeddings: c.tie_word_embeddings.unwrap_or(is_gemma3),
+                    sliding_layers: if sliding_window.is_some() || is_gemma3 {
+                        sliding_layers(&c, is_gemma3, is_qwen2 || is_qwen3, layers, path)?
+                    } else {
+                        vec![]
+                    },
+                    sliding_window,
+                    rope_local_theta,
+                    attn_scale: is_gemma3.then(|| (c.query_pre_attn_scalar.unwrap_or(256.0) as f64).powf(-0.5) as f32),
+                    mlp_act,
+                    norm_plus_one: is_gemma3,
+                    sandwich_norms: is_gemma3,
+                    scale_embeddings: is_gemma3,
                     bos_token_id: bos,
                     eos_token_ids: eos,
                 }
@@ -228,6 +349,13 @@ impl Config {
                     mlp_bias: true,
                     tie_embeddings: c.tie_word_embeddings.unwrap_or(true),
                     sliding_window: None,
+                    sliding_layers: vec![],
+                    rope_local_theta: None,
+                    attn_scale: None,
+                    mlp_act: GateAct::GeluTanh,
+                    norm_plus_one: false,
+                    sandwich_norms: false,
+                    scale_embeddings: false,
                     bos_token_id: bos,
                     eos_token_ids: eos,
                 }
@@ -240,6 +368,16 @@ impl Config {
     /// Whether layer `i` applies RoPE.
     pub fn rope_in(&self, i: usize) -> bool {
         !self.no_rope.get(i).copied().unwrap_or(false)
+    }
+
+    /// The attention window of layer `i`, if it slides.
+    pub fn window(&self, i: usize) -> Option<usize> {
+        self.sliding_window.filter(|_| self.sliding_layers.get(i).copied().unwrap_or(true))
+    }
+
+    /// Whether layer `i` rotates with the local RoPE base (a sliding layer of a model that has one).
+    pub fn local_rope(&self, i: usize) -> bool {
+        self.rope_local_theta.is_some() && self.sliding_layers.get(i) == Some(&true)
     }
 
     /// Checks the shape relations the kernels rely on.
@@ -289,12 +427,16 @@ impl Config {
 
     /// RoPE inverse frequencies (head_dim/2), as transformers computes them in f32.
     pub fn rope_inv_freq(&self) -> Vec<f32> {
-        let d = self.head_dim;
-        let base: Vec<f32> = (0..d / 2).map(|i| 1.0 / self.rope_theta.powf((2 * i) as f32 / d as f32)).collect();
+        let base = inv_freq(self.rope_theta, self.head_dim);
         match &self.rope_scaling {
             None => base,
             Some(s) => base.into_iter().map(|f| s.scale(f)).collect(),
         }
+    }
+
+    /// The sliding layers' inverse frequencies when they have their own base (Gemma 3), unscaled.
+    pub fn rope_local_inv_freq(&self) -> Option<Vec<f32>> {
+        self.rope_local_theta.map(|theta| inv_freq(theta, self.head_dim))
     }
 
     /// Parameter count as the checkpoint stores it (tied head counted once).
@@ -308,7 +450,8 @@ impl Config {
                 let bias = if self.qkv_bias { q + 2 * kv } else { 0 } + if self.o_bias { d } else { 0 };
                 let mlp = 3 * d * f + if self.mlp_bias { 2 * f + d } else { 0 };
                 let qk_norm = if self.qk_norm { 2 * self.head_dim } else { 0 };
-                attn + bias + mlp + 2 * d + qk_norm
+                let norms = if self.sandwich_norms { 4 * d } else { 2 * d };
+                attn + bias + mlp + norms + qk_norm
             }
             Family::Gpt2 => (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d) + 4 * d,
         };
@@ -318,6 +461,11 @@ impl Config {
         };
         v * d + head + self.num_layers * per_layer + norms
     }
+}
+
+/// 1 / theta^(2i / d) for i < d/2, in f32 as transformers computes it.
+fn inv_freq(theta: f32, d: usize) -> Vec<f32> {
+    (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32)).collect()
 }
 
 fn parse_rope_scaling(v: Option<&serde_json::Value>, path: &Path) -> Result<Option<Llama3RopeScaling>> {

@@ -11,7 +11,7 @@ use super::kv_cache::KvCache;
 use super::linear::{Linear, Strided};
 use super::lora::Dropout;
 use super::param::Param;
-use crate::kernels::activation::{gelu_tanh_backward, gelu_tanh_forward, swiglu_backward, swiglu_forward};
+use crate::kernels::activation::{gelu_tanh_backward, gelu_tanh_forward, glu_backward, glu_forward};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::kv_attention::{CachedAttentionScratch, cached_attention};
@@ -28,13 +28,16 @@ pub struct Norm {
 
 pub struct Block {
     pub attn_norm: Norm,
+    /// Gemma 3's norms of the attention and MLP outputs before the residual adds (`post_attention_layernorm`,
+    /// `post_feedforward_layernorm`); `mlp_norm` is then its `pre_feedforward_layernorm`.
+    pub post_norms: Option<(Norm, Norm)>,
     /// Per-head RMSNorms of q and k, before RoPE (Qwen3): weights of head_dim values shared by the heads.
     pub qk_norm: Option<(Norm, Norm)>,
     /// q, k, v projections (Llama family) or the fused c_attn (GPT-2), writing into one (N, q+k+v) buffer.
     pub qkv: Vec<Linear>,
     pub o: Linear,
     pub mlp_norm: Norm,
-    /// gate_proj (SwiGLU); None for GPT-2's GELU MLP.
+    /// gate_proj (SwiGLU/GeGLU); None for GPT-2's GELU MLP.
     pub gate: Option<Linear>,
     pub up: Linear,
     pub down: Linear,
@@ -83,6 +86,10 @@ impl Block {
             if let Some(b) = &mut n.b {
                 f(b);
             }
+        }
+        if let Some((a, m)) = &mut self.post_norms {
+            f(&mut a.w);
+            f(&mut m.w);
         }
         if let Some((q, k)) = &mut self.qk_norm {
             f(&mut q.w);
@@ -145,7 +152,8 @@ impl Transformer {
         out
     }
 
-    fn layout(&self) -> QkvLayout {
+    /// Where q, k, v sit in the projection buffer, and how layer `i` attends (scale, window).
+    fn layout(&self, i: usize) -> QkvLayout {
         let c = &self.config;
         QkvLayout {
             row_len: self.qkv_width(),
@@ -155,7 +163,20 @@ impl Transformer {
             n_heads: c.num_heads,
             n_kv_heads: c.num_kv_heads,
             head_dim: c.head_dim,
+            scale: c.attn_scale.unwrap_or(1.0 / (c.head_dim as f32).sqrt()),
+            window: c.window(i).unwrap_or(usize::MAX),
         }
+    }
+
+    /// 1 for Gemma's zero-centred RMSNorm weights, applied as (1 + w); else 0.
+    fn norm_offset(&self) -> f32 {
+        if self.config.norm_plus_one { 1.0 } else { 0.0 }
+    }
+
+    /// Gemma's √hidden_size on the embeddings, as transformers rounds it (f64 square root, then f32).
+    fn embed_scale(&self) -> Option<f32> {
+        let c = &self.config;
+        c.scale_embeddings.then(|| (c.hidden_size as f64).sqrt() as f32)
     }
 
     /// Checks a batch against the vocabulary and the context window before any kernel runs.
@@ -166,14 +187,6 @@ impl Transformer {
         }
         if let Some(s) = batch.seqs.iter().find(|s| s.len() > c.max_positions) {
             bail!("a sequence of {} tokens exceeds the model's context window of {}", s.len(), c.max_positions);
-        }
-        if let Some(w) = c.sliding_window
-            && let Some(s) = batch.seqs.iter().find(|s| s.len() > w)
-        {
-            bail!(
-                "a sequence of {} tokens exceeds the sliding attention window of {w}, which condlm does not implement",
-                s.len()
-            );
         }
         Ok(())
     }
@@ -232,20 +245,27 @@ impl Transformer {
             block_inputs,
             lora_x_drop,
             qk_post,
+            sublayer_out,
             rope,
+            rope_local,
             cached,
             ..
         } = acts;
         let x = &mut x[..n * d];
         let pos_embed = self.pos_embed.as_ref().map(|p| &p.data[..]);
         embedding_forward(x, tokens, self.embed.matrix(), positions, pos_embed, d);
+        if let Some(s) = self.embed_scale() {
+            x.iter_mut().for_each(|v| *v *= s);
+        }
         let mut io = BlockIo {
             positions,
             ctx: &mut ctx,
             step_seed: train_seed,
             lora_x_drop,
             qk_post,
+            sublayer_out,
             rope: rope.as_ref(),
+            rope_local: rope_local.as_ref(),
             cached,
         };
         for i in 0..self.blocks.len() {
@@ -256,14 +276,16 @@ impl Transformer {
             self.block_forward(i, l, x, &mut io);
         }
         x_final_in[..n * d].copy_from_slice(x);
-        norm_forward(&self.final_norm, x, &mut final_a[..n], &mut final_b[..n], &x_final_in[..n * d], c.norm_eps);
+        let (fa, fb, off) = (&mut final_a[..n], &mut final_b[..n], self.norm_offset());
+        norm_forward(&self.final_norm, x, fa, fb, &x_final_in[..n * d], off, c.norm_eps);
     }
 
     /// Block `i` on the residual stream x (N, d): x += o(attention(rope(qkv(attn_norm(x))))), then
-    /// x += down(act(gate(h), up(h))), h = mlp_norm(x) (GPT-2: act = GELU(up(h))). Saves into `l` what its
-    /// backward needs (and, when training, the residual streams entering both halves).
+    /// x += down(act(gate(h), up(h))), h = mlp_norm(x) (GPT-2: act = GELU(up(h))); with Gemma's post norms each
+    /// sublayer's output is normed before it is added. Saves into `l` what its backward needs (and, when
+    /// training, the residual streams entering both halves).
     fn block_forward(&self, i: usize, l: &mut LayerActs, x: &mut [f32], io: &mut BlockIo) {
-        let (c, blk, layout) = (&self.config, &self.blocks[i], self.layout());
+        let (c, blk, layout, off) = (&self.config, &self.blocks[i], self.layout(i), self.norm_offset());
         let (n, d, f) = (io.positions.len(), c.hidden_size, c.intermediate_size);
         let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
         let seed = io.step_seed.map(|s| layer_seed(s, i));
@@ -271,7 +293,7 @@ impl Transformer {
         if seed.is_some() {
             l.x_in[..n * d].copy_from_slice(x);
         }
-        norm_forward(&blk.attn_norm, &mut l.h1[..n * d], &mut l.norm1_a[..n], &mut l.norm1_b[..n], x, c.norm_eps);
+        norm_forward(&blk.attn_norm, &mut l.h1[..n * d], &mut l.norm1_a[..n], &mut l.norm1_b[..n], x, off, c.norm_eps);
         let h1 = &l.h1[..n * d];
         let qkv = &mut l.qkv[..n * qw];
         let mut col = 0;
@@ -287,11 +309,12 @@ impl Transformer {
             ] {
                 let (pre, post) = (&mut pre[..n * heads * hd], &mut io.qk_post[..n * heads * hd]);
                 gather_cols(pre, qkv, qw, col, heads * hd);
-                rmsnorm_forward(post, &mut rstd[..n * heads], pre, &norm.w.data, c.norm_eps);
+                rmsnorm_forward(post, &mut rstd[..n * heads], pre, &norm.w.data, off, c.norm_eps);
                 scatter_cols(qkv, qw, col, heads * hd, post);
             }
         }
-        if let Some(rope) = io.rope.filter(|_| c.rope_in(i)) {
+        let rope = if c.local_rope(i) { io.rope_local } else { io.rope };
+        if let Some(rope) = rope.filter(|_| c.rope_in(i)) {
             rope_forward(qkv, qw, layout.q_col, c.num_heads, io.positions, rope);
             rope_forward(qkv, qw, layout.k_col, c.num_kv_heads, io.positions, rope);
         }
@@ -307,23 +330,38 @@ impl Transformer {
                 cached_attention(att, qkv, layout, slots, io.positions, cache.layer(i), io.cached);
             }
         }
-        blk.o.forward(Strided::add(x, d), att, n, &mut l.lora[SLOT_O], dropout(seed, xd));
+        let post = blk.post_norms.as_ref();
+        match post {
+            None => blk.o.forward(Strided::add(x, d), att, n, &mut l.lora[SLOT_O], dropout(seed, xd)),
+            Some((norm, _)) => {
+                let out = &mut l.attn_out[..n * d];
+                blk.o.forward(Strided::write(out, d), att, n, &mut l.lora[SLOT_O], dropout(seed, xd));
+                add_normed(x, norm, out, &mut l.post1_rstd[..n], io.sublayer_out, off, c.norm_eps);
+            }
+        }
         if seed.is_some() {
             l.x_mid[..n * d].copy_from_slice(x);
         }
 
-        norm_forward(&blk.mlp_norm, &mut l.h2[..n * d], &mut l.norm2_a[..n], &mut l.norm2_b[..n], x, c.norm_eps);
+        norm_forward(&blk.mlp_norm, &mut l.h2[..n * d], &mut l.norm2_a[..n], &mut l.norm2_b[..n], x, off, c.norm_eps);
         let h2 = &l.h2[..n * d];
         let (gate, up, act) = (&mut l.ff_gate[..n * f], &mut l.ff_up[..n * f], &mut l.ff_act[..n * f]);
         blk.up.forward(Strided::write(up, f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
         match &blk.gate {
             Some(g) => {
                 g.forward(Strided::write(gate, f), h2, n, &mut l.lora[SLOT_GATE], dropout(seed, xd));
-                swiglu_forward(act, gate, up);
+                glu_forward(act, gate, up, c.mlp_act);
             }
             None => gelu_tanh_forward(act, up),
         }
-        blk.down.forward(Strided::add(x, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd));
+        match post {
+            None => blk.down.forward(Strided::add(x, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd)),
+            Some((_, norm)) => {
+                let out = &mut l.mlp_out[..n * d];
+                blk.down.forward(Strided::write(out, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd));
+                add_normed(x, norm, out, &mut l.post2_rstd[..n], io.sublayer_out, off, c.norm_eps);
+            }
+        }
     }
 
     /// Backward of a `forward(…, Mode::Train)`: `dhidden` (N, d) is ∂L/∂(final-normed hidden states)
@@ -346,14 +384,17 @@ impl Transformer {
             step_seed,
             lora_x_drop,
             qk_post,
+            sublayer_out,
             grads,
             rope,
+            rope_local,
             cached,
             ..
         } = acts;
         let dx = &mut grads.dx[..n * d];
         dx.fill(0.0);
-        norm_backward(&mut self.final_norm, dx, dhidden, &x_final_in[..n * d], &final_a[..n], &final_b[..n]);
+        let (xf, fa, fb, off) = (&x_final_in[..n * d], &final_a[..n], &final_b[..n], self.norm_offset());
+        norm_backward(&mut self.final_norm, dx, dhidden, xf, fa, fb, off);
         let last = self.blocks.len().saturating_sub(1);
         for i in (0..self.blocks.len()).rev() {
             if recompute && i != last {
@@ -366,13 +407,19 @@ impl Transformer {
                     step_seed: *step_seed,
                     lora_x_drop,
                     qk_post,
+                    sublayer_out,
                     rope: rope.as_ref(),
+                    rope_local: rope_local.as_ref(),
                     cached,
                 };
                 self.block_forward(i, &mut layers[0], x, &mut io);
             }
             let l = &mut layers[if recompute { 0 } else { i }];
-            self.block_backward(i, l, grads, lora_x_drop, batch, rope.as_ref());
+            let rope = if self.config.local_rope(i) { rope_local.as_ref() } else { rope.as_ref() };
+            self.block_backward(i, l, grads, lora_x_drop, batch, rope);
+        }
+        if let Some(s) = self.embed_scale() {
+            grads.dx[..n * d].iter_mut().for_each(|v| *v *= s);
         }
         embedding_backward(
             self.embed.grad.as_deref_mut(),
@@ -385,7 +432,7 @@ impl Transformer {
     }
 
     /// Backward of block `i` from its saved activations `l`: `g.dx` holds ∂L/∂(block output) on entry and
-    /// ∂L/∂(block input) on return.
+    /// ∂L/∂(block input) on return. `rope`: the table the layer rotated with.
     fn block_backward(
         &mut self,
         i: usize,
@@ -395,14 +442,24 @@ impl Transformer {
         batch: &PackedBatch,
         rope: Option<&RopeTable>,
     ) {
-        let (n, qw, layout) = (batch.len(), self.qkv_width(), self.layout());
+        let (n, qw, layout, off) = (batch.len(), self.qkv_width(), self.layout(i), self.norm_offset());
         let (d, f, aw) = (self.config.hidden_size, self.config.intermediate_size, layout.n_heads * layout.head_dim);
+        let (mlp_act, rope_in) = (self.config.mlp_act, self.config.rope_in(i));
         let blk = &mut self.blocks[i];
         let dx = &mut g.dx[..n * d];
-        // MLP: x_out = x_mid + down(act(up(h2), gate(h2))), h2 = mlp_norm(x_mid)
+        // MLP: x_out = x_mid + [post_mlp_norm] down(act(up(h2), gate(h2))), h2 = mlp_norm(x_mid)
         let dact = &mut g.dff_act[..n * f];
         dact.fill(0.0);
-        let dy = blk.down.grad_view(dx, d, n);
+        let dmlp_out = match &mut blk.post_norms {
+            None => &*dx,
+            Some((_, norm)) => {
+                let dsub = &mut g.dsublayer[..n * d];
+                dsub.fill(0.0);
+                norm_backward(norm, dsub, dx, &l.mlp_out[..n * d], &[], &l.post2_rstd[..n], off);
+                &*dsub
+            }
+        };
+        let dy = blk.down.grad_view(dmlp_out, d, n);
         blk.down.backward(Some(dact), dy, &l.ff_act[..n * f], &mut l.lora[SLOT_DOWN], lora_x_drop);
         let (dgate, dup) = (&mut g.dff_gate[..n * f], &mut g.dff_up[..n * f]);
         let dh = &mut g.dh[..n * d];
@@ -410,7 +467,7 @@ impl Transformer {
         let h2 = &l.h2[..n * d];
         match &mut blk.gate {
             Some(gate) => {
-                swiglu_backward(dgate, dup, dact, &l.ff_gate[..n * f], &l.ff_up[..n * f]);
+                glu_backward(dgate, dup, dact, &l.ff_gate[..n * f], &l.ff_up[..n * f], mlp_act);
                 let dy = gate.grad_view(dgate, f, n);
                 gate.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_GATE], lora_x_drop);
             }
@@ -418,16 +475,25 @@ impl Transformer {
         }
         let dy = blk.up.grad_view(dup, f, n);
         blk.up.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_UP], lora_x_drop);
-        norm_backward(&mut blk.mlp_norm, dx, dh, &l.x_mid[..n * d], &l.norm2_a[..n], &l.norm2_b[..n]);
+        norm_backward(&mut blk.mlp_norm, dx, dh, &l.x_mid[..n * d], &l.norm2_a[..n], &l.norm2_b[..n], off);
 
-        // Attention: x_mid = x_in + o(attn(qkv(h1))), h1 = attn_norm(x_in)
+        // Attention: x_mid = x_in + [post_attn_norm] o(attn(qkv(h1))), h1 = attn_norm(x_in)
         let datt = &mut g.datt[..n * aw];
         datt.fill(0.0);
-        let dy = blk.o.grad_view(dx, d, n);
+        let dattn_out = match &mut blk.post_norms {
+            None => &*dx,
+            Some((norm, _)) => {
+                let dsub = &mut g.dsublayer[..n * d];
+                dsub.fill(0.0);
+                norm_backward(norm, dsub, dx, &l.attn_out[..n * d], &[], &l.post1_rstd[..n], off);
+                &*dsub
+            }
+        };
+        let dy = blk.o.grad_view(dattn_out, d, n);
         blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], lora_x_drop);
         let dqkv = &mut g.dqkv[..n * qw];
         attention_backward(dqkv, datt, &l.qkv[..n * qw], &l.att[..n * aw], layout, &batch.seq_start);
-        if let Some(rope) = rope.filter(|_| self.config.rope_in(i)) {
+        if let Some(rope) = rope.filter(|_| rope_in) {
             rope_backward(dqkv, qw, layout.q_col, layout.n_heads, &batch.positions, rope);
             rope_backward(dqkv, qw, layout.k_col, layout.n_kv_heads, &batch.positions, rope);
         }
@@ -441,7 +507,7 @@ impl Transformer {
                 gather_cols(dpost, dqkv, qw, col, heads * hd);
                 dpre.fill(0.0);
                 let (w, dw) = (&norm.w.data, norm.w.grad.as_deref_mut());
-                rmsnorm_backward(dpre, dw, dpost, &pre[..n * heads * hd], w, &rstd[..n * heads]);
+                rmsnorm_backward(dpre, dw, dpost, &pre[..n * heads * hd], w, off, &rstd[..n * heads]);
                 scatter_cols(dqkv, qw, col, heads * hd, dpre);
             }
         }
@@ -454,7 +520,7 @@ impl Transformer {
             lin.backward(Some(&mut *dh), dy, h1, &mut l.lora[s], lora_x_drop);
             col += lin.out_dim;
         }
-        norm_backward(&mut blk.attn_norm, dx, dh, &l.x_in[..n * d], &l.norm1_a[..n], &l.norm1_b[..n]);
+        norm_backward(&mut blk.attn_norm, dx, dh, &l.x_in[..n * d], &l.norm1_a[..n], &l.norm1_b[..n], off);
     }
 }
 
@@ -467,7 +533,11 @@ struct BlockIo<'a, 'c> {
     lora_x_drop: &'a mut Vec<f32>,
     /// Scratch of the per-head q/k norms.
     qk_post: &'a mut [f32],
+    /// Scratch of a post-normed sublayer output on its way into the residual stream (N, d).
+    sublayer_out: &'a mut [f32],
     rope: Option<&'a RopeTable>,
+    /// The sliding layers' table when they rotate with their own base (Gemma 3).
+    rope_local: Option<&'a RopeTable>,
     cached: &'a mut CachedAttentionScratch,
 }
 
@@ -495,17 +565,28 @@ fn layer_seed(step_seed: u64, layer: usize) -> u64 {
     crate::rng::mix(step_seed ^ (layer as u64).wrapping_mul(0x9E37_79B9))
 }
 
-fn norm_forward(n: &Norm, out: &mut [f32], stat_a: &mut [f32], stat_b: &mut [f32], x: &[f32], eps: f32) {
+/// RMSNorm (weights applied as offset + w) or LayerNorm (which keeps its mean in `stat_a`).
+fn norm_forward(n: &Norm, out: &mut [f32], stat_a: &mut [f32], stat_b: &mut [f32], x: &[f32], off: f32, eps: f32) {
     match &n.b {
-        None => rmsnorm_forward(out, stat_b, x, &n.w.data, eps),
+        None => rmsnorm_forward(out, stat_b, x, &n.w.data, off, eps),
         Some(b) => layernorm_forward(out, stat_a, stat_b, x, &n.w.data, &b.data, eps),
     }
 }
 
+/// x (N, d) += norm(out): a post-normed sublayer output joins the residual stream (Gemma 3). `rstd` (N) is kept
+/// for the backward; `scratch` (≥ N·d) holds the normed rows on their way.
+fn add_normed(x: &mut [f32], norm: &Norm, out: &[f32], rstd: &mut [f32], scratch: &mut [f32], off: f32, eps: f32) {
+    let normed = &mut scratch[..x.len()];
+    rmsnorm_forward(normed, rstd, out, &norm.w.data, off, eps);
+    for (x, v) in x.iter_mut().zip(normed.iter()) {
+        *x += v;
+    }
+}
+
 /// dx += ∂(norm)/∂x · dout; norm weight/bias gradients accumulate when trainable.
-fn norm_backward(n: &mut Norm, dx: &mut [f32], dout: &[f32], x: &[f32], stat_a: &[f32], stat_b: &[f32]) {
+fn norm_backward(n: &mut Norm, dx: &mut [f32], dout: &[f32], x: &[f32], stat_a: &[f32], stat_b: &[f32], off: f32) {
     match &mut n.b {
-        None => rmsnorm_backward(dx, n.w.grad.as_deref_mut(), dout, x, &n.w.data, stat_b),
+        None => rmsnorm_backward(dx, n.w.grad.as_deref_mut(), dout, x, &n.w.data, off, stat_b),
         Some(b) => {
             layernorm_backward(dx, n.w.grad.as_deref_mut(), b.grad.as_deref_mut(), dout, x, &n.w.data, stat_a, stat_b)
         }

@@ -46,8 +46,12 @@ impl MemoryPlan {
         // f32 values per token: per block the saved streams, norms' inputs, q|k|v, attention output, the MLP's
         // three (N, ffn) buffers and LoRA's (N, r) factors and their gradients; then the backward scratch and
         // the model-level streams, which exist once.
-        let per_block = 4 * d + qkv + q + 3 * f + 4 + linears.len() * 2 * lora_r;
-        let once = 4 * d + qkv + q + 3 * f + d.max(f);
+        // Per-head q/k norms keep q and k before them and their RMS per head; Gemma's post norms keep both
+        // sublayer outputs before them and their RMS per row.
+        let qk_norm = if c.qk_norm { q + kv + c.num_heads + c.num_kv_heads } else { 0 };
+        let post_norms = if c.sandwich_norms { 2 * d + 2 } else { 0 };
+        let per_block = 4 * d + qkv + q + 3 * f + 4 + linears.len() * 2 * lora_r + qk_norm + post_norms;
+        let once = 4 * d + qkv + q + 3 * f + d.max(f) + if c.qk_norm { 3 * q } else { 0 } + post_norms;
         // The LM head's logits and their gradient, 64 rows at a time.
         let head = 2 * 64 * c.vocab_size * 4;
         // With activation checkpointing every block keeps its input (N, d) and one block's buffers exist.

@@ -1,6 +1,7 @@
 //! A small Llama-architecture model built from scratch: its `Config` and random weights (normal,
 //! std 0.02, norms at 1), a pure function of the seed through `condlm::rng`. Tensor names and
 //! shapes are the ones `model::loader` reads, so the model saves as an HF folder and loads back.
+use condlm::kernels::activation::GateAct;
 use condlm::network::config::{Config, Family};
 use condlm::network::linear::Linear;
 use condlm::network::param::Param;
@@ -41,6 +42,13 @@ pub fn llama_config(size: ModelSize, vocab: usize, eos: u32) -> Config {
         qk_norm: false,
         no_rope: vec![],
         sliding_window: None,
+        sliding_layers: vec![],
+        rope_local_theta: None,
+        attn_scale: None,
+        mlp_act: GateAct::Silu,
+        norm_plus_one: false,
+        sandwich_norms: false,
+        scale_embeddings: false,
         bos_token_id: None,
         eos_token_ids: vec![eos],
     }
@@ -88,6 +96,7 @@ pub fn random_llama(config: &Config, seed: u64) -> Transformer {
             Block {
                 qk_norm: None,
                 attn_norm: rms_norm(&format!("{p}.input_layernorm"), d),
+                post_norms: None,
                 qkv: vec![
                     linear(seed, &format!("{p}.self_attn.q_proj"), d, q),
                     linear(seed, &format!("{p}.self_attn.k_proj"), d, kv),

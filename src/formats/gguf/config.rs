@@ -1,5 +1,6 @@
 //! The network's `Config` from GGUF metadata (`general.architecture` and its `<arch>.*` keys).
 use super::file::GgufFile;
+use crate::kernels::activation::GateAct;
 use crate::network::config::{Config, Family};
 use anyhow::{Context, Result, bail};
 use std::path::Path;
@@ -8,11 +9,11 @@ use std::path::Path;
 pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     let arch = g.get_str("general.architecture")?.to_string();
     let family = match arch.as_str() {
-        "llama" | "qwen2" | "qwen3" => Family::Llama,
+        "llama" | "qwen2" | "qwen3" | "gemma3" => Family::Llama,
         "gpt2" => Family::Gpt2,
         other => {
             bail!(
-                "{}: GGUF architecture \"{other}\" is not supported (supported: llama, qwen2, qwen3, gpt2)",
+                "{}: GGUF architecture \"{other}\" is not supported (supported: llama, qwen2, qwen3, gemma3, gpt2)",
                 path.display()
             )
         }
@@ -36,6 +37,15 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
             .with_context(|| format!("{}: no vocab size and no token_embd.weight tensor", path.display()))?
             as usize,
     };
+    let layers = g.get_usize(&key("block_count"))?;
+    let gemma3 = arch == "gemma3";
+    // Gemma 3 as llama.cpp (and transformers' GGUF loader) run it: every 6th layer global, the others sliding
+    // with RoPE base 10 000, q·k scaled by 1/√head_dim (query_pre_attn_scalar = head_dim in the small models).
+    let sliding_window = g.opt_usize(&key("attention.sliding_window"))?.filter(|_| gemma3);
+    let sliding_layers = match g.opt_usize(&key("attention.sliding_window_pattern"))? {
+        _ if !gemma3 => vec![],
+        pattern => (0..layers).map(|i| (i + 1) % pattern.unwrap_or(6).max(1) != 0).collect(),
+    };
     let eps_key = match family {
         Family::Llama => key("attention.layer_norm_rms_epsilon"),
         Family::Gpt2 => key("attention.layer_norm_epsilon"),
@@ -44,7 +54,7 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         family,
         hidden_size: hidden,
         intermediate_size: g.get_usize(&key("feed_forward_length"))?,
-        num_layers: g.get_usize(&key("block_count"))?,
+        num_layers: layers,
         num_heads: heads,
         num_kv_heads: kv_heads,
         head_dim,
@@ -59,7 +69,14 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         tie_embeddings: g.tensor("output.weight").is_none(),
         qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
         no_rope: vec![],
-        sliding_window: None,
+        sliding_window,
+        sliding_layers,
+        rope_local_theta: gemma3.then_some(10_000.0),
+        attn_scale: None,
+        mlp_act: if gemma3 { GateAct::GeluTanh } else { GateAct::Silu },
+        norm_plus_one: gemma3,
+        sandwich_norms: gemma3,
+        scale_embeddings: gemma3,
         bos_token_id: g.opt_u32("tokenizer.ggml.bos_token_id")?,
         eos_token_ids: g.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
         architecture: arch,

@@ -37,6 +37,12 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
             "the model skips RoPE in some layers (SmolLM3's no_rope_layers); exporting it to GGUF is not supported yet"
         );
     }
+    if c.sandwich_norms {
+        bail!(
+            "exporting Gemma 3 to GGUF is not supported yet; `condlm merge` writes it as a Hugging Face folder, which \
+             llama.cpp's convert_hf_to_gguf.py converts"
+        );
+    }
     Ok(match (c.family, c.architecture.as_str()) {
         (Family::Gpt2, _) => "gpt2",
         (Family::Llama, "Qwen2ForCausalLM" | "qwen2") => "qwen2",

@@ -8,4 +8,6 @@ pub mod file;
 pub mod modelfile;
 pub mod quantize;
 pub mod tokenizer;
+mod tokenizer_meta;
+mod tokenizer_spm;
 pub mod writer;
