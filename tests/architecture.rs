@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("output", 0),
     ("input", 0),
     ("progress", 0),
+    ("distributed", 0),
     ("network", 1),
     ("tokenizer", 2),
     ("formats", 3),

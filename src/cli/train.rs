@@ -2,8 +2,9 @@
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::source::DataFormat;
+use condlm::distributed::Collectives;
 use condlm::formats::weights::BaseDtype;
-use condlm::train::run::{Ending, RunOptions, train};
+use condlm::train::run::{Ending, RunOptions, train_on};
 use condlm::train::schedule::Schedule;
 use condlm::train::settings::TrainSettings;
 use std::path::PathBuf;
@@ -45,6 +46,11 @@ pub struct TrainArgs {
     /// End this invocation after N steps with a checkpoint, as an interruption would (resume it later).
     #[arg(long)]
     stop_after_steps: Option<u64>,
+    /// Under mpirun/srun: each rank keeps and updates 1/R of the AdamW moments (ZeRO stage 1), then the updated
+    /// parts are broadcast; the same numbers, less memory per rank for full fine-tuning [default: every rank
+    /// keeps all moments]. May be turned on or off on --resume.
+    #[arg(long)]
+    zero1: bool,
     /// Model: HF folder, .gguf file, or hub id org/name.
     #[arg(long)]
     model: Option<String>,
@@ -222,6 +228,7 @@ impl TrainArgs {
         let bare = TrainArgs {
             resume: self.resume.clone(),
             stop_after_steps: self.stop_after_steps,
+            zero1: self.zero1,
             accept_changed_data: self.accept_changed_data,
             no_divergence_guard: self.no_divergence_guard,
             allow_worse: self.allow_worse,
@@ -234,11 +241,31 @@ impl TrainArgs {
     }
 }
 
+/// Runs `train` as this process's rank (under `mpirun`/`srun` with the `mpi` feature; else the one process). An
+/// error on any rank ends every rank of the job (MPI_Abort) with the message, rather than leaving the others
+/// waiting in a collective.
 pub fn run(a: TrainArgs) -> Result<()> {
+    let world = condlm::distributed::init()?;
+    let code = match run_on(&*world, a) {
+        Err(e) if world.size() > 1 => {
+            eprintln!("error (rank {} of {}): {e:#}\nending every rank of the job", world.rank(), world.size());
+            world.abort(1)
+        }
+        r => r?,
+    };
+    drop(world); // MPI_Finalize before exiting with the code
+    if code != 0 {
+        std::process::exit(code);
+    }
+    Ok(())
+}
+
+/// One rank's `train`; the exit code of an interrupted run (0 otherwise).
+fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
     if a.resume.is_some() && !a.only_resume_flags() {
         bail!(
             "--resume continues a run with the settings saved in its checkpoint; drop the other flags (only \
-             --stop-after-steps, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check, \
+             --stop-after-steps, --zero1, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check, \
              --checkpoint-activations, --base-dtype stored|f32 and --threads may be given)"
         );
     }
@@ -256,15 +283,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
         dry_run: a.dry_run,
         resume_checkpoint_activations: a.checkpoint_activations,
         resume_base_dtype: a.base_dtype,
+        zero1: a.zero1,
     };
-    let r = train(settings, &opts)?;
+    let r = train_on(world, settings, &opts)?;
+    if !world.is_root() {
+        return Ok(if let Ending::Interrupted(sig) = r.ending { sig.exit_code() } else { 0 });
+    }
     if r.ending == Ending::DryRun {
         eprintln!("dry run: nothing trained or written");
-        return Ok(());
+        return Ok(0);
     }
     if r.ending == Ending::AlreadyFinished {
         eprintln!("the run already finished ({} steps); its result is {}", r.steps, r.output.display());
-        return Ok(());
+        return Ok(0);
     }
     let eval = match (r.eval_before, r.eval_after) {
         (Some(b), Some(e)) => format!(
@@ -292,7 +323,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     match r.ending {
         Ending::Interrupted(sig) => {
             eprintln!("interrupted by {}; continue with: condlm train --resume {}", sig.name(), out.display());
-            std::process::exit(sig.exit_code());
+            return Ok(sig.exit_code());
         }
         Ending::Finished => match r.worse {
             Some(w) if !a.allow_worse => {
@@ -303,5 +334,5 @@ pub fn run(a: TrainArgs) -> Result<()> {
         },
         _ => {}
     }
-    Ok(())
+    Ok(0)
 }

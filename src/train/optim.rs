@@ -41,24 +41,27 @@ pub fn decays(p: &Param) -> bool {
 /// `cfg.weight_decay` applies as given (the caller picks 0 for tensors that do not decay).
 pub fn adamw_update(p: &mut Param, mom: &mut Moments, cfg: &AdamWConfig, lr: f64, t: u64) {
     let g = p.grad.as_ref().expect("AdamW on a frozen tensor");
+    adamw_update_slice(&mut p.data, g, mom, cfg, lr, t);
+}
+
+/// [`adamw_update`] of the values `w` with gradients `g` (a tensor or a contiguous part of one: the update is
+/// element-wise, so a part updates exactly as inside the whole).
+pub fn adamw_update_slice(w: &mut [f32], g: &[f32], mom: &mut Moments, cfg: &AdamWConfig, lr: f64, t: u64) {
     let decay = (1.0 - lr * cfg.weight_decay) as f32;
     // 1 − β in f64, then f32: (1 − 0.999f32) would be off by 5e-5 relative.
     let (b2, one_minus_b1, one_minus_b2) = (cfg.beta2 as f32, (1.0 - cfg.beta1) as f32, (1.0 - cfg.beta2) as f32);
     let step_size = (lr / (1.0 - cfg.beta1.powi(t as i32))) as f32;
     let bc2_sqrt = (1.0 - cfg.beta2.powi(t as i32)).sqrt() as f32;
     let eps = cfg.eps as f32;
-    p.data
-        .par_iter_mut()
-        .zip(g.par_iter())
-        .zip(mom.m.par_iter_mut().zip(mom.v.par_iter_mut()))
-        .with_min_len(4096)
-        .for_each(|((w, &g), (m, v))| {
+    w.par_iter_mut().zip(g.par_iter()).zip(mom.m.par_iter_mut().zip(mom.v.par_iter_mut())).with_min_len(4096).for_each(
+        |((w, &g), (m, v))| {
             *w *= decay;
             *m += one_minus_b1 * (g - *m);
             *v = *v * b2 + one_minus_b2 * g * g;
             let denom = v.sqrt() / bc2_sqrt + eps;
             *w += -step_size * (*m / denom);
-        });
+        },
+    );
 }
 
 /// Elements per partial sum of [`add_grad_sq`]: the partial sums are summed in a fixed order, so the norm does

@@ -1,5 +1,9 @@
 //! A whole training run, top to bottom: load model and data, attach adapters, loop over
 //! optimizer steps with evaluation, metrics and checkpoints, then write the adapter or model.
+//!
+//! Data-parallel under MPI ([`train_on`] with several ranks): every rank loads the model and the data and
+//! visits the same steps; each computes its shard of every micro-batch ([`Trainer::step_on`]) and of each
+//! evaluation. Rank 0 alone touches the output folder (metrics, checkpoints, plot, result) and draws the progress.
 use super::checkpoint::{self, RunRecord};
 use super::guard::{Guard, worse_than_start};
 use super::interrupt::{Interrupt, Signal};
@@ -12,6 +16,7 @@ use super::trainer::{StepStats, TrainConfig, TrainState, Trainer};
 use crate::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
 use crate::data::example::Example;
 use crate::data::source::DataSource;
+use crate::distributed::{Collectives, Single, shard};
 use crate::formats::hf_export::save_hf_folder;
 use crate::formats::load::{LoadedModel, open_model};
 use crate::formats::peft::save_adapter;
@@ -97,6 +102,8 @@ pub struct RunOptions {
     pub resume_checkpoint_activations: bool,
     /// On resume, keep the base as this instead (stored ↔ f32 give the same numbers; bf16 does not).
     pub resume_base_dtype: Option<BaseDtype>,
+    /// Under several ranks, ZeRO-1: each rank keeps 1/R of the AdamW moments ([`Trainer::shard_optimizer`]).
+    pub zero1: bool,
 }
 
 impl Default for RunOptions {
@@ -111,6 +118,7 @@ impl Default for RunOptions {
             dry_run: false,
             resume_checkpoint_activations: false,
             resume_base_dtype: None,
+            zero1: false,
         }
     }
 }
@@ -131,15 +139,27 @@ pub fn lora_config(s: &TrainSettings) -> LoraConfig {
 /// Token-weighted NLL of `data` under the model's current weights (no dropout); a non-finite row is named
 /// by its source.
 pub fn evaluate(model: &Transformer, data: &Dataset) -> Result<Totals> {
-    let lps = score_encoded(model, &data.examples, EVAL_BATCH, |_| {}).map_err(|e| name_row(e, &data.sources))?;
-    Ok(Totals::of(&row_scores(&lps)))
+    evaluate_on(&Single, model, data)
 }
 
+/// [`evaluate`] as one rank of `world`: each rank scores its shard of the rows, the totals are summed.
+fn evaluate_on(world: &dyn Collectives, model: &Transformer, data: &Dataset) -> Result<Totals> {
+    let mine = shard(data.examples.len(), world.rank(), world.size());
+    let lps = score_encoded(model, &data.examples[mine.clone()], EVAL_BATCH, |_| {})
+        .map_err(|e| name_row(e, &data.sources[mine]))?;
+    let t = Totals::of(&row_scores(&lps));
+    let mut sums = [t.nll, t.tokens as f64];
+    world.sum_f64(&mut sums);
+    Ok(Totals { nll: sums[0], tokens: sums[1] as usize })
+}
+
+/// The training and eval rows; `describe` prints their statistics.
 fn load_data(
     s: &TrainSettings,
     (data, eval_data): &(DataSource, Option<DataSource>),
     tok: &TextTokenizer,
     max_positions: usize,
+    describe: bool,
 ) -> Result<(Dataset, Option<Dataset>)> {
     let opts = DataOptions {
         prompt_field: s.prompt_field.clone(),
@@ -166,9 +186,11 @@ fn load_data(
         }
         bail!("{}: no training rows left (all were empty or truncated away)", data.label);
     }
-    eprintln!("{}", train.stats.describe(&format!("train ({})", data.label)));
-    if let Some(e) = &eval {
-        eprintln!("{}", e.stats.describe("eval"));
+    if describe {
+        eprintln!("{}", train.stats.describe(&format!("train ({})", data.label)));
+        if let Some(e) = &eval {
+            eprintln!("{}", e.stats.describe("eval"));
+        }
     }
     Ok((train, eval))
 }
@@ -246,12 +268,22 @@ fn read_curves(dir: &Path) -> (Curve, Curve) {
 /// Runs (or, with `opts.resume`, continues) a training run. Everything is loaded and checked before the output
 /// folder is touched; an earlier run replaced by `opts.overwrite` is kept until the first checkpoint.
 pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
+    train_on(&Single, s, opts)
+}
+
+/// [`train`] as one rank of `world` (every rank calls it with the same settings and options). A resumed run
+/// reads its checkpoint on every rank, so on several machines the output folder must be shared (as the data
+/// is); any number of ranks can resume any checkpoint.
+pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
+    let root = world.is_root();
     let (s, resumed) = settings_and_state(s, opts)?;
     let sources = s.data_sources()?;
     let out = s.output_dir.clone();
     let inputs: Vec<&Path> =
         [Path::new(&s.model), Path::new(&s.data)].into_iter().chain(s.eval_data.as_deref().map(Path::new)).collect();
-    output_dir::check(&out, resumed.is_some(), opts.overwrite, &inputs)?;
+    if root {
+        output_dir::check(&out, resumed.is_some(), opts.overwrite, &inputs)?;
+    }
     let available = if opts.memory_check { available_bytes() } else { None };
     let opened = open_model(&s.model)?;
     let params = opened.config.num_parameters();
@@ -259,16 +291,19 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
     let kept = if s.full { [("F32", 4 * params)].into() } else { opened.weights.resident_bytes(s.base_dtype) };
     let weight_bytes = kept.values().sum();
     MemoryPlan::new(&opened.config, &s, 0, weight_bytes).check(available, &s)?;
-    let (train_set, eval_set) = load_data(&s, &sources, &opened.tokenizer, opened.config.max_positions)?;
+    let (train_set, eval_set) = load_data(&s, &sources, &opened.tokenizer, opened.config.max_positions, root)?;
     let lengths = train_set.examples.iter().map(|e| e.ids.len()).collect();
     let memory = MemoryPlan::new(&opened.config, &s, largest_micro_batch(lengths, s.batch_size), weight_bytes);
     memory.check(available, &s)?;
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-    eprintln!(
-        "memory: {}{}",
-        memory.describe(),
-        available.map_or(String::new(), |a| format!("; {:.2} GiB available", gib(a)))
-    );
+    if root {
+        eprintln!(
+            "memory: {}{}{}",
+            memory.describe(),
+            available.map_or(String::new(), |a| format!("; {:.2} GiB available", gib(a))),
+            if world.size() > 1 { format!(" (per rank; {} ranks)", world.size()) } else { String::new() }
+        );
+    }
     if opts.dry_run {
         let by_type: Vec<String> = kept.iter().map(|(ty, b)| format!("{ty} {:.2}", gib(*b))).collect();
         eprintln!("weights as kept (GiB): {}", by_type.join(", "));
@@ -285,6 +320,9 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
     let plan = Plan::new(&s, train_set.examples.len());
     let vocab = model.config.vocab_size;
     let mut trainer = Trainer::new(model, train_config(&s, plan.total_steps))?;
+    if opts.zero1 && world.size() > 1 {
+        trainer.shard_optimizer(world);
+    }
     let (mut best_eval, mut data_changed) = (None, false);
     if let Some((meta, state)) = resumed {
         data_changed = check_same_data(&meta, &data_sha256, opts.accept_changed_data)?;
@@ -296,10 +334,13 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
         return Ok(RunSummary { steps: trainer.step, ..RunSummary::nothing(Ending::AlreadyFinished, output) });
     }
 
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
+    if root {
+        std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
+    }
     let interrupt = Interrupt::install()?;
-    let mut aside = if opts.overwrite { SetAside::take(&out)? } else { None };
+    let mut aside = if opts.overwrite && root { SetAside::take(&out)? } else { None };
     let steps = StepLoop {
+        world,
         s: &s,
         plan,
         train_set: &train_set,
@@ -316,6 +357,7 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
     };
     let ending = progress.ending;
     let output = match ending {
+        _ if !root => out.clone(),
         Ending::Finished if s.full => {
             save_hf_folder(&output, &trainer.model, &tokenizer, &files)?;
             output
@@ -326,7 +368,7 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
         }
         _ => checkpoint::list(&out).pop().map_or(out.clone(), |c| c.1),
     };
-    let (train_curve, eval_curve) = read_curves(&out);
+    let (train_curve, eval_curve) = if root { read_curves(&out) } else { Default::default() };
     if !train_curve.is_empty() {
         plot_losses(&out.join("loss.png"), &format!("condlm: {}", s.model), &train_curve, &eval_curve)?;
     }
@@ -475,6 +517,7 @@ struct Progress {
 
 /// The optimizer steps of one invocation, with their metrics, evaluations and checkpoints.
 struct StepLoop<'a> {
+    world: &'a dyn Collectives,
     s: &'a TrainSettings,
     plan: Plan,
     train_set: &'a Dataset,
@@ -489,7 +532,15 @@ struct StepLoop<'a> {
 
 impl StepLoop<'_> {
     fn evaluate(&self, t: &Trainer) -> Result<Option<Totals>> {
-        self.eval_set.map(|e| evaluate(&t.model, e)).transpose()
+        self.eval_set.map(|e| evaluate_on(self.world, &t.model, e)).transpose()
+    }
+
+    /// The signal rank 0 received, if any, on every rank: all ranks stop after the same step.
+    fn signal(&self) -> Option<Signal> {
+        let codes = [None, Some(Signal::Int), Some(Signal::Term)];
+        let mut code = [codes.iter().position(|&c| c == self.interrupt.requested()).unwrap_or(0) as f32];
+        self.world.broadcast_f32(&mut code, 0);
+        codes[code[0] as usize]
     }
 
     /// Takes the steps; the first checkpoint written discards the earlier run `aside` replaced.
@@ -501,17 +552,23 @@ impl StepLoop<'_> {
     ) -> Result<Progress> {
         let (s, plan, mut guard) = (self.s, self.plan, self.guard.take());
         let (start_step, total) = (trainer.step, plan.total_steps as u64);
-        let mut metrics = Metrics::open(&s.output_dir, (start_step > 0).then_some(start_step))?;
-        if self.data_changed {
-            metrics.log(
-                serde_json::json!({"step": start_step, "event": "data_changed", "data_sha256": self.data_sha256}),
-            )?;
+        let root = self.world.is_root();
+        let mut metrics =
+            if root { Some(Metrics::open(&s.output_dir, (start_step > 0).then_some(start_step))?) } else { None };
+        if self.data_changed
+            && let Some(m) = &mut metrics
+        {
+            m.log(serde_json::json!({"step": start_step, "event": "data_changed", "data_sha256": self.data_sha256}))?;
         }
         let eval_before = if start_step == 0 { self.evaluate(trainer)? } else { None };
-        if let Some(t) = eval_before {
-            metrics.log_eval(0, &t)?;
+        if let (Some(t), Some(m)) = (eval_before, &mut metrics) {
+            m.log_eval(0, &t)?;
         }
-        let bar = progress::bar(total, "{bar:30} step {pos}/{len} {msg} ETA {eta}");
+        let bar = if root {
+            progress::bar(total, "{bar:30} step {pos}/{len} {msg} ETA {eta}")
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         bar.set_position(start_step);
         let mut p = Progress {
             steps_taken: 0,
@@ -533,7 +590,7 @@ impl StepLoop<'_> {
             let at = (step % plan.steps_per_epoch as u64) as usize * plan.rows_per_step;
             let take = at..(at + plan.rows_per_step).min(epoch.1.len());
             let t0 = Instant::now();
-            let st: StepStats = trainer.step(&epoch.1[take.clone()], s.batch_size, &epoch.2[take])?;
+            let st: StepStats = trainer.step_on(self.world, &epoch.1[take.clone()], s.batch_size, &epoch.2[take])?;
             let step_s = t0.elapsed().as_secs_f64();
             (p.train_secs, p.tokens, p.last_loss) = (p.train_secs + step_s, p.tokens + st.tokens, st.loss);
             p.steps_taken += 1;
@@ -541,11 +598,13 @@ impl StepLoop<'_> {
                 p.first_loss = st.loss;
             }
             let (done, tps) = (step + 1, p.tokens as f64 / p.train_secs);
-            metrics.log(serde_json::json!({
-                "step": done, "epoch": plan.epoch_of(done), "loss": st.loss, "lr": st.lr,
-                "grad_norm": st.grad_norm, "tokens": st.tokens, "y_tokens": st.y_tokens,
-                "step_s": step_s, "tokens_per_s": tps,
-            }))?;
+            if let Some(m) = &mut metrics {
+                m.log(serde_json::json!({
+                    "step": done, "epoch": plan.epoch_of(done), "loss": st.loss, "lr": st.lr,
+                    "grad_norm": st.grad_norm, "tokens": st.tokens, "y_tokens": st.y_tokens,
+                    "step_s": step_s, "tokens_per_s": tps, "comm_s": st.comm_s, "wait_s": st.wait_s,
+                }))?;
+            }
             if let Some(g) = &mut guard {
                 g.check(done, &st)
                     .map_err(|msg| anyhow::anyhow!("{msg}; turn this check off with --no-divergence-guard"))?;
@@ -561,7 +620,9 @@ impl StepLoop<'_> {
             };
             let mut improved = false;
             if eval_due && let Some(t) = self.evaluate(trainer)? {
-                metrics.log_eval(done, &t)?;
+                if let Some(m) = &mut metrics {
+                    m.log_eval(done, &t)?;
+                }
                 bar.println(format!(
                     "step {done}: eval NLL {:.4}, perplexity {:.3}",
                     t.nll_per_token(),
@@ -573,17 +634,29 @@ impl StepLoop<'_> {
                 }
                 p.eval_after = Some(t);
             }
-            let signal = self.interrupt.requested();
+            let signal = self.signal();
             if let Some(sig) = signal {
                 bar.println(format!("{}: finishing step {done} with a checkpoint", sig.name()));
             }
             let stopped = self.stop_after.is_some() && done == end && done < total;
             let save_due = s.save_every > 0 && done % s.save_every as u64 == 0;
             if improved || stopped || signal.is_some() || done == total || save_due {
-                let run = RunRecord { settings: s, best_eval, data_sha256: self.data_sha256 };
-                checkpoint::save(&s.output_dir, trainer.step, &trainer.trainable_state(), &run)?;
-                if let Some(a) = aside.take() {
-                    a.discard()?;
+                // Every rank decides alike (the values above are the same on all); ZeRO-1 gathers the moments.
+                let gathered = trainer.gather_moments(self.world);
+                if root {
+                    let step = trainer.step;
+                    let mut state = trainer.trainable_state();
+                    for (t, m) in state.iter_mut().zip(gathered.iter().flatten()) {
+                        t.2 = m;
+                    }
+                    let run = RunRecord { settings: s, best_eval, data_sha256: self.data_sha256 };
+                    checkpoint::save(&s.output_dir, step, &state, &run)?;
+                    if let Some(a) = aside.take() {
+                        a.discard()?;
+                    }
+                    if let Some(g) = gathered {
+                        trainer.keep_own_parts(g);
+                    }
                 }
             }
             if let Some(sig) = signal {

@@ -1,12 +1,25 @@
 //! The optimizer step the training loop drives: micro-batches → exact token-weighted loss and
 //! gradients → clipping → AdamW → schedule. State export/import makes checkpoints exact.
+//!
+//! Data-parallel (`step_on` with several ranks): every rank holds the step's rows and takes its shard of each
+//! micro-batch; each y token is still weighted by 1 / (y tokens of the whole step), counted on all rows, so the
+//! gradients summed over ranks are the single-process gradients up to summation order.
+//!
+//! ZeRO stage 1 ([`Trainer::shard_optimizer`]): the trainable elements, in model order, are split into one
+//! contiguous part per rank; a rank keeps the AdamW moments of its part only, updates only those values, then
+//! every part is broadcast from its owner. AdamW is element-wise, so the values are those of the unsharded run.
 use super::objective::{ObjectiveScratch, forward_backward};
-use super::optim::{AdamWConfig, Moments, NORM_CHUNK, adamw_update, add_grad_sq, clip_coef, decays, scale_grad};
+use super::optim::{
+    AdamWConfig, Moments, NORM_CHUNK, adamw_update, adamw_update_slice, add_grad_sq, clip_coef, decays, scale_grad,
+};
 use super::schedule::{Schedule, lr_factor};
 use crate::data::example::Example;
+use crate::distributed::{Collectives, Single, shard};
 use crate::network::transformer::Transformer;
 use anyhow::{Result, bail};
 use std::borrow::Borrow;
+use std::ops::Range;
+use std::time::Instant;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -34,6 +47,10 @@ pub struct StepStats {
     /// Gradient norm before clipping.
     pub grad_norm: f64,
     pub lr: f64,
+    /// Seconds spent moving data in collectives (gradient sums, ZeRO-1 broadcasts); 0 on one process.
+    pub comm_s: f64,
+    /// Seconds this rank waited for the slowest rank to finish its micro-batches (a barrier before the sums).
+    pub wait_s: f64,
 }
 
 /// Trainable tensors, their moments and the step counter — everything a checkpoint needs
@@ -45,13 +62,19 @@ pub struct TrainState {
     pub tensors: Vec<(String, Vec<f32>, Moments)>,
 }
 
+/// Values per gradient bucket of a multi-rank step (4 MiB).
+const BUCKET: usize = 1 << 20;
+
 pub struct Trainer {
     pub model: Transformer,
     pub cfg: TrainConfig,
     /// Optimizer steps taken.
     pub step: u64,
-    /// AdamW moments of each trainable tensor, in model order.
+    /// AdamW moments of each trainable tensor, in model order (under ZeRO-1, of this rank's part of it).
     moments: Vec<Moments>,
+    zero1: Option<Zero1>,
+    /// Small gradients packed end to end for one collective (see `sum_over_ranks`).
+    bucket: Vec<f32>,
     scratch: ObjectiveScratch,
     /// Partial sums of the gradient norm (see `optim::add_grad_sq`), sized for the largest tensor.
     norm_partials: Vec<f64>,
@@ -73,7 +96,28 @@ impl Trainer {
         let norm_partials = vec![0.0; largest.div_ceil(NORM_CHUNK)];
         let mut scratch = ObjectiveScratch::default();
         scratch.recompute_activations = cfg.checkpoint_activations;
-        Ok(Trainer { model, cfg, step: 0, moments, scratch, norm_partials })
+        Ok(Trainer { model, cfg, step: 0, moments, scratch, norm_partials, zero1: None, bucket: vec![] })
+    }
+
+    /// ZeRO-1 over `world`: from now on this rank keeps (and updates) the moments of its part of the trainable
+    /// elements only. Call before [`Self::import_state`] and the first step; every rank calls it.
+    pub fn shard_optimizer(&mut self, world: &dyn Collectives) {
+        let sizes = self.trainable_sizes();
+        let z = Zero1 { total: sizes.iter().sum(), rank: world.rank(), ranks: world.size() };
+        let mut at = 0;
+        self.moments = sizes
+            .iter()
+            .map(|&len| {
+                let own = z.part(at..at + len, z.rank);
+                at += len;
+                Moments::zeros(own.len())
+            })
+            .collect();
+        self.zero1 = Some(z);
+    }
+
+    fn trainable_sizes(&mut self) -> Vec<usize> {
+        self.model.params_mut().into_iter().filter(|p| p.is_trainable()).map(|p| p.data.len()).collect()
     }
 
     /// One optimizer step over `rows`, in micro-batches of `micro_batch` rows (gradient accumulation). `labels`
@@ -85,6 +129,18 @@ impl Trainer {
         micro_batch: usize,
         labels: &[impl AsRef<str>],
     ) -> Result<StepStats> {
+        self.step_on(&Single, rows, micro_batch, labels)
+    }
+
+    /// [`Self::step`] as one rank of `world`: every rank passes the same `rows` (the whole step) and computes
+    /// its shard of each micro-batch; gradients and loss are summed over ranks before clipping and the update.
+    pub fn step_on<E: Borrow<Example>>(
+        &mut self,
+        world: &dyn Collectives,
+        rows: &[E],
+        micro_batch: usize,
+        labels: &[impl AsRef<str>],
+    ) -> Result<StepStats> {
         let y_tokens: usize = rows.iter().map(|e| e.borrow().n_targets()).sum();
         if y_tokens == 0 {
             let names: Vec<&str> = labels.iter().map(|l| l.as_ref()).collect();
@@ -92,7 +148,15 @@ impl Trainer {
         }
         let lr =
             self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
-        let loss = self.accumulate_gradients(rows, micro_batch, 1.0 / y_tokens as f32)?;
+        let loss = self.accumulate_gradients(world, rows, micro_batch, 1.0 / y_tokens as f32)?;
+        let t0 = Instant::now();
+        if world.size() > 1 {
+            world.barrier();
+        }
+        let wait_s = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let loss = self.sum_over_ranks(world, loss);
+        let mut comm_s = t0.elapsed().as_secs_f64();
         let grad_norm = self.grad_norm();
         if !(grad_norm.is_finite() && loss.is_finite()) {
             let cause = if self.step == 0 {
@@ -106,19 +170,68 @@ impl Trainer {
         }
         let clip = self.cfg.max_grad_norm.and_then(|max| clip_coef(grad_norm, max));
         self.update(lr, clip);
+        let t0 = Instant::now();
+        self.broadcast_parts(world);
+        comm_s += t0.elapsed().as_secs_f64();
         let tokens = rows.iter().map(|e| e.borrow().ids.len()).sum();
-        Ok(StepStats { loss: loss / y_tokens as f64, y_tokens, tokens, grad_norm, lr })
+        Ok(StepStats { loss: loss / y_tokens as f64, y_tokens, tokens, grad_norm, lr, comm_s, wait_s })
     }
 
-    /// Forward and backward of every micro-batch, each y token's loss weighted by `token_weight`; returns
-    /// Σ per-token loss.
-    fn accumulate_gradients<E: Borrow<Example>>(&mut self, rows: &[E], micro_batch: usize, weight: f32) -> Result<f64> {
+    /// Forward and backward of this rank's shard of every micro-batch, each y token's loss weighted by
+    /// `token_weight`; returns Σ per-token loss of the shards.
+    fn accumulate_gradients<E: Borrow<Example>>(
+        &mut self,
+        world: &dyn Collectives,
+        rows: &[E],
+        micro_batch: usize,
+        weight: f32,
+    ) -> Result<f64> {
         let mut loss = 0.0;
         for (k, mb) in rows.chunks(micro_batch.max(1)).enumerate() {
+            let mine = &mb[shard(mb.len(), world.rank(), world.size())];
+            if mine.is_empty() {
+                continue;
+            }
             let seed = crate::rng::mix(self.cfg.seed ^ crate::rng::mix(self.step * 1_000_003 + k as u64));
-            loss += forward_backward(&mut self.model, mb, weight, self.cfg.label_smoothing, &mut self.scratch, seed)?;
+            loss += forward_backward(&mut self.model, mine, weight, self.cfg.label_smoothing, &mut self.scratch, seed)?;
         }
         Ok(loss)
+    }
+
+    /// Sums every gradient and the step's `loss` over the ranks (nothing to do on one). A gradient of BUCKET
+    /// values or more is summed where it lies; smaller ones travel packed end to end in buckets of up to BUCKET
+    /// values, so LoRA's hundreds of small factors take a few collectives instead of one each (every collective
+    /// costs a round of latency, more so on a busy machine). A multi-rank step allocates the list of gradients.
+    fn sum_over_ranks(&mut self, world: &dyn Collectives, loss: f64) -> f64 {
+        if world.size() == 1 {
+            return loss;
+        }
+        let mut grads: Vec<&mut Vec<f32>> =
+            self.model.params_mut().into_iter().filter_map(|p| p.grad.as_mut()).collect();
+        let (large, mut small): (Vec<_>, Vec<_>) = grads.iter_mut().partition(|g| g.len() >= BUCKET);
+        for g in large {
+            world.sum_f32(g);
+        }
+        let bucket = &mut self.bucket;
+        let mut rest = &mut small[..];
+        while !rest.is_empty() {
+            let (mut n, mut len) = (0, 0);
+            while n < rest.len() && len + rest[n].len() <= BUCKET {
+                len += rest[n].len();
+                n += 1;
+            }
+            bucket.clear();
+            rest[..n].iter().for_each(|g| bucket.extend_from_slice(g));
+            world.sum_f32(bucket);
+            let mut at = 0;
+            for g in &mut rest[..n] {
+                let len = g.len();
+                g.copy_from_slice(&bucket[at..at + len]);
+                at += len;
+            }
+            rest = &mut rest[n..];
+        }
+        world.sum_scalar(loss)
     }
 
     /// √(Σ g²) over every trainable tensor, in model order.
@@ -136,6 +249,7 @@ impl Trainer {
         let decay = self.cfg.adamw;
         let no_decay = AdamWConfig { weight_decay: 0.0, ..decay };
         let mut moments = self.moments.iter_mut();
+        let (zero1, mut at) = (&self.zero1, 0);
         self.model.for_each_param_mut(|p| {
             if !p.is_trainable() {
                 return;
@@ -144,10 +258,87 @@ impl Trainer {
                 scale_grad(p, coef);
             }
             let m = moments.next().expect("one set of moments per trainable tensor");
-            adamw_update(p, m, if decays(p) { &decay } else { &no_decay }, lr, t);
+            let cfg = if decays(p) { &decay } else { &no_decay };
+            match zero1 {
+                None => adamw_update(p, m, cfg, lr, t),
+                Some(z) => {
+                    let own = z.part(at..at + p.data.len(), z.rank);
+                    let g = &p.grad.as_ref().expect("a trainable tensor has a gradient")[own.clone()];
+                    adamw_update_slice(&mut p.data[own], g, m, cfg, lr, t);
+                }
+            }
+            at += p.data.len();
             p.zero_grad();
         });
         self.step = t;
+    }
+
+    /// ZeRO-1: every rank's updated part to every rank (nothing to do unsharded).
+    fn broadcast_parts(&mut self, world: &dyn Collectives) {
+        let Some(z) = &self.zero1 else { return };
+        let mut at = 0;
+        self.model.for_each_param_mut(|p| {
+            if !p.is_trainable() {
+                return;
+            }
+            for q in 0..z.ranks {
+                let part = z.part(at..at + p.data.len(), q);
+                if !part.is_empty() {
+                    world.broadcast_f32(&mut p.data[part], q);
+                }
+            }
+            at += p.data.len();
+        });
+    }
+
+    /// ZeRO-1: the whole moments of every trainable tensor, on rank 0 (what a checkpoint writes; rank 0's own
+    /// parts move into them, so its peak is the unsharded moments'); an empty list on the other ranks, which send
+    /// their parts. None unsharded. Every rank calls it; rank 0 hands the list back to [`Self::keep_own_parts`].
+    pub fn gather_moments(&mut self, world: &dyn Collectives) -> Option<Vec<Moments>> {
+        let sizes = self.trainable_sizes();
+        let z = self.zero1.as_ref()?;
+        let (mut at, mut out, mut scratch) = (0, vec![], vec![]);
+        for (len, own) in sizes.into_iter().zip(&mut self.moments) {
+            let mut whole = if z.rank == 0 { Moments::zeros(len) } else { Moments::zeros(0) };
+            for q in 0..z.ranks {
+                let part = z.part(at..at + len, q);
+                if part.is_empty() {
+                    continue;
+                }
+                for (mine, all) in [(&mut own.m, &mut whole.m), (&mut own.v, &mut whole.v)] {
+                    match (z.rank == q, z.rank == 0) {
+                        (true, true) => {
+                            all[part.clone()].copy_from_slice(mine);
+                            *mine = vec![];
+                        }
+                        _ if q == 0 => {} // rank 0's own part: nobody else needs it
+                        (true, false) => world.broadcast_f32(mine, q),
+                        (false, true) => world.broadcast_f32(&mut all[part.clone()], q),
+                        (false, false) => {
+                            scratch.resize(part.len(), 0.0);
+                            world.broadcast_f32(&mut scratch, q);
+                        }
+                    }
+                }
+            }
+            at += len;
+            if z.rank == 0 {
+                out.push(whole);
+            }
+        }
+        Some(out)
+    }
+
+    /// ZeRO-1 on rank 0 after a checkpoint: takes its own parts back out of `gathered`, freeing it tensor by
+    /// tensor.
+    pub fn keep_own_parts(&mut self, gathered: Vec<Moments>) {
+        let (sizes, Some(z)) = (self.trainable_sizes(), &self.zero1) else { return };
+        let mut at = 0;
+        for ((len, own), whole) in sizes.into_iter().zip(&mut self.moments).zip(gathered) {
+            let part = z.part(at..at + len, z.rank);
+            *own = Moments { m: whole.m[part.clone()].to_vec(), v: whole.v[part].to_vec() };
+            at += len;
+        }
     }
 
     /// (name, values, moments) of each trainable tensor, borrowed: what a checkpoint writes, without a copy.
@@ -162,14 +353,39 @@ impl Trainer {
         if params.len() != state.tensors.len() {
             bail!("checkpoint holds {} trainable tensors, this run trains {}", state.tensors.len(), params.len());
         }
+        let mut at = 0;
         for ((p, m), (name, data, mom)) in params.iter_mut().zip(&mut self.moments).zip(state.tensors) {
             if p.name != name || p.data.len() != data.len() {
                 bail!("checkpoint tensor {name} does not match this run's {} ({} values)", p.name, p.data.len());
             }
+            *m = match &self.zero1 {
+                None => mom,
+                Some(z) => {
+                    let own = z.part(at..at + data.len(), z.rank);
+                    Moments { m: mom.m[own.clone()].to_vec(), v: mom.v[own].to_vec() }
+                }
+            };
+            at += data.len();
             p.data = data;
-            *m = mom;
         }
         self.step = state.step;
         Ok(())
+    }
+}
+
+/// How ZeRO-1 splits the trainable elements (all tensors end to end, in model order) among the ranks.
+struct Zero1 {
+    total: usize,
+    rank: usize,
+    ranks: usize,
+}
+
+impl Zero1 {
+    /// The part of the tensor at `tensor` (its elements' range end to end) that rank `q` owns, as a range
+    /// inside the tensor (empty when it owns none of it).
+    fn part(&self, tensor: Range<usize>, q: usize) -> Range<usize> {
+        let owned = shard(self.total, q, self.ranks);
+        let (start, end) = (owned.start.max(tensor.start), owned.end.min(tensor.end));
+        if start < end { start - tensor.start..end - tensor.start } else { 0..0 }
     }
 }

@@ -1,0 +1,122 @@
+//! The processes of a data-parallel run and the collectives between them: rank, world size, in-place
+//! allreduce-sum of gradient buffers and scalars, broadcast, barrier, abort. `Single` is the one-process run
+//! (every collective a no-op); `mpi::Mpi` (cargo feature `mpi`) runs under `mpirun`/`srun`. A GPU backend
+//! (NCCL) is one more implementation of [`Collectives`]; the training loop only sees the trait.
+#[cfg(feature = "mpi")]
+pub mod mpi;
+
+use anyhow::{Result, bail};
+use std::ops::Range;
+
+/// What a data-parallel job needs from its communication library. Every method except `rank`, `size` and
+/// `abort` is collective: every rank calls it, in the same order, with buffers of the same length.
+pub trait Collectives {
+    /// This process's index, 0..size.
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+    /// buf ← Σ over ranks of buf, element-wise; every rank gets the same bits.
+    fn sum_f32(&self, buf: &mut [f32]);
+    fn sum_f64(&self, buf: &mut [f64]);
+    /// buf ← rank `root`'s buf.
+    fn broadcast_f32(&self, buf: &mut [f32], root: usize);
+    fn barrier(&self);
+    /// Ends every rank of the job with exit code `code` (the error is already printed by the caller).
+    fn abort(&self, code: i32) -> !;
+}
+
+/// One process: the ordinary run.
+pub struct Single;
+
+impl Collectives for Single {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn sum_f32(&self, _: &mut [f32]) {}
+    fn sum_f64(&self, _: &mut [f64]) {}
+    fn broadcast_f32(&self, _: &mut [f32], _: usize) {}
+    fn barrier(&self) {}
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
+}
+
+impl dyn Collectives + '_ {
+    pub fn is_root(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// Σ over ranks of one scalar.
+    pub fn sum_scalar(&self, x: f64) -> f64 {
+        let mut b = [x];
+        self.sum_f64(&mut b);
+        b[0]
+    }
+}
+
+/// Rank `rank`'s share of `n` items split into `size` contiguous, nearly equal parts (the first n % size parts
+/// one longer): the same split on every rank, for any n (an empty part when n < size).
+pub fn shard(n: usize, rank: usize, size: usize) -> Range<usize> {
+    let (base, extra) = (n / size, n % size);
+    let start = rank * base + rank.min(extra);
+    start..start + base + usize::from(rank < extra)
+}
+
+/// World size a launcher announces in the environment (`mpirun` of Open MPI, MPICH/Intel MPI's Hydra, Slurm's
+/// `srun` through PMI/PMIx), if any.
+fn launched_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse().ok())
+}
+
+/// The collectives of this process: MPI when a launcher started it (and the `mpi` feature is built in), else
+/// `Single`. A launcher that starts several ranks of a build without MPI is an error: each rank would train
+/// alone and all would write the same output folder.
+pub fn init() -> Result<Box<dyn Collectives>> {
+    init_launched(launched_size())
+}
+
+/// [`init`] for the world size a launcher announced, if any.
+fn init_launched(launched: Option<usize>) -> Result<Box<dyn Collectives>> {
+    #[cfg(feature = "mpi")]
+    if launched.is_some() {
+        return Ok(Box::new(mpi::Mpi::init()?));
+    }
+    if let Some(n) = launched.filter(|&n| n > 1) {
+        bail!(
+            "started as one of {n} MPI ranks, but this condlm is built without MPI support: rebuild with \
+             `cargo build --release --features mpi` (needs an MPI library and libclang), or run one process"
+        );
+    }
+    Ok(Box::new(Single))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shard;
+
+    #[cfg(not(feature = "mpi"))]
+    #[test]
+    fn several_ranks_of_a_build_without_mpi_are_refused() {
+        let e = super::init_launched(Some(2)).err().expect("refused").to_string();
+        assert!(e.contains("one of 2 MPI ranks") && e.contains("--features mpi"), "{e}");
+    }
+
+    #[test]
+    fn shards_cover_every_item_once_in_order() {
+        for n in 0..20 {
+            for size in 1..6 {
+                let parts: Vec<_> = (0..size).map(|r| shard(n, r, size)).collect();
+                assert_eq!(parts[0].start, 0);
+                assert_eq!(parts[size - 1].end, n);
+                for w in parts.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                    assert!(w[0].len() >= w[1].len() && w[0].len() <= w[1].len() + 1);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Data-parallel training under `mpirun` (feature `mpi`; needs Open MPI's `mpirun` on PATH): 2 ranks compute
+//! the single-process run up to summation order (per-step losses and final weights within 1e-6 relative, LoRA
+//! and full fine-tuning), resume across rank counts, and a rank that dies or fails ends the whole job at once.
+#![cfg(feature = "mpi")]
+mod common;
+use common::{fixture, load_f32_tensors, rel_err};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// `condlm --threads 1 ARGS` as `ranks` MPI ranks (1: a plain process, no launcher).
+fn launch(ranks: usize, args: &[&str]) -> Command {
+    let bin = env!("CARGO_BIN_EXE_condlm");
+    let mut cmd = if ranks == 1 {
+        Command::new(bin)
+    } else {
+        let mut c = Command::new("mpirun");
+        c.args(["--oversubscribe", "--allow-run-as-root", "-np", &ranks.to_string(), bin]);
+        // Containers often forbid the cross-process memory copies (CMA) Open MPI's shared-memory transport tries
+        // first; copying through shared buffers works everywhere.
+        c.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+        c
+    };
+    cmd.args(["--threads", "1"]).args(args);
+    cmd
+}
+
+fn run(ranks: usize, args: &[&str]) -> Output {
+    let out = launch(ranks, args).output().expect("cannot start mpirun: install Open MPI (openmpi-bin)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "panic: {err}");
+    out
+}
+
+fn ok(ranks: usize, args: &[&str]) -> String {
+    let out = run(ranks, args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{ranks} ranks failed: {err}");
+    err
+}
+
+/// A 10-step run of the tiny model: micro-batches of 4 rows (2 per rank on 2 ranks), 2 per step.
+fn train_args(out: &Path, full: bool, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "train",
+        "--model",
+        fixture("tiny-llama").to_str().unwrap(),
+        "--data",
+        fixture("train_rows.jsonl").to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--max-steps",
+        "10",
+        "--batch-size",
+        "4",
+        "--grad-accum",
+        "2",
+        "--lr",
+        "1e-3",
+        "--lora-r",
+        "4",
+        "--lora-dropout",
+        "0",
+        "--eval-fraction",
+        "0.2",
+        "--eval-every",
+        "5",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if full {
+        v.push("--full".into());
+    }
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(|s| s.as_str()).collect()
+}
+
+/// (step, value) points.
+type Curve = Vec<(u64, f64)>;
+
+/// (step, loss) of every train line and (step, eval NLL) of every eval line of metrics.jsonl.
+fn curves(dir: &Path) -> (Curve, Curve) {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    let (mut train, mut eval) = (vec![], vec![]);
+    for v in text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()) {
+        let step = v["step"].as_u64().unwrap();
+        if let Some(l) = v["loss"].as_f64() {
+            train.push((step, l));
+        }
+        if let Some(e) = v["eval_nll"].as_f64() {
+            eval.push((step, e));
+        }
+    }
+    (train, eval)
+}
+
+fn assert_close_curves(a: &[(u64, f64)], b: &[(u64, f64)], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: {a:?} vs {b:?}");
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x.0, y.0);
+        assert!((x.1 - y.1).abs() <= 1e-6 * y.1.abs(), "{what} at step {}: {} vs {}", x.0, x.1, y.1);
+    }
+}
+
+/// The trained weights a finished run wrote (adapter or full model).
+fn weights(dir: &Path, full: bool) -> std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let file = if full { "model/model.safetensors" } else { "adapter/adapter_model.safetensors" };
+    load_f32_tensors(&dir.join(file))
+}
+
+fn assert_close_weights(a: &Path, b: &Path, full: bool) {
+    let (wa, wb) = (weights(a, full), weights(b, full));
+    assert_eq!(wa.keys().collect::<Vec<_>>(), wb.keys().collect::<Vec<_>>());
+    let mut worst = 0.0f64;
+    for (name, (shape, x)) in &wa {
+        assert_eq!(shape, &wb[name].0, "{name}");
+        let e = rel_err(x, &wb[name].1);
+        assert!(e <= 1e-6, "{name}: relative difference {e:e}");
+        worst = worst.max(e);
+    }
+    eprintln!("largest relative difference of a tensor ({}): {worst:e}", if full { "full" } else { "LoRA" });
+}
+
+#[test]
+fn two_ranks_train_as_one_process_lora_and_full() {
+    let tmp = tempfile::tempdir().unwrap();
+    for full in [false, true] {
+        let (one, two) = (tmp.path().join(format!("one-{full}")), tmp.path().join(format!("two-{full}")));
+        ok(1, &strs(&train_args(&one, full, &[])));
+        let err = ok(2, &strs(&train_args(&two, full, &[])));
+        assert!(err.contains("trained 10 steps") && err.matches("trained 10 steps").count() == 1, "{err}");
+        let (a, b) = (curves(&two), curves(&one));
+        assert_eq!(a.0.len(), 10);
+        assert_close_curves(&a.0, &b.0, "train loss");
+        assert_close_curves(&a.1, &b.1, "eval NLL");
+        // The runs really differ in how the work was split: not the same bits everywhere.
+        assert!(a.0.iter().zip(&b.0).any(|(x, y)| x.1 != y.1), "2 ranks gave the exact bits of 1 process");
+        assert_close_weights(&two, &one, full);
+    }
+}
+
+#[test]
+fn resume_under_two_ranks_continues_the_run_and_any_rank_count_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = tmp.path().join("straight");
+    ok(2, &strs(&train_args(&straight, false, &[])));
+    for ranks in [2, 1, 3] {
+        let dir = tmp.path().join(format!("resumed-on-{ranks}"));
+        let err = ok(2, &strs(&train_args(&dir, false, &["--stop-after-steps", "4"])));
+        assert!(err.contains("stopped at step 4"), "{err}");
+        ok(ranks, &["train", "--resume", dir.to_str().unwrap()]);
+        if ranks == 2 {
+            // The same rank count does the same operations: the same bits.
+            assert_eq!(curves(&dir), curves(&straight));
+            let read = |d: &Path| std::fs::read(d.join("adapter/adapter_model.safetensors")).unwrap();
+            assert_eq!(read(&dir), read(&straight));
+        } else {
+            assert_close_curves(&curves(&dir).0, &curves(&straight).0, &format!("train loss resumed on {ranks} ranks"));
+            assert_close_weights(&dir, &straight, false);
+        }
+    }
+}
+
+/// Pids of the processes `mpirun` started for rank `rank`.
+fn rank_pids(mpirun: &Child, rank: usize) -> Vec<u32> {
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", mpirun.id())).unwrap_or_default();
+    children
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|env| {
+                env.split(|&b| b == 0).any(|kv| kv == format!("OMPI_COMM_WORLD_RANK={rank}").as_bytes())
+            })
+        })
+        .collect()
+}
+
+/// Waits up to `limit` for the job to end; its output.
+fn ends_within(mut child: Child, limit: Duration) -> Output {
+    let t0 = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t0.elapsed() > limit {
+            child.kill().unwrap();
+            panic!("the job still runs {limit:?} after a rank ended: it hangs");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_within_seconds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let args = train_args(&out, false, &["--max-steps", "1000000"]);
+    let mut cmd = launch(2, &strs(&args));
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Kill rank 1 once the job is training (metrics.jsonl has steps).
+    let t0 = Instant::now();
+    while std::fs::read_to_string(out.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the run did not start training");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pids = rank_pids(&child, 1);
+    assert_eq!(pids.len(), 1, "rank 1 among mpirun's children");
+    Command::new("kill").args(["-KILL", &pids[0].to_string()]).status().unwrap();
+    let killed = Instant::now();
+    let o = ends_within(child, Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("rank 1") && err.contains("signal 9"), "{err}");
+    eprintln!("job ended {:?} after rank 1 was killed", killed.elapsed());
+}
+
+#[test]
+fn an_error_on_one_rank_ends_every_rank_with_its_message() {
+    // Only rank 0 checks the output folder: an earlier run there fails rank 0 alone, while rank 1 goes on to
+    // wait for it in the first collective.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    ok(1, &strs(&train_args(&out, false, &["--max-steps", "1"])));
+    let child =
+        launch(2, &strs(&train_args(&out, false, &[]))).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let o = ends_within(child, Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert!(err.contains("error (rank 0 of 2)") && err.contains("--overwrite"), "{err}");
+}
+
+#[test]
+fn zero1_gives_the_bits_of_unsharded_moments_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (plain, sharded, resumed) = (tmp.path().join("plain"), tmp.path().join("zero1"), tmp.path().join("resumed"));
+    ok(2, &strs(&train_args(&plain, true, &[])));
+    ok(2, &strs(&train_args(&sharded, true, &["--zero1"])));
+    ok(2, &strs(&train_args(&resumed, true, &["--zero1", "--stop-after-steps", "4"])));
+    // The checkpoint of a sharded run holds whole moments: a plain 2-rank run resumes it.
+    ok(2, &["train", "--resume", resumed.to_str().unwrap()]);
+    let read = |d: &Path, f: &str| std::fs::read(d.join(f)).unwrap();
+    let state = "checkpoints/step-0000010/state.safetensors";
+    for dir in [&sharded, &resumed] {
+        assert_eq!(curves(dir), curves(&plain));
+        assert!(read(dir, "model/model.safetensors") == read(&plain, "model/model.safetensors"));
+        assert!(read(dir, state) == read(&plain, state), "moments and weights of the last checkpoint");
+    }
+}
+
+#[test]
+fn interrupting_mpirun_stops_every_rank_after_the_same_step_with_a_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let args = train_args(&out, false, &["--max-steps", "1000000", "--save-every", "0"]);
+    let child = launch(2, &strs(&args)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_to_string(out.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the run did not start training");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Open MPI's mpirun passes Ctrl-C on to every rank as SIGTERM.
+    Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    let o = ends_within(child, Duration::from_secs(20));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("interrupted by") && err.contains("--resume"), "{err}");
+    let (train, _) = curves(&out);
+    let last = train.last().unwrap().0;
+    assert!(out.join(format!("checkpoints/step-{last:07}")).is_dir(), "no checkpoint of step {last}: {err}");
+}
