@@ -221,6 +221,8 @@ fn sliding_layers(c: &HfConfig, is_gemma3: bool, is_qwen: bool, layers: usize, p
     } else {
         vec![true; layers]
     })
+}
+
 /// Phi-3's partial rotary factor and LongRoPE scaling, read as transformers' Phi3Config reads them: the top-level
 /// `original_max_position_embeddings` (default 4096) wins over the one in the scaling; `factor` defaults to
 /// max_position_embeddings / original, the attention factor to √(1 + ln factor / ln original) above 1.
