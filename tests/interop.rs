@@ -35,6 +35,8 @@ fn peft_reads_condlm_adapters_as_condlm_means_them() {
     check("tiny-gpt2", "interop/tiny-gpt2-condlm-adapter", "interop/tiny-gpt2-peft-logits.safetensors");
     check("tiny-gemma3", "interop/tiny-gemma3-condlm-adapter", "interop/tiny-gemma3-peft-logits.safetensors");
     check("tiny-mistral", "interop/tiny-mistral-condlm-adapter", "interop/tiny-mistral-peft-logits.safetensors");
+    check("tiny-qwen3", "interop/tiny-qwen3-condlm-adapter", "interop/tiny-qwen3-peft-logits.safetensors");
+    check("tiny-smollm3", "interop/tiny-smollm3-condlm-adapter", "interop/tiny-smollm3-peft-logits.safetensors");
     // all-linear on Phi-3: one adapter on each fused qkv_proj and gate_up_proj
     check("tiny-phi3", "interop/tiny-phi3-condlm-adapter", "interop/tiny-phi3-peft-logits.safetensors");
     check("tiny-phi4", "interop/tiny-phi4-condlm-adapter", "interop/tiny-phi4-peft-logits.safetensors");
