@@ -63,7 +63,7 @@ def condlm(extra, n_rows):
     sub = os.path.join(work, "sub.jsonl")
     with open(sub, "w") as f:
         f.writelines(json.dumps({"prompt": x}) + "\n" for x in prompts[:n_rows])
-    cmd = [a.bin, "--threads", str(a.threads), "generate", "--model", gguf, "--data", sub, "--out", out, "--ids",
+    cmd = [a.bin, "--threads", str(a.threads), "generate", "--model", gguf, "--data", sub, "--out", out, "--overwrite", "--ids",
            "--max-new-tokens", str(a.new_tokens)] + extra
     t = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)

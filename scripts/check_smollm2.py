@@ -84,8 +84,8 @@ report = [f"# condlm vs transformers on {a.name}\n",
           "| model input | rows | y tokens | ids identical | mean abs Δ log P per token | max abs Δ log P per token | max abs Δ row log P | max abs Δ logit (first %d rows, all positions) |" % a.logit_rows,
           "|---|---|---|---|---|---|---|---|"]
 ok = True
-for label, spec in [("GGUF file", gguf), ("HF folder (save_pretrained)", hf_dir)]:
-    out = os.path.join(work, "scores.jsonl")
+for n, (label, spec) in enumerate([("GGUF file", gguf), ("HF folder (save_pretrained)", hf_dir)]):
+    out = os.path.join(work, f"scores-{n}.jsonl")  # score refuses to replace an existing file
     subprocess.run([os.path.join(cargo_bin, "condlm"), "score", "--model", spec, "--data", data, "--out", out,
                     "--per-token", "--threads", str(a.threads)], check=True)
     ours = [json.loads(l) for l in open(out)]

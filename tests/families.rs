@@ -6,7 +6,10 @@
 //! windows: logits, LoRA (every linear layer) and full fine-tuning gradients; Qwen3 also through GGUF export;
 //! Phi-3's greedy decoding and KV cache.
 mod common;
-use common::{condlm, expected_json, fixture, load_f32_tensors, max_abs_diff, reference_sequences, rel_err};
+use common::{
+    condlm, decode_step_and_forward, expected_json, fixture, load_f32_tensors, max_abs_diff, reference_sequences,
+    rel_err,
+};
 use condlm::data::example::Example;
 use condlm::formats::load::load_model;
 use condlm::formats::peft::load_adapter;
@@ -15,7 +18,7 @@ use condlm::generate::{GenerateOptions, generate};
 use condlm::kernels::lm_head::{HeadScratch, logits};
 use condlm::network::activations::Activations;
 use condlm::network::adapters::set_full_finetune;
-use condlm::network::batch::{PackedBatch, Row};
+use condlm::network::batch::PackedBatch;
 use condlm::network::transformer::{Mode, Transformer};
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 
@@ -197,24 +200,12 @@ fn phi3_kv_cache_logits_match_full_forward() {
     for name in ["tiny-phi3", "tiny-phi4"] {
         let mut m = model(name);
         load_adapter(&fixture(&format!("{name}/lora-init")), &mut m).unwrap();
-        let (vocab, d) = (m.config.vocab_size, m.config.hidden_size);
+        let vocab = m.config.vocab_size;
         let mut seqs = vec![vec![5u32, 9, 11], (0..20).map(|i| 100 + 7 * i).collect()];
         let mut dec = Decoder::new(&m, seqs.len(), 64, 64).unwrap();
         let mut acts = Activations::default();
         for step in 0..16 {
-            let (mut rows, mut logit_rows) = (vec![], vec![]);
-            for (s, seq) in seqs.iter().enumerate() {
-                let from = if step == 0 { 0 } else { seq.len() - 1 };
-                for (pos, &token) in seq.iter().enumerate().skip(from) {
-                    rows.push(Row { slot: s as u32, pos: pos as u32, token });
-                }
-                logit_rows.push(rows.len() - 1);
-            }
-            let got = dec.forward(&rows, &logit_rows).unwrap().to_vec();
-            let batch = PackedBatch::new(&seqs);
-            m.forward(&batch, &mut acts, Mode::Infer);
-            let last: Vec<usize> = batch.seqs.iter().map(|r| r.end - 1).collect();
-            let want = logits(&acts.x[..batch.len() * d], d, m.head(), &last, &mut HeadScratch::default());
+            let (got, want) = decode_step_and_forward(&mut dec, &m, &seqs, step == 0, &mut acts);
             for s in 0..seqs.len() {
                 let diff = max_abs_diff(&got[s * vocab..][..vocab], &want[s * vocab..][..vocab]);
                 assert!(diff <= 1e-4, "{name} step {step} sequence {s}: max |Δ logit| {diff}");

@@ -1,7 +1,7 @@
 //! `condlm::generate` against transformers' `generate` (ids recorded by tests/fixtures/make_generate_fixtures.py),
 //! the KV cache against the full forward pass, sampling filters against hand-computed distributions, and bad input.
 mod common;
-use common::fixture;
+use common::{decode_step_and_forward, fixture};
 use condlm::formats::load::{LoadedModel, load_model};
 use condlm::formats::peft::load_adapter;
 use condlm::generate::decoder::Decoder;
@@ -10,11 +10,8 @@ use condlm::generate::sampling::{Scratch, draw, min_p, softmax, top_k, top_p, wa
 use condlm::generate::{
     BeamParams, EarlyStopping, Event, Finish, GenerateOptions, SamplingParams, Strategy, encode_prompt, generate,
 };
-use condlm::kernels::lm_head::{HeadScratch, logits};
 use condlm::network::activations::Activations;
-use condlm::network::batch::PackedBatch;
 use condlm::network::batch::Row;
-use condlm::network::transformer::Mode;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -129,7 +126,7 @@ fn kv_cache_logits_match_full_forward_at_every_step() {
     ];
     for &(spec, adapter) in specs {
         let m = load(spec, adapter);
-        let (model, vocab, d) = (&m.model, m.model.config.vocab_size, m.model.config.hidden_size);
+        let (model, vocab) = (&m.model, m.model.config.vocab_size);
         // Prompts of 1 to ~80 tokens: single rows, a short run, and a prefill long enough for two GEMM tiles.
         let long = "name: Blue Spice, eatType: coffee shop, area: city centre. A coffee shop in the city centre area \
                     called Blue Spice, near the river. It is family friendly.";
@@ -144,19 +141,7 @@ fn kv_cache_logits_match_full_forward_at_every_step() {
         let mut acts = Activations::default();
         let mut worst = 0.0f32;
         for step in 0..=steps {
-            let (mut rows, mut logit_rows) = (vec![], vec![]);
-            for (s, seq) in seqs.iter().enumerate() {
-                let from = if step == 0 { 0 } else { seq.len() - 1 };
-                for (pos, &token) in seq.iter().enumerate().skip(from) {
-                    rows.push(Row { slot: s as u32, pos: pos as u32, token });
-                }
-                logit_rows.push(rows.len() - 1);
-            }
-            let got = dec.forward(&rows, &logit_rows).unwrap().to_vec();
-            let batch = PackedBatch::new(&seqs);
-            model.forward(&batch, &mut acts, Mode::Infer);
-            let last: Vec<usize> = batch.seqs.iter().map(|r| r.end - 1).collect();
-            let want = logits(&acts.x[..batch.len() * d], d, model.head(), &last, &mut HeadScratch::default());
+            let (got, want) = decode_step_and_forward(&mut dec, model, &seqs, step == 0, &mut acts);
             for (s, seq) in seqs.iter_mut().enumerate() {
                 let (g, w) = (&got[s * vocab..][..vocab], &want[s * vocab..][..vocab]);
                 let diff = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);

@@ -60,3 +60,32 @@ pub fn condlm(args: &[&str]) -> (bool, String, String) {
         std::process::Command::new(env!("CARGO_BIN_EXE_condlm")).args(["--threads", "2"]).args(args).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
+
+/// One decoding step of `seqs` through `dec` beside the full forward pass over the same sequences: on the first
+/// step every token of each sequence goes through the decoder (prefill), later only its last one. Returns the
+/// last position's logits of each sequence from both, (sequences, vocab) each.
+pub fn decode_step_and_forward(
+    dec: &mut condlm::generate::decoder::Decoder,
+    model: &condlm::network::transformer::Transformer,
+    seqs: &[Vec<u32>],
+    first: bool,
+    acts: &mut condlm::network::activations::Activations,
+) -> (Vec<f32>, Vec<f32>) {
+    use condlm::kernels::lm_head::{HeadScratch, logits};
+    use condlm::network::batch::{PackedBatch, Row};
+    let (mut rows, mut logit_rows) = (vec![], vec![]);
+    for (s, seq) in seqs.iter().enumerate() {
+        let from = if first { 0 } else { seq.len() - 1 };
+        for (pos, &token) in seq.iter().enumerate().skip(from) {
+            rows.push(Row { slot: s as u32, pos: pos as u32, token });
+        }
+        logit_rows.push(rows.len() - 1);
+    }
+    let got = dec.forward(&rows, &logit_rows).unwrap().to_vec();
+    let batch = PackedBatch::new(seqs);
+    model.forward(&batch, acts, condlm::network::transformer::Mode::Infer);
+    let last: Vec<usize> = batch.seqs.iter().map(|r| r.end - 1).collect();
+    let d = model.config.hidden_size;
+    let want = logits(&acts.x[..batch.len() * d], d, model.head(), &last, &mut HeadScratch::default());
+    (got, want)
+}
