@@ -3,7 +3,9 @@
 # llama-cpp-python's sdist (a pinned, released snapshot that pip can fetch), CPU only, Release, with just libllama,
 # llama-perplexity and our condlm-logprobs (logprobs.cpp). Idempotent: the download, the extraction and the
 # configuration are skipped when present; make rebuilds only what changed.
-# Prints the folder with the binaries (bin/llama-perplexity, bin/condlm-logprobs) on its last line.
+# Usage: build.sh [TARGET...]; default llama-perplexity condlm-logprobs; llama-finetune (examples/training, full
+# fine-tuning of F32 GGUFs) is built by bench/finetune_vs_llama_cpp.sh with `build.sh llama-finetune`.
+# Prints the folder with the binaries (bin/<target>) on its last line.
 set -euo pipefail
 
 VERSION=0.3.36 # llama-cpp-python release; its vendor/llama.cpp is the llama.cpp we build
@@ -11,6 +13,8 @@ CACHE=${CONDLM_LLAMA_CPP_CACHE:-$HOME/.cache/condlm/llama-cpp}
 PYTHON=${PYTHON:-$HOME/.cache/condlm/bench-venv/bin/python}
 JOBS=${JOBS:-2}
 HERE=$(cd "$(dirname "$0")" && pwd)
+TARGETS=("$@")
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(llama-perplexity condlm-logprobs)
 
 mkdir -p "$CACHE"
 SDIST=$CACHE/llama_cpp_python-$VERSION.tar.gz
@@ -38,5 +42,5 @@ fi
 if [ ! -f "$BUILD/CMakeCache.txt" ]; then
     "$CMAKE" -S "$HERE" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DLLAMA_CPP_DIR="$SRC"
 fi
-"$CMAKE" --build "$BUILD" --config Release -j "$JOBS" --target llama-perplexity condlm-logprobs
+"$CMAKE" --build "$BUILD" --config Release -j "$JOBS" --target "${TARGETS[@]}"
 echo "$BUILD/bin"
