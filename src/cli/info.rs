@@ -122,7 +122,10 @@ fn rope_line(c: &Config) -> String {
         }
         (None, Some(l)) => {
             let past = l.original_max_positions;
-            line += &format!(", longrope scaling (long factors past {past} positions, attention factor {:.4})", l.attention_factor)
+            line += &format!(
+                ", longrope scaling (long factors past {past} positions, attention factor {:.4})",
+                l.attention_factor
+            )
         }
         (None, None) => {}
     }
