@@ -156,7 +156,7 @@ fn gradient_sums_overlapped_with_the_backward_pass_give_the_same_bits() {
             ok(ranks, &strs(&train_args(&dir, full, &[&["--grad-bucket-mib", "0.001953125"], extra].concat())));
             dir
         };
-        let (on, off) = (run("on", &[]), run("off", &["--no-overlap-grad-sum"]));
+        let (on, off) = (run("on", &["--overlap-grad-sum"]), run("off", &[]));
         assert_eq!(curves(&on), curves(&off), "{ranks} ranks, full {full}");
         let file = if full { "model/model.safetensors" } else { "adapter/adapter_model.safetensors" };
         assert!(std::fs::read(on.join(file)).unwrap() == std::fs::read(off.join(file)).unwrap(), "{file}");

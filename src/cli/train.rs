@@ -52,11 +52,12 @@ pub struct TrainArgs {
     /// keeps all moments]. May be turned on or off on --resume.
     #[arg(long)]
     zero1: bool,
-    /// Under mpirun/srun: sum the gradients over the ranks after the whole backward pass [default: bucket by
-    /// bucket during the last micro-batch's backward pass, as each block's gradients are final, overlapping the
-    /// communication with the earlier blocks' computation]. The same numbers either way.
+    /// Under mpirun/srun: start summing the gradients over the ranks bucket by bucket during the last
+    /// micro-batch's backward pass, as each block's gradients are final, overlapping the communication with the
+    /// earlier blocks' computation (as PyTorch DDP) [default: after the whole backward pass: on CPU with
+    /// shared-memory MPI the overlap measured no faster, see bench/mpi/results.md]. The same numbers either way.
     #[arg(long)]
-    no_overlap_grad_sum: bool,
+    overlap_grad_sum: bool,
     /// Under mpirun/srun: MiB of gradients per bucket summed in one collective (fewer, larger collectives vs.
     /// an earlier start) [default: 4]. The same numbers for any size.
     #[arg(long, value_name = "MIB")]
@@ -239,7 +240,7 @@ impl TrainArgs {
             resume: self.resume.clone(),
             stop_after_steps: self.stop_after_steps,
             zero1: self.zero1,
-            no_overlap_grad_sum: self.no_overlap_grad_sum,
+            overlap_grad_sum: self.overlap_grad_sum,
             grad_bucket_mib: self.grad_bucket_mib,
             accept_changed_data: self.accept_changed_data,
             no_divergence_guard: self.no_divergence_guard,
@@ -272,9 +273,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// --no-overlap-grad-sum and --grad-bucket-mib.
-fn grad_sum_options(no_overlap: bool, bucket_mib: Option<f64>) -> Result<GradSumOptions> {
-    let mut o = GradSumOptions { overlap: !no_overlap, ..GradSumOptions::default() };
+/// --overlap-grad-sum and --grad-bucket-mib.
+fn grad_sum_options(overlap: bool, bucket_mib: Option<f64>) -> Result<GradSumOptions> {
+    let mut o = GradSumOptions { overlap, ..GradSumOptions::default() };
     if let Some(mib) = bucket_mib {
         let values = (mib * (1 << 20) as f64 / 4.0).round();
         if !(values >= 1.0 && values <= i32::MAX as f64) {
@@ -290,7 +291,7 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
     if a.resume.is_some() && !a.only_resume_flags() {
         bail!(
             "--resume continues a run with the settings saved in its checkpoint; drop the other flags (only \
-             --stop-after-steps, --zero1, --no-overlap-grad-sum, --grad-bucket-mib, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check, \
+             --stop-after-steps, --zero1, --overlap-grad-sum, --grad-bucket-mib, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check, \
              --checkpoint-activations, --base-dtype stored|f32 and --threads may be given)"
         );
     }
@@ -309,7 +310,7 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
         resume_checkpoint_activations: a.checkpoint_activations,
         resume_base_dtype: a.base_dtype,
         zero1: a.zero1,
-        grad_sums: grad_sum_options(a.no_overlap_grad_sum, a.grad_bucket_mib)?,
+        grad_sums: grad_sum_options(a.overlap_grad_sum, a.grad_bucket_mib)?,
     };
     let r = train_on(world, settings, &opts)?;
     if !world.is_root() {

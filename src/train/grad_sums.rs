@@ -27,7 +27,9 @@ pub struct GradSumOptions {
 
 impl Default for GradSumOptions {
     fn default() -> Self {
-        GradSumOptions { overlap: true, bucket_values: 1 << 20 }
+        // Off: on CPU the overlap does not pay (bench/mpi/results.md): shared-memory MPI copies on the cores the
+        // backward pass uses and progresses only inside MPI calls (no progress thread).
+        GradSumOptions { overlap: false, bucket_values: 1 << 20 }
     }
 }
 

@@ -4,7 +4,7 @@
 //! Data-parallel (`step_on` with several ranks): every rank holds the step's rows and takes its shard of each
 //! micro-batch; each y token is still weighted by 1 / (y tokens of the whole step), counted on all rows, so the
 //! gradients summed over ranks are the single-process gradients up to summation order. The sums run in buckets,
-//! by default during the last micro-batch's backward pass ([`super::grad_sums`]).
+//! after the backward pass or, as an option, during the last micro-batch's ([`super::grad_sums`]).
 //!
 //! ZeRO stage 1 ([`Trainer::shard_optimizer`]): the trainable elements, in model order, are split into one
 //! contiguous part per rank; a rank keeps the AdamW moments of its part only, updates only those values, then
