@@ -20,9 +20,12 @@ use std::cell::{Cell, RefCell};
 #[global_allocator]
 static ALLOC: common::alloc_count::Counting = common::alloc_count::Counting;
 
+/// A started sum's buffer and how many times it was polled (None: a free entry).
+type Started = Option<(Vec<f32>, u32)>;
+
 /// Rank 0 of `RANKS` identical ranks; sums started stay in flight until tested twice.
 struct Loopback {
-    sums: RefCell<Vec<Option<(Vec<f32>, u32)>>>,
+    sums: RefCell<Vec<Started>>,
     /// test_sum calls, and the most sums in flight at once.
     tests: Cell<usize>,
     most_in_flight: Cell<usize>,
