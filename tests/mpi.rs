@@ -1,6 +1,7 @@
 //! Data-parallel training under `mpirun` (feature `mpi`; needs Open MPI's `mpirun` on PATH): 2 ranks compute
 //! the single-process run up to summation order (per-step losses and final weights within 1e-6 relative, LoRA
-//! and full fine-tuning), resume across rank counts, and a rank that dies or fails ends the whole job at once.
+//! and full fine-tuning), with the gradient sums overlapped with the backward pass or not (the same bits), resume
+//! across rank counts, and a rank that dies or fails ends the whole job at once.
 #![cfg(feature = "mpi")]
 mod common;
 use common::{fixture, load_f32_tensors, rel_err};
@@ -141,6 +142,24 @@ fn two_ranks_train_as_one_process_lora_and_full() {
         // The runs really differ in how the work was split: not the same bits everywhere.
         assert!(a.0.iter().zip(&b.0).any(|(x, y)| x.1 != y.1), "2 ranks gave the exact bits of 1 process");
         assert_close_weights(&two, &one, full);
+    }
+}
+
+/// Summing the gradients bucket by bucket during the backward pass (buckets of 512 values: several per block, so
+/// sums start while earlier blocks compute) or after it gives the same bits, on 2 and on 3 ranks.
+#[test]
+fn gradient_sums_overlapped_with_the_backward_pass_give_the_same_bits() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (ranks, full) in [(2, false), (2, true), (3, true)] {
+        let run = |name: &str, extra: &[&str]| {
+            let dir = tmp.path().join(format!("{name}-{ranks}-{full}"));
+            ok(ranks, &strs(&train_args(&dir, full, &[&["--grad-bucket-mib", "0.001953125"], extra].concat())));
+            dir
+        };
+        let (on, off) = (run("on", &["--overlap-grad-sum"]), run("off", &[]));
+        assert_eq!(curves(&on), curves(&off), "{ranks} ranks, full {full}");
+        let file = if full { "model/model.safetensors" } else { "adapter/adapter_model.safetensors" };
+        assert!(std::fs::read(on.join(file)).unwrap() == std::fs::read(off.join(file)).unwrap(), "{file}");
     }
 }
 

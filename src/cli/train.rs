@@ -4,6 +4,7 @@ use clap::Args;
 use condlm::data::source::DataFormat;
 use condlm::distributed::Collectives;
 use condlm::formats::weights::BaseDtype;
+use condlm::train::grad_sums::GradSumOptions;
 use condlm::train::run::{Ending, RunOptions, train_on};
 use condlm::train::schedule::Schedule;
 use condlm::train::settings::TrainSettings;
@@ -51,6 +52,16 @@ pub struct TrainArgs {
     /// keeps all moments]. May be turned on or off on --resume.
     #[arg(long)]
     zero1: bool,
+    /// Under mpirun/srun: start summing the gradients over the ranks bucket by bucket during the last
+    /// micro-batch's backward pass, as each block's gradients are final, overlapping the communication with the
+    /// earlier blocks' computation (as PyTorch DDP) [default: after the whole backward pass: on CPU with
+    /// shared-memory MPI the overlap measured no faster, see bench/mpi/results.md]. The same numbers either way.
+    #[arg(long)]
+    overlap_grad_sum: bool,
+    /// Under mpirun/srun: MiB of gradients per bucket summed in one collective (fewer, larger collectives vs.
+    /// an earlier start) [default: 4]. The same numbers for any size.
+    #[arg(long, value_name = "MIB")]
+    grad_bucket_mib: Option<f64>,
     /// Model: HF folder, .gguf file, or hub id org/name.
     #[arg(long)]
     model: Option<String>,
@@ -229,6 +240,8 @@ impl TrainArgs {
             resume: self.resume.clone(),
             stop_after_steps: self.stop_after_steps,
             zero1: self.zero1,
+            overlap_grad_sum: self.overlap_grad_sum,
+            grad_bucket_mib: self.grad_bucket_mib,
             accept_changed_data: self.accept_changed_data,
             no_divergence_guard: self.no_divergence_guard,
             allow_worse: self.allow_worse,
@@ -260,12 +273,25 @@ pub fn run(a: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// --overlap-grad-sum and --grad-bucket-mib.
+fn grad_sum_options(overlap: bool, bucket_mib: Option<f64>) -> Result<GradSumOptions> {
+    let mut o = GradSumOptions { overlap, ..GradSumOptions::default() };
+    if let Some(mib) = bucket_mib {
+        let values = (mib * (1 << 20) as f64 / 4.0).round();
+        if !(values >= 1.0 && values <= i32::MAX as f64) {
+            bail!("--grad-bucket-mib {mib}: give a size between 4 bytes (0.000004) and 8191 MiB");
+        }
+        o.bucket_values = values as usize;
+    }
+    Ok(o)
+}
+
 /// One rank's `train`; the exit code of an interrupted run (0 otherwise).
 fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
     if a.resume.is_some() && !a.only_resume_flags() {
         bail!(
             "--resume continues a run with the settings saved in its checkpoint; drop the other flags (only \
-             --stop-after-steps, --zero1, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check, \
+             --stop-after-steps, --zero1, --overlap-grad-sum, --grad-bucket-mib, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check, \
              --checkpoint-activations, --base-dtype stored|f32 and --threads may be given)"
         );
     }
@@ -284,6 +310,7 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
         resume_checkpoint_activations: a.checkpoint_activations,
         resume_base_dtype: a.base_dtype,
         zero1: a.zero1,
+        grad_sums: grad_sum_options(a.overlap_grad_sum, a.grad_bucket_mib)?,
     };
     let r = train_on(world, settings, &opts)?;
     if !world.is_root() {

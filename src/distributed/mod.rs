@@ -1,7 +1,8 @@
 //! The processes of a data-parallel run and the collectives between them: rank, world size, in-place
-//! allreduce-sum of gradient buffers and scalars, broadcast, barrier, abort. `Single` is the one-process run
-//! (every collective a no-op); `mpi::Mpi` (cargo feature `mpi`) runs under `mpirun`/`srun`. A GPU backend
-//! (NCCL) is one more implementation of [`Collectives`]; the training loop only sees the trait.
+//! allreduce-sum of gradient buffers and scalars (blocking, or started and waited for later so that it overlaps
+//! the backward pass), broadcast, barrier, abort. `Single` is the one-process run (every collective a no-op);
+//! `mpi::Mpi` (cargo feature `mpi`) runs under `mpirun`/`srun`. A GPU backend (NCCL) is one more implementation of
+//! [`Collectives`]; the training loop only sees the trait.
 #[cfg(feature = "mpi")]
 pub mod mpi;
 
@@ -22,6 +23,49 @@ pub trait Collectives {
     fn barrier(&self);
     /// Ends every rank of the job with exit code `code` (the error is already printed by the caller).
     fn abort(&self, code: i32) -> !;
+
+    /// Starts buf ← Σ over ranks of buf without waiting for it; [`Self::wait_sum`] hands the sums back. The
+    /// buffer is the backend's until then. Every rank starts the same sums in the same order. By default the sum
+    /// is done at once (a backend without non-blocking collectives).
+    fn start_sum_f32(&self, mut buf: Vec<f32>) -> Pending {
+        self.sum_f32(&mut buf);
+        Pending(Sum::Done(buf))
+    }
+    /// Lets the started sums progress (MPI moves data only inside its calls) and says whether `p` is done.
+    fn test_sum(&self, p: &Pending) -> bool {
+        matches!(p.0, Sum::Done(_))
+    }
+    /// Waits for `p` and hands back the sums, in a buffer of the length given (not necessarily the same one).
+    fn wait_sum(&self, p: Pending) -> Vec<f32> {
+        match p.0 {
+            Sum::Done(buf) => buf,
+            Sum::InFlight(_) => unreachable!("a backend that starts sums in flight waits for them itself"),
+        }
+    }
+}
+
+/// A sum started by [`Collectives::start_sum_f32`]; give it to `test_sum`/`wait_sum` of the same backend.
+#[must_use = "a started sum must be waited for"]
+pub struct Pending(Sum);
+
+enum Sum {
+    Done(Vec<f32>),
+    InFlight(usize),
+}
+
+impl Pending {
+    /// A sum a backend keeps in flight under its own `id` (an index into its table of sums and buffers).
+    pub fn in_flight(id: usize) -> Self {
+        Pending(Sum::InFlight(id))
+    }
+
+    /// The backend's id of a sum in flight; None for one that was done when it started.
+    pub fn id(&self) -> Option<usize> {
+        match self.0 {
+            Sum::InFlight(id) => Some(id),
+            Sum::Done(_) => None,
+        }
+    }
 }
 
 /// One process: the ordinary run.

@@ -1,10 +1,14 @@
 //! [`Collectives`] over MPI (rsmpi): the job `mpirun -np R` or `srun` started. Only the main thread calls MPI
 //! (`MPI_THREAD_FUNNELED`); rayon's workers only do math. A panic on any rank aborts the whole job, so no rank
-//! waits forever in a collective for one that is gone.
-use super::Collectives;
+//! waits forever in a collective for one that is gone. Started sums are `MPI_Iallreduce` through the raw
+//! bindings (rsmpi's scoped requests cannot outlive the call that made them; ours live in a table here, with
+//! their buffers, until `wait_sum`).
+use super::{Collectives, Pending};
 use anyhow::{Result, bail};
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::environment::Universe;
+use mpi::ffi;
+use mpi::raw::AsRaw;
 use mpi::topology::{Communicator, SimpleCommunicator};
 use mpi::traits::Equivalence;
 use std::cell::RefCell;
@@ -17,6 +21,10 @@ pub struct Mpi {
     world: SimpleCommunicator,
     scratch_f32: RefCell<Vec<f32>>,
     scratch_f64: RefCell<Vec<f64>>,
+    /// Sums in flight (a `Pending` holds its index; None: a free entry).
+    in_flight: RefCell<Vec<Option<InFlight>>>,
+    /// Buffers that received earlier sums, reused to receive the next ones (no allocation once warm).
+    spare: RefCell<Vec<Vec<f32>>>,
     /// Finalizes MPI when dropped: declared last, so dropped last.
     _universe: Universe,
 }
@@ -35,8 +43,23 @@ impl Mpi {
             // SAFETY: MPI_Abort on the world communicator, which lives until MPI_Finalize.
             unsafe { mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 101) };
         }));
-        Ok(Mpi { world, scratch_f32: RefCell::default(), scratch_f64: RefCell::default(), _universe: universe })
+        Ok(Mpi {
+            world,
+            scratch_f32: RefCell::default(),
+            scratch_f64: RefCell::default(),
+            in_flight: RefCell::default(),
+            spare: RefCell::default(),
+            _universe: universe,
+        })
     }
+}
+
+/// One `MPI_Iallreduce` and the buffers MPI reads and writes until it completes: MPI may touch them until then,
+/// so they stay here, never moved out or dropped early.
+struct InFlight {
+    request: ffi::MPI_Request,
+    send: Vec<f32>,
+    recv: Vec<f32>,
 }
 
 /// buf ← Σ over ranks, through `scratch` in chunks of CHUNK.
@@ -73,5 +96,57 @@ impl Collectives for Mpi {
     }
     fn abort(&self, code: i32) -> ! {
         self.world.abort(code)
+    }
+
+    fn start_sum_f32(&self, send: Vec<f32>) -> Pending {
+        let count = i32::try_from(send.len()).expect("a gradient bucket holds fewer than 2³¹ values");
+        let mut recv = self.spare.borrow_mut().pop().unwrap_or_default();
+        recv.resize(send.len(), 0.0);
+        // SAFETY: MPI reads `send` and writes `recv` until the request completes; both stay in `in_flight`
+        // (moving a Vec does not move its values) until `wait_sum` has waited for it.
+        let mut request = unsafe { ffi::RSMPI_REQUEST_NULL };
+        unsafe {
+            ffi::MPI_Iallreduce(
+                send.as_ptr().cast(),
+                recv.as_mut_ptr().cast(),
+                count,
+                ffi::RSMPI_FLOAT,
+                ffi::RSMPI_SUM,
+                self.world.as_raw(),
+                &mut request,
+            )
+        };
+        let mut table = self.in_flight.borrow_mut();
+        let sum = Some(InFlight { request, send, recv });
+        let slot = match table.iter().position(Option::is_none) {
+            Some(free) => {
+                table[free] = sum;
+                free
+            }
+            None => {
+                table.push(sum);
+                table.len() - 1
+            }
+        };
+        Pending::in_flight(slot)
+    }
+
+    fn test_sum(&self, p: &Pending) -> bool {
+        let Some(slot) = p.id() else { return true };
+        let mut table = self.in_flight.borrow_mut();
+        let sum = table[slot].as_mut().expect("a pending sum's entry");
+        let mut done = 0;
+        // SAFETY: a request MPI_Iallreduce made (or MPI_REQUEST_NULL once completed, which tests as done).
+        unsafe { ffi::MPI_Test(&mut sum.request, &mut done, ffi::RSMPI_STATUS_IGNORE) };
+        done != 0
+    }
+
+    fn wait_sum(&self, p: Pending) -> Vec<f32> {
+        let slot = p.id().expect("MPI's sums are all in flight");
+        let mut sum = self.in_flight.borrow_mut()[slot].take().expect("a pending sum's entry");
+        // SAFETY: as in test_sum; after the wait MPI no longer touches the buffers.
+        unsafe { ffi::MPI_Wait(&mut sum.request, ffi::RSMPI_STATUS_IGNORE) };
+        self.spare.borrow_mut().push(sum.send);
+        sum.recv
     }
 }

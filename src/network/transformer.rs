@@ -82,7 +82,7 @@ impl Block {
     }
 
     /// Visits every tensor of the block (norms, then each linear layer's weight, bias and adapter).
-    fn for_each_param_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut Param)) {
+    pub fn for_each_param_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut Param)) {
         for n in [&mut self.attn_norm, &mut self.mlp_norm] {
             f(&mut n.w);
             if let Some(b) = &mut n.b {
@@ -130,13 +130,24 @@ impl Transformer {
 
     /// Visits every tensor of the model (base and adapters) in a fixed order — the order of checkpoints and
     /// optimizer state. Allocates nothing (the training step's path).
-    pub fn for_each_param_mut<'a>(&'a mut self, mut f: impl FnMut(&'a mut Param)) {
+    pub fn for_each_param_mut<'a>(&'a mut self, f: impl FnMut(&'a mut Param)) {
+        self.visit_params(f, true);
+    }
+
+    /// [`Self::for_each_param_mut`] without the blocks' tensors: the embeddings, the final norm and the head.
+    pub fn for_each_outer_param_mut<'a>(&'a mut self, f: impl FnMut(&'a mut Param)) {
+        self.visit_params(f, false);
+    }
+
+    fn visit_params<'a>(&'a mut self, mut f: impl FnMut(&'a mut Param), blocks: bool) {
         f(&mut self.embed);
         if let Some(p) = &mut self.pos_embed {
             f(p);
         }
-        for b in &mut self.blocks {
-            b.for_each_param_mut(&mut f);
+        if blocks {
+            for b in &mut self.blocks {
+                b.for_each_param_mut(&mut f);
+            }
         }
         f(&mut self.final_norm.w);
         if let Some(b) = &mut self.final_norm.b {
@@ -397,6 +408,19 @@ impl Transformer {
     /// `recompute`, each block's activations are first recomputed from its saved input (the last block's are
     /// still there) — the same operations on the same values, so the gradients are the same bits.
     pub fn backward(&mut self, batch: &PackedBatch, acts: &mut Activations, dhidden: &[f32]) {
+        self.backward_with(batch, acts, dhidden, |_, _| {});
+    }
+
+    /// [`Self::backward`], calling `after_block(self, i)` as soon as block i's parameter gradients are final (the
+    /// blocks run last to first; the embeddings' and the final norm's are final when it returns): a data-parallel
+    /// step starts summing them over the ranks while the earlier blocks compute.
+    pub fn backward_with(
+        &mut self,
+        batch: &PackedBatch,
+        acts: &mut Activations,
+        dhidden: &[f32],
+        mut after_block: impl FnMut(&mut Self, usize),
+    ) {
         let (n, qw) = (batch.len(), self.qkv_width());
         let d = self.config.hidden_size;
         acts.prepare_grads(&self.config, qw, n);
@@ -448,6 +472,7 @@ impl Transformer {
             let l = &mut layers[if recompute { 0 } else { i }];
             let rope = layer_rope(&self.config, i, rope, rope_local.as_ref());
             self.block_backward(i, l, grads, lora_x_drop, batch, rope);
+            after_block(self, i);
         }
         if let Some(s) = self.embed_scale() {
             grads.dx[..n * d].iter_mut().for_each(|v| *v *= s);

@@ -1,6 +1,7 @@
 //! Training: the conditional objective, AdamW with schedules and clipping, the step, and the run
 //! (data order, evaluation, metrics, checkpoints, outputs).
 pub mod checkpoint;
+pub mod grad_sums;
 pub mod guard;
 pub mod interrupt;
 pub mod memory;

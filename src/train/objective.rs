@@ -33,6 +33,20 @@ pub fn forward_backward<E: Borrow<Example>>(
     s: &mut ObjectiveScratch,
     step_seed: u64,
 ) -> Result<f64> {
+    forward_backward_with(model, rows, token_weight, label_smoothing, s, step_seed, |_, _| {})
+}
+
+/// [`forward_backward`] with `after_block` called as each block's gradients become final
+/// ([`Transformer::backward_with`]).
+pub fn forward_backward_with<E: Borrow<Example>>(
+    model: &mut Transformer,
+    rows: &[E],
+    token_weight: f32,
+    label_smoothing: f32,
+    s: &mut ObjectiveScratch,
+    step_seed: u64,
+    after_block: impl FnMut(&mut Transformer, usize),
+) -> Result<f64> {
     let batch = &mut s.batch;
     batch.pack(rows.iter().map(|e| &e.borrow().ids[..]));
     model.check_batch(batch)?;
@@ -56,6 +70,6 @@ pub fn forward_backward<E: Borrow<Example>>(
         dhead,
         &mut s.head,
     );
-    model.backward(batch, &mut s.acts, dhidden);
+    model.backward_with(batch, &mut s.acts, dhidden, after_block);
     Ok(loss)
 }

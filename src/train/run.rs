@@ -5,6 +5,7 @@
 //! visits the same steps; each computes its shard of every micro-batch ([`Trainer::step_on`]) and of each
 //! evaluation. Rank 0 alone touches the output folder (metrics, checkpoints, plot, result) and draws the progress.
 use super::checkpoint::{self, RunRecord};
+use super::grad_sums::GradSumOptions;
 use super::guard::{Guard, worse_than_start};
 use super::interrupt::{Interrupt, Signal};
 use super::memory::{MemoryPlan, available_bytes, largest_micro_batch};
@@ -104,6 +105,8 @@ pub struct RunOptions {
     pub resume_base_dtype: Option<BaseDtype>,
     /// Under several ranks, ZeRO-1: each rank keeps 1/R of the AdamW moments ([`Trainer::shard_optimizer`]).
     pub zero1: bool,
+    /// Under several ranks, how the gradients are summed ([`super::grad_sums`]).
+    pub grad_sums: GradSumOptions,
 }
 
 impl Default for RunOptions {
@@ -119,6 +122,7 @@ impl Default for RunOptions {
             resume_checkpoint_activations: false,
             resume_base_dtype: None,
             zero1: false,
+            grad_sums: GradSumOptions::default(),
         }
     }
 }
@@ -323,6 +327,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     if opts.zero1 && world.size() > 1 {
         trainer.shard_optimizer(world);
     }
+    trainer.set_grad_sums(opts.grad_sums);
     let (mut best_eval, mut data_changed) = (None, false);
     if let Some((meta, state)) = resumed {
         data_changed = check_same_data(&meta, &data_sha256, opts.accept_changed_data)?;

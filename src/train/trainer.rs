@@ -3,12 +3,14 @@
 //!
 //! Data-parallel (`step_on` with several ranks): every rank holds the step's rows and takes its shard of each
 //! micro-batch; each y token is still weighted by 1 / (y tokens of the whole step), counted on all rows, so the
-//! gradients summed over ranks are the single-process gradients up to summation order.
+//! gradients summed over ranks are the single-process gradients up to summation order. The sums run in buckets,
+//! after the backward pass or, as an option, during the last micro-batch's ([`super::grad_sums`]).
 //!
 //! ZeRO stage 1 ([`Trainer::shard_optimizer`]): the trainable elements, in model order, are split into one
 //! contiguous part per rank; a rank keeps the AdamW moments of its part only, updates only those values, then
 //! every part is broadcast from its owner. AdamW is element-wise, so the values are those of the unsharded run.
-use super::objective::{ObjectiveScratch, forward_backward};
+use super::grad_sums::{GradSumOptions, GradSums};
+use super::objective::{ObjectiveScratch, forward_backward, forward_backward_with};
 use super::optim::{
     AdamWConfig, Moments, NORM_CHUNK, adamw_update, adamw_update_slice, add_grad_sq, clip_coef, decays, scale_grad,
 };
@@ -47,9 +49,12 @@ pub struct StepStats {
     /// Gradient norm before clipping.
     pub grad_norm: f64,
     pub lr: f64,
-    /// Seconds spent moving data in collectives (gradient sums, ZeRO-1 broadcasts); 0 on one process.
+    /// Seconds spent on collectives outside the computation (gradient sums: packing, polling, waiting,
+    /// unpacking; ZeRO-1 broadcasts); 0 on one process. With the sums overlapped, this includes waiting for the
+    /// slowest rank.
     pub comm_s: f64,
-    /// Seconds this rank waited for the slowest rank to finish its micro-batches (a barrier before the sums).
+    /// Seconds this rank waited for the slowest rank to finish its micro-batches (a barrier before the sums when
+    /// they are not overlapped; 0 otherwise).
     pub wait_s: f64,
 }
 
@@ -62,9 +67,6 @@ pub struct TrainState {
     pub tensors: Vec<(String, Vec<f32>, Moments)>,
 }
 
-/// Values per gradient bucket of a multi-rank step (4 MiB).
-const BUCKET: usize = 1 << 20;
-
 pub struct Trainer {
     pub model: Transformer,
     pub cfg: TrainConfig,
@@ -73,8 +75,8 @@ pub struct Trainer {
     /// AdamW moments of each trainable tensor, in model order (under ZeRO-1, of this rank's part of it).
     moments: Vec<Moments>,
     zero1: Option<Zero1>,
-    /// Small gradients packed end to end for one collective (see `sum_over_ranks`).
-    bucket: Vec<f32>,
+    /// The gradient sums of a multi-rank step.
+    sums: GradSums,
     scratch: ObjectiveScratch,
     /// Partial sums of the gradient norm (see `optim::add_grad_sq`), sized for the largest tensor.
     norm_partials: Vec<f64>,
@@ -96,7 +98,13 @@ impl Trainer {
         let norm_partials = vec![0.0; largest.div_ceil(NORM_CHUNK)];
         let mut scratch = ObjectiveScratch::default();
         scratch.recompute_activations = cfg.checkpoint_activations;
-        Ok(Trainer { model, cfg, step: 0, moments, scratch, norm_partials, zero1: None, bucket: vec![] })
+        let sums = GradSums::new(GradSumOptions::default());
+        Ok(Trainer { model, cfg, step: 0, moments, scratch, norm_partials, zero1: None, sums })
+    }
+
+    /// How a multi-rank step sums its gradients (the same numbers either way).
+    pub fn set_grad_sums(&mut self, options: GradSumOptions) {
+        self.sums.options = options;
     }
 
     /// ZeRO-1 over `world`: from now on this rank keeps (and updates) the moments of its part of the trainable
@@ -148,15 +156,25 @@ impl Trainer {
         }
         let lr =
             self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
+        let (multi, overlap) = (world.size() > 1, self.sums.options.overlap);
+        if multi {
+            self.sums.begin(&mut self.model);
+        }
         let loss = self.accumulate_gradients(world, rows, micro_batch, 1.0 / y_tokens as f32)?;
         let t0 = Instant::now();
-        if world.size() > 1 {
+        if multi && !overlap {
             world.barrier();
         }
         let wait_s = t0.elapsed().as_secs_f64();
-        let t0 = Instant::now();
-        let loss = self.sum_over_ranks(world, loss);
-        let mut comm_s = t0.elapsed().as_secs_f64();
+        let (loss, mut comm_s) = match multi {
+            false => (loss, 0.0),
+            true => {
+                self.sums.finish(world, &mut self.model);
+                let t0 = Instant::now();
+                let loss = world.sum_scalar(loss);
+                (loss, self.sums.secs + t0.elapsed().as_secs_f64())
+            }
+        };
         let grad_norm = self.grad_norm();
         if !(grad_norm.is_finite() && loss.is_finite()) {
             let cause = if self.step == 0 {
@@ -178,7 +196,8 @@ impl Trainer {
     }
 
     /// Forward and backward of this rank's shard of every micro-batch, each y token's loss weighted by
-    /// `token_weight`; returns Σ per-token loss of the shards.
+    /// `token_weight`; returns Σ per-token loss of the shards. With several ranks and overlap, the backward of
+    /// this rank's last non-empty shard starts the gradient sums block by block.
     fn accumulate_gradients<E: Borrow<Example>>(
         &mut self,
         world: &dyn Collectives,
@@ -186,52 +205,29 @@ impl Trainer {
         micro_batch: usize,
         weight: f32,
     ) -> Result<f64> {
+        let mine = |mb: &[E]| shard(mb.len(), world.rank(), world.size());
+        let overlap_at = match world.size() > 1 && self.sums.options.overlap {
+            true => rows.chunks(micro_batch.max(1)).rposition(|mb| !mine(mb).is_empty()),
+            false => None,
+        };
         let mut loss = 0.0;
         for (k, mb) in rows.chunks(micro_batch.max(1)).enumerate() {
-            let mine = &mb[shard(mb.len(), world.rank(), world.size())];
-            if mine.is_empty() {
+            let mb = &mb[mine(mb)];
+            if mb.is_empty() {
                 continue;
             }
+            let (smoothing, s) = (self.cfg.label_smoothing, &mut self.scratch);
             let seed = crate::rng::mix(self.cfg.seed ^ crate::rng::mix(self.step * 1_000_003 + k as u64));
-            loss += forward_backward(&mut self.model, mine, weight, self.cfg.label_smoothing, &mut self.scratch, seed)?;
+            loss += match overlap_at == Some(k) {
+                false => forward_backward(&mut self.model, mb, weight, smoothing, s, seed)?,
+                true => {
+                    let sums = &mut self.sums;
+                    let after_block = |m: &mut Transformer, i| sums.after_block(world, m, i);
+                    forward_backward_with(&mut self.model, mb, weight, smoothing, s, seed, after_block)?
+                }
+            };
         }
         Ok(loss)
-    }
-
-    /// Sums every gradient and the step's `loss` over the ranks (nothing to do on one). A gradient of BUCKET
-    /// values or more is summed where it lies; smaller ones travel packed end to end in buckets of up to BUCKET
-    /// values, so LoRA's hundreds of small factors take a few collectives instead of one each (every collective
-    /// costs a round of latency, more so on a busy machine). A multi-rank step allocates the list of gradients.
-    fn sum_over_ranks(&mut self, world: &dyn Collectives, loss: f64) -> f64 {
-        if world.size() == 1 {
-            return loss;
-        }
-        let mut grads: Vec<&mut Vec<f32>> =
-            self.model.params_mut().into_iter().filter_map(|p| p.grad.as_mut()).collect();
-        let (large, mut small): (Vec<_>, Vec<_>) = grads.iter_mut().partition(|g| g.len() >= BUCKET);
-        for g in large {
-            world.sum_f32(g);
-        }
-        let bucket = &mut self.bucket;
-        let mut rest = &mut small[..];
-        while !rest.is_empty() {
-            let (mut n, mut len) = (0, 0);
-            while n < rest.len() && len + rest[n].len() <= BUCKET {
-                len += rest[n].len();
-                n += 1;
-            }
-            bucket.clear();
-            rest[..n].iter().for_each(|g| bucket.extend_from_slice(g));
-            world.sum_f32(bucket);
-            let mut at = 0;
-            for g in &mut rest[..n] {
-                let len = g.len();
-                g.copy_from_slice(&bucket[at..at + len]);
-                at += len;
-            }
-            rest = &mut rest[n..];
-        }
-        world.sum_scalar(loss)
     }
 
     /// √(Σ g²) over every trainable tensor, in model order.
