@@ -10,7 +10,7 @@ use condlm::generate::{
     BeamParams, EarlyStopping, Event, GenerateOptions, Generation, NonFiniteLogits, SamplingParams, Strategy,
     encode_prompt, generate, generate_from,
 };
-use condlm::kernels::quant_dot::{Compute, set_compute};
+use condlm::kernels::compute::{Compute, set_compute};
 use condlm::network::transformer::Transformer;
 use condlm::output::rows::{Destination, RowWriter, prepare};
 use condlm::progress;

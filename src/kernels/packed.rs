@@ -16,7 +16,8 @@ use super::gemm::depth_block;
 use super::mat::{Mat, MatMut};
 use super::matmul::matmul;
 use super::matvec::{MAX_ROWS, column_blocks, is_dense, matmul_wt, matvec_blocks};
-use super::quant_dot::{self, Compute, Isa, Q8Rows};
+use super::compute::{Compute, compute};
+use super::quant_dot::{self, Isa, Q8Rows};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Deref;
@@ -98,7 +99,7 @@ impl PackedMatrix {
     /// [`matmul_wt`] on the dequantized matrix.
     pub fn matmul_wt(&self, out: MatMut, x: Mat, accumulate: bool) {
         assert!(x.cols == self.cols && out.cols == self.rows, "PackedMatrix::matmul_wt: shape mismatch");
-        if x.rows <= MAX_ROWS && is_dense(x) && quant_dot::compute() == Compute::Int8 && quant_dot::supports(self.ty) {
+        if x.rows <= MAX_ROWS && is_dense(x) && compute() == Compute::Int8 && quant_dot::supports(self.ty) {
             self.matvec_int8(out, x, accumulate);
             return;
         }
