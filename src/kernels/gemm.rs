@@ -102,7 +102,15 @@ pub(super) trait Kernel {
     /// # Safety
     /// As [`pack`]; the CPU runs the kernel's instruction set.
     #[allow(clippy::too_many_arguments)]
-    unsafe fn pack(dst: &mut [f32], width: usize, src: *const f32, w: usize, kb: usize, ld_line: usize, ld_depth: usize);
+    unsafe fn pack(
+        dst: &mut [f32],
+        width: usize,
+        src: *const f32,
+        w: usize,
+        kb: usize,
+        ld_line: usize,
+        ld_depth: usize,
+    );
     /// `c[i·ldc + j] = (c[i·ldc + j] if load else 0) + Σ_p A[i, p] · B[p, j]` for i < MR, j < NR over the kb
     /// depths of packed panels `a` (when `lda == 0`) and `b`; the f32 kernels read `A[i, p] = a[p·MR + i]`,
     /// `B[p, j] = b[p·NR + j]`, or when `lda > 0` (see [`Self::DIRECT`]) MR rows of a row-major matrix,
@@ -532,15 +540,7 @@ macro_rules! simd_kernel {
                 const MR: usize = MR;
                 const NR: usize = $lanes * NV;
                 const DIRECT: bool = true;
-                unsafe fn pack(
-                    d: &mut [f32],
-                    width: usize,
-                    s: *const f32,
-                    w: usize,
-                    kb: usize,
-                    ll: usize,
-                    ld: usize,
-                ) {
+                unsafe fn pack(d: &mut [f32], width: usize, s: *const f32, w: usize, kb: usize, ll: usize, ld: usize) {
                     // SAFETY: forwarded caller guarantees; this family's CPUs have AVX.
                     unsafe { super::pack(d, width, s, w, kb, ll, ld, true) }
                 }

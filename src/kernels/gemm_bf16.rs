@@ -250,7 +250,8 @@ mod native {
                 std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b.add((q * NV + v) * 16).cast()))
             });
             for (i, row) in acc.iter_mut().enumerate() {
-                let ai = unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(q * MR + i) as i32)) };
+                let ai =
+                    unsafe { std::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(*a.add(q * MR + i) as i32)) };
                 for (s, &x) in row.iter_mut().zip(&bv) {
                     *s = _mm512_dpbf16_ps(*s, ai, x);
                 }
