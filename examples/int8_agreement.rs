@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use condlm::data::dataset::{DataOptions, load_dataset};
 use condlm::formats::load::load_model;
 use condlm::generate::decoder::Decoder;
-use condlm::kernels::quant_dot::{Compute, set_compute};
+use condlm::kernels::compute::{Compute, set_compute};
 use condlm::network::batch::Row;
 use std::path::Path;
 

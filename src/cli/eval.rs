@@ -1,5 +1,5 @@
 //! `condlm eval`: token-weighted NLL and perplexity of y given x over a dataset.
-use super::{AdapterArgs, BaseArgs, DataArgs, FieldArgs};
+use super::{AdapterArgs, BaseArgs, ComputeArgs, DataArgs, FieldArgs, use_compute};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::source::EVAL_SPLITS;
@@ -16,6 +16,8 @@ pub struct EvalArgs {
     adapter: AdapterArgs,
     #[command(flatten)]
     base: BaseArgs,
+    #[command(flatten)]
+    compute: ComputeArgs,
     #[command(flatten)]
     data: DataArgs,
     /// Longest row in tokens: x is cut from the left to fit; a row whose completion alone does not fit is an
@@ -36,6 +38,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.max_len == Some(0) {
         bail!("--max-len must be at least 1 (tokens per row)");
     }
+    use_compute(a.compute.compute, false, true)?;
     let data = a.data.source(EVAL_SPLITS)?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;

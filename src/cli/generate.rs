@@ -1,5 +1,5 @@
 //! `condlm generate`: continue one prompt (streamed to stdout) or every row of --data.
-use super::{AdapterArgs, BaseArgs, DATA_FORMAT_HELP, EVAL_SPLIT_HELP};
+use super::{AdapterArgs, BaseArgs, DATA_FORMAT_HELP, EVAL_SPLIT_HELP, use_compute};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use condlm::data::chat::{ChatTemplate, GenerationPrompt};
@@ -10,7 +10,7 @@ use condlm::generate::{
     BeamParams, EarlyStopping, Event, GenerateOptions, Generation, NonFiniteLogits, SamplingParams, Strategy,
     encode_prompt, generate, generate_from,
 };
-use condlm::kernels::quant_dot::{Compute, set_compute};
+use condlm::kernels::compute::Compute;
 use condlm::network::transformer::Transformer;
 use condlm::output::rows::{Destination, RowWriter, prepare};
 use condlm::progress;
@@ -37,7 +37,8 @@ pub struct GenerateArgs {
     base: BaseArgs,
     /// Decoding's products on a block-quantized base (Q4_0 … Q6_K): f32 (dequantized; the f32 base's results)
     /// or int8 (activations rounded to 8 bits, integer dot products on the stored blocks, as llama.cpp does:
-    /// faster, slightly different log-probs) [default: f32].
+    /// faster, slightly different log-probs); or bf16 (prefills' GEMMs with bf16 operands, as `train
+    /// --compute bf16`; decode steps stay f32) [default: f32].
     #[arg(long, value_enum, default_value_t = Compute::F32, hide_default_value = true)]
     compute: Compute,
     /// The prompt x; its continuation is streamed to stdout as it is generated [default: none; give it or --data].
@@ -138,7 +139,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let weight_bytes: usize = opened.weights.resident_bytes(a.base.base_dtype).values().sum();
     let mut m = opened.load(a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
-    set_compute(a.compute);
+    use_compute(a.compute, true, true)?;
     if !a.ignore_eos {
         let eos = m.tokenizer.eos_id;
         opts.stop_ids.retain(|&t| t != eos);

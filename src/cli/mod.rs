@@ -10,13 +10,15 @@ pub mod metrics;
 pub mod score;
 pub mod train;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::dataset::DataOptions;
 use condlm::data::source::{DataFormat, DataSource, resolve_data};
 use condlm::formats::load::LoadedModel;
 use condlm::formats::peft::{AdapterConfig, attach_adapter, base_mismatch, read_adapter_config};
 use condlm::formats::weights::BaseDtype;
+use condlm::kernels::bf16;
+use condlm::kernels::compute::{Compute, set_compute};
 use std::path::PathBuf;
 
 /// The field names of prompt/completion rows, shared by `eval` and `score` (`train` takes the same flags as
@@ -40,6 +42,33 @@ impl FieldArgs {
             max_len,
         }
     }
+}
+
+/// `--compute` of `train`, `score` and `eval` (`generate` has its own, with int8 for decoding).
+#[derive(Args, Default)]
+pub struct ComputeArgs {
+    /// Precision of the GEMMs of the weight matrices (base linears and LM head, forward and backward): f32, or
+    /// bf16 (operands rounded to bf16, products accumulated in f32: AVX512-BF16's vdpbf16ps where the CPU has
+    /// it; elsewhere an exact emulation of it, slower than f32). LoRA's own products, attention, norms and the
+    /// optimizer stay f32 [default: f32].
+    #[arg(long, value_enum, default_value_t = Compute::F32, hide_default_value = true)]
+    pub compute: Compute,
+}
+
+/// Sets this process's compute (`--compute`) before anything runs. Int8 is decoding's (`decoding`: the command
+/// is `generate`). bf16 on a CPU without AVX512-BF16 runs the emulation: said once on stderr when `tell`.
+pub fn use_compute(c: Compute, decoding: bool, tell: bool) -> Result<()> {
+    if c == Compute::Int8 && !decoding {
+        bail!("--compute int8 applies to decoding (generate); train, score and eval take --compute f32 or bf16");
+    }
+    if c == Compute::Bf16 && !bf16::native() && tell {
+        eprintln!(
+            "warning: this CPU has no AVX512-BF16: --compute bf16 runs an exact emulation of it (the same bits), \
+             slower than f32 here; drop --compute bf16 to compute in f32"
+        );
+    }
+    set_compute(c);
+    Ok(())
 }
 
 /// How the model's block matrices are kept, shared by `eval`, `score` and `generate`.

@@ -1,5 +1,5 @@
 //! `condlm score`: log P(y + EOS | x) for every row, then token-weighted NLL and perplexity.
-use super::{AdapterArgs, BaseArgs, DataArgs, FieldArgs};
+use super::{AdapterArgs, BaseArgs, ComputeArgs, DataArgs, FieldArgs, use_compute};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::dataset::Dataset;
@@ -40,6 +40,8 @@ pub struct ScoreArgs {
     adapter: AdapterArgs,
     #[command(flatten)]
     base: BaseArgs,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Also write each row's token ids, the index where y starts, and every y token's log-prob [default: off].
     #[arg(long)]
     per_token: bool,
@@ -52,6 +54,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         bail!("--batch must be at least 1 (rows per forward pass)");
     }
     let out = prepare(a.out.as_deref(), a.overwrite, a.resume_output)?;
+    use_compute(a.compute.compute, false, true)?;
     let data = a.data.source(EVAL_SPLITS)?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;

@@ -1,4 +1,5 @@
 //! `condlm train`: fit a model on (x, y) pairs by the conditional objective, LoRA or full fine-tuning.
+use super::{ComputeArgs, use_compute};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::source::DataFormat;
@@ -169,6 +170,8 @@ pub struct TrainArgs {
     /// [default: off].
     #[arg(long)]
     checkpoint_activations: bool,
+    #[command(flatten)]
+    compute: ComputeArgs,
     /// Check the settings, model and data, print the memory plan (weights by type, optimizer state, activations)
     /// and exit without loading the weights or writing anything [default: off].
     #[arg(long)]
@@ -248,6 +251,7 @@ impl TrainArgs {
             no_memory_check: self.no_memory_check,
             checkpoint_activations: self.checkpoint_activations,
             base_dtype: self.base_dtype,
+            compute: ComputeArgs { compute: self.compute.compute },
             ..Default::default()
         };
         self.config.is_none() && !self.overwrite && bare.settings().ok() == self.settings().ok()
@@ -291,13 +295,15 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
     if a.resume.is_some() && !a.only_resume_flags() {
         bail!(
             "--resume continues a run with the settings saved in its checkpoint; drop the other flags (only \
-             --stop-after-steps, --zero1, --overlap-grad-sum, --grad-bucket-mib, --accept-changed-data, --no-divergence-guard, --allow-worse, --no-memory-check, \
-             --checkpoint-activations, --base-dtype stored|f32 and --threads may be given)"
+             --stop-after-steps, --zero1, --overlap-grad-sum, --grad-bucket-mib, --accept-changed-data, --no-divergence-guard, \
+             --allow-worse, --no-memory-check, --checkpoint-activations, --base-dtype stored|f32, --compute and --threads \
+             may be given)"
         );
     }
     if a.accept_changed_data && a.resume.is_none() {
         bail!("--accept-changed-data only applies with --resume");
     }
+    use_compute(a.compute.compute, false, world.is_root())?;
     let settings = a.settings()?;
     let opts = RunOptions {
         resume: a.resume.clone(),

@@ -30,10 +30,13 @@ const KC: usize = 384;
 const MC: usize = 144;
 /// Columns of B packed at once (rounded down to a multiple of NR): a KC × NC block, L3-resident.
 const NC: usize = 2048;
-/// Floats of one thread's packing buffer: a KC × NC block of B and an MC × KC block of A.
-const PACK_FLOATS: usize = KC * (NC + MC);
+/// Slots a packed panel may hold beyond its kb · width values (a kernel's header, see [`Kernel::panel_len`]).
+pub(super) const PANEL_EXTRA: usize = 96;
+/// Slots of one thread's packing buffer: a KC × NC block of B and an MC × KC block of A, with room for the
+/// panels' headers (at most NC / 8 panels of B and MC / 4 of A: no kernel is narrower).
+const PACK_FLOATS: usize = KC * (NC + MC) + PANEL_EXTRA * (NC / 8 + MC / 4);
 /// Largest MR · NR of any micro-kernel (the scratch tile for edges).
-const MAX_TILE: usize = 256;
+pub(super) const MAX_TILE: usize = 256;
 /// Products with fewer multiply-adds than this run on the calling thread only.
 const PARALLEL_WORK: usize = 1 << 18;
 
@@ -81,25 +84,81 @@ impl Isa {
     }
 }
 
-/// A register-blocked micro-kernel computing one MR × NR tile of C.
-trait Kernel {
+/// A register-blocked micro-kernel computing one MR × NR tile of C from packed panels of A and B — the f32
+/// kernels here, and the bf16 ones of `gemm_bf16`, which pack panels their own way.
+pub(super) trait Kernel {
     const MR: usize;
     const NR: usize;
-    /// The CPU has AVX (the packing transposes use it).
-    const AVX: bool;
-    /// `c[i·ldc + j] = (c[i·ldc + j] if load else 0) + Σ_p A[i, p] · b[p·NR + j]` for i < MR, j < NR, where A is a
-    /// packed panel, `A[i, p] = a[p·MR + i]`, when `lda == 0`, else MR rows of a row-major matrix,
+    /// Full-height tiles of a single-panel product may read a row-major A in place (`lda > 0` in [`Self::tile`])
+    /// instead of packing it: the kernel's panels hold A's values unchanged.
+    const DIRECT: bool;
+    /// 32-bit slots of a packed panel of `kb` depths and `width` lines: kb · width, plus at most [`PANEL_EXTRA`].
+    fn panel_len(kb: usize, width: usize) -> usize {
+        kb * width
+    }
+    /// Packs `w ≤ width` lines of `kb` depths, line l at depth p being `src[l·ld_line + p·ld_depth]`, into the
+    /// panel `dst` ([`Self::panel_len`] slots), zero-padding lines w..width.
+    ///
+    /// # Safety
+    /// As [`pack`]; the CPU runs the kernel's instruction set.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pack(
+        dst: &mut [f32],
+        width: usize,
+        src: *const f32,
+        w: usize,
+        kb: usize,
+        ld_line: usize,
+        ld_depth: usize,
+    );
+    /// `c[i·ldc + j] = (c[i·ldc + j] if load else 0) + Σ_p A[i, p] · B[p, j]` for i < MR, j < NR over the kb
+    /// depths of packed panels `a` (when `lda == 0`) and `b`; the f32 kernels read `A[i, p] = a[p·MR + i]`,
+    /// `B[p, j] = b[p·NR + j]`, or when `lda > 0` (see [`Self::DIRECT`]) MR rows of a row-major matrix,
     /// `A[i, p] = a[i·lda + p]`.
     ///
     /// # Safety
-    /// Those kb · MR elements of A and kb · NR floats at `b` are readable; `c` is writable at every `i·ldc + j`
-    /// above; the CPU runs the kernel's instruction set.
+    /// `a` and `b` hold packed panels of kb depths (or those kb · MR elements of A are readable in place); `c`
+    /// is writable at every `i·ldc + j` above; the CPU runs the kernel's instruction set.
     unsafe fn tile(kb: usize, a: *const f32, lda: usize, b: *const f32, c: *mut f32, ldc: usize, load: bool);
+}
+
+/// A family of kernels built on each f32 kernel (`Of<K>` for the f32 kernel K), so that one dispatch on
+/// [`Isa`] and the product's width serves the f32 GEMM ([`F32`]) and kernels that wrap it (bf16's emulation).
+pub(super) trait Family {
+    type Of<K: Kernel>: Kernel;
+}
+
+/// The f32 kernels themselves.
+pub(super) struct F32;
+impl Family for F32 {
+    type Of<K: Kernel> = K;
 }
 
 /// `out = a · b`, or `out += a · b` when `accumulate`, with the micro-kernels of `isa` (which the CPU must run:
 /// one of [`Isa::available`]). Rows of `out` must not overlap (`row_stride ≥ cols`).
 pub fn gemm(isa: Isa, out: MatMut, a: Mat, b: Mat, accumulate: bool) {
+    gemm_with::<F32>(isa, out, a, b, accumulate);
+}
+
+/// [`gemm`] with the kernels of family `W` built on `isa`'s f32 kernels.
+pub(super) fn gemm_with<W: Family>(isa: Isa, out: MatMut, a: Mat, b: Mat, accumulate: bool) {
+    assert!(isa.runs_here(), "gemm: {isa:?} kernels need CPU features this CPU lacks");
+    let n = b.cols;
+    match isa {
+        Isa::Scalar => product::<W::Of<scalar::Tile<4, 8>>>(out, a, b, accumulate),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 if n <= 8 => product::<W::Of<avx2::Tile<8, 1>>>(out, a, b, accumulate),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => product::<W::Of<avx2::Tile<6, 2>>>(out, a, b, accumulate),
+        #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+        Isa::Avx512 if n <= 16 => product::<W::Of<avx512::Tile<8, 1>>>(out, a, b, accumulate),
+        #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
+        Isa::Avx512 => product::<W::Of<avx512::Tile<8, 2>>>(out, a, b, accumulate),
+    }
+}
+
+/// Checks the shapes and views, then runs the blocked loop with kernel `K` (which the CPU must run).
+pub(super) fn product<K: Kernel>(out: MatMut, a: Mat, b: Mat, accumulate: bool) {
     assert!(a.cols == b.rows && out.rows == a.rows && out.cols == b.cols, "gemm: shape mismatch");
     let (m, n, k) = (a.rows, b.cols, a.cols);
     if m == 0 || n == 0 {
@@ -109,7 +168,6 @@ pub fn gemm(isa: Isa, out: MatMut, a: Mat, b: Mat, accumulate: bool) {
     b.check("rhs");
     assert!((m - 1) * out.row_stride + n <= out.data.len(), "gemm: dst out of bounds");
     assert!(m == 1 || out.row_stride >= n, "gemm: dst rows overlap");
-    assert!(isa.runs_here(), "gemm: {isa:?} kernels need CPU features this CPU lacks");
     if k == 0 {
         if !accumulate {
             for r in 0..m {
@@ -118,17 +176,7 @@ pub fn gemm(isa: Isa, out: MatMut, a: Mat, b: Mat, accumulate: bool) {
         }
         return;
     }
-    match isa {
-        Isa::Scalar => drive::<scalar::Tile<4, 8>>(out, a, b, accumulate),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 if n <= 8 => drive::<avx2::Tile<8, 1>>(out, a, b, accumulate),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => drive::<avx2::Tile<6, 2>>(out, a, b, accumulate),
-        #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
-        Isa::Avx512 if n <= 16 => drive::<avx512::Tile<8, 1>>(out, a, b, accumulate),
-        #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
-        Isa::Avx512 => drive::<avx512::Tile<8, 2>>(out, a, b, accumulate),
-    }
+    drive::<K>(out, a, b, accumulate);
 }
 
 /// The depth of the GEMM's blocks for a product of depth `k`: equal blocks of at most KC, a function of k alone, so
@@ -235,50 +283,54 @@ unsafe fn blocked<K: Kernel>(
     let (mr, nr, k) = (K::MR, K::NR, a.cols);
     let (mc, nc) = (MC / mr * mr, NC / nr * nr);
     let kc = depth_block(k);
-    let (bp, ap) = buf.split_at_mut(KC * nc);
+    let (bp, ap) = buf.split_at_mut(nc / nr * (KC * nr + PANEL_EXTRA));
     let mut scratch = [0.0f32; MAX_TILE];
     for jc in cols.clone().step_by(nc) {
         let nb = nc.min(cols.end - jc);
         // A single B panel: full-height tiles read a row-major A in place (see the module docs).
-        let direct = nb <= nr && a.col_stride == 1 && a.row_stride > 0;
+        let direct = K::DIRECT && nb <= nr && a.col_stride == 1 && a.row_stride > 0;
         for pc in (0..k).step_by(kc) {
             let kb = kc.min(k - pc);
             let load = accumulate || pc > 0;
-            // Bp: ⌈nb/NR⌉ panels of kb × NR; panel jp holds B[pc + p, jc + jp·NR + j] at [jp·kb·NR + p·NR + j].
-            for (jp, panel) in bp[..nb.div_ceil(nr) * kb * nr].chunks_exact_mut(kb * nr).enumerate() {
+            let (bl, al) = (K::panel_len(kb, nr), K::panel_len(kb, mr));
+            debug_assert!(bl <= kb * nr + PANEL_EXTRA && al <= kb * mr + PANEL_EXTRA);
+            // Bp: ⌈nb/NR⌉ panels of kb × NR, bl slots each (f32 kernels: B[pc + p, jc + jp·NR + j] at
+            // [jp·kb·NR + p·NR + j]).
+            for (jp, panel) in bp[..nb.div_ceil(nr) * bl].chunks_exact_mut(bl).enumerate() {
                 let j0 = jc + jp * nr;
                 // SAFETY: the panel's source elements B[pc..pc + kb, j0..j0 + w] are inside the checked view.
                 unsafe {
                     let src = b.data.as_ptr().add(pc * b.row_stride + j0 * b.col_stride);
-                    pack(panel, nr, src, nr.min(cols.end - j0), kb, b.col_stride, b.row_stride, K::AVX)
+                    K::pack(panel, nr, src, nr.min(cols.end - j0), kb, b.col_stride, b.row_stride)
                 }
             }
             for ic in rows.clone().step_by(mc) {
                 let mb = mc.min(rows.end - ic);
-                // Ap: ⌈mb/MR⌉ panels of kb × MR; panel ip holds A[ic + ip·MR + i, pc + p] at [ip·kb·MR + p·MR + i].
-                for (ip, panel) in ap[..mb.div_ceil(mr) * kb * mr].chunks_exact_mut(kb * mr).enumerate() {
+                // Ap: ⌈mb/MR⌉ panels of kb × MR, al slots each (f32 kernels: A[ic + ip·MR + i, pc + p] at
+                // [ip·kb·MR + p·MR + i]).
+                for (ip, panel) in ap[..mb.div_ceil(mr) * al].chunks_exact_mut(al).enumerate() {
                     let (i0, h) = (ic + ip * mr, mr.min(rows.end - ic - ip * mr));
                     if !(direct && h == mr) {
                         // SAFETY: the source elements A[i0..i0 + h, pc..pc + kb] are inside the checked view.
                         unsafe {
                             let src = a.data.as_ptr().add(i0 * a.row_stride + pc * a.col_stride);
-                            pack(panel, mr, src, h, kb, a.row_stride, a.col_stride, K::AVX)
+                            K::pack(panel, mr, src, h, kb, a.row_stride, a.col_stride)
                         }
                     }
                 }
                 for jp in 0..nb.div_ceil(nr) {
                     let (j0, w) = (jc + jp * nr, nr.min(cols.end - jc - jp * nr));
-                    let bpanel = bp[jp * kb * nr..].as_ptr();
+                    let bpanel = bp[jp * bl..].as_ptr();
                     for ip in 0..mb.div_ceil(mr) {
                         let (i0, h) = (ic + ip * mr, mr.min(rows.end - ic - ip * mr));
                         // SAFETY: A's rows i0..i0 + MR at depths pc..pc + kb are in the checked view when read in
-                        // place, else the panel holds kb·MR packed floats; Bp holds kb·NR; the tile (i0.., j0..)
+                        // place, else the panel holds al packed slots; Bp holds bl; the tile (i0.., j0..)
                         // of C is inside this rectangle (caller's guarantee) when full, else goes via `scratch`.
                         unsafe {
                             let (at, lda) = if direct && h == mr {
                                 (a.data.as_ptr().add(i0 * a.row_stride + pc), a.row_stride)
                             } else {
-                                (ap[ip * kb * mr..].as_ptr(), 0)
+                                (ap[ip * al..].as_ptr(), 0)
                             };
                             let ct = c.add(i0 * ldc + j0);
                             if h == mr && w == nr {
@@ -307,7 +359,7 @@ unsafe fn blocked<K: Kernel>(
 /// `src` is readable at every `l·ld_line + p·ld_depth`, l < w, p < kb; `dst` has kb · width floats.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn pack(
+pub(super) unsafe fn pack(
     dst: &mut [f32],
     width: usize,
     src: *const f32,
@@ -446,7 +498,11 @@ mod scalar {
     impl<const MR: usize, const NR: usize> super::Kernel for Tile<MR, NR> {
         const MR: usize = MR;
         const NR: usize = NR;
-        const AVX: bool = false;
+        const DIRECT: bool = true;
+        unsafe fn pack(d: &mut [f32], width: usize, s: *const f32, w: usize, kb: usize, ll: usize, ld: usize) {
+            // SAFETY: forwarded caller guarantees.
+            unsafe { super::pack(d, width, s, w, kb, ll, ld, false) }
+        }
         unsafe fn tile(kb: usize, a: *const f32, lda: usize, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
             let mut acc = [[0.0f32; NR]; MR];
             for p in 0..kb {
@@ -483,7 +539,11 @@ macro_rules! simd_kernel {
             impl<const MR: usize, const NV: usize> super::Kernel for Tile<MR, NV> {
                 const MR: usize = MR;
                 const NR: usize = $lanes * NV;
-                const AVX: bool = true;
+                const DIRECT: bool = true;
+                unsafe fn pack(d: &mut [f32], width: usize, s: *const f32, w: usize, kb: usize, ll: usize, ld: usize) {
+                    // SAFETY: forwarded caller guarantees; this family's CPUs have AVX.
+                    unsafe { super::pack(d, width, s, w, kb, ll, ld, true) }
+                }
                 unsafe fn tile(
                     kb: usize,
                     a: *const f32,

@@ -1,7 +1,7 @@
 //! LM head fused with log-softmax, evaluated only at the rows asked for and in chunks of rows,
 //! so a (tokens × vocab) matrix never exists for a whole batch.
 use super::mat::{Mat, MatMut};
-use super::matmul::matmul;
+use super::matmul::matmul_weights;
 use super::packed::MatrixRef;
 use super::simd::exp_shifted;
 use rayon::prelude::*;
@@ -129,7 +129,7 @@ pub fn cross_entropy_backward(
         );
         total += row_loss[..n].iter().sum::<f64>();
         if let Some(dh) = dhead.as_deref_mut() {
-            matmul(MatMut::new(dh, vocab, dim), Mat::new(logits, n, vocab).t(), Mat::new(xs, n, dim), true);
+            matmul_weights(MatMut::new(dh, vocab, dim), Mat::new(logits, n, vocab).t(), Mat::new(xs, n, dim), true);
         }
         // The gathered rows are no longer needed: reuse them for dlogits · head, then scatter-add.
         head.matmul_dx(MatMut::new(xs, n, dim), Mat::new(logits, n, vocab), false);

@@ -1,6 +1,8 @@
 //! The one GEMM entry point of the engine: bounds checked on the strided views ([`super::mat`]), then our packed
 //! GEMM underneath ([`super::gemm`]: AVX-512 / AVX2+FMA / portable micro-kernels picked at run time).
+use super::compute::{Compute, compute};
 use super::gemm::{Isa, gemm};
+use super::gemm_bf16::{Bf16Isa, gemm_bf16};
 use super::mat::{Mat, MatMut};
 
 /// `out = a · b` (or `out += a · b` when `accumulate`).
@@ -12,6 +14,18 @@ pub fn matmul(out: MatMut, a: Mat, b: Mat, accumulate: bool) {
         assert!((out.rows - 1) * out.row_stride + out.cols <= out.data.len(), "matmul: dst out of bounds");
     }
     gemm(Isa::best(), out, a, b, accumulate);
+}
+
+/// A product of the network's weight matrices — the base linears and the LM head, forward and backward, and
+/// full fine-tuning's weight gradients — in the run's [`compute`]: f32 as [`matmul`], or with `--compute bf16`
+/// both operands rounded to bf16 and the products accumulated in f32 ([`gemm_bf16`]). LoRA's own small
+/// products, attention and everything else stay [`matmul`].
+pub fn matmul_weights(out: MatMut, a: Mat, b: Mat, accumulate: bool) {
+    if compute() == Compute::Bf16 {
+        gemm_bf16(Bf16Isa::best(), out, a, b, accumulate);
+    } else {
+        matmul(out, a, b, accumulate);
+    }
 }
 
 #[cfg(test)]

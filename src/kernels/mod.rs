@@ -1,9 +1,12 @@
 //! CPU kernels. Each op's forward lives beside its backward; shapes are in the doc comments.
 pub mod activation;
 pub mod attention;
+pub mod bf16;
+pub mod compute;
 pub mod dequant;
 pub mod embedding;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod kv_attention;
 pub mod lm_head;
 pub mod mat;

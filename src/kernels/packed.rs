@@ -11,12 +11,13 @@
 //! dense kernels cut anyway (output columns are computed independently; the GEMM's depth blocks are
 //! `gemm::depth_block(k)` rows), so both products are **bit-identical** to the dense path — a quantized base
 //! costs memory only as its file does, never accuracy.
+use super::compute::{Compute, compute};
 use super::dequant::{GgmlType, dequantize};
 use super::gemm::depth_block;
 use super::mat::{Mat, MatMut};
-use super::matmul::matmul;
+use super::matmul::matmul_weights;
 use super::matvec::{MAX_ROWS, column_blocks, is_dense, matmul_wt, matvec_blocks};
-use super::quant_dot::{self, Compute, Isa, Q8Rows};
+use super::quant_dot::{self, Isa, Q8Rows};
 use rayon::prelude::*;
 use std::cell::RefCell;
 use std::ops::Deref;
@@ -98,7 +99,7 @@ impl PackedMatrix {
     /// [`matmul_wt`] on the dequantized matrix.
     pub fn matmul_wt(&self, out: MatMut, x: Mat, accumulate: bool) {
         assert!(x.cols == self.cols && out.cols == self.rows, "PackedMatrix::matmul_wt: shape mismatch");
-        if x.rows <= MAX_ROWS && is_dense(x) && quant_dot::compute() == Compute::Int8 && quant_dot::supports(self.ty) {
+        if x.rows <= MAX_ROWS && is_dense(x) && compute() == Compute::Int8 && quant_dot::supports(self.ty) {
             self.matvec_int8(out, x, accumulate);
             return;
         }
@@ -146,7 +147,7 @@ impl PackedMatrix {
                 let w = &mut tile[..(r1 - r0) * self.cols];
                 self.dequantize_rows(r0, w, true);
                 let dst = MatMut { data: &mut data[r0..], rows: n, cols: r1 - r0, row_stride };
-                matmul(dst, x, Mat::new(w, r1 - r0, self.cols).t(), accumulate);
+                matmul_weights(dst, x, Mat::new(w, r1 - r0, self.cols).t(), accumulate);
             }
         });
     }
@@ -164,7 +165,7 @@ impl PackedMatrix {
                 self.dequantize_rows(r0, w, true);
                 let dy_block = Mat { data: &dy.data[r0 * dy.col_stride..], cols: r1 - r0, ..dy };
                 let dst = MatMut { data: &mut *data, rows: n, cols: self.cols, row_stride };
-                matmul(dst, dy_block, Mat::new(w, r1 - r0, self.cols), accumulate || r0 > 0);
+                matmul_weights(dst, dy_block, Mat::new(w, r1 - r0, self.cols), accumulate || r0 > 0);
             }
         });
     }
@@ -193,10 +194,14 @@ impl MatrixRef<'_> {
         }
     }
 
-    /// out (N, rows) (+)= x · Wᵀ, by the matrix-vector kernel for few rows of x ([`matmul_wt`]).
+    /// out (N, rows) (+)= x · Wᵀ, by the matrix-vector kernel for few rows of x ([`matmul_wt`], in f32 whatever
+    /// the compute: it is memory-bound), else by the GEMM.
     pub fn matmul_wt(self, out: MatMut, x: Mat, accumulate: bool) {
         match self {
-            MatrixRef::Dense { data, rows, cols } => matmul_wt(out, x, &data[..rows * cols], accumulate),
+            MatrixRef::Dense { data, rows, cols } if x.rows <= MAX_ROWS && is_dense(x) => {
+                matmul_wt(out, x, &data[..rows * cols], accumulate)
+            }
+            MatrixRef::Dense { .. } => self.gemm_wt(out, x, accumulate),
             MatrixRef::Packed(p) => p.matmul_wt(out, x, accumulate),
         }
     }
@@ -204,7 +209,7 @@ impl MatrixRef<'_> {
     /// out (N, rows) (+)= x · Wᵀ, always by the GEMM.
     pub fn gemm_wt(self, out: MatMut, x: Mat, accumulate: bool) {
         match self {
-            MatrixRef::Dense { data, rows, cols } => matmul(out, x, Mat::new(data, rows, cols).t(), accumulate),
+            MatrixRef::Dense { data, rows, cols } => matmul_weights(out, x, Mat::new(data, rows, cols).t(), accumulate),
             MatrixRef::Packed(p) => p.gemm_wt(out, x, accumulate),
         }
     }
@@ -212,7 +217,7 @@ impl MatrixRef<'_> {
     /// dx (N, cols) (+)= dy (N, rows) · W.
     pub fn matmul_dx(self, dx: MatMut, dy: Mat, accumulate: bool) {
         match self {
-            MatrixRef::Dense { data, rows, cols } => matmul(dx, dy, Mat::new(data, rows, cols), accumulate),
+            MatrixRef::Dense { data, rows, cols } => matmul_weights(dx, dy, Mat::new(data, rows, cols), accumulate),
             MatrixRef::Packed(p) => p.matmul_dx(dx, dy, accumulate),
         }
     }

@@ -16,29 +16,6 @@
 //! instead of the 32 of a dequantized tile.
 use super::dequant::{GgmlType, QK_K, f16_at, scale_min_k4};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering};
-
-/// How the matrix-vector products of decoding multiply a block-quantized weight matrix.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Compute {
-    /// Dequantize to f32 and multiply in f32: the bits of the dense f32 path.
-    F32,
-    /// Round the activations to 8 bits and multiply with integer dot products (llama.cpp's way).
-    Int8,
-}
-
-static COMPUTE: AtomicU8 = AtomicU8::new(0);
-
-/// Sets the compute of this process's matrix-vector products on block-quantized weights (a run-wide choice,
-/// made once by the command line before any product).
-pub fn set_compute(c: Compute) {
-    COMPUTE.store(c as u8, Ordering::Relaxed);
-}
-
-/// The compute set by [`set_compute`] (f32 unless set).
-pub fn compute() -> Compute {
-    if COMPUTE.load(Ordering::Relaxed) == Compute::Int8 as u8 { Compute::Int8 } else { Compute::F32 }
-}
 
 /// Whether [`dot_row`] handles weights of `ty` (the block-quantized types).
 pub fn supports(ty: GgmlType) -> bool {

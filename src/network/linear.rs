@@ -4,7 +4,7 @@
 use super::lora::{Dropout, Lora, LoraActs};
 use super::param::Param;
 use crate::kernels::mat::{Mat, MatMut};
-use crate::kernels::matmul::matmul;
+use crate::kernels::matmul::matmul_weights;
 use rayon::prelude::*;
 
 pub struct Linear {
@@ -65,7 +65,7 @@ impl Linear {
         let dy = dy.data;
         if let Some(g) = &mut self.w.grad {
             // dW (out, in) += dyᵀ · x
-            matmul(MatMut::new(g, self.out_dim, self.in_dim), dy_mat.t(), Mat::new(x, n, self.in_dim), true);
+            matmul_weights(MatMut::new(g, self.out_dim, self.in_dim), dy_mat.t(), Mat::new(x, n, self.in_dim), true);
         }
         if let Some(g) = self.b.as_mut().and_then(|b| b.grad.as_mut()) {
             g.par_iter_mut().enumerate().for_each(|(c, g)| {
