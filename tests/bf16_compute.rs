@@ -25,7 +25,7 @@ fn train(compute: &str, threads: &str, extra: &[&str]) -> (Vec<f64>, f64, String
     let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     let rows: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let losses: Vec<f64> = rows.iter().filter_map(|m| m["loss"].as_f64()).collect();
-    let eval = rows.iter().filter_map(|m| m["eval_nll"].as_f64()).last().unwrap();
+    let eval = rows.iter().filter_map(|m| m["eval_nll"].as_f64()).next_back().unwrap();
     assert_eq!(losses.len(), 6, "{metrics}");
     (losses, eval, stderr)
 }

@@ -151,7 +151,7 @@ impl<K: Kernel> Kernel for Emulated<K> {
 /// Header byte of a bf16 value: its biased exponent − 1, 255 for zero (which constrains nothing: a zero product
 /// leaves the sum as it is). Rounded values are never denormal.
 fn exponent(h: u16) -> u8 {
-    ((h >> 7) as u8 & 0xff).wrapping_sub(1)
+    ((h >> 7) as u8).wrapping_sub(1)
 }
 
 /// The emulation's tile where a result could be tiny: each step flushed as `vdpbf16ps` does ([`fma_ftz`]).
