@@ -7,6 +7,7 @@ and writes a Markdown table (--out, default bench/memory_modes.md) with the mach
 Standard library only.
 """
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -56,6 +57,8 @@ def main():
             err = p.stderr.read()
             _, status, usage = os.wait4(p.pid, 0)
             wall = time.time() - start
+            metrics = os.path.join(tmp, "run", "metrics.jsonl")
+            losses = [m["loss"] for m in map(json.loads, open(metrics)) if "loss" in m] if status == 0 else []
         if status != 0:
             sys.exit(f"{label}: condlm failed:\n{err}")
         plan = re.search(r"memory: ≈ ([\d.]+) GiB \(([^)]*)\)", err)
@@ -63,7 +66,7 @@ def main():
         rss = usage.ru_maxrss * 1024  # KiB → bytes
         plan_b = float(plan.group(1)) * 2**30
         rows.append((label, rss / 1e9, plan_b / 1e9, (plan_b - rss) / rss * 100, loss.group(1), loss.group(2),
-                     loss.group(3), wall, plan.group(2)))
+                     loss.group(3), wall, plan.group(2), losses))
         print(rows[-1], flush=True)
     name, flags = cpu()
     size = os.path.getsize(a.model) / 1e9
@@ -81,8 +84,17 @@ def main():
         "| mode | peak RSS (GB) | plan (GB) | plan error | loss step 1 → last | tokens/s | wall (s) | plan parts (GiB) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, rss, plan, err, l0, l1, tps, wall, parts in rows:
+    for label, rss, plan, err, l0, l1, tps, wall, parts, _ in rows:
         lines.append(f"| {label} | {rss:.2f} | {plan:.2f} | {err:+.0f} % | {l0} → {l1} | {tps} | {wall:.0f} | {parts} |")
+    # The LoRA modes keep the same numbers in other forms, so their per-step losses agree up to summation order.
+    first = rows[0]
+    lines += ["", f"Per-step training loss of each mode against {first[0]} ({len(first[-1])} steps):", "",
+              "| mode | largest relative difference of a step's loss | steps compared |", "|---|---|---|"]
+    for row in rows[1:]:
+        if not row[0].startswith("LoRA"):
+            continue  # full fine-tuning: another recipe
+        rel = [abs(x - y) / abs(y) for x, y in zip(row[-1], first[-1])]
+        lines.append(f"| {row[0]} | {max(rel):.1e} | {len(rel)} |")
     open(a.out, "w").write("\n".join(lines) + "\n")
     print(f"wrote {a.out}")
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds llama.cpp from source for the GGUF agreement check (scripts/gguf_agreement.py): the llama.cpp vendored in
 # llama-cpp-python's sdist (a pinned, released snapshot that pip can fetch), CPU only, Release, with just libllama,
-# llama-perplexity and our condlm-logprobs (logprobs.cpp). Idempotent: the download, the extraction and the
-# configuration are skipped when present; make rebuilds only what changed.
+# llama-perplexity and our condlm-logprobs (logprobs.cpp); llama-bench for bench/decode_vs_llama_cpp.sh. Idempotent:
+# the download, the extraction and the configuration are skipped when present; make rebuilds only what changed.
 # Usage: build.sh [TARGET...]; default llama-perplexity condlm-logprobs; llama-finetune (examples/training, full
 # fine-tuning of F32 GGUFs) is built by bench/finetune_vs_llama_cpp.sh with `build.sh llama-finetune`.
 # Prints the folder with the binaries (bin/<target>) on its last line.
