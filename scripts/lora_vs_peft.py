@@ -14,10 +14,10 @@ independent inits and orders, 40 steps of 270M leave a seed spread of a few perc
 transformers loads the same GGUF (dequantized to f32, eager attention), so both train the same f32 model.
 
 Usage: python3 scripts/lora_vs_peft.py --gguf PATH [--name NAME] [--train-rows 480] [--eval-rows 200] [--batch 8]
-       [--lr 5e-4] [--threads 2] [--out scripts/lora_vs_peft_gemma3.md]
+       [--lr 5e-4] [--threads 2] [--seed 42] [--out scripts/lora_vs_peft_gemma3.md]
 Needs: pip install torch transformers peft gguf; cargo build --release
 """
-import argparse, json, math, os, platform, random, subprocess, sys, tempfile, time
+import argparse, json, math, os, platform, subprocess, sys, tempfile, time
 import numpy as np
 import torch, torch.nn.functional as F
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -38,7 +38,6 @@ p.add_argument("--bin", default=os.path.join(ROOT, "target", "release", "condlm"
 p.add_argument("--out", default=os.path.join(ROOT, "scripts", "lora_vs_peft_gemma3.md"))
 a = p.parse_args()
 torch.manual_seed(0)
-random.seed(0)
 torch.set_num_threads(a.threads)
 
 rows = [json.loads(l) for l in open(a.data) if l.strip()]
@@ -59,9 +58,6 @@ train_path, eval_path = os.path.join(work, "train.jsonl"), os.path.join(work, "e
 write(train_path, train)
 write(eval_path, evals)
 steps = math.ceil(len(train) / a.batch)
-
-
-M64 = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 
 
 def mix(z):
