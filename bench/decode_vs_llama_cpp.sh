@@ -26,6 +26,8 @@ done
 [ $# -gt 0 ] || { echo "usage: $0 [--condlm BIN] [--threads N] [--rounds R] MODEL.gguf..." >&2; exit 2; }
 BENCH=${LLAMA_BENCH:-$HOME/.cache/condlm/llama-cpp/build-0.3.36/bin/llama-bench}
 [ -x "$BENCH" ] || { echo "no $BENCH: run scripts/llama_cpp/build.sh llama-bench first" >&2; exit 1; }
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
 PROMPT=$(head -c 700 "$HERE/../../shared/data/e2e_nlg.jsonl" | tr -d '"{}')
 
 echo "CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
@@ -36,11 +38,11 @@ echo "| model | engine | prefill tokens/s | decode tokens/s | peak RSS |"
 echo "|---|---|---|---|---|"
 for model in "$@"; do
     name=$(basename "$model")
-    for round in $(seq "$ROUNDS"); do
-        /usr/bin/time -f "%M" -o /tmp/llama-bench.$$.rss "$BENCH" -m "$model" -t "$THREADS" -p 128 -n 128 -r 2 -o csv \
-            2>/dev/null >/tmp/llama-bench.$$.csv
-        rss=$(tail -1 /tmp/llama-bench.$$.rss)
-        python3 - "$name" "$rss" /tmp/llama-bench.$$.csv <<'EOF'
+    for _ in $(seq "$ROUNDS"); do
+        /usr/bin/time -f "%M" -o "$WORK"/llama-bench.rss "$BENCH" -m "$model" -t "$THREADS" -p 128 -n 128 -r 2 -o csv \
+            2>/dev/null >"$WORK"/llama-bench.csv
+        rss=$(tail -1 "$WORK"/llama-bench.rss)
+        python3 - "$name" "$rss" "$WORK"/llama-bench.csv <<'EOF'
 import csv, sys
 name, rss, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = list(csv.DictReader(open(path)))
@@ -59,6 +61,5 @@ EOF
         done
     done
 done
-rm -f /tmp/llama-bench.$$.csv /tmp/llama-bench.$$.rss
 echo
 echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
