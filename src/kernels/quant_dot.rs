@@ -6,15 +6,17 @@
 //! ```text
 //! Q4_0 … Q8_0   Σ_b  d_b·dx_b · Σ_i w_i q_i  +  m_b · dx_b Σ_i q_i                 blocks of 32
 //! Q4_K, Q5_K    d·dx · Σ_g sc_g Σ_i w_i q_i  −  dmin·dx · Σ_j m_j Σ_i q_i           super-blocks of 256
-//! Q6_K          d·dx · Σ_g sc_g Σ_i w_i q_i                  (w = q6 − 32)           (g: groups of 16)
+//! Q6_K          d·dx · Σ_g sc_g Σ_i (w_i − 32) q_i                                   (g: groups of 16)
 //! ```
 //!
-//! The integer sums run on an AVX-512 VNNI (`vpdpbusd`), AVX2 (`vpmaddubsw` / `vpmaddwd`) or portable kernel
-//! picked at run time ([`Isa::best`]); the three give the same integers, hence the same bits. Against the f32
+//! The integer sums run on 512-bit AVX-512 kernels (`quant_dot_avx512`: with VNNI's `vpdpbusd` / `vpdpwssd`
+//! where the CPU has them), AVX2 (`vpmaddubsw` / `vpmaddwd`) or portable kernels picked at run time
+//! ([`Isa::best`]); all give the same integers and sum the floats in the same order, hence the same bits. Against the f32
 //! path the only difference is the rounding of x to 8 bits — the accuracy cost measured in
 //! bench/decode_vs_llama_cpp.md — so the path is opt-in. Weights are read once, as stored: 4.5–6.6 bits a value
 //! instead of the 32 of a dequantized tile.
 use super::dequant::{GgmlType, QK_K, f16_at, scale_min_k4};
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// Whether [`dot_row`] handles weights of `ty` (the block-quantized types).
@@ -23,7 +25,7 @@ pub fn supports(ty: GgmlType) -> bool {
 }
 
 /// Values per activation block for weights of `ty`: 256 for the K-quants, 32 otherwise.
-fn act_block(ty: GgmlType) -> usize {
+pub(super) fn act_block(ty: GgmlType) -> usize {
     if ty.block_size() == QK_K { QK_K } else { 32 }
 }
 
@@ -71,42 +73,55 @@ impl Q8Rows {
         self.q.len() / self.cols.max(1)
     }
 
-    fn q(&self, r: usize) -> &[i8] {
+    pub(super) fn q(&self, r: usize) -> &[i8] {
         &self.q[r * self.cols..][..self.cols]
     }
 
-    fn d(&self, r: usize) -> &[f32] {
+    pub(super) fn d(&self, r: usize) -> &[f32] {
         let nb = self.cols / self.block;
         &self.d[r * nb..][..nb]
     }
 
-    fn dsum(&self, r: usize) -> &[f32] {
+    pub(super) fn dsum(&self, r: usize) -> &[f32] {
         &self.dsum[r * self.cols / 32..][..self.cols / 32]
     }
 
-    fn sums(&self, r: usize) -> &[i32] {
+    pub(super) fn sums(&self, r: usize) -> &[i32] {
         &self.sums[r * self.cols / 16..][..self.cols / 16]
     }
 }
 
 /// The kernels, one implementation per instruction set. Weights and activations are signed bytes with
-/// |w| ≤ 128 and |x| ≤ 127 (what [`Q8Rows`] and the unpacking give), so no 16-bit pair sum overflows. Blocks
-/// of 32 accumulate into 8 f32 lanes, lane l taking the integer sum of values 4l..4l+4 times the block's scale
-/// (a multiply then an add, never fused): every implementation forms the same lanes and sums them in the same
-/// order, so all give the same bits.
+/// |w| ≤ 128 and |x| ≤ 127 (what [`Q8Rows`] and the unpacking give), so no 16-bit pair sum overflows. All
+/// implementations form the same integers and sum the floats in the same order, so all give the same bits:
+///
+/// - Blocks of 32 accumulate into two sets of 8 f32 lanes (even blocks, odd blocks: what one 512-bit register
+///   holds), lane l taking the integer sum of values 4l..4l+4 times the block's scale (a multiply then an add,
+///   never fused); the two sets are added lane by lane, then summed by [`IntDot::sum`]'s tree.
+/// - A K-quant super-block forms 16 integer lanes (`dot_lanes`: lane l holds values 64k + 4l..64k + 4l + 4 of
+///   the 4 chunks k of 64, as a 512-bit register does), which meet the super-block's float scales lane by lane
+///   in 16 f32 accumulators, summed at the end of the row by [`tree16`].
 trait IntDot {
     type Acc: Copy;
     fn zero() -> Self::Acc;
     /// acc + scale · (Σ_{i ∈ 4l..4l+4} w[i]·x[i])_l over one block of 32.
     fn block(acc: Self::Acc, w: &[i8; 32], x: &[i8], scale: f32) -> Self::Acc;
+    /// a + b, lane by lane.
+    fn add(a: Self::Acc, b: Self::Acc) -> Self::Acc;
     /// ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)).
     fn sum(acc: Self::Acc) -> f32;
-    /// Σ_g sc[g] · Σ_{i ∈ 16g..16g+16} w[i]·x[i] over 256 values.
-    fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32;
+    /// Lane l: Σ_k Σ_{i ∈ 64k+4l..64k+4l+4} sc[i / 16]·u[i]·x[i] over 256 values, u unsigned (≤ 63).
+    fn dot_lanes(u: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> [i32; 16];
     /// The little-endian f16 at b[i..i + 2] as f32.
     fn f16(b: &[u8], i: usize) -> f32 {
         f16_at(b, i)
     }
+}
+
+/// The end of a K-quant row: lanes l and l + 8 added, then [`IntDot::sum`]'s tree over the 8.
+fn tree16(a: &[f32; 16]) -> f32 {
+    let l: [f32; 8] = std::array::from_fn(|i| a[i] + a[i + 8]);
+    ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
 }
 
 struct Portable;
@@ -130,14 +145,23 @@ impl IntDot for Portable {
         acc
     }
 
+    fn add(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|l| a[l] + b[l])
+    }
+
     fn sum(l: [f32; 8]) -> f32 {
         ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]))
     }
 
     #[inline(always)]
-    fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32 {
-        let groups = w.chunks_exact(16).zip(x.chunks_exact(16));
-        groups.zip(sc).map(|((w, x), &s)| s as i32 * idot(w, x)).sum()
+    fn dot_lanes(u: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> [i32; 16] {
+        std::array::from_fn(|l| {
+            let at = |k: usize| {
+                let i = 64 * k + 4 * l;
+                sc[i / 16] as i32 * idot(&u[i..i + 4], &x[i..i + 4])
+            };
+            at(0) + at(1) + at(2) + at(3)
+        })
     }
 }
 
@@ -146,11 +170,11 @@ mod x86 {
     use super::IntDot;
     use std::arch::x86_64::*;
 
-    // SAFETY (every `unsafe` block here): the functions run inlined into `dot_row_avx2` / `dot_row_vnni`, whose
+    // SAFETY (every `unsafe` block here): the functions run inlined into `dot_row_avx2` (or the AVX-512 kernels), whose
     // target features the CPU has (checked by `Isa::available`), and read 32 bytes at w and x, which callers
     // pass (asserted).
 
-    /// |w| and x with w's sign, the unsigned × signed operands of `vpmaddubsw` / `vpdpbusd` (|w|·sign(w)x = w·x).
+    /// |w| and x with w's sign, the unsigned × signed operands of `vpmaddubsw` (|w|·sign(w)x = w·x).
     #[inline(always)]
     unsafe fn operands(w: *const i8, x: *const i8) -> (__m256i, __m256i) {
         unsafe {
@@ -159,17 +183,9 @@ mod x86 {
         }
     }
 
+    /// The lane tree of [`IntDot::sum`].
     #[inline(always)]
-    unsafe fn hsum(v: __m256i) -> i32 {
-        unsafe {
-            let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
-            _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
-        }
-    }
-
-    #[inline(always)]
-    fn sum(v: __m256) -> f32 {
+    pub(super) fn sum(v: __m256) -> f32 {
         unsafe {
             let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)); // l0+l4 … l3+l7
             let s = _mm_add_ps(s, _mm_movehl_ps(s, s)); // (l0+l4)+(l2+l6), (l1+l5)+(l3+l7)
@@ -179,7 +195,7 @@ mod x86 {
 
     /// An f16 widened by the F16C instruction (`half` does not inline into the kernels).
     #[inline(always)]
-    fn f16c(b: &[u8], i: usize) -> f32 {
+    pub(super) fn f16c(b: &[u8], i: usize) -> f32 {
         unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(u16::from_le_bytes([b[i], b[i + 1]]) as i32))) }
     }
 
@@ -209,69 +225,30 @@ mod x86 {
         }
 
         #[inline(always)]
+        fn add(a: __m256, b: __m256) -> __m256 {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+
+        #[inline(always)]
         fn sum(acc: __m256) -> f32 {
             sum(acc)
         }
 
         #[inline(always)]
-        fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32 {
+        fn dot_lanes(u: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> [i32; 16] {
             assert!(x.len() >= 256);
             unsafe {
-                let mut acc = _mm256_setzero_si256();
+                // Lanes 0..8 from the first 32 values of each chunk of 64, lanes 8..16 from the second.
+                let mut acc = [_mm256_setzero_si256(); 2];
                 for c in 0..8 {
-                    let (a, b) = operands(w.as_ptr().add(32 * c), x.as_ptr().add(32 * c));
+                    let u = _mm256_loadu_si256(u.as_ptr().add(32 * c).cast());
+                    let x = _mm256_loadu_si256(x.as_ptr().add(32 * c).cast());
                     // 16 pair sums: lanes 0..8 are group 2c, lanes 8..16 group 2c + 1.
-                    let pairs = _mm256_maddubs_epi16(a, b);
+                    let pairs = _mm256_maddubs_epi16(u, x);
                     let s = _mm256_set_m128i(_mm_set1_epi16(sc[2 * c + 1]), _mm_set1_epi16(sc[2 * c]));
-                    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, s));
+                    acc[c % 2] = _mm256_add_epi32(acc[c % 2], _mm256_madd_epi16(pairs, s));
                 }
-                hsum(acc)
-            }
-        }
-
-        #[inline(always)]
-        fn f16(b: &[u8], i: usize) -> f32 {
-            f16c(b, i)
-        }
-    }
-
-    pub struct Vnni;
-
-    impl IntDot for Vnni {
-        type Acc = __m256;
-
-        #[inline(always)]
-        fn zero() -> __m256 {
-            unsafe { _mm256_setzero_ps() }
-        }
-
-        #[inline(always)]
-        fn block(acc: __m256, w: &[i8; 32], x: &[i8], scale: f32) -> __m256 {
-            assert!(x.len() >= 32);
-            unsafe {
-                let (a, b) = operands(w.as_ptr(), x.as_ptr());
-                add_scaled(acc, _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b), scale)
-            }
-        }
-
-        #[inline(always)]
-        fn sum(acc: __m256) -> f32 {
-            sum(acc)
-        }
-
-        #[inline(always)]
-        fn dot_scaled(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> i32 {
-            assert!(x.len() >= 256);
-            unsafe {
-                let mut acc = _mm256_setzero_si256();
-                for c in 0..8 {
-                    let (a, b) = operands(w.as_ptr().add(32 * c), x.as_ptr().add(32 * c));
-                    // 8 sums of 4 products: lanes 0..4 are group 2c, lanes 4..8 group 2c + 1.
-                    let quads = _mm256_dpbusd_epi32(_mm256_setzero_si256(), a, b);
-                    let s = _mm256_set_m128i(_mm_set1_epi32(sc[2 * c + 1] as i32), _mm_set1_epi32(sc[2 * c] as i32));
-                    acc = _mm256_add_epi32(acc, _mm256_mullo_epi32(quads, s));
-                }
-                hsum(acc)
+                std::mem::transmute::<[__m256i; 2], [i32; 16]>(acc)
             }
         }
 
@@ -287,23 +264,27 @@ mod x86 {
 pub enum Isa {
     Portable,
     Avx2,
+    /// 512-bit kernels on AVX512BW (`vpmaddubsw` / `vpmaddwd`).
+    Avx512,
+    /// The same with VNNI's fused `vpdpbusd` / `vpdpwssd`.
     Avx512Vnni,
 }
 
 impl Isa {
-    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512Vnni];
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Avx512Vnni];
 
     /// Whether this CPU runs `self`.
     pub fn available(self) -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("f16c") && has!("fma");
+            let avx512 = avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vl");
             match self {
                 Isa::Portable => true,
-                Isa::Avx2 => has!("avx2") && has!("f16c"),
-                Isa::Avx512Vnni => {
-                    has!("avx2") && has!("f16c") && has!("avx512f") && has!("avx512vl") && has!("avx512vnni")
-                }
+                Isa::Avx2 => avx2,
+                Isa::Avx512 => avx512,
+                Isa::Avx512Vnni => avx512 && has!("avx512vnni"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -317,82 +298,99 @@ impl Isa {
     }
 }
 
-/// out[r] = W_row · x_r for every row r of `xs`, with `row` one weight row of `ty` (xs.cols values) and `xs`
-/// quantized for `ty`, on the integer kernels of `isa` (which this CPU must have: see [`Isa::available`]).
-pub fn dot_row(isa: Isa, ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
+/// Most rows of x one [`dot_rows`] call takes (the kernels keep accumulators per row of x).
+pub const MAX_ROWS: usize = crate::kernels::matvec::MAX_ROWS;
+
+/// out[i·m + o] = W_o · x_(rows.start + i) for the m weight rows W_o of `w` (rows of ty, xs.cols values each,
+/// end to end) and at most [`MAX_ROWS`] rows of x, `xs` quantized for `ty`, on the integer kernels of `isa`
+/// (which this CPU must have: see [`Isa::available`]). Each weight block is unpacked once for all rows of x.
+pub fn dot_rows(isa: Isa, ty: GgmlType, w: &[u8], xs: &Q8Rows, rows: Range<usize>, out: &mut [f32]) {
     assert!(isa.available(), "{isa:?} is not available on this CPU");
-    assert!(supports(ty) && xs.block == act_block(ty), "dot_row: activations quantized for another type");
-    assert!(row.len() == xs.cols / ty.block_size() * ty.type_size() && out.len() == xs.rows());
+    assert!(supports(ty) && xs.block == act_block(ty), "dot_rows: activations quantized for another type");
+    let rb = xs.cols / ty.block_size() * ty.type_size();
+    assert!(rb > 0 && w.len().is_multiple_of(rb), "dot_rows: weights of another row length");
+    assert!(rows.len() <= MAX_ROWS && rows.end <= xs.rows(), "dot_rows: rows outside x");
+    assert!(out.len() == rows.len() * (w.len() / rb), "dot_rows: out of another size");
     match isa {
-        Isa::Portable => dot_row_with::<Portable>(ty, row, xs, out),
+        Isa::Portable => dot_rows_with::<Portable>(ty, w, xs, rows, out),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2 (asserted above).
-        Isa::Avx2 => unsafe { dot_row_avx2(ty, row, xs, out) },
+        // SAFETY: the CPU has AVX-512F/BW/VL (asserted above).
+        Isa::Avx512 if avx512::handles(ty) => unsafe { avx512::dot_rows_bw(ty, w, xs, rows, out) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the CPU has AVX2, AVX-512F/VL and VNNI (asserted above).
-        Isa::Avx512Vnni => unsafe { dot_row_vnni(ty, row, xs, out) },
+        // SAFETY: the CPU has AVX-512F/BW/VL and VNNI (asserted above).
+        Isa::Avx512Vnni if avx512::handles(ty) => unsafe { avx512::dot_rows_vnni(ty, w, xs, rows, out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the CPU has AVX2 (asserted above; every AVX-512 CPU has it too).
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Vnni => unsafe { dot_rows_avx2(ty, w, xs, rows, out) },
         #[cfg(not(target_arch = "x86_64"))]
         _ => unreachable!("only the portable kernels exist off x86-64"),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_row_avx2(ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
-    dot_row_with::<x86::Avx2>(ty, row, xs, out)
-}
+mod avx512;
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-unsafe fn dot_row_vnni(ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
-    dot_row_with::<x86::Vnni>(ty, row, xs, out)
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_avx2(ty: GgmlType, w: &[u8], xs: &Q8Rows, rows: Range<usize>, out: &mut [f32]) {
+    dot_rows_with::<x86::Avx2>(ty, w, xs, rows, out)
 }
 
-/// [`dot_row_of`] for `ty`, compiled for each type (the unpacking of a block is then straight-line code).
+/// [`dot_row_of`] for `ty` over every weight row, compiled for each type (the unpacking of a block is then
+/// straight-line code).
 #[inline(always)]
-fn dot_row_with<I: IntDot>(ty: GgmlType, row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
-    macro_rules! each {
-        ($($t:ident),*) => {
-            match ty {
-                $(GgmlType::$t => dot_row_of::<I, { GgmlType::$t.id() }>(row, xs, out),)*
-                _ => unreachable!("{ty} is not block-quantized"),
+fn dot_rows_with<I: IntDot>(ty: GgmlType, w: &[u8], xs: &Q8Rows, rows: Range<usize>, out: &mut [f32]) {
+    let rb = xs.cols / ty.block_size() * ty.type_size();
+    let m = w.len() / rb;
+    for (o, row) in w.chunks_exact(rb).enumerate() {
+        for (i, r) in rows.clone().enumerate() {
+            macro_rules! each {
+                ($($t:ident),*) => {
+                    match ty {
+                        $(GgmlType::$t => dot_row_of::<I, { GgmlType::$t.id() }>(row, xs, r),)*
+                        _ => unreachable!("{ty} is not block-quantized"),
+                    }
+                };
             }
-        };
+            out[i * m + o] = each!(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K);
+        }
     }
-    each!(Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K)
 }
 
+/// W_row · x_r (the portable and AVX2 kernels unpack the row again for each row of x).
 #[inline(always)]
-fn dot_row_of<I: IntDot, const T: u32>(row: &[u8], xs: &Q8Rows, out: &mut [f32]) {
+fn dot_row_of<I: IntDot, const T: u32>(row: &[u8], xs: &Q8Rows, r: usize) -> f32 {
     let ty = GgmlType::from_id(T).expect("a GGML type id");
     let ts = ty.type_size();
-    // Row by row, each with its accumulators in registers (x rows > 1 only for beams: they unpack again).
-    for (r, o) in out.iter_mut().enumerate() {
-        let (q, dx) = (xs.q(r), xs.d(r));
-        *o = if ty.block_size() == QK_K {
-            let (mut w, mut sc, mut mins) = ([0i8; QK_K], [0i16; 16], [0i16; 8]);
-            let mut acc = 0.0f32;
-            for (s, b) in row.chunks_exact(ts).enumerate() {
-                let (d, dmin) = unpack_k::<I>(ty, b, &mut w, &mut sc, &mut mins);
-                let isum = I::dot_scaled(&w, &q[QK_K * s..], &sc);
-                let sums = &xs.sums(r)[16 * s..][..16];
-                let msum: i32 = mins.iter().zip(sums.chunks_exact(2)).map(|(&m, p)| m as i32 * (p[0] + p[1])).sum();
-                acc += (d * dx[s]) * isum as f32 - (dmin * dx[s]) * msum as f32;
+    let (q, dx) = (xs.q(r), xs.d(r));
+    if ty.block_size() == QK_K {
+        let (mut u, mut sc, mut mins) = ([0i8; QK_K], [0i16; 16], [0i16; 8]);
+        let mut acc = [0.0f32; 16];
+        for (s, b) in row.chunks_exact(ts).enumerate() {
+            let (d, dmin, offset) = unpack_k::<I>(ty, b, &mut u, &mut sc, &mut mins);
+            let mut lanes = I::dot_lanes(&u, &q[QK_K * s..], &sc);
+            let sums = &xs.sums(r)[16 * s..][..16];
+            let (scale, min_scale) = (d * dx[s], dmin * dx[s]);
+            for (l, (acc, lane)) in acc.iter_mut().zip(&mut lanes).enumerate() {
+                // Lane l also takes group l's offset (Q6_K's 32) and its sub-block's min, times Σx of group l.
+                *lane -= offset * sc[l] as i32 * sums[l];
+                *acc += scale * *lane as f32 - min_scale * (mins[l / 2] as i32 * sums[l]) as f32;
             }
-            acc
-        } else {
-            let mut w = [0i8; 32];
-            let (mut acc, mut min_terms) = (I::zero(), 0.0f32);
-            let with_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
-            for ((b, blk), &dx) in row.chunks_exact(ts).enumerate().zip(dx) {
-                let (d, m) = unpack_legacy::<I>(ty, blk, &mut w);
-                acc = I::block(acc, &w, &q[32 * b..], d * dx);
-                if with_min {
-                    min_terms += m * xs.dsum(r)[b];
-                }
+        }
+        tree16(&acc)
+    } else {
+        // Even and odd blocks accumulate apart (see `IntDot`), the min terms too.
+        let mut w = [0i8; 32];
+        let (mut acc, mut min_terms) = ([I::zero(), I::zero()], [0.0f32; 2]);
+        let with_min = matches!(ty, GgmlType::Q4_1 | GgmlType::Q5_1);
+        for ((b, blk), &dx) in row.chunks_exact(ts).enumerate().zip(dx) {
+            let (d, m) = unpack_legacy::<I>(ty, blk, &mut w);
+            acc[b % 2] = I::block(acc[b % 2], &w, &q[32 * b..], d * dx);
+            if with_min {
+                min_terms[b % 2] += m * xs.dsum(r)[b];
             }
-            I::sum(acc) + min_terms
-        };
+        }
+        I::sum(I::add(acc[0], acc[1])) + (min_terms[0] + min_terms[1])
     }
 }
 
@@ -419,8 +417,8 @@ fn unpack_legacy<I: IntDot>(ty: GgmlType, b: &[u8], w: &mut [i8; 32]) -> (f32, f
     (I::f16(b, 0), m)
 }
 
-/// One K-quant super-block as integers w, the scale of each group of 16 and (Q4_K, Q5_K) the min of each
-/// sub-block of 32; returns (d, dmin): value = d·sc·w − dmin·m.
+/// One K-quant super-block as unsigned integers u, the scale of each group of 16 and (Q4_K, Q5_K) the min of
+/// each sub-block of 32; returns (d, dmin, offset): value = d·sc·(u − offset) − dmin·m.
 #[inline(always)]
 fn unpack_k<I: IntDot>(
     ty: GgmlType,
@@ -428,7 +426,7 @@ fn unpack_k<I: IntDot>(
     w: &mut [i8; QK_K],
     sc: &mut [i16; 16],
     mins: &mut [i16; 8],
-) -> (f32, f32) {
+) -> (f32, f32, i32) {
     match ty {
         GgmlType::Q4_K | GgmlType::Q5_K => {
             let (scales, qs, qh) = if ty == GgmlType::Q4_K {
@@ -450,14 +448,14 @@ fn unpack_k<I: IntDot>(
                     }
                 }
             }
-            (I::f16(b, 0), I::f16(b, 2))
+            (I::f16(b, 0), I::f16(b, 2), 0)
         }
         GgmlType::Q6_K => {
             for h in 0..2 {
                 let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..128 + 32 * h + 32]);
                 let y = &mut w[128 * h..128 * h + 128];
                 for l in 0..32 {
-                    let q = |lo: u8, hi: u8| ((lo & 0x0F) | ((hi & 0x03) << 4)) as i8 - 32;
+                    let q = |lo: u8, hi: u8| ((lo & 0x0F) | ((hi & 0x03) << 4)) as i8;
                     y[l] = q(ql[l], qh[l]);
                     y[l + 32] = q(ql[l + 32], qh[l] >> 2);
                     y[l + 64] = q(ql[l] >> 4, qh[l] >> 4);
@@ -467,7 +465,8 @@ fn unpack_k<I: IntDot>(
                     sc[8 * h + k] = b[192 + 8 * h + k] as i8 as i16;
                 }
             }
-            (I::f16(b, 208), 0.0)
+            mins.fill(0);
+            (I::f16(b, 208), 0.0, 32)
         }
         _ => unreachable!("{ty} is not a K-quant"),
     }
@@ -482,107 +481,121 @@ mod tests {
         (0..n).map(|i| (((i + seed * 7919) * 2654435761usize) >> 13) as u8).collect()
     }
 
-    /// Every instruction set gives the portable kernels' results, on the extremes too (w = −128, |x| = 127,
-    /// |sc| = 128): a wrong lane order, sign trick or overflow shows as a different sum.
+    /// The AVX2 block and lane kernels give the portable ones' results, on the extremes too (w = −128 or
+    /// u = 63, |x| = 127, |sc| = 128): a wrong lane order, sign trick or overflow shows as a different sum.
+    /// (The AVX-512 kernels work on whole rows: `row_products_match_the_dequantized_weights`.)
     #[test]
-    fn kernels_agree_with_the_portable_ones() {
+    fn avx2_blocks_agree_with_the_portable_ones() {
+        if !Isa::Avx2.available() {
+            eprintln!("AVX2: not on this CPU, not tested");
+            return;
+        }
         for seed in 0..20 {
             let mut w: [i8; 256] = std::array::from_fn(|i| bytes(256, seed)[i] as i8);
+            let mut u: [i8; 256] = std::array::from_fn(|i| (bytes(256, seed + 300)[i] % 64) as i8);
             let mut x: Vec<i8> = bytes(256, seed + 100).iter().map(|&b| (b as i8).max(-127)).collect();
             let mut sc: [i16; 16] = std::array::from_fn(|i| bytes(16, seed + 200)[i] as i8 as i16);
             if seed == 0 {
                 w.fill(-128);
+                u.fill(63);
                 x.fill(-127);
                 sc.fill(-128);
             }
-            let want = (Portable::dot_scaled(&w, &x, &sc), blocks::<Portable>(&w, &x));
-            for isa in Isa::ALL.into_iter().filter(|&i| i != Isa::Portable) {
-                if !isa.available() {
-                    eprintln!("{isa:?}: not on this CPU, not tested");
-                    continue;
-                }
-                let got = run_isa(isa, &w, &x, &sc);
-                assert_eq!(got.0, want.0, "{isa:?} dot_scaled, seed {seed}");
-                assert_eq!(got.1.to_bits(), want.1.to_bits(), "{isa:?} blocks, seed {seed}: {} vs {}", got.1, want.1);
-            }
+            let want = (Portable::dot_lanes(&u, &x, &sc), blocks::<Portable>(&w, &x));
+            // SAFETY: the CPU has AVX2 (checked above).
+            let got = unsafe { avx2(&w, &u, &x, &sc) };
+            assert_eq!(got.0, want.0, "dot_lanes, seed {seed}");
+            assert_eq!(got.1.to_bits(), want.1.to_bits(), "blocks, seed {seed}: {} vs {}", got.1, want.1);
         }
     }
 
-    /// The 8 blocks of 32 accumulated with distinct scales.
+    /// The 8 blocks of 32 accumulated with distinct scales, even and odd apart.
     #[inline(always)]
     fn blocks<I: IntDot>(w: &[i8; 256], x: &[i8]) -> f32 {
-        let mut acc = I::zero();
+        let mut acc = [I::zero(), I::zero()];
         for b in 0..8 {
-            acc = I::block(acc, w[32 * b..32 * b + 32].try_into().unwrap(), &x[32 * b..], 0.37 + b as f32);
+            acc[b % 2] =
+                I::block(acc[b % 2], w[32 * b..32 * b + 32].try_into().unwrap(), &x[32 * b..], 0.37 + b as f32);
         }
-        I::sum(acc)
+        I::sum(I::add(acc[0], acc[1]))
     }
 
-    fn run_isa(isa: Isa, w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> (i32, f32) {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,f16c")]
-        fn avx2(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> (i32, f32) {
-            (x86::Avx2::dot_scaled(w, x, sc), blocks::<x86::Avx2>(w, x))
-        }
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = "avx2,f16c,avx512f,avx512vl,avx512vnni")]
-        fn vnni(w: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> (i32, f32) {
-            (x86::Vnni::dot_scaled(w, x, sc), blocks::<x86::Vnni>(w, x))
-        }
-        match isa {
-            Isa::Portable => unreachable!(),
-            // SAFETY: callers checked `isa.available()`.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => unsafe { avx2(w, x, sc) },
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512Vnni => unsafe { vnni(w, x, sc) },
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => unreachable!(),
-        }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,f16c")]
+    fn avx2(w: &[i8; 256], u: &[i8; 256], x: &[i8], sc: &[i16; 16]) -> ([i32; 16], f32) {
+        (x86::Avx2::dot_lanes(u, x, sc), blocks::<x86::Avx2>(w, x))
     }
 
-    /// Random blocks of every type (finite f16 scales): each instruction set's row products equal the portable
-    /// ones bit for bit, and the portable ones are the f32 product of the dequantized row with the 8-bit-rounded
-    /// x (an independent evaluation of the same math), within float rounding.
+    /// A weight row of `ty`: pseudo-random bytes, or all `fill` (0xFF, 0x80: the largest integers, −128 scales),
+    /// with finite positive f16 scales.
+    fn weight_row(ty: GgmlType, cols: usize, fill: Option<u8>, seed: usize) -> Vec<u8> {
+        let n = cols / ty.block_size() * ty.type_size();
+        let mut row = fill.map_or_else(|| bytes(n, seed), |b| vec![b; n]);
+        for blk in row.chunks_exact_mut(ty.type_size()) {
+            let offs: &[usize] = match ty {
+                GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+                GgmlType::Q6_K => &[208],
+                _ => &[0, 2],
+            };
+            for &o in offs {
+                blk[o + 1] = 0x30 | (blk[o + 1] & 0x07); // f16 in [0.125, 1): finite, positive
+            }
+        }
+        row
+    }
+
+    /// Weight rows of every type (random, and the extremes of `weight_row`) against rows of x: each instruction
+    /// set's products equal the portable ones bit for bit, and the portable ones are the f32 product of the
+    /// dequantized row with the 8-bit-rounded x (an independent evaluation of the same math), within float
+    /// rounding. Rows hold an odd number of blocks (a 512-bit kernel takes two at a time).
     #[test]
     fn row_products_match_the_dequantized_weights() {
-        let cols = 512;
+        for isa in Isa::ALL.into_iter().filter(|i| !i.available()) {
+            eprintln!("{isa:?}: not on this CPU, not tested");
+        }
         for ty in GgmlType::ALL.into_iter().filter(|&t| supports(t)) {
-            let nb = cols / ty.block_size();
-            let mut row = bytes(nb * ty.type_size(), ty.id() as usize);
-            for blk in row.chunks_exact_mut(ty.type_size()) {
-                let offs: &[usize] = match ty {
-                    GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
-                    GgmlType::Q6_K => &[208],
-                    _ => &[0, 2],
-                };
-                for &o in offs {
-                    blk[o + 1] = 0x30 | (blk[o + 1] & 0x07); // f16 in [0.125, 1): finite, positive
-                }
+            let cols = if ty.block_size() == QK_K { 3 * QK_K } else { 17 * 32 };
+            for (fill, extreme_x) in [(None, false), (Some(0xFF), true), (Some(0x80), true), (Some(0x80), false)] {
+                let w = [weight_row(ty, cols, fill, ty.id() as usize), weight_row(ty, cols, None, 7)].concat();
+                check_rows(ty, &w, cols, extreme_x);
             }
-            let wf = super::super::dequant::dequantize_to_vec(ty, &row).unwrap();
-            let n = 3;
-            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
-            let mut xs = Q8Rows::default();
-            xs.quantize(ty, &x, cols);
-            let mut want = vec![0.0; n];
-            dot_row(Isa::Portable, ty, &row, &xs, &mut want);
-            for r in 0..n {
-                let block = act_block(ty);
-                let xq: Vec<f64> = (0..cols).map(|i| xs.q(r)[i] as f64 * xs.d(r)[i / block] as f64).collect();
+        }
+    }
+
+    fn check_rows(ty: GgmlType, w: &[u8], cols: usize, extreme_x: bool) {
+        let wf = super::super::dequant::dequantize_to_vec(ty, w).unwrap();
+        let (n, m) = (3, wf.len() / cols);
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| if extreme_x { -1.0 - (i % 2) as f32 * 1e-3 } else { ((i * 37 % 101) as f32 - 50.0) / 17.0 })
+            .collect();
+        let mut xs = Q8Rows::default();
+        xs.quantize(ty, &x, cols);
+        let mut want = vec![0.0; n * m];
+        dot_rows(Isa::Portable, ty, w, &xs, 0..n, &mut want);
+        let block = act_block(ty);
+        for r in 0..n {
+            let xq: Vec<f64> = (0..cols).map(|i| xs.q(r)[i] as f64 * xs.d(r)[i / block] as f64).collect();
+            for (o, wf) in wf.chunks_exact(cols).enumerate() {
                 let exact: f64 = wf.iter().zip(&xq).map(|(&w, &v)| w as f64 * v).sum();
                 let scale: f64 = wf.iter().zip(&xq).map(|(&w, &v)| (w as f64 * v).abs()).sum();
-                assert!((want[r] as f64 - exact).abs() <= 1e-5 * scale, "{ty} row {r}: {} vs {exact}", want[r]);
-                // and the rounding of x itself stays within half a step
-                for i in 0..cols {
-                    assert!((xq[i] - x[r * cols + i] as f64).abs() <= 0.5001 * xs.d(r)[i / block] as f64);
-                }
+                let got = want[r * m + o] as f64;
+                assert!((got - exact).abs() <= 1e-5 * scale, "{ty} x row {r}, w row {o}: {got} vs {exact}");
             }
-            for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
-                let mut got = vec![0.0; n];
-                dot_row(isa, ty, &row, &xs, &mut got);
-                assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "{ty} {isa:?}");
+            // and the rounding of x itself stays within half a step
+            for i in 0..cols {
+                assert!((xq[i] - x[r * cols + i] as f64).abs() <= 0.5001 * xs.d(r)[i / block] as f64);
             }
+        }
+        let same = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits());
+        for isa in Isa::ALL.into_iter().filter(|i| i.available()) {
+            let mut got = vec![0.0; n * m];
+            dot_rows(isa, ty, w, &xs, 0..n, &mut got);
+            assert!(same(&got, &want), "{ty} {isa:?}: {got:?} vs {want:?}");
+            // rows of x from an offset, and one row (the decode step): the same products
+            dot_rows(isa, ty, w, &xs, 1..3, &mut got[..2 * m]);
+            assert!(same(&got[..2 * m], &want[m..]), "{ty} {isa:?}, x rows 1..3");
+            dot_rows(isa, ty, w, &xs, 2..3, &mut got[..m]);
+            assert!(same(&got[..m], &want[2 * m..]), "{ty} {isa:?}, x row 2");
         }
     }
 }

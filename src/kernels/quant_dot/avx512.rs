@@ -1,0 +1,352 @@
+//! The 512-bit integer kernels of [`super::dot_rows`] for the types real checkpoints are made of (Q4_0, Q4_1,
+//! Q8_0, Q4_K, Q6_K): a block's bytes are unpacked in registers (nibble masks and lane shuffles, no scratch
+//! copy) once for all rows of x, and meet 64 activations per multiply-add, on AVX512BW's `vpmaddubsw` /
+//! `vpmaddwd` or VNNI's fused `vpdpbusd` / `vpdpwssd` ([`Madd`]). The other types run the AVX2 kernels.
+//!
+//! They form the integer lanes of the portable kernels and sum the floats in their order (`IntDot`): blocks
+//! of 32 go two to a register, even blocks in lanes 0..8 and odd ones in lanes 8..16; a K-quant super-block's
+//! 16 lanes meet its scales lane by lane, reduced once per row. Hence the same bits.
+//!
+//! Where the stored integers carry an offset (Q6_K's 32) these multiply the unsigned integers and subtract the
+//! offset times the activations' sums, lane by lane as the portable kernels do: Σ sc·(u − 32)·x = Σ sc·u·x −
+//! 32·Σ sc·Σx.
+use super::{MAX_ROWS, Q8Rows, x86};
+use crate::kernels::dequant::{GgmlType, QK_K};
+use std::arch::x86_64::*;
+use std::ops::Range;
+
+// SAFETY (every `unsafe` block here): the functions run inlined into `dot_rows_bw` / `dot_rows_vnni`, whose
+// target features the CPU has (`Isa::available`), and read inside a weight row (whole blocks) and inside the
+// activations of the same columns (`dot_rows` checked both lengths; [`Acts`] holds their starts).
+
+/// Whether these kernels handle `ty` (else the AVX2 ones do).
+pub(super) fn handles(ty: GgmlType) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 | GgmlType::Q4_K | GgmlType::Q6_K)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+pub(super) unsafe fn dot_rows_bw(ty: GgmlType, w: &[u8], xs: &Q8Rows, rows: Range<usize>, out: &mut [f32]) {
+    dot_rows_with::<Bw>(ty, w, xs, rows, out)
+}
+
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(super) unsafe fn dot_rows_vnni(ty: GgmlType, w: &[u8], xs: &Q8Rows, rows: Range<usize>, out: &mut [f32]) {
+    dot_rows_with::<Vnni>(ty, w, xs, rows, out)
+}
+
+/// How integer products are summed: AVX512BW's multiply-adds or VNNI's fused ones (the same integers).
+trait Madd {
+    /// Per i32 lane, the sum of its 4 byte products u·x (u unsigned, x signed, |u·x pair| < 2¹⁵).
+    fn dot4(u: __m512i, x: __m512i) -> __m512i;
+    /// acc + per i32 lane the sum of its 2 word products p·s.
+    fn madd_acc(acc: __m512i, p: __m512i, s: __m512i) -> __m512i;
+}
+
+struct Bw;
+
+impl Madd for Bw {
+    #[inline(always)]
+    fn dot4(u: __m512i, x: __m512i) -> __m512i {
+        unsafe { _mm512_madd_epi16(_mm512_maddubs_epi16(u, x), _mm512_set1_epi16(1)) }
+    }
+
+    #[inline(always)]
+    fn madd_acc(acc: __m512i, p: __m512i, s: __m512i) -> __m512i {
+        unsafe { _mm512_add_epi32(acc, _mm512_madd_epi16(p, s)) }
+    }
+}
+
+struct Vnni;
+
+impl Madd for Vnni {
+    #[inline(always)]
+    fn dot4(u: __m512i, x: __m512i) -> __m512i {
+        unsafe { _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x) }
+    }
+
+    #[inline(always)]
+    fn madd_acc(acc: __m512i, p: __m512i, s: __m512i) -> __m512i {
+        unsafe { _mm512_dpwssd_epi32(acc, p, s) }
+    }
+}
+
+/// [`Madd::dot4`] for signed w (|w| ≤ 128): |w| times x with w's sign.
+#[inline(always)]
+fn dot4_signed<M: Madd>(w: __m512i, x: __m512i) -> __m512i {
+    unsafe {
+        let negative = _mm512_movepi8_mask(w);
+        M::dot4(_mm512_abs_epi8(w), _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x))
+    }
+}
+
+/// The rows of x of one call: where each row's integers, block scales and sums start.
+struct Acts {
+    n: usize,
+    q: [*const i8; MAX_ROWS],
+    d: [*const f32; MAX_ROWS],
+    sums: [*const i32; MAX_ROWS],
+    dsum: [*const f32; MAX_ROWS],
+}
+
+impl Acts {
+    fn new(xs: &Q8Rows, rows: Range<usize>) -> Acts {
+        let mut a = Acts {
+            n: rows.len(),
+            q: [std::ptr::null(); MAX_ROWS],
+            d: [std::ptr::null(); MAX_ROWS],
+            sums: [std::ptr::null(); MAX_ROWS],
+            dsum: [std::ptr::null(); MAX_ROWS],
+        };
+        for (i, r) in rows.enumerate() {
+            (a.q[i], a.d[i]) = (xs.q(r).as_ptr(), xs.d(r).as_ptr());
+            (a.sums[i], a.dsum[i]) = (xs.sums(r).as_ptr(), xs.dsum(r).as_ptr());
+        }
+        a
+    }
+}
+
+/// Every weight row of `w` against the rows of x; a single row of x (a decode step) gets its own copy of the
+/// kernels, with its accumulators in registers.
+#[inline(always)]
+fn dot_rows_with<M: Madd>(ty: GgmlType, w: &[u8], xs: &Q8Rows, rows: Range<usize>, out: &mut [f32]) {
+    let acts = Acts::new(xs, rows);
+    if acts.n == 1 {
+        rows_of::<M, 1>(ty, w, xs.cols, &acts, out)
+    } else {
+        rows_of::<M, MAX_ROWS>(ty, w, xs.cols, &acts, out)
+    }
+}
+
+#[inline(always)]
+fn rows_of<M: Madd, const N: usize>(ty: GgmlType, w: &[u8], cols: usize, acts: &Acts, out: &mut [f32]) {
+    let n = acts.n.min(N);
+    let rb = cols / ty.block_size() * ty.type_size();
+    let m = w.len() / rb;
+    let mut res = [0.0f32; N];
+    for (o, row) in w.chunks_exact(rb).enumerate() {
+        match ty {
+            GgmlType::Q4_K => q4_k_row::<M, N>(row, acts, n, &mut res),
+            GgmlType::Q6_K => q6_k_row::<M, N>(row, acts, n, &mut res),
+            _ => legacy_row::<M, N>(ty, row, acts, n, &mut res),
+        }
+        for (i, &v) in res[..n].iter().enumerate() {
+            out[i * m + o] = v;
+        }
+    }
+}
+
+/// 16 f32 lanes summed as `tree16`: lanes l and l + 8, then the 8-lane tree.
+#[inline(always)]
+fn tree16(v: __m512) -> f32 {
+    unsafe {
+        let high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+        x86::sum(_mm256_add_ps(_mm512_castps512_ps256(v), high))
+    }
+}
+
+/// Word indices for `vpermw`: 64 values of `group`-sized groups starting at group `first`, one word per pair of
+/// values (what `vpmaddubsw` leaves), so each pair meets its group's scale.
+const fn scale_index(first: usize, group: usize) -> [i16; 32] {
+    let mut idx = [0i16; 32];
+    let mut w = 0;
+    while w < 32 {
+        idx[w] = (first + 2 * w / group) as i16;
+        w += 1;
+    }
+    idx
+}
+
+/// Q4_K: sub-blocks of 32, four to a 64-value vector pair.
+static Q4_K_SCALES: [[i16; 32]; 4] = [scale_index(0, 32), scale_index(2, 32), scale_index(4, 32), scale_index(6, 32)];
+/// Q6_K: groups of 16, four to a 64-value vector.
+static Q6_K_SCALES: [[i16; 32]; 4] = [scale_index(0, 16), scale_index(4, 16), scale_index(8, 16), scale_index(12, 16)];
+
+#[inline(always)]
+fn load_index(idx: &[i16; 32]) -> __m512i {
+    unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
+}
+
+/// The 6-bit scales and mins of a Q4_K / Q5_K super-block's 12 bytes (`dequant::scale_min_k4` for all 8
+/// sub-blocks at once): scales as the bytes of a u64, mins as an array.
+#[inline(always)]
+fn scales_and_mins_k4(s: &[u8]) -> (u64, [u8; 8]) {
+    const LOW6: u32 = 0x3F3F_3F3F;
+    const LOW4: u32 = 0x0F0F_0F0F;
+    const TOP2: u32 = 0x0303_0303; // bits 6..7 of each byte, once shifted down
+    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
+    let (a, b, c) = (word(0), word(1), word(2));
+    let scales_high = (c & LOW4) | (((a >> 6) & TOP2) << 4);
+    let mins_high = ((c >> 4) & LOW4) | (((b >> 6) & TOP2) << 4);
+    let scales = (a & LOW6) as u64 | (scales_high as u64) << 32;
+    let mins = ((b & LOW6) as u64 | (mins_high as u64) << 32).to_le_bytes();
+    (scales, mins)
+}
+
+/// Σ_s (d·dx_s)·Σ_j sc_j Σ q·x − (dmin·dx_s)·Σ_j m_j Σ x over the super-blocks s of a Q4_K row, for n rows of x.
+#[inline(always)]
+fn q4_k_row<M: Madd, const N: usize>(row: &[u8], acts: &Acts, n: usize, res: &mut [f32; N]) {
+    let mut acc = [unsafe { _mm512_setzero_ps() }; N];
+    for (s, b) in row.chunks_exact(GgmlType::Q4_K.type_size()).enumerate() {
+        let (scales, mins) = scales_and_mins_k4(&b[4..16]);
+        let (d, dmin) = (x86::f16c(b, 0), x86::f16c(b, 2));
+        unsafe {
+            // The super-block as 4 × 64 integers and their scales, once for all rows.
+            let scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
+            let nibble = _mm512_set1_epi8(0x0F);
+            let mut w = [_mm512_setzero_si512(); 4];
+            let mut sc = [_mm512_setzero_si512(); 4];
+            for h in 0..2 {
+                // 64 bytes of qs: low nibbles are sub-blocks 4h and 4h + 2, high nibbles 4h + 1 and 4h + 3.
+                let qs = _mm512_loadu_si512(b.as_ptr().add(16 + 64 * h).cast());
+                let low = _mm512_and_si512(qs, nibble);
+                let high = _mm512_and_si512(_mm512_srli_epi16(qs, 4), nibble);
+                w[2 * h] = _mm512_shuffle_i64x2(low, high, 0b01_00_01_00); // sub-blocks 4h, 4h + 1
+                w[2 * h + 1] = _mm512_shuffle_i64x2(low, high, 0b11_10_11_10); // 4h + 2, 4h + 3
+            }
+            for (k, sc) in sc.iter_mut().enumerate() {
+                *sc = _mm512_permutexvar_epi16(load_index(&Q4_K_SCALES[k]), scales);
+            }
+            // Lane l's min: that of group l's sub-block, l / 2.
+            let mins = _mm_cvtsi64_si128(i64::from_le_bytes(mins));
+            let mins = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(mins, mins));
+            for (i, acc) in acc[..n].iter_mut().enumerate() {
+                let q = acts.q[i].add(QK_K * s);
+                let mut isum = _mm512_setzero_si512();
+                for (k, (&w, &sc)) in w.iter().zip(&sc).enumerate() {
+                    isum = M::madd_acc(isum, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q.add(64 * k).cast())), sc);
+                }
+                let msum = _mm512_mullo_epi32(mins, _mm512_loadu_si512(acts.sums[i].add(16 * s).cast()));
+                let dx = *acts.d[i].add(s);
+                let scaled = _mm512_mul_ps(_mm512_set1_ps(d * dx), _mm512_cvtepi32_ps(isum));
+                let min_terms = _mm512_mul_ps(_mm512_set1_ps(dmin * dx), _mm512_cvtepi32_ps(msum));
+                *acc = _mm512_add_ps(*acc, _mm512_sub_ps(scaled, min_terms));
+            }
+        }
+    }
+    for (r, &acc) in res.iter_mut().zip(&acc[..n]) {
+        *r = tree16(acc);
+    }
+}
+
+/// Σ_s (d·dx_s)·Σ_g sc_g Σ (q − 32)·x over the super-blocks s of a Q6_K row, for n rows of x.
+#[inline(always)]
+fn q6_k_row<M: Madd, const N: usize>(row: &[u8], acts: &Acts, n: usize, res: &mut [f32; N]) {
+    let mut acc = [unsafe { _mm512_setzero_ps() }; N];
+    for (s, b) in row.chunks_exact(GgmlType::Q6_K.type_size()).enumerate() {
+        let d = x86::f16c(b, 208);
+        unsafe {
+            // The super-block as 4 × 64 unsigned integers and their scales, once for all rows.
+            let sc_bytes = _mm_loadu_si128(b.as_ptr().add(192).cast());
+            let scales = _mm512_castsi256_si512(_mm256_cvtepi8_epi16(sc_bytes));
+            let (nibble, two_bits) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x03));
+            let mut w = [_mm512_setzero_si512(); 4];
+            let mut sc = [_mm512_setzero_si512(); 4];
+            for h in 0..2 {
+                // ql[64h..64h + 64]: low nibbles are values 128h..128h + 64, high nibbles the next 64; their top
+                // 2 bits are bit pairs 0, 1, 2, 3 of qh[32h..32h + 32] (pairs 0 and 1, then 2 and 3, per half).
+                let ql = _mm512_loadu_si512(b.as_ptr().add(64 * h).cast());
+                let qh = _mm256_loadu_si256(b.as_ptr().add(128 + 32 * h).cast());
+                let qh = _mm512_inserti64x4(_mm512_castsi256_si512(qh), _mm256_srli_epi16(qh, 2), 1);
+                let top = |bits: __m512i| _mm512_slli_epi16(_mm512_and_si512(bits, two_bits), 4);
+                w[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, nibble), top(qh));
+                let high = _mm512_and_si512(_mm512_srli_epi16(ql, 4), nibble);
+                w[2 * h + 1] = _mm512_or_si512(high, top(_mm512_srli_epi16(qh, 4)));
+            }
+            for (k, sc) in sc.iter_mut().enumerate() {
+                *sc = _mm512_permutexvar_epi16(load_index(&Q6_K_SCALES[k]), scales);
+            }
+            // 32 · sc_l per lane l (= group l), for − 32 · sc_l · Σx_l.
+            let offset_scales = _mm512_slli_epi32(_mm512_cvtepi8_epi32(sc_bytes), 5);
+            for (i, acc) in acc[..n].iter_mut().enumerate() {
+                let q = acts.q[i].add(QK_K * s);
+                let sums = _mm512_loadu_si512(acts.sums[i].add(16 * s).cast());
+                let mut isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_mullo_epi32(offset_scales, sums));
+                for (k, (&w, &sc)) in w.iter().zip(&sc).enumerate() {
+                    isum = M::madd_acc(isum, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q.add(64 * k).cast())), sc);
+                }
+                let dx = *acts.d[i].add(s);
+                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(_mm512_set1_ps(d * dx), _mm512_cvtepi32_ps(isum)));
+            }
+        }
+    }
+    for (r, &acc) in res.iter_mut().zip(&acc[..n]) {
+        *r = tree16(acc);
+    }
+}
+
+/// Q4_0, Q4_1, Q8_0: blocks b and b + 1 (when `pair`, else zeros) as the 64 integers of one register, signed
+/// (Q4_0, Q8_0) or unsigned (Q4_1).
+#[inline(always)]
+fn legacy_weights(ty: GgmlType, b0: &[u8], b1: &[u8], pair: bool) -> __m512i {
+    unsafe {
+        if ty == GgmlType::Q8_0 {
+            let high = if pair { _mm256_loadu_si256(b1.as_ptr().add(2).cast()) } else { _mm256_setzero_si256() };
+            return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(b0.as_ptr().add(2).cast())), high, 1);
+        }
+        let off = if ty == GgmlType::Q4_0 { 2 } else { 4 };
+        let q1 = if pair { _mm_loadu_si128(b1.as_ptr().add(off).cast()) } else { _mm_setzero_si128() };
+        let qs = _mm256_set_m128i(q1, _mm_loadu_si128(b0.as_ptr().add(off).cast()));
+        let nibble = _mm256_set1_epi8(0x0F);
+        let (low, high) = (_mm256_and_si256(qs, nibble), _mm256_and_si256(_mm256_srli_epi16(qs, 4), nibble));
+        // [low b, low b+1, high b, high b+1] → [low b, high b, low b+1, high b+1]: values in order.
+        let both = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+        let w = _mm512_shuffle_i64x2(both, both, 0b11_01_10_00);
+        if ty == GgmlType::Q4_0 { _mm512_sub_epi8(w, _mm512_set1_epi8(8)) } else { w }
+    }
+}
+
+/// The two floats at p (blocks b and b + 1) spread over lanes 0..8 and 8..16; with `pair` false, the one at p
+/// and zeros.
+#[inline(always)]
+fn spread_pair(p: *const f32, pair: bool) -> __m512 {
+    unsafe {
+        if pair {
+            let two = _mm_castpd_ps(_mm_load_sd(p.cast()));
+            let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+            _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two))
+        } else {
+            _mm512_maskz_mov_ps(0x00FF, _mm512_set1_ps(*p))
+        }
+    }
+}
+
+/// Σ_b (d_b·dx_b)·Σ w·x (+ m_b·dx_b·Σ x for Q4_1) over the blocks of a Q4_0 / Q4_1 / Q8_0 row, two blocks a
+/// step, for n rows of x.
+#[inline(always)]
+fn legacy_row<M: Madd, const N: usize>(ty: GgmlType, row: &[u8], acts: &Acts, n: usize, res: &mut [f32; N]) {
+    let ts = ty.type_size();
+    let blocks = row.len() / ts;
+    let with_min = ty == GgmlType::Q4_1;
+    let mut acc = [unsafe { _mm512_setzero_ps() }; N];
+    // The min terms of even blocks in lane 0, of odd ones in lane 8 (every lane of a half holds the same).
+    let mut min_terms = [unsafe { _mm512_setzero_ps() }; N];
+    for b in (0..blocks).step_by(2) {
+        let pair = b + 1 < blocks;
+        let b0 = &row[b * ts..][..ts];
+        let b1 = if pair { &row[(b + 1) * ts..][..ts] } else { b0 };
+        let w = legacy_weights(ty, b0, b1, pair);
+        unsafe {
+            let halves = |v0: f32, v1: f32| _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(v0), _mm512_set1_ps(v1));
+            let d = halves(x86::f16c(b0, 0), if pair { x86::f16c(b1, 0) } else { 0.0 });
+            let m = if with_min { halves(x86::f16c(b0, 2), x86::f16c(b1, 2)) } else { _mm512_setzero_ps() };
+            for i in 0..n {
+                let q = acts.q[i].add(32 * b);
+                let x = if pair { _mm512_loadu_si512(q.cast()) } else { _mm512_maskz_loadu_epi8(0xFFFF_FFFF, q) };
+                let lanes = if with_min { M::dot4(w, x) } else { dot4_signed::<M>(w, x) };
+                let scale = _mm512_mul_ps(d, spread_pair(acts.d[i].add(b), pair));
+                acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(scale, _mm512_cvtepi32_ps(lanes)));
+                if with_min {
+                    min_terms[i] =
+                        _mm512_add_ps(min_terms[i], _mm512_mul_ps(m, spread_pair(acts.dsum[i].add(b), pair)));
+                }
+            }
+        }
+    }
+    for ((r, &acc), &mt) in res.iter_mut().zip(&acc[..n]).zip(&min_terms[..n]) {
+        let (even, odd) = unsafe {
+            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(mt), 1));
+            (_mm512_cvtss_f32(mt), _mm256_cvtss_f32(high))
+        };
+        *r = tree16(acc) + (even + odd);
+    }
+}
