@@ -122,16 +122,23 @@ fn rows_of<M: Madd, const N: usize>(ty: GgmlType, w: &[u8], cols: usize, acts: &
     let n = acts.n.min(N);
     let rb = cols / ty.block_size() * ty.type_size();
     let m = w.len() / rb;
-    let mut res = [0.0f32; N];
-    for (o, row) in w.chunks_exact(rb).enumerate() {
-        match ty {
-            GgmlType::Q4_K => q4_k_row::<M, N>(row, acts, n, &mut res),
-            GgmlType::Q6_K => q6_k_row::<M, N>(row, acts, n, &mut res),
-            _ => legacy_row::<M, N>(ty, row, acts, n, &mut res),
+    // Each type's kernel compiled on its own (block layout and sizes known at compile time).
+    let each_row = |out: &mut [f32], kernel: &dyn Fn(&[u8], &mut [f32; N])| {
+        let mut res = [0.0f32; N];
+        for (o, row) in w.chunks_exact(rb).enumerate() {
+            kernel(row, &mut res);
+            for (i, &v) in res[..n].iter().enumerate() {
+                out[i * m + o] = v;
+            }
         }
-        for (i, &v) in res[..n].iter().enumerate() {
-            out[i * m + o] = v;
-        }
+    };
+    match ty {
+        GgmlType::Q4_K => each_row(out, &|row, res| q4_k_row::<M, N>(row, acts, n, res)),
+        GgmlType::Q6_K => each_row(out, &|row, res| q6_k_row::<M, N>(row, acts, n, res)),
+        GgmlType::Q4_0 => each_row(out, &|row, res| legacy_row::<M, N, { GgmlType::Q4_0.id() }>(row, acts, n, res)),
+        GgmlType::Q4_1 => each_row(out, &|row, res| legacy_row::<M, N, { GgmlType::Q4_1.id() }>(row, acts, n, res)),
+        GgmlType::Q8_0 => each_row(out, &|row, res| legacy_row::<M, N, { GgmlType::Q8_0.id() }>(row, acts, n, res)),
+        _ => unreachable!("{ty}: not an AVX-512 kernel type (`handles`)"),
     }
 }
 
@@ -182,6 +189,18 @@ fn scales_and_mins_k4(s: &[u8]) -> (u64, [u8; 8]) {
     (scales, mins)
 }
 
+/// init + the 16 integer lanes of a K-quant super-block (4 chunks of 64 unsigned integers w, their scales sc)
+/// against the 256 activations at q, in two chains (integer sums: any order gives the same lanes).
+#[inline(always)]
+fn chunk_sums<M: Madd>(w: &[__m512i; 4], sc: &[__m512i; 4], q: *const i8, init: __m512i) -> __m512i {
+    unsafe {
+        let part = |k: usize, acc| {
+            M::madd_acc(acc, _mm512_maddubs_epi16(w[k], _mm512_loadu_si512(q.add(64 * k).cast())), sc[k])
+        };
+        _mm512_add_epi32(part(2, part(0, init)), part(3, part(1, _mm512_setzero_si512())))
+    }
+}
+
 /// Σ_s (d·dx_s)·Σ_j sc_j Σ q·x − (dmin·dx_s)·Σ_j m_j Σ x over the super-blocks s of a Q4_K row, for n rows of x.
 #[inline(always)]
 fn q4_k_row<M: Madd, const N: usize>(row: &[u8], acts: &Acts, n: usize, res: &mut [f32; N]) {
@@ -211,10 +230,7 @@ fn q4_k_row<M: Madd, const N: usize>(row: &[u8], acts: &Acts, n: usize, res: &mu
             let mins = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(mins, mins));
             for (i, acc) in acc[..n].iter_mut().enumerate() {
                 let q = acts.q[i].add(QK_K * s);
-                let mut isum = _mm512_setzero_si512();
-                for (k, (&w, &sc)) in w.iter().zip(&sc).enumerate() {
-                    isum = M::madd_acc(isum, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q.add(64 * k).cast())), sc);
-                }
+                let isum = chunk_sums::<M>(&w, &sc, q, _mm512_setzero_si512());
                 let msum = _mm512_mullo_epi32(mins, _mm512_loadu_si512(acts.sums[i].add(16 * s).cast()));
                 let dx = *acts.d[i].add(s);
                 let scaled = _mm512_mul_ps(_mm512_set1_ps(d * dx), _mm512_cvtepi32_ps(isum));
@@ -260,10 +276,8 @@ fn q6_k_row<M: Madd, const N: usize>(row: &[u8], acts: &Acts, n: usize, res: &mu
             for (i, acc) in acc[..n].iter_mut().enumerate() {
                 let q = acts.q[i].add(QK_K * s);
                 let sums = _mm512_loadu_si512(acts.sums[i].add(16 * s).cast());
-                let mut isum = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_mullo_epi32(offset_scales, sums));
-                for (k, (&w, &sc)) in w.iter().zip(&sc).enumerate() {
-                    isum = M::madd_acc(isum, _mm512_maddubs_epi16(w, _mm512_loadu_si512(q.add(64 * k).cast())), sc);
-                }
+                let offsets = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_mullo_epi32(offset_scales, sums));
+                let isum = chunk_sums::<M>(&w, &sc, q, offsets);
                 let dx = *acts.d[i].add(s);
                 *acc = _mm512_add_ps(*acc, _mm512_mul_ps(_mm512_set1_ps(d * dx), _mm512_cvtepi32_ps(isum)));
             }
@@ -313,7 +327,8 @@ fn spread_pair(p: *const f32, pair: bool) -> __m512 {
 /// Σ_b (d_b·dx_b)·Σ w·x (+ m_b·dx_b·Σ x for Q4_1) over the blocks of a Q4_0 / Q4_1 / Q8_0 row, two blocks a
 /// step, for n rows of x.
 #[inline(always)]
-fn legacy_row<M: Madd, const N: usize>(ty: GgmlType, row: &[u8], acts: &Acts, n: usize, res: &mut [f32; N]) {
+fn legacy_row<M: Madd, const N: usize, const T: u32>(row: &[u8], acts: &Acts, n: usize, res: &mut [f32; N]) {
+    let ty = GgmlType::from_id(T).expect("a GGML type id");
     let ts = ty.type_size();
     let blocks = row.len() / ts;
     let with_min = ty == GgmlType::Q4_1;
@@ -326,9 +341,16 @@ fn legacy_row<M: Madd, const N: usize>(ty: GgmlType, row: &[u8], acts: &Acts, n:
         let b1 = if pair { &row[(b + 1) * ts..][..ts] } else { b0 };
         let w = legacy_weights(ty, b0, b1, pair);
         unsafe {
-            let halves = |v0: f32, v1: f32| _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(v0), _mm512_set1_ps(v1));
-            let d = halves(x86::f16c(b0, 0), if pair { x86::f16c(b1, 0) } else { 0.0 });
-            let m = if with_min { halves(x86::f16c(b0, 2), x86::f16c(b1, 2)) } else { _mm512_setzero_ps() };
+            // Both blocks' f16 header (d, and m for Q4_1) widened at once, then spread over the halves.
+            let header = |b: &[u8]| {
+                let h = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                if with_min { h } else { h & 0xFFFF }
+            };
+            let (h0, h1) = (header(b0), if pair { header(b1) } else { 0 });
+            let dm = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_set_epi32(0, 0, h1, h0))); // d0 m0 d1 m1
+            let half = |i: i32, j: i32| _mm512_set_epi32(j, j, j, j, j, j, j, j, i, i, i, i, i, i, i, i);
+            let d = _mm512_permutexvar_ps(half(0, 2), dm);
+            let m = _mm512_permutexvar_ps(half(1, 3), dm);
             for i in 0..n {
                 let q = acts.q[i].add(32 * b);
                 let x = if pair { _mm512_loadu_si512(q.cast()) } else { _mm512_maskz_loadu_epi8(0xFFFF_FFFF, q) };
