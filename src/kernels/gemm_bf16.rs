@@ -188,24 +188,20 @@ unsafe fn flushing_tile(
     }
 }
 
-/// Rounds a packed f32 panel of kb depths × width to bf16 pairs in place: slot q·width + l becomes the pair
-/// (depth 2q + 1 in the high half, depth 2q in the low half — `vdpbf16ps`'s layout) of line l, a zero depth
-/// after an odd kb. The pairs take the first ⌈kb/2⌉ · width slots.
-fn pair_panel(dst: &mut [f32], width: usize, kb: usize) {
-    for q in 0..kb.div_ceil(2) {
-        for l in 0..width {
-            // Reads rows 2q and 2q + 1, writes row q ≤ 2q: nothing is overwritten before it is read.
-            let lo = round(dst[2 * q * width + l]) as u32;
-            let hi = if 2 * q + 1 < kb { round(dst[(2 * q + 1) * width + l]) as u32 } else { 0 };
-            dst[q * width + l] = f32::from_bits(hi << 16 | lo);
-        }
-    }
+/// Slot q·width + l of a packed f32 panel (kb depths × width) rounded to bf16 pairs in place: the pair of
+/// depth 2q + 1 (high half) and depth 2q (low half: `vdpbf16ps`'s layout) of line l, a zero depth after an odd
+/// kb. It reads rows 2q and 2q + 1 and writes row q ≤ 2q: row by row, nothing is overwritten before it is read.
+#[inline(always)]
+fn pair_line(dst: &mut [f32], width: usize, kb: usize, q: usize, l: usize) {
+    let lo = round(dst[2 * q * width + l]) as u32;
+    let hi = if 2 * q + 1 < kb { round(dst[(2 * q + 1) * width + l]) as u32 } else { 0 };
+    dst[q * width + l] = f32::from_bits(hi << 16 | lo);
 }
 
 /// The `vdpbf16ps` micro-kernel: MR rows × NV vectors of 16 columns, the accumulators in registers.
 #[cfg(all(target_arch = "x86_64", feature = "avx512"))]
 mod native {
-    use super::{Kernel, pack, pair_panel, paired};
+    use super::{Kernel, native, pack, pair_line, paired};
     use std::arch::x86_64::*;
 
     pub(super) struct Tile<const MR: usize, const NV: usize>;
@@ -223,12 +219,47 @@ mod native {
         unsafe fn pack(dst: &mut [f32], width: usize, src: *const f32, w: usize, kb: usize, ll: usize, ld: usize) {
             // SAFETY: forwarded caller guarantees; a CPU with AVX512-BF16 has AVX.
             unsafe { pack(dst, width, src, w, kb, ll, ld, true) };
-            pair_panel(dst, width, kb);
+            if native() {
+                // SAFETY: the CPU has AVX512-BF16.
+                unsafe { pair_panel_native(dst, width, kb) };
+            } else {
+                // Only the layout test packs native panels where the instruction is missing.
+                (0..kb.div_ceil(2)).for_each(|q| (0..width).for_each(|l| pair_line(dst, width, kb, q, l)));
+            }
         }
 
         unsafe fn tile(kb: usize, a: *const f32, _lda: usize, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
             // SAFETY: forwarded caller guarantees; this kernel runs only where `native()` holds.
             unsafe { tile::<MR, NV>(kb.div_ceil(2), a.cast(), b.cast(), c, ldc, load) }
+        }
+    }
+
+    /// Rounds a packed f32 panel of kb depths × width to bf16 pairs in place ([`pair_line`]; the pairs take the
+    /// first ⌈kb/2⌉ · width slots): 16 lines at a time by the instruction itself (`vcvtneps2bf16` rounds as
+    /// `bf16::round` does; the tests against the emulation hold it to that), the last lines of a narrow panel
+    /// one by one.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    fn pair_panel_native(dst: &mut [f32], width: usize, kb: usize) {
+        assert!(dst.len() >= kb * width, "pair_panel: panel too short");
+        let full = width / 16 * 16;
+        for q in 0..kb.div_ceil(2) {
+            for l in (0..full).step_by(16) {
+                // SAFETY: rows 2q (and 2q + 1 < kb) at lines l..l + 16 < width lie in dst (asserted).
+                unsafe {
+                    let row = |r: usize| _mm512_cvtneps_pbh(_mm512_loadu_ps(dst.as_ptr().add(r * width + l)));
+                    let widen = |h: __m256bh| _mm512_cvtepu16_epi32(std::mem::transmute::<__m256bh, __m256i>(h));
+                    let lo = widen(row(2 * q));
+                    let hi = if 2 * q + 1 < kb {
+                        _mm512_slli_epi32(widen(row(2 * q + 1)), 16)
+                    } else {
+                        _mm512_setzero_si512()
+                    };
+                    _mm512_storeu_si512(dst.as_mut_ptr().add(q * width + l).cast(), _mm512_or_si512(lo, hi));
+                }
+            }
+            for l in full..width {
+                pair_line(dst, width, kb, q, l);
+            }
         }
     }
 
