@@ -173,20 +173,20 @@ fn load_index(idx: &[i16; 32]) -> __m512i {
     unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) }
 }
 
-/// The 6-bit scales and mins of a Q4_K / Q5_K super-block's 12 bytes (`dequant::scale_min_k4` for all 8
-/// sub-blocks at once): scales as the bytes of a u64, mins as an array.
+/// The 6-bit scales and mins of a Q4_K super-block (`dequant::scale_min_k4` for all 8 sub-blocks at once, on
+/// the 12 bytes at b[4..16] as three words a, b, c): bytes 0..8 of the result are the scales, 8..16 the mins.
 #[inline(always)]
-fn scales_and_mins_k4(s: &[u8]) -> (u64, [u8; 8]) {
-    const LOW6: u32 = 0x3F3F_3F3F;
-    const LOW4: u32 = 0x0F0F_0F0F;
-    const TOP2: u32 = 0x0303_0303; // bits 6..7 of each byte, once shifted down
-    let word = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-    let (a, b, c) = (word(0), word(1), word(2));
-    let scales_high = (c & LOW4) | (((a >> 6) & TOP2) << 4);
-    let mins_high = ((c >> 4) & LOW4) | (((b >> 6) & TOP2) << 4);
-    let scales = (a & LOW6) as u64 | (scales_high as u64) << 32;
-    let mins = ((b & LOW6) as u64 | (mins_high as u64) << 32).to_le_bytes();
-    (scales, mins)
+fn scales_and_mins_k4(b: &[u8]) -> __m128i {
+    assert!(b.len() >= 20);
+    unsafe {
+        let v = _mm_loadu_si128(b.as_ptr().add(4).cast()); // a b c (and 4 bytes of qs)
+        let low6 = _mm_and_si128(v, _mm_set1_epi32(0x3F3F_3F3F)); // scales 0..4, mins 0..4
+        // Scales and mins 4..8: the nibbles of c below, bits 6..7 of a (scales) and b (mins) on top.
+        let c = _mm_shuffle_epi32(v, 0b10_10_10_10);
+        let c = _mm_and_si128(_mm_srlv_epi32(c, _mm_set_epi32(4, 4, 4, 0)), _mm_set1_epi32(0x0F0F_0F0F));
+        let top = _mm_slli_epi32(_mm_and_si128(_mm_srli_epi32(v, 6), _mm_set1_epi32(0x0303_0303)), 4);
+        _mm_unpacklo_epi32(low6, _mm_or_si128(c, top)) // scales 0..4, scales 4..8, mins 0..4, mins 4..8
+    }
 }
 
 /// init + the 16 integer lanes of a K-quant super-block (4 chunks of 64 unsigned integers w, their scales sc)
@@ -206,11 +206,12 @@ fn chunk_sums<M: Madd>(w: &[__m512i; 4], sc: &[__m512i; 4], q: *const i8, init: 
 fn q4_k_row<M: Madd, const N: usize>(row: &[u8], acts: &Acts, n: usize, res: &mut [f32; N]) {
     let mut acc = [unsafe { _mm512_setzero_ps() }; N];
     for (s, b) in row.chunks_exact(GgmlType::Q4_K.type_size()).enumerate() {
-        let (scales, mins) = scales_and_mins_k4(&b[4..16]);
-        let (d, dmin) = (x86::f16c(b, 0), x86::f16c(b, 2));
+        let scales_mins = scales_and_mins_k4(b);
         unsafe {
+            // d and dmin, widened together.
+            let d_dmin = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([b[0], b[1], b[2], b[3]])));
             // The super-block as 4 × 64 integers and their scales, once for all rows.
-            let scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(scales as i64)));
+            let scales = _mm512_castsi128_si512(_mm_cvtepu8_epi16(scales_mins));
             let nibble = _mm512_set1_epi8(0x0F);
             let mut w = [_mm512_setzero_si512(); 4];
             let mut sc = [_mm512_setzero_si512(); 4];
@@ -226,15 +227,17 @@ fn q4_k_row<M: Madd, const N: usize>(row: &[u8], acts: &Acts, n: usize, res: &mu
                 *sc = _mm512_permutexvar_epi16(load_index(&Q4_K_SCALES[k]), scales);
             }
             // Lane l's min: that of group l's sub-block, l / 2.
-            let mins = _mm_cvtsi64_si128(i64::from_le_bytes(mins));
-            let mins = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(mins, mins));
+            let mins = _mm512_cvtepu8_epi32(_mm_unpackhi_epi8(scales_mins, scales_mins));
             for (i, acc) in acc[..n].iter_mut().enumerate() {
                 let q = acts.q[i].add(QK_K * s);
                 let isum = chunk_sums::<M>(&w, &sc, q, _mm512_setzero_si512());
                 let msum = _mm512_mullo_epi32(mins, _mm512_loadu_si512(acts.sums[i].add(16 * s).cast()));
-                let dx = *acts.d[i].add(s);
-                let scaled = _mm512_mul_ps(_mm512_set1_ps(d * dx), _mm512_cvtepi32_ps(isum));
-                let min_terms = _mm512_mul_ps(_mm512_set1_ps(dmin * dx), _mm512_cvtepi32_ps(msum));
+                let (scale, min_scale) = {
+                    let both = _mm_mul_ps(d_dmin, _mm_set1_ps(*acts.d[i].add(s))); // d·dx, dmin·dx
+                    (_mm512_broadcastss_ps(both), _mm512_broadcastss_ps(_mm_movehdup_ps(both)))
+                };
+                let scaled = _mm512_mul_ps(scale, _mm512_cvtepi32_ps(isum));
+                let min_terms = _mm512_mul_ps(min_scale, _mm512_cvtepi32_ps(msum));
                 *acc = _mm512_add_ps(*acc, _mm512_sub_ps(scaled, min_terms));
             }
         }
