@@ -116,31 +116,3 @@ fn score_refuses_a_row_longer_than_the_context_window() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("long.jsonl:2") && stderr.contains("context window"), "{stderr}");
 }
-
-/// `score --compute int8` on a block-quantized base (the GGUF fixture's Q8_0 matrices) runs the integer kernels
-/// on whole prompts (many rows a product): each row's log-prob moves only by the rounding of the activations to
-/// 8 bits (the kernels' numbers are tested in `kernels::quant_dot`), and `eval` agrees with it.
-#[test]
-fn int8_score_stays_close_to_f32() {
-    let model = fixture("tiny-llama-gguf/tiny-llama.gguf");
-    let data = fixture("score_rows.jsonl");
-    let rows = |compute: &str| -> Vec<f64> {
-        let (stdout, _) = condlm("score", &model, &data, &["--compute", compute]);
-        stdout
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["logprob"].as_f64().unwrap())
-            .collect()
-    };
-    let (exact, int8) = (rows("f32"), rows("int8"));
-    assert_eq!(exact.len(), int8.len());
-    assert!(exact.len() > 3, "{} rows", exact.len());
-    for (i, (a, b)) in exact.iter().zip(&int8).enumerate() {
-        assert!(b.is_finite() && (a - b).abs() <= 0.02 * a.abs() + 0.01, "row {i}: f32 {a} vs int8 {b}");
-    }
-    assert!(exact.iter().zip(&int8).any(|(a, b)| a != b), "int8 gave the f32 bits: it did not run");
-    let eval_int8: serde_json::Value =
-        serde_json::from_str(&condlm("eval", &model, &data, &["--compute", "int8"]).0).unwrap();
-    let eval_f32: serde_json::Value = serde_json::from_str(&condlm("eval", &model, &data, &[]).0).unwrap();
-    let (a, b) = (eval_f32["nll"].as_f64().unwrap(), eval_int8["nll"].as_f64().unwrap());
-    assert!((a - b).abs() <= 0.02 * a, "eval nll: f32 {a} vs int8 {b}");
-}

@@ -35,10 +35,10 @@ pub struct GenerateArgs {
     adapter: AdapterArgs,
     #[command(flatten)]
     base: BaseArgs,
-    /// The products of a block-quantized base (Q4_0 … Q6_K): f32 (dequantized; the f32 base's results) or int8
-    /// (activations rounded to 8 bits, integer dot products on the stored blocks, for prefill and decode steps,
-    /// as llama.cpp does: faster, slightly different log-probs); or bf16 (prefills' GEMMs with bf16 operands,
-    /// as `train --compute bf16`; decode steps stay f32) [default: f32].
+    /// Decoding's products on a block-quantized base (Q4_0 … Q6_K): f32 (dequantized; the f32 base's results)
+    /// or int8 (activations rounded to 8 bits, integer dot products on the stored blocks, as llama.cpp does:
+    /// faster, slightly different log-probs); or bf16 (prefills' GEMMs with bf16 operands, as `train
+    /// --compute bf16`; decode steps stay f32) [default: f32].
     #[arg(long, value_enum, default_value_t = Compute::F32, hide_default_value = true)]
     compute: Compute,
     /// The prompt x; its continuation is streamed to stdout as it is generated [default: none; give it or --data].
@@ -139,7 +139,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let weight_bytes: usize = opened.weights.resident_bytes(a.base.base_dtype).values().sum();
     let mut m = opened.load(a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
-    use_compute(a.compute, false, true)?;
+    use_compute(a.compute, true, true)?;
     if !a.ignore_eos {
         let eos = m.tokenizer.eos_id;
         opts.stop_ids.retain(|&t| t != eos);

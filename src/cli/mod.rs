@@ -44,27 +44,22 @@ impl FieldArgs {
     }
 }
 
-/// `--compute` of `train`, `score` and `eval` (`generate` has its own).
+/// `--compute` of `train`, `score` and `eval` (`generate` has its own, with int8 for decoding).
 #[derive(Args, Default)]
 pub struct ComputeArgs {
     /// Precision of the GEMMs of the weight matrices (base linears and LM head, forward and backward): f32, or
     /// bf16 (operands rounded to bf16, products accumulated in f32: AVX512-BF16's vdpbf16ps where the CPU has
-    /// it; elsewhere an exact emulation of it, slower than f32); or, for score and eval on a block-quantized base
-    /// (Q4_0 … Q6_K), int8 (activations rounded to 8 bits, integer dot products on the stored blocks, as
-    /// llama.cpp does: faster, slightly different log-probs; train refuses it). LoRA's own products, attention,
-    /// norms and the optimizer stay f32 [default: f32].
+    /// it; elsewhere an exact emulation of it, slower than f32). LoRA's own products, attention, norms and the
+    /// optimizer stay f32 [default: f32].
     #[arg(long, value_enum, default_value_t = Compute::F32, hide_default_value = true)]
     pub compute: Compute,
 }
 
-/// Sets this process's compute (`--compute`) before anything runs. Int8 is inference's (`training`: the command
-/// is `train`). bf16 on a CPU without AVX512-BF16 runs the emulation: said once on stderr when `tell`.
-pub fn use_compute(c: Compute, training: bool, tell: bool) -> Result<()> {
-    if c == Compute::Int8 && training {
-        bail!(
-            "--compute int8 applies to inference (generate, score, eval: it has no backward); train takes \
-             --compute f32 or bf16"
-        );
+/// Sets this process's compute (`--compute`) before anything runs. Int8 is decoding's (`decoding`: the command
+/// is `generate`). bf16 on a CPU without AVX512-BF16 runs the emulation: said once on stderr when `tell`.
+pub fn use_compute(c: Compute, decoding: bool, tell: bool) -> Result<()> {
+    if c == Compute::Int8 && !decoding {
+        bail!("--compute int8 applies to decoding (generate); train, score and eval take --compute f32 or bf16");
     }
     if c == Compute::Bf16 && !bf16::native() && tell {
         eprintln!(

@@ -303,7 +303,7 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
     if a.accept_changed_data && a.resume.is_none() {
         bail!("--accept-changed-data only applies with --resume");
     }
-    use_compute(a.compute.compute, true, world.is_root())?;
+    use_compute(a.compute.compute, false, world.is_root())?;
     let settings = a.settings()?;
     let opts = RunOptions {
         resume: a.resume.clone(),

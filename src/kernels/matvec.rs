@@ -6,7 +6,6 @@ use super::mat::{Mat, MatMut};
 use super::matmul::matmul;
 use super::simd::dots;
 use rayon::prelude::*;
-use std::ops::Range;
 
 /// Up to this many rows of x, the matrix-vector kernel; above, the GEMM.
 pub const MAX_ROWS: usize = 16;
@@ -41,9 +40,8 @@ pub fn matvec_blocks(
     rows: impl Fn(usize, usize, &mut dyn FnMut(&[f32])) + Sync,
 ) {
     let (n, in_dim) = (x.rows, x.cols);
-    assert!(n <= MAX_ROWS, "matvec_blocks: {n} rows, more than {MAX_ROWS}");
     assert!(out.rows == n && x.data.len() >= n * in_dim, "matmul_wt: shape mismatch");
-    column_blocks(out, accumulate, |o0, o1, _, block| {
+    column_blocks(out, accumulate, |o0, o1, block| {
         rows(o0, o1, &mut |w| {
             for r in 0..n {
                 dots(&mut block[r * (o1 - o0)..][..o1 - o0], &x.data[r * in_dim..][..in_dim], &w[..(o1 - o0) * in_dim]);
@@ -53,11 +51,10 @@ pub fn matvec_blocks(
 }
 
 /// Fills `out` (n, out_dim) (or adds to it when `accumulate`) by blocks of [`CHUNK`] columns in parallel:
-/// `block(o0, o1, rows, b)` writes columns o0..o1 of `rows` (at most [`MAX_ROWS`] of them) into b
-/// (rows.len(), o1 − o0), row-major. A task takes its columns for all rows, [`MAX_ROWS`] at a time, so the
-/// weight rows behind its columns stay in cache from one group of rows to the next.
-pub fn column_blocks(out: MatMut, accumulate: bool, block: impl Fn(usize, usize, Range<usize>, &mut [f32]) + Sync) {
+/// `block(o0, o1, b)` writes columns o0..o1 of every row into b (n, o1 − o0), row-major. n ≤ [`MAX_ROWS`].
+pub fn column_blocks(out: MatMut, accumulate: bool, block: impl Fn(usize, usize, &mut [f32]) + Sync) {
     let (n, out_dim) = (out.rows, out.cols);
+    assert!(n <= MAX_ROWS, "column_blocks: {n} rows, more than {MAX_ROWS}");
     if n > 0 && out_dim > 0 {
         assert!((n - 1) * out.row_stride + out_dim <= out.data.len(), "matmul_wt: dst out of bounds");
     }
@@ -66,19 +63,16 @@ pub fn column_blocks(out: MatMut, accumulate: bool, block: impl Fn(usize, usize,
     (0..out_dim.div_ceil(CHUNK)).into_par_iter().for_each(|b| {
         let (o0, o1) = (b * CHUNK, ((b + 1) * CHUNK).min(out_dim));
         let mut buf = [0.0f32; CHUNK * MAX_ROWS];
-        for g0 in (0..n).step_by(MAX_ROWS) {
-            let g1 = (g0 + MAX_ROWS).min(n);
-            let buf = &mut buf[..(g1 - g0) * (o1 - o0)];
-            block(o0, o1, g0..g1, buf);
-            for (r, vals) in (g0..g1).zip(buf.chunks_exact(o1 - o0)) {
-                // SAFETY: row r, columns o0..o1 of `out` lie inside its slice (asserted above), and no other task
-                // writes these columns: tasks own disjoint column blocks.
-                let o = unsafe { std::slice::from_raw_parts_mut(dst.at(r * row_stride + o0), o1 - o0) };
-                if accumulate {
-                    o.iter_mut().zip(vals).for_each(|(o, v)| *o += v);
-                } else {
-                    o.copy_from_slice(vals);
-                }
+        let buf = &mut buf[..n * (o1 - o0)];
+        block(o0, o1, buf);
+        for (r, vals) in buf.chunks_exact(o1 - o0).enumerate() {
+            // SAFETY: row r, columns o0..o1 of `out` lie inside its slice (asserted above), and no other task
+            // writes these columns: tasks own disjoint column blocks.
+            let o = unsafe { std::slice::from_raw_parts_mut(dst.at(r * row_stride + o0), o1 - o0) };
+            if accumulate {
+                o.iter_mut().zip(vals).for_each(|(o, v)| *o += v);
+            } else {
+                o.copy_from_slice(vals);
             }
         }
     });

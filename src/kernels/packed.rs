@@ -96,12 +96,14 @@ impl PackedMatrix {
     }
 
     /// out (N, rows) = x (N, cols) · Wᵀ, or out += … when `accumulate`; bit-identical to
-    /// [`matmul_wt`] on the dequantized matrix (unless the compute is int8: [`Self::int8_applies`]).
+    /// [`matmul_wt`] on the dequantized matrix.
     pub fn matmul_wt(&self, out: MatMut, x: Mat, accumulate: bool) {
         assert!(x.cols == self.cols && out.cols == self.rows, "PackedMatrix::matmul_wt: shape mismatch");
-        if self.int8_applies(x) {
-            self.matmul_int8(out, x, accumulate);
-        } else if x.rows <= MAX_ROWS && is_dense(x) {
+        if x.rows <= MAX_ROWS && is_dense(x) && compute() == Compute::Int8 && quant_dot::supports(self.ty) {
+            self.matvec_int8(out, x, accumulate);
+            return;
+        }
+        if x.rows <= MAX_ROWS && is_dense(x) {
             // Decoding: each block of output features dequantizes its own rows on its own thread.
             let cols = self.cols;
             matvec_blocks(out, x, accumulate, |o0, o1, f| {
@@ -110,43 +112,27 @@ impl PackedMatrix {
                     f(w)
                 })
             });
-        } else {
-            self.gemm_f32(out, x, accumulate);
+            return;
         }
+        self.gemm_wt(out, x, accumulate);
     }
 
-    /// Whether x · Wᵀ runs on the integer kernels: `--compute int8` (inference only), block-quantized W and
-    /// dense x.
-    fn int8_applies(&self, x: Mat) -> bool {
-        compute() == Compute::Int8 && quant_dot::supports(self.ty) && is_dense(x)
-    }
-
-    /// out (N, rows) (+)= x · Wᵀ with x rounded to 8 bits and integer dot products on the stored blocks
-    /// (`--compute int8`, see [`quant_dot`]), any number of rows: each task takes a block of weight rows for
-    /// all rows of x, so a weight row is read from memory once and unpacked once per [`MAX_ROWS`] rows of x.
-    fn matmul_int8(&self, out: MatMut, x: Mat, accumulate: bool) {
+    /// out (N ≤ [`MAX_ROWS`], rows) (+)= x · Wᵀ with x rounded to 8 bits and integer dot products on the stored
+    /// blocks (`--compute int8`, see [`quant_dot`]).
+    fn matvec_int8(&self, out: MatMut, x: Mat, accumulate: bool) {
         let (isa, rb, n) = (Isa::best(), self.row_bytes(), x.rows);
         with_q8(|xs| {
             xs.quantize(self.ty, &x.data[..n * self.cols], self.cols);
-            column_blocks(out, accumulate, |o0, o1, rows, block| {
-                quant_dot::dot_rows(isa, self.ty, &self.bytes[o0 * rb..o1 * rb], xs, rows, block);
+            column_blocks(out, accumulate, |o0, o1, block| {
+                quant_dot::dot_rows(isa, self.ty, &self.bytes[o0 * rb..o1 * rb], xs, 0..n, block);
             });
         });
     }
 
-    /// As [`Self::matmul_wt`], always through a GEMM (whatever the rows of x): bit-identical to
-    /// `matmul(out, x, Wᵀ)` on the dequantized matrix (unless the compute is int8: then the integer kernels).
+    /// As [`Self::matmul_wt`], always through the GEMM (whatever the rows of x): bit-identical to
+    /// `matmul(out, x, Wᵀ)` on the dequantized matrix.
     pub fn gemm_wt(&self, out: MatMut, x: Mat, accumulate: bool) {
         assert!(x.cols == self.cols && out.cols == self.rows, "PackedMatrix::gemm_wt: shape mismatch");
-        if self.int8_applies(x) {
-            self.matmul_int8(out, x, accumulate);
-        } else {
-            self.gemm_f32(out, x, accumulate);
-        }
-    }
-
-    /// The f32 GEMM on panels dequantized into the tile.
-    fn gemm_f32(&self, out: MatMut, x: Mat, accumulate: bool) {
         let MatMut { data, rows: n, row_stride, .. } = out;
         let panel = (FORWARD_PANEL_FLOATS / self.cols.max(1)).max(64).min(self.rows);
         with_tile(panel * self.cols, |tile| {
