@@ -40,6 +40,8 @@ pub struct Q8Rows {
     sums: Vec<i32>,
     /// d · Σ q per 32 values (the min terms of Q4_1 / Q5_1).
     dsum: Vec<f32>,
+    /// For blocks of 32: (d, d · Σ q) of each block side by side, what the AVX-512 kernels load per block pair.
+    d_dsum: Vec<f32>,
 }
 
 impl Q8Rows {
@@ -67,6 +69,10 @@ impl Q8Rows {
         for (i, (ds, s)) in self.dsum.iter_mut().zip(self.sums.chunks_exact(2)).enumerate() {
             *ds = self.d[i * 32 / block] * (s[0] + s[1]) as f32;
         }
+        self.d_dsum.clear();
+        if block == 32 {
+            self.d_dsum.extend(self.d.iter().zip(&self.dsum).flat_map(|(&d, &ds)| [d, ds]));
+        }
     }
 
     pub fn rows(&self) -> usize {
@@ -84,6 +90,11 @@ impl Q8Rows {
 
     pub(super) fn dsum(&self, r: usize) -> &[f32] {
         &self.dsum[r * self.cols / 32..][..self.cols / 32]
+    }
+
+    /// (d, d · Σ q) per block of 32, interleaved (blocks of 32 only).
+    pub(super) fn d_dsum(&self, r: usize) -> &[f32] {
+        &self.d_dsum[2 * r * self.cols / 32..][..2 * self.cols / 32]
     }
 
     pub(super) fn sums(&self, r: usize) -> &[i32] {

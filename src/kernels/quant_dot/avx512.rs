@@ -85,7 +85,8 @@ struct Acts {
     q: [*const i8; MAX_ROWS],
     d: [*const f32; MAX_ROWS],
     sums: [*const i32; MAX_ROWS],
-    dsum: [*const f32; MAX_ROWS],
+    /// Blocks of 32: (d, d · Σ q) per block.
+    d_dsum: [*const f32; MAX_ROWS],
 }
 
 impl Acts {
@@ -95,11 +96,13 @@ impl Acts {
             q: [std::ptr::null(); MAX_ROWS],
             d: [std::ptr::null(); MAX_ROWS],
             sums: [std::ptr::null(); MAX_ROWS],
-            dsum: [std::ptr::null(); MAX_ROWS],
+            d_dsum: [std::ptr::null(); MAX_ROWS],
         };
         for (i, r) in rows.enumerate() {
-            (a.q[i], a.d[i]) = (xs.q(r).as_ptr(), xs.d(r).as_ptr());
-            (a.sums[i], a.dsum[i]) = (xs.sums(r).as_ptr(), xs.dsum(r).as_ptr());
+            (a.q[i], a.d[i], a.sums[i]) = (xs.q(r).as_ptr(), xs.d(r).as_ptr(), xs.sums(r).as_ptr());
+            if xs.block == 32 {
+                a.d_dsum[i] = xs.d_dsum(r).as_ptr();
+            }
         }
         a
     }
@@ -291,8 +294,8 @@ fn q6_k_row<M: Madd, const N: usize>(row: &[u8], acts: &Acts, n: usize, res: &mu
     }
 }
 
-/// Q4_0, Q4_1, Q8_0: blocks b and b + 1 (when `pair`, else zeros) as the 64 integers of one register, signed
-/// (Q4_0, Q8_0) or unsigned (Q4_1).
+/// Q4_0, Q4_1, Q8_0: blocks b and b + 1 (when `pair`, else zeros) as the 64 integers of one register: the
+/// stored nibbles (Q4_0 without its offset of 8, Q4_1), or Q8_0's signed bytes.
 #[inline(always)]
 fn legacy_weights(ty: GgmlType, b0: &[u8], b1: &[u8], pair: bool) -> __m512i {
     unsafe {
@@ -307,23 +310,7 @@ fn legacy_weights(ty: GgmlType, b0: &[u8], b1: &[u8], pair: bool) -> __m512i {
         let (low, high) = (_mm256_and_si256(qs, nibble), _mm256_and_si256(_mm256_srli_epi16(qs, 4), nibble));
         // [low b, low b+1, high b, high b+1] → [low b, high b, low b+1, high b+1]: values in order.
         let both = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
-        let w = _mm512_shuffle_i64x2(both, both, 0b11_01_10_00);
-        if ty == GgmlType::Q4_0 { _mm512_sub_epi8(w, _mm512_set1_epi8(8)) } else { w }
-    }
-}
-
-/// The two floats at p (blocks b and b + 1) spread over lanes 0..8 and 8..16; with `pair` false, the one at p
-/// and zeros.
-#[inline(always)]
-fn spread_pair(p: *const f32, pair: bool) -> __m512 {
-    unsafe {
-        if pair {
-            let two = _mm_castpd_ps(_mm_load_sd(p.cast()));
-            let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-            _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(two))
-        } else {
-            _mm512_maskz_mov_ps(0x00FF, _mm512_set1_ps(*p))
-        }
+        _mm512_shuffle_i64x2(both, both, 0b11_01_10_00)
     }
 }
 
@@ -336,42 +323,45 @@ fn legacy_row<M: Madd, const N: usize, const T: u32>(row: &[u8], acts: &Acts, n:
     let blocks = row.len() / ts;
     let with_min = ty == GgmlType::Q4_1;
     let mut acc = [unsafe { _mm512_setzero_ps() }; N];
-    // The min terms of even blocks in lane 0, of odd ones in lane 8 (every lane of a half holds the same).
-    let mut min_terms = [unsafe { _mm512_setzero_ps() }; N];
+    // The min terms m·dx·Σq of even blocks in lane 1, of odd ones in lane 3.
+    let mut min_terms = [unsafe { _mm_setzero_ps() }; N];
     for b in (0..blocks).step_by(2) {
         let pair = b + 1 < blocks;
         let b0 = &row[b * ts..][..ts];
         let b1 = if pair { &row[(b + 1) * ts..][..ts] } else { b0 };
         let w = legacy_weights(ty, b0, b1, pair);
         unsafe {
-            // Both blocks' f16 header (d, and m for Q4_1) widened at once, then spread over the halves.
+            // Both blocks' f16 header (d, and m for Q4_1) widened at once: d0 m0 d1 m1 (zeros past the row).
             let header = |b: &[u8]| {
                 let h = i32::from_le_bytes([b[0], b[1], b[2], b[3]]);
                 if with_min { h } else { h & 0xFFFF }
             };
             let (h0, h1) = (header(b0), if pair { header(b1) } else { 0 });
-            let dm = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_set_epi32(0, 0, h1, h0))); // d0 m0 d1 m1
-            let half = |i: i32, j: i32| _mm512_set_epi32(j, j, j, j, j, j, j, j, i, i, i, i, i, i, i, i);
-            let d = _mm512_permutexvar_ps(half(0, 2), dm);
-            let m = _mm512_permutexvar_ps(half(1, 3), dm);
+            let dm = _mm_cvtph_ps(_mm_set_epi32(0, 0, h1, h0));
+            let spread = _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0);
             for i in 0..n {
                 let q = acts.q[i].add(32 * b);
                 let x = if pair { _mm512_loadu_si512(q.cast()) } else { _mm512_maskz_loadu_epi8(0xFFFF_FFFF, q) };
-                let lanes = if with_min { M::dot4(w, x) } else { dot4_signed::<M>(w, x) };
-                let scale = _mm512_mul_ps(d, spread_pair(acts.d[i].add(b), pair));
+                let lanes = match ty {
+                    GgmlType::Q4_1 => M::dot4(w, x),
+                    // Σ (u − 8)·x = Σ u·x − Σ 8·x, lane by lane.
+                    GgmlType::Q4_0 => _mm512_sub_epi32(M::dot4(w, x), M::dot4(_mm512_set1_epi8(8), x)),
+                    _ => dot4_signed::<M>(w, x),
+                };
+                // The activations' dx_b, dx_b·Σq_b, dx_b+1, dx_b+1·Σq_b+1 times d0 m0 d1 m1.
+                let dd = acts.d_dsum[i].add(2 * b);
+                let dd = if pair { _mm_loadu_ps(dd) } else { _mm_castpd_ps(_mm_load_sd(dd.cast())) };
+                let products = _mm_mul_ps(dm, dd);
+                let scale = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(products));
                 acc[i] = _mm512_add_ps(acc[i], _mm512_mul_ps(scale, _mm512_cvtepi32_ps(lanes)));
                 if with_min {
-                    min_terms[i] =
-                        _mm512_add_ps(min_terms[i], _mm512_mul_ps(m, spread_pair(acts.dsum[i].add(b), pair)));
+                    min_terms[i] = _mm_add_ps(min_terms[i], products);
                 }
             }
         }
     }
     for ((r, &acc), &mt) in res.iter_mut().zip(&acc[..n]).zip(&min_terms[..n]) {
-        let (even, odd) = unsafe {
-            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(mt), 1));
-            (_mm512_cvtss_f32(mt), _mm256_cvtss_f32(high))
-        };
+        let [_, even, _, odd] = unsafe { std::mem::transmute::<__m128, [f32; 4]>(mt) };
         *r = tree16(acc) + (even + odd);
     }
 }
