@@ -181,9 +181,9 @@ mod x86 {
     use super::IntDot;
     use std::arch::x86_64::*;
 
-    // SAFETY (every `unsafe` block here): the functions run inlined into `dot_row_avx2` (or the AVX-512 kernels), whose
-    // target features the CPU has (checked by `Isa::available`), and read 32 bytes at w and x, which callers
-    // pass (asserted).
+    // SAFETY (every `unsafe` block here): the functions run inlined into `dot_rows_avx2` and the AVX-512 kernels,
+    // whose target features the CPU has (checked by `Isa::available`), and read 32 bytes at w and x, which
+    // callers pass (asserted).
 
     /// |w| and x with w's sign, the unsigned × signed operands of `vpmaddubsw` (|w|·sign(w)x = w·x).
     #[inline(always)]
