@@ -32,9 +32,9 @@ fn main() {
     let result = cli::init_threads(args.threads).and_then(|()| match args.command {
         Command::Demo(a) => cli::demo::run(a),
         Command::Train(a) => cli::train::run(*a),
-        Command::Score(a) => cli::score::run(a),
-        Command::Eval(a) => cli::eval::run(a),
-        Command::Generate(a) => cli::generate::run(a),
+        Command::Score(a) => on_the_pool(|| cli::score::run(a)),
+        Command::Eval(a) => on_the_pool(|| cli::eval::run(a)),
+        Command::Generate(a) => on_the_pool(|| cli::generate::run(a)),
         Command::Info(a) => cli::info::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Merge(a) => cli::merge::run(a),
@@ -45,4 +45,12 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// Runs an inference command on a worker of the pool rather than on the main thread: its many small parallel
+/// products (a decode step is hundreds) then share work with the other workers directly, instead of each waking
+/// the pool and blocking the main thread on a latch (measured: decode tokens/s +40 % on SmolLM2, +10 % on a
+/// 1.5 B model). Training keeps the main thread: its products are large, and MPI expects its calls there.
+fn on_the_pool(command: impl FnOnce() -> anyhow::Result<()> + Send) -> anyhow::Result<()> {
+    rayon::scope(|_| command())
 }
