@@ -38,9 +38,8 @@ pub struct Q8Rows {
     d: Vec<f32>,
     q: Vec<i8>,
     sums: Vec<i32>,
-    /// d · Σ q per 32 values (the min terms of Q4_1 / Q5_1).
-    dsum: Vec<f32>,
-    /// For blocks of 32: (d, d · Σ q) of each block side by side, what the AVX-512 kernels load per block pair.
+    /// Blocks of 32 only: (d, d · Σ q) of each block side by side — d · Σ q for the min terms of Q4_1 / Q5_1,
+    /// both together because the AVX-512 kernels load them per block pair.
     d_dsum: Vec<f32>,
 }
 
@@ -65,13 +64,10 @@ impl Q8Rows {
         for (s, q) in self.sums.iter_mut().zip(self.q.chunks_exact(16)) {
             *s = q.iter().map(|&v| v as i32).sum();
         }
-        self.dsum.resize(x.len() / 32, 0.0);
-        for (i, (ds, s)) in self.dsum.iter_mut().zip(self.sums.chunks_exact(2)).enumerate() {
-            *ds = self.d[i * 32 / block] * (s[0] + s[1]) as f32;
-        }
         self.d_dsum.clear();
         if block == 32 {
-            self.d_dsum.extend(self.d.iter().zip(&self.dsum).flat_map(|(&d, &ds)| [d, ds]));
+            let pairs = self.d.iter().zip(self.sums.chunks_exact(2));
+            self.d_dsum.extend(pairs.flat_map(|(&d, s)| [d, d * (s[0] + s[1]) as f32]));
         }
     }
 
@@ -86,10 +82,6 @@ impl Q8Rows {
     pub(super) fn d(&self, r: usize) -> &[f32] {
         let nb = self.cols / self.block;
         &self.d[r * nb..][..nb]
-    }
-
-    pub(super) fn dsum(&self, r: usize) -> &[f32] {
-        &self.dsum[r * self.cols / 32..][..self.cols / 32]
     }
 
     /// (d, d · Σ q) per block of 32, interleaved (blocks of 32 only).
@@ -398,7 +390,7 @@ fn dot_row_of<I: IntDot, const T: u32>(row: &[u8], xs: &Q8Rows, r: usize) -> f32
             let (d, m) = unpack_legacy::<I>(ty, blk, &mut w);
             acc[b % 2] = I::block(acc[b % 2], &w, &q[32 * b..], d * dx);
             if with_min {
-                min_terms[b % 2] += m * xs.dsum(r)[b];
+                min_terms[b % 2] += m * xs.d_dsum(r)[2 * b + 1];
             }
         }
         I::sum(I::add(acc[0], acc[1])) + (min_terms[0] + min_terms[1])
