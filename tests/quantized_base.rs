@@ -11,7 +11,7 @@ use condlm::kernels::mat::{Mat, MatMut};
 use condlm::kernels::matmul::matmul;
 use condlm::kernels::matvec::{MAX_ROWS, matmul_wt};
 use condlm::kernels::packed::PackedMatrix;
-use condlm::kernels::packed::SharedBytes;
+use condlm::kernels::weight_bytes::SharedBytes;
 use condlm::rng::uniform;
 use std::path::{Path, PathBuf};
 

@@ -4,7 +4,7 @@ use super::gguf::file::GgufFile;
 use super::safetensors_files::SafetensorsFiles;
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
-use crate::kernels::packed::SharedBytes;
+use crate::kernels::weight_bytes::SharedBytes;
 use anyhow::{Result, bail};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};

@@ -17,6 +17,7 @@ pub mod packed;
 pub mod quant_dot;
 pub mod rope;
 pub mod simd;
+pub mod weight_bytes;
 
 #[cfg(test)]
 pub(crate) mod finite_diff;

@@ -18,10 +18,9 @@ use super::mat::{Mat, MatMut};
 use super::matmul::matmul_weights;
 use super::matvec::{MAX_ROWS, column_blocks, is_dense, matmul_wt, matvec_blocks};
 use super::quant_dot::{self, Isa, Q8Rows};
+use super::weight_bytes::SharedBytes;
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::ops::Deref;
-use std::sync::Arc;
 
 /// Floats of one forward panel: as many output features as fit (at least 64), so narrow matrices run in one
 /// GEMM call and wide ones in cache-sized panels.
@@ -222,46 +221,6 @@ impl MatrixRef<'_> {
             MatrixRef::Dense { data, cols, .. } => out.copy_from_slice(&data[r * cols..(r + 1) * cols]),
             MatrixRef::Packed(p) => p.dequantize_rows(r, out, false),
         }
-    }
-}
-
-/// A range of shared bytes — a memory-mapped file, kept open while a view lives — or bytes of its own.
-#[derive(Clone)]
-pub struct SharedBytes {
-    file: Arc<dyn AsRef<[u8]> + Send + Sync>,
-    range: std::ops::Range<usize>,
-}
-
-impl SharedBytes {
-    /// `range` of `file`; panics if it lies outside (callers have checked it).
-    pub fn new(file: Arc<dyn AsRef<[u8]> + Send + Sync>, range: std::ops::Range<usize>) -> Self {
-        assert!(range.end <= (*file).as_ref().len(), "SharedBytes: range outside the file");
-        SharedBytes { file, range }
-    }
-
-    /// Bytes of their own (not from a file).
-    pub fn owned(bytes: Vec<u8>) -> Self {
-        let len = bytes.len();
-        SharedBytes { file: Arc::new(bytes), range: 0..len }
-    }
-}
-
-impl Deref for SharedBytes {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &(*self.file).as_ref()[self.range.clone()]
-    }
-}
-
-impl std::fmt::Debug for SharedBytes {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "SharedBytes({} bytes)", self.range.len())
-    }
-}
-
-impl PartialEq for SharedBytes {
-    fn eq(&self, other: &Self) -> bool {
-        **self == **other
     }
 }
 

@@ -19,7 +19,7 @@ use anyhow::{Result, anyhow, bail};
 
 use crate::input::{self, FileBytes};
 use crate::kernels::dequant::{GgmlType, dequantize_to_vec};
-use crate::kernels::packed::SharedBytes;
+use crate::kernels::weight_bytes::{Backing, SharedBytes};
 use std::sync::Arc;
 
 /// GGML's maximum number of tensor dimensions.
@@ -625,6 +625,19 @@ fn check_tensors(
         tensors.push(info);
     }
     Ok(tensors)
+}
+
+/// The tensor data of a GGUF file, viewed by the packed matrices of a model until they move to their arena.
+impl Backing for FileBytes {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn release(&self, range: std::ops::Range<usize>) {
+        if let FileBytes::Mapped(map) = self {
+            map.release(range);
+        }
+    }
 }
 
 impl GgufFile {
