@@ -7,6 +7,7 @@
 //! (bench/decode_vs_llama_cpp.md). llama.cpp copies its repacked weights into anonymous memory for the same reason.
 //! The file's pages are released behind the copy, tensor by tensor, so the resident size does not double.
 use memmap2::{Advice, Mmap, MmapMut, UncheckedAdvice};
+use rayon::prelude::*;
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
@@ -106,13 +107,20 @@ pub fn gather_into_arena(views: &mut [&mut SharedBytes]) -> std::io::Result<()> 
     let start = (HUGE_PAGE - map.as_ptr() as usize % HUGE_PAGE) % HUGE_PAGE;
     // Without THP support (or with it disabled) the advice fails and the arena is ordinary pages: still correct.
     let _ = map.advise_range(Advice::HugePage, start, total);
+    // A huge page at a time, so that the copy never holds more than one page of a matrix twice; in parallel,
+    // since most of the time goes to faulting in (zeroing) the arena's pages.
+    let mut jobs: Vec<(&mut [u8], &SharedBytes, usize)> = Vec::new();
+    let mut rest = &mut map[start..][..total];
+    let mut end = 0;
     for (v, &at) in views.iter().zip(&offsets) {
-        // A huge page at a time, so that the copy never holds more than one page of a matrix twice.
-        for (i, chunk) in v.chunks(HUGE_PAGE).enumerate() {
-            map[start + at + i * HUGE_PAGE..][..chunk.len()].copy_from_slice(chunk);
-            v.release_part(i * HUGE_PAGE..i * HUGE_PAGE + chunk.len());
-        }
+        let (dest, tail) = std::mem::take(&mut rest)[at - end..].split_at_mut(v.len());
+        (rest, end) = (tail, at + v.len());
+        jobs.extend(dest.chunks_mut(HUGE_PAGE).enumerate().map(|(i, d)| (d, &**v, i * HUGE_PAGE)));
     }
+    jobs.into_par_iter().for_each(|(dest, v, from)| {
+        dest.copy_from_slice(&v[from..from + dest.len()]);
+        v.release_part(from..from + dest.len());
+    });
     let arena: Arc<dyn Backing> = Arc::new(map.make_read_only()?);
     for (v, &at) in views.iter_mut().zip(&offsets) {
         **v = SharedBytes::new(arena.clone(), start + at..start + at + v.len());
