@@ -59,7 +59,7 @@ pub fn column_blocks(out: MatMut, accumulate: bool, block: impl Fn(usize, usize,
         assert!((n - 1) * out.row_stride + out_dim <= out.data.len(), "matmul_wt: dst out of bounds");
     }
     let row_stride = out.row_stride;
-    let dst = SharedOut(out.data.as_mut_ptr());
+    let dst = SharedOut::new(out.data);
     (0..out_dim.div_ceil(CHUNK)).into_par_iter().for_each(|b| {
         let (o0, o1) = (b * CHUNK, ((b + 1) * CHUNK).min(out_dim));
         let mut buf = [0.0f32; CHUNK * MAX_ROWS];
@@ -68,7 +68,7 @@ pub fn column_blocks(out: MatMut, accumulate: bool, block: impl Fn(usize, usize,
         for (r, vals) in buf.chunks_exact(o1 - o0).enumerate() {
             // SAFETY: row r, columns o0..o1 of `out` lie inside its slice (asserted above), and no other task
             // writes these columns: tasks own disjoint column blocks.
-            let o = unsafe { std::slice::from_raw_parts_mut(dst.at(r * row_stride + o0), o1 - o0) };
+            let o = unsafe { dst.slice(r * row_stride + o0, o1 - o0) };
             if accumulate {
                 o.iter_mut().zip(vals).for_each(|(o, v)| *o += v);
             } else {
@@ -80,15 +80,22 @@ pub fn column_blocks(out: MatMut, accumulate: bool, block: impl Fn(usize, usize,
 
 /// The output pointer, shared by tasks that write disjoint column blocks.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(super) struct SharedOut(*mut f32);
 // SAFETY: tasks write disjoint elements (see `matmul_wt`); the pointer outlives the parallel loop.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
-    fn at(self, offset: usize) -> *mut f32 {
-        // SAFETY: callers stay inside the slice the pointer came from.
-        unsafe { self.0.add(offset) }
+    pub(super) fn new(out: &mut [f32]) -> Self {
+        SharedOut(out.as_mut_ptr())
+    }
+
+    /// `len` elements from `offset`.
+    ///
+    /// # Safety
+    /// They lie inside the slice the pointer came from, and no other task touches them meanwhile.
+    pub(super) unsafe fn slice<'a>(self, offset: usize, len: usize) -> &'a mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(offset), len) }
     }
 }
 

@@ -16,7 +16,8 @@ use super::dequant::{GgmlType, dequantize};
 use super::gemm::depth_block;
 use super::mat::{Mat, MatMut};
 use super::matmul::matmul_weights;
-use super::matvec::{MAX_ROWS, column_blocks, is_dense, matmul_wt, matvec_blocks};
+use super::matvec::{MAX_ROWS, SharedOut, column_blocks, is_dense, matmul_wt, matvec_blocks};
+use super::quant_dot::gemm::{self, Acts, Panel};
 use super::quant_dot::{self, Isa, Q8Rows};
 use super::weight_bytes::SharedBytes;
 use rayon::prelude::*;
@@ -113,7 +114,46 @@ impl PackedMatrix {
             });
             return;
         }
+        if is_dense(x) && compute() == Compute::Int8 && gemm::handles(self.ty) {
+            self.gemm_int8(out, x, accumulate);
+            return;
+        }
         self.gemm_wt(out, x, accumulate);
+    }
+
+    /// out (N, rows) (+)= x · Wᵀ for many rows of x under `--compute int8` (prefill): x rounded to 8 bits once,
+    /// each panel of [`gemm::PANEL`] weight rows unpacked once for all of them (see [`gemm`]).
+    fn gemm_int8(&self, out: MatMut, x: Mat, accumulate: bool) {
+        thread_local! {
+            static PANEL: RefCell<(Panel, Vec<f32>)> = RefCell::new(Default::default());
+            static ACTS: RefCell<Acts> = RefCell::new(Acts::default());
+        }
+        let (isa, rb, n) = (Isa::best(), self.row_bytes(), x.rows);
+        let row_stride = out.row_stride;
+        assert!(n == 0 || (n - 1) * row_stride + self.rows <= out.data.len(), "gemm_int8: out of bounds");
+        let dst = SharedOut::new(out.data);
+        // Taken out of the thread-local while the tasks below read it (one of them may run on this thread).
+        let mut acts = ACTS.take();
+        acts.quantize(self.ty, &x.data[..n * self.cols], self.cols);
+        (0..self.rows.div_ceil(gemm::PANEL)).into_par_iter().for_each(|b| {
+            let (o0, o1) = (b * gemm::PANEL, ((b + 1) * gemm::PANEL).min(self.rows));
+            PANEL.with_borrow_mut(|(panel, vals)| {
+                panel.pack(self.ty, &self.bytes[o0 * rb..o1 * rb], self.cols);
+                vals.resize(n * gemm::PANEL, 0.0);
+                gemm::panel_rows(isa, panel, &acts, 0..n, vals);
+                for (r, v) in vals.chunks_exact(gemm::PANEL).enumerate() {
+                    // SAFETY: row r, columns o0..o1 lie inside `out` (asserted above); tasks own disjoint
+                    // column blocks.
+                    let o = unsafe { dst.slice(r * row_stride + o0, o1 - o0) };
+                    if accumulate {
+                        o.iter_mut().zip(v).for_each(|(o, v)| *o += v);
+                    } else {
+                        o.copy_from_slice(&v[..o1 - o0]);
+                    }
+                }
+            });
+        });
+        ACTS.set(acts);
     }
 
     /// out (N ≤ [`MAX_ROWS`], rows) (+)= x · Wᵀ with x rounded to 8 bits and integer dot products on the stored
@@ -262,6 +302,44 @@ mod tests {
         let zeros = |n| SharedBytes::owned(vec![0; n]);
         assert!(PackedMatrix::new(GgmlType::Q4_K, 2, 128, zeros(144)).unwrap_err().contains("divide"));
         assert!(PackedMatrix::new(GgmlType::Q8_0, 2, 64, zeros(100)).unwrap_err().contains("136"));
+    }
+
+    /// The int8 GEMM of a prefill writes every panel into its columns of a strided output, partial panels and
+    /// accumulation included: against the f64 product of the dequantized weights and the 8-bit activations.
+    #[test]
+    fn int8_gemm_fills_the_strided_output() {
+        use crate::kernels::quant_dot::gemm::tests::{activations, weights};
+        let (rows, cols, n, stride) = (40, 512, 19, 45);
+        for ty in [GgmlType::Q4_K, GgmlType::Q6_K] {
+            let m = PackedMatrix::new(ty, rows, cols, SharedBytes::owned(weights(ty, rows, cols, 3, None))).unwrap();
+            let x = activations(n * cols, 5);
+            let mut acts = Acts::default();
+            acts.quantize(ty, &x, cols);
+            let w = m.to_f32();
+            let exact = |r: usize, c: usize| -> f64 {
+                let xq = |k: usize| acts.xs.q(r)[k] as f64 * acts.xs.d(r)[k / 256] as f64;
+                (0..cols).map(|k| w[c * cols + k] as f64 * xq(k)).sum()
+            };
+            for accumulate in [false, true] {
+                let mut out = vec![1.0f32; (n - 1) * stride + rows + 1];
+                m.gemm_int8(
+                    MatMut { data: &mut out, rows: n, cols: rows, row_stride: stride },
+                    Mat::new(&x, n, cols),
+                    accumulate,
+                );
+                for r in 0..n {
+                    for c in 0..rows {
+                        let want = exact(r, c) + if accumulate { 1.0 } else { 0.0 };
+                        let got = out[r * stride + c] as f64;
+                        assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "{ty} r{r} c{c}: {got} vs {want}");
+                    }
+                    // the columns past the matrix stay as they were
+                    if r + 1 < n {
+                        assert!(out[r * stride + rows..(r + 1) * stride].iter().all(|&v| v == 1.0));
+                    }
+                }
+            }
+        }
     }
 
     #[test]

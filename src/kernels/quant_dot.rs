@@ -16,6 +16,7 @@
 //! bench/decode_vs_llama_cpp.md — so the path is opt-in. Weights are read once, as stored: 4.5–6.6 bits a value
 //! instead of the 32 of a dequantized tile.
 use super::dequant::{GgmlType, QK_K, f16_at, scale_min_k4};
+use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::OnceLock;
 
@@ -53,17 +54,22 @@ impl Q8Rows {
         self.d.resize(x.len() / block, 0.0);
         self.q.resize(x.len(), 0);
         self.sums.resize(x.len() / 16, 0);
-        for ((xb, qb), d) in x.chunks_exact(block).zip(self.q.chunks_exact_mut(block)).zip(&mut self.d) {
-            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-            let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            *d = amax / 127.0;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                *q = (v * id).round() as i8;
+        // Rows in parallel when there are many (a prefill); one block at a time within a row.
+        let rows = x.par_chunks(cols).zip(self.q.par_chunks_mut(cols));
+        let rows = rows.zip(self.d.par_chunks_mut(cols / block)).zip(self.sums.par_chunks_mut(cols / 16));
+        rows.with_min_len(8).for_each(|(((x, q), d), sums)| {
+            for ((xb, qb), d) in x.chunks_exact(block).zip(q.chunks_exact_mut(block)).zip(d) {
+                let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+                let id = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+                *d = amax / 127.0;
+                for (q, &v) in qb.iter_mut().zip(xb) {
+                    *q = (v * id).round() as i8;
+                }
             }
-        }
-        for (s, q) in self.sums.iter_mut().zip(self.q.chunks_exact(16)) {
-            *s = q.iter().map(|&v| v as i32).sum();
-        }
+            for (s, q) in sums.iter_mut().zip(q.chunks_exact(16)) {
+                *s = q.iter().map(|&v| v as i32).sum();
+            }
+        });
         self.d_dsum.clear();
         if block == 32 {
             let pairs = self.d.iter().zip(self.sums.chunks_exact(2));
@@ -332,6 +338,7 @@ pub fn dot_rows(isa: Isa, ty: GgmlType, w: &[u8], xs: &Q8Rows, rows: Range<usize
 
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+pub mod gemm;
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]

@@ -35,14 +35,19 @@ pub(super) unsafe fn dot_rows_vnni(ty: GgmlType, w: &[u8], xs: &Q8Rows, rows: Ra
 }
 
 /// How integer products are summed: AVX512BW's multiply-adds or VNNI's fused ones (the same integers).
-trait Madd {
+pub(super) trait Madd {
     /// Per i32 lane, the sum of its 4 byte products u·x (u unsigned, x signed, |u·x pair| < 2¹⁵).
     fn dot4(u: __m512i, x: __m512i) -> __m512i;
+    /// acc + [`Self::dot4`].
+    #[inline(always)]
+    fn dot4_acc(acc: __m512i, u: __m512i, x: __m512i) -> __m512i {
+        unsafe { _mm512_add_epi32(acc, Self::dot4(u, x)) }
+    }
     /// acc + per i32 lane the sum of its 2 word products p·s.
     fn madd_acc(acc: __m512i, p: __m512i, s: __m512i) -> __m512i;
 }
 
-struct Bw;
+pub(super) struct Bw;
 
 impl Madd for Bw {
     #[inline(always)]
@@ -56,12 +61,17 @@ impl Madd for Bw {
     }
 }
 
-struct Vnni;
+pub(super) struct Vnni;
 
 impl Madd for Vnni {
     #[inline(always)]
     fn dot4(u: __m512i, x: __m512i) -> __m512i {
         unsafe { _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x) }
+    }
+
+    #[inline(always)]
+    fn dot4_acc(acc: __m512i, u: __m512i, x: __m512i) -> __m512i {
+        unsafe { _mm512_dpbusd_epi32(acc, u, x) }
     }
 
     #[inline(always)]
