@@ -437,46 +437,71 @@ fn unpack_k<I: IntDot>(
     sc: &mut [i16; 16],
     mins: &mut [i16; 8],
 ) -> (f32, f32, i32) {
+    let mut quads = [0u32; 64];
+    k_quads(ty, b, &mut quads);
+    for (w, q) in w.chunks_exact_mut(4).zip(quads) {
+        w.copy_from_slice(&q.to_le_bytes().map(|v| v as i8));
+    }
+    k_scales::<I>(ty, b, sc, mins)
+}
+
+/// The scales of a K-quant super-block: of each group of 16 values and (Q4_K, Q5_K) the min of each sub-block
+/// of 32; returns (d, dmin, offset) as [`unpack_k`].
+#[inline(always)]
+fn k_scales<I: IntDot>(ty: GgmlType, b: &[u8], sc: &mut [i16; 16], mins: &mut [i16; 8]) -> (f32, f32, i32) {
     match ty {
         GgmlType::Q4_K | GgmlType::Q5_K => {
-            let (scales, qs, qh) = if ty == GgmlType::Q4_K {
-                (&b[4..16], &b[16..144], None)
-            } else {
-                (&b[4..16], &b[48..176], Some(&b[16..48]))
-            };
-            for c in 0..4 {
-                for (j, half) in [(2 * c, 0), (2 * c + 1, 1)] {
-                    let (s, m) = scale_min_k4(j, scales);
-                    sc[2 * j] = s as i16;
-                    sc[2 * j + 1] = s as i16;
-                    mins[j] = m as i16;
-                    let dst = &mut w[64 * c + 32 * half..][..32];
-                    for l in 0..32 {
-                        let nib = (qs[32 * c + l] >> (4 * half)) & 0x0F;
-                        let hi = qh.map_or(0, |qh| ((qh[l] >> j) & 1) << 4);
-                        dst[l] = (nib | hi) as i8;
-                    }
-                }
+            for j in 0..8 {
+                let (s, m) = scale_min_k4(j, &b[4..16]);
+                sc[2 * j] = s as i16;
+                sc[2 * j + 1] = s as i16;
+                mins[j] = m as i16;
             }
             (I::f16(b, 0), I::f16(b, 2), 0)
         }
         GgmlType::Q6_K => {
-            for h in 0..2 {
-                let (ql, qh) = (&b[64 * h..64 * h + 64], &b[128 + 32 * h..128 + 32 * h + 32]);
-                let y = &mut w[128 * h..128 * h + 128];
-                for l in 0..32 {
-                    let q = |lo: u8, hi: u8| ((lo & 0x0F) | ((hi & 0x03) << 4)) as i8;
-                    y[l] = q(ql[l], qh[l]);
-                    y[l + 32] = q(ql[l + 32], qh[l] >> 2);
-                    y[l + 64] = q(ql[l] >> 4, qh[l] >> 4);
-                    y[l + 96] = q(ql[l + 32] >> 4, qh[l] >> 6);
-                }
-                for k in 0..8 {
-                    sc[8 * h + k] = b[192 + 8 * h + k] as i8 as i16;
-                }
+            for (sc, &s) in sc.iter_mut().zip(&b[192..208]) {
+                *sc = s as i8 as i16;
             }
             mins.fill(0);
             (I::f16(b, 208), 0.0, 32)
+        }
+        _ => unreachable!("{ty} is not a K-quant"),
+    }
+}
+
+/// The unsigned integers of a K-quant super-block, 4 to a little-endian word: word t holds values 4t..4t + 4.
+/// Word operations: each stored word gives whole quads (nibble masks, shifted high bits).
+#[inline(always)]
+fn k_quads(ty: GgmlType, b: &[u8], quads: &mut [u32; 64]) {
+    const NIBBLES: u32 = 0x0F0F_0F0F;
+    let word = |at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    match ty {
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            // chunk c of 32 bytes: low nibbles are sub-block 2c (values 64c..64c + 32), high ones 2c + 1
+            let (qs, qh) = if ty == GgmlType::Q4_K { (16, None) } else { (48, Some(16)) };
+            for c in 0..4 {
+                for i in 0..8 {
+                    let w = word(qs + 32 * c + 4 * i);
+                    let fifth = |j: usize| qh.map_or(0, |qh| ((word(qh + 4 * i) >> j) & 0x0101_0101) << 4);
+                    quads[16 * c + i] = (w & NIBBLES) | fifth(2 * c);
+                    quads[16 * c + 8 + i] = ((w >> 4) & NIBBLES) | fifth(2 * c + 1);
+                }
+            }
+        }
+        GgmlType::Q6_K => {
+            // half h: value l (of 128) takes its low 4 bits from ql[l % 64] (nibble l / 64), its high 2 from
+            // qh[l % 32] (pair l / 32)
+            for h in 0..2 {
+                for i in 0..8 {
+                    let (ql0, ql1, qh) = (word(64 * h + 4 * i), word(64 * h + 32 + 4 * i), word(128 + 32 * h + 4 * i));
+                    let high = |shift: u32| ((qh >> shift) & 0x0303_0303) << 4;
+                    quads[32 * h + i] = (ql0 & NIBBLES) | high(0);
+                    quads[32 * h + 8 + i] = (ql1 & NIBBLES) | high(2);
+                    quads[32 * h + 16 + i] = ((ql0 >> 4) & NIBBLES) | high(4);
+                    quads[32 * h + 24 + i] = ((ql1 >> 4) & NIBBLES) | high(6);
+                }
+            }
         }
         _ => unreachable!("{ty} is not a K-quant"),
     }

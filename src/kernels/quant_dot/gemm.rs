@@ -15,14 +15,14 @@
 //! Every implementation forms the same integers and these float operations in this order, so the portable,
 //! AVX2 and AVX-512 kernels give the same bits. Against the row kernels of decoding the float order differs (they
 //! keep 16 lanes per row), as the f32 GEMM and a dot product differ.
-use super::{Isa, Portable, Q8Rows, unpack_k};
+use super::{Isa, Portable, Q8Rows, k_quads, k_scales};
 use crate::kernels::dequant::{GgmlType, QK_K};
 use std::ops::Range;
 
 /// Output features per panel: two 512-bit registers of 32-bit lanes.
 pub const PANEL: usize = 32;
-/// Bytes of one super-block of a panel: 64 quads × 32 features × 4 values.
-const BLOCK_BYTES: usize = 64 * PANEL * 4;
+/// Words of one super-block of a panel: 64 quads × 32 features, 4 values each.
+const BLOCK_WORDS: usize = 64 * PANEL;
 
 /// Whether [`panel_rows`] handles weights of `ty`.
 pub fn handles(ty: GgmlType) -> bool {
@@ -34,8 +34,8 @@ pub fn handles(ty: GgmlType) -> bool {
 pub struct Panel {
     ty: Option<GgmlType>,
     blocks: usize,
-    /// [block][quad t (64)][feature c][4]: the unsigned integers u of values 4t..4t + 4.
-    u: Vec<u8>,
+    /// [block][quad t (64)][feature c]: the unsigned integers u of values 4t..4t + 4, one byte each.
+    u: Vec<u32>,
     /// [block][group g (16)][feature]: the scale of each group of 16 values.
     sc: Vec<i32>,
     /// [block][pair p (8)][feature]: (offset·sc_2p, offset·sc_2p+1) as two i16 in one lane (`vpmaddwd`'s pairs).
@@ -91,26 +91,30 @@ impl Panel {
         assert!(rows <= PANEL && w.len() == rows * nb * ts, "Panel::pack: not whole rows");
         self.ty = Some(ty);
         self.blocks = nb;
+        // A full panel overwrites every entry; a partial one leaves zeros in the features it lacks.
+        let partial = rows < PANEL;
+        fn size<T: Copy + Default>(v: &mut Vec<T>, len: usize, zero: bool) {
+            if zero {
+                v.clear();
+            }
+            v.resize(len, T::default());
+        }
         for (v, len) in [(&mut self.sc, 16), (&mut self.off, 8), (&mut self.mins, 4)] {
-            v.clear();
-            v.resize(nb * len * PANEL, 0);
+            size(v, nb * len * PANEL, partial);
         }
-        self.u.clear();
-        self.u.resize(nb * BLOCK_BYTES, 0);
-        for v in [&mut self.d, &mut self.dmin] {
-            v.clear();
-            v.resize(nb * PANEL, 0.0);
-        }
-        let (mut u, mut sc, mut mins) = ([0i8; QK_K], [0i16; 16], [0i16; 8]);
-        for (c, row) in w.chunks_exact(nb * ts).enumerate() {
-            for (s, b) in row.chunks_exact(ts).enumerate() {
-                let (d, dmin, offset) = unpack_k::<Portable>(ty, b, &mut u, &mut sc, &mut mins);
-                for t in 0..64 {
-                    let at = s * BLOCK_BYTES + (t * PANEL + c) * 4;
-                    for i in 0..4 {
-                        self.u[at + i] = u[4 * t + i] as u8;
-                    }
+        size(&mut self.u, nb * BLOCK_WORDS, partial);
+        size(&mut self.d, nb * PANEL, partial);
+        size(&mut self.dmin, nb * PANEL, partial);
+        let (mut quads, mut sc, mut mins) = ([0u32; 64], [0i16; 16], [0i16; 8]);
+        // Block by block, so that the 8 KB a block's features fill stay in the L1 cache while they are written.
+        for s in 0..nb {
+            for (c, row) in w.chunks_exact(nb * ts).enumerate() {
+                let b = &row[s * ts..][..ts];
+                k_quads(ty, b, &mut quads);
+                for (t, &q) in quads.iter().enumerate() {
+                    self.u[s * BLOCK_WORDS + t * PANEL + c] = q;
                 }
+                let (d, dmin, offset) = k_scales::<Portable>(ty, b, &mut sc, &mut mins);
                 for (g, &sc) in sc.iter().enumerate() {
                     self.sc[(s * 16 + g) * PANEL + c] = sc as i32;
                 }
@@ -167,15 +171,14 @@ fn portable_rows(p: &Panel, xs: &Q8Rows, rows: Range<usize>, out: &mut [f32]) {
         let mut acc = [0.0f32; PANEL];
         for s in 0..p.blocks {
             let (x, sums) = (&q[QK_K * s..][..QK_K], &sums[16 * s..][..16]);
-            let u = &p.u[s * BLOCK_BYTES..][..BLOCK_BYTES];
+            let u = &p.u[s * BLOCK_WORDS..][..BLOCK_WORDS];
             let mut t = [0i32; PANEL];
             for g in 0..16 {
                 let mut a = [0i32; PANEL];
                 for quad in 4 * g..4 * g + 4 {
                     let xq = &x[4 * quad..][..4];
-                    let uq = &u[quad * PANEL * 4..][..PANEL * 4];
-                    for (a, uc) in a.iter_mut().zip(uq.chunks_exact(4)) {
-                        *a += (0..4).map(|i| uc[i] as i32 * xq[i] as i32).sum::<i32>();
+                    for (a, uc) in a.iter_mut().zip(&u[quad * PANEL..][..PANEL]) {
+                        *a += (0..4).map(|i| (uc >> (8 * i) & 0xFF) as i32 * xq[i] as i32).sum::<i32>();
                     }
                 }
                 let sc = &p.sc[(s * 16 + g) * PANEL..][..PANEL];
@@ -207,7 +210,7 @@ fn portable_rows(p: &Panel, xs: &Q8Rows, rows: Range<usize>, out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::super::avx512::{Bw, Madd, Vnni};
-    use super::{Acts, BLOCK_BYTES, PANEL, Panel, QK_K};
+    use super::{Acts, BLOCK_WORDS, PANEL, Panel, QK_K};
     use crate::kernels::dequant::GgmlType;
     use std::arch::x86_64::*;
     use std::ops::Range;
@@ -261,13 +264,13 @@ mod avx512 {
             let mut acc = [[_mm512_setzero_ps(); 2]; NR];
             for s in 0..p.blocks {
                 let xq: [*const i8; NR] = std::array::from_fn(|i| xs.q(r0 + i)[QK_K * s..].as_ptr());
-                let u = p.u[s * BLOCK_BYTES..].as_ptr();
+                let u = p.u[s * BLOCK_WORDS..].as_ptr();
                 let mut t = [[zero; 2]; NR];
                 for g in (0..64).step_by(quads) {
                     let mut a = [[zero; 2]; NR];
                     for quad in g..g + quads {
-                        let w0 = _mm512_loadu_si512(u.add(quad * PANEL * 4).cast());
-                        let w1 = _mm512_loadu_si512(u.add(quad * PANEL * 4 + 64).cast());
+                        let w0 = _mm512_loadu_si512(u.add(quad * PANEL).cast());
+                        let w1 = _mm512_loadu_si512(u.add(quad * PANEL + 16).cast());
                         for i in 0..NR {
                             let xb = _mm512_set1_epi32(xq[i].add(4 * quad).cast::<i32>().read_unaligned());
                             a[i][0] = M::dot4_acc(a[i][0], w0, xb);
