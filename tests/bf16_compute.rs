@@ -61,15 +61,20 @@ fn bf16_losses_are_the_same_bits_for_any_thread_count() {
 }
 
 #[test]
-fn int8_is_refused_outside_decoding() {
-    let out = Command::new(env!("CARGO_BIN_EXE_condlm"))
-        .args(["eval", "--model"])
-        .arg(fixture("tiny-llama"))
-        .arg("--data")
-        .arg(fixture("train_rows.jsonl"))
-        .args(["--compute", "int8"])
-        .output()
-        .unwrap();
+fn int8_is_refused_by_train_and_taken_by_eval() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |command: &str| {
+        let mut args = vec![command, "--model"];
+        let (model, data, out) = (fixture("tiny-llama-gguf/tiny-llama.gguf"), fixture("train_rows.jsonl"), dir.path());
+        args.extend([model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--compute", "int8"]);
+        if command == "train" {
+            args.extend(["--output-dir", out.to_str().unwrap(), "--max-steps", "1"]);
+        }
+        Command::new(env!("CARGO_BIN_EXE_condlm")).args(&args).output().unwrap()
+    };
+    let out = run("train");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--compute int8 applies to decoding"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--compute int8 applies to forward passes"));
+    let out = run("eval");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -36,8 +36,9 @@ pub struct GenerateArgs {
     #[command(flatten)]
     base: BaseArgs,
     /// Decoding's products on a block-quantized base (Q4_0 … Q6_K): f32 (dequantized; the f32 base's results)
-    /// or int8 (activations rounded to 8 bits, integer dot products on the stored blocks, as llama.cpp does:
-    /// faster, slightly different log-probs); or bf16 (prefills' GEMMs with bf16 operands, as `train
+    /// or int8 (activations rounded to 8 bits, integer dot products on the stored blocks, as llama.cpp does —
+    /// decode steps on every block type, prompts' prefills on the K-quants: faster, slightly different
+    /// log-probs); or bf16 (prefills' GEMMs with bf16 operands, as `train
     /// --compute bf16`; decode steps stay f32) [default: f32].
     #[arg(long, value_enum, default_value_t = Compute::F32, hide_default_value = true)]
     compute: Compute,

@@ -44,27 +44,27 @@ impl FieldArgs {
     }
 }
 
-/// `--compute` of `train`, `score` and `eval` (`generate` has its own, with int8 for decoding).
+/// `--compute` of `train`, `score` and `eval` (`generate` has its own).
 #[derive(Args, Default)]
 pub struct ComputeArgs {
-    /// Precision of the GEMMs of the weight matrices (base linears and LM head, forward and backward): f32, or
-    /// bf16 (operands rounded to bf16, products accumulated in f32: AVX512-BF16's vdpbf16ps where the CPU has
-    /// it; elsewhere an exact emulation of it, slower than f32). LoRA's own products, attention, norms and the
-    /// optimizer stay f32 [default: f32].
+    /// Precision of the products of the weight matrices: f32; bf16 (the GEMMs of the base linears and LM head,
+    /// forward and backward: operands rounded to bf16, products accumulated in f32 — AVX512-BF16's vdpbf16ps
+    /// where the CPU has it, elsewhere an exact emulation of it, slower than f32); or int8 (score and eval only:
+    /// the base linears of a block-quantized GGUF meet activations rounded to 8 bits in integer products, as
+    /// llama.cpp computes; faster on K-quants, about 0.015 nats a token off f32). LoRA's own products, attention,
+    /// norms and the optimizer stay f32 [default: f32].
     #[arg(long, value_enum, default_value_t = Compute::F32, hide_default_value = true)]
     pub compute: Compute,
 }
 
-/// Sets this process's compute (`--compute`) before anything runs. Int8 is decoding's (`decoding`: the command
-/// is `generate`). bf16 on a CPU without AVX512-BF16 runs the emulation: said once on stderr when `tell`.
-pub fn use_compute(c: Compute, decoding: bool, tell: bool) -> Result<()> {
-    if c == Compute::Int8 && !decoding {
-        bail!("--compute int8 applies to decoding (generate); train, score and eval take --compute f32 or bf16");
-    }
-    if c == Compute::Bf16 && !bf16::native() && tell {
-        eprintln!(
-            "warning: this CPU has no AVX512-BF16: --compute bf16 runs an exact emulation of it (the same bits), \
-             slower than f32 here; drop --compute bf16 to compute in f32"
+/// Sets this process's compute (`--compute`) before anything runs. Int8 has no backward pass: only commands that
+/// run the network forward (`forward_only`: generate, score, eval) take it. bf16 on a CPU without AVX512-BF16
+/// runs the emulation: said once on stderr when `tell`.
+pub fn use_compute(c: Compute, forward_only: bool, tell: bool) -> Result<()> {
+    if c == Compute::Int8 && !forward_only {
+        bail!(
+            "--compute int8 applies to forward passes (generate, score, eval): it has no backward pass; train takes \
+             --compute f32 or bf16"
         );
     }
     set_compute(c);
