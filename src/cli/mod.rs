@@ -1,5 +1,6 @@
 //! One file per subcommand.
 pub mod demo;
+pub mod devices;
 pub mod eval;
 pub mod export_gguf;
 pub mod generate;
