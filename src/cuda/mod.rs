@@ -5,4 +5,6 @@
 //!
 //! cudarc loads libcuda and libnvrtc at run time (`dlopen`), so a build needs no CUDA toolkit and the binary
 //! starts on machines without one; every entry point here checks that its library loads before calling into it.
+pub mod compile;
 pub mod devices;
+pub mod sources;
