@@ -24,6 +24,19 @@ fn devices_lists_the_cpu_and_says_why_cuda_is_unavailable() {
 }
 
 #[test]
+fn check_kernels_fails_without_cuda_or_nvrtc() {
+    let (ok, out, err) = condlm(&["info", "--devices", "--check-kernels"]);
+    if cfg!(feature = "cuda") {
+        // Passes only where NVRTC loads (and every source compiles and loads); else says NVRTC is missing.
+        assert!(ok || err.contains("NVRTC (libnvrtc.so) was not found"), "{out}\n{err}");
+    } else {
+        assert!(!ok, "{out}");
+        assert!(err.contains("--check-kernels needs a condlm built with `--features cuda`"), "{err}");
+        assert!(out.starts_with("cpu "), "the devices are listed first:\n{out}");
+    }
+}
+
+#[test]
 fn info_needs_a_model_unless_devices() {
     let (ok, _, err) = condlm(&["info"]);
     assert!(!ok);

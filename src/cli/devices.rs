@@ -1,15 +1,15 @@
 //! `condlm info --devices`: the compute devices condlm can use here — the CPU (model, the SIMD extensions its
 //! kernels dispatch on, the kernels picked) and the GPUs (through the CUDA driver when built with `--features
-//! cuda`), or why there are none. Informational: it succeeds whatever it finds.
+//! cuda`), or why there are none. Informational: it succeeds whatever it finds — but for `--check-kernels`, which
+//! compiles and loads the CUDA kernels on every GPU and fails when one does not.
 use anyhow::Result;
 use condlm::kernels::gemm_bf16::Bf16Isa;
 use condlm::kernels::{gemm, quant_dot};
 
-/// Prints the CPU, then the GPUs or why CUDA is unavailable.
-pub fn run() -> Result<()> {
+/// Prints the CPU, then the GPUs or why CUDA is unavailable; with `check_kernels`, compiles and loads the kernels.
+pub fn run(check_kernels: bool) -> Result<()> {
     print_cpu();
-    print_gpus();
-    Ok(())
+    print_gpus(check_kernels)
 }
 
 fn print_cpu() {
@@ -50,21 +50,31 @@ fn simd_flags() -> String {
 }
 
 #[cfg(not(feature = "cuda"))]
-fn print_gpus() {
+fn print_gpus(check_kernels: bool) -> Result<()> {
     println!("cuda          unavailable: this condlm was built without the `cuda` feature");
     println!("              (build it with `cargo build --release --features cuda`; no CUDA toolkit needed to build)");
+    if check_kernels {
+        anyhow::bail!("--check-kernels needs a condlm built with `--features cuda`");
+    }
+    Ok(())
 }
 
 #[cfg(feature = "cuda")]
-fn print_gpus() {
+fn print_gpus(check_kernels: bool) -> Result<()> {
     use condlm::cuda::devices::probe;
-    match probe() {
-        Err(why) => println!("cuda          unavailable: {why}"),
-        Ok(d) if d.gpus.is_empty() => println!(
-            "cuda          unavailable: the driver (CUDA {}.{}) sees no CUDA device (check CUDA_VISIBLE_DEVICES \
-             and `nvidia-smi`)",
-            d.cuda_version.0, d.cuda_version.1
-        ),
+    let gpus = match probe() {
+        Err(why) => {
+            println!("cuda          unavailable: {why}");
+            vec![]
+        }
+        Ok(d) if d.gpus.is_empty() => {
+            println!(
+                "cuda          unavailable: the driver (CUDA {}.{}) sees no CUDA device (check CUDA_VISIBLE_DEVICES \
+                 and `nvidia-smi`)",
+                d.cuda_version.0, d.cuda_version.1
+            );
+            vec![]
+        }
         Ok(d) => {
             println!(
                 "cuda          driver supports CUDA {}.{}, {} device(s)",
@@ -84,6 +94,12 @@ fn print_gpus() {
                     g.multiprocessors
                 );
             }
+            d.gpus
         }
+    };
+    match condlm::cuda::compile::nvrtc_version() {
+        Ok((major, minor)) => println!("nvrtc         {major}.{minor}"),
+        Err(why) => println!("nvrtc         unavailable: {why}"),
     }
+    if check_kernels { super::check_kernels::run(&gpus) } else { Ok(()) }
 }

@@ -24,11 +24,16 @@ pub struct InfoArgs {
     /// when a model is given too [default: off].
     #[arg(long)]
     devices: bool,
+    /// With --devices: compile every CUDA kernel source with NVRTC for each GPU's architecture (sm_90 when there
+    /// is no GPU), load it on the GPU and look up its kernels, reporting each; fails (exit 1) if any does not
+    /// [default: off].
+    #[arg(long, requires = "devices")]
+    check_kernels: bool,
 }
 
 pub fn run(a: InfoArgs) -> Result<()> {
     if a.devices {
-        super::devices::run()?;
+        super::devices::run(a.check_kernels)?;
     }
     let Some(model) = &a.model else { return Ok(()) };
     if a.devices {

@@ -1,4 +1,6 @@
-//! One file per subcommand.
+//! One file per subcommand (and per flag that is a job of its own: `info --devices`, `--check-kernels`).
+#[cfg(feature = "cuda")]
+pub mod check_kernels;
 pub mod demo;
 pub mod devices;
 pub mod eval;

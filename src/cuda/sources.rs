@@ -1,4 +1,4 @@
-//! The CUDA C sources of the backend's kernels, compiled at run time by NVRTC ([`super::compile`]): one file per
+//! The CUDA C sources of the backend's kernels, compiled at run time by NVRTC (`cuda::compile`): one file per
 //! op (forward beside backward, as in `kernels/`), each mirroring the CPU kernel named in its header comment —
 //! same formulas, epsilons and conventions — so the GPU path can be checked against the CPU path. Every file is
 //! compiled with [`COMMON`] in front of it (block reductions; NVRTC gets no include path).
