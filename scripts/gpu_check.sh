@@ -16,8 +16,9 @@
 #   - nvidia-smi, and where libnvrtc was found (the toolkit's, else the one PyTorch's wheels bring);
 #   - `condlm info --devices --check-kernels`: the GPUs as the driver reports them, then every CUDA kernel source
 #     (src/cuda/cu/) compiled with the machine's NVRTC for the GPU's architecture, loaded into a context, its
-#     kernels looked up. The script fails if that fails.
-# Still to come for issue 15 (not here yet): kernel outputs vs the CPU kernels, logits/gradients vs the CPU path
+#     kernels looked up, and each kernel run against the CPU kernel it mirrors on small random inputs ("parity"
+#     lines: max |GPU − CPU| / max |CPU| against a tolerance). The script fails if any of that fails.
+# Still to come for issue 15 (not here yet): logits/gradients vs the CPU path
 # on the tiny fixtures, 20 training steps on a SmolLM2-135M-shaped model, throughput vs PyTorch+PEFT. The whole
 # script must stay under 8 minutes.
 #

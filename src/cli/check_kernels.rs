@@ -1,12 +1,12 @@
 //! `condlm info --devices --check-kernels` (feature `cuda`): every CUDA kernel source compiled with NVRTC for each
-//! GPU's architecture, loaded into the GPU's context and its kernels looked up — or, with no GPU, compiled for
-//! `sm_90` only. Prints one line per source and GPU; fails if any source does not compile or load.
+//! GPU's architecture, loaded into the GPU's context, its kernels looked up, then run against the CPU kernels
+//! (`kernel_parity`) — or, with no GPU, compiled for `sm_90` only. Prints one line per source and comparison;
+//! fails if any source does not compile or load, or any comparison is off.
 use anyhow::{Result, bail};
 use condlm::cuda::compile::{DEFAULT_ARCH, compile, nvrtc_version};
+use condlm::cuda::device::Device;
 use condlm::cuda::devices::Gpu;
-use condlm::cuda::module::load;
 use condlm::cuda::sources::SOURCES;
-use cudarc::driver::CudaContext;
 use std::time::Instant;
 
 /// Checks every source on every GPU in `gpus` (as `devices::probe` listed them), or compiles only when empty.
@@ -33,39 +33,42 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
         }
     }
     for g in gpus {
-        let ctx = match CudaContext::new(g.ordinal) {
-            Ok(ctx) => ctx,
+        let (device, loaded) = match Device::open(g) {
+            Ok(opened) => opened,
             Err(e) => {
-                println!("check cuda:{}  FAILED: no context on the GPU ({e}): is it in use exclusively?", g.ordinal);
-                failed += SOURCES.len();
+                println!("check cuda:{}  FAILED: {e}", g.ordinal);
+                failed += 1;
                 continue;
             }
         };
-        if let Ok((free, total)) = ctx.mem_get_info() {
+        if let Ok((free, total)) = device.ctx.mem_get_info() {
             let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
             println!("check cuda:{}  context made, {:.1} of {:.1} GiB free", g.ordinal, gib(free), gib(total));
         }
-        for src in SOURCES {
-            match load(&ctx, src, &g.arch()) {
-                Ok(l) => println!(
-                    "check cuda:{}  {} loaded for {}: kernels {} ({} bytes of PTX, NVRTC {:.0} ms, load {:.0} ms)",
-                    g.ordinal,
-                    l.file,
-                    g.arch(),
-                    l.functions.iter().map(|f| f.0).collect::<Vec<_>>().join(" "),
-                    l.ptx_bytes,
-                    l.compile_s * 1e3,
-                    l.load_s * 1e3
-                ),
-                Err(e) => {
-                    println!("check cuda:{}  {} FAILED: {e}", g.ordinal, src.file);
-                    failed += 1;
-                }
+        for l in &loaded {
+            println!(
+                "check cuda:{}  {} loaded for {}: kernels {} ({} bytes of PTX, NVRTC {:.0} ms, load {:.0} ms)",
+                g.ordinal,
+                l.file,
+                g.arch(),
+                l.functions.iter().map(|f| f.0).collect::<Vec<_>>().join(" "),
+                l.ptx_bytes,
+                l.compile_s * 1e3,
+                l.load_s * 1e3
+            );
+        }
+        match super::kernel_parity::run(&device) {
+            Ok(n) => failed += n,
+            Err(e) => {
+                println!("parity cuda:{} FAILED: {e:#}", g.ordinal);
+                failed += 1;
             }
         }
     }
     if failed > 0 {
-        bail!("--check-kernels: {failed} kernel source(s) did not compile or load (see the FAILED lines above)");
+        bail!(
+            "--check-kernels: {failed} check(s) failed: a kernel source did not compile or load, or a kernel's output is off (see the FAILED lines above)"
+        );
     }
     Ok(())
 }

@@ -25,8 +25,8 @@ pub struct InfoArgs {
     #[arg(long)]
     devices: bool,
     /// With --devices: compile every CUDA kernel source with NVRTC for each GPU's architecture (sm_90 when there
-    /// is no GPU), load it on the GPU and look up its kernels, reporting each; fails (exit 1) if any does not
-    /// [default: off].
+    /// is no GPU), load it on the GPU, look up its kernels and run each against the CPU kernel it mirrors on small
+    /// random inputs, reporting each; fails (exit 1) if any does not compile, load or agree [default: off].
     #[arg(long, requires = "devices")]
     check_kernels: bool,
 }

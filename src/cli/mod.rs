@@ -8,6 +8,8 @@ pub mod export_gguf;
 pub mod generate;
 pub mod info;
 pub mod inspect;
+#[cfg(feature = "cuda")]
+pub mod kernel_parity;
 pub mod merge;
 pub mod metrics;
 pub mod score;

@@ -8,6 +8,8 @@
 //! starts on machines without one; every entry point here checks that its library loads before calling into it ([`devices::probe`] for the
 //! driver: create a context only on a GPU it listed).
 pub mod compile;
+pub mod device;
 pub mod devices;
 pub mod module;
+pub mod ops;
 pub mod sources;

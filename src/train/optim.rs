@@ -37,6 +37,37 @@ pub fn decays(p: &Param) -> bool {
     p.shape.len() >= 2
 }
 
+/// The f32 scalars of one AdamW step at learning rate `lr` and 1-based step `t`, computed in f64 and rounded:
+/// what [`adamw_update_slice`] (and the CUDA backend's AdamW kernel) apply to every element.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWScalars {
+    /// 1 − lr·weight_decay (decoupled decay, applied to w first).
+    pub decay: f32,
+    pub one_minus_b1: f32,
+    pub b2: f32,
+    pub one_minus_b2: f32,
+    /// lr / (1 − β1ᵗ).
+    pub step_size: f32,
+    /// √(1 − β2ᵗ).
+    pub bc2_sqrt: f32,
+    pub eps: f32,
+}
+
+impl AdamWScalars {
+    pub fn new(cfg: &AdamWConfig, lr: f64, t: u64) -> Self {
+        AdamWScalars {
+            decay: (1.0 - lr * cfg.weight_decay) as f32,
+            // 1 − β in f64, then f32: (1 − 0.999f32) would be off by 5e-5 relative.
+            one_minus_b1: (1.0 - cfg.beta1) as f32,
+            b2: cfg.beta2 as f32,
+            one_minus_b2: (1.0 - cfg.beta2) as f32,
+            step_size: (lr / (1.0 - cfg.beta1.powi(t as i32))) as f32,
+            bc2_sqrt: (1.0 - cfg.beta2.powi(t as i32)).sqrt() as f32,
+            eps: cfg.eps as f32,
+        }
+    }
+}
+
 /// One AdamW update of `p` (its gradient must exist) at 1-based step `t` with learning rate `lr`;
 /// `cfg.weight_decay` applies as given (the caller picks 0 for tensors that do not decay).
 pub fn adamw_update(p: &mut Param, mom: &mut Moments, cfg: &AdamWConfig, lr: f64, t: u64) {
@@ -47,12 +78,8 @@ pub fn adamw_update(p: &mut Param, mom: &mut Moments, cfg: &AdamWConfig, lr: f64
 /// [`adamw_update`] of the values `w` with gradients `g` (a tensor or a contiguous part of one: the update is
 /// element-wise, so a part updates exactly as inside the whole).
 pub fn adamw_update_slice(w: &mut [f32], g: &[f32], mom: &mut Moments, cfg: &AdamWConfig, lr: f64, t: u64) {
-    let decay = (1.0 - lr * cfg.weight_decay) as f32;
-    // 1 − β in f64, then f32: (1 − 0.999f32) would be off by 5e-5 relative.
-    let (b2, one_minus_b1, one_minus_b2) = (cfg.beta2 as f32, (1.0 - cfg.beta1) as f32, (1.0 - cfg.beta2) as f32);
-    let step_size = (lr / (1.0 - cfg.beta1.powi(t as i32))) as f32;
-    let bc2_sqrt = (1.0 - cfg.beta2.powi(t as i32)).sqrt() as f32;
-    let eps = cfg.eps as f32;
+    let AdamWScalars { decay, one_minus_b1, b2, one_minus_b2, step_size, bc2_sqrt, eps } =
+        AdamWScalars::new(cfg, lr, t);
     w.par_iter_mut().zip(g.par_iter()).zip(mom.m.par_iter_mut().zip(mom.v.par_iter_mut())).with_min_len(4096).for_each(
         |((w, &g), (m, v))| {
             *w *= decay;
