@@ -22,3 +22,17 @@ fn elementwise(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_shapes() {
+        assert_eq!(per_row(37).grid_dim, (37, 1, 1));
+        assert_eq!(per_row(37).block_dim.0 % 32, 0, "block reductions need whole warps");
+        assert_eq!(elementwise(0).grid_dim.0, 1, "an empty launch still has a block");
+        assert_eq!(elementwise(257).grid_dim.0, 2);
+        assert_eq!(elementwise(1 << 40).grid_dim.0, 1 << 16, "large inputs stride over a capped grid");
+    }
+}
