@@ -15,7 +15,7 @@
 # Checks so far (each a section of the report):
 #   - nvidia-smi, and where libnvrtc was found (the toolkit's, else the one PyTorch's wheels bring);
 #   - `condlm info --devices --check-kernels`: the GPUs as the driver reports them, then every CUDA kernel source
-#     (src/cuda/cu/) compiled with the machine's NVRTC for the GPU's architecture, loaded into a context, its
+#     (src/kernels/cuda/cu/) compiled with the machine's NVRTC for the GPU's architecture, loaded into a context, its
 #     kernels looked up, and each kernel run against the CPU kernel it mirrors on small random inputs ("parity"
 #     lines: max |GPU − CPU| / max |CPU| against a tolerance). The script fails if any of that fails.
 # Still to come for issue 15 (not here yet): logits/gradients vs the CPU path

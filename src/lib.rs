@@ -2,17 +2,15 @@
 //!
 //! Layers, lowest first; a module imports only from its own layer's lower files and from layers below it
 //! (ARCHITECTURE.md draws the map; tests/architecture.rs checks it):
-//! 0. [`kernels`], [`rng`], [`output`], [`input`], [`progress`], [`distributed`], `cuda` — math on slices,
-//!    deterministic random numbers, atomic file writes, regular-file reads, progress bars, collectives between the
-//!    processes of a data-parallel run, the CUDA backend's first pieces (feature `cuda`).
+//! 0. [`kernels`], [`rng`], [`output`], [`input`], [`progress`], [`distributed`] — math on slices, deterministic
+//!    random numbers, atomic file writes, regular-file reads, progress bars, collectives between the processes of
+//!    a data-parallel run.
 //! 1. [`network`] — the transformer as parameters and one forward/backward pass (training, scoring, decoding).
 //! 2. [`tokenizer`], then [`formats`] — text ↔ ids; checkpoint and adapter files in and out.
 //! 3. [`data`] — (x, y) rows from files, chat templates, target masks.
 //! 4. [`score`], then [`train`], [`generate`], [`metrics`] — the jobs.
 //!
 //! The command line (`src/cli/`, in the binary) sits on top.
-#[cfg(feature = "cuda")]
-pub mod cuda;
 pub mod distributed;
 pub mod input;
 pub mod kernels;

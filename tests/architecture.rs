@@ -12,7 +12,6 @@ const LAYERS: &[(&str, u32)] = &[
     ("input", 0),
     ("progress", 0),
     ("distributed", 0),
-    ("cuda", 0),
     ("network", 1),
     ("tokenizer", 2),
     ("formats", 3),

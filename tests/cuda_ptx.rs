@@ -1,10 +1,10 @@
 //! Every CUDA kernel source compiles to PTX with NVRTC and defines the kernels it lists — when libnvrtc loads
 //! (a toolkit, or the nvidia-cuda-nvrtc wheel on LD_LIBRARY_PATH: scripts/cuda/ptx_check.sh); otherwise a SKIP
-//! line says why. And the launches in src/cuda/ops/ match the kernels' signatures (no NVRTC needed). Needs no
+//! line says why. And the launches in src/kernels/cuda/ops/ match the kernels' signatures (no NVRTC needed). Needs no
 //! GPU. Built only with `--features cuda`.
 #![cfg(feature = "cuda")]
-use condlm::cuda::compile::{DEFAULT_ARCH, PtxError, compile, nvrtc_version};
-use condlm::cuda::sources::SOURCES;
+use condlm::kernels::cuda::compile::{DEFAULT_ARCH, PtxError, compile, nvrtc_version};
+use condlm::kernels::cuda::sources::SOURCES;
 
 #[test]
 fn every_kernel_source_compiles_to_ptx() {
@@ -41,12 +41,12 @@ fn every_kernel_source_compiles_to_ptx() {
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
-/// Each launch in src/cuda/ops/ names a kernel that some source defines, and pushes as many arguments as the
+/// Each launch in src/kernels/cuda/ops/ names a kernel that some source defines, and pushes as many arguments as the
 /// kernel's `extern "C"` signature has parameters (a mismatch would only show on a GPU, as a crash or garbage);
 /// every kernel has a launch.
 #[test]
 fn launches_match_the_kernel_signatures() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cuda");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kernels/cuda");
     let sources: String = SOURCES.iter().map(|s| s.text).collect();
     let mut launched = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(root.join("ops")).unwrap() {
@@ -80,7 +80,7 @@ fn launches_match_the_kernel_signatures() {
     }
     let all: std::collections::BTreeSet<String> =
         SOURCES.iter().flat_map(|s| s.kernels).map(|k| k.to_string()).collect();
-    assert_eq!(launched, all, "kernels without a launch in src/cuda/ops/ (or launches of unknown kernels)");
+    assert_eq!(launched, all, "kernels without a launch in src/kernels/cuda/ops/ (or launches of unknown kernels)");
 }
 
 /// The kernel name of a `d.function(…)` call: the string literal inside it, or the literals of the `let name =`

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Compiles every CUDA kernel source (src/cuda/cu/*.cu) to PTX with NVRTC — no GPU and no CUDA toolkit needed:
+# Compiles every CUDA kernel source (src/kernels/cuda/cu/*.cu) to PTX with NVRTC — no GPU and no CUDA toolkit needed:
 # fetches NVIDIA's NVRTC from PyPI (the nvidia-cuda-nvrtc wheel: CUDA 13, and nvidia-cuda-nvrtc-cu12: CUDA 12)
 # into a temporary folder with `pip install --target`, puts its lib folder on LD_LIBRARY_PATH, and runs
 # tests/cuda_ptx.rs with `--features cuda` once per flavour. Writes scripts/cuda/ptx_check.md (date, NVRTC
@@ -21,7 +21,7 @@ report=scripts/cuda/ptx_check.md
 {
     echo "# NVRTC compile of the CUDA kernel sources"
     echo
-    dirty=$(git diff --quiet HEAD -- src/cuda || echo ', src/cuda modified')
+    dirty=$(git diff --quiet HEAD -- src/kernels/cuda || echo ', src/kernels/cuda modified')
     echo "Written by \`scripts/cuda/ptx_check.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC') at commit $(git rev-parse --short HEAD)$dirty:"
     echo "\`cargo test --release --features cuda --test cuda_ptx\` with each NVRTC wheel's lib folder on LD_LIBRARY_PATH."
     echo "No GPU: this checks that every source compiles and defines its kernels (\`.entry\` in the PTX)."

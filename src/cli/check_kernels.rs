@@ -3,10 +3,10 @@
 //! (`kernel_parity`) — or, with no GPU, compiled for `sm_90` only. Prints one line per source and comparison;
 //! fails if any source does not compile or load, or any comparison is off.
 use anyhow::{Result, bail};
-use condlm::cuda::compile::{DEFAULT_ARCH, compile, nvrtc_version};
-use condlm::cuda::device::Device;
-use condlm::cuda::devices::Gpu;
-use condlm::cuda::sources::SOURCES;
+use condlm::kernels::cuda::compile::{DEFAULT_ARCH, compile, nvrtc_version};
+use condlm::kernels::cuda::device::Device;
+use condlm::kernels::cuda::devices::Gpu;
+use condlm::kernels::cuda::sources::SOURCES;
 use std::time::Instant;
 
 /// Checks every source on every GPU in `gpus` (as `devices::probe` listed them), or compiles only when empty.

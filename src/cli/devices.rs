@@ -61,7 +61,7 @@ fn print_gpus(check_kernels: bool) -> Result<()> {
 
 #[cfg(feature = "cuda")]
 fn print_gpus(check_kernels: bool) -> Result<()> {
-    use condlm::cuda::devices::probe;
+    use condlm::kernels::cuda::devices::probe;
     let gpus = match probe() {
         Err(why) => {
             println!("cuda          unavailable: {why}");
@@ -97,7 +97,7 @@ fn print_gpus(check_kernels: bool) -> Result<()> {
             d.gpus
         }
     };
-    match condlm::cuda::compile::nvrtc_version() {
+    match condlm::kernels::cuda::compile::nvrtc_version() {
         Ok((major, minor)) => println!("nvrtc         {major}.{minor}"),
         Err(why) => println!("nvrtc         unavailable: {why}"),
     }

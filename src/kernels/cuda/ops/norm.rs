@@ -1,6 +1,6 @@
 //! RMSNorm on the GPU (rmsnorm.cu), as `kernels::norm`'s rmsnorm_forward / rmsnorm_backward.
 use super::{THREADS, per_row};
-use crate::cuda::device::Device;
+use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaSlice, DriverError, LaunchConfig, PushKernelArg};
 
 /// out[r] = (offset + w) ⊙ (x[r] · rstd[r]); rstd saved. x, out: (rows, dim); w: (dim); rstd: (rows).

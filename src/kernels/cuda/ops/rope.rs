@@ -1,7 +1,7 @@
 //! RoPE on the GPU (rope.cu), as `kernels::rope`: in place, in the rotate-half layout, with the cos/sin tables of
 //! a `RopeTable` copied to the device ((·, half) each).
 use super::per_row;
-use crate::cuda::device::Device;
+use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
 
 /// Where the heads sit in a buffer's rows: `heads` heads of `head_dim` features from column `col` of rows of

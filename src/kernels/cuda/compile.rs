@@ -16,7 +16,7 @@ pub enum PtxError {
     NoNvrtc,
     #[error("libnvrtc was loaded but nvrtcVersion failed ({0}): reinstall NVRTC or point LD_LIBRARY_PATH at another")]
     Broken(String),
-    #[error("src/cuda/cu/{file} does not compile for {arch} (NVRTC):\n{log}\nfix the kernel source")]
+    #[error("src/kernels/cuda/cu/{file} does not compile for {arch} (NVRTC):\n{log}\nfix the kernel source")]
     Compile { file: &'static str, arch: String, log: String },
 }
 

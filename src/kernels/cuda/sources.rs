@@ -1,4 +1,4 @@
-//! The CUDA C sources of the backend's kernels, compiled at run time by NVRTC (`cuda::compile`): one file per
+//! The CUDA C sources of the backend's kernels, compiled at run time by NVRTC (`compile`): one file per
 //! op (forward beside backward, as in `kernels/`), each mirroring the CPU kernel named in its header comment —
 //! same formulas, epsilons and conventions — so the GPU path can be checked against the CPU path. Every file is
 //! compiled with [`COMMON`] in front of it (block reductions; NVRTC gets no include path).
@@ -6,13 +6,13 @@
 /// One `.cu` file and the `extern "C"` kernels it defines (the names a module load looks up).
 #[derive(Clone, Copy, Debug)]
 pub struct Source {
-    /// The file name under src/cuda/cu/, which compile errors name.
+    /// The file name under src/kernels/cuda/cu/, which compile errors name.
     pub file: &'static str,
     pub text: &'static str,
     pub kernels: &'static [&'static str],
 }
 
-/// Helpers put in front of every source (src/cuda/cu/common.cuh).
+/// Helpers put in front of every source (src/kernels/cuda/cu/common.cuh).
 pub const COMMON: Source = Source { file: "common.cuh", text: include_str!("cu/common.cuh"), kernels: &[] };
 
 /// Every kernel source, in the order of a block's forward pass, then the loss and the optimizer.

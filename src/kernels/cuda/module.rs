@@ -23,12 +23,12 @@ pub enum LoadError {
     #[error(transparent)]
     Compile(#[from] PtxError),
     #[error(
-        "the CUDA driver rejected the PTX of src/cuda/cu/{file} ({err}): a driver older than the NVRTC that compiled \
+        "the CUDA driver rejected the PTX of src/kernels/cuda/cu/{file} ({err}): a driver older than the NVRTC that compiled \
          it refuses its PTX version — use the NVRTC of the driver's CUDA version (LD_LIBRARY_PATH) or update the \
          driver"
     )]
     Module { file: &'static str, err: DriverError },
-    #[error("src/cuda/cu/{file} has no kernel {kernel} ({err}): it must be defined `extern \"C\" __global__`")]
+    #[error("src/kernels/cuda/cu/{file} has no kernel {kernel} ({err}): it must be defined `extern \"C\" __global__`")]
     Function { file: &'static str, kernel: &'static str, err: DriverError },
 }
 

@@ -1,20 +1,8 @@
-//! One AdamW step on the GPU (adamw.cu), as `train::optim`'s adamw_update_slice, from the same f32 scalars.
+//! One AdamW step on the GPU (adamw.cu), as `kernels::adamw::adamw_step`, from the same f32 scalars.
 use super::elementwise;
-use crate::cuda::device::Device;
+use crate::kernels::adamw::AdamWScalars;
+use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
-
-/// The scalars of one step as adamw_update_slice rounds them to f32 (`train::optim::AdamWScalars`, copied field
-/// by field: this layer cannot see train/).
-#[derive(Clone, Copy, Debug)]
-pub struct AdamWStep {
-    pub decay: f32,
-    pub one_minus_b1: f32,
-    pub b2: f32,
-    pub one_minus_b2: f32,
-    pub step_size: f32,
-    pub bc2_sqrt: f32,
-    pub eps: f32,
-}
 
 /// w, m, v updated in place from the gradient g. All of one length.
 pub fn adamw_step(
@@ -23,7 +11,7 @@ pub fn adamw_step(
     g: &CudaSlice<f32>,
     m: &mut CudaSlice<f32>,
     v: &mut CudaSlice<f32>,
-    s: AdamWStep,
+    s: &AdamWScalars,
 ) -> Result<(), DriverError> {
     let n = w.len();
     assert!(g.len() == n && m.len() == n && v.len() == n, "adamw_step: shapes");

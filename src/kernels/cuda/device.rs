@@ -41,6 +41,6 @@ impl Device {
 
     /// The loaded kernel `name` (one of some source's `kernels`: anything else is a bug in the caller).
     pub fn function(&self, name: &str) -> &CudaFunction {
-        self.functions.get(name).unwrap_or_else(|| panic!("no CUDA kernel {name} in src/cuda/sources.rs"))
+        self.functions.get(name).unwrap_or_else(|| panic!("no CUDA kernel {name} in src/kernels/cuda/sources.rs"))
     }
 }

@@ -1,5 +1,5 @@
 // Helpers every kernel file may use: NVRTC compiles each .cu file with this text in front of it
-// (src/cuda/sources.rs). No #include: NVRTC gets no include path, and everything here is a builtin.
+// (src/kernels/cuda/sources.rs). No #include: NVRTC gets no include path, and everything here is a builtin.
 //
 // −∞ (NVRTC defines no INFINITY without the math headers).
 #define NEG_INF __int_as_float(0xff800000)

@@ -1,15 +1,15 @@
-//! The gated MLP activation on the GPU (glu.cu), as `kernels::activation`'s glu_forward / glu_backward; `act`
-//! is 0 for SiLU (SwiGLU), 1 for the tanh GELU (GeGLU).
+//! The gated MLP activation on the GPU (glu.cu), as `kernels::activation`'s glu_forward / glu_backward.
 use super::elementwise;
-use crate::cuda::device::Device;
+use crate::kernels::activation::GateAct;
+use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
 
-/// The activation of the gate, as the kernel takes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(i32)]
-pub enum Act {
-    Silu = 0,
-    GeluTanh = 1,
+/// The kernel's `act` argument: 0 for SiLU (SwiGLU), 1 for the tanh GELU (GeGLU).
+fn act_arg(act: GateAct) -> i32 {
+    match act {
+        GateAct::Silu => 0,
+        GateAct::GeluTanh => 1,
+    }
 }
 
 /// out = act(gate) ⊙ up. All of one length.
@@ -18,11 +18,11 @@ pub fn glu_forward(
     out: &mut CudaSlice<f32>,
     gate: &CudaSlice<f32>,
     up: &CudaSlice<f32>,
-    act: Act,
+    act: GateAct,
 ) -> Result<(), DriverError> {
     let n = out.len();
     assert!(gate.len() == n && up.len() == n, "glu_forward: shapes");
-    let act = act as i32;
+    let act = act_arg(act);
     let mut b = d.stream.launch_builder(d.function("glu_forward"));
     b.arg(out).arg(gate).arg(up).arg(&n).arg(&act);
     // SAFETY: element-wise over n values of slices of length n.
@@ -37,11 +37,11 @@ pub fn glu_backward(
     dout: &CudaSlice<f32>,
     gate: &CudaSlice<f32>,
     up: &CudaSlice<f32>,
-    act: Act,
+    act: GateAct,
 ) -> Result<(), DriverError> {
     let n = dout.len();
     assert!(dgate.len() == n && dup.len() == n && gate.len() == n && up.len() == n, "glu_backward: shapes");
-    let act = act as i32;
+    let act = act_arg(act);
     let mut b = d.stream.launch_builder(d.function("glu_backward"));
     b.arg(dgate).arg(dup).arg(dout).arg(gate).arg(up).arg(&n).arg(&act);
     // SAFETY: element-wise over n values of slices of length n.

@@ -1,6 +1,6 @@
-// One AdamW step (decoupled weight decay, bias correction, f32 moments), as src/train/optim.rs
-// (adamw_update_slice), element-wise over n values; any 1-D grid. The scalars come from the host, computed there
-// as adamw_update_slice computes them (in f64, then rounded to f32) for learning rate lr at 1-based step t:
+// One AdamW step (decoupled weight decay, bias correction, f32 moments), as src/kernels/adamw.rs (adamw_step),
+// element-wise over n values; any 1-D grid. The scalars are its AdamWScalars (computed in f64, then rounded to
+// f32) for learning rate lr at 1-based step t:
 //   decay = 1 − lr·weight_decay,  one_minus_b1 = 1 − β1,  b2 = β2,  one_minus_b2 = 1 − β2,
 //   step_size = lr / (1 − β1ᵗ),  bc2_sqrt = √(1 − β2ᵗ),  eps.
 extern "C" __global__ void adamw_step(float* w, const float* g, float* m, float* v, size_t n, float decay,

@@ -2,7 +2,7 @@
 //! `kernels::lm_head::cross_entropy_backward`: a chunk of logits rows becomes dlogits in place, each row's loss
 //! goes to `loss`.
 use super::per_row;
-use crate::cuda::device::Device;
+use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
 
 /// logits: (rows, vocab) → w·(softmax − (1 − ε)·onehot − ε/V); loss[r] = (1 − ε)·(lse − l_t) + ε·(lse − mean l).
