@@ -6,7 +6,9 @@ use anyhow::{Result, bail};
 use condlm::kernels::cuda::compile::{DEFAULT_ARCH, compile, nvrtc_version};
 use condlm::kernels::cuda::device::Device;
 use condlm::kernels::cuda::devices::Gpu;
+use condlm::kernels::cuda::module::load;
 use condlm::kernels::cuda::sources::SOURCES;
+use cudarc::driver::CudaContext;
 use std::time::Instant;
 
 /// Checks every source on every GPU in `gpus` (as `devices::probe` listed them), or compiles only when empty.
@@ -37,7 +39,7 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
             Ok(opened) => opened,
             Err(e) => {
                 println!("check cuda:{}  FAILED: {e}", g.ordinal);
-                failed += 1;
+                failed += 1 + diagnose(g);
                 continue;
             }
         };
@@ -60,9 +62,24 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
         failed += super::kernel_parity::run(&device);
     }
     if failed > 0 {
-        bail!(
-            "--check-kernels: {failed} check(s) failed: a kernel source did not compile or load, or a kernel's output is off (see the FAILED lines above)"
-        );
+        bail!("--check-kernels: {failed} check(s) failed (see the FAILED lines above)");
     }
     Ok(())
+}
+
+/// After a failed `Device::open` (which stops at the first source that fails): each source loaded on its own, one
+/// line each, so that one run shows every broken source. Returns how many failed.
+fn diagnose(g: &Gpu) -> usize {
+    let Ok(ctx) = CudaContext::new(g.ordinal) else { return 0 };
+    let mut failed = 0;
+    for src in SOURCES {
+        match load(&ctx, src, &g.arch()) {
+            Ok(_) => println!("check cuda:{}  {} loads on its own", g.ordinal, src.file),
+            Err(e) => {
+                println!("check cuda:{}  {} FAILED: {e}", g.ordinal, src.file);
+                failed += 1;
+            }
+        }
+    }
+    failed
 }

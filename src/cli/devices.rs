@@ -77,7 +77,8 @@ fn print_gpus(check_kernels: bool) -> Result<()> {
         }
         Ok(d) => {
             println!(
-                "cuda          driver supports CUDA {}.{}, {} device(s)",
+                "cuda          driver {}, supports CUDA {}.{}; {} device(s)",
+                d.release.as_deref().unwrap_or("(release unknown)"),
                 d.cuda_version.0,
                 d.cuda_version.1,
                 d.gpus.len()

@@ -57,9 +57,11 @@ fn random(n: usize, stream: u64, scale: f32) -> Vec<f32> {
 
 fn compare(all: &mut Vec<Compared>, name: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
     assert_eq!(gpu.len(), cpu.len(), "{name}: lengths");
-    let err = gpu.iter().zip(cpu).map(|(g, c)| (g - c).abs() as f64).fold(0.0, f64::max);
+    // A NaN on either side counts as an infinite error (f64::max alone would drop it).
+    let err =
+        gpu.iter().zip(cpu).map(|(g, c)| (g - c).abs() as f64).map(|e| if e.is_nan() { f64::INFINITY } else { e });
     let scale = cpu.iter().map(|c| c.abs() as f64).fold(f64::MIN_POSITIVE, f64::max);
-    all.push(Compared { name: name.into(), err: if err.is_nan() { f64::INFINITY } else { err / scale }, tol });
+    all.push(Compared { name: name.into(), err: err.fold(0.0, f64::max) / scale, tol });
 }
 
 fn rmsnorm(d: &Device, all: &mut Vec<Compared>) -> Result<()> {

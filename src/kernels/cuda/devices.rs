@@ -26,6 +26,8 @@ impl Gpu {
 /// The loaded driver and its GPUs (none when the driver runs but sees no device).
 #[derive(Clone, Debug)]
 pub struct Driver {
+    /// The NVIDIA kernel module's release (`580.65.06`), when /proc/driver/nvidia/version says it.
+    pub release: Option<String>,
     /// The newest CUDA version the driver supports, (major, minor).
     pub cuda_version: (i32, i32),
     pub gpus: Vec<Gpu>,
@@ -58,13 +60,24 @@ pub fn probe() -> Result<Driver, Unavailable> {
     // SAFETY: the library is present (above); cuDriverGetVersion writes one int and needs no cuInit.
     unsafe { sys::cuDriverGetVersion(&mut version) }.result().map_err(Unavailable::Init)?;
     let cuda_version = (version / 1000, version % 1000 / 10);
+    let release = module_release();
     match result::init() {
-        Err(DriverError(cudaError_enum::CUDA_ERROR_NO_DEVICE)) => return Ok(Driver { cuda_version, gpus: vec![] }),
+        Err(DriverError(cudaError_enum::CUDA_ERROR_NO_DEVICE)) => {
+            return Ok(Driver { release, cuda_version, gpus: vec![] });
+        }
         r => r.map_err(Unavailable::Init)?,
     }
     let count = device::get_count().map_err(Unavailable::Init)?;
     let gpus = (0..count as usize).map(describe).collect::<Result<_, _>>()?;
-    Ok(Driver { cuda_version, gpus })
+    Ok(Driver { release, cuda_version, gpus })
+}
+
+/// The kernel module's release from "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  Sun Jul 27 …"
+/// (the driver API itself only tells the CUDA version).
+fn module_release() -> Option<String> {
+    let text = std::fs::read_to_string("/proc/driver/nvidia/version").ok()?;
+    let rest = text.lines().next()?.split("Kernel Module").nth(1)?;
+    rest.split_whitespace().next().map(String::from)
 }
 
 fn describe(ordinal: usize) -> Result<Gpu, Unavailable> {
