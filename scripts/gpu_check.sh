@@ -33,12 +33,13 @@ report=${report:-scripts/gpu_check.md}
 status=0
 
 # NVRTC: condlm dlopens libnvrtc.so.*; put the first folder holding one on LD_LIBRARY_PATH unless the loader
-# already finds it.
+# already finds it — the toolkit's first (it matches the driver: 13.0 on the H200 image, KINDS.md), then the one
+# PyTorch's wheels bring. An NVRTC newer than the driver makes PTX the driver refuses (info prints a warning).
 nvrtc_dir=""
 if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
     for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-*/lib64 \
-        /usr/lib/x86_64-linux-gnu /usr/local/lib/python3*/dist-packages/nvidia/*/lib \
-        /usr/lib/python3*/site-packages/nvidia/*/lib /usr/local/lib/python3*/site-packages/nvidia/*/lib; do
+        /usr/lib/x86_64-linux-gnu /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/lib \
+        /usr/local/lib/python3*/dist-packages/nvidia/*/lib /usr/local/lib/python3*/site-packages/nvidia/*/lib; do
         if compgen -G "$d/libnvrtc.so*" >/dev/null; then
             nvrtc_dir=$d
             break
@@ -51,6 +52,16 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
     [ -n "$nvrtc_dir" ] && export LD_LIBRARY_PATH="$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 
+# The driver library: the image mounts the driver under /usr/local/nvidia; use it if the loader does not know it.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so'; then
+    for d in /usr/local/nvidia/lib64 /usr/local/nvidia/lib /usr/lib/x86_64-linux-gnu; do
+        if compgen -G "$d/libcuda.so*" >/dev/null; then
+            export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
+            break
+        fi
+    done
+fi
+
 section() { printf '\n## %s\n\n```\n' "$1" >>"$report.tmp"; }
 end_section() { printf '```\n' >>"$report.tmp"; }
 
@@ -58,7 +69,7 @@ end_section() { printf '```\n' >>"$report.tmp"; }
     echo "# GPU check (issue 15)"
     echo
     echo "\`scripts/gpu_check.sh\` on $(hostname) at $(date -u '+%Y-%m-%d %H:%M UTC'); binary: $("$bin" --version 2>&1)."
-    echo "libnvrtc: ${nvrtc_dir:-found by the loader (ldconfig)}."
+    echo "libnvrtc: ${nvrtc_dir:-found by the loader (ldconfig)}; LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}."
 } >"$report.tmp"
 
 section "nvidia-smi"

@@ -62,7 +62,9 @@ fn print_gpus(check_kernels: bool) -> Result<()> {
 #[cfg(feature = "cuda")]
 fn print_gpus(check_kernels: bool) -> Result<()> {
     use condlm::kernels::cuda::devices::probe;
-    let gpus = match probe() {
+    let probed = probe();
+    let driver_cuda = probed.as_ref().ok().map(|d| d.cuda_version);
+    let gpus = match probed {
         Err(why) => {
             println!("cuda          unavailable: {why}");
             vec![]
@@ -99,7 +101,15 @@ fn print_gpus(check_kernels: bool) -> Result<()> {
         }
     };
     match condlm::kernels::cuda::compile::nvrtc_version() {
-        Ok((major, minor)) => println!("nvrtc         {major}.{minor}"),
+        Ok((major, minor)) => {
+            println!("nvrtc         {major}.{minor}");
+            if let Some((dmajor, dminor)) = driver_cuda.filter(|&d| d < (major, minor)) {
+                println!(
+                    "              warning: NVRTC {major}.{minor} is newer than the driver's CUDA {dmajor}.{dminor}, which \
+                     may refuse its PTX: put an NVRTC of CUDA {dmajor}.{dminor} first on LD_LIBRARY_PATH"
+                );
+            }
+        }
         Err(why) => println!("nvrtc         unavailable: {why}"),
     }
     if check_kernels { super::check_kernels::run(&gpus) } else { Ok(()) }
