@@ -1,4 +1,5 @@
-//! `condlm info`: what a checkpoint is — architecture, sizes, tensors, tokenizer.
+//! `condlm info`: what a checkpoint is — architecture, sizes, tensors, tokenizer; with `--devices`, the CPU and
+//! GPUs condlm can run on (`cli::devices`).
 use anyhow::Result;
 use clap::Args;
 use condlm::formats::load::{load_tokenizer, open_weights};
@@ -8,18 +9,37 @@ use condlm::kernels::activation::GateAct;
 use condlm::network::config::{Config, Family};
 use std::collections::BTreeMap;
 
-/// Describe a checkpoint: architecture, layer/head/hidden sizes, parameters, tensor types, tokenizer.
+/// Describe a checkpoint: architecture, layer/head/hidden sizes, parameters, tensor types, tokenizer; or, with
+/// --devices, the CPU and GPUs condlm can run on.
 #[derive(Args)]
 pub struct InfoArgs {
-    /// An HF checkpoint folder, a .gguf file, or a hub id org/name.
-    model: String,
-    /// Also list every tensor with its shape and type.
-    #[arg(long)]
+    /// An HF checkpoint folder, a .gguf file, or a hub id org/name (optional with --devices).
+    #[arg(required_unless_present = "devices")]
+    model: Option<String>,
+    /// Also list every tensor with its shape and type [default: off].
+    #[arg(long, requires = "model")]
     tensors: bool,
+    /// List the compute devices: the CPU (model, SIMD extensions, the kernels picked) and the CUDA GPUs (name,
+    /// memory, compute capability, driver version), or why CUDA is unavailable; before the model's description
+    /// when a model is given too [default: off].
+    #[arg(long)]
+    devices: bool,
+    /// With --devices: compile every CUDA kernel source with NVRTC for each GPU's architecture (sm_90 when there
+    /// is no GPU), load it on the GPU, look up its kernels and run each against the CPU kernel it mirrors on small
+    /// random inputs, reporting each; fails (exit 1) if any does not compile, load or agree [default: off].
+    #[arg(long, requires = "devices")]
+    check_kernels: bool,
 }
 
 pub fn run(a: InfoArgs) -> Result<()> {
-    let files = resolve(&a.model)?;
+    if a.devices {
+        super::devices::run(a.check_kernels)?;
+    }
+    let Some(model) = &a.model else { return Ok(()) };
+    if a.devices {
+        println!();
+    }
+    let files = resolve(model)?;
     let (c, weights) = open_weights(&files)?;
     let tok = load_tokenizer(&files, &c, &weights)?;
     println!("model         {}", files.path().display());

@@ -1,10 +1,15 @@
-//! One file per subcommand.
+//! One file per subcommand (and per flag that is a job of its own: `info --devices`, `--check-kernels`).
+#[cfg(feature = "cuda")]
+pub mod check_kernels;
 pub mod demo;
+pub mod devices;
 pub mod eval;
 pub mod export_gguf;
 pub mod generate;
 pub mod info;
 pub mod inspect;
+#[cfg(feature = "cuda")]
+pub mod kernel_parity;
 pub mod merge;
 pub mod metrics;
 pub mod score;

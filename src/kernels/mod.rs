@@ -1,8 +1,12 @@
-//! CPU kernels. Each op's forward lives beside its backward; shapes are in the doc comments.
+//! CPU kernels, and the CUDA backend's (`cuda`, feature `cuda`). Each op's forward lives beside its backward;
+//! shapes are in the doc comments.
 pub mod activation;
+pub mod adamw;
 pub mod attention;
 pub mod bf16;
 pub mod compute;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dequant;
 pub mod embedding;
 pub mod gemm;

@@ -1,22 +1,9 @@
-//! AdamW (decoupled weight decay, bias correction, f32 moments) with the same operation order as
-//! torch.optim.AdamW's single-tensor path, and global-norm gradient clipping as clip_grad_norm_.
+//! AdamW on trainable tensors (the element-wise step is `kernels::adamw`, in torch.optim.AdamW's single-tensor
+//! order), and global-norm gradient clipping as clip_grad_norm_.
+pub use crate::kernels::adamw::AdamWConfig;
+use crate::kernels::adamw::{AdamWScalars, adamw_step};
 use crate::network::param::Param;
 use rayon::prelude::*;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AdamWConfig {
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub weight_decay: f64,
-}
-
-impl Default for AdamWConfig {
-    /// torch.optim.AdamW's defaults.
-    fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
-    }
-}
 
 /// First and second moments of one trainable tensor.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,21 +34,7 @@ pub fn adamw_update(p: &mut Param, mom: &mut Moments, cfg: &AdamWConfig, lr: f64
 /// [`adamw_update`] of the values `w` with gradients `g` (a tensor or a contiguous part of one: the update is
 /// element-wise, so a part updates exactly as inside the whole).
 pub fn adamw_update_slice(w: &mut [f32], g: &[f32], mom: &mut Moments, cfg: &AdamWConfig, lr: f64, t: u64) {
-    let decay = (1.0 - lr * cfg.weight_decay) as f32;
-    // 1 − β in f64, then f32: (1 − 0.999f32) would be off by 5e-5 relative.
-    let (b2, one_minus_b1, one_minus_b2) = (cfg.beta2 as f32, (1.0 - cfg.beta1) as f32, (1.0 - cfg.beta2) as f32);
-    let step_size = (lr / (1.0 - cfg.beta1.powi(t as i32))) as f32;
-    let bc2_sqrt = (1.0 - cfg.beta2.powi(t as i32)).sqrt() as f32;
-    let eps = cfg.eps as f32;
-    w.par_iter_mut().zip(g.par_iter()).zip(mom.m.par_iter_mut().zip(mom.v.par_iter_mut())).with_min_len(4096).for_each(
-        |((w, &g), (m, v))| {
-            *w *= decay;
-            *m += one_minus_b1 * (g - *m);
-            *v = *v * b2 + one_minus_b2 * g * g;
-            let denom = v.sqrt() / bc2_sqrt + eps;
-            *w += -step_size * (*m / denom);
-        },
-    );
+    adamw_step(w, g, &mut mom.m, &mut mom.v, &AdamWScalars::new(cfg, lr, t));
 }
 
 /// Elements per partial sum of [`add_grad_sq`]: the partial sums are summed in a fixed order, so the norm does

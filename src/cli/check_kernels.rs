@@ -1,0 +1,85 @@
+//! `condlm info --devices --check-kernels` (feature `cuda`): every CUDA kernel source compiled with NVRTC for each
+//! GPU's architecture, loaded into the GPU's context, its kernels looked up, then run against the CPU kernels
+//! (`kernel_parity`) — or, with no GPU, compiled for `sm_90` only. Prints one line per source and comparison;
+//! fails if any source does not compile or load, or any comparison is off.
+use anyhow::{Result, bail};
+use condlm::kernels::cuda::compile::{DEFAULT_ARCH, compile, nvrtc_version};
+use condlm::kernels::cuda::device::Device;
+use condlm::kernels::cuda::devices::Gpu;
+use condlm::kernels::cuda::module::load;
+use condlm::kernels::cuda::sources::SOURCES;
+use cudarc::driver::CudaContext;
+use std::time::Instant;
+
+/// Checks every source on every GPU in `gpus` (as `devices::probe` listed them), or compiles only when empty.
+pub fn run(gpus: &[Gpu]) -> Result<()> {
+    if let Err(e) = nvrtc_version() {
+        bail!("--check-kernels: {e}");
+    }
+    let mut failed = 0;
+    if gpus.is_empty() {
+        for src in SOURCES {
+            let t = Instant::now();
+            match compile(src, DEFAULT_ARCH) {
+                Ok(ptx) => println!(
+                    "check         {} compiles for {DEFAULT_ARCH}: {} bytes of PTX in {:.0} ms (no GPU to load it on)",
+                    src.file,
+                    ptx.to_src().len(),
+                    t.elapsed().as_secs_f64() * 1e3
+                ),
+                Err(e) => {
+                    println!("check         {} FAILED: {e}", src.file);
+                    failed += 1;
+                }
+            }
+        }
+    }
+    for g in gpus {
+        let (device, loaded) = match Device::open(g) {
+            Ok(opened) => opened,
+            Err(e) => {
+                println!("check cuda:{}  FAILED: {e}", g.ordinal);
+                failed += 1 + diagnose(g);
+                continue;
+            }
+        };
+        if let Ok((free, total)) = device.ctx.mem_get_info() {
+            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+            println!("check cuda:{}  context made, {:.1} of {:.1} GiB free", g.ordinal, gib(free), gib(total));
+        }
+        for l in &loaded {
+            println!(
+                "check cuda:{}  {} loaded for {}: kernels {} ({} bytes of PTX, NVRTC {:.0} ms, load {:.0} ms)",
+                g.ordinal,
+                l.file,
+                g.arch(),
+                l.functions.iter().map(|f| f.0).collect::<Vec<_>>().join(" "),
+                l.ptx_bytes,
+                l.compile_s * 1e3,
+                l.load_s * 1e3
+            );
+        }
+        failed += super::kernel_parity::run(&device);
+    }
+    if failed > 0 {
+        bail!("--check-kernels: {failed} check(s) failed (see the FAILED lines above)");
+    }
+    Ok(())
+}
+
+/// After a failed `Device::open` (which stops at the first source that fails): each source loaded on its own, one
+/// line each, so that one run shows every broken source. Returns how many failed.
+fn diagnose(g: &Gpu) -> usize {
+    let Ok(ctx) = CudaContext::new(g.ordinal) else { return 0 };
+    let mut failed = 0;
+    for src in SOURCES {
+        match load(&ctx, src, &g.arch()) {
+            Ok(_) => println!("check cuda:{}  {} loads on its own", g.ordinal, src.file),
+            Err(e) => {
+                println!("check cuda:{}  {} FAILED: {e}", g.ordinal, src.file);
+                failed += 1;
+            }
+        }
+    }
+    failed
+}

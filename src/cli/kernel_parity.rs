@@ -1,0 +1,187 @@
+//! The CUDA kernels against the CPU kernels they mirror, on one GPU (`info --devices --check-kernels`): small
+//! random inputs (odd sizes, so that partial blocks run), each output compared as max |GPU − CPU| / max |CPU|.
+//! The tolerances allow for FMA contraction, another summation order and CUDA's own exp/tanh/sqrt.
+use anyhow::Result;
+use condlm::kernels::activation::{GateAct, glu_backward as cpu_glu_backward, glu_forward as cpu_glu_forward};
+use condlm::kernels::adamw::{AdamWConfig, AdamWScalars, adamw_step as cpu_adamw_step};
+use condlm::kernels::cuda::device::Device;
+use condlm::kernels::cuda::ops::adamw::adamw_step;
+use condlm::kernels::cuda::ops::cross_entropy::cross_entropy_rows;
+use condlm::kernels::cuda::ops::glu::{glu_backward, glu_forward};
+use condlm::kernels::cuda::ops::norm::{rmsnorm_backward, rmsnorm_forward};
+use condlm::kernels::cuda::ops::rope::{RopeLayout, rope};
+use condlm::kernels::lm_head::{HeadScratch, cross_entropy_backward};
+use condlm::kernels::norm::{rmsnorm_backward as cpu_rmsnorm_backward, rmsnorm_forward as cpu_rmsnorm_forward};
+use condlm::kernels::packed::MatrixRef;
+use condlm::kernels::rope::{RopeTable, rope_backward, rope_forward};
+use condlm::rng::uniform;
+
+/// One comparison: its name, the normalized error and the tolerance.
+struct Compared {
+    name: String,
+    err: f64,
+    tol: f64,
+}
+
+/// Runs every comparison on `d`, printing one line each as its op finishes (an op that fails to run is a line
+/// too, and the others still run); returns how many failed.
+pub fn run(d: &Device) -> usize {
+    type Check = fn(&Device, &mut Vec<Compared>) -> Result<()>;
+    let checks: [(&str, Check); 5] =
+        [("rmsnorm", rmsnorm), ("rope", rope_check), ("glu", glu), ("cross_entropy", cross_entropy), ("adamw", adamw)];
+    let mut failed = 0;
+    for (op, check) in checks {
+        let mut done = vec![];
+        let result = check(d, &mut done);
+        for c in &done {
+            let ok = c.err <= c.tol;
+            failed += usize::from(!ok);
+            let verdict = if ok { "OK" } else { "FAILED" };
+            println!(
+                "parity cuda:{} {:38} max |Δ|/max |cpu| {:.1e} (tol {:.0e}) {verdict}",
+                d.gpu.ordinal, c.name, c.err, c.tol
+            );
+        }
+        if let Err(e) = result {
+            println!("parity cuda:{} {op} FAILED to run: {e:#}", d.gpu.ordinal);
+            failed += 1;
+        }
+    }
+    failed
+}
+
+/// `n` values uniform in [−scale, scale) from stream `stream`.
+fn random(n: usize, stream: u64, scale: f32) -> Vec<f32> {
+    (0..n as u64).map(|i| ((uniform(15, stream, i) * 2.0 - 1.0) as f32) * scale).collect()
+}
+
+fn compare(all: &mut Vec<Compared>, name: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
+    assert_eq!(gpu.len(), cpu.len(), "{name}: lengths");
+    // A NaN on either side counts as an infinite error (f64::max alone would drop it).
+    let err =
+        gpu.iter().zip(cpu).map(|(g, c)| (g - c).abs() as f64).map(|e| if e.is_nan() { f64::INFINITY } else { e });
+    let scale = cpu.iter().map(|c| c.abs() as f64).fold(f64::MIN_POSITIVE, f64::max);
+    all.push(Compared { name: name.into(), err: err.fold(0.0, f64::max) / scale, tol });
+}
+
+fn rmsnorm(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
+    let (rows, dim, eps) = (37, 300, 1e-6);
+    for offset in [0.0f32, 1.0] {
+        let (x, w, dout, dx0, dw0) = (
+            random(rows * dim, 1, 2.0),
+            random(dim, 2, 1.0),
+            random(rows * dim, 3, 1.0),
+            random(rows * dim, 4, 0.5),
+            random(dim, 5, 0.5),
+        );
+        let (mut out, mut rstd) = (vec![0.0; rows * dim], vec![0.0; rows]);
+        cpu_rmsnorm_forward(&mut out, &mut rstd, &x, &w, offset, eps);
+        let (mut dx, mut dw) = (dx0.clone(), dw0.clone());
+        cpu_rmsnorm_backward(&mut dx, Some(&mut dw), &dout, &x, &w, offset, &rstd);
+        let s = &d.stream;
+        let (gx, gw, gdout) = (s.clone_htod(&x)?, s.clone_htod(&w)?, s.clone_htod(&dout)?);
+        let (mut gout, mut grstd) = (s.alloc_zeros::<f32>(rows * dim)?, s.alloc_zeros::<f32>(rows)?);
+        rmsnorm_forward(d, &mut gout, &mut grstd, &gx, &gw, offset, eps)?;
+        let (mut gdx, mut gdw) = (s.clone_htod(&dx0)?, s.clone_htod(&dw0)?);
+        rmsnorm_backward(d, &mut gdx, Some(&mut gdw), &gdout, &gx, &gw, offset, &grstd)?;
+        compare(all, &format!("rmsnorm_forward out (offset {offset})"), &s.clone_dtoh(&gout)?, &out, 1e-6);
+        compare(all, &format!("rmsnorm_forward rstd (offset {offset})"), &s.clone_dtoh(&grstd)?, &rstd, 1e-6);
+        compare(all, &format!("rmsnorm_backward dx (offset {offset})"), &s.clone_dtoh(&gdx)?, &dx, 1e-5);
+        compare(all, &format!("rmsnorm_backward dw (offset {offset})"), &s.clone_dtoh(&gdw)?, &dw, 1e-5);
+    }
+    Ok(())
+}
+
+fn rope_check(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
+    let (half, heads, col, max_pos) = (24, 3, 5, 50);
+    let l = RopeLayout { row_len: col + heads * 64 + 7, col, heads, head_dim: 64, half };
+    let inv_freq: Vec<f32> = (0..half).map(|i| 10000f32.powf(-(i as f32) / half as f32)).collect();
+    let table = RopeTable::with_sets(&[&inv_freq], max_pos, l.head_dim, 1.1);
+    let positions: Vec<u32> = (0..29u64).map(|i| (uniform(15, 6, i) * max_pos as f64) as u32).collect();
+    let x = random(positions.len() * l.row_len, 7, 1.0);
+    let s = &d.stream;
+    let (gpos, gcos, gsin) = (s.clone_htod(&positions)?, s.clone_htod(&table.cos)?, s.clone_htod(&table.sin)?);
+    for backward in [false, true] {
+        let mut cpu = x.clone();
+        let f = if backward { rope_backward } else { rope_forward };
+        f(&mut cpu, l.row_len, l.col, l.heads, &positions, &table);
+        let mut gbuf = s.clone_htod(&x)?;
+        rope(d, backward, &mut gbuf, l, &gpos, &gcos, &gsin)?;
+        let name = if backward { "rope_backward" } else { "rope_forward (partial, scaled)" };
+        compare(all, name, &s.clone_dtoh(&gbuf)?, &cpu, 1e-6);
+    }
+    Ok(())
+}
+
+fn glu(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
+    let n = 10_007;
+    let (gate, up, dout) = (random(n, 8, 6.0), random(n, 9, 2.0), random(n, 10, 1.0));
+    let s = &d.stream;
+    let (ggate, gup, gdout) = (s.clone_htod(&gate)?, s.clone_htod(&up)?, s.clone_htod(&dout)?);
+    for act in [GateAct::Silu, GateAct::GeluTanh] {
+        let mut out = vec![0.0; n];
+        cpu_glu_forward(&mut out, &gate, &up, act);
+        let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+        cpu_glu_backward(&mut dg, &mut du, &dout, &gate, &up, act);
+        let mut gout = s.alloc_zeros::<f32>(n)?;
+        glu_forward(d, &mut gout, &ggate, &gup, act)?;
+        let (mut gdg, mut gdu) = (s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<f32>(n)?);
+        glu_backward(d, &mut gdg, &mut gdu, &gdout, &ggate, &gup, act)?;
+        compare(all, &format!("glu_forward {act:?}"), &s.clone_dtoh(&gout)?, &out, 1e-6);
+        compare(all, &format!("glu_backward dgate {act:?}"), &s.clone_dtoh(&gdg)?, &dg, 1e-6);
+        compare(all, &format!("glu_backward dup {act:?}"), &s.clone_dtoh(&gdu)?, &du, 1e-6);
+    }
+    Ok(())
+}
+
+/// The CPU reference is the fused head itself with an identity head (vocab × vocab): its logits are the hidden
+/// rows exactly, and its dhidden the dlogits exactly.
+fn cross_entropy(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
+    let (rows, vocab, weight) = (5, 1000, 0.37f32);
+    let logits = random(rows * vocab, 11, 8.0);
+    let targets: Vec<u32> = (0..rows as u64).map(|i| (uniform(15, 12, i) * vocab as f64) as u32).collect();
+    let mut identity = vec![0.0f32; vocab * vocab];
+    identity.iter_mut().step_by(vocab + 1).for_each(|v| *v = 1.0);
+    let head = MatrixRef::Dense { data: &identity, rows: vocab, cols: vocab };
+    let s = &d.stream;
+    let gtargets = s.clone_htod(&targets)?;
+    for smoothing in [0.0f32, 0.1] {
+        let mut dlogits = vec![0.0; rows * vocab];
+        let all_rows: Vec<usize> = (0..rows).collect();
+        let loss = cross_entropy_backward(
+            &logits,
+            vocab,
+            head,
+            &all_rows,
+            &targets,
+            weight,
+            smoothing,
+            &mut dlogits,
+            None,
+            &mut HeadScratch::default(),
+        );
+        let (mut glogits, mut gloss) = (s.clone_htod(&logits)?, s.alloc_zeros::<f64>(rows)?);
+        cross_entropy_rows(d, &mut glogits, &mut gloss, &gtargets, weight, smoothing)?;
+        let gpu_loss: f64 = s.clone_dtoh(&gloss)?.iter().sum();
+        let rel = ((gpu_loss - loss) / loss).abs();
+        all.push(Compared { name: format!("cross_entropy_rows loss (ε {smoothing})"), err: rel, tol: 1e-6 });
+        compare(all, &format!("cross_entropy_rows dlogits (ε {smoothing})"), &s.clone_dtoh(&glogits)?, &dlogits, 1e-6);
+    }
+    Ok(())
+}
+
+fn adamw(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
+    let n = 10_007;
+    let (w, g, m) = (random(n, 13, 1.0), random(n, 14, 0.1), random(n, 15, 0.01));
+    let v: Vec<f32> = random(n, 16, 1e-3).iter().map(|x| x.abs()).collect();
+    let step = AdamWScalars::new(&AdamWConfig::default(), 1e-3, 3);
+    let (mut cpu_w, mut cpu_m, mut cpu_v) = (w.clone(), m.clone(), v.clone());
+    cpu_adamw_step(&mut cpu_w, &g, &mut cpu_m, &mut cpu_v, &step);
+    let s = &d.stream;
+    let (mut gw, gg, mut gm, mut gv) = (s.clone_htod(&w)?, s.clone_htod(&g)?, s.clone_htod(&m)?, s.clone_htod(&v)?);
+    adamw_step(d, &mut gw, &gg, &mut gm, &mut gv, &step)?;
+    compare(all, "adamw_step w", &s.clone_dtoh(&gw)?, &cpu_w, 1e-6);
+    compare(all, "adamw_step m", &s.clone_dtoh(&gm)?, &cpu_m, 1e-6);
+    compare(all, "adamw_step v", &s.clone_dtoh(&gv)?, &cpu_v, 1e-6);
+    Ok(())
+}

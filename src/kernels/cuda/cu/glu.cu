@@ -1,0 +1,39 @@
+// The gated MLP's activation, as src/kernels/activation.rs (glu_forward / glu_backward): act = SiLU (act 0:
+// SwiGLU, Llama/Qwen/Mistral) or the tanh GELU (act 1: GeGLU, Gemma). Element-wise over n values; any 1-D grid.
+
+#define SQRT_2_OVER_PI 0.7978846f
+
+__device__ float gelu_tanh(float x) {
+    return 0.5f * x * (1.f + tanhf(SQRT_2_OVER_PI * (x + 0.044715f * x * x * x)));
+}
+
+__device__ float act_value(int act, float g) {
+    return act == 0 ? g / (1.f + expf(-g)) : gelu_tanh(g);
+}
+
+// silu'(g) = σ(g)·(1 + g·(1 − σ(g))); gelu'(x) = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²), t = tanh u.
+__device__ float act_derivative(int act, float g) {
+    if (act == 0) {
+        const float sig = 1.f / (1.f + expf(-g));
+        return sig * (1.f + g * (1.f - sig));
+    }
+    const float t = tanhf(SQRT_2_OVER_PI * (g + 0.044715f * g * g * g));
+    const float du = SQRT_2_OVER_PI * (1.f + 3.f * 0.044715f * g * g);
+    return 0.5f * (1.f + t) + 0.5f * g * (1.f - t * t) * du;
+}
+
+// out = act(gate) ⊙ up.
+extern "C" __global__ void glu_forward(float* out, const float* gate, const float* up, size_t n, int act) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = act_value(act, gate[i]) * up[i];
+}
+
+// dgate = dout ⊙ up ⊙ act'(gate),  dup = dout ⊙ act(gate)  (both overwritten).
+extern "C" __global__ void glu_backward(float* dgate, float* dup, const float* dout, const float* gate,
+                                        const float* up, size_t n, int act) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float d = dout[i], g = gate[i];
+        dgate[i] = d * up[i] * act_derivative(act, g);
+        dup[i] = d * act_value(act, g);
+    }
+}

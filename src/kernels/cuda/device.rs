@@ -1,0 +1,46 @@
+//! One GPU ready for launches: its context, a stream, and every kernel of [`SOURCES`] compiled for its
+//! architecture and loaded, looked up by name.
+use super::devices::Gpu;
+use super::module::{LoadError, Loaded, load};
+use super::sources::SOURCES;
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DriverError};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A GPU's context, its default stream and its loaded kernels.
+pub struct Device {
+    pub gpu: Gpu,
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    functions: HashMap<&'static str, CudaFunction>,
+}
+
+/// Why a GPU could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("no CUDA context on cuda:{ordinal} ({err}): is the GPU in exclusive use by another process?")]
+    Context { ordinal: usize, err: DriverError },
+    #[error("cuda:{ordinal}: {err}")]
+    Load { ordinal: usize, err: LoadError },
+}
+
+impl Device {
+    /// Makes a context on `gpu` (one that `devices::probe` listed) and loads every kernel source for its
+    /// architecture; also returns what each load took, in [`SOURCES`] order.
+    pub fn open(gpu: &Gpu) -> Result<(Device, Vec<Loaded>), OpenError> {
+        let ordinal = gpu.ordinal;
+        let ctx = CudaContext::new(ordinal).map_err(|err| OpenError::Context { ordinal, err })?;
+        let mut loaded = Vec::with_capacity(SOURCES.len());
+        for src in SOURCES {
+            loaded.push(load(&ctx, src, &gpu.arch()).map_err(|err| OpenError::Load { ordinal, err })?);
+        }
+        let functions = loaded.iter().flat_map(|l| l.functions.iter().cloned()).collect();
+        let stream = ctx.default_stream();
+        Ok((Device { gpu: gpu.clone(), ctx, stream, functions }, loaded))
+    }
+
+    /// The loaded kernel `name` (one of some source's `kernels`: anything else is a bug in the caller).
+    pub fn function(&self, name: &str) -> &CudaFunction {
+        self.functions.get(name).unwrap_or_else(|| panic!("no CUDA kernel {name} in src/kernels/cuda/sources.rs"))
+    }
+}

@@ -1,0 +1,15 @@
+//! The CUDA backend (feature `cuda`; issue 15), first pieces: which GPUs the driver sees ([`devices`]), the CUDA C
+//! sources of the first kernels ([`sources`]), their compilation to PTX with NVRTC ([`compile`]) and their loading
+//! into a GPU's context ([`module`]). The kernels are not yet wired into training or decoding: `condlm info
+//! --devices --check-kernels` and the NVRTC test (tests/cuda_ptx.rs, scripts/cuda/ptx_check.sh) are their only
+//! users for now.
+//!
+//! cudarc loads libcuda and libnvrtc at run time (`dlopen`), so a build needs no CUDA toolkit and the binary
+//! starts on machines without one; every entry point here checks that its library loads before calling into it ([`devices::probe`] for the
+//! driver: create a context only on a GPU it listed).
+pub mod compile;
+pub mod device;
+pub mod devices;
+pub mod module;
+pub mod ops;
+pub mod sources;

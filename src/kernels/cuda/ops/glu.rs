@@ -1,0 +1,49 @@
+//! The gated MLP activation on the GPU (glu.cu), as `kernels::activation`'s glu_forward / glu_backward.
+use super::elementwise;
+use crate::kernels::activation::GateAct;
+use crate::kernels::cuda::device::Device;
+use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
+
+/// The kernel's `act` argument: 0 for SiLU (SwiGLU), 1 for the tanh GELU (GeGLU).
+fn act_arg(act: GateAct) -> i32 {
+    match act {
+        GateAct::Silu => 0,
+        GateAct::GeluTanh => 1,
+    }
+}
+
+/// out = act(gate) ⊙ up. All of one length.
+pub fn glu_forward(
+    d: &Device,
+    out: &mut CudaSlice<f32>,
+    gate: &CudaSlice<f32>,
+    up: &CudaSlice<f32>,
+    act: GateAct,
+) -> Result<(), DriverError> {
+    let n = out.len();
+    assert!(gate.len() == n && up.len() == n, "glu_forward: shapes");
+    let act = act_arg(act);
+    let mut b = d.stream.launch_builder(d.function("glu_forward"));
+    b.arg(out).arg(gate).arg(up).arg(&n).arg(&act);
+    // SAFETY: element-wise over n values of slices of length n.
+    unsafe { b.launch(elementwise(n)) }.map(drop)
+}
+
+/// dgate = dout ⊙ up ⊙ act'(gate), dup = dout ⊙ act(gate) (overwritten). All of one length.
+pub fn glu_backward(
+    d: &Device,
+    dgate: &mut CudaSlice<f32>,
+    dup: &mut CudaSlice<f32>,
+    dout: &CudaSlice<f32>,
+    gate: &CudaSlice<f32>,
+    up: &CudaSlice<f32>,
+    act: GateAct,
+) -> Result<(), DriverError> {
+    let n = dout.len();
+    assert!(dgate.len() == n && dup.len() == n && gate.len() == n && up.len() == n, "glu_backward: shapes");
+    let act = act_arg(act);
+    let mut b = d.stream.launch_builder(d.function("glu_backward"));
+    b.arg(dgate).arg(dup).arg(dout).arg(gate).arg(up).arg(&n).arg(&act);
+    // SAFETY: element-wise over n values of slices of length n.
+    unsafe { b.launch(elementwise(n)) }.map(drop)
+}

@@ -1,0 +1,38 @@
+//! Launches of the kernels in src/kernels/cuda/cu/, one file per source: shapes checked on the host (a kernel trusts
+//! them), launch shapes chosen here. Buffers are device slices of f32 in the CPU kernels' layouts.
+pub mod adamw;
+pub mod cross_entropy;
+pub mod glu;
+pub mod norm;
+pub mod rope;
+
+use cudarc::driver::LaunchConfig;
+
+/// Threads per block of every launch (a multiple of 32, as the block reductions of common.cuh require).
+const THREADS: u32 = 256;
+
+/// One block per row: what the row-wise kernels (norms, RoPE, cross-entropy rows) take.
+fn per_row(rows: usize) -> LaunchConfig {
+    assert!(rows <= i32::MAX as usize, "{rows} rows exceed one launch's grid");
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Enough blocks for `n` elements of an element-wise kernel (which strides over the grid), at most 65 536.
+fn elementwise(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn launch_shapes() {
+        assert_eq!(per_row(37).grid_dim, (37, 1, 1));
+        assert_eq!(per_row(37).block_dim.0 % 32, 0, "block reductions need whole warps");
+        assert_eq!(elementwise(0).grid_dim.0, 1, "an empty launch still has a block");
+        assert_eq!(elementwise(257).grid_dim.0, 2);
+        assert_eq!(elementwise(1 << 40).grid_dim.0, 1 << 16, "large inputs stride over a capped grid");
+    }
+}

@@ -1,0 +1,37 @@
+//! The CUDA C sources of the backend's kernels, compiled at run time by NVRTC (`compile`): one file per
+//! op (forward beside backward, as in `kernels/`), each mirroring the CPU kernel named in its header comment —
+//! same formulas, epsilons and conventions — so the GPU path can be checked against the CPU path. Every file is
+//! compiled with [`COMMON`] in front of it (block reductions; NVRTC gets no include path).
+
+/// One `.cu` file and the `extern "C"` kernels it defines (the names a module load looks up).
+#[derive(Clone, Copy, Debug)]
+pub struct Source {
+    /// The file name under src/kernels/cuda/cu/, which compile errors name.
+    pub file: &'static str,
+    pub text: &'static str,
+    pub kernels: &'static [&'static str],
+}
+
+/// Helpers put in front of every source (src/kernels/cuda/cu/common.cuh).
+pub const COMMON: Source = Source { file: "common.cuh", text: include_str!("cu/common.cuh"), kernels: &[] };
+
+/// Every kernel source, in the order of a block's forward pass, then the loss and the optimizer.
+pub const SOURCES: &[Source] = &[
+    Source {
+        file: "rmsnorm.cu",
+        text: include_str!("cu/rmsnorm.cu"),
+        kernels: &["rmsnorm_forward", "rmsnorm_backward_dx", "rmsnorm_backward_dw"],
+    },
+    Source { file: "rope.cu", text: include_str!("cu/rope.cu"), kernels: &["rope_forward", "rope_backward"] },
+    Source { file: "glu.cu", text: include_str!("cu/glu.cu"), kernels: &["glu_forward", "glu_backward"] },
+    Source { file: "cross_entropy.cu", text: include_str!("cu/cross_entropy.cu"), kernels: &["cross_entropy_rows"] },
+    Source { file: "adamw.cu", text: include_str!("cu/adamw.cu"), kernels: &["adamw_step"] },
+];
+
+impl Source {
+    /// The text NVRTC compiles: [`COMMON`], then this file, each after a `#line` directive so that the compile
+    /// log names the file and line where an error is.
+    pub fn program(&self) -> String {
+        format!("#line 1 \"{}\"\n{}\n#line 1 \"{}\"\n{}", COMMON.file, COMMON.text, self.file, self.text)
+    }
+}

@@ -1,0 +1,92 @@
+//! Every CUDA kernel source compiles to PTX with NVRTC and defines the kernels it lists — when libnvrtc loads
+//! (a toolkit, or the nvidia-cuda-nvrtc wheel on LD_LIBRARY_PATH: scripts/cuda/ptx_check.sh); otherwise a SKIP
+//! line says why. And the launches in src/kernels/cuda/ops/ match the kernels' signatures (no NVRTC needed). Needs no
+//! GPU. Built only with `--features cuda`.
+#![cfg(feature = "cuda")]
+use condlm::kernels::cuda::compile::{DEFAULT_ARCH, PtxError, compile, nvrtc_version};
+use condlm::kernels::cuda::sources::SOURCES;
+
+#[test]
+fn every_kernel_source_compiles_to_ptx() {
+    let (major, minor) = match nvrtc_version() {
+        Ok(v) => v,
+        Err(PtxError::NoNvrtc) => {
+            println!("SKIP every_kernel_source_compiles_to_ptx: {}", PtxError::NoNvrtc);
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    println!("ptx_check: NVRTC {major}.{minor}, arch {DEFAULT_ARCH}");
+    let mut failed = vec![];
+    for src in SOURCES {
+        match compile(src, DEFAULT_ARCH) {
+            Ok(ptx) => {
+                let text = ptx.to_src();
+                let missing: Vec<_> = src.kernels.iter().filter(|k| !text.contains(&format!(".entry {k}("))).collect();
+                assert!(missing.is_empty(), "{}: PTX lacks the kernels {missing:?}", src.file);
+                let version = text.lines().find(|l| l.starts_with(".version")).unwrap_or(".version ?");
+                println!(
+                    "ptx_check: {} OK, {} bytes of PTX ({version}), kernels {}",
+                    src.file,
+                    text.len(),
+                    src.kernels.join(" ")
+                );
+            }
+            Err(e) => {
+                println!("ptx_check: {} FAILED", src.file);
+                failed.push(e.to_string());
+            }
+        }
+    }
+    assert!(failed.is_empty(), "{}", failed.join("\n\n"));
+}
+
+/// Each launch in src/kernels/cuda/ops/ names a kernel that some source defines, and pushes as many arguments as the
+/// kernel's `extern "C"` signature has parameters (a mismatch would only show on a GPU, as a crash or garbage);
+/// every kernel has a launch.
+#[test]
+fn launches_match_the_kernel_signatures() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kernels/cuda");
+    let sources: String = SOURCES.iter().map(|s| s.text).collect();
+    let mut launched = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(root.join("ops")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut rest = text.as_str();
+        while let Some(i) = rest.find("d.function(") {
+            rest = &rest[i..];
+            let body = &rest[..rest.find(".launch(").expect("a launch after d.function(")];
+            // `if backward { "rope_backward" } else { "rope_forward" }`: every quoted kernel name before the call.
+            let names = kernel_names(&text[..text.len() - rest.len()], body);
+            let args = body.matches(".arg(").count();
+            for name in names {
+                assert!(
+                    SOURCES.iter().any(|s| s.kernels.contains(&name.as_str())),
+                    "{}: no source lists kernel {name}",
+                    path.display()
+                );
+                let sig = &sources[sources.find(&format!("void {name}(")).unwrap()..];
+                let params = sig[..sig.find(')').unwrap()].matches(',').count() + 1;
+                assert_eq!(
+                    args,
+                    params,
+                    "{}: {name} takes {params} arguments, the launch pushes {args}",
+                    path.display()
+                );
+                launched.insert(name);
+            }
+            rest = &rest[body.len()..];
+        }
+    }
+    let all: std::collections::BTreeSet<String> =
+        SOURCES.iter().flat_map(|s| s.kernels).map(|k| k.to_string()).collect();
+    assert_eq!(launched, all, "kernels without a launch in src/kernels/cuda/ops/ (or launches of unknown kernels)");
+}
+
+/// The kernel name of a `d.function(…)` call: the string literal inside it, or the literals of the `let name =`
+/// just before it.
+fn kernel_names(before: &str, call: &str) -> Vec<String> {
+    let inside = &call["d.function(".len()..call.find(')').unwrap()];
+    let text = if inside.contains('"') { inside } else { &before[before.rfind("let name =").unwrap()..] };
+    text.split('"').skip(1).step_by(2).map(String::from).collect()
+}

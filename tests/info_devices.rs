@@ -1,0 +1,47 @@
+//! `condlm info --devices`: exits 0 and says what it found — the CPU line always; without the `cuda` feature, how
+//! to build with it; with it, the GPUs or why there are none.
+use std::process::Command;
+
+fn condlm(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_condlm")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn devices_lists_the_cpu_and_says_why_cuda_is_unavailable() {
+    let (ok, out, err) = condlm(&["info", "--devices"]);
+    assert!(ok, "info --devices failed:\n{out}\n{err}");
+    assert!(out.lines().any(|l| l.starts_with("cpu ")), "no cpu line:\n{out}");
+    assert!(out.contains("cpu kernels   f32 GEMM "), "no kernel line:\n{out}");
+    let cuda = out.lines().find(|l| l.starts_with("cuda ")).unwrap_or_else(|| panic!("no cuda line:\n{out}"));
+    if cfg!(feature = "cuda") {
+        // Here: a GPU machine lists devices; elsewhere the reason names the driver.
+        assert!(cuda.contains("device(s)") || cuda.contains("unavailable: the") && cuda.contains("driver"), "{out}");
+    } else {
+        assert_eq!(cuda, "cuda          unavailable: this condlm was built without the `cuda` feature");
+        assert!(out.contains("cargo build --release --features cuda"), "{out}");
+    }
+}
+
+#[test]
+fn check_kernels_fails_without_cuda_or_nvrtc() {
+    let (ok, out, err) = condlm(&["info", "--devices", "--check-kernels"]);
+    if cfg!(feature = "cuda") {
+        // Passes only where NVRTC loads (and every source compiles and loads); else says NVRTC is missing.
+        assert!(ok || err.contains("NVRTC (libnvrtc.so) was not found"), "{out}\n{err}");
+    } else {
+        assert!(!ok, "{out}");
+        assert!(err.contains("--check-kernels needs a condlm built with `--features cuda`"), "{err}");
+        assert!(out.starts_with("cpu "), "the devices are listed first:\n{out}");
+    }
+}
+
+#[test]
+fn info_needs_a_model_unless_devices() {
+    let (ok, _, err) = condlm(&["info"]);
+    assert!(!ok);
+    assert!(err.contains("<MODEL>"), "{err}");
+    let (ok, _, err) = condlm(&["info", "--tensors", "--devices"]);
+    assert!(!ok, "--tensors without a model must be refused");
+    assert!(err.contains("<MODEL>"), "{err}");
+}
