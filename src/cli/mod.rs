@@ -72,6 +72,12 @@ pub fn use_compute(c: Compute, forward_only: bool, tell: bool) -> Result<()> {
              --compute f32 or bf16"
         );
     }
+    if c == Compute::Bf16 && !bf16::native() && tell {
+        eprintln!(
+            "warning: this CPU has no AVX512-BF16: --compute bf16 runs an exact emulation of it (the same bits), \
+             slower than f32 here; drop --compute bf16 to compute in f32"
+        );
+    }
     set_compute(c);
     Ok(())
 }
