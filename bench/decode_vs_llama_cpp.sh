@@ -48,7 +48,7 @@ name, rss, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 rows = list(csv.DictReader(open(path)))
 pp = next(float(r["avg_ts"]) for r in rows if r["n_prompt"] == "128" and r["n_gen"] == "0")
 tg = next(float(r["avg_ts"]) for r in rows if r["n_gen"] == "128")
-print(f"| {name} | llama.cpp (pp128, tg128) | {pp:.1f} | {tg:.1f} | {rss * 1024 / 1e9:.2f} GB |")
+print(f"| {name} | llama.cpp (pp128, tg128) | {pp:.1f} | {tg:.1f} | {rss * 1024 / 1e6:.1f} MB |")
 EOF
         for mode in f32 int8; do
             out=$( { /usr/bin/time -f "rss %M" "$CONDLM" --threads "$THREADS" generate --model "$model" \
@@ -57,7 +57,7 @@ EOF
             pre=$(sed -E 's/.*prefill [0-9.]+ ms \(([0-9.]+) tokens\/s\).*/\1/' <<<"$line")
             dec=$(sed -E 's/.*decode ([0-9.]+) tokens\/s.*/\1/' <<<"$line")
             kb=$(grep -E '^rss ' <<<"$out" | cut -d' ' -f2)
-            echo "| $name | condlm --compute $mode | $pre | $dec | $(awk -v k="$kb" 'BEGIN{printf "%.2f GB", k*1024/1e9}') |"
+            echo "| $name | condlm --compute $mode | $pre | $dec | $(awk -v k="$kb" 'BEGIN{printf "%.1f MB", k*1024/1e6}') |"
         done
     done
 done
