@@ -166,7 +166,12 @@ impl Weights {
         Ok(Some(match self {
             Weights::Gguf { arch, num_heads, num_kv_heads, .. } => {
                 match permuted_heads(hf_name, arch, *num_heads, *num_kv_heads) {
-                    Some(heads) => packed.permute_rows(&qk_row_order(rows, heads, Permute::FromGguf)?),
+                    Some(heads) => {
+                        let permuted = packed.permute_rows(&qk_row_order(rows, heads, Permute::FromGguf)?);
+                        // the file's copy is not read again: its pages leave the process's memory
+                        packed.bytes.release();
+                        permuted
+                    }
                     None => packed,
                 }
             }

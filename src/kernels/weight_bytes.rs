@@ -58,6 +58,11 @@ impl SharedBytes {
         SharedBytes { file: Arc::new(bytes), range: 0..len }
     }
 
+    /// Releases this view's pages of a file mapping (see [`Backing::release`]): it will not be read again.
+    pub fn release(&self) {
+        self.file.release(self.range.clone());
+    }
+
     /// Releases the pages of bytes `part` (relative to this view) of a file mapping (see [`Backing::release`]).
     fn release_part(&self, part: Range<usize>) {
         self.file.release(self.range.start + part.start..self.range.start + part.end);
