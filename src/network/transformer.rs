@@ -506,15 +506,8 @@ impl Transformer {
         // MLP: x_out = x_mid + [post_mlp_norm] down(act(up(h2), gate(h2))), h2 = mlp_norm(x_mid)
         let dact = &mut g.dff_act[..n * f];
         dact.fill(0.0);
-        let dmlp_out = match &mut blk.post_norms {
-            None => &*dx,
-            Some((_, norm)) => {
-                let dsub = &mut g.dsublayer[..n * d];
-                dsub.fill(0.0);
-                norm_backward(norm, dsub, dx, &l.mlp_out[..n * d], &[], &l.post2_rstd[..n], off);
-                &*dsub
-            }
-        };
+        let post_mlp_norm = blk.post_norms.as_mut().map(|(_, norm)| norm);
+        let dmlp_out = through_post_norm(post_mlp_norm, dx, &mut g.dsublayer, &l.mlp_out, &l.post2_rstd, n, off);
         let dy = blk.down.grad_view(dmlp_out, d, n);
         blk.down.backward(Some(dact), dy, &l.ff_act[..n * f], &mut l.lora[SLOT_DOWN], lora_x_drop);
         let (dgate, dup) = (&mut g.dff_gate[..n * f], &mut g.dff_up[..n * f]);
@@ -545,15 +538,8 @@ impl Transformer {
         // Attention: x_mid = x_in + [post_attn_norm] o(attn(qkv(h1))), h1 = attn_norm(x_in)
         let datt = &mut g.datt[..n * aw];
         datt.fill(0.0);
-        let dattn_out = match &mut blk.post_norms {
-            None => &*dx,
-            Some((norm, _)) => {
-                let dsub = &mut g.dsublayer[..n * d];
-                dsub.fill(0.0);
-                norm_backward(norm, dsub, dx, &l.attn_out[..n * d], &[], &l.post1_rstd[..n], off);
-                &*dsub
-            }
-        };
+        let post_attn_norm = blk.post_norms.as_mut().map(|(norm, _)| norm);
+        let dattn_out = through_post_norm(post_attn_norm, dx, &mut g.dsublayer, &l.attn_out, &l.post1_rstd, n, off);
         let dy = blk.o.grad_view(dattn_out, d, n);
         blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], lora_x_drop);
         let dqkv = &mut g.dqkv[..n * qw];
@@ -722,6 +708,29 @@ fn add_normed(x: &mut [f32], norm: &Norm, out: &[f32], rstd: &mut [f32], scratch
 }
 
 /// dx += ∂(norm)/∂x · dout; norm weight/bias gradients accumulate when trainable.
+/// The gradient at a sublayer's output: `dx` (n rows) itself, or, through the sublayer's post norm (Gemma 3) whose
+/// input was `out` (its rstd saved in the forward pass), the gradient in `dsub`. The buffers are sliced only here:
+/// models without post norms leave them empty.
+fn through_post_norm<'a>(
+    norm: Option<&mut Norm>,
+    dx: &'a [f32],
+    dsub: &'a mut [f32],
+    out: &[f32],
+    rstd: &[f32],
+    n: usize,
+    off: f32,
+) -> &'a [f32] {
+    match norm {
+        None => dx,
+        Some(norm) => {
+            let (dsub, len) = (&mut dsub[..dx.len()], dx.len());
+            dsub.fill(0.0);
+            norm_backward(norm, dsub, dx, &out[..len], &[], &rstd[..n], off);
+            dsub
+        }
+    }
+}
+
 fn norm_backward(n: &mut Norm, dx: &mut [f32], dout: &[f32], x: &[f32], stat_a: &[f32], stat_b: &[f32], off: f32) {
     match &mut n.b {
         None => rmsnorm_backward(dx, n.w.grad.as_deref_mut(), dout, x, &n.w.data, off, stat_b),
