@@ -5,7 +5,7 @@
 //! what they find becomes a case here.)
 mod common;
 use common::fixture;
-use condlm::formats::gguf::file::GgufFile;
+use condlm::formats::gguf::file::{GgufFile, MetaValue};
 use condlm::formats::gguf::tokenizer::{GgufVocab, tokenizer_from_gguf_vocab};
 use condlm::formats::safetensors_files::SafetensorsFiles;
 use condlm::input::FileBytes;
@@ -79,6 +79,37 @@ fn gguf_counts_and_lengths_beyond_the_file_are_refused_before_allocating() {
     let n = (1 << 24) + 1;
     let err = Gguf::header(0, 1).str("a").u32(9).u32(0).u64(n).data(n as usize).err();
     assert_names(&err, &["hostile.gguf", "metadata key 'a'", "past 16777216 values"]);
+}
+
+/// `GgufFile::from_bytes` on `bytes` named `hostile.gguf`.
+fn open(bytes: &[u8]) -> anyhow::Result<GgufFile> {
+    GgufFile::from_bytes(Path::new("hostile.gguf"), FileBytes::Owned(bytes.to_vec()))
+}
+
+#[test]
+fn every_prefix_of_a_gguf_file_is_an_error_and_no_flipped_byte_panics() {
+    // A minimal valid file: one u32 metadata value, one F32 tensor of 2 values.
+    let f = Gguf::header(1, 1).str("k").u32(4).u32(9).tensor("t", &[2], 0, 0).data(8).0;
+    let g = open(&f).unwrap();
+    assert_eq!(g.metadata["k"], MetaValue::U32(9));
+    assert_eq!(g.tensors[0].dims, vec![2]);
+    for cut in 0..f.len() {
+        assert!(open(&f[..cut]).is_err(), "a prefix of {cut} bytes was accepted");
+    }
+    // Errors or odd values are both fine; a panic is not.
+    for i in 0..f.len() {
+        for x in [0x00u8, 0xff, 0x80, 0x7f] {
+            let mut g = f.clone();
+            g[i] = x;
+            let _ = open(&g);
+        }
+    }
+}
+
+#[test]
+fn gguf_arrays_nested_too_deep_are_refused() {
+    let nested = (0..100).fold(Gguf::header(0, 1).str("a").u32(9), |g, _| g.u32(9).u64(1));
+    assert_names(&nested.data(64).err(), &["hostile.gguf", "nests arrays"]);
 }
 
 #[test]
