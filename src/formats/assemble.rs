@@ -4,7 +4,7 @@ use super::gguf::quantize::quantize;
 use super::weights::{BaseDtype, Weights, check_finite, is_gpt2_conv1d, transpose};
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
-use crate::kernels::weight_bytes::{SharedBytes, gather_into_arena};
+use crate::kernels::weight_bytes::SharedBytes;
 use crate::network::config::{Config, Family};
 use crate::network::linear::Linear;
 use crate::network::param::Param;
@@ -275,11 +275,7 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
         );
     }
     let mut model = model;
-    let mut stored: Vec<&mut SharedBytes> =
-        model.params_mut().into_iter().filter_map(|p| p.packed.as_mut().map(|m| &mut m.bytes)).collect();
-    // Decoding reads these bytes once per token: from huge pages it runs faster (`weight_bytes`). Without memory
-    // for the arena they stay where they are — slower, the same results.
-    let _ = gather_into_arena(&mut stored);
+    model.gather_packed();
     Ok(model)
 }
 

@@ -25,17 +25,24 @@ impl Backing for Vec<u8> {
     }
 }
 
-impl Backing for Mmap {
-    fn bytes(&self) -> &[u8] {
-        self
-    }
+/// The arena's memory: anonymous, so it is never released (for anonymous memory `MADV_DONTNEED` would zero the
+/// pages under any view still reading them); it is freed when its last view goes.
+struct Arena(Mmap);
 
-    fn release(&self, range: Range<usize>) {
-        // SAFETY: every `Mmap` condlm makes is a read-only, shared mapping of a file (`input::map`) or the frozen
-        // arena below, which is never released; for a file mapping MADV_DONTNEED only unmaps the pages, and a
-        // later read re-reads the same bytes from the file. A failure leaves the pages mapped, which is harmless.
-        let _ = unsafe { self.unchecked_advise_range(UncheckedAdvice::DontNeed, range.start, range.len()) };
+impl Backing for Arena {
+    fn bytes(&self) -> &[u8] {
+        &self.0
     }
+}
+
+/// Drops `range` of a read-only file mapping from this process's memory; a later read faults the pages back in
+/// from the file. A failure leaves the pages mapped, which is harmless.
+///
+/// # Safety
+/// `map` maps a file and is never written: for anonymous memory `MADV_DONTNEED` would zero the pages.
+pub unsafe fn release_file_pages(map: &Mmap, range: Range<usize>) {
+    // SAFETY: forwarded to the caller: a file mapping, whose pages are re-read from the file.
+    let _ = unsafe { map.unchecked_advise_range(UncheckedAdvice::DontNeed, range.start, range.len()) };
 }
 
 /// A range of shared bytes — a memory-mapped file, kept open while a view lives — or bytes of its own.
@@ -126,7 +133,7 @@ pub fn gather_into_arena(views: &mut [&mut SharedBytes]) -> std::io::Result<()> 
         dest.copy_from_slice(&v[from..from + dest.len()]);
         v.release_part(from..from + dest.len());
     });
-    let arena: Arc<dyn Backing> = Arc::new(map.make_read_only()?);
+    let arena: Arc<dyn Backing> = Arc::new(Arena(map.make_read_only()?));
     for (v, &at) in views.iter_mut().zip(&offsets) {
         **v = SharedBytes::new(arena.clone(), start + at..start + at + v.len());
     }
@@ -152,6 +159,13 @@ mod tests {
         // The views share one arena, not the file.
         assert!(Arc::ptr_eq(&a.file, &c.file) && !std::ptr::addr_eq(Arc::as_ptr(&a.file), Arc::as_ptr(&file)));
         assert_eq!(a.as_ptr() as usize % HUGE_PAGE, 0);
+        // Gathered again (the others left the arena, say): a fresh arena, and a view left behind in the old one
+        // still reads its bytes — an arena is never released.
+        gather_into_arena(&mut [&mut a, &mut c]).unwrap();
+        for (v, want) in [&a, &b, &c].iter().zip(&before) {
+            assert_eq!(&v[..], &want[..]);
+        }
+        assert!(!Arc::ptr_eq(&a.file, &b.file));
         gather_into_arena(&mut []).unwrap();
     }
 }

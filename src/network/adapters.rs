@@ -50,6 +50,8 @@ pub fn set_full_finetune(model: &mut Transformer, freeze_embeddings: bool) {
             p.name.ends_with("embed_tokens.weight") || p.name.ends_with("wte.weight") || p.name.ends_with("wpe.weight");
         p.set_trainable(!(freeze_embeddings && is_embedding));
     }
+    // What stays packed (frozen embeddings) moves to an arena of its own; the rest of the old one is freed.
+    model.gather_packed();
 }
 
 /// Folds every adapter into its base weight (W += (α/r)·B·A) and removes it: the model then

@@ -19,7 +19,7 @@ use anyhow::{Result, anyhow, bail};
 
 use crate::input::{self, FileBytes};
 use crate::kernels::dequant::{GgmlType, dequantize_to_vec};
-use crate::kernels::weight_bytes::{Backing, SharedBytes};
+use crate::kernels::weight_bytes::{Backing, SharedBytes, release_file_pages};
 use std::sync::Arc;
 
 /// GGML's maximum number of tensor dimensions.
@@ -635,7 +635,8 @@ impl Backing for FileBytes {
 
     fn release(&self, range: std::ops::Range<usize>) {
         if let FileBytes::Mapped(map) = self {
-            map.release(range);
+            // SAFETY: `input::map` maps a file, read-only.
+            unsafe { release_file_pages(map, range) };
         }
     }
 }
