@@ -4,13 +4,18 @@
 use anyhow::Result;
 use condlm::kernels::activation::{GateAct, glu_backward as cpu_glu_backward, glu_forward as cpu_glu_forward};
 use condlm::kernels::adamw::{AdamWConfig, AdamWScalars, adamw_step as cpu_adamw_step};
+use condlm::kernels::bf16::round;
 use condlm::kernels::cuda::device::Device;
+use condlm::kernels::cuda::gemm::{Blas, GemmShape};
 use condlm::kernels::cuda::ops::adamw::adamw_step;
 use condlm::kernels::cuda::ops::cross_entropy::cross_entropy_rows;
 use condlm::kernels::cuda::ops::glu::{glu_backward, glu_forward};
 use condlm::kernels::cuda::ops::norm::{rmsnorm_backward, rmsnorm_forward};
 use condlm::kernels::cuda::ops::rope::{RopeLayout, rope};
+use condlm::kernels::gemm_bf16::{Bf16Isa, gemm_bf16};
 use condlm::kernels::lm_head::{HeadScratch, cross_entropy_backward};
+use condlm::kernels::mat::{Mat, MatMut};
+use condlm::kernels::matmul::matmul;
 use condlm::kernels::norm::{rmsnorm_backward as cpu_rmsnorm_backward, rmsnorm_forward as cpu_rmsnorm_forward};
 use condlm::kernels::packed::MatrixRef;
 use condlm::kernels::rope::{RopeTable, rope_backward, rope_forward};
@@ -27,8 +32,14 @@ struct Compared {
 /// too, and the others still run); returns how many failed.
 pub fn run(d: &Device) -> usize {
     type Check = fn(&Device, &mut Vec<Compared>) -> Result<()>;
-    let checks: [(&str, Check); 5] =
-        [("rmsnorm", rmsnorm), ("rope", rope_check), ("glu", glu), ("cross_entropy", cross_entropy), ("adamw", adamw)];
+    let checks: [(&str, Check); 6] = [
+        ("gemm", gemm),
+        ("rmsnorm", rmsnorm),
+        ("rope", rope_check),
+        ("glu", glu),
+        ("cross_entropy", cross_entropy),
+        ("adamw", adamw),
+    ];
     let mut failed = 0;
     for (op, check) in checks {
         let mut done = vec![];
@@ -62,6 +73,37 @@ fn compare(all: &mut Vec<Compared>, name: &str, gpu: &[f32], cpu: &[f32], tol: f
         gpu.iter().zip(cpu).map(|(g, c)| (g - c).abs() as f64).map(|e| if e.is_nan() { f64::INFINITY } else { e });
     let scale = cpu.iter().map(|c| c.abs() as f64).fold(f64::MIN_POSITIVE, f64::max);
     all.push(Compared { name: name.into(), err: err.fold(0.0, f64::max) / scale, tol });
+}
+
+/// cuBLAS's x·Wᵀ against `matmul` (f32) and `gemm_bf16` (bf16 operands, the same rounded bits on both sides:
+/// only the order of the f32 sums differs), at an odd shape and at a SmolLM2 and a Qwen2.5-1.5B MLP shape.
+fn gemm(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
+    let blas = Blas::new(d)?;
+    let s = &d.stream;
+    for (m, k, n, accumulate) in [(37, 100, 33, true), (64, 576, 1536, false), (163, 1536, 8960, true)] {
+        let shape = GemmShape { m, n, k };
+        let (a, b, c0) = (random(m * k, 17, 1.0), random(n * k, 18, 0.1), random(m * n, 19, 1.0));
+        let (ga, gb) = (s.clone_htod(&a)?, s.clone_htod(&b)?);
+        let (ha, hb): (Vec<u16>, Vec<u16>) =
+            (a.iter().map(|&v| round(v)).collect(), b.iter().map(|&v| round(v)).collect());
+        let (ga16, gb16) = (s.clone_htod(&ha)?, s.clone_htod(&hb)?);
+        let (mut cpu, mut cpu16) = (c0.clone(), c0.clone());
+        matmul(MatMut::new(&mut cpu, m, n), Mat::new(&a, m, k), Mat::new(&b, n, k).t(), accumulate);
+        gemm_bf16(
+            Bf16Isa::best(),
+            MatMut::new(&mut cpu16, m, n),
+            Mat::new(&a, m, k),
+            Mat::new(&b, n, k).t(),
+            accumulate,
+        );
+        let (mut gc, mut gc16) = (s.clone_htod(&c0)?, s.clone_htod(&c0)?);
+        blas.gemm(&mut gc, &ga, &gb, shape, accumulate)?;
+        blas.gemm(&mut gc16, &ga16, &gb16, shape, accumulate)?;
+        let what = format!("{m}×{k}·({n}×{k})ᵀ{}", if accumulate { " +=" } else { "" });
+        compare(all, &format!("gemm f32 {what}"), &s.clone_dtoh(&gc)?, &cpu, 1e-5);
+        compare(all, &format!("gemm bf16 {what}"), &s.clone_dtoh(&gc16)?, &cpu16, 1e-3);
+    }
+    Ok(())
 }
 
 fn rmsnorm(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
