@@ -4,10 +4,12 @@
 use anyhow::Result;
 use condlm::kernels::activation::{GateAct, glu_backward as cpu_glu_backward, glu_forward as cpu_glu_forward};
 use condlm::kernels::adamw::{AdamWConfig, AdamWScalars, adamw_step as cpu_adamw_step};
+use condlm::kernels::attention::{QkvLayout, attention_forward as cpu_attention_forward};
 use condlm::kernels::bf16::round;
 use condlm::kernels::cuda::device::Device;
 use condlm::kernels::cuda::gemm::{Blas, GemmShape};
 use condlm::kernels::cuda::ops::adamw::adamw_step;
+use condlm::kernels::cuda::ops::attention::attention_forward;
 use condlm::kernels::cuda::ops::cross_entropy::cross_entropy_rows;
 use condlm::kernels::cuda::ops::glu::{glu_backward, glu_forward};
 use condlm::kernels::cuda::ops::norm::{rmsnorm_backward, rmsnorm_forward};
@@ -32,10 +34,11 @@ struct Compared {
 /// too, and the others still run); returns how many failed.
 pub fn run(d: &Device) -> usize {
     type Check = fn(&Device, &mut Vec<Compared>) -> Result<()>;
-    let checks: [(&str, Check); 6] = [
+    let checks: [(&str, Check); 7] = [
         ("gemm", gemm),
         ("rmsnorm", rmsnorm),
         ("rope", rope_check),
+        ("attention", attention),
         ("glu", glu),
         ("cross_entropy", cross_entropy),
         ("adamw", adamw),
@@ -151,6 +154,56 @@ fn rope_check(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         rope(d, backward, &mut gbuf, l, &gpos, &gcos, &gsin)?;
         let name = if backward { "rope_backward" } else { "rope_forward (partial, scaled)" };
         compare(all, name, &s.clone_dtoh(&gbuf)?, &cpu, 1e-6);
+    }
+    Ok(())
+}
+
+/// A packed batch of four sequences (one of a single row) in two layouts: GQA (6 query heads on 2 kv heads) with
+/// the columns of q, k, v out of order and gaps between them; and 4 heads of 96 features (not a multiple of the
+/// warp) in a sliding window of 16 with a model scale.
+fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
+    let lengths = [1usize, 37, 100, 5];
+    let seq_start: Vec<u32> = lengths
+        .iter()
+        .scan(0, |at, &n| {
+            let s = *at;
+            *at += n;
+            Some(vec![s as u32; n])
+        })
+        .flatten()
+        .collect();
+    let rows = seq_start.len();
+    let gqa = QkvLayout {
+        row_len: 655,
+        q_col: 136,
+        k_col: 520,
+        v_col: 3,
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 64,
+        scale: 0.125,
+        window: usize::MAX,
+    };
+    let windowed = QkvLayout {
+        row_len: 1152,
+        q_col: 0,
+        k_col: 384,
+        v_col: 768,
+        n_heads: 4,
+        n_kv_heads: 4,
+        head_dim: 96,
+        scale: 0.3,
+        window: 16,
+    };
+    let s = &d.stream;
+    let gstart = s.clone_htod(&seq_start)?;
+    for (name, l) in [("GQA 6/2 heads of 64", gqa), ("4 heads of 96, window 16", windowed)] {
+        let qkv = random(rows * l.row_len, 20, 2.0);
+        let mut cpu = vec![0.0; rows * l.n_heads * l.head_dim];
+        cpu_attention_forward(&mut cpu, &qkv, l, &seq_start);
+        let (gqkv, mut gout) = (s.clone_htod(&qkv)?, s.alloc_zeros::<f32>(cpu.len())?);
+        attention_forward(d, &mut gout, &gqkv, l, &gstart)?;
+        compare(all, &format!("attention_forward {name}"), &s.clone_dtoh(&gout)?, &cpu, 1e-5);
     }
     Ok(())
 }
