@@ -19,10 +19,10 @@
 #     kernels looked up, and each kernel run against the CPU kernel it mirrors on small random inputs ("parity"
 #     lines: max |GPU − CPU| / max |CPU| against a tolerance): cuBLAS's x·Wᵀ GEMM in f32 (no TF32) and with bf16
 #     operands at 37×100·(33×100)ᵀ, 64×576·(1536×576)ᵀ and 163×1536·(8960×1536)ᵀ vs `matmul` / `gemm_bf16`; causal
-#     GQA attention forward (packed rows, a sliding window, a model scale) vs `kernels::attention`; RMSNorm,
-#     RoPE, SwiGLU/GeGLU, the cross-entropy rows and AdamW. Then "peak" lines: cuBLAS's measured TFLOP/s at
-#     4096×4096×4096 in f32 and bf16 (the peak issue 15's model FLOP utilisation is reported against). The script
-#     fails if any of that fails.
+#     GQA attention forward and backward (packed rows, a sliding window, a model scale) vs `kernels::attention`;
+#     RMSNorm, RoPE, SwiGLU/GeGLU, the cross-entropy rows and AdamW. Then "peak" lines: cuBLAS's measured
+#     TFLOP/s at 4096×4096×4096 in f32 and bf16 (the peak issue 15's model FLOP utilisation is reported against).
+#     The script fails if any of that fails.
 # Still to come for issue 15 (not here yet): logits/gradients vs the CPU path
 # on the tiny fixtures, 20 training steps on a SmolLM2-135M-shaped model, throughput vs PyTorch+PEFT. The whole
 # script must stay under 8 minutes.

@@ -4,12 +4,14 @@
 use anyhow::Result;
 use condlm::kernels::activation::{GateAct, glu_backward as cpu_glu_backward, glu_forward as cpu_glu_forward};
 use condlm::kernels::adamw::{AdamWConfig, AdamWScalars, adamw_step as cpu_adamw_step};
-use condlm::kernels::attention::{QkvLayout, attention_forward as cpu_attention_forward};
+use condlm::kernels::attention::{
+    QkvLayout, attention_backward as cpu_attention_backward, attention_forward as cpu_attention_forward,
+};
 use condlm::kernels::bf16::round;
 use condlm::kernels::cuda::device::Device;
 use condlm::kernels::cuda::gemm::{Blas, GemmShape};
 use condlm::kernels::cuda::ops::adamw::adamw_step;
-use condlm::kernels::cuda::ops::attention::attention_forward;
+use condlm::kernels::cuda::ops::attention::{attention_backward, attention_forward};
 use condlm::kernels::cuda::ops::cross_entropy::cross_entropy_rows;
 use condlm::kernels::cuda::ops::glu::{glu_backward, glu_forward};
 use condlm::kernels::cuda::ops::norm::{rmsnorm_backward, rmsnorm_forward};
@@ -204,6 +206,26 @@ fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         let (gqkv, mut gout) = (s.clone_htod(&qkv)?, s.alloc_zeros::<f32>(cpu.len())?);
         attention_forward(d, &mut gout, &gqkv, l, &gstart)?;
         compare(all, &format!("attention_forward {name}"), &s.clone_dtoh(&gout)?, &cpu, 1e-5);
+        // The backward writes only the q, k, v columns: dqkv starts random so that the others are checked too.
+        let (datt, dqkv0) = (random(cpu.len(), 21, 1.0), random(qkv.len(), 22, 1.0));
+        let mut dqkv = dqkv0.clone();
+        cpu_attention_backward(&mut dqkv, &datt, &qkv, &cpu, l, &seq_start);
+        let (gdatt, mut gdqkv) = (s.clone_htod(&datt)?, s.clone_htod(&dqkv0)?);
+        let mut stats = s.alloc_zeros::<f32>(rows * l.n_heads * 3)?;
+        attention_backward(d, &mut gdqkv, &mut stats, &gdatt, &gqkv, &gout, l, &gstart)?;
+        let gpu = s.clone_dtoh(&gdqkv)?;
+        let (aw, kw) = (l.n_heads * l.head_dim, l.n_kv_heads * l.head_dim);
+        let mut other = vec![true; l.row_len];
+        for (part, col, width) in [("dq", l.q_col, aw), ("dk", l.k_col, kw), ("dv", l.v_col, kw)] {
+            other[col..col + width].fill(false);
+            let pick =
+                |b: &[f32]| -> Vec<f32> { b.chunks(l.row_len).flat_map(|r| r[col..col + width].to_vec()).collect() };
+            compare(all, &format!("attention_backward {part} {name}"), &pick(&gpu), &pick(&dqkv), 1e-5);
+        }
+        let rest = |b: &[f32]| -> Vec<f32> {
+            b.iter().enumerate().filter(|(i, _)| other[i % l.row_len]).map(|(_, v)| *v).collect()
+        };
+        compare(all, &format!("attention_backward untouched {name}"), &rest(&gpu), &rest(&dqkv), 0.0);
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Causal GQA attention on the GPU (attention.cu), as `kernels::attention`'s attention_forward: the same
+//! Causal GQA attention on the GPU (attention.cu), as `kernels::attention`'s forward and backward: the same
 //! `QkvLayout` (columns of q, k, v in the projection rows, heads, the model's scale, the sliding window) and the
 //! same packed batch (`seq_start[i]`: the first row of row i's sequence, on the device).
 use crate::kernels::attention::QkvLayout;
@@ -92,4 +92,49 @@ pub fn attention_forward(
     // SAFETY: block (i, h) reads row i's q of head h and rows seq_start[i]..=i (≤ i, checked) of kv head
     // h / group's k and v, all inside qkv (columns checked), and writes row i, head h of out (length checked).
     unsafe { b.launch(a.grid(a.n_heads)) }.map(drop)
+}
+
+/// Backward of [`attention_forward`]: dqkv (N, row_len) gets dq, dk, dv **written** (=) at the q, k, v columns,
+/// every other column left as it is; datt (N, n_heads·head_dim) is ∂L/∂out, att the forward's out; stats
+/// (N·n_heads·3) is scratch (each (row, head)'s softmax max, sum and dO·O, passed from the first launch to the
+/// second).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    d: &Device,
+    dqkv: &mut CudaSlice<f32>,
+    stats: &mut CudaSlice<f32>,
+    datt: &CudaSlice<f32>,
+    qkv: &CudaSlice<f32>,
+    att: &CudaSlice<f32>,
+    l: QkvLayout,
+    seq_start: &CudaSlice<u32>,
+) -> Result<(), DriverError> {
+    let Some(a) = checked(d, "attention_backward", &l, qkv.len(), seq_start)? else { return Ok(()) };
+    let (aw, kw) = (l.n_heads * l.head_dim, l.n_kv_heads * l.head_dim);
+    assert!(
+        dqkv.len() == qkv.len() && datt.len() == a.rows * aw && att.len() == a.rows * aw,
+        "attention_backward: dqkv, datt, att shapes ({} rows)",
+        a.rows
+    );
+    assert_eq!(stats.len(), a.rows * l.n_heads * 3, "attention_backward: stats must hold N·n_heads·3 values");
+    // The two launches write q columns, then k and v columns, of dqkv from different blocks: they must not overlap.
+    let ranges = [(l.q_col, l.q_col + aw), (l.k_col, l.k_col + kw), (l.v_col, l.v_col + kw)];
+    for (x, &(x0, x1)) in ranges.iter().enumerate() {
+        for &(y0, y1) in &ranges[x + 1..] {
+            assert!(x1 <= y0 || y1 <= x0, "attention_backward: q, k and v columns overlap");
+        }
+    }
+    let mut b = d.stream.launch_builder(d.function("attention_backward_dq"));
+    b.arg(&mut *dqkv).arg(&mut *stats).arg(datt).arg(qkv).arg(att).arg(seq_start).arg(&a.row_len).arg(&a.q_col);
+    b.arg(&a.k_col).arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
+    // SAFETY: block (i, h) reads what the forward's block (i, h) reads plus row i, head h of datt and att (lengths
+    // checked), writes row i's dq columns of head h in dqkv and stats[(i·n_heads + h)·3..][..3].
+    unsafe { b.launch(a.grid(a.n_heads)) }?;
+    let mut b = d.stream.launch_builder(d.function("attention_backward_dkv"));
+    b.arg(dqkv).arg(&*stats).arg(datt).arg(qkv).arg(seq_start).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col);
+    b.arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
+    // SAFETY: block (j, g) reads rows j.. of its sequence (seq_start checked to be packed at or before each row:
+    // the loop stops at the sequence's end or row N) — q, datt and the stats of the group's heads — and writes
+    // row j's dk and dv columns of kv head g, disjoint from dq (checked above).
+    unsafe { b.launch(a.grid(a.n_kv_heads)) }.map(drop)
 }
