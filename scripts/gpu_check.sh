@@ -58,7 +58,11 @@ find_lib() {
         found=$(dirname "$(timeout 60 find / -xdev -name "$1.so*" -print -quit 2>/dev/null)" 2>/dev/null || true)
         [ "$found" = . ] && found=""
     fi
-    [ -n "$found" ] && export LD_LIBRARY_PATH="$found${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    # One folder often holds both (a wheel's nvidia/cu13/lib): add it once.
+    case ":${LD_LIBRARY_PATH:-}:" in
+    *":$found:"*) ;;
+    *) [ -n "$found" ] && export LD_LIBRARY_PATH="$found${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
+    esac
     lib_dir=$found
 }
 find_lib libnvrtc
