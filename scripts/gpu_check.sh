@@ -13,11 +13,16 @@
 #      (give_back) unless another run follows at once.
 #
 # Checks so far (each a section of the report):
-#   - nvidia-smi, and where libnvrtc was found (the toolkit's, else the one PyTorch's wheels bring);
+#   - nvidia-smi, and where libnvrtc and libcublas were found (the toolkit's, else the ones PyTorch's wheels bring);
 #   - `condlm info --devices --check-kernels`: the GPUs as the driver reports them, then every CUDA kernel source
 #     (src/kernels/cuda/cu/) compiled with the machine's NVRTC for the GPU's architecture, loaded into a context, its
 #     kernels looked up, and each kernel run against the CPU kernel it mirrors on small random inputs ("parity"
-#     lines: max |GPU − CPU| / max |CPU| against a tolerance). The script fails if any of that fails.
+#     lines: max |GPU − CPU| / max |CPU| against a tolerance): cuBLAS's x·Wᵀ GEMM in f32 (no TF32) and with bf16
+#     operands at 37×100·(33×100)ᵀ, 64×576·(1536×576)ᵀ and 163×1536·(8960×1536)ᵀ vs `matmul` / `gemm_bf16`; causal
+#     GQA attention forward and backward (packed rows, a sliding window, a model scale) vs `kernels::attention`;
+#     RMSNorm, RoPE, SwiGLU/GeGLU, the cross-entropy rows and AdamW. Then "peak" lines: cuBLAS's measured
+#     TFLOP/s at 4096×4096×4096 in f32 and bf16 (the peak issue 15's model FLOP utilisation is reported against).
+#     The script fails if any of that fails.
 # Still to come for issue 15 (not here yet): logits/gradients vs the CPU path
 # on the tiny fixtures, 20 training steps on a SmolLM2-135M-shaped model, throughput vs PyTorch+PEFT. The whole
 # script must stay under 8 minutes.
@@ -32,25 +37,38 @@ report=${report:-scripts/gpu_check.md}
 [ -x "$bin" ] || { echo "gpu_check: $bin is not an executable condlm (build it as step 1 above)" >&2; exit 2; }
 status=0
 
-# NVRTC: condlm dlopens libnvrtc.so.*; put the first folder holding one on LD_LIBRARY_PATH unless the loader
-# already finds it — the toolkit's first (it matches the driver: 13.0 on the H200 image, KINDS.md), then the one
-# PyTorch's wheels bring. An NVRTC newer than the driver makes PTX the driver refuses (info prints a warning).
-nvrtc_dir=""
-if ! ldconfig -p 2>/dev/null | grep -q 'libnvrtc\.so'; then
+# NVRTC and cuBLAS: condlm dlopens libnvrtc.so.* and libcublas.so.*; for each the loader does not find, put the
+# first folder holding one on LD_LIBRARY_PATH — the toolkit's first (it matches the driver: 13.0 on the H200 image,
+# KINDS.md), then the ones PyTorch's wheels bring. An NVRTC newer than the driver makes PTX the driver refuses (info
+# prints a warning).
+# find_lib NAME: sets lib_dir to the folder added, empty when the loader finds NAME already (or nothing does).
+find_lib() {
+    lib_dir=""
+    ldconfig -p 2>/dev/null | grep -q "$1\.so" && return 0
+    local d found=""
     for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/cuda-*/lib64 \
         /usr/lib/x86_64-linux-gnu /opt/torch/.venv/lib/python3*/site-packages/nvidia/*/lib \
         /usr/local/lib/python3*/dist-packages/nvidia/*/lib /usr/local/lib/python3*/site-packages/nvidia/*/lib; do
-        if compgen -G "$d/libnvrtc.so*" >/dev/null; then
-            nvrtc_dir=$d
+        if compgen -G "$d/$1.so*" >/dev/null; then
+            found=$d
             break
         fi
     done
-    if [ -z "$nvrtc_dir" ]; then
-        nvrtc_dir=$(dirname "$(timeout 60 find / -xdev -name 'libnvrtc.so*' -print -quit 2>/dev/null)" 2>/dev/null || true)
-        [ "$nvrtc_dir" = . ] && nvrtc_dir=""
+    if [ -z "$found" ]; then
+        found=$(dirname "$(timeout 60 find / -xdev -name "$1.so*" -print -quit 2>/dev/null)" 2>/dev/null || true)
+        [ "$found" = . ] && found=""
     fi
-    [ -n "$nvrtc_dir" ] && export LD_LIBRARY_PATH="$nvrtc_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-fi
+    # One folder often holds both (a wheel's nvidia/cu13/lib): add it once.
+    case ":${LD_LIBRARY_PATH:-}:" in
+    *":$found:"*) ;;
+    *) [ -n "$found" ] && export LD_LIBRARY_PATH="$found${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" ;;
+    esac
+    lib_dir=$found
+}
+find_lib libnvrtc
+nvrtc_dir=$lib_dir
+find_lib libcublas
+cublas_dir=$lib_dir
 
 # The driver library: the image mounts the driver under /usr/local/nvidia; use it if the loader does not know it.
 if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so'; then
@@ -69,7 +87,8 @@ end_section() { printf '```\n' >>"$report.tmp"; }
     echo "# GPU check (issue 15)"
     echo
     echo "\`scripts/gpu_check.sh\` on $(hostname) at $(date -u '+%Y-%m-%d %H:%M UTC'); binary: $("$bin" --version 2>&1)."
-    echo "libnvrtc: ${nvrtc_dir:-found by the loader (ldconfig)}; LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}."
+    echo "libnvrtc: ${nvrtc_dir:-found by the loader (ldconfig)}; libcublas: ${cublas_dir:-found by the loader (ldconfig)};"
+    echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}."
 } >"$report.tmp"
 
 section "nvidia-smi"

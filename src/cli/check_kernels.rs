@@ -1,6 +1,6 @@
 //! `condlm info --devices --check-kernels` (feature `cuda`): every CUDA kernel source compiled with NVRTC for each
 //! GPU's architecture, loaded into the GPU's context, its kernels looked up, then run against the CPU kernels
-//! (`kernel_parity`) — or, with no GPU, compiled for `sm_90` only. Prints one line per source and comparison;
+//! (`kernel_parity`), and cuBLAS's GEMM throughput measured (`gemm_peak`) — or, with no GPU, compiled for `sm_90` only. Prints one line per source and comparison;
 //! fails if any source does not compile or load, or any comparison is off.
 use anyhow::{Result, bail};
 use condlm::kernels::cuda::compile::{DEFAULT_ARCH, compile, nvrtc_version};
@@ -60,6 +60,10 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
             );
         }
         failed += super::kernel_parity::run(&device);
+        if let Err(e) = super::gemm_peak::run(&device) {
+            println!("peak   cuda:{} gemm FAILED to run: {e:#}", g.ordinal);
+            failed += 1;
+        }
     }
     if failed > 0 {
         bail!("--check-kernels: {failed} check(s) failed (see the FAILED lines above)");

@@ -4,13 +4,22 @@
 use anyhow::Result;
 use condlm::kernels::activation::{GateAct, glu_backward as cpu_glu_backward, glu_forward as cpu_glu_forward};
 use condlm::kernels::adamw::{AdamWConfig, AdamWScalars, adamw_step as cpu_adamw_step};
+use condlm::kernels::attention::{
+    QkvLayout, attention_backward as cpu_attention_backward, attention_forward as cpu_attention_forward,
+};
+use condlm::kernels::bf16::round;
 use condlm::kernels::cuda::device::Device;
+use condlm::kernels::cuda::gemm::{Blas, GemmShape};
 use condlm::kernels::cuda::ops::adamw::adamw_step;
+use condlm::kernels::cuda::ops::attention::{attention_backward, attention_forward};
 use condlm::kernels::cuda::ops::cross_entropy::cross_entropy_rows;
 use condlm::kernels::cuda::ops::glu::{glu_backward, glu_forward};
 use condlm::kernels::cuda::ops::norm::{rmsnorm_backward, rmsnorm_forward};
 use condlm::kernels::cuda::ops::rope::{RopeLayout, rope};
+use condlm::kernels::gemm_bf16::{Bf16Isa, gemm_bf16};
 use condlm::kernels::lm_head::{HeadScratch, cross_entropy_backward};
+use condlm::kernels::mat::{Mat, MatMut};
+use condlm::kernels::matmul::matmul;
 use condlm::kernels::norm::{rmsnorm_backward as cpu_rmsnorm_backward, rmsnorm_forward as cpu_rmsnorm_forward};
 use condlm::kernels::packed::MatrixRef;
 use condlm::kernels::rope::{RopeTable, rope_backward, rope_forward};
@@ -27,8 +36,15 @@ struct Compared {
 /// too, and the others still run); returns how many failed.
 pub fn run(d: &Device) -> usize {
     type Check = fn(&Device, &mut Vec<Compared>) -> Result<()>;
-    let checks: [(&str, Check); 5] =
-        [("rmsnorm", rmsnorm), ("rope", rope_check), ("glu", glu), ("cross_entropy", cross_entropy), ("adamw", adamw)];
+    let checks: [(&str, Check); 7] = [
+        ("gemm", gemm),
+        ("rmsnorm", rmsnorm),
+        ("rope", rope_check),
+        ("attention", attention),
+        ("glu", glu),
+        ("cross_entropy", cross_entropy),
+        ("adamw", adamw),
+    ];
     let mut failed = 0;
     for (op, check) in checks {
         let mut done = vec![];
@@ -62,6 +78,37 @@ fn compare(all: &mut Vec<Compared>, name: &str, gpu: &[f32], cpu: &[f32], tol: f
         gpu.iter().zip(cpu).map(|(g, c)| (g - c).abs() as f64).map(|e| if e.is_nan() { f64::INFINITY } else { e });
     let scale = cpu.iter().map(|c| c.abs() as f64).fold(f64::MIN_POSITIVE, f64::max);
     all.push(Compared { name: name.into(), err: err.fold(0.0, f64::max) / scale, tol });
+}
+
+/// cuBLAS's x·Wᵀ against `matmul` (f32) and `gemm_bf16` (bf16 operands, the same rounded bits on both sides:
+/// only the order of the f32 sums differs), at an odd shape and at a SmolLM2 and a Qwen2.5-1.5B MLP shape.
+fn gemm(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
+    let blas = Blas::new(d)?;
+    let s = &d.stream;
+    for (m, k, n, accumulate) in [(37, 100, 33, true), (64, 576, 1536, false), (163, 1536, 8960, true)] {
+        let shape = GemmShape { m, n, k };
+        let (a, b, c0) = (random(m * k, 17, 1.0), random(n * k, 18, 0.1), random(m * n, 19, 1.0));
+        let (ga, gb) = (s.clone_htod(&a)?, s.clone_htod(&b)?);
+        let (ha, hb): (Vec<u16>, Vec<u16>) =
+            (a.iter().map(|&v| round(v)).collect(), b.iter().map(|&v| round(v)).collect());
+        let (ga16, gb16) = (s.clone_htod(&ha)?, s.clone_htod(&hb)?);
+        let (mut cpu, mut cpu16) = (c0.clone(), c0.clone());
+        matmul(MatMut::new(&mut cpu, m, n), Mat::new(&a, m, k), Mat::new(&b, n, k).t(), accumulate);
+        gemm_bf16(
+            Bf16Isa::best(),
+            MatMut::new(&mut cpu16, m, n),
+            Mat::new(&a, m, k),
+            Mat::new(&b, n, k).t(),
+            accumulate,
+        );
+        let (mut gc, mut gc16) = (s.clone_htod(&c0)?, s.clone_htod(&c0)?);
+        blas.gemm(&mut gc, &ga, &gb, shape, accumulate)?;
+        blas.gemm(&mut gc16, &ga16, &gb16, shape, accumulate)?;
+        let what = format!("{m}×{k}·({n}×{k})ᵀ{}", if accumulate { " +=" } else { "" });
+        compare(all, &format!("gemm f32 {what}"), &s.clone_dtoh(&gc)?, &cpu, 1e-5);
+        compare(all, &format!("gemm bf16 {what}"), &s.clone_dtoh(&gc16)?, &cpu16, 1e-3);
+    }
+    Ok(())
 }
 
 fn rmsnorm(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
@@ -109,6 +156,76 @@ fn rope_check(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         rope(d, backward, &mut gbuf, l, &gpos, &gcos, &gsin)?;
         let name = if backward { "rope_backward" } else { "rope_forward (partial, scaled)" };
         compare(all, name, &s.clone_dtoh(&gbuf)?, &cpu, 1e-6);
+    }
+    Ok(())
+}
+
+/// A packed batch of four sequences (one of a single row) in two layouts: GQA (6 query heads on 2 kv heads) with
+/// the columns of q, k, v out of order and gaps between them; and 4 heads of 96 features (not a multiple of the
+/// warp) in a sliding window of 16 with a model scale.
+fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
+    let lengths = [1usize, 37, 100, 5];
+    let seq_start: Vec<u32> = lengths
+        .iter()
+        .scan(0, |at, &n| {
+            let s = *at;
+            *at += n;
+            Some(vec![s as u32; n])
+        })
+        .flatten()
+        .collect();
+    let rows = seq_start.len();
+    let gqa = QkvLayout {
+        row_len: 655,
+        q_col: 136,
+        k_col: 520,
+        v_col: 3,
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 64,
+        scale: 0.125,
+        window: usize::MAX,
+    };
+    let windowed = QkvLayout {
+        row_len: 1152,
+        q_col: 0,
+        k_col: 384,
+        v_col: 768,
+        n_heads: 4,
+        n_kv_heads: 4,
+        head_dim: 96,
+        scale: 0.3,
+        window: 16,
+    };
+    let s = &d.stream;
+    let gstart = s.clone_htod(&seq_start)?;
+    for (name, l) in [("GQA 6/2 heads of 64", gqa), ("4 heads of 96, window 16", windowed)] {
+        let qkv = random(rows * l.row_len, 20, 2.0);
+        let mut cpu = vec![0.0; rows * l.n_heads * l.head_dim];
+        cpu_attention_forward(&mut cpu, &qkv, l, &seq_start);
+        let (gqkv, mut gout) = (s.clone_htod(&qkv)?, s.alloc_zeros::<f32>(cpu.len())?);
+        attention_forward(d, &mut gout, &gqkv, l, &gstart)?;
+        compare(all, &format!("attention_forward {name}"), &s.clone_dtoh(&gout)?, &cpu, 1e-5);
+        // The backward writes only the q, k, v columns: dqkv starts random so that the others are checked too.
+        let (datt, dqkv0) = (random(cpu.len(), 21, 1.0), random(qkv.len(), 22, 1.0));
+        let mut dqkv = dqkv0.clone();
+        cpu_attention_backward(&mut dqkv, &datt, &qkv, &cpu, l, &seq_start);
+        let (gdatt, mut gdqkv) = (s.clone_htod(&datt)?, s.clone_htod(&dqkv0)?);
+        let mut stats = s.alloc_zeros::<f32>(rows * l.n_heads * 3)?;
+        attention_backward(d, &mut gdqkv, &mut stats, &gdatt, &gqkv, &gout, l, &gstart)?;
+        let gpu = s.clone_dtoh(&gdqkv)?;
+        let (aw, kw) = (l.n_heads * l.head_dim, l.n_kv_heads * l.head_dim);
+        let mut other = vec![true; l.row_len];
+        for (part, col, width) in [("dq", l.q_col, aw), ("dk", l.k_col, kw), ("dv", l.v_col, kw)] {
+            other[col..col + width].fill(false);
+            let pick =
+                |b: &[f32]| -> Vec<f32> { b.chunks(l.row_len).flat_map(|r| r[col..col + width].to_vec()).collect() };
+            compare(all, &format!("attention_backward {part} {name}"), &pick(&gpu), &pick(&dqkv), 1e-5);
+        }
+        let rest = |b: &[f32]| -> Vec<f32> {
+            b.iter().enumerate().filter(|(i, _)| other[i % l.row_len]).map(|(_, v)| *v).collect()
+        };
+        compare(all, &format!("attention_backward untouched {name}"), &rest(&gpu), &rest(&dqkv), 0.0);
     }
     Ok(())
 }

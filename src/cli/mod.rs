@@ -5,6 +5,8 @@ pub mod demo;
 pub mod devices;
 pub mod eval;
 pub mod export_gguf;
+#[cfg(feature = "cuda")]
+pub mod gemm_peak;
 pub mod generate;
 pub mod info;
 pub mod inspect;

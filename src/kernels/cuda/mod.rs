@@ -1,6 +1,7 @@
 //! The CUDA backend (feature `cuda`; issue 15), first pieces: which GPUs the driver sees ([`devices`]), the CUDA C
 //! sources of the first kernels ([`sources`]), their compilation to PTX with NVRTC ([`compile`]) and their loading
-//! into a GPU's context ([`module`]). The kernels are not yet wired into training or decoding: `condlm info
+//! into a GPU's context ([`module`]),
+//! and cuBLAS's GEMM ([`gemm`]). The kernels are not yet wired into training or decoding: `condlm info
 //! --devices --check-kernels` and the NVRTC test (tests/cuda_ptx.rs, scripts/cuda/ptx_check.sh) are their only
 //! users for now.
 //!
@@ -10,6 +11,7 @@
 pub mod compile;
 pub mod device;
 pub mod devices;
+pub mod gemm;
 pub mod module;
 pub mod ops;
 pub mod sources;

@@ -23,6 +23,11 @@ pub const SOURCES: &[Source] = &[
         kernels: &["rmsnorm_forward", "rmsnorm_backward_dx", "rmsnorm_backward_dw"],
     },
     Source { file: "rope.cu", text: include_str!("cu/rope.cu"), kernels: &["rope_forward", "rope_backward"] },
+    Source {
+        file: "attention.cu",
+        text: include_str!("cu/attention.cu"),
+        kernels: &["attention_forward", "attention_backward_dq", "attention_backward_dkv"],
+    },
     Source { file: "glu.cu", text: include_str!("cu/glu.cu"), kernels: &["glu_forward", "glu_backward"] },
     Source { file: "cross_entropy.cu", text: include_str!("cu/cross_entropy.cu"), kernels: &["cross_entropy_rows"] },
     Source { file: "adamw.cu", text: include_str!("cu/adamw.cu"), kernels: &["adamw_step"] },

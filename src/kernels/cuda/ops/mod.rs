@@ -1,6 +1,7 @@
 //! Launches of the kernels in src/kernels/cuda/cu/, one file per source: shapes checked on the host (a kernel trusts
 //! them), launch shapes chosen here. Buffers are device slices of f32 in the CPU kernels' layouts.
 pub mod adamw;
+pub mod attention;
 pub mod cross_entropy;
 pub mod glu;
 pub mod norm;

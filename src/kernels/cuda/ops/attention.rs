@@ -1,0 +1,140 @@
+//! Causal GQA attention on the GPU (attention.cu), as `kernels::attention`'s forward and backward: the same
+//! `QkvLayout` (columns of q, k, v in the projection rows, heads, the model's scale, the sliding window) and the
+//! same packed batch (`seq_start[i]`: the first row of row i's sequence, on the device).
+use crate::kernels::attention::QkvLayout;
+use crate::kernels::cuda::device::Device;
+use cudarc::driver::{CudaSlice, DriverError, LaunchConfig, PushKernelArg};
+
+/// Threads per block: attention.cu's ATT_WARPS warps.
+const THREADS: u32 = 4 * 32;
+/// attention.cu's ATT_MAX_HEAD_DIM.
+const MAX_HEAD_DIM: usize = 256;
+
+/// A layout's values as the kernels take them (ints), once its shapes are checked against a batch.
+struct Args {
+    rows: usize,
+    row_len: i32,
+    q_col: i32,
+    k_col: i32,
+    v_col: i32,
+    n_heads: i32,
+    n_kv_heads: i32,
+    head_dim: i32,
+    /// The window clamped to the batch (a window past it is full causal attention), so that it fits an int.
+    window: i32,
+}
+
+impl Args {
+    /// One block per (row, head) of `heads` heads.
+    fn grid(&self, heads: i32) -> LaunchConfig {
+        LaunchConfig { grid_dim: (self.rows as u32, heads as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    }
+}
+
+/// Checks what every launch trusts — head counts, head size, q/k/v columns inside the rows, buffer lengths, and
+/// each row's sequence starting at or before it (seq_start copied back: small next to qkv) — and returns the
+/// kernels' arguments; None for an empty batch (no launch).
+fn checked(
+    d: &Device,
+    op: &str,
+    l: &QkvLayout,
+    qkv: usize,
+    seq_start: &CudaSlice<u32>,
+) -> Result<Option<Args>, DriverError> {
+    let (rows, hd) = (seq_start.len(), l.head_dim);
+    let (aw, kw) = (l.n_heads * hd, l.n_kv_heads * hd);
+    assert!(
+        l.n_kv_heads > 0 && l.n_heads.is_multiple_of(l.n_kv_heads) && l.n_heads <= 65_535,
+        "{op}: {} query heads do not share {} kv heads evenly (or exceed a grid's 65 535)",
+        l.n_heads,
+        l.n_kv_heads
+    );
+    assert!(
+        (1..=MAX_HEAD_DIM).contains(&hd),
+        "{op}: head_dim {hd} outside 1..={MAX_HEAD_DIM} (raise ATT_MAX_HEAD_DIM in attention.cu and MAX_HEAD_DIM here)"
+    );
+    assert!(
+        l.q_col + aw <= l.row_len && l.k_col + kw <= l.row_len && l.v_col + kw <= l.row_len,
+        "{op}: q/k/v columns outside rows of {}",
+        l.row_len
+    );
+    assert!(
+        qkv == rows * l.row_len && rows <= i32::MAX as usize,
+        "{op}: qkv holds {qkv} values, not {rows} rows of {}",
+        l.row_len
+    );
+    if rows == 0 {
+        return Ok(None);
+    }
+    let starts = d.stream.clone_dtoh(seq_start)?;
+    if let Some(i) = starts.iter().enumerate().position(|(i, &s)| s as usize > i) {
+        panic!("{op}: seq_start[{i}] = {} lies after row {i}: not a packed batch", starts[i]);
+    }
+    let [row_len, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim, window] =
+        [l.row_len, l.q_col, l.k_col, l.v_col, l.n_heads, l.n_kv_heads, hd, l.window.min(rows)].map(|v| v as i32);
+    Ok(Some(Args { rows, row_len, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim, window }))
+}
+
+/// out (N, n_heads·head_dim) = softmax(q·kᵀ·scale, causal, within the window) · v per head; qkv (N, row_len);
+/// seq_start (N).
+pub fn attention_forward(
+    d: &Device,
+    out: &mut CudaSlice<f32>,
+    qkv: &CudaSlice<f32>,
+    l: QkvLayout,
+    seq_start: &CudaSlice<u32>,
+) -> Result<(), DriverError> {
+    let Some(a) = checked(d, "attention_forward", &l, qkv.len(), seq_start)? else { return Ok(()) };
+    assert_eq!(out.len(), a.rows * l.n_heads * l.head_dim, "attention_forward: out shape");
+    let mut b = d.stream.launch_builder(d.function("attention_forward"));
+    b.arg(out).arg(qkv).arg(seq_start).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col).arg(&a.v_col);
+    b.arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
+    // SAFETY: block (i, h) reads row i's q of head h and rows seq_start[i]..=i (≤ i, checked) of kv head
+    // h / group's k and v, all inside qkv (columns checked), and writes row i, head h of out (length checked).
+    unsafe { b.launch(a.grid(a.n_heads)) }.map(drop)
+}
+
+/// Backward of [`attention_forward`]: dqkv (N, row_len) gets dq, dk, dv **written** (=) at the q, k, v columns,
+/// every other column left as it is; datt (N, n_heads·head_dim) is ∂L/∂out, att the forward's out; stats
+/// (N·n_heads·3) is scratch (each (row, head)'s softmax max, sum and dO·O, passed from the first launch to the
+/// second).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_backward(
+    d: &Device,
+    dqkv: &mut CudaSlice<f32>,
+    stats: &mut CudaSlice<f32>,
+    datt: &CudaSlice<f32>,
+    qkv: &CudaSlice<f32>,
+    att: &CudaSlice<f32>,
+    l: QkvLayout,
+    seq_start: &CudaSlice<u32>,
+) -> Result<(), DriverError> {
+    let Some(a) = checked(d, "attention_backward", &l, qkv.len(), seq_start)? else { return Ok(()) };
+    let (aw, kw) = (l.n_heads * l.head_dim, l.n_kv_heads * l.head_dim);
+    assert!(
+        dqkv.len() == qkv.len() && datt.len() == a.rows * aw && att.len() == a.rows * aw,
+        "attention_backward: dqkv, datt, att shapes ({} rows)",
+        a.rows
+    );
+    assert_eq!(stats.len(), a.rows * l.n_heads * 3, "attention_backward: stats must hold N·n_heads·3 values");
+    // The two launches write q columns, then k and v columns, of dqkv from different blocks: they must not overlap.
+    let ranges = [(l.q_col, l.q_col + aw), (l.k_col, l.k_col + kw), (l.v_col, l.v_col + kw)];
+    for (x, &(x0, x1)) in ranges.iter().enumerate() {
+        for &(y0, y1) in &ranges[x + 1..] {
+            assert!(x1 <= y0 || y1 <= x0, "attention_backward: q, k and v columns overlap");
+        }
+    }
+    let mut b = d.stream.launch_builder(d.function("attention_backward_dq"));
+    b.arg(&mut *dqkv).arg(&mut *stats).arg(datt).arg(qkv).arg(att).arg(seq_start).arg(&a.row_len).arg(&a.q_col);
+    b.arg(&a.k_col).arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
+    // SAFETY: block (i, h) reads what the forward's block (i, h) reads plus row i, head h of datt and att (lengths
+    // checked), writes row i's dq columns of head h in dqkv and stats[(i·n_heads + h)·3..][..3].
+    unsafe { b.launch(a.grid(a.n_heads)) }?;
+    let mut b = d.stream.launch_builder(d.function("attention_backward_dkv"));
+    b.arg(dqkv).arg(&*stats).arg(datt).arg(qkv).arg(seq_start).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col);
+    b.arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
+    // SAFETY: block (j, g) reads rows j.. of its sequence (seq_start checked to be packed at or before each row:
+    // the loop stops at the sequence's end or row N) — q, datt and the stats of the group's heads — and writes
+    // row j's dk and dv columns of kv head g, disjoint from dq (checked above).
+    unsafe { b.launch(a.grid(a.n_kv_heads)) }.map(drop)
+}
