@@ -8,8 +8,9 @@ pub enum Compute {
     /// f32 operands, f32 accumulation: the reference bits.
     #[default]
     F32,
-    /// Decoding's matrix-vector products on a block-quantized base: activations rounded to 8 bits, integer dot
-    /// products on the stored blocks (llama.cpp's way; `quant_dot`).
+    /// Forward passes only (generate, score, eval): the products of a block-quantized base's matrices with
+    /// activations rounded to 8 bits, in integer dot products on the stored blocks (llama.cpp's way; `quant_dot`).
+    /// Decode steps take it on every block type, longer products on the K-quants.
     Int8,
     /// The GEMMs of the base linears and the LM head (forward, backward, and full fine-tuning's weight
     /// gradients): operands rounded to bf16, products accumulated in f32 (AVX512-BF16's `vdpbf16ps`, or its
