@@ -68,16 +68,33 @@ impl PackedMatrix {
         }
     }
 
-    /// The first non-finite value as (row, column, value), dequantizing a few rows at a time (never the whole
-    /// matrix: an embedding table in f32 is as large as the rest of a small model).
+    /// The first non-finite value as (row, column, value). Only the 16-bit floats that can be non-finite are
+    /// read: a block's values are its f16 scales times small integers, finite exactly when the scales are (at most
+    /// 65504 · 63 · 31 in magnitude); F16 and BF16 values are checked as stored. The one row that fails is then
+    /// dequantized to name the value.
     pub fn first_non_finite(&self) -> Option<(usize, usize, f32)> {
-        const ROWS: usize = 64;
-        (0..self.rows.div_ceil(ROWS)).into_par_iter().find_map_first(|c| {
-            let (r0, r1) = (c * ROWS, ((c + 1) * ROWS).min(self.rows));
-            let mut buf = vec![0.0; (r1 - r0) * self.cols];
-            self.dequantize_rows(r0, &mut buf, false);
-            let i = buf.iter().position(|v| !v.is_finite())?;
-            Some((r0 + i / self.cols, i % self.cols, buf[i]))
+        let (rb, ty) = (self.row_bytes(), self.ty);
+        let (halves, non_finite): (&[usize], fn(u16) -> bool) = match ty {
+            GgmlType::F16 => (&[0], |h| h & 0x7C00 == 0x7C00),
+            GgmlType::BF16 => (&[0], |h| h & 0x7F80 == 0x7F80),
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => (&[0], |h| h & 0x7C00 == 0x7C00),
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => (&[0, 2], |h| h & 0x7C00 == 0x7C00),
+            GgmlType::Q6_K => (&[208], |h| h & 0x7C00 == 0x7C00),
+            GgmlType::F32 => unreachable!("F32 matrices are never packed"),
+        };
+        let unit = if ty.block_size() == 1 { 2 } else { ty.type_size() };
+        let row_fails = |r: usize| {
+            let row = &self.bytes[r * rb..][..rb];
+            row.chunks_exact(unit).any(|b| halves.iter().any(|&i| non_finite(u16::from_le_bytes([b[i], b[i + 1]]))))
+        };
+        (0..self.rows).into_par_iter().with_min_len(64).find_map_first(|r| {
+            if !row_fails(r) {
+                return None;
+            }
+            let mut row = vec![0.0; self.cols];
+            self.dequantize_rows(r, &mut row, false);
+            let c = row.iter().position(|v| !v.is_finite())?;
+            Some((r, c, row[c]))
         })
     }
 
@@ -339,6 +356,26 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The scale-only scan finds the value a full dequantization finds first — on random bytes, whose f16 fields
+    /// are non-finite now and then — and nothing in all-zero matrices.
+    #[test]
+    fn the_first_non_finite_value_is_the_one_full_dequantization_finds() {
+        use crate::kernels::quant_dot::gemm::tests::random_bytes;
+        for ty in GgmlType::ALL.into_iter().filter(|&t| t != GgmlType::F32) {
+            let (rows, cols) = (40, 512);
+            let len = rows * cols / ty.block_size() * ty.type_size();
+            for seed in 0..6 {
+                let m = PackedMatrix::new(ty, rows, cols, SharedBytes::owned(random_bytes(len, seed))).unwrap();
+                let all = m.to_f32();
+                let want = all.iter().position(|v| !v.is_finite()).map(|i| (i / cols, i % cols, all[i].to_bits()));
+                let got = m.first_non_finite().map(|(r, c, v)| (r, c, v.to_bits()));
+                assert_eq!(got, want, "{ty}, seed {seed}");
+            }
+            let zeros = PackedMatrix::new(ty, rows, cols, SharedBytes::owned(vec![0; len])).unwrap();
+            assert_eq!(zeros.first_non_finite(), None, "{ty}");
         }
     }
 
