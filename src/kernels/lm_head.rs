@@ -103,8 +103,6 @@ pub fn cross_entropy_backward(
     assert!(dhidden.len() == hidden.len(), "cross_entropy_backward: dhidden shape");
     assert!(dhead.as_ref().is_none_or(|d| d.len() == vocab * dim), "cross_entropy_backward: dhead shape");
     assert!((0.0..=1.0).contains(&label_smoothing), "cross_entropy_backward: label_smoothing outside [0, 1]");
-    let eps = label_smoothing as f64;
-    let (w_target, w_uniform) = (token_weight * (1.0 - label_smoothing), token_weight * label_smoothing / vocab as f32);
     let mut row_loss = std::mem::take(&mut s.row_loss);
     row_loss.resize(CHUNK.min(rows.len()), 0.0);
     let mut total = 0.0f64;
@@ -113,19 +111,7 @@ pub fn cross_entropy_backward(
         let (chunk_rows, chunk_targets) = (&rows[start..start + n], &targets[start..start + n]);
         // Loss of each row, and its logits turned into dlogits in place.
         logits.par_chunks_mut(vocab).zip(row_loss[..n].par_iter_mut()).zip(chunk_targets.par_iter()).for_each(
-            |((l, loss), &t)| {
-                let t = t as usize;
-                let (lt, max) = (l[t], row_max(l));
-                let mean_l = if eps > 0.0 { l.iter().map(|&v| v as f64).sum::<f64>() / vocab as f64 } else { 0.0 };
-                let sum = exp_shifted(l, max); // l now holds exp(l − max)
-                let lse = max as f64 + sum.ln();
-                *loss = (1.0 - eps) * (lse - lt as f64) + eps * (lse - mean_l);
-                let scale = (token_weight as f64 / sum) as f32;
-                for v in l.iter_mut() {
-                    *v = *v * scale - w_uniform;
-                }
-                l[t] -= w_target;
-            },
+            |((l, loss), &t)| *loss = cross_entropy_row(l, t, token_weight, label_smoothing),
         );
         total += row_loss[..n].iter().sum::<f64>();
         if let Some(dh) = dhead.as_deref_mut() {
@@ -141,6 +127,23 @@ pub fn cross_entropy_backward(
     });
     s.row_loss = row_loss;
     total
+}
+
+/// One row of [`cross_entropy_backward`]: returns the row's loss (1−ε)·(lse − l_t) + ε·(lse − mean_v l_v) (f64),
+/// and turns the logits `l` (vocab) into dlogits = w·(softmax − (1−ε)·onehot_t − ε/V) in place.
+pub fn cross_entropy_row(l: &mut [f32], target: u32, token_weight: f32, label_smoothing: f32) -> f64 {
+    let (t, vocab, eps) = (target as usize, l.len(), label_smoothing as f64);
+    let (w_target, w_uniform) = (token_weight * (1.0 - label_smoothing), token_weight * label_smoothing / vocab as f32);
+    let (lt, max) = (l[t], row_max(l));
+    let mean_l = if eps > 0.0 { l.iter().map(|&v| v as f64).sum::<f64>() / vocab as f64 } else { 0.0 };
+    let sum = exp_shifted(l, max); // l now holds exp(l − max)
+    let lse = max as f64 + sum.ln();
+    let scale = (token_weight as f64 / sum) as f32;
+    for v in l.iter_mut() {
+        *v = *v * scale - w_uniform;
+    }
+    l[t] -= w_target;
+    (1.0 - eps) * (lse - lt as f64) + eps * (lse - mean_l)
 }
 
 fn row_max(l: &[f32]) -> f32 {

@@ -3,11 +3,13 @@
 pub mod activation;
 pub mod adamw;
 pub mod attention;
+pub mod backend;
 pub mod bf16;
 pub mod compute;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod dequant;
+pub mod dropout;
 pub mod embedding;
 pub mod gemm;
 pub mod gemm_bf16;

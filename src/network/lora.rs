@@ -1,15 +1,12 @@
 //! LoRA (Hu et al. 2021) as PEFT implements it: h = W0·x + (α/r)·B·A·dropout(x), A (r, in)
 //! Kaiming-uniform(a=√5), B (out, r) zeros; rsLoRA scales by α/√r. Only A and B are trainable.
 use super::param::Param;
+use crate::kernels::dropout::{dropout_again, dropout_backward, dropout_forward, mask_words};
 use crate::kernels::grow;
 use crate::kernels::mat::{Mat, MatMut};
 use crate::kernels::matmul::matmul;
 use crate::kernels::matvec::matmul_wt;
 use crate::rng;
-use rayon::prelude::*;
-
-/// Elements per parallel task of the dropout mask (a multiple of 64: each task owns whole mask words).
-const DROP_CHUNK: usize = 1 << 14;
 
 /// Saved per adapted layer for backward: u = dropout(x)·Aᵀ, (N, r).
 #[derive(Default)]
@@ -107,43 +104,18 @@ impl Lora {
         self.b.shape[0]
     }
 
-    /// dropout(x) into `x_drop` and its mask into `la.keep`: keep with prob 1−p, scaled by 1/(1−p); the mask is a
-    /// pure function of (step seed, layer, element), so it does not depend on the thread count.
+    /// dropout(x) into `x_drop` and its mask into `la.keep` ([`dropout_forward`]): the mask is a pure function of
+    /// (step seed, layer, element), so it does not depend on the thread count.
     fn drop_input(&self, x: &[f32], n: usize, la: &mut LoraActs, seed: u64, x_drop: &mut Vec<f32>) {
         let len = n * self.in_dim();
         grow(x_drop, len);
-        la.keep.resize(len.div_ceil(64), 0);
-        let (p, keep_scale) = (self.dropout as f64, 1.0 / (1.0 - self.dropout));
-        let key = rng::stream_key(seed, self.stream);
-        x_drop[..len]
-            .par_chunks_mut(DROP_CHUNK)
-            .zip(x[..len].par_chunks(DROP_CHUNK))
-            .zip(la.keep.par_chunks_mut(DROP_CHUNK / 64))
-            .enumerate()
-            .for_each(|(c, ((d, x), bits))| {
-                bits.fill(0);
-                for (i, (d, &v)) in d.iter_mut().zip(x).enumerate() {
-                    let keep = rng::uniform_at(key, (c * DROP_CHUNK + i) as u64) >= p;
-                    *d = if keep { v * keep_scale } else { 0.0 };
-                    bits[i / 64] |= (keep as u64) << (i % 64);
-                }
-            });
+        la.keep.resize(mask_words(len), 0);
+        dropout_forward(&mut x_drop[..len], &mut la.keep, &x[..len], self.dropout, self.dropout_key(seed));
     }
 
-    /// dropout(x) again into `x_drop`, from the mask `drop_input` saved: the same values, no random numbers.
-    fn redrop_input(&self, x: &[f32], n: usize, la: &LoraActs, x_drop: &mut Vec<f32>) {
-        let len = n * self.in_dim();
-        grow(x_drop, len);
-        let keep_scale = 1.0 / (1.0 - self.dropout);
-        x_drop[..len]
-            .par_chunks_mut(DROP_CHUNK)
-            .zip(x[..len].par_chunks(DROP_CHUNK))
-            .zip(la.keep.par_chunks(DROP_CHUNK / 64))
-            .for_each(|((d, x), bits)| {
-                for (i, (d, &v)) in d.iter_mut().zip(x).enumerate() {
-                    *d = if bits[i / 64] >> (i % 64) & 1 == 1 { v * keep_scale } else { 0.0 };
-                }
-            });
+    /// The key of this layer's dropout mask in the step whose layer seed is `seed`.
+    pub fn dropout_key(&self, seed: u64) -> u64 {
+        rng::stream_key(seed, self.stream)
     }
 
     /// out += scale · (dropout(x)·Aᵀ)·Bᵀ; saves u = dropout(x)·Aᵀ (N, r) in `la.u`.
@@ -202,7 +174,8 @@ impl Lora {
         }
         if self.a.is_trainable() {
             let xin = if self.dropout > 0.0 {
-                self.redrop_input(x, n, la, x_drop);
+                grow(x_drop, n * inp);
+                dropout_again(&mut x_drop[..n * inp], &la.keep, &x[..n * inp], self.dropout);
                 &x_drop[..n * inp]
             } else {
                 &x[..n * inp]
@@ -217,18 +190,7 @@ impl Lora {
             grow(x_drop, n * inp);
             let t = &mut x_drop[..n * inp];
             matmul(MatMut::new(t, n, inp), du, Mat::new(&self.a.data, r, inp), false);
-            let keep_scale = 1.0 / (1.0 - self.dropout);
-            dx[..n * inp]
-                .par_chunks_mut(DROP_CHUNK)
-                .zip(t.par_chunks(DROP_CHUNK))
-                .zip(la.keep.par_chunks(DROP_CHUNK / 64))
-                .for_each(|((d, t), bits)| {
-                    for (i, (d, tv)) in d.iter_mut().zip(t).enumerate() {
-                        if bits[i / 64] >> (i % 64) & 1 == 1 {
-                            *d += tv * keep_scale;
-                        }
-                    }
-                });
+            dropout_backward(&mut dx[..n * inp], t, &la.keep, self.dropout);
         } else {
             matmul(MatMut::new(&mut dx[..n * inp], n, inp), du, Mat::new(&self.a.data, r, inp), true);
         }

@@ -1,0 +1,311 @@
+//! The CPU kernels behind [`Backend`]: buffers are `Vec`s, each op calls the CPU kernel the CUDA kernel of the
+//! same name mirrors. The device model run on it must give what `network::Transformer` gives — that checks
+//! the device model's composition (buffers, views, order of ops) without a GPU.
+use super::{Backend, MatView, RopeCols};
+use crate::kernels::activation::{GateAct, glu_backward, glu_forward};
+use crate::kernels::adamw::{AdamWScalars, adamw_step};
+use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
+use crate::kernels::dropout::{dropout_again, dropout_backward, dropout_forward, mask_words};
+use crate::kernels::lm_head::cross_entropy_row;
+use crate::kernels::mat::{Mat, MatMut};
+use crate::kernels::matmul::matmul;
+use crate::kernels::norm::{rmsnorm_backward, rmsnorm_forward};
+use crate::kernels::rope::{RopeTable, rope_backward, rope_forward};
+use anyhow::Result;
+
+/// The reference backend: this process's CPU.
+pub struct Host;
+
+fn view(buf: &[f32], v: MatView) -> Mat<'_> {
+    assert!(v.end() <= buf.len(), "host gemm: view {v:?} past a buffer of {}", buf.len());
+    let m = Mat { data: &buf[v.offset..], rows: v.rows, cols: v.cols, row_stride: v.ld, col_stride: 1 };
+    if v.trans { m.t() } else { m }
+}
+
+impl Backend for Host {
+    type F32 = Vec<f32>;
+    type F64 = Vec<f64>;
+    type U32 = Vec<u32>;
+    type Mask = Vec<u64>;
+    type Rope = RopeTable;
+
+    fn name(&self) -> String {
+        "cpu (reference backend)".into()
+    }
+
+    fn alloc(&self, n: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; n])
+    }
+
+    fn alloc_f64(&self, n: usize) -> Result<Vec<f64>> {
+        Ok(vec![0.0; n])
+    }
+
+    fn alloc_u32(&self, n: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; n])
+    }
+
+    fn alloc_mask(&self, n: usize) -> Result<Vec<u64>> {
+        Ok(vec![0; mask_words(n)])
+    }
+
+    fn upload_rope(&self, t: &RopeTable) -> Result<RopeTable> {
+        let RopeTable { half, head_dim, max_pos, cos, sin } = t;
+        Ok(RopeTable { half: *half, head_dim: *head_dim, max_pos: *max_pos, cos: cos.clone(), sin: sin.clone() })
+    }
+
+    fn upload(&self, dst: &mut Vec<f32>, src: &[f32]) -> Result<()> {
+        dst[..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+
+    fn upload_u32(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
+        dst[..src.len()].copy_from_slice(src);
+        Ok(())
+    }
+
+    fn download(&self, src: &Vec<f32>, dst: &mut [f32]) -> Result<()> {
+        dst.copy_from_slice(&src[..dst.len()]);
+        Ok(())
+    }
+
+    fn download_f64(&self, src: &Vec<f64>, dst: &mut [f64]) -> Result<()> {
+        dst.copy_from_slice(&src[..dst.len()]);
+        Ok(())
+    }
+
+    fn zero(&self, x: &mut Vec<f32>, n: usize) -> Result<()> {
+        x[..n].fill(0.0);
+        Ok(())
+    }
+
+    fn copy(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize) -> Result<()> {
+        dst[..n].copy_from_slice(&src[..n]);
+        Ok(())
+    }
+
+    fn scale(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize, s: f32) -> Result<()> {
+        dst[..n].iter_mut().zip(&src[..n]).for_each(|(d, v)| *d = s * v);
+        Ok(())
+    }
+
+    fn scale_in_place(&self, x: &mut Vec<f32>, n: usize, s: f32) -> Result<()> {
+        x[..n].iter_mut().for_each(|v| *v *= s);
+        Ok(())
+    }
+
+    fn sum_squares(&self, x: &Vec<f32>, n: usize) -> Result<f64> {
+        Ok(x[..n].iter().map(|&v| v as f64 * v as f64).sum())
+    }
+
+    fn gemm(
+        &self,
+        c: &mut Vec<f32>,
+        cv: MatView,
+        a: &Vec<f32>,
+        av: MatView,
+        b: &Vec<f32>,
+        bv: MatView,
+        accumulate: bool,
+    ) -> Result<()> {
+        assert!(!cv.trans && cv.end() <= c.len(), "host gemm: output view {cv:?} in a buffer of {}", c.len());
+        let out = MatMut { data: &mut c[cv.offset..], rows: cv.rows, cols: cv.cols, row_stride: cv.ld };
+        matmul(out, view(a, av), view(b, bv), accumulate);
+        Ok(())
+    }
+
+    fn add_bias(&self, out: &mut Vec<f32>, ov: MatView, b: &Vec<f32>) -> Result<()> {
+        assert!(!ov.trans && ov.end() <= out.len(), "add_bias: view {ov:?}");
+        for r in 0..ov.rows {
+            let row = &mut out[ov.offset + r * ov.ld..][..ov.cols];
+            row.iter_mut().zip(&b[..ov.cols]).for_each(|(o, b)| *o += b);
+        }
+        Ok(())
+    }
+
+    fn embedding(
+        &self,
+        out: &mut Vec<f32>,
+        table: &Vec<f32>,
+        ids: &Vec<u32>,
+        n: usize,
+        dim: usize,
+        scale: Option<f32>,
+    ) -> Result<()> {
+        for (o, &id) in out[..n * dim].chunks_exact_mut(dim).zip(&ids[..n]) {
+            o.copy_from_slice(&table[id as usize * dim..][..dim]);
+            if let Some(s) = scale {
+                o.iter_mut().for_each(|v| *v *= s);
+            }
+        }
+        Ok(())
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        offset: f32,
+        eps: f32,
+    ) -> Result<()> {
+        rmsnorm_forward(&mut out[..rows * dim], &mut rstd[..rows], &x[..rows * dim], &w[..dim], offset, eps);
+        Ok(())
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dw: Option<&mut Vec<f32>>,
+        dout: &Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        rstd: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        offset: f32,
+    ) -> Result<()> {
+        let (dx, dout, x) = (&mut dx[..rows * dim], &dout[..rows * dim], &x[..rows * dim]);
+        rmsnorm_backward(dx, dw.map(|g| &mut g[..dim]), dout, x, &w[..dim], offset, &rstd[..rows]);
+        Ok(())
+    }
+
+    fn rope(
+        &self,
+        backward: bool,
+        buf: &mut Vec<f32>,
+        rows: usize,
+        cols: RopeCols,
+        table_rows: &Vec<u32>,
+        t: &RopeTable,
+    ) -> Result<()> {
+        let f = if backward { rope_backward } else { rope_forward };
+        f(&mut buf[..rows * cols.row_len], cols.row_len, cols.col, cols.heads, &table_rows[..rows], t);
+        Ok(())
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        l: QkvLayout,
+        seq_start: &Vec<u32>,
+        rows: usize,
+    ) -> Result<()> {
+        let aw = l.n_heads * l.head_dim;
+        attention_forward(&mut out[..rows * aw], &qkv[..rows * l.row_len], l, &seq_start[..rows]);
+        Ok(())
+    }
+
+    fn attention_backward(
+        &self,
+        dqkv: &mut Vec<f32>,
+        _stats: &mut Vec<f32>,
+        datt: &Vec<f32>,
+        qkv: &Vec<f32>,
+        att: &Vec<f32>,
+        l: QkvLayout,
+        seq_start: &Vec<u32>,
+        rows: usize,
+    ) -> Result<()> {
+        let (aw, rl) = (l.n_heads * l.head_dim, l.row_len);
+        let (datt, att) = (&datt[..rows * aw], &att[..rows * aw]);
+        attention_backward(&mut dqkv[..rows * rl], datt, &qkv[..rows * rl], att, l, &seq_start[..rows]);
+        Ok(())
+    }
+
+    fn glu_forward(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, n: usize, act: GateAct) -> Result<()> {
+        glu_forward(&mut out[..n], &gate[..n], &up[..n], act);
+        Ok(())
+    }
+
+    fn glu_backward(
+        &self,
+        dgate: &mut Vec<f32>,
+        dup: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+        n: usize,
+        act: GateAct,
+    ) -> Result<()> {
+        glu_backward(&mut dgate[..n], &mut dup[..n], &dout[..n], &gate[..n], &up[..n], act);
+        Ok(())
+    }
+
+    fn gather_rows(&self, out: &mut Vec<f32>, src: &Vec<f32>, idx: &Vec<u32>, n: usize, dim: usize) -> Result<()> {
+        for (o, &r) in out[..n * dim].chunks_exact_mut(dim).zip(&idx[..n]) {
+            o.copy_from_slice(&src[r as usize * dim..][..dim]);
+        }
+        Ok(())
+    }
+
+    fn scatter_add_rows(
+        &self,
+        dst: &mut Vec<f32>,
+        src: &Vec<f32>,
+        idx: &Vec<u32>,
+        n: usize,
+        dim: usize,
+    ) -> Result<()> {
+        for (s, &r) in src[..n * dim].chunks_exact(dim).zip(&idx[..n]) {
+            dst[r as usize * dim..][..dim].iter_mut().zip(s).for_each(|(d, s)| *d += s);
+        }
+        Ok(())
+    }
+
+    fn cross_entropy_rows(
+        &self,
+        logits: &mut Vec<f32>,
+        loss: &mut Vec<f64>,
+        targets: &Vec<u32>,
+        rows: usize,
+        vocab: usize,
+        token_weight: f32,
+        label_smoothing: f32,
+    ) -> Result<()> {
+        for ((l, loss), &t) in logits[..rows * vocab].chunks_exact_mut(vocab).zip(&mut loss[..rows]).zip(targets) {
+            *loss = cross_entropy_row(l, t, token_weight, label_smoothing);
+        }
+        Ok(())
+    }
+
+    fn dropout_forward(
+        &self,
+        x_drop: &mut Vec<f32>,
+        keep: &mut Vec<u64>,
+        x: &Vec<f32>,
+        n: usize,
+        p: f32,
+        key: u64,
+    ) -> Result<()> {
+        dropout_forward(&mut x_drop[..n], &mut keep[..mask_words(n)], &x[..n], p, key);
+        Ok(())
+    }
+
+    fn dropout_again(&self, x_drop: &mut Vec<f32>, keep: &Vec<u64>, x: &Vec<f32>, n: usize, p: f32) -> Result<()> {
+        dropout_again(&mut x_drop[..n], keep, &x[..n], p);
+        Ok(())
+    }
+
+    fn dropout_backward(&self, dx: &mut Vec<f32>, t: &Vec<f32>, keep: &Vec<u64>, n: usize, p: f32) -> Result<()> {
+        dropout_backward(&mut dx[..n], &t[..n], keep, p);
+        Ok(())
+    }
+
+    fn adamw(
+        &self,
+        w: &mut Vec<f32>,
+        g: &Vec<f32>,
+        m: &mut Vec<f32>,
+        v: &mut Vec<f32>,
+        n: usize,
+        s: &AdamWScalars,
+    ) -> Result<()> {
+        adamw_step(&mut w[..n], &g[..n], &mut m[..n], &mut v[..n], s);
+        Ok(())
+    }
+}

@@ -1,0 +1,247 @@
+//! Where a forward and backward pass runs: device buffers and the ops of a transformer step, behind one trait,
+//! so that the model on a device (`network::device`) is written once. Two implementations:
+//! - [`host::Host`]: the CPU kernels on `Vec`s. It is the reference the device model is tested against without
+//!   a GPU (tests/device_model.rs): the same composition of ops must give what `network::Transformer` gives.
+//! - `cuda::backend::Cuda` (feature `cuda`): the CUDA kernels of `cuda/cu/` and cuBLAS, each checked against the
+//!   CPU kernel it mirrors by `condlm info --devices --check-kernels`.
+//!
+//! Buffers are allocated once at their largest size and reused (a caching arena on the GPU); every op works on
+//! a prefix of its buffers whose length the arguments give, so a smaller batch needs no new allocation.
+pub mod host;
+
+use super::activation::GateAct;
+use super::adamw::AdamWScalars;
+use super::attention::QkvLayout;
+use super::rope::RopeTable;
+use anyhow::Result;
+
+/// A matrix inside a buffer: `rows` × `cols` stored row-major from `offset` with row stride `ld`; `trans` reads
+/// it transposed (a view, never a copy), so its logical shape is (cols, rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatView {
+    pub offset: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub ld: usize,
+    pub trans: bool,
+}
+
+impl MatView {
+    /// A dense (rows, cols) matrix at the start of a buffer.
+    pub fn dense(rows: usize, cols: usize) -> Self {
+        MatView { offset: 0, rows, cols, ld: cols, trans: false }
+    }
+
+    /// Columns `col..col + cols` of the first `rows` rows of a buffer of rows of `ld`.
+    pub fn columns(rows: usize, col: usize, cols: usize, ld: usize) -> Self {
+        MatView { offset: col, rows, cols, ld, trans: false }
+    }
+
+    /// The transpose, as a view.
+    pub fn t(self) -> Self {
+        MatView { trans: !self.trans, ..self }
+    }
+
+    /// (rows, cols) as read.
+    pub fn shape(&self) -> (usize, usize) {
+        if self.trans { (self.cols, self.rows) } else { (self.rows, self.cols) }
+    }
+
+    /// One past the last element the view touches (0 when empty).
+    pub fn end(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 { 0 } else { self.offset + (self.rows - 1) * self.ld + self.cols }
+    }
+}
+
+/// Where the rotated heads sit in a buffer's rows: `heads` heads from column `col` of rows of `row_len`.
+#[derive(Clone, Copy, Debug)]
+pub struct RopeCols {
+    pub row_len: usize,
+    pub col: usize,
+    pub heads: usize,
+}
+
+/// The ops of a transformer's training step and forward pass on some device. Every op is asynchronous with
+/// respect to the host except the reads ([`Backend::download`], [`Backend::sum_squares`]), which wait for what
+/// came before. Shapes are checked by the implementation (a wrong shape is a bug in the caller: it panics).
+pub trait Backend {
+    /// A buffer of f32 values on the device.
+    type F32;
+    /// A buffer of f64 values (per-row losses).
+    type F64;
+    /// A buffer of u32 values (token ids, positions, row indices).
+    type U32;
+    /// A dropout mask (one bit per element, as `kernels::dropout`).
+    type Mask;
+    /// A RoPE table's cos and sin on the device.
+    type Rope;
+
+    /// Where it runs, for messages: "cpu (reference)", "cuda:0 (NVIDIA H200)".
+    fn name(&self) -> String;
+
+    /// A zeroed buffer of `n` values.
+    fn alloc(&self, n: usize) -> Result<Self::F32>;
+    fn alloc_f64(&self, n: usize) -> Result<Self::F64>;
+    fn alloc_u32(&self, n: usize) -> Result<Self::U32>;
+    /// A mask for `n` elements.
+    fn alloc_mask(&self, n: usize) -> Result<Self::Mask>;
+    fn upload_rope(&self, t: &RopeTable) -> Result<Self::Rope>;
+    /// dst[..src.len()] = src.
+    fn upload(&self, dst: &mut Self::F32, src: &[f32]) -> Result<()>;
+    fn upload_u32(&self, dst: &mut Self::U32, src: &[u32]) -> Result<()>;
+    /// dst = src[..dst.len()], after everything queued before.
+    fn download(&self, src: &Self::F32, dst: &mut [f32]) -> Result<()>;
+    fn download_f64(&self, src: &Self::F64, dst: &mut [f64]) -> Result<()>;
+
+    /// x[..n] = 0.
+    fn zero(&self, x: &mut Self::F32, n: usize) -> Result<()>;
+    /// dst[..n] = src[..n].
+    fn copy(&self, dst: &mut Self::F32, src: &Self::F32, n: usize) -> Result<()>;
+    /// dst[..n] = s · src[..n].
+    fn scale(&self, dst: &mut Self::F32, src: &Self::F32, n: usize, s: f32) -> Result<()>;
+    /// x[..n] *= s.
+    fn scale_in_place(&self, x: &mut Self::F32, n: usize, s: f32) -> Result<()>;
+    /// Σ x[..n]², summed in f64.
+    fn sum_squares(&self, x: &Self::F32, n: usize) -> Result<f64>;
+
+    /// c = a · b (or c += a · b when `accumulate`), each operand a view of its buffer; c is not transposed.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        &self,
+        c: &mut Self::F32,
+        cv: MatView,
+        a: &Self::F32,
+        av: MatView,
+        b: &Self::F32,
+        bv: MatView,
+        accumulate: bool,
+    ) -> Result<()>;
+    /// Every row of the view `ov` += b (b: ov.cols values).
+    fn add_bias(&self, out: &mut Self::F32, ov: MatView, b: &Self::F32) -> Result<()>;
+
+    /// out[i] = table[ids[i]] · scale (scale 1 when None), i < n; table (vocab, dim).
+    fn embedding(&self, out: &mut Self::F32, table: &Self::F32, ids: &Self::U32, n: usize, dim: usize, scale: Option<f32>) -> Result<()>;
+    /// As `kernels::norm::rmsnorm_forward` on `rows` rows of `dim` (w: dim values).
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_forward(
+        &self,
+        out: &mut Self::F32,
+        rstd: &mut Self::F32,
+        x: &Self::F32,
+        w: &Self::F32,
+        rows: usize,
+        dim: usize,
+        offset: f32,
+        eps: f32,
+    ) -> Result<()>;
+    /// As `kernels::norm::rmsnorm_backward`: dx **+=**, dw **+=** when given.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut Self::F32,
+        dw: Option<&mut Self::F32>,
+        dout: &Self::F32,
+        x: &Self::F32,
+        w: &Self::F32,
+        rstd: &Self::F32,
+        rows: usize,
+        dim: usize,
+        offset: f32,
+    ) -> Result<()>;
+    /// As `kernels::rope`'s forward (or backward) on `rows` rows of `buf`; row i uses table row `table_rows[i]`.
+    fn rope(
+        &self,
+        backward: bool,
+        buf: &mut Self::F32,
+        rows: usize,
+        cols: RopeCols,
+        table_rows: &Self::U32,
+        t: &Self::Rope,
+    ) -> Result<()>;
+    /// As `kernels::attention::attention_forward` over `rows` packed rows.
+    fn attention_forward(
+        &self,
+        out: &mut Self::F32,
+        qkv: &Self::F32,
+        l: QkvLayout,
+        seq_start: &Self::U32,
+        rows: usize,
+    ) -> Result<()>;
+    /// As `kernels::attention::attention_backward`: dq, dk, dv **written** at their columns of dqkv. `stats`:
+    /// scratch of rows · n_heads · 3 values.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        dqkv: &mut Self::F32,
+        stats: &mut Self::F32,
+        datt: &Self::F32,
+        qkv: &Self::F32,
+        att: &Self::F32,
+        l: QkvLayout,
+        seq_start: &Self::U32,
+        rows: usize,
+    ) -> Result<()>;
+    /// As `kernels::activation::glu_forward` on n values.
+    fn glu_forward(&self, out: &mut Self::F32, gate: &Self::F32, up: &Self::F32, n: usize, act: GateAct) -> Result<()>;
+    /// As `kernels::activation::glu_backward` on n values (dgate, dup written).
+    #[allow(clippy::too_many_arguments)]
+    fn glu_backward(
+        &self,
+        dgate: &mut Self::F32,
+        dup: &mut Self::F32,
+        dout: &Self::F32,
+        gate: &Self::F32,
+        up: &Self::F32,
+        n: usize,
+        act: GateAct,
+    ) -> Result<()>;
+    /// out[k] = src[idx[k]] for k < n rows of `dim`.
+    fn gather_rows(&self, out: &mut Self::F32, src: &Self::F32, idx: &Self::U32, n: usize, dim: usize) -> Result<()>;
+    /// dst[idx[k]] += src[k] for k < n rows of `dim` (the indices distinct).
+    fn scatter_add_rows(&self, dst: &mut Self::F32, src: &Self::F32, idx: &Self::U32, n: usize, dim: usize)
+    -> Result<()>;
+    /// The loss rows of the LM head, as `kernels::lm_head::cross_entropy_row` on `rows` rows of `vocab` logits:
+    /// loss[r] in f64, logits[r] turned into dlogits in place.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_rows(
+        &self,
+        logits: &mut Self::F32,
+        loss: &mut Self::F64,
+        targets: &Self::U32,
+        rows: usize,
+        vocab: usize,
+        token_weight: f32,
+        label_smoothing: f32,
+    ) -> Result<()>;
+    /// As `kernels::dropout::dropout_forward` on n values (the mask drawn from `key`).
+    fn dropout_forward(&self, x_drop: &mut Self::F32, keep: &mut Self::Mask, x: &Self::F32, n: usize, p: f32, key: u64)
+    -> Result<()>;
+    /// As `kernels::dropout::dropout_again`.
+    fn dropout_again(&self, x_drop: &mut Self::F32, keep: &Self::Mask, x: &Self::F32, n: usize, p: f32) -> Result<()>;
+    /// As `kernels::dropout::dropout_backward`: dx **+=**.
+    fn dropout_backward(&self, dx: &mut Self::F32, t: &Self::F32, keep: &Self::Mask, n: usize, p: f32) -> Result<()>;
+    /// As `kernels::adamw::adamw_step` on the first n values.
+    fn adamw(
+        &self,
+        w: &mut Self::F32,
+        g: &Self::F32,
+        m: &mut Self::F32,
+        v: &mut Self::F32,
+        n: usize,
+        s: &AdamWScalars,
+    ) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_know_their_shape_and_extent() {
+        let v = MatView::columns(3, 4, 2, 10);
+        assert_eq!(v.shape(), (3, 2));
+        assert_eq!(v.t().shape(), (2, 3));
+        assert_eq!(v.end(), 4 + 2 * 10 + 2);
+        assert_eq!(MatView::dense(0, 5).end(), 0);
+    }
+}
