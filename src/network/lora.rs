@@ -110,12 +110,12 @@ impl Lora {
         let len = n * self.in_dim();
         grow(x_drop, len);
         la.keep.resize(mask_words(len), 0);
-        dropout_forward(&mut x_drop[..len], &mut la.keep, &x[..len], self.dropout, self.dropout_key(seed));
+        dropout_forward(&mut x_drop[..len], &mut la.keep, &x[..len], self.dropout, rng::stream_key(seed, self.stream));
     }
 
-    /// The key of this layer's dropout mask in the step whose layer seed is `seed`.
-    pub fn dropout_key(&self, seed: u64) -> u64 {
-        rng::stream_key(seed, self.stream)
+    /// This layer's dropout stream: its mask in a step is drawn from `rng::stream_key(layer seed, stream)`.
+    pub fn dropout_stream(&self) -> u64 {
+        self.stream
     }
 
     /// out += scale · (dropout(x)·Aᵀ)·Bᵀ; saves u = dropout(x)·Aᵀ (N, r) in `la.u`.

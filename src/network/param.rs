@@ -28,6 +28,12 @@ impl Param {
         Param { name: name.into(), shape, data: Vec::new(), grad: None, packed: Some(packed) }
     }
 
+    /// Whether AdamW's weight decay applies: to matrices (linear weights, embeddings, LoRA factors), not to
+    /// biases or norm gains — the nanoGPT / HF Trainer convention.
+    pub fn decays(&self) -> bool {
+        self.shape.len() >= 2
+    }
+
     pub fn is_trainable(&self) -> bool {
         self.grad.is_some()
     }

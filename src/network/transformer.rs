@@ -177,7 +177,7 @@ impl Transformer {
     }
 
     /// Where q, k, v sit in the projection buffer, and how layer `i` attends (scale, window).
-    fn layout(&self, i: usize) -> QkvLayout {
+    pub(super) fn layout(&self, i: usize) -> QkvLayout {
         let c = &self.config;
         QkvLayout {
             row_len: self.qkv_width(),
@@ -193,12 +193,12 @@ impl Transformer {
     }
 
     /// 1 for Gemma's zero-centred RMSNorm weights, applied as (1 + w); else 0.
-    fn norm_offset(&self) -> f32 {
+    pub(super) fn norm_offset(&self) -> f32 {
         if self.config.norm_plus_one { 1.0 } else { 0.0 }
     }
 
     /// Gemma's √hidden_size on the embeddings, as transformers rounds it (f64 square root, then f32).
-    fn embed_scale(&self) -> Option<f32> {
+    pub(super) fn embed_scale(&self) -> Option<f32> {
         let c = &self.config;
         c.scale_embeddings.then(|| (c.hidden_size as f64).sqrt() as f32)
     }
@@ -696,7 +696,7 @@ fn dropout(seed: Option<u64>, x_drop: &mut Vec<f32>) -> Option<Dropout<'_>> {
 }
 
 /// Seed of one layer's dropout masks within a step.
-fn layer_seed(step_seed: u64, layer: usize) -> u64 {
+pub(super) fn layer_seed(step_seed: u64, layer: usize) -> u64 {
     crate::rng::mix(step_seed ^ (layer as u64).wrapping_mul(0x9E37_79B9))
 }
 

@@ -18,12 +18,6 @@ impl Moments {
     }
 }
 
-/// Weight decay applies to matrices (linear weights, embeddings, LoRA factors), not to biases or
-/// norm gains — the nanoGPT / HF Trainer convention.
-pub fn decays(p: &Param) -> bool {
-    p.shape.len() >= 2
-}
-
 /// One AdamW update of `p` (its gradient must exist) at 1-based step `t` with learning rate `lr`;
 /// `cfg.weight_decay` applies as given (the caller picks 0 for tensors that do not decay).
 pub fn adamw_update(p: &mut Param, mom: &mut Moments, cfg: &AdamWConfig, lr: f64, t: u64) {

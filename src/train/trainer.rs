@@ -12,7 +12,7 @@
 use super::grad_sums::{GradSumOptions, GradSums};
 use super::objective::{ObjectiveScratch, forward_backward, forward_backward_with};
 use super::optim::{
-    AdamWConfig, Moments, NORM_CHUNK, adamw_update, adamw_update_slice, add_grad_sq, clip_coef, decays, scale_grad,
+    AdamWConfig, Moments, NORM_CHUNK, adamw_update, adamw_update_slice, add_grad_sq, clip_coef, scale_grad,
 };
 use super::schedule::{Schedule, lr_factor};
 use crate::data::example::Example;
@@ -254,7 +254,7 @@ impl Trainer {
                 scale_grad(p, coef);
             }
             let m = moments.next().expect("one set of moments per trainable tensor");
-            let cfg = if decays(p) { &decay } else { &no_decay };
+            let cfg = if p.decays() { &decay } else { &no_decay };
             match zero1 {
                 None => adamw_update(p, m, cfg, lr, t),
                 Some(z) => {

@@ -1,0 +1,117 @@
+//! One block on a device, forward beside backward, as `Transformer::block_forward` / `block_backward` compute
+//! it for the Llama family's layout: x += o(attention(rope(qkv(attn_norm(x))))), then
+//! x += down(act(gate(h)) ⊙ up(h)), h = mlp_norm(x).
+use super::buffers::{GradBufs, LayerBufs};
+use super::linear::LinearScratch;
+use super::weights::DevBlock;
+use crate::kernels::activation::GateAct;
+use crate::kernels::attention::QkvLayout;
+use crate::kernels::backend::{Backend, MatView, RopeCols};
+use anyhow::Result;
+
+/// Slots of a block's linear layers in `LayerBufs::lora`: q, k, v, then these.
+const SLOT_O: usize = 3;
+const SLOT_GATE: usize = 4;
+const SLOT_UP: usize = 5;
+const SLOT_DOWN: usize = 6;
+
+/// What a block's pass reads besides its weights and buffers.
+pub struct BlockArgs<'a, B: Backend> {
+    pub n: usize,
+    pub hidden: usize,
+    pub ffn: usize,
+    pub layout: QkvLayout,
+    pub norm_offset: f32,
+    pub norm_eps: f32,
+    pub act: GateAct,
+    /// The RoPE table and each row's row of it; None for a layer without RoPE.
+    pub rope: Option<(&'a B::Rope, &'a B::U32)>,
+    pub seq_start: &'a B::U32,
+    /// This layer's dropout seed of the step while training.
+    pub seed: Option<u64>,
+}
+
+impl<B: Backend> BlockArgs<'_, B> {
+    fn rope(&self, be: &B, backward: bool, buf: &mut B::F32) -> Result<()> {
+        let Some((table, rows)) = self.rope else { return Ok(()) };
+        let l = &self.layout;
+        for (col, heads) in [(l.q_col, l.n_heads), (l.k_col, l.n_kv_heads)] {
+            be.rope(backward, buf, self.n, RopeCols { row_len: l.row_len, col, heads }, rows, table)?;
+        }
+        Ok(())
+    }
+}
+
+impl<B: Backend> DevBlock<B> {
+    /// The block on the residual stream x (N, d); saves in `l` what [`Self::backward`] needs.
+    pub fn forward(
+        &self,
+        be: &B,
+        x: &mut B::F32,
+        l: &mut LayerBufs<B>,
+        s: &mut LinearScratch<B>,
+        a: &BlockArgs<B>,
+    ) -> Result<()> {
+        let (n, d, f, lay) = (a.n, a.hidden, a.ffn, a.layout);
+        let (off, eps, seed) = (a.norm_offset, a.norm_eps, a.seed);
+        if seed.is_some() {
+            be.copy(&mut l.x_in, x, n * d)?;
+        }
+        be.rmsnorm_forward(&mut l.h1, &mut l.rstd1, x, &self.attn_norm, n, d, off, eps)?;
+        let mut col = 0;
+        for (slot, lin) in self.qkv.iter().enumerate() {
+            let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
+            lin.forward(be, &mut l.qkv, view, false, &l.h1, n, l.lora[slot].as_mut(), s, seed)?;
+            col += lin.out_dim;
+        }
+        a.rope(be, false, &mut l.qkv)?;
+        be.attention_forward(&mut l.att, &l.qkv, lay, a.seq_start, n)?;
+        let dense = MatView::dense(n, d);
+        self.o.forward(be, x, dense, true, &l.att, n, l.lora[SLOT_O].as_mut(), s, seed)?;
+        if seed.is_some() {
+            be.copy(&mut l.x_mid, x, n * d)?;
+        }
+
+        be.rmsnorm_forward(&mut l.h2, &mut l.rstd2, x, &self.mlp_norm, n, d, off, eps)?;
+        let ff = MatView::dense(n, f);
+        self.up.forward(be, &mut l.up, ff, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
+        self.gate.forward(be, &mut l.gate, ff, false, &l.h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
+        be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?;
+        self.down.forward(be, x, dense, true, &l.act, n, l.lora[SLOT_DOWN].as_mut(), s, seed)
+    }
+
+    /// Backward from the saved `l`: `g.dx` holds ∂L/∂(block output) on entry and ∂L/∂(block input) on return.
+    pub fn backward(
+        &mut self,
+        be: &B,
+        l: &LayerBufs<B>,
+        g: &mut GradBufs<B>,
+        s: &mut LinearScratch<B>,
+        a: &BlockArgs<B>,
+    ) -> Result<()> {
+        let (n, d, f, lay, off) = (a.n, a.hidden, a.ffn, a.layout, a.norm_offset);
+        let (dense, ff) = (MatView::dense(n, d), MatView::dense(n, f));
+        // MLP: x_out = x_mid + down(act(gate(h2)) ⊙ up(h2)), h2 = mlp_norm(x_mid)
+        be.zero(&mut g.dact, n * f)?;
+        self.down.backward(be, &mut g.dact, &g.dx, dense, &l.act, n, l.lora[SLOT_DOWN].as_ref(), s)?;
+        be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?;
+        be.zero(&mut g.dh, n * d)?;
+        self.gate.backward(be, &mut g.dh, &g.dgate, ff, &l.h2, n, l.lora[SLOT_GATE].as_ref(), s)?;
+        self.up.backward(be, &mut g.dh, &g.dup, ff, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?;
+        be.rmsnorm_backward(&mut g.dx, None, &g.dh, &l.x_mid, &self.mlp_norm, &l.rstd2, n, d, off)?;
+
+        // Attention: x_mid = x_in + o(attention(rope(qkv(h1)))), h1 = attn_norm(x_in)
+        be.zero(&mut g.datt, n * lay.n_heads * lay.head_dim)?;
+        self.o.backward(be, &mut g.datt, &g.dx, dense, &l.att, n, l.lora[SLOT_O].as_ref(), s)?;
+        be.attention_backward(&mut g.dqkv, &mut g.stats, &g.datt, &l.qkv, &l.att, lay, a.seq_start, n)?;
+        a.rope(be, true, &mut g.dqkv)?;
+        be.zero(&mut g.dh, n * d)?;
+        let mut col = 0;
+        for (slot, lin) in self.qkv.iter_mut().enumerate() {
+            let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
+            lin.backward(be, &mut g.dh, &g.dqkv, view, &l.h1, n, l.lora[slot].as_ref(), s)?;
+            col += lin.out_dim;
+        }
+        be.rmsnorm_backward(&mut g.dx, None, &g.dh, &l.x_in, &self.attn_norm, &l.rstd1, n, d, off)
+    }
+}

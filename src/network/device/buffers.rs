@@ -1,0 +1,152 @@
+//! The device buffers of a pass, allocated for a number of rows and reused by every batch that fits (the
+//! caching arena: no allocation per step once the largest batch has been seen). A training pass keeps every
+//! block's activations for the backward pass; inference keeps one block's.
+use super::linear::{LinearScratch, LoraBufs};
+use super::weights::Weights;
+use crate::kernels::backend::Backend;
+use crate::network::config::Config;
+use anyhow::Result;
+
+/// Rows of the LM head computed at once: bounds its logits to HEAD_ROWS × vocab values.
+pub const HEAD_ROWS: usize = 512;
+
+/// What one block keeps between its forward and backward pass.
+pub struct LayerBufs<B: Backend> {
+    /// The residual stream entering the block and its attention half's output (N, d) (training only).
+    pub x_in: B::F32,
+    pub x_mid: B::F32,
+    /// attn_norm(x_in), mlp_norm(x_mid) (N, d) and their 1/rms (N).
+    pub h1: B::F32,
+    pub rstd1: B::F32,
+    pub h2: B::F32,
+    pub rstd2: B::F32,
+    /// q|k|v after RoPE (N, qkv width); attention's output (N, heads·head_dim).
+    pub qkv: B::F32,
+    pub att: B::F32,
+    /// gate, up and act(gate)·up (N, ffn).
+    pub gate: B::F32,
+    pub up: B::F32,
+    pub act: B::F32,
+    /// Per linear layer (q, k, v, o, gate, up, down), its adapter's saved values.
+    pub lora: Vec<Option<LoraBufs<B>>>,
+}
+
+/// Gradient scratch of the backward pass, shared by the blocks.
+pub struct GradBufs<B: Backend> {
+    /// ∂L/∂(residual stream) (N, d); ∂L/∂(a norm's output) (N, d).
+    pub dx: B::F32,
+    pub dh: B::F32,
+    pub dqkv: B::F32,
+    pub datt: B::F32,
+    pub dgate: B::F32,
+    pub dup: B::F32,
+    pub dact: B::F32,
+    /// Attention backward's per-(row, head) softmax statistics (N·heads·3).
+    pub stats: B::F32,
+    /// ∂L/∂(final-normed hidden states) (N, d).
+    pub dhidden: B::F32,
+}
+
+/// The LM head's chunk: gathered rows (HEAD_ROWS, d), their logits (HEAD_ROWS, vocab), losses, indices, targets.
+pub struct HeadBufs<B: Backend> {
+    pub rows: B::F32,
+    pub logits: B::F32,
+    pub loss: B::F64,
+    pub idx: B::U32,
+    pub targets: B::U32,
+}
+
+pub struct Buffers<B: Backend> {
+    /// Rows every buffer holds.
+    pub capacity: usize,
+    pub training: bool,
+    pub tokens: B::U32,
+    pub positions: B::U32,
+    pub seq_start: B::U32,
+    /// The residual stream (N, d); the final norm's input and output, and its 1/rms.
+    pub x: B::F32,
+    pub x_final_in: B::F32,
+    pub hidden: B::F32,
+    pub final_rstd: B::F32,
+    pub layers: Vec<LayerBufs<B>>,
+    pub linear: LinearScratch<B>,
+    pub grads: Option<GradBufs<B>>,
+    pub head: HeadBufs<B>,
+}
+
+impl<B: Backend> Buffers<B> {
+    /// Buffers for `rows` rows; `training` keeps every block's activations and the gradient scratch.
+    pub fn new(be: &B, c: &Config, w: &Weights<B>, rows: usize, training: bool) -> Result<Self> {
+        let (n, d, f) = (rows, c.hidden_size, c.intermediate_size);
+        let (qw, aw) = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim, c.num_heads * c.head_dim);
+        let max_in = d.max(f).max(aw);
+        let max_rank = w.blocks.iter().flat_map(|b| b.linears()).filter_map(|l| l.lora.as_ref()).map(|l| l.rank);
+        let max_rank = max_rank.max().unwrap_or(0);
+        let kept = if training { c.num_layers } else { 1 };
+        let mut layers = Vec::with_capacity(kept);
+        for blk in w.blocks.iter().take(kept) {
+            let lora = blk
+                .linears()
+                .map(|l| match &l.lora {
+                    None => Ok(None),
+                    Some(a) => Ok(Some(LoraBufs {
+                        u: be.alloc(n * a.rank)?,
+                        keep: (training && a.dropout > 0.0).then(|| be.alloc_mask(n * l.in_dim)).transpose()?,
+                    })),
+                })
+                .collect::<Result<_>>()?;
+            let stream = if training { n * d } else { 0 };
+            layers.push(LayerBufs {
+                x_in: be.alloc(stream)?,
+                x_mid: be.alloc(stream)?,
+                h1: be.alloc(n * d)?,
+                rstd1: be.alloc(n)?,
+                h2: be.alloc(n * d)?,
+                rstd2: be.alloc(n)?,
+                qkv: be.alloc(n * qw)?,
+                att: be.alloc(n * aw)?,
+                gate: be.alloc(n * f)?,
+                up: be.alloc(n * f)?,
+                act: be.alloc(n * f)?,
+                lora,
+            });
+        }
+        let grads = training
+            .then(|| -> Result<GradBufs<B>> {
+                Ok(GradBufs {
+                    dx: be.alloc(n * d)?,
+                    dh: be.alloc(n * d)?,
+                    dqkv: be.alloc(n * qw)?,
+                    datt: be.alloc(n * aw)?,
+                    dgate: be.alloc(n * f)?,
+                    dup: be.alloc(n * f)?,
+                    dact: be.alloc(n * f)?,
+                    stats: be.alloc(n * c.num_heads * 3)?,
+                    dhidden: be.alloc(n * d)?,
+                })
+            })
+            .transpose()?;
+        let h = HEAD_ROWS.min(n);
+        Ok(Buffers {
+            capacity: n,
+            training,
+            tokens: be.alloc_u32(n)?,
+            positions: be.alloc_u32(n)?,
+            seq_start: be.alloc_u32(n)?,
+            x: be.alloc(n * d)?,
+            x_final_in: be.alloc(n * d)?,
+            hidden: be.alloc(n * d)?,
+            final_rstd: be.alloc(n)?,
+            layers,
+            linear: LinearScratch { x_drop: be.alloc(n * max_in)?, du: be.alloc(n * max_rank)? },
+            grads,
+            head: HeadBufs {
+                rows: be.alloc(h * d)?,
+                logits: be.alloc(h * c.vocab_size)?,
+                loss: be.alloc_f64(h)?,
+                idx: be.alloc_u32(h)?,
+                targets: be.alloc_u32(h)?,
+            },
+        })
+    }
+}

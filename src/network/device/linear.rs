@@ -1,0 +1,108 @@
+//! A linear layer on a device, forward beside backward, as `network::linear` and `network::lora` compute it on
+//! the CPU: y (+)= x·Wᵀ + b + scale·(dropout(x)·Aᵀ)·Bᵀ. W and b are frozen here; A and B accumulate gradients.
+use super::weights::DevLinear;
+use crate::kernels::backend::{Backend, MatView};
+use crate::rng;
+use anyhow::Result;
+
+/// What an adapted layer keeps for its backward pass.
+pub struct LoraBufs<B: Backend> {
+    /// u = dropout(x)·Aᵀ (N, r).
+    pub u: B::F32,
+    /// The dropout mask of x (N·in elements); None without dropout.
+    pub keep: Option<B::Mask>,
+}
+
+/// Scratch the layers share: dropout(x) or du·A (N, in), and scale·u or ∂L/∂u (N, r).
+pub struct LinearScratch<B: Backend> {
+    pub x_drop: B::F32,
+    pub du: B::F32,
+}
+
+impl<B: Backend> DevLinear<B> {
+    /// out[view] = x·Wᵀ + b + LoRA (or += when `accumulate`); x (N, in), `ov` (N, out) inside `out`.
+    /// `seed`: this layer's dropout seed of the step while training (LoRA dropout on), None at inference.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        be: &B,
+        out: &mut B::F32,
+        ov: MatView,
+        accumulate: bool,
+        x: &B::F32,
+        n: usize,
+        la: Option<&mut LoraBufs<B>>,
+        s: &mut LinearScratch<B>,
+        seed: Option<u64>,
+    ) -> Result<()> {
+        let (inp, outd) = (self.in_dim, self.out_dim);
+        be.gemm(out, ov, x, MatView::dense(n, inp), &self.w, MatView::dense(outd, inp).t(), accumulate)?;
+        if let Some(b) = &self.b {
+            be.add_bias(out, ov, b)?;
+        }
+        let (Some(lora), Some(la)) = (&self.lora, la) else { return Ok(()) };
+        let r = lora.rank;
+        let xin = match (seed, &mut la.keep) {
+            (Some(seed), Some(keep)) => {
+                let key = rng::stream_key(seed, lora.stream);
+                be.dropout_forward(&mut s.x_drop, keep, x, n * inp, lora.dropout, key)?;
+                &s.x_drop
+            }
+            _ => x,
+        };
+        be.gemm(&mut la.u, MatView::dense(n, r), xin, MatView::dense(n, inp), &lora.a.w, MatView::dense(r, inp).t(), false)?;
+        // Scale the small (N, r) factor rather than the (N, out) product, as the CPU does.
+        be.scale(&mut s.du, &la.u, n * r, lora.scale)?;
+        be.gemm(out, ov, &s.du, MatView::dense(n, r), &lora.b.w, MatView::dense(outd, r).t(), true)
+    }
+
+    /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x; dA, dB accumulate when they train.
+    /// dy: the view `dyv` (N, out) of `dy`; x: the forward's input (N, in).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        be: &B,
+        dx: &mut B::F32,
+        dy: &B::F32,
+        dyv: MatView,
+        x: &B::F32,
+        n: usize,
+        la: Option<&LoraBufs<B>>,
+        s: &mut LinearScratch<B>,
+    ) -> Result<()> {
+        let (inp, outd) = (self.in_dim, self.out_dim);
+        if let (Some(lora), Some(la)) = (&mut self.lora, la) {
+            let r = lora.rank;
+            let (nr, ni) = (MatView::dense(n, r), MatView::dense(n, inp));
+            if lora.b_trains {
+                // dB (out, r) += dyᵀ · (scale·u)
+                be.scale(&mut s.du, &la.u, n * r, lora.scale)?;
+                be.gemm(&mut lora.b.g, MatView::dense(outd, r), dy, dyv.t(), &s.du, nr, true)?;
+            }
+            // du = scale · dy·B
+            be.gemm(&mut s.du, nr, dy, dyv, &lora.b.w, MatView::dense(outd, r), false)?;
+            be.scale_in_place(&mut s.du, n * r, lora.scale)?;
+            if lora.a_trains {
+                // dA (r, in) += duᵀ · dropout(x)
+                let xin = match &la.keep {
+                    Some(keep) => {
+                        be.dropout_again(&mut s.x_drop, keep, x, n * inp, lora.dropout)?;
+                        &s.x_drop
+                    }
+                    None => x,
+                };
+                be.gemm(&mut lora.a.g, MatView::dense(r, inp), &s.du, nr.t(), xin, ni, true)?;
+            }
+            match &la.keep {
+                // dx += keep ⊙ (du·A) / (1 − p), du·A in the scratch
+                Some(keep) => {
+                    be.gemm(&mut s.x_drop, ni, &s.du, nr, &lora.a.w, MatView::dense(r, inp), false)?;
+                    be.dropout_backward(dx, &s.x_drop, keep, n * inp, lora.dropout)?;
+                }
+                None => be.gemm(dx, ni, &s.du, nr, &lora.a.w, MatView::dense(r, inp), true)?,
+            }
+        }
+        // dx (N, in) += dy · W
+        be.gemm(dx, MatView::dense(n, inp), dy, dyv, &self.w, MatView::dense(outd, inp), true)
+    }
+}

@@ -1,0 +1,281 @@
+//! The transformer on a device ([`Backend`]): the frozen base and the LoRA adapters uploaded once, then the same
+//! forward pass, LM head and backward pass as `network::Transformer`, op by op, on device buffers — for
+//! `--device cuda`. On the reference backend (`kernels::backend::host`) it must give what the CPU path gives
+//! (tests/device_model.rs); on a GPU each op is checked against its CPU kernel (`condlm info --devices
+//! --check-kernels`).
+//!
+//! What runs here so far: the Llama family's block layout (Llama, SmolLM2, Qwen2, Mistral: RMSNorm, optional
+//! biases, GQA, RoPE, sliding windows, SwiGLU/GeGLU), scoring and LoRA training with dropout. Everything else is
+//! refused by [`unsupported`] with what to use instead.
+pub mod block;
+pub mod buffers;
+pub mod linear;
+pub mod weights;
+
+use super::batch::PackedBatch;
+use super::config::{Config, Family};
+use super::transformer::{Transformer, layer_seed};
+use crate::kernels::adamw::{AdamWConfig, AdamWScalars};
+use crate::kernels::backend::{Backend, MatView};
+use crate::kernels::rope::RopeTable;
+use anyhow::{Result, bail};
+use block::BlockArgs;
+use buffers::{Buffers, HEAD_ROWS};
+use weights::Weights;
+
+/// Why `model` cannot run on a device yet (None when it can).
+pub fn unsupported(model: &Transformer) -> Option<String> {
+    let c = &model.config;
+    let why = if c.family != Family::Llama {
+        format!("the {} architecture (GPT-2's LayerNorm and GELU MLP)", c.architecture)
+    } else if c.qk_norm || c.sandwich_norms {
+        "q/k norms and post norms (Gemma 3, Qwen3)".to_string()
+    } else if c.longrope.is_some() || c.rope_local_theta.is_some() {
+        "LongRoPE and per-layer RoPE bases (Phi-3, Gemma 3)".to_string()
+    } else if c.fused_projections() {
+        "fused qkv / gate_up projections (Phi-3)".to_string()
+    } else if model.blocks.iter().any(|b| b.gate.is_none() || b.attn_norm.b.is_some() || b.mlp_norm.b.is_some()) {
+        "blocks without a gated MLP or with LayerNorms".to_string()
+    } else if model.embed.is_trainable() || model.final_norm.w.is_trainable() {
+        "full fine-tuning (trainable base tensors)".to_string()
+    } else if let Some(p) = model.blocks.iter().flat_map(|b| b.linears()).find(|l| l.w.is_trainable()) {
+        format!("full fine-tuning ({} trains)", p.name)
+    } else {
+        return None;
+    };
+    Some(format!("{why} does not run on a GPU yet: run this command without --device (on the CPU)"))
+}
+
+/// The model on a device, with the buffers of its largest batch so far.
+pub struct DeviceModel<B: Backend> {
+    pub backend: B,
+    config: Config,
+    norm_offset: f32,
+    embed_scale: Option<f32>,
+    layouts: Vec<crate::kernels::attention::QkvLayout>,
+    weights: Weights<B>,
+    rope: B::Rope,
+    bufs: Option<Buffers<B>>,
+    /// Rows of the current batch.
+    n: usize,
+}
+
+impl<B: Backend> DeviceModel<B> {
+    /// Uploads `model` (its base, adapters and their trainability) to `backend`.
+    pub fn new(backend: B, model: &Transformer) -> Result<Self> {
+        if let Some(why) = unsupported(model) {
+            bail!("{why}");
+        }
+        let c = model.config.clone();
+        let rope = backend.upload_rope(&RopeTable::new(&c.rope_inv_freq(false), c.max_positions))?;
+        let weights = Weights::upload(&backend, model)?;
+        Ok(DeviceModel {
+            norm_offset: model.norm_offset(),
+            embed_scale: model.embed_scale(),
+            layouts: (0..c.num_layers).map(|i| model.layout(i)).collect(),
+            config: c,
+            weights,
+            rope,
+            backend,
+            bufs: None,
+            n: 0,
+        })
+    }
+
+    /// Buffers for `rows` rows (reallocated only for a larger batch, or for training after inference).
+    fn prepare(&mut self, rows: usize, training: bool) -> Result<()> {
+        let fits = self.bufs.as_ref().is_some_and(|b| b.capacity >= rows && (b.training || !training));
+        if !fits {
+            self.bufs = None; // free the old ones first
+            let capacity = rows.next_multiple_of(64);
+            self.bufs = Some(Buffers::new(&self.backend, &self.config, &self.weights, capacity, training)?);
+        }
+        Ok(())
+    }
+
+    /// Runs a packed batch; `step_seed` is Some while training (LoRA dropout on, every block's activations kept).
+    /// Afterwards the final-normed hidden states are on the device for [`Self::target_logprobs`] and
+    /// [`Self::loss_backward`].
+    pub fn forward(&mut self, batch: &PackedBatch, step_seed: Option<u64>) -> Result<()> {
+        let n = batch.len();
+        self.prepare(n, step_seed.is_some())?;
+        self.n = n;
+        let (be, c, w) = (&self.backend, &self.config, &self.weights);
+        let bufs = self.bufs.as_mut().expect("prepared");
+        let d = c.hidden_size;
+        be.upload_u32(&mut bufs.tokens, &batch.tokens)?;
+        be.upload_u32(&mut bufs.positions, &batch.positions)?;
+        be.upload_u32(&mut bufs.seq_start, &batch.seq_start)?;
+        be.embedding(&mut bufs.x, &w.embed, &bufs.tokens, n, d, self.embed_scale)?;
+        let training = step_seed.is_some();
+        for (i, blk) in w.blocks.iter().enumerate() {
+            let args = BlockArgs {
+                n,
+                hidden: d,
+                ffn: c.intermediate_size,
+                layout: self.layouts[i],
+                norm_offset: self.norm_offset,
+                norm_eps: c.norm_eps,
+                act: c.mlp_act,
+                rope: c.rope_in(i).then_some((&self.rope, &bufs.positions)),
+                seq_start: &bufs.seq_start,
+                seed: step_seed.map(|s| layer_seed(s, i)),
+            };
+            let l = &mut bufs.layers[if training { i } else { 0 }];
+            blk.forward(be, &mut bufs.x, l, &mut bufs.linear, &args)?;
+        }
+        be.copy(&mut bufs.x_final_in, &bufs.x, n * d)?;
+        let (off, eps) = (self.norm_offset, c.norm_eps);
+        be.rmsnorm_forward(&mut bufs.hidden, &mut bufs.final_rstd, &bufs.x, &w.final_norm, n, d, off, eps)
+    }
+
+    /// The LM head over the selected rows, HEAD_ROWS at a time: gathers them, computes their logits, and hands
+    /// `visit(first row of the chunk, rows in it)` the chunk after the loss rows ran (`cross_entropy_rows` with
+    /// `token_weight`, `label_smoothing`: losses in `head.loss`, dlogits in `head.logits`).
+    fn head_chunks(
+        &mut self,
+        rows: &[usize],
+        targets: &[u32],
+        token_weight: f32,
+        label_smoothing: f32,
+        mut visit: impl FnMut(&B, &mut Buffers<B>, &B::F32, usize, usize) -> Result<()>,
+    ) -> Result<()> {
+        let (be, c, w) = (&self.backend, &self.config, &self.weights);
+        let bufs = self.bufs.as_mut().expect("a forward pass first");
+        let (d, vocab) = (c.hidden_size, c.vocab_size);
+        let mut idx = Vec::with_capacity(HEAD_ROWS);
+        for (k, chunk) in rows.chunks(HEAD_ROWS.min(bufs.capacity)).enumerate() {
+            let m = chunk.len();
+            idx.clear();
+            idx.extend(chunk.iter().map(|&r| r as u32));
+            let start = k * HEAD_ROWS.min(bufs.capacity);
+            be.upload_u32(&mut bufs.head.idx, &idx)?;
+            be.upload_u32(&mut bufs.head.targets, &targets[start..start + m])?;
+            be.gather_rows(&mut bufs.head.rows, &bufs.hidden, &bufs.head.idx, m, d)?;
+            let (mv, hv) = (MatView::dense(m, d), MatView::dense(vocab, d));
+            be.gemm(&mut bufs.head.logits, MatView::dense(m, vocab), &bufs.head.rows, mv, w.head(), hv.t(), false)?;
+            let h = &mut bufs.head;
+            be.cross_entropy_rows(&mut h.logits, &mut h.loss, &h.targets, m, vocab, token_weight, label_smoothing)?;
+            visit(be, bufs, w.head(), start, m)?;
+        }
+        Ok(())
+    }
+
+    /// log P(targets[k] | row rows[k]) into out[k], after a forward pass.
+    pub fn target_logprobs(&mut self, rows: &[usize], targets: &[u32], out: &mut [f32]) -> Result<()> {
+        let mut loss = vec![0.0f64; HEAD_ROWS];
+        self.head_chunks(rows, targets, 1.0, 0.0, |be, bufs, _, start, m| {
+            be.download_f64(&bufs.head.loss, &mut loss[..m])?;
+            for (o, l) in out[start..start + m].iter_mut().zip(&loss) {
+                *o = -*l as f32;
+            }
+            Ok(())
+        })
+    }
+
+    /// After a training forward pass: the LM head's cross-entropy on the selected rows (as
+    /// `kernels::lm_head::cross_entropy_backward`, each token's loss weighted by `token_weight` in the
+    /// gradient), then the backward pass through every block; LoRA gradients accumulate. Returns the summed
+    /// unweighted loss.
+    pub fn loss_backward(
+        &mut self,
+        rows: &[usize],
+        targets: &[u32],
+        token_weight: f32,
+        label_smoothing: f32,
+    ) -> Result<f64> {
+        let (n, d) = (self.n, self.config.hidden_size);
+        {
+            let bufs = self.bufs.as_mut().expect("a forward pass first");
+            let g = bufs.grads.as_mut().expect("a training forward pass first");
+            self.backend.zero(&mut g.dhidden, n * d)?;
+        }
+        let vocab = self.config.vocab_size;
+        let (mut total, mut loss) = (0.0f64, vec![0.0f64; HEAD_ROWS]);
+        self.head_chunks(rows, targets, token_weight, label_smoothing, |be, bufs, head, _, m| {
+            be.download_f64(&bufs.head.loss, &mut loss[..m])?;
+            total += loss[..m].iter().sum::<f64>();
+            // dlogits · head, into the gathered rows (no longer needed), then added to their rows of dhidden.
+            let h = &mut bufs.head;
+            let (mv, lv) = (MatView::dense(m, d), MatView::dense(m, vocab));
+            be.gemm(&mut h.rows, mv, &h.logits, lv, head, MatView::dense(vocab, d), false)?;
+            let g = bufs.grads.as_mut().expect("training buffers");
+            be.scatter_add_rows(&mut g.dhidden, &h.rows, &h.idx, m, d)
+        })?;
+        self.backward()?;
+        Ok(total)
+    }
+
+    /// The blocks' backward pass from `dhidden`.
+    fn backward(&mut self) -> Result<()> {
+        let (be, c, n) = (&self.backend, &self.config, self.n);
+        let bufs = self.bufs.as_mut().expect("a forward pass first");
+        let d = c.hidden_size;
+        let g = bufs.grads.as_mut().expect("a training forward pass first");
+        be.zero(&mut g.dx, n * d)?;
+        let (w, off) = (&mut self.weights, self.norm_offset);
+        be.rmsnorm_backward(&mut g.dx, None, &g.dhidden, &bufs.x_final_in, &w.final_norm, &bufs.final_rstd, n, d, off)?;
+        for i in (0..w.blocks.len()).rev() {
+            let args = BlockArgs {
+                n,
+                hidden: d,
+                ffn: c.intermediate_size,
+                layout: self.layouts[i],
+                norm_offset: off,
+                norm_eps: c.norm_eps,
+                act: c.mlp_act,
+                rope: c.rope_in(i).then_some((&self.rope, &bufs.positions)),
+                seq_start: &bufs.seq_start,
+                seed: None,
+            };
+            w.blocks[i].backward(be, &bufs.layers[i], g, &mut bufs.linear, &args)?;
+        }
+        Ok(())
+    }
+
+    /// Σ g² over every trainable tensor (f64), in parameter order: the gradient norm's square.
+    pub fn grad_sq(&self) -> Result<f64> {
+        let mut total = 0.0;
+        for t in self.weights.trainables() {
+            total += self.backend.sum_squares(&t.g, t.len)?;
+        }
+        Ok(total)
+    }
+
+    /// Scales every gradient by `coef` (clipping).
+    pub fn scale_grads(&mut self, coef: f32) -> Result<()> {
+        for t in self.weights.trainables_mut() {
+            self.backend.scale_in_place(&mut t.g, t.len, coef)?;
+        }
+        Ok(())
+    }
+
+    /// One AdamW step of every trainable tensor at learning rate `lr`, 1-based step `t` (weight decay on
+    /// matrices only), then the gradients zeroed.
+    pub fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64) -> Result<()> {
+        let decay = AdamWScalars::new(cfg, lr, t);
+        let no_decay = AdamWScalars::new(&AdamWConfig { weight_decay: 0.0, ..*cfg }, lr, t);
+        for p in self.weights.trainables_mut() {
+            let s = if p.decays { &decay } else { &no_decay };
+            self.backend.adamw(&mut p.w, &p.g, &mut p.m, &mut p.v, p.len, s)?;
+            self.backend.zero(&mut p.g, p.len)?;
+        }
+        Ok(())
+    }
+
+    /// Copies every trainable tensor's values — and its gradient into the host's gradient buffer when
+    /// `with_grads` — into `model` (the one it was uploaded from), by name.
+    pub fn download_into(&self, model: &mut Transformer, with_grads: bool) -> Result<()> {
+        let mut host = model.params_mut();
+        for t in self.weights.trainables() {
+            let Some(p) = host.iter_mut().find(|p| p.name == t.name) else {
+                bail!("the device holds {} but the model has no such tensor", t.name)
+            };
+            self.backend.download(&t.w, &mut p.data)?;
+            if let (true, Some(g)) = (with_grads, p.grad.as_mut()) {
+                self.backend.download(&t.g, g)?;
+            }
+        }
+        Ok(())
+    }
+}

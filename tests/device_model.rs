@@ -1,0 +1,201 @@
+//! The model on a device (`network::device`, what `--device cuda` runs) composed on the reference backend (the CPU
+//! kernels behind `kernels::backend`): its log-probs, LoRA gradients (with dropout) and AdamW steps must equal the
+//! CPU path's (`Transformer` + `train::objective`), and its gradients PyTorch + PEFT's (tests/fixtures/train). On a
+//! GPU the same composition runs on the CUDA kernels, each checked against these CPU kernels by
+//! `condlm info --devices --check-kernels`.
+mod common;
+use common::{fixture, load_f32_tensors, rel_err};
+use condlm::data::example::{Example, target_rows};
+use condlm::formats::load::load_model;
+use condlm::formats::peft::load_adapter;
+use condlm::kernels::adamw::AdamWConfig;
+use condlm::kernels::backend::host::Host;
+use condlm::network::adapters::{attach, set_full_finetune};
+use condlm::network::batch::PackedBatch;
+use condlm::network::device::DeviceModel;
+use condlm::network::lora::LoraConfig;
+use condlm::network::transformer::Transformer;
+use condlm::score::score_encoded;
+use condlm::train::objective::{ObjectiveScratch, forward_backward};
+use condlm::train::optim::{Moments, adamw_update};
+
+/// The Llama-layout fixtures: Llama (tied head), Qwen2 (q/k/v biases), Mistral (sliding window of 4, GQA).
+const MODELS: &[&str] = &["tiny-llama", "tiny-qwen2", "tiny-mistral"];
+
+fn model(name: &str) -> Transformer {
+    load_model(fixture(name).to_str().unwrap()).unwrap().model
+}
+
+/// Ragged rows with x and y parts, some longer than Mistral's window.
+fn rows(vocab: u32) -> Vec<Example> {
+    let row = |len: u32, y_start: usize, salt: u32| {
+        Example::pair((0..len).map(|i| (i * 37 + salt * 11 + 3) % vocab).collect(), y_start)
+    };
+    vec![row(9, 4, 1), row(3, 1, 2), row(14, 6, 3), row(6, 5, 4)]
+}
+
+/// The LM head's inputs of a batch: selected rows and their next tokens.
+fn targets(rows: &[Example], batch: &PackedBatch) -> (Vec<usize>, Vec<u32>) {
+    let (mut sel, mut t) = (vec![], vec![]);
+    target_rows(rows, batch, &mut sel, &mut t);
+    (sel, t)
+}
+
+/// LoRA on every linear layer with dropout, B made non-zero so that A's gradients and the dropout masks matter.
+fn with_lora(mut m: Transformer, dropout: f32) -> Transformer {
+    let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout, rslora: false, targets: vec!["all-linear".into()] };
+    attach(&mut m, &cfg, 7).unwrap();
+    for (k, p) in m.params_mut().into_iter().enumerate() {
+        if p.name.contains("lora_B") {
+            p.data.iter_mut().enumerate().for_each(|(i, v)| *v = ((i * 7 + k) % 13) as f32 * 0.01 - 0.06);
+        }
+    }
+    m
+}
+
+/// Every trainable tensor's gradient, by name.
+fn grads(m: &mut Transformer) -> Vec<(String, Vec<f32>)> {
+    m.params_mut().into_iter().filter_map(|p| p.grad.as_ref().map(|g| (p.name.clone(), g.clone()))).collect()
+}
+
+/// The device model's step: forward, loss, backward; returns the loss per y token and leaves the gradients on
+/// the device.
+fn device_step(dev: &mut DeviceModel<Host>, rows: &[Example], seed: u64, smoothing: f32) -> f64 {
+    let batch = PackedBatch::new(&rows.iter().map(|e| e.ids.clone()).collect::<Vec<_>>());
+    let (sel, t) = targets(rows, &batch);
+    dev.forward(&batch, Some(seed)).unwrap();
+    dev.loss_backward(&sel, &t, 1.0 / t.len() as f32, smoothing).unwrap() / t.len() as f64
+}
+
+fn cpu_step(m: &mut Transformer, rows: &[Example], seed: u64, smoothing: f32) -> f64 {
+    let total: usize = rows.iter().map(Example::n_targets).sum();
+    let mut s = ObjectiveScratch::default();
+    forward_backward(m, rows, 1.0 / total as f32, smoothing, &mut s, seed).unwrap() / total as f64
+}
+
+#[test]
+fn device_logprobs_equal_the_cpu_path() {
+    for name in MODELS {
+        for m in [model(name), with_lora(model(name), 0.1)] {
+            let rows = rows(m.config.vocab_size as u32);
+            let cpu: Vec<f32> = score_encoded(&m, &rows, 8, |_| {}).unwrap().concat();
+            let mut dev = DeviceModel::new(Host, &m).unwrap();
+            // Two batches, the larger first: the second reuses its buffers.
+            for part in [&rows[..], &rows[1..3]] {
+                let batch = PackedBatch::new(&part.iter().map(|e| e.ids.clone()).collect::<Vec<_>>());
+                let (sel, t) = targets(part, &batch);
+                let mut lp = vec![0.0; sel.len()];
+                dev.forward(&batch, None).unwrap();
+                dev.target_logprobs(&sel, &t, &mut lp).unwrap();
+                // The second batch is rows 1 and 2: its targets follow row 0's.
+                let want = if part.len() == rows.len() { &cpu[..] } else { &cpu[rows[0].n_targets()..][..lp.len()] };
+                let e = rel_err(&lp, want);
+                assert!(e < 1e-5, "{name}: device log-probs off the CPU path's by {e:e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn device_lora_gradients_equal_the_cpu_path_with_dropout() {
+    for name in MODELS {
+        let mut cpu = with_lora(model(name), 0.1);
+        let rows = rows(cpu.config.vocab_size as u32);
+        let mut dev = DeviceModel::new(Host, &cpu).unwrap();
+        for (seed, smoothing) in [(5, 0.0), (6, 0.1)] {
+            let want_loss = cpu_step(&mut cpu, &rows, seed, smoothing);
+            let loss = device_step(&mut dev, &rows, seed, smoothing);
+            assert!((loss - want_loss).abs() / want_loss < 1e-6, "{name}: loss {loss} vs CPU {want_loss}");
+            let want = grads(&mut cpu);
+            let mut copy = with_lora(model(name), 0.1);
+            dev.download_into(&mut copy, true).unwrap();
+            let got = grads(&mut copy);
+            assert_eq!(got.len(), want.len(), "{name}: trainable tensors");
+            assert_eq!(got.len(), 2 * 7 * cpu.config.num_layers, "{name}: A and B of every linear layer");
+            for ((n, g), (_, w)) in got.iter().zip(&want) {
+                let e = rel_err(g, w);
+                assert!(e < 1e-5, "{name} seed {seed}: {n} gradient off the CPU path's by {e:e}");
+            }
+            cpu.params_mut().into_iter().for_each(|p| p.zero_grad());
+            dev.adamw(&AdamWConfig::default(), 0.0, 1).unwrap(); // zeroes the device's gradients
+        }
+    }
+}
+
+#[test]
+fn device_lora_gradients_match_pytorch_peft() {
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("train/expected.json")).unwrap()).unwrap();
+    for name in ["tiny-llama", "tiny-qwen2"] {
+        let mut m = model(name);
+        load_adapter(&fixture(&format!("train/{name}-lora-init")), &mut m).unwrap();
+        let rows: Vec<Example> = exp["batch"][name]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let ids = r["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+                Example::pair(ids, r["n_prompt_tokens"].as_u64().unwrap() as usize)
+            })
+            .collect();
+        let mut dev = DeviceModel::new(Host, &m).unwrap();
+        let loss = device_step(&mut dev, &rows, 0, 0.0);
+        let want_loss = exp["models"][name]["loss"].as_f64().unwrap();
+        assert!((loss - want_loss).abs() / want_loss < 1e-5, "{name}: loss {loss} vs PEFT {want_loss}");
+        dev.download_into(&mut m, true).unwrap();
+        let want = load_f32_tensors(&fixture(&format!("train/{name}-lora-grads.safetensors")));
+        let mut seen = 0;
+        for p in m.params_mut() {
+            let Some(g) = &p.grad else { continue };
+            let (_, w) = &want[&format!("base_model.model.{}", p.name)];
+            let e = rel_err(g, w);
+            assert!(e <= 1e-4, "{name}: {} off PEFT's gradient by {e:e}", p.name);
+            seen += 1;
+        }
+        assert_eq!(seen, want.len() - 1, "{name}: every reference gradient compared");
+    }
+}
+
+#[test]
+fn device_adamw_steps_follow_the_cpu_trainer() {
+    let cfg = AdamWConfig::default();
+    let mut cpu = with_lora(model("tiny-qwen2"), 0.05);
+    let rows = rows(cpu.config.vocab_size as u32);
+    let mut dev = DeviceModel::new(Host, &cpu).unwrap();
+    let mut moments: Vec<Moments> =
+        cpu.params_mut().into_iter().filter(|p| p.is_trainable()).map(|p| Moments::zeros(p.data.len())).collect();
+    for step in 1..=5u64 {
+        let (lr, seed) = (2e-2, 100 + step);
+        let want = cpu_step(&mut cpu, &rows, seed, 0.0);
+        let got = device_step(&mut dev, &rows, seed, 0.0);
+        assert!((got - want).abs() / want < 1e-5, "step {step}: device loss {got} vs CPU {want}");
+        let norm = dev.grad_sq().unwrap().sqrt();
+        let trainable: Vec<_> = cpu.params_mut().into_iter().filter(|p| p.is_trainable()).collect();
+        let want_norm = trainable.iter().map(|p| p.grad.as_ref().unwrap().iter().map(|&g| g as f64 * g as f64).sum::<f64>()).sum::<f64>().sqrt();
+        assert!((norm - want_norm).abs() / want_norm < 1e-5, "step {step}: gradient norm {norm} vs {want_norm}");
+        for (p, mom) in trainable.into_iter().zip(&mut moments) {
+            let c = if p.decays() { cfg } else { AdamWConfig { weight_decay: 0.0, ..cfg } };
+            adamw_update(p, mom, &c, lr, step);
+            p.zero_grad();
+        }
+        dev.adamw(&cfg, lr, step).unwrap();
+    }
+    let mut copy = with_lora(model("tiny-qwen2"), 0.05);
+    dev.download_into(&mut copy, false).unwrap();
+    for (a, b) in copy.params_mut().into_iter().zip(cpu.params_mut()) {
+        let e = rel_err(&a.data, &b.data);
+        assert!(e < 1e-5, "{}: weights after 5 steps off the CPU trainer's by {e:e}", a.name);
+    }
+}
+
+#[test]
+fn what_has_no_device_path_yet_is_refused_with_the_reason() {
+    for (name, why) in [("tiny-gemma3", "q/k norms"), ("tiny-gpt2", "GPT-2"), ("tiny-phi3", "Phi-3")] {
+        let err = DeviceModel::new(Host, &model(name)).err().expect(name).to_string();
+        assert!(err.contains(why) && err.contains("without --device"), "{name}: {err}");
+    }
+    let mut m = model("tiny-llama");
+    set_full_finetune(&mut m, false);
+    let err = DeviceModel::new(Host, &m).err().unwrap().to_string();
+    assert!(err.contains("full fine-tuning"), "{err}");
+}
