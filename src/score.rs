@@ -2,9 +2,11 @@
 use crate::data::dataset::{DataOptions, Dataset, load_dataset};
 use crate::data::example::{Example, target_rows};
 use crate::data::source::DataSource;
+use crate::kernels::backend::Backend;
 use crate::kernels::lm_head::{HeadScratch, target_logprobs};
 use crate::network::activations::Activations;
 use crate::network::batch::PackedBatch;
+use crate::network::device::DeviceModel;
 use crate::network::transformer::{Mode, Transformer};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, bail};
@@ -78,9 +80,46 @@ pub fn load_rows_cut_x(data: impl Into<DataSource>, tok: &TextTokenizer, opts: &
     Ok(ds)
 }
 
+/// Where rows are scored: the CPU path ([`OnCpu`]) or the model on a device (`network::device::DeviceModel`).
+pub trait Scorer {
+    /// log P(targets[k] | row sel[k]) of a packed batch, into out[k] (out.len() = sel.len()).
+    fn logprobs(&mut self, batch: &PackedBatch, sel: &[usize], targets: &[u32], out: &mut [f32]) -> Result<()>;
+}
+
+/// The CPU path: a model and the buffers of its forward pass and LM head.
+pub struct OnCpu<'a> {
+    model: &'a Transformer,
+    acts: Activations,
+    head: HeadScratch,
+}
+
+impl<'a> OnCpu<'a> {
+    pub fn new(model: &'a Transformer) -> Self {
+        OnCpu { model, acts: Activations::default(), head: HeadScratch::default() }
+    }
+}
+
+impl Scorer for OnCpu<'_> {
+    fn logprobs(&mut self, batch: &PackedBatch, sel: &[usize], targets: &[u32], out: &mut [f32]) -> Result<()> {
+        let m = self.model;
+        m.check_batch(batch)?;
+        m.forward(batch, &mut self.acts, Mode::Infer);
+        let d = m.config.hidden_size;
+        target_logprobs(out, &self.acts.x[..batch.len() * d], d, m.head(), sel, targets, &mut self.head);
+        Ok(())
+    }
+}
+
+impl<B: Backend> Scorer for DeviceModel<B> {
+    fn logprobs(&mut self, batch: &PackedBatch, sel: &[usize], targets: &[u32], out: &mut [f32]) -> Result<()> {
+        self.forward(batch, None)?;
+        self.target_logprobs(sel, targets, out)
+    }
+}
+
 /// Scores encoded rows in packed batches of `batch_rows`; `progress(rows_done)` after each batch.
 pub fn score_encoded(
-    model: &Transformer,
+    model: &mut dyn Scorer,
     rows: &[Example],
     batch_rows: usize,
     mut progress: impl FnMut(usize),
@@ -99,25 +138,20 @@ pub fn score_encoded(
 /// non-finite log-prob stops scoring with [`NonFiniteScore`]: it means NaN or inf in the weights, never a
 /// property of the row, and a total over it would be meaningless.
 pub fn score_batches(
-    model: &Transformer,
+    model: &mut dyn Scorer,
     rows: &[Example],
     batch_rows: usize,
     mut on_batch: impl FnMut(usize, Vec<Vec<f32>>) -> Result<()>,
 ) -> Result<()> {
-    let mut acts = Activations::default();
-    let mut head = HeadScratch::default();
     let (mut sel, mut targets) = (Vec::new(), Vec::new());
     let mut first = 0;
     for chunk in rows.chunks(batch_rows.max(1)) {
         let seqs: Vec<Vec<u32>> = chunk.iter().map(|e| e.ids.clone()).collect();
         let batch = PackedBatch::new(&seqs);
-        model.check_batch(&batch)?;
-        model.forward(&batch, &mut acts, Mode::Infer);
         // Only y positions reach the LM head.
         target_rows(chunk, &batch, &mut sel, &mut targets);
         let mut lp = vec![0.0f32; sel.len()];
-        let d = model.config.hidden_size;
-        target_logprobs(&mut lp, &acts.x[..batch.len() * d], d, model.head(), &sel, &targets, &mut head);
+        model.logprobs(&batch, &sel, &targets, &mut lp)?;
         let mut at = 0;
         let mut lps = Vec::with_capacity(chunk.len());
         for (i, e) in chunk.iter().enumerate() {

@@ -15,7 +15,7 @@ use condlm::network::batch::PackedBatch;
 use condlm::network::device::DeviceModel;
 use condlm::network::lora::LoraConfig;
 use condlm::network::transformer::Transformer;
-use condlm::score::score_encoded;
+use condlm::score::{OnCpu, score_encoded};
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 use condlm::train::optim::{Moments, adamw_update};
 
@@ -78,7 +78,7 @@ fn device_logprobs_equal_the_cpu_path() {
     for name in MODELS {
         for m in [model(name), with_lora(model(name), 0.1)] {
             let rows = rows(m.config.vocab_size as u32);
-            let cpu: Vec<f32> = score_encoded(&m, &rows, 8, |_| {}).unwrap().concat();
+            let cpu: Vec<f32> = score_encoded(&mut OnCpu::new(&m), &rows, 8, |_| {}).unwrap().concat();
             let mut dev = DeviceModel::new(Host, &m).unwrap();
             // Two batches, the larger first: the second reuses its buffers.
             for part in [&rows[..], &rows[1..3]] {
@@ -171,7 +171,11 @@ fn device_adamw_steps_follow_the_cpu_trainer() {
         assert!((got - want).abs() / want < 1e-5, "step {step}: device loss {got} vs CPU {want}");
         let norm = dev.grad_sq().unwrap().sqrt();
         let trainable: Vec<_> = cpu.params_mut().into_iter().filter(|p| p.is_trainable()).collect();
-        let want_norm = trainable.iter().map(|p| p.grad.as_ref().unwrap().iter().map(|&g| g as f64 * g as f64).sum::<f64>()).sum::<f64>().sqrt();
+        let want_norm = trainable
+            .iter()
+            .map(|p| p.grad.as_ref().unwrap().iter().map(|&g| g as f64 * g as f64).sum::<f64>())
+            .sum::<f64>()
+            .sqrt();
         assert!((norm - want_norm).abs() / want_norm < 1e-5, "step {step}: gradient norm {norm} vs {want_norm}");
         for (p, mom) in trainable.into_iter().zip(&mut moments) {
             let c = if p.decays() { cfg } else { AdamWConfig { weight_decay: 0.0, ..cfg } };

@@ -8,7 +8,7 @@ use condlm::kernels::lm_head::{HeadScratch, logits};
 use condlm::network::activations::Activations;
 use condlm::network::batch::PackedBatch;
 use condlm::network::transformer::Mode;
-use condlm::score::{load_rows, row_scores, score_encoded};
+use condlm::score::{OnCpu, load_rows, row_scores, score_encoded};
 
 /// (fixture folder with expected files, --model argument)
 const MODELS: &[(&str, &str)] = &[
@@ -48,7 +48,7 @@ fn score_matches_transformers_log_probs_and_token_ids() {
         let exp = expected_json(dir);
         let opts = DataOptions { max_len: m.model.config.max_positions, ..DataOptions::default() };
         let enc = load_rows(&fixture("score_rows.jsonl"), &m.tokenizer, &opts).unwrap().examples;
-        let lps = score_encoded(&m.model, &enc, 3, |_| {}).unwrap();
+        let lps = score_encoded(&mut OnCpu::new(&m.model), &enc, 3, |_| {}).unwrap();
         let scores = row_scores(&lps);
         for (k, want) in exp["score"]["rows"].as_array().unwrap().iter().enumerate() {
             let ids: Vec<u32> =

@@ -6,7 +6,7 @@ mod common;
 use common::fixture;
 use condlm::formats::load::load_model;
 use condlm::generate::{GenerateOptions, NonFiniteLogits, generate_from};
-use condlm::score::{NonFiniteScore, load_rows, score_batches};
+use condlm::score::{NonFiniteScore, OnCpu, load_rows, score_batches};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -243,7 +243,7 @@ fn non_finite_results_are_errors_naming_the_row() {
     let rows = load_rows(&fixture("score_rows.jsonl"), &m.tokenizer, &opts).unwrap().examples;
     // Finite weights: every batch reaches the caller.
     let mut batches = vec![];
-    score_batches(&m.model, &rows, 2, |first, lps| {
+    score_batches(&mut OnCpu::new(&m.model), &rows, 2, |first, lps| {
         batches.push((first, lps.len()));
         Ok(())
     })
@@ -251,7 +251,7 @@ fn non_finite_results_are_errors_naming_the_row() {
     assert_eq!(batches, vec![(0, 2), (2, 2)]);
     // An infinite weight in the last block's down projection: the last row's scores go non-finite.
     m.model.blocks.last_mut().unwrap().down.w.data[0] = f32::INFINITY;
-    let e = score_batches(&m.model, &rows, 2, |_, _| Ok(())).unwrap_err();
+    let e = score_batches(&mut OnCpu::new(&m.model), &rows, 2, |_, _| Ok(())).unwrap_err();
     let n = e.downcast_ref::<NonFiniteScore>().unwrap_or_else(|| panic!("{e:#}"));
     assert_eq!(n.row, 0);
     assert!(e.to_string().contains("non-finite"), "{e}");

@@ -116,3 +116,27 @@ fn score_refuses_a_row_longer_than_the_context_window() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("long.jsonl:2") && stderr.contains("context window"), "{stderr}");
 }
+
+/// `--device`: `cpu` is the default path; `cuda` without a GPU (or without the `cuda` feature) is an error that
+/// says what to do, never a panic or a silent CPU run; a bad name lists the choices.
+#[test]
+fn score_and_eval_take_a_device() {
+    let (model, data) = (fixture("tiny-llama"), fixture("score_rows.jsonl"));
+    let (default, _) = condlm("eval", &model, &data, &[]);
+    let (cpu, _) = condlm("eval", &model, &data, &["--device", "cpu"]);
+    assert_eq!(default, cpu);
+    for (device, want) in [("cuda", "CUDA"), ("tpu", "cpu, cuda or cuda:N")] {
+        for command in ["score", "eval"] {
+            let out = Command::new(env!("CARGO_BIN_EXE_condlm"))
+                .args([command, "--threads", "1", "--device", device, "--model"])
+                .arg(&model)
+                .arg("--data")
+                .arg(&data)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && !stderr.contains("panicked"), "{command} --device {device}: {stderr}");
+            assert!(stderr.contains(want), "{command} --device {device}: {stderr}");
+        }
+    }
+}

@@ -13,7 +13,7 @@ use condlm::network::adapters::{attach, set_full_finetune};
 use condlm::network::batch::PackedBatch;
 use condlm::network::lora::LoraConfig;
 use condlm::network::transformer::{Mode, Transformer};
-use condlm::score::{load_rows, row_scores, score_encoded};
+use condlm::score::{OnCpu, load_rows, row_scores, score_encoded};
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 use condlm::train::optim::AdamWConfig;
 use condlm::train::schedule::Schedule;
@@ -133,7 +133,7 @@ fn gradient_accumulation_equals_one_batch() {
 fn step_loss_is_minus_total_score_over_tokens() {
     let mut m = load("tiny-gpt2");
     let r = rows(&m);
-    let scores = row_scores(&score_encoded(&m.model, &r, 2, |_| {}).unwrap());
+    let scores = row_scores(&score_encoded(&mut OnCpu::new(&m.model), &r, 2, |_| {}).unwrap());
     let total: usize = scores.iter().map(|s| s.tokens).sum();
     let want = -scores.iter().map(|s| s.logprob).sum::<f64>() / total as f64;
     set_full_finetune(&mut m.model, false);

@@ -1,4 +1,5 @@
 //! `condlm eval`: token-weighted NLL and perplexity of y given x over a dataset.
+use super::device::DeviceArgs;
 use super::{AdapterArgs, BaseArgs, ComputeArgs, DataArgs, FieldArgs, use_compute};
 use anyhow::{Result, bail};
 use clap::Args;
@@ -19,6 +20,8 @@ pub struct EvalArgs {
     #[command(flatten)]
     compute: ComputeArgs,
     #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
     data: DataArgs,
     /// Longest row in tokens: x is cut from the left to fit; a row whose completion alone does not fit is an
     /// error [default: the model's context window].
@@ -38,6 +41,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.max_len == Some(0) {
         bail!("--max-len must be at least 1 (tokens per row)");
     }
+    a.device.check_compute(a.compute.compute)?;
     use_compute(a.compute.compute, true, true)?;
     let data = a.data.source(EVAL_SPLITS)?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
@@ -45,7 +49,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let max_positions = m.model.config.max_positions;
     let opts = a.fields.options(a.max_len.unwrap_or(max_positions).min(max_positions));
     let ds = load_rows_cut_x(&data, &m.tokenizer, &opts)?;
-    let lps = score_encoded(&m.model, &ds.examples, a.batch, |_| {}).map_err(|e| name_row(e, &ds.sources))?;
+    let mut scorer = a.device.scorer(&m.model)?;
+    let lps = score_encoded(&mut *scorer, &ds.examples, a.batch, |_| {}).map_err(|e| name_row(e, &ds.sources))?;
     let t = Totals::of(&row_scores(&lps));
     println!(
         "{}",

@@ -2,6 +2,7 @@
 #[cfg(feature = "cuda")]
 pub mod check_kernels;
 pub mod demo;
+pub mod device;
 pub mod devices;
 pub mod eval;
 pub mod export_gguf;

@@ -1,4 +1,5 @@
 //! `condlm score`: log P(y + EOS | x) for every row, then token-weighted NLL and perplexity.
+use super::device::DeviceArgs;
 use super::{AdapterArgs, BaseArgs, ComputeArgs, DataArgs, FieldArgs, use_compute};
 use anyhow::{Result, bail};
 use clap::Args;
@@ -42,6 +43,8 @@ pub struct ScoreArgs {
     base: BaseArgs,
     #[command(flatten)]
     compute: ComputeArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Also write each row's token ids, the index where y starts, and every y token's log-prob [default: off].
     #[arg(long)]
     per_token: bool,
@@ -54,6 +57,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         bail!("--batch must be at least 1 (rows per forward pass)");
     }
     let out = prepare(a.out.as_deref(), a.overwrite, a.resume_output)?;
+    a.device.check_compute(a.compute.compute)?;
     use_compute(a.compute.compute, true, true)?;
     let data = a.data.source(EVAL_SPLITS)?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
@@ -64,7 +68,8 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     let bar = progress::bar(ds.len() as u64, "{spinner} scoring {pos}/{len} rows [{bar:30}] {per_sec} ETA {eta}");
     bar.set_position(resumed as u64);
     let start = std::time::Instant::now();
-    score_batches(&m.model, &ds.examples[resumed..], a.batch, |first, lps| {
+    let mut scorer = a.device.scorer(&m.model)?;
+    score_batches(&mut *scorer, &ds.examples[resumed..], a.batch, |first, lps| {
         // The bar steps aside while rows go to the terminal.
         bar.suspend(|| {
             for (k, lp) in lps.into_iter().enumerate() {

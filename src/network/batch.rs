@@ -1,5 +1,7 @@
 //! The rows of a forward pass: a packed batch (several sequences end to end, no padding) for training and
 //! scoring, or decoding rows (token, position, cache slot) for the KV-cache path.
+use super::config::Config;
+use anyhow::{Result, bail};
 
 /// Rows of several sequences packed end to end; row i sits at position `positions[i]` of the
 /// sequence that starts at row `seq_start[i]`.
@@ -36,6 +38,18 @@ impl PackedBatch {
 
     pub fn len(&self) -> usize {
         self.tokens.len()
+    }
+
+    /// Checks the batch against a model's vocabulary and context window before any kernel runs (the kernels
+    /// index tables with these values).
+    pub fn check(&self, c: &Config) -> Result<()> {
+        if let Some(&bad) = self.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            bail!("token id {bad} is outside the model's vocabulary of {} entries", c.vocab_size);
+        }
+        if let Some(s) = self.seqs.iter().find(|s| s.len() > c.max_positions) {
+            bail!("a sequence of {} tokens exceeds the model's context window of {}", s.len(), c.max_positions);
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {

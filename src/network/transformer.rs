@@ -19,7 +19,7 @@ use crate::kernels::norm::{layernorm_backward, layernorm_forward, rmsnorm_backwa
 use crate::kernels::packed::MatrixRef;
 use crate::kernels::rope::{RopeTable, rope_backward, rope_forward};
 use crate::kernels::weight_bytes::{SharedBytes, gather_into_arena};
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 /// RMSNorm (no bias) or LayerNorm (with bias).
 pub struct Norm {
@@ -205,14 +205,7 @@ impl Transformer {
 
     /// Checks a batch against the vocabulary and the context window before any kernel runs.
     pub fn check_batch(&self, batch: &PackedBatch) -> Result<()> {
-        let c = &self.config;
-        if let Some(&bad) = batch.tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-            bail!("token id {bad} is outside the model's vocabulary of {} entries", c.vocab_size);
-        }
-        if let Some(s) = batch.seqs.iter().find(|s| s.len() > c.max_positions) {
-            bail!("a sequence of {} tokens exceeds the model's context window of {}", s.len(), c.max_positions);
-        }
-        Ok(())
+        batch.check(&self.config)
     }
 
     /// Runs a packed batch; on return `acts.x[..N·d]` holds the final-normed hidden states.

@@ -26,7 +26,7 @@ use crate::network::adapters::{attach, set_full_finetune};
 use crate::network::lora::LoraConfig;
 use crate::network::transformer::Transformer;
 use crate::progress;
-use crate::score::{Totals, name_row, row_scores, score_encoded};
+use crate::score::{OnCpu, Totals, name_row, row_scores, score_encoded};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -149,7 +149,7 @@ pub fn evaluate(model: &Transformer, data: &Dataset) -> Result<Totals> {
 /// [`evaluate`] as one rank of `world`: each rank scores its shard of the rows, the totals are summed.
 fn evaluate_on(world: &dyn Collectives, model: &Transformer, data: &Dataset) -> Result<Totals> {
     let mine = shard(data.examples.len(), world.rank(), world.size());
-    let lps = score_encoded(model, &data.examples[mine.clone()], EVAL_BATCH, |_| {})
+    let lps = score_encoded(&mut OnCpu::new(model), &data.examples[mine.clone()], EVAL_BATCH, |_| {})
         .map_err(|e| name_row(e, &data.sources[mine]))?;
     let t = Totals::of(&row_scores(&lps));
     let mut sums = [t.nll, t.tokens as f64];

@@ -50,7 +50,15 @@ impl<B: Backend> DevLinear<B> {
             }
             _ => x,
         };
-        be.gemm(&mut la.u, MatView::dense(n, r), xin, MatView::dense(n, inp), &lora.a.w, MatView::dense(r, inp).t(), false)?;
+        be.gemm(
+            &mut la.u,
+            MatView::dense(n, r),
+            xin,
+            MatView::dense(n, inp),
+            &lora.a.w,
+            MatView::dense(r, inp).t(),
+            false,
+        )?;
         // Scale the small (N, r) factor rather than the (N, out) product, as the CPU does.
         be.scale(&mut s.du, &la.u, n * r, lora.scale)?;
         be.gemm(out, ov, &s.du, MatView::dense(n, r), &lora.b.w, MatView::dense(outd, r).t(), true)

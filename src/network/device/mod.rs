@@ -97,6 +97,7 @@ impl<B: Backend> DeviceModel<B> {
     /// Afterwards the final-normed hidden states are on the device for [`Self::target_logprobs`] and
     /// [`Self::loss_backward`].
     pub fn forward(&mut self, batch: &PackedBatch, step_seed: Option<u64>) -> Result<()> {
+        batch.check(&self.config)?;
         let n = batch.len();
         self.prepare(n, step_seed.is_some())?;
         self.n = n;

@@ -141,9 +141,11 @@ impl<B: Backend> Weights<B> {
     /// Every trainable tensor, in the host model's parameter order (block by block; q, k, v, o, gate, up, down;
     /// A then B) — the order of the gradient norm's sum and of checkpoints.
     pub fn trainables(&self) -> impl Iterator<Item = &Trainable<B>> {
-        self.blocks.iter().flat_map(|b| b.linears()).filter_map(|l| l.lora.as_ref()).flat_map(|l| {
-            [(l.a_trains, &l.a), (l.b_trains, &l.b)].into_iter().filter(|(t, _)| *t).map(|(_, p)| p)
-        })
+        self.blocks
+            .iter()
+            .flat_map(|b| b.linears())
+            .filter_map(|l| l.lora.as_ref())
+            .flat_map(|l| [(l.a_trains, &l.a), (l.b_trains, &l.b)].into_iter().filter(|(t, _)| *t).map(|(_, p)| p))
     }
 
     pub fn trainables_mut(&mut self) -> impl Iterator<Item = &mut Trainable<B>> {
