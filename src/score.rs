@@ -86,6 +86,12 @@ pub trait Scorer {
     fn logprobs(&mut self, batch: &PackedBatch, sel: &[usize], targets: &[u32], out: &mut [f32]) -> Result<()>;
 }
 
+impl<S: Scorer + ?Sized> Scorer for &mut S {
+    fn logprobs(&mut self, batch: &PackedBatch, sel: &[usize], targets: &[u32], out: &mut [f32]) -> Result<()> {
+        (**self).logprobs(batch, sel, targets, out)
+    }
+}
+
 /// The CPU path: a model and the buffers of its forward pass and LM head.
 pub struct OnCpu<'a> {
     model: &'a Transformer,

@@ -6,20 +6,20 @@ use std::path::{Path, PathBuf};
 /// Top-level modules of the library, lowest layer first. A file may use a module of a lower layer, or files
 /// of its own top-level module; never a module of its own layer or above.
 const LAYERS: &[(&str, u32)] = &[
-    ("kernels", 0),
     ("rng", 0),
-    ("output", 0),
-    ("input", 0),
-    ("progress", 0),
-    ("distributed", 0),
-    ("network", 1),
-    ("tokenizer", 2),
-    ("formats", 3),
-    ("data", 4),
-    ("score", 5),
-    ("train", 6),
-    ("generate", 6),
-    ("metrics", 6),
+    ("kernels", 1),
+    ("output", 1),
+    ("input", 1),
+    ("progress", 1),
+    ("distributed", 1),
+    ("network", 2),
+    ("tokenizer", 3),
+    ("formats", 4),
+    ("data", 5),
+    ("score", 6),
+    ("train", 7),
+    ("generate", 7),
+    ("metrics", 7),
 ];
 
 fn layer(top: &str) -> u32 {

@@ -221,3 +221,39 @@ fn toml_config_sets_values_and_flags_override_it() {
         serde_json::from_str(&std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap()).unwrap();
     assert_eq!(adapter["r"], 3);
 }
+
+/// `--device reference` runs what `--device cuda` runs (the model on a device, its optimizer steps, the host
+/// model refreshed after each, moments fetched for checkpoints) on the CPU kernels: it trains as the CPU path
+/// does — the same losses, eval NLLs and adapter up to float rounding — and resumes bit for bit.
+#[test]
+fn the_device_path_trains_as_the_cpu_path_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |name: &str| tmp.path().join(name);
+    let (ok, err) = condlm(&train_args(dir("cpu").to_str().unwrap(), "5e-3", &[]));
+    assert!(ok, "{err}");
+    let (ok, err) = condlm(&train_args(dir("dev").to_str().unwrap(), "5e-3", &["--device", "reference"]));
+    assert!(ok && err.contains("training on cpu (reference backend)"), "{err}");
+    let (cpu, dev) = (curves(&dir("cpu")), curves(&dir("dev")));
+    assert_eq!((dev.0.len(), dev.1.len()), (cpu.0.len(), cpu.1.len()));
+    for ((s, a), (_, b)) in cpu.0.iter().chain(&cpu.1).zip(dev.0.iter().chain(&dev.1)) {
+        let (a, b) = (f64::from_bits(*a), f64::from_bits(*b));
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "step {s}: CPU {a} vs device path {b}");
+    }
+    let adapter = |d: &Path| common::load_f32_tensors(&d.join("adapter/adapter_model.safetensors"));
+    let (a, b) = (adapter(&dir("cpu")), adapter(&dir("dev")));
+    assert_eq!(a.len(), b.len());
+    for (name, (_, want)) in &a {
+        let e = common::rel_err(&b[name].1, want);
+        assert!(e < 1e-4, "{name}: device path's adapter off the CPU's by {e:e}");
+    }
+
+    let resumed = dir("resumed");
+    let args = train_args(resumed.to_str().unwrap(), "5e-3", &["--device", "reference", "--stop-after-steps", "3"]);
+    let (ok, err) = condlm(&args);
+    assert!(ok && err.contains("stopped at step 3"), "{err}");
+    let (ok, err) = condlm(&["train", "--resume", resumed.to_str().unwrap(), "--device", "reference"]);
+    assert!(ok, "{err}");
+    assert_eq!(curves(&resumed), dev, "the device path resumed differs from its uninterrupted run");
+    let read = |d: &Path| std::fs::read(d.join("adapter/adapter_model.safetensors")).unwrap();
+    assert_eq!(read(&resumed), read(&dir("dev")));
+}

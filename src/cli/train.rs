@@ -1,4 +1,5 @@
 //! `condlm train`: fit a model on (x, y) pairs by the conditional objective, LoRA or full fine-tuning.
+use super::device::DeviceArgs;
 use super::{ComputeArgs, use_compute};
 use anyhow::{Result, bail};
 use clap::Args;
@@ -172,6 +173,8 @@ pub struct TrainArgs {
     checkpoint_activations: bool,
     #[command(flatten)]
     compute: ComputeArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// Check the settings, model and data, print the memory plan (weights by type, optimizer state, activations)
     /// and exit without loading the weights or writing anything [default: off].
     #[arg(long)]
@@ -252,6 +255,7 @@ impl TrainArgs {
             checkpoint_activations: self.checkpoint_activations,
             base_dtype: self.base_dtype,
             compute: ComputeArgs { compute: self.compute.compute },
+            device: DeviceArgs { device: self.device.device },
             ..Default::default()
         };
         self.config.is_none() && !self.overwrite && bare.settings().ok() == self.settings().ok()
@@ -296,13 +300,14 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
         bail!(
             "--resume continues a run with the settings saved in its checkpoint; drop the other flags (only \
              --stop-after-steps, --zero1, --overlap-grad-sum, --grad-bucket-mib, --accept-changed-data, --no-divergence-guard, \
-             --allow-worse, --no-memory-check, --checkpoint-activations, --base-dtype stored|f32, --compute and --threads \
-             may be given)"
+             --allow-worse, --no-memory-check, --checkpoint-activations, --base-dtype stored|f32, --compute, --device and \
+             --threads may be given)"
         );
     }
     if a.accept_changed_data && a.resume.is_none() {
         bail!("--accept-changed-data only applies with --resume");
     }
+    a.device.check_compute(a.compute.compute)?;
     use_compute(a.compute.compute, false, world.is_root())?;
     let settings = a.settings()?;
     let opts = RunOptions {
@@ -317,6 +322,7 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
         resume_base_dtype: a.base_dtype,
         zero1: a.zero1,
         grad_sums: grad_sum_options(a.overlap_grad_sum, a.grad_bucket_mib)?,
+        device: a.device.device,
     };
     let r = train_on(world, settings, &opts)?;
     if !world.is_root() {

@@ -6,6 +6,7 @@ pub mod guard;
 pub mod interrupt;
 pub mod memory;
 pub mod objective;
+pub mod on_device;
 pub mod optim;
 pub mod output_dir;
 pub mod plot;

@@ -9,6 +9,7 @@ use super::grad_sums::GradSumOptions;
 use super::guard::{Guard, worse_than_start};
 use super::interrupt::{Interrupt, Signal};
 use super::memory::{MemoryPlan, available_bytes, largest_micro_batch};
+use super::on_device;
 use super::optim::AdamWConfig;
 use super::output_dir::{self, SetAside};
 use super::plot::plot_losses;
@@ -23,10 +24,11 @@ use crate::formats::load::{LoadedModel, open_model};
 use crate::formats::peft::save_adapter;
 use crate::formats::weights::BaseDtype;
 use crate::network::adapters::{attach, set_full_finetune};
+use crate::network::device::Placement;
 use crate::network::lora::LoraConfig;
 use crate::network::transformer::Transformer;
 use crate::progress;
-use crate::score::{OnCpu, Totals, name_row, row_scores, score_encoded};
+use crate::score::{OnCpu, Scorer, Totals, name_row, row_scores, score_encoded};
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result, bail};
 use std::io::Write;
@@ -107,6 +109,8 @@ pub struct RunOptions {
     pub zero1: bool,
     /// Under several ranks, how the gradients are summed ([`super::grad_sums`]).
     pub grad_sums: GradSumOptions,
+    /// Where the steps run (`--device`): the CPU, or the model on a GPU ([`super::on_device`]).
+    pub device: Placement,
 }
 
 impl Default for RunOptions {
@@ -123,6 +127,7 @@ impl Default for RunOptions {
             resume_base_dtype: None,
             zero1: false,
             grad_sums: GradSumOptions::default(),
+            device: Placement::Cpu,
         }
     }
 }
@@ -143,13 +148,13 @@ pub fn lora_config(s: &TrainSettings) -> LoraConfig {
 /// Token-weighted NLL of `data` under the model's current weights (no dropout); a non-finite row is named
 /// by its source.
 pub fn evaluate(model: &Transformer, data: &Dataset) -> Result<Totals> {
-    evaluate_on(&Single, model, data)
+    evaluate_on(&Single, &mut OnCpu::new(model), data)
 }
 
 /// [`evaluate`] as one rank of `world`: each rank scores its shard of the rows, the totals are summed.
-fn evaluate_on(world: &dyn Collectives, model: &Transformer, data: &Dataset) -> Result<Totals> {
+fn evaluate_on(world: &dyn Collectives, scorer: &mut dyn Scorer, data: &Dataset) -> Result<Totals> {
     let mine = shard(data.examples.len(), world.rank(), world.size());
-    let lps = score_encoded(&mut OnCpu::new(model), &data.examples[mine.clone()], EVAL_BATCH, |_| {})
+    let lps = score_encoded(scorer, &data.examples[mine.clone()], EVAL_BATCH, |_| {})
         .map_err(|e| name_row(e, &data.sources[mine]))?;
     let t = Totals::of(&row_scores(&lps));
     let mut sums = [t.nll, t.tokens as f64];
@@ -333,6 +338,12 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         data_changed = check_same_data(&meta, &data_sha256, opts.accept_changed_data)?;
         trainer.import_state(state)?;
         best_eval = meta.best_eval;
+    }
+    if let Some(dev) = on_device::open(opts.device, &trainer.model)? {
+        if root {
+            eprintln!("training on {}", dev.name());
+        }
+        trainer.use_device(dev)?;
     }
     let output = out.join(if s.full { "model" } else { "adapter" });
     if trainer.step >= plan.total_steps as u64 && output.exists() {
@@ -536,8 +547,8 @@ struct StepLoop<'a> {
 }
 
 impl StepLoop<'_> {
-    fn evaluate(&self, t: &Trainer) -> Result<Option<Totals>> {
-        self.eval_set.map(|e| evaluate_on(self.world, &t.model, e)).transpose()
+    fn evaluate(&self, t: &mut Trainer) -> Result<Option<Totals>> {
+        self.eval_set.map(|e| evaluate_on(self.world, &mut *t.scorer(), e)).transpose()
     }
 
     /// The signal rank 0 received, if any, on every rank: all ranks stop after the same step.
@@ -647,6 +658,7 @@ impl StepLoop<'_> {
             let save_due = s.save_every > 0 && done % s.save_every as u64 == 0;
             if improved || stopped || signal.is_some() || done == total || save_due {
                 // Every rank decides alike (the values above are the same on all); ZeRO-1 gathers the moments.
+                trainer.sync_moments()?;
                 let gathered = trainer.gather_moments(self.world);
                 if root {
                     let step = trainer.step;

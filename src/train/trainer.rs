@@ -11,6 +11,7 @@
 //! every part is broadcast from its owner. AdamW is element-wise, so the values are those of the unsharded run.
 use super::grad_sums::{GradSumOptions, GradSums};
 use super::objective::{ObjectiveScratch, forward_backward, forward_backward_with};
+use super::on_device::{DeviceStep, OnDevice};
 use super::optim::{
     AdamWConfig, Moments, NORM_CHUNK, adamw_update, adamw_update_slice, add_grad_sq, clip_coef, scale_grad,
 };
@@ -18,6 +19,7 @@ use super::schedule::{Schedule, lr_factor};
 use crate::data::example::Example;
 use crate::distributed::{Collectives, Single, shard};
 use crate::network::transformer::Transformer;
+use crate::score::{OnCpu, Scorer};
 use anyhow::{Result, bail};
 use std::borrow::Borrow;
 use std::ops::Range;
@@ -80,6 +82,8 @@ pub struct Trainer {
     scratch: ObjectiveScratch,
     /// Partial sums of the gradient norm (see `optim::add_grad_sq`), sized for the largest tensor.
     norm_partials: Vec<f64>,
+    /// Where the steps run when not on the CPU ([`Self::use_device`]).
+    device: Option<OnDevice>,
 }
 
 impl Trainer {
@@ -99,7 +103,39 @@ impl Trainer {
         let mut scratch = ObjectiveScratch::default();
         scratch.recompute_activations = cfg.checkpoint_activations;
         let sums = GradSums::new(GradSumOptions::default());
-        Ok(Trainer { model, cfg, step: 0, moments, scratch, norm_partials, zero1: None, sums })
+        Ok(Trainer { model, cfg, step: 0, moments, scratch, norm_partials, zero1: None, sums, device: None })
+    }
+
+    /// From now on the steps run on `dev` (the model on a device, made from this trainer's model), starting from
+    /// the trainer's values and moments (a resumed run's, after [`Self::import_state`]). One process only.
+    pub fn use_device(&mut self, mut dev: Box<dyn DeviceStep>) -> Result<()> {
+        if self.zero1.is_some() {
+            bail!("--zero1 shards the optimizer over MPI ranks; a run on a device is one process");
+        }
+        dev.set_state(&mut self.model, &self.moments)?;
+        self.device = Some(OnDevice::new(dev));
+        Ok(())
+    }
+
+    /// Where the steps run, for messages.
+    pub fn device_name(&self) -> Option<String> {
+        self.device.as_ref().map(|d| d.step.name())
+    }
+
+    /// What scores rows with the current weights: the device's model when training on one, else the CPU path.
+    pub fn scorer(&mut self) -> Box<dyn Scorer + '_> {
+        match &mut self.device {
+            Some(d) => Box::new(d.step.scorer()),
+            None => Box::new(OnCpu::new(&self.model)),
+        }
+    }
+
+    /// Brings the AdamW moments back from the device (before a checkpoint); nothing to do on the CPU.
+    pub fn sync_moments(&mut self) -> Result<()> {
+        if let Some(d) = &self.device {
+            self.moments = d.step.moments()?;
+        }
+        Ok(())
     }
 
     /// How a multi-rank step sums its gradients (the same numbers either way).
@@ -157,6 +193,9 @@ impl Trainer {
         let lr =
             self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
         let (multi, overlap) = (world.size() > 1, self.sums.options.overlap);
+        if multi && self.device.is_some() {
+            bail!("--device runs one process: data-parallel training on GPUs (NCCL) is not built yet");
+        }
         if multi {
             self.sums.begin(&mut self.model);
         }
@@ -175,7 +214,7 @@ impl Trainer {
                 (loss, self.sums.secs + t0.elapsed().as_secs_f64())
             }
         };
-        let grad_norm = self.grad_norm();
+        let grad_norm = self.grad_norm()?;
         if !(grad_norm.is_finite() && loss.is_finite()) {
             let cause = if self.step == 0 {
                 "before any update, so the cause is the model (a weight that is NaN or inf, or values that overflow) \
@@ -187,7 +226,7 @@ impl Trainer {
             bail!("the loss is {loss} and the gradient norm {grad_norm} at step {}: {cause}", self.step + 1);
         }
         let clip = self.cfg.max_grad_norm.and_then(|max| clip_coef(grad_norm, max));
-        self.update(lr, clip);
+        self.update(lr, clip)?;
         let t0 = Instant::now();
         self.broadcast_parts(world);
         comm_s += t0.elapsed().as_secs_f64();
@@ -218,6 +257,10 @@ impl Trainer {
             }
             let (smoothing, s) = (self.cfg.label_smoothing, &mut self.scratch);
             let seed = crate::rng::mix(self.cfg.seed ^ crate::rng::mix(self.step * 1_000_003 + k as u64));
+            if let Some(d) = &mut self.device {
+                loss += d.micro_batch(mb, weight, smoothing, seed)?;
+                continue;
+            }
             loss += match overlap_at == Some(k) {
                 false => forward_backward(&mut self.model, mb, weight, smoothing, s, seed)?,
                 true => {
@@ -231,17 +274,29 @@ impl Trainer {
     }
 
     /// √(Σ g²) over every trainable tensor, in model order.
-    fn grad_norm(&mut self) -> f64 {
+    fn grad_norm(&mut self) -> Result<f64> {
+        if let Some(d) = &self.device {
+            return Ok(d.step.grad_sq()?.sqrt());
+        }
         let mut total = 0.0;
         let partials = &mut self.norm_partials;
         self.model.for_each_param_mut(|p| add_grad_sq(&mut total, p, partials));
-        total.sqrt()
+        Ok(total.sqrt())
     }
 
     /// Clips (scales every gradient by `clip`, if any), takes the AdamW step at learning rate `lr`, zeroes the
     /// gradients and counts the step.
-    fn update(&mut self, lr: f64, clip: Option<f32>) {
+    fn update(&mut self, lr: f64, clip: Option<f32>) -> Result<()> {
         let t = self.step + 1;
+        if let Some(d) = &mut self.device {
+            if let Some(coef) = clip {
+                d.step.scale_grads(coef)?;
+            }
+            d.step.adamw(&self.cfg.adamw, lr, t)?;
+            d.step.download_values(&mut self.model)?;
+            self.step = t;
+            return Ok(());
+        }
         let decay = self.cfg.adamw;
         let no_decay = AdamWConfig { weight_decay: 0.0, ..decay };
         let mut moments = self.moments.iter_mut();
@@ -267,6 +322,7 @@ impl Trainer {
             p.zero_grad();
         });
         self.step = t;
+        Ok(())
     }
 
     /// ZeRO-1: every rank's updated part to every rank (nothing to do unsharded).

@@ -23,6 +23,65 @@ use block::BlockArgs;
 use buffers::{Buffers, HEAD_ROWS};
 use weights::Weights;
 
+/// Where the network runs (`--device`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Placement {
+    #[default]
+    Cpu,
+    /// The GPU of this ordinal (CUDA's numbering).
+    Cuda(usize),
+    /// The device path on the CPU's kernels (`kernels::backend::host`): slow, for checking what `cuda` runs
+    /// (everything but the GPU kernels themselves) on a machine without a GPU.
+    Reference,
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "cpu" => Ok(Placement::Cpu),
+            None if s == "cuda" => Ok(Placement::Cuda(0)),
+            None if s == "reference" => Ok(Placement::Reference),
+            Some(("cuda", n)) => n.parse().map(Placement::Cuda).map_err(|_| format!("{n:?} is not a GPU number")),
+            _ => Err(format!("{s:?} is not a device: use cpu, cuda, cuda:N or reference")),
+        }
+    }
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Placement::Cpu => write!(f, "cpu"),
+            Placement::Cuda(n) => write!(f, "cuda:{n}"),
+            Placement::Reference => write!(f, "reference"),
+        }
+    }
+}
+
+/// The model on a GPU: the device model on the CUDA backend.
+#[cfg(feature = "cuda")]
+pub type OnGpu = DeviceModel<crate::kernels::cuda::backend::Cuda>;
+/// Without the `cuda` feature [`open_gpu`] refuses, so this type is never built; naming one keeps the callers
+/// free of feature gates.
+#[cfg(not(feature = "cuda"))]
+pub type OnGpu = DeviceModel<crate::kernels::backend::host::Host>;
+
+/// `model` on GPU `ordinal`.
+#[cfg(feature = "cuda")]
+pub fn open_gpu(ordinal: usize, model: &Transformer) -> Result<OnGpu> {
+    DeviceModel::new(crate::kernels::cuda::backend::Cuda::open(ordinal)?, model)
+}
+
+/// Without the `cuda` feature: says how to get a build with it.
+#[cfg(not(feature = "cuda"))]
+pub fn open_gpu(_ordinal: usize, _model: &Transformer) -> Result<OnGpu> {
+    bail!(
+        "this condlm was built without CUDA: build it with `cargo build --release --features cuda` (no CUDA toolkit \
+         is needed to build; the driver and libraries are loaded when it runs)"
+    )
+}
+
 /// Why `model` cannot run on a device yet (None when it can).
 pub fn unsupported(model: &Transformer) -> Option<String> {
     let c = &model.config;
@@ -264,6 +323,42 @@ impl<B: Backend> DeviceModel<B> {
         Ok(())
     }
 
+    /// Where it runs.
+    pub fn name(&self) -> String {
+        self.backend.name()
+    }
+
+    /// AdamW's moments (m, v) of every trainable tensor, in parameter order.
+    pub fn moments(&self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
+        let mut out = vec![];
+        for t in self.weights.trainables() {
+            let (mut m, mut v) = (vec![0.0; t.len], vec![0.0; t.len]);
+            self.backend.download(&t.m, &mut m)?;
+            self.backend.download(&t.v, &mut v)?;
+            out.push((m, v));
+        }
+        Ok(out)
+    }
+
+    /// Replaces every trainable tensor's values with `model`'s (by name) and its moments with `moments` (in
+    /// parameter order): a resumed run's state.
+    pub fn set_state(&mut self, model: &mut Transformer, moments: &[(&[f32], &[f32])]) -> Result<()> {
+        let host = model.params_mut();
+        let trainables: Vec<_> = self.weights.trainables_mut().collect();
+        if trainables.len() != moments.len() {
+            bail!("{} sets of moments for {} trainable tensors", moments.len(), trainables.len());
+        }
+        for (t, (m, v)) in trainables.into_iter().zip(moments) {
+            let Some(p) = host.iter().find(|p| p.name == t.name) else {
+                bail!("the device holds {} but the model has no such tensor", t.name)
+            };
+            self.backend.upload(&mut t.w, &p.data)?;
+            self.backend.upload(&mut t.m, m)?;
+            self.backend.upload(&mut t.v, v)?;
+        }
+        Ok(())
+    }
+
     /// Copies every trainable tensor's values — and its gradient into the host's gradient buffer when
     /// `with_grads` — into `model` (the one it was uploaded from), by name.
     pub fn download_into(&self, model: &mut Transformer, with_grads: bool) -> Result<()> {
@@ -278,5 +373,21 @@ impl<B: Backend> DeviceModel<B> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placements_parse_and_print() {
+        let all = [("cpu", Placement::Cpu), ("cuda", Placement::Cuda(0)), ("cuda:3", Placement::Cuda(3))];
+        for (s, p) in all.into_iter().chain([("reference", Placement::Reference)]) {
+            assert_eq!(s.parse(), Ok(p));
+        }
+        assert_eq!(Placement::Cuda(3).to_string(), "cuda:3");
+        assert!("cuda:x".parse::<Placement>().unwrap_err().contains("not a GPU number"));
+        assert!("gpu".parse::<Placement>().unwrap_err().contains("cpu, cuda, cuda:N or reference"));
     }
 }

@@ -1,0 +1,128 @@
+//! Training on a device (`--device cuda`): the [`super::trainer::Trainer`] hands each micro-batch, the gradient
+//! norm, clipping and AdamW to the model on the device (`network::device`). After every update the host's
+//! trainable tensors are refreshed from the device (LoRA's factors: small), so evaluation, checkpoints and the
+//! outputs read the host model exactly as on the CPU; the moments come back only for a checkpoint.
+use super::optim::{AdamWConfig, Moments};
+use crate::data::example::{Example, target_rows};
+use crate::kernels::backend::Backend;
+use crate::kernels::backend::host::Host;
+use crate::network::batch::PackedBatch;
+use crate::network::device::{DeviceModel, Placement, open_gpu};
+use crate::network::transformer::Transformer;
+use crate::score::Scorer;
+use anyhow::Result;
+use std::borrow::Borrow;
+
+/// What the trainer asks of a model on a device (implemented for the device model on every backend).
+pub trait DeviceStep {
+    /// Where it runs, for messages.
+    fn name(&self) -> String;
+    /// Forward, the LM head's cross-entropy on rows `sel` (next tokens `targets`, each weighted by
+    /// `token_weight`), backward: gradients accumulate on the device. Returns the summed unweighted loss.
+    fn forward_backward(
+        &mut self,
+        batch: &PackedBatch,
+        sel: &[usize],
+        targets: &[u32],
+        token_weight: f32,
+        label_smoothing: f32,
+        step_seed: u64,
+    ) -> Result<f64>;
+    /// Σ g² of every trainable tensor.
+    fn grad_sq(&self) -> Result<f64>;
+    fn scale_grads(&mut self, coef: f32) -> Result<()>;
+    /// AdamW on every trainable tensor, gradients zeroed after.
+    fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64) -> Result<()>;
+    /// The trainable tensors' values into `model`.
+    fn download_values(&self, model: &mut Transformer) -> Result<()>;
+    /// The moments of every trainable tensor, in parameter order.
+    fn moments(&self) -> Result<Vec<Moments>>;
+    /// `model`'s trainable values and these moments onto the device (a resumed run).
+    fn set_state(&mut self, model: &mut Transformer, moments: &[Moments]) -> Result<()>;
+    /// Scoring rows on the device with the current weights (evaluation during training).
+    fn scorer(&mut self) -> &mut dyn Scorer;
+}
+
+impl<B: Backend> DeviceStep for DeviceModel<B> {
+    fn name(&self) -> String {
+        DeviceModel::name(self)
+    }
+
+    fn forward_backward(
+        &mut self,
+        batch: &PackedBatch,
+        sel: &[usize],
+        targets: &[u32],
+        token_weight: f32,
+        label_smoothing: f32,
+        step_seed: u64,
+    ) -> Result<f64> {
+        self.forward(batch, Some(step_seed))?;
+        self.loss_backward(sel, targets, token_weight, label_smoothing)
+    }
+
+    fn grad_sq(&self) -> Result<f64> {
+        DeviceModel::grad_sq(self)
+    }
+
+    fn scale_grads(&mut self, coef: f32) -> Result<()> {
+        DeviceModel::scale_grads(self, coef)
+    }
+
+    fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64) -> Result<()> {
+        DeviceModel::adamw(self, cfg, lr, t)
+    }
+
+    fn download_values(&self, model: &mut Transformer) -> Result<()> {
+        self.download_into(model, false)
+    }
+
+    fn moments(&self) -> Result<Vec<Moments>> {
+        Ok(DeviceModel::moments(self)?.into_iter().map(|(m, v)| Moments { m, v }).collect())
+    }
+
+    fn set_state(&mut self, model: &mut Transformer, moments: &[Moments]) -> Result<()> {
+        let pairs: Vec<(&[f32], &[f32])> = moments.iter().map(|m| (&m.m[..], &m.v[..])).collect();
+        DeviceModel::set_state(self, model, &pairs)
+    }
+
+    fn scorer(&mut self) -> &mut dyn Scorer {
+        self
+    }
+}
+
+/// The model on `placement`, or None for the CPU path.
+pub fn open(placement: Placement, model: &Transformer) -> Result<Option<Box<dyn DeviceStep>>> {
+    Ok(match placement {
+        Placement::Cpu => None,
+        Placement::Cuda(ordinal) => Some(Box::new(open_gpu(ordinal, model)?)),
+        Placement::Reference => Some(Box::new(DeviceModel::new(Host, model)?)),
+    })
+}
+
+/// A trainer's device and the host-side buffers of its micro-batches.
+pub struct OnDevice {
+    pub step: Box<dyn DeviceStep>,
+    batch: PackedBatch,
+    sel: Vec<usize>,
+    targets: Vec<u32>,
+}
+
+impl OnDevice {
+    pub fn new(step: Box<dyn DeviceStep>) -> Self {
+        OnDevice { step, batch: PackedBatch::default(), sel: vec![], targets: vec![] }
+    }
+
+    /// One micro-batch's forward and backward (as `objective::forward_backward`); returns its summed loss.
+    pub fn micro_batch<E: Borrow<Example>>(
+        &mut self,
+        rows: &[E],
+        token_weight: f32,
+        label_smoothing: f32,
+        step_seed: u64,
+    ) -> Result<f64> {
+        self.batch.pack(rows.iter().map(|e| &e.borrow().ids[..]));
+        target_rows(rows, &self.batch, &mut self.sel, &mut self.targets);
+        self.step.forward_backward(&self.batch, &self.sel, &self.targets, token_weight, label_smoothing, step_seed)
+    }
+}
