@@ -1,4 +1,4 @@
-//! Training on a device (`--device cuda`): the [`super::trainer::Trainer`] hands each micro-batch, the gradient
+//! Training on a device (`--device cuda`): the trainer (`Trainer::use_device`) hands each micro-batch, the gradient
 //! norm, clipping and AdamW to the model on the device (`network::device`). After every update the host's
 //! trainable tensors are refreshed from the device (LoRA's factors: small), so evaluation, checkpoints and the
 //! outputs read the host model exactly as on the CPU; the moments come back only for a checkpoint.
