@@ -110,9 +110,11 @@ pub fn cross_entropy_backward(
         let n = xs.len() / dim;
         let (chunk_rows, chunk_targets) = (&rows[start..start + n], &targets[start..start + n]);
         // Loss of each row, and its logits turned into dlogits in place.
-        logits.par_chunks_mut(vocab).zip(row_loss[..n].par_iter_mut()).zip(chunk_targets.par_iter()).for_each(
-            |((l, loss), &t)| *loss = cross_entropy_row(l, t, token_weight, label_smoothing),
-        );
+        logits
+            .par_chunks_mut(vocab)
+            .zip(row_loss[..n].par_iter_mut())
+            .zip(chunk_targets.par_iter())
+            .for_each(|((l, loss), &t)| *loss = cross_entropy_row(l, t, token_weight, label_smoothing));
         total += row_loss[..n].iter().sum::<f64>();
         if let Some(dh) = dhead.as_deref_mut() {
             matmul_weights(MatMut::new(dh, vocab, dim), Mat::new(logits, n, vocab).t(), Mat::new(xs, n, dim), true);

@@ -243,14 +243,7 @@ impl Backend for Host {
         Ok(())
     }
 
-    fn scatter_add_rows(
-        &self,
-        dst: &mut Vec<f32>,
-        src: &Vec<f32>,
-        idx: &Vec<u32>,
-        n: usize,
-        dim: usize,
-    ) -> Result<()> {
+    fn scatter_add_rows(&self, dst: &mut Vec<f32>, src: &Vec<f32>, idx: &Vec<u32>, n: usize, dim: usize) -> Result<()> {
         for (s, &r) in src[..n * dim].chunks_exact(dim).zip(&idx[..n]) {
             dst[r as usize * dim..][..dim].iter_mut().zip(s).for_each(|(d, s)| *d += s);
         }

@@ -120,7 +120,15 @@ pub trait Backend {
     fn add_bias(&self, out: &mut Self::F32, ov: MatView, b: &Self::F32) -> Result<()>;
 
     /// out[i] = table[ids[i]] · scale (scale 1 when None), i < n; table (vocab, dim).
-    fn embedding(&self, out: &mut Self::F32, table: &Self::F32, ids: &Self::U32, n: usize, dim: usize, scale: Option<f32>) -> Result<()>;
+    fn embedding(
+        &self,
+        out: &mut Self::F32,
+        table: &Self::F32,
+        ids: &Self::U32,
+        n: usize,
+        dim: usize,
+        scale: Option<f32>,
+    ) -> Result<()>;
     /// As `kernels::norm::rmsnorm_forward` on `rows` rows of `dim` (w: dim values).
     #[allow(clippy::too_many_arguments)]
     fn rmsnorm_forward(
@@ -198,8 +206,14 @@ pub trait Backend {
     /// out[k] = src[idx[k]] for k < n rows of `dim`.
     fn gather_rows(&self, out: &mut Self::F32, src: &Self::F32, idx: &Self::U32, n: usize, dim: usize) -> Result<()>;
     /// dst[idx[k]] += src[k] for k < n rows of `dim` (the indices distinct).
-    fn scatter_add_rows(&self, dst: &mut Self::F32, src: &Self::F32, idx: &Self::U32, n: usize, dim: usize)
-    -> Result<()>;
+    fn scatter_add_rows(
+        &self,
+        dst: &mut Self::F32,
+        src: &Self::F32,
+        idx: &Self::U32,
+        n: usize,
+        dim: usize,
+    ) -> Result<()>;
     /// The loss rows of the LM head, as `kernels::lm_head::cross_entropy_row` on `rows` rows of `vocab` logits:
     /// loss[r] in f64, logits[r] turned into dlogits in place.
     #[allow(clippy::too_many_arguments)]
@@ -214,8 +228,15 @@ pub trait Backend {
         label_smoothing: f32,
     ) -> Result<()>;
     /// As `kernels::dropout::dropout_forward` on n values (the mask drawn from `key`).
-    fn dropout_forward(&self, x_drop: &mut Self::F32, keep: &mut Self::Mask, x: &Self::F32, n: usize, p: f32, key: u64)
-    -> Result<()>;
+    fn dropout_forward(
+        &self,
+        x_drop: &mut Self::F32,
+        keep: &mut Self::Mask,
+        x: &Self::F32,
+        n: usize,
+        p: f32,
+        key: u64,
+    ) -> Result<()>;
     /// As `kernels::dropout::dropout_again`.
     fn dropout_again(&self, x_drop: &mut Self::F32, keep: &Self::Mask, x: &Self::F32, n: usize, p: f32) -> Result<()>;
     /// As `kernels::dropout::dropout_backward`: dx **+=**.
