@@ -14,7 +14,8 @@ use crate::kernels::backend::MatView;
 use cudarc::cublas::CudaBlas;
 use cudarc::cublas::result::{CublasError, gemm_ex};
 use cudarc::cublas::sys::{self, cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::sys as driver_sys;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -65,6 +66,8 @@ pub enum GemmError {
     Handle { ordinal: usize, err: CublasError },
     #[error("cublasGemmEx ({what}, m {m} n {n} k {k}) failed: {err:?}")]
     Gemm { what: &'static str, m: usize, n: usize, k: usize, err: CublasError },
+    #[error("zeroing the (m {m}, n {n}) product of an empty inner dimension (k = 0) failed: {err}")]
+    Zero { m: usize, n: usize, err: DriverError },
 }
 
 /// A cuBLAS handle on a device's stream: products run in stream order with the kernels of [`Device`].
@@ -109,7 +112,7 @@ impl Blas {
     /// c = a · b (or c += when `accumulate`) on views of row-major buffers, as `kernels::matmul` on `Mat`
     /// views: each operand may start at an offset, skip columns (ld ≥ cols) and be read transposed; c is not
     /// transposed. Shapes: a (m, k), b (k, n), c (m, n) as read; bounds are checked here. The operand mapping is
-    /// the module docs'.
+    /// the module docs'. An empty inner dimension (k = 0) zeroes c (or leaves it, accumulating) without cuBLAS.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul<T: Operand>(
         &self,
@@ -138,6 +141,10 @@ impl Blas {
         if m == 0 || n == 0 {
             return Ok(());
         }
+        if k == 0 {
+            // c = 0 (or c as it is, accumulating), without cuBLAS: not every version handles an empty k.
+            return if accumulate { Ok(()) } else { self.zero(c, cv) };
+        }
         let what = if T::TYPE == cudaDataType_t::CUDA_R_32F { "f32" } else { "bf16 operands, f32 sums" };
         let op = |v: MatView| if v.trans { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
@@ -148,14 +155,13 @@ impl Blas {
         let at = |p: u64, v: MatView, size: usize| (p + (v.offset * size) as u64) as *const c_void;
         let (pa, pb) = (at(pa, av, size_of::<T>()), at(pb, bv, size_of::<T>()));
         let pc = at(pc, cv, size_of::<f32>()) as *mut c_void;
-        // An ld of 0 (a view with no columns: k = 0) becomes 1, the least cuBLAS takes; nothing is read then.
-        let [mi, ni, ki, lda, ldb, ldc] = [m, n, k, av.ld.max(1), bv.ld.max(1), cv.ld.max(1)].map(|v| v as i32);
+        let [mi, ni, ki, lda, ldb, ldc] = [m, n, k, av.ld, bv.ld, cv.ld].map(|v| v as i32);
         // SAFETY: each pointer is its buffer's start plus the view's offset, and cuBLAS reads (writes, for c) the
         // column-major matrices of the docs above — op_B(B) (n, k) from pb with ldb, op_A(A) (k, m) from pa with
         // lda, C (n, m) at pc with ldc — i.e. exactly the elements of the three views, which end inside their
-        // buffers (checked above); every ld is at least its stored matrix's column count (checked), which is what
-        // cuBLAS requires of it. With k = 0 nothing is read and C = beta·C. alpha and beta are host f32 (the
-        // handle's default pointer mode) as CUBLAS_COMPUTE_32F* requires.
+        // buffers (checked above); every ld is at least its stored matrix's column count (checked; ≥ 1, as m, n
+        // and k are), which is what cuBLAS requires of it. alpha and beta are host f32 (the handle's default
+        // pointer mode) as CUBLAS_COMPUTE_32F* requires.
         unsafe {
             gemm_ex(
                 *self.blas.handle(),
@@ -180,5 +186,20 @@ impl Blas {
             )
         }
         .map_err(|err| GemmError::Gemm { what, m, n, k, err })
+    }
+
+    /// The view `cv` of c (non-empty, ld ≥ cols, inside c: checked by the caller) set to 0: a 2-D memset of
+    /// rows × cols 32-bit words, ld·4 bytes apart.
+    fn zero(&self, c: &mut CudaSlice<f32>, cv: MatView) -> Result<(), GemmError> {
+        let (m, n) = (cv.rows, cv.cols);
+        let stream = &self.stream;
+        stream.context().bind_to_thread().map_err(|err| GemmError::Zero { m, n, err })?;
+        let (pc, _rc) = c.device_ptr_mut(stream);
+        let (start, pitch) = (pc + (cv.offset * size_of::<f32>()) as u64, cv.ld * size_of::<f32>());
+        // SAFETY: rows × cols words from start, pitch bytes apart: exactly the view's elements, which lie inside c;
+        // the context is current (above) and the memset is queued on the stream the buffer is used on.
+        unsafe { driver_sys::cuMemsetD2D32Async(start, pitch, 0, n, m, stream.cu_stream()) }
+            .result()
+            .map_err(|err| GemmError::Zero { m, n, err })
     }
 }
