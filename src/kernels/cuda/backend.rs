@@ -1,8 +1,10 @@
 //! [`Backend`] on one GPU: buffers are `CudaSlice`s on the device's stream, each op the CUDA kernel (or cuBLAS
 //! product, or driver copy) that mirrors what `backend::host::Host` calls on the CPU, on the same prefixes of the
-//! same buffers. Everything runs in stream order on the device's one stream, so ops need no events between them;
-//! only `download`, `download_f64` and `sum_squares` wait for the GPU. Checked against `Host` op by op by
-//! `condlm info --devices --check-kernels` (cli/backend_parity.rs).
+//! same buffers. Everything runs in stream order on the device's one stream, so ops need no events between them.
+//! The reads (`download`, `download_f64`, `sum_squares`) wait for the GPU; so, for now, do the ops whose launches
+//! check indices on the host (embedding, gather_rows, scatter_add_rows, rope, attention, cross_entropy_rows copy
+//! their indices back first). Checked against `Host` op by op by `condlm info --devices --check-kernels`
+//! (cli/backend_parity.rs).
 use super::device::Device;
 use super::devices::probe;
 use super::gemm::Blas;
