@@ -43,10 +43,15 @@ fn every_kernel_source_compiles_to_ptx() {
 
 /// Each launch in src/kernels/cuda/ops/ names a kernel that some source defines, and pushes as many arguments as the
 /// kernel's `extern "C"` signature has parameters (a mismatch would only show on a GPU, as a crash or garbage);
-/// every kernel has a launch.
+/// every kernel has a launch, and no launch lies outside ops/ (where this check would not see it: the backend,
+/// `kernels::cuda::backend`, launches through ops/ only).
 #[test]
 fn launches_match_the_kernel_signatures() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/kernels/cuda");
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let root = src.join("kernels/cuda");
+    let mut outside = vec![];
+    launches_outside(&src, &root.join("ops"), &mut outside);
+    assert!(outside.is_empty(), "kernel launches outside src/kernels/cuda/ops/: {outside:?}");
     let sources: String = SOURCES.iter().map(|s| s.text).collect();
     let mut launched = std::collections::BTreeSet::new();
     for entry in std::fs::read_dir(root.join("ops")).unwrap() {
@@ -89,4 +94,20 @@ fn kernel_names(before: &str, call: &str) -> Vec<String> {
     let inside = &call["d.function(".len()..call.find(')').unwrap()];
     let text = if inside.contains('"') { inside } else { &before[before.rfind("let name =").unwrap()..] };
     text.split('"').skip(1).step_by(2).map(String::from).collect()
+}
+
+/// The .rs files under `dir`, except those under `skip`, that build a kernel launch (`launch_builder(`).
+fn launches_outside(dir: &std::path::Path, skip: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            if path != skip {
+                launches_outside(&path, skip, out);
+            }
+        } else if path.extension().is_some_and(|e| e == "rs")
+            && std::fs::read_to_string(&path).unwrap().contains("launch_builder(")
+        {
+            out.push(path);
+        }
+    }
 }

@@ -1,8 +1,10 @@
 //! `condlm info --devices --check-kernels` (feature `cuda`): every CUDA kernel source compiled with NVRTC for each
 //! GPU's architecture, loaded into the GPU's context, its kernels looked up, then run against the CPU kernels
-//! (`kernel_parity`), and cuBLAS's GEMM throughput measured (`gemm_peak`) — or, with no GPU, compiled for `sm_90` only. Prints one line per source and comparison;
-//! fails if any source does not compile or load, or any comparison is off.
+//! (`kernel_parity`), cuBLAS's GEMM throughput measured (`gemm_peak`), and the CUDA backend checked op by op
+//! against the reference backend (`backend_parity`) — or, with no GPU, compiled for `sm_90` only. Prints one line
+//! per source and comparison; fails if any source does not compile or load, or any comparison is off.
 use anyhow::{Result, bail};
+use condlm::kernels::cuda::backend::Cuda;
 use condlm::kernels::cuda::compile::{DEFAULT_ARCH, compile, nvrtc_version};
 use condlm::kernels::cuda::device::Device;
 use condlm::kernels::cuda::devices::Gpu;
@@ -63,6 +65,13 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
         if let Err(e) = super::gemm_peak::run(&device) {
             println!("peak   cuda:{} gemm FAILED to run: {e:#}", g.ordinal);
             failed += 1;
+        }
+        match Cuda::new(device) {
+            Ok(cuda) => failed += super::backend_parity::run(&cuda),
+            Err(e) => {
+                println!("backend cuda:{} FAILED to start: {e:#}", g.ordinal);
+                failed += 1;
+            }
         }
     }
     if failed > 0 {

@@ -26,17 +26,19 @@ use condlm::kernels::rope::{RopeTable, rope_backward, rope_forward};
 use condlm::rng::uniform;
 
 /// One comparison: its name, the normalized error and the tolerance.
-struct Compared {
-    name: String,
-    err: f64,
-    tol: f64,
+pub(super) struct Compared {
+    pub name: String,
+    pub err: f64,
+    pub tol: f64,
 }
+
+/// A check of some ops on `D`: pushes its comparisons as it makes them.
+pub(super) type Check<D> = fn(&D, &mut Vec<Compared>) -> Result<()>;
 
 /// Runs every comparison on `d`, printing one line each as its op finishes (an op that fails to run is a line
 /// too, and the others still run); returns how many failed.
 pub fn run(d: &Device) -> usize {
-    type Check = fn(&Device, &mut Vec<Compared>) -> Result<()>;
-    let checks: [(&str, Check); 7] = [
+    let checks: [(&str, Check<Device>); 7] = [
         ("gemm", gemm),
         ("rmsnorm", rmsnorm),
         ("rope", rope_check),
@@ -45,6 +47,12 @@ pub fn run(d: &Device) -> usize {
         ("cross_entropy", cross_entropy),
         ("adamw", adamw),
     ];
+    run_checks(&format!("parity cuda:{}", d.gpu.ordinal), d, &checks)
+}
+
+/// Runs `checks` on `d`, one line per comparison after `label`, and one per check that fails to run (the
+/// others still run); returns how many failed.
+pub(super) fn run_checks<D>(label: &str, d: &D, checks: &[(&str, Check<D>)]) -> usize {
     let mut failed = 0;
     for (op, check) in checks {
         let mut done = vec![];
@@ -53,13 +61,10 @@ pub fn run(d: &Device) -> usize {
             let ok = c.err <= c.tol;
             failed += usize::from(!ok);
             let verdict = if ok { "OK" } else { "FAILED" };
-            println!(
-                "parity cuda:{} {:38} max |Δ|/max |cpu| {:.1e} (tol {:.0e}) {verdict}",
-                d.gpu.ordinal, c.name, c.err, c.tol
-            );
+            println!("{label} {:38} max |Δ|/max |cpu| {:.1e} (tol {:.0e}) {verdict}", c.name, c.err, c.tol);
         }
         if let Err(e) = result {
-            println!("parity cuda:{} {op} FAILED to run: {e:#}", d.gpu.ordinal);
+            println!("{label} {op} FAILED to run: {e:#}");
             failed += 1;
         }
     }
@@ -67,11 +72,11 @@ pub fn run(d: &Device) -> usize {
 }
 
 /// `n` values uniform in [−scale, scale) from stream `stream`.
-fn random(n: usize, stream: u64, scale: f32) -> Vec<f32> {
+pub(super) fn random(n: usize, stream: u64, scale: f32) -> Vec<f32> {
     (0..n as u64).map(|i| ((uniform(15, stream, i) * 2.0 - 1.0) as f32) * scale).collect()
 }
 
-fn compare(all: &mut Vec<Compared>, name: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
+pub(super) fn compare(all: &mut Vec<Compared>, name: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
     assert_eq!(gpu.len(), cpu.len(), "{name}: lengths");
     // A NaN on either side counts as an infinite error (f64::max alone would drop it).
     let err =
@@ -128,9 +133,18 @@ fn rmsnorm(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         let s = &d.stream;
         let (gx, gw, gdout) = (s.clone_htod(&x)?, s.clone_htod(&w)?, s.clone_htod(&dout)?);
         let (mut gout, mut grstd) = (s.alloc_zeros::<f32>(rows * dim)?, s.alloc_zeros::<f32>(rows)?);
-        rmsnorm_forward(d, &mut gout, &mut grstd, &gx, &gw, offset, eps)?;
+        rmsnorm_forward(
+            d,
+            &mut gout.as_view_mut(),
+            &mut grstd.as_view_mut(),
+            &gx.as_view(),
+            &gw.as_view(),
+            offset,
+            eps,
+        )?;
         let (mut gdx, mut gdw) = (s.clone_htod(&dx0)?, s.clone_htod(&dw0)?);
-        rmsnorm_backward(d, &mut gdx, Some(&mut gdw), &gdout, &gx, &gw, offset, &grstd)?;
+        let (gx, gw, gdout, grstd) = (gx.as_view(), gw.as_view(), gdout.as_view(), grstd.as_view());
+        rmsnorm_backward(d, &mut gdx.as_view_mut(), Some(&mut gdw.as_view_mut()), &gdout, &gx, &gw, offset, &grstd)?;
         compare(all, &format!("rmsnorm_forward out (offset {offset})"), &s.clone_dtoh(&gout)?, &out, 1e-6);
         compare(all, &format!("rmsnorm_forward rstd (offset {offset})"), &s.clone_dtoh(&grstd)?, &rstd, 1e-6);
         compare(all, &format!("rmsnorm_backward dx (offset {offset})"), &s.clone_dtoh(&gdx)?, &dx, 1e-5);
@@ -153,7 +167,7 @@ fn rope_check(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         let f = if backward { rope_backward } else { rope_forward };
         f(&mut cpu, l.row_len, l.col, l.heads, &positions, &table);
         let mut gbuf = s.clone_htod(&x)?;
-        rope(d, backward, &mut gbuf, l, &gpos, &gcos, &gsin)?;
+        rope(d, backward, &mut gbuf.as_view_mut(), l, &gpos.as_view(), &gcos.as_view(), &gsin.as_view())?;
         let name = if backward { "rope_backward" } else { "rope_forward (partial, scaled)" };
         compare(all, name, &s.clone_dtoh(&gbuf)?, &cpu, 1e-6);
     }
@@ -204,7 +218,7 @@ fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         let mut cpu = vec![0.0; rows * l.n_heads * l.head_dim];
         cpu_attention_forward(&mut cpu, &qkv, l, &seq_start);
         let (gqkv, mut gout) = (s.clone_htod(&qkv)?, s.alloc_zeros::<f32>(cpu.len())?);
-        attention_forward(d, &mut gout, &gqkv, l, &gstart)?;
+        attention_forward(d, &mut gout.as_view_mut(), &gqkv.as_view(), l, &gstart.as_view())?;
         compare(all, &format!("attention_forward {name}"), &s.clone_dtoh(&gout)?, &cpu, 1e-5);
         // The backward writes only the q, k, v columns: dqkv starts random so that the others are checked too.
         let (datt, dqkv0) = (random(cpu.len(), 21, 1.0), random(qkv.len(), 22, 1.0));
@@ -212,7 +226,8 @@ fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         cpu_attention_backward(&mut dqkv, &datt, &qkv, &cpu, l, &seq_start);
         let (gdatt, mut gdqkv) = (s.clone_htod(&datt)?, s.clone_htod(&dqkv0)?);
         let mut stats = s.alloc_zeros::<f32>(rows * l.n_heads * 3)?;
-        attention_backward(d, &mut gdqkv, &mut stats, &gdatt, &gqkv, &gout, l, &gstart)?;
+        let (gdatt, gqkv, gout, gstart) = (gdatt.as_view(), gqkv.as_view(), gout.as_view(), gstart.as_view());
+        attention_backward(d, &mut gdqkv.as_view_mut(), &mut stats.as_view_mut(), &gdatt, &gqkv, &gout, l, &gstart)?;
         let gpu = s.clone_dtoh(&gdqkv)?;
         let (aw, kw) = (l.n_heads * l.head_dim, l.n_kv_heads * l.head_dim);
         let mut other = vec![true; l.row_len];
@@ -241,9 +256,10 @@ fn glu(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
         cpu_glu_backward(&mut dg, &mut du, &dout, &gate, &up, act);
         let mut gout = s.alloc_zeros::<f32>(n)?;
-        glu_forward(d, &mut gout, &ggate, &gup, act)?;
+        glu_forward(d, &mut gout.as_view_mut(), &ggate.as_view(), &gup.as_view(), act)?;
         let (mut gdg, mut gdu) = (s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<f32>(n)?);
-        glu_backward(d, &mut gdg, &mut gdu, &gdout, &ggate, &gup, act)?;
+        let (gdout, ggate, gup) = (gdout.as_view(), ggate.as_view(), gup.as_view());
+        glu_backward(d, &mut gdg.as_view_mut(), &mut gdu.as_view_mut(), &gdout, &ggate, &gup, act)?;
         compare(all, &format!("glu_forward {act:?}"), &s.clone_dtoh(&gout)?, &out, 1e-6);
         compare(all, &format!("glu_backward dgate {act:?}"), &s.clone_dtoh(&gdg)?, &dg, 1e-6);
         compare(all, &format!("glu_backward dup {act:?}"), &s.clone_dtoh(&gdu)?, &du, 1e-6);
@@ -278,7 +294,14 @@ fn cross_entropy(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
             &mut HeadScratch::default(),
         );
         let (mut glogits, mut gloss) = (s.clone_htod(&logits)?, s.alloc_zeros::<f64>(rows)?);
-        cross_entropy_rows(d, &mut glogits, &mut gloss, &gtargets, weight, smoothing)?;
+        cross_entropy_rows(
+            d,
+            &mut glogits.as_view_mut(),
+            &mut gloss.as_view_mut(),
+            &gtargets.as_view(),
+            weight,
+            smoothing,
+        )?;
         let gpu_loss: f64 = s.clone_dtoh(&gloss)?.iter().sum();
         let rel = ((gpu_loss - loss) / loss).abs();
         all.push(Compared { name: format!("cross_entropy_rows loss (ε {smoothing})"), err: rel, tol: 1e-6 });
@@ -296,7 +319,7 @@ fn adamw(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
     cpu_adamw_step(&mut cpu_w, &g, &mut cpu_m, &mut cpu_v, &step);
     let s = &d.stream;
     let (mut gw, gg, mut gm, mut gv) = (s.clone_htod(&w)?, s.clone_htod(&g)?, s.clone_htod(&m)?, s.clone_htod(&v)?);
-    adamw_step(d, &mut gw, &gg, &mut gm, &mut gv, &step)?;
+    adamw_step(d, &mut gw.as_view_mut(), &gg.as_view(), &mut gm.as_view_mut(), &mut gv.as_view_mut(), &step)?;
     compare(all, "adamw_step w", &s.clone_dtoh(&gw)?, &cpu_w, 1e-6);
     compare(all, "adamw_step m", &s.clone_dtoh(&gm)?, &cpu_m, 1e-6);
     compare(all, "adamw_step v", &s.clone_dtoh(&gv)?, &cpu_v, 1e-6);

@@ -1,16 +1,21 @@
-//! The GEMM of the device: cuBLAS (`cublasGemmEx`, loaded at run time like the driver) computing the CPU's
-//! `x·Wᵀ` shape — row-major C (m, n) (+)= A (m, k) · Bᵀ with B (n, k), as `kernels::matmul` with a transposed
-//! weight view — in f32 (no TF32: pedantic f32 compute, so it can match the CPU GEMM within float rounding) or
-//! with bf16 operands and f32 accumulation (as `kernels::gemm_bf16`, `--compute bf16`).
+//! The GEMM of the device: cuBLAS (`cublasGemmEx`, loaded at run time like the driver) computing row-major
+//! products on views of buffers — [`Blas::matmul`], as `kernels::matmul` on strided, possibly transposed `Mat`
+//! views (the backend's gemm) — and the CPU's `x·Wᵀ` shape on dense buffers ([`Blas::gemm`], a call of it): in
+//! f32 (no TF32: pedantic f32 compute, so it can match the CPU GEMM within float rounding) or with bf16 operands
+//! and f32 accumulation (as `kernels::gemm_bf16`, `--compute bf16`).
 //!
-//! cuBLAS is column-major: a row-major (r, c) buffer is its (c, r) matrix with leading dimension c, so the
-//! row-major product C = A·Bᵀ is cuBLAS's Cᵀ (n, m) = B·Aᵀ = op(B-buffer)ᵀ · A-buffer — transa = T on the B buffer
-//! (k, n), transb = N on the A buffer (k, m), every leading dimension the row length.
+//! cuBLAS is column-major: a row-major view (rows, cols, ld) is its (cols, rows) matrix with leading dimension ld —
+//! the transpose of what the view holds. So the row-major product C (m, n) = op(A)·op(B) is cuBLAS's
+//! Cᵀ (n, m) = op(B)ᵀ·op(A)ᵀ: gemm(op_B, op_A, n, m, k, B, ld_B, A, ld_A, C, ld_C), op = T for a transposed view
+//! and N otherwise. For x·Wᵀ that is transa = T on the W buffer (k, n), transb = N on the x buffer (k, m), every
+//! leading dimension the row length k (C's: n).
 use super::device::Device;
+use crate::kernels::backend::MatView;
 use cudarc::cublas::CudaBlas;
 use cudarc::cublas::result::{CublasError, gemm_ex};
 use cudarc::cublas::sys::{self, cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType_t};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::sys as driver_sys;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, DriverError};
 use std::ffi::c_void;
 use std::sync::Arc;
 
@@ -61,6 +66,8 @@ pub enum GemmError {
     Handle { ordinal: usize, err: CublasError },
     #[error("cublasGemmEx ({what}, m {m} n {n} k {k}) failed: {err:?}")]
     Gemm { what: &'static str, m: usize, n: usize, k: usize, err: CublasError },
+    #[error("zeroing the (m {m}, n {n}) product of an empty inner dimension (k = 0) failed: {err}")]
+    Zero { m: usize, n: usize, err: DriverError },
 }
 
 /// A cuBLAS handle on a device's stream: products run in stream order with the kernels of [`Device`].
@@ -98,43 +105,101 @@ impl Blas {
             b.len(),
             c.len()
         );
+        let (cv, av, bv) = (MatView::dense(m, n), MatView::dense(m, k), MatView::dense(n, k).t());
+        self.matmul(c, cv, a, av, b, bv, accumulate)
+    }
+
+    /// c = a · b (or c += when `accumulate`) on views of row-major buffers, as `kernels::matmul` on `Mat`
+    /// views: each operand may start at an offset, skip columns (ld ≥ cols) and be read transposed; c is not
+    /// transposed. Shapes: a (m, k), b (k, n), c (m, n) as read; bounds are checked here. The operand mapping is
+    /// the module docs'. An empty inner dimension (k = 0) zeroes c (or leaves it, accumulating) without cuBLAS.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul<T: Operand>(
+        &self,
+        c: &mut CudaSlice<f32>,
+        cv: MatView,
+        a: &CudaSlice<T>,
+        av: MatView,
+        b: &CudaSlice<T>,
+        bv: MatView,
+        accumulate: bool,
+    ) -> Result<(), GemmError> {
+        let ((m, k), (kb, n)) = (av.shape(), bv.shape());
         assert!(
-            [m, n, k].iter().all(|&v| v <= i32::MAX as usize),
-            "device gemm (m {m} n {n} k {k}): cuBLAS takes dimensions below 2³¹; split the product"
+            !cv.trans && kb == k && cv.shape() == (m, n),
+            "device gemm: c {cv:?} = a {av:?} · b {bv:?} do not fit (c must be (m, n), untransposed)"
         );
+        for (what, v, len) in [("a", av, a.len()), ("b", bv, b.len()), ("c", cv, c.len())] {
+            assert!(v.end() <= len, "device gemm: {what} view {v:?} past a buffer of {len} values");
+            // cuBLAS refuses a leading dimension below the stored matrix's column count (rows that overlap).
+            assert!(v.ld >= v.cols, "device gemm: {what} view {v:?} has ld below its columns");
+        }
+        assert!(
+            [m, n, k, av.ld, bv.ld, cv.ld].iter().all(|&v| v <= i32::MAX as usize),
+            "device gemm (m {m} n {n} k {k}): cuBLAS takes dimensions and leading dimensions below 2³¹; split the product"
+        );
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            // c = 0 (or c as it is, accumulating), without cuBLAS: not every version handles an empty k.
+            return if accumulate { Ok(()) } else { self.zero(c, cv) };
+        }
         let what = if T::TYPE == cudaDataType_t::CUDA_R_32F { "f32" } else { "bf16 operands, f32 sums" };
+        let op = |v: MatView| if v.trans { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
         let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
         let stream = &self.stream;
         let (pa, _ra) = a.device_ptr(stream);
         let (pb, _rb) = b.device_ptr(stream);
         let (pc, _rc) = c.device_ptr_mut(stream);
-        let [mi, ni, ki] = [m, n, k].map(|v| v as i32);
-        // SAFETY: the buffers hold m·k, n·k and m·n values (checked above), which the column-major reading of the
-        // module docs covers exactly: B-buffer (k, n) ld k, A-buffer (k, m) ld k, C (n, m) ld n; alpha and beta
-        // are host f32 (the handle's default pointer mode) as CUBLAS_COMPUTE_32F* requires.
+        let at = |p: u64, v: MatView, size: usize| (p + (v.offset * size) as u64) as *const c_void;
+        let (pa, pb) = (at(pa, av, size_of::<T>()), at(pb, bv, size_of::<T>()));
+        let pc = at(pc, cv, size_of::<f32>()) as *mut c_void;
+        let [mi, ni, ki, lda, ldb, ldc] = [m, n, k, av.ld, bv.ld, cv.ld].map(|v| v as i32);
+        // SAFETY: each pointer is its buffer's start plus the view's offset, and cuBLAS reads (writes, for c) the
+        // column-major matrices of the docs above — op_B(B) (n, k) from pb with ldb, op_A(A) (k, m) from pa with
+        // lda, C (n, m) at pc with ldc — i.e. exactly the elements of the three views, which end inside their
+        // buffers (checked above); every ld is at least its stored matrix's column count (checked; ≥ 1, as m, n
+        // and k are), which is what cuBLAS requires of it. alpha and beta are host f32 (the handle's default
+        // pointer mode) as CUBLAS_COMPUTE_32F* requires.
         unsafe {
             gemm_ex(
                 *self.blas.handle(),
-                cublasOperation_t::CUBLAS_OP_T,
-                cublasOperation_t::CUBLAS_OP_N,
+                op(bv),
+                op(av),
                 ni,
                 mi,
                 ki,
                 (&alpha as *const f32).cast::<c_void>(),
-                pb as *const c_void,
+                pb,
                 T::TYPE,
-                ki,
-                pa as *const c_void,
+                ldb,
+                pa,
                 T::TYPE,
-                ki,
+                lda,
                 (&beta as *const f32).cast::<c_void>(),
-                pc as *mut c_void,
+                pc,
                 cudaDataType_t::CUDA_R_32F,
-                ni,
+                ldc,
                 T::COMPUTE,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
         .map_err(|err| GemmError::Gemm { what, m, n, k, err })
+    }
+
+    /// The view `cv` of c (non-empty, ld ≥ cols, inside c: checked by the caller) set to 0: a 2-D memset of
+    /// rows × cols 32-bit words, ld·4 bytes apart.
+    fn zero(&self, c: &mut CudaSlice<f32>, cv: MatView) -> Result<(), GemmError> {
+        let (m, n) = (cv.rows, cv.cols);
+        let stream = &self.stream;
+        stream.context().bind_to_thread().map_err(|err| GemmError::Zero { m, n, err })?;
+        let (pc, _rc) = c.device_ptr_mut(stream);
+        let (start, pitch) = (pc + (cv.offset * size_of::<f32>()) as u64, cv.ld * size_of::<f32>());
+        // SAFETY: rows × cols words from start, pitch bytes apart: exactly the view's elements, which lie inside c;
+        // the context is current (above) and the memset is queued on the stream the buffer is used on.
+        unsafe { driver_sys::cuMemsetD2D32Async(start, pitch, 0, n, m, stream.cu_stream()) }
+            .result()
+            .map_err(|err| GemmError::Zero { m, n, err })
     }
 }

@@ -15,7 +15,8 @@ pub struct Source {
 /// Helpers put in front of every source (src/kernels/cuda/cu/common.cuh).
 pub const COMMON: Source = Source { file: "common.cuh", text: include_str!("cu/common.cuh"), kernels: &[] };
 
-/// Every kernel source, in the order of a block's forward pass, then the loss and the optimizer.
+/// Every kernel source, in the order of a block's forward pass, then the loss and the optimizer; then the
+/// backend's plumbing (`backend::Cuda`): element-wise ops, row gathers and scatters, dropout, the f64 sum of squares.
 pub const SOURCES: &[Source] = &[
     Source {
         file: "rmsnorm.cu",
@@ -31,6 +32,18 @@ pub const SOURCES: &[Source] = &[
     Source { file: "glu.cu", text: include_str!("cu/glu.cu"), kernels: &["glu_forward", "glu_backward"] },
     Source { file: "cross_entropy.cu", text: include_str!("cu/cross_entropy.cu"), kernels: &["cross_entropy_rows"] },
     Source { file: "adamw.cu", text: include_str!("cu/adamw.cu"), kernels: &["adamw_step"] },
+    Source {
+        file: "elementwise.cu",
+        text: include_str!("cu/elementwise.cu"),
+        kernels: &["scale", "scale_in_place", "add_bias"],
+    },
+    Source { file: "rows.cu", text: include_str!("cu/rows.cu"), kernels: &["gather_rows", "scatter_add_rows"] },
+    Source {
+        file: "dropout.cu",
+        text: include_str!("cu/dropout.cu"),
+        kernels: &["dropout_forward", "dropout_again", "dropout_backward"],
+    },
+    Source { file: "reduce.cu", text: include_str!("cu/reduce.cu"), kernels: &["sum_squares_partial", "sum_partials"] },
 ];
 
 impl Source {

@@ -2,15 +2,15 @@
 use super::elementwise;
 use crate::kernels::adamw::AdamWScalars;
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
 
 /// w, m, v updated in place from the gradient g. All of one length.
 pub fn adamw_step(
     d: &Device,
-    w: &mut CudaSlice<f32>,
-    g: &CudaSlice<f32>,
-    m: &mut CudaSlice<f32>,
-    v: &mut CudaSlice<f32>,
+    w: &mut CudaViewMut<f32>,
+    g: &CudaView<f32>,
+    m: &mut CudaViewMut<f32>,
+    v: &mut CudaViewMut<f32>,
     s: &AdamWScalars,
 ) -> Result<(), DriverError> {
     let n = w.len();

@@ -3,7 +3,7 @@
 //! same packed batch (`seq_start[i]`: the first row of row i's sequence, on the device).
 use crate::kernels::attention::QkvLayout;
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaSlice, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
 
 /// Threads per block: attention.cu's ATT_WARPS warps.
 const THREADS: u32 = 4 * 32;
@@ -39,7 +39,7 @@ fn checked(
     op: &str,
     l: &QkvLayout,
     qkv: usize,
-    seq_start: &CudaSlice<u32>,
+    seq_start: &CudaView<u32>,
 ) -> Result<Option<Args>, DriverError> {
     let (rows, hd) = (seq_start.len(), l.head_dim);
     let (aw, kw) = (l.n_heads * hd, l.n_kv_heads * hd);
@@ -79,10 +79,10 @@ fn checked(
 /// seq_start (N).
 pub fn attention_forward(
     d: &Device,
-    out: &mut CudaSlice<f32>,
-    qkv: &CudaSlice<f32>,
+    out: &mut CudaViewMut<f32>,
+    qkv: &CudaView<f32>,
     l: QkvLayout,
-    seq_start: &CudaSlice<u32>,
+    seq_start: &CudaView<u32>,
 ) -> Result<(), DriverError> {
     let Some(a) = checked(d, "attention_forward", &l, qkv.len(), seq_start)? else { return Ok(()) };
     assert_eq!(out.len(), a.rows * l.n_heads * l.head_dim, "attention_forward: out shape");
@@ -101,13 +101,13 @@ pub fn attention_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     d: &Device,
-    dqkv: &mut CudaSlice<f32>,
-    stats: &mut CudaSlice<f32>,
-    datt: &CudaSlice<f32>,
-    qkv: &CudaSlice<f32>,
-    att: &CudaSlice<f32>,
+    dqkv: &mut CudaViewMut<f32>,
+    stats: &mut CudaViewMut<f32>,
+    datt: &CudaView<f32>,
+    qkv: &CudaView<f32>,
+    att: &CudaView<f32>,
     l: QkvLayout,
-    seq_start: &CudaSlice<u32>,
+    seq_start: &CudaView<u32>,
 ) -> Result<(), DriverError> {
     let Some(a) = checked(d, "attention_backward", &l, qkv.len(), seq_start)? else { return Ok(()) };
     let (aw, kw) = (l.n_heads * l.head_dim, l.n_kv_heads * l.head_dim);
@@ -130,8 +130,9 @@ pub fn attention_backward(
     // SAFETY: block (i, h) reads what the forward's block (i, h) reads plus row i, head h of datt and att (lengths
     // checked), writes row i's dq columns of head h in dqkv and stats[(i·n_heads + h)·3..][..3].
     unsafe { b.launch(a.grid(a.n_heads)) }?;
+    let stats = stats.as_view();
     let mut b = d.stream.launch_builder(d.function("attention_backward_dkv"));
-    b.arg(dqkv).arg(&*stats).arg(datt).arg(qkv).arg(seq_start).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col);
+    b.arg(dqkv).arg(&stats).arg(datt).arg(qkv).arg(seq_start).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col);
     b.arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
     // SAFETY: block (j, g) reads rows j.. of its sequence (seq_start checked to be packed at or before each row:
     // the loop stops at the sequence's end or row N) — q, datt and the stats of the group's heads — and writes

@@ -3,14 +3,14 @@
 //! goes to `loss`.
 use super::per_row;
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
 
 /// logits: (rows, vocab) → w·(softmax − (1 − ε)·onehot − ε/V); loss[r] = (1 − ε)·(lse − l_t) + ε·(lse − mean l).
 pub fn cross_entropy_rows(
     d: &Device,
-    logits: &mut CudaSlice<f32>,
-    loss: &mut CudaSlice<f64>,
-    targets: &CudaSlice<u32>,
+    logits: &mut CudaViewMut<f32>,
+    loss: &mut CudaViewMut<f64>,
+    targets: &CudaView<u32>,
     token_weight: f32,
     label_smoothing: f32,
 ) -> Result<(), DriverError> {

@@ -2,7 +2,7 @@
 use super::elementwise;
 use crate::kernels::activation::GateAct;
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
 
 /// The kernel's `act` argument: 0 for SiLU (SwiGLU), 1 for the tanh GELU (GeGLU).
 fn act_arg(act: GateAct) -> i32 {
@@ -15,9 +15,9 @@ fn act_arg(act: GateAct) -> i32 {
 /// out = act(gate) ⊙ up. All of one length.
 pub fn glu_forward(
     d: &Device,
-    out: &mut CudaSlice<f32>,
-    gate: &CudaSlice<f32>,
-    up: &CudaSlice<f32>,
+    out: &mut CudaViewMut<f32>,
+    gate: &CudaView<f32>,
+    up: &CudaView<f32>,
     act: GateAct,
 ) -> Result<(), DriverError> {
     let n = out.len();
@@ -32,11 +32,11 @@ pub fn glu_forward(
 /// dgate = dout ⊙ up ⊙ act'(gate), dup = dout ⊙ act(gate) (overwritten). All of one length.
 pub fn glu_backward(
     d: &Device,
-    dgate: &mut CudaSlice<f32>,
-    dup: &mut CudaSlice<f32>,
-    dout: &CudaSlice<f32>,
-    gate: &CudaSlice<f32>,
-    up: &CudaSlice<f32>,
+    dgate: &mut CudaViewMut<f32>,
+    dup: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    gate: &CudaView<f32>,
+    up: &CudaView<f32>,
     act: GateAct,
 ) -> Result<(), DriverError> {
     let n = dout.len();

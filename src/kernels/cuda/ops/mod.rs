@@ -1,11 +1,16 @@
 //! Launches of the kernels in src/kernels/cuda/cu/, one file per source: shapes checked on the host (a kernel trusts
-//! them), launch shapes chosen here. Buffers are device slices of f32 in the CPU kernels' layouts.
+//! them), launch shapes chosen here. Buffers are views of device buffers (`CudaView`, `CudaViewMut`: a whole
+//! buffer, or the prefix of a longer one that the backend's ops work on) in the CPU kernels' layouts.
 pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
+pub mod dropout;
+pub mod elementwise;
 pub mod glu;
 pub mod norm;
+pub mod reduce;
 pub mod rope;
+pub mod rows;
 
 use cudarc::driver::LaunchConfig;
 

@@ -1,15 +1,15 @@
 //! RMSNorm on the GPU (rmsnorm.cu), as `kernels::norm`'s rmsnorm_forward / rmsnorm_backward.
 use super::{THREADS, per_row};
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaSlice, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
 
 /// out[r] = (offset + w) ⊙ (x[r] · rstd[r]); rstd saved. x, out: (rows, dim); w: (dim); rstd: (rows).
 pub fn rmsnorm_forward(
     d: &Device,
-    out: &mut CudaSlice<f32>,
-    rstd: &mut CudaSlice<f32>,
-    x: &CudaSlice<f32>,
-    w: &CudaSlice<f32>,
+    out: &mut CudaViewMut<f32>,
+    rstd: &mut CudaViewMut<f32>,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
     offset: f32,
     eps: f32,
 ) -> Result<(), DriverError> {
@@ -27,13 +27,13 @@ pub fn rmsnorm_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_backward(
     d: &Device,
-    dx: &mut CudaSlice<f32>,
-    dw: Option<&mut CudaSlice<f32>>,
-    dout: &CudaSlice<f32>,
-    x: &CudaSlice<f32>,
-    w: &CudaSlice<f32>,
+    dx: &mut CudaViewMut<f32>,
+    dw: Option<&mut CudaViewMut<f32>>,
+    dout: &CudaView<f32>,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
     offset: f32,
-    rstd: &CudaSlice<f32>,
+    rstd: &CudaView<f32>,
 ) -> Result<(), DriverError> {
     let (dim, rows) = (w.len(), rstd.len());
     assert!(dx.len() == rows * dim && dout.len() == rows * dim && x.len() == rows * dim, "rmsnorm_backward: shapes");

@@ -2,7 +2,7 @@
 //! a `RopeTable` copied to the device ((·, half) each).
 use super::per_row;
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaSlice, DriverError, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
 
 /// Where the heads sit in a buffer's rows: `heads` heads of `head_dim` features from column `col` of rows of
 /// `row_len`, the first 2·`half` features of each rotating.
@@ -20,11 +20,11 @@ pub struct RopeLayout {
 pub fn rope(
     d: &Device,
     backward: bool,
-    buf: &mut CudaSlice<f32>,
+    buf: &mut CudaViewMut<f32>,
     l: RopeLayout,
-    positions: &CudaSlice<u32>,
-    cos: &CudaSlice<f32>,
-    sin: &CudaSlice<f32>,
+    positions: &CudaView<u32>,
+    cos: &CudaView<f32>,
+    sin: &CudaView<f32>,
 ) -> Result<(), DriverError> {
     let rows = positions.len();
     assert!(buf.len() == rows * l.row_len, "rope: buffer shape");

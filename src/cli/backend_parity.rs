@@ -1,0 +1,496 @@
+//! The CUDA backend against the reference backend, op by op (`info --devices --check-kernels`): every `Backend`
+//! op run on `Cuda` and on `Host` from the same random buffers at awkward sizes — prefixes shorter than their
+//! buffers, gemm views with offsets and row strides in all four transpose combinations — and the whole buffers
+//! compared, so that an element written past a prefix or a view shows too. Ops of one rounding per element
+//! (copies, scale, bias, gathers, scatters, dropout: the mask bits included) must match exactly; the others
+//! within kernel_parity's tolerances (FMA contraction, another summation order, CUDA's exp/tanh/sqrt).
+//!
+//! Every check is generic over the backend, so the test below runs them with `Host` on both sides: that checks
+//! the scenarios themselves (shapes, prefixes) without a GPU.
+use super::kernel_parity::{Check, Compared, compare, random, run_checks};
+use anyhow::Result;
+use condlm::kernels::activation::GateAct;
+use condlm::kernels::adamw::{AdamWConfig, AdamWScalars};
+use condlm::kernels::attention::QkvLayout;
+use condlm::kernels::backend::host::Host;
+use condlm::kernels::backend::{Backend, MatView, RopeCols};
+use condlm::kernels::cuda::backend::Cuda;
+use condlm::kernels::rope::RopeTable;
+use condlm::rng::{stream_key, uniform};
+
+/// What the checks need beyond [`Backend`]: a dropout mask back on the host, to compare its bits.
+pub trait ReadMask: Backend {
+    fn read_mask(&self, m: &Self::Mask) -> Result<Vec<u64>>;
+}
+
+impl ReadMask for Host {
+    fn read_mask(&self, m: &Vec<u64>) -> Result<Vec<u64>> {
+        Ok(m.clone())
+    }
+}
+
+impl ReadMask for Cuda {
+    fn read_mask(&self, m: &cudarc::driver::CudaSlice<u64>) -> Result<Vec<u64>> {
+        Ok(self.device().stream.clone_dtoh(m)?)
+    }
+}
+
+/// Runs every check of `dev` against `Host`, one line each; returns how many failed.
+pub fn run(dev: &Cuda) -> usize {
+    run_checks(&format!("backend cuda:{}", dev.device().gpu.ordinal), dev, &checks())
+}
+
+/// Every check, by the ops it covers.
+fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 15] {
+    [
+        ("upload/download/zero/copy", copies),
+        ("scale", scale),
+        ("sum_squares", sum_squares),
+        ("gemm", gemm),
+        ("add_bias", add_bias),
+        ("embedding/gather_rows", gather),
+        ("scatter_add_rows", scatter),
+        ("rmsnorm", rmsnorm),
+        ("rope", rope),
+        ("attention", attention),
+        ("glu", glu),
+        ("cross_entropy_rows", cross_entropy),
+        ("dropout", dropout),
+        ("adamw", adamw),
+        ("empty ops", empty),
+    ]
+}
+
+/// Named outputs of one run of a scenario, each a whole buffer downloaded.
+type Outs = Vec<(String, Vec<f32>)>;
+
+/// A buffer holding `v`.
+fn up<B: Backend>(b: &B, v: &[f32]) -> Result<B::F32> {
+    let mut x = b.alloc(v.len())?;
+    b.upload(&mut x, v)?;
+    Ok(x)
+}
+
+fn up_u32<B: Backend>(b: &B, v: &[u32]) -> Result<B::U32> {
+    let mut x = b.alloc_u32(v.len())?;
+    b.upload_u32(&mut x, v)?;
+    Ok(x)
+}
+
+/// The first `n` values of `x`.
+fn down<B: Backend>(b: &B, x: &B::F32, n: usize) -> Result<Vec<f32>> {
+    let mut v = vec![0.0; n];
+    b.download(x, &mut v)?;
+    Ok(v)
+}
+
+/// Compares each output of the device with the reference's of the same name.
+fn compare_outs(all: &mut Vec<Compared>, cpu: &Outs, dev: &Outs, tol: f64) {
+    for ((name, c), (_, d)) in cpu.iter().zip(dev) {
+        compare(all, name, d, c, tol);
+    }
+}
+
+/// `n` indices below `below` from stream `stream` (repeats possible).
+fn indices(n: usize, below: usize, stream: u64) -> Vec<u32> {
+    (0..n as u64).map(|i| (uniform(15, stream, i) * below as f64) as u32).collect()
+}
+
+/// Upload (a prefix, into a zeroed buffer), download (a prefix), zero and copy (prefixes of random buffers).
+fn copies_on<B: Backend>(b: &B) -> Result<Outs> {
+    let (x, y) = (random(1000, 30, 1.0), random(1000, 31, 1.0));
+    let mut buf = b.alloc(1000)?;
+    b.upload(&mut buf, &x[..777])?;
+    let uploaded = down(b, &buf, 900)?;
+    let mut z = up(b, &x)?;
+    b.zero(&mut z, 333)?;
+    let mut c = up(b, &y)?;
+    b.copy(&mut c, &z, 555)?;
+    Ok(vec![
+        ("upload 777/1000, download 900".into(), uploaded),
+        ("zero 333/1000".into(), down(b, &z, 1000)?),
+        ("copy 555/1000".into(), down(b, &c, 1000)?),
+    ])
+}
+
+fn copies<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &copies_on(&Host)?, &copies_on(dev)?, 0.0);
+    Ok(())
+}
+
+fn scale_on<B: Backend>(b: &B) -> Result<Outs> {
+    let (x, y) = (random(1100, 32, 3.0), random(1100, 33, 1.0));
+    let (gx, mut gy) = (up(b, &x)?, up(b, &y)?);
+    b.scale(&mut gy, &gx, 1001, -0.37)?;
+    let mut gx = gx;
+    b.scale_in_place(&mut gx, 1001, 1.9)?;
+    Ok(vec![("scale 1001/1100".into(), down(b, &gy, 1100)?), ("scale_in_place 1001/1100".into(), down(b, &gx, 1100)?)])
+}
+
+fn scale<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &scale_on(&Host)?, &scale_on(dev)?, 0.0);
+    Ok(())
+}
+
+/// Sizes below one block, below the first launch's grid of threads, and past it (threads taking several values).
+fn sum_squares<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    let x = random(100_100, 34, 2.0);
+    let (cpu, gpu) = (up(&Host, &x)?, up(dev, &x)?);
+    for n in [0, 5, 1000, 100_003] {
+        let (c, g) = (Host.sum_squares(&cpu, n)?, dev.sum_squares(&gpu, n)?);
+        let err = if (g - c).is_nan() { f64::INFINITY } else { (g - c).abs() / c.abs().max(f64::MIN_POSITIVE) };
+        // The squares are exact in f64; only the order of the sums differs.
+        all.push(Compared { name: format!("sum_squares {n}/100100 (f64)"), err, tol: 1e-12 });
+    }
+    Ok(())
+}
+
+/// One product of views: a (m, k), b (k, n), c (m, n) as read, each inside a longer buffer at an offset with a
+/// row stride past its columns; `ta`/`tb` store a or b transposed.
+struct GemmCase {
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    accumulate: bool,
+}
+
+impl GemmCase {
+    /// The view of an operand read as (rows, cols), stored transposed when `trans`, from `offset` with `pad`
+    /// extra values per stored row.
+    fn view(rows: usize, cols: usize, trans: bool, offset: usize, pad: usize) -> MatView {
+        let (r, c) = if trans { (cols, rows) } else { (rows, cols) };
+        let v = MatView { offset, rows: r, cols: c, ld: c + pad, trans: false };
+        if trans { v.t() } else { v }
+    }
+
+    fn views(&self) -> (MatView, MatView, MatView) {
+        let av = Self::view(self.m, self.k, self.ta, 3, 5);
+        let bv = Self::view(self.k, self.n, self.tb, 2, 3);
+        (MatView { offset: 4, rows: self.m, cols: self.n, ld: self.n + 2, trans: false }, av, bv)
+    }
+
+    /// "gemm aᵀ·b += m 37 n 29 k 45": ᵀ marks an operand stored transposed.
+    fn name(&self) -> String {
+        let t = |yes: bool| if yes { "ᵀ" } else { "" };
+        let (m, n, k, acc) = (self.m, self.n, self.k, if self.accumulate { " +=" } else { "" });
+        format!("gemm a{}·b{}{acc} m {m} n {n} k {k}", t(self.ta), t(self.tb))
+    }
+
+    fn run<B: Backend>(&self, b: &B) -> Result<Vec<f32>> {
+        let (cv, av, bv) = self.views();
+        let (a, bb, c0) = (random(av.end() + 7, 40, 1.0), random(bv.end() + 5, 41, 1.0), random(cv.end() + 6, 42, 1.0));
+        let (ga, gb, mut gc) = (up(b, &a)?, up(b, &bb)?, up(b, &c0)?);
+        b.gemm(&mut gc, cv, &ga, av, &gb, bv, self.accumulate)?;
+        down(b, &gc, c0.len())
+    }
+}
+
+/// All four transpose combinations at a small odd shape and at one past cuBLAS's small tiles, = and +=; and
+/// k = 0 (c zeroed, or left as it is when accumulating).
+fn gemm<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for (m, n, k) in [(37, 29, 45), (70, 130, 300)] {
+        for (i, (ta, tb)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
+            let case = GemmCase { m, n, k, ta, tb, accumulate: i % 2 == 1 };
+            compare(all, &case.name(), &case.run(dev)?, &case.run(&Host)?, 1e-5);
+        }
+    }
+    for accumulate in [false, true] {
+        let case = GemmCase { m: 9, n: 11, k: 0, ta: false, tb: true, accumulate };
+        compare(all, &case.name(), &case.run(dev)?, &case.run(&Host)?, 0.0);
+    }
+    Ok(())
+}
+
+fn add_bias_on<B: Backend>(b: &B) -> Result<Outs> {
+    let ov = MatView { offset: 5, rows: 13, cols: 17, ld: 23, trans: false };
+    let (out, bias) = (random(ov.end() + 9, 43, 1.0), random(20, 44, 1.0));
+    let (mut gout, gbias) = (up(b, &out)?, up(b, &bias)?);
+    b.add_bias(&mut gout, ov, &gbias)?;
+    Ok(vec![("add_bias 13×17 view, ld 23".into(), down(b, &gout, out.len())?)])
+}
+
+fn add_bias<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &add_bias_on(&Host)?, &add_bias_on(dev)?, 0.0);
+    Ok(())
+}
+
+/// The embedding lookup with and without a scale, and a gather of rows (repeats allowed), each writing 13 rows
+/// of a longer buffer.
+fn gather_on<B: Backend>(b: &B) -> Result<Outs> {
+    let (vocab, dim, n) = (50, 24, 13);
+    let (table, out0, ids) = (random(vocab * dim + 7, 45, 1.0), random(20 * dim, 46, 1.0), indices(20, vocab, 47));
+    let (gtable, gids) = (up(b, &table)?, up_u32(b, &ids)?);
+    let mut outs = vec![];
+    for scale in [None, Some(1.7f32)] {
+        let mut gout = up(b, &out0)?;
+        b.embedding(&mut gout, &gtable, &gids, n, dim, scale)?;
+        outs.push((
+            format!("embedding 13/20 rows, scale {}", scale.map_or("none".into(), |s| s.to_string())),
+            down(b, &gout, out0.len())?,
+        ));
+    }
+    let (src, dim) = (random(40 * 33, 48, 1.0), 33);
+    let (gsrc, gidx) = (up(b, &src)?, up_u32(b, &indices(20, 40, 49))?);
+    let mut gout = up(b, &random(20 * dim, 50, 1.0))?;
+    b.gather_rows(&mut gout, &gsrc, &gidx, 17, dim)?;
+    outs.push(("gather_rows 17/20 rows of 33".into(), down(b, &gout, 20 * dim)?));
+    Ok(outs)
+}
+
+fn gather<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &gather_on(&Host)?, &gather_on(dev)?, 0.0);
+    Ok(())
+}
+
+/// 17 rows added into distinct rows of 40 (a shuffle's first 17).
+fn scatter_on<B: Backend>(b: &B) -> Result<Outs> {
+    let dim = 33;
+    let mut order: Vec<u32> = (0..40).collect();
+    order.sort_by_key(|&i| (uniform(15, 51, i as u64) * 1e9) as u64);
+    let (dst, src) = (random(40 * dim, 52, 1.0), random(20 * dim, 53, 1.0));
+    let (mut gdst, gsrc, gidx) = (up(b, &dst)?, up(b, &src)?, up_u32(b, &order[..20])?);
+    b.scatter_add_rows(&mut gdst, &gsrc, &gidx, 17, dim)?;
+    Ok(vec![("scatter_add_rows 17/20 rows into 40".into(), down(b, &gdst, dst.len())?)])
+}
+
+fn scatter<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &scatter_on(&Host)?, &scatter_on(dev)?, 0.0);
+    Ok(())
+}
+
+/// 19 rows of 300 in buffers of 25 rows; offset 0 with dw, Gemma's offset 1 without.
+fn rmsnorm_on<B: Backend>(b: &B, offset: f32, with_dw: bool) -> Result<Outs> {
+    let (rows, dim, cap) = (19, 300, 25);
+    let x = up(b, &random(cap * dim, 54, 2.0))?;
+    let w = up(b, &random(dim + 5, 55, 1.0))?;
+    let dout = up(b, &random(cap * dim, 56, 1.0))?;
+    let (mut out, mut rstd) = (up(b, &random(cap * dim, 57, 1.0))?, up(b, &random(cap, 58, 1.0))?);
+    b.rmsnorm_forward(&mut out, &mut rstd, &x, &w, rows, dim, offset, 1e-6)?;
+    let (mut dx, mut dw) = (up(b, &random(cap * dim, 59, 0.5))?, up(b, &random(dim + 5, 60, 0.5))?);
+    b.rmsnorm_backward(&mut dx, with_dw.then_some(&mut dw), &dout, &x, &w, &rstd, rows, dim, offset)?;
+    let name = |what: &str| format!("rmsnorm {what} (offset {offset})");
+    let mut outs = vec![
+        (name("forward out"), down(b, &out, cap * dim)?),
+        (name("forward rstd"), down(b, &rstd, cap)?),
+        (name("backward dx"), down(b, &dx, cap * dim)?),
+    ];
+    if with_dw {
+        outs.push((name("backward dw"), down(b, &dw, dim + 5)?));
+    }
+    Ok(outs)
+}
+
+fn rmsnorm<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for (offset, with_dw) in [(0.0, true), (1.0, false)] {
+        compare_outs(all, &rmsnorm_on(&Host, offset, with_dw)?, &rmsnorm_on(dev, offset, with_dw)?, 1e-5);
+    }
+    Ok(())
+}
+
+/// 3 heads of 64 from column 5 (the first 48 features rotating: partial rotary), 29 rows of a buffer of 33.
+fn rope_on<B: Backend>(b: &B, backward: bool) -> Result<Outs> {
+    let (half, max_pos, rows, cap) = (24, 50, 29, 33);
+    let cols = RopeCols { row_len: 5 + 3 * 64 + 7, col: 5, heads: 3 };
+    let inv_freq: Vec<f32> = (0..half).map(|i| 10000f32.powf(-(i as f32) / half as f32)).collect();
+    let table = b.upload_rope(&RopeTable::with_sets(&[&inv_freq], max_pos, 64, 1.1))?;
+    let positions = up_u32(b, &indices(cap, max_pos, 61))?;
+    let mut buf = up(b, &random(cap * cols.row_len, 62, 1.0))?;
+    b.rope(backward, &mut buf, rows, cols, &positions, &table)?;
+    let name = if backward { "rope backward" } else { "rope forward" };
+    Ok(vec![(format!("{name} 29/33 rows, partial"), down(b, &buf, cap * cols.row_len)?)])
+}
+
+fn rope<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for backward in [false, true] {
+        compare_outs(all, &rope_on(&Host, backward)?, &rope_on(dev, backward)?, 1e-6);
+    }
+    Ok(())
+}
+
+/// kernel_parity's two layouts (GQA with q, k, v out of order; 4 heads of 96 in a window of 16) over the first
+/// 63 rows (sequences of 1, 37, 20, 5) of buffers of 70.
+fn attention_on<B: Backend>(b: &B, l: QkvLayout) -> Result<Outs> {
+    let cap = 70;
+    let starts: Vec<u32> = [1usize, 37, 20, 5, 7]
+        .iter()
+        .scan(0, |at, &n| {
+            let s = *at;
+            *at += n;
+            Some(vec![s as u32; n])
+        })
+        .flatten()
+        .collect();
+    let rows = 63;
+    let aw = l.n_heads * l.head_dim;
+    let (qkv, seq_start) = (up(b, &random(cap * l.row_len, 63, 2.0))?, up_u32(b, &starts)?);
+    let mut out = up(b, &random(cap * aw, 64, 1.0))?;
+    b.attention_forward(&mut out, &qkv, l, &seq_start, rows)?;
+    let datt = up(b, &random(cap * aw, 65, 1.0))?;
+    let (mut dqkv, mut stats) = (up(b, &random(cap * l.row_len, 66, 1.0))?, b.alloc(cap * l.n_heads * 3)?);
+    b.attention_backward(&mut dqkv, &mut stats, &datt, &qkv, &out, l, &seq_start, rows)?;
+    let window = if l.window < rows { format!(", window {}", l.window) } else { String::new() };
+    let name = format!("{}/{}×{}{window}", l.n_heads, l.n_kv_heads, l.head_dim);
+    Ok(vec![
+        (format!("attention forward {name}"), down(b, &out, cap * aw)?),
+        (format!("attention backward {name}"), down(b, &dqkv, cap * l.row_len)?),
+    ])
+}
+
+fn attention<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    let gqa = QkvLayout {
+        row_len: 655,
+        q_col: 136,
+        k_col: 520,
+        v_col: 3,
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 64,
+        scale: 0.125,
+        window: usize::MAX,
+    };
+    let windowed = QkvLayout {
+        row_len: 1152,
+        q_col: 0,
+        k_col: 384,
+        v_col: 768,
+        n_heads: 4,
+        n_kv_heads: 4,
+        head_dim: 96,
+        scale: 0.3,
+        window: 16,
+    };
+    for l in [gqa, windowed] {
+        compare_outs(all, &attention_on(&Host, l)?, &attention_on(dev, l)?, 1e-5);
+    }
+    Ok(())
+}
+
+/// 10 007 values of buffers of 10 100.
+fn glu_on<B: Backend>(b: &B, act: GateAct) -> Result<Outs> {
+    let (n, cap) = (10_007, 10_100);
+    let (gate, upv, dout) =
+        (up(b, &random(cap, 67, 6.0))?, up(b, &random(cap, 68, 2.0))?, up(b, &random(cap, 69, 1.0))?);
+    let mut out = up(b, &random(cap, 70, 1.0))?;
+    b.glu_forward(&mut out, &gate, &upv, n, act)?;
+    let (mut dgate, mut dup) = (up(b, &random(cap, 71, 1.0))?, up(b, &random(cap, 72, 1.0))?);
+    b.glu_backward(&mut dgate, &mut dup, &dout, &gate, &upv, n, act)?;
+    Ok(vec![
+        (format!("glu forward {act:?}"), down(b, &out, cap)?),
+        (format!("glu backward dgate {act:?}"), down(b, &dgate, cap)?),
+        (format!("glu backward dup {act:?}"), down(b, &dup, cap)?),
+    ])
+}
+
+fn glu<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for act in [GateAct::Silu, GateAct::GeluTanh] {
+        compare_outs(all, &glu_on(&Host, act)?, &glu_on(dev, act)?, 1e-6);
+    }
+    Ok(())
+}
+
+/// 5 rows of 1000 logits in buffers of 7 rows; the losses as f32 next to the dlogits (their error, relative to
+/// the largest loss, is far below f32's).
+fn cross_entropy_on<B: Backend>(b: &B, smoothing: f32) -> Result<Outs> {
+    let (rows, vocab, cap) = (5, 1000, 7);
+    let mut logits = up(b, &random(cap * vocab, 73, 8.0))?;
+    let (mut loss, targets) = (b.alloc_f64(cap)?, up_u32(b, &indices(cap, vocab, 74))?);
+    b.cross_entropy_rows(&mut logits, &mut loss, &targets, rows, vocab, 0.37, smoothing)?;
+    let mut l = vec![0.0; cap];
+    b.download_f64(&loss, &mut l)?;
+    Ok(vec![
+        (format!("cross_entropy_rows loss (ε {smoothing})"), l.iter().map(|&v| v as f32).collect()),
+        (format!("cross_entropy_rows dlogits (ε {smoothing})"), down(b, &logits, cap * vocab)?),
+    ])
+}
+
+fn cross_entropy<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for smoothing in [0.0, 0.1] {
+        compare_outs(all, &cross_entropy_on(&Host, smoothing)?, &cross_entropy_on(dev, smoothing)?, 1e-6);
+    }
+    Ok(())
+}
+
+/// n values of buffers 100 longer: the forward (values and mask words, those past n's included), the same
+/// values again from the mask, and the backward's dx +=.
+fn dropout_on<B: ReadMask>(b: &B, n: usize) -> Result<(Outs, Vec<u64>)> {
+    let (cap, p, key) = (n + 100, 0.3, stream_key(7, 99));
+    let x = up(b, &random(cap, 75, 1.0))?;
+    let (mut dropped, mut keep) = (up(b, &random(cap, 76, 1.0))?, b.alloc_mask(cap)?);
+    b.dropout_forward(&mut dropped, &mut keep, &x, n, p, key)?;
+    let mut again = up(b, &random(cap, 77, 1.0))?;
+    b.dropout_again(&mut again, &keep, &x, n, p)?;
+    let (t, mut dx) = (up(b, &random(cap, 78, 1.0))?, up(b, &random(cap, 79, 1.0))?);
+    b.dropout_backward(&mut dx, &t, &keep, n, p)?;
+    let outs = vec![
+        (format!("dropout forward {n}/{cap}"), down(b, &dropped, cap)?),
+        (format!("dropout again {n}/{cap}"), down(b, &again, cap)?),
+        (format!("dropout backward {n}/{cap}"), down(b, &dx, cap)?),
+    ];
+    Ok((outs, b.read_mask(&keep)?))
+}
+
+/// A partial last word, and more than one of the CPU's parallel chunks.
+fn dropout<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for n in [1000, 40_013] {
+        let ((cpu, cpu_mask), (gpu, gpu_mask)) = (dropout_on(&Host, n)?, dropout_on(dev, n)?);
+        compare_outs(all, &cpu, &gpu, 0.0);
+        let differ =
+            cpu_mask.iter().zip(&gpu_mask).filter(|(c, g)| c != g).count() + cpu_mask.len().abs_diff(gpu_mask.len());
+        all.push(Compared { name: format!("dropout mask {n} (words differing)"), err: differ as f64, tol: 0.0 });
+    }
+    Ok(())
+}
+
+fn adamw_on<B: Backend>(b: &B) -> Result<Outs> {
+    let (n, cap) = (10_007, 10_100);
+    let v: Vec<f32> = random(cap, 83, 1e-3).iter().map(|x| x.abs()).collect();
+    let (mut w, g, mut m, mut gv) =
+        (up(b, &random(cap, 80, 1.0))?, up(b, &random(cap, 81, 0.1))?, up(b, &random(cap, 82, 0.01))?, up(b, &v)?);
+    b.adamw(&mut w, &g, &mut m, &mut gv, n, &AdamWScalars::new(&AdamWConfig::default(), 1e-3, 3))?;
+    Ok(vec![
+        ("adamw w".into(), down(b, &w, cap)?),
+        ("adamw m".into(), down(b, &m, cap)?),
+        ("adamw v".into(), down(b, &gv, cap)?),
+    ])
+}
+
+fn adamw<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &adamw_on(&Host)?, &adamw_on(dev)?, 1e-6);
+    Ok(())
+}
+
+/// Every op on zero rows or values leaves its buffers as they are (and launches nothing that could fail).
+fn empty_on<B: Backend>(b: &B) -> Result<Outs> {
+    let x = up(b, &random(64, 84, 1.0))?;
+    let ids = up_u32(b, &[0; 4])?;
+    let mut y = up(b, &random(64, 85, 1.0))?;
+    let mut keep = b.alloc_mask(64)?;
+    b.scale(&mut y, &x, 0, 2.0)?;
+    b.rmsnorm_forward(&mut y, &mut b.alloc(4)?, &x, &x, 0, 8, 0.0, 1e-6)?;
+    b.embedding(&mut y, &x, &ids, 0, 8, None)?;
+    b.scatter_add_rows(&mut y, &x, &ids, 0, 8)?;
+    b.glu_forward(&mut y, &x, &x, 0, GateAct::Silu)?;
+    b.dropout_forward(&mut y, &mut keep, &x, 0, 0.5, 1)?;
+    b.cross_entropy_rows(&mut y, &mut b.alloc_f64(4)?, &ids, 0, 8, 1.0, 0.0)?;
+    b.gemm(&mut y, MatView::dense(0, 8), &x, MatView::dense(0, 8), &x, MatView::dense(8, 8), false)?;
+    Ok(vec![("empty ops leave their buffers".into(), down(b, &y, 64)?)])
+}
+
+fn empty<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &empty_on(&Host)?, &empty_on(dev)?, 0.0);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scenarios run on the CPU (shapes, prefixes and views fit their buffers), and the reference agrees
+    /// with itself — what `--check-kernels` then runs against a GPU.
+    #[test]
+    fn every_check_runs_on_the_reference() {
+        assert_eq!(run_checks("backend host", &Host, &checks()), 0);
+    }
+}

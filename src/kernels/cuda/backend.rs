@@ -1,0 +1,469 @@
+//! [`Backend`] on one GPU: buffers are `CudaSlice`s on the device's stream, each op the CUDA kernel (or cuBLAS
+//! product, or driver copy) that mirrors what `backend::host::Host` calls on the CPU, on the same prefixes of the
+//! same buffers. Everything runs in stream order on the device's one stream, so ops need no events between them.
+//! The reads (`download`, `download_f64`, `sum_squares`) wait for the GPU; so, for now, do the ops whose launches
+//! check indices on the host (embedding, gather_rows, scatter_add_rows, rope, attention, cross_entropy_rows copy
+//! their indices back first). Checked against `Host` op by op by `condlm info --devices --check-kernels`
+//! (cli/backend_parity.rs).
+use super::device::Device;
+use super::devices::probe;
+use super::gemm::Blas;
+use super::ops::reduce::PARTIALS;
+use super::ops::rope::RopeLayout;
+use super::ops::{adamw, attention, cross_entropy, dropout, elementwise, glu, norm, reduce, rope, rows};
+use crate::kernels::activation::GateAct;
+use crate::kernels::adamw::AdamWScalars;
+use crate::kernels::attention::QkvLayout;
+use crate::kernels::backend::{Backend, MatView, RopeCols};
+use crate::kernels::dropout::mask_words;
+use crate::kernels::rope::RopeTable;
+use anyhow::{Context, Result, anyhow, bail};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, DriverError, ValidAsZeroBits};
+use std::sync::{Mutex, PoisonError};
+
+/// A RoPE table on the device: cos and sin, (rows, half) each, as `RopeTable` made them on the host.
+pub struct CudaRope {
+    pub cos: CudaSlice<f32>,
+    pub sin: CudaSlice<f32>,
+    pub half: usize,
+    /// Distance between heads in a buffer row (the first 2·half features of each rotate).
+    pub head_dim: usize,
+}
+
+/// The CUDA backend: a GPU with its kernels loaded and a cuBLAS handle on its stream.
+pub struct Cuda {
+    device: Device,
+    blas: Blas,
+    /// `sum_squares`'s partials and total (PARTIALS + 1 values), held for one call at a time.
+    reduce: Mutex<CudaSlice<f64>>,
+}
+
+/// The first `n` values of a buffer; a buffer shorter than the op's arguments say is a bug in the caller.
+fn pre<'a, T>(x: &'a CudaSlice<T>, n: usize, op: &str) -> CudaView<'a, T> {
+    x.try_slice(..n).unwrap_or_else(|| panic!("{op}: {n} values asked of a buffer of {}", x.len()))
+}
+
+/// [`pre`], to write.
+fn pre_mut<'a, T>(x: &'a mut CudaSlice<T>, n: usize, op: &str) -> CudaViewMut<'a, T> {
+    let len = x.len();
+    x.try_slice_mut(..n).unwrap_or_else(|| panic!("{op}: {n} values asked of a buffer of {len}"))
+}
+
+impl Cuda {
+    /// Opens GPU `ordinal` (`cuda:N`): probes the driver, compiles and loads every kernel for the GPU's
+    /// architecture (NVRTC), makes the cuBLAS handle.
+    pub fn open(ordinal: usize) -> Result<Cuda> {
+        let driver = probe().map_err(|why| anyhow!("the CUDA backend cannot start: {why}"))?;
+        let Some(gpu) = driver.gpus.get(ordinal) else {
+            match driver.gpus.len() {
+                0 => bail!(
+                    "cuda:{ordinal}: the driver (CUDA {}.{}) sees no CUDA device: check CUDA_VISIBLE_DEVICES and \
+                     `nvidia-smi`",
+                    driver.cuda_version.0,
+                    driver.cuda_version.1
+                ),
+                n => bail!(
+                    "cuda:{ordinal} does not exist: the driver sees {n} GPU(s), cuda:0 to cuda:{} (`condlm info \
+                     --devices` lists them)",
+                    n - 1
+                ),
+            }
+        };
+        let (device, _) = Device::open(gpu)?;
+        Cuda::new(device)
+    }
+
+    /// The backend on an opened device (which keeps its kernels): makes the cuBLAS handle and the scratch.
+    pub fn new(device: Device) -> Result<Cuda> {
+        let blas = Blas::new(&device)?;
+        let reduce = Mutex::new(zeros(&device, PARTIALS + 1, "f64 (sum_squares scratch)")?);
+        Ok(Cuda { device, blas, reduce })
+    }
+
+    /// The GPU, its stream and kernels.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A driver error of `op` as an error naming the GPU and the op. Launches are asynchronous: an error can
+    /// belong to an earlier kernel that faulted.
+    fn ran<T>(&self, op: &str, r: Result<T, DriverError>) -> Result<T> {
+        r.with_context(|| {
+            format!(
+                "cuda:{}: {op} failed (launches are asynchronous: the fault may be an earlier op's; \
+                 CUDA_LAUNCH_BLOCKING=1 makes the failing op report it)",
+                self.device.gpu.ordinal
+            )
+        })
+    }
+}
+
+/// `n` zeroed values (at least one: the driver refuses empty allocations; ops use prefixes, so a longer buffer
+/// is harmless).
+fn zeros<T: DeviceRepr + ValidAsZeroBits>(d: &Device, n: usize, what: &str) -> Result<CudaSlice<T>> {
+    d.stream.alloc_zeros::<T>(n.max(1)).with_context(|| {
+        format!(
+            "cuda:{}: allocating {n} {what} values failed: is the GPU out of memory (a smaller batch or sequence \
+             length needs less) or in use by another process?",
+            d.gpu.ordinal
+        )
+    })
+}
+
+impl Backend for Cuda {
+    type F32 = CudaSlice<f32>;
+    type F64 = CudaSlice<f64>;
+    type U32 = CudaSlice<u32>;
+    type Mask = CudaSlice<u64>;
+    type Rope = CudaRope;
+
+    fn name(&self) -> String {
+        format!("cuda:{} ({})", self.device.gpu.ordinal, self.device.gpu.name)
+    }
+
+    fn alloc(&self, n: usize) -> Result<CudaSlice<f32>> {
+        zeros(&self.device, n, "f32")
+    }
+
+    fn alloc_f64(&self, n: usize) -> Result<CudaSlice<f64>> {
+        zeros(&self.device, n, "f64")
+    }
+
+    fn alloc_u32(&self, n: usize) -> Result<CudaSlice<u32>> {
+        zeros(&self.device, n, "u32")
+    }
+
+    fn alloc_mask(&self, n: usize) -> Result<CudaSlice<u64>> {
+        zeros(&self.device, mask_words(n), "u64 (dropout mask)")
+    }
+
+    fn upload_rope(&self, t: &RopeTable) -> Result<CudaRope> {
+        let s = &self.device.stream;
+        let (cos, sin) =
+            (self.ran("upload_rope", s.clone_htod(&t.cos))?, self.ran("upload_rope", s.clone_htod(&t.sin))?);
+        Ok(CudaRope { cos, sin, half: t.half, head_dim: t.head_dim })
+    }
+
+    fn upload(&self, dst: &mut CudaSlice<f32>, src: &[f32]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let mut d = pre_mut(dst, src.len(), "upload");
+        self.ran("upload", self.device.stream.memcpy_htod(src, &mut d))
+    }
+
+    fn upload_u32(&self, dst: &mut CudaSlice<u32>, src: &[u32]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        let mut d = pre_mut(dst, src.len(), "upload_u32");
+        self.ran("upload_u32", self.device.stream.memcpy_htod(src, &mut d))
+    }
+
+    /// A copy into pageable memory returns when it is done, after everything queued before it; the synchronize
+    /// makes that explicit whatever memory `dst` is.
+    fn download(&self, src: &CudaSlice<f32>, dst: &mut [f32]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let s = &self.device.stream;
+        self.ran("download", s.memcpy_dtoh(&pre(src, dst.len(), "download"), dst))?;
+        self.ran("download", s.synchronize())
+    }
+
+    fn download_f64(&self, src: &CudaSlice<f64>, dst: &mut [f64]) -> Result<()> {
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let s = &self.device.stream;
+        self.ran("download_f64", s.memcpy_dtoh(&pre(src, dst.len(), "download_f64"), dst))?;
+        self.ran("download_f64", s.synchronize())
+    }
+
+    fn zero(&self, x: &mut CudaSlice<f32>, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        self.ran("zero", self.device.stream.memset_zeros(&mut pre_mut(x, n, "zero")))
+    }
+
+    fn copy(&self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let s = &self.device.stream;
+        self.ran("copy", s.memcpy_dtod(&pre(src, n, "copy"), &mut pre_mut(dst, n, "copy")))
+    }
+
+    fn scale(&self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>, n: usize, s: f32) -> Result<()> {
+        let r = elementwise::scale(&self.device, &mut pre_mut(dst, n, "scale"), &pre(src, n, "scale"), s);
+        self.ran("scale", r)
+    }
+
+    fn scale_in_place(&self, x: &mut CudaSlice<f32>, n: usize, s: f32) -> Result<()> {
+        let r = elementwise::scale_in_place(&self.device, &mut pre_mut(x, n, "scale_in_place"), s);
+        self.ran("scale_in_place", r)
+    }
+
+    fn sum_squares(&self, x: &CudaSlice<f32>, n: usize) -> Result<f64> {
+        // The scratch is rewritten whole by every call: one left by a panicking call is as good as any.
+        let mut scratch = self.reduce.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = reduce::sum_squares(&self.device, &pre(x, n, "sum_squares"), &mut scratch.as_view_mut());
+        self.ran("sum_squares", r)
+    }
+
+    fn gemm(
+        &self,
+        c: &mut CudaSlice<f32>,
+        cv: MatView,
+        a: &CudaSlice<f32>,
+        av: MatView,
+        b: &CudaSlice<f32>,
+        bv: MatView,
+        accumulate: bool,
+    ) -> Result<()> {
+        Ok(self.blas.matmul(c, cv, a, av, b, bv, accumulate)?)
+    }
+
+    fn add_bias(&self, out: &mut CudaSlice<f32>, ov: MatView, b: &CudaSlice<f32>) -> Result<()> {
+        let r = elementwise::add_bias(&self.device, &mut out.as_view_mut(), ov, &pre(b, ov.cols, "add_bias"));
+        self.ran("add_bias", r)
+    }
+
+    fn embedding(
+        &self,
+        out: &mut CudaSlice<f32>,
+        table: &CudaSlice<f32>,
+        ids: &CudaSlice<u32>,
+        n: usize,
+        dim: usize,
+        scale: Option<f32>,
+    ) -> Result<()> {
+        let (mut o, ids) = (pre_mut(out, n * dim, "embedding"), pre(ids, n, "embedding"));
+        let r = rows::gather_rows(&self.device, &mut o, &table.as_view(), &ids, dim, scale.unwrap_or(1.0));
+        self.ran("embedding", r)
+    }
+
+    fn rmsnorm_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        rstd: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        rows: usize,
+        dim: usize,
+        offset: f32,
+        eps: f32,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let op = "rmsnorm_forward";
+        let (mut o, mut r) = (pre_mut(out, rows * dim, op), pre_mut(rstd, rows, op));
+        let (x, w) = (pre(x, rows * dim, op), pre(w, dim, op));
+        self.ran(op, norm::rmsnorm_forward(&self.device, &mut o, &mut r, &x, &w, offset, eps))
+    }
+
+    fn rmsnorm_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        dw: Option<&mut CudaSlice<f32>>,
+        dout: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        rstd: &CudaSlice<f32>,
+        rows: usize,
+        dim: usize,
+        offset: f32,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let op = "rmsnorm_backward";
+        let (mut dx, mut dw) = (pre_mut(dx, rows * dim, op), dw.map(|g| pre_mut(g, dim, op)));
+        let (dout, x, w, rstd) =
+            (pre(dout, rows * dim, op), pre(x, rows * dim, op), pre(w, dim, op), pre(rstd, rows, op));
+        self.ran(op, norm::rmsnorm_backward(&self.device, &mut dx, dw.as_mut(), &dout, &x, &w, offset, &rstd))
+    }
+
+    fn rope(
+        &self,
+        backward: bool,
+        buf: &mut CudaSlice<f32>,
+        rows: usize,
+        cols: RopeCols,
+        table_rows: &CudaSlice<u32>,
+        t: &CudaRope,
+    ) -> Result<()> {
+        if rows == 0 || cols.heads == 0 {
+            return Ok(());
+        }
+        let l =
+            RopeLayout { row_len: cols.row_len, col: cols.col, heads: cols.heads, head_dim: t.head_dim, half: t.half };
+        let (mut b, positions) = (pre_mut(buf, rows * cols.row_len, "rope"), pre(table_rows, rows, "rope"));
+        let r = rope::rope(&self.device, backward, &mut b, l, &positions, &t.cos.as_view(), &t.sin.as_view());
+        self.ran(if backward { "rope backward" } else { "rope forward" }, r)
+    }
+
+    fn attention_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        l: QkvLayout,
+        seq_start: &CudaSlice<u32>,
+        rows: usize,
+    ) -> Result<()> {
+        let op = "attention_forward";
+        let mut o = pre_mut(out, rows * l.n_heads * l.head_dim, op);
+        let (qkv, starts) = (pre(qkv, rows * l.row_len, op), pre(seq_start, rows, op));
+        self.ran(op, attention::attention_forward(&self.device, &mut o, &qkv, l, &starts))
+    }
+
+    fn attention_backward(
+        &self,
+        dqkv: &mut CudaSlice<f32>,
+        stats: &mut CudaSlice<f32>,
+        datt: &CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        att: &CudaSlice<f32>,
+        l: QkvLayout,
+        seq_start: &CudaSlice<u32>,
+        rows: usize,
+    ) -> Result<()> {
+        let op = "attention_backward";
+        let (aw, rl) = (l.n_heads * l.head_dim, l.row_len);
+        let (mut dqkv, mut stats) = (pre_mut(dqkv, rows * rl, op), pre_mut(stats, rows * l.n_heads * 3, op));
+        let (datt, qkv, att) = (pre(datt, rows * aw, op), pre(qkv, rows * rl, op), pre(att, rows * aw, op));
+        let starts = pre(seq_start, rows, op);
+        let r = attention::attention_backward(&self.device, &mut dqkv, &mut stats, &datt, &qkv, &att, l, &starts);
+        self.ran(op, r)
+    }
+
+    fn glu_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        gate: &CudaSlice<f32>,
+        up: &CudaSlice<f32>,
+        n: usize,
+        act: GateAct,
+    ) -> Result<()> {
+        let op = "glu_forward";
+        let (mut o, gate, up) = (pre_mut(out, n, op), pre(gate, n, op), pre(up, n, op));
+        self.ran(op, glu::glu_forward(&self.device, &mut o, &gate, &up, act))
+    }
+
+    fn glu_backward(
+        &self,
+        dgate: &mut CudaSlice<f32>,
+        dup: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        gate: &CudaSlice<f32>,
+        up: &CudaSlice<f32>,
+        n: usize,
+        act: GateAct,
+    ) -> Result<()> {
+        let op = "glu_backward";
+        let (mut dg, mut du) = (pre_mut(dgate, n, op), pre_mut(dup, n, op));
+        let (dout, gate, up) = (pre(dout, n, op), pre(gate, n, op), pre(up, n, op));
+        self.ran(op, glu::glu_backward(&self.device, &mut dg, &mut du, &dout, &gate, &up, act))
+    }
+
+    fn gather_rows(
+        &self,
+        out: &mut CudaSlice<f32>,
+        src: &CudaSlice<f32>,
+        idx: &CudaSlice<u32>,
+        n: usize,
+        dim: usize,
+    ) -> Result<()> {
+        let (mut o, idx) = (pre_mut(out, n * dim, "gather_rows"), pre(idx, n, "gather_rows"));
+        self.ran("gather_rows", rows::gather_rows(&self.device, &mut o, &src.as_view(), &idx, dim, 1.0))
+    }
+
+    fn scatter_add_rows(
+        &self,
+        dst: &mut CudaSlice<f32>,
+        src: &CudaSlice<f32>,
+        idx: &CudaSlice<u32>,
+        n: usize,
+        dim: usize,
+    ) -> Result<()> {
+        let (src, idx) = (pre(src, n * dim, "scatter_add_rows"), pre(idx, n, "scatter_add_rows"));
+        self.ran("scatter_add_rows", rows::scatter_add_rows(&self.device, &mut dst.as_view_mut(), &src, &idx, dim))
+    }
+
+    fn cross_entropy_rows(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        loss: &mut CudaSlice<f64>,
+        targets: &CudaSlice<u32>,
+        rows: usize,
+        vocab: usize,
+        token_weight: f32,
+        label_smoothing: f32,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let op = "cross_entropy_rows";
+        let (mut l, mut loss) = (pre_mut(logits, rows * vocab, op), pre_mut(loss, rows, op));
+        let targets = pre(targets, rows, op);
+        let r =
+            cross_entropy::cross_entropy_rows(&self.device, &mut l, &mut loss, &targets, token_weight, label_smoothing);
+        self.ran(op, r)
+    }
+
+    fn dropout_forward(
+        &self,
+        x_drop: &mut CudaSlice<f32>,
+        keep: &mut CudaSlice<u64>,
+        x: &CudaSlice<f32>,
+        n: usize,
+        p: f32,
+        key: u64,
+    ) -> Result<()> {
+        let op = "dropout_forward";
+        let (mut d, mut k, x) = (pre_mut(x_drop, n, op), pre_mut(keep, mask_words(n), op), pre(x, n, op));
+        self.ran(op, dropout::dropout_forward(&self.device, &mut d, &mut k, &x, p, key))
+    }
+
+    fn dropout_again(
+        &self,
+        x_drop: &mut CudaSlice<f32>,
+        keep: &CudaSlice<u64>,
+        x: &CudaSlice<f32>,
+        n: usize,
+        p: f32,
+    ) -> Result<()> {
+        let op = "dropout_again";
+        let (mut d, x) = (pre_mut(x_drop, n, op), pre(x, n, op));
+        self.ran(op, dropout::dropout_again(&self.device, &mut d, &keep.as_view(), &x, p))
+    }
+
+    fn dropout_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        t: &CudaSlice<f32>,
+        keep: &CudaSlice<u64>,
+        n: usize,
+        p: f32,
+    ) -> Result<()> {
+        let op = "dropout_backward";
+        let (mut d, t) = (pre_mut(dx, n, op), pre(t, n, op));
+        self.ran(op, dropout::dropout_backward(&self.device, &mut d, &t, &keep.as_view(), p))
+    }
+
+    fn adamw(
+        &self,
+        w: &mut CudaSlice<f32>,
+        g: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        n: usize,
+        s: &AdamWScalars,
+    ) -> Result<()> {
+        let op = "adamw";
+        let (mut w, mut m, mut v, g) = (pre_mut(w, n, op), pre_mut(m, n, op), pre_mut(v, n, op), pre(g, n, op));
+        self.ran(op, adamw::adamw_step(&self.device, &mut w, &g, &mut m, &mut v, s))
+    }
+}

@@ -1,0 +1,42 @@
+//! The backend's element-wise ops on the GPU (elementwise.cu), as `kernels::backend::host`'s scale,
+//! scale_in_place and add_bias: the same bits (one rounding per element on both sides).
+use super::elementwise;
+use crate::kernels::backend::MatView;
+use crate::kernels::cuda::device::Device;
+use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
+
+/// dst = s · src. Both of one length.
+pub fn scale(d: &Device, dst: &mut CudaViewMut<f32>, src: &CudaView<f32>, s: f32) -> Result<(), DriverError> {
+    let n = dst.len();
+    assert_eq!(src.len(), n, "scale: dst and src lengths");
+    let mut b = d.stream.launch_builder(d.function("scale"));
+    b.arg(dst).arg(src).arg(&n).arg(&s);
+    // SAFETY: element-wise over n values of views of length n.
+    unsafe { b.launch(elementwise(n)) }.map(drop)
+}
+
+/// x *= s.
+pub fn scale_in_place(d: &Device, x: &mut CudaViewMut<f32>, s: f32) -> Result<(), DriverError> {
+    let n = x.len();
+    let mut b = d.stream.launch_builder(d.function("scale_in_place"));
+    b.arg(x).arg(&n).arg(&s);
+    // SAFETY: element-wise over the n values of x.
+    unsafe { b.launch(elementwise(n)) }.map(drop)
+}
+
+/// Every row of the view `ov` of `out` += b (b: ov.cols values). The view is not transposed and its rows do
+/// not overlap (ld ≥ cols: each element gets one add).
+pub fn add_bias(d: &Device, out: &mut CudaViewMut<f32>, ov: MatView, b: &CudaView<f32>) -> Result<(), DriverError> {
+    assert!(!ov.trans && ov.ld >= ov.cols, "add_bias: view {ov:?} is transposed or its rows overlap");
+    assert!(ov.end() <= out.len(), "add_bias: view {ov:?} past a buffer of {}", out.len());
+    assert_eq!(b.len(), ov.cols, "add_bias: bias length");
+    if ov.rows == 0 || ov.cols == 0 {
+        return Ok(());
+    }
+    let mut o = out.slice_mut(ov.offset..ov.end());
+    let mut l = d.stream.launch_builder(d.function("add_bias"));
+    l.arg(&mut o).arg(b).arg(&ov.rows).arg(&ov.cols).arg(&ov.ld);
+    // SAFETY: thread i adds to o[(i / cols)·ld + i % cols] for i < rows·cols, at most (rows − 1)·ld + cols − 1 <
+    // o.len() (the view's extent, checked inside out), and reads b[i % cols] (b holds cols values).
+    unsafe { l.launch(elementwise(ov.rows * ov.cols)) }.map(drop)
+}
