@@ -14,6 +14,7 @@ use condlm::kernels::cuda::ops::adamw::adamw_step;
 use condlm::kernels::cuda::ops::attention::{attention_backward, attention_forward};
 use condlm::kernels::cuda::ops::cross_entropy::cross_entropy_rows;
 use condlm::kernels::cuda::ops::glu::{glu_backward, glu_forward};
+use condlm::kernels::cuda::ops::indices::{self, Indices};
 use condlm::kernels::cuda::ops::norm::{rmsnorm_backward, rmsnorm_forward};
 use condlm::kernels::cuda::ops::rope::{RopeLayout, rope};
 use condlm::kernels::gemm_bf16::{Bf16Isa, gemm_bf16};
@@ -161,13 +162,14 @@ fn rope_check(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
     let positions: Vec<u32> = (0..29u64).map(|i| (uniform(15, 6, i) * max_pos as f64) as u32).collect();
     let x = random(positions.len() * l.row_len, 7, 1.0);
     let s = &d.stream;
-    let (gpos, gcos, gsin) = (s.clone_htod(&positions)?, s.clone_htod(&table.cos)?, s.clone_htod(&table.sin)?);
+    let (gpos, gcos, gsin) = (indices::upload(s, &positions)?, s.clone_htod(&table.cos)?, s.clone_htod(&table.sin)?);
+    let gpos = Indices::prefix(&gpos.0, gpos.1, positions.len(), "rope");
     for backward in [false, true] {
         let mut cpu = x.clone();
         let f = if backward { rope_backward } else { rope_forward };
         f(&mut cpu, l.row_len, l.col, l.heads, &positions, &table);
         let mut gbuf = s.clone_htod(&x)?;
-        rope(d, backward, &mut gbuf.as_view_mut(), l, &gpos.as_view(), &gcos.as_view(), &gsin.as_view())?;
+        rope(d, backward, &mut gbuf.as_view_mut(), l, &gpos, &gcos.as_view(), &gsin.as_view())?;
         let name = if backward { "rope_backward" } else { "rope_forward (partial, scaled)" };
         compare(all, name, &s.clone_dtoh(&gbuf)?, &cpu, 1e-6);
     }
@@ -212,13 +214,14 @@ fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         window: 16,
     };
     let s = &d.stream;
-    let gstart = s.clone_htod(&seq_start)?;
+    let gstart = indices::upload(s, &seq_start)?;
+    let gstart = Indices::prefix(&gstart.0, gstart.1, seq_start.len(), "attention");
     for (name, l) in [("GQA 6/2 heads of 64", gqa), ("4 heads of 96, window 16", windowed)] {
         let qkv = random(rows * l.row_len, 20, 2.0);
         let mut cpu = vec![0.0; rows * l.n_heads * l.head_dim];
         cpu_attention_forward(&mut cpu, &qkv, l, &seq_start);
         let (gqkv, mut gout) = (s.clone_htod(&qkv)?, s.alloc_zeros::<f32>(cpu.len())?);
-        attention_forward(d, &mut gout.as_view_mut(), &gqkv.as_view(), l, &gstart.as_view())?;
+        attention_forward(d, &mut gout.as_view_mut(), &gqkv.as_view(), l, &gstart)?;
         compare(all, &format!("attention_forward {name}"), &s.clone_dtoh(&gout)?, &cpu, 1e-5);
         // The backward writes only the q, k, v columns: dqkv starts random so that the others are checked too.
         let (datt, dqkv0) = (random(cpu.len(), 21, 1.0), random(qkv.len(), 22, 1.0));
@@ -226,7 +229,7 @@ fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         cpu_attention_backward(&mut dqkv, &datt, &qkv, &cpu, l, &seq_start);
         let (gdatt, mut gdqkv) = (s.clone_htod(&datt)?, s.clone_htod(&dqkv0)?);
         let mut stats = s.alloc_zeros::<f32>(rows * l.n_heads * 3)?;
-        let (gdatt, gqkv, gout, gstart) = (gdatt.as_view(), gqkv.as_view(), gout.as_view(), gstart.as_view());
+        let (gdatt, gqkv, gout) = (gdatt.as_view(), gqkv.as_view(), gout.as_view());
         attention_backward(d, &mut gdqkv.as_view_mut(), &mut stats.as_view_mut(), &gdatt, &gqkv, &gout, l, &gstart)?;
         let gpu = s.clone_dtoh(&gdqkv)?;
         let (aw, kw) = (l.n_heads * l.head_dim, l.n_kv_heads * l.head_dim);
@@ -277,7 +280,8 @@ fn cross_entropy(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
     identity.iter_mut().step_by(vocab + 1).for_each(|v| *v = 1.0);
     let head = MatrixRef::Dense { data: &identity, rows: vocab, cols: vocab };
     let s = &d.stream;
-    let gtargets = s.clone_htod(&targets)?;
+    let gtargets = indices::upload(s, &targets)?;
+    let gtargets = Indices::prefix(&gtargets.0, gtargets.1, targets.len(), "cross_entropy");
     for smoothing in [0.0f32, 0.1] {
         let mut dlogits = vec![0.0; rows * vocab];
         let all_rows: Vec<usize> = (0..rows).collect();
@@ -294,14 +298,7 @@ fn cross_entropy(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
             &mut HeadScratch::default(),
         );
         let (mut glogits, mut gloss) = (s.clone_htod(&logits)?, s.alloc_zeros::<f64>(rows)?);
-        cross_entropy_rows(
-            d,
-            &mut glogits.as_view_mut(),
-            &mut gloss.as_view_mut(),
-            &gtargets.as_view(),
-            weight,
-            smoothing,
-        )?;
+        cross_entropy_rows(d, &mut glogits.as_view_mut(), &mut gloss.as_view_mut(), &gtargets, weight, smoothing)?;
         let gpu_loss: f64 = s.clone_dtoh(&gloss)?.iter().sum();
         let rel = ((gpu_loss - loss) / loss).abs();
         all.push(Compared { name: format!("cross_entropy_rows loss (ε {smoothing})"), err: rel, tol: 1e-6 });

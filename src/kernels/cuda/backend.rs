@@ -8,6 +8,7 @@
 use super::device::Device;
 use super::devices::probe;
 use super::gemm::Blas;
+use super::ops::indices::{IndexFacts, Indices};
 use super::ops::reduce::PARTIALS;
 use super::ops::rope::RopeLayout;
 use super::ops::{adamw, attention, cross_entropy, dropout, elementwise, glu, norm, reduce, rope, rows};
@@ -28,6 +29,19 @@ pub struct CudaRope {
     pub half: usize,
     /// Distance between heads in a buffer row (the first 2·half features of each rotate).
     pub head_dim: usize,
+}
+
+/// Indices on the device and what their upload found (ops::indices): launches check them without a copy back.
+pub struct CudaIndices {
+    buf: CudaSlice<u32>,
+    facts: IndexFacts,
+}
+
+impl CudaIndices {
+    /// The first `n` uploaded indices.
+    fn prefix(&self, n: usize, op: &str) -> Indices<'_> {
+        Indices::prefix(&self.buf, self.facts, n, op)
+    }
 }
 
 /// The CUDA backend: a GPU with its kernels loaded and a cuBLAS handle on its stream.
@@ -113,7 +127,7 @@ fn zeros<T: DeviceRepr + ValidAsZeroBits>(d: &Device, n: usize, what: &str) -> R
 impl Backend for Cuda {
     type F32 = CudaSlice<f32>;
     type F64 = CudaSlice<f64>;
-    type U32 = CudaSlice<u32>;
+    type U32 = CudaIndices;
     type Mask = CudaSlice<u64>;
     type Rope = CudaRope;
 
@@ -129,8 +143,8 @@ impl Backend for Cuda {
         zeros(&self.device, n, "f64")
     }
 
-    fn alloc_u32(&self, n: usize) -> Result<CudaSlice<u32>> {
-        zeros(&self.device, n, "u32")
+    fn alloc_u32(&self, n: usize) -> Result<CudaIndices> {
+        Ok(CudaIndices { buf: zeros(&self.device, n, "u32")?, facts: IndexFacts::of(&[]) })
     }
 
     fn alloc_mask(&self, n: usize) -> Result<CudaSlice<u64>> {
@@ -152,11 +166,12 @@ impl Backend for Cuda {
         self.ran("upload", self.device.stream.memcpy_htod(src, &mut d))
     }
 
-    fn upload_u32(&self, dst: &mut CudaSlice<u32>, src: &[u32]) -> Result<()> {
+    fn upload_u32(&self, dst: &mut CudaIndices, src: &[u32]) -> Result<()> {
+        dst.facts = IndexFacts::of(src);
         if src.is_empty() {
             return Ok(());
         }
-        let mut d = pre_mut(dst, src.len(), "upload_u32");
+        let mut d = pre_mut(&mut dst.buf, src.len(), "upload_u32");
         self.ran("upload_u32", self.device.stream.memcpy_htod(src, &mut d))
     }
 
@@ -234,12 +249,12 @@ impl Backend for Cuda {
         &self,
         out: &mut CudaSlice<f32>,
         table: &CudaSlice<f32>,
-        ids: &CudaSlice<u32>,
+        ids: &CudaIndices,
         n: usize,
         dim: usize,
         scale: Option<f32>,
     ) -> Result<()> {
-        let (mut o, ids) = (pre_mut(out, n * dim, "embedding"), pre(ids, n, "embedding"));
+        let (mut o, ids) = (pre_mut(out, n * dim, "embedding"), ids.prefix(n, "embedding"));
         let r = rows::gather_rows(&self.device, &mut o, &table.as_view(), &ids, dim, scale.unwrap_or(1.0));
         self.ran("embedding", r)
     }
@@ -292,7 +307,7 @@ impl Backend for Cuda {
         buf: &mut CudaSlice<f32>,
         rows: usize,
         cols: RopeCols,
-        table_rows: &CudaSlice<u32>,
+        table_rows: &CudaIndices,
         t: &CudaRope,
     ) -> Result<()> {
         if rows == 0 || cols.heads == 0 {
@@ -300,7 +315,7 @@ impl Backend for Cuda {
         }
         let l =
             RopeLayout { row_len: cols.row_len, col: cols.col, heads: cols.heads, head_dim: t.head_dim, half: t.half };
-        let (mut b, positions) = (pre_mut(buf, rows * cols.row_len, "rope"), pre(table_rows, rows, "rope"));
+        let (mut b, positions) = (pre_mut(buf, rows * cols.row_len, "rope"), table_rows.prefix(rows, "rope"));
         let r = rope::rope(&self.device, backward, &mut b, l, &positions, &t.cos.as_view(), &t.sin.as_view());
         self.ran(if backward { "rope backward" } else { "rope forward" }, r)
     }
@@ -310,12 +325,12 @@ impl Backend for Cuda {
         out: &mut CudaSlice<f32>,
         qkv: &CudaSlice<f32>,
         l: QkvLayout,
-        seq_start: &CudaSlice<u32>,
+        seq_start: &CudaIndices,
         rows: usize,
     ) -> Result<()> {
         let op = "attention_forward";
         let mut o = pre_mut(out, rows * l.n_heads * l.head_dim, op);
-        let (qkv, starts) = (pre(qkv, rows * l.row_len, op), pre(seq_start, rows, op));
+        let (qkv, starts) = (pre(qkv, rows * l.row_len, op), seq_start.prefix(rows, op));
         self.ran(op, attention::attention_forward(&self.device, &mut o, &qkv, l, &starts))
     }
 
@@ -327,14 +342,14 @@ impl Backend for Cuda {
         qkv: &CudaSlice<f32>,
         att: &CudaSlice<f32>,
         l: QkvLayout,
-        seq_start: &CudaSlice<u32>,
+        seq_start: &CudaIndices,
         rows: usize,
     ) -> Result<()> {
         let op = "attention_backward";
         let (aw, rl) = (l.n_heads * l.head_dim, l.row_len);
         let (mut dqkv, mut stats) = (pre_mut(dqkv, rows * rl, op), pre_mut(stats, rows * l.n_heads * 3, op));
         let (datt, qkv, att) = (pre(datt, rows * aw, op), pre(qkv, rows * rl, op), pre(att, rows * aw, op));
-        let starts = pre(seq_start, rows, op);
+        let starts = seq_start.prefix(rows, op);
         let r = attention::attention_backward(&self.device, &mut dqkv, &mut stats, &datt, &qkv, &att, l, &starts);
         self.ran(op, r)
     }
@@ -372,11 +387,11 @@ impl Backend for Cuda {
         &self,
         out: &mut CudaSlice<f32>,
         src: &CudaSlice<f32>,
-        idx: &CudaSlice<u32>,
+        idx: &CudaIndices,
         n: usize,
         dim: usize,
     ) -> Result<()> {
-        let (mut o, idx) = (pre_mut(out, n * dim, "gather_rows"), pre(idx, n, "gather_rows"));
+        let (mut o, idx) = (pre_mut(out, n * dim, "gather_rows"), idx.prefix(n, "gather_rows"));
         self.ran("gather_rows", rows::gather_rows(&self.device, &mut o, &src.as_view(), &idx, dim, 1.0))
     }
 
@@ -384,11 +399,11 @@ impl Backend for Cuda {
         &self,
         dst: &mut CudaSlice<f32>,
         src: &CudaSlice<f32>,
-        idx: &CudaSlice<u32>,
+        idx: &CudaIndices,
         n: usize,
         dim: usize,
     ) -> Result<()> {
-        let (src, idx) = (pre(src, n * dim, "scatter_add_rows"), pre(idx, n, "scatter_add_rows"));
+        let (src, idx) = (pre(src, n * dim, "scatter_add_rows"), idx.prefix(n, "scatter_add_rows"));
         self.ran("scatter_add_rows", rows::scatter_add_rows(&self.device, &mut dst.as_view_mut(), &src, &idx, dim))
     }
 
@@ -396,7 +411,7 @@ impl Backend for Cuda {
         &self,
         logits: &mut CudaSlice<f32>,
         loss: &mut CudaSlice<f64>,
-        targets: &CudaSlice<u32>,
+        targets: &CudaIndices,
         rows: usize,
         vocab: usize,
         token_weight: f32,
@@ -407,7 +422,7 @@ impl Backend for Cuda {
         }
         let op = "cross_entropy_rows";
         let (mut l, mut loss) = (pre_mut(logits, rows * vocab, op), pre_mut(loss, rows, op));
-        let targets = pre(targets, rows, op);
+        let targets = targets.prefix(rows, op);
         let r =
             cross_entropy::cross_entropy_rows(&self.device, &mut l, &mut loss, &targets, token_weight, label_smoothing);
         self.ran(op, r)

@@ -1,6 +1,7 @@
 //! Causal GQA attention on the GPU (attention.cu), as `kernels::attention`'s forward and backward: the same
 //! `QkvLayout` (columns of q, k, v in the projection rows, heads, the model's scale, the sliding window) and the
 //! same packed batch (`seq_start[i]`: the first row of row i's sequence, on the device).
+use super::indices::Indices;
 use crate::kernels::attention::QkvLayout;
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
@@ -32,15 +33,9 @@ impl Args {
 }
 
 /// Checks what every launch trusts — head counts, head size, q/k/v columns inside the rows, buffer lengths, and
-/// each row's sequence starting at or before it (seq_start copied back: small next to qkv) — and returns the
+/// each row's sequence starting at or before it (what seq_start's upload found) — and returns the
 /// kernels' arguments; None for an empty batch (no launch).
-fn checked(
-    d: &Device,
-    op: &str,
-    l: &QkvLayout,
-    qkv: usize,
-    seq_start: &CudaView<u32>,
-) -> Result<Option<Args>, DriverError> {
+fn checked(op: &str, l: &QkvLayout, qkv: usize, seq_start: &Indices) -> Result<Option<Args>, DriverError> {
     let (rows, hd) = (seq_start.len(), l.head_dim);
     let (aw, kw) = (l.n_heads * hd, l.n_kv_heads * hd);
     assert!(
@@ -66,10 +61,7 @@ fn checked(
     if rows == 0 {
         return Ok(None);
     }
-    let starts = d.stream.clone_dtoh(seq_start)?;
-    if let Some(i) = starts.iter().enumerate().position(|(i, &s)| s as usize > i) {
-        panic!("{op}: seq_start[{i}] = {} lies after row {i}: not a packed batch", starts[i]);
-    }
+    assert!(seq_start.facts.at_or_before, "{op}: a seq_start lies after its row: not a packed batch");
     let [row_len, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim, window] =
         [l.row_len, l.q_col, l.k_col, l.v_col, l.n_heads, l.n_kv_heads, hd, l.window.min(rows)].map(|v| v as i32);
     Ok(Some(Args { rows, row_len, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim, window }))
@@ -82,12 +74,12 @@ pub fn attention_forward(
     out: &mut CudaViewMut<f32>,
     qkv: &CudaView<f32>,
     l: QkvLayout,
-    seq_start: &CudaView<u32>,
+    seq_start: &Indices,
 ) -> Result<(), DriverError> {
-    let Some(a) = checked(d, "attention_forward", &l, qkv.len(), seq_start)? else { return Ok(()) };
+    let Some(a) = checked("attention_forward", &l, qkv.len(), seq_start)? else { return Ok(()) };
     assert_eq!(out.len(), a.rows * l.n_heads * l.head_dim, "attention_forward: out shape");
     let mut b = d.stream.launch_builder(d.function("attention_forward"));
-    b.arg(out).arg(qkv).arg(seq_start).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col).arg(&a.v_col);
+    b.arg(out).arg(qkv).arg(&seq_start.view).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col).arg(&a.v_col);
     b.arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
     // SAFETY: block (i, h) reads row i's q of head h and rows seq_start[i]..=i (≤ i, checked) of kv head
     // h / group's k and v, all inside qkv (columns checked), and writes row i, head h of out (length checked).
@@ -107,9 +99,9 @@ pub fn attention_backward(
     qkv: &CudaView<f32>,
     att: &CudaView<f32>,
     l: QkvLayout,
-    seq_start: &CudaView<u32>,
+    seq_start: &Indices,
 ) -> Result<(), DriverError> {
-    let Some(a) = checked(d, "attention_backward", &l, qkv.len(), seq_start)? else { return Ok(()) };
+    let Some(a) = checked("attention_backward", &l, qkv.len(), seq_start)? else { return Ok(()) };
     let (aw, kw) = (l.n_heads * l.head_dim, l.n_kv_heads * l.head_dim);
     assert!(
         dqkv.len() == qkv.len() && datt.len() == a.rows * aw && att.len() == a.rows * aw,
@@ -125,14 +117,14 @@ pub fn attention_backward(
         }
     }
     let mut b = d.stream.launch_builder(d.function("attention_backward_dq"));
-    b.arg(&mut *dqkv).arg(&mut *stats).arg(datt).arg(qkv).arg(att).arg(seq_start).arg(&a.row_len).arg(&a.q_col);
+    b.arg(&mut *dqkv).arg(&mut *stats).arg(datt).arg(qkv).arg(att).arg(&seq_start.view).arg(&a.row_len).arg(&a.q_col);
     b.arg(&a.k_col).arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
     // SAFETY: block (i, h) reads what the forward's block (i, h) reads plus row i, head h of datt and att (lengths
     // checked), writes row i's dq columns of head h in dqkv and stats[(i·n_heads + h)·3..][..3].
     unsafe { b.launch(a.grid(a.n_heads)) }?;
     let stats = stats.as_view();
     let mut b = d.stream.launch_builder(d.function("attention_backward_dkv"));
-    b.arg(dqkv).arg(&stats).arg(datt).arg(qkv).arg(seq_start).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col);
+    b.arg(dqkv).arg(&stats).arg(datt).arg(qkv).arg(&seq_start.view).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col);
     b.arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
     // SAFETY: block (j, g) reads rows j.. of its sequence (seq_start checked to be packed at or before each row:
     // the loop stops at the sequence's end or row N) — q, datt and the stats of the group's heads — and writes

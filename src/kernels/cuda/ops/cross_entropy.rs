@@ -1,16 +1,17 @@
 //! The loss rows of the LM head on the GPU (cross_entropy.cu), as the per-row step of
 //! `kernels::lm_head::cross_entropy_backward`: a chunk of logits rows becomes dlogits in place, each row's loss
 //! goes to `loss`.
+use super::indices::Indices;
 use super::per_row;
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
+use cudarc::driver::{CudaViewMut, DriverError, PushKernelArg};
 
 /// logits: (rows, vocab) → w·(softmax − (1 − ε)·onehot − ε/V); loss[r] = (1 − ε)·(lse − l_t) + ε·(lse − mean l).
 pub fn cross_entropy_rows(
     d: &Device,
     logits: &mut CudaViewMut<f32>,
     loss: &mut CudaViewMut<f64>,
-    targets: &CudaView<u32>,
+    targets: &Indices,
     token_weight: f32,
     label_smoothing: f32,
 ) -> Result<(), DriverError> {
@@ -18,12 +19,11 @@ pub fn cross_entropy_rows(
     assert!(rows > 0 && loss.len() == rows && logits.len().is_multiple_of(rows), "cross_entropy_rows: shapes");
     let vocab = logits.len() / rows;
     assert!((0.0..=1.0).contains(&label_smoothing), "cross_entropy_rows: label_smoothing outside [0, 1]");
-    // The kernel trusts the targets to lie in the vocabulary: check them (rows values, copied back).
-    let max_t = d.stream.clone_dtoh(targets)?.into_iter().max().unwrap_or(0) as usize;
-    assert!(max_t < vocab, "cross_entropy_rows: target {max_t} outside a vocabulary of {vocab}");
+    // The kernel trusts the targets to lie in the vocabulary: check what their upload found.
+    targets.check_below(vocab, "cross_entropy_rows (targets vs the vocabulary)");
     let vocab_i = vocab as i32;
     let mut b = d.stream.launch_builder(d.function("cross_entropy_rows"));
-    b.arg(logits).arg(loss).arg(targets).arg(&vocab_i).arg(&token_weight).arg(&label_smoothing);
+    b.arg(logits).arg(loss).arg(&targets.view).arg(&vocab_i).arg(&token_weight).arg(&label_smoothing);
     // SAFETY: block r reads and writes row r of logits (rows · vocab values), reads targets[r] (< vocab, checked)
     // and writes loss[r].
     unsafe { b.launch(per_row(rows)) }.map(drop)

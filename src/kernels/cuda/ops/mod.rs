@@ -7,6 +7,7 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
 pub mod glu;
+pub mod indices;
 pub mod norm;
 pub mod reduce;
 pub mod rope;

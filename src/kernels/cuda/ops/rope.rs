@@ -1,5 +1,6 @@
 //! RoPE on the GPU (rope.cu), as `kernels::rope`: in place, in the rotate-half layout, with the cos/sin tables of
 //! a `RopeTable` copied to the device ((·, half) each).
+use super::indices::Indices;
 use super::per_row;
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
@@ -22,7 +23,7 @@ pub fn rope(
     backward: bool,
     buf: &mut CudaViewMut<f32>,
     l: RopeLayout,
-    positions: &CudaView<u32>,
+    positions: &Indices,
     cos: &CudaView<f32>,
     sin: &CudaView<f32>,
 ) -> Result<(), DriverError> {
@@ -30,13 +31,12 @@ pub fn rope(
     assert!(buf.len() == rows * l.row_len, "rope: buffer shape");
     assert!(l.col + (l.heads - 1) * l.head_dim + 2 * l.half <= l.row_len && 2 * l.half <= l.head_dim, "rope: layout");
     assert!(cos.len() == sin.len() && cos.len().is_multiple_of(l.half), "rope: tables");
-    // The kernel trusts the positions to lie in the tables: check them (a copy back, small next to the rows).
-    let max_pos = d.stream.clone_dtoh(positions)?.into_iter().max().unwrap_or(0) as usize;
-    assert!(max_pos < cos.len() / l.half, "rope: position {max_pos} past the tables");
+    // The kernel trusts the positions to lie in the tables: check what their upload found.
+    positions.check_below(cos.len() / l.half, "rope (positions vs the table's rows)");
     let [row_len, col, heads, head_dim, half] = [l.row_len, l.col, l.heads, l.head_dim, l.half].map(|v| v as i32);
     let name = if backward { "rope_backward" } else { "rope_forward" };
     let mut b = d.stream.launch_builder(d.function(name));
-    b.arg(buf).arg(&row_len).arg(&col).arg(&heads).arg(&head_dim).arg(&half).arg(positions).arg(cos).arg(sin);
+    b.arg(buf).arg(&row_len).arg(&col).arg(&heads).arg(&head_dim).arg(&half).arg(&positions.view).arg(cos).arg(sin);
     // SAFETY: block k touches row k's heads inside buf (layout checked) and reads table row positions[k],
     // checked to lie in cos and sin.
     unsafe { b.launch(per_row(rows)) }.map(drop)

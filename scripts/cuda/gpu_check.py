@@ -1,0 +1,163 @@
+"""Helpers of scripts/gpu_check.sh on the GPU machine (PyTorch, transformers and peft there; no Rust, no network).
+
+  gpu_check.py compare-scores A.jsonl B.jsonl TOL        per-token log-probs of two `condlm score --per-token` runs
+  gpu_check.py compare-runs DIR_A DIR_B TOL              losses, eval NLLs and adapters of two `condlm train` runs
+  gpu_check.py make-model DIR SHAPE TOKENIZER_DIR        a random-weight model of SHAPE (smollm2-135m, qwen2.5-1.5b)
+  gpu_check.py make-data OUT ROWS REPEAT SRC.jsonl       ROWS rows of SRC, each completion repeated REPEAT times
+  gpu_check.py peft MODEL_DIR DATA STEPS BATCH RANK DTYPE  PyTorch + PEFT LoRA (all linear layers) on cuda:0
+  gpu_check.py throughput DIR                            tokens/s of a `condlm train` run (its steps after the first)
+
+Every comparison prints one line per quantity and exits 1 when one is outside its tolerance.
+"""
+import json, math, os, sys, time
+
+
+def rows(path):
+    return [json.loads(l) for l in open(path) if l.strip()]
+
+
+def rel(a, b):
+    num = math.sqrt(sum((x - y) ** 2 for x, y in zip(a, b)))
+    den = math.sqrt(sum(y * y for y in b)) or 1.0
+    return num / den
+
+
+def compare_scores(a, b, tol):
+    ra, rb = rows(a), rows(b)
+    assert len(ra) == len(rb), f"{len(ra)} vs {len(rb)} rows"
+    la = [v for r in ra for v in r["token_logprobs"]]
+    lb = [v for r in rb for v in r["token_logprobs"]]
+    e = rel(la, lb)
+    print(f"token log-probs: {len(la)} tokens of {len(ra)} rows, relative error {e:.3e} (tolerance {tol:g})")
+    return e <= tol
+
+
+def metrics(d):
+    out = {"loss": [], "eval_nll": []}
+    for r in rows(os.path.join(d, "metrics.jsonl")):
+        for k in out:
+            if r.get(k) is not None:
+                out[k].append((r["step"], r[k]))
+    return out
+
+
+def compare_runs(a, b, tol):
+    ok = True
+    ma, mb = metrics(a), metrics(b)
+    for k in ma:
+        va, vb = ma[k], mb[k]
+        if [s for s, _ in va] != [s for s, _ in vb]:
+            print(f"{k}: steps differ: {va} vs {vb}")
+            ok = False
+            continue
+        worst = max((abs(x - y) / abs(y) for (_, x), (_, y) in zip(va, vb)), default=0.0)
+        print(f"{k}: {len(va)} values, first {va[0][1] if va else None} vs {vb[0][1] if vb else None}, "
+              f"last {va[-1][1] if va else None} vs {vb[-1][1] if vb else None}, worst relative difference {worst:.3e} "
+              f"(tolerance {tol:g})")
+        ok &= worst <= tol
+    from safetensors.numpy import load_file
+    fa, fb = (os.path.join(d, "adapter", "adapter_model.safetensors") for d in (a, b))
+    if os.path.exists(fa) and os.path.exists(fb):
+        ta, tb = load_file(fa), load_file(fb)
+        worst = max(rel(ta[k].ravel().tolist(), tb[k].ravel().tolist()) for k in tb)
+        print(f"adapter: {len(tb)} tensors, worst relative error {worst:.3e} (tolerance {10 * tol:g})")
+        ok &= worst <= 10 * tol
+    return ok
+
+
+SHAPES = {
+    # SmolLM2-135M-Instruct and Qwen2.5-1.5B's shapes (config.json values), random weights.
+    "smollm2-135m": dict(arch="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True,
+                         rope_theta=100000.0, max_position_embeddings=8192, rms_norm_eps=1e-5),
+    "qwen2.5-1.5b": dict(arch="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
+                         rope_theta=1000000.0, max_position_embeddings=32768, rms_norm_eps=1e-6),
+}
+
+
+def make_model(out, shape, tokenizer_dir):
+    import shutil, torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    s = dict(SHAPES[shape])
+    arch = s.pop("arch")
+    cfg_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    torch.manual_seed(0)
+    model = model_cls(cfg_cls(**s, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    model.save_pretrained(out, safe_serialization=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(tokenizer_dir, f), out)
+    print(f"{shape}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters in {out}")
+    return True
+
+
+def make_data(out, n, repeat, src):
+    base = rows(src)
+    with open(out, "w") as f:
+        for i in range(n):
+            r = base[i % len(base)]
+            f.write(json.dumps({"prompt": r["prompt"], "completion": " ".join([r["completion"]] * repeat)}) + "\n")
+    return True
+
+
+def peft(model_dir, data, steps, batch, rank, dtype):
+    """LoRA on every linear layer (r = rank, α = 2r, no dropout), AdamW, the conditional objective on packed-free
+    padded batches as PEFT users run it; tokens/s over the steps after the first, peak GPU memory."""
+    import torch, torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from peft import LoraConfig, get_peft_model
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = os.environ.get("GPU_CHECK_TORCH_DEVICE", "cuda")  # cpu: a dry run of the script without a GPU
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    dt = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).to(dev)
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    eos = tok.eos_token_id if tok.eos_token_id is not None else 2
+    enc = []
+    for r in rows(data):
+        x = tok.encode(r["prompt"], add_special_tokens=False)
+        y = tok.encode(r["completion"], add_special_tokens=False) + [eos]
+        enc.append((x + y, [-100] * len(x) + y))
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    toks, secs = 0, 0.0
+    for s in range(steps + 1):
+        b = [enc[(s * batch + k) % len(enc)] for k in range(batch)]
+        L = max(len(i) for i, _ in b)
+        ids = torch.full((batch, L), eos); lab = torch.full((batch, L), -100); att = torch.zeros((batch, L), dtype=torch.long)
+        for k, (i, l) in enumerate(b):
+            ids[k, :len(i)] = torch.tensor(i); lab[k, :len(l)] = torch.tensor(l); att[k, :len(i)] = 1
+        ids, lab, att = ids.to(dev), lab.to(dev), att.to(dev)
+        sync(); t = time.time()
+        logits = model(input_ids=ids, attention_mask=att).logits.float()
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), lab[:, 1:].reshape(-1), ignore_index=-100)
+        loss.backward(); opt.step(); opt.zero_grad()
+        sync()
+        if s > 0:
+            toks += int(att.sum()); secs += time.time() - t
+    print(json.dumps({"engine": f"pytorch+peft {dtype}", "tokens_per_s": toks / secs,
+                      "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None, "last_loss": loss.item()}))
+    return True
+
+
+def throughput(d):
+    m = rows(os.path.join(d, "metrics.jsonl"))
+    steps = [r for r in m if r.get("tokens_per_s") is not None][1:]
+    toks, secs = sum(r["tokens"] for r in steps), sum(r["step_s"] for r in steps)
+    print(json.dumps({"engine": "condlm", "dir": d, "steps": len(steps), "tokens_per_s": toks / secs}))
+    return True
+
+
+if __name__ == "__main__":
+    cmd, args = sys.argv[1], sys.argv[2:]
+    ok = {
+        "compare-scores": lambda: compare_scores(args[0], args[1], float(args[2])),
+        "compare-runs": lambda: compare_runs(args[0], args[1], float(args[2])),
+        "make-model": lambda: make_model(*args),
+        "make-data": lambda: make_data(args[0], int(args[1]), int(args[2]), args[3]),
+        "peft": lambda: peft(args[0], args[1], int(args[2]), int(args[3]), int(args[4]), args[5]),
+        "throughput": lambda: throughput(args[0]),
+    }[cmd]()
+    sys.exit(0 if ok else 1)
