@@ -5,6 +5,7 @@ use super::{Backend, MatView, RopeCols};
 use crate::kernels::activation::{GateAct, glu_backward, glu_forward};
 use crate::kernels::adamw::{AdamWScalars, adamw_step};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
+use crate::kernels::embedding::embedding_backward;
 use crate::kernels::dropout::{dropout_again, dropout_backward, dropout_forward, mask_words};
 use crate::kernels::lm_head::cross_entropy_row;
 use crate::kernels::mat::{Mat, MatMut};
@@ -120,6 +121,27 @@ impl Backend for Host {
             let row = &mut out[ov.offset + r * ov.ld..][..ov.cols];
             row.iter_mut().zip(&b[..ov.cols]).for_each(|(o, b)| *o += b);
         }
+        Ok(())
+    }
+
+    fn add_column_sums(&self, db: &mut Vec<f32>, dy: &Vec<f32>, dyv: MatView) -> Result<()> {
+        assert!(!dyv.trans && dyv.end() <= dy.len(), "add_column_sums: view {dyv:?}");
+        for (c, g) in db[..dyv.cols].iter_mut().enumerate() {
+            *g += (0..dyv.rows).map(|r| dy[dyv.offset + r * dyv.ld + c]).sum::<f32>();
+        }
+        Ok(())
+    }
+
+    fn embedding_backward(
+        &self,
+        dtable: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        ids: &Vec<u32>,
+        _ids_host: &[u32],
+        n: usize,
+        dim: usize,
+    ) -> Result<()> {
+        embedding_backward(Some(&mut dtable[..]), None, &dout[..n * dim], &ids[..n], &[], dim);
         Ok(())
     }
 

@@ -118,6 +118,9 @@ pub trait Backend {
     ) -> Result<()>;
     /// Every row of the view `ov` += b (b: ov.cols values).
     fn add_bias(&self, out: &mut Self::F32, ov: MatView, b: &Self::F32) -> Result<()>;
+    /// db[c] += Σ_r dy[r, c] over the rows of the view `dyv` (a bias's gradient): each column summed from 0 in row
+    /// order, then added, as `network::linear`'s backward does.
+    fn add_column_sums(&self, db: &mut Self::F32, dy: &Self::F32, dyv: MatView) -> Result<()>;
 
     /// out[i] = table[ids[i]] · scale (scale 1 when None), i < n; table (vocab, dim).
     fn embedding(
@@ -128,6 +131,19 @@ pub trait Backend {
         n: usize,
         dim: usize,
         scale: Option<f32>,
+    ) -> Result<()>;
+    /// As `kernels::embedding::embedding_backward` into the table only: dtable[ids[i]] += dout[i] for i < n rows of
+    /// `dim`, each table row's additions in row order. `ids_host` holds the same ids as `ids`, in host memory: an
+    /// implementation may group the rows by id from it rather than read them back.
+    #[allow(clippy::too_many_arguments)]
+    fn embedding_backward(
+        &self,
+        dtable: &mut Self::F32,
+        dout: &Self::F32,
+        ids: &Self::U32,
+        ids_host: &[u32],
+        n: usize,
+        dim: usize,
     ) -> Result<()>;
     /// As `kernels::norm::rmsnorm_forward` on `rows` rows of `dim` (w: dim values).
     #[allow(clippy::too_many_arguments)]
