@@ -24,7 +24,8 @@
 #     TFLOP/s at 4096×4096×4096 in f32 and bf16 (the peak issue 15's model FLOP utilisation is reported against).
 #     The script fails if any of that fails.
 #   - `score --device cuda` vs `--device cpu` on the tiny Llama, Qwen2 and Mistral fixtures (per-token log-probs,
-#     relative error ≤ 1e-5), and a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter);
+#     relative error ≤ 1e-5), a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter) and
+#     6 steps of full fine-tuning on tiny Qwen2;
 #   - a SmolLM2-135M-shaped model (random weights, made here with transformers, the tiny tokenizer): 20 LoRA steps
 #     (all linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative;
 #   - throughput: `condlm train --device cuda` vs PyTorch + PEFT (f32 without TF32, and bf16) on the same rows,
@@ -183,9 +184,16 @@ tiny_train() {
         train_run "$work/tiny-$d" "$d" tests/fixtures/tiny-llama tests/fixtures/train_rows.jsonl 6 4 \
             --eval-fraction 0.2 --eval-every 2 || return 1
     done
-    "$py" "$helper" compare-runs "$work/tiny-$dev" "$work/tiny-cpu" 1e-4
+    "$py" "$helper" compare-runs "$work/tiny-$dev" "$work/tiny-cpu" 1e-4 || return 1
+    for d in cpu "$dev"; do
+        "$bin" train --model tests/fixtures/tiny-qwen2 --data tests/fixtures/train_rows.jsonl --output-dir \
+            "$work/full-$d" --full --max-steps 6 --batch-size 4 --lr 1e-3 --eval-fraction 0.2 --eval-every 2 \
+            --save-every 0 --device "$d" 2>&1 | tail -1 || return 1
+    done
+    echo "full fine-tuning, tiny Qwen2:"
+    "$py" "$helper" compare-runs "$work/full-$dev" "$work/full-cpu" 1e-4
 }
-run_check "train --device cuda vs cpu: tiny Llama, 6 LoRA steps with dropout" tiny_train
+run_check "train --device cuda vs cpu: tiny Llama, 6 LoRA steps with dropout; tiny Qwen2, 6 full steps" tiny_train
 
 smollm2_parity() {
     "$py" "$helper" make-model "$work/smollm2-135m" smollm2-135m tests/fixtures/tiny-llama || return 1

@@ -198,8 +198,59 @@ fn what_has_no_device_path_yet_is_refused_with_the_reason() {
         let err = DeviceModel::new(Host, &model(name)).err().expect(name).to_string();
         assert!(err.contains(why) && err.contains("without --device"), "{name}: {err}");
     }
-    let mut m = model("tiny-llama");
-    set_full_finetune(&mut m, false);
-    let err = DeviceModel::new(Host, &m).err().unwrap().to_string();
-    assert!(err.contains("full fine-tuning"), "{err}");
+}
+
+#[test]
+fn device_full_finetuning_gradients_equal_the_cpu_path_and_pytorch() {
+    let exp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("train/expected.json")).unwrap()).unwrap();
+    for name in MODELS {
+        // Against the CPU path on ragged rows, embeddings trained or frozen.
+        for freeze_embeddings in [false, true] {
+            let mut cpu = model(name);
+            set_full_finetune(&mut cpu, freeze_embeddings);
+            let rows = rows(cpu.config.vocab_size as u32);
+            let mut dev = DeviceModel::new(Host, &cpu).unwrap();
+            let want_loss = cpu_step(&mut cpu, &rows, 3, 0.1);
+            let loss = device_step(&mut dev, &rows, 3, 0.1);
+            assert!((loss - want_loss).abs() / want_loss < 1e-6, "{name}: loss {loss} vs CPU {want_loss}");
+            let mut copy = model(name);
+            set_full_finetune(&mut copy, freeze_embeddings);
+            dev.download_into(&mut copy, true).unwrap();
+            let (got, want) = (grads(&mut copy), grads(&mut cpu));
+            assert_eq!(got.len(), want.len(), "{name}: trainable tensors");
+            for ((n, g), (_, w)) in got.iter().zip(&want) {
+                let e = rel_err(g, w);
+                assert!(e < 1e-5, "{name}: {n} gradient off the CPU path's by {e:e}");
+            }
+        }
+        // Against PyTorch autograd on the fixtures' batch (tiny-mistral has no reference gradients).
+        if *name == "tiny-mistral" {
+            continue;
+        }
+        let mut m = model(name);
+        set_full_finetune(&mut m, false);
+        let rows: Vec<Example> = exp["batch"][name]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let ids = r["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+                Example::pair(ids, r["n_prompt_tokens"].as_u64().unwrap() as usize)
+            })
+            .collect();
+        let mut dev = DeviceModel::new(Host, &m).unwrap();
+        device_step(&mut dev, &rows, 0, 0.0);
+        dev.download_into(&mut m, true).unwrap();
+        let want = load_f32_tensors(&fixture(&format!("train/{name}-full-grads.safetensors")));
+        let mut seen = 0;
+        for p in m.params_mut() {
+            let Some(g) = &p.grad else { continue };
+            let (_, w) = &want[&p.name];
+            let e = rel_err(g, w);
+            assert!(e <= 1e-4, "{name}: {} off PyTorch's gradient by {e:e}", p.name);
+            seen += 1;
+        }
+        assert_eq!(seen, want.len() - 1, "{name}: every reference gradient compared");
+    }
 }

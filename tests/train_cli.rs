@@ -256,4 +256,25 @@ fn the_device_path_trains_as_the_cpu_path_and_resumes_exactly() {
     assert_eq!(curves(&resumed), dev, "the device path resumed differs from its uninterrupted run");
     let read = |d: &Path| std::fs::read(d.join("adapter/adapter_model.safetensors")).unwrap();
     assert_eq!(read(&resumed), read(&dir("dev")));
+
+    // Full fine-tuning: the same losses, and the written model scores as the CPU run's does.
+    for (name, device) in [("full-cpu", "cpu"), ("full-dev", "reference")] {
+        let args = train_args(
+            Box::leak(dir(name).to_str().unwrap().to_string().into_boxed_str()),
+            "1e-3",
+            &["--full", "--max-steps", "3", "--device", device],
+        );
+        let (ok, err) = condlm(&args);
+        assert!(ok, "{err}");
+    }
+    let (cpu, dev) = (curves(&dir("full-cpu")), curves(&dir("full-dev")));
+    assert_eq!(dev.0.len(), 3);
+    for ((s, a), (_, b)) in cpu.0.iter().chain(&cpu.1).zip(dev.0.iter().chain(&dev.1)) {
+        let (a, b) = (f64::from_bits(*a), f64::from_bits(*b));
+        assert!((a - b).abs() <= 1e-5 * a.abs(), "full, step {s}: CPU {a} vs device path {b}");
+    }
+    let data = fixture("train_rows.jsonl");
+    let (a, b) =
+        (eval_nll(&dir("full-cpu").join("model"), None, &data), eval_nll(&dir("full-dev").join("model"), None, &data));
+    assert!((a - b).abs() <= 1e-5 * a, "written models score {a} (CPU) vs {b} (device path)");
 }

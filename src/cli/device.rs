@@ -11,7 +11,7 @@ use condlm::score::{OnCpu, Scorer};
 #[derive(Args, Default)]
 pub struct DeviceArgs {
     /// Where the network runs: cpu, or cuda / cuda:N (the N-th GPU; f32 products, no TF32). On a GPU so far:
-    /// the Llama-layout families (Llama, SmolLM2, Qwen2, Mistral), scoring and LoRA training on one process;
+    /// the Llama-layout families (Llama, SmolLM2, Qwen2, Mistral), scoring, LoRA and full fine-tuning on one process;
     /// anything else is refused with the reason. `reference` runs the GPU's code path on the CPU kernels (slow:
     /// for checking it without a GPU) [default: cpu].
     #[arg(long, default_value = "cpu", hide_default_value = true)]

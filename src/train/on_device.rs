@@ -1,7 +1,7 @@
 //! Training on a device (`--device cuda`): the trainer (`Trainer::use_device`) hands each micro-batch, the gradient
-//! norm, clipping and AdamW to the model on the device (`network::device`). After every update the host's
-//! trainable tensors are refreshed from the device (LoRA's factors: small), so evaluation, checkpoints and the
-//! outputs read the host model exactly as on the CPU; the moments come back only for a checkpoint.
+//! norm, clipping and AdamW to the model on the device (`network::device`), and evaluation scores on it too. The
+//! trainable values and moments come back to the host model only for a checkpoint or the outputs
+//! (`Trainer::sync_to_host`), which then read it exactly as on the CPU.
 use super::optim::{AdamWConfig, Moments};
 use crate::data::example::{Example, target_rows};
 use crate::kernels::backend::Backend;
@@ -103,6 +103,8 @@ pub fn open(placement: Placement, model: &Transformer) -> Result<Option<Box<dyn 
 /// A trainer's device and the host-side buffers of its micro-batches.
 pub struct OnDevice {
     pub step: Box<dyn DeviceStep>,
+    /// The device's values and moments have moved past the host's (`Trainer::sync_to_host` brings them back).
+    pub host_stale: bool,
     batch: PackedBatch,
     sel: Vec<usize>,
     targets: Vec<u32>,
@@ -110,7 +112,7 @@ pub struct OnDevice {
 
 impl OnDevice {
     pub fn new(step: Box<dyn DeviceStep>) -> Self {
-        OnDevice { step, batch: PackedBatch::default(), sel: vec![], targets: vec![] }
+        OnDevice { step, host_stale: false, batch: PackedBatch::default(), sel: vec![], targets: vec![] }
     }
 
     /// One micro-batch's forward and backward (as `objective::forward_backward`); returns its summed loss.

@@ -372,6 +372,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         Err(e) => return Err(after_failure(e, &out, aside)),
     };
     let ending = progress.ending;
+    trainer.sync_to_host()?;
     let output = match ending {
         _ if !root => out.clone(),
         Ending::Finished if s.full => {
@@ -658,7 +659,7 @@ impl StepLoop<'_> {
             let save_due = s.save_every > 0 && done % s.save_every as u64 == 0;
             if improved || stopped || signal.is_some() || done == total || save_due {
                 // Every rank decides alike (the values above are the same on all); ZeRO-1 gathers the moments.
-                trainer.sync_moments()?;
+                trainer.sync_to_host()?;
                 let gathered = trainer.gather_moments(self.world);
                 if root {
                     let step = trainer.step;

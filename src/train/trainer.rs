@@ -130,10 +130,13 @@ impl Trainer {
         }
     }
 
-    /// Brings the AdamW moments back from the device (before a checkpoint); nothing to do on the CPU.
-    pub fn sync_moments(&mut self) -> Result<()> {
-        if let Some(d) = &self.device {
+    /// Brings the trainable values and AdamW moments back from the device into `model` and the trainer (before a
+    /// checkpoint or the outputs are written); nothing to do on the CPU, or when nothing changed since.
+    pub fn sync_to_host(&mut self) -> Result<()> {
+        if let Some(d) = self.device.as_mut().filter(|d| d.host_stale) {
+            d.step.download_values(&mut self.model)?;
             self.moments = d.step.moments()?;
+            d.host_stale = false;
         }
         Ok(())
     }
@@ -293,7 +296,7 @@ impl Trainer {
                 d.step.scale_grads(coef)?;
             }
             d.step.adamw(&self.cfg.adamw, lr, t)?;
-            d.step.download_values(&mut self.model)?;
+            d.host_stale = true;
             self.step = t;
             return Ok(());
         }

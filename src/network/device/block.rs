@@ -57,7 +57,7 @@ impl<B: Backend> DevBlock<B> {
         if seed.is_some() {
             be.copy(&mut l.x_in, x, n * d)?;
         }
-        be.rmsnorm_forward(&mut l.h1, &mut l.rstd1, x, &self.attn_norm, n, d, off, eps)?;
+        be.rmsnorm_forward(&mut l.h1, &mut l.rstd1, x, &self.attn_norm.w, n, d, off, eps)?;
         let mut col = 0;
         for (slot, lin) in self.qkv.iter().enumerate() {
             let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
@@ -72,7 +72,7 @@ impl<B: Backend> DevBlock<B> {
             be.copy(&mut l.x_mid, x, n * d)?;
         }
 
-        be.rmsnorm_forward(&mut l.h2, &mut l.rstd2, x, &self.mlp_norm, n, d, off, eps)?;
+        be.rmsnorm_forward(&mut l.h2, &mut l.rstd2, x, &self.mlp_norm.w, n, d, off, eps)?;
         let ff = MatView::dense(n, f);
         self.up.forward(be, &mut l.up, ff, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
         self.gate.forward(be, &mut l.gate, ff, false, &l.h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
@@ -98,7 +98,9 @@ impl<B: Backend> DevBlock<B> {
         be.zero(&mut g.dh, n * d)?;
         self.gate.backward(be, &mut g.dh, &g.dgate, ff, &l.h2, n, l.lora[SLOT_GATE].as_ref(), s)?;
         self.up.backward(be, &mut g.dh, &g.dup, ff, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?;
-        be.rmsnorm_backward(&mut g.dx, None, &g.dh, &l.x_mid, &self.mlp_norm, &l.rstd2, n, d, off)?;
+        let norm = &mut self.mlp_norm;
+        let dw = norm.train.as_mut().map(|t| &mut t.g);
+        be.rmsnorm_backward(&mut g.dx, dw, &g.dh, &l.x_mid, &norm.w, &l.rstd2, n, d, off)?;
 
         // Attention: x_mid = x_in + o(attention(rope(qkv(h1)))), h1 = attn_norm(x_in)
         be.zero(&mut g.datt, n * lay.n_heads * lay.head_dim)?;
@@ -112,6 +114,8 @@ impl<B: Backend> DevBlock<B> {
             lin.backward(be, &mut g.dh, &g.dqkv, view, &l.h1, n, l.lora[slot].as_ref(), s)?;
             col += lin.out_dim;
         }
-        be.rmsnorm_backward(&mut g.dx, None, &g.dh, &l.x_in, &self.attn_norm, &l.rstd1, n, d, off)
+        let norm = &mut self.attn_norm;
+        let dw = norm.train.as_mut().map(|t| &mut t.g);
+        be.rmsnorm_backward(&mut g.dx, dw, &g.dh, &l.x_in, &norm.w, &l.rstd1, n, d, off)
     }
 }

@@ -1,5 +1,5 @@
 //! A linear layer on a device, forward beside backward, as `network::linear` and `network::lora` compute it on
-//! the CPU: y (+)= x·Wᵀ + b + scale·(dropout(x)·Aᵀ)·Bᵀ. W and b are frozen here; A and B accumulate gradients.
+//! the CPU: y (+)= x·Wᵀ + b + scale·(dropout(x)·Aᵀ)·Bᵀ. Each of W, b, A, B accumulates a gradient when it trains.
 use super::weights::DevLinear;
 use crate::kernels::backend::{Backend, MatView};
 use crate::rng;
@@ -36,9 +36,9 @@ impl<B: Backend> DevLinear<B> {
         seed: Option<u64>,
     ) -> Result<()> {
         let (inp, outd) = (self.in_dim, self.out_dim);
-        be.gemm(out, ov, x, MatView::dense(n, inp), &self.w, MatView::dense(outd, inp).t(), accumulate)?;
+        be.gemm(out, ov, x, MatView::dense(n, inp), &self.w.w, MatView::dense(outd, inp).t(), accumulate)?;
         if let Some(b) = &self.b {
-            be.add_bias(out, ov, b)?;
+            be.add_bias(out, ov, &b.w)?;
         }
         let (Some(lora), Some(la)) = (&self.lora, la) else { return Ok(()) };
         let r = lora.rank;
@@ -64,8 +64,8 @@ impl<B: Backend> DevLinear<B> {
         be.gemm(out, ov, &s.du, MatView::dense(n, r), &lora.b.w, MatView::dense(outd, r).t(), true)
     }
 
-    /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x; dA, dB accumulate when they train.
-    /// dy: the view `dyv` (N, out) of `dy`; x: the forward's input (N, in).
+    /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x; dW, db, dA, dB accumulate when they
+    /// train, in the CPU's order. dy: the view `dyv` (N, out) of `dy`; x: the forward's input (N, in).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
@@ -79,18 +79,25 @@ impl<B: Backend> DevLinear<B> {
         s: &mut LinearScratch<B>,
     ) -> Result<()> {
         let (inp, outd) = (self.in_dim, self.out_dim);
+        if let Some(g) = self.w.grad() {
+            // dW (out, in) += dyᵀ · x
+            be.gemm(g, MatView::dense(outd, inp), dy, dyv.t(), x, MatView::dense(n, inp), true)?;
+        }
+        if let Some(g) = self.b.as_mut().and_then(|b| b.grad()) {
+            be.add_column_sums(g, dy, dyv)?;
+        }
         if let (Some(lora), Some(la)) = (&mut self.lora, la) {
             let r = lora.rank;
             let (nr, ni) = (MatView::dense(n, r), MatView::dense(n, inp));
-            if lora.b_trains {
+            if let Some(g) = lora.b.grad() {
                 // dB (out, r) += dyᵀ · (scale·u)
                 be.scale(&mut s.du, &la.u, n * r, lora.scale)?;
-                be.gemm(&mut lora.b.g, MatView::dense(outd, r), dy, dyv.t(), &s.du, nr, true)?;
+                be.gemm(g, MatView::dense(outd, r), dy, dyv.t(), &s.du, nr, true)?;
             }
             // du = scale · dy·B
             be.gemm(&mut s.du, nr, dy, dyv, &lora.b.w, MatView::dense(outd, r), false)?;
             be.scale_in_place(&mut s.du, n * r, lora.scale)?;
-            if lora.a_trains {
+            if let Some(g) = lora.a.grad() {
                 // dA (r, in) += duᵀ · dropout(x)
                 let xin = match &la.keep {
                     Some(keep) => {
@@ -99,7 +106,7 @@ impl<B: Backend> DevLinear<B> {
                     }
                     None => x,
                 };
-                be.gemm(&mut lora.a.g, MatView::dense(r, inp), &s.du, nr.t(), xin, ni, true)?;
+                be.gemm(g, MatView::dense(r, inp), &s.du, nr.t(), xin, ni, true)?;
             }
             match &la.keep {
                 // dx += keep ⊙ (du·A) / (1 − p), du·A in the scratch
@@ -111,6 +118,6 @@ impl<B: Backend> DevLinear<B> {
             }
         }
         // dx (N, in) += dy · W
-        be.gemm(dx, MatView::dense(n, inp), dy, dyv, &self.w, MatView::dense(outd, inp), true)
+        be.gemm(dx, MatView::dense(n, inp), dy, dyv, &self.w.w, MatView::dense(outd, inp), true)
     }
 }

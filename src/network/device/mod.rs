@@ -5,8 +5,8 @@
 //! --check-kernels`).
 //!
 //! What runs here so far: the Llama family's block layout (Llama, SmolLM2, Qwen2, Mistral: RMSNorm, optional
-//! biases, GQA, RoPE, sliding windows, SwiGLU/GeGLU), scoring and LoRA training with dropout. Everything else is
-//! refused by [`unsupported`] with what to use instead.
+//! biases, GQA, RoPE, sliding windows, SwiGLU/GeGLU), scoring, LoRA training with dropout and full fine-tuning.
+//! Everything else is refused by [`unsupported`] with what to use instead.
 pub mod block;
 pub mod buffers;
 pub mod linear;
@@ -21,7 +21,7 @@ use crate::kernels::rope::RopeTable;
 use anyhow::{Result, bail};
 use block::BlockArgs;
 use buffers::{Buffers, HEAD_ROWS};
-use weights::Weights;
+use weights::{DevTensor, Weights};
 
 /// Where the network runs (`--device`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,10 +95,6 @@ pub fn unsupported(model: &Transformer) -> Option<String> {
         "fused qkv / gate_up projections (Phi-3)".to_string()
     } else if model.blocks.iter().any(|b| b.gate.is_none() || b.attn_norm.b.is_some() || b.mlp_norm.b.is_some()) {
         "blocks without a gated MLP or with LayerNorms".to_string()
-    } else if model.embed.is_trainable() || model.final_norm.w.is_trainable() {
-        "full fine-tuning (trainable base tensors)".to_string()
-    } else if let Some(p) = model.blocks.iter().flat_map(|b| b.linears()).find(|l| l.w.is_trainable()) {
-        format!("full fine-tuning ({} trains)", p.name)
     } else {
         return None;
     };
@@ -115,8 +111,9 @@ pub struct DeviceModel<B: Backend> {
     weights: Weights<B>,
     rope: B::Rope,
     bufs: Option<Buffers<B>>,
-    /// Rows of the current batch.
+    /// Rows of the current batch, and its token ids on the host (the embedding's backward groups rows by them).
     n: usize,
+    tokens: Vec<u32>,
 }
 
 impl<B: Backend> DeviceModel<B> {
@@ -138,6 +135,7 @@ impl<B: Backend> DeviceModel<B> {
             backend,
             bufs: None,
             n: 0,
+            tokens: vec![],
         })
     }
 
@@ -160,13 +158,15 @@ impl<B: Backend> DeviceModel<B> {
         let n = batch.len();
         self.prepare(n, step_seed.is_some())?;
         self.n = n;
+        self.tokens.clear();
+        self.tokens.extend_from_slice(&batch.tokens);
         let (be, c, w) = (&self.backend, &self.config, &self.weights);
         let bufs = self.bufs.as_mut().expect("prepared");
         let d = c.hidden_size;
         be.upload_u32(&mut bufs.tokens, &batch.tokens)?;
         be.upload_u32(&mut bufs.positions, &batch.positions)?;
         be.upload_u32(&mut bufs.seq_start, &batch.seq_start)?;
-        be.embedding(&mut bufs.x, &w.embed, &bufs.tokens, n, d, self.embed_scale)?;
+        be.embedding(&mut bufs.x, &w.embed.w, &bufs.tokens, n, d, self.embed_scale)?;
         let training = step_seed.is_some();
         for (i, blk) in w.blocks.iter().enumerate() {
             let args = BlockArgs {
@@ -186,21 +186,22 @@ impl<B: Backend> DeviceModel<B> {
         }
         be.copy(&mut bufs.x_final_in, &bufs.x, n * d)?;
         let (off, eps) = (self.norm_offset, c.norm_eps);
-        be.rmsnorm_forward(&mut bufs.hidden, &mut bufs.final_rstd, &bufs.x, &w.final_norm, n, d, off, eps)
+        be.rmsnorm_forward(&mut bufs.hidden, &mut bufs.final_rstd, &bufs.x, &w.final_norm.w, n, d, off, eps)
     }
 
     /// The LM head over the selected rows, HEAD_ROWS at a time: gathers them, computes their logits, and hands
-    /// `visit(first row of the chunk, rows in it)` the chunk after the loss rows ran (`cross_entropy_rows` with
-    /// `token_weight`, `label_smoothing`: losses in `head.loss`, dlogits in `head.logits`).
+    /// `visit(backend, buffers, head tensor, first row of the chunk, rows in it)` the chunk after the loss rows ran
+    /// (`cross_entropy_rows` with `token_weight`, `label_smoothing`: losses in `head.loss`, dlogits in
+    /// `head.logits`).
     fn head_chunks(
         &mut self,
         rows: &[usize],
         targets: &[u32],
         token_weight: f32,
         label_smoothing: f32,
-        mut visit: impl FnMut(&B, &mut Buffers<B>, &B::F32, usize, usize) -> Result<()>,
+        mut visit: impl FnMut(&B, &mut Buffers<B>, &mut DevTensor<B>, usize, usize) -> Result<()>,
     ) -> Result<()> {
-        let (be, c, w) = (&self.backend, &self.config, &self.weights);
+        let (be, c, head) = (&self.backend, &self.config, self.weights.head_mut());
         let bufs = self.bufs.as_mut().expect("a forward pass first");
         let (d, vocab) = (c.hidden_size, c.vocab_size);
         let mut idx = Vec::with_capacity(HEAD_ROWS);
@@ -213,10 +214,10 @@ impl<B: Backend> DeviceModel<B> {
             be.upload_u32(&mut bufs.head.targets, &targets[start..start + m])?;
             be.gather_rows(&mut bufs.head.rows, &bufs.hidden, &bufs.head.idx, m, d)?;
             let (mv, hv) = (MatView::dense(m, d), MatView::dense(vocab, d));
-            be.gemm(&mut bufs.head.logits, MatView::dense(m, vocab), &bufs.head.rows, mv, w.head(), hv.t(), false)?;
+            be.gemm(&mut bufs.head.logits, MatView::dense(m, vocab), &bufs.head.rows, mv, &head.w, hv.t(), false)?;
             let h = &mut bufs.head;
             be.cross_entropy_rows(&mut h.logits, &mut h.loss, &h.targets, m, vocab, token_weight, label_smoothing)?;
-            visit(be, bufs, w.head(), start, m)?;
+            visit(be, bufs, head, start, m)?;
         }
         Ok(())
     }
@@ -255,10 +256,14 @@ impl<B: Backend> DeviceModel<B> {
         self.head_chunks(rows, targets, token_weight, label_smoothing, |be, bufs, head, _, m| {
             be.download_f64(&bufs.head.loss, &mut loss[..m])?;
             total += loss[..m].iter().sum::<f64>();
-            // dlogits · head, into the gathered rows (no longer needed), then added to their rows of dhidden.
             let h = &mut bufs.head;
-            let (mv, lv) = (MatView::dense(m, d), MatView::dense(m, vocab));
-            be.gemm(&mut h.rows, mv, &h.logits, lv, head, MatView::dense(vocab, d), false)?;
+            let (mv, lv, hv) = (MatView::dense(m, d), MatView::dense(m, vocab), MatView::dense(vocab, d));
+            if let Some(g) = head.train.as_mut().map(|t| &mut t.g) {
+                // dhead (vocab, d) += dlogitsᵀ · rows
+                be.gemm(g, hv, &h.logits, lv.t(), &h.rows, mv, true)?;
+            }
+            // dlogits · head, into the gathered rows (no longer needed), then added to their rows of dhidden.
+            be.gemm(&mut h.rows, mv, &h.logits, lv, &head.w, hv, false)?;
             let g = bufs.grads.as_mut().expect("training buffers");
             be.scatter_add_rows(&mut g.dhidden, &h.rows, &h.idx, m, d)
         })?;
@@ -274,7 +279,9 @@ impl<B: Backend> DeviceModel<B> {
         let g = bufs.grads.as_mut().expect("a training forward pass first");
         be.zero(&mut g.dx, n * d)?;
         let (w, off) = (&mut self.weights, self.norm_offset);
-        be.rmsnorm_backward(&mut g.dx, None, &g.dhidden, &bufs.x_final_in, &w.final_norm, &bufs.final_rstd, n, d, off)?;
+        let (norm, rstd) = (&mut w.final_norm, &bufs.final_rstd);
+        let dw = norm.train.as_mut().map(|t| &mut t.g);
+        be.rmsnorm_backward(&mut g.dx, dw, &g.dhidden, &bufs.x_final_in, &norm.w, rstd, n, d, off)?;
         for i in (0..w.blocks.len()).rev() {
             let args = BlockArgs {
                 n,
@@ -290,22 +297,30 @@ impl<B: Backend> DeviceModel<B> {
             };
             w.blocks[i].backward(be, &bufs.layers[i], g, &mut bufs.linear, &args)?;
         }
+        if let Some(t) = &mut w.embed.train {
+            if let Some(s) = self.embed_scale {
+                be.scale_in_place(&mut g.dx, n * d, s)?;
+            }
+            be.embedding_backward(&mut t.g, &g.dx, &bufs.tokens, &self.tokens, n, d)?;
+        }
         Ok(())
     }
 
     /// Σ g² over every trainable tensor (f64), in parameter order: the gradient norm's square.
     pub fn grad_sq(&self) -> Result<f64> {
         let mut total = 0.0;
-        for t in self.weights.trainables() {
-            total += self.backend.sum_squares(&t.g, t.len)?;
+        for (t, g) in self.weights.tensors().filter_map(|t| t.train.as_ref().map(|g| (t, g))) {
+            total += self.backend.sum_squares(&g.g, t.len)?;
         }
         Ok(total)
     }
 
     /// Scales every gradient by `coef` (clipping).
     pub fn scale_grads(&mut self, coef: f32) -> Result<()> {
-        for t in self.weights.trainables_mut() {
-            self.backend.scale_in_place(&mut t.g, t.len, coef)?;
+        for t in self.weights.tensors_mut() {
+            if let Some(g) = &mut t.train {
+                self.backend.scale_in_place(&mut g.g, t.len, coef)?;
+            }
         }
         Ok(())
     }
@@ -315,10 +330,11 @@ impl<B: Backend> DeviceModel<B> {
     pub fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64) -> Result<()> {
         let decay = AdamWScalars::new(cfg, lr, t);
         let no_decay = AdamWScalars::new(&AdamWConfig { weight_decay: 0.0, ..*cfg }, lr, t);
-        for p in self.weights.trainables_mut() {
+        for p in self.weights.tensors_mut() {
+            let Some(t) = &mut p.train else { continue };
             let s = if p.decays { &decay } else { &no_decay };
-            self.backend.adamw(&mut p.w, &p.g, &mut p.m, &mut p.v, p.len, s)?;
-            self.backend.zero(&mut p.g, p.len)?;
+            self.backend.adamw(&mut p.w, &t.g, &mut t.m, &mut t.v, p.len, s)?;
+            self.backend.zero(&mut t.g, p.len)?;
         }
         Ok(())
     }
@@ -331,10 +347,10 @@ impl<B: Backend> DeviceModel<B> {
     /// AdamW's moments (m, v) of every trainable tensor, in parameter order.
     pub fn moments(&self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
         let mut out = vec![];
-        for t in self.weights.trainables() {
+        for (t, g) in self.weights.tensors().filter_map(|t| t.train.as_ref().map(|g| (t, g))) {
             let (mut m, mut v) = (vec![0.0; t.len], vec![0.0; t.len]);
-            self.backend.download(&t.m, &mut m)?;
-            self.backend.download(&t.v, &mut v)?;
+            self.backend.download(&g.m, &mut m)?;
+            self.backend.download(&g.v, &mut v)?;
             out.push((m, v));
         }
         Ok(out)
@@ -344,7 +360,7 @@ impl<B: Backend> DeviceModel<B> {
     /// parameter order): a resumed run's state.
     pub fn set_state(&mut self, model: &mut Transformer, moments: &[(&[f32], &[f32])]) -> Result<()> {
         let host = model.params_mut();
-        let trainables: Vec<_> = self.weights.trainables_mut().collect();
+        let trainables: Vec<_> = self.weights.tensors_mut().filter(|t| t.train.is_some()).collect();
         if trainables.len() != moments.len() {
             bail!("{} sets of moments for {} trainable tensors", moments.len(), trainables.len());
         }
@@ -352,9 +368,10 @@ impl<B: Backend> DeviceModel<B> {
             let Some(p) = host.iter().find(|p| p.name == t.name) else {
                 bail!("the device holds {} but the model has no such tensor", t.name)
             };
+            let g = t.train.as_mut().expect("filtered");
             self.backend.upload(&mut t.w, &p.data)?;
-            self.backend.upload(&mut t.m, m)?;
-            self.backend.upload(&mut t.v, v)?;
+            self.backend.upload(&mut g.m, m)?;
+            self.backend.upload(&mut g.v, v)?;
         }
         Ok(())
     }
@@ -363,13 +380,13 @@ impl<B: Backend> DeviceModel<B> {
     /// `with_grads` — into `model` (the one it was uploaded from), by name.
     pub fn download_into(&self, model: &mut Transformer, with_grads: bool) -> Result<()> {
         let mut host = model.params_mut();
-        for t in self.weights.trainables() {
+        for (t, tg) in self.weights.tensors().filter_map(|t| t.train.as_ref().map(|g| (t, g))) {
             let Some(p) = host.iter_mut().find(|p| p.name == t.name) else {
                 bail!("the device holds {} but the model has no such tensor", t.name)
             };
             self.backend.download(&t.w, &mut p.data)?;
             if let (true, Some(g)) = (with_grads, p.grad.as_mut()) {
-                self.backend.download(&t.g, g)?;
+                self.backend.download(&tg.g, g)?;
             }
         }
         Ok(())

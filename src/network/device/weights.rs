@@ -8,25 +8,35 @@ use crate::network::param::Param;
 use crate::network::transformer::{Block, Transformer};
 use anyhow::{Context, Result};
 
-/// A trainable tensor on the device: values, gradient, AdamW's moments.
-pub struct Trainable<B: Backend> {
+/// A tensor on the device: its values and, when it trains, its gradient and AdamW's moments.
+pub struct DevTensor<B: Backend> {
     /// The HF name (the host tensor it mirrors).
     pub name: String,
     pub len: usize,
-    /// Whether AdamW's weight decay applies (`train::optim::decays`: matrices).
+    /// Whether AdamW's weight decay applies (`Param::decays`: matrices).
     pub decays: bool,
     pub w: B::F32,
+    pub train: Option<Grads<B>>,
+}
+
+/// A trainable tensor's gradient and moments (each `len` values).
+pub struct Grads<B: Backend> {
     pub g: B::F32,
     pub m: B::F32,
     pub v: B::F32,
 }
 
+impl<B: Backend> DevTensor<B> {
+    /// Its gradient when it trains.
+    pub fn grad(&mut self) -> Option<&mut B::F32> {
+        self.train.as_mut().map(|t| &mut t.g)
+    }
+}
+
 /// A LoRA adapter on the device. A (r, in), B (out, r); each trains when its host tensor does.
 pub struct DevLora<B: Backend> {
-    pub a: Trainable<B>,
-    pub b: Trainable<B>,
-    pub a_trains: bool,
-    pub b_trains: bool,
+    pub a: DevTensor<B>,
+    pub b: DevTensor<B>,
     pub rank: usize,
     pub scale: f32,
     pub dropout: f32,
@@ -37,8 +47,8 @@ pub struct DevLora<B: Backend> {
 /// y = x·Wᵀ + b + LoRA on the device. W (out, in), frozen.
 pub struct DevLinear<B: Backend> {
     pub name: String,
-    pub w: B::F32,
-    pub b: Option<B::F32>,
+    pub w: DevTensor<B>,
+    pub b: Option<DevTensor<B>>,
     pub lora: Option<DevLora<B>>,
     pub in_dim: usize,
     pub out_dim: usize,
@@ -46,10 +56,10 @@ pub struct DevLinear<B: Backend> {
 
 /// One block of the Llama family's layout (RMSNorms, q/k/v, o, gate/up/down).
 pub struct DevBlock<B: Backend> {
-    pub attn_norm: B::F32,
+    pub attn_norm: DevTensor<B>,
     pub qkv: Vec<DevLinear<B>>,
     pub o: DevLinear<B>,
-    pub mlp_norm: B::F32,
+    pub mlp_norm: DevTensor<B>,
     pub gate: DevLinear<B>,
     pub up: DevLinear<B>,
     pub down: DevLinear<B>,
@@ -57,40 +67,29 @@ pub struct DevBlock<B: Backend> {
 
 pub struct Weights<B: Backend> {
     /// (vocab, hidden)
-    pub embed: B::F32,
+    pub embed: DevTensor<B>,
     pub blocks: Vec<DevBlock<B>>,
-    pub final_norm: B::F32,
+    pub final_norm: DevTensor<B>,
     /// (vocab, hidden); None when tied to `embed`.
-    pub lm_head: Option<B::F32>,
+    pub lm_head: Option<DevTensor<B>>,
 }
 
-/// A host tensor's values (dequantized when packed) in a new device buffer.
-fn upload<B: Backend>(be: &B, p: &Param) -> Result<B::F32> {
+/// A host tensor on the device: its values (dequantized when packed), and a zeroed gradient and moments when it
+/// trains.
+fn upload<B: Backend>(be: &B, p: &Param) -> Result<DevTensor<B>> {
     let values = p.values();
-    let mut buf = be.alloc(values.len()).with_context(|| format!("allocating {} on {}", p.name, be.name()))?;
-    be.upload(&mut buf, &values).with_context(|| format!("copying {} to {}", p.name, be.name()))?;
-    Ok(buf)
-}
-
-fn trainable<B: Backend>(be: &B, p: &Param) -> Result<Trainable<B>> {
-    let len = p.data.len();
-    Ok(Trainable {
-        name: p.name.clone(),
-        len,
-        decays: p.decays(),
-        w: upload(be, p)?,
-        g: be.alloc(len)?,
-        m: be.alloc(len)?,
-        v: be.alloc(len)?,
-    })
+    let len = values.len();
+    let alloc = || be.alloc(len).with_context(|| format!("allocating {} on {}", p.name, be.name()));
+    let mut w = alloc()?;
+    be.upload(&mut w, &values).with_context(|| format!("copying {} to {}", p.name, be.name()))?;
+    let train = p.is_trainable().then(|| -> Result<Grads<B>> { Ok(Grads { g: alloc()?, m: alloc()?, v: alloc()? }) });
+    Ok(DevTensor { name: p.name.clone(), len, decays: p.decays(), w, train: train.transpose()? })
 }
 
 fn lora<B: Backend>(be: &B, l: &Lora) -> Result<DevLora<B>> {
     Ok(DevLora {
-        a: trainable(be, &l.a)?,
-        b: trainable(be, &l.b)?,
-        a_trains: l.a.is_trainable(),
-        b_trains: l.b.is_trainable(),
+        a: upload(be, &l.a)?,
+        b: upload(be, &l.b)?,
         rank: l.rank,
         scale: l.scale,
         dropout: l.dropout,
@@ -134,24 +133,38 @@ impl<B: Backend> Weights<B> {
     }
 
     /// The LM head (vocab, hidden).
-    pub fn head(&self) -> &B::F32 {
+    pub fn head(&self) -> &DevTensor<B> {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Every trainable tensor, in the host model's parameter order (block by block; q, k, v, o, gate, up, down;
-    /// A then B) — the order of the gradient norm's sum and of checkpoints.
-    pub fn trainables(&self) -> impl Iterator<Item = &Trainable<B>> {
-        self.blocks
-            .iter()
-            .flat_map(|b| b.linears())
-            .filter_map(|l| l.lora.as_ref())
-            .flat_map(|l| [(l.a_trains, &l.a), (l.b_trains, &l.b)].into_iter().filter(|(t, _)| *t).map(|(_, p)| p))
+    pub fn head_mut(&mut self) -> &mut DevTensor<B> {
+        self.lm_head.as_mut().unwrap_or(&mut self.embed)
     }
 
-    pub fn trainables_mut(&mut self) -> impl Iterator<Item = &mut Trainable<B>> {
-        self.blocks.iter_mut().flat_map(|b| b.linears_mut()).filter_map(|l| l.lora.as_mut()).flat_map(|l| {
-            [(l.a_trains, &mut l.a), (l.b_trains, &mut l.b)].into_iter().filter(|(t, _)| *t).map(|(_, p)| p)
-        })
+    /// Every tensor in the host model's parameter order (`Transformer::for_each_param_mut`: the embeddings, each
+    /// block's norms then its linear layers' weight, bias, A and B, the final norm, the head) — the order of the
+    /// gradient norm's sum and of checkpoints.
+    pub fn tensors(&self) -> impl Iterator<Item = &DevTensor<B>> {
+        let blocks = self.blocks.iter().flat_map(|b| {
+            let linears = b.linears().flat_map(|l| {
+                let lora = l.lora.iter().flat_map(|a| [&a.a, &a.b]);
+                std::iter::once(&l.w).chain(l.b.as_ref()).chain(lora)
+            });
+            [&b.attn_norm, &b.mlp_norm].into_iter().chain(linears)
+        });
+        std::iter::once(&self.embed).chain(blocks).chain([&self.final_norm]).chain(self.lm_head.as_ref())
+    }
+
+    pub fn tensors_mut(&mut self) -> impl Iterator<Item = &mut DevTensor<B>> {
+        let blocks = self.blocks.iter_mut().flat_map(|b| {
+            let (attn_norm, mlp_norm) = (&mut b.attn_norm, &mut b.mlp_norm);
+            let linears = b.qkv.iter_mut().chain([&mut b.o, &mut b.gate, &mut b.up, &mut b.down]).flat_map(|l| {
+                let lora = l.lora.iter_mut().flat_map(|a| [&mut a.a, &mut a.b]);
+                std::iter::once(&mut l.w).chain(l.b.as_mut()).chain(lora)
+            });
+            [attn_norm, mlp_norm].into_iter().chain(linears)
+        });
+        std::iter::once(&mut self.embed).chain(blocks).chain([&mut self.final_norm]).chain(self.lm_head.as_mut())
     }
 }
 
