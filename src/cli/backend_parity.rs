@@ -41,14 +41,16 @@ pub fn run(dev: &Cuda) -> usize {
 }
 
 /// Every check, by the ops it covers.
-fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 15] {
+fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 17] {
     [
         ("upload/download/zero/copy", copies),
         ("scale", scale),
         ("sum_squares", sum_squares),
         ("gemm", gemm),
         ("add_bias", add_bias),
+        ("add_column_sums", column_sums),
         ("embedding/gather_rows", gather),
+        ("embedding_backward", embedding_backward),
         ("scatter_add_rows", scatter),
         ("rmsnorm", rmsnorm),
         ("rope", rope),
@@ -216,6 +218,32 @@ fn add_bias<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     Ok(())
 }
 
+/// A bias's gradient: the column sums of a 29×19 view (offset 7, ld 26) and of a 1000×300 one (offset 3, ld 301:
+/// more columns than a block has threads, long columns) added into the first columns of longer buffers.
+fn column_sums_on<B: Backend>(b: &B) -> Result<Outs> {
+    let mut outs = vec![];
+    for (i, dyv) in [
+        MatView { offset: 7, rows: 29, cols: 19, ld: 26, trans: false },
+        MatView { offset: 3, rows: 1000, cols: 300, ld: 301, trans: false },
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let s = 86 + 2 * i as u64;
+        let (dy, db) = (up(b, &random(dyv.end() + 5, s, 3.0))?, random(dyv.cols + 6, s + 1, 1.0));
+        let mut gdb = up(b, &db)?;
+        b.add_column_sums(&mut gdb, &dy, dyv)?;
+        let name = format!("add_column_sums {}×{}, ld {}", dyv.rows, dyv.cols, dyv.ld);
+        outs.push((name, down(b, &gdb, db.len())?));
+    }
+    Ok(outs)
+}
+
+fn column_sums<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &column_sums_on(&Host)?, &column_sums_on(dev)?, 0.0);
+    Ok(())
+}
+
 /// The embedding lookup with and without a scale, and a gather of rows (repeats allowed), each writing 13 rows
 /// of a longer buffer.
 fn gather_on<B: Backend>(b: &B) -> Result<Outs> {
@@ -241,6 +269,35 @@ fn gather_on<B: Backend>(b: &B) -> Result<Outs> {
 
 fn gather<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     compare_outs(all, &gather_on(&Host)?, &gather_on(dev)?, 0.0);
+    Ok(())
+}
+
+/// The embedding's backward into the table: the first n of 45 uploaded ids (unsorted, most repeated, some rows of
+/// the table untouched) added into a table of 50 rows with 5 values to spare, three calls in a row (n 37, 45, 3:
+/// the device's grouping scratch grown, then reused with stale values past what it holds); then rows of 300 (more
+/// than a block has threads), one id at least 20 times among 30 rows.
+fn embedding_backward_on<B: Backend>(b: &B) -> Result<Outs> {
+    let mut outs = vec![];
+    let (vocab, dim) = (50, 24);
+    let mut ids = indices(45, 11, 90);
+    (ids[3], ids[40]) = (49, 49);
+    let (gids, dout) = (up_u32(b, &ids)?, up(b, &random(45 * dim + 3, 91, 1.0))?);
+    let mut table = up(b, &random(vocab * dim + 5, 92, 1.0))?;
+    for n in [37, 45, 3] {
+        b.embedding_backward(&mut table, &dout, &gids, &ids, n, dim)?;
+        outs.push((format!("embedding_backward {n}/45, table 50×24"), down(b, &table, vocab * dim + 5)?));
+    }
+    let (vocab, dim, n) = (7, 300, 30);
+    let ids: Vec<u32> = (0..n as u64).map(|i| if i % 3 != 2 { 2 } else { (uniform(15, 93, i) * 7.0) as u32 }).collect();
+    let (gids, dout) = (up_u32(b, &ids)?, up(b, &random(n * dim, 94, 1.0))?);
+    let mut table = up(b, &random(vocab * dim, 95, 1.0))?;
+    b.embedding_backward(&mut table, &dout, &gids, &ids, n, dim)?;
+    outs.push(("embedding_backward 30, table 7×300".into(), down(b, &table, vocab * dim)?));
+    Ok(outs)
+}
+
+fn embedding_backward<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &embedding_backward_on(&Host)?, &embedding_backward_on(dev)?, 0.0);
     Ok(())
 }
 
@@ -471,6 +528,8 @@ fn empty_on<B: Backend>(b: &B) -> Result<Outs> {
     b.rmsnorm_forward(&mut y, &mut b.alloc(4)?, &x, &x, 0, 8, 0.0, 1e-6)?;
     b.embedding(&mut y, &x, &ids, 0, 8, None)?;
     b.scatter_add_rows(&mut y, &x, &ids, 0, 8)?;
+    b.add_column_sums(&mut y, &x, MatView { offset: 3, rows: 0, cols: 8, ld: 8, trans: false })?;
+    b.embedding_backward(&mut y, &x, &ids, &[], 0, 8)?;
     b.glu_forward(&mut y, &x, &x, 0, GateAct::Silu)?;
     b.dropout_forward(&mut y, &mut keep, &x, 0, 0.5, 1)?;
     b.cross_entropy_rows(&mut y, &mut b.alloc_f64(4)?, &ids, 0, 8, 1.0, 0.0)?;

@@ -1,9 +1,10 @@
 //! [`Backend`] on one GPU: buffers are `CudaSlice`s on the device's stream, each op the CUDA kernel (or cuBLAS
 //! product, or driver copy) that mirrors what `backend::host::Host` calls on the CPU, on the same prefixes of the
 //! same buffers. Everything runs in stream order on the device's one stream, so ops need no events between them.
-//! The reads (`download`, `download_f64`, `sum_squares`) wait for the GPU; so, for now, do the ops whose launches
-//! check indices on the host (embedding, gather_rows, scatter_add_rows, rope, attention, cross_entropy_rows copy
-//! their indices back first). Checked against `Host` op by op by `condlm info --devices --check-kernels`
+//! The reads (`download`, `download_f64`, `sum_squares`) wait for the GPU; ops whose launches index rows check
+//! what the indices' upload found (`IndexFacts`) instead of copying them back; `embedding_backward` groups its rows
+//! by id on the host, from the ids in host memory, and copies that grouping to the device (the copy, from pageable
+//! memory, may wait for the stream). Checked against `Host` op by op by `condlm info --devices --check-kernels`
 //! (cli/backend_parity.rs).
 use super::device::Device;
 use super::devices::probe;
@@ -11,6 +12,7 @@ use super::gemm::Blas;
 use super::ops::indices::{IndexFacts, Indices};
 use super::ops::reduce::PARTIALS;
 use super::ops::rope::RopeLayout;
+use super::ops::rows::RowGroups;
 use super::ops::{adamw, attention, cross_entropy, dropout, elementwise, glu, norm, reduce, rope, rows};
 use crate::kernels::activation::GateAct;
 use crate::kernels::adamw::AdamWScalars;
@@ -50,6 +52,8 @@ pub struct Cuda {
     blas: Blas,
     /// `sum_squares`'s partials and total (PARTIALS + 1 values), held for one call at a time.
     reduce: Mutex<CudaSlice<f64>>,
+    /// `embedding_backward`'s grouping of rows by id, host and device, held for one call at a time.
+    groups: Mutex<RowGroups>,
 }
 
 /// The first `n` values of a buffer; a buffer shorter than the op's arguments say is a bug in the caller.
@@ -91,7 +95,7 @@ impl Cuda {
     pub fn new(device: Device) -> Result<Cuda> {
         let blas = Blas::new(&device)?;
         let reduce = Mutex::new(zeros(&device, PARTIALS + 1, "f64 (sum_squares scratch)")?);
-        Ok(Cuda { device, blas, reduce })
+        Ok(Cuda { device, blas, reduce, groups: Mutex::new(RowGroups::default()) })
     }
 
     /// The GPU, its stream and kernels.
@@ -245,6 +249,11 @@ impl Backend for Cuda {
         self.ran("add_bias", r)
     }
 
+    fn add_column_sums(&self, db: &mut CudaSlice<f32>, dy: &CudaSlice<f32>, dyv: MatView) -> Result<()> {
+        let op = "add_column_sums";
+        self.ran(op, elementwise::add_column_sums(&self.device, &mut pre_mut(db, dyv.cols, op), &dy.as_view(), dyv))
+    }
+
     fn embedding(
         &self,
         out: &mut CudaSlice<f32>,
@@ -257,6 +266,27 @@ impl Backend for Cuda {
         let (mut o, ids) = (pre_mut(out, n * dim, "embedding"), ids.prefix(n, "embedding"));
         let r = rows::gather_rows(&self.device, &mut o, &table.as_view(), &ids, dim, scale.unwrap_or(1.0));
         self.ran("embedding", r)
+    }
+
+    /// Groups the rows by id on the host from `ids_host` (the kernel reads that grouping, not `ids`).
+    fn embedding_backward(
+        &self,
+        dtable: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        ids: &CudaIndices,
+        ids_host: &[u32],
+        n: usize,
+        dim: usize,
+    ) -> Result<()> {
+        let op = "embedding_backward";
+        assert!(n <= ids.facts.len, "{op}: {n} ids asked, {} uploaded", ids.facts.len);
+        assert!(n <= ids_host.len(), "{op}: {n} ids asked, {} in host memory", ids_host.len());
+        let dout = pre(dout, n * dim, op);
+        // The scratch is rewritten by every call before its launch: one left by a panicking call is as good as any.
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let r =
+            rows::embedding_backward(&self.device, &mut dtable.as_view_mut(), &dout, &ids_host[..n], dim, &mut groups);
+        self.ran(op, r)
     }
 
     fn rmsnorm_forward(

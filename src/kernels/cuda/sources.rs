@@ -16,7 +16,8 @@ pub struct Source {
 pub const COMMON: Source = Source { file: "common.cuh", text: include_str!("cu/common.cuh"), kernels: &[] };
 
 /// Every kernel source, in the order of a block's forward pass, then the loss and the optimizer; then the
-/// backend's plumbing (`backend::Cuda`): element-wise ops, row gathers and scatters, dropout, the f64 sum of squares.
+/// backend's plumbing (`backend::Cuda`): element-wise ops and a bias's gradient, row gathers and scatters (the
+/// embedding and its backward), dropout, the f64 sum of squares.
 pub const SOURCES: &[Source] = &[
     Source {
         file: "rmsnorm.cu",
@@ -35,9 +36,13 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "elementwise.cu",
         text: include_str!("cu/elementwise.cu"),
-        kernels: &["scale", "scale_in_place", "add_bias"],
+        kernels: &["scale", "scale_in_place", "add_bias", "add_column_sums"],
     },
-    Source { file: "rows.cu", text: include_str!("cu/rows.cu"), kernels: &["gather_rows", "scatter_add_rows"] },
+    Source {
+        file: "rows.cu",
+        text: include_str!("cu/rows.cu"),
+        kernels: &["gather_rows", "scatter_add_rows", "embedding_backward"],
+    },
     Source {
         file: "dropout.cu",
         text: include_str!("cu/dropout.cu"),

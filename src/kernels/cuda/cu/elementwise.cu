@@ -1,6 +1,6 @@
 // Element-wise ops of the backend, as src/kernels/backend/host.rs (Host::scale, Host::scale_in_place,
-// Host::add_bias): one IEEE operation per element, so the GPU gives the CPU's bits. Any 1-D grid (the kernels
-// stride over it).
+// Host::add_bias): one IEEE operation per element, so the GPU gives the CPU's bits; and add_bias's backward
+// (Host::add_column_sums), the CPU's additions in the CPU's order. Any 1-D grid (the kernels stride over it).
 
 // dst[i] = s · src[i], i < n.
 extern "C" __global__ void scale(float* dst, const float* src, size_t n, float s) {
@@ -20,5 +20,18 @@ extern "C" __global__ void add_bias(float* out, const float* b, size_t rows, siz
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const size_t r = i / cols, c = i % cols;
         out[r * ld + c] += b[c];
+    }
+}
+
+// db[c] += Σ_r dy[r·ld + c] for the rows × cols of a strided view (dy points at the view's first element): a bias's
+// gradient, as Host::add_column_sums — each column summed from −0 (where Rust's f32 `sum` starts) in row order,
+// then added to db[c]. The same additions in the same order, each rounded once (__fadd_rn: never contracted or
+// reordered), so the CPU's bits. One thread per column (adjacent threads read adjacent values of a row).
+extern "C" __global__ void add_column_sums(float* db, const float* dy, size_t rows, size_t cols, size_t ld) {
+    for (size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += (size_t)gridDim.x * blockDim.x) {
+        float s = -0.0f;
+#pragma unroll 8
+        for (size_t r = 0; r < rows; ++r) s = __fadd_rn(s, dy[r * ld + c]);
+        db[c] = __fadd_rn(db[c], s);
     }
 }

@@ -1,5 +1,6 @@
 //! The backend's element-wise ops on the GPU (elementwise.cu), as `kernels::backend::host`'s scale,
-//! scale_in_place and add_bias: the same bits (one rounding per element on both sides).
+//! scale_in_place and add_bias: the same bits (one rounding per element on both sides); and add_bias's backward,
+//! add_column_sums: the same bits too (the same additions in the same order).
 use super::elementwise;
 use crate::kernels::backend::MatView;
 use crate::kernels::cuda::device::Device;
@@ -39,4 +40,29 @@ pub fn add_bias(d: &Device, out: &mut CudaViewMut<f32>, ov: MatView, b: &CudaVie
     // SAFETY: thread i adds to o[(i / cols)·ld + i % cols] for i < rows·cols, at most (rows − 1)·ld + cols − 1 <
     // o.len() (the view's extent, checked inside out), and reads b[i % cols] (b holds cols values).
     unsafe { l.launch(elementwise(ov.rows * ov.cols)) }.map(drop)
+}
+
+/// db += the column sums of the view `dyv` of `dy` (db: dyv.cols values): each column summed from −0 in row order,
+/// then added, as `Host::add_column_sums` — the same additions in the same order, so the same bits. The view is not
+/// transposed; its rows may overlap (it is only read).
+pub fn add_column_sums(
+    d: &Device,
+    db: &mut CudaViewMut<f32>,
+    dy: &CudaView<f32>,
+    dyv: MatView,
+) -> Result<(), DriverError> {
+    assert!(!dyv.trans, "add_column_sums: view {dyv:?} is transposed");
+    assert!(dyv.end() <= dy.len(), "add_column_sums: view {dyv:?} past a buffer of {}", dy.len());
+    assert_eq!(db.len(), dyv.cols, "add_column_sums: db length");
+    if dyv.rows == 0 || dyv.cols == 0 {
+        // Each sum would be −0, and x + (−0) is x.
+        return Ok(());
+    }
+    let y = dy.slice(dyv.offset..dyv.end());
+    let mut l = d.stream.launch_builder(d.function("add_column_sums"));
+    l.arg(db).arg(&y).arg(&dyv.rows).arg(&dyv.cols).arg(&dyv.ld);
+    // SAFETY: thread c < cols adds to db[c] (db holds cols values, checked) and reads y[r·ld + c] for r < rows, at
+    // most (rows − 1)·ld + cols − 1 < y.len() (the view's extent, checked inside dy); db and dy are distinct
+    // buffers (a `&mut` and a `&` borrow).
+    unsafe { l.launch(elementwise(dyv.cols)) }.map(drop)
 }
