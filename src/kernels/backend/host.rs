@@ -7,6 +7,7 @@ use crate::kernels::adamw::{AdamWScalars, adamw_step};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
 use crate::kernels::dropout::{dropout_again, dropout_backward, dropout_forward, mask_words};
 use crate::kernels::embedding::embedding_backward;
+use crate::kernels::kv_attention::{CachedAttentionScratch, KvLayer, cached_attention};
 use crate::kernels::lm_head::cross_entropy_row;
 use crate::kernels::mat::{Mat, MatMut};
 use crate::kernels::matmul::matmul;
@@ -236,6 +237,56 @@ impl Backend for Host {
         let (aw, rl) = (l.n_heads * l.head_dim, l.row_len);
         let (datt, att) = (&datt[..rows * aw], &att[..rows * aw]);
         attention_backward(&mut dqkv[..rows * rl], datt, &qkv[..rows * rl], att, l, &seq_start[..rows]);
+        Ok(())
+    }
+
+    fn kv_store(
+        &self,
+        k_cache: &mut Vec<f32>,
+        v_cache: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        l: QkvLayout,
+        slots: &Vec<u32>,
+        positions: &Vec<u32>,
+        rows: usize,
+        capacity: usize,
+    ) -> Result<()> {
+        let hd = l.head_dim;
+        for i in 0..rows {
+            let (slot, pos, row) = (slots[i] as usize, positions[i] as usize, &qkv[i * l.row_len..][..l.row_len]);
+            assert!(pos < capacity, "kv_store: position {pos} past {capacity}");
+            for h in 0..l.n_kv_heads {
+                let at = ((slot * l.n_kv_heads + h) * capacity + pos) * hd;
+                k_cache[at..at + hd].copy_from_slice(&row[l.k_col + h * hd..][..hd]);
+                v_cache[at..at + hd].copy_from_slice(&row[l.v_col + h * hd..][..hd]);
+            }
+        }
+        Ok(())
+    }
+
+    fn cached_attention(
+        &self,
+        out: &mut Vec<f32>,
+        qkv: &Vec<f32>,
+        k_cache: &Vec<f32>,
+        v_cache: &Vec<f32>,
+        l: QkvLayout,
+        slots: &Vec<u32>,
+        positions: &Vec<u32>,
+        rows: usize,
+        capacity: usize,
+    ) -> Result<()> {
+        let kv = KvLayer { k: k_cache, v: v_cache, kv_heads: l.n_kv_heads, capacity, head_dim: l.head_dim };
+        let (att, qkv) = (&mut out[..rows * l.n_heads * l.head_dim], &qkv[..rows * l.row_len]);
+        // The reference backend allocates its scratch per call: it is for checking, not speed.
+        let mut scratch = CachedAttentionScratch::default();
+        cached_attention(att, qkv, l, &slots[..rows], &positions[..rows], kv, &mut scratch);
+        Ok(())
+    }
+
+    fn copy_within(&self, buf: &mut Vec<f32>, from: usize, to: usize, n: usize) -> Result<()> {
+        assert!(from + n <= to || to + n <= from, "copy_within: overlapping ranges");
+        buf.copy_within(from..from + n, to);
         Ok(())
     }
 

@@ -205,6 +205,38 @@ pub trait Backend {
         seq_start: &Self::U32,
         rows: usize,
     ) -> Result<()>;
+    /// Rows' keys and values into a layer's KV cache, as `network::kv_cache::KvCache::write`: row i's k and v (the k,
+    /// v columns of its qkv row) go to position positions[i] of slot slots[i]. The caches are laid out
+    /// `[slot][kv_head][position][head_dim]` with `capacity` positions per slot (`kernels::kv_attention::KvLayer`).
+    #[allow(clippy::too_many_arguments)]
+    fn kv_store(
+        &self,
+        k_cache: &mut Self::F32,
+        v_cache: &mut Self::F32,
+        qkv: &Self::F32,
+        l: QkvLayout,
+        slots: &Self::U32,
+        positions: &Self::U32,
+        rows: usize,
+        capacity: usize,
+    ) -> Result<()>;
+    /// As `kernels::kv_attention::cached_attention`: row i's query heads attend to positions 0..=positions[i] of
+    /// slot slots[i] of the cache (within the layout's window). out (rows, n_heads·head_dim).
+    #[allow(clippy::too_many_arguments)]
+    fn cached_attention(
+        &self,
+        out: &mut Self::F32,
+        qkv: &Self::F32,
+        k_cache: &Self::F32,
+        v_cache: &Self::F32,
+        l: QkvLayout,
+        slots: &Self::U32,
+        positions: &Self::U32,
+        rows: usize,
+        capacity: usize,
+    ) -> Result<()>;
+    /// buf[to..to + n] = buf[from..from + n] (the ranges do not overlap): a cache slot copied to another.
+    fn copy_within(&self, buf: &mut Self::F32, from: usize, to: usize, n: usize) -> Result<()>;
     /// As `kernels::activation::glu_forward` on n values.
     fn glu_forward(&self, out: &mut Self::F32, gate: &Self::F32, up: &Self::F32, n: usize, act: GateAct) -> Result<()>;
     /// As `kernels::activation::glu_backward` on n values (dgate, dup written).
