@@ -254,3 +254,48 @@ fn device_full_finetuning_gradients_equal_the_cpu_path_and_pytorch() {
         assert_eq!(seen, want.len() - 1, "{name}: every reference gradient compared");
     }
 }
+
+/// Decoding on the device (`generate --device`): prefills and decode steps of several slots in one call give the
+/// CPU decoder's logits, and greedy and beam-search generation the CPU's ids (beam search copies cache slots).
+#[test]
+fn device_decoding_equals_the_cpu_decoder() {
+    use condlm::generate::decoder::Decoder;
+    use condlm::generate::{BeamParams, EarlyStopping, GenerateOptions, Strategy, generate};
+    use condlm::network::batch::Row;
+    use condlm::network::device::Placement;
+    for name in MODELS {
+        let m = with_lora(model(name), 0.0);
+        let vocab = m.config.vocab_size as u32;
+        let (mut cpu, mut dev) =
+            (Decoder::new(&m, 3, 40, 64).unwrap(), Decoder::on(&m, 3, 40, 64, Placement::Reference).unwrap());
+        // Slot 0: a 9-token prefill; slot 2: a 5-token prefill in the same call; then decode steps of both.
+        let mut rows: Vec<Row> = (0..9).map(|p| Row { slot: 0, pos: p, token: (p * 31 + 7) % vocab }).collect();
+        rows.extend((0..5).map(|p| Row { slot: 2, pos: p, token: (p * 17 + 3) % vocab }));
+        let mut logit_rows = vec![8, 13];
+        for step in 0..6u32 {
+            let want = cpu.forward(&rows, &logit_rows).unwrap().to_vec();
+            let got = dev.forward(&rows, &logit_rows).unwrap().to_vec();
+            let e = rel_err(&got, &want);
+            assert!(e < 1e-5, "{name} step {step}: device logits off the CPU decoder's by {e:e}");
+            rows = vec![
+                Row { slot: 0, pos: 9 + step, token: step * 5 % vocab },
+                Row { slot: 2, pos: 5 + step, token: step * 11 % vocab },
+            ];
+            logit_rows = vec![0, 1];
+        }
+        let tok = load_model(fixture(name).to_str().unwrap()).unwrap().tokenizer;
+        let prompts: Vec<Vec<u32>> = vec![vec![3, 9, 27, 81 % vocab], vec![5, 1, 4]];
+        let beam =
+            Strategy::Beam(BeamParams { num_beams: 3, length_penalty: 1.0, early_stopping: EarlyStopping::True });
+        for strategy in [Strategy::Greedy, beam] {
+            let opts = GenerateOptions { strategy, batch: 2, stop_ids: vec![], ..GenerateOptions::greedy(12, 0) };
+            let cpu_ids: Vec<Vec<u32>> =
+                generate(&m, &tok, &prompts, &opts, |_| {}).unwrap().into_iter().map(|g| g.ids).collect();
+            let opts = GenerateOptions { device: Placement::Reference, ..opts };
+            let dev_ids: Vec<Vec<u32>> =
+                generate(&m, &tok, &prompts, &opts, |_| {}).unwrap().into_iter().map(|g| g.ids).collect();
+            assert_eq!(dev_ids, cpu_ids, "{name}: generated ids on the device path");
+            assert!(cpu_ids.iter().all(|ids| ids.len() == 12), "{name}: 12 tokens each");
+        }
+    }
+}

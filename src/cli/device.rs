@@ -1,4 +1,4 @@
-//! `--device cpu|cuda[:N]` of `score`, `eval` and `train`: where the network runs. `cuda` runs the model on a
+//! `--device cpu|cuda[:N]|reference` of `score`, `eval`, `train` and `generate`: where the network runs. `cuda` runs the model on a
 //! GPU (`network::device` on the CUDA backend) in f32; a build without the `cuda` feature says how to get one.
 use anyhow::{Result, bail};
 use clap::Args;
@@ -11,7 +11,7 @@ use condlm::score::{OnCpu, Scorer};
 #[derive(Args, Default)]
 pub struct DeviceArgs {
     /// Where the network runs: cpu, or cuda / cuda:N (the N-th GPU; f32 products, no TF32). On a GPU so far:
-    /// the Llama-layout families (Llama, SmolLM2, Qwen2, Mistral), scoring, LoRA and full fine-tuning on one process;
+    /// the Llama-layout families (Llama, SmolLM2, Qwen2, Mistral), scoring, LoRA and full fine-tuning on one process, and decoding;
     /// anything else is refused with the reason. `reference` runs the GPU's code path on the CPU kernels (slow:
     /// for checking it without a GPU) [default: cpu].
     #[arg(long, default_value = "cpu", hide_default_value = true)]

@@ -1,4 +1,5 @@
 //! `condlm generate`: continue one prompt (streamed to stdout) or every row of --data.
+use super::device::DeviceArgs;
 use super::{AdapterArgs, BaseArgs, DATA_FORMAT_HELP, EVAL_SPLIT_HELP, use_compute};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
@@ -42,6 +43,8 @@ pub struct GenerateArgs {
     /// --compute bf16`; decode steps stay f32) [default: f32].
     #[arg(long, value_enum, default_value_t = Compute::F32, hide_default_value = true)]
     compute: Compute,
+    #[command(flatten)]
+    device: DeviceArgs,
     /// The prompt x; its continuation is streamed to stdout as it is generated [default: none; give it or --data].
     #[arg(long, conflicts_with = "data", required_unless_present = "data")]
     prompt: Option<String>,
@@ -140,6 +143,7 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let weight_bytes: usize = opened.weights.resident_bytes(a.base.base_dtype).values().sum();
     let mut m = opened.load(a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
+    a.device.check_compute(a.compute)?;
     use_compute(a.compute, true, true)?;
     if !a.ignore_eos {
         let eos = m.tokenizer.eos_id;
@@ -234,6 +238,7 @@ fn options(a: &GenerateArgs) -> Result<GenerateOptions> {
         stop_strings: a.stop.clone(),
         batch: a.batch,
         prefill_tokens: 512,
+        device: a.device.device,
     };
     opts.check_settings()?;
     Ok(opts)

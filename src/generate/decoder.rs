@@ -10,16 +10,45 @@
 //!
 //! The cache is allocated in [`Decoder::new`]; the other buffers grow to the largest call once. After that a
 //! call allocates nothing (checked by a test with a counting allocator).
+use crate::kernels::backend::Backend;
+use crate::kernels::backend::host::Host;
 use crate::kernels::mat::{Mat, MatMut};
 use crate::network::activations::Activations;
 use crate::network::batch::Row;
+use crate::network::device::{DeviceModel, Placement, open_gpu};
 use crate::network::kv_cache::KvCache;
 use crate::network::transformer::Transformer;
 use anyhow::{Result, bail};
 
+/// The model on a device, decoding (`generate --device cuda`): its own KV cache, the same rows and logits.
+pub trait DeviceDecode {
+    /// Allocates the cache: `slots` sequences of `capacity` positions.
+    fn start(&mut self, slots: usize, capacity: usize) -> Result<()>;
+    /// As [`Decoder::forward`], the logits into `out` (logit_rows.len(), vocab).
+    fn decode(&mut self, rows: &[Row], logit_rows: &[usize], out: &mut [f32]) -> Result<()>;
+    /// As `KvCache::copy_slot`.
+    fn copy_slot(&mut self, from: usize, to: usize, len: usize) -> Result<()>;
+}
+
+impl<B: Backend> DeviceDecode for DeviceModel<B> {
+    fn start(&mut self, slots: usize, capacity: usize) -> Result<()> {
+        self.start_decoding(slots, capacity)
+    }
+
+    fn decode(&mut self, rows: &[Row], logit_rows: &[usize], out: &mut [f32]) -> Result<()> {
+        DeviceModel::decode(self, rows, logit_rows, out)
+    }
+
+    fn copy_slot(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
+        DeviceModel::copy_slot(self, from, to, len)
+    }
+}
+
 pub struct Decoder<'m> {
     model: &'m Transformer,
+    /// The CPU path's cache (empty when a device decodes).
     pub cache: KvCache,
+    device: Option<Box<dyn DeviceDecode + 'm>>,
     max_rows: usize,
     acts: Activations,
     /// Final-normed hidden states of the logit rows (slots, d), and their logits (slots, vocab).
@@ -31,6 +60,17 @@ impl<'m> Decoder<'m> {
     /// A decoder with a cache of `slots` sequences × `capacity` positions, running at most `max_rows` rows
     /// per call. `capacity` may not exceed the model's context window.
     pub fn new(model: &'m Transformer, slots: usize, capacity: usize, max_rows: usize) -> Result<Self> {
+        Self::on(model, slots, capacity, max_rows, Placement::Cpu)
+    }
+
+    /// [`Self::new`] on `placement`: the CPU path, or the model on a device with its cache there.
+    pub fn on(
+        model: &'m Transformer,
+        slots: usize,
+        capacity: usize,
+        max_rows: usize,
+        placement: Placement,
+    ) -> Result<Self> {
         let c = &model.config;
         if capacity > c.max_positions {
             bail!("a KV cache of {capacity} positions exceeds the model's context window of {}", c.max_positions);
@@ -38,14 +78,39 @@ impl<'m> Decoder<'m> {
         if slots == 0 || capacity == 0 || max_rows == 0 {
             bail!("a decoder needs at least one slot, one position and one row");
         }
-        Ok(Decoder {
+        let device: Option<Box<dyn DeviceDecode + 'm>> = match placement {
+            Placement::Cpu => None,
+            Placement::Cuda(ordinal) => Some(Box::new(open_gpu(ordinal, model)?)),
+            Placement::Reference => Some(Box::new(DeviceModel::new(Host, model)?)),
+        };
+        let cache = match &device {
+            None => KvCache::new(c.num_layers, slots, capacity, c.num_kv_heads, c.head_dim),
+            Some(_) => KvCache::new(c.num_layers, slots, capacity, 0, 0),
+        };
+        let mut dec = Decoder {
             model,
-            cache: KvCache::new(c.num_layers, slots, capacity, c.num_kv_heads, c.head_dim),
+            cache,
+            device,
             max_rows,
             acts: Activations::default(),
             head_x: vec![0.0; slots * c.hidden_size],
             logits: vec![0.0; slots * c.vocab_size],
-        })
+        };
+        if let Some(d) = &mut dec.device {
+            d.start(slots, capacity)?;
+        }
+        Ok(dec)
+    }
+
+    /// Copies positions 0..len of cache slot `from` into slot `to` (beam search reordering).
+    pub fn copy_slot(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
+        match &mut self.device {
+            Some(d) => d.copy_slot(from, to, len),
+            None => {
+                self.cache.copy_slot(from, to, len);
+                Ok(())
+            }
+        }
     }
 
     pub fn model(&self) -> &'m Transformer {
@@ -61,6 +126,11 @@ impl<'m> Decoder<'m> {
     pub fn forward(&mut self, rows: &[Row], logit_rows: &[usize]) -> Result<&[f32]> {
         self.check(rows, logit_rows)?;
         let model = self.model;
+        if let Some(d) = &mut self.device {
+            let n = logit_rows.len() * model.config.vocab_size;
+            d.decode(rows, logit_rows, &mut self.logits[..n])?;
+            return Ok(&self.logits[..n]);
+        }
         model.forward_cached(rows, &mut self.cache, &mut self.acts);
         let (d, v, k) = (model.config.hidden_size, model.config.vocab_size, logit_rows.len());
         for (dst, &r) in self.head_x.chunks_exact_mut(d).zip(logit_rows) {

@@ -38,6 +38,7 @@ pub use beam::{BeamParams, EarlyStopping};
 pub use run::{Event, NonFiniteLogits, generate, generate_from};
 pub use sampling::SamplingParams;
 
+use crate::network::device::Placement;
 use crate::network::transformer::Transformer;
 use crate::tokenizer::TextTokenizer;
 use anyhow::{Result, bail};
@@ -71,6 +72,8 @@ pub struct GenerateOptions {
     /// Prompt tokens prefilled per forward call when several prompts start together (a longer prompt still
     /// goes in one call).
     pub prefill_tokens: usize,
+    /// Where the network runs (`--device`).
+    pub device: Placement,
 }
 
 impl GenerateOptions {
@@ -85,6 +88,7 @@ impl GenerateOptions {
             stop_strings: vec![],
             batch: 1,
             prefill_tokens: 512,
+            device: Placement::Cpu,
         }
     }
 

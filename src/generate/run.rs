@@ -116,7 +116,7 @@ pub fn generate_from(
     let capacity = prompts.iter().map(|p| p.len() + max_new(p)).max().unwrap_or(1);
     let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
     let max_rows = opts.prefill_tokens.max(longest) + slots;
-    let mut dec = Decoder::new(model, slots, capacity, max_rows)?;
+    let mut dec = Decoder::on(model, slots, capacity, max_rows, opts.device)?;
     let mut scratch = Scratch::new(vocab);
     let mut work = vec![0.0f32; slots * vocab];
     let mut rows: Vec<Row> = Vec::with_capacity(max_rows);
@@ -269,7 +269,7 @@ pub fn generate_from(
                         results[b.prompt] = Some(g);
                         finished.push(ti);
                     } else {
-                        reorder(b, &mut dec);
+                        reorder(b, &mut dec)?;
                     }
                 }
             }
@@ -313,7 +313,7 @@ impl std::error::Error for NonFiniteLogits {}
 /// Points each new running beam at a cache slot holding its source beam's keys and values: a source's slot is
 /// taken over by the first new beam that continues it (no copy); further beams continuing the same source get a
 /// slot nobody continues, filled by copying.
-fn reorder(b: &mut Beams, dec: &mut Decoder) {
+fn reorder(b: &mut Beams, dec: &mut Decoder) -> Result<()> {
     let nb = b.phys.len();
     let cached = b.search.len() - 1; // the new tokens are not in the cache yet
     b.claimed.fill(false);
@@ -330,11 +330,12 @@ fn reorder(b: &mut Beams, dec: &mut Decoder) {
     for k in 0..nb {
         if b.new_phys[k] == usize::MAX {
             let slot = free.next().expect("as many unclaimed slots as duplicate sources");
-            dec.cache.copy_slot(b.phys[b.search.sources[k]], slot, cached);
+            dec.copy_slot(b.phys[b.search.sources[k]], slot, cached)?;
             b.new_phys[k] = slot;
         }
     }
     std::mem::swap(&mut b.phys, &mut b.new_phys);
+    Ok(())
 }
 
 fn beam_generation(

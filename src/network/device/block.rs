@@ -15,6 +15,15 @@ const SLOT_GATE: usize = 4;
 const SLOT_UP: usize = 5;
 const SLOT_DOWN: usize = 6;
 
+/// Where attention finds the keys and values a row sees (as `Transformer`'s `Context`).
+pub enum Attend<'a, B: Backend> {
+    /// Within the packed batch: row i sees rows seq_start[i]..=i.
+    Packed,
+    /// In a KV cache layer (K, V): row i's k, v go to position positions[i] of slot slots[i], then it sees
+    /// positions 0..=positions[i] of that slot.
+    Cached { k: &'a mut B::F32, v: &'a mut B::F32, slots: &'a B::U32, positions: &'a B::U32, capacity: usize },
+}
+
 /// What a block's pass reads besides its weights and buffers.
 pub struct BlockArgs<'a, B: Backend> {
     pub n: usize,
@@ -51,6 +60,7 @@ impl<B: Backend> DevBlock<B> {
         l: &mut LayerBufs<B>,
         s: &mut LinearScratch<B>,
         a: &BlockArgs<B>,
+        attend: Attend<B>,
     ) -> Result<()> {
         let (n, d, f, lay) = (a.n, a.hidden, a.ffn, a.layout);
         let (off, eps, seed) = (a.norm_offset, a.norm_eps, a.seed);
@@ -65,7 +75,13 @@ impl<B: Backend> DevBlock<B> {
             col += lin.out_dim;
         }
         a.rope(be, false, &mut l.qkv)?;
-        be.attention_forward(&mut l.att, &l.qkv, lay, a.seq_start, n)?;
+        match attend {
+            Attend::Packed => be.attention_forward(&mut l.att, &l.qkv, lay, a.seq_start, n)?,
+            Attend::Cached { k, v, slots, positions, capacity } => {
+                be.kv_store(k, v, &l.qkv, lay, slots, positions, n, capacity)?;
+                be.cached_attention(&mut l.att, &l.qkv, k, v, lay, slots, positions, n, capacity)?;
+            }
+        }
         let dense = MatView::dense(n, d);
         self.o.forward(be, x, dense, true, &l.att, n, l.lora[SLOT_O].as_mut(), s, seed)?;
         if seed.is_some() {

@@ -63,6 +63,8 @@ pub struct Buffers<B: Backend> {
     pub tokens: B::U32,
     pub positions: B::U32,
     pub seq_start: B::U32,
+    /// Decoding: each row's KV cache slot.
+    pub slots: B::U32,
     /// The residual stream (N, d); the final norm's input and output, and its 1/rms.
     pub x: B::F32,
     pub x_final_in: B::F32,
@@ -133,6 +135,7 @@ impl<B: Backend> Buffers<B> {
             tokens: be.alloc_u32(n)?,
             positions: be.alloc_u32(n)?,
             seq_start: be.alloc_u32(n)?,
+            slots: be.alloc_u32(n)?,
             x: be.alloc(n * d)?,
             x_final_in: be.alloc(n * d)?,
             hidden: be.alloc(n * d)?,

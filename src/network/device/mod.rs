@@ -9,18 +9,21 @@
 //! Everything else is refused by [`unsupported`] with what to use instead.
 pub mod block;
 pub mod buffers;
+pub mod kv_cache;
 pub mod linear;
 pub mod weights;
 
 use super::batch::PackedBatch;
+use super::batch::Row;
 use super::config::{Config, Family};
 use super::transformer::{Transformer, layer_seed};
 use crate::kernels::adamw::{AdamWConfig, AdamWScalars};
 use crate::kernels::backend::{Backend, MatView};
 use crate::kernels::rope::RopeTable;
 use anyhow::{Result, bail};
-use block::BlockArgs;
+use block::{Attend, BlockArgs};
 use buffers::{Buffers, HEAD_ROWS};
+use kv_cache::DevKvCache;
 use weights::{DevTensor, Weights};
 
 /// Where the network runs (`--device`).
@@ -114,6 +117,8 @@ pub struct DeviceModel<B: Backend> {
     /// Rows of the current batch, and its token ids on the host (the embedding's backward groups rows by them).
     n: usize,
     tokens: Vec<u32>,
+    /// Decoding's KV cache ([`Self::start_decoding`]).
+    cache: Option<DevKvCache<B>>,
 }
 
 impl<B: Backend> DeviceModel<B> {
@@ -136,6 +141,7 @@ impl<B: Backend> DeviceModel<B> {
             bufs: None,
             n: 0,
             tokens: vec![],
+            cache: None,
         })
     }
 
@@ -155,17 +161,31 @@ impl<B: Backend> DeviceModel<B> {
     /// [`Self::loss_backward`].
     pub fn forward(&mut self, batch: &PackedBatch, step_seed: Option<u64>) -> Result<()> {
         batch.check(&self.config)?;
-        let n = batch.len();
-        self.prepare(n, step_seed.is_some())?;
+        self.prepare(batch.len(), step_seed.is_some())?;
+        let bufs = self.bufs.as_mut().expect("prepared");
+        self.backend.upload_u32(&mut bufs.seq_start, &batch.seq_start)?;
+        self.run_blocks(&batch.tokens, &batch.positions, step_seed, None)
+    }
+
+    /// The block loop of every pass (as `Transformer::run_blocks`): embeddings, each block — attending within
+    /// the packed batch, or over `cache` when decoding — then the final norm into `hidden`. The batch's
+    /// `seq_start` (packed) or `slots` (decoding) are on the device already.
+    fn run_blocks(
+        &mut self,
+        tokens: &[u32],
+        positions: &[u32],
+        step_seed: Option<u64>,
+        mut cache: Option<&mut DevKvCache<B>>,
+    ) -> Result<()> {
+        let n = tokens.len();
         self.n = n;
         self.tokens.clear();
-        self.tokens.extend_from_slice(&batch.tokens);
+        self.tokens.extend_from_slice(tokens);
         let (be, c, w) = (&self.backend, &self.config, &self.weights);
         let bufs = self.bufs.as_mut().expect("prepared");
         let d = c.hidden_size;
-        be.upload_u32(&mut bufs.tokens, &batch.tokens)?;
-        be.upload_u32(&mut bufs.positions, &batch.positions)?;
-        be.upload_u32(&mut bufs.seq_start, &batch.seq_start)?;
+        be.upload_u32(&mut bufs.tokens, tokens)?;
+        be.upload_u32(&mut bufs.positions, positions)?;
         be.embedding(&mut bufs.x, &w.embed.w, &bufs.tokens, n, d, self.embed_scale)?;
         let training = step_seed.is_some();
         for (i, blk) in w.blocks.iter().enumerate() {
@@ -181,12 +201,71 @@ impl<B: Backend> DeviceModel<B> {
                 seq_start: &bufs.seq_start,
                 seed: step_seed.map(|s| layer_seed(s, i)),
             };
+            let attend = match cache.as_deref_mut() {
+                None => Attend::Packed,
+                Some(kv) => {
+                    let (capacity, (k, v)) = (kv.capacity, &mut kv.layers[i]);
+                    Attend::Cached { k, v, slots: &bufs.slots, positions: &bufs.positions, capacity }
+                }
+            };
             let l = &mut bufs.layers[if training { i } else { 0 }];
-            blk.forward(be, &mut bufs.x, l, &mut bufs.linear, &args)?;
+            blk.forward(be, &mut bufs.x, l, &mut bufs.linear, &args, attend)?;
         }
         be.copy(&mut bufs.x_final_in, &bufs.x, n * d)?;
         let (off, eps) = (self.norm_offset, c.norm_eps);
         be.rmsnorm_forward(&mut bufs.hidden, &mut bufs.final_rstd, &bufs.x, &w.final_norm.w, n, d, off, eps)
+    }
+
+    /// Allocates the KV cache of decoding: `slots` sequences of `capacity` positions.
+    pub fn start_decoding(&mut self, slots: usize, capacity: usize) -> Result<()> {
+        self.cache = None; // free an earlier one first
+        self.cache = Some(DevKvCache::new(&self.backend, &self.config, slots, capacity)?);
+        Ok(())
+    }
+
+    /// Runs decoding rows over the KV cache (their k, v land in it; rows checked by the caller, as `Decoder`
+    /// does) and writes the logits of the rows `logit_rows` (indices into `rows`) into out (logit_rows.len(),
+    /// vocab).
+    pub fn decode(&mut self, rows: &[Row], logit_rows: &[usize], out: &mut [f32]) -> Result<()> {
+        let mut cache = self.cache.take().expect("start_decoding before decode");
+        let r = self.decode_with(rows, logit_rows, out, &mut cache);
+        self.cache = Some(cache);
+        r
+    }
+
+    fn decode_with(
+        &mut self,
+        rows: &[Row],
+        logit_rows: &[usize],
+        out: &mut [f32],
+        cache: &mut DevKvCache<B>,
+    ) -> Result<()> {
+        self.prepare(rows.len(), false)?;
+        let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
+        let positions: Vec<u32> = rows.iter().map(|r| r.pos).collect();
+        let slots: Vec<u32> = rows.iter().map(|r| r.slot).collect();
+        let bufs = self.bufs.as_mut().expect("prepared");
+        self.backend.upload_u32(&mut bufs.slots, &slots)?;
+        self.run_blocks(&tokens, &positions, None, Some(cache))?;
+        let (be, c, head) = (&self.backend, &self.config, &self.weights.head().w);
+        let bufs = self.bufs.as_mut().expect("prepared");
+        let (d, vocab) = (c.hidden_size, c.vocab_size);
+        let per = HEAD_ROWS.min(bufs.capacity);
+        for (k, chunk) in logit_rows.chunks(per).enumerate() {
+            let (m, idx): (usize, Vec<u32>) = (chunk.len(), chunk.iter().map(|&r| r as u32).collect());
+            be.upload_u32(&mut bufs.head.idx, &idx)?;
+            be.gather_rows(&mut bufs.head.rows, &bufs.hidden, &bufs.head.idx, m, d)?;
+            let (mv, hv, lv) = (MatView::dense(m, d), MatView::dense(vocab, d), MatView::dense(m, vocab));
+            be.gemm(&mut bufs.head.logits, lv, &bufs.head.rows, mv, head, hv.t(), false)?;
+            be.download(&bufs.head.logits, &mut out[k * per * vocab..][..m * vocab])?;
+        }
+        Ok(())
+    }
+
+    /// Positions 0..len of cache slot `from` copied into slot `to` (beam search).
+    pub fn copy_slot(&mut self, from: usize, to: usize, len: usize) -> Result<()> {
+        let cache = self.cache.as_mut().expect("start_decoding before copy_slot");
+        cache.copy_slot(&self.backend, from, to, len)
     }
 
     /// The LM head over the selected rows, HEAD_ROWS at a time: gathers them, computes their logits, and hands
