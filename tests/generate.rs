@@ -12,6 +12,7 @@ use condlm::generate::{
 };
 use condlm::network::activations::Activations;
 use condlm::network::batch::Row;
+use condlm::network::device::{Placement, unsupported};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -61,6 +62,7 @@ fn options(case: &Value) -> GenerateOptions {
         stop_strings: vec![],
         batch: 1,
         prefill_tokens: 512,
+        device: Placement::Cpu,
     }
 }
 
@@ -93,6 +95,7 @@ fn ids_match_transformers_greedy_and_beam_search() {
         }
     }
     assert!(n >= 140 && stops >= 20, "{n} cases, {stops} stopping early");
+    let mut devices = 0;
     for (model, adapter, mut opts, group) in groups {
         let m = &models[&format!("{model}+{adapter:?}")];
         let prompts: Vec<Vec<u32>> = group.iter().map(|c| ids(&c["prompt_ids"])).collect();
@@ -102,7 +105,17 @@ fn ids_match_transformers_greedy_and_beam_search() {
         for (g, c) in got.iter().zip(&group) {
             assert_eq!(g.ids, ids(&c["output_ids"]), "{} (batched): generated ids differ", c["name"]);
         }
+        // The device path (`--device`, here on the reference backend) where the model has one.
+        if unsupported(&m.model).is_none() {
+            devices += 1;
+            let opts = GenerateOptions { device: Placement::Reference, ..opts };
+            let got = generate(&m.model, &m.tokenizer, &prompts, &opts, |_| {}).unwrap();
+            for (g, c) in got.iter().zip(&group) {
+                assert_eq!(g.ids, ids(&c["output_ids"]), "{} (batched, device path): generated ids differ", c["name"]);
+            }
+        }
     }
+    assert!(devices > 0, "no case ran on the device path");
 }
 
 /// Decoding with the cache gives the logits of a full forward pass over the whole sequence, at every step, for
