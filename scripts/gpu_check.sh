@@ -28,6 +28,8 @@
 #     6 steps of full fine-tuning on tiny Qwen2;
 #   - a SmolLM2-135M-shaped model (random weights, made here with transformers, the tiny tokenizer): 20 LoRA steps
 #     (all linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative;
+#   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
+#   - decode tokens/s of `generate --device cuda` vs transformers' `generate` (f32, bf16) on the SmolLM2-135M shape;
 #   - throughput: `condlm train --device cuda` vs PyTorch + PEFT (f32 without TF32, and bf16) on the same rows,
 #     batch and LoRA, tokens/s and peak GPU memory; then the same on a Qwen2.5-1.5B-shaped model while time allows.
 # scripts/cuda/gpu_check.py does the comparisons and PEFT's side. The whole script must stay under 8 minutes.
@@ -195,6 +197,25 @@ tiny_train() {
 }
 run_check "train --device cuda vs cpu: tiny Llama, 6 LoRA steps with dropout; tiny Qwen2, 6 full steps" tiny_train
 
+tiny_generate() {
+    local m rc=0
+    for m in tiny-llama tiny-qwen2 tiny-mistral; do
+        for d in cpu "$dev"; do
+            for beams in 1 3; do
+                "$bin" generate --model "tests/fixtures/$m" --data tests/fixtures/score_rows.jsonl --max-new-tokens 24 \
+                    --num-beams "$beams" --batch 2 --device "$d" --out "$work/gen-$m-$d-$beams.jsonl" 2>&1 | tail -1 ||
+                    return 1
+            done
+        done
+        for beams in 1 3; do
+            echo "$m, $beams beam(s):"
+            "$py" "$helper" compare-generations "$work/gen-$m-$dev-$beams.jsonl" "$work/gen-$m-cpu-$beams.jsonl" || rc=1
+        done
+    done
+    return $rc
+}
+run_check "generate --device cuda vs cpu: greedy and beam search (3 beams), tiny Llama, Qwen2, Mistral" tiny_generate
+
 smollm2_parity() {
     "$py" "$helper" make-model "$work/smollm2-135m" smollm2-135m tests/fixtures/tiny-llama || return 1
     "$py" "$helper" make-data "$work/rows1.jsonl" 320 1 tests/fixtures/train_rows.jsonl || return 1
@@ -219,6 +240,18 @@ throughput() {
 }
 run_check "throughput, SmolLM2-135M-shaped: condlm $dev (f32) vs PyTorch + PEFT" throughput "$work/smollm2-135m" \
     "${steps:-30}" 16
+
+# decode_speed MODEL NEW: greedy decoding of one prompt, condlm on the device vs transformers' generate.
+decode_speed() {
+    local prompt="name: Blue Spice, eatType: coffee shop, area: city centre"
+    "$bin" generate --model "$1" --prompt "$prompt" --max-new-tokens "$2" --ignore-eos --device "$dev" 2>&1 >/dev/null |
+        tail -1 || return 1
+    for dt in f32 bf16; do
+        "$py" "$helper" hf-generate "$1" "$prompt" "$2" "$dt" || return 1
+    done
+}
+run_check "decode, SmolLM2-135M-shaped: condlm $dev (f32) vs transformers generate" decode_speed \
+    "$work/smollm2-135m" "${steps:-128}"
 elapsed=$(($(date +%s) - script_start))
 if [ "$elapsed" -lt 240 ]; then
     qwen() {

@@ -6,6 +6,8 @@
   gpu_check.py make-data OUT ROWS REPEAT SRC.jsonl       ROWS rows of SRC, each completion repeated REPEAT times
   gpu_check.py peft MODEL_DIR DATA STEPS BATCH RANK DTYPE  PyTorch + PEFT LoRA (all linear layers) on cuda:0
   gpu_check.py throughput DIR                            tokens/s of a `condlm train` run (its steps after the first)
+  gpu_check.py compare-generations A.jsonl B.jsonl       the generations of two `condlm generate --data` runs: equal
+  gpu_check.py hf-generate MODEL_DIR PROMPT NEW DTYPE    transformers' greedy `generate` on cuda:0: decode tokens/s
 
 Every comparison prints one line per quantity and exits 1 when one is outside its tolerance.
 """
@@ -142,6 +144,38 @@ def peft(model_dir, data, steps, batch, rank, dtype):
     return True
 
 
+def compare_generations(a, b):
+    ra, rb = rows(a), rows(b)
+    same = sum(x["generation"] == y["generation"] for x, y in zip(ra, rb))
+    print(f"generations: {same} of {len(rb)} rows identical")
+    return len(ra) == len(rb) and same == len(rb)
+
+
+def hf_generate(model_dir, prompt, new, dtype):
+    """Greedy decoding with the KV cache, batch 1, as `condlm generate --prompt` runs it; prefill excluded."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.backends.cuda.matmul.allow_tf32 = False
+    dev = os.environ.get("GPU_CHECK_TORCH_DEVICE", "cuda")
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    dt = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).to(dev).eval()
+    ids = torch.tensor([tok.encode(prompt, add_special_tokens=False)], device=dev)
+    with torch.no_grad():
+        model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up
+        sync(); t = time.time()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+        sync(); prefill = time.time() - t
+        t = time.time()
+        out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        sync(); total = time.time() - t
+    made = out.shape[1] - ids.shape[1]
+    print(json.dumps({"engine": f"transformers generate {dtype}", "new_tokens": made,
+                      "decode_tokens_per_s": (made - 1) / max(total - prefill, 1e-9)}))
+    return True
+
+
 def throughput(d):
     m = rows(os.path.join(d, "metrics.jsonl"))
     steps = [r for r in m if r.get("tokens_per_s") is not None][1:]
@@ -159,5 +193,7 @@ if __name__ == "__main__":
         "make-data": lambda: make_data(args[0], int(args[1]), int(args[2]), args[3]),
         "peft": lambda: peft(args[0], args[1], int(args[2]), int(args[3]), int(args[4]), args[5]),
         "throughput": lambda: throughput(args[0]),
+        "compare-generations": lambda: compare_generations(args[0], args[1]),
+        "hf-generate": lambda: hf_generate(args[0], args[1], int(args[2]), args[3]),
     }[cmd]()
     sys.exit(0 if ok else 1)
