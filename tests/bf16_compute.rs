@@ -60,6 +60,18 @@ fn bf16_losses_are_the_same_bits_for_any_thread_count() {
     }
 }
 
+/// The device path (`--device reference`: what `--device cuda` runs, on the CPU kernels) takes --compute bf16 in
+/// the same products as the CPU path: the same losses up to summation order, and not the f32 ones.
+#[test]
+fn the_device_path_computes_bf16_as_the_cpu_path() {
+    let cpu = train("bf16", "2", &[]);
+    let dev = train("bf16", "2", &["--device", "reference"]);
+    let f32_dev = train("f32", "2", &["--device", "reference"]);
+    agree(&f32_dev, &dev, "device path, bf16 vs f32");
+    let worst = cpu.0.iter().zip(&dev.0).map(|(a, b)| ((a - b) / a).abs()).fold(0.0, f64::max);
+    assert!(worst < 1e-5, "bf16 losses: device path {:?} vs CPU {:?}", dev.0, cpu.0);
+}
+
 #[test]
 fn int8_is_refused_by_train_and_taken_by_eval() {
     let dir = tempfile::tempdir().unwrap();

@@ -10,22 +10,21 @@ use condlm::score::{OnCpu, Scorer};
 
 #[derive(Args, Default)]
 pub struct DeviceArgs {
-    /// Where the network runs: cpu, or cuda / cuda:N (the N-th GPU; f32 products, no TF32). On a GPU so far:
-    /// the Llama-layout families (Llama, SmolLM2, Qwen2, Mistral), scoring, LoRA and full fine-tuning on one process, and decoding;
-    /// anything else is refused with the reason. `reference` runs the GPU's code path on the CPU kernels (slow:
+    /// Where the network runs: cpu, or cuda / cuda:N (the N-th GPU; products as --compute says: f32 without TF32,
+    /// or bf16 operands with f32 sums). On a GPU so far: the Llama-layout families (Llama, SmolLM2, Qwen2,
+    /// Mistral), scoring, LoRA and full fine-tuning on one process, and decoding; anything else is refused with
+    /// the reason. `reference` runs the GPU's code path on the CPU kernels (slow:
     /// for checking it without a GPU) [default: cpu].
     #[arg(long, default_value = "cpu", hide_default_value = true)]
     pub device: Placement,
 }
 
 impl DeviceArgs {
-    /// Refuses what the device cannot run with this `--compute`.
+    /// Refuses what the device cannot run with this `--compute`: int8 is the CPU's (integer products on the
+    /// stored blocks); f32 and bf16 run anywhere.
     pub fn check_compute(&self, c: Compute) -> Result<()> {
-        if self.device != Placement::Cpu && c != Compute::F32 {
-            bail!(
-                "--device {} computes in f32 so far: drop --compute {c:?} (bf16 on the GPU is not built yet)",
-                self.device
-            );
+        if self.device != Placement::Cpu && c == Compute::Int8 {
+            bail!("--compute int8 runs on the CPU only: drop --device {}, or use --compute f32 or bf16", self.device);
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use crate::kernels::embedding::embedding_backward;
 use crate::kernels::kv_attention::{CachedAttentionScratch, KvLayer, cached_attention};
 use crate::kernels::lm_head::cross_entropy_row;
 use crate::kernels::mat::{Mat, MatMut};
-use crate::kernels::matmul::matmul;
+use crate::kernels::matmul::{matmul, matmul_weights};
 use crate::kernels::norm::{rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{RopeTable, rope_backward, rope_forward};
 use anyhow::Result;
@@ -113,6 +113,22 @@ impl Backend for Host {
         assert!(!cv.trans && cv.end() <= c.len(), "host gemm: output view {cv:?} in a buffer of {}", c.len());
         let out = MatMut { data: &mut c[cv.offset..], rows: cv.rows, cols: cv.cols, row_stride: cv.ld };
         matmul(out, view(a, av), view(b, bv), accumulate);
+        Ok(())
+    }
+
+    fn gemm_weights(
+        &self,
+        c: &mut Vec<f32>,
+        cv: MatView,
+        a: &Vec<f32>,
+        av: MatView,
+        b: &Vec<f32>,
+        bv: MatView,
+        accumulate: bool,
+    ) -> Result<()> {
+        assert!(!cv.trans && cv.end() <= c.len(), "host gemm: output view {cv:?} in a buffer of {}", c.len());
+        let out = MatMut { data: &mut c[cv.offset..], rows: cv.rows, cols: cv.cols, row_stride: cv.ld };
+        matmul_weights(out, view(a, av), view(b, bv), accumulate);
         Ok(())
     }
 

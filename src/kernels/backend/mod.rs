@@ -116,6 +116,21 @@ pub trait Backend {
         bv: MatView,
         accumulate: bool,
     ) -> Result<()>;
+    /// [`Backend::gemm`] for a product of the network's weight matrices (the base linears and the LM head, forward
+    /// and backward, and their gradients) in the run's compute, as `kernels::matmul::matmul_weights`: f32, or
+    /// with `--compute bf16` both operands rounded to bf16 and the products summed in f32. LoRA's own products,
+    /// attention and the rest stay [`Backend::gemm`].
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_weights(
+        &self,
+        c: &mut Self::F32,
+        cv: MatView,
+        a: &Self::F32,
+        av: MatView,
+        b: &Self::F32,
+        bv: MatView,
+        accumulate: bool,
+    ) -> Result<()>;
     /// Every row of the view `ov` += b (b: ov.cols values).
     fn add_bias(&self, out: &mut Self::F32, ov: MatView, b: &Self::F32) -> Result<()>;
     /// db[c] += Σ_r dy[r, c] over the rows of the view `dyv` (a bias's gradient): each column summed from 0 in row

@@ -36,7 +36,7 @@ impl<B: Backend> DevLinear<B> {
         seed: Option<u64>,
     ) -> Result<()> {
         let (inp, outd) = (self.in_dim, self.out_dim);
-        be.gemm(out, ov, x, MatView::dense(n, inp), &self.w.w, MatView::dense(outd, inp).t(), accumulate)?;
+        be.gemm_weights(out, ov, x, MatView::dense(n, inp), &self.w.w, MatView::dense(outd, inp).t(), accumulate)?;
         if let Some(b) = &self.b {
             be.add_bias(out, ov, &b.w)?;
         }
@@ -81,7 +81,7 @@ impl<B: Backend> DevLinear<B> {
         let (inp, outd) = (self.in_dim, self.out_dim);
         if let Some(g) = self.w.grad() {
             // dW (out, in) += dyᵀ · x
-            be.gemm(g, MatView::dense(outd, inp), dy, dyv.t(), x, MatView::dense(n, inp), true)?;
+            be.gemm_weights(g, MatView::dense(outd, inp), dy, dyv.t(), x, MatView::dense(n, inp), true)?;
         }
         if let Some(g) = self.b.as_mut().and_then(|b| b.grad()) {
             be.add_column_sums(g, dy, dyv)?;
@@ -118,6 +118,6 @@ impl<B: Backend> DevLinear<B> {
             }
         }
         // dx (N, in) += dy · W
-        be.gemm(dx, MatView::dense(n, inp), dy, dyv, &self.w.w, MatView::dense(outd, inp), true)
+        be.gemm_weights(dx, MatView::dense(n, inp), dy, dyv, &self.w.w, MatView::dense(outd, inp), true)
     }
 }

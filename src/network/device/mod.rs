@@ -256,7 +256,7 @@ impl<B: Backend> DeviceModel<B> {
             be.upload_u32(&mut bufs.head.idx, &idx)?;
             be.gather_rows(&mut bufs.head.rows, &bufs.hidden, &bufs.head.idx, m, d)?;
             let (mv, hv, lv) = (MatView::dense(m, d), MatView::dense(vocab, d), MatView::dense(m, vocab));
-            be.gemm(&mut bufs.head.logits, lv, &bufs.head.rows, mv, head, hv.t(), false)?;
+            be.gemm_weights(&mut bufs.head.logits, lv, &bufs.head.rows, mv, head, hv.t(), false)?;
             be.download(&bufs.head.logits, &mut out[k * per * vocab..][..m * vocab])?;
         }
         Ok(())
@@ -293,7 +293,15 @@ impl<B: Backend> DeviceModel<B> {
             be.upload_u32(&mut bufs.head.targets, &targets[start..start + m])?;
             be.gather_rows(&mut bufs.head.rows, &bufs.hidden, &bufs.head.idx, m, d)?;
             let (mv, hv) = (MatView::dense(m, d), MatView::dense(vocab, d));
-            be.gemm(&mut bufs.head.logits, MatView::dense(m, vocab), &bufs.head.rows, mv, &head.w, hv.t(), false)?;
+            be.gemm_weights(
+                &mut bufs.head.logits,
+                MatView::dense(m, vocab),
+                &bufs.head.rows,
+                mv,
+                &head.w,
+                hv.t(),
+                false,
+            )?;
             let h = &mut bufs.head;
             be.cross_entropy_rows(&mut h.logits, &mut h.loss, &h.targets, m, vocab, token_weight, label_smoothing)?;
             visit(be, bufs, head, start, m)?;
@@ -339,10 +347,10 @@ impl<B: Backend> DeviceModel<B> {
             let (mv, lv, hv) = (MatView::dense(m, d), MatView::dense(m, vocab), MatView::dense(vocab, d));
             if let Some(g) = head.train.as_mut().map(|t| &mut t.g) {
                 // dhead (vocab, d) += dlogitsᵀ · rows
-                be.gemm(g, hv, &h.logits, lv.t(), &h.rows, mv, true)?;
+                be.gemm_weights(g, hv, &h.logits, lv.t(), &h.rows, mv, true)?;
             }
             // dlogits · head, into the gathered rows (no longer needed), then added to their rows of dhidden.
-            be.gemm(&mut h.rows, mv, &h.logits, lv, &head.w, hv, false)?;
+            be.gemm_weights(&mut h.rows, mv, &h.logits, lv, &head.w, hv, false)?;
             let g = bufs.grads.as_mut().expect("training buffers");
             be.scatter_add_rows(&mut g.dhidden, &h.rows, &h.idx, m, d)
         })?;
