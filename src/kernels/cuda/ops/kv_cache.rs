@@ -43,8 +43,9 @@ fn checked(
         "{op}: qkv holds {qkv} values, not {rows} rows of {}",
         l.row_len
     );
-    let per_slot = l.n_kv_heads * capacity * l.head_dim;
-    assert!(capacity <= i32::MAX as usize && per_slot <= isize::MAX as usize, "{op}: capacity {capacity} too large");
+    let per_slot = l.n_kv_heads.checked_mul(capacity).and_then(|v| v.checked_mul(l.head_dim));
+    let per_slot = per_slot.filter(|&v| capacity <= i32::MAX as usize && v <= isize::MAX as usize);
+    let per_slot = per_slot.unwrap_or_else(|| panic!("{op}: capacity {capacity} too large"));
     if rows == 0 {
         return 0;
     }
