@@ -41,7 +41,7 @@ pub fn run(dev: &Cuda) -> usize {
 }
 
 /// Every check, by the ops it covers.
-fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 17] {
+fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 20] {
     [
         ("upload/download/zero/copy", copies),
         ("scale", scale),
@@ -55,6 +55,9 @@ fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 17] {
         ("rmsnorm", rmsnorm),
         ("rope", rope),
         ("attention", attention),
+        ("kv_store", kv_store),
+        ("cached_attention", cached_attention),
+        ("copy_within", copy_within),
         ("glu", glu),
         ("cross_entropy_rows", cross_entropy),
         ("dropout", dropout),
@@ -424,6 +427,92 @@ fn attention<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     Ok(())
 }
 
+/// The KV cache's layout of the checks: GQA (4 query heads, 2 kv heads) of 48 features (not a multiple of a
+/// warp), v, k and q out of order in rows with columns to spare; the caches hold 4 slots of 40 positions.
+fn kv_layout(window: usize) -> QkvLayout {
+    QkvLayout {
+        row_len: 391,
+        q_col: 195,
+        k_col: 98,
+        v_col: 2,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 48,
+        scale: 0.2,
+        window,
+    }
+}
+const KV_CAPACITY: usize = 40;
+/// Values of a cache: 4 slots, and 7 to spare (not a whole slot).
+const KV_CACHE_LEN: usize = 4 * 2 * KV_CAPACITY * 48 + 7;
+
+/// The first 9 of 12 uploaded rows stored, slots and positions out of order (position 0 and capacity − 1
+/// among them), into random caches: both caches compared whole.
+fn kv_store_on<B: Backend>(b: &B) -> Result<Outs> {
+    let l = kv_layout(usize::MAX);
+    let slots = [2, 0, 3, 0, 1, 2, 3, 1, 0, 1, 2, 3];
+    let positions = [5, 39, 0, 7, 12, 6, 1, 3, 0, 20, 30, 33];
+    let (qkv, gslots, gpositions) =
+        (up(b, &random(12 * l.row_len, 100, 1.0))?, up_u32(b, &slots)?, up_u32(b, &positions)?);
+    let (mut k, mut v) = (up(b, &random(KV_CACHE_LEN, 101, 1.0))?, up(b, &random(KV_CACHE_LEN, 102, 1.0))?);
+    b.kv_store(&mut k, &mut v, &qkv, l, &gslots, &gpositions, 9, KV_CAPACITY)?;
+    Ok(vec![
+        ("kv_store 9/12 rows, k cache".into(), down(b, &k, KV_CACHE_LEN)?),
+        ("kv_store 9/12 rows, v cache".into(), down(b, &v, KV_CACHE_LEN)?),
+    ])
+}
+
+fn kv_store<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &kv_store_on(&Host)?, &kv_store_on(dev)?, 0.0);
+    Ok(())
+}
+
+/// A decoding step over random caches: a prefill of 20 rows of slot 1 (positions 10..30: the CPU's GEMM path,
+/// RUN_MIN rows or more) then single decode rows of slots 0, 2 and 3 (positions 37, 5, 0), the first 23 of 26
+/// uploaded rows; their keys and values stored (kv_store), then attention over the caches into a buffer of 26
+/// rows. With a window of 24 (the prefill's last rows and the decode row at 37 see only part of their slot) and
+/// without one.
+fn cached_attention_on<B: Backend>(b: &B, window: usize) -> Result<Outs> {
+    let l = kv_layout(window);
+    let (rows, cap_rows, aw) = (23, 26, l.n_heads * l.head_dim);
+    let mut slots = vec![1; 20];
+    let mut positions: Vec<u32> = (10..30).collect();
+    slots.extend([0, 2, 3, 3, 2, 0]);
+    positions.extend([37, 5, 0, 1, 6, 38]);
+    let (gslots, gpositions) = (up_u32(b, &slots)?, up_u32(b, &positions)?);
+    let qkv = up(b, &random(cap_rows * l.row_len, 103, 2.0))?;
+    let (mut k, mut v) = (up(b, &random(KV_CACHE_LEN, 104, 2.0))?, up(b, &random(KV_CACHE_LEN, 105, 1.0))?);
+    b.kv_store(&mut k, &mut v, &qkv, l, &gslots, &gpositions, rows, KV_CAPACITY)?;
+    let mut out = up(b, &random(cap_rows * aw, 106, 1.0))?;
+    b.cached_attention(&mut out, &qkv, &k, &v, l, &gslots, &gpositions, rows, KV_CAPACITY)?;
+    let name = if window < KV_CAPACITY { format!(", window {window}") } else { String::new() };
+    Ok(vec![(format!("cached_attention 4/2×48, prefill 20 + decode 3{name}"), down(b, &out, cap_rows * aw)?)])
+}
+
+fn cached_attention<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for window in [24, usize::MAX] {
+        compare_outs(all, &cached_attention_on(&Host, window)?, &cached_attention_on(dev, window)?, 1e-5);
+    }
+    Ok(())
+}
+
+/// A cache slot copied forwards and backwards within one buffer (ranges adjacent, and one ending at the buffer's
+/// end), and an empty copy.
+fn copy_within_on<B: Backend>(b: &B) -> Result<Outs> {
+    let n = 1000;
+    let mut buf = up(b, &random(n, 107, 1.0))?;
+    b.copy_within(&mut buf, 50, 400, 300)?;
+    b.copy_within(&mut buf, 700, 400, 300)?;
+    b.copy_within(&mut buf, 3, 777, 223)?;
+    b.copy_within(&mut buf, 10, 10, 0)?;
+    Ok(vec![("copy_within forwards, backwards, to the end, empty".into(), down(b, &buf, n)?)])
+}
+
+fn copy_within<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &copy_within_on(&Host)?, &copy_within_on(dev)?, 0.0);
+    Ok(())
+}
+
 /// 10 007 values of buffers of 10 100.
 fn glu_on<B: Backend>(b: &B, act: GateAct) -> Result<Outs> {
     let (n, cap) = (10_007, 10_100);
@@ -534,7 +623,15 @@ fn empty_on<B: Backend>(b: &B) -> Result<Outs> {
     b.dropout_forward(&mut y, &mut keep, &x, 0, 0.5, 1)?;
     b.cross_entropy_rows(&mut y, &mut b.alloc_f64(4)?, &ids, 0, 8, 1.0, 0.0)?;
     b.gemm(&mut y, MatView::dense(0, 8), &x, MatView::dense(0, 8), &x, MatView::dense(8, 8), false)?;
-    Ok(vec![("empty ops leave their buffers".into(), down(b, &y, 64)?)])
+    let l = kv_layout(usize::MAX);
+    let (mut k, mut v) = (up(b, &random(8, 108, 1.0))?, up(b, &random(8, 109, 1.0))?);
+    b.kv_store(&mut k, &mut v, &x, l, &ids, &ids, 0, KV_CAPACITY)?;
+    b.cached_attention(&mut y, &x, &k, &v, l, &ids, &ids, 0, KV_CAPACITY)?;
+    b.copy_within(&mut y, 60, 2, 0)?;
+    Ok(vec![
+        ("empty ops leave their buffers".into(), down(b, &y, 64)?),
+        ("empty kv_store leaves the caches".into(), [down(b, &k, 8)?, down(b, &v, 8)?].concat()),
+    ])
 }
 
 fn empty<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {

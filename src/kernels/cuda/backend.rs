@@ -13,7 +13,7 @@ use super::ops::indices::{IndexFacts, Indices};
 use super::ops::reduce::PARTIALS;
 use super::ops::rope::RopeLayout;
 use super::ops::rows::RowGroups;
-use super::ops::{adamw, attention, cross_entropy, dropout, elementwise, glu, norm, reduce, rope, rows};
+use super::ops::{adamw, attention, cross_entropy, dropout, elementwise, glu, kv_cache, norm, reduce, rope, rows};
 use crate::kernels::activation::GateAct;
 use crate::kernels::adamw::AdamWScalars;
 use crate::kernels::attention::QkvLayout;
@@ -381,6 +381,65 @@ impl Backend for Cuda {
         let (datt, qkv, att) = (pre(datt, rows * aw, op), pre(qkv, rows * rl, op), pre(att, rows * aw, op));
         let starts = seq_start.prefix(rows, op);
         let r = attention::attention_backward(&self.device, &mut dqkv, &mut stats, &datt, &qkv, &att, l, &starts);
+        self.ran(op, r)
+    }
+
+    fn kv_store(
+        &self,
+        k_cache: &mut CudaSlice<f32>,
+        v_cache: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        l: QkvLayout,
+        slots: &CudaIndices,
+        positions: &CudaIndices,
+        rows: usize,
+        capacity: usize,
+    ) -> Result<()> {
+        let op = "kv_store";
+        let (mut k, mut v) = (k_cache.as_view_mut(), v_cache.as_view_mut());
+        let (qkv, slots, positions) =
+            (pre(qkv, rows * l.row_len, op), slots.prefix(rows, op), positions.prefix(rows, op));
+        self.ran(op, kv_cache::kv_store(&self.device, &mut k, &mut v, &qkv, l, &slots, &positions, capacity))
+    }
+
+    fn cached_attention(
+        &self,
+        out: &mut CudaSlice<f32>,
+        qkv: &CudaSlice<f32>,
+        k_cache: &CudaSlice<f32>,
+        v_cache: &CudaSlice<f32>,
+        l: QkvLayout,
+        slots: &CudaIndices,
+        positions: &CudaIndices,
+        rows: usize,
+        capacity: usize,
+    ) -> Result<()> {
+        let op = "cached_attention";
+        let mut o = pre_mut(out, rows * l.n_heads * l.head_dim, op);
+        let (qkv, slots, positions) =
+            (pre(qkv, rows * l.row_len, op), slots.prefix(rows, op), positions.prefix(rows, op));
+        let (k, v) = (k_cache.as_view(), v_cache.as_view());
+        let r = kv_cache::cached_attention(&self.device, &mut o, &qkv, &k, &v, l, &slots, &positions, capacity);
+        self.ran(op, r)
+    }
+
+    /// A driver copy between two views of the buffer, split where the later range starts (so that the views
+    /// hold the two ranges apart, as the borrow rules want).
+    fn copy_within(&self, buf: &mut CudaSlice<f32>, from: usize, to: usize, n: usize) -> Result<()> {
+        let op = "copy_within";
+        assert!(from + n <= to || to + n <= from, "{op}: overlapping ranges");
+        let len = buf.len();
+        assert!(from.max(to) + n <= len, "{op}: {n} values at {from} or {to} past a buffer of {len}");
+        if n == 0 {
+            return Ok(());
+        }
+        let (mut head, mut tail) = buf.split_at_mut(from.max(to));
+        let r = if from < to {
+            // [from, from + n) ends at or before `to`, where the tail starts.
+            self.device.stream.memcpy_dtod(&head.slice(from..from + n), &mut tail.slice_mut(..n))
+        } else {
+            self.device.stream.memcpy_dtod(&tail.slice(..n), &mut head.slice_mut(to..to + n))
+        };
         self.ran(op, r)
     }
 

@@ -15,9 +15,9 @@ pub struct Source {
 /// Helpers put in front of every source (src/kernels/cuda/cu/common.cuh).
 pub const COMMON: Source = Source { file: "common.cuh", text: include_str!("cu/common.cuh"), kernels: &[] };
 
-/// Every kernel source, in the order of a block's forward pass, then the loss and the optimizer; then the
-/// backend's plumbing (`backend::Cuda`): element-wise ops and a bias's gradient, row gathers and scatters (the
-/// embedding and its backward), dropout, the f64 sum of squares.
+/// Every kernel source, in the order of a block's forward pass (decoding's KV cache after attention), then the
+/// loss and the optimizer; then the backend's plumbing (`backend::Cuda`): element-wise ops and a bias's
+/// gradient, row gathers and scatters (the embedding and its backward), dropout, the f64 sum of squares.
 pub const SOURCES: &[Source] = &[
     Source {
         file: "rmsnorm.cu",
@@ -30,6 +30,7 @@ pub const SOURCES: &[Source] = &[
         text: include_str!("cu/attention.cu"),
         kernels: &["attention_forward", "attention_backward_dq", "attention_backward_dkv"],
     },
+    Source { file: "kv_cache.cu", text: include_str!("cu/kv_cache.cu"), kernels: &["kv_store", "cached_attention"] },
     Source { file: "glu.cu", text: include_str!("cu/glu.cu"), kernels: &["glu_forward", "glu_backward"] },
     Source { file: "cross_entropy.cu", text: include_str!("cu/cross_entropy.cu"), kernels: &["cross_entropy_rows"] },
     Source { file: "adamw.cu", text: include_str!("cu/adamw.cu"), kernels: &["adamw_step"] },

@@ -8,6 +8,7 @@ pub mod dropout;
 pub mod elementwise;
 pub mod glu;
 pub mod indices;
+pub mod kv_cache;
 pub mod norm;
 pub mod reduce;
 pub mod rope;
