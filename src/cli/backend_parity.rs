@@ -14,6 +14,7 @@ use condlm::kernels::adamw::{AdamWConfig, AdamWScalars};
 use condlm::kernels::attention::QkvLayout;
 use condlm::kernels::backend::host::Host;
 use condlm::kernels::backend::{Backend, MatView, RopeCols};
+use condlm::kernels::compute::{Compute, compute, set_compute};
 use condlm::kernels::cuda::backend::Cuda;
 use condlm::kernels::rope::RopeTable;
 use condlm::rng::{stream_key, uniform};
@@ -41,12 +42,13 @@ pub fn run(dev: &Cuda) -> usize {
 }
 
 /// Every check, by the ops it covers.
-fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 20] {
+fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 21] {
     [
         ("upload/download/zero/copy", copies),
         ("scale", scale),
         ("sum_squares", sum_squares),
         ("gemm", gemm),
+        ("gemm_weights (bf16)", gemm_bf16),
         ("add_bias", add_bias),
         ("add_column_sums", column_sums),
         ("embedding/gather_rows", gather),
@@ -159,6 +161,8 @@ struct GemmCase {
     ta: bool,
     tb: bool,
     accumulate: bool,
+    /// Through `gemm_weights` (the run's compute) rather than `gemm`.
+    weights: bool,
 }
 
 impl GemmCase {
@@ -180,14 +184,18 @@ impl GemmCase {
     fn name(&self) -> String {
         let t = |yes: bool| if yes { "ᵀ" } else { "" };
         let (m, n, k, acc) = (self.m, self.n, self.k, if self.accumulate { " +=" } else { "" });
-        format!("gemm a{}·b{}{acc} m {m} n {n} k {k}", t(self.ta), t(self.tb))
+        let op = if self.weights { format!("gemm_weights ({:?})", compute()) } else { "gemm".to_string() };
+        format!("{op} a{}·b{}{acc} m {m} n {n} k {k}", t(self.ta), t(self.tb))
     }
 
     fn run<B: Backend>(&self, b: &B) -> Result<Vec<f32>> {
         let (cv, av, bv) = self.views();
         let (a, bb, c0) = (random(av.end() + 7, 40, 1.0), random(bv.end() + 5, 41, 1.0), random(cv.end() + 6, 42, 1.0));
         let (ga, gb, mut gc) = (up(b, &a)?, up(b, &bb)?, up(b, &c0)?);
-        b.gemm(&mut gc, cv, &ga, av, &gb, bv, self.accumulate)?;
+        match self.weights {
+            true => b.gemm_weights(&mut gc, cv, &ga, av, &gb, bv, self.accumulate)?,
+            false => b.gemm(&mut gc, cv, &ga, av, &gb, bv, self.accumulate)?,
+        }
         down(b, &gc, c0.len())
     }
 }
@@ -197,15 +205,33 @@ impl GemmCase {
 fn gemm<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     for (m, n, k) in [(37, 29, 45), (70, 130, 300)] {
         for (i, (ta, tb)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
-            let case = GemmCase { m, n, k, ta, tb, accumulate: i % 2 == 1 };
+            let case = GemmCase { m, n, k, ta, tb, accumulate: i % 2 == 1, weights: false };
             compare(all, &case.name(), &case.run(dev)?, &case.run(&Host)?, 1e-5);
         }
     }
     for accumulate in [false, true] {
-        let case = GemmCase { m: 9, n: 11, k: 0, ta: false, tb: true, accumulate };
+        let case = GemmCase { m: 9, n: 11, k: 0, ta: false, tb: true, accumulate, weights: false };
         compare(all, &case.name(), &case.run(dev)?, &case.run(&Host)?, 0.0);
     }
     Ok(())
+}
+
+/// `gemm_weights` under `--compute bf16` (operands rounded to bf16 on both sides, products summed in f32 in
+/// different orders): the four transposes at two shapes; the process's compute is restored after.
+fn gemm_bf16<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    let before = compute();
+    set_compute(Compute::Bf16);
+    let r = (|| {
+        for (m, n, k) in [(37, 29, 45), (70, 130, 300)] {
+            for (i, (ta, tb)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
+                let case = GemmCase { m, n, k, ta, tb, accumulate: i % 2 == 1, weights: true };
+                compare(all, &case.name(), &case.run(dev)?, &case.run(&Host)?, 1e-5);
+            }
+        }
+        Ok(())
+    })();
+    set_compute(before);
+    r
 }
 
 fn add_bias_on<B: Backend>(b: &B) -> Result<Outs> {

@@ -13,11 +13,14 @@ use super::ops::indices::{IndexFacts, Indices};
 use super::ops::reduce::PARTIALS;
 use super::ops::rope::RopeLayout;
 use super::ops::rows::RowGroups;
-use super::ops::{adamw, attention, cross_entropy, dropout, elementwise, glu, kv_cache, norm, reduce, rope, rows};
+use super::ops::{
+    adamw, attention, bf16, cross_entropy, dropout, elementwise, glu, kv_cache, norm, reduce, rope, rows,
+};
 use crate::kernels::activation::GateAct;
 use crate::kernels::adamw::AdamWScalars;
 use crate::kernels::attention::QkvLayout;
 use crate::kernels::backend::{Backend, MatView, RopeCols};
+use crate::kernels::compute::{Compute, compute};
 use crate::kernels::dropout::mask_words;
 use crate::kernels::rope::RopeTable;
 use anyhow::{Context, Result, anyhow, bail};
@@ -54,6 +57,8 @@ pub struct Cuda {
     reduce: Mutex<CudaSlice<f64>>,
     /// `embedding_backward`'s grouping of rows by id, host and device, held for one call at a time.
     groups: Mutex<RowGroups>,
+    /// `gemm_weights`' bf16 operands under `--compute bf16` (grown to the largest product once).
+    bf16: Mutex<(CudaSlice<u16>, CudaSlice<u16>)>,
 }
 
 /// The first `n` values of a buffer; a buffer shorter than the op's arguments say is a bug in the caller.
@@ -95,7 +100,8 @@ impl Cuda {
     pub fn new(device: Device) -> Result<Cuda> {
         let blas = Blas::new(&device)?;
         let reduce = Mutex::new(zeros(&device, PARTIALS + 1, "f64 (sum_squares scratch)")?);
-        Ok(Cuda { device, blas, reduce, groups: Mutex::new(RowGroups::default()) })
+        let bf16 = Mutex::new((zeros(&device, 1, "u16")?, zeros(&device, 1, "u16")?));
+        Ok(Cuda { device, blas, reduce, groups: Mutex::new(RowGroups::default()), bf16 })
     }
 
     /// The GPU, its stream and kernels.
@@ -242,6 +248,35 @@ impl Backend for Cuda {
         accumulate: bool,
     ) -> Result<()> {
         Ok(self.blas.matmul(c, cv, a, av, b, bv, accumulate)?)
+    }
+
+    fn gemm_weights(
+        &self,
+        c: &mut CudaSlice<f32>,
+        cv: MatView,
+        a: &CudaSlice<f32>,
+        av: MatView,
+        b: &CudaSlice<f32>,
+        bv: MatView,
+        accumulate: bool,
+    ) -> Result<()> {
+        if compute() != Compute::Bf16 {
+            return self.gemm(c, cv, a, av, b, bv, accumulate);
+        }
+        // Both operands rounded to bf16 into dense scratch (the stored matrices, transposes kept as views), then
+        // cuBLAS with bf16 operands and f32 sums.
+        let mut scratch = self.bf16.lock().unwrap_or_else(PoisonError::into_inner);
+        let dense = |v: MatView| MatView { offset: 0, ld: v.cols, ..v };
+        let (da, db) = (dense(av), dense(bv));
+        let (sa, sb) = &mut *scratch;
+        for (buf, need) in [(&mut *sa, da.rows * da.cols), (&mut *sb, db.rows * db.cols)] {
+            if buf.len() < need {
+                *buf = zeros(&self.device, need, "u16 (bf16 operands)")?;
+            }
+        }
+        self.ran("to_bf16", bf16::to_bf16(&self.device, &mut sa.as_view_mut(), &a.as_view(), av))?;
+        self.ran("to_bf16", bf16::to_bf16(&self.device, &mut sb.as_view_mut(), &b.as_view(), bv))?;
+        Ok(self.blas.matmul(c, cv, &*sa, da, &*sb, db, accumulate)?)
     }
 
     fn add_bias(&self, out: &mut CudaSlice<f32>, ov: MatView, b: &CudaSlice<f32>) -> Result<()> {

@@ -34,6 +34,7 @@ pub const SOURCES: &[Source] = &[
     Source { file: "glu.cu", text: include_str!("cu/glu.cu"), kernels: &["glu_forward", "glu_backward"] },
     Source { file: "cross_entropy.cu", text: include_str!("cu/cross_entropy.cu"), kernels: &["cross_entropy_rows"] },
     Source { file: "adamw.cu", text: include_str!("cu/adamw.cu"), kernels: &["adamw_step"] },
+    Source { file: "bf16.cu", text: include_str!("cu/bf16.cu"), kernels: &["to_bf16"] },
     Source {
         file: "elementwise.cu",
         text: include_str!("cu/elementwise.cu"),

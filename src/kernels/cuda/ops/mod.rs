@@ -3,6 +3,7 @@
 //! buffer, or the prefix of a longer one that the backend's ops work on) in the CPU kernels' layouts.
 pub mod adamw;
 pub mod attention;
+pub mod bf16;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod elementwise;
