@@ -27,10 +27,11 @@
 #     relative error ≤ 1e-5), a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter) and
 #     6 steps of full fine-tuning on tiny Qwen2;
 #   - a SmolLM2-135M-shaped model (random weights, made here with transformers, the tiny tokenizer): 20 LoRA steps
-#     (all linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative;
+#     (all linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative (f32)
+#     and 1e-2 (`--compute bf16` on the GPU);
 #   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
 #   - decode tokens/s of `generate --device cuda` vs transformers' `generate` (f32, bf16) on the SmolLM2-135M shape;
-#   - throughput: `condlm train --device cuda` vs PyTorch + PEFT (f32 without TF32, and bf16) on the same rows,
+#   - throughput: `condlm train --device cuda` (f32, bf16) vs PyTorch + PEFT (f32 without TF32, bf16) on the same rows,
 #     batch and LoRA, tokens/s and peak GPU memory; then the same on a Qwen2.5-1.5B-shaped model while time allows.
 # scripts/cuda/gpu_check.py does the comparisons and PEFT's side. The whole script must stay under 8 minutes.
 #
@@ -223,22 +224,31 @@ smollm2_parity() {
         train_run "$work/s-$d" "$d" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 ||
             return 1
     done
-    "$py" "$helper" compare-runs "$work/s-$dev" "$work/s-cpu" 1e-4
+    "$py" "$helper" compare-runs "$work/s-$dev" "$work/s-cpu" 1e-4 || return 1
+    train_run "$work/s-$dev-bf16" "$dev" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
+        --compute bf16 || return 1
+    echo "bf16 on the device vs f32 on the CPU:"
+    "$py" "$helper" compare-runs "$work/s-$dev-bf16" "$work/s-cpu" 1e-2
 }
-run_check "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu" smollm2_parity
+run_check "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2)" smollm2_parity
 
-# throughput MODEL STEPS BATCH: condlm on cuda, then PEFT f32 and bf16, on rows four completions long.
+# throughput MODEL STEPS BATCH: condlm on the device in f32 and bf16, then PEFT in f32 and bf16, on rows four
+# completions long (LoRA r 16 on every linear layer, the same batches).
 throughput() {
-    local model=$1 steps=$2 batch=$3
+    local model=$1 steps=$2 batch=$3 c
     [ -f "$work/rows4.jsonl" ] || "$py" "$helper" make-data "$work/rows4.jsonl" 512 4 tests/fixtures/train_rows.jsonl
-    peak_gpu_mib train_run "$work/t-$(basename "$model")" "$dev" "$model" "$work/rows4.jsonl" "$steps" "$batch" \
-        --eval-fraction 0 || return 1
-    "$py" "$helper" throughput "$work/t-$(basename "$model")" || return 1
-    for dt in f32 bf16; do
-        "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 16 "$dt" || return 1
+    for c in f32 bf16; do
+        local dir="$work/t-$(basename "$model")-$c"
+        peak_gpu_mib train_run "$dir" "$dev" "$model" "$work/rows4.jsonl" "$steps" "$batch" --eval-fraction 0 \
+            --compute "$c" || return 1
+        echo "compute $c:"
+        "$py" "$helper" throughput "$dir" || return 1
+    done
+    for c in f32 bf16; do
+        "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 16 "$c" || return 1
     done
 }
-run_check "throughput, SmolLM2-135M-shaped: condlm $dev (f32) vs PyTorch + PEFT" throughput "$work/smollm2-135m" \
+run_check "throughput, SmolLM2-135M-shaped: condlm $dev (f32, bf16) vs PyTorch + PEFT" throughput "$work/smollm2-135m" \
     "${steps:-30}" 16
 
 # decode_speed MODEL NEW: greedy decoding of one prompt, condlm on the device vs transformers' generate.
@@ -258,7 +268,7 @@ if [ "$elapsed" -lt 240 ]; then
         "$py" "$helper" make-model "$work/qwen2.5-1.5b" qwen2.5-1.5b tests/fixtures/tiny-llama || return 1
         throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8
     }
-    run_check "throughput, Qwen2.5-1.5B-shaped: condlm $dev (f32) vs PyTorch + PEFT" qwen
+    run_check "throughput, Qwen2.5-1.5B-shaped: condlm $dev (f32, bf16) vs PyTorch + PEFT" qwen
 else
     printf '\n## throughput, Qwen2.5-1.5B-shaped\n\nskipped: %d s gone, the script keeps under 8 minutes\n' \
         "$elapsed" >>"$report.tmp"
