@@ -54,11 +54,9 @@ fn packed_products_equal_the_dense_ones_bit_for_bit() {
     }
 }
 
-fn out_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("condlm-quantized-base-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh folder for one test's files, removed when the returned guard drops.
+fn out_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("condlm-quantized-base-{name}-")).tempdir().unwrap()
 }
 
 fn p(path: &Path) -> &str {
@@ -101,7 +99,8 @@ fn train(model: &Path, out: &Path, extra: &[&str]) -> (Vec<f64>, Vec<u8>) {
 
 #[test]
 fn lora_and_full_runs_on_a_packed_base_or_with_checkpointing_equal_the_plain_f32_run() {
-    let d = out_dir("train");
+    let tmp = out_dir("train");
+    let d = tmp.path();
     for ty in ["q8_0", "q4_0", "f16"] {
         let model = packed_model(&d, ty);
         for mode in [&[][..], &["--full"][..]] {
@@ -122,7 +121,8 @@ fn lora_and_full_runs_on_a_packed_base_or_with_checkpointing_equal_the_plain_f32
 
 #[test]
 fn scores_are_identical_and_bf16_is_close() {
-    let d = out_dir("score");
+    let tmp = out_dir("score");
+    let d = tmp.path();
     let model = packed_model(&d, "q4_0");
     let data = fixture("score_rows.jsonl");
     let score = |base: &str| {
@@ -144,7 +144,8 @@ fn scores_are_identical_and_bf16_is_close() {
 
 #[test]
 fn dry_run_prints_the_plan_by_kept_type_and_writes_nothing() {
-    let d = out_dir("dry-run");
+    let tmp = out_dir("dry-run");
+    let d = tmp.path();
     let model = packed_model(&d, "q8_0");
     let out = d.join("run");
     let data = fixture("train_rows.jsonl");
@@ -160,7 +161,8 @@ fn dry_run_prints_the_plan_by_kept_type_and_writes_nothing() {
 
 #[test]
 fn an_infinite_scale_in_a_packed_matrix_is_named_with_its_row() {
-    let d = out_dir("inf-scale");
+    let tmp = out_dir("inf-scale");
+    let d = tmp.path();
     let model = packed_model(&d, "q8_0");
     let g = condlm::formats::gguf::file::GgufFile::open(&model).unwrap();
     let t = g.require_tensor("blk.1.ffn_up.weight").unwrap();
@@ -177,7 +179,8 @@ fn an_infinite_scale_in_a_packed_matrix_is_named_with_its_row() {
 
 #[test]
 fn a_run_on_a_packed_base_with_checkpointing_resumes_exactly() {
-    let d = out_dir("resume");
+    let tmp = out_dir("resume");
+    let d = tmp.path();
     let model = packed_model(&d, "q4_0");
     let flags = ["--checkpoint-activations", "--lora-dropout", "0.1"];
     let whole = train(&model, &d.join("whole"), &flags);
@@ -190,7 +193,8 @@ fn a_run_on_a_packed_base_with_checkpointing_resumes_exactly() {
 
 #[test]
 fn resume_may_switch_to_checkpointing_and_an_f32_base_but_not_to_bf16() {
-    let d = out_dir("resume-switch");
+    let tmp = out_dir("resume-switch");
+    let d = tmp.path();
     let model = packed_model(&d, "q8_0");
     let whole = train(&model, &d.join("whole"), &[]);
     let out = d.join("parts");
