@@ -102,7 +102,7 @@ fn lora_and_full_runs_on_a_packed_base_or_with_checkpointing_equal_the_plain_f32
     let tmp = out_dir("train");
     let d = tmp.path();
     for ty in ["q8_0", "q4_0", "f16"] {
-        let model = packed_model(&d, ty);
+        let model = packed_model(d, ty);
         for mode in [&[][..], &["--full"][..]] {
             let name = format!("{ty}{}", mode.len());
             let (packed_losses, packed_out) = train(&model, &d.join(format!("{name}-stored")), mode);
@@ -123,7 +123,7 @@ fn lora_and_full_runs_on_a_packed_base_or_with_checkpointing_equal_the_plain_f32
 fn scores_are_identical_and_bf16_is_close() {
     let tmp = out_dir("score");
     let d = tmp.path();
-    let model = packed_model(&d, "q4_0");
+    let model = packed_model(d, "q4_0");
     let data = fixture("score_rows.jsonl");
     let score = |base: &str| {
         let (ok, out, err) = condlm(&["score", "--model", p(&model), "--data", p(&data), "--base-dtype", base]);
@@ -146,7 +146,7 @@ fn scores_are_identical_and_bf16_is_close() {
 fn dry_run_prints_the_plan_by_kept_type_and_writes_nothing() {
     let tmp = out_dir("dry-run");
     let d = tmp.path();
-    let model = packed_model(&d, "q8_0");
+    let model = packed_model(d, "q8_0");
     let out = d.join("run");
     let data = fixture("train_rows.jsonl");
     let args = ["train", "--model", p(&model), "--data", p(&data), "--output-dir", p(&out), "--dry-run"];
@@ -163,7 +163,7 @@ fn dry_run_prints_the_plan_by_kept_type_and_writes_nothing() {
 fn an_infinite_scale_in_a_packed_matrix_is_named_with_its_row() {
     let tmp = out_dir("inf-scale");
     let d = tmp.path();
-    let model = packed_model(&d, "q8_0");
+    let model = packed_model(d, "q8_0");
     let g = condlm::formats::gguf::file::GgufFile::open(&model).unwrap();
     let t = g.require_tensor("blk.1.ffn_up.weight").unwrap();
     // Q8_0 rows of 64 values are two 34-byte blocks, each led by its f16 scale: row 3's second block
@@ -181,7 +181,7 @@ fn an_infinite_scale_in_a_packed_matrix_is_named_with_its_row() {
 fn a_run_on_a_packed_base_with_checkpointing_resumes_exactly() {
     let tmp = out_dir("resume");
     let d = tmp.path();
-    let model = packed_model(&d, "q4_0");
+    let model = packed_model(d, "q4_0");
     let flags = ["--checkpoint-activations", "--lora-dropout", "0.1"];
     let whole = train(&model, &d.join("whole"), &flags);
     let out = d.join("parts");
@@ -195,7 +195,7 @@ fn a_run_on_a_packed_base_with_checkpointing_resumes_exactly() {
 fn resume_may_switch_to_checkpointing_and_an_f32_base_but_not_to_bf16() {
     let tmp = out_dir("resume-switch");
     let d = tmp.path();
-    let model = packed_model(&d, "q8_0");
+    let model = packed_model(d, "q8_0");
     let whole = train(&model, &d.join("whole"), &[]);
     let out = d.join("parts");
     run_train(&model, &out, &["--stop-after-steps", "2"]);
