@@ -302,12 +302,19 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     MemoryPlan::new(&opened.config, &s, 0, weight_bytes).check(available, &s)?;
     let (train_set, eval_set) = load_data(&s, &sources, &opened.tokenizer, opened.config.max_positions, root)?;
     let lengths = train_set.examples.iter().map(|e| e.ids.len()).collect();
-    let memory = MemoryPlan::new(&opened.config, &s, largest_micro_batch(lengths, s.batch_size), weight_bytes);
+    // On a device the activations live there: the host holds the weights and the optimizer state.
+    let tokens = if opts.device == Placement::Cpu { largest_micro_batch(lengths, s.batch_size) } else { 0 };
+    let memory = MemoryPlan::new(&opened.config, &s, tokens, weight_bytes);
     memory.check(available, &s)?;
     let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
     if root {
         eprintln!(
-            "memory: {}{}{}",
+            "memory{}: {}{}{}",
+            if opts.device == Placement::Cpu {
+                String::new()
+            } else {
+                format!(" (host; activations on {})", opts.device)
+            },
             memory.describe(),
             available.map_or(String::new(), |a| format!("; {:.2} GiB available", gib(a))),
             if world.size() > 1 { format!(" (per rank; {} ranks)", world.size()) } else { String::new() }
