@@ -19,8 +19,10 @@ use condlm::score::{OnCpu, score_encoded};
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 use condlm::train::optim::{Moments, adamw_update};
 
-/// The Llama-layout fixtures: Llama (tied head), Qwen2 (q/k/v biases), Mistral (sliding window of 4, GQA).
-const MODELS: &[&str] = &["tiny-llama", "tiny-qwen2", "tiny-mistral"];
+/// The Llama-layout fixtures: Llama (tied head), Qwen2 (q/k/v biases), Mistral (sliding window of 4, GQA), Qwen3
+/// (per-head q/k norms), Gemma 3 (q/k norms, post norms, (1 + w) norms, GeGLU, scaled embeddings, sliding layers
+/// with their own RoPE base).
+const MODELS: &[&str] = &["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3"];
 
 fn model(name: &str) -> Transformer {
     load_model(fixture(name).to_str().unwrap()).unwrap().model
@@ -194,7 +196,7 @@ fn device_adamw_steps_follow_the_cpu_trainer() {
 
 #[test]
 fn what_has_no_device_path_yet_is_refused_with_the_reason() {
-    for (name, why) in [("tiny-gemma3", "q/k norms"), ("tiny-gpt2", "GPT-2"), ("tiny-phi3", "Phi-3")] {
+    for (name, why) in [("tiny-gpt2", "GPT-2"), ("tiny-phi3", "Phi-3")] {
         let err = DeviceModel::new(Host, &model(name)).err().expect(name).to_string();
         assert!(err.contains(why) && err.contains("without --device"), "{name}: {err}");
     }
@@ -224,8 +226,8 @@ fn device_full_finetuning_gradients_equal_the_cpu_path_and_pytorch() {
                 assert!(e < 1e-5, "{name}: {n} gradient off the CPU path's by {e:e}");
             }
         }
-        // Against PyTorch autograd on the fixtures' batch (tiny-mistral has no reference gradients).
-        if *name == "tiny-mistral" {
+        // Against PyTorch autograd on the fixtures' batch (train/ has reference gradients for these two).
+        if !["tiny-llama", "tiny-qwen2"].contains(name) {
             continue;
         }
         let mut m = model(name);
@@ -296,6 +298,49 @@ fn device_decoding_equals_the_cpu_decoder() {
                 generate(&m, &tok, &prompts, &opts, |_| {}).unwrap().into_iter().map(|g| g.ids).collect();
             assert_eq!(dev_ids, cpu_ids, "{name}: generated ids on the device path");
             assert!(cpu_ids.iter().all(|ids| ids.len() == 12), "{name}: 12 tokens each");
+        }
+    }
+}
+
+/// The newer families on the device path against PyTorch autograd (the fixtures of tests/families.rs): LoRA and
+/// full fine-tuning gradients within 1e-4, the loss within 1e-5 — Qwen3's q/k norms, SmolLM3's layers without
+/// RoPE, Gemma 3's post norms and local RoPE base, Mistral's window.
+#[test]
+fn device_gradients_of_the_newer_families_match_pytorch() {
+    for name in ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral"] {
+        let exp = common::expected_json(name);
+        let rows: Vec<Example> = exp["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let ids = r["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+                Example::pair(ids, r["n_prompt_tokens"].as_u64().unwrap() as usize)
+            })
+            .collect();
+        for (full, file, prefix, loss_key) in
+            [(false, "lora-grads", "base_model.model.", "lora_loss"), (true, "full-grads", "", "full_loss")]
+        {
+            let mut m = model(name);
+            match full {
+                true => set_full_finetune(&mut m, false),
+                false => drop(load_adapter(&fixture(&format!("{name}/lora-init")), &mut m).unwrap()),
+            }
+            let mut dev = DeviceModel::new(Host, &m).unwrap();
+            let loss = device_step(&mut dev, &rows, 0, 0.0);
+            let want_loss = exp[loss_key].as_f64().unwrap();
+            assert!((loss - want_loss).abs() / want_loss < 1e-5, "{name} {file}: loss {loss} vs {want_loss}");
+            dev.download_into(&mut m, true).unwrap();
+            let want = load_f32_tensors(&fixture(&format!("{name}/{file}.safetensors")));
+            let mut seen = 0;
+            for p in m.params_mut() {
+                let Some(g) = &p.grad else { continue };
+                let (_, w) = &want[&format!("{prefix}{}", p.name)];
+                let e = rel_err(g, w);
+                assert!(e <= 1e-4, "{name} {file}: {} off PyTorch's gradient by {e:e}", p.name);
+                seen += 1;
+            }
+            assert_eq!(seen, want.len() - 1, "{name} {file}: every reference gradient compared");
         }
     }
 }

@@ -45,7 +45,7 @@ pub fn run(dev: &Cuda) -> usize {
 fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 21] {
     [
         ("upload/download/zero/copy", copies),
-        ("scale", scale),
+        ("scale/add/copy_view", scale),
         ("sum_squares", sum_squares),
         ("gemm", gemm),
         ("gemm_weights (bf16)", gemm_bf16),
@@ -131,7 +131,16 @@ fn scale_on<B: Backend>(b: &B) -> Result<Outs> {
     b.scale(&mut gy, &gx, 1001, -0.37)?;
     let mut gx = gx;
     b.scale_in_place(&mut gx, 1001, 1.9)?;
-    Ok(vec![("scale 1001/1100".into(), down(b, &gy, 1100)?), ("scale_in_place 1001/1100".into(), down(b, &gx, 1100)?)])
+    let mut outs =
+        vec![("scale 1001/1100".into(), down(b, &gy, 1100)?), ("scale_in_place 1001/1100".into(), down(b, &gx, 1100)?)];
+    b.add(&mut gy, &gx, 1003)?;
+    outs.push(("add 1003/1100".into(), down(b, &gy, 1100)?));
+    // A 7×5 column block (ld 12, from column 3) gathered dense after 2 values, then scattered to another block.
+    let (bv, dense) = (MatView::columns(7, 3, 5, 12), MatView { offset: 2, ..MatView::dense(7, 5) });
+    b.copy_view(&mut gy, dense, &gx, bv)?;
+    b.copy_view(&mut gx, MatView { offset: 200, ..MatView::columns(7, 1, 5, 9) }, &gy, dense)?;
+    outs.push(("copy_view gather, then scatter".into(), down(b, &gx, 1100)?));
+    Ok(outs)
 }
 
 fn scale<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {

@@ -86,6 +86,20 @@ impl Backend for Host {
         Ok(())
     }
 
+    fn add(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize) -> Result<()> {
+        dst[..n].iter_mut().zip(&src[..n]).for_each(|(d, s)| *d += s);
+        Ok(())
+    }
+
+    fn copy_view(&self, dst: &mut Vec<f32>, dv: MatView, src: &Vec<f32>, sv: MatView) -> Result<()> {
+        assert!(!dv.trans && !sv.trans && dv.shape() == sv.shape(), "copy_view: {dv:?} ← {sv:?}");
+        assert!(dv.end() <= dst.len() && sv.end() <= src.len(), "copy_view: views past their buffers");
+        for r in 0..dv.rows {
+            dst[dv.offset + r * dv.ld..][..dv.cols].copy_from_slice(&src[sv.offset + r * sv.ld..][..sv.cols]);
+        }
+        Ok(())
+    }
+
     fn scale(&self, dst: &mut Vec<f32>, src: &Vec<f32>, n: usize, s: f32) -> Result<()> {
         dst[..n].iter_mut().zip(&src[..n]).for_each(|(d, v)| *d = s * v);
         Ok(())

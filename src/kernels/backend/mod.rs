@@ -97,6 +97,11 @@ pub trait Backend {
     fn zero(&self, x: &mut Self::F32, n: usize) -> Result<()>;
     /// dst[..n] = src[..n].
     fn copy(&self, dst: &mut Self::F32, src: &Self::F32, n: usize) -> Result<()>;
+    /// dst[..n] += src[..n].
+    fn add(&self, dst: &mut Self::F32, src: &Self::F32, n: usize) -> Result<()>;
+    /// The view `dv` of dst = the view `sv` of src (same shape, neither transposed): a column block of rows
+    /// gathered into a dense buffer, or scattered back.
+    fn copy_view(&self, dst: &mut Self::F32, dv: MatView, src: &Self::F32, sv: MatView) -> Result<()>;
     /// dst[..n] = s · src[..n].
     fn scale(&self, dst: &mut Self::F32, src: &Self::F32, n: usize, s: f32) -> Result<()>;
     /// x[..n] *= s.

@@ -225,6 +225,14 @@ impl Backend for Cuda {
         self.ran("scale", r)
     }
 
+    fn add(&self, dst: &mut CudaSlice<f32>, src: &CudaSlice<f32>, n: usize) -> Result<()> {
+        self.ran("add", elementwise::add(&self.device, &mut pre_mut(dst, n, "add"), &pre(src, n, "add")))
+    }
+
+    fn copy_view(&self, dst: &mut CudaSlice<f32>, dv: MatView, src: &CudaSlice<f32>, sv: MatView) -> Result<()> {
+        self.ran("copy_view", elementwise::copy_view(&self.device, &mut dst.as_view_mut(), dv, &src.as_view(), sv))
+    }
+
     fn scale_in_place(&self, x: &mut CudaSlice<f32>, n: usize, s: f32) -> Result<()> {
         let r = elementwise::scale_in_place(&self.device, &mut pre_mut(x, n, "scale_in_place"), s);
         self.ran("scale_in_place", r)

@@ -38,7 +38,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "elementwise.cu",
         text: include_str!("cu/elementwise.cu"),
-        kernels: &["scale", "scale_in_place", "add_bias", "add_column_sums"],
+        kernels: &["scale", "scale_in_place", "add_bias", "add_column_sums", "add_in_place", "copy_view"],
     },
     Source {
         file: "rows.cu",

@@ -3,7 +3,7 @@
 //! x += down(act(gate(h)) ⊙ up(h)), h = mlp_norm(x).
 use super::buffers::{GradBufs, LayerBufs};
 use super::linear::LinearScratch;
-use super::weights::DevBlock;
+use super::weights::{DevBlock, DevTensor};
 use crate::kernels::activation::GateAct;
 use crate::kernels::attention::QkvLayout;
 use crate::kernels::backend::{Backend, MatView, RopeCols};
@@ -74,6 +74,18 @@ impl<B: Backend> DevBlock<B> {
             lin.forward(be, &mut l.qkv, view, false, &l.h1, n, l.lora[slot].as_mut(), s, seed)?;
             col += lin.out_dim;
         }
+        if let Some((qn, kn)) = &self.qk_norm {
+            let hd = lay.head_dim;
+            for (norm, col, heads, pre, rstd) in [
+                (qn, lay.q_col, lay.n_heads, &mut l.q_pre, &mut l.q_rstd),
+                (kn, lay.k_col, lay.n_kv_heads, &mut l.k_pre, &mut l.k_rstd),
+            ] {
+                let (cols, dense) = (MatView::columns(n, col, heads * hd, lay.row_len), MatView::dense(n, heads * hd));
+                be.copy_view(pre, dense, &l.qkv, cols)?;
+                be.rmsnorm_forward(&mut s.qk_post, rstd, pre, &norm.w, n * heads, hd, off, eps)?;
+                be.copy_view(&mut l.qkv, cols, &s.qk_post, dense)?;
+            }
+        }
         a.rope(be, false, &mut l.qkv)?;
         match attend {
             Attend::Packed => be.attention_forward(&mut l.att, &l.qkv, lay, a.seq_start, n)?,
@@ -83,7 +95,13 @@ impl<B: Backend> DevBlock<B> {
             }
         }
         let dense = MatView::dense(n, d);
-        self.o.forward(be, x, dense, true, &l.att, n, l.lora[SLOT_O].as_mut(), s, seed)?;
+        match &self.post_norms {
+            None => self.o.forward(be, x, dense, true, &l.att, n, l.lora[SLOT_O].as_mut(), s, seed)?,
+            Some((norm, _)) => {
+                self.o.forward(be, &mut l.attn_out, dense, false, &l.att, n, l.lora[SLOT_O].as_mut(), s, seed)?;
+                add_normed(be, x, &norm.w, &l.attn_out, &mut l.post1_rstd, &mut s.sublayer, n, d, off, eps)?;
+            }
+        }
         if seed.is_some() {
             be.copy(&mut l.x_mid, x, n * d)?;
         }
@@ -93,7 +111,13 @@ impl<B: Backend> DevBlock<B> {
         self.up.forward(be, &mut l.up, ff, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
         self.gate.forward(be, &mut l.gate, ff, false, &l.h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
         be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?;
-        self.down.forward(be, x, dense, true, &l.act, n, l.lora[SLOT_DOWN].as_mut(), s, seed)
+        match &self.post_norms {
+            None => self.down.forward(be, x, dense, true, &l.act, n, l.lora[SLOT_DOWN].as_mut(), s, seed),
+            Some((_, norm)) => {
+                self.down.forward(be, &mut l.mlp_out, dense, false, &l.act, n, l.lora[SLOT_DOWN].as_mut(), s, seed)?;
+                add_normed(be, x, &norm.w, &l.mlp_out, &mut l.post2_rstd, &mut s.sublayer, n, d, off, eps)
+            }
+        }
     }
 
     /// Backward from the saved `l`: `g.dx` holds ∂L/∂(block output) on entry and ∂L/∂(block input) on return.
@@ -109,20 +133,35 @@ impl<B: Backend> DevBlock<B> {
         let (dense, ff) = (MatView::dense(n, d), MatView::dense(n, f));
         // MLP: x_out = x_mid + down(act(gate(h2)) ⊙ up(h2)), h2 = mlp_norm(x_mid)
         be.zero(&mut g.dact, n * f)?;
-        self.down.backward(be, &mut g.dact, &g.dx, dense, &l.act, n, l.lora[SLOT_DOWN].as_ref(), s)?;
+        let post = self.post_norms.as_mut().map(|(_, norm)| (norm, &l.mlp_out, &l.post2_rstd));
+        let dmlp_out = through_post_norm(be, post, &g.dx, &mut g.dsub, n, d, off)?;
+        self.down.backward(be, &mut g.dact, dmlp_out, dense, &l.act, n, l.lora[SLOT_DOWN].as_ref(), s)?;
         be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?;
         be.zero(&mut g.dh, n * d)?;
         self.gate.backward(be, &mut g.dh, &g.dgate, ff, &l.h2, n, l.lora[SLOT_GATE].as_ref(), s)?;
         self.up.backward(be, &mut g.dh, &g.dup, ff, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?;
-        let norm = &mut self.mlp_norm;
-        let dw = norm.train.as_mut().map(|t| &mut t.g);
-        be.rmsnorm_backward(&mut g.dx, dw, &g.dh, &l.x_mid, &norm.w, &l.rstd2, n, d, off)?;
+        norm_backward(be, &mut self.mlp_norm, &mut g.dx, &g.dh, &l.x_mid, &l.rstd2, n, d, off)?;
 
         // Attention: x_mid = x_in + o(attention(rope(qkv(h1)))), h1 = attn_norm(x_in)
         be.zero(&mut g.datt, n * lay.n_heads * lay.head_dim)?;
-        self.o.backward(be, &mut g.datt, &g.dx, dense, &l.att, n, l.lora[SLOT_O].as_ref(), s)?;
+        let post = self.post_norms.as_mut().map(|(norm, _)| (norm, &l.attn_out, &l.post1_rstd));
+        let dattn_out = through_post_norm(be, post, &g.dx, &mut g.dsub, n, d, off)?;
+        self.o.backward(be, &mut g.datt, dattn_out, dense, &l.att, n, l.lora[SLOT_O].as_ref(), s)?;
         be.attention_backward(&mut g.dqkv, &mut g.stats, &g.datt, &l.qkv, &l.att, lay, a.seq_start, n)?;
         a.rope(be, true, &mut g.dqkv)?;
+        if let Some((qn, kn)) = &mut self.qk_norm {
+            let hd = lay.head_dim;
+            for (norm, col, heads, pre, rstd) in [
+                (qn, lay.q_col, lay.n_heads, &l.q_pre, &l.q_rstd),
+                (kn, lay.k_col, lay.n_kv_heads, &l.k_pre, &l.k_rstd),
+            ] {
+                let (cols, dense) = (MatView::columns(n, col, heads * hd, lay.row_len), MatView::dense(n, heads * hd));
+                be.copy_view(&mut g.dqk_post, dense, &g.dqkv, cols)?;
+                be.zero(&mut g.dqk_pre, n * heads * hd)?;
+                norm_backward(be, norm, &mut g.dqk_pre, &g.dqk_post, pre, rstd, n * heads, hd, off)?;
+                be.copy_view(&mut g.dqkv, cols, &g.dqk_pre, dense)?;
+            }
+        }
         be.zero(&mut g.dh, n * d)?;
         let mut col = 0;
         for (slot, lin) in self.qkv.iter_mut().enumerate() {
@@ -130,8 +169,59 @@ impl<B: Backend> DevBlock<B> {
             lin.backward(be, &mut g.dh, &g.dqkv, view, &l.h1, n, l.lora[slot].as_ref(), s)?;
             col += lin.out_dim;
         }
-        let norm = &mut self.attn_norm;
-        let dw = norm.train.as_mut().map(|t| &mut t.g);
-        be.rmsnorm_backward(&mut g.dx, dw, &g.dh, &l.x_in, &norm.w, &l.rstd1, n, d, off)
+        norm_backward(be, &mut self.attn_norm, &mut g.dx, &g.dh, &l.x_in, &l.rstd1, n, d, off)
     }
+}
+
+/// x (N, d) += rmsnorm(out): a post-normed sublayer output joins the residual stream (Gemma 3), its 1/rms kept in
+/// `rstd`, the normed values through `scratch` (as `Transformer`'s add_normed).
+#[allow(clippy::too_many_arguments)]
+fn add_normed<B: Backend>(
+    be: &B,
+    x: &mut B::F32,
+    w: &B::F32,
+    out: &B::F32,
+    rstd: &mut B::F32,
+    scratch: &mut B::F32,
+    n: usize,
+    d: usize,
+    off: f32,
+    eps: f32,
+) -> Result<()> {
+    be.rmsnorm_forward(scratch, rstd, out, w, n, d, off, eps)?;
+    be.add(x, scratch, n * d)
+}
+
+/// The gradient at a sublayer's output: `dx` itself, or, through its post norm (whose input `out` and 1/rms
+/// were saved), the gradient computed into `dsub` (as `Transformer`'s through_post_norm).
+fn through_post_norm<'a, B: Backend>(
+    be: &B,
+    post: Option<(&mut DevTensor<B>, &B::F32, &B::F32)>,
+    dx: &'a B::F32,
+    dsub: &'a mut B::F32,
+    n: usize,
+    d: usize,
+    off: f32,
+) -> Result<&'a B::F32> {
+    let Some((norm, out, rstd)) = post else { return Ok(dx) };
+    be.zero(dsub, n * d)?;
+    norm_backward(be, norm, dsub, dx, out, rstd, n, d, off)?;
+    Ok(dsub)
+}
+
+/// An RMSNorm's backward: dx += ∂(norm)/∂x · dout, and its weight's gradient when it trains.
+#[allow(clippy::too_many_arguments)]
+fn norm_backward<B: Backend>(
+    be: &B,
+    norm: &mut DevTensor<B>,
+    dx: &mut B::F32,
+    dout: &B::F32,
+    x: &B::F32,
+    rstd: &B::F32,
+    rows: usize,
+    dim: usize,
+    off: f32,
+) -> Result<()> {
+    let DevTensor { w, train, .. } = norm;
+    be.rmsnorm_backward(dx, train.as_mut().map(|t| &mut t.g), dout, x, w, rstd, rows, dim, off)
 }

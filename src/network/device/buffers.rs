@@ -29,6 +29,16 @@ pub struct LayerBufs<B: Backend> {
     pub act: B::F32,
     /// Per linear layer (q, k, v, o, gate, up, down), its adapter's saved values.
     pub lora: Vec<Option<LoraBufs<B>>>,
+    /// q and k before their per-head norms (N, heads·head_dim) and those norms' 1/rms (N·heads); empty without.
+    pub q_pre: B::F32,
+    pub k_pre: B::F32,
+    pub q_rstd: B::F32,
+    pub k_rstd: B::F32,
+    /// The attention and MLP outputs before their post norms (N, d) and those norms' 1/rms (N); empty without.
+    pub attn_out: B::F32,
+    pub mlp_out: B::F32,
+    pub post1_rstd: B::F32,
+    pub post2_rstd: B::F32,
 }
 
 /// Gradient scratch of the backward pass, shared by the blocks.
@@ -45,6 +55,10 @@ pub struct GradBufs<B: Backend> {
     pub stats: B::F32,
     /// ∂L/∂(final-normed hidden states) (N, d).
     pub dhidden: B::F32,
+    /// ∂L/∂(a sublayer's output before its post norm) (N, d); ∂L/∂(q or k after, before its norm) (N, heads·hd).
+    pub dsub: B::F32,
+    pub dqk_post: B::F32,
+    pub dqk_pre: B::F32,
 }
 
 /// The LM head's chunk: gathered rows (HEAD_ROWS, d), their logits (HEAD_ROWS, vocab), losses, indices, targets.
@@ -98,6 +112,9 @@ impl<B: Backend> Buffers<B> {
                 })
                 .collect::<Result<_>>()?;
             let stream = if training { n * d } else { 0 };
+            let kvw = c.num_kv_heads * c.head_dim;
+            let (qk, post) = (c.qk_norm, c.sandwich_norms);
+            let size = |on: bool, len: usize| be.alloc(if on { len } else { 0 });
             layers.push(LayerBufs {
                 x_in: be.alloc(stream)?,
                 x_mid: be.alloc(stream)?,
@@ -111,6 +128,14 @@ impl<B: Backend> Buffers<B> {
                 up: be.alloc(n * f)?,
                 act: be.alloc(n * f)?,
                 lora,
+                q_pre: size(qk, n * aw)?,
+                k_pre: size(qk, n * kvw)?,
+                q_rstd: size(qk, n * c.num_heads)?,
+                k_rstd: size(qk, n * c.num_kv_heads)?,
+                attn_out: size(post, n * d)?,
+                mlp_out: size(post, n * d)?,
+                post1_rstd: size(post, n)?,
+                post2_rstd: size(post, n)?,
             });
         }
         let grads = training
@@ -125,6 +150,9 @@ impl<B: Backend> Buffers<B> {
                     dact: be.alloc(n * f)?,
                     stats: be.alloc(n * c.num_heads * 3)?,
                     dhidden: be.alloc(n * d)?,
+                    dsub: be.alloc(if c.sandwich_norms { n * d } else { 0 })?,
+                    dqk_post: be.alloc(if c.qk_norm { n * aw } else { 0 })?,
+                    dqk_pre: be.alloc(if c.qk_norm { n * aw } else { 0 })?,
                 })
             })
             .transpose()?;
@@ -141,7 +169,12 @@ impl<B: Backend> Buffers<B> {
             hidden: be.alloc(n * d)?,
             final_rstd: be.alloc(n)?,
             layers,
-            linear: LinearScratch { x_drop: be.alloc(n * max_in)?, du: be.alloc(n * max_rank)? },
+            linear: LinearScratch {
+                x_drop: be.alloc(n * max_in)?,
+                du: be.alloc(n * max_rank)?,
+                qk_post: be.alloc(if c.qk_norm { n * aw } else { 0 })?,
+                sublayer: be.alloc(if c.sandwich_norms { n * d } else { 0 })?,
+            },
             grads,
             head: HeadBufs {
                 rows: be.alloc(h * d)?,

@@ -13,10 +13,13 @@ pub struct LoraBufs<B: Backend> {
     pub keep: Option<B::Mask>,
 }
 
-/// Scratch the layers share: dropout(x) or du·A (N, in), and scale·u or ∂L/∂u (N, r).
+/// Scratch the layers share: dropout(x) or du·A (N, in), and scale·u or ∂L/∂u (N, r); and the blocks' normed q or
+/// k (N, heads·head_dim) and normed sublayer output (N, d) on their way back (Gemma 3, Qwen3).
 pub struct LinearScratch<B: Backend> {
     pub x_drop: B::F32,
     pub du: B::F32,
+    pub qk_post: B::F32,
+    pub sublayer: B::F32,
 }
 
 impl<B: Backend> DevLinear<B> {

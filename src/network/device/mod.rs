@@ -4,8 +4,9 @@
 //! (tests/device_model.rs); on a GPU each op is checked against its CPU kernel (`condlm info --devices
 //! --check-kernels`).
 //!
-//! What runs here so far: the Llama family's block layout (Llama, SmolLM2, Qwen2, Mistral: RMSNorm, optional
-//! biases, GQA, RoPE, sliding windows, SwiGLU/GeGLU), scoring, LoRA training with dropout and full fine-tuning.
+//! What runs here so far: the Llama family's block layout (Llama, SmolLM2, Qwen2, Mistral, Qwen3, Gemma 3: RMSNorm
+//! with Gemma's (1 + w), optional biases, per-head q/k norms, post norms, GQA, RoPE with a second base for sliding
+//! layers, sliding windows, SwiGLU/GeGLU), scoring, LoRA training with dropout, full fine-tuning and decoding.
 //! Everything else is refused by [`unsupported`] with what to use instead.
 pub mod block;
 pub mod buffers;
@@ -85,15 +86,21 @@ pub fn open_gpu(_ordinal: usize, _model: &Transformer) -> Result<OnGpu> {
     )
 }
 
+/// The RoPE table layer `i` rotates with: the sliding layers' own when the model has one (Gemma 3).
+fn layer_rope<'a, R>(c: &Config, rope: &'a R, local: &'a Option<R>, i: usize) -> &'a R {
+    match local {
+        Some(local) if c.local_rope(i) => local,
+        _ => rope,
+    }
+}
+
 /// Why `model` cannot run on a device yet (None when it can).
 pub fn unsupported(model: &Transformer) -> Option<String> {
     let c = &model.config;
     let why = if c.family != Family::Llama {
         format!("the {} architecture (GPT-2's LayerNorm and GELU MLP)", c.architecture)
-    } else if c.qk_norm || c.sandwich_norms {
-        "q/k norms and post norms (Gemma 3, Qwen3)".to_string()
-    } else if c.longrope.is_some() || c.rope_local_theta.is_some() {
-        "LongRoPE and per-layer RoPE bases (Phi-3, Gemma 3)".to_string()
+    } else if c.longrope.is_some() {
+        "LongRoPE (Phi-3)".to_string()
     } else if c.fused_projections() {
         "fused qkv / gate_up projections (Phi-3)".to_string()
     } else if model.blocks.iter().any(|b| b.gate.is_none() || b.attn_norm.b.is_some() || b.mlp_norm.b.is_some()) {
@@ -113,6 +120,8 @@ pub struct DeviceModel<B: Backend> {
     layouts: Vec<crate::kernels::attention::QkvLayout>,
     weights: Weights<B>,
     rope: B::Rope,
+    /// The sliding layers' table when they rotate with their own base (Gemma 3).
+    rope_local: Option<B::Rope>,
     bufs: Option<Buffers<B>>,
     /// Rows of the current batch, and its token ids on the host (the embedding's backward groups rows by them).
     n: usize,
@@ -129,6 +138,7 @@ impl<B: Backend> DeviceModel<B> {
         }
         let c = model.config.clone();
         let rope = backend.upload_rope(&RopeTable::new(&c.rope_inv_freq(false), c.max_positions))?;
+        let local = c.rope_local_inv_freq().map(|f| backend.upload_rope(&RopeTable::new(&f, c.max_positions)));
         let weights = Weights::upload(&backend, model)?;
         Ok(DeviceModel {
             norm_offset: model.norm_offset(),
@@ -137,6 +147,7 @@ impl<B: Backend> DeviceModel<B> {
             config: c,
             weights,
             rope,
+            rope_local: local.transpose()?,
             backend,
             bufs: None,
             n: 0,
@@ -197,7 +208,7 @@ impl<B: Backend> DeviceModel<B> {
                 norm_offset: self.norm_offset,
                 norm_eps: c.norm_eps,
                 act: c.mlp_act,
-                rope: c.rope_in(i).then_some((&self.rope, &bufs.positions)),
+                rope: c.rope_in(i).then_some((layer_rope(c, &self.rope, &self.rope_local, i), &bufs.positions)),
                 seq_start: &bufs.seq_start,
                 seed: step_seed.map(|s| layer_seed(s, i)),
             };
@@ -378,7 +389,7 @@ impl<B: Backend> DeviceModel<B> {
                 norm_offset: off,
                 norm_eps: c.norm_eps,
                 act: c.mlp_act,
-                rope: c.rope_in(i).then_some((&self.rope, &bufs.positions)),
+                rope: c.rope_in(i).then_some((layer_rope(c, &self.rope, &self.rope_local, i), &bufs.positions)),
                 seq_start: &bufs.seq_start,
                 seed: None,
             };

@@ -57,6 +57,10 @@ pub struct DevLinear<B: Backend> {
 /// One block of the Llama family's layout (RMSNorms, q/k/v, o, gate/up/down).
 pub struct DevBlock<B: Backend> {
     pub attn_norm: DevTensor<B>,
+    /// Gemma 3's norms of the attention and MLP outputs (then `mlp_norm` is its pre-feedforward norm).
+    pub post_norms: Option<(DevTensor<B>, DevTensor<B>)>,
+    /// Per-head RMSNorms of q and k before RoPE (Qwen3, Gemma 3): head_dim weights each.
+    pub qk_norm: Option<(DevTensor<B>, DevTensor<B>)>,
     pub qkv: Vec<DevLinear<B>>,
     pub o: DevLinear<B>,
     pub mlp_norm: DevTensor<B>,
@@ -112,6 +116,16 @@ fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
     let gate = b.gate.as_ref().expect("checked by network::device::unsupported");
     Ok(DevBlock {
         attn_norm: upload(be, &b.attn_norm.w)?,
+        post_norms: b
+            .post_norms
+            .as_ref()
+            .map(|(a, m)| Ok::<_, anyhow::Error>((upload(be, &a.w)?, upload(be, &m.w)?)))
+            .transpose()?,
+        qk_norm: b
+            .qk_norm
+            .as_ref()
+            .map(|(q, k)| Ok::<_, anyhow::Error>((upload(be, &q.w)?, upload(be, &k.w)?)))
+            .transpose()?,
         qkv: b.qkv.iter().map(|l| linear(be, l)).collect::<Result<_>>()?,
         o: linear(be, &b.o)?,
         mlp_norm: upload(be, &b.mlp_norm.w)?,
@@ -150,7 +164,9 @@ impl<B: Backend> Weights<B> {
                 let lora = l.lora.iter().flat_map(|a| [&a.a, &a.b]);
                 std::iter::once(&l.w).chain(l.b.as_ref()).chain(lora)
             });
-            [&b.attn_norm, &b.mlp_norm].into_iter().chain(linears)
+            let post = b.post_norms.iter().flat_map(|(a, m)| [a, m]);
+            let qk = b.qk_norm.iter().flat_map(|(q, k)| [q, k]);
+            [&b.attn_norm, &b.mlp_norm].into_iter().chain(post).chain(qk).chain(linears)
         });
         std::iter::once(&self.embed).chain(blocks).chain([&self.final_norm]).chain(self.lm_head.as_ref())
     }
@@ -158,11 +174,13 @@ impl<B: Backend> Weights<B> {
     pub fn tensors_mut(&mut self) -> impl Iterator<Item = &mut DevTensor<B>> {
         let blocks = self.blocks.iter_mut().flat_map(|b| {
             let (attn_norm, mlp_norm) = (&mut b.attn_norm, &mut b.mlp_norm);
+            let post = b.post_norms.iter_mut().flat_map(|(a, m)| [a, m]);
+            let qk = b.qk_norm.iter_mut().flat_map(|(q, k)| [q, k]);
             let linears = b.qkv.iter_mut().chain([&mut b.o, &mut b.gate, &mut b.up, &mut b.down]).flat_map(|l| {
                 let lora = l.lora.iter_mut().flat_map(|a| [&mut a.a, &mut a.b]);
                 std::iter::once(&mut l.w).chain(l.b.as_mut()).chain(lora)
             });
-            [attn_norm, mlp_norm].into_iter().chain(linears)
+            [attn_norm, mlp_norm].into_iter().chain(post).chain(qk).chain(linears)
         });
         std::iter::once(&mut self.embed).chain(blocks).chain([&mut self.final_norm]).chain(self.lm_head.as_mut())
     }

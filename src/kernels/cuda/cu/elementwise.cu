@@ -35,3 +35,19 @@ extern "C" __global__ void add_column_sums(float* db, const float* dy, size_t ro
         db[c] = __fadd_rn(db[c], s);
     }
 }
+
+// dst[i] += src[i], i < n (Host::add: one rounding per element, the same bits). Any 1-D grid.
+extern "C" __global__ void add_in_place(float* dst, const float* src, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __fadd_rn(dst[i], src[i]);
+}
+
+// The rows × cols view of dst (row stride dld) = that of src (row stride sld), each pointer at its view's first
+// element (Host::copy_view: exact copies). Any 1-D grid.
+extern "C" __global__ void copy_view(float* dst, const float* src, size_t rows, size_t cols, size_t dld, size_t sld) {
+    const size_t n = rows * cols;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / cols, c = i % cols;
+        dst[r * dld + c] = src[r * sld + c];
+    }
+}

@@ -66,3 +66,36 @@ pub fn add_column_sums(
     // buffers (a `&mut` and a `&` borrow).
     unsafe { l.launch(elementwise(dyv.cols)) }.map(drop)
 }
+
+/// dst += src. Both of one length.
+pub fn add(d: &Device, dst: &mut CudaViewMut<f32>, src: &CudaView<f32>) -> Result<(), DriverError> {
+    let n = dst.len();
+    assert_eq!(src.len(), n, "add: dst and src lengths");
+    let mut b = d.stream.launch_builder(d.function("add_in_place"));
+    b.arg(dst).arg(src).arg(&n);
+    // SAFETY: element-wise over n values of views of length n.
+    unsafe { b.launch(elementwise(n)) }.map(drop)
+}
+
+/// The view `dv` of dst = the view `sv` of src: the same (rows, cols), neither transposed, each inside its buffer.
+pub fn copy_view(
+    d: &Device,
+    dst: &mut CudaViewMut<f32>,
+    dv: MatView,
+    src: &CudaView<f32>,
+    sv: MatView,
+) -> Result<(), DriverError> {
+    assert!(!dv.trans && !sv.trans && dv.shape() == sv.shape(), "copy_view: {dv:?} ← {sv:?}");
+    assert!(dv.ld >= dv.cols, "copy_view: destination rows {dv:?} overlap");
+    assert!(dv.end() <= dst.len() && sv.end() <= src.len(), "copy_view: views past their buffers");
+    if dv.rows == 0 || dv.cols == 0 {
+        return Ok(());
+    }
+    let (mut o, i) = (dst.slice_mut(dv.offset..dv.end()), src.slice(sv.offset..sv.end()));
+    let mut b = d.stream.launch_builder(d.function("copy_view"));
+    b.arg(&mut o).arg(&i).arg(&dv.rows).arg(&dv.cols).arg(&dv.ld).arg(&sv.ld);
+    // SAFETY: element (r, c), r < rows, c < cols, writes o[r·dld + c] ≤ (rows − 1)·dld + cols − 1 < o.len() and
+    // reads i[r·sld + c] < i.len() (the views' extents, checked inside their buffers); the destination rows do not
+    // overlap (dld ≥ cols), so no two threads write one value.
+    unsafe { b.launch(elementwise(dv.rows * dv.cols)) }.map(drop)
+}
