@@ -163,7 +163,7 @@ peak_gpu_mib() {
 
 tiny_scores() {
     local m rc=0
-    for m in tiny-llama tiny-qwen2 tiny-mistral; do
+    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-qwen3 tiny-gemma3; do
         for d in cpu "$dev"; do
             "$bin" score --model "tests/fixtures/$m" --data tests/fixtures/score_rows.jsonl --per-token \
                 --device "$d" --out "$work/$m-$d.jsonl" || return 1
@@ -173,7 +173,7 @@ tiny_scores() {
     done
     return $rc
 }
-run_check "score --device cuda vs cpu: tiny Llama, Qwen2, Mistral" tiny_scores
+run_check "score --device cuda vs cpu: tiny Llama, Qwen2, Mistral, Qwen3, Gemma 3" tiny_scores
 
 # train_run DIR DEVICE MODEL DATA STEPS BATCH EXTRA...: a LoRA run on every linear layer.
 train_run() {
@@ -200,7 +200,7 @@ run_check "train --device cuda vs cpu: tiny Llama, 6 LoRA steps with dropout; ti
 
 tiny_generate() {
     local m rc=0
-    for m in tiny-llama tiny-qwen2 tiny-mistral; do
+    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-gemma3; do
         for d in cpu "$dev"; do
             for beams in 1 3; do
                 "$bin" generate --model "tests/fixtures/$m" --data tests/fixtures/score_rows.jsonl --max-new-tokens 24 \
@@ -215,7 +215,8 @@ tiny_generate() {
     done
     return $rc
 }
-run_check "generate --device cuda vs cpu: greedy and beam search (3 beams), tiny Llama, Qwen2, Mistral" tiny_generate
+run_check "generate --device cuda vs cpu: greedy and beam search (3 beams), tiny Llama, Qwen2, Mistral, Gemma 3" \
+    tiny_generate
 
 smollm2_parity() {
     "$py" "$helper" make-model "$work/smollm2-135m" smollm2-135m tests/fixtures/tiny-llama || return 1

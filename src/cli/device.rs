@@ -12,9 +12,9 @@ use condlm::score::{OnCpu, Scorer};
 pub struct DeviceArgs {
     /// Where the network runs: cpu, or cuda / cuda:N (the N-th GPU; products as --compute says: f32 without TF32,
     /// or bf16 operands with f32 sums). On a GPU so far: the Llama-layout families (Llama, SmolLM2/3, Qwen2/3,
-    /// Mistral, Gemma 3), scoring, LoRA and full fine-tuning on one process, and decoding; anything else is refused with
-    /// the reason. `reference` runs the GPU's code path on the CPU kernels (slow:
-    /// for checking it without a GPU) [default: cpu].
+    /// Mistral, Gemma 3), scoring, LoRA and full fine-tuning on one process, and decoding; anything else is
+    /// refused with the reason. `reference` runs the GPU's code path on the CPU kernels (slow: for checking it
+    /// without a GPU) [default: cpu].
     #[arg(long, default_value = "cpu", hide_default_value = true)]
     pub device: Placement,
 }
