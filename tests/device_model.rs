@@ -43,6 +43,15 @@ fn targets(rows: &[Example], batch: &PackedBatch) -> (Vec<usize>, Vec<u32>) {
     (sel, t)
 }
 
+/// A fixture's batch: rows of {"input_ids", "n_prompt_tokens"}, as the PyTorch scripts wrote them.
+fn fixture_rows(rows: &serde_json::Value) -> Vec<Example> {
+    let row = |r: &serde_json::Value| {
+        let ids = r["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        Example::pair(ids, r["n_prompt_tokens"].as_u64().unwrap() as usize)
+    };
+    rows.as_array().unwrap().iter().map(row).collect()
+}
+
 /// LoRA on every linear layer with dropout, B made non-zero so that A's gradients and the dropout masks matter.
 fn with_lora(mut m: Transformer, dropout: f32) -> Transformer {
     let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout, rslora: false, targets: vec!["all-linear".into()] };
@@ -131,15 +140,7 @@ fn device_lora_gradients_match_pytorch_peft() {
     for name in ["tiny-llama", "tiny-qwen2"] {
         let mut m = model(name);
         load_adapter(&fixture(&format!("train/{name}-lora-init")), &mut m).unwrap();
-        let rows: Vec<Example> = exp["batch"][name]["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let ids = r["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-                Example::pair(ids, r["n_prompt_tokens"].as_u64().unwrap() as usize)
-            })
-            .collect();
+        let rows = fixture_rows(&exp["batch"][name]["rows"]);
         let mut dev = DeviceModel::new(Host, &m).unwrap();
         let loss = device_step(&mut dev, &rows, 0, 0.0);
         let want_loss = exp["models"][name]["loss"].as_f64().unwrap();
@@ -232,15 +233,7 @@ fn device_full_finetuning_gradients_equal_the_cpu_path_and_pytorch() {
         }
         let mut m = model(name);
         set_full_finetune(&mut m, false);
-        let rows: Vec<Example> = exp["batch"][name]["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let ids = r["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-                Example::pair(ids, r["n_prompt_tokens"].as_u64().unwrap() as usize)
-            })
-            .collect();
+        let rows = fixture_rows(&exp["batch"][name]["rows"]);
         let mut dev = DeviceModel::new(Host, &m).unwrap();
         device_step(&mut dev, &rows, 0, 0.0);
         dev.download_into(&mut m, true).unwrap();
@@ -309,15 +302,7 @@ fn device_decoding_equals_the_cpu_decoder() {
 fn device_gradients_of_the_newer_families_match_pytorch() {
     for name in ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral"] {
         let exp = common::expected_json(name);
-        let rows: Vec<Example> = exp["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let ids = r["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
-                Example::pair(ids, r["n_prompt_tokens"].as_u64().unwrap() as usize)
-            })
-            .collect();
+        let rows = fixture_rows(&exp["rows"]);
         for (full, file, prefix, loss_key) in
             [(false, "lora-grads", "base_model.model.", "lora_loss"), (true, "full-grads", "", "full_loss")]
         {

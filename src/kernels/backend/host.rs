@@ -24,6 +24,20 @@ fn view(buf: &[f32], v: MatView) -> Mat<'_> {
     if v.trans { m.t() } else { m }
 }
 
+/// c[cv] (+)= a · b by `gemm` (`matmul` or `matmul_weights`) into the output view `cv` of `c`.
+fn product(
+    gemm: fn(MatMut, Mat, Mat, bool),
+    c: &mut [f32],
+    cv: MatView,
+    a: Mat,
+    b: Mat,
+    accumulate: bool,
+) -> Result<()> {
+    assert!(!cv.trans && cv.end() <= c.len(), "host gemm: output view {cv:?} in a buffer of {}", c.len());
+    gemm(MatMut { data: &mut c[cv.offset..], rows: cv.rows, cols: cv.cols, row_stride: cv.ld }, a, b, accumulate);
+    Ok(())
+}
+
 impl Backend for Host {
     type F32 = Vec<f32>;
     type F64 = Vec<f64>;
@@ -124,10 +138,7 @@ impl Backend for Host {
         bv: MatView,
         accumulate: bool,
     ) -> Result<()> {
-        assert!(!cv.trans && cv.end() <= c.len(), "host gemm: output view {cv:?} in a buffer of {}", c.len());
-        let out = MatMut { data: &mut c[cv.offset..], rows: cv.rows, cols: cv.cols, row_stride: cv.ld };
-        matmul(out, view(a, av), view(b, bv), accumulate);
-        Ok(())
+        product(matmul, c, cv, view(a, av), view(b, bv), accumulate)
     }
 
     fn gemm_weights(
@@ -140,10 +151,7 @@ impl Backend for Host {
         bv: MatView,
         accumulate: bool,
     ) -> Result<()> {
-        assert!(!cv.trans && cv.end() <= c.len(), "host gemm: output view {cv:?} in a buffer of {}", c.len());
-        let out = MatMut { data: &mut c[cv.offset..], rows: cv.rows, cols: cv.cols, row_stride: cv.ld };
-        matmul_weights(out, view(a, av), view(b, bv), accumulate);
-        Ok(())
+        product(matmul_weights, c, cv, view(a, av), view(b, bv), accumulate)
     }
 
     fn add_bias(&self, out: &mut Vec<f32>, ov: MatView, b: &Vec<f32>) -> Result<()> {
