@@ -7,7 +7,7 @@
 //!
 //! Every check is generic over the backend, so the test below runs them with `Host` on both sides: that checks
 //! the scenarios themselves (shapes, prefixes) without a GPU.
-use super::kernel_parity::{Check, Compared, compare, random, run_checks};
+use super::kernel_parity::{Check, Compared, attention_layouts, compare, random, run_checks};
 use anyhow::Result;
 use condlm::kernels::activation::GateAct;
 use condlm::kernels::adamw::{AdamWConfig, AdamWScalars};
@@ -434,29 +434,7 @@ fn attention_on<B: Backend>(b: &B, l: QkvLayout) -> Result<Outs> {
 }
 
 fn attention<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
-    let gqa = QkvLayout {
-        row_len: 655,
-        q_col: 136,
-        k_col: 520,
-        v_col: 3,
-        n_heads: 6,
-        n_kv_heads: 2,
-        head_dim: 64,
-        scale: 0.125,
-        window: usize::MAX,
-    };
-    let windowed = QkvLayout {
-        row_len: 1152,
-        q_col: 0,
-        k_col: 384,
-        v_col: 768,
-        n_heads: 4,
-        n_kv_heads: 4,
-        head_dim: 96,
-        scale: 0.3,
-        window: 16,
-    };
-    for l in [gqa, windowed] {
+    for l in attention_layouts() {
         compare_outs(all, &attention_on(&Host, l)?, &attention_on(dev, l)?, 1e-5);
     }
     Ok(())

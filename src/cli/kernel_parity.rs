@@ -179,18 +179,9 @@ fn rope_check(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
 /// A packed batch of four sequences (one of a single row) in two layouts: GQA (6 query heads on 2 kv heads) with
 /// the columns of q, k, v out of order and gaps between them; and 4 heads of 96 features (not a multiple of the
 /// warp) in a sliding window of 16 with a model scale.
-fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
-    let lengths = [1usize, 37, 100, 5];
-    let seq_start: Vec<u32> = lengths
-        .iter()
-        .scan(0, |at, &n| {
-            let s = *at;
-            *at += n;
-            Some(vec![s as u32; n])
-        })
-        .flatten()
-        .collect();
-    let rows = seq_start.len();
+/// The attention checks' two layouts: GQA (6 query heads over 2, q/k/v columns out of order in rows padded past
+/// them) and a sliding window of 16 over 4 heads of 96 features, each with its own scale.
+pub fn attention_layouts() -> [QkvLayout; 2] {
     let gqa = QkvLayout {
         row_len: 655,
         q_col: 136,
@@ -213,6 +204,22 @@ fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         scale: 0.3,
         window: 16,
     };
+    [gqa, windowed]
+}
+
+fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
+    let lengths = [1usize, 37, 100, 5];
+    let seq_start: Vec<u32> = lengths
+        .iter()
+        .scan(0, |at, &n| {
+            let s = *at;
+            *at += n;
+            Some(vec![s as u32; n])
+        })
+        .flatten()
+        .collect();
+    let rows = seq_start.len();
+    let [gqa, windowed] = attention_layouts();
     let s = &d.stream;
     let gstart = indices::upload(s, &seq_start)?;
     let gstart = Indices::prefix(&gstart.0, gstart.1, seq_start.len(), "attention");

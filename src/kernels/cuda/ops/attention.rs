@@ -8,8 +8,24 @@ use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKerne
 
 /// Threads per block: attention.cu's ATT_WARPS warps.
 const THREADS: u32 = 4 * 32;
-/// attention.cu's ATT_MAX_HEAD_DIM.
+/// attention.cu's ATT_MAX_HEAD_DIM and kv_cache.cu's KV_MAX_HEAD_DIM.
 const MAX_HEAD_DIM: usize = 256;
+
+/// What the attention kernels (attention.cu, kv_cache.cu) trust of a layout's heads: query heads sharing the kv
+/// heads evenly, within a grid's 65 535, each of 1..=MAX_HEAD_DIM features (`limit` names the kernel's constant).
+pub(super) fn check_heads(op: &str, l: &QkvLayout, limit: &str) {
+    assert!(
+        l.n_kv_heads > 0 && l.n_heads.is_multiple_of(l.n_kv_heads) && l.n_heads <= 65_535,
+        "{op}: {} query heads do not share {} kv heads evenly (or exceed a grid's 65 535)",
+        l.n_heads,
+        l.n_kv_heads
+    );
+    assert!(
+        (1..=MAX_HEAD_DIM).contains(&l.head_dim),
+        "{op}: head_dim {} outside 1..={MAX_HEAD_DIM} (raise {limit} and MAX_HEAD_DIM in ops/attention.rs)",
+        l.head_dim
+    );
+}
 
 /// A layout's values as the kernels take them (ints), once its shapes are checked against a batch.
 struct Args {
@@ -38,16 +54,7 @@ impl Args {
 fn checked(op: &str, l: &QkvLayout, qkv: usize, seq_start: &Indices) -> Result<Option<Args>, DriverError> {
     let (rows, hd) = (seq_start.len(), l.head_dim);
     let (aw, kw) = (l.n_heads * hd, l.n_kv_heads * hd);
-    assert!(
-        l.n_kv_heads > 0 && l.n_heads.is_multiple_of(l.n_kv_heads) && l.n_heads <= 65_535,
-        "{op}: {} query heads do not share {} kv heads evenly (or exceed a grid's 65 535)",
-        l.n_heads,
-        l.n_kv_heads
-    );
-    assert!(
-        (1..=MAX_HEAD_DIM).contains(&hd),
-        "{op}: head_dim {hd} outside 1..={MAX_HEAD_DIM} (raise ATT_MAX_HEAD_DIM in attention.cu and MAX_HEAD_DIM here)"
-    );
+    check_heads(op, l, "ATT_MAX_HEAD_DIM in attention.cu");
     assert!(
         l.q_col + aw <= l.row_len && l.k_col + kw <= l.row_len && l.v_col + kw <= l.row_len,
         "{op}: q/k/v columns outside rows of {}",

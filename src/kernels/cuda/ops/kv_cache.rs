@@ -2,6 +2,7 @@
 //! values into the cache, as `network::kv_cache::KvCache::write`) and `kernels::kv_attention::cached_attention`:
 //! the same `QkvLayout`, the caches laid out `[slot][kv_head][position][head_dim]` with `capacity` positions per
 //! slot. The kernels trust the slots and positions: their upload's facts are checked against the caches first.
+use super::attention::check_heads;
 use super::indices::Indices;
 use super::per_row;
 use crate::kernels::attention::QkvLayout;
@@ -10,8 +11,6 @@ use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKerne
 
 /// Threads per block of cached_attention: kv_cache.cu's KV_WARPS warps.
 const THREADS: u32 = 4 * 32;
-/// kv_cache.cu's KV_MAX_HEAD_DIM.
-const MAX_HEAD_DIM: usize = 256;
 
 /// Checks what both kernels trust of the rows and the caches — `slots` and `positions` as many (N ≤ what each
 /// upload held), qkv N rows of `row_len`, the heads at each of `cols` (column, heads) inside the rows, every
@@ -109,17 +108,7 @@ pub fn cached_attention(
     capacity: usize,
 ) -> Result<(), DriverError> {
     let op = "cached_attention";
-    assert!(
-        l.n_kv_heads > 0 && l.n_heads.is_multiple_of(l.n_kv_heads) && l.n_heads <= 65_535,
-        "{op}: {} query heads do not share {} kv heads evenly (or exceed a grid's 65 535)",
-        l.n_heads,
-        l.n_kv_heads
-    );
-    assert!(
-        (1..=MAX_HEAD_DIM).contains(&l.head_dim),
-        "{op}: head_dim {} outside 1..={MAX_HEAD_DIM} (raise KV_MAX_HEAD_DIM in kv_cache.cu and MAX_HEAD_DIM here)",
-        l.head_dim
-    );
+    check_heads(op, &l, "KV_MAX_HEAD_DIM in kv_cache.cu");
     assert!(l.window > 0, "{op}: a window of 0 positions sees nothing");
     let cols = [(l.q_col, l.n_heads)];
     let cache_lens = [k_cache.len(), v_cache.len()];
