@@ -61,15 +61,21 @@ fn bf16_losses_are_the_same_bits_for_any_thread_count() {
 }
 
 /// The device path (`--device reference`: what `--device cuda` runs, on the CPU kernels) takes --compute bf16 in
-/// the same products as the CPU path: the same losses up to summation order, and not the f32 ones.
+/// the same products as the CPU path — from the bf16 copies of the weight matrices it keeps, made again after
+/// every step of full fine-tuning — giving the same losses up to summation order, and not the f32 ones.
 #[test]
 fn the_device_path_computes_bf16_as_the_cpu_path() {
-    let cpu = train("bf16", "2", &[]);
-    let dev = train("bf16", "2", &["--device", "reference"]);
-    let f32_dev = train("f32", "2", &["--device", "reference"]);
-    agree(&f32_dev, &dev, "device path, bf16 vs f32");
-    let worst = cpu.0.iter().zip(&dev.0).map(|(a, b)| ((a - b) / a).abs()).fold(0.0, f64::max);
-    assert!(worst < 1e-5, "bf16 losses: device path {:?} vs CPU {:?}", dev.0, cpu.0);
+    // Full fine-tuning's weight gradients are summed in another order on the device path (f32 losses differ by
+    // ~1e-8 after a step); a weight that moves across a bf16 rounding boundary turns that into ~1e-4 by step 6 at
+    // this learning rate. LoRA's frozen base has no such boundary to cross.
+    for (what, extra, tol) in [("LoRA", &[][..], 1e-5), ("full", &["--full"][..], 1e-3)] {
+        let on = |compute: &str, device: &[&str]| train(compute, "2", &[extra, device].concat());
+        let (cpu, dev) = (on("bf16", &[]), on("bf16", &["--device", "reference"]));
+        agree(&on("f32", &["--device", "reference"]), &dev, &format!("{what}: device path, bf16 vs f32"));
+        let worst = cpu.0.iter().zip(&dev.0).map(|(a, b)| ((a - b) / a).abs()).fold(0.0, f64::max);
+        assert!(worst < tol, "{what}: bf16 losses: device path {:?} vs CPU {:?}", dev.0, cpu.0);
+        assert!(((cpu.1 - dev.1) / cpu.1).abs() < tol, "{what}: eval NLL {} vs {}", dev.1, cpu.1);
+    }
 }
 
 #[test]

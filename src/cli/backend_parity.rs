@@ -48,7 +48,7 @@ fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 21] {
         ("scale/add/copy_view", scale),
         ("sum_squares", sum_squares),
         ("gemm", gemm),
-        ("gemm_weights (bf16)", gemm_bf16),
+        ("gemm_weights/gemm_bf16 (bf16)", gemm_bf16),
         ("add_bias", add_bias),
         ("add_column_sums", column_sums),
         ("embedding/gather_rows", gather),
@@ -170,8 +170,19 @@ struct GemmCase {
     ta: bool,
     tb: bool,
     accumulate: bool,
-    /// Through `gemm_weights` (the run's compute) rather than `gemm`.
-    weights: bool,
+    through: Through,
+}
+
+/// Which product a [`GemmCase`] runs.
+#[derive(Clone, Copy)]
+enum Through {
+    Gemm,
+    /// `gemm_weights`: the run's compute.
+    Weights,
+    /// `gemm_bf16`, b uploaded as bf16 (`upload_bf16`), or uploaded as f32 and rounded on the device
+    /// (`round_bf16`).
+    Bf16Upload,
+    Bf16Round,
 }
 
 impl GemmCase {
@@ -193,7 +204,12 @@ impl GemmCase {
     fn name(&self) -> String {
         let t = |yes: bool| if yes { "ᵀ" } else { "" };
         let (m, n, k, acc) = (self.m, self.n, self.k, if self.accumulate { " +=" } else { "" });
-        let op = if self.weights { format!("gemm_weights ({:?})", compute()) } else { "gemm".to_string() };
+        let op = match self.through {
+            Through::Gemm => "gemm".to_string(),
+            Through::Weights => format!("gemm_weights ({:?})", compute()),
+            Through::Bf16Upload => "gemm_bf16 (b by upload_bf16)".to_string(),
+            Through::Bf16Round => "gemm_bf16 (b by round_bf16)".to_string(),
+        };
         format!("{op} a{}·b{}{acc} m {m} n {n} k {k}", t(self.ta), t(self.tb))
     }
 
@@ -201,9 +217,17 @@ impl GemmCase {
         let (cv, av, bv) = self.views();
         let (a, bb, c0) = (random(av.end() + 7, 40, 1.0), random(bv.end() + 5, 41, 1.0), random(cv.end() + 6, 42, 1.0));
         let (ga, gb, mut gc) = (up(b, &a)?, up(b, &bb)?, up(b, &c0)?);
-        match self.weights {
-            true => b.gemm_weights(&mut gc, cv, &ga, av, &gb, bv, self.accumulate)?,
-            false => b.gemm(&mut gc, cv, &ga, av, &gb, bv, self.accumulate)?,
+        let mut b16 = b.alloc_bf16(bb.len())?;
+        match self.through {
+            Through::Gemm => b.gemm(&mut gc, cv, &ga, av, &gb, bv, self.accumulate)?,
+            Through::Weights => b.gemm_weights(&mut gc, cv, &ga, av, &gb, bv, self.accumulate)?,
+            Through::Bf16Upload | Through::Bf16Round => {
+                match self.through {
+                    Through::Bf16Upload => b.upload_bf16(&mut b16, &bb)?,
+                    _ => b.round_bf16(&mut b16, &gb, bb.len())?,
+                }
+                b.gemm_bf16(&mut gc, cv, &ga, av, &b16, bv, self.accumulate)?
+            }
         }
         down(b, &gc, c0.len())
     }
@@ -214,27 +238,31 @@ impl GemmCase {
 fn gemm<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     for (m, n, k) in [(37, 29, 45), (70, 130, 300)] {
         for (i, (ta, tb)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
-            let case = GemmCase { m, n, k, ta, tb, accumulate: i % 2 == 1, weights: false };
+            let case = GemmCase { m, n, k, ta, tb, accumulate: i % 2 == 1, through: Through::Gemm };
             compare(all, &case.name(), &case.run(dev)?, &case.run(&Host)?, 1e-5);
         }
     }
     for accumulate in [false, true] {
-        let case = GemmCase { m: 9, n: 11, k: 0, ta: false, tb: true, accumulate, weights: false };
+        let case = GemmCase { m: 9, n: 11, k: 0, ta: false, tb: true, accumulate, through: Through::Gemm };
         compare(all, &case.name(), &case.run(dev)?, &case.run(&Host)?, 0.0);
     }
     Ok(())
 }
 
 /// `gemm_weights` under `--compute bf16` (operands rounded to bf16 on both sides, products summed in f32 in
-/// different orders): the four transposes at two shapes; the process's compute is restored after.
+/// different orders), and `gemm_bf16` on b kept in bf16 against the host's `gemm_weights` on b's f32 values: the
+/// four transposes at two shapes; the process's compute is restored after.
 fn gemm_bf16<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     let before = compute();
     set_compute(Compute::Bf16);
     let r = (|| {
         for (m, n, k) in [(37, 29, 45), (70, 130, 300)] {
             for (i, (ta, tb)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
-                let case = GemmCase { m, n, k, ta, tb, accumulate: i % 2 == 1, weights: true };
-                compare(all, &case.name(), &case.run(dev)?, &case.run(&Host)?, 1e-5);
+                let case = |through| GemmCase { m, n, k, ta, tb, accumulate: i % 2 == 1, through };
+                let host = case(Through::Weights).run(&Host)?;
+                for through in [Through::Weights, Through::Bf16Upload, Through::Bf16Round] {
+                    compare(all, &case(through).name(), &case(through).run(dev)?, &host, 1e-5);
+                }
             }
         }
         Ok(())

@@ -5,8 +5,10 @@ use super::{Backend, MatView, RopeCols};
 use crate::kernels::activation::{GateAct, glu_backward, glu_forward};
 use crate::kernels::adamw::{AdamWScalars, adamw_step};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
+use crate::kernels::bf16;
 use crate::kernels::dropout::{dropout_again, dropout_backward, dropout_forward, mask_words};
 use crate::kernels::embedding::embedding_backward;
+use crate::kernels::gemm_bf16::{Bf16Isa, gemm_bf16};
 use crate::kernels::kv_attention::{CachedAttentionScratch, KvLayer, cached_attention};
 use crate::kernels::lm_head::cross_entropy_row;
 use crate::kernels::mat::{Mat, MatMut};
@@ -44,6 +46,7 @@ impl Backend for Host {
     type U32 = Vec<u32>;
     type Mask = Vec<u64>;
     type Rope = RopeTable;
+    type Bf16 = Vec<u16>;
 
     fn name(&self) -> String {
         "cpu (reference backend)".into()
@@ -65,6 +68,10 @@ impl Backend for Host {
         Ok(vec![0; mask_words(n)])
     }
 
+    fn alloc_bf16(&self, n: usize) -> Result<Vec<u16>> {
+        Ok(vec![0; n])
+    }
+
     fn upload_rope(&self, t: &RopeTable) -> Result<RopeTable> {
         let RopeTable { half, head_dim, max_pos, cos, sin } = t;
         Ok(RopeTable { half: *half, head_dim: *head_dim, max_pos: *max_pos, cos: cos.clone(), sin: sin.clone() })
@@ -78,6 +85,15 @@ impl Backend for Host {
     fn upload_u32(&self, dst: &mut Vec<u32>, src: &[u32]) -> Result<()> {
         dst[..src.len()].copy_from_slice(src);
         Ok(())
+    }
+
+    fn upload_bf16(&self, dst: &mut Vec<u16>, src: &[f32]) -> Result<()> {
+        dst[..src.len()].iter_mut().zip(src).for_each(|(d, &v)| *d = bf16::round(v));
+        Ok(())
+    }
+
+    fn round_bf16(&self, dst: &mut Vec<u16>, src: &Vec<f32>, n: usize) -> Result<()> {
+        self.upload_bf16(dst, &src[..n])
     }
 
     fn download(&self, src: &Vec<f32>, dst: &mut [f32]) -> Result<()> {
@@ -152,6 +168,22 @@ impl Backend for Host {
         accumulate: bool,
     ) -> Result<()> {
         product(matmul_weights, c, cv, view(a, av), view(b, bv), accumulate)
+    }
+
+    fn gemm_bf16(
+        &self,
+        c: &mut Vec<f32>,
+        cv: MatView,
+        a: &Vec<f32>,
+        av: MatView,
+        b: &Vec<u16>,
+        bv: MatView,
+        accumulate: bool,
+    ) -> Result<()> {
+        // b's values widened (exactly), so gemm_bf16's rounding of them is the identity.
+        let wide: Vec<f32> = b[..bv.end()].iter().map(|&h| bf16::widen(h)).collect();
+        let bf16_product = |out: MatMut, a: Mat, b: Mat, acc: bool| gemm_bf16(Bf16Isa::best(), out, a, b, acc);
+        product(bf16_product, c, cv, view(a, av), view(&wide, bv), accumulate)
     }
 
     fn add_bias(&self, out: &mut Vec<f32>, ov: MatView, b: &Vec<f32>) -> Result<()> {

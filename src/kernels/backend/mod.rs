@@ -75,6 +75,9 @@ pub trait Backend {
     type Mask;
     /// A RoPE table's cos and sin on the device.
     type Rope;
+    /// A buffer of bf16 values (their bits, `kernels::bf16::round`'s rounding): the weight matrices that
+    /// `--compute bf16`'s products read, kept in their operand type rather than rounded on every call.
+    type Bf16;
 
     /// Where it runs, for messages: "cpu (reference)", "cuda:0 (NVIDIA H200)".
     fn name(&self) -> String;
@@ -85,10 +88,15 @@ pub trait Backend {
     fn alloc_u32(&self, n: usize) -> Result<Self::U32>;
     /// A mask for `n` elements.
     fn alloc_mask(&self, n: usize) -> Result<Self::Mask>;
+    fn alloc_bf16(&self, n: usize) -> Result<Self::Bf16>;
     fn upload_rope(&self, t: &RopeTable) -> Result<Self::Rope>;
     /// dst[..src.len()] = src.
     fn upload(&self, dst: &mut Self::F32, src: &[f32]) -> Result<()>;
     fn upload_u32(&self, dst: &mut Self::U32, src: &[u32]) -> Result<()>;
+    /// dst[..src.len()] = src rounded to bf16.
+    fn upload_bf16(&self, dst: &mut Self::Bf16, src: &[f32]) -> Result<()>;
+    /// dst[..n] = src[..n] rounded to bf16 (a trained weight's operand copy, after its optimizer step).
+    fn round_bf16(&self, dst: &mut Self::Bf16, src: &Self::F32, n: usize) -> Result<()>;
     /// dst = src[..dst.len()], after everything queued before.
     fn download(&self, src: &Self::F32, dst: &mut [f32]) -> Result<()>;
     fn download_f64(&self, src: &Self::F64, dst: &mut [f64]) -> Result<()>;
@@ -133,6 +141,19 @@ pub trait Backend {
         a: &Self::F32,
         av: MatView,
         b: &Self::F32,
+        bv: MatView,
+        accumulate: bool,
+    ) -> Result<()>;
+    /// [`Backend::gemm_weights`] under `--compute bf16` with b a weight kept in bf16: a rounded to bf16, the
+    /// products summed in f32 — the same values as `gemm_weights` on b's f32 source, without rounding b again.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_bf16(
+        &self,
+        c: &mut Self::F32,
+        cv: MatView,
+        a: &Self::F32,
+        av: MatView,
+        b: &Self::Bf16,
         bv: MatView,
         accumulate: bool,
     ) -> Result<()>;

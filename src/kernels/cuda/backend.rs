@@ -104,6 +104,17 @@ impl Cuda {
         Ok(Cuda { device, blas, reduce, groups: Mutex::new(RowGroups::default()), bf16 })
     }
 
+    /// The stored matrix of the view `v` of `src` rounded to bf16 into `scratch` (grown to fit), dense; returns
+    /// the view of it that reads as `v` did.
+    fn rounded(&self, scratch: &mut CudaSlice<u16>, src: &CudaSlice<f32>, v: MatView) -> Result<MatView> {
+        let dense = MatView { offset: 0, ld: v.cols, ..v };
+        if scratch.len() < v.rows * v.cols {
+            *scratch = zeros(&self.device, v.rows * v.cols, "u16 (bf16 operands)")?;
+        }
+        self.ran("to_bf16", bf16::to_bf16(&self.device, &mut scratch.as_view_mut(), &src.as_view(), v))?;
+        Ok(dense)
+    }
+
     /// The GPU, its stream and kernels.
     pub fn device(&self) -> &Device {
         &self.device
@@ -140,6 +151,7 @@ impl Backend for Cuda {
     type U32 = CudaIndices;
     type Mask = CudaSlice<u64>;
     type Rope = CudaRope;
+    type Bf16 = CudaSlice<u16>;
 
     fn name(&self) -> String {
         format!("cuda:{} ({})", self.device.gpu.ordinal, self.device.gpu.name)
@@ -155,6 +167,10 @@ impl Backend for Cuda {
 
     fn alloc_u32(&self, n: usize) -> Result<CudaIndices> {
         Ok(CudaIndices { buf: zeros(&self.device, n, "u32")?, facts: IndexFacts::of(&[]) })
+    }
+
+    fn alloc_bf16(&self, n: usize) -> Result<CudaSlice<u16>> {
+        zeros(&self.device, n, "bf16")
     }
 
     fn alloc_mask(&self, n: usize) -> Result<CudaSlice<u64>> {
@@ -187,6 +203,22 @@ impl Backend for Cuda {
 
     /// A copy into pageable memory returns when it is done, after everything queued before it; the synchronize
     /// makes that explicit whatever memory `dst` is.
+    fn upload_bf16(&self, dst: &mut CudaSlice<u16>, src: &[f32]) -> Result<()> {
+        if src.is_empty() {
+            return Ok(());
+        }
+        // Rounded on the host: half the bytes cross the bus.
+        let bits: Vec<u16> = src.iter().map(|&v| crate::kernels::bf16::round(v)).collect();
+        let mut d = pre_mut(dst, src.len(), "upload_bf16");
+        self.ran("upload_bf16", self.device.stream.memcpy_htod(&bits, &mut d))
+    }
+
+    fn round_bf16(&self, dst: &mut CudaSlice<u16>, src: &CudaSlice<f32>, n: usize) -> Result<()> {
+        let op = "round_bf16";
+        let r = bf16::to_bf16(&self.device, &mut pre_mut(dst, n, op), &pre(src, n, op), MatView::dense(1, n));
+        self.ran(op, r)
+    }
+
     fn download(&self, src: &CudaSlice<f32>, dst: &mut [f32]) -> Result<()> {
         if dst.is_empty() {
             return Ok(());
@@ -274,17 +306,25 @@ impl Backend for Cuda {
         // Both operands rounded to bf16 into dense scratch (the stored matrices, transposes kept as views), then
         // cuBLAS with bf16 operands and f32 sums.
         let mut scratch = self.bf16.lock().unwrap_or_else(PoisonError::into_inner);
-        let dense = |v: MatView| MatView { offset: 0, ld: v.cols, ..v };
-        let (da, db) = (dense(av), dense(bv));
         let (sa, sb) = &mut *scratch;
-        for (buf, need) in [(&mut *sa, da.rows * da.cols), (&mut *sb, db.rows * db.cols)] {
-            if buf.len() < need {
-                *buf = zeros(&self.device, need, "u16 (bf16 operands)")?;
-            }
-        }
-        self.ran("to_bf16", bf16::to_bf16(&self.device, &mut sa.as_view_mut(), &a.as_view(), av))?;
-        self.ran("to_bf16", bf16::to_bf16(&self.device, &mut sb.as_view_mut(), &b.as_view(), bv))?;
+        let da = self.rounded(sa, a, av)?;
+        let db = self.rounded(sb, b, bv)?;
         Ok(self.blas.matmul(c, cv, &*sa, da, &*sb, db, accumulate)?)
+    }
+
+    fn gemm_bf16(
+        &self,
+        c: &mut CudaSlice<f32>,
+        cv: MatView,
+        a: &CudaSlice<f32>,
+        av: MatView,
+        b: &CudaSlice<u16>,
+        bv: MatView,
+        accumulate: bool,
+    ) -> Result<()> {
+        let mut scratch = self.bf16.lock().unwrap_or_else(PoisonError::into_inner);
+        let da = self.rounded(&mut scratch.0, a, av)?;
+        Ok(self.blas.matmul(c, cv, &scratch.0, da, b, bv, accumulate)?)
     }
 
     fn add_bias(&self, out: &mut CudaSlice<f32>, ov: MatView, b: &CudaSlice<f32>) -> Result<()> {

@@ -39,7 +39,7 @@ impl<B: Backend> DevLinear<B> {
         seed: Option<u64>,
     ) -> Result<()> {
         let (inp, outd) = (self.in_dim, self.out_dim);
-        be.gemm_weights(out, ov, x, MatView::dense(n, inp), &self.w.w, MatView::dense(outd, inp).t(), accumulate)?;
+        self.w.product(be, out, ov, x, MatView::dense(n, inp), MatView::dense(outd, inp).t(), accumulate)?;
         if let Some(b) = &self.b {
             be.add_bias(out, ov, &b.w)?;
         }
@@ -121,6 +121,6 @@ impl<B: Backend> DevLinear<B> {
             }
         }
         // dx (N, in) += dy · W
-        be.gemm_weights(dx, MatView::dense(n, inp), dy, dyv, &self.w.w, MatView::dense(outd, inp), true)
+        self.w.product(be, dx, MatView::dense(n, inp), dy, dyv, MatView::dense(outd, inp), true)
     }
 }

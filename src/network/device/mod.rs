@@ -258,7 +258,7 @@ impl<B: Backend> DeviceModel<B> {
         let bufs = self.bufs.as_mut().expect("prepared");
         self.backend.upload_u32(&mut bufs.slots, &slots)?;
         self.run_blocks(&tokens, &positions, None, Some(cache))?;
-        let (be, c, head) = (&self.backend, &self.config, &self.weights.head().w);
+        let (be, c, head) = (&self.backend, &self.config, self.weights.head());
         let bufs = self.bufs.as_mut().expect("prepared");
         let (d, vocab) = (c.hidden_size, c.vocab_size);
         let per = HEAD_ROWS.min(bufs.capacity);
@@ -267,7 +267,7 @@ impl<B: Backend> DeviceModel<B> {
             be.upload_u32(&mut bufs.head.idx, &idx)?;
             be.gather_rows(&mut bufs.head.rows, &bufs.hidden, &bufs.head.idx, m, d)?;
             let (mv, hv, lv) = (MatView::dense(m, d), MatView::dense(vocab, d), MatView::dense(m, vocab));
-            be.gemm_weights(&mut bufs.head.logits, lv, &bufs.head.rows, mv, head, hv.t(), false)?;
+            head.product(be, &mut bufs.head.logits, lv, &bufs.head.rows, mv, hv.t(), false)?;
             be.download(&bufs.head.logits, &mut out[k * per * vocab..][..m * vocab])?;
         }
         Ok(())
@@ -304,15 +304,7 @@ impl<B: Backend> DeviceModel<B> {
             be.upload_u32(&mut bufs.head.targets, &targets[start..start + m])?;
             be.gather_rows(&mut bufs.head.rows, &bufs.hidden, &bufs.head.idx, m, d)?;
             let (mv, hv) = (MatView::dense(m, d), MatView::dense(vocab, d));
-            be.gemm_weights(
-                &mut bufs.head.logits,
-                MatView::dense(m, vocab),
-                &bufs.head.rows,
-                mv,
-                &head.w,
-                hv.t(),
-                false,
-            )?;
+            head.product(be, &mut bufs.head.logits, MatView::dense(m, vocab), &bufs.head.rows, mv, hv.t(), false)?;
             let h = &mut bufs.head;
             be.cross_entropy_rows(&mut h.logits, &mut h.loss, &h.targets, m, vocab, token_weight, label_smoothing)?;
             visit(be, bufs, head, start, m)?;
@@ -361,7 +353,7 @@ impl<B: Backend> DeviceModel<B> {
                 be.gemm_weights(g, hv, &h.logits, lv.t(), &h.rows, mv, true)?;
             }
             // dlogits · head, into the gathered rows (no longer needed), then added to their rows of dhidden.
-            be.gemm_weights(&mut h.rows, mv, &h.logits, lv, &head.w, hv, false)?;
+            head.product(be, &mut h.rows, mv, &h.logits, lv, hv, false)?;
             let g = bufs.grads.as_mut().expect("training buffers");
             be.scatter_add_rows(&mut g.dhidden, &h.rows, &h.idx, m, d)
         })?;
@@ -433,6 +425,7 @@ impl<B: Backend> DeviceModel<B> {
             let s = if p.decays { &decay } else { &no_decay };
             self.backend.adamw(&mut p.w, &t.g, &mut t.m, &mut t.v, p.len, s)?;
             self.backend.zero(&mut t.g, p.len)?;
+            p.refresh_bf16(&self.backend)?;
         }
         Ok(())
     }
@@ -470,6 +463,7 @@ impl<B: Backend> DeviceModel<B> {
             self.backend.upload(&mut t.w, &p.data)?;
             self.backend.upload(&mut g.m, m)?;
             self.backend.upload(&mut g.v, v)?;
+            t.refresh_bf16(&self.backend)?;
         }
         Ok(())
     }

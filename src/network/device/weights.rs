@@ -1,7 +1,13 @@
-//! The model's tensors on a device: the frozen base as dense f32 (a packed matrix is dequantized on upload),
-//! each LoRA adapter's factors with their gradients and AdamW moments. HF names are kept beside the buffers, so
-//! errors and downloads name the tensor.
-use crate::kernels::backend::Backend;
+//! The model's tensors on a device: the base dense (a packed matrix is dequantized on upload), each LoRA adapter's
+//! factors with their gradients and AdamW moments. HF names are kept beside the buffers, so errors and downloads
+//! name the tensor.
+//!
+//! Under `--compute bf16` the weight matrices the products read (the base linears, the LM head) also have a bf16
+//! copy, made once, so no product rounds them again; a frozen one is kept only in bf16 (half the memory of f32),
+//! a trained one keeps its f32 values (AdamW's master weights) and its copy is made again after every step. The
+//! embeddings keep f32 for their lookup. Under f32 everything is f32.
+use crate::kernels::backend::{Backend, MatView};
+use crate::kernels::compute::{Compute, compute};
 use crate::network::linear::Linear;
 use crate::network::lora::Lora;
 use crate::network::param::Param;
@@ -15,7 +21,10 @@ pub struct DevTensor<B: Backend> {
     pub len: usize,
     /// Whether AdamW's weight decay applies (`Param::decays`: matrices).
     pub decays: bool,
+    /// The f32 values; empty for a frozen matrix kept only in bf16.
     pub w: B::F32,
+    /// The values in bf16 for `--compute bf16`'s products (a weight matrix's, under bf16 only).
+    pub bf16: Option<B::Bf16>,
     pub train: Option<Grads<B>>,
 }
 
@@ -30,6 +39,33 @@ impl<B: Backend> DevTensor<B> {
     /// Its gradient when it trains.
     pub fn grad(&mut self) -> Option<&mut B::F32> {
         self.train.as_mut().map(|t| &mut t.g)
+    }
+
+    /// c[cv] (+)= a[av] · wv, wv a view of this weight matrix: a product in the run's compute, from the bf16 copy
+    /// when there is one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn product(
+        &self,
+        be: &B,
+        c: &mut B::F32,
+        cv: MatView,
+        a: &B::F32,
+        av: MatView,
+        wv: MatView,
+        accumulate: bool,
+    ) -> Result<()> {
+        match &self.bf16 {
+            Some(h) => be.gemm_bf16(c, cv, a, av, h, wv, accumulate),
+            None => be.gemm_weights(c, cv, a, av, &self.w, wv, accumulate),
+        }
+    }
+
+    /// The bf16 copy made again from the f32 values, after they changed (an optimizer step, a resumed state).
+    pub fn refresh_bf16(&mut self, be: &B) -> Result<()> {
+        match &mut self.bf16 {
+            Some(h) => be.round_bf16(h, &self.w, self.len),
+            None => Ok(()),
+        }
     }
 }
 
@@ -81,13 +117,45 @@ pub struct Weights<B: Backend> {
 /// A host tensor on the device: its values (dequantized when packed), and a zeroed gradient and moments when it
 /// trains.
 fn upload<B: Backend>(be: &B, p: &Param) -> Result<DevTensor<B>> {
+    upload_as(be, p, Keep::F32)
+}
+
+/// What a weight matrix keeps on the device.
+#[derive(Clone, Copy, PartialEq)]
+enum Keep {
+    /// Its f32 values only (norms, biases, adapters, untied embeddings).
+    F32,
+    /// A product operand: a bf16 copy under `--compute bf16`, and f32 values when it trains or under f32.
+    Operand,
+    /// A product operand that is also looked up (tied embeddings): f32 values always, a bf16 copy under bf16.
+    Both,
+}
+
+fn upload_as<B: Backend>(be: &B, p: &Param, keep: Keep) -> Result<DevTensor<B>> {
     let values = p.values();
     let len = values.len();
-    let alloc = || be.alloc(len).with_context(|| format!("allocating {} on {}", p.name, be.name()));
-    let mut w = alloc()?;
-    be.upload(&mut w, &values).with_context(|| format!("copying {} to {}", p.name, be.name()))?;
+    let on = |what: &str| format!("{what} {} on {}", p.name, be.name());
+    let bf16 = keep != Keep::F32 && compute() == Compute::Bf16;
+    let keep_f32 = !bf16 || keep == Keep::Both || p.is_trainable();
+    let alloc = || be.alloc(len).with_context(|| on("allocating"));
+    let mut w = be.alloc(if keep_f32 { len } else { 0 }).with_context(|| on("allocating"))?;
+    if keep_f32 {
+        be.upload(&mut w, &values).with_context(|| on("copying"))?;
+    }
+    let copy = bf16.then(|| -> Result<B::Bf16> {
+        let mut h = be.alloc_bf16(len).with_context(|| on("allocating the bf16 copy of"))?;
+        be.upload_bf16(&mut h, &values).with_context(|| on("copying"))?;
+        Ok(h)
+    });
     let train = p.is_trainable().then(|| -> Result<Grads<B>> { Ok(Grads { g: alloc()?, m: alloc()?, v: alloc()? }) });
-    Ok(DevTensor { name: p.name.clone(), len, decays: p.decays(), w, train: train.transpose()? })
+    Ok(DevTensor {
+        name: p.name.clone(),
+        len,
+        decays: p.decays(),
+        w,
+        bf16: copy.transpose()?,
+        train: train.transpose()?,
+    })
 }
 
 fn lora<B: Backend>(be: &B, l: &Lora) -> Result<DevLora<B>> {
@@ -104,7 +172,7 @@ fn lora<B: Backend>(be: &B, l: &Lora) -> Result<DevLora<B>> {
 fn linear<B: Backend>(be: &B, l: &Linear) -> Result<DevLinear<B>> {
     Ok(DevLinear {
         name: l.name.clone(),
-        w: upload(be, &l.w)?,
+        w: upload_as(be, &l.w, Keep::Operand)?,
         b: l.b.as_ref().map(|b| upload(be, b)).transpose()?,
         lora: l.lora.as_ref().map(|a| lora(be, a)).transpose()?,
         in_dim: l.in_dim,
@@ -139,10 +207,10 @@ impl<B: Backend> Weights<B> {
     /// Copies `model` (checked by `network::device::unsupported`) to the device.
     pub fn upload(be: &B, model: &Transformer) -> Result<Self> {
         Ok(Weights {
-            embed: upload(be, &model.embed)?,
+            embed: upload_as(be, &model.embed, if model.lm_head.is_some() { Keep::F32 } else { Keep::Both })?,
             blocks: model.blocks.iter().map(|b| block(be, b)).collect::<Result<_>>()?,
             final_norm: upload(be, &model.final_norm.w)?,
-            lm_head: model.lm_head.as_ref().map(|h| upload(be, h)).transpose()?,
+            lm_head: model.lm_head.as_ref().map(|h| upload_as(be, h, Keep::Operand)).transpose()?,
         })
     }
 
