@@ -1,7 +1,7 @@
 //! Data-parallel training under `mpirun` (feature `mpi`; needs Open MPI's `mpirun` on PATH): 2 ranks compute
 //! the single-process run up to summation order (per-step losses and final weights within 1e-6 relative, LoRA
 //! and full fine-tuning), with the gradient sums overlapped with the backward pass or not (the same bits), resume
-//! across rank counts, and a rank that dies or fails ends the whole job at once.
+//! across rank counts, and a rank that dies or fails ends the whole job at once; the same on the device path.
 #![cfg(feature = "mpi")]
 mod common;
 use common::{fixture, load_f32_tensors, rel_err};
@@ -140,6 +140,27 @@ fn two_ranks_train_as_one_process_lora_and_full() {
         assert_close_curves(&a.0, &b.0, "train loss");
         assert_close_curves(&a.1, &b.1, "eval NLL");
         // The runs really differ in how the work was split: not the same bits everywhere.
+        assert!(a.0.iter().zip(&b.0).any(|(x, y)| x.1 != y.1), "2 ranks gave the exact bits of 1 process");
+        assert_close_weights(&two, &one, full);
+    }
+}
+
+/// Data-parallel on devices (`--device reference`: the device path on the CPU kernels, its gradients summed over
+/// the ranks by `network::device::rank_sums` through host memory — what `--device cuda` does where NCCL is
+/// missing): 2 ranks train as one process on the device, LoRA and full fine-tuning.
+#[test]
+fn two_ranks_on_a_device_train_as_one_process() {
+    let tmp = tempfile::tempdir().unwrap();
+    for full in [false, true] {
+        let (one, two) = (tmp.path().join(format!("one-{full}")), tmp.path().join(format!("two-{full}")));
+        let device = ["--device", "reference"];
+        ok(1, &strs(&train_args(&one, full, &device)));
+        let err = ok(2, &strs(&train_args(&two, full, &device)));
+        assert!(err.matches("trained 10 steps").count() == 1, "{err}");
+        let (a, b) = (curves(&two), curves(&one));
+        assert_eq!(a.0.len(), 10);
+        assert_close_curves(&a.0, &b.0, "train loss");
+        assert_close_curves(&a.1, &b.1, "eval NLL");
         assert!(a.0.iter().zip(&b.0).any(|(x, y)| x.1 != y.1), "2 ranks gave the exact bits of 1 process");
         assert_close_weights(&two, &one, full);
     }

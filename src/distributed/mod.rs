@@ -116,6 +116,14 @@ fn launched_size() -> Option<usize> {
         .find_map(|k| std::env::var(k).ok()?.parse().ok())
 }
 
+/// This process's index among the ranks on its machine, as the launcher announces it (Open MPI, MPICH/Intel MPI,
+/// Slurm, PMIx); None when none does.
+pub fn local_rank() -> Option<usize> {
+    ["OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID", "PMIX_LOCAL_RANK"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse().ok())
+}
+
 /// The collectives of this process: MPI when a launcher started it (and the `mpi` feature is built in), else
 /// `Single`. A launcher that starts several ranks of a build without MPI is an error: each rank would train
 /// alone and all would write the same output folder.

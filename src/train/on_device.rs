@@ -4,12 +4,17 @@
 //! (`Trainer::sync_to_host`), which then read it exactly as on the CPU.
 use super::optim::{AdamWConfig, Moments};
 use crate::data::example::{Example, target_rows};
+use crate::distributed::Collectives;
+#[cfg(feature = "cuda")]
+use crate::distributed::local_rank;
 use crate::kernels::backend::Backend;
 use crate::kernels::backend::host::Host;
 use crate::network::batch::PackedBatch;
 use crate::network::device::{DeviceModel, Placement, open_gpu};
 use crate::network::transformer::Transformer;
 use crate::score::Scorer;
+#[cfg(feature = "cuda")]
+use anyhow::Context;
 use anyhow::Result;
 use std::borrow::Borrow;
 
@@ -28,6 +33,8 @@ pub trait DeviceStep {
         label_smoothing: f32,
         step_seed: u64,
     ) -> Result<f64>;
+    /// Data-parallel: every gradient ← its sum over the ranks of `world` (each rank after its backward passes).
+    fn sum_grads(&mut self, world: &dyn Collectives) -> Result<()>;
     /// Σ g² of every trainable tensor.
     fn grad_sq(&self) -> Result<f64>;
     fn scale_grads(&mut self, coef: f32) -> Result<()>;
@@ -61,6 +68,10 @@ impl<B: Backend> DeviceStep for DeviceModel<B> {
         self.loss_backward(sel, targets, token_weight, label_smoothing)
     }
 
+    fn sum_grads(&mut self, world: &dyn Collectives) -> Result<()> {
+        DeviceModel::sum_grads(self, world)
+    }
+
     fn grad_sq(&self) -> Result<f64> {
         DeviceModel::grad_sq(self)
     }
@@ -91,13 +102,39 @@ impl<B: Backend> DeviceStep for DeviceModel<B> {
     }
 }
 
-/// The model on `placement`, or None for the CPU path.
-pub fn open(placement: Placement, model: &Transformer) -> Result<Option<Box<dyn DeviceStep>>> {
+/// The model on `placement`, or None for the CPU path, as this process's part of `world`. With several ranks,
+/// each takes its own GPU — `cuda:N` is the first of a machine's ranks, the k-th rank on the machine takes
+/// cuda:(N + k) — and the gradients are summed by NCCL (or through host memory where NCCL is missing).
+pub fn open(placement: Placement, model: &Transformer, world: &dyn Collectives) -> Result<Option<Box<dyn DeviceStep>>> {
     Ok(match placement {
         Placement::Cpu => None,
-        Placement::Cuda(ordinal) => Some(Box::new(open_gpu(ordinal, model)?)),
+        Placement::Cuda(first) => Some(on_gpu(first, model, world)?),
         Placement::Reference => Some(Box::new(DeviceModel::new(Host, model)?)),
     })
+}
+
+#[cfg(feature = "cuda")]
+fn on_gpu(first: usize, model: &Transformer, world: &dyn Collectives) -> Result<Box<dyn DeviceStep>> {
+    let multi = world.size() > 1;
+    let ordinal = first + if multi { local_rank().unwrap_or(world.rank()) } else { 0 };
+    let mut m = open_gpu(ordinal, model).with_context(|| match multi {
+        true => format!(
+            "rank {} of {} opens cuda:{ordinal} (cuda:{first} + its rank on this machine)",
+            world.rank(),
+            world.size()
+        ),
+        false => format!("opening cuda:{ordinal}"),
+    })?;
+    if multi {
+        let sums = crate::network::device::nccl::rank_sums(&m.backend, world)?;
+        m.set_rank_sums(sums);
+    }
+    Ok(Box::new(m))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_gpu(first: usize, model: &Transformer, _: &dyn Collectives) -> Result<Box<dyn DeviceStep>> {
+    Ok(Box::new(open_gpu(first, model)?))
 }
 
 /// A trainer's device and the host-side buffers of its micro-batches.

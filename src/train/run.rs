@@ -346,7 +346,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         trainer.import_state(state)?;
         best_eval = meta.best_eval;
     }
-    if let Some(dev) = on_device::open(opts.device, &trainer.model)? {
+    if let Some(dev) = on_device::open(opts.device, &trainer.model, world)? {
         if root {
             eprintln!("training on {}", dev.name());
         }

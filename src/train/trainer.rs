@@ -196,10 +196,7 @@ impl Trainer {
         let lr =
             self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
         let (multi, overlap) = (world.size() > 1, self.sums.options.overlap);
-        if multi && self.device.is_some() {
-            bail!("--device runs one process: data-parallel training on GPUs (NCCL) is not built yet");
-        }
-        if multi {
+        if multi && self.device.is_none() {
             self.sums.begin(&mut self.model);
         }
         let loss = self.accumulate_gradients(world, rows, micro_batch, 1.0 / y_tokens as f32)?;
@@ -211,10 +208,20 @@ impl Trainer {
         let (loss, mut comm_s) = match multi {
             false => (loss, 0.0),
             true => {
-                self.sums.finish(world, &mut self.model);
+                let t0 = Instant::now();
+                let grads_s = match &mut self.device {
+                    Some(d) => {
+                        d.step.sum_grads(world)?;
+                        t0.elapsed().as_secs_f64()
+                    }
+                    None => {
+                        self.sums.finish(world, &mut self.model);
+                        self.sums.secs
+                    }
+                };
                 let t0 = Instant::now();
                 let loss = world.sum_scalar(loss);
-                (loss, self.sums.secs + t0.elapsed().as_secs_f64())
+                (loss, grads_s + t0.elapsed().as_secs_f64())
             }
         };
         let grad_norm = self.grad_norm()?;

@@ -12,12 +12,16 @@ pub mod block;
 pub mod buffers;
 pub mod kv_cache;
 pub mod linear;
+#[cfg(feature = "cuda")]
+pub mod nccl;
+pub mod rank_sums;
 pub mod weights;
 
 use super::batch::PackedBatch;
 use super::batch::Row;
 use super::config::{Config, Family};
 use super::transformer::{Transformer, layer_seed};
+use crate::distributed::Collectives;
 use crate::kernels::adamw::{AdamWConfig, AdamWScalars};
 use crate::kernels::backend::{Backend, MatView};
 use crate::kernels::rope::RopeTable;
@@ -25,6 +29,7 @@ use anyhow::{Result, bail};
 use block::{Attend, BlockArgs};
 use buffers::{Buffers, HEAD_ROWS};
 use kv_cache::DevKvCache;
+use rank_sums::{RankSums, ThroughHost};
 use weights::{DevTensor, Weights};
 
 /// Where the network runs (`--device`).
@@ -128,6 +133,9 @@ pub struct DeviceModel<B: Backend> {
     tokens: Vec<u32>,
     /// Decoding's KV cache ([`Self::start_decoding`]).
     cache: Option<DevKvCache<B>>,
+    /// How [`Self::sum_grads`] sums over ranks, and its packing buffer with its length.
+    rank_sums: Box<dyn RankSums<B>>,
+    rank_flat: Option<(B::F32, usize)>,
 }
 
 impl<B: Backend> DeviceModel<B> {
@@ -153,7 +161,21 @@ impl<B: Backend> DeviceModel<B> {
             n: 0,
             tokens: vec![],
             cache: None,
+            rank_sums: Box::new(ThroughHost::default()),
+            rank_flat: None,
         })
+    }
+
+    /// How the gradients are summed over ranks from now on (through host memory unless set).
+    pub fn set_rank_sums(&mut self, sums: Box<dyn RankSums<B>>) {
+        self.rank_sums = sums;
+    }
+
+    /// Data-parallel: every trainable tensor's gradient ← its sum over the ranks of `world` (every rank calls it
+    /// after its backward passes of the step).
+    pub fn sum_grads(&mut self, world: &dyn Collectives) -> Result<()> {
+        let (be, w, flat) = (&self.backend, &mut self.weights, &mut self.rank_flat);
+        rank_sums::sum_grads(be, w, flat, &mut *self.rank_sums, world)
     }
 
     /// Buffers for `rows` rows (reallocated only for a larger batch, or for training after inference).
