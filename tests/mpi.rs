@@ -147,13 +147,14 @@ fn two_ranks_train_as_one_process_lora_and_full() {
 
 /// Data-parallel on devices (`--device reference`: the device path on the CPU kernels, its gradients summed over
 /// the ranks by `network::device::rank_sums` through host memory — what `--device cuda` does where NCCL is
-/// missing): 2 ranks train as one process on the device, LoRA and full fine-tuning.
+/// missing): 2 ranks train as one process on the device, LoRA and full fine-tuning, with buckets of 512 values
+/// (small tensors packed, larger ones summed in place).
 #[test]
 fn two_ranks_on_a_device_train_as_one_process() {
     let tmp = tempfile::tempdir().unwrap();
     for full in [false, true] {
         let (one, two) = (tmp.path().join(format!("one-{full}")), tmp.path().join(format!("two-{full}")));
-        let device = ["--device", "reference"];
+        let device = ["--device", "reference", "--grad-bucket-mib", "0.001953125"];
         ok(1, &strs(&train_args(&one, full, &device)));
         let err = ok(2, &strs(&train_args(&two, full, &device)));
         assert!(err.matches("trained 10 steps").count() == 1, "{err}");

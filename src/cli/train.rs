@@ -58,10 +58,12 @@ pub struct TrainArgs {
     /// micro-batch's backward pass, as each block's gradients are final, overlapping the communication with the
     /// earlier blocks' computation (as PyTorch DDP) [default: after the whole backward pass: on CPU with
     /// shared-memory MPI the overlap measured no faster, see bench/mpi/results.md]. The same numbers either way.
+    /// On a device (--device) the sums always follow the backward pass.
     #[arg(long)]
     overlap_grad_sum: bool,
     /// Under mpirun/srun: MiB of gradients per bucket summed in one collective (fewer, larger collectives vs.
-    /// an earlier start) [default: 4]. The same numbers for any size.
+    /// an earlier start; on a device, small tensors are packed into buckets and larger ones summed where they
+    /// are) [default: 4]. The same numbers for any size.
     #[arg(long, value_name = "MIB")]
     grad_bucket_mib: Option<f64>,
     /// Model: HF folder, .gguf file, or hub id org/name.

@@ -33,8 +33,9 @@ pub trait DeviceStep {
         label_smoothing: f32,
         step_seed: u64,
     ) -> Result<f64>;
-    /// Data-parallel: every gradient ← its sum over the ranks of `world` (each rank after its backward passes).
-    fn sum_grads(&mut self, world: &dyn Collectives) -> Result<()>;
+    /// Data-parallel: every gradient ← its sum over the ranks of `world`, in buckets of up to `bucket_values`
+    /// values (each rank after its backward passes).
+    fn sum_grads(&mut self, world: &dyn Collectives, bucket_values: usize) -> Result<()>;
     /// Σ g² of every trainable tensor.
     fn grad_sq(&self) -> Result<f64>;
     fn scale_grads(&mut self, coef: f32) -> Result<()>;
@@ -68,8 +69,8 @@ impl<B: Backend> DeviceStep for DeviceModel<B> {
         self.loss_backward(sel, targets, token_weight, label_smoothing)
     }
 
-    fn sum_grads(&mut self, world: &dyn Collectives) -> Result<()> {
-        DeviceModel::sum_grads(self, world)
+    fn sum_grads(&mut self, world: &dyn Collectives, bucket_values: usize) -> Result<()> {
+        DeviceModel::sum_grads(self, world, bucket_values)
     }
 
     fn grad_sq(&self) -> Result<f64> {

@@ -211,7 +211,7 @@ impl Trainer {
                 let t0 = Instant::now();
                 let grads_s = match &mut self.device {
                     Some(d) => {
-                        d.step.sum_grads(world)?;
+                        d.step.sum_grads(world, self.sums.options.bucket_values)?;
                         t0.elapsed().as_secs_f64()
                     }
                     None => {

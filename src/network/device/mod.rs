@@ -171,11 +171,11 @@ impl<B: Backend> DeviceModel<B> {
         self.rank_sums = sums;
     }
 
-    /// Data-parallel: every trainable tensor's gradient ← its sum over the ranks of `world` (every rank calls it
-    /// after its backward passes of the step).
-    pub fn sum_grads(&mut self, world: &dyn Collectives) -> Result<()> {
+    /// Data-parallel: every trainable tensor's gradient ← its sum over the ranks of `world`, in buckets of up to
+    /// `bucket_values` values (every rank calls it after its backward passes of the step).
+    pub fn sum_grads(&mut self, world: &dyn Collectives, bucket_values: usize) -> Result<()> {
         let (be, w, flat) = (&self.backend, &mut self.weights, &mut self.rank_flat);
-        rank_sums::sum_grads(be, w, flat, &mut *self.rank_sums, world)
+        rank_sums::sum_grads(be, w, flat, &mut *self.rank_sums, world, bucket_values)
     }
 
     /// Buffers for `rows` rows (reallocated only for a larger batch, or for training after inference).

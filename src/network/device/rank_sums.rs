@@ -10,9 +10,6 @@ use crate::kernels::backend::{Backend, MatView};
 use anyhow::{Context, Result};
 use std::ops::Range;
 
-/// Values in one bucket of the flat buffer (64 MiB of f32).
-pub const BUCKET_VALUES: usize = 1 << 24;
-
 /// How a buffer on a device is summed over the ranks of a job.
 pub trait RankSums<B: Backend> {
     /// For messages: "NCCL", "host memory and MPI".
@@ -61,19 +58,20 @@ pub fn buckets(lens: &[usize], cap: usize) -> Vec<Range<usize>> {
     out
 }
 
-/// Every trainable tensor's gradient in `w` summed over the ranks of `world` by `sums`, bucket by bucket;
-/// `flat` is the packing buffer and its length (allocated on first use for the fullest bucket).
+/// Every trainable tensor's gradient in `w` summed over the ranks of `world` by `sums`, in buckets of up to
+/// `bucket_values` values; `flat` is the packing buffer and its length (allocated for the fullest bucket).
 pub fn sum_grads<B: Backend>(
     be: &B,
     w: &mut Weights<B>,
     flat: &mut Option<(B::F32, usize)>,
     sums: &mut dyn RankSums<B>,
     world: &dyn Collectives,
+    bucket_values: usize,
 ) -> Result<()> {
     let mut grads: Vec<(&str, usize, &mut B::F32)> =
         w.tensors_mut().filter_map(|t| Some((t.name.as_str(), t.len, &mut t.train.as_mut()?.g))).collect();
     let lens: Vec<usize> = grads.iter().map(|g| g.1).collect();
-    let plan = buckets(&lens, BUCKET_VALUES);
+    let plan = buckets(&lens, bucket_values);
     let packed = plan.iter().filter(|b| b.len() > 1).map(|b| lens[b.clone()].iter().sum::<usize>()).max();
     if let Some(need) = packed.filter(|&need| flat.as_ref().is_none_or(|f| f.1 < need)) {
         *flat = None; // free a smaller one first
