@@ -52,10 +52,10 @@ script_start=$(date +%s)
 dev=${GPU_CHECK_DEVICE:-cuda}
 steps=${GPU_CHECK_STEPS:-}
 
-# NVRTC and cuBLAS: condlm dlopens libnvrtc.so.* and libcublas.so.*; for each the loader does not find, put the
-# first folder holding one on LD_LIBRARY_PATH — the toolkit's first (it matches the driver: 13.0 on the H200 image,
-# KINDS.md), then the ones PyTorch's wheels bring. An NVRTC newer than the driver makes PTX the driver refuses (info
-# prints a warning).
+# NVRTC, cuBLAS and NCCL: condlm dlopens libnvrtc.so.*, libcublas.so.* and libnccl.so.*; for each the loader does
+# not find, put the first folder holding one on LD_LIBRARY_PATH — the toolkit's first (it matches the driver: 13.0 on
+# the H200 image, KINDS.md), then the ones PyTorch's wheels bring. An NVRTC newer than the driver makes PTX the
+# driver refuses (info prints a warning).
 # find_lib NAME: sets lib_dir to the folder added, empty when the loader finds NAME already (or nothing does).
 find_lib() {
     lib_dir=""
@@ -84,6 +84,9 @@ find_lib libnvrtc
 nvrtc_dir=$lib_dir
 find_lib libcublas
 cublas_dir=$lib_dir
+# NCCL (data-parallel sums; checked on a one-rank communicator by --check-kernels): PyTorch's nvidia/nccl wheel.
+find_lib libnccl
+nccl_dir=$lib_dir
 
 # The driver library: the image mounts the driver under /usr/local/nvidia; use it if the loader does not know it.
 if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so'; then
@@ -103,6 +106,7 @@ end_section() { printf '```\n' >>"$report.tmp"; }
     echo
     echo "\`scripts/gpu_check.sh\` on $(hostname) at $(date -u '+%Y-%m-%d %H:%M UTC'); binary: $("$bin" --version 2>&1)."
     echo "libnvrtc: ${nvrtc_dir:-found by the loader (ldconfig)}; libcublas: ${cublas_dir:-found by the loader (ldconfig)};"
+    echo "libnccl: ${nccl_dir:-found by the loader (ldconfig), or missing};"
     echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}."
 } >"$report.tmp"
 

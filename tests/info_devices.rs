@@ -17,6 +17,8 @@ fn devices_lists_the_cpu_and_says_why_cuda_is_unavailable() {
     if cfg!(feature = "cuda") {
         // Here: a GPU machine lists devices; elsewhere the reason names the driver.
         assert!(cuda.contains("device(s)") || cuda.contains("unavailable: the") && cuda.contains("driver"), "{out}");
+        let nccl = out.lines().find(|l| l.starts_with("nccl ")).unwrap_or_else(|| panic!("no nccl line:\n{out}"));
+        assert!(nccl.contains("between GPUs") || nccl.contains("not found (libnccl.so.2)"), "{out}");
     } else {
         assert_eq!(cuda, "cuda          unavailable: this condlm was built without the `cuda` feature");
         assert!(out.contains("cargo build --release --features cuda"), "{out}");

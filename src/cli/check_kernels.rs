@@ -1,15 +1,20 @@
 //! `condlm info --devices --check-kernels` (feature `cuda`): every CUDA kernel source compiled with NVRTC for each
 //! GPU's architecture, loaded into the GPU's context, its kernels looked up, then run against the CPU kernels
 //! (`kernel_parity`), cuBLAS's GEMM throughput measured (`gemm_peak`), and the CUDA backend checked op by op
-//! against the reference backend (`backend_parity`) — or, with no GPU, compiled for `sm_90` only. Prints one line
+//! against the reference backend (`backend_parity`), and NCCL's bindings on a one-rank communicator — or, with no
+//! GPU, compiled for `sm_90` only. Prints one line
 //! per source and comparison; fails if any source does not compile or load, or any comparison is off.
 use anyhow::{Result, bail};
+use condlm::distributed::Single;
+use condlm::kernels::backend::Backend;
 use condlm::kernels::cuda::backend::Cuda;
 use condlm::kernels::cuda::compile::{DEFAULT_ARCH, compile, nvrtc_version};
 use condlm::kernels::cuda::device::Device;
 use condlm::kernels::cuda::devices::Gpu;
 use condlm::kernels::cuda::module::load;
 use condlm::kernels::cuda::sources::SOURCES;
+use condlm::network::device::nccl;
+use condlm::network::device::rank_sums::RankSums;
 use cudarc::driver::CudaContext;
 use std::time::Instant;
 
@@ -67,7 +72,7 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
             failed += 1;
         }
         match Cuda::new(device) {
-            Ok(cuda) => failed += super::backend_parity::run(&cuda),
+            Ok(cuda) => failed += super::backend_parity::run(&cuda) + nccl(&cuda),
             Err(e) => {
                 println!("backend cuda:{} FAILED to start: {e:#}", g.ordinal);
                 failed += 1;
@@ -78,6 +83,41 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
         bail!("--check-kernels: {failed} check(s) failed (see the FAILED lines above)");
     }
     Ok(())
+}
+
+/// NCCL's bindings (`network::device::nccl`) on a communicator of this process alone: an id, the communicator,
+/// and an all-reduce over one rank, which must leave the values as they were. Returns 1 if it failed.
+fn nccl(cuda: &Cuda) -> usize {
+    let ordinal = cuda.device().gpu.ordinal;
+    let Some((major, minor, patch)) = nccl::version() else {
+        println!("nccl   cuda:{ordinal} skipped: NCCL (libnccl.so.2) was not found");
+        return 0;
+    };
+    let check = || -> Result<bool> {
+        let values: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
+        let mut buf = cuda.alloc(values.len() + 3)?;
+        cuda.upload(&mut buf, &values)?;
+        nccl::Nccl::join(cuda, &Single)?.sum(cuda, &mut buf, values.len(), &Single)?;
+        let mut back = vec![0.0; values.len()];
+        cuda.download(&buf, &mut back)?;
+        Ok(back == values)
+    };
+    match check() {
+        Ok(true) => {
+            println!("nccl   cuda:{ordinal} NCCL {major}.{minor}.{patch}: a one-rank all-reduce kept 1000 values (ok)");
+            0
+        }
+        Ok(false) => {
+            println!(
+                "nccl   cuda:{ordinal} NCCL {major}.{minor}.{patch}: a one-rank all-reduce changed the values FAILED"
+            );
+            1
+        }
+        Err(e) => {
+            println!("nccl   cuda:{ordinal} NCCL {major}.{minor}.{patch} FAILED: {e:#}");
+            1
+        }
+    }
 }
 
 /// After a failed `Device::open` (which stops at the first source that fails): each source loaded on its own, one

@@ -112,5 +112,14 @@ fn print_gpus(check_kernels: bool) -> Result<()> {
         }
         Err(why) => println!("nvrtc         unavailable: {why}"),
     }
+    match condlm::network::device::nccl::version() {
+        Some((major, minor, patch)) => {
+            println!("nccl          {major}.{minor}.{patch} (data-parallel training sums gradients between GPUs)")
+        }
+        None => println!(
+            "nccl          not found (libnccl.so.2): several GPUs would sum gradients through host memory and MPI; \
+             add NCCL's folder to LD_LIBRARY_PATH"
+        ),
+    }
     if check_kernels { super::check_kernels::run(&gpus) } else { Ok(()) }
 }
