@@ -133,6 +133,34 @@ fn device_lora_gradients_equal_the_cpu_path_with_dropout() {
     }
 }
 
+/// A batch of more rows than the LM head computes at once (`HEAD_ROWS`): its chunks' losses gather in one buffer
+/// at their rows' offsets, read once — log-probs, loss and gradients still the CPU path's.
+#[test]
+fn batches_past_one_head_chunk_equal_the_cpu_path() {
+    let mut cpu = with_lora(model("tiny-llama"), 0.0);
+    let vocab = cpu.config.vocab_size as u32;
+    let rows: Vec<Example> = (0..12u32)
+        .map(|r| Example::pair((0..100).map(|i| (i * 31 + r * 17 + 5) % vocab).collect(), 3 + r as usize))
+        .collect();
+    let total: usize = rows.iter().map(Example::n_targets).sum();
+    assert!(total > 2 * condlm::network::device::buffers::HEAD_ROWS, "{total} targets: three chunks or more");
+    let mut dev = DeviceModel::new(Host, &cpu).unwrap();
+    let want_lp: Vec<f32> = score_encoded(&mut OnCpu::new(&cpu), &rows, 12, |_| {}).unwrap().concat();
+    let batch = PackedBatch::new(&rows.iter().map(|e| e.ids.clone()).collect::<Vec<_>>());
+    let (sel, t) = targets(&rows, &batch);
+    let mut lp = vec![0.0; sel.len()];
+    dev.forward(&batch, None).unwrap();
+    dev.target_logprobs(&sel, &t, &mut lp).unwrap();
+    assert!(rel_err(&lp, &want_lp) < 1e-5, "log-probs off by {:e}", rel_err(&lp, &want_lp));
+    let (want_loss, loss) = (cpu_step(&mut cpu, &rows, 9, 0.0), device_step(&mut dev, &rows, 9, 0.0));
+    assert!((loss - want_loss).abs() / want_loss < 1e-6, "loss {loss} vs CPU {want_loss}");
+    let mut copy = with_lora(model("tiny-llama"), 0.0);
+    dev.download_into(&mut copy, true).unwrap();
+    for ((n, g), (_, w)) in grads(&mut copy).iter().zip(&grads(&mut cpu)) {
+        assert!(rel_err(g, w) < 1e-5, "{n} gradient off the CPU path's by {:e}", rel_err(g, w));
+    }
+}
+
 #[test]
 fn device_lora_gradients_match_pytorch_peft() {
     let exp: serde_json::Value =

@@ -577,14 +577,14 @@ fn glu<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     Ok(())
 }
 
-/// 5 rows of 1000 logits in buffers of 7 rows; the losses as f32 next to the dlogits (their error, relative to
-/// the largest loss, is far below f32's).
+/// 5 rows of 1000 logits in buffers of 7 rows, their losses from the second value of 8; the losses as f32 next
+/// to the dlogits (their error, relative to the largest loss, is far below f32's).
 fn cross_entropy_on<B: Backend>(b: &B, smoothing: f32) -> Result<Outs> {
     let (rows, vocab, cap) = (5, 1000, 7);
     let mut logits = up(b, &random(cap * vocab, 73, 8.0))?;
-    let (mut loss, targets) = (b.alloc_f64(cap)?, up_u32(b, &indices(cap, vocab, 74))?);
-    b.cross_entropy_rows(&mut logits, &mut loss, &targets, rows, vocab, 0.37, smoothing)?;
-    let mut l = vec![0.0; cap];
+    let (mut loss, targets) = (b.alloc_f64(cap + 1)?, up_u32(b, &indices(cap, vocab, 74))?);
+    b.cross_entropy_rows(&mut logits, &mut loss, 1, &targets, rows, vocab, 0.37, smoothing)?;
+    let mut l = vec![0.0; cap + 1];
     b.download_f64(&loss, &mut l)?;
     Ok(vec![
         (format!("cross_entropy_rows loss (ε {smoothing})"), l.iter().map(|&v| v as f32).collect()),
@@ -662,7 +662,7 @@ fn empty_on<B: Backend>(b: &B) -> Result<Outs> {
     b.embedding_backward(&mut y, &x, &ids, &[], 0, 8)?;
     b.glu_forward(&mut y, &x, &x, 0, GateAct::Silu)?;
     b.dropout_forward(&mut y, &mut keep, &x, 0, 0.5, 1)?;
-    b.cross_entropy_rows(&mut y, &mut b.alloc_f64(4)?, &ids, 0, 8, 1.0, 0.0)?;
+    b.cross_entropy_rows(&mut y, &mut b.alloc_f64(4)?, 4, &ids, 0, 8, 1.0, 0.0)?;
     b.gemm(&mut y, MatView::dense(0, 8), &x, MatView::dense(0, 8), &x, MatView::dense(8, 8), false)?;
     let l = kv_layout(usize::MAX);
     let (mut k, mut v) = (up(b, &random(8, 108, 1.0))?, up(b, &random(8, 109, 1.0))?);

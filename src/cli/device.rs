@@ -1,5 +1,6 @@
-//! `--device cpu|cuda[:N]|reference` of `score`, `eval`, `train` and `generate`: where the network runs. `cuda` runs the model on a
-//! GPU (`network::device` on the CUDA backend) in f32; a build without the `cuda` feature says how to get one.
+//! `--device cpu|cuda[:N]|reference` of `score`, `eval`, `train` and `generate`: where the network runs. `cuda` runs
+//! the model on a GPU (`network::device` on the CUDA backend) in the run's `--compute`; a build without the `cuda`
+//! feature says how to get one.
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::kernels::backend::host::Host;
@@ -12,9 +13,10 @@ use condlm::score::{OnCpu, Scorer};
 pub struct DeviceArgs {
     /// Where the network runs: cpu, or cuda / cuda:N (the N-th GPU; products as --compute says: f32 without TF32,
     /// or bf16 operands with f32 sums). On a GPU so far: the Llama-layout families (Llama, SmolLM2/3, Qwen2/3,
-    /// Mistral, Gemma 3), scoring, LoRA and full fine-tuning on one process, and decoding; anything else is
-    /// refused with the reason. `reference` runs the GPU's code path on the CPU kernels (slow: for checking it
-    /// without a GPU) [default: cpu].
+    /// Mistral, Gemma 3), scoring, LoRA and full fine-tuning (under mpirun/srun one GPU per rank: the k-th rank
+    /// on a machine takes cuda:(N + k), gradients summed by NCCL), and decoding; anything else is refused with the
+    /// reason. `reference` runs the GPU's code path on the CPU kernels (slow: for checking it without a GPU)
+    /// [default: cpu].
     #[arg(long, default_value = "cpu", hide_default_value = true)]
     pub device: Placement,
 }

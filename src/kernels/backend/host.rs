@@ -397,13 +397,15 @@ impl Backend for Host {
         &self,
         logits: &mut Vec<f32>,
         loss: &mut Vec<f64>,
+        loss_at: usize,
         targets: &Vec<u32>,
         rows: usize,
         vocab: usize,
         token_weight: f32,
         label_smoothing: f32,
     ) -> Result<()> {
-        for ((l, loss), &t) in logits[..rows * vocab].chunks_exact_mut(vocab).zip(&mut loss[..rows]).zip(targets) {
+        let losses = &mut loss[loss_at..loss_at + rows];
+        for ((l, loss), &t) in logits[..rows * vocab].chunks_exact_mut(vocab).zip(losses).zip(targets) {
             *loss = cross_entropy_row(l, t, token_weight, label_smoothing);
         }
         Ok(())

@@ -304,12 +304,14 @@ pub trait Backend {
         dim: usize,
     ) -> Result<()>;
     /// The loss rows of the LM head, as `kernels::lm_head::cross_entropy_row` on `rows` rows of `vocab` logits:
-    /// loss[r] in f64, logits[r] turned into dlogits in place.
+    /// loss[loss_at + r] in f64 (a batch's losses gather in one buffer, read once), logits[r] turned into dlogits in
+    /// place.
     #[allow(clippy::too_many_arguments)]
     fn cross_entropy_rows(
         &self,
         logits: &mut Self::F32,
         loss: &mut Self::F64,
+        loss_at: usize,
         targets: &Self::U32,
         rows: usize,
         vocab: usize,

@@ -583,6 +583,7 @@ impl Backend for Cuda {
         &self,
         logits: &mut CudaSlice<f32>,
         loss: &mut CudaSlice<f64>,
+        loss_at: usize,
         targets: &CudaIndices,
         rows: usize,
         vocab: usize,
@@ -593,7 +594,11 @@ impl Backend for Cuda {
             return Ok(());
         }
         let op = "cross_entropy_rows";
-        let (mut l, mut loss) = (pre_mut(logits, rows * vocab, op), pre_mut(loss, rows, op));
+        let len = loss.len();
+        let mut loss = loss
+            .try_slice_mut(loss_at..loss_at + rows)
+            .unwrap_or_else(|| panic!("{op}: losses {loss_at}..{} asked of a buffer of {len}", loss_at + rows));
+        let mut l = pre_mut(logits, rows * vocab, op);
         let targets = targets.prefix(rows, op);
         let r =
             cross_entropy::cross_entropy_rows(&self.device, &mut l, &mut loss, &targets, token_weight, label_smoothing);

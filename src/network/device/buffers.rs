@@ -61,7 +61,8 @@ pub struct GradBufs<B: Backend> {
     pub dqk_pre: B::F32,
 }
 
-/// The LM head's chunk: gathered rows (HEAD_ROWS, d), their logits (HEAD_ROWS, vocab), losses, indices, targets.
+/// The LM head's chunk: gathered rows (HEAD_ROWS, d), their logits (HEAD_ROWS, vocab), indices, targets; and the
+/// losses of every chunk of a batch (N).
 pub struct HeadBufs<B: Backend> {
     pub rows: B::F32,
     pub logits: B::F32,
@@ -179,7 +180,7 @@ impl<B: Backend> Buffers<B> {
             head: HeadBufs {
                 rows: be.alloc(h * d)?,
                 logits: be.alloc(h * c.vocab_size)?,
-                loss: be.alloc_f64(h)?,
+                loss: be.alloc_f64(n)?,
                 idx: be.alloc_u32(h)?,
                 targets: be.alloc_u32(h)?,
             },

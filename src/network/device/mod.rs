@@ -303,8 +303,8 @@ impl<B: Backend> DeviceModel<B> {
 
     /// The LM head over the selected rows, HEAD_ROWS at a time: gathers them, computes their logits, and hands
     /// `visit(backend, buffers, head tensor, first row of the chunk, rows in it)` the chunk after the loss rows ran
-    /// (`cross_entropy_rows` with `token_weight`, `label_smoothing`: losses in `head.loss`, dlogits in
-    /// `head.logits`).
+    /// (`cross_entropy_rows` with `token_weight`, `label_smoothing`: dlogits in `head.logits`; the losses of every
+    /// chunk gather in `head.loss`, rows[k]'s at k, to be read once — a read waits for the GPU).
     fn head_chunks(
         &mut self,
         rows: &[usize],
@@ -328,7 +328,16 @@ impl<B: Backend> DeviceModel<B> {
             let (mv, hv) = (MatView::dense(m, d), MatView::dense(vocab, d));
             head.product(be, &mut bufs.head.logits, MatView::dense(m, vocab), &bufs.head.rows, mv, hv.t(), false)?;
             let h = &mut bufs.head;
-            be.cross_entropy_rows(&mut h.logits, &mut h.loss, &h.targets, m, vocab, token_weight, label_smoothing)?;
+            be.cross_entropy_rows(
+                &mut h.logits,
+                &mut h.loss,
+                start,
+                &h.targets,
+                m,
+                vocab,
+                token_weight,
+                label_smoothing,
+            )?;
             visit(be, bufs, head, start, m)?;
         }
         Ok(())
@@ -336,14 +345,13 @@ impl<B: Backend> DeviceModel<B> {
 
     /// log P(targets[k] | row rows[k]) into out[k], after a forward pass.
     pub fn target_logprobs(&mut self, rows: &[usize], targets: &[u32], out: &mut [f32]) -> Result<()> {
-        let mut loss = vec![0.0f64; HEAD_ROWS];
-        self.head_chunks(rows, targets, 1.0, 0.0, |be, bufs, _, start, m| {
-            be.download_f64(&bufs.head.loss, &mut loss[..m])?;
-            for (o, l) in out[start..start + m].iter_mut().zip(&loss) {
-                *o = -*l as f32;
-            }
-            Ok(())
-        })
+        self.head_chunks(rows, targets, 1.0, 0.0, |_, _, _, _, _| Ok(()))?;
+        let mut loss = vec![0.0f64; rows.len()];
+        self.backend.download_f64(&self.bufs.as_ref().expect("a forward pass first").head.loss, &mut loss)?;
+        for (o, l) in out.iter_mut().zip(&loss) {
+            *o = -*l as f32;
+        }
+        Ok(())
     }
 
     /// After a training forward pass: the LM head's cross-entropy on the selected rows (as
@@ -364,10 +372,7 @@ impl<B: Backend> DeviceModel<B> {
             self.backend.zero(&mut g.dhidden, n * d)?;
         }
         let vocab = self.config.vocab_size;
-        let (mut total, mut loss) = (0.0f64, vec![0.0f64; HEAD_ROWS]);
         self.head_chunks(rows, targets, token_weight, label_smoothing, |be, bufs, head, _, m| {
-            be.download_f64(&bufs.head.loss, &mut loss[..m])?;
-            total += loss[..m].iter().sum::<f64>();
             let h = &mut bufs.head;
             let (mv, lv, hv) = (MatView::dense(m, d), MatView::dense(m, vocab), MatView::dense(vocab, d));
             if let Some(g) = head.train.as_mut().map(|t| &mut t.g) {
@@ -380,7 +385,12 @@ impl<B: Backend> DeviceModel<B> {
             be.scatter_add_rows(&mut g.dhidden, &h.rows, &h.idx, m, d)
         })?;
         self.backward()?;
-        Ok(total)
+        // Read after the backward pass is queued, so the GPU is not left idle while the host waits. Summed chunk by
+        // chunk.
+        let mut loss = vec![0.0f64; rows.len()];
+        self.backend.download_f64(&self.bufs.as_ref().expect("a forward pass first").head.loss, &mut loss)?;
+        let chunk = HEAD_ROWS.min(self.bufs.as_ref().expect("a forward pass first").capacity);
+        Ok(loss.chunks(chunk).map(|c| c.iter().sum::<f64>()).sum())
     }
 
     /// The blocks' backward pass from `dhidden`.
