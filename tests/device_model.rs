@@ -21,8 +21,10 @@ use condlm::train::optim::{Moments, adamw_update};
 
 /// The Llama-layout fixtures: Llama (tied head), Qwen2 (q/k/v biases), Mistral (sliding window of 4, GQA), Qwen3
 /// (per-head q/k norms), Gemma 3 (q/k norms, post norms, (1 + w) norms, GeGLU, scaled embeddings, sliding layers
-/// with their own RoPE base).
-const MODELS: &[&str] = &["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3"];
+/// with their own RoPE base), Phi-3 (fused qkv and gate|up), Phi-4 (those, LongRoPE past 16 positions, 3/4 of
+/// each head rotated).
+const MODELS: &[&str] =
+    &["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3", "tiny-phi3", "tiny-phi4"];
 
 fn model(name: &str) -> Transformer {
     load_model(fixture(name).to_str().unwrap()).unwrap().model
@@ -122,7 +124,8 @@ fn device_lora_gradients_equal_the_cpu_path_with_dropout() {
             dev.download_into(&mut copy, true).unwrap();
             let got = grads(&mut copy);
             assert_eq!(got.len(), want.len(), "{name}: trainable tensors");
-            assert_eq!(got.len(), 2 * 7 * cpu.config.num_layers, "{name}: A and B of every linear layer");
+            let linears = if cpu.config.fused_projections() { 4 } else { 7 }; // Phi-3: qkv, o, gate|up, down
+            assert_eq!(got.len(), 2 * linears * cpu.config.num_layers, "{name}: A and B of every linear layer");
             for ((n, g), (_, w)) in got.iter().zip(&want) {
                 let e = rel_err(g, w);
                 assert!(e < 1e-5, "{name} seed {seed}: {n} gradient off the CPU path's by {e:e}");
@@ -225,7 +228,7 @@ fn device_adamw_steps_follow_the_cpu_trainer() {
 
 #[test]
 fn what_has_no_device_path_yet_is_refused_with_the_reason() {
-    for (name, why) in [("tiny-gpt2", "GPT-2"), ("tiny-phi3", "Phi-3")] {
+    for (name, why) in [("tiny-gpt2", "GPT-2")] {
         let err = DeviceModel::new(Host, &model(name)).err().expect(name).to_string();
         assert!(err.contains(why) && err.contains("without --device"), "{name}: {err}");
     }
@@ -323,12 +326,40 @@ fn device_decoding_equals_the_cpu_decoder() {
     }
 }
 
+/// LongRoPE on the device decoder (Phi-4's long set past 16 positions): a sequence prefilled past 16 decodes as
+/// the CPU decoder does; one that would grow past 16 while decoding (its cached keys rotated with the short set)
+/// is refused with the reason, where the CPU decoder runs it again from the start.
+#[test]
+fn device_decoding_with_longrope() {
+    use condlm::generate::decoder::Decoder;
+    use condlm::network::batch::Row;
+    use condlm::network::device::Placement;
+    let m = model("tiny-phi4");
+    let long_after = m.config.longrope.as_ref().unwrap().original_max_positions as u32;
+    let vocab = m.config.vocab_size as u32;
+    let (mut cpu, mut dev) =
+        (Decoder::new(&m, 2, 40, 64).unwrap(), Decoder::on(&m, 2, 40, 64, Placement::Reference).unwrap());
+    let prefill = |slot: u32, len: u32| (0..len).map(move |p| Row { slot, pos: p, token: (p * 13 + slot) % vocab });
+    let mut rows: Vec<Row> = prefill(0, long_after + 4).collect();
+    for step in 0..3 {
+        let last = rows.len() - 1;
+        let want = cpu.forward(&rows, &[last]).unwrap().to_vec();
+        let got = dev.forward(&rows, &[last]).unwrap().to_vec();
+        assert!(rel_err(&got, &want) < 1e-5, "step {step}: off the CPU decoder's by {:e}", rel_err(&got, &want));
+        rows = vec![Row { slot: 0, pos: long_after + 4 + step, token: step + 1 }];
+    }
+    let rows: Vec<Row> = prefill(1, long_after).collect();
+    dev.forward(&rows, &[rows.len() - 1]).unwrap();
+    let err = dev.forward(&[Row { slot: 1, pos: long_after, token: 1 }], &[0]).err().expect("refused").to_string();
+    assert!(err.contains("LongRoPE") && err.contains("without") && err.contains("--device"), "{err}");
+}
+
 /// The newer families on the device path against PyTorch autograd (the fixtures of tests/families.rs): LoRA and
 /// full fine-tuning gradients within 1e-4, the loss within 1e-5 — Qwen3's q/k norms, SmolLM3's layers without
-/// RoPE, Gemma 3's post norms and local RoPE base, Mistral's window.
+/// RoPE, Gemma 3's post norms and local RoPE base, Mistral's window, Phi-3's fused projections, Phi-4's LongRoPE.
 #[test]
 fn device_gradients_of_the_newer_families_match_pytorch() {
-    for name in ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral"] {
+    for name in ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral", "tiny-phi3", "tiny-phi4"] {
         let exp = common::expected_json(name);
         let rows = fixture_rows(&exp["rows"]);
         for (full, file, prefix, loss_key) in

@@ -178,10 +178,7 @@ impl Activations {
         }
         let rows = max_pos.max(256).min(c.max_positions);
         if c.family == Family::Llama && self.rope.as_ref().is_none_or(|t| t.max_pos < max_pos) {
-            let (short, long) = (c.rope_inv_freq(false), c.rope_inv_freq(true));
-            let sets: &[&[f32]] = if c.longrope.is_some() { &[&short, &long] } else { &[&short] };
-            let scale = c.longrope.as_ref().map_or(1.0, |l| l.attention_factor);
-            self.rope = Some(RopeTable::with_sets(sets, rows, c.head_dim, scale));
+            self.rope = Some(c.rope_table(rows));
         }
         if self.rope_local.as_ref().is_none_or(|t| t.max_pos < max_pos)
             && let Some(inv_freq) = c.rope_local_inv_freq()

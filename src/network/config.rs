@@ -1,5 +1,6 @@
 //! One `Config` for every supported architecture, read from an HF `config.json` or GGUF metadata.
 use crate::kernels::activation::GateAct;
+use crate::kernels::rope::RopeTable;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::Path;
@@ -538,6 +539,15 @@ impl Config {
             (None, None) => inv_freq(self.rope_theta, d),
             (Some(s), None) => inv_freq(self.rope_theta, d).into_iter().map(|f| s.scale(f)).collect(),
         }
+    }
+
+    /// The RoPE table of `rows` positions: one set, or LongRoPE's short then long set (scaled by its attention
+    /// factor), rotating the first rotary_dim features of each head.
+    pub fn rope_table(&self, rows: usize) -> RopeTable {
+        let (short, long) = (self.rope_inv_freq(false), self.rope_inv_freq(true));
+        let sets: &[&[f32]] = if self.longrope.is_some() { &[&short, &long] } else { &[&short] };
+        let scale = self.longrope.as_ref().map_or(1.0, |l| l.attention_factor);
+        RopeTable::with_sets(sets, rows, self.head_dim, scale)
     }
 
     /// The sliding layers' inverse frequencies when they have their own base (Gemma 3), unscaled.

@@ -284,7 +284,7 @@ impl Transformer {
                 Context::Cached { slots, .. } => slots,
             };
             let long_after = c.longrope.as_ref().map(|l| l.original_max_positions);
-            set_rope_rows(rope_rows, rope_longest, positions, seq_keys, long_after, t);
+            set_rope_rows(rope_rows, rope_longest, positions, seq_keys, long_after, t.max_pos);
         }
         let pos_embed = self.pos_embed.as_ref().map(|p| &p.data[..]);
         embedding_forward(x, tokens, self.embed.matrix(), positions, pos_embed, d);
@@ -632,14 +632,15 @@ struct BlockIo<'a, 'c> {
 
 /// Each row's row of the RoPE table: its position, offset into LongRoPE's long set when its sequence is longer than
 /// `long_after` positions — transformers' rule, made per sequence (the rows sharing a key, `seq_keys`: the packed
-/// sequence's start, or the cache slot), so a row scores alike alone or packed. `longest`: scratch.
-fn set_rope_rows(
+/// sequence's start, or the cache slot), so a row scores alike alone or packed. `table_rows`: the rows of one set
+/// of the table; `longest`: scratch.
+pub(crate) fn set_rope_rows(
     out: &mut Vec<u32>,
     longest: &mut Vec<u32>,
     positions: &[u32],
     seq_keys: &[u32],
     long_after: Option<usize>,
-    t: &RopeTable,
+    table_rows: usize,
 ) {
     out.clear();
     out.extend_from_slice(positions);
@@ -651,7 +652,7 @@ fn set_rope_rows(
     }
     for (r, &k) in out.iter_mut().zip(seq_keys) {
         if longest[k as usize] as usize > o {
-            *r += t.max_pos as u32;
+            *r += table_rows as u32;
         }
     }
 }

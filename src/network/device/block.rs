@@ -53,12 +53,15 @@ impl<B: Backend> BlockArgs<'_, B> {
 
 impl<B: Backend> DevBlock<B> {
     /// The block on the residual stream x (N, d); saves in `l` what [`Self::backward`] needs.
+    /// `gate_up`: scratch of a fused gate|up output (N, 2·ffn).
+    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         be: &B,
         x: &mut B::F32,
         l: &mut LayerBufs<B>,
         s: &mut LinearScratch<B>,
+        gate_up: &mut B::F32,
         a: &BlockArgs<B>,
         attend: Attend<B>,
     ) -> Result<()> {
@@ -108,8 +111,19 @@ impl<B: Backend> DevBlock<B> {
 
         be.rmsnorm_forward(&mut l.h2, &mut l.rstd2, x, &self.mlp_norm.w, n, d, off, eps)?;
         let ff = MatView::dense(n, f);
-        self.up.forward(be, &mut l.up, ff, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
-        self.gate.forward(be, &mut l.gate, ff, false, &l.h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
+        match &self.gate {
+            Some(gate) => {
+                self.up.forward(be, &mut l.up, ff, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
+                gate.forward(be, &mut l.gate, ff, false, &l.h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
+            }
+            None => {
+                // Phi-3: gate|up side by side from one linear, split into the buffers the GLU reads.
+                let wide = MatView::dense(n, 2 * f);
+                self.up.forward(be, gate_up, wide, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
+                be.copy_view(&mut l.gate, ff, gate_up, MatView::columns(n, 0, f, 2 * f))?;
+                be.copy_view(&mut l.up, ff, gate_up, MatView::columns(n, f, f, 2 * f))?;
+            }
+        }
         be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?;
         match &self.post_norms {
             None => self.down.forward(be, x, dense, true, &l.act, n, l.lora[SLOT_DOWN].as_mut(), s, seed),
@@ -121,12 +135,14 @@ impl<B: Backend> DevBlock<B> {
     }
 
     /// Backward from the saved `l`: `g.dx` holds ∂L/∂(block output) on entry and ∂L/∂(block input) on return.
+    /// `gate_up`: scratch of a fused gate|up gradient (N, 2·ffn).
     pub fn backward(
         &mut self,
         be: &B,
         l: &LayerBufs<B>,
         g: &mut GradBufs<B>,
         s: &mut LinearScratch<B>,
+        gate_up: &mut B::F32,
         a: &BlockArgs<B>,
     ) -> Result<()> {
         let (n, d, f, lay, off) = (a.n, a.hidden, a.ffn, a.layout, a.norm_offset);
@@ -138,8 +154,18 @@ impl<B: Backend> DevBlock<B> {
         self.down.backward(be, &mut g.dact, dmlp_out, dense, &l.act, n, l.lora[SLOT_DOWN].as_ref(), s)?;
         be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?;
         be.zero(&mut g.dh, n * d)?;
-        self.gate.backward(be, &mut g.dh, &g.dgate, ff, &l.h2, n, l.lora[SLOT_GATE].as_ref(), s)?;
-        self.up.backward(be, &mut g.dh, &g.dup, ff, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?;
+        match &mut self.gate {
+            Some(gate) => {
+                gate.backward(be, &mut g.dh, &g.dgate, ff, &l.h2, n, l.lora[SLOT_GATE].as_ref(), s)?;
+                self.up.backward(be, &mut g.dh, &g.dup, ff, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?;
+            }
+            None => {
+                be.copy_view(gate_up, MatView::columns(n, 0, f, 2 * f), &g.dgate, ff)?;
+                be.copy_view(gate_up, MatView::columns(n, f, f, 2 * f), &g.dup, ff)?;
+                let wide = MatView::dense(n, 2 * f);
+                self.up.backward(be, &mut g.dh, gate_up, wide, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?;
+            }
+        }
         norm_backward(be, &mut self.mlp_norm, &mut g.dx, &g.dh, &l.x_mid, &l.rstd2, n, d, off)?;
 
         // Attention: x_mid = x_in + o(attention(rope(qkv(h1)))), h1 = attn_norm(x_in)

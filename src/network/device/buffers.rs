@@ -27,7 +27,7 @@ pub struct LayerBufs<B: Backend> {
     pub gate: B::F32,
     pub up: B::F32,
     pub act: B::F32,
-    /// Per linear layer (q, k, v, o, gate, up, down), its adapter's saved values.
+    /// Per linear layer by slot (q, k, v, o, gate, up, down: `DevBlock::slotted`), its adapter's saved values.
     pub lora: Vec<Option<LoraBufs<B>>>,
     /// q and k before their per-head norms (N, heads·head_dim) and those norms' 1/rms (N·heads); empty without.
     pub q_pre: B::F32,
@@ -80,6 +80,10 @@ pub struct Buffers<B: Backend> {
     pub seq_start: B::U32,
     /// Decoding: each row's KV cache slot.
     pub slots: B::U32,
+    /// Each row's row of the RoPE table when it is not its position (LongRoPE's long set: `set_rope_rows`).
+    pub rope_rows: B::U32,
+    /// Phi-3's fused gate|up output (N, 2·ffn), or its gradient on the way back; empty without.
+    pub gate_up: B::F32,
     /// The residual stream (N, d); the final norm's input and output, and its 1/rms.
     pub x: B::F32,
     pub x_final_in: B::F32,
@@ -102,16 +106,15 @@ impl<B: Backend> Buffers<B> {
         let kept = if training { c.num_layers } else { 1 };
         let mut layers = Vec::with_capacity(kept);
         for blk in w.blocks.iter().take(kept) {
-            let lora = blk
-                .linears()
-                .map(|l| match &l.lora {
-                    None => Ok(None),
-                    Some(a) => Ok(Some(LoraBufs {
+            let mut lora: Vec<Option<LoraBufs<B>>> = (0..7).map(|_| None).collect();
+            for (slot, l) in blk.slotted() {
+                if let Some(a) = &l.lora {
+                    lora[slot] = Some(LoraBufs {
                         u: be.alloc(n * a.rank)?,
                         keep: (training && a.dropout > 0.0).then(|| be.alloc_mask(n * l.in_dim)).transpose()?,
-                    })),
-                })
-                .collect::<Result<_>>()?;
+                    });
+                }
+            }
             let stream = if training { n * d } else { 0 };
             let kvw = c.num_kv_heads * c.head_dim;
             let (qk, post) = (c.qk_norm, c.sandwich_norms);
@@ -165,6 +168,8 @@ impl<B: Backend> Buffers<B> {
             positions: be.alloc_u32(n)?,
             seq_start: be.alloc_u32(n)?,
             slots: be.alloc_u32(n)?,
+            rope_rows: be.alloc_u32(if c.longrope.is_some() { n } else { 0 })?,
+            gate_up: be.alloc(if c.fused_projections() { n * 2 * f } else { 0 })?,
             x: be.alloc(n * d)?,
             x_final_in: be.alloc(n * d)?,
             hidden: be.alloc(n * d)?,

@@ -4,9 +4,10 @@
 //! (tests/device_model.rs); on a GPU each op is checked against its CPU kernel (`condlm info --devices
 //! --check-kernels`).
 //!
-//! What runs here so far: the Llama family's block layout (Llama, SmolLM2, Qwen2, Mistral, Qwen3, Gemma 3: RMSNorm
-//! with Gemma's (1 + w), optional biases, per-head q/k norms, post norms, GQA, RoPE with a second base for sliding
-//! layers, sliding windows, SwiGLU/GeGLU), scoring, LoRA training with dropout, full fine-tuning and decoding.
+//! What runs here so far: the Llama family's block layout (Llama, SmolLM2, Qwen2, Mistral, Qwen3, Gemma 3, Phi-3/4:
+//! RMSNorm with Gemma's (1 + w), optional biases, per-head q/k norms, post norms, GQA, RoPE with a second base for
+//! sliding layers or LongRoPE's two sets and partial rotary dims, sliding windows, SwiGLU/GeGLU, fused qkv and
+//! gate|up projections), scoring, LoRA training with dropout, full fine-tuning and decoding.
 //! Everything else is refused by [`unsupported`] with what to use instead.
 pub mod block;
 pub mod buffers;
@@ -20,7 +21,7 @@ pub mod weights;
 use super::batch::PackedBatch;
 use super::batch::Row;
 use super::config::{Config, Family};
-use super::transformer::{Transformer, layer_seed};
+use super::transformer::{Transformer, layer_seed, set_rope_rows};
 use crate::distributed::Collectives;
 use crate::kernels::adamw::{AdamWConfig, AdamWScalars};
 use crate::kernels::backend::{Backend, MatView};
@@ -99,16 +100,38 @@ fn layer_rope<'a, R>(c: &Config, rope: &'a R, local: &'a Option<R>, i: usize) ->
     }
 }
 
+/// LongRoPE rotates a sequence with its long set once it is longer than `long_after` positions — all of it, so the
+/// CPU decoder runs a sequence that outgrows the short set again from its start (`rerun_outgrown`). The device
+/// decoder does not: it refuses rows that would continue a sequence whose cached keys were rotated with the short
+/// set into the long one.
+fn check_long_crossing(rows: &[Row], long_after: usize) -> Result<()> {
+    let mut span: std::collections::BTreeMap<u32, (u32, u32)> = Default::default();
+    for r in rows {
+        let s = span.entry(r.slot).or_insert((r.pos, r.pos));
+        *s = (s.0.min(r.pos), s.1.max(r.pos));
+    }
+    for (slot, (first, last)) in span {
+        if first > 0 && first as usize <= long_after && last as usize >= long_after {
+            bail!(
+                "sequence {slot} grows past {long_after} positions, where LongRoPE switches to its long factors for the \
+                 whole sequence; the GPU decoder does not recompute the cached keys: generate on the CPU (without \
+                 --device), or keep prompt + new tokens within {long_after}"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Why `model` cannot run on a device yet (None when it can).
 pub fn unsupported(model: &Transformer) -> Option<String> {
     let c = &model.config;
     let why = if c.family != Family::Llama {
         format!("the {} architecture (GPT-2's LayerNorm and GELU MLP)", c.architecture)
-    } else if c.longrope.is_some() {
-        "LongRoPE (Phi-3)".to_string()
-    } else if c.fused_projections() {
-        "fused qkv / gate_up projections (Phi-3)".to_string()
-    } else if model.blocks.iter().any(|b| b.gate.is_none() || b.attn_norm.b.is_some() || b.mlp_norm.b.is_some()) {
+    } else if model
+        .blocks
+        .iter()
+        .any(|b| (b.gate.is_none() && !c.fused_projections()) || b.attn_norm.b.is_some() || b.mlp_norm.b.is_some())
+    {
         "blocks without a gated MLP or with LayerNorms".to_string()
     } else {
         return None;
@@ -131,6 +154,9 @@ pub struct DeviceModel<B: Backend> {
     /// Rows of the current batch, and its token ids on the host (the embedding's backward groups rows by them).
     n: usize,
     tokens: Vec<u32>,
+    /// LongRoPE's table rows of the batch and their scratch (`set_rope_rows`), on the host.
+    rope_rows: Vec<u32>,
+    rope_longest: Vec<u32>,
     /// Decoding's KV cache ([`Self::start_decoding`]).
     cache: Option<DevKvCache<B>>,
     /// How [`Self::sum_grads`] sums over ranks, and its packing buffer with its length.
@@ -145,7 +171,7 @@ impl<B: Backend> DeviceModel<B> {
             bail!("{why}");
         }
         let c = model.config.clone();
-        let rope = backend.upload_rope(&RopeTable::new(&c.rope_inv_freq(false), c.max_positions))?;
+        let rope = backend.upload_rope(&c.rope_table(c.max_positions))?;
         let local = c.rope_local_inv_freq().map(|f| backend.upload_rope(&RopeTable::new(&f, c.max_positions)));
         let weights = Weights::upload(&backend, model)?;
         Ok(DeviceModel {
@@ -160,6 +186,8 @@ impl<B: Backend> DeviceModel<B> {
             bufs: None,
             n: 0,
             tokens: vec![],
+            rope_rows: vec![],
+            rope_longest: vec![],
             cache: None,
             rank_sums: Box::new(ThroughHost::default()),
             rank_flat: None,
@@ -197,16 +225,17 @@ impl<B: Backend> DeviceModel<B> {
         self.prepare(batch.len(), step_seed.is_some())?;
         let bufs = self.bufs.as_mut().expect("prepared");
         self.backend.upload_u32(&mut bufs.seq_start, &batch.seq_start)?;
-        self.run_blocks(&batch.tokens, &batch.positions, step_seed, None)
+        self.run_blocks(&batch.tokens, &batch.positions, &batch.seq_start, step_seed, None)
     }
 
     /// The block loop of every pass (as `Transformer::run_blocks`): embeddings, each block — attending within
     /// the packed batch, or over `cache` when decoding — then the final norm into `hidden`. The batch's
-    /// `seq_start` (packed) or `slots` (decoding) are on the device already.
+    /// `seq_start` (packed) or `slots` (decoding) are on the device already; `seq_keys` are they on the host.
     fn run_blocks(
         &mut self,
         tokens: &[u32],
         positions: &[u32],
+        seq_keys: &[u32],
         step_seed: Option<u64>,
         mut cache: Option<&mut DevKvCache<B>>,
     ) -> Result<()> {
@@ -219,8 +248,16 @@ impl<B: Backend> DeviceModel<B> {
         let d = c.hidden_size;
         be.upload_u32(&mut bufs.tokens, tokens)?;
         be.upload_u32(&mut bufs.positions, positions)?;
+        let long_after = c.longrope.as_ref().map(|l| l.original_max_positions);
+        if long_after.is_some() {
+            let (rows, longest) = (&mut self.rope_rows, &mut self.rope_longest);
+            set_rope_rows(rows, longest, positions, seq_keys, long_after, c.max_positions);
+            be.upload_u32(&mut bufs.rope_rows, rows)?;
+        }
         be.embedding(&mut bufs.x, &w.embed.w, &bufs.tokens, n, d, self.embed_scale)?;
         let training = step_seed.is_some();
+        // Each row's row of the RoPE table: its position, or LongRoPE's row.
+        let rope_rows = if long_after.is_some() { &bufs.rope_rows } else { &bufs.positions };
         for (i, blk) in w.blocks.iter().enumerate() {
             let args = BlockArgs {
                 n,
@@ -230,7 +267,7 @@ impl<B: Backend> DeviceModel<B> {
                 norm_offset: self.norm_offset,
                 norm_eps: c.norm_eps,
                 act: c.mlp_act,
-                rope: c.rope_in(i).then_some((layer_rope(c, &self.rope, &self.rope_local, i), &bufs.positions)),
+                rope: c.rope_in(i).then_some((layer_rope(c, &self.rope, &self.rope_local, i), rope_rows)),
                 seq_start: &bufs.seq_start,
                 seed: step_seed.map(|s| layer_seed(s, i)),
             };
@@ -242,7 +279,7 @@ impl<B: Backend> DeviceModel<B> {
                 }
             };
             let l = &mut bufs.layers[if training { i } else { 0 }];
-            blk.forward(be, &mut bufs.x, l, &mut bufs.linear, &args, attend)?;
+            blk.forward(be, &mut bufs.x, l, &mut bufs.linear, &mut bufs.gate_up, &args, attend)?;
         }
         be.copy(&mut bufs.x_final_in, &bufs.x, n * d)?;
         let (off, eps) = (self.norm_offset, c.norm_eps);
@@ -273,13 +310,16 @@ impl<B: Backend> DeviceModel<B> {
         out: &mut [f32],
         cache: &mut DevKvCache<B>,
     ) -> Result<()> {
+        if let Some(l) = &self.config.longrope {
+            check_long_crossing(rows, l.original_max_positions)?;
+        }
         self.prepare(rows.len(), false)?;
         let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
         let positions: Vec<u32> = rows.iter().map(|r| r.pos).collect();
         let slots: Vec<u32> = rows.iter().map(|r| r.slot).collect();
         let bufs = self.bufs.as_mut().expect("prepared");
         self.backend.upload_u32(&mut bufs.slots, &slots)?;
-        self.run_blocks(&tokens, &positions, None, Some(cache))?;
+        self.run_blocks(&tokens, &positions, &slots, None, Some(cache))?;
         let (be, c, head) = (&self.backend, &self.config, self.weights.head());
         let bufs = self.bufs.as_mut().expect("prepared");
         let (d, vocab) = (c.hidden_size, c.vocab_size);
@@ -404,6 +444,7 @@ impl<B: Backend> DeviceModel<B> {
         let (norm, rstd) = (&mut w.final_norm, &bufs.final_rstd);
         let dw = norm.train.as_mut().map(|t| &mut t.g);
         be.rmsnorm_backward(&mut g.dx, dw, &g.dhidden, &bufs.x_final_in, &norm.w, rstd, n, d, off)?;
+        let rope_rows = if c.longrope.is_some() { &bufs.rope_rows } else { &bufs.positions };
         for i in (0..w.blocks.len()).rev() {
             let args = BlockArgs {
                 n,
@@ -413,11 +454,11 @@ impl<B: Backend> DeviceModel<B> {
                 norm_offset: off,
                 norm_eps: c.norm_eps,
                 act: c.mlp_act,
-                rope: c.rope_in(i).then_some((layer_rope(c, &self.rope, &self.rope_local, i), &bufs.positions)),
+                rope: c.rope_in(i).then_some((layer_rope(c, &self.rope, &self.rope_local, i), rope_rows)),
                 seq_start: &bufs.seq_start,
                 seed: None,
             };
-            w.blocks[i].backward(be, &bufs.layers[i], g, &mut bufs.linear, &args)?;
+            w.blocks[i].backward(be, &bufs.layers[i], g, &mut bufs.linear, &mut bufs.gate_up, &args)?;
         }
         if let Some(t) = &mut w.embed.train {
             if let Some(s) = self.embed_scale {

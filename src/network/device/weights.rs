@@ -90,7 +90,8 @@ pub struct DevLinear<B: Backend> {
     pub out_dim: usize,
 }
 
-/// One block of the Llama family's layout (RMSNorms, q/k/v, o, gate/up/down).
+/// One block of the Llama family's layout (RMSNorms, q/k/v, o, gate/up/down; Phi-3's fused qkv and gate|up are
+/// one linear each, its `up` then giving gate|up side by side).
 pub struct DevBlock<B: Backend> {
     pub attn_norm: DevTensor<B>,
     /// Gemma 3's norms of the attention and MLP outputs (then `mlp_norm` is its pre-feedforward norm).
@@ -100,7 +101,8 @@ pub struct DevBlock<B: Backend> {
     pub qkv: Vec<DevLinear<B>>,
     pub o: DevLinear<B>,
     pub mlp_norm: DevTensor<B>,
-    pub gate: DevLinear<B>,
+    /// None when fused into `up` (Phi-3).
+    pub gate: Option<DevLinear<B>>,
     pub up: DevLinear<B>,
     pub down: DevLinear<B>,
 }
@@ -181,7 +183,6 @@ fn linear<B: Backend>(be: &B, l: &Linear) -> Result<DevLinear<B>> {
 }
 
 fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
-    let gate = b.gate.as_ref().expect("checked by network::device::unsupported");
     Ok(DevBlock {
         attn_norm: upload(be, &b.attn_norm.w)?,
         post_norms: b
@@ -197,7 +198,7 @@ fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
         qkv: b.qkv.iter().map(|l| linear(be, l)).collect::<Result<_>>()?,
         o: linear(be, &b.o)?,
         mlp_norm: upload(be, &b.mlp_norm.w)?,
-        gate: linear(be, gate)?,
+        gate: b.gate.as_ref().map(|g| linear(be, g)).transpose()?,
         up: linear(be, &b.up)?,
         down: linear(be, &b.down)?,
     })
@@ -244,7 +245,8 @@ impl<B: Backend> Weights<B> {
             let (attn_norm, mlp_norm) = (&mut b.attn_norm, &mut b.mlp_norm);
             let post = b.post_norms.iter_mut().flat_map(|(a, m)| [a, m]);
             let qk = b.qk_norm.iter_mut().flat_map(|(q, k)| [q, k]);
-            let linears = b.qkv.iter_mut().chain([&mut b.o, &mut b.gate, &mut b.up, &mut b.down]).flat_map(|l| {
+            let rest = [Some(&mut b.o), b.gate.as_mut(), Some(&mut b.up), Some(&mut b.down)];
+            let linears = b.qkv.iter_mut().chain(rest.into_iter().flatten()).flat_map(|l| {
                 let lora = l.lora.iter_mut().flat_map(|a| [&mut a.a, &mut a.b]);
                 std::iter::once(&mut l.w).chain(l.b.as_mut()).chain(lora)
             });
@@ -255,11 +257,15 @@ impl<B: Backend> Weights<B> {
 }
 
 impl<B: Backend> DevBlock<B> {
+    /// The linear layers in parameter order.
     pub fn linears(&self) -> impl Iterator<Item = &DevLinear<B>> {
-        self.qkv.iter().chain([&self.o, &self.gate, &self.up, &self.down])
+        self.slotted().map(|(_, l)| l)
     }
 
-    pub fn linears_mut(&mut self) -> impl Iterator<Item = &mut DevLinear<B>> {
-        self.qkv.iter_mut().chain([&mut self.o, &mut self.gate, &mut self.up, &mut self.down])
+    /// Each linear layer with its slot in a layer's LoRA buffers (`block::SLOT_*`): q, k, v (or the fused qkv)
+    /// from 0, then o, gate, up, down at 3 to 6 — the same slot whether or not projections are fused.
+    pub fn slotted(&self) -> impl Iterator<Item = (usize, &DevLinear<B>)> {
+        let rest = [(3, Some(&self.o)), (4, self.gate.as_ref()), (5, Some(&self.up)), (6, Some(&self.down))];
+        self.qkv.iter().enumerate().chain(rest.into_iter().filter_map(|(slot, l)| Some((slot, l?))))
     }
 }
