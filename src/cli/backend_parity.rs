@@ -42,7 +42,7 @@ pub fn run(dev: &Cuda) -> usize {
 }
 
 /// Every check, by the ops it covers.
-fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 21] {
+fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 23] {
     [
         ("upload/download/zero/copy", copies),
         ("scale/add/copy_view", scale),
@@ -55,12 +55,14 @@ fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 21] {
         ("embedding_backward", embedding_backward),
         ("scatter_add_rows", scatter),
         ("rmsnorm", rmsnorm),
+        ("layernorm", layernorm),
         ("rope", rope),
         ("attention", attention),
         ("kv_store", kv_store),
         ("cached_attention", cached_attention),
         ("copy_within", copy_within),
         ("glu", glu),
+        ("gelu", gelu),
         ("cross_entropy_rows", cross_entropy),
         ("dropout", dropout),
         ("adamw", adamw),
@@ -412,6 +414,37 @@ fn rmsnorm<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     Ok(())
 }
 
+/// 19 rows of 300 in buffers of 25 rows; with dw and db, then with neither.
+fn layernorm_on<B: Backend>(b: &B, grads: bool) -> Result<Outs> {
+    let (rows, dim, cap) = (19, 300, 25);
+    let x = up(b, &random(cap * dim, 154, 2.0))?;
+    let (w, bias) = (up(b, &random(dim + 5, 155, 1.0))?, up(b, &random(dim + 5, 161, 1.0))?);
+    let dout = up(b, &random(cap * dim, 156, 1.0))?;
+    let mut out = up(b, &random(cap * dim, 157, 1.0))?;
+    let (mut mean, mut rstd) = (up(b, &random(cap, 158, 1.0))?, up(b, &random(cap, 162, 1.0))?);
+    b.layernorm_forward(&mut out, &mut mean, &mut rstd, &x, &w, &bias, rows, dim, 1e-5)?;
+    let mut dx = up(b, &random(cap * dim, 159, 0.5))?;
+    let (mut dw, mut db) = (up(b, &random(dim + 5, 160, 0.5))?, up(b, &random(dim + 5, 163, 0.5))?);
+    let (gw, gb) = (grads.then_some(&mut dw), grads.then_some(&mut db));
+    b.layernorm_backward(&mut dx, gw, gb, &dout, &x, &w, &mean, &rstd, rows, dim)?;
+    let name = |what: &str| format!("layernorm {what} (weight grads {grads})");
+    Ok(vec![
+        (name("forward out"), down(b, &out, cap * dim)?),
+        (name("forward mean"), down(b, &mean, cap)?),
+        (name("forward rstd"), down(b, &rstd, cap)?),
+        (name("backward dx"), down(b, &dx, cap * dim)?),
+        (name("backward dw"), down(b, &dw, dim + 5)?),
+        (name("backward db"), down(b, &db, dim + 5)?),
+    ])
+}
+
+fn layernorm<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for grads in [true, false] {
+        compare_outs(all, &layernorm_on(&Host, grads)?, &layernorm_on(dev, grads)?, 1e-5);
+    }
+    Ok(())
+}
+
 /// 3 heads of 64 from column 5 (the first 48 features rotating: partial rotary), 29 rows of a buffer of 33.
 fn rope_on<B: Backend>(b: &B, backward: bool) -> Result<Outs> {
     let (half, max_pos, rows, cap) = (24, 50, 29, 33);
@@ -570,6 +603,21 @@ fn glu_on<B: Backend>(b: &B, act: GateAct) -> Result<Outs> {
     ])
 }
 
+/// GPT-2's ungated GELU: 10 007 values of buffers of 10 100.
+fn gelu_on<B: Backend>(b: &B) -> Result<Outs> {
+    let (n, cap) = (10_007, 10_100);
+    let (x, dout) = (up(b, &random(cap, 167, 6.0))?, up(b, &random(cap, 169, 1.0))?);
+    let (mut out, mut dx) = (up(b, &random(cap, 170, 1.0))?, up(b, &random(cap, 171, 1.0))?);
+    b.gelu_forward(&mut out, &x, n)?;
+    b.gelu_backward(&mut dx, &dout, &x, n)?;
+    Ok(vec![("gelu forward".into(), down(b, &out, cap)?), ("gelu backward".into(), down(b, &dx, cap)?)])
+}
+
+fn gelu<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &gelu_on(&Host)?, &gelu_on(dev)?, 1e-6);
+    Ok(())
+}
+
 fn glu<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     for act in [GateAct::Silu, GateAct::GeluTanh] {
         compare_outs(all, &glu_on(&Host, act)?, &glu_on(dev, act)?, 1e-6);
@@ -656,6 +704,9 @@ fn empty_on<B: Backend>(b: &B) -> Result<Outs> {
     let mut keep = b.alloc_mask(64)?;
     b.scale(&mut y, &x, 0, 2.0)?;
     b.rmsnorm_forward(&mut y, &mut b.alloc(4)?, &x, &x, 0, 8, 0.0, 1e-6)?;
+    b.layernorm_forward(&mut y, &mut b.alloc(4)?, &mut b.alloc(4)?, &x, &x, &x, 0, 8, 1e-5)?;
+    b.layernorm_backward(&mut y, None, None, &x, &x, &x, &x, &x, 0, 8)?;
+    b.gelu_forward(&mut y, &x, 0)?;
     b.embedding(&mut y, &x, &ids, 0, 8, None)?;
     b.scatter_add_rows(&mut y, &x, &ids, 0, 8)?;
     b.add_column_sums(&mut y, &x, MatView { offset: 3, rows: 0, cols: 8, ld: 8, trans: false })?;

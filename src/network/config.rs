@@ -461,9 +461,9 @@ impl Config {
         self.architecture.get(..4).is_some_and(|a| a.eq_ignore_ascii_case("phi3"))
     }
 
-    /// Whether layer `i` applies RoPE.
+    /// Whether layer `i` applies RoPE (never in GPT-2, whose positions are learned embeddings).
     pub fn rope_in(&self, i: usize) -> bool {
-        !self.no_rope.get(i).copied().unwrap_or(false)
+        self.family == Family::Llama && !self.no_rope.get(i).copied().unwrap_or(false)
     }
 
     /// The attention window of layer `i`, if it slides.

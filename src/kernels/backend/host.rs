@@ -2,7 +2,7 @@
 //! same name mirrors. The device model run on it must give what `network::Transformer` gives — that checks
 //! the device model's composition (buffers, views, order of ops) without a GPU.
 use super::{Backend, MatView, RopeCols};
-use crate::kernels::activation::{GateAct, glu_backward, glu_forward};
+use crate::kernels::activation::{GateAct, gelu_tanh_backward, gelu_tanh_forward, glu_backward, glu_forward};
 use crate::kernels::adamw::{AdamWScalars, adamw_step};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
 use crate::kernels::bf16;
@@ -13,7 +13,7 @@ use crate::kernels::kv_attention::{CachedAttentionScratch, KvLayer, cached_atten
 use crate::kernels::lm_head::cross_entropy_row;
 use crate::kernels::mat::{Mat, MatMut};
 use crate::kernels::matmul::{matmul, matmul_weights};
-use crate::kernels::norm::{rmsnorm_backward, rmsnorm_forward};
+use crate::kernels::norm::{layernorm_backward, layernorm_forward, rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{RopeTable, rope_backward, rope_forward};
 use anyhow::Result;
 
@@ -266,6 +266,42 @@ impl Backend for Host {
         Ok(())
     }
 
+    fn layernorm_forward(
+        &self,
+        out: &mut Vec<f32>,
+        mean: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        b: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let (out, x) = (&mut out[..rows * dim], &x[..rows * dim]);
+        layernorm_forward(out, &mut mean[..rows], &mut rstd[..rows], x, &w[..dim], &b[..dim], eps);
+        Ok(())
+    }
+
+    fn layernorm_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dw: Option<&mut Vec<f32>>,
+        db: Option<&mut Vec<f32>>,
+        dout: &Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        mean: &Vec<f32>,
+        rstd: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        let (dx, dout, x) = (&mut dx[..rows * dim], &dout[..rows * dim], &x[..rows * dim]);
+        let (dw, db) = (dw.map(|g| &mut g[..dim]), db.map(|g| &mut g[..dim]));
+        layernorm_backward(dx, dw, db, dout, x, &w[..dim], &mean[..rows], &rstd[..rows]);
+        Ok(())
+    }
+
     fn rope(
         &self,
         backward: bool,
@@ -357,6 +393,16 @@ impl Backend for Host {
     fn copy_within(&self, buf: &mut Vec<f32>, from: usize, to: usize, n: usize) -> Result<()> {
         assert!(from + n <= to || to + n <= from, "copy_within: overlapping ranges");
         buf.copy_within(from..from + n, to);
+        Ok(())
+    }
+
+    fn gelu_forward(&self, out: &mut Vec<f32>, x: &Vec<f32>, n: usize) -> Result<()> {
+        gelu_tanh_forward(&mut out[..n], &x[..n]);
+        Ok(())
+    }
+
+    fn gelu_backward(&self, dx: &mut Vec<f32>, dout: &Vec<f32>, x: &Vec<f32>, n: usize) -> Result<()> {
+        gelu_tanh_backward(&mut dx[..n], &dout[..n], &x[..n]);
         Ok(())
     }
 

@@ -213,6 +213,35 @@ pub trait Backend {
         dim: usize,
         offset: f32,
     ) -> Result<()>;
+    /// As `kernels::norm::layernorm_forward` on `rows` rows of `dim` (GPT-2): mean and 1/std saved.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_forward(
+        &self,
+        out: &mut Self::F32,
+        mean: &mut Self::F32,
+        rstd: &mut Self::F32,
+        x: &Self::F32,
+        w: &Self::F32,
+        b: &Self::F32,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// As `kernels::norm::layernorm_backward`: dx **+=**, dw and db **+=** when given.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_backward(
+        &self,
+        dx: &mut Self::F32,
+        dw: Option<&mut Self::F32>,
+        db: Option<&mut Self::F32>,
+        dout: &Self::F32,
+        x: &Self::F32,
+        w: &Self::F32,
+        mean: &Self::F32,
+        rstd: &Self::F32,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()>;
     /// As `kernels::rope`'s forward (or backward) on `rows` rows of `buf`; row i uses table row `table_rows[i]`.
     fn rope(
         &self,
@@ -278,6 +307,10 @@ pub trait Backend {
     ) -> Result<()>;
     /// buf[to..to + n] = buf[from..from + n] (the ranges do not overlap): a cache slot copied to another.
     fn copy_within(&self, buf: &mut Self::F32, from: usize, to: usize, n: usize) -> Result<()>;
+    /// As `kernels::activation::gelu_tanh_forward` on n values (GPT-2's MLP).
+    fn gelu_forward(&self, out: &mut Self::F32, x: &Self::F32, n: usize) -> Result<()>;
+    /// As `kernels::activation::gelu_tanh_backward`: dx = (overwritten).
+    fn gelu_backward(&self, dx: &mut Self::F32, dout: &Self::F32, x: &Self::F32, n: usize) -> Result<()>;
     /// As `kernels::activation::glu_forward` on n values.
     fn glu_forward(&self, out: &mut Self::F32, gate: &Self::F32, up: &Self::F32, n: usize, act: GateAct) -> Result<()>;
     /// As `kernels::activation::glu_backward` on n values (dgate, dup written).

@@ -414,6 +414,52 @@ impl Backend for Cuda {
         self.ran(op, norm::rmsnorm_backward(&self.device, &mut dx, dw.as_mut(), &dout, &x, &w, offset, &rstd))
     }
 
+    fn layernorm_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        mean: &mut CudaSlice<f32>,
+        rstd: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        b: &CudaSlice<f32>,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let op = "layernorm_forward";
+        let (mut o, mut m, mut r) = (pre_mut(out, rows * dim, op), pre_mut(mean, rows, op), pre_mut(rstd, rows, op));
+        let (x, w, b) = (pre(x, rows * dim, op), pre(w, dim, op), pre(b, dim, op));
+        self.ran(op, norm::layernorm_forward(&self.device, &mut o, &mut m, &mut r, &x, &w, &b, eps))
+    }
+
+    fn layernorm_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        dw: Option<&mut CudaSlice<f32>>,
+        db: Option<&mut CudaSlice<f32>>,
+        dout: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        mean: &CudaSlice<f32>,
+        rstd: &CudaSlice<f32>,
+        rows: usize,
+        dim: usize,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let op = "layernorm_backward";
+        let mut dx = pre_mut(dx, rows * dim, op);
+        let (mut dw, mut db) = (dw.map(|g| pre_mut(g, dim, op)), db.map(|g| pre_mut(g, dim, op)));
+        let (dout, x, w) = (pre(dout, rows * dim, op), pre(x, rows * dim, op), pre(w, dim, op));
+        let (mean, rstd) = (pre(mean, rows, op), pre(rstd, rows, op));
+        let r = norm::layernorm_backward(&self.device, &mut dx, dw.as_mut(), db.as_mut(), &dout, &x, &w, &mean, &rstd);
+        self.ran(op, r)
+    }
+
     fn rope(
         &self,
         backward: bool,
@@ -524,6 +570,22 @@ impl Backend for Cuda {
             self.device.stream.memcpy_dtod(&tail.slice(..n), &mut head.slice_mut(to..to + n))
         };
         self.ran(op, r)
+    }
+
+    fn gelu_forward(&self, out: &mut CudaSlice<f32>, x: &CudaSlice<f32>, n: usize) -> Result<()> {
+        let op = "gelu_forward";
+        self.ran(op, glu::gelu_forward(&self.device, &mut pre_mut(out, n, op), &pre(x, n, op)))
+    }
+
+    fn gelu_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let op = "gelu_backward";
+        self.ran(op, glu::gelu_backward(&self.device, &mut pre_mut(dx, n, op), &pre(dout, n, op), &pre(x, n, op)))
     }
 
     fn glu_forward(

@@ -24,6 +24,11 @@ pub const SOURCES: &[Source] = &[
         text: include_str!("cu/rmsnorm.cu"),
         kernels: &["rmsnorm_forward", "rmsnorm_backward_dx", "rmsnorm_backward_dw"],
     },
+    Source {
+        file: "layernorm.cu",
+        text: include_str!("cu/layernorm.cu"),
+        kernels: &["layernorm_forward", "layernorm_backward_dx", "layernorm_backward_dwdb"],
+    },
     Source { file: "rope.cu", text: include_str!("cu/rope.cu"), kernels: &["rope_forward", "rope_backward"] },
     Source {
         file: "attention.cu",
@@ -31,7 +36,11 @@ pub const SOURCES: &[Source] = &[
         kernels: &["attention_forward", "attention_backward_dq", "attention_backward_dkv"],
     },
     Source { file: "kv_cache.cu", text: include_str!("cu/kv_cache.cu"), kernels: &["kv_store", "cached_attention"] },
-    Source { file: "glu.cu", text: include_str!("cu/glu.cu"), kernels: &["glu_forward", "glu_backward"] },
+    Source {
+        file: "glu.cu",
+        text: include_str!("cu/glu.cu"),
+        kernels: &["glu_forward", "glu_backward", "gelu_forward", "gelu_backward"],
+    },
     Source { file: "cross_entropy.cu", text: include_str!("cu/cross_entropy.cu"), kernels: &["cross_entropy_rows"] },
     Source { file: "adamw.cu", text: include_str!("cu/adamw.cu"), kernels: &["adamw_step"] },
     Source { file: "bf16.cu", text: include_str!("cu/bf16.cu"), kernels: &["to_bf16"] },

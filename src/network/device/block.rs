@@ -3,7 +3,7 @@
 //! x += down(act(gate(h)) ⊙ up(h)), h = mlp_norm(x).
 use super::buffers::{GradBufs, LayerBufs};
 use super::linear::LinearScratch;
-use super::weights::{DevBlock, DevTensor};
+use super::weights::{DevBlock, DevNorm, DevTensor};
 use crate::kernels::activation::GateAct;
 use crate::kernels::attention::QkvLayout;
 use crate::kernels::backend::{Backend, MatView, RopeCols};
@@ -70,7 +70,7 @@ impl<B: Backend> DevBlock<B> {
         if seed.is_some() {
             be.copy(&mut l.x_in, x, n * d)?;
         }
-        be.rmsnorm_forward(&mut l.h1, &mut l.rstd1, x, &self.attn_norm.w, n, d, off, eps)?;
+        self.attn_norm.forward(be, &mut l.h1, &mut l.mean1, &mut l.rstd1, x, n, d, off, eps)?;
         let mut col = 0;
         for (slot, lin) in self.qkv.iter().enumerate() {
             let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
@@ -109,22 +109,27 @@ impl<B: Backend> DevBlock<B> {
             be.copy(&mut l.x_mid, x, n * d)?;
         }
 
-        be.rmsnorm_forward(&mut l.h2, &mut l.rstd2, x, &self.mlp_norm.w, n, d, off, eps)?;
+        self.mlp_norm.forward(be, &mut l.h2, &mut l.mean2, &mut l.rstd2, x, n, d, off, eps)?;
         let ff = MatView::dense(n, f);
         match &self.gate {
             Some(gate) => {
                 self.up.forward(be, &mut l.up, ff, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
                 gate.forward(be, &mut l.gate, ff, false, &l.h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
             }
-            None => {
+            None if self.fused_gate_up() => {
                 // Phi-3: gate|up side by side from one linear, split into the buffers the GLU reads.
                 let wide = MatView::dense(n, 2 * f);
                 self.up.forward(be, gate_up, wide, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
                 be.copy_view(&mut l.gate, ff, gate_up, MatView::columns(n, 0, f, 2 * f))?;
                 be.copy_view(&mut l.up, ff, gate_up, MatView::columns(n, f, f, 2 * f))?;
             }
+            None => self.up.forward(be, &mut l.up, ff, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?,
         }
-        be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?;
+        match self.gate.is_some() || self.fused_gate_up() {
+            true => be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?,
+            // GPT-2: act = gelu(up(h2)).
+            false => be.gelu_forward(&mut l.act, &l.up, n * f)?,
+        }
         match &self.post_norms {
             None => self.down.forward(be, x, dense, true, &l.act, n, l.lora[SLOT_DOWN].as_mut(), s, seed),
             Some((_, norm)) => {
@@ -152,21 +157,26 @@ impl<B: Backend> DevBlock<B> {
         let post = self.post_norms.as_mut().map(|(_, norm)| (norm, &l.mlp_out, &l.post2_rstd));
         let dmlp_out = through_post_norm(be, post, &g.dx, &mut g.dsub, n, d, off)?;
         self.down.backward(be, &mut g.dact, dmlp_out, dense, &l.act, n, l.lora[SLOT_DOWN].as_ref(), s)?;
-        be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?;
+        let fused = self.fused_gate_up();
+        match self.gate.is_some() || fused {
+            true => be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?,
+            false => be.gelu_backward(&mut g.dup, &g.dact, &l.up, n * f)?,
+        }
         be.zero(&mut g.dh, n * d)?;
         match &mut self.gate {
             Some(gate) => {
                 gate.backward(be, &mut g.dh, &g.dgate, ff, &l.h2, n, l.lora[SLOT_GATE].as_ref(), s)?;
                 self.up.backward(be, &mut g.dh, &g.dup, ff, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?;
             }
-            None => {
+            None if fused => {
                 be.copy_view(gate_up, MatView::columns(n, 0, f, 2 * f), &g.dgate, ff)?;
                 be.copy_view(gate_up, MatView::columns(n, f, f, 2 * f), &g.dup, ff)?;
                 let wide = MatView::dense(n, 2 * f);
                 self.up.backward(be, &mut g.dh, gate_up, wide, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?;
             }
+            None => self.up.backward(be, &mut g.dh, &g.dup, ff, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?,
         }
-        norm_backward(be, &mut self.mlp_norm, &mut g.dx, &g.dh, &l.x_mid, &l.rstd2, n, d, off)?;
+        self.mlp_norm.backward(be, &mut g.dx, &g.dh, &l.x_mid, &l.mean2, &l.rstd2, n, d, off)?;
 
         // Attention: x_mid = x_in + o(attention(rope(qkv(h1)))), h1 = attn_norm(x_in)
         be.zero(&mut g.datt, n * lay.n_heads * lay.head_dim)?;
@@ -195,7 +205,7 @@ impl<B: Backend> DevBlock<B> {
             lin.backward(be, &mut g.dh, &g.dqkv, view, &l.h1, n, l.lora[slot].as_ref(), s)?;
             col += lin.out_dim;
         }
-        norm_backward(be, &mut self.attn_norm, &mut g.dx, &g.dh, &l.x_in, &l.rstd1, n, d, off)
+        self.attn_norm.backward(be, &mut g.dx, &g.dh, &l.x_in, &l.mean1, &l.rstd1, n, d, off)
     }
 }
 
@@ -233,6 +243,57 @@ fn through_post_norm<'a, B: Backend>(
     be.zero(dsub, n * d)?;
     norm_backward(be, norm, dsub, dx, out, rstd, n, d, off)?;
     Ok(dsub)
+}
+
+impl<B: Backend> DevBlock<B> {
+    /// Phi-3's fused gate|up: no gate, `up` giving both halves.
+    fn fused_gate_up(&self) -> bool {
+        self.gate.is_none() && self.up.out_dim == 2 * self.down.in_dim
+    }
+}
+
+impl<B: Backend> DevNorm<B> {
+    /// out = norm(x) over `rows` rows of `dim`: an RMSNorm (its 1/rms in `rstd`; `mean` unused), or a LayerNorm
+    /// when it has a bias (its mean and 1/std saved).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        be: &B,
+        out: &mut B::F32,
+        mean: &mut B::F32,
+        rstd: &mut B::F32,
+        x: &B::F32,
+        rows: usize,
+        dim: usize,
+        off: f32,
+        eps: f32,
+    ) -> Result<()> {
+        match &self.b {
+            None => be.rmsnorm_forward(out, rstd, x, &self.w.w, rows, dim, off, eps),
+            Some(b) => be.layernorm_forward(out, mean, rstd, x, &self.w.w, &b.w, rows, dim, eps),
+        }
+    }
+
+    /// Backward of [`Self::forward`]: dx **+=** ∂(norm)/∂x · dout; the weight's and bias's gradients when they
+    /// train.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        be: &B,
+        dx: &mut B::F32,
+        dout: &B::F32,
+        x: &B::F32,
+        mean: &B::F32,
+        rstd: &B::F32,
+        rows: usize,
+        dim: usize,
+        off: f32,
+    ) -> Result<()> {
+        let Some(b) = &mut self.b else { return norm_backward(be, &mut self.w, dx, dout, x, rstd, rows, dim, off) };
+        let DevTensor { w, train, .. } = &mut self.w;
+        let (dw, db) = (train.as_mut().map(|t| &mut t.g), b.grad());
+        be.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd, rows, dim)
+    }
 }
 
 /// An RMSNorm's backward: dx += ∂(norm)/∂x · dout, and its weight's gradient when it trains.

@@ -15,11 +15,14 @@ pub struct LayerBufs<B: Backend> {
     /// The residual stream entering the block and its attention half's output (N, d) (training only).
     pub x_in: B::F32,
     pub x_mid: B::F32,
-    /// attn_norm(x_in), mlp_norm(x_mid) (N, d) and their 1/rms (N).
+    /// attn_norm(x_in), mlp_norm(x_mid) (N, d) and their 1/rms (N); with LayerNorms (GPT-2) also their means (N),
+    /// else empty.
     pub h1: B::F32,
     pub rstd1: B::F32,
+    pub mean1: B::F32,
     pub h2: B::F32,
     pub rstd2: B::F32,
+    pub mean2: B::F32,
     /// q|k|v after RoPE (N, qkv width); attention's output (N, heads·head_dim).
     pub qkv: B::F32,
     pub att: B::F32,
@@ -84,11 +87,12 @@ pub struct Buffers<B: Backend> {
     pub rope_rows: B::U32,
     /// Phi-3's fused gate|up output (N, 2·ffn), or its gradient on the way back; empty without.
     pub gate_up: B::F32,
-    /// The residual stream (N, d); the final norm's input and output, and its 1/rms.
+    /// The residual stream (N, d); the final norm's input and output, and its 1/rms (and mean, for a LayerNorm).
     pub x: B::F32,
     pub x_final_in: B::F32,
     pub hidden: B::F32,
     pub final_rstd: B::F32,
+    pub final_mean: B::F32,
     pub layers: Vec<LayerBufs<B>>,
     pub linear: LinearScratch<B>,
     pub grads: Option<GradBufs<B>>,
@@ -117,15 +121,17 @@ impl<B: Backend> Buffers<B> {
             }
             let stream = if training { n * d } else { 0 };
             let kvw = c.num_kv_heads * c.head_dim;
-            let (qk, post) = (c.qk_norm, c.sandwich_norms);
+            let (qk, post, layer_norms) = (c.qk_norm, c.sandwich_norms, w.final_norm.b.is_some());
             let size = |on: bool, len: usize| be.alloc(if on { len } else { 0 });
             layers.push(LayerBufs {
                 x_in: be.alloc(stream)?,
                 x_mid: be.alloc(stream)?,
                 h1: be.alloc(n * d)?,
                 rstd1: be.alloc(n)?,
+                mean1: size(layer_norms, n)?,
                 h2: be.alloc(n * d)?,
                 rstd2: be.alloc(n)?,
+                mean2: size(layer_norms, n)?,
                 qkv: be.alloc(n * qw)?,
                 att: be.alloc(n * aw)?,
                 gate: be.alloc(n * f)?,
@@ -174,6 +180,7 @@ impl<B: Backend> Buffers<B> {
             x_final_in: be.alloc(n * d)?,
             hidden: be.alloc(n * d)?,
             final_rstd: be.alloc(n)?,
+            final_mean: be.alloc(if w.final_norm.b.is_some() { n } else { 0 })?,
             layers,
             linear: LinearScratch {
                 x_drop: be.alloc(n * max_in)?,

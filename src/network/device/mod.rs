@@ -4,11 +4,12 @@
 //! (tests/device_model.rs); on a GPU each op is checked against its CPU kernel (`condlm info --devices
 //! --check-kernels`).
 //!
-//! What runs here so far: the Llama family's block layout (Llama, SmolLM2, Qwen2, Mistral, Qwen3, Gemma 3, Phi-3/4:
-//! RMSNorm with Gemma's (1 + w), optional biases, per-head q/k norms, post norms, GQA, RoPE with a second base for
-//! sliding layers or LongRoPE's two sets and partial rotary dims, sliding windows, SwiGLU/GeGLU, fused qkv and
-//! gate|up projections), scoring, LoRA training with dropout, full fine-tuning and decoding.
-//! Everything else is refused by [`unsupported`] with what to use instead.
+//! Every architecture the CPU path runs: the Llama family's block layout (Llama, SmolLM2/3, Qwen2, Mistral, Qwen3,
+//! Gemma 3, Phi-3/4: RMSNorm with Gemma's (1 + w), optional biases, per-head q/k norms, post norms, GQA, RoPE with
+//! a second base for sliding layers or LongRoPE's two sets and partial rotary dims, sliding windows, SwiGLU/GeGLU,
+//! fused qkv and gate|up projections) and GPT-2 (LayerNorms, learned positions, GELU MLP); scoring, LoRA training
+//! with dropout, full fine-tuning and decoding. Decoding a LongRoPE sequence past its original context is refused
+//! (`check_long_crossing`).
 pub mod block;
 pub mod buffers;
 pub mod kv_cache;
@@ -20,7 +21,7 @@ pub mod weights;
 
 use super::batch::PackedBatch;
 use super::batch::Row;
-use super::config::{Config, Family};
+use super::config::Config;
 use super::transformer::{Transformer, layer_seed, set_rope_rows};
 use crate::distributed::Collectives;
 use crate::kernels::adamw::{AdamWConfig, AdamWScalars};
@@ -122,23 +123,6 @@ fn check_long_crossing(rows: &[Row], long_after: usize) -> Result<()> {
     Ok(())
 }
 
-/// Why `model` cannot run on a device yet (None when it can).
-pub fn unsupported(model: &Transformer) -> Option<String> {
-    let c = &model.config;
-    let why = if c.family != Family::Llama {
-        format!("the {} architecture (GPT-2's LayerNorm and GELU MLP)", c.architecture)
-    } else if model
-        .blocks
-        .iter()
-        .any(|b| (b.gate.is_none() && !c.fused_projections()) || b.attn_norm.b.is_some() || b.mlp_norm.b.is_some())
-    {
-        "blocks without a gated MLP or with LayerNorms".to_string()
-    } else {
-        return None;
-    };
-    Some(format!("{why} does not run on a GPU yet: run this command without --device (on the CPU)"))
-}
-
 /// The model on a device, with the buffers of its largest batch so far.
 pub struct DeviceModel<B: Backend> {
     pub backend: B,
@@ -151,9 +135,11 @@ pub struct DeviceModel<B: Backend> {
     /// The sliding layers' table when they rotate with their own base (Gemma 3).
     rope_local: Option<B::Rope>,
     bufs: Option<Buffers<B>>,
-    /// Rows of the current batch, and its token ids on the host (the embedding's backward groups rows by them).
+    /// Rows of the current batch, and its token ids and positions on the host (the embeddings' backward groups rows
+    /// by them).
     n: usize,
     tokens: Vec<u32>,
+    positions: Vec<u32>,
     /// LongRoPE's table rows of the batch and their scratch (`set_rope_rows`), on the host.
     rope_rows: Vec<u32>,
     rope_longest: Vec<u32>,
@@ -167,9 +153,6 @@ pub struct DeviceModel<B: Backend> {
 impl<B: Backend> DeviceModel<B> {
     /// Uploads `model` (its base, adapters and their trainability) to `backend`.
     pub fn new(backend: B, model: &Transformer) -> Result<Self> {
-        if let Some(why) = unsupported(model) {
-            bail!("{why}");
-        }
         let c = model.config.clone();
         let rope = backend.upload_rope(&c.rope_table(c.max_positions))?;
         let local = c.rope_local_inv_freq().map(|f| backend.upload_rope(&RopeTable::new(&f, c.max_positions)));
@@ -186,6 +169,7 @@ impl<B: Backend> DeviceModel<B> {
             bufs: None,
             n: 0,
             tokens: vec![],
+            positions: vec![],
             rope_rows: vec![],
             rope_longest: vec![],
             cache: None,
@@ -243,6 +227,8 @@ impl<B: Backend> DeviceModel<B> {
         self.n = n;
         self.tokens.clear();
         self.tokens.extend_from_slice(tokens);
+        self.positions.clear();
+        self.positions.extend_from_slice(positions);
         let (be, c, w) = (&self.backend, &self.config, &self.weights);
         let bufs = self.bufs.as_mut().expect("prepared");
         let d = c.hidden_size;
@@ -255,6 +241,11 @@ impl<B: Backend> DeviceModel<B> {
             be.upload_u32(&mut bufs.rope_rows, rows)?;
         }
         be.embedding(&mut bufs.x, &w.embed.w, &bufs.tokens, n, d, self.embed_scale)?;
+        if let Some(p) = &w.pos_embed {
+            // GPT-2: x += the positions' rows, gathered into `hidden` (free until the final norm).
+            be.embedding(&mut bufs.hidden, &p.w, &bufs.positions, n, d, None)?;
+            be.add(&mut bufs.x, &bufs.hidden, n * d)?;
+        }
         let training = step_seed.is_some();
         // Each row's row of the RoPE table: its position, or LongRoPE's row.
         let rope_rows = if long_after.is_some() { &bufs.rope_rows } else { &bufs.positions };
@@ -283,7 +274,8 @@ impl<B: Backend> DeviceModel<B> {
         }
         be.copy(&mut bufs.x_final_in, &bufs.x, n * d)?;
         let (off, eps) = (self.norm_offset, c.norm_eps);
-        be.rmsnorm_forward(&mut bufs.hidden, &mut bufs.final_rstd, &bufs.x, &w.final_norm.w, n, d, off, eps)
+        let (mean, rstd) = (&mut bufs.final_mean, &mut bufs.final_rstd);
+        w.final_norm.forward(be, &mut bufs.hidden, mean, rstd, &bufs.x, n, d, off, eps)
     }
 
     /// Allocates the KV cache of decoding: `slots` sequences of `capacity` positions.
@@ -441,9 +433,8 @@ impl<B: Backend> DeviceModel<B> {
         let g = bufs.grads.as_mut().expect("a training forward pass first");
         be.zero(&mut g.dx, n * d)?;
         let (w, off) = (&mut self.weights, self.norm_offset);
-        let (norm, rstd) = (&mut w.final_norm, &bufs.final_rstd);
-        let dw = norm.train.as_mut().map(|t| &mut t.g);
-        be.rmsnorm_backward(&mut g.dx, dw, &g.dhidden, &bufs.x_final_in, &norm.w, rstd, n, d, off)?;
+        let (mean, rstd) = (&bufs.final_mean, &bufs.final_rstd);
+        w.final_norm.backward(be, &mut g.dx, &g.dhidden, &bufs.x_final_in, mean, rstd, n, d, off)?;
         let rope_rows = if c.longrope.is_some() { &bufs.rope_rows } else { &bufs.positions };
         for i in (0..w.blocks.len()).rev() {
             let args = BlockArgs {
@@ -460,11 +451,15 @@ impl<B: Backend> DeviceModel<B> {
             };
             w.blocks[i].backward(be, &bufs.layers[i], g, &mut bufs.linear, &mut bufs.gate_up, &args)?;
         }
+        let pos = w.pos_embed.as_mut().and_then(|p| p.train.as_mut());
+        if let (Some(s), true) = (self.embed_scale, w.embed.train.is_some() || pos.is_some()) {
+            be.scale_in_place(&mut g.dx, n * d, s)?;
+        }
         if let Some(t) = &mut w.embed.train {
-            if let Some(s) = self.embed_scale {
-                be.scale_in_place(&mut g.dx, n * d, s)?;
-            }
             be.embedding_backward(&mut t.g, &g.dx, &bufs.tokens, &self.tokens, n, d)?;
+        }
+        if let Some(t) = pos {
+            be.embedding_backward(&mut t.g, &g.dx, &bufs.positions, &self.positions, n, d)?;
         }
         Ok(())
     }

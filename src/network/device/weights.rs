@@ -11,7 +11,7 @@ use crate::kernels::compute::{Compute, compute};
 use crate::network::linear::Linear;
 use crate::network::lora::Lora;
 use crate::network::param::Param;
-use crate::network::transformer::{Block, Transformer};
+use crate::network::transformer::{Block, Norm, Transformer};
 use anyhow::{Context, Result};
 
 /// A tensor on the device: its values and, when it trains, its gradient and AdamW's moments.
@@ -90,17 +90,38 @@ pub struct DevLinear<B: Backend> {
     pub out_dim: usize,
 }
 
+/// A norm's weight, and its bias for a LayerNorm (GPT-2; an RMSNorm has none).
+pub struct DevNorm<B: Backend> {
+    pub w: DevTensor<B>,
+    pub b: Option<DevTensor<B>>,
+}
+
+impl<B: Backend> DevNorm<B> {
+    /// Its tensors in parameter order (weight, bias).
+    fn tensors(&self) -> impl Iterator<Item = &DevTensor<B>> {
+        std::iter::once(&self.w).chain(self.b.as_ref())
+    }
+
+    fn tensors_mut(&mut self) -> impl Iterator<Item = &mut DevTensor<B>> {
+        std::iter::once(&mut self.w).chain(self.b.as_mut())
+    }
+}
+
+fn norm<B: Backend>(be: &B, n: &Norm) -> Result<DevNorm<B>> {
+    Ok(DevNorm { w: upload(be, &n.w)?, b: n.b.as_ref().map(|b| upload(be, b)).transpose()? })
+}
+
 /// One block of the Llama family's layout (RMSNorms, q/k/v, o, gate/up/down; Phi-3's fused qkv and gate|up are
 /// one linear each, its `up` then giving gate|up side by side).
 pub struct DevBlock<B: Backend> {
-    pub attn_norm: DevTensor<B>,
+    pub attn_norm: DevNorm<B>,
     /// Gemma 3's norms of the attention and MLP outputs (then `mlp_norm` is its pre-feedforward norm).
     pub post_norms: Option<(DevTensor<B>, DevTensor<B>)>,
     /// Per-head RMSNorms of q and k before RoPE (Qwen3, Gemma 3): head_dim weights each.
     pub qk_norm: Option<(DevTensor<B>, DevTensor<B>)>,
     pub qkv: Vec<DevLinear<B>>,
     pub o: DevLinear<B>,
-    pub mlp_norm: DevTensor<B>,
+    pub mlp_norm: DevNorm<B>,
     /// None when fused into `up` (Phi-3).
     pub gate: Option<DevLinear<B>>,
     pub up: DevLinear<B>,
@@ -110,8 +131,10 @@ pub struct DevBlock<B: Backend> {
 pub struct Weights<B: Backend> {
     /// (vocab, hidden)
     pub embed: DevTensor<B>,
+    /// Learned positions (max_positions, hidden), GPT-2 only.
+    pub pos_embed: Option<DevTensor<B>>,
     pub blocks: Vec<DevBlock<B>>,
-    pub final_norm: DevTensor<B>,
+    pub final_norm: DevNorm<B>,
     /// (vocab, hidden); None when tied to `embed`.
     pub lm_head: Option<DevTensor<B>>,
 }
@@ -184,7 +207,7 @@ fn linear<B: Backend>(be: &B, l: &Linear) -> Result<DevLinear<B>> {
 
 fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
     Ok(DevBlock {
-        attn_norm: upload(be, &b.attn_norm.w)?,
+        attn_norm: norm(be, &b.attn_norm)?,
         post_norms: b
             .post_norms
             .as_ref()
@@ -197,7 +220,7 @@ fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
             .transpose()?,
         qkv: b.qkv.iter().map(|l| linear(be, l)).collect::<Result<_>>()?,
         o: linear(be, &b.o)?,
-        mlp_norm: upload(be, &b.mlp_norm.w)?,
+        mlp_norm: norm(be, &b.mlp_norm)?,
         gate: b.gate.as_ref().map(|g| linear(be, g)).transpose()?,
         up: linear(be, &b.up)?,
         down: linear(be, &b.down)?,
@@ -205,12 +228,13 @@ fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
 }
 
 impl<B: Backend> Weights<B> {
-    /// Copies `model` (checked by `network::device::unsupported`) to the device.
+    /// Copies `model` to the device.
     pub fn upload(be: &B, model: &Transformer) -> Result<Self> {
         Ok(Weights {
             embed: upload_as(be, &model.embed, if model.lm_head.is_some() { Keep::F32 } else { Keep::Both })?,
             blocks: model.blocks.iter().map(|b| block(be, b)).collect::<Result<_>>()?,
-            final_norm: upload(be, &model.final_norm.w)?,
+            pos_embed: model.pos_embed.as_ref().map(|p| upload(be, p)).transpose()?,
+            final_norm: norm(be, &model.final_norm)?,
             lm_head: model.lm_head.as_ref().map(|h| upload_as(be, h, Keep::Operand)).transpose()?,
         })
     }
@@ -235,14 +259,15 @@ impl<B: Backend> Weights<B> {
             });
             let post = b.post_norms.iter().flat_map(|(a, m)| [a, m]);
             let qk = b.qk_norm.iter().flat_map(|(q, k)| [q, k]);
-            [&b.attn_norm, &b.mlp_norm].into_iter().chain(post).chain(qk).chain(linears)
+            b.attn_norm.tensors().chain(b.mlp_norm.tensors()).chain(post).chain(qk).chain(linears)
         });
-        std::iter::once(&self.embed).chain(blocks).chain([&self.final_norm]).chain(self.lm_head.as_ref())
+        let outer = std::iter::once(&self.embed).chain(self.pos_embed.as_ref());
+        outer.chain(blocks).chain(self.final_norm.tensors()).chain(self.lm_head.as_ref())
     }
 
     pub fn tensors_mut(&mut self) -> impl Iterator<Item = &mut DevTensor<B>> {
         let blocks = self.blocks.iter_mut().flat_map(|b| {
-            let (attn_norm, mlp_norm) = (&mut b.attn_norm, &mut b.mlp_norm);
+            let norms = b.attn_norm.tensors_mut().chain(b.mlp_norm.tensors_mut());
             let post = b.post_norms.iter_mut().flat_map(|(a, m)| [a, m]);
             let qk = b.qk_norm.iter_mut().flat_map(|(q, k)| [q, k]);
             let rest = [Some(&mut b.o), b.gate.as_mut(), Some(&mut b.up), Some(&mut b.down)];
@@ -250,9 +275,10 @@ impl<B: Backend> Weights<B> {
                 let lora = l.lora.iter_mut().flat_map(|a| [&mut a.a, &mut a.b]);
                 std::iter::once(&mut l.w).chain(l.b.as_mut()).chain(lora)
             });
-            [attn_norm, mlp_norm].into_iter().chain(post).chain(qk).chain(linears)
+            norms.chain(post).chain(qk).chain(linears)
         });
-        std::iter::once(&mut self.embed).chain(blocks).chain([&mut self.final_norm]).chain(self.lm_head.as_mut())
+        let outer = std::iter::once(&mut self.embed).chain(self.pos_embed.as_mut());
+        outer.chain(blocks).chain(self.final_norm.tensors_mut()).chain(self.lm_head.as_mut())
     }
 }
 

@@ -1,5 +1,6 @@
-// The gated MLP's activation, as src/kernels/activation.rs (glu_forward / glu_backward): act = SiLU (act 0:
-// SwiGLU, Llama/Qwen/Mistral) or the tanh GELU (act 1: GeGLU, Gemma). Element-wise over n values; any 1-D grid.
+// The MLP's activations, as src/kernels/activation.rs: the gated one (glu_forward / glu_backward), act = SiLU (act
+// 0: SwiGLU, Llama/Qwen/Mistral) or the tanh GELU (act 1: GeGLU, Gemma); and GPT-2's ungated tanh GELU
+// (gelu_tanh_forward / gelu_tanh_backward). Element-wise over n values; any 1-D grid.
 
 #define SQRT_2_OVER_PI 0.7978846f
 
@@ -36,4 +37,16 @@ extern "C" __global__ void glu_backward(float* dgate, float* dup, const float* d
         dgate[i] = d * up[i] * act_derivative(act, g);
         dup[i] = d * act_value(act, g);
     }
+}
+
+// out = gelu(x) (GPT-2's MLP).
+extern "C" __global__ void gelu_forward(float* out, const float* x, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = gelu_tanh(x[i]);
+}
+
+// dx = dout ⊙ gelu'(x) (overwritten).
+extern "C" __global__ void gelu_backward(float* dx, const float* dout, const float* x, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dx[i] = dout[i] * act_derivative(1, x[i]);
 }

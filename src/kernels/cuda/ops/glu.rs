@@ -1,4 +1,5 @@
-//! The gated MLP activation on the GPU (glu.cu), as `kernels::activation`'s glu_forward / glu_backward.
+//! The MLP activations on the GPU (glu.cu), as `kernels::activation`'s glu_forward / glu_backward and
+//! gelu_tanh_forward / gelu_tanh_backward.
 use super::elementwise;
 use crate::kernels::activation::GateAct;
 use crate::kernels::cuda::device::Device;
@@ -44,6 +45,31 @@ pub fn glu_backward(
     let act = act_arg(act);
     let mut b = d.stream.launch_builder(d.function("glu_backward"));
     b.arg(dgate).arg(dup).arg(dout).arg(gate).arg(up).arg(&n).arg(&act);
+    // SAFETY: element-wise over n values of slices of length n.
+    unsafe { b.launch(elementwise(n)) }.map(drop)
+}
+
+/// out = gelu(x) (the tanh approximation; GPT-2's MLP). Both of one length.
+pub fn gelu_forward(d: &Device, out: &mut CudaViewMut<f32>, x: &CudaView<f32>) -> Result<(), DriverError> {
+    let n = out.len();
+    assert_eq!(x.len(), n, "gelu_forward: shapes");
+    let mut b = d.stream.launch_builder(d.function("gelu_forward"));
+    b.arg(out).arg(x).arg(&n);
+    // SAFETY: element-wise over n values of slices of length n.
+    unsafe { b.launch(elementwise(n)) }.map(drop)
+}
+
+/// dx = dout ⊙ gelu'(x) (overwritten). All of one length.
+pub fn gelu_backward(
+    d: &Device,
+    dx: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    x: &CudaView<f32>,
+) -> Result<(), DriverError> {
+    let n = dx.len();
+    assert!(dout.len() == n && x.len() == n, "gelu_backward: shapes");
+    let mut b = d.stream.launch_builder(d.function("gelu_backward"));
+    b.arg(dx).arg(dout).arg(x).arg(&n);
     // SAFETY: element-wise over n values of slices of length n.
     unsafe { b.launch(elementwise(n)) }.map(drop)
 }

@@ -1,4 +1,4 @@
-//! RMSNorm on the GPU (rmsnorm.cu), as `kernels::norm`'s rmsnorm_forward / rmsnorm_backward.
+//! RMSNorm (rmsnorm.cu) and LayerNorm (layernorm.cu) on the GPU, as `kernels::norm`'s forward and backward.
 use super::{THREADS, per_row};
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
@@ -55,4 +55,79 @@ pub fn rmsnorm_backward(
         unsafe { b.launch(cfg) }?;
     }
     Ok(())
+}
+
+/// out[r] = (x[r] − mean[r])·rstd[r] ⊙ w + b; mean and rstd saved. x, out: (rows, dim); w, b: (dim); mean, rstd:
+/// (rows).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward(
+    d: &Device,
+    out: &mut CudaViewMut<f32>,
+    mean: &mut CudaViewMut<f32>,
+    rstd: &mut CudaViewMut<f32>,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
+    b: &CudaView<f32>,
+    eps: f32,
+) -> Result<(), DriverError> {
+    let (dim, rows) = (w.len(), rstd.len());
+    assert!(x.len() == rows * dim && out.len() == rows * dim && mean.len() == rows, "layernorm_forward: shapes");
+    assert_eq!(b.len(), dim, "layernorm_forward: bias shape");
+    let dim_i = dim as i32;
+    let mut l = d.stream.launch_builder(d.function("layernorm_forward"));
+    l.arg(out).arg(mean).arg(rstd).arg(x).arg(w).arg(b).arg(&eps).arg(&dim_i);
+    // SAFETY: each block reads row blockIdx.x of x (rows · dim values), w and b (dim), writes that row of out and
+    // mean[blockIdx.x], rstd[blockIdx.x]: all inside the slices, whose lengths are checked above.
+    unsafe { l.launch(per_row(rows)) }.map(drop)
+}
+
+/// dx **+=** ∂L/∂x and, when given, dw **+=** ∂L/∂w, db **+=** ∂L/∂b. dout, x, dx: (rows, dim); w, dw, db: (dim);
+/// mean, rstd: (rows).
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward(
+    d: &Device,
+    dx: &mut CudaViewMut<f32>,
+    dw: Option<&mut CudaViewMut<f32>>,
+    db: Option<&mut CudaViewMut<f32>>,
+    dout: &CudaView<f32>,
+    x: &CudaView<f32>,
+    w: &CudaView<f32>,
+    mean: &CudaView<f32>,
+    rstd: &CudaView<f32>,
+) -> Result<(), DriverError> {
+    let (dim, rows) = (w.len(), rstd.len());
+    assert!(
+        dx.len() == rows * dim && dout.len() == rows * dim && x.len() == rows * dim && mean.len() == rows,
+        "layernorm_backward: shapes"
+    );
+    let (dim_i, rows_i) = (dim as i32, rows as i32);
+    let mut l = d.stream.launch_builder(d.function("layernorm_backward_dx"));
+    l.arg(&mut *dx).arg(dout).arg(x).arg(w).arg(mean).arg(rstd).arg(&dim_i);
+    // SAFETY: as layernorm_forward: one block per row inside the checked slices.
+    unsafe { l.launch(per_row(rows)) }?;
+    if dw.is_none() && db.is_none() {
+        return Ok(());
+    }
+    let fits = |g: &Option<&mut CudaViewMut<f32>>| g.as_ref().is_none_or(|g| g.len() == dim);
+    assert!(fits(&dw) && fits(&db), "layernorm_backward: dw/db shape");
+    // A missing gradient is a null pointer, which the kernel skips.
+    let null = 0u64;
+    let cfg = LaunchConfig {
+        grid_dim: ((dim as u32).div_ceil(THREADS), 1, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let mut l = d.stream.launch_builder(d.function("layernorm_backward_dwdb"));
+    match dw {
+        Some(dw) => l.arg(dw),
+        None => l.arg(&null),
+    };
+    match db {
+        Some(db) => l.arg(db),
+        None => l.arg(&null),
+    };
+    l.arg(dout).arg(x).arg(mean).arg(rstd).arg(&rows_i).arg(&dim_i);
+    // SAFETY: thread j < dim reads column j of the (rows, dim) buffers, mean and rstd, and writes dw[j] and db[j]
+    // where given (each of dim values, checked); a null one is not touched.
+    unsafe { l.launch(cfg) }.map(drop)
 }
