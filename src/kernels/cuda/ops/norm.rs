@@ -1,7 +1,9 @@
 //! RMSNorm (rmsnorm.cu) and LayerNorm (layernorm.cu) on the GPU, as `kernels::norm`'s forward and backward.
 use super::{THREADS, per_row};
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaStream, CudaView, CudaViewMut, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg, SyncOnDrop,
+};
 
 /// out[r] = (offset + w) ⊙ (x[r] · rstd[r]); rstd saved. x, out: (rows, dim); w: (dim); rstd: (rows).
 pub fn rmsnorm_forward(
@@ -110,24 +112,27 @@ pub fn layernorm_backward(
     }
     let fits = |g: &Option<&mut CudaViewMut<f32>>| g.as_ref().is_none_or(|g| g.len() == dim);
     assert!(fits(&dw) && fits(&db), "layernorm_backward: dw/db shape");
-    // A missing gradient is a null pointer, which the kernel skips.
-    let null = 0u64;
+    let ((pw, _rw), (pb, _rb)) = (grad_ptr(dw, &d.stream), grad_ptr(db, &d.stream));
     let cfg = LaunchConfig {
         grid_dim: ((dim as u32).div_ceil(THREADS), 1, 1),
         block_dim: (THREADS, 1, 1),
         shared_mem_bytes: 0,
     };
     let mut l = d.stream.launch_builder(d.function("layernorm_backward_dwdb"));
-    match dw {
-        Some(dw) => l.arg(dw),
-        None => l.arg(&null),
-    };
-    match db {
-        Some(db) => l.arg(db),
-        None => l.arg(&null),
-    };
-    l.arg(dout).arg(x).arg(mean).arg(rstd).arg(&rows_i).arg(&dim_i);
+    l.arg(&pw).arg(&pb).arg(dout).arg(x).arg(mean).arg(rstd).arg(&rows_i).arg(&dim_i);
     // SAFETY: thread j < dim reads column j of the (rows, dim) buffers, mean and rstd, and writes dw[j] and db[j]
     // where given (each of dim values, checked); a null one is not touched.
     unsafe { l.launch(cfg) }.map(drop)
+}
+
+/// A gradient's device pointer, 0 when there is none (the kernel skips a null one), with the record that keeps the
+/// stream's order with the buffer's other uses until the launch is queued.
+fn grad_ptr<'a>(g: Option<&'a mut CudaViewMut<'_, f32>>, stream: &'a CudaStream) -> (u64, Option<SyncOnDrop<'a>>) {
+    match g {
+        Some(g) => {
+            let (p, record) = g.device_ptr_mut(stream);
+            (p, Some(record))
+        }
+        None => (0, None),
+    }
 }
