@@ -167,7 +167,7 @@ peak_gpu_mib() {
 
 tiny_scores() {
     local m rc=0
-    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-qwen3 tiny-gemma3 tiny-phi3 tiny-phi4; do
+    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-qwen3 tiny-gemma3 tiny-phi3 tiny-phi4 tiny-gpt2; do
         for d in cpu "$dev"; do
             "$bin" score --model "tests/fixtures/$m" --data tests/fixtures/score_rows.jsonl --per-token \
                 --device "$d" --out "$work/$m-$d.jsonl" || return 1
@@ -177,7 +177,7 @@ tiny_scores() {
     done
     return $rc
 }
-run_check "score --device cuda vs cpu: tiny Llama, Qwen2, Mistral, Qwen3, Gemma 3, Phi-3, Phi-4" tiny_scores
+run_check "score --device cuda vs cpu: tiny Llama, Qwen2, Mistral, Qwen3, Gemma 3, Phi-3, Phi-4, GPT-2" tiny_scores
 
 # train_run DIR DEVICE MODEL DATA STEPS BATCH EXTRA...: a LoRA run on every linear layer.
 train_run() {
@@ -204,7 +204,7 @@ run_check "train --device cuda vs cpu: tiny Llama, 6 LoRA steps with dropout; ti
 
 tiny_generate() {
     local m rc=0
-    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-gemma3 tiny-phi3; do
+    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-gemma3 tiny-phi3 tiny-gpt2; do
         for d in cpu "$dev"; do
             for beams in 1 3; do
                 "$bin" generate --model "tests/fixtures/$m" --data tests/fixtures/score_rows.jsonl --max-new-tokens 24 \
@@ -219,7 +219,7 @@ tiny_generate() {
     done
     return $rc
 }
-run_check "generate --device cuda vs cpu: greedy and beam search (3 beams), tiny Llama, Qwen2, Mistral, Gemma 3, Phi-3" \
+run_check "generate --device cuda vs cpu: greedy and beam search (3 beams), tiny Llama, Qwen2, Mistral, Gemma 3, Phi-3, GPT-2" \
     tiny_generate
 
 smollm2_parity() {
