@@ -28,7 +28,7 @@
 #     6 steps of full fine-tuning on tiny Qwen2;
 #   - a SmolLM2-135M-shaped model (random weights, made here with transformers, the tiny tokenizer): 20 LoRA steps
 #     (all linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative (f32)
-#     and 1e-2 (`--compute bf16` on the GPU);
+#     and 1e-2 (`--compute bf16` on both);
 #   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
 #   - decode tokens/s of `generate --device cuda` vs transformers' `generate` (f32, bf16) on the SmolLM2-135M shape;
 #   - throughput: `condlm train --device cuda` (f32, bf16) vs PyTorch + PEFT (f32 without TF32, bf16) on the same rows,
@@ -230,10 +230,14 @@ smollm2_parity() {
             return 1
     done
     "$py" "$helper" compare-runs "$work/s-$dev" "$work/s-cpu" 1e-4 || return 1
-    train_run "$work/s-$dev-bf16" "$dev" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
-        --compute bf16 || return 1
-    echo "bf16 on the device vs f32 on the CPU:"
-    "$py" "$helper" compare-runs "$work/s-$dev-bf16" "$work/s-cpu" 1e-2
+    # bf16 against the CPU's bf16 (the same operand rounding, other summation orders): against f32 the adapters of
+    # a few Adam steps differ by more than any fixed tolerance (an element with a tiny gradient moves ±lr either way).
+    for d in cpu "$dev"; do
+        train_run "$work/s-$d-bf16" "$d" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
+            --compute bf16 || return 1
+    done
+    echo "bf16 on the device vs bf16 on the CPU:"
+    "$py" "$helper" compare-runs "$work/s-$dev-bf16" "$work/s-cpu-bf16" 1e-2
 }
 run_check "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2)" smollm2_parity
 
