@@ -3,7 +3,7 @@
 //! x += down(act(gate(h)) ⊙ up(h)), h = mlp_norm(x).
 use super::buffers::{GradBufs, LayerBufs};
 use super::linear::LinearScratch;
-use super::weights::{DevBlock, DevNorm, DevTensor};
+use super::weights::{DevBlock, DevNorm, DevTensor, Mlp};
 use crate::kernels::activation::GateAct;
 use crate::kernels::attention::QkvLayout;
 use crate::kernels::backend::{Backend, MatView, RopeCols};
@@ -111,24 +111,23 @@ impl<B: Backend> DevBlock<B> {
 
         self.mlp_norm.forward(be, &mut l.h2, &mut l.mean2, &mut l.rstd2, x, n, d, off, eps)?;
         let ff = MatView::dense(n, f);
-        match &self.gate {
-            Some(gate) => {
-                self.up.forward(be, &mut l.up, ff, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
-                gate.forward(be, &mut l.gate, ff, false, &l.h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
-            }
-            None if self.fused_gate_up() => {
-                // Phi-3: gate|up side by side from one linear, split into the buffers the GLU reads.
+        let mlp = self.mlp();
+        match mlp {
+            Mlp::Fused => {
+                // gate|up side by side from one linear, split into the buffers the GLU reads.
                 let wide = MatView::dense(n, 2 * f);
                 self.up.forward(be, gate_up, wide, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
                 be.copy_view(&mut l.gate, ff, gate_up, MatView::columns(n, 0, f, 2 * f))?;
                 be.copy_view(&mut l.up, ff, gate_up, MatView::columns(n, f, f, 2 * f))?;
             }
-            None => self.up.forward(be, &mut l.up, ff, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?,
+            _ => self.up.forward(be, &mut l.up, ff, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?,
         }
-        match self.gate.is_some() || self.fused_gate_up() {
-            true => be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?,
-            // GPT-2: act = gelu(up(h2)).
-            false => be.gelu_forward(&mut l.act, &l.up, n * f)?,
+        if let Some(gate) = &self.gate {
+            gate.forward(be, &mut l.gate, ff, false, &l.h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
+        }
+        match mlp {
+            Mlp::Gelu => be.gelu_forward(&mut l.act, &l.up, n * f)?,
+            _ => be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?,
         }
         match &self.post_norms {
             None => self.down.forward(be, x, dense, true, &l.act, n, l.lora[SLOT_DOWN].as_mut(), s, seed),
@@ -157,24 +156,23 @@ impl<B: Backend> DevBlock<B> {
         let post = self.post_norms.as_mut().map(|(_, norm)| (norm, &l.mlp_out, &l.post2_rstd));
         let dmlp_out = through_post_norm(be, post, &g.dx, &mut g.dsub, n, d, off)?;
         self.down.backward(be, &mut g.dact, dmlp_out, dense, &l.act, n, l.lora[SLOT_DOWN].as_ref(), s)?;
-        let fused = self.fused_gate_up();
-        match self.gate.is_some() || fused {
-            true => be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?,
-            false => be.gelu_backward(&mut g.dup, &g.dact, &l.up, n * f)?,
+        let mlp = self.mlp();
+        match mlp {
+            Mlp::Gelu => be.gelu_backward(&mut g.dup, &g.dact, &l.up, n * f)?,
+            _ => be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?,
         }
         be.zero(&mut g.dh, n * d)?;
-        match &mut self.gate {
-            Some(gate) => {
-                gate.backward(be, &mut g.dh, &g.dgate, ff, &l.h2, n, l.lora[SLOT_GATE].as_ref(), s)?;
-                self.up.backward(be, &mut g.dh, &g.dup, ff, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?;
-            }
-            None if fused => {
+        if let Some(gate) = &mut self.gate {
+            gate.backward(be, &mut g.dh, &g.dgate, ff, &l.h2, n, l.lora[SLOT_GATE].as_ref(), s)?;
+        }
+        match mlp {
+            Mlp::Fused => {
                 be.copy_view(gate_up, MatView::columns(n, 0, f, 2 * f), &g.dgate, ff)?;
                 be.copy_view(gate_up, MatView::columns(n, f, f, 2 * f), &g.dup, ff)?;
                 let wide = MatView::dense(n, 2 * f);
                 self.up.backward(be, &mut g.dh, gate_up, wide, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?;
             }
-            None => self.up.backward(be, &mut g.dh, &g.dup, ff, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?,
+            _ => self.up.backward(be, &mut g.dh, &g.dup, ff, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?,
         }
         self.mlp_norm.backward(be, &mut g.dx, &g.dh, &l.x_mid, &l.mean2, &l.rstd2, n, d, off)?;
 
@@ -243,13 +241,6 @@ fn through_post_norm<'a, B: Backend>(
     be.zero(dsub, n * d)?;
     norm_backward(be, norm, dsub, dx, out, rstd, n, d, off)?;
     Ok(dsub)
-}
-
-impl<B: Backend> DevBlock<B> {
-    /// Phi-3's fused gate|up: no gate, `up` giving both halves.
-    fn fused_gate_up(&self) -> bool {
-        self.gate.is_none() && self.up.out_dim == 2 * self.down.in_dim
-    }
 }
 
 impl<B: Backend> DevNorm<B> {

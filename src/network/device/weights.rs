@@ -90,6 +90,15 @@ pub struct DevLinear<B: Backend> {
     pub out_dim: usize,
 }
 
+/// A block's MLP: act(gate(h)) ⊙ up(h) (Llama family); the same from one gate|up linear (Phi-3, `gate` None);
+/// or GPT-2's gelu(up(h)).
+#[derive(Clone, Copy, PartialEq)]
+pub enum Mlp {
+    Gated,
+    Fused,
+    Gelu,
+}
+
 /// A norm's weight, and its bias for a LayerNorm (GPT-2; an RMSNorm has none).
 pub struct DevNorm<B: Backend> {
     pub w: DevTensor<B>,
@@ -286,6 +295,15 @@ impl<B: Backend> DevBlock<B> {
     /// The linear layers in parameter order.
     pub fn linears(&self) -> impl Iterator<Item = &DevLinear<B>> {
         self.slotted().map(|(_, l)| l)
+    }
+
+    /// How the MLP makes its activation.
+    pub fn mlp(&self) -> Mlp {
+        match &self.gate {
+            Some(_) => Mlp::Gated,
+            None if self.up.out_dim == 2 * self.down.in_dim => Mlp::Fused,
+            None => Mlp::Gelu,
+        }
     }
 
     /// Each linear layer with its slot in a layer's LoRA buffers (`block::SLOT_*`): q, k, v (or the fused qkv)
