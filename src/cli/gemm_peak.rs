@@ -1,5 +1,7 @@
 //! The measured GEMM throughput of a GPU (`info --devices --check-kernels`): cuBLAS at 4096³ in f32 and with bf16
-//! operands, after a warm-up — the peak that issue 15's model FLOP utilisation is reported against.
+//! operands, after a warm-up — the peak that issue 15's model FLOP utilisation is reported against. The size comes
+//! from `CONDLM_GEMM_PEAK_SIZE` when set (the CUDA emulator of tests/cuda_emulated.rs runs these products on the
+//! CPU, where 4096³ takes minutes).
 use anyhow::Result;
 use condlm::kernels::cuda::device::Device;
 use condlm::kernels::cuda::gemm::{Blas, GemmShape, Operand};
@@ -10,10 +12,16 @@ use std::time::Instant;
 const REPS: usize = 10;
 const WARM_UP: usize = 2;
 
-/// Prints one line per operand type: TFLOP/s of C = A·Bᵀ at m = n = k = 4096.
+/// Prints one line per operand type: TFLOP/s of C = A·Bᵀ at m = n = k = 4096 (or `CONDLM_GEMM_PEAK_SIZE`).
 pub fn run(d: &Device) -> Result<()> {
     let blas = Blas::new(d)?;
-    let shape = GemmShape { m: 4096, n: 4096, k: 4096 };
+    let size = match std::env::var("CONDLM_GEMM_PEAK_SIZE") {
+        Ok(v) => v.parse().ok().filter(|&n: &usize| n > 0).ok_or_else(|| {
+            anyhow::anyhow!("CONDLM_GEMM_PEAK_SIZE={v} is not a positive integer (unset it for 4096)")
+        })?,
+        Err(_) => 4096,
+    };
+    let shape = GemmShape { m: size, n: size, k: size };
     // Values in [−0.5, 0.5) without a random stream: throughput does not depend on them, but all-zero operands
     // would draw less power than real data and flatter the peak.
     let f32s: Vec<f32> =

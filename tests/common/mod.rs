@@ -1,6 +1,8 @@
 //! Shared helpers for integration tests: fixture paths and the reference files make_fixtures.py writes.
 #![allow(dead_code)]
 pub mod alloc_count;
+#[cfg(feature = "cuda")]
+pub mod cuda_emulator;
 
 use safetensors::SafeTensors;
 use std::path::PathBuf;
