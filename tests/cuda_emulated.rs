@@ -1,33 +1,191 @@
 //! The CUDA backend on the CUDA emulator (tests/cuda_emulator/, built by tests/common/cuda_emulator.rs): `condlm`
 //! with the emulator's libcuda, libnvrtc and libcublas on LD_LIBRARY_PATH runs `--device cuda` on the CPU — the
 //! launch code of src/kernels/cuda/ops/, the kernels of src/kernels/cuda/cu/ (each CUDA thread a fiber, barriers
-//! and warp shuffles as on a GPU, reads past a buffer's end caught), and cuBLAS's documented GEMM. What a GPU adds
-//! (speed, its own rounding of exp and fused multiply-adds) is left to scripts/gpu_check.sh. Built only with
-//! `--features cuda`.
+//! and warp shuffles as on a GPU, reads past a buffer's end caught), and cuBLAS's documented GEMM — against
+//! `--device cpu`, as scripts/gpu_check.sh does on a GPU. What a GPU adds (speed, its own rounding of exp and
+//! fused multiply-adds) is left to that script. The emulator runs a kernel's threads one at a time, so the inputs
+//! are the smallest that still cover each path. Built only with `--features cuda`.
 #![cfg(feature = "cuda")]
 mod common;
 
+use common::{fixture, load_f32_tensors, rel_err};
+use serde_json::Value;
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn condlm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_condlm"))
+/// `condlm ARGS` with the emulator as the CUDA driver; panics with its output when it fails.
+fn condlm(args: &[&str]) -> String {
+    let o: Output = Command::new(env!("CARGO_BIN_EXE_condlm"))
         .args(args)
         .env("LD_LIBRARY_PATH", common::cuda_emulator::lib_dir())
         // cuBLAS's peak, timed at 4096³ on a GPU, would take minutes on the emulator's CPU GEMM.
         .env("CONDLM_GEMM_PEAK_SIZE", "64")
         .output()
-        .unwrap()
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "condlm {} failed:\n{text}", args.join(" "));
+    text
 }
 
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+fn jsonl(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// max |a − b| / max |b| over two equally long lists.
+fn worst(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "{a:?} vs {b:?}");
+    let scale = b.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-300);
+    a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 #[test]
 fn every_kernel_and_backend_op_matches_the_cpu() {
-    let o = condlm(&["info", "--devices", "--check-kernels"]);
-    let t = text(&o);
-    println!("{t}");
-    assert!(o.status.success(), "--check-kernels on the emulator failed:\n{t}");
+    let t = condlm(&["info", "--devices", "--check-kernels"]);
     assert!(t.contains("condlm CUDA emulator"), "{t}");
+    // Every kernel against its CPU kernel, every backend op against the host backend: dozens of lines, none off.
+    let (kernels, ops) = (t.matches("\nparity ").count(), t.matches("\nbackend ").count());
+    assert!(kernels >= 39 && ops >= 100, "{kernels} parity and {ops} backend lines:\n{t}");
+    assert!(!t.contains("FAILED"), "{t}");
+}
+
+#[test]
+fn score_on_the_device_equals_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    for m in ["tiny-llama", "tiny-qwen3", "tiny-gemma3", "tiny-phi3", "tiny-gpt2"] {
+        let mut per_device = vec![];
+        for d in ["cpu", "cuda"] {
+            let out = dir.path().join(format!("{m}-{d}.jsonl"));
+            let model = fixture(m);
+            condlm(&[
+                "score",
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                fixture("score_rows.jsonl").to_str().unwrap(),
+                "--per-token",
+                "--device",
+                d,
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            let logprobs: Vec<f64> = jsonl(&out)
+                .iter()
+                .flat_map(|r| r["token_logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
+                .collect();
+            per_device.push(logprobs);
+        }
+        let w = worst(&per_device[1], &per_device[0]);
+        assert!(w <= 1e-5, "{m}: per-token log-probs on the emulated GPU differ from the CPU's by {w:e}");
+    }
+}
+
+/// (losses, eval NLLs) of a run's metrics.jsonl.
+fn curves(dir: &Path) -> (Vec<f64>, Vec<f64>) {
+    let rows = jsonl(&dir.join("metrics.jsonl"));
+    let pick = |k: &str| rows.iter().filter_map(|r| r[k].as_f64()).collect::<Vec<_>>();
+    (pick("loss"), pick("eval_nll"))
+}
+
+fn train(dir: &Path, model: &str, device: &str, extra: &[&str]) {
+    let (model, data) = (fixture(model), fixture("train_rows.jsonl"));
+    let mut args = vec![
+        "train",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--output-dir",
+        dir.to_str().unwrap(),
+        "--max-steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--eval-fraction",
+        "0.1",
+        "--eval-every",
+        "3",
+        "--save-every",
+        "0",
+        "--device",
+        device,
+    ];
+    args.extend(extra);
+    condlm(&args);
+}
+
+/// Losses and eval NLLs within 1e-4 relative, and the written tensors (`file` in the run folder) within 1e-3.
+fn runs_agree(cuda: &Path, cpu: &Path, file: &str, what: &str) {
+    let ((loss_gpu, eval_gpu), (loss_cpu, eval_cpu)) = (curves(cuda), curves(cpu));
+    assert_eq!(loss_cpu.len(), 3, "{what}: {loss_cpu:?}");
+    assert!(!eval_cpu.is_empty(), "{what}: no eval NLL");
+    for (name, a, b) in [("loss", &loss_gpu, &loss_cpu), ("eval NLL", &eval_gpu, &eval_cpu)] {
+        let w = worst(a, b);
+        assert!(w <= 1e-4, "{what}: {name} on the emulated GPU {a:?} vs CPU {b:?} ({w:e})");
+    }
+    let (gpu, cpu) = (load_f32_tensors(&cuda.join(file)), load_f32_tensors(&cpu.join(file)));
+    assert_eq!(gpu.keys().collect::<Vec<_>>(), cpu.keys().collect::<Vec<_>>(), "{what}: tensor names");
+    for (name, (_, b)) in &cpu {
+        let e = rel_err(&gpu[name].1, b);
+        assert!(e <= 1e-3, "{what}: {name} differs by {e:e} (relative)");
+    }
+}
+
+#[test]
+fn lora_training_with_dropout_on_the_device_equals_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = ["--lora-r", "8", "--lora-targets", "all-linear", "--lora-dropout", "0.1"];
+    for d in ["cpu", "cuda"] {
+        train(&dir.path().join(d), "tiny-llama", d, &lora);
+    }
+    let (cuda, cpu) = (dir.path().join("cuda"), dir.path().join("cpu"));
+    runs_agree(&cuda, &cpu, "adapter/adapter_model.safetensors", "LoRA, tiny Llama");
+}
+
+#[test]
+fn full_fine_tuning_on_the_device_equals_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    for d in ["cpu", "cuda"] {
+        train(&dir.path().join(d), "tiny-qwen2", d, &["--full", "--lr", "1e-3"]);
+    }
+    let (cuda, cpu) = (dir.path().join("cuda"), dir.path().join("cpu"));
+    runs_agree(&cuda, &cpu, "model/model.safetensors", "full fine-tuning, tiny Qwen2");
+}
+
+#[test]
+fn greedy_and_beam_generation_on_the_device_equal_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    for m in ["tiny-llama", "tiny-gemma3", "tiny-phi3"] {
+        for beams in ["1", "3"] {
+            let outs: Vec<Vec<Value>> = ["cpu", "cuda"]
+                .iter()
+                .map(|d| {
+                    let out = dir.path().join(format!("{m}-{d}-{beams}.jsonl"));
+                    let model = fixture(m);
+                    condlm(&[
+                        "generate",
+                        "--model",
+                        model.to_str().unwrap(),
+                        "--data",
+                        fixture("score_rows.jsonl").to_str().unwrap(),
+                        "--max-new-tokens",
+                        "12",
+                        "--num-beams",
+                        beams,
+                        "--batch",
+                        "2",
+                        "--device",
+                        d,
+                        "--out",
+                        out.to_str().unwrap(),
+                    ]);
+                    jsonl(&out)
+                })
+                .collect();
+            let texts = |rows: &[Value]| {
+                rows.iter().map(|r| (r["generation"].clone(), r["finish_reason"].clone())).collect::<Vec<_>>()
+            };
+            assert!(!outs[0].is_empty());
+            assert_eq!(texts(&outs[1]), texts(&outs[0]), "{m}, {beams} beam(s): generations differ");
+        }
+    }
 }

@@ -27,10 +27,11 @@ struct Fiber {
     int source = 0;
 };
 
-constexpr size_t kStack = 256 * 1024;
+constexpr size_t kStack = 64 * 1024;
 constexpr int kMaxThreads = 1024;
 
 std::vector<Fiber> fibers;  // one per thread of a block, stacks kept between launches
+std::vector<int> arrived;   // per warp: lanes waiting at its shuffle
 size_t live = 0;            // threads of the running block not Done
 size_t at_syncthreads = 0;
 Fiber* running = nullptr;
@@ -78,9 +79,12 @@ emu_fiber_entry:
 )");
 
 // A new fiber's saved frame: six callee-saved registers (r12 = the fiber), then emu_fiber_entry as the return
-// address; after `ret` the stack is 16-byte aligned, as a `call` into emu_fiber_main wants it.
-static void* first_frame(emu::Fiber* f) {
-    auto top = reinterpret_cast<uintptr_t>(f->stack + emu::kStack) & ~uintptr_t(15);
+// address; after `ret` the stack is 16-byte aligned, as a `call` into emu_fiber_main wants it. Each fiber's stack
+// starts at its own offset within a page: stacks a whole number of pages apart would put every fiber's working
+// frames in the same cache sets, and switching would miss every time.
+static void* first_frame(emu::Fiber* f, size_t index) {
+    const size_t color = index * 448 % 4096;
+    auto top = reinterpret_cast<uintptr_t>(f->stack + emu::kStack - color) & ~uintptr_t(15);
     auto* sp = reinterpret_cast<uint64_t*>(top - 72);
     for (int i = 0; i < 6; ++i) sp[i] = 0;
     sp[3] = reinterpret_cast<uint64_t>(f);  // popped into r12
@@ -91,21 +95,45 @@ static void* first_frame(emu::Fiber* f) {
 #error "the CUDA emulator switches fibers with x86-64 assembly only (tests/cuda_emulator/threads.cpp)"
 #endif
 
+namespace emu {
+namespace {
+int linear(const uint3& t) { return int(t.x + block_dim.x * (t.y + block_dim.y * t.z)); }
+
+size_t threads_in_block() { return size_t(block_dim.x) * block_dim.y * block_dim.z; }
+
+void release_syncthreads();
+
+// Hands the CPU to the next ready thread after the running one (round robin), or back to the scheduler when none is
+// ready (the block is done, or stuck). Returns when this fiber is chosen again.
+void yield() {
+    Fiber* me = running;
+    const size_t n = threads_in_block(), at = size_t(me - fibers.data());
+    for (size_t step = 1; step <= n; ++step) {
+        Fiber& next = fibers[(at + step) % n];
+        if (next.state != State::Ready) continue;
+        if (&next == me) return;
+        running = &next;
+        thread_idx = next.idx;
+        emu_switch(&me->sp, next.sp);
+        return;
+    }
+    emu_switch(&me->sp, scheduler_sp);
+}
+}  // namespace
+}  // namespace emu
+
 extern "C" void emu_fiber_main(emu::Fiber* f) {
     emu::kernel->run(emu::kernel_args);
     f->state = emu::State::Done;
     --emu::live;
-    emu_switch(&f->sp, emu::scheduler_sp);
+    // A thread that exits lowers the count __syncthreads waits for.
+    emu::release_syncthreads();
+    emu::yield();
     __builtin_unreachable();
 }
 
 namespace emu {
 namespace {
-int linear(const uint3& t) { return int(t.x + block_dim.x * (t.y + block_dim.y * t.z)); }
-
-// Back to the scheduler; returns when this fiber is Ready again and chosen.
-void yield() { emu_switch(&running->sp, scheduler_sp); }
-
 void release_syncthreads() {
     if (at_syncthreads == 0 || at_syncthreads < live) return;
     for (auto& f : fibers)
@@ -129,21 +157,31 @@ void syncthreads() {
 uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
     Fiber* me = running;
     const int lane = linear(me->idx) % 32;
+    if (!(mask >> lane & 1)) {
+        complain(std::string("kernel ") + kernel->name + ": lane " + std::to_string(lane) +
+                 " calls a shuffle whose mask leaves it out (undefined in CUDA)");
+        abort();
+    }
     int source = lane ^ lane_mask;
     if (source / width != lane / width) source = lane;  // outside the lane's segment: its own value
     me->state = State::AtShuffle;
     me->mask = mask;
     me->offered = bits;
     me->source = source;
-    const size_t threads = size_t(block_dim.x) * block_dim.y * block_dim.z;
-    auto [first, end] = warp_range(size_t(linear(me->idx)) / 32, threads);
-    bool all = true;
-    for (size_t t = first; t < end; ++t)
-        if ((mask >> (t - first) & 1) && fibers[t].state != State::AtShuffle) all = false;
-    if (all) {
+    const size_t threads = size_t(block_dim.x) * block_dim.y * block_dim.z, warp = size_t(linear(me->idx)) / 32;
+    auto [first, end] = warp_range(warp, threads);
+    // The lanes named in the mask that exist; all of them offer before any reads.
+    const unsigned lanes = end - first == 32 ? ~0u : (1u << (end - first)) - 1;
+    if (++arrived[warp] == __builtin_popcount(mask & lanes)) {
+        arrived[warp] = 0;
         for (size_t t = first; t < end; ++t) {
             Fiber& f = fibers[t];
             if (!(mask >> (t - first) & 1)) continue;
+            if (f.state != State::AtShuffle || f.mask != mask) {
+                complain(std::string("kernel ") + kernel->name + ": the lanes of a warp meet at shuffles with other "
+                         "masks, or one named lane is elsewhere (undefined in CUDA)");
+                abort();
+            }
             const size_t from = first + size_t(f.source);
             // A lane past the block's last thread does not exist: the read gets the lane's own value.
             f.got = from < end ? fibers[from].offered : f.offered;
@@ -235,26 +273,17 @@ std::string run_block(size_t threads) {
         f.idx = {unsigned(t % block_dim.x), unsigned(t / block_dim.x % block_dim.y),
                  unsigned(t / (size_t(block_dim.x) * block_dim.y))};
         f.state = State::Ready;
-        f.sp = first_frame(&f);
+        f.sp = first_frame(&f, t);
     }
     live = threads;
     at_syncthreads = 0;
-    while (live > 0) {
-        bool ran = false;
-        for (size_t t = 0; t < threads; ++t) {
-            Fiber& f = fibers[t];
-            if (f.state != State::Ready) continue;
-            running = &f;
-            thread_idx = f.idx;
-            emu_switch(&scheduler_sp, f.sp);
-            running = nullptr;
-            ran = true;
-            // A thread that exits lowers the count __syncthreads waits for.
-            release_syncthreads();
-        }
-        if (!ran && live > 0) return "threads that can never go on:" + stuck();
-    }
-    return {};
+    arrived.assign((threads + 31) / 32, 0);
+    // The threads hand over to each other (yield) and come back here when none is ready.
+    running = &fibers[0];
+    thread_idx = fibers[0].idx;
+    emu_switch(&scheduler_sp, fibers[0].sp);
+    running = nullptr;
+    return live == 0 ? std::string() : "threads that can never go on:" + stuck();
 }
 }  // namespace
 
