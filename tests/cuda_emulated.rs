@@ -15,8 +15,14 @@ use std::process::{Command, Output};
 
 /// `condlm ARGS` with the emulator as the CUDA driver; panics with its output when it fails.
 fn condlm(args: &[&str]) -> String {
+    condlm_in_order(args, "forward")
+}
+
+/// [`condlm`] with the emulator running each block's threads in `order` (tests/cuda_emulator/threads.cpp).
+fn condlm_in_order(args: &[&str], order: &str) -> String {
     let o: Output = Command::new(env!("CARGO_BIN_EXE_condlm"))
         .args(args)
+        .env("CUDA_EMULATOR_ORDER", order)
         .env("LD_LIBRARY_PATH", common::cuda_emulator::lib_dir())
         // cuBLAS's peak, timed at 4096³ on a GPU, would take minutes on the emulator's CPU GEMM.
         .env("CONDLM_GEMM_PEAK_SIZE", "64")
@@ -38,14 +44,17 @@ fn worst(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
+/// Each block's threads first to last and last to first between barriers: a missing `__syncthreads` shows in one.
 #[test]
 fn every_kernel_and_backend_op_matches_the_cpu() {
-    let t = condlm(&["info", "--devices", "--check-kernels"]);
-    assert!(t.contains("condlm CUDA emulator"), "{t}");
-    // Every kernel against its CPU kernel, every backend op against the host backend: dozens of lines, none off.
-    let (kernels, ops) = (t.matches("\nparity ").count(), t.matches("\nbackend ").count());
-    assert!(kernels >= 39 && ops >= 100, "{kernels} parity and {ops} backend lines:\n{t}");
-    assert!(!t.contains("FAILED"), "{t}");
+    for order in ["forward", "reverse"] {
+        let t = condlm_in_order(&["info", "--devices", "--check-kernels"], order);
+        assert!(t.contains("condlm CUDA emulator"), "{t}");
+        // Every kernel against its CPU kernel, every backend op against the host backend: dozens of lines, none off.
+        let (kernels, ops) = (t.matches("\nparity ").count(), t.matches("\nbackend ").count());
+        assert!(kernels >= 39 && ops >= 100, "{order}: {kernels} parity and {ops} backend lines:\n{t}");
+        assert!(!t.contains("FAILED"), "{order}:\n{t}");
+    }
 }
 
 #[test]

@@ -101,6 +101,14 @@ int linear(const uint3& t) { return int(t.x + block_dim.x * (t.y + block_dim.y *
 
 size_t threads_in_block() { return size_t(block_dim.x) * block_dim.y * block_dim.z; }
 
+// CUDA_EMULATOR_ORDER=reverse runs a block's threads last to first between barriers: a kernel that relies on a
+// lower thread having written shared memory without a __syncthreads in between then reads stale values, as a
+// GPU's warps, which run in no fixed order, may.
+const bool reverse = [] {
+    const char* v = getenv("CUDA_EMULATOR_ORDER");
+    return v && std::string(v) == "reverse";
+}();
+
 void release_syncthreads();
 
 // Hands the CPU to the next ready thread after the running one (round robin), or back to the scheduler when none is
@@ -109,7 +117,7 @@ void yield() {
     Fiber* me = running;
     const size_t n = threads_in_block(), at = size_t(me - fibers.data());
     for (size_t step = 1; step <= n; ++step) {
-        Fiber& next = fibers[(at + step) % n];
+        Fiber& next = fibers[reverse ? (at + n - step) % n : (at + step) % n];
         if (next.state != State::Ready) continue;
         if (&next == me) return;
         running = &next;
@@ -279,9 +287,10 @@ std::string run_block(size_t threads) {
     at_syncthreads = 0;
     arrived.assign((threads + 31) / 32, 0);
     // The threads hand over to each other (yield) and come back here when none is ready.
-    running = &fibers[0];
-    thread_idx = fibers[0].idx;
-    emu_switch(&scheduler_sp, fibers[0].sp);
+    Fiber& first = fibers[reverse ? threads - 1 : 0];
+    running = &first;
+    thread_idx = first.idx;
+    emu_switch(&scheduler_sp, first.sp);
     running = nullptr;
     return live == 0 ? std::string() : "threads that can never go on:" + stuck();
 }
