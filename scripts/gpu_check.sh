@@ -37,7 +37,11 @@
 #
 # A dry run of the script's logic on a machine without a GPU: GPU_CHECK_DEVICE=reference (condlm's device path on
 # the CPU kernels) GPU_CHECK_TORCH_DEVICE=cpu GPU_CHECK_STEPS=2 scripts/gpu_check.sh target/release/condlm /tmp/r.md
-# (the kernel section then fails, as there is no GPU; the rest must pass).
+# (the kernel section then fails, as there is no GPU; the rest must pass). With the CUDA emulator instead
+# (tests/cuda_emulator/; `cargo test --release --features cuda --test cuda_emulated -- --ignored --nocapture
+# emulator_folder` prints its folder), the `cuda` paths run on the CPU: LD_LIBRARY_PATH=FOLDER
+# CONDLM_GEMM_PEAK_SIZE=64 GPU_CHECK_TORCH_DEVICE=cpu GPU_CHECK_STEPS=2 scripts/gpu_check.sh target/release/condlm
+# /tmp/r.md (the sections up to the tiny generations pass; the 135M-shaped ones are too slow for it).
 #
 # Usage: scripts/gpu_check.sh [BINARY [REPORT]]   (defaults: target/gpu/condlm, $OUT/gpu_check.md when $OUT is
 # set, else scripts/gpu_check.md)

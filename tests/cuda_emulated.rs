@@ -210,3 +210,12 @@ fn greedy_and_beam_generation_on_the_device_equal_the_cpu() {
         }
     }
 }
+
+/// Not a check: builds the emulator and prints its folder, for running a command on it by hand, e.g. a dry run of
+/// scripts/gpu_check.sh with `--device cuda` (see its header):
+/// `cargo test --release --features cuda --test cuda_emulated -- --ignored --nocapture emulator_folder`.
+#[test]
+#[ignore]
+fn emulator_folder() {
+    println!("CUDA emulator: {}", common::cuda_emulator::lib_dir().display());
+}
