@@ -13,7 +13,7 @@ use condlm::kernels::activation::GateAct;
 use condlm::kernels::adamw::{AdamWConfig, AdamWScalars};
 use condlm::kernels::attention::QkvLayout;
 use condlm::kernels::backend::host::Host;
-use condlm::kernels::backend::{Backend, MatView, RopeCols};
+use condlm::kernels::backend::{AdamWTensor, Backend, MatView, RopeCols};
 use condlm::kernels::compute::{Compute, compute, set_compute};
 use condlm::kernels::cuda::backend::Cuda;
 use condlm::kernels::rope::RopeTable;
@@ -154,8 +154,17 @@ fn scale<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
 fn sum_squares<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     let x = random(100_100, 34, 2.0);
     let (cpu, gpu) = (up(&Host, &x)?, up(dev, &x)?);
-    for n in [0, 5, 1000, 100_003] {
-        let (c, g) = (Host.sum_squares(&cpu, n)?, dev.sum_squares(&gpu, n)?);
+    let sizes = [0, 5, 1000, 100_003];
+    // Each size to its own slot of one buffer, read back once at the end (as the gradient norm does).
+    let (mut cpu_sums, mut gpu_sums) = (Host.alloc_f64(sizes.len())?, dev.alloc_f64(sizes.len())?);
+    for (slot, &n) in sizes.iter().enumerate() {
+        Host.sum_squares(&mut cpu_sums, slot, &cpu, n)?;
+        dev.sum_squares(&mut gpu_sums, slot, &gpu, n)?;
+    }
+    let mut gpu_read = vec![f64::NAN; sizes.len()];
+    dev.download_f64(&gpu_sums, &mut gpu_read)?;
+    for (slot, &n) in sizes.iter().enumerate() {
+        let (c, g) = (cpu_sums[slot], gpu_read[slot]);
         let err = if (g - c).is_nan() { f64::INFINITY } else { (g - c).abs() / c.abs().max(f64::MIN_POSITIVE) };
         // The squares are exact in f64; only the order of the sums differs.
         all.push(Compared { name: format!("sum_squares {n}/100100 (f64)"), err, tol: 1e-12 });
@@ -678,17 +687,29 @@ fn dropout<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     Ok(())
 }
 
+/// Three tensors in one call: a long one that decays, a short one that does not, and a prefix of a longer buffer;
+/// the gradients (zeroed by the step) are compared too.
 fn adamw_on<B: Backend>(b: &B) -> Result<Outs> {
-    let (n, cap) = (10_007, 10_100);
-    let v: Vec<f32> = random(cap, 83, 1e-3).iter().map(|x| x.abs()).collect();
-    let (mut w, g, mut m, mut gv) =
-        (up(b, &random(cap, 80, 1.0))?, up(b, &random(cap, 81, 0.1))?, up(b, &random(cap, 82, 0.01))?, up(b, &v)?);
-    b.adamw(&mut w, &g, &mut m, &mut gv, n, &AdamWScalars::new(&AdamWConfig::default(), 1e-3, 3))?;
-    Ok(vec![
-        ("adamw w".into(), down(b, &w, cap)?),
-        ("adamw m".into(), down(b, &m, cap)?),
-        ("adamw v".into(), down(b, &gv, cap)?),
-    ])
+    let cap = 10_100;
+    let mut bufs = vec![];
+    for (i, seed) in [80u64, 90, 100].into_iter().enumerate() {
+        let v: Vec<f32> = random(cap, seed + 3, 1e-3).iter().map(|x| x.abs()).collect();
+        let (w, g, m) = (random(cap, seed, 1.0), random(cap, seed + 1, 0.1), random(cap, seed + 2, 0.01));
+        bufs.push((i, up(b, &w)?, up(b, &g)?, up(b, &m)?, up(b, &v)?));
+    }
+    let shapes = [(10_007, true), (33, false), (10_099, true)];
+    let mut tensors: Vec<AdamWTensor<B>> = bufs
+        .iter_mut()
+        .map(|(i, w, g, m, v)| AdamWTensor { w, g, m, v, n: shapes[*i].0, decays: shapes[*i].1 })
+        .collect();
+    b.adamw(&mut tensors, &AdamWScalars::new(&AdamWConfig::default(), 1e-3, 3))?;
+    let mut outs = vec![];
+    for (i, w, g, m, v) in &bufs {
+        for (what, buf) in [("w", w), ("g", g), ("m", m), ("v", v)] {
+            outs.push((format!("adamw tensor {i} {what}"), down(b, buf, cap)?));
+        }
+    }
+    Ok(outs)
 }
 
 fn adamw<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {

@@ -10,7 +10,7 @@ use condlm::kernels::attention::{
 use condlm::kernels::bf16::round;
 use condlm::kernels::cuda::device::Device;
 use condlm::kernels::cuda::gemm::{Blas, GemmShape};
-use condlm::kernels::cuda::ops::adamw::adamw_step;
+use condlm::kernels::cuda::ops::adamw::{Tensor, adamw_tensors};
 use condlm::kernels::cuda::ops::attention::{attention_backward, attention_forward};
 use condlm::kernels::cuda::ops::cross_entropy::cross_entropy_rows;
 use condlm::kernels::cuda::ops::glu::{glu_backward, glu_forward};
@@ -322,10 +322,14 @@ fn adamw(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
     let (mut cpu_w, mut cpu_m, mut cpu_v) = (w.clone(), m.clone(), v.clone());
     cpu_adamw_step(&mut cpu_w, &g, &mut cpu_m, &mut cpu_v, &step);
     let s = &d.stream;
-    let (mut gw, gg, mut gm, mut gv) = (s.clone_htod(&w)?, s.clone_htod(&g)?, s.clone_htod(&m)?, s.clone_htod(&v)?);
-    adamw_step(d, &mut gw.as_view_mut(), &gg.as_view(), &mut gm.as_view_mut(), &mut gv.as_view_mut(), &step)?;
-    compare(all, "adamw_step w", &s.clone_dtoh(&gw)?, &cpu_w, 1e-6);
-    compare(all, "adamw_step m", &s.clone_dtoh(&gm)?, &cpu_m, 1e-6);
-    compare(all, "adamw_step v", &s.clone_dtoh(&gv)?, &cpu_v, 1e-6);
+    let (mut gw, mut gg, mut gm, mut gv) = (s.clone_htod(&w)?, s.clone_htod(&g)?, s.clone_htod(&m)?, s.clone_htod(&v)?);
+    let mut table = s.alloc_zeros::<u64>(1)?;
+    let one =
+        Tensor { w: gw.as_view_mut(), g: gg.as_view_mut(), m: gm.as_view_mut(), v: gv.as_view_mut(), decays: true };
+    adamw_tensors(d, &mut table, &mut [one], &step)?;
+    compare(all, "adamw_tensors w", &s.clone_dtoh(&gw)?, &cpu_w, 1e-6);
+    compare(all, "adamw_tensors m", &s.clone_dtoh(&gm)?, &cpu_m, 1e-6);
+    compare(all, "adamw_tensors v", &s.clone_dtoh(&gv)?, &cpu_v, 1e-6);
+    compare(all, "adamw_tensors g (zeroed)", &s.clone_dtoh(&gg)?, &vec![0.0; n], 0.0);
     Ok(())
 }

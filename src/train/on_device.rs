@@ -37,7 +37,7 @@ pub trait DeviceStep {
     /// values (each rank after its backward passes).
     fn sum_grads(&mut self, world: &dyn Collectives, bucket_values: usize) -> Result<()>;
     /// Σ g² of every trainable tensor.
-    fn grad_sq(&self) -> Result<f64>;
+    fn grad_sq(&mut self) -> Result<f64>;
     fn scale_grads(&mut self, coef: f32) -> Result<()>;
     /// AdamW on every trainable tensor, gradients zeroed after.
     fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64) -> Result<()>;
@@ -73,7 +73,7 @@ impl<B: Backend> DeviceStep for DeviceModel<B> {
         DeviceModel::sum_grads(self, world, bucket_values)
     }
 
-    fn grad_sq(&self) -> Result<f64> {
+    fn grad_sq(&mut self) -> Result<f64> {
         DeviceModel::grad_sq(self)
     }
 

@@ -285,7 +285,7 @@ impl Trainer {
 
     /// √(Σ g²) over every trainable tensor, in model order.
     fn grad_norm(&mut self) -> Result<f64> {
-        if let Some(d) = &self.device {
+        if let Some(d) = &mut self.device {
             return Ok(d.step.grad_sq()?.sqrt());
         }
         let mut total = 0.0;

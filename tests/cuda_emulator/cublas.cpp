@@ -64,6 +64,7 @@ cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, int n, 
                       std::to_string(c_type) + ", compute " + std::to_string(compute) + ") are not emulated");
         return kNotSupported;
     }
+    emu::count(std::string("cublasGemmEx ") + (f32 ? "f32" : "bf16"));
     if (m == 0 || n == 0) return kSuccess;
     const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
     const std::vector<float> x = dense(a, a_type, transa, m, k, lda);      // op(A), m × k

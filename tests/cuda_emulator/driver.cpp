@@ -135,7 +135,10 @@ CUresult cuStreamCreateWithPriority(Handle* s, unsigned, int) {
     return kSuccess;
 }
 CUresult cuStreamDestroy_v2(Handle) { return kSuccess; }
-CUresult cuStreamSynchronize(Handle) { return kSuccess; }
+CUresult cuStreamSynchronize(Handle) {
+    emu::count("synchronize");
+    return kSuccess;
+}
 CUresult cuStreamWaitEvent(Handle, Handle, unsigned) { return kSuccess; }
 CUresult cuEventCreate(Handle* e, unsigned) {
     *e = &event_tag;
@@ -148,6 +151,7 @@ CUresult cuEventDestroy_v2(Handle) { return kSuccess; }
 
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     std::lock_guard<std::mutex> g(lock);
+    emu::count("allocate");
     if (bytes == 0) return kInvalidValue;
     if (in_use + bytes > kMemory || !(*p = allocate(bytes))) return kOutOfMemory;
     return kSuccess;
@@ -165,10 +169,12 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
 CUresult cuMemFreeAsync(CUdeviceptr p, Handle) { return cuMemFree_v2(p); }
 
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, Handle) {
+    emu::count("copy host to device");
     memcpy(reinterpret_cast<void*>(dst), src, n);
     return kSuccess;
 }
 CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, Handle) {
+    emu::count("copy device to host");
     memcpy(dst, reinterpret_cast<const void*>(src), n);
     return kSuccess;
 }
@@ -230,6 +236,7 @@ CUresult cuLaunchKernel(Handle f, unsigned gx, unsigned gy, unsigned gz, unsigne
                         unsigned shared_bytes, Handle, void** params, void** extra) {
     std::lock_guard<std::mutex> g(lock);
     auto* k = static_cast<emu::Kernel*>(f);
+    emu::count(std::string("launch ") + k->name);
     if (shared_bytes != 0 || extra != nullptr) {
         emu::complain(std::string("kernel ") + k->name + ": dynamic shared memory and `extra` are not emulated");
         return kNotSupported;

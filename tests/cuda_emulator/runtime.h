@@ -33,6 +33,11 @@ const std::vector<Program>& programs();
 // what went wrong (a launch shape CUDA refuses, or threads that can never meet at a barrier).
 std::string launch(const Kernel& k, dim3 grid, dim3 block, void** args);
 
+// With CUDA_EMULATOR_STATS set, counts one `what` (a kernel launch, a GEMM, a copy, a synchronize); the counts go
+// to stderr when the process exits — how many launches and host round trips a command makes, which a GPU pays
+// for in launch latency and stalls whatever its kernels' speed.
+void count(const std::string& what);
+
 // Prints "cuda emulator: " + what to stderr (the driver's errors carry no text of their own).
 void complain(const std::string& what);
 }  // namespace emu

@@ -5,6 +5,7 @@
 // of hanging. A read or write outside device memory stops the process with the kernel, block and thread named.
 #include "runtime.h"
 #include <csignal>
+#include <map>
 #include <cstdio>
 #include <cstdlib>
 #include <sys/mman.h>
@@ -324,6 +325,32 @@ std::string launch(const Kernel& k, dim3 grid, dim3 block, void** args) {
 }
 
 void complain(const std::string& what) { fprintf(stderr, "cuda emulator: %s\n", what.c_str()); }
+
+namespace {
+std::map<std::string, uint64_t>& counts() {
+    static std::map<std::string, uint64_t> all;
+    return all;
+}
+
+void print_counts() {
+    uint64_t launches = 0;
+    for (auto& [what, n] : counts()) {
+        fprintf(stderr, "cuda emulator: %10llu %s\n", (unsigned long long)n, what.c_str());
+        if (what.rfind("launch ", 0) == 0) launches += n;
+    }
+    fprintf(stderr, "cuda emulator: %10llu kernel launches in all\n", (unsigned long long)launches);
+}
+}  // namespace
+
+void count(const std::string& what) {
+    static const bool on = [] {
+        if (getenv("CUDA_EMULATOR_STATS") == nullptr) return false;
+        counts();  // made before print_counts is registered, so destroyed after it ran
+        atexit(print_counts);
+        return true;
+    }();
+    if (on) ++counts()[what];
+}
 
 namespace {
 std::vector<Program>& registry() {

@@ -1,7 +1,7 @@
 //! The CPU kernels behind [`Backend`]: buffers are `Vec`s, each op calls the CPU kernel the CUDA kernel of the
 //! same name mirrors. The device model run on it must give what `network::Transformer` gives — that checks
 //! the device model's composition (buffers, views, order of ops) without a GPU.
-use super::{Backend, MatView, RopeCols};
+use super::{AdamWTensor, Backend, MatView, RopeCols};
 use crate::kernels::activation::{GateAct, gelu_tanh_backward, gelu_tanh_forward, glu_backward, glu_forward};
 use crate::kernels::adamw::{AdamWScalars, adamw_step};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
@@ -140,8 +140,9 @@ impl Backend for Host {
         Ok(())
     }
 
-    fn sum_squares(&self, x: &Vec<f32>, n: usize) -> Result<f64> {
-        Ok(x[..n].iter().map(|&v| v as f64 * v as f64).sum())
+    fn sum_squares(&self, out: &mut Vec<f64>, slot: usize, x: &Vec<f32>, n: usize) -> Result<()> {
+        out[slot] = x[..n].iter().map(|&v| v as f64 * v as f64).sum();
+        Ok(())
     }
 
     fn gemm(
@@ -480,16 +481,12 @@ impl Backend for Host {
         Ok(())
     }
 
-    fn adamw(
-        &self,
-        w: &mut Vec<f32>,
-        g: &Vec<f32>,
-        m: &mut Vec<f32>,
-        v: &mut Vec<f32>,
-        n: usize,
-        s: &AdamWScalars,
-    ) -> Result<()> {
-        adamw_step(&mut w[..n], &g[..n], &mut m[..n], &mut v[..n], s);
+    fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], s: &AdamWScalars) -> Result<()> {
+        for t in tensors {
+            let s = if t.decays { *s } else { AdamWScalars { decay: 1.0, ..*s } };
+            adamw_step(&mut t.w[..t.n], &t.g[..t.n], &mut t.m[..t.n], &mut t.v[..t.n], &s);
+            t.g[..t.n].fill(0.0);
+        }
         Ok(())
     }
 }

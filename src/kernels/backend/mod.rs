@@ -62,7 +62,7 @@ pub struct RopeCols {
 }
 
 /// The ops of a transformer's training step and forward pass on some device. Every op is asynchronous with
-/// respect to the host except the reads ([`Backend::download`], [`Backend::sum_squares`]), which wait for what
+/// respect to the host except the reads ([`Backend::download`], [`Backend::download_f64`]), which wait for what
 /// came before. Shapes are checked by the implementation (a wrong shape is a bug in the caller: it panics).
 pub trait Backend {
     /// A buffer of f32 values on the device.
@@ -114,8 +114,9 @@ pub trait Backend {
     fn scale(&self, dst: &mut Self::F32, src: &Self::F32, n: usize, s: f32) -> Result<()>;
     /// x[..n] *= s.
     fn scale_in_place(&self, x: &mut Self::F32, n: usize, s: f32) -> Result<()>;
-    /// Σ x[..n]², summed in f64.
-    fn sum_squares(&self, x: &Self::F32, n: usize) -> Result<f64>;
+    /// out[slot] = Σ x[..n]², summed in f64, without waiting: the sums of many tensors come back in one
+    /// [`Backend::download_f64`] (one wait per gradient norm, not one per tensor).
+    fn sum_squares(&self, out: &mut Self::F64, slot: usize, x: &Self::F32, n: usize) -> Result<()>;
 
     /// c = a · b (or c += a · b when `accumulate`), each operand a view of its buffer; c is not transposed.
     #[allow(clippy::too_many_arguments)]
@@ -365,16 +366,20 @@ pub trait Backend {
     fn dropout_again(&self, x_drop: &mut Self::F32, keep: &Self::Mask, x: &Self::F32, n: usize, p: f32) -> Result<()>;
     /// As `kernels::dropout::dropout_backward`: dx **+=**.
     fn dropout_backward(&self, dx: &mut Self::F32, t: &Self::F32, keep: &Self::Mask, n: usize, p: f32) -> Result<()>;
-    /// As `kernels::adamw::adamw_step` on the first n values.
-    fn adamw(
-        &self,
-        w: &mut Self::F32,
-        g: &Self::F32,
-        m: &mut Self::F32,
-        v: &mut Self::F32,
-        n: usize,
-        s: &AdamWScalars,
-    ) -> Result<()>;
+    /// One AdamW step of every tensor (as `kernels::adamw::adamw_step` on its first n values; one that does not
+    /// decay takes `s.decay` as 1), each gradient zeroed after: one launch on a GPU for all of them.
+    fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], s: &AdamWScalars) -> Result<()>;
+}
+
+/// One trainable tensor of [`Backend::adamw`]: values, gradient, moments, their length, and whether weight decay
+/// applies.
+pub struct AdamWTensor<'a, B: Backend + ?Sized> {
+    pub w: &'a mut B::F32,
+    pub g: &'a mut B::F32,
+    pub m: &'a mut B::F32,
+    pub v: &'a mut B::F32,
+    pub n: usize,
+    pub decays: bool,
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! [`Backend`] on one GPU: buffers are `CudaSlice`s on the device's stream, each op the CUDA kernel (or cuBLAS
 //! product, or driver copy) that mirrors what `backend::host::Host` calls on the CPU, on the same prefixes of the
 //! same buffers. Everything runs in stream order on the device's one stream, so ops need no events between them.
-//! The reads (`download`, `download_f64`, `sum_squares`) wait for the GPU; ops whose launches index rows check
+//! The reads (`download`, `download_f64`) wait for the GPU; ops whose launches index rows check
 //! what the indices' upload found (`IndexFacts`) instead of copying them back; `embedding_backward` groups its rows
 //! by id on the host, from the ids in host memory, and copies that grouping to the device (the copy, from pageable
 //! memory, may wait for the stream). Checked against `Host` op by op by `condlm info --devices --check-kernels`
@@ -19,7 +19,7 @@ use super::ops::{
 use crate::kernels::activation::GateAct;
 use crate::kernels::adamw::AdamWScalars;
 use crate::kernels::attention::QkvLayout;
-use crate::kernels::backend::{Backend, MatView, RopeCols};
+use crate::kernels::backend::{AdamWTensor, Backend, MatView, RopeCols};
 use crate::kernels::compute::{Compute, compute};
 use crate::kernels::dropout::mask_words;
 use crate::kernels::rope::RopeTable;
@@ -53,10 +53,12 @@ impl CudaIndices {
 pub struct Cuda {
     device: Device,
     blas: Blas,
-    /// `sum_squares`'s partials and total (PARTIALS + 1 values), held for one call at a time.
+    /// `sum_squares`'s partials (PARTIALS values), held for one call at a time.
     reduce: Mutex<CudaSlice<f64>>,
     /// `embedding_backward`'s grouping of rows by id, host and device, held for one call at a time.
     groups: Mutex<RowGroups>,
+    /// `adamw`'s table of tensor addresses (grown to the most tensors once).
+    adamw_table: Mutex<CudaSlice<u64>>,
     /// `gemm_weights`' bf16 operands under `--compute bf16` (grown to the largest product once).
     bf16: Mutex<(CudaSlice<u16>, CudaSlice<u16>)>,
 }
@@ -99,9 +101,10 @@ impl Cuda {
     /// The backend on an opened device (which keeps its kernels): makes the cuBLAS handle and the scratch.
     pub fn new(device: Device) -> Result<Cuda> {
         let blas = Blas::new(&device)?;
-        let reduce = Mutex::new(zeros(&device, PARTIALS + 1, "f64 (sum_squares scratch)")?);
+        let reduce = Mutex::new(zeros(&device, PARTIALS, "f64 (sum_squares partials)")?);
         let bf16 = Mutex::new((zeros(&device, 1, "u16")?, zeros(&device, 1, "u16")?));
-        Ok(Cuda { device, blas, reduce, groups: Mutex::new(RowGroups::default()), bf16 })
+        let adamw_table = Mutex::new(zeros(&device, 1, "u64 (AdamW's tensor table)")?);
+        Ok(Cuda { device, blas, reduce, groups: Mutex::new(RowGroups::default()), bf16, adamw_table })
     }
 
     /// The stored matrix of the view `v` of `src` rounded to bf16 into `scratch` (grown to fit), dense; returns
@@ -270,11 +273,16 @@ impl Backend for Cuda {
         self.ran("scale_in_place", r)
     }
 
-    fn sum_squares(&self, x: &CudaSlice<f32>, n: usize) -> Result<f64> {
-        // The scratch is rewritten whole by every call: one left by a panicking call is as good as any.
-        let mut scratch = self.reduce.lock().unwrap_or_else(PoisonError::into_inner);
-        let r = reduce::sum_squares(&self.device, &pre(x, n, "sum_squares"), &mut scratch.as_view_mut());
-        self.ran("sum_squares", r)
+    fn sum_squares(&self, out: &mut CudaSlice<f64>, slot: usize, x: &CudaSlice<f32>, n: usize) -> Result<()> {
+        let op = "sum_squares";
+        let len = out.len();
+        let mut total =
+            out.try_slice_mut(slot..slot + 1).unwrap_or_else(|| panic!("{op}: slot {slot} of a buffer of {len}"));
+        // The partials are rewritten whole by every call, and read by its second launch before the next call's
+        // first (stream order): one left by a panicking call is as good as any.
+        let mut partials = self.reduce.lock().unwrap_or_else(PoisonError::into_inner);
+        let r = reduce::sum_squares(&self.device, &pre(x, n, op), &mut partials.as_view_mut(), &mut total);
+        self.ran(op, r)
     }
 
     fn gemm(
@@ -707,17 +715,20 @@ impl Backend for Cuda {
         self.ran(op, dropout::dropout_backward(&self.device, &mut d, &t, &keep.as_view(), p))
     }
 
-    fn adamw(
-        &self,
-        w: &mut CudaSlice<f32>,
-        g: &CudaSlice<f32>,
-        m: &mut CudaSlice<f32>,
-        v: &mut CudaSlice<f32>,
-        n: usize,
-        s: &AdamWScalars,
-    ) -> Result<()> {
+    fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], s: &AdamWScalars) -> Result<()> {
         let op = "adamw";
-        let (mut w, mut m, mut v, g) = (pre_mut(w, n, op), pre_mut(m, n, op), pre_mut(v, n, op), pre(g, n, op));
-        self.ran(op, adamw::adamw_step(&self.device, &mut w, &g, &mut m, &mut v, s))
+        let mut views: Vec<adamw::Tensor> = tensors
+            .iter_mut()
+            .map(|t| adamw::Tensor {
+                w: pre_mut(t.w, t.n, op),
+                g: pre_mut(t.g, t.n, op),
+                m: pre_mut(t.m, t.n, op),
+                v: pre_mut(t.v, t.n, op),
+                decays: t.decays,
+            })
+            .collect();
+        // The table is rewritten by every call before its launch reads it (stream order).
+        let mut table = self.adamw_table.lock().unwrap_or_else(PoisonError::into_inner);
+        self.ran(op, adamw::adamw_tensors(&self.device, &mut table, &mut views, s))
     }
 }

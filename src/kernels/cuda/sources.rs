@@ -42,7 +42,7 @@ pub const SOURCES: &[Source] = &[
         kernels: &["glu_forward", "glu_backward", "gelu_forward", "gelu_backward"],
     },
     Source { file: "cross_entropy.cu", text: include_str!("cu/cross_entropy.cu"), kernels: &["cross_entropy_rows"] },
-    Source { file: "adamw.cu", text: include_str!("cu/adamw.cu"), kernels: &["adamw_step"] },
+    Source { file: "adamw.cu", text: include_str!("cu/adamw.cu"), kernels: &["adamw_tensors"] },
     Source { file: "bf16.cu", text: include_str!("cu/bf16.cu"), kernels: &["to_bf16"] },
     Source {
         file: "elementwise.cu",

@@ -25,7 +25,7 @@ use super::config::Config;
 use super::transformer::{Transformer, layer_seed, set_rope_rows};
 use crate::distributed::Collectives;
 use crate::kernels::adamw::{AdamWConfig, AdamWScalars};
-use crate::kernels::backend::{Backend, MatView};
+use crate::kernels::backend::{AdamWTensor, Backend, MatView};
 use crate::kernels::rope::RopeTable;
 use anyhow::{Result, bail};
 use block::{Attend, BlockArgs};
@@ -148,6 +148,8 @@ pub struct DeviceModel<B: Backend> {
     /// How [`Self::sum_grads`] sums over ranks, and its packing buffer with its length.
     rank_sums: Box<dyn RankSums<B>>,
     rank_flat: Option<(B::F32, usize)>,
+    /// [`Self::grad_sq`]'s per-tensor sums and their count.
+    grad_sums: Option<(B::F64, usize)>,
 }
 
 impl<B: Backend> DeviceModel<B> {
@@ -175,6 +177,7 @@ impl<B: Backend> DeviceModel<B> {
             cache: None,
             rank_sums: Box::new(ThroughHost::default()),
             rank_flat: None,
+            grad_sums: None,
         })
     }
 
@@ -464,13 +467,20 @@ impl<B: Backend> DeviceModel<B> {
         Ok(())
     }
 
-    /// Σ g² over every trainable tensor (f64), in parameter order: the gradient norm's square.
-    pub fn grad_sq(&self) -> Result<f64> {
-        let mut total = 0.0;
-        for (t, g) in self.weights.tensors().filter_map(|t| t.train.as_ref().map(|g| (t, g))) {
-            total += self.backend.sum_squares(&g.g, t.len)?;
+    /// Σ g² over every trainable tensor (f64), in parameter order: the gradient norm's square. Each tensor's sum
+    /// goes to its slot of a device buffer, read back once.
+    pub fn grad_sq(&mut self) -> Result<f64> {
+        let trained: Vec<_> = self.weights.tensors().filter_map(|t| t.train.as_ref().map(|g| (t.len, g))).collect();
+        if self.grad_sums.as_ref().is_none_or(|(_, n)| *n < trained.len()) {
+            self.grad_sums = Some((self.backend.alloc_f64(trained.len())?, trained.len()));
         }
-        Ok(total)
+        let (sums, _) = self.grad_sums.as_mut().expect("allocated above");
+        for (slot, (len, g)) in trained.iter().enumerate() {
+            self.backend.sum_squares(sums, slot, &g.g, *len)?;
+        }
+        let mut host = vec![0.0; trained.len()];
+        self.backend.download_f64(sums, &mut host)?;
+        Ok(host.iter().sum())
     }
 
     /// Scales every gradient by `coef` (clipping).
@@ -487,12 +497,17 @@ impl<B: Backend> DeviceModel<B> {
     /// matrices only), then the gradients zeroed.
     pub fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64) -> Result<()> {
         let decay = AdamWScalars::new(cfg, lr, t);
-        let no_decay = AdamWScalars::new(&AdamWConfig { weight_decay: 0.0, ..*cfg }, lr, t);
-        for p in self.weights.tensors_mut() {
-            let Some(t) = &mut p.train else { continue };
-            let s = if p.decays { &decay } else { &no_decay };
-            self.backend.adamw(&mut p.w, &t.g, &mut t.m, &mut t.v, p.len, s)?;
-            self.backend.zero(&mut t.g, p.len)?;
+        let mut tensors: Vec<AdamWTensor<B>> = self
+            .weights
+            .tensors_mut()
+            .filter_map(|p| {
+                let t = p.train.as_mut()?;
+                Some(AdamWTensor { w: &mut p.w, g: &mut t.g, m: &mut t.m, v: &mut t.v, n: p.len, decays: p.decays })
+            })
+            .collect();
+        self.backend.adamw(&mut tensors, &decay)?;
+        // A trained matrix's bf16 copy is made again from its new values (frozen ones have no f32 values).
+        for p in self.weights.tensors_mut().filter(|p| p.train.is_some()) {
             p.refresh_bf16(&self.backend)?;
         }
         Ok(())

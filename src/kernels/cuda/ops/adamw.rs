@@ -1,24 +1,65 @@
-//! One AdamW step on the GPU (adamw.cu), as `kernels::adamw::adamw_step`, from the same f32 scalars.
-use super::elementwise;
+//! AdamW on the GPU (adamw.cu): one step of every trainable tensor in one launch, each as
+//! `kernels::adamw::adamw_step` from the same f32 scalars, its gradient zeroed after — one launch per optimizer
+//! step instead of two per tensor (a model's hundreds of LoRA tensors made the launches, not the math, the cost).
+use super::THREADS;
 use crate::kernels::adamw::AdamWScalars;
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg};
 
-/// w, m, v updated in place from the gradient g. All of one length.
-pub fn adamw_step(
+/// One tensor of [`adamw_tensors`]: values, gradient, moments (all of one length), and whether weight decay
+/// applies.
+pub struct Tensor<'a> {
+    pub w: CudaViewMut<'a, f32>,
+    pub g: CudaViewMut<'a, f32>,
+    pub m: CudaViewMut<'a, f32>,
+    pub v: CudaViewMut<'a, f32>,
+    pub decays: bool,
+}
+
+/// Values per tensor in the kernel's table: w, g, m, v addresses, n, decays.
+const ROW: usize = 6;
+
+/// Every tensor's w, m, v updated in place from its gradient, which is then zeroed; a tensor that does not decay
+/// takes `s.decay` as 1. `table`: device scratch for the tensors' addresses, grown to fit.
+pub fn adamw_tensors(
     d: &Device,
-    w: &mut CudaViewMut<f32>,
-    g: &CudaView<f32>,
-    m: &mut CudaViewMut<f32>,
-    v: &mut CudaViewMut<f32>,
+    table: &mut CudaSlice<u64>,
+    tensors: &mut [Tensor],
     s: &AdamWScalars,
 ) -> Result<(), DriverError> {
-    let n = w.len();
-    assert!(g.len() == n && m.len() == n && v.len() == n, "adamw_step: shapes");
-    let mut b = d.stream.launch_builder(d.function("adamw_step"));
-    b.arg(w).arg(g).arg(m).arg(v).arg(&n);
-    b.arg(&s.decay).arg(&s.one_minus_b1).arg(&s.b2).arg(&s.one_minus_b2).arg(&s.step_size).arg(&s.bc2_sqrt);
-    b.arg(&s.eps);
-    // SAFETY: element-wise over n values of slices of length n.
-    unsafe { b.launch(elementwise(n)) }.map(drop)
+    if tensors.is_empty() {
+        return Ok(());
+    }
+    assert!(tensors.len() <= 65_535, "adamw_tensors: {} tensors exceed a grid's 65 535 rows", tensors.len());
+    let count = tensors.len() as u32;
+    let mut rows = Vec::with_capacity(tensors.len() * ROW);
+    let mut longest = 0;
+    // The addresses' guards (cudarc's stream-order records) live until the launch is queued.
+    let mut guards = Vec::with_capacity(tensors.len() * 4);
+    for (i, t) in tensors.iter_mut().enumerate() {
+        let n = t.w.len();
+        assert!(t.g.len() == n && t.m.len() == n && t.v.len() == n, "adamw_tensors: tensor {i}: shapes");
+        longest = longest.max(n);
+        for buf in [&mut t.w, &mut t.g, &mut t.m, &mut t.v] {
+            let (ptr, guard) = buf.device_ptr_mut(&d.stream);
+            rows.push(ptr);
+            guards.push(guard);
+        }
+        rows.extend([n as u64, t.decays as u64]);
+    }
+    if table.len() < rows.len() {
+        *table = d.stream.alloc_zeros(rows.len())?;
+    }
+    d.stream.memcpy_htod(&rows, &mut table.slice_mut(..rows.len()))?;
+    let blocks = longest.div_ceil(THREADS as usize * 4).clamp(1, 4096) as u32;
+    let cfg = LaunchConfig { grid_dim: (blocks, count, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    let table = table.slice(..rows.len());
+    let mut b = d.stream.launch_builder(d.function("adamw_tensors"));
+    b.arg(&table).arg(&s.decay).arg(&s.one_minus_b1).arg(&s.b2).arg(&s.one_minus_b2).arg(&s.step_size);
+    b.arg(&s.bc2_sqrt).arg(&s.eps);
+    // SAFETY: block row y reads and writes elements < n of tensor y's four buffers, whose addresses and common
+    // length (checked) the table holds, in tensors that are distinct `&mut` views.
+    unsafe { b.launch(cfg) }?;
+    drop(guards);
+    Ok(())
 }
