@@ -155,12 +155,10 @@ fn sum_squares<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     let x = random(100_100, 34, 2.0);
     let (cpu, gpu) = (up(&Host, &x)?, up(dev, &x)?);
     let sizes = [0, 5, 1000, 100_003];
-    // Each size to its own slot of one buffer, read back once at the end (as the gradient norm does).
+    // Every size in one call, each to its own sum, read back once at the end (as the gradient norm does).
     let (mut cpu_sums, mut gpu_sums) = (Host.alloc_f64(sizes.len())?, dev.alloc_f64(sizes.len())?);
-    for (slot, &n) in sizes.iter().enumerate() {
-        Host.sum_squares(&mut cpu_sums, slot, &cpu, n)?;
-        dev.sum_squares(&mut gpu_sums, slot, &gpu, n)?;
-    }
+    Host.sum_squares(&mut cpu_sums, &sizes.map(|n| (&cpu, n)))?;
+    dev.sum_squares(&mut gpu_sums, &sizes.map(|n| (&gpu, n)))?;
     let mut gpu_read = vec![f64::NAN; sizes.len()];
     dev.download_f64(&gpu_sums, &mut gpu_read)?;
     for (slot, &n) in sizes.iter().enumerate() {

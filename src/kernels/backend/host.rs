@@ -140,8 +140,10 @@ impl Backend for Host {
         Ok(())
     }
 
-    fn sum_squares(&self, out: &mut Vec<f64>, slot: usize, x: &Vec<f32>, n: usize) -> Result<()> {
-        out[slot] = x[..n].iter().map(|&v| v as f64 * v as f64).sum();
+    fn sum_squares(&self, out: &mut Vec<f64>, xs: &[(&Vec<f32>, usize)]) -> Result<()> {
+        for (o, &(x, n)) in out.iter_mut().zip(xs) {
+            *o = x[..n].iter().map(|&v| v as f64 * v as f64).sum();
+        }
         Ok(())
     }
 

@@ -114,9 +114,9 @@ pub trait Backend {
     fn scale(&self, dst: &mut Self::F32, src: &Self::F32, n: usize, s: f32) -> Result<()>;
     /// x[..n] *= s.
     fn scale_in_place(&self, x: &mut Self::F32, n: usize, s: f32) -> Result<()>;
-    /// out[slot] = Σ x[..n]², summed in f64, without waiting: the sums of many tensors come back in one
-    /// [`Backend::download_f64`] (one wait per gradient norm, not one per tensor).
-    fn sum_squares(&self, out: &mut Self::F64, slot: usize, x: &Self::F32, n: usize) -> Result<()>;
+    /// out[i] = Σ xs[i].0[..xs[i].1]², each summed in f64, without waiting: the sums of every tensor come back in
+    /// one [`Backend::download_f64`] (one wait per gradient norm, and two launches on a GPU, not two per tensor).
+    fn sum_squares(&self, out: &mut Self::F64, xs: &[(&Self::F32, usize)]) -> Result<()>;
 
     /// c = a · b (or c += a · b when `accumulate`), each operand a view of its buffer; c is not transposed.
     #[allow(clippy::too_many_arguments)]

@@ -10,7 +10,6 @@ use super::device::Device;
 use super::devices::probe;
 use super::gemm::Blas;
 use super::ops::indices::{IndexFacts, Indices};
-use super::ops::reduce::PARTIALS;
 use super::ops::rope::RopeLayout;
 use super::ops::rows::RowGroups;
 use super::ops::{
@@ -53,8 +52,8 @@ impl CudaIndices {
 pub struct Cuda {
     device: Device,
     blas: Blas,
-    /// `sum_squares`'s partials (PARTIALS values), held for one call at a time.
-    reduce: Mutex<CudaSlice<f64>>,
+    /// `sum_squares`'s table and partials, held for one call at a time.
+    reduce: Mutex<reduce::Scratch>,
     /// `embedding_backward`'s grouping of rows by id, host and device, held for one call at a time.
     groups: Mutex<RowGroups>,
     /// `adamw`'s table of tensor addresses (grown to the most tensors once).
@@ -101,7 +100,9 @@ impl Cuda {
     /// The backend on an opened device (which keeps its kernels): makes the cuBLAS handle and the scratch.
     pub fn new(device: Device) -> Result<Cuda> {
         let blas = Blas::new(&device)?;
-        let reduce = Mutex::new(zeros(&device, PARTIALS, "f64 (sum_squares partials)")?);
+        let reduce = Mutex::new(
+            reduce::Scratch::new(&device).context("allocating the gradient norm's scratch on the GPU failed")?,
+        );
         let bf16 = Mutex::new((zeros(&device, 1, "u16")?, zeros(&device, 1, "u16")?));
         let adamw_table = Mutex::new(zeros(&device, 1, "u64 (AdamW's tensor table)")?);
         Ok(Cuda { device, blas, reduce, groups: Mutex::new(RowGroups::default()), bf16, adamw_table })
@@ -273,16 +274,13 @@ impl Backend for Cuda {
         self.ran("scale_in_place", r)
     }
 
-    fn sum_squares(&self, out: &mut CudaSlice<f64>, slot: usize, x: &CudaSlice<f32>, n: usize) -> Result<()> {
+    fn sum_squares(&self, out: &mut CudaSlice<f64>, xs: &[(&CudaSlice<f32>, usize)]) -> Result<()> {
         let op = "sum_squares";
-        let len = out.len();
-        let mut total =
-            out.try_slice_mut(slot..slot + 1).unwrap_or_else(|| panic!("{op}: slot {slot} of a buffer of {len}"));
-        // The partials are rewritten whole by every call, and read by its second launch before the next call's
-        // first (stream order): one left by a panicking call is as good as any.
-        let mut partials = self.reduce.lock().unwrap_or_else(PoisonError::into_inner);
-        let r = reduce::sum_squares(&self.device, &pre(x, n, op), &mut partials.as_view_mut(), &mut total);
-        self.ran(op, r)
+        let views: Vec<_> = xs.iter().map(|&(x, n)| pre(x, n, op)).collect();
+        // The scratch is rewritten by every call before its launches read it (stream order): one left by a
+        // panicking call is as good as any.
+        let mut scratch = self.reduce.lock().unwrap_or_else(PoisonError::into_inner);
+        self.ran(op, reduce::sum_squares(&self.device, &mut out.as_view_mut(), &views, &mut scratch))
     }
 
     fn gemm(

@@ -475,9 +475,8 @@ impl<B: Backend> DeviceModel<B> {
             self.grad_sums = Some((self.backend.alloc_f64(trained.len())?, trained.len()));
         }
         let (sums, _) = self.grad_sums.as_mut().expect("allocated above");
-        for (slot, (len, g)) in trained.iter().enumerate() {
-            self.backend.sum_squares(sums, slot, &g.g, *len)?;
-        }
+        let xs: Vec<_> = trained.iter().map(|&(len, g)| (&g.g, len)).collect();
+        self.backend.sum_squares(sums, &xs)?;
         let mut host = vec![0.0; trained.len()];
         self.backend.download_f64(sums, &mut host)?;
         Ok(host.iter().sum())

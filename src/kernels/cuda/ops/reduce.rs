@@ -1,34 +1,68 @@
-//! Σ x² in f64 on the GPU (reduce.cu), as `kernels::backend::host`'s sum_squares: two launches (a fixed grid of
-//! per-block partials, then one block over them into the caller's slot) — deterministic for a given n.
+//! Σ x² in f64 on the GPU (reduce.cu), as `kernels::backend::host`'s sum_squares, for many tensors at once: two
+//! launches (a fixed grid of per-block partials per tensor, then one block per tensor over them) — deterministic
+//! for a given n, and two launches per gradient norm however many tensors train.
 use super::THREADS;
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
 
-/// Blocks of the first launch, fixed so that the order of the sums depends on n only.
+/// Blocks per tensor of the first launch, fixed so that the order of the sums depends on n only.
 pub const PARTIALS: usize = 256;
 
-/// total[0] = Σ x[i]² summed in f64; `partials`: PARTIALS values of scratch. Queued on the stream, not waited for.
+/// Scratch the sums reuse: the tensors' table and their partials, grown to the most tensors once.
+pub struct Scratch {
+    table: CudaSlice<u64>,
+    partials: CudaSlice<f64>,
+}
+
+impl Scratch {
+    pub fn new(d: &Device) -> Result<Scratch, DriverError> {
+        Ok(Scratch { table: d.stream.alloc_zeros(2)?, partials: d.stream.alloc_zeros(PARTIALS)? })
+    }
+}
+
+/// out[i] = Σ xs[i][j]² summed in f64, for every tensor (each view's whole length). Queued, not waited for.
 pub fn sum_squares(
     d: &Device,
-    x: &CudaView<f32>,
-    partials: &mut CudaViewMut<f64>,
-    total: &mut CudaViewMut<f64>,
+    out: &mut CudaViewMut<f64>,
+    xs: &[CudaView<f32>],
+    scratch: &mut Scratch,
 ) -> Result<(), DriverError> {
-    assert_eq!(partials.len(), PARTIALS, "sum_squares: partials must hold PARTIALS values");
-    assert_eq!(total.len(), 1, "sum_squares: the total is one value");
-    let n = x.len();
-    let grid = |blocks: usize| LaunchConfig {
-        grid_dim: (blocks as u32, 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    if xs.is_empty() {
+        return Ok(());
+    }
+    assert!(xs.len() <= 65_535, "sum_squares: {} tensors exceed a grid's 65 535 rows", xs.len());
+    assert!(out.len() >= xs.len(), "sum_squares: {} sums asked of a buffer of {}", xs.len(), out.len());
+    let mut rows = Vec::with_capacity(2 * xs.len());
+    // The addresses' guards (cudarc's stream-order records) live until the launches are queued.
+    let mut guards = Vec::with_capacity(xs.len());
+    for x in xs {
+        let (ptr, guard) = x.device_ptr(&d.stream);
+        rows.extend([ptr, x.len() as u64]);
+        guards.push(guard);
+    }
+    if scratch.table.len() < rows.len() {
+        scratch.table = d.stream.alloc_zeros(rows.len())?;
+    }
+    if scratch.partials.len() < PARTIALS * xs.len() {
+        scratch.partials = d.stream.alloc_zeros(PARTIALS * xs.len())?;
+    }
+    d.stream.memcpy_htod(&rows, &mut scratch.table.slice_mut(..rows.len()))?;
+    let count = xs.len();
+    let table = scratch.table.slice(..rows.len());
+    let mut partials = scratch.partials.slice_mut(..PARTIALS * count);
     let mut b = d.stream.launch_builder(d.function("sum_squares_partial"));
-    b.arg(&mut *partials).arg(x).arg(&n);
-    // SAFETY: block j writes partials[j], j < PARTIALS (the grid); threads read x[i] for i < n = x.len().
-    unsafe { b.launch(grid(PARTIALS)) }?;
-    let (parts, count) = (partials.as_view(), PARTIALS as i32);
+    b.arg(&mut partials).arg(&table);
+    let cfg =
+        LaunchConfig { grid_dim: (PARTIALS as u32, count as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: block (j, y) reads x[i] for i < n of tensor y (its address and length from a live view) and writes
+    // partials[y·PARTIALS + j] (partials holds PARTIALS·count values).
+    unsafe { b.launch(cfg) }?;
+    let (parts, per) = (partials.as_view(), PARTIALS as i32);
     let mut b = d.stream.launch_builder(d.function("sum_partials"));
-    b.arg(total).arg(&parts).arg(&count);
-    // SAFETY: one block reads the PARTIALS partials and writes total[0] (total holds 1 value).
-    unsafe { b.launch(grid(1)) }.map(drop)
+    b.arg(out).arg(&parts).arg(&per);
+    let cfg = LaunchConfig { grid_dim: (count as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: block y reads partials y·PARTIALS.. (PARTIALS values) and writes out[y], y < count ≤ out.len().
+    unsafe { b.launch(cfg) }?;
+    drop(guards);
+    Ok(())
 }
