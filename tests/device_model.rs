@@ -131,7 +131,7 @@ fn device_lora_gradients_equal_the_cpu_path_with_dropout() {
                 assert!(e < 1e-5, "{name} seed {seed}: {n} gradient off the CPU path's by {e:e}");
             }
             cpu.params_mut().into_iter().for_each(|p| p.zero_grad());
-            dev.adamw(&AdamWConfig::default(), 0.0, 1).unwrap(); // zeroes the device's gradients
+            dev.adamw(&AdamWConfig::default(), 0.0, 1, None).unwrap(); // zeroes the device's gradients
         }
     }
 }
@@ -216,7 +216,7 @@ fn device_adamw_steps_follow_the_cpu_trainer() {
             adamw_update(p, mom, &c, lr, step);
             p.zero_grad();
         }
-        dev.adamw(&cfg, lr, step).unwrap();
+        dev.adamw(&cfg, lr, step, None).unwrap();
     }
     let mut copy = with_lora(model("tiny-qwen2"), 0.05);
     dev.download_into(&mut copy, false).unwrap();

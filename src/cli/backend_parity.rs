@@ -700,7 +700,8 @@ fn adamw_on<B: Backend>(b: &B) -> Result<Outs> {
         .iter_mut()
         .map(|(i, w, g, m, v)| AdamWTensor { w, g, m, v, n: shapes[*i].0, decays: shapes[*i].1 })
         .collect();
-    b.adamw(&mut tensors, &AdamWScalars::new(&AdamWConfig::default(), 1e-3, 3))?;
+    // A clipping coefficient, applied to every gradient before the step.
+    b.adamw(&mut tensors, 0.37, &AdamWScalars::new(&AdamWConfig::default(), 1e-3, 3))?;
     let mut outs = vec![];
     for (i, w, g, m, v) in &bufs {
         for (what, buf) in [("w", w), ("g", g), ("m", m), ("v", v)] {

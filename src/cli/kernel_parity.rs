@@ -320,13 +320,16 @@ fn adamw(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
     let v: Vec<f32> = random(n, 16, 1e-3).iter().map(|x| x.abs()).collect();
     let step = AdamWScalars::new(&AdamWConfig::default(), 1e-3, 3);
     let (mut cpu_w, mut cpu_m, mut cpu_v) = (w.clone(), m.clone(), v.clone());
-    cpu_adamw_step(&mut cpu_w, &g, &mut cpu_m, &mut cpu_v, &step);
+    // Clipping's coefficient scales the gradient first, in f32, on both sides.
+    let clip = 0.37f32;
+    let clipped: Vec<f32> = g.iter().map(|&x| x * clip).collect();
+    cpu_adamw_step(&mut cpu_w, &clipped, &mut cpu_m, &mut cpu_v, &step);
     let s = &d.stream;
     let (mut gw, mut gg, mut gm, mut gv) = (s.clone_htod(&w)?, s.clone_htod(&g)?, s.clone_htod(&m)?, s.clone_htod(&v)?);
     let mut table = s.alloc_zeros::<u64>(1)?;
     let one =
         Tensor { w: gw.as_view_mut(), g: gg.as_view_mut(), m: gm.as_view_mut(), v: gv.as_view_mut(), decays: true };
-    adamw_tensors(d, &mut table, &mut [one], &step)?;
+    adamw_tensors(d, &mut table, &mut [one], clip, &step)?;
     compare(all, "adamw_tensors w", &s.clone_dtoh(&gw)?, &cpu_w, 1e-6);
     compare(all, "adamw_tensors m", &s.clone_dtoh(&gm)?, &cpu_m, 1e-6);
     compare(all, "adamw_tensors v", &s.clone_dtoh(&gv)?, &cpu_v, 1e-6);

@@ -38,9 +38,8 @@ pub trait DeviceStep {
     fn sum_grads(&mut self, world: &dyn Collectives, bucket_values: usize) -> Result<()>;
     /// Σ g² of every trainable tensor.
     fn grad_sq(&mut self) -> Result<f64>;
-    fn scale_grads(&mut self, coef: f32) -> Result<()>;
-    /// AdamW on every trainable tensor, gradients zeroed after.
-    fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64) -> Result<()>;
+    /// AdamW on every trainable tensor from its gradient scaled by `clip` (if any), gradients zeroed after.
+    fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64, clip: Option<f32>) -> Result<()>;
     /// The trainable tensors' values into `model`.
     fn download_values(&self, model: &mut Transformer) -> Result<()>;
     /// The moments of every trainable tensor, in parameter order.
@@ -77,12 +76,8 @@ impl<B: Backend> DeviceStep for DeviceModel<B> {
         DeviceModel::grad_sq(self)
     }
 
-    fn scale_grads(&mut self, coef: f32) -> Result<()> {
-        DeviceModel::scale_grads(self, coef)
-    }
-
-    fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64) -> Result<()> {
-        DeviceModel::adamw(self, cfg, lr, t)
+    fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64, clip: Option<f32>) -> Result<()> {
+        DeviceModel::adamw(self, cfg, lr, t, clip)
     }
 
     fn download_values(&self, model: &mut Transformer) -> Result<()> {

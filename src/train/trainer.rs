@@ -299,10 +299,7 @@ impl Trainer {
     fn update(&mut self, lr: f64, clip: Option<f32>) -> Result<()> {
         let t = self.step + 1;
         if let Some(d) = &mut self.device {
-            if let Some(coef) = clip {
-                d.step.scale_grads(coef)?;
-            }
-            d.step.adamw(&self.cfg.adamw, lr, t)?;
+            d.step.adamw(&self.cfg.adamw, lr, t, clip)?;
             d.host_stale = true;
             self.step = t;
             return Ok(());

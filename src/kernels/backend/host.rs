@@ -483,9 +483,10 @@ impl Backend for Host {
         Ok(())
     }
 
-    fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], s: &AdamWScalars) -> Result<()> {
+    fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], grad_scale: f32, s: &AdamWScalars) -> Result<()> {
         for t in tensors {
             let s = if t.decays { *s } else { AdamWScalars { decay: 1.0, ..*s } };
+            t.g[..t.n].iter_mut().for_each(|g| *g *= grad_scale);
             adamw_step(&mut t.w[..t.n], &t.g[..t.n], &mut t.m[..t.n], &mut t.v[..t.n], &s);
             t.g[..t.n].fill(0.0);
         }

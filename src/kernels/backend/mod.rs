@@ -366,9 +366,10 @@ pub trait Backend {
     fn dropout_again(&self, x_drop: &mut Self::F32, keep: &Self::Mask, x: &Self::F32, n: usize, p: f32) -> Result<()>;
     /// As `kernels::dropout::dropout_backward`: dx **+=**.
     fn dropout_backward(&self, dx: &mut Self::F32, t: &Self::F32, keep: &Self::Mask, n: usize, p: f32) -> Result<()>;
-    /// One AdamW step of every tensor (as `kernels::adamw::adamw_step` on its first n values; one that does not
-    /// decay takes `s.decay` as 1), each gradient zeroed after: one launch on a GPU for all of them.
-    fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], s: &AdamWScalars) -> Result<()>;
+    /// One AdamW step of every tensor (as `kernels::adamw::adamw_step` on its first n values, from its gradient
+    /// times `grad_scale` — clipping's coefficient, or 1; one that does not decay takes `s.decay` as 1), each
+    /// gradient zeroed after: one launch on a GPU for all of them.
+    fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], grad_scale: f32, s: &AdamWScalars) -> Result<()>;
 }
 
 /// One trainable tensor of [`Backend::adamw`]: values, gradient, moments, their length, and whether weight decay

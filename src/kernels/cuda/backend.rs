@@ -713,7 +713,7 @@ impl Backend for Cuda {
         self.ran(op, dropout::dropout_backward(&self.device, &mut d, &t, &keep.as_view(), p))
     }
 
-    fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], s: &AdamWScalars) -> Result<()> {
+    fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], grad_scale: f32, s: &AdamWScalars) -> Result<()> {
         let op = "adamw";
         let mut views: Vec<adamw::Tensor> = tensors
             .iter_mut()
@@ -727,6 +727,6 @@ impl Backend for Cuda {
             .collect();
         // The table is rewritten by every call before its launch reads it (stream order).
         let mut table = self.adamw_table.lock().unwrap_or_else(PoisonError::into_inner);
-        self.ran(op, adamw::adamw_tensors(&self.device, &mut table, &mut views, s))
+        self.ran(op, adamw::adamw_tensors(&self.device, &mut table, &mut views, grad_scale, s))
     }
 }

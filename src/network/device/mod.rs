@@ -482,19 +482,10 @@ impl<B: Backend> DeviceModel<B> {
         Ok(host.iter().sum())
     }
 
-    /// Scales every gradient by `coef` (clipping).
-    pub fn scale_grads(&mut self, coef: f32) -> Result<()> {
-        for t in self.weights.tensors_mut() {
-            if let Some(g) = &mut t.train {
-                self.backend.scale_in_place(&mut g.g, t.len, coef)?;
-            }
-        }
-        Ok(())
-    }
-
     /// One AdamW step of every trainable tensor at learning rate `lr`, 1-based step `t` (weight decay on
-    /// matrices only), then the gradients zeroed.
-    pub fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64) -> Result<()> {
+    /// matrices only), from the gradients scaled by `clip` if any (as scaling them first would), then the gradients
+    /// zeroed.
+    pub fn adamw(&mut self, cfg: &AdamWConfig, lr: f64, t: u64, clip: Option<f32>) -> Result<()> {
         let decay = AdamWScalars::new(cfg, lr, t);
         let mut tensors: Vec<AdamWTensor<B>> = self
             .weights
@@ -504,7 +495,7 @@ impl<B: Backend> DeviceModel<B> {
                 Some(AdamWTensor { w: &mut p.w, g: &mut t.g, m: &mut t.m, v: &mut t.v, n: p.len, decays: p.decays })
             })
             .collect();
-        self.backend.adamw(&mut tensors, &decay)?;
+        self.backend.adamw(&mut tensors, clip.unwrap_or(1.0), &decay)?;
         // A trained matrix's bf16 copy is made again from its new values (frozen ones have no f32 values).
         for p in self.weights.tensors_mut().filter(|p| p.train.is_some()) {
             p.refresh_bf16(&self.backend)?;

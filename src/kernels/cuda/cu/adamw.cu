@@ -1,5 +1,6 @@
 // One AdamW step (decoupled weight decay, bias correction, f32 moments) of many tensors in one launch, each as
-// src/kernels/adamw.rs (adamw_step), its gradient zeroed after. The scalars are one AdamWScalars (computed in f64,
+// src/kernels/adamw.rs (adamw_step) on its gradient times grad_scale (clipping's coefficient, or 1: the same f32
+// product as scaling the gradient first), the gradient zeroed after. The scalars are one AdamWScalars (computed in f64,
 // then rounded to f32) for learning rate lr at 1-based step t:
 //   decay = 1 − lr·weight_decay,  one_minus_b1 = 1 − β1,  b2 = β2,  one_minus_b2 = 1 − β2,
 //   step_size = lr / (1 − β1ᵗ),  bc2_sqrt = √(1 − β2ᵗ),  eps;
@@ -7,8 +8,9 @@
 //
 // table: 6 values per tensor — the device addresses of w, g, m, v, then n and decays (0 or 1). Grid (blocks,
 // tensors): the blocks of row y stride over tensor y's n values.
-extern "C" __global__ void adamw_tensors(const unsigned long long* table, float decay, float one_minus_b1, float b2,
-                                         float one_minus_b2, float step_size, float bc2_sqrt, float eps) {
+extern "C" __global__ void adamw_tensors(const unsigned long long* table, float grad_scale, float decay,
+                                         float one_minus_b1, float b2, float one_minus_b2, float step_size,
+                                         float bc2_sqrt, float eps) {
     const unsigned long long* t = table + (size_t)blockIdx.y * 6;
     float* w = (float*)t[0];
     float* g = (float*)t[1];
@@ -17,7 +19,7 @@ extern "C" __global__ void adamw_tensors(const unsigned long long* table, float 
     const size_t n = (size_t)t[4];
     const float dec = t[5] ? decay : 1.0f;
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float gi = g[i];
+        const float gi = g[i] * grad_scale;
         float wi = w[i] * dec;
         const float mi = m[i] + one_minus_b1 * (gi - m[i]);
         const float vi = v[i] * b2 + one_minus_b2 * gi * gi;

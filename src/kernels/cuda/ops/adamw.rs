@@ -19,12 +19,14 @@ pub struct Tensor<'a> {
 /// Values per tensor in the kernel's table: w, g, m, v addresses, n, decays.
 const ROW: usize = 6;
 
-/// Every tensor's w, m, v updated in place from its gradient, which is then zeroed; a tensor that does not decay
-/// takes `s.decay` as 1. `table`: device scratch for the tensors' addresses, grown to fit.
+/// Every tensor's w, m, v updated in place from its gradient times `grad_scale`, the gradient then zeroed; a
+/// tensor that does not decay takes `s.decay` as 1. `table`: device scratch for the tensors' addresses, grown to
+/// fit.
 pub fn adamw_tensors(
     d: &Device,
     table: &mut CudaSlice<u64>,
     tensors: &mut [Tensor],
+    grad_scale: f32,
     s: &AdamWScalars,
 ) -> Result<(), DriverError> {
     if tensors.is_empty() {
@@ -55,7 +57,7 @@ pub fn adamw_tensors(
     let cfg = LaunchConfig { grid_dim: (blocks, count, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
     let table = table.slice(..rows.len());
     let mut b = d.stream.launch_builder(d.function("adamw_tensors"));
-    b.arg(&table).arg(&s.decay).arg(&s.one_minus_b1).arg(&s.b2).arg(&s.one_minus_b2).arg(&s.step_size);
+    b.arg(&table).arg(&grad_scale).arg(&s.decay).arg(&s.one_minus_b1).arg(&s.b2).arg(&s.one_minus_b2).arg(&s.step_size);
     b.arg(&s.bc2_sqrt).arg(&s.eps);
     // SAFETY: block row y reads and writes elements < n of tensor y's four buffers, whose addresses and common
     // length (checked) the table holds, in tensors that are distinct `&mut` views.
