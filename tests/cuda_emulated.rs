@@ -219,3 +219,42 @@ fn greedy_and_beam_generation_on_the_device_equal_the_cpu() {
 fn emulator_folder() {
     println!("CUDA emulator: {}", common::cuda_emulator::lib_dir().display());
 }
+
+/// The optimizer step is a fixed number of launches however many tensors train: one AdamW launch (clipping
+/// included) and one pair for the gradient norm per step, not one or more per tensor — counted by the emulator
+/// (`CUDA_EMULATOR_STATS`).
+#[test]
+fn an_optimizer_step_is_three_launches_whatever_the_tensor_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = (fixture("tiny-llama"), fixture("train_rows.jsonl"));
+    let run = |max_norm: &str| -> String {
+        let o = Command::new(env!("CARGO_BIN_EXE_condlm"))
+            .args(["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--output-dir"])
+            .arg(dir.path().join(max_norm))
+            .args(["--max-steps", "2", "--batch-size", "2", "--lora-targets", "all-linear", "--eval-fraction", "0"])
+            .args(["--max-grad-norm", max_norm, "--save-every", "0", "--device", "cuda"])
+            .env("LD_LIBRARY_PATH", common::cuda_emulator::lib_dir())
+            .env("CUDA_EMULATOR_STATS", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{err}");
+        err
+    };
+    let count = |err: &str, what: &str| -> u64 {
+        err.lines()
+            .filter_map(|l| l.strip_prefix("cuda emulator:"))
+            .find_map(|l| {
+                let (n, name) = l.trim().split_once(' ')?;
+                (name == what).then(|| n.parse().unwrap())
+            })
+            .unwrap_or(0)
+    };
+    // 2 layers × 7 linear layers × (A, B): 28 tensors, stepped twice; a max norm of 1e-3 clips every step.
+    let (clipped, unclipped) = (run("1e-3"), run("0"));
+    for what in ["launch adamw_tensors", "launch sum_squares_partial", "launch sum_partials"] {
+        assert_eq!(count(&clipped, what), 2, "{what}:\n{clipped}");
+    }
+    let all = |err: &str| count(err, "kernel launches in all");
+    assert_eq!(all(&clipped), all(&unclipped), "clipping must add no launches:\n{clipped}\n{unclipped}");
+}
