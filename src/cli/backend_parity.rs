@@ -7,7 +7,7 @@
 //!
 //! Every check is generic over the backend, so the test below runs them with `Host` on both sides: that checks
 //! the scenarios themselves (shapes, prefixes) without a GPU.
-use super::kernel_parity::{Check, Compared, attention_layouts, compare, random, run_checks};
+use super::kernel_parity::{Check, Compared, attention_layouts, compare, random, run_checks, seq_starts};
 use anyhow::Result;
 use condlm::kernels::activation::GateAct;
 use condlm::kernels::adamw::{AdamWConfig, AdamWScalars};
@@ -476,15 +476,7 @@ fn rope<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
 /// 63 rows (sequences of 1, 37, 20, 5) of buffers of 70.
 fn attention_on<B: Backend>(b: &B, l: QkvLayout) -> Result<Outs> {
     let cap = 70;
-    let starts: Vec<u32> = [1usize, 37, 20, 5, 7]
-        .iter()
-        .scan(0, |at, &n| {
-            let s = *at;
-            *at += n;
-            Some(vec![s as u32; n])
-        })
-        .flatten()
-        .collect();
+    let starts = seq_starts(&[1, 37, 20, 5, 7]);
     let rows = 63;
     let aw = l.n_heads * l.head_dim;
     let (qkv, seq_start) = (up(b, &random(cap * l.row_len, 63, 2.0))?, up_u32(b, &starts)?);

@@ -72,6 +72,19 @@ pub(super) fn run_checks<D>(label: &str, d: &D, checks: &[(&str, Check<D>)]) -> 
     failed
 }
 
+/// A packed batch's seq_start of sequences of these lengths: each row's first row of its sequence.
+pub(super) fn seq_starts(lengths: &[usize]) -> Vec<u32> {
+    let mut at = 0;
+    lengths
+        .iter()
+        .flat_map(|&n| {
+            let first = at as u32;
+            at += n;
+            std::iter::repeat_n(first, n)
+        })
+        .collect()
+}
+
 /// `n` values uniform in [−scale, scale) from stream `stream`.
 pub(super) fn random(n: usize, stream: u64, scale: f32) -> Vec<f32> {
     (0..n as u64).map(|i| ((uniform(15, stream, i) * 2.0 - 1.0) as f32) * scale).collect()
@@ -208,16 +221,7 @@ pub fn attention_layouts() -> [QkvLayout; 2] {
 }
 
 fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
-    let lengths = [1usize, 37, 100, 5];
-    let seq_start: Vec<u32> = lengths
-        .iter()
-        .scan(0, |at, &n| {
-            let s = *at;
-            *at += n;
-            Some(vec![s as u32; n])
-        })
-        .flatten()
-        .collect();
+    let seq_start = seq_starts(&[1, 37, 100, 5]);
     let rows = seq_start.len();
     let [gqa, windowed] = attention_layouts();
     let s = &d.stream;
