@@ -3,9 +3,10 @@
 // head h reads kv head h / (n_heads / n_kv_heads); scores q·k·scale. qkv (N, row_len) holds q, k, v at their
 // columns; out (N, n_heads·head_dim).
 //
-// Launch convention: one block per (row, head) — grid (N, heads) — of ATT_WARPS warps. Each warp takes every
-// ATT_WARPS-th visible key and keeps its own running softmax, so no row of scores is stored; the warps' states
-// are merged at the end. (The CPU finds the exact max first: the same result up to exp's rescaling.)
+// Launch convention: blocks of ATT_WARPS warps; the forward takes ATT_ROWS rows of one head per block (grid
+// (⌈N / ATT_ROWS⌉, heads)), the backward one block per (row, head) — grid (N, heads) — where each warp takes
+// every ATT_WARPS-th visible key. Each keeps a running softmax, so no row of scores is stored. (The CPU finds the
+// exact max first: the same result up to exp's rescaling.)
 
 // Warps per block: the launches (src/kernels/cuda/ops/attention.rs) use 32 · ATT_WARPS threads.
 #define ATT_WARPS 4
@@ -40,45 +41,82 @@ __device__ float2 merge_warps(float m, float l, float* weight) {
     return make_float2(big, sum);
 }
 
-// out[i, h] = Σ_j softmax_j(q_i·k_j·scale) · v_j. Grid (N, n_heads).
-extern "C" __global__ void attention_forward(float* out, const float* qkv, const unsigned* seq_start, int row_len,
-                                             int q_col, int k_col, int v_col, int n_heads, int n_kv_heads,
-                                             int head_dim, float scale, int window) {
-    __shared__ float q[ATT_MAX_HEAD_DIM];
-    __shared__ float warp_o[ATT_WARPS][ATT_MAX_HEAD_DIM];
-    const int i = blockIdx.x, h = blockIdx.y;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int kv = h / (n_heads / n_kv_heads);
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) q[d] = qkv[(size_t)i * row_len + q_col + h * head_dim + d];
-    __syncthreads();
-    const int first = max((int)seq_start[i], i + 1 - window);
+// The forward's tiles: ATT_ROWS query rows per block (two per warp, one per half-warp), ATT_KEYS keys at a time
+// staged in shared memory for all of them (each key's k and v read once per block, not once per query row).
+#define ATT_ROWS 8
+#define ATT_KEYS 16
+// Features per lane of a half-warp's output row.
+#define ATT_PER_HALF (ATT_MAX_HEAD_DIM / 16)
 
-    float m = NEG_INF, l = 0.f, o[ATT_PER_LANE];
-    for (int c = 0; c < ATT_PER_LANE; ++c) o[c] = 0.f;
-    for (int j = first + warp; j <= i; j += ATT_WARPS) {
-        const float* k = qkv + (size_t)j * row_len + k_col + kv * head_dim;
-        const float* v = qkv + (size_t)j * row_len + v_col + kv * head_dim;
-        const float s = warp_dot(q, k, head_dim) * scale;
-        const float m_new = fmaxf(m, s);
-        const float rescale = expf(m - m_new), p = expf(s - m_new);
-        l = l * rescale + p;
-        for (int c = 0; c < ATT_PER_LANE; ++c) {
-            const int d = lane + 32 * c;
-            if (d < head_dim) o[c] = o[c] * rescale + p * v[d];
+// out[i, h] = Σ_j softmax_j(q_i·k_j·scale) · v_j. Grid (⌈N / ATT_ROWS⌉, n_heads), ATT_WARPS warps. The block's rows
+// are consecutive, so the keys any of them sees run from the first row's first key to the last row; tile by tile,
+// lane j of a half-warp scores key j of the tile against its row's q, the half-warp keeps its row's running max
+// and sum, and each lane adds its features of Σ p_j·v_j.
+extern "C" __global__ void attention_forward(float* out, const float* qkv, const unsigned* seq_start, int rows,
+                                             int row_len, int q_col, int k_col, int v_col, int n_heads,
+                                             int n_kv_heads, int head_dim, float scale, int window) {
+    __shared__ float q[ATT_ROWS][ATT_MAX_HEAD_DIM];
+    __shared__ float k[ATT_KEYS][ATT_MAX_HEAD_DIM + 1];  // + 1: lanes reading one feature of 16 keys hit 16 banks
+    __shared__ float v[ATT_KEYS][ATT_MAX_HEAD_DIM + 1];
+    __shared__ float p_tile[ATT_ROWS][ATT_KEYS];
+    const int r0 = blockIdx.x * ATT_ROWS, h = blockIdx.y, kv = h / (n_heads / n_kv_heads);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, key_lane = lane & 15;
+    const int mine = 2 * warp + (lane >> 4), row = r0 + mine;
+    const bool valid = row < rows;
+    const int last = min(r0 + ATT_ROWS, rows) - 1;
+    const int lo = max((int)seq_start[r0], r0 + 1 - window);  // the block's first row's first key: the lowest
+    const int first = valid ? max((int)seq_start[row], row + 1 - window) : 0;
+    for (int x = threadIdx.x; x < ATT_ROWS * head_dim; x += blockDim.x) {
+        const int r = x / head_dim, d = x % head_dim;
+        q[r][d] = r0 + r < rows ? qkv[(size_t)(r0 + r) * row_len + q_col + h * head_dim + d] : 0.f;
+    }
+
+    float m = NEG_INF, l = 0.f, o[ATT_PER_HALF];
+    for (int c = 0; c < ATT_PER_HALF; ++c) o[c] = 0.f;
+    for (int t = lo; t <= last; t += ATT_KEYS) {
+        __syncthreads();  // q is written; the last tile's k, v and p are read
+        for (int x = threadIdx.x; x < ATT_KEYS * head_dim; x += blockDim.x) {
+            const int j = x / head_dim, d = x % head_dim;
+            const bool in = t + j <= last;
+            k[j][d] = in ? qkv[(size_t)(t + j) * row_len + k_col + kv * head_dim + d] : 0.f;
+            v[j][d] = in ? qkv[(size_t)(t + j) * row_len + v_col + kv * head_dim + d] : 0.f;
         }
+        __syncthreads();
+        const int key = t + key_lane;
+        const bool seen = valid && key >= first && key <= row;
+        float s = NEG_INF;
+        if (seen) {
+            s = 0.f;
+            for (int d = 0; d < head_dim; ++d) s += q[mine][d] * k[key_lane][d];
+            s *= scale;
+        }
+        // The half-warp's max and sum (offsets below 16 stay within a half).
+        float tile_max = s;
+        for (int off = 8; off > 0; off >>= 1) tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, off));
+        const float m_new = fmaxf(m, tile_max);
+        const float p = seen ? expf(s - m_new) : 0.f;
+        const float rescale = m_new == NEG_INF ? 1.f : expf(m - m_new);
+        float tile_sum = p;
+        for (int off = 8; off > 0; off >>= 1) tile_sum += __shfl_xor_sync(0xffffffffu, tile_sum, off);
+        l = l * rescale + tile_sum;
         m = m_new;
+        p_tile[mine][key_lane] = p;
+        __syncthreads();  // the half-warp's p are written
+        for (int c = 0; c < ATT_PER_HALF; ++c) o[c] *= rescale;
+        for (int j = 0; j < ATT_KEYS; ++j) {
+            const float pj = p_tile[mine][j];
+            if (pj == 0.f) continue;
+            for (int c = 0; c < ATT_PER_HALF; ++c) {
+                const int d = key_lane + 16 * c;
+                if (d < head_dim) o[c] += pj * v[j][d];
+            }
+        }
     }
-    for (int c = 0; c < ATT_PER_LANE; ++c) {
-        const int d = lane + 32 * c;
-        if (d < head_dim) warp_o[warp][d] = o[c];
-    }
-    float weight[ATT_WARPS];
-    const float2 ml = merge_warps(m, l, weight);  // its __syncthreads also publishes warp_o
-    float* dst = out + (size_t)i * n_heads * head_dim + h * head_dim;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.f;
-        for (int w = 0; w < ATT_WARPS; ++w) acc += warp_o[w][d] * weight[w];
-        dst[d] = acc / ml.y;
+    if (!valid) return;
+    float* dst = out + (size_t)row * n_heads * head_dim + h * head_dim;
+    for (int c = 0; c < ATT_PER_HALF; ++c) {
+        const int d = key_lane + 16 * c;
+        if (d < head_dim) dst[d] = o[c] / l;
     }
 }
 

@@ -8,6 +8,8 @@ use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKerne
 
 /// Threads per block: attention.cu's ATT_WARPS warps.
 const THREADS: u32 = 4 * 32;
+/// attention.cu's ATT_ROWS: query rows per block of the forward.
+const FORWARD_ROWS: usize = 8;
 /// attention.cu's ATT_MAX_HEAD_DIM and kv_cache.cu's KV_MAX_HEAD_DIM.
 const MAX_HEAD_DIM: usize = 256;
 
@@ -85,12 +87,19 @@ pub fn attention_forward(
 ) -> Result<(), DriverError> {
     let Some(a) = checked("attention_forward", &l, qkv.len(), seq_start)? else { return Ok(()) };
     assert_eq!(out.len(), a.rows * l.n_heads * l.head_dim, "attention_forward: out shape");
+    let rows = a.rows as i32;
     let mut b = d.stream.launch_builder(d.function("attention_forward"));
-    b.arg(out).arg(qkv).arg(&seq_start.view).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col).arg(&a.v_col);
+    b.arg(out).arg(qkv).arg(&seq_start.view).arg(&rows).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col).arg(&a.v_col);
     b.arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
-    // SAFETY: block (i, h) reads row i's q of head h and rows seq_start[i]..=i (≤ i, checked) of kv head
-    // h / group's k and v, all inside qkv (columns checked), and writes row i, head h of out (length checked).
-    unsafe { b.launch(a.grid(a.n_heads)) }.map(drop)
+    let grid = LaunchConfig {
+        grid_dim: (a.rows.div_ceil(FORWARD_ROWS) as u32, a.n_heads as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    // SAFETY: block (b, h) reads rows b·FORWARD_ROWS.. (< N) of q of head h and, of kv head h / group, k and v of
+    // rows from its first row's first key (seq_start ≤ row, checked) to its last row, all inside qkv (columns
+    // checked), and writes its rows' head h of out (length checked).
+    unsafe { b.launch(grid) }.map(drop)
 }
 
 /// Backward of [`attention_forward`]: dqkv (N, row_len) gets dq, dk, dv **written** (=) at the q, k, v columns,
