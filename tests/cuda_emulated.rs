@@ -15,14 +15,15 @@ use std::process::{Command, Output};
 
 /// `condlm ARGS` with the emulator as the CUDA driver; panics with its output when it fails.
 fn condlm(args: &[&str]) -> String {
-    condlm_in_order(args, "forward")
+    condlm_with(args, &[])
 }
 
-/// [`condlm`] with the emulator running each block's threads in `order` (tests/cuda_emulator/threads.cpp).
-fn condlm_in_order(args: &[&str], order: &str) -> String {
+/// [`condlm`] with the emulator's settings `env` (tests/cuda_emulator/threads.cpp: CUDA_EMULATOR_ORDER,
+/// CUDA_EMULATOR_STATS); returns stdout then stderr.
+fn condlm_with(args: &[&str], env: &[(&str, &str)]) -> String {
     let o: Output = Command::new(env!("CARGO_BIN_EXE_condlm"))
         .args(args)
-        .env("CUDA_EMULATOR_ORDER", order)
+        .envs(env.iter().copied())
         .env("LD_LIBRARY_PATH", common::cuda_emulator::lib_dir())
         // cuBLAS's peak, timed at 4096³ on a GPU, would take minutes on the emulator's CPU GEMM.
         .env("CONDLM_GEMM_PEAK_SIZE", "64")
@@ -48,7 +49,7 @@ fn worst(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 fn every_kernel_and_backend_op_matches_the_cpu() {
     for order in ["forward", "reverse"] {
-        let t = condlm_in_order(&["info", "--devices", "--check-kernels"], order);
+        let t = condlm_with(&["info", "--devices", "--check-kernels"], &[("CUDA_EMULATOR_ORDER", order)]);
         assert!(t.contains("condlm CUDA emulator"), "{t}");
         // Every kernel against its CPU kernel, every backend op against the host backend: dozens of lines, none off.
         let (kernels, ops) = (t.matches("\nparity ").count(), t.matches("\nbackend ").count());
@@ -228,18 +229,32 @@ fn an_optimizer_step_is_three_launches_whatever_the_tensor_count() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = (fixture("tiny-llama"), fixture("train_rows.jsonl"));
     let run = |max_norm: &str| -> String {
-        let o = Command::new(env!("CARGO_BIN_EXE_condlm"))
-            .args(["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap(), "--output-dir"])
-            .arg(dir.path().join(max_norm))
-            .args(["--max-steps", "2", "--batch-size", "2", "--lora-targets", "all-linear", "--eval-fraction", "0"])
-            .args(["--max-grad-norm", max_norm, "--save-every", "0", "--device", "cuda"])
-            .env("LD_LIBRARY_PATH", common::cuda_emulator::lib_dir())
-            .env("CUDA_EMULATOR_STATS", "1")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr).to_string();
-        assert!(o.status.success(), "{err}");
-        err
+        let out = dir.path().join(max_norm);
+        let (model, data, out) = (model.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+        let args = [
+            "train",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--output-dir",
+            out,
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--lora-targets",
+            "all-linear",
+            "--eval-fraction",
+            "0",
+            "--max-grad-norm",
+            max_norm,
+            "--save-every",
+            "0",
+            "--device",
+            "cuda",
+        ];
+        condlm_with(&args, &[("CUDA_EMULATOR_STATS", "1")])
     };
     let count = |err: &str, what: &str| -> u64 {
         err.lines()

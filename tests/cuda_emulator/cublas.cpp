@@ -41,8 +41,6 @@ cublasStatus_t cublasCreate_v2(void** handle) {
 }
 cublasStatus_t cublasDestroy_v2(void*) { return kSuccess; }
 cublasStatus_t cublasSetStream_v2(void*, void*) { return kSuccess; }
-cublasStatus_t cublasSetMathMode(void*, int) { return kSuccess; }
-cublasStatus_t cublasSetWorkspace_v2(void*, void*, size_t) { return kSuccess; }
 
 cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, int n, int k, const void* alpha,
                             const void* a, int a_type, int lda, const void* b, int b_type, int ldb, const void* beta,

@@ -27,7 +27,7 @@ struct Allocation {
 };
 std::map<CUdeviceptr, Allocation> allocations;
 size_t in_use = 0;
-int context_tag, stream_tag, event_tag;  // addresses that stand for the one context, streams and events
+int context_tag, event_tag;  // addresses that stand for the one context and its events
 
 size_t page() { return size_t(sysconf(_SC_PAGESIZE)); }
 
@@ -101,8 +101,6 @@ CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
         case 75: *v = 9; break;   // COMPUTE_CAPABILITY_MAJOR
         case 76: *v = 0; break;   // COMPUTE_CAPABILITY_MINOR
         case 16: *v = 1; break;   // MULTIPROCESSOR_COUNT
-        case 1: *v = 1024; break; // MAX_THREADS_PER_BLOCK
-        case 10: *v = 32; break;  // WARP_SIZE
         default: *v = 0;
     }
     return kSuccess;
@@ -118,7 +116,6 @@ CUresult cuCtxGetCurrent(Handle* ctx) {
     *ctx = &context_tag;
     return kSuccess;
 }
-CUresult cuCtxSynchronize() { return kSuccess; }
 CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
     std::lock_guard<std::mutex> g(lock);
     *total = kMemory;
@@ -126,27 +123,14 @@ CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
     return kSuccess;
 }
 
-CUresult cuStreamCreate(Handle* s, unsigned) {
-    *s = &stream_tag;
-    return kSuccess;
-}
-CUresult cuStreamCreateWithPriority(Handle* s, unsigned, int) {
-    *s = &stream_tag;
-    return kSuccess;
-}
-CUresult cuStreamDestroy_v2(Handle) { return kSuccess; }
 CUresult cuStreamSynchronize(Handle) {
     emu::count("synchronize");
     return kSuccess;
 }
-CUresult cuStreamWaitEvent(Handle, Handle, unsigned) { return kSuccess; }
 CUresult cuEventCreate(Handle* e, unsigned) {
     *e = &event_tag;
     return kSuccess;
 }
-CUresult cuEventRecord(Handle, Handle) { return kSuccess; }
-CUresult cuEventQuery(Handle) { return kSuccess; }
-CUresult cuEventSynchronize(Handle) { return kSuccess; }
 CUresult cuEventDestroy_v2(Handle) { return kSuccess; }
 
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
@@ -156,7 +140,6 @@ CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     if (in_use + bytes > kMemory || !(*p = allocate(bytes))) return kOutOfMemory;
     return kSuccess;
 }
-CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, Handle) { return cuMemAlloc_v2(p, bytes); }
 CUresult cuMemFree_v2(CUdeviceptr p) {
     std::lock_guard<std::mutex> g(lock);
     auto it = allocations.find(p);
@@ -166,7 +149,6 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
     allocations.erase(it);
     return kSuccess;
 }
-CUresult cuMemFreeAsync(CUdeviceptr p, Handle) { return cuMemFree_v2(p); }
 
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, Handle) {
     emu::count("copy host to device");
@@ -182,8 +164,6 @@ CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, Handle
     memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
     return kSuccess;
 }
-CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) { return cuMemcpyHtoDAsync_v2(dst, src, n, nullptr); }
-CUresult cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) { return cuMemcpyDtoHAsync_v2(dst, src, n, nullptr); }
 CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, Handle) {
     memset(reinterpret_cast<void*>(dst), v, n);
     return kSuccess;
@@ -225,12 +205,6 @@ CUresult cuModuleGetFunction(Handle* f, Handle module, const char* name) {
         }
     return kNotFound;
 }
-CUresult cuFuncGetAttribute(int* v, int, Handle) {
-    *v = 0;
-    return kSuccess;
-}
-CUresult cuFuncSetAttribute(Handle, int, int) { return kSuccess; }
-CUresult cuFuncSetCacheConfig(Handle, int) { return kSuccess; }
 
 CUresult cuLaunchKernel(Handle f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                         unsigned shared_bytes, Handle, void** params, void** extra) {

@@ -148,8 +148,10 @@ pub struct DeviceModel<B: Backend> {
     /// How [`Self::sum_grads`] sums over ranks, and its packing buffer with its length.
     rank_sums: Box<dyn RankSums<B>>,
     rank_flat: Option<(B::F32, usize)>,
-    /// [`Self::grad_sq`]'s per-tensor sums and their count.
-    grad_sums: Option<(B::F64, usize)>,
+    /// [`Self::grad_sq`]'s per-tensor sums on the device, and the host copy it reads them into (one per trainable
+    /// tensor: which tensors train is fixed at upload).
+    grad_sums: B::F64,
+    grad_sums_host: Vec<f64>,
 }
 
 impl<B: Backend> DeviceModel<B> {
@@ -159,7 +161,10 @@ impl<B: Backend> DeviceModel<B> {
         let rope = backend.upload_rope(&c.rope_table(c.max_positions))?;
         let local = c.rope_local_inv_freq().map(|f| backend.upload_rope(&RopeTable::new(&f, c.max_positions)));
         let weights = Weights::upload(&backend, model)?;
+        let trained = weights.tensors().filter(|t| t.train.is_some()).count();
         Ok(DeviceModel {
+            grad_sums: backend.alloc_f64(trained)?,
+            grad_sums_host: vec![0.0; trained],
             norm_offset: model.norm_offset(),
             embed_scale: model.embed_scale(),
             layouts: (0..c.num_layers).map(|i| model.layout(i)).collect(),
@@ -177,7 +182,6 @@ impl<B: Backend> DeviceModel<B> {
             cache: None,
             rank_sums: Box::new(ThroughHost::default()),
             rank_flat: None,
-            grad_sums: None,
         })
     }
 
@@ -470,16 +474,10 @@ impl<B: Backend> DeviceModel<B> {
     /// Σ g² over every trainable tensor (f64), in parameter order: the gradient norm's square. Each tensor's sum
     /// goes to its slot of a device buffer, read back once.
     pub fn grad_sq(&mut self) -> Result<f64> {
-        let trained: Vec<_> = self.weights.tensors().filter_map(|t| t.train.as_ref().map(|g| (t.len, g))).collect();
-        if self.grad_sums.as_ref().is_none_or(|(_, n)| *n < trained.len()) {
-            self.grad_sums = Some((self.backend.alloc_f64(trained.len())?, trained.len()));
-        }
-        let (sums, _) = self.grad_sums.as_mut().expect("allocated above");
-        let xs: Vec<_> = trained.iter().map(|&(len, g)| (&g.g, len)).collect();
-        self.backend.sum_squares(sums, &xs)?;
-        let mut host = vec![0.0; trained.len()];
-        self.backend.download_f64(sums, &mut host)?;
-        Ok(host.iter().sum())
+        let xs: Vec<_> = self.weights.tensors().filter_map(|t| t.train.as_ref().map(|g| (&g.g, t.len))).collect();
+        self.backend.sum_squares(&mut self.grad_sums, &xs)?;
+        self.backend.download_f64(&self.grad_sums, &mut self.grad_sums_host)?;
+        Ok(self.grad_sums_host.iter().sum())
     }
 
     /// One AdamW step of every trainable tensor at learning rate `lr`, 1-based step `t` (weight decay on

@@ -1,7 +1,7 @@
 //! AdamW on the GPU (adamw.cu): one step of every trainable tensor in one launch, each as
 //! `kernels::adamw::adamw_step` from the same f32 scalars, its gradient zeroed after — one launch per optimizer
 //! step instead of two per tensor (a model's hundreds of LoRA tensors made the launches, not the math, the cost).
-use super::THREADS;
+use super::{THREADS, upload_table};
 use crate::kernels::adamw::AdamWScalars;
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg};
@@ -49,13 +49,9 @@ pub fn adamw_tensors(
         }
         rows.extend([n as u64, t.decays as u64]);
     }
-    if table.len() < rows.len() {
-        *table = d.stream.alloc_zeros(rows.len())?;
-    }
-    d.stream.memcpy_htod(&rows, &mut table.slice_mut(..rows.len()))?;
+    let table = upload_table(d, table, &rows)?;
     let blocks = longest.div_ceil(THREADS as usize * 4).clamp(1, 4096) as u32;
     let cfg = LaunchConfig { grid_dim: (blocks, count, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-    let table = table.slice(..rows.len());
     let mut b = d.stream.launch_builder(d.function("adamw_tensors"));
     b.arg(&table).arg(&grad_scale).arg(&s.decay).arg(&s.one_minus_b1).arg(&s.b2).arg(&s.one_minus_b2).arg(&s.step_size);
     b.arg(&s.bc2_sqrt).arg(&s.eps);

@@ -15,7 +15,22 @@ pub mod reduce;
 pub mod rope;
 pub mod rows;
 
-use cudarc::driver::LaunchConfig;
+use crate::kernels::cuda::device::Device;
+use cudarc::driver::{CudaSlice, CudaView, DriverError, LaunchConfig};
+
+/// `rows` (a multi-tensor kernel's table: tensors' device addresses and lengths) copied into `scratch`, grown to fit
+/// first; returns the view a launch reads. Stream order keeps an earlier launch's reads before this copy.
+fn upload_table<'a>(
+    d: &Device,
+    scratch: &'a mut CudaSlice<u64>,
+    rows: &[u64],
+) -> Result<CudaView<'a, u64>, DriverError> {
+    if scratch.len() < rows.len() {
+        *scratch = d.stream.alloc_zeros(rows.len())?;
+    }
+    d.stream.memcpy_htod(rows, &mut scratch.slice_mut(..rows.len()))?;
+    Ok(scratch.slice(..rows.len()))
+}
 
 /// Threads per block of every launch (a multiple of 32, as the block reductions of common.cuh require).
 const THREADS: u32 = 256;

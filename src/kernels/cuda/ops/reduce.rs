@@ -1,7 +1,7 @@
 //! Σ x² in f64 on the GPU (reduce.cu), as `kernels::backend::host`'s sum_squares, for many tensors at once: two
 //! launches (a fixed grid of per-block partials per tensor, then one block per tensor over them) — deterministic
 //! for a given n, and two launches per gradient norm however many tensors train.
-use super::THREADS;
+use super::{THREADS, upload_table};
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
 
@@ -40,15 +40,11 @@ pub fn sum_squares(
         rows.extend([ptr, x.len() as u64]);
         guards.push(guard);
     }
-    if scratch.table.len() < rows.len() {
-        scratch.table = d.stream.alloc_zeros(rows.len())?;
-    }
     if scratch.partials.len() < PARTIALS * xs.len() {
         scratch.partials = d.stream.alloc_zeros(PARTIALS * xs.len())?;
     }
-    d.stream.memcpy_htod(&rows, &mut scratch.table.slice_mut(..rows.len()))?;
     let count = xs.len();
-    let table = scratch.table.slice(..rows.len());
+    let table = upload_table(d, &mut scratch.table, &rows)?;
     let mut partials = scratch.partials.slice_mut(..PARTIALS * count);
     let mut b = d.stream.launch_builder(d.function("sum_squares_partial"));
     b.arg(&mut partials).arg(&table);
