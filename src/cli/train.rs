@@ -271,7 +271,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
     let world = condlm::distributed::init()?;
     let code = match run_on(&*world, a) {
         Err(e) if world.size() > 1 => {
-            eprintln!("error (rank {} of {}): {e:#}\nending every rank of the job", world.rank(), world.size());
+            // One write: Open MPI's abort banner goes to the same stream and must not land inside the message.
+            let msg =
+                format!("error (rank {} of {}): {e:#}\nending every rank of the job\n", world.rank(), world.size());
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
             world.abort(1)
         }
         r => r?,

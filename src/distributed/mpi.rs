@@ -39,7 +39,9 @@ impl Mpi {
         let default_hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             default_hook(info);
-            eprintln!("error: rank {rank} of {size} panicked; ending every rank of the job");
+            // One write, so that Open MPI's abort banner cannot land inside it.
+            let msg = format!("error: rank {rank} of {size} panicked; ending every rank of the job\n");
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), msg.as_bytes());
             // SAFETY: MPI_Abort on the world communicator, which lives until MPI_Finalize.
             unsafe { mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 101) };
         }));
