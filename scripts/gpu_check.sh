@@ -30,7 +30,8 @@
 #     (all linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative (f32)
 #     and 1e-2 (`--compute bf16` on both);
 #   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
-#   - decode tokens/s of `generate --device cuda` vs transformers' `generate` (f32, bf16) on the SmolLM2-135M shape;
+#   - decode tokens/s of `generate --device cuda` (with and without CUDA graphs) vs transformers' `generate` (f32,
+#     bf16) on the SmolLM2-135M shape;
 #   - throughput: `condlm train --device cuda` (f32, bf16) vs PyTorch + PEFT (f32 without TF32, bf16) on the same rows,
 #     batch and LoRA, tokens/s and peak GPU memory; then the same on a Qwen2.5-1.5B-shaped model while time allows.
 # scripts/cuda/gpu_check.py does the comparisons and PEFT's side. The whole script must stay under 8 minutes.
@@ -264,11 +265,15 @@ throughput() {
 run_check "throughput, SmolLM2-135M-shaped: condlm $dev (f32, bf16) vs PyTorch + PEFT" throughput "$work/smollm2-135m" \
     "${steps:-30}" 16
 
-# decode_speed MODEL NEW: greedy decoding of one prompt, condlm on the device vs transformers' generate.
+# decode_speed MODEL NEW: greedy decoding of one prompt, condlm on the device (decoding steps replayed as CUDA
+# graphs, then without them) vs transformers' generate. A graph that cannot be recorded shows as condlm's warning.
 decode_speed() {
-    local prompt="name: Blue Spice, eatType: coffee shop, area: city centre"
-    "$bin" generate --model "$1" --prompt "$prompt" --max-new-tokens "$2" --ignore-eos --device "$dev" 2>&1 >/dev/null |
-        tail -1 || return 1
+    local prompt="name: Blue Spice, eatType: coffee shop, area: city centre" g
+    for g in 1 0; do
+        echo "CONDLM_CUDA_GRAPHS=$g:"
+        CONDLM_CUDA_GRAPHS=$g "$bin" generate --model "$1" --prompt "$prompt" --max-new-tokens "$2" --ignore-eos \
+            --device "$dev" 2>&1 >/dev/null | grep -E '^warning|tokens/s' || return 1
+    done
     for dt in f32 bf16; do
         "$py" "$helper" hf-generate "$1" "$prompt" "$2" "$dt" || return 1
     done

@@ -221,6 +221,62 @@ fn emulator_folder() {
     println!("CUDA emulator: {}", common::cuda_emulator::lib_dir().display());
 }
 
+/// Decoding steps are recorded as CUDA graphs and replayed (a step's launches as one), with the generations of
+/// decoding without them (`CONDLM_CUDA_GRAPHS=0`), bit for bit: the same kernels on the same buffers. Under
+/// `--compute bf16`, one prompt at a time, a longer prompt's prefill grows the bf16 scratch that earlier graphs
+/// name, so they must be recorded again rather than replayed onto freed memory (the emulator faults on that).
+#[test]
+fn decoding_steps_replay_as_cuda_graphs_with_the_same_generations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = (fixture("tiny-llama"), fixture("score_rows.jsonl"));
+    for (compute, batch) in [("f32", "2"), ("bf16", "1")] {
+        let run = |graphs: &str| -> (Vec<Value>, String) {
+            let out = dir.path().join(format!("{compute}-{graphs}.jsonl"));
+            let args = [
+                "generate",
+                "--model",
+                model.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--max-new-tokens",
+                "16",
+                "--ignore-eos",
+                "--batch",
+                batch,
+                "--compute",
+                compute,
+                "--device",
+                "cuda",
+                "--out",
+                out.to_str().unwrap(),
+            ];
+            let text = condlm_with(&args, &[("CUDA_EMULATOR_STATS", "1"), ("CONDLM_CUDA_GRAPHS", graphs)]);
+            (jsonl(&out), text)
+        };
+        let ((with, on), (without, off)) = (run("1"), run("0"));
+        assert_eq!(with.len(), 4);
+        assert_eq!(with, without, "{compute}: generations with and without graphs differ");
+        // 4 prompts × 16 tokens: dozens of steps, all but the first two of each row count replayed.
+        assert!(stat(&on, "graph launch") >= 20 && stat(&off, "graph launch") == 0, "{compute}:\n{on}\n{off}");
+        assert!(!on.contains("warning"), "{compute}:\n{on}");
+        let launches =
+            |t: &str| stat(t, "kernel launches in all") + stat(t, "cublasGemmEx f32") + stat(t, "cublasGemmEx bf16");
+        assert!(launches(&on) * 3 < launches(&off), "{compute}: launches from the host\n{on}\n{off}");
+    }
+}
+
+/// The count of `what` in the emulator's statistics (`CUDA_EMULATOR_STATS`) in a command's output; 0 if absent.
+fn stat(output: &str, what: &str) -> u64 {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("cuda emulator:"))
+        .find_map(|l| {
+            let (n, name) = l.trim().split_once(' ')?;
+            (name == what).then(|| n.parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
 /// The optimizer step is a fixed number of launches however many tensors train: one AdamW launch (clipping
 /// included) and one pair for the gradient norm per step, not one or more per tensor — counted by the emulator
 /// (`CUDA_EMULATOR_STATS`).
@@ -256,20 +312,11 @@ fn an_optimizer_step_is_three_launches_whatever_the_tensor_count() {
         ];
         condlm_with(&args, &[("CUDA_EMULATOR_STATS", "1")])
     };
-    let count = |err: &str, what: &str| -> u64 {
-        err.lines()
-            .filter_map(|l| l.strip_prefix("cuda emulator:"))
-            .find_map(|l| {
-                let (n, name) = l.trim().split_once(' ')?;
-                (name == what).then(|| n.parse().unwrap())
-            })
-            .unwrap_or(0)
-    };
     // 2 layers × 7 linear layers × (A, B): 28 tensors, stepped twice; a max norm of 1e-3 clips every step.
     let (clipped, unclipped) = (run("1e-3"), run("0"));
     for what in ["launch adamw_tensors", "launch sum_squares_partial", "launch sum_partials"] {
-        assert_eq!(count(&clipped, what), 2, "{what}:\n{clipped}");
+        assert_eq!(stat(&clipped, what), 2, "{what}:\n{clipped}");
     }
-    let all = |err: &str| count(err, "kernel launches in all");
+    let all = |err: &str| stat(err, "kernel launches in all");
     assert_eq!(all(&clipped), all(&unclipped), "clipping must add no launches:\n{clipped}\n{unclipped}");
 }

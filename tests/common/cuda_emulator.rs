@@ -32,7 +32,7 @@ fn program_file(file: &str, program: &str, kernels: &[&str]) -> String {
     let delimiter = "condlm_emu";
     assert!(!program.contains(&format!("){delimiter}\"")), "{file}: its text ends the raw string literal");
     let entries: Vec<String> =
-        kernels.iter().map(|k| format!("{{\"{k}\", &emu::trampoline<{k}>}}")).collect::<Vec<_>>();
+        kernels.iter().map(|k| format!("{{\"{k}\", &emu::trampoline<{k}>, &emu::copy_args<{k}>}}")).collect::<Vec<_>>();
     format!(
         "#include \"runtime.h\"\n{program}\n#line 1 \"(emulator registration)\"\n\
          static emu::Registered registered{{emu::Program{{\"{file}\", R\"{delimiter}({program}){delimiter}\", \

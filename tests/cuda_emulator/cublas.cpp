@@ -1,7 +1,8 @@
 // cuBLAS (libcublas.so) for the emulator: cublasGemmEx as the cuBLAS documentation defines it, column-major
 // C = α·op(A)·op(B) + β·C with op(A) m×k and op(B) k×n, f32 or bf16 operands, f32 output, f32 sums — and the
 // argument checks real cuBLAS makes (leading dimensions, types), so a wrong operand mapping in
-// src/kernels/cuda/gemm.rs fails here as it would on a GPU instead of passing by accident.
+// src/kernels/cuda/gemm.rs fails here as it would on a GPU instead of passing by accident. A GEMM is work on the
+// handle's stream: captured into a graph while that stream is (driver.cpp), with α and β read at the call.
 #include "runtime.h"
 #include <cstring>
 #include <vector>
@@ -12,6 +13,7 @@ namespace {
 constexpr cublasStatus_t kSuccess = 0, kInvalidValue = 7, kNotSupported = 15;
 constexpr int kR32F = 0, kR16BF = 14, kCompute32F = 68, kCompute32FPedantic = 69, kOpN = 0, kOpT = 1;
 int handle_tag;
+void* handle_stream = nullptr;  // cublasSetStream's
 
 float widen_bf16(uint16_t bits) {
     const uint32_t u = uint32_t(bits) << 16;
@@ -40,7 +42,13 @@ cublasStatus_t cublasCreate_v2(void** handle) {
     return kSuccess;
 }
 cublasStatus_t cublasDestroy_v2(void*) { return kSuccess; }
-cublasStatus_t cublasSetStream_v2(void*, void*) { return kSuccess; }
+cublasStatus_t cublasSetStream_v2(void*, void* stream) {
+    handle_stream = stream;
+    return kSuccess;
+}
+cublasStatus_t cublasSetWorkspace_v2(void*, void* workspace, size_t bytes) {
+    return workspace != nullptr || bytes == 0 ? kSuccess : kInvalidValue;
+}
 
 cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, int n, int k, const void* alpha,
                             const void* a, int a_type, int lda, const void* b, int b_type, int ldb, const void* beta,
@@ -62,27 +70,29 @@ cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, int n, 
                       std::to_string(c_type) + ", compute " + std::to_string(compute) + ") are not emulated");
         return kNotSupported;
     }
-    emu::count(std::string("cublasGemmEx ") + (f32 ? "f32" : "bf16"));
-    if (m == 0 || n == 0) return kSuccess;
     const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
-    const std::vector<float> x = dense(a, a_type, transa, m, k, lda);      // op(A), m × k
-    const std::vector<float> y = dense(b, b_type, transb ^ 1, n, k, ldb);  // op(B)ᵀ, n × k
-    auto* out = static_cast<float*>(c);
-    for (int j = 0; j < n; ++j)
-        for (int i = 0; i < m; ++i) {
-            const float* xi = &x[size_t(i) * k];
-            const float* yj = &y[size_t(j) * k];
-            float lanes[8] = {};
-            int l = 0;
-            for (; l + 8 <= k; l += 8)
-                for (int v = 0; v < 8; ++v) lanes[v] += xi[l + v] * yj[l + v];
-            float s = 0;
-            for (; l < k; ++l) s += xi[l] * yj[l];
-            for (float v : lanes) s += v;
-            float& dst = out[size_t(i) + size_t(j) * ldc];
-            // β = 0 does not read C (it may hold NaN), as in cuBLAS.
-            dst = be == 0.f ? al * s : al * s + be * dst;
-        }
-    return kSuccess;
+    std::lock_guard<std::recursive_mutex> g(emu::driver_lock());
+    return emu::submit(handle_stream, std::string("cublasGemmEx ") + (f32 ? "f32" : "bf16"), [=] {
+        if (m == 0 || n == 0) return kSuccess;
+        const std::vector<float> x = dense(a, a_type, transa, m, k, lda);      // op(A), m × k
+        const std::vector<float> y = dense(b, b_type, transb ^ 1, n, k, ldb);  // op(B)ᵀ, n × k
+        auto* out = static_cast<float*>(c);
+        for (int j = 0; j < n; ++j)
+            for (int i = 0; i < m; ++i) {
+                const float* xi = &x[size_t(i) * k];
+                const float* yj = &y[size_t(j) * k];
+                float lanes[8] = {};
+                int l = 0;
+                for (; l + 8 <= k; l += 8)
+                    for (int v = 0; v < 8; ++v) lanes[v] += xi[l + v] * yj[l + v];
+                float s = 0;
+                for (; l < k; ++l) s += xi[l] * yj[l];
+                for (float v : lanes) s += v;
+                float& dst = out[size_t(i) + size_t(j) * ldc];
+                // β = 0 does not read C (it may hold NaN), as in cuBLAS.
+                dst = be == 0.f ? al * s : al * s + be * dst;
+            }
+        return kSuccess;
+    });
 }
 }

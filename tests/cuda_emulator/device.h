@@ -9,6 +9,7 @@
 #include <math.h>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 struct uint3 {
     unsigned x, y, z;
@@ -47,6 +48,24 @@ constexpr size_t arity(void (*)(A...)) {
 template <auto F>
 void trampoline(void** args) {
     call_with(F, args, std::make_index_sequence<arity(F)>{});
+}
+
+// The values behind cuLaunchKernel's argument pointers, copied by the kernel's parameter types: what a graph keeps
+// of a launch captured into it (CUDA copies the values at capture; the caller's may be gone by a replay).
+using ArgBytes = std::vector<std::vector<char>>;
+template <typename... A>
+ArgBytes copy_args_of(void (*)(A...), void** args) {
+    ArgBytes out;
+    size_t i = 0;
+    ((out.emplace_back(static_cast<const char*>(args[i]),
+                       static_cast<const char*>(args[i]) + sizeof(std::remove_cv_t<std::remove_reference_t<A>>)),
+      ++i),
+     ...);
+    return out;
+}
+template <auto F>
+ArgBytes copy_args(void** args) {
+    return copy_args_of(F, args);
 }
 }  // namespace emu
 

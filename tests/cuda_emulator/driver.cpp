@@ -1,10 +1,13 @@
 // The CUDA driver API that cudarc and condlm call (libcuda.so), on the CPU: one device, "cuda:0"; device memory is
 // host memory that ends at a PROT_NONE page (reading or writing past an allocation's end faults, and threads.cpp
 // names the kernel and thread); everything runs at once in call order, so streams and events have nothing to wait
-// for. A module is a kernel program compiled into the emulator (nvrtc.cpp hands its file name over as the "PTX").
+// for — except while a stream is captured into a graph (CUDA graphs): then its work is kept, and runs at each replay
+// of the graph. A module is a kernel program compiled into the emulator (nvrtc.cpp hands its file name over as the
+// "PTX").
 #include "runtime.h"
 #include <cstdlib>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -17,10 +20,11 @@ using Handle = void*;
 namespace {
 constexpr CUresult kSuccess = 0, kInvalidValue = 1, kOutOfMemory = 2, kNoBinaryForGpu = 209, kInvalidImage = 200,
                    kInvalidDevice = 101, kInvalidHandle = 400, kNotFound = 500, kLaunchFailed = 719,
-                   kNotSupported = 801;
+                   kNotSupported = 801, kCaptureUnsupported = 900, kCaptureInvalidated = 901,
+                   kIllegalState = 401;
 constexpr size_t kMemory = size_t(16) << 30;  // what the emulated GPU says it has
 
-std::mutex lock;  // cudarc may call from several threads; the emulator runs one call at a time
+std::recursive_mutex& lock = emu::driver_lock();
 struct Allocation {
     char* mapping;
     size_t len, bytes;
@@ -28,6 +32,15 @@ struct Allocation {
 std::map<CUdeviceptr, Allocation> allocations;
 size_t in_use = 0;
 int context_tag, event_tag;  // addresses that stand for the one context and its events
+
+// A graph: the work captured from a stream, in order (each op returns a CUresult).
+using Ops = std::vector<std::function<int()>>;
+struct Capture {
+    Ops ops;
+    bool invalid = false;  // a call CUDA refuses during capture was made: ending the capture fails
+};
+std::map<Handle, Capture> captures;  // streams being captured (cuStreamBeginCapture to cuStreamEndCapture)
+std::map<Handle, std::unique_ptr<int>> streams;  // streams made by cuStreamCreate (their handles point at these)
 
 size_t page() { return size_t(sysconf(_SC_PAGESIZE)); }
 
@@ -58,10 +71,42 @@ const char* error_name(CUresult r) {
         case kInvalidHandle: return "CUDA_ERROR_INVALID_HANDLE";
         case kNotFound: return "CUDA_ERROR_NOT_FOUND";
         case kLaunchFailed: return "CUDA_ERROR_LAUNCH_FAILED";
+        case kCaptureUnsupported: return "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED";
+        case kCaptureInvalidated: return "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED";
+        case kIllegalState: return "CUDA_ERROR_ILLEGAL_STATE";
         default: return "CUDA_ERROR_NOT_SUPPORTED";
     }
 }
+std::string grid_text(const char* what, unsigned x, unsigned y, unsigned z) {
+    return std::string(what) + " (" + std::to_string(x) + ", " + std::to_string(y) + ", " + std::to_string(z) + ")";
+}
 }  // namespace
+
+namespace emu {
+std::recursive_mutex& driver_lock() {
+    static std::recursive_mutex m;
+    return m;
+}
+
+int submit(void* stream, const std::string& what, std::function<int()> op) {
+    auto c = captures.find(stream);
+    if (c == captures.end()) {
+        count(what);
+        return op();
+    }
+    count("captured " + what);
+    c->second.ops.push_back(std::move(op));
+    return kSuccess;
+}
+
+int refused_in_capture(const char* call) {
+    if (captures.empty()) return kSuccess;
+    for (auto& [stream, c] : captures) c.invalid = true;
+    complain(std::string(call) + " while a stream is captured into a graph: CUDA refuses it " +
+             "(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED) and the capture is invalidated");
+    return kCaptureUnsupported;
+}
+}  // namespace emu
 
 extern "C" {
 CUresult cuDriverGetVersion(int* v) {
@@ -117,13 +162,15 @@ CUresult cuCtxGetCurrent(Handle* ctx) {
     return kSuccess;
 }
 CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
-    std::lock_guard<std::mutex> g(lock);
+    std::lock_guard<std::recursive_mutex> g(lock);
     *total = kMemory;
     *free = kMemory > in_use ? kMemory - in_use : 0;
     return kSuccess;
 }
 
 CUresult cuStreamSynchronize(Handle) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    if (CUresult r = emu::refused_in_capture("cuStreamSynchronize")) return r;
     emu::count("synchronize");
     return kSuccess;
 }
@@ -134,14 +181,16 @@ CUresult cuEventCreate(Handle* e, unsigned) {
 CUresult cuEventDestroy_v2(Handle) { return kSuccess; }
 
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
-    std::lock_guard<std::mutex> g(lock);
+    std::lock_guard<std::recursive_mutex> g(lock);
+    if (CUresult r = emu::refused_in_capture("cuMemAlloc")) return r;
     emu::count("allocate");
     if (bytes == 0) return kInvalidValue;
     if (in_use + bytes > kMemory || !(*p = allocate(bytes))) return kOutOfMemory;
     return kSuccess;
 }
 CUresult cuMemFree_v2(CUdeviceptr p) {
-    std::lock_guard<std::mutex> g(lock);
+    std::lock_guard<std::recursive_mutex> g(lock);
+    if (CUresult r = emu::refused_in_capture("cuMemFree")) return r;
     auto it = allocations.find(p);
     if (it == allocations.end()) return kInvalidValue;
     munmap(it->second.mapping, it->second.len);
@@ -150,34 +199,55 @@ CUresult cuMemFree_v2(CUdeviceptr p) {
     return kSuccess;
 }
 
+// Copies between host and device memory are refused during a capture: the host memory they name is pageable, and a
+// graph cannot hold such a copy.
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dst, const void* src, size_t n, Handle) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    if (CUresult r = emu::refused_in_capture("cuMemcpyHtoDAsync")) return r;
     emu::count("copy host to device");
     memcpy(reinterpret_cast<void*>(dst), src, n);
     return kSuccess;
 }
 CUresult cuMemcpyDtoHAsync_v2(void* dst, CUdeviceptr src, size_t n, Handle) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    if (CUresult r = emu::refused_in_capture("cuMemcpyDtoHAsync")) return r;
     emu::count("copy device to host");
     memcpy(dst, reinterpret_cast<const void*>(src), n);
     return kSuccess;
 }
-CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, Handle) {
-    memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
-    return kSuccess;
+CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dst, CUdeviceptr src, size_t n, Handle s) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    return emu::submit(s, "copy device to device", [=] {
+        memmove(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
+        return kSuccess;
+    });
 }
-CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, Handle) {
-    memset(reinterpret_cast<void*>(dst), v, n);
-    return kSuccess;
+CUresult cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, Handle s) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    return emu::submit(s, "memset", [=] {
+        memset(reinterpret_cast<void*>(dst), v, n);
+        return kSuccess;
+    });
 }
-CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, Handle) {
-    auto* d = reinterpret_cast<unsigned*>(dst);
-    for (size_t i = 0; i < n; ++i) d[i] = v;
-    return kSuccess;
+CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, Handle s) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    return emu::submit(s, "memset", [=] {
+        auto* d = reinterpret_cast<unsigned*>(dst);
+        for (size_t i = 0; i < n; ++i) d[i] = v;
+        return kSuccess;
+    });
 }
 // `height` rows of `width` 32-bit values, `pitch` bytes apart.
-CUresult cuMemsetD2D32Async(CUdeviceptr dst, size_t pitch, unsigned v, size_t width, size_t height, Handle) {
+CUresult cuMemsetD2D32Async(CUdeviceptr dst, size_t pitch, unsigned v, size_t width, size_t height, Handle s) {
+    std::lock_guard<std::recursive_mutex> g(lock);
     if (pitch < width * 4) return kInvalidValue;
-    for (size_t r = 0; r < height; ++r) cuMemsetD32Async(dst + r * pitch, v, width, nullptr);
-    return kSuccess;
+    return emu::submit(s, "memset", [=] {
+        for (size_t r = 0; r < height; ++r) {
+            auto* d = reinterpret_cast<unsigned*>(dst + r * pitch);
+            for (size_t i = 0; i < width; ++i) d[i] = v;
+        }
+        return kSuccess;
+    });
 }
 
 // The "PTX" is "condlm CUDA emulator: FILE" (nvrtc.cpp); the module is that program.
@@ -207,19 +277,86 @@ CUresult cuModuleGetFunction(Handle* f, Handle module, const char* name) {
 }
 
 CUresult cuLaunchKernel(Handle f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
-                        unsigned shared_bytes, Handle, void** params, void** extra) {
-    std::lock_guard<std::mutex> g(lock);
+                        unsigned shared_bytes, Handle stream, void** params, void** extra) {
+    std::lock_guard<std::recursive_mutex> g(lock);
     auto* k = static_cast<emu::Kernel*>(f);
-    emu::count(std::string("launch ") + k->name);
     if (shared_bytes != 0 || extra != nullptr) {
         emu::complain(std::string("kernel ") + k->name + ": dynamic shared memory and `extra` are not emulated");
         return kNotSupported;
     }
-    const std::string err = emu::launch(*k, {gx, gy, gz}, {bx, by, bz}, params);
-    if (err.empty()) return kSuccess;
-    emu::complain(std::string("kernel ") + k->name + ", grid (" + std::to_string(gx) + ", " + std::to_string(gy) +
-                  ", " + std::to_string(gz) + "), block (" + std::to_string(bx) + ", " + std::to_string(by) + ", " +
-                  std::to_string(bz) + "): " + err);
-    return kLaunchFailed;
+    // The argument values are copied now, as CUDA does: a captured launch runs later, on these values.
+    auto args = std::make_shared<emu::ArgBytes>(k->copy_args(params));
+    const dim3 grid{gx, gy, gz}, block{bx, by, bz};
+    return emu::submit(stream, std::string("launch ") + k->name, [=] {
+        std::vector<void*> ptrs;
+        for (auto& a : *args) ptrs.push_back(a.data());
+        const std::string err = emu::launch(*k, grid, block, ptrs.data());
+        if (err.empty()) return kSuccess;
+        emu::complain(std::string("kernel ") + k->name + ", " + grid_text("grid", gx, gy, gz) + ", " +
+                      grid_text("block", bx, by, bz) + ": " + err);
+        return kLaunchFailed;
+    });
+}
+
+// Streams and CUDA graphs. The null (legacy) stream cannot be captured, as in CUDA.
+CUresult cuStreamCreate(Handle* s, unsigned) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    auto tag = std::make_unique<int>(0);
+    *s = tag.get();
+    streams[*s] = std::move(tag);
+    return kSuccess;
+}
+CUresult cuStreamDestroy_v2(Handle s) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    if (captures.count(s)) return kIllegalState;
+    return streams.erase(s) ? kSuccess : kInvalidHandle;
+}
+CUresult cuStreamBeginCapture_v2(Handle s, int) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    if (!streams.count(s)) {
+        emu::complain("cuStreamBeginCapture on the legacy null stream (or an unknown one): CUDA refuses it");
+        return kCaptureUnsupported;
+    }
+    if (captures.count(s)) return kIllegalState;
+    captures[s];
+    return kSuccess;
+}
+CUresult cuStreamEndCapture(Handle s, Handle* graph) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    auto c = captures.find(s);
+    *graph = nullptr;
+    if (c == captures.end()) return kIllegalState;
+    const bool invalid = c->second.invalid;
+    if (!invalid) *graph = new Ops(std::move(c->second.ops));
+    captures.erase(c);
+    return invalid ? kCaptureInvalidated : kSuccess;
+}
+CUresult cuStreamIsCapturing(Handle s, int* status) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    auto c = captures.find(s);
+    *status = c == captures.end() ? 0 : c->second.invalid ? 2 : 1;  // NONE, ACTIVE, INVALIDATED
+    return kSuccess;
+}
+CUresult cuGraphInstantiateWithFlags(Handle* exec, Handle graph, unsigned long long) {
+    *exec = new Ops(*static_cast<Ops*>(graph));
+    return kSuccess;
+}
+CUresult cuGraphLaunch(Handle exec, Handle stream) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    const Ops& ops = *static_cast<Ops*>(exec);
+    return emu::submit(stream, "graph launch", [&ops] {
+        for (auto& op : ops)
+            if (CUresult r = op()) return r;
+        return kSuccess;
+    });
+}
+CUresult cuGraphUpload(Handle, Handle) { return kSuccess; }
+CUresult cuGraphExecDestroy(Handle exec) {
+    delete static_cast<Ops*>(exec);
+    return kSuccess;
+}
+CUresult cuGraphDestroy(Handle graph) {
+    delete static_cast<Ops*>(graph);
+    return kSuccess;
 }
 }

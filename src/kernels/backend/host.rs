@@ -47,6 +47,8 @@ impl Backend for Host {
     type Mask = Vec<u64>;
     type Rope = RopeTable;
     type Bf16 = Vec<u16>;
+    /// The CPU records no graphs.
+    type Graph = std::convert::Infallible;
 
     fn name(&self) -> String {
         "cpu (reference backend)".into()
@@ -491,5 +493,17 @@ impl Backend for Host {
             t.g[..t.n].fill(0.0);
         }
         Ok(())
+    }
+
+    fn begin_capture(&self) -> Result<bool> {
+        Ok(false)
+    }
+
+    fn end_capture(&self) -> Result<Self::Graph> {
+        anyhow::bail!("the reference backend records no graphs (begin_capture said so)")
+    }
+
+    fn replay(&self, graph: &Self::Graph) -> Result<bool> {
+        match *graph {}
     }
 }

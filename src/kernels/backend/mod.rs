@@ -78,6 +78,8 @@ pub trait Backend {
     /// A buffer of bf16 values (their bits, `kernels::bf16::round`'s rounding): the weight matrices that
     /// `--compute bf16`'s products read, kept in their operand type rather than rounded on every call.
     type Bf16;
+    /// Ops recorded to run again with one call ([`Self::begin_capture`]).
+    type Graph;
 
     /// Where it runs, for messages: "cpu (reference)", "cuda:0 (NVIDIA H200)".
     fn name(&self) -> String;
@@ -370,6 +372,18 @@ pub trait Backend {
     /// times `grad_scale` — clipping's coefficient, or 1; one that does not decay takes `s.decay` as 1), each
     /// gradient zeroed after: one launch on a GPU for all of them.
     fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], grad_scale: f32, s: &AdamWScalars) -> Result<()>;
+
+    /// Starts recording the ops that follow into a graph instead of running them (CUDA graphs: a decode step's
+    /// hundreds of launches replayed as one). Ok(false) where the backend records none: the ops then run as
+    /// usual. Only ops that neither allocate nor copy to or from the host can be recorded.
+    fn begin_capture(&self) -> Result<bool>;
+    /// Ends the recording [`Self::begin_capture`] started: the recorded ops, to [`Self::replay`]. An error leaves
+    /// nothing recorded (the ops since the start did not run).
+    fn end_capture(&self) -> Result<Self::Graph>;
+    /// Runs a graph's ops again, on the buffers and with the arguments they were recorded with (buffers the caller
+    /// owns must still be the same). Ok(false): scratch of the backend's own that the graph used was replaced
+    /// since, so it ran nothing — record it again.
+    fn replay(&self, graph: &Self::Graph) -> Result<bool>;
 }
 
 /// One trainable tensor of [`Backend::adamw`]: values, gradient, moments, their length, and whether weight decay

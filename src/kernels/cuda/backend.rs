@@ -5,7 +5,8 @@
 //! what the indices' upload found (`IndexFacts`) instead of copying them back; `embedding_backward` groups its rows
 //! by id on the host, from the ids in host memory, and copies that grouping to the device (the copy, from pageable
 //! memory, may wait for the stream). Checked against `Host` op by op by `condlm info --devices --check-kernels`
-//! (cli/backend_parity.rs).
+//! (cli/backend_parity.rs). Ops that neither allocate nor copy to or from the host can be captured into a CUDA graph
+//! (`begin_capture`, `end_capture`, `replay`): decoding replays a step's launches as one.
 use super::device::Device;
 use super::devices::probe;
 use super::gemm::Blas;
@@ -23,7 +24,9 @@ use crate::kernels::compute::{Compute, compute};
 use crate::kernels::dropout::mask_words;
 use crate::kernels::rope::RopeTable;
 use anyhow::{Context, Result, anyhow, bail};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DeviceRepr, DriverError, ValidAsZeroBits};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice, CudaView, CudaViewMut, DeviceRepr, DriverError, ValidAsZeroBits};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// A RoPE table on the device: cos and sin, (rows, half) each, as `RopeTable` made them on the host.
@@ -60,6 +63,16 @@ pub struct Cuda {
     adamw_table: Mutex<CudaSlice<u64>>,
     /// `gemm_weights`' bf16 operands under `--compute bf16` (grown to the largest product once).
     bf16: Mutex<(CudaSlice<u16>, CudaSlice<u16>)>,
+    /// How many times that scratch was replaced: a graph recorded before names freed memory.
+    bf16_moves: AtomicU64,
+    /// Whether ops may be captured into CUDA graphs (`CONDLM_CUDA_GRAPHS=0` turns them off).
+    graphs: bool,
+}
+
+/// A CUDA graph of recorded ops, and which bf16 scratch it names ([`Cuda::bf16_moves`] when it was recorded).
+pub struct CudaOps {
+    graph: CudaGraph,
+    bf16_moves: u64,
 }
 
 /// The first `n` values of a buffer; a buffer shorter than the op's arguments say is a bug in the caller.
@@ -105,7 +118,9 @@ impl Cuda {
         );
         let bf16 = Mutex::new((zeros(&device, 1, "u16")?, zeros(&device, 1, "u16")?));
         let adamw_table = Mutex::new(zeros(&device, 1, "u64 (AdamW's tensor table)")?);
-        Ok(Cuda { device, blas, reduce, groups: Mutex::new(RowGroups::default()), bf16, adamw_table })
+        let graphs = std::env::var("CONDLM_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        let groups = Mutex::new(RowGroups::default());
+        Ok(Cuda { device, blas, reduce, groups, bf16, adamw_table, bf16_moves: AtomicU64::new(0), graphs })
     }
 
     /// The stored matrix of the view `v` of `src` rounded to bf16 into `scratch` (grown to fit), dense; returns
@@ -114,6 +129,7 @@ impl Cuda {
         let dense = MatView { offset: 0, ld: v.cols, ..v };
         if scratch.len() < v.rows * v.cols {
             *scratch = zeros(&self.device, v.rows * v.cols, "u16 (bf16 operands)")?;
+            self.bf16_moves.fetch_add(1, Ordering::Relaxed);
         }
         self.ran("to_bf16", bf16::to_bf16(&self.device, &mut scratch.as_view_mut(), &src.as_view(), v))?;
         Ok(dense)
@@ -156,6 +172,7 @@ impl Backend for Cuda {
     type Mask = CudaSlice<u64>;
     type Rope = CudaRope;
     type Bf16 = CudaSlice<u16>;
+    type Graph = CudaOps;
 
     fn name(&self) -> String {
         format!("cuda:{} ({})", self.device.gpu.ordinal, self.device.gpu.name)
@@ -728,5 +745,33 @@ impl Backend for Cuda {
         // The table is rewritten by every call before its launch reads it (stream order).
         let mut table = self.adamw_table.lock().unwrap_or_else(PoisonError::into_inner);
         self.ran(op, adamw::adamw_tensors(&self.device, &mut table, &mut views, grad_scale, s))
+    }
+
+    /// Captures this thread's work on the stream (thread-local mode: a call CUDA refuses during a capture, such as
+    /// an allocation, fails here rather than in another thread).
+    fn begin_capture(&self) -> Result<bool> {
+        if !self.graphs {
+            return Ok(false);
+        }
+        let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
+        self.ran("begin_capture", self.device.stream.begin_capture(mode))?;
+        Ok(true)
+    }
+
+    fn end_capture(&self) -> Result<CudaOps> {
+        let bf16_moves = self.bf16_moves.load(Ordering::Relaxed);
+        let flags = CUgraphInstantiate_flags(0);
+        match self.ran("end_capture", self.device.stream.end_capture(flags))? {
+            Some(graph) => Ok(CudaOps { graph, bf16_moves }),
+            None => bail!("cuda:{}: capturing a graph gave none", self.device.gpu.ordinal),
+        }
+    }
+
+    fn replay(&self, g: &CudaOps) -> Result<bool> {
+        if g.bf16_moves != self.bf16_moves.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        self.ran("replay", g.graph.launch())?;
+        Ok(true)
     }
 }

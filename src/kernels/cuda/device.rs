@@ -7,7 +7,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DriverError};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// A GPU's context, its default stream and its loaded kernels.
+/// A GPU's context, the stream everything runs on and its loaded kernels.
 pub struct Device {
     pub gpu: Gpu,
     pub ctx: Arc<CudaContext>,
@@ -30,12 +30,18 @@ impl Device {
     pub fn open(gpu: &Gpu) -> Result<(Device, Vec<Loaded>), OpenError> {
         let ordinal = gpu.ordinal;
         let ctx = CudaContext::new(ordinal).map_err(|err| OpenError::Context { ordinal, err })?;
+        // Everything runs in order on one stream, so buffers need no events between streams; without them, a
+        // launch is only the launch (and can be captured into a graph). Before any buffer is made: a buffer takes
+        // its events when it is allocated.
+        // SAFETY: no buffer of this context is shared between streams (there is one).
+        unsafe { ctx.disable_event_tracking() };
         let mut loaded = Vec::with_capacity(SOURCES.len());
         for src in SOURCES {
             loaded.push(load(&ctx, src, &gpu.arch()).map_err(|err| OpenError::Load { ordinal, err })?);
         }
         let functions = loaded.iter().flat_map(|l| l.functions.iter().cloned()).collect();
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy null stream, which cannot be captured into a graph.
+        let stream = ctx.new_stream().map_err(|err| OpenError::Context { ordinal, err })?;
         Ok((Device { gpu: gpu.clone(), ctx, stream, functions }, loaded))
     }
 

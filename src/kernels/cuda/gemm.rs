@@ -64,6 +64,8 @@ pub enum GemmError {
     NoCublas,
     #[error("cuBLAS could not make a handle on cuda:{ordinal} ({err:?}): is the GPU out of memory?")]
     Handle { ordinal: usize, err: CublasError },
+    #[error("allocating cuBLAS's workspace on cuda:{ordinal} failed ({err}): is the GPU out of memory?")]
+    Workspace { ordinal: usize, err: DriverError },
     #[error("cublasGemmEx ({what}, m {m} n {n} k {k}) failed: {err:?}")]
     Gemm { what: &'static str, m: usize, n: usize, k: usize, err: CublasError },
     #[error("zeroing the (m {m}, n {n}) product of an empty inner dimension (k = 0) failed: {err}")]
@@ -74,7 +76,13 @@ pub enum GemmError {
 pub struct Blas {
     blas: CudaBlas,
     stream: Arc<CudaStream>,
+    /// The handle's workspace, ours rather than cuBLAS's pool, so a product captured into a CUDA graph names memory
+    /// that lives as long as the handle (cuBLAS's documented way for graphs).
+    _workspace: CudaSlice<u8>,
 }
+
+/// cuBLAS's recommended workspace on Hopper (32 MiB; 4 MiB suffices on older GPUs).
+const WORKSPACE_BYTES: usize = 32 << 20;
 
 impl Blas {
     /// Loads cuBLAS and makes a handle on `d`'s stream.
@@ -83,8 +91,18 @@ impl Blas {
         if !unsafe { sys::is_culib_present() } {
             return Err(GemmError::NoCublas);
         }
-        let blas = CudaBlas::new(d.stream.clone()).map_err(|err| GemmError::Handle { ordinal: d.gpu.ordinal, err })?;
-        Ok(Blas { blas, stream: d.stream.clone() })
+        let ordinal = d.gpu.ordinal;
+        let blas = CudaBlas::new(d.stream.clone()).map_err(|err| GemmError::Handle { ordinal, err })?;
+        let mut workspace =
+            d.stream.alloc_zeros::<u8>(WORKSPACE_BYTES).map_err(|err| GemmError::Workspace { ordinal, err })?;
+        let (ptr, record) = workspace.device_ptr_mut(&d.stream);
+        // SAFETY: the handle is live and set to this stream (cublasSetStream resets the workspace, so this comes
+        // after it); the buffer is WORKSPACE_BYTES long and is kept with the handle.
+        unsafe { sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut c_void, WORKSPACE_BYTES) }
+            .result()
+            .map_err(|err| GemmError::Handle { ordinal, err })?;
+        drop(record);
+        Ok(Blas { blas, stream: d.stream.clone(), _workspace: workspace })
     }
 
     /// c (m, n) = a (m, k) · bᵀ, b (n, k) — or c += when `accumulate`. Dense row-major buffers of exactly those

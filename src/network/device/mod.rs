@@ -32,6 +32,7 @@ use block::{Attend, BlockArgs};
 use buffers::{Buffers, HEAD_ROWS};
 use kv_cache::DevKvCache;
 use rank_sums::{RankSums, ThroughHost};
+use std::collections::HashMap;
 use weights::{DevTensor, Weights};
 
 /// Where the network runs (`--device`).
@@ -123,6 +124,29 @@ fn check_long_crossing(rows: &[Row], long_after: usize) -> Result<()> {
     Ok(())
 }
 
+/// Decoding steps of up to this many rows are recorded as graphs ([`DeviceModel::decode_blocks`]): one row per
+/// running sequence; a longer prefill is compute-bound, and each distinct count would be a graph of its own.
+const GRAPH_ROWS: usize = 256;
+
+/// Decoding rows inside the vocabulary and the cache, checked on the host: a recorded graph's launches check
+/// nothing when they are replayed.
+fn check_rows<B: Backend>(rows: &[Row], vocab: usize, cache: &DevKvCache<B>) -> Result<()> {
+    for r in rows {
+        if r.token as usize >= vocab || r.slot as usize >= cache.slots || r.pos as usize >= cache.capacity {
+            bail!(
+                "decoding row (token {}, sequence {}, position {}) is outside the vocabulary ({vocab}) or the cache \
+                 ({} sequences of {} positions)",
+                r.token,
+                r.slot,
+                r.pos,
+                cache.slots,
+                cache.capacity
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The model on a device, with the buffers of its largest batch so far.
 pub struct DeviceModel<B: Backend> {
     pub backend: B,
@@ -145,6 +169,9 @@ pub struct DeviceModel<B: Backend> {
     rope_longest: Vec<u32>,
     /// Decoding's KV cache ([`Self::start_decoding`]).
     cache: Option<DevKvCache<B>>,
+    /// Decoding steps' blocks recorded as graphs, by row count ([`Self::decode_blocks`]); None once the backend
+    /// records none.
+    graphs: Option<HashMap<usize, Option<B::Graph>>>,
     /// How [`Self::sum_grads`] sums over ranks, and its packing buffer with its length.
     rank_sums: Box<dyn RankSums<B>>,
     rank_flat: Option<(B::F32, usize)>,
@@ -180,6 +207,7 @@ impl<B: Backend> DeviceModel<B> {
             rope_rows: vec![],
             rope_longest: vec![],
             cache: None,
+            graphs: Some(HashMap::new()),
             rank_sums: Box::new(ThroughHost::default()),
             rank_flat: None,
         })
@@ -201,6 +229,7 @@ impl<B: Backend> DeviceModel<B> {
     fn prepare(&mut self, rows: usize, training: bool) -> Result<()> {
         let fits = self.bufs.as_ref().is_some_and(|b| b.capacity >= rows && (b.training || !training));
         if !fits {
+            self.forget_graphs(); // they name the old buffers
             self.bufs = None; // free the old ones first
             let capacity = rows.next_multiple_of(64);
             self.bufs = Some(Buffers::new(&self.backend, &self.config, &self.weights, capacity, training)?);
@@ -216,29 +245,20 @@ impl<B: Backend> DeviceModel<B> {
         self.prepare(batch.len(), step_seed.is_some())?;
         let bufs = self.bufs.as_mut().expect("prepared");
         self.backend.upload_u32(&mut bufs.seq_start, &batch.seq_start)?;
-        self.run_blocks(&batch.tokens, &batch.positions, &batch.seq_start, step_seed, None)
+        self.upload_rows(&batch.tokens, &batch.positions, &batch.seq_start)?;
+        self.run_blocks(step_seed, None)
     }
 
-    /// The block loop of every pass (as `Transformer::run_blocks`): embeddings, each block — attending within
-    /// the packed batch, or over `cache` when decoding — then the final norm into `hidden`. The batch's
-    /// `seq_start` (packed) or `slots` (decoding) are on the device already; `seq_keys` are they on the host.
-    fn run_blocks(
-        &mut self,
-        tokens: &[u32],
-        positions: &[u32],
-        seq_keys: &[u32],
-        step_seed: Option<u64>,
-        mut cache: Option<&mut DevKvCache<B>>,
-    ) -> Result<()> {
-        let n = tokens.len();
-        self.n = n;
+    /// A pass's rows to the device: token ids, positions and (LongRoPE) their rows of the RoPE table. The batch's
+    /// `seq_start` (packed) or `slots` (decoding) are there already; `seq_keys` are they on the host.
+    fn upload_rows(&mut self, tokens: &[u32], positions: &[u32], seq_keys: &[u32]) -> Result<()> {
+        self.n = tokens.len();
         self.tokens.clear();
         self.tokens.extend_from_slice(tokens);
         self.positions.clear();
         self.positions.extend_from_slice(positions);
-        let (be, c, w) = (&self.backend, &self.config, &self.weights);
+        let (be, c) = (&self.backend, &self.config);
         let bufs = self.bufs.as_mut().expect("prepared");
-        let d = c.hidden_size;
         be.upload_u32(&mut bufs.tokens, tokens)?;
         be.upload_u32(&mut bufs.positions, positions)?;
         let long_after = c.longrope.as_ref().map(|l| l.original_max_positions);
@@ -247,6 +267,17 @@ impl<B: Backend> DeviceModel<B> {
             set_rope_rows(rows, longest, positions, seq_keys, long_after, c.max_positions);
             be.upload_u32(&mut bufs.rope_rows, rows)?;
         }
+        Ok(())
+    }
+
+    /// The block loop of every pass (as `Transformer::run_blocks`) on the uploaded rows: embeddings, each block —
+    /// attending within the packed batch, or over `cache` when decoding — then the final norm into `hidden`. Only
+    /// launches: no allocation, no copy to or from the host (so a decoding step's can be recorded as a graph).
+    fn run_blocks(&mut self, step_seed: Option<u64>, mut cache: Option<&mut DevKvCache<B>>) -> Result<()> {
+        let (be, c, w, n) = (&self.backend, &self.config, &self.weights, self.n);
+        let bufs = self.bufs.as_mut().expect("prepared");
+        let d = c.hidden_size;
+        let long_after = c.longrope.as_ref().map(|l| l.original_max_positions);
         be.embedding(&mut bufs.x, &w.embed.w, &bufs.tokens, n, d, self.embed_scale)?;
         if let Some(p) = &w.pos_embed {
             // GPT-2: x += the positions' rows, gathered into `hidden` (free until the final norm).
@@ -287,9 +318,17 @@ impl<B: Backend> DeviceModel<B> {
 
     /// Allocates the KV cache of decoding: `slots` sequences of `capacity` positions.
     pub fn start_decoding(&mut self, slots: usize, capacity: usize) -> Result<()> {
+        self.forget_graphs(); // they name the old cache
         self.cache = None; // free an earlier one first
         self.cache = Some(DevKvCache::new(&self.backend, &self.config, slots, capacity)?);
         Ok(())
+    }
+
+    /// Drops the recorded decoding graphs (before the buffers they name go).
+    fn forget_graphs(&mut self) {
+        if let Some(g) = &mut self.graphs {
+            g.clear();
+        }
     }
 
     /// Runs decoding rows over the KV cache (their k, v land in it; rows checked by the caller, as `Decoder`
@@ -312,13 +351,15 @@ impl<B: Backend> DeviceModel<B> {
         if let Some(l) = &self.config.longrope {
             check_long_crossing(rows, l.original_max_positions)?;
         }
+        check_rows(rows, self.config.vocab_size, cache)?;
         self.prepare(rows.len(), false)?;
         let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
         let positions: Vec<u32> = rows.iter().map(|r| r.pos).collect();
         let slots: Vec<u32> = rows.iter().map(|r| r.slot).collect();
         let bufs = self.bufs.as_mut().expect("prepared");
         self.backend.upload_u32(&mut bufs.slots, &slots)?;
-        self.run_blocks(&tokens, &positions, &slots, None, Some(cache))?;
+        self.upload_rows(&tokens, &positions, &slots)?;
+        self.decode_blocks(cache)?;
         let (be, c, head) = (&self.backend, &self.config, self.weights.head());
         let bufs = self.bufs.as_mut().expect("prepared");
         let (d, vocab) = (c.hidden_size, c.vocab_size);
@@ -332,6 +373,52 @@ impl<B: Backend> DeviceModel<B> {
             be.download(&bufs.head.logits, &mut out[k * per * vocab..][..m * vocab])?;
         }
         Ok(())
+    }
+
+    /// A decoding step's [`Self::run_blocks`] on its uploaded rows: run as ops the first time a step has its
+    /// number of rows, recorded as a graph the second time (the first has made whatever the ops grow, such as
+    /// cuBLAS's plans), then replayed — one launch instead of hundreds, whose launch costs a small model's decoding
+    /// step is mostly made of. Graph or not, the same kernels run on the same buffers. A graph that cannot be
+    /// recorded turns them off for this model, with a warning; the step then runs as ops.
+    fn decode_blocks(&mut self, cache: &mut DevKvCache<B>) -> Result<()> {
+        let n = self.n;
+        let Some(graphs) = self.graphs.as_mut().filter(|_| n <= GRAPH_ROWS) else {
+            return self.run_blocks(None, Some(cache));
+        };
+        match graphs.get(&n) {
+            None => {
+                graphs.insert(n, None);
+                return self.run_blocks(None, Some(cache));
+            }
+            Some(Some(g)) if self.backend.replay(g)? => return Ok(()),
+            Some(_) => {} // seen once, or recorded before the backend's scratch moved: record it (again)
+        }
+        if !self.backend.begin_capture()? {
+            self.graphs = None;
+            return self.run_blocks(None, Some(cache));
+        }
+        let recorded = self.run_blocks(None, Some(cache));
+        // Ended whatever happened, so the stream leaves capture mode.
+        let graph = self.backend.end_capture();
+        let replayed = recorded.and(graph).and_then(|g| match self.backend.replay(&g)? {
+            true => Ok(g),
+            false => bail!("the graph was stale as soon as it was recorded"),
+        });
+        match replayed {
+            Ok(g) => {
+                self.graphs.as_mut().expect("on").insert(n, Some(g));
+                Ok(())
+            }
+            Err(e) => {
+                eprintln!(
+                    "warning: {}: decoding without CUDA graphs, which could not be recorded: {e:#} \
+                     (CONDLM_CUDA_GRAPHS=0 does not try)",
+                    self.backend.name()
+                );
+                self.graphs = None;
+                self.run_blocks(None, Some(cache))
+            }
+        }
     }
 
     /// Positions 0..len of cache slot `from` copied into slot `to` (beam search).
