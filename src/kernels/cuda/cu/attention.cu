@@ -3,46 +3,17 @@
 // head h reads kv head h / (n_heads / n_kv_heads); scores q·k·scale. qkv (N, row_len) holds q, k, v at their
 // columns; out (N, n_heads·head_dim).
 //
-// Launch convention: blocks of ATT_WARPS warps; the forward takes ATT_ROWS rows of one head per block (grid
-// (⌈N / ATT_ROWS⌉, heads)), the backward one block per (row, head) — grid (N, heads) — where each warp takes
-// every ATT_WARPS-th visible key. Each keeps a running softmax, so no row of scores is stored. (The CPU finds the
-// exact max first: the same result up to exp's rescaling.)
+// Launch convention: blocks of ATT_WARPS warps, each taking ATT_ROWS rows of one head (grid (⌈N / ATT_ROWS⌉,
+// heads)), one row per half-warp. The forward and dq keep a running softmax, so no row of scores is stored. (The
+// CPU finds the exact max first: the same result up to exp's rescaling.)
 
 // Warps per block: the launches (src/kernels/cuda/ops/attention.rs) use 32 · ATT_WARPS threads.
 #define ATT_WARPS 4
-// The longest head these kernels take: 32 lanes × 8 features per lane (the launches check head_dim ≤ it).
+// The longest head these kernels take: 16 lanes × 16 features per lane (the launches check head_dim ≤ it).
 #define ATT_MAX_HEAD_DIM 256
-#define ATT_PER_LANE (ATT_MAX_HEAD_DIM / 32)
 
-// a·b over head_dim features, by one warp; every lane gets it.
-__device__ float warp_dot(const float* a, const float* b, int head_dim) {
-    const int lane = threadIdx.x & 31;
-    float s = 0.f;
-    for (int d = lane; d < head_dim; d += 32) s += a[d] * b[d];
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
-    return s;
-}
-
-// The block's softmax max and sum from each warp's (m, l): returns (M, L) to every thread and leaves in
-// weight[w] the factor exp(m_w − M) that rescales warp w's sums. A warp that saw no key has m = −∞ and l = 0,
-// weight 0; row i's own key keeps M finite.
-__device__ float2 merge_warps(float m, float l, float* weight) {
-    __shared__ float warp_m[ATT_WARPS], warp_l[ATT_WARPS];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) {
-        warp_m[warp] = m;
-        warp_l[warp] = l;
-    }
-    __syncthreads();
-    float big = NEG_INF, sum = 0.f;
-    for (int w = 0; w < ATT_WARPS; ++w) big = fmaxf(big, warp_m[w]);
-    for (int w = 0; w < ATT_WARPS; ++w) weight[w] = expf(warp_m[w] - big);
-    for (int w = 0; w < ATT_WARPS; ++w) sum += warp_l[w] * weight[w];
-    return make_float2(big, sum);
-}
-
-// The forward's tiles: ATT_ROWS query rows per block (two per warp, one per half-warp), ATT_KEYS keys at a time
-// staged in shared memory for all of them (each key's k and v read once per block, not once per query row).
+// The tiles: ATT_ROWS rows per block (two per warp, one per half-warp); the forward stages ATT_KEYS keys at a time in
+// shared memory for all of them (each key's k and v read once per block, not once per query row).
 #define ATT_ROWS 8
 #define ATT_KEYS 16
 // Features per lane of a half-warp's output row.
@@ -123,120 +94,196 @@ extern "C" __global__ void attention_forward(float* out, const float* qkv, const
 // The backward, as attention_backward (flash-style: each row's softmax recomputed from q and k): with P the
 // probabilities, D_i = dO_i·O_i and s = scale, dS_ij = P_ij·(dO_i·v_j − D_i), dq_i = Σ_j dS_ij·k_j·s,
 // dk_j = Σ_i dS_ij·q_i·s, dv_j = Σ_i P_ij·dO_i, dk/dv of a kv head summing over the query heads that share it.
-// Two launches: attention_backward_dq (grid (N, n_heads)) writes dq and each (row, head)'s softmax max, sum and
-// D to stats (N, n_heads, 3); attention_backward_dkv (grid (N, n_kv_heads)) reads them for dk and dv. dqkv's
-// q, k, v columns are written (=), every other column left as it is.
+// Two launches: attention_backward_dq (grid (⌈N / ATT_ROWS⌉, n_heads)) writes dq and each (row, head)'s softmax
+// max, sum and D to stats (N, n_heads, 3); attention_backward_dkv (grid (⌈N / ATT_ROWS⌉, n_kv_heads)) reads them
+// for dk and dv. dqkv's q, k, v columns are written (=), every other column left as it is.
+//
+// Both in tiles like the forward: a block owns ATT_ROWS rows (query rows for dq, key rows for dk/dv), one per
+// half-warp, and walks its partners (the keys they see; the query rows that see them) ATT_PAIRS at a time, staged
+// in shared memory for all its rows. Lane x of a half-warp pairs its row with partner x & 7, over every other
+// feature from x >> 3: two lanes per pair, one shuffle joins their halves of each dot product.
+#define ATT_PAIRS 8
+// A staged partner row's stride: + 2 puts lanes reading features 2m + half of 8 rows on 16 different banks.
+#define ATT_PAIR_STRIDE (ATT_MAX_HEAD_DIM + 2)
 
-// datt (N, n_heads·head_dim) = ∂L/∂out, att the forward's out.
-extern "C" __global__ void attention_backward_dq(float* dqkv, float* stats, const float* datt, const float* qkv,
-                                                 const float* att, const unsigned* seq_start, int row_len,
-                                                 int q_col, int k_col, int v_col, int n_heads, int n_kv_heads,
-                                                 int head_dim, float scale, int window) {
-    __shared__ float q[ATT_MAX_HEAD_DIM], dout[ATT_MAX_HEAD_DIM];
-    __shared__ float warp_dq[ATT_WARPS][ATT_MAX_HEAD_DIM];
-    __shared__ float scratch[32];
-    const int i = blockIdx.x, h = blockIdx.y;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int kv = h / (n_heads / n_kv_heads);
-    const size_t head = (size_t)i * n_heads * head_dim + h * head_dim;
-    float dd = 0.f;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        q[d] = qkv[(size_t)i * row_len + q_col + h * head_dim + d];
-        dout[d] = datt[head + d];
-        dd += dout[d] * att[head + d];
+// a·b over head_dim features, by the two lanes of a pair (this lane's half: features half, half + 2, …); both get it.
+__device__ float pair_dot(const float* a, const float* b, int head_dim, int half) {
+    float s = 0.f;
+    for (int d = half; d < head_dim; d += 2) s += a[d] * b[d];
+    return s + __shfl_xor_sync(0xffffffffu, s, 8);
+}
+
+// Over the 8 partners of a half-warp (each value is in both lanes of its pair): the max, then the sum.
+__device__ float pairs_max(float v) {
+    for (int off = 4; off > 0; off >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, off));
+    return v;
+}
+__device__ float pairs_sum(float v) {
+    for (int off = 4; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+// head_dim values of rows t..t + ATT_PAIRS of `src` (rows of `stride` values, from column `col`) staged into
+// dst[ATT_PAIRS][dst_stride]; rows past `last` as zeros.
+__device__ void stage_rows(float* dst, int dst_stride, const float* src, size_t stride, int col, int t, int last,
+                           int head_dim) {
+    for (int x = threadIdx.x; x < ATT_PAIRS * head_dim; x += blockDim.x) {
+        const int r = x / head_dim, d = x % head_dim;
+        dst[r * dst_stride + d] = t + r <= last ? src[(size_t)(t + r) * stride + col + d] : 0.f;
     }
-    const float big_d = block_sum(dd, scratch);  // D_i; its __syncthreads also publishes q and dout
-    const int first = max((int)seq_start[i], i + 1 - window);
+}
 
+// datt (N, n_heads·head_dim) = ∂L/∂out, att the forward's out. Block (b, h): query rows b·ATT_ROWS.. of head h;
+// two passes over the keys they see (the softmax's max and sum, then dq), as the forward walks them.
+extern "C" __global__ void attention_backward_dq(float* dqkv, float* stats, const float* datt, const float* qkv,
+                                                 const float* att, const unsigned* seq_start, int rows,
+                                                 int row_len, int q_col, int k_col, int v_col, int n_heads,
+                                                 int n_kv_heads, int head_dim, float scale, int window) {
+    __shared__ float q[ATT_ROWS][ATT_MAX_HEAD_DIM], dout[ATT_ROWS][ATT_MAX_HEAD_DIM];
+    __shared__ float k[ATT_PAIRS][ATT_PAIR_STRIDE], v[ATT_PAIRS][ATT_PAIR_STRIDE];
+    __shared__ float ds_tile[ATT_ROWS][ATT_PAIRS];
+    const int r0 = blockIdx.x * ATT_ROWS, h = blockIdx.y, kv = h / (n_heads / n_kv_heads);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, lane16 = lane & 15;
+    const int partner = lane & 7, half = (lane >> 3) & 1;
+    const int mine = 2 * warp + (lane >> 4), row = r0 + mine;
+    const bool valid = row < rows;
+    const int last = min(r0 + ATT_ROWS, rows) - 1;
+    const int lo = max((int)seq_start[r0], r0 + 1 - window);
+    const int first = valid ? max((int)seq_start[row], row + 1 - window) : 0;
+    const size_t out_row = (size_t)row * n_heads * head_dim + h * head_dim;
+    for (int x = threadIdx.x; x < ATT_ROWS * head_dim; x += blockDim.x) {
+        const int r = x / head_dim, d = x % head_dim;
+        const bool in = r0 + r < rows;
+        q[r][d] = in ? qkv[(size_t)(r0 + r) * row_len + q_col + h * head_dim + d] : 0.f;
+        dout[r][d] = in ? datt[(size_t)(r0 + r) * n_heads * head_dim + h * head_dim + d] : 0.f;
+    }
+    // D = dO·O of this half-warp's row.
+    float dd = 0.f;
+    if (valid)
+        for (int d = lane16; d < head_dim; d += 16) dd += datt[out_row + d] * att[out_row + d];
+    for (int off = 8; off > 0; off >>= 1) dd += __shfl_xor_sync(0xffffffffu, dd, off);
+    const float big_d = dd;
+
+    // Pass 1: the softmax's max and sum.
     float m = NEG_INF, l = 0.f;
-    for (int j = first + warp; j <= i; j += ATT_WARPS) {
-        const float s = warp_dot(q, qkv + (size_t)j * row_len + k_col + kv * head_dim, head_dim) * scale;
-        const float m_new = fmaxf(m, s);
-        l = l * expf(m - m_new) + expf(s - m_new);
+    for (int t = lo; t <= last; t += ATT_PAIRS) {
+        __syncthreads();  // q is written; the last tile's k is read
+        stage_rows(&k[0][0], ATT_PAIR_STRIDE, qkv, row_len, k_col + kv * head_dim, t, last, head_dim);
+        __syncthreads();
+        const int key = t + partner;
+        const bool seen = valid && key >= first && key <= row;
+        const float s = pair_dot(q[mine], k[partner], head_dim, half) * scale;
+        const float m_new = fmaxf(m, pairs_max(seen ? s : NEG_INF));
+        const float p = seen ? expf(s - m_new) : 0.f;
+        l = l * (m_new == NEG_INF ? 1.f : expf(m - m_new)) + pairs_sum(p);
         m = m_new;
     }
-    float weight[ATT_WARPS];
-    const float2 ml = merge_warps(m, l, weight);
-
-    float dq[ATT_PER_LANE];
-    for (int c = 0; c < ATT_PER_LANE; ++c) dq[c] = 0.f;
-    for (int j = first + warp; j <= i; j += ATT_WARPS) {
-        const float* k = qkv + (size_t)j * row_len + k_col + kv * head_dim;
-        const float* v = qkv + (size_t)j * row_len + v_col + kv * head_dim;
-        const float p = expf(warp_dot(q, k, head_dim) * scale - ml.x) / ml.y;
-        const float ds = p * (warp_dot(dout, v, head_dim) - big_d);
-        for (int c = 0; c < ATT_PER_LANE; ++c) {
-            const int d = lane + 32 * c;
-            if (d < head_dim) dq[c] += ds * k[d];
+    // Pass 2: dq_i = Σ_j dS_ij·k_j (·scale at the end); lane16 keeps features lane16 + 16c.
+    float dq[ATT_PER_HALF];
+    for (int c = 0; c < ATT_PER_HALF; ++c) dq[c] = 0.f;
+    for (int t = lo; t <= last; t += ATT_PAIRS) {
+        __syncthreads();  // the last tile's k, v and dS are read
+        stage_rows(&k[0][0], ATT_PAIR_STRIDE, qkv, row_len, k_col + kv * head_dim, t, last, head_dim);
+        stage_rows(&v[0][0], ATT_PAIR_STRIDE, qkv, row_len, v_col + kv * head_dim, t, last, head_dim);
+        __syncthreads();
+        const int key = t + partner;
+        const bool seen = valid && key >= first && key <= row;
+        const float s = pair_dot(q[mine], k[partner], head_dim, half) * scale;
+        const float dov = pair_dot(dout[mine], v[partner], head_dim, half);
+        if (half == 0) ds_tile[mine][partner] = seen ? expf(s - m) / l * (dov - big_d) : 0.f;
+        __syncthreads();  // the half-warp's dS are written
+        for (int j = 0; j < ATT_PAIRS; ++j) {
+            const float ds = ds_tile[mine][j];
+            if (ds == 0.f) continue;
+            for (int c = 0; c < ATT_PER_HALF; ++c) {
+                const int d = lane16 + 16 * c;
+                if (d < head_dim) dq[c] += ds * k[j][d];
+            }
         }
     }
-    for (int c = 0; c < ATT_PER_LANE; ++c) {
-        const int d = lane + 32 * c;
-        if (d < head_dim) warp_dq[warp][d] = dq[c];
+    if (!valid) return;
+    for (int c = 0; c < ATT_PER_HALF; ++c) {
+        const int d = lane16 + 16 * c;
+        if (d < head_dim) dqkv[(size_t)row * row_len + q_col + h * head_dim + d] = dq[c] * scale;
     }
-    __syncthreads();
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float acc = 0.f;
-        for (int w = 0; w < ATT_WARPS; ++w) acc += warp_dq[w][d];
-        dqkv[(size_t)i * row_len + q_col + h * head_dim + d] = acc * scale;
-    }
-    if (threadIdx.x == 0) {
-        float* st = stats + ((size_t)i * n_heads + h) * 3;
-        st[0] = ml.x;
-        st[1] = ml.y;
+    if (lane16 == 0) {
+        float* st = stats + ((size_t)row * n_heads + h) * 3;
+        st[0] = m;
+        st[1] = l;
         st[2] = big_d;
     }
 }
 
-// dk, dv of row j, kv head g: the rows i that see j are j.. while in j's sequence and i − j < window; each warp
-// takes every ATT_WARPS-th of them, for every query head of the group.
+// Block (b, g): key rows b·ATT_ROWS.. of kv head g. The query rows that see any of them run from the first key to
+// the last key's sequence end or window, whichever comes first (a key sees only rows of its own sequence, and
+// rows past the block are in the last key's); tile by tile, for each query head of the group.
 extern "C" __global__ void attention_backward_dkv(float* dqkv, const float* stats, const float* datt,
-                                                  const float* qkv, const unsigned* seq_start, int row_len,
-                                                  int q_col, int k_col, int v_col, int n_heads, int n_kv_heads,
-                                                  int head_dim, float scale, int window) {
-    __shared__ float k[ATT_MAX_HEAD_DIM], v[ATT_MAX_HEAD_DIM];
-    __shared__ float warp_dk[ATT_WARPS][ATT_MAX_HEAD_DIM], warp_dv[ATT_WARPS][ATT_MAX_HEAD_DIM];
-    const int j = blockIdx.x, g = blockIdx.y, rows = gridDim.x;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int group = n_heads / n_kv_heads;
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        k[d] = qkv[(size_t)j * row_len + k_col + g * head_dim + d];
-        v[d] = qkv[(size_t)j * row_len + v_col + g * head_dim + d];
+                                                  const float* qkv, const unsigned* seq_start, int rows,
+                                                  int row_len, int q_col, int k_col, int v_col, int n_heads,
+                                                  int n_kv_heads, int head_dim, float scale, int window) {
+    __shared__ float k[ATT_ROWS][ATT_MAX_HEAD_DIM], v[ATT_ROWS][ATT_MAX_HEAD_DIM];
+    __shared__ float q[ATT_PAIRS][ATT_PAIR_STRIDE], dout[ATT_PAIRS][ATT_PAIR_STRIDE];
+    __shared__ float st[ATT_PAIRS][3];
+    __shared__ float p_tile[ATT_ROWS][ATT_PAIRS], ds_tile[ATT_ROWS][ATT_PAIRS];
+    const int j0 = blockIdx.x * ATT_ROWS, g = blockIdx.y, group = n_heads / n_kv_heads;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, lane16 = lane & 15;
+    const int partner = lane & 7, half = (lane >> 3) & 1;
+    const int mine = 2 * warp + (lane >> 4), key = j0 + mine;
+    const bool valid = key < rows;
+    const int last_key = min(j0 + ATT_ROWS, rows) - 1;
+    const unsigned last_seq = seq_start[last_key];
+    for (int x = threadIdx.x; x < ATT_ROWS * head_dim; x += blockDim.x) {
+        const int r = x / head_dim, d = x % head_dim;
+        const bool in = j0 + r < rows;
+        k[r][d] = in ? qkv[(size_t)(j0 + r) * row_len + k_col + g * head_dim + d] : 0.f;
+        v[r][d] = in ? qkv[(size_t)(j0 + r) * row_len + v_col + g * head_dim + d] : 0.f;
     }
-    __syncthreads();
-    float dk[ATT_PER_LANE], dv[ATT_PER_LANE];
-    for (int c = 0; c < ATT_PER_LANE; ++c) dk[c] = dv[c] = 0.f;
-    for (int i = j + warp; i < rows && seq_start[i] == seq_start[j] && i - j < window; i += ATT_WARPS) {
+    float dk[ATT_PER_HALF], dv[ATT_PER_HALF];
+    for (int c = 0; c < ATT_PER_HALF; ++c) dk[c] = dv[c] = 0.f;
+    for (int t = j0; t < rows && (t <= last_key || (seq_start[t] == last_seq && t - last_key < window));
+         t += ATT_PAIRS) {
+        const int last = min(t + ATT_PAIRS, rows) - 1;
+        const int i = t + partner;
+        const int first = i <= last ? max((int)seq_start[i], i + 1 - window) : rows;
+        const bool sees = valid && i <= last && key >= first && key <= i;
         for (int h = g * group; h < (g + 1) * group; ++h) {
-            const float* q = qkv + (size_t)i * row_len + q_col + h * head_dim;
-            const float* dout = datt + (size_t)i * n_heads * head_dim + h * head_dim;
-            const float* st = stats + ((size_t)i * n_heads + h) * 3;
-            const float p = expf(warp_dot(q, k, head_dim) * scale - st[0]) / st[1];
-            const float sds = scale * p * (warp_dot(dout, v, head_dim) - st[2]);
-            for (int c = 0; c < ATT_PER_LANE; ++c) {
-                const int d = lane + 32 * c;
-                if (d < head_dim) {
-                    dk[c] += sds * q[d];
-                    dv[c] += p * dout[d];
+            __syncthreads();  // k and v are written; the last tile's q, dout, stats, P and dS are read
+            stage_rows(&q[0][0], ATT_PAIR_STRIDE, qkv, row_len, q_col + h * head_dim, t, last, head_dim);
+            stage_rows(&dout[0][0], ATT_PAIR_STRIDE, datt, (size_t)n_heads * head_dim, h * head_dim, t, last,
+                       head_dim);
+            if (threadIdx.x < ATT_PAIRS * 3) {
+                const int r = threadIdx.x / 3;
+                st[r][threadIdx.x % 3] = t + r <= last ? stats[((size_t)(t + r) * n_heads + h) * 3 + threadIdx.x % 3]
+                                                       : 0.f;
+            }
+            __syncthreads();
+            const float s = pair_dot(q[partner], k[mine], head_dim, half) * scale;
+            const float dov = pair_dot(dout[partner], v[mine], head_dim, half);
+            if (half == 0) {
+                const float p = sees ? expf(s - st[partner][0]) / st[partner][1] : 0.f;
+                p_tile[mine][partner] = p;
+                ds_tile[mine][partner] = scale * p * (dov - st[partner][2]);
+            }
+            __syncthreads();  // the half-warp's P and dS are written
+            for (int r = 0; r < ATT_PAIRS; ++r) {
+                const float p = p_tile[mine][r], ds = ds_tile[mine][r];
+                if (p == 0.f) continue;
+                for (int c = 0; c < ATT_PER_HALF; ++c) {
+                    const int d = lane16 + 16 * c;
+                    if (d < head_dim) {
+                        dk[c] += ds * q[r][d];
+                        dv[c] += p * dout[r][d];
+                    }
                 }
             }
         }
     }
-    for (int c = 0; c < ATT_PER_LANE; ++c) {
-        const int d = lane + 32 * c;
+    if (!valid) return;
+    for (int c = 0; c < ATT_PER_HALF; ++c) {
+        const int d = lane16 + 16 * c;
         if (d < head_dim) {
-            warp_dk[warp][d] = dk[c];
-            warp_dv[warp][d] = dv[c];
+            dqkv[(size_t)key * row_len + k_col + g * head_dim + d] = dk[c];
+            dqkv[(size_t)key * row_len + v_col + g * head_dim + d] = dv[c];
         }
-    }
-    __syncthreads();
-    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-        float sk = 0.f, sv = 0.f;
-        for (int w = 0; w < ATT_WARPS; ++w) {
-            sk += warp_dk[w][d];
-            sv += warp_dv[w][d];
-        }
-        dqkv[(size_t)j * row_len + k_col + g * head_dim + d] = sk;
-        dqkv[(size_t)j * row_len + v_col + g * head_dim + d] = sv;
     }
 }

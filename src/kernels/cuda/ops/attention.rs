@@ -8,8 +8,8 @@ use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKerne
 
 /// Threads per block: attention.cu's ATT_WARPS warps.
 const THREADS: u32 = 4 * 32;
-/// attention.cu's ATT_ROWS: query rows per block of the forward.
-const FORWARD_ROWS: usize = 8;
+/// attention.cu's ATT_ROWS: rows per block (query rows of the forward and of dq, key rows of dk and dv).
+const BLOCK_ROWS: usize = 8;
 /// attention.cu's ATT_MAX_HEAD_DIM and kv_cache.cu's KV_MAX_HEAD_DIM.
 const MAX_HEAD_DIM: usize = 256;
 
@@ -44,9 +44,13 @@ struct Args {
 }
 
 impl Args {
-    /// One block per (row, head) of `heads` heads.
+    /// One block per BLOCK_ROWS rows of each of `heads` heads.
     fn grid(&self, heads: i32) -> LaunchConfig {
-        LaunchConfig { grid_dim: (self.rows as u32, heads as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+        LaunchConfig {
+            grid_dim: (self.rows.div_ceil(BLOCK_ROWS) as u32, heads as u32, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
     }
 }
 
@@ -91,12 +95,8 @@ pub fn attention_forward(
     let mut b = d.stream.launch_builder(d.function("attention_forward"));
     b.arg(out).arg(qkv).arg(&seq_start.view).arg(&rows).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col).arg(&a.v_col);
     b.arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
-    let grid = LaunchConfig {
-        grid_dim: (a.rows.div_ceil(FORWARD_ROWS) as u32, a.n_heads as u32, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
-    // SAFETY: block (b, h) reads rows b·FORWARD_ROWS.. (< N) of q of head h and, of kv head h / group, k and v of
+    let grid = a.grid(a.n_heads);
+    // SAFETY: block (b, h) reads rows b·BLOCK_ROWS.. (< N) of q of head h and, of kv head h / group, k and v of
     // rows from its first row's first key (seq_start ≤ row, checked) to its last row, all inside qkv (columns
     // checked), and writes its rows' head h of out (length checked).
     unsafe { b.launch(grid) }.map(drop)
@@ -132,18 +132,20 @@ pub fn attention_backward(
             assert!(x1 <= y0 || y1 <= x0, "attention_backward: q, k and v columns overlap");
         }
     }
+    let rows = a.rows as i32;
     let mut b = d.stream.launch_builder(d.function("attention_backward_dq"));
-    b.arg(&mut *dqkv).arg(&mut *stats).arg(datt).arg(qkv).arg(att).arg(&seq_start.view).arg(&a.row_len).arg(&a.q_col);
-    b.arg(&a.k_col).arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
-    // SAFETY: block (i, h) reads what the forward's block (i, h) reads plus row i, head h of datt and att (lengths
-    // checked), writes row i's dq columns of head h in dqkv and stats[(i·n_heads + h)·3..][..3].
+    b.arg(&mut *dqkv).arg(&mut *stats).arg(datt).arg(qkv).arg(att).arg(&seq_start.view).arg(&rows).arg(&a.row_len);
+    b.arg(&a.q_col).arg(&a.k_col).arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale);
+    b.arg(&a.window);
+    // SAFETY: block (b, h) reads what the forward's block (b, h) reads plus its rows' head h of datt and att
+    // (lengths checked), writes those rows' dq columns of head h in dqkv and stats[(i·n_heads + h)·3..][..3].
     unsafe { b.launch(a.grid(a.n_heads)) }?;
     let stats = stats.as_view();
     let mut b = d.stream.launch_builder(d.function("attention_backward_dkv"));
-    b.arg(dqkv).arg(&stats).arg(datt).arg(qkv).arg(&seq_start.view).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col);
-    b.arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
-    // SAFETY: block (j, g) reads rows j.. of its sequence (seq_start checked to be packed at or before each row:
-    // the loop stops at the sequence's end or row N) — q, datt and the stats of the group's heads — and writes
-    // row j's dk and dv columns of kv head g, disjoint from dq (checked above).
+    b.arg(dqkv).arg(&stats).arg(datt).arg(qkv).arg(&seq_start.view).arg(&rows).arg(&a.row_len).arg(&a.q_col);
+    b.arg(&a.k_col).arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
+    // SAFETY: block (b, g) reads its key rows b·BLOCK_ROWS.. (< N) and the rows after them up to the last key's
+    // sequence end (seq_start checked to be packed at or before each row) or row N — q, datt and the stats of the
+    // group's heads — and writes its key rows' dk and dv columns of kv head g, disjoint from dq (checked above).
     unsafe { b.launch(a.grid(a.n_kv_heads)) }.map(drop)
 }
