@@ -494,7 +494,7 @@ fn attention_on<B: Backend>(b: &B, l: QkvLayout) -> Result<Outs> {
 }
 
 fn attention<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
-    for l in attention_layouts() {
+    for (_, l) in attention_layouts() {
         compare_outs(all, &attention_on(&Host, l)?, &attention_on(dev, l)?, 1e-5);
     }
     Ok(())

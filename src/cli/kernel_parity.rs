@@ -189,12 +189,10 @@ fn rope_check(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
     Ok(())
 }
 
-/// A packed batch of four sequences (one of a single row) in two layouts: GQA (6 query heads on 2 kv heads) with
-/// the columns of q, k, v out of order and gaps between them; and 4 heads of 96 features (not a multiple of the
-/// warp) in a sliding window of 16 with a model scale.
-/// The attention checks' two layouts: GQA (6 query heads over 2, q/k/v columns out of order in rows padded past
-/// them) and a sliding window of 16 over 4 heads of 96 features, each with its own scale.
-pub fn attention_layouts() -> [QkvLayout; 2] {
+/// The attention checks' layouts, each with its own scale: GQA (6 query heads over 2, q/k/v columns out of order
+/// in rows padded past them); a sliding window of 16 over 4 heads of 96 features (not a multiple of a half-warp's
+/// 16 lanes); and Gemma 3's widest heads, 256 features (the kernels' ATT_MAX_HEAD_DIM), 4 query heads on 1.
+pub fn attention_layouts() -> [(&'static str, QkvLayout); 3] {
     let gqa = QkvLayout {
         row_len: 655,
         q_col: 136,
@@ -217,17 +215,27 @@ pub fn attention_layouts() -> [QkvLayout; 2] {
         scale: 0.3,
         window: 16,
     };
-    [gqa, windowed]
+    let wide = QkvLayout {
+        row_len: 1536,
+        q_col: 0,
+        k_col: 1024,
+        v_col: 1280,
+        n_heads: 4,
+        n_kv_heads: 1,
+        head_dim: 256,
+        scale: 0.0625,
+        window: usize::MAX,
+    };
+    [("GQA 6/2 heads of 64", gqa), ("4 heads of 96, window 16", windowed), ("GQA 4/1 heads of 256", wide)]
 }
 
 fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
     let seq_start = seq_starts(&[1, 37, 100, 5]);
     let rows = seq_start.len();
-    let [gqa, windowed] = attention_layouts();
     let s = &d.stream;
     let gstart = indices::upload(s, &seq_start)?;
     let gstart = Indices::prefix(&gstart.0, gstart.1, seq_start.len(), "attention");
-    for (name, l) in [("GQA 6/2 heads of 64", gqa), ("4 heads of 96, window 16", windowed)] {
+    for (name, l) in attention_layouts() {
         let qkv = random(rows * l.row_len, 20, 2.0);
         let mut cpu = vec![0.0; rows * l.n_heads * l.head_dim];
         cpu_attention_forward(&mut cpu, &qkv, l, &seq_start);
