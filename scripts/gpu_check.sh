@@ -33,7 +33,9 @@
 #   - decode tokens/s of `generate --device cuda` (with and without CUDA graphs) vs transformers' `generate` (f32,
 #     bf16) on the SmolLM2-135M shape;
 #   - throughput: `condlm train --device cuda` (f32, bf16) vs PyTorch + PEFT (f32 without TF32, bf16) on the same rows,
-#     batch and LoRA, tokens/s and peak GPU memory; then the same on a Qwen2.5-1.5B-shaped model while time allows.
+#     batch and LoRA, tokens/s, peak GPU memory and model FLOP utilisation (the weight products' FLOPs per token
+#     times tokens/s, against the peaks --check-kernels measured); then the same on a Qwen2.5-1.5B-shaped model
+#     while time allows.
 # scripts/cuda/gpu_check.py does the comparisons and PEFT's side. The whole script must stay under 8 minutes.
 #
 # A dry run of the script's logic on a machine without a GPU: GPU_CHECK_DEVICE=reference (condlm's device path on
@@ -126,6 +128,9 @@ rc=$?
 end_section
 printf '\nexit status %s in %d ms\n' "$rc" $((($(date +%s%N) - start) / 1000000)) >>"$report.tmp"
 [ "$rc" = 0 ] || status=1
+# The measured GEMM peaks (TFLOP/s, bf16 then f32) that model FLOP utilisation is reported against.
+peak_of() { grep -E "^peak .* $1" "$report.tmp" | grep -oE '[0-9.]+ TFLOP/s' | head -1 | cut -d' ' -f1; }
+export GPU_CHECK_PEAKS="bf16=$(peak_of 'bf16 operands') f32=$(peak_of 'f32 \(no TF32\)')"
 if grep -q '^cuda          unavailable' "$report.tmp"; then
     printf '\nFAILED: condlm sees no usable GPU here (the cuda line above says why).\n' >>"$report.tmp"
     status=1
@@ -256,7 +261,7 @@ throughput() {
         peak_gpu_mib train_run "$dir" "$dev" "$model" "$work/rows4.jsonl" "$steps" "$batch" --eval-fraction 0 \
             --compute "$c" || return 1
         echo "compute $c:"
-        "$py" "$helper" throughput "$dir" || return 1
+        "$py" "$helper" throughput "$dir" "$model" || return 1
     done
     for c in f32 bf16; do
         "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 16 "$c" || return 1

@@ -5,7 +5,8 @@
   gpu_check.py make-model DIR SHAPE TOKENIZER_DIR        a random-weight model of SHAPE (smollm2-135m, qwen2.5-1.5b)
   gpu_check.py make-data OUT ROWS REPEAT SRC.jsonl       ROWS rows of SRC, each completion repeated REPEAT times
   gpu_check.py peft MODEL_DIR DATA STEPS BATCH RANK DTYPE  PyTorch + PEFT LoRA (all linear layers) on cuda:0
-  gpu_check.py throughput DIR                            tokens/s of a `condlm train` run (its steps after the first)
+  gpu_check.py throughput DIR MODEL_DIR                  tokens/s of a `condlm train` run (its steps after the first)
+                                                         and its model FLOP utilisation (GPU_CHECK_PEAKS)
   gpu_check.py compare-generations A.jsonl B.jsonl       the generations of two `condlm generate --data` runs: equal
   gpu_check.py hf-generate MODEL_DIR PROMPT NEW DTYPE    transformers' greedy `generate` on cuda:0: decode tokens/s
 
@@ -140,7 +141,8 @@ def peft(model_dir, data, steps, batch, rank, dtype):
         if s > 0:
             toks += int(att.sum()); secs += time.time() - t
     print(json.dumps({"engine": f"pytorch+peft {dtype}", "tokens_per_s": toks / secs,
-                      "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None, "last_loss": loss.item()}))
+                      "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None, "last_loss": loss.item(),
+                      **utilisation(model_dir, toks / secs)}))
     return True
 
 
@@ -176,11 +178,36 @@ def hf_generate(model_dir, prompt, new, dtype):
     return True
 
 
-def throughput(d):
+def matmul_params(model_dir):
+    """The weights a token is multiplied by (every linear layer of every block, and the LM head), from config.json."""
+    c = json.load(open(os.path.join(model_dir, "config.json")))
+    d, ffn, layers, vocab = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["vocab_size"]
+    heads = c["num_attention_heads"]
+    hd = c.get("head_dim") or d // heads
+    kv = c.get("num_key_value_heads", heads)
+    per_layer = d * heads * hd * 2 + d * kv * hd * 2 + 3 * d * ffn  # q, o; k, v; gate, up, down
+    return layers * per_layer + vocab * d
+
+
+def utilisation(model_dir, tokens_per_s, full=False):
+    """Model FLOP utilisation against the GEMM peaks `condlm info --devices --check-kernels` measured (passed in
+    GPU_CHECK_PEAKS="bf16=TFLOP/s f32=TFLOP/s"): the weight products' FLOPs per token — forward 2N and the input gradients
+    2N for LoRA (a frozen base has no weight gradients), 6N for full fine-tuning — times tokens/s. Attention's
+    scores are left out (a few % at these row lengths), as are the adapters' own small products."""
+    flops = (6 if full else 4) * matmul_params(model_dir) * tokens_per_s
+    out = {"model_tflops": round(flops / 1e12, 3)}
+    for name, _, peak in (p.partition("=") for p in os.environ.get("GPU_CHECK_PEAKS", "").split()):
+        if peak and float(peak) > 0:
+            out[f"mfu_vs_{name}_peak"] = round(flops / (float(peak) * 1e12), 4)
+    return out
+
+
+def throughput(d, model_dir):
     m = rows(os.path.join(d, "metrics.jsonl"))
     steps = [r for r in m if r.get("tokens_per_s") is not None][1:]
     toks, secs = sum(r["tokens"] for r in steps), sum(r["step_s"] for r in steps)
-    print(json.dumps({"engine": "condlm", "dir": d, "steps": len(steps), "tokens_per_s": toks / secs}))
+    print(json.dumps({"engine": "condlm", "dir": d, "steps": len(steps), "tokens_per_s": toks / secs,
+                      **utilisation(model_dir, toks / secs)}))
     return True
 
 
@@ -192,7 +219,7 @@ if __name__ == "__main__":
         "make-model": lambda: make_model(*args),
         "make-data": lambda: make_data(args[0], int(args[1]), int(args[2]), args[3]),
         "peft": lambda: peft(args[0], args[1], int(args[2]), int(args[3]), int(args[4]), args[5]),
-        "throughput": lambda: throughput(args[0]),
+        "throughput": lambda: throughput(args[0], args[1]),
         "compare-generations": lambda: compare_generations(args[0], args[1]),
         "hf-generate": lambda: hf_generate(args[0], args[1], int(args[2]), args[3]),
     }[cmd]()
