@@ -105,18 +105,16 @@ fn ids_match_transformers_greedy_and_beam_search() {
         for (g, c) in got.iter().zip(&group) {
             assert_eq!(g.ids, ids(&c["output_ids"]), "{} (batched): generated ids differ", c["name"]);
         }
-        // The device path (`--device`, here on the reference backend) — but for LongRoPE's sequences, which grow
-        // past its original context here: the device decoder refuses those (tests/device_model.rs).
-        if m.model.config.longrope.is_none() {
-            devices += 1;
-            let opts = GenerateOptions { device: Placement::Reference, ..opts };
-            let got = generate(&m.model, &m.tokenizer, &prompts, &opts, |_| {}).unwrap();
-            for (g, c) in got.iter().zip(&group) {
-                assert_eq!(g.ids, ids(&c["output_ids"]), "{} (batched, device path): generated ids differ", c["name"]);
-            }
+        // The device path (`--device`, here on the reference backend), LongRoPE's sequences that grow past the
+        // original context included.
+        devices += m.model.config.longrope.is_some() as usize;
+        let opts = GenerateOptions { device: Placement::Reference, ..opts };
+        let got = generate(&m.model, &m.tokenizer, &prompts, &opts, |_| {}).unwrap();
+        for (g, c) in got.iter().zip(&group) {
+            assert_eq!(g.ids, ids(&c["output_ids"]), "{} (batched, device path): generated ids differ", c["name"]);
         }
     }
-    assert!(devices > 0, "no case ran on the device path");
+    assert!(devices > 0, "no LongRoPE case ran on the device path");
 }
 
 /// Decoding with the cache gives the logits of a full forward pass over the whole sequence, at every step, for

@@ -231,7 +231,8 @@ impl Transformer {
             cache.write_token(r.slot as usize, r.pos as usize, r.token);
         }
         if let Some(l) = &self.config.longrope {
-            rerun_outgrown(&mut tokens, &mut positions, &mut slots, l.original_max_positions, cache);
+            let cached = |slot: u32, pos: usize| cache.token(slot as usize, pos);
+            rerun_outgrown(&mut tokens, &mut positions, &mut slots, l.original_max_positions, cached);
         }
         let capacity = cache.capacity;
         self.run_blocks(&tokens, &positions, capacity, Context::Cached { cache, slots: &slots }, acts, Mode::Infer);
@@ -582,13 +583,14 @@ impl Transformer {
 /// LongRoPE in decoding: a cached sequence that outgrows the original context in this pass (its rows reach past
 /// `long_after` positions while its cached ones do not) is run again from position 0, its earlier tokens appended
 /// as rows after the given ones — all its positions then take the long factors, as transformers' Phi-3 generation
-/// recomputes its cache at that step, and decoding stays equal to the full forward pass.
-fn rerun_outgrown(
+/// recomputes its cache at that step, and decoding stays equal to the full forward pass. `cached(slot, position)`:
+/// the token the cache holds there (the device decoder keeps its own copy of them on the host).
+pub(crate) fn rerun_outgrown(
     tokens: &mut Vec<u32>,
     positions: &mut Vec<u32>,
     slots: &mut Vec<u32>,
     long_after: usize,
-    cache: &KvCache,
+    cached: impl Fn(u32, usize) -> u32,
 ) {
     let n = positions.len();
     for i in 0..n {
@@ -602,7 +604,7 @@ fn rerun_outgrown(
         let longest = rows.map(|j| positions[j] as usize + 1).max().unwrap_or(0);
         if longest > long_after && (1..=long_after).contains(&first) {
             for p in 0..first {
-                tokens.push(cache.token(slot as usize, p));
+                tokens.push(cached(slot, p));
                 positions.push(p as u32);
                 slots.push(slot);
             }

@@ -8,8 +8,8 @@
 //! Gemma 3, Phi-3/4: RMSNorm with Gemma's (1 + w), optional biases, per-head q/k norms, post norms, GQA, RoPE with
 //! a second base for sliding layers or LongRoPE's two sets and partial rotary dims, sliding windows, SwiGLU/GeGLU,
 //! fused qkv and gate|up projections) and GPT-2 (LayerNorms, learned positions, GELU MLP); scoring, LoRA training
-//! with dropout, full fine-tuning and decoding. Decoding a LongRoPE sequence past its original context is refused
-//! (`check_long_crossing`).
+//! with dropout, full fine-tuning and decoding (a LongRoPE sequence that grows past its original context run again
+//! from its start, as on the CPU).
 pub mod block;
 pub mod buffers;
 pub mod kv_cache;
@@ -22,7 +22,7 @@ pub mod weights;
 use super::batch::PackedBatch;
 use super::batch::Row;
 use super::config::Config;
-use super::transformer::{Transformer, layer_seed, set_rope_rows};
+use super::transformer::{Transformer, layer_seed, rerun_outgrown, set_rope_rows};
 use crate::distributed::Collectives;
 use crate::kernels::adamw::{AdamWConfig, AdamWScalars};
 use crate::kernels::backend::{AdamWTensor, Backend, MatView};
@@ -100,28 +100,6 @@ fn layer_rope<'a, R>(c: &Config, rope: &'a R, local: &'a Option<R>, i: usize) ->
         Some(local) if c.local_rope(i) => local,
         _ => rope,
     }
-}
-
-/// LongRoPE rotates a sequence with its long set once it is longer than `long_after` positions — all of it, so the
-/// CPU decoder runs a sequence that outgrows the short set again from its start (`rerun_outgrown`). The device
-/// decoder does not: it refuses rows that would continue a sequence whose cached keys were rotated with the short
-/// set into the long one.
-fn check_long_crossing(rows: &[Row], long_after: usize) -> Result<()> {
-    let mut span: std::collections::BTreeMap<u32, (u32, u32)> = Default::default();
-    for r in rows {
-        let s = span.entry(r.slot).or_insert((r.pos, r.pos));
-        *s = (s.0.min(r.pos), s.1.max(r.pos));
-    }
-    for (slot, (first, last)) in span {
-        if first > 0 && first as usize <= long_after && last as usize >= long_after {
-            bail!(
-                "sequence {slot} grows past {long_after} positions, where LongRoPE switches to its long factors for the \
-                 whole sequence; the GPU decoder does not recompute the cached keys: generate on the CPU (without \
-                 --device), or keep prompt + new tokens within {long_after}"
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Decoding steps of up to this many rows are recorded as graphs ([`DeviceModel::decode_blocks`]): one row per
@@ -348,14 +326,20 @@ impl<B: Backend> DeviceModel<B> {
         out: &mut [f32],
         cache: &mut DevKvCache<B>,
     ) -> Result<()> {
-        if let Some(l) = &self.config.longrope {
-            check_long_crossing(rows, l.original_max_positions)?;
-        }
         check_rows(rows, self.config.vocab_size, cache)?;
-        self.prepare(rows.len(), false)?;
-        let tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
-        let positions: Vec<u32> = rows.iter().map(|r| r.pos).collect();
-        let slots: Vec<u32> = rows.iter().map(|r| r.slot).collect();
+        let mut tokens: Vec<u32> = rows.iter().map(|r| r.token).collect();
+        let mut positions: Vec<u32> = rows.iter().map(|r| r.pos).collect();
+        let mut slots: Vec<u32> = rows.iter().map(|r| r.slot).collect();
+        for r in rows {
+            cache.write_token(r.slot, r.pos, r.token);
+        }
+        if let Some(l) = &self.config.longrope {
+            // A sequence outgrowing the short set runs again from its start, its earlier tokens as rows after
+            // these (the logit rows index the first ones), as the CPU decoder does.
+            let cached = |slot, pos| cache.token(slot, pos);
+            rerun_outgrown(&mut tokens, &mut positions, &mut slots, l.original_max_positions, cached);
+        }
+        self.prepare(tokens.len(), false)?;
         let bufs = self.bufs.as_mut().expect("prepared");
         self.backend.upload_u32(&mut bufs.slots, &slots)?;
         self.upload_rows(&tokens, &positions, &slots)?;
