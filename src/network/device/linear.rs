@@ -7,13 +7,13 @@ use anyhow::Result;
 
 /// What an adapted layer keeps for its backward pass.
 pub struct LoraBufs<B: Backend> {
-    /// u = dropout(x)·Aᵀ (N, r).
+    /// scale·u, u = dropout(x)·Aᵀ (N, r): the forward's factor, kept scaled for dB.
     pub u: B::F32,
     /// The dropout mask of x (N·in elements); None without dropout.
     pub keep: Option<B::Mask>,
 }
 
-/// Scratch the layers share: dropout(x) or du·A (N, in), and scale·u or ∂L/∂u (N, r); and the blocks' normed q or
+/// Scratch the layers share: dropout(x) or du·A (N, in), and ∂L/∂u (N, r); and the blocks' normed q or
 /// k (N, heads·head_dim) and normed sublayer output (N, d) on their way back (Gemma 3, Qwen3).
 pub struct LinearScratch<B: Backend> {
     pub x_drop: B::F32,
@@ -62,9 +62,9 @@ impl<B: Backend> DevLinear<B> {
             MatView::dense(r, inp).t(),
             false,
         )?;
-        // Scale the small (N, r) factor rather than the (N, out) product, as the CPU does.
-        be.scale(&mut s.du, &la.u, n * r, lora.scale)?;
-        be.gemm(out, ov, &s.du, MatView::dense(n, r), &lora.b.w, MatView::dense(outd, r).t(), true)
+        // Scale the small (N, r) factor rather than the (N, out) product, as the CPU does; kept for dB.
+        be.scale_in_place(&mut la.u, n * r, lora.scale)?;
+        be.gemm(out, ov, &la.u, MatView::dense(n, r), &lora.b.w, MatView::dense(outd, r).t(), true)
     }
 
     /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x; dW, db, dA, dB accumulate when they
@@ -94,8 +94,7 @@ impl<B: Backend> DevLinear<B> {
             let (nr, ni) = (MatView::dense(n, r), MatView::dense(n, inp));
             if let Some(g) = lora.b.grad() {
                 // dB (out, r) += dyᵀ · (scale·u)
-                be.scale(&mut s.du, &la.u, n * r, lora.scale)?;
-                be.gemm(g, MatView::dense(outd, r), dy, dyv.t(), &s.du, nr, true)?;
+                be.gemm(g, MatView::dense(outd, r), dy, dyv.t(), &la.u, nr, true)?;
             }
             // du = scale · dy·B
             be.gemm(&mut s.du, nr, dy, dyv, &lora.b.w, MatView::dense(outd, r), false)?;
