@@ -263,6 +263,18 @@ fn decoding_steps_replay_as_cuda_graphs_with_the_same_generations() {
             |t: &str| stat(t, "kernel launches in all") + stat(t, "cublasGemmEx f32") + stat(t, "cublasGemmEx bf16");
         assert!(launches(&on) * 3 < launches(&off), "{compute}: launches from the host\n{on}\n{off}");
     }
+    // A capture that fails midway (the emulator refuses its 5th op, as CUDA refuses an unsupported call): a
+    // warning, the step run as ops, graphs off for the rest, the same generations.
+    let out = dir.path().join("failed.jsonl");
+    let (model, data, out_s) = (model.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+    let args = ["generate", "--model", model, "--data", data, "--max-new-tokens", "16", "--ignore-eos", "--batch", "2"];
+    let text = condlm_with(
+        &[&args[..], &["--device", "cuda", "--out", out_s]].concat(),
+        &[("CUDA_EMULATOR_STATS", "1"), ("CUDA_EMULATOR_FAIL_CAPTURE", "5")],
+    );
+    assert!(text.contains("warning: cuda:0") && text.contains("decoding without CUDA graphs"), "{text}");
+    assert_eq!(stat(&text, "graph launch"), 0, "{text}");
+    assert_eq!(jsonl(&out), jsonl(&dir.path().join("f32-0.jsonl")), "generations after a failed capture");
 }
 
 /// The count of `what` in the emulator's statistics (`CUDA_EMULATOR_STATS`) in a command's output; 0 if absent.

@@ -10,7 +10,7 @@
 using cublasStatus_t = int;
 
 namespace {
-constexpr cublasStatus_t kSuccess = 0, kInvalidValue = 7, kNotSupported = 15;
+constexpr cublasStatus_t kSuccess = 0, kInvalidValue = 7, kExecutionFailed = 13, kNotSupported = 15;
 constexpr int kR32F = 0, kR16BF = 14, kCompute32F = 68, kCompute32FPedantic = 69, kOpN = 0, kOpT = 1;
 int handle_tag;
 void* handle_stream = nullptr;  // cublasSetStream's
@@ -72,7 +72,8 @@ cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, int n, 
     }
     const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
     std::lock_guard<std::recursive_mutex> g(emu::driver_lock());
-    return emu::submit(handle_stream, std::string("cublasGemmEx ") + (f32 ? "f32" : "bf16"), [=] {
+    // A refusal from the driver (during a capture) is cuBLAS's execution failure.
+    const int r = emu::submit(handle_stream, std::string("cublasGemmEx ") + (f32 ? "f32" : "bf16"), [=] {
         if (m == 0 || n == 0) return kSuccess;
         const std::vector<float> x = dense(a, a_type, transa, m, k, lda);      // op(A), m × k
         const std::vector<float> y = dense(b, b_type, transb ^ 1, n, k, ldb);  // op(B)ᵀ, n × k
@@ -94,5 +95,6 @@ cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, int n, 
             }
         return kSuccess;
     });
+    return r == 0 ? kSuccess : kExecutionFailed;
 }
 }

@@ -88,12 +88,21 @@ std::recursive_mutex& driver_lock() {
     return m;
 }
 
+// CUDA_EMULATOR_FAIL_CAPTURE=N: the N-th piece of work captured (1-based) is refused as CUDA refuses an
+// unsupported call during a capture — how condlm's way out of a failed capture is tested.
+const long fail_capture_at = [] {
+    const char* v = getenv("CUDA_EMULATOR_FAIL_CAPTURE");
+    return v ? atol(v) : 0L;
+}();
+long captured = 0;
+
 int submit(void* stream, const std::string& what, std::function<int()> op) {
     auto c = captures.find(stream);
     if (c == captures.end()) {
         count(what);
         return op();
     }
+    if (++captured == fail_capture_at) return refused_in_capture(("(CUDA_EMULATOR_FAIL_CAPTURE) " + what).c_str());
     count("captured " + what);
     c->second.ops.push_back(std::move(op));
     return kSuccess;
@@ -140,12 +149,14 @@ CUresult cuDeviceTotalMem_v2(size_t* bytes, CUdevice) {
     *bytes = kMemory;
     return kSuccess;
 }
-// Compute capability 9.0 (the H200's), one multiprocessor, no memory pools (cudarc then allocates synchronously).
+// Compute capability 9.0 (the H200's), one multiprocessor, memory pools (cudarc then allocates and frees in stream
+// order, cuMemAllocAsync and cuMemFreeAsync, as on the H200).
 CUresult cuDeviceGetAttribute(int* v, int attribute, CUdevice) {
     switch (attribute) {
         case 75: *v = 9; break;   // COMPUTE_CAPABILITY_MAJOR
         case 76: *v = 0; break;   // COMPUTE_CAPABILITY_MINOR
         case 16: *v = 1; break;   // MULTIPROCESSOR_COUNT
+        case 115: *v = 1; break;  // MEMORY_POOLS_SUPPORTED
         default: *v = 0;
     }
     return kSuccess;
@@ -180,6 +191,9 @@ CUresult cuEventCreate(Handle* e, unsigned) {
 }
 CUresult cuEventDestroy_v2(Handle) { return kSuccess; }
 
+// Allocations and frees, synchronous or in stream order (at once here), are refused during a capture. CUDA refuses
+// the synchronous ones and a free of memory the graph did not allocate; it records a stream-ordered allocation as
+// the graph's own, which condlm's graphs never make (they name buffers made before), so here that is refused too.
 CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     std::lock_guard<std::recursive_mutex> g(lock);
     if (CUresult r = emu::refused_in_capture("cuMemAlloc")) return r;
@@ -188,7 +202,14 @@ CUresult cuMemAlloc_v2(CUdeviceptr* p, size_t bytes) {
     if (in_use + bytes > kMemory || !(*p = allocate(bytes))) return kOutOfMemory;
     return kSuccess;
 }
-CUresult cuMemFree_v2(CUdeviceptr p) {
+CUresult cuMemAllocAsync(CUdeviceptr* p, size_t bytes, Handle) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    if (CUresult r = emu::refused_in_capture("cuMemAllocAsync")) return r;
+    return cuMemAlloc_v2(p, bytes);
+}
+CUresult cuMemFreeAsync(CUdeviceptr p, Handle);
+CUresult cuMemFree_v2(CUdeviceptr p) { return cuMemFreeAsync(p, nullptr); }
+CUresult cuMemFreeAsync(CUdeviceptr p, Handle) {
     std::lock_guard<std::recursive_mutex> g(lock);
     if (CUresult r = emu::refused_in_capture("cuMemFree")) return r;
     auto it = allocations.find(p);

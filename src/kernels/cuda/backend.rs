@@ -24,9 +24,9 @@ use crate::kernels::compute::{Compute, compute};
 use crate::kernels::dropout::mask_words;
 use crate::kernels::rope::RopeTable;
 use anyhow::{Context, Result, anyhow, bail};
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaView, CudaViewMut, DeviceRepr, DriverError, ValidAsZeroBits};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// A RoPE table on the device: cos and sin, (rows, half) each, as `RopeTable` made them on the host.
@@ -67,6 +67,9 @@ pub struct Cuda {
     bf16_moves: AtomicU64,
     /// Whether ops may be captured into CUDA graphs (`CONDLM_CUDA_GRAPHS=0` turns them off).
     graphs: bool,
+    /// A capture is under way: scratch must not grow (on a GPU with memory pools the allocation would become part
+    /// of the graph, and the old scratch's free would fail).
+    capturing: AtomicBool,
 }
 
 /// A CUDA graph of recorded ops, and which bf16 scratch it names ([`Cuda::bf16_moves`] when it was recorded).
@@ -120,7 +123,8 @@ impl Cuda {
         let adamw_table = Mutex::new(zeros(&device, 1, "u64 (AdamW's tensor table)")?);
         let graphs = std::env::var("CONDLM_CUDA_GRAPHS").map_or(true, |v| v != "0");
         let groups = Mutex::new(RowGroups::default());
-        Ok(Cuda { device, blas, reduce, groups, bf16, adamw_table, bf16_moves: AtomicU64::new(0), graphs })
+        let (bf16_moves, capturing) = (AtomicU64::new(0), AtomicBool::new(false));
+        Ok(Cuda { device, blas, reduce, groups, bf16, adamw_table, bf16_moves, graphs, capturing })
     }
 
     /// The stored matrix of the view `v` of `src` rounded to bf16 into `scratch` (grown to fit), dense; returns
@@ -128,6 +132,9 @@ impl Cuda {
     fn rounded(&self, scratch: &mut CudaSlice<u16>, src: &CudaSlice<f32>, v: MatView) -> Result<MatView> {
         let dense = MatView { offset: 0, ld: v.cols, ..v };
         if scratch.len() < v.rows * v.cols {
+            if self.capturing.load(Ordering::Relaxed) {
+                bail!("the bf16 operands' scratch would grow during a CUDA graph capture (a step not run before)");
+            }
             *scratch = zeros(&self.device, v.rows * v.cols, "u16 (bf16 operands)")?;
             self.bf16_moves.fetch_add(1, Ordering::Relaxed);
         }
@@ -222,8 +229,6 @@ impl Backend for Cuda {
         self.ran("upload_u32", self.device.stream.memcpy_htod(src, &mut d))
     }
 
-    /// A copy into pageable memory returns when it is done, after everything queued before it; the synchronize
-    /// makes that explicit whatever memory `dst` is.
     fn upload_bf16(&self, dst: &mut CudaSlice<u16>, src: &[f32]) -> Result<()> {
         if src.is_empty() {
             return Ok(());
@@ -240,6 +245,8 @@ impl Backend for Cuda {
         self.ran(op, r)
     }
 
+    /// A copy into pageable memory returns when it is done, after everything queued before it; the synchronize
+    /// makes that explicit whatever memory `dst` is.
     fn download(&self, src: &CudaSlice<f32>, dst: &mut [f32]) -> Result<()> {
         if dst.is_empty() {
             return Ok(());
@@ -748,20 +755,31 @@ impl Backend for Cuda {
     }
 
     /// Captures this thread's work on the stream (thread-local mode: a call CUDA refuses during a capture, such as
-    /// an allocation, fails here rather than in another thread).
+    /// a synchronize, fails in this thread only).
     fn begin_capture(&self) -> Result<bool> {
         if !self.graphs {
             return Ok(false);
         }
         let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
         self.ran("begin_capture", self.device.stream.begin_capture(mode))?;
+        self.capturing.store(true, Ordering::Relaxed);
         Ok(true)
     }
 
     fn end_capture(&self) -> Result<CudaOps> {
+        self.capturing.store(false, Ordering::Relaxed);
         let bf16_moves = self.bf16_moves.load(Ordering::Relaxed);
-        let flags = CUgraphInstantiate_flags(0);
-        match self.ran("end_capture", self.device.stream.end_capture(flags))? {
+        let (s, flags) = (&self.device.stream, CUgraphInstantiate_flags(0));
+        let ended = match s.end_capture(flags) {
+            // cudarc reports an error an earlier call left (a failed free, say) before it ends the capture: end it
+            // now (that error is consumed), so the stream runs ops again, and report the first.
+            Err(e) if s.capture_status().is_ok_and(|c| c != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE) => {
+                drop(s.end_capture(flags));
+                Err(e)
+            }
+            ended => ended,
+        };
+        match self.ran("end_capture", ended)? {
             Some(graph) => Ok(CudaOps { graph, bf16_moves }),
             None => bail!("cuda:{}: capturing a graph gave none", self.device.gpu.ordinal),
         }
@@ -771,7 +789,7 @@ impl Backend for Cuda {
         if g.bf16_moves != self.bf16_moves.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        self.ran("replay", g.graph.launch())?;
+        self.ran("replaying a CUDA graph (CONDLM_CUDA_GRAPHS=0 decodes without them)", g.graph.launch())?;
         Ok(true)
     }
 }

@@ -66,6 +66,8 @@ pub enum GemmError {
     Handle { ordinal: usize, err: CublasError },
     #[error("allocating cuBLAS's workspace on cuda:{ordinal} failed ({err}): is the GPU out of memory?")]
     Workspace { ordinal: usize, err: DriverError },
+    #[error("cuBLAS refused its workspace on cuda:{ordinal} ({err:?})")]
+    SetWorkspace { ordinal: usize, err: CublasError },
     #[error("cublasGemmEx ({what}, m {m} n {n} k {k}) failed: {err:?}")]
     Gemm { what: &'static str, m: usize, n: usize, k: usize, err: CublasError },
     #[error("zeroing the (m {m}, n {n}) product of an empty inner dimension (k = 0) failed: {err}")]
@@ -100,7 +102,7 @@ impl Blas {
         // after it); the buffer is WORKSPACE_BYTES long and is kept with the handle.
         unsafe { sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut c_void, WORKSPACE_BYTES) }
             .result()
-            .map_err(|err| GemmError::Handle { ordinal, err })?;
+            .map_err(|err| GemmError::SetWorkspace { ordinal, err })?;
         drop(record);
         Ok(Blas { blas, stream: d.stream.clone(), _workspace: workspace })
     }

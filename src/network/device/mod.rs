@@ -370,12 +370,16 @@ impl<B: Backend> DeviceModel<B> {
             return self.run_blocks(None, Some(cache));
         };
         match graphs.get(&n) {
-            None => {
-                graphs.insert(n, None);
-                return self.run_blocks(None, Some(cache));
-            }
             Some(Some(g)) if self.backend.replay(g)? => return Ok(()),
             Some(_) => {} // seen once, or recorded before the backend's scratch moved: record it (again)
+            None => {
+                self.run_blocks(None, Some(cache))?;
+                // Noted only once it ran: what the ops grow has grown, so the next such step can be recorded.
+                if let Some(g) = &mut self.graphs {
+                    g.insert(n, None);
+                }
+                return Ok(());
+            }
         }
         if !self.backend.begin_capture()? {
             self.graphs = None;
