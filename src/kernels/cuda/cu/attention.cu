@@ -19,6 +19,16 @@
 // Features per lane of a half-warp's output row.
 #define ATT_PER_HALF (ATT_MAX_HEAD_DIM / 16)
 
+// head_dim values of `count` rows t.. of `src` (rows of `stride` values, from column `col`) staged by the block into
+// dst[count][dst_stride]; rows past `last` as zeros.
+__device__ void stage_rows(float* dst, int dst_stride, int count, const float* src, size_t stride, int col, int t,
+                           int last, int head_dim) {
+    for (int x = threadIdx.x; x < count * head_dim; x += blockDim.x) {
+        const int r = x / head_dim, d = x % head_dim;
+        dst[r * dst_stride + d] = t + r <= last ? src[(size_t)(t + r) * stride + col + d] : 0.f;
+    }
+}
+
 // out[i, h] = Σ_j softmax_j(q_i·k_j·scale) · v_j. Grid (⌈N / ATT_ROWS⌉, n_heads), ATT_WARPS warps. The block's rows
 // are consecutive, so the keys any of them sees run from the first row's first key to the last row; tile by tile,
 // lane j of a half-warp scores key j of the tile against its row's q, the half-warp keeps its row's running max
@@ -37,21 +47,14 @@ extern "C" __global__ void attention_forward(float* out, const float* qkv, const
     const int last = min(r0 + ATT_ROWS, rows) - 1;
     const int lo = max((int)seq_start[r0], r0 + 1 - window);  // the block's first row's first key: the lowest
     const int first = valid ? max((int)seq_start[row], row + 1 - window) : 0;
-    for (int x = threadIdx.x; x < ATT_ROWS * head_dim; x += blockDim.x) {
-        const int r = x / head_dim, d = x % head_dim;
-        q[r][d] = r0 + r < rows ? qkv[(size_t)(r0 + r) * row_len + q_col + h * head_dim + d] : 0.f;
-    }
+    stage_rows(&q[0][0], ATT_MAX_HEAD_DIM, ATT_ROWS, qkv, row_len, q_col + h * head_dim, r0, last, head_dim);
 
     float m = NEG_INF, l = 0.f, o[ATT_PER_HALF];
     for (int c = 0; c < ATT_PER_HALF; ++c) o[c] = 0.f;
     for (int t = lo; t <= last; t += ATT_KEYS) {
         __syncthreads();  // q is written; the last tile's k, v and p are read
-        for (int x = threadIdx.x; x < ATT_KEYS * head_dim; x += blockDim.x) {
-            const int j = x / head_dim, d = x % head_dim;
-            const bool in = t + j <= last;
-            k[j][d] = in ? qkv[(size_t)(t + j) * row_len + k_col + kv * head_dim + d] : 0.f;
-            v[j][d] = in ? qkv[(size_t)(t + j) * row_len + v_col + kv * head_dim + d] : 0.f;
-        }
+        stage_rows(&k[0][0], ATT_MAX_HEAD_DIM + 1, ATT_KEYS, qkv, row_len, k_col + kv * head_dim, t, last, head_dim);
+        stage_rows(&v[0][0], ATT_MAX_HEAD_DIM + 1, ATT_KEYS, qkv, row_len, v_col + kv * head_dim, t, last, head_dim);
         __syncthreads();
         const int key = t + key_lane;
         const bool seen = valid && key >= first && key <= row;
@@ -123,16 +126,6 @@ __device__ float pairs_sum(float v) {
     return v;
 }
 
-// head_dim values of rows t..t + ATT_PAIRS of `src` (rows of `stride` values, from column `col`) staged into
-// dst[ATT_PAIRS][dst_stride]; rows past `last` as zeros.
-__device__ void stage_rows(float* dst, int dst_stride, const float* src, size_t stride, int col, int t, int last,
-                           int head_dim) {
-    for (int x = threadIdx.x; x < ATT_PAIRS * head_dim; x += blockDim.x) {
-        const int r = x / head_dim, d = x % head_dim;
-        dst[r * dst_stride + d] = t + r <= last ? src[(size_t)(t + r) * stride + col + d] : 0.f;
-    }
-}
-
 // datt (N, n_heads·head_dim) = ∂L/∂out, att the forward's out. Block (b, h): query rows b·ATT_ROWS.. of head h;
 // two passes over the keys they see (the softmax's max and sum, then dq), as the forward walks them.
 extern "C" __global__ void attention_backward_dq(float* dqkv, float* stats, const float* datt, const float* qkv,
@@ -151,12 +144,9 @@ extern "C" __global__ void attention_backward_dq(float* dqkv, float* stats, cons
     const int lo = max((int)seq_start[r0], r0 + 1 - window);
     const int first = valid ? max((int)seq_start[row], row + 1 - window) : 0;
     const size_t out_row = (size_t)row * n_heads * head_dim + h * head_dim;
-    for (int x = threadIdx.x; x < ATT_ROWS * head_dim; x += blockDim.x) {
-        const int r = x / head_dim, d = x % head_dim;
-        const bool in = r0 + r < rows;
-        q[r][d] = in ? qkv[(size_t)(r0 + r) * row_len + q_col + h * head_dim + d] : 0.f;
-        dout[r][d] = in ? datt[(size_t)(r0 + r) * n_heads * head_dim + h * head_dim + d] : 0.f;
-    }
+    const size_t att_stride = (size_t)n_heads * head_dim;
+    stage_rows(&q[0][0], ATT_MAX_HEAD_DIM, ATT_ROWS, qkv, row_len, q_col + h * head_dim, r0, last, head_dim);
+    stage_rows(&dout[0][0], ATT_MAX_HEAD_DIM, ATT_ROWS, datt, att_stride, h * head_dim, r0, last, head_dim);
     // D = dO·O of this half-warp's row.
     float dd = 0.f;
     if (valid)
@@ -168,7 +158,7 @@ extern "C" __global__ void attention_backward_dq(float* dqkv, float* stats, cons
     float m = NEG_INF, l = 0.f;
     for (int t = lo; t <= last; t += ATT_PAIRS) {
         __syncthreads();  // q is written; the last tile's k is read
-        stage_rows(&k[0][0], ATT_PAIR_STRIDE, qkv, row_len, k_col + kv * head_dim, t, last, head_dim);
+        stage_rows(&k[0][0], ATT_PAIR_STRIDE, ATT_PAIRS, qkv, row_len, k_col + kv * head_dim, t, last, head_dim);
         __syncthreads();
         const int key = t + partner;
         const bool seen = valid && key >= first && key <= row;
@@ -183,8 +173,8 @@ extern "C" __global__ void attention_backward_dq(float* dqkv, float* stats, cons
     for (int c = 0; c < ATT_PER_HALF; ++c) dq[c] = 0.f;
     for (int t = lo; t <= last; t += ATT_PAIRS) {
         __syncthreads();  // the last tile's k, v and dS are read
-        stage_rows(&k[0][0], ATT_PAIR_STRIDE, qkv, row_len, k_col + kv * head_dim, t, last, head_dim);
-        stage_rows(&v[0][0], ATT_PAIR_STRIDE, qkv, row_len, v_col + kv * head_dim, t, last, head_dim);
+        stage_rows(&k[0][0], ATT_PAIR_STRIDE, ATT_PAIRS, qkv, row_len, k_col + kv * head_dim, t, last, head_dim);
+        stage_rows(&v[0][0], ATT_PAIR_STRIDE, ATT_PAIRS, qkv, row_len, v_col + kv * head_dim, t, last, head_dim);
         __syncthreads();
         const int key = t + partner;
         const bool seen = valid && key >= first && key <= row;
@@ -232,12 +222,9 @@ extern "C" __global__ void attention_backward_dkv(float* dqkv, const float* stat
     const bool valid = key < rows;
     const int last_key = min(j0 + ATT_ROWS, rows) - 1;
     const unsigned last_seq = seq_start[last_key];
-    for (int x = threadIdx.x; x < ATT_ROWS * head_dim; x += blockDim.x) {
-        const int r = x / head_dim, d = x % head_dim;
-        const bool in = j0 + r < rows;
-        k[r][d] = in ? qkv[(size_t)(j0 + r) * row_len + k_col + g * head_dim + d] : 0.f;
-        v[r][d] = in ? qkv[(size_t)(j0 + r) * row_len + v_col + g * head_dim + d] : 0.f;
-    }
+    const size_t att_stride = (size_t)n_heads * head_dim;
+    stage_rows(&k[0][0], ATT_MAX_HEAD_DIM, ATT_ROWS, qkv, row_len, k_col + g * head_dim, j0, last_key, head_dim);
+    stage_rows(&v[0][0], ATT_MAX_HEAD_DIM, ATT_ROWS, qkv, row_len, v_col + g * head_dim, j0, last_key, head_dim);
     float dk[ATT_PER_HALF], dv[ATT_PER_HALF];
     for (int c = 0; c < ATT_PER_HALF; ++c) dk[c] = dv[c] = 0.f;
     for (int t = j0; t < rows && (t <= last_key || (seq_start[t] == last_seq && t - last_key < window));
@@ -248,9 +235,8 @@ extern "C" __global__ void attention_backward_dkv(float* dqkv, const float* stat
         const bool sees = valid && i <= last && key >= first && key <= i;
         for (int h = g * group; h < (g + 1) * group; ++h) {
             __syncthreads();  // k and v are written; the last tile's q, dout, stats, P and dS are read
-            stage_rows(&q[0][0], ATT_PAIR_STRIDE, qkv, row_len, q_col + h * head_dim, t, last, head_dim);
-            stage_rows(&dout[0][0], ATT_PAIR_STRIDE, datt, (size_t)n_heads * head_dim, h * head_dim, t, last,
-                       head_dim);
+            stage_rows(&q[0][0], ATT_PAIR_STRIDE, ATT_PAIRS, qkv, row_len, q_col + h * head_dim, t, last, head_dim);
+            stage_rows(&dout[0][0], ATT_PAIR_STRIDE, ATT_PAIRS, datt, att_stride, h * head_dim, t, last, head_dim);
             if (threadIdx.x < ATT_PAIRS * 3) {
                 const int r = threadIdx.x / 3;
                 st[r][threadIdx.x % 3] = t + r <= last ? stats[((size_t)(t + r) * n_heads + h) * 3 + threadIdx.x % 3]
