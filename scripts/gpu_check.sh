@@ -8,7 +8,7 @@
 #          && strip target/gpu/condlm          # ≈ 16 MB; the device tool carries at most 64 MiB
 #   2. the device tool's run, carrying the binary:
 #        run(command="scripts/gpu_check.sh target/gpu/condlm $OUT/gpu_check.md", carry=["target/gpu"],
-#            timeout_s=300)
+#            timeout_s=480)
 #   3. here: copy the returned gpu_check.md to scripts/gpu_check.md, commit it, and give the machine back
 #      (give_back) unless another run follows at once.
 #
