@@ -20,8 +20,17 @@ pub enum Attend<'a, B: Backend> {
     /// Within the packed batch: row i sees rows seq_start[i]..=i.
     Packed,
     /// In a KV cache layer (K, V): row i's k, v go to position positions[i] of slot slots[i], then it sees
-    /// positions 0..=positions[i] of that slot.
-    Cached { k: &'a mut B::F32, v: &'a mut B::F32, slots: &'a B::U32, positions: &'a B::U32, capacity: usize },
+    /// positions 0..=positions[i] of that slot. `prefill`: the rows are whole prompts from position 0 (packed, as
+    /// `seq_start` says), so every key they see is one of them: attention runs on the packed rows (the tiled
+    /// kernel) rather than over the cache, to the same values.
+    Cached {
+        k: &'a mut B::F32,
+        v: &'a mut B::F32,
+        slots: &'a B::U32,
+        positions: &'a B::U32,
+        capacity: usize,
+        prefill: bool,
+    },
 }
 
 /// What a block's pass reads besides its weights and buffers.
@@ -92,9 +101,12 @@ impl<B: Backend> DevBlock<B> {
         a.rope(be, false, &mut l.qkv)?;
         match attend {
             Attend::Packed => be.attention_forward(&mut l.att, &l.qkv, lay, a.seq_start, n)?,
-            Attend::Cached { k, v, slots, positions, capacity } => {
+            Attend::Cached { k, v, slots, positions, capacity, prefill } => {
                 be.kv_store(k, v, &l.qkv, lay, slots, positions, n, capacity)?;
-                be.cached_attention(&mut l.att, &l.qkv, k, v, lay, slots, positions, n, capacity)?;
+                match prefill {
+                    true => be.attention_forward(&mut l.att, &l.qkv, lay, a.seq_start, n)?,
+                    false => be.cached_attention(&mut l.att, &l.qkv, k, v, lay, slots, positions, n, capacity)?,
+                }
             }
         }
         let dense = MatView::dense(n, d);

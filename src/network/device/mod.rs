@@ -106,6 +106,34 @@ fn layer_rope<'a, R>(c: &Config, rope: &'a R, local: &'a Option<R>, i: usize) ->
 /// running sequence; a longer prefill is compute-bound, and each distinct count would be a graph of its own.
 const GRAPH_ROWS: usize = 256;
 
+/// A decoding pass's cache, and whether its rows are whole prompts from position 0 ([`prompt_starts`]).
+struct Decoding<'a, B: Backend> {
+    cache: &'a mut DevKvCache<B>,
+    prefill: bool,
+}
+
+impl<B: Backend> Decoding<'_, B> {
+    fn reborrow(&mut self) -> Decoding<'_, B> {
+        Decoding { cache: self.cache, prefill: self.prefill }
+    }
+}
+
+/// When every decoding row continues a prompt that starts at position 0 in this pass (each slot's rows consecutive,
+/// at positions 0, 1, …), each row's first row of its prompt — a packed batch's `seq_start` — else None. Such rows
+/// see only keys of this pass, so attention can run on them as on a packed batch.
+fn prompt_starts(positions: &[u32], slots: &[u32]) -> Option<Vec<u32>> {
+    let mut starts: Vec<u32> = Vec::with_capacity(positions.len());
+    for (i, (&p, &slot)) in positions.iter().zip(slots).enumerate() {
+        let start = match (p, i.checked_sub(1)) {
+            (0, _) => i as u32,
+            (_, Some(j)) if slots[j] == slot && positions[j] + 1 == p => starts[j],
+            _ => return None,
+        };
+        starts.push(start);
+    }
+    Some(starts)
+}
+
 /// Decoding rows inside the vocabulary and the cache, checked on the host: a recorded graph's launches check
 /// nothing when they are replayed.
 fn check_rows<B: Backend>(rows: &[Row], vocab: usize, cache: &DevKvCache<B>) -> Result<()> {
@@ -147,9 +175,9 @@ pub struct DeviceModel<B: Backend> {
     rope_longest: Vec<u32>,
     /// Decoding's KV cache ([`Self::start_decoding`]).
     cache: Option<DevKvCache<B>>,
-    /// Decoding steps' blocks recorded as graphs, by row count ([`Self::decode_blocks`]); None once the backend
-    /// records none.
-    graphs: Option<HashMap<usize, Option<B::Graph>>>,
+    /// Decoding steps' blocks recorded as graphs, by row count and whether they are a prompt's prefill
+    /// ([`Self::decode_blocks`]); None once the backend records none.
+    graphs: Option<HashMap<(usize, bool), Option<B::Graph>>>,
     /// How [`Self::sum_grads`] sums over ranks, and its packing buffer with its length.
     rank_sums: Box<dyn RankSums<B>>,
     rank_flat: Option<(B::F32, usize)>,
@@ -251,7 +279,7 @@ impl<B: Backend> DeviceModel<B> {
     /// The block loop of every pass (as `Transformer::run_blocks`) on the uploaded rows: embeddings, each block —
     /// attending within the packed batch, or over `cache` when decoding — then the final norm into `hidden`. Only
     /// launches: no allocation, no copy to or from the host (so a decoding step's can be recorded as a graph).
-    fn run_blocks(&mut self, step_seed: Option<u64>, mut cache: Option<&mut DevKvCache<B>>) -> Result<()> {
+    fn run_blocks(&mut self, step_seed: Option<u64>, mut decoding: Option<Decoding<B>>) -> Result<()> {
         let (be, c, w, n) = (&self.backend, &self.config, &self.weights, self.n);
         let bufs = self.bufs.as_mut().expect("prepared");
         let d = c.hidden_size;
@@ -278,11 +306,12 @@ impl<B: Backend> DeviceModel<B> {
                 seq_start: &bufs.seq_start,
                 seed: step_seed.map(|s| layer_seed(s, i)),
             };
-            let attend = match cache.as_deref_mut() {
+            let attend = match decoding.as_mut() {
                 None => Attend::Packed,
-                Some(kv) => {
-                    let (capacity, (k, v)) = (kv.capacity, &mut kv.layers[i]);
-                    Attend::Cached { k, v, slots: &bufs.slots, positions: &bufs.positions, capacity }
+                Some(Decoding { cache, prefill }) => {
+                    let (capacity, (k, v)) = (cache.capacity, &mut cache.layers[i]);
+                    let (slots, positions, prefill) = (&bufs.slots, &bufs.positions, *prefill);
+                    Attend::Cached { k, v, slots, positions, capacity, prefill }
                 }
             };
             let l = &mut bufs.layers[if training { i } else { 0 }];
@@ -342,8 +371,12 @@ impl<B: Backend> DeviceModel<B> {
         self.prepare(tokens.len(), false)?;
         let bufs = self.bufs.as_mut().expect("prepared");
         self.backend.upload_u32(&mut bufs.slots, &slots)?;
+        let prefill = match prompt_starts(&positions, &slots) {
+            Some(starts) => self.backend.upload_u32(&mut bufs.seq_start, &starts).map(|_| true)?,
+            None => false,
+        };
         self.upload_rows(&tokens, &positions, &slots)?;
-        self.decode_blocks(cache)?;
+        self.decode_blocks(Decoding { cache, prefill })?;
         let (be, c, head) = (&self.backend, &self.config, self.weights.head());
         let bufs = self.bufs.as_mut().expect("prepared");
         let (d, vocab) = (c.hidden_size, c.vocab_size);
@@ -364,28 +397,29 @@ impl<B: Backend> DeviceModel<B> {
     /// cuBLAS's plans), then replayed — one launch instead of hundreds, whose launch costs a small model's decoding
     /// step is mostly made of. Graph or not, the same kernels run on the same buffers. A graph that cannot be
     /// recorded turns them off for this model, with a warning; the step then runs as ops.
-    fn decode_blocks(&mut self, cache: &mut DevKvCache<B>) -> Result<()> {
-        let n = self.n;
-        let Some(graphs) = self.graphs.as_mut().filter(|_| n <= GRAPH_ROWS) else {
-            return self.run_blocks(None, Some(cache));
+    fn decode_blocks(&mut self, mut d: Decoding<B>) -> Result<()> {
+        // Which attention kernel runs is part of what is recorded.
+        let key = (self.n, d.prefill);
+        let Some(graphs) = self.graphs.as_mut().filter(|_| key.0 <= GRAPH_ROWS) else {
+            return self.run_blocks(None, Some(d));
         };
-        match graphs.get(&n) {
+        match graphs.get(&key) {
             Some(Some(g)) if self.backend.replay(g)? => return Ok(()),
             Some(_) => {} // seen once, or recorded before the backend's scratch moved: record it (again)
             None => {
-                self.run_blocks(None, Some(cache))?;
+                self.run_blocks(None, Some(d))?;
                 // Noted only once it ran: what the ops grow has grown, so the next such step can be recorded.
                 if let Some(g) = &mut self.graphs {
-                    g.insert(n, None);
+                    g.insert(key, None);
                 }
                 return Ok(());
             }
         }
         if !self.backend.begin_capture()? {
             self.graphs = None;
-            return self.run_blocks(None, Some(cache));
+            return self.run_blocks(None, Some(d));
         }
-        let recorded = self.run_blocks(None, Some(cache));
+        let recorded = self.run_blocks(None, Some(d.reborrow()));
         // Ended whatever happened, so the stream leaves capture mode.
         let graph = self.backend.end_capture();
         let replayed = recorded.and(graph).and_then(|g| match self.backend.replay(&g)? {
@@ -394,7 +428,7 @@ impl<B: Backend> DeviceModel<B> {
         });
         match replayed {
             Ok(g) => {
-                self.graphs.as_mut().expect("on").insert(n, Some(g));
+                self.graphs.as_mut().expect("on").insert(key, Some(g));
                 Ok(())
             }
             Err(e) => {
@@ -404,7 +438,7 @@ impl<B: Backend> DeviceModel<B> {
                     self.backend.name()
                 );
                 self.graphs = None;
-                self.run_blocks(None, Some(cache))
+                self.run_blocks(None, Some(d))
             }
         }
     }
@@ -634,6 +668,16 @@ impl<B: Backend> DeviceModel<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_starts_of_decoding_rows() {
+        assert_eq!(prompt_starts(&[0, 1, 2, 0, 1], &[3, 3, 3, 1, 1]), Some(vec![0, 0, 0, 3, 3]));
+        assert_eq!(prompt_starts(&[0], &[2]), Some(vec![0]));
+        // A decoding row, a prompt after one, a gap, a run that changes slot.
+        for (p, s) in [(&[5][..], &[0][..]), (&[0, 5], &[0, 1]), (&[0, 2], &[0, 0]), (&[0, 1], &[0, 1])] {
+            assert_eq!(prompt_starts(p, s), None, "{p:?} {s:?}");
+        }
+    }
 
     #[test]
     fn placements_parse_and_print() {
