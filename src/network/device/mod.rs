@@ -106,6 +106,9 @@ fn layer_rope<'a, R>(c: &Config, rope: &'a R, local: &'a Option<R>, i: usize) ->
 /// running sequence; a longer prefill is compute-bound, and each distinct count would be a graph of its own.
 const GRAPH_ROWS: usize = 256;
 
+/// Decoding steps' graphs by (rows, prompt prefill or not): None for a key seen once, not yet recorded.
+type StepGraphs<G> = HashMap<(usize, bool), Option<G>>;
+
 /// A decoding pass's cache, and whether its rows are whole prompts from position 0 ([`prompt_starts`]).
 struct Decoding<'a, B: Backend> {
     cache: &'a mut DevKvCache<B>,
@@ -177,7 +180,7 @@ pub struct DeviceModel<B: Backend> {
     cache: Option<DevKvCache<B>>,
     /// Decoding steps' blocks recorded as graphs, by row count and whether they are a prompt's prefill
     /// ([`Self::decode_blocks`]); None once the backend records none.
-    graphs: Option<HashMap<(usize, bool), Option<B::Graph>>>,
+    graphs: Option<StepGraphs<B::Graph>>,
     /// How [`Self::sum_grads`] sums over ranks, and its packing buffer with its length.
     rank_sums: Box<dyn RankSums<B>>,
     rank_flat: Option<(B::F32, usize)>,
