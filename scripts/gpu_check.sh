@@ -288,6 +288,14 @@ decode_speed() {
     for dt in f32 bf16; do
         "$py" "$helper" hf-generate "$1" "$prompt" "$2" "$dt" || return 1
     done
+    # A long prompt (the one above 40 times, ≈ 1 000 tokens): prefill tokens/s, condlm's attention on the prompt's
+    # own rows (the tiled kernel) vs transformers'.
+    local long
+    long=$(printf "$prompt. %.0s" $(seq 40))
+    echo "prompt of ≈ 1 000 tokens:"
+    "$bin" generate --model "$1" --prompt "$long" --max-new-tokens 8 --ignore-eos --device "$dev" 2>&1 >/dev/null |
+        grep -E '^warning|tokens/s' || return 1
+    "$py" "$helper" hf-generate "$1" "$long" 8 f32 || return 1
 }
 run_check "decode, SmolLM2-135M-shaped: condlm $dev (f32) vs transformers generate" decode_speed \
     "$work/smollm2-135m" "${steps:-128}"

@@ -173,7 +173,8 @@ def hf_generate(model_dir, prompt, new, dtype):
         out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
         sync(); total = time.time() - t
     made = out.shape[1] - ids.shape[1]
-    print(json.dumps({"engine": f"transformers generate {dtype}", "new_tokens": made,
+    print(json.dumps({"engine": f"transformers generate {dtype}", "prompt_tokens": ids.shape[1], "new_tokens": made,
+                      "prefill_tokens_per_s": ids.shape[1] / max(prefill, 1e-9),
                       "decode_tokens_per_s": (made - 1) / max(total - prefill, 1e-9)}))
     return True
 
