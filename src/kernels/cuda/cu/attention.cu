@@ -29,6 +29,19 @@ __device__ void stage_rows(float* dst, int dst_stride, int count, const float* s
     }
 }
 
+// acc[c] += Σ_j w[j]·rows[j][lane16 + 16c] over `count` staged rows (rows `stride` apart; a zero weight skipped):
+// this lane's features of a tile's rows weighted by its row's weights (p·v, dS·k, dS·q, P·dO).
+__device__ void add_weighted_rows(float* acc, const float* w, int count, const float* rows, int stride, int lane16,
+                                  int head_dim) {
+    for (int j = 0; j < count; ++j) {
+        if (w[j] == 0.f) continue;
+        for (int c = 0; c < ATT_PER_HALF; ++c) {
+            const int d = lane16 + 16 * c;
+            if (d < head_dim) acc[c] += w[j] * rows[j * stride + d];
+        }
+    }
+}
+
 // out[i, h] = Σ_j softmax_j(q_i·k_j·scale) · v_j. Grid (⌈N / ATT_ROWS⌉, n_heads), ATT_WARPS warps. The block's rows
 // are consecutive, so the keys any of them sees run from the first row's first key to the last row; tile by tile,
 // lane j of a half-warp scores key j of the tile against its row's q, the half-warp keeps its row's running max
@@ -77,14 +90,7 @@ extern "C" __global__ void attention_forward(float* out, const float* qkv, const
         p_tile[mine][key_lane] = p;
         __syncthreads();  // the half-warp's p are written
         for (int c = 0; c < ATT_PER_HALF; ++c) o[c] *= rescale;
-        for (int j = 0; j < ATT_KEYS; ++j) {
-            const float pj = p_tile[mine][j];
-            if (pj == 0.f) continue;
-            for (int c = 0; c < ATT_PER_HALF; ++c) {
-                const int d = key_lane + 16 * c;
-                if (d < head_dim) o[c] += pj * v[j][d];
-            }
-        }
+        add_weighted_rows(o, p_tile[mine], ATT_KEYS, &v[0][0], ATT_MAX_HEAD_DIM + 1, key_lane, head_dim);
     }
     if (!valid) return;
     float* dst = out + (size_t)row * n_heads * head_dim + h * head_dim;
@@ -182,14 +188,7 @@ extern "C" __global__ void attention_backward_dq(float* dqkv, float* stats, cons
         const float dov = pair_dot(dout[mine], v[partner], head_dim, half);
         if (half == 0) ds_tile[mine][partner] = seen ? expf(s - m) / l * (dov - big_d) : 0.f;
         __syncthreads();  // the half-warp's dS are written
-        for (int j = 0; j < ATT_PAIRS; ++j) {
-            const float ds = ds_tile[mine][j];
-            if (ds == 0.f) continue;
-            for (int c = 0; c < ATT_PER_HALF; ++c) {
-                const int d = lane16 + 16 * c;
-                if (d < head_dim) dq[c] += ds * k[j][d];
-            }
-        }
+        add_weighted_rows(dq, ds_tile[mine], ATT_PAIRS, &k[0][0], ATT_PAIR_STRIDE, lane16, head_dim);
     }
     if (!valid) return;
     for (int c = 0; c < ATT_PER_HALF; ++c) {
@@ -251,17 +250,8 @@ extern "C" __global__ void attention_backward_dkv(float* dqkv, const float* stat
                 ds_tile[mine][partner] = scale * p * (dov - st[partner][2]);
             }
             __syncthreads();  // the half-warp's P and dS are written
-            for (int r = 0; r < ATT_PAIRS; ++r) {
-                const float p = p_tile[mine][r], ds = ds_tile[mine][r];
-                if (p == 0.f) continue;
-                for (int c = 0; c < ATT_PER_HALF; ++c) {
-                    const int d = lane16 + 16 * c;
-                    if (d < head_dim) {
-                        dk[c] += ds * q[r][d];
-                        dv[c] += p * dout[r][d];
-                    }
-                }
-            }
+            add_weighted_rows(dk, ds_tile[mine], ATT_PAIRS, &q[0][0], ATT_PAIR_STRIDE, lane16, head_dim);
+            add_weighted_rows(dv, p_tile[mine], ATT_PAIRS, &dout[0][0], ATT_PAIR_STRIDE, lane16, head_dim);
         }
     }
     if (!valid) return;
