@@ -25,6 +25,11 @@ fn every_kernel_source_compiles_to_ptx() {
                 let missing: Vec<_> = src.kernels.iter().filter(|k| !text.contains(&format!(".entry {k}("))).collect();
                 assert!(missing.is_empty(), "{}: PTX lacks the kernels {missing:?}", src.file);
                 let version = text.lines().find(|l| l.starts_with(".version")).unwrap_or(".version ?");
+                // For scripts/cuda/ptx_check.sh, which assembles each file with ptxas (registers, spills).
+                if let Some(dir) = std::env::var_os("CONDLM_PTX_DIR") {
+                    let path = std::path::Path::new(&dir).join(src.file.replace(".cu", ".ptx"));
+                    std::fs::write(&path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                }
                 println!(
                     "ptx_check: {} OK, {} bytes of PTX ({version}), kernels {}",
                     src.file,

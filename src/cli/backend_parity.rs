@@ -258,13 +258,20 @@ fn gemm<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     Ok(())
 }
 
-/// `gemm_weights` under `--compute bf16` (operands rounded to bf16 on both sides, products summed in f32 in
-/// different orders), and `gemm_bf16` on b kept in bf16 against the host's `gemm_weights` on b's f32 values: the
-/// four transposes at two shapes; the process's compute is restored after.
-fn gemm_bf16<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+/// `check` run with the process's compute set to `--compute bf16`, restored after.
+fn under_bf16(check: impl FnOnce() -> Result<()>) -> Result<()> {
     let before = compute();
     set_compute(Compute::Bf16);
-    let r = (|| {
+    let r = check();
+    set_compute(before);
+    r
+}
+
+/// `gemm_weights` under `--compute bf16` (operands rounded to bf16 on both sides, products summed in f32 in
+/// different orders), and `gemm_bf16` on b kept in bf16 against the host's `gemm_weights` on b's f32 values: the
+/// four transposes at two shapes.
+fn gemm_bf16<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    under_bf16(|| {
         for (m, n, k) in [(37, 29, 45), (70, 130, 300)] {
             for (i, (ta, tb)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
                 let case = |through| GemmCase { m, n, k, ta, tb, accumulate: i % 2 == 1, through };
@@ -275,9 +282,7 @@ fn gemm_bf16<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
             }
         }
         Ok(())
-    })();
-    set_compute(before);
-    r
+    })
 }
 
 fn add_bias_on<B: Backend>(b: &B) -> Result<Outs> {
@@ -493,11 +498,20 @@ fn attention_on<B: Backend>(b: &B, l: QkvLayout) -> Result<Outs> {
     ])
 }
 
+/// Each layout in f32, then under `--compute bf16`, where the device's attention rounds its operands to bf16 (the
+/// tensor-core kernels) and the host's stays f32: the acceptance's bf16 tolerance, 2e-2.
 fn attention<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     for (_, l) in attention_layouts() {
         compare_outs(all, &attention_on(&Host, l)?, &attention_on(dev, l)?, 1e-5);
     }
-    Ok(())
+    under_bf16(|| {
+        for (_, l) in attention_layouts() {
+            let mut on_host = attention_on(&Host, l)?;
+            on_host.iter_mut().for_each(|(name, _)| name.push_str(" (--compute bf16)"));
+            compare_outs(all, &on_host, &attention_on(dev, l)?, 2e-2);
+        }
+        Ok(())
+    })
 }
 
 /// The KV cache's layout of the checks: GQA (4 query heads, 2 kv heads) of 48 features (not a multiple of a

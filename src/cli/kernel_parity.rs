@@ -7,11 +7,11 @@ use condlm::kernels::adamw::{AdamWConfig, AdamWScalars, adamw_step as cpu_adamw_
 use condlm::kernels::attention::{
     QkvLayout, attention_backward as cpu_attention_backward, attention_forward as cpu_attention_forward,
 };
-use condlm::kernels::bf16::round;
+use condlm::kernels::bf16::{round, rounded};
 use condlm::kernels::cuda::device::Device;
 use condlm::kernels::cuda::gemm::{Blas, GemmShape};
 use condlm::kernels::cuda::ops::adamw::{Tensor, adamw_tensors};
-use condlm::kernels::cuda::ops::attention::{attention_backward, attention_forward};
+use condlm::kernels::cuda::ops::attention::{Precision, attention_backward, attention_forward, tensor_cores};
 use condlm::kernels::cuda::ops::cross_entropy::cross_entropy_rows;
 use condlm::kernels::cuda::ops::glu::{glu_backward, glu_forward};
 use condlm::kernels::cuda::ops::indices::{self, Indices};
@@ -229,27 +229,41 @@ pub fn attention_layouts() -> [(&'static str, QkvLayout); 3] {
     [("GQA 6/2 heads of 64", gqa), ("4 heads of 96, window 16", windowed), ("GQA 4/1 heads of 256", wide)]
 }
 
+/// Each layout in f32 (against the CPU kernels, 1e-5) and in bf16 (the tensor-core kernels where
+/// `tensor_cores` runs them, else attention.cu's: against the CPU kernels on q, k, v and dO rounded to bf16, so
+/// that only the rounding of P and dS and the summation order are left: 1e-2).
 fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
     let seq_start = seq_starts(&[1, 37, 100, 5]);
     let rows = seq_start.len();
     let s = &d.stream;
     let gstart = indices::upload(s, &seq_start)?;
     let gstart = Indices::prefix(&gstart.0, gstart.1, seq_start.len(), "attention");
-    for (name, l) in attention_layouts() {
+    for ((name, l), precision) in
+        attention_layouts().into_iter().flat_map(|x| [(x, Precision::F32), (x, Precision::Bf16)])
+    {
+        let mma = tensor_cores(d, l.head_dim, precision);
+        let (name, tol) = match (precision, mma) {
+            (Precision::F32, _) => (name.to_string(), 1e-5),
+            (_, Some(m)) => (format!("{name}, bf16 on tensor cores (mma{m})"), 1e-2),
+            (_, None) => (format!("{name}, bf16 in f32 (no tensor-core kernel)"), 1e-5),
+        };
+        let cpu_in =
+            |v: &[f32]| -> Vec<f32> { v.iter().map(|&x| if mma.is_some() { rounded(x) } else { x }).collect() };
         let qkv = random(rows * l.row_len, 20, 2.0);
         let mut cpu = vec![0.0; rows * l.n_heads * l.head_dim];
-        cpu_attention_forward(&mut cpu, &qkv, l, &seq_start);
+        cpu_attention_forward(&mut cpu, &cpu_in(&qkv), l, &seq_start);
         let (gqkv, mut gout) = (s.clone_htod(&qkv)?, s.alloc_zeros::<f32>(cpu.len())?);
-        attention_forward(d, &mut gout.as_view_mut(), &gqkv.as_view(), l, &gstart)?;
-        compare(all, &format!("attention_forward {name}"), &s.clone_dtoh(&gout)?, &cpu, 1e-5);
+        attention_forward(d, &mut gout.as_view_mut(), &gqkv.as_view(), l, &gstart, precision)?;
+        compare(all, &format!("attention_forward {name}"), &s.clone_dtoh(&gout)?, &cpu, tol);
         // The backward writes only the q, k, v columns: dqkv starts random so that the others are checked too.
         let (datt, dqkv0) = (random(cpu.len(), 21, 1.0), random(qkv.len(), 22, 1.0));
         let mut dqkv = dqkv0.clone();
-        cpu_attention_backward(&mut dqkv, &datt, &qkv, &cpu, l, &seq_start);
+        cpu_attention_backward(&mut dqkv, &cpu_in(&datt), &cpu_in(&qkv), &cpu, l, &seq_start);
         let (gdatt, mut gdqkv) = (s.clone_htod(&datt)?, s.clone_htod(&dqkv0)?);
         let mut stats = s.alloc_zeros::<f32>(rows * l.n_heads * 3)?;
         let (gdatt, gqkv, gout) = (gdatt.as_view(), gqkv.as_view(), gout.as_view());
-        attention_backward(d, &mut gdqkv.as_view_mut(), &mut stats.as_view_mut(), &gdatt, &gqkv, &gout, l, &gstart)?;
+        let mut gd = gdqkv.as_view_mut();
+        attention_backward(d, &mut gd, &mut stats.as_view_mut(), &gdatt, &gqkv, &gout, l, &gstart, precision)?;
         let gpu = s.clone_dtoh(&gdqkv)?;
         let (aw, kw) = (l.n_heads * l.head_dim, l.n_kv_heads * l.head_dim);
         let mut other = vec![true; l.row_len];
@@ -257,7 +271,7 @@ fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
             other[col..col + width].fill(false);
             let pick =
                 |b: &[f32]| -> Vec<f32> { b.chunks(l.row_len).flat_map(|r| r[col..col + width].to_vec()).collect() };
-            compare(all, &format!("attention_backward {part} {name}"), &pick(&gpu), &pick(&dqkv), 1e-5);
+            compare(all, &format!("attention_backward {part} {name}"), &pick(&gpu), &pick(&dqkv), tol);
         }
         let rest = |b: &[f32]| -> Vec<f32> {
             b.iter().enumerate().filter(|(i, _)| other[i % l.row_len]).map(|(_, v)| *v).collect()

@@ -34,6 +34,9 @@ void syncthreads();
 // The warp's exchange: each lane in `mask` offers `bits` and gets the bits of lane `lane ^ lane_mask` (within
 // segments of `width` lanes) once every lane in `mask` has offered (threads.cpp).
 uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width);
+// The warp's exchange of `bytes` bytes per lane: each lane in `mask` offers `mine` and, once every such lane has
+// offered, gets all 32 lanes' offers in `all` (lane after lane; lanes outside the mask as zeros) (threads.cpp).
+void warp_exchange(unsigned mask, const void* mine, void* all, size_t bytes);
 
 // A kernel's arguments as cuLaunchKernel passes them (an array of pointers to each value), unpacked by the kernel's
 // own parameter types: `trampoline<kernel>` is what the driver calls.
@@ -89,6 +92,39 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
     T out;
     std::memcpy(&out, &bits, sizeof out);
     return out;
+}
+
+// The one PTX instruction the kernels use (common.cuh wraps it for NVRTC): mma.sync.aligned.m16n8k16.row.col.f32.
+// bf16.bf16.f32, d (16×8, f32) += a (16×16, bf16) · b (16×8, bf16), with the fragments laid out over the warp's
+// lanes as the PTX ISA documents them ("Matrix Fragments for mma.m16n8k16 with floating point type"): with
+// g = lane / 4 and t = lane % 4, a[0] holds a(g, 2t..2t+1), a[1] a(g+8, 2t..), a[2] a(g, 2t+8..), a[3] a(g+8, 2t+8..);
+// b[0] holds b(2t..2t+1, g), b[1] b(2t+8.., g); d[0..1] are d(g, 2t..2t+1), d[2..3] d(g+8, 2t..); the lower half of a
+// 32-bit register is the lower index. The products are exact in f32; summed over k in order, then added to d.
+inline void mma_bf16_16x8x16(float* d, const unsigned* a, const unsigned* b) {
+    struct Fragments {
+        unsigned a[4], b[2];
+    };
+    const Fragments mine{{a[0], a[1], a[2], a[3]}, {b[0], b[1]}};
+    Fragments all[32];
+    emu::warp_exchange(0xffffffffu, &mine, all, sizeof mine);
+    const auto value = [](unsigned reg, int half) {
+        const unsigned bits = (half ? reg >> 16 : reg & 0xffffu) << 16;
+        float v;
+        std::memcpy(&v, &bits, sizeof v);
+        return v;
+    };
+    const auto a_at = [&](int r, int k) {
+        return value(all[4 * (r % 8) + (k % 8) / 2].a[(r >= 8) + 2 * (k >= 8)], k % 2);
+    };
+    const auto b_at = [&](int k, int n) { return value(all[4 * n + (k % 8) / 2].b[k >= 8], k % 2); };
+    const int lane = int(emu::thread_idx.x + emu::block_dim.x * (emu::thread_idx.y + emu::block_dim.y * emu::thread_idx.z)) % 32;
+    const int g = lane / 4, t = lane % 4;
+    for (int c = 0; c < 4; ++c) {
+        const int r = g + 8 * (c / 2), n = 2 * t + c % 2;
+        float sum = 0.f;
+        for (int k = 0; k < 16; ++k) sum += a_at(r, k) * b_at(k, n);
+        d[c] += sum;
+    }
 }
 
 // Round-to-nearest arithmetic that the compiler must not fuse (g++ contracts nothing without -ffp-contract=fast).

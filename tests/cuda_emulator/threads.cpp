@@ -17,15 +17,20 @@ dim3 block_dim, grid_dim;
 
 namespace {
 enum class State { Ready, AtSyncthreads, AtShuffle, Done };
+// What a lane waiting at a warp-wide meeting (State::AtShuffle) takes part in.
+enum class Meet { Shuffle, Exchange };
 
 struct Fiber {
     void* sp = nullptr;     // the stack pointer it was switched out at
     char* stack = nullptr;  // kStack bytes above a guard page
     uint3 idx{};
     State state = State::Ready;
-    unsigned mask = 0;       // the shuffle it waits at: lanes, the bits it offers, the lane it reads
-    uint64_t offered = 0, got = 0;
+    unsigned mask = 0;       // the warp-wide meeting it waits at: lanes, and what kind
+    Meet meet = Meet::Shuffle;
+    uint64_t offered = 0, got = 0;  // a shuffle: the bits it offers and gets, the lane it reads
     int source = 0;
+    const void* data = nullptr;  // an exchange: the bytes it offers
+    size_t bytes = 0;
 };
 
 constexpr size_t kStack = 64 * 1024;
@@ -163,42 +168,81 @@ void syncthreads() {
     yield();
 }
 
-uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
+namespace {
+// Waits with the lanes of `mask` at a warp-wide meeting of `kind` (the running fiber's offer already recorded):
+// the last lane to arrive checks that every named lane meets the same way, runs `release(first, end)` over the
+// warp's threads while all of them still wait, and lets them go on.
+template <typename Release>
+void meet_warp(unsigned mask, Meet kind, Release release) {
     Fiber* me = running;
     const int lane = linear(me->idx) % 32;
     if (!(mask >> lane & 1)) {
         complain(std::string("kernel ") + kernel->name + ": lane " + std::to_string(lane) +
-                 " calls a shuffle whose mask leaves it out (undefined in CUDA)");
+                 " calls a warp-wide operation whose mask leaves it out (undefined in CUDA)");
         abort();
     }
-    int source = lane ^ lane_mask;
-    if (source / width != lane / width) source = lane;  // outside the lane's segment: its own value
     me->state = State::AtShuffle;
     me->mask = mask;
-    me->offered = bits;
-    me->source = source;
-    const size_t threads = size_t(block_dim.x) * block_dim.y * block_dim.z, warp = size_t(linear(me->idx)) / 32;
-    auto [first, end] = warp_range(warp, threads);
+    me->meet = kind;
+    const size_t warp = size_t(linear(me->idx)) / 32;
+    auto [first, end] = warp_range(warp, threads_in_block());
     // The lanes named in the mask that exist; all of them offer before any reads.
     const unsigned lanes = end - first == 32 ? ~0u : (1u << (end - first)) - 1;
     if (++arrived[warp] == __builtin_popcount(mask & lanes)) {
         arrived[warp] = 0;
         for (size_t t = first; t < end; ++t) {
-            Fiber& f = fibers[t];
+            const Fiber& f = fibers[t];
             if (!(mask >> (t - first) & 1)) continue;
-            if (f.state != State::AtShuffle || f.mask != mask) {
+            if (f.state != State::AtShuffle || f.mask != mask || f.meet != kind || f.bytes != me->bytes) {
                 complain(std::string("kernel ") + kernel->name + ": the lanes of a warp meet at shuffles with other "
                          "masks, or one named lane is elsewhere (undefined in CUDA)");
                 abort();
             }
+        }
+        release(first, end);
+        for (size_t t = first; t < end; ++t)
+            if (mask >> (t - first) & 1) fibers[t].state = State::Ready;
+    }
+    yield();
+}
+
+// Per warp: what the lanes offered at the last exchange, lane after lane (read by each lane once it goes on; the
+// next exchange cannot release before every lane has read it and arrived there).
+std::vector<std::vector<char>> exchanged;
+}  // namespace
+
+uint64_t shuffle_xor(unsigned mask, uint64_t bits, int lane_mask, int width) {
+    Fiber* me = running;
+    const int lane = linear(me->idx) % 32;
+    int source = lane ^ lane_mask;
+    if (source / width != lane / width) source = lane;  // outside the lane's segment: its own value
+    me->offered = bits;
+    me->source = source;
+    me->bytes = sizeof bits;
+    meet_warp(mask, Meet::Shuffle, [](size_t first, size_t end) {
+        for (size_t t = first; t < end; ++t) {
+            Fiber& f = fibers[t];
             const size_t from = first + size_t(f.source);
             // A lane past the block's last thread does not exist: the read gets the lane's own value.
             f.got = from < end ? fibers[from].offered : f.offered;
-            f.state = State::Ready;
         }
-    }
-    yield();
+    });
     return me->got;
+}
+
+void warp_exchange(unsigned mask, const void* mine, void* all, size_t bytes) {
+    Fiber* me = running;
+    me->data = mine;
+    me->bytes = bytes;
+    const size_t warp = size_t(linear(me->idx)) / 32;
+    if (exchanged.size() <= warp) exchanged.resize(warp + 1);
+    meet_warp(mask, Meet::Exchange, [&](size_t first, size_t end) {
+        std::vector<char>& out = exchanged[warp];
+        out.assign(32 * bytes, 0);
+        for (size_t t = first; t < end; ++t)
+            if (mask >> (t - first) & 1) std::memcpy(&out[(t - first) * bytes], fibers[t].data, bytes);
+    });
+    std::memcpy(all, exchanged[warp].data(), 32 * bytes);
 }
 
 namespace {

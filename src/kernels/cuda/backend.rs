@@ -67,6 +67,9 @@ pub struct Cuda {
     bf16_moves: AtomicU64,
     /// Whether ops may be captured into CUDA graphs (`CONDLM_CUDA_GRAPHS=0` turns them off).
     graphs: bool,
+    /// Whether `--compute bf16` runs attention on the tensor cores (`CONDLM_CUDA_MMA_ATTENTION=0` keeps it f32:
+    /// for comparing with the CPU's bf16 mode, whose attention is f32, and for measuring what the tensor cores gain).
+    mma_attention: bool,
     /// A capture is under way: scratch must not grow (on a GPU with memory pools the allocation would become part
     /// of the graph, and the old scratch's free would fail).
     capturing: AtomicBool,
@@ -121,10 +124,18 @@ impl Cuda {
         );
         let bf16 = Mutex::new((zeros(&device, 1, "u16")?, zeros(&device, 1, "u16")?));
         let adamw_table = Mutex::new(zeros(&device, 1, "u64 (AdamW's tensor table)")?);
-        let graphs = std::env::var("CONDLM_CUDA_GRAPHS").map_or(true, |v| v != "0");
+        let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
+        let (graphs, mma_attention) = (on("CONDLM_CUDA_GRAPHS"), on("CONDLM_CUDA_MMA_ATTENTION"));
         let groups = Mutex::new(RowGroups::default());
         let (bf16_moves, capturing) = (AtomicU64::new(0), AtomicBool::new(false));
-        Ok(Cuda { device, blas, reduce, groups, bf16, adamw_table, bf16_moves, graphs, capturing })
+        Ok(Cuda { device, blas, reduce, groups, bf16, adamw_table, bf16_moves, graphs, mma_attention, capturing })
+    }
+
+    /// Attention's precision under the run's `--compute`: bf16 operands on the tensor cores with `--compute bf16`
+    /// (the GEMMs' contract extended to attention's products, as PyTorch's bf16 attention), f32 otherwise.
+    fn attention_precision(&self) -> attention::Precision {
+        let bf16 = compute() == Compute::Bf16 && self.mma_attention;
+        if bf16 { attention::Precision::Bf16 } else { attention::Precision::F32 }
     }
 
     /// The stored matrix of the view `v` of `src` rounded to bf16 into `scratch` (grown to fit), dense; returns
@@ -520,7 +531,7 @@ impl Backend for Cuda {
         let op = "attention_forward";
         let mut o = pre_mut(out, rows * l.n_heads * l.head_dim, op);
         let (qkv, starts) = (pre(qkv, rows * l.row_len, op), seq_start.prefix(rows, op));
-        self.ran(op, attention::attention_forward(&self.device, &mut o, &qkv, l, &starts))
+        self.ran(op, attention::attention_forward(&self.device, &mut o, &qkv, l, &starts, self.attention_precision()))
     }
 
     fn attention_backward(
@@ -539,7 +550,8 @@ impl Backend for Cuda {
         let (mut dqkv, mut stats) = (pre_mut(dqkv, rows * rl, op), pre_mut(stats, rows * l.n_heads * 3, op));
         let (datt, qkv, att) = (pre(datt, rows * aw, op), pre(qkv, rows * rl, op), pre(att, rows * aw, op));
         let starts = seq_start.prefix(rows, op);
-        let r = attention::attention_backward(&self.device, &mut dqkv, &mut stats, &datt, &qkv, &att, l, &starts);
+        let p = self.attention_precision();
+        let r = attention::attention_backward(&self.device, &mut dqkv, &mut stats, &datt, &qkv, &att, l, &starts, p);
         self.ran(op, r)
     }
 

@@ -35,6 +35,18 @@ pub const SOURCES: &[Source] = &[
         text: include_str!("cu/attention.cu"),
         kernels: &["attention_forward", "attention_backward_dq", "attention_backward_dkv"],
     },
+    Source {
+        file: "attention_mma.cu",
+        text: include_str!("cu/attention_mma.cu"),
+        kernels: &[
+            "attention_forward_mma64",
+            "attention_forward_mma128",
+            "attention_backward_dq_mma64",
+            "attention_backward_dq_mma128",
+            "attention_backward_dkv_mma64",
+            "attention_backward_dkv_mma128",
+        ],
+    },
     Source { file: "kv_cache.cu", text: include_str!("cu/kv_cache.cu"), kernels: &["kv_store", "cached_attention"] },
     Source {
         file: "glu.cu",

@@ -31,3 +31,43 @@ __device__ float block_max(float v, float* scratch) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+
+// f32 → bf16 as src/kernels/bf16.rs's `round` (what `--compute bf16` rounds operands with): round to nearest even
+// on the low 16 bits, a denormal flushed to a zero of its sign, NaN made quiet with its top bits kept. The bf16
+// value is the low 16 bits of the result.
+__device__ unsigned bf16_bits(float x) {
+    const unsigned bits = __float_as_uint(x);
+    const unsigned sign = bits & 0x80000000u, exp = bits & 0x7f800000u, frac = bits & 0x007fffffu;
+    unsigned r;
+    if (exp == 0) {
+        r = sign;
+    } else if (exp == 0x7f800000u) {
+        r = frac == 0 ? bits : (bits | 0x00400000u);
+    } else {
+        r = bits + 0x7fffu + ((bits >> 16) & 1u);
+    }
+    return r >> 16;
+}
+
+// Two values rounded to bf16 in one 32-bit register, `lo` in the lower half (a tensor-core operand's pair).
+__device__ unsigned pack_bf16(float lo, float hi) { return bf16_bits(lo) | bf16_bits(hi) << 16; }
+
+#ifdef __CUDACC_RTC__
+// d (16×8, f32) += a (16×16, bf16) · b (16×8, bf16) on the tensor cores, one warp together: PTX's
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, fragments as the PTX ISA lays them out (with g = lane / 4,
+// t = lane % 4: a[0] = a(g, 2t..2t+1), a[1] = a(g+8, 2t..), a[2] = a(g, 2t+8..), a[3] = a(g+8, 2t+8..); b[0] =
+// b(2t..2t+1, g), b[1] = b(2t+8.., g); d[0..1] = d(g, 2t..2t+1), d[2..3] = d(g+8, 2t..)). Compute capability 8.0 and
+// later; src/kernels/cuda/ops/attention.rs launches its callers only there. (The CUDA emulator, which compiles these
+// sources with g++, defines its own: tests/cuda_emulator/device.h.)
+__device__ void mma_bf16_16x8x16(float* d, const unsigned* a, const unsigned* b) {
+#if __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
+}
+#endif

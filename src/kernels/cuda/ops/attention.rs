@@ -1,15 +1,39 @@
-//! Causal GQA attention on the GPU (attention.cu), as `kernels::attention`'s forward and backward: the same
-//! `QkvLayout` (columns of q, k, v in the projection rows, heads, the model's scale, the sliding window) and the
-//! same packed batch (`seq_start[i]`: the first row of row i's sequence, on the device).
+//! Causal GQA attention on the GPU, as `kernels::attention`'s forward and backward: the same `QkvLayout` (columns
+//! of q, k, v in the projection rows, heads, the model's scale, the sliding window) and the same packed batch
+//! (`seq_start[i]`: the first row of row i's sequence, on the device). Two sets of kernels: attention.cu's, f32
+//! throughout (the reference bits), and attention_mma.cu's, bf16 operands on the tensor cores, which
+//! [`Precision::Bf16`] asks for and [`tensor_cores`] grants.
 use super::indices::Indices;
 use crate::kernels::attention::QkvLayout;
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
 
-/// Threads per block: attention.cu's ATT_WARPS warps.
+/// Threads per block: attention.cu's ATT_WARPS and attention_mma.cu's MMA_WARPS warps.
 const THREADS: u32 = 4 * 32;
 /// attention.cu's ATT_ROWS: rows per block (query rows of the forward and of dq, key rows of dk and dv).
 const BLOCK_ROWS: usize = 8;
+/// attention_mma.cu's MMA_ROWS: rows per block of its kernels (16 per warp).
+const MMA_BLOCK_ROWS: usize = 64;
+/// The head sizes attention_mma.cu's kernels come in (their names end in the size).
+const MMA_HEAD_DIMS: [usize; 2] = [64, 128];
+
+/// How attention's products are computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// f32 operands and sums (attention.cu): the CPU path's bits up to summation order.
+    F32,
+    /// q, k, v, dO and the softmax's P and dS rounded to bf16, products on the tensor cores summed in f32
+    /// (attention_mma.cu), where [`tensor_cores`] allows; f32 elsewhere.
+    Bf16,
+}
+
+/// The head size of the attention_mma.cu kernels that `precision` runs on this GPU for heads of `head_dim`
+/// features: the smallest of [`MMA_HEAD_DIMS`] that holds it, on compute capability 8.0 or later (bf16 `mma.sync`);
+/// None for f32, older GPUs and heads over 128 features (Gemma 3's 256: attention.cu's kernels).
+pub fn tensor_cores(d: &Device, head_dim: usize, precision: Precision) -> Option<usize> {
+    let capable = d.gpu.compute_capability.0 >= 8;
+    (precision == Precision::Bf16 && capable).then(|| MMA_HEAD_DIMS.into_iter().find(|&m| head_dim <= m)).flatten()
+}
 /// attention.cu's ATT_MAX_HEAD_DIM and kv_cache.cu's KV_MAX_HEAD_DIM.
 const MAX_HEAD_DIM: usize = 256;
 
@@ -44,10 +68,10 @@ struct Args {
 }
 
 impl Args {
-    /// One block per BLOCK_ROWS rows of each of `heads` heads.
-    fn grid(&self, heads: i32) -> LaunchConfig {
+    /// One block per `block_rows` rows of each of `heads` heads.
+    fn grid(&self, block_rows: usize, heads: i32) -> LaunchConfig {
         LaunchConfig {
-            grid_dim: (self.rows.div_ceil(BLOCK_ROWS) as u32, heads as u32, 1),
+            grid_dim: (self.rows.div_ceil(block_rows) as u32, heads as u32, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         }
@@ -88,17 +112,24 @@ pub fn attention_forward(
     qkv: &CudaView<f32>,
     l: QkvLayout,
     seq_start: &Indices,
+    precision: Precision,
 ) -> Result<(), DriverError> {
     let Some(a) = checked("attention_forward", &l, qkv.len(), seq_start)? else { return Ok(()) };
     assert_eq!(out.len(), a.rows * l.n_heads * l.head_dim, "attention_forward: out shape");
+    let mma = tensor_cores(d, l.head_dim, precision);
+    let name = match mma {
+        None => "attention_forward",
+        Some(64) => "attention_forward_mma64",
+        Some(_) => "attention_forward_mma128",
+    };
     let rows = a.rows as i32;
-    let mut b = d.stream.launch_builder(d.function("attention_forward"));
+    let mut b = d.stream.launch_builder(d.function(name));
     b.arg(out).arg(qkv).arg(&seq_start.view).arg(&rows).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col).arg(&a.v_col);
     b.arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
-    let grid = a.grid(a.n_heads);
-    // SAFETY: block (b, h) reads rows b·BLOCK_ROWS.. (< N) of q of head h and, of kv head h / group, k and v of
-    // rows from its first row's first key (seq_start ≤ row, checked) to its last row, all inside qkv (columns
-    // checked), and writes its rows' head h of out (length checked).
+    let grid = a.grid(if mma.is_some() { MMA_BLOCK_ROWS } else { BLOCK_ROWS }, a.n_heads);
+    // SAFETY: block (b, h) reads its rows (< N) of q of head h and, of kv head h / group, k and v of rows from its
+    // first row's first key (seq_start ≤ row, checked) to its last row, all inside qkv (columns checked), and
+    // writes its rows' head h of out (length checked). An mma kernel's head size holds head_dim (tensor_cores).
     unsafe { b.launch(grid) }.map(drop)
 }
 
@@ -116,6 +147,7 @@ pub fn attention_backward(
     att: &CudaView<f32>,
     l: QkvLayout,
     seq_start: &Indices,
+    precision: Precision,
 ) -> Result<(), DriverError> {
     let Some(a) = checked("attention_backward", &l, qkv.len(), seq_start)? else { return Ok(()) };
     let (aw, kw) = (l.n_heads * l.head_dim, l.n_kv_heads * l.head_dim);
@@ -132,20 +164,32 @@ pub fn attention_backward(
             assert!(x1 <= y0 || y1 <= x0, "attention_backward: q, k and v columns overlap");
         }
     }
+    let mma = tensor_cores(d, l.head_dim, precision);
+    let block_rows = if mma.is_some() { MMA_BLOCK_ROWS } else { BLOCK_ROWS };
     let rows = a.rows as i32;
-    let mut b = d.stream.launch_builder(d.function("attention_backward_dq"));
+    let name = match mma {
+        None => "attention_backward_dq",
+        Some(64) => "attention_backward_dq_mma64",
+        Some(_) => "attention_backward_dq_mma128",
+    };
+    let mut b = d.stream.launch_builder(d.function(name));
     b.arg(&mut *dqkv).arg(&mut *stats).arg(datt).arg(qkv).arg(att).arg(&seq_start.view).arg(&rows).arg(&a.row_len);
     b.arg(&a.q_col).arg(&a.k_col).arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale);
     b.arg(&a.window);
     // SAFETY: block (b, h) reads what the forward's block (b, h) reads plus its rows' head h of datt and att
     // (lengths checked), writes those rows' dq columns of head h in dqkv and stats[(i·n_heads + h)·3..][..3].
-    unsafe { b.launch(a.grid(a.n_heads)) }?;
+    unsafe { b.launch(a.grid(block_rows, a.n_heads)) }?;
     let stats = stats.as_view();
-    let mut b = d.stream.launch_builder(d.function("attention_backward_dkv"));
+    let name = match mma {
+        None => "attention_backward_dkv",
+        Some(64) => "attention_backward_dkv_mma64",
+        Some(_) => "attention_backward_dkv_mma128",
+    };
+    let mut b = d.stream.launch_builder(d.function(name));
     b.arg(dqkv).arg(&stats).arg(datt).arg(qkv).arg(&seq_start.view).arg(&rows).arg(&a.row_len).arg(&a.q_col);
     b.arg(&a.k_col).arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
-    // SAFETY: block (b, g) reads its key rows b·BLOCK_ROWS.. (< N) and the rows after them up to the last key's
+    // SAFETY: block (b, g) reads its key rows (< N) and the rows after them up to the last key's
     // sequence end (seq_start checked to be packed at or before each row) or row N — q, datt and the stats of the
     // group's heads — and writes its key rows' dk and dv columns of kv head g, disjoint from dq (checked above).
-    unsafe { b.launch(a.grid(a.n_kv_heads)) }.map(drop)
+    unsafe { b.launch(a.grid(block_rows, a.n_kv_heads)) }.map(drop)
 }

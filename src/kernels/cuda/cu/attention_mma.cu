@@ -1,0 +1,426 @@
+// Causal grouped-query attention on the tensor cores: attention.cu's forward and backward — the same packed batch,
+// layout, masks, softmax statistics and stats buffer — with q, k, v, dO, P and dS rounded to bf16 and every
+// product a warp's mma_bf16_16x8x16 (common.cuh) accumulating in f32. What `--compute bf16` runs on compute
+// capability 8.0 and later for heads of up to 128 features (src/kernels/cuda/ops/attention.rs chooses). The
+// softmax's max and sum, dO·O and the outputs stay f32; P is rounded after the running max is taken out of it, as
+// flash attention does, so the sum (f32) and the weights (bf16) differ by at most bf16's rounding.
+//
+// Launch convention: blocks of MMA_WARPS warps; each warp owns 16 consecutive rows (query rows for the forward and
+// dq, key rows for dk and dv), the block MMA_ROWS; grid (⌈N / MMA_ROWS⌉, heads). Each kernel comes in two head
+// sizes HD (64, 128): head_dim rounded up, features past head_dim staged as zeros. Tiles of k, v, q and dO are
+// staged in shared memory as bf16 bits (unsigned shorts), rows padded by MMA_PAD so that the 8 rows a warp's
+// operand reads touch fall on different banks.
+//
+// Fragments (common.cuh): lane = 4g + t holds rows g and g + 8 of a 16-row tile; of an 8-column tile of products,
+// columns 2t and 2t + 1. A tile of products turns into the A operand of the next product in place (flash
+// attention's register reuse): columns 16s.. of P are s[2s] and s[2s + 1].
+
+#define MMA_WARPS 4
+#define MMA_ROWS (16 * MMA_WARPS)
+#define MMA_PAD 8
+// Keys staged at a time: the forward's tiles, the dq kernel's (it keeps more fragments, so fewer score columns).
+#define MMA_KEYS 64
+#define MMA_DQ_KEYS 32
+
+// Features d, d + 1 of a staged bf16 row: one operand register.
+__device__ unsigned pair_at(const unsigned short* row, int d) { return *(const unsigned*)(row + d); }
+
+// Feature d of staged rows r and r + 1 (`p` at row r's, rows `stride` apart): one operand register whose pair runs
+// down a column (the B operand of a product over rows).
+__device__ unsigned column_pair_at(const unsigned short* p, int stride) { return p[0] | (unsigned)p[stride] << 16; }
+
+// Rows t.. (`count` of them, of `stride` values, head features from column `col`) of src staged by the block as
+// bf16 into dst[count][HD + MMA_PAD]; rows past `last` and features past head_dim as zeros.
+template <int HD>
+__device__ void stage_bf16(unsigned short* dst, int count, const float* src, size_t stride, int col, int t, int last,
+                           int head_dim) {
+    for (int x = threadIdx.x; x < count * HD; x += blockDim.x) {
+        const int r = x / HD, d = x % HD;
+        dst[r * (HD + MMA_PAD) + d] =
+            t + r <= last && d < head_dim ? (unsigned short)bf16_bits(src[(size_t)(t + r) * stride + col + d]) : 0;
+    }
+}
+
+// src[r][d] (rows of `stride` values from `base`), or 0 for a row past `rows` or a feature past head_dim.
+__device__ float value_at(const float* base, size_t stride, int r, int d, int rows, int head_dim) {
+    return r < rows && d < head_dim ? base[(size_t)r * stride + d] : 0.f;
+}
+
+// The A fragments (per 16 features) of the warp's 16 rows w0.. of a head starting at `base`.
+template <int HD>
+__device__ void load_rows_a(unsigned (*a)[4], const float* base, size_t stride, int w0, int rows, int head_dim) {
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const int r = w0 + g + 8 * (i & 1), d = 16 * kk + 2 * t + 8 * (i >> 1);
+            a[kk][i] = pack_bf16(value_at(base, stride, r, d, rows, head_dim),
+                                 value_at(base, stride, r, d + 1, rows, head_dim));
+        }
+}
+
+// s[n] (16 rows × 8 keys per n, NT tiles) = the warp's A fragments (rows' features) · staged rows' features
+// (keys 8n.. of `keys`, the B operand read along each key's row).
+template <int HD, int NT>
+__device__ void rows_times_keys(float (*s)[4], const unsigned (*a)[4], const unsigned short* keys, int head_dim) {
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) s[n][c] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+        if (16 * kk >= head_dim) break;
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+            const unsigned short* row = keys + (8 * n + g) * (HD + MMA_PAD);
+            const unsigned b[2] = {pair_at(row, 16 * kk + 2 * t), pair_at(row, 16 * kk + 8 + 2 * t)};
+            mma_bf16_16x8x16(s[n], a[kk], b);
+        }
+    }
+}
+
+// acc[n] (16 rows × features 8n..) += w · staged rows, w the products s (16 rows × 16·KS partners, in fragments)
+// rounded to bf16, `rows_of` the KS·16 staged partner rows (the B operand read down each feature's column).
+template <int HD, int KS>
+__device__ void add_weighted(float (*acc)[4], float (*w)[4], const unsigned short* rows_of, int head_dim) {
+    const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
+#pragma unroll
+    for (int ks = 0; ks < KS; ++ks) {
+        const unsigned a[4] = {pack_bf16(w[2 * ks][0], w[2 * ks][1]), pack_bf16(w[2 * ks][2], w[2 * ks][3]),
+                               pack_bf16(w[2 * ks + 1][0], w[2 * ks + 1][1]),
+                               pack_bf16(w[2 * ks + 1][2], w[2 * ks + 1][3])};
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+            if (8 * n >= head_dim) break;
+            const unsigned short* p = rows_of + (16 * ks + 2 * t) * (HD + MMA_PAD) + 8 * n + g;
+            const unsigned b[2] = {column_pair_at(p, HD + MMA_PAD), column_pair_at(p + 8 * (HD + MMA_PAD), HD + MMA_PAD)};
+            mma_bf16_16x8x16(acc[n], a, b);
+        }
+    }
+}
+
+// Over the 4 lanes of a quad (the lanes holding one row): the max, then the sum.
+__device__ float quad_max(float v) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+__device__ float quad_sum(float v) {
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+// The first key row r sees (its sequence's first row, or the window's), or `rows` for a row past the batch (it
+// sees none).
+__device__ int first_key(const unsigned* seq_start, int r, int rows, int window) {
+    return r < rows ? max((int)seq_start[r], r + 1 - window) : rows;
+}
+
+// s (16 rows × 8·NT keys from `key0`, this lane's rows `row` and their first keys) scaled, keys a row does not see
+// −∞; returns through `tile_max` each row's max over the tile (the quad's).
+template <int NT>
+__device__ void mask_scores(float (*s)[4], float* tile_max, const int* row, const int* first, int key0, float scale) {
+    const int t = threadIdx.x & 3;
+    tile_max[0] = tile_max[1] = NEG_INF;
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int i = c >> 1, key = key0 + 8 * n + 2 * t + (c & 1);
+            s[n][c] = key >= first[i] && key <= row[i] ? s[n][c] * scale : NEG_INF;
+            tile_max[i] = fmaxf(tile_max[i], s[n][c]);
+        }
+    tile_max[0] = quad_max(tile_max[0]);
+    tile_max[1] = quad_max(tile_max[1]);
+}
+
+// out[i, h] = Σ_j softmax_j(q_i·k_j·scale) · v_j, as attention.cu's attention_forward. Block (b, h): query rows
+// b·MMA_ROWS.. of head h, 16 per warp; the keys they see, MMA_KEYS at a time, with a running max and sum per row.
+template <int HD>
+__device__ void attention_forward_mma(float* out, const float* qkv, const unsigned* seq_start, int rows, int row_len,
+                                      int q_col, int k_col, int v_col, int n_heads, int n_kv_heads, int head_dim,
+                                      float scale, int window) {
+    __shared__ unsigned short k[MMA_KEYS * (HD + MMA_PAD)], v[MMA_KEYS * (HD + MMA_PAD)];
+    const int r0 = blockIdx.x * MMA_ROWS, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int w0 = r0 + 16 * warp, w_last = min(w0 + 15, rows - 1);
+    const int last = min(r0 + MMA_ROWS, rows) - 1;
+    const int lo = first_key(seq_start, r0, rows, window), w_first = first_key(seq_start, w0, rows, window);
+    const int row[2] = {w0 + g, w0 + g + 8};
+    const int first[2] = {first_key(seq_start, row[0], rows, window), first_key(seq_start, row[1], rows, window)};
+    unsigned qa[HD / 16][4];
+    load_rows_a<HD>(qa, qkv + q_col + h * head_dim, row_len, w0, rows, head_dim);
+
+    float o[HD / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) o[n][c] = 0.f;
+    for (int t0 = lo; t0 <= last; t0 += MMA_KEYS) {
+        __syncthreads();  // the last tile's k and v are read
+        stage_bf16<HD>(k, MMA_KEYS, qkv, row_len, k_col + kvh * head_dim, t0, last, head_dim);
+        stage_bf16<HD>(v, MMA_KEYS, qkv, row_len, v_col + kvh * head_dim, t0, last, head_dim);
+        __syncthreads();
+        // A warp whose rows see none of the tile's keys skips it.
+        if (w0 >= rows || t0 > w_last || t0 + MMA_KEYS <= w_first) continue;
+        float s[MMA_KEYS / 8][4], tile_max[2];
+        rows_times_keys<HD, MMA_KEYS / 8>(s, qa, k, head_dim);
+        mask_scores<MMA_KEYS / 8>(s, tile_max, row, first, t0, scale);
+        float rescale[2], sum[2] = {0.f, 0.f};
+        for (int i = 0; i < 2; ++i) {
+            const float m_new = fmaxf(m[i], tile_max[i]);
+            rescale[i] = m_new == NEG_INF ? 1.f : expf(m[i] - m_new);
+            m[i] = m_new;
+        }
+#pragma unroll
+        for (int n = 0; n < MMA_KEYS / 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                s[n][c] = s[n][c] == NEG_INF ? 0.f : expf(s[n][c] - m[c >> 1]);
+                sum[c >> 1] += s[n][c];
+            }
+        for (int i = 0; i < 2; ++i) l[i] = l[i] * rescale[i] + quad_sum(sum[i]);
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) o[n][c] *= rescale[c >> 1];
+        add_weighted<HD, MMA_KEYS / 16>(o, s, v, head_dim);
+    }
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int r = row[c >> 1], d = 8 * n + 2 * t + (c & 1);
+            if (r < rows && d < head_dim) out[(size_t)r * n_heads * head_dim + h * head_dim + d] = o[n][c] / l[c >> 1];
+        }
+}
+
+// attention.cu's attention_backward_dq on the tensor cores: dq of the block's query rows (16 per warp) and each
+// (row, head)'s softmax max, sum and D = dO·O in stats; two passes over the keys the rows see, MMA_DQ_KEYS at a time
+// (the max and sum; then dS = P·(dO·vᵀ − D) and dq += dS·k).
+template <int HD>
+__device__ void attention_backward_dq_mma(float* dqkv, float* stats, const float* datt, const float* qkv,
+                                          const float* att, const unsigned* seq_start, int rows, int row_len,
+                                          int q_col, int k_col, int v_col, int n_heads, int n_kv_heads, int head_dim,
+                                          float scale, int window) {
+    __shared__ unsigned short k[MMA_DQ_KEYS * (HD + MMA_PAD)], v[MMA_DQ_KEYS * (HD + MMA_PAD)];
+    const int r0 = blockIdx.x * MMA_ROWS, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int w0 = r0 + 16 * warp, w_last = min(w0 + 15, rows - 1);
+    const int last = min(r0 + MMA_ROWS, rows) - 1;
+    const int lo = first_key(seq_start, r0, rows, window), w_first = first_key(seq_start, w0, rows, window);
+    const int row[2] = {w0 + g, w0 + g + 8};
+    const int first[2] = {first_key(seq_start, row[0], rows, window), first_key(seq_start, row[1], rows, window)};
+    const size_t att_stride = (size_t)n_heads * head_dim;
+    unsigned qa[HD / 16][4], da[HD / 16][4];
+    load_rows_a<HD>(qa, qkv + q_col + h * head_dim, row_len, w0, rows, head_dim);
+    load_rows_a<HD>(da, datt + h * head_dim, att_stride, w0, rows, head_dim);
+    // D = dO·O (f32) of this lane's rows: the quad's lanes take every fourth feature.
+    float big_d[2];
+    for (int i = 0; i < 2; ++i) {
+        float dd = 0.f;
+        for (int d = t; d < head_dim; d += 4)
+            dd += value_at(datt + h * head_dim, att_stride, row[i], d, rows, head_dim) *
+                  value_at(att + h * head_dim, att_stride, row[i], d, rows, head_dim);
+        big_d[i] = quad_sum(dd);
+    }
+    const bool idle = w0 >= rows;  // a warp past the batch only stages
+
+    // Pass 1: the softmax's max and sum.
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    for (int t0 = lo; t0 <= last; t0 += MMA_DQ_KEYS) {
+        __syncthreads();  // the last tile's k is read
+        stage_bf16<HD>(k, MMA_DQ_KEYS, qkv, row_len, k_col + kvh * head_dim, t0, last, head_dim);
+        __syncthreads();
+        if (idle || t0 > w_last || t0 + MMA_DQ_KEYS <= w_first) continue;
+        float s[MMA_DQ_KEYS / 8][4], tile_max[2], sum[2] = {0.f, 0.f};
+        rows_times_keys<HD, MMA_DQ_KEYS / 8>(s, qa, k, head_dim);
+        mask_scores<MMA_DQ_KEYS / 8>(s, tile_max, row, first, t0, scale);
+        float m_new[2];
+        for (int i = 0; i < 2; ++i) m_new[i] = fmaxf(m[i], tile_max[i]);
+#pragma unroll
+        for (int n = 0; n < MMA_DQ_KEYS / 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) sum[c >> 1] += s[n][c] == NEG_INF ? 0.f : expf(s[n][c] - m_new[c >> 1]);
+        for (int i = 0; i < 2; ++i) {
+            l[i] = l[i] * (m_new[i] == NEG_INF ? 1.f : expf(m[i] - m_new[i])) + quad_sum(sum[i]);
+            m[i] = m_new[i];
+        }
+    }
+    // Pass 2: dq_i = Σ_j dS_ij·k_j (·scale at the end).
+    float dq[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) dq[n][c] = 0.f;
+    for (int t0 = lo; t0 <= last; t0 += MMA_DQ_KEYS) {
+        __syncthreads();  // the last tile's k and v are read
+        stage_bf16<HD>(k, MMA_DQ_KEYS, qkv, row_len, k_col + kvh * head_dim, t0, last, head_dim);
+        stage_bf16<HD>(v, MMA_DQ_KEYS, qkv, row_len, v_col + kvh * head_dim, t0, last, head_dim);
+        __syncthreads();
+        if (idle || t0 > w_last || t0 + MMA_DQ_KEYS <= w_first) continue;
+        float s[MMA_DQ_KEYS / 8][4], dp[MMA_DQ_KEYS / 8][4], tile_max[2];
+        rows_times_keys<HD, MMA_DQ_KEYS / 8>(s, qa, k, head_dim);
+        rows_times_keys<HD, MMA_DQ_KEYS / 8>(dp, da, v, head_dim);
+        mask_scores<MMA_DQ_KEYS / 8>(s, tile_max, row, first, t0, scale);
+#pragma unroll
+        for (int n = 0; n < MMA_DQ_KEYS / 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const int i = c >> 1;
+                const float p = s[n][c] == NEG_INF ? 0.f : expf(s[n][c] - m[i]) / l[i];
+                s[n][c] = p * (dp[n][c] - big_d[i]);
+            }
+        add_weighted<HD, MMA_DQ_KEYS / 16>(dq, s, k, head_dim);
+    }
+    if (idle) return;
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int r = row[c >> 1], d = 8 * n + 2 * t + (c & 1);
+            if (r < rows && d < head_dim) dqkv[(size_t)r * row_len + q_col + h * head_dim + d] = dq[n][c] * scale;
+        }
+    for (int i = 0; i < 2; ++i)
+        if (t == 0 && row[i] < rows) {
+            float* st = stats + ((size_t)row[i] * n_heads + h) * 3;
+            st[0] = m[i];
+            st[1] = l[i];
+            st[2] = big_d[i];
+        }
+}
+
+// attention.cu's attention_backward_dkv on the tensor cores. Block (b, g): key rows b·MMA_ROWS.. of kv head g, 16 per
+// warp, staged once; the query rows that see any of them (to the last key's sequence end or window), 16 at a time,
+// for each query head of the group: Pᵀ and dSᵀ from kᵀ·q and vᵀ·dO, then dv += Pᵀ·dO and dk += dSᵀ·q.
+template <int HD>
+__device__ void attention_backward_dkv_mma(float* dqkv, const float* stats, const float* datt, const float* qkv,
+                                           const unsigned* seq_start, int rows, int row_len, int q_col, int k_col,
+                                           int v_col, int n_heads, int n_kv_heads, int head_dim, float scale,
+                                           int window) {
+    __shared__ unsigned short k[MMA_ROWS * (HD + MMA_PAD)], v[MMA_ROWS * (HD + MMA_PAD)];
+    __shared__ unsigned short q[16 * (HD + MMA_PAD)], dout[16 * (HD + MMA_PAD)];
+    __shared__ float st[16][3];
+    const int j0 = blockIdx.x * MMA_ROWS, gk = blockIdx.y, group = n_heads / n_kv_heads;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int wk = j0 + 16 * warp;
+    const int key[2] = {wk + g, wk + g + 8};
+    const int last_key = min(j0 + MMA_ROWS, rows) - 1;
+    const unsigned last_seq = seq_start[last_key];
+    const size_t att_stride = (size_t)n_heads * head_dim;
+    stage_bf16<HD>(k, MMA_ROWS, qkv, row_len, k_col + gk * head_dim, j0, last_key, head_dim);
+    stage_bf16<HD>(v, MMA_ROWS, qkv, row_len, v_col + gk * head_dim, j0, last_key, head_dim);
+    const unsigned short* my_k = k + 16 * warp * (HD + MMA_PAD);
+    const unsigned short* my_v = v + 16 * warp * (HD + MMA_PAD);
+    float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) dk[n][c] = dv[n][c] = 0.f;
+    for (int i0 = j0; i0 < rows && (i0 <= last_key || (seq_start[i0] == last_seq && i0 - last_key < window));
+         i0 += 16) {
+        const int i_last = min(i0 + 15, rows - 1);
+        // The query columns of this lane's products (8n + 2t + (c & 1)) and the first key each sees.
+        int first[2][2];
+        for (int n = 0; n < 2; ++n)
+            for (int e = 0; e < 2; ++e) first[n][e] = first_key(seq_start, i0 + 8 * n + 2 * t + e, rows, window);
+        for (int h = gk * group; h < (gk + 1) * group; ++h) {
+            __syncthreads();  // k and v are staged; the last tile's q, dout and st are read
+            stage_bf16<HD>(q, 16, qkv, row_len, q_col + h * head_dim, i0, i_last, head_dim);
+            stage_bf16<HD>(dout, 16, datt, att_stride, h * head_dim, i0, i_last, head_dim);
+            if (threadIdx.x < 48) {
+                const int r = threadIdx.x / 3;
+                st[r][threadIdx.x % 3] =
+                    i0 + r <= i_last ? stats[((size_t)(i0 + r) * n_heads + h) * 3 + threadIdx.x % 3] : 0.f;
+            }
+            __syncthreads();
+            // Queries come at or after the keys they see: a tile wholly before the warp's keys has nothing for it.
+            if (wk > last_key || i0 + 15 < wk) continue;
+            // sᵀ (16 keys × 16 queries) = k·qᵀ, dPᵀ = v·dOᵀ.
+            float s[2][4], dp[2][4];
+            for (int n = 0; n < 2; ++n)
+                for (int c = 0; c < 4; ++c) s[n][c] = dp[n][c] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk) {
+                if (16 * kk >= head_dim) break;
+                const int d = 16 * kk + 2 * t;
+                const unsigned short *k_lo = my_k + g * (HD + MMA_PAD), *k_hi = k_lo + 8 * (HD + MMA_PAD);
+                const unsigned short *v_lo = my_v + g * (HD + MMA_PAD), *v_hi = v_lo + 8 * (HD + MMA_PAD);
+                const unsigned ka[4] = {pair_at(k_lo, d), pair_at(k_hi, d), pair_at(k_lo, d + 8), pair_at(k_hi, d + 8)};
+                const unsigned va[4] = {pair_at(v_lo, d), pair_at(v_hi, d), pair_at(v_lo, d + 8), pair_at(v_hi, d + 8)};
+                for (int n = 0; n < 2; ++n) {
+                    const unsigned short *qr = q + (8 * n + g) * (HD + MMA_PAD), *dr = dout + (8 * n + g) * (HD + MMA_PAD);
+                    const unsigned qb[2] = {pair_at(qr, d), pair_at(qr, d + 8)};
+                    const unsigned db[2] = {pair_at(dr, d), pair_at(dr, d + 8)};
+                    mma_bf16_16x8x16(s[n], ka, qb);
+                    mma_bf16_16x8x16(dp[n], va, db);
+                }
+            }
+            // Pᵀ into s, dSᵀ (with the scale) into dp.
+            for (int n = 0; n < 2; ++n)
+                for (int c = 0; c < 4; ++c) {
+                    const int qi = 8 * n + 2 * t + (c & 1), query = i0 + qi, j = key[c >> 1];
+                    const bool sees = query <= i_last && j <= last_key && j >= first[n][c & 1] && j <= query;
+                    const float p = sees ? expf(s[n][c] * scale - st[qi][0]) / st[qi][1] : 0.f;
+                    s[n][c] = p;
+                    dp[n][c] = scale * p * (dp[n][c] - st[qi][2]);
+                }
+            add_weighted<HD, 1>(dv, s, dout, head_dim);
+            add_weighted<HD, 1>(dk, dp, q, head_dim);
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+            const int j = key[c >> 1], d = 8 * n + 2 * t + (c & 1);
+            if (j <= last_key && d < head_dim) {
+                dqkv[(size_t)j * row_len + k_col + gk * head_dim + d] = dk[n][c];
+                dqkv[(size_t)j * row_len + v_col + gk * head_dim + d] = dv[n][c];
+            }
+        }
+}
+
+// The kernels, one per head size (src/kernels/cuda/ops/attention.rs launches the smallest that holds head_dim).
+#define MMA_FORWARD_ARGS out, qkv, seq_start, rows, row_len, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim, scale, window
+#define MMA_DQ_ARGS                                                                                                 \
+    dqkv, stats, datt, qkv, att, seq_start, rows, row_len, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim,     \
+        scale, window
+#define MMA_DKV_ARGS                                                                                                \
+    dqkv, stats, datt, qkv, seq_start, rows, row_len, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim, scale,   \
+        window
+extern "C" __global__ void attention_forward_mma64(float* out, const float* qkv, const unsigned* seq_start, int rows,
+                                                   int row_len, int q_col, int k_col, int v_col, int n_heads,
+                                                   int n_kv_heads, int head_dim, float scale, int window) {
+    attention_forward_mma<64>(MMA_FORWARD_ARGS);
+}
+extern "C" __global__ void attention_forward_mma128(float* out, const float* qkv, const unsigned* seq_start, int rows,
+                                                    int row_len, int q_col, int k_col, int v_col, int n_heads,
+                                                    int n_kv_heads, int head_dim, float scale, int window) {
+    attention_forward_mma<128>(MMA_FORWARD_ARGS);
+}
+extern "C" __global__ void attention_backward_dq_mma64(float* dqkv, float* stats, const float* datt, const float* qkv,
+                                                       const float* att, const unsigned* seq_start, int rows,
+                                                       int row_len, int q_col, int k_col, int v_col, int n_heads,
+                                                       int n_kv_heads, int head_dim, float scale, int window) {
+    attention_backward_dq_mma<64>(MMA_DQ_ARGS);
+}
+extern "C" __global__ void attention_backward_dq_mma128(float* dqkv, float* stats, const float* datt, const float* qkv,
+                                                        const float* att, const unsigned* seq_start, int rows,
+                                                        int row_len, int q_col, int k_col, int v_col, int n_heads,
+                                                        int n_kv_heads, int head_dim, float scale, int window) {
+    attention_backward_dq_mma<128>(MMA_DQ_ARGS);
+}
+extern "C" __global__ void attention_backward_dkv_mma64(float* dqkv, const float* stats, const float* datt,
+                                                        const float* qkv, const unsigned* seq_start, int rows,
+                                                        int row_len, int q_col, int k_col, int v_col, int n_heads,
+                                                        int n_kv_heads, int head_dim, float scale, int window) {
+    attention_backward_dkv_mma<64>(MMA_DKV_ARGS);
+}
+extern "C" __global__ void attention_backward_dkv_mma128(float* dqkv, const float* stats, const float* datt,
+                                                         const float* qkv, const unsigned* seq_start, int rows,
+                                                         int row_len, int q_col, int k_col, int v_col, int n_heads,
+                                                         int n_kv_heads, int head_dim, float scale, int window) {
+    attention_backward_dkv_mma<128>(MMA_DKV_ARGS);
+}
