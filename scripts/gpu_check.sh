@@ -28,11 +28,11 @@
 #     6 steps of full fine-tuning on tiny Qwen2;
 #   - a SmolLM2-135M-shaped model (random weights, made here with transformers, the tiny tokenizer): 20 LoRA steps
 #     (all linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative (f32)
-#     and 1e-2 (`--compute bf16` on both);
+#     and 1e-2 (`--compute bf16` on both; the device's attention on the tensor cores, and in f32 as the CPU's);
 #   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
 #   - decode tokens/s of `generate --device cuda` (with and without CUDA graphs) vs transformers' `generate` (f32,
 #     bf16) on the SmolLM2-135M shape;
-#   - throughput: `condlm train --device cuda` (f32, bf16) vs PyTorch + PEFT (f32 without TF32, bf16) on the same rows,
+#   - throughput: `condlm train --device cuda` (f32, bf16, and bf16 with attention in f32) vs PyTorch + PEFT (f32 without TF32, bf16) on the same rows,
 #     batch and LoRA, tokens/s, peak GPU memory and model FLOP utilisation (the weight products' FLOPs per token
 #     times tokens/s, against the peaks --check-kernels measured); then the same on a Qwen2.5-1.5B-shaped model
 #     while time allows.
@@ -248,24 +248,32 @@ smollm2_parity() {
     "$py" "$helper" compare-runs "$work/s-$dev" "$work/s-cpu" 1e-4 || return 1
     # bf16 against the CPU's bf16 (the same operand rounding, other summation orders): against f32 the adapters of
     # a few Adam steps differ by more than any fixed tolerance (an element with a tiny gradient moves ±lr either way).
-    for d in cpu "$dev"; do
-        train_run "$work/s-$d-bf16" "$d" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
-            --compute bf16 || return 1
-    done
-    echo "bf16 on the device vs bf16 on the CPU:"
-    "$py" "$helper" compare-runs "$work/s-$dev-bf16" "$work/s-cpu-bf16" 1e-2
+    # The CPU's bf16 attention is f32: so is the device's here (CONDLM_CUDA_MMA_ATTENTION=0).
+    train_run "$work/s-cpu-bf16" cpu "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
+        --compute bf16 || return 1
+    CONDLM_CUDA_MMA_ATTENTION=0 train_run "$work/s-$dev-bf16" "$dev" "$work/smollm2-135m" "$work/rows1.jsonl" \
+        "${steps:-20}" 8 --eval-fraction 0 --compute bf16 || return 1
+    echo "bf16 on the device (attention in f32) vs bf16 on the CPU:"
+    "$py" "$helper" compare-runs "$work/s-$dev-bf16" "$work/s-cpu-bf16" 1e-2 || return 1
+    # The default: attention's products on the tensor cores too (bf16 q, k, v, P, dS): the losses.
+    train_run "$work/s-$dev-mma" "$dev" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
+        --compute bf16 || return 1
+    echo "bf16 on the device, attention on the tensor cores, vs bf16 on the CPU (losses):"
+    "$py" "$helper" compare-runs "$work/s-$dev-mma" "$work/s-cpu-bf16" 1e-2 losses
 }
-run_check "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2)" smollm2_parity
+run_check "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2; bf16 with tensor-core attention: losses within 1e-2)" smollm2_parity
 
-# throughput MODEL STEPS BATCH: condlm on the device in f32 and bf16, then PEFT in f32 and bf16, on rows four
-# completions long (LoRA r 16 on every linear layer, the same batches).
+# throughput MODEL STEPS BATCH: condlm on the device in f32, bf16 and bf16 with attention in f32 (what the tensor
+# cores' attention gains), then PEFT in f32 and bf16, on rows four completions long (LoRA r 16 on every linear
+# layer, the same batches).
 throughput() {
     local model=$1 steps=$2 batch=$3 c
     [ -f "$work/rows4.jsonl" ] || "$py" "$helper" make-data "$work/rows4.jsonl" 512 4 tests/fixtures/train_rows.jsonl
-    for c in f32 bf16; do
-        local dir="$work/t-$(basename "$model")-$c"
-        peak_gpu_mib train_run "$dir" "$dev" "$model" "$work/rows4.jsonl" "$steps" "$batch" --eval-fraction 0 \
-            --compute "$c" || return 1
+    for c in f32 bf16 bf16-f32-attention; do
+        local dir="$work/t-$(basename "$model")-$c" mma=1
+        [ "$c" = bf16-f32-attention ] && mma=0
+        CONDLM_CUDA_MMA_ATTENTION=$mma peak_gpu_mib train_run "$dir" "$dev" "$model" "$work/rows4.jsonl" "$steps" \
+            "$batch" --eval-fraction 0 --compute "${c%%-*}" || return 1
         echo "compute $c:"
         "$py" "$helper" throughput "$dir" "$model" || return 1
     done
