@@ -32,10 +32,11 @@
 #   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
 #   - decode tokens/s of `generate --device cuda` (with and without CUDA graphs) vs transformers' `generate` (f32,
 #     bf16) on the SmolLM2-135M shape;
-#   - throughput: `condlm train --device cuda` (f32, bf16, and bf16 with attention in f32) vs PyTorch + PEFT (f32 without TF32, bf16) on the same rows,
-#     batch and LoRA, tokens/s, peak GPU memory and model FLOP utilisation (the weight products' FLOPs per token
-#     times tokens/s, against the peaks --check-kernels measured); then the same on a Qwen2.5-1.5B-shaped model
-#     while time allows.
+#   - throughput: `condlm train --device cuda` LoRA (f32, bf16, and bf16 with attention in f32) vs PyTorch + PEFT
+#     (f32 without TF32, bf16), and full fine-tuning in bf16 vs PyTorch under bf16 autocast, on the same rows and
+#     batches: tokens/s, peak GPU memory and model FLOP utilisation (the weight products' FLOPs per token times
+#     tokens/s, against the peaks --check-kernels measured); then LoRA and full in bf16 on a Qwen2.5-1.5B-shaped
+#     model while time allows.
 # scripts/cuda/gpu_check.py does the comparisons and PEFT's side. The whole script must stay under 8 minutes.
 #
 # A dry run of the script's logic on a machine without a GPU: GPU_CHECK_DEVICE=reference (condlm's device path on
@@ -263,26 +264,39 @@ smollm2_parity() {
 }
 run_check "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2; bf16 with tensor-core attention: losses within 1e-2)" smollm2_parity
 
-# throughput MODEL STEPS BATCH: condlm on the device in f32, bf16 and bf16 with attention in f32 (what the tensor
-# cores' attention gains), then PEFT in f32 and bf16, on rows four completions long (LoRA r 16 on every linear
-# layer, the same batches).
+# throughput MODEL STEPS BATCH COMPUTE...: on rows four completions long, the same batches on both sides: LoRA (r 16
+# on every linear layer), condlm on the device for each COMPUTE (f32, bf16, bf16-f32-attention: bf16 with attention
+# in f32, what the tensor cores' attention gains) and PyTorch + PEFT for each of f32 and bf16 listed; then full
+# fine-tuning in bf16, condlm `--full` vs PyTorch with f32 master weights under bf16 autocast.
 throughput() {
-    local model=$1 steps=$2 batch=$3 c
+    local model=$1 steps=$2 batch=$3 c dir mma
+    shift 3
     [ -f "$work/rows4.jsonl" ] || "$py" "$helper" make-data "$work/rows4.jsonl" 512 4 tests/fixtures/train_rows.jsonl
-    for c in f32 bf16 bf16-f32-attention; do
-        local dir="$work/t-$(basename "$model")-$c" mma=1
+    for c in "$@"; do
+        dir="$work/t-$(basename "$model")-$c" mma=1
         [ "$c" = bf16-f32-attention ] && mma=0
         CONDLM_CUDA_MMA_ATTENTION=$mma peak_gpu_mib train_run "$dir" "$dev" "$model" "$work/rows4.jsonl" "$steps" \
             "$batch" --eval-fraction 0 --compute "${c%%-*}" || return 1
-        echo "compute $c:"
+        echo "LoRA, compute $c:"
         "$py" "$helper" throughput "$dir" "$model" || return 1
     done
-    for c in f32 bf16; do
-        "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 16 "$c" || return 1
+    for c in "$@"; do
+        [ "$c" = bf16-f32-attention ] || "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 16 "$c" ||
+            return 1
     done
+    dir="$work/t-$(basename "$model")-full"
+    peak_gpu_mib full_run "$dir" "$model" "$steps" "$batch" || return 1
+    echo "full fine-tuning, compute bf16:"
+    "$py" "$helper" throughput "$dir" "$model" full || return 1
+    "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 0 bf16 full
 }
-run_check "throughput, SmolLM2-135M-shaped: condlm $dev (f32, bf16) vs PyTorch + PEFT" throughput "$work/smollm2-135m" \
-    "${steps:-30}" 16
+# full_run DIR MODEL STEPS BATCH: condlm full fine-tuning in bf16 on the device (the last lines of its output).
+full_run() {
+    "$bin" train --model "$2" --data "$work/rows4.jsonl" --output-dir "$1" --full --max-steps "$3" --batch-size "$4" \
+        --lr 1e-5 --eval-fraction 0 --save-every 0 --device "$dev" --compute bf16 2>&1 | tail -2
+}
+run_check "throughput, SmolLM2-135M-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA f32 and bf16, full bf16" throughput \
+    "$work/smollm2-135m" "${steps:-30}" 16 f32 bf16 bf16-f32-attention
 
 # decode_speed MODEL NEW: greedy decoding of one prompt, condlm on the device (decoding steps replayed as CUDA
 # graphs, then without them) vs transformers' generate. A graph that cannot be recorded shows as condlm's warning.
@@ -311,9 +325,9 @@ elapsed=$(($(date +%s) - script_start))
 if [ "$elapsed" -lt 240 ]; then
     qwen() {
         "$py" "$helper" make-model "$work/qwen2.5-1.5b" qwen2.5-1.5b tests/fixtures/tiny-llama || return 1
-        throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8
+        throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8 bf16 bf16-f32-attention
     }
-    run_check "throughput, Qwen2.5-1.5B-shaped: condlm $dev (f32, bf16) vs PyTorch + PEFT" qwen
+    run_check "throughput, Qwen2.5-1.5B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16" qwen
 else
     printf '\n## throughput, Qwen2.5-1.5B-shaped\n\nskipped: %d s gone, the script keeps under 8 minutes\n' \
         "$elapsed" >>"$report.tmp"

@@ -1,11 +1,14 @@
 """Helpers of scripts/gpu_check.sh on the GPU machine (PyTorch, transformers and peft there; no Rust, no network).
 
   gpu_check.py compare-scores A.jsonl B.jsonl TOL        per-token log-probs of two `condlm score --per-token` runs
-  gpu_check.py compare-runs DIR_A DIR_B TOL              losses, eval NLLs and adapters of two `condlm train` runs
+  gpu_check.py compare-runs DIR_A DIR_B TOL [losses]     losses, eval NLLs and (unless `losses`) adapters of two
+                                                         `condlm train` runs
   gpu_check.py make-model DIR SHAPE TOKENIZER_DIR        a random-weight model of SHAPE (smollm2-135m, qwen2.5-1.5b)
   gpu_check.py make-data OUT ROWS REPEAT SRC.jsonl       ROWS rows of SRC, each completion repeated REPEAT times
-  gpu_check.py peft MODEL_DIR DATA STEPS BATCH RANK DTYPE  PyTorch + PEFT LoRA (all linear layers) on cuda:0
-  gpu_check.py throughput DIR MODEL_DIR                  tokens/s of a `condlm train` run (its steps after the first)
+  gpu_check.py peft MODEL_DIR DATA STEPS BATCH RANK DTYPE [full]
+                                                         PyTorch + PEFT LoRA (all linear layers) on cuda:0, or
+                                                         with `full` PyTorch full fine-tuning (bf16: autocast)
+  gpu_check.py throughput DIR MODEL_DIR [full]           tokens/s of a `condlm train` run (its steps after the first)
                                                          and its model FLOP utilisation (GPU_CHECK_PEAKS)
   gpu_check.py compare-generations A.jsonl B.jsonl       the generations of two `condlm generate --data` runs: equal
   gpu_check.py hf-generate MODEL_DIR PROMPT NEW DTYPE    transformers' greedy `generate` on cuda:0: decode tokens/s
@@ -104,19 +107,24 @@ def make_data(out, n, repeat, src):
     return True
 
 
-def peft(model_dir, data, steps, batch, rank, dtype):
-    """LoRA on every linear layer (r = rank, α = 2r, no dropout), AdamW, the conditional objective on packed-free
-    padded batches as PEFT users run it; tokens/s over the steps after the first, peak GPU memory."""
-    import torch, torch.nn.functional as F
+def peft(model_dir, data, steps, batch, rank, dtype, mode="lora"):
+    """`mode` lora: LoRA on every linear layer (r = rank, α = 2r, no dropout) of the model loaded in `dtype`, as PEFT
+    users run it. `mode` full: every weight trained, f32 master weights, products in bf16 under autocast for bf16 (HF
+    Trainer's bf16=True). AdamW, the conditional objective on padded batches; tokens/s over the steps after the
+    first, peak GPU memory."""
+    import contextlib, torch, torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from peft import LoraConfig, get_peft_model
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = os.environ.get("GPU_CHECK_TORCH_DEVICE", "cuda")  # cpu: a dry run of the script without a GPU
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     dt = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    full = mode == "full"
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).to(dev)
-    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear"))
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if full else dt).to(dev)
+    if not full:
+        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear"))
+    autocast = (lambda: torch.autocast(device_type=dev, dtype=dt)) if full and dtype == "bf16" else contextlib.nullcontext
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     eos = tok.eos_token_id if tok.eos_token_id is not None else 2
     enc = []
@@ -135,15 +143,17 @@ def peft(model_dir, data, steps, batch, rank, dtype):
             ids[k, :len(i)] = torch.tensor(i); lab[k, :len(l)] = torch.tensor(l); att[k, :len(i)] = 1
         ids, lab, att = ids.to(dev), lab.to(dev), att.to(dev)
         sync(); t = time.time()
-        logits = model(input_ids=ids, attention_mask=att).logits.float()
+        with autocast():
+            logits = model(input_ids=ids, attention_mask=att).logits.float()
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), lab[:, 1:].reshape(-1), ignore_index=-100)
         loss.backward(); opt.step(); opt.zero_grad()
         sync()
         if s > 0:
             toks += int(att.sum()); secs += time.time() - t
-    print(json.dumps({"engine": f"pytorch+peft {dtype}", "tokens_per_s": toks / secs,
+    engine = f"pytorch full, {'bf16 autocast' if dtype == 'bf16' else 'f32'}" if full else f"pytorch+peft {dtype}"
+    print(json.dumps({"engine": engine, "tokens_per_s": toks / secs,
                       "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None, "last_loss": loss.item(),
-                      **utilisation(model_dir, toks / secs)}))
+                      **utilisation(model_dir, toks / secs, full)}))
     return True
 
 
@@ -204,12 +214,12 @@ def utilisation(model_dir, tokens_per_s, full=False):
     return out
 
 
-def throughput(d, model_dir):
+def throughput(d, model_dir, full=False):
     m = rows(os.path.join(d, "metrics.jsonl"))
     steps = [r for r in m if r.get("tokens_per_s") is not None][1:]
     toks, secs = sum(r["tokens"] for r in steps), sum(r["step_s"] for r in steps)
     print(json.dumps({"engine": "condlm", "dir": d, "steps": len(steps), "tokens_per_s": toks / secs,
-                      **utilisation(model_dir, toks / secs)}))
+                      **utilisation(model_dir, toks / secs, full)}))
     return True
 
 
@@ -220,8 +230,8 @@ if __name__ == "__main__":
         "compare-runs": lambda: compare_runs(args[0], args[1], float(args[2]), args[3:] != ["losses"]),
         "make-model": lambda: make_model(*args),
         "make-data": lambda: make_data(args[0], int(args[1]), int(args[2]), args[3]),
-        "peft": lambda: peft(args[0], args[1], int(args[2]), int(args[3]), int(args[4]), args[5]),
-        "throughput": lambda: throughput(args[0], args[1]),
+        "peft": lambda: peft(args[0], args[1], int(args[2]), int(args[3]), int(args[4]), args[5], *args[6:]),
+        "throughput": lambda: throughput(args[0], args[1], args[2:] == ["full"]),
         "compare-generations": lambda: compare_generations(args[0], args[1]),
         "hf-generate": lambda: hf_generate(args[0], args[1], int(args[2]), args[3]),
     }[cmd]()
