@@ -80,6 +80,7 @@ ArgBytes copy_args(void** args) {
 // Helpers are defined in every program (common.cuh in front of each): internal linkage keeps them apart.
 #define __device__ static inline
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 inline void __syncthreads() { emu::syncthreads(); }
 

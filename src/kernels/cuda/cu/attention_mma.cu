@@ -8,8 +8,8 @@
 // Launch convention: blocks of MMA_WARPS warps; each warp owns 16 consecutive rows (query rows for the forward and
 // dq, key rows for dk and dv), the block MMA_ROWS; grid (⌈N / MMA_ROWS⌉, heads). Each kernel comes in two head
 // sizes HD (64, 128): head_dim rounded up, features past head_dim staged as zeros. Tiles of k, v, q and dO are
-// staged in shared memory as bf16 bits (unsigned shorts), rows padded by MMA_PAD so that the 8 rows a warp's
-// operand reads touch fall on different banks.
+// staged in shared memory as bf16 bits (unsigned shorts, the arrays aligned for the 32-bit reads of a pair), rows
+// padded by MMA_PAD so that the 8 rows a warp's operand reads touch fall on different banks.
 //
 // Fragments (common.cuh): lane = 4g + t holds rows g and g + 8 of a 16-row tile; of an 8-column tile of products,
 // columns 2t and 2t + 1. A tile of products turns into the A operand of the next product in place (flash
@@ -141,7 +141,7 @@ template <int HD>
 __device__ void attention_forward_mma(float* out, const float* qkv, const unsigned* seq_start, int rows, int row_len,
                                       int q_col, int k_col, int v_col, int n_heads, int n_kv_heads, int head_dim,
                                       float scale, int window) {
-    __shared__ unsigned short k[MMA_KEYS * (HD + MMA_PAD)], v[MMA_KEYS * (HD + MMA_PAD)];
+    __shared__ __align__(16) unsigned short k[MMA_KEYS * (HD + MMA_PAD)], v[MMA_KEYS * (HD + MMA_PAD)];
     const int r0 = blockIdx.x * MMA_ROWS, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int w0 = r0 + 16 * warp, w_last = min(w0 + 15, rows - 1);
@@ -204,7 +204,7 @@ __device__ void attention_backward_dq_mma(float* dqkv, float* stats, const float
                                           const float* att, const unsigned* seq_start, int rows, int row_len,
                                           int q_col, int k_col, int v_col, int n_heads, int n_kv_heads, int head_dim,
                                           float scale, int window) {
-    __shared__ unsigned short k[MMA_DQ_KEYS * (HD + MMA_PAD)], v[MMA_DQ_KEYS * (HD + MMA_PAD)];
+    __shared__ __align__(16) unsigned short k[MMA_DQ_KEYS * (HD + MMA_PAD)], v[MMA_DQ_KEYS * (HD + MMA_PAD)];
     const int r0 = blockIdx.x * MMA_ROWS, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int w0 = r0 + 16 * warp, w_last = min(w0 + 15, rows - 1);
@@ -299,8 +299,8 @@ __device__ void attention_backward_dkv_mma(float* dqkv, const float* stats, cons
                                            const unsigned* seq_start, int rows, int row_len, int q_col, int k_col,
                                            int v_col, int n_heads, int n_kv_heads, int head_dim, float scale,
                                            int window) {
-    __shared__ unsigned short k[MMA_ROWS * (HD + MMA_PAD)], v[MMA_ROWS * (HD + MMA_PAD)];
-    __shared__ unsigned short q[16 * (HD + MMA_PAD)], dout[16 * (HD + MMA_PAD)];
+    __shared__ __align__(16) unsigned short k[MMA_ROWS * (HD + MMA_PAD)], v[MMA_ROWS * (HD + MMA_PAD)];
+    __shared__ __align__(16) unsigned short q[16 * (HD + MMA_PAD)], dout[16 * (HD + MMA_PAD)];
     __shared__ float st[16][3];
     const int j0 = blockIdx.x * MMA_ROWS, gk = blockIdx.y, group = n_heads / n_kv_heads;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
