@@ -21,7 +21,9 @@
 #     operands at 37×100·(33×100)ᵀ, 64×576·(1536×576)ᵀ and 163×1536·(8960×1536)ᵀ vs `matmul` / `gemm_bf16`; causal
 #     GQA attention forward and backward (packed rows, a sliding window, a model scale) vs `kernels::attention`;
 #     RMSNorm, RoPE, SwiGLU/GeGLU, the cross-entropy rows and AdamW. Then "peak" lines: cuBLAS's measured
-#     TFLOP/s at 4096×4096×4096 in f32 and bf16 (the peak issue 15's model FLOP utilisation is reported against).
+#     TFLOP/s at 4096×4096×4096 in f32 and bf16 (the peak issue 15's model FLOP utilisation is reported against),
+#     and "speed" lines: attention forward and backward over 16 × 300 rows at SmolLM2-135M's and Qwen2.5-1.5B's
+#     heads, f32 kernels vs bf16 on the tensor cores (ms, TFLOP/s).
 #     The script fails if any of that fails.
 #   - `score --device cuda` vs `--device cpu` on the tiny fixtures of every family (per-token log-probs, relative
 #     error ≤ 1e-5; `--compute bf16` on the device ≤ 2e-2 of the CPU's f32), a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter) and
@@ -44,7 +46,7 @@
 # (the kernel section then fails, as there is no GPU; the rest must pass). With the CUDA emulator instead
 # (tests/cuda_emulator/; `cargo test --release --features cuda --test cuda_emulated -- --ignored --nocapture
 # emulator_folder` prints its folder), the `cuda` paths run on the CPU: LD_LIBRARY_PATH=FOLDER
-# CONDLM_GEMM_PEAK_SIZE=64 GPU_CHECK_TORCH_DEVICE=cpu GPU_CHECK_STEPS=2 scripts/gpu_check.sh target/release/condlm
+# CONDLM_GEMM_PEAK_SIZE=64 CONDLM_ATTENTION_SPEED_ROWS=8 GPU_CHECK_TORCH_DEVICE=cpu GPU_CHECK_STEPS=2 scripts/gpu_check.sh target/release/condlm
 # /tmp/r.md (the sections up to the tiny generations pass; the 135M-shaped ones are too slow for it).
 #
 # Usage: scripts/gpu_check.sh [BINARY [REPORT]]   (defaults: target/gpu/condlm, $OUT/gpu_check.md when $OUT is

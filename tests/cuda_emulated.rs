@@ -25,8 +25,10 @@ fn condlm_with(args: &[&str], env: &[(&str, &str)]) -> String {
         .args(args)
         .envs(env.iter().copied())
         .env("LD_LIBRARY_PATH", common::cuda_emulator::lib_dir())
-        // cuBLAS's peak, timed at 4096³ on a GPU, would take minutes on the emulator's CPU GEMM.
+        // cuBLAS's peak, timed at 4096³ on a GPU, and the attention kernels' speed, at 16 × 300 rows, would take
+        // minutes on the emulator's CPU.
         .env("CONDLM_GEMM_PEAK_SIZE", "64")
+        .env("CONDLM_ATTENTION_SPEED_ROWS", "8")
         .output()
         .unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));

@@ -1,6 +1,7 @@
 //! `condlm info --devices --check-kernels` (feature `cuda`): every CUDA kernel source compiled with NVRTC for each
 //! GPU's architecture, loaded into the GPU's context, its kernels looked up, then run against the CPU kernels
-//! (`kernel_parity`), cuBLAS's GEMM throughput measured (`gemm_peak`), and the CUDA backend checked op by op
+//! (`kernel_parity`), cuBLAS's GEMM throughput and the attention kernels' speed measured (`gemm_peak`,
+//! `attention_speed`), and the CUDA backend checked op by op
 //! against the reference backend (`backend_parity`), and NCCL's bindings on a one-rank communicator — or, with no
 //! GPU, compiled for `sm_90` only. Prints one line
 //! per source and comparison; fails if any source does not compile or load, or any comparison is off.
@@ -69,6 +70,10 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
         failed += super::kernel_parity::run(&device);
         if let Err(e) = super::gemm_peak::run(&device) {
             println!("peak   cuda:{} gemm FAILED to run: {e:#}", g.ordinal);
+            failed += 1;
+        }
+        if let Err(e) = super::attention_speed::run(&device) {
+            println!("speed  cuda:{} attention FAILED to run: {e:#}", g.ordinal);
             failed += 1;
         }
         match Cuda::new(device) {

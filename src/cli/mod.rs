@@ -1,5 +1,7 @@
 //! One file per subcommand (and per flag that is a job of its own: `info --devices`, `--check-kernels`).
 #[cfg(feature = "cuda")]
+pub mod attention_speed;
+#[cfg(feature = "cuda")]
 pub mod backend_parity;
 #[cfg(feature = "cuda")]
 pub mod check_kernels;
