@@ -38,7 +38,9 @@
 #     (f32 without TF32, bf16), and full fine-tuning in bf16 vs PyTorch under bf16 autocast, on the same rows and
 #     batches: tokens/s, peak GPU memory and model FLOP utilisation (the weight products' FLOPs per token times
 #     tokens/s, against the peaks --check-kernels measured); then LoRA and full in bf16 on a Qwen2.5-1.5B-shaped
-#     model while time allows.
+#     model while time allows;
+#   - compute-sanitizer (memcheck, racecheck) over 2 LoRA steps (bf16, f32) and a generation on tiny Llama, while
+#     time allows.
 # scripts/cuda/gpu_check.py does the comparisons and PEFT's side. The whole script must stay under 8 minutes.
 #
 # A dry run of the script's logic on a machine without a GPU: GPU_CHECK_DEVICE=reference (condlm's device path on
@@ -332,6 +334,35 @@ if [ "$elapsed" -lt 240 ]; then
     run_check "throughput, Qwen2.5-1.5B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16" qwen
 else
     printf '\n## throughput, Qwen2.5-1.5B-shaped\n\nskipped: %d s gone, the script keeps under 8 minutes\n' \
+        "$elapsed" >>"$report.tmp"
+fi
+# sanitize: NVIDIA's compute-sanitizer (in the machine's CUDA toolkit) over small device runs on tiny Llama — two
+# LoRA steps with --compute bf16 (the tensor-core attention) and in f32, and a greedy generation (decoding graphs)
+# — memcheck (reads and writes out of bounds or misaligned, in kernels and API calls) and racecheck (shared-memory
+# hazards between a block's threads): what the CUDA emulator checks only in part, on real hardware.
+sanitize() {
+    local cs tool c
+    cs=$(command -v compute-sanitizer || compgen -G '/usr/local/cuda*/bin/compute-sanitizer' | head -1)
+    [ -n "$cs" ] || { echo "compute-sanitizer not found: skipped"; return 0; }
+    for tool in memcheck racecheck; do
+        for c in bf16 f32; do
+            echo "$tool: train, 2 LoRA steps, --compute $c"
+            timeout 150 "$cs" --tool "$tool" --error-exitcode 1 --print-limit 20 "$bin" train \
+                --model tests/fixtures/tiny-llama --data tests/fixtures/train_rows.jsonl --output-dir "$work/san-$tool-$c" \
+                --max-steps 2 --batch-size 4 --save-every 0 --eval-fraction 0 --device "$dev" --compute "$c" 2>&1 |
+                tail -6 || return 1
+        done
+        echo "$tool: generate, greedy, 12 new tokens"
+        timeout 150 "$cs" --tool "$tool" --error-exitcode 1 --print-limit 20 "$bin" generate \
+            --model tests/fixtures/tiny-llama --data tests/fixtures/score_rows.jsonl --max-new-tokens 12 --batch 2 \
+            --device "$dev" --out "$work/san-$tool-gen.jsonl" 2>&1 | tail -6 || return 1
+    done
+}
+elapsed=$(($(date +%s) - script_start))
+if [ "$elapsed" -lt 380 ] && [ "$dev" = cuda ]; then
+    run_check "compute-sanitizer memcheck and racecheck: tiny Llama, train (bf16, f32) and generate" sanitize
+else
+    printf '\n## compute-sanitizer\n\nskipped: %d s gone (or no GPU), the script keeps under 8 minutes\n' \
         "$elapsed" >>"$report.tmp"
 fi
 rm -rf "$work"
