@@ -46,6 +46,35 @@ fn every_kernel_source_compiles_to_ptx() {
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
+/// The PTX cache (`ptx_cache`): a second compile of a source comes from the folder with NVRTC's exact text; an entry
+/// that does not define the source's kernels (truncated, foreign) is compiled again and replaced; a changed program
+/// text or architecture is another entry. Skipped without NVRTC.
+#[test]
+fn compiled_ptx_is_cached_by_text_architecture_and_nvrtc() {
+    use condlm::kernels::cuda::ptx_cache::compiled_in;
+    if nvrtc_version().is_err() {
+        println!("SKIP compiled_ptx_is_cached_by_text_architecture_and_nvrtc: no NVRTC");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let src = SOURCES.iter().find(|s| s.file == "rope.cu").unwrap();
+    let first = compiled_in(src, DEFAULT_ARCH, Some(dir.path())).unwrap();
+    assert!(!first.from_cache);
+    let entries: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let again = compiled_in(src, DEFAULT_ARCH, Some(dir.path())).unwrap();
+    assert!(again.from_cache && again.ptx.to_src() == first.ptx.to_src());
+    // A truncated entry is not used: compiled again, and the entry made whole.
+    let text = first.ptx.to_src();
+    std::fs::write(&entries[0], &text[..text.len() / 2]).unwrap();
+    let repaired = compiled_in(src, DEFAULT_ARCH, Some(dir.path())).unwrap();
+    assert!(!repaired.from_cache && repaired.ptx.to_src() == text);
+    assert_eq!(std::fs::read_to_string(&entries[0]).unwrap(), text);
+    // Another architecture is another entry.
+    assert!(!compiled_in(src, "sm_80", Some(dir.path())).unwrap().from_cache);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
 /// Each launch in src/kernels/cuda/ops/ names a kernel that some source defines, and pushes as many arguments as the
 /// kernel's `extern "C"` signature has parameters (a mismatch would only show on a GPU, as a crash or garbage);
 /// every kernel has a launch, and no launch lies outside ops/ (where this check would not see it: the backend,

@@ -56,14 +56,15 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
             println!("check cuda:{}  context made, {:.1} of {:.1} GiB free", g.ordinal, gib(free), gib(total));
         }
         for l in &loaded {
+            let nvrtc =
+                if l.from_cache { "PTX from the cache".into() } else { format!("NVRTC {:.0} ms", l.compile_s * 1e3) };
             println!(
-                "check cuda:{}  {} loaded for {}: kernels {} ({} bytes of PTX, NVRTC {:.0} ms, load {:.0} ms)",
+                "check cuda:{}  {} loaded for {}: kernels {} ({} bytes of PTX, {nvrtc}, load {:.0} ms)",
                 g.ordinal,
                 l.file,
                 g.arch(),
                 l.functions.iter().map(|f| f.0).collect::<Vec<_>>().join(" "),
                 l.ptx_bytes,
-                l.compile_s * 1e3,
                 l.load_s * 1e3
             );
         }

@@ -33,14 +33,15 @@ pub fn nvrtc_version() -> Result<(i32, i32), PtxError> {
     }
 }
 
+/// NVRTC's options for `arch`.
+pub fn options(arch: &str) -> Vec<String> {
+    vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()]
+}
+
 /// Compiles `src` (with the common helpers in front) to PTX for `arch` (`sm_90`, …).
 pub fn compile(src: &Source, arch: &str) -> Result<Ptx, PtxError> {
     nvrtc_version()?;
-    let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-        name: Some(src.file.into()),
-        ..Default::default()
-    };
+    let opts = CompileOptions { options: options(arch), name: Some(src.file.into()), ..Default::default() };
     compile_ptx_with_opts(src.program(), opts).map_err(|e| PtxError::Compile {
         file: src.file,
         arch: arch.into(),

@@ -1,7 +1,7 @@
 //! One GPU ready for launches: its context, a stream, and every kernel of [`SOURCES`] compiled for its
 //! architecture and loaded, looked up by name.
 use super::devices::Gpu;
-use super::module::{LoadError, Loaded, load};
+use super::module::{LoadError, Loaded, load_all};
 use super::sources::SOURCES;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream, DriverError};
 use std::collections::HashMap;
@@ -35,10 +35,7 @@ impl Device {
         // its events when it is allocated.
         // SAFETY: no buffer of this context is shared between streams (there is one).
         unsafe { ctx.disable_event_tracking() };
-        let mut loaded = Vec::with_capacity(SOURCES.len());
-        for src in SOURCES {
-            loaded.push(load(&ctx, src, &gpu.arch()).map_err(|err| OpenError::Load { ordinal, err })?);
-        }
+        let loaded = load_all(&ctx, SOURCES, &gpu.arch()).map_err(|err| OpenError::Load { ordinal, err })?;
         let functions = loaded.iter().flat_map(|l| l.functions.iter().cloned()).collect();
         // A stream of our own, not the legacy null stream, which cannot be captured into a graph.
         let stream = ctx.new_stream().map_err(|err| OpenError::Context { ordinal, err })?;

@@ -15,4 +15,5 @@ pub mod devices;
 pub mod gemm;
 pub mod module;
 pub mod ops;
+pub mod ptx_cache;
 pub mod sources;

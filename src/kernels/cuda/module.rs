@@ -1,5 +1,6 @@
 //! Kernel sources compiled for a GPU and loaded into its context: the functions launches take, by name.
-use super::compile::{PtxError, compile};
+use super::compile::PtxError;
+use super::ptx_cache::{Compiled, compiled};
 use super::sources::Source;
 use cudarc::driver::{CudaContext, CudaFunction, DriverError};
 use std::sync::Arc;
@@ -10,8 +11,10 @@ pub struct Loaded {
     pub file: &'static str,
     /// Size of the PTX text the driver loaded.
     pub ptx_bytes: usize,
-    /// Seconds spent in NVRTC, and in the driver's load (its JIT of the PTX for the GPU).
+    /// Seconds spent in NVRTC (0 when the PTX came from `ptx_cache`), and in the driver's load (its JIT of the PTX
+    /// for the GPU, itself cached by the driver).
     pub compile_s: f64,
+    pub from_cache: bool,
     pub load_s: f64,
     /// The source's kernels in its order (`Source::kernels`).
     pub functions: Vec<(&'static str, CudaFunction)>,
@@ -32,14 +35,26 @@ pub enum LoadError {
     Function { file: &'static str, kernel: &'static str, err: DriverError },
 }
 
-/// Compiles `src` for `arch` (the GPU's, e.g. `sm_90`), loads it into `ctx` and looks up each of its kernels.
-pub fn load(ctx: &Arc<CudaContext>, src: &Source, arch: &str) -> Result<Loaded, LoadError> {
+/// Compiles `src` for `arch` (the GPU's, e.g. `sm_90`; through `ptx_cache`), loads it into `ctx` and looks up each
+/// of its kernels.
+pub fn load(ctx: &Arc<CudaContext>, src: &'static Source, arch: &str) -> Result<Loaded, LoadError> {
+    load_compiled(ctx, src, compiled(src, arch)?)
+}
+
+/// [`load`] for every source: compiled side by side (NVRTC's programs are independent; one thread each), then
+/// loaded in order. Stops at the first source that fails.
+pub fn load_all(ctx: &Arc<CudaContext>, sources: &'static [Source], arch: &str) -> Result<Vec<Loaded>, LoadError> {
+    let ptx: Vec<Result<Compiled, PtxError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = sources.iter().map(|src| s.spawn(move || compiled(src, arch))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    sources.iter().zip(ptx).map(|(src, c)| load_compiled(ctx, src, c?)).collect()
+}
+
+fn load_compiled(ctx: &Arc<CudaContext>, src: &'static Source, c: Compiled) -> Result<Loaded, LoadError> {
+    let ptx_bytes = c.ptx.to_src().len();
     let t = Instant::now();
-    let ptx = compile(src, arch)?;
-    let compile_s = t.elapsed().as_secs_f64();
-    let ptx_bytes = ptx.to_src().len();
-    let t = Instant::now();
-    let module = ctx.load_module(ptx).map_err(|err| LoadError::Module { file: src.file, err })?;
+    let module = ctx.load_module(c.ptx).map_err(|err| LoadError::Module { file: src.file, err })?;
     let functions = src
         .kernels
         .iter()
@@ -47,5 +62,6 @@ pub fn load(ctx: &Arc<CudaContext>, src: &Source, arch: &str) -> Result<Loaded, 
             Ok((k, module.load_function(k).map_err(|err| LoadError::Function { file: src.file, kernel: k, err })?))
         })
         .collect::<Result<_, LoadError>>()?;
-    Ok(Loaded { file: src.file, ptx_bytes, compile_s, load_s: t.elapsed().as_secs_f64(), functions })
+    let (compile_s, from_cache) = (c.nvrtc_s, c.from_cache);
+    Ok(Loaded { file: src.file, ptx_bytes, compile_s, from_cache, load_s: t.elapsed().as_secs_f64(), functions })
 }
