@@ -28,20 +28,22 @@
 #   - `score --device cuda` vs `--device cpu` on the tiny fixtures of every family (per-token log-probs, relative
 #     error ≤ 1e-5; `--compute bf16` on the device ≤ 2e-2 of the CPU's f32), a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter) and
 #     6 steps of full fine-tuning on tiny Qwen2;
-#   - a SmolLM2-135M-shaped model (random weights, made here with transformers, the tiny tokenizer): 20 LoRA steps
-#     (all linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative (f32)
-#     and 1e-2 (`--compute bf16` on both; the device's attention on the tensor cores, and in f32 as the CPU's);
 #   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
+#   - throughput on a SmolLM2-135M-shaped model (random weights, made here with transformers, the tiny tokenizer):
+#     `condlm train --device cuda` LoRA (f32, bf16, and bf16 with attention in f32) vs PyTorch + PEFT (f32 without
+#     TF32, bf16), and full fine-tuning in bf16 vs PyTorch under bf16 autocast, on the same rows and batches:
+#     tokens/s, peak GPU memory and model FLOP utilisation (the weight products' FLOPs per token times tokens/s,
+#     against the peaks --check-kernels measured); then LoRA and full in bf16 on a Qwen2.5-1.5B-shaped model while
+#     time allows (the throughputs come before the slower CPU-side checks below, so that a run cut short keeps them);
+#   - the SmolLM2-135M shape: 20 LoRA steps (all linear layers, r 16, dropout 0.05) on cuda vs the CPU path,
+#     per-step losses within 1e-4 relative (f32) and 1e-2 (`--compute bf16` on both; the device's attention on the
+#     tensor cores, and in f32 as the CPU's);
 #   - decode tokens/s of `generate --device cuda` (with and without CUDA graphs) vs transformers' `generate` (f32,
-#     bf16) on the SmolLM2-135M shape;
-#   - throughput: `condlm train --device cuda` LoRA (f32, bf16, and bf16 with attention in f32) vs PyTorch + PEFT
-#     (f32 without TF32, bf16), and full fine-tuning in bf16 vs PyTorch under bf16 autocast, on the same rows and
-#     batches: tokens/s, peak GPU memory and model FLOP utilisation (the weight products' FLOPs per token times
-#     tokens/s, against the peaks --check-kernels measured); then LoRA and full in bf16 on a Qwen2.5-1.5B-shaped
-#     model while time allows;
+#     bf16) on the SmolLM2-135M shape, and prefill tokens/s of a ≈ 1 000-token prompt;
 #   - compute-sanitizer (memcheck, racecheck) over 2 LoRA steps (bf16, f32) and a generation on tiny Llama, while
 #     time allows.
-# scripts/cuda/gpu_check.py does the comparisons and PEFT's side. The whole script must stay under 8 minutes.
+# scripts/cuda/gpu_check.py does the comparisons and PEFT's side. The whole script must stay under 8 minutes; a run
+# stopped at the device tool's timeout still returns what it wrote ($OUT/gpu_check.md.tmp).
 #
 # A dry run of the script's logic on a machine without a GPU: GPU_CHECK_DEVICE=reference (condlm's device path on
 # the CPU kernels) GPU_CHECK_TORCH_DEVICE=cpu GPU_CHECK_STEPS=2 scripts/gpu_check.sh target/release/condlm /tmp/r.md
@@ -243,31 +245,11 @@ tiny_generate() {
 run_check "generate --device cuda vs cpu: greedy and beam search (3 beams), tiny Llama, Qwen2, Mistral, Gemma 3, Phi-3, GPT-2" \
     tiny_generate
 
-smollm2_parity() {
-    "$py" "$helper" make-model "$work/smollm2-135m" smollm2-135m tests/fixtures/tiny-llama || return 1
-    "$py" "$helper" make-data "$work/rows1.jsonl" 320 1 tests/fixtures/train_rows.jsonl || return 1
-    for d in cpu "$dev"; do
-        train_run "$work/s-$d" "$d" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 ||
-            return 1
-    done
-    "$py" "$helper" compare-runs "$work/s-$dev" "$work/s-cpu" 1e-4 || return 1
-    # bf16 against the CPU's bf16 (the same operand rounding, other summation orders): against f32 the adapters of
-    # a few Adam steps differ by more than any fixed tolerance (an element with a tiny gradient moves ±lr either way).
-    # The CPU's bf16 attention is f32: so is the device's here (CONDLM_CUDA_MMA_ATTENTION=0).
-    train_run "$work/s-cpu-bf16" cpu "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
-        --compute bf16 || return 1
-    CONDLM_CUDA_MMA_ATTENTION=0 train_run "$work/s-$dev-bf16" "$dev" "$work/smollm2-135m" "$work/rows1.jsonl" \
-        "${steps:-20}" 8 --eval-fraction 0 --compute bf16 || return 1
-    echo "bf16 on the device (attention in f32) vs bf16 on the CPU:"
-    "$py" "$helper" compare-runs "$work/s-$dev-bf16" "$work/s-cpu-bf16" 1e-2 || return 1
-    # The default: attention's products on the tensor cores too (bf16 q, k, v, P, dS): the losses.
-    train_run "$work/s-$dev-mma" "$dev" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
-        --compute bf16 || return 1
-    echo "bf16 on the device, attention on the tensor cores, vs bf16 on the CPU (losses):"
-    "$py" "$helper" compare-runs "$work/s-$dev-mma" "$work/s-cpu-bf16" 1e-2 losses
+# smollm2_model: the SmolLM2-135M-shaped model (random weights, the tiny tokenizer), made once.
+smollm2_model() {
+    [ -f "$work/smollm2-135m/config.json" ] ||
+        "$py" "$helper" make-model "$work/smollm2-135m" smollm2-135m tests/fixtures/tiny-llama
 }
-run_check "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2; bf16 with tensor-core attention: losses within 1e-2)" smollm2_parity
-
 # throughput MODEL STEPS BATCH COMPUTE...: on rows four completions long, the same batches on both sides: LoRA (r 16
 # on every linear layer), condlm on the device for each COMPUTE (f32, bf16, bf16-f32-attention: bf16 with attention
 # in f32, what the tensor cores' attention gains) and PyTorch + PEFT for each of f32 and bf16 listed; then full
@@ -299,8 +281,45 @@ full_run() {
     "$bin" train --model "$2" --data "$work/rows4.jsonl" --output-dir "$1" --full --max-steps "$3" --batch-size "$4" \
         --lr 1e-5 --eval-fraction 0 --save-every 0 --device "$dev" --compute bf16 2>&1 | tail -2
 }
-run_check "throughput, SmolLM2-135M-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA f32 and bf16, full bf16" throughput \
+smollm2_throughput() { smollm2_model && throughput "$work/smollm2-135m" "$@"; }
+run_check "throughput, SmolLM2-135M-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA f32 and bf16, full bf16" smollm2_throughput \
     "$work/smollm2-135m" "${steps:-30}" 16 f32 bf16 bf16-f32-attention
+
+elapsed=$(($(date +%s) - script_start))
+if [ "$elapsed" -lt 300 ]; then
+    qwen() {
+        "$py" "$helper" make-model "$work/qwen2.5-1.5b" qwen2.5-1.5b tests/fixtures/tiny-llama || return 1
+        throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8 bf16 bf16-f32-attention
+    }
+    run_check "throughput, Qwen2.5-1.5B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16" qwen
+else
+    printf '\n## throughput, Qwen2.5-1.5B-shaped\n\nskipped: %d s gone, the script keeps under 8 minutes\n' \
+        "$elapsed" >>"$report.tmp"
+fi
+smollm2_parity() {
+    smollm2_model || return 1
+    "$py" "$helper" make-data "$work/rows1.jsonl" 320 1 tests/fixtures/train_rows.jsonl || return 1
+    for d in cpu "$dev"; do
+        train_run "$work/s-$d" "$d" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 ||
+            return 1
+    done
+    "$py" "$helper" compare-runs "$work/s-$dev" "$work/s-cpu" 1e-4 || return 1
+    # bf16 against the CPU's bf16 (the same operand rounding, other summation orders): against f32 the adapters of
+    # a few Adam steps differ by more than any fixed tolerance (an element with a tiny gradient moves ±lr either way).
+    # The CPU's bf16 attention is f32: so is the device's here (CONDLM_CUDA_MMA_ATTENTION=0).
+    train_run "$work/s-cpu-bf16" cpu "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
+        --compute bf16 || return 1
+    CONDLM_CUDA_MMA_ATTENTION=0 train_run "$work/s-$dev-bf16" "$dev" "$work/smollm2-135m" "$work/rows1.jsonl" \
+        "${steps:-20}" 8 --eval-fraction 0 --compute bf16 || return 1
+    echo "bf16 on the device (attention in f32) vs bf16 on the CPU:"
+    "$py" "$helper" compare-runs "$work/s-$dev-bf16" "$work/s-cpu-bf16" 1e-2 || return 1
+    # The default: attention's products on the tensor cores too (bf16 q, k, v, P, dS): the losses.
+    train_run "$work/s-$dev-mma" "$dev" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
+        --compute bf16 || return 1
+    echo "bf16 on the device, attention on the tensor cores, vs bf16 on the CPU (losses):"
+    "$py" "$helper" compare-runs "$work/s-$dev-mma" "$work/s-cpu-bf16" 1e-2 losses
+}
+run_check "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2; bf16 with tensor-core attention: losses within 1e-2)" smollm2_parity
 
 # decode_speed MODEL NEW: greedy decoding of one prompt, condlm on the device (decoding steps replayed as CUDA
 # graphs, then without them) vs transformers' generate. A graph that cannot be recorded shows as condlm's warning.
@@ -325,17 +344,6 @@ decode_speed() {
 }
 run_check "decode, SmolLM2-135M-shaped: condlm $dev (f32) vs transformers generate" decode_speed \
     "$work/smollm2-135m" "${steps:-128}"
-elapsed=$(($(date +%s) - script_start))
-if [ "$elapsed" -lt 240 ]; then
-    qwen() {
-        "$py" "$helper" make-model "$work/qwen2.5-1.5b" qwen2.5-1.5b tests/fixtures/tiny-llama || return 1
-        throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8 bf16 bf16-f32-attention
-    }
-    run_check "throughput, Qwen2.5-1.5B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16" qwen
-else
-    printf '\n## throughput, Qwen2.5-1.5B-shaped\n\nskipped: %d s gone, the script keeps under 8 minutes\n' \
-        "$elapsed" >>"$report.tmp"
-fi
 # sanitize: NVIDIA's compute-sanitizer (in the machine's CUDA toolkit) over small device runs on tiny Llama — two
 # LoRA steps with --compute bf16 (the tensor-core attention) and in f32, and a greedy generation (decoding graphs)
 # — memcheck (reads and writes out of bounds or misaligned, in kernels and API calls) and racecheck (shared-memory
