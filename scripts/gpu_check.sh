@@ -281,7 +281,7 @@ full_run() {
     "$bin" train --model "$2" --data "$work/rows4.jsonl" --output-dir "$1" --full --max-steps "$3" --batch-size "$4" \
         --lr 1e-5 --eval-fraction 0 --save-every 0 --device "$dev" --compute bf16 2>&1 | tail -2
 }
-smollm2_throughput() { smollm2_model && throughput "$work/smollm2-135m" "$@"; }
+smollm2_throughput() { smollm2_model && throughput "$@"; }
 run_check "throughput, SmolLM2-135M-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA f32 and bf16, full bf16" smollm2_throughput \
     "$work/smollm2-135m" "${steps:-30}" 16 f32 bf16 bf16-f32-attention
 
