@@ -47,8 +47,9 @@ fn every_kernel_source_compiles_to_ptx() {
 }
 
 /// The PTX cache (`ptx_cache`): a second compile of a source comes from the folder with NVRTC's exact text; an entry
-/// that does not define the source's kernels (truncated, foreign) is compiled again and replaced; a changed program
-/// text or architecture is another entry. Skipped without NVRTC.
+/// that does not define the source's kernels (truncated, foreign) is compiled again and replaced; another
+/// architecture is another entry (as another program text or NVRTC would be: all are in the key). Skipped without
+/// NVRTC.
 #[test]
 fn compiled_ptx_is_cached_by_text_architecture_and_nvrtc() {
     use condlm::kernels::cuda::ptx_cache::compiled_in;
