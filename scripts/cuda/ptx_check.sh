@@ -27,7 +27,8 @@ report=scripts/cuda/ptx_check.md
     dirty=$(git diff --quiet HEAD -- src/kernels/cuda || echo ', src/kernels/cuda modified')
     echo "Written by \`scripts/cuda/ptx_check.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC') at commit $(git rev-parse --short HEAD)$dirty:"
     echo "\`cargo test --release --features cuda --test cuda_ptx\` with each NVRTC wheel's lib folder on LD_LIBRARY_PATH."
-    echo "No GPU: this checks that every source compiles and defines its kernels (\`.entry\` in the PTX)."
+    echo "No GPU: this checks that every source compiles and defines its kernels (\`.entry\` in the PTX), and that"
+    echo "the same CUDA version's ptxas assembles the PTX for sm_90 (the inline PTX too), with each kernel's resources."
 } >"$report.tmp"
 status=0
 for pkg in "${flavours[@]}"; do
