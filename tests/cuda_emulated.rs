@@ -60,13 +60,15 @@ fn every_kernel_and_backend_op_matches_the_cpu() {
     }
 }
 
+/// Per-token log-probs: the device's f32 within 1e-5 of the CPU's; its `--compute bf16` (bf16 weight products and
+/// attention on the tensor cores) within the acceptance's bf16 tolerance, 2e-2, of the CPU's f32.
 #[test]
 fn score_on_the_device_equals_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     for m in ["tiny-llama", "tiny-qwen3", "tiny-gemma3", "tiny-phi3", "tiny-gpt2"] {
-        let mut per_device = vec![];
-        for d in ["cpu", "cuda"] {
-            let out = dir.path().join(format!("{m}-{d}.jsonl"));
+        let mut runs = vec![];
+        for (d, compute) in [("cpu", "f32"), ("cuda", "f32"), ("cuda", "bf16")] {
+            let out = dir.path().join(format!("{m}-{d}-{compute}.jsonl"));
             let model = fixture(m);
             condlm(&[
                 "score",
@@ -77,6 +79,8 @@ fn score_on_the_device_equals_the_cpu() {
                 "--per-token",
                 "--device",
                 d,
+                "--compute",
+                compute,
                 "--out",
                 out.to_str().unwrap(),
             ]);
@@ -84,10 +88,12 @@ fn score_on_the_device_equals_the_cpu() {
                 .iter()
                 .flat_map(|r| r["token_logprobs"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()))
                 .collect();
-            per_device.push(logprobs);
+            runs.push(logprobs);
         }
-        let w = worst(&per_device[1], &per_device[0]);
+        let w = worst(&runs[1], &runs[0]);
         assert!(w <= 1e-5, "{m}: per-token log-probs on the emulated GPU differ from the CPU's by {w:e}");
+        let w = worst(&runs[2], &runs[0]);
+        assert!(w > 0.0 && w <= 2e-2, "{m}: bf16 per-token log-probs on the emulated GPU vs the CPU's f32: {w:e}");
     }
 }
 
