@@ -20,16 +20,16 @@ pub enum Attend<'a, B: Backend> {
     /// Within the packed batch: row i sees rows seq_start[i]..=i.
     Packed,
     /// In a KV cache layer (K, V): row i's k, v go to position positions[i] of slot slots[i], then it sees
-    /// positions 0..=positions[i] of that slot. `prefill`: the rows are whole prompts from position 0 (packed, as
-    /// `seq_start` says), so every key they see is one of them: attention runs on the packed rows (the tiled
-    /// kernel) rather than over the cache, to the same values.
+    /// positions 0..=positions[i] of that slot. Only the first `cached_rows` rows attend over the cache; the rows
+    /// after them are whole prompts from position 0 (packed, as `seq_start` says), so every key they see is one of
+    /// them: they attend on the packed rows (the tiled kernel), to the same values.
     Cached {
         k: &'a mut B::F32,
         v: &'a mut B::F32,
         slots: &'a B::U32,
         positions: &'a B::U32,
         capacity: usize,
-        prefill: bool,
+        cached_rows: usize,
     },
 }
 
@@ -101,11 +101,15 @@ impl<B: Backend> DevBlock<B> {
         a.rope(be, false, &mut l.qkv)?;
         match attend {
             Attend::Packed => be.attention_forward(&mut l.att, &l.qkv, lay, a.seq_start, n)?,
-            Attend::Cached { k, v, slots, positions, capacity, prefill } => {
+            Attend::Cached { k, v, slots, positions, capacity, cached_rows } => {
                 be.kv_store(k, v, &l.qkv, lay, slots, positions, n, capacity)?;
-                match prefill {
-                    true => be.attention_forward(&mut l.att, &l.qkv, lay, a.seq_start, n)?,
-                    false => be.cached_attention(&mut l.att, &l.qkv, k, v, lay, slots, positions, n, capacity)?,
+                // The packed pass covers every row (a cached row's seq_start is itself: one key, cheap), then the
+                // cached rows, the first ones, are attended again over the cache, replacing theirs.
+                if cached_rows < n {
+                    be.attention_forward(&mut l.att, &l.qkv, lay, a.seq_start, n)?;
+                }
+                if cached_rows > 0 {
+                    be.cached_attention(&mut l.att, &l.qkv, k, v, lay, slots, positions, cached_rows, capacity)?;
                 }
             }
         }

@@ -106,35 +106,40 @@ fn layer_rope<'a, R>(c: &Config, rope: &'a R, local: &'a Option<R>, i: usize) ->
 /// running sequence; a longer prefill is compute-bound, and each distinct count would be a graph of its own.
 const GRAPH_ROWS: usize = 256;
 
-/// Decoding steps' graphs by (rows, prompt prefill or not): None for a key seen once, not yet recorded.
-type StepGraphs<G> = HashMap<(usize, bool), Option<G>>;
+/// Decoding steps' graphs by (rows, rows attending over the cache): None for a key seen once, not yet recorded.
+type StepGraphs<G> = HashMap<(usize, usize), Option<G>>;
 
-/// A decoding pass's cache, and whether its rows are whole prompts from position 0 ([`prompt_starts`]).
+/// A decoding pass's cache, and how many of its first rows attend over it ([`cache_split`]).
 struct Decoding<'a, B: Backend> {
     cache: &'a mut DevKvCache<B>,
-    prefill: bool,
+    cached_rows: usize,
 }
 
 impl<B: Backend> Decoding<'_, B> {
     fn reborrow(&mut self) -> Decoding<'_, B> {
-        Decoding { cache: self.cache, prefill: self.prefill }
+        Decoding { cache: self.cache, cached_rows: self.cached_rows }
     }
 }
 
-/// When every decoding row continues a prompt that starts at position 0 in this pass (each slot's rows consecutive,
-/// at positions 0, 1, …), each row's first row of its prompt — a packed batch's `seq_start` — else None. Such rows
-/// see only keys of this pass, so attention can run on them as on a packed batch.
-fn prompt_starts(positions: &[u32], slots: &[u32]) -> Option<Vec<u32>> {
-    let mut starts: Vec<u32> = Vec::with_capacity(positions.len());
-    for (i, (&p, &slot)) in positions.iter().zip(slots).enumerate() {
-        let start = match (p, i.checked_sub(1)) {
-            (0, _) => i as u32,
-            (_, Some(j)) if slots[j] == slot && positions[j] + 1 == p => starts[j],
-            _ => return None,
-        };
-        starts.push(start);
+/// Where a decoding pass's rows split: rows `k..` continue prompts that start at position 0 in this pass (each
+/// slot's rows consecutive, at positions 0, 1, …: prompts admitted in this pass, or a LongRoPE sequence run again),
+/// so they see only keys of this pass and attend as a packed batch; rows `..k` (running sequences' steps, which
+/// the generator puts first) attend over the cache. Returns k (the row count when no row starts a prompt) and every
+/// row's first row of its sequence — a packed batch's `seq_start`, a cached row's being itself.
+fn cache_split(positions: &[u32], slots: &[u32]) -> (usize, Vec<u32>) {
+    let n = positions.len();
+    // The suffix may start at any prompt's first row after the last row that neither starts a prompt nor continues
+    // the row before it.
+    let continues = |i: usize| i > 0 && slots[i - 1] == slots[i] && positions[i - 1] + 1 == positions[i];
+    let after = (0..n).rev().find(|&i| positions[i] != 0 && !continues(i)).map_or(0, |i| i + 1);
+    let k = (after..n).find(|&i| positions[i] == 0).unwrap_or(n);
+    let mut starts: Vec<u32> = (0..n as u32).collect();
+    for i in k + 1..n {
+        if positions[i] != 0 {
+            starts[i] = starts[i - 1];
+        }
     }
-    Some(starts)
+    (k, starts)
 }
 
 /// Decoding rows inside the vocabulary and the cache, checked on the host: a recorded graph's launches check
@@ -178,7 +183,7 @@ pub struct DeviceModel<B: Backend> {
     rope_longest: Vec<u32>,
     /// Decoding's KV cache ([`Self::start_decoding`]).
     cache: Option<DevKvCache<B>>,
-    /// Decoding steps' blocks recorded as graphs, by row count and whether they are a prompt's prefill
+    /// Decoding steps' blocks recorded as graphs, by row count and how many rows attend over the cache
     /// ([`Self::decode_blocks`]); None once the backend records none.
     graphs: Option<StepGraphs<B::Graph>>,
     /// How [`Self::sum_grads`] sums over ranks, and its packing buffer with its length.
@@ -311,10 +316,10 @@ impl<B: Backend> DeviceModel<B> {
             };
             let attend = match decoding.as_mut() {
                 None => Attend::Packed,
-                Some(Decoding { cache, prefill }) => {
+                Some(Decoding { cache, cached_rows }) => {
                     let (capacity, (k, v)) = (cache.capacity, &mut cache.layers[i]);
-                    let (slots, positions, prefill) = (&bufs.slots, &bufs.positions, *prefill);
-                    Attend::Cached { k, v, slots, positions, capacity, prefill }
+                    let (slots, positions, cached_rows) = (&bufs.slots, &bufs.positions, *cached_rows);
+                    Attend::Cached { k, v, slots, positions, capacity, cached_rows }
                 }
             };
             let l = &mut bufs.layers[if training { i } else { 0 }];
@@ -374,12 +379,12 @@ impl<B: Backend> DeviceModel<B> {
         self.prepare(tokens.len(), false)?;
         let bufs = self.bufs.as_mut().expect("prepared");
         self.backend.upload_u32(&mut bufs.slots, &slots)?;
-        let prefill = match prompt_starts(&positions, &slots) {
-            Some(starts) => self.backend.upload_u32(&mut bufs.seq_start, &starts).map(|_| true)?,
-            None => false,
-        };
+        let (cached_rows, starts) = cache_split(&positions, &slots);
+        if cached_rows < tokens.len() {
+            self.backend.upload_u32(&mut bufs.seq_start, &starts)?;
+        }
         self.upload_rows(&tokens, &positions, &slots)?;
-        self.decode_blocks(Decoding { cache, prefill })?;
+        self.decode_blocks(Decoding { cache, cached_rows })?;
         let (be, c, head) = (&self.backend, &self.config, self.weights.head());
         let bufs = self.bufs.as_mut().expect("prepared");
         let (d, vocab) = (c.hidden_size, c.vocab_size);
@@ -402,7 +407,7 @@ impl<B: Backend> DeviceModel<B> {
     /// recorded turns them off for this model, with a warning; the step then runs as ops.
     fn decode_blocks(&mut self, mut d: Decoding<B>) -> Result<()> {
         // Which attention kernel runs is part of what is recorded.
-        let key = (self.n, d.prefill);
+        let key = (self.n, d.cached_rows);
         let Some(graphs) = self.graphs.as_mut().filter(|_| key.0 <= GRAPH_ROWS) else {
             return self.run_blocks(None, Some(d));
         };
@@ -673,12 +678,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn prompt_starts_of_decoding_rows() {
-        assert_eq!(prompt_starts(&[0, 1, 2, 0, 1], &[3, 3, 3, 1, 1]), Some(vec![0, 0, 0, 3, 3]));
-        assert_eq!(prompt_starts(&[0], &[2]), Some(vec![0]));
-        // A decoding row, a prompt after one, a gap, a run that changes slot.
-        for (p, s) in [(&[5][..], &[0][..]), (&[0, 5], &[0, 1]), (&[0, 2], &[0, 0]), (&[0, 1], &[0, 1])] {
-            assert_eq!(prompt_starts(p, s), None, "{p:?} {s:?}");
+    fn decoding_rows_split_into_cached_steps_and_packed_prompts() {
+        // Whole prompts only: all packed.
+        assert_eq!(cache_split(&[0, 1, 2, 0, 1], &[3, 3, 3, 1, 1]), (0, vec![0, 0, 0, 3, 3]));
+        assert_eq!(cache_split(&[0], &[2]), (0, vec![0]));
+        // Steps only: all cached.
+        assert_eq!(cache_split(&[5, 9], &[0, 1]), (2, vec![0, 1]));
+        // Steps, then prompts admitted beside them (the generator's order).
+        assert_eq!(cache_split(&[5, 9, 0, 1, 0], &[0, 1, 2, 2, 3]), (2, vec![0, 1, 2, 2, 4]));
+        // A LongRoPE rerun: slot 0's step at 3, its positions 0..3 again after it.
+        assert_eq!(cache_split(&[3, 7, 0, 1, 2], &[0, 1, 0, 0, 0]), (2, vec![0, 1, 2, 2, 2]));
+        // Rows after a prompt that do not continue it (a gap, another slot) keep everything before them cached.
+        for (p, s, k) in [(&[0, 2][..], &[0, 0][..], 2), (&[0, 1], &[0, 1], 2), (&[0, 5, 0], &[0, 1, 2], 2)] {
+            assert_eq!(cache_split(p, s).0, k, "{p:?} {s:?}");
         }
     }
 
