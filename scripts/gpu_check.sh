@@ -338,6 +338,10 @@ decode_speed() {
         CONDLM_CUDA_GRAPHS=$g "$bin" generate --model "$1" --prompt "$prompt" --max-new-tokens "$2" --ignore-eos \
             --device "$dev" 2>&1 >/dev/null | grep -E '^warning|tokens/s' || return 1
     done
+    # bf16: the weight products read the bf16 copies (half the bytes a decoding step streams).
+    echo "--compute bf16:"
+    "$bin" generate --model "$1" --prompt "$prompt" --max-new-tokens "$2" --ignore-eos --device "$dev" \
+        --compute bf16 2>&1 >/dev/null | grep -E '^warning|tokens/s' || return 1
     for dt in f32 bf16; do
         "$py" "$helper" hf-generate "$1" "$prompt" "$2" "$dt" || return 1
     done
@@ -345,12 +349,16 @@ decode_speed() {
     # own rows (the tiled kernel) vs transformers'.
     local long
     long=$(printf "$prompt. %.0s" $(seq 40))
-    echo "prompt of ≈ 1 000 tokens:"
-    "$bin" generate --model "$1" --prompt "$long" --max-new-tokens 8 --ignore-eos --device "$dev" 2>&1 >/dev/null |
-        grep -E '^warning|tokens/s' || return 1
-    "$py" "$helper" hf-generate "$1" "$long" 8 f32 || return 1
+    echo "prompt of ≈ 1 000 tokens (f32, then bf16: the tensor-core attention):"
+    for c in f32 bf16; do
+        "$bin" generate --model "$1" --prompt "$long" --max-new-tokens 8 --ignore-eos --device "$dev" --compute "$c" \
+            2>&1 >/dev/null | grep -E '^warning|tokens/s' || return 1
+    done
+    for c in f32 bf16; do
+        "$py" "$helper" hf-generate "$1" "$long" 8 "$c" || return 1
+    done
 }
-run_check "decode, SmolLM2-135M-shaped: condlm $dev (f32) vs transformers generate" decode_speed \
+run_check "decode, SmolLM2-135M-shaped: condlm $dev (f32, bf16) vs transformers generate" decode_speed \
     "$work/smollm2-135m" "${steps:-128}"
 # sanitize: NVIDIA's compute-sanitizer (in the machine's CUDA toolkit) over small device runs on tiny Llama — two
 # LoRA steps with --compute bf16 (the tensor-core attention) and in f32, and a greedy generation (decoding graphs)
