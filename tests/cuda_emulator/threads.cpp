@@ -194,8 +194,9 @@ void meet_warp(unsigned mask, Meet kind, Release release) {
             const Fiber& f = fibers[t];
             if (!(mask >> (t - first) & 1)) continue;
             if (f.state != State::AtShuffle || f.mask != mask || f.meet != kind || f.bytes != me->bytes) {
-                complain(std::string("kernel ") + kernel->name + ": the lanes of a warp meet at shuffles with other "
-                         "masks, or one named lane is elsewhere (undefined in CUDA)");
+                complain(std::string("kernel ") + kernel->name +
+                         ": the lanes of a warp meet at shuffles or exchanges with other masks or sizes, or one named "
+                         "lane is elsewhere (undefined in CUDA)");
                 abort();
             }
         }
@@ -259,7 +260,7 @@ std::string stuck() {
         if (f.state == State::AtShuffle) {
             const size_t threads = size_t(block_dim.x) * block_dim.y * block_dim.z;
             auto [first, end] = warp_range(size_t(linear(f.idx)) / 32, threads);
-            why += " waits at a shuffle (mask " + std::to_string(f.mask) + ") for lanes";
+            why += " waits at a warp shuffle or exchange (mask " + std::to_string(f.mask) + ") for lanes";
             for (size_t t = first; t < end; ++t)
                 if ((f.mask >> (t - first) & 1) && fibers[t].state != State::AtShuffle)
                     why += " " + std::to_string(t - first) +
