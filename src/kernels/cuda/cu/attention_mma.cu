@@ -135,6 +135,35 @@ __device__ void mask_scores(float (*s)[4], float* tile_max, const int* row, cons
     tile_max[1] = quad_max(tile_max[1]);
 }
 
+// A block's query rows (the forward's and dq's): MMA_ROWS from blockIdx.x's, 16 per warp, this lane's two of them,
+// and the first key each range sees.
+struct QueryRows {
+    int r0, last, lo;         // the block's first and last rows, and the first key any of them sees
+    int w0, w_last, w_first;  // the warp's
+    int row[2], first[2];     // this lane's rows (g, g + 8 of the warp's) and their first keys
+};
+
+__device__ QueryRows query_rows(const unsigned* seq_start, int rows, int window) {
+    QueryRows q;
+    q.r0 = blockIdx.x * MMA_ROWS;
+    q.last = min(q.r0 + MMA_ROWS, rows) - 1;
+    q.lo = first_key(seq_start, q.r0, rows, window);
+    q.w0 = q.r0 + 16 * (threadIdx.x >> 5);
+    q.w_last = min(q.w0 + 15, rows - 1);
+    q.w_first = first_key(seq_start, q.w0, rows, window);
+    for (int i = 0; i < 2; ++i) {
+        q.row[i] = q.w0 + ((threadIdx.x & 31) >> 2) + 8 * i;
+        q.first[i] = first_key(seq_start, q.row[i], rows, window);
+    }
+    return q;
+}
+
+// Whether the warp's rows see none of the keys t0.. (`count` of them): no rows, or all the keys after its last row or
+// before its first key. The warp skips such a tile.
+__device__ bool sees_none(const QueryRows& q, int rows, int t0, int count) {
+    return q.w0 >= rows || t0 > q.w_last || t0 + count <= q.w_first;
+}
+
 // out[i, h] = Σ_j softmax_j(q_i·k_j·scale) · v_j, as attention.cu's attention_forward. Block (b, h): query rows
 // b·MMA_ROWS.. of head h, 16 per warp; the keys they see, MMA_KEYS at a time, with a running max and sum per row.
 template <int HD>
@@ -142,31 +171,25 @@ __device__ void attention_forward_mma(float* out, const float* qkv, const unsign
                                       int q_col, int k_col, int v_col, int n_heads, int n_kv_heads, int head_dim,
                                       float scale, int window) {
     __shared__ __align__(16) unsigned short k[MMA_KEYS * (HD + MMA_PAD)], v[MMA_KEYS * (HD + MMA_PAD)];
-    const int r0 = blockIdx.x * MMA_ROWS, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int w0 = r0 + 16 * warp, w_last = min(w0 + 15, rows - 1);
-    const int last = min(r0 + MMA_ROWS, rows) - 1;
-    const int lo = first_key(seq_start, r0, rows, window), w_first = first_key(seq_start, w0, rows, window);
-    const int row[2] = {w0 + g, w0 + g + 8};
-    const int first[2] = {first_key(seq_start, row[0], rows, window), first_key(seq_start, row[1], rows, window)};
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads), t = threadIdx.x & 3;
+    const QueryRows qr = query_rows(seq_start, rows, window);
     unsigned qa[HD / 16][4];
-    load_rows_a<HD>(qa, qkv + q_col + h * head_dim, row_len, w0, rows, head_dim);
+    load_rows_a<HD>(qa, qkv + q_col + h * head_dim, row_len, qr.w0, rows, head_dim);
 
     float o[HD / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
 #pragma unroll
     for (int n = 0; n < HD / 8; ++n)
 #pragma unroll
         for (int c = 0; c < 4; ++c) o[n][c] = 0.f;
-    for (int t0 = lo; t0 <= last; t0 += MMA_KEYS) {
+    for (int t0 = qr.lo; t0 <= qr.last; t0 += MMA_KEYS) {
         __syncthreads();  // the last tile's k and v are read
-        stage_bf16<HD>(k, MMA_KEYS, qkv, row_len, k_col + kvh * head_dim, t0, last, head_dim);
-        stage_bf16<HD>(v, MMA_KEYS, qkv, row_len, v_col + kvh * head_dim, t0, last, head_dim);
+        stage_bf16<HD>(k, MMA_KEYS, qkv, row_len, k_col + kvh * head_dim, t0, qr.last, head_dim);
+        stage_bf16<HD>(v, MMA_KEYS, qkv, row_len, v_col + kvh * head_dim, t0, qr.last, head_dim);
         __syncthreads();
-        // A warp whose rows see none of the tile's keys skips it.
-        if (w0 >= rows || t0 > w_last || t0 + MMA_KEYS <= w_first) continue;
+        if (sees_none(qr, rows, t0, MMA_KEYS)) continue;
         float s[MMA_KEYS / 8][4], tile_max[2];
         rows_times_keys<HD, MMA_KEYS / 8>(s, qa, k, head_dim);
-        mask_scores<MMA_KEYS / 8>(s, tile_max, row, first, t0, scale);
+        mask_scores<MMA_KEYS / 8>(s, tile_max, qr.row, qr.first, t0, scale);
         float rescale[2], sum[2] = {0.f, 0.f};
         for (int i = 0; i < 2; ++i) {
             const float m_new = fmaxf(m[i], tile_max[i]);
@@ -191,7 +214,7 @@ __device__ void attention_forward_mma(float* out, const float* qkv, const unsign
     for (int n = 0; n < HD / 8; ++n)
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
-            const int r = row[c >> 1], d = 8 * n + 2 * t + (c & 1);
+            const int r = qr.row[c >> 1], d = 8 * n + 2 * t + (c & 1);
             if (r < rows && d < head_dim) out[(size_t)r * n_heads * head_dim + h * head_dim + d] = o[n][c] / l[c >> 1];
         }
 }
@@ -205,38 +228,33 @@ __device__ void attention_backward_dq_mma(float* dqkv, float* stats, const float
                                           int q_col, int k_col, int v_col, int n_heads, int n_kv_heads, int head_dim,
                                           float scale, int window) {
     __shared__ __align__(16) unsigned short k[MMA_DQ_KEYS * (HD + MMA_PAD)], v[MMA_DQ_KEYS * (HD + MMA_PAD)];
-    const int r0 = blockIdx.x * MMA_ROWS, h = blockIdx.y, kvh = h / (n_heads / n_kv_heads);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int w0 = r0 + 16 * warp, w_last = min(w0 + 15, rows - 1);
-    const int last = min(r0 + MMA_ROWS, rows) - 1;
-    const int lo = first_key(seq_start, r0, rows, window), w_first = first_key(seq_start, w0, rows, window);
-    const int row[2] = {w0 + g, w0 + g + 8};
-    const int first[2] = {first_key(seq_start, row[0], rows, window), first_key(seq_start, row[1], rows, window)};
+    const int h = blockIdx.y, kvh = h / (n_heads / n_kv_heads), t = threadIdx.x & 3;
+    const QueryRows qr = query_rows(seq_start, rows, window);
     const size_t att_stride = (size_t)n_heads * head_dim;
     unsigned qa[HD / 16][4], da[HD / 16][4];
-    load_rows_a<HD>(qa, qkv + q_col + h * head_dim, row_len, w0, rows, head_dim);
-    load_rows_a<HD>(da, datt + h * head_dim, att_stride, w0, rows, head_dim);
+    load_rows_a<HD>(qa, qkv + q_col + h * head_dim, row_len, qr.w0, rows, head_dim);
+    load_rows_a<HD>(da, datt + h * head_dim, att_stride, qr.w0, rows, head_dim);
     // D = dO·O (f32) of this lane's rows: the quad's lanes take every fourth feature.
     float big_d[2];
     for (int i = 0; i < 2; ++i) {
         float dd = 0.f;
         for (int d = t; d < head_dim; d += 4)
-            dd += value_at(datt + h * head_dim, att_stride, row[i], d, rows, head_dim) *
-                  value_at(att + h * head_dim, att_stride, row[i], d, rows, head_dim);
+            dd += value_at(datt + h * head_dim, att_stride, qr.row[i], d, rows, head_dim) *
+                  value_at(att + h * head_dim, att_stride, qr.row[i], d, rows, head_dim);
         big_d[i] = quad_sum(dd);
     }
-    const bool idle = w0 >= rows;  // a warp past the batch only stages
+    const bool idle = qr.w0 >= rows;  // a warp past the batch only stages
 
     // Pass 1: the softmax's max and sum.
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-    for (int t0 = lo; t0 <= last; t0 += MMA_DQ_KEYS) {
+    for (int t0 = qr.lo; t0 <= qr.last; t0 += MMA_DQ_KEYS) {
         __syncthreads();  // the last tile's k is read
-        stage_bf16<HD>(k, MMA_DQ_KEYS, qkv, row_len, k_col + kvh * head_dim, t0, last, head_dim);
+        stage_bf16<HD>(k, MMA_DQ_KEYS, qkv, row_len, k_col + kvh * head_dim, t0, qr.last, head_dim);
         __syncthreads();
-        if (idle || t0 > w_last || t0 + MMA_DQ_KEYS <= w_first) continue;
+        if (sees_none(qr, rows, t0, MMA_DQ_KEYS)) continue;
         float s[MMA_DQ_KEYS / 8][4], tile_max[2], sum[2] = {0.f, 0.f};
         rows_times_keys<HD, MMA_DQ_KEYS / 8>(s, qa, k, head_dim);
-        mask_scores<MMA_DQ_KEYS / 8>(s, tile_max, row, first, t0, scale);
+        mask_scores<MMA_DQ_KEYS / 8>(s, tile_max, qr.row, qr.first, t0, scale);
         float m_new[2];
         for (int i = 0; i < 2; ++i) m_new[i] = fmaxf(m[i], tile_max[i]);
 #pragma unroll
@@ -254,16 +272,16 @@ __device__ void attention_backward_dq_mma(float* dqkv, float* stats, const float
     for (int n = 0; n < HD / 8; ++n)
 #pragma unroll
         for (int c = 0; c < 4; ++c) dq[n][c] = 0.f;
-    for (int t0 = lo; t0 <= last; t0 += MMA_DQ_KEYS) {
+    for (int t0 = qr.lo; t0 <= qr.last; t0 += MMA_DQ_KEYS) {
         __syncthreads();  // the last tile's k and v are read
-        stage_bf16<HD>(k, MMA_DQ_KEYS, qkv, row_len, k_col + kvh * head_dim, t0, last, head_dim);
-        stage_bf16<HD>(v, MMA_DQ_KEYS, qkv, row_len, v_col + kvh * head_dim, t0, last, head_dim);
+        stage_bf16<HD>(k, MMA_DQ_KEYS, qkv, row_len, k_col + kvh * head_dim, t0, qr.last, head_dim);
+        stage_bf16<HD>(v, MMA_DQ_KEYS, qkv, row_len, v_col + kvh * head_dim, t0, qr.last, head_dim);
         __syncthreads();
-        if (idle || t0 > w_last || t0 + MMA_DQ_KEYS <= w_first) continue;
+        if (sees_none(qr, rows, t0, MMA_DQ_KEYS)) continue;
         float s[MMA_DQ_KEYS / 8][4], dp[MMA_DQ_KEYS / 8][4], tile_max[2];
         rows_times_keys<HD, MMA_DQ_KEYS / 8>(s, qa, k, head_dim);
         rows_times_keys<HD, MMA_DQ_KEYS / 8>(dp, da, v, head_dim);
-        mask_scores<MMA_DQ_KEYS / 8>(s, tile_max, row, first, t0, scale);
+        mask_scores<MMA_DQ_KEYS / 8>(s, tile_max, qr.row, qr.first, t0, scale);
 #pragma unroll
         for (int n = 0; n < MMA_DQ_KEYS / 8; ++n)
 #pragma unroll
@@ -279,12 +297,12 @@ __device__ void attention_backward_dq_mma(float* dqkv, float* stats, const float
     for (int n = 0; n < HD / 8; ++n)
 #pragma unroll
         for (int c = 0; c < 4; ++c) {
-            const int r = row[c >> 1], d = 8 * n + 2 * t + (c & 1);
+            const int r = qr.row[c >> 1], d = 8 * n + 2 * t + (c & 1);
             if (r < rows && d < head_dim) dqkv[(size_t)r * row_len + q_col + h * head_dim + d] = dq[n][c] * scale;
         }
     for (int i = 0; i < 2; ++i)
-        if (t == 0 && row[i] < rows) {
-            float* st = stats + ((size_t)row[i] * n_heads + h) * 3;
+        if (t == 0 && qr.row[i] < rows) {
+            float* st = stats + ((size_t)qr.row[i] * n_heads + h) * 3;
             st[0] = m[i];
             st[1] = l[i];
             st[2] = big_d[i];
