@@ -63,7 +63,7 @@ report=${report:-scripts/gpu_check.md}
 [ -x "$bin" ] || { echo "gpu_check: $bin is not an executable condlm (build it as step 1 above)" >&2; exit 2; }
 status=0
 script_start=$(date +%s)
-# The compiled kernels' cache (kernels/cuda/ptx_cache.rs), in a folder of this run's whatever HOME is: the first
+# The compiled kernels' cache (kernels/cuda/ptx_cache.rs), in a folder of this run's own, set or not HOME: the first
 # condlm compiles (seconds for the tensor-core attention), the ~50 after it load the PTX.
 export CONDLM_CUDA_CACHE=${CONDLM_CUDA_CACHE:-$(mktemp -d)}
 dev=${GPU_CHECK_DEVICE:-cuda}
