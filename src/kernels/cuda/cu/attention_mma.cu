@@ -60,15 +60,21 @@ __device__ void load_rows_a(unsigned (*a)[4], const float* base, size_t stride, 
         }
 }
 
+// NT accumulator tiles (this lane's 4 values of each) set to zero.
+template <int NT>
+__device__ void zero_tiles(float (*acc)[4]) {
+#pragma unroll
+    for (int n = 0; n < NT; ++n)
+#pragma unroll
+        for (int c = 0; c < 4; ++c) acc[n][c] = 0.f;
+}
+
 // s[n] (16 rows × 8 keys per n, NT tiles) = the warp's A fragments (rows' features) · staged rows' features
 // (keys 8n.. of `keys`, the B operand read along each key's row).
 template <int HD, int NT>
 __device__ void rows_times_keys(float (*s)[4], const unsigned (*a)[4], const unsigned short* keys, int head_dim) {
     const int g = (threadIdx.x & 31) >> 2, t = threadIdx.x & 3;
-#pragma unroll
-    for (int n = 0; n < NT; ++n)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) s[n][c] = 0.f;
+    zero_tiles<NT>(s);
 #pragma unroll
     for (int kk = 0; kk < HD / 16; ++kk) {
         if (16 * kk >= head_dim) break;
@@ -177,10 +183,7 @@ __device__ void attention_forward_mma(float* out, const float* qkv, const unsign
     load_rows_a<HD>(qa, qkv + q_col + h * head_dim, row_len, qr.w0, rows, head_dim);
 
     float o[HD / 8][4], m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) o[n][c] = 0.f;
+    zero_tiles<HD / 8>(o);
     for (int t0 = qr.lo; t0 <= qr.last; t0 += MMA_KEYS) {
         __syncthreads();  // the last tile's k and v are read
         stage_bf16<HD>(k, MMA_KEYS, qkv, row_len, k_col + kvh * head_dim, t0, qr.last, head_dim);
@@ -268,10 +271,7 @@ __device__ void attention_backward_dq_mma(float* dqkv, float* stats, const float
     }
     // Pass 2: dq_i = Σ_j dS_ij·k_j (·scale at the end).
     float dq[HD / 8][4];
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) dq[n][c] = 0.f;
+    zero_tiles<HD / 8>(dq);
     for (int t0 = qr.lo; t0 <= qr.last; t0 += MMA_DQ_KEYS) {
         __syncthreads();  // the last tile's k and v are read
         stage_bf16<HD>(k, MMA_DQ_KEYS, qkv, row_len, k_col + kvh * head_dim, t0, qr.last, head_dim);
@@ -332,10 +332,8 @@ __device__ void attention_backward_dkv_mma(float* dqkv, const float* stats, cons
     const unsigned short* my_k = k + 16 * warp * (HD + MMA_PAD);
     const unsigned short* my_v = v + 16 * warp * (HD + MMA_PAD);
     float dk[HD / 8][4], dv[HD / 8][4];
-#pragma unroll
-    for (int n = 0; n < HD / 8; ++n)
-#pragma unroll
-        for (int c = 0; c < 4; ++c) dk[n][c] = dv[n][c] = 0.f;
+    zero_tiles<HD / 8>(dk);
+    zero_tiles<HD / 8>(dv);
     for (int i0 = j0; i0 < rows && (i0 <= last_key || (seq_start[i0] == last_seq && i0 - last_key < window));
          i0 += 16) {
         const int i_last = min(i0 + 15, rows - 1);
@@ -357,8 +355,8 @@ __device__ void attention_backward_dkv_mma(float* dqkv, const float* stats, cons
             if (wk > last_key || i0 + 15 < wk) continue;
             // sᵀ (16 keys × 16 queries) = k·qᵀ, dPᵀ = v·dOᵀ.
             float s[2][4], dp[2][4];
-            for (int n = 0; n < 2; ++n)
-                for (int c = 0; c < 4; ++c) s[n][c] = dp[n][c] = 0.f;
+            zero_tiles<2>(s);
+            zero_tiles<2>(dp);
 #pragma unroll
             for (int kk = 0; kk < HD / 16; ++kk) {
                 if (16 * kk >= head_dim) break;
