@@ -351,3 +351,51 @@ fn an_optimizer_step_is_three_launches_whatever_the_tensor_count() {
     let all = |err: &str| stat(err, "kernel launches in all");
     assert_eq!(all(&clipped), all(&unclipped), "clipping must add no launches:\n{clipped}\n{unclipped}");
 }
+
+/// A training step after the first allocates nothing on the device (every buffer is sized for the largest batch
+/// so far and reused: issue 15's caching arena) and waits for the device at most twice (the step's loss and its
+/// gradient norm): steps 3 to 6 add no allocation and ≤ 2 synchronizations and read-backs each — counted by the
+/// emulator, for LoRA with dropout in bf16 and for full fine-tuning in f32. Every row the same, so every batch has
+/// the first one's shape.
+#[test]
+fn training_steps_after_the_first_allocate_nothing_and_wait_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rows.jsonl");
+    let row = r#"{"prompt": "name: Blue Spice, area: riverside", "completion": "Blue Spice is by the river."}"#;
+    std::fs::write(&data, format!("{row}\n").repeat(8)).unwrap();
+    let model = fixture("tiny-llama");
+    let run = |what: &str, steps: &str, extra: &[&str]| -> String {
+        let out = dir.path().join(format!("{what}-{steps}"));
+        let (model, data, out) = (model.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+        let args = [
+            "train",
+            "--model",
+            model,
+            "--data",
+            data,
+            "--output-dir",
+            out,
+            "--max-steps",
+            steps,
+            "--batch-size",
+            "2",
+            "--eval-fraction",
+            "0",
+            "--save-every",
+            "0",
+            "--device",
+            "cuda",
+        ];
+        condlm_with(&[&args[..], extra].concat(), &[("CUDA_EMULATOR_STATS", "1")])
+    };
+    let lora = ["--lora-targets", "all-linear", "--lora-dropout", "0.1", "--compute", "bf16"];
+    for (what, extra) in [("lora-bf16", &lora[..]), ("full-f32", &["--full"][..])] {
+        let (two, six) = (run(what, "2", extra), run(what, "6", extra));
+        assert!(stat(&two, "allocate") > 0 && stat(&two, "launch adamw_tensors") == 2, "{what}:\n{two}");
+        assert_eq!(stat(&six, "allocate"), stat(&two, "allocate"), "{what}: allocations after step 2\n{two}\n{six}");
+        for wait in ["synchronize", "copy device to host"] {
+            let more = stat(&six, wait) - stat(&two, wait);
+            assert!(more <= 2 * 4, "{what}: {more} × {wait} in 4 steps\n{two}\n{six}");
+        }
+    }
+}

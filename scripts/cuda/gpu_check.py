@@ -108,8 +108,8 @@ def make_data(out, n, repeat, src):
 
 
 def peft(model_dir, data, steps, batch, rank, dtype, mode="lora"):
-    """`mode` lora: LoRA on every linear layer (r = rank, α = 2r, no dropout) of the model loaded in `dtype`, as PEFT
-    users run it. `mode` full: every weight trained, f32 master weights, products in bf16 under autocast for bf16 (HF
+    """`mode` lora: LoRA on every linear layer (r = rank, α = 2r, dropout 0.05: gpu_check.sh's condlm runs) of the
+    model loaded in `dtype`, as PEFT users run it. `mode` full: every weight trained, f32 master weights, products in bf16 under autocast for bf16 (HF
     Trainer's bf16=True). AdamW, the conditional objective on padded batches; tokens/s over the steps after the
     first, peak GPU memory."""
     import contextlib, torch, torch.nn.functional as F
@@ -123,7 +123,8 @@ def peft(model_dir, data, steps, batch, rank, dtype, mode="lora"):
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32 if full else dt).to(dev)
     if not full:
-        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules="all-linear"))
+        model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules="all-linear"))
+    model.train()  # from_pretrained returns eval mode, where dropout does nothing; HF's Trainer calls train() too
     autocast = (lambda: torch.autocast(device_type=dev, dtype=dt)) if full and dtype == "bf16" else contextlib.nullcontext
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     eos = tok.eos_token_id if tok.eos_token_id is not None else 2
