@@ -95,6 +95,18 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
     return out;
 }
 
+// Bit j set when lane j of the warp (among those in mask) passes a true predicate: the lanes' predicates
+// exchanged as the warp's shuffles are.
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+    const int mine = predicate != 0;
+    int all[32];
+    emu::warp_exchange(mask, &mine, all, sizeof mine);
+    unsigned bits = 0;
+    for (unsigned j = 0; j < 32; ++j)
+        if ((mask >> j & 1) && all[j]) bits |= 1u << j;
+    return bits;
+}
+
 // The one PTX instruction the kernels use (common.cuh wraps it for NVRTC): mma.sync.aligned.m16n8k16.row.col.f32.
 // bf16.bf16.f32, d (16×8, f32) += a (16×16, bf16) · b (16×8, bf16), with the fragments laid out over the warp's
 // lanes as the PTX ISA documents them ("Matrix Fragments for mma.m16n8k16 with floating point type"): with

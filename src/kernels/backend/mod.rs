@@ -368,6 +368,25 @@ pub trait Backend {
     fn dropout_again(&self, x_drop: &mut Self::F32, keep: &Self::Mask, x: &Self::F32, n: usize, p: f32) -> Result<()>;
     /// As `kernels::dropout::dropout_backward`: dx **+=**.
     fn dropout_backward(&self, dx: &mut Self::F32, t: &Self::F32, keep: &Self::Mask, n: usize, p: f32) -> Result<()>;
+    /// LoRA's input gradient through its dropout: dx (n, in) **+=** keep ⊙ (du·a) / (1 − p), du (n, r), a (r, in),
+    /// `keep` the mask of [`Self::dropout_forward`] over n·in values; `shape` (n, in, r). This default computes
+    /// du·a into the scratch `t` (n·in) and calls [`Self::dropout_backward`] on it, as the CPU does; a GPU fuses
+    /// the product (r terms per element) into the masked add, leaving `t` alone: two passes over (n, in) fewer.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_dropout_dx(
+        &self,
+        dx: &mut Self::F32,
+        t: &mut Self::F32,
+        du: &Self::F32,
+        a: &Self::F32,
+        keep: &Self::Mask,
+        shape: (usize, usize, usize),
+        p: f32,
+    ) -> Result<()> {
+        let (n, inp, r) = shape;
+        self.gemm(t, MatView::dense(n, inp), du, MatView::dense(n, r), a, MatView::dense(r, inp), false)?;
+        self.dropout_backward(dx, t, keep, n * inp, p)
+    }
     /// One AdamW step of every tensor (as `kernels::adamw::adamw_step` on its first n values, from its gradient
     /// times `grad_scale` — clipping's coefficient, or 1; one that does not decay takes `s.decay` as 1), each
     /// gradient zeroed after: one launch on a GPU for all of them.

@@ -749,6 +749,21 @@ impl Backend for Cuda {
         self.ran(op, dropout::dropout_backward(&self.device, &mut d, &t, &keep.as_view(), p))
     }
 
+    fn lora_dropout_dx(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        _t: &mut CudaSlice<f32>,
+        du: &CudaSlice<f32>,
+        a: &CudaSlice<f32>,
+        keep: &CudaSlice<u64>,
+        shape: (usize, usize, usize),
+        p: f32,
+    ) -> Result<()> {
+        let (op, (n, inp, r)) = ("lora_dropout_dx", shape);
+        let (mut d, du, a) = (pre_mut(dx, n * inp, op), pre(du, n * r, op), pre(a, r * inp, op));
+        self.ran(op, dropout::dropout_lora_dx(&self.device, &mut d, &du, &a, &keep.as_view(), shape, p))
+    }
+
     fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], grad_scale: f32, s: &AdamWScalars) -> Result<()> {
         let op = "adamw";
         let mut views: Vec<adamw::Tensor> = tensors

@@ -69,7 +69,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "dropout.cu",
         text: include_str!("cu/dropout.cu"),
-        kernels: &["dropout_forward", "dropout_again", "dropout_backward"],
+        kernels: &["dropout_forward", "dropout_again", "dropout_backward", "dropout_lora_dx"],
     },
     Source { file: "reduce.cu", text: include_str!("cu/reduce.cu"), kernels: &["sum_squares_partial", "sum_partials"] },
 ];

@@ -111,10 +111,9 @@ impl<B: Backend> DevLinear<B> {
                 be.gemm(g, MatView::dense(r, inp), &s.du, nr.t(), xin, ni, true)?;
             }
             match &la.keep {
-                // dx += keep ⊙ (du·A) / (1 − p), du·A in the scratch
+                // dx += keep ⊙ (du·A) / (1 − p) (du·A in the scratch, or fused on a GPU)
                 Some(keep) => {
-                    be.gemm(&mut s.x_drop, ni, &s.du, nr, &lora.a.w, MatView::dense(r, inp), false)?;
-                    be.dropout_backward(dx, &s.x_drop, keep, n * inp, lora.dropout)?;
+                    be.lora_dropout_dx(dx, &mut s.x_drop, &s.du, &lora.a.w, keep, (n, inp, r), lora.dropout)?
                 }
                 None => be.gemm(dx, ni, &s.du, nr, &lora.a.w, MatView::dense(r, inp), true)?,
             }

@@ -22,21 +22,21 @@ __device__ bool kept(const unsigned long long* keep, size_t i) {
     return (keep[i / 64] >> (i % 64)) & 1ull;
 }
 
-// x_drop[i] = kept ? x[i]·keep_scale : 0, i < n, drawing the mask into keep[0 .. ceil(n/64)): one thread per
-// word writes its 64 elements and the whole word (bits past n zero), so no two threads share a word. Any 1-D
-// grid (it strides over the words).
-extern "C" __global__ void dropout_forward(float* x_drop, unsigned long long* keep, const float* x, size_t n,
-                                           double p, float keep_scale, unsigned long long key) {
-    const size_t words = (n + 63) / 64;
-    for (size_t w = (size_t)blockIdx.x * blockDim.x + threadIdx.x; w < words; w += (size_t)gridDim.x * blockDim.x) {
-        unsigned long long bits = 0;
-        const size_t end = n < (w + 1) * 64 ? n : (w + 1) * 64;
-        for (size_t i = w * 64; i < end; ++i) {
-            const bool k = uniform_at(key, i) >= p;
-            x_drop[i] = k ? x[i] * keep_scale : 0.f;
-            bits |= (unsigned long long)k << (i % 64);
-        }
-        keep[w] = bits;
+// x_drop[i] = kept ? x[i]·keep_scale : 0, i < n, drawing the mask into keep[0 .. ceil(n/64)), seen as 32-bit
+// halves (little-endian: half 2w is word w's low bits). One thread per element, so a warp reads and writes 32
+// consecutive values; the warp's vote (__ballot_sync, lane j's bit j) is the half of its 32 elements, written by
+// lane 0; lanes past n vote 0, so bits past n are zero. The grid's warps stride over the 2·ceil(n/64) halves (the
+// loop's bound is the same for a warp's lanes, so all of them reach the vote). blockDim a multiple of 32.
+extern "C" __global__ void dropout_forward(float* x_drop, unsigned* keep_halves, const float* x, size_t n, double p,
+                                           float keep_scale, unsigned long long key) {
+    const size_t halves = 2 * ((n + 63) / 64), lane = threadIdx.x % 32;
+    const size_t warps = (size_t)gridDim.x * blockDim.x / 32;
+    for (size_t h = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) / 32; h < halves; h += warps) {
+        const size_t i = 32 * h + lane;
+        const bool k = i < n && uniform_at(key, i) >= p;
+        if (i < n) x_drop[i] = k ? x[i] * keep_scale : 0.f;
+        const unsigned bits = __ballot_sync(0xffffffffu, k);
+        if (lane == 0) keep_halves[h] = bits;
     }
 }
 
@@ -53,4 +53,21 @@ extern "C" __global__ void dropout_backward(float* dx, const float* t, const uns
                                             float keep_scale) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         if (kept(keep, i)) dx[i] += __fmul_rn(t[i], keep_scale);
+}
+
+// dx[i] += (Σ_j du[row·r + j]·a[j·in + col])·keep_scale where kept, i = row·in + col < rows·in: LoRA's input
+// gradient through its dropout, dropout_backward of t = du·a without t in memory (the CPU computes t by its GEMM,
+// then dropout_backward). The sum over j in order with FMAs (the GEMM's order is its own: the two agree within
+// float rounding); the product by keep_scale rounded before the add, as dropout_backward. Any 1-D grid.
+extern "C" __global__ void dropout_lora_dx(float* dx, const float* du, const float* a, const unsigned long long* keep,
+                                           size_t rows, int in, int r, float keep_scale) {
+    const size_t n = rows * (size_t)in;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        if (!kept(keep, i)) continue;
+        const size_t row = i / in, col = i % in;
+        const float* u = du + row * r;
+        float t = 0.f;
+        for (int j = 0; j < r; ++j) t = fmaf(u[j], a[(size_t)j * in + col], t);
+        dx[i] += __fmul_rn(t, keep_scale);
+    }
 }

@@ -24,9 +24,10 @@ pub fn dropout_forward(
     let (p64, scale) = (p as f64, keep_scale(p));
     let mut b = d.stream.launch_builder(d.function("dropout_forward"));
     b.arg(x_drop).arg(keep).arg(x).arg(&n).arg(&p64).arg(&scale).arg(&key);
-    // SAFETY: thread w < mask_words(n) writes keep[w] and elements 64·w .. min(n, 64·w + 64) of x_drop, reading
-    // those of x: all inside the views (lengths checked).
-    unsafe { b.launch(elementwise(mask_words(n))) }.map(drop)
+    // SAFETY: a warp per 32-bit half h < 2·mask_words(n) of the mask (its 32 lanes element 32·h + lane each): lane
+    // 0 writes the half, inside keep's mask_words(n) words; lanes below n write x_drop[i] and read x[i], inside
+    // the views (lengths checked). THREADS is a multiple of 32, so every warp is whole, as the vote requires.
+    unsafe { b.launch(elementwise(64 * mask_words(n))) }.map(drop)
 }
 
 /// x_drop = dropout(x) again from the mask [`dropout_forward`] drew. x, x_drop: (n); keep: ≥ mask_words(n).
@@ -60,5 +61,31 @@ pub fn dropout_backward(
     let mut b = d.stream.launch_builder(d.function("dropout_backward"));
     b.arg(dx).arg(t).arg(keep).arg(&n).arg(&scale);
     // SAFETY: element-wise over n values; element i reads keep[i / 64] < mask_words(n) ≤ keep.len().
+    unsafe { b.launch(elementwise(n)) }.map(drop)
+}
+
+/// dx (rows, in) **+=** keep ⊙ (du·a) / (1 − p): LoRA's input gradient through its dropout, du (rows, r), a (r, in),
+/// keep ≥ mask_words(rows·in) — [`dropout_backward`] of the product, the product never stored.
+#[allow(clippy::too_many_arguments)]
+pub fn dropout_lora_dx(
+    d: &Device,
+    dx: &mut CudaViewMut<f32>,
+    du: &CudaView<f32>,
+    a: &CudaView<f32>,
+    keep: &CudaView<u64>,
+    (rows, inp, r): (usize, usize, usize),
+    p: f32,
+) -> Result<(), DriverError> {
+    let n = rows * inp;
+    assert!(
+        dx.len() == n && du.len() == rows * r && a.len() == r * inp && keep.len() >= mask_words(n),
+        "dropout_lora_dx: shapes"
+    );
+    assert!(inp <= i32::MAX as usize && r <= i32::MAX as usize, "dropout_lora_dx: in {inp} or r {r} too large");
+    let (scale, [inp32, r32]) = (keep_scale(p), [inp, r].map(|v| v as i32));
+    let mut b = d.stream.launch_builder(d.function("dropout_lora_dx"));
+    b.arg(dx).arg(du).arg(a).arg(keep).arg(&rows).arg(&inp32).arg(&r32).arg(&scale);
+    // SAFETY: element-wise over rows·in values; element i = row·in + col reads keep[i / 64] (< mask_words(n)),
+    // du[row·r + j] and a[j·in + col] for j < r (inside du's rows·r and a's r·in values) and writes dx[i] (n values).
     unsafe { b.launch(elementwise(n)) }.map(drop)
 }
