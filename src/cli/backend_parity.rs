@@ -192,7 +192,12 @@ enum Through {
     /// (`round_bf16`).
     Bf16Upload,
     Bf16Round,
+    /// `gemm_scaled` by [`SCALE`] (c dense, overwritten).
+    Scaled,
 }
+
+/// `gemm_scaled`'s factor in the checks.
+const SCALE: f32 = 0.37;
 
 impl GemmCase {
     /// The view of an operand read as (rows, cols), stored transposed when `trans`, from `offset` with `pad`
@@ -206,7 +211,11 @@ impl GemmCase {
     fn views(&self) -> (MatView, MatView, MatView) {
         let av = Self::view(self.m, self.k, self.ta, 3, 5);
         let bv = Self::view(self.k, self.n, self.tb, 2, 3);
-        (MatView { offset: 4, rows: self.m, cols: self.n, ld: self.n + 2, trans: false }, av, bv)
+        let cv = match self.through {
+            Through::Scaled => MatView::dense(self.m, self.n),
+            _ => MatView { offset: 4, rows: self.m, cols: self.n, ld: self.n + 2, trans: false },
+        };
+        (cv, av, bv)
     }
 
     /// "gemm aᵀ·b += m 37 n 29 k 45": ᵀ marks an operand stored transposed.
@@ -218,6 +227,7 @@ impl GemmCase {
             Through::Weights => format!("gemm_weights ({:?})", compute()),
             Through::Bf16Upload => "gemm_bf16 (b by upload_bf16)".to_string(),
             Through::Bf16Round => "gemm_bf16 (b by round_bf16)".to_string(),
+            Through::Scaled => format!("gemm_scaled ({SCALE})"),
         };
         format!("{op} a{}·b{}{acc} m {m} n {n} k {k}", t(self.ta), t(self.tb))
     }
@@ -230,6 +240,7 @@ impl GemmCase {
         match self.through {
             Through::Gemm => b.gemm(&mut gc, cv, &ga, av, &gb, bv, self.accumulate)?,
             Through::Weights => b.gemm_weights(&mut gc, cv, &ga, av, &gb, bv, self.accumulate)?,
+            Through::Scaled => b.gemm_scaled(&mut gc, cv, &ga, av, &gb, bv, SCALE)?,
             Through::Bf16Upload | Through::Bf16Round => {
                 match self.through {
                     Through::Bf16Upload => b.upload_bf16(&mut b16, &bb)?,
@@ -248,6 +259,9 @@ fn gemm<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     for (m, n, k) in [(37, 29, 45), (70, 130, 300)] {
         for (i, (ta, tb)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
             let case = GemmCase { m, n, k, ta, tb, accumulate: i % 2 == 1, through: Through::Gemm };
+            compare(all, &case.name(), &case.run(dev)?, &case.run(&Host)?, 1e-5);
+            // Scaled: c overwritten, dense (the tail past it stays).
+            let case = GemmCase { accumulate: false, through: Through::Scaled, ..case };
             compare(all, &case.name(), &case.run(dev)?, &case.run(&Host)?, 1e-5);
         }
     }

@@ -132,6 +132,24 @@ pub trait Backend {
         bv: MatView,
         accumulate: bool,
     ) -> Result<()>;
+    /// c = s · (a · b) on views as [`Backend::gemm`]'s, c overwritten: by default the product, then c's view
+    /// scaled in place, as the CPU computes LoRA's scaled factors; a GPU scales the sums before it stores them
+    /// (cuBLAS's α: one launch and one rounding fewer). c's view must be dense (offset 0, ld = cols).
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_scaled(
+        &self,
+        c: &mut Self::F32,
+        cv: MatView,
+        a: &Self::F32,
+        av: MatView,
+        b: &Self::F32,
+        bv: MatView,
+        s: f32,
+    ) -> Result<()> {
+        assert!(cv == MatView::dense(cv.rows, cv.cols), "gemm_scaled: c's view {cv:?} is not dense");
+        self.gemm(c, cv, a, av, b, bv, false)?;
+        self.scale_in_place(c, cv.rows * cv.cols, s)
+    }
     /// [`Backend::gemm`] for a product of the network's weight matrices (the base linears and the LM head, forward
     /// and backward, and their gradients) in the run's compute, as `kernels::matmul::matmul_weights`: f32, or
     /// with `--compute bf16` both operands rounded to bf16 and the products summed in f32. LoRA's own products,

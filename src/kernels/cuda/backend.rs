@@ -328,7 +328,20 @@ impl Backend for Cuda {
         bv: MatView,
         accumulate: bool,
     ) -> Result<()> {
-        Ok(self.blas.matmul(c, cv, a, av, b, bv, accumulate)?)
+        Ok(self.blas.matmul(c, cv, a, av, b, bv, 1.0, accumulate)?)
+    }
+
+    fn gemm_scaled(
+        &self,
+        c: &mut CudaSlice<f32>,
+        cv: MatView,
+        a: &CudaSlice<f32>,
+        av: MatView,
+        b: &CudaSlice<f32>,
+        bv: MatView,
+        s: f32,
+    ) -> Result<()> {
+        Ok(self.blas.matmul(c, cv, a, av, b, bv, s, false)?)
     }
 
     fn gemm_weights(
@@ -350,7 +363,7 @@ impl Backend for Cuda {
         let (sa, sb) = &mut *scratch;
         let da = self.rounded(sa, a, av)?;
         let db = self.rounded(sb, b, bv)?;
-        Ok(self.blas.matmul(c, cv, &*sa, da, &*sb, db, accumulate)?)
+        Ok(self.blas.matmul(c, cv, &*sa, da, &*sb, db, 1.0, accumulate)?)
     }
 
     fn gemm_bf16(
@@ -365,7 +378,7 @@ impl Backend for Cuda {
     ) -> Result<()> {
         let mut scratch = self.bf16.lock().unwrap_or_else(PoisonError::into_inner);
         let da = self.rounded(&mut scratch.0, a, av)?;
-        Ok(self.blas.matmul(c, cv, &scratch.0, da, b, bv, accumulate)?)
+        Ok(self.blas.matmul(c, cv, &scratch.0, da, b, bv, 1.0, accumulate)?)
     }
 
     fn add_bias(&self, out: &mut CudaSlice<f32>, ov: MatView, b: &CudaSlice<f32>) -> Result<()> {

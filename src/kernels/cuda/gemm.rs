@@ -126,12 +126,12 @@ impl Blas {
             c.len()
         );
         let (cv, av, bv) = (MatView::dense(m, n), MatView::dense(m, k), MatView::dense(n, k).t());
-        self.matmul(c, cv, a, av, b, bv, accumulate)
+        self.matmul(c, cv, a, av, b, bv, 1.0, accumulate)
     }
 
-    /// c = a · b (or c += when `accumulate`) on views of row-major buffers, as `kernels::matmul` on `Mat`
-    /// views: each operand may start at an offset, skip columns (ld ≥ cols) and be read transposed; c is not
-    /// transposed. Shapes: a (m, k), b (k, n), c (m, n) as read; bounds are checked here. The operand mapping is
+    /// c = alpha · a · b (or c += when `accumulate`) on views of row-major buffers, as `kernels::matmul` on `Mat`
+    /// views (alpha 1): each operand may start at an offset, skip columns (ld ≥ cols) and be read transposed; c is
+    /// not transposed. alpha scales the f32 sums before they are stored (or added), in cuBLAS's epilogue. Shapes: a (m, k), b (k, n), c (m, n) as read; bounds are checked here. The operand mapping is
     /// the module docs'. An empty inner dimension (k = 0) zeroes c (or leaves it, accumulating) without cuBLAS.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul<T: Operand>(
@@ -142,6 +142,7 @@ impl Blas {
         av: MatView,
         b: &CudaSlice<T>,
         bv: MatView,
+        alpha: f32,
         accumulate: bool,
     ) -> Result<(), GemmError> {
         let ((m, k), (kb, n)) = (av.shape(), bv.shape());
@@ -167,7 +168,7 @@ impl Blas {
         }
         let what = if T::TYPE == cudaDataType_t::CUDA_R_32F { "f32" } else { "bf16 operands, f32 sums" };
         let op = |v: MatView| if v.trans { cublasOperation_t::CUBLAS_OP_T } else { cublasOperation_t::CUBLAS_OP_N };
-        let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+        let beta = if accumulate { 1.0f32 } else { 0.0 };
         let stream = &self.stream;
         let (pa, _ra) = a.device_ptr(stream);
         let (pb, _rb) = b.device_ptr(stream);

@@ -53,18 +53,10 @@ impl<B: Backend> DevLinear<B> {
             }
             _ => x,
         };
-        be.gemm(
-            &mut la.u,
-            MatView::dense(n, r),
-            xin,
-            MatView::dense(n, inp),
-            &lora.a.w,
-            MatView::dense(r, inp).t(),
-            false,
-        )?;
         // Scale the small (N, r) factor rather than the (N, out) product, as the CPU does; kept for dB.
-        be.scale_in_place(&mut la.u, n * r, lora.scale)?;
-        be.gemm(out, ov, &la.u, MatView::dense(n, r), &lora.b.w, MatView::dense(outd, r).t(), true)
+        let (nr, ni) = (MatView::dense(n, r), MatView::dense(n, inp));
+        be.gemm_scaled(&mut la.u, nr, xin, ni, &lora.a.w, MatView::dense(r, inp).t(), lora.scale)?;
+        be.gemm(out, ov, &la.u, nr, &lora.b.w, MatView::dense(outd, r).t(), true)
     }
 
     /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x; dW, db, dA, dB accumulate when they
@@ -97,8 +89,7 @@ impl<B: Backend> DevLinear<B> {
                 be.gemm(g, MatView::dense(outd, r), dy, dyv.t(), &la.u, nr, true)?;
             }
             // du = scale · dy·B
-            be.gemm(&mut s.du, nr, dy, dyv, &lora.b.w, MatView::dense(outd, r), false)?;
-            be.scale_in_place(&mut s.du, n * r, lora.scale)?;
+            be.gemm_scaled(&mut s.du, nr, dy, dyv, &lora.b.w, MatView::dense(outd, r), lora.scale)?;
             if let Some(g) = lora.a.grad() {
                 // dA (r, in) += duᵀ · dropout(x)
                 let xin = match &la.keep {
