@@ -19,20 +19,30 @@ use condlm::kernels::cuda::backend::Cuda;
 use condlm::kernels::rope::RopeTable;
 use condlm::rng::{stream_key, uniform};
 
-/// What the checks need beyond [`Backend`]: a dropout mask back on the host, to compare its bits.
+/// What the checks need beyond [`Backend`]: a dropout mask and a bf16 buffer back on the host, to compare their
+/// bits.
 pub trait ReadMask: Backend {
     fn read_mask(&self, m: &Self::Mask) -> Result<Vec<u64>>;
+    fn read_bf16(&self, h: &Self::Bf16) -> Result<Vec<u16>>;
 }
 
 impl ReadMask for Host {
     fn read_mask(&self, m: &Vec<u64>) -> Result<Vec<u64>> {
         Ok(m.clone())
     }
+
+    fn read_bf16(&self, h: &Vec<u16>) -> Result<Vec<u16>> {
+        Ok(h.clone())
+    }
 }
 
 impl ReadMask for Cuda {
     fn read_mask(&self, m: &cudarc::driver::CudaSlice<u64>) -> Result<Vec<u64>> {
         Ok(self.device().stream.clone_dtoh(m)?)
+    }
+
+    fn read_bf16(&self, h: &cudarc::driver::CudaSlice<u16>) -> Result<Vec<u16>> {
+        Ok(self.device().stream.clone_dtoh(h)?)
     }
 }
 
@@ -734,7 +744,7 @@ fn adamw_on<B: Backend>(b: &B) -> Result<Outs> {
     let shapes = [(10_007, true), (33, false), (10_099, true)];
     let mut tensors: Vec<AdamWTensor<B>> = bufs
         .iter_mut()
-        .map(|(i, w, g, m, v)| AdamWTensor { w, g, m, v, n: shapes[*i].0, decays: shapes[*i].1 })
+        .map(|(i, w, g, m, v)| AdamWTensor { w, g, m, v, n: shapes[*i].0, decays: shapes[*i].1, bf16: None })
         .collect();
     // A clipping coefficient, applied to every gradient before the step.
     b.adamw(&mut tensors, 0.37, &AdamWScalars::new(&AdamWConfig::default(), 1e-3, 3))?;
@@ -749,7 +759,22 @@ fn adamw_on<B: Backend>(b: &B) -> Result<Outs> {
 
 fn adamw<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     compare_outs(all, &adamw_on(&Host)?, &adamw_on(dev)?, 1e-6);
+    all.push(adamw_bf16_copy(dev)?);
     Ok(())
+}
+
+/// A tensor's bf16 copy written by the step: `bf16::round` of the step's own new values (whatever rounding those
+/// took), its tail past n untouched — the count of elements where it is not.
+fn adamw_bf16_copy<B: ReadMask>(b: &B) -> Result<Compared> {
+    let (n, cap) = (5_003, 5_100);
+    let (mut w, mut g) = (up(b, &random(cap, 120, 1.0))?, up(b, &random(cap, 121, 0.1))?);
+    let (mut m, mut v) = (up(b, &random(cap, 122, 0.01))?, up(b, &vec![1e-4; cap])?);
+    let mut h = b.alloc_bf16(cap)?;
+    let t = AdamWTensor { w: &mut w, g: &mut g, m: &mut m, v: &mut v, n, decays: true, bf16: Some(&mut h) };
+    b.adamw(&mut [t], 1.0, &AdamWScalars::new(&AdamWConfig::default(), 1e-2, 1))?;
+    let (w, h) = (down(b, &w, n)?, b.read_bf16(&h)?);
+    let wrong = (0..cap).filter(|&i| h[i] != if i < n { condlm::kernels::bf16::round(w[i]) } else { 0 }).count();
+    Ok(Compared { name: format!("adamw's bf16 copy {n}/{cap} (values off)"), err: wrong as f64, tol: 0.0 })
 }
 
 /// Every op on zero rows or values leaves its buffers as they are (and launches nothing that could fail).

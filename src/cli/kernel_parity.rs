@@ -353,8 +353,14 @@ fn adamw(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
     let s = &d.stream;
     let (mut gw, mut gg, mut gm, mut gv) = (s.clone_htod(&w)?, s.clone_htod(&g)?, s.clone_htod(&m)?, s.clone_htod(&v)?);
     let mut table = s.alloc_zeros::<u64>(1)?;
-    let one =
-        Tensor { w: gw.as_view_mut(), g: gg.as_view_mut(), m: gm.as_view_mut(), v: gv.as_view_mut(), decays: true };
+    let one = Tensor {
+        w: gw.as_view_mut(),
+        g: gg.as_view_mut(),
+        m: gm.as_view_mut(),
+        v: gv.as_view_mut(),
+        decays: true,
+        bf16: None,
+    };
     adamw_tensors(d, &mut table, &mut [one], clip, &step)?;
     compare(all, "adamw_tensors w", &s.clone_dtoh(&gw)?, &cpu_w, 1e-6);
     compare(all, "adamw_tensors m", &s.clone_dtoh(&gm)?, &cpu_m, 1e-6);

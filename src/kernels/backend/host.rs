@@ -491,6 +491,9 @@ impl Backend for Host {
             t.g[..t.n].iter_mut().for_each(|g| *g *= grad_scale);
             adamw_step(&mut t.w[..t.n], &t.g[..t.n], &mut t.m[..t.n], &mut t.v[..t.n], &s);
             t.g[..t.n].fill(0.0);
+            if let Some(h) = &mut t.bf16 {
+                h[..t.n].iter_mut().zip(&t.w[..t.n]).for_each(|(h, &w)| *h = bf16::round(w));
+            }
         }
         Ok(())
     }

@@ -407,7 +407,8 @@ pub trait Backend {
     }
     /// One AdamW step of every tensor (as `kernels::adamw::adamw_step` on its first n values, from its gradient
     /// times `grad_scale` — clipping's coefficient, or 1; one that does not decay takes `s.decay` as 1), each
-    /// gradient zeroed after: one launch on a GPU for all of them.
+    /// gradient zeroed after and its bf16 copy, if it has one, made from the new values: one launch on a GPU for
+    /// all of them.
     fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], grad_scale: f32, s: &AdamWScalars) -> Result<()>;
 
     /// Starts recording the ops that follow into a graph instead of running them (CUDA graphs: a decode step's
@@ -432,6 +433,9 @@ pub struct AdamWTensor<'a, B: Backend + ?Sized> {
     pub v: &'a mut B::F32,
     pub n: usize,
     pub decays: bool,
+    /// A bf16 copy to write from the new values (`--compute bf16`'s copy of a trained weight matrix), rounded as
+    /// `kernels::bf16::round`: in the step's own pass over the values on a GPU, rather than one more per tensor.
+    pub bf16: Option<&'a mut B::Bf16>,
 }
 
 #[cfg(test)]

@@ -787,6 +787,7 @@ impl Backend for Cuda {
                 m: pre_mut(t.m, t.n, op),
                 v: pre_mut(t.v, t.n, op),
                 decays: t.decays,
+                bf16: t.bf16.as_deref_mut().map(|h| pre_mut(h, t.n, op)),
             })
             .collect();
         // The table is rewritten by every call before its launch reads it (stream order).

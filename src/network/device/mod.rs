@@ -607,15 +607,12 @@ impl<B: Backend> DeviceModel<B> {
             .tensors_mut()
             .filter_map(|p| {
                 let t = p.train.as_mut()?;
-                Some(AdamWTensor { w: &mut p.w, g: &mut t.g, m: &mut t.m, v: &mut t.v, n: p.len, decays: p.decays })
+                // A trained matrix's bf16 copy is made from its new values (frozen ones have no f32 values).
+                let (w, bf16, n, decays) = (&mut p.w, p.bf16.as_mut(), p.len, p.decays);
+                Some(AdamWTensor { w, g: &mut t.g, m: &mut t.m, v: &mut t.v, n, decays, bf16 })
             })
             .collect();
-        self.backend.adamw(&mut tensors, clip.unwrap_or(1.0), &decay)?;
-        // A trained matrix's bf16 copy is made again from its new values (frozen ones have no f32 values).
-        for p in self.weights.tensors_mut().filter(|p| p.train.is_some()) {
-            p.refresh_bf16(&self.backend)?;
-        }
-        Ok(())
+        self.backend.adamw(&mut tensors, clip.unwrap_or(1.0), &decay)
     }
 
     /// Where it runs.

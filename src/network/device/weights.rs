@@ -4,8 +4,8 @@
 //!
 //! Under `--compute bf16` the weight matrices the products read (the base linears, the LM head) also have a bf16
 //! copy, made once, so no product rounds them again; a frozen one is kept only in bf16 (half the memory of f32),
-//! a trained one keeps its f32 values (AdamW's master weights) and its copy is made again after every step. The
-//! embeddings keep f32 for their lookup. Under f32 everything is f32.
+//! a trained one keeps its f32 values (AdamW's master weights) and its copy is written by every AdamW step
+//! (`AdamWTensor::bf16`). The embeddings keep f32 for their lookup. Under f32 everything is f32.
 use crate::kernels::backend::{Backend, MatView};
 use crate::kernels::compute::{Compute, compute};
 use crate::network::linear::Linear;

@@ -6,18 +6,20 @@
 //   step_size = lr / (1 − β1ᵗ),  bc2_sqrt = √(1 − β2ᵗ),  eps;
 // a tensor without weight decay takes decay = 1 (what AdamWScalars gives for weight_decay 0).
 //
-// table: 6 values per tensor — the device addresses of w, g, m, v, then n and decays (0 or 1). Grid (blocks,
+// table: 7 values per tensor — the device addresses of w, g, m, v, then n, decays (0 or 1) and the address of a
+// bf16 copy to write from the new values (0: none; bf16_bits, kernels::bf16::round's rounding). Grid (blocks,
 // tensors): the blocks of row y stride over tensor y's n values.
 extern "C" __global__ void adamw_tensors(const unsigned long long* table, float grad_scale, float decay,
                                          float one_minus_b1, float b2, float one_minus_b2, float step_size,
                                          float bc2_sqrt, float eps) {
-    const unsigned long long* t = table + (size_t)blockIdx.y * 6;
+    const unsigned long long* t = table + (size_t)blockIdx.y * 7;
     float* w = (float*)t[0];
     float* g = (float*)t[1];
     float* m = (float*)t[2];
     float* v = (float*)t[3];
     const size_t n = (size_t)t[4];
     const float dec = t[5] ? decay : 1.0f;
+    unsigned short* copy = (unsigned short*)t[6];
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const float gi = g[i] * grad_scale;
         float wi = w[i] * dec;
@@ -29,5 +31,6 @@ extern "C" __global__ void adamw_tensors(const unsigned long long* table, float 
         m[i] = mi;
         v[i] = vi;
         g[i] = 0.f;
+        if (copy) copy[i] = (unsigned short)bf16_bits(wi);
     }
 }

@@ -6,21 +6,22 @@ use crate::kernels::adamw::AdamWScalars;
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaSlice, CudaViewMut, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg};
 
-/// One tensor of [`adamw_tensors`]: values, gradient, moments (all of one length), and whether weight decay
-/// applies.
+/// One tensor of [`adamw_tensors`]: values, gradient, moments (all of one length), whether weight decay
+/// applies, and a bf16 copy (of that length) to write from the new values.
 pub struct Tensor<'a> {
     pub w: CudaViewMut<'a, f32>,
     pub g: CudaViewMut<'a, f32>,
     pub m: CudaViewMut<'a, f32>,
     pub v: CudaViewMut<'a, f32>,
     pub decays: bool,
+    pub bf16: Option<CudaViewMut<'a, u16>>,
 }
 
-/// Values per tensor in the kernel's table: w, g, m, v addresses, n, decays.
-const ROW: usize = 6;
+/// Values per tensor in the kernel's table: w, g, m, v addresses, n, decays, the bf16 copy's address (0: none).
+const ROW: usize = 7;
 
-/// Every tensor's w, m, v updated in place from its gradient times `grad_scale`, the gradient then zeroed; a
-/// tensor that does not decay takes `s.decay` as 1. `table`: device scratch for the tensors' addresses, grown to
+/// Every tensor's w, m, v updated in place from its gradient times `grad_scale`, the gradient then zeroed and the
+/// bf16 copy (if any) rounded from the new w; a tensor that does not decay takes `s.decay` as 1. `table`: device scratch for the tensors' addresses, grown to
 /// fit.
 pub fn adamw_tensors(
     d: &Device,
@@ -37,10 +38,11 @@ pub fn adamw_tensors(
     let mut rows = Vec::with_capacity(tensors.len() * ROW);
     let mut longest = 0;
     // The addresses' guards (cudarc's stream-order records) live until the launch is queued.
-    let mut guards = Vec::with_capacity(tensors.len() * 4);
+    let mut guards = Vec::with_capacity(tensors.len() * 5);
     for (i, t) in tensors.iter_mut().enumerate() {
         let n = t.w.len();
-        assert!(t.g.len() == n && t.m.len() == n && t.v.len() == n, "adamw_tensors: tensor {i}: shapes");
+        let copy = t.bf16.as_ref().is_none_or(|h| h.len() == n);
+        assert!(t.g.len() == n && t.m.len() == n && t.v.len() == n && copy, "adamw_tensors: tensor {i}: shapes");
         longest = longest.max(n);
         for buf in [&mut t.w, &mut t.g, &mut t.m, &mut t.v] {
             let (ptr, guard) = buf.device_ptr_mut(&d.stream);
@@ -48,6 +50,14 @@ pub fn adamw_tensors(
             guards.push(guard);
         }
         rows.extend([n as u64, t.decays as u64]);
+        match &mut t.bf16 {
+            Some(h) => {
+                let (ptr, guard) = h.device_ptr_mut(&d.stream);
+                rows.push(ptr);
+                guards.push(guard);
+            }
+            None => rows.push(0),
+        }
     }
     let table = upload_table(d, table, &rows)?;
     let blocks = longest.div_ceil(THREADS as usize * 4).clamp(1, 4096) as u32;
@@ -55,8 +65,8 @@ pub fn adamw_tensors(
     let mut b = d.stream.launch_builder(d.function("adamw_tensors"));
     b.arg(&table).arg(&grad_scale).arg(&s.decay).arg(&s.one_minus_b1).arg(&s.b2).arg(&s.one_minus_b2).arg(&s.step_size);
     b.arg(&s.bc2_sqrt).arg(&s.eps);
-    // SAFETY: block row y reads and writes elements < n of tensor y's four buffers, whose addresses and common
-    // length (checked) the table holds, in tensors that are distinct `&mut` views.
+    // SAFETY: block row y reads and writes elements < n of tensor y's four buffers (and its bf16 copy, if any),
+    // whose addresses and common length (checked) the table holds, in tensors that are distinct `&mut` views.
     unsafe { b.launch(cfg) }?;
     drop(guards);
     Ok(())
