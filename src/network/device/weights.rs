@@ -60,7 +60,8 @@ impl<B: Backend> DevTensor<B> {
         }
     }
 
-    /// The bf16 copy made again from the f32 values, after they changed (an optimizer step, a resumed state).
+    /// The bf16 copy made again from the f32 values after they were uploaded (a resumed state; an optimizer step
+    /// writes the copy itself).
     pub fn refresh_bf16(&mut self, be: &B) -> Result<()> {
         match &mut self.bf16 {
             Some(h) => be.round_bf16(h, &self.w, self.len),
