@@ -74,7 +74,7 @@ fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 23] {
         ("glu", glu),
         ("gelu", gelu),
         ("cross_entropy_rows", cross_entropy),
-        ("dropout/lora_dropout_dx", dropout),
+        ("dropout/lora_dropout_dx/lora_dropout_da", dropout),
         ("adamw", adamw),
         ("empty ops", empty),
     ]
@@ -713,22 +713,31 @@ fn dropout<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
         all.push(Compared { name: format!("dropout mask {n} (words differing)"), err: differ as f64, tol: 0.0 });
     }
     // The product summed in another order than the reference's GEMM: within kernel_parity's f32 tolerance.
-    for shape in [(7, 33, 1), (37, 301, 16)] {
-        compare_outs(all, &lora_dropout_dx_on(&Host, shape)?, &lora_dropout_dx_on(dev, shape)?, 1e-5);
+    // Shapes of one chunk of rows and of du's columns, and of several of each with partial last ones.
+    for shape in [(7, 33, 1), (37, 301, 16), (300, 70, 37)] {
+        compare_outs(all, &lora_dropout_on(&Host, shape)?, &lora_dropout_on(dev, shape)?, 1e-5);
     }
     Ok(())
 }
 
-/// dx += keep ⊙ (du·a) / (1 − p) at `shape` (rows, in, r): a mask drawn over rows·in values of longer buffers,
-/// dx a prefix of one (its tail must stay).
-fn lora_dropout_dx_on<B: Backend>(b: &B, (rows, inp, r): (usize, usize, usize)) -> Result<Outs> {
+/// LoRA's products through its dropout at `shape` (rows, in, r), a mask drawn over rows·in values of longer
+/// buffers: dx += keep ⊙ (du·a) / (1 − p), dx a prefix of one (its tail must stay), and dA += duᵀ · dropout(x).
+fn lora_dropout_on<B: Backend>(b: &B, (rows, inp, r): (usize, usize, usize)) -> Result<Outs> {
     let (n, cap, p) = (rows * inp, rows * inp + 50, 0.2);
     let (x, mut x_drop, mut keep) = (up(b, &random(cap, 110, 1.0))?, b.alloc(cap)?, b.alloc_mask(cap)?);
     b.dropout_forward(&mut x_drop, &mut keep, &x, n, p, stream_key(8, 3))?;
     let (du, a) = (up(b, &random(rows * r + 9, 111, 1.0))?, up(b, &random(r * inp + 11, 112, 1.0))?);
     let (mut dx, mut t) = (up(b, &random(cap, 113, 1.0))?, b.alloc(cap)?);
     b.lora_dropout_dx(&mut dx, &mut t, &du, &a, &keep, (rows, inp, r), p)?;
-    Ok(vec![(format!("lora_dropout_dx ({rows}, {inp}, r {r}) {n}/{cap}"), down(b, &dx, cap)?)])
+    let mut da = up(b, &random(r * inp + 13, 114, 1.0))?;
+    b.lora_dropout_da(&mut da, &mut t, &du, &x, &keep, (rows, inp, r), p)?;
+    Ok(vec![
+        (format!("lora_dropout_dx ({rows}, {inp}, r {r}) {n}/{cap}"), down(b, &dx, cap)?),
+        (
+            format!("lora_dropout_da ({rows}, {inp}, r {r}) += {}/{}", r * inp, r * inp + 13),
+            down(b, &da, r * inp + 13)?,
+        ),
+    ])
 }
 
 /// Three tensors in one call: a long one that decays, a short one that does not, and a prefix of a longer buffer;

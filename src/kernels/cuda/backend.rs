@@ -63,6 +63,8 @@ pub struct Cuda {
     adamw_table: Mutex<CudaSlice<u64>>,
     /// `gemm_weights`' bf16 operands under `--compute bf16` (grown to the largest product once).
     bf16: Mutex<(CudaSlice<u16>, CudaSlice<u16>)>,
+    /// `lora_dropout_da`'s per-chunk sums (grown to the largest once).
+    lora_partials: Mutex<CudaSlice<f32>>,
     /// How many times that scratch was replaced: a graph recorded before names freed memory.
     bf16_moves: AtomicU64,
     /// Whether ops may be captured into CUDA graphs (`CONDLM_CUDA_GRAPHS=0` turns them off).
@@ -124,11 +126,24 @@ impl Cuda {
         );
         let bf16 = Mutex::new((zeros(&device, 1, "u16")?, zeros(&device, 1, "u16")?));
         let adamw_table = Mutex::new(zeros(&device, 1, "u64 (AdamW's tensor table)")?);
+        let lora_partials = Mutex::new(zeros(&device, 1, "f32 (LoRA dA's partial sums)")?);
         let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
         let (graphs, mma_attention) = (on("CONDLM_CUDA_GRAPHS"), on("CONDLM_CUDA_MMA_ATTENTION"));
         let groups = Mutex::new(RowGroups::default());
         let (bf16_moves, capturing) = (AtomicU64::new(0), AtomicBool::new(false));
-        Ok(Cuda { device, blas, reduce, groups, bf16, adamw_table, bf16_moves, graphs, mma_attention, capturing })
+        Ok(Cuda {
+            device,
+            blas,
+            reduce,
+            groups,
+            bf16,
+            adamw_table,
+            lora_partials,
+            bf16_moves,
+            graphs,
+            mma_attention,
+            capturing,
+        })
     }
 
     /// Attention's precision under the run's `--compute`: bf16 operands on the tensor cores with `--compute bf16`
@@ -760,6 +775,31 @@ impl Backend for Cuda {
         let op = "dropout_backward";
         let (mut d, t) = (pre_mut(dx, n, op), pre(t, n, op));
         self.ran(op, dropout::dropout_backward(&self.device, &mut d, &t, &keep.as_view(), p))
+    }
+
+    fn lora_dropout_da(
+        &self,
+        g: &mut CudaSlice<f32>,
+        _x_drop: &mut CudaSlice<f32>,
+        du: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        keep: &CudaSlice<u64>,
+        shape: (usize, usize, usize),
+        p: f32,
+    ) -> Result<()> {
+        let (op, (n, inp, r)) = ("lora_dropout_da", shape);
+        let mut partials = self.lora_partials.lock().unwrap_or_else(PoisonError::into_inner);
+        let need = dropout::lora_da_scratch(shape);
+        if partials.len() < need {
+            if self.capturing.load(Ordering::Relaxed) {
+                bail!("LoRA dA's scratch would grow during a CUDA graph capture");
+            }
+            *partials = zeros(&self.device, need, "f32 (LoRA dA's partial sums)")?;
+        }
+        let (mut gv, mut pv) = (pre_mut(g, r * inp, op), pre_mut(&mut partials, need, op));
+        let (du, x) = (pre(du, n * r, op), pre(x, n * inp, op));
+        let keep = keep.as_view();
+        self.ran(op, dropout::dropout_lora_da(&self.device, &mut gv, &mut pv, &du, &x, &keep, shape, p))
     }
 
     fn lora_dropout_dx(

@@ -69,7 +69,14 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "dropout.cu",
         text: include_str!("cu/dropout.cu"),
-        kernels: &["dropout_forward", "dropout_again", "dropout_backward", "dropout_lora_dx"],
+        kernels: &[
+            "dropout_forward",
+            "dropout_again",
+            "dropout_backward",
+            "dropout_lora_dx",
+            "dropout_lora_da_partial",
+            "dropout_lora_da_sum",
+        ],
     },
     Source { file: "reduce.cu", text: include_str!("cu/reduce.cu"), kernels: &["sum_squares_partial", "sum_partials"] },
 ];

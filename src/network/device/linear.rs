@@ -92,14 +92,12 @@ impl<B: Backend> DevLinear<B> {
             be.gemm_scaled(&mut s.du, nr, dy, dyv, &lora.b.w, MatView::dense(outd, r), lora.scale)?;
             if let Some(g) = lora.a.grad() {
                 // dA (r, in) += duᵀ · dropout(x)
-                let xin = match &la.keep {
+                match &la.keep {
                     Some(keep) => {
-                        be.dropout_again(&mut s.x_drop, keep, x, n * inp, lora.dropout)?;
-                        &s.x_drop
+                        be.lora_dropout_da(g, &mut s.x_drop, &s.du, x, keep, (n, inp, r), lora.dropout)?;
                     }
-                    None => x,
-                };
-                be.gemm(g, MatView::dense(r, inp), &s.du, nr.t(), xin, ni, true)?;
+                    None => be.gemm(g, MatView::dense(r, inp), &s.du, nr.t(), x, ni, true)?,
+                }
             }
             match &la.keep {
                 // dx += keep ⊙ (du·A) / (1 − p) (du·A in the scratch, or fused on a GPU)

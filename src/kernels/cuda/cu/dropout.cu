@@ -71,3 +71,49 @@ extern "C" __global__ void dropout_lora_dx(float* dx, const float* du, const flo
         dx[i] += __fmul_rn(t, keep_scale);
     }
 }
+
+// dA's product through LoRA's dropout in two launches (dropout_again's values never stored, the sums in a fixed
+// order): each block sums LORA_DA_ROWS rows for LORA_DA_R columns of du, then dropout_lora_da_sum adds the chunks'
+// sums in order. ops/dropout.rs shapes the grid with the same two numbers.
+#define LORA_DA_ROWS 128
+#define LORA_DA_R 16
+
+// partial[(c·r + j)·in + col] = Σ_row du[row·r + j]·dropout(x)[row·in + col] over chunk c's rows (LORA_DA_ROWS from
+// c·LORA_DA_ROWS), for this block's LORA_DA_R columns j of du (from blockIdx.z·LORA_DA_R); dropout(x) is
+// x·keep_scale (rounded, as dropout_again) where kept, else 0 (adds nothing). Grid (ceil(in / blockDim.x), chunks,
+// ceil(r / LORA_DA_R)): a thread per column with its sums in registers, the chunk's du columns in shared memory.
+extern "C" __global__ void dropout_lora_da_partial(float* partial, const float* du, const float* x,
+                                                   const unsigned long long* keep, size_t rows, int in, int r,
+                                                   float keep_scale) {
+    __shared__ float du_s[LORA_DA_ROWS][LORA_DA_R];
+    const int j0 = blockIdx.z * LORA_DA_R;
+    const int js = r - j0 < LORA_DA_R ? r - j0 : LORA_DA_R;
+    const size_t row0 = (size_t)blockIdx.y * LORA_DA_ROWS;
+    const int count = rows - row0 < LORA_DA_ROWS ? (int)(rows - row0) : LORA_DA_ROWS;
+    for (int t = threadIdx.x; t < LORA_DA_ROWS * LORA_DA_R; t += blockDim.x) {
+        const int i = t / LORA_DA_R, j = t % LORA_DA_R;
+        du_s[i][j] = i < count && j < js ? du[(row0 + i) * r + j0 + j] : 0.f;
+    }
+    __syncthreads();
+    const int col = blockIdx.x * blockDim.x + threadIdx.x;
+    if (col >= in) return;
+    float acc[LORA_DA_R];
+    for (int j = 0; j < LORA_DA_R; ++j) acc[j] = 0.f;
+    for (int i = 0; i < count; ++i) {
+        const size_t e = (row0 + i) * in + col;
+        if (!kept(keep, e)) continue;
+        const float v = __fmul_rn(x[e], keep_scale);
+        for (int j = 0; j < LORA_DA_R; ++j) acc[j] = fmaf(du_s[i][j], v, acc[j]);
+    }
+    for (int j = 0; j < js; ++j) partial[((size_t)blockIdx.y * r + j0 + j) * in + col] = acc[j];
+}
+
+// g[i] += Σ_c partial[c·r_in + i] over the chunks in order, i < r_in (= r·in): the chunks' sums added to dA. Any
+// 1-D grid.
+extern "C" __global__ void dropout_lora_da_sum(float* g, const float* partial, size_t chunks, size_t r_in) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < r_in; i += (size_t)gridDim.x * blockDim.x) {
+        float s = 0.f;
+        for (size_t c = 0; c < chunks; ++c) s += partial[c * r_in + i];
+        g[i] += s;
+    }
+}

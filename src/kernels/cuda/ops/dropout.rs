@@ -1,9 +1,9 @@
 //! Dropout on the GPU (dropout.cu), as `kernels::dropout`: the same mask bits (one per element, kept when
 //! `rng::uniform_at(key, i) >= p`, in u64 words) and the same values.
-use super::elementwise;
+use super::{THREADS, elementwise};
 use crate::kernels::cuda::device::Device;
 use crate::kernels::dropout::mask_words;
-use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
 
 /// 1/(1 − p) rounded as `kernels::dropout` rounds it (in f32), for the kernels to multiply by.
 fn keep_scale(p: f32) -> f32 {
@@ -88,4 +88,54 @@ pub fn dropout_lora_dx(
     // SAFETY: element-wise over rows·in values; element i = row·in + col reads keep[i / 64] (< mask_words(n)),
     // du[row·r + j] and a[j·in + col] for j < r (inside du's rows·r and a's r·in values) and writes dx[i] (n values).
     unsafe { b.launch(elementwise(n)) }.map(drop)
+}
+
+/// Rows per block of `dropout_lora_da_partial` and du's columns per block: dropout.cu's LORA_DA_ROWS, LORA_DA_R.
+const DA_ROWS: usize = 128;
+const DA_R: usize = 16;
+
+/// Values of the scratch [`dropout_lora_da`] needs at `shape` (rows, in, r): one (r, in) sum per chunk of rows.
+pub fn lora_da_scratch((rows, inp, r): (usize, usize, usize)) -> usize {
+    rows.div_ceil(DA_ROWS) * r * inp
+}
+
+/// g (r, in) **+=** duᵀ · dropout(x): LoRA's dA through its dropout, du (rows, r), x (rows, in), keep ≥
+/// mask_words(rows·in) — the product of `dropout_again`'s values, never stored; `partials` ≥
+/// [`lora_da_scratch`] values. Two launches: per-chunk sums, then their sum in chunk order (the same bits every run).
+#[allow(clippy::too_many_arguments)]
+pub fn dropout_lora_da(
+    d: &Device,
+    g: &mut CudaViewMut<f32>,
+    partials: &mut CudaViewMut<f32>,
+    du: &CudaView<f32>,
+    x: &CudaView<f32>,
+    keep: &CudaView<u64>,
+    shape: (usize, usize, usize),
+    p: f32,
+) -> Result<(), DriverError> {
+    let (rows, inp, r) = shape;
+    let (n, chunks) = (rows * inp, rows.div_ceil(DA_ROWS));
+    assert!(
+        g.len() == r * inp && du.len() == rows * r && x.len() == n && keep.len() >= mask_words(n),
+        "dropout_lora_da: shapes"
+    );
+    assert!(partials.len() >= lora_da_scratch(shape), "dropout_lora_da: scratch of {} values", partials.len());
+    assert!(inp <= i32::MAX as usize && chunks <= 65_535 && r.div_ceil(DA_R) <= 65_535, "dropout_lora_da: {shape:?}");
+    if n == 0 || r == 0 {
+        return Ok(());
+    }
+    let (scale, [inp32, r32]) = (keep_scale(p), [inp, r].map(|v| v as i32));
+    let mut b = d.stream.launch_builder(d.function("dropout_lora_da_partial"));
+    b.arg(&mut *partials).arg(du).arg(x).arg(keep).arg(&rows).arg(&inp32).arg(&r32).arg(&scale);
+    let grid = (inp.div_ceil(THREADS as usize) as u32, chunks as u32, r.div_ceil(DA_R) as u32);
+    let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: block (bx, c, z) reads du's rows c·DA_ROWS.. (< rows) at columns z·DA_R.. (< r), and, for its columns
+    // col < in, x and keep at those rows' elements (< rows·in); it writes partials[(c·r + j)·in + col], j < r, below
+    // chunks·r·in ≤ partials.len() (checked).
+    unsafe { b.launch(cfg) }?;
+    let (r_in, partials) = (r * inp, partials.as_view());
+    let mut b = d.stream.launch_builder(d.function("dropout_lora_da_sum"));
+    b.arg(g).arg(&partials).arg(&chunks).arg(&r_in);
+    // SAFETY: element i < r·in of g (its length) adds partials[c·r·in + i], c < chunks: inside the scratch.
+    unsafe { b.launch(elementwise(r_in)) }.map(drop)
 }
