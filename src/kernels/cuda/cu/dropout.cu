@@ -58,17 +58,19 @@ extern "C" __global__ void dropout_backward(float* dx, const float* t, const uns
 // dx[i] += (Σ_j du[row·r + j]·a[j·in + col])·keep_scale where kept, i = row·in + col < rows·in: LoRA's input
 // gradient through its dropout, dropout_backward of t = du·a without t in memory (the CPU computes t by its GEMM,
 // then dropout_backward). The sum over j in order with FMAs (the GEMM's order is its own: the two agree within
-// float rounding); the product by keep_scale rounded before the add, as dropout_backward. Any 1-D grid.
+// float rounding); the product by keep_scale rounded before the add, as dropout_backward. A 2-D grid striding
+// over rows (y) and columns (x).
 extern "C" __global__ void dropout_lora_dx(float* dx, const float* du, const float* a, const unsigned long long* keep,
                                            size_t rows, int in, int r, float keep_scale) {
-    const size_t n = rows * (size_t)in;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        if (!kept(keep, i)) continue;
-        const size_t row = i / in, col = i % in;
+    for (size_t row = blockIdx.y; row < rows; row += gridDim.y) {
         const float* u = du + row * r;
-        float t = 0.f;
-        for (int j = 0; j < r; ++j) t = fmaf(u[j], a[(size_t)j * in + col], t);
-        dx[i] += __fmul_rn(t, keep_scale);
+        for (int col = blockIdx.x * blockDim.x + threadIdx.x; col < in; col += gridDim.x * blockDim.x) {
+            const size_t i = row * in + col;
+            if (!kept(keep, i)) continue;
+            float t = 0.f;
+            for (int j = 0; j < r; ++j) t = fmaf(u[j], a[(size_t)j * in + col], t);
+            dx[i] += __fmul_rn(t, keep_scale);
+        }
     }
 }
 

@@ -1,5 +1,5 @@
 //! f32 → bf16 on the GPU (bf16.cu), as `kernels::bf16::round`: the operands of `--compute bf16`'s GEMMs.
-use super::elementwise;
+use super::by_rows;
 use crate::kernels::backend::MatView;
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
@@ -18,7 +18,7 @@ pub fn to_bf16(d: &Device, out: &mut CudaViewMut<u16>, src: &CudaView<f32>, v: M
     let [rows, cols, ld] = [v.rows, v.cols, v.ld].map(|x| x as i32);
     let mut b = d.stream.launch_builder(d.function("to_bf16"));
     b.arg(out).arg(&src).arg(&rows).arg(&cols).arg(&ld);
-    // SAFETY: element i < rows·cols reads src[(i / cols)·ld + i % cols] ≤ (rows − 1)·ld + cols − 1 < the view's
-    // extent (the slice's length) and writes out[i] (out holds at least rows·cols values, checked).
-    unsafe { b.launch(elementwise(n)) }.map(drop)
+    // SAFETY: element (row, col) of (rows, cols) reads src[row·ld + col] ≤ (rows − 1)·ld + cols − 1 < the view's
+    // extent (the slice's length) and writes out[row·cols + col] (out holds at least rows·cols values, checked).
+    unsafe { b.launch(by_rows(v.rows, v.cols)) }.map(drop)
 }

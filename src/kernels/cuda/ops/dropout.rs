@@ -1,6 +1,6 @@
 //! Dropout on the GPU (dropout.cu), as `kernels::dropout`: the same mask bits (one per element, kept when
 //! `rng::uniform_at(key, i) >= p`, in u64 words) and the same values.
-use super::{THREADS, elementwise};
+use super::{THREADS, by_rows, elementwise};
 use crate::kernels::cuda::device::Device;
 use crate::kernels::dropout::mask_words;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
@@ -85,9 +85,9 @@ pub fn dropout_lora_dx(
     let (scale, [inp32, r32]) = (keep_scale(p), [inp, r].map(|v| v as i32));
     let mut b = d.stream.launch_builder(d.function("dropout_lora_dx"));
     b.arg(dx).arg(du).arg(a).arg(keep).arg(&rows).arg(&inp32).arg(&r32).arg(&scale);
-    // SAFETY: element-wise over rows·in values; element i = row·in + col reads keep[i / 64] (< mask_words(n)),
-    // du[row·r + j] and a[j·in + col] for j < r (inside du's rows·r and a's r·in values) and writes dx[i] (n values).
-    unsafe { b.launch(elementwise(n)) }.map(drop)
+    // SAFETY: element (row, col) of (rows, in), i = row·in + col, reads keep[i / 64] (< mask_words(n)), du[row·r + j]
+    // and a[j·in + col] for j < r (inside du's rows·r and a's r·in values) and writes dx[i] (n values).
+    unsafe { b.launch(by_rows(rows, inp)) }.map(drop)
 }
 
 /// Rows per block of `dropout_lora_da_partial` and du's columns per block: dropout.cu's LORA_DA_ROWS, LORA_DA_R.

@@ -47,6 +47,17 @@ fn elementwise(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// A 2-D grid for a (rows, cols) kernel that strides over rows by gridDim.y and columns by gridDim.x · THREADS:
+/// a block per row (at most 65 535, a grid's rows) and enough blocks across for a row's columns.
+fn by_rows(rows: usize, cols: usize) -> LaunchConfig {
+    let across = cols.div_ceil(THREADS as usize).clamp(1, 1 << 16) as u32;
+    LaunchConfig {
+        grid_dim: (across, rows.clamp(1, 65_535) as u32, 1),
+        block_dim: (THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +69,8 @@ mod tests {
         assert_eq!(elementwise(0).grid_dim.0, 1, "an empty launch still has a block");
         assert_eq!(elementwise(257).grid_dim.0, 2);
         assert_eq!(elementwise(1 << 40).grid_dim.0, 1 << 16, "large inputs stride over a capped grid");
+        assert_eq!(by_rows(1850, 8960).grid_dim, (35, 1850, 1));
+        assert_eq!(by_rows(0, 0).grid_dim, (1, 1, 1), "an empty launch still has a block");
+        assert_eq!(by_rows(1 << 20, 1).grid_dim, (1, 65_535, 1), "rows past a grid's stride over it");
     }
 }
