@@ -14,7 +14,8 @@ use super::ops::indices::{IndexFacts, Indices};
 use super::ops::rope::RopeLayout;
 use super::ops::rows::RowGroups;
 use super::ops::{
-    adamw, attention, bf16, cross_entropy, dropout, elementwise, glu, kv_cache, norm, reduce, rope, rows,
+    adamw, attention, bf16, column_scratch, cross_entropy, dropout, elementwise, glu, kv_cache, norm, reduce, rope,
+    rows,
 };
 use crate::kernels::activation::GateAct;
 use crate::kernels::adamw::AdamWScalars;
@@ -27,7 +28,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus};
 use cudarc::driver::{CudaGraph, CudaSlice, CudaView, CudaViewMut, DeviceRepr, DriverError, ValidAsZeroBits};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// A RoPE table on the device: cos and sin, (rows, half) each, as `RopeTable` made them on the host.
 pub struct CudaRope {
@@ -63,8 +64,8 @@ pub struct Cuda {
     adamw_table: Mutex<CudaSlice<u64>>,
     /// `gemm_weights`' bf16 operands under `--compute bf16` (grown to the largest product once).
     bf16: Mutex<(CudaSlice<u16>, CudaSlice<u16>)>,
-    /// `lora_dropout_da`'s per-chunk sums (grown to the largest once).
-    lora_partials: Mutex<CudaSlice<f32>>,
+    /// The per-chunk column sums of norm weights' and biases' gradients and LoRA's dA (grown to the largest once).
+    chunk_sums: Mutex<CudaSlice<f32>>,
     /// How many times that scratch was replaced: a graph recorded before names freed memory.
     bf16_moves: AtomicU64,
     /// Whether ops may be captured into CUDA graphs (`CONDLM_CUDA_GRAPHS=0` turns them off).
@@ -126,7 +127,7 @@ impl Cuda {
         );
         let bf16 = Mutex::new((zeros(&device, 1, "u16")?, zeros(&device, 1, "u16")?));
         let adamw_table = Mutex::new(zeros(&device, 1, "u64 (AdamW's tensor table)")?);
-        let lora_partials = Mutex::new(zeros(&device, 1, "f32 (LoRA dA's partial sums)")?);
+        let chunk_sums = Mutex::new(zeros(&device, 1, "f32 (column sums' scratch)")?);
         let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
         let (graphs, mma_attention) = (on("CONDLM_CUDA_GRAPHS"), on("CONDLM_CUDA_MMA_ATTENTION"));
         let groups = Mutex::new(RowGroups::default());
@@ -138,7 +139,7 @@ impl Cuda {
             groups,
             bf16,
             adamw_table,
-            lora_partials,
+            chunk_sums,
             bf16_moves,
             graphs,
             mma_attention,
@@ -166,6 +167,18 @@ impl Cuda {
         }
         self.ran("to_bf16", bf16::to_bf16(&self.device, &mut scratch.as_view_mut(), &src.as_view(), v))?;
         Ok(dense)
+    }
+
+    /// The column sums' scratch with at least `need` values (grown once to the largest).
+    fn chunk_scratch(&self, need: usize) -> Result<MutexGuard<'_, CudaSlice<f32>>> {
+        let mut s = self.chunk_sums.lock().unwrap_or_else(PoisonError::into_inner);
+        if s.len() < need {
+            if self.capturing.load(Ordering::Relaxed) {
+                bail!("the column sums' scratch would grow during a CUDA graph capture");
+            }
+            *s = zeros(&self.device, need, "f32 (column sums' scratch)")?;
+        }
+        Ok(s)
     }
 
     /// The GPU, its stream and kernels.
@@ -402,8 +415,10 @@ impl Backend for Cuda {
     }
 
     fn add_column_sums(&self, db: &mut CudaSlice<f32>, dy: &CudaSlice<f32>, dyv: MatView) -> Result<()> {
-        let op = "add_column_sums";
-        self.ran(op, elementwise::add_column_sums(&self.device, &mut pre_mut(db, dyv.cols, op), &dy.as_view(), dyv))
+        let (op, need) = ("add_column_sums", column_scratch(dyv.rows, dyv.cols));
+        let mut scratch = self.chunk_scratch(need)?;
+        let (mut db, mut s) = (pre_mut(db, dyv.cols, op), pre_mut(&mut scratch, need, op));
+        self.ran(op, elementwise::add_column_sums(&self.device, &mut db, &dy.as_view(), dyv, &mut s))
     }
 
     fn embedding(
@@ -480,7 +495,11 @@ impl Backend for Cuda {
         let (mut dx, mut dw) = (pre_mut(dx, rows * dim, op), dw.map(|g| pre_mut(g, dim, op)));
         let (dout, x, w, rstd) =
             (pre(dout, rows * dim, op), pre(x, rows * dim, op), pre(w, dim, op), pre(rstd, rows, op));
-        self.ran(op, norm::rmsnorm_backward(&self.device, &mut dx, dw.as_mut(), &dout, &x, &w, offset, &rstd))
+        let need = if dw.is_some() { column_scratch(rows, dim) } else { 0 };
+        let mut scratch = self.chunk_scratch(need)?;
+        let mut s = pre_mut(&mut scratch, need, op);
+        let r = norm::rmsnorm_backward(&self.device, &mut dx, dw.as_mut(), &dout, &x, &w, offset, &rstd, &mut s);
+        self.ran(op, r)
     }
 
     fn layernorm_forward(
@@ -525,7 +544,11 @@ impl Backend for Cuda {
         let (mut dw, mut db) = (dw.map(|g| pre_mut(g, dim, op)), db.map(|g| pre_mut(g, dim, op)));
         let (dout, x, w) = (pre(dout, rows * dim, op), pre(x, rows * dim, op), pre(w, dim, op));
         let (mean, rstd) = (pre(mean, rows, op), pre(rstd, rows, op));
-        let r = norm::layernorm_backward(&self.device, &mut dx, dw.as_mut(), db.as_mut(), &dout, &x, &w, &mean, &rstd);
+        let need = if dw.is_some() || db.is_some() { 2 * column_scratch(rows, dim) } else { 0 };
+        let mut scratch = self.chunk_scratch(need)?;
+        let mut s = pre_mut(&mut scratch, need, op);
+        let (dw, db) = (dw.as_mut(), db.as_mut());
+        let r = norm::layernorm_backward(&self.device, &mut dx, dw, db, &dout, &x, &w, &mean, &rstd, &mut s);
         self.ran(op, r)
     }
 
@@ -787,15 +810,8 @@ impl Backend for Cuda {
         shape: (usize, usize, usize),
         p: f32,
     ) -> Result<()> {
-        let (op, (n, inp, r)) = ("lora_dropout_da", shape);
-        let mut partials = self.lora_partials.lock().unwrap_or_else(PoisonError::into_inner);
-        let need = dropout::lora_da_scratch(shape);
-        if partials.len() < need {
-            if self.capturing.load(Ordering::Relaxed) {
-                bail!("LoRA dA's scratch would grow during a CUDA graph capture");
-            }
-            *partials = zeros(&self.device, need, "f32 (LoRA dA's partial sums)")?;
-        }
+        let (op, (n, inp, r), need) = ("lora_dropout_da", shape, dropout::lora_da_scratch(shape));
+        let mut partials = self.chunk_scratch(need)?;
         let (mut gv, mut pv) = (pre_mut(g, r * inp, op), pre_mut(&mut partials, need, op));
         let (du, x) = (pre(du, n * r, op), pre(x, n * inp, op));
         let keep = keep.as_view();

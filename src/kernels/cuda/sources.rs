@@ -75,10 +75,13 @@ pub const SOURCES: &[Source] = &[
             "dropout_backward",
             "dropout_lora_dx",
             "dropout_lora_da_partial",
-            "dropout_lora_da_sum",
         ],
     },
-    Source { file: "reduce.cu", text: include_str!("cu/reduce.cu"), kernels: &["sum_squares_partial", "sum_partials"] },
+    Source {
+        file: "reduce.cu",
+        text: include_str!("cu/reduce.cu"),
+        kernels: &["sum_squares_partial", "sum_partials", "add_chunk_sums"],
+    },
 ];
 
 impl Source {

@@ -75,8 +75,8 @@ extern "C" __global__ void dropout_lora_dx(float* dx, const float* du, const flo
 }
 
 // dA's product through LoRA's dropout in two launches (dropout_again's values never stored, the sums in a fixed
-// order): each block sums LORA_DA_ROWS rows for LORA_DA_R columns of du, then dropout_lora_da_sum adds the chunks'
-// sums in order. ops/dropout.rs shapes the grid with the same two numbers.
+// order): each block sums LORA_DA_ROWS rows for LORA_DA_R columns of du, then reduce.cu's add_chunk_sums adds the
+// chunks' sums in order. ops/dropout.rs shapes the grid with the same two numbers.
 #define LORA_DA_ROWS 128
 #define LORA_DA_R 16
 
@@ -108,14 +108,4 @@ extern "C" __global__ void dropout_lora_da_partial(float* partial, const float* 
         for (int j = 0; j < LORA_DA_R; ++j) acc[j] = fmaf(du_s[i][j], v, acc[j]);
     }
     for (int j = 0; j < js; ++j) partial[((size_t)blockIdx.y * r + j0 + j) * in + col] = acc[j];
-}
-
-// g[i] += Σ_c partial[c·r_in + i] over the chunks in order, i < r_in (= r·in): the chunks' sums added to dA. Any
-// 1-D grid.
-extern "C" __global__ void dropout_lora_da_sum(float* g, const float* partial, size_t chunks, size_t r_in) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < r_in; i += (size_t)gridDim.x * blockDim.x) {
-        float s = 0.f;
-        for (size_t c = 0; c < chunks; ++c) s += partial[c * r_in + i];
-        g[i] += s;
-    }
 }

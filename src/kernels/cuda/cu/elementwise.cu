@@ -15,25 +15,26 @@ extern "C" __global__ void scale_in_place(float* x, size_t n, float s) {
 }
 
 // out[r·ld + c] += b[c] for the rows × cols of a strided view (out points at the view's first element, ld ≥ cols).
+// A 2-D grid striding over rows (y) and columns (x).
 extern "C" __global__ void add_bias(float* out, const float* b, size_t rows, size_t cols, size_t ld) {
-    const size_t n = rows * cols;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const size_t r = i / cols, c = i % cols;
-        out[r * ld + c] += b[c];
-    }
+    for (size_t r = blockIdx.y; r < rows; r += gridDim.y)
+        for (size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += (size_t)gridDim.x * blockDim.x)
+            out[r * ld + c] += b[c];
 }
 
-// db[c] += Σ_r dy[r·ld + c] for the rows × cols of a strided view (dy points at the view's first element): a bias's
-// gradient, as Host::add_column_sums — each column summed from −0 (where Rust's f32 `sum` starts) in row order,
-// then added to db[c]. The same additions in the same order, each rounded once (__fadd_rn: never contracted or
-// reordered), so the CPU's bits. One thread per column (adjacent threads read adjacent values of a row).
-extern "C" __global__ void add_column_sums(float* db, const float* dy, size_t rows, size_t cols, size_t ld) {
-    for (size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += (size_t)gridDim.x * blockDim.x) {
-        float s = -0.0f;
-#pragma unroll 8
-        for (size_t r = 0; r < rows; ++r) s = __fadd_rn(s, dy[r * ld + c]);
-        db[c] = __fadd_rn(db[c], s);
-    }
+// partial[k·cols + c] = Σ dy[r·ld + c] over chunk k's rows r (chunk_rows from k·chunk_rows) of the rows × cols of a
+// strided view (dy points at the view's first element), from −0 (where Rust's f32 `sum` starts) in row order: a
+// bias's gradient by chunks of rows, which reduce.cu's add_chunk_sums then adds to it in chunk order (parallel over
+// the rows, the same bits every run). Grid (ceil(cols / blockDim.x), chunks): a thread per (column, chunk),
+// adjacent threads reading adjacent values of a row.
+extern "C" __global__ void add_column_sums(float* partial, const float* dy, size_t rows, size_t cols, size_t ld,
+                                           size_t chunk_rows) {
+    const size_t c = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    const size_t first = blockIdx.y * chunk_rows, end = rows < first + chunk_rows ? rows : first + chunk_rows;
+    float s = -0.0f;
+    for (size_t r = first; r < end; ++r) s = __fadd_rn(s, dy[r * ld + c]);
+    partial[blockIdx.y * cols + c] = s;
 }
 
 // dst[i] += src[i], i < n (Host::add: one rounding per element, the same bits). Any 1-D grid.

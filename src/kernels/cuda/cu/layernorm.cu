@@ -38,19 +38,22 @@ extern "C" __global__ void layernorm_backward_dx(float* dx, const float* dout, c
         dx[base + i] += r * (dout[base + i] * w[i] - mg - (x[base + i] - m) * r * mgx);
 }
 
-// dw[j] += Σ_rows dout[row, j] · (x[row, j] − mean[row]) · rstd[row] (when dw is not null), db[j] += Σ_rows
-// dout[row, j] (when db is not null), rows in order: one thread per feature, so the sums are the same for any
-// launch. Grid: ceil(dim / blockDim.x) blocks.
-extern "C" __global__ void layernorm_backward_dwdb(float* dw, float* db, const float* dout, const float* x,
-                                                   const float* mean, const float* rstd, int rows, int dim) {
+// Over chunk c's rows (chunk_rows from c·chunk_rows) in order: partial[c·dim + j] = Σ dout[row, j] · (x[row, j] −
+// mean[row]) · rstd[row] (dw's part) and partial[(chunks + c)·dim + j] = Σ dout[row, j] (db's), chunks = gridDim.y;
+// reduce.cu's add_chunk_sums then adds each to its gradient in chunk order (parallel over the rows, the same bits
+// every run). Grid (ceil(dim / blockDim.x), chunks): a thread per (feature, chunk).
+extern "C" __global__ void layernorm_backward_dwdb(float* partial, const float* dout, const float* x,
+                                                   const float* mean, const float* rstd, int rows, int dim,
+                                                   int chunk_rows) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= dim) return;
+    const int first = blockIdx.y * chunk_rows, end = rows < first + chunk_rows ? rows : first + chunk_rows;
     float sw = 0.f, sb = 0.f;
-    for (int row = 0; row < rows; ++row) {
+    for (int row = first; row < end; ++row) {
         const float d = dout[(size_t)row * dim + j];
         sw += d * (x[(size_t)row * dim + j] - mean[row]) * rstd[row];
         sb += d;
     }
-    if (dw) dw[j] += sw;
-    if (db) db[j] += sb;
+    partial[(size_t)blockIdx.y * dim + j] = sw;
+    partial[(size_t)(gridDim.y + blockIdx.y) * dim + j] = sb;
 }

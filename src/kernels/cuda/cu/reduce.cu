@@ -19,6 +19,17 @@ extern "C" __global__ void sum_squares_partial(double* partial, const unsigned l
     if (threadIdx.x == 0) partial[(size_t)blockIdx.y * gridDim.x + blockIdx.x] = s;
 }
 
+// out[i] += Σ_c partial[c·n + i] over the chunks c < chunks in order, from −0 (a sum of −0s adds nothing), i < n:
+// the per-chunk column sums of a norm's weight gradient, a bias's (elementwise.cu's add_column_sums) and LoRA's dA
+// (dropout.cu) added to their gradient the same way every run. Any 1-D grid.
+extern "C" __global__ void add_chunk_sums(float* out, const float* partial, size_t chunks, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float s = -0.0f;
+        for (size_t c = 0; c < chunks; ++c) s = __fadd_rn(s, partial[c * n + i]);
+        out[i] = __fadd_rn(out[i], s);
+    }
+}
+
 // out[blockIdx.x] = Σ partial[blockIdx.x · count + i], i < count. Grid: one block per tensor.
 extern "C" __global__ void sum_partials(double* out, const double* partial, int count) {
     __shared__ double scratch[32];

@@ -30,13 +30,15 @@ extern "C" __global__ void rmsnorm_backward_dx(float* dx, const float* dout, con
         dx[base + i] += r * (offset + w[i]) * dout[base + i] - c * x[base + i];
 }
 
-// dw[j] += Σ_rows dout[row, j] · x[row, j] · rstd[row], rows in order: one thread per feature, so the sum is the
-// same for any launch. Grid: ceil(dim / blockDim.x) blocks.
-extern "C" __global__ void rmsnorm_backward_dw(float* dw, const float* dout, const float* x, const float* rstd,
-                                               int rows, int dim) {
+// partial[c·dim + j] = Σ dout[row, j] · x[row, j] · rstd[row] over chunk c's rows (chunk_rows from c·chunk_rows) in
+// order: dw by chunks of rows, which reduce.cu's add_chunk_sums then adds to dw in chunk order (parallel over the
+// rows, the same bits every run). Grid (ceil(dim / blockDim.x), chunks): a thread per (feature, chunk).
+extern "C" __global__ void rmsnorm_backward_dw(float* partial, const float* dout, const float* x, const float* rstd,
+                                               int rows, int dim, int chunk_rows) {
     const int j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= dim) return;
+    const int first = blockIdx.y * chunk_rows, end = rows < first + chunk_rows ? rows : first + chunk_rows;
     float s = 0.f;
-    for (int row = 0; row < rows; ++row) s += dout[(size_t)row * dim + j] * x[(size_t)row * dim + j] * rstd[row];
-    dw[j] += s;
+    for (int row = first; row < end; ++row) s += dout[(size_t)row * dim + j] * x[(size_t)row * dim + j] * rstd[row];
+    partial[(size_t)blockIdx.y * dim + j] = s;
 }

@@ -1,6 +1,6 @@
 //! Dropout on the GPU (dropout.cu), as `kernels::dropout`: the same mask bits (one per element, kept when
 //! `rng::uniform_at(key, i) >= p`, in u64 words) and the same values.
-use super::{THREADS, by_rows, elementwise};
+use super::{THREADS, by_rows, elementwise, reduce};
 use crate::kernels::cuda::device::Device;
 use crate::kernels::dropout::mask_words;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
@@ -133,9 +133,5 @@ pub fn dropout_lora_da(
     // col < in, x and keep at those rows' elements (< rows·in); it writes partials[(c·r + j)·in + col], j < r, below
     // chunks·r·in ≤ partials.len() (checked).
     unsafe { b.launch(cfg) }?;
-    let (r_in, partials) = (r * inp, partials.as_view());
-    let mut b = d.stream.launch_builder(d.function("dropout_lora_da_sum"));
-    b.arg(g).arg(&partials).arg(&chunks).arg(&r_in);
-    // SAFETY: element i < r·in of g (its length) adds partials[c·r·in + i], c < chunks: inside the scratch.
-    unsafe { b.launch(elementwise(r_in)) }.map(drop)
+    reduce::add_chunk_sums(d, g, &partials.as_view(), chunks)
 }

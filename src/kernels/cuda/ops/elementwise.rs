@@ -1,7 +1,7 @@
 //! The backend's element-wise ops on the GPU (elementwise.cu), as `kernels::backend::host`'s scale,
 //! scale_in_place and add_bias: the same bits (one rounding per element on both sides); and add_bias's backward,
-//! add_column_sums: the same bits too (the same additions in the same order).
-use super::elementwise;
+//! add_column_sums: by chunks of rows, the CPU's bits up to one chunk, within float rounding beyond.
+use super::{CHUNK_ROWS, by_chunks, by_rows, column_scratch, elementwise, reduce};
 use crate::kernels::backend::MatView;
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
@@ -37,19 +37,21 @@ pub fn add_bias(d: &Device, out: &mut CudaViewMut<f32>, ov: MatView, b: &CudaVie
     let mut o = out.slice_mut(ov.offset..ov.end());
     let mut l = d.stream.launch_builder(d.function("add_bias"));
     l.arg(&mut o).arg(b).arg(&ov.rows).arg(&ov.cols).arg(&ov.ld);
-    // SAFETY: thread i adds to o[(i / cols)·ld + i % cols] for i < rows·cols, at most (rows − 1)·ld + cols − 1 <
-    // o.len() (the view's extent, checked inside out), and reads b[i % cols] (b holds cols values).
-    unsafe { l.launch(elementwise(ov.rows * ov.cols)) }.map(drop)
+    // SAFETY: element (r, c) of (rows, cols) adds to o[r·ld + c] ≤ (rows − 1)·ld + cols − 1 < o.len() (the view's
+    // extent, checked inside out) and reads b[c] (b holds cols values).
+    unsafe { l.launch(by_rows(ov.rows, ov.cols)) }.map(drop)
 }
 
-/// db += the column sums of the view `dyv` of `dy` (db: dyv.cols values): each column summed from −0 in row order,
-/// then added, as `Host::add_column_sums` — the same additions in the same order, so the same bits. The view is not
-/// transposed; its rows may overlap (it is only read).
+/// db += the column sums of the view `dyv` of `dy` (db: dyv.cols values), as `Host::add_column_sums`: each column
+/// summed from −0 by chunks of rows, in row order within a chunk, the chunks' sums then added in order — the CPU's
+/// sum within float rounding. The view is not transposed; its rows may overlap (it is only read). partials: scratch
+/// of `column_scratch(rows, cols)` values.
 pub fn add_column_sums(
     d: &Device,
     db: &mut CudaViewMut<f32>,
     dy: &CudaView<f32>,
     dyv: MatView,
+    partials: &mut CudaViewMut<f32>,
 ) -> Result<(), DriverError> {
     assert!(!dyv.trans, "add_column_sums: view {dyv:?} is transposed");
     assert!(dyv.end() <= dy.len(), "add_column_sums: view {dyv:?} past a buffer of {}", dy.len());
@@ -58,13 +60,16 @@ pub fn add_column_sums(
         // Each sum would be −0, and x + (−0) is x.
         return Ok(());
     }
+    assert!(partials.len() >= column_scratch(dyv.rows, dyv.cols), "add_column_sums: scratch of {}", partials.len());
     let y = dy.slice(dyv.offset..dyv.end());
+    let ((cfg, chunks), chunk_rows) = (by_chunks(dyv.rows, dyv.cols), CHUNK_ROWS);
     let mut l = d.stream.launch_builder(d.function("add_column_sums"));
-    l.arg(db).arg(&y).arg(&dyv.rows).arg(&dyv.cols).arg(&dyv.ld);
-    // SAFETY: thread c < cols adds to db[c] (db holds cols values, checked) and reads y[r·ld + c] for r < rows, at
-    // most (rows − 1)·ld + cols − 1 < y.len() (the view's extent, checked inside dy); db and dy are distinct
-    // buffers (a `&mut` and a `&` borrow).
-    unsafe { l.launch(elementwise(dyv.cols)) }.map(drop)
+    l.arg(&mut *partials).arg(&y).arg(&dyv.rows).arg(&dyv.cols).arg(&dyv.ld).arg(&chunk_rows);
+    // SAFETY: thread (c, k), c < cols, reads y[r·ld + c] for chunk k's rows r < rows, at most (rows − 1)·ld + cols − 1
+    // < y.len() (the view's extent, checked inside dy), and writes partials[k·cols + c] < column_scratch(rows, cols)
+    // ≤ partials.len() (checked).
+    unsafe { l.launch(cfg) }?;
+    reduce::add_chunk_sums(d, db, &partials.as_view(), chunks)
 }
 
 /// dst += src. Both of one length.

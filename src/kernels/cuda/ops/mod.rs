@@ -47,6 +47,25 @@ fn elementwise(n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 
+/// Rows one thread sums for its column in the column sums of a norm's weight gradient and a bias's: each
+/// (columns, chunk) block writes its chunk's sums to scratch, then `reduce::add_chunk_sums` adds the chunks' sums
+/// in chunk order — parallel over the rows, not one thread per column over all of them, and the same bits every
+/// run.
+const CHUNK_ROWS: usize = 64;
+
+/// Scratch values the column sums of (rows, cols) need: a row of cols sums per chunk of [`CHUNK_ROWS`] rows.
+pub fn column_scratch(rows: usize, cols: usize) -> usize {
+    rows.div_ceil(CHUNK_ROWS).max(1) * cols
+}
+
+/// The grid of a per-chunk column-sum kernel over (rows, cols) — (column tiles, chunks) — and its chunk count.
+fn by_chunks(rows: usize, cols: usize) -> (LaunchConfig, usize) {
+    let chunks = rows.div_ceil(CHUNK_ROWS).max(1);
+    assert!(chunks <= 65_535, "{rows} rows exceed the column sums' grid");
+    let grid = (cols.div_ceil(THREADS as usize).max(1) as u32, chunks as u32, 1);
+    (LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }, chunks)
+}
+
 /// A 2-D grid for a (rows, cols) kernel that strides over rows by gridDim.y and columns by gridDim.x · THREADS:
 /// a block per row (at most 65 535, a grid's rows) and enough blocks across for a row's columns.
 fn by_rows(rows: usize, cols: usize) -> LaunchConfig {
@@ -70,6 +89,9 @@ mod tests {
         assert_eq!(elementwise(257).grid_dim.0, 2);
         assert_eq!(elementwise(1 << 40).grid_dim.0, 1 << 16, "large inputs stride over a capped grid");
         assert_eq!(by_rows(1850, 8960).grid_dim, (35, 1850, 1));
+        assert_eq!(by_chunks(1850, 576).0.grid_dim, (3, 29, 1));
+        assert_eq!((by_chunks(0, 5).1, column_scratch(0, 5)), (1, 5), "no rows: one chunk of zero sums");
+        assert_eq!(column_scratch(129, 7), 3 * 7);
         assert_eq!(by_rows(0, 0).grid_dim, (1, 1, 1), "an empty launch still has a block");
         assert_eq!(by_rows(1 << 20, 1).grid_dim, (1, 65_535, 1), "rows past a grid's stride over it");
     }

@@ -1,9 +1,7 @@
 //! RMSNorm (rmsnorm.cu) and LayerNorm (layernorm.cu) on the GPU, as `kernels::norm`'s forward and backward.
-use super::{THREADS, per_row};
+use super::{CHUNK_ROWS, by_chunks, column_scratch, per_row, reduce};
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{
-    CudaStream, CudaView, CudaViewMut, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg, SyncOnDrop,
-};
+use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
 
 /// out[r] = (offset + w) ⊙ (x[r] · rstd[r]); rstd saved. x, out: (rows, dim); w: (dim); rstd: (rows).
 pub fn rmsnorm_forward(
@@ -25,7 +23,8 @@ pub fn rmsnorm_forward(
     unsafe { b.launch(per_row(rows)) }.map(drop)
 }
 
-/// dx **+=** ∂L/∂x and, when given, dw **+=** ∂L/∂w. dout, x, dx: (rows, dim); w, dw: (dim); rstd: (rows).
+/// dx **+=** ∂L/∂x and, when given, dw **+=** ∂L/∂w. dout, x, dx: (rows, dim); w, dw: (dim); rstd: (rows);
+/// partials: scratch of `column_scratch(rows, dim)` values for dw's column sums.
 #[allow(clippy::too_many_arguments)]
 pub fn rmsnorm_backward(
     d: &Device,
@@ -36,6 +35,7 @@ pub fn rmsnorm_backward(
     w: &CudaView<f32>,
     offset: f32,
     rstd: &CudaView<f32>,
+    partials: &mut CudaViewMut<f32>,
 ) -> Result<(), DriverError> {
     let (dim, rows) = (w.len(), rstd.len());
     assert!(dx.len() == rows * dim && dout.len() == rows * dim && x.len() == rows * dim, "rmsnorm_backward: shapes");
@@ -46,15 +46,14 @@ pub fn rmsnorm_backward(
     unsafe { b.launch(per_row(rows)) }?;
     if let Some(dw) = dw {
         assert_eq!(dw.len(), dim, "rmsnorm_backward: dw shape");
-        let cfg = LaunchConfig {
-            grid_dim: ((dim as u32).div_ceil(THREADS), 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        assert!(partials.len() >= column_scratch(rows, dim), "rmsnorm_backward: scratch of {}", partials.len());
+        let ((cfg, chunks), chunk_rows) = (by_chunks(rows, dim), CHUNK_ROWS as i32);
         let mut b = d.stream.launch_builder(d.function("rmsnorm_backward_dw"));
-        b.arg(dw).arg(dout).arg(x).arg(rstd).arg(&rows_i).arg(&dim_i);
-        // SAFETY: thread j < dim reads column j of the (rows, dim) buffers and rstd, and writes dw[j].
+        b.arg(&mut *partials).arg(dout).arg(x).arg(rstd).arg(&rows_i).arg(&dim_i).arg(&chunk_rows);
+        // SAFETY: thread (j, c), j < dim, reads column j of chunk c's rows (< rows) of the (rows, dim) buffers and
+        // rstd, and writes partials[c·dim + j] < column_scratch(rows, dim) ≤ partials.len() (checked).
         unsafe { b.launch(cfg) }?;
+        reduce::add_chunk_sums(d, dw, &partials.as_view(), chunks)?;
     }
     Ok(())
 }
@@ -84,7 +83,7 @@ pub fn layernorm_forward(
 }
 
 /// dx **+=** ∂L/∂x and, when given, dw **+=** ∂L/∂w, db **+=** ∂L/∂b. dout, x, dx: (rows, dim); w, dw, db: (dim);
-/// mean, rstd: (rows).
+/// mean, rstd: (rows); partials: scratch of 2 · `column_scratch(rows, dim)` values for the column sums.
 #[allow(clippy::too_many_arguments)]
 pub fn layernorm_backward(
     d: &Device,
@@ -96,6 +95,7 @@ pub fn layernorm_backward(
     w: &CudaView<f32>,
     mean: &CudaView<f32>,
     rstd: &CudaView<f32>,
+    partials: &mut CudaViewMut<f32>,
 ) -> Result<(), DriverError> {
     let (dim, rows) = (w.len(), rstd.len());
     assert!(
@@ -112,27 +112,21 @@ pub fn layernorm_backward(
     }
     let fits = |g: &Option<&mut CudaViewMut<f32>>| g.as_ref().is_none_or(|g| g.len() == dim);
     assert!(fits(&dw) && fits(&db), "layernorm_backward: dw/db shape");
-    let ((pw, _rw), (pb, _rb)) = (grad_ptr(dw, &d.stream), grad_ptr(db, &d.stream));
-    let cfg = LaunchConfig {
-        grid_dim: ((dim as u32).div_ceil(THREADS), 1, 1),
-        block_dim: (THREADS, 1, 1),
-        shared_mem_bytes: 0,
-    };
+    let per = column_scratch(rows, dim);
+    assert!(partials.len() >= 2 * per, "layernorm_backward: scratch of {}", partials.len());
+    let ((cfg, chunks), chunk_rows) = (by_chunks(rows, dim), CHUNK_ROWS as i32);
     let mut l = d.stream.launch_builder(d.function("layernorm_backward_dwdb"));
-    l.arg(&pw).arg(&pb).arg(dout).arg(x).arg(mean).arg(rstd).arg(&rows_i).arg(&dim_i);
-    // SAFETY: thread j < dim reads column j of the (rows, dim) buffers, mean and rstd, and writes dw[j] and db[j]
-    // where given (each of dim values, checked); a null one is not touched.
-    unsafe { l.launch(cfg) }.map(drop)
-}
-
-/// A gradient's device pointer, 0 when there is none (the kernel skips a null one), with the record that keeps the
-/// stream's order with the buffer's other uses until the launch is queued.
-fn grad_ptr<'a>(g: Option<&'a mut CudaViewMut<'_, f32>>, stream: &'a CudaStream) -> (u64, Option<SyncOnDrop<'a>>) {
-    match g {
-        Some(g) => {
-            let (p, record) = g.device_ptr_mut(stream);
-            (p, Some(record))
-        }
-        None => (0, None),
+    l.arg(&mut *partials).arg(dout).arg(x).arg(mean).arg(rstd).arg(&rows_i).arg(&dim_i).arg(&chunk_rows);
+    // SAFETY: thread (j, c), j < dim, reads column j of chunk c's rows (< rows) of the (rows, dim) buffers, mean and
+    // rstd, and writes partials[c·dim + j] and partials[(chunks + c)·dim + j], below 2·chunks·dim = 2·per ≤
+    // partials.len() (checked).
+    unsafe { l.launch(cfg) }?;
+    let parts = partials.as_view();
+    if let Some(dw) = dw {
+        reduce::add_chunk_sums(d, dw, &parts.slice(..per), chunks)?;
     }
+    if let Some(db) = db {
+        reduce::add_chunk_sums(d, db, &parts.slice(per..2 * per), chunks)?;
+    }
+    Ok(())
 }

@@ -20,6 +20,22 @@ impl Scratch {
     }
 }
 
+/// out[i] **+=** Σ_c partials[c·n + i] over `chunks` chunks in chunk order (from −0), n = out.len(): the per-chunk
+/// column sums of a norm's weight gradient, a bias's and LoRA's dA added to their gradient.
+pub(super) fn add_chunk_sums(
+    d: &Device,
+    out: &mut CudaViewMut<f32>,
+    partials: &CudaView<f32>,
+    chunks: usize,
+) -> Result<(), DriverError> {
+    let n = out.len();
+    assert!(partials.len() >= chunks * n, "add_chunk_sums: {chunks} chunks of {n} in {} values", partials.len());
+    let mut b = d.stream.launch_builder(d.function("add_chunk_sums"));
+    b.arg(out).arg(partials).arg(&chunks).arg(&n);
+    // SAFETY: element i < n of out (its length) adds partials[c·n + i], c < chunks: inside partials (checked).
+    unsafe { b.launch(super::elementwise(n)) }.map(drop)
+}
+
 /// out[i] = Σ xs[i][j]² summed in f64, for every tensor (each view's whole length). Queued, not waited for.
 pub fn sum_squares(
     d: &Device,
