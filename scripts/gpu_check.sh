@@ -35,6 +35,8 @@
 #     tokens/s, peak GPU memory and model FLOP utilisation (the weight products' FLOPs per token times tokens/s,
 #     against the peaks --check-kernels measured); then LoRA and full in bf16 on a Qwen2.5-1.5B-shaped model while
 #     time allows (the throughputs come before the slower CPU-side checks below, so that a run cut short keeps them);
+#   - where a training step's GPU time goes, op by op (CONDLM_CUDA_PROFILE=1: an event after every op), for LoRA
+#     and full fine-tuning in bf16 on the Qwen2.5-1.5B shape (the SmolLM2-135M one when the 1.5B was skipped);
 #   - the SmolLM2-135M shape: 20 LoRA steps (all linear layers, r 16, dropout 0.05) on cuda vs the CPU path,
 #     per-step losses within 1e-4 relative (f32) and 1e-2 (`--compute bf16` on both; the device's attention on the
 #     tensor cores, and in f32 as the CPU's);
@@ -306,6 +308,27 @@ if [ "$elapsed" -lt 300 ]; then
 else
     printf '\n## throughput, Qwen2.5-1.5B-shaped\n\nskipped: %d s gone, the script keeps under 8 minutes\n' \
         "$elapsed" >>"$report.tmp"
+fi
+# profile MODEL BATCH: where a training step's GPU time goes (CONDLM_CUDA_PROFILE: each op's share, the GPU's
+# waits for the host included) — 4 steps in bf16 of LoRA and of full fine-tuning on the throughput runs' rows.
+profile() {
+    local model=$1 batch=$2 mode
+    for mode in lora full; do
+        local args=(--lora-r 16 --lora-targets all-linear --lora-dropout 0.05)
+        [ "$mode" = full ] && args=(--full --lr 1e-5)
+        echo "$mode, compute bf16, batch $batch:"
+        CONDLM_CUDA_PROFILE=1 "$bin" train --model "$model" --data "$work/rows4.jsonl" --output-dir "$work/p-$mode" \
+            --max-steps 4 --batch-size "$batch" --eval-fraction 0 --save-every 0 --device "$dev" --compute bf16 \
+            "${args[@]}" 2>&1 | sed -n '/^cuda profile/,/^[^ ]/p' | head -32 || return 1
+    done
+}
+elapsed=$(($(date +%s) - script_start))
+if [ -f "$work/qwen2.5-1.5b/config.json" ] && [ "$elapsed" -lt 400 ]; then
+    run_check "profile, Qwen2.5-1.5B-shaped: a training step's GPU time by op (LoRA, full; bf16)" profile \
+        "$work/qwen2.5-1.5b" 8
+else
+    run_check "profile, SmolLM2-135M-shaped: a training step's GPU time by op (LoRA, full; bf16)" profile \
+        "$work/smollm2-135m" 16
 fi
 smollm2_parity() {
     smollm2_model || return 1

@@ -399,3 +399,36 @@ fn training_steps_after_the_first_allocate_nothing_and_wait_twice() {
         }
     }
 }
+
+/// `CONDLM_CUDA_PROFILE=1` prints where the GPU time went when the command ends: a row per op (the kernels', the
+/// GEMMs', the copies'), their calls, and shares that add up to the whole; the results are the same.
+#[test]
+fn a_profiled_run_tells_where_the_gpu_time_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, data) = (fixture("tiny-llama"), fixture("score_rows.jsonl"));
+    let run = |profile: &str| -> (Vec<Value>, String) {
+        let out = dir.path().join(format!("{profile}.jsonl"));
+        let (model, data, out_s) = (model.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+        let args = ["score", "--model", model, "--data", data, "--device", "cuda", "--out", out_s];
+        let text = condlm_with(&args, &[("CONDLM_CUDA_PROFILE", profile)]);
+        (jsonl(&out), text)
+    };
+    let ((plain, quiet), (profiled, text)) = (run("0"), run("1"));
+    assert_eq!(plain, profiled, "scores with and without the profile");
+    assert!(!quiet.contains("cuda profile"), "{quiet}");
+    let lines = text.lines().skip_while(|l| !l.starts_with("cuda profile")).skip(2);
+    let table: Vec<&str> = lines.take_while(|l| l.starts_with("  ")).collect();
+    let row = |op: &str| -> (u64, f64) {
+        let l = table
+            .iter()
+            .find(|l| l.trim_start().starts_with(&format!("{op} ")))
+            .unwrap_or_else(|| panic!("{op}:\n{text}"));
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f[f.len() - 3].parse().unwrap(), f[f.len() - 1].parse().unwrap())
+    };
+    for op in ["gemm f32", "rmsnorm_forward", "attention_forward", "cross_entropy_rows"] {
+        assert!(row(op).0 > 0, "{op}:\n{text}");
+    }
+    let shares: f64 = table.iter().map(|l| l.split_whitespace().last().unwrap().parse::<f64>().unwrap()).sum();
+    assert!((shares - 100.0).abs() < 0.1 * table.len() as f64, "shares add up to {shares}:\n{text}");
+}

@@ -5,6 +5,7 @@
 // of the graph. A module is a kernel program compiled into the emulator (nvrtc.cpp hands its file name over as the
 // "PTX").
 #include "runtime.h"
+#include <chrono>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -31,7 +32,12 @@ struct Allocation {
 };
 std::map<CUdeviceptr, Allocation> allocations;
 size_t in_use = 0;
-int context_tag, event_tag;  // addresses that stand for the one context and its events
+int context_tag;  // the address that stands for the one context
+
+// An event: when it was last recorded. Work runs when it is queued here, so that is when the stream reached it.
+struct Event {
+    std::chrono::steady_clock::time_point at{};
+};
 
 // A graph: the work captured from a stream, in order (each op returns a CUresult).
 using Ops = std::vector<std::function<int()>>;
@@ -186,10 +192,27 @@ CUresult cuStreamSynchronize(Handle) {
     return kSuccess;
 }
 CUresult cuEventCreate(Handle* e, unsigned) {
-    *e = &event_tag;
+    *e = new Event;
     return kSuccess;
 }
-CUresult cuEventDestroy_v2(Handle) { return kSuccess; }
+CUresult cuEventDestroy_v2(Handle e) {
+    delete static_cast<Event*>(e);
+    return kSuccess;
+}
+// Recorded when queued (the stream's work before it has run). Not in a capture: condlm records none there.
+CUresult cuEventRecord(Handle e, Handle s) {
+    std::lock_guard<std::recursive_mutex> g(lock);
+    if (captures.count(s)) return kIllegalState;
+    static_cast<Event*>(e)->at = std::chrono::steady_clock::now();
+    return kSuccess;
+}
+CUresult cuEventSynchronize(Handle) { return kSuccess; }
+CUresult cuEventElapsedTime_v2(float* ms, Handle start, Handle end) {
+    const auto d = static_cast<Event*>(end)->at - static_cast<Event*>(start)->at;
+    *ms = std::chrono::duration<float, std::milli>(d).count();
+    return kSuccess;
+}
+CUresult cuEventElapsedTime(float* ms, Handle start, Handle end) { return cuEventElapsedTime_v2(ms, start, end); }
 
 // Allocations and frees, synchronous or in stream order (at once here), are refused during a capture. CUDA refuses
 // the synchronous ones and a free of memory the graph did not allocate; it records a stream-ordered allocation as

@@ -9,7 +9,7 @@
 //! (`begin_capture`, `end_capture`, `replay`): decoding replays a step's launches as one.
 use super::device::Device;
 use super::devices::probe;
-use super::gemm::Blas;
+use super::gemm::{Blas, GemmError};
 use super::ops::indices::{IndexFacts, Indices};
 use super::ops::rope::RopeLayout;
 use super::ops::rows::RowGroups;
@@ -17,6 +17,7 @@ use super::ops::{
     adamw, attention, bf16, column_scratch, cross_entropy, dropout, elementwise, glu, kv_cache, norm, reduce, rope,
     rows,
 };
+use super::profile::Profile;
 use crate::kernels::activation::GateAct;
 use crate::kernels::adamw::AdamWScalars;
 use crate::kernels::attention::QkvLayout;
@@ -73,6 +74,8 @@ pub struct Cuda {
     /// Whether `--compute bf16` runs attention on the tensor cores (`CONDLM_CUDA_MMA_ATTENTION=0` keeps it f32:
     /// for comparing with the CPU's bf16 mode, whose attention is f32, and for measuring what the tensor cores gain).
     mma_attention: bool,
+    /// `CONDLM_CUDA_PROFILE`'s per-op GPU times, printed when the backend is dropped.
+    profile: Option<Mutex<Profile>>,
     /// A capture is under way: scratch must not grow (on a GPU with memory pools the allocation would become part
     /// of the graph, and the old scratch's free would fail).
     capturing: AtomicBool,
@@ -131,6 +134,7 @@ impl Cuda {
         let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
         let (graphs, mma_attention) = (on("CONDLM_CUDA_GRAPHS"), on("CONDLM_CUDA_MMA_ATTENTION"));
         let groups = Mutex::new(RowGroups::default());
+        let profile = Profile::from_env(&device.ctx).map(Mutex::new);
         let (bf16_moves, capturing) = (AtomicU64::new(0), AtomicBool::new(false));
         Ok(Cuda {
             device,
@@ -143,6 +147,7 @@ impl Cuda {
             bf16_moves,
             graphs,
             mma_attention,
+            profile,
             capturing,
         })
     }
@@ -189,13 +194,31 @@ impl Cuda {
     /// A driver error of `op` as an error naming the GPU and the op. Launches are asynchronous: an error can
     /// belong to an earlier kernel that faulted.
     fn ran<T>(&self, op: &str, r: Result<T, DriverError>) -> Result<T> {
-        r.with_context(|| {
+        let r = r.with_context(|| {
             format!(
                 "cuda:{}: {op} failed (launches are asynchronous: the fault may be an earlier op's; \
                  CUDA_LAUNCH_BLOCKING=1 makes the failing op report it)",
                 self.device.gpu.ordinal
             )
-        })
+        });
+        self.note(op, r)
+    }
+
+    /// A cuBLAS product's result, noted as `name` in the profile.
+    fn product(&self, name: &str, r: Result<(), GemmError>) -> Result<()> {
+        self.note(name, r.map_err(anyhow::Error::from))
+    }
+
+    /// `r`, and `op` noted in the profile (`CONDLM_CUDA_PROFILE`) when it succeeded outside a graph capture.
+    fn note<T>(&self, op: &str, r: Result<T>) -> Result<T> {
+        let v = r?;
+        if let Some(p) = &self.profile
+            && !self.capturing.load(Ordering::Relaxed)
+        {
+            let mut p = p.lock().unwrap_or_else(PoisonError::into_inner);
+            p.after(&self.device.stream, op).with_context(|| format!("cuda profile: recording after {op} failed"))?;
+        }
+        Ok(v)
     }
 }
 
@@ -356,7 +379,7 @@ impl Backend for Cuda {
         bv: MatView,
         accumulate: bool,
     ) -> Result<()> {
-        Ok(self.blas.matmul(c, cv, a, av, b, bv, 1.0, accumulate)?)
+        self.product("gemm f32", self.blas.matmul(c, cv, a, av, b, bv, 1.0, accumulate))
     }
 
     fn gemm_scaled(
@@ -369,7 +392,7 @@ impl Backend for Cuda {
         bv: MatView,
         s: f32,
     ) -> Result<()> {
-        Ok(self.blas.matmul(c, cv, a, av, b, bv, s, false)?)
+        self.product("gemm f32", self.blas.matmul(c, cv, a, av, b, bv, s, false))
     }
 
     fn gemm_weights(
@@ -391,7 +414,7 @@ impl Backend for Cuda {
         let (sa, sb) = &mut *scratch;
         let da = self.rounded(sa, a, av)?;
         let db = self.rounded(sb, b, bv)?;
-        Ok(self.blas.matmul(c, cv, &*sa, da, &*sb, db, 1.0, accumulate)?)
+        self.product("gemm bf16", self.blas.matmul(c, cv, &*sa, da, &*sb, db, 1.0, accumulate))
     }
 
     fn gemm_bf16(
@@ -406,7 +429,7 @@ impl Backend for Cuda {
     ) -> Result<()> {
         let mut scratch = self.bf16.lock().unwrap_or_else(PoisonError::into_inner);
         let da = self.rounded(&mut scratch.0, a, av)?;
-        Ok(self.blas.matmul(c, cv, &scratch.0, da, b, bv, 1.0, accumulate)?)
+        self.product("gemm bf16", self.blas.matmul(c, cv, &scratch.0, da, b, bv, 1.0, accumulate))
     }
 
     fn add_bias(&self, out: &mut CudaSlice<f32>, ov: MatView, b: &CudaSlice<f32>) -> Result<()> {
@@ -886,7 +909,21 @@ impl Backend for Cuda {
         if g.bf16_moves != self.bf16_moves.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        self.ran("replaying a CUDA graph (CONDLM_CUDA_GRAPHS=0 decodes without them)", g.graph.launch())?;
+        let ordinal = self.device.gpu.ordinal;
+        let r = g.graph.launch().with_context(|| {
+            format!("cuda:{ordinal}: replaying a CUDA graph failed (CONDLM_CUDA_GRAPHS=0 decodes without them)")
+        });
+        self.note("graph replay", r)?;
         Ok(true)
+    }
+}
+
+impl Drop for Cuda {
+    /// The profile's table, when `CONDLM_CUDA_PROFILE` asked for one.
+    fn drop(&mut self) {
+        if let Some(p) = &self.profile {
+            let name = format!("cuda:{}", self.device.gpu.ordinal);
+            eprint!("{}", p.lock().unwrap_or_else(PoisonError::into_inner).report(&name));
+        }
     }
 }
