@@ -6,13 +6,22 @@
 //   step_size = lr / (1 − β1ᵗ),  bc2_sqrt = √(1 − β2ᵗ),  eps;
 // a tensor without weight decay takes decay = 1 (what AdamWScalars gives for weight_decay 0).
 //
-// table: 7 values per tensor — the device addresses of w, g, m, v, then n, decays (0 or 1) and the address of a
-// bf16 copy to write from the new values (0: none; bf16_bits, kernels::bf16::round's rounding). Grid (blocks,
-// tensors): the blocks of row y stride over tensor y's n values.
-extern "C" __global__ void adamw_tensors(const unsigned long long* table, float grad_scale, float decay,
+// table: 8 values per tensor — the device addresses of w, g, m, v, then n, decays (0 or 1), the address of a bf16
+// copy to write from the new values (0: none; bf16_bits, kernels::bf16::round's rounding) and the tensor's first
+// block. A 1-D grid shared by the tensors in proportion to their sizes (a model's many small tensors take a block
+// each, not as many as its largest): block b belongs to the last tensor whose first block is ≤ b (the firsts rise
+// with the tensors, from 0), and that tensor's blocks stride over its n values.
+extern "C" __global__ void adamw_tensors(const unsigned long long* table, int count, float grad_scale, float decay,
                                          float one_minus_b1, float b2, float one_minus_b2, float step_size,
                                          float bc2_sqrt, float eps) {
-    const unsigned long long* t = table + (size_t)blockIdx.y * 7;
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (table[(size_t)mid * 8 + 7] <= blockIdx.x) lo = mid; else hi = mid - 1;
+    }
+    const unsigned long long* t = table + (size_t)lo * 8;
+    const unsigned long long end = lo + 1 < count ? table[(size_t)(lo + 1) * 8 + 7] : gridDim.x;
+    const size_t blocks = (size_t)(end - t[7]), first = ((size_t)blockIdx.x - t[7]) * blockDim.x + threadIdx.x;
     float* w = (float*)t[0];
     float* g = (float*)t[1];
     float* m = (float*)t[2];
@@ -20,7 +29,7 @@ extern "C" __global__ void adamw_tensors(const unsigned long long* table, float 
     const size_t n = (size_t)t[4];
     const float dec = t[5] ? decay : 1.0f;
     unsigned short* copy = (unsigned short*)t[6];
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    for (size_t i = first; i < n; i += blocks * blockDim.x) {
         const float gi = g[i] * grad_scale;
         float wi = w[i] * dec;
         const float mi = m[i] + one_minus_b1 * (gi - m[i]);
