@@ -14,11 +14,7 @@
 extern "C" __global__ void adamw_tensors(const unsigned long long* table, int count, float grad_scale, float decay,
                                          float one_minus_b1, float b2, float one_minus_b2, float step_size,
                                          float bc2_sqrt, float eps) {
-    int lo = 0, hi = count - 1;
-    while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (table[(size_t)mid * 8 + 7] <= blockIdx.x) lo = mid; else hi = mid - 1;
-    }
+    const int lo = tensor_of_block(table, 8, 7, count);
     const unsigned long long* t = table + (size_t)lo * 8;
     const unsigned long long end = lo + 1 < count ? table[(size_t)(lo + 1) * 8 + 7] : gridDim.x;
     const size_t blocks = (size_t)(end - t[7]), first = ((size_t)blockIdx.x - t[7]) * blockDim.x + threadIdx.x;

@@ -32,6 +32,18 @@ __device__ float block_max(float v, float* scratch) {
     return v;
 }
 
+// A multi-tensor kernel's 1-D grid shared by its tensors (a table of `row` values per tensor, the tensor's first
+// block at `col`, rising from 0 with the tensors): the tensor this block belongs to — the last whose first block is
+// ≤ blockIdx.x — found by binary search over the `count` rows.
+__device__ int tensor_of_block(const unsigned long long* table, int row, int col, int count) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (table[(size_t)mid * row + col] <= blockIdx.x) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
 // f32 → bf16 as src/kernels/bf16.rs's `round` (what `--compute bf16` rounds operands with): round to nearest even
 // on the low 16 bits, a denormal flushed to a zero of its sign, NaN made quiet with its top bits kept. The bf16
 // value is the low 16 bits of the result.

@@ -1,14 +1,17 @@
 //! Σ x² in f64 on the GPU (reduce.cu), as `kernels::backend::host`'s sum_squares, for many tensors at once: two
-//! launches (a fixed grid of per-block partials per tensor, then one block per tensor over them) — deterministic
-//! for a given n, and two launches per gradient norm however many tensors train.
+//! launches (per-block partials, as many per tensor as its size asks, then one block per tensor over them) —
+//! deterministic for a given n, and two launches per gradient norm however many tensors train.
 use super::{THREADS, upload_table};
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DriverError, LaunchConfig, PushKernelArg};
 
-/// Blocks per tensor of the first launch, fixed so that the order of the sums depends on n only.
-pub const PARTIALS: usize = 256;
+/// Blocks (partials) of the first launch for a tensor of n values: one per 8 · THREADS values, at least 1, at most
+/// 256 — a function of n only, so the order of the sums depends on n only.
+fn partials_for(n: usize) -> usize {
+    n.div_ceil(THREADS as usize * 8).clamp(1, 256)
+}
 
-/// Scratch the sums reuse: the tensors' table and their partials, grown to the most tensors once.
+/// Scratch the sums reuse: the tensors' table and their partials, grown to the most partials once.
 pub struct Scratch {
     table: CudaSlice<u64>,
     partials: CudaSlice<f64>,
@@ -16,7 +19,7 @@ pub struct Scratch {
 
 impl Scratch {
     pub fn new(d: &Device) -> Result<Scratch, DriverError> {
-        Ok(Scratch { table: d.stream.alloc_zeros(2)?, partials: d.stream.alloc_zeros(PARTIALS)? })
+        Ok(Scratch { table: d.stream.alloc_zeros(3)?, partials: d.stream.alloc_zeros(1)? })
     }
 }
 
@@ -48,32 +51,35 @@ pub fn sum_squares(
     }
     assert!(xs.len() <= 65_535, "sum_squares: {} tensors exceed a grid's 65 535 rows", xs.len());
     assert!(out.len() >= xs.len(), "sum_squares: {} sums asked of a buffer of {}", xs.len(), out.len());
-    let mut rows = Vec::with_capacity(2 * xs.len());
+    let mut rows = Vec::with_capacity(3 * xs.len());
     // The addresses' guards (cudarc's stream-order records) live until the launches are queued.
     let mut guards = Vec::with_capacity(xs.len());
+    let mut total = 0;
     for x in xs {
         let (ptr, guard) = x.device_ptr(&d.stream);
-        rows.extend([ptr, x.len() as u64]);
+        rows.extend([ptr, x.len() as u64, total as u64]);
         guards.push(guard);
+        total += partials_for(x.len());
     }
-    if scratch.partials.len() < PARTIALS * xs.len() {
-        scratch.partials = d.stream.alloc_zeros(PARTIALS * xs.len())?;
+    if scratch.partials.len() < total {
+        scratch.partials = d.stream.alloc_zeros(total)?;
     }
-    let count = xs.len();
+    let count = xs.len() as i32;
     let table = upload_table(d, &mut scratch.table, &rows)?;
-    let mut partials = scratch.partials.slice_mut(..PARTIALS * count);
+    let mut partials = scratch.partials.slice_mut(..total);
     let mut b = d.stream.launch_builder(d.function("sum_squares_partial"));
-    b.arg(&mut partials).arg(&table);
-    let cfg =
-        LaunchConfig { grid_dim: (PARTIALS as u32, count as u32, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: block (j, y) reads x[i] for i < n of tensor y (its address and length from a live view) and writes
-    // partials[y·PARTIALS + j] (partials holds PARTIALS·count values).
+    b.arg(&mut partials).arg(&table).arg(&count);
+    let cfg = LaunchConfig { grid_dim: (total as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: block b, of the tensor y whose partials (the table's firsts, ascending from 0, partitioning 0..total)
+    // hold it, reads x[i] for i < n of tensor y (its address and length from a live view) and writes partials[b]
+    // (partials holds total values).
     unsafe { b.launch(cfg) }?;
-    let (parts, per) = (partials.as_view(), PARTIALS as i32);
+    let (parts, total32) = (partials.as_view(), total as i32);
     let mut b = d.stream.launch_builder(d.function("sum_partials"));
-    b.arg(out).arg(&parts).arg(&per);
+    b.arg(out).arg(&parts).arg(&table).arg(&count).arg(&total32);
     let cfg = LaunchConfig { grid_dim: (count as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: block y reads partials y·PARTIALS.. (PARTIALS values) and writes out[y], y < count ≤ out.len().
+    // SAFETY: block y reads tensor y's partials, between its first and the next tensor's (or total), and writes
+    // out[y], y < count ≤ out.len().
     unsafe { b.launch(cfg) }?;
     drop(guards);
     Ok(())
