@@ -308,6 +308,15 @@ fn stat(output: &str, what: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// `condlm train` on the device for `steps` steps of 2 rows (no evaluation, no checkpoints) with the emulator's
+/// statistics (`CUDA_EMULATOR_STATS`); returns the output, which ends with them.
+fn counted_train(model: &Path, data: &Path, out: &Path, steps: &str, extra: &[&str]) -> String {
+    let (model, data, out) = (model.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
+    let args = ["train", "--model", model, "--data", data, "--output-dir", out, "--max-steps", steps];
+    let fixed = ["--batch-size", "2", "--eval-fraction", "0", "--save-every", "0", "--device", "cuda"];
+    condlm_with(&[&args[..], &fixed, extra].concat(), &[("CUDA_EMULATOR_STATS", "1")])
+}
+
 /// The optimizer step is a fixed number of launches however many tensors train: one AdamW launch (clipping
 /// included) and one pair for the gradient norm per step, not one or more per tensor — counted by the emulator
 /// (`CUDA_EMULATOR_STATS`).
@@ -316,32 +325,8 @@ fn an_optimizer_step_is_three_launches_whatever_the_tensor_count() {
     let dir = tempfile::tempdir().unwrap();
     let (model, data) = (fixture("tiny-llama"), fixture("train_rows.jsonl"));
     let run = |max_norm: &str| -> String {
-        let out = dir.path().join(max_norm);
-        let (model, data, out) = (model.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
-        let args = [
-            "train",
-            "--model",
-            model,
-            "--data",
-            data,
-            "--output-dir",
-            out,
-            "--max-steps",
-            "2",
-            "--batch-size",
-            "2",
-            "--lora-targets",
-            "all-linear",
-            "--eval-fraction",
-            "0",
-            "--max-grad-norm",
-            max_norm,
-            "--save-every",
-            "0",
-            "--device",
-            "cuda",
-        ];
-        condlm_with(&args, &[("CUDA_EMULATOR_STATS", "1")])
+        let extra = ["--lora-targets", "all-linear", "--max-grad-norm", max_norm];
+        counted_train(&model, &data, &dir.path().join(max_norm), "2", &extra)
     };
     // 2 layers × 7 linear layers × (A, B): 28 tensors, stepped twice; a max norm of 1e-3 clips every step.
     let (clipped, unclipped) = (run("1e-3"), run("0"));
@@ -365,28 +350,7 @@ fn training_steps_after_the_first_allocate_nothing_and_wait_twice() {
     std::fs::write(&data, format!("{row}\n").repeat(8)).unwrap();
     let model = fixture("tiny-llama");
     let run = |what: &str, steps: &str, extra: &[&str]| -> String {
-        let out = dir.path().join(format!("{what}-{steps}"));
-        let (model, data, out) = (model.to_str().unwrap(), data.to_str().unwrap(), out.to_str().unwrap());
-        let args = [
-            "train",
-            "--model",
-            model,
-            "--data",
-            data,
-            "--output-dir",
-            out,
-            "--max-steps",
-            steps,
-            "--batch-size",
-            "2",
-            "--eval-fraction",
-            "0",
-            "--save-every",
-            "0",
-            "--device",
-            "cuda",
-        ];
-        condlm_with(&[&args[..], extra].concat(), &[("CUDA_EMULATOR_STATS", "1")])
+        counted_train(&model, &data, &dir.path().join(format!("{what}-{steps}")), steps, extra)
     };
     let lora = ["--lora-targets", "all-linear", "--lora-dropout", "0.1", "--compute", "bf16"];
     for (what, extra) in [("lora-bf16", &lora[..]), ("full-f32", &["--full"][..])] {
