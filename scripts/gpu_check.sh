@@ -30,7 +30,8 @@
 #     6 steps of full fine-tuning on tiny Qwen2;
 #   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
 #   - throughput on a SmolLM2-135M-shaped model (random weights, made here with transformers, the tiny tokenizer):
-#     `condlm train --device cuda` LoRA (f32, bf16, and bf16 with attention in f32) vs PyTorch + PEFT (f32 without
+#     `condlm train --device cuda` LoRA (f32, bf16, and bf16 with attention or the MLP's activations in f32 — what
+#     the tensor-core attention and the bf16 activations gain) vs PyTorch + PEFT (f32 without
 #     TF32, bf16), and full fine-tuning in bf16 vs PyTorch under bf16 autocast, on the same rows and batches:
 #     tokens/s, peak GPU memory and model FLOP utilisation (the weight products' FLOPs per token times tokens/s,
 #     against the peaks --check-kernels measured); then LoRA and full in bf16 on a Qwen2.5-1.5B-shaped model while
@@ -39,7 +40,7 @@
 #     and full fine-tuning in bf16 on the Qwen2.5-1.5B shape (the SmolLM2-135M one when the 1.5B was skipped);
 #   - the SmolLM2-135M shape: 20 LoRA steps (all linear layers, r 16, dropout 0.05) on cuda vs the CPU path,
 #     per-step losses within 1e-4 relative (f32) and 1e-2 (`--compute bf16` on both; the device's attention on the
-#     tensor cores, and in f32 as the CPU's);
+#     tensor cores and its MLP's activations in bf16, and both in f32 as the CPU's);
 #   - decode tokens/s of `generate --device cuda` (with and without CUDA graphs) vs transformers' `generate` (f32,
 #     bf16) on the SmolLM2-135M shape, and prefill tokens/s of a ≈ 1 000-token prompt;
 #   - compute-sanitizer (memcheck, racecheck) over 2 LoRA steps (bf16, f32) and a generation on tiny Llama, while
@@ -264,24 +265,26 @@ smollm2_model() {
         "$py" "$helper" make-model "$work/smollm2-135m" smollm2-135m tests/fixtures/tiny-llama
 }
 # throughput MODEL STEPS BATCH COMPUTE...: on rows four completions long, the same batches on both sides: LoRA (r 16
-# on every linear layer), condlm on the device for each COMPUTE (f32, bf16, bf16-f32-attention: bf16 with attention
-# in f32, what the tensor cores' attention gains) and PyTorch + PEFT for each of f32 and bf16 listed; then full
-# fine-tuning in bf16, condlm `--full` vs PyTorch with f32 master weights under bf16 autocast.
+# on every linear layer), condlm on the device for each COMPUTE (f32, bf16; bf16-f32-attention: bf16 with attention
+# in f32, what the tensor cores' attention gains; bf16-f32-mlp: bf16 with the MLP's activations in f32, what keeping
+# them in bf16 gains) and PyTorch + PEFT for each of f32 and bf16 listed; then full fine-tuning in bf16, condlm
+# `--full` vs PyTorch with f32 master weights under bf16 autocast.
 throughput() {
-    local model=$1 steps=$2 batch=$3 c dir mma
+    local model=$1 steps=$2 batch=$3 c dir mma acts
     shift 3
     [ -f "$work/rows4.jsonl" ] || "$py" "$helper" make-data "$work/rows4.jsonl" 512 4 tests/fixtures/train_rows.jsonl
     for c in "$@"; do
-        dir="$work/t-$(basename "$model")-$c" mma=${CONDLM_CUDA_MMA_ATTENTION:-1}
+        dir="$work/t-$(basename "$model")-$c" mma=${CONDLM_CUDA_MMA_ATTENTION:-1} acts=1
         [ "$c" = bf16-f32-attention ] && mma=0
-        CONDLM_CUDA_MMA_ATTENTION=$mma peak_gpu_mib train_run "$dir" "$dev" "$model" "$work/rows4.jsonl" "$steps" \
-            "$batch" --eval-fraction 0 --compute "${c%%-*}" || return 1
+        [ "$c" = bf16-f32-mlp ] && acts=0
+        CONDLM_CUDA_MMA_ATTENTION=$mma CONDLM_CUDA_BF16_ACTIVATIONS=$acts peak_gpu_mib train_run "$dir" "$dev" \
+            "$model" "$work/rows4.jsonl" "$steps" "$batch" --eval-fraction 0 --compute "${c%%-*}" || return 1
         echo "LoRA, compute $c:"
         "$py" "$helper" throughput "$dir" "$model" || return 1
     done
     for c in "$@"; do
-        [ "$c" = bf16-f32-attention ] || "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 16 "$c" ||
-            return 1
+        [ "$c" = "${c%%-*}" ] || continue
+        "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 16 "$c" || return 1
     done
     dir="$work/t-$(basename "$model")-full"
     peak_gpu_mib full_run "$dir" "$model" "$steps" "$batch" || return 1
@@ -296,13 +299,13 @@ full_run() {
 }
 smollm2_throughput() { smollm2_model && throughput "$@"; }
 run_check "throughput, SmolLM2-135M-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA f32 and bf16, full bf16" smollm2_throughput \
-    "$work/smollm2-135m" "${steps:-30}" 16 f32 bf16 bf16-f32-attention
+    "$work/smollm2-135m" "${steps:-30}" 16 f32 bf16 bf16-f32-attention bf16-f32-mlp
 
 elapsed=$(($(date +%s) - script_start))
 if [ "$elapsed" -lt 300 ]; then
     qwen() {
         "$py" "$helper" make-model "$work/qwen2.5-1.5b" qwen2.5-1.5b tests/fixtures/tiny-llama || return 1
-        throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8 bf16 bf16-f32-attention
+        throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8 bf16 bf16-f32-mlp
     }
     run_check "throughput, Qwen2.5-1.5B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16" qwen
 else
@@ -342,20 +345,22 @@ smollm2_parity() {
     "$py" "$helper" compare-runs "$work/s-$dev" "$work/s-cpu" 1e-4 || return 1
     # bf16 against the CPU's bf16 (the same operand rounding, other summation orders): against f32 the adapters of
     # a few Adam steps differ by more than any fixed tolerance (an element with a tiny gradient moves ±lr either way).
-    # The CPU's bf16 attention is f32: so is the device's here (CONDLM_CUDA_MMA_ATTENTION=0).
+    # The CPU's bf16 attention and activations are f32: so are the device's here (CONDLM_CUDA_MMA_ATTENTION=0,
+    # CONDLM_CUDA_BF16_ACTIVATIONS=0).
     train_run "$work/s-cpu-bf16" cpu "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
         --compute bf16 || return 1
-    CONDLM_CUDA_MMA_ATTENTION=0 train_run "$work/s-$dev-bf16" "$dev" "$work/smollm2-135m" "$work/rows1.jsonl" \
-        "${steps:-20}" 8 --eval-fraction 0 --compute bf16 || return 1
-    echo "bf16 on the device (attention in f32) vs bf16 on the CPU:"
+    CONDLM_CUDA_MMA_ATTENTION=0 CONDLM_CUDA_BF16_ACTIVATIONS=0 train_run "$work/s-$dev-bf16" "$dev" \
+        "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 --compute bf16 || return 1
+    echo "bf16 on the device (attention and MLP activations in f32) vs bf16 on the CPU:"
     "$py" "$helper" compare-runs "$work/s-$dev-bf16" "$work/s-cpu-bf16" 1e-2 || return 1
-    # The default: attention's products on the tensor cores too (bf16 q, k, v, P, dS): the losses.
+    # The default: attention's products on the tensor cores too (bf16 q, k, v, P, dS) and the MLP's activations
+    # kept in bf16: the losses.
     train_run "$work/s-$dev-mma" "$dev" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 \
         --compute bf16 || return 1
-    echo "bf16 on the device, attention on the tensor cores, vs bf16 on the CPU (losses):"
+    echo "bf16 on the device, attention on the tensor cores and MLP activations in bf16, vs bf16 on the CPU (losses):"
     "$py" "$helper" compare-runs "$work/s-$dev-mma" "$work/s-cpu-bf16" 1e-2 losses
 }
-run_check "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2; bf16 with tensor-core attention: losses within 1e-2)" smollm2_parity
+run_check "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2; bf16 with tensor-core attention and bf16 MLP activations: losses within 1e-2)" smollm2_parity
 
 # decode_speed MODEL NEW: greedy decoding of one prompt, condlm on the device (decoding steps replayed as CUDA
 # graphs, then without them) vs transformers' generate. A graph that cannot be recorded shows as condlm's warning.

@@ -13,7 +13,8 @@ use condlm::kernels::activation::GateAct;
 use condlm::kernels::adamw::{AdamWConfig, AdamWScalars};
 use condlm::kernels::attention::QkvLayout;
 use condlm::kernels::backend::host::Host;
-use condlm::kernels::backend::{AdamWTensor, Backend, MatView, RopeCols};
+use condlm::kernels::backend::{AdamWTensor, Backend, MatView, RopeCols, Values, ValuesMut};
+use condlm::kernels::bf16::widen;
 use condlm::kernels::compute::{Compute, compute, set_compute};
 use condlm::kernels::cuda::backend::Cuda;
 use condlm::kernels::rope::RopeTable;
@@ -52,7 +53,7 @@ pub fn run(dev: &Cuda) -> usize {
 }
 
 /// Every check, by the ops it covers.
-fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 23] {
+fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 24] {
     [
         ("upload/download/zero/copy", copies),
         ("scale/add/copy_view", scale),
@@ -75,6 +76,7 @@ fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 23] {
         ("gelu", gelu),
         ("cross_entropy_rows", cross_entropy),
         ("dropout/lora_dropout_dx/lora_dropout_da", dropout),
+        ("bf16 activations: gemm_bf16/glu/dropout/lora_dropout (bf16)", bf16_activations),
         ("adamw", adamw),
         ("empty ops", empty),
     ]
@@ -88,6 +90,18 @@ fn up<B: Backend>(b: &B, v: &[f32]) -> Result<B::F32> {
     let mut x = b.alloc(v.len())?;
     b.upload(&mut x, v)?;
     Ok(x)
+}
+
+/// A bf16 buffer holding `v` rounded.
+fn up_bf16<B: Backend>(b: &B, v: &[f32]) -> Result<B::Bf16> {
+    let mut x = b.alloc_bf16(v.len())?;
+    b.upload_bf16(&mut x, v)?;
+    Ok(x)
+}
+
+/// A bf16 buffer's values, widened.
+fn down_bf16<B: ReadMask>(b: &B, x: &B::Bf16) -> Result<Vec<f32>> {
+    Ok(b.read_bf16(x)?.into_iter().map(widen).collect())
 }
 
 fn up_u32<B: Backend>(b: &B, v: &[u32]) -> Result<B::U32> {
@@ -204,6 +218,10 @@ enum Through {
     Bf16Round,
     /// `gemm_scaled` by [`SCALE`] (c dense, overwritten).
     Scaled,
+    /// `gemm_bf16` on a kept in bf16 and b in f32 (rounded by the product): into f32 c, or by [`SCALE`] into bf16
+    /// c (the MLP's activations kept in bf16).
+    Bf16A,
+    Bf16Out,
 }
 
 /// `gemm_scaled`'s factor in the checks.
@@ -238,11 +256,13 @@ impl GemmCase {
             Through::Bf16Upload => "gemm_bf16 (b by upload_bf16)".to_string(),
             Through::Bf16Round => "gemm_bf16 (b by round_bf16)".to_string(),
             Through::Scaled => format!("gemm_scaled ({SCALE})"),
+            Through::Bf16A => "gemm_bf16 (a bf16, b f32, c f32)".to_string(),
+            Through::Bf16Out => format!("gemm_bf16 (a bf16, b f32, c bf16, alpha {SCALE})"),
         };
         format!("{op} a{}·b{}{acc} m {m} n {n} k {k}", t(self.ta), t(self.tb))
     }
 
-    fn run<B: Backend>(&self, b: &B) -> Result<Vec<f32>> {
+    fn run<B: ReadMask>(&self, b: &B) -> Result<Vec<f32>> {
         let (cv, av, bv) = self.views();
         let (a, bb, c0) = (random(av.end() + 7, 40, 1.0), random(bv.end() + 5, 41, 1.0), random(cv.end() + 6, 42, 1.0));
         let (ga, gb, mut gc) = (up(b, &a)?, up(b, &bb)?, up(b, &c0)?);
@@ -256,7 +276,19 @@ impl GemmCase {
                     Through::Bf16Upload => b.upload_bf16(&mut b16, &bb)?,
                     _ => b.round_bf16(&mut b16, &gb, bb.len())?,
                 }
-                b.gemm_bf16(&mut gc, cv, &ga, av, &b16, bv, self.accumulate)?
+                let (a, b16) = (Values::F32(&ga), Values::Bf16(&b16));
+                b.gemm_bf16(ValuesMut::F32(&mut gc), cv, a, av, b16, bv, 1.0, self.accumulate)?
+            }
+            Through::Bf16A => {
+                let a16 = up_bf16(b, &a)?;
+                let (a, bf) = (Values::Bf16(&a16), Values::F32(&gb));
+                b.gemm_bf16(ValuesMut::F32(&mut gc), cv, a, av, bf, bv, 1.0, self.accumulate)?
+            }
+            Through::Bf16Out => {
+                let (a16, mut c16) = (up_bf16(b, &a)?, up_bf16(b, &c0)?);
+                let (a, bf) = (Values::Bf16(&a16), Values::F32(&gb));
+                b.gemm_bf16(ValuesMut::Bf16(&mut c16), cv, a, av, bf, bv, SCALE, self.accumulate)?;
+                return down_bf16(b, &c16);
             }
         }
         down(b, &gc, c0.len())
@@ -744,6 +776,82 @@ fn lora_dropout_on<B: Backend>(b: &B, (rows, inp, r): (usize, usize, usize)) -> 
             down(b, &da, r * inp + 13)?,
         ),
     ])
+}
+
+/// The ops of the MLP's activations kept in bf16 (`Backend::bf16_activations`) on both sides: a bf16 output may
+/// differ by one rounding (an ulp, 2⁻⁸ of the largest value: 1e-2), f32 sums of bf16 products within 1e-5; the
+/// dropout's values and mask bit for bit.
+fn bf16_activations<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for (m, n, k) in [(37, 29, 45), (70, 130, 300)] {
+        for (i, (ta, tb)) in [(false, false), (false, true), (true, false), (true, true)].into_iter().enumerate() {
+            for (through, tol) in [(Through::Bf16A, 1e-5), (Through::Bf16Out, 1e-2)] {
+                let case = GemmCase { m, n, k, ta, tb, accumulate: i % 2 == 1, through };
+                compare(all, &case.name(), &case.run(dev)?, &case.run(&Host)?, tol);
+            }
+        }
+    }
+    for act in [GateAct::Silu, GateAct::GeluTanh] {
+        compare_outs(all, &glu_bf16_on(&Host, act)?, &glu_bf16_on(dev, act)?, 1e-2);
+    }
+    for shape in [(7, 33, 1), (37, 301, 16), (300, 70, 37)] {
+        let ((cpu, cpu_mask), (gpu, gpu_mask)) =
+            (lora_dropout_bf16_on(&Host, shape)?, lora_dropout_bf16_on(dev, shape)?);
+        for ((name, c), (_, g)) in cpu.iter().zip(&gpu) {
+            let tol = if name.starts_with("dropout_forward_bf16") {
+                0.0
+            } else if name.contains("_dx") {
+                1e-2
+            } else {
+                1e-5
+            };
+            compare(all, name, g, c, tol);
+        }
+        let differ = cpu_mask.iter().zip(&gpu_mask).filter(|(c, g)| c != g).count();
+        all.push(Compared {
+            name: format!("dropout_forward_bf16 mask {shape:?} (words differing)"),
+            err: differ as f64,
+            tol: 0.0,
+        });
+    }
+    Ok(())
+}
+
+/// [`glu_on`] on bf16 buffers.
+fn glu_bf16_on<B: ReadMask>(b: &B, act: GateAct) -> Result<Outs> {
+    let (n, cap) = (10_007, 10_100);
+    let (gate, upv, dout) =
+        (up_bf16(b, &random(cap, 67, 6.0))?, up_bf16(b, &random(cap, 68, 2.0))?, up_bf16(b, &random(cap, 69, 1.0))?);
+    let mut out = up_bf16(b, &random(cap, 70, 1.0))?;
+    b.glu_forward_bf16(&mut out, &gate, &upv, n, act)?;
+    let (mut dgate, mut dup) = (up_bf16(b, &random(cap, 71, 1.0))?, up_bf16(b, &random(cap, 72, 1.0))?);
+    b.glu_backward_bf16(&mut dgate, &mut dup, &dout, &gate, &upv, n, act)?;
+    Ok(vec![
+        (format!("glu_forward_bf16 {act:?}"), down_bf16(b, &out)?),
+        (format!("glu_backward_bf16 dgate {act:?}"), down_bf16(b, &dgate)?),
+        (format!("glu_backward_bf16 dup {act:?}"), down_bf16(b, &dup)?),
+    ])
+}
+
+/// [`lora_dropout_on`] with x and dx kept in bf16 (dropout_forward_bf16 drawing the mask): the dropped values, dx,
+/// dA; and the mask.
+fn lora_dropout_bf16_on<B: ReadMask>(b: &B, (rows, inp, r): (usize, usize, usize)) -> Result<(Outs, Vec<u64>)> {
+    let (n, cap, p) = (rows * inp, rows * inp + 50, 0.2);
+    let (x, mut x_drop, mut keep) = (up_bf16(b, &random(cap, 110, 1.0))?, b.alloc_bf16(cap)?, b.alloc_mask(cap)?);
+    b.dropout_forward_bf16(&mut x_drop, &mut keep, &x, n, p, stream_key(8, 3))?;
+    let (du, a) = (up(b, &random(rows * r + 9, 111, 1.0))?, up(b, &random(r * inp + 11, 112, 1.0))?);
+    let mut dx = up_bf16(b, &random(cap, 113, 1.0))?;
+    b.lora_dropout_dx_bf16(&mut dx, &du, &a, &keep, (rows, inp, r), p)?;
+    let mut da = up(b, &random(r * inp + 13, 114, 1.0))?;
+    b.lora_dropout_da_bf16(&mut da, &du, &x, &keep, (rows, inp, r), p)?;
+    let outs = vec![
+        (format!("dropout_forward_bf16 ({rows}, {inp}) {n}/{cap}"), down_bf16(b, &x_drop)?),
+        (format!("lora_dropout_dx_bf16 ({rows}, {inp}, r {r}) {n}/{cap}"), down_bf16(b, &dx)?),
+        (
+            format!("lora_dropout_da_bf16 ({rows}, {inp}, r {r}) += {}/{}", r * inp, r * inp + 13),
+            down(b, &da, r * inp + 13)?,
+        ),
+    ];
+    Ok((outs, b.read_mask(&keep)?))
 }
 
 /// Three tensors in one call: a long one that decays, a short one that does not, and a prefix of a longer buffer;

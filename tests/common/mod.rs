@@ -3,6 +3,7 @@
 pub mod alloc_count;
 #[cfg(feature = "cuda")]
 pub mod cuda_emulator;
+pub mod device_steps;
 
 use safetensors::SafeTensors;
 use std::path::PathBuf;

@@ -1,5 +1,6 @@
 // cuBLAS (libcublas.so) for the emulator: cublasGemmEx as the cuBLAS documentation defines it, column-major
-// C = α·op(A)·op(B) + β·C with op(A) m×k and op(B) k×n, f32 or bf16 operands, f32 output, f32 sums — and the
+// C = α·op(A)·op(B) + β·C with op(A) m×k and op(B) k×n, f32 or bf16 operands, f32 sums, f32 output (or bf16 for
+// bf16 operands: the f32 result rounded to nearest even, as cuBLAS's epilogue stores it) — and the
 // argument checks real cuBLAS makes (leading dimensions, types), so a wrong operand mapping in
 // src/kernels/cuda/gemm.rs fails here as it would on a GPU instead of passing by accident. A GEMM is work on the
 // handle's stream: captured into a graph while that stream is (driver.cpp), with α and β read at the call.
@@ -20,6 +21,14 @@ float widen_bf16(uint16_t bits) {
     float v;
     memcpy(&v, &u, sizeof v);
     return v;
+}
+
+// f32 → bf16, round to nearest even (NaN kept quiet): what __float2bfloat16_rn, cuBLAS's bf16 store, does.
+uint16_t round_bf16(float v) {
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x007fffffu)) return uint16_t((u | 0x00400000u) >> 16);
+    return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
 }
 
 // The stored matrix `p` (column-major, leading dimension ld) as op(p) rows × cols, row-major, widened to f32.
@@ -65,7 +74,7 @@ cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, int n, 
     }
     const bool f32 = a_type == kR32F && b_type == kR32F && compute == kCompute32FPedantic;
     const bool bf16 = a_type == kR16BF && b_type == kR16BF && (compute == kCompute32F || compute == kCompute32FPedantic);
-    if (!(f32 || bf16) || c_type != kR32F) {
+    if (!(f32 || bf16) || !(c_type == kR32F || (bf16 && c_type == kR16BF))) {
         emu::complain("cublasGemmEx: types (A " + std::to_string(a_type) + ", B " + std::to_string(b_type) + ", C " +
                       std::to_string(c_type) + ", compute " + std::to_string(compute) + ") are not emulated");
         return kNotSupported;
@@ -77,7 +86,6 @@ cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, int n, 
         if (m == 0 || n == 0) return kSuccess;
         const std::vector<float> x = dense(a, a_type, transa, m, k, lda);      // op(A), m × k
         const std::vector<float> y = dense(b, b_type, transb ^ 1, n, k, ldb);  // op(B)ᵀ, n × k
-        auto* out = static_cast<float*>(c);
         for (int j = 0; j < n; ++j)
             for (int i = 0; i < m; ++i) {
                 const float* xi = &x[size_t(i) * k];
@@ -89,9 +97,15 @@ cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, int n, 
                 float s = 0;
                 for (; l < k; ++l) s += xi[l] * yj[l];
                 for (float v : lanes) s += v;
-                float& dst = out[size_t(i) + size_t(j) * ldc];
+                const size_t at = size_t(i) + size_t(j) * ldc;
                 // β = 0 does not read C (it may hold NaN), as in cuBLAS.
-                dst = be == 0.f ? al * s : al * s + be * dst;
+                if (c_type == kR32F) {
+                    float& dst = static_cast<float*>(c)[at];
+                    dst = be == 0.f ? al * s : al * s + be * dst;
+                } else {
+                    uint16_t& dst = static_cast<uint16_t*>(c)[at];
+                    dst = round_bf16(be == 0.f ? al * s : al * s + be * widen_bf16(dst));
+                }
             }
         return kSuccess;
     });

@@ -281,17 +281,26 @@ CUresult cuMemsetD32Async(CUdeviceptr dst, unsigned v, size_t n, Handle s) {
         return kSuccess;
     });
 }
-// `height` rows of `width` 32-bit values, `pitch` bytes apart.
-CUresult cuMemsetD2D32Async(CUdeviceptr dst, size_t pitch, unsigned v, size_t width, size_t height, Handle s) {
+extern "C++" {
+// `height` rows of `width` values of type T (32- or 16-bit), `pitch` bytes apart.
+template <typename T>
+CUresult memset_2d(CUdeviceptr dst, size_t pitch, T v, size_t width, size_t height, Handle s) {
     std::lock_guard<std::recursive_mutex> g(lock);
-    if (pitch < width * 4) return kInvalidValue;
+    if (pitch < width * sizeof(T)) return kInvalidValue;
     return emu::submit(s, "memset", [=] {
         for (size_t r = 0; r < height; ++r) {
-            auto* d = reinterpret_cast<unsigned*>(dst + r * pitch);
+            auto* d = reinterpret_cast<T*>(dst + r * pitch);
             for (size_t i = 0; i < width; ++i) d[i] = v;
         }
         return kSuccess;
     });
+}
+}
+CUresult cuMemsetD2D32Async(CUdeviceptr dst, size_t pitch, unsigned v, size_t width, size_t height, Handle s) {
+    return memset_2d<uint32_t>(dst, pitch, v, width, height, s);
+}
+CUresult cuMemsetD2D16Async(CUdeviceptr dst, size_t pitch, unsigned short v, size_t width, size_t height, Handle s) {
+    return memset_2d<uint16_t>(dst, pitch, v, width, height, s);
 }
 
 // The "PTX" is "condlm CUDA emulator: FILE" (nvrtc.cpp); the module is that program.

@@ -1,7 +1,7 @@
 //! The CPU kernels behind [`Backend`]: buffers are `Vec`s, each op calls the CPU kernel the CUDA kernel of the
 //! same name mirrors. The device model run on it must give what `network::Transformer` gives — that checks
 //! the device model's composition (buffers, views, order of ops) without a GPU.
-use super::{AdamWTensor, Backend, MatView, RopeCols};
+use super::{AdamWTensor, Backend, MatView, RopeCols, Values, ValuesMut};
 use crate::kernels::activation::{GateAct, gelu_tanh_backward, gelu_tanh_forward, glu_backward, glu_forward};
 use crate::kernels::adamw::{AdamWScalars, adamw_step};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
@@ -16,9 +16,21 @@ use crate::kernels::matmul::{matmul, matmul_weights};
 use crate::kernels::norm::{layernorm_backward, layernorm_forward, rmsnorm_backward, rmsnorm_forward};
 use crate::kernels::rope::{RopeTable, rope_backward, rope_forward};
 use anyhow::Result;
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The reference backend: this process's CPU.
 pub struct Host;
+
+/// Whether [`Host`] keeps the MLP's activations in bf16 under `--compute bf16`, as a GPU does
+/// ([`Backend::bf16_activations`]). Off: the reference mirrors the CPU path, which keeps them f32. On only where the
+/// device model's bf16 composition is checked on the CPU (tests/device_bf16_mlp.rs); process-wide, as `--compute`.
+static BF16_ACTIVATIONS: AtomicBool = AtomicBool::new(false);
+
+/// Switches [`BF16_ACTIVATIONS`].
+pub fn set_bf16_activations(on: bool) {
+    BF16_ACTIVATIONS.store(on, Ordering::Relaxed);
+}
 
 fn view(buf: &[f32], v: MatView) -> Mat<'_> {
     assert!(v.end() <= buf.len(), "host gemm: view {v:?} past a buffer of {}", buf.len());
@@ -38,6 +50,30 @@ fn product(
     assert!(!cv.trans && cv.end() <= c.len(), "host gemm: output view {cv:?} in a buffer of {}", c.len());
     gemm(MatMut { data: &mut c[cv.offset..], rows: cv.rows, cols: cv.cols, row_stride: cv.ld }, a, b, accumulate);
     Ok(())
+}
+
+/// bf16 values widened to f32 (exactly).
+fn widen(h: &[u16]) -> Vec<f32> {
+    h.iter().map(|&v| bf16::widen(v)).collect()
+}
+
+/// dst[i] = src[i] rounded to bf16.
+fn round_into(dst: &mut [u16], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, &v)| *d = bf16::round(v));
+}
+
+/// The first `len` values of an operand as f32: a bf16 one widened (exactly, so `gemm_bf16`'s rounding of it is
+/// the identity).
+fn as_f32(v: Values<'_, Host>, len: usize) -> Cow<'_, [f32]> {
+    match v {
+        Values::F32(x) => Cow::Borrowed(&x[..len]),
+        Values::Bf16(h) => Cow::Owned(widen(&h[..len])),
+    }
+}
+
+/// `kernels::gemm_bf16` on this CPU's best instructions: bf16 operands (f32 ones rounded), f32 sums.
+fn bf16_product(out: MatMut, a: Mat, b: Mat, accumulate: bool) {
+    gemm_bf16(Bf16Isa::best(), out, a, b, accumulate);
 }
 
 impl Backend for Host {
@@ -177,18 +213,41 @@ impl Backend for Host {
 
     fn gemm_bf16(
         &self,
-        c: &mut Vec<f32>,
+        mut c: ValuesMut<Self>,
         cv: MatView,
-        a: &Vec<f32>,
+        a: Values<Self>,
         av: MatView,
-        b: &Vec<u16>,
+        b: Values<Self>,
         bv: MatView,
+        alpha: f32,
         accumulate: bool,
     ) -> Result<()> {
-        // b's values widened (exactly), so gemm_bf16's rounding of them is the identity.
-        let wide: Vec<f32> = b[..bv.end()].iter().map(|&h| bf16::widen(h)).collect();
-        let bf16_product = |out: MatMut, a: Mat, b: Mat, acc: bool| gemm_bf16(Bf16Isa::best(), out, a, b, acc);
-        product(bf16_product, c, cv, view(a, av), view(&wide, bv), accumulate)
+        let (a, b) = (as_f32(a, av.end()), as_f32(b, bv.end()));
+        let (a, b) = (view(&a, av), view(&b, bv));
+        if let (ValuesMut::F32(c), 1.0) = (&mut c, alpha) {
+            return product(bf16_product, c, cv, a, b, accumulate);
+        }
+        // The product into f32 scratch, then scaled and stored (added) in c's type.
+        assert!(!cv.trans, "host gemm_bf16: a transposed output view {cv:?}");
+        let (rows, cols) = (cv.rows, cv.cols);
+        let mut t = vec![0.0; rows * cols];
+        product(bf16_product, &mut t, MatView::dense(rows, cols), a, b, false)?;
+        let add = |old: f32, v: f32| if accumulate { old + alpha * v } else { alpha * v };
+        for (r, t) in t.chunks_exact(cols.max(1)).enumerate() {
+            let at = cv.offset + r * cv.ld;
+            match &mut c {
+                ValuesMut::F32(c) => c[at..at + cols].iter_mut().zip(t).for_each(|(c, &v)| *c = add(*c, v)),
+                ValuesMut::Bf16(c) => {
+                    let row = &mut c[at..at + cols];
+                    row.iter_mut().zip(t).for_each(|(c, &v)| *c = bf16::round(add(bf16::widen(*c), v)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn bf16_activations(&self) -> bool {
+        BF16_ACTIVATIONS.load(Ordering::Relaxed)
     }
 
     fn add_bias(&self, out: &mut Vec<f32>, ov: MatView, b: &Vec<f32>) -> Result<()> {
@@ -430,6 +489,37 @@ impl Backend for Host {
         Ok(())
     }
 
+    fn glu_forward_bf16(
+        &self,
+        out: &mut Vec<u16>,
+        gate: &Vec<u16>,
+        up: &Vec<u16>,
+        n: usize,
+        act: GateAct,
+    ) -> Result<()> {
+        let mut o = vec![0.0; n];
+        glu_forward(&mut o, &widen(&gate[..n]), &widen(&up[..n]), act);
+        round_into(&mut out[..n], &o);
+        Ok(())
+    }
+
+    fn glu_backward_bf16(
+        &self,
+        dgate: &mut Vec<u16>,
+        dup: &mut Vec<u16>,
+        dout: &Vec<u16>,
+        gate: &Vec<u16>,
+        up: &Vec<u16>,
+        n: usize,
+        act: GateAct,
+    ) -> Result<()> {
+        let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+        glu_backward(&mut dg, &mut du, &widen(&dout[..n]), &widen(&gate[..n]), &widen(&up[..n]), act);
+        round_into(&mut dgate[..n], &dg);
+        round_into(&mut dup[..n], &du);
+        Ok(())
+    }
+
     fn gather_rows(&self, out: &mut Vec<f32>, src: &Vec<f32>, idx: &Vec<u32>, n: usize, dim: usize) -> Result<()> {
         for (o, &r) in out[..n * dim].chunks_exact_mut(dim).zip(&idx[..n]) {
             o.copy_from_slice(&src[r as usize * dim..][..dim]);
@@ -475,6 +565,21 @@ impl Backend for Host {
         Ok(())
     }
 
+    fn dropout_forward_bf16(
+        &self,
+        x_drop: &mut Vec<u16>,
+        keep: &mut Vec<u64>,
+        x: &Vec<u16>,
+        n: usize,
+        p: f32,
+        key: u64,
+    ) -> Result<()> {
+        let mut d = vec![0.0; n];
+        dropout_forward(&mut d, &mut keep[..mask_words(n)], &widen(&x[..n]), p, key);
+        round_into(&mut x_drop[..n], &d);
+        Ok(())
+    }
+
     fn dropout_again(&self, x_drop: &mut Vec<f32>, keep: &Vec<u64>, x: &Vec<f32>, n: usize, p: f32) -> Result<()> {
         dropout_again(&mut x_drop[..n], keep, &x[..n], p);
         Ok(())
@@ -482,6 +587,39 @@ impl Backend for Host {
 
     fn dropout_backward(&self, dx: &mut Vec<f32>, t: &Vec<f32>, keep: &Vec<u64>, n: usize, p: f32) -> Result<()> {
         dropout_backward(&mut dx[..n], &t[..n], keep, p);
+        Ok(())
+    }
+
+    fn lora_dropout_da_bf16(
+        &self,
+        g: &mut Vec<f32>,
+        du: &Vec<f32>,
+        x: &Vec<u16>,
+        keep: &Vec<u64>,
+        (n, inp, r): (usize, usize, usize),
+        p: f32,
+    ) -> Result<()> {
+        let mut x_drop = vec![0.0; n * inp];
+        dropout_again(&mut x_drop, keep, &widen(&x[..n * inp]), p);
+        let (du, x_drop) = (view(du, MatView::dense(n, r).t()), view(&x_drop, MatView::dense(n, inp)));
+        product(bf16_product, g, MatView::dense(r, inp), du, x_drop, true)
+    }
+
+    fn lora_dropout_dx_bf16(
+        &self,
+        dx: &mut Vec<u16>,
+        du: &Vec<f32>,
+        a: &Vec<f32>,
+        keep: &Vec<u64>,
+        (n, inp, r): (usize, usize, usize),
+        p: f32,
+    ) -> Result<()> {
+        let mut t = vec![0.0; n * inp];
+        let (du, a) = (view(du, MatView::dense(n, r)), view(a, MatView::dense(r, inp)));
+        product(bf16_product, &mut t, MatView::dense(n, inp), du, a, false)?;
+        let mut wide = widen(&dx[..n * inp]);
+        dropout_backward(&mut wide, &t, keep, p);
+        round_into(&mut dx[..n * inp], &wide);
         Ok(())
     }
 

@@ -53,6 +53,37 @@ impl MatView {
     }
 }
 
+/// A buffer of values a product or an element-wise op reads: f32, or kept in bf16 (a weight's copy, or under
+/// `--compute bf16` on a device the MLP's activations: [`Backend::bf16_activations`]).
+pub enum Values<'a, B: Backend + ?Sized> {
+    F32(&'a B::F32),
+    Bf16(&'a B::Bf16),
+}
+
+impl<B: Backend + ?Sized> Clone for Values<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend + ?Sized> Copy for Values<'_, B> {}
+
+/// A buffer an op writes: f32, or bf16 (values computed in f32, then rounded).
+pub enum ValuesMut<'a, B: Backend + ?Sized> {
+    F32(&'a mut B::F32),
+    Bf16(&'a mut B::Bf16),
+}
+
+impl<B: Backend + ?Sized> ValuesMut<'_, B> {
+    /// A shorter-lived handle on the same buffer.
+    pub fn reborrow(&mut self) -> ValuesMut<'_, B> {
+        match self {
+            ValuesMut::F32(x) => ValuesMut::F32(&mut **x),
+            ValuesMut::Bf16(x) => ValuesMut::Bf16(&mut **x),
+        }
+    }
+}
+
 /// Where the rotated heads sit in a buffer's rows: `heads` heads from column `col` of rows of `row_len`.
 #[derive(Clone, Copy, Debug)]
 pub struct RopeCols {
@@ -165,19 +196,28 @@ pub trait Backend {
         bv: MatView,
         accumulate: bool,
     ) -> Result<()>;
-    /// [`Backend::gemm_weights`] under `--compute bf16` with b a weight kept in bf16: a rounded to bf16, the
-    /// products summed in f32 — the same values as `gemm_weights` on b's f32 source, without rounding b again.
+    /// A product with bf16 operands and f32 sums, as `kernels::gemm_bf16`: c = alpha · (a · b) (or c += when
+    /// `accumulate`) on views as [`Backend::gemm`]'s. An f32 operand is rounded to bf16 where the product reads it
+    /// (so on two f32 operands it is [`Backend::gemm_weights`] under `--compute bf16`, alpha aside); a bf16 one is
+    /// read as it is. A bf16 c gets the f32 result rounded (its old values added first when accumulating).
     #[allow(clippy::too_many_arguments)]
     fn gemm_bf16(
         &self,
-        c: &mut Self::F32,
+        c: ValuesMut<Self>,
         cv: MatView,
-        a: &Self::F32,
+        a: Values<Self>,
         av: MatView,
-        b: &Self::Bf16,
+        b: Values<Self>,
         bv: MatView,
+        alpha: f32,
         accumulate: bool,
     ) -> Result<()>;
+    /// Whether the device model keeps the MLP's activations and their gradients in bf16 under `--compute bf16`
+    /// (`network::device::buffers`), every product that reads or writes one then a bf16 product. The CPU path keeps
+    /// f32 activations, and so does [`host::Host`], which is tested against it; a GPU halves their memory traffic.
+    fn bf16_activations(&self) -> bool {
+        false
+    }
     /// Every row of the view `ov` += b (b: ov.cols values).
     fn add_bias(&self, out: &mut Self::F32, ov: MatView, b: &Self::F32) -> Result<()>;
     /// db[c] += Σ_r dy[r, c] over the rows of the view `dyv` (a bias's gradient): each column summed from 0 in row
@@ -334,6 +374,15 @@ pub trait Backend {
     fn gelu_backward(&self, dx: &mut Self::F32, dout: &Self::F32, x: &Self::F32, n: usize) -> Result<()>;
     /// As `kernels::activation::glu_forward` on n values.
     fn glu_forward(&self, out: &mut Self::F32, gate: &Self::F32, up: &Self::F32, n: usize, act: GateAct) -> Result<()>;
+    /// [`Self::glu_forward`] on values kept in bf16 (computed in f32, out rounded).
+    fn glu_forward_bf16(
+        &self,
+        out: &mut Self::Bf16,
+        gate: &Self::Bf16,
+        up: &Self::Bf16,
+        n: usize,
+        act: GateAct,
+    ) -> Result<()>;
     /// As `kernels::activation::glu_backward` on n values (dgate, dup written).
     #[allow(clippy::too_many_arguments)]
     fn glu_backward(
@@ -343,6 +392,18 @@ pub trait Backend {
         dout: &Self::F32,
         gate: &Self::F32,
         up: &Self::F32,
+        n: usize,
+        act: GateAct,
+    ) -> Result<()>;
+    /// [`Self::glu_backward`] on values kept in bf16 (computed in f32, dgate and dup rounded).
+    #[allow(clippy::too_many_arguments)]
+    fn glu_backward_bf16(
+        &self,
+        dgate: &mut Self::Bf16,
+        dup: &mut Self::Bf16,
+        dout: &Self::Bf16,
+        gate: &Self::Bf16,
+        up: &Self::Bf16,
         n: usize,
         act: GateAct,
     ) -> Result<()>;
@@ -378,6 +439,16 @@ pub trait Backend {
         x_drop: &mut Self::F32,
         keep: &mut Self::Mask,
         x: &Self::F32,
+        n: usize,
+        p: f32,
+        key: u64,
+    ) -> Result<()>;
+    /// [`Self::dropout_forward`] on values kept in bf16: the same mask, x_drop rounded.
+    fn dropout_forward_bf16(
+        &self,
+        x_drop: &mut Self::Bf16,
+        keep: &mut Self::Mask,
+        x: &Self::Bf16,
         n: usize,
         p: f32,
         key: u64,
@@ -424,6 +495,30 @@ pub trait Backend {
         self.gemm(t, MatView::dense(n, inp), du, MatView::dense(n, r), a, MatView::dense(r, inp), false)?;
         self.dropout_backward(dx, t, keep, n * inp, p)
     }
+    /// [`Self::lora_dropout_da`] for an x kept in bf16, as a bf16 product: g (r, in) **+=** duᵀ · dropout(x) with
+    /// du and dropout(x) rounded to bf16, f32 sums.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_dropout_da_bf16(
+        &self,
+        g: &mut Self::F32,
+        du: &Self::F32,
+        x: &Self::Bf16,
+        keep: &Self::Mask,
+        shape: (usize, usize, usize),
+        p: f32,
+    ) -> Result<()>;
+    /// [`Self::lora_dropout_dx`] into a dx kept in bf16, as a bf16 product: dx (n, in) = bf16(dx + keep ⊙ (du·a) /
+    /// (1 − p)), du and a rounded to bf16, f32 sums.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_dropout_dx_bf16(
+        &self,
+        dx: &mut Self::Bf16,
+        du: &Self::F32,
+        a: &Self::F32,
+        keep: &Self::Mask,
+        shape: (usize, usize, usize),
+        p: f32,
+    ) -> Result<()>;
     /// One AdamW step of every tensor (as `kernels::adamw::adamw_step` on its first n values, from its gradient
     /// times `grad_scale` — clipping's coefficient, or 1; one that does not decay takes `s.decay` as 1), each
     /// gradient zeroed after and its bf16 copy, if it has one, made from the new values: one launch on a GPU for

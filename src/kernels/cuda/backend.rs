@@ -14,14 +14,14 @@ use super::ops::indices::{IndexFacts, Indices};
 use super::ops::rope::RopeLayout;
 use super::ops::rows::RowGroups;
 use super::ops::{
-    adamw, attention, bf16, column_scratch, cross_entropy, dropout, elementwise, glu, kv_cache, norm, reduce, rope,
-    rows,
+    Elem, adamw, attention, bf16, column_scratch, cross_entropy, dropout, elementwise, glu, kv_cache, norm, reduce,
+    rope, rows,
 };
 use super::profile::Profile;
 use crate::kernels::activation::GateAct;
 use crate::kernels::adamw::AdamWScalars;
 use crate::kernels::attention::QkvLayout;
-use crate::kernels::backend::{AdamWTensor, Backend, MatView, RopeCols};
+use crate::kernels::backend::{AdamWTensor, Backend, MatView, RopeCols, Values, ValuesMut};
 use crate::kernels::compute::{Compute, compute};
 use crate::kernels::dropout::mask_words;
 use crate::kernels::rope::RopeTable;
@@ -74,6 +74,9 @@ pub struct Cuda {
     /// Whether `--compute bf16` runs attention on the tensor cores (`CONDLM_CUDA_MMA_ATTENTION=0` keeps it f32:
     /// for comparing with the CPU's bf16 mode, whose attention is f32, and for measuring what the tensor cores gain).
     mma_attention: bool,
+    /// Whether `--compute bf16` keeps the MLP's activations in bf16 (`Backend::bf16_activations`;
+    /// `CONDLM_CUDA_BF16_ACTIVATIONS=0` keeps them f32, as the CPU's, and measures what bf16 gains).
+    bf16_activations: bool,
     /// `CONDLM_CUDA_PROFILE`'s per-op GPU times, printed when the backend is dropped.
     profile: Option<Mutex<Profile>>,
     /// A capture is under way: scratch must not grow (on a GPU with memory pools the allocation would become part
@@ -133,6 +136,7 @@ impl Cuda {
         let chunk_sums = Mutex::new(zeros(&device, 1, "f32 (column sums' scratch)")?);
         let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
         let (graphs, mma_attention) = (on("CONDLM_CUDA_GRAPHS"), on("CONDLM_CUDA_MMA_ATTENTION"));
+        let bf16_activations = on("CONDLM_CUDA_BF16_ACTIVATIONS");
         let groups = Mutex::new(RowGroups::default());
         let profile = Profile::from_env(&device.ctx).map(Mutex::new);
         let (bf16_moves, capturing) = (AtomicU64::new(0), AtomicBool::new(false));
@@ -147,6 +151,7 @@ impl Cuda {
             bf16_moves,
             graphs,
             mma_attention,
+            bf16_activations,
             profile,
             capturing,
         })
@@ -172,6 +177,59 @@ impl Cuda {
         }
         self.ran("to_bf16", bf16::to_bf16(&self.device, &mut scratch.as_view_mut(), &src.as_view(), v))?;
         Ok(dense)
+    }
+
+    /// A bf16 product's operand: a bf16 buffer as it is, or an f32 one rounded into `scratch` ([`Self::rounded`]).
+    fn operand<'a>(
+        &self,
+        scratch: &'a mut CudaSlice<u16>,
+        v: Values<'a, Self>,
+        view: MatView,
+    ) -> Result<(&'a CudaSlice<u16>, MatView)> {
+        match v {
+            Values::Bf16(h) => Ok((h, view)),
+            Values::F32(x) => {
+                let dense = self.rounded(scratch, x, view)?;
+                Ok((scratch, dense))
+            }
+        }
+    }
+
+    /// LoRA's dA through its dropout (`Backend::lora_dropout_da`), x in f32 or bf16 (a bf16 product then).
+    #[allow(clippy::too_many_arguments)]
+    fn lora_da<T: Elem>(
+        &self,
+        op: &str,
+        g: &mut CudaSlice<f32>,
+        du: &CudaSlice<f32>,
+        x: &CudaSlice<T>,
+        keep: &CudaSlice<u64>,
+        shape: (usize, usize, usize),
+        p: f32,
+    ) -> Result<()> {
+        let ((n, inp, r), need) = (shape, dropout::lora_da_scratch(shape));
+        let mut partials = self.chunk_scratch(need)?;
+        let (mut gv, mut pv) = (pre_mut(g, r * inp, op), pre_mut(&mut partials, need, op));
+        let (du, x) = (pre(du, n * r, op), pre(x, n * inp, op));
+        let keep = keep.as_view();
+        self.ran(op, dropout::dropout_lora_da(&self.device, &mut gv, &mut pv, &du, &x, &keep, shape, p))
+    }
+
+    /// LoRA's input gradient through its dropout (`Backend::lora_dropout_dx`), dx in f32 or bf16.
+    #[allow(clippy::too_many_arguments)]
+    fn lora_dx<T: Elem>(
+        &self,
+        op: &str,
+        dx: &mut CudaSlice<T>,
+        du: &CudaSlice<f32>,
+        a: &CudaSlice<f32>,
+        keep: &CudaSlice<u64>,
+        shape: (usize, usize, usize),
+        p: f32,
+    ) -> Result<()> {
+        let (n, inp, r) = shape;
+        let (mut d, du, a) = (pre_mut(dx, n * inp, op), pre(du, n * r, op), pre(a, r * inp, op));
+        self.ran(op, dropout::dropout_lora_dx(&self.device, &mut d, &du, &a, &keep.as_view(), shape, p))
     }
 
     /// The column sums' scratch with at least `need` values (grown once to the largest).
@@ -419,17 +477,28 @@ impl Backend for Cuda {
 
     fn gemm_bf16(
         &self,
-        c: &mut CudaSlice<f32>,
+        c: ValuesMut<Self>,
         cv: MatView,
-        a: &CudaSlice<f32>,
+        a: Values<Self>,
         av: MatView,
-        b: &CudaSlice<u16>,
+        b: Values<Self>,
         bv: MatView,
+        alpha: f32,
         accumulate: bool,
     ) -> Result<()> {
         let mut scratch = self.bf16.lock().unwrap_or_else(PoisonError::into_inner);
-        let da = self.rounded(&mut scratch.0, a, av)?;
-        self.product("gemm bf16", self.blas.matmul(c, cv, &scratch.0, da, b, bv, 1.0, accumulate))
+        let (sa, sb) = &mut *scratch;
+        let (a, av) = self.operand(sa, a, av)?;
+        let (b, bv) = self.operand(sb, b, bv)?;
+        let r = match c {
+            ValuesMut::F32(c) => self.blas.matmul(c, cv, a, av, b, bv, alpha, accumulate),
+            ValuesMut::Bf16(c) => self.blas.matmul(c, cv, a, av, b, bv, alpha, accumulate),
+        };
+        self.product("gemm bf16", r)
+    }
+
+    fn bf16_activations(&self) -> bool {
+        self.bf16_activations
     }
 
     fn add_bias(&self, out: &mut CudaSlice<f32>, ov: MatView, b: &CudaSlice<f32>) -> Result<()> {
@@ -717,6 +786,35 @@ impl Backend for Cuda {
         self.ran(op, glu::glu_forward(&self.device, &mut o, &gate, &up, act))
     }
 
+    fn glu_forward_bf16(
+        &self,
+        out: &mut CudaSlice<u16>,
+        gate: &CudaSlice<u16>,
+        up: &CudaSlice<u16>,
+        n: usize,
+        act: GateAct,
+    ) -> Result<()> {
+        let op = "glu_forward_bf16";
+        let (mut o, gate, up) = (pre_mut(out, n, op), pre(gate, n, op), pre(up, n, op));
+        self.ran(op, glu::glu_forward(&self.device, &mut o, &gate, &up, act))
+    }
+
+    fn glu_backward_bf16(
+        &self,
+        dgate: &mut CudaSlice<u16>,
+        dup: &mut CudaSlice<u16>,
+        dout: &CudaSlice<u16>,
+        gate: &CudaSlice<u16>,
+        up: &CudaSlice<u16>,
+        n: usize,
+        act: GateAct,
+    ) -> Result<()> {
+        let op = "glu_backward_bf16";
+        let (mut dg, mut du) = (pre_mut(dgate, n, op), pre_mut(dup, n, op));
+        let (dout, gate, up) = (pre(dout, n, op), pre(gate, n, op), pre(up, n, op));
+        self.ran(op, glu::glu_backward(&self.device, &mut dg, &mut du, &dout, &gate, &up, act))
+    }
+
     fn glu_backward(
         &self,
         dgate: &mut CudaSlice<f32>,
@@ -797,6 +895,20 @@ impl Backend for Cuda {
         self.ran(op, dropout::dropout_forward(&self.device, &mut d, &mut k, &x, p, key))
     }
 
+    fn dropout_forward_bf16(
+        &self,
+        x_drop: &mut CudaSlice<u16>,
+        keep: &mut CudaSlice<u64>,
+        x: &CudaSlice<u16>,
+        n: usize,
+        p: f32,
+        key: u64,
+    ) -> Result<()> {
+        let op = "dropout_forward_bf16";
+        let (mut d, mut k, x) = (pre_mut(x_drop, n, op), pre_mut(keep, mask_words(n), op), pre(x, n, op));
+        self.ran(op, dropout::dropout_forward(&self.device, &mut d, &mut k, &x, p, key))
+    }
+
     fn dropout_again(
         &self,
         x_drop: &mut CudaSlice<f32>,
@@ -833,12 +945,7 @@ impl Backend for Cuda {
         shape: (usize, usize, usize),
         p: f32,
     ) -> Result<()> {
-        let (op, (n, inp, r), need) = ("lora_dropout_da", shape, dropout::lora_da_scratch(shape));
-        let mut partials = self.chunk_scratch(need)?;
-        let (mut gv, mut pv) = (pre_mut(g, r * inp, op), pre_mut(&mut partials, need, op));
-        let (du, x) = (pre(du, n * r, op), pre(x, n * inp, op));
-        let keep = keep.as_view();
-        self.ran(op, dropout::dropout_lora_da(&self.device, &mut gv, &mut pv, &du, &x, &keep, shape, p))
+        self.lora_da("lora_dropout_da", g, du, x, keep, shape, p)
     }
 
     fn lora_dropout_dx(
@@ -851,9 +958,31 @@ impl Backend for Cuda {
         shape: (usize, usize, usize),
         p: f32,
     ) -> Result<()> {
-        let (op, (n, inp, r)) = ("lora_dropout_dx", shape);
-        let (mut d, du, a) = (pre_mut(dx, n * inp, op), pre(du, n * r, op), pre(a, r * inp, op));
-        self.ran(op, dropout::dropout_lora_dx(&self.device, &mut d, &du, &a, &keep.as_view(), shape, p))
+        self.lora_dx("lora_dropout_dx", dx, du, a, keep, shape, p)
+    }
+
+    fn lora_dropout_da_bf16(
+        &self,
+        g: &mut CudaSlice<f32>,
+        du: &CudaSlice<f32>,
+        x: &CudaSlice<u16>,
+        keep: &CudaSlice<u64>,
+        shape: (usize, usize, usize),
+        p: f32,
+    ) -> Result<()> {
+        self.lora_da("lora_dropout_da_bf16", g, du, x, keep, shape, p)
+    }
+
+    fn lora_dropout_dx_bf16(
+        &self,
+        dx: &mut CudaSlice<u16>,
+        du: &CudaSlice<f32>,
+        a: &CudaSlice<f32>,
+        keep: &CudaSlice<u64>,
+        shape: (usize, usize, usize),
+        p: f32,
+    ) -> Result<()> {
+        self.lora_dx("lora_dropout_dx_bf16", dx, du, a, keep, shape, p)
     }
 
     fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], grad_scale: f32, s: &AdamWScalars) -> Result<()> {

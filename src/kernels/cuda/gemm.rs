@@ -131,12 +131,14 @@ impl Blas {
 
     /// c = alpha · a · b (or c += when `accumulate`) on views of row-major buffers, as `kernels::matmul` on `Mat`
     /// views (alpha 1): each operand may start at an offset, skip columns (ld ≥ cols) and be read transposed; c is
-    /// not transposed. alpha scales the f32 sums before they are stored (or added), in cuBLAS's epilogue. Shapes: a (m, k), b (k, n), c (m, n) as read; bounds are checked here. The operand mapping is
-    /// the module docs'. An empty inner dimension (k = 0) zeroes c (or leaves it, accumulating) without cuBLAS.
+    /// not transposed. alpha scales the f32 sums before they are stored (or added), in cuBLAS's epilogue. Shapes:
+    /// a (m, k), b (k, n), c (m, n) as read; bounds are checked here. The operand mapping is the module docs'. c is
+    /// f32, or bf16 for bf16 operands (the f32 result rounded to bf16 as cuBLAS stores it). An empty inner
+    /// dimension (k = 0) zeroes c (or leaves it, accumulating) without cuBLAS.
     #[allow(clippy::too_many_arguments)]
-    pub fn matmul<T: Operand>(
+    pub fn matmul<T: Operand, C: Operand>(
         &self,
-        c: &mut CudaSlice<f32>,
+        c: &mut CudaSlice<C>,
         cv: MatView,
         a: &CudaSlice<T>,
         av: MatView,
@@ -146,6 +148,10 @@ impl Blas {
         accumulate: bool,
     ) -> Result<(), GemmError> {
         let ((m, k), (kb, n)) = (av.shape(), bv.shape());
+        assert!(
+            C::TYPE == cudaDataType_t::CUDA_R_32F || T::TYPE == cudaDataType_t::CUDA_R_16BF,
+            "device gemm: a bf16 output needs bf16 operands (cuBLAS has no f32 × f32 → bf16 product)"
+        );
         assert!(
             !cv.trans && kb == k && cv.shape() == (m, n),
             "device gemm: c {cv:?} = a {av:?} · b {bv:?} do not fit (c must be (m, n), untransposed)"
@@ -175,7 +181,7 @@ impl Blas {
         let (pc, _rc) = c.device_ptr_mut(stream);
         let at = |p: u64, v: MatView, size: usize| (p + (v.offset * size) as u64) as *const c_void;
         let (pa, pb) = (at(pa, av, size_of::<T>()), at(pb, bv, size_of::<T>()));
-        let pc = at(pc, cv, size_of::<f32>()) as *mut c_void;
+        let pc = at(pc, cv, size_of::<C>()) as *mut c_void;
         let [mi, ni, ki, lda, ldb, ldc] = [m, n, k, av.ld, bv.ld, cv.ld].map(|v| v as i32);
         // SAFETY: each pointer is its buffer's start plus the view's offset, and cuBLAS reads (writes, for c) the
         // column-major matrices of the docs above — op_B(B) (n, k) from pb with ldb, op_A(A) (k, m) from pa with
@@ -200,7 +206,7 @@ impl Blas {
                 lda,
                 (&beta as *const f32).cast::<c_void>(),
                 pc,
-                cudaDataType_t::CUDA_R_32F,
+                C::TYPE,
                 ldc,
                 T::COMPUTE,
                 cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
@@ -210,17 +216,23 @@ impl Blas {
     }
 
     /// The view `cv` of c (non-empty, ld ≥ cols, inside c: checked by the caller) set to 0: a 2-D memset of
-    /// rows × cols 32-bit words, ld·4 bytes apart.
-    fn zero(&self, c: &mut CudaSlice<f32>, cv: MatView) -> Result<(), GemmError> {
+    /// rows × cols 32-bit (f32) or 16-bit (bf16) words, ld words apart.
+    fn zero<C: Operand>(&self, c: &mut CudaSlice<C>, cv: MatView) -> Result<(), GemmError> {
         let (m, n) = (cv.rows, cv.cols);
         let stream = &self.stream;
         stream.context().bind_to_thread().map_err(|err| GemmError::Zero { m, n, err })?;
         let (pc, _rc) = c.device_ptr_mut(stream);
-        let (start, pitch) = (pc + (cv.offset * size_of::<f32>()) as u64, cv.ld * size_of::<f32>());
-        // SAFETY: rows × cols words from start, pitch bytes apart: exactly the view's elements, which lie inside c;
-        // the context is current (above) and the memset is queued on the stream the buffer is used on.
-        unsafe { driver_sys::cuMemsetD2D32Async(start, pitch, 0, n, m, stream.cu_stream()) }
-            .result()
-            .map_err(|err| GemmError::Zero { m, n, err })
+        let (start, pitch) = (pc + (cv.offset * size_of::<C>()) as u64, cv.ld * size_of::<C>());
+        // SAFETY: rows × cols words of C's size from start, pitch bytes apart: exactly the view's elements, which lie
+        // inside c; the context is current (above) and the memset is queued on the stream the buffer is used on.
+        unsafe {
+            if size_of::<C>() == 4 {
+                driver_sys::cuMemsetD2D32Async(start, pitch, 0, n, m, stream.cu_stream())
+            } else {
+                driver_sys::cuMemsetD2D16Async(start, pitch, 0, n, m, stream.cu_stream())
+            }
+        }
+        .result()
+        .map_err(|err| GemmError::Zero { m, n, err })
     }
 }

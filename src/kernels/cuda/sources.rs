@@ -51,7 +51,14 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "glu.cu",
         text: include_str!("cu/glu.cu"),
-        kernels: &["glu_forward", "glu_backward", "gelu_forward", "gelu_backward"],
+        kernels: &[
+            "glu_forward",
+            "glu_forward_bf16",
+            "glu_backward",
+            "glu_backward_bf16",
+            "gelu_forward",
+            "gelu_backward",
+        ],
     },
     Source { file: "cross_entropy.cu", text: include_str!("cu/cross_entropy.cu"), kernels: &["cross_entropy_rows"] },
     Source { file: "adamw.cu", text: include_str!("cu/adamw.cu"), kernels: &["adamw_tensors"] },
@@ -71,10 +78,13 @@ pub const SOURCES: &[Source] = &[
         text: include_str!("cu/dropout.cu"),
         kernels: &[
             "dropout_forward",
+            "dropout_forward_bf16",
             "dropout_again",
             "dropout_backward",
             "dropout_lora_dx",
+            "dropout_lora_dx_bf16",
             "dropout_lora_da_partial",
+            "dropout_lora_da_partial_bf16",
         ],
     },
     Source {

@@ -1,12 +1,12 @@
 //! One block on a device, forward beside backward, as `Transformer::block_forward` / `block_backward` compute
 //! it for the Llama family's layout: x += o(attention(rope(qkv(attn_norm(x))))), then
 //! x += down(act(gate(h)) ⊙ up(h)), h = mlp_norm(x).
-use super::buffers::{GradBufs, LayerBufs};
+use super::buffers::{GradBufs, LayerBufs, MlpBf16};
 use super::linear::LinearScratch;
 use super::weights::{DevBlock, DevNorm, DevTensor, Mlp};
 use crate::kernels::activation::GateAct;
 use crate::kernels::attention::QkvLayout;
-use crate::kernels::backend::{Backend, MatView, RopeCols};
+use crate::kernels::backend::{Backend, MatView, RopeCols, Values, ValuesMut};
 use anyhow::Result;
 
 /// Slots of a block's linear layers in `LayerBufs::lora`: q, k, v, then these.
@@ -83,7 +83,8 @@ impl<B: Backend> DevBlock<B> {
         let mut col = 0;
         for (slot, lin) in self.qkv.iter().enumerate() {
             let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
-            lin.forward(be, &mut l.qkv, view, false, &l.h1, n, l.lora[slot].as_mut(), s, seed)?;
+            let (out, h1) = (ValuesMut::F32(&mut l.qkv), Values::F32(&l.h1));
+            lin.forward(be, out, view, false, h1, n, l.lora[slot].as_mut(), s, seed)?;
             col += lin.out_dim;
         }
         if let Some((qn, kn)) = &self.qk_norm {
@@ -113,11 +114,12 @@ impl<B: Backend> DevBlock<B> {
                 }
             }
         }
-        let dense = MatView::dense(n, d);
+        let (dense, att) = (MatView::dense(n, d), Values::F32(&l.att));
         match &self.post_norms {
-            None => self.o.forward(be, x, dense, true, &l.att, n, l.lora[SLOT_O].as_mut(), s, seed)?,
+            None => self.o.forward(be, ValuesMut::F32(x), dense, true, att, n, l.lora[SLOT_O].as_mut(), s, seed)?,
             Some((norm, _)) => {
-                self.o.forward(be, &mut l.attn_out, dense, false, &l.att, n, l.lora[SLOT_O].as_mut(), s, seed)?;
+                let out = ValuesMut::F32(&mut l.attn_out);
+                self.o.forward(be, out, dense, false, att, n, l.lora[SLOT_O].as_mut(), s, seed)?;
                 add_normed(be, x, &norm.w, &l.attn_out, &mut l.post1_rstd, &mut s.sublayer, n, d, off, eps)?;
             }
         }
@@ -126,29 +128,47 @@ impl<B: Backend> DevBlock<B> {
         }
 
         self.mlp_norm.forward(be, &mut l.h2, &mut l.mean2, &mut l.rstd2, x, n, d, off, eps)?;
-        let ff = MatView::dense(n, f);
-        let mlp = self.mlp();
-        match mlp {
-            Mlp::Fused => {
-                // gate|up side by side from one linear, split into the buffers the GLU reads.
-                let wide = MatView::dense(n, 2 * f);
-                self.up.forward(be, gate_up, wide, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
-                be.copy_view(&mut l.gate, ff, gate_up, MatView::columns(n, 0, f, 2 * f))?;
-                be.copy_view(&mut l.up, ff, gate_up, MatView::columns(n, f, f, 2 * f))?;
+        let (ff, h2) = (MatView::dense(n, f), Values::F32(&l.h2));
+        let act = match &mut l.mlp_bf16 {
+            Some(m) => {
+                let gate = self.gate.as_ref().expect("a bf16 MLP is a gated one (buffers::bf16_mlp)");
+                gate.forward(be, ValuesMut::Bf16(&mut m.gate), ff, false, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
+                self.up.forward(be, ValuesMut::Bf16(&mut m.up), ff, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
+                be.glu_forward_bf16(&mut m.act, &m.gate, &m.up, n * f, a.act)?;
+                Values::Bf16(&m.act)
             }
-            _ => self.up.forward(be, &mut l.up, ff, false, &l.h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?,
-        }
-        if let Some(gate) = &self.gate {
-            gate.forward(be, &mut l.gate, ff, false, &l.h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
-        }
-        match mlp {
-            Mlp::Gelu => be.gelu_forward(&mut l.act, &l.up, n * f)?,
-            _ => be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?,
-        }
+            None => {
+                let mlp = self.mlp();
+                match mlp {
+                    Mlp::Fused => {
+                        // gate|up side by side from one linear, split into the buffers the GLU reads.
+                        let wide = MatView::dense(n, 2 * f);
+                        let out = ValuesMut::F32(&mut *gate_up);
+                        self.up.forward(be, out, wide, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
+                        be.copy_view(&mut l.gate, ff, gate_up, MatView::columns(n, 0, f, 2 * f))?;
+                        be.copy_view(&mut l.up, ff, gate_up, MatView::columns(n, f, f, 2 * f))?;
+                    }
+                    _ => {
+                        let out = ValuesMut::F32(&mut l.up);
+                        self.up.forward(be, out, ff, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?
+                    }
+                }
+                if let Some(gate) = &self.gate {
+                    let out = ValuesMut::F32(&mut l.gate);
+                    gate.forward(be, out, ff, false, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
+                }
+                match mlp {
+                    Mlp::Gelu => be.gelu_forward(&mut l.act, &l.up, n * f)?,
+                    _ => be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?,
+                }
+                Values::F32(&l.act)
+            }
+        };
+        let down_lora = l.lora[SLOT_DOWN].as_mut();
         match &self.post_norms {
-            None => self.down.forward(be, x, dense, true, &l.act, n, l.lora[SLOT_DOWN].as_mut(), s, seed),
+            None => self.down.forward(be, ValuesMut::F32(x), dense, true, act, n, down_lora, s, seed),
             Some((_, norm)) => {
-                self.down.forward(be, &mut l.mlp_out, dense, false, &l.act, n, l.lora[SLOT_DOWN].as_mut(), s, seed)?;
+                self.down.forward(be, ValuesMut::F32(&mut l.mlp_out), dense, false, act, n, down_lora, s, seed)?;
                 add_normed(be, x, &norm.w, &l.mlp_out, &mut l.post2_rstd, &mut s.sublayer, n, d, off, eps)
             }
         }
@@ -168,27 +188,49 @@ impl<B: Backend> DevBlock<B> {
         let (n, d, f, lay, off) = (a.n, a.hidden, a.ffn, a.layout, a.norm_offset);
         let (dense, ff) = (MatView::dense(n, d), MatView::dense(n, f));
         // MLP: x_out = x_mid + down(act(gate(h2)) ⊙ up(h2)), h2 = mlp_norm(x_mid)
-        be.zero(&mut g.dact, n * f)?;
         let post = self.post_norms.as_mut().map(|(_, norm)| (norm, &l.mlp_out, &l.post2_rstd));
-        let dmlp_out = through_post_norm(be, post, &g.dx, &mut g.dsub, n, d, off)?;
-        self.down.backward(be, &mut g.dact, dmlp_out, dense, &l.act, n, l.lora[SLOT_DOWN].as_ref(), s)?;
-        let mlp = self.mlp();
-        match mlp {
-            Mlp::Gelu => be.gelu_backward(&mut g.dup, &g.dact, &l.up, n * f)?,
-            _ => be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?,
-        }
-        be.zero(&mut g.dh, n * d)?;
-        if let Some(gate) = &mut self.gate {
-            gate.backward(be, &mut g.dh, &g.dgate, ff, &l.h2, n, l.lora[SLOT_GATE].as_ref(), s)?;
-        }
-        match mlp {
-            Mlp::Fused => {
-                be.copy_view(gate_up, MatView::columns(n, 0, f, 2 * f), &g.dgate, ff)?;
-                be.copy_view(gate_up, MatView::columns(n, f, f, 2 * f), &g.dup, ff)?;
-                let wide = MatView::dense(n, 2 * f);
-                self.up.backward(be, &mut g.dh, gate_up, wide, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?;
+        let dmlp_out = Values::F32(through_post_norm(be, post, &g.dx, &mut g.dsub, n, d, off)?);
+        let h2 = Values::F32(&l.h2);
+        let lora = |slot: usize| l.lora[slot].as_ref();
+        match (&l.mlp_bf16, &mut g.mlp_bf16) {
+            (Some(m), Some(dm)) => {
+                // dact = dy·W_down + LoRA's term, set (no zeroing), then gate and up from it, all in bf16.
+                let (dact, act) = (ValuesMut::Bf16(&mut dm.act), Values::Bf16(&m.act));
+                self.down.backward(be, dact, true, dmlp_out, dense, act, n, lora(SLOT_DOWN), s)?;
+                let MlpBf16 { gate: dgate, up: dup, act: dact } = dm;
+                be.glu_backward_bf16(dgate, dup, dact, &m.gate, &m.up, n * f, a.act)?;
+                be.zero(&mut g.dh, n * d)?;
+                let gate = self.gate.as_mut().expect("a bf16 MLP is a gated one (buffers::bf16_mlp)");
+                let dh = ValuesMut::F32(&mut g.dh);
+                gate.backward(be, dh, false, Values::Bf16(dgate), ff, h2, n, lora(SLOT_GATE), s)?;
+                let dh = ValuesMut::F32(&mut g.dh);
+                self.up.backward(be, dh, false, Values::Bf16(dup), ff, h2, n, lora(SLOT_UP), s)?;
             }
-            _ => self.up.backward(be, &mut g.dh, &g.dup, ff, &l.h2, n, l.lora[SLOT_UP].as_ref(), s)?,
+            _ => {
+                be.zero(&mut g.dact, n * f)?;
+                let dact = ValuesMut::F32(&mut g.dact);
+                self.down.backward(be, dact, false, dmlp_out, dense, Values::F32(&l.act), n, lora(SLOT_DOWN), s)?;
+                let mlp = self.mlp();
+                match mlp {
+                    Mlp::Gelu => be.gelu_backward(&mut g.dup, &g.dact, &l.up, n * f)?,
+                    _ => be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?,
+                }
+                be.zero(&mut g.dh, n * d)?;
+                if let Some(gate) = &mut self.gate {
+                    let (dh, dgate) = (ValuesMut::F32(&mut g.dh), Values::F32(&g.dgate));
+                    gate.backward(be, dh, false, dgate, ff, h2, n, lora(SLOT_GATE), s)?;
+                }
+                let dh = ValuesMut::F32(&mut g.dh);
+                match mlp {
+                    Mlp::Fused => {
+                        be.copy_view(gate_up, MatView::columns(n, 0, f, 2 * f), &g.dgate, ff)?;
+                        be.copy_view(gate_up, MatView::columns(n, f, f, 2 * f), &g.dup, ff)?;
+                        let wide = MatView::dense(n, 2 * f);
+                        self.up.backward(be, dh, false, Values::F32(gate_up), wide, h2, n, lora(SLOT_UP), s)?;
+                    }
+                    _ => self.up.backward(be, dh, false, Values::F32(&g.dup), ff, h2, n, lora(SLOT_UP), s)?,
+                }
+            }
         }
         self.mlp_norm.backward(be, &mut g.dx, &g.dh, &l.x_mid, &l.mean2, &l.rstd2, n, d, off)?;
 
@@ -196,7 +238,8 @@ impl<B: Backend> DevBlock<B> {
         be.zero(&mut g.datt, n * lay.n_heads * lay.head_dim)?;
         let post = self.post_norms.as_mut().map(|(norm, _)| (norm, &l.attn_out, &l.post1_rstd));
         let dattn_out = through_post_norm(be, post, &g.dx, &mut g.dsub, n, d, off)?;
-        self.o.backward(be, &mut g.datt, dattn_out, dense, &l.att, n, l.lora[SLOT_O].as_ref(), s)?;
+        let (datt, att) = (ValuesMut::F32(&mut g.datt), Values::F32(&l.att));
+        self.o.backward(be, datt, false, Values::F32(dattn_out), dense, att, n, l.lora[SLOT_O].as_ref(), s)?;
         be.attention_backward(&mut g.dqkv, &mut g.stats, &g.datt, &l.qkv, &l.att, lay, a.seq_start, n)?;
         a.rope(be, true, &mut g.dqkv)?;
         if let Some((qn, kn)) = &mut self.qk_norm {
@@ -216,7 +259,8 @@ impl<B: Backend> DevBlock<B> {
         let mut col = 0;
         for (slot, lin) in self.qkv.iter_mut().enumerate() {
             let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
-            lin.backward(be, &mut g.dh, &g.dqkv, view, &l.h1, n, l.lora[slot].as_ref(), s)?;
+            let (dh, dqkv, h1) = (ValuesMut::F32(&mut g.dh), Values::F32(&g.dqkv), Values::F32(&l.h1));
+            lin.backward(be, dh, false, dqkv, view, h1, n, l.lora[slot].as_ref(), s)?;
             col += lin.out_dim;
         }
         self.attn_norm.backward(be, &mut g.dx, &g.dh, &l.x_in, &l.mean1, &l.rstd1, n, d, off)

@@ -2,8 +2,9 @@
 //! caching arena: no allocation per step once the largest batch has been seen). A training pass keeps every
 //! block's activations for the backward pass; inference keeps one block's.
 use super::linear::{LinearScratch, LoraBufs};
-use super::weights::Weights;
+use super::weights::{Mlp, Weights};
 use crate::kernels::backend::Backend;
+use crate::kernels::compute::{Compute, compute};
 use crate::network::config::Config;
 use anyhow::Result;
 
@@ -26,10 +27,11 @@ pub struct LayerBufs<B: Backend> {
     /// q|k|v after RoPE (N, qkv width); attention's output (N, heads·head_dim).
     pub qkv: B::F32,
     pub att: B::F32,
-    /// gate, up and act(gate)·up (N, ffn).
+    /// gate, up and act(gate)·up (N, ffn); empty when they are kept in bf16 (`mlp_bf16`).
     pub gate: B::F32,
     pub up: B::F32,
     pub act: B::F32,
+    pub mlp_bf16: Option<MlpBf16<B>>,
     /// Per linear layer by slot (q, k, v, o, gate, up, down: `DevBlock::slotted`), its adapter's saved values.
     pub lora: Vec<Option<LoraBufs<B>>>,
     /// q and k before their per-head norms (N, heads·head_dim) and those norms' 1/rms (N·heads); empty without.
@@ -44,6 +46,29 @@ pub struct LayerBufs<B: Backend> {
     pub post2_rstd: B::F32,
 }
 
+/// A gated MLP's three (N, ffn) activations — gate, up, act(gate)·up — or their gradients, kept in bf16
+/// ([`bf16_mlp`]).
+pub struct MlpBf16<B: Backend> {
+    pub gate: B::Bf16,
+    pub up: B::Bf16,
+    pub act: B::Bf16,
+}
+
+impl<B: Backend> MlpBf16<B> {
+    fn new(be: &B, n: usize) -> Result<Self> {
+        Ok(MlpBf16 { gate: be.alloc_bf16(n)?, up: be.alloc_bf16(n)?, act: be.alloc_bf16(n)? })
+    }
+}
+
+/// Whether the blocks keep their MLP's activations in bf16: under `--compute bf16` on a backend that does
+/// ([`Backend::bf16_activations`]: a GPU), for gated MLPs with separate gate and up linears and no biases (the
+/// Llama family's; Phi-3's fused gate|up and GPT-2's GELU MLP stay f32). They are the largest activations of a
+/// step — (N, ffn) each, and their gradients — so bf16 halves most of its element-wise memory traffic.
+pub fn bf16_mlp<B: Backend>(be: &B, w: &Weights<B>) -> bool {
+    let no_bias = |b: &super::weights::DevBlock<B>| b.gate.iter().chain([&b.up, &b.down]).all(|l| l.b.is_none());
+    compute() == Compute::Bf16 && be.bf16_activations() && w.blocks.iter().all(|b| b.mlp() == Mlp::Gated && no_bias(b))
+}
+
 /// Gradient scratch of the backward pass, shared by the blocks.
 pub struct GradBufs<B: Backend> {
     /// ∂L/∂(residual stream) (N, d); ∂L/∂(a norm's output) (N, d).
@@ -54,6 +79,8 @@ pub struct GradBufs<B: Backend> {
     pub dgate: B::F32,
     pub dup: B::F32,
     pub dact: B::F32,
+    /// Their gradients in bf16 (dgate, dup, dact) when the MLP's activations are kept in bf16; the f32 ones empty.
+    pub mlp_bf16: Option<MlpBf16<B>>,
     /// Attention backward's per-(row, head) softmax statistics (N·heads·3).
     pub stats: B::F32,
     /// ∂L/∂(final-normed hidden states) (N, d).
@@ -104,7 +131,10 @@ impl<B: Backend> Buffers<B> {
     pub fn new(be: &B, c: &Config, w: &Weights<B>, rows: usize, training: bool) -> Result<Self> {
         let (n, d, f) = (rows, c.hidden_size, c.intermediate_size);
         let (qw, aw) = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim, c.num_heads * c.head_dim);
-        let max_in = d.max(f).max(aw);
+        let bf16_mlp = bf16_mlp(be, w);
+        // The f32 scratch of LoRA's dropout takes the widest f32 input; a bf16 MLP's down input has its own.
+        let max_in = if bf16_mlp { d.max(aw) } else { d.max(f).max(aw) };
+        let ff = if bf16_mlp { 0 } else { n * f };
         let max_rank = w.blocks.iter().flat_map(|b| b.linears()).filter_map(|l| l.lora.as_ref()).map(|l| l.rank);
         let max_rank = max_rank.max().unwrap_or(0);
         let kept = if training { c.num_layers } else { 1 };
@@ -134,9 +164,10 @@ impl<B: Backend> Buffers<B> {
                 mean2: size(layer_norms, n)?,
                 qkv: be.alloc(n * qw)?,
                 att: be.alloc(n * aw)?,
-                gate: be.alloc(n * f)?,
-                up: be.alloc(n * f)?,
-                act: be.alloc(n * f)?,
+                gate: be.alloc(ff)?,
+                up: be.alloc(ff)?,
+                act: be.alloc(ff)?,
+                mlp_bf16: bf16_mlp.then(|| MlpBf16::new(be, n * f)).transpose()?,
                 lora,
                 q_pre: size(qk, n * aw)?,
                 k_pre: size(qk, n * kvw)?,
@@ -155,9 +186,10 @@ impl<B: Backend> Buffers<B> {
                     dh: be.alloc(n * d)?,
                     dqkv: be.alloc(n * qw)?,
                     datt: be.alloc(n * aw)?,
-                    dgate: be.alloc(n * f)?,
-                    dup: be.alloc(n * f)?,
-                    dact: be.alloc(n * f)?,
+                    dgate: be.alloc(ff)?,
+                    dup: be.alloc(ff)?,
+                    dact: be.alloc(ff)?,
+                    mlp_bf16: bf16_mlp.then(|| MlpBf16::new(be, n * f)).transpose()?,
                     stats: be.alloc(n * c.num_heads * 3)?,
                     dhidden: be.alloc(n * d)?,
                     dsub: be.alloc(if c.sandwich_norms { n * d } else { 0 })?,
@@ -184,6 +216,7 @@ impl<B: Backend> Buffers<B> {
             layers,
             linear: LinearScratch {
                 x_drop: be.alloc(n * max_in)?,
+                x_drop_bf16: be.alloc_bf16(if bf16_mlp && training { n * f } else { 0 })?,
                 du: be.alloc(n * max_rank)?,
                 qk_post: be.alloc(if c.qk_norm { n * aw } else { 0 })?,
                 sublayer: be.alloc(if c.sandwich_norms { n * d } else { 0 })?,

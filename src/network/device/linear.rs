@@ -1,7 +1,9 @@
 //! A linear layer on a device, forward beside backward, as `network::linear` and `network::lora` compute it on
 //! the CPU: y (+)= x·Wᵀ + b + scale·(dropout(x)·Aᵀ)·Bᵀ. Each of W, b, A, B accumulates a gradient when it trains.
+//! Its input and output may be kept in bf16 (the MLP's activations under `Backend::bf16_activations`): then every
+//! product that reads or writes one is a bf16 product, LoRA's included, as PEFT computes a bf16 model's.
 use super::weights::DevLinear;
-use crate::kernels::backend::{Backend, MatView};
+use crate::kernels::backend::{Backend, MatView, Values, ValuesMut};
 use crate::rng;
 use anyhow::Result;
 
@@ -13,13 +15,48 @@ pub struct LoraBufs<B: Backend> {
     pub keep: Option<B::Mask>,
 }
 
-/// Scratch the layers share: dropout(x) or du·A (N, in), and ∂L/∂u (N, r); and the blocks' normed q or
-/// k (N, heads·head_dim) and normed sublayer output (N, d) on their way back (Gemma 3, Qwen3).
+/// Scratch the layers share: dropout(x) or du·A (N, in) — in bf16 for an input kept in bf16 — and ∂L/∂u (N, r);
+/// and the blocks' normed q or k (N, heads·head_dim) and normed sublayer output (N, d) on their way back (Gemma 3,
+/// Qwen3).
 pub struct LinearScratch<B: Backend> {
     pub x_drop: B::F32,
+    pub x_drop_bf16: B::Bf16,
     pub du: B::F32,
     pub qk_post: B::F32,
     pub sublayer: B::F32,
+}
+
+/// c (+)= alpha · (a · b) for LoRA's factors: in f32, as the CPU computes them, when every buffer is f32 (alpha only
+/// when overwriting), else a bf16 product.
+#[allow(clippy::too_many_arguments)]
+fn lora_product<B: Backend>(
+    be: &B,
+    c: ValuesMut<B>,
+    cv: MatView,
+    a: Values<B>,
+    av: MatView,
+    b: Values<B>,
+    bv: MatView,
+    alpha: f32,
+    accumulate: bool,
+) -> Result<()> {
+    match (c, a, b) {
+        (ValuesMut::F32(c), Values::F32(a), Values::F32(b)) if alpha == 1.0 => be.gemm(c, cv, a, av, b, bv, accumulate),
+        (ValuesMut::F32(c), Values::F32(a), Values::F32(b)) => {
+            assert!(!accumulate, "lora_product: a scaled f32 product only overwrites");
+            be.gemm_scaled(c, cv, a, av, b, bv, alpha)
+        }
+        (c, a, b) => be.gemm_bf16(c, cv, a, av, b, bv, alpha, accumulate),
+    }
+}
+
+/// The f32 buffer of `v`: what a bias's add and gradient take (no layer with a bias keeps bf16 activations:
+/// `buffers::bf16_mlp`).
+fn f32_of<B: Backend>(v: Values<'_, B>) -> &B::F32 {
+    match v {
+        Values::F32(x) => x,
+        Values::Bf16(_) => panic!("a linear layer with a bias on activations kept in bf16"),
+    }
 }
 
 impl<B: Backend> DevLinear<B> {
@@ -29,85 +66,115 @@ impl<B: Backend> DevLinear<B> {
     pub fn forward(
         &self,
         be: &B,
-        out: &mut B::F32,
+        mut out: ValuesMut<B>,
         ov: MatView,
         accumulate: bool,
-        x: &B::F32,
+        x: Values<B>,
         n: usize,
         la: Option<&mut LoraBufs<B>>,
         s: &mut LinearScratch<B>,
         seed: Option<u64>,
     ) -> Result<()> {
         let (inp, outd) = (self.in_dim, self.out_dim);
-        self.w.product(be, out, ov, x, MatView::dense(n, inp), MatView::dense(outd, inp).t(), accumulate)?;
+        self.w.product(be, out.reborrow(), ov, x, MatView::dense(n, inp), MatView::dense(outd, inp).t(), accumulate)?;
         if let Some(b) = &self.b {
-            be.add_bias(out, ov, &b.w)?;
+            let ValuesMut::F32(o) = &mut out else { panic!("{}: a bias on an output kept in bf16", self.name) };
+            be.add_bias(o, ov, &b.w)?;
         }
         let (Some(lora), Some(la)) = (&self.lora, la) else { return Ok(()) };
         let r = lora.rank;
-        let xin = match (seed, &mut la.keep) {
-            (Some(seed), Some(keep)) => {
+        let xin = match (seed, &mut la.keep, x) {
+            (Some(seed), Some(keep), x) => {
                 let key = rng::stream_key(seed, lora.stream);
-                be.dropout_forward(&mut s.x_drop, keep, x, n * inp, lora.dropout, key)?;
-                &s.x_drop
+                match x {
+                    Values::F32(x) => {
+                        be.dropout_forward(&mut s.x_drop, keep, x, n * inp, lora.dropout, key)?;
+                        Values::F32(&s.x_drop)
+                    }
+                    Values::Bf16(x) => {
+                        be.dropout_forward_bf16(&mut s.x_drop_bf16, keep, x, n * inp, lora.dropout, key)?;
+                        Values::Bf16(&s.x_drop_bf16)
+                    }
+                }
             }
-            _ => x,
+            (_, _, x) => x,
         };
         // Scale the small (N, r) factor rather than the (N, out) product, as the CPU does; kept for dB.
         let (nr, ni) = (MatView::dense(n, r), MatView::dense(n, inp));
-        be.gemm_scaled(&mut la.u, nr, xin, ni, &lora.a.w, MatView::dense(r, inp).t(), lora.scale)?;
-        be.gemm(out, ov, &la.u, nr, &lora.b.w, MatView::dense(outd, r).t(), true)
+        let (a, b) = (Values::F32(&lora.a.w), Values::F32(&lora.b.w));
+        lora_product(be, ValuesMut::F32(&mut la.u), nr, xin, ni, a, MatView::dense(r, inp).t(), lora.scale, false)?;
+        lora_product(be, out, ov, Values::F32(&la.u), nr, b, MatView::dense(outd, r).t(), 1.0, true)
     }
 
-    /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x; dW, db, dA, dB accumulate when they
-    /// train, in the CPU's order. dy: the view `dyv` (N, out) of `dy`; x: the forward's input (N, in).
+    /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x (dx = when `dx_set`: then nothing
+    /// needs zeroing first); dW, db, dA, dB accumulate when they train, in the CPU's order. dy: the view `dyv`
+    /// (N, out) of `dy`; x: the forward's input (N, in).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
         be: &B,
-        dx: &mut B::F32,
-        dy: &B::F32,
+        mut dx: ValuesMut<B>,
+        dx_set: bool,
+        dy: Values<B>,
         dyv: MatView,
-        x: &B::F32,
+        x: Values<B>,
         n: usize,
         la: Option<&LoraBufs<B>>,
         s: &mut LinearScratch<B>,
     ) -> Result<()> {
         let (inp, outd) = (self.in_dim, self.out_dim);
+        let (ni, w) = (MatView::dense(n, inp), MatView::dense(outd, inp));
         if let Some(g) = self.w.grad() {
             // dW (out, in) += dyᵀ · x
-            be.gemm_weights(g, MatView::dense(outd, inp), dy, dyv.t(), x, MatView::dense(n, inp), true)?;
+            let gv = MatView::dense(outd, inp);
+            match (dy, x) {
+                (Values::F32(dy), Values::F32(x)) => be.gemm_weights(g, gv, dy, dyv.t(), x, ni, true)?,
+                (dy, x) => be.gemm_bf16(ValuesMut::F32(g), gv, dy, dyv.t(), x, ni, 1.0, true)?,
+            }
         }
         if let Some(g) = self.b.as_mut().and_then(|b| b.grad()) {
-            be.add_column_sums(g, dy, dyv)?;
+            be.add_column_sums(g, f32_of(dy), dyv)?;
+        }
+        if dx_set {
+            // dx (N, in) = dy · W, LoRA's term added after
+            self.w.product(be, dx.reborrow(), ni, dy, dyv, w, false)?;
         }
         if let (Some(lora), Some(la)) = (&mut self.lora, la) {
-            let r = lora.rank;
-            let (nr, ni) = (MatView::dense(n, r), MatView::dense(n, inp));
+            let (r, p, shape) = (lora.rank, lora.dropout, (n, inp, lora.rank));
+            let (nr, u) = (MatView::dense(n, r), Values::F32(&la.u));
             if let Some(g) = lora.b.grad() {
                 // dB (out, r) += dyᵀ · (scale·u)
-                be.gemm(g, MatView::dense(outd, r), dy, dyv.t(), &la.u, nr, true)?;
+                lora_product(be, ValuesMut::F32(g), MatView::dense(outd, r), dy, dyv.t(), u, nr, 1.0, true)?;
             }
             // du = scale · dy·B
-            be.gemm_scaled(&mut s.du, nr, dy, dyv, &lora.b.w, MatView::dense(outd, r), lora.scale)?;
+            let b = Values::F32(&lora.b.w);
+            lora_product(be, ValuesMut::F32(&mut s.du), nr, dy, dyv, b, MatView::dense(outd, r), lora.scale, false)?;
             if let Some(g) = lora.a.grad() {
                 // dA (r, in) += duᵀ · dropout(x)
-                match &la.keep {
-                    Some(keep) => {
-                        be.lora_dropout_da(g, &mut s.x_drop, &s.du, x, keep, (n, inp, r), lora.dropout)?;
+                match (&la.keep, x) {
+                    (Some(keep), Values::F32(x)) => be.lora_dropout_da(g, &mut s.x_drop, &s.du, x, keep, shape, p)?,
+                    (Some(keep), Values::Bf16(x)) => be.lora_dropout_da_bf16(g, &s.du, x, keep, shape, p)?,
+                    (None, x) => {
+                        let (gv, du) = (MatView::dense(r, inp), Values::F32(&s.du));
+                        lora_product(be, ValuesMut::F32(g), gv, du, nr.t(), x, ni, 1.0, true)?
                     }
-                    None => be.gemm(g, MatView::dense(r, inp), &s.du, nr.t(), x, ni, true)?,
                 }
             }
-            match &la.keep {
-                // dx += keep ⊙ (du·A) / (1 − p) (du·A in the scratch, or fused on a GPU)
-                Some(keep) => {
-                    be.lora_dropout_dx(dx, &mut s.x_drop, &s.du, &lora.a.w, keep, (n, inp, r), lora.dropout)?
+            // dx += keep ⊙ (du·A) / (1 − p) (du·A in the scratch, or fused on a GPU)
+            let a = &lora.a.w;
+            match (&la.keep, dx.reborrow()) {
+                (Some(keep), ValuesMut::F32(dx)) => be.lora_dropout_dx(dx, &mut s.x_drop, &s.du, a, keep, shape, p)?,
+                (Some(keep), ValuesMut::Bf16(dx)) => be.lora_dropout_dx_bf16(dx, &s.du, a, keep, shape, p)?,
+                (None, dx) => {
+                    let (du, av) = (Values::F32(&s.du), MatView::dense(r, inp));
+                    lora_product(be, dx, ni, du, nr, Values::F32(a), av, 1.0, true)?
                 }
-                None => be.gemm(dx, ni, &s.du, nr, &lora.a.w, MatView::dense(r, inp), true)?,
             }
         }
+        if dx_set {
+            return Ok(());
+        }
         // dx (N, in) += dy · W
-        self.w.product(be, dx, MatView::dense(n, inp), dy, dyv, MatView::dense(outd, inp), true)
+        self.w.product(be, dx, ni, dy, dyv, w, true)
     }
 }

@@ -25,7 +25,7 @@ use super::config::Config;
 use super::transformer::{Transformer, layer_seed, rerun_outgrown, set_rope_rows};
 use crate::distributed::Collectives;
 use crate::kernels::adamw::{AdamWConfig, AdamWScalars};
-use crate::kernels::backend::{AdamWTensor, Backend, MatView};
+use crate::kernels::backend::{AdamWTensor, Backend, MatView, Values, ValuesMut};
 use crate::kernels::rope::RopeTable;
 use anyhow::{Result, bail};
 use block::{Attend, BlockArgs};
@@ -394,7 +394,15 @@ impl<B: Backend> DeviceModel<B> {
             be.upload_u32(&mut bufs.head.idx, &idx)?;
             be.gather_rows(&mut bufs.head.rows, &bufs.hidden, &bufs.head.idx, m, d)?;
             let (mv, hv, lv) = (MatView::dense(m, d), MatView::dense(vocab, d), MatView::dense(m, vocab));
-            head.product(be, &mut bufs.head.logits, lv, &bufs.head.rows, mv, hv.t(), false)?;
+            head.product(
+                be,
+                ValuesMut::F32(&mut bufs.head.logits),
+                lv,
+                Values::F32(&bufs.head.rows),
+                mv,
+                hv.t(),
+                false,
+            )?;
             be.download(&bufs.head.logits, &mut out[k * per * vocab..][..m * vocab])?;
         }
         Ok(())
@@ -482,7 +490,8 @@ impl<B: Backend> DeviceModel<B> {
             be.upload_u32(&mut bufs.head.targets, &targets[start..start + m])?;
             be.gather_rows(&mut bufs.head.rows, &bufs.hidden, &bufs.head.idx, m, d)?;
             let (mv, hv) = (MatView::dense(m, d), MatView::dense(vocab, d));
-            head.product(be, &mut bufs.head.logits, MatView::dense(m, vocab), &bufs.head.rows, mv, hv.t(), false)?;
+            let (logits, rows) = (ValuesMut::F32(&mut bufs.head.logits), Values::F32(&bufs.head.rows));
+            head.product(be, logits, MatView::dense(m, vocab), rows, mv, hv.t(), false)?;
             let h = &mut bufs.head;
             be.cross_entropy_rows(
                 &mut h.logits,
@@ -536,7 +545,7 @@ impl<B: Backend> DeviceModel<B> {
                 be.gemm_weights(g, hv, &h.logits, lv.t(), &h.rows, mv, true)?;
             }
             // dlogits · head, into the gathered rows (no longer needed), then added to their rows of dhidden.
-            head.product(be, &mut h.rows, mv, &h.logits, lv, hv, false)?;
+            head.product(be, ValuesMut::F32(&mut h.rows), mv, Values::F32(&h.logits), lv, hv, false)?;
             let g = bufs.grads.as_mut().expect("training buffers");
             be.scatter_add_rows(&mut g.dhidden, &h.rows, &h.idx, m, d)
         })?;

@@ -6,7 +6,7 @@
 //! copy, made once, so no product rounds them again; a frozen one is kept only in bf16 (half the memory of f32),
 //! a trained one keeps its f32 values (AdamW's master weights) and its copy is written by every AdamW step
 //! (`AdamWTensor::bf16`). The embeddings keep f32 for their lookup. Under f32 everything is f32.
-use crate::kernels::backend::{Backend, MatView};
+use crate::kernels::backend::{Backend, MatView, Values, ValuesMut};
 use crate::kernels::compute::{Compute, compute};
 use crate::network::linear::Linear;
 use crate::network::lora::Lora;
@@ -42,21 +42,22 @@ impl<B: Backend> DevTensor<B> {
     }
 
     /// c[cv] (+)= a[av] · wv, wv a view of this weight matrix: a product in the run's compute, from the bf16 copy
-    /// when there is one.
+    /// when there is one; a bf16 product whenever a or c is kept in bf16.
     #[allow(clippy::too_many_arguments)]
     pub fn product(
         &self,
         be: &B,
-        c: &mut B::F32,
+        c: ValuesMut<B>,
         cv: MatView,
-        a: &B::F32,
+        a: Values<B>,
         av: MatView,
         wv: MatView,
         accumulate: bool,
     ) -> Result<()> {
-        match &self.bf16 {
-            Some(h) => be.gemm_bf16(c, cv, a, av, h, wv, accumulate),
-            None => be.gemm_weights(c, cv, a, av, &self.w, wv, accumulate),
+        match (&self.bf16, c, a) {
+            (Some(h), c, a) => be.gemm_bf16(c, cv, a, av, Values::Bf16(h), wv, 1.0, accumulate),
+            (None, ValuesMut::F32(c), Values::F32(a)) => be.gemm_weights(c, cv, a, av, &self.w, wv, accumulate),
+            (None, c, a) => be.gemm_bf16(c, cv, a, av, Values::F32(&self.w), wv, 1.0, accumulate),
         }
     }
 

@@ -61,6 +61,19 @@ __device__ unsigned bf16_bits(float x) {
     return r >> 16;
 }
 
+// A bf16 value (its bits) as f32: exact.
+__device__ float bf16_value(unsigned short h) { return __uint_as_float((unsigned)h << 16); }
+
+// Element access of the kernels that come in an f32 and a bf16 form (the MLP's activations under --compute bf16
+// on a device): values computed in f32, a bf16 element read exactly and written rounded by bf16_bits.
+__device__ float load(const float* p, size_t i) { return p[i]; }
+__device__ float load(const unsigned short* p, size_t i) { return bf16_value(p[i]); }
+__device__ void store(float* p, size_t i, float v) { p[i] = v; }
+__device__ void store(unsigned short* p, size_t i, float v) { p[i] = (unsigned short)bf16_bits(v); }
+// v as an operand of a product in the precision of `like`'s elements: as it is for f32, rounded for bf16.
+__device__ float operand_like(const float*, float v) { return v; }
+__device__ float operand_like(const unsigned short*, float v) { return bf16_value((unsigned short)bf16_bits(v)); }
+
 // Two values rounded to bf16 in one 32-bit register, `lo` in the lower half (a tensor-core operand's pair).
 __device__ unsigned pack_bf16(float lo, float hi) { return bf16_bits(lo) | bf16_bits(hi) << 16; }
 

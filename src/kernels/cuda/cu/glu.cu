@@ -1,6 +1,7 @@
 // The MLP's activations, as src/kernels/activation.rs: the gated one (glu_forward / glu_backward), act = SiLU (act
 // 0: SwiGLU, Llama/Qwen/Mistral) or the tanh GELU (act 1: GeGLU, Gemma); and GPT-2's ungated tanh GELU
-// (gelu_tanh_forward / gelu_tanh_backward). Element-wise over n values; any 1-D grid.
+// (gelu_tanh_forward / gelu_tanh_backward). Element-wise over n values; any 1-D grid. The gated one also comes in
+// bf16 (`_bf16`: the MLP's activations kept in bf16 under --compute bf16 on a device).
 
 #define SQRT_2_OVER_PI 0.7978846f
 
@@ -23,20 +24,40 @@ __device__ float act_derivative(int act, float g) {
     return 0.5f * (1.f + t) + 0.5f * g * (1.f - t * t) * du;
 }
 
-// out = act(gate) ⊙ up.
-extern "C" __global__ void glu_forward(float* out, const float* gate, const float* up, size_t n, int act) {
+// out = act(gate) ⊙ up. T: float, or unsigned short for values kept in bf16 (computed in f32, out rounded).
+template <typename T>
+__device__ void glu_forward_t(T* out, const T* gate, const T* up, size_t n, int act) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        out[i] = act_value(act, gate[i]) * up[i];
+        store(out, i, act_value(act, load(gate, i)) * load(up, i));
 }
 
-// dgate = dout ⊙ up ⊙ act'(gate),  dup = dout ⊙ act(gate)  (both overwritten).
+// dgate = dout ⊙ up ⊙ act'(gate),  dup = dout ⊙ act(gate)  (both overwritten). T as glu_forward_t's.
+template <typename T>
+__device__ void glu_backward_t(T* dgate, T* dup, const T* dout, const T* gate, const T* up, size_t n, int act) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float d = load(dout, i), g = load(gate, i);
+        store(dgate, i, d * load(up, i) * act_derivative(act, g));
+        store(dup, i, d * act_value(act, g));
+    }
+}
+
+extern "C" __global__ void glu_forward(float* out, const float* gate, const float* up, size_t n, int act) {
+    glu_forward_t(out, gate, up, n, act);
+}
+
+extern "C" __global__ void glu_forward_bf16(unsigned short* out, const unsigned short* gate, const unsigned short* up,
+                                            size_t n, int act) {
+    glu_forward_t(out, gate, up, n, act);
+}
+
 extern "C" __global__ void glu_backward(float* dgate, float* dup, const float* dout, const float* gate,
                                         const float* up, size_t n, int act) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const float d = dout[i], g = gate[i];
-        dgate[i] = d * up[i] * act_derivative(act, g);
-        dup[i] = d * act_value(act, g);
-    }
+    glu_backward_t(dgate, dup, dout, gate, up, n, act);
+}
+
+extern "C" __global__ void glu_backward_bf16(unsigned short* dgate, unsigned short* dup, const unsigned short* dout,
+                                             const unsigned short* gate, const unsigned short* up, size_t n, int act) {
+    glu_backward_t(dgate, dup, dout, gate, up, n, act);
 }
 
 // out = gelu(x) (GPT-2's MLP).

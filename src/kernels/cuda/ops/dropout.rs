@@ -1,6 +1,6 @@
 //! Dropout on the GPU (dropout.cu), as `kernels::dropout`: the same mask bits (one per element, kept when
 //! `rng::uniform_at(key, i) >= p`, in u64 words) and the same values.
-use super::{THREADS, by_rows, elementwise, reduce};
+use super::{Elem, THREADS, by_rows, elementwise, reduce};
 use crate::kernels::cuda::device::Device;
 use crate::kernels::dropout::mask_words;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
@@ -10,19 +10,20 @@ fn keep_scale(p: f32) -> f32 {
     1.0 / (1.0 - p)
 }
 
-/// x_drop = dropout(x), drawing the mask into keep. x, x_drop: (n); keep: (mask_words(n)).
-pub fn dropout_forward(
+/// x_drop = dropout(x), drawing the mask into keep. x, x_drop: (n), f32 or bf16 ([`Elem`]); keep: (mask_words(n)).
+pub fn dropout_forward<T: Elem>(
     d: &Device,
-    x_drop: &mut CudaViewMut<f32>,
+    x_drop: &mut CudaViewMut<T>,
     keep: &mut CudaViewMut<u64>,
-    x: &CudaView<f32>,
+    x: &CudaView<T>,
     p: f32,
     key: u64,
 ) -> Result<(), DriverError> {
     let n = x.len();
     assert!(x_drop.len() == n && keep.len() == mask_words(n), "dropout_forward: shapes");
     let (p64, scale) = (p as f64, keep_scale(p));
-    let mut b = d.stream.launch_builder(d.function("dropout_forward"));
+    let name = if T::BF16 { "dropout_forward_bf16" } else { "dropout_forward" };
+    let mut b = d.stream.launch_builder(d.function(name));
     b.arg(x_drop).arg(keep).arg(x).arg(&n).arg(&p64).arg(&scale).arg(&key);
     // SAFETY: a warp per 32-bit half h < 2·mask_words(n) of the mask (its 32 lanes element 32·h + lane each): lane
     // 0 writes the half, inside keep's mask_words(n) words; lanes below n write x_drop[i] and read x[i], inside
@@ -65,11 +66,12 @@ pub fn dropout_backward(
 }
 
 /// dx (rows, in) **+=** keep ⊙ (du·a) / (1 − p): LoRA's input gradient through its dropout, du (rows, r), a (r, in),
-/// keep ≥ mask_words(rows·in) — [`dropout_backward`] of the product, the product never stored.
+/// keep ≥ mask_words(rows·in) — [`dropout_backward`] of the product, the product never stored. A dx in bf16
+/// makes it a bf16 product (du and a rounded as operands, dx rounded after the add).
 #[allow(clippy::too_many_arguments)]
-pub fn dropout_lora_dx(
+pub fn dropout_lora_dx<T: Elem>(
     d: &Device,
-    dx: &mut CudaViewMut<f32>,
+    dx: &mut CudaViewMut<T>,
     du: &CudaView<f32>,
     a: &CudaView<f32>,
     keep: &CudaView<u64>,
@@ -83,7 +85,8 @@ pub fn dropout_lora_dx(
     );
     assert!(inp <= i32::MAX as usize && r <= i32::MAX as usize, "dropout_lora_dx: in {inp} or r {r} too large");
     let (scale, [inp32, r32]) = (keep_scale(p), [inp, r].map(|v| v as i32));
-    let mut b = d.stream.launch_builder(d.function("dropout_lora_dx"));
+    let name = if T::BF16 { "dropout_lora_dx_bf16" } else { "dropout_lora_dx" };
+    let mut b = d.stream.launch_builder(d.function(name));
     b.arg(dx).arg(du).arg(a).arg(keep).arg(&rows).arg(&inp32).arg(&r32).arg(&scale);
     // SAFETY: element (row, col) of (rows, in), i = row·in + col, reads keep[i / 64] (< mask_words(n)), du[row·r + j]
     // and a[j·in + col] for j < r (inside du's rows·r and a's r·in values) and writes dx[i] (n values).
@@ -102,13 +105,14 @@ pub fn lora_da_scratch((rows, inp, r): (usize, usize, usize)) -> usize {
 /// g (r, in) **+=** duᵀ · dropout(x): LoRA's dA through its dropout, du (rows, r), x (rows, in), keep ≥
 /// mask_words(rows·in) — the product of `dropout_again`'s values, never stored; `partials` ≥
 /// [`lora_da_scratch`] values. Two launches: per-chunk sums, then their sum in chunk order (the same bits every run).
+/// An x in bf16 makes it a bf16 product (du and dropout(x) rounded as operands, f32 sums).
 #[allow(clippy::too_many_arguments)]
-pub fn dropout_lora_da(
+pub fn dropout_lora_da<T: Elem>(
     d: &Device,
     g: &mut CudaViewMut<f32>,
     partials: &mut CudaViewMut<f32>,
     du: &CudaView<f32>,
-    x: &CudaView<f32>,
+    x: &CudaView<T>,
     keep: &CudaView<u64>,
     shape: (usize, usize, usize),
     p: f32,
@@ -125,7 +129,8 @@ pub fn dropout_lora_da(
         return Ok(());
     }
     let (scale, [inp32, r32]) = (keep_scale(p), [inp, r].map(|v| v as i32));
-    let mut b = d.stream.launch_builder(d.function("dropout_lora_da_partial"));
+    let name = if T::BF16 { "dropout_lora_da_partial_bf16" } else { "dropout_lora_da_partial" };
+    let mut b = d.stream.launch_builder(d.function(name));
     b.arg(&mut *partials).arg(du).arg(x).arg(keep).arg(&rows).arg(&inp32).arg(&r32).arg(&scale);
     let grid = (inp.div_ceil(THREADS as usize) as u32, chunks as u32, r.div_ceil(DA_R) as u32);
     let cfg = LaunchConfig { grid_dim: grid, block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };

@@ -1,6 +1,6 @@
 //! The MLP activations on the GPU (glu.cu), as `kernels::activation`'s glu_forward / glu_backward and
 //! gelu_tanh_forward / gelu_tanh_backward.
-use super::elementwise;
+use super::{Elem, elementwise};
 use crate::kernels::activation::GateAct;
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
@@ -13,37 +13,39 @@ fn act_arg(act: GateAct) -> i32 {
     }
 }
 
-/// out = act(gate) ⊙ up. All of one length.
-pub fn glu_forward(
+/// out = act(gate) ⊙ up. All of one length, f32 or bf16 ([`Elem`]).
+pub fn glu_forward<T: Elem>(
     d: &Device,
-    out: &mut CudaViewMut<f32>,
-    gate: &CudaView<f32>,
-    up: &CudaView<f32>,
+    out: &mut CudaViewMut<T>,
+    gate: &CudaView<T>,
+    up: &CudaView<T>,
     act: GateAct,
 ) -> Result<(), DriverError> {
     let n = out.len();
     assert!(gate.len() == n && up.len() == n, "glu_forward: shapes");
     let act = act_arg(act);
-    let mut b = d.stream.launch_builder(d.function("glu_forward"));
+    let name = if T::BF16 { "glu_forward_bf16" } else { "glu_forward" };
+    let mut b = d.stream.launch_builder(d.function(name));
     b.arg(out).arg(gate).arg(up).arg(&n).arg(&act);
     // SAFETY: element-wise over n values of slices of length n.
     unsafe { b.launch(elementwise(n)) }.map(drop)
 }
 
-/// dgate = dout ⊙ up ⊙ act'(gate), dup = dout ⊙ act(gate) (overwritten). All of one length.
-pub fn glu_backward(
+/// dgate = dout ⊙ up ⊙ act'(gate), dup = dout ⊙ act(gate) (overwritten). All of one length, f32 or bf16.
+pub fn glu_backward<T: Elem>(
     d: &Device,
-    dgate: &mut CudaViewMut<f32>,
-    dup: &mut CudaViewMut<f32>,
-    dout: &CudaView<f32>,
-    gate: &CudaView<f32>,
-    up: &CudaView<f32>,
+    dgate: &mut CudaViewMut<T>,
+    dup: &mut CudaViewMut<T>,
+    dout: &CudaView<T>,
+    gate: &CudaView<T>,
+    up: &CudaView<T>,
     act: GateAct,
 ) -> Result<(), DriverError> {
     let n = dout.len();
     assert!(dgate.len() == n && dup.len() == n && gate.len() == n && up.len() == n, "glu_backward: shapes");
     let act = act_arg(act);
-    let mut b = d.stream.launch_builder(d.function("glu_backward"));
+    let name = if T::BF16 { "glu_backward_bf16" } else { "glu_backward" };
+    let mut b = d.stream.launch_builder(d.function(name));
     b.arg(dgate).arg(dup).arg(dout).arg(gate).arg(up).arg(&n).arg(&act);
     // SAFETY: element-wise over n values of slices of length n.
     unsafe { b.launch(elementwise(n)) }.map(drop)

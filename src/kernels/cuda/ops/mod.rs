@@ -16,7 +16,21 @@ pub mod rope;
 pub mod rows;
 
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaSlice, CudaView, DriverError, LaunchConfig};
+use cudarc::driver::{CudaSlice, CudaView, DeviceRepr, DriverError, LaunchConfig};
+
+/// The element type of a kernel that comes in two forms (glu.cu, dropout.cu): f32, or bf16 held as its bits in a
+/// `u16` (the MLP's activations kept in bf16 under `--compute bf16`), whose kernel is named with `_bf16`.
+pub trait Elem: DeviceRepr {
+    const BF16: bool;
+}
+
+impl Elem for f32 {
+    const BF16: bool = false;
+}
+
+impl Elem for u16 {
+    const BF16: bool = true;
+}
 
 /// `rows` (a multi-tensor kernel's table: tensors' device addresses and lengths) copied into `scratch`, grown to fit
 /// first; returns the view a launch reads. Stream order keeps an earlier launch's reads before this copy.
