@@ -76,7 +76,7 @@ fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 24] {
         ("gelu", gelu),
         ("cross_entropy_rows", cross_entropy),
         ("dropout/lora_dropout_dx/lora_dropout_da", dropout),
-        ("bf16 activations: gemm_bf16/glu/dropout/lora_dropout (bf16)", bf16_activations),
+        ("bf16 activations: gemm_bf16/rmsnorm/glu/dropout/lora_dropout (bf16)", bf16_activations),
         ("adamw", adamw),
         ("empty ops", empty),
     ]
@@ -790,6 +790,12 @@ fn bf16_activations<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()>
             }
         }
     }
+    for offset in [0.0, 1.0] {
+        let (cpu, gpu) = (rmsnorm_bf16_on(&Host, offset)?, rmsnorm_bf16_on(dev, offset)?);
+        for ((name, c), (_, g)) in cpu.iter().zip(&gpu) {
+            compare(all, name, g, c, if name.contains("rstd") { 1e-5 } else { 1e-2 });
+        }
+    }
     for act in [GateAct::Silu, GateAct::GeluTanh] {
         compare_outs(all, &glu_bf16_on(&Host, act)?, &glu_bf16_on(dev, act)?, 1e-2);
     }
@@ -814,6 +820,18 @@ fn bf16_activations<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()>
         });
     }
     Ok(())
+}
+
+/// [`rmsnorm_on`]'s forward into a bf16 output.
+fn rmsnorm_bf16_on<B: ReadMask>(b: &B, offset: f32) -> Result<Outs> {
+    let (rows, dim, cap) = (100, 300, 106);
+    let (x, w) = (up(b, &random(cap * dim, 54, 2.0))?, up(b, &random(dim + 5, 55, 1.0))?);
+    let (mut out, mut rstd) = (up_bf16(b, &random(cap * dim, 57, 1.0))?, up(b, &random(cap, 58, 1.0))?);
+    b.rmsnorm_forward_bf16(&mut out, &mut rstd, &x, &w, rows, dim, offset, 1e-6)?;
+    Ok(vec![
+        (format!("rmsnorm_forward_bf16 out (offset {offset})"), down_bf16(b, &out)?),
+        (format!("rmsnorm_forward_bf16 rstd (offset {offset})"), down(b, &rstd, cap)?),
+    ])
 }
 
 /// [`glu_on`] on bf16 buffers.

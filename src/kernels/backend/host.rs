@@ -24,7 +24,7 @@ pub struct Host;
 
 /// Whether [`Host`] keeps the MLP's activations in bf16 under `--compute bf16`, as a GPU does
 /// ([`Backend::bf16_activations`]). Off: the reference mirrors the CPU path, which keeps them f32. On only where the
-/// device model's bf16 composition is checked on the CPU (tests/device_bf16_mlp.rs); process-wide, as `--compute`.
+/// device model's bf16 composition is checked on the CPU (tests/device_bf16_activations.rs); process-wide, as `--compute`.
 static BF16_ACTIVATIONS: AtomicBool = AtomicBool::new(false);
 
 /// Switches [`BF16_ACTIVATIONS`].
@@ -310,6 +310,23 @@ impl Backend for Host {
         eps: f32,
     ) -> Result<()> {
         rmsnorm_forward(&mut out[..rows * dim], &mut rstd[..rows], &x[..rows * dim], &w[..dim], offset, eps);
+        Ok(())
+    }
+
+    fn rmsnorm_forward_bf16(
+        &self,
+        out: &mut Vec<u16>,
+        rstd: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: &Vec<f32>,
+        rows: usize,
+        dim: usize,
+        offset: f32,
+        eps: f32,
+    ) -> Result<()> {
+        let mut o = vec![0.0; rows * dim];
+        rmsnorm_forward(&mut o, &mut rstd[..rows], &x[..rows * dim], &w[..dim], offset, eps);
+        round_into(&mut out[..rows * dim], &o);
         Ok(())
     }
 

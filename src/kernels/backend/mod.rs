@@ -212,8 +212,9 @@ pub trait Backend {
         alpha: f32,
         accumulate: bool,
     ) -> Result<()>;
-    /// Whether the device model keeps the MLP's activations and their gradients in bf16 under `--compute bf16`
-    /// (`network::device::buffers`), every product that reads or writes one then a bf16 product. The CPU path keeps
+    /// Whether the device model keeps the blocks' normed inputs and the MLP's activations and their gradients in bf16
+    /// under `--compute bf16` (`network::device::buffers`), every product that reads or writes one then a bf16
+    /// product. The CPU path keeps
     /// f32 activations, and so does [`host::Host`], which is tested against it; a GPU halves their memory traffic.
     fn bf16_activations(&self) -> bool {
         false
@@ -252,6 +253,20 @@ pub trait Backend {
     fn rmsnorm_forward(
         &self,
         out: &mut Self::F32,
+        rstd: &mut Self::F32,
+        x: &Self::F32,
+        w: &Self::F32,
+        rows: usize,
+        dim: usize,
+        offset: f32,
+        eps: f32,
+    ) -> Result<()>;
+    /// [`Self::rmsnorm_forward`] with `out` kept in bf16 (rounded; the blocks' normed inputs under
+    /// [`Self::bf16_activations`]).
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_forward_bf16(
+        &self,
+        out: &mut Self::Bf16,
         rstd: &mut Self::F32,
         x: &Self::F32,
         w: &Self::F32,

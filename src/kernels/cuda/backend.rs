@@ -195,6 +195,27 @@ impl Cuda {
         }
     }
 
+    /// An RMSNorm's forward (`Backend::rmsnorm_forward`) on (rows, dim), out in f32 or bf16.
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm<T: Elem>(
+        &self,
+        op: &str,
+        out: &mut CudaSlice<T>,
+        rstd: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        (rows, dim): (usize, usize),
+        offset: f32,
+        eps: f32,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let (mut o, mut r) = (pre_mut(out, rows * dim, op), pre_mut(rstd, rows, op));
+        let (x, w) = (pre(x, rows * dim, op), pre(w, dim, op));
+        self.ran(op, norm::rmsnorm_forward(&self.device, &mut o, &mut r, &x, &w, offset, eps))
+    }
+
     /// LoRA's dA through its dropout (`Backend::lora_dropout_da`), x in f32 or bf16 (a bf16 product then).
     #[allow(clippy::too_many_arguments)]
     fn lora_da<T: Elem>(
@@ -559,13 +580,21 @@ impl Backend for Cuda {
         offset: f32,
         eps: f32,
     ) -> Result<()> {
-        if rows == 0 {
-            return Ok(());
-        }
-        let op = "rmsnorm_forward";
-        let (mut o, mut r) = (pre_mut(out, rows * dim, op), pre_mut(rstd, rows, op));
-        let (x, w) = (pre(x, rows * dim, op), pre(w, dim, op));
-        self.ran(op, norm::rmsnorm_forward(&self.device, &mut o, &mut r, &x, &w, offset, eps))
+        self.rmsnorm("rmsnorm_forward", out, rstd, x, w, (rows, dim), offset, eps)
+    }
+
+    fn rmsnorm_forward_bf16(
+        &self,
+        out: &mut CudaSlice<u16>,
+        rstd: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        rows: usize,
+        dim: usize,
+        offset: f32,
+        eps: f32,
+    ) -> Result<()> {
+        self.rmsnorm("rmsnorm_forward_bf16", out, rstd, x, w, (rows, dim), offset, eps)
     }
 
     fn rmsnorm_backward(

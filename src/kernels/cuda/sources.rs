@@ -22,7 +22,7 @@ pub const SOURCES: &[Source] = &[
     Source {
         file: "rmsnorm.cu",
         text: include_str!("cu/rmsnorm.cu"),
-        kernels: &["rmsnorm_forward", "rmsnorm_backward_dx", "rmsnorm_backward_dw"],
+        kernels: &["rmsnorm_forward", "rmsnorm_forward_bf16", "rmsnorm_backward_dx", "rmsnorm_backward_dw"],
     },
     Source {
         file: "layernorm.cu",

@@ -1,7 +1,7 @@
 //! One block on a device, forward beside backward, as `Transformer::block_forward` / `block_backward` compute
 //! it for the Llama family's layout: x += o(attention(rope(qkv(attn_norm(x))))), then
 //! x += down(act(gate(h)) ⊙ up(h)), h = mlp_norm(x).
-use super::buffers::{GradBufs, LayerBufs, MlpBf16};
+use super::buffers::{GradBufs, LayerBf16, LayerBufs, MlpBf16};
 use super::linear::LinearScratch;
 use super::weights::{DevBlock, DevNorm, DevTensor, Mlp};
 use crate::kernels::activation::GateAct;
@@ -79,12 +79,20 @@ impl<B: Backend> DevBlock<B> {
         if seed.is_some() {
             be.copy(&mut l.x_in, x, n * d)?;
         }
-        self.attn_norm.forward(be, &mut l.h1, &mut l.mean1, &mut l.rstd1, x, n, d, off, eps)?;
+        let h1 = match &mut l.bf16 {
+            Some(b) => {
+                self.attn_norm.forward_bf16(be, &mut b.h1, &mut l.rstd1, x, n, d, off, eps)?;
+                Values::Bf16(&b.h1)
+            }
+            None => {
+                self.attn_norm.forward(be, &mut l.h1, &mut l.mean1, &mut l.rstd1, x, n, d, off, eps)?;
+                Values::F32(&l.h1)
+            }
+        };
         let mut col = 0;
         for (slot, lin) in self.qkv.iter().enumerate() {
             let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
-            let (out, h1) = (ValuesMut::F32(&mut l.qkv), Values::F32(&l.h1));
-            lin.forward(be, out, view, false, h1, n, l.lora[slot].as_mut(), s, seed)?;
+            lin.forward(be, ValuesMut::F32(&mut l.qkv), view, false, h1, n, l.lora[slot].as_mut(), s, seed)?;
             col += lin.out_dim;
         }
         if let Some((qn, kn)) = &self.qk_norm {
@@ -127,18 +135,20 @@ impl<B: Backend> DevBlock<B> {
             be.copy(&mut l.x_mid, x, n * d)?;
         }
 
-        self.mlp_norm.forward(be, &mut l.h2, &mut l.mean2, &mut l.rstd2, x, n, d, off, eps)?;
-        let (ff, h2) = (MatView::dense(n, f), Values::F32(&l.h2));
-        let act = match &mut l.mlp_bf16 {
-            Some(m) => {
-                let gate = self.gate.as_ref().expect("a bf16 MLP is a gated one (buffers::bf16_mlp)");
+        let ff = MatView::dense(n, f);
+        let act = match &mut l.bf16 {
+            Some(b) => {
+                self.mlp_norm.forward_bf16(be, &mut b.h2, &mut l.rstd2, x, n, d, off, eps)?;
+                let (h2, m) = (Values::Bf16(&b.h2), &mut b.mlp);
+                let gate = self.gate.as_ref().expect("bf16 activations are a gated MLP's (buffers::bf16_activations)");
                 gate.forward(be, ValuesMut::Bf16(&mut m.gate), ff, false, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
                 self.up.forward(be, ValuesMut::Bf16(&mut m.up), ff, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
                 be.glu_forward_bf16(&mut m.act, &m.gate, &m.up, n * f, a.act)?;
                 Values::Bf16(&m.act)
             }
             None => {
-                let mlp = self.mlp();
+                self.mlp_norm.forward(be, &mut l.h2, &mut l.mean2, &mut l.rstd2, x, n, d, off, eps)?;
+                let (mlp, h2) = (self.mlp(), Values::F32(&l.h2));
                 match mlp {
                     Mlp::Fused => {
                         // gate|up side by side from one linear, split into the buffers the GLU reads.
@@ -190,17 +200,20 @@ impl<B: Backend> DevBlock<B> {
         // MLP: x_out = x_mid + down(act(gate(h2)) ⊙ up(h2)), h2 = mlp_norm(x_mid)
         let post = self.post_norms.as_mut().map(|(_, norm)| (norm, &l.mlp_out, &l.post2_rstd));
         let dmlp_out = Values::F32(through_post_norm(be, post, &g.dx, &mut g.dsub, n, d, off)?);
-        let h2 = Values::F32(&l.h2);
         let lora = |slot: usize| l.lora[slot].as_ref();
-        match (&l.mlp_bf16, &mut g.mlp_bf16) {
-            (Some(m), Some(dm)) => {
+        let (h1, h2) = match &l.bf16 {
+            Some(b) => (Values::Bf16(&b.h1), Values::Bf16(&b.h2)),
+            None => (Values::F32(&l.h1), Values::F32(&l.h2)),
+        };
+        match (&l.bf16, &mut g.mlp_bf16) {
+            (Some(LayerBf16 { mlp: m, .. }), Some(dm)) => {
                 // dact = dy·W_down + LoRA's term, set (no zeroing), then gate and up from it, all in bf16.
                 let (dact, act) = (ValuesMut::Bf16(&mut dm.act), Values::Bf16(&m.act));
                 self.down.backward(be, dact, true, dmlp_out, dense, act, n, lora(SLOT_DOWN), s)?;
                 let MlpBf16 { gate: dgate, up: dup, act: dact } = dm;
                 be.glu_backward_bf16(dgate, dup, dact, &m.gate, &m.up, n * f, a.act)?;
                 be.zero(&mut g.dh, n * d)?;
-                let gate = self.gate.as_mut().expect("a bf16 MLP is a gated one (buffers::bf16_mlp)");
+                let gate = self.gate.as_mut().expect("bf16 activations are a gated MLP's (buffers::bf16_activations)");
                 let dh = ValuesMut::F32(&mut g.dh);
                 gate.backward(be, dh, false, Values::Bf16(dgate), ff, h2, n, lora(SLOT_GATE), s)?;
                 let dh = ValuesMut::F32(&mut g.dh);
@@ -259,7 +272,7 @@ impl<B: Backend> DevBlock<B> {
         let mut col = 0;
         for (slot, lin) in self.qkv.iter_mut().enumerate() {
             let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
-            let (dh, dqkv, h1) = (ValuesMut::F32(&mut g.dh), Values::F32(&g.dqkv), Values::F32(&l.h1));
+            let (dh, dqkv) = (ValuesMut::F32(&mut g.dh), Values::F32(&g.dqkv));
             lin.backward(be, dh, false, dqkv, view, h1, n, l.lora[slot].as_ref(), s)?;
             col += lin.out_dim;
         }
@@ -323,6 +336,23 @@ impl<B: Backend> DevNorm<B> {
             None => be.rmsnorm_forward(out, rstd, x, &self.w.w, rows, dim, off, eps),
             Some(b) => be.layernorm_forward(out, mean, rstd, x, &self.w.w, &b.w, rows, dim, eps),
         }
+    }
+
+    /// [`Self::forward`] of an RMSNorm into `out` kept in bf16 (`buffers::bf16_activations` rules LayerNorms out).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_bf16(
+        &self,
+        be: &B,
+        out: &mut B::Bf16,
+        rstd: &mut B::F32,
+        x: &B::F32,
+        rows: usize,
+        dim: usize,
+        off: f32,
+        eps: f32,
+    ) -> Result<()> {
+        assert!(self.b.is_none(), "{}: a LayerNorm's output kept in bf16", self.w.name);
+        be.rmsnorm_forward_bf16(out, rstd, x, &self.w.w, rows, dim, off, eps)
     }
 
     /// Backward of [`Self::forward`]: dx **+=** ∂(norm)/∂x · dout; the weight's and bias's gradients when they

@@ -16,8 +16,8 @@ pub struct LayerBufs<B: Backend> {
     /// The residual stream entering the block and its attention half's output (N, d) (training only).
     pub x_in: B::F32,
     pub x_mid: B::F32,
-    /// attn_norm(x_in), mlp_norm(x_mid) (N, d) and their 1/rms (N); with LayerNorms (GPT-2) also their means (N),
-    /// else empty.
+    /// attn_norm(x_in), mlp_norm(x_mid) (N, d) — empty when kept in bf16 (`bf16`) — and their 1/rms (N); with
+    /// LayerNorms (GPT-2) also their means (N), else empty.
     pub h1: B::F32,
     pub rstd1: B::F32,
     pub mean1: B::F32,
@@ -27,11 +27,12 @@ pub struct LayerBufs<B: Backend> {
     /// q|k|v after RoPE (N, qkv width); attention's output (N, heads·head_dim).
     pub qkv: B::F32,
     pub att: B::F32,
-    /// gate, up and act(gate)·up (N, ffn); empty when they are kept in bf16 (`mlp_bf16`).
+    /// gate, up and act(gate)·up (N, ffn); empty when they are kept in bf16 (`bf16`).
     pub gate: B::F32,
     pub up: B::F32,
     pub act: B::F32,
-    pub mlp_bf16: Option<MlpBf16<B>>,
+    /// The activations above kept in bf16 instead ([`bf16_activations`]).
+    pub bf16: Option<LayerBf16<B>>,
     /// Per linear layer by slot (q, k, v, o, gate, up, down: `DevBlock::slotted`), its adapter's saved values.
     pub lora: Vec<Option<LoraBufs<B>>>,
     /// q and k before their per-head norms (N, heads·head_dim) and those norms' 1/rms (N·heads); empty without.
@@ -47,7 +48,7 @@ pub struct LayerBufs<B: Backend> {
 }
 
 /// A gated MLP's three (N, ffn) activations — gate, up, act(gate)·up — or their gradients, kept in bf16
-/// ([`bf16_mlp`]).
+/// ([`bf16_activations`]).
 pub struct MlpBf16<B: Backend> {
     pub gate: B::Bf16,
     pub up: B::Bf16,
@@ -60,13 +61,29 @@ impl<B: Backend> MlpBf16<B> {
     }
 }
 
-/// Whether the blocks keep their MLP's activations in bf16: under `--compute bf16` on a backend that does
-/// ([`Backend::bf16_activations`]: a GPU), for gated MLPs with separate gate and up linears and no biases (the
-/// Llama family's; Phi-3's fused gate|up and GPT-2's GELU MLP stay f32). They are the largest activations of a
-/// step — (N, ffn) each, and their gradients — so bf16 halves most of its element-wise memory traffic.
-pub fn bf16_mlp<B: Backend>(be: &B, w: &Weights<B>) -> bool {
+/// A block's activations kept in bf16: the normed inputs of its attention and MLP, h1 and h2 (N, d), and its
+/// MLP's.
+pub struct LayerBf16<B: Backend> {
+    pub h1: B::Bf16,
+    pub h2: B::Bf16,
+    pub mlp: MlpBf16<B>,
+}
+
+/// Whether the blocks keep their normed inputs and their MLP's activations in bf16: under `--compute bf16` on a
+/// backend that does ([`Backend::bf16_activations`]: a GPU), for RMSNorm blocks with gated MLPs of separate gate
+/// and up linears and no biases (the Llama family's; Phi-3's fused gate|up and GPT-2 stay f32). Only products read
+/// them (and the MLP's own ops), so bf16 halves their traffic and the products round them no more. The MLP's are
+/// the largest activations of a step — (N, ffn) each, and their gradients.
+pub fn bf16_activations<B: Backend>(be: &B, w: &Weights<B>) -> bool {
     let no_bias = |b: &super::weights::DevBlock<B>| b.gate.iter().chain([&b.up, &b.down]).all(|l| l.b.is_none());
-    compute() == Compute::Bf16 && be.bf16_activations() && w.blocks.iter().all(|b| b.mlp() == Mlp::Gated && no_bias(b))
+    let rms = |b: &super::weights::DevBlock<B>| b.attn_norm.b.is_none() && b.mlp_norm.b.is_none();
+    compute() == Compute::Bf16
+        && be.bf16_activations()
+        && w.blocks.iter().all(|b| b.mlp() == Mlp::Gated && no_bias(b) && rms(b))
+}
+
+fn layer_bf16<B: Backend>(be: &B, n: usize, d: usize, f: usize) -> Result<LayerBf16<B>> {
+    Ok(LayerBf16 { h1: be.alloc_bf16(n * d)?, h2: be.alloc_bf16(n * d)?, mlp: MlpBf16::new(be, n * f)? })
 }
 
 /// Gradient scratch of the backward pass, shared by the blocks.
@@ -79,7 +96,8 @@ pub struct GradBufs<B: Backend> {
     pub dgate: B::F32,
     pub dup: B::F32,
     pub dact: B::F32,
-    /// Their gradients in bf16 (dgate, dup, dact) when the MLP's activations are kept in bf16; the f32 ones empty.
+    /// Their gradients in bf16 (dgate, dup, dact) when the MLP's activations are kept in bf16
+    /// ([`bf16_activations`]); the f32 ones empty.
     pub mlp_bf16: Option<MlpBf16<B>>,
     /// Attention backward's per-(row, head) softmax statistics (N·heads·3).
     pub stats: B::F32,
@@ -131,10 +149,11 @@ impl<B: Backend> Buffers<B> {
     pub fn new(be: &B, c: &Config, w: &Weights<B>, rows: usize, training: bool) -> Result<Self> {
         let (n, d, f) = (rows, c.hidden_size, c.intermediate_size);
         let (qw, aw) = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim, c.num_heads * c.head_dim);
-        let bf16_mlp = bf16_mlp(be, w);
-        // The f32 scratch of LoRA's dropout takes the widest f32 input; a bf16 MLP's down input has its own.
-        let max_in = if bf16_mlp { d.max(aw) } else { d.max(f).max(aw) };
-        let ff = if bf16_mlp { 0 } else { n * f };
+        let bf16 = bf16_activations(be, w);
+        // The f32 scratch of LoRA's dropout takes the widest f32 input (attention's output at least); the bf16
+        // inputs have their own.
+        let max_in = if bf16 { aw } else { d.max(f).max(aw) };
+        let (hd, ff) = if bf16 { (0, 0) } else { (n * d, n * f) };
         let max_rank = w.blocks.iter().flat_map(|b| b.linears()).filter_map(|l| l.lora.as_ref()).map(|l| l.rank);
         let max_rank = max_rank.max().unwrap_or(0);
         let kept = if training { c.num_layers } else { 1 };
@@ -156,10 +175,10 @@ impl<B: Backend> Buffers<B> {
             layers.push(LayerBufs {
                 x_in: be.alloc(stream)?,
                 x_mid: be.alloc(stream)?,
-                h1: be.alloc(n * d)?,
+                h1: be.alloc(hd)?,
                 rstd1: be.alloc(n)?,
                 mean1: size(layer_norms, n)?,
-                h2: be.alloc(n * d)?,
+                h2: be.alloc(hd)?,
                 rstd2: be.alloc(n)?,
                 mean2: size(layer_norms, n)?,
                 qkv: be.alloc(n * qw)?,
@@ -167,7 +186,7 @@ impl<B: Backend> Buffers<B> {
                 gate: be.alloc(ff)?,
                 up: be.alloc(ff)?,
                 act: be.alloc(ff)?,
-                mlp_bf16: bf16_mlp.then(|| MlpBf16::new(be, n * f)).transpose()?,
+                bf16: bf16.then(|| layer_bf16(be, n, d, f)).transpose()?,
                 lora,
                 q_pre: size(qk, n * aw)?,
                 k_pre: size(qk, n * kvw)?,
@@ -189,7 +208,7 @@ impl<B: Backend> Buffers<B> {
                     dgate: be.alloc(ff)?,
                     dup: be.alloc(ff)?,
                     dact: be.alloc(ff)?,
-                    mlp_bf16: bf16_mlp.then(|| MlpBf16::new(be, n * f)).transpose()?,
+                    mlp_bf16: bf16.then(|| MlpBf16::new(be, n * f)).transpose()?,
                     stats: be.alloc(n * c.num_heads * 3)?,
                     dhidden: be.alloc(n * d)?,
                     dsub: be.alloc(if c.sandwich_norms { n * d } else { 0 })?,
@@ -216,7 +235,7 @@ impl<B: Backend> Buffers<B> {
             layers,
             linear: LinearScratch {
                 x_drop: be.alloc(n * max_in)?,
-                x_drop_bf16: be.alloc_bf16(if bf16_mlp && training { n * f } else { 0 })?,
+                x_drop_bf16: be.alloc_bf16(if bf16 && training { n * d.max(f) } else { 0 })?,
                 du: be.alloc(n * max_rank)?,
                 qk_post: be.alloc(if c.qk_norm { n * aw } else { 0 })?,
                 sublayer: be.alloc(if c.sandwich_norms { n * d } else { 0 })?,

@@ -51,7 +51,7 @@ fn lora_product<B: Backend>(
 }
 
 /// The f32 buffer of `v`: what a bias's add and gradient take (no layer with a bias keeps bf16 activations:
-/// `buffers::bf16_mlp`).
+/// `buffers::bf16_activations`).
 fn f32_of<B: Backend>(v: Values<'_, B>) -> &B::F32 {
     match v {
         Values::F32(x) => x,
@@ -101,8 +101,9 @@ impl<B: Backend> DevLinear<B> {
         };
         // Scale the small (N, r) factor rather than the (N, out) product, as the CPU does; kept for dB.
         let (nr, ni) = (MatView::dense(n, r), MatView::dense(n, inp));
-        let (a, b) = (Values::F32(&lora.a.w), Values::F32(&lora.b.w));
+        let a = lora.a.operand(matches!(xin, Values::Bf16(_)));
         lora_product(be, ValuesMut::F32(&mut la.u), nr, xin, ni, a, MatView::dense(r, inp).t(), lora.scale, false)?;
+        let b = lora.b.operand(matches!(out, ValuesMut::Bf16(_)));
         lora_product(be, out, ov, Values::F32(&la.u), nr, b, MatView::dense(outd, r).t(), 1.0, true)
     }
 
@@ -147,7 +148,7 @@ impl<B: Backend> DevLinear<B> {
                 lora_product(be, ValuesMut::F32(g), MatView::dense(outd, r), dy, dyv.t(), u, nr, 1.0, true)?;
             }
             // du = scale · dy·B
-            let b = Values::F32(&lora.b.w);
+            let b = lora.b.operand(matches!(dy, Values::Bf16(_)));
             lora_product(be, ValuesMut::F32(&mut s.du), nr, dy, dyv, b, MatView::dense(outd, r), lora.scale, false)?;
             if let Some(g) = lora.a.grad() {
                 // dA (r, in) += duᵀ · dropout(x)
@@ -167,7 +168,8 @@ impl<B: Backend> DevLinear<B> {
                 (Some(keep), ValuesMut::Bf16(dx)) => be.lora_dropout_dx_bf16(dx, &s.du, a, keep, shape, p)?,
                 (None, dx) => {
                     let (du, av) = (Values::F32(&s.du), MatView::dense(r, inp));
-                    lora_product(be, dx, ni, du, nr, Values::F32(a), av, 1.0, true)?
+                    let a = lora.a.operand(matches!(dx, ValuesMut::Bf16(_)));
+                    lora_product(be, dx, ni, du, nr, a, av, 1.0, true)?
                 }
             }
         }

@@ -61,6 +61,15 @@ impl<B: Backend> DevTensor<B> {
         }
     }
 
+    /// This tensor as an operand of a product: its bf16 copy in a bf16 product where it has one (no rounding
+    /// then), else its f32 values.
+    pub fn operand(&self, bf16_product: bool) -> Values<'_, B> {
+        match (&self.bf16, bf16_product) {
+            (Some(h), true) => Values::Bf16(h),
+            _ => Values::F32(&self.w),
+        }
+    }
+
     /// The bf16 copy made again from the f32 values after they were uploaded (a resumed state; an optimizer step
     /// writes the copy itself).
     pub fn refresh_bf16(&mut self, be: &B) -> Result<()> {
@@ -159,11 +168,12 @@ fn upload<B: Backend>(be: &B, p: &Param) -> Result<DevTensor<B>> {
 /// What a weight matrix keeps on the device.
 #[derive(Clone, Copy, PartialEq)]
 enum Keep {
-    /// Its f32 values only (norms, biases, adapters, untied embeddings).
+    /// Its f32 values only (norms, biases, untied embeddings, adapters with f32 activations).
     F32,
     /// A product operand: a bf16 copy under `--compute bf16`, and f32 values when it trains or under f32.
     Operand,
-    /// A product operand that is also looked up (tied embeddings): f32 values always, a bf16 copy under bf16.
+    /// A product operand that is also looked up (tied embeddings), or one of f32 products too (adapters where the
+    /// activations are kept in bf16): f32 values always, a bf16 copy under bf16.
     Both,
 }
 
@@ -195,9 +205,12 @@ fn upload_as<B: Backend>(be: &B, p: &Param, keep: Keep) -> Result<DevTensor<B>> 
 }
 
 fn lora<B: Backend>(be: &B, l: &Lora) -> Result<DevLora<B>> {
+    // Where activations are kept in bf16, LoRA's factors are operands of bf16 products too: a bf16 copy each,
+    // written by every AdamW step, so that no product rounds them.
+    let keep = if be.bf16_activations() { Keep::Both } else { Keep::F32 };
     Ok(DevLora {
-        a: upload(be, &l.a)?,
-        b: upload(be, &l.b)?,
+        a: upload_as(be, &l.a, keep)?,
+        b: upload_as(be, &l.b, keep)?,
         rank: l.rank,
         scale: l.scale,
         dropout: l.dropout,

@@ -2,9 +2,11 @@
 // (offset + w) with offset 0, or 1 for Gemma's zero-centred weights.
 
 // out[r] = (offset + w) ⊙ (x[r] · rstd[r]),  rstd[r] = 1 / sqrt(mean(x[r]²) + eps).
-// x, out: (rows, dim); w: (dim); rstd: (rows), saved for the backward. Grid: one block per row.
-extern "C" __global__ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, float offset,
-                                           float eps, int dim) {
+// x, out: (rows, dim); w: (dim); rstd: (rows), saved for the backward. Grid: one block per row. T: float, or
+// unsigned short for an output kept in bf16 (rounded; the block's input under --compute bf16 on a device).
+template <typename T>
+__device__ void rmsnorm_forward_t(T* out, float* rstd, const float* x, const float* w, float offset, float eps,
+                                  int dim) {
     __shared__ float scratch[32];
     const size_t base = (size_t)blockIdx.x * dim;
     float ss = 0.f;
@@ -12,7 +14,17 @@ extern "C" __global__ void rmsnorm_forward(float* out, float* rstd, const float*
     ss = block_sum(ss, scratch);
     const float r = 1.f / sqrtf(ss / (float)dim + eps);
     if (threadIdx.x == 0) rstd[blockIdx.x] = r;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) out[base + i] = (offset + w[i]) * (x[base + i] * r);
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) store(out, base + i, (offset + w[i]) * (x[base + i] * r));
+}
+
+extern "C" __global__ void rmsnorm_forward(float* out, float* rstd, const float* x, const float* w, float offset,
+                                           float eps, int dim) {
+    rmsnorm_forward_t(out, rstd, x, w, offset, eps, dim);
+}
+
+extern "C" __global__ void rmsnorm_forward_bf16(unsigned short* out, float* rstd, const float* x, const float* w,
+                                                float offset, float eps, int dim) {
+    rmsnorm_forward_t(out, rstd, x, w, offset, eps, dim);
 }
 
 // dx[r] += r·g − (r³/dim)·x[r]·Σ(g ⊙ x[r]),  g = (offset + w) ⊙ dout[r],  r = rstd[r] (the residual stream's

@@ -1,12 +1,13 @@
 //! RMSNorm (rmsnorm.cu) and LayerNorm (layernorm.cu) on the GPU, as `kernels::norm`'s forward and backward.
-use super::{CHUNK_ROWS, by_chunks, column_scratch, per_row, reduce};
+use super::{CHUNK_ROWS, Elem, by_chunks, column_scratch, per_row, reduce};
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
 
-/// out[r] = (offset + w) ⊙ (x[r] · rstd[r]); rstd saved. x, out: (rows, dim); w: (dim); rstd: (rows).
-pub fn rmsnorm_forward(
+/// out[r] = (offset + w) ⊙ (x[r] · rstd[r]); rstd saved. x, out: (rows, dim); w: (dim); rstd: (rows). out f32 or
+/// bf16 ([`Elem`]: rounded).
+pub fn rmsnorm_forward<T: Elem>(
     d: &Device,
-    out: &mut CudaViewMut<f32>,
+    out: &mut CudaViewMut<T>,
     rstd: &mut CudaViewMut<f32>,
     x: &CudaView<f32>,
     w: &CudaView<f32>,
@@ -16,7 +17,8 @@ pub fn rmsnorm_forward(
     let (dim, rows) = (w.len(), rstd.len());
     assert!(x.len() == rows * dim && out.len() == rows * dim, "rmsnorm_forward: shapes");
     let dim_i = dim as i32;
-    let mut b = d.stream.launch_builder(d.function("rmsnorm_forward"));
+    let name = if T::BF16 { "rmsnorm_forward_bf16" } else { "rmsnorm_forward" };
+    let mut b = d.stream.launch_builder(d.function(name));
     b.arg(out).arg(rstd).arg(x).arg(w).arg(&offset).arg(&eps).arg(&dim_i);
     // SAFETY: each block reads row blockIdx.x of x (rows · dim values) and w (dim), writes that row of out and
     // rstd[blockIdx.x]: all inside the slices, whose lengths are checked above.

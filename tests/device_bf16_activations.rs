@@ -1,8 +1,10 @@
-//! The device model's bf16 MLP — what `--device cuda --compute bf16` runs: gate, up, act(gate)·up and their
-//! gradients kept in bf16, every product reading or writing one a bf16 product — composed on the reference backend
-//! with that path switched on (`host::set_bf16_activations`). Against the CPU path's `--compute bf16` gradients
-//! (f32 activations): every trainable tensor within bf16's rounding — a term left out, added twice or taken from the
-//! wrong buffer shows as an error of order 1 — and off them by more than the 1e-5 of another summation order
+//! The device model's bf16 activations — what `--device cuda --compute bf16` runs: the blocks' normed inputs, gate,
+//! up, act(gate)·up and their gradients kept in bf16, every product reading or writing one a bf16 product —
+//! composed on the reference backend with that path switched on (`host::set_bf16_activations`). Against the CPU
+//! path's `--compute bf16` gradients (f32 activations): every trainable tensor within 5e-2 relative — what bf16 itself
+//! moves these fixtures' gradients by (the CPU's bf16 against its f32 reaches 3.4e-2: Gemma 3's q_proj lora_A; a
+//! LoRA A gradient sums products of few rows that partly cancel), while a term left out, added twice or taken from
+//! the wrong buffer shows as an error of order 1 — and off them by more than the 1e-5 of another summation order
 //! (tests/device_model.rs), so the bf16 path was taken. One test in its own process: the switch and `--compute` are
 //! process-wide.
 mod common;
@@ -29,7 +31,7 @@ fn worst_gradient(name: &str, what: &str, mut cpu: Transformer, mut copy: Transf
     let mut worst = 0.0f64;
     for ((n, g), (_, w)) in got.iter().zip(&want) {
         let e = rel_err(g, w);
-        assert!(e < 3e-2, "{name} {what}: {n} gradient off the CPU path's by {e:e}");
+        assert!(e < 5e-2, "{name} {what}: {n} gradient off the CPU path's by {e:e}");
         worst = worst.max(e);
     }
     eprintln!("{name} {what}: worst gradient {worst:e}, loss {loss} vs {want_loss}");
@@ -37,7 +39,7 @@ fn worst_gradient(name: &str, what: &str, mut cpu: Transformer, mut copy: Transf
 }
 
 #[test]
-fn bf16_mlp_gradients_stay_within_bf16_rounding_of_the_cpu_path() {
+fn bf16_activation_gradients_stay_within_bf16_rounding_of_the_cpu_path() {
     set_compute(Compute::Bf16);
     set_bf16_activations(true);
     for name in MODELS {
