@@ -76,7 +76,7 @@ fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 24] {
         ("gelu", gelu),
         ("cross_entropy_rows", cross_entropy),
         ("dropout/lora_dropout_dx/lora_dropout_da", dropout),
-        ("bf16 activations: gemm_bf16/rmsnorm/glu/dropout/lora_dropout (bf16)", bf16_activations),
+        ("bf16 activations: gemm_bf16/rmsnorm/glu/cross_entropy/dropout/lora_dropout (bf16)", bf16_activations),
         ("adamw", adamw),
         ("empty ops", empty),
     ]
@@ -799,6 +799,12 @@ fn bf16_activations<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()>
     for act in [GateAct::Silu, GateAct::GeluTanh] {
         compare_outs(all, &glu_bf16_on(&Host, act)?, &glu_bf16_on(dev, act)?, 1e-2);
     }
+    for smoothing in [0.0, 0.1] {
+        let (cpu, gpu) = (cross_entropy_bf16_on(&Host, smoothing)?, cross_entropy_bf16_on(dev, smoothing)?);
+        for ((name, c), (_, g)) in cpu.iter().zip(&gpu) {
+            compare(all, name, g, c, if name.contains("loss") || name.contains("logits left") { 1e-6 } else { 1e-2 });
+        }
+    }
     for shape in [(7, 33, 1), (37, 301, 16), (300, 70, 37)] {
         let ((cpu, cpu_mask), (gpu, gpu_mask)) =
             (lora_dropout_bf16_on(&Host, shape)?, lora_dropout_bf16_on(dev, shape)?);
@@ -831,6 +837,23 @@ fn rmsnorm_bf16_on<B: ReadMask>(b: &B, offset: f32) -> Result<Outs> {
     Ok(vec![
         (format!("rmsnorm_forward_bf16 out (offset {offset})"), down_bf16(b, &out)?),
         (format!("rmsnorm_forward_bf16 rstd (offset {offset})"), down(b, &rstd, cap)?),
+    ])
+}
+
+/// [`cross_entropy_on`] with the dlogits into a bf16 buffer: the losses, the dlogits, and the logits (left as they
+/// were).
+fn cross_entropy_bf16_on<B: ReadMask>(b: &B, smoothing: f32) -> Result<Outs> {
+    let (rows, vocab, cap) = (5, 1000, 7);
+    let logits = up(b, &random(cap * vocab, 73, 8.0))?;
+    let mut dlogits = up_bf16(b, &random(cap * vocab, 74, 1.0))?;
+    let (mut loss, targets) = (b.alloc_f64(cap + 1)?, up_u32(b, &indices(cap, vocab, 74))?);
+    b.cross_entropy_rows_bf16(&logits, &mut dlogits, &mut loss, 1, &targets, rows, vocab, 0.37, smoothing)?;
+    let mut l = vec![0.0; cap + 1];
+    b.download_f64(&loss, &mut l)?;
+    Ok(vec![
+        (format!("cross_entropy_rows_bf16 loss (ε {smoothing})"), l.iter().map(|&v| v as f32).collect()),
+        (format!("cross_entropy_rows_bf16 dlogits (ε {smoothing})"), down_bf16(b, &dlogits)?),
+        (format!("cross_entropy_rows_bf16 logits left (ε {smoothing})"), down(b, &logits, cap * vocab)?),
     ])
 }
 

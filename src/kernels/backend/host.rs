@@ -569,6 +569,24 @@ impl Backend for Host {
         Ok(())
     }
 
+    fn cross_entropy_rows_bf16(
+        &self,
+        logits: &Vec<f32>,
+        dlogits: &mut Vec<u16>,
+        loss: &mut Vec<f64>,
+        loss_at: usize,
+        targets: &Vec<u32>,
+        rows: usize,
+        vocab: usize,
+        token_weight: f32,
+        label_smoothing: f32,
+    ) -> Result<()> {
+        let mut d = logits[..rows * vocab].to_vec();
+        self.cross_entropy_rows(&mut d, loss, loss_at, targets, rows, vocab, token_weight, label_smoothing)?;
+        round_into(&mut dlogits[..rows * vocab], &d);
+        Ok(())
+    }
+
     fn dropout_forward(
         &self,
         x_drop: &mut Vec<f32>,

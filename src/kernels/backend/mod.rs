@@ -448,6 +448,21 @@ pub trait Backend {
         token_weight: f32,
         label_smoothing: f32,
     ) -> Result<()>;
+    /// [`Self::cross_entropy_rows`] with the dlogits rounded to bf16 into `dlogits`, the logits left as they are
+    /// (the head's products under [`Self::bf16_activations`] read them in bf16).
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_rows_bf16(
+        &self,
+        logits: &Self::F32,
+        dlogits: &mut Self::Bf16,
+        loss: &mut Self::F64,
+        loss_at: usize,
+        targets: &Self::U32,
+        rows: usize,
+        vocab: usize,
+        token_weight: f32,
+        label_smoothing: f32,
+    ) -> Result<()>;
     /// As `kernels::dropout::dropout_forward` on n values (the mask drawn from `key`).
     fn dropout_forward(
         &self,

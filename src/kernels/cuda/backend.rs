@@ -95,6 +95,13 @@ fn pre<'a, T>(x: &'a CudaSlice<T>, n: usize, op: &str) -> CudaView<'a, T> {
     x.try_slice(..n).unwrap_or_else(|| panic!("{op}: {n} values asked of a buffer of {}", x.len()))
 }
 
+/// Losses loss_at..loss_at + rows of a buffer of them.
+fn losses<'a>(loss: &'a mut CudaSlice<f64>, loss_at: usize, rows: usize, op: &str) -> CudaViewMut<'a, f64> {
+    let len = loss.len();
+    loss.try_slice_mut(loss_at..loss_at + rows)
+        .unwrap_or_else(|| panic!("{op}: losses {loss_at}..{} asked of a buffer of {len}", loss_at + rows))
+}
+
 /// [`pre`], to write.
 fn pre_mut<'a, T>(x: &'a mut CudaSlice<T>, n: usize, op: &str) -> CudaViewMut<'a, T> {
     let len = x.len();
@@ -899,15 +906,34 @@ impl Backend for Cuda {
             return Ok(());
         }
         let op = "cross_entropy_rows";
-        let len = loss.len();
-        let mut loss = loss
-            .try_slice_mut(loss_at..loss_at + rows)
-            .unwrap_or_else(|| panic!("{op}: losses {loss_at}..{} asked of a buffer of {len}", loss_at + rows));
-        let mut l = pre_mut(logits, rows * vocab, op);
-        let targets = targets.prefix(rows, op);
+        let mut loss = losses(loss, loss_at, rows, op);
+        let (mut l, targets) = (pre_mut(logits, rows * vocab, op), targets.prefix(rows, op));
         let r =
             cross_entropy::cross_entropy_rows(&self.device, &mut l, &mut loss, &targets, token_weight, label_smoothing);
         self.ran(op, r)
+    }
+
+    fn cross_entropy_rows_bf16(
+        &self,
+        logits: &CudaSlice<f32>,
+        dlogits: &mut CudaSlice<u16>,
+        loss: &mut CudaSlice<f64>,
+        loss_at: usize,
+        targets: &CudaIndices,
+        rows: usize,
+        vocab: usize,
+        token_weight: f32,
+        label_smoothing: f32,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let op = "cross_entropy_rows_bf16";
+        let mut loss = losses(loss, loss_at, rows, op);
+        let (l, mut dl) = (pre(logits, rows * vocab, op), pre_mut(dlogits, rows * vocab, op));
+        let t = targets.prefix(rows, op);
+        let (w, eps) = (token_weight, label_smoothing);
+        self.ran(op, cross_entropy::cross_entropy_rows_bf16(&self.device, &l, &mut dl, &mut loss, &t, w, eps))
     }
 
     fn dropout_forward(

@@ -60,7 +60,11 @@ pub const SOURCES: &[Source] = &[
             "gelu_backward",
         ],
     },
-    Source { file: "cross_entropy.cu", text: include_str!("cu/cross_entropy.cu"), kernels: &["cross_entropy_rows"] },
+    Source {
+        file: "cross_entropy.cu",
+        text: include_str!("cu/cross_entropy.cu"),
+        kernels: &["cross_entropy_rows", "cross_entropy_rows_bf16"],
+    },
     Source { file: "adamw.cu", text: include_str!("cu/adamw.cu"), kernels: &["adamw_tensors"] },
     Source { file: "bf16.cu", text: include_str!("cu/bf16.cu"), kernels: &["to_bf16"] },
     Source {

@@ -114,6 +114,9 @@ pub struct GradBufs<B: Backend> {
 pub struct HeadBufs<B: Backend> {
     pub rows: B::F32,
     pub logits: B::F32,
+    /// The chunk's dlogits in bf16 when the activations are (training only; else empty, and the dlogits replace
+    /// the logits).
+    pub dlogits_bf16: B::Bf16,
     pub loss: B::F64,
     pub idx: B::U32,
     pub targets: B::U32,
@@ -145,6 +148,11 @@ pub struct Buffers<B: Backend> {
 }
 
 impl<B: Backend> Buffers<B> {
+    /// Whether the LM head's dlogits go to `head.dlogits_bf16` (a training pass with bf16 activations).
+    pub fn bf16_dlogits(&self) -> bool {
+        self.training && self.layers.first().is_some_and(|l| l.bf16.is_some())
+    }
+
     /// Buffers for `rows` rows; `training` keeps every block's activations and the gradient scratch.
     pub fn new(be: &B, c: &Config, w: &Weights<B>, rows: usize, training: bool) -> Result<Self> {
         let (n, d, f) = (rows, c.hidden_size, c.intermediate_size);
@@ -244,6 +252,7 @@ impl<B: Backend> Buffers<B> {
             head: HeadBufs {
                 rows: be.alloc(h * d)?,
                 logits: be.alloc(h * c.vocab_size)?,
+                dlogits_bf16: be.alloc_bf16(if bf16 && training { h * c.vocab_size } else { 0 })?,
                 loss: be.alloc_f64(n)?,
                 idx: be.alloc_u32(h)?,
                 targets: be.alloc_u32(h)?,

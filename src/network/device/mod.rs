@@ -467,8 +467,9 @@ impl<B: Backend> DeviceModel<B> {
 
     /// The LM head over the selected rows, HEAD_ROWS at a time: gathers them, computes their logits, and hands
     /// `visit(backend, buffers, head tensor, first row of the chunk, rows in it)` the chunk after the loss rows ran
-    /// (`cross_entropy_rows` with `token_weight`, `label_smoothing`: dlogits in `head.logits`; the losses of every
-    /// chunk gather in `head.loss`, rows[k]'s at k, to be read once — a read waits for the GPU).
+    /// (`cross_entropy_rows` with `token_weight`, `label_smoothing`: dlogits in `head.logits`, or in bf16 in
+    /// `head.dlogits_bf16` where that has room; the losses of every chunk gather in `head.loss`, rows[k]'s at k, to
+    /// be read once — a read waits for the GPU).
     fn head_chunks(
         &mut self,
         rows: &[usize],
@@ -492,17 +493,22 @@ impl<B: Backend> DeviceModel<B> {
             let (mv, hv) = (MatView::dense(m, d), MatView::dense(vocab, d));
             let (logits, rows) = (ValuesMut::F32(&mut bufs.head.logits), Values::F32(&bufs.head.rows));
             head.product(be, logits, MatView::dense(m, vocab), rows, mv, hv.t(), false)?;
-            let h = &mut bufs.head;
-            be.cross_entropy_rows(
-                &mut h.logits,
-                &mut h.loss,
-                start,
-                &h.targets,
-                m,
-                vocab,
-                token_weight,
-                label_smoothing,
-            )?;
+            let bf16 = bufs.bf16_dlogits();
+            let (h, w, eps) = (&mut bufs.head, token_weight, label_smoothing);
+            match bf16 {
+                true => be.cross_entropy_rows_bf16(
+                    &h.logits,
+                    &mut h.dlogits_bf16,
+                    &mut h.loss,
+                    start,
+                    &h.targets,
+                    m,
+                    vocab,
+                    w,
+                    eps,
+                )?,
+                false => be.cross_entropy_rows(&mut h.logits, &mut h.loss, start, &h.targets, m, vocab, w, eps)?,
+            }
             visit(be, bufs, head, start, m)?;
         }
         Ok(())
@@ -538,14 +544,19 @@ impl<B: Backend> DeviceModel<B> {
         }
         let vocab = self.config.vocab_size;
         self.head_chunks(rows, targets, token_weight, label_smoothing, |be, bufs, head, _, m| {
+            let bf16 = bufs.bf16_dlogits();
             let h = &mut bufs.head;
             let (mv, lv, hv) = (MatView::dense(m, d), MatView::dense(m, vocab), MatView::dense(vocab, d));
+            let dlogits = if bf16 { Values::Bf16(&h.dlogits_bf16) } else { Values::F32(&h.logits) };
             if let Some(g) = head.train.as_mut().map(|t| &mut t.g) {
                 // dhead (vocab, d) += dlogitsᵀ · rows
-                be.gemm_weights(g, hv, &h.logits, lv.t(), &h.rows, mv, true)?;
+                match dlogits {
+                    Values::F32(dl) => be.gemm_weights(g, hv, dl, lv.t(), &h.rows, mv, true)?,
+                    dl => be.gemm_bf16(ValuesMut::F32(g), hv, dl, lv.t(), Values::F32(&h.rows), mv, 1.0, true)?,
+                }
             }
             // dlogits · head, into the gathered rows (no longer needed), then added to their rows of dhidden.
-            head.product(be, ValuesMut::F32(&mut h.rows), mv, Values::F32(&h.logits), lv, hv, false)?;
+            head.product(be, ValuesMut::F32(&mut h.rows), mv, dlogits, lv, hv, false)?;
             let g = bufs.grads.as_mut().expect("training buffers");
             be.scatter_add_rows(&mut g.dhidden, &h.rows, &h.idx, m, d)
         })?;
