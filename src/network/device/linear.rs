@@ -125,12 +125,13 @@ impl<B: Backend> DevLinear<B> {
     ) -> Result<()> {
         let (inp, outd) = (self.in_dim, self.out_dim);
         let (ni, w) = (MatView::dense(n, inp), MatView::dense(outd, inp));
+        let add = !std::mem::replace(&mut self.w.grad_zero, false);
         if let Some(g) = self.w.grad() {
-            // dW (out, in) += dyᵀ · x
+            // dW (out, in) += dyᵀ · x (written when it is known to be zero)
             let gv = MatView::dense(outd, inp);
             match (dy, x) {
-                (Values::F32(dy), Values::F32(x)) => be.gemm_weights(g, gv, dy, dyv.t(), x, ni, true)?,
-                (dy, x) => be.gemm_bf16(ValuesMut::F32(g), gv, dy, dyv.t(), x, ni, 1.0, true)?,
+                (Values::F32(dy), Values::F32(x)) => be.gemm_weights(g, gv, dy, dyv.t(), x, ni, add)?,
+                (dy, x) => be.gemm_bf16(ValuesMut::F32(g), gv, dy, dyv.t(), x, ni, 1.0, add)?,
             }
         }
         if let Some(g) = self.b.as_mut().and_then(|b| b.grad()) {

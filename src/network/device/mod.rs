@@ -627,6 +627,7 @@ impl<B: Backend> DeviceModel<B> {
             .tensors_mut()
             .filter_map(|p| {
                 let t = p.train.as_mut()?;
+                p.grad_zero = true; // the step zeroes every gradient
                 // A trained matrix's bf16 copy is made from its new values (frozen ones have no f32 values).
                 let (w, bf16, n, decays) = (&mut p.w, p.bf16.as_mut(), p.len, p.decays);
                 Some(AdamWTensor { w, g: &mut t.g, m: &mut t.m, v: &mut t.v, n, decays, bf16 })

@@ -26,6 +26,10 @@ pub struct DevTensor<B: Backend> {
     /// The values in bf16 for `--compute bf16`'s products (a weight matrix's, under bf16 only).
     pub bf16: Option<B::Bf16>,
     pub train: Option<Grads<B>>,
+    /// Its gradient is known to be zero (just allocated, or zeroed by the AdamW step), so the next product into it
+    /// may write it rather than add to it: a linear's dW, once per backward pass — a read of the whole gradient
+    /// saved per step in full fine-tuning, and the same values (0 + x is x).
+    pub grad_zero: bool,
 }
 
 /// A trainable tensor's gradient and moments (each `len` values).
@@ -201,6 +205,7 @@ fn upload_as<B: Backend>(be: &B, p: &Param, keep: Keep) -> Result<DevTensor<B>> 
         w,
         bf16: copy.transpose()?,
         train: train.transpose()?,
+        grad_zero: true,
     })
 }
 
