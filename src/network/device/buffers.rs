@@ -158,9 +158,9 @@ impl<B: Backend> Buffers<B> {
         let (n, d, f) = (rows, c.hidden_size, c.intermediate_size);
         let (qw, aw) = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim, c.num_heads * c.head_dim);
         let bf16 = bf16_activations(be, w);
-        // The f32 scratch of LoRA's dropout takes the widest f32 input (attention's output at least); the bf16
-        // inputs have their own.
-        let max_in = if bf16 { aw } else { d.max(f).max(aw) };
+        // The f32 scratch of LoRA's dropout takes the widest f32 input or input gradient (attention's output, the
+        // normed inputs' gradients); the bf16 inputs have their own.
+        let max_in = if bf16 { d.max(aw) } else { d.max(f).max(aw) };
         let (hd, ff) = if bf16 { (0, 0) } else { (n * d, n * f) };
         let max_rank = w.blocks.iter().flat_map(|b| b.linears()).filter_map(|l| l.lora.as_ref()).map(|l| l.rank);
         let max_rank = max_rank.max().unwrap_or(0);

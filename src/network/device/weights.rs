@@ -259,13 +259,23 @@ fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
 impl<B: Backend> Weights<B> {
     /// Copies `model` to the device.
     pub fn upload(be: &B, model: &Transformer) -> Result<Self> {
-        Ok(Weights {
+        let mut w = Weights {
             embed: upload_as(be, &model.embed, if model.lm_head.is_some() { Keep::F32 } else { Keep::Both })?,
             blocks: model.blocks.iter().map(|b| block(be, b)).collect::<Result<_>>()?,
             pos_embed: model.pos_embed.as_ref().map(|p| upload(be, p)).transpose()?,
             final_norm: norm(be, &model.final_norm)?,
             lm_head: model.lm_head.as_ref().map(|h| upload_as(be, h, Keep::Operand)).transpose()?,
-        })
+        };
+        // LoRA's bf16 copies serve only blocks that keep bf16 activations (not Phi-3's or GPT-2's).
+        if !super::buffers::bf16_activations(be, &w) {
+            let linears = w
+                .blocks
+                .iter_mut()
+                .flat_map(|b| linears_mut(&mut b.qkv, &mut b.o, &mut b.gate, &mut b.up, &mut b.down));
+            let adapters = linears.filter_map(|l| l.lora.as_mut());
+            adapters.for_each(|a| (a.a.bf16, a.b.bf16) = (None, None));
+        }
+        Ok(w)
     }
 
     /// The LM head (vocab, hidden).
@@ -299,8 +309,7 @@ impl<B: Backend> Weights<B> {
             let norms = b.attn_norm.tensors_mut().chain(b.mlp_norm.tensors_mut());
             let post = b.post_norms.iter_mut().flat_map(|(a, m)| [a, m]);
             let qk = b.qk_norm.iter_mut().flat_map(|(q, k)| [q, k]);
-            let rest = [Some(&mut b.o), b.gate.as_mut(), Some(&mut b.up), Some(&mut b.down)];
-            let linears = b.qkv.iter_mut().chain(rest.into_iter().flatten()).flat_map(|l| {
+            let linears = linears_mut(&mut b.qkv, &mut b.o, &mut b.gate, &mut b.up, &mut b.down).flat_map(|l| {
                 let lora = l.lora.iter_mut().flat_map(|a| [&mut a.a, &mut a.b]);
                 std::iter::once(&mut l.w).chain(l.b.as_mut()).chain(lora)
             });
@@ -309,6 +318,18 @@ impl<B: Backend> Weights<B> {
         let outer = std::iter::once(&mut self.embed).chain(self.pos_embed.as_mut());
         outer.chain(blocks).chain(self.final_norm.tensors_mut()).chain(self.lm_head.as_mut())
     }
+}
+
+/// A block's linear layers in parameter order (q, k, v or the fused qkv, o, gate, up, down), from its fields (so
+/// that the block's norms can be borrowed beside them).
+fn linears_mut<'a, B: Backend>(
+    qkv: &'a mut [DevLinear<B>],
+    o: &'a mut DevLinear<B>,
+    gate: &'a mut Option<DevLinear<B>>,
+    up: &'a mut DevLinear<B>,
+    down: &'a mut DevLinear<B>,
+) -> impl Iterator<Item = &'a mut DevLinear<B>> {
+    qkv.iter_mut().chain([Some(o), gate.as_mut(), Some(up), Some(down)].into_iter().flatten())
 }
 
 impl<B: Backend> DevBlock<B> {
