@@ -140,7 +140,7 @@ impl<B: Backend> DevBlock<B> {
             Some(b) => {
                 self.mlp_norm.forward_bf16(be, &mut b.h2, &mut l.rstd2, x, n, d, off, eps)?;
                 let (h2, m) = (Values::Bf16(&b.h2), &mut b.mlp);
-                let gate = self.gate.as_ref().expect("bf16 activations are a gated MLP's (buffers::bf16_activations)");
+                let gate = self.gate.as_ref().expect("bf16 activations are a gated MLP's (Weights::bf16_activations)");
                 gate.forward(be, ValuesMut::Bf16(&mut m.gate), ff, false, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
                 self.up.forward(be, ValuesMut::Bf16(&mut m.up), ff, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
                 be.glu_forward_bf16(&mut m.act, &m.gate, &m.up, n * f, a.act)?;
@@ -213,7 +213,7 @@ impl<B: Backend> DevBlock<B> {
                 let MlpBf16 { gate: dgate, up: dup, act: dact } = dm;
                 be.glu_backward_bf16(dgate, dup, dact, &m.gate, &m.up, n * f, a.act)?;
                 be.zero(&mut g.dh, n * d)?;
-                let gate = self.gate.as_mut().expect("bf16 activations are a gated MLP's (buffers::bf16_activations)");
+                let gate = self.gate.as_mut().expect("bf16 activations are a gated MLP's (Weights::bf16_activations)");
                 let dh = ValuesMut::F32(&mut g.dh);
                 gate.backward(be, dh, false, Values::Bf16(dgate), ff, h2, n, lora(SLOT_GATE), s)?;
                 let dh = ValuesMut::F32(&mut g.dh);
@@ -338,7 +338,7 @@ impl<B: Backend> DevNorm<B> {
         }
     }
 
-    /// [`Self::forward`] of an RMSNorm into `out` kept in bf16 (`buffers::bf16_activations` rules LayerNorms out).
+    /// [`Self::forward`] of an RMSNorm into `out` kept in bf16 (`Weights::bf16_activations` rules LayerNorms out).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_bf16(
         &self,

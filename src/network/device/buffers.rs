@@ -2,9 +2,8 @@
 //! caching arena: no allocation per step once the largest batch has been seen). A training pass keeps every
 //! block's activations for the backward pass; inference keeps one block's.
 use super::linear::{LinearScratch, LoraBufs};
-use super::weights::{Mlp, Weights};
+use super::weights::Weights;
 use crate::kernels::backend::Backend;
-use crate::kernels::compute::{Compute, compute};
 use crate::network::config::Config;
 use anyhow::Result;
 
@@ -31,7 +30,7 @@ pub struct LayerBufs<B: Backend> {
     pub gate: B::F32,
     pub up: B::F32,
     pub act: B::F32,
-    /// The activations above kept in bf16 instead ([`bf16_activations`]).
+    /// The activations above kept in bf16 instead ([`Weights::bf16_activations`]).
     pub bf16: Option<LayerBf16<B>>,
     /// Per linear layer by slot (q, k, v, o, gate, up, down: `DevBlock::slotted`), its adapter's saved values.
     pub lora: Vec<Option<LoraBufs<B>>>,
@@ -48,7 +47,7 @@ pub struct LayerBufs<B: Backend> {
 }
 
 /// A gated MLP's three (N, ffn) activations — gate, up, act(gate)·up — or their gradients, kept in bf16
-/// ([`bf16_activations`]).
+/// ([`Weights::bf16_activations`]).
 pub struct MlpBf16<B: Backend> {
     pub gate: B::Bf16,
     pub up: B::Bf16,
@@ -69,19 +68,6 @@ pub struct LayerBf16<B: Backend> {
     pub mlp: MlpBf16<B>,
 }
 
-/// Whether the blocks keep their normed inputs and their MLP's activations in bf16: under `--compute bf16` on a
-/// backend that does ([`Backend::bf16_activations`]: a GPU), for RMSNorm blocks with gated MLPs of separate gate
-/// and up linears and no biases (the Llama family's; Phi-3's fused gate|up and GPT-2 stay f32). Only products read
-/// them (and the MLP's own ops), so bf16 halves their traffic and the products round them no more. The MLP's are
-/// the largest activations of a step — (N, ffn) each, and their gradients.
-pub fn bf16_activations<B: Backend>(be: &B, w: &Weights<B>) -> bool {
-    let no_bias = |b: &super::weights::DevBlock<B>| b.gate.iter().chain([&b.up, &b.down]).all(|l| l.b.is_none());
-    let rms = |b: &super::weights::DevBlock<B>| b.attn_norm.b.is_none() && b.mlp_norm.b.is_none();
-    compute() == Compute::Bf16
-        && be.bf16_activations()
-        && w.blocks.iter().all(|b| b.mlp() == Mlp::Gated && no_bias(b) && rms(b))
-}
-
 fn layer_bf16<B: Backend>(be: &B, n: usize, d: usize, f: usize) -> Result<LayerBf16<B>> {
     Ok(LayerBf16 { h1: be.alloc_bf16(n * d)?, h2: be.alloc_bf16(n * d)?, mlp: MlpBf16::new(be, n * f)? })
 }
@@ -97,7 +83,7 @@ pub struct GradBufs<B: Backend> {
     pub dup: B::F32,
     pub dact: B::F32,
     /// Their gradients in bf16 (dgate, dup, dact) when the MLP's activations are kept in bf16
-    /// ([`bf16_activations`]); the f32 ones empty.
+    /// ([`Weights::bf16_activations`]); the f32 ones empty.
     pub mlp_bf16: Option<MlpBf16<B>>,
     /// Attention backward's per-(row, head) softmax statistics (N·heads·3).
     pub stats: B::F32,
@@ -157,7 +143,7 @@ impl<B: Backend> Buffers<B> {
     pub fn new(be: &B, c: &Config, w: &Weights<B>, rows: usize, training: bool) -> Result<Self> {
         let (n, d, f) = (rows, c.hidden_size, c.intermediate_size);
         let (qw, aw) = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim, c.num_heads * c.head_dim);
-        let bf16 = bf16_activations(be, w);
+        let bf16 = w.bf16_activations(be);
         // The f32 scratch of LoRA's dropout takes the widest f32 input or input gradient (attention's output, the
         // normed inputs' gradients); the bf16 inputs have their own.
         let max_in = if bf16 { d.max(aw) } else { d.max(f).max(aw) };

@@ -51,7 +51,7 @@ fn lora_product<B: Backend>(
 }
 
 /// The f32 buffer of `v`: what a bias's add and gradient take (no layer with a bias keeps bf16 activations:
-/// `buffers::bf16_activations`).
+/// `Weights::bf16_activations`).
 fn f32_of<B: Backend>(v: Values<'_, B>) -> &B::F32 {
     match v {
         Values::F32(x) => x,

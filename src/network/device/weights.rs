@@ -267,7 +267,7 @@ impl<B: Backend> Weights<B> {
             lm_head: model.lm_head.as_ref().map(|h| upload_as(be, h, Keep::Operand)).transpose()?,
         };
         // LoRA's bf16 copies serve only blocks that keep bf16 activations (not Phi-3's or GPT-2's).
-        if !super::buffers::bf16_activations(be, &w) {
+        if !w.bf16_activations(be) {
             let linears = w
                 .blocks
                 .iter_mut()
@@ -276,6 +276,19 @@ impl<B: Backend> Weights<B> {
             adapters.for_each(|a| (a.a.bf16, a.b.bf16) = (None, None));
         }
         Ok(w)
+    }
+
+    /// Whether the blocks keep their normed inputs and their MLP's activations in bf16 (`buffers::LayerBf16`): under
+    /// `--compute bf16` on a backend that does ([`Backend::bf16_activations`]: a GPU), for RMSNorm blocks with gated
+    /// MLPs of separate gate and up linears and no biases (the Llama family's; Phi-3's fused gate|up and GPT-2 stay
+    /// f32). Only products read them (and the MLP's own ops), so bf16 halves their traffic and the products round
+    /// them no more. The MLP's are the largest activations of a step — (N, ffn) each, and their gradients.
+    pub fn bf16_activations(&self, be: &B) -> bool {
+        let no_bias = |b: &DevBlock<B>| b.gate.iter().chain([&b.up, &b.down]).all(|l| l.b.is_none());
+        let rms = |b: &DevBlock<B>| b.attn_norm.b.is_none() && b.mlp_norm.b.is_none();
+        compute() == Compute::Bf16
+            && be.bf16_activations()
+            && self.blocks.iter().all(|b| b.mlp() == Mlp::Gated && no_bias(b) && rms(b))
     }
 
     /// The LM head (vocab, hidden).
