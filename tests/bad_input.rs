@@ -1,6 +1,6 @@
 //! Bad input gets an error that names the file, line or tensor — never a panic, never a partial output file.
 mod common;
-use common::fixture;
+use common::{copy_dir, fixture};
 use std::path::Path;
 use std::process::Command;
 
@@ -19,14 +19,6 @@ fn score_err(model: &Path, data: &Path) -> String {
 }
 
 /// Copies a fixture model folder into a temp dir so a test can damage it.
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-    }
-}
-
 #[test]
 fn missing_model_and_data_files_are_named() {
     let rows = fixture("score_rows.jsonl");

@@ -2,7 +2,7 @@
 //! (rank/alpha patterns, layers_to_transform, target_modules against the tensors), finite values in adapters and
 //! base weights (safetensors and GGUF), the base the adapter was trained for, and `--lora-targets` names.
 mod common;
-use common::{fixture, load_f32_tensors};
+use common::{copy_dir, fixture, load_f32_tensors};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -89,14 +89,6 @@ fn with_key(tmp: &Path, key: &str, v: Option<Value>) -> PathBuf {
         },
         |_| {},
     )
-}
-
-fn copy_dir(src: &Path, dst: &Path) {
-    std::fs::create_dir_all(dst).unwrap();
-    for e in std::fs::read_dir(src).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
-    }
 }
 
 const A: &str = "adapter_config.json";
