@@ -22,8 +22,8 @@
 #     GQA attention forward and backward (packed rows, a sliding window, a model scale) vs `kernels::attention`;
 #     RMSNorm, RoPE, SwiGLU/GeGLU, the cross-entropy rows and AdamW. Then "peak" lines: cuBLAS's measured
 #     TFLOP/s at 4096×4096×4096 in f32 and bf16 (the peak issue 15's model FLOP utilisation is reported against),
-#     and "speed" lines: attention forward and backward over 16 × 300 rows at SmolLM2-135M's and Qwen2.5-1.5B's
-#     heads, f32 kernels vs bf16 on the tensor cores (ms, TFLOP/s).
+#     and "speed" lines: attention forward and backward over 16 × 300 rows at SmolLM2-135M's, Qwen2.5-1.5B's and
+#     Gemma 3 270M's heads, f32 kernels vs bf16 on the tensor cores (ms, TFLOP/s).
 #     The script fails if any of that fails.
 #   - `score --device cuda` vs `--device cpu` on the tiny fixtures of every family (per-token log-probs, relative
 #     error ≤ 1e-5; `--compute bf16` on the device ≤ 2e-2 of the CPU's f32), a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter) and

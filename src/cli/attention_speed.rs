@@ -1,7 +1,8 @@
 //! The measured speed of the attention kernels on a GPU (`info --devices --check-kernels`): forward and backward over
-//! a packed batch of 16 sequences at SmolLM2-135M's and Qwen2.5-1.5B's heads, in f32 (attention.cu) and in bf16 on
-//! the tensor cores (attention_mma.cu) — what `--compute bf16` gains in attention, beside the GEMM peak. Rows per
-//! sequence: 300, or `CONDLM_ATTENTION_SPEED_ROWS` (the CUDA emulator of tests/cuda_emulated.rs runs them on the CPU).
+//! a packed batch of 16 sequences at SmolLM2-135M's, Qwen2.5-1.5B's and Gemma 3's heads, in f32 (attention.cu) and
+//! in bf16 on the tensor cores (attention_mma.cu) — what `--compute bf16` gains in attention, beside the GEMM peak.
+//! Rows per sequence: 300, or `CONDLM_ATTENTION_SPEED_ROWS` (the CUDA emulator of tests/cuda_emulated.rs runs them on
+//! the CPU).
 use anyhow::{Result, anyhow};
 use condlm::kernels::attention::QkvLayout;
 use condlm::kernels::cuda::device::Device;
@@ -29,7 +30,8 @@ pub fn run(d: &Device) -> Result<()> {
     let s = &d.stream;
     let gstart = indices::upload(s, &seq_start)?;
     let gstart = Indices::prefix(&gstart.0, gstart.1, rows, "attention speed");
-    for (name, heads, kv_heads, head_dim) in [("SmolLM2-135M", 9, 3, 64), ("Qwen2.5-1.5B", 12, 2, 128)] {
+    let shapes = [("SmolLM2-135M", 9, 3, 64), ("Qwen2.5-1.5B", 12, 2, 128), ("Gemma 3 270M", 4, 1, 256)];
+    for (name, heads, kv_heads, head_dim) in shapes {
         let l = QkvLayout {
             row_len: (heads + 2 * kv_heads) * head_dim,
             q_col: 0,

@@ -539,8 +539,8 @@ fn rope<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     Ok(())
 }
 
-/// kernel_parity's two layouts (GQA with q, k, v out of order; 4 heads of 96 in a window of 16) over the first
-/// 63 rows (sequences of 1, 37, 20, 5) of buffers of 70.
+/// kernel_parity's layouts (GQA with q, k, v out of order; a window; heads of 256 and of 160) over the first 63
+/// rows (sequences of 1, 37, 20, 5) of buffers of 70.
 fn attention_on<B: Backend>(b: &B, l: QkvLayout) -> Result<Outs> {
     let cap = 70;
     let starts = seq_starts(&[1, 37, 20, 5, 7]);

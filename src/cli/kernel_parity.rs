@@ -195,8 +195,9 @@ fn rope_check(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
 
 /// The attention checks' layouts, each with its own scale: GQA (6 query heads over 2, q/k/v columns out of order
 /// in rows padded past them); a sliding window of 16 over 4 heads of 96 features (not a multiple of a half-warp's
-/// 16 lanes); and Gemma 3's widest heads, 256 features (the kernels' ATT_MAX_HEAD_DIM), 4 query heads on 1.
-pub fn attention_layouts() -> [(&'static str, QkvLayout); 3] {
+/// 16 lanes); Gemma 3's widest heads, 256 features (the kernels' ATT_MAX_HEAD_DIM), 4 query heads on 1; and heads
+/// of 160 in a window of 24, which the tensor cores' 256-feature kernels take with their second slice part-filled.
+pub fn attention_layouts() -> [(&'static str, QkvLayout); 4] {
     let gqa = QkvLayout {
         row_len: 655,
         q_col: 136,
@@ -230,7 +231,24 @@ pub fn attention_layouts() -> [(&'static str, QkvLayout); 3] {
         scale: 0.0625,
         window: usize::MAX,
     };
-    [("GQA 6/2 heads of 64", gqa), ("4 heads of 96, window 16", windowed), ("GQA 4/1 heads of 256", wide)]
+    // Heads of 256 split their outputs into two slices of 128 on the tensor cores; 160 leaves the second part-filled.
+    let sliced = QkvLayout {
+        row_len: 1300,
+        q_col: 10,
+        k_col: 650,
+        v_col: 970,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 160,
+        scale: 0.08,
+        window: 24,
+    };
+    [
+        ("GQA 6/2 heads of 64", gqa),
+        ("4 heads of 96, window 16", windowed),
+        ("GQA 4/1 heads of 256", wide),
+        ("GQA 4/2 heads of 160, window 24", sliced),
+    ]
 }
 
 /// Each layout in f32 (against the CPU kernels, 1e-5) and in bf16 (the tensor-core kernels where

@@ -41,10 +41,13 @@ pub const SOURCES: &[Source] = &[
         kernels: &[
             "attention_forward_mma64",
             "attention_forward_mma128",
+            "attention_forward_mma256",
             "attention_backward_dq_mma64",
             "attention_backward_dq_mma128",
+            "attention_backward_dq_mma256",
             "attention_backward_dkv_mma64",
             "attention_backward_dkv_mma128",
+            "attention_backward_dkv_mma256",
         ],
     },
     Source { file: "kv_cache.cu", text: include_str!("cu/kv_cache.cu"), kernels: &["kv_store", "cached_attention"] },

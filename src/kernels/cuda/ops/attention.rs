@@ -8,14 +8,35 @@ use crate::kernels::attention::QkvLayout;
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
 
-/// Threads per block: attention.cu's ATT_WARPS and attention_mma.cu's MMA_WARPS warps.
+/// Threads per block of attention.cu's kernels: ATT_WARPS warps.
 const THREADS: u32 = 4 * 32;
 /// attention.cu's ATT_ROWS: rows per block (query rows of the forward and of dq, key rows of dk and dv).
 const BLOCK_ROWS: usize = 8;
-/// attention_mma.cu's MMA_ROWS: rows per block of its kernels (16 per warp).
-const MMA_BLOCK_ROWS: usize = 64;
 /// The head sizes attention_mma.cu's kernels come in (their names end in the size).
-const MMA_HEAD_DIMS: [usize; 2] = [64, 128];
+const MMA_HEAD_DIMS: [usize; 3] = [64, 128, 256];
+
+/// How a kernel's blocks cover the rows: `rows` per block (16 per warp of an mma kernel, `rows / 16` warps),
+/// `threads` per block, and the slices of the output features (grid z).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Blocks {
+    rows: usize,
+    threads: u32,
+    slices: u32,
+}
+
+/// attention.cu's blocks: ATT_ROWS rows, ATT_WARPS warps, every feature.
+const F32_BLOCKS: Blocks = Blocks { rows: BLOCK_ROWS, threads: THREADS, slices: 1 };
+
+/// attention_mma.cu's `Tiling<HD>` for head size `hd` (one of [`MMA_HEAD_DIMS`]): the blocks of the forward, of
+/// dq, and of dk and dv. Heads of 256 split their output features into two slices of 128 and take fewer warps per
+/// dq and dk/dv block (their fragments and tiles would not fit otherwise).
+fn mma_blocks(hd: usize) -> [Blocks; 3] {
+    let warps = |w: u32, slices: u32| Blocks { rows: 16 * w as usize, threads: 32 * w, slices };
+    match hd {
+        256 => [warps(4, 2), warps(2, 2), warps(1, 2)],
+        _ => [warps(4, 1); 3],
+    }
+}
 
 /// How attention's products are computed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +50,7 @@ pub enum Precision {
 
 /// The head size of the attention_mma.cu kernels that `precision` runs on this GPU for heads of `head_dim`
 /// features: the smallest of [`MMA_HEAD_DIMS`] that holds it, on compute capability 8.0 or later (bf16 `mma.sync`);
-/// None for f32, older GPUs and heads over 128 features (Gemma 3's 256: attention.cu's kernels).
+/// None for f32 and older GPUs (attention.cu's kernels).
 pub fn tensor_cores(d: &Device, head_dim: usize, precision: Precision) -> Option<usize> {
     let capable = d.gpu.compute_capability.0 >= 8;
     (precision == Precision::Bf16 && capable).then(|| MMA_HEAD_DIMS.into_iter().find(|&m| head_dim <= m)).flatten()
@@ -68,11 +89,11 @@ struct Args {
 }
 
 impl Args {
-    /// One block per `block_rows` rows of each of `heads` heads.
-    fn grid(&self, block_rows: usize, heads: i32) -> LaunchConfig {
+    /// One block per `b.rows` rows of each of `heads` heads and each slice of the features.
+    fn grid(&self, b: Blocks, heads: i32) -> LaunchConfig {
         LaunchConfig {
-            grid_dim: (self.rows.div_ceil(block_rows) as u32, heads as u32, 1),
-            block_dim: (THREADS, 1, 1),
+            grid_dim: (self.rows.div_ceil(b.rows) as u32, heads as u32, b.slices),
+            block_dim: (b.threads, 1, 1),
             shared_mem_bytes: 0,
         }
     }
@@ -120,16 +141,18 @@ pub fn attention_forward(
     let name = match mma {
         None => "attention_forward",
         Some(64) => "attention_forward_mma64",
-        Some(_) => "attention_forward_mma128",
+        Some(128) => "attention_forward_mma128",
+        Some(_) => "attention_forward_mma256",
     };
     let rows = a.rows as i32;
     let mut b = d.stream.launch_builder(d.function(name));
     b.arg(out).arg(qkv).arg(&seq_start.view).arg(&rows).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col).arg(&a.v_col);
     b.arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
-    let grid = a.grid(if mma.is_some() { MMA_BLOCK_ROWS } else { BLOCK_ROWS }, a.n_heads);
-    // SAFETY: block (b, h) reads its rows (< N) of q of head h and, of kv head h / group, k and v of rows from its
-    // first row's first key (seq_start ≤ row, checked) to its last row, all inside qkv (columns checked), and
-    // writes its rows' head h of out (length checked). An mma kernel's head size holds head_dim (tensor_cores).
+    let grid = a.grid(mma.map_or(F32_BLOCKS, |m| mma_blocks(m)[0]), a.n_heads);
+    // SAFETY: block (b, h, z) reads its rows (< N) of q of head h and, of kv head h / group, k and v of rows from
+    // its first row's first key (seq_start ≤ row, checked) to its last row, all inside qkv (columns checked), and
+    // writes its rows' head h of out (length checked), features of slice z below head_dim. An mma kernel's head
+    // size holds head_dim (tensor_cores), and its grid has that size's slices (mma_blocks).
     unsafe { b.launch(grid) }.map(drop)
 }
 
@@ -165,31 +188,59 @@ pub fn attention_backward(
         }
     }
     let mma = tensor_cores(d, l.head_dim, precision);
-    let block_rows = if mma.is_some() { MMA_BLOCK_ROWS } else { BLOCK_ROWS };
+    let [_, dq_blocks, dkv_blocks] = mma.map_or([F32_BLOCKS; 3], mma_blocks);
     let rows = a.rows as i32;
     let name = match mma {
         None => "attention_backward_dq",
         Some(64) => "attention_backward_dq_mma64",
-        Some(_) => "attention_backward_dq_mma128",
+        Some(128) => "attention_backward_dq_mma128",
+        Some(_) => "attention_backward_dq_mma256",
     };
     let mut b = d.stream.launch_builder(d.function(name));
     b.arg(&mut *dqkv).arg(&mut *stats).arg(datt).arg(qkv).arg(att).arg(&seq_start.view).arg(&rows).arg(&a.row_len);
     b.arg(&a.q_col).arg(&a.k_col).arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale);
     b.arg(&a.window);
-    // SAFETY: block (b, h) reads what the forward's block (b, h) reads plus its rows' head h of datt and att
-    // (lengths checked), writes those rows' dq columns of head h in dqkv and stats[(i·n_heads + h)·3..][..3].
-    unsafe { b.launch(a.grid(block_rows, a.n_heads)) }?;
+    // SAFETY: block (b, h, z) reads what the forward's block (b, h, z) reads plus its rows' head h of datt and att
+    // (lengths checked), writes those rows' dq columns of head h (slice z's) in dqkv and, in slice 0,
+    // stats[(i·n_heads + h)·3..][..3].
+    unsafe { b.launch(a.grid(dq_blocks, a.n_heads)) }?;
     let stats = stats.as_view();
     let name = match mma {
         None => "attention_backward_dkv",
         Some(64) => "attention_backward_dkv_mma64",
-        Some(_) => "attention_backward_dkv_mma128",
+        Some(128) => "attention_backward_dkv_mma128",
+        Some(_) => "attention_backward_dkv_mma256",
     };
     let mut b = d.stream.launch_builder(d.function(name));
     b.arg(dqkv).arg(&stats).arg(datt).arg(qkv).arg(&seq_start.view).arg(&rows).arg(&a.row_len).arg(&a.q_col);
     b.arg(&a.k_col).arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
-    // SAFETY: block (b, g) reads its key rows (< N) and the rows after them up to the last key's
+    // SAFETY: block (b, g, z) reads its key rows (< N) and the rows after them up to the last key's
     // sequence end (seq_start checked to be packed at or before each row) or row N — q, datt and the stats of the
-    // group's heads — and writes its key rows' dk and dv columns of kv head g, disjoint from dq (checked above).
-    unsafe { b.launch(a.grid(block_rows, a.n_kv_heads)) }.map(drop)
+    // group's heads — and writes its key rows' dk and dv columns of kv head g (slice z's), disjoint from dq
+    // (checked above).
+    unsafe { b.launch(a.grid(dkv_blocks, a.n_kv_heads)) }.map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `mma_blocks` mirrors attention_mma.cu's `Tiling<HD>`: a drift would launch blocks of the wrong warps or
+    /// slices (rows left out, or read past).
+    #[test]
+    fn blocks_follow_the_kernels_tiling() {
+        let src = include_str!("../cu/attention_mma.cu");
+        for hd in MMA_HEAD_DIMS {
+            let at = src.find(&format!("struct Tiling<{hd}> {{")).expect("a Tiling per head size");
+            let body = &src[at..at + src[at..].find('}').unwrap()];
+            let value = |name: &str| -> usize {
+                let rest = &body[body.find(&format!(" {name} = ")).unwrap_or_else(|| panic!("{name} in {body}"))..];
+                rest[name.len() + 4..].split([',', ';']).next().unwrap().trim().parse().unwrap()
+            };
+            let slices = (hd / value("OD")) as u32;
+            let blocks = |w: usize| Blocks { rows: 16 * w, threads: 32 * w as u32, slices };
+            let expected = [blocks(value("W")), blocks(value("DQ_W")), blocks(value("DKV_W"))];
+            assert_eq!(mma_blocks(hd), expected, "head size {hd}: forward, dq, dk and dv");
+        }
+    }
 }
