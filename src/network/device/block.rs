@@ -3,17 +3,11 @@
 //! x += down(act(gate(h)) ⊙ up(h)), h = mlp_norm(x).
 use super::buffers::{GradBufs, LayerBf16, LayerBufs, MlpBf16};
 use super::linear::LinearScratch;
-use super::weights::{DevBlock, DevNorm, DevTensor, Mlp};
+use super::weights::{DevBlock, DevNorm, DevTensor, Mlp, SLOT_DOWN, SLOT_GATE, SLOT_O, SLOT_UP};
 use crate::kernels::activation::GateAct;
 use crate::kernels::attention::QkvLayout;
 use crate::kernels::backend::{Backend, MatView, RopeCols, Values, ValuesMut};
 use anyhow::Result;
-
-/// Slots of a block's linear layers in `LayerBufs::lora`: q, k, v, then these.
-const SLOT_O: usize = 3;
-const SLOT_GATE: usize = 4;
-const SLOT_UP: usize = 5;
-const SLOT_DOWN: usize = 6;
 
 /// Where attention finds the keys and values a row sees (as `Transformer`'s `Context`).
 pub enum Attend<'a, B: Backend> {
@@ -207,31 +201,36 @@ impl<B: Backend> DevBlock<B> {
         };
         match (&l.bf16, &mut g.mlp_bf16) {
             (Some(LayerBf16 { mlp: m, .. }), Some(dm)) => {
-                // dact = dy·W_down + LoRA's term, set (no zeroing), then gate and up from it, all in bf16.
+                // dact = dy·W_down + LoRA's term, set (no zeroing), then gate and up from it, all in bf16; dy
+                // rounded once for down's products (dx, and LoRA's dB and du).
+                let Values::F32(dy) = dmlp_out else { unreachable!("the residual stream's gradient is f32") };
+                be.round_bf16(&mut g.dy_bf16, dy, n * d)?;
                 let (dact, act) = (ValuesMut::Bf16(&mut dm.act), Values::Bf16(&m.act));
-                self.down.backward(be, dact, true, dmlp_out, dense, act, n, lora(SLOT_DOWN), s)?;
+                let dy = (dmlp_out, Some(&g.dy_bf16));
+                self.down.backward(be, dact, true, dy, dense, act, n, lora(SLOT_DOWN), s)?;
                 let MlpBf16 { gate: dgate, up: dup, act: dact } = dm;
                 be.glu_backward_bf16(dgate, dup, dact, &m.gate, &m.up, n * f, a.act)?;
-                be.zero(&mut g.dh, n * d)?;
                 let gate = self.gate.as_mut().expect("bf16 activations are a gated MLP's (Weights::bf16_activations)");
                 let dh = ValuesMut::F32(&mut g.dh);
-                gate.backward(be, dh, false, Values::Bf16(dgate), ff, h2, n, lora(SLOT_GATE), s)?;
+                gate.backward(be, dh, true, (Values::Bf16(dgate), None), ff, h2, n, lora(SLOT_GATE), s)?;
                 let dh = ValuesMut::F32(&mut g.dh);
-                self.up.backward(be, dh, false, Values::Bf16(dup), ff, h2, n, lora(SLOT_UP), s)?;
+                self.up.backward(be, dh, false, (Values::Bf16(dup), None), ff, h2, n, lora(SLOT_UP), s)?;
             }
             _ => {
-                be.zero(&mut g.dact, n * f)?;
                 let dact = ValuesMut::F32(&mut g.dact);
-                self.down.backward(be, dact, false, dmlp_out, dense, Values::F32(&l.act), n, lora(SLOT_DOWN), s)?;
+                let (dy, act) = ((dmlp_out, None), Values::F32(&l.act));
+                self.down.backward(be, dact, true, dy, dense, act, n, lora(SLOT_DOWN), s)?;
                 let mlp = self.mlp();
                 match mlp {
                     Mlp::Gelu => be.gelu_backward(&mut g.dup, &g.dact, &l.up, n * f)?,
                     _ => be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?,
                 }
-                be.zero(&mut g.dh, n * d)?;
+                // dh is set by the first product that writes it (no zeroing), then added to.
+                let mut set = true;
                 if let Some(gate) = &mut self.gate {
                     let (dh, dgate) = (ValuesMut::F32(&mut g.dh), Values::F32(&g.dgate));
-                    gate.backward(be, dh, false, dgate, ff, h2, n, lora(SLOT_GATE), s)?;
+                    gate.backward(be, dh, true, (dgate, None), ff, h2, n, lora(SLOT_GATE), s)?;
+                    set = false;
                 }
                 let dh = ValuesMut::F32(&mut g.dh);
                 match mlp {
@@ -239,20 +238,20 @@ impl<B: Backend> DevBlock<B> {
                         be.copy_view(gate_up, MatView::columns(n, 0, f, 2 * f), &g.dgate, ff)?;
                         be.copy_view(gate_up, MatView::columns(n, f, f, 2 * f), &g.dup, ff)?;
                         let wide = MatView::dense(n, 2 * f);
-                        self.up.backward(be, dh, false, Values::F32(gate_up), wide, h2, n, lora(SLOT_UP), s)?;
+                        self.up.backward(be, dh, set, (Values::F32(gate_up), None), wide, h2, n, lora(SLOT_UP), s)?;
                     }
-                    _ => self.up.backward(be, dh, false, Values::F32(&g.dup), ff, h2, n, lora(SLOT_UP), s)?,
+                    _ => self.up.backward(be, dh, set, (Values::F32(&g.dup), None), ff, h2, n, lora(SLOT_UP), s)?,
                 }
             }
         }
         self.mlp_norm.backward(be, &mut g.dx, &g.dh, &l.x_mid, &l.mean2, &l.rstd2, n, d, off)?;
 
         // Attention: x_mid = x_in + o(attention(rope(qkv(h1)))), h1 = attn_norm(x_in)
-        be.zero(&mut g.datt, n * lay.n_heads * lay.head_dim)?;
         let post = self.post_norms.as_mut().map(|(norm, _)| (norm, &l.attn_out, &l.post1_rstd));
         let dattn_out = through_post_norm(be, post, &g.dx, &mut g.dsub, n, d, off)?;
         let (datt, att) = (ValuesMut::F32(&mut g.datt), Values::F32(&l.att));
-        self.o.backward(be, datt, false, Values::F32(dattn_out), dense, att, n, l.lora[SLOT_O].as_ref(), s)?;
+        let dy = (Values::F32(dattn_out), None);
+        self.o.backward(be, datt, true, dy, dense, att, n, l.lora[SLOT_O].as_ref(), s)?;
         be.attention_backward(&mut g.dqkv, &mut g.stats, &g.datt, &l.qkv, &l.att, lay, a.seq_start, n)?;
         a.rope(be, true, &mut g.dqkv)?;
         if let Some((qn, kn)) = &mut self.qk_norm {
@@ -268,12 +267,16 @@ impl<B: Backend> DevBlock<B> {
                 be.copy_view(&mut g.dqkv, cols, &g.dqk_pre, dense)?;
             }
         }
-        be.zero(&mut g.dh, n * d)?;
+        // With bf16 activations, dq|dk|dv rounded once for every product of q, k and v that reads them.
+        if l.bf16.is_some() {
+            be.round_bf16(&mut g.dy_bf16, &g.dqkv, n * lay.row_len)?;
+        }
+        let dqkv = (Values::F32(&g.dqkv), l.bf16.as_ref().map(|_| &g.dy_bf16));
         let mut col = 0;
         for (slot, lin) in self.qkv.iter_mut().enumerate() {
-            let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
-            let (dh, dqkv) = (ValuesMut::F32(&mut g.dh), Values::F32(&g.dqkv));
-            lin.backward(be, dh, false, dqkv, view, h1, n, l.lora[slot].as_ref(), s)?;
+            // dh is set by q's product (no zeroing), then added to.
+            let (view, dh) = (MatView::columns(n, col, lin.out_dim, lay.row_len), ValuesMut::F32(&mut g.dh));
+            lin.backward(be, dh, slot == 0, dqkv, view, h1, n, l.lora[slot].as_ref(), s)?;
             col += lin.out_dim;
         }
         self.attn_norm.backward(be, &mut g.dx, &g.dh, &l.x_in, &l.mean1, &l.rstd1, n, d, off)

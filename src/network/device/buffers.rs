@@ -2,7 +2,7 @@
 //! caching arena: no allocation per step once the largest batch has been seen). A training pass keeps every
 //! block's activations for the backward pass; inference keeps one block's.
 use super::linear::{LinearScratch, LoraBufs};
-use super::weights::Weights;
+use super::weights::{SLOT_O, Weights};
 use crate::kernels::backend::Backend;
 use crate::network::config::Config;
 use anyhow::Result;
@@ -85,6 +85,9 @@ pub struct GradBufs<B: Backend> {
     /// Their gradients in bf16 (dgate, dup, dact) when the MLP's activations are kept in bf16
     /// ([`Weights::bf16_activations`]); the f32 ones empty.
     pub mlp_bf16: Option<MlpBf16<B>>,
+    /// With bf16 activations, an f32 gradient rounded once for the bf16 products that read it: down's dy (N, d),
+    /// then dq|dk|dv (N, qkv width); else empty.
+    pub dy_bf16: B::Bf16,
     /// Attention backward's per-(row, head) softmax statistics (N·heads·3).
     pub stats: B::F32,
     /// ∂L/∂(final-normed hidden states) (N, d).
@@ -156,8 +159,11 @@ impl<B: Backend> Buffers<B> {
             let mut lora: Vec<Option<LoraBufs<B>>> = (0..7).map(|_| None).collect();
             for (slot, l) in blk.slotted() {
                 if let Some(a) = &l.lora {
+                    // Every linear but o reads a normed input or the MLP's act: kept in bf16 under `bf16`.
+                    let u_bf16 = bf16 && slot != SLOT_O;
                     lora[slot] = Some(LoraBufs {
-                        u: be.alloc(n * a.rank)?,
+                        u: be.alloc(if u_bf16 { 0 } else { n * a.rank })?,
+                        u_bf16: be.alloc_bf16(if u_bf16 { n * a.rank } else { 0 })?,
                         keep: (training && a.dropout > 0.0).then(|| be.alloc_mask(n * l.in_dim)).transpose()?,
                     });
                 }
@@ -203,6 +209,7 @@ impl<B: Backend> Buffers<B> {
                     dup: be.alloc(ff)?,
                     dact: be.alloc(ff)?,
                     mlp_bf16: bf16.then(|| MlpBf16::new(be, n * f)).transpose()?,
+                    dy_bf16: be.alloc_bf16(if bf16 { n * d.max(qw) } else { 0 })?,
                     stats: be.alloc(n * c.num_heads * 3)?,
                     dhidden: be.alloc(n * d)?,
                     dsub: be.alloc(if c.sandwich_norms { n * d } else { 0 })?,

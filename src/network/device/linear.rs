@@ -9,10 +9,19 @@ use anyhow::Result;
 
 /// What an adapted layer keeps for its backward pass.
 pub struct LoraBufs<B: Backend> {
-    /// scale·u, u = dropout(x)·Aᵀ (N, r): the forward's factor, kept scaled for dB.
+    /// scale·u, u = dropout(x)·Aᵀ (N, r): the forward's factor, kept scaled for dB. In bf16 (`u_bf16`, `u` empty)
+    /// where x is kept in bf16: u's products are bf16 products then, and a bf16 u needs no rounding for them.
     pub u: B::F32,
+    pub u_bf16: B::Bf16,
     /// The dropout mask of x (N·in elements); None without dropout.
     pub keep: Option<B::Mask>,
+}
+
+impl<B: Backend> LoraBufs<B> {
+    /// u as the products take it: bf16 for a layer whose input is kept in bf16 (`bf16_x`).
+    fn u(&self, bf16_x: bool) -> Values<'_, B> {
+        if bf16_x { Values::Bf16(&self.u_bf16) } else { Values::F32(&self.u) }
+    }
 }
 
 /// Scratch the layers share: dropout(x) or du·A (N, in) — in bf16 for an input kept in bf16 — and ∂L/∂u (N, r);
@@ -100,29 +109,34 @@ impl<B: Backend> DevLinear<B> {
             (_, _, x) => x,
         };
         // Scale the small (N, r) factor rather than the (N, out) product, as the CPU does; kept for dB.
-        let (nr, ni) = (MatView::dense(n, r), MatView::dense(n, inp));
-        let a = lora.a.operand(matches!(xin, Values::Bf16(_)));
-        lora_product(be, ValuesMut::F32(&mut la.u), nr, xin, ni, a, MatView::dense(r, inp).t(), lora.scale, false)?;
-        let b = lora.b.operand(matches!(out, ValuesMut::Bf16(_)));
-        lora_product(be, out, ov, Values::F32(&la.u), nr, b, MatView::dense(outd, r).t(), 1.0, true)
+        let (nr, ni, bf16_x) = (MatView::dense(n, r), MatView::dense(n, inp), matches!(xin, Values::Bf16(_)));
+        let u = if bf16_x { ValuesMut::Bf16(&mut la.u_bf16) } else { ValuesMut::F32(&mut la.u) };
+        lora_product(be, u, nr, xin, ni, lora.a.operand(bf16_x), MatView::dense(r, inp).t(), lora.scale, false)?;
+        let b = lora.b.operand(bf16_x || matches!(out, ValuesMut::Bf16(_)));
+        lora_product(be, out, ov, la.u(bf16_x), nr, b, MatView::dense(outd, r).t(), 1.0, true)
     }
 
     /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x (dx = when `dx_set`: then nothing
     /// needs zeroing first); dW, db, dA, dB accumulate when they train, in the CPU's order. dy: the view `dyv`
-    /// (N, out) of `dy`; x: the forward's input (N, in).
+    /// (N, out) of `dy`, and `dy_bf16`, a bf16 copy of it the caller rounded once for several layers: the products
+    /// read that copy, the bias's gradient dy; x: the forward's input (N, in).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
         be: &B,
         mut dx: ValuesMut<B>,
         dx_set: bool,
-        dy: Values<B>,
+        (dy, dy_bf16): (Values<B>, Option<&B::Bf16>),
         dyv: MatView,
         x: Values<B>,
         n: usize,
         la: Option<&LoraBufs<B>>,
         s: &mut LinearScratch<B>,
     ) -> Result<()> {
+        if let Some(g) = self.b.as_mut().and_then(|b| b.grad()) {
+            be.add_column_sums(g, f32_of(dy), dyv)?;
+        }
+        let dy = dy_bf16.map_or(dy, Values::Bf16);
         let (inp, outd) = (self.in_dim, self.out_dim);
         let (ni, w) = (MatView::dense(n, inp), MatView::dense(outd, inp));
         let add = !std::mem::replace(&mut self.w.grad_zero, false);
@@ -134,16 +148,13 @@ impl<B: Backend> DevLinear<B> {
                 (dy, x) => be.gemm_bf16(ValuesMut::F32(g), gv, dy, dyv.t(), x, ni, 1.0, add)?,
             }
         }
-        if let Some(g) = self.b.as_mut().and_then(|b| b.grad()) {
-            be.add_column_sums(g, f32_of(dy), dyv)?;
-        }
         if dx_set {
             // dx (N, in) = dy · W, LoRA's term added after
             self.w.product(be, dx.reborrow(), ni, dy, dyv, w, false)?;
         }
         if let (Some(lora), Some(la)) = (&mut self.lora, la) {
             let (r, p, shape) = (lora.rank, lora.dropout, (n, inp, lora.rank));
-            let (nr, u) = (MatView::dense(n, r), Values::F32(&la.u));
+            let (nr, u) = (MatView::dense(n, r), la.u(matches!(x, Values::Bf16(_))));
             if let Some(g) = lora.b.grad() {
                 // dB (out, r) += dyᵀ · (scale·u)
                 lora_product(be, ValuesMut::F32(g), MatView::dense(outd, r), dy, dyv.t(), u, nr, 1.0, true)?;

@@ -345,6 +345,12 @@ fn linears_mut<'a, B: Backend>(
     qkv.iter_mut().chain([Some(o), gate.as_mut(), Some(up), Some(down)].into_iter().flatten())
 }
 
+/// Slots of a block's linear layers in `LayerBufs::lora` ([`DevBlock::slotted`]): q, k, v (0 to 2), then these.
+pub const SLOT_O: usize = 3;
+pub const SLOT_GATE: usize = 4;
+pub const SLOT_UP: usize = 5;
+pub const SLOT_DOWN: usize = 6;
+
 impl<B: Backend> DevBlock<B> {
     /// The linear layers in parameter order.
     pub fn linears(&self) -> impl Iterator<Item = &DevLinear<B>> {
@@ -360,10 +366,11 @@ impl<B: Backend> DevBlock<B> {
         }
     }
 
-    /// Each linear layer with its slot in a layer's LoRA buffers (`block::SLOT_*`): q, k, v (or the fused qkv)
-    /// from 0, then o, gate, up, down at 3 to 6 — the same slot whether or not projections are fused.
+    /// Each linear layer with its slot in a layer's LoRA buffers ([`SLOT_O`] and after): q, k, v (or the fused
+    /// qkv) from 0, then o, gate, up, down — the same slot whether or not projections are fused.
     pub fn slotted(&self) -> impl Iterator<Item = (usize, &DevLinear<B>)> {
-        let rest = [(3, Some(&self.o)), (4, self.gate.as_ref()), (5, Some(&self.up)), (6, Some(&self.down))];
-        self.qkv.iter().enumerate().chain(rest.into_iter().filter_map(|(slot, l)| Some((slot, l?))))
+        let rest = [(SLOT_O, Some(&self.o)), (SLOT_GATE, self.gate.as_ref()), (SLOT_UP, Some(&self.up))];
+        let rest = rest.into_iter().chain([(SLOT_DOWN, Some(&self.down))]);
+        self.qkv.iter().enumerate().chain(rest.filter_map(|(slot, l)| Some((slot, l?))))
     }
 }
