@@ -281,11 +281,15 @@ void on_fault(int sig, siginfo_t* info, void*) {
     }
     char msg[512];
     const uint3 t = running ? running->idx : uint3{};
-    int n = snprintf(msg, sizeof msg,
-                     "cuda emulator: kernel %s, block (%u, %u, %u), thread (%u, %u, %u): read or wrote %p, outside "
-                     "every device allocation (an index past a buffer's end, or a fiber's stack overflowed)\n",
-                     kernel ? kernel->name : "?", block_idx.x, block_idx.y, block_idx.z, t.x, t.y, t.z,
-                     info->si_addr);
+    // SIGILL: the trap the kernels are compiled with for a misaligned access (tests/common/cuda_emulator.rs).
+    const char* what = sig == SIGILL ? "a load or store at an address not a multiple of its type's size (a GPU faults "
+                                       "on it), at instruction"
+                                     : "read or wrote";
+    const char* why = sig == SIGILL ? "" : ", outside every device allocation (an index past a buffer's end, or a "
+                                           "fiber's stack overflowed)";
+    int n = snprintf(msg, sizeof msg, "cuda emulator: kernel %s, block (%u, %u, %u), thread (%u, %u, %u): %s %p%s\n",
+                     kernel ? kernel->name : "?", block_idx.x, block_idx.y, block_idx.z, t.x, t.y, t.z, what,
+                     info->si_addr, why);
     if (n > 0) (void)!write(2, msg, size_t(n) < sizeof msg ? size_t(n) : sizeof msg - 1);
     _exit(139);
 }
@@ -304,6 +308,7 @@ void install_fault_handler() {
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
     sigaction(SIGSEGV, &sa, nullptr);
     sigaction(SIGBUS, &sa, nullptr);
+    sigaction(SIGILL, &sa, nullptr);
 }
 
 // Stacks for `threads` fibers, each above a PROT_NONE page that turns an overflow into a fault.
