@@ -51,7 +51,8 @@ std::map<Handle, std::unique_ptr<int>> streams;  // streams made by cuStreamCrea
 size_t page() { return size_t(sysconf(_SC_PAGESIZE)); }
 
 // `bytes` that end where a PROT_NONE page starts (and start after another), aligned to 4 bytes (8 when `bytes` is
-// a multiple of 8: every f64 and u64 buffer).
+// a multiple of 8: every f64 and u64 buffer). Filled with 0xff bytes — NaN as f32 and bf16 — because a GPU's fresh
+// memory holds whatever was there before: a value read before anything wrote it then shows as NaN, not as zero.
 CUdeviceptr allocate(size_t bytes) {
     const size_t p = page(), rounded = (bytes + 3) & ~size_t(3), body = (rounded + p - 1) / p * p;
     const size_t len = body + 2 * p;
@@ -61,6 +62,7 @@ CUdeviceptr allocate(size_t bytes) {
     mprotect(base, p, PROT_NONE);
     mprotect(base + p + body, p, PROT_NONE);
     const auto ptr = CUdeviceptr(base + p + body - rounded);
+    memset(reinterpret_cast<void*>(ptr), 0xff, bytes);
     allocations[ptr] = {base, len, bytes};
     in_use += bytes;
     return ptr;
