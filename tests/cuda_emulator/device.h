@@ -79,7 +79,10 @@ ArgBytes copy_args(void** args) {
 #define __global__
 // Helpers are defined in every program (common.cuh in front of each): internal linkage keeps them apart.
 #define __device__ static inline
-#define __shared__ static
+// Every kernel's shared arrays in one section, which threads.cpp fills with 0xff bytes before each block: a GPU's
+// shared memory holds leftovers, so a value read before the block wrote it must not look like zero (or like the
+// previous block's).
+#define __shared__ static __attribute__((section("emu_shared")))
 #define __align__(n) __attribute__((aligned(n)))
 
 inline void __syncthreads() { emu::syncthreads(); }

@@ -347,6 +347,10 @@ std::string run_block(size_t threads) {
 }
 }  // namespace
 
+// The bounds of device.h's `emu_shared` section (the linker's names for it), weak: a build without kernels has none.
+extern "C" char __start_emu_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_emu_shared[] __attribute__((weak, visibility("hidden")));
+
 std::string launch(const Kernel& k, dim3 grid, dim3 block, void** args) {
     const size_t threads = size_t(block.x) * block.y * block.z;
     if (threads == 0 || grid.x == 0 || grid.y == 0 || grid.z == 0)
@@ -366,6 +370,8 @@ std::string launch(const Kernel& k, dim3 grid, dim3 block, void** args) {
         for (unsigned y = 0; y < grid.y && err.empty(); ++y)
             for (unsigned x = 0; x < grid.x && err.empty(); ++x) {
                 block_idx = {x, y, z};
+                if (__start_emu_shared != nullptr)
+                    memset(__start_emu_shared, 0xff, size_t(__stop_emu_shared - __start_emu_shared));
                 err = run_block(threads);
                 if (!err.empty()) err = "block " + describe(block_idx) + ": " + err;
             }
