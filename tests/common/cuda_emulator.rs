@@ -101,6 +101,20 @@ fn build() -> Result<PathBuf, String> {
             }
         }
     }
+    // device.h puts `__shared__` arrays in the `emu_shared` section that threads.cpp fills before each block, but
+    // g++ ignores a section attribute on a static inside a function template (GCC PR 70435): those land in .bss.
+    // A kernel program's .bss holds nothing else that is read after start-up (its 1-byte registration object), so
+    // it joins the section.
+    for object in &objects[..programs] {
+        let out = Command::new(objcopy())
+            .args(["--set-section-flags", ".bss=alloc,load,contents,data", "--rename-section", ".bss=emu_shared"])
+            .arg(object)
+            .output()
+            .map_err(|e| format!("{}: {e} (the CUDA emulator needs binutils' objcopy)", objcopy()))?;
+        if !out.status.success() {
+            return Err(format!("objcopy {}:\n{}", object.display(), String::from_utf8_lossy(&out.stderr)));
+        }
+    }
     let lib = work.join("libcondlm_cuda_emulator.so");
     let out = Command::new(cxx())
         .args(["-shared", "-o"])
@@ -120,6 +134,11 @@ fn build() -> Result<PathBuf, String> {
         return Err(format!("could not move {} to {}", work.display(), dir.display()));
     }
     Ok(dir)
+}
+
+/// binutils' objcopy: $OBJCOPY, else objcopy.
+fn objcopy() -> String {
+    std::env::var("OBJCOPY").unwrap_or_else(|_| "objcopy".into())
 }
 
 /// The C++ compiler: $CXX, else g++.

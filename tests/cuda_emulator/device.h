@@ -81,7 +81,8 @@ ArgBytes copy_args(void** args) {
 #define __device__ static inline
 // Every kernel's shared arrays in one section, which threads.cpp fills with 0xff bytes before each block: a GPU's
 // shared memory holds leftovers, so a value read before the block wrote it must not look like zero (or like the
-// previous block's).
+// previous block's). (g++ ignores the attribute inside function templates: tests/common/cuda_emulator.rs moves
+// those arrays into the section after compiling.)
 #define __shared__ static __attribute__((section("emu_shared")))
 #define __align__(n) __attribute__((aligned(n)))
 

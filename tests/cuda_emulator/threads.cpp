@@ -281,12 +281,14 @@ void on_fault(int sig, siginfo_t* info, void*) {
     }
     char msg[512];
     const uint3 t = running ? running->idx : uint3{};
-    // SIGILL: the trap the kernels are compiled with for a misaligned access (tests/common/cuda_emulator.rs).
-    const char* what = sig == SIGILL ? "a load or store at an address not a multiple of its type's size (a GPU faults "
-                                       "on it), at instruction"
-                                     : "read or wrote";
-    const char* why = sig == SIGILL ? "" : ", outside every device allocation (an index past a buffer's end, or a "
-                                           "fiber's stack overflowed)";
+    // SIGILL or SIGTRAP: a trap, most likely the one the kernels are compiled with for a misaligned access
+    // (tests/common/cuda_emulator.rs; SIGILL on x86-64, SIGTRAP elsewhere).
+    const bool trap = sig == SIGILL || sig == SIGTRAP;
+    const char* what = trap ? "trapped (likely a load or store at an address not a multiple of its type's size, "
+                              "which a GPU faults on) at instruction"
+                            : "read or wrote";
+    const char* why = trap ? "" : ", outside every device allocation (an index past a buffer's end, or a fiber's "
+                                  "stack overflowed)";
     int n = snprintf(msg, sizeof msg, "cuda emulator: kernel %s, block (%u, %u, %u), thread (%u, %u, %u): %s %p%s\n",
                      kernel ? kernel->name : "?", block_idx.x, block_idx.y, block_idx.z, t.x, t.y, t.z, what,
                      info->si_addr, why);
@@ -309,6 +311,7 @@ void install_fault_handler() {
     sigaction(SIGSEGV, &sa, nullptr);
     sigaction(SIGBUS, &sa, nullptr);
     sigaction(SIGILL, &sa, nullptr);
+    sigaction(SIGTRAP, &sa, nullptr);
 }
 
 // Stacks for `threads` fibers, each above a PROT_NONE page that turns an overflow into a fault.
