@@ -4,7 +4,7 @@
 //! GPU the same composition runs on the CUDA kernels, each checked against these CPU kernels by
 //! `condlm info --devices --check-kernels`.
 mod common;
-use common::device_steps::{cpu_step, device_step, grads, model, rows, targets, with_lora};
+use common::device_steps::{cpu_step, device_step, grads, model, rows, targets, with_lora, with_lora_rank};
 use common::{fixture, load_f32_tensors, rel_err};
 use condlm::data::example::Example;
 use condlm::formats::load::load_model;
@@ -53,6 +53,34 @@ fn device_logprobs_equal_the_cpu_path() {
                 assert!(e < 1e-5, "{name}: device log-probs off the CPU path's by {e:e}");
             }
         }
+    }
+}
+
+/// Inference runs every block on one layer's buffers: an adapter on the later blocks only (PEFT's
+/// `layers_to_transform`), the last at twice the rank (`rank_pattern`), must still be applied, in full.
+#[test]
+fn device_logprobs_with_adapters_on_some_layers_at_several_ranks() {
+    for name in MODELS {
+        let mut m = with_lora(model(name), 0.0);
+        let mut wide = with_lora_rank(model(name), 0.0, 8);
+        let last = m.blocks.len() - 1;
+        assert!(last >= 1, "{name}: a fixture of one block");
+        for (l, w) in m.blocks[last].linears_mut().zip(wide.blocks[last].linears_mut()) {
+            l.lora = w.lora.take();
+        }
+        m.blocks[0].linears_mut().for_each(|l| l.lora = None);
+        let rows = rows(m.config.vocab_size as u32);
+        let cpu: Vec<f32> = score_encoded(&mut OnCpu::new(&m), &rows, 8, |_| {}).unwrap().concat();
+        let base: Vec<f32> = score_encoded(&mut OnCpu::new(&model(name)), &rows, 8, |_| {}).unwrap().concat();
+        assert!(rel_err(&cpu, &base) > 1e-3, "{name}: the adapters change nothing, so the check could not fail");
+        let mut dev = DeviceModel::new(Host, &m).unwrap();
+        let batch = PackedBatch::new(&rows.iter().map(|e| e.ids.clone()).collect::<Vec<_>>());
+        let (sel, t) = targets(&rows, &batch);
+        let mut lp = vec![0.0; sel.len()];
+        dev.forward(&batch, None).unwrap();
+        dev.target_logprobs(&sel, &t, &mut lp).unwrap();
+        let e = rel_err(&lp, &cpu);
+        assert!(e < 1e-5, "{name}: device log-probs off the CPU path's by {e:e}");
     }
 }
 

@@ -31,8 +31,14 @@ pub fn targets(rows: &[Example], batch: &PackedBatch) -> (Vec<usize>, Vec<u32>) 
 }
 
 /// LoRA on every linear layer with dropout, B made non-zero so that A's gradients and the dropout masks matter.
-pub fn with_lora(mut m: Transformer, dropout: f32) -> Transformer {
-    let cfg = LoraConfig { rank: 4, alpha: 8.0, dropout, rslora: false, targets: vec!["all-linear".into()] };
+pub fn with_lora(m: Transformer, dropout: f32) -> Transformer {
+    with_lora_rank(m, dropout, 4)
+}
+
+/// [`with_lora`] at rank `rank` (alpha 2·rank).
+pub fn with_lora_rank(mut m: Transformer, dropout: f32, rank: usize) -> Transformer {
+    let targets = vec!["all-linear".into()];
+    let cfg = LoraConfig { rank, alpha: 2.0 * rank as f32, dropout, rslora: false, targets };
     attach(&mut m, &cfg, 7).unwrap();
     for (k, p) in m.params_mut().into_iter().enumerate() {
         if p.name.contains("lora_B") {

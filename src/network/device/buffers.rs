@@ -155,18 +155,27 @@ impl<B: Backend> Buffers<B> {
         let max_rank = max_rank.max().unwrap_or(0);
         let kept = if training { c.num_layers } else { 1 };
         let mut layers = Vec::with_capacity(kept);
-        for blk in w.blocks.iter().take(kept) {
+        for (i, blk) in w.blocks.iter().enumerate().take(kept) {
+            // Inference runs every block on one layer's buffers: a slot's adapter buffers then serve whichever
+            // block adapts that slot, at the largest rank (`layers_to_transform`, `rank_pattern`).
+            let served = if training { &w.blocks[i..=i] } else { &w.blocks[..] };
+            let mut rank = [0usize; 7];
+            for (slot, a) in served.iter().flat_map(|b| b.slotted()).filter_map(|(s, l)| Some((s, l.lora.as_ref()?))) {
+                rank[slot] = rank[slot].max(a.rank);
+            }
             let mut lora: Vec<Option<LoraBufs<B>>> = (0..7).map(|_| None).collect();
             for (slot, l) in blk.slotted() {
-                if let Some(a) = &l.lora {
-                    // Every linear but o reads a normed input or the MLP's act: kept in bf16 under `bf16`.
-                    let u_bf16 = bf16 && slot != SLOT_O;
-                    lora[slot] = Some(LoraBufs {
-                        u: be.alloc(if u_bf16 { 0 } else { n * a.rank })?,
-                        u_bf16: be.alloc_bf16(if u_bf16 { n * a.rank } else { 0 })?,
-                        keep: (training && a.dropout > 0.0).then(|| be.alloc_mask(n * l.in_dim)).transpose()?,
-                    });
+                if rank[slot] == 0 {
+                    continue;
                 }
+                // Every linear but o reads a normed input or the MLP's act: kept in bf16 under `bf16`.
+                let (r, u_bf16) = (rank[slot], bf16 && slot != SLOT_O);
+                let dropout = l.lora.as_ref().is_some_and(|a| a.dropout > 0.0);
+                lora[slot] = Some(LoraBufs {
+                    u: be.alloc(if u_bf16 { 0 } else { n * r })?,
+                    u_bf16: be.alloc_bf16(if u_bf16 { n * r } else { 0 })?,
+                    keep: (training && dropout).then(|| be.alloc_mask(n * l.in_dim)).transpose()?,
+                });
             }
             let stream = if training { n * d } else { 0 };
             let kvw = c.num_kv_heads * c.head_dim;
