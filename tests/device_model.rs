@@ -57,7 +57,8 @@ fn device_logprobs_equal_the_cpu_path() {
 }
 
 /// Inference runs every block on one layer's buffers: an adapter on the later blocks only (PEFT's
-/// `layers_to_transform`), the last at twice the rank (`rank_pattern`), must still be applied, in full.
+/// `layers_to_transform`), the last at twice the rank (`rank_pattern`), must still be applied, in full — and so
+/// when the pass runs on a training pass's buffers (a layer per block), as evaluation during training does.
 #[test]
 fn device_logprobs_with_adapters_on_some_layers_at_several_ranks() {
     for name in MODELS {
@@ -76,11 +77,16 @@ fn device_logprobs_with_adapters_on_some_layers_at_several_ranks() {
         let mut dev = DeviceModel::new(Host, &m).unwrap();
         let batch = PackedBatch::new(&rows.iter().map(|e| e.ids.clone()).collect::<Vec<_>>());
         let (sel, t) = targets(&rows, &batch);
-        let mut lp = vec![0.0; sel.len()];
-        dev.forward(&batch, None).unwrap();
-        dev.target_logprobs(&sel, &t, &mut lp).unwrap();
-        let e = rel_err(&lp, &cpu);
-        assert!(e < 1e-5, "{name}: device log-probs off the CPU path's by {e:e}");
+        for pass in ["inference buffers", "a training step's buffers"] {
+            if pass != "inference buffers" {
+                device_step(&mut dev, &rows, 3, 0.0); // gradients only: the weights stay as they are
+            }
+            let mut lp = vec![0.0; sel.len()];
+            dev.forward(&batch, None).unwrap();
+            dev.target_logprobs(&sel, &t, &mut lp).unwrap();
+            let e = rel_err(&lp, &cpu);
+            assert!(e < 1e-5, "{name}, {pass}: device log-probs off the CPU path's by {e:e}");
+        }
     }
 }
 

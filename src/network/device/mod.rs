@@ -298,7 +298,6 @@ impl<B: Backend> DeviceModel<B> {
             be.embedding(&mut bufs.hidden, &p.w, &bufs.positions, n, d, None)?;
             be.add(&mut bufs.x, &bufs.hidden, n * d)?;
         }
-        let training = step_seed.is_some();
         // Each row's row of the RoPE table: its position, or LongRoPE's row.
         let rope_rows = if long_after.is_some() { &bufs.rope_rows } else { &bufs.positions };
         for (i, blk) in w.blocks.iter().enumerate() {
@@ -322,7 +321,9 @@ impl<B: Backend> DeviceModel<B> {
                     Attend::Cached { k, v, slots, positions, capacity, cached_rows }
                 }
             };
-            let l = &mut bufs.layers[if training { i } else { 0 }];
+            // A training pass's buffers hold a layer per block (each with its own LoRA slots), and an inference
+            // pass may run on them; inference-sized buffers hold one layer that serves every block.
+            let l = &mut bufs.layers[if bufs.training { i } else { 0 }];
             blk.forward(be, &mut bufs.x, l, &mut bufs.linear, &mut bufs.gate_up, &args, attend)?;
         }
         be.copy(&mut bufs.x_final_in, &bufs.x, n * d)?;
