@@ -61,7 +61,8 @@ pub fn run(d: &Device) -> Result<()> {
             let mut timed = [0.0f64; 2];
             for rep in 0..=REPS {
                 let t = Instant::now();
-                attention_forward(d, &mut out.as_view_mut(), &qkv.as_view(), l, &gstart, precision)?;
+                let (mut o, mut st) = (out.as_view_mut(), stats.as_view_mut());
+                attention_forward(d, &mut o, Some(&mut st), &qkv.as_view(), l, &gstart, precision)?;
                 s.synchronize()?;
                 let forward = t.elapsed().as_secs_f64();
                 let t = Instant::now();

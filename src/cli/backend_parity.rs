@@ -547,10 +547,10 @@ fn attention_on<B: Backend>(b: &B, l: QkvLayout) -> Result<Outs> {
     let rows = 63;
     let aw = l.n_heads * l.head_dim;
     let (qkv, seq_start) = (up(b, &random(cap * l.row_len, 63, 2.0))?, up_u32(b, &starts)?);
-    let mut out = up(b, &random(cap * aw, 64, 1.0))?;
-    b.attention_forward(&mut out, &qkv, l, &seq_start, rows)?;
+    let (mut out, mut stats) = (up(b, &random(cap * aw, 64, 1.0))?, b.alloc(cap * l.n_heads * 3)?);
+    b.attention_forward(&mut out, Some(&mut stats), &qkv, l, &seq_start, rows)?;
     let datt = up(b, &random(cap * aw, 65, 1.0))?;
-    let (mut dqkv, mut stats) = (up(b, &random(cap * l.row_len, 66, 1.0))?, b.alloc(cap * l.n_heads * 3)?);
+    let mut dqkv = up(b, &random(cap * l.row_len, 66, 1.0))?;
     b.attention_backward(&mut dqkv, &mut stats, &datt, &qkv, &out, l, &seq_start, rows)?;
     let window = if l.window < rows { format!(", window {}", l.window) } else { String::new() };
     let name = format!("{}/{}×{}{window}", l.n_heads, l.n_kv_heads, l.head_dim);

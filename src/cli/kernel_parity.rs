@@ -275,14 +275,15 @@ fn attention(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         let mut cpu = vec![0.0; rows * l.n_heads * l.head_dim];
         cpu_attention_forward(&mut cpu, &cpu_in(&qkv), l, &seq_start);
         let (gqkv, mut gout) = (s.clone_htod(&qkv)?, s.alloc_zeros::<f32>(cpu.len())?);
-        attention_forward(d, &mut gout.as_view_mut(), &gqkv.as_view(), l, &gstart, precision)?;
+        let mut stats = s.alloc_zeros::<f32>(rows * l.n_heads * 3)?;
+        let (mut o, mut st) = (gout.as_view_mut(), stats.as_view_mut());
+        attention_forward(d, &mut o, Some(&mut st), &gqkv.as_view(), l, &gstart, precision)?;
         compare(all, &format!("attention_forward {name}"), &s.clone_dtoh(&gout)?, &cpu, tol);
         // The backward writes only the q, k, v columns: dqkv starts random so that the others are checked too.
         let (datt, dqkv0) = (random(cpu.len(), 21, 1.0), random(qkv.len(), 22, 1.0));
         let mut dqkv = dqkv0.clone();
         cpu_attention_backward(&mut dqkv, &cpu_in(&datt), &cpu_in(&qkv), &cpu, l, &seq_start);
         let (gdatt, mut gdqkv) = (s.clone_htod(&datt)?, s.clone_htod(&dqkv0)?);
-        let mut stats = s.alloc_zeros::<f32>(rows * l.n_heads * 3)?;
         let (gdatt, gqkv, gout) = (gdatt.as_view(), gqkv.as_view(), gout.as_view());
         let mut gd = gdqkv.as_view_mut();
         attention_backward(d, &mut gd, &mut stats.as_view_mut(), &gdatt, &gqkv, &gout, l, &gstart, precision)?;

@@ -397,9 +397,11 @@ impl Backend for Host {
         Ok(())
     }
 
+    /// The CPU's backward recomputes the softmax: it keeps no statistics.
     fn attention_forward(
         &self,
         out: &mut Vec<f32>,
+        _stats: Option<&mut Vec<f32>>,
         qkv: &Vec<f32>,
         l: QkvLayout,
         seq_start: &Vec<u32>,

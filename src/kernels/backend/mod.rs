@@ -328,17 +328,20 @@ pub trait Backend {
         table_rows: &Self::U32,
         t: &Self::Rope,
     ) -> Result<()>;
-    /// As `kernels::attention::attention_forward` over `rows` packed rows.
+    /// As `kernels::attention::attention_forward` over `rows` packed rows. `stats` (rows · n_heads · 3 values), for
+    /// a pass whose [`Self::attention_backward`] follows: what it needs of the forward's softmax (a backend may
+    /// keep nothing there and recompute it).
     fn attention_forward(
         &self,
         out: &mut Self::F32,
+        stats: Option<&mut Self::F32>,
         qkv: &Self::F32,
         l: QkvLayout,
         seq_start: &Self::U32,
         rows: usize,
     ) -> Result<()>;
-    /// As `kernels::attention::attention_backward`: dq, dk, dv **written** at their columns of dqkv. `stats`:
-    /// scratch of rows · n_heads · 3 values.
+    /// As `kernels::attention::attention_backward`: dq, dk, dv **written** at their columns of dqkv. `stats`: what
+    /// [`Self::attention_forward`] left there for the same qkv (the backward may write to it too).
     #[allow(clippy::too_many_arguments)]
     fn attention_backward(
         &self,

@@ -702,6 +702,7 @@ impl Backend for Cuda {
     fn attention_forward(
         &self,
         out: &mut CudaSlice<f32>,
+        stats: Option<&mut CudaSlice<f32>>,
         qkv: &CudaSlice<f32>,
         l: QkvLayout,
         seq_start: &CudaIndices,
@@ -709,8 +710,10 @@ impl Backend for Cuda {
     ) -> Result<()> {
         let op = "attention_forward";
         let mut o = pre_mut(out, rows * l.n_heads * l.head_dim, op);
+        let mut stats = stats.map(|s| pre_mut(s, rows * l.n_heads * 3, op));
         let (qkv, starts) = (pre(qkv, rows * l.row_len, op), seq_start.prefix(rows, op));
-        self.ran(op, attention::attention_forward(&self.device, &mut o, &qkv, l, &starts, self.attention_precision()))
+        let p = self.attention_precision();
+        self.ran(op, attention::attention_forward(&self.device, &mut o, stats.as_mut(), &qkv, l, &starts, p))
     }
 
     fn attention_backward(

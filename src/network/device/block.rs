@@ -103,13 +103,17 @@ impl<B: Backend> DevBlock<B> {
         }
         a.rope(be, false, &mut l.qkv)?;
         match attend {
-            Attend::Packed => be.attention_forward(&mut l.att, &l.qkv, lay, a.seq_start, n)?,
+            Attend::Packed => {
+                // A training pass keeps the softmax's statistics for the backward.
+                let stats = seed.is_some().then_some(&mut l.att_stats);
+                be.attention_forward(&mut l.att, stats, &l.qkv, lay, a.seq_start, n)?
+            }
             Attend::Cached { k, v, slots, positions, capacity, cached_rows } => {
                 be.kv_store(k, v, &l.qkv, lay, slots, positions, n, capacity)?;
                 // The packed pass covers every row (a cached row's seq_start is itself: one key, cheap), then the
                 // cached rows, the first ones, are attended again over the cache, replacing theirs.
                 if cached_rows < n {
-                    be.attention_forward(&mut l.att, &l.qkv, lay, a.seq_start, n)?;
+                    be.attention_forward(&mut l.att, None, &l.qkv, lay, a.seq_start, n)?;
                 }
                 if cached_rows > 0 {
                     be.cached_attention(&mut l.att, &l.qkv, k, v, lay, slots, positions, cached_rows, capacity)?;
@@ -183,7 +187,7 @@ impl<B: Backend> DevBlock<B> {
     pub fn backward(
         &mut self,
         be: &B,
-        l: &LayerBufs<B>,
+        l: &mut LayerBufs<B>,
         g: &mut GradBufs<B>,
         s: &mut LinearScratch<B>,
         gate_up: &mut B::F32,
@@ -252,7 +256,7 @@ impl<B: Backend> DevBlock<B> {
         let (datt, att) = (ValuesMut::F32(&mut g.datt), Values::F32(&l.att));
         let dy = (Values::F32(dattn_out), None);
         self.o.backward(be, datt, true, dy, dense, att, n, l.lora[SLOT_O].as_ref(), s)?;
-        be.attention_backward(&mut g.dqkv, &mut g.stats, &g.datt, &l.qkv, &l.att, lay, a.seq_start, n)?;
+        be.attention_backward(&mut g.dqkv, &mut l.att_stats, &g.datt, &l.qkv, &l.att, lay, a.seq_start, n)?;
         a.rope(be, true, &mut g.dqkv)?;
         if let Some((qn, kn)) = &mut self.qk_norm {
             let hd = lay.head_dim;

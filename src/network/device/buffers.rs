@@ -26,6 +26,9 @@ pub struct LayerBufs<B: Backend> {
     /// q|k|v after RoPE (N, qkv width); attention's output (N, heads·head_dim).
     pub qkv: B::F32,
     pub att: B::F32,
+    /// Attention's per-(row, head) softmax statistics (N·heads·3), from its forward to its backward (training
+    /// only).
+    pub att_stats: B::F32,
     /// gate, up and act(gate)·up (N, ffn); empty when they are kept in bf16 (`bf16`).
     pub gate: B::F32,
     pub up: B::F32,
@@ -88,8 +91,6 @@ pub struct GradBufs<B: Backend> {
     /// With bf16 activations, an f32 gradient rounded once for the bf16 products that read it: down's dy (N, d),
     /// then dq|dk|dv (N, qkv width); else empty.
     pub dy_bf16: B::Bf16,
-    /// Attention backward's per-(row, head) softmax statistics (N·heads·3).
-    pub stats: B::F32,
     /// ∂L/∂(final-normed hidden states) (N, d).
     pub dhidden: B::F32,
     /// ∂L/∂(a sublayer's output before its post norm) (N, d); ∂L/∂(q or k after, before its norm) (N, heads·hd).
@@ -192,6 +193,7 @@ impl<B: Backend> Buffers<B> {
                 mean2: size(layer_norms, n)?,
                 qkv: be.alloc(n * qw)?,
                 att: be.alloc(n * aw)?,
+                att_stats: be.alloc(if training { n * c.num_heads * 3 } else { 0 })?,
                 gate: be.alloc(ff)?,
                 up: be.alloc(ff)?,
                 act: be.alloc(ff)?,
@@ -219,7 +221,6 @@ impl<B: Backend> Buffers<B> {
                     dact: be.alloc(ff)?,
                     mlp_bf16: bf16.then(|| MlpBf16::new(be, n * f)).transpose()?,
                     dy_bf16: be.alloc_bf16(if bf16 { n * d.max(qw) } else { 0 })?,
-                    stats: be.alloc(n * c.num_heads * 3)?,
                     dhidden: be.alloc(n * d)?,
                     dsub: be.alloc(if c.sandwich_norms { n * d } else { 0 })?,
                     dqk_post: be.alloc(if c.qk_norm { n * aw } else { 0 })?,

@@ -594,7 +594,7 @@ impl<B: Backend> DeviceModel<B> {
                 seq_start: &bufs.seq_start,
                 seed: None,
             };
-            w.blocks[i].backward(be, &bufs.layers[i], g, &mut bufs.linear, &mut bufs.gate_up, &args)?;
+            w.blocks[i].backward(be, &mut bufs.layers[i], g, &mut bufs.linear, &mut bufs.gate_up, &args)?;
         }
         let pos = w.pos_embed.as_mut().and_then(|p| p.train.as_mut());
         if let (Some(s), true) = (self.embed_scale, w.embed.train.is_some() || pos.is_some()) {

@@ -4,8 +4,9 @@
 // columns; out (N, n_heads·head_dim).
 //
 // Launch convention: blocks of ATT_WARPS warps, each taking ATT_ROWS rows of one head (grid (⌈N / ATT_ROWS⌉,
-// heads)), one row per half-warp. The forward and dq keep a running softmax, so no row of scores is stored. (The
-// CPU finds the exact max first: the same result up to exp's rescaling.)
+// heads)), one row per half-warp. The forward keeps a running softmax, so no row of scores is stored, and leaves
+// each row's max and sum for the backward. (The CPU finds the exact max first: the same result up to exp's
+// rescaling.)
 
 // Warps per block: the launches (src/kernels/cuda/ops/attention.rs) use 32 · ATT_WARPS threads.
 #define ATT_WARPS 4
@@ -45,9 +46,10 @@ __device__ void add_weighted_rows(float* acc, const float* w, int count, const f
 // out[i, h] = Σ_j softmax_j(q_i·k_j·scale) · v_j. Grid (⌈N / ATT_ROWS⌉, n_heads), ATT_WARPS warps. The block's rows
 // are consecutive, so the keys any of them sees run from the first row's first key to the last row; tile by tile,
 // lane j of a half-warp scores key j of the tile against its row's q, the half-warp keeps its row's running max
-// and sum, and each lane adds its features of Σ p_j·v_j.
-extern "C" __global__ void attention_forward(float* out, const float* qkv, const unsigned* seq_start, int rows,
-                                             int row_len, int q_col, int k_col, int v_col, int n_heads,
+// and sum, and each lane adds its features of Σ p_j·v_j. A training pass gives stats (N, n_heads, 3): each (row,
+// head)'s max and sum go to its first two, for the backward (null: not kept).
+extern "C" __global__ void attention_forward(float* out, float* stats, const float* qkv, const unsigned* seq_start,
+                                             int rows, int row_len, int q_col, int k_col, int v_col, int n_heads,
                                              int n_kv_heads, int head_dim, float scale, int window) {
     __shared__ float q[ATT_ROWS][ATT_MAX_HEAD_DIM];
     __shared__ float k[ATT_KEYS][ATT_MAX_HEAD_DIM + 1];  // + 1: lanes reading one feature of 16 keys hit 16 banks
@@ -98,14 +100,20 @@ extern "C" __global__ void attention_forward(float* out, const float* qkv, const
         const int d = key_lane + 16 * c;
         if (d < head_dim) dst[d] = o[c] / l;
     }
+    if (stats && key_lane == 0) {
+        float* st = stats + ((size_t)row * n_heads + h) * 3;
+        st[0] = m;
+        st[1] = l;
+    }
 }
 
 // The backward, as attention_backward (flash-style: each row's softmax recomputed from q and k): with P the
 // probabilities, D_i = dO_i·O_i and s = scale, dS_ij = P_ij·(dO_i·v_j − D_i), dq_i = Σ_j dS_ij·k_j·s,
 // dk_j = Σ_i dS_ij·q_i·s, dv_j = Σ_i P_ij·dO_i, dk/dv of a kv head summing over the query heads that share it.
-// Two launches: attention_backward_dq (grid (⌈N / ATT_ROWS⌉, n_heads)) writes dq and each (row, head)'s softmax
-// max, sum and D to stats (N, n_heads, 3); attention_backward_dkv (grid (⌈N / ATT_ROWS⌉, n_kv_heads)) reads them
-// for dk and dv. dqkv's q, k, v columns are written (=), every other column left as it is.
+// Two launches, after the forward has put each (row, head)'s softmax max and sum in stats (N, n_heads, 3):
+// attention_backward_dq (grid (⌈N / ATT_ROWS⌉, n_heads)) reads them, writes dq and adds D as the third;
+// attention_backward_dkv (grid (⌈N / ATT_ROWS⌉, n_kv_heads)) reads all three for dk and dv. dqkv's q, k, v columns are
+// written (=), every other column left as it is.
 //
 // Both in tiles like the forward: a block owns ATT_ROWS rows (query rows for dq, key rows for dk/dv), one per
 // half-warp, and walks its partners (the keys they see; the query rows that see them) ATT_PAIRS at a time, staged
@@ -133,11 +141,11 @@ __device__ float pairs_sum(float v) {
 }
 
 // datt (N, n_heads·head_dim) = ∂L/∂out, att the forward's out. Block (b, h): query rows b·ATT_ROWS.. of head h;
-// two passes over the keys they see (the softmax's max and sum, then dq), as the forward walks them.
+// one pass over the keys they see, as the forward walks them, with the forward's max and sum.
 extern "C" __global__ void attention_backward_dq(float* dqkv, float* stats, const float* datt, const float* qkv,
-                                                 const float* att, const unsigned* seq_start, int rows,
-                                                 int row_len, int q_col, int k_col, int v_col, int n_heads,
-                                                 int n_kv_heads, int head_dim, float scale, int window) {
+                                                 const float* att, const unsigned* seq_start, int rows, int row_len,
+                                                 int q_col, int k_col, int v_col, int n_heads, int n_kv_heads,
+                                                 int head_dim, float scale, int window) {
     __shared__ float q[ATT_ROWS][ATT_MAX_HEAD_DIM], dout[ATT_ROWS][ATT_MAX_HEAD_DIM];
     __shared__ float k[ATT_PAIRS][ATT_PAIR_STRIDE], v[ATT_PAIRS][ATT_PAIR_STRIDE];
     __shared__ float ds_tile[ATT_ROWS][ATT_PAIRS];
@@ -160,21 +168,10 @@ extern "C" __global__ void attention_backward_dq(float* dqkv, float* stats, cons
     for (int off = 8; off > 0; off >>= 1) dd += __shfl_xor_sync(0xffffffffu, dd, off);
     const float big_d = dd;
 
-    // Pass 1: the softmax's max and sum.
-    float m = NEG_INF, l = 0.f;
-    for (int t = lo; t <= last; t += ATT_PAIRS) {
-        __syncthreads();  // q is written; the last tile's k is read
-        stage_rows(&k[0][0], ATT_PAIR_STRIDE, ATT_PAIRS, qkv, row_len, k_col + kv * head_dim, t, last, head_dim);
-        __syncthreads();
-        const int key = t + partner;
-        const bool seen = valid && key >= first && key <= row;
-        const float s = pair_dot(q[mine], k[partner], head_dim, half) * scale;
-        const float m_new = fmaxf(m, pairs_max(seen ? s : NEG_INF));
-        const float p = seen ? expf(s - m_new) : 0.f;
-        l = l * (m_new == NEG_INF ? 1.f : expf(m - m_new)) + pairs_sum(p);
-        m = m_new;
-    }
-    // Pass 2: dq_i = Σ_j dS_ij·k_j (·scale at the end); lane16 keeps features lane16 + 16c.
+    // The forward's max and sum of this row's scores (a valid row sees at least itself: l ≥ 1).
+    const size_t st = ((size_t)row * n_heads + h) * 3;
+    const float m = valid ? stats[st] : 0.f, l = valid ? stats[st + 1] : 1.f;
+    // dq_i = Σ_j dS_ij·k_j (·scale at the end); lane16 keeps features lane16 + 16c.
     float dq[ATT_PER_HALF];
     for (int c = 0; c < ATT_PER_HALF; ++c) dq[c] = 0.f;
     for (int t = lo; t <= last; t += ATT_PAIRS) {
@@ -195,21 +192,16 @@ extern "C" __global__ void attention_backward_dq(float* dqkv, float* stats, cons
         const int d = lane16 + 16 * c;
         if (d < head_dim) dqkv[(size_t)row * row_len + q_col + h * head_dim + d] = dq[c] * scale;
     }
-    if (lane16 == 0) {
-        float* st = stats + ((size_t)row * n_heads + h) * 3;
-        st[0] = m;
-        st[1] = l;
-        st[2] = big_d;
-    }
+    if (lane16 == 0) stats[st + 2] = big_d;
 }
 
 // Block (b, g): key rows b·ATT_ROWS.. of kv head g. The query rows that see any of them run from the first key to
 // the last key's sequence end or window, whichever comes first (a key sees only rows of its own sequence, and
 // rows past the block are in the last key's); tile by tile, for each query head of the group.
-extern "C" __global__ void attention_backward_dkv(float* dqkv, const float* stats, const float* datt,
-                                                  const float* qkv, const unsigned* seq_start, int rows,
-                                                  int row_len, int q_col, int k_col, int v_col, int n_heads,
-                                                  int n_kv_heads, int head_dim, float scale, int window) {
+extern "C" __global__ void attention_backward_dkv(float* dqkv, const float* stats, const float* datt, const float* qkv,
+                                                  const unsigned* seq_start, int rows, int row_len, int q_col,
+                                                  int k_col, int v_col, int n_heads, int n_kv_heads, int head_dim,
+                                                  float scale, int window) {
     __shared__ float k[ATT_ROWS][ATT_MAX_HEAD_DIM], v[ATT_ROWS][ATT_MAX_HEAD_DIM];
     __shared__ float q[ATT_PAIRS][ATT_PAIR_STRIDE], dout[ATT_PAIRS][ATT_PAIR_STRIDE];
     __shared__ float st[ATT_PAIRS][3];
@@ -238,8 +230,8 @@ extern "C" __global__ void attention_backward_dkv(float* dqkv, const float* stat
             stage_rows(&dout[0][0], ATT_PAIR_STRIDE, ATT_PAIRS, datt, att_stride, h * head_dim, t, last, head_dim);
             if (threadIdx.x < ATT_PAIRS * 3) {
                 const int r = threadIdx.x / 3;
-                st[r][threadIdx.x % 3] = t + r <= last ? stats[((size_t)(t + r) * n_heads + h) * 3 + threadIdx.x % 3]
-                                                       : 0.f;
+                st[r][threadIdx.x % 3] =
+                    t + r <= last ? stats[((size_t)(t + r) * n_heads + h) * 3 + threadIdx.x % 3] : 0.f;
             }
             __syncthreads();
             const float s = pair_dot(q[partner], k[mine], head_dim, half) * scale;

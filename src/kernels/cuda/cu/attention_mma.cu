@@ -209,13 +209,13 @@ __device__ bool sees_none(const QueryRows& q, int rows, int t0, int count) {
     return q.w0 >= rows || t0 > q.w_last || t0 + count <= q.w_first;
 }
 
-// out[i, h] = Σ_j softmax_j(q_i·k_j·scale) · v_j, as attention.cu's attention_forward. Block (b, h, z): query rows
-// b·16·W.. of head h, 16 per warp, output features of slice z; the keys they see, KEYS at a time, with a running max
-// and sum per row.
+// out[i, h] = Σ_j softmax_j(q_i·k_j·scale) · v_j, as attention.cu's attention_forward (and its stats, slice 0's
+// blocks). Block (b, h, z): query rows b·16·W.. of head h, 16 per warp, output features of slice z; the keys they
+// see, KEYS at a time, with a running max and sum per row.
 template <int HD>
-__device__ void attention_forward_mma(float* out, const float* qkv, const unsigned* seq_start, int rows, int row_len,
-                                      int q_col, int k_col, int v_col, int n_heads, int n_kv_heads, int head_dim,
-                                      float scale, int window) {
+__device__ void attention_forward_mma(float* out, float* stats, const float* qkv, const unsigned* seq_start, int rows,
+                                      int row_len, int q_col, int k_col, int v_col, int n_heads, int n_kv_heads,
+                                      int head_dim, float scale, int window) {
     using T = Tiling<HD>;
     constexpr int OD = T::OD, KEYS = T::KEYS;
     __shared__ __align__(16) unsigned short k[KEYS * (HD + MMA_PAD)], v[KEYS * (OD + MMA_PAD)];
@@ -265,11 +265,17 @@ __device__ void attention_forward_mma(float* out, const float* qkv, const unsign
             if (r < rows && d < features)
                 out[(size_t)r * n_heads * head_dim + h * head_dim + f0 + d] = o[n][c] / l[c >> 1];
         }
+    for (int i = 0; i < 2; ++i)
+        if (stats && t == 0 && blockIdx.z == 0 && qr.row[i] < rows) {
+            float* st = stats + ((size_t)qr.row[i] * n_heads + h) * 3;
+            st[0] = m[i];
+            st[1] = l[i];
+        }
 }
 
 // attention.cu's attention_backward_dq on the tensor cores: dq of the block's query rows (16 per warp) and each
-// (row, head)'s softmax max, sum and D = dO·O in stats (slice 0's blocks); two passes over the keys the rows see,
-// DQ_KEYS at a time (the max and sum; then dS = P·(dO·vᵀ − D) and dq += dS·k, the slice's features of k).
+// (row, head)'s D = dO·O in stats (slice 0's blocks); one pass over the keys the rows see, DQ_KEYS at a time, with
+// the forward's max and sum: dS = P·(dO·vᵀ − D) and dq += dS·k, the slice's features of k.
 template <int HD>
 __device__ void attention_backward_dq_mma(float* dqkv, float* stats, const float* datt, const float* qkv,
                                           const float* att, const unsigned* seq_start, int rows, int row_len, int q_col,
@@ -302,28 +308,15 @@ __device__ void attention_backward_dq_mma(float* dqkv, float* stats, const float
     }
     const bool idle = qr.w0 >= rows;  // a warp past the batch only stages
 
-    // Pass 1: the softmax's max and sum.
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-    for (int t0 = qr.lo; t0 <= qr.last; t0 += KEYS) {
-        __syncthreads();  // the last tile's k is read
-        stage_bf16<HD>(k, KEYS, qkv, row_len, k_col + kvh * head_dim, t0, qr.last, head_dim);
-        __syncthreads();
-        if (sees_none(qr, rows, t0, KEYS)) continue;
-        float s[KEYS / 8][4], tile_max[2], sum[2] = {0.f, 0.f};
-        rows_times_keys<HD, KEYS / 8>(s, q_of, k, head_dim);
-        mask_scores<KEYS / 8>(s, tile_max, qr.row, qr.first, t0, scale);
-        float m_new[2];
-        for (int i = 0; i < 2; ++i) m_new[i] = fmaxf(m[i], tile_max[i]);
-#pragma unroll
-        for (int n = 0; n < KEYS / 8; ++n)
-#pragma unroll
-            for (int c = 0; c < 4; ++c) sum[c >> 1] += s[n][c] == NEG_INF ? 0.f : expf(s[n][c] - m_new[c >> 1]);
-        for (int i = 0; i < 2; ++i) {
-            l[i] = l[i] * (m_new[i] == NEG_INF ? 1.f : expf(m[i] - m_new[i])) + quad_sum(sum[i]);
-            m[i] = m_new[i];
-        }
+    // The forward's max and sum of this lane's rows' scores (a row in the batch sees at least itself: l ≥ 1).
+    float m[2], l[2];
+    for (int i = 0; i < 2; ++i) {
+        const bool in = qr.row[i] < rows;
+        const size_t st = ((size_t)qr.row[i] * n_heads + h) * 3;
+        m[i] = in ? stats[st] : 0.f;
+        l[i] = in ? stats[st + 1] : 1.f;
     }
-    // Pass 2: dq_i = Σ_j dS_ij·k_j (·scale at the end).
+    // dq_i = Σ_j dS_ij·k_j (·scale at the end).
     float dq[OD / 8][4];
     zero_tiles<OD / 8>(dq);
     for (int t0 = qr.lo; t0 <= qr.last; t0 += KEYS) {
@@ -355,12 +348,7 @@ __device__ void attention_backward_dq_mma(float* dqkv, float* stats, const float
             if (r < rows && d < features) dqkv[(size_t)r * row_len + q_col + h * head_dim + f0 + d] = dq[n][c] * scale;
         }
     for (int i = 0; i < 2; ++i)
-        if (t == 0 && blockIdx.z == 0 && qr.row[i] < rows) {
-            float* st = stats + ((size_t)qr.row[i] * n_heads + h) * 3;
-            st[0] = m[i];
-            st[1] = l[i];
-            st[2] = big_d[i];
-        }
+        if (t == 0 && blockIdx.z == 0 && qr.row[i] < rows) stats[((size_t)qr.row[i] * n_heads + h) * 3 + 2] = big_d[i];
 }
 
 // attention.cu's attention_backward_dkv on the tensor cores. Block (b, g, z): key rows b·16·DKV_W.. of kv head g, 16
@@ -457,25 +445,28 @@ __device__ void attention_backward_dkv_mma(float* dqkv, const float* stats, cons
 
 // The kernels, one per head size (src/kernels/cuda/ops/attention.rs launches the smallest that holds head_dim).
 #define MMA_FORWARD_ARGS \
-    out, qkv, seq_start, rows, row_len, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim, scale, window
+    out, stats, qkv, seq_start, rows, row_len, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim, scale, window
 #define MMA_DQ_ARGS                                                                                                   \
     dqkv, stats, datt, qkv, att, seq_start, rows, row_len, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim, scale, \
         window
 #define MMA_DKV_ARGS \
     dqkv, stats, datt, qkv, seq_start, rows, row_len, q_col, k_col, v_col, n_heads, n_kv_heads, head_dim, scale, window
-extern "C" __global__ void attention_forward_mma64(float* out, const float* qkv, const unsigned* seq_start, int rows,
-                                                   int row_len, int q_col, int k_col, int v_col, int n_heads,
-                                                   int n_kv_heads, int head_dim, float scale, int window) {
+extern "C" __global__ void attention_forward_mma64(float* out, float* stats, const float* qkv,
+                                                   const unsigned* seq_start, int rows, int row_len, int q_col,
+                                                   int k_col, int v_col, int n_heads, int n_kv_heads, int head_dim,
+                                                   float scale, int window) {
     attention_forward_mma<64>(MMA_FORWARD_ARGS);
 }
-extern "C" __global__ void attention_forward_mma128(float* out, const float* qkv, const unsigned* seq_start, int rows,
-                                                    int row_len, int q_col, int k_col, int v_col, int n_heads,
-                                                    int n_kv_heads, int head_dim, float scale, int window) {
+extern "C" __global__ void attention_forward_mma128(float* out, float* stats, const float* qkv,
+                                                    const unsigned* seq_start, int rows, int row_len, int q_col,
+                                                    int k_col, int v_col, int n_heads, int n_kv_heads, int head_dim,
+                                                    float scale, int window) {
     attention_forward_mma<128>(MMA_FORWARD_ARGS);
 }
-extern "C" __global__ void attention_forward_mma256(float* out, const float* qkv, const unsigned* seq_start, int rows,
-                                                    int row_len, int q_col, int k_col, int v_col, int n_heads,
-                                                    int n_kv_heads, int head_dim, float scale, int window) {
+extern "C" __global__ void attention_forward_mma256(float* out, float* stats, const float* qkv,
+                                                    const unsigned* seq_start, int rows, int row_len, int q_col,
+                                                    int k_col, int v_col, int n_heads, int n_kv_heads, int head_dim,
+                                                    float scale, int window) {
     attention_forward_mma<256>(MMA_FORWARD_ARGS);
 }
 extern "C" __global__ void attention_backward_dq_mma64(float* dqkv, float* stats, const float* datt, const float* qkv,

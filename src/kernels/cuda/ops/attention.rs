@@ -6,7 +6,7 @@
 use super::indices::Indices;
 use crate::kernels::attention::QkvLayout;
 use crate::kernels::cuda::device::Device;
-use cudarc::driver::{CudaView, CudaViewMut, DriverError, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaView, CudaViewMut, DevicePtrMut, DriverError, LaunchConfig, PushKernelArg};
 
 /// Threads per block of attention.cu's kernels: ATT_WARPS warps.
 const THREADS: u32 = 4 * 32;
@@ -126,10 +126,12 @@ fn checked(op: &str, l: &QkvLayout, qkv: usize, seq_start: &Indices) -> Result<O
 }
 
 /// out (N, n_heads·head_dim) = softmax(q·kᵀ·scale, causal, within the window) · v per head; qkv (N, row_len);
-/// seq_start (N).
+/// seq_start (N). `stats` (N·n_heads·3), for a pass whose backward follows: each (row, head)'s softmax max and
+/// sum, the first two of its three values, which [`attention_backward`] reads.
 pub fn attention_forward(
     d: &Device,
     out: &mut CudaViewMut<f32>,
+    stats: Option<&mut CudaViewMut<f32>>,
     qkv: &CudaView<f32>,
     l: QkvLayout,
     seq_start: &Indices,
@@ -137,6 +139,9 @@ pub fn attention_forward(
 ) -> Result<(), DriverError> {
     let Some(a) = checked("attention_forward", &l, qkv.len(), seq_start)? else { return Ok(()) };
     assert_eq!(out.len(), a.rows * l.n_heads * l.head_dim, "attention_forward: out shape");
+    if let Some(st) = &stats {
+        assert_eq!(st.len(), a.rows * l.n_heads * 3, "attention_forward: stats must hold N·n_heads·3 values");
+    }
     let mma = tensor_cores(d, l.head_dim, precision);
     let name = match mma {
         None => "attention_forward",
@@ -145,21 +150,31 @@ pub fn attention_forward(
         Some(_) => "attention_forward_mma256",
     };
     let rows = a.rows as i32;
+    // stats' address (its guard, cudarc's stream-order record, lives until the launch is queued), or null: the
+    // kernels keep no statistics.
+    let (stats, _guard) = match stats {
+        Some(st) => {
+            let (ptr, guard) = st.device_ptr_mut(&d.stream);
+            (ptr, Some(guard))
+        }
+        None => (0, None),
+    };
     let mut b = d.stream.launch_builder(d.function(name));
-    b.arg(out).arg(qkv).arg(&seq_start.view).arg(&rows).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col).arg(&a.v_col);
-    b.arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
+    b.arg(out).arg(&stats).arg(qkv).arg(&seq_start.view).arg(&rows).arg(&a.row_len).arg(&a.q_col).arg(&a.k_col);
+    b.arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale).arg(&a.window);
     let grid = a.grid(mma.map_or(F32_BLOCKS, |m| mma_blocks(m)[0]), a.n_heads);
     // SAFETY: block (b, h, z) reads its rows (< N) of q of head h and, of kv head h / group, k and v of rows from
     // its first row's first key (seq_start ≤ row, checked) to its last row, all inside qkv (columns checked), and
-    // writes its rows' head h of out (length checked), features of slice z below head_dim. An mma kernel's head
+    // writes its rows' head h of out (length checked), features of slice z below head_dim, and (slice 0, when
+    // stats is not null) stats[(i·n_heads + h)·3..][..2] of its rows (length checked). An mma kernel's head
     // size holds head_dim (tensor_cores), and its grid has that size's slices (mma_blocks).
     unsafe { b.launch(grid) }.map(drop)
 }
 
 /// Backward of [`attention_forward`]: dqkv (N, row_len) gets dq, dk, dv **written** (=) at the q, k, v columns,
 /// every other column left as it is; datt (N, n_heads·head_dim) is ∂L/∂out, att the forward's out; stats
-/// (N·n_heads·3) is scratch (each (row, head)'s softmax max, sum and dO·O, passed from the first launch to the
-/// second).
+/// (N·n_heads·3) the forward's (each (row, head)'s softmax max and sum), to which the first launch adds dO·O as the
+/// third value, for the second.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     d: &Device,
@@ -201,8 +216,8 @@ pub fn attention_backward(
     b.arg(&a.q_col).arg(&a.k_col).arg(&a.v_col).arg(&a.n_heads).arg(&a.n_kv_heads).arg(&a.head_dim).arg(&l.scale);
     b.arg(&a.window);
     // SAFETY: block (b, h, z) reads what the forward's block (b, h, z) reads plus its rows' head h of datt and att
-    // (lengths checked), writes those rows' dq columns of head h (slice z's) in dqkv and, in slice 0,
-    // stats[(i·n_heads + h)·3..][..3].
+    // and stats[(i·n_heads + h)·3..][..2] (lengths checked), writes those rows' dq columns of head h (slice z's) in
+    // dqkv and, in slice 0, stats[(i·n_heads + h)·3 + 2].
     unsafe { b.launch(a.grid(dq_blocks, a.n_heads)) }?;
     let stats = stats.as_view();
     let name = match mma {
