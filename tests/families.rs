@@ -297,3 +297,29 @@ fn phi3_merge_keeps_the_adapted_model() {
         assert!(diff <= 1e-4, "row {i}: max |Δ logit| vs PEFT {diff}");
     }
 }
+
+/// GPT-2 configs whose attention is not scaled by 1/√head_dim (as some GPT-2 variants train) are refused by name,
+/// not run with the wrong scale; the flags at their defaults read as the fixture does.
+#[test]
+fn gpt2_attention_scale_flags() {
+    let base: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-gpt2/config.json")).unwrap()).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let read = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = base.clone();
+        edit(&mut v);
+        let path = tmp.path().join("config.json");
+        std::fs::write(&path, v.to_string()).unwrap();
+        condlm::network::config::Config::from_hf_json(&path)
+    };
+    let defaults = read(&|v| {
+        v["scale_attn_weights"] = serde_json::json!(true);
+        v["scale_attn_by_inverse_layer_idx"] = serde_json::json!(false);
+        v["reorder_and_upcast_attn"] = serde_json::json!(true);
+    });
+    assert_eq!(defaults.unwrap(), model("tiny-gpt2").config);
+    let e = format!("{:#}", read(&|v| v["scale_attn_weights"] = serde_json::json!(false)).unwrap_err());
+    assert!(e.contains("scale_attn_weights = false") && e.contains("not supported"), "{e}");
+    let e = format!("{:#}", read(&|v| v["scale_attn_by_inverse_layer_idx"] = serde_json::json!(true)).unwrap_err());
+    assert!(e.contains("scale_attn_by_inverse_layer_idx = true") && e.contains("not supported"), "{e}");
+}

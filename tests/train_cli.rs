@@ -101,6 +101,34 @@ fn resume_reproduces_an_uninterrupted_run_bit_for_bit() {
     assert_eq!(read(&straight), read(&resumed));
 }
 
+/// `--compute` is saved with the run's settings: a bare `--resume` of a bf16 run goes on in bf16 (bit for bit),
+/// and `--compute f32` given on resume switches (the later steps' losses move).
+#[test]
+fn resume_keeps_the_runs_compute_unless_given_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |name: &str, extra: &[&str]| {
+        let dir = tmp.path().join(name);
+        let mut args = train_args(Box::leak(dir.to_str().unwrap().to_string().into_boxed_str()), "5e-3", extra);
+        args.extend(["--compute", "bf16"]);
+        let (ok, err) = condlm(&args);
+        assert!(ok, "{err}");
+        dir
+    };
+    let straight = run("straight", &[]);
+    let resume = |name: &str, extra: &[&str]| {
+        let dir = run(name, &["--stop-after-steps", "3"]);
+        let mut args = vec!["train", "--resume", dir.to_str().unwrap()];
+        args.extend(extra);
+        let (ok, err) = condlm(&args);
+        assert!(ok, "{err}");
+        curves(&dir)
+    };
+    assert_eq!(resume("bare", &[]), curves(&straight), "a bare --resume left bf16");
+    let (f32_after, bf16) = (resume("to-f32", &["--compute", "f32"]), curves(&straight));
+    assert_eq!(f32_after.0[..3], bf16.0[..3]);
+    assert_ne!(f32_after.0[3..], bf16.0[3..], "--compute f32 on --resume did not switch");
+}
+
 #[test]
 fn a_run_writes_its_outputs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -251,8 +279,9 @@ fn the_device_path_trains_as_the_cpu_path_and_resumes_exactly() {
     let args = train_args(resumed.to_str().unwrap(), "5e-3", &["--device", "reference", "--stop-after-steps", "3"]);
     let (ok, err) = condlm(&args);
     assert!(ok && err.contains("stopped at step 3"), "{err}");
-    let (ok, err) = condlm(&["train", "--resume", resumed.to_str().unwrap(), "--device", "reference"]);
-    assert!(ok, "{err}");
+    // The run's device is saved with its settings: a bare --resume continues there.
+    let (ok, err) = condlm(&["train", "--resume", resumed.to_str().unwrap()]);
+    assert!(ok && err.contains("training on cpu (reference backend)"), "{err}");
     assert_eq!(curves(&resumed), dev, "the device path resumed differs from its uninterrupted run");
     let read = |d: &Path| std::fs::read(d.join("adapter/adapter_model.safetensors")).unwrap();
     assert_eq!(read(&resumed), read(&dir("dev")));

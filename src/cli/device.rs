@@ -17,23 +17,33 @@ pub struct DeviceArgs {
     /// on a machine takes cuda:(N + k), gradients summed by NCCL), and decoding; what cannot run there is refused
     /// with the reason. `reference` runs the GPU's code path on the CPU kernels (slow: for checking it without a GPU)
     /// [default: cpu].
-    #[arg(long, default_value = "cpu", hide_default_value = true)]
-    pub device: Placement,
+    #[arg(long)]
+    pub device: Option<Placement>,
+}
+
+/// Refuses what `device` cannot run with this `--compute`: int8 is the CPU's (integer products on the stored
+/// blocks); f32 and bf16 run anywhere.
+pub fn check_compute(device: Placement, c: Compute) -> Result<()> {
+    if device != Placement::Cpu && c == Compute::Int8 {
+        bail!("--compute int8 runs on the CPU only: drop --device {device}, or use --compute f32 or bf16");
+    }
+    Ok(())
 }
 
 impl DeviceArgs {
-    /// Refuses what the device cannot run with this `--compute`: int8 is the CPU's (integer products on the
-    /// stored blocks); f32 and bf16 run anywhere.
+    /// The device asked for, the CPU when not given.
+    pub fn placement(&self) -> Placement {
+        self.device.unwrap_or_default()
+    }
+
+    /// Refuses what this device cannot run with this `--compute` ([`check_compute`]).
     pub fn check_compute(&self, c: Compute) -> Result<()> {
-        if self.device != Placement::Cpu && c == Compute::Int8 {
-            bail!("--compute int8 runs on the CPU only: drop --device {}, or use --compute f32 or bf16", self.device);
-        }
-        Ok(())
+        check_compute(self.placement(), c)
     }
 
     /// What scores rows of `model` on this device.
     pub fn scorer<'a>(&self, model: &'a Transformer) -> Result<Box<dyn Scorer + 'a>> {
-        Ok(match self.device {
+        Ok(match self.placement() {
             Placement::Cpu => Box::new(OnCpu::new(model)),
             Placement::Cuda(ordinal) => Box::new(open_gpu(ordinal, model)?),
             Placement::Reference => Box::new(DeviceModel::new(Host, model)?),

@@ -41,8 +41,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if a.max_len == Some(0) {
         bail!("--max-len must be at least 1 (tokens per row)");
     }
-    a.device.check_compute(a.compute.compute)?;
-    use_compute(a.compute.compute, true, true)?;
+    a.device.check_compute(a.compute.get())?;
+    use_compute(a.compute.get(), true, true)?;
     let data = a.data.source(EVAL_SPLITS)?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;

@@ -39,8 +39,9 @@ pub struct GenerateArgs {
     /// Decoding's products on a block-quantized base (Q4_0 … Q6_K): f32 (dequantized; the f32 base's results)
     /// or int8 (activations rounded to 8 bits, integer dot products on the stored blocks, as llama.cpp does —
     /// decode steps on every block type, prompts' prefills on the K-quants: faster, slightly different
-    /// log-probs); or bf16 (prefills' GEMMs with bf16 operands, as `train
-    /// --compute bf16`; decode steps stay f32) [default: f32].
+    /// log-probs); or bf16 (GEMMs with bf16 operands, as `train --compute bf16`: on the CPU a pass's products
+    /// only from 17 rows up, so decode steps stay f32 there; on a GPU every pass's, decode steps included, from
+    /// the base kept only in bf16) [default: f32].
     #[arg(long, value_enum, default_value_t = Compute::F32, hide_default_value = true)]
     compute: Compute,
     #[command(flatten)]
@@ -238,7 +239,7 @@ fn options(a: &GenerateArgs) -> Result<GenerateOptions> {
         stop_strings: a.stop.clone(),
         batch: a.batch,
         prefill_tokens: 512,
-        device: a.device.device,
+        device: a.device.placement(),
     };
     opts.check_settings()?;
     Ok(opts)

@@ -64,9 +64,18 @@ pub struct ComputeArgs {
     /// where the CPU has it, elsewhere an exact emulation of it, slower than f32); or int8 (score and eval only:
     /// the base linears of a block-quantized GGUF meet activations rounded to 8 bits in integer products, as
     /// llama.cpp computes; faster on K-quants, about 0.015 nats a token off f32). LoRA's own products, attention,
-    /// norms and the optimizer stay f32 [default: f32].
-    #[arg(long, value_enum, default_value_t = Compute::F32, hide_default_value = true)]
-    pub compute: Compute,
+    /// norms and the optimizer stay f32. On the CPU, a forward pass of 16 rows or fewer (a batch that small)
+    /// takes the f32 matrix-vector kernels whatever the compute: bf16 results then depend on --batch-size within
+    /// bf16's rounding [default: f32].
+    #[arg(long, value_enum)]
+    pub compute: Option<Compute>,
+}
+
+impl ComputeArgs {
+    /// The compute asked for, f32 when not given.
+    pub fn get(&self) -> Compute {
+        self.compute.unwrap_or_default()
+    }
 }
 
 /// Sets this process's compute (`--compute`) before anything runs. Int8 has no backward pass: only commands that

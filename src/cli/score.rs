@@ -57,8 +57,8 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         bail!("--batch must be at least 1 (rows per forward pass)");
     }
     let out = prepare(a.out.as_deref(), a.overwrite, a.resume_output)?;
-    a.device.check_compute(a.compute.compute)?;
-    use_compute(a.compute.compute, true, true)?;
+    a.device.check_compute(a.compute.get())?;
+    use_compute(a.compute.get(), true, true)?;
     let data = a.data.source(EVAL_SPLITS)?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;

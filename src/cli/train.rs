@@ -1,11 +1,12 @@
 //! `condlm train`: fit a model on (x, y) pairs by the conditional objective, LoRA or full fine-tuning.
-use super::device::DeviceArgs;
+use super::device::{DeviceArgs, check_compute};
 use super::{ComputeArgs, use_compute};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::source::DataFormat;
 use condlm::distributed::Collectives;
 use condlm::formats::weights::BaseDtype;
+use condlm::train::checkpoint;
 use condlm::train::grad_sums::GradSumOptions;
 use condlm::train::run::{Ending, RunOptions, train_on};
 use condlm::train::schedule::Schedule;
@@ -238,6 +239,12 @@ impl TrainArgs {
         s.freeze_embeddings |= a.freeze_embeddings;
         s.rslora |= a.rslora;
         s.checkpoint_activations |= a.checkpoint_activations;
+        if let Some(c) = a.compute.compute {
+            s.compute = c;
+        }
+        if let Some(d) = a.device.device {
+            s.device = d;
+        }
         Ok(s)
     }
 
@@ -312,9 +319,13 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
     if a.accept_changed_data && a.resume.is_none() {
         bail!("--accept-changed-data only applies with --resume");
     }
-    a.device.check_compute(a.compute.compute)?;
-    use_compute(a.compute.compute, false, world.is_root())?;
     let settings = a.settings()?;
+    // A resumed run computes as it did, and where it did, unless --compute or --device says otherwise.
+    let then = a.resume.as_deref().and_then(checkpoint::settings_of).unwrap_or_else(|| settings.clone());
+    let compute = a.compute.compute.unwrap_or(then.compute);
+    let device = a.device.device.unwrap_or(then.device);
+    check_compute(device, compute)?;
+    use_compute(compute, false, world.is_root())?;
     let opts = RunOptions {
         resume: a.resume.clone(),
         stop_after: a.stop_after_steps,
@@ -327,7 +338,7 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
         resume_base_dtype: a.base_dtype,
         zero1: a.zero1,
         grad_sums: grad_sum_options(a.overlap_grad_sum, a.grad_bucket_mib)?,
-        device: a.device.device,
+        device,
     };
     let r = train_on(world, settings, &opts)?;
     if !world.is_root() {

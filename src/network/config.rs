@@ -141,6 +141,8 @@ struct HfConfig {
     n_positions: Option<usize>,
     layer_norm_epsilon: Option<f32>,
     activation_function: Option<String>,
+    scale_attn_weights: Option<bool>,
+    scale_attn_by_inverse_layer_idx: Option<bool>,
 }
 
 const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, \
@@ -412,6 +414,19 @@ impl Config {
                 {
                     bail!(
                         "{}: activation_function \"{act}\" is not supported (only gelu_new / gelu_pytorch_tanh)",
+                        path.display()
+                    );
+                }
+                // Both change the scores' scale from 1/√head_dim (reorder_and_upcast_attn changes only precision).
+                if c.scale_attn_weights == Some(false) {
+                    bail!(
+                        "{}: scale_attn_weights = false (unscaled attention scores) is not supported",
+                        path.display()
+                    );
+                }
+                if c.scale_attn_by_inverse_layer_idx == Some(true) {
+                    bail!(
+                        "{}: scale_attn_by_inverse_layer_idx = true (scores scaled by 1/(layer + 1)) is not supported",
                         path.display()
                     );
                 }

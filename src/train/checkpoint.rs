@@ -120,10 +120,21 @@ pub fn load(path: &Path) -> Result<(CheckpointMeta, TrainState)> {
     })
 }
 
-fn load_dir(dir: &Path) -> Result<(CheckpointMeta, TrainState)> {
+/// The settings a resume from `path` (as [`load`] takes it) continues with, read without the tensors; None where
+/// [`load`] would not read that checkpoint (it then says why).
+pub fn settings_of(path: &Path) -> Option<TrainSettings> {
+    let dir = if path.join(STATE_JSON).is_file() { path.to_path_buf() } else { list(path).pop()?.1 };
+    read_meta(&dir).ok().map(|m| m.settings)
+}
+
+fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
     let meta_path = dir.join(STATE_JSON);
-    let meta: CheckpointMeta = serde_json::from_str(&crate::input::read_to_string(&meta_path, "checkpoint state")?)
-        .with_context(|| format!("{}: not a condlm checkpoint", meta_path.display()))?;
+    serde_json::from_str(&crate::input::read_to_string(&meta_path, "checkpoint state")?)
+        .with_context(|| format!("{}: not a condlm checkpoint", meta_path.display()))
+}
+
+fn load_dir(dir: &Path) -> Result<(CheckpointMeta, TrainState)> {
+    let meta = read_meta(dir)?;
     let tpath = dir.join(TENSORS);
     let bytes = crate::input::map(&tpath, "checkpoint tensors file")?;
     let st = safetensors::SafeTensors::deserialize(&bytes)

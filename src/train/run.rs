@@ -346,7 +346,11 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         trainer.import_state(state)?;
         best_eval = meta.best_eval;
     }
-    if let Some(dev) = on_device::open(opts.device, &trainer.model, world)? {
+    let dev = on_device::open(opts.device, &trainer.model, world).with_context(|| match opts.resume.is_some() {
+        true => format!("the run trains on {} (a resumed run keeps its --device unless given another)", opts.device),
+        false => format!("--device {}", opts.device),
+    })?;
+    if let Some(dev) = dev {
         if root {
             eprintln!("training on {}", dev.name());
         }
@@ -475,6 +479,8 @@ fn settings_and_state(
             let (meta, state) = checkpoint::load(p)?;
             let mut s = meta.settings.clone();
             s.checkpoint_activations |= opts.resume_checkpoint_activations;
+            // How and where it computes from here (the checkpoint's unless given again: `cli::train`).
+            (s.compute, s.device) = (crate::kernels::compute::compute(), opts.device);
             if let Some(b) = opts.resume_base_dtype {
                 if (b == BaseDtype::Bf16) != (s.base_dtype == BaseDtype::Bf16) {
                     bail!(

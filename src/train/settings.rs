@@ -3,6 +3,8 @@
 use super::schedule::Schedule;
 use crate::data::source::{DataFormat, DataSource, EVAL_SPLITS, TRAIN_SPLITS, resolve_data};
 use crate::formats::weights::BaseDtype;
+use crate::kernels::compute::Compute;
+use crate::network::device::Placement;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -60,6 +62,10 @@ pub struct TrainSettings {
     pub base_dtype: BaseDtype,
     /// Keep only each block's input in the forward pass and recompute the rest in the backward pass.
     pub checkpoint_activations: bool,
+    /// How the weight products compute (`--compute`) and where the steps run (`--device`): a resumed run keeps
+    /// them unless given again.
+    pub compute: Compute,
+    pub device: Placement,
 }
 
 impl Default for TrainSettings {
@@ -99,6 +105,8 @@ impl Default for TrainSettings {
             keep_last: 2,
             base_dtype: BaseDtype::Stored,
             checkpoint_activations: false,
+            compute: Compute::F32,
+            device: Placement::Cpu,
         }
     }
 }
