@@ -2,8 +2,12 @@
 //! prefix the tokenizer puts before a text (BOS or nothing), EOS, and the chat template.
 use crate::input;
 use anyhow::{Context, Result, bail};
+use std::collections::HashMap;
 use std::path::Path;
-use tokenizers::Tokenizer;
+use tokenizers::normalizers::{NormalizerWrapper, Sequence as NormalizerSequence};
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::pre_tokenizers::metaspace::PrependScheme;
+use tokenizers::{Tokenizer, TokenizerImpl};
 
 pub struct TextTokenizer {
     pub inner: Tokenizer,
@@ -11,6 +15,56 @@ pub struct TextTokenizer {
     pub prefix: Vec<u32>,
     pub eos_id: u32,
     pub chat_template: Option<String>,
+    /// For a SentencePiece tokenizer that puts "▁" before a text (its dummy prefix): the tokenizer without it,
+    /// for text that continues other text, and its added tokens matched before normalization (id → text)
+    /// (`encode_after`).
+    continuation: Option<Continuation>,
+}
+
+/// How a text continuing other text is tokenized inside their joined text, where the dummy prefix goes only
+/// before the joined text's start (Metaspace's prepend scheme "first") or before every piece between added
+/// tokens (Metaspace "always", or a `Prepend("▁")` normalizer: Llama-2's and Phi-3's legacy tokenizers).
+struct Continuation {
+    no_prefix: Tokenizer,
+    per_piece: bool,
+    added: HashMap<u32, String>,
+}
+
+/// `t` without its dummy prefix, and whether it puts one before every piece between added tokens; None where it
+/// puts none.
+fn without_dummy_prefix(t: &Tokenizer) -> Option<(Tokenizer, bool)> {
+    let mut no_prefix: TokenizerImpl<_, _, _, _, _> = t.clone().into_inner();
+    let (mut changed, mut per_piece) = (false, false);
+    let mut unprefix = |p: &mut PreTokenizerWrapper| {
+        if let PreTokenizerWrapper::Metaspace(m) = p
+            && m.get_prepend_scheme() != PrependScheme::Never
+        {
+            per_piece |= m.get_prepend_scheme() == PrependScheme::Always;
+            m.set_prepend_scheme(PrependScheme::Never);
+            changed = true;
+        }
+    };
+    if let Some(mut p) = no_prefix.get_pre_tokenizer().cloned() {
+        match &mut p {
+            PreTokenizerWrapper::Sequence(s) => s.as_mut().iter_mut().for_each(&mut unprefix),
+            p => unprefix(p),
+        }
+        no_prefix.with_pre_tokenizer(Some(p));
+    }
+    let is_prepend = |n: &NormalizerWrapper| matches!(n, NormalizerWrapper::Prepend(_));
+    match no_prefix.get_normalizer().cloned() {
+        Some(n) if is_prepend(&n) => {
+            no_prefix.with_normalizer(None::<NormalizerWrapper>).ok()?;
+            (changed, per_piece) = (true, true);
+        }
+        Some(NormalizerWrapper::Sequence(s)) if s.as_ref().iter().any(is_prepend) => {
+            let rest: Vec<NormalizerWrapper> = s.as_ref().iter().filter(|n| !is_prepend(n)).cloned().collect();
+            no_prefix.with_normalizer(Some(NormalizerWrapper::Sequence(NormalizerSequence::new(rest)))).ok()?;
+            (changed, per_piece) = (true, true);
+        }
+        _ => {}
+    }
+    changed.then(|| (Tokenizer::from(no_prefix), per_piece))
 }
 
 impl TextTokenizer {
@@ -36,7 +90,18 @@ impl TextTokenizer {
         {
             prefix.push(bos);
         }
-        Ok(TextTokenizer { inner, prefix, eos_id, chat_template })
+        let continuation = without_dummy_prefix(&inner).map(|(no_prefix, per_piece)| Continuation {
+            no_prefix,
+            per_piece,
+            // Split out before normalization, so a piece after one is normalized (prefixed) on its own.
+            added: inner
+                .get_added_tokens_decoder()
+                .into_iter()
+                .filter(|(_, t)| !t.normalized)
+                .map(|(id, t)| (id, t.content))
+                .collect(),
+        });
+        Ok(TextTokenizer { inner, prefix, eos_id, chat_template, continuation })
     }
 
     /// Loads `tokenizer.json` and `tokenizer_config.json` from an HF folder.
@@ -88,6 +153,36 @@ impl TextTokenizer {
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// `text` continuing text whose last token is `prev` (None: `text` starts the text), tokenized as inside
+    /// their joined text (byte-level BPE and the like: as [`Self::encode`]). A SentencePiece tokenizer's dummy
+    /// prefix "▁" is not put before it unless the joined text would have it there too (its start; after an added
+    /// token, for tokenizers that prefix every piece between added tokens): y after x gains no space, as
+    /// "nothing is inserted between x and y" promises.
+    pub fn encode_after(&self, text: &str, prev: Option<u32>) -> Result<Vec<u32>> {
+        let Some(c) = &self.continuation else { return self.encode(text) };
+        let Some(prev) = prev else { return self.encode(text) };
+        let no_prefix = |t: &str| -> Result<Vec<u32>> {
+            let enc = c.no_prefix.encode(t, false).map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
+            Ok(enc.get_ids().to_vec())
+        };
+        if !c.per_piece {
+            return no_prefix(text);
+        }
+        if c.added.contains_key(&prev) {
+            return self.encode(text);
+        }
+        // Only the piece before the text's first added token continues the previous text; the pieces after added
+        // tokens are prefixed, as in the joined text.
+        let enc = self.inner.encode(text, false).map_err(|e| anyhow::anyhow!("tokenization failed: {e}"))?;
+        // (An added token split out of the text, not a token of the model's that is also registered as one.)
+        let mut ids_at = enc.get_ids().iter().zip(enc.get_offsets());
+        let first_added = ids_at.find(|(id, o)| c.added.get(id).is_some_and(|t| text.get(o.0..o.1) == Some(t)));
+        match first_added.map(|(_, o)| o.0) {
+            Some(at) => Ok([no_prefix(&text[..at])?, self.encode(&text[at..])?].concat()),
+            None => no_prefix(text),
+        }
     }
 
     pub fn decode(&self, ids: &[u32]) -> Result<String> {

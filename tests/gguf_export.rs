@@ -220,3 +220,14 @@ fn merging_into_a_quantized_base_warns_when_the_output_is_no_finer() {
     assert!(!merged("q8_0").contains("quantization step"));
     assert!(!merged("f16").contains("quantization step"));
 }
+
+/// A model that attends within a sliding window (Mistral v0.1's) exports, as llama.cpp's converter writes it, but
+/// not silently: the GGUF attends over the whole context, so the export says up to which length it agrees.
+#[test]
+fn a_sliding_window_model_exports_with_a_warning() {
+    let d = out_dir("window");
+    let msg = export(&["--model", p(&fixture("tiny-mistral")), "--out", p(&d.join("m.gguf")), "--type", "f32"]);
+    assert!(msg.contains("warning") && msg.contains("sliding window of 4 positions"), "{msg}");
+    let msg = export(&["--model", p(&fixture("tiny-llama")), "--out", p(&d.join("l.gguf")), "--type", "f32"]);
+    assert!(!msg.contains("sliding window"), "{msg}");
+}

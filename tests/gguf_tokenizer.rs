@@ -534,3 +534,35 @@ fn inspect_shows_sentencepiece_tokens() {
     // 🦙 has no token of its own: four byte-fallback tokens.
     assert_eq!(shown("🦙"), [" ", "\\xF0", "\\x9F", "\\xA6", "\\x99"]);
 }
+
+/// y after x is tokenized as inside x + y (SentencePiece's dummy prefix "▁" goes only where the joined text has
+/// it): `enc(x) + enc_after(y)` equals `enc(x + y)` wherever the boundary falls between tokens (a space or newline
+/// there, or an added token). Llama's vocabulary prefixes with Metaspace("first"): never after the start; Phi-3's
+/// with a Prepend normalizer: after every added token too. Before, y always gained a "▁" (a space inserted).
+#[test]
+fn a_completion_continues_its_prompt_without_a_dummy_prefix() {
+    let cases = [
+        ("Translate: cat\n", "Katze"),
+        ("Translate: cat", " Katze"),
+        ("name: The Eagle\n\n", "Eat type: coffee shop"),
+        ("hi</s>", "Hello there"),
+        ("<|user|>\nhi<|end|>\n<|assistant|>", "Hello"),
+        ("<|user|>\nhi<|end|>\n<|assistant|>", " Hello"),
+        ("<|user|>\nhi", " there<|end|>\nmore text<|end|>"),
+    ];
+    for file in ["llama-spm.json", "phi-3.json"] {
+        let (_, inner) = spm_tokenizer(&load_spm_fixture(&spm_dir().join(file)));
+        let tok = TextTokenizer::new(inner, 2, None, None).unwrap();
+        let mut differs = 0;
+        for (x, y) in cases {
+            let ex = tok.encode(x).unwrap();
+            let mut split = ex.clone();
+            split.extend(tok.encode_after(y, ex.last().copied()).unwrap());
+            assert_eq!(split, tok.encode(&format!("{x}{y}")).unwrap(), "{file}: {x:?} + {y:?}");
+            differs += usize::from(tok.encode_after(y, ex.last().copied()).unwrap() != tok.encode(y).unwrap());
+        }
+        assert!(differs >= 2, "{file}: no case needed the continuation ({differs})");
+        // A text at the start keeps its prefix.
+        assert_eq!(tok.encode_after("Katze", None).unwrap(), tok.encode("Katze").unwrap(), "{file}");
+    }
+}

@@ -102,6 +102,15 @@ pub fn run(a: ExportGgufArgs) -> Result<()> {
     let mut m = load_model(&a.model)?;
     let cfg = a.adapter.apply(&a.model, &mut m)?;
     let arch = gguf_arch(&m.model.config)?;
+    let c = &m.model.config;
+    if let Some(w) = c.sliding_window.filter(|&w| w < c.max_positions) {
+        // llama.cpp's llama and qwen2 graphs attend over the whole context, as its own converter writes them.
+        eprintln!(
+            "warning: the model attends within a sliding window of {w} positions (sliding_window in config.json); \
+             llama.cpp (and condlm) run this {arch} GGUF with full causal attention, which computes the same only for \
+             sequences of up to {w} tokens: keep its context (-c) at {w} or below, or use the HF folder"
+        );
+    }
     let name = a.name.clone().unwrap_or_else(|| a.out.file_stem().unwrap_or_default().to_string_lossy().into_owned());
     let (metadata, tensors, what): (Vec<(String, MetaValue)>, Vec<ExportTensor<'_>>, String);
     if a.lora_only {

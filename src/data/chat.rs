@@ -370,7 +370,7 @@ pub fn encode_chat(
     let mut last_turn_start = 0;
     let mut done = String::new(); // the rendering so far, everything of it tokenized
     let push = |text: &str, segment: Segment, ids: &mut Vec<u32>, target: &mut Vec<bool>| -> Result<()> {
-        let t = tok.encode(text)?;
+        let t = tok.encode_after(text, ids.last().copied())?;
         target.extend(std::iter::repeat_n(segment == Segment::Target, t.len()));
         ids.extend(t);
         Ok(())

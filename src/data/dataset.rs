@@ -261,10 +261,11 @@ pub fn encode_row(
                      context; give every row a prompt"
                 );
             }
-            let mut ids = tok.prefix.clone();
-            ids.extend(tok.encode(prompt)?);
+            let (mut ids, x) = (tok.prefix.clone(), tok.encode(prompt)?);
+            let prev = x.last().copied();
+            ids.extend(x);
             let y_start = ids.len();
-            ids.extend(tok.encode(completion)?);
+            ids.extend(tok.encode_after(completion, prev)?);
             ids.push(tok.eos_id);
             let mut target = vec![false; y_start];
             target.resize(ids.len(), true);
