@@ -286,7 +286,8 @@ pub fn encode_row(
 }
 
 /// Cuts an encoded row to `max_len` tokens: x from the left first (keeping `keep` and, without a prefix,
-/// one context token), then y from the right. Position 0 is never a target.
+/// one context token), then y from the right. Position 0 is never a target. `Cut::y` counts every target lost:
+/// the tail's, and a chat's earlier assistant turns cut with its context.
 pub fn truncate(e: &Encoded, max_len: usize) -> (Example, Cut) {
     let n = e.ids.len();
     let (mut ids, mut target) = (e.ids.clone(), e.target.clone());
@@ -298,7 +299,6 @@ pub fn truncate(e: &Encoded, max_len: usize) -> (Example, Cut) {
         ids.drain(e.keep..e.keep + cut_x);
         target.drain(e.keep..e.keep + cut_x);
         if ids.len() > max_len {
-            cut.y = target[max_len..].iter().filter(|&&t| t).count();
             ids.truncate(max_len);
             target.truncate(max_len);
         }
@@ -307,6 +307,8 @@ pub fn truncate(e: &Encoded, max_len: usize) -> (Example, Cut) {
     if let Some(t) = target.first_mut() {
         *t = false;
     }
+    let targets_in = |t: &[bool]| t.iter().filter(|&&t| t).count();
+    cut.y = targets_in(&e.target[e.target.first().map_or(0, |_| 1)..]) - targets_in(&target);
     let mut targets = Vec::new();
     let mut i = 0;
     while i < target.len() {
@@ -386,6 +388,18 @@ mod tests {
         // no room for y at all
         let (e, _) = truncate(&enc(3, 2, 1), 1);
         assert_eq!((e.n_targets(), e.ids), (0, vec![0]));
+        // a chat: an earlier assistant turn (targets 2..4) inside the context cut from the left counts as y cut
+        let mut chat = enc(6, 2, 1);
+        chat.target[2..4].fill(true);
+        let (e, c) = truncate(&chat, 5);
+        assert_eq!(e.ids, vec![0, 5, 6, 7, 8]);
+        assert_eq!((e.targets, c), (vec![3..5], Cut { x: 4, y: 2 }));
+        // and one left at position 0, which is never a target, too
+        let mut chat = enc(6, 2, 0);
+        chat.target[2..4].fill(true);
+        let (e, c) = truncate(&chat, 5);
+        assert_eq!(e.ids, vec![3, 4, 5, 6, 7]);
+        assert_eq!((e.targets, c), (vec![3..5], Cut { x: 3, y: 2 }));
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
 }
 
 /// Names of the prompt/completion fields (`--prompt-field`, `--completion-field`).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fields {
     pub prompt: String,
     pub completion: String,
@@ -316,10 +316,12 @@ pub fn parse_row(text: &str, fields: &Fields) -> Result<Row, String> {
         string(name, what)?.ok_or_else(|| format!("missing field \"{name}\" ({what}); found {}", keys_of(obj)))
     };
     let row = |format, record| Row { source: String::new(), format, record };
-    if let Some(messages) = obj.get("messages") {
+    let (pf, cf) = (fields.prompt.as_str(), fields.completion.as_str());
+    // Fields named by --prompt-field / --completion-field are what the user asked for, over a "messages" beside.
+    let named = *fields != Fields::default() && obj.contains_key(pf);
+    if let Some(messages) = obj.get("messages").filter(|_| !named) {
         return parse_chat(text, messages).map(|r| row(Format::Chat, r));
     }
-    let (pf, cf) = (fields.prompt.as_str(), fields.completion.as_str());
     if obj.contains_key(pf) || (obj.contains_key(cf) && !obj.contains_key("instruction")) {
         let prompt = require(pf, "the prompt x")?;
         let completion = require(cf, "the completion y")?;
@@ -454,5 +456,11 @@ mod tests {
         let f2 = Fields { prompt: "instruction".into(), completion: "output".into() };
         let r = parse_row(r#"{"instruction": "a", "output": "b"}"#, &f2).unwrap();
         assert_eq!(r.format, Format::Pair);
+        // the fields asked for win over a "messages" beside them; without them, messages is read
+        let both = r#"{"q": "a", "a": "b", "messages": [{"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}]}"#;
+        let f3 = Fields { prompt: "q".into(), completion: "a".into() };
+        let r = parse_row(both, &f3).unwrap();
+        assert_eq!(r.format, Format::Pair);
+        assert_eq!(parse_row(both, &f).unwrap().format, Format::Chat);
     }
 }
