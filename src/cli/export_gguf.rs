@@ -95,6 +95,7 @@ impl TypeArg {
 }
 
 pub fn run(a: ExportGgufArgs) -> Result<()> {
+    condlm::output::remove_partial_outputs_on_signal()?;
     let start = std::time::Instant::now();
     let modelfile_path = a.out.with_file_name("Modelfile");
     check_out(&a, &modelfile_path)?;

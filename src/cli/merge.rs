@@ -36,6 +36,7 @@ pub struct MergeArgs {
 }
 
 pub fn run(a: MergeArgs) -> Result<()> {
+    condlm::output::remove_partial_outputs_on_signal()?;
     let model_path = Path::new(&a.model);
     let adapter = a.adapter.adapter.as_deref().context("--adapter is required")?;
     let mut protected = vec![adapter];

@@ -3,8 +3,52 @@
 pub mod rows;
 
 use anyhow::{Context, Result};
+use signal_hook::consts::{SIGINT, SIGTERM};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// Temporary outputs being written: what [`remove_partial_outputs_on_signal`]'s watcher deletes.
+static BEING_WRITTEN: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn being_written() -> MutexGuard<'static, Vec<PathBuf>> {
+    BEING_WRITTEN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A temporary output listed in [`BEING_WRITTEN`] while it lives.
+struct BeingWritten(PathBuf);
+
+impl BeingWritten {
+    fn new(path: &Path) -> Self {
+        being_written().push(path.to_path_buf());
+        BeingWritten(path.to_path_buf())
+    }
+}
+
+impl Drop for BeingWritten {
+    fn drop(&mut self) {
+        being_written().retain(|p| *p != self.0);
+    }
+}
+
+/// For a command that writes one large output and has no interruption of its own (merge, export-gguf): on SIGINT
+/// or SIGTERM the temporary file or folder being written is deleted and the process exits (130, 143). Without
+/// this a signal ends the process before tempfile's cleanup runs, leaving a hidden partial output as large as
+/// the model at every interruption.
+pub fn remove_partial_outputs_on_signal() -> Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            // Held until the exit: no output is renamed into place meanwhile.
+            let partial = being_written();
+            for p in partial.iter() {
+                let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
+            }
+            std::process::exit(128 + sig);
+        }
+    });
+    Ok(())
+}
 
 /// Writes `bytes` to `path` through a temporary sibling file renamed into place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -18,6 +62,7 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Resul
     let tmp = shared(&mut tempfile::Builder::new(), 0o666)
         .tempfile_in(dir)
         .with_context(|| format!("cannot write {}: folder {} is not writable", path.display(), dir.display()))?;
+    let _listed = BeingWritten::new(tmp.path());
     let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
     fill(&mut w).with_context(|| format!("cannot write {}", path.display()))?;
     w.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error()))?;
@@ -77,14 +122,49 @@ pub fn write_dir_atomic_with(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>)
     let tmp = shared(tempfile::Builder::new().prefix(".condlm-tmp-"), 0o777)
         .tempdir_in(parent)
         .with_context(|| format!("cannot write {}: folder {} is not writable", dir.display(), parent.display()))?;
+    let listed = BeingWritten::new(tmp.path());
     fill(tmp.path())?;
     share_files(tmp.path()).with_context(|| format!("cannot write {}", dir.display()))?;
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).with_context(|| format!("cannot replace {}", dir.display()))?;
-    }
+    // Complete from here: an interruption leaves it (and the earlier output) rather than deleting either.
+    drop(listed);
     let tmp_path = tmp.keep();
-    std::fs::rename(&tmp_path, dir).with_context(|| format!("cannot move output into {}", dir.display()))?;
-    Ok(())
+    let moved = |e: std::io::Error| {
+        anyhow::anyhow!("cannot move the output into {} ({e}); it is complete in {}", dir.display(), tmp_path.display())
+    };
+    if !dir.exists() {
+        return std::fs::rename(&tmp_path, dir).map_err(moved);
+    }
+    // The earlier output moves aside, the new one in, then the earlier one goes: at no moment is neither there.
+    let aside = tempfile::Builder::new().prefix(".condlm-old-").tempdir_in(parent).map_err(moved)?.keep();
+    std::fs::rename(dir, &aside).map_err(moved)?;
+    std::fs::rename(&tmp_path, dir).map_err(moved)?;
+    std::fs::remove_dir_all(&aside).with_context(|| format!("cannot remove the earlier {}", aside.display()))
+}
+
+#[cfg(test)]
+mod replace_tests {
+    use super::*;
+
+    /// A folder written over an earlier one replaces it whole, and leaves nothing beside it; while a temporary
+    /// output is being written it is listed for the signal watcher, and unlisted after.
+    #[test]
+    fn a_folder_replaces_the_earlier_one_and_nothing_is_left_beside_it() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("out");
+        write_dir_atomic(&out, &[("a", b"1".to_vec()), ("b", b"1".to_vec())]).unwrap();
+        let mut written = PathBuf::new();
+        write_dir_atomic_with(&out, |tmp| {
+            assert!(being_written().iter().any(|p| p == tmp), "the temporary folder is listed while written");
+            written = tmp.to_path_buf();
+            write_files(tmp, &out, &[("a", b"2".to_vec())])
+        })
+        .unwrap();
+        assert!(!being_written().contains(&written));
+        assert_eq!(std::fs::read(out.join("a")).unwrap(), b"2");
+        assert!(!out.join("b").exists(), "the earlier folder's files are gone with it");
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["out"]);
+    }
 }
 
 #[cfg(all(test, unix))]
