@@ -15,6 +15,9 @@ pub struct TextTokenizer {
     pub prefix: Vec<u32>,
     pub eos_id: u32,
     pub chat_template: Option<String>,
+    /// The tokenizer's BOS token as text (tokenizer_config.json `bos_token`, a GGUF's `bos_token_id`), whether or
+    /// not it is put before texts: chat templates get it as `bos_token`, as transformers gives it.
+    pub bos_token: Option<String>,
     /// For a SentencePiece tokenizer that puts "▁" before a text (its dummy prefix): the tokenizer without it,
     /// for text that continues other text, and its added tokens matched before normalization (id → text)
     /// (`encode_after`).
@@ -101,7 +104,7 @@ impl TextTokenizer {
                 .map(|(id, t)| (id, t.content))
                 .collect(),
         });
-        Ok(TextTokenizer { inner, prefix, eos_id, chat_template, continuation })
+        Ok(TextTokenizer { inner, prefix, eos_id, chat_template, bos_token: None, continuation })
     }
 
     /// Loads `tokenizer.json` and `tokenizer_config.json` from an HF folder.
@@ -146,7 +149,8 @@ impl TextTokenizer {
                 path.exists().then(|| input::read_to_string(&path, "chat template")).transpose()?
             }
         };
-        Self::new(inner, eos_id, bos_to_force, chat_template)
+        let bos_token = token_id("bos_token").and_then(|id| inner.id_to_token(id));
+        Ok(TextTokenizer { bos_token, ..Self::new(inner, eos_id, bos_to_force, chat_template)? })
     }
 
     /// Plain text → ids, no special tokens added.

@@ -129,6 +129,29 @@ fn templates_render_like_transformers() {
     assert!(seen.contains(&("qwen2_style.jinja".to_string(), false, true)));
 }
 
+/// A model's own template gets the tokenizer's BOS text as `bos_token` even where the tokenizer puts no BOS before
+/// texts (tiny-llama: `add_bos_token: false`), as transformers passes it: Llama-3-style templates begin with it.
+#[test]
+fn the_tokenizers_template_gets_its_bos_token_as_transformers_gives_it() {
+    let renders = seq(&expected().get_attr("renders").unwrap());
+    let mut checked = 0;
+    for r in renders.iter().filter(|r| r.get_attr("template").unwrap().to_string() == "llama3_style.jinja") {
+        let tok = with_template("llama3_style.jinja");
+        assert!(tok.prefix.is_empty());
+        let t = ChatTemplate::for_tokenizer(&tok).unwrap().unwrap();
+        let tools = r.get_attr("tools").unwrap();
+        let tools = if tools.is_none() { None } else { Some(tools) };
+        let add_gen = r.get_attr("add_generation_prompt").unwrap().is_true();
+        let prompt = if add_gen { GenerationPrompt::Add } else { GenerationPrompt::Omit };
+        let got = t.render(&seq(&r.get_attr("messages").unwrap()), tools.as_ref(), prompt).unwrap();
+        let want = r.get_attr("text").unwrap().to_string();
+        assert!(want.starts_with("<|endoftext|>"), "{want}");
+        assert_eq!(got, want);
+        checked += 1;
+    }
+    assert!(checked >= 2, "{checked}");
+}
+
 /// Every template splits every conversation into segments whose concatenation is the full rendering, with the
 /// assistant answers (and end-of-turn tokens) as targets.
 #[test]

@@ -89,7 +89,8 @@ impl ChatTemplate {
     pub fn for_tokenizer(tok: &TextTokenizer) -> Result<Option<Self>> {
         let Some(source) = &tok.chat_template else { return Ok(None) };
         let text = |ids: &[u32]| ids.iter().filter_map(|&i| tok.inner.id_to_token(i)).collect::<String>();
-        Self::new(source, &text(&tok.prefix), &text(&[tok.eos_id])).map(Some)
+        let bos = tok.bos_token.clone().unwrap_or_else(|| text(&tok.prefix));
+        Self::new(source, &bos, &text(&[tok.eos_id])).map(Some)
     }
 
     /// Names the template in messages: its first characters.

@@ -51,7 +51,10 @@ pub fn load_tokenizer(files: &ModelFiles, config: &Config, weights: &Weights) ->
                 format!("{}: no tokenizer.ggml.eos_token_id; the model could not learn to stop", path.display())
             })?;
             let template = file.opt_str("tokenizer.chat_template")?.map(str::to_owned);
-            TextTokenizer::new(inner, eos, None, template)
+            let bos_token = vocab.bos_id.and_then(|id| inner.id_to_token(id));
+            let mut tok = TextTokenizer::new(inner, eos, None, template)?;
+            tok.bos_token = bos_token;
+            Ok(tok)
         }
         _ => TextTokenizer::from_hf_dir(files.path(), config.eos_token_ids.first().copied()),
     }
