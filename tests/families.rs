@@ -235,20 +235,22 @@ fn phi3_info_and_written_config() {
     assert_eq!(condlm::network::config::Config::from_hf_json(&path).unwrap(), c);
 }
 
+/// The config.json of fixture `name` after `edit`, read as condlm reads it.
+fn edited_config(name: &str, edit: &dyn Fn(&mut serde_json::Value)) -> anyhow::Result<condlm::network::config::Config> {
+    let path = fixture(&format!("{name}/config.json"));
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    edit(&mut v);
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("config.json");
+    std::fs::write(&path, v.to_string()).unwrap();
+    condlm::network::config::Config::from_hf_json(&path)
+}
+
 /// Phi-3 configs in the Hub's spelling (`rope_scaling` with the old type name `su`, as Phi-3-mini-128k writes it)
 /// read like transformers reads them; what condlm cannot run is an error naming the key.
 #[test]
 fn phi3_config_spellings_and_errors() {
-    let base: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-phi4/config.json")).unwrap()).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let read = |edit: &dyn Fn(&mut serde_json::Value)| {
-        let mut v = base.clone();
-        edit(&mut v);
-        let path = tmp.path().join("config.json");
-        std::fs::write(&path, v.to_string()).unwrap();
-        condlm::network::config::Config::from_hf_json(&path)
-    };
+    let read = |edit: &dyn Fn(&mut serde_json::Value)| edited_config("tiny-phi4", edit);
     let want = model("tiny-phi4").config;
     let legacy = read(&|v| {
         let p = v.as_object_mut().unwrap().remove("rope_parameters").unwrap();
@@ -302,16 +304,7 @@ fn phi3_merge_keeps_the_adapted_model() {
 /// not run with the wrong scale; the flags at their defaults read as the fixture does.
 #[test]
 fn gpt2_attention_scale_flags() {
-    let base: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-gpt2/config.json")).unwrap()).unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let read = |edit: &dyn Fn(&mut serde_json::Value)| {
-        let mut v = base.clone();
-        edit(&mut v);
-        let path = tmp.path().join("config.json");
-        std::fs::write(&path, v.to_string()).unwrap();
-        condlm::network::config::Config::from_hf_json(&path)
-    };
+    let read = |edit: &dyn Fn(&mut serde_json::Value)| edited_config("tiny-gpt2", edit);
     let defaults = read(&|v| {
         v["scale_attn_weights"] = serde_json::json!(true);
         v["scale_attn_by_inverse_layer_idx"] = serde_json::json!(false);
