@@ -146,3 +146,30 @@ fn score_writes_its_output_whole_or_not_at_all() {
     ]);
     assert!(!ok && err.contains("/nonexistent-dir") && err.contains("not writable"), "{err}");
 }
+
+/// What users pass by mistake instead of a model or an adapter is named for what it is, with what to pass: a
+/// llama.cpp LoRA GGUF, and the run folders `train` writes (the model or adapter is one level down).
+#[test]
+fn adapters_and_run_folders_given_in_the_wrong_place_say_what_to_pass() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (model, rows) = (fixture("tiny-llama"), fixture("score_rows.jsonl"));
+    let (m, r) = (model.to_str().unwrap(), rows.to_str().unwrap());
+    let lora = tmp.path().join("lora.gguf");
+    let adapter = fixture("interop/tiny-llama-condlm-adapter");
+    let a = adapter.to_str().unwrap();
+    let (ok, err) =
+        condlm(&["export-gguf", "--model", m, "--adapter", a, "--lora-only", "--out", lora.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let err = score_err(&lora, &rows);
+    assert!(err.contains("a LoRA adapter in llama.cpp's format") && err.contains("--lora"), "{err}");
+    let (ok, err) = condlm(&["score", "--model", m, "--adapter", lora.to_str().unwrap(), "--data", r]);
+    assert!(!ok && err.contains("a GGUF file; condlm reads adapters as PEFT folders"), "{err}");
+    // A run folder: the adapter (or the full fine-tune's model) inside it.
+    let run = tmp.path().join("run");
+    copy_dir(&adapter, &run.join("adapter"));
+    let (ok, err) = condlm(&["score", "--model", m, "--adapter", run.to_str().unwrap(), "--data", r]);
+    assert!(!ok && err.contains(&format!("an adapter in {}", run.join("adapter").display())), "{err}");
+    copy_dir(&model, &run.join("model"));
+    let err = score_err(&run, &rows);
+    assert!(err.contains(&format!("a model in {}", run.join("model").display())), "{err}");
+}

@@ -313,6 +313,20 @@ impl Fields<'_> {
 
 /// Reads and checks a PEFT adapter folder's `adapter_config.json`.
 pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
+    if dir.is_file() && dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        bail!(
+            "{}: a GGUF file; condlm reads adapters as PEFT folders (adapter_config.json and \
+             adapter_model.safetensors: the adapter/ a `condlm train` run wrote)",
+            dir.display()
+        );
+    }
+    if !dir.join("adapter_config.json").exists() && dir.join("adapter/adapter_config.json").is_file() {
+        bail!(
+            "{}: no adapter_config.json here, but an adapter in {}: a `condlm train` run folder; pass that",
+            dir.display(),
+            dir.join("adapter").display()
+        );
+    }
     let path = dir.join("adapter_config.json");
     let text = crate::input::read_to_string(&path, "adapter config")?;
     let v: Value = serde_json::from_str(&text).with_context(|| format!("{}: not valid JSON", path.display()))?;
@@ -516,6 +530,9 @@ pub fn attach_adapter(dir: &Path, cfg: &AdapterConfig, model: &mut Transformer) 
     let family = model.config.family;
     let linears: BTreeSet<String> = model.blocks.iter().flat_map(|b| b.linears()).map(|l| l.name.clone()).collect();
     if let Some(module) = found.keys().find(|m| !linears.contains(*m)) {
+        if module.ends_with("lm_head") || module.ends_with("embed_tokens") {
+            bail!("{shown}: the adapter puts LoRA on {module}; condlm supports LoRA on the blocks' linear layers only");
+        }
         bail!(
             "{shown}: adapter targets module {module}, which this model does not have: it was trained for a \
              different base model"

@@ -84,6 +84,11 @@ fn resolve_dir(dir: &Path) -> Result<ModelFiles> {
     ggufs.sort();
     match ggufs.len() {
         1 => Ok(ModelFiles::Gguf(ggufs.remove(0))),
+        0 if dir.join("model/config.json").is_file() => bail!(
+            "{}: no config.json here, but a model in {}: a `condlm train --full` run folder; pass that",
+            dir.display(),
+            dir.join("model").display()
+        ),
         0 => bail!("{}: no config.json and no .gguf file; this is not a model folder", dir.display()),
         _ => bail!(
             "{}: several .gguf files ({}); pass the one you want as --model FILE",

@@ -7,6 +7,13 @@ use std::path::Path;
 
 /// Reads GGUF metadata (`general.architecture` and its `<arch>.*` keys) and tensor presence.
 pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
+    if g.opt_str("general.type")? == Some("adapter") {
+        bail!(
+            "{}: a LoRA adapter in llama.cpp's format (general.type = adapter), not a model: give llama.cpp its base \
+             model with --lora; condlm reads adapters as PEFT folders (the adapter/ a `condlm train` run wrote)",
+            path.display()
+        );
+    }
     let arch = g.get_str("general.architecture")?.to_string();
     let family = match arch.as_str() {
         "llama" | "qwen2" | "qwen3" | "gemma3" => Family::Llama,
