@@ -172,4 +172,11 @@ fn adapters_and_run_folders_given_in_the_wrong_place_say_what_to_pass() {
     copy_dir(&model, &run.join("model"));
     let err = score_err(&run, &rows);
     assert!(err.contains(&format!("a model in {}", run.join("model").display())), "{err}");
+    // An adapter saved by PyTorch only (adapter_model.bin).
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::copy(adapter.join("adapter_config.json"), bin.join("adapter_config.json")).unwrap();
+    std::fs::write(bin.join("adapter_model.bin"), b"pickle").unwrap();
+    let (ok, err) = condlm(&["score", "--model", m, "--adapter", bin.to_str().unwrap(), "--data", r]);
+    assert!(!ok && err.contains("only adapter_model.bin") && err.contains("safe_serialization=True"), "{err}");
 }

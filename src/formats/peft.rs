@@ -595,6 +595,12 @@ pub fn attach_adapter(dir: &Path, cfg: &AdapterConfig, model: &mut Transformer) 
 /// is an error naming the tensor.
 fn read_lora_tensors(path: &Path) -> Result<BTreeMap<String, [Option<ShapedTensor>; 2]>> {
     let shown = path.display();
+    if !path.exists() && path.with_file_name("adapter_model.bin").exists() {
+        bail!(
+            "{shown} is missing; the adapter has only adapter_model.bin (PyTorch pickle, which condlm does not \
+             read): convert it with PEFT (load it and save_pretrained(dir, safe_serialization=True))"
+        );
+    }
     let bytes = crate::input::map(path, "adapter weights file")?;
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .map_err(|e| anyhow!("{shown}: not a valid safetensors file ({e})"))?;

@@ -50,9 +50,12 @@ fn from_hf(dir: &Path, tok: &TextTokenizer, config: &Config) -> Result<Vec<(Stri
     if model["type"] != "BPE" || !mentions_byte_level(&json["pre_tokenizer"]) {
         bail!(
             "{}/tokenizer.json: only byte-level BPE tokenizers (GPT-2, Llama 3, Qwen2, SmolLM) can be exported \
-             to GGUF for now; this one is a {} model",
+             to GGUF for now; this one is a {}",
             dir.display(),
-            model["type"].as_str().unwrap_or("unknown")
+            match model["type"].as_str() {
+                Some("BPE") => "BPE model without byte-level pre-tokenization (SentencePiece-style)".to_string(),
+                other => format!("{} model", other.unwrap_or("unknown")),
+            }
         );
     }
     let n = config.vocab_size;
