@@ -159,6 +159,17 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// A (x, y) pair as condlm models it: `prefix + enc(x) + enc(y as x's continuation) + [EOS]`, and where y starts.
+    pub fn encode_pair(&self, x: &str, y: &str) -> Result<(Vec<u32>, usize)> {
+        let (mut ids, x) = (self.prefix.clone(), self.encode(x)?);
+        let prev = x.last().copied();
+        ids.extend(x);
+        let y_start = ids.len();
+        ids.extend(self.encode_after(y, prev)?);
+        ids.push(self.eos_id);
+        Ok((ids, y_start))
+    }
+
     /// `text` continuing text whose last token is `prev` (None: `text` starts the text), tokenized as inside
     /// their joined text (byte-level BPE and the like: as [`Self::encode`]). A SentencePiece tokenizer's dummy
     /// prefix "▁" is not put before it unless the joined text would have it there too (its start; after an added

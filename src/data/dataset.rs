@@ -261,12 +261,7 @@ pub fn encode_row(
                      context; give every row a prompt"
                 );
             }
-            let (mut ids, x) = (tok.prefix.clone(), tok.encode(prompt)?);
-            let prev = x.last().copied();
-            ids.extend(x);
-            let y_start = ids.len();
-            ids.extend(tok.encode_after(completion, prev)?);
-            ids.push(tok.eos_id);
+            let (ids, y_start) = tok.encode_pair(prompt, completion)?;
             let mut target = vec![false; y_start];
             target.resize(ids.len(), true);
             Ok(Encoded { ids, target, keep: tok.prefix.len(), y_start })

@@ -23,12 +23,7 @@ impl Example {
     /// x and y tokenized **separately** and joined as `prefix + enc(x) + enc(y) + [EOS]`, so the x/y boundary
     /// is exact by construction; y and EOS are the targets.
     pub fn encode_pair(tok: &TextTokenizer, x: &str, y: &str) -> Result<Self> {
-        let (mut ids, x) = (tok.prefix.clone(), tok.encode(x)?);
-        let prev = x.last().copied();
-        ids.extend(x);
-        let y_start = ids.len();
-        ids.extend(tok.encode_after(y, prev)?);
-        ids.push(tok.eos_id);
+        let (ids, y_start) = tok.encode_pair(x, y)?;
         Ok(Example::pair(ids, y_start))
     }
 

@@ -39,7 +39,7 @@ pub fn remove_partial_outputs_on_signal() -> Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     std::thread::spawn(move || {
         if let Some(sig) = signals.forever().next() {
-            // Held until the exit: no output is renamed into place meanwhile.
+            // Held until the exit, so no write lists or unlists a temporary output meanwhile.
             let partial = being_written();
             for p in partial.iter() {
                 let _ = if p.is_dir() { std::fs::remove_dir_all(p) } else { std::fs::remove_file(p) };
