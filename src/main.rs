@@ -29,6 +29,9 @@ enum Command {
 
 fn main() {
     let args = Args::parse();
+    if !matches!(args.command, Command::Train(_)) {
+        die_quietly_when_the_reader_goes_away();
+    }
     let result = cli::init_threads(args.threads).and_then(|()| match args.command {
         Command::Demo(a) => cli::demo::run(a),
         Command::Train(a) => cli::train::run(*a),
@@ -44,6 +47,18 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// `condlm info … | head` should stop as any Unix tool does when its reader closes the pipe. Rust ignores SIGPIPE,
+/// so every print would then panic on the broken pipe; this gives the signal its default action back. Training
+/// keeps it ignored: it prints only to stderr, and under mpirun a peer's closed socket must be an error it reports,
+/// not a silent death.
+fn die_quietly_when_the_reader_goes_away() {
+    #[cfg(unix)]
+    // SAFETY: setting a signal's disposition to SIG_DFL at startup, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

@@ -340,3 +340,22 @@ fn help_documents_the_output_flags_with_their_defaults() {
         }
     }
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_stops_the_command_without_a_panic() {
+    // `condlm info MODEL | head -0`: the pipe's read end is closed before condlm prints, so its first print hits a
+    // broken pipe. Unix tools die of SIGPIPE there; condlm used to panic (exit 101, a backtrace hint on stderr).
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_condlm"))
+        .args(["info", s(&fixture("tiny-llama"))])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "status {:?}, stderr {stderr}", out.status);
+}
