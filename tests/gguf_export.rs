@@ -231,3 +231,39 @@ fn a_sliding_window_model_exports_with_a_warning() {
     let msg = export(&["--model", p(&fixture("tiny-llama")), "--out", p(&d.join("l.gguf")), "--type", "f32"]);
     assert!(!msg.contains("sliding window"), "{msg}");
 }
+
+#[test]
+fn tokenizer_pre_names_a_pre_tokenizer_llama_cpp_knows_and_the_tokenizer_uses() {
+    let d = out_dir("tokenizer-pre");
+    let model = fixture("tiny-llama"); // SmolLM's pre-tokenizer: digits one by one, then GPT-2's split
+    let out = d.join("m.gguf");
+    let run = |model: &Path, pre: Option<&str>| {
+        let mut args = vec!["export-gguf", "--model", p(model), "--out", p(&out), "--type", "f32", "--overwrite"];
+        args.extend(pre.map(|pre| ["--tokenizer-pre", pre]).into_iter().flatten());
+        condlm(&args)
+    };
+    // A typo is refused before the model loads (the missing model is never reported).
+    let (ok, _, err) = run(Path::new("/nonexistent/model"), Some("llama3-bpe"));
+    assert!(!ok && err.contains("\"llama3-bpe\"") && err.contains("llama-bpe, falcon3"), "{err}");
+    // A name that splits text otherwise than the tokenizer (Llama 3's regex vs SmolLM's digits) is refused.
+    let (ok, _, err) = run(&model, Some("qwen2"));
+    assert!(!ok && err.contains("\"smollm\"") && err.contains("leave --tokenizer-pre off"), "{err}");
+    assert!(!out.exists());
+    let pre_of = |path: &Path| GgufFile::open(path).unwrap().get_str("tokenizer.ggml.pre").unwrap().to_string();
+    let (ok, _, err) = run(&model, Some("smollm"));
+    assert!(ok && pre_of(&out) == "smollm", "{err}");
+
+    // A pre-tokenizer condlm cannot name: the error asks for --tokenizer-pre, and the flag then gives the name.
+    let odd = d.join("odd-pre");
+    common::copy_dir(&model, &odd);
+    let tok_path = odd.join("tokenizer.json");
+    let mut tok: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&tok_path).unwrap()).unwrap();
+    tok["pre_tokenizer"] = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]});
+    std::fs::write(&tok_path, tok.to_string()).unwrap();
+    let (ok, _, err) = run(&odd, None);
+    assert!(!ok && err.contains("pass --tokenizer-pre NAME"), "{err}");
+    let (ok, _, err) = run(&odd, Some("gpt-2"));
+    assert!(ok && pre_of(&out) == "gpt-2", "{err}");
+}

@@ -8,7 +8,7 @@ use condlm::formats::gguf::export::{
     ExportTensor, gguf_arch, model_metadata, model_tensors, type_counts, write_export,
 };
 use condlm::formats::gguf::export_lora::{adapter_metadata, adapter_tensors, lora_alpha};
-use condlm::formats::gguf::export_vocab::tokenizer_metadata;
+use condlm::formats::gguf::export_vocab::{check_pre_name, tokenizer_metadata};
 use condlm::formats::gguf::file::MetaValue;
 use condlm::formats::gguf::modelfile::modelfile;
 use condlm::formats::load::load_model;
@@ -42,7 +42,8 @@ pub struct ExportGgufArgs {
     #[arg(long, conflicts_with = "lora_only")]
     modelfile: bool,
     /// llama.cpp's pre-tokenizer name (tokenizer.ggml.pre), for an HF tokenizer whose pre-tokenizer condlm cannot
-    /// name itself [default: from the source: copied from a GGUF, recognised in tokenizer.json].
+    /// name itself; a name llama.cpp does not know, or one that splits text otherwise than a tokenizer condlm
+    /// recognises, is refused [default: from the source: copied from a GGUF, recognised in tokenizer.json].
     #[arg(long)]
     tokenizer_pre: Option<String>,
     /// general.name in the file [default: the --out file name without extension].
@@ -99,6 +100,9 @@ pub fn run(a: ExportGgufArgs) -> Result<()> {
     let start = std::time::Instant::now();
     let modelfile_path = a.out.with_file_name("Modelfile");
     check_out(&a, &modelfile_path)?;
+    if let Some(pre) = &a.tokenizer_pre {
+        check_pre_name(pre)?;
+    }
     let ty = a.ty.ggml();
     let mut m = load_model(&a.model)?;
     let cfg = a.adapter.apply(&a.model, &mut m)?;

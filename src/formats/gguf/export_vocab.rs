@@ -16,33 +16,155 @@ use std::path::Path;
 /// llama.cpp pre-tokenizer names whose split regex condlm knows (see [`split_regex_for_pre`]).
 const SPLIT_PRES: &[&str] = &["llama-bpe", "qwen2", "qwen35", "tekken", "gpt-4o"];
 
+/// Every `tokenizer.ggml.pre` name llama.cpp loads (src/llama-vocab.cpp, November 2026); it refuses a file with any
+/// other ("unknown pre-tokenizer type").
+const LLAMA_CPP_PRES: &[&str] = &[
+    "default",
+    "minicpm5",
+    "llama3",
+    "llama-v3",
+    "llama-bpe",
+    "falcon3",
+    "falcon-h1",
+    "pixtral",
+    "midm-2.0",
+    "lfm2",
+    "jina-v5-nano",
+    "deepseek-llm",
+    "deepseek-coder",
+    "deepseek-v3",
+    "youtu",
+    "falcon",
+    "mpt",
+    "starcoder",
+    "gpt-2",
+    "phi-2",
+    "jina-es",
+    "jina-de",
+    "gigachat",
+    "jina-v2-es",
+    "jina-v2-de",
+    "a.x-4.0",
+    "mellum",
+    "modern-bert",
+    "jais-2",
+    "gemma4",
+    "granite-embed-multi-311m",
+    "sarvam-moe",
+    "jina-v1-en",
+    "jina-v2-code",
+    "roberta-bpe",
+    "whitespace",
+    "refact",
+    "command-r",
+    "qwen2",
+    "deepseek-r1-qwen",
+    "kormo",
+    "f2llmv2",
+    "qwen35",
+    "stablelm2",
+    "olmo",
+    "dbrx",
+    "smaug-bpe",
+    "poro-chat",
+    "glm4",
+    "chatglm-bpe",
+    "viking",
+    "jais",
+    "tekken",
+    "smollm",
+    "codeshell",
+    "bloom",
+    "gpt3-finnish",
+    "exaone",
+    "exaone4",
+    "exaone-moe",
+    "chameleon",
+    "minerva-7b",
+    "megrez",
+    "gpt-4o",
+    "llama4",
+    "kanana2",
+    "talkie",
+    "granite-embed-multi-97m",
+    "tiny_aya",
+    "cohere2moe",
+    "superbpe",
+    "trillion",
+    "granite-docling",
+    "bailingmoe",
+    "bailingmoe2",
+    "llada-moe",
+    "seed-coder",
+    "hunyuan",
+    "hunyuan-dense",
+    "joyai-llm",
+    "kimi-k2",
+    "grok-2",
+    "afmoe",
+    "laguna",
+    "minimax-m2",
+    "solar-open",
+    "mellum2",
+    "k2-horizon",
+];
+
+/// Checks a `--tokenizer-pre` name before any work: a name llama.cpp does not know gives a file it refuses to load.
+pub fn check_pre_name(pre: &str) -> Result<()> {
+    if !LLAMA_CPP_PRES.contains(&pre) {
+        bail!(
+            "--tokenizer-pre {pre:?}: llama.cpp knows no pre-tokenizer of that name and would refuse the file \
+             (\"unknown pre-tokenizer type\"); its names (November 2026): {}",
+            LLAMA_CPP_PRES.join(", ")
+        );
+    }
+    Ok(())
+}
+
 /// The `tokenizer.*` metadata for a model loaded from `files` with tokenizer `tok`; `pre` overrides the
-/// pre-tokenizer name (`tokenizer.ggml.pre`).
+/// pre-tokenizer name (`tokenizer.ggml.pre`), and is refused where condlm knows the tokenizer splits text otherwise.
 pub fn tokenizer_metadata(
     files: &ModelFiles,
     tok: &TextTokenizer,
     config: &Config,
     pre: Option<&str>,
 ) -> Result<Vec<(String, MetaValue)>> {
-    let mut m = match files {
+    let (mut m, own_pre) = match files {
         ModelFiles::Gguf(path) => {
             let g = GgufFile::open(path)?;
-            g.metadata
+            let own = g.get("tokenizer.ggml.pre").and_then(MetaValue::as_str).map(str::to_string);
+            let m = g
+                .metadata
                 .iter()
                 .filter(|(k, _)| k.starts_with("tokenizer."))
                 .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
+                .collect();
+            (m, own)
         }
-        ModelFiles::HfDir(dir) => from_hf(dir, tok, config)?,
+        ModelFiles::HfDir(dir) => from_hf(dir, tok, config, pre)?,
     };
     if let Some(pre) = pre {
+        check_pre_name(pre)?;
+        if let Some(own) = own_pre.as_deref().filter(|&own| split_regex_for_pre(own) != split_regex_for_pre(pre)) {
+            bail!(
+                "--tokenizer-pre {pre:?}: the tokenizer splits text as llama.cpp's {own:?}, and {pre:?} splits it \
+                 otherwise, so llama.cpp would tokenize text unlike the model saw it; leave --tokenizer-pre off"
+            );
+        }
         m.retain(|(k, _)| k != "tokenizer.ggml.pre");
         m.push(("tokenizer.ggml.pre".into(), MetaValue::Str(pre.into())));
     }
     Ok(m)
 }
 
-fn from_hf(dir: &Path, tok: &TextTokenizer, config: &Config) -> Result<Vec<(String, MetaValue)>> {
+/// The metadata llama.cpp's converter writes for an HF byte-level BPE tokenizer, and the llama.cpp name of its
+/// pre-tokenizer where condlm recognises it (`pre`, the name the user gave, stands in where it does not).
+fn from_hf(
+    dir: &Path,
+    tok: &TextTokenizer,
+    config: &Config,
+    given_pre: Option<&str>,
+) -> Result<(Vec<(String, MetaValue)>, Option<String>)> {
     let json: Value = serde_json::from_str(
         &tok.inner.to_string(false).map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))?,
     )?;
@@ -92,7 +214,8 @@ fn from_hf(dir: &Path, tok: &TextTokenizer, config: &Config) -> Result<Vec<(Stri
             other => MetaValue::Str(other.as_str().unwrap_or_default().to_string()),
         })
         .collect();
-    let pre = pre_name(&json["pre_tokenizer"]).with_context(|| {
+    let own_pre = pre_name(&json["pre_tokenizer"]);
+    let pre = own_pre.or(given_pre).with_context(|| {
         format!(
             "{}/tokenizer.json: its pre-tokenizer ({}) has no llama.cpp name condlm knows; pass \
              --tokenizer-pre NAME with llama.cpp's tokenizer.ggml.pre for this model (e.g. llama-bpe, qwen2, \
@@ -126,7 +249,7 @@ fn from_hf(dir: &Path, tok: &TextTokenizer, config: &Config) -> Result<Vec<(Stri
     if let Some(t) = &tok.chat_template {
         m.push(("tokenizer.chat_template".into(), MetaValue::Str(t.clone())));
     }
-    Ok(m)
+    Ok((m, own_pre.map(str::to_string)))
 }
 
 fn mentions_byte_level(pre: &Value) -> bool {
