@@ -85,7 +85,7 @@ fn round_trip(src: &str, ids_dir: &str) -> (tempfile::TempDir, LoadedModel, Load
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("export");
     let a = load(&fixture(src));
-    save_hf_folder(&out, &a.model, &a.tokenizer, &a.files).unwrap();
+    save_hf_folder(&out, &a.model, &a.tokenizer, &a.files, None).unwrap();
     let b = load(&out);
     let seqs = ids_of(ids_dir);
     let (la, lb) = (all_logits(&a.model, &seqs), all_logits(&b.model, &seqs));
@@ -187,14 +187,14 @@ fn export_writes_what_the_params_hold_and_refuses_attached_adapters() {
     let tuned = all_logits(&m.model, &seqs);
     assert!(max_abs_diff(&before[0], &tuned[0]) > 1e-3);
     let out = tmp.path().join("tuned");
-    save_hf_folder(&out, &m.model, &m.tokenizer, &m.files).unwrap();
+    save_hf_folder(&out, &m.model, &m.tokenizer, &m.files, None).unwrap();
     let back = all_logits(&load(&out).model, &seqs);
     assert_eq!(back, tuned);
 
     let cfg = LoraConfig { rank: 2, alpha: 4.0, dropout: 0.0, rslora: false, targets: vec!["c_attn".into()] };
     attach(&mut m.model, &cfg, 1).unwrap();
     let out2 = tmp.path().join("with-lora");
-    let err = format!("{:#}", save_hf_folder(&out2, &m.model, &m.tokenizer, &m.files).unwrap_err());
+    let err = format!("{:#}", save_hf_folder(&out2, &m.model, &m.tokenizer, &m.files, None).unwrap_err());
     assert!(err.contains("LoRA adapters attached") && err.contains("merge"), "{err}");
     assert!(!out2.exists());
 }

@@ -267,3 +267,36 @@ fn tokenizer_pre_names_a_pre_tokenizer_llama_cpp_knows_and_the_tokenizer_uses() 
     let (ok, _, err) = run(&odd, Some("gpt-2"));
     assert!(ok && pre_of(&out) == "gpt-2", "{err}");
 }
+
+#[test]
+fn the_modelfile_presents_prompts_as_training_did() {
+    // tiny-llama has a ChatML chat template; an adapter trained on its prompt/completion rows must get raw prompts.
+    let d = out_dir("trained-on");
+    let model = fixture("tiny-llama");
+    let run = d.join("run");
+    let (ok, _, err) = condlm(&[
+        "train",
+        "--model",
+        p(&model),
+        "--data",
+        p(&fixture("train_rows.jsonl")),
+        "--max-steps",
+        "1",
+        "--output-dir",
+        p(&run),
+        "--allow-worse",
+    ]);
+    assert!(ok, "{err}");
+    let adapter = run.join("adapter");
+    let raw = "TEMPLATE \"\"\"{{ .Prompt }}\"\"\"";
+    export(&["--model", p(&model), "--adapter", p(&adapter), "--out", p(&d.join("a.gguf")), "--modelfile"]);
+    let mf = std::fs::read_to_string(d.join("Modelfile")).unwrap();
+    assert!(mf.contains(raw) && !mf.contains(".Messages"), "{mf}");
+    // merge carries the record on to the merged folder, and its export reads it there.
+    let merged = d.join("merged");
+    let (ok, _, err) = condlm(&["merge", "--model", p(&model), "--adapter", p(&adapter), "--out", p(&merged)]);
+    assert!(ok, "{err}");
+    export(&["--model", p(&merged), "--out", p(&d.join("m.gguf")), "--modelfile", "--overwrite"]);
+    let mf = std::fs::read_to_string(d.join("Modelfile")).unwrap();
+    assert!(mf.contains(raw), "{mf}");
+}

@@ -12,6 +12,7 @@ use condlm::formats::gguf::export_vocab::{check_pre_name, tokenizer_metadata};
 use condlm::formats::gguf::file::MetaValue;
 use condlm::formats::gguf::modelfile::modelfile;
 use condlm::formats::load::load_model;
+use condlm::formats::trained_on::TrainedOn;
 use condlm::kernels::dequant::GgmlType;
 use condlm::network::adapters;
 use condlm::progress;
@@ -140,7 +141,8 @@ pub fn run(a: ExportGgufArgs) -> Result<()> {
     if a.modelfile {
         let eos = m.tokenizer.inner.id_to_token(m.tokenizer.eos_id).unwrap_or_default();
         let file_name = a.out.file_name().unwrap_or_default().to_string_lossy();
-        let text = modelfile(&file_name, m.tokenizer.chat_template.as_deref(), &eos);
+        let trained_on = TrainedOn::of_model(&m.files, a.adapter.adapter.as_deref())?;
+        let text = modelfile(&file_name, m.tokenizer.chat_template.as_deref(), &eos, trained_on);
         condlm::output::write_atomic(&modelfile_path, text.as_bytes())?;
     }
     let bytes = std::fs::metadata(&a.out).map(|md| md.len()).unwrap_or(0);

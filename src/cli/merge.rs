@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use condlm::formats::hf_export::{check_out_dir, save_hf_folder};
 use condlm::formats::load::load_model;
+use condlm::formats::trained_on::TrainedOn;
 use condlm::network::adapters;
 use std::path::{Path, PathBuf};
 
@@ -50,7 +51,8 @@ pub fn run(a: MergeArgs) -> Result<()> {
     let cfg = a.adapter.apply(&a.model, &mut m)?.context("--adapter is required")?.lora;
     let adapted = m.model.blocks.iter().flat_map(|b| b.linears()).filter(|l| l.lora.is_some()).count();
     adapters::merge(&mut m.model);
-    save_hf_folder(&a.out, &m.model, &m.tokenizer, &m.files)
+    let trained_on = TrainedOn::read(&adapter.join("adapter_model.safetensors"))?;
+    save_hf_folder(&a.out, &m.model, &m.tokenizer, &m.files, trained_on)
         .with_context(|| format!("cannot write the merged model to {}", a.out.display()))?;
     eprintln!(
         "merged {adapted} LoRA adapters (r={}, alpha={}{}) from {} into {} -> {} ({} parameters, F32, {:.1}s)",

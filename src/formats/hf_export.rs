@@ -15,6 +15,7 @@
 //! ([`crate::network::adapters::merge`]) or save them as a PEFT adapter.
 use super::gguf::file::GgufFile;
 use super::resolve::ModelFiles;
+use super::trained_on::{self, TrainedOn};
 use super::weights::is_gpt2_conv1d;
 use crate::kernels::packed::PackedMatrix;
 use crate::network::config::{Config, Family};
@@ -41,8 +42,14 @@ const HF_SIDE_FILES: &[&str] = &[
 
 /// Writes `model` (with `tok`, loaded from `source`) as an HF checkpoint folder `dir`, atomically:
 /// the folder appears complete or not at all, replacing an existing `dir` (callers decide whether
-/// that is allowed, see `condlm merge`).
-pub fn save_hf_folder(dir: &Path, model: &Transformer, tok: &TextTokenizer, source: &ModelFiles) -> Result<()> {
+/// that is allowed, see `condlm merge`). `trained_on` is recorded in model.safetensors' metadata.
+pub fn save_hf_folder(
+    dir: &Path,
+    model: &Transformer,
+    tok: &TextTokenizer,
+    source: &ModelFiles,
+    trained_on: Option<TrainedOn>,
+) -> Result<()> {
     let weights = weight_views(model)?;
     let mut files: Vec<(&str, Vec<u8>)> = vec![];
     match source {
@@ -76,7 +83,10 @@ pub fn save_hf_folder(dir: &Path, model: &Transformer, tok: &TextTokenizer, sour
         }
     }
     crate::output::write_dir_atomic_with(dir, |tmp| {
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        let mut metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+        if let Some(t) = trained_on {
+            metadata.insert(trained_on::KEY.to_string(), t.value());
+        }
         safetensors::serialize_to_file(weights, Some(metadata), &tmp.join("model.safetensors"))
             .with_context(|| format!("cannot write {}/model.safetensors", dir.display()))?;
         crate::output::write_files(tmp, dir, &files)

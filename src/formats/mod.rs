@@ -8,4 +8,5 @@ pub mod load;
 pub mod peft;
 pub mod resolve;
 pub mod safetensors_files;
+pub mod trained_on;
 pub mod weights;

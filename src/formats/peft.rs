@@ -10,6 +10,7 @@
 //! alpha follow `rank_pattern` / `alpha_pattern` as PEFT's `get_pattern_key` picks them. The tensors in the file
 //! must be exactly those of the targeted modules. Features condlm does not implement (DoRA, `modules_to_save`,
 //! …) are refused by name when set, and so is a key condlm does not know.
+use super::trained_on::{self, TrainedOn};
 use super::weights::check_finite;
 use crate::network::config::Family;
 use crate::network::lora::{Lora, LoraConfig};
@@ -467,7 +468,13 @@ fn read_layers(f: &Fields, targets: Option<&Targets>) -> Result<Option<Layers>> 
 }
 
 /// Writes the model's adapters as a PEFT folder `dir`, atomically (temp folder, then rename).
-pub fn save_adapter(dir: &Path, model: &Transformer, cfg: &LoraConfig, base_model: &str) -> Result<()> {
+pub fn save_adapter(
+    dir: &Path,
+    model: &Transformer,
+    cfg: &LoraConfig,
+    base_model: &str,
+    trained_on: TrainedOn,
+) -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut modules = BTreeSet::new();
     for lin in model.blocks.iter().flat_map(|b| b.linears()) {
@@ -489,7 +496,8 @@ pub fn save_adapter(dir: &Path, model: &Transformer, cfg: &LoraConfig, base_mode
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<_>>()?;
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let metadata =
+        HashMap::from([("format".to_string(), "pt".to_string()), (trained_on::KEY.to_string(), trained_on.value())]);
     let weights = safetensors::serialize(views, Some(metadata))?;
     // Only keys every PEFT version knows: older releases reject unknown ones.
     let config = serde_json::json!({

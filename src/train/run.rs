@@ -22,6 +22,7 @@ use crate::distributed::{Collectives, Single, shard};
 use crate::formats::hf_export::save_hf_folder;
 use crate::formats::load::{LoadedModel, open_model};
 use crate::formats::peft::save_adapter;
+use crate::formats::trained_on::TrainedOn;
 use crate::formats::weights::BaseDtype;
 use crate::network::adapters::{attach, set_full_finetune};
 use crate::network::device::Placement;
@@ -387,11 +388,11 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     let output = match ending {
         _ if !root => out.clone(),
         Ending::Finished if s.full => {
-            save_hf_folder(&output, &trainer.model, &tokenizer, &files)?;
+            save_hf_folder(&output, &trainer.model, &tokenizer, &files, Some(TrainedOn::of(&train_set.stats)))?;
             output
         }
         Ending::Finished => {
-            save_adapter(&output, &trainer.model, &lcfg, &s.model)?;
+            save_adapter(&output, &trainer.model, &lcfg, &s.model, TrainedOn::of(&train_set.stats))?;
             output
         }
         _ => checkpoint::list(&out).pop().map_or(out.clone(), |c| c.1),

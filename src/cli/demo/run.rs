@@ -158,7 +158,7 @@ fn write_init_model(dir: &Path, model: &Transformer) -> Result<()> {
     std::fs::write(staging.path().join("tokenizer.json"), tok_json)?;
     let tok_cfg = tokenizer::tokenizer_config_json(model.config.max_positions);
     std::fs::write(staging.path().join("tokenizer_config.json"), pretty(&tok_cfg)?)?;
-    save_hf_folder(dir, model, &tok, &ModelFiles::HfDir(staging.path().to_path_buf()))
+    save_hf_folder(dir, model, &tok, &ModelFiles::HfDir(staging.path().to_path_buf()), None)
 }
 
 fn quote(s: &str) -> String {

@@ -1,30 +1,51 @@
 //! An Ollama `Modelfile` for an exported GGUF (`ollama create NAME -f Modelfile`): FROM the file next to it,
 //! a TEMPLATE and the stop tokens.
 //!
-//! Ollama's templates are Go templates, not Jinja. A ChatML template (`<|im_start|>role … <|im_end|>`, used by
-//! SmolLM2 and Qwen2) is written out as its Go twin; any other chat template is left to Ollama, which
-//! recognises the common ones in the GGUF's `tokenizer.chat_template`; a model without a chat template gets
-//! the raw prompt (`{{ .Prompt }}`), which is what condlm trained it on for prompt/completion rows.
+//! Ollama's templates are Go templates, not Jinja. The TEMPLATE presents prompts as training did, as far as condlm
+//! knows it ([`TrainedOn`], recorded by `condlm train`): a model or adapter trained on prompt/completion rows only
+//! gets the raw prompt (`{{ .Prompt }}`) even when its base has a chat template, one trained on Alpaca rows only
+//! gets Stanford Alpaca's prompt around the instruction. Otherwise (chats among the rows, or no record: a base model
+//! or an adapter made elsewhere) the chat template decides: a ChatML template (`<|im_start|>role … <|im_end|>`, used
+//! by SmolLM2 and Qwen2) is written out as its Go twin; any other chat template is left to Ollama, which recognises
+//! the common ones in the GGUF's `tokenizer.chat_template`; a model without a chat template gets the raw prompt.
+use crate::data::records::ALPACA_PROMPT_NO_INPUT;
+use crate::formats::trained_on::TrainedOn;
 
 /// ChatML as a Go template over Ollama's messages, ending with the assistant turn to complete.
 const CHATML: &str =
     "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n";
 
+const RAW: &str = "{{ .Prompt }}";
+
 /// The Modelfile text for `gguf_file` (a name relative to the Modelfile's folder).
-pub fn modelfile(gguf_file: &str, chat_template: Option<&str>, eos_token: &str) -> String {
+pub fn modelfile(
+    gguf_file: &str,
+    chat_template: Option<&str>,
+    eos_token: &str,
+    trained_on: Option<TrainedOn>,
+) -> String {
     let mut out =
         format!("# Ollama Modelfile written by condlm: ollama create NAME -f Modelfile\nFROM ./{gguf_file}\n");
     let mut stops = vec![eos_token.to_string()];
-    match chat_template {
-        Some(t) if t.contains("<|im_start|>") && t.contains("<|im_end|>") => {
+    let template = |comment: &str, go: &str| format!("# {comment}\nTEMPLATE \"\"\"{go}\"\"\"\n");
+    match (trained_on, chat_template) {
+        (Some(t), _) if !t.chats && t.alpaca && !t.pairs => out.push_str(&template(
+            "trained on Alpaca rows: the prompt is the instruction, in Stanford Alpaca's template",
+            &ALPACA_PROMPT_NO_INPUT.replace("{instruction}", RAW),
+        )),
+        (Some(t), Some(_)) if !t.chats => out
+            .push_str(&template(&format!("trained on {} rows, not chats: prompts go in as they are", t.value()), RAW)),
+        (_, Some(t)) if t.contains("<|im_start|>") && t.contains("<|im_end|>") => {
             out.push_str(&format!("TEMPLATE \"\"\"{CHATML}\"\"\"\n"));
             stops.push("<|im_end|>".into());
         }
-        Some(_) => out.push_str("# TEMPLATE: Ollama takes the chat template from the GGUF's tokenizer.chat_template\n"),
-        None => out.push_str(
-            "# the model has no chat template: prompts go in as they are, as in prompt/completion training\n\
-             TEMPLATE \"\"\"{{ .Prompt }}\"\"\"\n",
-        ),
+        (_, Some(_)) => {
+            out.push_str("# TEMPLATE: Ollama takes the chat template from the GGUF's tokenizer.chat_template\n")
+        }
+        (_, None) => out.push_str(&template(
+            "the model has no chat template: prompts go in as they are, as in prompt/completion training",
+            RAW,
+        )),
     }
     stops.dedup();
     for s in stops {
@@ -37,9 +58,11 @@ pub fn modelfile(gguf_file: &str, chat_template: Option<&str>, eos_token: &str) 
 mod tests {
     use super::*;
 
+    const CHATML_JINJA: &str = "{{'<|im_start|>' + role}}...<|im_end|>";
+
     #[test]
     fn chatml_becomes_a_go_template() {
-        let m = modelfile("m.gguf", Some("{{'<|im_start|>' + role}}...<|im_end|>"), "<|im_end|>");
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", None);
         assert!(m.contains("FROM ./m.gguf\n"), "{m}");
         assert!(m.contains("TEMPLATE \"\"\"{{- range .Messages }}<|im_start|>{{ .Role }}\n"), "{m}");
         assert_eq!(m.matches("PARAMETER stop \"<|im_end|>\"").count(), 1, "{m}");
@@ -47,10 +70,25 @@ mod tests {
 
     #[test]
     fn no_template_means_raw_prompts_and_eos_stops() {
-        let m = modelfile("m.gguf", None, "</s>");
+        let m = modelfile("m.gguf", None, "</s>", None);
         assert!(m.contains("TEMPLATE \"\"\"{{ .Prompt }}\"\"\""), "{m}");
         assert!(m.contains("PARAMETER stop \"</s>\""), "{m}");
-        let m = modelfile("m.gguf", Some("{% for m in messages %}[INST]{% endfor %}"), "</s>");
+        let m = modelfile("m.gguf", Some("{% for m in messages %}[INST]{% endfor %}"), "</s>", None);
         assert!(!m.contains("TEMPLATE \"\"\"") && m.contains("tokenizer.chat_template"), "{m}");
+    }
+
+    #[test]
+    fn the_template_follows_what_training_saw() {
+        let on = |pairs, alpaca, chats| Some(TrainedOn { pairs, alpaca, chats });
+        // An adapter of a ChatML model trained on prompt/completion rows: raw prompts, EOS stops.
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", on(true, false, false));
+        assert!(m.contains("TEMPLATE \"\"\"{{ .Prompt }}\"\"\"") && m.contains("prompt/completion rows"), "{m}");
+        assert!(!m.contains("range .Messages"), "{m}");
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|endoftext|>", on(false, true, false));
+        assert!(m.contains("### Instruction:\n{{ .Prompt }}\n\n### Response:\n\"\"\""), "{m}");
+        assert!(m.contains("PARAMETER stop \"<|endoftext|>\"") && !m.contains("<|im_end|>"), "{m}");
+        // Chats among the rows: the chat template.
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", on(true, false, true));
+        assert!(m.contains("range .Messages"), "{m}");
     }
 }
