@@ -121,6 +121,9 @@ pub fn check_pre_name(pre: &str) -> Result<()> {
     Ok(())
 }
 
+/// GGUF metadata entries in order.
+type Metadata = Vec<(String, MetaValue)>;
+
 /// The `tokenizer.*` metadata for a model loaded from `files` with tokenizer `tok`; `pre` overrides the
 /// pre-tokenizer name (`tokenizer.ggml.pre`), and is refused where condlm knows the tokenizer splits text otherwise.
 pub fn tokenizer_metadata(
@@ -128,7 +131,7 @@ pub fn tokenizer_metadata(
     tok: &TextTokenizer,
     config: &Config,
     pre: Option<&str>,
-) -> Result<Vec<(String, MetaValue)>> {
+) -> Result<Metadata> {
     let (mut m, own_pre) = match files {
         ModelFiles::Gguf(path) => {
             let g = GgufFile::open(path)?;
@@ -164,7 +167,7 @@ fn from_hf(
     tok: &TextTokenizer,
     config: &Config,
     given_pre: Option<&str>,
-) -> Result<(Vec<(String, MetaValue)>, Option<String>)> {
+) -> Result<(Metadata, Option<String>)> {
     let json: Value = serde_json::from_str(
         &tok.inner.to_string(false).map_err(|e| anyhow::anyhow!("cannot serialize the tokenizer: {e}"))?,
     )?;
