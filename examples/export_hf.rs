@@ -12,7 +12,7 @@ fn main() -> Result<()> {
         anyhow::bail!("usage: export_hf MODEL OUT_DIR");
     };
     let m = load_model(model)?;
-    save_hf_folder(Path::new(out), &m.model, &m.tokenizer, &m.files)?;
+    save_hf_folder(Path::new(out), &m.model, &m.tokenizer, &m.files, None)?;
     eprintln!("saved {model} as an HF folder in {out}");
     Ok(())
 }
