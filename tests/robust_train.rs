@@ -309,7 +309,7 @@ fn a_damaged_latest_checkpoint_names_the_intact_earlier_one() {
 fn every_flag_is_checked_with_its_range() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let cases: [(&[&str], &[&str]); 10] = [
+    let cases: [(&[&str], &[&str]); 11] = [
         (&["--lr", "-1"], &["--lr must be a positive number"]),
         (&["--lr=nan"], &["--lr must be a positive number"]),
         (&["--weight-decay=-1"], &["--weight-decay", "≥ 0"]),
@@ -320,6 +320,8 @@ fn every_flag_is_checked_with_its_range() {
         (&["--lora-r", "0"], &["--lora-r must be at least 1"]),
         (&["--max-steps", "0"], &["--max-steps must be at least 1"]),
         (&["--eval-fraction", "1"], &["--eval-fraction must be in [0, 1)"]),
+        // 0 used to publish the untrained adapter as the finished result.
+        (&["--stop-after-steps", "0"], &["--stop-after-steps", "0 is not in 1.."]),
     ];
     for (flags, words) in cases {
         train(&out, flags).fails_with(words);

@@ -47,8 +47,8 @@ pub struct TrainArgs {
     /// available [default: refuse].
     #[arg(long)]
     no_memory_check: bool,
-    /// End this invocation after N steps with a checkpoint, as an interruption would (resume it later).
-    #[arg(long)]
+    /// End this invocation after N steps (N ≥ 1) with a checkpoint, as an interruption would (resume it later).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stop_after_steps: Option<u64>,
     /// Under mpirun/srun: each rank keeps and updates 1/R of the AdamW moments (ZeRO stage 1), then the updated
     /// parts are broadcast; the same numbers, less memory per rank for full fine-tuning [default: every rank
