@@ -394,3 +394,42 @@ fn an_unknown_lora_target_is_refused_with_the_model_s_layers() {
         "{err}"
     );
 }
+
+#[test]
+fn an_adapter_on_some_layers_only_says_exactly_which_in_its_config() {
+    // Full paths and PEFT-style suffixes as --lora-targets; the written target_modules must select exactly the
+    // adapted layers under PEFT's matching (leaf names would adapt every block), so condlm and PEFT load it back.
+    let tmp = tempfile::tempdir().unwrap();
+    let cases = [
+        ("tiny-llama", "model.layers.0.self_attn.q_proj", json!(["model.layers.0.self_attn.q_proj"])),
+        ("tiny-gpt2", "mlp.c_proj", json!(["transformer.h.0.mlp.c_proj", "transformer.h.1.mlp.c_proj"])),
+        ("tiny-llama", "self_attn.q_proj,v_proj", json!(["q_proj", "v_proj"])),
+    ];
+    for (i, (model, targets, expected)) in cases.into_iter().enumerate() {
+        let out = tmp.path().join(format!("run{i}"));
+        let model = fixture(model);
+        let (ok, _, err) = condlm(&[
+            "train",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            fixture("train_rows.jsonl").to_str().unwrap(),
+            "--lora-targets",
+            targets,
+            "--max-steps",
+            "2",
+            "--lr",
+            "1e-2",
+            "--allow-worse",
+            "--output-dir",
+            out.to_str().unwrap(),
+        ]);
+        assert!(ok, "{targets}: {err}");
+        let adapter = out.join("adapter");
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
+        assert_eq!(config["target_modules"], expected, "{targets}");
+        let (ok, _, err) = run_with("score", &model, &adapter, &[]);
+        assert!(ok, "{targets}: {err}");
+    }
+}

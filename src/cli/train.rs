@@ -113,7 +113,9 @@ pub struct TrainArgs {
     /// Dropout on the LoRA input [default: 0.05].
     #[arg(long, allow_negative_numbers = true)]
     lora_dropout: Option<f32>,
-    /// Comma-separated module names to adapt (q_proj,v_proj,… or c_attn,c_proj,c_fc) or all-linear [default: all-linear].
+    /// Comma-separated modules to adapt, matched as PEFT's target_modules: leaf names (q_proj,v_proj,… or
+    /// c_attn,c_proj,c_fc), path ends (mlp.c_proj) or full paths (model.layers.0.self_attn.q_proj), or all-linear
+    /// [default: all-linear]. The adapter's target_modules lists full paths when only some blocks are adapted.
     #[arg(long)]
     lora_targets: Option<String>,
     /// rsLoRA: scale by α/√r instead of α/r.

@@ -191,6 +191,21 @@ fn default_targets(family: Family) -> &'static [&'static str] {
     }
 }
 
+/// `target_modules` that select exactly the `adapted` linear layers under PEFT's matching: their leaf names
+/// (q_proj, …) when every layer of those names is adapted, else the full module paths (an adapter on some blocks
+/// only: leaf names would adapt every block in PEFT and make condlm refuse the adapter as incomplete).
+fn target_modules(model: &Transformer, adapted: &BTreeSet<&str>) -> Vec<String> {
+    let leaf = |name: &str| name.rsplit('.').next().unwrap_or(name).to_string();
+    let leaves: BTreeSet<String> = adapted.iter().map(|n| leaf(n)).collect();
+    let all_of_those_leaves = model
+        .blocks
+        .iter()
+        .flat_map(|b| b.linears())
+        .filter(|l| leaves.contains(&leaf(&l.name)))
+        .all(|l| adapted.contains(l.name.as_str()));
+    if all_of_those_leaves { leaves.into_iter().collect() } else { adapted.iter().map(|n| n.to_string()).collect() }
+}
+
 /// A JSON value as a message shows it: `"16" (a string)`, `null`, `[1, 2] (a list)`.
 fn describe(v: &Value) -> String {
     let mut text = v.to_string();
@@ -476,7 +491,7 @@ pub fn save_adapter(
     trained_on: TrainedOn,
 ) -> Result<()> {
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut modules = BTreeSet::new();
+    let mut adapted = BTreeSet::new();
     for lin in model.blocks.iter().flat_map(|b| b.linears()) {
         if let Some(l) = &lin.lora {
             for p in [&l.a, &l.b] {
@@ -486,9 +501,10 @@ pub fn save_adapter(
                     p.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
                 ));
             }
-            modules.insert(lin.name.rsplit('.').next().unwrap_or(&lin.name).to_string());
+            adapted.insert(lin.name.as_str());
         }
     }
+    let target_modules = target_modules(model, &adapted);
     if tensors.is_empty() {
         bail!("the model has no LoRA adapters to save");
     }
@@ -507,7 +523,7 @@ pub fn save_adapter(
         "r": cfg.rank,
         "lora_alpha": cfg.alpha,
         "lora_dropout": cfg.dropout,
-        "target_modules": modules.into_iter().collect::<Vec<_>>(),
+        "target_modules": target_modules,
         "bias": "none",
         "fan_in_fan_out": model.config.family == Family::Gpt2,
         "use_rslora": cfg.rslora,

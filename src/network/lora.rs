@@ -60,11 +60,10 @@ impl LoraConfig {
     }
 }
 
-/// Whether the target `t` (a leaf name such as q_proj, a full module path, or "all-linear") names the linear
-/// layer `module`.
+/// Whether the target `t` names the linear layer `module` as PEFT's `target_modules` entries do: "all-linear", the
+/// full module path, or its end at a dot (a leaf name such as q_proj, or a suffix such as mlp.c_proj).
 pub fn target_matches(t: &str, module: &str) -> bool {
-    let leaf = module.rsplit('.').next().unwrap_or(module);
-    t == "all-linear" || t == leaf || t == module
+    t == "all-linear" || module == t || module.strip_suffix(t).is_some_and(|head| head.ends_with('.'))
 }
 
 impl Lora {
