@@ -359,3 +359,18 @@ fn a_reader_that_closes_the_pipe_stops_the_command_without_a_panic() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "status {:?}, stderr {stderr}", out.status);
 }
+
+#[test]
+fn a_full_disk_behind_stdout_is_an_error_not_a_panic() {
+    // `condlm eval … > results.txt` on a full disk: /dev/full refuses every write with ENOSPC.
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else { return };
+    let model = fixture("tiny-llama");
+    let data = fixture("score_rows.jsonl");
+    for args in [vec!["info", s(&model)], vec!["eval", "--model", s(&model), "--data", s(&data)]] {
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_condlm")).args(&args).stdout(full.try_clone().unwrap()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.status.code() == Some(1) && stderr.contains("cannot write the output to stdout"), "{stderr}");
+    }
+}

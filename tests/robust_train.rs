@@ -385,3 +385,37 @@ fn a_model_with_a_nan_weight_is_named_before_training_blames_the_learning_rate()
 fn a_config_that_is_not_a_regular_file_is_refused() {
     condlm(&["train", "--config", "/dev/zero"]).fails_with(&["/dev/zero", "not a regular file"]);
 }
+
+#[test]
+fn resume_continues_in_its_folder_on_its_model_wherever_it_is_run_from() {
+    let tmp = tempfile::tempdir().unwrap();
+    let started_in = tmp.path().join("a");
+    std::fs::create_dir_all(&started_in).unwrap();
+    common::copy_dir(&fixture("tiny-llama"), &started_in.join("m"));
+    std::fs::copy(fixture("train_rows.jsonl"), started_in.join("rows.jsonl")).unwrap();
+    // Relative paths, as typed in the folder the run started from.
+    let args = ["train", "--model", "m", "--data", "rows.jsonl", "--output-dir", "run", "--max-steps", "6"];
+    let run_in = |dir: &Path, args: &[&str]| {
+        finish(Command::new(env!("CARGO_BIN_EXE_condlm")).current_dir(dir).args(args).output().unwrap())
+    };
+    let r =
+        run_in(&started_in, &[&args[..], &["--batch-size", "4", "--lora-r", "2", "--stop-after-steps", "2"]].concat());
+    assert!(r.ok(), "{}", r.stderr);
+    let run = started_in.join("run");
+    // Resumed from elsewhere, where "m" is another model and "run" another folder: the run's own files are used.
+    let elsewhere = tmp.path().join("b");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    common::copy_dir(&fixture("tiny-qwen2"), &elsewhere.join("m"));
+    let r = run_in(&elsewhere, &["train", "--resume", &s(&run), "--stop-after-steps", "2"]);
+    assert!(r.ok(), "{}", r.stderr);
+    assert!(!elsewhere.join("run").exists(), "the resumed run wrote into the current folder");
+    assert_eq!(metric_steps(&run).0, vec![1, 2, 3, 4]);
+
+    // Another model at the run's path (same shapes, one weight changed): refused.
+    let weights = started_in.join("m/model.safetensors");
+    let mut bytes = read(&weights);
+    let last = bytes.len() - 2; // a mantissa byte of the last f32 value (a norm weight): still finite
+    bytes[last] ^= 0x01;
+    std::fs::write(&weights, bytes).unwrap();
+    run_in(&elsewhere, &["train", "--resume", &s(&run)]).fails_with(&["base model changed", "m"]);
+}

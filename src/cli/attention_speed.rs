@@ -85,7 +85,7 @@ pub fn run(d: &Device) -> Result<()> {
                 }
             }
             let tflops = 3.5 * forward_flops / (timed[0] + timed[1]) / 1e12;
-            println!(
+            out!(
                 "speed  cuda:{} attention {name} heads ({heads}/{kv_heads} of {head_dim}), {SEQUENCES} × {rows_per} rows, \
                  {kernels}: forward {:.3} ms, backward {:.3} ms, {tflops:.2} TFLOP/s (mean of {REPS})",
                 d.gpu.ordinal,

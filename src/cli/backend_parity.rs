@@ -48,7 +48,7 @@ impl ReadMask for Cuda {
 }
 
 /// Runs every check of `dev` against `Host`, one line each; returns how many failed.
-pub fn run(dev: &Cuda) -> usize {
+pub fn run(dev: &Cuda) -> Result<usize> {
     run_checks(&format!("backend cuda:{}", dev.device().gpu.ordinal), dev, &checks())
 }
 
@@ -984,6 +984,6 @@ mod tests {
     /// with itself — what `--check-kernels` then runs against a GPU.
     #[test]
     fn every_check_runs_on_the_reference() {
-        assert_eq!(run_checks("backend host", &Host, &checks()), 0);
+        assert_eq!(run_checks("backend host", &Host, &checks()).unwrap(), 0);
     }
 }

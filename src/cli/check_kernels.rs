@@ -29,14 +29,14 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
         for src in SOURCES {
             let t = Instant::now();
             match compile(src, DEFAULT_ARCH) {
-                Ok(ptx) => println!(
+                Ok(ptx) => out!(
                     "check         {} compiles for {DEFAULT_ARCH}: {} bytes of PTX in {:.0} ms (no GPU to load it on)",
                     src.file,
                     ptx.to_src().len(),
                     t.elapsed().as_secs_f64() * 1e3
                 ),
                 Err(e) => {
-                    println!("check         {} FAILED: {e}", src.file);
+                    out!("check         {} FAILED: {e}", src.file);
                     failed += 1;
                 }
             }
@@ -46,19 +46,19 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
         let (device, loaded) = match Device::open(g) {
             Ok(opened) => opened,
             Err(e) => {
-                println!("check cuda:{}  FAILED: {e}", g.ordinal);
-                failed += 1 + diagnose(g);
+                out!("check cuda:{}  FAILED: {e}", g.ordinal);
+                failed += 1 + diagnose(g)?;
                 continue;
             }
         };
         if let Ok((free, total)) = device.ctx.mem_get_info() {
             let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
-            println!("check cuda:{}  context made, {:.1} of {:.1} GiB free", g.ordinal, gib(free), gib(total));
+            out!("check cuda:{}  context made, {:.1} of {:.1} GiB free", g.ordinal, gib(free), gib(total));
         }
         for l in &loaded {
             let nvrtc =
                 if l.from_cache { "PTX from the cache".into() } else { format!("NVRTC {:.0} ms", l.compile_s * 1e3) };
-            println!(
+            out!(
                 "check cuda:{}  {} loaded for {}: kernels {} ({} bytes of PTX, {nvrtc}, load {:.0} ms)",
                 g.ordinal,
                 l.file,
@@ -68,19 +68,19 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
                 l.load_s * 1e3
             );
         }
-        failed += super::kernel_parity::run(&device);
+        failed += super::kernel_parity::run(&device)?;
         if let Err(e) = super::gemm_peak::run(&device) {
-            println!("peak   cuda:{} gemm FAILED to run: {e:#}", g.ordinal);
+            out!("peak   cuda:{} gemm FAILED to run: {e:#}", g.ordinal);
             failed += 1;
         }
         if let Err(e) = super::attention_speed::run(&device) {
-            println!("speed  cuda:{} attention FAILED to run: {e:#}", g.ordinal);
+            out!("speed  cuda:{} attention FAILED to run: {e:#}", g.ordinal);
             failed += 1;
         }
         match Cuda::new(device) {
-            Ok(cuda) => failed += super::backend_parity::run(&cuda) + nccl(&cuda),
+            Ok(cuda) => failed += super::backend_parity::run(&cuda)? + nccl(&cuda)?,
             Err(e) => {
-                println!("backend cuda:{} FAILED to start: {e:#}", g.ordinal);
+                out!("backend cuda:{} FAILED to start: {e:#}", g.ordinal);
                 failed += 1;
             }
         }
@@ -93,11 +93,11 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
 
 /// NCCL's bindings (`network::device::nccl`) on a communicator of this process alone: an id, the communicator,
 /// and an all-reduce over one rank, which must leave the values as they were. Returns 1 if it failed.
-fn nccl(cuda: &Cuda) -> usize {
+fn nccl(cuda: &Cuda) -> Result<usize> {
     let ordinal = cuda.device().gpu.ordinal;
     let Some((major, minor, patch)) = nccl::version() else {
-        println!("nccl   cuda:{ordinal} skipped: NCCL (libnccl.so.2) was not found");
-        return 0;
+        out!("nccl   cuda:{ordinal} skipped: NCCL (libnccl.so.2) was not found");
+        return Ok(0);
     };
     let check = || -> Result<bool> {
         let values: Vec<f32> = (0..1000).map(|i| (i as f32 * 0.37).sin()).collect();
@@ -108,37 +108,35 @@ fn nccl(cuda: &Cuda) -> usize {
         cuda.download(&buf, &mut back)?;
         Ok(back == values)
     };
-    match check() {
+    Ok(match check() {
         Ok(true) => {
-            println!("nccl   cuda:{ordinal} NCCL {major}.{minor}.{patch}: a one-rank all-reduce kept 1000 values (ok)");
+            out!("nccl   cuda:{ordinal} NCCL {major}.{minor}.{patch}: a one-rank all-reduce kept 1000 values (ok)");
             0
         }
         Ok(false) => {
-            println!(
-                "nccl   cuda:{ordinal} NCCL {major}.{minor}.{patch}: a one-rank all-reduce changed the values FAILED"
-            );
+            out!("nccl   cuda:{ordinal} NCCL {major}.{minor}.{patch}: a one-rank all-reduce changed the values FAILED");
             1
         }
         Err(e) => {
-            println!("nccl   cuda:{ordinal} NCCL {major}.{minor}.{patch} FAILED: {e:#}");
+            out!("nccl   cuda:{ordinal} NCCL {major}.{minor}.{patch} FAILED: {e:#}");
             1
         }
-    }
+    })
 }
 
 /// After a failed `Device::open` (which stops at the first source that fails): each source loaded on its own, one
 /// line each, so that one run shows every broken source. Returns how many failed.
-fn diagnose(g: &Gpu) -> usize {
-    let Ok(ctx) = CudaContext::new(g.ordinal) else { return 0 };
+fn diagnose(g: &Gpu) -> Result<usize> {
+    let Ok(ctx) = CudaContext::new(g.ordinal) else { return Ok(0) };
     let mut failed = 0;
     for src in SOURCES {
         match load(&ctx, src, &g.arch()) {
-            Ok(_) => println!("check cuda:{}  {} loads on its own", g.ordinal, src.file),
+            Ok(_) => out!("check cuda:{}  {} loads on its own", g.ordinal, src.file),
             Err(e) => {
-                println!("check cuda:{}  {} FAILED: {e}", g.ordinal, src.file);
+                out!("check cuda:{}  {} FAILED: {e}", g.ordinal, src.file);
                 failed += 1;
             }
         }
     }
-    failed
+    Ok(failed)
 }

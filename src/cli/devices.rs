@@ -8,22 +8,23 @@ use condlm::kernels::{gemm, quant_dot};
 
 /// Prints the CPU, then the GPUs or why CUDA is unavailable; with `check_kernels`, compiles and loads the kernels.
 pub fn run(check_kernels: bool) -> Result<()> {
-    print_cpu();
+    print_cpu()?;
     print_gpus(check_kernels)
 }
 
-fn print_cpu() {
+fn print_cpu() -> Result<()> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo.lines().find_map(|l| Some(l.strip_prefix("model name")?.trim_start_matches([' ', '\t', ':'])));
-    println!("cpu           {} ({})", model.unwrap_or("model unknown"), std::env::consts::ARCH);
-    println!("threads       {}", rayon::current_num_threads());
-    println!("simd          {}", simd_flags());
+    out!("cpu           {} ({})", model.unwrap_or("model unknown"), std::env::consts::ARCH);
+    out!("threads       {}", rayon::current_num_threads());
+    out!("simd          {}", simd_flags());
     let bf16 = match Bf16Isa::best() {
         Bf16Isa::Emulated(isa) => format!("emulated on {isa:?}"),
         #[allow(unreachable_patterns)] // the native variant exists only on x86-64 builds with `avx512`
         native => format!("{native:?}"),
     };
-    println!("cpu kernels   f32 GEMM {:?}, bf16 GEMM {bf16}, int8 dot {:?}", gemm::Isa::best(), quant_dot::Isa::best());
+    out!("cpu kernels   f32 GEMM {:?}, bf16 GEMM {bf16}, int8 dot {:?}", gemm::Isa::best(), quant_dot::Isa::best());
+    Ok(())
 }
 
 /// The x86 extensions condlm's kernels are picked by: those this CPU has, then those it lacks.
@@ -51,8 +52,8 @@ fn simd_flags() -> String {
 
 #[cfg(not(feature = "cuda"))]
 fn print_gpus(check_kernels: bool) -> Result<()> {
-    println!("cuda          unavailable: this condlm was built without the `cuda` feature");
-    println!("              (build it with `cargo build --release --features cuda`; no CUDA toolkit needed to build)");
+    out!("cuda          unavailable: this condlm was built without the `cuda` feature");
+    out!("              (build it with `cargo build --release --features cuda`; no CUDA toolkit needed to build)");
     if check_kernels {
         anyhow::bail!("--check-kernels needs a condlm built with `--features cuda`");
     }
@@ -66,19 +67,20 @@ fn print_gpus(check_kernels: bool) -> Result<()> {
     let driver_cuda = probed.as_ref().ok().map(|d| d.cuda_version);
     let gpus = match probed {
         Err(why) => {
-            println!("cuda          unavailable: {why}");
+            out!("cuda          unavailable: {why}");
             vec![]
         }
         Ok(d) if d.gpus.is_empty() => {
-            println!(
+            out!(
                 "cuda          unavailable: the driver (CUDA {}.{}) sees no CUDA device (check CUDA_VISIBLE_DEVICES \
                  and `nvidia-smi`)",
-                d.cuda_version.0, d.cuda_version.1
+                d.cuda_version.0,
+                d.cuda_version.1
             );
             vec![]
         }
         Ok(d) => {
-            println!(
+            out!(
                 "cuda          driver {}, supports CUDA {}.{}; {} device(s)",
                 d.release.as_deref().unwrap_or("(release unknown)"),
                 d.cuda_version.0,
@@ -86,7 +88,7 @@ fn print_gpus(check_kernels: bool) -> Result<()> {
                 d.gpus.len()
             );
             for g in &d.gpus {
-                println!(
+                out!(
                     "  cuda:{}      {}, {:.1} GiB, compute capability {}.{} ({}), {} multiprocessors",
                     g.ordinal,
                     g.name,
@@ -102,21 +104,21 @@ fn print_gpus(check_kernels: bool) -> Result<()> {
     };
     match condlm::kernels::cuda::compile::nvrtc_version() {
         Ok((major, minor)) => {
-            println!("nvrtc         {major}.{minor}");
+            out!("nvrtc         {major}.{minor}");
             if let Some((dmajor, dminor)) = driver_cuda.filter(|&d| d < (major, minor)) {
-                println!(
+                out!(
                     "              warning: NVRTC {major}.{minor} is newer than the driver's CUDA {dmajor}.{dminor}, which \
                      may refuse its PTX: put an NVRTC of CUDA {dmajor}.{dminor} first on LD_LIBRARY_PATH"
                 );
             }
         }
-        Err(why) => println!("nvrtc         unavailable: {why}"),
+        Err(why) => out!("nvrtc         unavailable: {why}"),
     }
     match condlm::network::device::nccl::version() {
         Some((major, minor, patch)) => {
-            println!("nccl          {major}.{minor}.{patch} (data-parallel training sums gradients between GPUs)")
+            out!("nccl          {major}.{minor}.{patch} (data-parallel training sums gradients between GPUs)")
         }
-        None => println!(
+        None => out!(
             "nccl          not found (libnccl.so.2): several GPUs would sum gradients through host memory and MPI; \
              add NCCL's folder to LD_LIBRARY_PATH"
         ),

@@ -52,7 +52,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut scorer = a.device.scorer(&m.model)?;
     let lps = score_encoded(&mut *scorer, &ds.examples, a.batch, |_| {}).map_err(|e| name_row(e, &ds.sources))?;
     let t = Totals::of(&row_scores(&lps));
-    println!(
+    out!(
         "{}",
         serde_json::json!({"rows": ds.examples.len(), "tokens": t.tokens, "nll": t.nll_per_token(), "perplexity": t.perplexity()})
     );

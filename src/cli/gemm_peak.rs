@@ -30,9 +30,9 @@ pub fn run(d: &Device) -> Result<()> {
     let s = &d.stream;
     let mut c = s.alloc_zeros::<f32>(shape.m * shape.n)?;
     let (a, b) = (s.clone_htod(&f32s)?, s.clone_htod(&f32s)?);
-    report(d, "f32 (no TF32)", time(&blas, d, &mut c, &a, &b, shape)?, shape);
+    report(d, "f32 (no TF32)", time(&blas, d, &mut c, &a, &b, shape)?, shape)?;
     let (a, b) = (s.clone_htod(&bf16s)?, s.clone_htod(&bf16s)?);
-    report(d, "bf16 operands, f32 sums", time(&blas, d, &mut c, &a, &b, shape)?, shape);
+    report(d, "bf16 operands, f32 sums", time(&blas, d, &mut c, &a, &b, shape)?, shape)?;
     Ok(())
 }
 
@@ -57,8 +57,8 @@ fn time<T: Operand>(
     Ok(t.elapsed().as_secs_f64() / REPS as f64)
 }
 
-fn report(d: &Device, what: &str, seconds: f64, shape: GemmShape) {
-    println!(
+fn report(d: &Device, what: &str, seconds: f64, shape: GemmShape) -> Result<()> {
+    out!(
         "peak   cuda:{} gemm {}×{}×{} {what:24} {:7.1} TFLOP/s ({:.3} ms per product, mean of {REPS})",
         d.gpu.ordinal,
         shape.m,
@@ -67,4 +67,5 @@ fn report(d: &Device, what: &str, seconds: f64, shape: GemmShape) {
         shape.flops() / seconds / 1e12,
         seconds * 1e3
     );
+    Ok(())
 }

@@ -37,19 +37,19 @@ pub fn run(a: InfoArgs) -> Result<()> {
     }
     let Some(model) = &a.model else { return Ok(()) };
     if a.devices {
-        println!();
+        out!();
     }
     let files = resolve(model)?;
     let (c, weights) = open_weights(&files)?;
     let tok = load_tokenizer(&files, &c, &weights)?;
-    println!("model         {}", files.path().display());
-    println!("architecture  {} ({:?} family)", c.architecture, c.family);
-    println!("layers        {}", c.num_layers);
-    println!("hidden        {} (intermediate {})", c.hidden_size, c.intermediate_size);
+    out!("model         {}", files.path().display());
+    out!("architecture  {} ({:?} family)", c.architecture, c.family);
+    out!("layers        {}", c.num_layers);
+    out!("hidden        {} (intermediate {})", c.hidden_size, c.intermediate_size);
     let qk_norm = if c.qk_norm { ", per-head q/k RMSNorm" } else { "" };
-    println!("heads         {} query, {} key/value, head dim {}{qk_norm}", c.num_heads, c.num_kv_heads, c.head_dim);
-    println!("attention     {}", attention_line(&c));
-    println!("positions     {}", rope_line(&c));
+    out!("heads         {} query, {} key/value, head dim {}{qk_norm}", c.num_heads, c.num_kv_heads, c.head_dim);
+    out!("attention     {}", attention_line(&c));
+    out!("positions     {}", rope_line(&c));
     if c.family == Family::Llama {
         let act = match c.mlp_act {
             GateAct::Silu => "SwiGLU",
@@ -61,20 +61,20 @@ pub fn run(a: InfoArgs) -> Result<()> {
             (false, false) => "RMSNorm before attention and MLP",
         };
         let scaled = if c.scale_embeddings { ", embeddings × √hidden" } else { "" };
-        println!("block         {act} MLP, {norms}{scaled}; no logit soft-capping");
+        out!("block         {act} MLP, {norms}{scaled}; no logit soft-capping");
     }
-    println!("parameters    {} ({:.1} M)", c.num_parameters(), c.num_parameters() as f64 / 1e6);
-    println!("context       {} positions", c.max_positions);
+    out!("parameters    {} ({:.1} M)", c.num_parameters(), c.num_parameters() as f64 / 1e6);
+    out!("context       {} positions", c.max_positions);
     if c.fused_projections() {
-        println!("projections   fused qkv_proj and gate_up_proj");
+        out!("projections   fused qkv_proj and gate_up_proj");
     }
-    println!("vocabulary    {} (tokenizer: {})", c.vocab_size, tok.vocab_size());
-    println!("tied head     {}", c.tie_embeddings);
+    out!("vocabulary    {} (tokenizer: {})", c.vocab_size, tok.vocab_size());
+    out!("tied head     {}", c.tie_embeddings);
     let name = |id: u32| tok.inner.id_to_token(id).unwrap_or_else(|| "?".into());
     let bos = tok.prefix.iter().map(|&i| format!("{} ({i})", name(i))).collect::<Vec<_>>().join(" ");
-    println!("BOS added     {}", if bos.is_empty() { "none".into() } else { bos });
-    println!("EOS           {} ({})", name(tok.eos_id), tok.eos_id);
-    println!("chat template {}", if tok.chat_template.is_some() { "present" } else { "absent" });
+    out!("BOS added     {}", if bos.is_empty() { "none".into() } else { bos });
+    out!("EOS           {} ({})", name(tok.eos_id), tok.eos_id);
+    out!("chat template {}", if tok.chat_template.is_some() { "present" } else { "absent" });
     let mut rows: Vec<(String, Vec<usize>, String)> = match &weights {
         Weights::Safetensors { files, .. } => {
             files.summaries().into_iter().map(|s| (s.name, s.shape, s.dtype)).collect()
@@ -91,10 +91,10 @@ pub fn run(a: InfoArgs) -> Result<()> {
         *by_type.entry(ty).or_default() += 1;
     }
     let types: Vec<String> = by_type.iter().map(|(t, n)| format!("{t} ×{n}")).collect();
-    println!("tensors       {} ({})", rows.len(), types.join(", "));
+    out!("tensors       {} ({})", rows.len(), types.join(", "));
     if a.tensors {
         for (n, shape, ty) in &rows {
-            println!("  {n:50} {ty:6} {shape:?}");
+            out!("  {n:50} {ty:6} {shape:?}");
         }
     }
     Ok(())

@@ -68,7 +68,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
     };
     let shown = a.rows.min(ds.examples.len());
     if shown > 0 {
-        println!("{}\n", legend(paint));
+        out!("{}\n", legend(paint));
     }
     for i in 0..shown {
         let (e, info) = (&ds.examples[i], &ds.info[i]);
@@ -80,7 +80,7 @@ pub fn run(a: InspectArgs) -> Result<()> {
         if info.cut.y > 0 {
             cut.push_str(&format!(", y cut by {} tokens", info.cut.y));
         }
-        println!(
+        out!(
             "row {}: {}, {}, {} tokens ({} context, {} targets){cut}",
             i + 1,
             ds.sources[i],
@@ -89,14 +89,14 @@ pub fn run(a: InspectArgs) -> Result<()> {
             e.ids.len() - y,
             y
         );
-        println!("{}\n", render_example(&tok, e, paint)?);
+        out!("{}\n", render_example(&tok, e, paint)?);
     }
-    println!("{}", ds.stats.describe(&data.label));
+    out!("{}", ds.stats.describe(&data.label));
     for d in ds.dropped.iter().take(5) {
-        println!("  dropped (no y token left): {}", d.source);
+        out!("  dropped (no y token left): {}", d.source);
     }
     if ds.dropped.len() > 5 {
-        println!("  … and {} more", ds.dropped.len() - 5);
+        out!("  … and {} more", ds.dropped.len() - 5);
     }
     Ok(())
 }

@@ -39,7 +39,7 @@ pub(super) type Check<D> = fn(&D, &mut Vec<Compared>) -> Result<()>;
 
 /// Runs every comparison on `d`, printing one line each as its op finishes (an op that fails to run is a line
 /// too, and the others still run); returns how many failed.
-pub fn run(d: &Device) -> usize {
+pub fn run(d: &Device) -> Result<usize> {
     let checks: [(&str, Check<Device>); 7] = [
         ("gemm", gemm),
         ("rmsnorm", rmsnorm),
@@ -54,7 +54,7 @@ pub fn run(d: &Device) -> usize {
 
 /// Runs `checks` on `d`, one line per comparison after `label`, and one per check that fails to run (the
 /// others still run); returns how many failed.
-pub(super) fn run_checks<D>(label: &str, d: &D, checks: &[(&str, Check<D>)]) -> usize {
+pub(super) fn run_checks<D>(label: &str, d: &D, checks: &[(&str, Check<D>)]) -> Result<usize> {
     let mut failed = 0;
     for (op, check) in checks {
         let mut done = vec![];
@@ -63,14 +63,14 @@ pub(super) fn run_checks<D>(label: &str, d: &D, checks: &[(&str, Check<D>)]) -> 
             let ok = c.err <= c.tol;
             failed += usize::from(!ok);
             let verdict = if ok { "OK" } else { "FAILED" };
-            println!("{label} {:38} max |Δ|/max |cpu| {:.1e} (tol {:.0e}) {verdict}", c.name, c.err, c.tol);
+            out!("{label} {:38} max |Δ|/max |cpu| {:.1e} (tol {:.0e}) {verdict}", c.name, c.err, c.tol);
         }
         if let Err(e) = result {
-            println!("{label} {op} FAILED to run: {e:#}");
+            out!("{label} {op} FAILED to run: {e:#}");
             failed += 1;
         }
     }
-    failed
+    Ok(failed)
 }
 
 /// A packed batch's seq_start of sequences of these lengths: each row's first row of its sequence.

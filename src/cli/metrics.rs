@@ -48,7 +48,7 @@ pub fn run(a: MetricsArgs) -> Result<()> {
         eprintln!("note: {} prompts of {} have no hypothesis and are not scored", p.unscored_prompts, a.refs.display());
     }
     let report = evaluate(&p.hyps, &p.refs, !a.no_stemmer);
-    println!("{}", serde_json::to_string(&report)?);
+    out!("{}", serde_json::to_string(&report)?);
     eprintln!("{}", report.summary());
     Ok(())
 }

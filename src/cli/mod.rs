@@ -1,4 +1,15 @@
 //! One file per subcommand (and per flag that is a job of its own: `info --devices`, `--check-kernels`).
+
+/// `println!` that returns an error instead of panicking when stdout cannot be written (a full disk behind
+/// `> results.txt`); the enclosing function returns `anyhow::Result`.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+            .map_err(|e| anyhow::anyhow!("cannot write the output to stdout: {e}"))?
+    }};
+}
+
 #[cfg(feature = "cuda")]
 pub mod attention_speed;
 #[cfg(feature = "cuda")]

@@ -42,7 +42,7 @@ const HF_SIDE_FILES: &[&str] = &[
 
 /// Writes `model` (with `tok`, loaded from `source`) as an HF checkpoint folder `dir`, atomically:
 /// the folder appears complete or not at all, replacing an existing `dir` (callers decide whether
-/// that is allowed, see `condlm merge`). `trained_on` is recorded in model.safetensors' metadata.
+/// that is allowed, see `condlm merge`). `trained_on` is recorded in `condlm.json` ([`trained_on`]).
 pub fn save_hf_folder(
     dir: &Path,
     model: &Transformer,
@@ -82,11 +82,11 @@ pub fn save_hf_folder(
             files.push(("tokenizer_config.json", to_json(&tokenizer_config(model, tok, pad))?));
         }
     }
+    if let Some(t) = trained_on {
+        files.push((trained_on::FILE, t.file_bytes()));
+    }
     crate::output::write_dir_atomic_with(dir, |tmp| {
-        let mut metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        if let Some(t) = trained_on {
-            metadata.insert(trained_on::KEY.to_string(), t.value());
-        }
+        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
         safetensors::serialize_to_file(weights, Some(metadata), &tmp.join("model.safetensors"))
             .with_context(|| format!("cannot write {}/model.safetensors", dir.display()))?;
         crate::output::write_files(tmp, dir, &files)

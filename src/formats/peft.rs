@@ -512,8 +512,7 @@ pub fn save_adapter(
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<_>>()?;
-    let metadata =
-        HashMap::from([("format".to_string(), "pt".to_string()), (trained_on::KEY.to_string(), trained_on.value())]);
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     let weights = safetensors::serialize(views, Some(metadata))?;
     // Only keys every PEFT version knows: older releases reject unknown ones.
     let config = serde_json::json!({
@@ -534,7 +533,11 @@ pub fn save_adapter(
     });
     crate::output::write_dir_atomic(
         dir,
-        &[("adapter_model.safetensors", weights), ("adapter_config.json", serde_json::to_vec_pretty(&config)?)],
+        &[
+            ("adapter_model.safetensors", weights),
+            ("adapter_config.json", serde_json::to_vec_pretty(&config)?),
+            (trained_on::FILE, trained_on.file_bytes()),
+        ],
     )
 }
 

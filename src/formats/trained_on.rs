@@ -1,18 +1,18 @@
-//! What rows a model or adapter was trained on, recorded by `condlm train` in the metadata of the safetensors
-//! file it writes (`condlm.trained_on`, e.g. "prompt/completion" or "chat"; PEFT and transformers ignore it), and
-//! carried on by `merge`. Exports read it to present prompts as training did: an adapter trained on
-//! prompt/completion rows of a ChatML model must get raw prompts in Ollama, not the chat template.
+//! What rows a model or adapter was trained on, recorded by `condlm train` next to the weights it writes
+//! (`condlm.json`: `{"trained_on": ["prompt/completion"]}`; PEFT and transformers ignore the file), and carried on
+//! by `merge`. Exports read it to present prompts as training did: an adapter trained on prompt/completion rows of
+//! a ChatML model must get raw prompts in Ollama, not the chat template. (Not in the safetensors metadata: its
+//! keys are written in hash order, which would make two identical runs write different bytes.)
 use super::resolve::ModelFiles;
-use super::safetensors_files::shard_names;
 use crate::data::dataset::DataStats;
 use crate::data::records::Format;
 use crate::input;
 use anyhow::{Context, Result};
-use safetensors::tensor::SafeTensors;
+use serde_json::{Value, json};
 use std::path::Path;
 
-/// The safetensors metadata key.
-pub const KEY: &str = "condlm.trained_on";
+/// The file's name, in an adapter or HF model folder.
+pub const FILE: &str = "condlm.json";
 
 /// The row formats a training run saw (at least one).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -37,16 +37,23 @@ impl TrainedOn {
         }
     }
 
-    /// The metadata value: the formats' names, comma-separated ("prompt/completion, chat").
-    pub fn value(&self) -> String {
-        FORMATS.iter().filter(|&&f| self.has(f)).map(|f| f.name()).collect::<Vec<_>>().join(", ")
+    /// The formats' names ("prompt/completion", "Alpaca", "chat"), in that order.
+    pub fn names(&self) -> Vec<&'static str> {
+        FORMATS.iter().filter(|&&f| self.has(f)).map(|f| f.name()).collect()
     }
 
-    /// Reads a metadata value back; None when it names no format condlm knows (a later version's record).
-    pub fn parse(value: &str) -> Option<Self> {
+    /// The contents of `condlm.json`.
+    pub fn file_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(&json!({ "trained_on": self.names() })).unwrap_or_default();
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// Reads a record back; None when it names a format condlm does not know (a later version's record).
+    fn parse(v: &Value) -> Option<Self> {
         let mut t = TrainedOn::default();
-        for name in value.split(", ") {
-            match FORMATS.iter().find(|f| f.name() == name)? {
+        for name in v["trained_on"].as_array()? {
+            match FORMATS.iter().find(|f| Some(f.name()) == name.as_str())? {
                 Format::Pair => t.pairs = true,
                 Format::Alpaca => t.alpaca = true,
                 Format::Chat => t.chats = true,
@@ -55,36 +62,24 @@ impl TrainedOn {
         Some(t)
     }
 
-    /// The record in a safetensors file, if it has one.
-    pub fn read(path: &Path) -> Result<Option<Self>> {
-        let bytes = input::map(path, "safetensors file")?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes)
-            .with_context(|| format!("{}: not a safetensors file", path.display()))?;
-        Ok(meta.metadata().as_ref().and_then(|m| m.get(KEY)).and_then(|v| Self::parse(v)))
+    /// The record in folder `dir`, if it has one.
+    pub fn read(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let v: Value = serde_json::from_str(&input::read_to_string(&path, "training record")?)
+            .with_context(|| format!("{}: not valid JSON", path.display()))?;
+        Ok(Self::parse(&v))
     }
 
     /// The record of what `model` (loaded from `files`) was last trained on: `adapter`'s when one is applied,
     /// else the HF folder's (a full fine-tune or a merge by condlm); None for GGUF files and other models.
     pub fn of_model(files: &ModelFiles, adapter: Option<&Path>) -> Result<Option<Self>> {
-        if let Some(adapter) = adapter {
-            return Self::read(&adapter.join("adapter_model.safetensors"));
-        }
-        match files {
-            ModelFiles::HfDir(dir) => {
-                let single = dir.join("model.safetensors");
-                let index = dir.join("model.safetensors.index.json");
-                let first = if single.is_file() {
-                    single
-                } else {
-                    let text = input::read_to_string(&index, "shard index")?;
-                    match shard_names(&index, &text)?.first() {
-                        Some(name) => dir.join(name),
-                        None => return Ok(None),
-                    }
-                };
-                Self::read(&first)
-            }
-            ModelFiles::Gguf(_) => Ok(None),
+        match (adapter, files) {
+            (Some(adapter), _) => Self::read(adapter),
+            (None, ModelFiles::HfDir(dir)) => Self::read(dir),
+            (None, ModelFiles::Gguf(_)) => Ok(None),
         }
     }
 }
@@ -101,9 +96,11 @@ mod tests {
             TrainedOn { chats: true, ..Default::default() },
             TrainedOn { pairs: true, alpaca: true, chats: true },
         ] {
-            assert_eq!(TrainedOn::parse(&t.value()), Some(t), "{}", t.value());
+            let v: Value = serde_json::from_slice(&t.file_bytes()).unwrap();
+            assert_eq!(TrainedOn::parse(&v), Some(t), "{v}");
         }
-        assert_eq!(TrainedOn { pairs: true, chats: true, ..Default::default() }.value(), "prompt/completion, chat");
-        assert_eq!(TrainedOn::parse("poems"), None);
+        let both = TrainedOn { pairs: true, chats: true, ..Default::default() };
+        assert_eq!(both.names(), ["prompt/completion", "chat"]);
+        assert_eq!(TrainedOn::parse(&json!({"trained_on": ["poems"]})), None);
     }
 }

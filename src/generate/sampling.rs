@@ -106,8 +106,12 @@ pub fn argmax(scores: &[f32]) -> usize {
 /// removed tokens get −∞.
 pub fn warp(scores: &mut [f32], p: &SamplingParams, s: &mut Scratch) {
     if p.temperature != 1.0 {
+        // Shifted by the maximum first (softmax is unchanged): a tiny temperature then sends the others towards −∞
+        // instead of overflowing every positive score to +∞, where the draw could no longer tell them apart.
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let shift = if max.is_finite() { max } else { 0.0 };
         for v in scores.iter_mut() {
-            *v /= p.temperature;
+            *v = (*v - shift) / p.temperature;
         }
     }
     if p.top_k > 0 && p.top_k < scores.len() {
@@ -259,5 +263,18 @@ mod tests {
         assert_eq!(draw(&scores, 0.2499), 0);
         assert_eq!(draw(&scores, 0.2501), 2);
         assert_eq!(draw(&scores, 0.9999999), 2);
+    }
+
+    #[test]
+    fn a_tiny_temperature_samples_the_most_probable_token() {
+        // 1e-40 overflowed every positive score to +∞, and the draw took the first of them (id 0 here).
+        let mut s = Scratch::new(4);
+        let p = SamplingParams { temperature: 1e-40, ..Default::default() };
+        let mut x = vec![1.0f32, 0.5, 3.0, -2.0];
+        warp(&mut x, &p, &mut s);
+        assert!(x.iter().all(|v| !v.is_nan()), "{x:?}");
+        for u in [0.0, 0.5, 0.9999] {
+            assert_eq!(draw(&x, u), 2);
+        }
     }
 }

@@ -319,7 +319,7 @@ impl Config {
         let lower = architecture.to_lowercase();
         let (is_qwen2, is_qwen3) = (lower.starts_with("qwen2"), lower.starts_with("qwen3"));
         let (is_smollm3, is_gemma3) = (lower.starts_with("smollm3"), lower.starts_with("gemma3"));
-        let is_phi3 = lower.starts_with("phi3");
+        let (is_phi3, is_llama) = (lower.starts_with("phi3"), lower.starts_with("llama"));
         let bos = token_ids(&c.bos_token_id).first().copied();
         let eos = token_ids(&c.eos_token_id);
         let cfg = match family {
@@ -365,11 +365,13 @@ impl Config {
                     (theta, None, if is_phi3 { None } else { parse_rope_scaling(rope, path)? })
                 };
                 // Qwen2/Qwen3 keep their window off unless use_sliding_window says so; Mistral, Phi-3 and Gemma 3
-                // use it.
+                // use it; Llama has none (transformers ignores a sliding_window key in its config).
                 let sliding_window = match (is_qwen2 || is_qwen3 || is_smollm3, c.use_sliding_window) {
+                    _ if is_llama => None,
                     (true, Some(true)) | (false, None | Some(true)) => c.sliding_window,
                     _ => None,
                 };
+
                 Config {
                     architecture,
                     family,
@@ -534,6 +536,22 @@ impl Config {
             && (self.rotary_dim == 0 || self.rotary_dim > self.head_dim || !self.rotary_dim.is_multiple_of(2))
         {
             bail!("RoPE needs an even rotary dim of at most the head dim {}, got {}", self.head_dim, self.rotary_dim);
+        }
+        if !(self.norm_eps >= 0.0 && self.norm_eps.is_finite()) {
+            bail!(
+                "the norm epsilon (rms_norm_eps, layer_norm_epsilon) is {}: it must be a finite number ≥ 0",
+                self.norm_eps
+            );
+        }
+        if self.family == Family::Llama {
+            for theta in std::iter::once(self.rope_theta).chain(self.rope_local_theta) {
+                if !(theta > 0.0 && theta.is_finite()) {
+                    bail!("the RoPE base (rope_theta, rope.freq_base) is {theta}: it must be a finite number > 0");
+                }
+            }
+        }
+        if self.sliding_window == Some(0) {
+            bail!("the sliding window is 0 positions: give its length, or null for none");
         }
         if self.family == Family::Gpt2 && self.num_heads * self.head_dim != self.hidden_size {
             bail!("n_embd {} is not divisible by n_head {}", self.hidden_size, self.num_heads);

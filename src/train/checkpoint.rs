@@ -27,6 +27,9 @@ pub struct CheckpointMeta {
     /// SHA-256 of the training (and eval) data the run reads, so a resume notices changed data.
     #[serde(default)]
     pub data_sha256: Option<String>,
+    /// The base model's fingerprint (`model_fingerprint`), so a resume notices another model.
+    #[serde(default)]
+    pub model_fingerprint: Option<String>,
 }
 
 /// What a checkpoint records about its run besides the trainer's state.
@@ -34,6 +37,7 @@ pub struct RunRecord<'a> {
     pub settings: &'a TrainSettings,
     pub best_eval: Option<(f64, u64)>,
     pub data_sha256: &'a str,
+    pub model_fingerprint: &'a str,
 }
 
 pub fn checkpoints_dir(output_dir: &Path) -> PathBuf {
@@ -62,6 +66,7 @@ pub fn save(output_dir: &Path, step: u64, tensors: &[(&str, &[f32], &Moments)], 
         tensors: tensors.iter().map(|t| t.0.to_string()).collect(),
         best_eval: run.best_eval,
         data_sha256: Some(run.data_sha256.to_string()),
+        model_fingerprint: Some(run.model_fingerprint.to_string()),
     };
     let dir = step_dir(output_dir, step);
     write_dir_atomic_with(&dir, |tmp| {
@@ -98,6 +103,14 @@ fn prune(output_dir: &Path, keep: usize, best_step: Option<u64>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The run folder of `path` as [`load`] takes it: a checkpoint folder's run (`RUN/checkpoints/step-N`), or `path`.
+pub fn run_folder(path: &Path) -> PathBuf {
+    match path.parent().and_then(Path::parent) {
+        Some(run) if path.join(STATE_JSON).is_file() => run.to_path_buf(),
+        _ => path.to_path_buf(),
+    }
 }
 
 /// Reads a checkpoint folder, or the latest checkpoint of an output folder. When the latest is damaged, the

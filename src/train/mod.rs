@@ -5,6 +5,7 @@ pub mod grad_sums;
 pub mod guard;
 pub mod interrupt;
 pub mod memory;
+pub mod model_fingerprint;
 pub mod objective;
 pub mod on_device;
 pub mod optim;

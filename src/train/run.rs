@@ -9,6 +9,7 @@ use super::grad_sums::GradSumOptions;
 use super::guard::{Guard, worse_than_start};
 use super::interrupt::{Interrupt, Signal};
 use super::memory::{MemoryPlan, available_bytes, largest_micro_batch};
+use super::model_fingerprint::{check_same_model, model_fingerprint};
 use super::on_device;
 use super::optim::AdamWConfig;
 use super::output_dir::{self, SetAside};
@@ -328,6 +329,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     }
     let LoadedModel { files, mut model, tokenizer } = opened.load(s.base_dtype)?;
     let data_sha256 = data_fingerprint(&sources)?;
+    let model_fingerprint = model_fingerprint(&files)?;
     let lcfg = lora_config(&s);
     if s.full {
         set_full_finetune(&mut model, s.freeze_embeddings);
@@ -344,6 +346,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     let (mut best_eval, mut data_changed) = (None, false);
     if let Some((meta, state)) = resumed {
         data_changed = check_same_data(&meta, &data_sha256, opts.accept_changed_data)?;
+        check_same_model(Path::new(&s.model), meta.model_fingerprint.as_deref(), &model_fingerprint)?;
         trainer.import_state(state)?;
         best_eval = meta.best_eval;
     }
@@ -377,6 +380,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         interrupt: &interrupt,
         guard: opts.divergence_guard.then(|| Guard::new(vocab, s.lr)),
         data_sha256: &data_sha256,
+        model_fingerprint: &model_fingerprint,
         data_changed,
     };
     let progress = match steps.run(&mut trainer, best_eval, &mut aside) {
@@ -479,6 +483,8 @@ fn settings_and_state(
         Some(p) => {
             let (meta, state) = checkpoint::load(p)?;
             let mut s = meta.settings.clone();
+            // The run goes on in the folder --resume named, wherever it was started from.
+            s.output_dir = checkpoint::run_folder(p);
             s.checkpoint_activations |= opts.resume_checkpoint_activations;
             // How and where it computes from here (the checkpoint's unless given again: `cli::train`).
             (s.compute, s.device) = (crate::kernels::compute::compute(), opts.device);
@@ -494,7 +500,7 @@ fn settings_and_state(
             }
             (s, Some((meta, state)))
         }
-        None => (s, None),
+        None => (s.with_absolute_paths()?, None),
     };
     s.validate()?;
     Ok((s, resumed))
@@ -557,6 +563,7 @@ struct StepLoop<'a> {
     interrupt: &'a Interrupt,
     guard: Option<Guard>,
     data_sha256: &'a str,
+    model_fingerprint: &'a str,
     /// A resumed run continues on data that changed (`--accept-changed-data`): logged once.
     data_changed: bool,
 }
@@ -681,7 +688,12 @@ impl StepLoop<'_> {
                     for (t, m) in state.iter_mut().zip(gathered.iter().flatten()) {
                         t.2 = m;
                     }
-                    let run = RunRecord { settings: s, best_eval, data_sha256: self.data_sha256 };
+                    let run = RunRecord {
+                        settings: s,
+                        best_eval,
+                        data_sha256: self.data_sha256,
+                        model_fingerprint: self.model_fingerprint,
+                    };
                     checkpoint::save(&s.output_dir, step, &state, &run)?;
                     if let Some(a) = aside.take() {
                         a.discard()?;

@@ -5,7 +5,7 @@ use crate::data::source::{DataFormat, DataSource, EVAL_SPLITS, TRAIN_SPLITS, res
 use crate::formats::weights::BaseDtype;
 use crate::kernels::compute::Compute;
 use crate::network::device::Placement;
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -112,6 +112,24 @@ impl Default for TrainSettings {
 }
 
 impl TrainSettings {
+    /// The local paths among model, data, eval data and output folder made absolute, so that the checkpoint's
+    /// settings name the same files whatever folder `--resume` is run from (a hub id stays as it is).
+    pub fn with_absolute_paths(mut self) -> Result<Self> {
+        let absolute = |p: &str| -> Result<String> {
+            if !Path::new(p).exists() {
+                return Ok(p.to_string());
+            }
+            let abs = std::path::absolute(p).with_context(|| format!("cannot resolve the path {p}"))?;
+            Ok(abs.to_string_lossy().into_owned())
+        };
+        self.model = absolute(&self.model)?;
+        self.data = absolute(&self.data)?;
+        self.eval_data = self.eval_data.as_deref().map(absolute).transpose()?;
+        self.output_dir = std::path::absolute(&self.output_dir)
+            .with_context(|| format!("cannot resolve the path {}", self.output_dir.display()))?;
+        Ok(self)
+    }
+
     /// Defaults overlaid with a TOML file.
     pub fn from_toml(path: &Path) -> Result<Self> {
         let text = crate::input::read_to_string(path, "config file")?;

@@ -43,7 +43,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         preset.warmup_steps = preset.warmup_steps.min(s / 10);
     }
     let r = run_demo(&DemoOptions { output_dir: a.output_dir, preset, seed: a.seed, show: a.show })?;
-    println!(
+    out!(
         "demo: exact match {:.1} % ({}/{}) on held-out numbers, held-out NLL {:.3} → {:.3}, {} steps trained in {:.0} s \
          ({:.0} s in all); run in {}",
         100.0 * r.exact_match(),

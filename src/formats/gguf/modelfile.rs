@@ -33,8 +33,10 @@ pub fn modelfile(
             "trained on Alpaca rows: the prompt is the instruction, in Stanford Alpaca's template",
             &ALPACA_PROMPT_NO_INPUT.replace("{instruction}", RAW),
         )),
-        (Some(t), Some(_)) if !t.chats => out
-            .push_str(&template(&format!("trained on {} rows, not chats: prompts go in as they are", t.value()), RAW)),
+        (Some(t), Some(_)) if !t.chats => out.push_str(&template(
+            &format!("trained on {} rows, not chats: prompts go in as they are", t.names().join(" and ")),
+            RAW,
+        )),
         (_, Some(t)) if t.contains("<|im_start|>") && t.contains("<|im_end|>") => {
             out.push_str(&format!("TEMPLATE \"\"\"{CHATML}\"\"\"\n"));
             stops.push("<|im_end|>".into());
