@@ -235,6 +235,9 @@ fn generate_resumed_after_an_interruption_writes_the_uninterrupted_file() {
         let with_out = [&args[..], &["--out", s(&out), "--overwrite"]].concat();
         let (ok, _, err) = condlm(&with_out);
         assert!(ok, "{err}");
+        // 6 rows of 4 prompts: sampled once per row, else each prompt decoded once.
+        let how = if decoding.contains(&"--temperature") { "one sample per row" } else { "each distinct prompt" };
+        assert!(err.contains("for 6 rows (4 distinct prompts)") && err.contains(how), "{err}");
         let full = std::fs::read_to_string(&out).unwrap();
         assert_eq!(full, stdout, "{decoding:?}");
         assert!(!fingerprint(&out).exists());

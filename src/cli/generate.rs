@@ -364,9 +364,14 @@ fn run_data(
     let (todo_rows, todo) = (&rows[resumed..], &prompts[resumed..]);
     let sampling = matches!(opts.strategy, Strategy::Sample(_));
     let plan = if sampling { Plan::every_row(todo) } else { Plan::once_per_prompt(&prompts[..resumed], done, todo) };
+    let prompts_of_todo = todo.iter().collect::<std::collections::HashSet<_>>().len();
     let Plan { distinct, first, mut fields, of_row } = plan;
-    let bar =
-        progress::bar(distinct.len() as u64, "{spinner} generating {pos}/{len} prompts [{bar:30}] {per_sec} ETA {eta}");
+    let template = if sampling {
+        "{spinner} generating {pos}/{len} rows [{bar:30}] {per_sec} ETA {eta}"
+    } else {
+        "{spinner} generating {pos}/{len} prompts [{bar:30}] {per_sec} ETA {eta}"
+    };
+    let bar = progress::bar(distinct.len() as u64, template);
     let start = Instant::now();
     let mut new_tokens = 0usize;
     let mut next = 0;
@@ -391,11 +396,19 @@ fn run_data(
     writer.finish()?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
+    let how = if sampling {
+        "one sample per row".to_string()
+    } else if distinct.len() == prompts_of_todo {
+        "each distinct prompt decoded once".to_string()
+    } else {
+        let reused = prompts_of_todo - distinct.len();
+        format!("{} decoded, {reused} reused from the kept rows", distinct.len())
+    };
     let kept = if resumed > 0 { format!("; {resumed} rows kept from the interrupted run") } else { String::new() };
     eprintln!(
-        "generated for {} rows ({} distinct prompts): {new_tokens} new tokens in {secs:.1} s ({:.0} tokens/s){kept}",
+        "generated for {} rows ({prompts_of_todo} distinct prompts): {new_tokens} new tokens in {secs:.1} s ({:.0} \
+         tokens/s); {how}{kept}",
         todo.len(),
-        distinct.len(),
         new_tokens as f64 / secs
     );
     Ok(())
