@@ -69,8 +69,10 @@ pub struct GenerateArgs {
     overwrite: bool,
     /// Continue an interrupted run: keep the rows of --out's .partial, generate the rest. The partial must have
     /// been written with this model, adapter and these decoding flags (recorded in FILE.partial.json), and its
-    /// rows must be of --data's rows as they are now; sampling draws what an uninterrupted run would
-    /// [default: off: an existing .partial is an error].
+    /// rows must be of --data's rows as they are now. Sampled rows draw the same random numbers as in an
+    /// uninterrupted run, but from logits computed beside other rows, which can differ in the last bits (a near
+    /// tie may then go the other way); with --batch 1 for both runs, the resumed file is the uninterrupted one
+    /// byte for byte [default: off: an existing .partial is an error].
     #[arg(long, requires = "out")]
     resume_output: bool,
     /// Render each prompt as a user message with the model's chat template (add_generation_prompt), as training
