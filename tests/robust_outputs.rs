@@ -26,11 +26,57 @@ fn partial(out: &Path) -> PathBuf {
     PathBuf::from(format!("{}.partial", out.display()))
 }
 
+/// What the partial's rows depend on, recorded beside it.
+fn fingerprint(out: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.partial.json", out.display()))
+}
+
 /// Simulates a run killed at byte `cut` of its output: the finished file's first `cut` bytes left as the partial
 /// (mid-line unless `cut` falls on a line end), the file itself absent.
 fn interrupt(out: &Path, full: &str, cut: usize) {
     std::fs::write(partial(out), &full.as_bytes()[..cut]).unwrap();
     let _ = std::fs::remove_file(out);
+}
+
+/// Runs `args` (with `--out out --overwrite`) as a crash stops it: killed (SIGXFSZ) as it writes past 8 KiB of
+/// a file, after its fingerprint (written before the first row) and the first rows. So that it gets that far
+/// whatever the size of its rows, its --data file has 100 more rows during the run (rows past those a resumed run
+/// keeps may differ). Returns stderr.
+fn killed(args: &[&str], out: &Path) -> String {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let data = Path::new(args[args.iter().position(|&a| a == "--data").unwrap() + 1]);
+    let text = std::fs::read_to_string(data).unwrap();
+    let more = "{\"prompt\": \"name: The Wrestlers\", \"completion\": \"The Wrestlers.\"}\n".repeat(100);
+    std::fs::write(data, format!("{text}{more}")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_condlm"));
+    cmd.args(args).args(["--out", s(out), "--overwrite", "--threads", "1"]);
+    let limit: libc::rlim_t = 8192;
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            let (core, size) =
+                (libc::rlimit { rlim_cur: 0, rlim_max: 0 }, libc::rlimit { rlim_cur: limit, rlim_max: limit });
+            if libc::setrlimit(libc::RLIMIT_CORE, &core) != 0 || libc::setrlimit(libc::RLIMIT_FSIZE, &size) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let _ = std::fs::remove_file(out);
+    let o = cmd.output().unwrap();
+    std::fs::write(data, text).unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(o.status.signal(), Some(libc::SIGXFSZ), "not killed at {limit} bytes: {stderr}");
+    assert!(!out.exists() && partial(out).exists(), "{stderr}");
+    assert!(fingerprint(out).exists(), "the fingerprint was not written before the rows: {stderr}");
+    stderr
+}
+
+/// As [`interrupt`], for a real run of `args` (whose complete output is `full`): the partial left by a crash
+/// of that run, cut at byte `cut`, with the fingerprint it recorded.
+fn interrupt_run(args: &[&str], out: &Path, full: &str, cut: usize) {
+    killed(args, out);
+    interrupt(out, full, cut);
 }
 
 /// Six rows of which two repeat an earlier prompt (greedy decodes a repeated prompt once).
@@ -61,27 +107,98 @@ fn score_resumed_after_an_interruption_writes_the_uninterrupted_file() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("scores.jsonl");
     let (model, data) = (fixture("tiny-llama"), fixture("score_rows.jsonl"));
-    let args = ["score", "--model", s(&model), "--data", s(&data), "--out", s(&out), "--per-token"];
-    let (ok, _, err) = condlm(&[&args[..], &["--batch", "2"]].concat());
+    let args = ["score", "--model", s(&model), "--data", s(&data), "--per-token"];
+    let (ok, _, err) = condlm(&[&args[..], &["--out", s(&out), "--batch", "2"]].concat());
     assert!(ok, "{err}");
-    assert!(!partial(&out).exists());
+    assert!(!partial(&out).exists() && !fingerprint(&out).exists());
     let full = std::fs::read_to_string(&out).unwrap();
     assert_eq!(full.lines().count(), 4);
     let first_line = full.find('\n').unwrap() + 1;
     // Killed inside row 1, exactly after row 0, and inside row 0: each resumes to the same bytes (whatever the
-    // batch size) and the same totals.
+    // batch size) and the same totals; the fingerprint goes with the partial.
     for cut in [first_line + 30, first_line, 5] {
-        interrupt(&out, &full, cut);
-        let (ok, _, err) = condlm(&[&args[..], &["--batch", "3", "--resume-output"]].concat());
+        interrupt_run(&args, &out, &full, cut);
+        let (ok, _, err) = condlm(&[&args[..], &["--out", s(&out), "--batch", "3", "--resume-output"]].concat());
         assert!(ok, "cut at {cut}: {err}");
         assert_eq!(std::fs::read_to_string(&out).unwrap(), full, "cut at {cut}");
-        assert!(!partial(&out).exists() && err.contains("NLL/token 8.6483"), "{err}");
+        assert!(!partial(&out).exists() && !fingerprint(&out).exists() && err.contains("NLL/token 8.6483"), "{err}");
     }
-    // Without --per-token the partial's rows are of other settings: refused, naming the line.
-    interrupt(&out, &full, first_line);
+    // Without --per-token the partial's rows are of other settings: refused before the model loads, saying
+    // what differs, the partial left as it was.
+    interrupt_run(&args, &out, &full, first_line);
     let (ok, _, err) =
         condlm(&["score", "--model", s(&model), "--data", s(&data), "--out", s(&out), "--resume-output"]);
-    assert!(!ok && err.contains("scores.jsonl.partial:1") && err.contains("--per-token"), "{err}");
+    assert!(!ok && err.contains("scores.jsonl.partial was written with other settings"), "{err}");
+    assert!(err.contains("--per-token: true then, false now") && err.contains("--overwrite"), "{err}");
+    assert_eq!(std::fs::read_to_string(partial(&out)).unwrap(), &full[..first_line]);
+}
+
+/// The rows of score_rows.jsonl, the second one's prompt edited (its completion, and so its token count, kept).
+fn edited_score_rows(dir: &Path) -> PathBuf {
+    let text = std::fs::read_to_string(fixture("score_rows.jsonl")).unwrap();
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines[1] = lines[1].replacen("Blue Spice", "Green Spice", 1);
+    let edited = dir.join("score_rows.jsonl");
+    std::fs::write(&edited, lines.join("\n") + "\n").unwrap();
+    edited
+}
+
+#[test]
+fn score_refuses_a_partial_of_another_model_adapter_or_edited_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("scores.jsonl");
+    let model = fixture("tiny-llama");
+    let data = tmp.path().join("data").join("score_rows.jsonl");
+    std::fs::create_dir_all(data.parent().unwrap()).unwrap();
+    std::fs::copy(fixture("score_rows.jsonl"), &data).unwrap();
+    let adapter = fixture("interop/tiny-llama-condlm-adapter");
+    let args = ["score", "--model", s(&model), "--data", s(&data)];
+    let (ok, _, err) = condlm(&[&args[..], &["--out", s(&out)]].concat());
+    assert!(ok, "{err}");
+    let full = std::fs::read_to_string(&out).unwrap();
+    let three_rows = full.match_indices('\n').nth(2).unwrap().0 + 1;
+    let resume = |extra: &[&str]| condlm(&[&args[..], extra, &["--out", s(&out), "--resume-output"]].concat());
+    // Scored with an adapter, resumed without: refused before the model loads (no memory plan, no load).
+    interrupt_run(&[&args[..], &["--adapter", s(&adapter)]].concat(), &out, &full, three_rows);
+    let (ok, _, err) = resume(&[]);
+    assert!(!ok && err.contains("--adapter: ") && err.contains("tiny-llama-condlm-adapter then, none now"), "{err}");
+    // Scored with another model (a copy elsewhere), resumed with this one.
+    let copy = copy_model(&tmp.path().join("copy"));
+    interrupt_run(&["score", "--model", s(&copy), "--data", s(&data)], &out, &full, three_rows);
+    let (ok, _, err) = resume(&[]);
+    assert!(!ok && err.contains("--model path: ") && err.contains("copy/tiny-llama then, "), "{err}");
+    // The same folder, its weights replaced since (a model trained again in place).
+    let copy_args = ["score", "--model", s(&copy), "--data", s(&data)];
+    interrupt_run(&copy_args, &out, &full, three_rows);
+    let other = nan_llama(tmp.path());
+    std::fs::copy(other.join("model.safetensors"), copy.join("model.safetensors")).unwrap();
+    let (ok, _, err) = condlm(&[&copy_args[..], &["--out", s(&out), "--resume-output"]].concat());
+    assert!(!ok && err.contains("--model files model.safetensors: sha256 "), "{err}");
+    // A kept row whose prompt was edited since (same completion, same token count): its stale score is refused,
+    // naming the line and the row.
+    interrupt_run(&args, &out, &full, three_rows);
+    edited_score_rows(data.parent().unwrap());
+    let (ok, _, err) = resume(&[]);
+    assert!(!ok && err.contains("scores.jsonl.partial:2") && err.contains("score_rows.jsonl:2 of the input"), "{err}");
+    assert!(err.contains("edited"), "{err}");
+    // A partial of an older condlm (no fingerprint) is refused before the model loads.
+    interrupt(&out, &full, three_rows);
+    std::fs::remove_file(fingerprint(&out)).unwrap();
+    let (ok, _, err) =
+        condlm(&["score", "--model", "/nonexistent/model", "--data", s(&data), "--out", s(&out), "--resume-output"]);
+    assert!(!ok && err.contains("older condlm") && err.contains("scores.jsonl.partial.json"), "{err}");
+    assert!(err.contains("--overwrite") && !err.contains("nonexistent"), "{err}");
+}
+
+/// tiny-llama copied into `dir` (as `dir/tiny-llama`, so an adapter for it still names its base).
+fn copy_model(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny-llama");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    model
 }
 
 /// Equal rows, except that a beam score may differ by float rounding: the resumed run decodes fewer prompts
@@ -118,32 +235,92 @@ fn generate_resumed_after_an_interruption_writes_the_uninterrupted_file() {
         let with_out = [&args[..], &["--out", s(&out), "--overwrite"]].concat();
         let (ok, _, err) = condlm(&with_out);
         assert!(ok, "{err}");
+        // 6 rows of 4 prompts: sampled once per row, else each prompt decoded once.
+        let how = if decoding.contains(&"--temperature") { "one sample per row" } else { "each distinct prompt" };
+        assert!(err.contains("for 6 rows (4 distinct prompts)") && err.contains(how), "{err}");
         let full = std::fs::read_to_string(&out).unwrap();
         assert_eq!(full, stdout, "{decoding:?}");
+        assert!(!fingerprint(&out).exists());
         // Killed in the middle of row 3 (rows 0..=2 kept): the rest is generated, sampled rows draw what the
         // uninterrupted run drew, and repeated prompts of the kept rows are decoded again.
         let cut = full.match_indices('\n').nth(2).unwrap().0 + 10;
-        interrupt(&out, &full, cut);
+        interrupt_run(&args, &out, &full, cut);
         let (ok, _, err) = condlm(&[&args[..], &["--out", s(&out), "--resume-output"]].concat());
         assert!(ok && err.contains("3 rows already done"), "{decoding:?}: {err}");
         assert_same_generations(&std::fs::read_to_string(&out).unwrap(), &full);
+        assert!(!partial(&out).exists() && !fingerprint(&out).exists());
     }
     // A partial of other rows is refused, naming its line.
     let other = tmp.path().join("other.jsonl");
     std::fs::write(&other, "{\"prompt\": \"name: The Eagle 0\", \"id\": 7}\n").unwrap();
-    std::fs::write(partial(&out), "{\"prompt\": \"name: The Eagle 0\", \"id\": 0, \"generation\": \"x\"}\n").unwrap();
-    let (ok, _, err) = condlm(&[
-        "generate",
-        "--model",
-        s(&model),
-        "--data",
-        s(&other),
-        "--out",
-        s(&out),
-        "--overwrite",
-        "--resume-output",
-    ]);
+    let args = ["generate", "--model", s(&model), "--max-new-tokens", "6"];
+    let (ok, full, err) = condlm(&[&args[..], &["--data", s(&rows)]].concat());
+    assert!(ok, "{err}");
+    interrupt_run(&[&args[..], &["--data", s(&rows)]].concat(), &out, &full, full.find('\n').unwrap() + 1);
+    let (ok, _, err) = condlm(&[&args[..], &["--data", s(&other), "--out", s(&out), "--resume-output"]].concat());
     assert!(!ok && err.contains("gen.jsonl.partial:1") && err.contains("other.jsonl:1 of --data"), "{err}");
+}
+
+/// The audit's case: a partial of sampled rows resumed by a greedy run (which copies a kept row's output to the
+/// later rows of its prompt) was accepted. Other decoding flags, another seed, model or adapter, and an edited
+/// prompt are refused too, before the model loads; the partial is left as it was.
+#[test]
+fn generate_refuses_a_partial_of_other_settings_model_or_adapter() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rows = prompt_rows(tmp.path());
+    let out = tmp.path().join("gen.jsonl");
+    let model = fixture("tiny-llama");
+    // The first run: sampled, one prompt at a time (so that a resumed run writes its bytes exactly).
+    let base = ["generate", "--model", s(&model), "--data", s(&rows), "--ids", "--batch", "1"];
+    let sampled = [&base[..], &["--max-new-tokens", "8", "--temperature", "0.8", "--seed", "7"]].concat();
+    let (ok, full, err) = condlm(&sampled);
+    assert!(ok, "{err}");
+    let cut = full.match_indices('\n').nth(2).unwrap().0 + 1;
+    interrupt_run(&sampled, &out, &full, cut);
+    let kept = std::fs::read(partial(&out)).unwrap();
+    let resume = |args: &[&str]| condlm(&[args, &["--out", s(&out), "--resume-output"]].concat());
+    let adapter = fixture("interop/tiny-llama-condlm-adapter");
+    let copy = copy_model(&tmp.path().join("copy"));
+    // The first run's flags with `changed` (and --max-new-tokens 8 unless `changed` has its own).
+    let with = |changed: &[&'static str]| {
+        let mut args = base.to_vec();
+        if !changed.contains(&"--max-new-tokens") {
+            args.extend(["--max-new-tokens", "8"]);
+        }
+        args.extend(changed);
+        args
+    };
+    let sampling = |more: &[&'static str]| with(&[&["--temperature", "0.8", "--seed", "7"][..], more].concat());
+    let mut other_model = sampling(&[]);
+    other_model[2] = s(&copy);
+    let adapter_args = [&sampling(&[])[..], &["--adapter", s(&adapter)]].concat();
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (with(&[]), &["--temperature: 0.8 then, 0 now", "--seed: 7 then, none now"]),
+        (with(&["--temperature", "0.8", "--seed", "8"]), &["--seed: 7 then, 8 now"]),
+        (sampling(&["--top-k", "5"]), &["--top-k: 0 then, 5 now"]),
+        (with(&["--temperature", "0.8", "--seed", "7", "--max-new-tokens", "5"]), &["--max-new-tokens: 8 then, 5 now"]),
+        (sampling(&["--stop", "x"]), &["--stop: [] then, [\"x\"] now"]),
+        (sampling(&["--chat"]), &["--chat: false then, true now"]),
+        (sampling(&["--base-dtype", "bf16"]), &["--base-dtype: stored then, bf16 now"]),
+        (adapter_args, &["--adapter: none then, ", "tiny-llama-condlm-adapter now"]),
+        (other_model, &["--model path: ", "copy/tiny-llama now"]),
+    ];
+    for (args, want) in &cases {
+        let (ok, _, err) = resume(args);
+        assert!(!ok && err.contains("gen.jsonl.partial was written with other settings"), "{args:?}: {err}");
+        assert!(want.iter().all(|w| err.contains(w)) && !err.contains("memory:"), "{args:?}: {err}");
+        assert_eq!(std::fs::read(partial(&out)).unwrap(), kept, "{args:?}: the partial is kept");
+    }
+    // A kept row whose prompt was edited since is refused, naming it.
+    let text = std::fs::read_to_string(&rows).unwrap().replacen("The Eagle 1", "The Eagle 9", 1);
+    std::fs::write(&rows, text).unwrap();
+    let (ok, _, err) = resume(&sampled);
+    assert!(!ok && err.contains("gen.jsonl.partial:2") && err.contains("rows.jsonl:2"), "{err}");
+    // Resumed with its own settings (and rows), it writes the uninterrupted run's file byte for byte.
+    prompt_rows(tmp.path());
+    let (ok, _, err) = resume(&sampled);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), full);
 }
 
 #[test]

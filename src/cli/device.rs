@@ -36,6 +36,15 @@ impl DeviceArgs {
         self.device.unwrap_or_default()
     }
 
+    /// The kind of device, for a partial output's fingerprint: cpu, cuda (any of the GPUs) or reference.
+    pub fn kind(&self) -> &'static str {
+        match self.placement() {
+            Placement::Cpu => "cpu",
+            Placement::Cuda(_) => "cuda",
+            Placement::Reference => "reference",
+        }
+    }
+
     /// Refuses what this device cannot run with this `--compute` ([`check_compute`]).
     pub fn check_compute(&self, c: Compute) -> Result<()> {
         check_compute(self.placement(), c)

@@ -1,6 +1,6 @@
 //! `condlm generate`: continue one prompt (streamed to stdout) or every row of --data.
 use super::device::DeviceArgs;
-use super::{AdapterArgs, BaseArgs, DATA_FORMAT_HELP, EVAL_SPLIT_HELP, use_compute};
+use super::{AdapterArgs, BaseArgs, DATA_FORMAT_HELP, EVAL_SPLIT_HELP, flag_value, model_identity, use_compute};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use condlm::data::chat::{ChatTemplate, GenerationPrompt};
@@ -13,6 +13,7 @@ use condlm::generate::{
 };
 use condlm::kernels::compute::Compute;
 use condlm::network::transformer::Transformer;
+use condlm::output::fingerprint::{Fingerprint, row_hash};
 use condlm::output::rows::{Destination, RowWriter, prepare};
 use condlm::progress;
 use condlm::tokenizer::TextTokenizer;
@@ -66,8 +67,12 @@ pub struct GenerateArgs {
     /// Replace an existing --out file (and discard its .partial) [default: off: an existing file is an error].
     #[arg(long, requires = "out")]
     overwrite: bool,
-    /// Continue an interrupted run: keep the rows of --out's .partial (checked against --data), generate the
-    /// rest; sampling draws what an uninterrupted run would [default: off: an existing .partial is an error].
+    /// Continue an interrupted run: keep the rows of --out's .partial, generate the rest. The partial must have
+    /// been written with this model, adapter and these decoding flags (recorded in FILE.partial.json), and its
+    /// rows must be of --data's rows as they are now. Sampled rows draw the same random numbers as in an
+    /// uninterrupted run, but from logits computed beside other rows, which can differ in the last bits (a near
+    /// tie may then go the other way); with --batch 1 for both runs, the resumed file is the uninterrupted one
+    /// byte for byte [default: off: an existing .partial is an error].
     #[arg(long, requires = "out")]
     resume_output: bool,
     /// Render each prompt as a user message with the model's chat template (add_generation_prompt), as training
@@ -140,6 +145,14 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     let out = a.data.is_some().then(|| prepare(a.out.as_deref(), a.overwrite, a.resume_output)).transpose()?;
     let data =
         a.data.as_deref().map(|d| resolve_data(d, a.data_format, a.split.as_deref(), EVAL_SPLITS)).transpose()?;
+    let fingerprint = match &out {
+        Some(out) if out.is_file() => {
+            let f = settings(&a, &opts)?;
+            out.check_settings(&f)?;
+            f
+        }
+        _ => Fingerprint::new("generate"),
+    };
     let opened = open_model(&a.model)?;
     let weight_bytes: usize = opened.weights.resident_bytes(a.base.base_dtype).values().sum();
     let mut m = opened.load(a.base.base_dtype)?;
@@ -173,9 +186,43 @@ pub fn run(a: GenerateArgs) -> Result<()> {
             check_memory(&m.model, weight_bytes, std::slice::from_ref(&prompt), &opts)?;
             run_prompt(&m.model, &m.tokenizer, prompt, &opts)
         }
-        (None, Some(data), Some(out)) => run_data(&a, &m, weight_bytes, data, out, &opts, encode),
+        (None, Some(data), Some(out)) => run_data(&a, &m, weight_bytes, data, (out, fingerprint), &opts, encode),
         _ => bail!("give --prompt or --data"),
     }
+}
+
+/// What the generations depend on besides the rows: the model, the adapter and every flag that changes an
+/// output. Not --batch or --threads: see `--resume-output`.
+fn settings(a: &GenerateArgs, opts: &GenerateOptions) -> Result<Fingerprint> {
+    let mut f = Fingerprint::new("generate");
+    f.set("--model", model_identity(&a.model)?);
+    f.set("--adapter", a.adapter.identity()?);
+    f.set("--base-dtype", flag_value(a.base.base_dtype));
+    f.set("--compute", flag_value(a.compute));
+    f.set("--device", a.device.kind());
+    f.set("--chat", a.chat);
+    f.set("--max-new-tokens", opts.max_new_tokens);
+    // The filters are checked to be off unless sampling; the seed and the beam flags count only where they apply.
+    f.set("--temperature", a.temperature.to_string());
+    f.set("--top-k", a.top_k);
+    f.set("--top-p", a.top_p.to_string());
+    f.set("--min-p", a.min_p.to_string());
+    f.set("--num-beams", a.num_beams);
+    match &opts.strategy {
+        Strategy::Greedy => {}
+        Strategy::Sample(p) => f.set("--seed", p.seed),
+        Strategy::Beam(b) => {
+            f.set("--length-penalty", b.length_penalty.to_string());
+            f.set("--early-stopping", flag_value(a.early_stopping));
+        }
+    }
+    f.set("--repetition-penalty", opts.repetition_penalty.to_string());
+    f.set("--no-repeat-ngram-size", opts.no_repeat_ngram_size);
+    f.set("--stop", opts.stop_strings.clone());
+    f.set("--stop-id", opts.stop_ids.clone());
+    f.set("--ignore-eos", a.ignore_eos);
+    f.set("--ids", a.ids);
+    Ok(f)
 }
 
 /// Prints the memory plan of decoding `prompts` (weights, KV cache) and refuses one the machine cannot hold.
@@ -297,7 +344,7 @@ fn run_data(
     m: &LoadedModel,
     weight_bytes: usize,
     data: &DataSource,
-    out: Destination,
+    (out, mut fingerprint): (Destination, Fingerprint),
     opts: &GenerateOptions,
     encode: impl Fn(&str) -> Result<Vec<u32>>,
 ) -> Result<()> {
@@ -306,17 +353,27 @@ fn run_data(
     let prompts = encode_prompts(&rows, model, encode)?;
     check_memory(model, weight_bytes, &prompts, opts)?;
     let beam = matches!(opts.strategy, Strategy::Beam(_));
-    let (mut writer, done) = out.open(|i, line| done_row(&rows, &prompts, i, line, beam, a.ids))?;
+    // A row's output depends on its fields (written back with it) and its prompt's ids.
+    fingerprint.rows = rows
+        .iter()
+        .zip(&prompts)
+        .map(|((_, row, _), ids)| row_hash(serde_json::json!([row, ids]).to_string().as_bytes()))
+        .collect();
+    let sources: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let (mut writer, done) =
+        out.open(&fingerprint, &sources, |i, line| done_row(&rows, &prompts, i, line, beam, a.ids))?;
     let resumed = done.len();
     let (todo_rows, todo) = (&rows[resumed..], &prompts[resumed..]);
-    let plan = if matches!(opts.strategy, Strategy::Sample(_)) {
-        Plan::every_row(todo)
-    } else {
-        Plan::once_per_prompt(&prompts[..resumed], done, todo)
-    };
+    let sampling = matches!(opts.strategy, Strategy::Sample(_));
+    let plan = if sampling { Plan::every_row(todo) } else { Plan::once_per_prompt(&prompts[..resumed], done, todo) };
+    let prompts_of_todo = todo.iter().collect::<std::collections::HashSet<_>>().len();
     let Plan { distinct, first, mut fields, of_row } = plan;
-    let bar =
-        progress::bar(distinct.len() as u64, "{spinner} generating {pos}/{len} prompts [{bar:30}] {per_sec} ETA {eta}");
+    let template = if sampling {
+        "{spinner} generating {pos}/{len} rows [{bar:30}] {per_sec} ETA {eta}"
+    } else {
+        "{spinner} generating {pos}/{len} prompts [{bar:30}] {per_sec} ETA {eta}"
+    };
+    let bar = progress::bar(distinct.len() as u64, template);
     let start = Instant::now();
     let mut new_tokens = 0usize;
     let mut next = 0;
@@ -341,11 +398,19 @@ fn run_data(
     writer.finish()?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
+    let how = if sampling {
+        "one sample per row".to_string()
+    } else if distinct.len() == prompts_of_todo {
+        "each distinct prompt decoded once".to_string()
+    } else {
+        let reused = prompts_of_todo - distinct.len();
+        format!("{} decoded, {reused} reused from the kept rows", distinct.len())
+    };
     let kept = if resumed > 0 { format!("; {resumed} rows kept from the interrupted run") } else { String::new() };
     eprintln!(
-        "generated for {} rows ({} distinct prompts): {new_tokens} new tokens in {secs:.1} s ({:.0} tokens/s){kept}",
+        "generated for {} rows ({prompts_of_todo} distinct prompts): {new_tokens} new tokens in {secs:.1} s ({:.0} \
+         tokens/s); {how}{kept}",
         todo.len(),
-        distinct.len(),
         new_tokens as f64 / secs
     );
     Ok(())

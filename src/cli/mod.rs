@@ -39,9 +39,12 @@ use condlm::data::dataset::DataOptions;
 use condlm::data::source::{DataFormat, DataSource, resolve_data};
 use condlm::formats::load::LoadedModel;
 use condlm::formats::peft::{AdapterConfig, attach_adapter, base_mismatch, read_adapter_config};
+use condlm::formats::resolve::{ModelFiles, resolve};
+use condlm::formats::safetensors_files::shard_names;
 use condlm::formats::weights::BaseDtype;
 use condlm::kernels::bf16;
 use condlm::kernels::compute::{Compute, set_compute};
+use condlm::output::fingerprint::files_identity;
 use std::path::PathBuf;
 
 /// The field names of prompt/completion rows, shared by `eval` and `score` (`train` takes the same flags as
@@ -180,6 +183,40 @@ impl AdapterArgs {
         attach_adapter(dir, &cfg, &mut m.model)?;
         Ok(Some(cfg))
     }
+
+    /// The adapter's identity for a partial output's fingerprint (`null` without one): its folder, resolved,
+    /// and its two files ([`files_identity`]).
+    pub fn identity(&self) -> Result<serde_json::Value> {
+        let Some(dir) = &self.adapter else { return Ok(serde_json::Value::Null) };
+        files_identity(dir, &["adapter_config.json".into(), "adapter_model.safetensors".into()])
+    }
+}
+
+/// `--model`'s identity for a partial output's fingerprint: its resolved path and the files loading reads —
+/// config, tokenizer and weights of a folder, or the GGUF file ([`files_identity`]: contents hashed up to 64 MiB,
+/// larger weights known by size and modification time).
+pub fn model_identity(spec: &str) -> Result<serde_json::Value> {
+    let files = resolve(spec)?;
+    let mut names: Vec<String> = vec![];
+    if let ModelFiles::HfDir(dir) = &files {
+        let read = ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
+        names.extend(read.map(String::from));
+        if dir.join("model.safetensors").exists() {
+            names.push("model.safetensors".into());
+        } else {
+            let index = dir.join("model.safetensors.index.json");
+            names.push("model.safetensors.index.json".into());
+            if index.is_file() {
+                names.extend(shard_names(&index, &condlm::input::read_to_string(&index, "shard index")?)?);
+            }
+        }
+    }
+    files_identity(files.path(), &names)
+}
+
+/// A setting's value for a partial output's fingerprint, as the flag takes it (`bf16`, `cuda`).
+pub fn flag_value(v: impl clap::ValueEnum) -> serde_json::Value {
+    v.to_possible_value().map_or(serde_json::Value::Null, |p| p.get_name().into())
 }
 
 /// Sizes rayon's global pool (which the GEMMs and kernels share).

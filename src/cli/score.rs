@@ -1,11 +1,13 @@
 //! `condlm score`: log P(y + EOS | x) for every row, then token-weighted NLL and perplexity.
 use super::device::DeviceArgs;
-use super::{AdapterArgs, BaseArgs, ComputeArgs, DataArgs, FieldArgs, use_compute};
+use super::{AdapterArgs, BaseArgs, ComputeArgs, DataArgs, FieldArgs, flag_value, model_identity, use_compute};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::dataset::Dataset;
+use condlm::data::example::Example;
 use condlm::data::source::EVAL_SPLITS;
 use condlm::formats::load::load_model_as;
+use condlm::output::fingerprint::{Fingerprint, row_hash};
 use condlm::output::rows::prepare;
 use condlm::progress;
 use condlm::score::{RowScore, Totals, load_rows, name_row, score_batches};
@@ -30,8 +32,9 @@ pub struct ScoreArgs {
     /// Replace an existing --out file (and discard its .partial) [default: off: an existing file is an error].
     #[arg(long, requires = "out")]
     overwrite: bool,
-    /// Continue an interrupted run: keep the rows of --out's .partial (checked against --data), score the rest
-    /// [default: off: an existing .partial is an error].
+    /// Continue an interrupted run: keep the rows of --out's .partial, score the rest. The partial must have been
+    /// written with this model, adapter and these flags (recorded in FILE.partial.json), and its rows must be
+    /// of --data's rows as they are now [default: off: an existing .partial is an error].
     #[arg(long, requires = "out")]
     resume_output: bool,
     /// Rows per forward pass (packed, no padding; at least 1).
@@ -60,10 +63,13 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     a.device.check_compute(a.compute.get())?;
     use_compute(a.compute.get(), true, true)?;
     let data = a.data.source(EVAL_SPLITS)?;
+    let mut fingerprint = if out.is_file() { settings(&a)? } else { Fingerprint::new("score") };
+    out.check_settings(&fingerprint)?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
     let ds = load_rows(&data, &m.tokenizer, &a.fields.options(m.model.config.max_positions))?;
-    let (mut writer, mut scores) = out.open(|i, row| done_row(&ds, i, row, a.per_token))?;
+    fingerprint.rows = ds.examples.iter().map(example_hash).collect();
+    let (mut writer, mut scores) = out.open(&fingerprint, &ds.sources, |i, row| done_row(&ds, i, row, a.per_token))?;
     let resumed = scores.len();
     let bar = progress::bar(ds.len() as u64, "{spinner} scoring {pos}/{len} rows [{bar:30}] {per_sec} ETA {eta}");
     bar.set_position(resumed as u64);
@@ -98,6 +104,29 @@ pub fn run(a: ScoreArgs) -> Result<()> {
         total_tokens as f64 / secs
     );
     Ok(())
+}
+
+/// What the scores depend on besides the rows: the model, the adapter and every flag that changes a score
+/// (--batch and --threads do not, within f32's rounding: see the README).
+fn settings(a: &ScoreArgs) -> Result<Fingerprint> {
+    let mut f = Fingerprint::new("score");
+    f.set("--model", model_identity(&a.model)?);
+    f.set("--adapter", a.adapter.identity()?);
+    f.set("--base-dtype", flag_value(a.base.base_dtype));
+    f.set("--compute", flag_value(a.compute.get()));
+    f.set("--device", a.device.kind());
+    f.set("--per-token", a.per_token);
+    let options = a.fields.options(0);
+    f.set("--prompt-field", options.prompt_field);
+    f.set("--completion-field", options.completion_field);
+    Ok(f)
+}
+
+/// What a row's score is computed from: its token ids and which of them are scored (an edit of the row that
+/// leaves them as they were leaves its score as it was).
+fn example_hash(e: &Example) -> String {
+    let targets: Vec<(usize, usize)> = e.targets.iter().map(|r| (r.start, r.end)).collect();
+    row_hash(serde_json::json!([e.ids, targets]).to_string().as_bytes())
 }
 
 /// Row `i` as a JSON line: its index, its source (`file:line`, or `file:line (element i)` in a JSON array),

@@ -1,5 +1,7 @@
 //! Output files are written whole or not at all: to a temporary sibling, then renamed. Row-by-row results
-//! (JSONL that grows while a job runs, kept when it is interrupted) are [`rows`].
+//! (JSONL that grows while a job runs, kept when it is interrupted) are [`rows`]; what such rows depend on, checked
+//! when a run continues them, is a [`fingerprint::Fingerprint`].
+pub mod fingerprint;
 pub mod rows;
 
 use anyhow::{Context, Result};

@@ -1,15 +1,22 @@
 //! JSONL results written row by row while a job runs, so an interrupted run keeps what it finished.
 //!
 //! To a file FILE: rows go to the sibling `FILE.partial`, flushed after every batch, which is renamed to FILE
-//! once every row is written — FILE is complete or absent. A run that stops early leaves the partial; a re-run
-//! with resume reads its complete lines back (a torn last line, cut mid-write, is dropped), lets the caller
-//! check each against its own input, and appends the rest. To stdout: rows are printed as they finish.
+//! once every row is written — FILE is complete or absent, and holds the rows only. Beside the partial,
+//! `FILE.partial.json` records what its rows depend on (a [`Fingerprint`]: command, settings, model and adapter,
+//! a hash of each input row); it is written before the first row and removed once FILE is in place. A run that
+//! stops early leaves both; a re-run with resume compares the fingerprint with its own (another setting, model or
+//! adapter is refused, naming what differs), reads the complete lines back (a torn last line, cut mid-write, is
+//! dropped), checks each against its input row's hash and lets the caller check it too, and appends the rest. A
+//! partial without a fingerprint (written by an older condlm) is refused: nothing says what its rows came from.
+//! To stdout: rows are printed as they finish.
 //!
 //! Everything that can refuse the destination (missing or read-only folder, an existing FILE, a partial the
-//! user did not ask to resume) is checked by [`prepare`], before the job loads anything.
+//! user did not ask to resume or one without a fingerprint) is checked by [`prepare`], before the job loads
+//! anything; [`Destination::check_settings`] compares the settings as soon as the caller knows them.
+use super::fingerprint::{FORMAT, Fingerprint};
 use anyhow::{Context, Result, anyhow, bail};
 use std::fs::{File, OpenOptions};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 /// Where rows go, checked but not yet opened.
@@ -23,6 +30,80 @@ pub fn partial_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".partial");
     PathBuf::from(name)
+}
+
+/// `FILE.partial.json`: what the rows of `FILE.partial` depend on (a [`Fingerprint`]).
+pub fn fingerprint_path(path: &Path) -> PathBuf {
+    fingerprint_path_of_partial(&partial_path(path))
+}
+
+/// Whether the partial at `partial` holds at least one complete line (a row to keep).
+fn has_rows(partial: &Path) -> Result<bool> {
+    let mut f = match File::open(partial) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", partial.display())),
+    };
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match f.read(&mut buf).with_context(|| format!("cannot read {}", partial.display()))? {
+            0 => return Ok(false),
+            n if buf[..n].contains(&b'\n') => return Ok(true),
+            _ => {}
+        }
+    }
+}
+
+/// What to do with a partial that cannot be resumed.
+fn start_over(partial: &Path) -> String {
+    let fingerprint = fingerprint_path_of_partial(partial);
+    let also = if fingerprint.exists() { format!(" and {}", fingerprint.display()) } else { String::new() };
+    format!("delete {}{also} (or pass --overwrite instead of --resume-output) to start over", partial.display())
+}
+
+fn fingerprint_path_of_partial(partial: &Path) -> PathBuf {
+    let mut name = partial.as_os_str().to_owned();
+    name.push(".json");
+    PathBuf::from(name)
+}
+
+/// The fingerprint recorded beside `partial`, which holds rows: a missing one (an older condlm's partial) or an
+/// unreadable one is an error saying what to do.
+fn recorded(partial: &Path) -> Result<Fingerprint> {
+    let path = fingerprint_path_of_partial(partial);
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!(
+            "{} has no {}: it was written by an older condlm, which did not record the settings, model and input \
+             its rows come from, so they cannot be checked against this run's; {}",
+            partial.display(),
+            path.display(),
+            start_over(partial)
+        ),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let fp: Fingerprint = serde_json::from_slice(&text).map_err(|e| {
+        anyhow!("{}: not a fingerprint of condlm's partial outputs ({e}); {}", path.display(), start_over(partial))
+    })?;
+    if fp.format != FORMAT {
+        bail!("{}: written by another version of condlm ({}); {}", path.display(), fp.format, start_over(partial));
+    }
+    Ok(fp)
+}
+
+/// Refuses `recorded` unless `now` has its command and settings: the error lists what differs.
+fn same_settings(partial: &Path, recorded: &Fingerprint, now: &Fingerprint) -> Result<()> {
+    let differences = recorded.differences(now);
+    if differences.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "{} was written with other settings than this run's, so its rows are not the ones this run would \
+         write:\n  {}\nRun with the settings it was written with to continue it, or {}",
+        partial.display(),
+        differences.join("\n  "),
+        start_over(partial)
+    )
 }
 
 /// Checks `out` (None = stdout) before any work: its folder exists and takes a new file; an existing FILE is
@@ -54,49 +135,103 @@ pub fn prepare(out: Option<&Path>, overwrite: bool, resume: bool) -> Result<Dest
     if path.exists() && !overwrite {
         bail!("{} already exists: pass --overwrite to replace it, or choose another --out", path.display());
     }
+    if resume && has_rows(&partial)? {
+        recorded(&partial)?;
+    }
     Ok(Destination::File { path: path.to_owned(), partial, resume })
 }
 
 impl Destination {
-    /// Opens the destination. When resuming, each complete line of the partial is parsed and passed to
-    /// `check(row index, row)`, whose results are returned (one per row already done); a line `check` refuses
-    /// is an error naming it — it belongs to other input, or another run's settings.
-    pub fn open<T>(self, mut check: impl FnMut(usize, &serde_json::Value) -> Result<T>) -> Result<(RowWriter, Vec<T>)> {
+    /// Whether rows go to a file (which records what they depend on), not stdout.
+    pub fn is_file(&self) -> bool {
+        matches!(self, Destination::File { .. })
+    }
+
+    /// Refuses to resume a partial written with another command or other settings than `now`'s (its rows are
+    /// not compared here): called as soon as the settings are known, before the model loads. Nothing to check
+    /// when not resuming.
+    pub fn check_settings(&self, now: &Fingerprint) -> Result<()> {
+        match self {
+            Destination::File { partial, resume: true, .. } if has_rows(partial)? => {
+                same_settings(partial, &recorded(partial)?, now)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Opens the destination; `now` is what this run's rows depend on (its `rows`, one hash per input row,
+    /// whose sources are `sources`). When resuming, the partial's fingerprint must have `now`'s settings, and
+    /// each complete line must be of an input row whose hash is the same now; it is parsed and passed to
+    /// `check(row index, row)`, whose results are returned (one per row already done); a line refused is an
+    /// error naming it — it belongs to other input, or another run's settings. `now` is recorded beside the
+    /// partial before any row is written.
+    pub fn open<T>(
+        self,
+        now: &Fingerprint,
+        sources: &[String],
+        mut check: impl FnMut(usize, &serde_json::Value) -> Result<T>,
+    ) -> Result<(RowWriter, Vec<T>)> {
         let (path, partial, resume) = match self {
             Destination::Stdout => {
                 return Ok((RowWriter { sink: BufWriter::new(Sink::Stdout(std::io::stdout())), target: None }, vec![]));
             }
             Destination::File { path, partial, resume } => (path, partial, resume),
         };
+        let fingerprint = fingerprint_path_of_partial(&partial);
+        let record = || {
+            let mut json = serde_json::to_vec(now).expect("a fingerprint is JSON");
+            json.push(b'\n');
+            super::write_atomic(&fingerprint, &json)
+        };
         let mut done = vec![];
-        let file = if resume && partial.exists() {
+        let file = if resume && has_rows(&partial)? {
+            let then = recorded(&partial)?;
+            same_settings(&partial, &then, now)?;
             let text = std::fs::read(&partial).with_context(|| format!("cannot read {}", partial.display()))?;
             let mut kept = 0;
             // Only lines that end in a newline were written whole; a tail without one was cut mid-write.
             for (i, line) in text.split_inclusive(|&b| b == b'\n').filter(|l| l.ends_with(b"\n")).enumerate() {
                 let refuse = |e: anyhow::Error| {
                     anyhow!(
-                        "{}:{}: {e:#}; this partial output does not belong to this input and these settings: delete \
-                         it (or pass --overwrite) to start over",
+                        "{}:{}: {e:#}; this partial output does not belong to this input and these settings: {}",
                         partial.display(),
-                        i + 1
+                        i + 1,
+                        start_over(&partial)
                     )
                 };
                 let row = serde_json::from_slice(line).map_err(|e| refuse(anyhow!("not a JSON row ({e})")))?;
                 done.push(check(i, &row).map_err(refuse)?);
+                match (then.rows.get(i), now.rows.get(i)) {
+                    (Some(a), Some(b)) if a == b => {}
+                    (Some(_), Some(_)) => {
+                        let source = sources.get(i).map_or(format!("row {}", i + 1), String::clone);
+                        return Err(refuse(anyhow!(
+                            "{source} of the input is not the row this line was computed from (it was edited since)"
+                        )));
+                    }
+                    (None, _) => return Err(refuse(anyhow!("more rows than the input it was written from had"))),
+                    (_, None) => {
+                        return Err(refuse(anyhow!("row {}, but the input has only {} rows", i + 1, now.rows.len())));
+                    }
+                }
                 kept += line.len();
             }
             let f = OpenOptions::new().append(true).open(&partial);
             let f = f.with_context(|| format!("cannot append to {}", partial.display()))?;
             f.set_len(kept as u64)
                 .with_context(|| format!("cannot drop the torn last line of {}", partial.display()))?;
+            // The input may have grown past the kept rows: the record covers the rows this run writes.
+            record()?;
             eprintln!("{}: {} rows already done, continuing after them", partial.display(), done.len());
             f
         } else {
             if resume {
                 eprintln!("no {} to resume: starting from the first row", partial.display());
             }
-            File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?
+            // Emptied first, then recorded: a partial never holds rows its record does not describe.
+            let f = File::create(&partial).with_context(|| format!("cannot write {}", partial.display()))?;
+            record()?;
+            f
         };
         let sink = BufWriter::new(Sink::File(file));
         Ok((RowWriter { sink, target: Some((partial, path)) }, done))
@@ -146,8 +281,8 @@ impl RowWriter {
         self.sink.flush().with_context(|| format!("cannot write {}", self.name()))
     }
 
-    /// Every row is written: flush, and rename the partial file into place (synced first, so FILE never
-    /// appears with rows missing).
+    /// Every row is written: flush, rename the partial file into place (synced first, so FILE never appears
+    /// with rows missing), then remove its fingerprint.
     pub fn finish(mut self) -> Result<()> {
         self.flush()?;
         let Some((partial, path)) = self.target.take() else { return Ok(()) };
@@ -155,16 +290,39 @@ impl RowWriter {
             f.sync_all().with_context(|| format!("cannot write {}", partial.display()))?;
         }
         std::fs::rename(&partial, &path)
-            .with_context(|| format!("cannot move {} to {}", partial.display(), path.display()))
+            .with_context(|| format!("cannot move {} to {}", partial.display(), path.display()))?;
+        // FILE is complete: a fingerprint left by a failure here describes no partial and is replaced by the
+        // next run's.
+        let fingerprint = fingerprint_path_of_partial(&partial);
+        match std::fs::remove_file(&fingerprint) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                eprintln!("warning: cannot remove {} ({e}); it is no longer needed", fingerprint.display())
+            }
+            _ => {}
+        }
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::fingerprint::row_hash;
 
     fn rows(n: usize) -> Vec<serde_json::Value> {
         (0..n).map(|i| serde_json::json!({"row": i})).collect()
+    }
+
+    /// The fingerprint of a run over `n` input rows whose texts are "text {i}", with `--seed seed`.
+    fn fingerprint(n: usize, seed: u64) -> Fingerprint {
+        let mut fp = Fingerprint::new("generate");
+        fp.set("--seed", seed);
+        fp.rows = (0..n).map(|i| row_hash(format!("text {i}").as_bytes())).collect();
+        fp
+    }
+
+    fn sources(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("in.jsonl:{}", i + 1)).collect()
     }
 
     fn check(i: usize, v: &serde_json::Value) -> Result<usize> {
@@ -174,12 +332,23 @@ mod tests {
         Ok(i)
     }
 
+    /// Writes rows 0..n of a run with `fp` and leaves them as an interrupted run would.
+    fn interrupted(out: &Path, fp: &Fingerprint, n: usize) {
+        let (mut w, _) = prepare(Some(out), true, false).unwrap().open(fp, &sources(4), check).unwrap();
+        for r in rows(n) {
+            w.push(&r).unwrap();
+        }
+        w.flush().unwrap();
+    }
+
     #[test]
     fn a_resumed_partial_drops_its_torn_line_and_ends_as_the_whole_file() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.jsonl");
-        let (mut w, done) = prepare(Some(&out), false, false).unwrap().open(check).unwrap();
+        let fp = fingerprint(4, 7);
+        let (mut w, done) = prepare(Some(&out), false, false).unwrap().open(&fp, &sources(4), check).unwrap();
         assert!(done.is_empty());
+        assert!(fingerprint_path(&out).exists(), "recorded before the first row");
         for r in rows(2) {
             w.push(&r).unwrap();
         }
@@ -192,26 +361,91 @@ mod tests {
         assert!(!out.exists());
         let e = prepare(Some(&out), false, false).err().unwrap().to_string();
         assert!(e.contains("out.jsonl.partial") && e.contains("--resume-output"), "{e}");
-        let (mut w, done) = prepare(Some(&out), false, true).unwrap().open(check).unwrap();
+        let dest = prepare(Some(&out), false, true).unwrap();
+        dest.check_settings(&fp).unwrap();
+        let (mut w, done) = dest.open(&fp, &sources(4), check).unwrap();
         assert_eq!(done, vec![0, 1]);
         for r in &rows(4)[2..] {
             w.push(r).unwrap();
         }
         w.finish().unwrap();
+        // FILE holds the rows only; the fingerprint is gone with the partial.
         let want: String = rows(4).iter().map(|r| format!("{r}\n")).collect();
         assert_eq!(std::fs::read_to_string(&out).unwrap(), want);
-        assert!(!partial.exists());
+        assert!(!partial.exists() && !fingerprint_path(&out).exists());
         let e = prepare(Some(&out), false, false).err().unwrap().to_string();
         assert!(e.contains("already exists") && e.contains("--overwrite"), "{e}");
         assert!(prepare(Some(&out), true, false).is_ok());
     }
 
     #[test]
+    fn a_partial_of_other_settings_is_refused_naming_what_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl");
+        interrupted(&out, &fingerprint(4, 7), 2);
+        let dest = prepare(Some(&out), false, true).unwrap();
+        let e = dest.check_settings(&fingerprint(4, 8)).err().unwrap().to_string();
+        assert!(
+            e.contains("other settings") && e.contains("--seed: 7 then, 8 now") && e.contains("--overwrite"),
+            "{e}"
+        );
+        let e = dest.open(&fingerprint(4, 8), &sources(4), check).err().unwrap().to_string();
+        assert!(e.contains("--seed: 7 then, 8 now"), "{e}");
+        // Refused, not discarded: the rows are still there to resume with the right settings.
+        let (_, done) = prepare(Some(&out), false, true).unwrap().open(&fingerprint(4, 7), &sources(4), check).unwrap();
+        assert_eq!(done, vec![0, 1]);
+    }
+
+    #[test]
+    fn an_edited_input_row_is_refused_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl");
+        let fp = fingerprint(4, 7);
+        interrupted(&out, &fp, 3);
+        let mut edited = fp.clone();
+        edited.rows[1] = row_hash(b"text 1, edited");
+        let e = prepare(Some(&out), false, true).unwrap().open(&edited, &sources(4), check).err().unwrap().to_string();
+        assert!(
+            e.contains("out.jsonl.partial:2") && e.contains("in.jsonl:2 of the input") && e.contains("edited"),
+            "{e}"
+        );
+        // Rows past the kept ones may change (or be added): they are written by this run.
+        let mut grown = fingerprint(6, 7);
+        grown.rows[4] = row_hash(b"new");
+        let (_, done) = prepare(Some(&out), false, true).unwrap().open(&grown, &sources(6), check).unwrap();
+        assert_eq!(done, vec![0, 1, 2]);
+        let recorded: Fingerprint = serde_json::from_slice(&std::fs::read(fingerprint_path(&out)).unwrap()).unwrap();
+        assert_eq!(recorded, grown, "the record describes the rows this run writes");
+        // Fewer input rows than kept lines.
+        let e = prepare(Some(&out), false, true).unwrap().open(&fingerprint(2, 7), &sources(2), check).err().unwrap();
+        assert!(e.to_string().contains("the input has only 2 rows"), "{e}");
+    }
+
+    #[test]
+    fn a_partial_without_a_fingerprint_is_refused_before_any_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl");
+        std::fs::write(partial_path(&out), "{\"row\": 0}\n").unwrap();
+        let e = prepare(Some(&out), false, true).err().unwrap().to_string();
+        assert!(e.contains("older condlm") && e.contains("out.jsonl.partial.json") && e.contains("--overwrite"), "{e}");
+        std::fs::write(fingerprint_path(&out), "{}").unwrap();
+        let e = prepare(Some(&out), false, true).err().unwrap().to_string();
+        assert!(e.contains("not a fingerprint"), "{e}");
+        // A partial without a complete line keeps nothing: it starts over, whatever its record.
+        std::fs::write(partial_path(&out), "{\"ro").unwrap();
+        let (_, done) = prepare(Some(&out), false, true).unwrap().open(&fingerprint(1, 0), &sources(1), check).unwrap();
+        assert!(done.is_empty());
+        assert_eq!(std::fs::read(partial_path(&out)).unwrap(), b"");
+    }
+
+    #[test]
     fn a_partial_of_other_input_is_refused_by_line() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out.jsonl");
+        let fp = fingerprint(4, 7);
+        interrupted(&out, &fp, 0);
         std::fs::write(partial_path(&out), "{\"row\": 0}\n{\"row\": 5}\n").unwrap();
-        let e = prepare(Some(&out), false, true).unwrap().open(check).err().unwrap().to_string();
-        assert!(e.contains("out.jsonl.partial:2") && e.contains("row 5") && e.contains("delete it"), "{e}");
+        let e = prepare(Some(&out), false, true).unwrap().open(&fp, &sources(4), check).err().unwrap().to_string();
+        assert!(e.contains("out.jsonl.partial:2") && e.contains("row 5") && e.contains("delete"), "{e}");
     }
 }
