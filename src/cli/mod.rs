@@ -37,10 +37,10 @@ use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::dataset::DataOptions;
 use condlm::data::source::{DataFormat, DataSource, resolve_data};
+use condlm::formats::fingerprint::model_files;
 use condlm::formats::load::LoadedModel;
 use condlm::formats::peft::{AdapterConfig, attach_adapter, base_mismatch, read_adapter_config};
 use condlm::formats::resolve::{ModelFiles, resolve};
-use condlm::formats::safetensors_files::shard_names;
 use condlm::formats::weights::BaseDtype;
 use condlm::kernels::bf16;
 use condlm::kernels::compute::{Compute, set_compute};
@@ -192,25 +192,17 @@ impl AdapterArgs {
     }
 }
 
-/// `--model`'s identity for a partial output's fingerprint: its resolved path and the files loading reads —
-/// config, tokenizer and weights of a folder, or the GGUF file ([`files_identity`]: contents hashed up to 64 MiB,
-/// larger weights known by size and modification time).
+/// `--model`'s identity for a partial output's fingerprint: its resolved path and the fingerprint of each file
+/// loading reads ([`model_files`], [`files_identity`]).
 pub fn model_identity(spec: &str) -> Result<serde_json::Value> {
     let files = resolve(spec)?;
-    let mut names: Vec<String> = vec![];
-    if let ModelFiles::HfDir(dir) = &files {
-        let read = ["config.json", "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"];
-        names.extend(read.map(String::from));
-        if dir.join("model.safetensors").exists() {
-            names.push("model.safetensors".into());
-        } else {
-            let index = dir.join("model.safetensors.index.json");
-            names.push("model.safetensors.index.json".into());
-            if index.is_file() {
-                names.extend(shard_names(&index, &condlm::input::read_to_string(&index, "shard index")?)?);
-            }
-        }
-    }
+    let names: Vec<String> = match &files {
+        ModelFiles::HfDir(_) => model_files(&files)?
+            .iter()
+            .map(|p| p.file_name().unwrap_or_default().to_string_lossy().into_owned())
+            .collect(),
+        ModelFiles::Gguf(_) => vec![],
+    };
     files_identity(files.path(), &names)
 }
 

@@ -2,6 +2,7 @@
 //! GGUF tensors under their HF names, building the network from them, and writing HF folders and PEFT
 //! adapters back.
 pub mod assemble;
+pub mod fingerprint;
 pub mod gguf;
 pub mod hf_export;
 pub mod load;

@@ -5,19 +5,16 @@
 //! files the results come from (the model, the adapter: [`files_identity`]) and a hash of each input row
 //! ([`row_hash`]). [`super::rows`] keeps it beside `FILE.partial` as `FILE.partial.json` and compares it with the
 //! resuming run's before any row is kept; [`Fingerprint::differences`] says what differs.
-use anyhow::{Context, Result};
+use crate::formats::fingerprint::file_fingerprint;
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::Path;
 
 /// The `format` of the fingerprints this version writes; another one is refused (written by another version).
 pub const FORMAT: &str = "condlm partial output 1";
-
-/// Files up to this size are identified by a hash of their contents; larger ones by size and modification time.
-pub const HASHED_UP_TO: u64 = 64 << 20;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Fingerprint {
@@ -93,53 +90,20 @@ pub fn row_hash(bytes: &[u8]) -> String {
 }
 
 /// The identity of a checkpoint or adapter at `path`: the path made absolute (links resolved) and what each of
-/// its files holds ([`file_identity`]): the files `names` of a folder, or the file `path` itself. A name that is
+/// its files holds ([`file_fingerprint`]): the files `names` of a folder, or the file `path` itself. A name that is
 /// not there is recorded as absent (the loader then says what is missing).
 pub fn files_identity(path: &Path, names: &[String]) -> Result<Value> {
     let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let mut files = serde_json::Map::new();
     if resolved.is_file() {
         let name = resolved.file_name().map_or("file".into(), |n| n.to_string_lossy().into_owned());
-        files.insert(name, file_identity(&resolved)?.into());
+        files.insert(name, file_fingerprint(&resolved)?.into());
     } else {
         for name in names {
-            files.insert(name.clone(), file_identity(&resolved.join(name))?.into());
+            files.insert(name.clone(), file_fingerprint(&resolved.join(name))?.into());
         }
     }
     Ok(serde_json::json!({ "path": resolved.display().to_string(), "files": files }))
-}
-
-/// One file's identity. A file of up to [`HASHED_UP_TO`] bytes (configs, tokenizers, most adapters): the SHA-256
-/// of its contents. A larger one (a checkpoint's weights): its size and modification time, since hashing gigabytes
-/// costs as much as loading them, and a checkpoint rewritten in place (retrained, re-quantized, downloaded
-/// again) gets a new modification time; tensor names and shapes would not tell two trainings of one
-/// architecture apart. A file that is not there: "absent".
-pub fn file_identity(path: &Path) -> Result<String> {
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok("absent".into()),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-    };
-    if !meta.is_file() {
-        return Ok("not a file".into());
-    }
-    if meta.len() <= HASHED_UP_TO {
-        let mut f = std::fs::File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let mut h = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = f.read(&mut buf).with_context(|| format!("cannot read {}", path.display()))?;
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
-        }
-        let d = h.finalize();
-        return Ok(format!("sha256 {}", d.iter().map(|b| format!("{b:02x}")).collect::<String>()));
-    }
-    let modified = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-    let modified = modified.map_or("unknown".into(), |d| format!("{}.{:09}", d.as_secs(), d.subsec_nanos()));
-    Ok(format!("{} bytes, modified {modified} s after 1970", meta.len()))
 }
 
 #[cfg(test)]
@@ -174,21 +138,11 @@ mod tests {
     }
 
     #[test]
-    fn small_files_are_known_by_contents_large_ones_by_size_and_time() {
+    fn a_folder_is_known_by_its_path_and_each_named_file() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("config.json");
-        std::fs::write(&p, "{}").unwrap();
-        let id = file_identity(&p).unwrap();
-        assert!(id.starts_with("sha256 "), "{id}");
-        std::fs::write(&p, "{ }").unwrap();
-        assert_ne!(file_identity(&p).unwrap(), id);
-        assert_eq!(file_identity(&dir.path().join("missing")).unwrap(), "absent");
-        let big = dir.path().join("model.safetensors");
-        let f = std::fs::File::create(&big).unwrap();
-        f.set_len(HASHED_UP_TO + 1).unwrap();
-        let id = file_identity(&big).unwrap();
-        assert!(id.starts_with(&format!("{} bytes, modified ", HASHED_UP_TO + 1)), "{id}");
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
         let v = files_identity(dir.path(), &["config.json".into(), "tokenizer.json".into()]).unwrap();
+        assert_eq!(v["files"]["config.json"], file_fingerprint(&dir.path().join("config.json")).unwrap());
         assert_eq!(v["files"]["tokenizer.json"], "absent");
         assert_eq!(v["path"], std::fs::canonicalize(dir.path()).unwrap().display().to_string());
     }
