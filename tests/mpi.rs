@@ -437,3 +437,35 @@ fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
     all.sort();
     all
 }
+
+/// A SIGTERM that reaches one rank only (here rank 1: a scheduler ending one machine's process) stops every rank
+/// after the same step with a checkpoint, and the run resumes to the bits of an uninterrupted one.
+#[test]
+fn a_signal_to_one_rank_stops_every_rank_with_a_checkpoint_and_the_run_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, straight) = (tmp.path().join("run"), tmp.path().join("straight"));
+    let args = train_args(&out, false, &["--max-steps", "300", "--save-every", "0"]);
+    let child = launch(2, &strs(&args)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_to_string(out.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the run did not start training");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pids = rank_pids(&child, 1);
+    assert_eq!(pids.len(), 1, "rank 1 among mpirun's children");
+    Command::new("kill").args(["-TERM", &pids[0].to_string()]).status().unwrap();
+    let o = ends_within(child, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("interrupted by SIGTERM") && err.contains("--resume"), "{err}");
+    let last = curves(&out).0.last().unwrap().0;
+    assert!(last < 300, "the run ended before the signal: {err}");
+    assert!(out.join(format!("checkpoints/step-{last:07}")).is_dir(), "no checkpoint of step {last}: {err}");
+    ok(2, &["train", "--resume", out.to_str().unwrap()]);
+    ok(2, &strs(&train_args(&straight, false, &["--max-steps", "300", "--save-every", "0"])));
+    assert_eq!(curves(&out), curves(&straight));
+    // The tensors' bits (the file's metadata is a HashMap, written in any order).
+    let bits = |d: &Path| -> Vec<(String, Vec<usize>, Vec<u32>)> {
+        weights(d, false).into_iter().map(|(n, (s, v))| (n, s, v.iter().map(|x| x.to_bits()).collect())).collect()
+    };
+    assert!(bits(&out) == bits(&straight), "the resumed run's adapter differs from the straight run's");
+}

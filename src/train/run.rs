@@ -686,12 +686,21 @@ impl StepLoop<'_> {
         self.eval_set.map(|e| evaluate_on(self.world, &mut *t.scorer(), e)).transpose()
     }
 
-    /// The signal rank 0 received, if any, on every rank: all ranks stop after the same step.
+    /// The signal any rank received, if any, on every rank (SIGTERM over SIGINT, as [`Interrupt::requested`]): all
+    /// ranks finish the same step with a checkpoint and stop, whichever of them a signal reached.
     fn signal(&self) -> Option<Signal> {
-        let codes = [None, Some(Signal::Int), Some(Signal::Term)];
-        let mut code = [codes.iter().position(|&c| c == self.interrupt.requested()).unwrap_or(0) as f32];
-        self.world.broadcast_f32(&mut code, 0);
-        codes[code[0] as usize]
+        let mut seen = [0.0; 2];
+        match self.interrupt.requested() {
+            Some(Signal::Int) => seen[0] = 1.0,
+            Some(Signal::Term) => seen[1] = 1.0,
+            None => {}
+        }
+        self.world.sum_f64(&mut seen);
+        match seen {
+            [_, t] if t > 0.0 => Some(Signal::Term),
+            [i, _] if i > 0.0 => Some(Signal::Int),
+            _ => None,
+        }
     }
 
     /// Takes the steps; the first checkpoint written discards the earlier run `aside` replaced.
