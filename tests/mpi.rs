@@ -469,3 +469,21 @@ fn a_signal_to_one_rank_stops_every_rank_with_a_checkpoint_and_the_run_resumes_e
     };
     assert!(bits(&out) == bits(&straight), "the resumed run's adapter differs from the straight run's");
 }
+
+/// A divergence every rank sees at the same step (the summed loss): rank 0 alone puts back the earlier run that
+/// --overwrite set aside and reports, once; the other rank waits for it rather than aborting the job.
+#[test]
+fn a_run_that_diverges_on_every_rank_puts_the_earlier_run_back_and_says_so_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    ok(1, &strs(&train_args(&out, false, &["--max-steps", "2"])));
+    let before = snapshot(&out);
+    let args =
+        with(train_args(&out, false, &["--overwrite", "--lr", "1e6", "--max-steps", "8"]), "--eval-fraction", "0");
+    let o = run(2, &strs(&args));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert_eq!(err.matches("collapsed").count(), 1, "{err}");
+    assert!(err.contains("is back") && !err.contains("MPI_ABORT") && !err.contains("error (rank"), "{err}");
+    assert!(snapshot(&out) == before, "the earlier run changed: {err}");
+}

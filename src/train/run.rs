@@ -19,7 +19,7 @@ use super::trainer::{StepStats, TrainConfig, TrainState, Trainer};
 use crate::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
 use crate::data::example::Example;
 use crate::data::source::DataSource;
-use crate::distributed::{Collectives, Single, shard};
+use crate::distributed::{Collectives, Everywhere, JobFailed, Single, shard};
 use crate::formats::hf_export::save_hf_folder;
 use crate::formats::load::{LoadedModel, open_model};
 use crate::formats::peft::save_adapter;
@@ -473,7 +473,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     };
     let progress = match steps.run(&mut trainer, best_eval, &mut aside) {
         Ok(p) => p,
-        Err(e) => return Err(after_failure(e, &out, aside)),
+        Err(e) => return Err(failed(world, e, &out, aside)),
     };
     let ending = progress.ending;
     trainer.sync_to_host()?;
@@ -505,6 +505,21 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         ending,
         worse: (ending == Ending::Finished).then(|| worse_than_start(&train_curve, &eval_curve)).flatten(),
     })
+}
+
+/// A run that failed mid-way, on this rank. Rank 0 alone owns the output folder, so it alone puts back an earlier
+/// run ([`after_failure`]) and reports. An error every rank meets at the same step ([`Everywhere`]: the divergence
+/// guard, a non-finite loss) ends the ranks together: the others wait at a barrier until rank 0 is done (no
+/// MPI_Abort can end rank 0 while it restores the earlier run), then every rank returns [`JobFailed`], which only
+/// rank 0 prints. Any other error is this rank's alone: it ends the job through MPI_Abort (`cli::train`).
+fn failed(world: &dyn Collectives, e: anyhow::Error, out: &Path, aside: Option<SetAside>) -> anyhow::Error {
+    let everywhere = Everywhere::is(&e) && world.size() > 1;
+    let e = if world.is_root() { after_failure(e, out, aside) } else { e };
+    if !everywhere {
+        return e;
+    }
+    world.barrier();
+    JobFailed(format!("error: {e:#}")).into()
 }
 
 /// A run that failed mid-way: puts back an earlier run it replaced (when it has no checkpoint of its own yet)
@@ -766,8 +781,10 @@ impl StepLoop<'_> {
                 }))?;
             }
             if let Some(g) = &mut guard {
-                g.check(done, &st)
-                    .map_err(|msg| anyhow::anyhow!("{msg}; turn this check off with --no-divergence-guard"))?;
+                // From the summed loss and gradient norm: every rank stops at the same step.
+                g.check(done, &st).map_err(|msg| {
+                    Everywhere::error(anyhow::anyhow!("{msg}; turn this check off with --no-divergence-guard"))
+                })?;
             }
             let (epoch_now, loss, lr) = (plan.epoch_of(done), st.loss, st.lr);
             bar.set_message(format!("epoch {epoch_now:.2} loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
