@@ -2,9 +2,12 @@
 //! the single-process run up to summation order (per-step losses and final weights within 1e-6 relative, LoRA
 //! and full fine-tuning), with the gradient sums overlapped with the backward pass or not (the same bits), resume
 //! across rank counts, and a rank that dies or fails ends the whole job at once; the same on the device path.
+//! Ranks given different jobs (settings, data, model) or a rank that cannot load refuse to start, every rank with
+//! an error naming the rank and what differs, and rank 0 touches nothing; a signal to any one rank stops them all
+//! with a checkpoint.
 #![cfg(feature = "mpi")]
 mod common;
-use common::{fixture, load_f32_tensors, rel_err};
+use common::{copy_dir, fixture, load_f32_tensors, rel_err};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +27,16 @@ fn launch(ranks: usize, args: &[&str]) -> Command {
     };
     cmd.args(["--threads", "1"]).args(args);
     cmd
+}
+
+/// `mpirun` of 2 ranks given different arguments (MPMD): rank 0 `condlm --threads 1 A`, rank 1 `… B`.
+fn launch_two(a: &[&str], b: &[&str]) -> Command {
+    let bin = env!("CARGO_BIN_EXE_condlm");
+    let mut c = Command::new("mpirun");
+    c.args(["--oversubscribe", "--allow-run-as-root", "-np", "1", bin, "--threads", "1"]).args(a);
+    c.args([":", "-np", "1", bin, "--threads", "1"]).args(b);
+    c.env("OMPI_MCA_btl_vader_single_copy_mechanism", "none");
+    c
 }
 
 fn run(ranks: usize, args: &[&str]) -> Output {
@@ -261,7 +274,7 @@ fn a_killed_rank_ends_the_job_within_seconds() {
 #[test]
 fn an_error_on_one_rank_ends_every_rank_with_its_message() {
     // Only rank 0 checks the output folder: an earlier run there fails rank 0 alone, while rank 1 goes on to
-    // wait for it in the first collective.
+    // the first collective, which tells it that rank 0 failed.
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
     ok(1, &strs(&train_args(&out, false, &["--max-steps", "1"])));
@@ -310,4 +323,167 @@ fn interrupting_mpirun_stops_every_rank_after_the_same_step_with_a_checkpoint() 
     let (train, _) = curves(&out);
     let last = train.last().unwrap().0;
     assert!(out.join(format!("checkpoints/step-{last:07}")).is_dir(), "no checkpoint of step {last}: {err}");
+}
+
+/// Ranks `a` and `b` as one job, which must end (not hang) within a minute; its exit status and stderr.
+fn two(a: &[String], b: &[String]) -> (bool, String) {
+    let child = launch_two(&strs(a), &strs(b)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let o = ends_within(child, Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!err.contains("panicked"), "panic: {err}");
+    (o.status.success(), err)
+}
+
+/// Arguments of `train_args` with `--flag value` replaced.
+fn with(mut args: Vec<String>, flag: &str, value: &str) -> Vec<String> {
+    let at = args.iter().position(|a| a == flag).unwrap_or_else(|| panic!("{flag} in {args:?}"));
+    args[at + 1] = value.into();
+    args
+}
+
+#[test]
+fn ranks_given_different_jobs_refuse_to_start_naming_the_rank_and_what_differs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let base = train_args(&out, false, &[]);
+    let refused = |b: Vec<String>, expect: &[&str]| {
+        let (ok, err) = two(&base, &b);
+        assert!(!ok, "{err}");
+        for e in expect {
+            assert!(err.contains(e), "expected {e:?} in: {err}");
+        }
+        assert!(err.contains("no rank started training; nothing was written"), "{err}");
+        // Reported once, by rank 0; no rank aborted the job.
+        assert_eq!(err.matches("not given the same job").count(), 1, "{err}");
+        assert!(!err.contains("MPI_ABORT"), "{err}");
+        assert!(!out.exists(), "rank 0 made the output folder: {err}");
+    };
+    // Settings that change the numbers, and ones that change which collectives the ranks call (they hung).
+    refused(with(base.clone(), "--lr", "5e-2"), &["rank 1 has other settings than rank 0: lr 0.05 vs 0.001"]);
+    refused(with(base.clone(), "--max-steps", "12"), &["rank 1 has other settings than rank 0: max_steps 12 vs 10"]);
+    refused(with(base.clone(), "--eval-every", "3"), &["eval_every 3 vs 5"]);
+    let mut zero1 = base.clone();
+    zero1.push("--zero1".into());
+    refused(zero1, &["zero1 true vs false"]);
+    // The same path on both ranks may hold other data (another machine); here another file with one row less.
+    let rows = std::fs::read_to_string(fixture("train_rows.jsonl")).unwrap();
+    let fewer = tmp.path().join("fewer.jsonl");
+    std::fs::write(&fewer, rows.lines().skip(1).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    refused(
+        with(base.clone(), "--data", fewer.to_str().unwrap()),
+        &["rank 1's training data differs from rank 0's (SHA-256 "],
+    );
+    // Another architecture (it ended in MPI_ERR_TRUNCATE), and the same one with another value in its weights.
+    refused(
+        with(base.clone(), "--model", fixture("tiny-qwen2").to_str().unwrap()),
+        &["rank 1's model has another configuration than rank 0's"],
+    );
+    let other = tmp.path().join("other-weights");
+    copy_dir(&fixture("tiny-llama"), &other);
+    let mut bytes = std::fs::read(other.join("model.safetensors")).unwrap();
+    let n = bytes.len();
+    bytes[n - 4] ^= 1; // the last mantissa bit of a weight: still finite
+    std::fs::write(other.join("model.safetensors"), bytes).unwrap();
+    refused(with(base.clone(), "--model", other.to_str().unwrap()), &["rank 1's model weights differ from rank 0's"]);
+    // Paths may differ: the same model and data elsewhere train as one job.
+    let (model, data) = (tmp.path().join("same-model"), tmp.path().join("same.jsonl"));
+    copy_dir(&fixture("tiny-llama"), &model);
+    std::fs::write(&data, &rows).unwrap();
+    let b = with(
+        with(with(base.clone(), "--model", model.to_str().unwrap()), "--data", data.to_str().unwrap()),
+        "--max-steps",
+        "2",
+    );
+    let (ok, err) = two(&with(base.clone(), "--max-steps", "2"), &b);
+    assert!(ok && err.contains("trained 2 steps"), "{err}");
+}
+
+/// A rank that cannot load (here its data is missing) stops every rank before rank 0 touches the output folder:
+/// the earlier run an --overwrite would replace stays as it was, and nothing is left behind.
+#[test]
+fn a_rank_that_cannot_load_leaves_the_output_folder_untouched() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    ok(1, &strs(&train_args(&out, false, &["--max-steps", "2"])));
+    let before = snapshot(&out);
+    let good = train_args(&out, false, &["--overwrite"]);
+    let missing = tmp.path().join("missing.jsonl");
+    let bad = with(good.clone(), "--data", missing.to_str().unwrap());
+    for (a, b, failing) in [(&good, &bad, 1), (&bad, &good, 0)] {
+        let (ok, err) = two(a, b);
+        assert!(!ok, "{err}");
+        assert!(err.contains(&format!("error (rank {failing} of 2)")) && err.contains("missing.jsonl"), "{err}");
+        assert!(err.contains("nothing was written") && !err.contains("MPI_ABORT"), "{err}");
+        assert!(snapshot(&out) == before, "the earlier run changed: {err}");
+    }
+    // Once every rank loads, --overwrite replaces it and leaves nothing of it behind.
+    ok(2, &strs(&train_args(&out, false, &["--overwrite"])));
+    assert!(std::fs::read_dir(&out).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with(".condlm")));
+    assert_eq!(curves(&out).0.len(), 10);
+}
+
+/// Every file and folder under `dir` (hidden ones included) with a file's bytes, in path order.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut all = vec![];
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            all.extend(snapshot(&p));
+            all.push((p, vec![]));
+        } else {
+            all.push((p.clone(), std::fs::read(&p).unwrap()));
+        }
+    }
+    all.sort();
+    all
+}
+
+/// A SIGTERM that reaches one rank only (here rank 1: a scheduler ending one machine's process) stops every rank
+/// after the same step with a checkpoint, and the run resumes to the bits of an uninterrupted one.
+#[test]
+fn a_signal_to_one_rank_stops_every_rank_with_a_checkpoint_and_the_run_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (out, straight) = (tmp.path().join("run"), tmp.path().join("straight"));
+    let args = train_args(&out, false, &["--max-steps", "300", "--save-every", "0"]);
+    let child = launch(2, &strs(&args)).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    while std::fs::read_to_string(out.join("metrics.jsonl")).map_or(0, |t| t.lines().count()) < 5 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "the run did not start training");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pids = rank_pids(&child, 1);
+    assert_eq!(pids.len(), 1, "rank 1 among mpirun's children");
+    Command::new("kill").args(["-TERM", &pids[0].to_string()]).status().unwrap();
+    let o = ends_within(child, Duration::from_secs(30));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("interrupted by SIGTERM") && err.contains("--resume"), "{err}");
+    let last = curves(&out).0.last().unwrap().0;
+    assert!(last < 300, "the run ended before the signal: {err}");
+    assert!(out.join(format!("checkpoints/step-{last:07}")).is_dir(), "no checkpoint of step {last}: {err}");
+    ok(2, &["train", "--resume", out.to_str().unwrap()]);
+    ok(2, &strs(&train_args(&straight, false, &["--max-steps", "300", "--save-every", "0"])));
+    assert_eq!(curves(&out), curves(&straight));
+    // The tensors' bits (the file's metadata is a HashMap, written in any order).
+    let bits = |d: &Path| -> Vec<(String, Vec<usize>, Vec<u32>)> {
+        weights(d, false).into_iter().map(|(n, (s, v))| (n, s, v.iter().map(|x| x.to_bits()).collect())).collect()
+    };
+    assert!(bits(&out) == bits(&straight), "the resumed run's adapter differs from the straight run's");
+}
+
+/// A divergence every rank sees at the same step (the summed loss): rank 0 alone puts back the earlier run that
+/// --overwrite set aside and reports, once; the other rank waits for it rather than aborting the job.
+#[test]
+fn a_run_that_diverges_on_every_rank_puts_the_earlier_run_back_and_says_so_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    ok(1, &strs(&train_args(&out, false, &["--max-steps", "2"])));
+    let before = snapshot(&out);
+    let args =
+        with(train_args(&out, false, &["--overwrite", "--lr", "1e6", "--max-steps", "8"]), "--eval-fraction", "0");
+    let o = run(2, &strs(&args));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{err}");
+    assert_eq!(err.matches("collapsed").count(), 1, "{err}");
+    assert!(err.contains("is back") && !err.contains("MPI_ABORT") && !err.contains("error (rank"), "{err}");
+    assert!(snapshot(&out) == before, "the earlier run changed: {err}");
 }

@@ -44,12 +44,17 @@ fn interrupt(out: &Path, full: &str, cut: usize) {
 /// keeps may differ). Returns stderr.
 fn killed(args: &[&str], out: &Path) -> String {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
-    let data = Path::new(args[args.iter().position(|&a| a == "--data").unwrap() + 1]);
-    let text = std::fs::read_to_string(data).unwrap();
+    // The data with rows added after it, in a copy beside the output (the input, maybe a shared fixture, is
+    // left alone: other tests read it meanwhile).
+    let at = args.iter().position(|&a| a == "--data").unwrap() + 1;
+    let text = std::fs::read_to_string(args[at]).unwrap();
     let more = "{\"prompt\": \"name: The Wrestlers\", \"completion\": \"The Wrestlers.\"}\n".repeat(100);
-    std::fs::write(data, format!("{text}{more}")).unwrap();
+    let longer = out.with_extension("longer-data.jsonl");
+    std::fs::write(&longer, format!("{text}{more}")).unwrap();
+    let mut args = args.to_vec();
+    args[at] = s(&longer);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_condlm"));
-    cmd.args(args).args(["--out", s(out), "--overwrite", "--threads", "1"]);
+    cmd.args(&args).args(["--out", s(out), "--overwrite", "--threads", "1"]);
     let limit: libc::rlim_t = 8192;
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
@@ -64,7 +69,7 @@ fn killed(args: &[&str], out: &Path) -> String {
     }
     let _ = std::fs::remove_file(out);
     let o = cmd.output().unwrap();
-    std::fs::write(data, text).unwrap();
+    std::fs::remove_file(&longer).unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr).to_string();
     assert_eq!(o.status.signal(), Some(libc::SIGXFSZ), "not killed at {limit} bytes: {stderr}");
     assert!(!out.exists() && partial(out).exists(), "{stderr}");

@@ -4,7 +4,7 @@ use super::{ComputeArgs, use_compute};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::source::DataFormat;
-use condlm::distributed::Collectives;
+use condlm::distributed::{Collectives, JobFailed};
 use condlm::formats::weights::BaseDtype;
 use condlm::train::checkpoint;
 use condlm::train::grad_sums::GradSumOptions;
@@ -274,11 +274,18 @@ impl TrainArgs {
 }
 
 /// Runs `train` as this process's rank (under `mpirun`/`srun` with the `mpi` feature; else the one process). An
-/// error on any rank ends every rank of the job (MPI_Abort) with the message, rather than leaving the others
-/// waiting in a collective.
+/// error every rank returns together ([`JobFailed`]: a rank that could not load, ranks given different jobs, a run
+/// that diverged) is reported by rank 0, and every rank exits with code 1. Any other error on a rank ends every rank
+/// of the job (MPI_Abort) with the message, rather than leaving the others waiting in a collective.
 pub fn run(a: TrainArgs) -> Result<()> {
     let world = condlm::distributed::init()?;
     let code = match run_on(&*world, a) {
+        Err(e) if world.size() > 1 && e.downcast_ref::<JobFailed>().is_some() => {
+            if world.is_root() {
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{e}\n").as_bytes());
+            }
+            1
+        }
         Err(e) if world.size() > 1 => {
             // One write: Open MPI's abort banner goes to the same stream and must not land inside the message.
             let msg =

@@ -1,6 +1,6 @@
 //! The processes of a data-parallel run and the collectives between them: rank, world size, in-place
 //! allreduce-sum of gradient buffers and scalars (blocking, or started and waited for later so that it overlaps
-//! the backward pass), broadcast, barrier, abort. `Single` is the one-process run (every collective a no-op);
+//! the backward pass), broadcast, every rank's bytes gathered on every rank, barrier, abort. `Single` is the one-process run (every collective a no-op);
 //! `mpi::Mpi` (cargo feature `mpi`) runs under `mpirun`/`srun`. A GPU backend (NCCL) is one more implementation of
 //! [`Collectives`]; the training loop only sees the trait.
 #[cfg(feature = "mpi")]
@@ -42,7 +42,69 @@ pub trait Collectives {
             Sum::InFlight(_) => unreachable!("a backend that starts sums in flight waits for them itself"),
         }
     }
+
+    /// Every rank's `mine`, in rank order, on every rank; the ranks' bytes may differ in length. By default
+    /// through two [`Self::sum_f64`] (lengths, then each rank's bytes in its own slots of a zeroed buffer): enough
+    /// for the few kilobytes it is for (each rank's account of its job before a run starts).
+    fn gather_bytes(&self, mine: &[u8]) -> Vec<Vec<u8>> {
+        let (rank, size) = (self.rank(), self.size());
+        let mut lens = vec![0.0; size];
+        lens[rank] = mine.len() as f64;
+        self.sum_f64(&mut lens);
+        let lens: Vec<usize> = lens.iter().map(|&l| l as usize).collect();
+        let start: usize = lens[..rank].iter().sum();
+        let mut all = vec![0.0; lens.iter().sum()];
+        all[start..start + mine.len()].iter_mut().zip(mine).for_each(|(a, &b)| *a = f64::from(b));
+        self.sum_f64(&mut all);
+        let mut at = 0;
+        lens.iter()
+            .map(|&l| {
+                at += l;
+                all[at - l..at].iter().map(|&b| b as u8).collect()
+            })
+            .collect()
+    }
 }
+
+/// An error every rank meets at the same point of a run, because it follows from values all ranks share (the
+/// summed loss, the rows every rank holds): no rank is then left waiting for another in a collective, so the
+/// ranks can end together rather than through [`Collectives::abort`]. Its text is the inner error's.
+#[derive(Debug)]
+pub struct Everywhere(pub anyhow::Error);
+
+impl std::fmt::Display for Everywhere {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for Everywhere {}
+
+impl Everywhere {
+    /// `e` as an error every rank meets alike.
+    pub fn error(e: anyhow::Error) -> anyhow::Error {
+        anyhow::Error::new(Everywhere(e))
+    }
+
+    /// Whether `e` is one.
+    pub fn is(e: &anyhow::Error) -> bool {
+        e.downcast_ref::<Everywhere>().is_some()
+    }
+}
+
+/// The job failed, and every rank knows it from a collective they all took part in (rank 0 has done what it had
+/// to with the output folder): every rank returns this error, rank 0 prints its report — the whole text, the
+/// failing ranks named — and the other ranks exit quietly, with no MPI_Abort.
+#[derive(Debug)]
+pub struct JobFailed(pub String);
+
+impl std::fmt::Display for JobFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for JobFailed {}
 
 /// A sum started by [`Collectives::start_sum_f32`]; give it to `test_sum`/`wait_sum` of the same backend.
 #[must_use = "a started sum must be waited for"]
@@ -148,7 +210,13 @@ fn init_launched(launched: Option<usize>) -> Result<Box<dyn Collectives>> {
 
 #[cfg(test)]
 mod tests {
-    use super::shard;
+    use super::{Collectives, Single, shard};
+
+    #[test]
+    fn one_rank_gathers_its_own_bytes() {
+        assert_eq!(Single.gather_bytes(b"job"), vec![b"job".to_vec()]);
+        assert_eq!(Single.gather_bytes(b""), vec![Vec::<u8>::new()]);
+    }
 
     #[cfg(not(feature = "mpi"))]
     #[test]

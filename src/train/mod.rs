@@ -1,5 +1,6 @@
 //! Training: the conditional objective, AdamW with schedules and clipping, the step, and the run
 //! (data order, evaluation, metrics, checkpoints, outputs).
+pub mod agree;
 pub mod checkpoint;
 pub mod grad_sums;
 pub mod guard;

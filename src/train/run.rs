@@ -4,6 +4,7 @@
 //! Data-parallel under MPI ([`train_on`] with several ranks): every rank loads the model and the data and
 //! visits the same steps; each computes its shard of every micro-batch ([`Trainer::step_on`]) and of each
 //! evaluation. Rank 0 alone touches the output folder (metrics, checkpoints, plot, result) and draws the progress.
+use super::agree::{Job, agree};
 use super::checkpoint::{self, RunRecord};
 use super::grad_sums::GradSumOptions;
 use super::guard::{Guard, worse_than_start};
@@ -19,11 +20,12 @@ use super::trainer::{StepStats, TrainConfig, TrainState, Trainer};
 use crate::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
 use crate::data::example::Example;
 use crate::data::source::DataSource;
-use crate::distributed::{Collectives, Single, shard};
+use crate::distributed::{Collectives, Everywhere, JobFailed, Single, shard};
 use crate::formats::fingerprint::model_fingerprint;
 use crate::formats::hf_export::save_hf_folder;
 use crate::formats::load::{LoadedModel, open_model};
 use crate::formats::peft::save_adapter;
+use crate::formats::resolve::ModelFiles;
 use crate::formats::trained_on::TrainedOn;
 use crate::formats::weights::BaseDtype;
 use crate::network::adapters::{attach, set_full_finetune};
@@ -283,10 +285,35 @@ pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
     train_on(&Single, s, opts)
 }
 
-/// [`train`] as one rank of `world` (every rank calls it with the same settings and options). A resumed run
-/// reads its checkpoint on every rank, so on several machines the output folder must be shared (as the data
-/// is); any number of ranks can resume any checkpoint.
-pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
+/// What a rank loads before its run starts: the settings it runs with and, but for a dry run, the model, the data
+/// and the trainer; with several ranks, the job the ranks compare ([`agree`]).
+struct Loaded {
+    s: TrainSettings,
+    out: PathBuf,
+    /// None for a dry run (the weights are not loaded).
+    run: Option<LoadedRun>,
+    job: Option<Job>,
+}
+
+struct LoadedRun {
+    files: ModelFiles,
+    tokenizer: TextTokenizer,
+    train_set: Dataset,
+    eval_set: Option<Dataset>,
+    trainer: Trainer,
+    lcfg: LoraConfig,
+    plan: Plan,
+    vocab: usize,
+    best_eval: Option<(f64, u64)>,
+    data_changed: bool,
+    data_sha256: String,
+    model_fingerprint: String,
+}
+
+/// Loads and checks everything a rank needs before its run starts, without a collective (so that a rank that fails
+/// here cannot leave the others waiting: [`agree`] follows). Rank 0 only reads the output folder, to refuse one
+/// the run may not write; nothing is written yet.
+fn load(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) -> Result<Loaded> {
     let root = world.is_root();
     let (s, resumed) = settings_and_state(s, opts)?;
     let sources = s.data_sources()?;
@@ -323,13 +350,40 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
             if world.size() > 1 { format!(" (per rank; {} ranks)", world.size()) } else { String::new() }
         );
     }
+    let data_sha256 = data_fingerprint(&sources)?;
+    let plan = Plan::new(&s, train_set.examples.len());
+    let job = match world.size() > 1 {
+        false => None,
+        true => {
+            // Run options that change the numbers or which collectives the ranks call, and where a resumed run is.
+            let meta = resumed.as_ref().map(|r| &r.0);
+            let finished = meta.is_some_and(|m| m.step >= plan.total_steps as u64)
+                && out.join(if s.full { "model" } else { "adapter" }).exists();
+            let options = [
+                ("dry_run", opts.dry_run.into()),
+                ("stop_after_steps", serde_json::json!(opts.stop_after)),
+                ("divergence_guard", opts.divergence_guard.into()),
+                ("zero1", opts.zero1.into()),
+                ("overlap_grad_sum", opts.grad_sums.overlap.into()),
+                ("grad_bucket_values", opts.grad_sums.bucket_values.into()),
+                ("resumed_at_step", serde_json::json!(meta.map(|m| m.step))),
+                ("best_eval", serde_json::json!(meta.map(|m| m.best_eval))),
+                ("already_finished", finished.into()),
+            ];
+            let data = (data_sha256.train.clone(), data_sha256.eval.clone());
+            let state = resumed.as_ref().map(|r| &r.1);
+            Some(Job::new(&s, &options, data, (&train_set, eval_set.as_ref()), &opened.config, &opened.weights, state)?)
+        }
+    };
     if opts.dry_run {
-        let by_type: Vec<String> = kept.iter().map(|(ty, b)| format!("{ty} {:.2}", gib(*b))).collect();
-        eprintln!("weights as kept (GiB): {}", by_type.join(", "));
-        return Ok(RunSummary::nothing(Ending::DryRun, out));
+        if root {
+            let by_type: Vec<String> = kept.iter().map(|(ty, b)| format!("{ty} {:.2}", gib(*b))).collect();
+            eprintln!("weights as kept (GiB): {}", by_type.join(", "));
+        }
+        return Ok(Loaded { s, out, run: None, job });
     }
     let LoadedModel { files, mut model, tokenizer } = opened.load(s.base_dtype)?;
-    let data_sha256 = data_fingerprint(&sources)?;
+    let data_sha256 = data_sha256.all;
     let model_fingerprint = model_fingerprint(&files)?;
     let lcfg = lora_config(&s);
     if s.full {
@@ -337,7 +391,6 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     } else {
         attach(&mut model, &lcfg, s.seed)?;
     }
-    let plan = Plan::new(&s, train_set.examples.len());
     let vocab = model.config.vocab_size;
     let mut trainer = Trainer::new(model, train_config(&s, plan.total_steps))?;
     if opts.zero1 && world.size() > 1 {
@@ -351,6 +404,48 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         trainer.import_state(state)?;
         best_eval = meta.best_eval;
     }
+    let run = LoadedRun {
+        files,
+        tokenizer,
+        train_set,
+        eval_set,
+        trainer,
+        lcfg,
+        plan,
+        vocab,
+        best_eval,
+        data_changed,
+        data_sha256,
+        model_fingerprint,
+    };
+    Ok(Loaded { s, out, run: Some(run), job })
+}
+
+/// [`train`] as one rank of `world` (every rank calls it with the same settings and options). A resumed run
+/// reads its checkpoint on every rank, so on several machines the output folder must be shared (as the data
+/// is); any number of ranks can resume any checkpoint.
+pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
+    let root = world.is_root();
+    // The run's first collective: every rank loaded and was given the same job, or every rank stops here.
+    let loaded = agree(world, load(world, s, opts), |l| l.job.as_ref().expect("several ranks make a job"))?;
+    let Loaded { s, out, run, .. } = loaded;
+    let Some(LoadedRun {
+        files,
+        tokenizer,
+        train_set,
+        eval_set,
+        mut trainer,
+        lcfg,
+        plan,
+        vocab,
+        best_eval,
+        data_changed,
+        data_sha256,
+        model_fingerprint,
+    }) = run
+    else {
+        return Ok(RunSummary::nothing(Ending::DryRun, out));
+    };
     let dev = on_device::open(opts.device, &trainer.model, world).with_context(|| match opts.resume.is_some() {
         true => format!("the run trains on {} (a resumed run keeps its --device unless given another)", opts.device),
         false => format!("--device {}", opts.device),
@@ -386,7 +481,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     };
     let progress = match steps.run(&mut trainer, best_eval, &mut aside) {
         Ok(p) => p,
-        Err(e) => return Err(after_failure(e, &out, aside)),
+        Err(e) => return Err(failed(world, e, &out, aside)),
     };
     let ending = progress.ending;
     trainer.sync_to_host()?;
@@ -420,6 +515,21 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     })
 }
 
+/// A run that failed mid-way, on this rank. Rank 0 alone owns the output folder, so it alone puts back an earlier
+/// run ([`after_failure`]) and reports. An error every rank meets at the same step ([`Everywhere`]: the divergence
+/// guard, a non-finite loss) ends the ranks together: the others wait at a barrier until rank 0 is done (no
+/// MPI_Abort can end rank 0 while it restores the earlier run), then every rank returns [`JobFailed`], which only
+/// rank 0 prints. Any other error is this rank's alone: it ends the job through MPI_Abort (`cli::train`).
+fn failed(world: &dyn Collectives, e: anyhow::Error, out: &Path, aside: Option<SetAside>) -> anyhow::Error {
+    let everywhere = Everywhere::is(&e) && world.size() > 1;
+    let e = if world.is_root() { after_failure(e, out, aside) } else { e };
+    if !everywhere {
+        return e;
+    }
+    world.barrier();
+    JobFailed(format!("error: {e:#}")).into()
+}
+
 /// A run that failed mid-way: puts back an earlier run it replaced (when it has no checkpoint of its own yet)
 /// and says what is kept.
 fn after_failure(e: anyhow::Error, out: &Path, aside: Option<SetAside>) -> anyhow::Error {
@@ -443,16 +553,44 @@ fn after_failure(e: anyhow::Error, out: &Path, aside: Option<SetAside>) -> anyho
     anyhow::anyhow!("{e:#}\n{kept}")
 }
 
-/// SHA-256 over the training data files (in order; one file gives its own SHA-256) and then the eval data
-/// files, if any.
-fn data_fingerprint((data, eval_data): &(DataSource, Option<DataSource>)) -> Result<String> {
+/// SHA-256s of a run's data files.
+struct DataSha {
+    /// Over the training data files (in order; one file gives its own SHA-256) and then the eval data files, if
+    /// any: what a checkpoint records.
+    all: String,
+    /// Over the training data files alone, and the eval data files alone.
+    train: String,
+    eval: Option<String>,
+}
+
+/// The [`DataSha`] of the data files, each read once.
+fn data_fingerprint((data, eval_data): &(DataSource, Option<DataSource>)) -> Result<DataSha> {
     use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for path in data.files.iter().chain(eval_data.iter().flat_map(|e| &e.files)) {
-        let mut f = crate::input::open_regular(path, "data file")?;
-        std::io::copy(&mut f, &mut h).with_context(|| format!("cannot read {}", path.display()))?;
+    /// Feeds two hashers at once.
+    struct Both<'a>(&'a mut Sha256, &'a mut Sha256);
+    impl Write for Both<'_> {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.update(b);
+            self.1.update(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    Ok(format!("{:x}", h.finalize()))
+    let mut all = Sha256::new();
+    let mut one = |files: &[PathBuf]| -> Result<String> {
+        let mut own = Sha256::new();
+        for path in files {
+            let mut f = crate::input::open_regular(path, "data file")?;
+            std::io::copy(&mut f, &mut Both(&mut all, &mut own))
+                .with_context(|| format!("cannot read {}", path.display()))?;
+        }
+        Ok(format!("{:x}", own.finalize()))
+    };
+    let train = one(&data.files)?;
+    let eval = eval_data.as_ref().map(|e| one(&e.files)).transpose()?;
+    Ok(DataSha { all: format!("{:x}", all.finalize()), train, eval })
 }
 
 /// A resumed run must see the data it started with: its order and batches depend on it. True when it changed
@@ -574,12 +712,21 @@ impl StepLoop<'_> {
         self.eval_set.map(|e| evaluate_on(self.world, &mut *t.scorer(), e)).transpose()
     }
 
-    /// The signal rank 0 received, if any, on every rank: all ranks stop after the same step.
+    /// The signal any rank received, if any, on every rank (SIGTERM over SIGINT, as [`Interrupt::requested`]): all
+    /// ranks finish the same step with a checkpoint and stop, whichever of them a signal reached.
     fn signal(&self) -> Option<Signal> {
-        let codes = [None, Some(Signal::Int), Some(Signal::Term)];
-        let mut code = [codes.iter().position(|&c| c == self.interrupt.requested()).unwrap_or(0) as f32];
-        self.world.broadcast_f32(&mut code, 0);
-        codes[code[0] as usize]
+        let mut seen = [0.0; 2];
+        match self.interrupt.requested() {
+            Some(Signal::Int) => seen[0] = 1.0,
+            Some(Signal::Term) => seen[1] = 1.0,
+            None => {}
+        }
+        self.world.sum_f64(&mut seen);
+        match seen {
+            [_, t] if t > 0.0 => Some(Signal::Term),
+            [i, _] if i > 0.0 => Some(Signal::Int),
+            _ => None,
+        }
     }
 
     /// Takes the steps; the first checkpoint written discards the earlier run `aside` replaced.
@@ -645,8 +792,10 @@ impl StepLoop<'_> {
                 }))?;
             }
             if let Some(g) = &mut guard {
-                g.check(done, &st)
-                    .map_err(|msg| anyhow::anyhow!("{msg}; turn this check off with --no-divergence-guard"))?;
+                // From the summed loss and gradient norm: every rank stops at the same step.
+                g.check(done, &st).map_err(|msg| {
+                    Everywhere::error(anyhow::anyhow!("{msg}; turn this check off with --no-divergence-guard"))
+                })?;
             }
             let (epoch_now, loss, lr) = (plan.epoch_of(done), st.loss, st.lr);
             bar.set_message(format!("epoch {epoch_now:.2} loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));

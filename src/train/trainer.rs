@@ -17,10 +17,10 @@ use super::optim::{
 };
 use super::schedule::{Schedule, lr_factor};
 use crate::data::example::Example;
-use crate::distributed::{Collectives, Single, shard};
+use crate::distributed::{Collectives, Everywhere, Single, shard};
 use crate::network::transformer::Transformer;
 use crate::score::{OnCpu, Scorer};
-use anyhow::{Result, bail};
+use anyhow::{Result, anyhow, bail};
 use std::borrow::Borrow;
 use std::ops::Range;
 use std::time::Instant;
@@ -191,7 +191,11 @@ impl Trainer {
         let y_tokens: usize = rows.iter().map(|e| e.borrow().n_targets()).sum();
         if y_tokens == 0 {
             let names: Vec<&str> = labels.iter().map(|l| l.as_ref()).collect();
-            bail!("a training step has no completion tokens to learn from (rows: {})", names.join(", "));
+            // Every rank holds the whole step's rows: every rank stops here.
+            return Err(Everywhere::error(anyhow!(
+                "a training step has no completion tokens to learn from (rows: {})",
+                names.join(", ")
+            )));
         }
         let lr =
             self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
@@ -233,7 +237,11 @@ impl Trainer {
                 "the weights are left as they were after the previous step; the learning rate is likely too high: \
                  lower it, add --warmup-steps, and keep --max-grad-norm on"
             };
-            bail!("the loss is {loss} and the gradient norm {grad_norm} at step {}: {cause}", self.step + 1);
+            // The summed loss and the norm of the summed gradient: the same on every rank.
+            return Err(Everywhere::error(anyhow!(
+                "the loss is {loss} and the gradient norm {grad_norm} at step {}: {cause}",
+                self.step + 1
+            )));
         }
         let clip = self.cfg.max_grad_norm.and_then(|max| clip_coef(grad_norm, max));
         self.update(lr, clip)?;
