@@ -309,7 +309,7 @@ fn a_damaged_latest_checkpoint_names_the_intact_earlier_one() {
 fn every_flag_is_checked_with_its_range() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let cases: [(&[&str], &[&str]); 11] = [
+    let cases: [(&[&str], &[&str]); 12] = [
         (&["--lr", "-1"], &["--lr must be a positive number"]),
         (&["--lr=nan"], &["--lr must be a positive number"]),
         (&["--weight-decay=-1"], &["--weight-decay", "≥ 0"]),
@@ -322,6 +322,7 @@ fn every_flag_is_checked_with_its_range() {
         (&["--eval-fraction", "1"], &["--eval-fraction must be in [0, 1)"]),
         // 0 used to publish the untrained adapter as the finished result.
         (&["--stop-after-steps", "0"], &["--stop-after-steps", "0 is not in 1.."]),
+        (&["--freeze-embeddings"], &["--freeze-embeddings applies to --full"]),
     ];
     for (flags, words) in cases {
         train(&out, flags).fails_with(words);

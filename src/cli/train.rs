@@ -329,6 +329,11 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
         bail!("--accept-changed-data only applies with --resume");
     }
     let settings = a.settings()?;
+    if a.resume.is_none() && settings.freeze_embeddings && !settings.full {
+        bail!(
+            "--freeze-embeddings applies to --full fine-tuning (LoRA never trains the embeddings): add --full, or drop it"
+        );
+    }
     // A resumed run computes as it did, and where it did, unless --compute or --device says otherwise.
     let then = a.resume.as_deref().and_then(checkpoint::settings_of).unwrap_or_else(|| settings.clone());
     let compute = a.compute.compute.unwrap_or(then.compute);
@@ -377,8 +382,11 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
     } else {
         format!("stopped at step {}", r.steps)
     };
+    // The losses are this invocation's: after a resume, say which steps they span.
+    let first = r.steps - r.steps_taken + 1;
+    let span = if first > 1 { format!(" (steps {first}–{} in this invocation)", r.steps) } else { String::new() };
     let losses = if r.steps_taken > 0 {
-        format!(": train loss {:.4} → {:.4}{eval}, {:.0} tokens/s", r.first_loss, r.last_loss, r.tokens_per_s)
+        format!(": train loss {:.4} → {:.4}{span}{eval}, {:.0} tokens/s", r.first_loss, r.last_loss, r.tokens_per_s)
     } else {
         String::new()
     };
