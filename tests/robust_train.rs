@@ -420,3 +420,33 @@ fn resume_continues_in_its_folder_on_its_model_wherever_it_is_run_from() {
     std::fs::write(&weights, bytes).unwrap();
     run_in(&elsewhere, &["train", "--resume", &s(&run)]).fails_with(&["base model changed", "m"]);
 }
+
+#[test]
+fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
+    let tmp = tempfile::tempdir().unwrap();
+    let straight = tmp.path().join("straight");
+    assert!(train(&straight, &["--max-steps", "8"]).ok());
+    let out = tmp.path().join("run");
+    let r = train(&out, &["--max-steps", "8", "--save-every", "2", "--keep-last", "3", "--stop-after-steps", "6"]);
+    assert!(r.ok(), "{}", r.stderr);
+    // Back to step 2: steps 4 and 6 belong to the course abandoned; a plain --resume must not return to them.
+    let r = condlm(&["train", "--resume", &s(&out.join("checkpoints/step-0000002")), "--stop-after-steps", "1"]);
+    assert!(
+        r.ok() && r.stderr.contains("step-0000003") && r.stderr.contains("superseded-step-0000006"),
+        "{}",
+        r.stderr
+    );
+    let mut names: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["step-0000002", "step-0000003", "superseded-step-0000004", "superseded-step-0000006"]);
+    let r = condlm(&["train", "--resume", &s(&out)]);
+    assert!(r.ok(), "{}", r.stderr);
+    assert_eq!(metric_steps(&out).0, (1..=8).collect::<Vec<u64>>());
+    assert_eq!(
+        read(&out.join("adapter/adapter_model.safetensors")),
+        read(&straight.join("adapter/adapter_model.safetensors"))
+    );
+}

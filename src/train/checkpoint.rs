@@ -94,6 +94,26 @@ pub fn list(output_dir: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
+/// A run resumed from the checkpoint of `step` abandons the later ones, of its earlier course: left in place, a
+/// plain `--resume` would go back to them, and pruning would count them. They are renamed
+/// `checkpoints/superseded-step-N` (kept: nothing is deleted before the new course has a result); returns their
+/// (step, new path).
+pub fn set_aside_later(output_dir: &Path, step: u64) -> Result<Vec<(u64, PathBuf)>> {
+    let mut moved = vec![];
+    for (later, dir) in list(output_dir).into_iter().filter(|(s, _)| *s > step) {
+        let mut to = checkpoints_dir(output_dir).join(format!("superseded-step-{later:07}"));
+        for n in 2.. {
+            if !to.exists() {
+                break;
+            }
+            to = checkpoints_dir(output_dir).join(format!("superseded-step-{later:07}-{n}"));
+        }
+        std::fs::rename(&dir, &to).with_context(|| format!("cannot move {} aside", dir.display()))?;
+        moved.push((later, to));
+    }
+    Ok(moved)
+}
+
 fn prune(output_dir: &Path, keep: usize, best_step: Option<u64>) -> Result<()> {
     let all = list(output_dir);
     let n = all.len();

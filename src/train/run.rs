@@ -739,6 +739,15 @@ impl StepLoop<'_> {
         let (s, plan, mut guard) = (self.s, self.plan, self.guard.take());
         let (start_step, total) = (trainer.step, plan.total_steps as u64);
         let root = self.world.is_root();
+        if root && start_step > 0 {
+            for (step, to) in checkpoint::set_aside_later(&s.output_dir, start_step)? {
+                eprintln!(
+                    "note: the checkpoint of step {step} is past the one this run resumed from (step {start_step}): \
+                     moved to {} (kept; delete it when it is no longer wanted)",
+                    to.display()
+                );
+            }
+        }
         let mut metrics =
             if root { Some(Metrics::open(&s.output_dir, (start_step > 0).then_some(start_step))?) } else { None };
         if self.data_changed
