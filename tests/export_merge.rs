@@ -290,7 +290,8 @@ fn adapter_for_another_base_is_refused_without_output() {
 fn out_folder_rules() {
     let tmp = tempfile::tempdir().unwrap();
     let (base, adapter) = (fixture("tiny-llama"), fixture("train/tiny-llama-lora-init"));
-    // An occupied folder is refused without --force and left untouched; --force replaces it.
+    // An occupied folder is refused without --force and left untouched; --force replaces an earlier model folder
+    // only, never a folder holding anything else.
     let out = tmp.path().join("occupied");
     std::fs::create_dir(&out).unwrap();
     std::fs::write(out.join("notes.txt"), "mine").unwrap();
@@ -298,8 +299,13 @@ fn out_folder_rules() {
     assert!(!ok && err.contains("not empty") && err.contains("--force"), "{err}");
     assert_eq!(entries(&out), ["notes.txt"]);
     let (ok, err) = merge(&base, &adapter, &out, &["--force"]);
+    assert!(!ok && err.contains("notes.txt") && err.contains("not part of a model folder"), "{err}");
+    assert_eq!(entries(&out), ["notes.txt"]);
+    std::fs::remove_file(out.join("notes.txt")).unwrap();
+    assert!(merge(&base, &adapter, &out, &[]).0);
+    let (ok, err) = merge(&base, &adapter, &out, &["--force"]);
     assert!(ok, "{err}");
-    assert!(out.join("model.safetensors").is_file() && !out.join("notes.txt").exists());
+    assert!(out.join("model.safetensors").is_file());
     // An empty folder is fine.
     let empty = tmp.path().join("empty");
     std::fs::create_dir(&empty).unwrap();

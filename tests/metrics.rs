@@ -144,7 +144,8 @@ fn cli_prints_python_values_as_one_json_line() {
     assert_eq!(case["name"], "cli_e2e");
     let (hyp, refs) = (fixture("gen.jsonl"), fixture("rows.jsonl"));
     for (flags, key) in [(&[][..], "rouge_l_stem"), (&["--no-stemmer"][..], "rouge_l_nostem")] {
-        let mut args = vec!["--hyp", hyp.to_str().unwrap(), "--ref", refs.to_str().unwrap()];
+        let mut args =
+            vec!["--hyp", hyp.to_str().unwrap(), "--ref", refs.to_str().unwrap(), "--hyp-field", "completion"];
         args.extend_from_slice(flags);
         let (ok, stdout, stderr) = condlm(&args);
         assert!(ok, "{stderr}");
@@ -247,4 +248,25 @@ fn edge_cases() {
     // Empty hypothesis: BLEU 0 with BP 0, ROUGE-L 0.
     let r = evaluate(&[""], &[vec!["a b c d"]], true);
     assert_eq!((r.bleu, r.bp, r.rouge_l, r.sys_len, r.ref_len), (0.0, 0.0, 0.0, 0, 4));
+}
+
+#[test]
+fn the_default_hypothesis_is_what_generate_writes() {
+    // generate's rows keep the input's reference "completion" beside the "generation": scoring the former would
+    // give BLEU 100 for any model.
+    let d = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let p = d.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let refs = write("refs.jsonl", "{\"prompt\": \"p\", \"completion\": \"the cat sat on the mat today\"}\n");
+    let hyps = write(
+        "gen.jsonl",
+        "{\"prompt\": \"p\", \"completion\": \"the cat sat on the mat today\", \"generation\": \"a dog ran\"}\n",
+    );
+    let (ok, stdout, stderr) = condlm(&["--hyp", &hyps, "--ref", &refs]);
+    assert!(ok, "{stderr}");
+    let got: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(got["bleu"].as_f64().unwrap() < 1.0 && got["rouge_l"].as_f64().unwrap() < 0.5, "{got}");
 }

@@ -94,6 +94,13 @@ fn prompt_rows(dir: &Path) -> PathBuf {
 }
 
 #[test]
+fn generate_out_without_data_is_refused() {
+    // --out writes the rows of --data; with --prompt it used to be ignored (exit 0, no file).
+    let (ok, _, err) = condlm(&["generate", "--model", "/nonexistent/model", "--prompt", "hi", "--out", "g.jsonl"]);
+    assert!(!ok && err.contains("--out writes the rows of --data"), "{err}");
+}
+
+#[test]
 fn a_missing_output_folder_fails_before_the_model_loads() {
     // The model does not exist either: an error about the folder shows the output was checked first.
     let (ok, _, err) =

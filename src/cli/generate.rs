@@ -141,6 +141,9 @@ enum EarlyStop {
 
 pub fn run(a: GenerateArgs) -> Result<()> {
     // Flags and the output file are checked before the model loads: a mistake costs nothing.
+    if a.data.is_none() && a.out.is_some() {
+        bail!("--out writes the rows of --data; with --prompt the generation streams to stdout (redirect it: > FILE)");
+    }
     let mut opts = options(&a)?;
     let out = a.data.is_some().then(|| prepare(a.out.as_deref(), a.overwrite, a.resume_output)).transpose()?;
     let data =

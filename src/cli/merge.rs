@@ -5,9 +5,10 @@
 //! `--out` handling: the folder is written atomically (a temporary sibling folder, then renamed), so
 //! it is complete or absent — a failed merge (adapter for another base, unreadable files, a folder
 //! that cannot be written) leaves no output behind. An `--out` that does not exist or is an empty
-//! folder is written; an existing non-empty folder (including the output of an earlier merge) is
-//! replaced only with `--force`, because replacing means deleting what is there. `--out` may never
-//! be, or contain, the base model or the adapter, even with `--force`.
+//! folder is written; an existing non-empty folder (the output of an earlier merge) is replaced only
+//! with `--force`, because replacing means deleting what is there, and only when it holds nothing but a
+//! model folder's files (any other file says the folder is something else). `--out` may never be, or
+//! contain, the base model or the adapter, even with `--force`.
 use super::AdapterArgs;
 use anyhow::{Context, Result};
 use clap::Args;
@@ -31,7 +32,8 @@ pub struct MergeArgs {
     /// Output folder for the merged checkpoint (written atomically).
     #[arg(long)]
     out: PathBuf,
-    /// Replace --out if it exists and is not empty (its contents are deleted).
+    /// Replace --out if it holds an earlier model folder (its files are deleted; a folder holding any other file is
+    /// refused all the same) [default: off: a non-empty --out is an error].
     #[arg(long)]
     force: bool,
 }

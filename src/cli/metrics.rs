@@ -18,8 +18,9 @@ pub struct MetricsArgs {
     /// references. Prompts without a hypothesis are not scored.
     #[arg(long = "ref", value_name = "REF")]
     refs: PathBuf,
-    /// Field of a hypothesis row holding the generated text.
-    #[arg(long, default_value = "completion")]
+    /// Field of a hypothesis row holding the generated text (`generate` writes it as "generation", beside the
+    /// input row's own fields, its reference "completion" among them).
+    #[arg(long, default_value = "generation")]
     hyp_field: String,
     /// Field of a reference row holding the reference text.
     #[arg(long, default_value = "completion")]

@@ -372,9 +372,10 @@ fn tokenizer_config(model: &Transformer, tok: &TextTokenizer, pad: Option<u32>) 
     })
 }
 
-/// Whether `dir` may receive an export: it does not exist or is an empty folder, or `force` is set
-/// (then its contents are replaced). Never when it is, or contains, one of `protected` (the model
-/// and adapter being read), whatever `force` says.
+/// Whether `dir` may receive an export: it does not exist or is an empty folder, or `force` is set and it holds
+/// only what a model folder holds (an earlier export: its contents are replaced; any other file means the folder
+/// is something else, and is refused). Never when it is, or contains, one of `protected` (the model and adapter
+/// being read), whatever `force` says.
 pub fn check_out_dir(dir: &Path, force: bool, protected: &[&Path]) -> Result<()> {
     if dir.as_os_str().is_empty() {
         bail!("the output folder path is empty");
@@ -397,13 +398,31 @@ pub fn check_out_dir(dir: &Path, force: bool, protected: &[&Path]) -> Result<()>
             );
         }
     }
-    let mut entries = std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-    if entries.next().is_some() && !force {
+    let entries: Vec<std::fs::DirEntry> =
+        std::fs::read_dir(dir).and_then(|d| d.collect()).with_context(|| format!("cannot list {}", dir.display()))?;
+    if !entries.is_empty() && !force {
         bail!(
             "{}: the folder exists and is not empty; its contents would be replaced — pass --force to allow that, \
              or choose another --out",
             dir.display()
         );
     }
+    if let Some(other) = entries.iter().find(|e| !is_model_folder_file(e)) {
+        bail!(
+            "{}: the folder holds {}, which is not part of a model folder; --force replaces only an earlier model \
+             folder (as merge writes it). Choose another --out, or empty the folder yourself",
+            dir.display(),
+            other.file_name().to_string_lossy()
+        );
+    }
     Ok(())
+}
+
+/// Whether a folder entry is a file an HF model folder holds (what `save_hf_folder` writes, shards included).
+fn is_model_folder_file(e: &std::fs::DirEntry) -> bool {
+    let name = e.file_name().to_string_lossy().into_owned();
+    let known = ["config.json", "model.safetensors", "model.safetensors.index.json", trained_on::FILE];
+    let shard = name.starts_with("model-") && name.ends_with(".safetensors");
+    e.file_type().is_ok_and(|t| t.is_file())
+        && (known.contains(&name.as_str()) || HF_SIDE_FILES.contains(&name.as_str()) || shard)
 }
