@@ -9,6 +9,21 @@ pub fn bar(len: u64, template: &'static str) -> ProgressBar {
     ProgressBar::new(len).with_style(style)
 }
 
+/// A line for the log of a job drawing `bar`: above the bar on a terminal; on stderr where the bar is not drawn (a
+/// pipe, a log file), where indicatif would drop it.
+pub fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        eprintln!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+/// Where no bar is drawn, a job of `total` steps logs a plain line every this many steps (and at its last).
+pub fn log_every(total: u64) -> u64 {
+    (total / 20).clamp(1, 100)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -450,3 +450,14 @@ fn resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside() {
         read(&straight.join("adapter/adapter_model.safetensors"))
     );
 }
+
+#[test]
+fn a_run_logged_to_a_file_gets_plain_step_and_eval_lines() {
+    // stderr here is a pipe: no bar is drawn, and indicatif drops what is printed through it.
+    let tmp = tempfile::tempdir().unwrap();
+    let r = train(&tmp.path().join("run"), &["--eval-fraction", "0.25", "--eval-every", "2"]);
+    assert!(r.ok(), "{}", r.stderr);
+    for line in ["step 2: eval NLL", "step 4: eval NLL", "step 4/4 epoch", " tok/s ETA "] {
+        assert!(r.stderr.contains(line), "missing {line:?} in:\n{}", r.stderr);
+    }
+}

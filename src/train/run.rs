@@ -38,7 +38,7 @@ use crate::tokenizer::TextTokenizer;
 use anyhow::{Context, Result, bail};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How an invocation of `train` ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -807,8 +807,16 @@ impl StepLoop<'_> {
                 })?;
             }
             let (epoch_now, loss, lr) = (plan.epoch_of(done), st.loss, st.lr);
-            bar.set_message(format!("epoch {epoch_now:.2} loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s"));
+            let status = format!("epoch {epoch_now:.2} loss {loss:.4} lr {lr:.2e} {tps:.0} tok/s");
             bar.set_position(done);
+            if root && bar.is_hidden() && (done % progress::log_every(total) == 0 || done == end) {
+                let eta = (end - done) as f64 * p.train_secs / p.steps_taken as f64;
+                eprintln!(
+                    "step {done}/{total} {status} ETA {}",
+                    indicatif::HumanDuration(Duration::from_secs_f64(eta))
+                );
+            }
+            bar.set_message(status);
 
             let eval_due = if s.eval_every > 0 {
                 done % s.eval_every as u64 == 0 || done == total
@@ -820,11 +828,12 @@ impl StepLoop<'_> {
                 if let Some(m) = &mut metrics {
                     m.log_eval(done, &t)?;
                 }
-                bar.println(format!(
-                    "step {done}: eval NLL {:.4}, perplexity {:.3}",
-                    t.nll_per_token(),
-                    t.perplexity()
-                ));
+                if root {
+                    progress::say(
+                        &bar,
+                        format!("step {done}: eval NLL {:.4}, perplexity {:.3}", t.nll_per_token(), t.perplexity()),
+                    );
+                }
                 if best_eval.is_none_or(|(b, _)| t.nll_per_token() < b) {
                     best_eval = Some((t.nll_per_token(), done));
                     improved = true;
@@ -833,7 +842,9 @@ impl StepLoop<'_> {
             }
             let signal = self.signal();
             if let Some(sig) = signal {
-                bar.println(format!("{}: finishing step {done} with a checkpoint", sig.name()));
+                if root {
+                    progress::say(&bar, format!("{}: finishing step {done} with a checkpoint", sig.name()));
+                }
             }
             let stopped = self.stop_after.is_some() && done == end && done < total;
             let save_due = s.save_every > 0 && done % s.save_every as u64 == 0;
