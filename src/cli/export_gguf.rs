@@ -4,6 +4,7 @@
 use super::AdapterArgs;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
+use condlm::data::records::ALPACA_PROMPT_NO_INPUT;
 use condlm::formats::gguf::export::{
     ExportTensor, gguf_arch, model_metadata, model_tensors, type_counts, write_export,
 };
@@ -142,7 +143,8 @@ pub fn run(a: ExportGgufArgs) -> Result<()> {
         let eos = m.tokenizer.inner.id_to_token(m.tokenizer.eos_id).unwrap_or_default();
         let file_name = a.out.file_name().unwrap_or_default().to_string_lossy();
         let trained_on = TrainedOn::of_model(&m.files, a.adapter.adapter.as_deref())?;
-        let text = modelfile(&file_name, m.tokenizer.chat_template.as_deref(), &eos, trained_on);
+        let template = m.tokenizer.chat_template.as_deref();
+        let text = modelfile(&file_name, template, &eos, trained_on, ALPACA_PROMPT_NO_INPUT);
         condlm::output::write_atomic(&modelfile_path, text.as_bytes())?;
     }
     let bytes = std::fs::metadata(&a.out).map(|md| md.len()).unwrap_or(0);

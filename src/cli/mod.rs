@@ -37,14 +37,13 @@ use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::dataset::DataOptions;
 use condlm::data::source::{DataFormat, DataSource, resolve_data};
-use condlm::formats::fingerprint::model_files;
+use condlm::formats::fingerprint::{files_identity, model_files};
 use condlm::formats::load::LoadedModel;
 use condlm::formats::peft::{AdapterConfig, attach_adapter, base_mismatch, read_adapter_config};
 use condlm::formats::resolve::{ModelFiles, resolve};
 use condlm::formats::weights::BaseDtype;
 use condlm::kernels::bf16;
 use condlm::kernels::compute::{Compute, set_compute};
-use condlm::output::fingerprint::files_identity;
 use std::path::PathBuf;
 
 /// The field names of prompt/completion rows, shared by `eval` and `score` (`train` takes the same flags as

@@ -12,6 +12,7 @@ use super::resolve::ModelFiles;
 use super::safetensors_files::shard_names;
 use crate::input;
 use anyhow::{Context, Result};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -73,6 +74,23 @@ pub fn file_fingerprint(path: &Path) -> Result<String> {
     Ok(format!("sha256 {:x}", h.finalize()))
 }
 
+/// The identity of a checkpoint or adapter at `path`: the path made absolute (links resolved) and what each of
+/// its files holds ([`file_fingerprint`]): the files `names` of a folder, or the file `path` itself. A name that is
+/// not there is recorded as absent (the loader then says what is missing).
+pub fn files_identity(path: &Path, names: &[String]) -> Result<Value> {
+    let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut files = serde_json::Map::new();
+    if resolved.is_file() {
+        let name = resolved.file_name().map_or("file".into(), |n| n.to_string_lossy().into_owned());
+        files.insert(name, file_fingerprint(&resolved)?.into());
+    } else {
+        for name in names {
+            files.insert(name.clone(), file_fingerprint(&resolved.join(name))?.into());
+        }
+    }
+    Ok(serde_json::json!({ "path": resolved.display().to_string(), "files": files }))
+}
+
 /// The model's fingerprint: one SHA-256 over its files' names and fingerprints ([`model_files`]).
 pub fn model_fingerprint(files: &ModelFiles) -> Result<String> {
     let mut h = Sha256::new();
@@ -118,5 +136,15 @@ mod tests {
         assert_ne!(file_fingerprint(&p).unwrap(), id);
         assert_eq!(file_fingerprint(&dir.path().join("missing")).unwrap(), "absent");
         assert_eq!(file_fingerprint(dir.path()).unwrap(), "not a file");
+    }
+
+    #[test]
+    fn a_folder_is_known_by_its_path_and_each_named_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
+        let v = files_identity(dir.path(), &["config.json".into(), "tokenizer.json".into()]).unwrap();
+        assert_eq!(v["files"]["config.json"], file_fingerprint(&dir.path().join("config.json")).unwrap());
+        assert_eq!(v["files"]["tokenizer.json"], "absent");
+        assert_eq!(v["path"], std::fs::canonicalize(dir.path()).unwrap().display().to_string());
     }
 }

@@ -4,8 +4,6 @@
 //! a ChatML model must get raw prompts in Ollama, not the chat template. (Not in the safetensors metadata: its
 //! keys are written in hash order, which would make two identical runs write different bytes.)
 use super::resolve::ModelFiles;
-use crate::data::dataset::DataStats;
-use crate::data::records::Format;
 use crate::input;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
@@ -22,24 +20,19 @@ pub struct TrainedOn {
     pub chats: bool,
 }
 
-const FORMATS: [Format; 3] = [Format::Pair, Format::Alpaca, Format::Chat];
+/// The formats' names in the file (those of `data::records::Format`).
+const PAIRS: &str = "prompt/completion";
+const ALPACA: &str = "Alpaca";
+const CHAT: &str = "chat";
 
 impl TrainedOn {
-    pub fn of(stats: &DataStats) -> Self {
-        TrainedOn { pairs: stats.pairs > 0, alpaca: stats.alpaca > 0, chats: stats.chats > 0 }
-    }
-
-    fn has(&self, f: Format) -> bool {
-        match f {
-            Format::Pair => self.pairs,
-            Format::Alpaca => self.alpaca,
-            Format::Chat => self.chats,
-        }
-    }
-
     /// The formats' names ("prompt/completion", "Alpaca", "chat"), in that order.
     pub fn names(&self) -> Vec<&'static str> {
-        FORMATS.iter().filter(|&&f| self.has(f)).map(|f| f.name()).collect()
+        [(self.pairs, PAIRS), (self.alpaca, ALPACA), (self.chats, CHAT)]
+            .into_iter()
+            .filter(|t| t.0)
+            .map(|t| t.1)
+            .collect()
     }
 
     /// The contents of `condlm.json`.
@@ -53,10 +46,11 @@ impl TrainedOn {
     fn parse(v: &Value) -> Option<Self> {
         let mut t = TrainedOn::default();
         for name in v["trained_on"].as_array()? {
-            match FORMATS.iter().find(|f| Some(f.name()) == name.as_str())? {
-                Format::Pair => t.pairs = true,
-                Format::Alpaca => t.alpaca = true,
-                Format::Chat => t.chats = true,
+            match name.as_str()? {
+                PAIRS => t.pairs = true,
+                ALPACA => t.alpaca = true,
+                CHAT => t.chats = true,
+                _ => return None,
             }
         }
         Some(t)

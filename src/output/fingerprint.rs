@@ -2,16 +2,13 @@
 //! this run would write.
 //!
 //! A [`Fingerprint`] names the command, every flag that changes a result (by its flag name), the identity of the
-//! files the results come from (the model, the adapter: [`files_identity`]) and a hash of each input row
-//! ([`row_hash`]). [`super::rows`] keeps it beside `FILE.partial` as `FILE.partial.json` and compares it with the
+//! files the results come from (the model, the adapter: `formats::fingerprint::files_identity`) and a hash of each input row
+//! ([`row_hash`]). The rows writer (`output/rows.rs`) keeps it beside `FILE.partial` as `FILE.partial.json` and compares it with the
 //! resuming run's before any row is kept; [`Fingerprint::differences`] says what differs.
-use crate::formats::fingerprint::file_fingerprint;
-use anyhow::Result;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// The `format` of the fingerprints this version writes; another one is refused (written by another version).
 pub const FORMAT: &str = "condlm partial output 1";
@@ -89,23 +86,6 @@ pub fn row_hash(bytes: &[u8]) -> String {
     d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The identity of a checkpoint or adapter at `path`: the path made absolute (links resolved) and what each of
-/// its files holds ([`file_fingerprint`]): the files `names` of a folder, or the file `path` itself. A name that is
-/// not there is recorded as absent (the loader then says what is missing).
-pub fn files_identity(path: &Path, names: &[String]) -> Result<Value> {
-    let resolved = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut files = serde_json::Map::new();
-    if resolved.is_file() {
-        let name = resolved.file_name().map_or("file".into(), |n| n.to_string_lossy().into_owned());
-        files.insert(name, file_fingerprint(&resolved)?.into());
-    } else {
-        for name in names {
-            files.insert(name.clone(), file_fingerprint(&resolved.join(name))?.into());
-        }
-    }
-    Ok(serde_json::json!({ "path": resolved.display().to_string(), "files": files }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,15 +115,5 @@ mod tests {
         );
         b.command = "score".into();
         assert_eq!(a.differences(&b), ["written by `condlm generate`, this is `condlm score`"]);
-    }
-
-    #[test]
-    fn a_folder_is_known_by_its_path_and_each_named_file() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("config.json"), "{}").unwrap();
-        let v = files_identity(dir.path(), &["config.json".into(), "tokenizer.json".into()]).unwrap();
-        assert_eq!(v["files"]["config.json"], file_fingerprint(&dir.path().join("config.json")).unwrap());
-        assert_eq!(v["files"]["tokenizer.json"], "absent");
-        assert_eq!(v["path"], std::fs::canonicalize(dir.path()).unwrap().display().to_string());
     }
 }

@@ -17,7 +17,7 @@ use super::output_dir::{self, SetAside};
 use super::plot::plot_losses;
 use super::settings::TrainSettings;
 use super::trainer::{StepStats, TrainConfig, TrainState, Trainer};
-use crate::data::dataset::{DataOptions, Dataset, load_dataset, split_by_prompt};
+use crate::data::dataset::{DataOptions, DataStats, Dataset, load_dataset, split_by_prompt};
 use crate::data::example::Example;
 use crate::data::source::DataSource;
 use crate::distributed::{Collectives, Everywhere, JobFailed, Single, shard};
@@ -488,11 +488,11 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     let output = match ending {
         _ if !root => out.clone(),
         Ending::Finished if s.full => {
-            save_hf_folder(&output, &trainer.model, &tokenizer, &files, Some(TrainedOn::of(&train_set.stats)))?;
+            save_hf_folder(&output, &trainer.model, &tokenizer, &files, Some(trained_on(&train_set.stats)))?;
             output
         }
         Ending::Finished => {
-            save_adapter(&output, &trainer.model, &lcfg, &s.model, TrainedOn::of(&train_set.stats))?;
+            save_adapter(&output, &trainer.model, &lcfg, &s.model, trained_on(&train_set.stats))?;
             output
         }
         _ => checkpoint::list(&out).pop().map_or(out.clone(), |c| c.1),
@@ -513,6 +513,11 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         ending,
         worse: (ending == Ending::Finished).then(|| worse_than_start(&train_curve, &eval_curve)).flatten(),
     })
+}
+
+/// The row formats the run trained on, recorded beside its result.
+fn trained_on(stats: &DataStats) -> TrainedOn {
+    TrainedOn { pairs: stats.pairs > 0, alpaca: stats.alpaca > 0, chats: stats.chats > 0 }
 }
 
 /// A run that failed mid-way, on this rank. Rank 0 alone owns the output folder, so it alone puts back an earlier
@@ -841,10 +846,10 @@ impl StepLoop<'_> {
                 p.eval_after = Some(t);
             }
             let signal = self.signal();
-            if let Some(sig) = signal {
-                if root {
-                    progress::say(&bar, format!("{}: finishing step {done} with a checkpoint", sig.name()));
-                }
+            if let Some(sig) = signal
+                && root
+            {
+                progress::say(&bar, format!("{}: finishing step {done} with a checkpoint", sig.name()));
             }
             let stopped = self.stop_after.is_some() && done == end && done < total;
             let save_due = s.save_every > 0 && done % s.save_every as u64 == 0;

@@ -8,7 +8,6 @@
 //! or an adapter made elsewhere) the chat template decides: a ChatML template (`<|im_start|>role … <|im_end|>`, used
 //! by SmolLM2 and Qwen2) is written out as its Go twin; any other chat template is left to Ollama, which recognises
 //! the common ones in the GGUF's `tokenizer.chat_template`; a model without a chat template gets the raw prompt.
-use crate::data::records::ALPACA_PROMPT_NO_INPUT;
 use crate::formats::trained_on::TrainedOn;
 
 /// ChatML as a Go template over Ollama's messages, ending with the assistant turn to complete.
@@ -17,12 +16,14 @@ const CHATML: &str =
 
 const RAW: &str = "{{ .Prompt }}";
 
-/// The Modelfile text for `gguf_file` (a name relative to the Modelfile's folder).
+/// The Modelfile text for `gguf_file` (a name relative to the Modelfile's folder); `alpaca_prompt` is the prompt of
+/// Alpaca rows without input, `{instruction}` where the instruction goes (`data::records`).
 pub fn modelfile(
     gguf_file: &str,
     chat_template: Option<&str>,
     eos_token: &str,
     trained_on: Option<TrainedOn>,
+    alpaca_prompt: &str,
 ) -> String {
     let mut out =
         format!("# Ollama Modelfile written by condlm: ollama create NAME -f Modelfile\nFROM ./{gguf_file}\n");
@@ -31,7 +32,7 @@ pub fn modelfile(
     match (trained_on, chat_template) {
         (Some(t), _) if !t.chats && t.alpaca && !t.pairs => out.push_str(&template(
             "trained on Alpaca rows: the prompt is the instruction, in Stanford Alpaca's template",
-            &ALPACA_PROMPT_NO_INPUT.replace("{instruction}", RAW),
+            &alpaca_prompt.replace("{instruction}", RAW),
         )),
         (Some(t), Some(_)) if !t.chats => out.push_str(&template(
             &format!("trained on {} rows, not chats: prompts go in as they are", t.names().join(" and ")),
@@ -61,10 +62,11 @@ mod tests {
     use super::*;
 
     const CHATML_JINJA: &str = "{{'<|im_start|>' + role}}...<|im_end|>";
+    const ALPACA: &str = "Below is an instruction.\n\n### Instruction:\n{instruction}\n\n### Response:\n";
 
     #[test]
     fn chatml_becomes_a_go_template() {
-        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", None);
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", None, ALPACA);
         assert!(m.contains("FROM ./m.gguf\n"), "{m}");
         assert!(m.contains("TEMPLATE \"\"\"{{- range .Messages }}<|im_start|>{{ .Role }}\n"), "{m}");
         assert_eq!(m.matches("PARAMETER stop \"<|im_end|>\"").count(), 1, "{m}");
@@ -72,10 +74,10 @@ mod tests {
 
     #[test]
     fn no_template_means_raw_prompts_and_eos_stops() {
-        let m = modelfile("m.gguf", None, "</s>", None);
+        let m = modelfile("m.gguf", None, "</s>", None, ALPACA);
         assert!(m.contains("TEMPLATE \"\"\"{{ .Prompt }}\"\"\""), "{m}");
         assert!(m.contains("PARAMETER stop \"</s>\""), "{m}");
-        let m = modelfile("m.gguf", Some("{% for m in messages %}[INST]{% endfor %}"), "</s>", None);
+        let m = modelfile("m.gguf", Some("{% for m in messages %}[INST]{% endfor %}"), "</s>", None, ALPACA);
         assert!(!m.contains("TEMPLATE \"\"\"") && m.contains("tokenizer.chat_template"), "{m}");
     }
 
@@ -83,14 +85,14 @@ mod tests {
     fn the_template_follows_what_training_saw() {
         let on = |pairs, alpaca, chats| Some(TrainedOn { pairs, alpaca, chats });
         // An adapter of a ChatML model trained on prompt/completion rows: raw prompts, EOS stops.
-        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", on(true, false, false));
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", on(true, false, false), ALPACA);
         assert!(m.contains("TEMPLATE \"\"\"{{ .Prompt }}\"\"\"") && m.contains("prompt/completion rows"), "{m}");
         assert!(!m.contains("range .Messages"), "{m}");
-        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|endoftext|>", on(false, true, false));
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|endoftext|>", on(false, true, false), ALPACA);
         assert!(m.contains("### Instruction:\n{{ .Prompt }}\n\n### Response:\n\"\"\""), "{m}");
         assert!(m.contains("PARAMETER stop \"<|endoftext|>\"") && !m.contains("<|im_end|>"), "{m}");
         // Chats among the rows: the chat template.
-        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", on(true, false, true));
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", on(true, false, true), ALPACA);
         assert!(m.contains("range .Messages"), "{m}");
     }
 }
