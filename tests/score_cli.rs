@@ -140,3 +140,36 @@ fn score_and_eval_take_a_device() {
         }
     }
 }
+
+#[test]
+fn per_token_output_names_the_position_of_every_scored_token() {
+    // A chat's targets are its assistant turns, with context (the next user turn, the newline after each
+    // end-of-turn token) between them: y_start alone cannot place its log-probs.
+    let tmp = tempfile::tempdir().unwrap();
+    let chats = tmp.path().join("chats.jsonl");
+    let text = std::fs::read_to_string(fixture("data/chats.jsonl")).unwrap();
+    // Line 3 is longer than tiny-llama's context (score refuses it).
+    let fitting: Vec<&str> = text.lines().enumerate().filter(|(i, _)| *i != 2).map(|(_, l)| l).collect();
+    std::fs::write(&chats, fitting.join("\n") + "\n").unwrap();
+    let (stdout, _) = condlm("score", &fixture("tiny-llama"), &chats, &["--per-token"]);
+    for line in stdout.lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        let positions: Vec<usize> =
+            row["target_positions"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let lps = row["token_logprobs"].as_array().unwrap();
+        assert_eq!(positions.len(), lps.len(), "{row}");
+        assert_eq!(positions.len(), row["tokens"].as_u64().unwrap() as usize);
+        assert_eq!(positions[0], row["y_start"].as_u64().unwrap() as usize);
+        assert!(
+            positions.windows(2).all(|w| w[0] < w[1]) && positions.last() < Some(&row["ids"].as_array().unwrap().len())
+        );
+    }
+    assert!(
+        stdout.lines().any(|l| {
+            let row: serde_json::Value = serde_json::from_str(l).unwrap();
+            let p = row["target_positions"].as_array().unwrap();
+            p.windows(2).any(|w| w[1].as_u64().unwrap() > w[0].as_u64().unwrap() + 1)
+        }),
+        "no chat with context between its targets"
+    );
+}

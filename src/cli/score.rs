@@ -48,7 +48,9 @@ pub struct ScoreArgs {
     compute: ComputeArgs,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Also write each row's token ids, the index where y starts, and every y token's log-prob [default: off].
+    /// Also write each row's token ids ("ids"), the index where y starts ("y_start"), the index in "ids" of every
+    /// scored token ("target_positions": in a chat, the assistant turns, with context between them) and its
+    /// log-prob ("token_logprobs", in the same order) [default: off].
     #[arg(long)]
     per_token: bool,
     #[command(flatten)]
@@ -130,12 +132,15 @@ fn example_hash(e: &Example) -> String {
 }
 
 /// Row `i` as a JSON line: its index, its source (`file:line`, or `file:line (element i)` in a JSON array),
-/// log-prob and scored tokens; with `token_logprobs`, also its ids, where y starts and each target's log-prob.
+/// log-prob and scored tokens; with `token_logprobs`, also its ids, where y starts, each target's position in the
+/// ids (a chat's targets are several runs, with context between them) and its log-prob.
 fn output_row(ds: &Dataset, i: usize, s: &RowScore, token_logprobs: Option<&[f32]>) -> Value {
     let mut v = serde_json::json!({"row": i, "source": ds.sources[i], "logprob": s.logprob, "tokens": s.tokens});
     if let Some(lps) = token_logprobs {
-        v["ids"] = serde_json::json!(ds.examples[i].ids);
-        v["y_start"] = serde_json::json!(ds.examples[i].y_start());
+        let e = &ds.examples[i];
+        v["ids"] = serde_json::json!(e.ids);
+        v["y_start"] = serde_json::json!(e.y_start());
+        v["target_positions"] = serde_json::json!(e.targets.iter().flat_map(|r| r.clone()).collect::<Vec<_>>());
         v["token_logprobs"] = serde_json::json!(lps);
     }
     v
