@@ -6,7 +6,10 @@
 //! is a string (an empty cell is an empty string), except the `messages` and `tools` columns of chat data, whose
 //! cells are JSON text (as `json.dumps` writes it). Rows are named `file:LINE`, the line where the row starts.
 use anyhow::{Result, anyhow, bail};
+use std::cell::RefCell;
+use std::io::Read;
 use std::path::Path;
+use std::rc::Rc;
 
 /// Columns whose cells hold JSON (the turns of a chat and its tool list), not plain text.
 const JSON_COLUMNS: &[&str] = &["messages", "tools"];
@@ -15,8 +18,12 @@ const JSON_COLUMNS: &[&str] = &["messages", "tools"];
 pub fn for_each_row(path: &Path, delimiter: u8, mut row: impl FnMut(String, &str) -> Result<()>) -> Result<()> {
     let name = path.display();
     let file = crate::input::open_regular(path, "data file")?;
-    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).from_reader(file);
-    let headers = reader.headers().map_err(|e| describe(&name.to_string(), &csv::StringRecord::new(), e))?.clone();
+    let lines = Rc::new(RefCell::new(LineEnds::default()));
+    let counted = CountLines { inner: file, ends: lines.clone(), at: 0 };
+    let mut reader = csv::ReaderBuilder::new().delimiter(delimiter).from_reader(counted);
+    let line_of = |p: Option<&csv::Position>| p.map_or(0, |p| lines.borrow_mut().line_at(p.byte()));
+    let headers =
+        reader.headers().map_err(|e| describe(&name.to_string(), &csv::StringRecord::new(), e, line_of))?.clone();
     for (i, h) in headers.iter().enumerate() {
         if headers.iter().take(i).any(|earlier| earlier == h) {
             bail!("{name}:1: column \"{h}\" appears twice in the header; rename one");
@@ -28,9 +35,9 @@ pub fn for_each_row(path: &Path, delimiter: u8, mut row: impl FnMut(String, &str
         match reader.read_record(&mut record) {
             Ok(true) => {}
             Ok(false) => return Ok(()),
-            Err(e) => return Err(describe(&name.to_string(), &headers, e)),
+            Err(e) => return Err(describe(&name.to_string(), &headers, e, line_of)),
         }
-        let source = format!("{name}:{}", record.position().map_or(0, |p| p.line()));
+        let source = format!("{name}:{}", line_of(record.position()));
         text.clear();
         text.push('{');
         for (i, (column, cell)) in headers.iter().zip(record.iter()).enumerate() {
@@ -57,8 +64,13 @@ pub fn for_each_row(path: &Path, delimiter: u8, mut row: impl FnMut(String, &str
 }
 
 /// A csv error as `file:line: what happened`, naming the column where the csv crate says which field.
-fn describe(name: &str, headers: &csv::StringRecord, e: csv::Error) -> anyhow::Error {
-    let line = |p: Option<&csv::Position>| p.map_or(String::new(), |p| format!(":{}", p.line()));
+fn describe(
+    name: &str,
+    headers: &csv::StringRecord,
+    e: csv::Error,
+    line_of: impl Fn(Option<&csv::Position>) -> u64,
+) -> anyhow::Error {
+    let line = |p: Option<&csv::Position>| p.map_or(String::new(), |p| format!(":{}", line_of(Some(p))));
     match e.kind() {
         csv::ErrorKind::UnequalLengths { pos, expected_len, len } => anyhow!(
             "{name}{}: {len} fields where the header has {expected_len}; check the quoting (a \" that is never \
@@ -70,5 +82,114 @@ fn describe(name: &str, headers: &csv::StringRecord, e: csv::Error) -> anyhow::E
             anyhow!("{name}{}: field {}{column} is not UTF-8 text: {err}", line(pos.as_ref()), err.field() + 1)
         }
         _ => anyhow!("{name}: cannot read it as CSV: {e}"),
+    }
+}
+
+/// The line numbers of rows, counted from the bytes as the csv reader reads them: the csv crate's own count is
+/// off by one on CRLF files and after blank lines (rust-csv#395), and a row's name must be the line an editor
+/// shows. A line ends at "\n", "\r\n" or a lone "\r". A record's position is where the reader started on it,
+/// which may be on the line ends before it (the previous row's, blank lines): the row starts after them.
+#[derive(Default)]
+struct LineEnds {
+    /// Offsets just past each line end read and not yet counted, in order.
+    pending: std::collections::VecDeque<u64>,
+    /// Line ends before the last row asked about.
+    counted: u64,
+    /// Runs of line-end bytes ("\r", "\n") read, as [start, end), not yet passed.
+    runs: std::collections::VecDeque<(u64, u64)>,
+    /// The start of the run the last byte read belongs to.
+    open_run: Option<u64>,
+    /// The last byte read was a "\r" whose line end is not known yet ("\r\n" ends after the "\n").
+    cr_at: Option<u64>,
+}
+
+impl LineEnds {
+    /// The 1-based line of the row whose record starts at byte `offset` (asked in increasing order, once read).
+    fn line_at(&mut self, offset: u64) -> u64 {
+        while self.runs.front().is_some_and(|&(_, end)| end <= offset) {
+            self.runs.pop_front();
+        }
+        let start = match self.runs.front() {
+            Some(&(run, end)) if run <= offset => end,
+            _ if self.open_run.is_some_and(|run| run <= offset) => u64::MAX,
+            _ => offset,
+        };
+        while self.pending.front().is_some_and(|&end| end <= start) {
+            self.pending.pop_front();
+            self.counted += 1;
+        }
+        // A lone "\r" last read, the row after it.
+        self.counted + 1 + u64::from(self.cr_at.is_some_and(|at| at < start))
+    }
+
+    fn read(&mut self, from: u64, bytes: &[u8]) {
+        for (i, &b) in bytes.iter().enumerate() {
+            let at = from + i as u64;
+            let ends_line = matches!(b, b'\r' | b'\n');
+            match (ends_line, self.open_run) {
+                (true, None) => self.open_run = Some(at),
+                (false, Some(run)) => {
+                    self.runs.push_back((run, at));
+                    self.open_run = None;
+                }
+                _ => {}
+            }
+            if let Some(cr) = self.cr_at.take() {
+                if b == b'\n' {
+                    self.pending.push_back(at + 1);
+                    continue;
+                }
+                self.pending.push_back(cr + 1);
+            }
+            match b {
+                b'\n' => self.pending.push_back(at + 1),
+                b'\r' => self.cr_at = Some(at),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The data file as the csv reader reads it, its line ends noted in [`LineEnds`].
+struct CountLines<R> {
+    inner: R,
+    ends: Rc<RefCell<LineEnds>>,
+    at: u64,
+}
+
+impl<R: Read> Read for CountLines<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.ends.borrow_mut().read(self.at, &buf[..n]);
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `file:LINE` name of every row of a CSV file with this text.
+    fn lines_of(text: &str) -> Vec<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.csv");
+        std::fs::write(&path, text).unwrap();
+        let mut out = vec![];
+        for_each_row(&path, b',', |source, _| {
+            out.push(source.rsplit(':').next().unwrap().to_string());
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
+    #[test]
+    fn rows_are_named_by_the_line_they_start_on_whatever_the_line_ends() {
+        assert_eq!(lines_of("prompt,completion\na,b\nc,d\n"), ["2", "3"]);
+        assert_eq!(lines_of("prompt,completion\r\na,b\r\nc,d\r\n"), ["2", "3"]);
+        assert_eq!(lines_of("prompt,completion\ra,b\rc,d\r"), ["2", "3"]);
+        assert_eq!(lines_of("prompt,completion\n\n\na,b\n\nc,d"), ["4", "6"]);
+        assert_eq!(lines_of("prompt,completion\r\n\"a\r\nx\",b\r\nc,d\r\n"), ["2", "4"]);
     }
 }
