@@ -10,7 +10,7 @@ use std::path::PathBuf;
 /// prompt. Prints one JSON line on stdout and a readable summary on stderr.
 #[derive(Args)]
 pub struct MetricsArgs {
-    /// Hypotheses: JSONL rows {"prompt": x, "<hyp-field>": generated y}, one per distinct prompt (repeated rows
+    /// Hypotheses: JSONL rows (or a JSON array) {"prompt": x, "<hyp-field>": generated y}, one per distinct prompt (repeated rows
     /// with the same text count once; different texts for one prompt are an error).
     #[arg(long)]
     hyp: PathBuf,

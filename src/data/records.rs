@@ -193,29 +193,49 @@ fn read_json(path: &Path, fields: &Fields) -> Result<Vec<Row>> {
 /// Every row of the text of a JSONL file or JSON array (what [`read_rows`] does with the file's text); `name`
 /// names the file in errors.
 pub fn parse_rows(text: &str, name: &str, fields: &Fields) -> Result<Vec<Row>> {
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut rows = Vec::new();
-    if text.trim_start().starts_with('[') {
-        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
-            bail!("{name}: not valid JSON ({e}); expected a JSON array of row objects, or JSONL (one object per line)");
-        }
-        for (i, (line, raw)) in array_elements(text).into_iter().enumerate() {
-            let source = format!("{name}:{line} (element {i})");
-            rows.push(parse_row(raw, fields).map_err(|e| anyhow::anyhow!("{source}: {e}"))?.with_source(source));
-        }
-    } else {
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let source = format!("{name}:{}", i + 1);
-            rows.push(parse_row(line, fields).map_err(|e| anyhow::anyhow!("{source}: {e}"))?.with_source(source));
-        }
+    for t in json_row_texts(text, name)? {
+        let source = t.source(name);
+        rows.push(parse_row(t.text, fields).map_err(|e| anyhow::anyhow!("{source}: {e}"))?.with_source(source));
     }
     if rows.is_empty() {
         bail!("{name}: no rows");
     }
     Ok(rows)
+}
+
+/// One row's JSON text in a JSONL file or a JSON array.
+pub struct JsonRowText<'a> {
+    /// The 1-based line where it starts.
+    pub line: usize,
+    /// Its index in a JSON array; None in JSONL.
+    pub element: Option<usize>,
+    pub text: &'a str,
+}
+
+impl JsonRowText<'_> {
+    /// `name:line`, or `name:line (element i)` in a JSON array.
+    pub fn source(&self, name: &str) -> String {
+        match self.element {
+            Some(i) => format!("{name}:{} (element {i})", self.line),
+            None => format!("{name}:{}", self.line),
+        }
+    }
+}
+
+/// The rows of the text of a JSON data file: the elements of a JSON array, else the non-blank lines (JSONL); a
+/// leading byte-order mark is dropped. `name` names the file in errors.
+pub fn json_row_texts<'a>(text: &'a str, name: &str) -> Result<Vec<JsonRowText<'a>>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim_start().starts_with('[') {
+        if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            bail!("{name}: not valid JSON ({e}); expected a JSON array of row objects, or JSONL (one object per line)");
+        }
+        let elements = array_elements(text).into_iter().enumerate();
+        return Ok(elements.map(|(i, (line, text))| JsonRowText { line, element: Some(i), text }).collect());
+    }
+    let lines = text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty());
+    Ok(lines.map(|(i, text)| JsonRowText { line: i + 1, element: None, text }).collect())
 }
 
 impl Row {

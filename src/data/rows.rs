@@ -1,5 +1,6 @@
 //! Plain JSON objects with string fields (the prompts of `generate --data`, the rows of `metrics`), with errors
 //! that name file and line (or row). Training, evaluation and scoring rows go through [`super::records`] instead.
+use super::records::json_row_texts;
 use super::source::{DataSource, Reader};
 use super::{csv_rows, parquet_rows};
 use crate::input;
@@ -35,26 +36,23 @@ pub fn read_source_objects(data: &DataSource, shape: &str) -> Result<Vec<(String
     Ok(out)
 }
 
-/// Every non-blank line of a JSONL file as (1-based line, JSON object). `shape` shows the expected object in the
-/// error for a line that is not one. A file with no rows is an error.
+/// Every row of a JSONL file or JSON array as (1-based line, JSON object) ([`super::records::json_row_texts`]).
+/// `shape` shows the expected object in the error for a row that is not one. A file with no rows is an error.
 pub fn read_objects(path: &Path, shape: &str) -> Result<Vec<(usize, JsonObject)>> {
     parse_objects(&input::read_to_string(path, "data file")?, path, shape)
 }
 
 /// [`read_objects`] on the text of the file at `path`.
 pub fn parse_objects(text: &str, path: &Path, shape: &str) -> Result<Vec<(usize, JsonObject)>> {
+    let name = path.display().to_string();
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let n = i + 1;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for t in json_row_texts(text, &name)? {
         let v: serde_json::Value =
-            serde_json::from_str(line).with_context(|| format!("{}:{n}: not valid JSON", path.display()))?;
+            serde_json::from_str(t.text).with_context(|| format!("{}: not valid JSON", t.source(&name)))?;
         let serde_json::Value::Object(obj) = v else {
-            bail!("{}:{n}: expected a JSON object like {shape}", path.display());
+            bail!("{}: expected a JSON object like {shape}", t.source(&name));
         };
-        out.push((n, obj));
+        out.push((t.line, obj));
     }
     if out.is_empty() {
         bail!("{}: no rows", path.display());
@@ -120,5 +118,14 @@ mod tests {
         assert!(e.contains("must be a string"), "{e}");
         let e = read("\n\n").unwrap_err().to_string();
         assert!(e.contains("no rows"), "{e}");
+    }
+
+    #[test]
+    fn reads_json_arrays_and_drops_a_byte_order_mark() {
+        let rows = read("\u{feff}{\"prompt\":\"a\",\"completion\":\"b\"}\n").unwrap();
+        assert_eq!(rows, vec![(1, "a".into(), "b".into())]);
+        let rows = read("[\n {\"prompt\":\"a\",\"completion\":\"b\"},\n {\"prompt\":\"c\",\"completion\":\"d\"}\n]\n")
+            .unwrap();
+        assert_eq!(rows, vec![(2, "a".into(), "b".into()), (3, "c".into(), "d".into())]);
     }
 }
