@@ -47,6 +47,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
     let max_positions = m.model.config.max_positions;
+    if let Some(n) = a.max_len.filter(|&n| n > max_positions) {
+        eprintln!("note: --max-len {n} is above the model's context window; using {max_positions}");
+    }
     let opts = a.fields.options(a.max_len.unwrap_or(max_positions).min(max_positions));
     let ds = load_rows_cut_x(&data, &m.tokenizer, &opts)?;
     let mut scorer = a.device.scorer(&m.model)?;

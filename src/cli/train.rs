@@ -329,10 +329,32 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
         bail!("--accept-changed-data only applies with --resume");
     }
     let settings = a.settings()?;
-    if a.resume.is_none() && settings.freeze_embeddings && !settings.full {
-        bail!(
-            "--freeze-embeddings applies to --full fine-tuning (LoRA never trains the embeddings): add --full, or drop it"
-        );
+    if a.resume.is_none() {
+        if settings.freeze_embeddings && !settings.full {
+            bail!(
+                "--freeze-embeddings applies to --full fine-tuning (LoRA never trains the embeddings): add --full, or drop it"
+            );
+        }
+        let lora_flags = [
+            ("--lora-r", a.lora_r.is_some()),
+            ("--lora-alpha", a.lora_alpha.is_some()),
+            ("--lora-dropout", a.lora_dropout.is_some()),
+            ("--lora-targets", a.lora_targets.is_some()),
+            ("--rslora", a.rslora),
+        ];
+        // Warned, not refused: wrapper scripts pass LoRA flags to every run.
+        let ignored: Vec<&str> = lora_flags.iter().filter(|f| f.1 && settings.full).map(|f| f.0).collect();
+        if !ignored.is_empty() && world.is_root() {
+            eprintln!(
+                "warning: {} shape a LoRA adapter; --full trains every weight and ignores them",
+                ignored.join(", ")
+            );
+        }
+        if settings.eval_data.is_some() && a.eval_fraction.is_some() && world.is_root() {
+            eprintln!(
+                "warning: --eval-fraction is ignored: --eval-data gives the eval rows (nothing is held out of --data)"
+            );
+        }
     }
     // A resumed run computes as it did, and where it did, unless --compute or --device says otherwise.
     let then = a.resume.as_deref().and_then(checkpoint::settings_of).unwrap_or_else(|| settings.clone());
