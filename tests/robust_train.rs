@@ -135,7 +135,7 @@ fn overwrite_refuses_a_model_inside_the_run_it_would_replace() {
     let r = train(&out, &["--full"]);
     assert!(r.ok(), "{}", r.stderr);
     // train_cmd's --lora-r does not apply to --full: said, not refused.
-    assert!(r.stderr.contains("warning: --lora-r shape a LoRA adapter; --full trains every weight"), "{}", r.stderr);
+    assert!(r.stderr.contains("warning: --lora-r shapes a LoRA adapter; --full trains every weight"), "{}", r.stderr);
     let model = out.join("model");
     let weights = read(&model.join("model.safetensors"));
     train(&out, &["--full", "--overwrite", "--model", &s(&model)]).fails_with(&["lies inside", "model"]);

@@ -345,8 +345,9 @@ fn run_on(world: &dyn Collectives, a: TrainArgs) -> Result<i32> {
         // Warned, not refused: wrapper scripts pass LoRA flags to every run.
         let ignored: Vec<&str> = lora_flags.iter().filter(|f| f.1 && settings.full).map(|f| f.0).collect();
         if !ignored.is_empty() && world.is_root() {
+            let verb = if ignored.len() == 1 { "shapes" } else { "shape" };
             eprintln!(
-                "warning: {} shape a LoRA adapter; --full trains every weight and ignores them",
+                "warning: {} {verb} a LoRA adapter; --full trains every weight and ignores it",
                 ignored.join(", ")
             );
         }
