@@ -505,6 +505,8 @@ fn flag_ranges_are_checked_before_the_model_loads() {
         ("generate", &["--prompt", "x", "--length-penalty", "nan"], "--length-penalty must be finite (got NaN)"),
         ("generate", &["--prompt", "x", "--num-beams", "2", "--length-penalty=-inf"], "must be finite (got -inf)"),
         ("generate", &["--prompt", "x", "--num-beams", "0"], "--num-beams must be at least 1"),
+        ("generate", &["--prompt", "x", "--length-penalty", "2"], "shape beam search: set --num-beams > 1"),
+        ("generate", &["--prompt", "x", "--early-stopping", "true"], "shape beam search: set --num-beams > 1"),
         ("generate", &["--prompt", "x", "--batch", "-1"], "invalid value '-1' for '--batch"),
     ];
     for (command, args, want) in cases {

@@ -266,6 +266,8 @@ fn options(a: &GenerateArgs) -> Result<GenerateOptions> {
         Strategy::Beam(BeamParams { num_beams: a.num_beams, length_penalty: a.length_penalty, early_stopping })
     } else if a.num_beams == 0 {
         bail!("--num-beams must be at least 1");
+    } else if a.length_penalty != 1.0 || !matches!(a.early_stopping, EarlyStop::False) {
+        bail!("--length-penalty and --early-stopping shape beam search: set --num-beams > 1 (or drop them)");
     } else if a.temperature > 0.0 {
         Strategy::Sample(sampling)
     } else {
