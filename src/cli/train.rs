@@ -19,16 +19,17 @@ use std::path::PathBuf;
 #[derive(Args, Default)]
 #[command(args_override_self = true)]
 pub struct TrainArgs {
-    /// TOML file with any of the settings below (snake_case keys, e.g. lora_r = 8); flags override it.
+    /// TOML file with any of the settings below (snake_case keys, e.g. lora_r = 8); flags override it
+    /// [default: none].
     #[arg(long)]
     config: Option<PathBuf>,
     /// Continue the run saved in this checkpoint folder (or the latest checkpoint of this output folder),
-    /// with its saved settings.
+    /// with its saved settings [default: none: a new run].
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Start afresh in an --output-dir that holds an earlier run. Everything is checked and loaded first; the
     /// earlier run's files are set aside, deleted once the new run writes its first checkpoint, and put back
-    /// if it fails before that.
+    /// if it fails before that [default: off: an --output-dir holding a run is an error].
     #[arg(long)]
     overwrite: bool,
     /// With --resume: continue although the data files changed since the run started (recorded in
@@ -47,7 +48,8 @@ pub struct TrainArgs {
     /// available [default: refuse].
     #[arg(long)]
     no_memory_check: bool,
-    /// End this invocation after N steps (N ≥ 1) with a checkpoint, as an interruption would (resume it later).
+    /// End this invocation after N steps (N ≥ 1) with a checkpoint, as an interruption would (resume it later)
+    /// [default: none: run to the end].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     stop_after_steps: Option<u64>,
     /// Under mpirun/srun: each rank keeps and updates 1/R of the AdamW moments (ZeRO stage 1), then the updated
@@ -67,11 +69,12 @@ pub struct TrainArgs {
     /// are) [default: 4]. The same numbers for any size.
     #[arg(long, value_name = "MIB")]
     grad_bucket_mib: Option<f64>,
-    /// Model: HF folder, .gguf file, or hub id org/name.
+    /// Model: HF folder, .gguf file, or hub id org/name [required for a new run, unless the --config file sets it].
     #[arg(long)]
     model: Option<String>,
     /// Training rows ({"prompt","completion"}, Alpaca or {"messages"} rows): a data file (JSONL, JSON array,
-    /// Parquet, CSV or TSV), a dataset folder, or a hub dataset id org/name.
+    /// Parquet, CSV or TSV), a dataset folder, or a hub dataset id org/name [required for a new run, unless the
+    /// --config file sets it].
     #[arg(long)]
     data: Option<String>,
     #[arg(long, value_enum, help = super::DATA_FORMAT_HELP)]
@@ -101,7 +104,7 @@ pub struct TrainArgs {
     /// Full fine-tuning of every weight instead of LoRA [default: LoRA].
     #[arg(long)]
     full: bool,
-    /// With --full: keep the embeddings (and a head tied to them) frozen.
+    /// With --full: keep the embeddings (and a head tied to them) frozen [default: off: they train].
     #[arg(long)]
     freeze_embeddings: bool,
     /// LoRA rank r [default: 16].
@@ -118,7 +121,7 @@ pub struct TrainArgs {
     /// [default: all-linear]. The adapter's target_modules lists full paths when only some blocks are adapted.
     #[arg(long)]
     lora_targets: Option<String>,
-    /// rsLoRA: scale by α/√r instead of α/r.
+    /// rsLoRA: scale by α/√r instead of α/r [default: off: α/r].
     #[arg(long)]
     rslora: bool,
     /// Peak learning rate [default: 2e-4].

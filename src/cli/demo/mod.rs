@@ -25,7 +25,8 @@ pub struct DemoArgs {
     /// Seed of the split, the initial weights and the data order.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// A few-second run of the same pipeline with a tiny model (for tests; it does not learn the task).
+    /// A few-second run of the same pipeline with a tiny model (for tests; it does not learn the task)
+    /// [default: off].
     #[arg(long)]
     quick: bool,
     /// Held-out examples printed.
