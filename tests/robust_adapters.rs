@@ -433,3 +433,33 @@ fn an_adapter_on_some_layers_only_says_exactly_which_in_its_config() {
         assert!(ok, "{targets}: {err}");
     }
 }
+
+#[test]
+fn an_adapter_knows_its_base_under_another_name_by_its_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("smol-base");
+    copy_dir(&fixture("tiny-llama"), &base);
+    let out = tmp.path().join("run");
+    let (ok, _, err) = condlm(&[
+        "train",
+        "--model",
+        base.to_str().unwrap(),
+        "--data",
+        fixture("train_rows.jsonl").to_str().unwrap(),
+        "--max-steps",
+        "2",
+        "--allow-worse",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let adapter = out.join("adapter");
+    // The same files under another name: the base condlm.json records; accepted without a word.
+    let renamed = tmp.path().join("renamed");
+    copy_dir(&base, &renamed);
+    let (ok, _, err) = run_with("score", &renamed, &adapter, &[]);
+    assert!(ok && !err.contains("warning"), "{err}");
+    // Another model of the same shapes under another name: refused as before.
+    let (ok, _, err) = run_with("score", &fixture("tiny-llama-gguf/tiny-llama.gguf"), &adapter, &[]);
+    assert!(!ok && err.contains("trained for a different base model"), "{err}");
+}

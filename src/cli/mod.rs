@@ -37,10 +37,11 @@ use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::dataset::DataOptions;
 use condlm::data::source::{DataFormat, DataSource, resolve_data};
-use condlm::formats::fingerprint::{files_identity, model_files};
+use condlm::formats::fingerprint::{files_identity, model_files, model_fingerprint};
 use condlm::formats::load::LoadedModel;
 use condlm::formats::peft::{AdapterConfig, attach_adapter, base_mismatch, read_adapter_config};
 use condlm::formats::resolve::{ModelFiles, resolve};
+use condlm::formats::trained_on::TrainedOn;
 use condlm::formats::weights::BaseDtype;
 use condlm::kernels::bf16;
 use condlm::kernels::compute::{Compute, set_compute};
@@ -165,11 +166,16 @@ pub struct AdapterArgs {
 
 impl AdapterArgs {
     /// Attaches the adapter, if any, to `m` (loaded from `model`, the --model spec); one that names another
-    /// base is refused unless --ignore-base-mismatch.
+    /// base is refused unless --ignore-base-mismatch, or unless condlm trained it on this very model under
+    /// another name (the base fingerprint in its `condlm.json` is this model's).
     pub fn apply(&self, model: &str, m: &mut LoadedModel) -> Result<Option<AdapterConfig>> {
         let Some(dir) = &self.adapter else { return Ok(None) };
         let cfg = read_adapter_config(dir)?;
-        if let Some(m) = base_mismatch(dir, &cfg, model) {
+        let mismatch = match base_mismatch(dir, &cfg, model) {
+            Some(_) if trained_on_these_files(dir, m)? => None,
+            other => other,
+        };
+        if let Some(m) = mismatch {
             if !self.ignore_base_mismatch {
                 anyhow::bail!(
                     "{m}; on another base (even one with the same shapes) it computes something its training never \
@@ -188,6 +194,15 @@ impl AdapterArgs {
     pub fn identity(&self) -> Result<serde_json::Value> {
         let Some(dir) = &self.adapter else { return Ok(serde_json::Value::Null) };
         files_identity(dir, &["adapter_config.json".into(), "adapter_model.safetensors".into()])
+    }
+}
+
+/// Whether condlm trained the adapter in `dir` on the model `m` was loaded from: its `condlm.json` records the
+/// fingerprint of those very files.
+fn trained_on_these_files(dir: &std::path::Path, m: &LoadedModel) -> Result<bool> {
+    match TrainedOn::read(dir)?.and_then(|t| t.base_fingerprint) {
+        Some(recorded) => Ok(recorded == model_fingerprint(&m.files)?),
+        None => Ok(false),
     }
 }
 

@@ -12,12 +12,14 @@ use std::path::Path;
 /// The file's name, in an adapter or HF model folder.
 pub const FILE: &str = "condlm.json";
 
-/// The row formats a training run saw (at least one).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The row formats a training run saw (at least one), and the fingerprint of the base it trained
+/// ([`super::fingerprint::model_fingerprint`]), by which an adapter knows its base under another name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TrainedOn {
     pub pairs: bool,
     pub alpaca: bool,
     pub chats: bool,
+    pub base_fingerprint: Option<String>,
 }
 
 /// The formats' names in the file (those of `data::records::Format`).
@@ -37,7 +39,11 @@ impl TrainedOn {
 
     /// The contents of `condlm.json`.
     pub fn file_bytes(&self) -> Vec<u8> {
-        let mut bytes = serde_json::to_vec_pretty(&json!({ "trained_on": self.names() })).unwrap_or_default();
+        let mut v = json!({ "trained_on": self.names() });
+        if let Some(f) = &self.base_fingerprint {
+            v["base_model_fingerprint"] = f.as_str().into();
+        }
+        let mut bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
         bytes.push(b'\n');
         bytes
     }
@@ -53,6 +59,7 @@ impl TrainedOn {
                 _ => return None,
             }
         }
+        t.base_fingerprint = v["base_model_fingerprint"].as_str().map(str::to_string);
         Some(t)
     }
 
@@ -88,10 +95,10 @@ mod tests {
             TrainedOn { pairs: true, ..Default::default() },
             TrainedOn { alpaca: true, ..Default::default() },
             TrainedOn { chats: true, ..Default::default() },
-            TrainedOn { pairs: true, alpaca: true, chats: true },
+            TrainedOn { pairs: true, alpaca: true, chats: true, base_fingerprint: Some("ab12".into()) },
         ] {
             let v: Value = serde_json::from_slice(&t.file_bytes()).unwrap();
-            assert_eq!(TrainedOn::parse(&v), Some(t), "{v}");
+            assert_eq!(TrainedOn::parse(&v), Some(t.clone()), "{v}");
         }
         let both = TrainedOn { pairs: true, chats: true, ..Default::default() };
         assert_eq!(both.names(), ["prompt/completion", "chat"]);

@@ -488,11 +488,17 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     let output = match ending {
         _ if !root => out.clone(),
         Ending::Finished if s.full => {
-            save_hf_folder(&output, &trainer.model, &tokenizer, &files, Some(trained_on(&train_set.stats)))?;
+            save_hf_folder(
+                &output,
+                &trainer.model,
+                &tokenizer,
+                &files,
+                Some(trained_on(&train_set.stats, &model_fingerprint)),
+            )?;
             output
         }
         Ending::Finished => {
-            save_adapter(&output, &trainer.model, &lcfg, &s.model, trained_on(&train_set.stats))?;
+            save_adapter(&output, &trainer.model, &lcfg, &s.model, trained_on(&train_set.stats, &model_fingerprint))?;
             output
         }
         _ => checkpoint::list(&out).pop().map_or(out.clone(), |c| c.1),
@@ -515,9 +521,10 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     })
 }
 
-/// The row formats the run trained on, recorded beside its result.
-fn trained_on(stats: &DataStats) -> TrainedOn {
-    TrainedOn { pairs: stats.pairs > 0, alpaca: stats.alpaca > 0, chats: stats.chats > 0 }
+/// What the run trained on (its row formats and base model), recorded beside its result.
+fn trained_on(stats: &DataStats, base_fingerprint: &str) -> TrainedOn {
+    let base_fingerprint = Some(base_fingerprint.to_string());
+    TrainedOn { pairs: stats.pairs > 0, alpaca: stats.alpaca > 0, chats: stats.chats > 0, base_fingerprint }
 }
 
 /// A run that failed mid-way, on this rank. Rank 0 alone owns the output folder, so it alone puts back an earlier
