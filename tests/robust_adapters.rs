@@ -395,6 +395,17 @@ fn an_unknown_lora_target_is_refused_with_the_model_s_layers() {
     );
 }
 
+/// Trains a 2-step LoRA adapter on `model` into `out` (with `extra` flags); returns its adapter folder.
+fn train_adapter(model: &Path, out: &Path, extra: &[&str]) -> PathBuf {
+    let (model, data) = (model.to_str().unwrap(), fixture("train_rows.jsonl"));
+    let mut args = vec!["train", "--model", model, "--data", data.to_str().unwrap(), "--max-steps", "2"];
+    args.extend(["--allow-worse", "--output-dir", out.to_str().unwrap()]);
+    args.extend(extra);
+    let (ok, _, err) = condlm(&args);
+    assert!(ok, "train {extra:?}: {err}");
+    out.join("adapter")
+}
+
 #[test]
 fn an_adapter_on_some_layers_only_says_exactly_which_in_its_config() {
     // Full paths and PEFT-style suffixes as --lora-targets; the written target_modules must select exactly the
@@ -408,24 +419,7 @@ fn an_adapter_on_some_layers_only_says_exactly_which_in_its_config() {
     for (i, (model, targets, expected)) in cases.into_iter().enumerate() {
         let out = tmp.path().join(format!("run{i}"));
         let model = fixture(model);
-        let (ok, _, err) = condlm(&[
-            "train",
-            "--model",
-            model.to_str().unwrap(),
-            "--data",
-            fixture("train_rows.jsonl").to_str().unwrap(),
-            "--lora-targets",
-            targets,
-            "--max-steps",
-            "2",
-            "--lr",
-            "1e-2",
-            "--allow-worse",
-            "--output-dir",
-            out.to_str().unwrap(),
-        ]);
-        assert!(ok, "{targets}: {err}");
-        let adapter = out.join("adapter");
+        let adapter = train_adapter(&model, &out, &["--lora-targets", targets, "--lr", "1e-2"]);
         let config: Value =
             serde_json::from_str(&std::fs::read_to_string(adapter.join("adapter_config.json")).unwrap()).unwrap();
         assert_eq!(config["target_modules"], expected, "{targets}");
@@ -440,20 +434,7 @@ fn an_adapter_knows_its_base_under_another_name_by_its_files() {
     let base = tmp.path().join("smol-base");
     copy_dir(&fixture("tiny-llama"), &base);
     let out = tmp.path().join("run");
-    let (ok, _, err) = condlm(&[
-        "train",
-        "--model",
-        base.to_str().unwrap(),
-        "--data",
-        fixture("train_rows.jsonl").to_str().unwrap(),
-        "--max-steps",
-        "2",
-        "--allow-worse",
-        "--output-dir",
-        out.to_str().unwrap(),
-    ]);
-    assert!(ok, "{err}");
-    let adapter = out.join("adapter");
+    let adapter = train_adapter(&base, &out, &[]);
     // The same files under another name: the base condlm.json records; accepted without a word.
     let renamed = tmp.path().join("renamed");
     copy_dir(&base, &renamed);

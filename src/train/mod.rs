@@ -6,7 +6,6 @@ pub mod grad_sums;
 pub mod guard;
 pub mod interrupt;
 pub mod memory;
-pub mod model_fingerprint;
 pub mod objective;
 pub mod on_device;
 pub mod optim;

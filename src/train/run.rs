@@ -10,7 +10,6 @@ use super::grad_sums::GradSumOptions;
 use super::guard::{Guard, worse_than_start};
 use super::interrupt::{Interrupt, Signal};
 use super::memory::{MemoryPlan, available_bytes, largest_micro_batch};
-use super::model_fingerprint::check_same_model;
 use super::on_device;
 use super::optim::AdamWConfig;
 use super::output_dir::{self, SetAside};
@@ -625,6 +624,21 @@ fn check_same_data(meta: &checkpoint::CheckpointMeta, now: &str, accept: bool) -
     }
 }
 
+/// A resumed run must continue on the base model it started from: an adapter's steps, or a full fine-tune's
+/// moments, mean nothing on other weights or another tokenizer. `then`: the checkpoint's fingerprint of the model
+/// (`formats::fingerprint`; None in checkpoints written before condlm recorded it).
+fn check_same_model(model: &Path, then: Option<&str>, now: &str) -> Result<()> {
+    match then {
+        Some(then) if then != now => bail!(
+            "the base model changed since this run started: {} is not the model the checkpoint was trained on \
+             (its config, tokenizer or weights differ). Resume with the model the run started from, or start a new \
+             run on this one",
+            model.display()
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The settings to run with (a resumed run's own, from its checkpoint) and the state to resume from.
 fn settings_and_state(
     s: TrainSettings,
@@ -902,5 +916,19 @@ impl StepLoop<'_> {
         let d = self.train_set;
         let order = epoch_order(d.examples.len(), self.s.seed, e);
         (e, order.iter().map(|&i| &d.examples[i]).collect(), order.iter().map(|&i| d.sources[i].as_str()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_recorded_other_model_is_refused() {
+        let m = Path::new("/models/m.gguf");
+        assert!(check_same_model(m, Some("a"), "a").is_ok());
+        assert!(check_same_model(m, None, "b").is_ok());
+        let err = check_same_model(m, Some("a"), "b").unwrap_err().to_string();
+        assert!(err.contains("m.gguf") && err.contains("base model changed"), "{err}");
     }
 }
