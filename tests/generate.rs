@@ -566,6 +566,66 @@ fn cli_chat_renders_the_template_like_transformers() {
     assert!(!out.status.success() && stderr.contains("no chat template"), "{stderr}");
 }
 
+/// Chat and Alpaca rows are continued from the ids training puts before their completion: transformers'
+/// generation prompt for a one-turn chat, and `score --per-token`'s context of the last reply for a longer one.
+#[test]
+fn chat_and_alpaca_rows_are_continued_where_training_put_their_completion() {
+    let exp: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-qwen2/expected.json")).unwrap()).unwrap();
+    let chat = &exp["chat_template"];
+    let (user, reply) = (&chat["messages"][0], &chat["messages"][1]);
+    let longer = serde_json::json!([{"role": "system", "content": "Be brief."}, user, reply,
+        {"role": "user", "content": "and the food?"}, {"role": "assistant", "content": "Italian."}]);
+    let alpaca = serde_json::json!({"instruction": "Describe it.", "input": "name: Blue Spice"});
+    let rows = [
+        serde_json::json!({"messages": chat["messages"]}),
+        serde_json::json!({"messages": [user]}),
+        serde_json::json!({"messages": longer}),
+        alpaca.clone(),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rows.jsonl");
+    std::fs::write(&data, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    let (gen_out, score_out) = (dir.path().join("gen.jsonl"), dir.path().join("score.jsonl"));
+    // Alpaca's prompt is longer than the fixture's 128 positions: a copy with a wider window (RoPE, so the
+    // weights do not depend on it).
+    let model = dir.path().join("tiny-qwen2");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(fixture("tiny-qwen2")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    let config = model.join("config.json");
+    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["max_position_embeddings"] = 512.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    let model = model.to_str().unwrap();
+    let (d, g) = (data.to_str().unwrap(), gen_out.to_str().unwrap());
+    let out = condlm_cli(&["generate", "--model", model, "--data", d, "--out", g, "--ids", "--max-new-tokens", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let gen_rows: Vec<Value> =
+        std::fs::read_to_string(&gen_out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(ids(&gen_rows[0]["prompt_ids"]), ids(&chat["generation_prompt_ids"]), "chat ending in a reply");
+    assert_eq!(ids(&gen_rows[1]["prompt_ids"]), ids(&chat["generation_prompt_ids"]), "chat ending in a user turn");
+    assert_eq!(gen_rows[2]["messages"], longer, "the row's fields are written back");
+    // Training's context of the last reply: score's ids before the last run of target positions.
+    let mut answered = alpaca.clone();
+    answered["output"] = "Blue Spice.".into();
+    let scored = [&rows[2], &answered];
+    std::fs::write(&data, scored.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
+    let s = score_out.to_str().unwrap();
+    let out = condlm_cli(&["score", "--model", model, "--data", d, "--out", s, "--per-token"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let score_rows: Vec<Value> =
+        std::fs::read_to_string(&score_out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (scored, generated) in score_rows.iter().zip([&gen_rows[2], &gen_rows[3]]) {
+        let positions = ids(&scored["target_positions"]);
+        let last_run = positions.iter().rposition(|&p| positions.first() != Some(&p) && !positions.contains(&(p - 1)));
+        let start = positions[last_run.unwrap_or(0)] as usize;
+        assert_eq!(ids(&generated["prompt_ids"]), ids(&scored["ids"])[..start], "{}", scored["source"]);
+    }
+}
+
 #[test]
 fn cli_help_documents_every_flag_with_its_default_and_rejects_bad_flags() {
     let out = condlm_cli(&["generate", "--help"]);

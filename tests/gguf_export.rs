@@ -9,11 +9,9 @@ use condlm::formats::gguf::quantize::quantize;
 use condlm::kernels::dequant::{GgmlType, dequantize_to_vec};
 use std::path::{Path, PathBuf};
 
-fn out_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("condlm-gguf-export-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A scratch folder for one test, deleted when the test ends (pass or fail).
+fn out_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("condlm-gguf-export-{name}-")).tempdir().unwrap()
 }
 
 fn export(args: &[&str]) -> String {
@@ -47,7 +45,8 @@ fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
 
 #[test]
 fn hf_folder_exports_as_llama_cpp_converter_writes_it() {
-    let d = out_dir("converter");
+    let scratch = out_dir("converter");
+    let d = scratch.path();
     let out = d.join("tiny-llama.gguf");
     export(&["--model", p(&fixture("tiny-llama")), "--out", p(&out), "--type", "f32", "--name", "tiny-llama"]);
     let ours = GgufFile::open(&out).unwrap();
@@ -72,7 +71,8 @@ fn hf_folder_exports_as_llama_cpp_converter_writes_it() {
 
 #[test]
 fn exported_models_score_like_their_source() {
-    let d = out_dir("roundtrip");
+    let scratch = out_dir("roundtrip");
+    let d = scratch.path();
     for (src, model) in [
         ("tiny-llama", fixture("tiny-llama")),
         ("tiny-llama-gguf", fixture("tiny-llama-gguf/tiny-llama.gguf")),
@@ -90,7 +90,8 @@ fn exported_models_score_like_their_source() {
 
 #[test]
 fn merged_export_scores_like_base_plus_adapter_and_the_gguf_adapter_holds_the_delta() {
-    let d = out_dir("adapter");
+    let scratch = out_dir("adapter");
+    let d = scratch.path();
     for name in ["tiny-llama", "tiny-gpt2"] {
         let base = fixture(name);
         let adapter = fixture(&format!("interop/{name}-condlm-adapter"));
@@ -136,7 +137,8 @@ fn merged_export_scores_like_base_plus_adapter_and_the_gguf_adapter_holds_the_de
 
 #[test]
 fn quantized_types_hold_llama_cpp_blocks_of_the_same_values() {
-    let d = out_dir("types");
+    let scratch = out_dir("types");
+    let d = scratch.path();
     let model = fixture("tiny-llama");
     let f32_file = d.join("f32.gguf");
     export(&["--model", p(&model), "--out", p(&f32_file), "--type", "f32"]);
@@ -164,7 +166,8 @@ fn quantized_types_hold_llama_cpp_blocks_of_the_same_values() {
 
 #[test]
 fn modelfile_and_refusals() {
-    let d = out_dir("modelfile");
+    let scratch = out_dir("modelfile");
+    let d = scratch.path();
     let model = fixture("tiny-llama");
     let out = d.join("m.gguf");
     let msg = export(&["--model", p(&model), "--out", p(&out), "--modelfile"]);
@@ -197,7 +200,8 @@ fn modelfile_and_refusals() {
 
 #[test]
 fn merging_into_a_quantized_base_warns_when_the_output_is_no_finer() {
-    let d = out_dir("requantize");
+    let scratch = out_dir("requantize");
+    let d = scratch.path();
     let base = d.join("base-q4_0.gguf");
     export(&["--model", p(&fixture("tiny-llama")), "--out", p(&base), "--type", "q4_0"]);
     let adapter = fixture("interop/tiny-llama-condlm-adapter");
@@ -225,7 +229,8 @@ fn merging_into_a_quantized_base_warns_when_the_output_is_no_finer() {
 /// not silently: the GGUF attends over the whole context, so the export says up to which length it agrees.
 #[test]
 fn a_sliding_window_model_exports_with_a_warning() {
-    let d = out_dir("window");
+    let scratch = out_dir("window");
+    let d = scratch.path();
     let msg = export(&["--model", p(&fixture("tiny-mistral")), "--out", p(&d.join("m.gguf")), "--type", "f32"]);
     assert!(msg.contains("warning") && msg.contains("sliding window of 4 positions"), "{msg}");
     let msg = export(&["--model", p(&fixture("tiny-llama")), "--out", p(&d.join("l.gguf")), "--type", "f32"]);
@@ -234,7 +239,8 @@ fn a_sliding_window_model_exports_with_a_warning() {
 
 #[test]
 fn tokenizer_pre_names_a_pre_tokenizer_llama_cpp_knows_and_the_tokenizer_uses() {
-    let d = out_dir("tokenizer-pre");
+    let scratch = out_dir("tokenizer-pre");
+    let d = scratch.path();
     let model = fixture("tiny-llama"); // SmolLM's pre-tokenizer: digits one by one, then GPT-2's split
     let out = d.join("m.gguf");
     let run = |model: &Path, pre: Option<&str>| {
@@ -271,7 +277,8 @@ fn tokenizer_pre_names_a_pre_tokenizer_llama_cpp_knows_and_the_tokenizer_uses() 
 #[test]
 fn the_modelfile_presents_prompts_as_training_did() {
     // tiny-llama has a ChatML chat template; an adapter trained on its prompt/completion rows must get raw prompts.
-    let d = out_dir("trained-on");
+    let scratch = out_dir("trained-on");
+    let d = scratch.path();
     let model = fixture("tiny-llama");
     let run = d.join("run");
     let (ok, _, err) = condlm(&[

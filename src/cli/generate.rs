@@ -3,8 +3,9 @@ use super::device::DeviceArgs;
 use super::{AdapterArgs, BaseArgs, DATA_FORMAT_HELP, EVAL_SPLIT_HELP, flag_value, model_identity, use_compute};
 use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
-use condlm::data::chat::{ChatTemplate, GenerationPrompt};
-use condlm::data::rows::{JsonObject, field_of, read_source_objects};
+use condlm::data::chat::{ChatTemplate, GenerationPrompt, special_ids};
+use condlm::data::prompts::{Prompt, PromptRow, chat_prompt_ids, read_prompt_rows};
+use condlm::data::rows::JsonObject;
 use condlm::data::source::{DataFormat, DataSource, EVAL_SPLITS, resolve_data};
 use condlm::formats::load::{LoadedModel, open_model};
 use condlm::generate::{
@@ -50,9 +51,11 @@ pub struct GenerateArgs {
     /// The prompt x; its continuation is streamed to stdout as it is generated [default: none; give it or --data].
     #[arg(long, conflicts_with = "data", required_unless_present = "data")]
     prompt: Option<String>,
-    /// Rows with a string "prompt" (a data file: JSONL, Parquet, CSV or TSV; a dataset folder; or a hub dataset
-    /// id org/name): generate for every row; other fields are passed through. Without sampling, a prompt
-    /// repeated in the data is decoded once [default: none].
+    /// Rows to continue (a data file: JSONL, Parquet, CSV or TSV; a dataset folder; or a hub dataset id
+    /// org/name), each from the ids training puts before its completion: a string "prompt"; a chat's "messages"
+    /// before its last assistant turn (or all of them when the chat ends in a user or tool turn), with the chat
+    /// template's generation prompt; an Alpaca row's prompt. Every field is copied to the output row. Without
+    /// sampling, a prompt repeated in the data is decoded once [default: none].
     #[arg(long)]
     data: Option<String>,
     #[arg(long, value_enum, default_value_t = DataFormat::Auto, hide_default_value = true, help = DATA_FORMAT_HELP)]
@@ -75,8 +78,9 @@ pub struct GenerateArgs {
     /// byte for byte [default: off: an existing .partial is an error].
     #[arg(long, requires = "out")]
     resume_output: bool,
-    /// Render each prompt as a user message with the model's chat template (add_generation_prompt), as training
-    /// on chat data renders it; the template writes any BOS itself [default: off].
+    /// Render each "prompt" string (and --prompt) as a user message with the model's chat template
+    /// (add_generation_prompt), as training on chat data renders it; the template writes any BOS itself. Chat rows
+    /// always use the template, Alpaca rows never [default: off].
     #[arg(long)]
     chat: bool,
     /// At most this many new tokens per prompt, at least 1 (fewer where the context window ends first).
@@ -167,25 +171,30 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         opts.stop_ids.retain(|&t| t != eos);
         opts.stop_ids.insert(0, eos);
     }
-    let template = if a.chat {
-        let t = ChatTemplate::for_tokenizer(&m.tokenizer)?;
-        Some(t.with_context(|| format!("{}: --chat, but the model has no chat template", a.model))?)
-    } else {
-        None
-    };
-    let encode = |text: &str| -> Result<Vec<u32>> {
-        match &template {
-            Some(t) => {
-                let msg = minijinja::Value::from_pairs([("role", "user"), ("content", text)]);
+    let template = ChatTemplate::for_tokenizer(&m.tokenizer)?;
+    if a.chat && template.is_none() {
+        bail!("{}: --chat, but the model has no chat template", a.model);
+    }
+    let special = special_ids(&m.tokenizer);
+    let encode = |prompt: &Prompt| -> Result<Vec<u32>> {
+        match (prompt, &template) {
+            (Prompt::Text(text), Some(t)) if a.chat => {
+                let msg = minijinja::Value::from_pairs([("role", "user"), ("content", text.as_str())]);
                 let rendered = t.render(&[msg], None, GenerationPrompt::Add)?;
                 m.tokenizer.encode(&rendered)
             }
-            None => encode_prompt(&m.tokenizer, text),
+            (Prompt::Text(text) | Prompt::Alpaca(text), _) => encode_prompt(&m.tokenizer, text),
+            (Prompt::Chat { messages, tools }, Some(t)) => {
+                chat_prompt_ids(&m.tokenizer, t, messages, tools.as_ref(), &special)
+            }
+            (Prompt::Chat { .. }, None) => {
+                bail!("a chat row, but the model has no chat template to render it with (give prompts as text)")
+            }
         }
     };
     match (&a.prompt, &data, out) {
         (Some(p), _, _) => {
-            let prompt = encode(p)?;
+            let prompt = encode(&Prompt::Text(p.clone()))?;
             check_memory(&m.model, weight_bytes, std::slice::from_ref(&prompt), &opts)?;
             run_prompt(&m.model, &m.tokenizer, prompt, &opts)
         }
@@ -351,7 +360,7 @@ fn run_data(
     data: &DataSource,
     (out, mut fingerprint): (Destination, Fingerprint),
     opts: &GenerateOptions,
-    encode: impl Fn(&str) -> Result<Vec<u32>>,
+    encode: impl Fn(&Prompt) -> Result<Vec<u32>>,
 ) -> Result<()> {
     let (model, tok) = (&m.model, &m.tokenizer);
     let rows = read_prompt_rows(data)?;
@@ -362,9 +371,9 @@ fn run_data(
     fingerprint.rows = rows
         .iter()
         .zip(&prompts)
-        .map(|((_, row, _), ids)| row_hash(serde_json::json!([row, ids]).to_string().as_bytes()))
+        .map(|(r, ids)| row_hash(serde_json::json!([r.fields, ids]).to_string().as_bytes()))
         .collect();
-    let sources: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
+    let sources: Vec<String> = rows.iter().map(|r| r.source.clone()).collect();
     let (mut writer, done) =
         out.open(&fingerprint, &sources, |i, line| done_row(&rows, &prompts, i, line, beam, a.ids))?;
     let resumed = done.len();
@@ -396,7 +405,7 @@ fn run_data(
     .map_err(|e| match e.downcast_ref::<NonFiniteLogits>() {
         Some(n) => {
             let r = of_row.iter().position(|&t| t == first + n.prompt).unwrap_or(0);
-            anyhow::anyhow!(n.describe(&todo_rows[r].0))
+            anyhow::anyhow!(n.describe(&todo_rows[r].source))
         }
         None => anyhow::anyhow!("{}: {e:#}", data.label),
     })?;
@@ -477,7 +486,7 @@ fn write_ready(
     next: &mut usize,
 ) -> Result<()> {
     while let Some(f) = of_row.get(*next).and_then(|&t| fields[t].as_ref()) {
-        let mut out = rows[*next].1.clone();
+        let mut out = rows[*next].fields.clone();
         out.extend(f.clone());
         writer.push(&Value::Object(out))?;
         *next += 1;
@@ -496,7 +505,9 @@ fn done_row(
     beam: bool,
     ids: bool,
 ) -> Result<JsonObject> {
-    let Some((source, row, _)) = rows.get(i) else { bail!("row {}, but --data has only {} rows", i + 1, rows.len()) };
+    let Some(PromptRow { source, fields: row, .. }) = rows.get(i) else {
+        bail!("row {}, but --data has only {} rows", i + 1, rows.len())
+    };
     let Some(obj) = line.as_object() else { bail!("not a JSON object") };
     let added = ["generation", "finish_reason", "new_tokens"]
         .into_iter()
@@ -522,11 +533,11 @@ fn done_row(
 fn encode_prompts(
     rows: &[PromptRow],
     model: &Transformer,
-    encode: impl Fn(&str) -> Result<Vec<u32>>,
+    encode: impl Fn(&Prompt) -> Result<Vec<u32>>,
 ) -> Result<Vec<Vec<u32>>> {
     let context = condlm::generate::context_len(model);
     rows.iter()
-        .map(|(source, _, prompt)| {
+        .map(|PromptRow { source, prompt, .. }| {
             let ids = encode(prompt).with_context(|| source.clone())?;
             if ids.len() >= context {
                 bail!(
@@ -554,17 +565,4 @@ fn generated_fields(g: &Generation, prompt_ids: Option<&Vec<u32>>) -> JsonObject
         out.insert("generated_ids".into(), serde_json::json!(g.ids));
     }
     out
-}
-
-/// Rows that each have a string "prompt": (where the row is, the row, the prompt).
-type PromptRow = (String, JsonObject, String);
-
-fn read_prompt_rows(data: &DataSource) -> Result<Vec<PromptRow>> {
-    read_source_objects(data, "{\"prompt\": ...}")?
-        .into_iter()
-        .map(|(source, obj)| {
-            let prompt = field_of(&obj, "prompt", &source)?;
-            Ok((source, obj, prompt))
-        })
-        .collect()
 }

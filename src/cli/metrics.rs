@@ -15,7 +15,8 @@ pub struct MetricsArgs {
     #[arg(long)]
     hyp: PathBuf,
     /// References: JSONL rows {"prompt": x, "<ref-field>": reference y}; rows sharing a prompt are that prompt's
-    /// references. Prompts without a hypothesis are not scored.
+    /// references. Chat and Alpaca rows (as train reads them) are keyed by their turns before the reply (their
+    /// prompt), their reference is the reply they hold. Prompts without a hypothesis are not scored.
     #[arg(long = "ref", value_name = "REF")]
     refs: PathBuf,
     /// Field of a hypothesis row holding the generated text (`generate` writes it as "generation", beside the
@@ -35,8 +36,8 @@ pub struct MetricsArgs {
 }
 
 pub fn run(a: MetricsArgs) -> Result<()> {
-    let hyp_rows = read_rows(&a.hyp, &a.prompt_field, &a.hyp_field)?;
-    let ref_rows = read_rows(&a.refs, &a.prompt_field, &a.ref_field)?;
+    let hyp_rows = read_rows(&a.hyp, &a.prompt_field, &a.hyp_field, false)?;
+    let ref_rows = read_rows(&a.refs, &a.prompt_field, &a.ref_field, true)?;
     let p = pair(&hyp_rows, &ref_rows, &a.hyp, &a.refs)?;
     if p.duplicates > 0 {
         eprintln!(

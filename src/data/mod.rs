@@ -6,6 +6,7 @@ pub mod csv_rows;
 pub mod dataset;
 pub mod example;
 pub mod parquet_rows;
+pub mod prompts;
 pub mod records;
 pub mod rows;
 pub mod show;

@@ -147,19 +147,22 @@ impl Row {
     pub fn group_key(&self) -> String {
         match &self.record {
             Record::Pair { prompt, .. } => prompt.clone(),
-            Record::Chat { messages, .. } => {
-                let last = messages.len() - 1;
-                let mut key = String::new();
-                for m in &messages[..last] {
-                    key.push_str(Role::NAMES[m.role as usize]);
-                    key.push('\u{1}');
-                    key.push_str(&m.content);
-                    key.push('\u{2}');
-                }
-                key
-            }
+            Record::Chat { messages, .. } => chat_key(&messages[..messages.len() - 1]),
         }
     }
+}
+
+/// The roles and contents of `messages` as one string, independent of any template: equal exactly when the
+/// turns are.
+pub fn chat_key(messages: &[Message]) -> String {
+    let mut key = String::new();
+    for m in messages {
+        key.push_str(Role::NAMES[m.role as usize]);
+        key.push('\u{1}');
+        key.push_str(&m.content);
+        key.push('\u{2}');
+    }
+    key
 }
 
 /// Reads every row of every file of `data`, in order (each file must hold rows).

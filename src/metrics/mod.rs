@@ -18,6 +18,7 @@
 pub mod bleu;
 pub mod rouge;
 
+use crate::data::prompts::{prompt_of, reply_of};
 use crate::data::rows::{read_objects, string_field};
 use anyhow::{Result, bail};
 use serde::Serialize;
@@ -50,13 +51,25 @@ pub struct TextRow {
 }
 
 /// Reads every non-blank line of a JSONL file; each must be an object with string fields `prompt_field` and
-/// `text_field` (other fields are ignored). Errors name the file and line.
-pub fn read_rows(path: &Path, prompt_field: &str, text_field: &str) -> Result<Vec<TextRow>> {
+/// `text_field` (other fields are ignored), or a chat or Alpaca row as `generate --data` reads them: its prompt
+/// is then its turns before the reply (Alpaca's prompt), and with `replies` its text, where `text_field` is
+/// absent, the reply it holds (a reference file of training rows). Errors name the file and line.
+pub fn read_rows(path: &Path, prompt_field: &str, text_field: &str, replies: bool) -> Result<Vec<TextRow>> {
     read_objects(path, &format!("{{\"{prompt_field}\": ..., \"{text_field}\": ...}}"))?
         .into_iter()
         .map(|(line, obj)| {
-            let prompt = string_field(&obj, prompt_field, path, line)?;
-            Ok(TextRow { prompt, text: string_field(&obj, text_field, path, line)?, line })
+            let formatted =
+                !obj.contains_key(prompt_field) && (obj.contains_key("messages") || obj.contains_key("instruction"));
+            let prompt = if formatted {
+                prompt_of(&obj, &format!("{}:{line}", path.display()))?.key()
+            } else {
+                string_field(&obj, prompt_field, path, line)?
+            };
+            let text = match reply_of(&obj) {
+                Some(reply) if formatted && replies && !obj.contains_key(text_field) => reply,
+                _ => string_field(&obj, text_field, path, line)?,
+            };
+            Ok(TextRow { prompt, text, line })
         })
         .collect()
 }
@@ -235,12 +248,46 @@ mod tests {
     fn reads_custom_fields_and_names_bad_lines() {
         let tmp = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(tmp.path(), "{\"mr\":\"a\",\"gen\":\"b\",\"x\":1}\n\n{\"mr\":\"c\",\"gen\":\"\"}\n").unwrap();
-        let rows = read_rows(tmp.path(), "mr", "gen").unwrap();
+        let rows = read_rows(tmp.path(), "mr", "gen", false).unwrap();
         assert_eq!(rows, [row("a", "b", 1), row("c", "", 3)]);
-        let e = read_rows(tmp.path(), "prompt", "gen").unwrap_err().to_string();
+        let e = read_rows(tmp.path(), "prompt", "gen", false).unwrap_err().to_string();
         assert!(e.contains(":1: missing field \"prompt\""), "{e}");
         std::fs::write(tmp.path(), "{\"mr\":\"a\",\"gen\":null}\n").unwrap();
-        let e = read_rows(tmp.path(), "mr", "gen").unwrap_err().to_string();
+        let e = read_rows(tmp.path(), "mr", "gen", false).unwrap_err().to_string();
         assert!(e.contains(":1: field \"gen\" must be a string"), "{e}");
+    }
+
+    /// A reference file of training rows (chats, Alpaca) pairs with generate's rows of the same prompts, whether
+    /// generate read the chats with their replies or without.
+    #[test]
+    fn chat_and_alpaca_references_pair_with_their_generations() {
+        let (refs, hyps) = (tempfile::NamedTempFile::new().unwrap(), tempfile::NamedTempFile::new().unwrap());
+        let user = r#"{"role":"user","content":"u"}"#;
+        std::fs::write(
+            refs.path(),
+            format!(
+                "{{\"messages\":[{user},{{\"role\":\"assistant\",\"content\":\"r1\"}}]}}\n\
+                 {{\"messages\":[{user},{{\"role\":\"assistant\",\"content\":\"r2\"}}]}}\n\
+                 {{\"instruction\":\"i\",\"output\":\"r3\"}}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            hyps.path(),
+            format!(
+                "{{\"messages\":[{user}],\"generation\":\"g1\"}}\n{{\"instruction\":\"i\",\"generation\":\"g3\"}}\n"
+            ),
+        )
+        .unwrap();
+        let (r, h) = (
+            read_rows(refs.path(), "prompt", "completion", true).unwrap(),
+            read_rows(hyps.path(), "prompt", "generation", false).unwrap(),
+        );
+        let p = pair(&h, &r, hyps.path(), refs.path()).unwrap();
+        assert_eq!(p.hyps, ["g1", "g3"]);
+        assert_eq!(p.refs, [vec!["r1", "r2"], vec!["r3"]]);
+        // Hypotheses are never a row's own reply.
+        let e = read_rows(refs.path(), "prompt", "generation", false).unwrap_err().to_string();
+        assert!(e.contains(":1: missing field \"generation\""), "{e}");
     }
 }
