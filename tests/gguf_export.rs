@@ -7,7 +7,7 @@ use common::{condlm, fixture};
 use condlm::formats::gguf::file::GgufFile;
 use condlm::formats::gguf::quantize::quantize;
 use condlm::kernels::dequant::{GgmlType, dequantize_to_vec};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A scratch folder for one test, deleted when the test ends (pass or fail).
 fn out_dir(name: &str) -> tempfile::TempDir {
@@ -194,7 +194,7 @@ fn modelfile_and_refusals() {
 
     let (ok, _, err) = condlm(&["export-gguf", "--model", p(&model), "--out", p(&d.join("x.gguf")), "--lora-only"]);
     assert!(!ok && err.contains("--adapter"), "{err}");
-    let leftovers: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(d).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(leftovers.len(), 2, "only m.gguf and Modelfile may exist: {leftovers:?}");
 }
 
