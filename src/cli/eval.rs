@@ -28,7 +28,7 @@ pub struct EvalArgs {
     #[arg(long, allow_negative_numbers = true)]
     max_len: Option<usize>,
     /// Rows per forward pass (at least 1).
-    #[arg(long, default_value_t = 16, allow_negative_numbers = true)]
+    #[arg(long, visible_alias = "batch-size", default_value_t = 16, allow_negative_numbers = true)]
     batch: usize,
     #[command(flatten)]
     fields: FieldArgs,

@@ -128,7 +128,7 @@ pub struct GenerateArgs {
     #[arg(long)]
     ignore_eos: bool,
     /// Prompts decoded together with --data (continuous batching; each takes num-beams cache slots), at least 1.
-    #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
+    #[arg(long, visible_alias = "batch-size", default_value_t = 8, allow_negative_numbers = true)]
     batch: usize,
     /// With --data: also write "prompt_ids" and "generated_ids" (the latter including the stop token)
     /// [default: off].

@@ -34,7 +34,7 @@ pub struct MergeArgs {
     out: PathBuf,
     /// Replace --out if it holds an earlier model folder (its files are deleted; a folder holding any other file is
     /// refused all the same) [default: off: a non-empty --out is an error].
-    #[arg(long)]
+    #[arg(long, visible_alias = "overwrite")]
     force: bool,
 }
 

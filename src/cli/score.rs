@@ -38,7 +38,7 @@ pub struct ScoreArgs {
     #[arg(long, requires = "out")]
     resume_output: bool,
     /// Rows per forward pass (packed, no padding; at least 1).
-    #[arg(long, default_value_t = 8, allow_negative_numbers = true)]
+    #[arg(long, visible_alias = "batch-size", default_value_t = 8, allow_negative_numbers = true)]
     batch: usize,
     #[command(flatten)]
     adapter: AdapterArgs,

@@ -140,7 +140,7 @@ pub struct TrainArgs {
     #[arg(long)]
     max_steps: Option<usize>,
     /// Rows per micro-batch [default: 8].
-    #[arg(long)]
+    #[arg(long, visible_alias = "batch")]
     batch_size: Option<usize>,
     /// Micro-batches per optimizer step [default: 1].
     #[arg(long)]
