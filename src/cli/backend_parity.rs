@@ -415,9 +415,19 @@ fn gather<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
 /// The embedding's backward into the table: the first n of 45 uploaded ids (unsorted, most repeated, some rows of
 /// the table untouched) added into a table of 50 rows with 5 values to spare, three calls in a row (n 37, 45, 3:
 /// the device's grouping scratch grown, then reused with stale values past what it holds); then rows of 300 (more
-/// than a block has threads), one id at least 20 times among 30 rows.
+/// than a block has threads), one id at least 20 times among 30 rows. First, 500 distinct ids (a shuffled table of
+/// 512 rows, as full fine-tuning meets in a batch of varied text): the grouping holds n + 2·m + 1 values, the most
+/// it ever holds, and a scratch sized by n alone was short.
 fn embedding_backward_on<B: Backend>(b: &B) -> Result<Outs> {
     let mut outs = vec![];
+    let (vocab, dim, n) = (512, 8, 500);
+    let mut ids: Vec<u32> = (0..vocab as u32).collect();
+    ids.sort_by_key(|&i| (uniform(16, 96, i as u64) * 1e9) as u64);
+    ids.truncate(n);
+    let (gids, dout) = (up_u32(b, &ids)?, up(b, &random(n * dim, 97, 1.0))?);
+    let mut table = up(b, &random(vocab * dim, 98, 1.0))?;
+    b.embedding_backward(&mut table, &dout, &gids, &ids, n, dim)?;
+    outs.push(("embedding_backward 500 distinct, table 512×8".into(), down(b, &table, vocab * dim)?));
     let (vocab, dim) = (50, 24);
     let mut ids = indices(45, 11, 90);
     (ids[3], ids[40]) = (49, 49);

@@ -65,7 +65,7 @@ pub struct RowGroups {
     /// rows (n) | ids (m, distinct, increasing) | offsets (m + 1): group g adds the rows
     /// rows[offsets[g]..offsets[g + 1]], increasing, to table row ids[g].
     host: Vec<u32>,
-    /// `host`'s copy (2·n + 1 values for the largest n so far: m ≤ n).
+    /// `host`'s copy (3·n + 1 values for the largest n so far: n + 2·m + 1 with m ≤ n distinct ids).
     dev: Option<CudaSlice<u32>>,
 }
 
@@ -120,7 +120,7 @@ pub fn embedding_backward(
     let len = groups.host.len();
     debug_assert_eq!(len, n + 2 * m + 1);
     if groups.dev.as_ref().is_none_or(|b| b.len() < len) {
-        groups.dev = Some(d.stream.alloc_zeros::<u32>(2 * n + 1)?);
+        groups.dev = Some(d.stream.alloc_zeros::<u32>(3 * n + 1)?);
     }
     let dev = groups.dev.as_mut().expect("allocated above");
     d.stream.memcpy_htod(&groups.host[..], &mut dev.slice_mut(..len))?;
