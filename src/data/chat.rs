@@ -8,8 +8,9 @@
 //! (`ensure_ascii=False`, `indent`, `separators`, `sort_keys`) and Python string/dict methods (`.strip()`,
 //! `.startswith()`, `.split()`, `.items()`, … from minijinja-contrib's `pycompat`). The `{% generation %}` …
 //! `{% endgeneration %}` tags (transformers' `AssistantTracker`) render their body unchanged; they mark nothing
-//! here, because the mask comes from the construction below. `bos_token` is the token the tokenizer puts
-//! before a text (empty when it adds none) and `eos_token` the EOS token's text. Known differences from
+//! here, because the mask comes from the construction below. `bos_token` is the tokenizer's BOS text
+//! whenever one is known (whether or not the tokenizer puts it before plain texts, as transformers passes it;
+//! else the prefix it adds) and `eos_token` the EOS token's text. Known differences from
 //! Jinja2: Python-only printing (`{{ true }}` prints `true`, not `True`).
 //!
 //! **Which tokens are targets**, by construction, never by searching the rendered text: for each assistant
@@ -17,8 +18,10 @@
 //! `render(messages[..=k])` where it ends; the text between consecutive renderings is one segment, tokenized on
 //! its own. The assistant segments are the targets, including the end-of-turn token the template writes
 //! (`<|im_end|>`, `<|eot_id|>`, `</s>`): the model must learn to stop. Whitespace the template writes after
-//! the turn (ChatML's `\n` after `<|im_end|>`) is a separate non-target segment, as in transformers'
-//! `{% generation %}` convention. If the last assistant turn does not end in a special token (a template with
+//! the turn (ChatML's `\n` after `<|im_end|>`) is a separate non-target segment: the model learns to stop at
+//! the end-of-turn token, and what follows it is the next turn's context. (TRL's training templates put that
+//! whitespace inside `{% generation %}`, and ChatML's `\n` after `<|im_start|>assistant` too; those tokens are
+//! the only difference from their masks.) If the last assistant turn does not end in a special token (a template with
 //! no end-of-turn marker), EOS is appended to it as a target. A template whose earlier rendering is not a
 //! prefix of a later one cannot be split this way and is an error. No BOS is added beyond what the template
 //! writes (transformers tokenizes the rendering with `add_special_tokens=False`).
