@@ -163,10 +163,10 @@ fn segments_reassemble_the_rendering() {
         let source = std::fs::read_to_string(fixture("data").join(name)).unwrap();
         let t = ChatTemplate::new(&source, "<|endoftext|>", "<|im_end|>").unwrap();
         for row in &rows {
-            let Record::Chat { messages, tools } = &row.record else { panic!() };
+            let Record::Chat { messages, tools, context_turns } = &row.record else { panic!() };
             let values: Vec<Value> = messages.iter().map(|m| m.value.clone()).collect();
             let full = t.render(&values, None, GenerationPrompt::Omit).unwrap();
-            let c = encode_chat(&tok, &t, messages, tools.as_ref(), &special).unwrap();
+            let c = encode_chat(&tok, &t, messages, *context_turns, tools.as_ref(), &special).unwrap();
             // The tiny vocabulary has no special <|eot_id|>: with no end-of-turn token, EOS is appended.
             let want = if name == "llama3_style.jinja" { format!("{full}<|im_end|>") } else { full };
             assert_eq!(tok.decode(&c.ids).unwrap(), want, "{name} {}", row.source);

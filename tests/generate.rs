@@ -577,11 +577,14 @@ fn chat_and_alpaca_rows_are_continued_where_training_put_their_completion() {
     let longer = serde_json::json!([{"role": "system", "content": "Be brief."}, user, reply,
         {"role": "user", "content": "and the food?"}, {"role": "assistant", "content": "Italian."}]);
     let alpaca = serde_json::json!({"instruction": "Describe it.", "input": "name: Blue Spice"});
+    // TRL's conversational prompt/completion: the prompt's answer is context, the completion's the target.
+    let conversational = serde_json::json!({"prompt": longer.as_array().unwrap()[..4], "completion": [longer[4]]});
     let rows = [
         serde_json::json!({"messages": chat["messages"]}),
         serde_json::json!({"messages": [user]}),
         serde_json::json!({"messages": longer}),
         alpaca.clone(),
+        conversational.clone(),
     ];
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("rows.jsonl");
@@ -611,19 +614,25 @@ fn chat_and_alpaca_rows_are_continued_where_training_put_their_completion() {
     // Training's context of the last reply: score's ids before the last run of target positions.
     let mut answered = alpaca.clone();
     answered["output"] = "Blue Spice.".into();
-    let scored = [&rows[2], &answered];
+    let scored = [&rows[2], &answered, &conversational];
     std::fs::write(&data, scored.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
     let s = score_out.to_str().unwrap();
     let out = condlm_cli(&["score", "--model", model, "--data", d, "--out", s, "--per-token"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let score_rows: Vec<Value> =
         std::fs::read_to_string(&score_out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    for (scored, generated) in score_rows.iter().zip([&gen_rows[2], &gen_rows[3]]) {
+    let last_run = |scored: &Value| {
         let positions = ids(&scored["target_positions"]);
-        let last_run = positions.iter().rposition(|&p| positions.first() != Some(&p) && !positions.contains(&(p - 1)));
-        let start = positions[last_run.unwrap_or(0)] as usize;
+        let start = positions.iter().rposition(|&p| positions.first() != Some(&p) && !positions.contains(&(p - 1)));
+        positions[start.unwrap_or(0)..].to_vec()
+    };
+    for (scored, generated) in score_rows.iter().zip([&gen_rows[2], &gen_rows[3], &gen_rows[4]]) {
+        let start = last_run(scored)[0] as usize;
         assert_eq!(ids(&generated["prompt_ids"]), ids(&scored["ids"])[..start], "{}", scored["source"]);
     }
+    // The conversational row is the chat with its last answer alone as the target.
+    assert_eq!(score_rows[2]["ids"], score_rows[0]["ids"]);
+    assert_eq!(ids(&score_rows[2]["target_positions"]), last_run(&score_rows[0]));
 }
 
 #[test]

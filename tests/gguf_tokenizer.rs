@@ -509,8 +509,8 @@ fn gemma3_chat_template_masks_assistant_turns() {
     for case in &chat.cases {
         let line = serde_json::json!({ "messages": case.messages }).to_string();
         let row = parse_row(&line, &Fields::default()).unwrap();
-        let Record::Chat { messages, tools } = &row.record else { panic!("not a chat: {line}") };
-        let c = encode_chat(&tok, &template, messages, tools.as_ref(), &special).unwrap();
+        let Record::Chat { messages, tools, context_turns } = &row.record else { panic!("not a chat: {line}") };
+        let c = encode_chat(&tok, &template, messages, *context_turns, tools.as_ref(), &special).unwrap();
         assert_eq!(tok.decode(&c.ids).unwrap(), case.text, "rendering");
         assert_eq!(c.ids, case.ids, "{:?}", case.text);
         assert_eq!(c.target, case.target, "{:?}", case.text);

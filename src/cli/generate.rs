@@ -53,8 +53,9 @@ pub struct GenerateArgs {
     prompt: Option<String>,
     /// Rows to continue (a data file: JSONL, Parquet, CSV or TSV; a dataset folder; or a hub dataset id
     /// org/name), each from the ids training puts before its completion: a string "prompt"; a chat's "messages"
-    /// before its last assistant turn (or all of them when the chat ends in a user or tool turn), with the chat
-    /// template's generation prompt; an Alpaca row's prompt. Every field is copied to the output row. Without
+    /// before its last assistant turn (or all of them when the chat ends in a user or tool turn) and a "prompt"
+    /// list of messages (TRL's conversational format), with the chat template's generation prompt; an Alpaca
+    /// row's prompt. Every field is copied to the output row. Without
     /// sampling, a prompt repeated in the data is decoded once [default: none].
     #[arg(long)]
     data: Option<String>,
@@ -184,8 +185,8 @@ pub fn run(a: GenerateArgs) -> Result<()> {
                 m.tokenizer.encode(&rendered)
             }
             (Prompt::Text(text) | Prompt::Alpaca(text), _) => encode_prompt(&m.tokenizer, text),
-            (Prompt::Chat { messages, tools }, Some(t)) => {
-                chat_prompt_ids(&m.tokenizer, t, messages, tools.as_ref(), &special)
+            (Prompt::Chat { messages, tools, context_turns }, Some(t)) => {
+                chat_prompt_ids(&m.tokenizer, t, messages, *context_turns, tools.as_ref(), &special)
             }
             (Prompt::Chat { .. }, None) => {
                 bail!("a chat row, but the model has no chat template to render it with (give prompts as text)")

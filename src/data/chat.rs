@@ -360,11 +360,13 @@ enum Segment {
 }
 
 /// Renders `messages` (which end with an assistant turn) prefix by prefix and tokenizes each segment alone;
-/// assistant segments are targets. See the module notes.
+/// the segments of assistant turns from `messages[context_turns]` on are targets (earlier ones are context
+/// text). See the module notes.
 pub fn encode_chat(
     tok: &TextTokenizer,
     template: &ChatTemplate,
     messages: &[Message],
+    context_turns: usize,
     tools: Option<&Value>,
     special: &HashSet<u32>,
 ) -> Result<ChatTokens> {
@@ -396,7 +398,7 @@ pub fn encode_chat(
         )
     };
     for (k, m) in messages.iter().enumerate() {
-        if m.role != Role::Assistant {
+        if m.role != Role::Assistant || k < context_turns {
             continue;
         }
         let before = template.render(&values[..k], tools, GenerationPrompt::Add)?;

@@ -266,14 +266,14 @@ pub fn encode_row(
             target.resize(ids.len(), true);
             Ok(Encoded { ids, target, keep: tok.prefix.len(), y_start })
         }
-        Record::Chat { messages, tools } => {
+        Record::Chat { messages, tools, context_turns } => {
             let template = template.ok_or_else(|| {
                 anyhow!(
                     "this row is a chat but the model has no chat template (tokenizer_config.json \
                      \"chat_template\", chat_template.jinja, or GGUF tokenizer.chat_template)"
                 )
             })?;
-            let c = encode_chat(tok, template, messages, tools.as_ref(), special)?;
+            let c = encode_chat(tok, template, messages, *context_turns, tools.as_ref(), special)?;
             let keep = if !tok.prefix.is_empty() && c.ids.starts_with(&tok.prefix) { tok.prefix.len() } else { 0 };
             Ok(Encoded { ids: c.ids, target: c.target, keep, y_start: c.last_turn_start.max(keep) })
         }

@@ -4,6 +4,7 @@
 //! | row has                        | x                                                                    |
 //! |--------------------------------|----------------------------------------------------------------------|
 //! | `"prompt"` (a string)          | the prompt, raw (or with `--chat` one user message)                  |
+//! | `"prompt"` (a list of messages) | TRL's conversational prompt: every turn, rendered as a chat's are (`"completion"`, if any, is the reference) |
 //! | `"messages"`                   | the turns before the last assistant turn (that turn is the reference, left in the row), or every turn when the chat ends in a user or tool turn; rendered with the chat template and its generation prompt |
 //! | `"instruction"` (+ `"input"`)  | Alpaca's prompt ([`super::records::alpaca_prompt`]); `"output"` may be absent |
 use super::chat::{ChatTemplate, encode_chat};
@@ -24,8 +25,9 @@ pub enum Prompt {
     Text(String),
     /// An Alpaca row's prompt: always raw, as training presents it.
     Alpaca(String),
-    /// The turns of a chat that a reply follows (none of them the reply), and the row's `tools`.
-    Chat { messages: Vec<Message>, tools: Option<minijinja::Value> },
+    /// The turns of a chat that a reply follows (none of them the reply), the row's `tools`, and how many of
+    /// the turns training reads as one context (a conversational prompt's; 0 for a `messages` row).
+    Chat { messages: Vec<Message>, tools: Option<minijinja::Value>, context_turns: usize },
 }
 
 impl Prompt {
@@ -60,11 +62,22 @@ pub fn read_prompt_rows(data: &DataSource) -> Result<Vec<PromptRow>> {
 
 /// A row's prompt; `source` names the row in errors.
 pub fn prompt_of(row: &JsonObject, source: &str) -> Result<Prompt> {
+    if let Some(messages @ serde_json::Value::Array(turns)) = row.get("prompt") {
+        let mut prompt = chat_prompt(messages, row.get("tools"), source, false)?;
+        if let Prompt::Chat { context_turns, .. } = &mut prompt {
+            *context_turns = turns.len();
+        }
+        return Ok(prompt);
+    }
     if row.contains_key("prompt") {
         return Ok(Prompt::Text(field_of(row, "prompt", source)?));
     }
     if let Some(messages) = row.get("messages") {
-        return chat_prompt(messages, row.get("tools"), source);
+        let ends_in_reply = messages
+            .as_array()
+            .and_then(|m| m.last())
+            .is_some_and(|m| m.get("role").and_then(|r| r.as_str()) == Some("assistant"));
+        return chat_prompt(messages, row.get("tools"), source, ends_in_reply);
     }
     if row.contains_key("instruction") {
         let instruction = field_of(row, "instruction", source)?;
@@ -77,9 +90,11 @@ pub fn prompt_of(row: &JsonObject, source: &str) -> Result<Prompt> {
     )
 }
 
-/// The completion a chat or Alpaca row holds: a chat's last turn if it is an assistant turn, Alpaca's "output".
+/// The completion a chat or Alpaca row holds: a chat's (or a conversational completion's) last turn if it is an
+/// assistant turn, Alpaca's "output".
 pub fn reply_of(row: &JsonObject) -> Option<String> {
-    if let Some(messages) = row.get("messages") {
+    let conversational = row.get("prompt").is_some_and(|p| p.is_array());
+    if let Some(messages) = row.get(if conversational { "completion" } else { "messages" }) {
         let last = messages.as_array()?.last()?;
         return (last.get("role")?.as_str()? == "assistant")
             .then(|| last.get("content")?.as_str().map(String::from))?;
@@ -87,14 +102,15 @@ pub fn reply_of(row: &JsonObject) -> Option<String> {
     row.get("instruction").and(row.get("output")).and_then(|o| o.as_str()).map(String::from)
 }
 
-/// A chat's context: read as training reads a chat (the same checks and template values), with a stand-in
-/// reply after a chat that ends in a user or tool turn, whose context is then every turn.
-fn chat_prompt(messages: &serde_json::Value, tools: Option<&serde_json::Value>, source: &str) -> Result<Prompt> {
+/// A chat's context: read as training reads a chat (the same checks and template values). `messages` ends in
+/// the reference reply (dropped) or, with a stand-in reply put after it, is all context.
+fn chat_prompt(
+    messages: &serde_json::Value,
+    tools: Option<&serde_json::Value>,
+    source: &str,
+    ends_in_reply: bool,
+) -> Result<Prompt> {
     let mut messages = messages.clone();
-    let ends_in_reply = messages
-        .as_array()
-        .and_then(|m| m.last())
-        .is_some_and(|m| m.get("role").and_then(|r| r.as_str()) == Some("assistant"));
     if !ends_in_reply && let Some(list) = messages.as_array_mut() {
         list.push(serde_json::json!({"role": "assistant", "content": STAND_IN}));
     }
@@ -103,9 +119,9 @@ fn chat_prompt(messages: &serde_json::Value, tools: Option<&serde_json::Value>, 
         row["tools"] = t.clone();
     }
     let parsed = parse_row(&row.to_string(), &Fields::default()).map_err(|e| anyhow::anyhow!("{source}: {e}"))?;
-    let Record::Chat { mut messages, tools } = parsed.record else { unreachable!("a row with \"messages\"") };
+    let Record::Chat { mut messages, tools, .. } = parsed.record else { unreachable!("a row with \"messages\"") };
     messages.pop();
-    Ok(Prompt::Chat { messages, tools })
+    Ok(Prompt::Chat { messages, tools, context_turns: 0 })
 }
 
 /// The content of the reply put after a chat to find the ids before it (never encoded into a prompt).
@@ -117,6 +133,7 @@ pub fn chat_prompt_ids(
     tok: &TextTokenizer,
     template: &ChatTemplate,
     messages: &[Message],
+    context_turns: usize,
     tools: Option<&minijinja::Value>,
     special: &HashSet<u32>,
 ) -> Result<Vec<u32>> {
@@ -126,7 +143,7 @@ pub fn chat_prompt_ids(
         value: minijinja::Value::from_pairs([("role", "assistant"), ("content", STAND_IN)]),
     };
     let with_reply: Vec<Message> = messages.iter().cloned().chain([reply]).collect();
-    let mut chat = encode_chat(tok, template, &with_reply, tools, special)?;
+    let mut chat = encode_chat(tok, template, &with_reply, context_turns, tools, special)?;
     chat.ids.truncate(chat.last_turn_start);
     Ok(chat.ids)
 }
@@ -162,6 +179,20 @@ mod tests {
         ]}))
         .unwrap();
         assert_eq!(roles(&p), [Role::User, Role::Assistant, Role::User]);
+    }
+
+    #[test]
+    fn a_conversational_prompt_is_every_turn_it_holds() {
+        let p = prompt(serde_json::json!({
+            "prompt": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}],
+            "completion": [{"role": "assistant", "content": "b"}]
+        }))
+        .unwrap();
+        assert_eq!(roles(&p), [Role::User, Role::Assistant]);
+        assert!(matches!(p, Prompt::Chat { context_turns: 2, .. }));
+        let row = serde_json::json!({"prompt": [{"role": "user", "content": "u"}],
+                                     "completion": [{"role": "assistant", "content": "b"}]});
+        assert_eq!(reply_of(row.as_object().unwrap()).as_deref(), Some("b"));
     }
 
     #[test]

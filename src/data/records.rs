@@ -8,6 +8,7 @@
 //! | row has                                  | format        | x                                     | y          |
 //! |------------------------------------------|---------------|---------------------------------------|------------|
 //! | `"messages": [{"role", "content"}, ...]` | chat          | every turn before an assistant turn   | assistant turns |
+//! | `"prompt"` and `"completion"` lists of messages | chat (TRL's conversational) | the prompt's turns, and the completion's before an assistant turn | the completion's assistant turns |
 //! | the prompt field (default `"prompt"`)    | prompt/completion | the prompt field                  | the completion field |
 //! | `"instruction"` (+ `"input"`), `"output"` | Alpaca       | [`alpaca_prompt`]                     | `output`   |
 //!
@@ -129,8 +130,10 @@ pub enum Record {
     /// x and y as text (Alpaca rows become pairs through [`alpaca_prompt`]).
     Pair { prompt: String, completion: String },
     /// Turns up to and including the last assistant turn (later turns carry no target and are dropped), and
-    /// the row's `tools` list if it has one (passed to the template as `tools`).
-    Chat { messages: Vec<Message>, tools: Option<minijinja::Value> },
+    /// the row's `tools` list if it has one (passed to the template as `tools`). The first `context_turns`
+    /// turns are context even where they are assistant turns: the prompt of a conversational prompt/completion
+    /// row (0 for a `messages` row, whose every assistant turn is a target).
+    Chat { messages: Vec<Message>, tools: Option<minijinja::Value>, context_turns: usize },
 }
 
 #[derive(Clone, Debug)]
@@ -319,7 +322,8 @@ fn kind_of(v: &serde_json::Value) -> &'static str {
 }
 
 const EXPECTED: &str = "{\"prompt\": x, \"completion\": y}, {\"instruction\": ..., \"input\": ..., \"output\": y} \
-(Alpaca) or {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} (chat)";
+(Alpaca), {\"messages\": [{\"role\": ..., \"content\": ...}, ...]} (chat) or {\"prompt\": [messages], \
+\"completion\": [messages]} (conversational)";
 
 /// One row's text → a record; the error says what was expected, without the location (the caller adds it).
 pub fn parse_row(text: &str, fields: &Fields) -> Result<Row, String> {
@@ -344,6 +348,9 @@ pub fn parse_row(text: &str, fields: &Fields) -> Result<Row, String> {
     let named = *fields != Fields::default() && obj.contains_key(pf);
     if let Some(messages) = obj.get("messages").filter(|_| !named) {
         return parse_chat(text, messages).map(|r| row(Format::Chat, r));
+    }
+    if let (Some(serde_json::Value::Array(prompt)), Some(completion)) = (obj.get(pf), obj.get(cf)) {
+        return conversation(prompt, completion, obj.get("tools"), (pf, cf)).map(|r| row(Format::Chat, r));
     }
     if obj.contains_key(pf) || (obj.contains_key(cf) && !obj.contains_key("instruction")) {
         let prompt = require(pf, "the prompt x")?;
@@ -370,6 +377,35 @@ pub fn parse_row(text: &str, fields: &Fields) -> Result<Row, String> {
         ));
     }
     Err(format!("missing fields: expected {EXPECTED}; found {}", keys_of(obj)))
+}
+
+/// TRL's conversational prompt/completion row: the prompt's turns, then the completion's, whose assistant
+/// turns alone are targets (the prompt's earlier answers are context, as TRL's completion-only loss has them).
+fn conversation(
+    prompt: &[serde_json::Value],
+    completion: &serde_json::Value,
+    tools: Option<&serde_json::Value>,
+    (pf, cf): (&str, &str),
+) -> Result<Record, String> {
+    let Some(completion) = completion.as_array() else {
+        return Err(format!(
+            "field \"{pf}\" is a list of messages, so \"{cf}\" must be one too (TRL's conversational \
+             prompt/completion), got {}",
+            kind_of(completion)
+        ));
+    };
+    if !completion.iter().any(|m| m.get("role").and_then(|r| r.as_str()) == Some("assistant")) {
+        return Err(format!("\"{cf}\" has no assistant turn, so nothing to learn"));
+    }
+    let mut row = serde_json::json!({ "messages": prompt.iter().chain(completion).collect::<Vec<_>>() });
+    if let Some(t) = tools {
+        row["tools"] = t.clone();
+    }
+    let text = row.to_string();
+    match parse_chat(&text, &row["messages"])? {
+        Record::Chat { messages, tools, .. } => Ok(Record::Chat { messages, tools, context_turns: prompt.len() }),
+        pair => Ok(pair),
+    }
 }
 
 fn parse_chat(text: &str, messages: &serde_json::Value) -> Result<Record, String> {
@@ -431,7 +467,7 @@ fn parse_chat(text: &str, messages: &serde_json::Value) -> Result<Record, String
             Ok(Message { role, content, value: without_nulls(value) })
         })
         .collect::<Result<Vec<_>, String>>()?;
-    Ok(Record::Chat { messages, tools })
+    Ok(Record::Chat { messages, tools, context_turns: 0 })
 }
 
 /// Drops the keys whose value is null, as transformers does before rendering (`content: null` next to
@@ -464,6 +500,25 @@ mod tests {
         let el = array_elements(text);
         assert_eq!(el, vec![(2, "{\"a\": \"x,]\\\"\"}"), (4, "{\"b\": [1, {\"c\": 2}]}"), (4, "3")]);
         assert!(array_elements("[]").is_empty());
+    }
+
+    #[test]
+    fn conversational_rows_are_chats_whose_prompt_is_context() {
+        let f = Fields::default();
+        let r = parse_row(
+            r#"{"prompt": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"},
+                {"role": "user", "content": "v"}], "completion": [{"role": "assistant", "content": "b"}]}"#,
+            &f,
+        )
+        .unwrap();
+        assert_eq!(r.format, Format::Chat);
+        let Record::Chat { messages, context_turns, .. } = &r.record else { panic!() };
+        assert_eq!((messages.len(), *context_turns), (4, 3));
+        assert_eq!(r.group_key(), chat_key(&messages[..3]));
+        let e = parse_row(r#"{"prompt": [{"role": "user", "content": "u"}], "completion": "b"}"#, &f).unwrap_err();
+        assert!(e.contains("\"completion\" must be one too"), "{e}");
+        let e = parse_row(r#"{"prompt": [{"role": "user", "content": "u"}], "completion": []}"#, &f).unwrap_err();
+        assert!(e.contains("\"completion\" has no assistant turn"), "{e}");
     }
 
     #[test]

@@ -58,8 +58,10 @@ pub fn read_rows(path: &Path, prompt_field: &str, text_field: &str, replies: boo
     read_objects(path, &format!("{{\"{prompt_field}\": ..., \"{text_field}\": ...}}"))?
         .into_iter()
         .map(|(line, obj)| {
-            let formatted =
-                !obj.contains_key(prompt_field) && (obj.contains_key("messages") || obj.contains_key("instruction"));
+            let formatted = match obj.get(prompt_field) {
+                Some(p) => p.is_array(),
+                None => obj.contains_key("messages") || obj.contains_key("instruction"),
+            };
             let prompt = if formatted {
                 prompt_of(&obj, &format!("{}:{line}", path.display()))?.key()
             } else {
