@@ -373,7 +373,12 @@ fn bad_rows_name_file_and_line() {
         (r#"{"prompt": "a"}"#, &["missing field \"completion\"", "found \"prompt\""]),
         (r#"{"completion": "a"}"#, &["missing field \"prompt\""]),
         (r#"{"prompt": "a", "completion": 3}"#, &["\"completion\"", "must be a string, got a number"]),
-        (r#"{"prompt": ["a"], "completion": "b"}"#, &["\"prompt\"", "must be a string, got an array"]),
+        (r#"{"prompt": ["a"], "completion": "b"}"#, &["\"prompt\" is a list", "\"completion\" must be one too"]),
+        (
+            r#"{"prompt": ["a"], "completion": [{"role": "assistant", "content": "b"}]}"#,
+            &["messages[0] must be an object"],
+        ),
+        (r#"{"prompt": "a", "completion": ["b"]}"#, &["\"completion\"", "must be a string, got an array"]),
         (r#"{"prompt": "a", "completion": ""}"#, &["\"completion\" is empty", "only EOS"]),
         (r#"{"text": "a"}"#, &["missing fields", "\"messages\"", "\"instruction\"", "found \"text\""]),
         (r#"{"instruction": "a", "output": ""}"#, &["\"output\" is empty"]),

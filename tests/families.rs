@@ -316,3 +316,25 @@ fn gpt2_attention_scale_flags() {
     let e = format!("{:#}", read(&|v| v["scale_attn_by_inverse_layer_idx"] = serde_json::json!(true)).unwrap_err());
     assert!(e.contains("scale_attn_by_inverse_layer_idx = true") && e.contains("not supported"), "{e}");
 }
+
+/// The config.json `merge`/`--full` write for a base that came without one (a GGUF) reads back as the same
+/// model, with the integer fields transformers' config classes require as integers (Gemma 3's
+/// `query_pre_attn_scalar` was written as 256.0, which transformers 5 refuses to load).
+#[test]
+fn a_written_config_reads_back_as_the_model_with_integer_fields() {
+    for name in ["tiny-gemma3", "tiny-llama", "tiny-qwen2", "tiny-phi3", "tiny-gpt2"] {
+        let want = model(name).config;
+        let v = condlm::formats::hf_export::config_json(&want, None).unwrap();
+        if name == "tiny-gemma3" {
+            let hf: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(fixture("tiny-gemma3/config.json")).unwrap()).unwrap();
+            assert!(v["query_pre_attn_scalar"].is_u64(), "{}", v["query_pre_attn_scalar"]);
+            assert_eq!(v["query_pre_attn_scalar"], hf["query_pre_attn_scalar"]);
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("config.json");
+        std::fs::write(&path, v.to_string()).unwrap();
+        let back = condlm::network::config::Config::from_hf_json(&path).unwrap();
+        assert_eq!(back, want, "{name}");
+    }
+}

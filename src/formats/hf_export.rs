@@ -289,7 +289,8 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                     o.remove("rope_theta");
                 }
                 v["hidden_activation"] = json!("gelu_pytorch_tanh");
-                v["query_pre_attn_scalar"] = json!((1.0 / (scale * scale)).round());
+                // transformers reads an integer (its config dataclass refuses 256.0).
+                v["query_pre_attn_scalar"] = json!((1.0 / (scale * scale)).round() as u64);
                 v["sliding_window"] = json!(c.sliding_window);
                 v["layer_types"] = json!((0..c.num_layers).map(|i| kind(c.local_rope(i))).collect::<Vec<_>>());
                 v["rope_parameters"] = json!({
