@@ -4,7 +4,7 @@
 pub mod fingerprint;
 pub mod rows;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -61,6 +61,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 /// files too large to build in memory).
 pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if !dir.is_dir() {
+        bail!("cannot write {}: folder {} does not exist; create it first", path.display(), dir.display());
+    }
     let tmp = shared(&mut tempfile::Builder::new(), 0o666)
         .tempfile_in(dir)
         .with_context(|| format!("cannot write {}: folder {} is not writable", path.display(), dir.display()))?;
@@ -166,6 +169,13 @@ mod replace_tests {
         assert!(!out.join("b").exists(), "the earlier folder's files are gone with it");
         let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["out"]);
+    }
+
+    #[test]
+    fn a_file_in_a_missing_folder_is_refused_by_the_folder_s_name() {
+        let d = tempfile::tempdir().unwrap();
+        let e = write_atomic(&d.path().join("mf/m.gguf"), b"x").unwrap_err().to_string();
+        assert!(e.ends_with("mf does not exist; create it first"), "{e}");
     }
 }
 
