@@ -1,7 +1,7 @@
 //! `condlm::generate` against transformers' `generate` (ids recorded by tests/fixtures/make_generate_fixtures.py),
 //! the KV cache against the full forward pass, sampling filters against hand-computed distributions, and bad input.
 mod common;
-use common::{decode_step_and_forward, fixture};
+use common::{decode_step_and_forward, fixture, long_context_llama};
 use condlm::formats::load::{LoadedModel, load_model};
 use condlm::formats::peft::load_adapter;
 use condlm::generate::decoder::Decoder;
@@ -571,7 +571,7 @@ fn cli_chat_renders_the_template_like_transformers() {
 #[test]
 fn chat_and_alpaca_rows_are_continued_where_training_put_their_completion() {
     let exp: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-qwen2/expected.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-llama/expected.json")).unwrap()).unwrap();
     let chat = &exp["chat_template"];
     let (user, reply) = (&chat["messages"][0], &chat["messages"][1]);
     let longer = serde_json::json!([{"role": "system", "content": "Be brief."}, user, reply,
@@ -590,18 +590,8 @@ fn chat_and_alpaca_rows_are_continued_where_training_put_their_completion() {
     let data = dir.path().join("rows.jsonl");
     std::fs::write(&data, rows.iter().map(|r| format!("{r}\n")).collect::<String>()).unwrap();
     let (gen_out, score_out) = (dir.path().join("gen.jsonl"), dir.path().join("score.jsonl"));
-    // Alpaca's prompt is longer than the fixture's 128 positions: a copy with a wider window (RoPE, so the
-    // weights do not depend on it).
-    let model = dir.path().join("tiny-qwen2");
-    std::fs::create_dir(&model).unwrap();
-    for f in std::fs::read_dir(fixture("tiny-qwen2")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
-    }
-    let config = model.join("config.json");
-    let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    c["max_position_embeddings"] = 512.into();
-    std::fs::write(&config, c.to_string()).unwrap();
+    // Alpaca's prompt is longer than the fixture's 128 positions.
+    let model = long_context_llama(dir.path());
     let model = model.to_str().unwrap();
     let (d, g) = (data.to_str().unwrap(), gen_out.to_str().unwrap());
     let out = condlm_cli(&["generate", "--model", model, "--data", d, "--out", g, "--ids", "--max-new-tokens", "3"]);

@@ -1,8 +1,8 @@
 //! `condlm score` reads every file `condlm eval` reads (prompt/completion, Alpaca, chat; JSONL or a JSON array)
 //! and agrees with it on the total NLL per token.
 mod common;
-use common::fixture;
-use std::path::{Path, PathBuf};
+use common::{fixture, long_context_llama};
+use std::path::Path;
 use std::process::Command;
 
 /// Runs the binary on `model` and `data`; returns (stdout, stderr).
@@ -18,24 +18,6 @@ fn condlm(command: &str, model: &Path, data: &Path, extra: &[&str]) -> (String, 
     let (stdout, stderr) = (String::from_utf8(out.stdout).unwrap(), String::from_utf8_lossy(&out.stderr).to_string());
     assert!(out.status.success() && !stderr.contains("panicked"), "{command} {}: {stderr}", data.display());
     (stdout, stderr)
-}
-
-/// tiny-llama (which has a chat template) copied into `dir` with a context window of 1024 instead of 128, so
-/// that the Alpaca fixture's rows (up to ~250 tokens) fit whole: `eval` then cuts nothing, `score` refuses
-/// nothing, and both see the same rows.
-fn long_context_llama(dir: &Path) -> PathBuf {
-    let model = dir.join("tiny-llama-1k");
-    std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
-    let config = model.join("config.json");
-    let text = std::fs::read_to_string(&config).unwrap();
-    assert!(text.contains("\"max_position_embeddings\": 128"));
-    std::fs::write(&config, text.replace("\"max_position_embeddings\": 128", "\"max_position_embeddings\": 1024"))
-        .unwrap();
-    model
 }
 
 /// `score`'s rows, and its NLL per token from them: −Σ logprob / Σ tokens.
@@ -172,4 +154,14 @@ fn per_token_output_names_the_position_of_every_scored_token() {
         }),
         "no chat with context between its targets"
     );
+}
+
+/// `--compute int8` says when it cannot change a score: weights that are not block-quantized take f32 products.
+#[test]
+fn int8_on_weights_it_cannot_use_says_so() {
+    let data = fixture("score_rows.jsonl");
+    let (f32_rows, _) = condlm("score", &fixture("tiny-llama"), &data, &[]);
+    let (int8_rows, stderr) = condlm("score", &fixture("tiny-llama"), &data, &["--compute", "int8"]);
+    assert!(stderr.contains("note: --compute int8 changes nothing here"), "{stderr}");
+    assert_eq!(int8_rows, f32_rows);
 }

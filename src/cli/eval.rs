@@ -1,6 +1,6 @@
 //! `condlm eval`: token-weighted NLL and perplexity of y given x over a dataset.
 use super::device::DeviceArgs;
-use super::{AdapterArgs, BaseArgs, ComputeArgs, DataArgs, FieldArgs, use_compute};
+use super::{AdapterArgs, BaseArgs, ComputeArgs, DataArgs, FieldArgs, note_int8_passes, use_compute};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::source::EVAL_SPLITS;
@@ -46,6 +46,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let data = a.data.source(EVAL_SPLITS)?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
+    note_int8_passes(&m.model);
     let max_positions = m.model.config.max_positions;
     if let Some(n) = a.max_len.filter(|&n| n > max_positions) {
         eprintln!("note: --max-len {n} is above the model's context window; using {max_positions}");

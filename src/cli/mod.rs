@@ -112,6 +112,27 @@ pub fn use_compute(c: Compute, forward_only: bool, tell: bool) -> Result<()> {
     Ok(())
 }
 
+/// Notes where `--compute int8` leaves a model's scoring passes in f32: their products (more than 16 rows) take
+/// the integer GEMM on the K-quants only (README, Decisions), so on blocks of 32 (Q4_0, Q4_1, Q8_0…) the flag
+/// changes only passes of 16 tokens or fewer, and on weights that are not block-quantized nothing.
+pub fn note_int8_passes(model: &condlm::network::transformer::Transformer) {
+    use condlm::kernels::packed::MatrixRef;
+    use condlm::kernels::quant_dot::{gemm, supports};
+    if condlm::kernels::compute::compute() != Compute::Int8 {
+        return;
+    }
+    let packed = |l: &condlm::network::linear::Linear, ok: fn(condlm::kernels::dequant::GgmlType) -> bool| matches!(l.w.matrix(), MatrixRef::Packed(p) if ok(p.ty));
+    let any = |ok| model.blocks.iter().any(|b| b.linears().any(|l| packed(l, ok)));
+    if !any(supports) {
+        eprintln!("note: --compute int8 changes nothing here: the model's weights are not block-quantized (GGUF)");
+    } else if !any(gemm::handles) {
+        eprintln!(
+            "note: --compute int8 takes integer products on this model only in passes of 16 tokens or fewer (its \
+             blocks are not K-quants, whose longer passes take the integer GEMM): scores of longer rows equal f32's"
+        );
+    }
+}
+
 /// How the model's block matrices are kept, shared by `eval`, `score` and `generate`.
 #[derive(Args)]
 pub struct BaseArgs {

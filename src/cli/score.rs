@@ -1,6 +1,8 @@
 //! `condlm score`: log P(y + EOS | x) for every row, then token-weighted NLL and perplexity.
 use super::device::DeviceArgs;
-use super::{AdapterArgs, BaseArgs, ComputeArgs, DataArgs, FieldArgs, flag_value, model_identity, use_compute};
+use super::{
+    AdapterArgs, BaseArgs, ComputeArgs, DataArgs, FieldArgs, flag_value, model_identity, note_int8_passes, use_compute,
+};
 use anyhow::{Result, bail};
 use clap::Args;
 use condlm::data::dataset::Dataset;
@@ -69,6 +71,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     out.check_settings(&fingerprint)?;
     let mut m = load_model_as(&a.model, a.base.base_dtype)?;
     a.adapter.apply(&a.model, &mut m)?;
+    note_int8_passes(&m.model);
     let ds = load_rows(&data, &m.tokenizer, &a.fields.options(m.model.config.max_positions))?;
     fingerprint.rows = ds.examples.iter().map(example_hash).collect();
     let (mut writer, mut scores) = out.open(&fingerprint, &ds.sources, |i, row| done_row(&ds, i, row, a.per_token))?;

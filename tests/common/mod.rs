@@ -6,7 +6,7 @@ pub mod cuda_emulator;
 pub mod device_steps;
 
 use safetensors::SafeTensors;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The files of folder `src` copied into `dst` (made if missing).
 pub fn copy_dir(src: &std::path::Path, dst: &std::path::Path) {
@@ -100,4 +100,21 @@ pub fn decode_step_and_forward(
     let d = model.config.hidden_size;
     let want = logits(&acts.x[..batch.len() * d], d, model.head(), &last, &mut HeadScratch::default());
     (got, want)
+}
+
+/// tiny-llama (which has a chat template) copied into `dir` with a context window of 1024 instead of 128 (RoPE: the
+/// weights do not depend on it), so that rows longer than 128 tokens (Alpaca's prompt) fit whole.
+pub fn long_context_llama(dir: &Path) -> PathBuf {
+    let model = dir.join("tiny-llama-1k");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let config = model.join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\"max_position_embeddings\": 128"));
+    std::fs::write(&config, text.replace("\"max_position_embeddings\": 128", "\"max_position_embeddings\": 1024"))
+        .unwrap();
+    model
 }
