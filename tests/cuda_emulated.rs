@@ -60,6 +60,16 @@ fn every_kernel_and_backend_op_matches_the_cpu() {
     }
 }
 
+/// A driver older than the NVRTC at hand refuses its PTX (CUDA_ERROR_UNSUPPORTED_PTX_VERSION): the kernels are
+/// then compiled to machine code and loaded as such, and every check passes as with PTX.
+#[test]
+fn kernels_a_driver_refuses_as_ptx_load_as_machine_code() {
+    let t = condlm_with(&["info", "--devices", "--check-kernels"], &[("CUDA_EMULATOR_OLD_DRIVER", "1")]);
+    let loaded = t.lines().filter(|l| l.contains(" loaded for ")).collect::<Vec<_>>();
+    assert!(!loaded.is_empty() && loaded.iter().all(|l| l.contains("loaded as machine code (CUBIN)")), "{t}");
+    assert!(!t.contains("FAILED"), "{t}");
+}
+
 /// Per-token log-probs: the device's f32 within 1e-5 of the CPU's; its `--compute bf16` (bf16 weight products and
 /// attention on the tensor cores) within the acceptance's bf16 tolerance, 2e-2, of the CPU's f32.
 #[test]

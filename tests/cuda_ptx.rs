@@ -46,6 +46,26 @@ fn every_kernel_source_compiles_to_ptx() {
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
+/// Machine code (what is loaded where a driver older than NVRTC refuses its PTX): an ELF holding every kernel of
+/// the source, for the smallest and the largest source. Skipped without NVRTC.
+#[test]
+fn kernel_sources_compile_to_machine_code() {
+    use condlm::kernels::cuda::compile::compile_cubin;
+    if nvrtc_version().is_err() {
+        println!("SKIP kernel_sources_compile_to_machine_code: no NVRTC");
+        return;
+    }
+    let by_size = |src: &&condlm::kernels::cuda::sources::Source| src.program().len();
+    for src in [SOURCES.iter().min_by_key(by_size).unwrap(), SOURCES.iter().max_by_key(by_size).unwrap()] {
+        let cubin = compile_cubin(src, DEFAULT_ARCH).unwrap_or_else(|e| panic!("{e}"));
+        assert!(cubin.starts_with(b"\x7fELF"), "{}: not an ELF", src.file);
+        for k in src.kernels {
+            assert!(cubin.windows(k.len() + 1).any(|w| w == [k.as_bytes(), b"\0"].concat()), "{}: no {k}", src.file);
+        }
+        println!("cubin: {} OK, {} bytes of machine code for {DEFAULT_ARCH}", src.file, cubin.len());
+    }
+}
+
 /// The PTX cache (`ptx_cache`): a second compile of a source comes from the folder with NVRTC's exact text; an entry
 /// that does not define the source's kernels (truncated, foreign) is compiled again and replaced; another
 /// architecture is another entry (as another program text or NVRTC would be: all are in the key). Skipped without

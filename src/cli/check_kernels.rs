@@ -56,8 +56,11 @@ pub fn run(gpus: &[Gpu]) -> Result<()> {
             out!("check cuda:{}  context made, {:.1} of {:.1} GiB free", g.ordinal, gib(free), gib(total));
         }
         for l in &loaded {
-            let nvrtc =
+            let mut nvrtc =
                 if l.from_cache { "PTX from the cache".into() } else { format!("NVRTC {:.0} ms", l.compile_s * 1e3) };
+            if l.machine_code {
+                nvrtc.push_str("; the driver refused the PTX's version: loaded as machine code (CUBIN)");
+            }
             out!(
                 "check cuda:{}  {} loaded for {}: kernels {} ({} bytes of PTX, {nvrtc}, load {:.0} ms)",
                 g.ordinal,

@@ -22,7 +22,7 @@ namespace {
 constexpr CUresult kSuccess = 0, kInvalidValue = 1, kOutOfMemory = 2, kNoBinaryForGpu = 209, kInvalidImage = 200,
                    kInvalidDevice = 101, kInvalidHandle = 400, kNotFound = 500, kLaunchFailed = 719,
                    kNotSupported = 801, kCaptureUnsupported = 900, kCaptureInvalidated = 901,
-                   kIllegalState = 401;
+                   kIllegalState = 401, kUnsupportedPtxVersion = 222;
 constexpr size_t kMemory = size_t(16) << 30;  // what the emulated GPU says it has
 
 std::recursive_mutex& lock = emu::driver_lock();
@@ -76,6 +76,7 @@ const char* error_name(CUresult r) {
         case kInvalidDevice: return "CUDA_ERROR_INVALID_DEVICE";
         case kInvalidImage: return "CUDA_ERROR_INVALID_IMAGE";
         case kNoBinaryForGpu: return "CUDA_ERROR_NO_BINARY_FOR_GPU";
+        case kUnsupportedPtxVersion: return "CUDA_ERROR_UNSUPPORTED_PTX_VERSION";
         case kInvalidHandle: return "CUDA_ERROR_INVALID_HANDLE";
         case kNotFound: return "CUDA_ERROR_NOT_FOUND";
         case kLaunchFailed: return "CUDA_ERROR_LAUNCH_FAILED";
@@ -305,10 +306,18 @@ CUresult cuMemsetD2D16Async(CUdeviceptr dst, size_t pitch, unsigned short v, siz
     return memset_2d<uint16_t>(dst, pitch, v, width, height, s);
 }
 
-// The "PTX" is "condlm CUDA emulator: FILE" (nvrtc.cpp); the module is that program.
+// CUDA_EMULATOR_OLD_DRIVER=1: PTX is refused as a driver older than NVRTC refuses a PTX version it does not know
+// (machine code is loaded) — how condlm's way around that is tested.
+const bool old_driver = getenv("CUDA_EMULATOR_OLD_DRIVER") != nullptr;
+
+// The "PTX" is "condlm CUDA emulator: FILE", the "CUBIN" the same after "cubin " (nvrtc.cpp); the module is that
+// program.
 CUresult cuModuleLoadData(Handle* module, const void* image) {
     static const std::string prefix = "condlm CUDA emulator: ";
-    const std::string text = static_cast<const char*>(image);
+    std::string text = static_cast<const char*>(image);
+    const bool cubin = text.rfind("cubin ", 0) == 0;
+    if (cubin) text = text.substr(6);
+    if (!cubin && old_driver) return kUnsupportedPtxVersion;
     if (text.rfind(prefix, 0) != 0) {
         emu::complain("cuModuleLoadData got PTX that the emulator's NVRTC did not make");
         return kInvalidImage;

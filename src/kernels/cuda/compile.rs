@@ -1,7 +1,8 @@
 //! CUDA C → PTX with NVRTC (loaded at run time from libnvrtc; no toolkit at build time), for one GPU
 //! architecture: `sm_90` (H100/H200) unless the device says otherwise.
 use super::sources::Source;
-use cudarc::nvrtc::{CompileError, CompileOptions, Ptx, compile_ptx_with_opts, sys};
+use cudarc::nvrtc::{CompileError, CompileOptions, Ptx, compile_ptx_with_opts, result, sys};
+use std::ffi::CString;
 
 /// The architecture kernels are compiled for when no GPU is at hand to ask: the H100/H200's.
 pub const DEFAULT_ARCH: &str = "sm_90";
@@ -50,4 +51,37 @@ pub fn compile(src: &Source, arch: &str) -> Result<Ptx, PtxError> {
             other => format!("{other:?}"),
         },
     })
+}
+
+/// Compiles `src` for `arch` (a real architecture, `sm_90`) to machine code (CUBIN): what is loaded where the driver
+/// refuses NVRTC's PTX, as a driver older than NVRTC does (a PTX version it does not know), while it runs the
+/// machine code of any toolkit of its major version. PyTorch's NVRTC kernels are loaded so too.
+pub fn compile_cubin(src: &Source, arch: &str) -> Result<Vec<u8>, PtxError> {
+    nvrtc_version()?;
+    let failed = |log: String| PtxError::Compile { file: src.file, arch: arch.into(), log };
+    let text = CString::new(src.program()).map_err(|e| failed(e.to_string()))?;
+    let name = CString::new(src.file).map_err(|e| failed(e.to_string()))?;
+    let prog = result::create_program(&text, Some(&name)).map_err(|e| failed(format!("{e:?}")))?;
+    // SAFETY: `prog` was made above from `text` and `name`, which outlive it; it is destroyed once, after its last
+    // use. nvrtcGetCUBIN writes nvrtcGetCUBINSize bytes, the buffer's length.
+    unsafe {
+        let cubin = || -> Result<Vec<u8>, PtxError> {
+            if result::compile_program(prog, &options(arch)).is_err() {
+                let log = result::get_program_log(prog).map_or_else(
+                    |e| format!("{e:?}"),
+                    |log| std::ffi::CStr::from_ptr(log.as_ptr()).to_string_lossy().trim_end().to_string(),
+                );
+                return Err(failed(log));
+            }
+            let mut n = 0;
+            sys::nvrtcGetCUBINSize(prog, &mut n).result().map_err(|e| failed(format!("nvrtcGetCUBINSize: {e:?}")))?;
+            let mut bytes = vec![0u8; n];
+            sys::nvrtcGetCUBIN(prog, bytes.as_mut_ptr().cast())
+                .result()
+                .map_err(|e| failed(format!("nvrtcGetCUBIN: {e:?}")))?;
+            Ok(bytes)
+        }();
+        let _ = result::destroy_program(prog);
+        cubin
+    }
 }
