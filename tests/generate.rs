@@ -686,3 +686,22 @@ fn cli_int8_compute_generates_and_prints_the_memory_plan() {
     let out = condlm_cli(&["generate", "--model", model.to_str().unwrap(), "--prompt", "x", "--compute", "int4"]);
     assert!(!out.status.success());
 }
+
+/// A chat template that does not compile stops only what needs it: text prompts are still continued.
+#[test]
+fn a_broken_chat_template_stops_only_chat_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("m");
+    std::fs::create_dir(&model).unwrap();
+    for f in std::fs::read_dir(fixture("tiny-qwen2")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
+    }
+    std::fs::write(model.join("chat_template.jinja"), "{% for m in messages %}{{ m.content }").unwrap();
+    let m = model.to_str().unwrap();
+    let out = condlm_cli(&["generate", "--model", m, "--prompt", "name: Blue Spice", "--max-new-tokens", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = condlm_cli(&["generate", "--model", m, "--chat", "--prompt", "hi", "--max-new-tokens", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("chat template"), "{stderr}");
+}

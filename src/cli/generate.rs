@@ -172,13 +172,17 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         opts.stop_ids.retain(|&t| t != eos);
         opts.stop_ids.insert(0, eos);
     }
-    let template = ChatTemplate::for_tokenizer(&m.tokenizer)?;
-    if a.chat && template.is_none() {
+    // The template is read where a prompt needs it: a model whose template does not compile still continues text.
+    let template = std::cell::OnceCell::new();
+    let template = || template.get_or_init(|| ChatTemplate::for_tokenizer(&m.tokenizer).map_err(|e| format!("{e:#}")));
+    if a.chat && template().as_ref().map_err(|e| anyhow::anyhow!("{e}"))?.is_none() {
         bail!("{}: --chat, but the model has no chat template", a.model);
     }
     let special = special_ids(&m.tokenizer);
     let encode = |prompt: &Prompt| -> Result<Vec<u32>> {
-        match (prompt, &template) {
+        let needs_template = a.chat || matches!(prompt, Prompt::Chat { .. });
+        let template = if needs_template { template().as_ref().map_err(|e| anyhow::anyhow!("{e}"))? } else { &None };
+        match (prompt, template) {
             (Prompt::Text(text), Some(t)) if a.chat => {
                 let msg = minijinja::Value::from_pairs([("role", "user"), ("content", text.as_str())]);
                 let rendered = t.render(&[msg], None, GenerationPrompt::Add)?;

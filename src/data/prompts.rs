@@ -36,7 +36,10 @@ impl Prompt {
     pub fn key(&self) -> String {
         match self {
             Prompt::Text(text) | Prompt::Alpaca(text) => text.clone(),
-            Prompt::Chat { messages, .. } => chat_key(messages),
+            Prompt::Chat { messages, tools, .. } => {
+                let tools = tools.as_ref().and_then(|t| serde_json::to_value(t).ok()).unwrap_or_default();
+                format!("{}\u{3}{tools}", chat_key(messages))
+            }
         }
     }
 }
@@ -54,30 +57,31 @@ pub fn read_prompt_rows(data: &DataSource) -> Result<Vec<PromptRow>> {
     read_source_objects(data, SHAPE)?
         .into_iter()
         .map(|(source, fields)| {
-            let prompt = prompt_of(&fields, &source)?;
+            let prompt = prompt_of(&fields, "prompt", &source)?;
             Ok(PromptRow { source, fields, prompt })
         })
         .collect()
 }
 
-/// A row's prompt; `source` names the row in errors.
-pub fn prompt_of(row: &JsonObject, source: &str) -> Result<Prompt> {
-    if let Some(messages @ serde_json::Value::Array(turns)) = row.get("prompt") {
-        let mut prompt = chat_prompt(messages, row.get("tools"), source, false)?;
-        if let Prompt::Chat { context_turns, .. } = &mut prompt {
-            *context_turns = turns.len();
-        }
-        return Ok(prompt);
-    }
-    if row.contains_key("prompt") {
-        return Ok(Prompt::Text(field_of(row, "prompt", source)?));
-    }
+/// A row's prompt, its x in `field` (`"prompt"` unless the user named another); `source` names the row in errors.
+/// A row with `"messages"` is a chat first, as training reads it.
+pub fn prompt_of(row: &JsonObject, field: &str, source: &str) -> Result<Prompt> {
     if let Some(messages) = row.get("messages") {
         let ends_in_reply = messages
             .as_array()
             .and_then(|m| m.last())
             .is_some_and(|m| m.get("role").and_then(|r| r.as_str()) == Some("assistant"));
         return chat_prompt(messages, row.get("tools"), source, ends_in_reply);
+    }
+    if let Some(messages @ serde_json::Value::Array(turns)) = row.get(field) {
+        let mut prompt = chat_prompt(messages, row.get("tools"), source, false)?;
+        if let Prompt::Chat { context_turns, .. } = &mut prompt {
+            *context_turns = turns.len();
+        }
+        return Ok(prompt);
+    }
+    if row.contains_key(field) {
+        return Ok(Prompt::Text(field_of(row, field, source)?));
     }
     if row.contains_key("instruction") {
         let instruction = field_of(row, "instruction", source)?;
@@ -90,14 +94,18 @@ pub fn prompt_of(row: &JsonObject, source: &str) -> Result<Prompt> {
     )
 }
 
-/// The completion a chat or Alpaca row holds: a chat's (or a conversational completion's) last turn if it is an
-/// assistant turn, Alpaca's "output".
-pub fn reply_of(row: &JsonObject) -> Option<String> {
-    let conversational = row.get("prompt").is_some_and(|p| p.is_array());
-    if let Some(messages) = row.get(if conversational { "completion" } else { "messages" }) {
-        let last = messages.as_array()?.last()?;
-        return (last.get("role")?.as_str()? == "assistant")
-            .then(|| last.get("content")?.as_str().map(String::from))?;
+/// The reply a chat, conversational or Alpaca row holds, which a generation from its prompt is scored against: a
+/// chat's last turn if it is an assistant turn, the first turn of a conversational completion (in `field`) if it
+/// is an assistant's text, Alpaca's "output".
+pub fn reply_of(row: &JsonObject, prompt_field: &str, field: &str) -> Option<String> {
+    let text = |turn: &serde_json::Value| {
+        (turn.get("role")?.as_str()? == "assistant").then(|| turn.get("content")?.as_str().map(String::from))?
+    };
+    if let Some(messages) = row.get("messages") {
+        return text(messages.as_array()?.last()?);
+    }
+    if row.get(prompt_field).is_some_and(|p| p.is_array()) {
+        return text(row.get(field)?.as_array()?.first()?);
     }
     row.get("instruction").and(row.get("output")).and_then(|o| o.as_str()).map(String::from)
 }
@@ -153,7 +161,7 @@ mod tests {
     use super::*;
 
     fn prompt(row: serde_json::Value) -> Result<Prompt> {
-        prompt_of(row.as_object().unwrap(), "rows.jsonl:3")
+        prompt_of(row.as_object().unwrap(), "prompt", "rows.jsonl:3")
     }
 
     fn roles(p: &Prompt) -> Vec<Role> {
@@ -192,7 +200,15 @@ mod tests {
         assert!(matches!(p, Prompt::Chat { context_turns: 2, .. }));
         let row = serde_json::json!({"prompt": [{"role": "user", "content": "u"}],
                                      "completion": [{"role": "assistant", "content": "b"}]});
-        assert_eq!(reply_of(row.as_object().unwrap()).as_deref(), Some("b"));
+        assert_eq!(reply_of(row.as_object().unwrap(), "prompt", "completion").as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn messages_come_first_as_training_reads_them() {
+        let p = prompt(serde_json::json!({"prompt": "text", "completion": "c",
+            "messages": [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]}))
+        .unwrap();
+        assert_eq!(roles(&p), [Role::User]);
     }
 
     #[test]

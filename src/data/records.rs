@@ -155,17 +155,11 @@ impl Row {
     }
 }
 
-/// The roles and contents of `messages` as one string, independent of any template: equal exactly when the
-/// turns are.
+/// The turns of `messages` as one string, independent of any template and of the order of their keys: equal
+/// exactly when the turns are (roles, contents, and every other key such as `tool_calls`).
 pub fn chat_key(messages: &[Message]) -> String {
-    let mut key = String::new();
-    for m in messages {
-        key.push_str(Role::NAMES[m.role as usize]);
-        key.push('\u{1}');
-        key.push_str(&m.content);
-        key.push('\u{2}');
-    }
-    key
+    let canonical = |m: &Message| serde_json::to_value(&m.value).map_or_else(|_| m.content.clone(), |v| v.to_string());
+    messages.iter().map(canonical).collect::<Vec<_>>().join("\u{2}")
 }
 
 /// Reads every row of every file of `data`, in order (each file must hold rows).

@@ -20,7 +20,7 @@ pub mod rouge;
 
 use crate::data::prompts::{prompt_of, reply_of};
 use crate::data::rows::{read_objects, string_field};
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -59,17 +59,25 @@ pub fn read_rows(path: &Path, prompt_field: &str, text_field: &str, replies: boo
         .into_iter()
         .map(|(line, obj)| {
             let formatted = match obj.get(prompt_field) {
-                Some(p) => p.is_array(),
+                Some(p) => p.is_array() || obj.contains_key("messages"),
                 None => obj.contains_key("messages") || obj.contains_key("instruction"),
             };
+            let source = format!("{}:{line}", path.display());
             let prompt = if formatted {
-                prompt_of(&obj, &format!("{}:{line}", path.display()))?.key()
+                prompt_of(&obj, prompt_field, &source)?.key()
             } else {
                 string_field(&obj, prompt_field, path, line)?
             };
-            let text = match reply_of(&obj) {
-                Some(reply) if formatted && replies && !obj.contains_key(text_field) => reply,
-                _ => string_field(&obj, text_field, path, line)?,
+            // A reference row's own text where it has one, else (a chat, conversational or Alpaca row) its reply.
+            let text = if formatted && replies && !obj.get(text_field).is_some_and(|t| t.is_string()) {
+                reply_of(&obj, prompt_field, text_field).with_context(|| {
+                    format!(
+                        "{source}: no reference to score against: a chat must end in an assistant turn, a \
+                         conversational completion start with an assistant's text, an Alpaca row have an \"output\""
+                    )
+                })?
+            } else {
+                string_field(&obj, text_field, path, line)?
             };
             Ok(TextRow { prompt, text, line })
         })
@@ -259,37 +267,46 @@ mod tests {
         assert!(e.contains(":1: field \"gen\" must be a string"), "{e}");
     }
 
-    /// A reference file of training rows (chats, Alpaca) pairs with generate's rows of the same prompts, whether
-    /// generate read the chats with their replies or without.
+    /// A reference file of training rows (chats, Alpaca, TRL's conversational rows) pairs with generate's rows of
+    /// the same prompts, whether generate read the chats with their replies or without; a conversational
+    /// completion's reference is its first turn, the one generated from its prompt.
     #[test]
     fn chat_and_alpaca_references_pair_with_their_generations() {
         let (refs, hyps) = (tempfile::NamedTempFile::new().unwrap(), tempfile::NamedTempFile::new().unwrap());
-        let user = r#"{"role":"user","content":"u"}"#;
-        std::fs::write(
-            refs.path(),
-            format!(
-                "{{\"messages\":[{user},{{\"role\":\"assistant\",\"content\":\"r1\"}}]}}\n\
-                 {{\"messages\":[{user},{{\"role\":\"assistant\",\"content\":\"r2\"}}]}}\n\
-                 {{\"instruction\":\"i\",\"output\":\"r3\"}}\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            hyps.path(),
-            format!(
-                "{{\"messages\":[{user}],\"generation\":\"g1\"}}\n{{\"instruction\":\"i\",\"generation\":\"g3\"}}\n"
-            ),
-        )
-        .unwrap();
+        let (user, other) = (r#"{"role":"user","content":"u"}"#, r#"{"content":"v","role":"user"}"#);
+        let said = |text: &str| format!(r#"{{"role":"assistant","content":"{text}"}}"#);
+        let rows = [
+            format!(r#"{{"messages":[{user},{}]}}"#, said("r1")),
+            format!(r#"{{"messages":[{user},{}]}}"#, said("r2")),
+            r#"{"instruction":"i","output":"r3"}"#.to_string(),
+            format!(r#"{{"prompt":[{other}],"completion":[{},{user},{}]}}"#, said("r4"), said("later")),
+        ];
+        std::fs::write(refs.path(), rows.join("\n")).unwrap();
+        let generated = [
+            format!(r#"{{"messages":[{user}],"generation":"g1"}}"#),
+            r#"{"instruction":"i","generation":"g3"}"#.to_string(),
+            // generate writes its rows' keys in its own order
+            r#"{"generation":"g4","prompt":[{"role":"user","content":"v"}]}"#.to_string(),
+        ];
+        std::fs::write(hyps.path(), generated.join("\n")).unwrap();
         let (r, h) = (
             read_rows(refs.path(), "prompt", "completion", true).unwrap(),
             read_rows(hyps.path(), "prompt", "generation", false).unwrap(),
         );
         let p = pair(&h, &r, hyps.path(), refs.path()).unwrap();
-        assert_eq!(p.hyps, ["g1", "g3"]);
-        assert_eq!(p.refs, [vec!["r1", "r2"], vec!["r3"]]);
+        assert_eq!(p.hyps, ["g1", "g3", "g4"]);
+        assert_eq!(p.refs, [vec!["r1", "r2"], vec!["r3"], vec!["r4"]]);
         // Hypotheses are never a row's own reply.
         let e = read_rows(refs.path(), "prompt", "generation", false).unwrap_err().to_string();
         assert!(e.contains(":1: missing field \"generation\""), "{e}");
+        // A chat that differs only in a tool call is another prompt.
+        let calls = |f: &str| {
+            format!(
+                r#"{{"messages":[{user},{{"role":"assistant","tool_calls":[{{"function":{{"name":"{f}"}}}}]}},{{"role":"tool","content":"1"}}],"generation":"{f}"}}"#
+            )
+        };
+        std::fs::write(hyps.path(), [calls("a"), calls("b")].join("\n")).unwrap();
+        let h = read_rows(hyps.path(), "prompt", "generation", false).unwrap();
+        assert_ne!(h[0].prompt, h[1].prompt);
     }
 }

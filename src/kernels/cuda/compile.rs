@@ -69,7 +69,13 @@ pub fn compile_cubin(src: &Source, arch: &str) -> Result<Vec<u8>, PtxError> {
             if result::compile_program(prog, &options(arch)).is_err() {
                 let log = result::get_program_log(prog).map_or_else(
                     |e| format!("{e:?}"),
-                    |log| std::ffi::CStr::from_ptr(log.as_ptr()).to_string_lossy().trim_end().to_string(),
+                    |log| {
+                        let bytes: Vec<u8> = log.iter().map(|&c| c as u8).collect();
+                        let text = std::ffi::CStr::from_bytes_until_nul(&bytes).map(|c| c.to_string_lossy());
+                        text.map_or_else(|_| String::from_utf8_lossy(&bytes).into_owned(), |t| t.into_owned())
+                            .trim_end()
+                            .to_string()
+                    },
                 );
                 return Err(failed(log));
             }
