@@ -47,17 +47,22 @@ fn every_kernel_source_compiles_to_ptx() {
 }
 
 /// Machine code (what is loaded where a driver older than NVRTC refuses its PTX): an ELF holding every kernel of
-/// the source, for the smallest and the largest source. Skipped without NVRTC.
+/// the source, for the smallest and the largest source, compiled once and then read from the cache. Skipped
+/// without NVRTC.
 #[test]
 fn kernel_sources_compile_to_machine_code() {
-    use condlm::kernels::cuda::compile::compile_cubin;
+    use condlm::kernels::cuda::ptx_cache::machine_code_in;
     if nvrtc_version().is_err() {
         println!("SKIP kernel_sources_compile_to_machine_code: no NVRTC");
         return;
     }
+    let dir = tempfile::tempdir().unwrap();
     let by_size = |src: &&condlm::kernels::cuda::sources::Source| src.program().len();
     for src in [SOURCES.iter().min_by_key(by_size).unwrap(), SOURCES.iter().max_by_key(by_size).unwrap()] {
-        let cubin = compile_cubin(src, DEFAULT_ARCH).unwrap_or_else(|e| panic!("{e}"));
+        let (cubin, nvrtc_s) = machine_code_in(src, DEFAULT_ARCH, Some(dir.path())).unwrap_or_else(|e| panic!("{e}"));
+        assert!(nvrtc_s > 0.0, "{}: compiled", src.file);
+        let (again, nvrtc_s) = machine_code_in(src, DEFAULT_ARCH, Some(dir.path())).unwrap();
+        assert_eq!((nvrtc_s, &again), (0.0, &cubin), "{}: the second comes from the cache", src.file);
         assert!(cubin.starts_with(b"\x7fELF"), "{}: not an ELF", src.file);
         for k in src.kernels {
             assert!(cubin.windows(k.len() + 1).any(|w| w == [k.as_bytes(), b"\0"].concat()), "{}: no {k}", src.file);

@@ -1,6 +1,6 @@
 //! Kernel sources compiled for a GPU and loaded into its context: the functions launches take, by name.
-use super::compile::{PtxError, compile_cubin};
-use super::ptx_cache::{Compiled, compiled};
+use super::compile::PtxError;
+use super::ptx_cache::{self, Compiled, compiled};
 use super::sources::Source;
 use cudarc::driver::{CudaContext, CudaFunction, DriverError, sys};
 use cudarc::nvrtc::Ptx;
@@ -57,12 +57,15 @@ pub fn load_all(ctx: &Arc<CudaContext>, sources: &'static [Source], arch: &str) 
 /// machine code for `arch` and loads that.
 fn load_compiled(ctx: &Arc<CudaContext>, src: &'static Source, arch: &str, c: Compiled) -> Result<Loaded, LoadError> {
     let ptx_bytes = c.ptx.to_src().len();
-    let t = Instant::now();
+    let (mut compile_s, mut from_cache) = (c.nvrtc_s, c.from_cache);
+    let mut t = Instant::now();
     let refused = |err: &DriverError| err.0 == sys::cudaError_enum::CUDA_ERROR_UNSUPPORTED_PTX_VERSION;
     let (module, machine_code) = match ctx.load_module(c.ptx) {
         Ok(m) => (m, false),
         Err(err) if refused(&err) => {
-            let cubin = compile_cubin(src, arch)?;
+            let (cubin, nvrtc_s) = ptx_cache::machine_code(src, arch)?;
+            (compile_s, from_cache) = (compile_s + nvrtc_s, from_cache && nvrtc_s == 0.0);
+            t = Instant::now();
             (ctx.load_module(Ptx::from_binary(cubin)).map_err(|err| LoadError::Module { file: src.file, err })?, true)
         }
         Err(err) => return Err(LoadError::Module { file: src.file, err }),
@@ -74,7 +77,6 @@ fn load_compiled(ctx: &Arc<CudaContext>, src: &'static Source, arch: &str, c: Co
             Ok((k, module.load_function(k).map_err(|err| LoadError::Function { file: src.file, kernel: k, err })?))
         })
         .collect::<Result<_, LoadError>>()?;
-    let (compile_s, from_cache) = (c.nvrtc_s, c.from_cache);
     let load_s = t.elapsed().as_secs_f64();
     Ok(Loaded { file: src.file, ptx_bytes, machine_code, compile_s, from_cache, load_s, functions })
 }
