@@ -1,7 +1,7 @@
 //! `condlm::generate` against transformers' `generate` (ids recorded by tests/fixtures/make_generate_fixtures.py),
 //! the KV cache against the full forward pass, sampling filters against hand-computed distributions, and bad input.
 mod common;
-use common::{decode_step_and_forward, fixture, long_context_llama};
+use common::{copy_fixture, decode_step_and_forward, fixture, long_context_llama};
 use condlm::formats::load::{LoadedModel, load_model};
 use condlm::formats::peft::load_adapter;
 use condlm::generate::decoder::Decoder;
@@ -691,12 +691,7 @@ fn cli_int8_compute_generates_and_prints_the_memory_plan() {
 #[test]
 fn a_broken_chat_template_stops_only_chat_prompts() {
     let dir = tempfile::tempdir().unwrap();
-    let model = dir.path().join("m");
-    std::fs::create_dir(&model).unwrap();
-    for f in std::fs::read_dir(fixture("tiny-qwen2")).unwrap() {
-        let f = f.unwrap().path();
-        std::fs::copy(&f, model.join(f.file_name().unwrap())).unwrap();
-    }
+    let model = copy_fixture("tiny-qwen2", &dir.path().join("m"));
     std::fs::write(model.join("chat_template.jinja"), "{% for m in messages %}{{ m.content }").unwrap();
     let m = model.to_str().unwrap();
     let out = condlm_cli(&["generate", "--model", m, "--prompt", "name: Blue Spice", "--max-new-tokens", "2"]);

@@ -3,7 +3,7 @@
 //! when complete), an existing file is replaced only with --overwrite, non-finite results fail naming the row,
 //! eval never scores part of a completion, and every numeric flag's range is checked before the model loads.
 mod common;
-use common::fixture;
+use common::{copy_fixture, fixture};
 use condlm::formats::load::load_model;
 use condlm::generate::{GenerateOptions, NonFiniteLogits, generate_from};
 use condlm::score::{NonFiniteScore, OnCpu, load_rows, score_batches};
@@ -204,13 +204,7 @@ fn score_refuses_a_partial_of_another_model_adapter_or_edited_rows() {
 
 /// tiny-llama copied into `dir` (as `dir/tiny-llama`, so an adapter for it still names its base).
 fn copy_model(dir: &Path) -> PathBuf {
-    let model = dir.join("tiny-llama");
-    std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
-    model
+    copy_fixture("tiny-llama", &dir.join("tiny-llama"))
 }
 
 /// Equal rows, except that a beam score may differ by float rounding: the resumed run decodes fewer prompts
@@ -375,12 +369,7 @@ fn a_partial_needs_resume_output_and_a_finished_file_needs_overwrite() {
 
 /// tiny-llama copied into `dir` with one NaN in its final norm's gain, so that every logit is NaN.
 fn nan_llama(dir: &Path) -> PathBuf {
-    let model = dir.join("nan-llama");
-    std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
+    let model = copy_fixture("tiny-llama", &dir.join("nan-llama"));
     let w = model.join("model.safetensors");
     let bytes = std::fs::read(&w).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();

@@ -2,7 +2,7 @@
 //! one has a checkpoint, divergence and collapse fail loudly, signals leave a checkpoint, resume refuses changed
 //! data and drops stale metrics, and every flag is checked with its allowed range. Tiny fixtures throughout.
 mod common;
-use common::fixture;
+use common::{copy_fixture, fixture};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -356,11 +356,7 @@ fn holding_out_the_only_prompt_says_so() {
 #[test]
 fn a_model_with_a_nan_weight_is_named_before_training_blames_the_learning_rate() {
     let tmp = tempfile::tempdir().unwrap();
-    let model = tmp.path().join("nan-llama");
-    std::fs::create_dir(&model).unwrap();
-    for e in std::fs::read_dir(fixture("tiny-llama")).unwrap().flatten() {
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
+    let model = copy_fixture("tiny-llama", &tmp.path().join("nan-llama"));
     let w = model.join("model.safetensors");
     let bytes = read(&w);
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();

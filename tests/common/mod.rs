@@ -105,16 +105,21 @@ pub fn decode_step_and_forward(
 /// tiny-llama (which has a chat template) copied into `dir` with a context window of 1024 instead of 128 (RoPE: the
 /// weights do not depend on it), so that rows longer than 128 tokens (Alpaca's prompt) fit whole.
 pub fn long_context_llama(dir: &Path) -> PathBuf {
-    let model = dir.join("tiny-llama-1k");
-    std::fs::create_dir_all(&model).unwrap();
-    for e in std::fs::read_dir(fixture("tiny-llama")).unwrap() {
-        let e = e.unwrap();
-        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
-    }
+    let model = copy_fixture("tiny-llama", &dir.join("tiny-llama-1k"));
     let config = model.join("config.json");
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("\"max_position_embeddings\": 128"));
     std::fs::write(&config, text.replace("\"max_position_embeddings\": 128", "\"max_position_embeddings\": 1024"))
         .unwrap();
     model
+}
+
+/// The fixture folder `name` copied to the folder `to` (made), for a test that edits a model; returns `to`.
+pub fn copy_fixture(name: &str, to: &Path) -> PathBuf {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(fixture(name)).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+    to.to_path_buf()
 }
