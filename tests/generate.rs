@@ -633,6 +633,7 @@ fn cli_help_documents_every_flag_with_its_default_and_rejects_bad_flags() {
         "--adapter",
         "--prompt",
         "--data",
+        "--prompt-field",
         "--out",
         "--chat",
         "--max-new-tokens",
@@ -699,4 +700,25 @@ fn a_broken_chat_template_stops_only_chat_prompts() {
     let out = condlm_cli(&["generate", "--model", m, "--chat", "--prompt", "hi", "--max-new-tokens", "2"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("chat template"), "{stderr}");
+}
+
+/// `--prompt-field` names the rows' x as train's does: the same prompt ids from a renamed field.
+#[test]
+fn a_renamed_prompt_field_gives_the_same_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = fixture("tiny-llama");
+    let m = model.to_str().unwrap();
+    let mut ids_of = vec![];
+    for (field, row) in [("prompt", r#"{"prompt": "name: Blue Spice"}"#), ("q", r#"{"q": "name: Blue Spice"}"#)] {
+        let (data, out) = (dir.path().join(format!("{field}.jsonl")), dir.path().join(format!("{field}-gen.jsonl")));
+        std::fs::write(&data, row).unwrap();
+        let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+        let args = ["generate", "--model", m, "--data", d, "--prompt-field", field, "--out", o, "--ids"];
+        let run = condlm_cli(&[&args[..], &["--max-new-tokens", "2"]].concat());
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        let row: Value = serde_json::from_str(std::fs::read_to_string(&out).unwrap().trim()).unwrap();
+        ids_of.push(ids(&row["prompt_ids"]));
+    }
+    assert_eq!(ids_of[0], ids_of[1]);
+    assert!(ids_of[0].len() > 1, "{:?}", ids_of[0]);
 }

@@ -61,6 +61,9 @@ pub struct GenerateArgs {
     data: Option<String>,
     #[arg(long, value_enum, default_value_t = DataFormat::Auto, hide_default_value = true, help = DATA_FORMAT_HELP)]
     data_format: DataFormat,
+    /// Name of the rows' prompt field, as train's --prompt-field (a string, or a list of messages).
+    #[arg(long, default_value = "prompt", requires = "data")]
+    prompt_field: String,
     #[arg(long, requires = "data", help = EVAL_SPLIT_HELP)]
     split: Option<String>,
     /// With --data: write the rows plus "generation", "finish_reason", "new_tokens" (and "score" for beam search)
@@ -368,7 +371,7 @@ fn run_data(
     encode: impl Fn(&Prompt) -> Result<Vec<u32>>,
 ) -> Result<()> {
     let (model, tok) = (&m.model, &m.tokenizer);
-    let rows = read_prompt_rows(data)?;
+    let rows = read_prompt_rows(data, &a.prompt_field)?;
     let prompts = encode_prompts(&rows, model, encode)?;
     check_memory(model, weight_bytes, &prompts, opts)?;
     let beam = matches!(opts.strategy, Strategy::Beam(_));

@@ -52,12 +52,13 @@ pub struct PromptRow {
     pub prompt: Prompt,
 }
 
-/// Every row of `data` with its prompt; a row of none of the three formats is an error naming it.
-pub fn read_prompt_rows(data: &DataSource) -> Result<Vec<PromptRow>> {
+/// Every row of `data` with its prompt, x in `prompt_field` (`"prompt"` unless the user named another); a row of
+/// none of the formats is an error naming it.
+pub fn read_prompt_rows(data: &DataSource, prompt_field: &str) -> Result<Vec<PromptRow>> {
     read_source_objects(data, SHAPE)?
         .into_iter()
         .map(|(source, fields)| {
-            let prompt = prompt_of(&fields, "prompt", &source)?;
+            let prompt = prompt_of(&fields, prompt_field, &source)?;
             Ok(PromptRow { source, fields, prompt })
         })
         .collect()
