@@ -1,14 +1,14 @@
 //! The families beyond Llama/Qwen2/GPT-2 against transformers and PyTorch autograd on tiny random checkpoints
 //! (tests/fixtures/make_family_fixtures.py): Qwen3 (per-head q/k RMSNorm before RoPE, head_dim ≠ hidden / heads),
 //! SmolLM3 (layers without RoPE), Gemma 3 ((1 + w) norms, four per block, GeGLU, scaled embeddings and queries,
-//! sliding and global layers with their own RoPE bases), Mistral (a sliding window on every layer) and Phi-3 (fused
+//! sliding and global layers with their own RoPE bases), Llama 3.1's RoPE scaling, Mistral (a sliding window on every layer) and Phi-3 (fused
 //! qkv_proj / gate_up_proj; Phi-4-mini's partial rotary factor and LongRoPE scaling), every row longer than the
 //! windows: logits, LoRA (every linear layer) and full fine-tuning gradients; Qwen3 also through GGUF export;
 //! Phi-3's greedy decoding and KV cache.
 mod common;
 use common::{
-    condlm, decode_step_and_forward, expected_json, fixture, load_f32_tensors, max_abs_diff, reference_sequences,
-    rel_err,
+    condlm, decode_step_and_forward, expected_json, fixture, forward_logits, load_f32_tensors, max_abs_diff,
+    reference_sequences, rel_err,
 };
 use condlm::data::example::Example;
 use condlm::formats::load::load_model;
@@ -22,7 +22,8 @@ use condlm::network::batch::PackedBatch;
 use condlm::network::transformer::{Mode, Transformer};
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 
-const FAMILIES: [&str; 6] = ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral", "tiny-phi3", "tiny-phi4"];
+const FAMILIES: [&str; 7] =
+    ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral", "tiny-phi3", "tiny-phi4", "tiny-llama31"];
 
 fn model(name: &str) -> Transformer {
     load_model(fixture(name).to_str().unwrap()).unwrap().model
@@ -51,6 +52,11 @@ fn configs_read_the_family_features() {
     assert_eq!(g.attn_scale, Some((24f64).powf(-0.5) as f32));
     let m = model("tiny-mistral").config;
     assert_eq!((m.window(0), m.window(1)), (Some(4), Some(4)));
+    let l = model("tiny-llama31").config.rope_scaling.unwrap();
+    assert_eq!(
+        (l.factor, l.low_freq_factor, l.high_freq_factor, l.original_max_position_embeddings),
+        (8.0, 1.0, 4.0, 32.0)
+    );
     let (ok, out, err) = condlm(&["info", fixture("tiny-gemma3").to_str().unwrap()]);
     assert!(ok, "{err}");
     for line in [
@@ -83,14 +89,8 @@ fn configs_read_the_family_features() {
 fn logits_match_transformers() {
     for name in FAMILIES {
         let m = model(name);
-        let d = m.config.hidden_size;
         for (ids, want) in reference_sequences(name) {
-            let batch = PackedBatch::new(std::slice::from_ref(&ids));
-            let mut acts = Activations::default();
-            m.forward(&batch, &mut acts, Mode::Infer);
-            let all: Vec<usize> = (0..ids.len()).collect();
-            let got = logits(&acts.x[..ids.len() * d], d, m.head(), &all, &mut HeadScratch::default());
-            let diff = max_abs_diff(&got, &want);
+            let diff = max_abs_diff(&forward_logits(&m, &ids), &want);
             assert!(diff <= 1e-4, "{name}: max |Δ logit| {diff}");
         }
     }
@@ -288,14 +288,8 @@ fn phi3_merge_keeps_the_adapted_model() {
     assert!(ok, "{err}");
     let m = load_model(out.to_str().unwrap()).unwrap().model;
     let want = load_f32_tensors(&fixture("interop/tiny-phi4-peft-logits.safetensors"));
-    let d = m.config.hidden_size;
     for (i, (ids, _)) in reference_sequences("tiny-phi4").iter().enumerate() {
-        let batch = PackedBatch::new(std::slice::from_ref(ids));
-        let mut acts = Activations::default();
-        m.forward(&batch, &mut acts, Mode::Infer);
-        let all: Vec<usize> = (0..ids.len()).collect();
-        let got = logits(&acts.x[..ids.len() * d], d, m.head(), &all, &mut HeadScratch::default());
-        let diff = max_abs_diff(&got, &want[&format!("logits.{i}")].1);
+        let diff = max_abs_diff(&forward_logits(&m, ids), &want[&format!("logits.{i}")].1);
         assert!(diff <= 1e-4, "row {i}: max |Δ logit| vs PEFT {diff}");
     }
 }

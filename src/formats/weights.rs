@@ -38,6 +38,7 @@ impl Weights {
             Weights::Gguf { file, path, arch, .. } => file
                 .tensors
                 .iter()
+                .filter(|t| t.name != ROPE_FREQS)
                 .map(|t| {
                     gguf_to_hf(&t.name, arch).ok_or_else(|| {
                         anyhow::anyhow!(
@@ -341,6 +342,9 @@ fn gguf_to_hf(gguf: &str, arch: &str) -> Option<String> {
     let (h, _) = layer.iter().flat_map(|t| t.iter()).find(|(_, g)| *g == rest)?;
     Some(format!("{prefix}{n}.{h}"))
 }
+
+/// The GGUF tensor of Llama 3.1's RoPE scaling (per-frequency divisors): part of the config, not a weight.
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
 /// Whether the GGUF stores tensor `gguf_name` as 1 + the HF value: Gemma's RMSNorm weights, which HF keeps
 /// zero-centred and llama.cpp's converter writes with the 1 added.

@@ -1,6 +1,7 @@
 //! One `Config` for every supported architecture, read from an HF `config.json` or GGUF metadata.
 use crate::kernels::activation::GateAct;
 use crate::kernels::rope::RopeTable;
+use crate::network::llama3_rope::Llama3RopeScaling;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::Path;
@@ -66,15 +67,6 @@ pub struct Config {
     pub scale_embeddings: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
-}
-
-/// Llama 3.1's frequency-dependent RoPE rescaling (`rope_scaling.rope_type == "llama3"`).
-#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
-pub struct Llama3RopeScaling {
-    pub factor: f32,
-    pub low_freq_factor: f32,
-    pub high_freq_factor: f32,
-    pub original_max_position_embeddings: f32,
 }
 
 /// LongRoPE (`rope_scaling.type` = `longrope` or `su`), as transformers' `_compute_longrope_parameters` reads it:
@@ -612,8 +604,8 @@ impl Config {
     }
 }
 
-/// 1 / theta^(2i / d) for i < d/2, in f32 as transformers computes it.
-fn inv_freq(theta: f32, d: usize) -> Vec<f32> {
+/// 1 / theta^(2i / d) for i < d/2, in f32 as transformers computes it: RoPE's inverse frequencies unscaled.
+pub fn inv_freq(theta: f32, d: usize) -> Vec<f32> {
     (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32)).collect()
 }
 
@@ -627,25 +619,6 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>, path: &Path) -> Result<Opti
             .with_context(|| format!("{}: rope_scaling of type llama3 lacks a field", path.display())),
         other => {
             bail!("{}: rope_scaling type \"{other}\" is not supported (supported: llama3, or none)", path.display())
-        }
-    }
-}
-
-impl Llama3RopeScaling {
-    /// Scales one inverse frequency the way transformers' `_compute_llama3_parameters` does.
-    fn scale(&self, inv_freq: f32) -> f32 {
-        let two_pi = 2.0 * std::f32::consts::PI;
-        let low_wavelen = self.original_max_position_embeddings / self.low_freq_factor;
-        let high_wavelen = self.original_max_position_embeddings / self.high_freq_factor;
-        let wavelen = two_pi / inv_freq;
-        if wavelen < high_wavelen {
-            inv_freq
-        } else if wavelen > low_wavelen {
-            inv_freq / self.factor
-        } else {
-            let smooth = (self.original_max_position_embeddings / wavelen - self.low_freq_factor)
-                / (self.high_freq_factor - self.low_freq_factor);
-            (1.0 - smooth) * inv_freq / self.factor + smooth * inv_freq
         }
     }
 }

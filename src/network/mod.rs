@@ -8,6 +8,7 @@ pub mod config;
 pub mod device;
 pub mod kv_cache;
 pub mod linear;
+pub mod llama3_rope;
 pub mod lora;
 pub mod param;
 pub mod transformer;

@@ -8,7 +8,8 @@
 //! adapter is refused, naming what differs), reads the complete lines back (a torn last line, cut mid-write, is
 //! dropped), checks each against its input row's hash and lets the caller check it too, and appends the rest. A
 //! partial without a fingerprint (written by an older condlm) is refused: nothing says what its rows came from.
-//! To stdout: rows are printed as they finish.
+//! To stdout, or to an existing path that is not a regular file (`/dev/null`, `/dev/stdout`, a named pipe, a shell's
+//! `>(…)`): rows are written as they finish, with nothing to rename or resume.
 //!
 //! Everything that can refuse the destination (missing or read-only folder, an existing FILE, a partial the
 //! user did not ask to resume or one without a fingerprint) is checked by [`prepare`], before the job loads
@@ -22,7 +23,13 @@ use std::path::{Path, PathBuf};
 /// Where rows go, checked but not yet opened.
 pub enum Destination {
     Stdout,
-    File { path: PathBuf, partial: PathBuf, resume: bool },
+    /// An existing device, pipe or socket, written in place.
+    Stream(PathBuf),
+    File {
+        path: PathBuf,
+        partial: PathBuf,
+        resume: bool,
+    },
 }
 
 /// `FILE.partial`: where the rows of FILE grow until they are complete.
@@ -114,6 +121,15 @@ pub fn prepare(out: Option<&Path>, overwrite: bool, resume: bool) -> Result<Dest
     if path.is_dir() {
         bail!("--out {} is a folder; give the path of a file", path.display());
     }
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file()) {
+        if resume {
+            bail!(
+                "--resume-output: {} is not a regular file (a device or a pipe); there is nothing to resume",
+                path.display()
+            );
+        }
+        return Ok(Destination::Stream(path.to_owned()));
+    }
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     if !dir.is_dir() {
         bail!(
@@ -173,7 +189,16 @@ impl Destination {
     ) -> Result<(RowWriter, Vec<T>)> {
         let (path, partial, resume) = match self {
             Destination::Stdout => {
-                return Ok((RowWriter { sink: BufWriter::new(Sink::Stdout(std::io::stdout())), target: None }, vec![]));
+                let sink = BufWriter::new(Sink::Stdout(std::io::stdout()));
+                return Ok((RowWriter { sink, name: "stdout".into(), target: None }, vec![]));
+            }
+            Destination::Stream(path) => {
+                let f = OpenOptions::new().write(true).open(&path);
+                let f = f.with_context(|| format!("cannot write {}", path.display()))?;
+                return Ok((
+                    RowWriter { sink: BufWriter::new(Sink::File(f)), name: path.display().to_string(), target: None },
+                    vec![],
+                ));
             }
             Destination::File { path, partial, resume } => (path, partial, resume),
         };
@@ -234,7 +259,7 @@ impl Destination {
             f
         };
         let sink = BufWriter::new(Sink::File(file));
-        Ok((RowWriter { sink, target: Some((partial, path)) }, done))
+        Ok((RowWriter { sink, name: partial.display().to_string(), target: Some((partial, path)) }, done))
     }
 }
 
@@ -262,23 +287,21 @@ impl Write for Sink {
 /// interruption, [`RowWriter::finish`] puts the complete file in place.
 pub struct RowWriter {
     sink: BufWriter<Sink>,
+    /// What the rows are written to, for messages.
+    name: String,
     /// (partial, final path) when writing a file.
     target: Option<(PathBuf, PathBuf)>,
 }
 
 impl RowWriter {
-    fn name(&self) -> String {
-        self.target.as_ref().map_or("stdout".into(), |(p, _)| p.display().to_string())
-    }
-
     pub fn push(&mut self, row: &serde_json::Value) -> Result<()> {
         let mut line = row.to_string();
         line.push('\n');
-        self.sink.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", self.name()))
+        self.sink.write_all(line.as_bytes()).with_context(|| format!("cannot write {}", self.name))
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.sink.flush().with_context(|| format!("cannot write {}", self.name()))
+        self.sink.flush().with_context(|| format!("cannot write {}", self.name))
     }
 
     /// Every row is written: flush, rename the partial file into place (synced first, so FILE never appears
@@ -447,5 +470,24 @@ mod tests {
         std::fs::write(partial_path(&out), "{\"row\": 0}\n{\"row\": 5}\n").unwrap();
         let e = prepare(Some(&out), false, true).unwrap().open(&fp, &sources(4), check).err().unwrap().to_string();
         assert!(e.contains("out.jsonl.partial:2") && e.contains("row 5") && e.contains("delete"), "{e}");
+    }
+
+    #[test]
+    fn a_device_or_pipe_is_written_in_place() {
+        // `--out /dev/null` (and /dev/stdout, a named pipe): an existing file that is not a regular one
+        let dev_null = Path::new("/dev/null");
+        assert!(matches!(prepare(Some(dev_null), false, false).unwrap(), Destination::Stream(_)));
+        let (mut w, done) =
+            prepare(Some(dev_null), false, false).unwrap().open(&fingerprint(2, 0), &sources(2), check).unwrap();
+        assert!(done.is_empty());
+        rows(2).iter().for_each(|r| w.push(r).unwrap());
+        w.finish().unwrap();
+        assert!(!std::fs::metadata(dev_null).unwrap().is_file(), "/dev/null is still a device");
+        assert!(!partial_path(dev_null).exists());
+        let e = prepare(Some(dev_null), false, true).err().unwrap().to_string();
+        assert!(e.contains("nothing to resume"), "{e}");
+        // a regular file is still refused without --overwrite
+        let file = tempfile::NamedTempFile::new().unwrap();
+        assert!(prepare(Some(file.path()), false, false).err().unwrap().to_string().contains("--overwrite"));
     }
 }

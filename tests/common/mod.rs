@@ -36,6 +36,23 @@ pub fn reference_sequences(dir: &str) -> Vec<(Vec<u32>, Vec<f32>)> {
         .collect()
 }
 
+/// The logits (len, vocab) of one sequence run alone through `m`.
+pub fn forward_logits(m: &condlm::network::transformer::Transformer, ids: &[u32]) -> Vec<f32> {
+    use condlm::kernels::lm_head::{HeadScratch, logits};
+    use condlm::network::{activations::Activations, batch::PackedBatch, transformer::Mode};
+    let batch = PackedBatch::new(&[ids.to_vec()]);
+    let mut acts = Activations::default();
+    m.forward(&batch, &mut acts, Mode::Infer);
+    let all: Vec<usize> = (0..ids.len()).collect();
+    logits(
+        &acts.x[..ids.len() * m.config.hidden_size],
+        m.config.hidden_size,
+        m.head(),
+        &all,
+        &mut HeadScratch::default(),
+    )
+}
+
 pub fn expected_json(dir: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(dir).join("expected.json")).unwrap()).unwrap()
 }
@@ -114,12 +131,15 @@ pub fn long_context_llama(dir: &Path) -> PathBuf {
     model
 }
 
-/// The fixture folder `name` copied to the folder `to` (made), for a test that edits a model; returns `to`.
+/// The files of fixture folder `name` (not its subfolders: adapters, references) copied to the folder `to`
+/// (made), for a test that edits a model; returns `to`.
 pub fn copy_fixture(name: &str, to: &Path) -> PathBuf {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(fixture(name)).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
     }
     to.to_path_buf()
 }

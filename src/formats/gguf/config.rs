@@ -1,7 +1,9 @@
 //! The network's `Config` from GGUF metadata (`general.architecture` and its `<arch>.*` keys).
-use super::file::GgufFile;
+use super::file::{GgufFile, MetaValue};
+use crate::formats::weights::ROPE_FREQS;
 use crate::kernels::activation::GateAct;
-use crate::network::config::{Config, Family};
+use crate::network::config::{Config, Family, inv_freq};
+use crate::network::llama3_rope::Llama3RopeScaling;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 
@@ -25,12 +27,6 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
             )
         }
     };
-    if g.tensor("rope_freqs.weight").is_some() {
-        bail!(
-            "{}: per-frequency RoPE factors (rope_freqs.weight, Llama 3.1 scaling) are not supported yet",
-            path.display()
-        );
-    }
     let key = |k: &str| format!("{arch}.{k}");
     let hidden = g.get_usize(&key("embedding_length"))?;
     let heads = g.get_usize(&key("attention.head_count"))?;
@@ -46,13 +42,15 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     };
     let layers = g.get_usize(&key("block_count"))?;
     let gemma3 = arch == "gemma3";
-    // Gemma 3 as llama.cpp (and transformers' GGUF loader) run it: every 6th layer global, the others sliding
-    // with RoPE base 10 000, q·k scaled by 1/√head_dim (query_pre_attn_scalar = head_dim in the small models).
+    // Gemma 3 as llama.cpp runs it: the sliding layers per `sliding_window_pattern` (every 6th layer global when
+    // absent), their RoPE base `rope.freq_base_swa` (10 000 when absent), q·k scaled by 1/√head_dim — by
+    // 1/√(hidden/heads) in the 62-layer 27B, whose query_pre_attn_scalar is that.
     let sliding_window = g.opt_usize(&key("attention.sliding_window"))?.filter(|_| gemma3);
-    let sliding_layers = match g.opt_usize(&key("attention.sliding_window_pattern"))? {
-        _ if !gemma3 => vec![],
-        pattern => (0..layers).map(|i| (i + 1) % pattern.unwrap_or(6).max(1) != 0).collect(),
-    };
+    let sliding_layers =
+        if gemma3 { gemma3_sliding_layers(g, &key("attention.sliding_window_pattern"), layers)? } else { vec![] };
+    let attn_scale = (gemma3 && layers == 62).then(|| 1.0 / ((hidden / heads.max(1)) as f32).sqrt());
+    let rope_theta = g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
+    let rope_scaling = llama3_scaling(g, path, rope_theta, head_dim)?;
     let eps_key = match family {
         Family::Llama => key("attention.layer_norm_rms_epsilon"),
         Family::Gpt2 => key("attention.layer_norm_epsilon"),
@@ -68,8 +66,8 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         vocab_size,
         max_positions: g.get_usize(&key("context_length"))?,
         norm_eps: g.get_f32(&eps_key)?,
-        rope_theta: g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0),
-        rope_scaling: None,
+        rope_theta,
+        rope_scaling,
         rotary_dim: head_dim,
         longrope: None,
         qkv_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_q.bias").is_some(),
@@ -80,8 +78,11 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         no_rope: vec![],
         sliding_window,
         sliding_layers,
-        rope_local_theta: gemma3.then_some(10_000.0),
-        attn_scale: None,
+        rope_local_theta: match gemma3 {
+            true => Some(g.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0)),
+            false => None,
+        },
+        attn_scale,
         mlp_act: if gemma3 { GateAct::GeluTanh } else { GateAct::Silu },
         norm_plus_one: gemma3,
         sandwich_norms: gemma3,
@@ -92,4 +93,41 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     };
     cfg.validate().with_context(|| format!("{}: inconsistent model metadata", path.display()))?;
     Ok(cfg)
+}
+
+/// Which layers slide: `sliding_window_pattern` as llama.cpp reads it — one bool per layer (true: sliding), or N
+/// for "every Nth layer is global" — and every 6th layer global when the key is absent.
+fn gemma3_sliding_layers(g: &GgufFile, key: &str, layers: usize) -> Result<Vec<bool>> {
+    let every = match g.get(key) {
+        Some(MetaValue::Array(flags)) => {
+            let flags: Option<Vec<bool>> = flags.iter().map(MetaValue::as_bool).collect();
+            return match flags {
+                Some(f) if f.len() == layers => Ok(f),
+                _ => bail!("{key} must hold one bool per layer ({layers}), or one number"),
+            };
+        }
+        Some(_) => g.get_usize(key)?,
+        None => 6,
+    };
+    Ok((0..layers).map(|i| (i + 1) % every.max(1) != 0).collect())
+}
+
+/// Llama 3.1's RoPE scaling from the per-frequency divisors llama.cpp's converter stores as
+/// `rope_freqs.weight`, or `None` without that tensor.
+fn llama3_scaling(g: &GgufFile, path: &Path, theta: f32, head_dim: usize) -> Result<Option<Llama3RopeScaling>> {
+    if g.tensor(ROPE_FREQS).is_none() {
+        return Ok(None);
+    }
+    let factors = g.tensor_f32(ROPE_FREQS)?;
+    let scaling = Llama3RopeScaling::from_freq_factors(&factors, &inv_freq(theta, head_dim));
+    scaling.map(Some).with_context(|| {
+        format!(
+            "{}: {ROPE_FREQS} holds {} per-frequency RoPE divisors ({:?}…) that are not Llama 3's rope scaling, the \
+             only kind condlm reads (head_dim {head_dim} needs {}, between 1 and the scaling factor)",
+            path.display(),
+            factors.len(),
+            &factors[..factors.len().min(4)],
+            head_dim / 2
+        )
+    })
 }

@@ -1,6 +1,6 @@
 //! A model as one GGUF file that llama.cpp (and Ollama, LM Studio) loads: what llama.cpp's
 //! `convert_hf_to_gguf.py` writes for the architectures condlm supports — llama.cpp tensor names, Q/K rows
-//! permuted for `llama`, GPT-2's Conv1D weights as (out, in), the hyper-parameters under `<arch>.*`, the
+//! permuted for `llama`, Llama 3.1's RoPE scaling as `rope_freqs.weight`, Gemma 3's norms with their 1 added, GPT-2's Conv1D weights as (out, in), the hyper-parameters under `<arch>.*`, the
 //! tokenizer under `tokenizer.*` — with the weights in the type asked for.
 //!
 //! Tensor types follow llama.cpp's rules: one-dimensional tensors (norms, biases) stay F32; the output matrix
@@ -11,10 +11,10 @@ use super::file::MetaValue;
 use super::quantize::quantize;
 use super::writer::{TensorData, TensorToWrite, write_gguf};
 use crate::formats::hf_export::base_params;
-use crate::formats::weights::{Permute, hf_to_gguf, permuted_heads, qk_row_order};
+use crate::formats::weights::{Permute, ROPE_FREQS, gguf_adds_one, hf_to_gguf, permuted_heads, qk_row_order};
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
-use crate::network::config::{Config, Family};
+use crate::network::config::{Config, Family, inv_freq};
 use crate::network::param::Param;
 use crate::network::transformer::Transformer;
 use anyhow::{Context, Result, bail};
@@ -26,12 +26,6 @@ use std::io::Write;
 /// The llama.cpp architecture name (`general.architecture`) of a config: Mistral is written as `llama`, as
 /// llama.cpp's converter does.
 pub fn gguf_arch(c: &Config) -> Result<&'static str> {
-    if c.rope_scaling.is_some() {
-        bail!(
-            "the model uses Llama 3.1 RoPE scaling (rope_scaling in config.json), which llama.cpp needs as a \
-             rope_freqs tensor; exporting it to GGUF is not supported yet"
-        );
-    }
     if c.fused_projections() {
         bail!(
             "the model is a Phi-3 (fused qkv_proj / gate_up_proj, partial rotary, LongRoPE factors as tensors); \
@@ -44,17 +38,35 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
         );
     }
     if c.sandwich_norms {
-        bail!(
-            "exporting Gemma 3 to GGUF is not supported yet; `condlm merge` writes it as a Hugging Face folder, which \
-             llama.cpp's convert_hf_to_gguf.py converts"
-        );
+        check_gemma3_scale(c)?;
     }
     Ok(match (c.family, c.architecture.as_str()) {
         (Family::Gpt2, _) => "gpt2",
+        (Family::Llama, "Gemma3ForCausalLM" | "gemma3") => "gemma3",
         (Family::Llama, "Qwen2ForCausalLM" | "qwen2") => "qwen2",
         (Family::Llama, "Qwen3ForCausalLM" | "qwen3") => "qwen3",
         (Family::Llama, _) => "llama",
     })
+}
+
+/// llama.cpp has no key for Gemma 3's q·k scale: it takes 1/√head_dim, or 1/√(hidden/heads) for the 62-layer
+/// 27B. A model whose `query_pre_attn_scalar` gives another scale would run with the wrong one.
+fn check_gemma3_scale(c: &Config) -> Result<()> {
+    let implied = match c.num_layers {
+        62 => c.hidden_size as f32 / c.num_heads as f32,
+        _ => c.head_dim as f32,
+    };
+    let scale = c.attn_scale.unwrap_or(1.0 / (c.head_dim as f32).sqrt());
+    let scalar = 1.0 / (scale * scale);
+    if (scalar - implied).abs() > 1e-3 * implied {
+        bail!(
+            "the model scales q·k by query_pre_attn_scalar {scalar} (config.json), but llama.cpp runs a Gemma 3 of \
+             {} layers with {implied} and a GGUF cannot say otherwise: llama.cpp would compute another model. \
+             `condlm merge` writes it as a Hugging Face folder instead",
+            c.num_layers
+        );
+    }
+    Ok(())
 }
 
 /// `general.file_type` (llama.cpp's `llama_ftype`) of a file whose matrices are mostly `ty`.
@@ -92,6 +104,28 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
     ];
     match c.family {
         Family::Gpt2 => m.push((key("attention.layer_norm_epsilon"), MetaValue::F32(c.norm_eps))),
+        Family::Llama if arch == "gemma3" => {
+            // what llama.cpp's converter writes for Gemma 3 (no vocab_size or rope.dimension_count)
+            m.extend([
+                (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
+                (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
+                (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
+                (key("attention.key_length"), u32_of(c.head_dim)),
+                (key("attention.value_length"), u32_of(c.head_dim)),
+            ]);
+            if let Some(theta) = c.rope_local_theta {
+                m.push((key("rope.freq_base_swa"), MetaValue::F32(theta)));
+            }
+            if let Some(window) = c.sliding_window {
+                m.push((key("attention.sliding_window"), u32_of(window)));
+                // llama.cpp's default: every 6th layer global; any other pattern as one flag per layer
+                let sliding: Vec<bool> = (0..c.num_layers).map(|i| c.window(i).is_some()).collect();
+                if sliding.iter().enumerate().any(|(i, &s)| s != ((i + 1) % 6 != 0)) {
+                    let flags = sliding.into_iter().map(MetaValue::Bool).collect();
+                    m.push((key("attention.sliding_window_pattern"), MetaValue::Array(flags)));
+                }
+            }
+        }
         Family::Llama => m.extend([
             (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
             (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
@@ -192,6 +226,17 @@ pub fn encode(values: &[f32], row: usize, ty: GgmlType) -> Result<Vec<u8>> {
 pub fn model_tensors<'a>(model: &'a Transformer, arch: &str, ty: GgmlType) -> Result<Vec<ExportTensor<'a>>> {
     let c = &model.config;
     let mut out = Vec::new();
+    if let Some(s) = &c.rope_scaling {
+        // first, where llama.cpp's converter puts it
+        let factors = s.freq_factors(&inv_freq(c.rope_theta, c.rotary_dim));
+        out.push(ExportTensor {
+            name: ROPE_FREQS.to_string(),
+            shape: vec![factors.len()],
+            ty: GgmlType::F32,
+            source: Source::F32(Cow::Owned(factors)),
+            order: None,
+        });
+    }
     for p in base_params(model) {
         out.push(model_tensor(p, c, arch, ty)?);
     }
@@ -206,6 +251,8 @@ fn model_tensor<'a>(p: &'a Param, c: &Config, arch: &str, ty: GgmlType) -> Resul
         .transpose()?;
     let source = match &p.packed {
         Some(m) => Source::Packed(m),
+        // Gemma's (1 + w) norms are stored with the 1 added, as the converter writes them
+        None if gguf_adds_one(&name, arch) => Source::F32(Cow::Owned(p.data.iter().map(|v| v + 1.0).collect())),
         None => Source::F32(Cow::Borrowed(&p.data)),
     };
     let ty = tensor_type(&name, &p.shape, ty, c.tie_embeddings);

@@ -1,0 +1,143 @@
+//! GGUF files of Llama 3.1+ and Gemma 3 against llama.cpp's own converter (tests/fixtures/converter/, written by
+//! make_converter_fixtures.py from the tiny HF fixtures): Llama 3.1's RoPE scaling as `rope_freqs.weight` read
+//! (logits vs transformers) and written (the converter's bytes); Gemma 3 written as the converter writes it (the
+//! 1 of its (1 + w) norms added, its sliding layers and local RoPE base) and read back as the same model.
+mod common;
+use common::{condlm, copy_fixture, fixture, forward_logits, max_abs_diff, reference_sequences};
+use condlm::formats::gguf::file::{GgufFile, MetaValue};
+use condlm::formats::load::load_model;
+use std::path::{Path, PathBuf};
+
+fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn export(args: &[&str]) -> (bool, String) {
+    let (ok, _, err) = condlm(&[&["export-gguf", "--type", "f32"], args].concat());
+    (ok, err)
+}
+
+/// Every tensor of the converter's file is in ours with the same shape and bytes; every `<arch>.*` key the
+/// converter writes has its value in ours. Returns our keys the converter does not write.
+fn assert_as_converter_writes(ours: &Path, converter: &str, arch: &str) -> Vec<String> {
+    let (ours, theirs) = (GgufFile::open(ours).unwrap(), GgufFile::open(&fixture(converter)).unwrap());
+    assert_eq!(ours.tensors.len(), theirs.tensors.len(), "tensor count");
+    for t in &theirs.tensors {
+        let o = ours.require_tensor(&t.name).unwrap();
+        assert_eq!((&o.dims, o.ty), (&t.dims, t.ty), "{}", t.name);
+        assert!(ours.tensor_bytes(o).unwrap() == theirs.tensor_bytes(t).unwrap(), "{} differs", t.name);
+    }
+    let prefix = format!("{arch}.");
+    for (k, v) in theirs.metadata.iter().filter(|(k, _)| k.starts_with(&prefix)) {
+        assert_eq!(ours.get(k), Some(v), "{k}");
+    }
+    let extra = ours.metadata.iter().filter(|(k, _)| k.starts_with(&prefix) && theirs.get(k).is_none());
+    extra.map(|(k, _)| k.clone()).collect()
+}
+
+/// Per-row `condlm score` log-probs of the fixture rows.
+fn scores(model: &str, adapter: Option<&Path>) -> Vec<f64> {
+    let data = fixture("score_rows.jsonl");
+    let mut args = vec!["score", "--model", model, "--data", p(&data)];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", p(a), "--ignore-base-mismatch"]);
+    }
+    let (ok, out, err) = condlm(&args);
+    assert!(ok, "score failed: {err}");
+    out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["logprob"].as_f64().unwrap()).collect()
+}
+
+fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}: row {i}: {x} vs {y}");
+    }
+}
+
+#[test]
+fn llama31_rope_freqs_read_as_transformers_runs_the_model() {
+    let m = load_model(p(&fixture("converter/tiny-llama31.gguf"))).unwrap().model;
+    let hf = load_model(p(&fixture("tiny-llama31"))).unwrap().model;
+    assert_eq!(m.config.rope_scaling, hf.config.rope_scaling, "the four numbers recovered from rope_freqs.weight");
+    assert!(m.config.rope_scaling.is_some());
+    for (ids, want) in reference_sequences("tiny-llama31") {
+        let diff = max_abs_diff(&forward_logits(&m, &ids), &want);
+        assert!(diff <= 1e-4, "max |Δ logit| vs transformers {diff}");
+    }
+}
+
+#[test]
+fn llama31_exports_rope_freqs_as_the_converter_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("l.gguf");
+    let (ok, err) = export(&["--model", p(&fixture("tiny-llama31")), "--out", p(&out)]);
+    assert!(ok, "{err}");
+    let extra = assert_as_converter_writes(&out, "converter/tiny-llama31.gguf", "llama");
+    assert!(extra.is_empty(), "{extra:?}");
+    // the LoRA adapter alone, for llama.cpp's --lora on that base
+    let lora = dir.path().join("a.gguf");
+    let adapter = fixture("tiny-llama31/lora-init");
+    let (ok, err) =
+        export(&["--model", p(&fixture("tiny-llama31")), "--adapter", p(&adapter), "--out", p(&lora), "--lora-only"]);
+    assert!(ok, "{err}");
+    assert!(GgufFile::open(&lora).unwrap().tensor("blk.1.attn_q.weight.lora_b").is_some());
+}
+
+/// tiny-gemma3 with query_pre_attn_scalar 32 (= head_dim: what llama.cpp applies), as the converter fixture.
+fn gemma3_as_llama_cpp_runs_it(dir: &Path) -> PathBuf {
+    let model = copy_fixture("tiny-gemma3", &dir.join("tiny-gemma3"));
+    let config = model.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["query_pre_attn_scalar"] = 32.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    model
+}
+
+#[test]
+fn gemma3_exports_as_the_converter_writes_it_and_reads_back_as_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = gemma3_as_llama_cpp_runs_it(dir.path());
+    let out = dir.path().join("g.gguf");
+    let (ok, err) = export(&["--model", p(&model), "--out", p(&out)]);
+    assert!(ok, "{err}");
+    // the converter ignores layer_types (llama.cpp then takes every 6th layer as global); condlm writes them
+    let extra = assert_as_converter_writes(&out, "converter/tiny-gemma3.gguf", "gemma3");
+    assert_eq!(extra, ["gemma3.attention.sliding_window_pattern"]);
+    let g = GgufFile::open(&out).unwrap();
+    let flags = g.get("gemma3.attention.sliding_window_pattern").and_then(MetaValue::as_array).unwrap();
+    assert_eq!(flags, [true, true, false, true].map(MetaValue::Bool));
+    assert_close(&scores(p(&out), None), &scores(p(&model), None), 1e-6, "exported Gemma 3");
+
+    // with an adapter: merged into the file, or alone for llama.cpp's --lora
+    let adapter = fixture("interop/tiny-gemma3-condlm-adapter");
+    let merged = dir.path().join("merged.gguf");
+    let (ok, err) =
+        export(&["--model", p(&model), "--adapter", p(&adapter), "--ignore-base-mismatch", "--out", p(&merged)]);
+    assert!(ok, "{err}");
+    assert_close(&scores(p(&merged), None), &scores(p(&model), Some(&adapter)), 1e-5, "merged Gemma 3");
+    let lora = dir.path().join("lora.gguf");
+    let a = ["--adapter", p(&adapter), "--ignore-base-mismatch", "--lora-only"];
+    let (ok, err) = export(&[&["--model", p(&model), "--out", p(&lora)][..], &a].concat());
+    assert!(ok, "{err}");
+    let l = GgufFile::open(&lora).unwrap();
+    assert_eq!(l.get_str("general.architecture").unwrap(), "gemma3");
+    assert!(l.tensor("blk.3.ffn_gate.weight.lora_a").is_some());
+}
+
+#[test]
+fn gemma3_files_of_the_converter_read_as_llama_cpp_reads_them() {
+    // no pattern key: every 6th layer global, so all four slide; rope.freq_base_swa the local base
+    let c = load_model(p(&fixture("converter/tiny-gemma3.gguf"))).unwrap().model.config;
+    assert_eq!((0..4).map(|i| c.window(i)).collect::<Vec<_>>(), [Some(4); 4]);
+    assert_eq!((c.rope_theta, c.rope_local_theta, c.attn_scale), (1e6, Some(1e4), None));
+    assert!(c.norm_plus_one && c.sandwich_norms && c.scale_embeddings);
+}
+
+#[test]
+fn a_gemma3_scale_llama_cpp_cannot_express_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g.gguf");
+    let (ok, err) = export(&["--model", p(&fixture("tiny-gemma3")), "--out", p(&out)]);
+    assert!(!ok && err.contains("query_pre_attn_scalar 24") && err.contains("condlm merge"), "{err}");
+    assert!(!out.exists());
+}
