@@ -1,7 +1,9 @@
-//! GGUF files of Llama 3.1+ and Gemma 3 against llama.cpp's own converter (tests/fixtures/converter/, written by
-//! make_converter_fixtures.py from the tiny HF fixtures): Llama 3.1's RoPE scaling as `rope_freqs.weight` read
-//! (logits vs transformers) and written (the converter's bytes); Gemma 3 written as the converter writes it (the
-//! 1 of its (1 + w) norms added, its sliding layers and local RoPE base) and read back as the same model.
+//! GGUF files of Llama 3.1+, Gemma 3, Phi-3/Phi-4-mini and SmolLM3 against llama.cpp's own converter
+//! (tests/fixtures/converter/, written by make_converter_fixtures.py from the tiny HF fixtures): Llama 3.1's RoPE
+//! scaling as `rope_freqs.weight` and Phi-3's LongRoPE factors read (logits vs transformers) and written (the
+//! converter's bytes); Gemma 3 (the 1 of its (1 + w) norms added, its sliding layers and local RoPE base) and
+//! SmolLM3 (no RoPE in every 4th layer) written as the converter writes them and read back as the same model;
+//! settings llama.cpp cannot express refused.
 mod common;
 use common::{condlm, copy_fixture, fixture, forward_logits, max_abs_diff, reference_sequences};
 use condlm::formats::gguf::file::{GgufFile, MetaValue};
@@ -83,14 +85,20 @@ fn llama31_exports_rope_freqs_as_the_converter_writes_them() {
     assert!(GgufFile::open(&lora).unwrap().tensor("blk.1.attn_q.weight.lora_b").is_some());
 }
 
-/// tiny-gemma3 with query_pre_attn_scalar 32 (= head_dim: what llama.cpp applies), as the converter fixture.
-fn gemma3_as_llama_cpp_runs_it(dir: &Path) -> PathBuf {
-    let model = copy_fixture("tiny-gemma3", &dir.join("tiny-gemma3"));
+/// Fixture `name` copied into `dir` with config.json's `key` set to `value` (what the converter fixture was made
+/// from: a setting llama.cpp can express).
+fn edited(name: &str, dir: &Path, key: &str, value: serde_json::Value) -> PathBuf {
+    let model = copy_fixture(name, &dir.join(name));
     let config = model.join("config.json");
     let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
-    c["query_pre_attn_scalar"] = 32.into();
+    c[key] = value;
     std::fs::write(&config, c.to_string()).unwrap();
     model
+}
+
+/// tiny-gemma3 with query_pre_attn_scalar 32 (= head_dim: what llama.cpp applies), as the converter fixture.
+fn gemma3_as_llama_cpp_runs_it(dir: &Path) -> PathBuf {
+    edited("tiny-gemma3", dir, "query_pre_attn_scalar", 32.into())
 }
 
 #[test]
@@ -140,4 +148,89 @@ fn a_gemma3_scale_llama_cpp_cannot_express_is_refused() {
     let (ok, err) = export(&["--model", p(&fixture("tiny-gemma3")), "--out", p(&out)]);
     assert!(!ok && err.contains("query_pre_attn_scalar 24") && err.contains("condlm merge"), "{err}");
     assert!(!out.exists());
+}
+
+#[test]
+fn phi3_and_phi4_gguf_from_the_converter_run_as_transformers() {
+    for name in ["tiny-phi3", "tiny-phi4"] {
+        let m = load_model(p(&fixture(&format!("converter/{name}.gguf")))).unwrap().model;
+        let hf = load_model(p(&fixture(name))).unwrap().model;
+        assert_eq!((m.config.rotary_dim, &m.config.longrope), (hf.config.rotary_dim, &hf.config.longrope), "{name}");
+        assert!(m.config.fused_projections());
+        // the 20-token row of tiny-phi4 takes the long factors, the others the short ones, as in transformers
+        for (ids, want) in reference_sequences(name) {
+            let diff = max_abs_diff(&forward_logits(&m, &ids), &want);
+            assert!(diff <= 1e-4, "{name}: max |Δ logit| vs transformers {diff}");
+        }
+    }
+}
+
+#[test]
+fn phi3_and_phi4_export_as_the_converter_writes_them() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["tiny-phi3", "tiny-phi4"] {
+        let out = dir.path().join(format!("{name}.gguf"));
+        let (ok, err) = export(&["--model", p(&fixture(name)), "--out", p(&out)]);
+        assert!(ok, "{err}");
+        let extra = assert_as_converter_writes(&out, &format!("converter/{name}.gguf"), "phi3");
+        assert!(extra.is_empty(), "{name}: {extra:?}");
+        assert_close(&scores(p(&out), None), &scores(p(&fixture(name)), None), 1e-6, name);
+    }
+    // a LoRA adapter on the fused matrices, for llama.cpp's --lora
+    let lora = dir.path().join("lora.gguf");
+    let adapter = fixture("interop/tiny-phi3-condlm-adapter");
+    let a = ["--adapter", p(&adapter), "--ignore-base-mismatch", "--lora-only"];
+    let (ok, err) = export(&[&["--model", p(&fixture("tiny-phi3")), "--out", p(&lora)][..], &a].concat());
+    assert!(ok, "{err}");
+    let l = GgufFile::open(&lora).unwrap();
+    assert!(l.tensor("blk.0.attn_qkv.weight.lora_a").is_some() && l.tensor("blk.1.ffn_up.weight.lora_b").is_some());
+}
+
+#[test]
+fn smollm3_exports_as_the_converter_writes_it_when_llama_cpp_can_run_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // llama.cpp's SmolLM3: no RoPE in every 4th layer
+    let c = load_model(p(&fixture("converter/tiny-smollm3.gguf"))).unwrap().model.config;
+    assert_eq!((0..4).map(|i| c.rope_in(i)).collect::<Vec<_>>(), [true, true, true, false]);
+    let model = edited("tiny-smollm3", dir.path(), "no_rope_layers", serde_json::json!([1, 1, 1, 0]));
+    let out = dir.path().join("s.gguf");
+    let (ok, err) = export(&["--model", p(&model), "--out", p(&out)]);
+    assert!(ok, "{err}");
+    // the converter writes the head size only when config.json names head_dim; condlm always does (the value
+    // llama.cpp derives: hidden / heads)
+    let extra = assert_as_converter_writes(&out, "converter/tiny-smollm3.gguf", "smollm3");
+    assert_eq!(extra, ["smollm3.attention.key_length", "smollm3.attention.value_length"]);
+    assert_eq!(GgufFile::open(&out).unwrap().get_u32("smollm3.attention.key_length").unwrap(), 64 / 4);
+    assert_close(&scores(p(&out), None), &scores(p(&model), None), 1e-6, "exported SmolLM3");
+    // the fixture's own pattern (every 2nd layer) has no GGUF spelling
+    let (ok, err) = export(&["--model", p(&fixture("tiny-smollm3")), "--out", p(&dir.path().join("x.gguf"))]);
+    assert!(!ok && err.contains("layers [1, 3]") && err.contains("every 4th"), "{err}");
+}
+
+#[test]
+fn vocab_from_copies_the_base_gguf_vocabulary_when_it_is_the_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("converter/tiny-llama31.gguf");
+    let out = dir.path().join("v.gguf");
+    let (ok, err) = export(&["--model", p(&fixture("tiny-llama31")), "--out", p(&out), "--vocab-from", p(&base)]);
+    assert!(ok, "{err}");
+    let (ours, theirs) = (GgufFile::open(&out).unwrap(), GgufFile::open(&base).unwrap());
+    for (k, v) in theirs.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
+        assert_eq!(ours.get(k), Some(v), "{k}");
+    }
+    // another vocabulary: another size, or the same size with two tokens swapped
+    let spm = fixture("gguf_tokenizer/spm/ggml-vocab-llama-spm.gguf");
+    let (ok, err) =
+        export(&["--model", p(&fixture("tiny-llama31")), "--out", p(&out), "--vocab-from", p(&spm), "--overwrite"]);
+    assert!(!ok && err.contains("32000 tokens and the model's 384"), "{err}");
+    let model = copy_fixture("tiny-llama31", &dir.path().join("swapped"));
+    let path = model.join("tokenizer.json");
+    let mut t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let vocab = t["model"]["vocab"].as_object_mut().unwrap();
+    let (a, b) = (vocab["a"].as_u64().unwrap(), vocab["b"].as_u64().unwrap());
+    assert!(a < b);
+    (vocab["a"], vocab["b"]) = (b.into(), a.into());
+    std::fs::write(&path, t.to_string()).unwrap();
+    let (ok, err) = export(&["--model", p(&model), "--out", p(&out), "--vocab-from", p(&base), "--overwrite"]);
+    assert!(!ok && err.contains(&format!("token {a} is \"a\" there and \"b\" in the model")), "{err}");
 }

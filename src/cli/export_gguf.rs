@@ -9,10 +9,11 @@ use condlm::formats::gguf::export::{
     ExportTensor, gguf_arch, model_metadata, model_tensors, type_counts, write_export,
 };
 use condlm::formats::gguf::export_lora::{adapter_metadata, adapter_tensors, lora_alpha};
-use condlm::formats::gguf::export_vocab::{check_pre_name, tokenizer_metadata};
+use condlm::formats::gguf::export_vocab::{check_pre_name, check_vocab_from, tokenizer_metadata};
 use condlm::formats::gguf::file::MetaValue;
 use condlm::formats::gguf::modelfile::modelfile;
 use condlm::formats::load::load_model;
+use condlm::formats::resolve::ModelFiles;
 use condlm::formats::trained_on::TrainedOn;
 use condlm::kernels::dequant::GgmlType;
 use condlm::network::adapters;
@@ -48,6 +49,12 @@ pub struct ExportGgufArgs {
     /// recognises, is refused [default: from the source: copied from a GGUF, recognised in tokenizer.json].
     #[arg(long)]
     tokenizer_pre: Option<String>,
+    /// Copy the tokenizer (the tokenizer.* keys) from this GGUF file instead of building it from the model's
+    /// tokenizer.json: the GGUF of the base a model was fine-tuned from, for a SentencePiece tokenizer (Gemma,
+    /// Llama 2, Mistral, Phi-3), whose GGUF vocabulary condlm does not write itself. Refused unless its tokens are
+    /// the model's, id for id [default: off: from the model's own files].
+    #[arg(long, value_name = "GGUF", conflicts_with = "lora_only")]
+    vocab_from: Option<PathBuf>,
     /// general.name in the file [default: the --out file name without extension].
     #[arg(long)]
     name: Option<String>,
@@ -131,7 +138,14 @@ pub fn run(a: ExportGgufArgs) -> Result<()> {
             adapters::merge(&mut m.model);
         }
         let mut md = model_metadata(&m.model.config, arch, &name, ty);
-        md.extend(tokenizer_metadata(&m.files, &m.tokenizer, &m.model.config, a.tokenizer_pre.as_deref())?);
+        let vocab = match &a.vocab_from {
+            Some(gguf) => {
+                check_vocab_from(gguf, &m.tokenizer)?;
+                ModelFiles::Gguf(gguf.clone())
+            }
+            None => m.files.clone(),
+        };
+        md.extend(tokenizer_metadata(&vocab, &m.tokenizer, &m.model.config, a.tokenizer_pre.as_deref())?);
         metadata = md;
         tensors = model_tensors(&m.model, arch, ty)?;
         what = format!("{arch} model{}", if cfg.is_some() { " with the adapter merged" } else { "" });

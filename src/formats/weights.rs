@@ -38,7 +38,7 @@ impl Weights {
             Weights::Gguf { file, path, arch, .. } => file
                 .tensors
                 .iter()
-                .filter(|t| t.name != ROPE_FREQS)
+                .filter(|t| !ROPE_TENSORS.contains(&t.name.as_str()))
                 .map(|t| {
                     gguf_to_hf(&t.name, arch).ok_or_else(|| {
                         anyhow::anyhow!(
@@ -218,7 +218,8 @@ pub enum Permute {
 /// The head count whose rows llama.cpp's converter permutes in tensor `hf_name` (a Llama q/k projection
 /// weight or bias), or `None` for every other tensor and architecture.
 pub fn permuted_heads(hf_name: &str, arch: &str, num_heads: usize, num_kv_heads: usize) -> Option<usize> {
-    if arch != "llama" {
+    // llama.cpp's converter permutes for the architectures it runs with interleaved rotary pairs
+    if !matches!(arch, "llama" | "smollm3") {
         return None;
     }
     if hf_name.contains("self_attn.q_proj.") {
@@ -286,6 +287,15 @@ const GEMMA3_NORMS: NameTable = &[
     ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
     ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
 ];
+/// Phi-3's layer: q|k|v as one matrix, gate|up as one (llama.cpp's `ffn_up`, twice the MLP width).
+const PHI3_LAYER: NameTable = &[
+    ("input_layernorm.weight", "attn_norm.weight"),
+    ("self_attn.qkv_proj.weight", "attn_qkv.weight"),
+    ("self_attn.o_proj.weight", "attn_output.weight"),
+    ("post_attention_layernorm.weight", "ffn_norm.weight"),
+    ("mlp.gate_up_proj.weight", "ffn_up.weight"),
+    ("mlp.down_proj.weight", "ffn_down.weight"),
+];
 const LLAMA_GLOBAL: NameTable = &[
     ("model.embed_tokens.weight", "token_embd.weight"),
     ("model.norm.weight", "output_norm.weight"),
@@ -318,6 +328,7 @@ fn tables(arch: &str) -> (NameTable, &'static [NameTable], &'static str) {
     match arch {
         "gpt2" => (GPT2_GLOBAL, &[GPT2_LAYER], "transformer.h."),
         "gemma3" => (LLAMA_GLOBAL, &[LLAMA_LAYER, GEMMA3_NORMS], "model.layers."),
+        "phi3" => (LLAMA_GLOBAL, &[PHI3_LAYER], "model.layers."),
         _ => (LLAMA_GLOBAL, &[LLAMA_LAYER, LLAMA_MLP_NORM], "model.layers."),
     }
 }
@@ -343,8 +354,12 @@ fn gguf_to_hf(gguf: &str, arch: &str) -> Option<String> {
     Some(format!("{prefix}{n}.{h}"))
 }
 
-/// The GGUF tensor of Llama 3.1's RoPE scaling (per-frequency divisors): part of the config, not a weight.
+/// The GGUF tensor of Llama 3.1's RoPE scaling (per-frequency divisors).
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
+/// LongRoPE's factors in a Phi-3 GGUF (the long set, the short set).
+pub const ROPE_FACTORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_short.weight"];
+/// The GGUF tensors that are part of the config, not weights.
+const ROPE_TENSORS: [&str; 3] = [ROPE_FREQS, ROPE_FACTORS[0], ROPE_FACTORS[1]];
 
 /// Whether the GGUF stores tensor `gguf_name` as 1 + the HF value: Gemma's RMSNorm weights, which HF keeps
 /// zero-centred and llama.cpp's converter writes with the 1 added.
@@ -358,7 +373,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for arch in ["llama", "gpt2", "gemma3"] {
+        for arch in ["llama", "gpt2", "gemma3", "phi3"] {
             let (global, layer, prefix) = tables(arch);
             for (h, _) in global {
                 assert_eq!(gguf_to_hf(&hf_to_gguf(h, arch).unwrap(), arch).unwrap(), *h);

@@ -1,8 +1,8 @@
 //! The network's `Config` from GGUF metadata (`general.architecture` and its `<arch>.*` keys).
 use super::file::{GgufFile, MetaValue};
-use crate::formats::weights::ROPE_FREQS;
+use crate::formats::weights::{ROPE_FACTORS, ROPE_FREQS};
 use crate::kernels::activation::GateAct;
-use crate::network::config::{Config, Family, inv_freq};
+use crate::network::config::{Config, Family, LongRope, inv_freq};
 use crate::network::llama3_rope::Llama3RopeScaling;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
@@ -18,11 +18,12 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     }
     let arch = g.get_str("general.architecture")?.to_string();
     let family = match arch.as_str() {
-        "llama" | "qwen2" | "qwen3" | "gemma3" => Family::Llama,
+        "llama" | "qwen2" | "qwen3" | "gemma3" | "phi3" | "smollm3" => Family::Llama,
         "gpt2" => Family::Gpt2,
         other => {
             bail!(
-                "{}: GGUF architecture \"{other}\" is not supported (supported: llama, qwen2, qwen3, gemma3, gpt2)",
+                "{}: GGUF architecture \"{other}\" is not supported (supported: llama, qwen2, qwen3, gemma3, phi3, \
+                 smollm3, gpt2)",
                 path.display()
             )
         }
@@ -51,6 +52,14 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     let attn_scale = (gemma3 && layers == 62).then(|| 1.0 / ((hidden / heads.max(1)) as f32).sqrt());
     let rope_theta = g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
     let rope_scaling = llama3_scaling(g, path, rope_theta, head_dim)?;
+    let rotary_dim = g.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
+    let max_positions = g.get_usize(&key("context_length"))?;
+    let longrope = longrope(g, &key, rotary_dim, max_positions)?;
+    // SmolLM3 as llama.cpp runs it: every 4th layer without RoPE
+    let no_rope = match arch.as_str() {
+        "smollm3" => (0..layers).map(|i| (i + 1) % 4 == 0).collect(),
+        _ => vec![],
+    };
     let eps_key = match family {
         Family::Llama => key("attention.layer_norm_rms_epsilon"),
         Family::Gpt2 => key("attention.layer_norm_epsilon"),
@@ -64,18 +73,18 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         num_kv_heads: kv_heads,
         head_dim,
         vocab_size,
-        max_positions: g.get_usize(&key("context_length"))?,
+        max_positions,
         norm_eps: g.get_f32(&eps_key)?,
         rope_theta,
         rope_scaling,
-        rotary_dim: head_dim,
-        longrope: None,
+        rotary_dim,
+        longrope,
         qkv_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_q.bias").is_some(),
         o_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_output.bias").is_some(),
         mlp_bias: family == Family::Gpt2 || g.tensor("blk.0.ffn_up.bias").is_some(),
         tie_embeddings: g.tensor("output.weight").is_none(),
         qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
-        no_rope: vec![],
+        no_rope,
         sliding_window,
         sliding_layers,
         rope_local_theta: match gemma3 {
@@ -130,4 +139,33 @@ fn llama3_scaling(g: &GgufFile, path: &Path, theta: f32, head_dim: usize) -> Res
             head_dim / 2
         )
     })
+}
+
+/// Phi-3's LongRoPE from a GGUF: the `rope_factors_long`/`rope_factors_short` tensors, the original context and
+/// the attention factor (transformers' default √(1 + ln(context / original) / ln original) when absent); `None`
+/// without the tensors.
+fn longrope(
+    g: &GgufFile,
+    key: &dyn Fn(&str) -> String,
+    rotary_dim: usize,
+    max_positions: usize,
+) -> Result<Option<LongRope>> {
+    let [long, short] = ROPE_FACTORS;
+    if g.tensor(long).is_none() {
+        return Ok(None);
+    }
+    let (long_factor, short_factor) = (g.tensor_f32(long)?, g.tensor_f32(short)?);
+    for (name, f) in [(long, &long_factor), (short, &short_factor)] {
+        if f.len() != rotary_dim / 2 {
+            bail!("{name} has {} factors; {rotary_dim} rotated features need {}", f.len(), rotary_dim / 2);
+        }
+    }
+    let original = g.get_usize(&key("rope.scaling.original_context_length"))?;
+    let scale = max_positions as f64 / original as f64;
+    let attention_factor = match g.opt_f32(&key("rope.scaling.attn_factor"))? {
+        Some(a) => a,
+        None if scale <= 1.0 => 1.0,
+        None => (1.0 + scale.ln() / (original as f64).ln()).sqrt() as f32,
+    };
+    Ok(Some(LongRope { short_factor, long_factor, original_max_positions: original, attention_factor }))
 }

@@ -1,6 +1,6 @@
 //! A model as one GGUF file that llama.cpp (and Ollama, LM Studio) loads: what llama.cpp's
 //! `convert_hf_to_gguf.py` writes for the architectures condlm supports — llama.cpp tensor names, Q/K rows
-//! permuted for `llama`, Llama 3.1's RoPE scaling as `rope_freqs.weight`, Gemma 3's norms with their 1 added, GPT-2's Conv1D weights as (out, in), the hyper-parameters under `<arch>.*`, the
+//! permuted for `llama`, Llama 3.1's RoPE scaling as `rope_freqs.weight`, Gemma 3's norms with their 1 added, Phi-3's LongRoPE factors as tensors, GPT-2's Conv1D weights as (out, in), the hyper-parameters under `<arch>.*`, the
 //! tokenizer under `tokenizer.*` — with the weights in the type asked for.
 //!
 //! Tensor types follow llama.cpp's rules: one-dimensional tensors (norms, biases) stay F32; the output matrix
@@ -11,7 +11,9 @@ use super::file::MetaValue;
 use super::quantize::quantize;
 use super::writer::{TensorData, TensorToWrite, write_gguf};
 use crate::formats::hf_export::base_params;
-use crate::formats::weights::{Permute, ROPE_FREQS, gguf_adds_one, hf_to_gguf, permuted_heads, qk_row_order};
+use crate::formats::weights::{
+    Permute, ROPE_FACTORS, ROPE_FREQS, gguf_adds_one, hf_to_gguf, permuted_heads, qk_row_order,
+};
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
 use crate::network::config::{Config, Family, inv_freq};
@@ -26,16 +28,8 @@ use std::io::Write;
 /// The llama.cpp architecture name (`general.architecture`) of a config: Mistral is written as `llama`, as
 /// llama.cpp's converter does.
 pub fn gguf_arch(c: &Config) -> Result<&'static str> {
-    if c.fused_projections() {
-        bail!(
-            "the model is a Phi-3 (fused qkv_proj / gate_up_proj, partial rotary, LongRoPE factors as tensors); \
-             exporting it to GGUF is not supported yet — merge it into an HF folder (condlm merge) instead"
-        );
-    }
     if !c.no_rope.is_empty() {
-        bail!(
-            "the model skips RoPE in some layers (SmolLM3's no_rope_layers); exporting it to GGUF is not supported yet"
-        );
+        check_smollm3_no_rope(c)?;
     }
     if c.sandwich_norms {
         check_gemma3_scale(c)?;
@@ -45,8 +39,25 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
         (Family::Llama, "Gemma3ForCausalLM" | "gemma3") => "gemma3",
         (Family::Llama, "Qwen2ForCausalLM" | "qwen2") => "qwen2",
         (Family::Llama, "Qwen3ForCausalLM" | "qwen3") => "qwen3",
+        (Family::Llama, "SmolLM3ForCausalLM" | "smollm3") => "smollm3",
+        (Family::Llama, _) if c.fused_projections() => "phi3",
         (Family::Llama, _) => "llama",
     })
+}
+
+/// llama.cpp runs SmolLM3 without RoPE in every 4th layer (SmolLM3-3B's `no_rope_layers`) and has no key for
+/// another pattern.
+fn check_smollm3_no_rope(c: &Config) -> Result<()> {
+    let skipped = |i: usize| !c.rope_in(i);
+    if (0..c.num_layers).any(|i| skipped(i) != ((i + 1) % 4 == 0)) {
+        let layers: Vec<usize> = (0..c.num_layers).filter(|&i| skipped(i)).collect();
+        bail!(
+            "the model skips RoPE in layers {layers:?} (no_rope_layers in config.json), but llama.cpp runs a \
+             SmolLM3 without RoPE in every 4th layer and a GGUF cannot say otherwise: llama.cpp would compute another \
+             model. `condlm merge` writes it as a Hugging Face folder instead"
+        );
+    }
+    Ok(())
 }
 
 /// llama.cpp has no key for Gemma 3's q·k scale: it takes 1/√head_dim, or 1/√(hidden/heads) for the 62-layer
@@ -124,6 +135,22 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
                     let flags = sliding.into_iter().map(MetaValue::Bool).collect();
                     m.push((key("attention.sliding_window_pattern"), MetaValue::Array(flags)));
                 }
+            }
+        }
+        Family::Llama if arch == "phi3" => {
+            // what llama.cpp's converter writes for Phi-3 (its LongRoPE factors are tensors)
+            // without LongRoPE llama.cpp does not use it: transformers' Phi3Config default, as the converter writes
+            let original = c.longrope.as_ref().map_or(4096, |l| l.original_max_positions);
+            m.extend([
+                (key("rope.scaling.original_context_length"), u32_of(original)),
+                (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
+                (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
+                (key("rope.dimension_count"), u32_of(c.rotary_dim)),
+                (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
+                (key("attention.sliding_window"), u32_of(c.sliding_window.unwrap_or(0))),
+            ]);
+            if let Some(l) = &c.longrope {
+                m.push((key("rope.scaling.attn_factor"), MetaValue::F32(l.attention_factor)));
             }
         }
         Family::Llama => m.extend([
@@ -226,6 +253,17 @@ pub fn encode(values: &[f32], row: usize, ty: GgmlType) -> Result<Vec<u8>> {
 pub fn model_tensors<'a>(model: &'a Transformer, arch: &str, ty: GgmlType) -> Result<Vec<ExportTensor<'a>>> {
     let c = &model.config;
     let mut out = Vec::new();
+    if let Some(l) = &c.longrope {
+        for (name, factors) in ROPE_FACTORS.iter().zip([&l.long_factor, &l.short_factor]) {
+            out.push(ExportTensor {
+                name: name.to_string(),
+                shape: vec![factors.len()],
+                ty: GgmlType::F32,
+                source: Source::F32(Cow::Borrowed(factors)),
+                order: None,
+            });
+        }
+    }
     if let Some(s) = &c.rope_scaling {
         // first, where llama.cpp's converter puts it
         let factors = s.freq_factors(&inv_freq(c.rope_theta, c.rotary_dim));

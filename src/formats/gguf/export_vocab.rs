@@ -2,9 +2,11 @@
 //! are what llama.cpp read there); from a Hugging Face folder they are built as llama.cpp's converter builds
 //! a byte-level BPE vocabulary: every id's token (gaps up to the model's vocabulary size as `[PADn]`,
 //! unused), token types (special added tokens are control tokens), merges, the pre-tokenizer's llama.cpp
-//! name, the special ids and the chat template.
+//! name, the special ids and the chat template. A folder whose tokenizer is SentencePiece takes them from a GGUF
+//! with its vocabulary (`--vocab-from`, checked token by token).
 use super::file::{GgufFile, MetaValue};
-use super::tokenizer::{split_regex_for_pre, token_type};
+use super::tokenizer::{split_regex_for_pre, token_type, tokenizer_from_gguf_vocab};
+use crate::formats::load::gguf_vocab;
 use crate::formats::resolve::ModelFiles;
 use crate::input;
 use crate::network::config::Config;
@@ -124,6 +126,34 @@ pub fn check_pre_name(pre: &str) -> Result<()> {
 /// GGUF metadata entries in order.
 type Metadata = Vec<(String, MetaValue)>;
 
+/// Refuses `--vocab-from GGUF` unless the file's vocabulary is the model's: as condlm reads it, the same token
+/// spelled the same under every id (a fine-tune keeps its base's vocabulary, so its base GGUF passes).
+pub fn check_vocab_from(gguf: &Path, tok: &TextTokenizer) -> Result<()> {
+    let g = GgufFile::open(gguf)?;
+    let theirs = tokenizer_from_gguf_vocab(&gguf_vocab(&g)?)
+        .with_context(|| format!("--vocab-from {}: cannot read its tokenizer", gguf.display()))?;
+    let (n_ours, n_theirs) = (tok.inner.get_vocab_size(true), theirs.get_vocab_size(true));
+    if n_ours != n_theirs {
+        bail!(
+            "--vocab-from {}: its vocabulary has {n_theirs} tokens and the model's {n_ours}: it is not this model's; \
+             give the GGUF of the base the model was fine-tuned from",
+            gguf.display()
+        );
+    }
+    for id in 0..n_ours as u32 {
+        let (a, b) = (tok.inner.id_to_token(id), theirs.id_to_token(id));
+        if a != b {
+            let (a, b) = (a.unwrap_or_else(|| "no token".into()), b.unwrap_or_else(|| "no token".into()));
+            bail!(
+                "--vocab-from {}: token {id} is {b:?} there and {a:?} in the model: it is not this model's \
+                 vocabulary; give the GGUF of the base the model was fine-tuned from",
+                gguf.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The `tokenizer.*` metadata for a model loaded from `files` with tokenizer `tok`; `pre` overrides the
 /// pre-tokenizer name (`tokenizer.ggml.pre`), and is refused where condlm knows the tokenizer splits text otherwise.
 pub fn tokenizer_metadata(
@@ -174,8 +204,9 @@ fn from_hf(
     let model = &json["model"];
     if model["type"] != "BPE" || !mentions_byte_level(&json["pre_tokenizer"]) {
         bail!(
-            "{}/tokenizer.json: only byte-level BPE tokenizers (GPT-2, Llama 3, Qwen2, SmolLM) can be exported \
-             to GGUF for now; this one is a {}",
+            "{}/tokenizer.json: condlm writes the GGUF vocabulary of byte-level BPE tokenizers (GPT-2, Llama 3, \
+             Qwen2, SmolLM) only, and this one is a {}; pass --vocab-from BASE.gguf to copy the vocabulary of the GGUF \
+             the model was fine-tuned from (or any GGUF with this vocabulary)",
             dir.display(),
             match model["type"].as_str() {
                 Some("BPE") => "BPE model without byte-level pre-tokenization (SentencePiece-style)".to_string(),
