@@ -137,7 +137,7 @@ fn gemma3_files_of_the_converter_read_as_llama_cpp_reads_them() {
     // no pattern key: every 6th layer global, so all four slide; rope.freq_base_swa the local base
     let c = load_model(p(&fixture("converter/tiny-gemma3.gguf"))).unwrap().model.config;
     assert_eq!((0..4).map(|i| c.window(i)).collect::<Vec<_>>(), [Some(4); 4]);
-    assert_eq!((c.rope_theta, c.rope_local_theta, c.attn_scale), (1e6, Some(1e4), None));
+    assert_eq!((c.rope_theta, c.rope_local_theta, c.attn_scale), (1e6, Some(1e4), Some(32f32.sqrt().recip())));
     assert!(c.norm_plus_one && c.sandwich_norms && c.scale_embeddings);
 }
 

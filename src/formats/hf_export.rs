@@ -240,9 +240,10 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 "qwen3" | "qwen3forcausallm" => ("Qwen3ForCausalLM", "qwen3"),
                 "gemma3" | "gemma3forcausallm" => ("Gemma3ForCausalLM", "gemma3_text"),
                 "phi3" | "phi3forcausallm" => ("Phi3ForCausalLM", "phi3"),
+                "smollm3" | "smollm3forcausallm" => ("SmolLM3ForCausalLM", "smollm3"),
                 other => bail!(
                     "cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, qwen3, \
-                     gemma3, phi3, gpt2)"
+                     gemma3, phi3, smollm3, gpt2)"
                 ),
             };
             let mut v = json!({
@@ -262,7 +263,11 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                     "factor": f32_json(s.factor),
                     "low_freq_factor": f32_json(s.low_freq_factor),
                     "high_freq_factor": f32_json(s.high_freq_factor),
-                    "original_max_position_embeddings": s.original_max_position_embeddings as u64,
+                    // an integer in every release; a value recovered from a GGUF's divisors may not be
+                    "original_max_position_embeddings": match s.original_max_position_embeddings {
+                        o if o.fract() == 0.0 => json!(o as u64),
+                        o => f32_json(o),
+                    },
                 })),
                 "hidden_act": "silu",
                 "attention_dropout": 0.0,
@@ -316,6 +321,11 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                         "attention_factor": f32_json(l.attention_factor),
                     });
                 }
+            } else if model_type == "smollm3" {
+                v["no_rope_layers"] = json!((0..c.num_layers).map(|i| u8::from(c.rope_in(i))).collect::<Vec<_>>());
+                v["attention_bias"] = json!(c.qkv_bias);
+                v["mlp_bias"] = json!(c.mlp_bias);
+                v["use_sliding_window"] = json!(false);
             } else if model_type == "qwen3" {
                 v["attention_bias"] = json!(c.qkv_bias);
                 v["use_sliding_window"] = json!(false);

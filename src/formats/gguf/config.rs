@@ -49,7 +49,9 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     let sliding_window = g.opt_usize(&key("attention.sliding_window"))?.filter(|_| gemma3);
     let sliding_layers =
         if gemma3 { gemma3_sliding_layers(g, &key("attention.sliding_window_pattern"), layers)? } else { vec![] };
-    let attn_scale = (gemma3 && layers == 62).then(|| 1.0 / ((hidden / heads.max(1)) as f32).sqrt());
+    // as config.json's query_pre_attn_scalar gives it
+    let scalar = if layers == 62 { hidden / heads.max(1) } else { head_dim };
+    let attn_scale = gemma3.then(|| (scalar as f64).powf(-0.5) as f32);
     let rope_theta = g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
     let rope_scaling = llama3_scaling(g, path, rope_theta, head_dim)?;
     let rotary_dim = g.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
