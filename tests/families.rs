@@ -16,11 +16,9 @@ use condlm::formats::load::load_model;
 use condlm::formats::peft::load_adapter;
 use condlm::generate::decoder::Decoder;
 use condlm::generate::{GenerateOptions, generate};
-use condlm::kernels::lm_head::{HeadScratch, logits};
 use condlm::network::activations::Activations;
 use condlm::network::adapters::set_full_finetune;
-use condlm::network::batch::PackedBatch;
-use condlm::network::transformer::{Mode, Transformer};
+use condlm::network::transformer::Transformer;
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 
 const FAMILIES: [&str; 7] =
