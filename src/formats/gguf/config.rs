@@ -46,9 +46,13 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     // Gemma 3 as llama.cpp runs it: the sliding layers per `sliding_window_pattern` (every 6th layer global when
     // absent), their RoPE base `rope.freq_base_swa` (10 000 when absent), q·k scaled by 1/√head_dim — by
     // 1/√(hidden/heads) in the 62-layer 27B, whose query_pre_attn_scalar is that.
-    let sliding_window = g.opt_usize(&key("attention.sliding_window"))?.filter(|_| gemma3);
-    let sliding_layers =
-        if gemma3 { gemma3_sliding_layers(g, &key("attention.sliding_window_pattern"), layers)? } else { vec![] };
+    // Without a window (the converter writes none for a pattern of 1) llama.cpp runs every layer global, on
+    // `rope.freq_base`.
+    let sliding_window = g.opt_usize(&key("attention.sliding_window"))?.filter(|&w| gemma3 && w > 0);
+    let sliding_layers = match sliding_window {
+        Some(_) => gemma3_sliding_layers(g, path, &key("attention.sliding_window_pattern"), layers)?,
+        None => vec![],
+    };
     // as config.json's query_pre_attn_scalar gives it
     let scalar = if layers == 62 { hidden / heads.max(1) } else { head_dim };
     let attn_scale = gemma3.then(|| (scalar as f64).powf(-0.5) as f32);
@@ -89,9 +93,9 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         no_rope,
         sliding_window,
         sliding_layers,
-        rope_local_theta: match gemma3 {
-            true => Some(g.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0)),
-            false => None,
+        rope_local_theta: match sliding_window {
+            Some(_) => Some(g.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0)),
+            None => None,
         },
         attn_scale,
         mlp_act: if gemma3 { GateAct::GeluTanh } else { GateAct::Silu },
@@ -106,21 +110,27 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     Ok(cfg)
 }
 
-/// Which layers slide: `sliding_window_pattern` as llama.cpp reads it — one bool per layer (true: sliding), or N
-/// for "every Nth layer is global" — and every 6th layer global when the key is absent.
-fn gemma3_sliding_layers(g: &GgufFile, key: &str, layers: usize) -> Result<Vec<bool>> {
+/// Which layers slide: `sliding_window_pattern` as llama.cpp reads it — one flag per layer (a bool, or an integer:
+/// non-zero slides), or N for "every Nth layer is global" (0: none is) — and every 6th layer global when the key
+/// is absent.
+fn gemma3_sliding_layers(g: &GgufFile, path: &Path, key: &str, layers: usize) -> Result<Vec<bool>> {
     let every = match g.get(key) {
         Some(MetaValue::Array(flags)) => {
-            let flags: Option<Vec<bool>> = flags.iter().map(MetaValue::as_bool).collect();
-            return match flags {
+            let flag = |v: &MetaValue| v.as_bool().or_else(|| v.as_i64().map(|n| n != 0));
+            let parsed: Option<Vec<bool>> = flags.iter().map(flag).collect();
+            return match parsed {
                 Some(f) if f.len() == layers => Ok(f),
-                _ => bail!("{key} must hold one bool per layer ({layers}), or one number"),
+                _ => bail!(
+                    "{}: {key} holds {} values; it needs one flag (bool or integer) per layer ({layers}), or one number",
+                    path.display(),
+                    flags.len()
+                ),
             };
         }
         Some(_) => g.get_usize(key)?,
         None => 6,
     };
-    Ok((0..layers).map(|i| (i + 1) % every.max(1) != 0).collect())
+    Ok((0..layers).map(|i| every == 0 || (i + 1) % every != 0).collect())
 }
 
 /// Llama 3.1's RoPE scaling from the per-frequency divisors llama.cpp's converter stores as
@@ -130,14 +140,20 @@ fn llama3_scaling(g: &GgufFile, path: &Path, theta: f32, head_dim: usize) -> Res
         return Ok(None);
     }
     let factors = g.tensor_f32(ROPE_FREQS)?;
+    if factors.len() == head_dim / 2 && factors.iter().all(|&f| f == 1.0) {
+        return Ok(None); // a scaling factor of 1: no scaling
+    }
     let scaling = Llama3RopeScaling::from_freq_factors(&factors, &inv_freq(theta, head_dim));
     scaling.map(Some).with_context(|| {
+        let odd = match factors.iter().position(|f| !f.is_finite()) {
+            Some(i) => format!("divisor {i} is {}", factors[i]),
+            None => format!("{:?}…", &factors[..factors.len().min(4)]),
+        };
         format!(
-            "{}: {ROPE_FREQS} holds {} per-frequency RoPE divisors ({:?}…) that are not Llama 3's rope scaling, the \
+            "{}: {ROPE_FREQS} holds {} per-frequency RoPE divisors ({odd}) that are not Llama 3's rope scaling, the \
              only kind condlm reads (head_dim {head_dim} needs {}, between 1 and the scaling factor)",
             path.display(),
             factors.len(),
-            &factors[..factors.len().min(4)],
             head_dim / 2
         )
     })
