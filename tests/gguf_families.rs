@@ -297,6 +297,16 @@ fn gemma3_layer_settings_read_as_llama_cpp_reads_every_spelling() {
         sliding(&read(&set("gemma3.attention.sliding_window_pattern", ints)).unwrap()),
         [true, true, false, true]
     );
+    // RoPE scaling llama.cpp applies and condlm does not yet (Gemma 3 4B+'s linear × 8) is refused; × 1 is none
+    let linear = |f: f32| {
+        move |m: &mut Meta| {
+            m.insert("gemma3.rope.scaling.type".into(), MetaValue::Str("linear".into()));
+            m.insert("gemma3.rope.scaling.factor".into(), MetaValue::F32(f));
+        }
+    };
+    let e = format!("{:#}", read(&linear(8.0)).unwrap_err());
+    assert!(e.contains("g.gguf") && e.contains("gemma3.rope.scaling.type is \"linear\" with factor 8"), "{e}");
+    assert!(read(&linear(1.0)).is_ok());
     let short = MetaValue::Array(vec![MetaValue::Bool(true); 3]);
     let e = format!("{:#}", read(&set("gemma3.attention.sliding_window_pattern", short)).unwrap_err());
     assert!(e.contains("g.gguf") && e.contains("holds 3 values") && e.contains("per layer (4)"), "{e}");
