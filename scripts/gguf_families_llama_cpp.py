@@ -5,7 +5,8 @@ llama.cpp of scripts/llama_cpp/build.sh — with torch, transformers and safeten
 1. tiny-llama31 (Llama 3.1's RoPE scaling): llama.cpp's logits on llama.cpp's own converter's GGUF and on condlm's
    export, against transformers on the HF folder; the same file without rope_freqs.weight shows what the tensor
    changes.
-2. tiny-gemma3 with query_pre_attn_scalar 32 (sliding layers 0, 1, 3; global layer 2), tiny-phi3, tiny-phi4 and
+2. tiny-gemma3 with query_pre_attn_scalar 32 (sliding layers 0, 1, 3; global layer 2), tiny-gemma3-linear (Gemma 3
+   4B+'s linear RoPE scaling on the global layer), tiny-phi3, tiny-phi4 and
    tiny-smollm3 with RoPE skipped in layer 3 only: transformers on the HF folder against llama.cpp on condlm's export
    (and, for Gemma 3, on the converter's, which writes no layer pattern: llama.cpp then takes every layer as
    sliding).
@@ -136,6 +137,7 @@ for name, edits, note, tol in [
     # llama.cpp's GELU rounds its input to F16 and reads a table (ggml-cpu/vec.h, GGML_GELU_FP16)
     ("tiny-gemma3", {"query_pre_attn_scalar": 32}, "query_pre_attn_scalar 32; layer 2 global, window 4; "
      "llama.cpp's GELU is an F16 table", 1e-3),
+    ("tiny-gemma3-linear", {}, "linear RoPE scaling × 8 on the global layer; the F16 GELU table", 1e-3),
     ("tiny-phi3", {}, "fused qkv and gate|up", 1e-4),
     ("tiny-smollm3", {"no_rope_layers": [1, 1, 1, 0]}, "no RoPE in layer 3", 1e-4),
 ]:

@@ -1,7 +1,7 @@
 //! The families beyond Llama/Qwen2/GPT-2 against transformers and PyTorch autograd on tiny random checkpoints
 //! (tests/fixtures/make_family_fixtures.py): Qwen3 (per-head q/k RMSNorm before RoPE, head_dim ≠ hidden / heads),
 //! SmolLM3 (layers without RoPE), Gemma 3 ((1 + w) norms, four per block, GeGLU, scaled embeddings and queries,
-//! sliding and global layers with their own RoPE bases), Llama 3.1's RoPE scaling, Mistral (a sliding window on
+//! sliding and global layers with their own RoPE bases; the 4B+ models' linear scaling), Llama 3.1's RoPE scaling, Mistral (a sliding window on
 //! every layer) and Phi-3 (fused qkv_proj / gate_up_proj; Phi-4-mini's partial rotary factor and LongRoPE
 //! scaling), every row longer than the windows: logits, LoRA (every linear layer) and full fine-tuning gradients;
 //! Qwen3 also through GGUF export (the other families' GGUFs: tests/gguf_families.rs); Phi-3's greedy decoding
@@ -21,8 +21,16 @@ use condlm::network::adapters::set_full_finetune;
 use condlm::network::transformer::Transformer;
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 
-const FAMILIES: [&str; 7] =
-    ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral", "tiny-phi3", "tiny-phi4", "tiny-llama31"];
+const FAMILIES: [&str; 8] = [
+    "tiny-qwen3",
+    "tiny-smollm3",
+    "tiny-gemma3",
+    "tiny-gemma3-linear",
+    "tiny-mistral",
+    "tiny-phi3",
+    "tiny-phi4",
+    "tiny-llama31",
+];
 
 fn model(name: &str) -> Transformer {
     load_model(fixture(name).to_str().unwrap()).unwrap().model
@@ -51,6 +59,8 @@ fn configs_read_the_family_features() {
     assert_eq!(g.attn_scale, Some((24f64).powf(-0.5) as f32));
     let m = model("tiny-mistral").config;
     assert_eq!((m.window(0), m.window(1)), (Some(4), Some(4)));
+    let g = model("tiny-gemma3-linear").config;
+    assert_eq!((g.rope_linear_factor, g.rope_theta, g.rope_local_theta), (Some(8.0), 1e6, Some(1e4)));
     let l = model("tiny-llama31").config.rope_scaling.unwrap();
     assert_eq!(
         (l.factor, l.low_freq_factor, l.high_freq_factor, l.original_max_position_embeddings),
@@ -318,6 +328,8 @@ fn a_written_config_reads_back_as_the_model_with_integer_fields() {
         "tiny-smollm3",
         "tiny-llama31",
         "tiny-phi4",
+        "tiny-gemma3-linear",
+        "converter/tiny-gemma3-linear.gguf",
         "converter/tiny-llama31.gguf",
         "converter/tiny-phi4.gguf",
         "converter/tiny-smollm3.gguf",

@@ -133,6 +133,25 @@ fn gemma3_exports_as_the_converter_writes_it_and_reads_back_as_the_model() {
 }
 
 #[test]
+fn gemma3_linear_rope_scaling_goes_through_gguf() {
+    // the converter's file of tiny-gemma3-linear: × 8 on the global layer, llama.cpp's default pattern (all slide)
+    let c = load_model(p(&fixture("converter/tiny-gemma3-linear.gguf"))).unwrap().model.config;
+    assert_eq!((c.rope_linear_factor, c.local_rope(2)), (Some(8.0), true));
+    // condlm's export keeps the layer pattern, so it reads back as the model transformers ran
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("g.gguf");
+    let (ok, err) = export(&["--model", p(&fixture("tiny-gemma3-linear")), "--out", p(&out)]);
+    assert!(ok, "{err}");
+    let extra = assert_as_converter_writes(&out, "converter/tiny-gemma3-linear.gguf", "gemma3");
+    assert_eq!(extra, ["gemma3.attention.sliding_window_pattern"]);
+    let m = load_model(p(&out)).unwrap().model;
+    for (ids, want) in reference_sequences("tiny-gemma3-linear") {
+        let diff = max_abs_diff(&forward_logits(&m, &ids), &want);
+        assert!(diff <= 1e-4, "max |Δ logit| vs transformers {diff}");
+    }
+}
+
+#[test]
 fn gemma3_files_of_the_converter_read_as_llama_cpp_reads_them() {
     // no pattern key: every 6th layer global, so all four slide; rope.freq_base_swa the local base
     let c = load_model(p(&fixture("converter/tiny-gemma3.gguf"))).unwrap().model.config;
@@ -297,16 +316,21 @@ fn gemma3_layer_settings_read_as_llama_cpp_reads_every_spelling() {
         sliding(&read(&set("gemma3.attention.sliding_window_pattern", ints)).unwrap()),
         [true, true, false, true]
     );
-    // RoPE scaling llama.cpp applies and condlm does not yet (Gemma 3 4B+'s linear × 8) is refused; × 1 is none
+    // Gemma 3 4B+'s linear RoPE scaling (× 1 is none); YaRN, which condlm does not apply yet, is refused
     let linear = |f: f32| {
         move |m: &mut Meta| {
             m.insert("gemma3.rope.scaling.type".into(), MetaValue::Str("linear".into()));
             m.insert("gemma3.rope.scaling.factor".into(), MetaValue::F32(f));
         }
     };
-    let e = format!("{:#}", read(&linear(8.0)).unwrap_err());
-    assert!(e.contains("g.gguf") && e.contains("gemma3.rope.scaling.type is \"linear\" with factor 8"), "{e}");
-    assert!(read(&linear(1.0)).is_ok());
+    assert_eq!(read(&linear(8.0)).unwrap().rope_linear_factor, Some(8.0));
+    assert_eq!(read(&linear(1.0)).unwrap().rope_linear_factor, None);
+    let yarn = |m: &mut Meta| {
+        m.insert("gemma3.rope.scaling.type".into(), MetaValue::Str("yarn".into()));
+        m.insert("gemma3.rope.scaling.factor".into(), MetaValue::F32(4.0));
+    };
+    let e = format!("{:#}", read(&yarn).unwrap_err());
+    assert!(e.contains("g.gguf") && e.contains("gemma3.rope.scaling.type is \"yarn\" with factor 4"), "{e}");
     let short = MetaValue::Array(vec![MetaValue::Bool(true); 3]);
     let e = format!("{:#}", read(&set("gemma3.attention.sliding_window_pattern", short)).unwrap_err());
     assert!(e.contains("g.gguf") && e.contains("holds 3 values") && e.contains("per layer (4)"), "{e}");

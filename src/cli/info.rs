@@ -149,6 +149,10 @@ fn rope_line(c: &Config) -> String {
         }
         (None, None) => {}
     }
+    if let Some(k) = c.rope_linear_factor {
+        let on = if c.rope_local_theta.is_some() { " on the global layers" } else { "" };
+        line += &format!(", linear scaling ×{k}{on}");
+    }
     let skipped: Vec<String> = (0..c.num_layers).filter(|&i| !c.rope_in(i)).map(|i| i.to_string()).collect();
     if !skipped.is_empty() {
         line += &format!(", no RoPE in layers {}", skipped.join(", "));

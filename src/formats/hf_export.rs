@@ -298,8 +298,14 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 v["query_pre_attn_scalar"] = json!((1.0 / (scale * scale)).round() as u64);
                 v["sliding_window"] = json!(c.sliding_window);
                 v["layer_types"] = json!((0..c.num_layers).map(|i| kind(c.local_rope(i))).collect::<Vec<_>>());
+                let global = match c.rope_linear_factor {
+                    Some(k) => {
+                        json!({"rope_type": "linear", "factor": f32_json(k), "rope_theta": f32_json(c.rope_theta)})
+                    }
+                    None => json!({"rope_type": "default", "rope_theta": f32_json(c.rope_theta)}),
+                };
                 v["rope_parameters"] = json!({
-                    "full_attention": {"rope_type": "default", "rope_theta": f32_json(c.rope_theta)},
+                    "full_attention": global,
                     "sliding_attention": {
                         "rope_type": "default",
                         "rope_theta": f32_json(c.rope_local_theta.unwrap_or(c.rope_theta)),

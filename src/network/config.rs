@@ -54,6 +54,9 @@ pub struct Config {
     pub sliding_layers: Vec<bool>,
     /// RoPE base of the sliding layers when it differs from `rope_theta` (Gemma 3's local layers).
     pub rope_local_theta: Option<f32>,
+    /// Linear RoPE scaling (position interpolation): the frequencies of `rope_theta`'s layers divided by this
+    /// factor (Gemma 3 4B/12B/27B: 8 on their global layers; the sliding layers keep theirs).
+    pub rope_linear_factor: Option<f32>,
     /// q·k multiplier before the softmax when it is not 1/√head_dim (Gemma 3: query_pre_attn_scalar^-½).
     pub attn_scale: Option<f32>,
     /// The activation of the gated MLP (Llama family): act(gate) ⊙ up.
@@ -169,25 +172,37 @@ fn smollm3_no_rope(c: &HfConfig, path: &Path) -> Result<Vec<bool>> {
     }
 }
 
-/// Gemma 3's RoPE bases (global layers, local layers): `rope_parameters` by layer type (transformers ≥ 5), else
-/// `rope_theta` / `rope_local_base_freq`, else transformers' defaults (1e6, 1e4). Only the default rotary type is
-/// read: a scaled one (the 4B+ models' "linear") is an error naming the key.
-fn gemma3_rope_thetas(c: &HfConfig, path: &Path) -> Result<(f32, f32)> {
+/// Gemma 3's RoPE (global base, local base, linear factor of the global layers): `rope_parameters` by layer type
+/// (transformers ≥ 5), else `rope_theta` / `rope_local_base_freq` and `rope_scaling` (applied to the global
+/// layers, as transformers reads the older configs), else transformers' defaults (1e6, 1e4). The rotary type is
+/// default, or linear (the 4B+ models: × 8) on the global layers; any other is an error naming the key.
+fn gemma3_rope(c: &HfConfig, path: &Path) -> Result<(f32, f32, Option<f32>)> {
     let by_type = |t: &str| c.rope_parameters.as_ref().and_then(|p| p.get(t)).filter(|v| !v.is_null());
-    for (key, v) in [
-        ("rope_scaling", c.rope_scaling.as_ref().filter(|v| !v.is_null())),
-        ("rope_parameters.full_attention", by_type("full_attention")),
-        ("rope_parameters.sliding_attention", by_type("sliding_attention")),
+    let mut linear = None;
+    for (key, v, global) in [
+        ("rope_scaling", c.rope_scaling.as_ref().filter(|v| !v.is_null()), true),
+        ("rope_parameters.full_attention", by_type("full_attention"), true),
+        ("rope_parameters.sliding_attention", by_type("sliding_attention"), false),
     ] {
         let kind = v.and_then(|v| v.get("rope_type").or(v.get("type"))).and_then(|t| t.as_str());
-        if let Some(kind) = kind.filter(|&k| k != "default") {
-            bail!("{}: {key} has rope_type \"{kind}\", which condlm does not support for Gemma 3", path.display());
+        match kind {
+            None | Some("default") => {}
+            Some("linear") if global => {
+                let factor = v.and_then(|v| v.get("factor")?.as_f64()).with_context(|| {
+                    format!("{}: {key} has rope_type \"linear\" without a numeric factor", path.display())
+                })?;
+                linear = (factor != 1.0).then_some(factor as f32);
+            }
+            Some(kind) => {
+                bail!("{}: {key} has rope_type \"{kind}\", which condlm does not support for Gemma 3", path.display())
+            }
         }
     }
     let theta = |t: &str| by_type(t).and_then(|v| v.get("rope_theta")?.as_f64()).map(|v| v as f32);
     Ok((
         theta("full_attention").or(c.rope_theta).unwrap_or(1_000_000.0),
         theta("sliding_attention").or(c.rope_local_base_freq).unwrap_or(10_000.0),
+        linear,
     ))
 }
 
@@ -346,15 +361,15 @@ impl Config {
                     true => phi3_rope(&c, rope, head_dim, path)?,
                     false => (head_dim, None),
                 };
-                let (rope_theta, rope_local_theta, rope_scaling) = if is_gemma3 {
-                    let (global, local) = gemma3_rope_thetas(&c, path)?;
-                    (global, Some(local), None)
+                let (rope_theta, rope_local_theta, rope_scaling, rope_linear_factor) = if is_gemma3 {
+                    let (global, local, linear) = gemma3_rope(&c, path)?;
+                    (global, Some(local), None, linear)
                 } else {
                     let theta = c
                         .rope_theta
                         .or_else(|| c.rope_parameters.as_ref()?.get("rope_theta")?.as_f64().map(|v| v as f32))
                         .unwrap_or(10000.0);
-                    (theta, None, if is_phi3 { None } else { parse_rope_scaling(rope, path)? })
+                    (theta, None, if is_phi3 { None } else { parse_rope_scaling(rope, path)? }, None)
                 };
                 // Qwen2/Qwen3 keep their window off unless use_sliding_window says so; Mistral, Phi-3 and Gemma 3
                 // use it; Llama has none (transformers ignores a sliding_window key in its config).
@@ -393,6 +408,7 @@ impl Config {
                     },
                     sliding_window,
                     rope_local_theta,
+                    rope_linear_factor,
                     attn_scale: is_gemma3.then(|| (c.query_pre_attn_scalar.unwrap_or(256.0) as f64).powf(-0.5) as f32),
                     mlp_act,
                     norm_plus_one: is_gemma3,
@@ -451,6 +467,7 @@ impl Config {
                     sliding_window: None,
                     sliding_layers: vec![],
                     rope_local_theta: None,
+                    rope_linear_factor: None,
                     attn_scale: None,
                     mlp_act: GateAct::GeluTanh,
                     norm_plus_one: false,
@@ -561,7 +578,10 @@ impl Config {
                 let base = (0..d / 2).map(|i| self.rope_theta.powf((2 * i) as f32 / d as f32));
                 base.zip(ext).map(|(b, e)| 1.0 / (e * b)).collect()
             }
-            (None, None) => inv_freq(self.rope_theta, d),
+            (None, None) => match self.rope_linear_factor {
+                Some(k) => inv_freq(self.rope_theta, d).into_iter().map(|f| f / k).collect(),
+                None => inv_freq(self.rope_theta, d),
+            },
             (Some(s), None) => inv_freq(self.rope_theta, d).into_iter().map(|f| s.scale(f)).collect(),
         }
     }

@@ -46,6 +46,7 @@ pub fn llama_config(size: ModelSize, vocab: usize, eos: u32) -> Config {
         sliding_window: None,
         sliding_layers: vec![],
         rope_local_theta: None,
+        rope_linear_factor: None,
         attn_scale: None,
         mlp_act: GateAct::Silu,
         norm_plus_one: false,

@@ -56,7 +56,7 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     // as config.json's query_pre_attn_scalar gives it
     let scalar = if layers == 62 { hidden / heads.max(1) } else { head_dim };
     let attn_scale = gemma3.then(|| (scalar as f64).powf(-0.5) as f32);
-    check_rope_scaling_type(g, path, &key)?;
+    let rope_linear_factor = rope_scaling_type(g, path, &key, gemma3)?;
     let rope_theta = g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
     let rope_scaling = llama3_scaling(g, path, rope_theta, head_dim)?;
     let rotary_dim = g.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
@@ -98,6 +98,7 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
             Some(_) => Some(g.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0)),
             None => None,
         },
+        rope_linear_factor,
         attn_scale,
         mlp_act: if gemma3 { GateAct::GeluTanh } else { GateAct::Silu },
         norm_plus_one: gemma3,
@@ -134,21 +135,24 @@ fn gemma3_sliding_layers(g: &GgufFile, path: &Path, key: &str, layers: usize) ->
     Ok((0..layers).map(|i| every == 0 || (i + 1) % every != 0).collect())
 }
 
-/// `rope.scaling.type`: llama.cpp applies linear and YaRN scaling from it (Gemma 3 4B/12B/27B are linear × 8 on
-/// their global layers; Qwen2.5's 128k files YaRN), which condlm does not implement yet — refused rather than
-/// read as another model. LongRoPE's factors are tensors, read with the rest of the config.
-fn check_rope_scaling_type(g: &GgufFile, path: &Path, key: &dyn Fn(&str) -> String) -> Result<()> {
+/// `rope.scaling.type`: the factor of a linear scaling (Gemma 3 4B/12B/27B: × 8, which llama.cpp applies to their
+/// global layers, as condlm does), `None` without one. Other kinds — YaRN (Qwen2.5's 128k files), linear on other
+/// architectures — are refused rather than read as another model; LongRoPE's factors are tensors, read with the
+/// rest of the config.
+fn rope_scaling_type(g: &GgufFile, path: &Path, key: &dyn Fn(&str) -> String, gemma3: bool) -> Result<Option<f32>> {
     let kind = g.opt_str(&key("rope.scaling.type"))?.unwrap_or("none");
     let factor = g.opt_f32(&key("rope.scaling.factor"))?.unwrap_or(1.0);
-    if matches!(kind, "none" | "longrope") || factor == 1.0 {
-        return Ok(());
+    match kind {
+        _ if factor == 1.0 => Ok(None),
+        "none" | "longrope" => Ok(None),
+        "linear" if gemma3 && factor > 0.0 => Ok(Some(factor)),
+        _ => bail!(
+            "{}: {} is \"{kind}\" with factor {factor}: condlm does not apply that RoPE scaling on this \
+             architecture yet, and without it would compute another model than llama.cpp does",
+            path.display(),
+            key("rope.scaling.type")
+        ),
     }
-    bail!(
-        "{}: {} is \"{kind}\" with factor {factor}: condlm does not apply {kind} RoPE scaling yet, and without it \
-         would compute another model than llama.cpp does",
-        path.display(),
-        key("rope.scaling.type")
-    )
 }
 
 /// Llama 3.1's RoPE scaling from the per-frequency divisors llama.cpp's converter stores as

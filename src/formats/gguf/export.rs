@@ -127,6 +127,11 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
             if let Some(theta) = c.rope_local_theta {
                 m.push((key("rope.freq_base_swa"), MetaValue::F32(theta)));
             }
+            if let Some(k) = c.rope_linear_factor {
+                // llama.cpp scales the global layers by it (its sliding layers keep a scale of 1)
+                m.push((key("rope.scaling.type"), MetaValue::Str("linear".into())));
+                m.push((key("rope.scaling.factor"), MetaValue::F32(k)));
+            }
             if let Some(window) = c.sliding_window {
                 m.push((key("attention.sliding_window"), u32_of(window)));
                 // llama.cpp's default: every 6th layer global; any other pattern as one flag per layer
