@@ -3,7 +3,7 @@
 //! scores, and the adapter's merged weights.
 mod common;
 
-use common::{condlm, fixture};
+use common::{assert_rows_close, condlm, fixture, fixture_row_scores};
 use condlm::formats::gguf::file::GgufFile;
 use condlm::formats::gguf::quantize::quantize;
 use condlm::kernels::dequant::{GgmlType, dequantize_to_vec};
@@ -22,25 +22,6 @@ fn export(args: &[&str]) -> String {
 
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-/// Per-row log P(y|x) of `condlm score` on the fixture rows.
-fn scores(model: &str, adapter: Option<&Path>) -> Vec<f64> {
-    let data = fixture("score_rows.jsonl");
-    let mut args = vec!["score", "--model", model, "--data", p(&data)];
-    if let Some(a) = adapter {
-        args.extend(["--adapter", p(a), "--ignore-base-mismatch"]);
-    }
-    let (ok, out, err) = condlm(&args);
-    assert!(ok, "score failed: {err}");
-    out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["logprob"].as_f64().unwrap()).collect()
-}
-
-fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}: row {i}: {x} vs {y}");
-    }
 }
 
 #[test]
@@ -79,12 +60,12 @@ fn exported_models_score_like_their_source() {
         ("tiny-qwen2", fixture("tiny-qwen2")),
         ("tiny-gpt2", fixture("tiny-gpt2")),
     ] {
-        let reference = scores(p(&model), None);
+        let reference = fixture_row_scores(p(&model), None);
         let out = d.join(format!("{src}.gguf"));
         export(&["--model", p(&model), "--out", p(&out), "--type", "f32"]);
-        assert_close(&scores(p(&out), None), &reference, 1e-6, src);
+        assert_rows_close(&fixture_row_scores(p(&out), None), &reference, 1e-6, src);
         export(&["--model", p(&model), "--out", p(&out), "--type", "bf16", "--overwrite"]);
-        assert_close(&scores(p(&out), None), &reference, 2e-2, &format!("{src} bf16"));
+        assert_rows_close(&fixture_row_scores(p(&out), None), &reference, 2e-2, &format!("{src} bf16"));
     }
 }
 
@@ -95,11 +76,11 @@ fn merged_export_scores_like_base_plus_adapter_and_the_gguf_adapter_holds_the_de
     for name in ["tiny-llama", "tiny-gpt2"] {
         let base = fixture(name);
         let adapter = fixture(&format!("interop/{name}-condlm-adapter"));
-        let with_adapter = scores(p(&base), Some(&adapter));
+        let with_adapter = fixture_row_scores(p(&base), Some(&adapter));
         let merged = d.join(format!("{name}-merged.gguf"));
         let a = ["--adapter", p(&adapter), "--ignore-base-mismatch"];
         export(&[&["--model", p(&base), "--out", p(&merged), "--type", "f32"][..], &a].concat());
-        assert_close(&scores(p(&merged), None), &with_adapter, 1e-5, name);
+        assert_rows_close(&fixture_row_scores(p(&merged), None), &with_adapter, 1e-5, name);
 
         // llama.cpp applies W + (alpha / r)·B·A with A = lora_a (ne [in, r]) and B = lora_b (ne [r, out])
         let base_gguf = d.join(format!("{name}-base.gguf"));

@@ -5,7 +5,10 @@
 //! SmolLM3 (no RoPE in every 4th layer) written as the converter writes them and read back as the same model;
 //! settings llama.cpp cannot express refused.
 mod common;
-use common::{condlm, copy_fixture, fixture, forward_logits, max_abs_diff, reference_sequences};
+use common::{
+    assert_rows_close, condlm, copy_fixture, fixture, fixture_row_scores, forward_logits, max_abs_diff,
+    reference_sequences,
+};
 use condlm::formats::gguf::file::{GgufFile, MetaValue};
 use condlm::formats::load::load_model;
 use std::path::{Path, PathBuf};
@@ -35,25 +38,6 @@ fn assert_as_converter_writes(ours: &Path, converter: &str, arch: &str) -> Vec<S
     }
     let extra = ours.metadata.iter().filter(|(k, _)| k.starts_with(&prefix) && theirs.get(k).is_none());
     extra.map(|(k, _)| k.clone()).collect()
-}
-
-/// Per-row `condlm score` log-probs of the fixture rows.
-fn scores(model: &str, adapter: Option<&Path>) -> Vec<f64> {
-    let data = fixture("score_rows.jsonl");
-    let mut args = vec!["score", "--model", model, "--data", p(&data)];
-    if let Some(a) = adapter {
-        args.extend(["--adapter", p(a), "--ignore-base-mismatch"]);
-    }
-    let (ok, out, err) = condlm(&args);
-    assert!(ok, "score failed: {err}");
-    out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["logprob"].as_f64().unwrap()).collect()
-}
-
-fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}");
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}: row {i}: {x} vs {y}");
-    }
 }
 
 #[test]
@@ -114,7 +98,12 @@ fn gemma3_exports_as_the_converter_writes_it_and_reads_back_as_the_model() {
     let g = GgufFile::open(&out).unwrap();
     let flags = g.get("gemma3.attention.sliding_window_pattern").and_then(MetaValue::as_array).unwrap();
     assert_eq!(flags, [true, true, false, true].map(MetaValue::Bool));
-    assert_close(&scores(p(&out), None), &scores(p(&model), None), 1e-6, "exported Gemma 3");
+    assert_rows_close(
+        &fixture_row_scores(p(&out), None),
+        &fixture_row_scores(p(&model), None),
+        1e-6,
+        "exported Gemma 3",
+    );
 
     // with an adapter: merged into the file, or alone for llama.cpp's --lora
     let adapter = fixture("interop/tiny-gemma3-condlm-adapter");
@@ -122,7 +111,12 @@ fn gemma3_exports_as_the_converter_writes_it_and_reads_back_as_the_model() {
     let (ok, err) =
         export(&["--model", p(&model), "--adapter", p(&adapter), "--ignore-base-mismatch", "--out", p(&merged)]);
     assert!(ok, "{err}");
-    assert_close(&scores(p(&merged), None), &scores(p(&model), Some(&adapter)), 1e-5, "merged Gemma 3");
+    assert_rows_close(
+        &fixture_row_scores(p(&merged), None),
+        &fixture_row_scores(p(&model), Some(&adapter)),
+        1e-5,
+        "merged Gemma 3",
+    );
     let lora = dir.path().join("lora.gguf");
     let a = ["--adapter", p(&adapter), "--ignore-base-mismatch", "--lora-only"];
     let (ok, err) = export(&[&["--model", p(&model), "--out", p(&lora)][..], &a].concat());
@@ -193,7 +187,7 @@ fn phi3_and_phi4_export_as_the_converter_writes_them() {
         assert!(ok, "{err}");
         let extra = assert_as_converter_writes(&out, &format!("converter/{name}.gguf"), "phi3");
         assert!(extra.is_empty(), "{name}: {extra:?}");
-        assert_close(&scores(p(&out), None), &scores(p(&fixture(name)), None), 1e-6, name);
+        assert_rows_close(&fixture_row_scores(p(&out), None), &fixture_row_scores(p(&fixture(name)), None), 1e-6, name);
     }
     // a LoRA adapter on the fused matrices, for llama.cpp's --lora
     let lora = dir.path().join("lora.gguf");
@@ -220,7 +214,12 @@ fn smollm3_exports_as_the_converter_writes_it_when_llama_cpp_can_run_it() {
     let extra = assert_as_converter_writes(&out, "converter/tiny-smollm3.gguf", "smollm3");
     assert_eq!(extra, ["smollm3.attention.key_length", "smollm3.attention.value_length"]);
     assert_eq!(GgufFile::open(&out).unwrap().get_u32("smollm3.attention.key_length").unwrap(), 64 / 4);
-    assert_close(&scores(p(&out), None), &scores(p(&model), None), 1e-6, "exported SmolLM3");
+    assert_rows_close(
+        &fixture_row_scores(p(&out), None),
+        &fixture_row_scores(p(&model), None),
+        1e-6,
+        "exported SmolLM3",
+    );
     // the fixture's own pattern (every 2nd layer) has no GGUF spelling
     let (ok, err) = export(&["--model", p(&fixture("tiny-smollm3")), "--out", p(&dir.path().join("x.gguf"))]);
     assert!(!ok && err.contains("layers [1, 3]") && err.contains("every 4th"), "{err}");

@@ -53,6 +53,26 @@ pub fn forward_logits(m: &condlm::network::transformer::Transformer, ids: &[u32]
     )
 }
 
+/// Per-row log P(y|x) of `condlm score` on tests/fixtures/score_rows.jsonl, with `adapter` when given.
+pub fn fixture_row_scores(model: &str, adapter: Option<&Path>) -> Vec<f64> {
+    let data = fixture("score_rows.jsonl");
+    let mut args = vec!["score", "--model", model, "--data", data.to_str().unwrap()];
+    if let Some(a) = adapter {
+        args.extend(["--adapter", a.to_str().unwrap(), "--ignore-base-mismatch"]);
+    }
+    let (ok, out, err) = condlm(&args);
+    assert!(ok, "score failed: {err}");
+    out.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["logprob"].as_f64().unwrap()).collect()
+}
+
+/// Every `a[i]` within `tol · (1 + |b[i]|)` of `b[i]`.
+pub fn assert_rows_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what}: row {i}: {x} vs {y}");
+    }
+}
+
 pub fn expected_json(dir: &str) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(fixture(dir).join("expected.json")).unwrap()).unwrap()
 }

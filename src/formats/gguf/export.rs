@@ -215,7 +215,18 @@ pub enum Source<'a> {
     Packed(&'a PackedMatrix),
 }
 
-impl ExportTensor<'_> {
+impl<'a> ExportTensor<'a> {
+    /// A one-dimensional F32 tensor of `values` (the RoPE tensors).
+    fn vector(name: &str, values: Cow<'a, [f32]>) -> Self {
+        ExportTensor {
+            name: name.to_string(),
+            shape: vec![values.len()],
+            ty: GgmlType::F32,
+            source: Source::F32(values),
+            order: None,
+        }
+    }
+
     /// The tensor's bytes in the file.
     pub fn bytes(&self) -> Result<Vec<u8>> {
         let row = self.shape.last().copied().unwrap_or(1);
@@ -258,27 +269,15 @@ pub fn encode(values: &[f32], row: usize, ty: GgmlType) -> Result<Vec<u8>> {
 pub fn model_tensors<'a>(model: &'a Transformer, arch: &str, ty: GgmlType) -> Result<Vec<ExportTensor<'a>>> {
     let c = &model.config;
     let mut out = Vec::new();
+    // the RoPE tensors first, where llama.cpp's converter puts them
     if let Some(l) = &c.longrope {
         for (name, factors) in ROPE_FACTORS.iter().zip([&l.long_factor, &l.short_factor]) {
-            out.push(ExportTensor {
-                name: name.to_string(),
-                shape: vec![factors.len()],
-                ty: GgmlType::F32,
-                source: Source::F32(Cow::Borrowed(factors)),
-                order: None,
-            });
+            out.push(ExportTensor::vector(name, Cow::Borrowed(factors)));
         }
     }
     if let Some(s) = &c.rope_scaling {
-        // first, where llama.cpp's converter puts it
         let factors = s.freq_factors(&inv_freq(c.rope_theta, c.rotary_dim));
-        out.push(ExportTensor {
-            name: ROPE_FREQS.to_string(),
-            shape: vec![factors.len()],
-            ty: GgmlType::F32,
-            source: Source::F32(Cow::Owned(factors)),
-            order: None,
-        });
+        out.push(ExportTensor::vector(ROPE_FREQS, Cow::Owned(factors)));
     }
     for p in base_params(model) {
         out.push(model_tensor(p, c, arch, ty)?);
