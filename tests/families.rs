@@ -247,6 +247,28 @@ fn edited_config(name: &str, edit: &dyn Fn(&mut serde_json::Value)) -> anyhow::R
     condlm::network::config::Config::from_hf_json(&path)
 }
 
+/// Gemma 3 4B+'s linear RoPE scaling in transformers 4's spelling (top-level `rope_scaling`, `rope_theta`,
+/// `rope_local_base_freq`) reads as the transformers 5 one; a factor that is not positive, or another type, is an
+/// error naming the key.
+#[test]
+fn gemma3_linear_scaling_spellings_and_errors() {
+    let read = |edit: &dyn Fn(&mut serde_json::Value)| edited_config("tiny-gemma3-linear", edit);
+    let old = read(&|v| {
+        v.as_object_mut().unwrap().remove("rope_parameters");
+        v["rope_scaling"] = serde_json::json!({"rope_type": "linear", "factor": 8.0});
+        v["rope_theta"] = 1e6.into();
+        v["rope_local_base_freq"] = 1e4.into();
+    });
+    assert_eq!(old.unwrap(), model("tiny-gemma3-linear").config);
+    let e = read(&|v| v["rope_parameters"]["full_attention"]["factor"] = 0.0.into()).unwrap_err().to_string();
+    assert!(e.contains("rope_parameters.full_attention.factor is 0"), "{e}");
+    let e = read(&|v| v["rope_parameters"]["full_attention"]["rope_type"] = "yarn".into()).unwrap_err().to_string();
+    assert!(e.contains("rope_parameters.full_attention has rope_type \"yarn\""), "{e}");
+    let e =
+        read(&|v| v["rope_parameters"]["sliding_attention"]["rope_type"] = "linear".into()).unwrap_err().to_string();
+    assert!(e.contains("sliding_attention has rope_type \"linear\""), "{e}");
+}
+
 /// Phi-3 configs in the Hub's spelling (`rope_scaling` with the old type name `su`, as Phi-3-mini-128k writes it)
 /// read like transformers reads them; what condlm cannot run is an error naming the key.
 #[test]

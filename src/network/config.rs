@@ -191,6 +191,9 @@ fn gemma3_rope(c: &HfConfig, path: &Path) -> Result<(f32, f32, Option<f32>)> {
                 let factor = v.and_then(|v| v.get("factor")?.as_f64()).with_context(|| {
                     format!("{}: {key} has rope_type \"linear\" without a numeric factor", path.display())
                 })?;
+                if !(factor.is_finite() && factor > 0.0) {
+                    bail!("{}: {key}.factor is {factor}; linear RoPE scaling needs a positive factor", path.display());
+                }
                 linear = (factor != 1.0).then_some(factor as f32);
             }
             Some(kind) => {

@@ -145,7 +145,7 @@ fn rope_scaling_type(g: &GgufFile, path: &Path, key: &dyn Fn(&str) -> String, ge
     match kind {
         _ if factor == 1.0 => Ok(None),
         "none" | "longrope" => Ok(None),
-        "linear" if gemma3 && factor > 0.0 => Ok(Some(factor)),
+        "linear" if gemma3 && factor.is_finite() && factor > 0.0 => Ok(Some(factor)),
         _ => bail!(
             "{}: {} is \"{kind}\" with factor {factor}: condlm does not apply that RoPE scaling on this \
              architecture yet, and without it would compute another model than llama.cpp does",
