@@ -237,6 +237,15 @@ fn vocab_from_copies_the_base_gguf_vocabulary_when_it_is_the_models() {
         assert_eq!(ours.get(k), Some(v), "{k}");
     }
     // another vocabulary: another size, or the same size with two tokens swapped
+    // a LoRA adapter GGUF is no vocabulary
+    let lora = dir.path().join("lora.gguf");
+    let adapter = fixture("tiny-llama31/lora-init");
+    let (ok, err) =
+        export(&["--model", p(&fixture("tiny-llama31")), "--adapter", p(&adapter), "--out", p(&lora), "--lora-only"]);
+    assert!(ok, "{err}");
+    let (ok, err) =
+        export(&["--model", p(&fixture("tiny-llama31")), "--out", p(&out), "--vocab-from", p(&lora), "--overwrite"]);
+    assert!(!ok && err.contains("a LoRA adapter, not a model"), "{err}");
     let spm = fixture("gguf_tokenizer/spm/ggml-vocab-llama-spm.gguf");
     let (ok, err) =
         export(&["--model", p(&fixture("tiny-llama31")), "--out", p(&out), "--vocab-from", p(&spm), "--overwrite"]);
@@ -304,6 +313,9 @@ fn gemma3_layer_settings_read_as_llama_cpp_reads_every_spelling() {
     })
     .unwrap();
     assert_eq!((sliding(&c), local(&c)), (vec![false; 4], vec![false; 4]));
+    // its config.json still names a window (transformers builds Gemma 3's sliding mask whatever the layers are)
+    let v = condlm::formats::hf_export::config_json(&c, None).unwrap();
+    assert_eq!((v["sliding_window"].as_u64(), &v["layer_types"][2]), (Some(128), &serde_json::json!("full_attention")));
     // a pattern of 0: every layer slides; of 2: every 2nd is global
     let c = read(&set("gemma3.attention.sliding_window_pattern", MetaValue::U32(0))).unwrap();
     assert_eq!((sliding(&c), local(&c)), (vec![true; 4], vec![true; 4]));
@@ -346,4 +358,42 @@ fn llama31_rope_freqs_of_one_are_no_scaling_and_bad_ones_are_named() {
     rewrite(&fixture("converter/tiny-llama31.gguf"), &out, |_| {}, Some(&nan));
     let e = format!("{:#}", load_model(p(&out)).err().unwrap());
     assert!(e.contains("l.gguf") && e.contains("rope_freqs.weight") && e.contains("divisor 3 is NaN"), "{e}");
+}
+
+/// A model whose embedding has more rows than its tokenizer has tokens (Phi-3: 32064 rows, 32011 tokens): llama.cpp's
+/// converter pads the vocabulary with `[PADn]` tokens, and `--vocab-from` takes such a base.
+#[test]
+fn vocab_from_takes_a_base_padded_to_the_embedding_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = copy_fixture("tiny-llama31", &dir.path().join("padded"));
+    let weights = model.join("model.safetensors");
+    let mut tensors = common::load_f32_tensors(&weights);
+    let (shape, embed) = tensors.get_mut("model.embed_tokens.weight").unwrap();
+    embed.extend(std::iter::repeat_n(0.01, 16 * shape[1]));
+    shape[0] += 16;
+    let bytes: std::collections::BTreeMap<String, Vec<u8>> =
+        tensors.iter().map(|(k, (_, v))| (k.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, (shape, _))| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), &bytes[k]).unwrap(),
+            )
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, &weights).unwrap();
+    let config = model.join("config.json");
+    let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    c["vocab_size"] = 400.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    // the base: the folder as a GGUF, its vocabulary padded to 400 tokens
+    let base = dir.path().join("base.gguf");
+    let (ok, err) = export(&["--model", p(&model), "--out", p(&base)]);
+    assert!(ok, "{err}");
+    let g = GgufFile::open(&base).unwrap();
+    assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap()[399], "[PAD399]");
+    let out = dir.path().join("v.gguf");
+    let (ok, err) = export(&["--model", p(&model), "--out", p(&out), "--vocab-from", p(&base)]);
+    assert!(ok, "{err}");
 }

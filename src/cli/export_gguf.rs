@@ -141,7 +141,7 @@ pub fn run(a: ExportGgufArgs) -> Result<()> {
         let mut md = model_metadata(&m.model.config, arch, &name, ty);
         let vocab = match &a.vocab_from {
             Some(gguf) => {
-                check_vocab_from(gguf, &m.tokenizer)?;
+                check_vocab_from(gguf, &m.tokenizer, &m.model.config)?;
                 ModelFiles::Gguf(gguf.clone())
             }
             None => m.files.clone(),

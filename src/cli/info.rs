@@ -117,7 +117,7 @@ fn attention_line(c: &Config) -> String {
         }
         _ => "full causal".to_string(),
     };
-    if let Some(s) = c.attn_scale {
+    if let Some(s) = c.attn_scale.filter(|s| (s * (c.head_dim as f32).sqrt() - 1.0).abs() > 1e-6) {
         line += &format!(", q·k scaled by {s} (not 1/√head_dim)");
     }
     line

@@ -296,7 +296,9 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 v["hidden_activation"] = json!("gelu_pytorch_tanh");
                 // transformers reads an integer (its config dataclass refuses 256.0).
                 v["query_pre_attn_scalar"] = json!((1.0 / (scale * scale)).round() as u64);
-                v["sliding_window"] = json!(c.sliding_window);
+                // transformers builds the sliding mask whatever the layers are: a model without a window (every
+                // layer global) needs a number there too
+                v["sliding_window"] = json!(c.sliding_window.unwrap_or(c.max_positions));
                 v["layer_types"] = json!((0..c.num_layers).map(|i| kind(c.local_rope(i))).collect::<Vec<_>>());
                 let global = match c.rope_linear_factor {
                     Some(k) => {

@@ -127,17 +127,23 @@ pub fn check_pre_name(pre: &str) -> Result<()> {
 type Metadata = Vec<(String, MetaValue)>;
 
 /// Refuses `--vocab-from GGUF` unless the file's vocabulary is the model's: as condlm reads it, the same token
-/// spelled the same under every id (a fine-tune keeps its base's vocabulary, so its base GGUF passes).
-pub fn check_vocab_from(gguf: &Path, tok: &TextTokenizer) -> Result<()> {
+/// spelled the same under every id of the model's tokenizer, and beyond them at most the padding up to the
+/// model's `vocab_size` embedding rows that llama.cpp's converter adds (`[PADn]`: Phi-3's 32064 rows hold 32011
+/// tokens). A fine-tune keeps its base's vocabulary, so its base GGUF passes.
+pub fn check_vocab_from(gguf: &Path, tok: &TextTokenizer, config: &Config) -> Result<()> {
     let g = GgufFile::open(gguf)?;
+    if g.opt_str("general.type")? == Some("adapter") {
+        bail!("--vocab-from {}: a LoRA adapter, not a model; give the GGUF of the base model", gguf.display());
+    }
     let theirs = tokenizer_from_gguf_vocab(&gguf_vocab(&g)?)
         .with_context(|| format!("--vocab-from {}: cannot read its tokenizer", gguf.display()))?;
     let (n_ours, n_theirs) = (tok.inner.get_vocab_size(true), theirs.get_vocab_size(true));
-    if n_ours != n_theirs {
+    if n_theirs < n_ours || n_theirs > n_ours.max(config.vocab_size) {
         bail!(
-            "--vocab-from {}: its vocabulary has {n_theirs} tokens and the model's {n_ours}: it is not this model's; \
-             give the GGUF of the base the model was fine-tuned from",
-            gguf.display()
+            "--vocab-from {}: its vocabulary has {n_theirs} tokens and the model's {n_ours} ({} embedding rows): it \
+             is not this model's; give the GGUF of the base the model was fine-tuned from",
+            gguf.display(),
+            config.vocab_size
         );
     }
     for id in 0..n_ours as u32 {
