@@ -52,7 +52,8 @@ pub struct ExportGgufArgs {
     /// Copy the tokenizer (the tokenizer.* keys) from this GGUF file instead of building it from the model's
     /// tokenizer.json: the GGUF of the base a model was fine-tuned from, for a SentencePiece tokenizer (Gemma,
     /// Llama 2, Mistral, Phi-3), whose GGUF vocabulary condlm does not write itself. Refused unless its tokens are
-    /// the model's, id for id [default: off: from the model's own files].
+    /// the model's, id for id (then at most padding up to the embedding rows) [default: off: from the model's own
+    /// files].
     #[arg(long, value_name = "GGUF", conflicts_with = "lora_only")]
     vocab_from: Option<PathBuf>,
     /// general.name in the file [default: the --out file name without extension].
