@@ -46,14 +46,22 @@ fn every_kernel_source_compiles_to_ptx() {
     assert!(failed.is_empty(), "{}", failed.join("\n\n"));
 }
 
+/// Whether NVRTC is missing, in which case `test` prints its SKIP line.
+fn skipped_without_nvrtc(test: &str) -> bool {
+    let missing = nvrtc_version().is_err();
+    if missing {
+        println!("SKIP {test}: no NVRTC");
+    }
+    missing
+}
+
 /// Machine code (what is loaded where a driver older than NVRTC refuses its PTX): an ELF holding every kernel of
 /// the source, for the smallest and the largest source, compiled once and then read from the cache. Skipped
 /// without NVRTC.
 #[test]
 fn kernel_sources_compile_to_machine_code() {
     use condlm::kernels::cuda::ptx_cache::machine_code_in;
-    if nvrtc_version().is_err() {
-        println!("SKIP kernel_sources_compile_to_machine_code: no NVRTC");
+    if skipped_without_nvrtc("kernel_sources_compile_to_machine_code") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -78,8 +86,7 @@ fn kernel_sources_compile_to_machine_code() {
 #[test]
 fn compiled_ptx_is_cached_by_text_architecture_and_nvrtc() {
     use condlm::kernels::cuda::ptx_cache::compiled_in;
-    if nvrtc_version().is_err() {
-        println!("SKIP compiled_ptx_is_cached_by_text_architecture_and_nvrtc: no NVRTC");
+    if skipped_without_nvrtc("compiled_ptx_is_cached_by_text_architecture_and_nvrtc") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
