@@ -7,6 +7,28 @@ use crate::network::llama3_rope::Llama3RopeScaling;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 
+/// llama.cpp's fixed rules for what a GGUF has no key for, shared by the reader and the exporter.
+pub mod llama_cpp_rules {
+    /// Gemma 3 without a `sliding_window_pattern`: every 6th layer global, the others sliding.
+    pub const GEMMA3_PATTERN: usize = 6;
+
+    /// Whether layer `i` slides when every `every`-th layer is global (0: none is).
+    pub fn slides(i: usize, every: usize) -> bool {
+        every == 0 || !(i + 1).is_multiple_of(every)
+    }
+
+    /// Gemma 3's query_pre_attn_scalar as llama.cpp takes it: head_dim, or hidden/heads in the 62-layer 27B.
+    pub fn gemma3_qk_scalar(layers: usize, hidden: usize, heads: usize, head_dim: usize) -> usize {
+        if layers == 62 { hidden / heads.max(1) } else { head_dim }
+    }
+
+    /// SmolLM3: RoPE skipped in every 4th layer.
+    pub fn smollm3_skips_rope(i: usize) -> bool {
+        (i + 1).is_multiple_of(4)
+    }
+}
+use llama_cpp_rules::{GEMMA3_PATTERN, gemma3_qk_scalar, slides, smollm3_skips_rope};
+
 /// Reads GGUF metadata (`general.architecture` and its `<arch>.*` keys) and tensor presence.
 pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     if g.opt_str("general.type")? == Some("adapter") {
@@ -54,7 +76,7 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         None => vec![],
     };
     // as config.json's query_pre_attn_scalar gives it
-    let scalar = if layers == 62 { hidden / heads.max(1) } else { head_dim };
+    let scalar = gemma3_qk_scalar(layers, hidden, heads, head_dim);
     let attn_scale = gemma3.then(|| (scalar as f64).powf(-0.5) as f32);
     let rope_linear_factor = rope_scaling_type(g, path, &key, gemma3)?;
     let rope_theta = g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
@@ -64,7 +86,7 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     let longrope = longrope(g, &key, rotary_dim, max_positions)?;
     // SmolLM3 as llama.cpp runs it: every 4th layer without RoPE
     let no_rope = match arch.as_str() {
-        "smollm3" => (0..layers).map(|i| (i + 1) % 4 == 0).collect(),
+        "smollm3" => (0..layers).map(smollm3_skips_rope).collect(),
         _ => vec![],
     };
     let eps_key = match family {
@@ -130,9 +152,9 @@ fn gemma3_sliding_layers(g: &GgufFile, path: &Path, key: &str, layers: usize) ->
             };
         }
         Some(_) => g.get_usize(key)?,
-        None => 6,
+        None => GEMMA3_PATTERN,
     };
-    Ok((0..layers).map(|i| every == 0 || (i + 1) % every != 0).collect())
+    Ok((0..layers).map(|i| slides(i, every)).collect())
 }
 
 /// `rope.scaling.type`: the factor of a linear scaling (Gemma 3 4B/12B/27B: × 8, which llama.cpp applies to their

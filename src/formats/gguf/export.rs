@@ -1,12 +1,15 @@
 //! A model as one GGUF file that llama.cpp (and Ollama, LM Studio) loads: what llama.cpp's
 //! `convert_hf_to_gguf.py` writes for the architectures condlm supports — llama.cpp tensor names, Q/K rows
-//! permuted for `llama`, Llama 3.1's RoPE scaling as `rope_freqs.weight`, Gemma 3's norms with their 1 added, Phi-3's LongRoPE factors as tensors, GPT-2's Conv1D weights as (out, in), the hyper-parameters under `<arch>.*`, the
-//! tokenizer under `tokenizer.*` — with the weights in the type asked for.
+//! permuted for `llama`, Llama 3.1's RoPE scaling as `rope_freqs.weight`, Gemma 3's norms with their 1 added,
+//! Phi-3's LongRoPE factors as tensors, GPT-2's Conv1D weights as (out, in), the hyper-parameters under
+//! `<arch>.*`, the tokenizer under `tokenizer.*` — with the weights in the type asked for. What llama.cpp fixes
+//! without a key (`config::llama_cpp_rules`) is checked: a model it would run otherwise is refused.
 //!
 //! Tensor types follow llama.cpp's rules: one-dimensional tensors (norms, biases) stay F32; the output matrix
 //! (`output.weight`, or `token_embd.weight` when the embeddings are tied) is Q6_K when the type asked for has
 //! fewer than 8 bits, as `llama-quantize` does; a matrix whose rows do not divide into the type's blocks takes
 //! llama.cpp's fallback (Q4_K → Q5_0, Q5_K → Q5_1, Q6_K → Q8_0, then F16 when even 32 does not divide).
+use super::config::llama_cpp_rules::{GEMMA3_PATTERN, gemma3_qk_scalar, slides, smollm3_skips_rope};
 use super::file::MetaValue;
 use super::quantize::quantize;
 use super::writer::{TensorData, TensorToWrite, write_gguf};
@@ -49,7 +52,7 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
 /// another pattern.
 fn check_smollm3_no_rope(c: &Config) -> Result<()> {
     let skipped = |i: usize| !c.rope_in(i);
-    if (0..c.num_layers).any(|i| skipped(i) != ((i + 1) % 4 == 0)) {
+    if (0..c.num_layers).any(|i| skipped(i) != smollm3_skips_rope(i)) {
         let layers: Vec<usize> = (0..c.num_layers).filter(|&i| skipped(i)).collect();
         bail!(
             "the model skips RoPE in layers {layers:?} (no_rope_layers in config.json), but llama.cpp runs a \
@@ -63,10 +66,7 @@ fn check_smollm3_no_rope(c: &Config) -> Result<()> {
 /// llama.cpp has no key for Gemma 3's q·k scale: it takes 1/√head_dim, or 1/√(hidden/heads) for the 62-layer
 /// 27B. A model whose `query_pre_attn_scalar` gives another scale would run with the wrong one.
 fn check_gemma3_scale(c: &Config) -> Result<()> {
-    let implied = match c.num_layers {
-        62 => c.hidden_size as f32 / c.num_heads as f32,
-        _ => c.head_dim as f32,
-    };
+    let implied = gemma3_qk_scalar(c.num_layers, c.hidden_size, c.num_heads, c.head_dim) as f32;
     let scale = c.attn_scale.unwrap_or(1.0 / (c.head_dim as f32).sqrt());
     let scalar = 1.0 / (scale * scale);
     if (scalar - implied).abs() > 1e-3 * implied {
@@ -136,7 +136,7 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
                 m.push((key("attention.sliding_window"), u32_of(window)));
                 // llama.cpp's default: every 6th layer global; any other pattern as one flag per layer
                 let sliding: Vec<bool> = (0..c.num_layers).map(|i| c.window(i).is_some()).collect();
-                if sliding.iter().enumerate().any(|(i, &s)| s != ((i + 1) % 6 != 0)) {
+                if sliding.iter().enumerate().any(|(i, &s)| s != slides(i, GEMMA3_PATTERN)) {
                     let flags = sliding.into_iter().map(MetaValue::Bool).collect();
                     m.push((key("attention.sliding_window_pattern"), MetaValue::Array(flags)));
                 }
