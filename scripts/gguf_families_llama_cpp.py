@@ -6,7 +6,7 @@ llama.cpp of scripts/llama_cpp/build.sh — with torch, transformers and safeten
    export, against transformers on the HF folder; the same file without rope_freqs.weight shows what the tensor
    changes.
 2. tiny-gemma3 with query_pre_attn_scalar 32 (sliding layers 0, 1, 3; global layer 2), tiny-gemma3-linear (Gemma 3
-   4B+'s linear RoPE scaling on the global layer), tiny-phi3, tiny-phi4 and
+   4B+'s linear RoPE scaling on the global layer), tiny-phi3, tiny-phi4, tiny-qwen3-yarn (YaRN) and
    tiny-smollm3 with RoPE skipped in layer 3 only: transformers on the HF folder against llama.cpp on condlm's export
    (and, for Gemma 3, on the converter's, which writes no layer pattern: llama.cpp then takes every layer as
    sliding).
@@ -112,8 +112,8 @@ if without < 10 * with_freqs:
     failed.append("rope_freqs has no effect")
 
 # 2. tiny-gemma3, tiny-phi3, tiny-phi4, tiny-smollm3 (made expressible where the fixture is not)
-def variant(name, edits):
-    d = os.path.join(WORK, name)
+def variant(name, edits, copy=None):
+    d = os.path.join(WORK, copy or name)
     os.makedirs(d)
     for f in os.listdir(os.path.join(FIX, name)):
         if os.path.isfile(os.path.join(FIX, name, f)):
@@ -130,7 +130,7 @@ def hf_rows(folder):
         return [(ids, model(input_ids=torch.tensor([ids])).logits[0].numpy()) for ids, _ in rows]
 
 
-report += ["", "## 2. Gemma 3, Phi-3, Phi-4-mini and SmolLM3 (tiny fixtures)", "",
+report += ["", "## 2. Gemma 3, Phi-3, Phi-4-mini, SmolLM3 and Qwen3 with YaRN (tiny fixtures)", "",
            "max |Δ logit| against transformers on the same HF folder, over the same 3 rows:", ""]
 report += table_head()
 for name, edits, note, tol in [
@@ -140,6 +140,7 @@ for name, edits, note, tol in [
     ("tiny-gemma3-linear", {}, "linear RoPE scaling × 8 on the global layer; the F16 GELU table", 1e-3),
     ("tiny-phi3", {}, "fused qkv and gate|up", 1e-4),
     ("tiny-smollm3", {"no_rope_layers": [1, 1, 1, 0]}, "no RoPE in layer 3", 1e-4),
+    ("tiny-qwen3-yarn", {}, "YaRN × 4 from 4096 positions", 1e-4),
 ]:
     folder = variant(name, edits)
     out = os.path.join(WORK, f"{name}.gguf")
@@ -151,6 +152,15 @@ for name, edits, note, tol in [
     if name == "tiny-gemma3":
         conv = worst(os.path.join(FIX, "converter", "tiny-gemma3.gguf"), want)
         report.append(f"| llama.cpp on the converter's GGUF of it (no pattern key: every layer slides) | {conv:.3g} | (differs) | — |")
+    if name == "tiny-qwen3-yarn":
+        report.append(check("llama.cpp on the converter's GGUF of tiny-qwen3-yarn",
+                            worst(os.path.join(FIX, "converter", "tiny-qwen3-yarn.gguf"), want), 1e-4))
+        plain = variant(name, {"rope_parameters": {"rope_type": "default", "rope_theta": 10000.0}}, "no-yarn")
+        without = worst(out, hf_rows(plain))
+        report.append(f"| the same export against transformers without YaRN (must differ) | {without:.3g} | ≥ 1e-2 | "
+                      f"{'yes' if without >= 1e-2 else '**NO**'} |")
+        if without < 1e-2:
+            failed.append("YaRN has no effect")
 # Phi-4-mini's LongRoPE: llama.cpp takes the long factors when its context (-c) exceeds the original 16 positions,
 # transformers when the sequence does: they agree on the 20-token row only
 folder = os.path.join(FIX, "tiny-phi4")

@@ -3,7 +3,7 @@
 //! SmolLM3 (layers without RoPE), Gemma 3 ((1 + w) norms, four per block, GeGLU, scaled embeddings and queries,
 //! sliding and global layers with their own RoPE bases; the 4B+ models' linear scaling), Llama 3.1's RoPE scaling, Mistral (a sliding window on
 //! every layer) and Phi-3 (fused qkv_proj / gate_up_proj; Phi-4-mini's partial rotary factor and LongRoPE
-//! scaling), every row longer than the windows: logits, LoRA (every linear layer) and full fine-tuning gradients;
+//! scaling) and YaRN (Qwen2.5/Qwen3's long-context RoPE, on tiny-qwen3-yarn), every row longer than the windows: logits, LoRA (every linear layer) and full fine-tuning gradients;
 //! Qwen3 also through GGUF export (the other families' GGUFs: tests/gguf_families.rs); Phi-3's greedy decoding
 //! and KV cache.
 mod common;
@@ -21,7 +21,7 @@ use condlm::network::adapters::set_full_finetune;
 use condlm::network::transformer::Transformer;
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 
-const FAMILIES: [&str; 8] = [
+const FAMILIES: [&str; 9] = [
     "tiny-qwen3",
     "tiny-smollm3",
     "tiny-gemma3",
@@ -30,6 +30,7 @@ const FAMILIES: [&str; 8] = [
     "tiny-phi3",
     "tiny-phi4",
     "tiny-llama31",
+    "tiny-qwen3-yarn",
 ];
 
 fn model(name: &str) -> Transformer {
@@ -162,12 +163,77 @@ fn qwen3_gguf_export_keeps_the_model() {
     assert_eq!(score(out.to_str().unwrap()), score(model.to_str().unwrap()));
 }
 
-/// Greedy decoding over the KV cache gives transformers' ids, for Phi-4-mini's RoPE also when the sequence crosses
-/// LongRoPE's original context while decoding (transformers then recomputes its cache with the long factors;
-/// condlm re-rotates the cached keys), alone and batched with prefill mixed into decode steps.
+/// YaRN's inverse frequencies and attention factor are transformers', for the fixture and for config.json's other
+/// spellings and options (tiny-qwen3-yarn/yarn-variants.json: the ramp's ends, rounding, DeepSeek's mscale pair,
+/// an explicit attention factor, where the original context comes from); without YaRN the fixture's logits move
+/// far past the tolerance the families test holds them to.
 #[test]
-fn phi3_greedy_ids_match_transformers() {
-    for name in ["tiny-phi3", "tiny-phi4"] {
+fn yarn_frequencies_match_transformers() {
+    let close = |got: &[f32], want: &serde_json::Value, what: &str| {
+        let want: Vec<f32> = want.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(got.len(), want.len(), "{what}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(g == w, "{what}: inverse frequency {i}: {g}, transformers' {w}");
+        }
+    };
+    let mut m = model("tiny-qwen3-yarn");
+    let rope = &expected_json("tiny-qwen3-yarn")["rope"];
+    let y = m.config.yarn.expect("tiny-qwen3-yarn reads with YaRN");
+    close(&m.config.rope_inv_freq(false), &rope["inv_freq"], "tiny-qwen3-yarn");
+    assert_eq!(y.attention_factor, rope["attention_scaling"].as_f64().unwrap() as f32);
+    assert_eq!(
+        (y.factor, y.original_max_positions, y.beta_fast, y.beta_slow, y.truncate),
+        (4.0, 4096, 32.0, 1.0, true)
+    );
+    let variants: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-qwen3-yarn/yarn-variants.json")).unwrap()).unwrap();
+    for v in variants.as_array().unwrap() {
+        let name = v["name"].as_str().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("config.json");
+        std::fs::write(&path, v["config"].to_string()).unwrap();
+        let c = condlm::network::config::Config::from_hf_json(&path).unwrap();
+        close(&c.rope_inv_freq(false), &v["inv_freq"], name);
+        let want = v["attention_factor"].as_f64().unwrap() as f32;
+        assert_eq!(c.yarn.unwrap().attention_factor, want, "{name}: attention factor");
+    }
+    // the check can fail: the fixture's rows without YaRN
+    let (ids, want) = &reference_sequences("tiny-qwen3-yarn")[2];
+    m.config.yarn = None;
+    let off = max_abs_diff(&forward_logits(&m, ids), want);
+    assert!(off > 1e-2, "without YaRN the logits moved only {off}");
+}
+
+/// YaRN settings that are not numbers, or out of range, are errors naming the key.
+#[test]
+fn yarn_config_errors_name_the_key() {
+    let read = |edit: &dyn Fn(&mut serde_json::Value)| edited_config("tiny-qwen3-yarn", edit);
+    let err = |edit: &dyn Fn(&mut serde_json::Value)| format!("{:#}", read(edit).unwrap_err());
+    let e = err(&|v| v["rope_parameters"]["factor"] = serde_json::json!(0.5));
+    assert!(e.contains("config.json: rope_scaling.factor is 0.5") && e.contains("≥ 1"), "{e}");
+    let e = err(&|v| {
+        v["rope_parameters"].as_object_mut().unwrap().remove("factor");
+    });
+    assert!(e.contains("is of type yarn but has no factor"), "{e}");
+    let e = err(&|v| v["rope_parameters"]["beta_fast"] = serde_json::json!("fast"));
+    assert!(e.contains("rope_scaling.beta_fast is \"fast\""), "{e}");
+    let e = err(&|v| v["rope_parameters"]["truncate"] = serde_json::json!(1));
+    assert!(e.contains("rope_scaling.truncate is 1: true or false"), "{e}");
+    let e = err(&|v| v["rope_parameters"]["attention_factor"] = serde_json::json!(-1.0));
+    assert!(e.contains("rope_scaling.attention_factor is -1"), "{e}");
+    let e = err(&|v| v["rope_parameters"]["rope_type"] = serde_json::json!("dynamic"));
+    assert!(e.contains("rope_scaling type \"dynamic\" is not supported (supported: llama3, yarn, or none)"), "{e}");
+    let (ok, out, err) = condlm(&["info", fixture("tiny-qwen3-yarn").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("YaRN scaling ×4 from 4096 positions (attention factor 1.1386)"), "{out}");
+}
+
+/// Greedy decoding over the KV cache gives transformers' ids for every family, for Phi-4-mini's RoPE also when the
+/// sequence crosses LongRoPE's original context while decoding (transformers then recomputes its cache with the
+/// long factors; condlm re-rotates the cached keys), alone and batched with prefill mixed into decode steps.
+#[test]
+fn greedy_ids_match_transformers() {
+    for name in FAMILIES {
         let m = load_model(fixture(name).to_str().unwrap()).unwrap();
         let exp = expected_json(name);
         let cases = exp["greedy"].as_array().unwrap();
@@ -351,6 +417,8 @@ fn a_written_config_reads_back_as_the_model_with_integer_fields() {
         "tiny-llama31",
         "tiny-phi4",
         "tiny-gemma3-linear",
+        "tiny-qwen3-yarn",
+        "converter/tiny-qwen3-yarn.gguf",
         "converter/tiny-gemma3-linear.gguf",
         "converter/tiny-llama31.gguf",
         "converter/tiny-phi4.gguf",

@@ -135,6 +135,7 @@ fn kv_cache_logits_match_full_forward_at_every_step() {
         ("tiny-mistral", None),
         ("tiny-phi3", Some("tiny-phi3/lora-init")),
         ("tiny-phi4", None),
+        ("tiny-qwen3-yarn", Some("tiny-qwen3-yarn/lora-init")),
     ];
     for &(spec, adapter) in specs {
         let m = load(spec, adapter);

@@ -3,6 +3,7 @@
 //! scaling as `rope_freqs.weight` and Phi-3's LongRoPE factors read (logits vs transformers) and written (the
 //! converter's bytes); Gemma 3 (the 1 of its (1 + w) norms added, its sliding layers and local RoPE base) and
 //! SmolLM3 (no RoPE in every 4th layer) written as the converter writes them and read back as the same model;
+//! YaRN's `rope.scaling.*` keys read and written (tiny-qwen3-yarn);
 //! settings llama.cpp cannot express refused.
 mod common;
 use common::{
@@ -143,6 +144,80 @@ fn gemma3_linear_rope_scaling_goes_through_gguf() {
         let diff = max_abs_diff(&forward_logits(&m, &ids), &want);
         assert!(diff <= 1e-4, "max |Δ logit| vs transformers {diff}");
     }
+}
+
+/// YaRN through GGUF: the converter's file of tiny-qwen3-yarn reads as the HF model (transformers' logits), and
+/// condlm writes what the converter writes; an attention factor that is not the default goes through
+/// `rope.scaling.attn_factor`, which llama.cpp multiplies in; a ramp llama.cpp cannot run is refused.
+#[test]
+fn yarn_goes_through_gguf() {
+    let m = load_model(p(&fixture("converter/tiny-qwen3-yarn.gguf"))).unwrap().model;
+    let hf = load_model(p(&fixture("tiny-qwen3-yarn"))).unwrap().model;
+    assert_eq!(m.config.yarn, hf.config.yarn);
+    for (ids, want) in reference_sequences("tiny-qwen3-yarn") {
+        let diff = max_abs_diff(&forward_logits(&m, &ids), &want);
+        assert!(diff <= 1e-4, "max |Δ logit| vs transformers {diff}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("y.gguf");
+    let (ok, err) = export(&["--model", p(&fixture("tiny-qwen3-yarn")), "--out", p(&out)]);
+    assert!(ok, "{err}");
+    let extra = assert_as_converter_writes(&out, "converter/tiny-qwen3-yarn.gguf", "qwen3");
+    assert_eq!(extra, ["qwen3.rope.dimension_count", "qwen3.vocab_size"]);
+
+    let model = copy_fixture("tiny-qwen3-yarn", &dir.path().join("edited"));
+    let edit = |key: &str, value: serde_json::Value| {
+        let path = model.join("config.json");
+        let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        v["rope_parameters"][key] = value;
+        std::fs::write(&path, v.to_string()).unwrap();
+    };
+    edit("attention_factor", serde_json::json!(1.25));
+    let (ok, err) = export(&["--model", p(&model), "--out", p(&out), "--overwrite"]);
+    assert!(ok, "{err}");
+    let g = GgufFile::open(&out).unwrap();
+    let attn = g.get_f32("qwen3.rope.scaling.attn_factor").unwrap();
+    assert!((attn as f64 - 1.25 / (1.0 + 0.1 * 4f64.ln())).abs() < 1e-6, "{attn}");
+    let back = load_model(p(&out)).unwrap().model.config.yarn.unwrap();
+    assert!((back.attention_factor - 1.25).abs() < 1e-6, "{}", back.attention_factor);
+    edit("beta_fast", serde_json::json!(16.0));
+    let (ok, err) = export(&["--model", p(&model), "--out", p(&out), "--overwrite"]);
+    assert!(!ok && err.contains("beta_fast 16, beta_slow 1, truncate true") && err.contains("condlm merge"), "{err}");
+}
+
+/// A GGUF's YaRN keys as llama.cpp reads them: no original context means the context length; `attn_factor`
+/// multiplies the default; an `attn_factor` without YaRN (llama.cpp would scale cos and sin by it) and YaRN on
+/// Gemma 3 are refused by key.
+#[test]
+fn yarn_keys_read_as_llama_cpp_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixture("converter/tiny-qwen3-yarn.gguf");
+    let out = dir.path().join("y.gguf");
+    let read = |edit: &dyn Fn(&mut Meta)| {
+        rewrite(&src, &out, edit, None);
+        load_model(p(&out)).map(|m| m.model.config)
+    };
+    let y = read(&|m| {
+        m.remove("qwen3.rope.scaling.original_context_length");
+    })
+    .unwrap()
+    .yarn
+    .unwrap();
+    assert_eq!(y.original_max_positions, 16384);
+    let y = read(&set("qwen3.rope.scaling.attn_factor", MetaValue::F32(0.5))).unwrap().yarn.unwrap();
+    assert_eq!(y.attention_factor, (1.0 + 0.1 * 4f64.ln()) as f32 * 0.5);
+    assert_eq!(read(&set("qwen3.rope.scaling.factor", MetaValue::F32(1.0))).unwrap().yarn, None);
+    let e = format!("{:#}", read(&set("qwen3.rope.scaling.factor", MetaValue::F32(0.5))).unwrap_err());
+    assert!(e.contains("y.gguf") && e.contains("qwen3.rope.scaling.type is \"yarn\" with factor 0.5"), "{e}");
+    let e = format!(
+        "{:#}",
+        read(&|m| {
+            m.insert("qwen3.rope.scaling.type".into(), MetaValue::Str("none".into()));
+            m.insert("qwen3.rope.scaling.attn_factor".into(), MetaValue::F32(2.0));
+        })
+        .unwrap_err()
+    );
+    assert!(e.contains("and qwen3.rope.scaling.attn_factor 2"), "{e}");
 }
 
 #[test]
@@ -327,7 +402,7 @@ fn gemma3_layer_settings_read_as_llama_cpp_reads_every_spelling() {
         sliding(&read(&set("gemma3.attention.sliding_window_pattern", ints)).unwrap()),
         [true, true, false, true]
     );
-    // Gemma 3 4B+'s linear RoPE scaling (× 1 is none); YaRN, which condlm does not apply yet, is refused
+    // Gemma 3 4B+'s linear RoPE scaling (× 1 is none); YaRN on Gemma 3, which condlm does not apply, is refused
     let linear = |f: f32| {
         move |m: &mut Meta| {
             m.insert("gemma3.rope.scaling.type".into(), MetaValue::Str("linear".into()));

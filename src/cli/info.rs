@@ -149,6 +149,12 @@ fn rope_line(c: &Config) -> String {
         }
         (None, None) => {}
     }
+    if let Some(y) = &c.yarn {
+        line += &format!(
+            ", YaRN scaling ×{} from {} positions (attention factor {:.4})",
+            y.factor, y.original_max_positions, y.attention_factor
+        );
+    }
     if let Some(k) = c.rope_linear_factor {
         let on = if c.rope_local_theta.is_some() { " on the global layers" } else { "" };
         line += &format!(", linear scaling ×{k}{on}");

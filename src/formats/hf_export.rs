@@ -273,6 +273,17 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 "attention_dropout": 0.0,
                 "initializer_range": 0.02,
             });
+            if let Some(y) = &c.yarn {
+                v["rope_scaling"] = json!({
+                    "rope_type": "yarn",
+                    "factor": f32_json(y.factor),
+                    "original_max_position_embeddings": y.original_max_positions,
+                    "attention_factor": f32_json(y.attention_factor),
+                    "beta_fast": f32_json(y.beta_fast),
+                    "beta_slow": f32_json(y.beta_slow),
+                    "truncate": y.truncate,
+                });
+            }
             if model_type == "qwen2" {
                 if !c.qkv_bias || c.o_bias || c.mlp_bias {
                     bail!(

@@ -2,6 +2,7 @@
 use crate::kernels::activation::GateAct;
 use crate::kernels::rope::RopeTable;
 use crate::network::llama3_rope::Llama3RopeScaling;
+use crate::network::yarn_rope::YarnRope;
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use std::path::Path;
@@ -37,6 +38,8 @@ pub struct Config {
     pub rotary_dim: usize,
     /// Phi-3's `longrope` (old name `su`) scaling: per-frequency factors, short or long by sequence length.
     pub longrope: Option<LongRope>,
+    /// YaRN scaling (Qwen2.5's 128k files, Qwen3's long context).
+    pub yarn: Option<YarnRope>,
     /// Biases on q/k/v (Qwen2, or Llama's `attention_bias`); GPT-2 has all biases regardless.
     pub qkv_bias: bool,
     /// Bias on the attention output projection (Llama's `attention_bias` also covers o_proj).
@@ -364,15 +367,20 @@ impl Config {
                     true => phi3_rope(&c, rope, head_dim, path)?,
                     false => (head_dim, None),
                 };
-                let (rope_theta, rope_local_theta, rope_scaling, rope_linear_factor) = if is_gemma3 {
+                let max_positions = c.max_position_embeddings.unwrap_or(2048);
+                let (rope_theta, rope_local_theta, rope_scaling, yarn, rope_linear_factor) = if is_gemma3 {
                     let (global, local, linear) = gemma3_rope(&c, path)?;
-                    (global, Some(local), None, linear)
+                    (global, Some(local), None, None, linear)
                 } else {
                     let theta = c
                         .rope_theta
                         .or_else(|| c.rope_parameters.as_ref()?.get("rope_theta")?.as_f64().map(|v| v as f32))
                         .unwrap_or(10000.0);
-                    (theta, None, if is_phi3 { None } else { parse_rope_scaling(rope, path)? }, None)
+                    let (llama3, yarn) = match is_phi3 {
+                        true => (None, None),
+                        false => parse_rope_scaling(rope, c.original_max_position_embeddings, max_positions, path)?,
+                    };
+                    (theta, None, llama3, yarn, None)
                 };
                 // Qwen2/Qwen3 keep their window off unless use_sliding_window says so; Mistral, Phi-3 and Gemma 3
                 // use it; Llama has none (transformers ignores a sliding_window key in its config).
@@ -392,12 +400,13 @@ impl Config {
                     num_kv_heads: c.num_key_value_heads.unwrap_or(heads),
                     head_dim,
                     vocab_size: need(c.vocab_size, "vocab_size", path)?,
-                    max_positions: c.max_position_embeddings.unwrap_or(2048),
+                    max_positions,
                     norm_eps: c.rms_norm_eps.unwrap_or(1e-6),
                     rope_theta,
                     rope_scaling,
                     rotary_dim,
                     longrope,
+                    yarn,
                     qkv_bias: is_qwen2 || attention_bias,
                     o_bias: attention_bias,
                     qk_norm: is_qwen3 || is_gemma3,
@@ -461,6 +470,7 @@ impl Config {
                     rope_scaling: None,
                     rotary_dim: hidden / heads.max(1),
                     longrope: None,
+                    yarn: None,
                     qkv_bias: true,
                     o_bias: true,
                     qk_norm: false,
@@ -575,6 +585,9 @@ impl Config {
     /// sequences longer than its original context (the same set without LongRoPE).
     pub fn rope_inv_freq(&self, long: bool) -> Vec<f32> {
         let d = self.rotary_dim;
+        if let Some(y) = &self.yarn {
+            return y.inv_freq(self.rope_theta, d);
+        }
         match (&self.rope_scaling, &self.longrope) {
             (_, Some(l)) => {
                 let ext = if long { &l.long_factor } else { &l.short_factor };
@@ -589,12 +602,16 @@ impl Config {
         }
     }
 
-    /// The RoPE table of `rows` positions: one set, or LongRoPE's short then long set (scaled by its attention
-    /// factor), rotating the first rotary_dim features of each head.
+    /// The RoPE table of `rows` positions: one set, or LongRoPE's short then long set, scaled by LongRoPE's or
+    /// YaRN's attention factor, rotating the first rotary_dim features of each head.
     pub fn rope_table(&self, rows: usize) -> RopeTable {
         let (short, long) = (self.rope_inv_freq(false), self.rope_inv_freq(true));
         let sets: &[&[f32]] = if self.longrope.is_some() { &[&short, &long] } else { &[&short] };
-        let scale = self.longrope.as_ref().map_or(1.0, |l| l.attention_factor);
+        let scale = match (&self.longrope, &self.yarn) {
+            (Some(l), _) => l.attention_factor,
+            (None, Some(y)) => y.attention_factor,
+            (None, None) => 1.0,
+        };
         RopeTable::with_sets(sets, rows, self.head_dim, scale)
     }
 
@@ -632,16 +649,27 @@ pub fn inv_freq(theta: f32, d: usize) -> Vec<f32> {
     (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32)).collect()
 }
 
-fn parse_rope_scaling(v: Option<&serde_json::Value>, path: &Path) -> Result<Option<Llama3RopeScaling>> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
+/// The RoPE scaling of a Llama-family config (not Gemma 3's or Phi-3's): Llama 3.1's or YaRN, or none.
+fn parse_rope_scaling(
+    v: Option<&serde_json::Value>,
+    top_level_original: Option<usize>,
+    max_positions: usize,
+    path: &Path,
+) -> Result<(Option<Llama3RopeScaling>, Option<YarnRope>)> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok((None, None)) };
     let kind = v.get("rope_type").or(v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
     match kind {
-        "default" => Ok(None),
+        "default" => Ok((None, None)),
         "llama3" => serde_json::from_value(v.clone())
-            .map(Some)
+            .map(|s| (Some(s), None))
             .with_context(|| format!("{}: rope_scaling of type llama3 lacks a field", path.display())),
-        other => {
-            bail!("{}: rope_scaling type \"{other}\" is not supported (supported: llama3, or none)", path.display())
+        "yarn" => {
+            let what = format!("{}: rope_scaling", path.display());
+            Ok((None, Some(YarnRope::from_json(v, top_level_original, max_positions, &what)?)))
         }
+        other => bail!(
+            "{}: rope_scaling type \"{other}\" is not supported (supported: llama3, yarn, or none)",
+            path.display()
+        ),
     }
 }

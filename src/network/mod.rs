@@ -12,3 +12,4 @@ pub mod llama3_rope;
 pub mod lora;
 pub mod param;
 pub mod transformer;
+pub mod yarn_rope;

@@ -37,6 +37,7 @@ pub fn llama_config(size: ModelSize, vocab: usize, eos: u32) -> Config {
         rope_scaling: None,
         rotary_dim: size.hidden / size.heads,
         longrope: None,
+        yarn: None,
         qkv_bias: false,
         o_bias: false,
         mlp_bias: false,

@@ -4,6 +4,7 @@ use crate::formats::weights::{ROPE_FACTORS, ROPE_FREQS};
 use crate::kernels::activation::GateAct;
 use crate::network::config::{Config, Family, LongRope, inv_freq};
 use crate::network::llama3_rope::Llama3RopeScaling;
+use crate::network::yarn_rope::YarnRope;
 use anyhow::{Context, Result, bail};
 use std::path::Path;
 
@@ -78,11 +79,15 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     // as config.json's query_pre_attn_scalar gives it
     let scalar = gemma3_qk_scalar(layers, hidden, heads, head_dim);
     let attn_scale = gemma3.then(|| (scalar as f64).powf(-0.5) as f32);
-    let rope_linear_factor = rope_scaling_type(g, path, &key, gemma3)?;
+    let max_positions = g.get_usize(&key("context_length"))?;
+    let (rope_linear_factor, yarn) = match rope_scaling_type(g, path, &key, &arch, max_positions)? {
+        RopeScaling::None => (None, None),
+        RopeScaling::Linear(k) => (Some(k), None),
+        RopeScaling::Yarn(y) => (None, Some(y)),
+    };
     let rope_theta = g.opt_f32(&key("rope.freq_base"))?.unwrap_or(10000.0);
     let rope_scaling = llama3_scaling(g, path, rope_theta, head_dim)?;
     let rotary_dim = g.opt_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
-    let max_positions = g.get_usize(&key("context_length"))?;
     let longrope = longrope(g, &key, rotary_dim, max_positions)?;
     // SmolLM3 as llama.cpp runs it: every 4th layer without RoPE
     let no_rope = match arch.as_str() {
@@ -108,6 +113,7 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         rope_scaling,
         rotary_dim,
         longrope,
+        yarn,
         qkv_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_q.bias").is_some(),
         o_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_output.bias").is_some(),
         mlp_bias: family == Family::Gpt2 || g.tensor("blk.0.ffn_up.bias").is_some(),
@@ -157,23 +163,60 @@ fn gemma3_sliding_layers(g: &GgufFile, path: &Path, key: &str, layers: usize) ->
     Ok((0..layers).map(|i| slides(i, every)).collect())
 }
 
-/// `rope.scaling.type`: the factor of a linear scaling (Gemma 3 4B/12B/27B: × 8, which llama.cpp applies to their
-/// global layers, as condlm does), `None` without one. Other kinds — YaRN (Qwen2.5's 128k files), linear on other
-/// architectures — are refused rather than read as another model; LongRoPE's factors are tensors, read with the
-/// rest of the config.
-fn rope_scaling_type(g: &GgufFile, path: &Path, key: &dyn Fn(&str) -> String, gemma3: bool) -> Result<Option<f32>> {
+/// What `rope.scaling.type` asks for, as condlm applies it.
+enum RopeScaling {
+    None,
+    /// Gemma 3 4B/12B/27B: × 8 on their global layers, as llama.cpp applies it.
+    Linear(f32),
+    Yarn(YarnRope),
+}
+
+/// `rope.scaling.type` as llama.cpp reads it: linear on Gemma 3; YaRN on the other Llama-family architectures, with
+/// llama.cpp's fixed ramp (it reads no `yarn_beta_*` keys for them), `rope.scaling.original_context_length` (the
+/// context length when absent) and its attention factor, the paper's default times `rope.scaling.attn_factor`.
+/// Other kinds — linear elsewhere, YaRN on Gemma 3 or Phi-3 — are refused rather than read as another model;
+/// LongRoPE's factors are tensors, read with the rest of the config.
+fn rope_scaling_type(
+    g: &GgufFile,
+    path: &Path,
+    key: &dyn Fn(&str) -> String,
+    arch: &str,
+    max_positions: usize,
+) -> Result<RopeScaling> {
     let kind = g.opt_str(&key("rope.scaling.type"))?.unwrap_or("none");
     let factor = g.opt_f32(&key("rope.scaling.factor"))?.unwrap_or(1.0);
-    match kind {
-        _ if factor == 1.0 => Ok(None),
-        "none" | "longrope" => Ok(None),
-        "linear" if gemma3 && factor.is_finite() && factor > 0.0 => Ok(Some(factor)),
-        _ => bail!(
-            "{}: {} is \"{kind}\" with factor {factor}: condlm does not apply that RoPE scaling on this \
-             architecture yet, and without it would compute another model than llama.cpp does",
+    let attn_factor = g.opt_f32(&key("rope.scaling.attn_factor"))?;
+    let refuse = |what: &str| {
+        bail!(
+            "{}: {} is \"{kind}\" with factor {factor}{what}: condlm does not apply that RoPE scaling on this \
+             architecture ({arch}), and without it would compute another model than llama.cpp does",
             path.display(),
             key("rope.scaling.type")
-        ),
+        )
+    };
+    let usable = factor.is_finite() && factor >= 1.0;
+    match kind {
+        "longrope" if arch == "phi3" => Ok(RopeScaling::None),
+        // llama.cpp multiplies cos and sin by it whatever the scaling
+        _ if attn_factor.is_some_and(|a| a != 1.0) && arch != "phi3" && kind != "yarn" => {
+            refuse(&format!(" and {} {}", key("rope.scaling.attn_factor"), attn_factor.unwrap_or(1.0)))
+        }
+        _ if factor == 1.0 => Ok(RopeScaling::None),
+        "none" => Ok(RopeScaling::None),
+        "linear" if arch == "gemma3" && factor.is_finite() && factor > 0.0 => Ok(RopeScaling::Linear(factor)),
+        "yarn" if !matches!(arch, "gemma3" | "phi3") && usable => {
+            let original = g.opt_usize(&key("rope.scaling.original_context_length"))?.unwrap_or(max_positions);
+            let (beta_fast, beta_slow) = crate::network::yarn_rope::LLAMA_CPP_BETAS;
+            Ok(RopeScaling::Yarn(YarnRope {
+                factor,
+                original_max_positions: original,
+                beta_fast,
+                beta_slow,
+                attention_factor: YarnRope::llama_cpp_attention_factor(factor, attn_factor.unwrap_or(1.0)),
+                truncate: true,
+            }))
+        }
+        _ => refuse(""),
     }
 }
 

@@ -1,9 +1,10 @@
 //! A model as one GGUF file that llama.cpp (and Ollama, LM Studio) loads: what llama.cpp's
 //! `convert_hf_to_gguf.py` writes for the architectures condlm supports — llama.cpp tensor names, Q/K rows
-//! permuted for `llama`, Llama 3.1's RoPE scaling as `rope_freqs.weight`, Gemma 3's norms with their 1 added,
-//! Phi-3's LongRoPE factors as tensors, GPT-2's Conv1D weights as (out, in), the hyper-parameters under
-//! `<arch>.*`, the tokenizer under `tokenizer.*` — with the weights in the type asked for. What llama.cpp fixes
-//! without a key (`config::llama_cpp_rules`) is checked: a model it would run otherwise is refused.
+//! permuted for `llama`, Llama 3.1's RoPE scaling as `rope_freqs.weight`, YaRN's `rope.scaling.*` keys, Gemma 3's
+//! norms with their 1 added, Phi-3's LongRoPE factors as tensors, GPT-2's Conv1D weights as (out, in), the
+//! hyper-parameters under `<arch>.*`, the tokenizer under `tokenizer.*` — with the weights in the type asked for.
+//! What llama.cpp fixes without a key (`config::llama_cpp_rules`, YaRN's ramp) is checked: a model it would run
+//! otherwise is refused.
 //!
 //! Tensor types follow llama.cpp's rules: one-dimensional tensors (norms, biases) stay F32; the output matrix
 //! (`output.weight`, or `token_embd.weight` when the embeddings are tied) is Q6_K when the type asked for has
@@ -22,6 +23,7 @@ use crate::kernels::packed::PackedMatrix;
 use crate::network::config::{Config, Family, inv_freq};
 use crate::network::param::Param;
 use crate::network::transformer::Transformer;
+use crate::network::yarn_rope::{LLAMA_CPP_BETAS, YarnRope};
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -36,6 +38,9 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
     }
     if c.sandwich_norms {
         check_gemma3_scale(c)?;
+    }
+    if let Some(y) = &c.yarn {
+        check_yarn(y)?;
     }
     Ok(match (c.family, c.architecture.as_str()) {
         (Family::Gpt2, _) => "gpt2",
@@ -78,6 +83,37 @@ fn check_gemma3_scale(c: &Config) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// llama.cpp runs YaRN with its ramp between 32 and 1 rotations, ends rounded outward, and reads no key for
+/// other ones on these architectures.
+fn check_yarn(y: &YarnRope) -> Result<()> {
+    if (y.beta_fast, y.beta_slow) != LLAMA_CPP_BETAS || !y.truncate {
+        bail!(
+            "the model's YaRN scaling has beta_fast {}, beta_slow {}, truncate {} (config.json), but llama.cpp runs \
+             YaRN with 32, 1 and true on this architecture and a GGUF cannot say otherwise: llama.cpp would compute \
+             another model. `condlm merge` writes it as a Hugging Face folder instead",
+            y.beta_fast,
+            y.beta_slow,
+            y.truncate
+        );
+    }
+    Ok(())
+}
+
+/// The `rope.scaling.*` keys of YaRN as llama.cpp reads them: its attention factor is the paper's default for the
+/// factor times `rope.scaling.attn_factor`, written only when the model's differs from that default.
+fn yarn_metadata(y: &YarnRope, key: &dyn Fn(&str) -> String) -> Vec<(String, MetaValue)> {
+    let mut m = vec![
+        (key("rope.scaling.type"), MetaValue::Str("yarn".into())),
+        (key("rope.scaling.factor"), MetaValue::F32(y.factor)),
+        (key("rope.scaling.original_context_length"), MetaValue::U32(y.original_max_positions as u32)),
+    ];
+    let default = YarnRope::llama_cpp_attention_factor(y.factor, 1.0);
+    if y.attention_factor != default {
+        m.push((key("rope.scaling.attn_factor"), MetaValue::F32(y.attention_factor / default)));
+    }
+    m
 }
 
 /// `general.file_type` (llama.cpp's `llama_ftype`) of a file whose matrices are mostly `ty`.
@@ -158,15 +194,20 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
                 m.push((key("rope.scaling.attn_factor"), MetaValue::F32(l.attention_factor)));
             }
         }
-        Family::Llama => m.extend([
-            (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
-            (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
-            (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
-            (key("attention.key_length"), u32_of(c.head_dim)),
-            (key("attention.value_length"), u32_of(c.head_dim)),
-            (key("vocab_size"), u32_of(c.vocab_size)),
-            (key("rope.dimension_count"), u32_of(c.head_dim)),
-        ]),
+        Family::Llama => {
+            m.extend([
+                (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
+                (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
+                (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
+                (key("attention.key_length"), u32_of(c.head_dim)),
+                (key("attention.value_length"), u32_of(c.head_dim)),
+                (key("vocab_size"), u32_of(c.vocab_size)),
+                (key("rope.dimension_count"), u32_of(c.head_dim)),
+            ]);
+            if let Some(y) = &c.yarn {
+                m.extend(yarn_metadata(y, &key));
+            }
+        }
     }
     m
 }
