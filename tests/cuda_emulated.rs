@@ -75,7 +75,7 @@ fn kernels_a_driver_refuses_as_ptx_load_as_machine_code() {
 #[test]
 fn score_on_the_device_equals_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    for m in ["tiny-llama", "tiny-qwen3", "tiny-gemma3", "tiny-phi3", "tiny-gpt2"] {
+    for m in ["tiny-llama", "tiny-qwen3", "tiny-gemma3", "tiny-phi3", "tiny-gpt2", "tiny-olmo3"] {
         let mut runs = vec![];
         for (d, compute) in [("cpu", "f32"), ("cuda", "f32"), ("cuda", "bf16")] {
             let out = dir.path().join(format!("{m}-{d}-{compute}.jsonl"));
@@ -245,7 +245,7 @@ fn full_fine_tuning_on_the_device_equals_the_cpu() {
 #[test]
 fn greedy_and_beam_generation_on_the_device_equal_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    for m in ["tiny-llama", "tiny-gemma3", "tiny-phi3"] {
+    for m in ["tiny-llama", "tiny-gemma3", "tiny-phi3", "tiny-olmo3"] {
         for beams in ["1", "3"] {
             let outs: Vec<Vec<Value>> = ["cpu", "cuda"]
                 .iter()

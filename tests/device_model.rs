@@ -340,7 +340,7 @@ fn device_decoding_with_longrope() {
 /// The newer families on the device path against PyTorch autograd (the fixtures of tests/families.rs): LoRA and
 /// full fine-tuning gradients within 1e-4, the loss within 1e-5 — Qwen3's q/k norms, SmolLM3's layers without
 /// RoPE, Gemma 3's post norms and local RoPE base, Mistral's window, Phi-3's fused projections, Phi-4's LongRoPE,
-/// YaRN.
+/// YaRN, OLMo 2/3's blocks.
 #[test]
 fn device_gradients_of_the_newer_families_match_pytorch() {
     for name in

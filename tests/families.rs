@@ -3,7 +3,9 @@
 //! SmolLM3 (layers without RoPE), Gemma 3 ((1 + w) norms, four per block, GeGLU, scaled embeddings and queries,
 //! sliding and global layers with their own RoPE bases; the 4B+ models' linear scaling), Llama 3.1's RoPE scaling, Mistral (a sliding window on
 //! every layer) and Phi-3 (fused qkv_proj / gate_up_proj; Phi-4-mini's partial rotary factor and LongRoPE
-//! scaling) and YaRN (Qwen2.5/Qwen3's long-context RoPE, on tiny-qwen3-yarn), every row longer than the windows: logits, LoRA (every linear layer) and full fine-tuning gradients;
+//! scaling), YaRN (Qwen2.5/Qwen3's long-context RoPE, on tiny-qwen3-yarn) and OLMo 2/3 (norms on the sublayers'
+//! outputs only, q/k norms over all heads together; OLMo 3's sliding layers and YaRN on its global ones), every row
+//! longer than the windows: logits, LoRA (every linear layer) and full fine-tuning gradients;
 //! Qwen3 also through GGUF export (the other families' GGUFs: tests/gguf_families.rs); Phi-3's greedy decoding
 //! and KV cache.
 mod common;
@@ -21,7 +23,7 @@ use condlm::network::adapters::set_full_finetune;
 use condlm::network::transformer::Transformer;
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 
-const FAMILIES: [&str; 9] = [
+const FAMILIES: [&str; 11] = [
     "tiny-qwen3",
     "tiny-smollm3",
     "tiny-gemma3",
@@ -31,6 +33,8 @@ const FAMILIES: [&str; 9] = [
     "tiny-phi4",
     "tiny-llama31",
     "tiny-qwen3-yarn",
+    "tiny-olmo2",
+    "tiny-olmo3",
 ];
 
 fn model(name: &str) -> Transformer {
@@ -87,6 +91,20 @@ fn configs_read_the_family_features() {
     assert_eq!((p.config.rotary_dim, l.original_max_positions, l.long_factor.len()), (12, 16, 6));
     // transformers' default: √(1 + ln(128 / 16) / ln 16)
     assert!((l.attention_factor as f64 - (1.0 + 8f64.ln() / 16f64.ln()).sqrt()).abs() < 1e-6);
+    let o = model("tiny-olmo2");
+    assert!(o.config.qk_norm_whole && !o.config.pre_norms && o.config.sliding_window.is_none());
+    assert!(o.blocks[0].attn_norm.is_none() && o.blocks[0].mlp_norm.is_none() && o.blocks[0].post_norms.is_some());
+    let (q, k) = o.blocks[0].qk_norm.as_ref().unwrap();
+    assert_eq!((q.w.data.len(), k.w.data.len()), (64, 32), "q and k norms over all heads");
+    let o = model("tiny-olmo3").config;
+    assert_eq!((0..4).map(|i| o.window(i)).collect::<Vec<_>>(), [Some(4), Some(4), Some(4), None]);
+    assert_eq!((0..4).map(|i| o.local_rope(i)).collect::<Vec<_>>(), [true, true, true, false]);
+    assert_eq!((o.rope_theta, o.rope_local_theta, o.yarn.map(|y| y.factor)), (1e4, Some(1e4), Some(4.0)));
+    let (ok, out, err) = condlm(&["info", fixture("tiny-olmo3").to_str().unwrap()]);
+    assert!(ok, "{err}");
+    for line in ["q/k RMSNorm over all heads together", "RMSNorm after attention and MLP", "YaRN scaling ×4"] {
+        assert!(out.contains(line), "info lacks {line:?}:\n{out}");
+    }
     for name in FAMILIES {
         // every tensor of the checkpoint, counted from the config (the memory plan relies on it)
         let stored: usize =
@@ -418,6 +436,8 @@ fn a_written_config_reads_back_as_the_model_with_integer_fields() {
         "tiny-phi4",
         "tiny-gemma3-linear",
         "tiny-qwen3-yarn",
+        "tiny-olmo2",
+        "tiny-olmo3",
         "converter/tiny-qwen3-yarn.gguf",
         "converter/tiny-gemma3-linear.gguf",
         "converter/tiny-llama31.gguf",

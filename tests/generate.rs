@@ -136,6 +136,8 @@ fn kv_cache_logits_match_full_forward_at_every_step() {
         ("tiny-phi3", Some("tiny-phi3/lora-init")),
         ("tiny-phi4", None),
         ("tiny-qwen3-yarn", Some("tiny-qwen3-yarn/lora-init")),
+        ("tiny-olmo2", Some("tiny-olmo2/lora-init")),
+        ("tiny-olmo3", None),
     ];
     for &(spec, adapter) in specs {
         let m = load(spec, adapter);

@@ -46,7 +46,11 @@ pub fn run(a: InfoArgs) -> Result<()> {
     out!("architecture  {} ({:?} family)", c.architecture, c.family);
     out!("layers        {}", c.num_layers);
     out!("hidden        {} (intermediate {})", c.hidden_size, c.intermediate_size);
-    let qk_norm = if c.qk_norm { ", per-head q/k RMSNorm" } else { "" };
+    let qk_norm = match (c.qk_norm, c.qk_norm_whole) {
+        (false, _) => "",
+        (true, false) => ", per-head q/k RMSNorm",
+        (true, true) => ", q/k RMSNorm over all heads together",
+    };
     out!("heads         {} query, {} key/value, head dim {}{qk_norm}", c.num_heads, c.num_kv_heads, c.head_dim);
     out!("attention     {}", attention_line(&c));
     out!("positions     {}", rope_line(&c));
@@ -55,10 +59,11 @@ pub fn run(a: InfoArgs) -> Result<()> {
             GateAct::Silu => "SwiGLU",
             GateAct::GeluTanh => "GeGLU (tanh GELU)",
         };
-        let norms = match (c.sandwich_norms, c.norm_plus_one) {
-            (true, _) => "4 RMSNorms per block (pre and post attention and MLP), weights applied as 1 + w",
-            (false, true) => "RMSNorm, weights applied as 1 + w",
-            (false, false) => "RMSNorm before attention and MLP",
+        let norms = match (c.sandwich_norms, c.pre_norms, c.norm_plus_one) {
+            (true, true, _) => "4 RMSNorms per block (pre and post attention and MLP), weights applied as 1 + w",
+            (true, false, _) => "RMSNorm after attention and MLP (on their outputs, before the residual adds)",
+            (false, _, true) => "RMSNorm, weights applied as 1 + w",
+            (false, _, false) => "RMSNorm before attention and MLP",
         };
         let scaled = if c.scale_embeddings { ", embeddings × √hidden" } else { "" };
         out!("block         {act} MLP, {norms}{scaled}; no logit soft-capping");

@@ -184,24 +184,37 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
         Family::Llama => {
             for i in 0..c.num_layers {
                 let p = format!("model.layers.{i}");
+                // per head (head_dim weights), or over the whole projection (OLMo 2/3)
+                let (q_width, k_width) = match c.qk_norm_whole {
+                    true => (q, kv),
+                    false => (c.head_dim, c.head_dim),
+                };
                 let qk_norm = match c.qk_norm {
                     true => Some((
-                        t.norm(&format!("{p}.self_attn.q_norm"), c.head_dim, Bias::Without)?,
-                        t.norm(&format!("{p}.self_attn.k_norm"), c.head_dim, Bias::Without)?,
+                        t.norm(&format!("{p}.self_attn.q_norm"), q_width, Bias::Without)?,
+                        t.norm(&format!("{p}.self_attn.k_norm"), k_width, Bias::Without)?,
                     )),
                     false => None,
                 };
                 // Gemma 3 names its pre-MLP norm pre_feedforward_layernorm; its post_attention_layernorm norms the
-                // attention output (Llama's post_attention_layernorm is the pre-MLP norm).
+                // attention output (Llama's post_attention_layernorm is the pre-MLP norm). OLMo 2/3 have the post
+                // norms only.
                 let (mlp_norm, post_norms) = match c.sandwich_norms {
                     true => (
-                        t.norm(&format!("{p}.pre_feedforward_layernorm"), d, Bias::Without)?,
+                        match c.pre_norms {
+                            true => Some(t.norm(&format!("{p}.pre_feedforward_layernorm"), d, Bias::Without)?),
+                            false => None,
+                        },
                         Some((
                             t.norm(&format!("{p}.post_attention_layernorm"), d, Bias::Without)?,
                             t.norm(&format!("{p}.post_feedforward_layernorm"), d, Bias::Without)?,
                         )),
                     ),
-                    false => (t.norm(&format!("{p}.post_attention_layernorm"), d, Bias::Without)?, None),
+                    false => (Some(t.norm(&format!("{p}.post_attention_layernorm"), d, Bias::Without)?), None),
+                };
+                let attn_norm = match c.pre_norms {
+                    true => Some(t.norm(&format!("{p}.input_layernorm"), d, Bias::Without)?),
+                    false => None,
                 };
                 let (qkv, gate, up) = match c.fused_projections() {
                     // Phi-3: one qkv_proj (q, then k, then v rows) and one gate_up_proj (gate rows, then up)
@@ -221,7 +234,7 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                     ),
                 };
                 blocks.push(Block {
-                    attn_norm: t.norm(&format!("{p}.input_layernorm"), d, Bias::Without)?,
+                    attn_norm,
                     post_norms,
                     qk_norm,
                     qkv,
@@ -245,12 +258,12 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
             for i in 0..c.num_layers {
                 let p = format!("transformer.h.{i}");
                 blocks.push(Block {
-                    attn_norm: t.norm(&format!("{p}.ln_1"), d, Bias::With)?,
+                    attn_norm: Some(t.norm(&format!("{p}.ln_1"), d, Bias::With)?),
                     post_norms: None,
                     qk_norm: None,
                     qkv: vec![t.linear(&format!("{p}.attn.c_attn"), d, q + 2 * kv, Bias::With)?],
                     o: t.linear(&format!("{p}.attn.c_proj"), q, d, Bias::With)?,
-                    mlp_norm: t.norm(&format!("{p}.ln_2"), d, Bias::With)?,
+                    mlp_norm: Some(t.norm(&format!("{p}.ln_2"), d, Bias::With)?),
                     gate: None,
                     up: t.linear(&format!("{p}.mlp.c_fc"), d, f, Bias::With)?,
                     down: t.linear(&format!("{p}.mlp.c_proj"), f, d, Bias::With)?,

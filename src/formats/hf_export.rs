@@ -156,7 +156,7 @@ pub fn base_params(model: &Transformer) -> Vec<&Param> {
     let mut out = vec![&model.embed];
     out.extend(model.pos_embed.as_ref());
     for b in &model.blocks {
-        for n in [&b.attn_norm, &b.mlp_norm] {
+        for n in [&b.attn_norm, &b.mlp_norm].into_iter().flatten() {
             out.push(&n.w);
             out.extend(n.b.as_ref());
         }
@@ -241,6 +241,8 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 "gemma3" | "gemma3forcausallm" => ("Gemma3ForCausalLM", "gemma3_text"),
                 "phi3" | "phi3forcausallm" => ("Phi3ForCausalLM", "phi3"),
                 "smollm3" | "smollm3forcausallm" => ("SmolLM3ForCausalLM", "smollm3"),
+                "olmo2" | "olmo2forcausallm" => ("Olmo2ForCausalLM", "olmo2"),
+                "olmo3" | "olmo3forcausallm" => ("Olmo3ForCausalLM", "olmo3"),
                 other => bail!(
                     "cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, qwen3, \
                      gemma3, phi3, smollm3, gpt2)"
@@ -348,6 +350,39 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
             } else if model_type == "qwen3" {
                 v["attention_bias"] = json!(c.qkv_bias);
                 v["use_sliding_window"] = json!(false);
+            } else if model_type.starts_with("olmo") {
+                if c.qkv_bias != c.o_bias || c.mlp_bias {
+                    bail!(
+                        "OLMo's attention_bias covers q, k, v and o together and its MLP has no biases; this model \
+                         (q/k/v {}, o {}, mlp {}) cannot be written as {architecture}",
+                        c.qkv_bias,
+                        c.o_bias,
+                        c.mlp_bias
+                    );
+                }
+                v["attention_bias"] = json!(c.qkv_bias);
+                if model_type == "olmo3" {
+                    let kind = |sliding: bool| if sliding { "sliding_attention" } else { "full_attention" };
+                    // YaRN (written above as rope_scaling) applies to the full-attention layers only
+                    let mut full = match v["rope_scaling"].take() {
+                        serde_json::Value::Null => json!({"rope_type": "default"}),
+                        scaling => scaling,
+                    };
+                    full["rope_theta"] = f32_json(c.rope_theta);
+                    if let Some(o) = v.as_object_mut() {
+                        o.remove("rope_theta");
+                        o.remove("rope_scaling");
+                    }
+                    v["sliding_window"] = json!(c.sliding_window);
+                    v["layer_types"] = json!((0..c.num_layers).map(|i| kind(c.local_rope(i))).collect::<Vec<_>>());
+                    v["rope_parameters"] = json!({
+                        "full_attention": full,
+                        "sliding_attention": {
+                            "rope_type": "default",
+                            "rope_theta": f32_json(c.rope_local_theta.unwrap_or(c.rope_theta)),
+                        },
+                    });
+                }
             } else {
                 if c.qkv_bias != c.o_bias {
                     bail!(

@@ -46,8 +46,10 @@ pub struct Config {
     pub o_bias: bool,
     pub mlp_bias: bool,
     pub tie_embeddings: bool,
-    /// Per-head RMSNorm of q and k before RoPE (Qwen3's `q_norm`/`k_norm`).
+    /// RMSNorm of q and k before RoPE (Qwen3's `q_norm`/`k_norm`): per head, or with `qk_norm_whole` over each row's
+    /// whole projection, all heads together (OLMo 2/3).
     pub qk_norm: bool,
+    pub qk_norm_whole: bool,
     /// Layers that skip RoPE (SmolLM3's `no_rope_layers` zeros); empty: every layer applies it.
     pub no_rope: Vec<bool>,
     /// Sliding-window attention span (Mistral, Gemma 3's local layers): a position sees the `sliding_window`
@@ -69,6 +71,9 @@ pub struct Config {
     /// Gemma 3's block: RMSNorms on the attention and MLP outputs before they join the residual stream
     /// (`post_attention_layernorm`, `post_feedforward_layernorm`); its pre-MLP norm is `pre_feedforward_layernorm`.
     pub sandwich_norms: bool,
+    /// Whether the attention and MLP inputs are normed (every model but OLMo 2/3, whose blocks norm only the
+    /// sublayers' outputs: `sandwich_norms` without the pre-norms).
+    pub pre_norms: bool,
     /// Token embeddings multiplied by √hidden_size (Gemma).
     pub scale_embeddings: bool,
     pub bos_token_id: Option<u32>,
@@ -144,7 +149,8 @@ struct HfConfig {
 }
 
 const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, \
-                         SmolLM3ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, GPT2LMHeadModel";
+                         SmolLM3ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, Olmo3ForCausalLM, \
+                         GPT2LMHeadModel";
 
 fn need<T>(v: Option<T>, key: &str, path: &Path) -> Result<T> {
     v.with_context(|| format!("{}: missing required key \"{key}\"", path.display()))
@@ -212,9 +218,44 @@ fn gemma3_rope(c: &HfConfig, path: &Path) -> Result<(f32, f32, Option<f32>)> {
     ))
 }
 
+/// OLMo 3's RoPE as transformers' Olmo3Config reads it: the same base on both kinds of layer (default 500 000;
+/// `rope_parameters.<type>.rope_theta`, or the top-level `rope_theta`) and YaRN on the full-attention layers only
+/// (`rope_parameters.full_attention`, or the top-level `rope_scaling` that transformers moves there).
+fn olmo3_rope(c: &HfConfig, max_positions: usize, path: &Path) -> Result<(f32, f32, Option<YarnRope>)> {
+    let by_type = |t: &str| c.rope_parameters.as_ref().and_then(|p| p.get(t)).filter(|v| !v.is_null());
+    if c.rope_parameters.as_ref().is_some_and(|p| p.get("rope_type").is_some() || p.get("type").is_some()) {
+        bail!(
+            "{}: rope_parameters of an OLMo 3 must be given per layer type (\"full_attention\", \
+             \"sliding_attention\"); transformers ignores a flat one",
+            path.display()
+        );
+    }
+    let full = by_type("full_attention").or(c.rope_scaling.as_ref().filter(|v| !v.is_null()));
+    let sliding = by_type("sliding_attention");
+    let sliding_kind = sliding.and_then(|v| v.get("rope_type").or(v.get("type"))).and_then(|t| t.as_str());
+    if let Some(other) = sliding_kind.filter(|&k| k != "default") {
+        bail!(
+            "{}: rope_parameters.sliding_attention has rope_type \"{other}\"; OLMo 3's sliding layers take plain RoPE",
+            path.display()
+        );
+    }
+    let (_, yarn) = parse_rope_scaling(full, c.original_max_position_embeddings, max_positions, path)?;
+    let theta = |v: Option<&serde_json::Value>| v.and_then(|v| v.get("rope_theta")?.as_f64()).map(|v| v as f32);
+    let base = c.rope_theta.unwrap_or(500_000.0);
+    Ok((theta(full).unwrap_or(base), theta(sliding).unwrap_or(base), yarn))
+}
+
 /// Which layers use the sliding window: `layer_types` when given; else Gemma 3's `sliding_window_pattern` (every
-/// n-th layer global, default 6), Qwen2's `max_window_layers` (layers from it on slide), or every layer (Mistral).
-fn sliding_layers(c: &HfConfig, is_gemma3: bool, is_qwen: bool, layers: usize, path: &Path) -> Result<Vec<bool>> {
+/// n-th layer global, default 6), OLMo 3's every 4th layer global, Qwen2's `max_window_layers` (layers from it on
+/// slide), or every layer (Mistral).
+fn sliding_layers(
+    c: &HfConfig,
+    is_gemma3: bool,
+    is_olmo3: bool,
+    is_qwen: bool,
+    layers: usize,
+    path: &Path,
+) -> Result<Vec<bool>> {
     if let Some(types) = &c.layer_types {
         if types.len() < layers {
             bail!("{}: layer_types has {} entries for {layers} layers", path.display(), types.len());
@@ -228,8 +269,8 @@ fn sliding_layers(c: &HfConfig, is_gemma3: bool, is_qwen: bool, layers: usize, p
             })
             .collect();
     }
-    Ok(if is_gemma3 {
-        let every = c.sliding_window_pattern.unwrap_or(6).max(1);
+    Ok(if is_gemma3 || is_olmo3 {
+        let every = if is_olmo3 { 4 } else { c.sliding_window_pattern.unwrap_or(6).max(1) };
         (0..layers).map(|i| (i + 1) % every != 0).collect()
     } else if is_qwen {
         let from = c.max_window_layers.unwrap_or(28);
@@ -319,8 +360,9 @@ impl Config {
             .with_context(|| format!("{}: neither \"architectures\" nor \"model_type\" is set", path.display()))?;
         let family = match architecture.as_str() {
             "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
-            | "SmolLM3ForCausalLM" | "Gemma3ForCausalLM" | "Phi3ForCausalLM" | "llama" | "mistral" | "qwen2"
-            | "qwen3" | "smollm3" | "gemma3_text" | "phi3" => Family::Llama,
+            | "SmolLM3ForCausalLM" | "Gemma3ForCausalLM" | "Phi3ForCausalLM" | "Olmo2ForCausalLM"
+            | "Olmo3ForCausalLM" | "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3" | "gemma3_text" | "phi3"
+            | "olmo2" | "olmo3" => Family::Llama,
             "GPT2LMHeadModel" | "gpt2" => Family::Gpt2,
             "Gemma3ForConditionalGeneration" | "gemma3" => bail!(
                 "{}: {architecture} is Gemma 3's multimodal checkpoint; condlm reads the text model only \
@@ -333,6 +375,7 @@ impl Config {
         let (is_qwen2, is_qwen3) = (lower.starts_with("qwen2"), lower.starts_with("qwen3"));
         let (is_smollm3, is_gemma3) = (lower.starts_with("smollm3"), lower.starts_with("gemma3"));
         let (is_phi3, is_llama) = (lower.starts_with("phi3"), lower.starts_with("llama"));
+        let (is_olmo2, is_olmo3) = (lower.starts_with("olmo2"), lower.starts_with("olmo3"));
         let bos = token_ids(&c.bos_token_id).first().copied();
         let eos = token_ids(&c.eos_token_id);
         let cfg = match family {
@@ -371,6 +414,9 @@ impl Config {
                 let (rope_theta, rope_local_theta, rope_scaling, yarn, rope_linear_factor) = if is_gemma3 {
                     let (global, local, linear) = gemma3_rope(&c, path)?;
                     (global, Some(local), None, None, linear)
+                } else if is_olmo3 {
+                    let (global, local, yarn) = olmo3_rope(&c, max_positions, path)?;
+                    (global, Some(local), None, yarn, None)
                 } else {
                     let theta = c
                         .rope_theta
@@ -385,7 +431,7 @@ impl Config {
                 // Qwen2/Qwen3 keep their window off unless use_sliding_window says so; Mistral, Phi-3 and Gemma 3
                 // use it; Llama has none (transformers ignores a sliding_window key in its config).
                 let sliding_window = match (is_qwen2 || is_qwen3 || is_smollm3, c.use_sliding_window) {
-                    _ if is_llama => None,
+                    _ if is_llama || is_olmo2 => None,
                     (true, Some(true)) | (false, None | Some(true)) => c.sliding_window,
                     _ => None,
                 };
@@ -409,12 +455,13 @@ impl Config {
                     yarn,
                     qkv_bias: is_qwen2 || attention_bias,
                     o_bias: attention_bias,
-                    qk_norm: is_qwen3 || is_gemma3,
+                    qk_norm: is_qwen3 || is_gemma3 || is_olmo2 || is_olmo3,
+                    qk_norm_whole: is_olmo2 || is_olmo3,
                     no_rope: if is_smollm3 { smollm3_no_rope(&c, path)? } else { vec![] },
                     mlp_bias: !is_phi3 && c.mlp_bias.unwrap_or(false),
                     tie_embeddings: c.tie_word_embeddings.unwrap_or(is_gemma3),
-                    sliding_layers: if sliding_window.is_some() || is_gemma3 {
-                        sliding_layers(&c, is_gemma3, is_qwen2 || is_qwen3, layers, path)?
+                    sliding_layers: if sliding_window.is_some() || is_gemma3 || is_olmo3 {
+                        sliding_layers(&c, is_gemma3, is_olmo3, is_qwen2 || is_qwen3, layers, path)?
                     } else {
                         vec![]
                     },
@@ -424,7 +471,8 @@ impl Config {
                     attn_scale: is_gemma3.then(|| (c.query_pre_attn_scalar.unwrap_or(256.0) as f64).powf(-0.5) as f32),
                     mlp_act,
                     norm_plus_one: is_gemma3,
-                    sandwich_norms: is_gemma3,
+                    sandwich_norms: is_gemma3 || is_olmo2 || is_olmo3,
+                    pre_norms: !(is_olmo2 || is_olmo3),
                     scale_embeddings: is_gemma3,
                     bos_token_id: bos,
                     eos_token_ids: eos,
@@ -474,6 +522,7 @@ impl Config {
                     qkv_bias: true,
                     o_bias: true,
                     qk_norm: false,
+                    qk_norm_whole: false,
                     no_rope: vec![],
                     mlp_bias: true,
                     tie_embeddings: c.tie_word_embeddings.unwrap_or(true),
@@ -485,6 +534,7 @@ impl Config {
                     mlp_act: GateAct::GeluTanh,
                     norm_plus_one: false,
                     sandwich_norms: false,
+                    pre_norms: true,
                     scale_embeddings: false,
                     bos_token_id: bos,
                     eos_token_ids: eos,
@@ -630,8 +680,12 @@ impl Config {
                 let attn = d * (q + 2 * kv) + q * d;
                 let bias = if self.qkv_bias { q + 2 * kv } else { 0 } + if self.o_bias { d } else { 0 };
                 let mlp = 3 * d * f + if self.mlp_bias { 2 * f + d } else { 0 };
-                let qk_norm = if self.qk_norm { 2 * self.head_dim } else { 0 };
-                let norms = if self.sandwich_norms { 4 * d } else { 2 * d };
+                let qk_norm = match (self.qk_norm, self.qk_norm_whole) {
+                    (false, _) => 0,
+                    (true, false) => 2 * self.head_dim,
+                    (true, true) => q + kv,
+                };
+                let norms = 2 * d * (usize::from(self.sandwich_norms) + usize::from(self.pre_norms));
                 attn + bias + mlp + norms + qk_norm
             }
             Family::Gpt2 => (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d) + 4 * d,

@@ -28,17 +28,21 @@ pub struct Norm {
 }
 
 pub struct Block {
-    pub attn_norm: Norm,
-    /// Gemma 3's norms of the attention and MLP outputs before the residual adds (`post_attention_layernorm`,
-    /// `post_feedforward_layernorm`); `mlp_norm` is then its `pre_feedforward_layernorm`.
+    /// The attention input's norm; None in OLMo 2/3, whose blocks norm only the sublayers' outputs.
+    pub attn_norm: Option<Norm>,
+    /// Gemma 3's and OLMo 2/3's norms of the attention and MLP outputs before the residual adds
+    /// (`post_attention_layernorm`, `post_feedforward_layernorm`); Gemma's `mlp_norm` is then its
+    /// `pre_feedforward_layernorm`.
     pub post_norms: Option<(Norm, Norm)>,
-    /// Per-head RMSNorms of q and k, before RoPE (Qwen3): weights of head_dim values shared by the heads.
+    /// RMSNorms of q and k, before RoPE: per head (Qwen3, Gemma 3: weights of head_dim values shared by the heads),
+    /// or over each row's whole projection (OLMo 2/3: heads × head_dim weights; `Config::qk_norm_whole`).
     pub qk_norm: Option<(Norm, Norm)>,
     /// q, k, v projections (Llama family) or the fused c_attn (GPT-2) or qkv_proj (Phi-3), writing into one
     /// (N, q+k+v) buffer.
     pub qkv: Vec<Linear>,
     pub o: Linear,
-    pub mlp_norm: Norm,
+    /// The MLP input's norm; None in OLMo 2/3.
+    pub mlp_norm: Option<Norm>,
     /// gate_proj (SwiGLU/GeGLU); None for GPT-2's GELU MLP and Phi-3's fused gate_up_proj.
     pub gate: Option<Linear>,
     /// up_proj, c_fc (GPT-2), or Phi-3's gate_up_proj (2·ffn outputs: gate, then up).
@@ -84,7 +88,7 @@ impl Block {
 
     /// Visits every tensor of the block (norms, then each linear layer's weight, bias and adapter).
     pub fn for_each_param_mut<'a>(&'a mut self, f: &mut impl FnMut(&'a mut Param)) {
-        for n in [&mut self.attn_norm, &mut self.mlp_norm] {
+        for n in [&mut self.attn_norm, &mut self.mlp_norm].into_iter().flatten() {
             f(&mut n.w);
             if let Some(b) = &mut n.b {
                 f(b);
@@ -329,7 +333,8 @@ impl Transformer {
         if seed.is_some() {
             l.x_in[..n * d].copy_from_slice(x);
         }
-        norm_forward(&blk.attn_norm, &mut l.h1[..n * d], &mut l.norm1_a[..n], &mut l.norm1_b[..n], x, off, c.norm_eps);
+        let (a, b) = (&mut l.norm1_a[..n], &mut l.norm1_b[..n]);
+        pre_norm_forward(blk.attn_norm.as_ref(), &mut l.h1[..n * d], a, b, x, off, c.norm_eps);
         let h1 = &l.h1[..n * d];
         let qkv = &mut l.qkv[..n * qw];
         let mut col = 0;
@@ -345,7 +350,8 @@ impl Transformer {
             ] {
                 let (pre, post) = (&mut pre[..n * heads * hd], &mut io.qk_post[..n * heads * hd]);
                 gather_cols(pre, qkv, qw, col, heads * hd);
-                rmsnorm_forward(post, &mut rstd[..n * heads], pre, &norm.w.data, off, c.norm_eps);
+                let rows = qk_norm_rows(c, n, heads);
+                rmsnorm_forward(post, &mut rstd[..rows], pre, &norm.w.data, off, c.norm_eps);
                 scatter_cols(qkv, qw, col, heads * hd, post);
             }
         }
@@ -378,7 +384,8 @@ impl Transformer {
             l.x_mid[..n * d].copy_from_slice(x);
         }
 
-        norm_forward(&blk.mlp_norm, &mut l.h2[..n * d], &mut l.norm2_a[..n], &mut l.norm2_b[..n], x, off, c.norm_eps);
+        let (a, b) = (&mut l.norm2_a[..n], &mut l.norm2_b[..n]);
+        pre_norm_forward(blk.mlp_norm.as_ref(), &mut l.h2[..n * d], a, b, x, off, c.norm_eps);
         let h2 = &l.h2[..n * d];
         let (gate, up, act) = (&mut l.ff_gate[..n * f], &mut l.ff_up[..n * f], &mut l.ff_act[..n * f]);
         if c.fused_projections() {
@@ -538,7 +545,7 @@ impl Transformer {
             false => blk.up.grad_view(dup, f, n),
         };
         blk.up.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_UP], lora_x_drop);
-        norm_backward(&mut blk.mlp_norm, dx, dh, &l.x_mid[..n * d], &l.norm2_a[..n], &l.norm2_b[..n], off);
+        pre_norm_backward(blk.mlp_norm.as_mut(), dx, dh, &l.x_mid[..n * d], &l.norm2_a[..n], &l.norm2_b[..n], off);
 
         // Attention: x_mid = x_in + [post_attn_norm] o(attn(qkv(h1))), h1 = attn_norm(x_in)
         let datt = &mut g.datt[..n * aw];
@@ -563,7 +570,8 @@ impl Transformer {
                 gather_cols(dpost, dqkv, qw, col, heads * hd);
                 dpre.fill(0.0);
                 let (w, dw) = (&norm.w.data, norm.w.grad.as_deref_mut());
-                rmsnorm_backward(dpre, dw, dpost, &pre[..n * heads * hd], w, off, &rstd[..n * heads]);
+                let rstd = &rstd[..qk_norm_rows(&self.config, n, heads)];
+                rmsnorm_backward(dpre, dw, dpost, &pre[..n * heads * hd], w, off, rstd);
                 scatter_cols(dqkv, qw, col, heads * hd, dpre);
             }
         }
@@ -576,7 +584,7 @@ impl Transformer {
             lin.backward(Some(&mut *dh), dy, h1, &mut l.lora[s], lora_x_drop);
             col += lin.out_dim;
         }
-        norm_backward(&mut blk.attn_norm, dx, dh, &l.x_in[..n * d], &l.norm1_a[..n], &l.norm1_b[..n], off);
+        pre_norm_backward(blk.attn_norm.as_mut(), dx, dh, &l.x_in[..n * d], &l.norm1_a[..n], &l.norm1_b[..n], off);
     }
 }
 
@@ -696,6 +704,44 @@ pub(super) fn layer_seed(step_seed: u64, layer: usize) -> u64 {
     crate::rng::mix(step_seed ^ (layer as u64).wrapping_mul(0x9E37_79B9))
 }
 
+/// Rows of the q or k norm over `n` positions of `heads` heads: one per head, or one per position when it norms the
+/// whole projection (OLMo 2/3).
+pub(crate) fn qk_norm_rows(c: &Config, n: usize, heads: usize) -> usize {
+    if c.qk_norm_whole { n } else { n * heads }
+}
+
+/// A sublayer's input: normed, or x itself where the block has no pre-norm (OLMo 2/3).
+fn pre_norm_forward(
+    n: Option<&Norm>,
+    out: &mut [f32],
+    stat_a: &mut [f32],
+    stat_b: &mut [f32],
+    x: &[f32],
+    off: f32,
+    eps: f32,
+) {
+    match n {
+        Some(n) => norm_forward(n, out, stat_a, stat_b, x, off, eps),
+        None => out.copy_from_slice(x),
+    }
+}
+
+/// Backward of [`pre_norm_forward`]: dx += ∂(norm)/∂x · dout, or dout itself without a norm.
+fn pre_norm_backward(
+    n: Option<&mut Norm>,
+    dx: &mut [f32],
+    dout: &[f32],
+    x: &[f32],
+    stat_a: &[f32],
+    stat_b: &[f32],
+    off: f32,
+) {
+    match n {
+        Some(n) => norm_backward(n, dx, dout, x, stat_a, stat_b, off),
+        None => dx.iter_mut().zip(dout).for_each(|(dx, g)| *dx += g),
+    }
+}
+
 /// RMSNorm (weights applied as offset + w) or LayerNorm (which keeps its mean in `stat_a`).
 fn norm_forward(n: &Norm, out: &mut [f32], stat_a: &mut [f32], stat_b: &mut [f32], x: &[f32], off: f32, eps: f32) {
     match &n.b {
@@ -714,7 +760,6 @@ fn add_normed(x: &mut [f32], norm: &Norm, out: &[f32], rstd: &mut [f32], scratch
     }
 }
 
-/// dx += ∂(norm)/∂x · dout; norm weight/bias gradients accumulate when trainable.
 /// The gradient at a sublayer's output: `dx` (n rows) itself, or, through the sublayer's post norm (Gemma 3) whose
 /// input was `out` (its rstd saved in the forward pass), the gradient in `dsub`. The buffers are sliced only here:
 /// models without post norms leave them empty.
@@ -738,6 +783,7 @@ fn through_post_norm<'a>(
     }
 }
 
+/// dx += ∂(norm)/∂x · dout; norm weight/bias gradients accumulate when trainable.
 fn norm_backward(n: &mut Norm, dx: &mut [f32], dout: &[f32], x: &[f32], stat_a: &[f32], stat_b: &[f32], off: f32) {
     match &mut n.b {
         None => rmsnorm_backward(dx, n.w.grad.as_deref_mut(), dout, x, &n.w.data, off, stat_b),

@@ -43,6 +43,7 @@ pub fn llama_config(size: ModelSize, vocab: usize, eos: u32) -> Config {
         mlp_bias: false,
         tie_embeddings: true,
         qk_norm: false,
+        qk_norm_whole: false,
         no_rope: vec![],
         sliding_window: None,
         sliding_layers: vec![],
@@ -52,6 +53,7 @@ pub fn llama_config(size: ModelSize, vocab: usize, eos: u32) -> Config {
         mlp_act: GateAct::Silu,
         norm_plus_one: false,
         sandwich_norms: false,
+        pre_norms: true,
         scale_embeddings: false,
         bos_token_id: None,
         eos_token_ids: vec![eos],
@@ -99,7 +101,7 @@ pub fn random_llama(config: &Config, seed: u64) -> Transformer {
             let p = format!("model.layers.{i}");
             Block {
                 qk_norm: None,
-                attn_norm: rms_norm(&format!("{p}.input_layernorm"), d),
+                attn_norm: Some(rms_norm(&format!("{p}.input_layernorm"), d)),
                 post_norms: None,
                 qkv: vec![
                     linear(seed, &format!("{p}.self_attn.q_proj"), d, q),
@@ -107,7 +109,7 @@ pub fn random_llama(config: &Config, seed: u64) -> Transformer {
                     linear(seed, &format!("{p}.self_attn.v_proj"), d, kv),
                 ],
                 o: linear(seed, &format!("{p}.self_attn.o_proj"), q, d),
-                mlp_norm: rms_norm(&format!("{p}.post_attention_layernorm"), d),
+                mlp_norm: Some(rms_norm(&format!("{p}.post_attention_layernorm"), d)),
                 gate: Some(linear(seed, &format!("{p}.mlp.gate_proj"), d, f)),
                 up: linear(seed, &format!("{p}.mlp.up_proj"), d, f),
                 down: linear(seed, &format!("{p}.mlp.down_proj"), f, d),

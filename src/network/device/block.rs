@@ -36,6 +36,8 @@ pub struct BlockArgs<'a, B: Backend> {
     pub norm_offset: f32,
     pub norm_eps: f32,
     pub act: GateAct,
+    /// q and k normed over each row's whole projection (OLMo 2/3), not per head.
+    pub qk_norm_whole: bool,
     /// The RoPE table and each row's row of it; None for a layer without RoPE.
     pub rope: Option<(&'a B::Rope, &'a B::U32)>,
     pub seq_start: &'a B::U32,
@@ -44,6 +46,12 @@ pub struct BlockArgs<'a, B: Backend> {
 }
 
 impl<B: Backend> BlockArgs<'_, B> {
+    /// (rows, features) of the q or k norm over `heads` heads.
+    fn qk_norm_shape(&self, heads: usize) -> (usize, usize) {
+        let hd = self.layout.head_dim;
+        if self.qk_norm_whole { (self.n, heads * hd) } else { (self.n * heads, hd) }
+    }
+
     fn rope(&self, be: &B, backward: bool, buf: &mut B::F32) -> Result<()> {
         let Some((table, rows)) = self.rope else { return Ok(()) };
         let l = &self.layout;
@@ -75,11 +83,22 @@ impl<B: Backend> DevBlock<B> {
         }
         let h1 = match &mut l.bf16 {
             Some(b) => {
-                self.attn_norm.forward_bf16(be, &mut b.h1, &mut l.rstd1, x, n, d, off, eps)?;
+                pre_norm(&self.attn_norm).forward_bf16(be, &mut b.h1, &mut l.rstd1, x, n, d, off, eps)?;
                 Values::Bf16(&b.h1)
             }
             None => {
-                self.attn_norm.forward(be, &mut l.h1, &mut l.mean1, &mut l.rstd1, x, n, d, off, eps)?;
+                pre_norm_forward(
+                    be,
+                    self.attn_norm.as_ref(),
+                    &mut l.h1,
+                    &mut l.mean1,
+                    &mut l.rstd1,
+                    x,
+                    n,
+                    d,
+                    off,
+                    eps,
+                )?;
                 Values::F32(&l.h1)
             }
         };
@@ -97,7 +116,8 @@ impl<B: Backend> DevBlock<B> {
             ] {
                 let (cols, dense) = (MatView::columns(n, col, heads * hd, lay.row_len), MatView::dense(n, heads * hd));
                 be.copy_view(pre, dense, &l.qkv, cols)?;
-                be.rmsnorm_forward(&mut s.qk_post, rstd, pre, &norm.w, n * heads, hd, off, eps)?;
+                let (rows, dim) = a.qk_norm_shape(heads);
+                be.rmsnorm_forward(&mut s.qk_post, rstd, pre, &norm.w, rows, dim, off, eps)?;
                 be.copy_view(&mut l.qkv, cols, &s.qk_post, dense)?;
             }
         }
@@ -136,7 +156,7 @@ impl<B: Backend> DevBlock<B> {
         let ff = MatView::dense(n, f);
         let act = match &mut l.bf16 {
             Some(b) => {
-                self.mlp_norm.forward_bf16(be, &mut b.h2, &mut l.rstd2, x, n, d, off, eps)?;
+                pre_norm(&self.mlp_norm).forward_bf16(be, &mut b.h2, &mut l.rstd2, x, n, d, off, eps)?;
                 let (h2, m) = (Values::Bf16(&b.h2), &mut b.mlp);
                 let gate = self.gate.as_ref().expect("bf16 activations are a gated MLP's (Weights::bf16_activations)");
                 gate.forward(be, ValuesMut::Bf16(&mut m.gate), ff, false, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
@@ -145,7 +165,7 @@ impl<B: Backend> DevBlock<B> {
                 Values::Bf16(&m.act)
             }
             None => {
-                self.mlp_norm.forward(be, &mut l.h2, &mut l.mean2, &mut l.rstd2, x, n, d, off, eps)?;
+                pre_norm_forward(be, self.mlp_norm.as_ref(), &mut l.h2, &mut l.mean2, &mut l.rstd2, x, n, d, off, eps)?;
                 let (mlp, h2) = (self.mlp(), Values::F32(&l.h2));
                 match mlp {
                     Mlp::Fused => {
@@ -248,7 +268,10 @@ impl<B: Backend> DevBlock<B> {
                 }
             }
         }
-        self.mlp_norm.backward(be, &mut g.dx, &g.dh, &l.x_mid, &l.mean2, &l.rstd2, n, d, off)?;
+        match &mut self.mlp_norm {
+            Some(norm) => norm.backward(be, &mut g.dx, &g.dh, &l.x_mid, &l.mean2, &l.rstd2, n, d, off)?,
+            None => be.add(&mut g.dx, &g.dh, n * d)?,
+        }
 
         // Attention: x_mid = x_in + o(attention(rope(qkv(h1)))), h1 = attn_norm(x_in)
         let post = self.post_norms.as_mut().map(|(norm, _)| (norm, &l.attn_out, &l.post1_rstd));
@@ -267,7 +290,8 @@ impl<B: Backend> DevBlock<B> {
                 let (cols, dense) = (MatView::columns(n, col, heads * hd, lay.row_len), MatView::dense(n, heads * hd));
                 be.copy_view(&mut g.dqk_post, dense, &g.dqkv, cols)?;
                 be.zero(&mut g.dqk_pre, n * heads * hd)?;
-                norm_backward(be, norm, &mut g.dqk_pre, &g.dqk_post, pre, rstd, n * heads, hd, off)?;
+                let (rows, dim) = a.qk_norm_shape(heads);
+                norm_backward(be, norm, &mut g.dqk_pre, &g.dqk_post, pre, rstd, rows, dim, off)?;
                 be.copy_view(&mut g.dqkv, cols, &g.dqk_pre, dense)?;
             }
         }
@@ -283,11 +307,40 @@ impl<B: Backend> DevBlock<B> {
             lin.backward(be, dh, slot == 0, dqkv, view, h1, n, l.lora[slot].as_ref(), s)?;
             col += lin.out_dim;
         }
-        self.attn_norm.backward(be, &mut g.dx, &g.dh, &l.x_in, &l.mean1, &l.rstd1, n, d, off)
+        match &mut self.attn_norm {
+            Some(norm) => norm.backward(be, &mut g.dx, &g.dh, &l.x_in, &l.mean1, &l.rstd1, n, d, off),
+            None => be.add(&mut g.dx, &g.dh, n * d),
+        }
     }
 }
 
-/// x (N, d) += rmsnorm(out): a post-normed sublayer output joins the residual stream (Gemma 3), its 1/rms kept in
+/// A block's pre-norm where bf16 activations are kept, which only blocks with pre-norms do
+/// (`Weights::bf16_activations`).
+fn pre_norm<B: Backend>(norm: &Option<DevNorm<B>>) -> &DevNorm<B> {
+    norm.as_ref().expect("bf16 activations are kept only by blocks with pre-norms (Weights::bf16_activations)")
+}
+
+/// A sublayer's input: normed, or x itself in a block without pre-norms (OLMo 2/3).
+#[allow(clippy::too_many_arguments)]
+fn pre_norm_forward<B: Backend>(
+    be: &B,
+    norm: Option<&DevNorm<B>>,
+    out: &mut B::F32,
+    mean: &mut B::F32,
+    rstd: &mut B::F32,
+    x: &B::F32,
+    n: usize,
+    d: usize,
+    off: f32,
+    eps: f32,
+) -> Result<()> {
+    match norm {
+        Some(norm) => norm.forward(be, out, mean, rstd, x, n, d, off, eps),
+        None => be.copy(out, x, n * d),
+    }
+}
+
+/// x (N, d) += rmsnorm(out): a post-normed sublayer output joins the residual stream (Gemma 3, OLMo 2/3), its 1/rms kept in
 /// `rstd`, the normed values through `scratch` (as `Transformer`'s add_normed).
 #[allow(clippy::too_many_arguments)]
 fn add_normed<B: Backend>(

@@ -138,14 +138,17 @@ fn norm<B: Backend>(be: &B, n: &Norm) -> Result<DevNorm<B>> {
 /// One block of the Llama family's layout (RMSNorms, q/k/v, o, gate/up/down; Phi-3's fused qkv and gate|up are
 /// one linear each, its `up` then giving gate|up side by side).
 pub struct DevBlock<B: Backend> {
-    pub attn_norm: DevNorm<B>,
-    /// Gemma 3's norms of the attention and MLP outputs (then `mlp_norm` is its pre-feedforward norm).
+    /// None in OLMo 2/3 (no pre-norms: `Block::attn_norm`).
+    pub attn_norm: Option<DevNorm<B>>,
+    /// Gemma 3's and OLMo 2/3's norms of the attention and MLP outputs (then Gemma's `mlp_norm` is its
+    /// pre-feedforward norm).
     pub post_norms: Option<(DevTensor<B>, DevTensor<B>)>,
-    /// Per-head RMSNorms of q and k before RoPE (Qwen3, Gemma 3): head_dim weights each.
+    /// RMSNorms of q and k before RoPE: per head (Qwen3, Gemma 3: head_dim weights each) or over the whole
+    /// projection (OLMo 2/3).
     pub qk_norm: Option<(DevTensor<B>, DevTensor<B>)>,
     pub qkv: Vec<DevLinear<B>>,
     pub o: DevLinear<B>,
-    pub mlp_norm: DevNorm<B>,
+    pub mlp_norm: Option<DevNorm<B>>,
     /// None when fused into `up` (Phi-3).
     pub gate: Option<DevLinear<B>>,
     pub up: DevLinear<B>,
@@ -236,7 +239,7 @@ fn linear<B: Backend>(be: &B, l: &Linear) -> Result<DevLinear<B>> {
 
 fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
     Ok(DevBlock {
-        attn_norm: norm(be, &b.attn_norm)?,
+        attn_norm: b.attn_norm.as_ref().map(|n| norm(be, n)).transpose()?,
         post_norms: b
             .post_norms
             .as_ref()
@@ -249,7 +252,7 @@ fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
             .transpose()?,
         qkv: b.qkv.iter().map(|l| linear(be, l)).collect::<Result<_>>()?,
         o: linear(be, &b.o)?,
-        mlp_norm: norm(be, &b.mlp_norm)?,
+        mlp_norm: b.mlp_norm.as_ref().map(|n| norm(be, n)).transpose()?,
         gate: b.gate.as_ref().map(|g| linear(be, g)).transpose()?,
         up: linear(be, &b.up)?,
         down: linear(be, &b.down)?,
@@ -280,12 +283,13 @@ impl<B: Backend> Weights<B> {
 
     /// Whether the blocks keep their normed inputs and their MLP's activations in bf16 (`buffers::LayerBf16`): under
     /// `--compute bf16` on a backend that does ([`Backend::bf16_activations`]: a GPU), for RMSNorm blocks with gated
-    /// MLPs of separate gate and up linears and no biases (the Llama family's; Phi-3's fused gate|up and GPT-2 stay
-    /// f32). Only products read them (and the MLP's own ops), so bf16 halves their traffic and the products round
+    /// MLPs of separate gate and up linears and no biases (the Llama family's; Phi-3's fused gate|up, GPT-2 and
+    /// OLMo 2/3, whose sublayer inputs are not normed, stay f32). Only products read them (and the MLP's own ops), so bf16 halves their traffic and the products round
     /// them no more. The MLP's are the largest activations of a step — (N, ffn) each, and their gradients.
     pub fn bf16_activations(&self, be: &B) -> bool {
         let no_bias = |b: &DevBlock<B>| b.gate.iter().chain([&b.up, &b.down]).all(|l| l.b.is_none());
-        let rms = |b: &DevBlock<B>| b.attn_norm.b.is_none() && b.mlp_norm.b.is_none();
+        let rms =
+            |b: &DevBlock<B>| [&b.attn_norm, &b.mlp_norm].iter().all(|n| n.as_ref().is_some_and(|n| n.b.is_none()));
         compute() == Compute::Bf16
             && be.bf16_activations()
             && self.blocks.iter().all(|b| b.mlp() == Mlp::Gated && no_bias(b) && rms(b))
@@ -311,7 +315,8 @@ impl<B: Backend> Weights<B> {
             });
             let post = b.post_norms.iter().flat_map(|(a, m)| [a, m]);
             let qk = b.qk_norm.iter().flat_map(|(q, k)| [q, k]);
-            b.attn_norm.tensors().chain(b.mlp_norm.tensors()).chain(post).chain(qk).chain(linears)
+            let norms = b.attn_norm.iter().chain(&b.mlp_norm).flat_map(DevNorm::tensors);
+            norms.chain(post).chain(qk).chain(linears)
         });
         let outer = std::iter::once(&self.embed).chain(self.pos_embed.as_ref());
         outer.chain(blocks).chain(self.final_norm.tensors()).chain(self.lm_head.as_ref())
@@ -319,7 +324,7 @@ impl<B: Backend> Weights<B> {
 
     pub fn tensors_mut(&mut self) -> impl Iterator<Item = &mut DevTensor<B>> {
         let blocks = self.blocks.iter_mut().flat_map(|b| {
-            let norms = b.attn_norm.tensors_mut().chain(b.mlp_norm.tensors_mut());
+            let norms = b.attn_norm.iter_mut().chain(&mut b.mlp_norm).flat_map(DevNorm::tensors_mut);
             let post = b.post_norms.iter_mut().flat_map(|(a, m)| [a, m]);
             let qk = b.qk_norm.iter_mut().flat_map(|(q, k)| [q, k]);
             let linears = linears_mut(&mut b.qkv, &mut b.o, &mut b.gate, &mut b.up, &mut b.down).flat_map(|l| {
