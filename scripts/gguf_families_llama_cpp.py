@@ -6,7 +6,8 @@ llama.cpp of scripts/llama_cpp/build.sh — with torch, transformers and safeten
    export, against transformers on the HF folder; the same file without rope_freqs.weight shows what the tensor
    changes.
 2. tiny-gemma3 with query_pre_attn_scalar 32 (sliding layers 0, 1, 3; global layer 2), tiny-gemma3-linear (Gemma 3
-   4B+'s linear RoPE scaling on the global layer), tiny-phi3, tiny-phi4, tiny-qwen3-yarn (YaRN) and
+   4B+'s linear RoPE scaling on the global layer), tiny-phi3, tiny-phi4, tiny-qwen3-yarn (YaRN), tiny-olmo2,
+   tiny-olmo3 and
    tiny-smollm3 with RoPE skipped in layer 3 only: transformers on the HF folder against llama.cpp on condlm's export
    (and, for Gemma 3, on the converter's, which writes no layer pattern: llama.cpp then takes every layer as
    sliding).
@@ -130,7 +131,7 @@ def hf_rows(folder):
         return [(ids, model(input_ids=torch.tensor([ids])).logits[0].numpy()) for ids, _ in rows]
 
 
-report += ["", "## 2. Gemma 3, Phi-3, Phi-4-mini, SmolLM3 and Qwen3 with YaRN (tiny fixtures)", "",
+report += ["", "## 2. Gemma 3, Phi-3, Phi-4-mini, SmolLM3, Qwen3 with YaRN, OLMo 2 and OLMo 3 (tiny fixtures)", "",
            "max |Δ logit| against transformers on the same HF folder, over the same 3 rows:", ""]
 report += table_head()
 for name, edits, note, tol in [
@@ -141,6 +142,8 @@ for name, edits, note, tol in [
     ("tiny-phi3", {}, "fused qkv and gate|up", 1e-4),
     ("tiny-smollm3", {"no_rope_layers": [1, 1, 1, 0]}, "no RoPE in layer 3", 1e-4),
     ("tiny-qwen3-yarn", {}, "YaRN × 4 from 4096 positions", 1e-4),
+    ("tiny-olmo2", {}, "norms after the sublayers, q/k norms over all heads", 1e-4),
+    ("tiny-olmo3", {}, "olmo2 with window 4 on layers 0-2, YaRN on layer 3", 1e-4),
 ]:
     folder = variant(name, edits)
     out = os.path.join(WORK, f"{name}.gguf")

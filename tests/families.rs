@@ -353,6 +353,35 @@ fn gemma3_linear_scaling_spellings_and_errors() {
     assert!(e.contains("sliding_attention has rope_type \"linear\""), "{e}");
 }
 
+/// OLMo 3's config.json as Olmo-3-7B's is spelled (transformers 4: top-level `rope_theta` and a `rope_scaling` that
+/// applies to the full-attention layers) reads as the nested transformers 5 spelling; Olmo3Config's defaults (a
+/// window of 4096, every 4th layer global) apply when the keys are absent; what transformers would not run is an
+/// error naming the key.
+#[test]
+fn olmo3_config_spellings_and_errors() {
+    let read = |edit: &dyn Fn(&mut serde_json::Value)| edited_config("tiny-olmo3", edit);
+    let want = model("tiny-olmo3").config;
+    let legacy = read(&|v| {
+        let mut p = v.as_object_mut().unwrap().remove("rope_parameters").unwrap();
+        v["rope_theta"] = p["full_attention"]["rope_theta"].take();
+        p["full_attention"].as_object_mut().unwrap().remove("rope_theta");
+        v["rope_scaling"] = p["full_attention"].clone();
+    });
+    assert_eq!(legacy.unwrap(), want);
+    let defaults = read(&|v| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("sliding_window");
+        o.remove("layer_types");
+    })
+    .unwrap();
+    assert_eq!((0..4).map(|i| defaults.window(i)).collect::<Vec<_>>(), [Some(4096), Some(4096), Some(4096), None]);
+    let err = |edit: &dyn Fn(&mut serde_json::Value)| format!("{:#}", read(edit).unwrap_err());
+    let e = err(&|v| v["rope_parameters"]["sliding_attention"]["rope_type"] = "yarn".into());
+    assert!(e.contains("rope_parameters.sliding_attention has rope_type \"yarn\""), "{e}");
+    let e = err(&|v| v["rope_parameters"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0}));
+    assert!(e.contains("must be given per layer type"), "{e}");
+}
+
 /// Phi-3 configs in the Hub's spelling (`rope_scaling` with the old type name `su`, as Phi-3-mini-128k writes it)
 /// read like transformers reads them; what condlm cannot run is an error naming the key.
 #[test]
@@ -438,6 +467,8 @@ fn a_written_config_reads_back_as_the_model_with_integer_fields() {
         "tiny-qwen3-yarn",
         "tiny-olmo2",
         "tiny-olmo3",
+        "converter/tiny-olmo2.gguf",
+        "converter/tiny-olmo3.gguf",
         "converter/tiny-qwen3-yarn.gguf",
         "converter/tiny-gemma3-linear.gguf",
         "converter/tiny-llama31.gguf",

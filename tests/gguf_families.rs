@@ -185,6 +185,48 @@ fn yarn_goes_through_gguf() {
     assert!(!ok && err.contains("beta_fast 16, beta_slow 1, truncate true") && err.contains("condlm merge"), "{err}");
 }
 
+/// OLMo 2 and 3 through GGUF (llama.cpp's `olmo2`): the converter's files read as the HF models (transformers'
+/// logits), condlm writes what the converter writes, and the export reads back as the model — OLMo 3's window, its
+/// one flag per layer, the sliding layers' base and YaRN on the global layer included.
+#[test]
+fn olmo_goes_through_gguf() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["tiny-olmo2", "tiny-olmo3"] {
+        let converted = load_model(p(&fixture(&format!("converter/{name}.gguf")))).unwrap().model;
+        let hf = load_model(p(&fixture(name))).unwrap().model;
+        let architecture = converted.config.architecture.clone();
+        assert_eq!(architecture, "olmo2");
+        assert_eq!(condlm::network::config::Config { architecture, ..hf.config.clone() }, converted.config, "{name}");
+        let out = dir.path().join(format!("{name}.gguf"));
+        let (ok, err) = export(&["--model", p(&fixture(name)), "--out", p(&out)]);
+        assert!(ok, "{err}");
+        let extra = assert_as_converter_writes(&out, &format!("converter/{name}.gguf"), "olmo2");
+        assert!(extra.is_empty(), "{name}: {extra:?}");
+        let ours = load_model(p(&out)).unwrap().model;
+        for m in [&converted, &ours] {
+            for (ids, want) in reference_sequences(name) {
+                let diff = max_abs_diff(&forward_logits(m, &ids), &want);
+                assert!(diff <= 1e-4, "{name}: max |Δ logit| vs transformers {diff}");
+            }
+        }
+    }
+    // a window without a pattern key: llama.cpp's every 4th layer global; without freq_base_swa: freq_base
+    let out = dir.path().join("o.gguf");
+    rewrite(
+        &fixture("converter/tiny-olmo3.gguf"),
+        &out,
+        |m| {
+            m.remove("olmo2.attention.sliding_window_pattern");
+            m.remove("olmo2.rope.freq_base_swa");
+            m.insert("olmo2.rope.freq_base".into(), MetaValue::F32(5e5));
+        },
+        None,
+    );
+    let c = load_model(p(&out)).unwrap().model.config;
+    assert_eq!((0..4).map(|i| c.window(i)).collect::<Vec<_>>(), [Some(4), Some(4), Some(4), None]);
+    assert_eq!((c.rope_theta, c.rope_local_theta), (5e5, Some(5e5)));
+}
+
 /// A GGUF's YaRN keys as llama.cpp reads them: no original context means the context length; `attn_factor`
 /// multiplies the default; an `attn_factor` without YaRN (llama.cpp would scale cos and sin by it) and YaRN on
 /// Gemma 3 are refused by key.

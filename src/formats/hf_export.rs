@@ -241,6 +241,8 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 "gemma3" | "gemma3forcausallm" => ("Gemma3ForCausalLM", "gemma3_text"),
                 "phi3" | "phi3forcausallm" => ("Phi3ForCausalLM", "phi3"),
                 "smollm3" | "smollm3forcausallm" => ("SmolLM3ForCausalLM", "smollm3"),
+                // llama.cpp's olmo2 is OLMo 3 when it has a window
+                "olmo2" if c.sliding_window.is_some() => ("Olmo3ForCausalLM", "olmo3"),
                 "olmo2" | "olmo2forcausallm" => ("Olmo2ForCausalLM", "olmo2"),
                 "olmo3" | "olmo3forcausallm" => ("Olmo3ForCausalLM", "olmo3"),
                 other => bail!(

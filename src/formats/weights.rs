@@ -281,12 +281,14 @@ const LLAMA_LAYER: NameTable = &[
 ];
 /// The pre-MLP norm: Llama's post_attention_layernorm.
 const LLAMA_MLP_NORM: NameTable = &[("post_attention_layernorm.weight", "ffn_norm.weight")];
-/// Gemma 3's norms: its post_attention_layernorm norms the attention output; the pre-MLP norm has its own name.
-const GEMMA3_NORMS: NameTable = &[
+/// The norms of the sublayers' outputs (Gemma 3, OLMo 2/3): there post_attention_layernorm norms the attention
+/// output.
+const POST_NORMS: NameTable = &[
     ("post_attention_layernorm.weight", "post_attention_norm.weight"),
-    ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
     ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
 ];
+/// Gemma 3's pre-MLP norm.
+const GEMMA3_MLP_NORM: NameTable = &[("pre_feedforward_layernorm.weight", "ffn_norm.weight")];
 /// Phi-3's layer: q|k|v as one matrix, gate|up as one (llama.cpp's `ffn_up`, twice the MLP width).
 const PHI3_LAYER: NameTable = &[
     ("input_layernorm.weight", "attn_norm.weight"),
@@ -327,7 +329,8 @@ const GPT2_GLOBAL: NameTable = &[
 fn tables(arch: &str) -> (NameTable, &'static [NameTable], &'static str) {
     match arch {
         "gpt2" => (GPT2_GLOBAL, &[GPT2_LAYER], "transformer.h."),
-        "gemma3" => (LLAMA_GLOBAL, &[LLAMA_LAYER, GEMMA3_NORMS], "model.layers."),
+        "gemma3" => (LLAMA_GLOBAL, &[LLAMA_LAYER, POST_NORMS, GEMMA3_MLP_NORM], "model.layers."),
+        "olmo2" => (LLAMA_GLOBAL, &[LLAMA_LAYER, POST_NORMS], "model.layers."),
         "phi3" => (LLAMA_GLOBAL, &[PHI3_LAYER], "model.layers."),
         _ => (LLAMA_GLOBAL, &[LLAMA_LAYER, LLAMA_MLP_NORM], "model.layers."),
     }
@@ -373,7 +376,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for arch in ["llama", "gpt2", "gemma3", "phi3"] {
+        for arch in ["llama", "gpt2", "gemma3", "phi3", "olmo2"] {
             let (global, layer, prefix) = tables(arch);
             for (h, _) in global {
                 assert_eq!(gguf_to_hf(&hf_to_gguf(h, arch).unwrap(), arch).unwrap(), *h);

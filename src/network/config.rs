@@ -432,6 +432,8 @@ impl Config {
                 // use it; Llama has none (transformers ignores a sliding_window key in its config).
                 let sliding_window = match (is_qwen2 || is_qwen3 || is_smollm3, c.use_sliding_window) {
                     _ if is_llama || is_olmo2 => None,
+                    // Olmo3Config's default window
+                    _ if is_olmo3 => c.sliding_window.or(Some(4096)),
                     (true, Some(true)) | (false, None | Some(true)) => c.sliding_window,
                     _ => None,
                 };

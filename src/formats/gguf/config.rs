@@ -23,12 +23,15 @@ pub mod llama_cpp_rules {
         if layers == 62 { hidden / heads.max(1) } else { head_dim }
     }
 
+    /// OLMo 3 (`olmo2` in llama.cpp) without a `sliding_window_pattern`: every 4th layer global.
+    pub const OLMO3_PATTERN: usize = 4;
+
     /// SmolLM3: RoPE skipped in every 4th layer.
     pub fn smollm3_skips_rope(i: usize) -> bool {
         (i + 1).is_multiple_of(4)
     }
 }
-use llama_cpp_rules::{GEMMA3_PATTERN, gemma3_qk_scalar, slides, smollm3_skips_rope};
+use llama_cpp_rules::{GEMMA3_PATTERN, OLMO3_PATTERN, gemma3_qk_scalar, slides, smollm3_skips_rope};
 
 /// Reads GGUF metadata (`general.architecture` and its `<arch>.*` keys) and tensor presence.
 pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
@@ -41,12 +44,12 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     }
     let arch = g.get_str("general.architecture")?.to_string();
     let family = match arch.as_str() {
-        "llama" | "qwen2" | "qwen3" | "gemma3" | "phi3" | "smollm3" => Family::Llama,
+        "llama" | "qwen2" | "qwen3" | "gemma3" | "phi3" | "smollm3" | "olmo2" => Family::Llama,
         "gpt2" => Family::Gpt2,
         other => {
             bail!(
                 "{}: GGUF architecture \"{other}\" is not supported (supported: llama, qwen2, qwen3, gemma3, phi3, \
-                 smollm3, gpt2)",
+                 smollm3, olmo2, gpt2)",
                 path.display()
             )
         }
@@ -65,15 +68,17 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
             as usize,
     };
     let layers = g.get_usize(&key("block_count"))?;
-    let gemma3 = arch == "gemma3";
+    let (gemma3, olmo2) = (arch == "gemma3", arch == "olmo2");
     // Gemma 3 as llama.cpp runs it: the sliding layers per `sliding_window_pattern` (every 6th layer global when
     // absent), their RoPE base `rope.freq_base_swa` (10 000 when absent), q·k scaled by 1/√head_dim — by
     // 1/√(hidden/heads) in the 62-layer 27B, whose query_pre_attn_scalar is that.
     // Without a window (the converter writes none for a pattern of 1) llama.cpp runs every layer global, on
-    // `rope.freq_base`.
-    let sliding_window = g.opt_usize(&key("attention.sliding_window"))?.filter(|&w| gemma3 && w > 0);
+    // `rope.freq_base`. OLMo 3 (llama.cpp's `olmo2` with a window) likewise, every 4th layer global by default,
+    // its sliding layers on `rope.freq_base_swa` (`rope.freq_base` when absent) without RoPE scaling.
+    let sliding_window = g.opt_usize(&key("attention.sliding_window"))?.filter(|&w| (gemma3 || olmo2) && w > 0);
+    let pattern = if olmo2 { OLMO3_PATTERN } else { GEMMA3_PATTERN };
     let sliding_layers = match sliding_window {
-        Some(_) => gemma3_sliding_layers(g, path, &key("attention.sliding_window_pattern"), layers)?,
+        Some(_) => sliding_layers(g, path, &key("attention.sliding_window_pattern"), layers, pattern)?,
         None => vec![],
     };
     // as config.json's query_pre_attn_scalar gives it
@@ -119,20 +124,23 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         mlp_bias: family == Family::Gpt2 || g.tensor("blk.0.ffn_up.bias").is_some(),
         tie_embeddings: g.tensor("output.weight").is_none(),
         qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
-        qk_norm_whole: false,
+        // llama.cpp's olmo2 norms q and k over all heads together
+        qk_norm_whole: olmo2,
         no_rope,
         sliding_window,
         sliding_layers,
         rope_local_theta: match sliding_window {
-            Some(_) => Some(g.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0)),
+            Some(_) => {
+                Some(g.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(if olmo2 { rope_theta } else { 10_000.0 }))
+            }
             None => None,
         },
         rope_linear_factor,
         attn_scale,
         mlp_act: if gemma3 { GateAct::GeluTanh } else { GateAct::Silu },
         norm_plus_one: gemma3,
-        sandwich_norms: gemma3,
-        pre_norms: true,
+        sandwich_norms: gemma3 || olmo2,
+        pre_norms: !olmo2,
         scale_embeddings: gemma3,
         bos_token_id: g.opt_u32("tokenizer.ggml.bos_token_id")?,
         eos_token_ids: g.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
@@ -143,9 +151,9 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
 }
 
 /// Which layers slide: `sliding_window_pattern` as llama.cpp reads it — one flag per layer (a bool, or an integer:
-/// non-zero slides), or N for "every Nth layer is global" (0: none is) — and every 6th layer global when the key
-/// is absent.
-fn gemma3_sliding_layers(g: &GgufFile, path: &Path, key: &str, layers: usize) -> Result<Vec<bool>> {
+/// non-zero slides), or N for "every Nth layer is global" (0: none is) — and every `default`-th layer global when
+/// the key is absent.
+fn sliding_layers(g: &GgufFile, path: &Path, key: &str, layers: usize, default: usize) -> Result<Vec<bool>> {
     let every = match g.get(key) {
         Some(MetaValue::Array(flags)) => {
             let flag = |v: &MetaValue| v.as_bool().or_else(|| v.as_i64().map(|n| n != 0));
@@ -160,7 +168,7 @@ fn gemma3_sliding_layers(g: &GgufFile, path: &Path, key: &str, layers: usize) ->
             };
         }
         Some(_) => g.get_usize(key)?,
-        None => GEMMA3_PATTERN,
+        None => default,
     };
     Ok((0..layers).map(|i| slides(i, every)).collect())
 }

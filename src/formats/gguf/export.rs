@@ -48,6 +48,10 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
         (Family::Llama, "Qwen2ForCausalLM" | "qwen2") => "qwen2",
         (Family::Llama, "Qwen3ForCausalLM" | "qwen3") => "qwen3",
         (Family::Llama, "SmolLM3ForCausalLM" | "smollm3") => "smollm3",
+        (Family::Llama, "Olmo2ForCausalLM" | "Olmo3ForCausalLM" | "olmo2" | "olmo3") => {
+            check_olmo_head_dim(c)?;
+            "olmo2"
+        }
         (Family::Llama, _) if c.fused_projections() => "phi3",
         (Family::Llama, _) => "llama",
     })
@@ -80,6 +84,20 @@ fn check_gemma3_scale(c: &Config) -> Result<()> {
              {} layers with {implied} and a GGUF cannot say otherwise: llama.cpp would compute another model. \
              `condlm merge` writes it as a Hugging Face folder instead",
             c.num_layers
+        );
+    }
+    Ok(())
+}
+
+/// llama.cpp's olmo2 takes the head size as hidden / heads and has no key for another.
+fn check_olmo_head_dim(c: &Config) -> Result<()> {
+    if c.head_dim * c.num_heads != c.hidden_size {
+        bail!(
+            "the model's heads are {} wide (head_dim in config.json), but llama.cpp runs an OLMo with hidden / heads = \
+             {} and a GGUF cannot say otherwise: llama.cpp would compute another model. `condlm merge` writes it as a \
+             Hugging Face folder instead",
+            c.head_dim,
+            c.hidden_size / c.num_heads.max(1)
         );
     }
     Ok(())
@@ -176,6 +194,26 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
                     let flags = sliding.into_iter().map(MetaValue::Bool).collect();
                     m.push((key("attention.sliding_window_pattern"), MetaValue::Array(flags)));
                 }
+            }
+        }
+        Family::Llama if arch == "olmo2" => {
+            // what llama.cpp's converter writes for OLMo 2 and 3 (no vocab_size, head sizes or
+            // rope.dimension_count); OLMo 3's window with one flag per layer and the sliding layers' base
+            m.extend([
+                (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
+                (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
+                (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
+            ]);
+            if let Some(window) = c.sliding_window {
+                let flags = (0..c.num_layers).map(|i| MetaValue::Bool(c.window(i).is_some())).collect();
+                m.extend([
+                    (key("rope.freq_base_swa"), MetaValue::F32(c.rope_local_theta.unwrap_or(c.rope_theta))),
+                    (key("attention.sliding_window"), u32_of(window)),
+                    (key("attention.sliding_window_pattern"), MetaValue::Array(flags)),
+                ]);
+            }
+            if let Some(y) = &c.yarn {
+                m.extend(yarn_metadata(y, &key));
             }
         }
         Family::Llama if arch == "phi3" => {
