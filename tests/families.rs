@@ -228,19 +228,28 @@ fn yarn_config_errors_name_the_key() {
     let read = |edit: &dyn Fn(&mut serde_json::Value)| edited_config("tiny-qwen3-yarn", edit);
     let err = |edit: &dyn Fn(&mut serde_json::Value)| format!("{:#}", read(edit).unwrap_err());
     let e = err(&|v| v["rope_parameters"]["factor"] = serde_json::json!(0.5));
-    assert!(e.contains("config.json: rope_scaling.factor is 0.5") && e.contains("≥ 1"), "{e}");
+    assert!(e.contains("config.json: rope_parameters.factor is 0.5") && e.contains("≥ 1"), "{e}");
     let e = err(&|v| {
         v["rope_parameters"].as_object_mut().unwrap().remove("factor");
     });
-    assert!(e.contains("is of type yarn but has no factor"), "{e}");
+    assert!(e.contains("rope_parameters is of type yarn but has no factor"), "{e}");
     let e = err(&|v| v["rope_parameters"]["beta_fast"] = serde_json::json!("fast"));
-    assert!(e.contains("rope_scaling.beta_fast is \"fast\""), "{e}");
+    assert!(e.contains("rope_parameters.beta_fast is \"fast\""), "{e}");
+    let e = err(&|v| v["rope_parameters"]["beta_slow"] = serde_json::json!(-1.0));
+    assert!(e.contains("rope_parameters.beta_slow is -1: the ramp's ends are numbers of rotations, > 0"), "{e}");
     let e = err(&|v| v["rope_parameters"]["truncate"] = serde_json::json!(1));
-    assert!(e.contains("rope_scaling.truncate is 1: true or false"), "{e}");
+    assert!(e.contains("rope_parameters.truncate is 1: true or false"), "{e}");
     let e = err(&|v| v["rope_parameters"]["attention_factor"] = serde_json::json!(-1.0));
-    assert!(e.contains("rope_scaling.attention_factor is -1"), "{e}");
-    let e = err(&|v| v["rope_parameters"]["rope_type"] = serde_json::json!("dynamic"));
-    assert!(e.contains("rope_scaling type \"dynamic\" is not supported (supported: llama3, yarn, or none)"), "{e}");
+    assert!(e.contains("rope_parameters.attention_factor is -1"), "{e}");
+    let e = err(&|v| v["original_max_position_embeddings"] = serde_json::json!(0));
+    assert!(e.contains("rope_parameters: original_max_position_embeddings is 0"), "{e}");
+    let e = err(&|v| v["original_max_position_embeddings"] = serde_json::json!(64.5));
+    assert!(e.contains("64.5 is not a whole number"), "{e}");
+    let e = err(&|v| {
+        let p = v.as_object_mut().unwrap().remove("rope_parameters").unwrap();
+        v["rope_scaling"] = serde_json::json!({"type": "dynamic", "factor": p["factor"]});
+    });
+    assert!(e.contains("rope_scaling has type \"dynamic\", which is not supported (supported: llama3, yarn"), "{e}");
     let (ok, out, err) = condlm(&["info", fixture("tiny-qwen3-yarn").to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(out.contains("YaRN scaling ×4 from 4096 positions (attention factor 1.1386)"), "{out}");

@@ -180,6 +180,12 @@ fn yarn_goes_through_gguf() {
     assert!((attn as f64 - 1.25 / (1.0 + 0.1 * 4f64.ln())).abs() < 1e-6, "{attn}");
     let back = load_model(p(&out)).unwrap().model.config.yarn.unwrap();
     assert!((back.attention_factor - 1.25).abs() < 1e-6, "{}", back.attention_factor);
+    // with a factor of 1 the attention factor is all the file says: it still reads back
+    edit("factor", serde_json::json!(1.0));
+    let (ok, err) = export(&["--model", p(&model), "--out", p(&out), "--overwrite"]);
+    assert!(ok, "{err}");
+    let back = load_model(p(&out)).unwrap().model.config.yarn.unwrap();
+    assert_eq!((back.factor, back.attention_factor), (1.0, 1.25));
     edit("beta_fast", serde_json::json!(16.0));
     let (ok, err) = export(&["--model", p(&model), "--out", p(&out), "--overwrite"]);
     assert!(!ok && err.contains("beta_fast 16, beta_slow 1, truncate true") && err.contains("condlm merge"), "{err}");
@@ -246,11 +252,34 @@ fn yarn_keys_read_as_llama_cpp_reads_them() {
     .yarn
     .unwrap();
     assert_eq!(y.original_max_positions, 16384);
+    let y = read(&set("qwen3.rope.scaling.original_context_length", MetaValue::U32(0))).unwrap().yarn.unwrap();
+    assert_eq!(y.original_max_positions, 16384, "0 is llama.cpp's 'not set'");
     let y = read(&set("qwen3.rope.scaling.attn_factor", MetaValue::F32(0.5))).unwrap().yarn.unwrap();
     assert_eq!(y.attention_factor, (1.0 + 0.1 * 4f64.ln()) as f32 * 0.5);
     assert_eq!(read(&set("qwen3.rope.scaling.factor", MetaValue::F32(1.0))).unwrap().yarn, None);
+    // llama.cpp scales cos and sin by attn_factor whatever the factor, and takes an absent factor as 1
+    for factor in [Some(1.0), None] {
+        let y = read(&|m| {
+            m.insert("qwen3.rope.scaling.attn_factor".into(), MetaValue::F32(1.25));
+            match factor {
+                Some(f) => drop(m.insert("qwen3.rope.scaling.factor".into(), MetaValue::F32(f))),
+                None => drop(m.remove("qwen3.rope.scaling.factor")),
+            }
+        });
+        let y = y.unwrap().yarn.unwrap();
+        assert_eq!((y.factor, y.attention_factor), (1.0, 1.25), "factor {factor:?}");
+    }
     let e = format!("{:#}", read(&set("qwen3.rope.scaling.factor", MetaValue::F32(0.5))).unwrap_err());
-    assert!(e.contains("y.gguf") && e.contains("qwen3.rope.scaling.type is \"yarn\" with factor 0.5"), "{e}");
+    assert!(e.contains("y.gguf") && e.contains("qwen3.rope.scaling.factor is 0.5: YaRN's factor"), "{e}");
+    // no type: llama.cpp's default, linear — which condlm applies to Gemma 3 only
+    let e = format!(
+        "{:#}",
+        read(&|m| {
+            m.remove("qwen3.rope.scaling.type");
+        })
+        .unwrap_err()
+    );
+    assert!(e.contains("qwen3.rope.scaling.type is \"linear\" with factor 4"), "{e}");
     let e = format!(
         "{:#}",
         read(&|m| {

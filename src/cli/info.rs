@@ -7,6 +7,7 @@ use condlm::formats::resolve::resolve;
 use condlm::formats::weights::Weights;
 use condlm::kernels::activation::GateAct;
 use condlm::network::config::{Config, Family};
+use condlm::network::yarn_rope::DEFAULT_BETAS;
 use std::collections::BTreeMap;
 
 /// Describe a checkpoint: architecture, layer/head/hidden sizes, parameters, tensor types, tokenizer; or, with
@@ -156,9 +157,14 @@ fn rope_line(c: &Config) -> String {
     }
     if let Some(y) = &c.yarn {
         line += &format!(
-            ", YaRN scaling ×{} from {} positions (attention factor {:.4})",
+            ", YaRN scaling ×{} from {} positions (attention factor {:.4}",
             y.factor, y.original_max_positions, y.attention_factor
         );
+        if (y.beta_fast, y.beta_slow) != DEFAULT_BETAS || !y.truncate {
+            let rounded = if y.truncate { "rounded" } else { "not rounded" };
+            line += &format!("; ramp from {} to {} rotations, {rounded}", y.beta_fast, y.beta_slow);
+        }
+        line += ")";
     }
     if let Some(k) = c.rope_linear_factor {
         let on = if c.rope_local_theta.is_some() { " on the global layers" } else { "" };

@@ -132,6 +132,7 @@ struct HfConfig {
     /// Phi-3: the fraction of each head RoPE rotates (transformers ≥ 5 moves it into rope_parameters), and the
     /// pretraining context LongRoPE's factors are chosen against.
     partial_rotary_factor: Option<f64>,
+    #[serde(default, deserialize_with = "whole_number")]
     original_max_position_embeddings: Option<usize>,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
@@ -239,7 +240,8 @@ fn olmo3_rope(c: &HfConfig, max_positions: usize, path: &Path) -> Result<(f32, f
             path.display()
         );
     }
-    let (_, yarn) = parse_rope_scaling(full, c.original_max_position_embeddings, max_positions, path)?;
+    let full_key = if by_type("full_attention").is_some() { "rope_parameters.full_attention" } else { "rope_scaling" };
+    let (_, yarn) = parse_rope_scaling(full, full_key, c.original_max_position_embeddings, max_positions, path)?;
     let theta = |v: Option<&serde_json::Value>| v.and_then(|v| v.get("rope_theta")?.as_f64()).map(|v| v as f32);
     let base = c.rope_theta.unwrap_or(500_000.0);
     Ok((theta(full).unwrap_or(base), theta(sliding).unwrap_or(base), yarn))
@@ -338,6 +340,15 @@ fn phi3_rope(
 }
 
 /// Token ids in config.json are a number, a list of numbers, or null.
+/// A count that config.json may spell as an integer or a whole float (32 or 32.0, as Python writes either).
+fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
+    match Option::<f64>::deserialize(d)? {
+        None => Ok(None),
+        Some(v) if v >= 0.0 && v.fract() == 0.0 && v < 1e15 => Ok(Some(v as usize)),
+        Some(v) => Err(serde::de::Error::custom(format!("{v} is not a whole number ≥ 0"))),
+    }
+}
+
 fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
     match v {
         Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
@@ -405,7 +416,11 @@ impl Config {
                 // Phi-3 has no biases, whatever attention_bias / mlp_bias say (transformers reads neither for it)
                 let attention_bias = !is_phi3 && c.attention_bias.unwrap_or(false);
                 let head_dim = c.head_dim.unwrap_or(if is_gemma3 { 256 } else { hidden / heads.max(1) });
-                let rope = c.rope_scaling.as_ref().or(c.rope_parameters.as_ref()).filter(|v| !v.is_null());
+                // transformers 5 takes a legacy rope_scaling in place of rope_parameters
+                let (rope, rope_key) = match c.rope_scaling.as_ref().filter(|v| !v.is_null()) {
+                    Some(v) => (Some(v), "rope_scaling"),
+                    None => (c.rope_parameters.as_ref().filter(|v| !v.is_null()), "rope_parameters"),
+                };
                 let (rotary_dim, longrope) = match is_phi3 {
                     true => phi3_rope(&c, rope, head_dim, path)?,
                     false => (head_dim, None),
@@ -418,13 +433,19 @@ impl Config {
                     let (global, local, yarn) = olmo3_rope(&c, max_positions, path)?;
                     (global, Some(local), None, yarn, None)
                 } else {
-                    let theta = c
-                        .rope_theta
-                        .or_else(|| c.rope_parameters.as_ref()?.get("rope_theta")?.as_f64().map(|v| v as f32))
-                        .unwrap_or(10000.0);
+                    // the scaling object's own rope_theta first, as transformers 5's standardize_rope_params keeps it;
+                    // then the top-level one; then the class default (SmolLM3Config's is 2e6)
+                    let theta = rope
+                        .and_then(|r| r.get("rope_theta")?.as_f64())
+                        .map(|v| v as f32)
+                        .or(c.rope_theta)
+                        .unwrap_or(if is_smollm3 { 2_000_000.0 } else { 10_000.0 });
                     let (llama3, yarn) = match is_phi3 {
                         true => (None, None),
-                        false => parse_rope_scaling(rope, c.original_max_position_embeddings, max_positions, path)?,
+                        false => {
+                            let original = c.original_max_position_embeddings;
+                            parse_rope_scaling(rope, rope_key, original, max_positions, path)?
+                        }
                     };
                     (theta, None, llama3, yarn, None)
                 };
@@ -705,27 +726,24 @@ pub fn inv_freq(theta: f32, d: usize) -> Vec<f32> {
     (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32)).collect()
 }
 
-/// The RoPE scaling of a Llama-family config (not Gemma 3's or Phi-3's): Llama 3.1's or YaRN, or none.
+/// The RoPE scaling of a Llama-family config (not Gemma 3's or Phi-3's): Llama 3.1's or YaRN, or none. `key`
+/// names the object in errors (`rope_scaling`, `rope_parameters`, …).
 fn parse_rope_scaling(
     v: Option<&serde_json::Value>,
+    key: &str,
     top_level_original: Option<usize>,
     max_positions: usize,
     path: &Path,
 ) -> Result<(Option<Llama3RopeScaling>, Option<YarnRope>)> {
     let Some(v) = v.filter(|v| !v.is_null()) else { return Ok((None, None)) };
     let kind = v.get("rope_type").or(v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
+    let what = format!("{}: {key}", path.display());
     match kind {
-        "default" => Ok((None, None)),
+        "" | "default" => Ok((None, None)),
         "llama3" => serde_json::from_value(v.clone())
             .map(|s| (Some(s), None))
-            .with_context(|| format!("{}: rope_scaling of type llama3 lacks a field", path.display())),
-        "yarn" => {
-            let what = format!("{}: rope_scaling", path.display());
-            Ok((None, Some(YarnRope::from_json(v, top_level_original, max_positions, &what)?)))
-        }
-        other => bail!(
-            "{}: rope_scaling type \"{other}\" is not supported (supported: llama3, yarn, or none)",
-            path.display()
-        ),
+            .with_context(|| format!("{what} of type llama3 lacks a field")),
+        "yarn" => Ok((None, Some(YarnRope::from_json(v, top_level_original, max_positions, &what)?))),
+        other => bail!("{what} has type \"{other}\", which is not supported (supported: llama3, yarn, or default)"),
     }
 }

@@ -19,8 +19,9 @@ pub struct YarnRope {
     pub truncate: bool,
 }
 
-/// llama.cpp's fixed ends of the ramp (it reads no beta keys for these architectures).
-pub const LLAMA_CPP_BETAS: (f32, f32) = (32.0, 1.0);
+/// The paper's ends of the ramp (beta_fast, beta_slow): transformers' defaults, and what llama.cpp always takes for
+/// these architectures (it reads no beta keys for them).
+pub const DEFAULT_BETAS: (f32, f32) = (32.0, 1.0);
 
 /// The paper's attention factor for a scale: 0.1 · mscale · ln(scale) + 1 (1 for a scale ≤ 1).
 pub fn mscale(scale: f64, mscale: f64) -> f64 {
@@ -41,16 +42,23 @@ impl YarnRope {
                 },
             }
         };
-        let Some(factor) = num("factor")? else { bail!("{what} is of type yarn but has no factor") };
-        if !(factor >= 1.0 && factor.is_finite()) {
-            bail!("{what}.factor is {factor}: YaRN's factor stretches the context, a finite number ≥ 1");
-        }
         let original = match (top_level_original, num("original_max_position_embeddings")?) {
+            (Some(0), _) => bail!("{what}: original_max_position_embeddings is 0: give the pretraining context length"),
             (Some(o), _) => o,
             (None, Some(o)) if o >= 1.0 && o.fract() == 0.0 => o as usize,
             (None, Some(o)) => bail!("{what}.original_max_position_embeddings is {o}: it must be a whole number ≥ 1"),
             (None, None) => max_positions,
         };
+        // transformers: a null factor is the context's stretch, max_position_embeddings / original (DeepSeek's
+        // spelling); an absent one is an error there too
+        let factor = match (v.get("factor"), num("factor")?) {
+            (None, _) => bail!("{what} is of type yarn but has no factor"),
+            (_, Some(f)) => f,
+            (_, None) => max_positions as f64 / original as f64,
+        };
+        if !(factor >= 1.0 && factor.is_finite()) {
+            bail!("{what}.factor is {factor}: YaRN's factor stretches the context, a finite number ≥ 1");
+        }
         let attention_factor = match (num("attention_factor")?, num("mscale")?, num("mscale_all_dim")?) {
             (Some(a), _, _) if a > 0.0 && a.is_finite() => a,
             (Some(a), _, _) => bail!("{what}.attention_factor is {a}: it must be a finite number > 0"),
@@ -58,18 +66,24 @@ impl YarnRope {
             (None, Some(m), Some(all)) if m != 0.0 && all != 0.0 => mscale(factor, m) / mscale(factor, all),
             (None, _, _) => mscale(factor, 1.0),
         };
-        // transformers takes 0 as absent (`get("beta_fast") or 32`)
-        let beta = |key, default| Ok::<_, anyhow::Error>(num(key)?.filter(|&b| b != 0.0).unwrap_or(default) as f32);
+        // transformers takes 0 as absent (`get("beta_fast") or 32`); a negative one has no logarithm
+        let beta = |key, default: f32| match num(key)?.filter(|&b| b != 0.0) {
+            None => Ok(default),
+            Some(b) if b > 0.0 && b.is_finite() => Ok(b as f32),
+            Some(b) => bail!("{what}.{key} is {b}: the ramp's ends are numbers of rotations, > 0"),
+        };
+        // transformers rounds unless `truncate` is falsy (false or null)
         let truncate = match v.get("truncate") {
-            None | Some(Value::Null) => true,
+            None => true,
+            Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
             Some(x) => bail!("{what}.truncate is {x}: true or false"),
         };
         Ok(YarnRope {
             factor: factor as f32,
             original_max_positions: original,
-            beta_fast: beta("beta_fast", LLAMA_CPP_BETAS.0 as f64)?,
-            beta_slow: beta("beta_slow", LLAMA_CPP_BETAS.1 as f64)?,
+            beta_fast: beta("beta_fast", DEFAULT_BETAS.0)?,
+            beta_slow: beta("beta_slow", DEFAULT_BETAS.1)?,
             attention_factor: attention_factor as f32,
             truncate,
         })

@@ -181,11 +181,13 @@ enum RopeScaling {
     Yarn(YarnRope),
 }
 
-/// `rope.scaling.type` as llama.cpp reads it: linear on Gemma 3; YaRN on the other Llama-family architectures, with
-/// llama.cpp's fixed ramp (it reads no `yarn_beta_*` keys for them), `rope.scaling.original_context_length` (the
-/// context length when absent) and its attention factor, the paper's default times `rope.scaling.attn_factor`.
-/// Other kinds — linear elsewhere, YaRN on Gemma 3 or Phi-3 — are refused rather than read as another model;
-/// LongRoPE's factors are tensors, read with the rest of the config.
+/// `rope.scaling.type` as llama.cpp reads it: linear when absent, with `rope.scaling.factor` (absent or 0: 1) —
+/// on Gemma 3's global layers; YaRN on the other Llama-family architectures, with llama.cpp's fixed ramp (it reads
+/// no `yarn_beta_*` keys for them), `rope.scaling.original_context_length` (the context length when absent or 0)
+/// and its attention factor, the paper's default for the factor times `rope.scaling.attn_factor`. Other kinds —
+/// linear elsewhere, YaRN on Gemma 3 or Phi-3, an `attn_factor` without YaRN (llama.cpp scales cos and sin by it
+/// whatever the kind) — are refused rather than read as another model; LongRoPE's factors are tensors, read with the
+/// rest of the config.
 fn rope_scaling_type(
     g: &GgufFile,
     path: &Path,
@@ -193,9 +195,9 @@ fn rope_scaling_type(
     arch: &str,
     max_positions: usize,
 ) -> Result<RopeScaling> {
-    let kind = g.opt_str(&key("rope.scaling.type"))?.unwrap_or("none");
-    let factor = g.opt_f32(&key("rope.scaling.factor"))?.unwrap_or(1.0);
-    let attn_factor = g.opt_f32(&key("rope.scaling.attn_factor"))?;
+    let kind = g.opt_str(&key("rope.scaling.type"))?.unwrap_or("linear");
+    let factor = g.opt_f32(&key("rope.scaling.factor"))?.filter(|&f| f != 0.0).unwrap_or(1.0);
+    let attn_factor = g.opt_f32(&key("rope.scaling.attn_factor"))?.unwrap_or(1.0);
     let refuse = |what: &str| {
         bail!(
             "{}: {} is \"{kind}\" with factor {factor}{what}: condlm does not apply that RoPE scaling on this \
@@ -204,28 +206,36 @@ fn rope_scaling_type(
             key("rope.scaling.type")
         )
     };
-    let usable = factor.is_finite() && factor >= 1.0;
     match kind {
         "longrope" if arch == "phi3" => Ok(RopeScaling::None),
-        // llama.cpp multiplies cos and sin by it whatever the scaling
-        _ if attn_factor.is_some_and(|a| a != 1.0) && arch != "phi3" && kind != "yarn" => {
-            refuse(&format!(" and {} {}", key("rope.scaling.attn_factor"), attn_factor.unwrap_or(1.0)))
-        }
-        _ if factor == 1.0 => Ok(RopeScaling::None),
-        "none" => Ok(RopeScaling::None),
-        "linear" if arch == "gemma3" && factor.is_finite() && factor > 0.0 => Ok(RopeScaling::Linear(factor)),
-        "yarn" if !matches!(arch, "gemma3" | "phi3") && usable => {
-            let original = g.opt_usize(&key("rope.scaling.original_context_length"))?.unwrap_or(max_positions);
-            let (beta_fast, beta_slow) = crate::network::yarn_rope::LLAMA_CPP_BETAS;
+        "yarn" if !matches!(arch, "gemma3" | "phi3") => {
+            if !(factor.is_finite() && factor >= 1.0) {
+                bail!(
+                    "{}: {} is {factor}: YaRN's factor stretches the context, a finite number ≥ 1",
+                    path.display(),
+                    key("rope.scaling.factor")
+                );
+            }
+            if factor == 1.0 && attn_factor == 1.0 {
+                return Ok(RopeScaling::None);
+            }
+            let original = g.opt_usize(&key("rope.scaling.original_context_length"))?.filter(|&o| o != 0);
+            let (beta_fast, beta_slow) = crate::network::yarn_rope::DEFAULT_BETAS;
             Ok(RopeScaling::Yarn(YarnRope {
                 factor,
-                original_max_positions: original,
+                original_max_positions: original.unwrap_or(max_positions),
                 beta_fast,
                 beta_slow,
-                attention_factor: YarnRope::llama_cpp_attention_factor(factor, attn_factor.unwrap_or(1.0)),
+                attention_factor: YarnRope::llama_cpp_attention_factor(factor, attn_factor),
                 truncate: true,
             }))
         }
+        _ if attn_factor != 1.0 && arch != "phi3" => {
+            refuse(&format!(" and {} {attn_factor}", key("rope.scaling.attn_factor")))
+        }
+        "none" => Ok(RopeScaling::None),
+        _ if factor == 1.0 => Ok(RopeScaling::None),
+        "linear" if arch == "gemma3" && factor.is_finite() && factor > 0.0 => Ok(RopeScaling::Linear(factor)),
         _ => refuse(""),
     }
 }

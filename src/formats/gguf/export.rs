@@ -23,7 +23,7 @@ use crate::kernels::packed::PackedMatrix;
 use crate::network::config::{Config, Family, inv_freq};
 use crate::network::param::Param;
 use crate::network::transformer::Transformer;
-use crate::network::yarn_rope::{LLAMA_CPP_BETAS, YarnRope};
+use crate::network::yarn_rope::{DEFAULT_BETAS, YarnRope};
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use std::borrow::Cow;
@@ -106,7 +106,7 @@ fn check_olmo_head_dim(c: &Config) -> Result<()> {
 /// llama.cpp runs YaRN with its ramp between 32 and 1 rotations, ends rounded outward, and reads no key for
 /// other ones on these architectures.
 fn check_yarn(y: &YarnRope) -> Result<()> {
-    if (y.beta_fast, y.beta_slow) != LLAMA_CPP_BETAS || !y.truncate {
+    if (y.beta_fast, y.beta_slow) != DEFAULT_BETAS || !y.truncate {
         bail!(
             "the model's YaRN scaling has beta_fast {}, beta_slow {}, truncate {} (config.json), but llama.cpp runs \
              YaRN with 32, 1 and true on this architecture and a GGUF cannot say otherwise: llama.cpp would compute \
