@@ -183,7 +183,7 @@ fn qwen3_gguf_export_keeps_the_model() {
 
 /// YaRN's inverse frequencies and attention factor are transformers', for the fixture and for config.json's other
 /// spellings and options (tiny-qwen3-yarn/yarn-variants.json: the ramp's ends, rounding, DeepSeek's mscale pair,
-/// an explicit attention factor, where the original context comes from); without YaRN the fixture's logits move
+/// an explicit attention factor, where the original context and the base come from), and so are linear scaling's; without YaRN the fixture's logits move
 /// far past the tolerance the families test holds them to.
 #[test]
 fn yarn_frequencies_match_transformers() {
@@ -213,7 +213,12 @@ fn yarn_frequencies_match_transformers() {
         let c = condlm::network::config::Config::from_hf_json(&path).unwrap();
         close(&c.rope_inv_freq(false), &v["inv_freq"], name);
         let want = v["attention_factor"].as_f64().unwrap() as f32;
-        assert_eq!(c.yarn.unwrap().attention_factor, want, "{name}: attention factor");
+        let scale = match &c.yarn {
+            Some(y) => y.attention_factor,
+            None => 1.0,
+        };
+        assert_eq!(scale, want, "{name}: attention factor");
+        assert_eq!(c.yarn.is_some(), !name.starts_with("linear"), "{name}");
     }
     // the check can fail: the fixture's rows without YaRN
     let (ids, want) = &reference_sequences("tiny-qwen3-yarn")[2];

@@ -271,15 +271,19 @@ fn yarn_keys_read_as_llama_cpp_reads_them() {
     }
     let e = format!("{:#}", read(&set("qwen3.rope.scaling.factor", MetaValue::F32(0.5))).unwrap_err());
     assert!(e.contains("y.gguf") && e.contains("qwen3.rope.scaling.factor is 0.5: YaRN's factor"), "{e}");
-    // no type: llama.cpp's default, linear — which condlm applies to Gemma 3 only
-    let e = format!(
-        "{:#}",
-        read(&|m| {
-            m.remove("qwen3.rope.scaling.type");
-        })
-        .unwrap_err()
-    );
-    assert!(e.contains("qwen3.rope.scaling.type is \"linear\" with factor 4"), "{e}");
+    // no type: llama.cpp's default, linear, on every layer
+    let c = read(&|m| {
+        m.remove("qwen3.rope.scaling.type");
+    })
+    .unwrap();
+    assert_eq!((c.rope_linear_factor, c.yarn), (Some(4.0), None));
+    // and is written back with its type
+    let back = dir.path().join("linear.gguf");
+    let (ok, err) = export(&["--model", p(&out), "--out", p(&back)]);
+    assert!(ok, "{err}");
+    let g = GgufFile::open(&back).unwrap();
+    assert_eq!(g.get_str("qwen3.rope.scaling.type").unwrap(), "linear");
+    assert_eq!(load_model(p(&back)).unwrap().model.config.rope_linear_factor, Some(4.0));
     let e = format!(
         "{:#}",
         read(&|m| {

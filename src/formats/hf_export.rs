@@ -277,6 +277,9 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 "attention_dropout": 0.0,
                 "initializer_range": 0.02,
             });
+            if let Some(k) = c.rope_linear_factor {
+                v["rope_scaling"] = json!({"rope_type": "linear", "factor": f32_json(k)});
+            }
             if let Some(y) = &c.yarn {
                 v["rope_scaling"] = json!({
                     "rope_type": "yarn",
@@ -304,9 +307,11 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
             } else if model_type == "gemma3_text" {
                 let kind = |sliding: bool| if sliding { "sliding_attention" } else { "full_attention" };
                 let scale = c.attn_scale.unwrap_or(1.0 / (c.head_dim as f32).sqrt()) as f64;
+                // its RoPE goes in rope_parameters by layer type (transformers would take a rope_scaling instead)
                 if let Some(o) = v.as_object_mut() {
                     o.remove("hidden_act");
                     o.remove("rope_theta");
+                    o.remove("rope_scaling");
                 }
                 v["hidden_activation"] = json!("gelu_pytorch_tanh");
                 // transformers reads an integer (its config dataclass refuses 256.0).

@@ -60,7 +60,7 @@ pub struct Config {
     /// RoPE base of the sliding layers when it differs from `rope_theta` (Gemma 3's local layers).
     pub rope_local_theta: Option<f32>,
     /// Linear RoPE scaling (position interpolation): the frequencies of `rope_theta`'s layers divided by this
-    /// factor (Gemma 3 4B/12B/27B: 8 on their global layers; the sliding layers keep theirs).
+    /// factor (every layer, or the global ones where sliding layers have their own base: Gemma 3 4B/12B/27B's 8).
     pub rope_linear_factor: Option<f32>,
     /// q·k multiplier before the softmax when it is not 1/√head_dim (Gemma 3: query_pre_attn_scalar^-½).
     pub attn_scale: Option<f32>,
@@ -222,7 +222,7 @@ fn gemma3_rope(c: &HfConfig, path: &Path) -> Result<(f32, f32, Option<f32>)> {
 /// OLMo 3's RoPE as transformers' Olmo3Config reads it: the same base on both kinds of layer (default 500 000;
 /// `rope_parameters.<type>.rope_theta`, or the top-level `rope_theta`) and YaRN on the full-attention layers only
 /// (`rope_parameters.full_attention`, or the top-level `rope_scaling` that transformers moves there).
-fn olmo3_rope(c: &HfConfig, max_positions: usize, path: &Path) -> Result<(f32, f32, Option<YarnRope>)> {
+fn olmo3_rope(c: &HfConfig, max_positions: usize, path: &Path) -> Result<(f32, f32, Scaling)> {
     let by_type = |t: &str| c.rope_parameters.as_ref().and_then(|p| p.get(t)).filter(|v| !v.is_null());
     if c.rope_parameters.as_ref().is_some_and(|p| p.get("rope_type").is_some() || p.get("type").is_some()) {
         bail!(
@@ -241,10 +241,10 @@ fn olmo3_rope(c: &HfConfig, max_positions: usize, path: &Path) -> Result<(f32, f
         );
     }
     let full_key = if by_type("full_attention").is_some() { "rope_parameters.full_attention" } else { "rope_scaling" };
-    let (_, yarn) = parse_rope_scaling(full, full_key, c.original_max_position_embeddings, max_positions, path)?;
+    let scaling = parse_rope_scaling(full, full_key, c.original_max_position_embeddings, max_positions, path)?;
     let theta = |v: Option<&serde_json::Value>| v.and_then(|v| v.get("rope_theta")?.as_f64()).map(|v| v as f32);
     let base = c.rope_theta.unwrap_or(500_000.0);
-    Ok((theta(full).unwrap_or(base), theta(sliding).unwrap_or(base), yarn))
+    Ok((theta(full).unwrap_or(base), theta(sliding).unwrap_or(base), scaling))
 }
 
 /// Which layers use the sliding window: `layer_types` when given; else Gemma 3's `sliding_window_pattern` (every
@@ -430,8 +430,8 @@ impl Config {
                     let (global, local, linear) = gemma3_rope(&c, path)?;
                     (global, Some(local), None, None, linear)
                 } else if is_olmo3 {
-                    let (global, local, yarn) = olmo3_rope(&c, max_positions, path)?;
-                    (global, Some(local), None, yarn, None)
+                    let (global, local, s) = olmo3_rope(&c, max_positions, path)?;
+                    (global, Some(local), s.llama3, s.yarn, s.linear)
                 } else {
                     // the scaling object's own rope_theta first, as transformers 5's standardize_rope_params keeps it;
                     // then the top-level one; then the class default (SmolLM3Config's is 2e6)
@@ -440,14 +440,14 @@ impl Config {
                         .map(|v| v as f32)
                         .or(c.rope_theta)
                         .unwrap_or(if is_smollm3 { 2_000_000.0 } else { 10_000.0 });
-                    let (llama3, yarn) = match is_phi3 {
-                        true => (None, None),
+                    let scaling = match is_phi3 {
+                        true => Scaling::default(),
                         false => {
                             let original = c.original_max_position_embeddings;
                             parse_rope_scaling(rope, rope_key, original, max_positions, path)?
                         }
                     };
-                    (theta, None, llama3, yarn, None)
+                    (theta, None, scaling.llama3, scaling.yarn, scaling.linear)
                 };
                 // Qwen2/Qwen3 keep their window off unless use_sliding_window says so; Mistral, Phi-3 and Gemma 3
                 // use it; Llama has none (transformers ignores a sliding_window key in its config).
@@ -726,24 +726,44 @@ pub fn inv_freq(theta: f32, d: usize) -> Vec<f32> {
     (0..d / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32)).collect()
 }
 
-/// The RoPE scaling of a Llama-family config (not Gemma 3's or Phi-3's): Llama 3.1's or YaRN, or none. `key`
-/// names the object in errors (`rope_scaling`, `rope_parameters`, …).
+/// The RoPE scaling a Llama-family config.json asks for (Gemma 3's and Phi-3's are read by their own functions).
+#[derive(Default)]
+struct Scaling {
+    llama3: Option<Llama3RopeScaling>,
+    yarn: Option<YarnRope>,
+    /// Linear (position interpolation): the frequencies divided by it.
+    linear: Option<f32>,
+}
+
+/// The RoPE scaling of a Llama-family config: Llama 3.1's, YaRN, linear, or none. `key` names the object in errors
+/// (`rope_scaling`, `rope_parameters`, …).
 fn parse_rope_scaling(
     v: Option<&serde_json::Value>,
     key: &str,
     top_level_original: Option<usize>,
     max_positions: usize,
     path: &Path,
-) -> Result<(Option<Llama3RopeScaling>, Option<YarnRope>)> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok((None, None)) };
+) -> Result<Scaling> {
+    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(Scaling::default()) };
     let kind = v.get("rope_type").or(v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
     let what = format!("{}: {key}", path.display());
     match kind {
-        "" | "default" => Ok((None, None)),
+        "" | "default" => Ok(Scaling::default()),
         "llama3" => serde_json::from_value(v.clone())
-            .map(|s| (Some(s), None))
+            .map(|s| Scaling { llama3: Some(s), ..Default::default() })
             .with_context(|| format!("{what} of type llama3 lacks a field")),
-        "yarn" => Ok((None, Some(YarnRope::from_json(v, top_level_original, max_positions, &what)?))),
-        other => bail!("{what} has type \"{other}\", which is not supported (supported: llama3, yarn, or default)"),
+        "yarn" => {
+            let yarn = YarnRope::from_json(v, top_level_original, max_positions, &what)?;
+            Ok(Scaling { yarn: Some(yarn), ..Default::default() })
+        }
+        "linear" => match v.get("factor").and_then(|f| f.as_f64()) {
+            Some(f) if f.is_finite() && f > 0.0 => {
+                Ok(Scaling { linear: (f != 1.0).then_some(f as f32), ..Default::default() })
+            }
+            f => bail!("{what}.factor is {f:?}: linear RoPE scaling needs a positive factor"),
+        },
+        other => {
+            bail!("{what} has type \"{other}\", which is not supported (supported: llama3, yarn, linear, or default)")
+        }
     }
 }

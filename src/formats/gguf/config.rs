@@ -176,16 +176,17 @@ fn sliding_layers(g: &GgufFile, path: &Path, key: &str, layers: usize, default: 
 /// What `rope.scaling.type` asks for, as condlm applies it.
 enum RopeScaling {
     None,
-    /// Gemma 3 4B/12B/27B: × 8 on their global layers, as llama.cpp applies it.
+    /// Position interpolation (Gemma 3 4B/12B/27B: × 8 on their global layers, as llama.cpp applies it).
     Linear(f32),
     Yarn(YarnRope),
 }
 
-/// `rope.scaling.type` as llama.cpp reads it: linear when absent, with `rope.scaling.factor` (absent or 0: 1) —
-/// on Gemma 3's global layers; YaRN on the other Llama-family architectures, with llama.cpp's fixed ramp (it reads
+/// `rope.scaling.type` as llama.cpp reads it: linear when absent, with `rope.scaling.factor` (absent or 0: 1) — on
+/// every layer, or on the global ones where sliding layers have their own base (Gemma 3, OLMo 3); YaRN on the
+/// Llama-family architectures but Gemma 3 and Phi-3, with llama.cpp's fixed ramp (it reads
 /// no `yarn_beta_*` keys for them), `rope.scaling.original_context_length` (the context length when absent or 0)
 /// and its attention factor, the paper's default for the factor times `rope.scaling.attn_factor`. Other kinds —
-/// linear elsewhere, YaRN on Gemma 3 or Phi-3, an `attn_factor` without YaRN (llama.cpp scales cos and sin by it
+/// linear on Phi-3, YaRN on Gemma 3 or Phi-3, an `attn_factor` without YaRN (llama.cpp scales cos and sin by it
 /// whatever the kind) — are refused rather than read as another model; LongRoPE's factors are tensors, read with the
 /// rest of the config.
 fn rope_scaling_type(
@@ -235,7 +236,7 @@ fn rope_scaling_type(
         }
         "none" => Ok(RopeScaling::None),
         _ if factor == 1.0 => Ok(RopeScaling::None),
-        "linear" if arch == "gemma3" && factor.is_finite() && factor > 0.0 => Ok(RopeScaling::Linear(factor)),
+        "linear" if arch != "phi3" && factor.is_finite() && factor > 0.0 => Ok(RopeScaling::Linear(factor)),
         _ => refuse(""),
     }
 }

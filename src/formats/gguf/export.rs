@@ -119,17 +119,25 @@ fn check_yarn(y: &YarnRope) -> Result<()> {
     Ok(())
 }
 
-/// The `rope.scaling.*` keys of YaRN as llama.cpp reads them: its attention factor is the paper's default for the
-/// factor times `rope.scaling.attn_factor`, written only when the model's differs from that default.
-fn yarn_metadata(y: &YarnRope, key: &dyn Fn(&str) -> String) -> Vec<(String, MetaValue)> {
-    let mut m = vec![
-        (key("rope.scaling.type"), MetaValue::Str("yarn".into())),
-        (key("rope.scaling.factor"), MetaValue::F32(y.factor)),
-        (key("rope.scaling.original_context_length"), MetaValue::U32(y.original_max_positions as u32)),
-    ];
-    let default = YarnRope::llama_cpp_attention_factor(y.factor, 1.0);
-    if y.attention_factor != default {
-        m.push((key("rope.scaling.attn_factor"), MetaValue::F32(y.attention_factor / default)));
+/// The `rope.scaling.*` keys of linear scaling and of YaRN as llama.cpp reads them (Llama 3.1's and LongRoPE's
+/// scaling are tensors). YaRN's attention factor is the paper's default for the factor times
+/// `rope.scaling.attn_factor`, written only when the model's differs from that default.
+fn rope_scaling_metadata(c: &Config, key: &dyn Fn(&str) -> String) -> Vec<(String, MetaValue)> {
+    let mut m = vec![];
+    if let Some(k) = c.rope_linear_factor {
+        m.push((key("rope.scaling.type"), MetaValue::Str("linear".into())));
+        m.push((key("rope.scaling.factor"), MetaValue::F32(k)));
+    }
+    if let Some(y) = &c.yarn {
+        m.extend([
+            (key("rope.scaling.type"), MetaValue::Str("yarn".into())),
+            (key("rope.scaling.factor"), MetaValue::F32(y.factor)),
+            (key("rope.scaling.original_context_length"), MetaValue::U32(y.original_max_positions as u32)),
+        ]);
+        let default = YarnRope::llama_cpp_attention_factor(y.factor, 1.0);
+        if y.attention_factor != default {
+            m.push((key("rope.scaling.attn_factor"), MetaValue::F32(y.attention_factor / default)));
+        }
     }
     m
 }
@@ -181,11 +189,8 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
             if let Some(theta) = c.rope_local_theta {
                 m.push((key("rope.freq_base_swa"), MetaValue::F32(theta)));
             }
-            if let Some(k) = c.rope_linear_factor {
-                // llama.cpp scales the global layers by it (its sliding layers keep a scale of 1)
-                m.push((key("rope.scaling.type"), MetaValue::Str("linear".into())));
-                m.push((key("rope.scaling.factor"), MetaValue::F32(k)));
-            }
+            // llama.cpp scales the global layers by it (its sliding layers keep a scale of 1)
+            m.extend(rope_scaling_metadata(c, &key));
             if let Some(window) = c.sliding_window {
                 m.push((key("attention.sliding_window"), u32_of(window)));
                 // llama.cpp's default: every 6th layer global; any other pattern as one flag per layer
@@ -212,9 +217,7 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
                     (key("attention.sliding_window_pattern"), MetaValue::Array(flags)),
                 ]);
             }
-            if let Some(y) = &c.yarn {
-                m.extend(yarn_metadata(y, &key));
-            }
+            m.extend(rope_scaling_metadata(c, &key));
         }
         Family::Llama if arch == "phi3" => {
             // what llama.cpp's converter writes for Phi-3 (its LongRoPE factors are tensors)
@@ -242,9 +245,7 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
                 (key("vocab_size"), u32_of(c.vocab_size)),
                 (key("rope.dimension_count"), u32_of(c.head_dim)),
             ]);
-            if let Some(y) = &c.yarn {
-                m.extend(yarn_metadata(y, &key));
-            }
+            m.extend(rope_scaling_metadata(c, &key));
         }
     }
     m
