@@ -206,3 +206,39 @@ fn resume_may_switch_to_checkpointing_and_an_f32_base_but_not_to_bf16() {
     assert!(ok, "{err}");
     assert!(outcome(&out) == whole, "the resumed run differs from the uninterrupted one");
 }
+
+/// A full fine-tune of a quantized base records the base's type (`condlm.json`), and exporting it in a type that
+/// rounds what training did warns with the way out (F16's midpoints; a quantized type no finer than the base's);
+/// F32 does not, and a LoRA adapter records none.
+#[test]
+fn exports_of_a_full_fine_tune_of_a_quantized_base_warn_where_rounding_undoes_training() {
+    let tmp = out_dir("full-export");
+    let d = tmp.path();
+    let model = packed_model(d, "q4_0");
+    run_train(&model, &d.join("full"), &["--full"]);
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("full/model/condlm.json")).unwrap()).unwrap();
+    assert_eq!(record["base_model_quantized_as"], "Q4_0", "{record}");
+    run_train(&model, &d.join("lora"), &[]);
+    let adapter = std::fs::read_to_string(d.join("lora/adapter/condlm.json")).unwrap();
+    assert!(!adapter.contains("quantized_as"), "{adapter}");
+    let full = d.join("full/model");
+    let export = |ty: &str| {
+        let out = d.join(format!("full-{ty}.gguf"));
+        let args = ["export-gguf", "--model", p(&full), "--out", p(&out), "--type", ty];
+        let (ok, _, err) = condlm(&args);
+        assert!(ok, "{ty}: {err}");
+        err
+    };
+    let f16 = export("f16");
+    assert!(
+        f16.contains("fully fine-tuned from a Q4_0 base and is written as F16") && f16.contains("--type f32"),
+        "{f16}"
+    );
+    let q4 = export("q4_0");
+    assert!(q4.contains("fully fine-tuned from a Q4_0 base and is written as Q4_0"), "{q4}");
+    for ty in ["f32", "q8_0"] {
+        let err = export(ty);
+        assert!(!err.contains("warning"), "{ty}: {err}");
+    }
+}

@@ -3,8 +3,10 @@
 //! by `merge`. Exports read it to present prompts as training did: an adapter trained on prompt/completion rows of
 //! a ChatML model must get raw prompts in Ollama, not the chat template. (Not in the safetensors metadata: its
 //! keys are written in hash order, which would make two identical runs write different bytes.)
+use super::gguf::file::GgufFile;
 use super::resolve::ModelFiles;
 use crate::input;
+use crate::kernels::dequant::GgmlType;
 use anyhow::{Context, Result};
 use serde_json::{Value, json};
 use std::path::Path;
@@ -20,6 +22,10 @@ pub struct TrainedOn {
     pub alpaca: bool,
     pub chats: bool,
     pub base_fingerprint: Option<String>,
+    /// A full fine-tune's: the block-quantized type the base's weight matrices were stored in (a GGUF's, e.g.
+    /// Q4_K), so that an export can warn where rounding the fine-tuned values loses what training did
+    /// (`condlm export-gguf`).
+    pub quantized_base: Option<GgmlType>,
 }
 
 /// The formats' names in the file (those of `data::records::Format`).
@@ -43,6 +49,9 @@ impl TrainedOn {
         if let Some(f) = &self.base_fingerprint {
             v["base_model_fingerprint"] = f.as_str().into();
         }
+        if let Some(t) = self.quantized_base {
+            v["base_model_quantized_as"] = t.name().into();
+        }
         let mut bytes = serde_json::to_vec_pretty(&v).unwrap_or_default();
         bytes.push(b'\n');
         bytes
@@ -60,6 +69,7 @@ impl TrainedOn {
             }
         }
         t.base_fingerprint = v["base_model_fingerprint"].as_str().map(str::to_string);
+        t.quantized_base = v["base_model_quantized_as"].as_str().and_then(GgmlType::from_name);
         Some(t)
     }
 
@@ -72,6 +82,20 @@ impl TrainedOn {
         let v: Value = serde_json::from_str(&input::read_to_string(&path, "training record")?)
             .with_context(|| format!("{}: not valid JSON", path.display()))?;
         Ok(Self::parse(&v))
+    }
+
+    /// The block-quantized type of the weight matrices of the model in `files`: a GGUF's (its first attention
+    /// matrix's), or what the record of an HF folder a run wrote says its own base was; None for unquantized ones.
+    pub fn quantized_matrices(files: &ModelFiles) -> Result<Option<GgmlType>> {
+        let ty = match files {
+            ModelFiles::Gguf(path) => {
+                let g = GgufFile::open(path)?;
+                let first = g.tensors.iter().find(|t| t.name.starts_with("blk.0.attn_") && t.dims.len() == 2);
+                first.map(|t| t.ty)
+            }
+            ModelFiles::HfDir(dir) => Self::read(dir)?.and_then(|t| t.quantized_base),
+        };
+        Ok(ty.filter(|t| !matches!(t, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16)))
     }
 
     /// The record of what `model` (loaded from `files`) was last trained on: `adapter`'s when one is applied,
@@ -95,7 +119,13 @@ mod tests {
             TrainedOn { pairs: true, ..Default::default() },
             TrainedOn { alpaca: true, ..Default::default() },
             TrainedOn { chats: true, ..Default::default() },
-            TrainedOn { pairs: true, alpaca: true, chats: true, base_fingerprint: Some("ab12".into()) },
+            TrainedOn {
+                pairs: true,
+                alpaca: true,
+                chats: true,
+                base_fingerprint: Some("ab12".into()),
+                quantized_base: Some(GgmlType::Q4_K),
+            },
         ] {
             let v: Value = serde_json::from_slice(&t.file_bytes()).unwrap();
             assert_eq!(TrainedOn::parse(&v), Some(t.clone()), "{v}");

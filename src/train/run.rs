@@ -492,7 +492,11 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
                 &trainer.model,
                 &tokenizer,
                 &files,
-                Some(trained_on(&train_set.stats, &model_fingerprint)),
+                // a full fine-tune's weights are the base's values moved: an export needs to know their grid
+                Some(TrainedOn {
+                    quantized_base: TrainedOn::quantized_matrices(&files)?,
+                    ..trained_on(&train_set.stats, &model_fingerprint)
+                }),
             )?;
             output
         }
@@ -523,7 +527,13 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
 /// What the run trained on (its row formats and base model), recorded beside its result.
 fn trained_on(stats: &DataStats, base_fingerprint: &str) -> TrainedOn {
     let base_fingerprint = Some(base_fingerprint.to_string());
-    TrainedOn { pairs: stats.pairs > 0, alpaca: stats.alpaca > 0, chats: stats.chats > 0, base_fingerprint }
+    TrainedOn {
+        pairs: stats.pairs > 0,
+        alpaca: stats.alpaca > 0,
+        chats: stats.chats > 0,
+        base_fingerprint,
+        ..Default::default()
+    }
 }
 
 /// A run that failed mid-way, on this rank. Rank 0 alone owns the output folder, so it alone puts back an earlier

@@ -83,7 +83,7 @@ mod tests {
 
     #[test]
     fn the_template_follows_what_training_saw() {
-        let on = |pairs, alpaca, chats| Some(TrainedOn { pairs, alpaca, chats, base_fingerprint: None });
+        let on = |pairs, alpaca, chats| Some(TrainedOn { pairs, alpaca, chats, ..Default::default() });
         // An adapter of a ChatML model trained on prompt/completion rows: raw prompts, EOS stops.
         let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", on(true, false, false), ALPACA);
         assert!(m.contains("TEMPLATE \"\"\"{{ .Prompt }}\"\"\"") && m.contains("prompt/completion rows"), "{m}");
