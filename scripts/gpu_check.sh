@@ -214,7 +214,8 @@ peak_gpu_mib() {
 # (issue 15's tolerances).
 tiny_scores() {
     local m rc=0
-    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-qwen3 tiny-gemma3 tiny-phi3 tiny-phi4 tiny-gpt2; do
+    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-qwen3 tiny-gemma3 tiny-phi3 tiny-phi4 tiny-gpt2 tiny-qwen3-yarn \
+        tiny-olmo3; do
         for run in "cpu f32" "$dev f32" "$dev bf16"; do
             set -- $run
             "$bin" score --model "tests/fixtures/$m" --data tests/fixtures/score_rows.jsonl --per-token \
@@ -227,7 +228,8 @@ tiny_scores() {
     done
     return $rc
 }
-run_check "score --device cuda vs cpu (f32; bf16): tiny Llama, Qwen2, Mistral, Qwen3, Gemma 3, Phi-3, Phi-4, GPT-2" \
+run_check "score --device cuda vs cpu (f32; bf16): tiny Llama, Qwen2, Mistral, Qwen3, Gemma 3, Phi-3, Phi-4, GPT-2, Qwen3 \
+with YaRN, OLMo 3" \
     tiny_scores
 
 # train_run DIR DEVICE MODEL DATA STEPS BATCH EXTRA...: a LoRA run on every linear layer.
@@ -255,7 +257,7 @@ run_check "train --device cuda vs cpu: tiny Llama, 6 LoRA steps with dropout; ti
 
 tiny_generate() {
     local m rc=0
-    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-gemma3 tiny-phi3 tiny-gpt2; do
+    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-gemma3 tiny-phi3 tiny-gpt2 tiny-olmo3; do
         for d in cpu "$dev"; do
             for beams in 1 3; do
                 "$bin" generate --model "tests/fixtures/$m" --data tests/fixtures/score_rows.jsonl --max-new-tokens 24 \
@@ -270,7 +272,8 @@ tiny_generate() {
     done
     return $rc
 }
-run_check "generate --device cuda vs cpu: greedy and beam search (3 beams), tiny Llama, Qwen2, Mistral, Gemma 3, Phi-3, GPT-2" \
+run_check "generate --device cuda vs cpu: greedy and beam search (3 beams), tiny Llama, Qwen2, Mistral, Gemma 3, Phi-3, GPT-2, \
+OLMo 3" \
     tiny_generate
 
 # smollm2_model: the SmolLM2-135M-shaped model (random weights, the tiny tokenizer), made once.
