@@ -394,6 +394,15 @@ fn olmo3_config_spellings_and_errors() {
     assert!(e.contains("rope_parameters.sliding_attention has rope_type \"yarn\""), "{e}");
     let e = err(&|v| v["rope_parameters"] = serde_json::json!({"rope_type": "yarn", "factor": 4.0}));
     assert!(e.contains("must be given per layer type"), "{e}");
+    let e = err(&|v| v["sliding_window"] = serde_json::Value::Null);
+    assert!(e.contains("sliding_window is null, but an OLMo 3 slides"), "{e}");
+    // a legacy rope_scaling beside the nested spelling updates the full-attention object, as transformers 5 does
+    let merged = read(&|v| {
+        let yarn = v["rope_parameters"]["full_attention"].take();
+        v["rope_parameters"]["full_attention"] = serde_json::json!({"rope_type": "default", "rope_theta": 1e4});
+        v["rope_scaling"] = yarn;
+    });
+    assert_eq!(merged.unwrap(), want);
 }
 
 /// Phi-3 configs in the Hub's spelling (`rope_scaling` with the old type name `su`, as Phi-3-mini-128k writes it)

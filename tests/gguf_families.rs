@@ -205,7 +205,7 @@ fn olmo_goes_through_gguf() {
         assert_eq!(condlm::network::config::Config { architecture, ..hf.config.clone() }, converted.config, "{name}");
         let out = dir.path().join(format!("{name}.gguf"));
         let (ok, err) = export(&["--model", p(&fixture(name)), "--out", p(&out)]);
-        assert!(ok, "{err}");
+        assert!(ok && !err.contains("warning"), "{err}");
         let extra = assert_as_converter_writes(&out, &format!("converter/{name}.gguf"), "olmo2");
         assert!(extra.is_empty(), "{name}: {extra:?}");
         let ours = load_model(p(&out)).unwrap().model;
@@ -231,6 +231,35 @@ fn olmo_goes_through_gguf() {
     let c = load_model(p(&out)).unwrap().model.config;
     assert_eq!((0..4).map(|i| c.window(i)).collect::<Vec<_>>(), [Some(4), Some(4), Some(4), None]);
     assert_eq!((c.rope_theta, c.rope_local_theta), (5e5, Some(5e5)));
+    // llama.cpp's olmo2 graph rotates the sliding layers with rope.freq_base whatever rope.freq_base_swa says
+    rewrite(&fixture("converter/tiny-olmo3.gguf"), &out, set("olmo2.rope.freq_base_swa", MetaValue::F32(5e4)), None);
+    assert_eq!(load_model(p(&out)).unwrap().model.config.rope_local_theta, Some(1e4));
+    // without q/k norms llama.cpp refuses the file, and so does condlm
+    {
+        use condlm::formats::gguf::writer::{TensorData, TensorToWrite, write_gguf};
+        let g = GgufFile::open(&fixture("converter/tiny-olmo2.gguf")).unwrap();
+        let meta: Vec<(&str, MetaValue)> = g.metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        let kept = g.tensors.iter().filter(|t| !t.name.contains("_norm.weight") || !t.name.contains("attn_"));
+        let tensors: Vec<TensorToWrite<'_>> = kept
+            .map(|t| TensorToWrite {
+                name: &t.name,
+                dims: t.dims.clone(),
+                ty: t.ty,
+                data: TensorData::Bytes(g.tensor_bytes(t).unwrap()),
+            })
+            .collect();
+        write_gguf(std::fs::File::create(&out).unwrap(), &meta, &tensors).unwrap();
+    }
+    let e = format!("{:#}", load_model(p(&out)).err().unwrap());
+    assert!(e.contains("o.gguf") && e.contains("without blk.0.attn_q_norm.weight"), "{e}");
+    // an OLMo 3 whose sliding layers have their own base has no llama.cpp spelling
+    let model = copy_fixture("tiny-olmo3", &dir.path().join("two-bases"));
+    let path = model.join("config.json");
+    let mut v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    v["rope_parameters"]["sliding_attention"]["rope_theta"] = 5e4.into();
+    std::fs::write(&path, v.to_string()).unwrap();
+    let (ok, err) = export(&["--model", p(&model), "--out", p(&dir.path().join("two.gguf"))]);
+    assert!(!ok && err.contains("sliding layers rotate with RoPE base 50000") && err.contains("condlm merge"), "{err}");
 }
 
 /// A GGUF's YaRN keys as llama.cpp reads them: no original context means the context length; `attn_factor`

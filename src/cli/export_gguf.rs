@@ -118,8 +118,8 @@ pub fn run(a: ExportGgufArgs) -> Result<()> {
     let cfg = a.adapter.apply(&a.model, &mut m)?;
     let arch = gguf_arch(&m.model.config)?;
     let c = &m.model.config;
-    // Gemma 3's windows are in the file (llama.cpp runs them); llama and qwen2 have no key for one
-    if let Some(w) = c.sliding_window.filter(|&w| w < c.max_positions && arch != "gemma3") {
+    // Gemma 3's and OLMo 3's windows are in the file (llama.cpp runs them); llama and qwen2 have no key for one
+    if let Some(w) = c.sliding_window.filter(|&w| w < c.max_positions && !matches!(arch, "gemma3" | "olmo2")) {
         // llama.cpp's llama and qwen2 graphs attend over the whole context, as its own converter writes them.
         eprintln!(
             "warning: the model attends within a sliding window of {w} positions (sliding_window in config.json); \

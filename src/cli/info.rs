@@ -156,8 +156,9 @@ fn rope_line(c: &Config) -> String {
         (None, None) => {}
     }
     if let Some(y) = &c.yarn {
+        let on = if c.rope_local_theta.is_some() { " on the global layers" } else { "" };
         line += &format!(
-            ", YaRN scaling ×{} from {} positions (attention factor {:.4}",
+            ", YaRN scaling ×{} from {} positions{on} (attention factor {:.4}",
             y.factor, y.original_max_positions, y.attention_factor
         );
         if (y.beta_fast, y.beta_slow) != DEFAULT_BETAS || !y.truncate {

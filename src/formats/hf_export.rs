@@ -247,7 +247,7 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 "olmo3" | "olmo3forcausallm" => ("Olmo3ForCausalLM", "olmo3"),
                 other => bail!(
                     "cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, qwen3, \
-                     gemma3, phi3, smollm3, gpt2)"
+                     gemma3, phi3, smollm3, olmo2, olmo3, gpt2)"
                 ),
             };
             let mut v = json!({

@@ -231,7 +231,17 @@ fn olmo3_rope(c: &HfConfig, max_positions: usize, path: &Path) -> Result<(f32, f
             path.display()
         );
     }
-    let full = by_type("full_attention").or(c.rope_scaling.as_ref().filter(|v| !v.is_null()));
+    // transformers 5 updates the nested full-attention object with a legacy rope_scaling
+    let legacy = c.rope_scaling.as_ref().filter(|v| !v.is_null());
+    let merged = match (by_type("full_attention"), legacy) {
+        (Some(serde_json::Value::Object(nested)), Some(serde_json::Value::Object(scaling))) => {
+            let mut m = nested.clone();
+            m.extend(scaling.clone());
+            Some(serde_json::Value::Object(m))
+        }
+        _ => None,
+    };
+    let full = merged.as_ref().or(by_type("full_attention")).or(legacy);
     let sliding = by_type("sliding_attention");
     let sliding_kind = sliding.and_then(|v| v.get("rope_type").or(v.get("type"))).and_then(|t| t.as_str());
     if let Some(other) = sliding_kind.filter(|&k| k != "default") {
@@ -383,6 +393,16 @@ impl Config {
             other => bail!("{}: architecture \"{other}\" is not supported (supported: {SUPPORTED})", path.display()),
         };
         let lower = architecture.to_lowercase();
+        if lower.starts_with("olmo3") {
+            let raw: serde_json::Value = serde_json::from_str(&text)?;
+            if raw.get("sliding_window").is_some_and(|w| w.is_null()) {
+                bail!(
+                    "{}: sliding_window is null, but an OLMo 3 slides on its sliding_attention layers (transformers \
+                     cannot run it without a window either): give the window's length (4096 in every release)",
+                    path.display()
+                );
+            }
+        }
         let (is_qwen2, is_qwen3) = (lower.starts_with("qwen2"), lower.starts_with("qwen3"));
         let (is_smollm3, is_gemma3) = (lower.starts_with("smollm3"), lower.starts_with("gemma3"));
         let (is_phi3, is_llama) = (lower.starts_with("phi3"), lower.starts_with("llama"));
@@ -453,7 +473,7 @@ impl Config {
                 // use it; Llama has none (transformers ignores a sliding_window key in its config).
                 let sliding_window = match (is_qwen2 || is_qwen3 || is_smollm3, c.use_sliding_window) {
                     _ if is_llama || is_olmo2 => None,
-                    // Olmo3Config's default window
+                    // Olmo3Config's default window (an explicit null is refused below)
                     _ if is_olmo3 => c.sliding_window.or(Some(4096)),
                     (true, Some(true)) | (false, None | Some(true)) => c.sliding_window,
                     _ => None,

@@ -74,9 +74,17 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     // 1/√(hidden/heads) in the 62-layer 27B, whose query_pre_attn_scalar is that.
     // Without a window (the converter writes none for a pattern of 1) llama.cpp runs every layer global, on
     // `rope.freq_base`. OLMo 3 (llama.cpp's `olmo2` with a window) likewise, every 4th layer global by default,
-    // its sliding layers on `rope.freq_base_swa` (`rope.freq_base` when absent) without RoPE scaling.
+    // its sliding layers without RoPE scaling, on `rope.freq_base` as llama.cpp's graph rotates them (whatever
+    // `rope.freq_base_swa` says).
     let sliding_window = g.opt_usize(&key("attention.sliding_window"))?.filter(|&w| (gemma3 || olmo2) && w > 0);
     let pattern = if olmo2 { OLMO3_PATTERN } else { GEMMA3_PATTERN };
+    if olmo2 && g.tensor("blk.0.attn_q_norm.weight").is_none() {
+        bail!(
+            "{}: an olmo2 model without blk.0.attn_q_norm.weight: OLMo norms q and k in every layer (llama.cpp \
+             refuses the file too); re-convert it from the Hugging Face checkpoint",
+            path.display()
+        );
+    }
     let sliding_layers = match sliding_window {
         Some(_) => sliding_layers(g, path, &key("attention.sliding_window_pattern"), layers, pattern)?,
         None => vec![],
@@ -130,9 +138,9 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         sliding_window,
         sliding_layers,
         rope_local_theta: match sliding_window {
-            Some(_) => {
-                Some(g.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(if olmo2 { rope_theta } else { 10_000.0 }))
-            }
+            // llama.cpp's olmo2 reads rope.freq_base_swa but rotates every layer with rope.freq_base
+            Some(_) if olmo2 => Some(rope_theta),
+            Some(_) => Some(g.opt_f32(&key("rope.freq_base_swa"))?.unwrap_or(10_000.0)),
             None => None,
         },
         rope_linear_factor,

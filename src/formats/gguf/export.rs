@@ -49,7 +49,7 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
         (Family::Llama, "Qwen3ForCausalLM" | "qwen3") => "qwen3",
         (Family::Llama, "SmolLM3ForCausalLM" | "smollm3") => "smollm3",
         (Family::Llama, "Olmo2ForCausalLM" | "Olmo3ForCausalLM" | "olmo2" | "olmo3") => {
-            check_olmo_head_dim(c)?;
+            check_olmo(c)?;
             "olmo2"
         }
         (Family::Llama, _) if c.fused_projections() => "phi3",
@@ -89,16 +89,31 @@ fn check_gemma3_scale(c: &Config) -> Result<()> {
     Ok(())
 }
 
-/// llama.cpp's olmo2 takes the head size as hidden / heads and has no key for another.
-fn check_olmo_head_dim(c: &Config) -> Result<()> {
-    if c.head_dim * c.num_heads != c.hidden_size {
+/// What llama.cpp's olmo2 fixes without a key: heads hidden / heads wide, no biases (it loads none: a file with
+/// them fails to load), and one RoPE base on every layer (it reads `rope.freq_base_swa` but rotates the sliding
+/// layers with `rope.freq_base`).
+fn check_olmo(c: &Config) -> Result<()> {
+    let refuse = |what: String| {
         bail!(
-            "the model's heads are {} wide (head_dim in config.json), but llama.cpp runs an OLMo with hidden / heads = \
-             {} and a GGUF cannot say otherwise: llama.cpp would compute another model. `condlm merge` writes it as a \
-             Hugging Face folder instead",
-            c.head_dim,
-            c.hidden_size / c.num_heads.max(1)
-        );
+            "{what}, which llama.cpp's olmo2 cannot run (a GGUF has no key for it): it would compute another model or \
+             refuse the file. `condlm merge` writes it as a Hugging Face folder instead"
+        )
+    };
+    if c.head_dim * c.num_heads != c.hidden_size {
+        let implied = c.hidden_size / c.num_heads.max(1);
+        let width = c.head_dim;
+        return refuse(format!(
+            "the model's heads are {width} wide (head_dim in config.json), not hidden / heads = {implied}"
+        ));
+    }
+    if c.qkv_bias || c.o_bias || c.mlp_bias {
+        return refuse("the model has biases (attention_bias in config.json)".into());
+    }
+    if let Some(local) = c.rope_local_theta.filter(|&t| t != c.rope_theta) {
+        return refuse(format!(
+            "the model's sliding layers rotate with RoPE base {local} and its full-attention layers with {}",
+            c.rope_theta
+        ));
     }
     Ok(())
 }

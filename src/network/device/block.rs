@@ -340,8 +340,8 @@ fn pre_norm_forward<B: Backend>(
     }
 }
 
-/// x (N, d) += rmsnorm(out): a post-normed sublayer output joins the residual stream (Gemma 3, OLMo 2/3), its 1/rms kept in
-/// `rstd`, the normed values through `scratch` (as `Transformer`'s add_normed).
+/// x (N, d) += rmsnorm(out): a post-normed sublayer output joins the residual stream (Gemma 3, OLMo 2/3), its 1/rms
+/// kept in `rstd`, the normed values through `scratch` (as `Transformer`'s add_normed).
 #[allow(clippy::too_many_arguments)]
 fn add_normed<B: Backend>(
     be: &B,

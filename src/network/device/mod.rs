@@ -5,7 +5,8 @@
 //! --check-kernels`).
 //!
 //! Every architecture the CPU path runs: the Llama family's block layout (Llama, SmolLM2/3, Qwen2, Mistral, Qwen3,
-//! Gemma 3, Phi-3/4: RMSNorm with Gemma's (1 + w), optional biases, per-head q/k norms, post norms, GQA, RoPE with
+//! Gemma 3, Phi-3/4, OLMo 2/3: RMSNorm with Gemma's (1 + w), optional biases, q/k norms per head or over the whole
+//! projection, post norms with or without pre-norms, GQA, RoPE with
 //! a second base for sliding layers or LongRoPE's two sets and partial rotary dims, sliding windows, SwiGLU/GeGLU,
 //! fused qkv and gate|up projections) and GPT-2 (LayerNorms, learned positions, GELU MLP); scoring, LoRA training
 //! with dropout, full fine-tuning and decoding (a LongRoPE sequence that grows past its original context run again

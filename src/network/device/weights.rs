@@ -284,8 +284,9 @@ impl<B: Backend> Weights<B> {
     /// Whether the blocks keep their normed inputs and their MLP's activations in bf16 (`buffers::LayerBf16`): under
     /// `--compute bf16` on a backend that does ([`Backend::bf16_activations`]: a GPU), for RMSNorm blocks with gated
     /// MLPs of separate gate and up linears and no biases (the Llama family's; Phi-3's fused gate|up, GPT-2 and
-    /// OLMo 2/3, whose sublayer inputs are not normed, stay f32). Only products read them (and the MLP's own ops), so bf16 halves their traffic and the products round
-    /// them no more. The MLP's are the largest activations of a step — (N, ffn) each, and their gradients.
+    /// OLMo 2/3, whose sublayer inputs are not normed, stay f32). Only products read them (and the MLP's own ops),
+    /// so bf16 halves their traffic and the products round them no more. The MLP's are the largest activations of a
+    /// step — (N, ffn) each, and their gradients.
     pub fn bf16_activations(&self, be: &B) -> bool {
         let no_bias = |b: &DevBlock<B>| b.gate.iter().chain([&b.up, &b.down]).all(|l| l.b.is_none());
         let rms =
