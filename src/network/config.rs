@@ -349,7 +349,6 @@ fn phi3_rope(
     Ok((rotary_dim, Some(longrope)))
 }
 
-/// Token ids in config.json are a number, a list of numbers, or null.
 /// A count that config.json may spell as an integer or a whole float (32 or 32.0, as Python writes either).
 fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
     match Option::<f64>::deserialize(d)? {
@@ -359,6 +358,7 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<O
     }
 }
 
+/// Token ids in config.json are a number, a list of numbers, or null.
 fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
     match v {
         Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
@@ -473,7 +473,7 @@ impl Config {
                 // use it; Llama has none (transformers ignores a sliding_window key in its config).
                 let sliding_window = match (is_qwen2 || is_qwen3 || is_smollm3, c.use_sliding_window) {
                     _ if is_llama || is_olmo2 => None,
-                    // Olmo3Config's default window (an explicit null is refused below)
+                    // Olmo3Config's default window (an explicit null is refused above)
                     _ if is_olmo3 => c.sliding_window.or(Some(4096)),
                     (true, Some(true)) | (false, None | Some(true)) => c.sliding_window,
                     _ => None,

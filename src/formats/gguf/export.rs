@@ -1,10 +1,10 @@
 //! A model as one GGUF file that llama.cpp (and Ollama, LM Studio) loads: what llama.cpp's
 //! `convert_hf_to_gguf.py` writes for the architectures condlm supports — llama.cpp tensor names, Q/K rows
-//! permuted for `llama`, Llama 3.1's RoPE scaling as `rope_freqs.weight`, YaRN's `rope.scaling.*` keys, Gemma 3's
-//! norms with their 1 added, Phi-3's LongRoPE factors as tensors, GPT-2's Conv1D weights as (out, in), the
+//! permuted for `llama`, Llama 3.1's RoPE scaling as `rope_freqs.weight`, linear and YaRN `rope.scaling.*` keys,
+//! Gemma 3's norms with their 1 added, Phi-3's LongRoPE factors as tensors, GPT-2's Conv1D weights as (out, in), the
 //! hyper-parameters under `<arch>.*`, the tokenizer under `tokenizer.*` — with the weights in the type asked for.
-//! What llama.cpp fixes without a key (`config::llama_cpp_rules`, YaRN's ramp) is checked: a model it would run
-//! otherwise is refused.
+//! What llama.cpp fixes without a key (`config::llama_cpp_rules`, YaRN's ramp, OLMo's heads, biases and single RoPE
+//! base) is checked: a model it would run otherwise is refused.
 //!
 //! Tensor types follow llama.cpp's rules: one-dimensional tensors (norms, biases) stay F32; the output matrix
 //! (`output.weight`, or `token_embd.weight` when the embeddings are tied) is Q6_K when the type asked for has
