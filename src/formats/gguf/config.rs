@@ -190,13 +190,12 @@ enum RopeScaling {
 }
 
 /// `rope.scaling.type` as llama.cpp reads it: linear when absent, with `rope.scaling.factor` (absent or 0: 1) — on
-/// every layer, or on the global ones where sliding layers have their own base (Gemma 3, OLMo 3); YaRN on the
-/// Llama-family architectures but Gemma 3 and Phi-3, with llama.cpp's fixed ramp (it reads
-/// no `yarn_beta_*` keys for them), `rope.scaling.original_context_length` (the context length when absent or 0)
-/// and its attention factor, the paper's default for the factor times `rope.scaling.attn_factor`. Other kinds —
-/// linear on Phi-3, YaRN on Gemma 3 or Phi-3, an `attn_factor` without YaRN (llama.cpp scales cos and sin by it
-/// whatever the kind) — are refused rather than read as another model; LongRoPE's factors are tensors, read with the
-/// rest of the config.
+/// every layer, or on the global ones where sliding layers have their own table (Gemma 3, OLMo 3); YaRN on the
+/// Llama-family architectures but Gemma 3 and Phi-3, with llama.cpp's fixed ramp (it reads no `yarn_beta_*` keys
+/// for them), `rope.scaling.original_context_length` (the context length when absent or 0) and its attention
+/// factor, the paper's default for the factor times `rope.scaling.attn_factor`. Other kinds — linear on Phi-3, YaRN
+/// on Gemma 3 or Phi-3, an `attn_factor` without YaRN (llama.cpp scales cos and sin by it whatever the kind) — are
+/// refused rather than read as another model; LongRoPE's factors are tensors, read with the rest of the config.
 fn rope_scaling_type(
     g: &GgufFile,
     path: &Path,
