@@ -235,21 +235,8 @@ fn olmo_goes_through_gguf() {
     rewrite(&fixture("converter/tiny-olmo3.gguf"), &out, set("olmo2.rope.freq_base_swa", MetaValue::F32(5e4)), None);
     assert_eq!(load_model(p(&out)).unwrap().model.config.rope_local_theta, Some(1e4));
     // without q/k norms llama.cpp refuses the file, and so does condlm
-    {
-        use condlm::formats::gguf::writer::{TensorData, TensorToWrite, write_gguf};
-        let g = GgufFile::open(&fixture("converter/tiny-olmo2.gguf")).unwrap();
-        let meta: Vec<(&str, MetaValue)> = g.metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-        let kept = g.tensors.iter().filter(|t| !t.name.contains("_norm.weight") || !t.name.contains("attn_"));
-        let tensors: Vec<TensorToWrite<'_>> = kept
-            .map(|t| TensorToWrite {
-                name: &t.name,
-                dims: t.dims.clone(),
-                ty: t.ty,
-                data: TensorData::Bytes(g.tensor_bytes(t).unwrap()),
-            })
-            .collect();
-        write_gguf(std::fs::File::create(&out).unwrap(), &meta, &tensors).unwrap();
-    }
+    let qk_norm = |name: &str| name.contains("attn_q_norm") || name.contains("attn_k_norm");
+    rewrite_keeping(&fixture("converter/tiny-olmo2.gguf"), &out, |_| {}, None, |name| !qk_norm(name));
     let e = format!("{:#}", load_model(p(&out)).err().unwrap());
     assert!(e.contains("o.gguf") && e.contains("without blk.0.attn_q_norm.weight"), "{e}");
     // an OLMo 3 whose sliding layers have their own base has no llama.cpp spelling
@@ -444,6 +431,17 @@ fn vocab_from_copies_the_base_gguf_vocabulary_when_it_is_the_models() {
 /// `src` rewritten to `dst` with its metadata edited by `edit` and tensor `rope_freqs.weight`'s values (when it
 /// has one) replaced by `freqs`.
 fn rewrite(src: &Path, dst: &Path, edit: impl Fn(&mut Meta), freqs: Option<&[f32]>) {
+    rewrite_keeping(src, dst, edit, freqs, |_| true);
+}
+
+/// [`rewrite`], keeping only the tensors whose names `keep` accepts.
+fn rewrite_keeping(
+    src: &Path,
+    dst: &Path,
+    edit: impl Fn(&mut Meta),
+    freqs: Option<&[f32]>,
+    keep: impl Fn(&str) -> bool,
+) {
     use condlm::formats::gguf::writer::{TensorData, TensorToWrite, write_gguf};
     let g = GgufFile::open(src).unwrap();
     let mut meta = g.metadata.clone();
@@ -453,6 +451,7 @@ fn rewrite(src: &Path, dst: &Path, edit: impl Fn(&mut Meta), freqs: Option<&[f32
     let tensors: Vec<TensorToWrite<'_>> = g
         .tensors
         .iter()
+        .filter(|t| keep(&t.name))
         .map(|t| TensorToWrite {
             name: &t.name,
             dims: t.dims.clone(),

@@ -190,14 +190,18 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
         (key("feed_forward_length"), u32_of(c.intermediate_size)),
         (key("attention.head_count"), u32_of(c.num_heads)),
     ];
+    if c.family == Family::Llama {
+        m.extend([
+            (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
+            (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
+            (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
+        ]);
+    }
     match c.family {
         Family::Gpt2 => m.push((key("attention.layer_norm_epsilon"), MetaValue::F32(c.norm_eps))),
         Family::Llama if arch == "gemma3" => {
             // what llama.cpp's converter writes for Gemma 3 (no vocab_size or rope.dimension_count)
             m.extend([
-                (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
-                (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
-                (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
                 (key("attention.key_length"), u32_of(c.head_dim)),
                 (key("attention.value_length"), u32_of(c.head_dim)),
             ]);
@@ -219,11 +223,6 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
         Family::Llama if arch == "olmo2" => {
             // what llama.cpp's converter writes for OLMo 2 and 3 (no vocab_size, head sizes or
             // rope.dimension_count); OLMo 3's window with one flag per layer and the sliding layers' base
-            m.extend([
-                (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
-                (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
-                (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
-            ]);
             if let Some(window) = c.sliding_window {
                 let flags = (0..c.num_layers).map(|i| MetaValue::Bool(c.window(i).is_some())).collect();
                 m.extend([
@@ -240,10 +239,7 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
             let original = c.longrope.as_ref().map_or(4096, |l| l.original_max_positions);
             m.extend([
                 (key("rope.scaling.original_context_length"), u32_of(original)),
-                (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
-                (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
                 (key("rope.dimension_count"), u32_of(c.rotary_dim)),
-                (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
                 (key("attention.sliding_window"), u32_of(c.sliding_window.unwrap_or(0))),
             ]);
             if let Some(l) = &c.longrope {
@@ -252,9 +248,6 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
         }
         Family::Llama => {
             m.extend([
-                (key("attention.head_count_kv"), u32_of(c.num_kv_heads)),
-                (key("rope.freq_base"), MetaValue::F32(c.rope_theta)),
-                (key("attention.layer_norm_rms_epsilon"), MetaValue::F32(c.norm_eps)),
                 (key("attention.key_length"), u32_of(c.head_dim)),
                 (key("attention.value_length"), u32_of(c.head_dim)),
                 (key("vocab_size"), u32_of(c.vocab_size)),
