@@ -246,6 +246,8 @@ fn yarn_config_errors_name_the_key() {
     assert!(e.contains("rope_parameters.truncate is 1: true or false"), "{e}");
     let e = err(&|v| v["rope_parameters"]["attention_factor"] = serde_json::json!(-1.0));
     assert!(e.contains("rope_parameters.attention_factor is -1"), "{e}");
+    let e = err(&|v| v["rope_parameters"] = serde_json::json!({"rope_type": "linear", "factor": "4"}));
+    assert!(e.contains("rope_parameters.factor is \"4\": linear RoPE scaling needs a positive number"), "{e}");
     let e = err(&|v| v["original_max_position_embeddings"] = serde_json::json!(0));
     assert!(e.contains("rope_parameters: original_max_position_embeddings is 0"), "{e}");
     let e = err(&|v| v["original_max_position_embeddings"] = serde_json::json!(64.5));

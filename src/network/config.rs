@@ -780,7 +780,10 @@ fn parse_rope_scaling(
             Some(f) if f.is_finite() && f > 0.0 => {
                 Ok(Scaling { linear: (f != 1.0).then_some(f as f32), ..Default::default() })
             }
-            f => bail!("{what}.factor is {f:?}: linear RoPE scaling needs a positive factor"),
+            _ => {
+                let f = v.get("factor").map_or("absent".to_string(), |f| f.to_string());
+                bail!("{what}.factor is {f}: linear RoPE scaling needs a positive number")
+            }
         },
         other => {
             bail!("{what} has type \"{other}\", which is not supported (supported: llama3, yarn, linear, or default)")
