@@ -23,7 +23,7 @@ use condlm::network::adapters::set_full_finetune;
 use condlm::network::transformer::Transformer;
 use condlm::train::objective::{ObjectiveScratch, forward_backward};
 
-const FAMILIES: [&str; 11] = [
+const FAMILIES: [&str; 12] = [
     "tiny-qwen3",
     "tiny-smollm3",
     "tiny-gemma3",
@@ -35,6 +35,7 @@ const FAMILIES: [&str; 11] = [
     "tiny-qwen3-yarn",
     "tiny-olmo2",
     "tiny-olmo3",
+    "tiny-qwen35",
 ];
 
 fn model(name: &str) -> Transformer {

@@ -138,6 +138,7 @@ fn kv_cache_logits_match_full_forward_at_every_step() {
         ("tiny-qwen3-yarn", Some("tiny-qwen3-yarn/lora-init")),
         ("tiny-olmo2", Some("tiny-olmo2/lora-init")),
         ("tiny-olmo3", None),
+        ("tiny-qwen35", Some("tiny-qwen35/lora-init")),
     ];
     for &(spec, adapter) in specs {
         let m = load(spec, adapter);

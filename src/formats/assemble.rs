@@ -5,7 +5,8 @@ use super::weights::{BaseDtype, Weights, check_finite, is_gpt2_conv1d, transpose
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
 use crate::kernels::weight_bytes::SharedBytes;
-use crate::network::config::{Config, Family};
+use crate::network::config::{Config, DeltaNetShape, Family};
+use crate::network::delta_net::DeltaNet;
 use crate::network::linear::Linear;
 use crate::network::param::Param;
 use crate::network::transformer::{Block, Norm, Transformer};
@@ -189,6 +190,12 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                     true => (q, kv),
                     false => (c.head_dim, c.head_dim),
                 };
+                if c.is_linear_layer(i)
+                    && let Some(shape) = &c.delta_net
+                {
+                    blocks.push(delta_net_block(&mut t, c, shape, &p)?);
+                    continue;
+                }
                 let qk_norm = match c.qk_norm {
                     true => Some((
                         t.norm(&format!("{p}.self_attn.q_norm"), q_width, Bias::Without)?,
@@ -216,6 +223,7 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                     true => Some(t.norm(&format!("{p}.input_layernorm"), d, Bias::Without)?),
                     false => None,
                 };
+                let q_out = if c.attn_output_gate { 2 * q } else { q };
                 let (qkv, gate, up) = match c.fused_projections() {
                     // Phi-3: one qkv_proj (q, then k, then v rows) and one gate_up_proj (gate rows, then up)
                     true => (
@@ -225,7 +233,8 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                     ),
                     false => (
                         vec![
-                            t.linear(&format!("{p}.self_attn.q_proj"), d, q, c.qkv_bias.into())?,
+                            // with an output gate, each head's gate follows its query
+                            t.linear(&format!("{p}.self_attn.q_proj"), d, q_out, c.qkv_bias.into())?,
                             t.linear(&format!("{p}.self_attn.k_proj"), d, kv, c.qkv_bias.into())?,
                             t.linear(&format!("{p}.self_attn.v_proj"), d, kv, c.qkv_bias.into())?,
                         ],
@@ -243,6 +252,7 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                     gate,
                     up,
                     down: t.linear(&format!("{p}.mlp.down_proj"), f, d, c.mlp_bias.into())?,
+                    delta_net: None,
                 });
             }
             Transformer {
@@ -264,6 +274,7 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                     qkv: vec![t.linear(&format!("{p}.attn.c_attn"), d, q + 2 * kv, Bias::With)?],
                     o: t.linear(&format!("{p}.attn.c_proj"), q, d, Bias::With)?,
                     mlp_norm: Some(t.norm(&format!("{p}.ln_2"), d, Bias::With)?),
+                    delta_net: None,
                     gate: None,
                     up: t.linear(&format!("{p}.mlp.c_fc"), d, f, Bias::With)?,
                     down: t.linear(&format!("{p}.mlp.c_proj"), f, d, Bias::With)?,
@@ -290,6 +301,36 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
     let mut model = model;
     model.gather_packed();
     Ok(model)
+}
+
+/// A Qwen3.5 linear-attention layer: its norms and MLP as every Llama-family layer's, and a Gated DeltaNet
+/// (`linear_attn.*`) in place of attention.
+fn delta_net_block(t: &mut Taker, c: &Config, s: &DeltaNetShape, p: &str) -> Result<Block> {
+    let (d, f) = (c.hidden_size, c.intermediate_size);
+    let a = format!("{p}.linear_attn");
+    let delta_net = DeltaNet {
+        conv: t.param(&format!("{a}.conv1d.weight"), &[s.conv_dim(), 1, s.conv_kernel])?,
+        dt_bias: t.param(&format!("{a}.dt_bias"), &[s.v_heads])?,
+        a_log: t.param(&format!("{a}.A_log"), &[s.v_heads])?,
+        norm: t.param(&format!("{a}.norm.weight"), &[s.v_head_dim])?,
+    };
+    Ok(Block {
+        attn_norm: Some(t.norm(&format!("{p}.input_layernorm"), d, Bias::Without)?),
+        post_norms: None,
+        qk_norm: None,
+        qkv: vec![
+            t.linear(&format!("{a}.in_proj_qkv"), d, s.conv_dim(), Bias::Without)?,
+            t.linear(&format!("{a}.in_proj_z"), d, s.value_dim(), Bias::Without)?,
+            t.linear(&format!("{a}.in_proj_b"), d, s.v_heads, Bias::Without)?,
+            t.linear(&format!("{a}.in_proj_a"), d, s.v_heads, Bias::Without)?,
+        ],
+        o: t.linear(&format!("{a}.out_proj"), s.value_dim(), d, Bias::Without)?,
+        mlp_norm: Some(t.norm(&format!("{p}.post_attention_layernorm"), d, Bias::Without)?),
+        gate: Some(t.linear(&format!("{p}.mlp.gate_proj"), d, f, c.mlp_bias.into())?),
+        up: t.linear(&format!("{p}.mlp.up_proj"), d, f, c.mlp_bias.into())?,
+        down: t.linear(&format!("{p}.mlp.down_proj"), f, d, c.mlp_bias.into())?,
+        delta_net: Some(delta_net),
+    })
 }
 
 /// The untied output matrix; a tied model may still store a copy, which is consumed and ignored.

@@ -162,6 +162,7 @@ pub fn base_params(model: &Transformer) -> Vec<&Param> {
         }
         out.extend(b.post_norms.iter().flat_map(|(a, m)| [&a.w, &m.w]));
         out.extend(b.qk_norm.iter().flat_map(|(q, k)| [&q.w, &k.w]));
+        out.extend(b.delta_net.iter().flat_map(|dn| dn.params()));
         for l in b.linears() {
             out.push(&l.w);
             out.extend(l.b.as_ref());

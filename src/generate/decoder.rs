@@ -84,7 +84,7 @@ impl<'m> Decoder<'m> {
             Placement::Reference => Some(Box::new(DeviceModel::new(Host, model)?)),
         };
         let cache = match &device {
-            None => KvCache::new(c.num_layers, slots, capacity, c.num_kv_heads, c.head_dim),
+            None => KvCache::for_model(c, slots, capacity),
             Some(_) => KvCache::new(c.num_layers, slots, capacity, 0, 0),
         };
         let mut dec = Decoder {

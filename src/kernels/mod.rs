@@ -12,6 +12,7 @@ pub mod dequant;
 pub mod dropout;
 pub mod embedding;
 pub mod gemm;
+pub mod gated_delta;
 pub mod gemm_bf16;
 pub mod kv_attention;
 pub mod lm_head;

@@ -1,6 +1,7 @@
 //! The buffers of the forward and backward passes, grown to the largest batch seen and reused: after the first
 //! step of a given size, a pass allocates nothing.
 use super::config::{Config, Family};
+use super::delta_net::{DeltaActs, DeltaGrads};
 use super::lora::LoraActs;
 use crate::kernels::grow;
 use crate::kernels::kv_attention::CachedAttentionScratch;
@@ -41,8 +42,15 @@ pub struct LayerActs {
     pub ff_gate: Vec<f32>,
     pub ff_up: Vec<f32>,
     pub ff_act: Vec<f32>,
-    /// LoRA factors per linear slot (see `Block::linears`): q, k, v (or c_attn), o, gate, up, down
-    pub lora: [LoraActs; 7],
+    /// Qwen3.5's attention output gate: q_proj's output (N, 2·heads·head_dim: per head q, then its gate), the
+    /// gates (N, heads·head_dim) and the gated attention output, o_proj's input
+    pub q_gate: Vec<f32>,
+    pub gate: Vec<f32>,
+    pub att_gated: Vec<f32>,
+    /// A Gated DeltaNet layer's mixer (Qwen3.5's linear attention)
+    pub delta: DeltaActs,
+    /// LoRA factors per linear slot (see `Block::linears`): the mixer's input projections, o, gate, up, down
+    pub lora: [LoraActs; 8],
 }
 
 /// Gradient scratch for the backward pass (N, ·), reused across layers.
@@ -62,6 +70,13 @@ pub struct GradScratch {
     pub dff_act: Vec<f32>,
     /// ∂L/∂ Phi-3's fused gate|up output (N, 2·ffn)
     pub dgate_up: Vec<f32>,
+    /// ∂L/∂ q_proj's output with an output gate (N, 2·heads·head_dim), and ∂L/∂ the gated attention output
+    pub dq_gate: Vec<f32>,
+    pub datt_gated: Vec<f32>,
+    /// ∂L/∂ the output gate's pre-activations (N, heads·head_dim)
+    pub dattn_gate: Vec<f32>,
+    /// A Gated DeltaNet layer's
+    pub delta: DeltaGrads,
 }
 
 /// Forward/backward buffers. Training keeps every block's [`LayerActs`]; inference keeps one.
@@ -160,6 +175,14 @@ impl Activations {
             for v in [&mut l.ff_gate, &mut l.ff_up, &mut l.ff_act] {
                 grow(v, n * f);
             }
+            if c.attn_output_gate {
+                grow(&mut l.q_gate, n * 2 * aw);
+                grow(&mut l.gate, n * aw);
+                grow(&mut l.att_gated, n * aw);
+            }
+            if let Some(s) = &c.delta_net {
+                grow(&mut l.delta.proj, n * s.proj_width());
+            }
             if c.sandwich_norms {
                 grow(&mut l.attn_out, n * d);
                 grow(&mut l.mlp_out, n * d);
@@ -199,6 +222,14 @@ impl Activations {
         }
         if c.fused_projections() {
             grow(&mut g.dgate_up, n * 2 * f);
+        }
+        if c.attn_output_gate {
+            grow(&mut g.dq_gate, n * 2 * aw);
+            grow(&mut g.datt_gated, n * aw);
+            grow(&mut g.dattn_gate, n * aw);
+        }
+        if let Some(s) = &c.delta_net {
+            g.delta.prepare(s, n);
         }
         if c.qk_norm {
             grow(&mut g.dqk_post, n * aw);

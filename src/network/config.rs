@@ -76,6 +76,14 @@ pub struct Config {
     pub pre_norms: bool,
     /// Token embeddings multiplied by √hidden_size (Gemma).
     pub scale_embeddings: bool,
+    /// Qwen3.5's linear-attention layers (`layer_types` "linear_attention"): a Gated DeltaNet in place of
+    /// attention; empty: none.
+    pub linear_layers: Vec<bool>,
+    /// The Gated DeltaNet's shape when the model has linear-attention layers.
+    pub delta_net: Option<DeltaNetShape>,
+    /// Qwen3.5's attention output gate: q_proj yields, per head, the query then a gate g, and attention's output
+    /// is multiplied by σ(g) before o_proj.
+    pub attn_output_gate: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -89,6 +97,37 @@ pub struct LongRope {
     pub long_factor: Vec<f32>,
     pub original_max_positions: usize,
     pub attention_factor: f32,
+}
+
+/// Qwen3.5's Gated DeltaNet (`linear_*` keys): q and k heads of `k_head_dim`, v heads of `v_head_dim` (a multiple
+/// of the k heads, which each serve v_heads / k_heads of them), and a causal convolution of `conv_kernel` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaNetShape {
+    pub k_heads: usize,
+    pub v_heads: usize,
+    pub k_head_dim: usize,
+    pub v_head_dim: usize,
+    pub conv_kernel: usize,
+}
+
+impl DeltaNetShape {
+    pub fn key_dim(&self) -> usize {
+        self.k_heads * self.k_head_dim
+    }
+
+    pub fn value_dim(&self) -> usize {
+        self.v_heads * self.v_head_dim
+    }
+
+    /// Channels of the convolution: q, k and v.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.key_dim() + self.value_dim()
+    }
+
+    /// Width of the input projections' joint output: in_proj_qkv, in_proj_z, in_proj_b, in_proj_a.
+    pub fn proj_width(&self) -> usize {
+        self.conv_dim() + self.value_dim() + 2 * self.v_heads
+    }
 }
 
 /// The subset of HF config.json keys the supported models use (Llama/Mistral/Qwen2 and GPT-2 names).
@@ -137,6 +176,13 @@ struct HfConfig {
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
     hidden_act: Option<String>,
+    /// Qwen3.5's Gated DeltaNet
+    linear_conv_kernel_dim: Option<usize>,
+    linear_key_head_dim: Option<usize>,
+    linear_value_head_dim: Option<usize>,
+    linear_num_key_heads: Option<usize>,
+    linear_num_value_heads: Option<usize>,
+    full_attention_interval: Option<usize>,
     // GPT-2 names
     n_embd: Option<usize>,
     n_layer: Option<usize>,
@@ -150,7 +196,7 @@ struct HfConfig {
 }
 
 const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, \
-                         SmolLM3ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, Olmo3ForCausalLM, \
+                         Qwen3_5ForCausalLM, SmolLM3ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, Olmo3ForCausalLM, \
                          GPT2LMHeadModel";
 
 fn need<T>(v: Option<T>, key: &str, path: &Path) -> Result<T> {
@@ -302,14 +348,7 @@ fn phi3_rope(
     path: &Path,
 ) -> Result<(usize, Option<LongRope>)> {
     let p = path.display();
-    let partial = c.partial_rotary_factor.or_else(|| rope?.get("partial_rotary_factor")?.as_f64()).unwrap_or(1.0);
-    let rotary_dim = (head_dim as f64 * partial) as usize;
-    if !(partial > 0.0 && partial <= 1.0) || rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
-        bail!(
-            "{p}: partial_rotary_factor {partial} of head dim {head_dim} gives {rotary_dim} rotated features; \
-             RoPE needs an even, non-zero count of at most the head dim"
-        );
-    }
+    let rotary_dim = partial_rotary_dim(c, rope, head_dim, 1.0, path)?;
     let Some(v) = rope else { return Ok((rotary_dim, None)) };
     match v.get("rope_type").or(v.get("type")).and_then(|t| t.as_str()).unwrap_or("") {
         "default" => return Ok((rotary_dim, None)),
@@ -349,6 +388,60 @@ fn phi3_rope(
     Ok((rotary_dim, Some(longrope)))
 }
 
+/// The features of each head RoPE rotates: `partial_rotary_factor` (top level, else in the RoPE object, else
+/// `default`) of the head dim, as transformers truncates it.
+fn partial_rotary_dim(
+    c: &HfConfig,
+    rope: Option<&serde_json::Value>,
+    head_dim: usize,
+    default: f64,
+    path: &Path,
+) -> Result<usize> {
+    let partial = c.partial_rotary_factor.or_else(|| rope?.get("partial_rotary_factor")?.as_f64()).unwrap_or(default);
+    let rotary_dim = (head_dim as f64 * partial) as usize;
+    if !(partial > 0.0 && partial <= 1.0) || rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
+        bail!(
+            "{}: partial_rotary_factor {partial} of head dim {head_dim} gives {rotary_dim} rotated features; \
+             RoPE needs an even, non-zero count of at most the head dim",
+            path.display()
+        );
+    }
+    Ok(rotary_dim)
+}
+
+/// Qwen3.5's layer kinds and Gated DeltaNet shape, as Qwen3_5TextConfig reads them: `layer_types`
+/// ("linear_attention" / "full_attention"), else every `full_attention_interval`-th layer (default 4) full.
+fn qwen35_linear_layers(c: &HfConfig, layers: usize, path: &Path) -> Result<(Vec<bool>, Option<DeltaNetShape>)> {
+    let linear = match &c.layer_types {
+        Some(types) if types.len() < layers => {
+            bail!("{}: layer_types has {} entries for {layers} layers", path.display(), types.len())
+        }
+        Some(types) => types[..layers]
+            .iter()
+            .map(|t| match t.as_str() {
+                "linear_attention" => Ok(true),
+                "full_attention" => Ok(false),
+                other => bail!(
+                    "{}: layer_types entry \"{other}\" is not a Qwen3.5 layer (linear_attention, full_attention)",
+                    path.display()
+                ),
+            })
+            .collect::<Result<Vec<bool>>>()?,
+        None => {
+            let every = c.full_attention_interval.unwrap_or(4).max(1);
+            (0..layers).map(|i| (i + 1) % every != 0).collect()
+        }
+    };
+    let shape = DeltaNetShape {
+        k_heads: c.linear_num_key_heads.unwrap_or(16),
+        v_heads: c.linear_num_value_heads.unwrap_or(32),
+        k_head_dim: c.linear_key_head_dim.unwrap_or(128),
+        v_head_dim: c.linear_value_head_dim.unwrap_or(128),
+        conv_kernel: c.linear_conv_kernel_dim.unwrap_or(4),
+    };
+    Ok((linear, Some(shape)))
+}
+
 /// A count that config.json may spell as an integer or a whole float (32 or 32.0, as Python writes either).
 fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<usize>, D::Error> {
     match Option::<f64>::deserialize(d)? {
@@ -382,8 +475,8 @@ impl Config {
         let family = match architecture.as_str() {
             "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
             | "SmolLM3ForCausalLM" | "Gemma3ForCausalLM" | "Phi3ForCausalLM" | "Olmo2ForCausalLM"
-            | "Olmo3ForCausalLM" | "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3" | "gemma3_text" | "phi3"
-            | "olmo2" | "olmo3" => Family::Llama,
+            | "Olmo3ForCausalLM" | "Qwen3_5ForCausalLM" | "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3"
+            | "gemma3_text" | "phi3" | "olmo2" | "olmo3" | "qwen3_5_text" => Family::Llama,
             "GPT2LMHeadModel" | "gpt2" => Family::Gpt2,
             "Gemma3ForConditionalGeneration" | "gemma3" => bail!(
                 "{}: {architecture} is Gemma 3's multimodal checkpoint; condlm reads the text model only \
@@ -407,6 +500,7 @@ impl Config {
         let (is_smollm3, is_gemma3) = (lower.starts_with("smollm3"), lower.starts_with("gemma3"));
         let (is_phi3, is_llama) = (lower.starts_with("phi3"), lower.starts_with("llama"));
         let (is_olmo2, is_olmo3) = (lower.starts_with("olmo2"), lower.starts_with("olmo3"));
+        let is_qwen35 = lower.starts_with("qwen3_5");
         let bos = token_ids(&c.bos_token_id).first().copied();
         let eos = token_ids(&c.eos_token_id);
         let cfg = match family {
@@ -435,17 +529,23 @@ impl Config {
                 let layers = need(c.num_hidden_layers, "num_hidden_layers", path)?;
                 // Phi-3 has no biases, whatever attention_bias / mlp_bias say (transformers reads neither for it)
                 let attention_bias = !is_phi3 && c.attention_bias.unwrap_or(false);
-                let head_dim = c.head_dim.unwrap_or(if is_gemma3 { 256 } else { hidden / heads.max(1) });
+                let head_dim = c.head_dim.unwrap_or(if is_gemma3 || is_qwen35 { 256 } else { hidden / heads.max(1) });
                 // transformers 5 takes a legacy rope_scaling in place of rope_parameters
                 let (rope, rope_key) = match c.rope_scaling.as_ref().filter(|v| !v.is_null()) {
                     Some(v) => (Some(v), "rope_scaling"),
                     None => (c.rope_parameters.as_ref().filter(|v| !v.is_null()), "rope_parameters"),
                 };
-                let (rotary_dim, longrope) = match is_phi3 {
-                    true => phi3_rope(&c, rope, head_dim, path)?,
-                    false => (head_dim, None),
+                let (rotary_dim, longrope) = match (is_phi3, is_qwen35) {
+                    (true, _) => phi3_rope(&c, rope, head_dim, path)?,
+                    // Qwen3_5TextConfig's default rotates a quarter of each head
+                    (false, true) => (partial_rotary_dim(&c, rope, head_dim, 0.25, path)?, None),
+                    (false, false) => (head_dim, None),
                 };
-                let max_positions = c.max_position_embeddings.unwrap_or(2048);
+                let max_positions = c.max_position_embeddings.unwrap_or(if is_qwen35 { 32768 } else { 2048 });
+                let (linear_layers, delta_net) = match is_qwen35 {
+                    true => qwen35_linear_layers(&c, layers, path)?,
+                    false => (vec![], None),
+                };
                 let (rope_theta, rope_local_theta, rope_scaling, yarn, rope_linear_factor) = if is_gemma3 {
                     let (global, local, linear) = gemma3_rope(&c, path)?;
                     (global, Some(local), None, None, linear)
@@ -513,10 +613,13 @@ impl Config {
                     rope_linear_factor,
                     attn_scale: is_gemma3.then(|| (c.query_pre_attn_scalar.unwrap_or(256.0) as f64).powf(-0.5) as f32),
                     mlp_act,
-                    norm_plus_one: is_gemma3,
+                    norm_plus_one: is_gemma3 || is_qwen35,
                     sandwich_norms: is_gemma3 || is_olmo2 || is_olmo3,
                     pre_norms: !(is_olmo2 || is_olmo3),
                     scale_embeddings: is_gemma3,
+                    linear_layers,
+                    delta_net,
+                    attn_output_gate: is_qwen35,
                     bos_token_id: bos,
                     eos_token_ids: eos,
                 }
@@ -579,6 +682,9 @@ impl Config {
                     sandwich_norms: false,
                     pre_norms: true,
                     scale_embeddings: false,
+                    linear_layers: vec![],
+                    delta_net: None,
+                    attn_output_gate: false,
                     bos_token_id: bos,
                     eos_token_ids: eos,
                 }
@@ -601,6 +707,11 @@ impl Config {
     /// The attention window of layer `i`, if it slides.
     pub fn window(&self, i: usize) -> Option<usize> {
         self.sliding_window.filter(|_| self.sliding_layers.get(i).copied().unwrap_or(true))
+    }
+
+    /// Whether layer `i` is a Gated DeltaNet (Qwen3.5's linear attention) rather than attention.
+    pub fn is_linear_layer(&self, i: usize) -> bool {
+        self.linear_layers.get(i).copied().unwrap_or(false)
     }
 
     /// Whether layer `i` rotates with the local RoPE base (a sliding layer of a model that has one).
@@ -665,6 +776,27 @@ impl Config {
                 }
             }
         }
+        if let Some(s) = &self.delta_net {
+            let dims = [
+                ("linear_num_key_heads", s.k_heads, 1 << 12),
+                ("linear_num_value_heads", s.v_heads, 1 << 12),
+                ("linear_key_head_dim", s.k_head_dim, 1 << 12),
+                ("linear_value_head_dim", s.v_head_dim, 1 << 12),
+                ("linear_conv_kernel_dim", s.conv_kernel, 1 << 8),
+            ];
+            for (key, v, max) in dims {
+                if v == 0 || v > max {
+                    bail!("{key} is {v}: it must be between 1 and {max}");
+                }
+            }
+            if !s.v_heads.is_multiple_of(s.k_heads) {
+                bail!(
+                    "linear_num_value_heads {} is not a multiple of linear_num_key_heads {}",
+                    s.v_heads,
+                    s.k_heads
+                );
+            }
+        }
         if self.sliding_window == Some(0) {
             bail!("the sliding window is 0 positions: give its length, or null for none");
         }
@@ -718,26 +850,34 @@ impl Config {
         let (d, f, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
         let (q, kv) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
         let head = if self.tie_embeddings { 0 } else { v * d };
-        let per_layer = match self.family {
+        // (the attention's tensors, the rest of the block)
+        let (attn, rest) = match self.family {
             Family::Llama => {
-                let attn = d * (q + 2 * kv) + q * d;
+                let gate = if self.attn_output_gate { d * q } else { 0 };
                 let bias = if self.qkv_bias { q + 2 * kv } else { 0 } + if self.o_bias { d } else { 0 };
-                let mlp = 3 * d * f + if self.mlp_bias { 2 * f + d } else { 0 };
                 let qk_norm = match (self.qk_norm, self.qk_norm_whole) {
                     (false, _) => 0,
                     (true, false) => 2 * self.head_dim,
                     (true, true) => q + kv,
                 };
+                let mlp = 3 * d * f + if self.mlp_bias { 2 * f + d } else { 0 };
                 let norms = 2 * d * (usize::from(self.sandwich_norms) + usize::from(self.pre_norms));
-                attn + bias + mlp + norms + qk_norm
+                (d * (q + 2 * kv) + q * d + gate + bias + qk_norm, mlp + norms)
             }
-            Family::Gpt2 => (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d) + 4 * d,
+            Family::Gpt2 => (0, (d * 3 * d + 3 * d) + (d * d + d) + (d * f + f) + (f * d + d) + 4 * d),
         };
+        // a linear-attention layer has a Gated DeltaNet in place of attention
+        let delta_net = self.delta_net.map_or(0, |s| {
+            let proj = d * s.proj_width() + s.value_dim() * d;
+            proj + s.conv_dim() * s.conv_kernel + 2 * s.v_heads + s.v_head_dim
+        });
+        let blocks: usize =
+            (0..self.num_layers).map(|i| rest + if self.is_linear_layer(i) { delta_net } else { attn }).sum();
         let norms = match self.family {
             Family::Llama => d,
             Family::Gpt2 => 2 * d + self.max_positions * d,
         };
-        v * d + head + self.num_layers * per_layer + norms
+        v * d + head + blocks + norms
     }
 }
 

@@ -6,6 +6,8 @@
 //! attends to are one contiguous run. Everything is allocated once, in [`KvCache::new`]; decoding only writes
 //! into it.
 
+use super::config::Config;
+use super::delta_net::DeltaNetState;
 use crate::kernels::kv_attention::KvLayer;
 
 /// Preallocated keys and values of `slots` sequences × `capacity` positions for every layer.
@@ -19,13 +21,30 @@ pub struct KvCache {
     v: Vec<f32>,
     /// (slots, capacity)
     tokens: Vec<u32>,
+    /// Each layer's Gated DeltaNet state (Qwen3.5's linear-attention layers), None for attention layers.
+    delta_net: Vec<Option<DeltaNetState>>,
 }
 
 impl KvCache {
     pub fn new(layers: usize, slots: usize, capacity: usize, kv_heads: usize, head_dim: usize) -> Self {
         let len = layers * slots * kv_heads * capacity * head_dim;
         let tokens = vec![0; slots * capacity];
-        KvCache { layers, slots, capacity, kv_heads, head_dim, k: vec![0.0; len], v: vec![0.0; len], tokens }
+        let (k, v, delta_net) = (vec![0.0; len], vec![0.0; len], vec![]);
+        KvCache { layers, slots, capacity, kv_heads, head_dim, k, v, tokens, delta_net }
+    }
+
+    /// A cache for `c`'s layers: keys and values, and the decoding state of its Gated DeltaNet layers.
+    pub fn for_model(c: &Config, slots: usize, capacity: usize) -> Self {
+        let mut cache = KvCache::new(c.num_layers, slots, capacity, c.num_kv_heads, c.head_dim);
+        cache.delta_net = (0..c.num_layers)
+            .map(|i| c.delta_net.filter(|_| c.is_linear_layer(i)).map(|s| DeltaNetState::new(s, slots)))
+            .collect();
+        cache
+    }
+
+    /// Linear-attention layer `layer`'s decoding state.
+    pub fn delta_net(&mut self, layer: usize) -> &mut DeltaNetState {
+        self.delta_net[layer].as_mut().expect("a Gated DeltaNet layer has a decoding state in its model's cache")
     }
 
     /// Floats of one (layer, slot): kv_heads × capacity × head_dim.
@@ -79,6 +98,9 @@ impl KvCache {
         }
         let (hd, cap) = (self.head_dim, self.capacity);
         self.tokens.copy_within(from * cap..from * cap + len, to * cap);
+        for state in self.delta_net.iter_mut().flatten() {
+            state.copy_slot(from, to, len);
+        }
         for l in 0..self.layers {
             for h in 0..self.kv_heads {
                 let (src, dst) = (self.offset(l, from, h, 0), self.offset(l, to, h, 0));

@@ -5,6 +5,7 @@ pub mod activations;
 pub mod adapters;
 pub mod batch;
 pub mod config;
+pub mod delta_net;
 pub mod device;
 pub mod kv_cache;
 pub mod linear;

@@ -6,7 +6,8 @@
 //! a row's k, v are stored in its cache slot, then it sees positions 0..=pos of that slot).
 use super::activations::{Activations, GradScratch, Keep, LayerActs};
 use super::batch::{PackedBatch, Row};
-use super::config::Config;
+use super::config::{Config, DeltaNetShape};
+use super::delta_net::DeltaNet;
 use super::kv_cache::KvCache;
 use super::linear::{Linear, Strided};
 use super::lora::Dropout;
@@ -48,13 +49,17 @@ pub struct Block {
     /// up_proj, c_fc (GPT-2), or Phi-3's gate_up_proj (2·ffn outputs: gate, then up).
     pub up: Linear,
     pub down: Linear,
+    /// Qwen3.5's Gated DeltaNet in a linear-attention layer: its tensors besides the linear layers, which are `qkv`
+    /// (in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, writing one (N, P) buffer) and `o` (out_proj).
+    pub delta_net: Option<DeltaNet>,
 }
 
-/// Slots of a block's linear layers in `LayerActs::lora`: q, k, v (or c_attn), o, gate, up, down.
-const SLOT_O: usize = 3;
-const SLOT_GATE: usize = 4;
-const SLOT_UP: usize = 5;
-const SLOT_DOWN: usize = 6;
+/// Slots of a block's linear layers in `LayerActs::lora`: the mixer's input projections (q, k, v; c_attn; or the
+/// Gated DeltaNet's four) from 0, then o, gate, up, down.
+const SLOT_O: usize = 4;
+const SLOT_GATE: usize = 5;
+const SLOT_UP: usize = 6;
+const SLOT_DOWN: usize = 7;
 
 /// How a forward pass runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +106,9 @@ impl Block {
         if let Some((q, k)) = &mut self.qk_norm {
             f(&mut q.w);
             f(&mut k.w);
+        }
+        if let Some(dn) = &mut self.delta_net {
+            dn.params_mut().into_iter().for_each(&mut *f);
         }
         let linears =
             self.qkv.iter_mut().chain([&mut self.o]).chain(self.gate.as_mut()).chain([&mut self.up, &mut self.down]);
@@ -325,20 +333,72 @@ impl Transformer {
     /// sublayer's output is normed before it is added. Saves into `l` what its backward needs (and, when
     /// training, the residual streams entering both halves).
     fn block_forward(&self, i: usize, l: &mut LayerActs, x: &mut [f32], io: &mut BlockIo) {
-        let (c, blk, layout, off) = (&self.config, &self.blocks[i], self.layout(i), self.norm_offset());
+        let (c, blk, off) = (&self.config, &self.blocks[i], self.norm_offset());
         let (n, d, f) = (io.positions.len(), c.hidden_size, c.intermediate_size);
-        let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
         let seed = io.step_seed.map(|s| layer_seed(s, i));
-        let xd = &mut *io.lora_x_drop;
         if seed.is_some() {
             l.x_in[..n * d].copy_from_slice(x);
         }
         let (a, b) = (&mut l.norm1_a[..n], &mut l.norm1_b[..n]);
         pre_norm_forward(blk.attn_norm.as_ref(), &mut l.h1[..n * d], a, b, x, off, c.norm_eps);
+        match (&blk.delta_net, &c.delta_net) {
+            (Some(dn), Some(shape)) => self.delta_net_forward(i, dn, shape, l, x, io),
+            _ => self.attention_forward(i, l, x, io),
+        }
+        if seed.is_some() {
+            l.x_mid[..n * d].copy_from_slice(x);
+        }
+
+        let (post, xd) = (blk.post_norms.as_ref(), &mut *io.lora_x_drop);
+        let (a, b) = (&mut l.norm2_a[..n], &mut l.norm2_b[..n]);
+        pre_norm_forward(blk.mlp_norm.as_ref(), &mut l.h2[..n * d], a, b, x, off, c.norm_eps);
+        let h2 = &l.h2[..n * d];
+        let (gate, up, act) = (&mut l.ff_gate[..n * f], &mut l.ff_up[..n * f], &mut l.ff_act[..n * f]);
+        if c.fused_projections() {
+            let gate_up = &mut io.gate_up[..n * 2 * f];
+            blk.up.forward(Strided::write(gate_up, 2 * f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
+            gather_cols(gate, gate_up, 2 * f, 0, f);
+            gather_cols(up, gate_up, 2 * f, f, f);
+            glu_forward(act, gate, up, c.mlp_act);
+        } else {
+            blk.up.forward(Strided::write(up, f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
+            match &blk.gate {
+                Some(g) => {
+                    g.forward(Strided::write(gate, f), h2, n, &mut l.lora[SLOT_GATE], dropout(seed, xd));
+                    glu_forward(act, gate, up, c.mlp_act);
+                }
+                None => gelu_tanh_forward(act, up),
+            }
+        }
+        match post {
+            None => blk.down.forward(Strided::add(x, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd)),
+            Some((_, norm)) => {
+                let out = &mut l.mlp_out[..n * d];
+                blk.down.forward(Strided::write(out, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd));
+                add_normed(x, norm, out, &mut l.post2_rstd[..n], io.sublayer_out, off, c.norm_eps);
+            }
+        }
+    }
+
+    /// The attention half of block `i`: x += [post norm] o(attn(q, k, v)) from h1 = attn_norm(x) (in `l.h1`).
+    fn attention_forward(&self, i: usize, l: &mut LayerActs, x: &mut [f32], io: &mut BlockIo) {
+        let (c, blk, layout, off) = (&self.config, &self.blocks[i], self.layout(i), self.norm_offset());
+        let (n, d) = (io.positions.len(), c.hidden_size);
+        let (qw, aw) = (self.qkv_width(), c.num_heads * c.head_dim);
+        let seed = io.step_seed.map(|s| layer_seed(s, i));
+        let xd = &mut *io.lora_x_drop;
         let h1 = &l.h1[..n * d];
         let qkv = &mut l.qkv[..n * qw];
         let mut col = 0;
         for (s, lin) in blk.qkv.iter().enumerate() {
+            if s == 0 && c.attn_output_gate {
+                // q_proj yields each head's query, then its gate
+                let qg = &mut l.q_gate[..n * 2 * aw];
+                lin.forward(Strided::write(qg, 2 * aw), h1, n, &mut l.lora[s], dropout(seed, xd));
+                deinterleave_heads(qg, c.head_dim, qkv, qw, &mut l.gate[..n * aw]);
+                col += aw;
+                continue;
+            }
             lin.forward(Strided::write(&mut qkv[col..], qw), h1, n, &mut l.lora[s], dropout(seed, xd));
             col += lin.out_dim;
         }
@@ -371,6 +431,16 @@ impl Transformer {
                 cached_attention(att, qkv, layout, slots, io.positions, cache.layer(i), io.cached);
             }
         }
+        let att: &[f32] = match c.attn_output_gate {
+            true => {
+                let gated = &mut l.att_gated[..n * aw];
+                for ((o, &a), &g) in gated.iter_mut().zip(att.iter()).zip(&l.gate[..n * aw]) {
+                    *o = a * sigmoid(g);
+                }
+                gated
+            }
+            false => att,
+        };
         let post = blk.post_norms.as_ref();
         match post {
             None => blk.o.forward(Strided::add(x, d), att, n, &mut l.lora[SLOT_O], dropout(seed, xd)),
@@ -380,38 +450,35 @@ impl Transformer {
                 add_normed(x, norm, out, &mut l.post1_rstd[..n], io.sublayer_out, off, c.norm_eps);
             }
         }
-        if seed.is_some() {
-            l.x_mid[..n * d].copy_from_slice(x);
-        }
+    }
 
-        let (a, b) = (&mut l.norm2_a[..n], &mut l.norm2_b[..n]);
-        pre_norm_forward(blk.mlp_norm.as_ref(), &mut l.h2[..n * d], a, b, x, off, c.norm_eps);
-        let h2 = &l.h2[..n * d];
-        let (gate, up, act) = (&mut l.ff_gate[..n * f], &mut l.ff_up[..n * f], &mut l.ff_act[..n * f]);
-        if c.fused_projections() {
-            let gate_up = &mut io.gate_up[..n * 2 * f];
-            blk.up.forward(Strided::write(gate_up, 2 * f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
-            gather_cols(gate, gate_up, 2 * f, 0, f);
-            gather_cols(up, gate_up, 2 * f, f, f);
-            glu_forward(act, gate, up, c.mlp_act);
-        } else {
-            blk.up.forward(Strided::write(up, f), h2, n, &mut l.lora[SLOT_UP], dropout(seed, xd));
-            match &blk.gate {
-                Some(g) => {
-                    g.forward(Strided::write(gate, f), h2, n, &mut l.lora[SLOT_GATE], dropout(seed, xd));
-                    glu_forward(act, gate, up, c.mlp_act);
-                }
-                None => gelu_tanh_forward(act, up),
+    /// The Gated DeltaNet half of linear-attention layer `i` (Qwen3.5): x += out_proj(delta_net(projections(h1))).
+    fn delta_net_forward(
+        &self,
+        i: usize,
+        dn: &DeltaNet,
+        shape: &DeltaNetShape,
+        l: &mut LayerActs,
+        x: &mut [f32],
+        io: &mut BlockIo,
+    ) {
+        let (c, blk) = (&self.config, &self.blocks[i]);
+        let (n, d, p, vd) = (io.positions.len(), c.hidden_size, shape.proj_width(), shape.value_dim());
+        let seed = io.step_seed.map(|s| layer_seed(s, i));
+        let xd = &mut *io.lora_x_drop;
+        let (h1, proj) = (&l.h1[..n * d], &mut l.delta.proj[..n * p]);
+        let mut col = 0;
+        for (s, lin) in blk.qkv.iter().enumerate() {
+            lin.forward(Strided::write(&mut proj[col..], p), h1, n, &mut l.lora[s], dropout(seed, xd));
+            col += lin.out_dim;
+        }
+        match &mut *io.ctx {
+            Context::Packed { seq_start } => dn.forward(shape, &mut l.delta, seq_start, c.norm_eps, seed.is_some()),
+            Context::Cached { cache, slots } => {
+                dn.forward_cached(shape, &mut l.delta, cache.delta_net(i), slots, io.positions, c.norm_eps)
             }
         }
-        match post {
-            None => blk.down.forward(Strided::add(x, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd)),
-            Some((_, norm)) => {
-                let out = &mut l.mlp_out[..n * d];
-                blk.down.forward(Strided::write(out, d), act, n, &mut l.lora[SLOT_DOWN], dropout(seed, xd));
-                add_normed(x, norm, out, &mut l.post2_rstd[..n], io.sublayer_out, off, c.norm_eps);
-            }
-        }
+        blk.o.forward(Strided::add(x, d), &l.delta.y[..n * vd], n, &mut l.lora[SLOT_O], dropout(seed, xd));
     }
 
     /// Backward of a `forward(…, Mode::Train)`: `dhidden` (N, d) is ∂L/∂(final-normed hidden states)
@@ -513,6 +580,7 @@ impl Transformer {
         let (n, qw, layout, off) = (batch.len(), self.qkv_width(), self.layout(i), self.norm_offset());
         let (d, f, aw) = (self.config.hidden_size, self.config.intermediate_size, layout.n_heads * layout.head_dim);
         let (mlp_act, fused, rope_in) = (self.config.mlp_act, self.config.fused_projections(), self.config.rope_in(i));
+        let gated = self.config.attn_output_gate;
         let blk = &mut self.blocks[i];
         let dx = &mut g.dx[..n * d];
         // MLP: x_out = x_mid + [post_mlp_norm] down(act(up(h2), gate(h2))), h2 = mlp_norm(x_mid)
@@ -547,13 +615,49 @@ impl Transformer {
         blk.up.backward(Some(&mut *dh), dy, h2, &mut l.lora[SLOT_UP], lora_x_drop);
         pre_norm_backward(blk.mlp_norm.as_mut(), dx, dh, &l.x_mid[..n * d], &l.norm2_a[..n], &l.norm2_b[..n], off);
 
+        // Gated DeltaNet (Qwen3.5's linear attention): x_mid = x_in + out_proj(delta_net(projections(h1)))
+        if let (Some(dn), Some(shape)) = (blk.delta_net.as_mut(), self.config.delta_net.as_ref()) {
+            let (p, vd) = (shape.proj_width(), shape.value_dim());
+            let dy_mix = &mut g.delta.dy[..n * vd];
+            dy_mix.fill(0.0);
+            let dy = blk.o.grad_view(dx, d, n);
+            blk.o.backward(Some(dy_mix), dy, &l.delta.y[..n * vd], &mut l.lora[SLOT_O], lora_x_drop);
+            dn.backward(shape, &l.delta, &mut g.delta, &batch.seq_start);
+            let dh = &mut g.dh[..n * d];
+            dh.fill(0.0);
+            let (h1, mut col) = (&l.h1[..n * d], 0);
+            for (s, lin) in blk.qkv.iter_mut().enumerate() {
+                let dy = lin.grad_view(&g.delta.dproj[col..], p, n);
+                lin.backward(Some(&mut *dh), dy, h1, &mut l.lora[s], lora_x_drop);
+                col += lin.out_dim;
+            }
+            let (x_in, a, b) = (&l.x_in[..n * d], &l.norm1_a[..n], &l.norm1_b[..n]);
+            pre_norm_backward(blk.attn_norm.as_mut(), dx, dh, x_in, a, b, off);
+            return;
+        }
+
         // Attention: x_mid = x_in + [post_attn_norm] o(attn(qkv(h1))), h1 = attn_norm(x_in)
         let datt = &mut g.datt[..n * aw];
         datt.fill(0.0);
         let post_attn_norm = blk.post_norms.as_mut().map(|(norm, _)| norm);
         let dattn_out = through_post_norm(post_attn_norm, dx, &mut g.dsublayer, &l.attn_out, &l.post1_rstd, n, off);
         let dy = blk.o.grad_view(dattn_out, d, n);
-        blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], lora_x_drop);
+        match gated {
+            false => blk.o.backward(Some(datt), dy, &l.att[..n * aw], &mut l.lora[SLOT_O], lora_x_drop),
+            true => {
+                // o_proj saw att ⊙ σ(gate): ∂att = ∂·σ, ∂gate = ∂·att·σ(1 − σ) (kept in dq_gate's gate columns)
+                let datt_gated = &mut g.datt_gated[..n * aw];
+                datt_gated.fill(0.0);
+                blk.o.backward(Some(datt_gated), dy, &l.att_gated[..n * aw], &mut l.lora[SLOT_O], lora_x_drop);
+                let dgate = &mut g.dattn_gate[..n * aw];
+                let (att, gate) = (&l.att[..n * aw], &l.gate[..n * aw]);
+                for j in 0..n * aw {
+                    let sg = sigmoid(gate[j]);
+                    datt[j] = datt_gated[j] * sg;
+                    dgate[j] = datt_gated[j] * att[j] * sg * (1.0 - sg);
+                }
+            }
+        }
         let dqkv = &mut g.dqkv[..n * qw];
         attention_backward(dqkv, datt, &l.qkv[..n * qw], &l.att[..n * aw], layout, &batch.seq_start);
         if let Some((rope, rows)) = rope.filter(|_| rope_in) {
@@ -580,6 +684,14 @@ impl Transformer {
         let h1 = &l.h1[..n * d];
         let mut col = 0;
         for (s, lin) in blk.qkv.iter_mut().enumerate() {
+            if s == 0 && gated {
+                let dq_gate = &mut g.dq_gate[..n * 2 * aw];
+                interleave_heads(dq_gate, layout.head_dim, dqkv, qw, &g.dattn_gate[..n * aw]);
+                let dy = lin.grad_view(dq_gate, 2 * aw, n);
+                lin.backward(Some(&mut *dh), dy, h1, &mut l.lora[s], lora_x_drop);
+                col += aw;
+                continue;
+            }
             let dy = lin.grad_view(&dqkv[col..], qw, n);
             lin.backward(Some(&mut *dh), dy, h1, &mut l.lora[s], lora_x_drop);
             col += lin.out_dim;
@@ -678,6 +790,35 @@ fn layer_rope<'a>(
         (Some((_, rows)), Some(local)) if c.local_rope(i) => Some((local, rows)),
         (rope, _) => rope,
     }
+}
+
+/// Splits a projection whose heads each hold `hd` features of one kind then `hd` of another (Qwen3.5's q_proj:
+/// query, gate) into the first kind (columns 0.. of `first`'s rows of `first_stride`) and the second (`second`,
+/// (N, heads·hd)).
+fn deinterleave_heads(src: &[f32], hd: usize, first: &mut [f32], first_stride: usize, second: &mut [f32]) {
+    let w = second.len() / first.len().div_ceil(first_stride).max(1);
+    for ((s, f), g) in src.chunks_exact(2 * w).zip(first.chunks_mut(first_stride)).zip(second.chunks_exact_mut(w)) {
+        for ((pair, fh), gh) in s.chunks_exact(2 * hd).zip(f[..w].chunks_exact_mut(hd)).zip(g.chunks_exact_mut(hd)) {
+            fh.copy_from_slice(&pair[..hd]);
+            gh.copy_from_slice(&pair[hd..]);
+        }
+    }
+}
+
+/// The inverse of [`deinterleave_heads`]: dst (N, 2·heads·hd) from the first kind (columns 0.. of rows of
+/// `first_stride`) and the second ((N, heads·hd)).
+fn interleave_heads(dst: &mut [f32], hd: usize, first: &[f32], first_stride: usize, second: &[f32]) {
+    let w = dst.len() / 2 / first.len().div_ceil(first_stride).max(1);
+    for ((d, f), g) in dst.chunks_exact_mut(2 * w).zip(first.chunks(first_stride)).zip(second.chunks_exact(w)) {
+        for ((pair, fh), gh) in d.chunks_exact_mut(2 * hd).zip(f[..w].chunks_exact(hd)).zip(g.chunks_exact(hd)) {
+            pair[..hd].copy_from_slice(fh);
+            pair[hd..].copy_from_slice(gh);
+        }
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 /// dst (N, width) = columns col..col + width of src (N rows of `stride`).

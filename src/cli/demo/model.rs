@@ -55,6 +55,9 @@ pub fn llama_config(size: ModelSize, vocab: usize, eos: u32) -> Config {
         sandwich_norms: false,
         pre_norms: true,
         scale_embeddings: false,
+        linear_layers: vec![],
+        delta_net: None,
+        attn_output_gate: false,
         bos_token_id: None,
         eos_token_ids: vec![eos],
     }
@@ -110,6 +113,7 @@ pub fn random_llama(config: &Config, seed: u64) -> Transformer {
                 ],
                 o: linear(seed, &format!("{p}.self_attn.o_proj"), q, d),
                 mlp_norm: Some(rms_norm(&format!("{p}.post_attention_layernorm"), d)),
+                delta_net: None,
                 gate: Some(linear(seed, &format!("{p}.mlp.gate_proj"), d, f)),
                 up: linear(seed, &format!("{p}.mlp.up_proj"), d, f),
                 down: linear(seed, &format!("{p}.mlp.down_proj"), f, d),
