@@ -518,3 +518,46 @@ fn a_written_config_reads_back_as_the_model_with_integer_fields() {
         assert_eq!(condlm::network::config::Config { architecture: want.architecture.clone(), ..back }, want, "{name}");
     }
 }
+
+/// Qwen3.5: Gated DeltaNet in the layers `layer_types` names (else every 4th layer is attention), a quarter of each
+/// head rotated by default; bad shapes are errors naming the key; what cannot run yet (a GPU, a GGUF) is refused
+/// with the way out.
+#[test]
+fn qwen35_layers_config_and_refusals() {
+    let q = model("tiny-qwen35");
+    let c = &q.config;
+    assert_eq!((0..4).map(|i| c.is_linear_layer(i)).collect::<Vec<_>>(), [true, true, true, false]);
+    assert!(q.blocks[0].delta_net.is_some() && q.blocks[0].qkv.len() == 4 && q.blocks[3].delta_net.is_none());
+    assert!(c.attn_output_gate && c.norm_plus_one && c.qk_norm && c.rotary_dim == 8);
+    let read = |edit: &dyn Fn(&mut serde_json::Value)| edited_config("tiny-qwen35", edit);
+    let without_types = read(&|v| {
+        v.as_object_mut().unwrap().remove("layer_types");
+        v["rope_parameters"].as_object_mut().unwrap().remove("partial_rotary_factor");
+    })
+    .unwrap();
+    assert_eq!(without_types.linear_layers, c.linear_layers, "every 4th layer is attention by default");
+    assert_eq!(without_types.rotary_dim, 8, "Qwen3_5TextConfig's default partial_rotary_factor is 0.25");
+    let every_2nd = read(&|v| {
+        v.as_object_mut().unwrap().remove("layer_types");
+        v["full_attention_interval"] = 2.into();
+    })
+    .unwrap();
+    assert_eq!(every_2nd.linear_layers, [true, false, true, false]);
+    let err = read(&|v| v["layer_types"][1] = "sliding_attention".into()).unwrap_err();
+    assert!(format!("{err:#}").contains("layer_types entry \"sliding_attention\" is not a Qwen3.5 layer"), "{err:#}");
+    let err = read(&|v| v["linear_num_value_heads"] = 3.into()).unwrap_err();
+    assert!(format!("{err:#}").contains("linear_num_value_heads 3 is not a multiple of linear_num_key_heads 2"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let m = fixture("tiny-qwen35");
+    let gguf = dir.path().join("q.gguf");
+    let (ok, _, err) = condlm(&["export-gguf", "--model", m.to_str().unwrap(), "--out", gguf.to_str().unwrap()]);
+    assert!(!ok && err.contains("cannot be written as a GGUF yet") && err.contains("condlm merge"), "{err}");
+    assert!(!gguf.exists());
+    let data = fixture("data/pairs.jsonl");
+    let (ok, _, err) =
+        condlm(&["score", "--model", m.to_str().unwrap(), "--device", "reference", "--data", data.to_str().unwrap()]);
+    assert!(!ok && err.contains("runs on the CPU only so far"), "{err}");
+    let (ok, out, err) = condlm(&["info", m.to_str().unwrap()]);
+    assert!(ok && out.contains("Gated DeltaNet in layers [0, 1, 2]"), "{err}{out}");
+}

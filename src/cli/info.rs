@@ -54,6 +54,18 @@ pub fn run(a: InfoArgs) -> Result<()> {
     };
     out!("heads         {} query, {} key/value, head dim {}{qk_norm}", c.num_heads, c.num_kv_heads, c.head_dim);
     out!("attention     {}", attention_line(&c));
+    if let Some(s) = &c.delta_net {
+        let linear: Vec<usize> = (0..c.num_layers).filter(|&i| c.is_linear_layer(i)).collect();
+        out!(
+            "linear attn.  Gated DeltaNet in layers {linear:?}: {} q/k heads of {}, {} v heads of {}, convolution of {}; \
+             the other layers' attention output gated by σ(q_proj's gate)",
+            s.k_heads,
+            s.k_head_dim,
+            s.v_heads,
+            s.v_head_dim,
+            s.conv_kernel
+        );
+    }
     out!("positions     {}", rope_line(&c));
     if c.family == Family::Llama {
         let act = match c.mlp_act {

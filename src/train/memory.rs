@@ -50,8 +50,19 @@ impl MemoryPlan {
         // sublayer outputs before them and their RMS per row.
         let qk_norm = if c.qk_norm { q + kv + c.num_heads + c.num_kv_heads } else { 0 };
         let post_norms = if c.sandwich_norms { 2 * d + 2 } else { 0 };
-        let per_block = 4 * d + qkv + q + 3 * f + 4 + linears.len() * 2 * lora_r + qk_norm + post_norms;
-        let once = 4 * d + qkv + q + 3 * f + d.max(f) + if c.qk_norm { 3 * q } else { 0 } + post_norms;
+        // Qwen3.5's output gate keeps q_proj's doubled output, the gates and the gated output; a Gated DeltaNet
+        // layer keeps its projections, the convolution before and after its SiLU, the recurrence's head-major
+        // inputs and output, its states every CHUNK tokens and the gated norm's output (and as much scratch in
+        // the backward pass). Counted on every block: a bound for the layers without one.
+        let gate = if c.attn_output_gate { 4 * q } else { 0 };
+        let delta_net = c.delta_net.map_or(0, |s| {
+            let (hv, dk, dv) = (s.v_heads, s.k_head_dim, s.v_head_dim);
+            let states = hv * dk * dv / crate::kernels::gated_delta::CHUNK;
+            s.proj_width() + 2 * s.conv_dim() + hv * (2 * dk + 2 * dv + 3) + s.value_dim() + states
+        });
+        let per_block =
+            4 * d + qkv + q + 3 * f + 4 + linears.len() * 2 * lora_r + qk_norm + post_norms + gate + delta_net;
+        let once = 4 * d + qkv + q + 3 * f + d.max(f) + if c.qk_norm { 3 * q } else { 0 } + post_norms + gate + delta_net;
         // The LM head's logits and their gradient, 64 rows at a time.
         let head = 2 * 64 * c.vocab_size * 4;
         // With activation checkpointing every block keeps its input (N, d) and one block's buffers exist.

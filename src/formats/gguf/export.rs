@@ -33,6 +33,13 @@ use std::io::Write;
 /// The llama.cpp architecture name (`general.architecture`) of a config: Mistral is written as `llama`, as
 /// llama.cpp's converter does.
 pub fn gguf_arch(c: &Config) -> Result<&'static str> {
+    if c.delta_net.is_some() || c.attn_output_gate {
+        bail!(
+            "{} (Qwen3.5: Gated DeltaNet layers, gated attention) cannot be written as a GGUF yet: condlm does not \
+             write llama.cpp's qwen35 tensors. `condlm merge` writes it as a Hugging Face folder instead",
+            c.architecture
+        );
+    }
     if !c.no_rope.is_empty() {
         check_smollm3_no_rope(c)?;
     }

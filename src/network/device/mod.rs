@@ -213,6 +213,13 @@ impl<B: Backend> DeviceModel<B> {
     /// Uploads `model` (its base, adapters and their trainability) to `backend`.
     pub fn new(backend: B, model: &Transformer) -> Result<Self> {
         let c = model.config.clone();
+        if c.delta_net.is_some() || c.attn_output_gate {
+            bail!(
+                "{} (Qwen3.5: Gated DeltaNet layers, gated attention) runs on the CPU only so far: leave out --device \
+                 (or give --device cpu)",
+                c.architecture
+            );
+        }
         let rope = backend.upload_rope(&c.rope_table(c.max_positions))?;
         let local = c.rope_local_inv_freq().map(|f| backend.upload_rope(&RopeTable::new(&f, c.max_positions)));
         let weights = Weights::upload(&backend, model)?;
