@@ -545,6 +545,8 @@ fn qwen35_layers_config_and_refusals() {
     assert_eq!(every_2nd.linear_layers, [true, false, true, false]);
     let err = read(&|v| v["layer_types"][1] = "sliding_attention".into()).unwrap_err();
     assert!(format!("{err:#}").contains("layer_types entry \"sliding_attention\" is not a Qwen3.5 layer"), "{err:#}");
+    let err = read(&|v| v["architectures"][0] = "Qwen3_5ForConditionalGeneration".into()).unwrap_err();
+    assert!(format!("{err:#}").contains("Qwen3.5's multimodal checkpoint"), "{err:#}");
     let err = read(&|v| v["linear_num_value_heads"] = 3.into()).unwrap_err();
     assert!(format!("{err:#}").contains("linear_num_value_heads 3 is not a multiple of linear_num_key_heads 2"));
 

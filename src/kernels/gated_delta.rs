@@ -363,9 +363,9 @@ mod tests {
                 let a = (x.g[t] as f64).exp();
                 s.iter_mut().flatten().for_each(|v| *v *= a);
                 let kv: Vec<f64> = (0..dv).map(|j| (0..dk).map(|i| s[i][j] * x.k[t * dk + i] as f64).sum()).collect();
-                for i in 0..dk {
-                    for j in 0..dv {
-                        s[i][j] += x.k[t * dk + i] as f64 * (x.v[t * dv + j] as f64 - kv[j]) * x.beta[t] as f64;
+                for (i, row) in s.iter_mut().enumerate() {
+                    for (j, sij) in row.iter_mut().enumerate() {
+                        *sij += x.k[t * dk + i] as f64 * (x.v[t * dv + j] as f64 - kv[j]) * x.beta[t] as f64;
                     }
                 }
                 for j in 0..dv {
@@ -384,13 +384,17 @@ mod tests {
         let err = o.iter().zip(&r).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
         assert!(err < 1e-5, "max |Δ| {err}");
         // the second sequence starts from a zero state: its first output depends on its first row only
-        let alone = forward(&Inputs {
-            q: x.q[5 * 3..6 * 3].to_vec(),
-            k: x.k[5 * 3..6 * 3].to_vec(),
-            v: x.v[5 * 4..6 * 4].to_vec(),
-            g: vec![x.g[5]],
-            beta: vec![x.beta[5]],
-        }, &[(0, 1)], None);
+        let alone = forward(
+            &Inputs {
+                q: x.q[5 * 3..6 * 3].to_vec(),
+                k: x.k[5 * 3..6 * 3].to_vec(),
+                v: x.v[5 * 4..6 * 4].to_vec(),
+                g: vec![x.g[5]],
+                beta: vec![x.beta[5]],
+            },
+            &[(0, 1)],
+            None,
+        );
         assert_eq!(&o[5 * 4..6 * 4], &alone[..]);
     }
 

@@ -483,6 +483,11 @@ impl Config {
                  (Gemma3ForCausalLM, e.g. gemma-3-270m or gemma-3-1b, or a GGUF of the text weights)",
                 path.display()
             ),
+            "Qwen3_5ForConditionalGeneration" | "qwen3_5" => bail!(
+                "{}: {architecture} is Qwen3.5's multimodal checkpoint (text weights under model.language_model., a \
+                 vision tower beside them); condlm reads Qwen3_5ForCausalLM text checkpoints only so far",
+                path.display()
+            ),
             other => bail!("{}: architecture \"{other}\" is not supported (supported: {SUPPORTED})", path.display()),
         };
         let lower = architecture.to_lowercase();
@@ -790,11 +795,7 @@ impl Config {
                 }
             }
             if !s.v_heads.is_multiple_of(s.k_heads) {
-                bail!(
-                    "linear_num_value_heads {} is not a multiple of linear_num_key_heads {}",
-                    s.v_heads,
-                    s.k_heads
-                );
+                bail!("linear_num_value_heads {} is not a multiple of linear_num_key_heads {}", s.v_heads, s.k_heads);
             }
         }
         if self.sliding_window == Some(0) {

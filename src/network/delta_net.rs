@@ -154,7 +154,14 @@ impl DeltaNet {
         }
         a.heads.resize_with(hv, HeadScratch::default);
         let proj = &a.proj[..n * p];
-        causal_conv_silu_forward(&mut a.conv_out[..n * c], &mut a.conv_pre[..n * c], proj, p, &self.conv.data, seq_start);
+        causal_conv_silu_forward(
+            &mut a.conv_out[..n * c],
+            &mut a.conv_pre[..n * c],
+            proj,
+            p,
+            &self.conv.data,
+            seq_start,
+        );
         self.recurrence_inputs(s, a, n);
         let ck = checkpoints(&seqs) * dk * dv;
         let DeltaActs { q, k, v, g, beta, o, saved, heads, .. } = a;

@@ -62,7 +62,8 @@ impl MemoryPlan {
         });
         let per_block =
             4 * d + qkv + q + 3 * f + 4 + linears.len() * 2 * lora_r + qk_norm + post_norms + gate + delta_net;
-        let once = 4 * d + qkv + q + 3 * f + d.max(f) + if c.qk_norm { 3 * q } else { 0 } + post_norms + gate + delta_net;
+        let once =
+            4 * d + qkv + q + 3 * f + d.max(f) + if c.qk_norm { 3 * q } else { 0 } + post_norms + gate + delta_net;
         // The LM head's logits and their gradient, 64 rows at a time.
         let head = 2 * 64 * c.vocab_size * 4;
         // With activation checkpointing every block keeps its input (N, d) and one block's buffers exist.
