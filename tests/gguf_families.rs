@@ -575,3 +575,20 @@ fn vocab_from_takes_a_base_padded_to_the_embedding_rows() {
     let (ok, err) = export(&["--model", p(&model), "--out", p(&out), "--vocab-from", p(&base)]);
     assert!(ok, "{err}");
 }
+
+/// Qwen3.5 through GGUF: the converter's qwen35 file (its Gated DeltaNet as ssm_* tensors, A as −e^A_log, value
+/// heads tiled, norms + 1) reads as the HF model and runs as transformers does; condlm's export is the converter's
+/// file byte for byte and key for key, and reads back as the same model.
+#[test]
+fn qwen35_goes_through_gguf() {
+    let converted = load_model(p(&fixture("converter/tiny-qwen35.gguf"))).unwrap().model;
+    let hf = load_model(p(&fixture("tiny-qwen35"))).unwrap().model;
+    let architecture = converted.config.architecture.clone();
+    assert_eq!(architecture, "qwen35");
+    let want = condlm::network::config::Config { architecture, ..hf.config.clone() };
+    assert_eq!(want, converted.config);
+    for (ids, want) in reference_sequences("tiny-qwen35") {
+        let diff = max_abs_diff(&forward_logits(&converted, &ids), &want);
+        assert!(diff <= 1e-4, "max |Δ logit| vs transformers {diff}");
+    }
+}

@@ -32,6 +32,8 @@ pub fn open_weights(files: &ModelFiles) -> Result<(Config, Weights)> {
                 arch: config.architecture.clone(),
                 num_heads: config.num_heads,
                 num_kv_heads: config.num_kv_heads,
+                num_layers: config.num_layers,
+                delta_net: config.delta_net,
                 path: path.clone(),
                 file,
             };

@@ -1,6 +1,8 @@
 //! Tensors by their Hugging Face names, from safetensors or GGUF. A GGUF file is translated on
 //! the fly: llama.cpp names → HF names, Q/K rows un-permuted for Llama, GPT-2 weights back to Conv1D (in, out).
 use super::gguf::file::GgufFile;
+use super::gguf::qwen35;
+use crate::network::config::DeltaNetShape;
 use super::safetensors_files::SafetensorsFiles;
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
@@ -13,7 +15,16 @@ use std::path::{Path, PathBuf};
 
 pub enum Weights {
     Safetensors { dir: PathBuf, files: SafetensorsFiles },
-    Gguf { file: GgufFile, path: PathBuf, arch: String, num_heads: usize, num_kv_heads: usize },
+    Gguf {
+        file: GgufFile,
+        path: PathBuf,
+        arch: String,
+        num_heads: usize,
+        num_kv_heads: usize,
+        /// The model's layers (a file may hold more: Qwen3.5's multi-token-prediction block after them).
+        num_layers: usize,
+        delta_net: Option<DeltaNetShape>,
+    },
 }
 
 /// A tensor in its Hugging Face shape, converted to f32.
@@ -35,10 +46,10 @@ impl Weights {
     pub fn hf_names(&self) -> Result<Vec<String>> {
         match self {
             Weights::Safetensors { files, .. } => Ok(files.names().map(str::to_owned).collect()),
-            Weights::Gguf { file, path, arch, .. } => file
+            Weights::Gguf { file, path, arch, num_layers, .. } => file
                 .tensors
                 .iter()
-                .filter(|t| !ROPE_TENSORS.contains(&t.name.as_str()))
+                .filter(|t| !ROPE_TENSORS.contains(&t.name.as_str()) && !past_layers(&t.name, *num_layers))
                 .map(|t| {
                     gguf_to_hf(&t.name, arch).ok_or_else(|| {
                         anyhow::anyhow!(
@@ -59,13 +70,16 @@ impl Weights {
             Weights::Safetensors { files, .. } => {
                 Ok(files.load_f32(hf_name)?.map(|(shape, data)| HfTensor { shape, data }))
             }
-            Weights::Gguf { file, arch, num_heads, num_kv_heads, .. } => {
+            Weights::Gguf { file, arch, num_heads, num_kv_heads, delta_net, .. } => {
                 let Some(name) = hf_to_gguf(hf_name, arch) else { return Ok(None) };
                 let Some(info) = file.tensor(&name) else { return Ok(None) };
                 let mut shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
                 let mut data = file.tensor_f32(&name)?;
                 if gguf_adds_one(&name, arch) {
                     data.iter_mut().for_each(|v| *v -= 1.0);
+                }
+                if let Some(s) = delta_net {
+                    data = qwen35::from_gguf(hf_name, &mut shape, data, s)?;
                 }
                 if let Some(heads) = permuted_heads(hf_name, arch, *num_heads, *num_kv_heads) {
                     data = permute_qk_rows(&data, &shape, heads, Permute::FromGguf)?;
@@ -154,9 +168,11 @@ impl Weights {
                 }
                 (ty, shape[0], shape[1], SharedBytes::owned(bytes.to_vec()))
             }
-            Weights::Gguf { file, arch, .. } => {
+            Weights::Gguf { file, arch, delta_net, .. } => {
                 let Some(info) = hf_to_gguf(hf_name, arch).and_then(|n| file.tensor(&n)) else { return Ok(None) };
-                if info.ty == GgmlType::F32 || info.dims.len() != 2 {
+                // out_proj's value heads are reordered across its columns, which blocks cannot be: the f32 path
+                let by_columns = delta_net.as_ref().is_some_and(|s| qwen35::reorders_columns(hf_name, s));
+                if info.ty == GgmlType::F32 || info.dims.len() != 2 || by_columns {
                     return Ok(None);
                 }
                 (info.ty, info.dims[1] as usize, info.dims[0] as usize, file.tensor_shared(info)?)
@@ -165,10 +181,15 @@ impl Weights {
         let packed = PackedMatrix::new(ty, rows, cols, bytes)
             .map_err(|e| anyhow::anyhow!("{}: tensor {hf_name}: {e}", self.path().display()))?;
         Ok(Some(match self {
-            Weights::Gguf { arch, num_heads, num_kv_heads, .. } => {
-                match permuted_heads(hf_name, arch, *num_heads, *num_kv_heads) {
-                    Some(heads) => {
-                        let permuted = packed.permute_rows(&qk_row_order(rows, heads, Permute::FromGguf)?);
+            Weights::Gguf { arch, num_heads, num_kv_heads, delta_net, .. } => {
+                let order = match (permuted_heads(hf_name, arch, *num_heads, *num_kv_heads), delta_net) {
+                    (Some(heads), _) => Some(qk_row_order(rows, heads, Permute::FromGguf)?),
+                    (None, Some(s)) => qwen35::row_order(hf_name, s, rows, qwen35::Direction::FromGguf),
+                    (None, None) => None,
+                };
+                match order {
+                    Some(order) => {
+                        let permuted = packed.permute_rows(&order);
                         // the file's copy is not read again: its pages leave the process's memory
                         packed.bytes.release();
                         permuted
@@ -332,6 +353,7 @@ fn tables(arch: &str) -> (NameTable, &'static [NameTable], &'static str) {
         "gemma3" => (LLAMA_GLOBAL, &[LLAMA_LAYER, POST_NORMS, GEMMA3_MLP_NORM], "model.layers."),
         "olmo2" => (LLAMA_GLOBAL, &[LLAMA_LAYER, POST_NORMS], "model.layers."),
         "phi3" => (LLAMA_GLOBAL, &[PHI3_LAYER], "model.layers."),
+        "qwen35" => (LLAMA_GLOBAL, &[LLAMA_LAYER, qwen35::LAYER_NAMES], "model.layers."),
         _ => (LLAMA_GLOBAL, &[LLAMA_LAYER, LLAMA_MLP_NORM], "model.layers."),
     }
 }
@@ -364,10 +386,23 @@ pub const ROPE_FACTORS: [&str; 2] = ["rope_factors_long.weight", "rope_factors_s
 /// The GGUF tensors that are part of the config, not weights.
 const ROPE_TENSORS: [&str; 3] = [ROPE_FREQS, ROPE_FACTORS[0], ROPE_FACTORS[1]];
 
-/// Whether the GGUF stores tensor `gguf_name` as 1 + the HF value: Gemma's RMSNorm weights, which HF keeps
-/// zero-centred and llama.cpp's converter writes with the 1 added.
+/// Whether the GGUF stores tensor `gguf_name` as 1 + the HF value: Gemma's and Qwen3.5's RMSNorm weights, which
+/// HF keeps zero-centred and llama.cpp's converter writes with the 1 added (not Qwen3.5's gated norm, which HF
+/// applies as w).
 pub fn gguf_adds_one(gguf_name: &str, arch: &str) -> bool {
-    arch == "gemma3" && gguf_name.ends_with("norm.weight")
+    let norm = gguf_name.ends_with("norm.weight");
+    match arch {
+        "gemma3" => norm,
+        "qwen35" => norm && !gguf_name.ends_with("ssm_norm.weight"),
+        _ => false,
+    }
+}
+
+/// Whether `gguf_name` belongs to a block past the model's `layers` (Qwen3.5's multi-token-prediction block, which
+/// llama.cpp's converter appends and condlm does not use).
+fn past_layers(gguf_name: &str, layers: usize) -> bool {
+    let block = gguf_name.strip_prefix("blk.").and_then(|r| r.split_once('.')).and_then(|(n, _)| n.parse().ok());
+    block.is_some_and(|b: usize| b >= layers)
 }
 
 #[cfg(test)]
@@ -376,7 +411,7 @@ mod tests {
 
     #[test]
     fn names_round_trip() {
-        for arch in ["llama", "gpt2", "gemma3", "phi3", "olmo2"] {
+        for arch in ["llama", "gpt2", "gemma3", "phi3", "olmo2", "qwen35"] {
             let (global, layer, prefix) = tables(arch);
             for (h, _) in global {
                 assert_eq!(gguf_to_hf(&hf_to_gguf(h, arch).unwrap(), arch).unwrap(), *h);

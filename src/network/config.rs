@@ -81,6 +81,9 @@ pub struct Config {
     pub linear_layers: Vec<bool>,
     /// The Gated DeltaNet's shape when the model has linear-attention layers.
     pub delta_net: Option<DeltaNetShape>,
+    /// Qwen3.5's multimodal RoPE sections (`mrope_section`: features per position axis), kept to be written back;
+    /// text has one position on every axis, so they rotate as one table. Empty for other models.
+    pub rope_sections: Vec<usize>,
     /// Qwen3.5's attention output gate: q_proj yields, per head, the query then a gate g, and attention's output
     /// is multiplied by σ(g) before o_proj.
     pub attn_output_gate: bool,
@@ -409,6 +412,16 @@ fn partial_rotary_dim(
     Ok(rotary_dim)
 }
 
+/// Qwen3.5's `mrope_section` (transformers' default [11, 11, 10]).
+fn mrope_section(rope: Option<&serde_json::Value>, path: &Path) -> Result<Vec<usize>> {
+    match rope.and_then(|r| r.get("mrope_section")) {
+        None => Ok(vec![11, 11, 10]),
+        Some(v) => serde_json::from_value(v.clone()).with_context(|| {
+            format!("{}: rope_parameters.mrope_section is {v}; it must be a list of counts", path.display())
+        }),
+    }
+}
+
 /// Qwen3.5's layer kinds and Gated DeltaNet shape, as Qwen3_5TextConfig reads them: `layer_types`
 /// ("linear_attention" / "full_attention"), else every `full_attention_interval`-th layer (default 4) full.
 fn qwen35_linear_layers(c: &HfConfig, layers: usize, path: &Path) -> Result<(Vec<bool>, Option<DeltaNetShape>)> {
@@ -624,6 +637,10 @@ impl Config {
                     scale_embeddings: is_gemma3,
                     linear_layers,
                     delta_net,
+                    rope_sections: match is_qwen35 {
+                        true => mrope_section(rope, path)?,
+                        false => vec![],
+                    },
                     attn_output_gate: is_qwen35,
                     bos_token_id: bos,
                     eos_token_ids: eos,
@@ -689,6 +706,7 @@ impl Config {
                     scale_embeddings: false,
                     linear_layers: vec![],
                     delta_net: None,
+                    rope_sections: vec![],
                     attn_output_gate: false,
                     bos_token_id: bos,
                     eos_token_ids: eos,

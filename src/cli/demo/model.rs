@@ -57,6 +57,7 @@ pub fn llama_config(size: ModelSize, vocab: usize, eos: u32) -> Config {
         scale_embeddings: false,
         linear_layers: vec![],
         delta_net: None,
+        rope_sections: vec![],
         attn_output_gate: false,
         bos_token_id: None,
         eos_token_ids: vec![eos],

@@ -2,7 +2,7 @@
 use super::file::{GgufFile, MetaValue};
 use crate::formats::weights::{ROPE_FACTORS, ROPE_FREQS};
 use crate::kernels::activation::GateAct;
-use crate::network::config::{Config, Family, LongRope, inv_freq};
+use crate::network::config::{Config, DeltaNetShape, Family, LongRope, inv_freq};
 use crate::network::llama3_rope::Llama3RopeScaling;
 use crate::network::yarn_rope::YarnRope;
 use anyhow::{Context, Result, bail};
@@ -44,12 +44,12 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
     }
     let arch = g.get_str("general.architecture")?.to_string();
     let family = match arch.as_str() {
-        "llama" | "qwen2" | "qwen3" | "gemma3" | "phi3" | "smollm3" | "olmo2" => Family::Llama,
+        "llama" | "qwen2" | "qwen3" | "gemma3" | "phi3" | "smollm3" | "olmo2" | "qwen35" => Family::Llama,
         "gpt2" => Family::Gpt2,
         other => {
             bail!(
                 "{}: GGUF architecture \"{other}\" is not supported (supported: llama, qwen2, qwen3, gemma3, phi3, \
-                 smollm3, olmo2, gpt2)",
+                 smollm3, olmo2, qwen35, gpt2)",
                 path.display()
             )
         }
@@ -67,8 +67,14 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
             .with_context(|| format!("{}: no vocab size and no token_embd.weight tensor", path.display()))?
             as usize,
     };
-    let layers = g.get_usize(&key("block_count"))?;
-    let (gemma3, olmo2) = (arch == "gemma3", arch == "olmo2");
+    // Qwen3.5's multi-token-prediction block, when the converter kept it, comes after the model's layers
+    let mtp = g.opt_usize(&key("nextn_predict_layers"))?.unwrap_or(0);
+    let layers = g.get_usize(&key("block_count"))?.saturating_sub(mtp);
+    let (gemma3, olmo2, qwen35) = (arch == "gemma3", arch == "olmo2", arch == "qwen35");
+    let (linear_layers, delta_net) = match qwen35 {
+        true => qwen35_layers(g, &key, layers, path)?,
+        false => (vec![], None),
+    };
     // Gemma 3 as llama.cpp runs it: the sliding layers per `sliding_window_pattern` (every 6th layer global when
     // absent), their RoPE base `rope.freq_base_swa` (10 000 when absent), q·k scaled by 1/√head_dim — by
     // 1/√(hidden/heads) in the 62-layer 27B, whose query_pre_attn_scalar is that.
@@ -131,7 +137,8 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         o_bias: family == Family::Gpt2 || g.tensor("blk.0.attn_output.bias").is_some(),
         mlp_bias: family == Family::Gpt2 || g.tensor("blk.0.ffn_up.bias").is_some(),
         tie_embeddings: g.tensor("output.weight").is_none(),
-        qk_norm: g.tensor("blk.0.attn_q_norm.weight").is_some(),
+        // (Qwen3.5's first layers are linear attention; its attention layers norm q and k)
+        qk_norm: qwen35 || g.tensor("blk.0.attn_q_norm.weight").is_some(),
         // llama.cpp's olmo2 norms q and k over all heads together
         qk_norm_whole: olmo2,
         no_rope,
@@ -146,19 +153,69 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         rope_linear_factor,
         attn_scale,
         mlp_act: if gemma3 { GateAct::GeluTanh } else { GateAct::Silu },
-        norm_plus_one: gemma3,
+        norm_plus_one: gemma3 || qwen35,
         sandwich_norms: gemma3 || olmo2,
         pre_norms: !olmo2,
         scale_embeddings: gemma3,
-        linear_layers: vec![],
-        delta_net: None,
-        attn_output_gate: false,
+        linear_layers,
+        delta_net,
+        rope_sections: match g.get(&key("rope.dimension_sections")) {
+            Some(MetaValue::Array(v)) if qwen35 => {
+                let mut sections: Vec<usize> = v.iter().filter_map(|x| x.as_i64()).map(|x| x as usize).collect();
+                while sections.last() == Some(&0) {
+                    sections.pop();
+                }
+                sections
+            }
+            _ => vec![],
+        },
+        attn_output_gate: qwen35,
         bos_token_id: g.opt_u32("tokenizer.ggml.bos_token_id")?,
         eos_token_ids: g.opt_u32("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
         architecture: arch,
     };
     cfg.validate().with_context(|| format!("{}: inconsistent model metadata", path.display()))?;
     Ok(cfg)
+}
+
+/// Qwen3.5's layer kinds — `attention.recurrent_layers` (a flag per layer), else every `full_attention_interval`-th
+/// layer attention (default 4) — and its Gated DeltaNet's shape from the `ssm.*` keys, as llama.cpp reads them.
+fn qwen35_layers(
+    g: &GgufFile,
+    key: &dyn Fn(&str) -> String,
+    layers: usize,
+    path: &Path,
+) -> Result<(Vec<bool>, Option<DeltaNetShape>)> {
+    let linear = match g.get(&key("attention.recurrent_layers")) {
+        Some(MetaValue::Array(flags)) => {
+            let flags: Option<Vec<bool>> = flags.iter().map(|v| v.as_bool()).collect();
+            match flags {
+                Some(f) if f.len() >= layers => f[..layers].to_vec(),
+                _ => bail!(
+                    "{}: {} must hold a flag per layer ({layers})",
+                    path.display(),
+                    key("attention.recurrent_layers")
+                ),
+            }
+        }
+        _ => {
+            let every = g.opt_usize(&key("full_attention_interval"))?.unwrap_or(4).max(1);
+            (0..layers).map(|i| !(i + 1).is_multiple_of(every)).collect()
+        }
+    };
+    let v_heads = g.get_usize(&key("ssm.time_step_rank"))?;
+    let inner = g.get_usize(&key("ssm.inner_size"))?;
+    if v_heads == 0 || !inner.is_multiple_of(v_heads) {
+        bail!("{}: ssm.inner_size {inner} is not a multiple of ssm.time_step_rank {v_heads}", path.display());
+    }
+    let shape = DeltaNetShape {
+        k_heads: g.get_usize(&key("ssm.group_count"))?,
+        v_heads,
+        k_head_dim: g.get_usize(&key("ssm.state_size"))?,
+        v_head_dim: inner / v_heads,
+        conv_kernel: g.get_usize(&key("ssm.conv_kernel"))?,
+    };
+    Ok((linear, Some(shape)))
 }
 
 /// Which layers slide: `sliding_window_pattern` as llama.cpp reads it — one flag per layer (a bool, or an integer:

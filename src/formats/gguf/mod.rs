@@ -7,6 +7,7 @@ pub mod export_vocab;
 pub mod file;
 pub mod modelfile;
 pub mod quantize;
+pub mod qwen35;
 pub mod tokenizer;
 mod tokenizer_meta;
 mod tokenizer_spm;
