@@ -133,6 +133,25 @@ fn convert(
         0 | 1 => 1,
         _ => shape[1..].iter().product(),
     };
+    // the reorder needs the shape the config implies (checked again, with the other tensors, when the model is
+    // assembled)
+    let implied = match by_head(hf_name, s) {
+        Some(ByHead::Rows { from, width }) => Some((from + s.v_heads * width, cols)),
+        Some(ByHead::Columns { width }) => Some((shape[0], s.v_heads * width)),
+        None => None,
+    };
+    if let Some((rows, cols)) = implied
+        && (shape.first() != Some(&rows) || data.len() != rows * cols)
+    {
+        bail!(
+            "{hf_name}: shape {shape:?}, but the model's Gated DeltaNet ({} key heads of {}, {} value heads of {}) \
+             implies {rows} rows of {cols}: the file's ssm.* keys and tensors do not belong together",
+            s.k_heads,
+            s.k_head_dim,
+            s.v_heads,
+            s.v_head_dim
+        );
+    }
     if let Some(order) = row_order(hf_name, s, shape[0], dir) {
         data = order.iter().flat_map(|&r| &data[r * cols..(r + 1) * cols]).copied().collect();
     }
@@ -181,10 +200,13 @@ mod tests {
 
     #[test]
     fn a_log_is_stored_as_minus_exp() {
-        let mut s = vec![2];
         let name = "model.layers.1.linear_attn.A_log";
-        let g = to_gguf(name, &mut s, vec![0.0, 1.0], &SHAPE).unwrap();
-        assert_eq!(g, [-1.0, -(1.0f32).exp()]);
-        assert!(from_gguf(name, &mut s, vec![0.5, -1.0], &SHAPE).unwrap_err().to_string().contains("negative"));
+        let mut s = vec![6];
+        let g = to_gguf(name, &mut s, vec![0.0, 1.0, 0.0, 0.0, 0.0, 0.0], &SHAPE).unwrap();
+        assert_eq!(g, [-1.0, -1.0, -(1.0f32).exp(), -1.0, -1.0, -1.0], "tiled: head 1 (k0's v1) goes to 2");
+        let bad = from_gguf(name, &mut s, vec![0.5, -1.0, -1.0, -1.0, -1.0, -1.0], &SHAPE).unwrap_err();
+        assert!(bad.to_string().contains("negative"), "{bad}");
+        let short = from_gguf(name, &mut vec![2], vec![-1.0, -1.0], &SHAPE).unwrap_err();
+        assert!(short.to_string().contains("implies 6 rows of 1"), "{short}");
     }
 }
