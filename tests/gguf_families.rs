@@ -587,8 +587,17 @@ fn qwen35_goes_through_gguf() {
     assert_eq!(architecture, "qwen35");
     let want = condlm::network::config::Config { architecture, ..hf.config.clone() };
     assert_eq!(want, converted.config);
-    for (ids, want) in reference_sequences("tiny-qwen35") {
-        let diff = max_abs_diff(&forward_logits(&converted, &ids), &want);
-        assert!(diff <= 1e-4, "max |Δ logit| vs transformers {diff}");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("qwen35.gguf");
+    let (ok, err) = export(&["--model", p(&fixture("tiny-qwen35")), "--out", p(&out)]);
+    assert!(ok && !err.contains("warning"), "{err}");
+    let extra = assert_as_converter_writes(&out, "converter/tiny-qwen35.gguf", "qwen35");
+    assert!(extra.is_empty(), "{extra:?}");
+    let ours = load_model(p(&out)).unwrap().model;
+    for m in [&converted, &ours] {
+        for (ids, want) in reference_sequences("tiny-qwen35") {
+            let diff = max_abs_diff(&forward_logits(m, &ids), &want);
+            assert!(diff <= 1e-4, "max |Δ logit| vs transformers {diff}");
+        }
     }
 }

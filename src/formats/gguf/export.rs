@@ -13,6 +13,7 @@
 use super::config::llama_cpp_rules::{GEMMA3_PATTERN, gemma3_qk_scalar, slides, smollm3_skips_rope};
 use super::file::MetaValue;
 use super::quantize::quantize;
+use super::qwen35;
 use super::writer::{TensorData, TensorToWrite, write_gguf};
 use crate::formats::hf_export::base_params;
 use crate::formats::weights::{
@@ -33,13 +34,6 @@ use std::io::Write;
 /// The llama.cpp architecture name (`general.architecture`) of a config: Mistral is written as `llama`, as
 /// llama.cpp's converter does.
 pub fn gguf_arch(c: &Config) -> Result<&'static str> {
-    if c.delta_net.is_some() || c.attn_output_gate {
-        bail!(
-            "{} (Qwen3.5: Gated DeltaNet layers, gated attention) cannot be written as a GGUF yet: condlm does not \
-             write llama.cpp's qwen35 tensors. `condlm merge` writes it as a Hugging Face folder instead",
-            c.architecture
-        );
-    }
     if !c.no_rope.is_empty() {
         check_smollm3_no_rope(c)?;
     }
@@ -55,6 +49,7 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
         (Family::Llama, "Qwen2ForCausalLM" | "qwen2") => "qwen2",
         (Family::Llama, "Qwen3ForCausalLM" | "qwen3") => "qwen3",
         (Family::Llama, "SmolLM3ForCausalLM" | "smollm3") => "smollm3",
+        (Family::Llama, "Qwen3_5ForCausalLM" | "qwen3_5_text" | "qwen35") => "qwen35",
         (Family::Llama, "Olmo2ForCausalLM" | "Olmo3ForCausalLM" | "olmo2" | "olmo3") => {
             check_olmo(c)?;
             "olmo2"
@@ -240,6 +235,7 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
             }
             m.extend(rope_scaling_metadata(c, &key));
         }
+        Family::Llama if arch == "qwen35" => m.extend(qwen35_metadata(c, &key)),
         Family::Llama if arch == "phi3" => {
             // what llama.cpp's converter writes for Phi-3 (its LongRoPE factors are tensors)
             // without LongRoPE llama.cpp does not use it: transformers' Phi3Config default, as the converter writes
@@ -266,6 +262,45 @@ pub fn model_metadata(c: &Config, arch: &str, name: &str, ty: GgmlType) -> Vec<(
     m
 }
 
+/// What llama.cpp's converter writes for Qwen3.5: head sizes, the rotary features and their multimodal sections
+/// (transformers' default [11, 11, 10] when the model has none), the Gated DeltaNet's `ssm.*` shape, and which
+/// layers are linear attention (a flag per layer, which llama.cpp reads first, and the interval).
+fn qwen35_metadata(c: &Config, key: &dyn Fn(&str) -> String) -> Vec<(String, MetaValue)> {
+    let u32_of = |n: usize| MetaValue::U32(n as u32);
+    // (as i32, as the converter writes them)
+    let i32_of = |n: usize| MetaValue::I32(n as i32);
+    let mut sections: Vec<MetaValue> = match c.rope_sections.is_empty() {
+        true => [11, 11, 10].map(i32_of).to_vec(),
+        false => c.rope_sections.iter().map(|&n| i32_of(n)).collect(),
+    };
+    sections.resize(4, i32_of(0));
+    let mut m = vec![
+        (key("attention.key_length"), u32_of(c.head_dim)),
+        (key("attention.value_length"), u32_of(c.head_dim)),
+        (key("rope.dimension_sections"), MetaValue::Array(sections)),
+        (key("rope.dimension_count"), u32_of(c.rotary_dim)),
+    ];
+    if let Some(s) = &c.delta_net {
+        // the interval the layers follow (the first attention layer's place), else the converter's default 4
+        let first = (0..c.num_layers).find(|&i| !c.is_linear_layer(i)).map_or(4, |i| i + 1);
+        let regular = (0..c.num_layers).all(|i| c.is_linear_layer(i) == !(i + 1).is_multiple_of(first));
+        m.extend([
+            (key("ssm.conv_kernel"), u32_of(s.conv_kernel)),
+            (key("ssm.state_size"), u32_of(s.k_head_dim)),
+            (key("ssm.group_count"), u32_of(s.k_heads)),
+            (key("ssm.time_step_rank"), u32_of(s.v_heads)),
+            (key("ssm.inner_size"), u32_of(s.value_dim())),
+            (
+                key("attention.recurrent_layers"),
+                MetaValue::Array((0..c.num_layers).map(|i| MetaValue::Bool(c.is_linear_layer(i))).collect()),
+            ),
+            (key("full_attention_interval"), u32_of(if regular { first } else { 4 })),
+        ]);
+    }
+    m.extend(rope_scaling_metadata(c, key));
+    m
+}
+
 /// Whether `ty` stores fewer than 8 bits per weight (the types after which llama-quantize keeps the output
 /// matrix in Q6_K).
 fn below_8_bits(ty: GgmlType) -> bool {
@@ -274,7 +309,8 @@ fn below_8_bits(ty: GgmlType) -> bool {
 
 /// The type a tensor of GGUF name `name` and row-major `shape` is stored in when the file's type is `ty`.
 pub fn tensor_type(name: &str, shape: &[usize], ty: GgmlType, tied: bool) -> GgmlType {
-    if shape.len() < 2 {
+    // llama.cpp keeps a Gated DeltaNet's small convolution in F32, as the converter and llama-quantize do
+    if shape.len() < 2 || name.ends_with("ssm_conv1d.weight") {
         return GgmlType::F32;
     }
     let is_output = name == "output.weight" || (tied && name == "token_embd.weight");
@@ -383,17 +419,33 @@ pub fn model_tensors<'a>(model: &'a Transformer, arch: &str, ty: GgmlType) -> Re
 fn model_tensor<'a>(p: &'a Param, c: &Config, arch: &str, ty: GgmlType) -> Result<ExportTensor<'a>> {
     let name = hf_to_gguf(&p.name, arch)
         .with_context(|| format!("tensor {} has no llama.cpp name in a {arch} model", p.name))?;
-    let order = permuted_heads(&p.name, arch, c.num_heads, c.num_kv_heads)
+    let mut shape = p.shape.clone();
+    let mut order = permuted_heads(&p.name, arch, c.num_heads, c.num_kv_heads)
         .map(|heads| qk_row_order(p.shape[0], heads, Permute::ToGguf))
         .transpose()?;
-    let source = match &p.packed {
-        Some(m) => Source::Packed(m),
-        // Gemma's (1 + w) norms are stored with the 1 added, as the converter writes them
-        None if gguf_adds_one(&name, arch) => Source::F32(Cow::Owned(p.data.iter().map(|v| v + 1.0).collect())),
-        None => Source::F32(Cow::Borrowed(&p.data)),
+    let delta_net = c.delta_net.as_ref().filter(|_| arch == "qwen35");
+    let source = match (&p.packed, delta_net) {
+        // a matrix in blocks keeps them where the value heads move as whole rows
+        (Some(m), Some(s)) if !qwen35::reorders_columns(&p.name, s) => {
+            order = qwen35::row_order(&p.name, s, m.rows, qwen35::Direction::ToGguf);
+            Source::Packed(m)
+        }
+        (Some(m), None) => Source::Packed(m),
+        // Gemma's and Qwen3.5's (1 + w) norms are stored with the 1 added, as the converter writes them
+        (_, Some(s)) => {
+            let mut values = p.values().into_owned();
+            if gguf_adds_one(&name, arch) {
+                values.iter_mut().for_each(|v| *v += 1.0);
+            }
+            Source::F32(Cow::Owned(qwen35::to_gguf(&p.name, &mut shape, values, s)?))
+        }
+        (None, None) if gguf_adds_one(&name, arch) => {
+            Source::F32(Cow::Owned(p.data.iter().map(|v| v + 1.0).collect()))
+        }
+        (None, None) => Source::F32(Cow::Borrowed(&p.data)),
     };
-    let ty = tensor_type(&name, &p.shape, ty, c.tie_embeddings);
-    Ok(ExportTensor { name, shape: p.shape.clone(), ty, source, order })
+    let ty = tensor_type(&name, &shape, ty, c.tie_embeddings);
+    Ok(ExportTensor { name, shape, ty, source, order })
 }
 
 /// Writes metadata and tensors as GGUF to `out`, each tensor's bytes made (in parallel over rows) only when
