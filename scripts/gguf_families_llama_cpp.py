@@ -7,7 +7,7 @@ llama.cpp of scripts/llama_cpp/build.sh — with torch, transformers and safeten
    changes.
 2. tiny-gemma3 with query_pre_attn_scalar 32 (sliding layers 0, 1, 3; global layer 2), tiny-gemma3-linear (Gemma 3
    4B+'s linear RoPE scaling on the global layer), tiny-phi3, tiny-phi4, tiny-qwen3-yarn (YaRN), tiny-olmo2,
-   tiny-olmo3 and
+   tiny-olmo3, tiny-qwen35 (with a LoRA adapter GGUF on it, against PEFT) and
    tiny-smollm3 with RoPE skipped in layer 3 only: transformers on the HF folder against llama.cpp on condlm's export
    (and, for Gemma 3, on the converter's, which writes no layer pattern: llama.cpp then takes every layer as
    sliding).
@@ -131,7 +131,7 @@ def hf_rows(folder):
         return [(ids, model(input_ids=torch.tensor([ids])).logits[0].numpy()) for ids, _ in rows]
 
 
-report += ["", "## 2. Gemma 3, Phi-3, Phi-4-mini, SmolLM3, Qwen3 with YaRN, OLMo 2 and OLMo 3 (tiny fixtures)", "",
+report += ["", "## 2. Gemma 3, Phi-3, Phi-4-mini, SmolLM3, Qwen3 with YaRN, OLMo 2, OLMo 3 and Qwen3.5 (tiny fixtures)", "",
            "max |Δ logit| against transformers on the same HF folder, over the same 3 rows:", ""]
 report += table_head()
 for name, edits, note, tol in [
@@ -144,6 +144,8 @@ for name, edits, note, tol in [
     ("tiny-qwen3-yarn", {}, "YaRN × 4 from 4096 positions", 1e-4),
     ("tiny-olmo2", {}, "norms after the sublayers, q/k norms over all heads", 1e-4),
     ("tiny-olmo3", {}, "olmo2 with window 4 on layers 0-2, YaRN on layer 3", 1e-4),
+    ("tiny-qwen35", {}, "qwen35: Gated DeltaNet on layers 0-2 (4 value heads on 2 key heads, tiled), gated "
+     "attention on layer 3", 1e-4),
 ]:
     folder = variant(name, edits)
     out = os.path.join(WORK, f"{name}.gguf")
@@ -155,6 +157,27 @@ for name, edits, note, tol in [
     if name == "tiny-gemma3":
         conv = worst(os.path.join(FIX, "converter", "tiny-gemma3.gguf"), want)
         report.append(f"| llama.cpp on the converter's GGUF of it (no pattern key: every layer slides) | {conv:.3g} | (differs) | — |")
+    if name == "tiny-qwen35":
+        # a condlm LoRA run on the HF folder: its adapter GGUF on condlm's export, against PEFT on the folder
+        run_dir = os.path.join(WORK, "qwen35-run")
+        run("train", "--model", folder, "--data", os.path.join(FIX, "data", "pairs.jsonl"), "--output-dir", run_dir,
+            "--max-steps", "10", "--lr", "1e-2", "--lora-targets", "all-linear")
+        lora = os.path.join(WORK, "tiny-qwen35-lora.gguf")
+        run("export-gguf", "--model", folder, "--adapter", os.path.join(run_dir, "adapter"), "--lora-only",
+            "--type", "f32", "--out", lora)
+        import peft  # noqa: E402
+        base = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        pm = peft.PeftModel.from_pretrained(base, os.path.join(run_dir, "adapter")).eval()
+        with torch.no_grad():
+            peft_rows = [(ids, pm(input_ids=torch.tensor([ids])).logits[0].numpy()) for ids, _ in want]
+        lora_worst = max(float(np.abs(llama_logits(out, ids, lora) - w).max()) for ids, w in peft_rows)
+        report.append(check("llama.cpp on that export + condlm's LoRA adapter GGUF (10 steps, every linear layer), "
+                            "against PEFT", lora_worst, 1e-4))
+        moved = max(float(np.abs(w - b).max()) for (_, w), (_, b) in zip(peft_rows, want))
+        report.append(f"| the adapter's own effect on the logits (must be large) | {moved:.3g} | ≥ 1e-1 | "
+                      f"{'yes' if moved >= 1e-1 else '**NO**'} |")
+        if moved < 1e-1:
+            failed.append("the Qwen3.5 adapter has no effect")
     if name == "tiny-qwen3-yarn":
         report.append(check("llama.cpp on the converter's GGUF of tiny-qwen3-yarn",
                             worst(os.path.join(FIX, "converter", "tiny-qwen3-yarn.gguf"), want), 1e-4))

@@ -594,10 +594,71 @@ fn qwen35_goes_through_gguf() {
     let extra = assert_as_converter_writes(&out, "converter/tiny-qwen35.gguf", "qwen35");
     assert!(extra.is_empty(), "{extra:?}");
     let ours = load_model(p(&out)).unwrap().model;
+    // llama.cpp takes value heads as wide as key heads
+    let mut wide = hf.config.clone();
+    wide.delta_net.as_mut().unwrap().v_head_dim = 24;
+    let err = condlm::formats::gguf::export::gguf_arch(&wide).unwrap_err().to_string();
+    assert!(err.contains("llama.cpp's qwen35 takes both as wide"), "{err}");
     for m in [&converted, &ours] {
         for (ids, want) in reference_sequences("tiny-qwen35") {
             let diff = max_abs_diff(&forward_logits(m, &ids), &want);
             assert!(diff <= 1e-4, "max |Δ logit| vs transformers {diff}");
         }
+    }
+}
+
+/// A Qwen3.5 GGUF with the multi-token-prediction block llama.cpp's converter appends to real checkpoints (one more
+/// block, `nextn_predict_layers` 1, its `nextn.*` tensors; `attention.recurrent_layers` one flag longer) reads as
+/// the model without it.
+#[test]
+fn qwen35_gguf_mtp_block_is_skipped() {
+    use condlm::formats::gguf::writer::{TensorData, TensorToWrite, write_gguf};
+    let src = fixture("converter/tiny-qwen35.gguf");
+    let g = GgufFile::open(&src).unwrap();
+    let mut meta = g.metadata.clone();
+    meta.insert("qwen35.block_count".into(), MetaValue::U32(5));
+    meta.insert("qwen35.nextn_predict_layers".into(), MetaValue::U32(1));
+    let flags = [true, true, true, false, false].map(MetaValue::Bool).to_vec();
+    meta.insert("qwen35.attention.recurrent_layers".into(), MetaValue::Array(flags));
+    let meta: Vec<(&str, MetaValue)> = meta.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    // the MTP block: an attention layer's tensors again, and its nextn projection
+    let mtp: Vec<(String, &condlm::formats::gguf::file::GgufTensorInfo)> = g
+        .tensors
+        .iter()
+        .filter_map(|t| Some((t.name.strip_prefix("blk.3.")?, t)))
+        .map(|(rest, t)| (format!("blk.4.{rest}"), t))
+        .chain(
+            g.tensors
+                .iter()
+                .find(|t| t.name == "blk.3.ffn_down.weight")
+                .map(|t| ("blk.4.nextn.eh_proj.weight".into(), t)),
+        )
+        .collect();
+    let mut tensors: Vec<TensorToWrite<'_>> = g
+        .tensors
+        .iter()
+        .map(|t| TensorToWrite {
+            name: &t.name,
+            dims: t.dims.clone(),
+            ty: t.ty,
+            data: TensorData::Bytes(g.tensor_bytes(t).unwrap()),
+        })
+        .collect();
+    for (name, t) in &mtp {
+        tensors.push(TensorToWrite {
+            name,
+            dims: t.dims.clone(),
+            ty: t.ty,
+            data: TensorData::Bytes(g.tensor_bytes(t).unwrap()),
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("with-mtp.gguf");
+    write_gguf(std::fs::File::create(&out).unwrap(), &meta, &tensors).unwrap();
+    let with_mtp = load_model(p(&out)).unwrap().model;
+    let without = load_model(p(&src)).unwrap().model;
+    assert_eq!(with_mtp.config, without.config);
+    for (ids, _) in reference_sequences("tiny-qwen35") {
+        assert_eq!(forward_logits(&with_mtp, &ids), forward_logits(&without, &ids));
     }
 }

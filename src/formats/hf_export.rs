@@ -246,9 +246,10 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
                 "olmo2" if c.sliding_window.is_some() => ("Olmo3ForCausalLM", "olmo3"),
                 "olmo2" | "olmo2forcausallm" => ("Olmo2ForCausalLM", "olmo2"),
                 "olmo3" | "olmo3forcausallm" => ("Olmo3ForCausalLM", "olmo3"),
+                "qwen35" | "qwen3_5forcausallm" => ("Qwen3_5ForCausalLM", "qwen3_5_text"),
                 other => bail!(
                     "cannot write a config.json for architecture \"{other}\" (supported: llama, qwen2, qwen3, \
-                     gemma3, phi3, smollm3, olmo2, olmo3, gpt2)"
+                     gemma3, phi3, smollm3, olmo2, olmo3, qwen35, gpt2)"
                 ),
             };
             let mut v = json!({
@@ -358,6 +359,8 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
             } else if model_type == "qwen3" {
                 v["attention_bias"] = json!(c.qkv_bias);
                 v["use_sliding_window"] = json!(false);
+            } else if model_type == "qwen3_5_text" {
+                qwen35_config(c, &mut v)?;
             } else if model_type.starts_with("olmo") {
                 if c.qkv_bias != c.o_bias || c.mlp_bias {
                     bail!(
@@ -425,6 +428,38 @@ pub fn config_json(c: &Config, pad: Option<u32>) -> Result<Value> {
     };
     common(&mut v);
     Ok(v)
+}
+
+/// Qwen3_5TextConfig's keys: the layer kinds, the Gated DeltaNet's shape, and its RoPE in `rope_parameters` (a
+/// quarter of each head, the multimodal sections text rotates as one).
+fn qwen35_config(c: &Config, v: &mut Value) -> Result<()> {
+    let Some(s) = &c.delta_net else { bail!("a Qwen3.5 model without its Gated DeltaNet shape") };
+    if c.qkv_bias != c.o_bias || c.mlp_bias {
+        bail!("Qwen3.5's attention_bias covers q, k, v and o together and its MLP has no biases");
+    }
+    let kind = |linear: bool| if linear { "linear_attention" } else { "full_attention" };
+    let mut rope = json!({
+        "rope_type": "default",
+        "rope_theta": f32_json(c.rope_theta),
+        "partial_rotary_factor": c.rotary_dim as f64 / c.head_dim as f64,
+        "mrope_interleaved": true,
+    });
+    if !c.rope_sections.is_empty() {
+        rope["mrope_section"] = json!(c.rope_sections);
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.remove("rope_theta");
+        o.remove("rope_scaling");
+    }
+    v["rope_parameters"] = rope;
+    v["attention_bias"] = json!(c.qkv_bias);
+    v["layer_types"] = json!((0..c.num_layers).map(|i| kind(c.is_linear_layer(i))).collect::<Vec<_>>());
+    v["linear_conv_kernel_dim"] = json!(s.conv_kernel);
+    v["linear_key_head_dim"] = json!(s.k_head_dim);
+    v["linear_value_head_dim"] = json!(s.v_head_dim);
+    v["linear_num_key_heads"] = json!(s.k_heads);
+    v["linear_num_value_heads"] = json!(s.v_heads);
+    Ok(())
 }
 
 /// A `tokenizer_config.json` naming the special tokens (GGUF sources, or HF folders without one).

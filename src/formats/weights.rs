@@ -2,11 +2,11 @@
 //! the fly: llama.cpp names → HF names, Q/K rows un-permuted for Llama, GPT-2 weights back to Conv1D (in, out).
 use super::gguf::file::GgufFile;
 use super::gguf::qwen35;
-use crate::network::config::DeltaNetShape;
 use super::safetensors_files::SafetensorsFiles;
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
 use crate::kernels::weight_bytes::SharedBytes;
+use crate::network::config::DeltaNetShape;
 use anyhow::{Result, bail};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub enum Weights {
-    Safetensors { dir: PathBuf, files: SafetensorsFiles },
+    Safetensors {
+        dir: PathBuf,
+        files: SafetensorsFiles,
+    },
     Gguf {
         file: GgufFile,
         path: PathBuf,

@@ -49,7 +49,10 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
         (Family::Llama, "Qwen2ForCausalLM" | "qwen2") => "qwen2",
         (Family::Llama, "Qwen3ForCausalLM" | "qwen3") => "qwen3",
         (Family::Llama, "SmolLM3ForCausalLM" | "smollm3") => "smollm3",
-        (Family::Llama, "Qwen3_5ForCausalLM" | "qwen3_5_text" | "qwen35") => "qwen35",
+        (Family::Llama, "Qwen3_5ForCausalLM" | "qwen3_5_text" | "qwen35") => {
+            check_qwen35(c)?;
+            "qwen35"
+        }
         (Family::Llama, "Olmo2ForCausalLM" | "Olmo3ForCausalLM" | "olmo2" | "olmo3") => {
             check_olmo(c)?;
             "olmo2"
@@ -86,6 +89,21 @@ fn check_gemma3_scale(c: &Config) -> Result<()> {
              {} layers with {implied} and a GGUF cannot say otherwise: llama.cpp would compute another model. \
              `condlm merge` writes it as a Hugging Face folder instead",
             c.num_layers
+        );
+    }
+    Ok(())
+}
+
+/// llama.cpp's qwen35 takes the value heads as wide as the key heads (`ssm.state_size`; every release has 128 for
+/// both) and has no key for another width.
+fn check_qwen35(c: &Config) -> Result<()> {
+    if let Some(s) = c.delta_net.filter(|s| s.k_head_dim != s.v_head_dim) {
+        bail!(
+            "the model's Gated DeltaNet has value heads of {} and key heads of {} (linear_value_head_dim, \
+             linear_key_head_dim), but llama.cpp's qwen35 takes both as wide and a GGUF cannot say otherwise: llama.cpp \
+             would refuse the file. `condlm merge` writes it as a Hugging Face folder instead",
+            s.v_head_dim,
+            s.k_head_dim
         );
     }
     Ok(())
@@ -439,9 +457,7 @@ fn model_tensor<'a>(p: &'a Param, c: &Config, arch: &str, ty: GgmlType) -> Resul
             }
             Source::F32(Cow::Owned(qwen35::to_gguf(&p.name, &mut shape, values, s)?))
         }
-        (None, None) if gguf_adds_one(&name, arch) => {
-            Source::F32(Cow::Owned(p.data.iter().map(|v| v + 1.0).collect()))
-        }
+        (None, None) if gguf_adds_one(&name, arch) => Source::F32(Cow::Owned(p.data.iter().map(|v| v + 1.0).collect())),
         (None, None) => Source::F32(Cow::Borrowed(&p.data)),
     };
     let ty = tensor_type(&name, &shape, ty, c.tie_embeddings);

@@ -1,13 +1,15 @@
 //! A LoRA adapter as llama.cpp's adapter GGUF (what `convert_lora_to_gguf.py` writes and `llama-cli --lora`
 //! loads): `general.type = adapter`, `adapter.type = lora`, `adapter.lora.alpha`, and for every adapted
 //! matrix `<gguf name>.lora_a` (ne = [in, r]) and `<gguf name>.lora_b` (ne = [r, out]), B's rows permuted
-//! like the base matrix's for Llama q/k.
+//! like the base matrix's for Llama q/k, and Qwen3.5's value heads tiled like the base's (B's rows, out_proj's A
+//! columns).
 //!
 //! llama.cpp scales every adapter by `alpha / r` (r read from each `lora_a`). condlm's scale may differ per
 //! matrix (rsLoRA's α/√r, PEFT rank/alpha patterns), so each B is multiplied by `scale · r / alpha`: 1 exactly
 //! for a plain adapter, whose tensors are then written as they are.
 use super::export::{ExportTensor, Source};
 use super::file::MetaValue;
+use super::qwen35;
 use crate::formats::weights::{Permute, hf_to_gguf, permuted_heads, qk_row_order};
 use crate::kernels::dequant::GgmlType;
 use crate::network::lora::Lora;
@@ -56,11 +58,20 @@ pub fn adapter_tensors<'a>(
             true => Cow::Borrowed(&lora.b.data[..]),
             false => Cow::Owned(lora.b.data.iter().map(|v| v * factor).collect()),
         };
-        // B's rows are the base matrix's output rows: permuted like them for Llama q/k.
-        let order = permuted_heads(weight, arch, c.num_heads, c.num_kv_heads)
-            .map(|heads| qk_row_order(lora.b.shape[0], heads, Permute::ToGguf))
-            .transpose()?;
-        let a = Source::F32(Cow::Borrowed(&lora.a.data));
+        // B's rows are the base matrix's output rows: permuted like them for Llama q/k, Qwen3.5's value heads tiled;
+        // A's columns are its input columns, tiled like out_proj's
+        let delta_net = c.delta_net.as_ref().filter(|_| arch == "qwen35");
+        let order = match (permuted_heads(weight, arch, c.num_heads, c.num_kv_heads), delta_net) {
+            (Some(heads), _) => Some(qk_row_order(lora.b.shape[0], heads, Permute::ToGguf)?),
+            (None, Some(s)) => qwen35::row_order(weight, s, lora.b.shape[0], qwen35::Direction::ToGguf),
+            (None, None) => None,
+        };
+        let a = match delta_net.filter(|s| qwen35::reorders_columns(weight, s)) {
+            Some(s) => {
+                Source::F32(Cow::Owned(qwen35::to_gguf(weight, &mut lora.a.shape.clone(), lora.a.data.clone(), s)?))
+            }
+            None => Source::F32(Cow::Borrowed(&lora.a.data)),
+        };
         out.push(ExportTensor {
             name: format!("{name}.lora_a"),
             shape: lora.a.shape.clone(),
