@@ -301,7 +301,7 @@ fn qwen35_metadata(c: &Config, key: &dyn Fn(&str) -> String) -> Vec<(String, Met
     if let Some(s) = &c.delta_net {
         // the interval the layers follow (the first attention layer's place), else the converter's default 4
         let first = (0..c.num_layers).find(|&i| !c.is_linear_layer(i)).map_or(4, |i| i + 1);
-        let regular = (0..c.num_layers).all(|i| c.is_linear_layer(i) == !(i + 1).is_multiple_of(first));
+        let regular = (0..c.num_layers).all(|i| c.is_linear_layer(i) != (i + 1).is_multiple_of(first));
         m.extend([
             (key("ssm.conv_kernel"), u32_of(s.conv_kernel)),
             (key("ssm.state_size"), u32_of(s.k_head_dim)),

@@ -111,7 +111,7 @@ fn convert(
         data = match dir {
             Direction::ToGguf => data.iter().map(|a| -a.exp()).collect(),
             Direction::FromGguf => {
-                if let Some(a) = data.iter().find(|a| !(**a < 0.0)) {
+                if let Some(a) = data.iter().find(|a| a.is_nan() || **a >= 0.0) {
                     bail!("{hf_name}: ssm_a holds {a}; llama.cpp's converter stores −e^A_log, which is negative");
                 }
                 data.iter().map(|a| (-a).ln()).collect()
