@@ -547,8 +547,6 @@ fn qwen35_layers_config_and_refusals() {
     assert_eq!(every_2nd.linear_layers, [true, false, true, false]);
     let err = read(&|v| v["layer_types"][1] = "sliding_attention".into()).unwrap_err();
     assert!(format!("{err:#}").contains("layer_types entry \"sliding_attention\" is not a Qwen3.5 layer"), "{err:#}");
-    let err = read(&|v| v["architectures"][0] = "Qwen3_5ForConditionalGeneration".into()).unwrap_err();
-    assert!(format!("{err:#}").contains("Qwen3.5's multimodal checkpoint"), "{err:#}");
     let err = read(&|v| v["linear_num_value_heads"] = 3.into()).unwrap_err();
     assert!(format!("{err:#}").contains("linear_num_value_heads 3 is not a multiple of linear_num_key_heads 2"));
 
@@ -559,4 +557,58 @@ fn qwen35_layers_config_and_refusals() {
     assert!(!ok && err.contains("runs on the CPU only so far"), "{err}");
     let (ok, out, err) = condlm(&["info", m.to_str().unwrap()]);
     assert!(ok && out.contains("Gated DeltaNet in layers [0, 1, 2]"), "{err}{out}");
+}
+
+/// Qwen3.5 as every release stores it (Qwen3_5ForConditionalGeneration: text under model.language_model., a vision
+/// tower beside it): condlm runs the text model as transformers does, with its gradients; `merge` keeps the vision
+/// tower's tensors as they were.
+#[test]
+fn qwen35_multimodal_checkpoint_runs_its_text_model_and_keeps_the_rest() {
+    let m = model("tiny-qwen35-vl");
+    assert_eq!(m.config.text_prefix(), "model.language_model");
+    assert_eq!(m.embed.name, "model.language_model.embed_tokens.weight");
+    for (ids, want) in reference_sequences("tiny-qwen35-vl") {
+        let diff = max_abs_diff(&forward_logits(&m, &ids), &want);
+        assert!(diff <= 1e-4, "max |Δ logit| vs transformers {diff}");
+    }
+    // the text model's gradients are tiny-qwen35's, under the checkpoint's names
+    let mut m = model("tiny-qwen35-vl");
+    set_full_finetune(&mut m, false);
+    let loss = step(&mut m, "tiny-qwen35");
+    for p in m.params_mut() {
+        p.name = p.name.replacen("model.language_model.", "model.", 1);
+    }
+    let want = expected_json("tiny-qwen35")["full_loss"].as_f64().unwrap();
+    check_grads(&mut m, "tiny-qwen35/full-grads.safetensors", "", want, loss);
+
+    let dir = tempfile::tempdir().unwrap();
+    let merged = dir.path().join("merged");
+    let (src, adapter) = (fixture("tiny-qwen35-vl"), dir.path().join("run"));
+    let data = fixture("data/pairs.jsonl");
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let (ok, _, err) = condlm(&[
+        "train",
+        "--model",
+        &s(&src),
+        "--data",
+        &s(&data),
+        "--output-dir",
+        &s(&adapter),
+        "--max-steps",
+        "2",
+        "--lora-targets",
+        "all-linear",
+    ]);
+    assert!(ok, "{err}");
+    let (ok, _, err) =
+        condlm(&["merge", "--model", &s(&src), "--adapter", &s(&adapter.join("adapter")), "--out", &s(&merged)]);
+    assert!(ok, "{err}");
+    let (before, after) =
+        (load_f32_tensors(&src.join("model.safetensors")), load_f32_tensors(&merged.join("model.safetensors")));
+    let vision: Vec<&String> = before.keys().filter(|k| k.starts_with("model.visual.")).collect();
+    assert!(!vision.is_empty());
+    for k in vision {
+        assert_eq!(before[k], after[k], "{k} kept as it was");
+    }
+    assert_eq!(before.len(), after.len(), "every tensor of the checkpoint is in the merged one");
 }

@@ -593,6 +593,11 @@ fn qwen35_goes_through_gguf() {
     assert!(ok && !err.contains("warning"), "{err}");
     let extra = assert_as_converter_writes(&out, "converter/tiny-qwen35.gguf", "qwen35");
     assert!(extra.is_empty(), "{extra:?}");
+    // the multimodal checkpoint of the same text model: its text model, as the converter writes it from either
+    let from_multimodal = dir.path().join("qwen35-vl.gguf");
+    let (ok, err) = export(&["--model", p(&fixture("tiny-qwen35-vl")), "--out", p(&from_multimodal)]);
+    assert!(ok, "{err}");
+    assert!(assert_as_converter_writes(&from_multimodal, "converter/tiny-qwen35.gguf", "qwen35").is_empty());
     let ours = load_model(p(&out)).unwrap().model;
     // llama.cpp takes value heads as wide as key heads
     let mut wide = hf.config.clone();

@@ -184,7 +184,7 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
     let model = match c.family {
         Family::Llama => {
             for i in 0..c.num_layers {
-                let p = format!("model.layers.{i}");
+                let p = format!("{}.layers.{i}", c.text_prefix());
                 // per head (head_dim weights), or over the whole projection (OLMo 2/3)
                 let (q_width, k_width) = match c.qk_norm_whole {
                     true => (q, kv),
@@ -256,9 +256,9 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                 });
             }
             Transformer {
-                embed: t.matrix_param("model.embed_tokens.weight", v, d)?,
+                embed: t.matrix_param(&format!("{}.embed_tokens.weight", c.text_prefix()), v, d)?,
                 pos_embed: None,
-                final_norm: t.norm("model.norm", d, Bias::Without)?,
+                final_norm: t.norm(&format!("{}.norm", c.text_prefix()), d, Bias::Without)?,
                 lm_head: lm_head(&mut t, c)?,
                 blocks,
                 config: config.clone(),
@@ -290,7 +290,8 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
             }
         }
     };
-    if let Some(extra) = names.iter().find(|n| !t.used.contains(*n) && !is_ignorable(n)) {
+    let unused = |n: &&String| !t.used.contains(*n) && !is_ignorable(n) && !c.is_kept_as_is(n);
+    if let Some(extra) = names.iter().find(unused) {
         bail!(
             "{}: unknown tensor \"{extra}\" — the {} code path would ignore it and compute a different model; \
              check that config.json matches the weights",

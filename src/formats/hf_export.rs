@@ -3,7 +3,8 @@
 //! files and, when the source has one, `generation_config.json`.
 //!
 //! - HF source: `config.json` and the tokenizer/generation files are copied byte for byte (the
-//!   config already describes the model; a sharded source is written as one `model.safetensors`).
+//!   config already describes the model; a sharded source is written as one `model.safetensors`), and the
+//!   tensors condlm does not run (a multimodal Qwen3.5's vision tower and MTP block) as the source stores them.
 //!   A missing `tokenizer_config.json` is generated as for GGUF.
 //! - GGUF source: `config.json` is generated from [`Config`] for `LlamaForCausalLM`, `Qwen2ForCausalLM`
 //!   or `GPT2LMHeadModel`; `tokenizer.json` is the tokenizer condlm built from the GGUF metadata,
@@ -15,6 +16,7 @@
 //! ([`crate::network::adapters::merge`]) or save them as a PEFT adapter.
 use super::gguf::file::GgufFile;
 use super::resolve::ModelFiles;
+use super::safetensors_files::SafetensorsFiles;
 use super::trained_on::{self, TrainedOn};
 use super::weights::is_gpt2_conv1d;
 use crate::kernels::packed::PackedMatrix;
@@ -50,7 +52,25 @@ pub fn save_hf_folder(
     source: &ModelFiles,
     trained_on: Option<TrainedOn>,
 ) -> Result<()> {
-    let weights = weight_views(model)?;
+    let mut weights = weight_views(model)?;
+    // the source's tensors outside the text model (a multimodal checkpoint's vision tower), as they are
+    let source_files = match source {
+        ModelFiles::HfDir(src) => Some(SafetensorsFiles::open(src)?),
+        ModelFiles::Gguf(_) => None,
+    };
+    if let Some(st) = &source_files {
+        for name in st.names().filter(|n| model.config.is_kept_as_is(n)) {
+            let (dtype, shape, bytes) = st.raw(name).context("an indexed tensor")?;
+            let kept = OutTensor {
+                shape: shape.to_vec(),
+                data: &[],
+                packed: None,
+                transpose: None,
+                stored: Some((dtype, bytes)),
+            };
+            weights.push((name, kept));
+        }
+    }
     let mut files: Vec<(&str, Vec<u8>)> = vec![];
     match source {
         ModelFiles::HfDir(src) => {
@@ -108,18 +128,20 @@ pub struct OutTensor<'a> {
     packed: Option<&'a PackedMatrix>,
     /// Some((rows, cols)): `data` is (rows, cols) and is written transposed, as (cols, rows).
     transpose: Option<(usize, usize)>,
+    /// A source tensor condlm does not run, written as the source stores it (type and bytes).
+    stored: Option<(Dtype, &'a [u8])>,
 }
 
 impl<'a> OutTensor<'a> {
     /// `data` as it is, under `shape`.
     pub fn new(shape: Vec<usize>, data: &'a [f32]) -> Self {
-        OutTensor { shape, data, packed: None, transpose: None }
+        OutTensor { shape, data, packed: None, transpose: None, stored: None }
     }
 }
 
 impl View for OutTensor<'_> {
     fn dtype(&self) -> Dtype {
-        Dtype::F32
+        self.stored.map_or(Dtype::F32, |(dtype, _)| dtype)
     }
 
     fn shape(&self) -> &[usize] {
@@ -127,6 +149,9 @@ impl View for OutTensor<'_> {
     }
 
     fn data(&self) -> Cow<'_, [u8]> {
+        if let Some((_, bytes)) = self.stored {
+            return Cow::Borrowed(bytes);
+        }
         let data = match self.packed {
             Some(p) => Cow::Owned(p.to_f32()),
             None => Cow::Borrowed(self.data),
@@ -146,7 +171,10 @@ impl View for OutTensor<'_> {
     }
 
     fn data_len(&self) -> usize {
-        self.shape.iter().product::<usize>() * 4
+        match self.stored {
+            Some((_, bytes)) => bytes.len(),
+            None => self.shape.iter().product::<usize>() * 4,
+        }
     }
 }
 
@@ -197,9 +225,9 @@ fn weight_views(model: &Transformer) -> Result<Vec<(&str, OutTensor<'_>)>> {
         let t = if model.config.family == Family::Gpt2 && p.shape.len() == 2 && is_gpt2_conv1d(&p.name) {
             // Held as (out, in) like nn.Linear; Conv1D stores (in, out).
             let shape = vec![p.shape[1], p.shape[0]];
-            OutTensor { shape, data: &p.data, packed, transpose: Some((p.shape[0], p.shape[1])) }
+            OutTensor { shape, data: &p.data, packed, transpose: Some((p.shape[0], p.shape[1])), stored: None }
         } else {
-            OutTensor { shape: p.shape.clone(), data: &p.data, packed, transpose: None }
+            OutTensor { shape: p.shape.clone(), data: &p.data, packed, transpose: None, stored: None }
         };
         tensors.push((p.name.as_str(), t));
     }

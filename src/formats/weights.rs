@@ -364,6 +364,9 @@ fn tables(arch: &str) -> (NameTable, &'static [NameTable], &'static str) {
 /// The llama.cpp name of HF tensor `hf` in architecture `arch` (a GGUF architecture name).
 pub fn hf_to_gguf(hf: &str, arch: &str) -> Option<String> {
     let (global, layer, prefix) = tables(arch);
+    // a multimodal Qwen3.5's text model (llama.cpp's converter writes it alone)
+    let text = hf.strip_prefix("model.language_model.").map(|rest| format!("model.{rest}"));
+    let hf = text.as_deref().unwrap_or(hf);
     if let Some((_, g)) = global.iter().find(|(h, _)| *h == hf) {
         return Some(g.to_string());
     }

@@ -199,7 +199,7 @@ struct HfConfig {
 }
 
 const SUPPORTED: &str = "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, \
-                         Qwen3_5ForCausalLM, SmolLM3ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, Olmo3ForCausalLM, \
+                         Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration (its text model), SmolLM3ForCausalLM, Gemma3ForCausalLM, Phi3ForCausalLM, Olmo2ForCausalLM, Olmo3ForCausalLM, \
                          GPT2LMHeadModel";
 
 fn need<T>(v: Option<T>, key: &str, path: &Path) -> Result<T> {
@@ -412,6 +412,26 @@ fn partial_rotary_dim(
     Ok(rotary_dim)
 }
 
+/// Qwen3.5's multimodal checkpoint class: condlm runs its text model and keeps the rest (the vision tower, the
+/// multi-token-prediction block) as it is.
+pub const MULTIMODAL_QWEN35: &str = "Qwen3_5ForConditionalGeneration";
+
+/// The text model's keys of a multimodal Qwen3.5 config.json (`text_config`), under the checkpoint's class name; its
+/// top-level `tie_word_embeddings` is the one transformers ties by.
+fn qwen35_text_config(text: &str, path: &Path) -> Result<HfConfig> {
+    let raw: serde_json::Value = serde_json::from_str(text)?;
+    let mut t = match raw.get("text_config") {
+        Some(serde_json::Value::Object(t)) => t.clone(),
+        _ => bail!("{}: a {MULTIMODAL_QWEN35} config without a \"text_config\" object", path.display()),
+    };
+    t.insert("architectures".into(), serde_json::json!([MULTIMODAL_QWEN35]));
+    if let Some(tie) = raw.get("tie_word_embeddings") {
+        t.insert("tie_word_embeddings".into(), tie.clone());
+    }
+    serde_json::from_value(serde_json::Value::Object(t))
+        .with_context(|| format!("{}: text_config is not a valid Qwen3.5 text config", path.display()))
+}
+
 /// Qwen3.5's `mrope_section` (transformers' default [11, 11, 10]).
 fn mrope_section(rope: Option<&serde_json::Value>, path: &Path) -> Result<Vec<usize>> {
     match rope.and_then(|r| r.get("mrope_section")) {
@@ -477,8 +497,11 @@ impl Config {
     /// Reads an HF `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        let c: HfConfig = serde_json::from_str(&text)
+        let mut c: HfConfig = serde_json::from_str(&text)
             .with_context(|| format!("{}: not a valid Hugging Face config.json", path.display()))?;
+        if c.architectures.first().map(String::as_str) == Some(MULTIMODAL_QWEN35) {
+            c = qwen35_text_config(&text, path)?;
+        }
         let architecture = c
             .architectures
             .first()
@@ -486,19 +509,31 @@ impl Config {
             .or(c.model_type.clone())
             .with_context(|| format!("{}: neither \"architectures\" nor \"model_type\" is set", path.display()))?;
         let family = match architecture.as_str() {
-            "LlamaForCausalLM" | "MistralForCausalLM" | "Qwen2ForCausalLM" | "Qwen3ForCausalLM"
-            | "SmolLM3ForCausalLM" | "Gemma3ForCausalLM" | "Phi3ForCausalLM" | "Olmo2ForCausalLM"
-            | "Olmo3ForCausalLM" | "Qwen3_5ForCausalLM" | "llama" | "mistral" | "qwen2" | "qwen3" | "smollm3"
-            | "gemma3_text" | "phi3" | "olmo2" | "olmo3" | "qwen3_5_text" => Family::Llama,
+            "LlamaForCausalLM"
+            | "MistralForCausalLM"
+            | "Qwen2ForCausalLM"
+            | "Qwen3ForCausalLM"
+            | "SmolLM3ForCausalLM"
+            | "Gemma3ForCausalLM"
+            | "Phi3ForCausalLM"
+            | "Olmo2ForCausalLM"
+            | "Olmo3ForCausalLM"
+            | "Qwen3_5ForCausalLM"
+            | "Qwen3_5ForConditionalGeneration"
+            | "llama"
+            | "mistral"
+            | "qwen2"
+            | "qwen3"
+            | "smollm3"
+            | "gemma3_text"
+            | "phi3"
+            | "olmo2"
+            | "olmo3"
+            | "qwen3_5_text" => Family::Llama,
             "GPT2LMHeadModel" | "gpt2" => Family::Gpt2,
             "Gemma3ForConditionalGeneration" | "gemma3" => bail!(
                 "{}: {architecture} is Gemma 3's multimodal checkpoint; condlm reads the text model only \
                  (Gemma3ForCausalLM, e.g. gemma-3-270m or gemma-3-1b, or a GGUF of the text weights)",
-                path.display()
-            ),
-            "Qwen3_5ForConditionalGeneration" | "qwen3_5" => bail!(
-                "{}: {architecture} is Qwen3.5's multimodal checkpoint (text weights under model.language_model., a \
-                 vision tower beside them); condlm reads Qwen3_5ForCausalLM text checkpoints only so far",
                 path.display()
             ),
             other => bail!("{}: architecture \"{other}\" is not supported (supported: {SUPPORTED})", path.display()),
@@ -730,6 +765,17 @@ impl Config {
     /// The attention window of layer `i`, if it slides.
     pub fn window(&self, i: usize) -> Option<usize> {
         self.sliding_window.filter(|_| self.sliding_layers.get(i).copied().unwrap_or(true))
+    }
+
+    /// The prefix of the text model's tensors: `model`, or `model.language_model` in a multimodal checkpoint.
+    pub fn text_prefix(&self) -> &'static str {
+        if self.architecture == MULTIMODAL_QWEN35 { "model.language_model" } else { "model" }
+    }
+
+    /// Whether the checkpoint's tensor `name` is outside the text model and kept as it is (a multimodal
+    /// checkpoint's vision tower and multi-token-prediction block).
+    pub fn is_kept_as_is(&self, name: &str) -> bool {
+        self.architecture == MULTIMODAL_QWEN35 && (name.starts_with("model.visual.") || name.starts_with("mtp."))
     }
 
     /// Whether layer `i` is a Gated DeltaNet (Qwen3.5's linear attention) rather than attention.

@@ -49,7 +49,7 @@ pub fn gguf_arch(c: &Config) -> Result<&'static str> {
         (Family::Llama, "Qwen2ForCausalLM" | "qwen2") => "qwen2",
         (Family::Llama, "Qwen3ForCausalLM" | "qwen3") => "qwen3",
         (Family::Llama, "SmolLM3ForCausalLM" | "smollm3") => "smollm3",
-        (Family::Llama, "Qwen3_5ForCausalLM" | "qwen3_5_text" | "qwen35") => {
+        (Family::Llama, "Qwen3_5ForCausalLM" | "Qwen3_5ForConditionalGeneration" | "qwen3_5_text" | "qwen35") => {
             check_qwen35(c)?;
             "qwen35"
         }
