@@ -55,8 +55,8 @@ pub fn save_hf_folder(
     let mut weights = weight_views(model)?;
     // the source's tensors outside the text model (a multimodal checkpoint's vision tower), as they are
     let source_files = match source {
-        ModelFiles::HfDir(src) => Some(SafetensorsFiles::open(src)?),
-        ModelFiles::Gguf(_) => None,
+        ModelFiles::HfDir(src) if model.config.keeps_tensors_as_is() => Some(SafetensorsFiles::open(src)?),
+        _ => None,
     };
     if let Some(st) = &source_files {
         for name in st.names().filter(|n| model.config.is_kept_as_is(n)) {

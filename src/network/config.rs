@@ -772,10 +772,15 @@ impl Config {
         if self.architecture == MULTIMODAL_QWEN35 { "model.language_model" } else { "model" }
     }
 
-    /// Whether the checkpoint's tensor `name` is outside the text model and kept as it is (a multimodal
+    /// Whether the checkpoint holds tensors outside the text model, which condlm keeps as they are (a multimodal
     /// checkpoint's vision tower and multi-token-prediction block).
+    pub fn keeps_tensors_as_is(&self) -> bool {
+        self.architecture == MULTIMODAL_QWEN35
+    }
+
+    /// Whether the checkpoint's tensor `name` is one of those ([`Self::keeps_tensors_as_is`]).
     pub fn is_kept_as_is(&self, name: &str) -> bool {
-        self.architecture == MULTIMODAL_QWEN35 && (name.starts_with("model.visual.") || name.starts_with("mtp."))
+        self.keeps_tensors_as_is() && (name.starts_with("model.visual.") || name.starts_with("mtp."))
     }
 
     /// Whether layer `i` is a Gated DeltaNet (Qwen3.5's linear attention) rather than attention.
