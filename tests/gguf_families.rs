@@ -667,3 +667,30 @@ fn qwen35_gguf_mtp_block_is_skipped() {
         assert_eq!(forward_logits(&with_mtp, &ids), forward_logits(&without, &ids));
     }
 }
+
+/// A quantized Qwen3.5 GGUF: its matrices kept in their blocks (value heads put back by moving whole rows; out_proj,
+/// whose heads run across its columns, as f32) give the logits of the same file read all as f32 (value heads put
+/// back on the f32 values), and the file is near the model it was made from.
+#[test]
+fn qwen35_quantized_gguf_reads_the_same_kept_in_blocks_or_as_f32() {
+    use condlm::formats::load::load_model_as;
+    use condlm::formats::weights::BaseDtype;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q8.gguf");
+    let (ok, err) = condlm_export_typed(&fixture("tiny-qwen35"), &out, "q8_0");
+    assert!(ok, "{err}");
+    let packed = load_model_as(p(&out), BaseDtype::Stored).unwrap().model;
+    assert!(packed.blocks[0].qkv[0].w.packed.is_some(), "in_proj_qkv kept as Q8_0 blocks");
+    assert!(packed.blocks[0].o.w.packed.is_none(), "out_proj as f32");
+    let dense = load_model_as(p(&out), BaseDtype::F32).unwrap().model;
+    for (ids, want) in reference_sequences("tiny-qwen35") {
+        let (a, b) = (forward_logits(&packed, &ids), forward_logits(&dense, &ids));
+        assert!(max_abs_diff(&a, &b) <= 1e-5, "packed vs f32 {}", max_abs_diff(&a, &b));
+        assert!(max_abs_diff(&a, &want) <= 5e-2, "Q8_0 vs transformers {}", max_abs_diff(&a, &want));
+    }
+}
+
+fn condlm_export_typed(model: &Path, out: &Path, ty: &str) -> (bool, String) {
+    let (ok, _, err) = condlm(&["export-gguf", "--model", p(model), "--out", p(out), "--type", ty]);
+    (ok, err)
+}
