@@ -531,6 +531,8 @@ fn qwen35_layers_config_and_refusals() {
     assert_eq!((0..4).map(|i| c.is_linear_layer(i)).collect::<Vec<_>>(), [true, true, true, false]);
     assert!(q.blocks[0].delta_net.is_some() && q.blocks[0].qkv.len() == 4 && q.blocks[3].delta_net.is_none());
     assert!(c.attn_output_gate && c.norm_plus_one && c.qk_norm && c.rotary_dim == 8);
+    // decoding keeps keys and values for the attention layer only
+    assert_eq!(condlm::network::kv_cache::KvCache::for_model(c, 2, 16).layers, 1);
     let read = |edit: &dyn Fn(&mut serde_json::Value)| edited_config("tiny-qwen35", edit);
     let without_types = read(&|v| {
         v.as_object_mut().unwrap().remove("layer_types");

@@ -10,9 +10,12 @@ use super::config::Config;
 use super::delta_net::DeltaNetState;
 use crate::kernels::kv_attention::KvLayer;
 
-/// Preallocated keys and values of `slots` sequences × `capacity` positions for every layer.
+/// Preallocated keys and values of `slots` sequences × `capacity` positions for every attention layer.
 pub struct KvCache {
+    /// Layers with keys and values (a Gated DeltaNet layer has a state instead).
     pub layers: usize,
+    /// Each model layer's place among them (`usize::MAX` for a Gated DeltaNet layer); empty: the same index.
+    kv_index: Vec<usize>,
     pub slots: usize,
     pub capacity: usize,
     pub kv_heads: usize,
@@ -30,16 +33,35 @@ impl KvCache {
         let len = layers * slots * kv_heads * capacity * head_dim;
         let tokens = vec![0; slots * capacity];
         let (k, v, delta_net) = (vec![0.0; len], vec![0.0; len], vec![]);
-        KvCache { layers, slots, capacity, kv_heads, head_dim, k, v, tokens, delta_net }
+        KvCache { layers, kv_index: vec![], slots, capacity, kv_heads, head_dim, k, v, tokens, delta_net }
     }
 
-    /// A cache for `c`'s layers: keys and values, and the decoding state of its Gated DeltaNet layers.
+    /// A cache for `c`'s layers: keys and values of its attention layers, and the decoding state of its Gated
+    /// DeltaNet layers.
     pub fn for_model(c: &Config, slots: usize, capacity: usize) -> Self {
-        let mut cache = KvCache::new(c.num_layers, slots, capacity, c.num_kv_heads, c.head_dim);
+        let attention = (0..c.num_layers).filter(|&i| !c.is_linear_layer(i)).count();
+        let mut cache = KvCache::new(attention, slots, capacity, c.num_kv_heads, c.head_dim);
+        let mut seen = 0;
+        cache.kv_index = (0..c.num_layers)
+            .map(|i| {
+                if c.is_linear_layer(i) {
+                    return usize::MAX;
+                }
+                seen += 1;
+                seen - 1
+            })
+            .collect();
         cache.delta_net = (0..c.num_layers)
             .map(|i| c.delta_net.filter(|_| c.is_linear_layer(i)).map(|s| DeltaNetState::new(s, slots)))
             .collect();
         cache
+    }
+
+    /// Model layer `layer`'s place among the layers with keys and values.
+    fn kv_layer(&self, layer: usize) -> usize {
+        let l = self.kv_index.get(layer).copied().unwrap_or(layer);
+        assert!(l < self.layers, "KV cache: layer {layer} has no keys and values");
+        l
     }
 
     /// Linear-attention layer `layer`'s decoding state.
@@ -59,6 +81,7 @@ impl KvCache {
 
     /// Keys and values of one layer (all slots), to read.
     pub fn layer(&self, layer: usize) -> KvLayer<'_> {
+        let layer = self.kv_layer(layer);
         let n = self.slots * self.slot_len();
         KvLayer {
             k: &self.k[layer * n..][..n],
@@ -72,7 +95,7 @@ impl KvCache {
     /// Stores the key and value of one position: `k` and `v` hold kv_heads × head_dim values each.
     pub fn write(&mut self, layer: usize, slot: usize, pos: usize, k: &[f32], v: &[f32]) {
         assert!(slot < self.slots && pos < self.capacity, "KV cache: slot {slot} / position {pos} out of range");
-        let hd = self.head_dim;
+        let (hd, layer) = (self.head_dim, self.kv_layer(layer));
         for h in 0..self.kv_heads {
             let at = self.offset(layer, slot, h, pos);
             self.k[at..at + hd].copy_from_slice(&k[h * hd..][..hd]);
