@@ -120,10 +120,13 @@ impl MemoryPlan {
     }
 }
 
-/// Bytes of decoding's KV cache: keys and values (f32) of every layer for `slots` sequences × `capacity`
-/// positions (`network::kv_cache`).
+/// Bytes of decoding's KV cache: keys and values (f32) of every attention layer for `slots` sequences × `capacity`
+/// positions, and each Gated DeltaNet layer's state and convolution rows per slot (`network::kv_cache`).
 pub fn kv_cache_bytes(c: &Config, slots: usize, capacity: usize) -> usize {
-    2 * 4 * c.num_layers * slots * capacity * c.num_kv_heads * c.head_dim
+    let linear = (0..c.num_layers).filter(|&i| c.is_linear_layer(i)).count();
+    let states = c.delta_net.map_or(0, |s| s.v_heads * s.k_head_dim * s.v_head_dim + (s.conv_kernel - 1) * s.conv_dim());
+    let kv = 2 * (c.num_layers - linear) * capacity * c.num_kv_heads * c.head_dim;
+    4 * slots * (kv + linear * states)
 }
 
 /// What `generate` holds: the weights as kept, the KV cache of every slot, and each slot's logits and sampling
