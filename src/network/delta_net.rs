@@ -104,6 +104,30 @@ pub struct DeltaActs {
     heads: Vec<HeadScratch>,
 }
 
+impl DeltaActs {
+    /// Sizes the forward buffers for `n` rows (the recurrence's saved states apart: training only).
+    fn prepare(&mut self, s: &DeltaNetShape, n: usize) {
+        let (c, hk, hv, dk, dv) = (s.conv_dim(), s.k_heads, s.v_heads, s.k_head_dim, s.v_head_dim);
+        for (v, len) in [
+            (&mut self.conv_pre, n * c),
+            (&mut self.conv_out, n * c),
+            (&mut self.q_rnorm, n * hk),
+            (&mut self.k_rnorm, n * hk),
+            (&mut self.q, hv * n * dk),
+            (&mut self.k, hv * n * dk),
+            (&mut self.v, hv * n * dv),
+            (&mut self.g, hv * n),
+            (&mut self.beta, hv * n),
+            (&mut self.o, hv * n * dv),
+            (&mut self.o_rstd, n * hv),
+            (&mut self.y, n * s.value_dim()),
+        ] {
+            grow(v, len);
+        }
+        self.heads.resize_with(hv, HeadScratch::default);
+    }
+}
+
 /// The gradient scratch of the mixer's backward.
 #[derive(Default)]
 pub struct DeltaGrads {
@@ -130,29 +154,13 @@ impl DeltaNet {
     /// `train`: keep the recurrence's states for the backward pass.
     pub fn forward(&self, s: &DeltaNetShape, a: &mut DeltaActs, seq_start: &[u32], eps: f32, train: bool) {
         let n = seq_start.len();
-        let (c, p, hv, hk) = (s.conv_dim(), s.proj_width(), s.v_heads, s.k_heads);
+        let (c, p, hv) = (s.conv_dim(), s.proj_width(), s.v_heads);
         let (dk, dv) = (s.k_head_dim, s.v_head_dim);
         let seqs = sequences(seq_start);
-        for (v, len) in [
-            (&mut a.conv_pre, n * c),
-            (&mut a.conv_out, n * c),
-            (&mut a.q_rnorm, n * hk),
-            (&mut a.k_rnorm, n * hk),
-            (&mut a.q, hv * n * dk),
-            (&mut a.k, hv * n * dk),
-            (&mut a.v, hv * n * dv),
-            (&mut a.g, hv * n),
-            (&mut a.beta, hv * n),
-            (&mut a.o, hv * n * dv),
-            (&mut a.o_rstd, n * hv),
-            (&mut a.y, n * s.value_dim()),
-        ] {
-            grow(v, len);
-        }
+        a.prepare(s, n);
         if train {
             grow(&mut a.saved, hv * checkpoints(&seqs) * dk * dv);
         }
-        a.heads.resize_with(hv, HeadScratch::default);
         let proj = &a.proj[..n * p];
         causal_conv_silu_forward(
             &mut a.conv_out[..n * c],
@@ -193,23 +201,7 @@ impl DeltaNet {
         let n = slots.len();
         let (c, p, hv, kw) = (s.conv_dim(), s.proj_width(), s.v_heads, s.conv_kernel);
         let (dk, dv) = (s.k_head_dim, s.v_head_dim);
-        for (v, len) in [
-            (&mut a.conv_pre, n * c),
-            (&mut a.conv_out, n * c),
-            (&mut a.q_rnorm, n * s.k_heads),
-            (&mut a.k_rnorm, n * s.k_heads),
-            (&mut a.q, hv * n * dk),
-            (&mut a.k, hv * n * dk),
-            (&mut a.v, hv * n * dv),
-            (&mut a.g, hv * n),
-            (&mut a.beta, hv * n),
-            (&mut a.o, hv * n * dv),
-            (&mut a.o_rstd, n * hv),
-            (&mut a.y, n * s.value_dim()),
-        ] {
-            grow(v, len);
-        }
-        a.heads.resize_with(hv, HeadScratch::default);
+        a.prepare(s, n);
         let (cl, sl, w) = (st.conv_len(), st.state_len(), &self.conv.data);
         for (r, (&slot, &pos)) in slots.iter().zip(positions).enumerate() {
             let (slot, pos) = (slot as usize, pos as usize);

@@ -124,7 +124,8 @@ impl MemoryPlan {
 /// positions, and each Gated DeltaNet layer's state and convolution rows per slot (`network::kv_cache`).
 pub fn kv_cache_bytes(c: &Config, slots: usize, capacity: usize) -> usize {
     let linear = (0..c.num_layers).filter(|&i| c.is_linear_layer(i)).count();
-    let states = c.delta_net.map_or(0, |s| s.v_heads * s.k_head_dim * s.v_head_dim + (s.conv_kernel - 1) * s.conv_dim());
+    let states =
+        c.delta_net.map_or(0, |s| s.v_heads * s.k_head_dim * s.v_head_dim + (s.conv_kernel - 1) * s.conv_dim());
     let kv = 2 * (c.num_layers - linear) * capacity * c.num_kv_heads * c.head_dim;
     4 * slots * (kv + linear * states)
 }
