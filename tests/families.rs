@@ -10,8 +10,8 @@
 //! and KV cache.
 mod common;
 use common::{
-    condlm, decode_step_and_forward, expected_json, fixture, forward_logits, load_f32_tensors, max_abs_diff,
-    reference_sequences, rel_err,
+    condlm, copy_fixture, decode_step_and_forward, expected_json, fixture, forward_logits, load_f32_tensors,
+    max_abs_diff, reference_sequences, rel_err,
 };
 use condlm::data::example::Example;
 use condlm::formats::load::load_model;
@@ -39,7 +39,11 @@ const FAMILIES: [&str; 12] = [
 ];
 
 fn model(name: &str) -> Transformer {
-    load_model(fixture(name).to_str().unwrap()).unwrap().model
+    let path = match name.starts_with('/') {
+        true => name.into(),
+        false => fixture(name),
+    };
+    load_model(path.to_str().unwrap()).unwrap().model
 }
 
 fn rows(name: &str) -> Vec<Example> {
@@ -613,4 +617,27 @@ fn qwen35_multimodal_checkpoint_runs_its_text_model_and_keeps_the_rest() {
         assert_eq!(before[k], after[k], "{k} kept as it was");
     }
     assert_eq!(before.len(), after.len(), "every tensor of the checkpoint is in the merged one");
+
+    // a text checkpoint with Qwen3.5's multi-token-prediction block (mtp.*): run without it, kept by merge
+    let text = copy_fixture("tiny-qwen35", &dir.path().join("with-mtp"));
+    let mut tensors = load_f32_tensors(&text.join("model.safetensors"));
+    tensors.insert("mtp.fc.weight".into(), (vec![64, 128], vec![0.5; 64 * 128]));
+    common::save_f32_tensors(&text.join("model.safetensors"), &tensors);
+    let with_mtp = model(text.to_str().unwrap());
+    for (ids, want) in reference_sequences("tiny-qwen35") {
+        assert!(max_abs_diff(&forward_logits(&with_mtp, &ids), &want) <= 1e-4);
+    }
+    let merged = dir.path().join("merged-mtp");
+    let (ok, _, err) = condlm(&[
+        "merge",
+        "--model",
+        &s(&text),
+        "--adapter",
+        &s(&fixture("tiny-qwen35/lora-init")),
+        "--out",
+        &s(&merged),
+        "--ignore-base-mismatch",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(load_f32_tensors(&merged.join("model.safetensors"))["mtp.fc.weight"], tensors["mtp.fc.weight"]);
 }

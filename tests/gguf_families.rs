@@ -549,18 +549,7 @@ fn vocab_from_takes_a_base_padded_to_the_embedding_rows() {
     let (shape, embed) = tensors.get_mut("model.embed_tokens.weight").unwrap();
     embed.extend(std::iter::repeat_n(0.01, 16 * shape[1]));
     shape[0] += 16;
-    let bytes: std::collections::BTreeMap<String, Vec<u8>> =
-        tensors.iter().map(|(k, (_, v))| (k.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
-    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
-        .iter()
-        .map(|(k, (shape, _))| {
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), &bytes[k]).unwrap(),
-            )
-        })
-        .collect();
-    safetensors::serialize_to_file(views, None, &weights).unwrap();
+    common::save_f32_tensors(&weights, &tensors);
     let config = model.join("config.json");
     let mut c: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     c["vocab_size"] = 400.into();

@@ -772,15 +772,16 @@ impl Config {
         if self.architecture == MULTIMODAL_QWEN35 { "model.language_model" } else { "model" }
     }
 
-    /// Whether the checkpoint holds tensors outside the text model, which condlm keeps as they are (a multimodal
-    /// checkpoint's vision tower and multi-token-prediction block).
+    /// Whether the checkpoint may hold tensors condlm does not run and keeps as they are: Qwen3.5's
+    /// multi-token-prediction block, and a multimodal checkpoint's vision tower.
     pub fn keeps_tensors_as_is(&self) -> bool {
-        self.architecture == MULTIMODAL_QWEN35
+        self.architecture.starts_with("Qwen3_5")
     }
 
     /// Whether the checkpoint's tensor `name` is one of those ([`Self::keeps_tensors_as_is`]).
     pub fn is_kept_as_is(&self, name: &str) -> bool {
-        self.keeps_tensors_as_is() && (name.starts_with("model.visual.") || name.starts_with("mtp."))
+        let vision = self.architecture == MULTIMODAL_QWEN35 && name.starts_with("model.visual.");
+        self.keeps_tensors_as_is() && (vision || name.starts_with("mtp."))
     }
 
     /// Whether layer `i` is a Gated DeltaNet (Qwen3.5's linear attention) rather than attention.

@@ -218,8 +218,11 @@ impl DeltaNet {
                 let past: f32 = (0..kw - 1).map(|j| w[ch * kw + j] * hist[j * c + ch]).sum();
                 pre[ch] = past + w[ch * kw + kw - 1] * x[ch];
             }
-            hist.copy_within(c.., 0);
-            hist[(kw - 2) * c..].copy_from_slice(x);
+            // a kernel of 1 keeps no rows
+            if kw > 1 {
+                hist.copy_within(c.., 0);
+                hist[(kw - 2) * c..].copy_from_slice(x);
+            }
             for (o, &v) in a.conv_out[r * c..][..c].iter_mut().zip(pre.iter()) {
                 *o = silu(v);
             }
@@ -440,4 +443,46 @@ fn sigmoid(x: f32) -> f32 {
 /// ln(1 + eˣ), as torch's softplus (linear above 20).
 fn softplus(x: f32) -> f32 {
     if x > 20.0 { x } else { x.exp().ln_1p() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::finite_diff::Rng;
+
+    fn net(s: &DeltaNetShape, r: &mut Rng) -> DeltaNet {
+        let (c, k, hv) = (s.conv_dim(), s.conv_kernel, s.v_heads);
+        DeltaNet {
+            conv: Param::new("conv1d.weight", vec![c, 1, k], r.vec(c * k, 0.5)),
+            dt_bias: Param::new("dt_bias", vec![hv], r.vec(hv, 0.5)),
+            a_log: Param::new("A_log", vec![hv], r.vec(hv, 0.5)),
+            norm: Param::new("norm.weight", vec![s.v_head_dim], r.vec(s.v_head_dim, 1.0)),
+        }
+    }
+
+    /// Decoding one row at a time from a slot's state gives the packed forward pass's outputs, for a convolution
+    /// of 4 and of 1 (no rows kept), over more rows than a chunk; a row at position 0 starts the slot anew.
+    #[test]
+    fn decoding_row_by_row_is_the_packed_forward() {
+        for kernel in [4, 1] {
+            let s = DeltaNetShape { k_heads: 2, v_heads: 4, k_head_dim: 3, v_head_dim: 5, conv_kernel: kernel };
+            let (p, vd, n) = (s.proj_width(), s.value_dim(), 20);
+            let mut r = Rng::new(kernel as u64);
+            let dn = net(&s, &mut r);
+            let proj = r.vec(n * p, 1.0);
+            let mut packed = DeltaActs { proj: proj.clone(), ..Default::default() };
+            dn.forward(&s, &mut packed, &vec![0; n], 1e-6, false);
+            let mut state = DeltaNetState::new(s, 2);
+            let mut a = DeltaActs::default();
+            for round in 0..2 {
+                for t in 0..n {
+                    a.proj = proj[t * p..(t + 1) * p].to_vec();
+                    dn.forward_cached(&s, &mut a, &mut state, &[1], &[t as u32], 1e-6);
+                    let (got, want) = (&a.y[..vd], &packed.y[t * vd..(t + 1) * vd]);
+                    let diff = got.iter().zip(want).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+                    assert!(diff <= 1e-6, "kernel {kernel}, round {round}, row {t}: {diff}");
+                }
+            }
+        }
+    }
 }

@@ -68,7 +68,13 @@ impl MemoryPlan {
         let head = 2 * 64 * c.vocab_size * 4;
         // With activation checkpointing every block keeps its input (N, d) and one block's buffers exist.
         let blocks = if s.checkpoint_activations { layers * d + per_block } else { layers * per_block };
-        let activations = if tokens == 0 { 0 } else { 4 * tokens * (blocks + once) + head };
+        // and a Gated DeltaNet saves at least one state per row (per started CHUNK tokens), which short rows make
+        // more than the per-token share above
+        let row_states = c.delta_net.map_or(0, |d| {
+            let linear = (0..layers).filter(|&i| c.is_linear_layer(i)).count();
+            s.batch_size * linear * d.v_heads * d.k_head_dim * d.v_head_dim
+        });
+        let activations = if tokens == 0 { 0 } else { 4 * (tokens * (blocks + once) + row_states) + head };
         MemoryPlan { weights: weight_bytes + BASE_BYTES, optimizer, activations, tokens }
     }
 

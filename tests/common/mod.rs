@@ -95,6 +95,19 @@ pub fn load_f32_tensors(path: &std::path::Path) -> std::collections::BTreeMap<St
         .collect()
 }
 
+/// Writes `tensors` (name → (shape, f32 values)) as a safetensors file: the inverse of [`load_f32_tensors`].
+pub fn save_f32_tensors(path: &std::path::Path, tensors: &std::collections::BTreeMap<String, (Vec<usize>, Vec<f32>)>) {
+    let bytes: std::collections::BTreeMap<&String, Vec<u8>> =
+        tensors.iter().map(|(k, (_, v))| (k, v.iter().flat_map(|x| x.to_le_bytes()).collect())).collect();
+    let views: Vec<(&String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(k, (shape, _))| {
+            (k, safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), &bytes[k]).unwrap())
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
 /// ‖a − b‖ / ‖b‖ in f64.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
