@@ -51,9 +51,11 @@ fn steps_allocate_nothing(name: &str, lora: bool) {
 #[test]
 fn lora_steps_allocate_nothing() {
     steps_allocate_nothing("tiny-llama", true);
+    steps_allocate_nothing("tiny-qwen35", true);
 }
 
 #[test]
 fn full_finetuning_steps_allocate_nothing() {
     steps_allocate_nothing("tiny-gpt2", false);
+    steps_allocate_nothing("tiny-qwen35", false);
 }

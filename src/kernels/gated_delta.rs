@@ -12,16 +12,15 @@ use rayon::prelude::*;
 /// Rows between two saved states of the recurrence.
 pub const CHUNK: usize = 16;
 
-/// The rows `start..end` of each sequence of a packed batch, from each row's sequence start.
-pub fn sequences(seq_start: &[u32]) -> Vec<(usize, usize)> {
-    let mut out: Vec<(usize, usize)> = Vec::new();
+/// The rows `start..end` of each sequence of a packed batch, from each row's sequence start, into `out`.
+pub fn sequences(out: &mut Vec<(usize, usize)>, seq_start: &[u32]) {
+    out.clear();
     for (i, &s) in seq_start.iter().enumerate() {
         match out.last_mut() {
             Some(last) if last.0 == s as usize => last.1 = i + 1,
             _ => out.push((s as usize, i + 1)),
         }
     }
-    out
 }
 
 /// States saved per head for `seqs`: one per started CHUNK of each sequence.
@@ -257,13 +256,13 @@ pub fn causal_conv_silu_forward(
 }
 
 /// Backward of [`causal_conv_silu_forward`]: dx (rows of `dx_stride`, channels 0..C) += ∂L/∂x; dw (C, K) += ∂L/∂w
-/// when given. dout, pre: (N, C).
+/// when given. dout, pre: (N, C); `dout` is overwritten by ∂L/∂pre.
 #[allow(clippy::too_many_arguments)]
 pub fn causal_conv_silu_backward(
     dx: &mut [f32],
     dx_stride: usize,
     dw: Option<&mut [f32]>,
-    dout: &[f32],
+    dout: &mut [f32],
     pre: &[f32],
     x: &[f32],
     x_stride: usize,
@@ -273,7 +272,8 @@ pub fn causal_conv_silu_backward(
     let n = seq_start.len();
     let c = pre.len() / n.max(1);
     let kw = w.len() / c.max(1);
-    let dpre: Vec<f32> = dout.iter().zip(pre).map(|(&g, &p)| g * silu_grad(p)).collect();
+    dout.iter_mut().zip(pre).for_each(|(g, &p)| *g *= silu_grad(p));
+    let dpre = &*dout;
     // dx[s] = Σ_j w[j]·dpre[s + K − 1 − j] over the rows of s's sequence
     dx.par_chunks_mut(dx_stride).enumerate().for_each(|(s, d)| {
         let d = &mut d[..c];
@@ -435,7 +435,7 @@ mod tests {
         };
         let (_, pre) = run(&x, &w);
         let (mut dx, mut dw) = (vec![0.0; n * stride], vec![0.0; c * kw]);
-        causal_conv_silu_backward(&mut dx, stride, Some(&mut dw), &dout, &pre, &x, stride, &w, &seq_start);
+        causal_conv_silu_backward(&mut dx, stride, Some(&mut dw), &mut dout.clone(), &pre, &x, stride, &w, &seq_start);
         let tol = Tol { rtol: 1e-2, atol: 1e-3 };
         check("x", &x, &dx, 1e-2, tol, |x| weighted_sum(&run(x, &w).0, &dout));
         check("w", &w, &dw, 1e-2, tol, |w| weighted_sum(&run(&x, w).0, &dout));
@@ -445,7 +445,9 @@ mod tests {
 
     #[test]
     fn sequences_of_a_packed_batch() {
-        assert_eq!(sequences(&[0, 0, 0, 3, 3, 5]), vec![(0, 3), (3, 5), (5, 6)]);
+        let mut seqs = vec![(9, 9)];
+        sequences(&mut seqs, &[0, 0, 0, 3, 3, 5]);
+        assert_eq!(seqs, vec![(0, 3), (3, 5), (5, 6)]);
         assert_eq!(checkpoints(&[(0, 16), (16, 33)]), 1 + 2);
     }
 }

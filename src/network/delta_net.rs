@@ -94,6 +94,8 @@ pub struct DeltaActs {
     v: Vec<f32>,
     g: Vec<f32>,
     beta: Vec<f32>,
+    /// the packed batch's sequences (start, end)
+    seqs: Vec<(usize, usize)>,
     /// head-major output of the recurrence (v_heads, N, dv), and its states at chunk starts (training)
     o: Vec<f32>,
     saved: Vec<f32>,
@@ -156,10 +158,10 @@ impl DeltaNet {
         let n = seq_start.len();
         let (c, p, hv) = (s.conv_dim(), s.proj_width(), s.v_heads);
         let (dk, dv) = (s.k_head_dim, s.v_head_dim);
-        let seqs = sequences(seq_start);
+        sequences(&mut a.seqs, seq_start);
         a.prepare(s, n);
         if train {
-            grow(&mut a.saved, hv * checkpoints(&seqs) * dk * dv);
+            grow(&mut a.saved, hv * checkpoints(&a.seqs) * dk * dv);
         }
         let proj = &a.proj[..n * p];
         causal_conv_silu_forward(
@@ -171,19 +173,20 @@ impl DeltaNet {
             seq_start,
         );
         self.recurrence_inputs(s, a, n);
-        let ck = checkpoints(&seqs) * dk * dv;
-        let DeltaActs { q, k, v, g, beta, o, saved, heads, .. } = a;
-        let saved_heads: Vec<Option<&mut [f32]>> = match train {
-            true => saved[..hv * ck].chunks_mut(ck.max(1)).map(Some).collect(),
-            false => (0..hv).map(|_| None).collect(),
-        };
+        let ck = checkpoints(&a.seqs) * dk * dv;
+        let DeltaActs { q, k, v, g, beta, o, saved, heads, seqs, .. } = a;
         let dims = DeltaDims { dk, dv };
-        o[..hv * n * dv].par_chunks_mut(n * dv).zip(saved_heads).zip(heads.par_iter_mut()).enumerate().for_each(
-            |(h, ((o, saved), sc))| {
-                let x = head_in(q, k, v, g, beta, h, n, dims);
-                delta_rule_head_forward(o, saved, &x, &seqs, dims, sc);
-            },
-        );
+        let run = |h: usize, o: &mut [f32], saved: Option<&mut [f32]>, sc: &mut HeadScratch| {
+            let x = head_in(q, k, v, g, beta, h, n, dims);
+            delta_rule_head_forward(o, saved, &x, seqs, dims, sc);
+        };
+        let heads_out = o[..hv * n * dv].par_chunks_mut(n * dv).zip(heads.par_iter_mut()).enumerate();
+        match train {
+            true => heads_out
+                .zip(saved[..hv * ck].par_chunks_mut(ck.max(1)))
+                .for_each(|((h, (o, sc)), saved)| run(h, o, Some(saved), sc)),
+            false => heads_out.for_each(|(h, (o, sc))| run(h, o, None, sc)),
+        }
         self.gated_norm_forward(s, a, n, eps);
     }
 
@@ -322,8 +325,7 @@ impl DeltaNet {
             }
         }
         // the recurrence, one value head per task
-        let seqs = sequences(seq_start);
-        let ck = checkpoints(&seqs) * dk * dv;
+        let ck = checkpoints(&a.seqs) * dk * dv;
         let dims = DeltaDims { dk, dv };
         heads.resize_with(hv, HeadScratch::default);
         let per_head = dq[..hv * n * dk]
@@ -338,7 +340,7 @@ impl DeltaNet {
             let x = head_in(&a.q, &a.k, &a.v, &a.g, &a.beta, h, n, dims);
             let gr = HeadGrads { dq: dq_h, dk: dk_h, dv: dv_h, dg: dg_h, dbeta: dbeta_h };
             let saved = &a.saved[h * ck..][..ck];
-            delta_rule_head_backward(gr, &d_o[h * n * dv..][..n * dv], &x, saved, &seqs, dims, sc);
+            delta_rule_head_backward(gr, &d_o[h * n * dv..][..n * dv], &x, saved, &a.seqs, dims, sc);
         });
         // β = σ(b), g = −e^A_log softplus(a + dt_bias)
         let (mut dt, mut dalog) = (self.dt_bias.grad.as_deref_mut(), self.a_log.grad.as_deref_mut());
