@@ -403,7 +403,13 @@ static ALLOC: common::alloc_count::Counting = common::alloc_count::Counting;
 /// repetition penalty, n-gram blocking, temperature/top-k/top-p/min-p, draw) allocate nothing.
 #[test]
 fn decode_steps_allocate_nothing() {
-    let m = load("tiny-llama", Some("train/tiny-llama-lora-init"));
+    decode_steps_allocate_nothing_with("tiny-llama", "train/tiny-llama-lora-init");
+    // Qwen3.5: its Gated DeltaNet layers decode from their slots' states
+    decode_steps_allocate_nothing_with("tiny-qwen35", "tiny-qwen35/lora-init");
+}
+
+fn decode_steps_allocate_nothing_with(model: &str, adapter: &str) {
+    let m = load(model, Some(adapter));
     let pool = common::alloc_count::counted_pool();
     let vocab = m.model.config.vocab_size;
     let params = SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.9, min_p: 0.01, seed: 1 };
@@ -450,7 +456,7 @@ fn decode_steps_allocate_nothing() {
             steps
         })
     });
-    assert_eq!(allocs, 0, "{allocs} heap allocations in {steps} decode steps");
+    assert_eq!(allocs, 0, "{model}: {allocs} heap allocations in {steps} decode steps");
 }
 
 fn condlm_cli(args: &[&str]) -> std::process::Output {
