@@ -448,17 +448,14 @@ fn model_tensor<'a>(p: &'a Param, c: &Config, arch: &str, ty: GgmlType) -> Resul
             order = qwen35::row_order(&p.name, s, m.rows, qwen35::Direction::ToGguf);
             Source::Packed(m)
         }
-        (Some(m), None) => Source::Packed(m),
-        // Gemma's and Qwen3.5's (1 + w) norms are stored with the 1 added, as the converter writes them
-        (_, Some(s)) => {
-            let mut values = p.values().into_owned();
-            if gguf_adds_one(&name, arch) {
-                values.iter_mut().for_each(|v| *v += 1.0);
-            }
-            Source::F32(Cow::Owned(qwen35::to_gguf(&p.name, &mut shape, values, s)?))
+        // the Gated DeltaNet's other tensors, stored otherwise in llama.cpp's layout (out_proj's columns included)
+        (_, Some(s)) if qwen35::is_delta_net_tensor(&p.name) => {
+            Source::F32(Cow::Owned(qwen35::to_gguf(&p.name, &mut shape, p.values().into_owned(), s)?))
         }
-        (None, None) if gguf_adds_one(&name, arch) => Source::F32(Cow::Owned(p.data.iter().map(|v| v + 1.0).collect())),
-        (None, None) => Source::F32(Cow::Borrowed(&p.data)),
+        (Some(m), _) => Source::Packed(m),
+        // Gemma's and Qwen3.5's (1 + w) norms are stored with the 1 added, as the converter writes them
+        (None, _) if gguf_adds_one(&name, arch) => Source::F32(Cow::Owned(p.data.iter().map(|v| v + 1.0).collect())),
+        (None, _) => Source::F32(Cow::Borrowed(&p.data)),
     };
     let ty = tensor_type(&name, &shape, ty, c.tie_embeddings);
     Ok(ExportTensor { name, shape, ty, source, order })

@@ -58,7 +58,7 @@ enum ByHead {
 }
 
 fn by_head(hf_name: &str, s: &DeltaNetShape) -> Option<ByHead> {
-    let part = hf_name.rsplit_once(".linear_attn.").map(|(_, p)| p)?;
+    let part = hf_name.rsplit_once(".linear_attn.")?.1;
     Some(match part {
         "in_proj_qkv.weight" | "conv1d.weight" => ByHead::Rows { from: 2 * s.key_dim(), width: s.v_head_dim },
         "in_proj_z.weight" => ByHead::Rows { from: 0, width: s.v_head_dim },
@@ -66,6 +66,11 @@ fn by_head(hf_name: &str, s: &DeltaNetShape) -> Option<ByHead> {
         "out_proj.weight" => ByHead::Columns { width: s.v_head_dim },
         _ => return None,
     })
+}
+
+/// Whether HF tensor `hf_name` is a Gated DeltaNet's (`…linear_attn.…`), which [`to_gguf`] may change.
+pub fn is_delta_net_tensor(hf_name: &str) -> bool {
+    hf_name.contains(".linear_attn.")
 }
 
 /// Whether the value heads need reordering at all (a key head per value head keeps the order).
