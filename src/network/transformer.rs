@@ -395,7 +395,7 @@ impl Transformer {
                 // q_proj yields each head's query, then its gate
                 let qg = &mut l.q_gate[..n * 2 * aw];
                 lin.forward(Strided::write(qg, 2 * aw), h1, n, &mut l.lora[s], dropout(seed, xd));
-                deinterleave_heads(qg, c.head_dim, qkv, qw, &mut l.gate[..n * aw]);
+                deinterleave_heads(qg, c.num_heads, c.head_dim, qkv, qw, &mut l.gate[..n * aw]);
                 col += aw;
                 continue;
             }
@@ -686,7 +686,7 @@ impl Transformer {
         for (s, lin) in blk.qkv.iter_mut().enumerate() {
             if s == 0 && gated {
                 let dq_gate = &mut g.dq_gate[..n * 2 * aw];
-                interleave_heads(dq_gate, layout.head_dim, dqkv, qw, &g.dattn_gate[..n * aw]);
+                interleave_heads(dq_gate, layout.n_heads, layout.head_dim, dqkv, qw, &g.dattn_gate[..n * aw]);
                 let dy = lin.grad_view(dq_gate, 2 * aw, n);
                 lin.backward(Some(&mut *dh), dy, h1, &mut l.lora[s], lora_x_drop);
                 col += aw;
@@ -792,11 +792,18 @@ fn layer_rope<'a>(
     }
 }
 
-/// Splits a projection whose heads each hold `hd` features of one kind then `hd` of another (Qwen3.5's q_proj:
-/// query, gate) into the first kind (columns 0.. of `first`'s rows of `first_stride`) and the second (`second`,
-/// (N, heads·hd)).
-fn deinterleave_heads(src: &[f32], hd: usize, first: &mut [f32], first_stride: usize, second: &mut [f32]) {
-    let w = second.len() / first.len().div_ceil(first_stride).max(1);
+/// Splits a projection (N, 2·heads·hd) whose heads each hold `hd` features of one kind then `hd` of another
+/// (Qwen3.5's q_proj: query, gate) into the first kind (columns 0.. of `first`'s rows of `first_stride`) and the
+/// second (`second`, (N, heads·hd)).
+fn deinterleave_heads(
+    src: &[f32],
+    heads: usize,
+    hd: usize,
+    first: &mut [f32],
+    first_stride: usize,
+    second: &mut [f32],
+) {
+    let w = heads * hd;
     for ((s, f), g) in src.chunks_exact(2 * w).zip(first.chunks_mut(first_stride)).zip(second.chunks_exact_mut(w)) {
         for ((pair, fh), gh) in s.chunks_exact(2 * hd).zip(f[..w].chunks_exact_mut(hd)).zip(g.chunks_exact_mut(hd)) {
             fh.copy_from_slice(&pair[..hd]);
@@ -807,8 +814,8 @@ fn deinterleave_heads(src: &[f32], hd: usize, first: &mut [f32], first_stride: u
 
 /// The inverse of [`deinterleave_heads`]: dst (N, 2·heads·hd) from the first kind (columns 0.. of rows of
 /// `first_stride`) and the second ((N, heads·hd)).
-fn interleave_heads(dst: &mut [f32], hd: usize, first: &[f32], first_stride: usize, second: &[f32]) {
-    let w = dst.len() / 2 / first.len().div_ceil(first_stride).max(1);
+fn interleave_heads(dst: &mut [f32], heads: usize, hd: usize, first: &[f32], first_stride: usize, second: &[f32]) {
+    let w = heads * hd;
     for ((d, f), g) in dst.chunks_exact_mut(2 * w).zip(first.chunks(first_stride)).zip(second.chunks_exact(w)) {
         for ((pair, fh), gh) in d.chunks_exact_mut(2 * hd).zip(f[..w].chunks_exact(hd)).zip(g.chunks_exact(hd)) {
             pair[..hd].copy_from_slice(fh);
