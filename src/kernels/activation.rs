@@ -94,6 +94,26 @@ pub fn gelu_tanh_backward(dx: &mut [f32], dout: &[f32], x: &[f32]) {
     );
 }
 
+pub fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// out = x ⊙ σ(gate) (Qwen3.5's attention output gate). All the same length.
+pub fn sigmoid_gate_forward(out: &mut [f32], x: &[f32], gate: &[f32]) {
+    assert!(out.len() == x.len() && gate.len() == x.len(), "sigmoid_gate_forward: shapes");
+    out.iter_mut().zip(x.iter().zip(gate)).for_each(|(o, (&x, &g))| *o = x * sigmoid(g));
+}
+
+/// Backward of [`sigmoid_gate_forward`]: dx **=** dout ⊙ σ(gate), dgate **=** dout ⊙ x ⊙ σ(gate)(1 − σ(gate)).
+pub fn sigmoid_gate_backward(dx: &mut [f32], dgate: &mut [f32], dout: &[f32], x: &[f32], gate: &[f32]) {
+    assert!(dx.len() == dout.len() && dgate.len() == dout.len(), "sigmoid_gate_backward: shapes");
+    for (j, (dx, dg)) in dx.iter_mut().zip(dgate.iter_mut()).enumerate() {
+        let sg = sigmoid(gate[j]);
+        *dx = dout[j] * sg;
+        *dg = dout[j] * x[j] * sg * (1.0 - sg);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::finite_diff::{Rng, Tol, assert_bits_eq, assert_catches_sign_flip, check, weighted_sum};

@@ -12,6 +12,37 @@ use rayon::prelude::*;
 /// Rows between two saved states of the recurrence.
 pub const CHUNK: usize = 16;
 
+/// Qwen3.5's Gated DeltaNet (`linear_*` keys): q and k heads of `k_head_dim`, v heads of `v_head_dim` (a multiple
+/// of the k heads, which each serve v_heads / k_heads of them), and a causal convolution of `conv_kernel` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeltaNetShape {
+    pub k_heads: usize,
+    pub v_heads: usize,
+    pub k_head_dim: usize,
+    pub v_head_dim: usize,
+    pub conv_kernel: usize,
+}
+
+impl DeltaNetShape {
+    pub fn key_dim(&self) -> usize {
+        self.k_heads * self.k_head_dim
+    }
+
+    pub fn value_dim(&self) -> usize {
+        self.v_heads * self.v_head_dim
+    }
+
+    /// Channels of the convolution: q, k and v.
+    pub fn conv_dim(&self) -> usize {
+        2 * self.key_dim() + self.value_dim()
+    }
+
+    /// Width of the input projections' joint output: in_proj_qkv, in_proj_z, in_proj_b, in_proj_a.
+    pub fn proj_width(&self) -> usize {
+        self.conv_dim() + self.value_dim() + 2 * self.v_heads
+    }
+}
+
 /// The rows `start..end` of each sequence of a packed batch, from each row's sequence start, into `out`.
 pub fn sequences(out: &mut Vec<(usize, usize)>, seq_start: &[u32]) {
     out.clear();
@@ -228,6 +259,136 @@ pub fn delta_rule_head_backward(
     }
 }
 
+/// Every value head's inputs, head-major: q, k (heads, N, dk), v (heads, N, dv), g, β (heads, N).
+#[derive(Clone, Copy)]
+pub struct DeltaIn<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub g: &'a [f32],
+    pub beta: &'a [f32],
+}
+
+impl<'a> DeltaIn<'a> {
+    /// Head `h`'s rows of a batch of `n`.
+    pub fn head(&self, h: usize, n: usize, dims: DeltaDims) -> HeadIn<'a> {
+        let (dk, dv) = (dims.dk, dims.dv);
+        HeadIn {
+            q: &self.q[h * n * dk..][..n * dk],
+            k: &self.k[h * n * dk..][..n * dk],
+            v: &self.v[h * n * dv..][..n * dv],
+            g: &self.g[h * n..][..n],
+            beta: &self.beta[h * n..][..n],
+        }
+    }
+}
+
+/// Every value head's gradients, head-major as [`DeltaIn`] (overwritten).
+pub struct DeltaGradsMut<'a> {
+    pub dq: &'a mut [f32],
+    pub dk: &'a mut [f32],
+    pub dv: &'a mut [f32],
+    pub dg: &'a mut [f32],
+    pub dbeta: &'a mut [f32],
+}
+
+/// The sequences of a packed batch as a device reads them: (start, end, first checkpoint) per sequence, the
+/// checkpoints numbered as [`delta_rule_forward`] saves them.
+pub fn seq_table(out: &mut Vec<u32>, seqs: &[(usize, usize)]) {
+    out.clear();
+    let mut ck = 0;
+    for &(s, e) in seqs {
+        out.extend([s as u32, e as u32, ck as u32]);
+        ck += (e - s).div_ceil(CHUNK);
+    }
+}
+
+/// [`seq_table`] read back into (start, end) pairs.
+pub fn seqs_of_table(table: &[u32]) -> Vec<(usize, usize)> {
+    table.chunks_exact(3).map(|t| (t[0] as usize, t[1] as usize)).collect()
+}
+
+/// The recurrence of every value head over the `n` rows of a packed batch, one head per task: o (heads, N, dv);
+/// `saved` (heads, checkpoints(seqs), dk·dv) receives each head's states at its chunk starts when given.
+#[allow(clippy::too_many_arguments)]
+pub fn delta_rule_forward(
+    o: &mut [f32],
+    saved: Option<&mut [f32]>,
+    x: &DeltaIn,
+    seqs: &[(usize, usize)],
+    n: usize,
+    heads: usize,
+    dims: DeltaDims,
+    sc: &mut Vec<HeadScratch>,
+) {
+    let ck = checkpoints(seqs) * dims.dk * dims.dv;
+    sc.resize_with(heads, HeadScratch::default);
+    let per_head = o[..heads * n * dims.dv].par_chunks_mut(n * dims.dv).zip(sc.par_iter_mut()).enumerate();
+    match saved {
+        Some(saved) => per_head
+            .zip(saved[..heads * ck].par_chunks_mut(ck.max(1)))
+            .for_each(|((h, (o, sc)), sv)| delta_rule_head_forward(o, Some(sv), &x.head(h, n, dims), seqs, dims, sc)),
+        None => per_head.for_each(|(h, (o, sc))| delta_rule_head_forward(o, None, &x.head(h, n, dims), seqs, dims, sc)),
+    }
+}
+
+/// Backward of [`delta_rule_forward`] from `do_` (heads, N, dv) and the states it saved, one head per task.
+#[allow(clippy::too_many_arguments)]
+pub fn delta_rule_backward(
+    gr: DeltaGradsMut,
+    do_: &[f32],
+    x: &DeltaIn,
+    saved: &[f32],
+    seqs: &[(usize, usize)],
+    n: usize,
+    heads: usize,
+    dims: DeltaDims,
+    sc: &mut Vec<HeadScratch>,
+) {
+    let (dk, dv) = (dims.dk, dims.dv);
+    let ck = checkpoints(seqs) * dk * dv;
+    sc.resize_with(heads, HeadScratch::default);
+    let per_head = gr.dq[..heads * n * dk]
+        .par_chunks_mut(n * dk)
+        .zip(gr.dk[..heads * n * dk].par_chunks_mut(n * dk))
+        .zip(gr.dv[..heads * n * dv].par_chunks_mut(n * dv))
+        .zip(gr.dg[..heads * n].par_chunks_mut(n))
+        .zip(gr.dbeta[..heads * n].par_chunks_mut(n))
+        .zip(sc.par_iter_mut());
+    per_head.enumerate().for_each(|(h, (((((dq, dk_h), dv_h), dg), dbeta), sc))| {
+        let g = HeadGrads { dq, dk: dk_h, dv: dv_h, dg, dbeta };
+        let saved = &saved[h * ck..][..ck];
+        delta_rule_head_backward(g, &do_[h * n * dv..][..n * dv], &x.head(h, n, dims), saved, seqs, dims, sc);
+    });
+}
+
+/// Decoding rows through the recurrence, in order, each from its slot's state in `state` (slots, heads, dk·dv),
+/// which it advances; a row at position 0 starts from a zero state. o (heads, N, dv) as [`delta_rule_forward`]'s.
+#[allow(clippy::too_many_arguments)]
+pub fn delta_rule_cached(
+    o: &mut [f32],
+    x: &DeltaIn,
+    state: &mut [f32],
+    slots: &[u32],
+    positions: &[u32],
+    heads: usize,
+    dims: DeltaDims,
+    sc: &mut Vec<HeadScratch>,
+) {
+    let (n, sl, dv) = (slots.len(), heads * dims.dk * dims.dv, dims.dv);
+    sc.resize_with(heads, HeadScratch::default);
+    for (r, (&slot, &pos)) in slots.iter().zip(positions).enumerate() {
+        let st = &mut state[slot as usize * sl..][..sl];
+        if pos == 0 {
+            st.fill(0.0);
+        }
+        let per_head = st.par_chunks_mut(dims.dk * dv).zip(o[..heads * n * dv].par_chunks_mut(n * dv));
+        per_head.zip(sc.par_iter_mut()).enumerate().for_each(|(h, ((s, o), sc))| {
+            delta_rule_head_step(s, &mut o[r * dv..][..dv], &x.head(h, n, dims), r, dims, sc);
+        });
+    }
+}
+
 /// Depthwise causal convolution of kernel K over each sequence, then SiLU: pre[t][c] = Σ_j w[c][j]·x[t−K+1+j][c]
 /// (rows before the sequence's start are zero), out = silu(pre). x: rows of `x_stride`, channels 0..C of each;
 /// w: (C, K); pre, out: (N, C).
@@ -299,6 +460,41 @@ pub fn causal_conv_silu_backward(
                 }
             }
         });
+    }
+}
+
+/// Decoding rows through [`causal_conv_silu_forward`], in order, each after its slot's last K−1 input rows in
+/// `hist` (slots, K−1, C), oldest first — zeros for a row at position 0 — which it advances.
+#[allow(clippy::too_many_arguments)]
+pub fn causal_conv_silu_cached(
+    out: &mut [f32],
+    pre: &mut [f32],
+    x: &[f32],
+    x_stride: usize,
+    w: &[f32],
+    hist: &mut [f32],
+    slots: &[u32],
+    positions: &[u32],
+) {
+    let c = pre.len() / slots.len().max(1);
+    let kw = w.len() / c.max(1);
+    let hl = (kw - 1) * c;
+    for (r, (&slot, &pos)) in slots.iter().zip(positions).enumerate() {
+        let (x, h) = (&x[r * x_stride..][..c], &mut hist[slot as usize * hl..][..hl]);
+        if pos == 0 {
+            h.fill(0.0);
+        }
+        let p = &mut pre[r * c..][..c];
+        for ch in 0..c {
+            let past: f32 = (0..kw - 1).map(|j| w[ch * kw + j] * h[j * c + ch]).sum();
+            p[ch] = past + w[ch * kw + kw - 1] * x[ch];
+        }
+        // a kernel of 1 keeps no rows
+        if kw > 1 {
+            h.copy_within(c.., 0);
+            h[(kw - 2) * c..].copy_from_slice(x);
+        }
+        out[r * c..][..c].iter_mut().zip(p.iter()).for_each(|(o, &v)| *o = silu(v));
     }
 }
 

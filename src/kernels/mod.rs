@@ -8,6 +8,7 @@ pub mod bf16;
 pub mod compute;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod delta_mixer;
 pub mod dequant;
 pub mod dropout;
 pub mod embedding;

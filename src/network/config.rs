@@ -1,5 +1,6 @@
 //! One `Config` for every supported architecture, read from an HF `config.json` or GGUF metadata.
 use crate::kernels::activation::GateAct;
+pub use crate::kernels::gated_delta::DeltaNetShape;
 use crate::kernels::rope::RopeTable;
 use crate::network::llama3_rope::Llama3RopeScaling;
 use crate::network::yarn_rope::YarnRope;
@@ -100,37 +101,6 @@ pub struct LongRope {
     pub long_factor: Vec<f32>,
     pub original_max_positions: usize,
     pub attention_factor: f32,
-}
-
-/// Qwen3.5's Gated DeltaNet (`linear_*` keys): q and k heads of `k_head_dim`, v heads of `v_head_dim` (a multiple
-/// of the k heads, which each serve v_heads / k_heads of them), and a causal convolution of `conv_kernel` rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DeltaNetShape {
-    pub k_heads: usize,
-    pub v_heads: usize,
-    pub k_head_dim: usize,
-    pub v_head_dim: usize,
-    pub conv_kernel: usize,
-}
-
-impl DeltaNetShape {
-    pub fn key_dim(&self) -> usize {
-        self.k_heads * self.k_head_dim
-    }
-
-    pub fn value_dim(&self) -> usize {
-        self.v_heads * self.v_head_dim
-    }
-
-    /// Channels of the convolution: q, k and v.
-    pub fn conv_dim(&self) -> usize {
-        2 * self.key_dim() + self.value_dim()
-    }
-
-    /// Width of the input projections' joint output: in_proj_qkv, in_proj_z, in_proj_b, in_proj_a.
-    pub fn proj_width(&self) -> usize {
-        self.conv_dim() + self.value_dim() + 2 * self.v_heads
-    }
 }
 
 /// The subset of HF config.json keys the supported models use (Llama/Mistral/Qwen2 and GPT-2 names).

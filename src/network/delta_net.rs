@@ -4,17 +4,15 @@
 //!   q|k|v = silu(causal_conv(qkv));  q, k L2-normed per head (ε 1e-6), q × dk^-½;  β = σ(b);
 //!   g = −e^A_log · softplus(a + dt_bias);  o = gated delta rule (kernels::gated_delta);
 //!   y = w ⊙ rmsnorm(o) ⊙ silu(z) per value head  → out_proj.
-use super::config::DeltaNetShape;
 use super::param::Param;
+use crate::kernels::delta_mixer::{
+    InputsMut, InputsSaved, gated_norm_backward, gated_norm_forward, inputs_backward, inputs_forward,
+};
 use crate::kernels::gated_delta::{
-    DeltaDims, HeadGrads, HeadIn, HeadScratch, causal_conv_silu_backward, causal_conv_silu_forward, checkpoints,
-    delta_rule_head_backward, delta_rule_head_forward, delta_rule_head_step, sequences, silu, silu_grad,
+    DeltaDims, DeltaGradsMut, DeltaIn, DeltaNetShape, HeadScratch, causal_conv_silu_backward, causal_conv_silu_cached,
+    causal_conv_silu_forward, checkpoints, delta_rule_backward, delta_rule_cached, delta_rule_forward, sequences,
 };
 use crate::kernels::grow;
-use rayon::prelude::*;
-
-/// The L2 norm's ε (transformers' `l2norm`, as flash-linear-attention).
-const L2_EPS: f32 = 1e-6;
 
 /// A Gated DeltaNet's tensors besides its linear layers (HF names `…linear_attn.conv1d.weight`, `dt_bias`, `A_log`,
 /// `norm.weight`).
@@ -145,10 +143,14 @@ pub struct DeltaGrads {
     dbeta: Vec<f32>,
     /// ∂L/∂ out_proj's input (N, value_dim)
     pub dy: Vec<f32>,
-    /// a key head's ∂L/∂ normed q and k (dk)
-    dnq: Vec<f32>,
-    dnk: Vec<f32>,
     heads: Vec<HeadScratch>,
+}
+
+impl DeltaActs {
+    /// The recurrence's inputs, head-major.
+    fn inputs(&self) -> DeltaIn<'_> {
+        DeltaIn { q: &self.q, k: &self.k, v: &self.v, g: &self.g, beta: &self.beta }
+    }
 }
 
 impl DeltaNet {
@@ -157,36 +159,18 @@ impl DeltaNet {
     pub fn forward(&self, s: &DeltaNetShape, a: &mut DeltaActs, seq_start: &[u32], eps: f32, train: bool) {
         let n = seq_start.len();
         let (c, p, hv) = (s.conv_dim(), s.proj_width(), s.v_heads);
-        let (dk, dv) = (s.k_head_dim, s.v_head_dim);
+        let dims = DeltaDims { dk: s.k_head_dim, dv: s.v_head_dim };
         sequences(&mut a.seqs, seq_start);
         a.prepare(s, n);
         if train {
-            grow(&mut a.saved, hv * checkpoints(&a.seqs) * dk * dv);
+            grow(&mut a.saved, hv * checkpoints(&a.seqs) * dims.dk * dims.dv);
         }
-        let proj = &a.proj[..n * p];
-        causal_conv_silu_forward(
-            &mut a.conv_out[..n * c],
-            &mut a.conv_pre[..n * c],
-            proj,
-            p,
-            &self.conv.data,
-            seq_start,
-        );
+        let (out, pre, proj) = (&mut a.conv_out[..n * c], &mut a.conv_pre[..n * c], &a.proj[..n * p]);
+        causal_conv_silu_forward(out, pre, proj, p, &self.conv.data, seq_start);
         self.recurrence_inputs(s, a, n);
-        let ck = checkpoints(&a.seqs) * dk * dv;
-        let DeltaActs { q, k, v, g, beta, o, saved, heads, seqs, .. } = a;
-        let dims = DeltaDims { dk, dv };
-        let run = |h: usize, o: &mut [f32], saved: Option<&mut [f32]>, sc: &mut HeadScratch| {
-            let x = head_in(q, k, v, g, beta, h, n, dims);
-            delta_rule_head_forward(o, saved, &x, seqs, dims, sc);
-        };
-        let heads_out = o[..hv * n * dv].par_chunks_mut(n * dv).zip(heads.par_iter_mut()).enumerate();
-        match train {
-            true => heads_out
-                .zip(saved[..hv * ck].par_chunks_mut(ck.max(1)))
-                .for_each(|((h, (o, sc)), saved)| run(h, o, Some(saved), sc)),
-            false => heads_out.for_each(|(h, (o, sc))| run(h, o, None, sc)),
-        }
+        let DeltaActs { q, k, v, g, beta, o, saved, heads, seqs, .. } = &mut *a;
+        let x = DeltaIn { q, k, v, g, beta };
+        delta_rule_forward(o, train.then_some(&mut saved[..]), &x, seqs, n, hv, dims, heads);
         self.gated_norm_forward(s, a, n, eps);
     }
 
@@ -202,188 +186,67 @@ impl DeltaNet {
         eps: f32,
     ) {
         let n = slots.len();
-        let (c, p, hv, kw) = (s.conv_dim(), s.proj_width(), s.v_heads, s.conv_kernel);
-        let (dk, dv) = (s.k_head_dim, s.v_head_dim);
+        let (c, p, hv) = (s.conv_dim(), s.proj_width(), s.v_heads);
+        let dims = DeltaDims { dk: s.k_head_dim, dv: s.v_head_dim };
         a.prepare(s, n);
-        let (cl, sl, w) = (st.conv_len(), st.state_len(), &self.conv.data);
-        for (r, (&slot, &pos)) in slots.iter().zip(positions).enumerate() {
+        for (&slot, &pos) in slots.iter().zip(positions) {
             let (slot, pos) = (slot as usize, pos as usize);
             if pos == 0 {
-                st.conv[slot * cl..][..cl].fill(0.0);
-                st.state[slot * sl..][..sl].fill(0.0);
                 st.next[slot] = 0;
             }
             assert_eq!(st.next[slot], pos, "Gated DeltaNet decoding: slot {slot} ran to another position");
             st.next[slot] = pos + 1;
-            let (x, hist) = (&a.proj[r * p..][..c], &mut st.conv[slot * cl..][..cl]);
-            let pre = &mut a.conv_pre[r * c..][..c];
-            for ch in 0..c {
-                let past: f32 = (0..kw - 1).map(|j| w[ch * kw + j] * hist[j * c + ch]).sum();
-                pre[ch] = past + w[ch * kw + kw - 1] * x[ch];
-            }
-            // a kernel of 1 keeps no rows
-            if kw > 1 {
-                hist.copy_within(c.., 0);
-                hist[(kw - 2) * c..].copy_from_slice(x);
-            }
-            for (o, &v) in a.conv_out[r * c..][..c].iter_mut().zip(pre.iter()) {
-                *o = silu(v);
-            }
         }
+        let (out, pre, proj) = (&mut a.conv_out[..n * c], &mut a.conv_pre[..n * c], &a.proj[..n * p]);
+        causal_conv_silu_cached(out, pre, proj, p, &self.conv.data, &mut st.conv, slots, positions);
         self.recurrence_inputs(s, a, n);
-        let dims = DeltaDims { dk, dv };
-        let DeltaActs { q, k, v, g, beta, o, heads, .. } = a;
-        for (r, &slot) in slots.iter().enumerate() {
-            let state = &mut st.state[slot as usize * sl..][..sl];
-            let per_head = state.par_chunks_mut(dk * dv).zip(o[..hv * n * dv].par_chunks_mut(n * dv));
-            per_head.zip(heads.par_iter_mut()).enumerate().for_each(|(h, ((sh, oh), sc))| {
-                let x = head_in(q, k, v, g, beta, h, n, dims);
-                delta_rule_head_step(sh, &mut oh[r * dv..][..dv], &x, r, dims, sc);
-            });
-        }
+        let DeltaActs { q, k, v, g, beta, o, heads, .. } = &mut *a;
+        let x = DeltaIn { q, k, v, g, beta };
+        delta_rule_cached(o, &x, &mut st.state, slots, positions, hv, dims, heads);
         self.gated_norm_forward(s, a, n, eps);
     }
 
-    /// Fills the recurrence's head-major inputs from the convolution's output and the projections: each key head's
-    /// q, k L2-normed and repeated for the v_heads / k_heads value heads it serves.
+    /// Fills the recurrence's head-major inputs from the convolution's output and the projections.
     fn recurrence_inputs(&self, s: &DeltaNetShape, a: &mut DeltaActs, n: usize) {
-        let (c, p, hv, hk, dk, dv) = (s.conv_dim(), s.proj_width(), s.v_heads, s.k_heads, s.k_head_dim, s.v_head_dim);
-        let (kd, vd, rep) = (s.key_dim(), s.value_dim(), hv / hk);
-        let scale = (dk as f32).powf(-0.5);
-        for t in 0..n {
-            let row = &a.conv_out[t * c..][..c];
-            for h in 0..hk {
-                let (qr, kr) = (&row[h * dk..][..dk], &row[kd + h * dk..][..dk]);
-                let rq = 1.0 / (qr.iter().map(|x| x * x).sum::<f32>() + L2_EPS).sqrt();
-                let rk = 1.0 / (kr.iter().map(|x| x * x).sum::<f32>() + L2_EPS).sqrt();
-                (a.q_rnorm[t * hk + h], a.k_rnorm[t * hk + h]) = (rq, rk);
-                for hh in h * rep..(h + 1) * rep {
-                    let at = (hh * n + t) * dk;
-                    a.q[at..at + dk].iter_mut().zip(qr).for_each(|(o, &x)| *o = x * rq * scale);
-                    a.k[at..at + dk].iter_mut().zip(kr).for_each(|(o, &x)| *o = x * rk);
-                }
-            }
-            let proj = &a.proj[t * p..][..p];
-            for h in 0..hv {
-                a.v[(h * n + t) * dv..][..dv].copy_from_slice(&row[2 * kd + h * dv..][..dv]);
-                let (b, x) = (proj[c + vd + h], proj[c + vd + hv + h] + self.dt_bias.data[h]);
-                a.beta[h * n + t] = sigmoid(b);
-                a.g[h * n + t] = -self.a_log.data[h].exp() * softplus(x);
-            }
-        }
+        let x = InputsMut {
+            q: &mut a.q,
+            k: &mut a.k,
+            v: &mut a.v,
+            g: &mut a.g,
+            beta: &mut a.beta,
+            q_rnorm: &mut a.q_rnorm,
+            k_rnorm: &mut a.k_rnorm,
+        };
+        inputs_forward(x, &a.conv_out, &a.proj, &self.dt_bias.data, &self.a_log.data, n, s);
     }
 
     /// y = w ⊙ (o / rms(o)) ⊙ silu(z) per row and value head.
     fn gated_norm_forward(&self, s: &DeltaNetShape, a: &mut DeltaActs, n: usize, eps: f32) {
-        let (c, p, hv, dv, vd) = (s.conv_dim(), s.proj_width(), s.v_heads, s.v_head_dim, s.value_dim());
-        let w = &self.norm.data;
-        for t in 0..n {
-            for h in 0..hv {
-                let o = &a.o[(h * n + t) * dv..][..dv];
-                let r = 1.0 / (o.iter().map(|x| x * x).sum::<f32>() / dv as f32 + eps).sqrt();
-                a.o_rstd[t * hv + h] = r;
-                let z = &a.proj[t * p + c + h * dv..][..dv];
-                let y = &mut a.y[t * vd + h * dv..][..dv];
-                for j in 0..dv {
-                    y[j] = w[j] * (o[j] * r) * silu(z[j]);
-                }
-            }
-        }
+        gated_norm_forward(&mut a.y, &mut a.o_rstd, &a.o, &a.proj, &self.norm.data, n, s, eps);
     }
 
     /// Backward of [`Self::forward`] (a training pass) from `g.dy` (N, value_dim), ∂L/∂ out_proj's input:
     /// `g.dproj` (N, P) receives ∂L/∂ the projections' outputs; the tensors' gradients accumulate when trainable.
     pub fn backward(&mut self, s: &DeltaNetShape, a: &DeltaActs, g: &mut DeltaGrads, seq_start: &[u32]) {
         let n = seq_start.len();
-        let (c, p, hv, hk, dk, dv) = (s.conv_dim(), s.proj_width(), s.v_heads, s.k_heads, s.k_head_dim, s.v_head_dim);
-        let (kd, vd, rep) = (s.key_dim(), s.value_dim(), hv / hk);
+        let (c, p, hv) = (s.conv_dim(), s.proj_width(), s.v_heads);
+        let dims = DeltaDims { dk: s.k_head_dim, dv: s.v_head_dim };
         g.prepare(s, n);
-        let DeltaGrads { dproj, dconv_out, d_o, dq, dk: dkey, dv: dval, dg, dbeta, dy, dnq, dnk, heads } = g;
-        let (dproj, dy) = (&mut dproj[..n * p], &dy[..n * vd]);
+        let DeltaGrads { dproj, dconv_out, d_o, dq, dk, dv, dg, dbeta, dy, heads } = g;
+        let dproj = &mut dproj[..n * p];
         dproj.fill(0.0);
-        // the gated norm: ∂z into dproj, ∂o head-major
-        let w = &self.norm.data;
-        let mut dw = self.norm.grad.as_deref_mut();
-        for t in 0..n {
-            for h in 0..hv {
-                let (o, r) = (&a.o[(h * n + t) * dv..][..dv], a.o_rstd[t * hv + h]);
-                let (z, gy) = (&a.proj[t * p + c + h * dv..][..dv], &dy[t * vd + h * dv..][..dv]);
-                let d_o = &mut d_o[(h * n + t) * dv..][..dv];
-                let mut dot = 0.0;
-                for j in 0..dv {
-                    let (nj, sj) = (o[j] * r, silu(z[j]));
-                    let dn = gy[j] * w[j] * sj;
-                    if let Some(dw) = dw.as_deref_mut() {
-                        dw[j] += gy[j] * nj * sj;
-                    }
-                    dproj[t * p + c + h * dv + j] = gy[j] * w[j] * nj * silu_grad(z[j]);
-                    d_o[j] = dn;
-                    dot += dn * nj;
-                }
-                let mean = dot / dv as f32;
-                d_o.iter_mut().zip(o).for_each(|(d, &oj)| *d = r * (*d - oj * r * mean));
-            }
-        }
-        // the recurrence, one value head per task
-        let ck = checkpoints(&a.seqs) * dk * dv;
-        let dims = DeltaDims { dk, dv };
-        heads.resize_with(hv, HeadScratch::default);
-        let per_head = dq[..hv * n * dk]
-            .par_chunks_mut(n * dk)
-            .zip(dkey[..hv * n * dk].par_chunks_mut(n * dk))
-            .zip(dval[..hv * n * dv].par_chunks_mut(n * dv))
-            .zip(dg[..hv * n].par_chunks_mut(n))
-            .zip(dbeta[..hv * n].par_chunks_mut(n))
-            .zip(heads.par_iter_mut());
-        let d_o = &d_o[..];
-        per_head.enumerate().for_each(|(h, (((((dq_h, dk_h), dv_h), dg_h), dbeta_h), sc))| {
-            let x = head_in(&a.q, &a.k, &a.v, &a.g, &a.beta, h, n, dims);
-            let gr = HeadGrads { dq: dq_h, dk: dk_h, dv: dv_h, dg: dg_h, dbeta: dbeta_h };
-            let saved = &a.saved[h * ck..][..ck];
-            delta_rule_head_backward(gr, &d_o[h * n * dv..][..n * dv], &x, saved, &a.seqs, dims, sc);
-        });
-        // β = σ(b), g = −e^A_log softplus(a + dt_bias)
-        let (mut dt, mut dalog) = (self.dt_bias.grad.as_deref_mut(), self.a_log.grad.as_deref_mut());
-        for t in 0..n {
-            for h in 0..hv {
-                let beta = a.beta[h * n + t];
-                dproj[t * p + c + vd + h] = dbeta[h * n + t] * beta * (1.0 - beta);
-                let x = a.proj[t * p + c + vd + hv + h] + self.dt_bias.data[h];
-                let dgate = dg[h * n + t];
-                let dx = dgate * -self.a_log.data[h].exp() * sigmoid(x);
-                dproj[t * p + c + vd + hv + h] = dx;
-                if let Some(d) = dt.as_deref_mut() {
-                    d[h] += dx;
-                }
-                if let Some(d) = dalog.as_deref_mut() {
-                    d[h] += dgate * a.g[h * n + t];
-                }
-            }
-        }
-        // q, k: the value heads' gradients summed into their key head, through the scale and the L2 norm; v
-        let scale = (dk as f32).powf(-0.5);
-        let dconv = &mut dconv_out[..n * c];
-        for t in 0..n {
-            let row = &a.conv_out[t * c..][..c];
-            let drow = &mut dconv[t * c..][..c];
-            for h in 0..hk {
-                dnq.fill(0.0);
-                dnk.fill(0.0);
-                for hh in h * rep..(h + 1) * rep {
-                    let at = (hh * n + t) * dk;
-                    dnq.iter_mut().zip(&dq[at..at + dk]).for_each(|(d, &x)| *d += x * scale);
-                    dnk.iter_mut().zip(&dkey[at..at + dk]).for_each(|(d, &x)| *d += x);
-                }
-                let (rq, rk) = (a.q_rnorm[t * hk + h], a.k_rnorm[t * hk + h]);
-                l2norm_backward(&mut drow[h * dk..][..dk], &row[h * dk..][..dk], rq, dnq);
-                l2norm_backward(&mut drow[kd + h * dk..][..dk], &row[kd + h * dk..][..dk], rk, dnk);
-            }
-            for h in 0..hv {
-                drow[2 * kd + h * dv..][..dv].copy_from_slice(&dval[(h * n + t) * dv..][..dv]);
-            }
-        }
+        let dw = self.norm.grad.as_deref_mut();
+        gated_norm_backward(dproj, d_o, dw, dy, &a.o, &a.o_rstd, &a.proj, &self.norm.data, n, s);
+        let grads = DeltaGradsMut { dq, dk, dv, dg, dbeta };
+        delta_rule_backward(grads, d_o, &a.inputs(), &a.saved, &a.seqs, n, hv, dims, heads);
+        let d = DeltaIn { q: dq, k: dk, v: dv, g: dg, beta: dbeta };
+        let saved =
+            InputsSaved { x: a.inputs(), q_rnorm: &a.q_rnorm, k_rnorm: &a.k_rnorm, conv: &a.conv_out, proj: &a.proj };
+        let (ddt, dalog) = (self.dt_bias.grad.as_deref_mut(), self.a_log.grad.as_deref_mut());
+        let (dt_bias, a_log) = (&self.dt_bias.data, &self.a_log.data);
+        inputs_backward(dconv_out, dproj, ddt, dalog, &d, &saved, dt_bias, a_log, n, s);
         let dw = self.conv.grad.as_deref_mut();
-        let (proj, pre) = (&a.proj[..n * p], &a.conv_pre[..n * c]);
+        let (proj, pre, dconv) = (&a.proj[..n * p], &a.conv_pre[..n * c], &mut dconv_out[..n * c]);
         causal_conv_silu_backward(dproj, p, dw, dconv, pre, proj, p, &self.conv.data, seq_start);
     }
 }
@@ -405,46 +268,7 @@ impl DeltaGrads {
         ] {
             grow(v, len);
         }
-        self.dnq.resize(dk, 0.0);
-        self.dnk.resize(dk, 0.0);
     }
-}
-
-/// Head `h`'s slices of the head-major recurrence inputs.
-#[allow(clippy::too_many_arguments)]
-fn head_in<'a>(
-    q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
-    g: &'a [f32],
-    beta: &'a [f32],
-    h: usize,
-    n: usize,
-    dims: DeltaDims,
-) -> HeadIn<'a> {
-    let (dk, dv) = (dims.dk, dims.dv);
-    HeadIn {
-        q: &q[h * n * dk..][..n * dk],
-        k: &k[h * n * dk..][..n * dk],
-        v: &v[h * n * dv..][..n * dv],
-        g: &g[h * n..][..n],
-        beta: &beta[h * n..][..n],
-    }
-}
-
-/// dx = ∂L/∂x of n = x·r, r = 1/√(‖x‖² + ε), from dn: r (dn − n (n·dn)).
-fn l2norm_backward(dx: &mut [f32], x: &[f32], r: f32, dn: &[f32]) {
-    let dot: f32 = x.iter().zip(dn).map(|(&x, &d)| x * r * d).sum();
-    dx.iter_mut().zip(x.iter().zip(dn)).for_each(|(o, (&x, &d))| *o = r * (d - x * r * dot));
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-/// ln(1 + eˣ), as torch's softplus (linear above 20).
-fn softplus(x: f32) -> f32 {
-    if x > 20.0 { x } else { x.exp().ln_1p() }
 }
 
 #[cfg(test)]

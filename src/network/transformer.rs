@@ -12,7 +12,9 @@ use super::kv_cache::KvCache;
 use super::linear::{Linear, Strided};
 use super::lora::Dropout;
 use super::param::Param;
-use crate::kernels::activation::{gelu_tanh_backward, gelu_tanh_forward, glu_backward, glu_forward};
+use crate::kernels::activation::{
+    gelu_tanh_backward, gelu_tanh_forward, glu_backward, glu_forward, sigmoid_gate_backward, sigmoid_gate_forward,
+};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
 use crate::kernels::embedding::{embedding_backward, embedding_forward};
 use crate::kernels::kv_attention::{CachedAttentionScratch, cached_attention};
@@ -434,9 +436,7 @@ impl Transformer {
         let att: &[f32] = match c.attn_output_gate {
             true => {
                 let gated = &mut l.att_gated[..n * aw];
-                for ((o, &a), &g) in gated.iter_mut().zip(att.iter()).zip(&l.gate[..n * aw]) {
-                    *o = a * sigmoid(g);
-                }
+                sigmoid_gate_forward(gated, att, &l.gate[..n * aw]);
                 gated
             }
             false => att,
@@ -650,12 +650,7 @@ impl Transformer {
                 datt_gated.fill(0.0);
                 blk.o.backward(Some(datt_gated), dy, &l.att_gated[..n * aw], &mut l.lora[SLOT_O], lora_x_drop);
                 let dgate = &mut g.dattn_gate[..n * aw];
-                let (att, gate) = (&l.att[..n * aw], &l.gate[..n * aw]);
-                for j in 0..n * aw {
-                    let sg = sigmoid(gate[j]);
-                    datt[j] = datt_gated[j] * sg;
-                    dgate[j] = datt_gated[j] * att[j] * sg * (1.0 - sg);
-                }
+                sigmoid_gate_backward(datt, dgate, datt_gated, &l.att[..n * aw], &l.gate[..n * aw]);
             }
         }
         let dqkv = &mut g.dqkv[..n * qw];
@@ -822,10 +817,6 @@ fn interleave_heads(dst: &mut [f32], heads: usize, hd: usize, first: &[f32], fir
             pair[hd..].copy_from_slice(gh);
         }
     }
-}
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
 }
 
 /// dst (N, width) = columns col..col + width of src (N rows of `stride`).

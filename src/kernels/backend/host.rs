@@ -1,13 +1,25 @@
 //! The CPU kernels behind [`Backend`]: buffers are `Vec`s, each op calls the CPU kernel the CUDA kernel of the
 //! same name mirrors. The device model run on it must give what `network::Transformer` gives — that checks
 //! the device model's composition (buffers, views, order of ops) without a GPU.
-use super::{AdamWTensor, Backend, MatView, RopeCols, Values, ValuesMut};
-use crate::kernels::activation::{GateAct, gelu_tanh_backward, gelu_tanh_forward, glu_backward, glu_forward};
+use super::{
+    AdamWTensor, Backend, DeltaBufs, DeltaGrads, DeltaInputsMut, DeltaSaved, MatView, RopeCols, Values, ValuesMut,
+};
+use crate::kernels::activation::{
+    GateAct, gelu_tanh_backward, gelu_tanh_forward, glu_backward, glu_forward, sigmoid_gate_backward,
+    sigmoid_gate_forward,
+};
 use crate::kernels::adamw::{AdamWScalars, adamw_step};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
 use crate::kernels::bf16;
+use crate::kernels::delta_mixer::{
+    InputsMut, InputsSaved, gated_norm_backward, gated_norm_forward, inputs_backward, inputs_forward,
+};
 use crate::kernels::dropout::{dropout_again, dropout_backward, dropout_forward, mask_words};
 use crate::kernels::embedding::embedding_backward;
+use crate::kernels::gated_delta::{
+    DeltaDims, DeltaGradsMut, DeltaIn, DeltaNetShape, causal_conv_silu_backward, causal_conv_silu_cached,
+    causal_conv_silu_forward, delta_rule_backward, delta_rule_cached, delta_rule_forward, seqs_of_table,
+};
 use crate::kernels::gemm_bf16::{Bf16Isa, gemm_bf16};
 use crate::kernels::kv_attention::{CachedAttentionScratch, KvLayer, cached_attention};
 use crate::kernels::lm_head::cross_entropy_row;
@@ -74,6 +86,16 @@ fn as_f32(v: Values<'_, Host>, len: usize) -> Cow<'_, [f32]> {
 /// `kernels::gemm_bf16` on this CPU's best instructions: bf16 operands (f32 ones rounded), f32 sums.
 fn bf16_product(out: MatMut, a: Mat, b: Mat, accumulate: bool) {
     gemm_bf16(Bf16Isa::best(), out, a, b, accumulate);
+}
+
+/// A Gated DeltaNet's head-major buffers as the CPU kernels take them.
+fn delta_in(x: DeltaBufs<'_, Host>) -> DeltaIn<'_> {
+    DeltaIn { q: x.q, k: x.k, v: x.v, g: x.g, beta: x.beta }
+}
+
+/// The recurrence's head dims.
+fn dims(s: &DeltaNetShape) -> DeltaDims {
+    DeltaDims { dk: s.k_head_dim, dv: s.v_head_dim }
 }
 
 impl Backend for Host {
@@ -657,6 +679,196 @@ impl Backend for Host {
         let mut wide = widen(&dx[..n * inp]);
         dropout_backward(&mut wide, &t, keep, p);
         round_into(&mut dx[..n * inp], &wide);
+        Ok(())
+    }
+
+    fn sigmoid_gate_forward(&self, out: &mut Vec<f32>, x: &Vec<f32>, gate: &Vec<f32>, n: usize) -> Result<()> {
+        sigmoid_gate_forward(&mut out[..n], &x[..n], &gate[..n]);
+        Ok(())
+    }
+
+    fn sigmoid_gate_backward(
+        &self,
+        dx: &mut Vec<f32>,
+        dgate: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        x: &Vec<f32>,
+        gate: &Vec<f32>,
+        n: usize,
+    ) -> Result<()> {
+        sigmoid_gate_backward(&mut dx[..n], &mut dgate[..n], &dout[..n], &x[..n], &gate[..n]);
+        Ok(())
+    }
+
+    fn delta_conv_forward(
+        &self,
+        out: &mut Vec<f32>,
+        pre: &mut Vec<f32>,
+        proj: &Vec<f32>,
+        w: &Vec<f32>,
+        seq_start: &Vec<u32>,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let (c, p, w) = (s.conv_dim(), s.proj_width(), &w[..s.conv_dim() * s.conv_kernel]);
+        let (out, pre) = (&mut out[..rows * c], &mut pre[..rows * c]);
+        causal_conv_silu_forward(out, pre, &proj[..rows * p], p, w, &seq_start[..rows]);
+        Ok(())
+    }
+
+    fn delta_conv_backward(
+        &self,
+        dproj: &mut Vec<f32>,
+        dw: Option<&mut Vec<f32>>,
+        dout: &mut Vec<f32>,
+        pre: &Vec<f32>,
+        proj: &Vec<f32>,
+        w: &Vec<f32>,
+        seq_start: &Vec<u32>,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let (c, p, cw) = (s.conv_dim(), s.proj_width(), s.conv_dim() * s.conv_kernel);
+        let dw = dw.map(|d| &mut d[..cw]);
+        let (dproj, dout, pre, proj) =
+            (&mut dproj[..rows * p], &mut dout[..rows * c], &pre[..rows * c], &proj[..rows * p]);
+        causal_conv_silu_backward(dproj, p, dw, dout, pre, proj, p, &w[..cw], &seq_start[..rows]);
+        Ok(())
+    }
+
+    fn delta_conv_cached(
+        &self,
+        out: &mut Vec<f32>,
+        pre: &mut Vec<f32>,
+        proj: &Vec<f32>,
+        w: &Vec<f32>,
+        hist: &mut Vec<f32>,
+        slots: &Vec<u32>,
+        positions: &Vec<u32>,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let (c, p, w) = (s.conv_dim(), s.proj_width(), &w[..s.conv_dim() * s.conv_kernel]);
+        let (out, pre, proj) = (&mut out[..rows * c], &mut pre[..rows * c], &proj[..rows * p]);
+        causal_conv_silu_cached(out, pre, proj, p, w, hist, &slots[..rows], &positions[..rows]);
+        Ok(())
+    }
+
+    fn delta_inputs_forward(
+        &self,
+        x: DeltaInputsMut<Self>,
+        conv: &Vec<f32>,
+        proj: &Vec<f32>,
+        dt_bias: &Vec<f32>,
+        a_log: &Vec<f32>,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let DeltaInputsMut { q, k, v, g, beta, q_rnorm, k_rnorm } = x;
+        let x = InputsMut { q, k, v, g, beta, q_rnorm, k_rnorm };
+        inputs_forward(x, conv, proj, dt_bias, a_log, rows, s);
+        Ok(())
+    }
+
+    fn delta_inputs_backward(
+        &self,
+        dconv: &mut Vec<f32>,
+        dproj: &mut Vec<f32>,
+        ddt_bias: Option<&mut Vec<f32>>,
+        da_log: Option<&mut Vec<f32>>,
+        d: DeltaBufs<Self>,
+        saved: DeltaSaved<Self>,
+        dt_bias: &Vec<f32>,
+        a_log: &Vec<f32>,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let DeltaSaved { x, q_rnorm, k_rnorm, conv, proj } = saved;
+        let saved = InputsSaved { x: delta_in(x), q_rnorm, k_rnorm, conv, proj };
+        let (ddt, dal) = (ddt_bias.map(|d| &mut d[..]), da_log.map(|d| &mut d[..]));
+        inputs_backward(dconv, dproj, ddt, dal, &delta_in(d), &saved, dt_bias, a_log, rows, s);
+        Ok(())
+    }
+
+    fn delta_rule_forward(
+        &self,
+        o: &mut Vec<f32>,
+        saved: Option<&mut Vec<f32>>,
+        x: DeltaBufs<Self>,
+        seqs: &Vec<u32>,
+        n_seqs: usize,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let seqs = seqs_of_table(&seqs[..3 * n_seqs]);
+        let mut sc = vec![];
+        let saved = saved.map(|v| &mut v[..]);
+        delta_rule_forward(o, saved, &delta_in(x), &seqs, rows, s.v_heads, dims(s), &mut sc);
+        Ok(())
+    }
+
+    fn delta_rule_backward(
+        &self,
+        d: DeltaGrads<Self>,
+        d_o: &Vec<f32>,
+        x: DeltaBufs<Self>,
+        saved: &Vec<f32>,
+        seqs: &Vec<u32>,
+        n_seqs: usize,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let seqs = seqs_of_table(&seqs[..3 * n_seqs]);
+        let DeltaGrads { dq, dk, dv, dg, dbeta } = d;
+        let d = DeltaGradsMut { dq, dk, dv, dg, dbeta };
+        delta_rule_backward(d, d_o, &delta_in(x), saved, &seqs, rows, s.v_heads, dims(s), &mut vec![]);
+        Ok(())
+    }
+
+    fn delta_rule_cached(
+        &self,
+        o: &mut Vec<f32>,
+        x: DeltaBufs<Self>,
+        state: &mut Vec<f32>,
+        slots: &Vec<u32>,
+        positions: &Vec<u32>,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let (slots, positions) = (&slots[..rows], &positions[..rows]);
+        delta_rule_cached(o, &delta_in(x), state, slots, positions, s.v_heads, dims(s), &mut vec![]);
+        Ok(())
+    }
+
+    fn delta_norm_forward(
+        &self,
+        y: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        o: &Vec<f32>,
+        proj: &Vec<f32>,
+        w: &Vec<f32>,
+        rows: usize,
+        s: &DeltaNetShape,
+        eps: f32,
+    ) -> Result<()> {
+        gated_norm_forward(y, rstd, o, proj, w, rows, s, eps);
+        Ok(())
+    }
+
+    fn delta_norm_backward(
+        &self,
+        dproj: &mut Vec<f32>,
+        d_o: &mut Vec<f32>,
+        dw: Option<&mut Vec<f32>>,
+        dy: &Vec<f32>,
+        o: &Vec<f32>,
+        rstd: &Vec<f32>,
+        proj: &Vec<f32>,
+        w: &Vec<f32>,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        gated_norm_backward(dproj, d_o, dw.map(|d| &mut d[..]), dy, o, rstd, proj, w, rows, s);
         Ok(())
     }
 

@@ -12,6 +12,7 @@ pub mod host;
 use super::activation::GateAct;
 use super::adamw::AdamWScalars;
 use super::attention::QkvLayout;
+use super::gated_delta::DeltaNetShape;
 use super::rope::RopeTable;
 use anyhow::Result;
 
@@ -552,6 +553,165 @@ pub trait Backend {
         shape: (usize, usize, usize),
         p: f32,
     ) -> Result<()>;
+    /// As `kernels::activation::sigmoid_gate_forward` on n values: out = x ⊙ σ(gate).
+    fn sigmoid_gate_forward(&self, out: &mut Self::F32, x: &Self::F32, gate: &Self::F32, n: usize) -> Result<()>;
+    /// As `kernels::activation::sigmoid_gate_backward` on n values (dx, dgate written).
+    fn sigmoid_gate_backward(
+        &self,
+        dx: &mut Self::F32,
+        dgate: &mut Self::F32,
+        dout: &Self::F32,
+        x: &Self::F32,
+        gate: &Self::F32,
+        n: usize,
+    ) -> Result<()>;
+
+    // The Gated DeltaNet (Qwen3.5's linear attention) between its input projections and out_proj, op by op as
+    // `network::delta_net` composes them. `proj`: the projections' outputs, `rows` rows of `s.proj_width()`.
+
+    /// As `kernels::gated_delta::causal_conv_silu_forward` on proj's first conv_dim columns: out, pre (rows,
+    /// conv_dim); w (conv_dim, K).
+    #[allow(clippy::too_many_arguments)]
+    fn delta_conv_forward(
+        &self,
+        out: &mut Self::F32,
+        pre: &mut Self::F32,
+        proj: &Self::F32,
+        w: &Self::F32,
+        seq_start: &Self::U32,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()>;
+    /// As `kernels::gated_delta::causal_conv_silu_backward`: dproj's first conv_dim columns **+=**, dw **+=** when
+    /// given; `dout` (rows, conv_dim) is overwritten by ∂L/∂pre.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_conv_backward(
+        &self,
+        dproj: &mut Self::F32,
+        dw: Option<&mut Self::F32>,
+        dout: &mut Self::F32,
+        pre: &Self::F32,
+        proj: &Self::F32,
+        w: &Self::F32,
+        seq_start: &Self::U32,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()>;
+    /// As `kernels::gated_delta::causal_conv_silu_cached`: decoding rows in order, row i after the last K−1 input
+    /// rows of slot slots[i] in `hist` (slots, K−1, conv_dim) — zeros at position 0 — which it advances.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_conv_cached(
+        &self,
+        out: &mut Self::F32,
+        pre: &mut Self::F32,
+        proj: &Self::F32,
+        w: &Self::F32,
+        hist: &mut Self::F32,
+        slots: &Self::U32,
+        positions: &Self::U32,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()>;
+    /// As `kernels::delta_mixer::inputs_forward`: the recurrence's inputs from the convolution's output `conv` (rows,
+    /// conv_dim), proj's b and a columns, dt_bias and A_log (v_heads).
+    #[allow(clippy::too_many_arguments)]
+    fn delta_inputs_forward(
+        &self,
+        x: DeltaInputsMut<Self>,
+        conv: &Self::F32,
+        proj: &Self::F32,
+        dt_bias: &Self::F32,
+        a_log: &Self::F32,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()>;
+    /// As `kernels::delta_mixer::inputs_backward`: `dconv` (rows, conv_dim) and dproj's b and a columns written;
+    /// ∂dt_bias and ∂A_log **+=** when given.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_inputs_backward(
+        &self,
+        dconv: &mut Self::F32,
+        dproj: &mut Self::F32,
+        ddt_bias: Option<&mut Self::F32>,
+        da_log: Option<&mut Self::F32>,
+        d: DeltaBufs<Self>,
+        saved: DeltaSaved<Self>,
+        dt_bias: &Self::F32,
+        a_log: &Self::F32,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()>;
+    /// As `kernels::gated_delta::delta_rule_forward` over the `n_seqs` sequences of `seqs`
+    /// (`kernels::gated_delta::seq_table`'s triples): o (v_heads, rows, dv); `saved` (v_heads, checkpoints, dk·dv)
+    /// when given.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_rule_forward(
+        &self,
+        o: &mut Self::F32,
+        saved: Option<&mut Self::F32>,
+        x: DeltaBufs<Self>,
+        seqs: &Self::U32,
+        n_seqs: usize,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()>;
+    /// As `kernels::gated_delta::delta_rule_backward` from `d_o` (v_heads, rows, dv) and the states
+    /// [`Self::delta_rule_forward`] saved: every gradient of `d` written.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_rule_backward(
+        &self,
+        d: DeltaGrads<Self>,
+        d_o: &Self::F32,
+        x: DeltaBufs<Self>,
+        saved: &Self::F32,
+        seqs: &Self::U32,
+        n_seqs: usize,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()>;
+    /// As `kernels::gated_delta::delta_rule_cached`: decoding rows in order, row i from the state of slot slots[i]
+    /// in `state` (slots, v_heads, dk·dv) — zero at position 0 — which it advances.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_rule_cached(
+        &self,
+        o: &mut Self::F32,
+        x: DeltaBufs<Self>,
+        state: &mut Self::F32,
+        slots: &Self::U32,
+        positions: &Self::U32,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()>;
+    /// As `kernels::delta_mixer::gated_norm_forward`: y (rows, value_dim), 1/rms in `rstd` (rows, v_heads), from o
+    /// (head-major), proj's z columns and w (v_head_dim).
+    #[allow(clippy::too_many_arguments)]
+    fn delta_norm_forward(
+        &self,
+        y: &mut Self::F32,
+        rstd: &mut Self::F32,
+        o: &Self::F32,
+        proj: &Self::F32,
+        w: &Self::F32,
+        rows: usize,
+        s: &DeltaNetShape,
+        eps: f32,
+    ) -> Result<()>;
+    /// As `kernels::delta_mixer::gated_norm_backward`: dproj's z columns and `d_o` written, ∂w **+=** when given.
+    #[allow(clippy::too_many_arguments)]
+    fn delta_norm_backward(
+        &self,
+        dproj: &mut Self::F32,
+        d_o: &mut Self::F32,
+        dw: Option<&mut Self::F32>,
+        dy: &Self::F32,
+        o: &Self::F32,
+        rstd: &Self::F32,
+        proj: &Self::F32,
+        w: &Self::F32,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()>;
+
     /// One AdamW step of every tensor (as `kernels::adamw::adamw_step` on its first n values, from its gradient
     /// times `grad_scale` — clipping's coefficient, or 1; one that does not decay takes `s.decay` as 1), each
     /// gradient zeroed after and its bf16 copy, if it has one, made from the new values: one launch on a GPU for
@@ -569,6 +729,54 @@ pub trait Backend {
     /// owns must still be the same). Ok(false): scratch of the backend's own that the graph used was replaced
     /// since, so it ran nothing — record it again.
     fn replay(&self, graph: &Self::Graph) -> Result<bool>;
+}
+
+/// A Gated DeltaNet's recurrence inputs on a device, head-major (as `kernels::gated_delta::DeltaIn`): q, k
+/// (v_heads, rows, dk), v (v_heads, rows, dv), g, β (v_heads, rows); or their gradients, read.
+pub struct DeltaBufs<'a, B: Backend + ?Sized> {
+    pub q: &'a B::F32,
+    pub k: &'a B::F32,
+    pub v: &'a B::F32,
+    pub g: &'a B::F32,
+    pub beta: &'a B::F32,
+}
+
+impl<B: Backend + ?Sized> Clone for DeltaBufs<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend + ?Sized> Copy for DeltaBufs<'_, B> {}
+
+/// The gradients of [`DeltaBufs`], written.
+pub struct DeltaGrads<'a, B: Backend + ?Sized> {
+    pub dq: &'a mut B::F32,
+    pub dk: &'a mut B::F32,
+    pub dv: &'a mut B::F32,
+    pub dg: &'a mut B::F32,
+    pub dbeta: &'a mut B::F32,
+}
+
+/// [`DeltaBufs`] to write, and 1/‖q‖, 1/‖k‖ per row and key head (rows, k_heads)
+/// (`kernels::delta_mixer::InputsMut`).
+pub struct DeltaInputsMut<'a, B: Backend + ?Sized> {
+    pub q: &'a mut B::F32,
+    pub k: &'a mut B::F32,
+    pub v: &'a mut B::F32,
+    pub g: &'a mut B::F32,
+    pub beta: &'a mut B::F32,
+    pub q_rnorm: &'a mut B::F32,
+    pub k_rnorm: &'a mut B::F32,
+}
+
+/// What [`Backend::delta_inputs_backward`] reads of the forward pass (`kernels::delta_mixer::InputsSaved`).
+pub struct DeltaSaved<'a, B: Backend + ?Sized> {
+    pub x: DeltaBufs<'a, B>,
+    pub q_rnorm: &'a B::F32,
+    pub k_rnorm: &'a B::F32,
+    pub conv: &'a B::F32,
+    pub proj: &'a B::F32,
 }
 
 /// One trainable tensor of [`Backend::adamw`]: values, gradient, moments, their length, and whether weight decay
