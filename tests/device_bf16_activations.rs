@@ -17,8 +17,9 @@ use condlm::network::adapters::set_full_finetune;
 use condlm::network::device::DeviceModel;
 use condlm::network::transformer::Transformer;
 
-/// The gated-MLP fixtures (SwiGLU; Qwen2 with q/k/v biases; Mistral's window; Gemma 3's GeGLU and post norms).
-const MODELS: &[&str] = &["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-gemma3"];
+/// The gated-MLP fixtures (SwiGLU; Qwen2 with q/k/v biases; Mistral's window; Gemma 3's GeGLU and post norms;
+/// Qwen3.5's Gated DeltaNet projections and gated attention).
+const MODELS: &[&str] = &["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-gemma3", "tiny-qwen35"];
 
 /// tiny Llama with heads of 8 features instead of 16 — q, k, v keep their first half, o the matching columns — so
 /// that the hidden size (64) exceeds the attention's width (4 × 8): the normed inputs' gradients, not attention's

@@ -20,9 +20,19 @@ use condlm::train::optim::{Moments, adamw_update};
 /// The Llama-layout fixtures: Llama (tied head), Qwen2 (q/k/v biases), Mistral (sliding window of 4, GQA), Qwen3
 /// (per-head q/k norms), Gemma 3 (q/k norms, post norms, (1 + w) norms, GeGLU, scaled embeddings, sliding layers
 /// with their own RoPE base), Phi-3 (fused qkv and gate|up), Phi-4 (those, LongRoPE past 16 positions, 3/4 of
-/// each head rotated), GPT-2 (LayerNorms, learned positions, GELU MLP, biases everywhere).
-const MODELS: &[&str] =
-    &["tiny-llama", "tiny-qwen2", "tiny-mistral", "tiny-qwen3", "tiny-gemma3", "tiny-phi3", "tiny-phi4", "tiny-gpt2"];
+/// each head rotated), GPT-2 (LayerNorms, learned positions, GELU MLP, biases everywhere), Qwen3.5 (Gated DeltaNet
+/// layers, attention with an output gate, (1 + w) norms, a quarter of each head rotated).
+const MODELS: &[&str] = &[
+    "tiny-llama",
+    "tiny-qwen2",
+    "tiny-mistral",
+    "tiny-qwen3",
+    "tiny-gemma3",
+    "tiny-phi3",
+    "tiny-phi4",
+    "tiny-gpt2",
+    "tiny-qwen35",
+];
 
 /// A fixture's batch: rows of {"input_ids", "n_prompt_tokens"}, as the PyTorch scripts wrote them.
 fn fixture_rows(rows: &serde_json::Value) -> Vec<Example> {
@@ -340,12 +350,12 @@ fn device_decoding_with_longrope() {
 /// The newer families on the device path against PyTorch autograd (the fixtures of tests/families.rs): LoRA and
 /// full fine-tuning gradients within 1e-4, the loss within 1e-5 — Qwen3's q/k norms, SmolLM3's layers without
 /// RoPE, Gemma 3's post norms and local RoPE base, Mistral's window, Phi-3's fused projections, Phi-4's LongRoPE,
-/// YaRN, OLMo 2/3's blocks.
+/// YaRN, OLMo 2/3's blocks, Qwen3.5's Gated DeltaNet and gated attention.
 #[test]
 fn device_gradients_of_the_newer_families_match_pytorch() {
-    for name in
-        ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral", "tiny-phi3", "tiny-phi4", "tiny-qwen3-yarn"]
-    {
+    let names =
+        ["tiny-qwen3", "tiny-smollm3", "tiny-gemma3", "tiny-mistral", "tiny-phi3", "tiny-phi4", "tiny-qwen3-yarn"];
+    for name in names.into_iter().chain(["tiny-qwen35"]) {
         let exp = common::expected_json(name);
         let rows = fixture_rows(&exp["rows"]);
         for (full, file, prefix, loss_key) in

@@ -85,6 +85,8 @@ ArgBytes copy_args(void** args) {
 // those arrays into the section after compiling.)
 #define __shared__ static __attribute__((section("emu_shared")))
 #define __align__(n) __attribute__((aligned(n)))
+// A kernel's most threads per block, which bounds its registers on a GPU: nothing to emulate.
+#define __launch_bounds__(...)
 
 inline void __syncthreads() { emu::syncthreads(); }
 

@@ -10,6 +10,8 @@
 use super::device::Device;
 use super::devices::probe;
 use super::gemm::{Blas, GemmError};
+use super::ops::delta_mixer::{self, InputsMut, InputsSaved};
+use super::ops::gated_delta::{self, DeltaViews, DeltaViewsMut};
 use super::ops::indices::{IndexFacts, Indices};
 use super::ops::rope::RopeLayout;
 use super::ops::rows::RowGroups;
@@ -21,9 +23,12 @@ use super::profile::Profile;
 use crate::kernels::activation::GateAct;
 use crate::kernels::adamw::AdamWScalars;
 use crate::kernels::attention::QkvLayout;
-use crate::kernels::backend::{AdamWTensor, Backend, MatView, RopeCols, Values, ValuesMut};
+use crate::kernels::backend::{
+    AdamWTensor, Backend, DeltaBufs, DeltaGrads, DeltaInputsMut, DeltaSaved, MatView, RopeCols, Values, ValuesMut,
+};
 use crate::kernels::compute::{Compute, compute};
 use crate::kernels::dropout::mask_words;
+use crate::kernels::gated_delta::{DeltaDims, DeltaNetShape};
 use crate::kernels::rope::RopeTable;
 use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus};
@@ -106,6 +111,41 @@ fn losses<'a>(loss: &'a mut CudaSlice<f64>, loss_at: usize, rows: usize, op: &st
 fn pre_mut<'a, T>(x: &'a mut CudaSlice<T>, n: usize, op: &str) -> CudaViewMut<'a, T> {
     let len = x.len();
     x.try_slice_mut(..n).unwrap_or_else(|| panic!("{op}: {n} values asked of a buffer of {len}"))
+}
+
+/// A Gated DeltaNet's head-major buffers (`v_heads` heads of `rows` rows) as views of their prefixes.
+fn delta_views<'a>(x: DeltaBufs<'a, Cuda>, rows: usize, s: &DeltaNetShape, op: &str) -> DeltaViews<'a> {
+    let (n, dk, dv) = (s.v_heads * rows, s.k_head_dim, s.v_head_dim);
+    DeltaViews {
+        q: pre(x.q, n * dk, op),
+        k: pre(x.k, n * dk, op),
+        v: pre(x.v, n * dv, op),
+        g: pre(x.g, n, op),
+        beta: pre(x.beta, n, op),
+    }
+}
+
+/// [`delta_views`], to write.
+#[allow(clippy::too_many_arguments)]
+fn delta_views_mut<'a>(
+    [q, k, v, g, beta]: [&'a mut CudaSlice<f32>; 5],
+    rows: usize,
+    s: &DeltaNetShape,
+    op: &str,
+) -> DeltaViewsMut<'a> {
+    let (n, dk, dv) = (s.v_heads * rows, s.k_head_dim, s.v_head_dim);
+    DeltaViewsMut {
+        q: pre_mut(q, n * dk, op),
+        k: pre_mut(k, n * dk, op),
+        v: pre_mut(v, n * dv, op),
+        g: pre_mut(g, n, op),
+        beta: pre_mut(beta, n, op),
+    }
+}
+
+/// The recurrence's head dims.
+fn delta_dims(s: &DeltaNetShape) -> DeltaDims {
+    DeltaDims { dk: s.k_head_dim, dv: s.v_head_dim }
 }
 
 impl Cuda {
@@ -1041,6 +1081,274 @@ impl Backend for Cuda {
         p: f32,
     ) -> Result<()> {
         self.lora_dx("lora_dropout_dx_bf16", dx, du, a, keep, shape, p)
+    }
+
+    fn sigmoid_gate_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        gate: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let op = "sigmoid_gate_forward";
+        let (mut o, x, gate) = (pre_mut(out, n, op), pre(x, n, op), pre(gate, n, op));
+        self.ran(op, glu::sigmoid_gate_forward(&self.device, &mut o, &x, &gate))
+    }
+
+    fn sigmoid_gate_backward(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        dgate: &mut CudaSlice<f32>,
+        dout: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        gate: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let op = "sigmoid_gate_backward";
+        let (mut dx, mut dg) = (pre_mut(dx, n, op), pre_mut(dgate, n, op));
+        let (dout, x, gate) = (pre(dout, n, op), pre(x, n, op), pre(gate, n, op));
+        self.ran(op, glu::sigmoid_gate_backward(&self.device, &mut dx, &mut dg, &dout, &x, &gate))
+    }
+
+    fn delta_conv_forward(
+        &self,
+        out: &mut CudaSlice<f32>,
+        conv_pre: &mut CudaSlice<f32>,
+        proj: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        seq_start: &CudaIndices,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let (op, c) = ("delta_conv_forward", s.conv_dim());
+        let (mut o, mut p) = (pre_mut(out, rows * c, op), pre_mut(conv_pre, rows * c, op));
+        let (x, w) = (pre(proj, rows * s.proj_width(), op), pre(w, c * s.conv_kernel, op));
+        let starts = seq_start.prefix(rows, op);
+        self.ran(op, gated_delta::conv_forward(&self.device, &mut o, &mut p, &x, &w, &starts, s))
+    }
+
+    fn delta_conv_backward(
+        &self,
+        dproj: &mut CudaSlice<f32>,
+        dw: Option<&mut CudaSlice<f32>>,
+        dout: &mut CudaSlice<f32>,
+        conv_pre: &CudaSlice<f32>,
+        proj: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        seq_start: &CudaIndices,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let (op, c, p, weights) = ("delta_conv_backward", s.conv_dim(), s.proj_width(), s.conv_dim() * s.conv_kernel);
+        let (mut dx, mut dw, mut dout) =
+            (pre_mut(dproj, rows * p, op), dw.map(|g| pre_mut(g, weights, op)), pre_mut(dout, rows * c, op));
+        let (cp, x, w) = (pre(conv_pre, rows * c, op), pre(proj, rows * p, op), pre(w, weights, op));
+        let starts = seq_start.prefix(rows, op);
+        let need = if dw.is_some() { column_scratch(rows, weights) } else { 0 };
+        let mut scratch = self.chunk_scratch(need)?;
+        let mut sc = pre_mut(&mut scratch, need, op);
+        let r =
+            gated_delta::conv_backward(&self.device, &mut dx, dw.as_mut(), &mut dout, &cp, &x, &w, &starts, s, &mut sc);
+        self.ran(op, r)
+    }
+
+    fn delta_conv_cached(
+        &self,
+        out: &mut CudaSlice<f32>,
+        conv_pre: &mut CudaSlice<f32>,
+        proj: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        hist: &mut CudaSlice<f32>,
+        slots: &CudaIndices,
+        positions: &CudaIndices,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let (op, c) = ("delta_conv_cached", s.conv_dim());
+        let (mut o, mut p) = (pre_mut(out, rows * c, op), pre_mut(conv_pre, rows * c, op));
+        let (x, w) = (pre(proj, rows * s.proj_width(), op), pre(w, c * s.conv_kernel, op));
+        let (slots, positions) = (slots.prefix(rows, op), positions.prefix(rows, op));
+        let mut h = hist.as_view_mut();
+        self.ran(op, gated_delta::conv_cached(&self.device, &mut o, &mut p, &x, &w, &mut h, &slots, &positions, s))
+    }
+
+    fn delta_inputs_forward(
+        &self,
+        x: DeltaInputsMut<Self>,
+        conv: &CudaSlice<f32>,
+        proj: &CudaSlice<f32>,
+        dt_bias: &CudaSlice<f32>,
+        a_log: &CudaSlice<f32>,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let op = "delta_inputs_forward";
+        let DeltaInputsMut { q, k, v, g, beta, q_rnorm, k_rnorm } = x;
+        let mut out = InputsMut {
+            x: delta_views_mut([q, k, v, g, beta], rows, s, op),
+            q_rnorm: pre_mut(q_rnorm, rows * s.k_heads, op),
+            k_rnorm: pre_mut(k_rnorm, rows * s.k_heads, op),
+        };
+        let (conv, proj) = (pre(conv, rows * s.conv_dim(), op), pre(proj, rows * s.proj_width(), op));
+        let (dt, al) = (pre(dt_bias, s.v_heads, op), pre(a_log, s.v_heads, op));
+        self.ran(op, delta_mixer::inputs_forward(&self.device, &mut out, &conv, &proj, &dt, &al, rows, s))
+    }
+
+    fn delta_inputs_backward(
+        &self,
+        dconv: &mut CudaSlice<f32>,
+        dproj: &mut CudaSlice<f32>,
+        ddt_bias: Option<&mut CudaSlice<f32>>,
+        da_log: Option<&mut CudaSlice<f32>>,
+        d: DeltaBufs<Self>,
+        saved: DeltaSaved<Self>,
+        dt_bias: &CudaSlice<f32>,
+        a_log: &CudaSlice<f32>,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let (op, c, p, hv) = ("delta_inputs_backward", s.conv_dim(), s.proj_width(), s.v_heads);
+        let (mut dc, mut dp) = (pre_mut(dconv, rows * c, op), pre_mut(dproj, rows * p, op));
+        let (mut ddt, mut dal) = (ddt_bias.map(|g| pre_mut(g, hv, op)), da_log.map(|g| pre_mut(g, hv, op)));
+        let grads = delta_views(d, rows, s, op);
+        let saved = InputsSaved {
+            x: delta_views(saved.x, rows, s, op),
+            q_rnorm: pre(saved.q_rnorm, rows * s.k_heads, op),
+            k_rnorm: pre(saved.k_rnorm, rows * s.k_heads, op),
+            conv: pre(saved.conv, rows * c, op),
+            proj: pre(saved.proj, rows * p, op),
+        };
+        let (dt, al) = (pre(dt_bias, hv, op), pre(a_log, hv, op));
+        let need = if ddt.is_some() || dal.is_some() { column_scratch(rows, 2 * hv) } else { 0 };
+        let mut scratch = self.chunk_scratch(need)?;
+        let mut sc = pre_mut(&mut scratch, need, op);
+        let (ddt, dal) = (ddt.as_mut(), dal.as_mut());
+        let r = delta_mixer::inputs_backward(
+            &self.device,
+            &mut dc,
+            &mut dp,
+            ddt,
+            dal,
+            &grads,
+            &saved,
+            &dt,
+            &al,
+            rows,
+            s,
+            &mut sc,
+        );
+        self.ran(op, r)
+    }
+
+    fn delta_rule_forward(
+        &self,
+        o: &mut CudaSlice<f32>,
+        saved: Option<&mut CudaSlice<f32>>,
+        x: DeltaBufs<Self>,
+        seqs: &CudaIndices,
+        n_seqs: usize,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let op = "delta_rule_forward";
+        let mut o = pre_mut(o, s.v_heads * rows * s.v_head_dim, op);
+        let mut saved = saved.map(|sv| sv.as_view_mut());
+        let (x, seqs) = (delta_views(x, rows, s, op), seqs.prefix(3 * n_seqs, op));
+        let r =
+            gated_delta::rule_forward(&self.device, &mut o, saved.as_mut(), &x, &seqs, rows, s.v_heads, delta_dims(s));
+        self.ran(op, r)
+    }
+
+    fn delta_rule_backward(
+        &self,
+        d: DeltaGrads<Self>,
+        d_o: &CudaSlice<f32>,
+        x: DeltaBufs<Self>,
+        saved: &CudaSlice<f32>,
+        seqs: &CudaIndices,
+        n_seqs: usize,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let op = "delta_rule_backward";
+        let mut grads = delta_views_mut([d.dq, d.dk, d.dv, d.dg, d.dbeta], rows, s, op);
+        let (d_o, x) = (pre(d_o, s.v_heads * rows * s.v_head_dim, op), delta_views(x, rows, s, op));
+        let (saved, seqs) = (saved.as_view(), seqs.prefix(3 * n_seqs, op));
+        let (hv, dims) = (s.v_heads, delta_dims(s));
+        let r = gated_delta::rule_backward(&self.device, &mut grads, &d_o, &x, &saved, &seqs, rows, hv, dims);
+        self.ran(op, r)
+    }
+
+    fn delta_rule_cached(
+        &self,
+        o: &mut CudaSlice<f32>,
+        x: DeltaBufs<Self>,
+        state: &mut CudaSlice<f32>,
+        slots: &CudaIndices,
+        positions: &CudaIndices,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let op = "delta_rule_cached";
+        let (mut o, x) = (pre_mut(o, s.v_heads * rows * s.v_head_dim, op), delta_views(x, rows, s, op));
+        let (slots, positions, mut st) = (slots.prefix(rows, op), positions.prefix(rows, op), state.as_view_mut());
+        let (hv, dims) = (s.v_heads, delta_dims(s));
+        self.ran(op, gated_delta::rule_cached(&self.device, &mut o, &x, &mut st, &slots, &positions, hv, dims))
+    }
+
+    fn delta_norm_forward(
+        &self,
+        y: &mut CudaSlice<f32>,
+        rstd: &mut CudaSlice<f32>,
+        o: &CudaSlice<f32>,
+        proj: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        rows: usize,
+        s: &DeltaNetShape,
+        eps: f32,
+    ) -> Result<()> {
+        let (op, hv, dv) = ("delta_norm_forward", s.v_heads, s.v_head_dim);
+        let (mut y, mut r) = (pre_mut(y, rows * s.value_dim(), op), pre_mut(rstd, rows * hv, op));
+        let (o, p, w) = (pre(o, hv * rows * dv, op), pre(proj, rows * s.proj_width(), op), pre(w, dv, op));
+        self.ran(op, delta_mixer::norm_forward(&self.device, &mut y, &mut r, &o, &p, &w, rows, s, eps))
+    }
+
+    fn delta_norm_backward(
+        &self,
+        dproj: &mut CudaSlice<f32>,
+        d_o: &mut CudaSlice<f32>,
+        dw: Option<&mut CudaSlice<f32>>,
+        dy: &CudaSlice<f32>,
+        o: &CudaSlice<f32>,
+        rstd: &CudaSlice<f32>,
+        proj: &CudaSlice<f32>,
+        w: &CudaSlice<f32>,
+        rows: usize,
+        s: &DeltaNetShape,
+    ) -> Result<()> {
+        let (op, hv, dv, p) = ("delta_norm_backward", s.v_heads, s.v_head_dim, s.proj_width());
+        let (mut dp, mut dout) = (pre_mut(dproj, rows * p, op), pre_mut(d_o, hv * rows * dv, op));
+        let mut dw = dw.map(|g| pre_mut(g, dv, op));
+        let (dy, o, r) = (pre(dy, rows * s.value_dim(), op), pre(o, hv * rows * dv, op), pre(rstd, rows * hv, op));
+        let (proj, w) = (pre(proj, rows * p, op), pre(w, dv, op));
+        let need = if dw.is_some() { column_scratch(rows * hv, dv) } else { 0 };
+        let mut scratch = self.chunk_scratch(need)?;
+        let mut sc = pre_mut(&mut scratch, need, op);
+        let r = delta_mixer::norm_backward(
+            &self.device,
+            &mut dp,
+            &mut dout,
+            dw.as_mut(),
+            &dy,
+            &o,
+            &r,
+            &proj,
+            &w,
+            rows,
+            s,
+            &mut sc,
+        );
+        self.ran(op, r)
     }
 
     fn adamw(&self, tensors: &mut [AdamWTensor<'_, Self>], grad_scale: f32, s: &AdamWScalars) -> Result<()> {

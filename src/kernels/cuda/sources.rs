@@ -15,9 +15,10 @@ pub struct Source {
 /// Helpers put in front of every source (src/kernels/cuda/cu/common.cuh).
 pub const COMMON: Source = Source { file: "common.cuh", text: include_str!("cu/common.cuh"), kernels: &[] };
 
-/// Every kernel source, in the order of a block's forward pass (decoding's KV cache after attention), then the
-/// loss and the optimizer; then the backend's plumbing (`backend::Cuda`): element-wise ops and a bias's
-/// gradient, row gathers and scatters (the embedding and its backward), dropout, the f64 sum of squares.
+/// Every kernel source, in the order of a block's forward pass (decoding's KV cache after attention, then Qwen3.5's
+/// Gated DeltaNet, the mixer of its linear-attention layers), then the loss and the optimizer; then the backend's
+/// plumbing (`backend::Cuda`): element-wise ops and a bias's gradient, row gathers and scatters (the embedding and its
+/// backward), dropout, the f64 sum of squares.
 pub const SOURCES: &[Source] = &[
     Source {
         file: "rmsnorm.cu",
@@ -52,6 +53,32 @@ pub const SOURCES: &[Source] = &[
     },
     Source { file: "kv_cache.cu", text: include_str!("cu/kv_cache.cu"), kernels: &["kv_store", "cached_attention"] },
     Source {
+        file: "gated_delta.cu",
+        text: include_str!("cu/gated_delta.cu"),
+        kernels: &[
+            "delta_conv_forward",
+            "delta_conv_dpre",
+            "delta_conv_backward_dx",
+            "delta_conv_backward_dw",
+            "delta_conv_cached",
+            "delta_rule_forward",
+            "delta_rule_backward",
+            "delta_rule_cached",
+        ],
+    },
+    Source {
+        file: "delta_mixer.cu",
+        text: include_str!("cu/delta_mixer.cu"),
+        kernels: &[
+            "delta_inputs_forward",
+            "delta_inputs_backward",
+            "delta_decay_grads_partial",
+            "delta_norm_forward",
+            "delta_norm_backward",
+            "delta_norm_backward_dw",
+        ],
+    },
+    Source {
         file: "glu.cu",
         text: include_str!("cu/glu.cu"),
         kernels: &[
@@ -61,6 +88,8 @@ pub const SOURCES: &[Source] = &[
             "glu_backward_bf16",
             "gelu_forward",
             "gelu_backward",
+            "sigmoid_gate_forward",
+            "sigmoid_gate_backward",
         ],
     },
     Source {

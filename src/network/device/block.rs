@@ -7,7 +7,8 @@ use super::weights::{DevBlock, DevNorm, DevTensor, Mlp, SLOT_DOWN, SLOT_GATE, SL
 use crate::kernels::activation::GateAct;
 use crate::kernels::attention::QkvLayout;
 use crate::kernels::backend::{Backend, MatView, RopeCols, Values, ValuesMut};
-use anyhow::Result;
+use crate::kernels::gated_delta::DeltaNetShape;
+use anyhow::{Result, bail};
 
 /// Where attention finds the keys and values a row sees (as `Transformer`'s `Context`).
 pub enum Attend<'a, B: Backend> {
@@ -25,6 +26,9 @@ pub enum Attend<'a, B: Backend> {
         capacity: usize,
         cached_rows: usize,
     },
+    /// A Gated DeltaNet layer's decoding state (`kv_cache::LayerCache::Recurrent`): row i continues slot
+    /// slots[i] at positions[i] (from nothing at position 0), rows in order.
+    Recurrent { conv: &'a mut B::F32, state: &'a mut B::F32, slots: &'a B::U32, positions: &'a B::U32 },
 }
 
 /// What a block's pass reads besides its weights and buffers.
@@ -38,6 +42,13 @@ pub struct BlockArgs<'a, B: Backend> {
     pub act: GateAct,
     /// q and k normed over each row's whole projection (OLMo 2/3), not per head.
     pub qk_norm_whole: bool,
+    /// q_proj gives each head's query and its output gate (Qwen3.5).
+    pub attn_output_gate: bool,
+    /// The Gated DeltaNet's shape (Qwen3.5), and a packed batch's sequences for its recurrence
+    /// (`kernels::gated_delta::seq_table`, `n_seqs` of them).
+    pub delta_net: Option<DeltaNetShape>,
+    pub delta_seqs: &'a B::U32,
+    pub n_seqs: usize,
     /// The RoPE table and each row's row of it; None for a layer without RoPE.
     pub rope: Option<(&'a B::Rope, &'a B::U32)>,
     pub seq_start: &'a B::U32,
@@ -64,7 +75,7 @@ impl<B: Backend> BlockArgs<'_, B> {
 
 impl<B: Backend> DevBlock<B> {
     /// The block on the residual stream x (N, d); saves in `l` what [`Self::backward`] needs.
-    /// `gate_up`: scratch of a fused gate|up output (N, 2·ffn).
+    /// `wide`: scratch of a projection's output wider than its parts' buffers (`Buffers::wide`).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -72,11 +83,11 @@ impl<B: Backend> DevBlock<B> {
         x: &mut B::F32,
         l: &mut LayerBufs<B>,
         s: &mut LinearScratch<B>,
-        gate_up: &mut B::F32,
+        wide: &mut B::F32,
         a: &BlockArgs<B>,
         attend: Attend<B>,
     ) -> Result<()> {
-        let (n, d, f, lay) = (a.n, a.hidden, a.ffn, a.layout);
+        let (n, d, f) = (a.n, a.hidden, a.ffn);
         let (off, eps, seed) = (a.norm_offset, a.norm_eps, a.seed);
         if seed.is_some() {
             be.copy(&mut l.x_in, x, n * d)?;
@@ -102,8 +113,113 @@ impl<B: Backend> DevBlock<B> {
                 Values::F32(&l.h1)
             }
         };
+        let mixed = match (&self.delta_net, a.delta_net) {
+            (Some(dn), Some(sh)) => {
+                let db = l.delta.as_mut().expect("a Gated DeltaNet layer's buffers");
+                dn.forward(be, &self.qkv, &sh, db, &mut l.lora, s, h1, a, attend)?;
+                &db.y
+            }
+            _ => {
+                self.attention_forward(be, l, s, wide, a, attend)?;
+                if a.attn_output_gate { &l.att_gated } else { &l.att }
+            }
+        };
+        let (dense, mixed) = (MatView::dense(n, d), Values::F32(mixed));
+        match &self.post_norms {
+            None => self.o.forward(be, ValuesMut::F32(x), dense, true, mixed, n, l.lora[SLOT_O].as_mut(), s, seed)?,
+            Some((norm, _)) => {
+                let out = ValuesMut::F32(&mut l.attn_out);
+                self.o.forward(be, out, dense, false, mixed, n, l.lora[SLOT_O].as_mut(), s, seed)?;
+                add_normed(be, x, &norm.w, &l.attn_out, &mut l.post1_rstd, &mut s.sublayer, n, d, off, eps)?;
+            }
+        }
+        if seed.is_some() {
+            be.copy(&mut l.x_mid, x, n * d)?;
+        }
+
+        let ff = MatView::dense(n, f);
+        let act = match &mut l.bf16 {
+            Some(b) => {
+                pre_norm(&self.mlp_norm).forward_bf16(be, &mut b.h2, &mut l.rstd2, x, n, d, off, eps)?;
+                let (h2, m) = (Values::Bf16(&b.h2), &mut b.mlp);
+                let gate = self.gate.as_ref().expect("bf16 activations are a gated MLP's (Weights::bf16_activations)");
+                gate.forward(be, ValuesMut::Bf16(&mut m.gate), ff, false, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
+                self.up.forward(be, ValuesMut::Bf16(&mut m.up), ff, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
+                be.glu_forward_bf16(&mut m.act, &m.gate, &m.up, n * f, a.act)?;
+                Values::Bf16(&m.act)
+            }
+            None => {
+                pre_norm_forward(be, self.mlp_norm.as_ref(), &mut l.h2, &mut l.mean2, &mut l.rstd2, x, n, d, off, eps)?;
+                let (mlp, h2) = (self.mlp(), Values::F32(&l.h2));
+                match mlp {
+                    Mlp::Fused => {
+                        // gate|up side by side from one linear, split into the buffers the GLU reads.
+                        let gate_up = MatView::dense(n, 2 * f);
+                        let out = ValuesMut::F32(&mut *wide);
+                        self.up.forward(be, out, gate_up, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
+                        be.copy_view(&mut l.gate, ff, wide, MatView::columns(n, 0, f, 2 * f))?;
+                        be.copy_view(&mut l.up, ff, wide, MatView::columns(n, f, f, 2 * f))?;
+                    }
+                    _ => {
+                        let out = ValuesMut::F32(&mut l.up);
+                        self.up.forward(be, out, ff, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?
+                    }
+                }
+                if let Some(gate) = &self.gate {
+                    let out = ValuesMut::F32(&mut l.gate);
+                    gate.forward(be, out, ff, false, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
+                }
+                match mlp {
+                    Mlp::Gelu => be.gelu_forward(&mut l.act, &l.up, n * f)?,
+                    _ => be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?,
+                }
+                Values::F32(&l.act)
+            }
+        };
+        let down_lora = l.lora[SLOT_DOWN].as_mut();
+        match &self.post_norms {
+            None => self.down.forward(be, ValuesMut::F32(x), dense, true, act, n, down_lora, s, seed),
+            Some((_, norm)) => {
+                self.down.forward(be, ValuesMut::F32(&mut l.mlp_out), dense, false, act, n, down_lora, s, seed)?;
+                add_normed(be, x, &norm.w, &l.mlp_out, &mut l.post2_rstd, &mut s.sublayer, n, d, off, eps)
+            }
+        }
+    }
+
+    /// The attention half's mixer on attn_norm(x) (in `l`): `l.att` — and, with Qwen3.5's output gate, `l.att_gated`,
+    /// o_proj's input then — receives its output.
+    fn attention_forward(
+        &self,
+        be: &B,
+        l: &mut LayerBufs<B>,
+        s: &mut LinearScratch<B>,
+        wide: &mut B::F32,
+        a: &BlockArgs<B>,
+        attend: Attend<B>,
+    ) -> Result<()> {
+        let (n, lay, off, eps, seed) = (a.n, a.layout, a.norm_offset, a.norm_eps, a.seed);
+        let h1 = match &l.bf16 {
+            Some(b) => Values::Bf16(&b.h1),
+            None => Values::F32(&l.h1),
+        };
+        let (hd, aw) = (lay.head_dim, lay.n_heads * lay.head_dim);
         let mut col = 0;
         for (slot, lin) in self.qkv.iter().enumerate() {
+            if slot == 0 && a.attn_output_gate {
+                // q_proj yields each head's query, then its gate: split into q's columns and the gate's buffer
+                let out = ValuesMut::F32(&mut *wide);
+                lin.forward(be, out, MatView::dense(n, 2 * aw), false, h1, n, l.lora[slot].as_mut(), s, seed)?;
+                for h in 0..lay.n_heads {
+                    let (q, g) = (
+                        MatView::columns(n, 2 * h * hd, hd, 2 * aw),
+                        MatView::columns(n, (2 * h + 1) * hd, hd, 2 * aw),
+                    );
+                    be.copy_view(&mut l.qkv, MatView::columns(n, lay.q_col + h * hd, hd, lay.row_len), wide, q)?;
+                    be.copy_view(&mut l.att_gate, MatView::columns(n, h * hd, hd, aw), wide, g)?;
+                }
+                col += aw;
+                continue;
+            }
             let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
             lin.forward(be, ValuesMut::F32(&mut l.qkv), view, false, h1, n, l.lora[slot].as_mut(), s, seed)?;
             col += lin.out_dim;
@@ -139,78 +255,23 @@ impl<B: Backend> DevBlock<B> {
                     be.cached_attention(&mut l.att, &l.qkv, k, v, lay, slots, positions, cached_rows, capacity)?;
                 }
             }
+            Attend::Recurrent { .. } => bail!("an attention layer decodes over its KV cache, not a recurrent state"),
         }
-        let (dense, att) = (MatView::dense(n, d), Values::F32(&l.att));
-        match &self.post_norms {
-            None => self.o.forward(be, ValuesMut::F32(x), dense, true, att, n, l.lora[SLOT_O].as_mut(), s, seed)?,
-            Some((norm, _)) => {
-                let out = ValuesMut::F32(&mut l.attn_out);
-                self.o.forward(be, out, dense, false, att, n, l.lora[SLOT_O].as_mut(), s, seed)?;
-                add_normed(be, x, &norm.w, &l.attn_out, &mut l.post1_rstd, &mut s.sublayer, n, d, off, eps)?;
-            }
+        if a.attn_output_gate {
+            be.sigmoid_gate_forward(&mut l.att_gated, &l.att, &l.att_gate, n * aw)?;
         }
-        if seed.is_some() {
-            be.copy(&mut l.x_mid, x, n * d)?;
-        }
-
-        let ff = MatView::dense(n, f);
-        let act = match &mut l.bf16 {
-            Some(b) => {
-                pre_norm(&self.mlp_norm).forward_bf16(be, &mut b.h2, &mut l.rstd2, x, n, d, off, eps)?;
-                let (h2, m) = (Values::Bf16(&b.h2), &mut b.mlp);
-                let gate = self.gate.as_ref().expect("bf16 activations are a gated MLP's (Weights::bf16_activations)");
-                gate.forward(be, ValuesMut::Bf16(&mut m.gate), ff, false, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
-                self.up.forward(be, ValuesMut::Bf16(&mut m.up), ff, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
-                be.glu_forward_bf16(&mut m.act, &m.gate, &m.up, n * f, a.act)?;
-                Values::Bf16(&m.act)
-            }
-            None => {
-                pre_norm_forward(be, self.mlp_norm.as_ref(), &mut l.h2, &mut l.mean2, &mut l.rstd2, x, n, d, off, eps)?;
-                let (mlp, h2) = (self.mlp(), Values::F32(&l.h2));
-                match mlp {
-                    Mlp::Fused => {
-                        // gate|up side by side from one linear, split into the buffers the GLU reads.
-                        let wide = MatView::dense(n, 2 * f);
-                        let out = ValuesMut::F32(&mut *gate_up);
-                        self.up.forward(be, out, wide, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
-                        be.copy_view(&mut l.gate, ff, gate_up, MatView::columns(n, 0, f, 2 * f))?;
-                        be.copy_view(&mut l.up, ff, gate_up, MatView::columns(n, f, f, 2 * f))?;
-                    }
-                    _ => {
-                        let out = ValuesMut::F32(&mut l.up);
-                        self.up.forward(be, out, ff, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?
-                    }
-                }
-                if let Some(gate) = &self.gate {
-                    let out = ValuesMut::F32(&mut l.gate);
-                    gate.forward(be, out, ff, false, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
-                }
-                match mlp {
-                    Mlp::Gelu => be.gelu_forward(&mut l.act, &l.up, n * f)?,
-                    _ => be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?,
-                }
-                Values::F32(&l.act)
-            }
-        };
-        let down_lora = l.lora[SLOT_DOWN].as_mut();
-        match &self.post_norms {
-            None => self.down.forward(be, ValuesMut::F32(x), dense, true, act, n, down_lora, s, seed),
-            Some((_, norm)) => {
-                self.down.forward(be, ValuesMut::F32(&mut l.mlp_out), dense, false, act, n, down_lora, s, seed)?;
-                add_normed(be, x, &norm.w, &l.mlp_out, &mut l.post2_rstd, &mut s.sublayer, n, d, off, eps)
-            }
-        }
+        Ok(())
     }
 
     /// Backward from the saved `l`: `g.dx` holds ∂L/∂(block output) on entry and ∂L/∂(block input) on return.
-    /// `gate_up`: scratch of a fused gate|up gradient (N, 2·ffn).
+    /// `wide`: scratch of a wide projection's gradient (`Buffers::wide`).
     pub fn backward(
         &mut self,
         be: &B,
         l: &mut LayerBufs<B>,
         g: &mut GradBufs<B>,
         s: &mut LinearScratch<B>,
-        gate_up: &mut B::F32,
+        wide: &mut B::F32,
         a: &BlockArgs<B>,
     ) -> Result<()> {
         let (n, d, f, lay, off) = (a.n, a.hidden, a.ffn, a.layout, a.norm_offset);
@@ -259,10 +320,10 @@ impl<B: Backend> DevBlock<B> {
                 let dh = ValuesMut::F32(&mut g.dh);
                 match mlp {
                     Mlp::Fused => {
-                        be.copy_view(gate_up, MatView::columns(n, 0, f, 2 * f), &g.dgate, ff)?;
-                        be.copy_view(gate_up, MatView::columns(n, f, f, 2 * f), &g.dup, ff)?;
-                        let wide = MatView::dense(n, 2 * f);
-                        self.up.backward(be, dh, set, (Values::F32(gate_up), None), wide, h2, n, lora(SLOT_UP), s)?;
+                        be.copy_view(wide, MatView::columns(n, 0, f, 2 * f), &g.dgate, ff)?;
+                        be.copy_view(wide, MatView::columns(n, f, f, 2 * f), &g.dup, ff)?;
+                        let gate_up = MatView::dense(n, 2 * f);
+                        self.up.backward(be, dh, set, (Values::F32(wide), None), gate_up, h2, n, lora(SLOT_UP), s)?;
                     }
                     _ => self.up.backward(be, dh, set, (Values::F32(&g.dup), None), ff, h2, n, lora(SLOT_UP), s)?,
                 }
@@ -273,39 +334,83 @@ impl<B: Backend> DevBlock<B> {
             None => be.add(&mut g.dx, &g.dh, n * d)?,
         }
 
-        // Attention: x_mid = x_in + o(attention(rope(qkv(h1)))), h1 = attn_norm(x_in)
+        // The mixer: x_mid = x_in + o(mixer(h1)), h1 = attn_norm(x_in)
         let post = self.post_norms.as_mut().map(|(norm, _)| (norm, &l.attn_out, &l.post1_rstd));
         let dattn_out = through_post_norm(be, post, &g.dx, &mut g.dsub, n, d, off)?;
-        let (datt, att) = (ValuesMut::F32(&mut g.datt), Values::F32(&l.att));
         let dy = (Values::F32(dattn_out), None);
-        self.o.backward(be, datt, true, dy, dense, att, n, l.lora[SLOT_O].as_ref(), s)?;
-        be.attention_backward(&mut g.dqkv, &mut l.att_stats, &g.datt, &l.qkv, &l.att, lay, a.seq_start, n)?;
-        a.rope(be, true, &mut g.dqkv)?;
-        if let Some((qn, kn)) = &mut self.qk_norm {
-            let hd = lay.head_dim;
-            for (norm, col, heads, pre, rstd) in [
-                (qn, lay.q_col, lay.n_heads, &l.q_pre, &l.q_rstd),
-                (kn, lay.k_col, lay.n_kv_heads, &l.k_pre, &l.k_rstd),
-            ] {
-                let (cols, dense) = (MatView::columns(n, col, heads * hd, lay.row_len), MatView::dense(n, heads * hd));
-                be.copy_view(&mut g.dqk_post, dense, &g.dqkv, cols)?;
-                be.zero(&mut g.dqk_pre, n * heads * hd)?;
-                let (rows, dim) = a.qk_norm_shape(heads);
-                norm_backward(be, norm, &mut g.dqk_pre, &g.dqk_post, pre, rstd, rows, dim, off)?;
-                be.copy_view(&mut g.dqkv, cols, &g.dqk_pre, dense)?;
+        if let (Some(dn), Some(sh)) = (&mut self.delta_net, a.delta_net) {
+            let db = l.delta.as_ref().expect("a Gated DeltaNet layer's buffers");
+            let gd = g.delta.as_mut().expect("a Gated DeltaNet model's gradient buffers");
+            let y = Values::F32(&db.y);
+            self.o.backward(be, ValuesMut::F32(&mut gd.dy), true, dy, dense, y, n, l.lora[SLOT_O].as_ref(), s)?;
+            dn.backward(be, &sh, db, gd, a)?;
+            // With bf16 activations, the projections' gradients rounded once for their products.
+            let p = sh.proj_width();
+            if l.bf16.is_some() {
+                be.round_bf16(&mut g.dy_bf16, &gd.dproj, n * p)?;
             }
-        }
-        // With bf16 activations, dq|dk|dv rounded once for every product of q, k and v that reads them.
-        if l.bf16.is_some() {
-            be.round_bf16(&mut g.dy_bf16, &g.dqkv, n * lay.row_len)?;
-        }
-        let dqkv = (Values::F32(&g.dqkv), l.bf16.as_ref().map(|_| &g.dy_bf16));
-        let mut col = 0;
-        for (slot, lin) in self.qkv.iter_mut().enumerate() {
-            // dh is set by q's product (no zeroing), then added to.
-            let (view, dh) = (MatView::columns(n, col, lin.out_dim, lay.row_len), ValuesMut::F32(&mut g.dh));
-            lin.backward(be, dh, slot == 0, dqkv, view, h1, n, l.lora[slot].as_ref(), s)?;
-            col += lin.out_dim;
+            let dproj = (Values::F32(&gd.dproj), l.bf16.as_ref().map(|_| &g.dy_bf16));
+            let mut col = 0;
+            for (slot, lin) in self.qkv.iter_mut().enumerate() {
+                // dh is set by the first projection's product (no zeroing), then added to.
+                let (view, dh) = (MatView::columns(n, col, lin.out_dim, p), ValuesMut::F32(&mut g.dh));
+                lin.backward(be, dh, slot == 0, dproj, view, h1, n, l.lora[slot].as_ref(), s)?;
+                col += lin.out_dim;
+            }
+        } else {
+            let (gated, hd, aw) = (a.attn_output_gate, lay.head_dim, lay.n_heads * lay.head_dim);
+            // With Qwen3.5's output gate o_proj read att ⊙ σ(gate): its gradient goes through the gate first.
+            let att = Values::F32(if gated { &l.att_gated } else { &l.att });
+            let datt = ValuesMut::F32(if gated { &mut g.datt_gated } else { &mut g.datt });
+            self.o.backward(be, datt, true, dy, dense, att, n, l.lora[SLOT_O].as_ref(), s)?;
+            if gated {
+                let (gate, datt_gated) = (&l.att_gate, &g.datt_gated);
+                be.sigmoid_gate_backward(&mut g.datt, &mut g.datt_gate, datt_gated, &l.att, gate, n * aw)?;
+            }
+            be.attention_backward(&mut g.dqkv, &mut l.att_stats, &g.datt, &l.qkv, &l.att, lay, a.seq_start, n)?;
+            a.rope(be, true, &mut g.dqkv)?;
+            if let Some((qn, kn)) = &mut self.qk_norm {
+                for (norm, col, heads, pre, rstd) in [
+                    (qn, lay.q_col, lay.n_heads, &l.q_pre, &l.q_rstd),
+                    (kn, lay.k_col, lay.n_kv_heads, &l.k_pre, &l.k_rstd),
+                ] {
+                    let (cols, dense) =
+                        (MatView::columns(n, col, heads * hd, lay.row_len), MatView::dense(n, heads * hd));
+                    be.copy_view(&mut g.dqk_post, dense, &g.dqkv, cols)?;
+                    be.zero(&mut g.dqk_pre, n * heads * hd)?;
+                    let (rows, dim) = a.qk_norm_shape(heads);
+                    norm_backward(be, norm, &mut g.dqk_pre, &g.dqk_post, pre, rstd, rows, dim, off)?;
+                    be.copy_view(&mut g.dqkv, cols, &g.dqk_pre, dense)?;
+                }
+            }
+            // With bf16 activations, dq|dk|dv rounded once for every product of q, k and v that reads them.
+            if l.bf16.is_some() {
+                be.round_bf16(&mut g.dy_bf16, &g.dqkv, n * lay.row_len)?;
+            }
+            let dqkv = (Values::F32(&g.dqkv), l.bf16.as_ref().map(|_| &g.dy_bf16));
+            let mut col = 0;
+            for (slot, lin) in self.qkv.iter_mut().enumerate() {
+                // dh is set by q's product (no zeroing), then added to.
+                let dh = ValuesMut::F32(&mut g.dh);
+                if slot == 0 && gated {
+                    // q_proj's gradient: each head's dq, then its gate's
+                    for h in 0..lay.n_heads {
+                        let (q, gt) = (
+                            MatView::columns(n, 2 * h * hd, hd, 2 * aw),
+                            MatView::columns(n, (2 * h + 1) * hd, hd, 2 * aw),
+                        );
+                        be.copy_view(wide, q, &g.dqkv, MatView::columns(n, lay.q_col + h * hd, hd, lay.row_len))?;
+                        be.copy_view(wide, gt, &g.datt_gate, MatView::columns(n, h * hd, hd, aw))?;
+                    }
+                    let dq_gate = (Values::F32(&*wide), None);
+                    lin.backward(be, dh, true, dq_gate, MatView::dense(n, 2 * aw), h1, n, l.lora[slot].as_ref(), s)?;
+                    col += aw;
+                    continue;
+                }
+                let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
+                lin.backward(be, dh, slot == 0, dqkv, view, h1, n, l.lora[slot].as_ref(), s)?;
+                col += lin.out_dim;
+            }
         }
         match &mut self.attn_norm {
             Some(norm) => norm.backward(be, &mut g.dx, &g.dh, &l.x_in, &l.mean1, &l.rstd1, n, d, off),

@@ -2,8 +2,9 @@
 //! caching arena: no allocation per step once the largest batch has been seen). A training pass keeps every
 //! block's activations for the backward pass; inference keeps one block's.
 use super::linear::{LinearScratch, LoraBufs};
-use super::weights::{SLOT_O, Weights};
-use crate::kernels::backend::Backend;
+use super::weights::{SLOT_O, SLOTS, Weights};
+use crate::kernels::backend::{Backend, DeltaBufs};
+use crate::kernels::gated_delta::DeltaNetShape;
 use crate::network::config::Config;
 use anyhow::Result;
 
@@ -47,6 +48,98 @@ pub struct LayerBufs<B: Backend> {
     pub mlp_out: B::F32,
     pub post1_rstd: B::F32,
     pub post2_rstd: B::F32,
+    /// Qwen3.5's attention output gate (N, heads·head_dim), split out of q_proj's output, and attention's output
+    /// times its σ, o_proj's input; empty without.
+    pub att_gate: B::F32,
+    pub att_gated: B::F32,
+    /// A Gated DeltaNet layer's (or, at inference, any such layer's) activations.
+    pub delta: Option<DeltaLayerBufs<B>>,
+}
+
+/// What a Gated DeltaNet keeps between its forward and backward pass (`network::delta_net::DeltaActs`): rows
+/// (N, ·) unless head-major (v_heads, N, ·).
+pub struct DeltaLayerBufs<B: Backend> {
+    /// The input projections' outputs (N, proj_width): qkv | z | b | a.
+    pub proj: B::F32,
+    /// The convolution before and after its SiLU (N, conv_dim).
+    pub conv_pre: B::F32,
+    pub conv_out: B::F32,
+    /// 1/‖q‖, 1/‖k‖ (N, k_heads).
+    pub q_rnorm: B::F32,
+    pub k_rnorm: B::F32,
+    /// The recurrence's head-major inputs q, k (dk), v (dv), g, β, and its output o (dv).
+    pub q: B::F32,
+    pub k: B::F32,
+    pub v: B::F32,
+    pub g: B::F32,
+    pub beta: B::F32,
+    pub o: B::F32,
+    /// The recurrence's states at its chunk starts (v_heads, checkpoints, dk·dv) (training only).
+    pub saved: B::F32,
+    /// The gated norm's 1/rms (N, v_heads) and output, out_proj's input (N, value_dim).
+    pub o_rstd: B::F32,
+    pub y: B::F32,
+}
+
+impl<B: Backend> DeltaLayerBufs<B> {
+    /// Buffers for `n` rows and, when training, `checkpoints` saved states per head.
+    fn new(be: &B, s: &DeltaNetShape, n: usize, checkpoints: usize) -> Result<Self> {
+        let (hv, dk, dv) = (s.v_heads, s.k_head_dim, s.v_head_dim);
+        Ok(DeltaLayerBufs {
+            proj: be.alloc(n * s.proj_width())?,
+            conv_pre: be.alloc(n * s.conv_dim())?,
+            conv_out: be.alloc(n * s.conv_dim())?,
+            q_rnorm: be.alloc(n * s.k_heads)?,
+            k_rnorm: be.alloc(n * s.k_heads)?,
+            q: be.alloc(hv * n * dk)?,
+            k: be.alloc(hv * n * dk)?,
+            v: be.alloc(hv * n * dv)?,
+            g: be.alloc(hv * n)?,
+            beta: be.alloc(hv * n)?,
+            o: be.alloc(hv * n * dv)?,
+            saved: be.alloc(hv * checkpoints * dk * dv)?,
+            o_rstd: be.alloc(n * hv)?,
+            y: be.alloc(n * s.value_dim())?,
+        })
+    }
+
+    /// The recurrence's inputs.
+    pub fn inputs(&self) -> DeltaBufs<'_, B> {
+        DeltaBufs { q: &self.q, k: &self.k, v: &self.v, g: &self.g, beta: &self.beta }
+    }
+}
+
+/// A Gated DeltaNet's gradient scratch (`network::delta_net::DeltaGrads`), shared by its layers.
+pub struct DeltaGradBufs<B: Backend> {
+    /// ∂L/∂ the projections' outputs (N, proj_width); ∂L/∂ the convolution's output (N, conv_dim).
+    pub dproj: B::F32,
+    pub dconv: B::F32,
+    /// Head-major ∂L/∂ o, q, k, v, g, β.
+    pub d_o: B::F32,
+    pub dq: B::F32,
+    pub dk: B::F32,
+    pub dv: B::F32,
+    pub dg: B::F32,
+    pub dbeta: B::F32,
+    /// ∂L/∂ out_proj's input (N, value_dim).
+    pub dy: B::F32,
+}
+
+impl<B: Backend> DeltaGradBufs<B> {
+    fn new(be: &B, s: &DeltaNetShape, n: usize) -> Result<Self> {
+        let (hv, dk, dv) = (s.v_heads, s.k_head_dim, s.v_head_dim);
+        Ok(DeltaGradBufs {
+            dproj: be.alloc(n * s.proj_width())?,
+            dconv: be.alloc(n * s.conv_dim())?,
+            d_o: be.alloc(hv * n * dv)?,
+            dq: be.alloc(hv * n * dk)?,
+            dk: be.alloc(hv * n * dk)?,
+            dv: be.alloc(hv * n * dv)?,
+            dg: be.alloc(hv * n)?,
+            dbeta: be.alloc(hv * n)?,
+            dy: be.alloc(n * s.value_dim())?,
+        })
+    }
 }
 
 /// A gated MLP's three (N, ffn) activations — gate, up, act(gate)·up — or their gradients, kept in bf16
@@ -97,6 +190,12 @@ pub struct GradBufs<B: Backend> {
     pub dsub: B::F32,
     pub dqk_post: B::F32,
     pub dqk_pre: B::F32,
+    /// ∂L/∂(o_proj's input) and ∂L/∂(the gate) of Qwen3.5's attention output gate (N, heads·head_dim); empty
+    /// without.
+    pub datt_gated: B::F32,
+    pub datt_gate: B::F32,
+    /// The Gated DeltaNet's, when the model has such layers.
+    pub delta: Option<DeltaGradBufs<B>>,
 }
 
 /// The LM head's chunk: gathered rows (HEAD_ROWS, d), their logits (HEAD_ROWS, vocab), indices, targets; and the
@@ -123,8 +222,13 @@ pub struct Buffers<B: Backend> {
     pub slots: B::U32,
     /// Each row's row of the RoPE table when it is not its position (LongRoPE's long set: `set_rope_rows`).
     pub rope_rows: B::U32,
-    /// Phi-3's fused gate|up output (N, 2·ffn), or its gradient on the way back; empty without.
-    pub gate_up: B::F32,
+    /// A packed batch's sequences for the Gated DeltaNet's recurrence (`kernels::gated_delta::seq_table`: up to
+    /// one per row), and how many saved states per head its training buffers hold; empty, 0 without.
+    pub delta_seqs: B::U32,
+    pub checkpoints: usize,
+    /// A projection's output wider than the buffers its parts go to, or its gradient on the way back: Phi-3's fused
+    /// gate|up (N, 2·ffn), Qwen3.5's q_proj of [query, gate] heads (N, 2·heads·head_dim); empty without.
+    pub wide: B::F32,
     /// The residual stream (N, d); the final norm's input and output, and its 1/rms (and mean, for a LayerNorm).
     pub x: B::F32,
     pub x_final_in: B::F32,
@@ -143,14 +247,17 @@ impl<B: Backend> Buffers<B> {
         self.training && self.layers.first().is_some_and(|l| l.bf16.is_some())
     }
 
-    /// Buffers for `rows` rows; `training` keeps every block's activations and the gradient scratch.
-    pub fn new(be: &B, c: &Config, w: &Weights<B>, rows: usize, training: bool) -> Result<Self> {
+    /// Buffers for `rows` rows; `training` keeps every block's activations and the gradient scratch, and room for
+    /// `checkpoints` saved states of each Gated DeltaNet head (`kernels::gated_delta::checkpoints`).
+    pub fn new(be: &B, c: &Config, w: &Weights<B>, rows: usize, training: bool, checkpoints: usize) -> Result<Self> {
         let (n, d, f) = (rows, c.hidden_size, c.intermediate_size);
         let (qw, aw) = ((c.num_heads + 2 * c.num_kv_heads) * c.head_dim, c.num_heads * c.head_dim);
+        let (vd, pw) = c.delta_net.map_or((0, 0), |s| (s.value_dim(), s.proj_width()));
         let bf16 = w.bf16_activations(be);
         // The f32 scratch of LoRA's dropout takes the widest f32 input or input gradient (attention's output, the
-        // normed inputs' gradients); the bf16 inputs have their own.
-        let max_in = if bf16 { d.max(aw) } else { d.max(f).max(aw) };
+        // normed inputs' gradients, a Gated DeltaNet's output); the bf16 inputs have their own.
+        let max_in = if bf16 { d.max(aw).max(vd) } else { d.max(f).max(aw).max(vd) };
+        let checkpoints = if training { checkpoints } else { 0 };
         let (hd, ff) = if bf16 { (0, 0) } else { (n * d, n * f) };
         let max_rank = w.blocks.iter().flat_map(|b| b.linears()).filter_map(|l| l.lora.as_ref()).map(|l| l.rank);
         let max_rank = max_rank.max().unwrap_or(0);
@@ -160,11 +267,11 @@ impl<B: Backend> Buffers<B> {
             // Inference runs every block on one layer's buffers: a slot's adapter buffers then serve whichever
             // block adapts that slot, at the largest rank (`layers_to_transform`, `rank_pattern`).
             let served = if training { &w.blocks[i..=i] } else { &w.blocks[..] };
-            let mut rank = [0usize; 7];
+            let mut rank = [0usize; SLOTS];
             for (slot, a) in served.iter().flat_map(|b| b.slotted()).filter_map(|(s, l)| Some((s, l.lora.as_ref()?))) {
                 rank[slot] = rank[slot].max(a.rank);
             }
-            let mut lora: Vec<Option<LoraBufs<B>>> = (0..7).map(|_| None).collect();
+            let mut lora: Vec<Option<LoraBufs<B>>> = (0..SLOTS).map(|_| None).collect();
             for (slot, l) in blk.slotted() {
                 if rank[slot] == 0 {
                     continue;
@@ -182,6 +289,10 @@ impl<B: Backend> Buffers<B> {
             let kvw = c.num_kv_heads * c.head_dim;
             let (qk, post, layer_norms) = (c.qk_norm, c.sandwich_norms, w.final_norm.b.is_some());
             let size = |on: bool, len: usize| be.alloc(if on { len } else { 0 });
+            // A training layer holds what its own mixer keeps; inference's one layer what any block's does.
+            let delta = served.iter().any(|b| b.delta_net.is_some());
+            let att = served.iter().any(|b| b.delta_net.is_none());
+            let gated = att && c.attn_output_gate;
             layers.push(LayerBufs {
                 x_in: be.alloc(stream)?,
                 x_mid: be.alloc(stream)?,
@@ -191,9 +302,9 @@ impl<B: Backend> Buffers<B> {
                 h2: be.alloc(hd)?,
                 rstd2: be.alloc(n)?,
                 mean2: size(layer_norms, n)?,
-                qkv: be.alloc(n * qw)?,
-                att: be.alloc(n * aw)?,
-                att_stats: be.alloc(if training { n * c.num_heads * 3 } else { 0 })?,
+                qkv: size(att, n * qw)?,
+                att: size(att, n * aw)?,
+                att_stats: size(att && training, n * c.num_heads * 3)?,
                 gate: be.alloc(ff)?,
                 up: be.alloc(ff)?,
                 act: be.alloc(ff)?,
@@ -207,6 +318,12 @@ impl<B: Backend> Buffers<B> {
                 mlp_out: size(post, n * d)?,
                 post1_rstd: size(post, n)?,
                 post2_rstd: size(post, n)?,
+                att_gate: size(gated, n * aw)?,
+                att_gated: size(gated, n * aw)?,
+                delta: match (delta, &c.delta_net) {
+                    (true, Some(s)) => Some(DeltaLayerBufs::new(be, s, n, checkpoints)?),
+                    _ => None,
+                },
             });
         }
         let grads = training
@@ -220,11 +337,14 @@ impl<B: Backend> Buffers<B> {
                     dup: be.alloc(ff)?,
                     dact: be.alloc(ff)?,
                     mlp_bf16: bf16.then(|| MlpBf16::new(be, n * f)).transpose()?,
-                    dy_bf16: be.alloc_bf16(if bf16 { n * d.max(qw) } else { 0 })?,
+                    dy_bf16: be.alloc_bf16(if bf16 { n * d.max(qw).max(pw) } else { 0 })?,
                     dhidden: be.alloc(n * d)?,
                     dsub: be.alloc(if c.sandwich_norms { n * d } else { 0 })?,
                     dqk_post: be.alloc(if c.qk_norm { n * aw } else { 0 })?,
                     dqk_pre: be.alloc(if c.qk_norm { n * aw } else { 0 })?,
+                    datt_gated: be.alloc(if c.attn_output_gate { n * aw } else { 0 })?,
+                    datt_gate: be.alloc(if c.attn_output_gate { n * aw } else { 0 })?,
+                    delta: c.delta_net.map(|s| DeltaGradBufs::new(be, &s, n)).transpose()?,
                 })
             })
             .transpose()?;
@@ -237,7 +357,13 @@ impl<B: Backend> Buffers<B> {
             seq_start: be.alloc_u32(n)?,
             slots: be.alloc_u32(n)?,
             rope_rows: be.alloc_u32(if c.longrope.is_some() { n } else { 0 })?,
-            gate_up: be.alloc(if c.fused_projections() { n * 2 * f } else { 0 })?,
+            delta_seqs: be.alloc_u32(if c.delta_net.is_some() { 3 * n } else { 0 })?,
+            checkpoints,
+            wide: be.alloc(match (c.fused_projections(), c.attn_output_gate) {
+                (true, _) => n * 2 * f,
+                (_, true) => n * 2 * aw,
+                _ => 0,
+            })?,
             x: be.alloc(n * d)?,
             x_final_in: be.alloc(n * d)?,
             hidden: be.alloc(n * d)?,

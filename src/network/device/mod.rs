@@ -13,6 +13,7 @@
 //! from its start, as on the CPU).
 pub mod block;
 pub mod buffers;
+pub mod delta_net;
 pub mod kv_cache;
 pub mod linear;
 #[cfg(feature = "cuda")]
@@ -27,11 +28,12 @@ use super::transformer::{Transformer, layer_seed, rerun_outgrown, set_rope_rows}
 use crate::distributed::Collectives;
 use crate::kernels::adamw::{AdamWConfig, AdamWScalars};
 use crate::kernels::backend::{AdamWTensor, Backend, MatView, Values, ValuesMut};
+use crate::kernels::gated_delta::{CHUNK, checkpoints, seq_table, sequences};
 use crate::kernels::rope::RopeTable;
 use anyhow::{Result, bail};
 use block::{Attend, BlockArgs};
 use buffers::{Buffers, HEAD_ROWS};
-use kv_cache::DevKvCache;
+use kv_cache::{DevKvCache, LayerCache};
 use rank_sums::{RankSums, ThroughHost};
 use std::collections::HashMap;
 use weights::{DevTensor, Weights};
@@ -195,6 +197,10 @@ pub struct DeviceModel<B: Backend> {
     /// LongRoPE's table rows of the batch and their scratch (`set_rope_rows`), on the host.
     rope_rows: Vec<u32>,
     rope_longest: Vec<u32>,
+    /// A packed batch's sequences and their table for the Gated DeltaNet (`kernels::gated_delta::seq_table`), on
+    /// the host.
+    seqs: Vec<(usize, usize)>,
+    seq_table: Vec<u32>,
     /// Decoding's KV cache ([`Self::start_decoding`]).
     cache: Option<DevKvCache<B>>,
     /// Decoding steps' blocks recorded as graphs, by row count and how many rows attend over the cache
@@ -213,13 +219,6 @@ impl<B: Backend> DeviceModel<B> {
     /// Uploads `model` (its base, adapters and their trainability) to `backend`.
     pub fn new(backend: B, model: &Transformer) -> Result<Self> {
         let c = model.config.clone();
-        if c.delta_net.is_some() || c.attn_output_gate {
-            bail!(
-                "{} (Qwen3.5: Gated DeltaNet layers, gated attention) runs on the CPU only so far: leave out --device \
-                 (or give --device cpu)",
-                c.architecture
-            );
-        }
         let rope = backend.upload_rope(&c.rope_table(c.max_positions))?;
         let local = c.rope_local_inv_freq().map(|f| backend.upload_rope(&RopeTable::new(&f, c.max_positions)));
         let weights = Weights::upload(&backend, model)?;
@@ -241,6 +240,8 @@ impl<B: Backend> DeviceModel<B> {
             positions: vec![],
             rope_rows: vec![],
             rope_longest: vec![],
+            seqs: vec![],
+            seq_table: vec![],
             cache: None,
             graphs: Some(HashMap::new()),
             rank_sums: Box::new(ThroughHost::default()),
@@ -260,14 +261,20 @@ impl<B: Backend> DeviceModel<B> {
         rank_sums::sum_grads(be, w, flat, &mut *self.rank_sums, world, bucket_values)
     }
 
-    /// Buffers for `rows` rows (reallocated only for a larger batch, or for training after inference).
-    fn prepare(&mut self, rows: usize, training: bool) -> Result<()> {
-        let fits = self.bufs.as_ref().is_some_and(|b| b.capacity >= rows && (b.training || !training));
+    /// Buffers for `rows` rows, and for training `checkpoints` saved states per Gated DeltaNet head (reallocated
+    /// only for a larger batch, or for training after inference).
+    fn prepare(&mut self, rows: usize, training: bool, checkpoints: usize) -> Result<()> {
+        let fits = self.bufs.as_ref().is_some_and(|b| {
+            b.capacity >= rows && (b.training || !training) && (!training || b.checkpoints >= checkpoints)
+        });
         if !fits {
             self.forget_graphs(); // they name the old buffers
             self.bufs = None; // free the old ones first
             let capacity = rows.next_multiple_of(64);
-            self.bufs = Some(Buffers::new(&self.backend, &self.config, &self.weights, capacity, training)?);
+            let (be, c, w) = (&self.backend, &self.config, &self.weights);
+            // Batches of the same rows vary in how many sequences they pack: some room to spare.
+            let checkpoints = checkpoints.max(capacity / CHUNK).next_multiple_of(64);
+            self.bufs = Some(Buffers::new(be, c, w, capacity, training, checkpoints)?);
         }
         Ok(())
     }
@@ -277,9 +284,20 @@ impl<B: Backend> DeviceModel<B> {
     /// [`Self::loss_backward`].
     pub fn forward(&mut self, batch: &PackedBatch, step_seed: Option<u64>) -> Result<()> {
         batch.check(&self.config)?;
-        self.prepare(batch.len(), step_seed.is_some())?;
+        let checkpoints = match self.config.delta_net {
+            Some(_) => {
+                sequences(&mut self.seqs, &batch.seq_start);
+                seq_table(&mut self.seq_table, &self.seqs);
+                checkpoints(&self.seqs)
+            }
+            None => 0,
+        };
+        self.prepare(batch.len(), step_seed.is_some(), checkpoints)?;
         let bufs = self.bufs.as_mut().expect("prepared");
         self.backend.upload_u32(&mut bufs.seq_start, &batch.seq_start)?;
+        if self.config.delta_net.is_some() {
+            self.backend.upload_u32(&mut bufs.delta_seqs, &self.seq_table)?;
+        }
         self.upload_rows(&batch.tokens, &batch.positions, &batch.seq_start)?;
         self.run_blocks(step_seed, None)
     }
@@ -331,6 +349,10 @@ impl<B: Backend> DeviceModel<B> {
                 norm_eps: c.norm_eps,
                 act: c.mlp_act,
                 qk_norm_whole: c.qk_norm_whole,
+                attn_output_gate: c.attn_output_gate,
+                delta_net: c.delta_net,
+                delta_seqs: &bufs.delta_seqs,
+                n_seqs: self.seqs.len(),
                 rope: c.rope_in(i).then_some((layer_rope(c, &self.rope, &self.rope_local, i), rope_rows)),
                 seq_start: &bufs.seq_start,
                 seed: step_seed.map(|s| layer_seed(s, i)),
@@ -338,15 +360,20 @@ impl<B: Backend> DeviceModel<B> {
             let attend = match decoding.as_mut() {
                 None => Attend::Packed,
                 Some(Decoding { cache, cached_rows }) => {
-                    let (capacity, (k, v)) = (cache.capacity, &mut cache.layers[i]);
+                    let (capacity, layer) = (cache.capacity, &mut cache.layers[i]);
                     let (slots, positions, cached_rows) = (&bufs.slots, &bufs.positions, *cached_rows);
-                    Attend::Cached { k, v, slots, positions, capacity, cached_rows }
+                    match layer {
+                        LayerCache::Attention { k, v } => {
+                            Attend::Cached { k, v, slots, positions, capacity, cached_rows }
+                        }
+                        LayerCache::Recurrent { conv, state } => Attend::Recurrent { conv, state, slots, positions },
+                    }
                 }
             };
             // A training pass's buffers hold a layer per block (each with its own LoRA slots), and an inference
             // pass may run on them; inference-sized buffers hold one layer that serves every block.
             let l = &mut bufs.layers[if bufs.training { i } else { 0 }];
-            blk.forward(be, &mut bufs.x, l, &mut bufs.linear, &mut bufs.gate_up, &args, attend)?;
+            blk.forward(be, &mut bufs.x, l, &mut bufs.linear, &mut bufs.wide, &args, attend)?;
         }
         be.copy(&mut bufs.x_final_in, &bufs.x, n * d)?;
         let (off, eps) = (self.norm_offset, c.norm_eps);
@@ -399,7 +426,7 @@ impl<B: Backend> DeviceModel<B> {
             let cached = |slot, pos| cache.token(slot, pos);
             rerun_outgrown(&mut tokens, &mut positions, &mut slots, l.original_max_positions, cached);
         }
-        self.prepare(tokens.len(), false)?;
+        self.prepare(tokens.len(), false, 0)?;
         let bufs = self.bufs.as_mut().expect("prepared");
         self.backend.upload_u32(&mut bufs.slots, &slots)?;
         let (cached_rows, starts) = cache_split(&positions, &slots);
@@ -613,11 +640,15 @@ impl<B: Backend> DeviceModel<B> {
                 norm_eps: c.norm_eps,
                 act: c.mlp_act,
                 qk_norm_whole: c.qk_norm_whole,
+                attn_output_gate: c.attn_output_gate,
+                delta_net: c.delta_net,
+                delta_seqs: &bufs.delta_seqs,
+                n_seqs: self.seqs.len(),
                 rope: c.rope_in(i).then_some((layer_rope(c, &self.rope, &self.rope_local, i), rope_rows)),
                 seq_start: &bufs.seq_start,
                 seed: None,
             };
-            w.blocks[i].backward(be, &mut bufs.layers[i], g, &mut bufs.linear, &mut bufs.gate_up, &args)?;
+            w.blocks[i].backward(be, &mut bufs.layers[i], g, &mut bufs.linear, &mut bufs.wide, &args)?;
         }
         let pos = w.pos_embed.as_mut().and_then(|p| p.train.as_mut());
         if let (Some(s), true) = (self.embed_scale, w.embed.train.is_some() || pos.is_some()) {

@@ -153,6 +153,31 @@ pub struct DevBlock<B: Backend> {
     pub gate: Option<DevLinear<B>>,
     pub up: DevLinear<B>,
     pub down: DevLinear<B>,
+    /// Qwen3.5's Gated DeltaNet in a linear-attention layer: its tensors besides the linears (its four input
+    /// projections are `qkv`, its out_proj `o`, as in `network::transformer::Block`).
+    pub delta_net: Option<DevDeltaNet<B>>,
+}
+
+/// A Gated DeltaNet's tensors besides its linear layers (`network::delta_net::DeltaNet`).
+pub struct DevDeltaNet<B: Backend> {
+    /// (conv_dim, 1, K)
+    pub conv: DevTensor<B>,
+    /// (v_heads) each
+    pub dt_bias: DevTensor<B>,
+    pub a_log: DevTensor<B>,
+    /// (v_head_dim)
+    pub norm: DevTensor<B>,
+}
+
+impl<B: Backend> DevDeltaNet<B> {
+    /// Its tensors in the host's parameter order.
+    fn tensors(&self) -> [&DevTensor<B>; 4] {
+        [&self.conv, &self.dt_bias, &self.a_log, &self.norm]
+    }
+
+    fn tensors_mut(&mut self) -> [&mut DevTensor<B>; 4] {
+        [&mut self.conv, &mut self.dt_bias, &mut self.a_log, &mut self.norm]
+    }
 }
 
 pub struct Weights<B: Backend> {
@@ -256,6 +281,14 @@ fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
         gate: b.gate.as_ref().map(|g| linear(be, g)).transpose()?,
         up: linear(be, &b.up)?,
         down: linear(be, &b.down)?,
+        delta_net: b
+            .delta_net
+            .as_ref()
+            .map(|dn| -> Result<DevDeltaNet<B>> {
+                let [conv, dt_bias, a_log, norm] = dn.params().map(|p| upload(be, p));
+                Ok(DevDeltaNet { conv: conv?, dt_bias: dt_bias?, a_log: a_log?, norm: norm? })
+            })
+            .transpose()?,
     })
 }
 
@@ -316,8 +349,9 @@ impl<B: Backend> Weights<B> {
             });
             let post = b.post_norms.iter().flat_map(|(a, m)| [a, m]);
             let qk = b.qk_norm.iter().flat_map(|(q, k)| [q, k]);
+            let delta = b.delta_net.iter().flat_map(DevDeltaNet::tensors);
             let norms = b.attn_norm.iter().chain(&b.mlp_norm).flat_map(DevNorm::tensors);
-            norms.chain(post).chain(qk).chain(linears)
+            norms.chain(post).chain(qk).chain(delta).chain(linears)
         });
         let outer = std::iter::once(&self.embed).chain(self.pos_embed.as_ref());
         outer.chain(blocks).chain(self.final_norm.tensors()).chain(self.lm_head.as_ref())
@@ -328,11 +362,12 @@ impl<B: Backend> Weights<B> {
             let norms = b.attn_norm.iter_mut().chain(&mut b.mlp_norm).flat_map(DevNorm::tensors_mut);
             let post = b.post_norms.iter_mut().flat_map(|(a, m)| [a, m]);
             let qk = b.qk_norm.iter_mut().flat_map(|(q, k)| [q, k]);
+            let delta = b.delta_net.iter_mut().flat_map(DevDeltaNet::tensors_mut);
             let linears = linears_mut(&mut b.qkv, &mut b.o, &mut b.gate, &mut b.up, &mut b.down).flat_map(|l| {
                 let lora = l.lora.iter_mut().flat_map(|a| [&mut a.a, &mut a.b]);
                 std::iter::once(&mut l.w).chain(l.b.as_mut()).chain(lora)
             });
-            norms.chain(post).chain(qk).chain(linears)
+            norms.chain(post).chain(qk).chain(delta).chain(linears)
         });
         let outer = std::iter::once(&mut self.embed).chain(self.pos_embed.as_mut());
         outer.chain(blocks).chain(self.final_norm.tensors_mut()).chain(self.lm_head.as_mut())
@@ -351,11 +386,14 @@ fn linears_mut<'a, B: Backend>(
     qkv.iter_mut().chain([Some(o), gate.as_mut(), Some(up), Some(down)].into_iter().flatten())
 }
 
-/// Slots of a block's linear layers in `LayerBufs::lora` ([`DevBlock::slotted`]): q, k, v (0 to 2), then these.
-pub const SLOT_O: usize = 3;
-pub const SLOT_GATE: usize = 4;
-pub const SLOT_UP: usize = 5;
-pub const SLOT_DOWN: usize = 6;
+/// Slots of a block's linear layers in `LayerBufs::lora` ([`DevBlock::slotted`]): q, k, v (0 to 2; a Gated
+/// DeltaNet's four input projections 0 to 3), then these.
+pub const SLOT_O: usize = 4;
+pub const SLOT_GATE: usize = 5;
+pub const SLOT_UP: usize = 6;
+pub const SLOT_DOWN: usize = 7;
+/// Slots in all.
+pub const SLOTS: usize = 8;
 
 impl<B: Backend> DevBlock<B> {
     /// The linear layers in parameter order.

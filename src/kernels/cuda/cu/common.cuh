@@ -6,18 +6,25 @@
 
 // Launch convention of the row-wise kernels: one block per row, blockDim.x a multiple of 32 and at most 1024.
 
+// The sum of `v` over the warp, every lane in it; a butterfly of shuffles: each step adds the same two values on
+// both lanes of a pair (in swapped order, which addition ignores), so every lane gets the same bits.
+template <typename T>
+__device__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
 // The sum of `v` over the block; every thread gets it. `scratch`: 32 values of shared memory, free to reuse
 // after the call. Summed in a fixed tree order: the same bits for the same launch shape.
 template <typename T>
 __device__ T block_sum(T v, T* scratch) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    v = warp_sum(v);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = (blockDim.x + 31) >> 5;
     __syncthreads();  // scratch may still be read by a previous call's last step
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
     v = lane < warps ? scratch[lane] : T(0);
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
+    return warp_sum(v);
 }
 
 // The maximum of `v` over the block; every thread gets it. `scratch` as for block_sum.
@@ -30,6 +37,15 @@ __device__ float block_max(float v, float* scratch) {
     v = lane < warps ? scratch[lane] : NEG_INF;
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
+}
+
+// σ(x), silu(x) = x·σ(x) and silu'(x) = σ(x)·(1 + x·(1 − σ(x))), as src/kernels/activation.rs and
+// src/kernels/gated_delta.rs write them.
+__device__ float sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ float silu(float x) { return x / (1.f + expf(-x)); }
+__device__ float silu_grad(float x) {
+    const float s = sigmoid(x);
+    return s * (1.f + x * (1.f - s));
 }
 
 // A multi-tensor kernel's 1-D grid shared by its tensors (a table of `row` values per tensor, the tensor's first

@@ -1,7 +1,8 @@
 // The MLP's activations, as src/kernels/activation.rs: the gated one (glu_forward / glu_backward), act = SiLU (act
-// 0: SwiGLU, Llama/Qwen/Mistral) or the tanh GELU (act 1: GeGLU, Gemma); and GPT-2's ungated tanh GELU
-// (gelu_tanh_forward / gelu_tanh_backward). Element-wise over n values; any 1-D grid. The gated one also comes in
-// bf16 (`_bf16`: the MLP's activations kept in bf16 under --compute bf16 on a device).
+// 0: SwiGLU, Llama/Qwen/Mistral) or the tanh GELU (act 1: GeGLU, Gemma); GPT-2's ungated tanh GELU
+// (gelu_tanh_forward / gelu_tanh_backward); and Qwen3.5's attention output gate (sigmoid_gate_forward /
+// sigmoid_gate_backward). Element-wise over n values; any 1-D grid. The gated one also comes in bf16 (`_bf16`: the
+// MLP's activations kept in bf16 under --compute bf16 on a device).
 
 #define SQRT_2_OVER_PI 0.7978846f
 
@@ -10,15 +11,12 @@ __device__ float gelu_tanh(float x) {
 }
 
 __device__ float act_value(int act, float g) {
-    return act == 0 ? g / (1.f + expf(-g)) : gelu_tanh(g);
+    return act == 0 ? silu(g) : gelu_tanh(g);
 }
 
-// silu'(g) = σ(g)·(1 + g·(1 − σ(g))); gelu'(x) = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²), t = tanh u.
+// silu' (common.cuh); gelu'(x) = 0.5·(1 + t) + 0.5·x·(1 − t²)·√(2/π)·(1 + 3·0.044715·x²), t = tanh u.
 __device__ float act_derivative(int act, float g) {
-    if (act == 0) {
-        const float sig = 1.f / (1.f + expf(-g));
-        return sig * (1.f + g * (1.f - sig));
-    }
+    if (act == 0) return silu_grad(g);
     const float t = tanhf(SQRT_2_OVER_PI * (g + 0.044715f * g * g * g));
     const float du = SQRT_2_OVER_PI * (1.f + 3.f * 0.044715f * g * g);
     return 0.5f * (1.f + t) + 0.5f * g * (1.f - t * t) * du;
@@ -70,4 +68,20 @@ extern "C" __global__ void gelu_forward(float* out, const float* x, size_t n) {
 extern "C" __global__ void gelu_backward(float* dx, const float* dout, const float* x, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         dx[i] = dout[i] * act_derivative(1, x[i]);
+}
+
+// out = x ⊙ σ(gate) (Qwen3.5's attention output gate).
+extern "C" __global__ void sigmoid_gate_forward(float* out, const float* x, const float* gate, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        out[i] = x[i] * sigmoid(gate[i]);
+}
+
+// dx = dout ⊙ σ(gate),  dgate = dout ⊙ x ⊙ σ(gate)·(1 − σ(gate))  (both overwritten).
+extern "C" __global__ void sigmoid_gate_backward(float* dx, float* dgate, const float* dout, const float* x,
+                                                 const float* gate, size_t n) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const float sg = sigmoid(gate[i]);
+        dx[i] = dout[i] * sg;
+        dgate[i] = dout[i] * x[i] * sg * (1.f - sg);
+    }
 }

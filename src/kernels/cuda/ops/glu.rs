@@ -1,5 +1,5 @@
 //! The MLP activations on the GPU (glu.cu), as `kernels::activation`'s glu_forward / glu_backward and
-//! gelu_tanh_forward / gelu_tanh_backward.
+//! gelu_tanh_forward / gelu_tanh_backward, and Qwen3.5's attention output gate (sigmoid_gate_forward / _backward).
 use super::{Elem, elementwise};
 use crate::kernels::activation::GateAct;
 use crate::kernels::cuda::device::Device;
@@ -72,6 +72,38 @@ pub fn gelu_backward(
     assert!(dout.len() == n && x.len() == n, "gelu_backward: shapes");
     let mut b = d.stream.launch_builder(d.function("gelu_backward"));
     b.arg(dx).arg(dout).arg(x).arg(&n);
+    // SAFETY: element-wise over n values of slices of length n.
+    unsafe { b.launch(elementwise(n)) }.map(drop)
+}
+
+/// out = x ⊙ σ(gate) (Qwen3.5's attention output gate). All of one length.
+pub fn sigmoid_gate_forward(
+    d: &Device,
+    out: &mut CudaViewMut<f32>,
+    x: &CudaView<f32>,
+    gate: &CudaView<f32>,
+) -> Result<(), DriverError> {
+    let n = out.len();
+    assert!(x.len() == n && gate.len() == n, "sigmoid_gate_forward: shapes");
+    let mut b = d.stream.launch_builder(d.function("sigmoid_gate_forward"));
+    b.arg(out).arg(x).arg(gate).arg(&n);
+    // SAFETY: element-wise over n values of slices of length n.
+    unsafe { b.launch(elementwise(n)) }.map(drop)
+}
+
+/// dx = dout ⊙ σ(gate), dgate = dout ⊙ x ⊙ σ(gate)(1 − σ(gate)) (overwritten). All of one length.
+pub fn sigmoid_gate_backward(
+    d: &Device,
+    dx: &mut CudaViewMut<f32>,
+    dgate: &mut CudaViewMut<f32>,
+    dout: &CudaView<f32>,
+    x: &CudaView<f32>,
+    gate: &CudaView<f32>,
+) -> Result<(), DriverError> {
+    let n = dout.len();
+    assert!(dx.len() == n && dgate.len() == n && x.len() == n && gate.len() == n, "sigmoid_gate_backward: shapes");
+    let mut b = d.stream.launch_builder(d.function("sigmoid_gate_backward"));
+    b.arg(dx).arg(dgate).arg(dout).arg(x).arg(gate).arg(&n);
     // SAFETY: element-wise over n values of slices of length n.
     unsafe { b.launch(elementwise(n)) }.map(drop)
 }
