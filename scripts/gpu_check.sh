@@ -26,8 +26,8 @@
 #     Gemma 3 270M's heads, f32 kernels vs bf16 on the tensor cores (ms, TFLOP/s).
 #     The script fails if any of that fails.
 #   - `score --device cuda` vs `--device cpu` on the tiny fixtures of every family (per-token log-probs, relative
-#     error ≤ 1e-5; `--compute bf16` on the device ≤ 2e-2 of the CPU's f32), a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter) and
-#     6 steps of full fine-tuning on tiny Qwen2;
+#     error ≤ 1e-5; `--compute bf16` on the device ≤ 2e-2 of the CPU's f32), a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter),
+#     6 steps of full fine-tuning on tiny Qwen2, and both on tiny Qwen3.5 (Gated DeltaNet, gated attention);
 #   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
 #   - the SmolLM2-135M shape (random weights, made here with transformers, the tiny tokenizer): 20 LoRA steps (all
 #     linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative (f32) and
@@ -215,7 +215,7 @@ peak_gpu_mib() {
 tiny_scores() {
     local m rc=0
     for m in tiny-llama tiny-qwen2 tiny-mistral tiny-qwen3 tiny-gemma3 tiny-phi3 tiny-phi4 tiny-gpt2 tiny-qwen3-yarn \
-        tiny-olmo3; do
+        tiny-olmo3 tiny-qwen35; do
         for run in "cpu f32" "$dev f32" "$dev bf16"; do
             set -- $run
             "$bin" score --model "tests/fixtures/$m" --data tests/fixtures/score_rows.jsonl --per-token \
@@ -229,7 +229,7 @@ tiny_scores() {
     return $rc
 }
 run_check "score --device cuda vs cpu (f32; bf16): tiny Llama, Qwen2, Mistral, Qwen3, Gemma 3, Phi-3, Phi-4, GPT-2, Qwen3 \
-with YaRN, OLMo 3" \
+with YaRN, OLMo 3, Qwen3.5" \
     tiny_scores
 
 # train_run DIR DEVICE MODEL DATA STEPS BATCH EXTRA...: a LoRA run on every linear layer.
@@ -251,13 +251,26 @@ tiny_train() {
             --save-every 0 --device "$d" 2>&1 | tail -1 || return 1
     done
     echo "full fine-tuning, tiny Qwen2:"
-    "$py" "$helper" compare-runs "$work/full-$dev" "$work/full-cpu" 1e-4
+    "$py" "$helper" compare-runs "$work/full-$dev" "$work/full-cpu" 1e-4 || return 1
+    # Qwen3.5: the Gated DeltaNet's kernels (convolution, recurrence, gated norm) and the attention output gate
+    for d in cpu "$dev"; do
+        train_run "$work/q35-$d" "$d" tests/fixtures/tiny-qwen35 tests/fixtures/train_rows.jsonl 6 4 \
+            --eval-fraction 0.2 --eval-every 2 || return 1
+        "$bin" train --model tests/fixtures/tiny-qwen35 --data tests/fixtures/train_rows.jsonl --output-dir \
+            "$work/q35-full-$d" --full --max-steps 6 --batch-size 4 --lr 1e-3 --eval-fraction 0.2 --eval-every 2 \
+            --save-every 0 --device "$d" 2>&1 | tail -1 || return 1
+    done
+    echo "tiny Qwen3.5, LoRA:"
+    "$py" "$helper" compare-runs "$work/q35-$dev" "$work/q35-cpu" 1e-4 || return 1
+    echo "tiny Qwen3.5, full fine-tuning:"
+    "$py" "$helper" compare-runs "$work/q35-full-$dev" "$work/q35-full-cpu" 1e-4
 }
-run_check "train --device cuda vs cpu: tiny Llama, 6 LoRA steps with dropout; tiny Qwen2, 6 full steps" tiny_train
+run_check "train --device cuda vs cpu: tiny Llama, 6 LoRA steps with dropout; tiny Qwen2, 6 full steps; tiny Qwen3.5, both" \
+    tiny_train
 
 tiny_generate() {
     local m rc=0
-    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-gemma3 tiny-phi3 tiny-gpt2 tiny-olmo3; do
+    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-gemma3 tiny-phi3 tiny-gpt2 tiny-olmo3 tiny-qwen35; do
         for d in cpu "$dev"; do
             for beams in 1 3; do
                 "$bin" generate --model "tests/fixtures/$m" --data tests/fixtures/score_rows.jsonl --max-new-tokens 24 \
@@ -273,7 +286,7 @@ tiny_generate() {
     return $rc
 }
 run_check "generate --device cuda vs cpu: greedy and beam search (3 beams), tiny Llama, Qwen2, Mistral, Gemma 3, Phi-3, GPT-2, \
-OLMo 3" \
+OLMo 3, Qwen3.5" \
     tiny_generate
 
 # smollm2_model: the SmolLM2-135M-shaped model (random weights, the tiny tokenizer), made once.
