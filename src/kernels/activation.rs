@@ -138,6 +138,22 @@ mod tests {
     const TOL_LINEAR: Tol = Tol { rtol: 1e-5, atol: 1e-6 };
 
     #[test]
+    fn sigmoid_gate_backward_matches_finite_differences() {
+        let mut r = Rng::new(4);
+        let (x, gate, dout) = (r.vec(40, 2.0), r.vec(40, 3.0), r.vec(40, 1.0));
+        let run = |x: &[f32], gate: &[f32]| {
+            let mut out = vec![0.0; x.len()];
+            sigmoid_gate_forward(&mut out, x, gate);
+            weighted_sum(&out, &dout)
+        };
+        let (mut dx, mut dgate) = (vec![0.0; 40], vec![0.0; 40]);
+        sigmoid_gate_backward(&mut dx, &mut dgate, &dout, &x, &gate);
+        let tol = Tol { rtol: 1e-2, atol: 1e-4 };
+        check("x", &x, &dx, 1e-2, tol, |v| run(v, &gate));
+        check("gate", &gate, &dgate, 1e-2, tol, |v| run(&x, v));
+    }
+
+    #[test]
     fn glu_backward_matches_finite_differences() {
         let n = 5 * 24;
         for act in [GateAct::Silu, GateAct::GeluTanh] {

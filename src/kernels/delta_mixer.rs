@@ -199,3 +199,75 @@ fn l2norm_backward(dx: &mut [f32], x: &[f32], r: f32, dn: impl Fn(usize) -> f32)
 fn softplus(x: f32) -> f32 {
     if x > 20.0 { x } else { x.exp().ln_1p() }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::finite_diff::{Rng, Tol, check, weighted_sum};
+
+    const S: DeltaNetShape = DeltaNetShape { k_heads: 2, v_heads: 4, k_head_dim: 3, v_head_dim: 5, conv_kernel: 4 };
+    const N: usize = 3;
+    const TOL: Tol = Tol { rtol: 1e-2, atol: 1e-3 };
+
+    /// The recurrence's inputs q, k, v, g, β and 1/‖q‖, 1/‖k‖.
+    fn run(conv: &[f32], proj: &[f32], dt: &[f32], alog: &[f32]) -> [Vec<f32>; 7] {
+        let (hv, dk, dv, hk) = (S.v_heads, S.k_head_dim, S.v_head_dim, S.k_heads);
+        let [mut q, mut k, mut v, mut g, mut beta, mut rq, mut rk] =
+            [hv * N * dk, hv * N * dk, hv * N * dv, hv * N, hv * N, N * hk, N * hk].map(|n| vec![0.0; n]);
+        let x = InputsMut {
+            q: &mut q,
+            k: &mut k,
+            v: &mut v,
+            g: &mut g,
+            beta: &mut beta,
+            q_rnorm: &mut rq,
+            k_rnorm: &mut rk,
+        };
+        inputs_forward(x, conv, proj, dt, alog, N, &S);
+        [q, k, v, g, beta, rq, rk]
+    }
+
+    /// q | k | v | g | β, concatenated.
+    fn inputs(conv: &[f32], proj: &[f32], dt: &[f32], alog: &[f32]) -> Vec<f32> {
+        run(conv, proj, dt, alog)[..5].concat()
+    }
+
+    #[test]
+    fn inputs_backward_matches_finite_differences() {
+        let mut r = Rng::new(5);
+        let (conv, proj) = (r.vec(N * S.conv_dim(), 1.0), r.vec(N * S.proj_width(), 1.0));
+        let (dt, alog) = (r.vec(S.v_heads, 0.5), r.vec(S.v_heads, 0.5));
+        let [q, k, v, g, beta, rq, rk] = run(&conv, &proj, &dt, &alog);
+        let w: Vec<Vec<f32>> = [&q, &k, &v, &g, &beta].iter().map(|x| r.vec(x.len(), 1.0)).collect();
+        let d = DeltaIn { q: &w[0], k: &w[1], v: &w[2], g: &w[3], beta: &w[4] };
+        let x = DeltaIn { q: &q, k: &k, v: &v, g: &g, beta: &beta };
+        let saved = InputsSaved { x, q_rnorm: &rq, k_rnorm: &rk, conv: &conv, proj: &proj };
+        let (mut dconv, mut dproj) = (vec![0.0; conv.len()], vec![0.0; proj.len()]);
+        let (mut ddt, mut dalog) = (vec![0.0; S.v_heads], vec![0.0; S.v_heads]);
+        inputs_backward(&mut dconv, &mut dproj, Some(&mut ddt), Some(&mut dalog), &d, &saved, &dt, &alog, N, &S);
+        let w = w.concat();
+        check("conv", &conv, &dconv, 1e-2, TOL, |c| weighted_sum(&inputs(c, &proj, &dt, &alog), &w));
+        check("proj", &proj, &dproj, 1e-2, TOL, |p| weighted_sum(&inputs(&conv, p, &dt, &alog), &w));
+        check("dt_bias", &dt, &ddt, 1e-2, TOL, |t| weighted_sum(&inputs(&conv, &proj, t, &alog), &w));
+        check("A_log", &alog, &dalog, 1e-2, TOL, |a| weighted_sum(&inputs(&conv, &proj, &dt, a), &w));
+    }
+
+    #[test]
+    fn gated_norm_backward_matches_finite_differences() {
+        let mut r = Rng::new(9);
+        let (hv, dv) = (S.v_heads, S.v_head_dim);
+        let (o, proj, w) = (r.vec(hv * N * dv, 1.0), r.vec(N * S.proj_width(), 1.0), r.vec(dv, 1.0));
+        let run = |o: &[f32], proj: &[f32], w: &[f32]| {
+            let (mut y, mut rstd) = (vec![0.0; N * S.value_dim()], vec![0.0; N * hv]);
+            gated_norm_forward(&mut y, &mut rstd, o, proj, w, N, &S, 1e-6);
+            (y, rstd)
+        };
+        let (y, rstd) = run(&o, &proj, &w);
+        let dy = r.vec(y.len(), 1.0);
+        let (mut dproj, mut d_o, mut dw) = (vec![0.0; proj.len()], vec![0.0; o.len()], vec![0.0; dv]);
+        gated_norm_backward(&mut dproj, &mut d_o, Some(&mut dw), &dy, &o, &rstd, &proj, &w, N, &S);
+        check("o", &o, &d_o, 1e-2, TOL, |o| weighted_sum(&run(o, &proj, &w).0, &dy));
+        check("proj", &proj, &dproj, 1e-2, TOL, |p| weighted_sum(&run(&o, p, &w).0, &dy));
+        check("w", &w, &dw, 1e-2, TOL, |w| weighted_sum(&run(&o, &proj, w).0, &dy));
+    }
+}
