@@ -41,8 +41,9 @@
 #   - decode tokens/s of `generate --device cuda` (with and without CUDA graphs) vs transformers' `generate` (f32,
 #     bf16) on the SmolLM2-135M shape, and prefill tokens/s of a ≈ 1 000-token prompt;
 #   - then, while the budget allows (each skipped section says so): LoRA and full throughput in bf16 on a
-#     Qwen2.5-1.5B-shaped model (saved in bf16); where a training step's GPU time goes, op by op
-#     (CONDLM_CUDA_PROFILE=1: an event after every op), for LoRA and full fine-tuning in bf16 on the 1.5B shape (the
+#     Qwen2.5-1.5B-shaped model (saved in bf16), and on a Qwen3.5-0.8B-shaped one (Gated DeltaNet layers); where a
+#     training step's GPU time goes, op by op (CONDLM_CUDA_PROFILE=1: an event after every op), for LoRA and full
+#     fine-tuning in bf16 on the 1.5B shape (the
 #     135M one when the 1.5B was skipped); compute-sanitizer (memcheck, racecheck; skipped where it does not support
 #     the runtime, as on gVisor) over 2 LoRA steps (bf16, f32) and a generation on tiny Llama.
 # scripts/cuda/gpu_check.py does the comparisons and PEFT's side. The whole script must stay under 8 minutes: one
@@ -400,6 +401,23 @@ if [ "$(left)" -ge 150 ]; then
         throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8 bf16 bf16-f32-mlp
     }
     run_check "$title" qwen
+else
+    skipped "$title"
+fi
+# The Qwen3.5-0.8B-shaped model (24 layers, its 248k vocabulary; saved in bf16) with room left: its Gated DeltaNet's
+# kernels against transformers' own (flash-linear-attention's where installed, else transformers' torch code).
+title="throughput, Qwen3.5-0.8B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16"
+if [ "$(left)" -ge 120 ]; then
+    qwen35() {
+        "$py" "$helper" make-model "$work/qwen3.5-0.8b" qwen3.5-0.8b tests/fixtures/tiny-llama bf16 || return 1
+        if "$py" -c 'import fla' 2>/dev/null; then
+            echo "PyTorch's Gated DeltaNet: flash-linear-attention's kernels"
+        else
+            echo "PyTorch's Gated DeltaNet: transformers' torch code (flash-linear-attention is not installed)"
+        fi
+        throughput "$work/qwen3.5-0.8b" "${steps:-10}" 8 bf16
+    }
+    run_check "$title" qwen35
 else
     skipped "$title"
 fi

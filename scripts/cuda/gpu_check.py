@@ -3,7 +3,8 @@
   gpu_check.py compare-scores A.jsonl B.jsonl TOL        per-token log-probs of two `condlm score --per-token` runs
   gpu_check.py compare-runs DIR_A DIR_B TOL [losses]     losses, eval NLLs and (unless `losses`) adapters of two
                                                          `condlm train` runs
-  gpu_check.py make-model DIR SHAPE TOKENIZER_DIR        a random-weight model of SHAPE (smollm2-135m, qwen2.5-1.5b)
+  gpu_check.py make-model DIR SHAPE TOKENIZER_DIR        a random-weight model of SHAPE (smollm2-135m, qwen2.5-1.5b,
+                                                         qwen3.5-0.8b)
   gpu_check.py make-data OUT ROWS REPEAT SRC.jsonl       ROWS rows of SRC, each completion repeated REPEAT times
   gpu_check.py peft MODEL_DIR DATA STEPS BATCH RANK DTYPE [full]
                                                          PyTorch + PEFT LoRA (all linear layers) on cuda:0, or
@@ -80,15 +81,29 @@ SHAPES = {
     "qwen2.5-1.5b": dict(arch="qwen2", hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                          num_attention_heads=12, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
                          rope_theta=1000000.0, max_position_embeddings=32768, rms_norm_eps=1e-6),
+    # Qwen3.5-0.8B's text model: 24 layers, three of four a Gated DeltaNet (16 + 16 heads of 128), the fourth
+    # attention with an output gate (8 query / 2 key-value heads of 256, a quarter rotated).
+    "qwen3.5-0.8b": dict(arch="qwen3_5", hidden_size=1024, intermediate_size=3584, num_hidden_layers=24,
+                         num_attention_heads=8, num_key_value_heads=2, head_dim=256, linear_num_key_heads=16,
+                         linear_num_value_heads=16, linear_key_head_dim=128, linear_value_head_dim=128,
+                         linear_conv_kernel_dim=4, vocab_size=248320, tie_word_embeddings=True,
+                         max_position_embeddings=32768, rms_norm_eps=1e-6,
+                         rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
+                                          "mrope_section": [11, 11, 10], "mrope_interleaved": True}),
 }
 
 
 def make_model(out, shape, tokenizer_dir, dtype="f32"):
     import shutil, torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    import transformers
     s = dict(SHAPES[shape])
     arch = s.pop("arch")
-    cfg_cls, model_cls = (LlamaConfig, LlamaForCausalLM) if arch == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    cfg_cls, model_cls = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM"),
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+        "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM"),
+    }[arch]
+    cfg_cls, model_cls = getattr(transformers, cfg_cls), getattr(transformers, model_cls)
     torch.manual_seed(0)
     model = model_cls(cfg_cls(**s, bos_token_id=1, eos_token_id=2, pad_token_id=0))
     if dtype == "bf16":  # half the bytes to write and read: a 1.5B model is 6 GB in f32
@@ -200,8 +215,16 @@ def matmul_params(model_dir):
     heads = c["num_attention_heads"]
     hd = c.get("head_dim") or d // heads
     kv = c.get("num_key_value_heads", heads)
-    per_layer = d * heads * hd * 2 + d * kv * hd * 2 + 3 * d * ffn  # q, o; k, v; gate, up, down
-    return layers * per_layer + vocab * d
+    gate = 2 if c.get("model_type") == "qwen3_5_text" else 1  # Qwen3.5's q_proj also yields the output gate
+    attention = d * heads * hd * (1 + gate) + d * kv * hd * 2  # q (and gate), o; k, v
+    mlp = 3 * d * ffn  # gate, up, down
+    if c.get("layer_types"):
+        # a Gated DeltaNet: in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, out_proj
+        kd, hv = c["linear_num_key_heads"] * c["linear_key_head_dim"], c["linear_num_value_heads"]
+        vd = hv * c["linear_value_head_dim"]
+        delta = d * (2 * kd + vd) + 2 * d * vd + 2 * d * hv
+        return sum((delta if t == "linear_attention" else attention) + mlp for t in c["layer_types"]) + vocab * d
+    return layers * (attention + mlp) + vocab * d
 
 
 def utilisation(model_dir, tokens_per_s, full=False):
