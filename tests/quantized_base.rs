@@ -119,6 +119,32 @@ fn lora_and_full_runs_on_a_packed_base_or_with_checkpointing_equal_the_plain_f32
     }
 }
 
+/// On a device a frozen base stays in its blocks (`Backend::keeps_packed`: the reference backend keeps every type;
+/// a GPU those it has kernels for), its products through `gemm_packed`: LoRA runs, in f32 and under `--compute bf16`,
+/// and scores equal the device's runs on the f32 base bit for bit.
+#[test]
+fn a_packed_base_on_the_device_equals_its_f32_copy() {
+    let tmp = out_dir("device");
+    let d = tmp.path();
+    for (ty, compute) in [("q8_0", "f32"), ("q4_k", "f32"), ("q6_k", "bf16"), ("q5_1", "f32"), ("bf16", "bf16")] {
+        let model = packed_model(d, ty);
+        let device = ["--device", "reference", "--compute", compute];
+        let (packed_losses, packed_out) = train(&model, &d.join(format!("{ty}-stored")), &device);
+        let f32_args = [&device[..], &["--base-dtype", "f32"]].concat();
+        let (f32_losses, f32_out) = train(&model, &d.join(format!("{ty}-f32")), &f32_args);
+        assert_eq!(packed_losses, f32_losses, "{ty} {compute}: losses differ between the packed and the f32 base");
+        assert!(packed_out == f32_out, "{ty} {compute}: the adapters differ");
+        let data = fixture("score_rows.jsonl");
+        let score = |base: &str| {
+            let args = ["score", "--model", p(&model), "--data", p(&data), "--base-dtype", base, "--per-token"];
+            let (ok, out, err) = condlm(&[&args[..], &device].concat());
+            assert!(ok, "{err}");
+            out
+        };
+        assert_eq!(score("stored"), score("f32"), "{ty} {compute}: scores differ");
+    }
+}
+
 #[test]
 fn scores_are_identical_and_bf16_is_close() {
     let tmp = out_dir("score");

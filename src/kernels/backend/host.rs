@@ -2,7 +2,8 @@
 //! same name mirrors. The device model run on it must give what `network::Transformer` gives — that checks
 //! the device model's composition (buffers, views, order of ops) without a GPU.
 use super::{
-    AdamWTensor, Backend, DeltaBufs, DeltaGrads, DeltaInputsMut, DeltaSaved, MatView, RopeCols, Values, ValuesMut,
+    AdamWTensor, Backend, DeltaBufs, DeltaGrads, DeltaInputsMut, DeltaSaved, MatView, PackedView, RopeCols, Values,
+    ValuesMut,
 };
 use crate::kernels::activation::{
     GateAct, gelu_tanh_backward, gelu_tanh_forward, glu_backward, glu_forward, sigmoid_gate_backward,
@@ -11,9 +12,11 @@ use crate::kernels::activation::{
 use crate::kernels::adamw::{AdamWScalars, adamw_step};
 use crate::kernels::attention::{QkvLayout, attention_backward, attention_forward};
 use crate::kernels::bf16;
+use crate::kernels::compute::{Compute, compute};
 use crate::kernels::delta_mixer::{
     InputsMut, InputsSaved, gated_norm_backward, gated_norm_forward, inputs_backward, inputs_forward,
 };
+use crate::kernels::dequant::{GgmlType, dequantize_to_vec};
 use crate::kernels::dropout::{dropout_again, dropout_backward, dropout_forward, mask_words};
 use crate::kernels::embedding::embedding_backward;
 use crate::kernels::gated_delta::{
@@ -680,6 +683,34 @@ impl Backend for Host {
         dropout_backward(&mut wide, &t, keep, p);
         round_into(&mut dx[..n * inp], &wide);
         Ok(())
+    }
+
+    fn keeps_packed(&self, _ty: GgmlType) -> bool {
+        true
+    }
+
+    fn gemm_packed(
+        &self,
+        c: ValuesMut<Self>,
+        cv: MatView,
+        a: Values<Self>,
+        av: MatView,
+        w: PackedView<Self>,
+        wv: MatView,
+        accumulate: bool,
+    ) -> Result<()> {
+        let bytes: Vec<u8> = w.words.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let len = w.ty.bytes_for((w.rows * w.cols) as u64).expect("a packed matrix's size") as usize;
+        let dense = dequantize_to_vec(w.ty, &bytes[..len])?;
+        if compute() == Compute::Bf16 {
+            let mut h = vec![0; dense.len()];
+            round_into(&mut h, &dense);
+            return self.gemm_bf16(c, cv, a, av, Values::Bf16(&h), wv, 1.0, accumulate);
+        }
+        match (c, a) {
+            (ValuesMut::F32(c), Values::F32(a)) => self.gemm_weights(c, cv, a, av, &dense, wv, accumulate),
+            (c, a) => self.gemm_bf16(c, cv, a, av, Values::F32(&dense), wv, 1.0, accumulate),
+        }
     }
 
     fn sigmoid_gate_forward(&self, out: &mut Vec<f32>, x: &Vec<f32>, gate: &Vec<f32>, n: usize) -> Result<()> {

@@ -12,9 +12,10 @@ pub mod host;
 use super::activation::GateAct;
 use super::adamw::AdamWScalars;
 use super::attention::QkvLayout;
+use super::dequant::GgmlType;
 use super::gated_delta::DeltaNetShape;
 use super::rope::RopeTable;
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 /// A matrix inside a buffer: `rows` × `cols` stored row-major from `offset` with row stride `ld`; `trans` reads
 /// it transposed (a view, never a copy), so its logical shape is (cols, rows).
@@ -213,6 +214,28 @@ pub trait Backend {
         alpha: f32,
         accumulate: bool,
     ) -> Result<()>;
+    /// Whether a frozen weight matrix stored as `ty` stays in its blocks on this device, its products through
+    /// [`Self::gemm_packed`]; else it is dequantized when uploaded.
+    fn keeps_packed(&self, _ty: GgmlType) -> bool {
+        false
+    }
+    /// c (+)= a · wv for a weight matrix kept in its stored blocks, wv a view of it: the product
+    /// `network::device::weights::DevTensor::product` computes for the dense matrix the blocks decode to (as
+    /// `kernels::dequant`), its bf16 rounding under `--compute bf16` — the same values, memory as the file's. The
+    /// matrix is decoded into scratch of the backend's own before its product.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_packed(
+        &self,
+        _c: ValuesMut<Self>,
+        _cv: MatView,
+        _a: Values<Self>,
+        _av: MatView,
+        w: PackedView<Self>,
+        _wv: MatView,
+        _accumulate: bool,
+    ) -> Result<()> {
+        bail!("{}: no kernels for {} weights kept in their blocks", self.name(), w.ty)
+    }
     /// Whether the device model keeps the blocks' normed inputs and the MLP's activations and their gradients in bf16
     /// under `--compute bf16` (`network::device::buffers`), every product that reads or writes one then a bf16
     /// product. The CPU path keeps
@@ -731,6 +754,28 @@ pub trait Backend {
     fn replay(&self, graph: &Self::Graph) -> Result<bool>;
 }
 
+/// A frozen weight matrix (rows, cols) on a device in its stored GGML blocks (`kernels::packed::PackedMatrix`): the
+/// rows' bytes end to end in u32 words ([`words_of`]), read by [`Backend::gemm_packed`].
+pub struct PackedView<'a, B: Backend + ?Sized> {
+    pub words: &'a B::U32,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl<B: Backend + ?Sized> Clone for PackedView<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<B: Backend + ?Sized> Copy for PackedView<'_, B> {}
+
+/// Bytes as little-endian u32 words, the last zero-padded: how a packed matrix travels in a `Backend::U32` buffer.
+pub fn words_of(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks(4).map(|c| c.iter().rev().fold(0, |w, &b| (w << 8) | b as u32)).collect()
+}
+
 /// A Gated DeltaNet's recurrence inputs on a device, head-major (as `kernels::gated_delta::DeltaIn`): q, k
 /// (v_heads, rows, dk), v (v_heads, rows, dv), g, β (v_heads, rows); or their gradients, read.
 pub struct DeltaBufs<'a, B: Backend + ?Sized> {
@@ -796,6 +841,14 @@ pub struct AdamWTensor<'a, B: Backend + ?Sized> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_hold_the_bytes_in_order() {
+        assert_eq!(words_of(&[1, 2, 3, 4, 5]), vec![0x0403_0201, 5]);
+        let w = words_of(&[9, 8, 7, 6, 5, 4]);
+        let back: Vec<u8> = w.iter().flat_map(|w| w.to_le_bytes()).collect();
+        assert_eq!(&back[..6], &[9, 8, 7, 6, 5, 4]);
+    }
 
     #[test]
     fn views_know_their_shape_and_extent() {

@@ -6,8 +6,13 @@
 //! copy, made once, so no product rounds them again; a frozen one is kept only in bf16 (half the memory of f32),
 //! a trained one keeps its f32 values (AdamW's master weights) and its copy is written by every AdamW step
 //! (`AdamWTensor::bf16`). The embeddings keep f32 for their lookup. Under f32 everything is f32.
-use crate::kernels::backend::{Backend, MatView, Values, ValuesMut};
+//!
+//! A frozen weight matrix the host keeps in its stored GGML blocks (a quantized GGUF's, `--base-dtype stored`) stays
+//! in them on a backend that can multiply by them (`Backend::keeps_packed`): memory as the file's, the same values
+//! as the dense matrix (`Backend::gemm_packed`).
+use crate::kernels::backend::{Backend, MatView, PackedView, Values, ValuesMut, words_of};
 use crate::kernels::compute::{Compute, compute};
+use crate::kernels::dequant::GgmlType;
 use crate::network::linear::Linear;
 use crate::network::lora::Lora;
 use crate::network::param::Param;
@@ -25,11 +30,22 @@ pub struct DevTensor<B: Backend> {
     pub w: B::F32,
     /// The values in bf16 for `--compute bf16`'s products (a weight matrix's, under bf16 only).
     pub bf16: Option<B::Bf16>,
+    /// A frozen weight matrix kept in its stored blocks (then `w` is empty and `bf16` None).
+    pub packed: Option<DevPacked<B>>,
     pub train: Option<Grads<B>>,
     /// Its gradient is known to be zero (just allocated, or zeroed by the AdamW step), so the next product into it
     /// may write it rather than add to it: a linear's dW, once per backward pass — a read of the whole gradient
     /// saved per step in full fine-tuning, and the same values (0 + x is x).
     pub grad_zero: bool,
+}
+
+/// A weight matrix (rows, cols) in its stored GGML blocks on the device: the bytes as u32 words
+/// (`kernels::backend::words_of`).
+pub struct DevPacked<B: Backend> {
+    pub words: B::U32,
+    pub ty: GgmlType,
+    pub rows: usize,
+    pub cols: usize,
 }
 
 /// A trainable tensor's gradient and moments (each `len` values).
@@ -58,6 +74,10 @@ impl<B: Backend> DevTensor<B> {
         wv: MatView,
         accumulate: bool,
     ) -> Result<()> {
+        if let Some(p) = &self.packed {
+            let w = PackedView { words: &p.words, ty: p.ty, rows: p.rows, cols: p.cols };
+            return be.gemm_packed(c, cv, a, av, w, wv, accumulate);
+        }
         match (&self.bf16, c, a) {
             (Some(h), c, a) => be.gemm_bf16(c, cv, a, av, Values::Bf16(h), wv, 1.0, accumulate),
             (None, ValuesMut::F32(c), Values::F32(a)) => be.gemm_weights(c, cv, a, av, &self.w, wv, accumulate),
@@ -210,9 +230,25 @@ enum Keep {
 }
 
 fn upload_as<B: Backend>(be: &B, p: &Param, keep: Keep) -> Result<DevTensor<B>> {
+    let on = |what: &str| format!("{what} {} on {}", p.name, be.name());
+    let stored = p.packed.as_ref().filter(|m| keep == Keep::Operand && !p.is_trainable() && be.keeps_packed(m.ty));
+    if let Some(m) = stored {
+        let host = words_of(&m.bytes);
+        let mut words = be.alloc_u32(host.len()).with_context(|| on("allocating"))?;
+        be.upload_u32(&mut words, &host).with_context(|| on("copying"))?;
+        return Ok(DevTensor {
+            name: p.name.clone(),
+            len: m.rows * m.cols,
+            decays: p.decays(),
+            w: be.alloc(0)?,
+            bf16: None,
+            packed: Some(DevPacked { words, ty: m.ty, rows: m.rows, cols: m.cols }),
+            train: None,
+            grad_zero: true,
+        });
+    }
     let values = p.values();
     let len = values.len();
-    let on = |what: &str| format!("{what} {} on {}", p.name, be.name());
     let bf16 = keep != Keep::F32 && compute() == Compute::Bf16;
     let keep_f32 = !bf16 || keep == Keep::Both || p.is_trainable();
     let alloc = || be.alloc(len).with_context(|| on("allocating"));
@@ -232,6 +268,7 @@ fn upload_as<B: Backend>(be: &B, p: &Param, keep: Keep) -> Result<DevTensor<B>> 
         decays: p.decays(),
         w,
         bf16: copy.transpose()?,
+        packed: None,
         train: train.transpose()?,
         grad_zero: true,
     })
