@@ -13,10 +13,13 @@ use condlm::kernels::activation::GateAct;
 use condlm::kernels::adamw::{AdamWConfig, AdamWScalars};
 use condlm::kernels::attention::QkvLayout;
 use condlm::kernels::backend::host::Host;
-use condlm::kernels::backend::{AdamWTensor, Backend, MatView, RopeCols, Values, ValuesMut};
+use condlm::kernels::backend::{
+    AdamWTensor, Backend, DeltaBufs, DeltaGrads, DeltaInputsMut, DeltaSaved, MatView, RopeCols, Values, ValuesMut,
+};
 use condlm::kernels::bf16::widen;
 use condlm::kernels::compute::{Compute, compute, set_compute};
 use condlm::kernels::cuda::backend::Cuda;
+use condlm::kernels::gated_delta::{DeltaNetShape, checkpoints, seq_table, sequences};
 use condlm::kernels::rope::RopeTable;
 use condlm::rng::{stream_key, uniform};
 
@@ -53,7 +56,7 @@ pub fn run(dev: &Cuda) -> Result<usize> {
 }
 
 /// Every check, by the ops it covers.
-fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 24] {
+fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 29] {
     [
         ("upload/download/zero/copy", copies),
         ("scale/add/copy_view", scale),
@@ -76,6 +79,11 @@ fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 24] {
         ("gelu", gelu),
         ("cross_entropy_rows", cross_entropy),
         ("dropout/lora_dropout_dx/lora_dropout_da", dropout),
+        ("sigmoid_gate", sigmoid_gate),
+        ("delta_conv_forward/backward/cached", delta_conv),
+        ("delta_inputs_forward/backward", delta_inputs),
+        ("delta_rule_forward/backward/cached", delta_rule),
+        ("delta_norm_forward/backward", delta_norm),
         ("bf16 activations: gemm_bf16/rmsnorm/glu/cross_entropy/dropout/lora_dropout (bf16)", bf16_activations),
         ("adamw", adamw),
         ("empty ops", empty),
@@ -710,6 +718,290 @@ fn glu<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     Ok(())
 }
 
+/// Qwen3.5's attention output gate: 10 007 values of buffers of 10 100.
+fn sigmoid_gate_on<B: Backend>(b: &B) -> Result<Outs> {
+    let (n, cap) = (10_007, 10_100);
+    let (x, gate, dout) =
+        (up(b, &random(cap, 172, 2.0))?, up(b, &random(cap, 173, 6.0))?, up(b, &random(cap, 174, 1.0))?);
+    let mut out = up(b, &random(cap, 175, 1.0))?;
+    b.sigmoid_gate_forward(&mut out, &x, &gate, n)?;
+    let (mut dx, mut dgate) = (up(b, &random(cap, 176, 1.0))?, up(b, &random(cap, 177, 1.0))?);
+    b.sigmoid_gate_backward(&mut dx, &mut dgate, &dout, &x, &gate, n)?;
+    Ok(vec![
+        ("sigmoid_gate forward".into(), down(b, &out, cap)?),
+        ("sigmoid_gate backward dx".into(), down(b, &dx, cap)?),
+        ("sigmoid_gate backward dgate".into(), down(b, &dgate, cap)?),
+    ])
+}
+
+fn sigmoid_gate<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    compare_outs(all, &sigmoid_gate_on(&Host)?, &sigmoid_gate_on(dev)?, 1e-6);
+    Ok(())
+}
+
+/// The Gated DeltaNet shapes of the checks, each with the sequences of its packed batch: v_heads = 2 × k_heads,
+/// key heads past a warp's 32 lanes and longer than the value heads, a convolution of 4, sequences of one row and
+/// of more than two chunks (37 > 2·CHUNK); one value head per key head, dk < dv (more value columns than the
+/// backward's warps: two per warp), a convolution of 1 (no history), a sequence of three chunks; and a key head past
+/// 128 features (the backward's kernel of 8 rows per lane), one sequence of two chunks.
+const DELTA_SHAPES: [(DeltaNetShape, &[usize]); 3] = [
+    (DeltaNetShape { k_heads: 2, v_heads: 4, k_head_dim: 40, v_head_dim: 12, conv_kernel: 4 }, &[37, 1, 9]),
+    (DeltaNetShape { k_heads: 2, v_heads: 2, k_head_dim: 16, v_head_dim: 24, conv_kernel: 1 }, &[5, 40]),
+    (DeltaNetShape { k_heads: 1, v_heads: 1, k_head_dim: 160, v_head_dim: 8, conv_kernel: 2 }, &[20]),
+];
+
+/// Rows past a batch that its buffers hold (their tails must stay as they are).
+const DELTA_SPARE: usize = 5;
+
+/// Decoding rows of the checks, (slot, position), the first 9 of 11 uploaded, over 4 slots: slot 1 restarts at
+/// position 0 and runs three rows in a row, slot 2 runs two rows apart, slot 3 restarts, slot 0 runs one.
+const DECODE_ROWS: [(u32, u32); 11] =
+    [(2, 5), (1, 0), (1, 1), (1, 2), (0, 7), (2, 6), (3, 0), (1, 3), (3, 1), (0, 3), (2, 9)];
+const DECODE_SLOTS: usize = 4;
+
+/// [`DECODE_ROWS`]' slots and positions on a backend, and how many rows run.
+fn decode_rows<B: Backend>(b: &B) -> Result<(B::U32, B::U32, usize)> {
+    let (slots, positions): (Vec<u32>, Vec<u32>) = DECODE_ROWS.into_iter().unzip();
+    Ok((up_u32(b, &slots)?, up_u32(b, &positions)?, 9))
+}
+
+/// The convolution and SiLU over a packed batch (the first rows of a longer seq_start) and its backward, with dw and
+/// without; then decoding rows ([`DECODE_ROWS`]) over random histories of each slot's last inputs.
+fn delta_conv_on<B: Backend>(b: &B, s: &DeltaNetShape, lengths: &[usize]) -> Result<Outs> {
+    let (c, p, kw) = (s.conv_dim(), s.proj_width(), s.conv_kernel);
+    let rows: usize = lengths.iter().sum();
+    let cap = rows + DELTA_SPARE;
+    let seq_start = up_u32(b, &seq_starts(&[lengths, &[DELTA_SPARE]].concat()))?;
+    let (proj, w) = (up(b, &random(cap * p, 180, 1.0))?, up(b, &random(c * kw + 3, 181, 0.7))?);
+    let (mut out, mut pre) = (up(b, &random(cap * c, 182, 1.0))?, up(b, &random(cap * c, 183, 1.0))?);
+    b.delta_conv_forward(&mut out, &mut pre, &proj, &w, &seq_start, rows, s)?;
+    let (mut dproj, mut dw) = (up(b, &random(cap * p, 184, 1.0))?, up(b, &random(c * kw + 3, 185, 1.0))?);
+    let mut dout = up(b, &random(cap * c, 186, 1.0))?;
+    b.delta_conv_backward(&mut dproj, Some(&mut dw), &mut dout, &pre, &proj, &w, &seq_start, rows, s)?;
+    let (mut dproj_only, mut dout_only) = (up(b, &random(cap * p, 187, 1.0))?, up(b, &random(cap * c, 188, 1.0))?);
+    b.delta_conv_backward(&mut dproj_only, None, &mut dout_only, &pre, &proj, &w, &seq_start, rows, s)?;
+    let (slots, positions, steps) = decode_rows(b)?;
+    let hist_len = DECODE_SLOTS * (kw - 1) * c + 7;
+    let mut hist = up(b, &random(hist_len, 189, 1.0))?;
+    let (mut step_out, mut step_pre) = (up(b, &random(cap * c, 190, 1.0))?, up(b, &random(cap * c, 191, 1.0))?);
+    b.delta_conv_cached(&mut step_out, &mut step_pre, &proj, &w, &mut hist, &slots, &positions, steps, s)?;
+    let name = |what: &str| format!("delta_conv {what} (K {kw}, {rows}/{cap} rows)");
+    Ok(vec![
+        (name("forward out"), down(b, &out, cap * c)?),
+        (name("forward pre"), down(b, &pre, cap * c)?),
+        (name("backward dproj"), down(b, &dproj, cap * p)?),
+        (name("backward dw"), down(b, &dw, c * kw + 3)?),
+        (name("backward dpre"), down(b, &dout, cap * c)?),
+        (name("backward dproj, no dw"), down(b, &dproj_only, cap * p)?),
+        (name("cached out"), down(b, &step_out, cap * c)?),
+        (name("cached pre"), down(b, &step_pre, cap * c)?),
+        (name("cached history"), down(b, &hist, hist_len)?),
+    ])
+}
+
+fn delta_conv<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for (s, lengths) in &DELTA_SHAPES {
+        compare_outs(all, &delta_conv_on(&Host, s, lengths)?, &delta_conv_on(dev, s, lengths)?, 1e-5);
+    }
+    Ok(())
+}
+
+/// `n` rows of `dim` values of L2 norm `norm`: the recurrence's k (norm 1) and q (dk^-½), as the model makes them.
+fn unit_rows(n: usize, dim: usize, stream: u64, norm: f32) -> Vec<f32> {
+    let mut v = random(n * dim, stream, 1.0);
+    for r in v.chunks_exact_mut(dim) {
+        let scale = norm / r.iter().map(|x| x * x).sum::<f32>().sqrt();
+        r.iter_mut().for_each(|x| *x *= scale);
+    }
+    v
+}
+
+/// The recurrence's head-major buffers on a backend ([`DeltaBufs`]), room for `cap` rows of every value head.
+struct DeltaHeads<B: Backend> {
+    q: B::F32,
+    k: B::F32,
+    v: B::F32,
+    g: B::F32,
+    beta: B::F32,
+}
+
+impl<B: Backend> DeltaHeads<B> {
+    /// Random values from streams `seed`...
+    fn random(b: &B, s: &DeltaNetShape, cap: usize, seed: u64) -> Result<Self> {
+        let n = s.v_heads * cap;
+        let (dk, dv) = (s.k_head_dim, s.v_head_dim);
+        Ok(DeltaHeads {
+            q: up(b, &random(n * dk, seed, 1.0))?,
+            k: up(b, &random(n * dk, seed + 1, 1.0))?,
+            v: up(b, &random(n * dv, seed + 2, 1.0))?,
+            g: up(b, &random(n, seed + 3, 1.0))?,
+            beta: up(b, &random(n, seed + 4, 1.0))?,
+        })
+    }
+
+    /// [`Self::random`] as the recurrence's inputs are (a contraction, whose states stay bounded): q and k rows
+    /// L2-normed, q × dk^-½, decays g in [−1, −0.05), β in [0.1, 0.9).
+    fn inputs(b: &B, s: &DeltaNetShape, cap: usize, seed: u64) -> Result<Self> {
+        let n = s.v_heads * cap;
+        let dk = s.k_head_dim;
+        let shift = |v: Vec<f32>, by: f32| v.into_iter().map(|x| x + by).collect::<Vec<_>>();
+        Ok(DeltaHeads {
+            q: up(b, &unit_rows(n, dk, seed, (dk as f32).powf(-0.5)))?,
+            k: up(b, &unit_rows(n, dk, seed + 1, 1.0))?,
+            v: up(b, &random(n * s.v_head_dim, seed + 2, 1.0))?,
+            g: up(b, &shift(random(n, seed + 3, 0.475), -0.525))?,
+            beta: up(b, &shift(random(n, seed + 4, 0.4), 0.5))?,
+        })
+    }
+
+    fn bufs(&self) -> DeltaBufs<'_, B> {
+        DeltaBufs { q: &self.q, k: &self.k, v: &self.v, g: &self.g, beta: &self.beta }
+    }
+
+    fn grads(&mut self) -> DeltaGrads<'_, B> {
+        DeltaGrads { dq: &mut self.q, dk: &mut self.k, dv: &mut self.v, dg: &mut self.g, dbeta: &mut self.beta }
+    }
+
+    /// Each buffer whole, named `what` and its part.
+    fn down(&self, b: &B, s: &DeltaNetShape, cap: usize, what: &str) -> Result<Outs> {
+        let n = s.v_heads * cap;
+        let (dk, dv) = (s.k_head_dim, s.v_head_dim);
+        let parts =
+            [("q", &self.q, dk), ("k", &self.k, dk), ("v", &self.v, dv), ("g", &self.g, 1), ("β", &self.beta, 1)];
+        parts.into_iter().map(|(part, x, dim)| Ok((format!("{what} {part}"), down(b, x, n * dim)?))).collect()
+    }
+}
+
+/// The recurrence's inputs from a convolution's output and the projections, over `rows` rows of buffers with
+/// [`DELTA_SPARE`] more, and the backward from random gradients (∂dt_bias, ∂A_log added to random values): rows
+/// past one chunk of the column sums.
+fn delta_inputs_on<B: Backend>(b: &B, s: &DeltaNetShape, rows: usize) -> Result<Outs> {
+    let (c, p, hv, hk) = (s.conv_dim(), s.proj_width(), s.v_heads, s.k_heads);
+    let cap = rows + DELTA_SPARE;
+    let (conv, proj) = (up(b, &random(cap * c, 192, 1.0))?, up(b, &random(cap * p, 193, 3.0))?);
+    let (dt_bias, a_log) = (up(b, &random(hv + 2, 194, 1.0))?, up(b, &random(hv + 2, 195, 1.0))?);
+    let mut x = DeltaHeads::random(b, s, cap, 196)?;
+    let (mut q_rnorm, mut k_rnorm) = (up(b, &random(cap * hk, 201, 1.0))?, up(b, &random(cap * hk, 202, 1.0))?);
+    let out = DeltaInputsMut {
+        q: &mut x.q,
+        k: &mut x.k,
+        v: &mut x.v,
+        g: &mut x.g,
+        beta: &mut x.beta,
+        q_rnorm: &mut q_rnorm,
+        k_rnorm: &mut k_rnorm,
+    };
+    b.delta_inputs_forward(out, &conv, &proj, &dt_bias, &a_log, rows, s)?;
+    let d = DeltaHeads::random(b, s, cap, 203)?;
+    let (mut dconv, mut dproj) = (up(b, &random(cap * c, 208, 1.0))?, up(b, &random(cap * p, 209, 1.0))?);
+    let (mut ddt, mut da_log) = (up(b, &random(hv + 2, 210, 1.0))?, up(b, &random(hv + 2, 211, 1.0))?);
+    let saved = DeltaSaved { x: x.bufs(), q_rnorm: &q_rnorm, k_rnorm: &k_rnorm, conv: &conv, proj: &proj };
+    let (dt, al) = (Some(&mut ddt), Some(&mut da_log));
+    b.delta_inputs_backward(&mut dconv, &mut dproj, dt, al, d.bufs(), saved, &dt_bias, &a_log, rows, s)?;
+    let what = format!("delta_inputs ({hk}/{hv} heads of {}, {rows}/{cap} rows)", s.k_head_dim);
+    let mut outs = x.down(b, s, cap, &format!("{what} forward"))?;
+    outs.extend([
+        (format!("{what} forward 1/‖q‖"), down(b, &q_rnorm, cap * hk)?),
+        (format!("{what} forward 1/‖k‖"), down(b, &k_rnorm, cap * hk)?),
+        (format!("{what} backward dconv"), down(b, &dconv, cap * c)?),
+        (format!("{what} backward dproj"), down(b, &dproj, cap * p)?),
+        (format!("{what} backward ∂dt_bias"), down(b, &ddt, hv + 2)?),
+        (format!("{what} backward ∂A_log"), down(b, &da_log, hv + 2)?),
+    ]);
+    Ok(outs)
+}
+
+fn delta_inputs<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for (s, _) in &DELTA_SHAPES {
+        compare_outs(all, &delta_inputs_on(&Host, s, 100)?, &delta_inputs_on(dev, s, 100)?, 1e-5);
+    }
+    Ok(())
+}
+
+/// The recurrence over a packed batch — forward with saved states and without, backward from random ∂o — and
+/// decoding rows ([`DECODE_ROWS`]) from random states of each slot.
+fn delta_rule_on<B: Backend>(b: &B, s: &DeltaNetShape, lengths: &[usize]) -> Result<Outs> {
+    let (hv, dk, dv) = (s.v_heads, s.k_head_dim, s.v_head_dim);
+    let rows: usize = lengths.iter().sum();
+    let cap = rows + DELTA_SPARE;
+    let (mut seqs, mut table) = (vec![], vec![]);
+    sequences(&mut seqs, &seq_starts(lengths));
+    seq_table(&mut table, &seqs);
+    let (gseqs, saved_len) = (up_u32(b, &table)?, hv * checkpoints(&seqs) * dk * dv + 11);
+    let x = DeltaHeads::inputs(b, s, cap, 212)?;
+    let (mut o, mut saved) = (up(b, &random(hv * cap * dv, 217, 1.0))?, up(b, &random(saved_len, 218, 1.0))?);
+    b.delta_rule_forward(&mut o, Some(&mut saved), x.bufs(), &gseqs, lengths.len(), rows, s)?;
+    let mut o_only = up(b, &random(hv * cap * dv, 219, 1.0))?;
+    b.delta_rule_forward(&mut o_only, None, x.bufs(), &gseqs, lengths.len(), rows, s)?;
+    let d_o = up(b, &random(hv * cap * dv, 220, 1.0))?;
+    let mut d = DeltaHeads::random(b, s, cap, 221)?;
+    b.delta_rule_backward(d.grads(), &d_o, x.bufs(), &saved, &gseqs, lengths.len(), rows, s)?;
+    let (slots, positions, steps) = decode_rows(b)?;
+    let state_len = DECODE_SLOTS * hv * dk * dv + 5;
+    let step_x = DeltaHeads::inputs(b, s, DECODE_ROWS.len(), 226)?;
+    let step_len = hv * DECODE_ROWS.len() * dv;
+    let (mut state, mut step_o) = (up(b, &random(state_len, 231, 0.5))?, up(b, &random(step_len, 232, 1.0))?);
+    b.delta_rule_cached(&mut step_o, step_x.bufs(), &mut state, &slots, &positions, steps, s)?;
+    let what = format!("delta_rule ({hv} heads, dk {dk}, dv {dv}, sequences {lengths:?})");
+    let mut outs = vec![
+        (format!("{what} forward o"), down(b, &o, hv * cap * dv)?),
+        (format!("{what} forward saved states"), down(b, &saved, saved_len)?),
+        (format!("{what} forward o, no states"), down(b, &o_only, hv * cap * dv)?),
+    ];
+    outs.extend(d.down(b, s, cap, &format!("{what} backward ∂"))?);
+    outs.extend([
+        (format!("{what} cached o ({steps} decoding rows)"), down(b, &step_o, step_len)?),
+        (format!("{what} cached states"), down(b, &state, state_len)?),
+    ]);
+    Ok(outs)
+}
+
+fn delta_rule<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for (s, lengths) in &DELTA_SHAPES {
+        compare_outs(all, &delta_rule_on(&Host, s, lengths)?, &delta_rule_on(dev, s, lengths)?, 1e-5);
+    }
+    Ok(())
+}
+
+/// The gated RMSNorm over `rows` rows of buffers with [`DELTA_SPARE`] more, and its backward with ∂w (its column
+/// sums over several chunks of (row, head) pairs) and without.
+fn delta_norm_on<B: Backend>(b: &B, s: &DeltaNetShape, rows: usize) -> Result<Outs> {
+    let (hv, dv, p, vd) = (s.v_heads, s.v_head_dim, s.proj_width(), s.value_dim());
+    let cap = rows + DELTA_SPARE;
+    let (o, proj, w) = (
+        up(b, &random(hv * cap * dv, 233, 2.0))?,
+        up(b, &random(cap * p, 234, 3.0))?,
+        up(b, &random(dv + 3, 235, 1.0))?,
+    );
+    let (mut y, mut rstd) = (up(b, &random(cap * vd, 236, 1.0))?, up(b, &random(cap * hv, 237, 1.0))?);
+    b.delta_norm_forward(&mut y, &mut rstd, &o, &proj, &w, rows, s, 1e-6)?;
+    let dy = up(b, &random(cap * vd, 238, 1.0))?;
+    let (mut dproj, mut d_o, mut dw) = (
+        up(b, &random(cap * p, 239, 1.0))?,
+        up(b, &random(hv * cap * dv, 240, 1.0))?,
+        up(b, &random(dv + 3, 241, 1.0))?,
+    );
+    b.delta_norm_backward(&mut dproj, &mut d_o, Some(&mut dw), &dy, &o, &rstd, &proj, &w, rows, s)?;
+    let mut d_o_only = up(b, &random(hv * cap * dv, 242, 1.0))?;
+    b.delta_norm_backward(&mut dproj, &mut d_o_only, None, &dy, &o, &rstd, &proj, &w, rows, s)?;
+    let name = |what: &str| format!("delta_norm {what} ({hv} heads of {dv}, {rows}/{cap} rows)");
+    Ok(vec![
+        (name("forward y"), down(b, &y, cap * vd)?),
+        (name("forward rstd"), down(b, &rstd, cap * hv)?),
+        (name("backward dproj"), down(b, &dproj, cap * p)?),
+        (name("backward d_o"), down(b, &d_o, hv * cap * dv)?),
+        (name("backward dw"), down(b, &dw, dv + 3)?),
+        (name("backward d_o, no dw"), down(b, &d_o_only, hv * cap * dv)?),
+    ])
+}
+
+fn delta_norm<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    for (s, _) in &DELTA_SHAPES {
+        compare_outs(all, &delta_norm_on(&Host, s, 100)?, &delta_norm_on(dev, s, 100)?, 1e-5);
+    }
+    Ok(())
+}
+
 /// 5 rows of 1000 logits in buffers of 7 rows, their losses from the second value of 8; the losses as f32 next
 /// to the dlogits (their error, relative to the largest loss, is far below f32's).
 fn cross_entropy_on<B: Backend>(b: &B, smoothing: f32) -> Result<Outs> {
@@ -975,9 +1267,18 @@ fn empty_on<B: Backend>(b: &B) -> Result<Outs> {
     b.kv_store(&mut k, &mut v, &x, l, &ids, &ids, 0, KV_CAPACITY)?;
     b.cached_attention(&mut y, &x, &k, &v, l, &ids, &ids, 0, KV_CAPACITY)?;
     b.copy_within(&mut y, 60, 2, 0)?;
+    // Decoding's ops of a Gated DeltaNet layer (those the reference also takes on no rows).
+    let s = DeltaNetShape { k_heads: 1, v_heads: 1, k_head_dim: 2, v_head_dim: 2, conv_kernel: 2 };
+    let (mut z, mut state) = (up(b, &random(64, 243, 1.0))?, up(b, &random(8, 244, 1.0))?);
+    let heads = DeltaBufs { q: &x, k: &x, v: &x, g: &x, beta: &x };
+    b.sigmoid_gate_forward(&mut y, &x, &x, 0)?;
+    b.delta_conv_cached(&mut y, &mut z, &x, &x, &mut state, &ids, &ids, 0, &s)?;
+    b.delta_rule_cached(&mut y, heads, &mut state, &ids, &ids, 0, &s)?;
+    b.delta_norm_forward(&mut y, &mut z, &x, &x, &x, 0, &s, 1e-6)?;
     Ok(vec![
-        ("empty ops leave their buffers".into(), down(b, &y, 64)?),
+        ("empty ops leave their buffers".into(), [down(b, &y, 64)?, down(b, &z, 64)?].concat()),
         ("empty kv_store leaves the caches".into(), [down(b, &k, 8)?, down(b, &v, 8)?].concat()),
+        ("empty Gated DeltaNet steps leave the states".into(), down(b, &state, 8)?),
     ])
 }
 

@@ -126,7 +126,6 @@ fn delta_views<'a>(x: DeltaBufs<'a, Cuda>, rows: usize, s: &DeltaNetShape, op: &
 }
 
 /// [`delta_views`], to write.
-#[allow(clippy::too_many_arguments)]
 fn delta_views_mut<'a>(
     [q, k, v, g, beta]: [&'a mut CudaSlice<f32>; 5],
     rows: usize,

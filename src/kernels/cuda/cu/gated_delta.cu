@@ -4,8 +4,8 @@
 // (heads, N) — each packed sequence from a zero state S (dk, dv), S[i·dv + j]:
 //   S ← e^g·S;  δ = β·(v − Sᵀk);  S ← S + k δᵀ;  o = Sᵀq.
 // Column j of S evolves on its own (δ_j reads only column j), so one warp holds a column: lane l its rows
-// i = l + 32c, c < DELTA_PER_LANE, in registers, and each sum over i is warp_sum's butterfly (every lane the same
-// bits). The sequences come as `seq_table`'s triples (start, end, first checkpoint); the states the backward
+// i = l + 32c, c < R (rows per lane: DELTA_PER_LANE, or 4 in the backward for dk ≤ 128), in registers, and each sum
+// over i is warp_sum's butterfly (every lane the same bits). The sequences come as `seq_table`'s triples (start, end, first checkpoint); the states the backward
 // starts its chunks from are saved per (head, checkpoint), each a whole S.
 
 // The longest key head: 32 lanes × 8 rows (src/kernels/cuda/ops/gated_delta.rs checks dk ≤ it).
@@ -18,20 +18,22 @@
 #define DELTA_BWD_WARPS 16
 #define DELTA_BWD_COLS 8
 
-// The lane's rows of column j of the (dk, dv) state at s (zeros past dk).
+// The lane's R rows of column j of the (dk, dv) state at s (zeros past dk).
+template <int R>
 __device__ void load_column(float* col, const float* s, int j, int dk, int dv) {
     const int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int c = 0; c < DELTA_PER_LANE; ++c) {
+    for (int c = 0; c < R; ++c) {
         const int i = lane + 32 * c;
         col[c] = i < dk ? s[(size_t)i * dv + j] : 0.f;
     }
 }
 
+template <int R>
 __device__ void store_column(float* s, const float* col, int j, int dk, int dv) {
     const int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int c = 0; c < DELTA_PER_LANE; ++c) {
+    for (int c = 0; c < R; ++c) {
         const int i = lane + 32 * c;
         if (i < dk) s[(size_t)i * dv + j] = col[c];
     }
@@ -39,11 +41,12 @@ __device__ void store_column(float* s, const float* col, int j, int dk, int dv) 
 
 // One step of the recurrence on the warp's column (s: the lane's rows): s ← a·s; δ = β·(v_j − Σ_i s_i·k_i);
 // s += k·δ; returns δ. k: the row's dk keys.
+template <int R>
 __device__ float delta_step(float* s, const float* k, float a, float beta, float vj, int dk) {
     const int lane = threadIdx.x & 31;
     float kv = 0.f;
 #pragma unroll
-    for (int c = 0; c < DELTA_PER_LANE; ++c) {
+    for (int c = 0; c < R; ++c) {
         const int i = lane + 32 * c;
         if (i < dk) {
             s[c] *= a;
@@ -52,7 +55,7 @@ __device__ float delta_step(float* s, const float* k, float a, float beta, float
     }
     const float delta = (vj - warp_sum(kv)) * beta;
 #pragma unroll
-    for (int c = 0; c < DELTA_PER_LANE; ++c) {
+    for (int c = 0; c < R; ++c) {
         const int i = lane + 32 * c;
         if (i < dk) s[c] += k[i] * delta;
     }
@@ -95,11 +98,11 @@ extern "C" __global__ void delta_rule_forward(float* o, float* saved, const floa
     for (int c = 0; c < DELTA_PER_LANE; ++c) s[c] = 0.f;
     for (int t = start; t < end; ++t) {
         if (ck && (t - start) % DELTA_CHUNK == 0) {
-            store_column(ck, s, j, dk, dv);
+            store_column<DELTA_PER_LANE>(ck, s, j, dk, dv);
             ck += per_state;
         }
         const size_t r = head + t;
-        delta_step(s, k + r * dk, expf(g[r]), beta[r], v[r * dv + j], dk);
+        delta_step<DELTA_PER_LANE>(s, k + r * dk, expf(g[r]), beta[r], v[r * dv + j], dk);
         const float out = column_dot(s, q + r * dk, dk);
         if ((threadIdx.x & 31) == 0) o[r * dv + j] = out;
     }
@@ -120,8 +123,8 @@ extern "C" __global__ void delta_rule_cached(float* o, float* state, const float
     for (int r = 0; r < rows; ++r) {
         float* st = state + ((size_t)slots[r] * heads + h) * per_state;
         if (st != held) {
-            if (held) store_column(held, s, j, dk, dv);
-            load_column(s, st, j, dk, dv);
+            if (held) store_column<DELTA_PER_LANE>(held, s, j, dk, dv);
+            load_column<DELTA_PER_LANE>(s, st, j, dk, dv);
             held = st;
         }
         if (positions[r] == 0) {
@@ -129,11 +132,11 @@ extern "C" __global__ void delta_rule_cached(float* o, float* state, const float
             for (int c = 0; c < DELTA_PER_LANE; ++c) s[c] = 0.f;
         }
         const size_t at = head + r;
-        delta_step(s, k + at * dk, expf(g[at]), beta[at], v[at * dv + j], dk);
+        delta_step<DELTA_PER_LANE>(s, k + at * dk, expf(g[at]), beta[at], v[at * dv + j], dk);
         const float out = column_dot(s, q + at * dk, dk);
         if ((threadIdx.x & 31) == 0) o[at * dv + j] = out;
     }
-    if (held) store_column(held, s, j, dk, dv);
+    if (held) store_column<DELTA_PER_LANE>(held, s, j, dk, dv);
 }
 
 // Backward of delta_rule_forward for the rows of sequence blockIdx.x, head h = blockIdx.y, from d_o and the states
@@ -145,14 +148,15 @@ extern "C" __global__ void delta_rule_cached(float* o, float* state, const float
 // row), then, with a = e^g and S_t = a·prev + k δᵀ:
 //   dq_i = Σ_j S_t[i,j]·do_j;  dS += q doᵀ;  ∂δ_j = Σ_i dS[i,j]·k_i;  dk_i = Σ_j dS[i,j]·δ_j;  dv_j = β·∂δ_j;
 //   dβ = Σ_j ∂δ_j·(v_j − kv_j);  dS += k·dkvᵀ (dkv = −β·∂δ);  dk_i += Σ_j a·prev[i,j]·dkv_j;
-//   dg = a·Σ dS⊙prev (each column's sum in f32, their sum in f64, as the CPU's);  dS *= a.
+//   dg = a·Σ dS⊙prev (summed in f64 as the CPU sums it, after a lane's R terms of a column in f32);  dS *= a.
 // Each row's sums: a warp's over its columns in column order, then the warps' in warp order through shared
 // memory — the same bits every run. Grid (n_seqs, heads), 32·warps threads, warps ≤ DELTA_BWD_WARPS and
-// warps·DELTA_BWD_COLS ≥ dv.
-extern "C" __global__ void __launch_bounds__(32 * DELTA_BWD_WARPS)
-    delta_rule_backward(float* dq, float* dkey, float* dval, float* dg, float* dbeta, const float* d_o,
-                        const float* q, const float* k, const float* v, const float* g, const float* beta,
-                        const float* saved, const unsigned* seqs, int n_seqs, int rows, int dk, int dv) {
+// warps·DELTA_BWD_COLS ≥ dv. R rows per lane: dk ≤ 32·R (dS takes DELTA_BWD_COLS·R registers).
+template <int R>
+__device__ void delta_rule_backward_t(float* dq, float* dkey, float* dval, float* dg, float* dbeta, const float* d_o,
+                                      const float* q, const float* k, const float* v, const float* g,
+                                      const float* beta, const float* saved, const unsigned* seqs, int n_seqs,
+                                      int rows, int dk, int dv) {
     __shared__ float part_q[DELTA_BWD_WARPS][DELTA_MAX_DK], part_k[DELTA_BWD_WARPS][DELTA_MAX_DK];
     __shared__ float part_beta[DELTA_BWD_WARPS];
     __shared__ double part_g[DELTA_BWD_WARPS];
@@ -161,11 +165,11 @@ extern "C" __global__ void __launch_bounds__(32 * DELTA_BWD_WARPS)
     const int start = seq[0], end = seq[1];
     const size_t per_state = (size_t)dk * dv, head = (size_t)h * rows;
     const float* first = saved + ((size_t)h * delta_checkpoints(seqs, n_seqs) + seq[2]) * per_state;
-    float ds[DELTA_BWD_COLS][DELTA_PER_LANE];
+    float ds[DELTA_BWD_COLS][R];
 #pragma unroll
     for (int m = 0; m < DELTA_BWD_COLS; ++m)
 #pragma unroll
-        for (int c = 0; c < DELTA_PER_LANE; ++c) ds[m][c] = 0.f;
+        for (int c = 0; c < R; ++c) ds[m][c] = 0.f;
     for (int chunk = (end - start - 1) / DELTA_CHUNK; chunk >= 0; --chunk) {
         const int c0 = start + chunk * DELTA_CHUNK, c1 = min(c0 + DELTA_CHUNK, end);
         const float* ck = first + (size_t)chunk * per_state;
@@ -173,23 +177,28 @@ extern "C" __global__ void __launch_bounds__(32 * DELTA_BWD_WARPS)
             const size_t r = head + t;
             const float a = expf(g[r]), b = beta[r];
             const float *qt = q + r * dk, *kt = k + r * dk;
-            float pq[DELTA_PER_LANE], pk[DELTA_PER_LANE], pb = 0.f;
+            // This warp's sums of dq_i and dk_i over its columns gather in its row of part_q, part_k (lane l owns
+            // the i = l + 32c: no other thread touches them until the barrier), leaving registers to dS.
+            float *pq = part_q[warp], *pk = part_k[warp], pb = 0.f;
             double pg = 0.0;
 #pragma unroll
-            for (int c = 0; c < DELTA_PER_LANE; ++c) pq[c] = pk[c] = 0.f;
+            for (int c = 0; c < R; ++c) {
+                const int i = lane + 32 * c;
+                if (i < dk) pq[i] = pk[i] = 0.f;
+            }
 #pragma unroll
             for (int m = 0; m < DELTA_BWD_COLS; ++m) {
                 const int j = warp + warps * m;
                 if (j >= dv) continue;  // the same for the whole warp
-                float prev[DELTA_PER_LANE];
-                load_column(prev, ck, j, dk, dv);
+                float prev[R];
+                load_column<R>(prev, ck, j, dk, dv);
                 for (int u = c0; u < t; ++u) {
                     const size_t ru = head + u;
-                    delta_step(prev, k + ru * dk, expf(g[ru]), beta[ru], v[ru * dv + j], dk);
+                    delta_step<R>(prev, k + ru * dk, expf(g[ru]), beta[ru], v[ru * dv + j], dk);
                 }
                 float kv = 0.f;
 #pragma unroll
-                for (int c = 0; c < DELTA_PER_LANE; ++c) {
+                for (int c = 0; c < R; ++c) {
                     const int i = lane + 32 * c;
                     if (i < dk) kv += a * prev[c] * kt[i];
                 }
@@ -197,10 +206,10 @@ extern "C" __global__ void __launch_bounds__(32 * DELTA_BWD_WARPS)
                 const float vj = v[r * dv + j], delta = (vj - kv) * b, dout = d_o[r * dv + j];
                 float ddelta = 0.f;
 #pragma unroll
-                for (int c = 0; c < DELTA_PER_LANE; ++c) {
+                for (int c = 0; c < R; ++c) {
                     const int i = lane + 32 * c;
                     if (i < dk) {
-                        pq[c] += (a * prev[c] + kt[i] * delta) * dout;
+                        pq[i] += (a * prev[c] + kt[i] * delta) * dout;
                         ds[m][c] += qt[i] * dout;
                         ddelta += ds[m][c] * kt[i];
                     }
@@ -209,15 +218,15 @@ extern "C" __global__ void __launch_bounds__(32 * DELTA_BWD_WARPS)
                 if (lane == 0) dval[r * dv + j] = ddelta * b;
                 const float dkv = -ddelta * b;
                 pb += ddelta * (vj - kv);
-                // Σ_i dS⊙prev of this column in f32 (DELTA_PER_LANE terms), the columns' sums added in f64.
+                // Σ_i dS⊙prev of this column in f32 (R terms), the columns' sums added in f64.
                 float col_g = 0.f;
 #pragma unroll
-                for (int c = 0; c < DELTA_PER_LANE; ++c) {
+                for (int c = 0; c < R; ++c) {
                     const int i = lane + 32 * c;
                     if (i < dk) {
-                        pk[c] += ds[m][c] * delta;
+                        pk[i] += ds[m][c] * delta;
                         ds[m][c] += kt[i] * dkv;
-                        pk[c] += a * prev[c] * dkv;
+                        pk[i] += a * prev[c] * dkv;
                         col_g += ds[m][c] * prev[c];
                         ds[m][c] *= a;
                     }
@@ -225,14 +234,6 @@ extern "C" __global__ void __launch_bounds__(32 * DELTA_BWD_WARPS)
                 pg += (double)col_g;
             }
             pg = warp_sum(pg);
-#pragma unroll
-            for (int c = 0; c < DELTA_PER_LANE; ++c) {
-                const int i = lane + 32 * c;
-                if (i < dk) {
-                    part_q[warp][i] = pq[c];
-                    part_k[warp][i] = pk[c];
-                }
-            }
             if (lane == 0) {
                 part_beta[warp] = pb;
                 part_g[warp] = pg;
@@ -258,6 +259,22 @@ extern "C" __global__ void __launch_bounds__(32 * DELTA_BWD_WARPS)
             __syncthreads();  // the partials are rewritten by the next row
         }
     }
+}
+
+// delta_rule_backward_t for key heads of at most 128 features (4 rows per lane: Qwen3.5's) and of at most 256.
+extern "C" __global__ __launch_bounds__(32 * DELTA_BWD_WARPS) void delta_rule_backward_dk128(
+    float* dq, float* dkey, float* dval, float* dg, float* dbeta, const float* d_o, const float* q, const float* k,
+    const float* v, const float* g, const float* beta, const float* saved, const unsigned* seqs, int n_seqs, int rows,
+    int dk, int dv) {
+    delta_rule_backward_t<4>(dq, dkey, dval, dg, dbeta, d_o, q, k, v, g, beta, saved, seqs, n_seqs, rows, dk, dv);
+}
+
+extern "C" __global__ __launch_bounds__(32 * DELTA_BWD_WARPS) void delta_rule_backward_dk256(
+    float* dq, float* dkey, float* dval, float* dg, float* dbeta, const float* d_o, const float* q, const float* k,
+    const float* v, const float* g, const float* beta, const float* saved, const unsigned* seqs, int n_seqs, int rows,
+    int dk, int dv) {
+    delta_rule_backward_t<DELTA_PER_LANE>(dq, dkey, dval, dg, dbeta, d_o, q, k, v, g, beta, saved, seqs, n_seqs, rows,
+                                          dk, dv);
 }
 
 // Depthwise causal convolution then SiLU: pre[t, c] = Σ_j w[c, j]·x[t − K + 1 + j, c] over source rows in t's

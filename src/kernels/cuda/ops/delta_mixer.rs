@@ -70,7 +70,7 @@ pub fn inputs_forward(
     }
     let scale = q_scale(s);
     let x = &mut out.x;
-    let mut b = d.stream.launch_builder(d.function(op));
+    let mut b = d.stream.launch_builder(d.function("delta_inputs_forward"));
     b.arg(&mut x.q).arg(&mut x.k).arg(&mut x.v).arg(&mut x.g).arg(&mut x.beta).arg(&mut out.q_rnorm);
     b.arg(&mut out.k_rnorm).arg(conv).arg(proj).arg(dt_bias).arg(a_log).arg(&rows_i).arg(&hk).arg(&hv).arg(&dk);
     b.arg(&dv).arg(&p).arg(&scale);
@@ -98,9 +98,9 @@ pub fn inputs_backward(
     partials: &mut CudaViewMut<f32>,
 ) -> Result<(), DriverError> {
     let op = "delta_inputs_backward";
-    let g = grads;
+    let gr = grads;
     let [rows_i, hk, hv, dk, dv, p] =
-        shape_args(op, s, rows, [g.q.len(), g.k.len(), g.v.len(), g.g.len(), g.beta.len()]);
+        shape_args(op, s, rows, [gr.q.len(), gr.k.len(), gr.v.len(), gr.g.len(), gr.beta.len()]);
     let x = &saved.x;
     shape_args(op, s, rows, [x.q.len(), x.k.len(), x.v.len(), x.g.len(), x.beta.len()]);
     let (c, pw) = (s.conv_dim(), s.proj_width());
@@ -114,8 +114,9 @@ pub fn inputs_backward(
         return Ok(());
     }
     let scale = q_scale(s);
-    let mut b = d.stream.launch_builder(d.function(op));
-    b.arg(&mut *dconv).arg(&mut *dproj).arg(&g.q).arg(&g.k).arg(&g.v).arg(&g.g).arg(&g.beta).arg(&x.g).arg(&x.beta);
+    let mut b = d.stream.launch_builder(d.function("delta_inputs_backward"));
+    b.arg(&mut *dconv).arg(&mut *dproj).arg(&gr.q).arg(&gr.k).arg(&gr.v).arg(&gr.g).arg(&gr.beta);
+    b.arg(&x.g).arg(&x.beta);
     b.arg(&saved.q_rnorm).arg(&saved.k_rnorm).arg(&saved.conv).arg(&saved.proj).arg(dt_bias).arg(a_log);
     b.arg(&rows_i).arg(&hk).arg(&hv).arg(&dk).arg(&dv).arg(&p).arg(&scale);
     // SAFETY: block t < N reads row t of every head of the gradients and of g and β, row t of the rnorms, conv and
@@ -131,7 +132,8 @@ pub fn inputs_backward(
     let a_col = (c + s.value_dim() + s.v_heads) as i32;
     let dproj = dproj.as_view();
     let mut b = d.stream.launch_builder(d.function("delta_decay_grads_partial"));
-    b.arg(&mut *partials).arg(&dproj).arg(&g.g).arg(&x.g).arg(&rows_i).arg(&hv).arg(&a_col).arg(&p).arg(&chunk_rows);
+    b.arg(&mut *partials).arg(&dproj).arg(&gr.g).arg(&x.g).arg(&rows_i).arg(&hv).arg(&a_col).arg(&p);
+    b.arg(&chunk_rows);
     // SAFETY: thread (e, chunk), e < 2·v_heads, reads its chunk's rows (< N) of dproj's a column e (inside rows of
     // proj_width) or of head e − v_heads of dg and g (v_heads·N values), and writes partials[chunk·v_heads + e] or
     // partials[(chunks + chunk)·v_heads + e − v_heads], below 2·chunks·v_heads = 2·per ≤ partials.len() (checked).
@@ -175,7 +177,7 @@ pub fn norm_forward(
     if rows == 0 {
         return Ok(());
     }
-    let mut b = d.stream.launch_builder(d.function(op));
+    let mut b = d.stream.launch_builder(d.function("delta_norm_forward"));
     b.arg(y).arg(rstd).arg(o).arg(proj).arg(w).arg(&rows_i).arg(&hv).arg(&dv).arg(&z_col).arg(&p).arg(&eps);
     // SAFETY: block t < N reads row t of every head of o, its z columns (conv_dim + value_dim ≤ proj_width) and w,
     // and writes row t of y and rstd: lengths checked.
@@ -205,7 +207,7 @@ pub fn norm_backward(
     if rows == 0 {
         return Ok(());
     }
-    let mut b = d.stream.launch_builder(d.function(op));
+    let mut b = d.stream.launch_builder(d.function("delta_norm_backward"));
     b.arg(&mut *dproj).arg(&mut *d_o).arg(dy).arg(o).arg(rstd).arg(proj).arg(w).arg(&rows_i).arg(&hv).arg(&dv);
     b.arg(&z_col).arg(&p);
     // SAFETY: block t < N reads what norm_forward's reads and row t of dy, and writes row t's z columns of dproj

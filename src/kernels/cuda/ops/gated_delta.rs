@@ -30,7 +30,8 @@ fn conv_shape(op: &str, s: &DeltaNetShape, rows: usize, x: usize, w: usize) -> [
     assert!(kw > 0 && c > 0 && c <= p, "{op}: a kernel of {kw} over {c} channels of rows of {p}");
     assert_eq!(w, c * kw, "{op}: w must hold ({c}, {kw}) values");
     assert_eq!(x, rows * p, "{op}: x must hold {rows} rows of {p}");
-    ints(op, [rows, c, p, kw])
+    let [rows, c, p, kw, _weights] = ints(op, [rows, c, p, kw, w]);
+    [rows, c, p, kw]
 }
 
 /// The depthwise causal convolution and SiLU over a packed batch: pre = Σ_j w[·, j]·x[t − K + 1 + j] within each
@@ -53,7 +54,7 @@ pub fn conv_forward(
         return Ok(());
     }
     assert!(seq_start.facts.at_or_before, "{op}: a seq_start lies after its row: not a packed batch");
-    let mut b = d.stream.launch_builder(d.function(op));
+    let mut b = d.stream.launch_builder(d.function("delta_conv_forward"));
     b.arg(out).arg(pre).arg(x).arg(w).arg(&seq_start.view).arg(&rows_i).arg(&c).arg(&p).arg(&kw);
     // SAFETY: (t, c), t < N, c < conv_dim, reads seq_start[t] (N of them), w[c·K..][..K] and column c of rows
     // seq_start[t]..=t (≤ t: checked) of x (N rows of proj_width ≥ conv_dim, checked), and writes pre and out at
@@ -133,11 +134,11 @@ pub fn conv_cached(
     if rows == 0 {
         return Ok(());
     }
-    let per_slot = (s.conv_kernel - 1) * s.conv_dim();
-    if per_slot > 0 {
-        slots.check_below(hist.len() / per_slot, op);
+    // A kernel of 1 keeps no rows: hist is not read.
+    if let Some(n_slots) = hist.len().checked_div((s.conv_kernel - 1) * s.conv_dim()) {
+        slots.check_below(n_slots, op);
     }
-    let mut b = d.stream.launch_builder(d.function(op));
+    let mut b = d.stream.launch_builder(d.function("delta_conv_cached"));
     b.arg(out).arg(pre).arg(x).arg(w).arg(hist).arg(&slots.view).arg(&positions.view).arg(&rows_i).arg(&c);
     b.arg(&p).arg(&kw);
     // SAFETY: channel c reads row r's slot and position (r < N, both views of N), column c of x's row r and
@@ -243,7 +244,7 @@ pub fn rule_forward(
         None => (0, None),
     };
     let [n_seqs_i] = ints(op, [n_seqs]);
-    let mut b = d.stream.launch_builder(d.function(op));
+    let mut b = d.stream.launch_builder(d.function("delta_rule_forward"));
     b.arg(o).arg(&saved).arg(&x.q).arg(&x.k).arg(&x.v).arg(&x.g).arg(&x.beta).arg(&seqs.view).arg(&n_seqs_i);
     b.arg(&rows_i).arg(&dk).arg(&dv);
     // SAFETY: block (sequence, h, group) reads its triple and the last (n_seqs triples in the view), the rows
@@ -286,7 +287,9 @@ pub fn rule_backward(
         return Ok(());
     }
     let [n_seqs_i] = ints(op, [n_seqs]);
-    let mut b = d.stream.launch_builder(d.function(op));
+    // Key heads of ≤ 128 take the kernel of 4 rows per lane: half the registers for ∂L/∂S.
+    let name = if dims.dk <= 128 { "delta_rule_backward_dk128" } else { "delta_rule_backward_dk256" };
+    let mut b = d.stream.launch_builder(d.function(name));
     b.arg(&mut grads.q).arg(&mut grads.k).arg(&mut grads.v).arg(&mut grads.g).arg(&mut grads.beta).arg(d_o);
     b.arg(&x.q).arg(&x.k).arg(&x.v).arg(&x.g).arg(&x.beta).arg(saved).arg(&seqs.view).arg(&n_seqs_i).arg(&rows_i);
     b.arg(&dk).arg(&dv);
@@ -327,7 +330,7 @@ pub fn rule_cached(
     }
     slots.check_below(state.len() / (heads * dims.dk * dims.dv), op);
     let [heads_i] = ints(op, [heads]);
-    let mut b = d.stream.launch_builder(d.function(op));
+    let mut b = d.stream.launch_builder(d.function("delta_rule_cached"));
     b.arg(o).arg(state).arg(&x.q).arg(&x.k).arg(&x.v).arg(&x.g).arg(&x.beta).arg(&slots.view).arg(&positions.view);
     b.arg(&rows_i).arg(&heads_i).arg(&dk).arg(&dv);
     // SAFETY: block (h, group) reads each row's slot and position (N of each), the row's head h of q, k, v, g, β and
