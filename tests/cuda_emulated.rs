@@ -75,7 +75,7 @@ fn kernels_a_driver_refuses_as_ptx_load_as_machine_code() {
 #[test]
 fn score_on_the_device_equals_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    for m in ["tiny-llama", "tiny-qwen3", "tiny-gemma3", "tiny-phi3", "tiny-gpt2", "tiny-olmo3"] {
+    for m in ["tiny-llama", "tiny-qwen3", "tiny-gemma3", "tiny-phi3", "tiny-gpt2", "tiny-olmo3", "tiny-qwen35"] {
         let mut runs = vec![];
         for (d, compute) in [("cpu", "f32"), ("cuda", "f32"), ("cuda", "bf16")] {
             let out = dir.path().join(format!("{m}-{d}-{compute}.jsonl"));
@@ -242,10 +242,28 @@ fn full_fine_tuning_on_the_device_equals_the_cpu() {
     runs_agree(&cuda, &cpu, "model/model.safetensors", "full fine-tuning, tiny Qwen2", 1e-4);
 }
 
+/// Qwen3.5 (Gated DeltaNet layers and gated attention): LoRA with dropout on every linear layer, and full
+/// fine-tuning — the convolution's, A_log's, dt_bias's and the gated norm's gradients through their kernels.
+#[test]
+fn qwen35_training_on_the_device_equals_the_cpu() {
+    let dir = tempfile::tempdir().unwrap();
+    let lora = ["--lora-r", "8", "--lora-targets", "all-linear", "--lora-dropout", "0.1"];
+    for (what, args, file) in [
+        ("LoRA", &lora[..], "adapter/adapter_model.safetensors"),
+        ("full", &["--full", "--lr", "1e-3"][..], "model/model.safetensors"),
+    ] {
+        for d in ["cpu", "cuda"] {
+            train(&dir.path().join(format!("{what}-{d}")), "tiny-qwen35", d, args);
+        }
+        let (cuda, cpu) = (dir.path().join(format!("{what}-cuda")), dir.path().join(format!("{what}-cpu")));
+        runs_agree(&cuda, &cpu, file, &format!("{what}, tiny Qwen3.5"), 1e-4);
+    }
+}
+
 #[test]
 fn greedy_and_beam_generation_on_the_device_equal_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
-    for m in ["tiny-llama", "tiny-gemma3", "tiny-phi3", "tiny-olmo3"] {
+    for m in ["tiny-llama", "tiny-gemma3", "tiny-phi3", "tiny-olmo3", "tiny-qwen35"] {
         for beams in ["1", "3"] {
             let outs: Vec<Vec<Value>> = ["cpu", "cuda"]
                 .iter()
@@ -445,4 +463,30 @@ fn a_profiled_run_tells_where_the_gpu_time_went() {
     }
     let shares: f64 = table.iter().map(|l| l.split_whitespace().last().unwrap().parse::<f64>().unwrap()).sum();
     assert!((shares - 100.0).abs() < 0.1 * table.len() as f64, "shares add up to {shares}:\n{text}");
+}
+
+/// A quantized base stays in its GGML blocks on the device (`Backend::keeps_packed`), each product decoding its
+/// matrix into scratch first (dequant.cu): per-token scores and a 3-step LoRA run on a Q4_0 export of tiny Llama as
+/// the CPU's on the same file, in f32 and under `--compute bf16` — and the decoding kernel ran.
+#[test]
+fn a_quantized_base_stays_in_its_blocks_on_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let gguf = dir.path().join("tiny-llama-q4_0.gguf");
+    let (model, data) = (gguf.to_str().unwrap(), fixture("train_rows.jsonl"));
+    condlm(&["export-gguf", "--model", fixture("tiny-llama").to_str().unwrap(), "--out", model, "--type", "q4_0"]);
+    let stats = [("CUDA_EMULATOR_STATS", "1")];
+    for compute in ["f32", "bf16"] {
+        let run = |device: &str| -> (Vec<f64>, u64) {
+            let out = dir.path().join(format!("{device}-{compute}"));
+            let args = ["train", "--model", model, "--data", data.to_str().unwrap(), "--output-dir"];
+            let fixed = ["--max-steps", "3", "--batch-size", "2", "--eval-fraction", "0", "--save-every", "0"];
+            let rest = ["--device", device, "--compute", compute];
+            let text = condlm_with(&[&args[..], &[out.to_str().unwrap()], &fixed, &rest].concat(), &stats);
+            (curves(&out).0, stat(&text, &format!("launch dequantize_{compute}")))
+        };
+        let ((gpu, decoded), (cpu, _)) = (run("cuda"), run("cpu"));
+        assert!(decoded > 0, "{compute}: the device decoded no packed matrix");
+        let w = worst(&gpu, &cpu);
+        assert!(w <= if compute == "f32" { 1e-4 } else { 1e-2 }, "{compute}: losses {gpu:?} vs {cpu:?} ({w:e})");
+    }
 }

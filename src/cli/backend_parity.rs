@@ -9,16 +9,19 @@
 //! the scenarios themselves (shapes, prefixes) without a GPU.
 use super::kernel_parity::{Check, Compared, attention_layouts, compare, random, run_checks, seq_starts};
 use anyhow::Result;
+use condlm::formats::gguf::quantize::quantize;
 use condlm::kernels::activation::GateAct;
 use condlm::kernels::adamw::{AdamWConfig, AdamWScalars};
 use condlm::kernels::attention::QkvLayout;
 use condlm::kernels::backend::host::Host;
 use condlm::kernels::backend::{
-    AdamWTensor, Backend, DeltaBufs, DeltaGrads, DeltaInputsMut, DeltaSaved, MatView, RopeCols, Values, ValuesMut,
+    AdamWTensor, Backend, DeltaBufs, DeltaGrads, DeltaInputsMut, DeltaSaved, MatView, PackedView, RopeCols, Values,
+    ValuesMut, words_of,
 };
 use condlm::kernels::bf16::widen;
 use condlm::kernels::compute::{Compute, compute, set_compute};
 use condlm::kernels::cuda::backend::Cuda;
+use condlm::kernels::dequant::GgmlType;
 use condlm::kernels::gated_delta::{DeltaNetShape, checkpoints, seq_table, sequences};
 use condlm::kernels::rope::RopeTable;
 use condlm::rng::{stream_key, uniform};
@@ -56,13 +59,14 @@ pub fn run(dev: &Cuda) -> Result<usize> {
 }
 
 /// Every check, by the ops it covers.
-fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 29] {
+fn checks<B: ReadMask>() -> [(&'static str, Check<B>); 30] {
     [
         ("upload/download/zero/copy", copies),
         ("scale/add/copy_view", scale),
         ("sum_squares", sum_squares),
         ("gemm", gemm),
         ("gemm_weights/gemm_bf16 (bf16)", gemm_bf16),
+        ("gemm_packed", gemm_packed),
         ("add_bias", add_bias),
         ("add_column_sums", column_sums),
         ("embedding/gather_rows", gather),
@@ -347,6 +351,47 @@ fn gemm_bf16<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
         }
         Ok(())
     })
+}
+
+/// `gemm_packed` of a (n, cols) by a (rows, cols) matrix of `ty` blocks, transposed, into c (n, rows) and 5 values
+/// past it; with `identity` a is the (cols, cols) identity, so c holds the decoded matrix itself, transposed.
+fn gemm_packed_on<B: Backend>(b: &B, ty: GgmlType, identity: bool, accumulate: bool) -> Result<Outs> {
+    let (rows, cols) = (24, 512);
+    let w = quantize(ty, &random(rows * cols, 181, 1.0))?;
+    let words = up_u32(b, &words_of(&w))?;
+    let (n, a) = match identity {
+        true => (cols, (0..cols * cols).map(|i| if i / cols == i % cols { 1.0 } else { 0.0 }).collect()),
+        false => (13, random(13 * cols, 182, 1.0)),
+    };
+    let (a, mut c) = (up(b, &a)?, up(b, &random(n * rows + 5, 183, 1.0))?);
+    let w = PackedView { words: &words, ty, rows, cols };
+    let (cv, av, wv) = (MatView::dense(n, rows), MatView::dense(n, cols), MatView::dense(rows, cols).t());
+    b.gemm_packed(ValuesMut::F32(&mut c), cv, Values::F32(&a), av, w, wv, accumulate)?;
+    let what = if identity {
+        "decoded"
+    } else if accumulate {
+        "product +="
+    } else {
+        "product"
+    };
+    Ok(vec![(format!("gemm_packed {ty} {what} ({:?})", compute()), down(b, &c, n * rows + 5)?)])
+}
+
+/// Every block type the device keeps packed, in f32 and under `--compute bf16`: the decoded matrix bit for bit
+/// (an identity's product, exact in f32 and of bf16 values), and products with random rows, = and +=.
+fn gemm_packed<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
+    let run = |all: &mut Vec<Compared>| -> Result<()> {
+        for ty in GgmlType::ALL.into_iter().filter(|&t| t != GgmlType::F32 && dev.keeps_packed(t)) {
+            for (identity, accumulate, tol) in [(true, false, 0.0), (false, false, 1e-5), (false, true, 1e-5)] {
+                let (cpu, gpu) =
+                    (gemm_packed_on(&Host, ty, identity, accumulate)?, gemm_packed_on(dev, ty, identity, accumulate)?);
+                compare_outs(all, &cpu, &gpu, tol);
+            }
+        }
+        Ok(())
+    };
+    run(all)?;
+    under_bf16(|| run(all))
 }
 
 fn add_bias_on<B: Backend>(b: &B) -> Result<Outs> {

@@ -149,6 +149,7 @@ inline void mma_bf16_16x8x16(float* d, const unsigned* a, const unsigned* b) {
 // Round-to-nearest arithmetic that the compiler must not fuse (g++ contracts nothing without -ffp-contract=fast).
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
 
 inline unsigned __float_as_uint(float v) {
     unsigned u;

@@ -16,17 +16,19 @@ use super::ops::indices::{IndexFacts, Indices};
 use super::ops::rope::RopeLayout;
 use super::ops::rows::RowGroups;
 use super::ops::{
-    Elem, adamw, attention, bf16, column_scratch, cross_entropy, dropout, elementwise, glu, kv_cache, norm, reduce,
-    rope, rows,
+    Elem, adamw, attention, bf16, column_scratch, cross_entropy, dequant, dropout, elementwise, glu, kv_cache, norm,
+    reduce, rope, rows,
 };
 use super::profile::Profile;
 use crate::kernels::activation::GateAct;
 use crate::kernels::adamw::AdamWScalars;
 use crate::kernels::attention::QkvLayout;
 use crate::kernels::backend::{
-    AdamWTensor, Backend, DeltaBufs, DeltaGrads, DeltaInputsMut, DeltaSaved, MatView, RopeCols, Values, ValuesMut,
+    AdamWTensor, Backend, DeltaBufs, DeltaGrads, DeltaInputsMut, DeltaSaved, MatView, PackedView, RopeCols, Values,
+    ValuesMut,
 };
 use crate::kernels::compute::{Compute, compute};
+use crate::kernels::dequant::GgmlType;
 use crate::kernels::dropout::mask_words;
 use crate::kernels::gated_delta::{DeltaDims, DeltaNetShape};
 use crate::kernels::rope::RopeTable;
@@ -72,7 +74,11 @@ pub struct Cuda {
     bf16: Mutex<(CudaSlice<u16>, CudaSlice<u16>)>,
     /// The per-chunk column sums of norm weights' and biases' gradients and LoRA's dA (grown to the largest once).
     chunk_sums: Mutex<CudaSlice<f32>>,
-    /// How many times that scratch was replaced: a graph recorded before names freed memory.
+    /// Weight matrices kept in their GGML blocks, decoded for a product (`gemm_packed`): f32, or bf16 under
+    /// `--compute bf16` (grown to the largest matrix once).
+    packed: Mutex<(CudaSlice<f32>, CudaSlice<u16>)>,
+    /// How many times the bf16 operands' or the decoded weights' scratch was replaced: a graph recorded before
+    /// names freed memory.
     bf16_moves: AtomicU64,
     /// Whether ops may be captured into CUDA graphs (`CONDLM_CUDA_GRAPHS=0` turns them off).
     graphs: bool,
@@ -178,6 +184,7 @@ impl Cuda {
             reduce::Scratch::new(&device).context("allocating the gradient norm's scratch on the GPU failed")?,
         );
         let bf16 = Mutex::new((zeros(&device, 1, "u16")?, zeros(&device, 1, "u16")?));
+        let packed = Mutex::new((zeros(&device, 1, "f32 (decoded weights)")?, zeros(&device, 1, "u16")?));
         let adamw_table = Mutex::new(zeros(&device, 1, "u64 (AdamW's tensor table)")?);
         let chunk_sums = Mutex::new(zeros(&device, 1, "f32 (column sums' scratch)")?);
         let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
@@ -192,6 +199,7 @@ impl Cuda {
             reduce,
             groups,
             bf16,
+            packed,
             adamw_table,
             chunk_sums,
             bf16_moves,
@@ -566,6 +574,47 @@ impl Backend for Cuda {
 
     fn bf16_activations(&self) -> bool {
         self.bf16_activations
+    }
+
+    fn keeps_packed(&self, ty: GgmlType) -> bool {
+        dequant::decodes(ty)
+    }
+
+    fn gemm_packed(
+        &self,
+        c: ValuesMut<Self>,
+        cv: MatView,
+        a: Values<Self>,
+        av: MatView,
+        w: PackedView<Self>,
+        wv: MatView,
+        accumulate: bool,
+    ) -> Result<()> {
+        let n = w.rows * w.cols;
+        let mut scratch = self.packed.lock().unwrap_or_else(PoisonError::into_inner);
+        let (f, h) = &mut *scratch;
+        let bf16 = compute() == Compute::Bf16;
+        if (if bf16 { h.len() } else { f.len() }) < n {
+            if self.capturing.load(Ordering::Relaxed) {
+                bail!("the decoded weights' scratch would grow during a CUDA graph capture (a step not run before)");
+            }
+            match bf16 {
+                true => *h = zeros(&self.device, n, "u16 (decoded weights)")?,
+                false => *f = zeros(&self.device, n, "f32 (decoded weights)")?,
+            }
+            self.bf16_moves.fetch_add(1, Ordering::Relaxed);
+        }
+        let bytes = w.ty.bytes_for(n as u64).expect("a matrix's size") as usize;
+        let words = pre(&w.words.buf, bytes.div_ceil(4), "gemm_packed");
+        if bf16 {
+            self.ran("dequantize", dequant::dequantize(&self.device, &mut h.as_view_mut(), &words, w.ty, n))?;
+            return self.gemm_bf16(c, cv, a, av, Values::Bf16(h), wv, 1.0, accumulate);
+        }
+        self.ran("dequantize", dequant::dequantize(&self.device, &mut f.as_view_mut(), &words, w.ty, n))?;
+        match (c, a) {
+            (ValuesMut::F32(c), Values::F32(a)) => self.gemm_weights(c, cv, a, av, f, wv, accumulate),
+            (c, a) => self.gemm_bf16(c, cv, a, av, Values::F32(f), wv, 1.0, accumulate),
+        }
     }
 
     fn add_bias(&self, out: &mut CudaSlice<f32>, ov: MatView, b: &CudaSlice<f32>) -> Result<()> {

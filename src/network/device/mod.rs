@@ -98,6 +98,9 @@ pub type OnGpu = DeviceModel<crate::kernels::backend::host::Host>;
 /// `model` on GPU `ordinal`.
 #[cfg(feature = "cuda")]
 pub fn open_gpu(ordinal: usize, model: &Transformer) -> Result<OnGpu> {
+    if let Some(s) = &model.config.delta_net {
+        crate::kernels::cuda::ops::gated_delta::check_shape(s).map_err(anyhow::Error::msg)?;
+    }
     DeviceModel::new(crate::kernels::cuda::backend::Cuda::open(ordinal)?, model)
 }
 

@@ -18,6 +18,21 @@ const BACKWARD_COLS: usize = 8;
 /// Warps per block of the forward and decoding kernels, one column of S each.
 const COLUMN_WARPS: usize = 8;
 
+/// Whether the kernels take a Gated DeltaNet of shape `s` — key heads of at most [`MAX_KEY_DIM`], value heads of at
+/// most the backward's columns — and if not, why, for the user.
+pub fn check_shape(s: &DeltaNetShape) -> Result<(), String> {
+    let most = BACKWARD_WARPS * BACKWARD_COLS;
+    if s.k_head_dim > MAX_KEY_DIM || s.v_head_dim > most {
+        return Err(format!(
+            "the GPU's Gated DeltaNet kernels take key heads of up to {MAX_KEY_DIM} and value heads of up to {most} \
+             features; this model's are {} and {} (linear_key_head_dim, linear_value_head_dim): run it on the CPU \
+             (leave out --device)",
+            s.k_head_dim, s.v_head_dim
+        ));
+    }
+    Ok(())
+}
+
 /// Every kernel's values as ints; panics with `op` when one does not fit.
 fn ints<const N: usize>(op: &str, v: [usize; N]) -> [i32; N] {
     v.map(|x| i32::try_from(x).unwrap_or_else(|_| panic!("{op}: {x} exceeds the kernels' ints")))
@@ -345,6 +360,15 @@ mod tests {
     use crate::kernels::gated_delta::CHUNK;
 
     /// The limits here are gated_delta.cu's: a drift would let a kernel read past its registers or shared memory.
+    #[test]
+    fn shapes_past_the_kernels_are_refused_with_the_way_out() {
+        let s = DeltaNetShape { k_heads: 16, v_heads: 32, k_head_dim: 128, v_head_dim: 128, conv_kernel: 4 };
+        assert_eq!(check_shape(&s), Ok(()), "Qwen3.5's heads");
+        let wide = check_shape(&DeltaNetShape { v_head_dim: 192, ..s }).unwrap_err();
+        assert!(wide.contains("192") && wide.contains("leave out --device"), "{wide}");
+        assert!(check_shape(&DeltaNetShape { k_head_dim: 512, ..s }).is_err());
+    }
+
     #[test]
     fn limits_follow_the_kernels() {
         let src = include_str!("../cu/gated_delta.cu");

@@ -6,6 +6,7 @@ pub mod attention;
 pub mod bf16;
 pub mod cross_entropy;
 pub mod delta_mixer;
+pub mod dequant;
 pub mod dropout;
 pub mod elementwise;
 pub mod gated_delta;
