@@ -28,6 +28,7 @@
 #   - `score --device cuda` vs `--device cpu` on the tiny fixtures of every family (per-token log-probs, relative
 #     error ≤ 1e-5; `--compute bf16` on the device ≤ 2e-2 of the CPU's f32), a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter),
 #     6 steps of full fine-tuning on tiny Qwen2, and both on tiny Qwen3.5 (Gated DeltaNet, gated attention);
+#   - `score --device cuda` on quantized GGUF exports of tiny Llama (the base kept in its blocks on the GPU) vs the CPU;
 #   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
 #   - the SmolLM2-135M shape (random weights, made here with transformers, the tiny tokenizer): 20 LoRA steps (all
 #     linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative (f32) and
@@ -233,6 +234,23 @@ run_check "score --device cuda vs cpu (f32; bf16): tiny Llama, Qwen2, Mistral, Q
 with YaRN, OLMo 3, Qwen3.5" \
     tiny_scores
 
+# A quantized base kept in its blocks on the device (decoded per product, dequant.cu): Q4_0 and Q5_K (whose 64-wide
+# rows fall back to Q5_1, llama.cpp's rule) exports of tiny Llama, scores on the device vs the CPU on the same file.
+tiny_quantized() {
+    local ty rc=0
+    for ty in q4_0 q5_k q8_0; do
+        "$bin" export-gguf --model tests/fixtures/tiny-llama --out "$work/tiny-$ty.gguf" --type "$ty" >/dev/null || return 1
+        for d in cpu "$dev"; do
+            "$bin" score --model "$work/tiny-$ty.gguf" --data tests/fixtures/score_rows.jsonl --per-token --device "$d" \
+                --out "$work/q-$ty-$d.jsonl" || return 1
+        done
+        echo "tiny Llama, $ty:"
+        "$py" "$helper" compare-scores "$work/q-$ty-$dev.jsonl" "$work/q-$ty-cpu.jsonl" 1e-5 || rc=1
+    done
+    return $rc
+}
+run_check "score --device cuda vs cpu on quantized GGUF bases kept in their blocks (Q4_0, Q5_1, Q8_0)" tiny_quantized
+
 # train_run DIR DEVICE MODEL DATA STEPS BATCH EXTRA...: a LoRA run on every linear layer.
 train_run() {
     local dir=$1 dev=$2 model=$3 data=$4 steps=$5 batch=$6
@@ -392,6 +410,23 @@ decode_speed() {
 smollm2_decode() { smollm2_model && decode_speed "$@"; }
 gated 30 "decode, SmolLM2-135M-shaped: condlm $dev (f32, bf16) vs transformers generate" smollm2_decode \
     "$work/smollm2-135m" "${steps:-128}"
+
+# The SmolLM2-135M shape exported as Q4_K (down_proj's 1536-wide rows in Q4_K, the 576-wide ones in Q5_0 by
+# llama.cpp's fallback), kept in its blocks on the GPU and decoded per product: LoRA tokens/s and peak GPU memory in
+# bf16 beside the dense bf16 run above, and decode tokens/s.
+smollm2_quantized() {
+    smollm2_model || return 1
+    "$bin" export-gguf --model "$work/smollm2-135m" --out "$work/smollm2-q4_k.gguf" --type q4_k >/dev/null || return 1
+    [ -f "$work/rows4.jsonl" ] || "$py" "$helper" make-data "$work/rows4.jsonl" 512 4 tests/fixtures/train_rows.jsonl
+    peak_gpu_mib train_run "$work/t-q4k" "$dev" "$work/smollm2-q4_k.gguf" "$work/rows4.jsonl" "${steps:-30}" 16 \
+        --eval-fraction 0 --compute bf16 || return 1
+    echo "LoRA on the Q4_K base, compute bf16:"
+    "$py" "$helper" throughput "$work/t-q4k" "$work/smollm2-135m" || return 1
+    "$bin" generate --model "$work/smollm2-q4_k.gguf" --prompt "name: Blue Spice" --max-new-tokens 64 --ignore-eos \
+        --device "$dev" --compute bf16 2>&1 >/dev/null | grep -E '^warning|tokens/s'
+}
+gated 40 "quantized base on the GPU, SmolLM2-135M-shaped Q4_K: LoRA tokens/s and peak memory (bf16), decode" \
+    smollm2_quantized
 
 # The 1.5B-shaped model (saved in bf16: half the bytes to write and read, five loads) only with room for it.
 title="throughput, Qwen2.5-1.5B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16"
