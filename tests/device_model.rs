@@ -66,6 +66,30 @@ fn device_logprobs_equal_the_cpu_path() {
     }
 }
 
+/// Inference runs every block on one layer's buffers, whose adapter slots must serve every block's: a Qwen3.5 whose
+/// first layer is attention (tiny-qwen35's blocks rotated) has no Gated DeltaNet projection in_proj_a in block 0,
+/// yet the later layers' in_proj_a adapters must apply (they were silently left out).
+#[test]
+fn device_logprobs_when_the_first_block_lacks_a_later_blocks_adapter_slot() {
+    let rotated = |mut m: condlm::network::transformer::Transformer| {
+        m.blocks.rotate_left(3);
+        m.config.linear_layers.rotate_left(3);
+        m
+    };
+    let m = with_lora(rotated(model("tiny-qwen35")), 0.0);
+    assert!(!m.config.is_linear_layer(0) && m.config.is_linear_layer(1), "attention first, then a Gated DeltaNet");
+    let rows = rows(m.config.vocab_size as u32);
+    let cpu: Vec<f32> = score_encoded(&mut OnCpu::new(&m), &rows, 8, |_| {}).unwrap().concat();
+    let batch = PackedBatch::new(&rows.iter().map(|e| e.ids.clone()).collect::<Vec<_>>());
+    let (sel, t) = targets(&rows, &batch);
+    let mut lp = vec![0.0; sel.len()];
+    let mut dev = DeviceModel::new(Host, &m).unwrap();
+    dev.forward(&batch, None).unwrap();
+    dev.target_logprobs(&sel, &t, &mut lp).unwrap();
+    let e = rel_err(&lp, &cpu);
+    assert!(e < 1e-5, "device log-probs off the CPU path's by {e:e}");
+}
+
 /// Inference runs every block on one layer's buffers: an adapter on the later blocks only (PEFT's
 /// `layers_to_transform`), the last at twice the rank (`rank_pattern`), must still be applied, in full — and so
 /// when the pass runs on a training pass's buffers (a layer per block), as evaluation during training does.

@@ -263,7 +263,7 @@ impl<B: Backend> Buffers<B> {
         let max_rank = max_rank.max().unwrap_or(0);
         let kept = if training { c.num_layers } else { 1 };
         let mut layers = Vec::with_capacity(kept);
-        for (i, blk) in w.blocks.iter().enumerate().take(kept) {
+        for i in 0..kept {
             // Inference runs every block on one layer's buffers: a slot's adapter buffers then serve whichever
             // block adapts that slot, at the largest rank (`layers_to_transform`, `rank_pattern`).
             let served = if training { &w.blocks[i..=i] } else { &w.blocks[..] };
@@ -272,8 +272,10 @@ impl<B: Backend> Buffers<B> {
                 rank[slot] = rank[slot].max(a.rank);
             }
             let mut lora: Vec<Option<LoraBufs<B>>> = (0..SLOTS).map(|_| None).collect();
-            for (slot, l) in blk.slotted() {
-                if rank[slot] == 0 {
+            // Each slot once, from the first served block that has it: blocks of two kinds of mixer (Qwen3.5's
+            // attention and Gated DeltaNet layers) have different slots.
+            for (slot, l) in served.iter().flat_map(|b| b.slotted()) {
+                if rank[slot] == 0 || lora[slot].is_some() {
                     continue;
                 }
                 // Every linear but o reads a normed input or the MLP's act: kept in bf16 under `bf16`.

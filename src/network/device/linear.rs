@@ -5,7 +5,7 @@
 use super::weights::DevLinear;
 use crate::kernels::backend::{Backend, MatView, Values, ValuesMut};
 use crate::rng;
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 /// What an adapted layer keeps for its backward pass.
 pub struct LoraBufs<B: Backend> {
@@ -90,7 +90,8 @@ impl<B: Backend> DevLinear<B> {
             let ValuesMut::F32(o) = &mut out else { panic!("{}: a bias on an output kept in bf16", self.name) };
             be.add_bias(o, ov, &b.w)?;
         }
-        let (Some(lora), Some(la)) = (&self.lora, la) else { return Ok(()) };
+        let Some(lora) = &self.lora else { return Ok(()) };
+        let Some(la) = la else { bail!("{}: an adapter without its buffers on {}", self.name, be.name()) };
         let r = lora.rank;
         let xin = match (seed, &mut la.keep, x) {
             (Some(seed), Some(keep), x) => {
@@ -152,7 +153,8 @@ impl<B: Backend> DevLinear<B> {
             // dx (N, in) = dy · W, LoRA's term added after
             self.w.product(be, dx.reborrow(), ni, dy, dyv, w, false)?;
         }
-        if let (Some(lora), Some(la)) = (&mut self.lora, la) {
+        if let Some(lora) = &mut self.lora {
+            let Some(la) = la else { bail!("{}: an adapter without its buffers on {}", self.name, be.name()) };
             let (r, p, shape) = (lora.rank, lora.dropout, (n, inp, lora.rank));
             let (nr, u) = (MatView::dense(n, r), la.u(matches!(x, Values::Bf16(_))));
             if let Some(g) = lora.b.grad() {

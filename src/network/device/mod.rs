@@ -276,7 +276,7 @@ impl<B: Backend> DeviceModel<B> {
             let capacity = rows.next_multiple_of(64);
             let (be, c, w) = (&self.backend, &self.config, &self.weights);
             // Batches of the same rows vary in how many sequences they pack: some room to spare.
-            let checkpoints = checkpoints.max(capacity / CHUNK).next_multiple_of(64);
+            let checkpoints = checkpoints.max(capacity / CHUNK).next_multiple_of(8);
             self.bufs = Some(Buffers::new(be, c, w, capacity, training, checkpoints)?);
         }
         Ok(())
