@@ -467,7 +467,8 @@ fn a_profiled_run_tells_where_the_gpu_time_went() {
 
 /// A quantized base stays in its GGML blocks on the device (`Backend::keeps_packed`), each product decoding its
 /// matrix into scratch first (dequant.cu): per-token scores and a 3-step LoRA run on a Q4_0 export of tiny Llama as
-/// the CPU's on the same file, in f32 and under `--compute bf16` — and the decoding kernel ran.
+/// the CPU's on the same file, in f32 and under `--compute bf16` — and the decoding kernel ran; decoding steps'
+/// products read the blocks themselves (packed_gemv), with the CPU's greedy generations.
 #[test]
 fn a_quantized_base_stays_in_its_blocks_on_the_device() {
     let dir = tempfile::tempdir().unwrap();
@@ -489,4 +490,17 @@ fn a_quantized_base_stays_in_its_blocks_on_the_device() {
         let w = worst(&gpu, &cpu);
         assert!(w <= if compute == "f32" { 1e-4 } else { 1e-2 }, "{compute}: losses {gpu:?} vs {cpu:?} ({w:e})");
     }
+    // Decoding steps (a row per sequence) multiply straight from the blocks: greedy generations as the CPU's.
+    let rows = fixture("score_rows.jsonl");
+    let generate = |device: &str| -> (Vec<Value>, String) {
+        let out = dir.path().join(format!("generate-{device}.jsonl"));
+        let args = ["generate", "--model", model, "--data", rows.to_str().unwrap()];
+        let rest = ["--max-new-tokens", "12", "--batch", "2", "--device", device, "--out", out.to_str().unwrap()];
+        let text = condlm_with(&[&args[..], &rest].concat(), &stats);
+        (jsonl(&out).iter().map(|r| r["generation"].clone()).collect(), text)
+    };
+    let ((gpu, text), (cpu, _)) = (generate("cuda"), generate("cpu"));
+    assert!(stat(&text, "launch packed_gemv_f32_f32") > 0, "decoding steps read no blocks directly:\n{text}");
+    assert!(!cpu.is_empty());
+    assert_eq!(gpu, cpu, "generations on the Q4_0 base differ");
 }

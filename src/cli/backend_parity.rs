@@ -353,39 +353,77 @@ fn gemm_bf16<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     })
 }
 
-/// `gemm_packed` of a (n, cols) by a (rows, cols) matrix of `ty` blocks, transposed, into c (n, rows) and 5 values
-/// past it; with `identity` a is the (cols, cols) identity, so c holds the decoded matrix itself, transposed.
-fn gemm_packed_on<B: Backend>(b: &B, ty: GgmlType, identity: bool, accumulate: bool) -> Result<Outs> {
+/// How [`gemm_packed_on`] multiplies the (24, 512) packed matrix: the identity by it (c then holds the decoded
+/// matrix itself, transposed), or `m` random rows (in rows of 519, from value 2) by its stored rows
+/// `first..first + n`, transposed, into c (m, n) in rows of n + 3 from value 5, = or +=; a and c f32 or (`bf16`)
+/// bf16. Up to 8 rows a device reads the blocks themselves (a decoding step); the LM head's vocabulary chunks read
+/// a slice of the rows.
+#[derive(Clone, Copy)]
+enum PackedCase {
+    Decoded,
+    Product { m: usize, first: usize, n: usize, accumulate: bool, bf16: bool },
+}
+
+const PACKED_CASES: [PackedCase; 8] = {
+    use PackedCase::Product as P;
+    [
+        PackedCase::Decoded,
+        P { m: 13, first: 0, n: 24, accumulate: false, bf16: false },
+        P { m: 13, first: 0, n: 24, accumulate: true, bf16: false },
+        P { m: 13, first: 8, n: 12, accumulate: true, bf16: true },
+        P { m: 1, first: 0, n: 24, accumulate: false, bf16: false },
+        P { m: 5, first: 8, n: 12, accumulate: true, bf16: false },
+        P { m: 8, first: 3, n: 21, accumulate: false, bf16: true },
+        P { m: 2, first: 0, n: 24, accumulate: true, bf16: true },
+    ]
+};
+
+fn gemm_packed_on<B: ReadMask>(b: &B, ty: GgmlType, case: PackedCase) -> Result<Outs> {
     let (rows, cols) = (24, 512);
     let w = quantize(ty, &random(rows * cols, 181, 1.0))?;
     let words = up_u32(b, &words_of(&w))?;
-    let (n, a) = match identity {
-        true => (cols, (0..cols * cols).map(|i| if i / cols == i % cols { 1.0 } else { 0.0 }).collect()),
-        false => (13, random(13 * cols, 182, 1.0)),
-    };
-    let (a, mut c) = (up(b, &a)?, up(b, &random(n * rows + 5, 183, 1.0))?);
     let w = PackedView { words: &words, ty, rows, cols };
-    let (cv, av, wv) = (MatView::dense(n, rows), MatView::dense(n, cols), MatView::dense(rows, cols).t());
-    b.gemm_packed(ValuesMut::F32(&mut c), cv, Values::F32(&a), av, w, wv, accumulate)?;
-    let what = if identity {
-        "decoded"
-    } else if accumulate {
-        "product +="
-    } else {
-        "product"
+    let name = |what: String| format!("gemm_packed {ty} {what} ({:?})", compute());
+    let PackedCase::Product { m, first, n, accumulate, bf16 } = case else {
+        let eye: Vec<f32> = (0..cols * cols).map(|i| if i / cols == i % cols { 1.0 } else { 0.0 }).collect();
+        let (a, mut c) = (up(b, &eye)?, up(b, &random(cols * rows + 5, 183, 1.0))?);
+        let (cv, av, wv) = (MatView::dense(cols, rows), MatView::dense(cols, cols), MatView::dense(rows, cols).t());
+        b.gemm_packed(ValuesMut::F32(&mut c), cv, Values::F32(&a), av, w, wv, false)?;
+        return Ok(vec![(name("decoded".into()), down(b, &c, cols * rows + 5)?)]);
     };
-    Ok(vec![(format!("gemm_packed {ty} {what} ({:?})", compute()), down(b, &c, n * rows + 5)?)])
+    let av = MatView { offset: 2, rows: m, cols, ld: cols + 7, trans: false };
+    let cv = MatView { offset: 5, rows: m, cols: n, ld: n + 3, trans: false };
+    let wv = MatView { offset: first * cols, rows: n, cols, ld: cols, trans: true };
+    let (a, c) = (random(av.end(), 182, 1.0), random(cv.end() + 4, 183, 1.0));
+    let what = format!("{m} rows × stored rows {first}..{}{}", first + n, if accumulate { " +=" } else { "" });
+    if !bf16 {
+        let (a, mut c) = (up(b, &a)?, up(b, &c)?);
+        b.gemm_packed(ValuesMut::F32(&mut c), cv, Values::F32(&a), av, w, wv, accumulate)?;
+        return Ok(vec![(name(what), down(b, &c, cv.end() + 4)?)]);
+    }
+    let (a, mut c) = (up_bf16(b, &a)?, up_bf16(b, &c)?);
+    b.gemm_packed(ValuesMut::Bf16(&mut c), cv, Values::Bf16(&a), av, w, wv, accumulate)?;
+    Ok(vec![(name(what + ", bf16 a and c"), down_bf16(b, &c)?)])
 }
 
 /// Every block type the device keeps packed, in f32 and under `--compute bf16`: the decoded matrix bit for bit
-/// (an identity's product, exact in f32 and of bf16 values), and products with random rows, = and +=.
+/// (an identity's product, exact in f32 and of bf16 values), and the products of [`PACKED_CASES`] (a bf16 c within
+/// one bf16 rounding).
 fn gemm_packed<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     let run = |all: &mut Vec<Compared>| -> Result<()> {
         for ty in GgmlType::ALL.into_iter().filter(|&t| t != GgmlType::F32 && dev.keeps_packed(t)) {
-            for (identity, accumulate, tol) in [(true, false, 0.0), (false, false, 1e-5), (false, true, 1e-5)] {
-                let (cpu, gpu) =
-                    (gemm_packed_on(&Host, ty, identity, accumulate)?, gemm_packed_on(dev, ty, identity, accumulate)?);
-                compare_outs(all, &cpu, &gpu, tol);
+            for case in PACKED_CASES {
+                let tol = match case {
+                    PackedCase::Decoded => 0.0,
+                    PackedCase::Product { bf16, .. } => {
+                        if bf16 {
+                            1e-2
+                        } else {
+                            1e-5
+                        }
+                    }
+                };
+                compare_outs(all, &gemm_packed_on(&Host, ty, case)?, &gemm_packed_on(dev, ty, case)?, tol);
             }
         }
         Ok(())

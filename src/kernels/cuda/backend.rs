@@ -119,6 +119,53 @@ fn pre_mut<'a, T>(x: &'a mut CudaSlice<T>, n: usize, op: &str) -> CudaViewMut<'a
     x.try_slice_mut(..n).unwrap_or_else(|| panic!("{op}: {n} values asked of a buffer of {len}"))
 }
 
+/// The shape of `gemm_packed`'s product for `dequant::packed_gemv`: c (m, n) = a (m, k) · Wᵀ with at most
+/// `GEMV_ROWS` rows, W's view its first n whole rows (transposed), a and c row-major; None for any other product.
+fn gemv_shape(cv: MatView, av: MatView, wv: MatView, ty: GgmlType, at: usize) -> Option<dequant::Gemv> {
+    let whole_rows = wv.trans && wv.offset == 0 && wv.ld == wv.cols;
+    let rows_ok = !av.trans && !cv.trans && cv.rows == av.rows && cv.rows <= dequant::GEMV_ROWS;
+    (whole_rows && rows_ok && av.cols == wv.cols && cv.cols == wv.rows).then_some(dequant::Gemv {
+        m: cv.rows,
+        n: cv.cols,
+        k: av.cols,
+        lda: av.ld,
+        ldc: cv.ld,
+        ty,
+        at,
+    })
+}
+
+/// `dequant::packed_gemv` on the views' buffers from their offsets, whichever of f32 and bf16 a and c are.
+#[allow(clippy::too_many_arguments)]
+fn packed_gemv(
+    d: &Device,
+    c: ValuesMut<Cuda>,
+    cv: MatView,
+    a: Values<Cuda>,
+    av: MatView,
+    words: &CudaView<u32>,
+    s: &dequant::Gemv,
+    accumulate: bool,
+    round: bool,
+) -> Result<(), DriverError> {
+    let (co, ao) = (cv.offset.., av.offset..);
+    // (Four arms: a and c each f32 or bf16, four instances of the generic launch.)
+    match (c, a) {
+        (ValuesMut::F32(c), Values::F32(a)) => {
+            dequant::packed_gemv(d, &mut c.slice_mut(co), &a.slice(ao), words, s, accumulate, round)
+        }
+        (ValuesMut::Bf16(c), Values::F32(a)) => {
+            dequant::packed_gemv(d, &mut c.slice_mut(co), &a.slice(ao), words, s, accumulate, round)
+        }
+        (ValuesMut::F32(c), Values::Bf16(a)) => {
+            dequant::packed_gemv(d, &mut c.slice_mut(co), &a.slice(ao), words, s, accumulate, round)
+        }
+        (ValuesMut::Bf16(c), Values::Bf16(a)) => {
+            dequant::packed_gemv(d, &mut c.slice_mut(co), &a.slice(ao), words, s, accumulate, round)
+        }
+    }
+}
+
 /// A Gated DeltaNet's head-major buffers (`v_heads` heads of `rows` rows) as views of their prefixes.
 fn delta_views<'a>(x: DeltaBufs<'a, Cuda>, rows: usize, s: &DeltaNetShape, op: &str) -> DeltaViews<'a> {
     let (n, dk, dv) = (s.v_heads * rows, s.k_head_dim, s.v_head_dim);
@@ -580,6 +627,8 @@ impl Backend for Cuda {
         dequant::decodes(ty)
     }
 
+    /// Decodes only the stored rows `wv` touches (the LM head's vocabulary chunks read a slice of its matrix); a
+    /// decoding step's few rows times Wᵀ read the blocks themselves (`dequant::packed_gemv`), no scratch.
     fn gemm_packed(
         &self,
         c: ValuesMut<Self>,
@@ -590,10 +639,19 @@ impl Backend for Cuda {
         wv: MatView,
         accumulate: bool,
     ) -> Result<()> {
-        let n = w.rows * w.cols;
+        let first = wv.offset / w.cols;
+        let rows = wv.end().div_ceil(w.cols).max(first) - first;
+        let (n, at) = (rows * w.cols, w.ty.bytes_for((first * w.cols) as u64).expect("a matrix's size") as usize);
+        let wv = MatView { offset: wv.offset - first * w.cols, ..wv };
+        let words_len = (at + w.ty.bytes_for(n as u64).expect("a matrix's size") as usize).div_ceil(4);
+        let words = pre(&w.words.buf, words_len, "gemm_packed");
+        let bf16 = compute() == Compute::Bf16;
+        let round = bf16 || matches!(a, Values::Bf16(_)) || matches!(c, ValuesMut::Bf16(_));
+        if let Some(s) = gemv_shape(cv, av, wv, w.ty, at) {
+            return self.ran("packed_gemv", packed_gemv(&self.device, c, cv, a, av, &words, &s, accumulate, round));
+        }
         let mut scratch = self.packed.lock().unwrap_or_else(PoisonError::into_inner);
         let (f, h) = &mut *scratch;
-        let bf16 = compute() == Compute::Bf16;
         if (if bf16 { h.len() } else { f.len() }) < n {
             if self.capturing.load(Ordering::Relaxed) {
                 bail!("the decoded weights' scratch would grow during a CUDA graph capture (a step not run before)");
@@ -604,13 +662,11 @@ impl Backend for Cuda {
             }
             self.bf16_moves.fetch_add(1, Ordering::Relaxed);
         }
-        let bytes = w.ty.bytes_for(n as u64).expect("a matrix's size") as usize;
-        let words = pre(&w.words.buf, bytes.div_ceil(4), "gemm_packed");
         if bf16 {
-            self.ran("dequantize", dequant::dequantize(&self.device, &mut h.as_view_mut(), &words, w.ty, n))?;
+            self.ran("dequantize", dequant::dequantize(&self.device, &mut h.as_view_mut(), &words, at, w.ty, n))?;
             return self.gemm_bf16(c, cv, a, av, Values::Bf16(h), wv, 1.0, accumulate);
         }
-        self.ran("dequantize", dequant::dequantize(&self.device, &mut f.as_view_mut(), &words, w.ty, n))?;
+        self.ran("dequantize", dequant::dequantize(&self.device, &mut f.as_view_mut(), &words, at, w.ty, n))?;
         match (c, a) {
             (ValuesMut::F32(c), Values::F32(a)) => self.gemm_weights(c, cv, a, av, f, wv, accumulate),
             (c, a) => self.gemm_bf16(c, cv, a, av, Values::F32(f), wv, 1.0, accumulate),

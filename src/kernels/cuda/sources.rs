@@ -100,7 +100,18 @@ pub const SOURCES: &[Source] = &[
     },
     Source { file: "adamw.cu", text: include_str!("cu/adamw.cu"), kernels: &["adamw_tensors"] },
     Source { file: "bf16.cu", text: include_str!("cu/bf16.cu"), kernels: &["to_bf16"] },
-    Source { file: "dequant.cu", text: include_str!("cu/dequant.cu"), kernels: &["dequantize_f32", "dequantize_bf16"] },
+    Source {
+        file: "dequant.cu",
+        text: include_str!("cu/dequant.cu"),
+        kernels: &[
+            "dequantize_f32",
+            "dequantize_bf16",
+            "packed_gemv_f32_f32",
+            "packed_gemv_f32_bf16",
+            "packed_gemv_bf16_f32",
+            "packed_gemv_bf16_bf16",
+        ],
+    },
     Source {
         file: "elementwise.cu",
         text: include_str!("cu/elementwise.cu"),

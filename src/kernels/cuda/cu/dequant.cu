@@ -1,6 +1,6 @@
 // llama.cpp's GGML block types decoded to f32 or bf16, as src/kernels/dequant.rs decodes them: a frozen weight
-// matrix kept on the GPU in its stored blocks is decoded into scratch before each product
-// (`Backend::gemm_packed`). Bit for bit the CPU's values: each value is d·q, (d·q) + m or (d·sc)·q − (dmin·m) in
+// matrix kept on the GPU in its stored blocks is decoded into scratch before a product (`Backend::gemm_packed`),
+// or, for a decoding step's few rows, multiplied straight from its blocks (packed_gemv). Bit for bit the CPU's values: each value is d·q, (d·q) + m or (d·sc)·q − (dmin·m) in
 // the CPU's order, every product and sum rounded on its own (__fmul_rn, __fadd_rn: no fused multiply-add).
 //
 // The block types by GGML id (src/kernels/dequant.rs's `GgmlType::id`).
@@ -51,67 +51,169 @@ __device__ int type_size(int ty) {
     }
 }
 
-// Value j of block b of type ty, as dequant.rs's routine of that type computes it.
-__device__ float decode(int ty, const unsigned char* b, int j) {
+
+// Every type's values come in runs of 16 that share their scale (and min): a block of 32 holds two, a K-quant
+// super-block of 256 sixteen.
+#define GROUP 16
+
+// Values 16g..16g+15 of block b of type ty into v, as dequant.rs's routine of that type computes each of them; the
+// run's scale (and min) decoded once.
+__device__ void decode_group(int ty, const unsigned char* b, int g, float* v) {
     switch (ty) {
-        case GGML_Q4_0: {
-            const int q = j < 16 ? (b[2 + j] & 0x0f) : (b[2 + j - 16] >> 4);
-            return __fmul_rn(f16_value(u16_at(b, 0)), (float)(q - 8));
-        }
+        case GGML_Q4_0:
         case GGML_Q4_1: {
-            const int q = j < 16 ? (b[4 + j] & 0x0f) : (b[4 + j - 16] >> 4);
-            return __fadd_rn(__fmul_rn(f16_value(u16_at(b, 0)), (float)q), f16_value(u16_at(b, 2)));
+            // value j < 16 in the low nibble of qs[j], value 16 + j in its high one
+            const bool q41 = ty == GGML_Q4_1;
+            const unsigned char* qs = b + (q41 ? 4 : 2);
+            const float d = f16_value(u16_at(b, 0)), m = q41 ? f16_value(u16_at(b, 2)) : 0.f;
+#pragma unroll
+            for (int i = 0; i < GROUP; ++i) {
+                const int q = g == 0 ? (qs[i] & 0x0f) : (qs[i] >> 4);
+                v[i] = q41 ? __fadd_rn(__fmul_rn(d, (float)q), m) : __fmul_rn(d, (float)(q - 8));
+            }
+            return;
         }
-        case GGML_Q5_0: {
-            const unsigned qh = u16_at(b, 2) | u16_at(b, 4) << 16;
-            const int lo = j < 16 ? (b[6 + j] & 0x0f) : (b[6 + j - 16] >> 4);
-            const int q = lo | (int)((qh >> j) & 1u) << 4;
-            return __fmul_rn(f16_value(u16_at(b, 0)), (float)(q - 16));
-        }
+        case GGML_Q5_0:
         case GGML_Q5_1: {
-            const unsigned qh = u16_at(b, 4) | u16_at(b, 6) << 16;
-            const int lo = j < 16 ? (b[8 + j] & 0x0f) : (b[8 + j - 16] >> 4);
-            const int q = lo | (int)((qh >> j) & 1u) << 4;
-            return __fadd_rn(__fmul_rn(f16_value(u16_at(b, 0)), (float)q), f16_value(u16_at(b, 2)));
+            const bool q51 = ty == GGML_Q5_1;
+            const int at = q51 ? 4 : 2;
+            const unsigned qh = u16_at(b, at) | u16_at(b, at + 2) << 16;
+            const unsigned char* qs = b + at + 4;
+            const float d = f16_value(u16_at(b, 0)), m = q51 ? f16_value(u16_at(b, 2)) : 0.f;
+#pragma unroll
+            for (int i = 0; i < GROUP; ++i) {
+                const int j = GROUP * g + i, lo = g == 0 ? (qs[i] & 0x0f) : (qs[i] >> 4);
+                const int q = lo | (int)((qh >> j) & 1u) << 4;
+                v[i] = q51 ? __fadd_rn(__fmul_rn(d, (float)q), m) : __fmul_rn(d, (float)(q - 16));
+            }
+            return;
         }
-        case GGML_Q8_0:
-            return __fmul_rn(f16_value(u16_at(b, 0)), (float)(signed char)b[2 + j]);
+        case GGML_Q8_0: {
+            const float d = f16_value(u16_at(b, 0));
+#pragma unroll
+            for (int i = 0; i < GROUP; ++i) v[i] = __fmul_rn(d, (float)(signed char)b[2 + GROUP * g + i]);
+            return;
+        }
         case GGML_Q4_K:
         case GGML_Q5_K: {
-            // 64 values per chunk c of qs: sub-block 2c in the low nibbles, 2c + 1 in the high ones
-            const int c = j / 64, l = j % 64, sub = 2 * c + (l >= 32), at = l % 32;
+            // 64 values per chunk c of qs: sub-block 2c in the low nibbles of qs[32c..32c + 32], 2c + 1 in the high
+            // ones; run g is chunk g / 4, sub-block 2c + (g % 4 ≥ 2), from byte 32c + 16·(g % 2)
+            const int c = g / 4, high = (g % 4) >= 2, sub = 2 * c + high, at = GROUP * (g % 2);
             float sc, m;
             scale_min_k4(sub, b + 4, &sc, &m);
-            const unsigned char* qs = b + (ty == GGML_Q4_K ? 16 : 48);
-            int q = l < 32 ? (qs[32 * c + at] & 0x0f) : (qs[32 * c + at] >> 4);
-            if (ty == GGML_Q5_K) q |= ((b[16 + at] >> sub) & 1) << 4;
+            const unsigned char* qs = b + (ty == GGML_Q4_K ? 16 : 48) + 32 * c + at;
             const float d = __fmul_rn(f16_value(u16_at(b, 0)), sc), min = __fmul_rn(f16_value(u16_at(b, 2)), m);
-            return __fsub_rn(__fmul_rn(d, (float)q), min);
+#pragma unroll
+            for (int i = 0; i < GROUP; ++i) {
+                int q = high ? (qs[i] >> 4) : (qs[i] & 0x0f);
+                if (ty == GGML_Q5_K) q |= ((b[16 + at + i] >> sub) & 1) << 4;
+                v[i] = __fsub_rn(__fmul_rn(d, (float)q), min);
+            }
+            return;
         }
         default: {  // Q6_K: two halves of 128; value r of half h: 4 low bits from ql, 2 high from qh, scale r / 16
-            const int h = j / 128, r = j % 128;
-            const int lo = (b[64 * h + r % 64] >> (4 * (r / 64))) & 0x0f;
-            const int hi = (b[128 + 32 * h + r % 32] >> (2 * (r / 32))) & 0x03;
+            const int h = g / 8, r = GROUP * (g % 8);
+            const unsigned char *ql = b + 64 * h + r % 64, *qh = b + 128 + 32 * h + r % 32;
+            const int lo_shift = 4 * (r / 64), hi_shift = 2 * (r / 32);
             const float ds = __fmul_rn(f16_value(u16_at(b, 208)), (float)(signed char)b[192 + 8 * h + r / 16]);
-            return __fmul_rn(ds, (float)((lo | hi << 4) - 32));
+#pragma unroll
+            for (int i = 0; i < GROUP; ++i) {
+                const int q = ((ql[i] >> lo_shift) & 0x0f) | ((qh[i] >> hi_shift) & 0x03) << 4;
+                v[i] = __fmul_rn(ds, (float)(q - 32));
+            }
+            return;
         }
     }
 }
 
-// out[i] = value i of the n values in blocks of `block` values of type `ty` at `src` (a 1-D grid striding over n).
-template <typename T>
-__device__ void dequantize(T* out, const unsigned char* src, int ty, int block, size_t n) {
-    const int ts = type_size(ty);
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        store(out, i, decode(ty, src + i / block * ts, (int)(i % block)));
+// Run g of the matrix in blocks of `block` values of type ty at src: its block's bytes and its run in the block.
+__device__ const unsigned char* run_block(const unsigned char* src, int ty, int block, size_t g, int* in_block) {
+    const size_t runs = block / GROUP;
+    *in_block = (int)(g % runs);
+    return src + g / runs * type_size(ty);
 }
 
-extern "C" __global__ void dequantize_f32(float* out, const unsigned char* src, int ty, int block, size_t n) {
-    dequantize(out, src, ty, block, n);
+// out[i] = value i of the n values (whole blocks of `block` values of type `ty`) from byte `at` of `src`: a thread
+// per run of 16 (a 1-D grid striding over the n / 16 runs).
+template <typename T>
+__device__ void dequantize(T* out, const unsigned char* src, size_t at, int ty, int block, size_t n) {
+    for (size_t g = (size_t)blockIdx.x * blockDim.x + threadIdx.x; g < n / GROUP; g += (size_t)gridDim.x * blockDim.x) {
+        int in_block;
+        const unsigned char* b = run_block(src + at, ty, block, g, &in_block);
+        float v[GROUP];
+        decode_group(ty, b, in_block, v);
+#pragma unroll
+        for (int i = 0; i < GROUP; ++i) store(out, g * GROUP + i, v[i]);
+    }
+}
+
+extern "C" __global__ void dequantize_f32(float* out, const unsigned char* src, size_t at, int ty, int block,
+                                          size_t n) {
+    dequantize(out, src, at, ty, block, n);
 }
 
 // The values rounded to bf16 (what `--compute bf16`'s products read of a dense weight's bf16 copy).
-extern "C" __global__ void dequantize_bf16(unsigned short* out, const unsigned char* src, int ty, int block,
-                                           size_t n) {
-    dequantize(out, src, ty, block, n);
+extern "C" __global__ void dequantize_bf16(unsigned short* out, const unsigned char* src, size_t at, int ty,
+                                           int block, size_t n) {
+    dequantize(out, src, at, ty, block, n);
 }
+
+// The most rows of a that packed_gemv takes (src/kernels/cuda/ops/dequant.rs's GEMV_ROWS): decoding steps.
+#define GEMV_ROWS 8
+
+// c[r, o] (+)= Σ_k a[r, k]·W[o, k] for rows r < m ≤ GEMV_ROWS and outputs o < n of W (n, k), whose rows are whole
+// blocks of type ty from byte `at` of src: the product of a decoding step read straight from the blocks, each
+// value decoded as dequantize decodes it (so it is that matrix's product, in another order of sums). With `round`,
+// both operands are rounded to bf16 first, as a bf16 product reads them. a: rows of lda; c: rows of ldc. A warp
+// per output (grid ceil(n / warps per block)); its lanes take the row's runs of 16 in turn, each adding its runs'
+// products for every row of a, the warp's sums then added across lanes.
+template <typename Ta, typename Tc>
+__device__ void packed_gemv(Tc* c, const Ta* a, const unsigned char* src, size_t at, int ty, int block, int m, int n,
+                            int k, int lda, int ldc, int accumulate, int round) {
+    const int lane = threadIdx.x & 31, o = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (o >= n) return;  // the whole warp
+    const int runs = k / GROUP;
+    const unsigned char* row = src + at + (size_t)o * (k / block) * type_size(ty);
+    float acc[GEMV_ROWS];
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; ++r) acc[r] = 0.f;
+    for (int g = lane; g < runs; g += 32) {
+        int in_block;
+        const unsigned char* b = run_block(row, ty, block, g, &in_block);
+        float v[GROUP];
+        decode_group(ty, b, in_block, v);
+        if (round)
+#pragma unroll
+            for (int i = 0; i < GROUP; ++i) v[i] = bf16_value((unsigned short)bf16_bits(v[i]));
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; ++r) {
+            if (r >= m) break;
+            const Ta* ar = a + (size_t)r * lda + GROUP * g;
+#pragma unroll
+            for (int i = 0; i < GROUP; ++i) {
+                const float x = load(ar, i);
+                acc[r] += v[i] * (round ? bf16_value((unsigned short)bf16_bits(x)) : x);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_ROWS; ++r) {
+        if (r >= m) break;
+        const float sum = warp_sum(acc[r]);
+        if (lane == 0) {
+            const size_t i = (size_t)r * ldc + o;
+            store(c, i, accumulate ? load(c, i) + sum : sum);
+        }
+    }
+}
+
+#define PACKED_GEMV(name, Ta, Tc)                                                                                  \
+    extern "C" __global__ void name(Tc* c, const Ta* a, const unsigned char* src, size_t at, int ty, int block,  \
+                                    int m, int n, int k, int lda, int ldc, int accumulate, int round) {           \
+        packed_gemv(c, a, src, at, ty, block, m, n, k, lda, ldc, accumulate, round);                             \
+    }
+// a's and c's element types in the name: f32 or bf16 (activations kept in bf16).
+PACKED_GEMV(packed_gemv_f32_f32, float, float)
+PACKED_GEMV(packed_gemv_f32_bf16, float, unsigned short)
+PACKED_GEMV(packed_gemv_bf16_f32, unsigned short, float)
+PACKED_GEMV(packed_gemv_bf16_bf16, unsigned short, unsigned short)
