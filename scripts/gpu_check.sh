@@ -412,8 +412,9 @@ gated 30 "decode, SmolLM2-135M-shaped: condlm $dev (f32, bf16) vs transformers g
     "$work/smollm2-135m" "${steps:-128}"
 
 # The SmolLM2-135M shape exported as Q4_K (down_proj's 1536-wide rows in Q4_K, the 576-wide ones in Q5_0 by
-# llama.cpp's fallback), kept in its blocks on the GPU and decoded per product: LoRA tokens/s and peak GPU memory in
-# bf16 beside the dense bf16 run above, and decode tokens/s.
+# llama.cpp's fallback), kept in its blocks on the GPU (a training step's products decode the matrix for cuBLAS, a
+# decoding step's read the blocks themselves: packed_gemv): LoRA tokens/s and peak GPU memory in bf16 beside the
+# dense bf16 run above, and decode tokens/s from the blocks (f32, bf16) and from a dense bf16 upload of the same file.
 smollm2_quantized() {
     smollm2_model || return 1
     "$bin" export-gguf --model "$work/smollm2-135m" --out "$work/smollm2-q4_k.gguf" --type q4_k >/dev/null || return 1
@@ -422,8 +423,13 @@ smollm2_quantized() {
         --eval-fraction 0 --compute bf16 || return 1
     echo "LoRA on the Q4_K base, compute bf16:"
     "$py" "$helper" throughput "$work/t-q4k" "$work/smollm2-135m" || return 1
-    "$bin" generate --model "$work/smollm2-q4_k.gguf" --prompt "name: Blue Spice" --max-new-tokens 64 --ignore-eos \
-        --device "$dev" --compute bf16 2>&1 >/dev/null | grep -E '^warning|tokens/s'
+    local c
+    for c in "f32 stored" "bf16 stored" "bf16 bf16"; do
+        set -- $c
+        echo "decode, --compute $1 --base-dtype $2:"
+        "$bin" generate --model "$work/smollm2-q4_k.gguf" --prompt "name: Blue Spice" --max-new-tokens 64 --ignore-eos \
+            --device "$dev" --compute "$1" --base-dtype "$2" 2>&1 >/dev/null | grep -E '^warning|tokens/s' || return 1
+    done
 }
 gated 40 "quantized base on the GPU, SmolLM2-135M-shaped Q4_K: LoRA tokens/s and peak memory (bf16), decode" \
     smollm2_quantized

@@ -207,13 +207,27 @@ __device__ void packed_gemv(Tc* c, const Ta* a, const unsigned char* src, size_t
     }
 }
 
-#define PACKED_GEMV(name, Ta, Tc)                                                                                  \
-    extern "C" __global__ void name(Tc* c, const Ta* a, const unsigned char* src, size_t at, int ty, int block,  \
-                                    int m, int n, int k, int lda, int ldc, int accumulate, int round) {           \
-        packed_gemv(c, a, src, at, ty, block, m, n, k, lda, ldc, accumulate, round);                             \
-    }
 // a's and c's element types in the name: f32 or bf16 (activations kept in bf16).
-PACKED_GEMV(packed_gemv_f32_f32, float, float)
-PACKED_GEMV(packed_gemv_f32_bf16, float, unsigned short)
-PACKED_GEMV(packed_gemv_bf16_f32, unsigned short, float)
-PACKED_GEMV(packed_gemv_bf16_bf16, unsigned short, unsigned short)
+extern "C" __global__ void packed_gemv_f32_f32(float* c, const float* a, const unsigned char* src, size_t at, int ty,
+                                               int block, int m, int n, int k, int lda, int ldc, int accumulate,
+                                               int round) {
+    packed_gemv(c, a, src, at, ty, block, m, n, k, lda, ldc, accumulate, round);
+}
+
+extern "C" __global__ void packed_gemv_f32_bf16(unsigned short* c, const float* a, const unsigned char* src, size_t at,
+                                                int ty, int block, int m, int n, int k, int lda, int ldc,
+                                                int accumulate, int round) {
+    packed_gemv(c, a, src, at, ty, block, m, n, k, lda, ldc, accumulate, round);
+}
+
+extern "C" __global__ void packed_gemv_bf16_f32(float* c, const unsigned short* a, const unsigned char* src, size_t at,
+                                                int ty, int block, int m, int n, int k, int lda, int ldc,
+                                                int accumulate, int round) {
+    packed_gemv(c, a, src, at, ty, block, m, n, k, lda, ldc, accumulate, round);
+}
+
+extern "C" __global__ void packed_gemv_bf16_bf16(unsigned short* c, const unsigned short* a, const unsigned char* src,
+                                                 size_t at, int ty, int block, int m, int n, int k, int lda, int ldc,
+                                                 int accumulate, int round) {
+    packed_gemv(c, a, src, at, ty, block, m, n, k, lda, ldc, accumulate, round);
+}

@@ -85,12 +85,6 @@ pub fn packed_gemv<Ta: Elem, Tc: Elem>(
     if s.m == 0 || s.n == 0 {
         return Ok(());
     }
-    let name = match (Ta::BF16, Tc::BF16) {
-        (false, false) => "packed_gemv_f32_f32",
-        (false, true) => "packed_gemv_f32_bf16",
-        (true, false) => "packed_gemv_bf16_f32",
-        (true, true) => "packed_gemv_bf16_bf16",
-    };
     const WARPS: usize = 8;
     let cfg = LaunchConfig {
         grid_dim: (s.n.div_ceil(WARPS) as u32, 1, 1),
@@ -100,6 +94,12 @@ pub fn packed_gemv<Ta: Elem, Tc: Elem>(
     let (at, ty, block) = (s.at as u64, s.ty.id() as i32, block as i32);
     let [m, n, k, lda, ldc] = [s.m, s.n, s.k, s.lda, s.ldc].map(|x| i32::try_from(x).expect("a GEMV dimension"));
     let (accumulate, round) = (accumulate as i32, round as i32);
+    let name = match (Ta::BF16, Tc::BF16) {
+        (false, false) => "packed_gemv_f32_f32",
+        (false, true) => "packed_gemv_f32_bf16",
+        (true, false) => "packed_gemv_bf16_f32",
+        (true, true) => "packed_gemv_bf16_bf16",
+    };
     let mut b = d.stream.launch_builder(d.function(name));
     b.arg(c).arg(a).arg(words).arg(&at).arg(&ty).arg(&block);
     b.arg(&m).arg(&n).arg(&k).arg(&lda).arg(&ldc).arg(&accumulate).arg(&round);
