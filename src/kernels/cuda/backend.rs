@@ -121,8 +121,8 @@ fn pre_mut<'a, T>(x: &'a mut CudaSlice<T>, n: usize, op: &str) -> CudaViewMut<'a
 
 /// The shape of `gemm_packed`'s product for `dequant::packed_gemv`: c (m, n) = a (m, k) · Wᵀ with at most
 /// `GEMV_ROWS` rows, W's view its first n whole rows (transposed), a and c row-major; None for any other product.
-fn gemv_shape(cv: MatView, av: MatView, wv: MatView, ty: GgmlType, at: usize) -> Option<dequant::Gemv> {
-    let whole_rows = wv.trans && wv.offset == 0 && wv.ld == wv.cols;
+fn gemv_shape(cv: MatView, av: MatView, wv: MatView, w: PackedView<Cuda>, at: usize) -> Option<dequant::Gemv> {
+    let whole_rows = wv.trans && wv.offset == 0 && wv.ld == w.cols && wv.cols == w.cols;
     let rows_ok = !av.trans && !cv.trans && cv.rows == av.rows && cv.rows <= dequant::GEMV_ROWS;
     (whole_rows && rows_ok && av.cols == wv.cols && cv.cols == wv.rows).then_some(dequant::Gemv {
         m: cv.rows,
@@ -130,7 +130,7 @@ fn gemv_shape(cv: MatView, av: MatView, wv: MatView, ty: GgmlType, at: usize) ->
         k: av.cols,
         lda: av.ld,
         ldc: cv.ld,
-        ty,
+        ty: w.ty,
         at,
     })
 }
@@ -647,7 +647,7 @@ impl Backend for Cuda {
         let words = pre(&w.words.buf, words_len, "gemm_packed");
         let bf16 = compute() == Compute::Bf16;
         let round = bf16 || matches!(a, Values::Bf16(_)) || matches!(c, ValuesMut::Bf16(_));
-        if let Some(s) = gemv_shape(cv, av, wv, w.ty, at) {
+        if let Some(s) = gemv_shape(cv, av, wv, w, at) {
             return self.ran("packed_gemv", packed_gemv(&self.device, c, cv, a, av, &words, &s, accumulate, round));
         }
         let mut scratch = self.packed.lock().unwrap_or_else(PoisonError::into_inner);
