@@ -12,10 +12,10 @@ use condlm::score::{OnCpu, Scorer};
 #[derive(Args, Default)]
 pub struct DeviceArgs {
     /// Where the network runs: cpu, or cuda / cuda:N (the N-th GPU; products as --compute says: f32 without TF32,
-    /// or bf16 operands with f32 sums). Every architecture (Llama, SmolLM2/3, Qwen2/3, Mistral, Gemma 3, Phi-3/4,
-    /// OLMo 2/3, GPT-2): scoring, LoRA and full fine-tuning (under mpirun/srun one GPU per rank: the k-th rank
-    /// on a machine takes cuda:(N + k), gradients summed by NCCL), and decoding; what cannot run there is refused
-    /// with the reason. `reference` runs the GPU's code path on the CPU kernels (slow: for checking it without a GPU)
+    /// or bf16 operands with f32 sums). Every architecture (Llama, SmolLM2/3, Qwen2/3, Qwen3.5, Mistral, Gemma 3,
+    /// Phi-3/4, OLMo 2/3, GPT-2): scoring, LoRA and full fine-tuning (under mpirun/srun one GPU per rank: the k-th
+    /// rank on a machine takes cuda:(N + k), gradients summed by NCCL), and decoding; a GGUF's quantized base stays
+    /// in its blocks there (--base-dtype stored); what cannot run there is refused with the reason. `reference` runs the GPU's code path on the CPU kernels (slow: for checking it without a GPU)
     /// [default: cpu].
     #[arg(long)]
     pub device: Option<Placement>,
