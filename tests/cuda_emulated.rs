@@ -432,6 +432,43 @@ fn training_steps_after_the_first_allocate_nothing_and_wait_twice() {
     }
 }
 
+/// A run's device buffers are sized before its first step for the largest micro-batch it will form, so a run too
+/// large for the device fails at once, saying why, not at the step that first forms that batch: rows of 4 to 70
+/// tokens in shuffled order, an emulated GPU with memory between the peaks of a 1-step run and of a 6-step one; the
+/// 6-step run then stops before any step and writes nothing. For Llama, and for Qwen3.5, whose recurrence also keeps
+/// states per 16-row chunk of each row.
+#[test]
+fn a_run_too_large_for_the_device_fails_before_its_first_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rows.jsonl");
+    let rows: Vec<String> = (0..12)
+        .map(|i| {
+            let completion = vec!["river"; 1 + 2 * i].join(" ");
+            serde_json::json!({"prompt": "name: Blue Spice", "completion": completion}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    for m in ["tiny-llama", "tiny-qwen35"] {
+        let out = |steps: &str| dir.path().join(format!("{m}-{steps}"));
+        let peak = |steps: &str| stat(&counted_train(&fixture(m), &data, &out(steps), steps, &[]), "peak bytes in use");
+        let (one, six) = (peak("1"), peak("6"));
+        assert!(six > one, "{m}: the 6-step run's largest micro-batch needs no more than its first ({six} ≤ {one})");
+        let (model, data, to) = (fixture(m), data.to_str().unwrap(), out("6-short"));
+        let args = ["train", "--model", model.to_str().unwrap(), "--data", data, "--output-dir", to.to_str().unwrap()];
+        let fixed = ["--max-steps", "6", "--batch-size", "2", "--eval-fraction", "0", "--device", "cuda"];
+        let o = Command::new(env!("CARGO_BIN_EXE_condlm"))
+            .args([&args[..], &fixed].concat())
+            .env("LD_LIBRARY_PATH", common::cuda_emulator::lib_dir())
+            .env("CUDA_EMULATOR_MEMORY", ((one + six) / 2).to_string())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{m}: the run fitted in {} bytes:\n{err}", (one + six) / 2);
+        assert!(err.contains("largest micro-batch") && err.contains("--batch-size"), "{m}:\n{err}");
+        assert!(!to.exists(), "{m}: the failed run wrote {}", to.display());
+    }
+}
+
 /// `CONDLM_CUDA_PROFILE=1` prints where the GPU time went when the command ends: a row per op (the kernels', the
 /// GEMMs', the copies'), their calls, and shares that add up to the whole; the results are the same.
 #[test]

@@ -250,6 +250,46 @@ fn toml_config_sets_values_and_flags_override_it() {
     assert_eq!(adapter["r"], 3);
 }
 
+/// On a device the run's buffers are sized before its first step for the largest micro-batch it forms (so that a
+/// run too large for the device fails at once: tests/cuda_emulated.rs). The size it reports is the largest of the
+/// step token counts metrics.jsonl logs (a step is one micro-batch here), over rows of 4 to 70 tokens visited in
+/// shuffled order; a resumed invocation reports the largest of the steps it still runs.
+#[test]
+fn a_device_run_reports_the_largest_micro_batch_it_will_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    let rows: Vec<String> = (0..12)
+        .map(|i| {
+            let completion = vec!["river"; 1 + 2 * i].join(" ");
+            serde_json::json!({"prompt": "name: Blue Spice", "completion": completion}).to_string()
+        })
+        .collect();
+    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    let out = tmp.path().join("run");
+    let (model, data, out_s) = (fixture("tiny-llama"), data.to_str().unwrap(), out.to_str().unwrap());
+    let args = ["train", "--model", model.to_str().unwrap(), "--data", data, "--output-dir", out_s, "--max-steps", "9"];
+    let fixed = ["--batch-size", "2", "--eval-fraction", "0", "--device", "reference"];
+    let reported = |err: &str| -> usize {
+        let (_, rest) = err.split_once("buffers for micro-batches of up to ").unwrap_or_else(|| panic!("{err}"));
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let steps = || -> Vec<(u64, usize)> {
+        let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+        let rows = text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap());
+        rows.filter_map(|v| Some((v["step"].as_u64()?, v["tokens"].as_u64()? as usize))).collect()
+    };
+    let (ok, first) = condlm(&[&args[..], &fixed, &["--stop-after-steps", "4"]].concat());
+    assert!(ok, "{first}");
+    let (ok, rest) = condlm(&["train", "--resume", out_s]);
+    assert!(ok, "{rest}");
+    let steps = steps();
+    assert_eq!(steps.len(), 9, "{steps:?}");
+    let largest = |from: u64| steps.iter().filter(|s| s.0 > from).map(|s| s.1).max().unwrap();
+    assert_eq!(reported(&first), steps[..4].iter().map(|s| s.1).max().unwrap(), "{first}\n{steps:?}");
+    assert_eq!(reported(&rest), largest(4), "{rest}\n{steps:?}");
+    assert_ne!(reported(&rest), reported(&first), "the rows' order makes no step larger than another: {steps:?}");
+}
+
 /// `--device reference` runs what `--device cuda` runs (the model on a device, its optimizer steps, the host
 /// model refreshed after each, moments fetched for checkpoints) on the CPU kernels: it trains as the CPU path
 /// does — the same losses, eval NLLs and adapter up to float rounding — and resumes bit for bit.

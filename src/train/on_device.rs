@@ -33,6 +33,9 @@ pub trait DeviceStep {
         label_smoothing: f32,
         step_seed: u64,
     ) -> Result<f64>;
+    /// Buffers for training micro-batches of up to `rows` tokens starting up to `checkpoints` 16-row chunks,
+    /// allocated now (`Trainer::reserve_device`).
+    fn reserve(&mut self, rows: usize, checkpoints: usize) -> Result<()>;
     /// Data-parallel: every gradient ← its sum over the ranks of `world`, in buckets of up to `bucket_values`
     /// values (each rank after its backward passes).
     fn sum_grads(&mut self, world: &dyn Collectives, bucket_values: usize) -> Result<()>;
@@ -66,6 +69,10 @@ impl<B: Backend> DeviceStep for DeviceModel<B> {
     ) -> Result<f64> {
         self.forward(batch, Some(step_seed))?;
         self.loss_backward(sel, targets, token_weight, label_smoothing)
+    }
+
+    fn reserve(&mut self, rows: usize, checkpoints: usize) -> Result<()> {
+        DeviceModel::reserve(self, rows, checkpoints)
     }
 
     fn sum_grads(&mut self, world: &dyn Collectives, bucket_values: usize) -> Result<()> {

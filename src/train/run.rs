@@ -15,7 +15,7 @@ use super::optim::AdamWConfig;
 use super::output_dir::{self, SetAside};
 use super::plot::plot_losses;
 use super::settings::TrainSettings;
-use super::trainer::{StepStats, TrainConfig, TrainState, Trainer};
+use super::trainer::{StepStats, TrainConfig, TrainState, Trainer, micro_batch_extent, micro_batch_shards};
 use crate::data::dataset::{DataOptions, DataStats, Dataset, load_dataset, split_by_prompt};
 use crate::data::example::Example;
 use crate::data::source::DataSource;
@@ -450,10 +450,25 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         false => format!("--device {}", opts.device),
     })?;
     if let Some(dev) = dev {
-        if root {
-            eprintln!("training on {}", dev.name());
-        }
+        let name = dev.name();
         trainer.use_device(dev)?;
+        // Sized now for the largest micro-batch, a run too large for the device fails here, not at its step.
+        let (tokens, chunks) =
+            largest_micro_batches(&train_set, &plan, &s, plan.steps_from(trainer.step, opts.stop_after), world);
+        if root {
+            eprintln!(
+                "training on {name}, buffers for micro-batches of up to {tokens} tokens (the largest of the steps to run)"
+            );
+        }
+        if tokens > 0 {
+            trainer.reserve_device(tokens, chunks).with_context(|| {
+                format!(
+                    "allocating the buffers for this run's largest micro-batch ({tokens} tokens) on {} failed; if it is \
+                     out of memory, lower --batch-size (raising --grad-accum keeps the rows per step) or --max-len",
+                    opts.device
+                )
+            })?;
+        }
     }
     let output = out.join(if s.full { "model" } else { "adapter" });
     if trainer.step >= plan.total_steps as u64 && output.exists() {
@@ -713,6 +728,42 @@ impl Plan {
     fn epoch_of(&self, done_steps: u64) -> f64 {
         done_steps as f64 / self.steps_per_epoch as f64
     }
+
+    /// The steps an invocation takes from `start`: to the end of the run, or `stop_after` of them.
+    fn steps_from(&self, start: u64, stop_after: Option<u64>) -> std::ops::Range<u64> {
+        let total = self.total_steps as u64;
+        start..stop_after.map_or(total, |k| (start + k).min(total))
+    }
+
+    /// Step `step`'s rows: its epoch, and their positions in that epoch's visiting order (of `rows` rows).
+    fn step_rows(&self, step: u64, rows: usize) -> (u64, std::ops::Range<usize>) {
+        let at = (step % self.steps_per_epoch as u64) as usize * self.rows_per_step;
+        (step / self.steps_per_epoch as u64, at..(at + self.rows_per_step).min(rows))
+    }
+}
+
+/// The largest micro-batch shard this rank runs in `steps` (tokens) and the most 16-row chunks one starts: what a
+/// device's buffers are sized for before the first step (`Trainer::reserve_device`).
+fn largest_micro_batches(
+    train: &Dataset,
+    plan: &Plan,
+    s: &TrainSettings,
+    steps: std::ops::Range<u64>,
+    world: &dyn Collectives,
+) -> (usize, usize) {
+    let (mut most, mut order) = ((0, 0), (u64::MAX, vec![]));
+    for step in steps {
+        let (epoch, take) = plan.step_rows(step, train.examples.len());
+        if order.0 != epoch {
+            order = (epoch, epoch_order(train.examples.len(), s.seed, epoch));
+        }
+        let rows: Vec<&Example> = order.1[take].iter().map(|&i| &train.examples[i]).collect();
+        for shard in micro_batch_shards(&rows, s.batch_size, world) {
+            let (tokens, chunks) = micro_batch_extent(shard);
+            most = (most.0.max(tokens), most.1.max(chunks));
+        }
+    }
+    most
 }
 
 /// What the loop reports back. Throughput counts optimizer steps only (not evaluation or checkpoint writing).
@@ -811,15 +862,14 @@ impl StepLoop<'_> {
             eval_after: None,
             ending: Ending::Finished,
         };
-        let end = self.stop_after.map_or(total, |k| (start_step + k).min(total));
+        let end = plan.steps_from(start_step, self.stop_after).end;
         // This epoch's rows (and their labels) in visiting order; each step takes the next slice.
         let mut epoch: (u64, Vec<&Example>, Vec<&str>) = (u64::MAX, vec![], vec![]);
         for step in start_step..end {
-            if epoch.0 != step / plan.steps_per_epoch as u64 {
-                epoch = self.epoch_rows(step / plan.steps_per_epoch as u64);
+            let (e, take) = plan.step_rows(step, self.train_set.examples.len());
+            if epoch.0 != e {
+                epoch = self.epoch_rows(e);
             }
-            let at = (step % plan.steps_per_epoch as u64) as usize * plan.rows_per_step;
-            let take = at..(at + plan.rows_per_step).min(epoch.1.len());
             let t0 = Instant::now();
             let st: StepStats = trainer.step_on(self.world, &epoch.1[take.clone()], s.batch_size, &epoch.2[take])?;
             let step_s = t0.elapsed().as_secs_f64();

@@ -18,6 +18,7 @@ use super::optim::{
 use super::schedule::{Schedule, lr_factor};
 use crate::data::example::Example;
 use crate::distributed::{Collectives, Everywhere, Single, shard};
+use crate::kernels::gated_delta::CHUNK;
 use crate::network::transformer::Transformer;
 use crate::score::{OnCpu, Scorer};
 use anyhow::{Result, anyhow, bail};
@@ -115,6 +116,16 @@ impl Trainer {
         dev.set_state(&mut self.model, &self.moments)?;
         self.device = Some(OnDevice::new(dev));
         Ok(())
+    }
+
+    /// On a device: its buffers sized now for micro-batches of up to `rows` tokens whose rows start up to
+    /// `checkpoints` 16-row chunks in all (the largest this run forms: [`micro_batch_extent`]), so that a run too
+    /// large for the device fails before its first step and no later step allocates. Nothing on the CPU path.
+    pub fn reserve_device(&mut self, rows: usize, checkpoints: usize) -> Result<()> {
+        match &mut self.device {
+            Some(d) => d.step.reserve(rows, checkpoints),
+            None => Ok(()),
+        }
     }
 
     /// Where the steps run, for messages.
@@ -262,14 +273,12 @@ impl Trainer {
         micro_batch: usize,
         weight: f32,
     ) -> Result<f64> {
-        let mine = |mb: &[E]| shard(mb.len(), world.rank(), world.size());
         let overlap_at = match world.size() > 1 && self.sums.options.overlap {
-            true => rows.chunks(micro_batch.max(1)).rposition(|mb| !mine(mb).is_empty()),
+            true => micro_batch_shards(rows, micro_batch, world).rposition(|mb| !mb.is_empty()),
             false => None,
         };
         let mut loss = 0.0;
-        for (k, mb) in rows.chunks(micro_batch.max(1)).enumerate() {
-            let mb = &mb[mine(mb)];
+        for (k, mb) in micro_batch_shards(rows, micro_batch, world).enumerate() {
             if mb.is_empty() {
                 continue;
             }
@@ -455,4 +464,22 @@ impl Zero1 {
         let (start, end) = (owned.start.max(tensor.start), owned.end.min(tensor.end));
         if start < end { start - tensor.start..end - tensor.start } else { 0..0 }
     }
+}
+
+/// This rank's shard of each micro-batch of `micro_batch` rows of a step's `rows` (empty where it has none), in
+/// order: what [`Trainer::step_on`] runs on this rank.
+pub fn micro_batch_shards<'a, E>(
+    rows: &'a [E],
+    micro_batch: usize,
+    world: &dyn Collectives,
+) -> impl DoubleEndedIterator<Item = &'a [E]> + ExactSizeIterator {
+    let (rank, size) = (world.rank(), world.size());
+    rows.chunks(micro_batch.max(1)).map(move |mb| &mb[shard(mb.len(), rank, size)])
+}
+
+/// The tokens of a micro-batch shard and the 16-row chunks its rows start (`gated_delta::checkpoints`: the states a
+/// Gated DeltaNet's backward keeps per head).
+pub fn micro_batch_extent<E: Borrow<Example>>(shard: &[E]) -> (usize, usize) {
+    let lens = shard.iter().map(|e| e.borrow().ids.len());
+    (lens.clone().sum(), lens.map(|n| n.div_ceil(CHUNK)).sum())
 }

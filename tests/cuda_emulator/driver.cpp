@@ -23,7 +23,12 @@ constexpr CUresult kSuccess = 0, kInvalidValue = 1, kOutOfMemory = 2, kNoBinaryF
                    kInvalidDevice = 101, kInvalidHandle = 400, kNotFound = 500, kLaunchFailed = 719,
                    kNotSupported = 801, kCaptureUnsupported = 900, kCaptureInvalidated = 901,
                    kIllegalState = 401, kUnsupportedPtxVersion = 222;
-constexpr size_t kMemory = size_t(16) << 30;  // what the emulated GPU says it has
+// What the emulated GPU says it has: 16 GiB, or CUDA_EMULATOR_MEMORY bytes (a test of what a run does when the
+// device's memory runs out).
+const size_t kMemory = [] {
+    const char* v = getenv("CUDA_EMULATOR_MEMORY");
+    return v ? size_t(strtoull(v, nullptr, 10)) : size_t(16) << 30;
+}();
 
 std::recursive_mutex& lock = emu::driver_lock();
 struct Allocation {
@@ -65,6 +70,7 @@ CUdeviceptr allocate(size_t bytes) {
     memset(reinterpret_cast<void*>(ptr), 0xff, bytes);
     allocations[ptr] = {base, len, bytes};
     in_use += bytes;
+    emu::high_water("peak bytes in use", in_use);
     return ptr;
 }
 

@@ -55,6 +55,8 @@ int refused_in_capture(const char* call);
 // to stderr when the process exits — how many launches and host round trips a command makes, which a GPU pays
 // for in launch latency and stalls whatever its kernels' speed.
 void count(const std::string& what);
+// With CUDA_EMULATOR_STATS set, keeps the largest `value` seen as `what`'s count (e.g. the bytes in use).
+void high_water(const std::string& what, uint64_t value);
 
 // Prints "cuda emulator: " + what to stderr (the driver's errors carry no text of their own).
 void complain(const std::string& what);

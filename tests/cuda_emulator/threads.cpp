@@ -399,16 +399,25 @@ void print_counts() {
     }
     fprintf(stderr, "cuda emulator: %10llu kernel launches in all\n", (unsigned long long)launches);
 }
-}  // namespace
 
-void count(const std::string& what) {
+// Whether CUDA_EMULATOR_STATS asks for the counts (registering their printing at exit the first time).
+bool stats_on() {
     static const bool on = [] {
         if (getenv("CUDA_EMULATOR_STATS") == nullptr) return false;
         counts();  // made before print_counts is registered, so destroyed after it ran
         atexit(print_counts);
         return true;
     }();
-    if (on) ++counts()[what];
+    return on;
+}
+}  // namespace
+
+void count(const std::string& what) {
+    if (stats_on()) ++counts()[what];
+}
+
+void high_water(const std::string& what, uint64_t value) {
+    if (stats_on() && counts()[what] < value) counts()[what] = value;
 }
 
 namespace {

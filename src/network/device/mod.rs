@@ -264,6 +264,14 @@ impl<B: Backend> DeviceModel<B> {
         rank_sums::sum_grads(be, w, flat, &mut *self.rank_sums, world, bucket_values)
     }
 
+    /// Training buffers for micro-batches of up to `rows` rows starting up to `checkpoints` 16-row chunks, allocated
+    /// now rather than by the first step that needs them (the recurrence's saved states only where the model has a
+    /// Gated DeltaNet).
+    pub fn reserve(&mut self, rows: usize, checkpoints: usize) -> Result<()> {
+        let checkpoints = if self.config.delta_net.is_some() { checkpoints } else { 0 };
+        self.prepare(rows, true, checkpoints)
+    }
+
     /// Buffers for `rows` rows, and for training `checkpoints` saved states per Gated DeltaNet head (reallocated
     /// only for a larger batch, or for training after inference).
     fn prepare(&mut self, rows: usize, training: bool, checkpoints: usize) -> Result<()> {
