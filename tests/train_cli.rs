@@ -253,7 +253,8 @@ fn toml_config_sets_values_and_flags_override_it() {
 /// On a device the run's buffers are sized before its first step for the largest micro-batch it forms (so that a
 /// run too large for the device fails at once: tests/cuda_emulated.rs). The size it reports is the largest of the
 /// step token counts metrics.jsonl logs (a step is one micro-batch here), over rows of 4 to 70 tokens visited in
-/// shuffled order; a resumed invocation reports the largest of the steps it still runs.
+/// shuffled order; a resumed invocation reports the largest of the steps it still runs; with an evaluation set of
+/// 16 long rows (one evaluation batch, larger than any step), that batch's tokens as the data statistics count them.
 #[test]
 fn a_device_run_reports_the_largest_micro_batch_it_will_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -270,7 +271,7 @@ fn a_device_run_reports_the_largest_micro_batch_it_will_run() {
     let args = ["train", "--model", model.to_str().unwrap(), "--data", data, "--output-dir", out_s, "--max-steps", "9"];
     let fixed = ["--batch-size", "2", "--eval-fraction", "0", "--device", "reference"];
     let reported = |err: &str| -> usize {
-        let (_, rest) = err.split_once("buffers for micro-batches of up to ").unwrap_or_else(|| panic!("{err}"));
+        let (_, rest) = err.split_once("buffers for batches of up to ").unwrap_or_else(|| panic!("{err}"));
         rest.split_whitespace().next().unwrap().parse().unwrap()
     };
     let steps = || -> Vec<(u64, usize)> {
@@ -288,6 +289,21 @@ fn a_device_run_reports_the_largest_micro_batch_it_will_run() {
     assert_eq!(reported(&first), steps[..4].iter().map(|s| s.1).max().unwrap(), "{first}\n{steps:?}");
     assert_eq!(reported(&rest), largest(4), "{rest}\n{steps:?}");
     assert_ne!(reported(&rest), reported(&first), "the rows' order makes no step larger than another: {steps:?}");
+
+    let eval = tmp.path().join("eval.jsonl");
+    let long = serde_json::json!({"prompt": "name: Blue Spice", "completion": vec!["river"; 40].join(" ")});
+    std::fs::write(&eval, format!("{long}\n").repeat(16)).unwrap();
+    let with_eval = tmp.path().join("with-eval");
+    let args = ["train", "--model", model.to_str().unwrap(), "--data", data, "--max-steps", "2"];
+    let more = ["--eval-data", eval.to_str().unwrap(), "--output-dir", with_eval.to_str().unwrap()];
+    let (ok, err) = condlm(&[&args[..], &more, &fixed[..2], &fixed[4..]].concat());
+    assert!(ok, "{err}");
+    let stats = err.lines().skip_while(|l| !l.starts_with("eval")).take(3).collect::<Vec<_>>().join("\n");
+    let total = |what: &str| -> usize {
+        let line = stats.lines().find(|l| l.trim_start().starts_with(what)).unwrap_or_else(|| panic!("{err}"));
+        line.split("): ").nth(1).unwrap().split_whitespace().next().unwrap().parse().unwrap()
+    };
+    assert_eq!(reported(&err), total("x tokens") + total("y tokens"), "{err}");
 }
 
 /// `--device reference` runs what `--device cuda` runs (the model on a device, its optimizer steps, the host

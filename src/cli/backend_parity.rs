@@ -355,26 +355,28 @@ fn gemm_bf16<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
 
 /// How [`gemm_packed_on`] multiplies the (24, 512) packed matrix: the identity by it (c then holds the decoded
 /// matrix itself, transposed), or `m` random rows (in rows of 519, from value 2) by its stored rows
-/// `first..first + n`, transposed, into c (m, n) in rows of n + 3 from value 5, = or +=; a and c f32 or (`bf16`)
-/// bf16. Up to 8 rows a device reads the blocks themselves (a decoding step); the LM head's vocabulary chunks read
-/// a slice of the rows.
+/// `first..first + n`, transposed, into c (m, n) in rows of n + 3 from value 5, = or +=; a and c each f32 or bf16
+/// (`a16`, `c16`: activations kept in bf16). A product of up to 8 rows reads the blocks themselves on a device (a
+/// decoding step's), one of a slice of rows decodes only those.
 #[derive(Clone, Copy)]
 enum PackedCase {
     Decoded,
-    Product { m: usize, first: usize, n: usize, accumulate: bool, bf16: bool },
+    Product { m: usize, first: usize, n: usize, accumulate: bool, a16: bool, c16: bool },
 }
 
-const PACKED_CASES: [PackedCase; 8] = {
+const PACKED_CASES: [PackedCase; 10] = {
     use PackedCase::Product as P;
     [
         PackedCase::Decoded,
-        P { m: 13, first: 0, n: 24, accumulate: false, bf16: false },
-        P { m: 13, first: 0, n: 24, accumulate: true, bf16: false },
-        P { m: 13, first: 8, n: 12, accumulate: true, bf16: true },
-        P { m: 1, first: 0, n: 24, accumulate: false, bf16: false },
-        P { m: 5, first: 8, n: 12, accumulate: true, bf16: false },
-        P { m: 8, first: 3, n: 21, accumulate: false, bf16: true },
-        P { m: 2, first: 0, n: 24, accumulate: true, bf16: true },
+        P { m: 13, first: 0, n: 24, accumulate: false, a16: false, c16: false },
+        P { m: 13, first: 0, n: 24, accumulate: true, a16: false, c16: false },
+        P { m: 13, first: 8, n: 12, accumulate: true, a16: true, c16: true },
+        P { m: 1, first: 0, n: 24, accumulate: false, a16: false, c16: false },
+        P { m: 5, first: 8, n: 12, accumulate: true, a16: false, c16: false },
+        P { m: 8, first: 3, n: 21, accumulate: false, a16: true, c16: true },
+        P { m: 2, first: 0, n: 24, accumulate: true, a16: true, c16: true },
+        P { m: 3, first: 0, n: 24, accumulate: true, a16: true, c16: false },
+        P { m: 4, first: 5, n: 19, accumulate: false, a16: false, c16: true },
     ]
 };
 
@@ -384,7 +386,7 @@ fn gemm_packed_on<B: ReadMask>(b: &B, ty: GgmlType, case: PackedCase) -> Result<
     let words = up_u32(b, &words_of(&w))?;
     let w = PackedView { words: &words, ty, rows, cols };
     let name = |what: String| format!("gemm_packed {ty} {what} ({:?})", compute());
-    let PackedCase::Product { m, first, n, accumulate, bf16 } = case else {
+    let PackedCase::Product { m, first, n, accumulate, a16, c16 } = case else {
         let eye: Vec<f32> = (0..cols * cols).map(|i| if i / cols == i % cols { 1.0 } else { 0.0 }).collect();
         let (a, mut c) = (up(b, &eye)?, up(b, &random(cols * rows + 5, 183, 1.0))?);
         let (cv, av, wv) = (MatView::dense(cols, rows), MatView::dense(cols, cols), MatView::dense(rows, cols).t());
@@ -395,28 +397,60 @@ fn gemm_packed_on<B: ReadMask>(b: &B, ty: GgmlType, case: PackedCase) -> Result<
     let cv = MatView { offset: 5, rows: m, cols: n, ld: n + 3, trans: false };
     let wv = MatView { offset: first * cols, rows: n, cols, ld: cols, trans: true };
     let (a, c) = (random(av.end(), 182, 1.0), random(cv.end() + 4, 183, 1.0));
-    let what = format!("{m} rows × stored rows {first}..{}{}", first + n, if accumulate { " +=" } else { "" });
-    if !bf16 {
-        let (a, mut c) = (up(b, &a)?, up(b, &c)?);
-        b.gemm_packed(ValuesMut::F32(&mut c), cv, Values::F32(&a), av, w, wv, accumulate)?;
+    let kind = |bf16: bool| if bf16 { "bf16" } else { "f32" };
+    let what = format!(
+        "{m} rows × stored rows {first}..{}{}, {} a, {} c",
+        first + n,
+        if accumulate { " +=" } else { "" },
+        kind(a16),
+        kind(c16)
+    );
+    let (a32, a16v) = (up(b, &a)?, up_bf16(b, &a)?);
+    let a = if a16 { Values::Bf16(&a16v) } else { Values::F32(&a32) };
+    if !c16 {
+        let mut c = up(b, &c)?;
+        b.gemm_packed(ValuesMut::F32(&mut c), cv, a, av, w, wv, accumulate)?;
         return Ok(vec![(name(what), down(b, &c, cv.end() + 4)?)]);
     }
-    let (a, mut c) = (up_bf16(b, &a)?, up_bf16(b, &c)?);
-    b.gemm_packed(ValuesMut::Bf16(&mut c), cv, Values::Bf16(&a), av, w, wv, accumulate)?;
-    Ok(vec![(name(what + ", bf16 a and c"), down_bf16(b, &c)?)])
+    let mut c = up_bf16(b, &c)?;
+    b.gemm_packed(ValuesMut::Bf16(&mut c), cv, a, av, w, wv, accumulate)?;
+    Ok(vec![(name(what), down_bf16(b, &c)?)])
+}
+
+/// Products that alternate between two Q4_K matrices of one shape (so one address tells them apart) and between
+/// rows of one, with a decoding step's few rows between them: the decoded matrix a product reuses is always the one
+/// it reads (the LM head's row chunks reuse theirs).
+fn gemm_packed_reuse_on<B: ReadMask>(b: &B) -> Result<Outs> {
+    let (rows, cols, ty) = (24, 512, GgmlType::Q4_K);
+    let w1 = up_u32(b, &words_of(&quantize(ty, &random(rows * cols, 184, 1.0))?))?;
+    let w2 = up_u32(b, &words_of(&quantize(ty, &random(rows * cols, 185, 1.0))?))?;
+    let mut outs = vec![];
+    for (i, (w, first, n, m)) in
+        [(&w1, 0, 24, 13), (&w1, 0, 24, 13), (&w1, 8, 12, 13), (&w1, 0, 24, 2), (&w2, 0, 24, 13), (&w1, 0, 24, 13)]
+            .into_iter()
+            .enumerate()
+    {
+        let w = PackedView { words: w, ty, rows, cols };
+        let (av, cv) = (MatView::dense(m, cols), MatView::dense(m, n));
+        let wv = MatView { offset: first * cols, rows: n, cols, ld: cols, trans: true };
+        let (a, mut c) = (up(b, &random(av.end(), 186 + i as u64, 1.0))?, up(b, &vec![0.0; cv.end()])?);
+        b.gemm_packed(ValuesMut::F32(&mut c), cv, Values::F32(&a), av, w, wv, false)?;
+        outs.push((format!("gemm_packed reused, product {i} ({:?})", compute()), down(b, &c, cv.end())?));
+    }
+    Ok(outs)
 }
 
 /// Every block type the device keeps packed, in f32 and under `--compute bf16`: the decoded matrix bit for bit
 /// (an identity's product, exact in f32 and of bf16 values), and the products of [`PACKED_CASES`] (a bf16 c within
-/// one bf16 rounding).
+/// one bf16 rounding; a bf16 a is read as it is, a product with one a bf16 product).
 fn gemm_packed<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     let run = |all: &mut Vec<Compared>| -> Result<()> {
         for ty in GgmlType::ALL.into_iter().filter(|&t| t != GgmlType::F32 && dev.keeps_packed(t)) {
             for case in PACKED_CASES {
                 let tol = match case {
                     PackedCase::Decoded => 0.0,
-                    PackedCase::Product { bf16, .. } => {
-                        if bf16 {
+                    PackedCase::Product { c16, .. } => {
+                        if c16 {
                             1e-2
                         } else {
                             1e-5
@@ -425,6 +459,9 @@ fn gemm_packed<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
                 };
                 compare_outs(all, &gemm_packed_on(&Host, ty, case)?, &gemm_packed_on(dev, ty, case)?, tol);
             }
+        }
+        if dev.keeps_packed(GgmlType::Q4_K) {
+            compare_outs(all, &gemm_packed_reuse_on(&Host)?, &gemm_packed_reuse_on(dev)?, 1e-5);
         }
         Ok(())
     };

@@ -453,18 +453,19 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         let name = dev.name();
         trainer.use_device(dev)?;
         // Sized now for the largest micro-batch, a run too large for the device fails here, not at its step.
-        let (tokens, chunks) =
-            largest_micro_batches(&train_set, &plan, &s, plan.steps_from(trainer.step, opts.stop_after), world);
-        if root {
+        let steps = plan.steps_from(trainer.step, opts.stop_after);
+        let (tokens, chunks) = largest_micro_batches((&train_set, eval_set.as_ref()), &plan, &s, steps, world);
+        if root && tokens > 0 {
             eprintln!(
-                "training on {name}, buffers for micro-batches of up to {tokens} tokens (the largest of the steps to run)"
+                "training on {name}, buffers for batches of up to {tokens} tokens (the largest micro-batch or \
+                 evaluation batch to run)"
             );
         }
         if tokens > 0 {
             trainer.reserve_device(tokens, chunks).with_context(|| {
                 format!(
-                    "allocating the buffers for this run's largest micro-batch ({tokens} tokens) on {} failed; if it is \
-                     out of memory, lower --batch-size (raising --grad-accum keeps the rows per step) or --max-len",
+                    "allocating the buffers for this run's largest batch ({tokens} tokens) on {} failed; if it is out \
+                     of memory, lower --batch-size (raising --grad-accum keeps the rows per step) or --max-len",
                     opts.device
                 )
             })?;
@@ -742,16 +743,22 @@ impl Plan {
     }
 }
 
-/// The largest micro-batch shard this rank runs in `steps` (tokens) and the most 16-row chunks one starts: what a
-/// device's buffers are sized for before the first step (`Trainer::reserve_device`).
+/// The largest micro-batch shard this rank runs in `steps` (tokens) and the most 16-row chunks one starts, and its
+/// largest batch of the evaluation (which the training buffers then also serve): what a device's buffers are sized
+/// for before the first step (`Trainer::reserve_device`).
 fn largest_micro_batches(
-    train: &Dataset,
+    (train, eval): (&Dataset, Option<&Dataset>),
     plan: &Plan,
     s: &TrainSettings,
     steps: std::ops::Range<u64>,
     world: &dyn Collectives,
 ) -> (usize, usize) {
-    let (mut most, mut order) = ((0, 0), (u64::MAX, vec![]));
+    let mut most = (0, 0);
+    if let Some(e) = eval.filter(|_| !steps.is_empty()) {
+        let mine = &e.examples[shard(e.examples.len(), world.rank(), world.size())];
+        most.0 = mine.chunks(EVAL_BATCH).map(|b| micro_batch_extent(b).0).max().unwrap_or(0);
+    }
+    let mut order = (u64::MAX, vec![]);
     for step in steps {
         let (epoch, take) = plan.step_rows(step, train.examples.len());
         if order.0 != epoch {

@@ -120,7 +120,7 @@ impl Trainer {
 
     /// On a device: its buffers sized now for micro-batches of up to `rows` tokens whose rows start up to
     /// `checkpoints` 16-row chunks in all (the largest this run forms: [`micro_batch_extent`]), so that a run too
-    /// large for the device fails before its first step and no later step allocates. Nothing on the CPU path.
+    /// large for the device fails before its first step, not at a later one. Nothing on the CPU path.
     pub fn reserve_device(&mut self, rows: usize, checkpoints: usize) -> Result<()> {
         match &mut self.device {
             Some(d) => d.step.reserve(rows, checkpoints),

@@ -34,7 +34,9 @@ use crate::kernels::gated_delta::{DeltaDims, DeltaNetShape};
 use crate::kernels::rope::RopeTable;
 use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus};
-use cudarc::driver::{CudaGraph, CudaSlice, CudaView, CudaViewMut, DeviceRepr, DriverError, ValidAsZeroBits};
+use cudarc::driver::{
+    CudaGraph, CudaSlice, CudaView, CudaViewMut, DevicePtr, DeviceRepr, DriverError, ValidAsZeroBits,
+};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -74,9 +76,8 @@ pub struct Cuda {
     bf16: Mutex<(CudaSlice<u16>, CudaSlice<u16>)>,
     /// The per-chunk column sums of norm weights' and biases' gradients and LoRA's dA (grown to the largest once).
     chunk_sums: Mutex<CudaSlice<f32>>,
-    /// Weight matrices kept in their GGML blocks, decoded for a product (`gemm_packed`): f32, or bf16 under
-    /// `--compute bf16` (grown to the largest matrix once).
-    packed: Mutex<(CudaSlice<f32>, CudaSlice<u16>)>,
+    /// Weight matrices kept in their GGML blocks, decoded for a product (`gemm_packed`).
+    packed: Mutex<PackedScratch>,
     /// How many times the bf16 operands' or the decoded weights' scratch was replaced: a graph recorded before
     /// names freed memory.
     bf16_moves: AtomicU64,
@@ -93,6 +94,25 @@ pub struct Cuda {
     /// A capture is under way: scratch must not grow (on a GPU with memory pools the allocation would become part
     /// of the graph, and the old scratch's free would fail).
     capturing: AtomicBool,
+}
+
+/// Where `gemm_packed` decodes a matrix kept in GGML blocks for cuBLAS: f32, or bf16 under `--compute bf16`
+/// (grown to the largest matrix once), and which rows of which matrix each holds. The LM head's row chunks read the
+/// same matrix one after another, forward and backward: it is decoded once, not per chunk.
+struct PackedScratch {
+    f32: CudaSlice<f32>,
+    bf16: CudaSlice<u16>,
+    /// What `f32` and `bf16` hold, once decoded outside a graph; None after a graph replay (its decodes ran).
+    holds: [Option<Decoded>; 2],
+}
+
+/// A decoded stretch of a packed matrix: its blocks' device address, the byte it starts at, its values, their type.
+#[derive(Clone, Copy, PartialEq)]
+struct Decoded {
+    words: u64,
+    at: usize,
+    n: usize,
+    ty: GgmlType,
 }
 
 /// A CUDA graph of recorded ops, and which bf16 scratch it names ([`Cuda::bf16_moves`] when it was recorded).
@@ -231,7 +251,8 @@ impl Cuda {
             reduce::Scratch::new(&device).context("allocating the gradient norm's scratch on the GPU failed")?,
         );
         let bf16 = Mutex::new((zeros(&device, 1, "u16")?, zeros(&device, 1, "u16")?));
-        let packed = Mutex::new((zeros(&device, 1, "f32 (decoded weights)")?, zeros(&device, 1, "u16")?));
+        let (f32, bf16_decoded) = (zeros(&device, 1, "f32 (decoded weights)")?, zeros(&device, 1, "u16")?);
+        let packed = Mutex::new(PackedScratch { f32, bf16: bf16_decoded, holds: [None; 2] });
         let adamw_table = Mutex::new(zeros(&device, 1, "u64 (AdamW's tensor table)")?);
         let chunk_sums = Mutex::new(zeros(&device, 1, "f32 (column sums' scratch)")?);
         let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
@@ -651,22 +672,35 @@ impl Backend for Cuda {
             return self.ran("packed_gemv", packed_gemv(&self.device, c, cv, a, av, &words, &s, accumulate, round));
         }
         let mut scratch = self.packed.lock().unwrap_or_else(PoisonError::into_inner);
-        let (f, h) = &mut *scratch;
+        let PackedScratch { f32: f, bf16: h, holds } = &mut *scratch;
+        let capturing = self.capturing.load(Ordering::Relaxed);
         if (if bf16 { h.len() } else { f.len() }) < n {
-            if self.capturing.load(Ordering::Relaxed) {
+            if capturing {
                 bail!("the decoded weights' scratch would grow during a CUDA graph capture (a step not run before)");
             }
             match bf16 {
                 true => *h = zeros(&self.device, n, "u16 (decoded weights)")?,
                 false => *f = zeros(&self.device, n, "f32 (decoded weights)")?,
             }
+            holds[bf16 as usize] = None;
             self.bf16_moves.fetch_add(1, Ordering::Relaxed);
         }
+        // A capture records the decode whatever the scratch holds now: its replay runs later, on whatever it holds
+        // then (and leaves `holds` unknown: `replay`).
+        let key = Some(Decoded { words: w.words.buf.device_ptr(&self.device.stream).0, at, n, ty: w.ty });
+        if capturing || holds[bf16 as usize] != key {
+            let r = match bf16 {
+                true => dequant::dequantize(&self.device, &mut h.as_view_mut(), &words, at, w.ty, n),
+                false => dequant::dequantize(&self.device, &mut f.as_view_mut(), &words, at, w.ty, n),
+            };
+            self.ran("dequantize", r)?;
+            if !capturing {
+                holds[bf16 as usize] = key;
+            }
+        }
         if bf16 {
-            self.ran("dequantize", dequant::dequantize(&self.device, &mut h.as_view_mut(), &words, at, w.ty, n))?;
             return self.gemm_bf16(c, cv, a, av, Values::Bf16(h), wv, 1.0, accumulate);
         }
-        self.ran("dequantize", dequant::dequantize(&self.device, &mut f.as_view_mut(), &words, at, w.ty, n))?;
         match (c, a) {
             (ValuesMut::F32(c), Values::F32(a)) => self.gemm_weights(c, cv, a, av, f, wv, accumulate),
             (c, a) => self.gemm_bf16(c, cv, a, av, Values::F32(f), wv, 1.0, accumulate),
@@ -1509,6 +1543,8 @@ impl Backend for Cuda {
             return Ok(false);
         }
         let ordinal = self.device.gpu.ordinal;
+        // The graph's decodes of packed matrices, if any, overwrite the decoded weights' scratch.
+        self.packed.lock().unwrap_or_else(PoisonError::into_inner).holds = [None; 2];
         let r = g.graph.launch().with_context(|| {
             format!("cuda:{ordinal}: replaying a CUDA graph failed (CONDLM_CUDA_GRAPHS=0 decodes without them)")
         });

@@ -280,7 +280,13 @@ impl<B: Backend> DeviceModel<B> {
         });
         if !fits {
             self.forget_graphs(); // they name the old buffers
-            self.bufs = None; // free the old ones first
+            // Training buffers stay training buffers (an evaluation during a run that outgrows them must not leave
+            // the next step to make them again), for at least as many saved states.
+            let old = self.bufs.take().map(|b| (b.training, b.checkpoints)); // the old ones freed first
+            let (training, checkpoints) = match old {
+                Some((true, kept)) => (true, checkpoints.max(kept)),
+                _ => (training, checkpoints),
+            };
             let capacity = rows.next_multiple_of(64);
             let (be, c, w) = (&self.backend, &self.config, &self.weights);
             // Batches of the same rows vary in how many sequences they pack (a state per 16 rows of each): a

@@ -53,7 +53,7 @@ __device__ int type_size(int ty) {
 
 
 // q − off as f32 for integers 0 ≤ q, off < 2^22, exactly, without an int → float conversion (16 a clock per
-// multiprocessor on Hopper, a quarter of the rate of the add this takes): q in the mantissa under 2^23's exponent is
+// multiprocessor on Hopper, an eighth of the rate of the add this takes): q in the mantissa under 2^23's exponent is
 // the float 2^23 + q, and the subtraction of 2^23 + off from it is exact.
 __device__ float int_minus(unsigned q, unsigned off) {
     return __fsub_rn(__uint_as_float(0x4b000000u | q), __uint_as_float(0x4b000000u | off));
@@ -168,6 +168,12 @@ extern "C" __global__ void dequantize_bf16(unsigned short* out, const unsigned c
 // The most rows of a that packed_gemv takes (src/kernels/cuda/ops/dequant.rs's GEMV_ROWS): decoding steps.
 #define GEMV_ROWS 8
 
+// a[i] as packed_gemv's operand: an f32 value rounded to bf16 where the product is a bf16 one, a bf16 value as it is.
+__device__ float gemv_operand(const float* a, size_t i, int round) {
+    return round ? bf16_value((unsigned short)bf16_bits(a[i])) : a[i];
+}
+__device__ float gemv_operand(const unsigned short* a, size_t i, int) { return bf16_value(a[i]); }
+
 // c[r, o] (+)= Σ_k a[r, k]·W[o, k] for rows r < m ≤ GEMV_ROWS and outputs o < n of W (n, k), whose rows are whole
 // blocks of type ty from byte `at` of src: the product of a decoding step read straight from the blocks, each
 // value decoded as dequantize decodes it (so it is that matrix's product, in another order of sums). With `round`,
@@ -197,10 +203,7 @@ __device__ void packed_gemv(Tc* c, const Ta* a, const unsigned char* src, size_t
             if (r >= m) break;
             const Ta* ar = a + (size_t)r * lda + GROUP * g;
 #pragma unroll
-            for (int i = 0; i < GROUP; ++i) {
-                const float x = load(ar, i);
-                acc[r] += v[i] * (round ? bf16_value((unsigned short)bf16_bits(x)) : x);
-            }
+            for (int i = 0; i < GROUP; ++i) acc[r] += v[i] * gemv_operand(ar, i, round);
         }
     }
 #pragma unroll
