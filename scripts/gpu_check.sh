@@ -28,7 +28,8 @@
 #   - `score --device cuda` vs `--device cpu` on the tiny fixtures of every family (per-token log-probs, relative
 #     error ≤ 1e-5; `--compute bf16` on the device ≤ 2e-2 of the CPU's f32), a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter),
 #     6 steps of full fine-tuning on tiny Qwen2, and both on tiny Qwen3.5 (Gated DeltaNet, gated attention);
-#   - `score --device cuda` on quantized GGUF exports of tiny Llama (the base kept in its blocks on the GPU) vs the CPU;
+#   - `score --device cuda` on quantized GGUF exports of tiny Llama (the base kept in its blocks on the GPU) vs the CPU,
+#     and greedy `generate` on a Q4_0 tiny Qwen2 (2 and 12 rows a step: read from the blocks, decoded in graphs);
 #   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
 #   - the SmolLM2-135M shape (random weights, made here with transformers, the tiny tokenizer): 20 LoRA steps (all
 #     linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative (f32) and
@@ -234,8 +235,10 @@ run_check "score --device cuda vs cpu (f32; bf16): tiny Llama, Qwen2, Mistral, Q
 with YaRN, OLMo 3, Qwen3.5" \
     tiny_scores
 
-# A quantized base kept in its blocks on the device (decoded per product, dequant.cu): Q4_0 and Q5_K (whose 64-wide
-# rows fall back to Q5_1, llama.cpp's rule) exports of tiny Llama, scores on the device vs the CPU on the same file.
+# A quantized base kept in its blocks on the device (dequant.cu): Q4_0, Q5_K (whose 64-wide rows fall back to Q5_1,
+# llama.cpp's rule) and Q8_0 exports of tiny Llama, scores on the device vs the CPU on the same file; then greedy
+# generations from a Q4_0 tiny Qwen2 (its own LM head Q4_0 too) vs the CPU's: 2 rows a step (packed_gemv reads the
+# blocks) and 12 (each matrix decoded into scratch inside the steps' CUDA graphs, the LM head after them).
 tiny_quantized() {
     local ty rc=0
     for ty in q4_0 q5_k q8_0; do
@@ -247,9 +250,20 @@ tiny_quantized() {
         echo "tiny Llama, $ty:"
         "$py" "$helper" compare-scores "$work/q-$ty-$dev.jsonl" "$work/q-$ty-cpu.jsonl" 1e-5 || rc=1
     done
+    local q=$work/tiny-qwen2-q4_0.gguf b
+    "$bin" export-gguf --model tests/fixtures/tiny-qwen2 --out "$q" --type q4_0 >/dev/null || return 1
+    for b in 2 12; do
+        for d in cpu "$dev"; do
+            "$bin" generate --model "$q" --data tests/fixtures/train_rows.jsonl --max-new-tokens 8 --ignore-eos \
+                --batch "$b" --device "$d" --out "$work/gq-$b-$d.jsonl" 2>/dev/null || return 1
+        done
+        echo "tiny Qwen2 Q4_0, generate --batch $b:"
+        "$py" "$helper" compare-generations "$work/gq-$b-$dev.jsonl" "$work/gq-$b-cpu.jsonl" || rc=1
+    done
     return $rc
 }
-run_check "score --device cuda vs cpu on quantized GGUF bases kept in their blocks (Q4_0, Q5_1, Q8_0)" tiny_quantized
+run_check "score (Q4_0, Q5_1, Q8_0) and generate (Q4_0) --device cuda vs cpu on quantized GGUF bases kept in their \
+blocks" tiny_quantized
 
 # train_run DIR DEVICE MODEL DATA STEPS BATCH EXTRA...: a LoRA run on every linear layer.
 train_run() {
