@@ -441,13 +441,7 @@ fn training_steps_after_the_first_allocate_nothing_and_wait_twice() {
 fn a_run_too_large_for_the_device_fails_before_its_first_step() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("rows.jsonl");
-    let rows: Vec<String> = (0..12)
-        .map(|i| {
-            let completion = vec!["river"; 1 + 2 * i].join(" ");
-            serde_json::json!({"prompt": "name: Blue Spice", "completion": completion}).to_string()
-        })
-        .collect();
-    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    common::rows_of_growing_length(&data);
     for m in ["tiny-llama", "tiny-qwen35"] {
         let out = |steps: &str| dir.path().join(format!("{m}-{steps}"));
         let peak = |steps: &str| stat(&counted_train(&fixture(m), &data, &out(steps), steps, &[]), "peak bytes in use");

@@ -259,13 +259,7 @@ fn toml_config_sets_values_and_flags_override_it() {
 fn a_device_run_reports_the_largest_micro_batch_it_will_run() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("rows.jsonl");
-    let rows: Vec<String> = (0..12)
-        .map(|i| {
-            let completion = vec!["river"; 1 + 2 * i].join(" ");
-            serde_json::json!({"prompt": "name: Blue Spice", "completion": completion}).to_string()
-        })
-        .collect();
-    std::fs::write(&data, rows.join("\n") + "\n").unwrap();
+    common::rows_of_growing_length(&data);
     let out = tmp.path().join("run");
     let (model, data, out_s) = (fixture("tiny-llama"), data.to_str().unwrap(), out.to_str().unwrap());
     let args = ["train", "--model", model.to_str().unwrap(), "--data", data, "--output-dir", out_s, "--max-steps", "9"];

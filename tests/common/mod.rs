@@ -176,3 +176,15 @@ pub fn copy_fixture(name: &str, to: &Path) -> PathBuf {
     }
     to.to_path_buf()
 }
+
+/// 12 rows of one prompt whose completions grow from 1 to 23 words (4 to 70 tokens of tiny Llama's tokenizer) written
+/// to `path` as JSONL: in shuffled order, some steps' batches are larger than others'.
+pub fn rows_of_growing_length(path: &Path) {
+    let rows: Vec<String> = (0..12)
+        .map(|i| {
+            let completion = vec!["river"; 1 + 2 * i].join(" ");
+            serde_json::json!({"prompt": "name: Blue Spice", "completion": completion}).to_string()
+        })
+        .collect();
+    std::fs::write(path, rows.join("\n") + "\n").unwrap();
+}
