@@ -29,7 +29,7 @@
 #     error ≤ 1e-5; `--compute bf16` on the device ≤ 2e-2 of the CPU's f32), a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter),
 #     6 steps of full fine-tuning on tiny Qwen2, and both on tiny Qwen3.5 (Gated DeltaNet, gated attention);
 #   - `score --device cuda` on quantized GGUF exports of tiny Llama (the base kept in its blocks on the GPU) vs the CPU,
-#     and greedy `generate` on a Q4_0 tiny Qwen2 (2 and 12 rows a step: read from the blocks, decoded in graphs);
+#     and greedy `generate` on a Q4_0 tiny Qwen2 (2, 12 and 40 rows a step: read from the blocks, decoded in graphs);
 #   - `generate --device cuda` vs `--device cpu` (greedy and 3 beams) on the tiny fixtures: identical generations;
 #   - the SmolLM2-135M shape (random weights, made here with transformers, the tiny tokenizer): 20 LoRA steps (all
 #     linear layers, r 16, dropout 0.05) on cuda vs the CPU path, per-step losses within 1e-4 relative (f32) and
@@ -237,8 +237,8 @@ with YaRN, OLMo 3, Qwen3.5" \
 
 # A quantized base kept in its blocks on the device (dequant.cu): Q4_0, Q5_K (whose 64-wide rows fall back to Q5_1,
 # llama.cpp's rule) and Q8_0 exports of tiny Llama, scores on the device vs the CPU on the same file; then greedy
-# generations from a Q4_0 tiny Qwen2 (its own LM head Q4_0 too) vs the CPU's: 2 rows a step (packed_gemv reads the
-# blocks) and 12 (each matrix decoded into scratch inside the steps' CUDA graphs, the LM head after them).
+# generations from a Q4_0 tiny Qwen2 (its own LM head Q4_0 too) vs the CPU's: 2 and 12 rows a step (packed_gemv reads
+# the blocks) and 40 (each matrix decoded into scratch inside the steps' CUDA graphs, the LM head after them).
 tiny_quantized() {
     local ty rc=0
     for ty in q4_0 q5_k q8_0; do
@@ -252,7 +252,7 @@ tiny_quantized() {
     done
     local q=$work/tiny-qwen2-q4_0.gguf b
     "$bin" export-gguf --model tests/fixtures/tiny-qwen2 --out "$q" --type q4_0 >/dev/null || return 1
-    for b in 2 12; do
+    for b in 2 12 40; do
         for d in cpu "$dev"; do
             "$bin" generate --model "$q" --data tests/fixtures/train_rows.jsonl --max-new-tokens 8 --ignore-eos \
                 --batch "$b" --device "$d" --out "$work/gq-$b-$d.jsonl" 2>/dev/null || return 1

@@ -356,27 +356,29 @@ fn gemm_bf16<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
 /// How [`gemm_packed_on`] multiplies the (24, 512) packed matrix: the identity by it (c then holds the decoded
 /// matrix itself, transposed), or `m` random rows (in rows of 519, from value 2) by its stored rows
 /// `first..first + n`, transposed, into c (m, n) in rows of n + 3 from value 5, = or +=; a and c each f32 or bf16
-/// (`a16`, `c16`: activations kept in bf16). A product of up to 8 rows reads the blocks themselves on a device (a
-/// decoding step's), one of a slice of rows decodes only those.
+/// (`a16`, `c16`: activations kept in bf16). A product of up to 32 rows reads the blocks themselves on a device (a
+/// decoding step's; 8 rows a block), one of more decodes the matrix first (only the rows of a slice).
 #[derive(Clone, Copy)]
 enum PackedCase {
     Decoded,
     Product { m: usize, first: usize, n: usize, accumulate: bool, a16: bool, c16: bool },
 }
 
-const PACKED_CASES: [PackedCase; 10] = {
+const PACKED_CASES: [PackedCase; 12] = {
     use PackedCase::Product as P;
     [
         PackedCase::Decoded,
-        P { m: 13, first: 0, n: 24, accumulate: false, a16: false, c16: false },
-        P { m: 13, first: 0, n: 24, accumulate: true, a16: false, c16: false },
-        P { m: 13, first: 8, n: 12, accumulate: true, a16: true, c16: true },
+        P { m: 40, first: 0, n: 24, accumulate: false, a16: false, c16: false },
+        P { m: 40, first: 0, n: 24, accumulate: true, a16: false, c16: false },
+        P { m: 40, first: 8, n: 12, accumulate: true, a16: true, c16: true },
         P { m: 1, first: 0, n: 24, accumulate: false, a16: false, c16: false },
         P { m: 5, first: 8, n: 12, accumulate: true, a16: false, c16: false },
         P { m: 8, first: 3, n: 21, accumulate: false, a16: true, c16: true },
         P { m: 2, first: 0, n: 24, accumulate: true, a16: true, c16: true },
         P { m: 3, first: 0, n: 24, accumulate: true, a16: true, c16: false },
         P { m: 4, first: 5, n: 19, accumulate: false, a16: false, c16: true },
+        P { m: 13, first: 3, n: 21, accumulate: true, a16: false, c16: false },
+        P { m: 32, first: 0, n: 24, accumulate: false, a16: true, c16: false },
     ]
 };
 
@@ -426,7 +428,7 @@ fn gemm_packed_reuse_on<B: ReadMask>(b: &B) -> Result<Outs> {
     let w2 = up_u32(b, &words_of(&quantize(ty, &random(rows * cols, 185, 1.0))?))?;
     let mut outs = vec![];
     for (i, (w, first, n, m)) in
-        [(&w1, 0, 24, 13), (&w1, 0, 24, 13), (&w1, 8, 12, 13), (&w1, 0, 24, 2), (&w2, 0, 24, 13), (&w1, 0, 24, 13)]
+        [(&w1, 0, 24, 40), (&w1, 0, 24, 40), (&w1, 8, 12, 40), (&w1, 0, 24, 2), (&w2, 0, 24, 40), (&w1, 0, 24, 40)]
             .into_iter()
             .enumerate()
     {

@@ -140,10 +140,11 @@ fn pre_mut<'a, T>(x: &'a mut CudaSlice<T>, n: usize, op: &str) -> CudaViewMut<'a
 }
 
 /// The shape of `gemm_packed`'s product for `dequant::packed_gemv`: c (m, n) = a (m, k) · Wᵀ with at most
-/// `GEMV_ROWS` rows, W's view its first n whole rows (transposed), a and c row-major; None for any other product.
+/// `GEMV_MAX_ROWS` rows, W's view its first n whole rows (transposed), a and c row-major; None for any other
+/// product.
 fn gemv_shape(cv: MatView, av: MatView, wv: MatView, w: PackedView<Cuda>, at: usize) -> Option<dequant::Gemv> {
     let whole_rows = wv.trans && wv.offset == 0 && wv.ld == w.cols && wv.cols == w.cols;
-    let rows_ok = !av.trans && !cv.trans && cv.rows == av.rows && cv.rows <= dequant::GEMV_ROWS;
+    let rows_ok = !av.trans && !cv.trans && cv.rows == av.rows && cv.rows <= dequant::GEMV_MAX_ROWS;
     (whole_rows && rows_ok && av.cols == wv.cols && cv.cols == wv.rows).then_some(dequant::Gemv {
         m: cv.rows,
         n: cv.cols,

@@ -165,7 +165,8 @@ extern "C" __global__ void dequantize_bf16(unsigned short* out, const unsigned c
     dequantize(out, src, at, ty, block, n);
 }
 
-// The most rows of a that packed_gemv takes (src/kernels/cuda/ops/dequant.rs's GEMV_ROWS): decoding steps.
+// The rows of a one block of packed_gemv multiplies (src/kernels/cuda/ops/dequant.rs's GEMV_ROWS): each block
+// decodes its outputs' blocks once for that many rows, which it keeps sums for in registers.
 #define GEMV_ROWS 8
 
 // a[i] as packed_gemv's operand: an f32 value rounded to bf16 where the product is a bf16 one, a bf16 value as it is.
@@ -174,17 +175,21 @@ __device__ float gemv_operand(const float* a, size_t i, int round) {
 }
 __device__ float gemv_operand(const unsigned short* a, size_t i, int) { return bf16_value(a[i]); }
 
-// c[r, o] (+)= Σ_k a[r, k]·W[o, k] for rows r < m ≤ GEMV_ROWS and outputs o < n of W (n, k), whose rows are whole
-// blocks of type ty from byte `at` of src: the product of a decoding step read straight from the blocks, each
-// value decoded as dequantize decodes it (so it is that matrix's product, in another order of sums). With `round`,
-// both operands are rounded to bf16 first, as a bf16 product reads them. a: rows of lda; c: rows of ldc. A warp
-// per output (grid ceil(n / warps per block)); its lanes take the row's runs of 16 in turn, each adding its runs'
-// products for every row of a, the warp's sums then added across lanes.
+// c[r, o] (+)= Σ_k a[r, k]·W[o, k] for rows r < m and outputs o < n of W (n, k), whose rows are whole blocks of
+// type ty from byte `at` of src: the product of a decoding step read straight from the blocks, each value decoded
+// as dequantize decodes it (so it is that matrix's product, in another order of sums). With `round`, both operands
+// are rounded to bf16 first, as a bf16 product reads them. a: rows of lda; c: rows of ldc. A warp per output and
+// group of GEMV_ROWS rows (grid (ceil(n / warps per block), ceil(m / GEMV_ROWS))); its lanes take the row's runs of
+// 16 in turn, each adding its runs' products for every row of its group, the warp's sums then added across lanes.
 template <typename Ta, typename Tc>
 __device__ void packed_gemv(Tc* c, const Ta* a, const unsigned char* src, size_t at, int ty, int block, int m, int n,
                             int k, int lda, int ldc, int accumulate, int round) {
     const int lane = threadIdx.x & 31, o = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (o >= n) return;  // the whole warp
+    const int first = blockIdx.y * GEMV_ROWS;
+    a += (size_t)first * lda;
+    c += (size_t)first * ldc;
+    m = min(m - first, GEMV_ROWS);
     const int runs = k / GROUP;
     const unsigned char* row = src + at + (size_t)o * (k / block) * type_size(ty);
     float acc[GEMV_ROWS];

@@ -14,8 +14,12 @@ pub fn decodes(ty: GgmlType) -> bool {
 /// Values that share a scale in every block type: a thread's unit of decoding (dequant.cu's GROUP).
 const GROUP: usize = 16;
 
-/// The most rows of a that [`packed_gemv`] multiplies (dequant.cu's GEMV_ROWS): a decoding step's.
-pub const GEMV_ROWS: usize = 8;
+/// The rows of a one block of [`packed_gemv`] multiplies (dequant.cu's GEMV_ROWS).
+const GEMV_ROWS: usize = 8;
+
+/// The most rows of a that [`packed_gemv`] takes: a decoding step's (up to 4 groups of [`GEMV_ROWS`], one launch,
+/// each group reading the blocks again — still less traffic than a decoded matrix written and read).
+pub const GEMV_MAX_ROWS: usize = 4 * GEMV_ROWS;
 
 /// Blocks of `ty` from byte `at` of `words` (bytes as little-endian u32 words) holding `n` values: checks that they
 /// are whole blocks inside the buffer. Returns the block's value count.
@@ -64,7 +68,7 @@ pub struct Gemv {
     pub at: usize,
 }
 
-/// c (+)= a·Wᵀ for at most [`GEMV_ROWS`] rows of a, W read straight from its blocks (each value as [`dequantize`]
+/// c (+)= a·Wᵀ for at most [`GEMV_MAX_ROWS`] rows of a, W read straight from its blocks (each value as [`dequantize`]
 /// decodes it); with `round` both operands are rounded to bf16 first, as a bf16 product reads them. a and c f32 or
 /// bf16 ([`Elem`]).
 pub fn packed_gemv<Ta: Elem, Tc: Elem>(
@@ -78,7 +82,7 @@ pub fn packed_gemv<Ta: Elem, Tc: Elem>(
 ) -> Result<(), DriverError> {
     let block = check_blocks(words, s.at, s.ty, s.n * s.k, "packed_gemv");
     assert!(s.k.is_multiple_of(block), "packed_gemv: rows of {} values are not whole {} blocks", s.k, s.ty);
-    assert!(s.m <= GEMV_ROWS, "packed_gemv: {} rows of a, at most {GEMV_ROWS}", s.m);
+    assert!(s.m <= GEMV_MAX_ROWS, "packed_gemv: {} rows of a, at most {GEMV_MAX_ROWS}", s.m);
     assert!(s.lda >= s.k && s.ldc >= s.n, "packed_gemv: leading dimensions {} {} below {} {}", s.lda, s.ldc, s.k, s.n);
     let need = |rows: usize, ld: usize, cols: usize| if rows == 0 { 0 } else { (rows - 1) * ld + cols };
     assert!(a.len() >= need(s.m, s.lda, s.k) && c.len() >= need(s.m, s.ldc, s.n), "packed_gemv: a or c too short");
@@ -87,7 +91,7 @@ pub fn packed_gemv<Ta: Elem, Tc: Elem>(
     }
     const WARPS: usize = 8;
     let cfg = LaunchConfig {
-        grid_dim: (s.n.div_ceil(WARPS) as u32, 1, 1),
+        grid_dim: (s.n.div_ceil(WARPS) as u32, s.m.div_ceil(GEMV_ROWS) as u32, 1),
         block_dim: (32 * WARPS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
