@@ -649,8 +649,9 @@ impl Backend for Cuda {
         dequant::decodes(ty)
     }
 
-    /// Decodes only the stored rows `wv` touches (the LM head's vocabulary chunks read a slice of its matrix); a
-    /// decoding step's few rows times Wᵀ read the blocks themselves (`dequant::packed_gemv`), no scratch.
+    /// Decodes only the stored rows `wv` touches, into scratch that remembers them for the next product of the
+    /// same rows (the LM head's row chunks); up to `GEMV_MAX_ROWS` rows times Wᵀ read the blocks themselves
+    /// (`dequant::packed_gemv`), no scratch.
     fn gemm_packed(
         &self,
         c: ValuesMut<Self>,
