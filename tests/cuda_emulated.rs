@@ -463,6 +463,39 @@ fn a_run_too_large_for_the_device_fails_before_its_first_step() {
     }
 }
 
+/// That reservation ends with a forward and backward pass of the run's largest micro-batch, every token's weight 0
+/// (gradients += 0), which grows the backend's scratch (column sums, bf16 operands) to what the run needs: no step
+/// allocates on the device after it. A 6-step run allocates as often as the same run stopped after its first step,
+/// over rows of growing length, for LoRA with dropout under --compute bf16 and full fine-tuning in f32, on Llama and
+/// Qwen3.5; and its losses are the CPU's.
+#[test]
+fn no_training_step_allocates_after_the_reservation() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("rows.jsonl");
+    common::rows_of_growing_length(&data);
+    let lora = ["--lora-targets", "all-linear", "--lora-dropout", "0.1", "--compute", "bf16"];
+    for m in ["tiny-llama", "tiny-qwen35"] {
+        for (what, extra) in [("lora-bf16", &lora[..]), ("full-f32", &["--full"][..])] {
+            let out = |k: &str| dir.path().join(format!("{m}-{what}-{k}"));
+            let run = |k: &str, more: &[&str]| counted_train(&fixture(m), &data, &out(k), "6", &[extra, more].concat());
+            let (one, six) = (run("one", &["--stop-after-steps", "1"]), run("six", &[]));
+            assert_eq!(
+                stat(&six, "allocate"),
+                stat(&one, "allocate"),
+                "{m} {what}: allocations after step 1\n{one}\n{six}"
+            );
+            if what == "full-f32" {
+                let (cpu, model) = (dir.path().join(format!("{m}-cpu")), fixture(m));
+                let args = ["train", "--model", model.to_str().unwrap(), "--data", data.to_str().unwrap()];
+                let rest = ["--output-dir", cpu.to_str().unwrap(), "--max-steps", "6", "--batch-size", "2"];
+                condlm(&[&args[..], &rest, &["--eval-fraction", "0", "--save-every", "0", "--full"]].concat());
+                let (gpu, cpu) = (curves(&out("six")).0, curves(&cpu).0);
+                assert!(worst(&gpu, &cpu) <= 1e-4, "{m}: losses {gpu:?} vs the CPU's {cpu:?}");
+            }
+        }
+    }
+}
+
 /// `CONDLM_CUDA_PROFILE=1` prints where the GPU time went when the command ends: a row per op (the kernels', the
 /// GEMMs', the copies'), their calls, and shares that add up to the whole; the results are the same.
 #[test]

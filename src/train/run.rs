@@ -452,17 +452,18 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     if let Some(dev) = dev {
         let name = dev.name();
         trainer.use_device(dev)?;
-        // Sized now for the largest micro-batch, a run too large for the device fails here, not at its step.
-        let steps = plan.steps_from(trainer.step, opts.stop_after);
-        let (tokens, chunks) = largest_micro_batches((&train_set, eval_set.as_ref()), &plan, &s, steps, world);
+        // Sized now for the largest batch of the rest of the run (beyond a --stop-after-steps, which a resumed run
+        // goes on from), a run too large for the device fails here, not at its step.
+        let steps = plan.steps_from(trainer.step, None);
+        let (tokens, chunks, largest) = largest_micro_batches((&train_set, eval_set.as_ref()), &plan, &s, steps, world);
         if root && tokens > 0 {
             eprintln!(
                 "training on {name}, buffers for batches of up to {tokens} tokens (the largest micro-batch or \
-                 evaluation batch to run)"
+                 evaluation batch of the run)"
             );
         }
         if tokens > 0 {
-            trainer.reserve_device(tokens, chunks).with_context(|| {
+            trainer.reserve_device(tokens, chunks, &largest).with_context(|| {
                 format!(
                     "allocating the buffers for this run's largest batch ({tokens} tokens) on {} failed; if it is out \
                      of memory, lower --batch-size (raising --grad-accum keeps the rows per step) or --max-len",
@@ -743,22 +744,22 @@ impl Plan {
     }
 }
 
-/// The largest micro-batch shard this rank runs in `steps` (tokens) and the most 16-row chunks one starts, and its
-/// largest batch of the evaluation (which the training buffers then also serve): what a device's buffers are sized
-/// for before the first step (`Trainer::reserve_device`).
-fn largest_micro_batches(
-    (train, eval): (&Dataset, Option<&Dataset>),
+/// What a device's buffers are sized for before the first step (`Trainer::reserve_device`), over this rank's
+/// `steps`: the most tokens of a micro-batch shard or of an evaluation batch (which the training buffers then also
+/// serve), the most 16-row chunks a shard's rows start, and the shard with the most tokens.
+fn largest_micro_batches<'a>(
+    (train, eval): (&'a Dataset, Option<&Dataset>),
     plan: &Plan,
     s: &TrainSettings,
     steps: std::ops::Range<u64>,
     world: &dyn Collectives,
-) -> (usize, usize) {
-    let mut most = (0, 0);
+) -> (usize, usize, Vec<&'a Example>) {
+    let mut most = (0, 0, vec![]);
     if let Some(e) = eval.filter(|_| !steps.is_empty()) {
         let mine = &e.examples[shard(e.examples.len(), world.rank(), world.size())];
         most.0 = mine.chunks(EVAL_BATCH).map(|b| micro_batch_extent(b).0).max().unwrap_or(0);
     }
-    let mut order = (u64::MAX, vec![]);
+    let (mut order, mut largest) = ((u64::MAX, vec![]), 0);
     for step in steps {
         let (epoch, take) = plan.step_rows(step, train.examples.len());
         if order.0 != epoch {
@@ -767,7 +768,10 @@ fn largest_micro_batches(
         let rows: Vec<&Example> = order.1[take].iter().map(|&i| &train.examples[i]).collect();
         for shard in micro_batch_shards(&rows, s.batch_size, world) {
             let (tokens, chunks) = micro_batch_extent(shard);
-            most = (most.0.max(tokens), most.1.max(chunks));
+            (most.0, most.1) = (most.0.max(tokens), most.1.max(chunks));
+            if tokens > largest {
+                (largest, most.2) = (tokens, shard.to_vec());
+            }
         }
     }
     most

@@ -119,12 +119,16 @@ impl Trainer {
     }
 
     /// On a device: its buffers sized now for micro-batches of up to `rows` tokens whose rows start up to
-    /// `checkpoints` 16-row chunks in all (the largest this run forms: [`micro_batch_extent`]), so that a run too
-    /// large for the device fails before its first step, not at a later one. Nothing on the CPU path.
-    pub fn reserve_device(&mut self, rows: usize, checkpoints: usize) -> Result<()> {
-        match &mut self.device {
-            Some(d) => d.step.reserve(rows, checkpoints),
-            None => Ok(()),
+    /// `checkpoints` 16-row chunks in all (the largest this run forms: [`micro_batch_extent`]), then a forward and
+    /// backward pass of `largest` (the run's largest micro-batch) with every token's weight 0 — gradients += 0 — so
+    /// that the backend's scratch grows to what the run needs too: a run too large for the device fails before its
+    /// first step, and no later step allocates. Nothing on the CPU path.
+    pub fn reserve_device(&mut self, rows: usize, checkpoints: usize, largest: &[&Example]) -> Result<()> {
+        let Some(d) = &mut self.device else { return Ok(()) };
+        d.step.reserve(rows, checkpoints)?;
+        match largest.is_empty() {
+            true => Ok(()),
+            false => d.micro_batch(largest, 0.0, 0.0, self.cfg.seed).map(drop),
         }
     }
 
