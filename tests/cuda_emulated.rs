@@ -496,6 +496,32 @@ fn no_training_step_allocates_after_the_reservation() {
     }
 }
 
+/// A resumed run's first evaluation comes after steps (a fresh run's comes before them): the reservation scores the
+/// run's largest evaluation batch once, so that no evaluation allocates either. Evaluation rows longer than any
+/// training row, under --compute bf16: a resumed invocation that evaluates after its second step allocates as often
+/// as one that stops after its first, before any evaluation.
+#[test]
+fn a_resumed_run_evaluates_without_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let eval = dir.path().join("eval.jsonl");
+    common::rows_of_growing_length(&eval);
+    let (model, data) = (fixture("tiny-llama"), fixture("train_rows.jsonl"));
+    let stats = [("CUDA_EMULATOR_STATS", "1")];
+    let resumed = |k: &str, steps: &str| -> String {
+        let out = dir.path().join(k);
+        let extra = ["--eval-data", eval.to_str().unwrap(), "--eval-every", "3", "--compute", "bf16"];
+        counted_train(&model, &data, &out, "6", &[&extra[..], &["--stop-after-steps", "1"]].concat());
+        condlm_with(&["train", "--resume", out.to_str().unwrap(), "--stop-after-steps", steps], &stats)
+    };
+    let (quiet, evaluating) = (resumed("quiet", "1"), resumed("evaluating", "2"));
+    assert!(evaluating.contains("step 3: eval NLL"), "{evaluating}");
+    assert_eq!(
+        stat(&evaluating, "allocate"),
+        stat(&quiet, "allocate"),
+        "the evaluation allocated\n{quiet}\n{evaluating}"
+    );
+}
+
 /// `CONDLM_CUDA_PROFILE=1` prints where the GPU time went when the command ends: a row per op (the kernels', the
 /// GEMMs', the copies'), their calls, and shares that add up to the whole; the results are the same.
 #[test]

@@ -218,8 +218,9 @@ def matmul_params(model_dir):
     gate = 2 if c.get("model_type") == "qwen3_5_text" else 1  # Qwen3.5's q_proj also yields the output gate
     attention = d * heads * hd * (1 + gate) + d * kv * hd * 2  # q (and gate), o; k, v
     mlp = 3 * d * ffn  # gate, up, down
-    if c.get("layer_types"):
-        # a Gated DeltaNet: in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, out_proj
+    if "linear_attention" in (c.get("layer_types") or []):
+        # Gated DeltaNet layers: in_proj_qkv, in_proj_z, in_proj_b, in_proj_a, out_proj (transformers 5 writes
+        # layer_types for other families too, Qwen2's all "full_attention")
         kd, hv = c["linear_num_key_heads"] * c["linear_key_head_dim"], c["linear_num_value_heads"]
         vd = hv * c["linear_value_head_dim"]
         delta = d * (2 * kd + vd) + 2 * d * vd + 2 * d * hv

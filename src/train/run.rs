@@ -455,7 +455,8 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         // Sized now for the largest batch of the rest of the run (beyond a --stop-after-steps, which a resumed run
         // goes on from), a run too large for the device fails here, not at its step.
         let steps = plan.steps_from(trainer.step, None);
-        let (tokens, chunks, largest) = largest_micro_batches((&train_set, eval_set.as_ref()), &plan, &s, steps, world);
+        let sizes = largest_batches((&train_set, eval_set.as_ref()), &plan, &s, steps, world);
+        let tokens = sizes.tokens;
         if root && tokens > 0 {
             eprintln!(
                 "training on {name}, buffers for batches of up to {tokens} tokens (the largest micro-batch or \
@@ -463,7 +464,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
             );
         }
         if tokens > 0 {
-            trainer.reserve_device(tokens, chunks, &largest).with_context(|| {
+            trainer.reserve_device(tokens, sizes.chunks, &sizes.largest, sizes.largest_eval).with_context(|| {
                 format!(
                     "allocating the buffers for this run's largest batch ({tokens} tokens) on {} failed; if it is out \
                      of memory, lower --batch-size (raising --grad-accum keeps the rows per step) or --max-len",
@@ -745,19 +746,31 @@ impl Plan {
 }
 
 /// What a device's buffers are sized for before the first step (`Trainer::reserve_device`), over this rank's
-/// `steps`: the most tokens of a micro-batch shard or of an evaluation batch (which the training buffers then also
-/// serve), the most 16-row chunks a shard's rows start, and the shard with the most tokens.
-fn largest_micro_batches<'a>(
-    (train, eval): (&'a Dataset, Option<&Dataset>),
+/// `steps`.
+struct LargestBatches<'a> {
+    /// The most tokens of a micro-batch shard or of an evaluation batch (which the training buffers then also serve).
+    tokens: usize,
+    /// The most 16-row chunks a shard's rows start.
+    chunks: usize,
+    /// The shard with the most tokens.
+    largest: Vec<&'a Example>,
+    /// The evaluation batch with the most tokens (empty without evaluation).
+    largest_eval: &'a [Example],
+}
+
+fn largest_batches<'a>(
+    (train, eval): (&'a Dataset, Option<&'a Dataset>),
     plan: &Plan,
     s: &TrainSettings,
     steps: std::ops::Range<u64>,
     world: &dyn Collectives,
-) -> (usize, usize, Vec<&'a Example>) {
-    let mut most = (0, 0, vec![]);
+) -> LargestBatches<'a> {
+    let mut most = LargestBatches { tokens: 0, chunks: 0, largest: vec![], largest_eval: &[] };
     if let Some(e) = eval.filter(|_| !steps.is_empty()) {
         let mine = &e.examples[shard(e.examples.len(), world.rank(), world.size())];
-        most.0 = mine.chunks(EVAL_BATCH).map(|b| micro_batch_extent(b).0).max().unwrap_or(0);
+        let batch = mine.chunks(EVAL_BATCH).max_by_key(|b| micro_batch_extent(b).0);
+        most.largest_eval = batch.unwrap_or(&[]);
+        most.tokens = micro_batch_extent(most.largest_eval).0;
     }
     let (mut order, mut largest) = ((u64::MAX, vec![]), 0);
     for step in steps {
@@ -768,9 +781,9 @@ fn largest_micro_batches<'a>(
         let rows: Vec<&Example> = order.1[take].iter().map(|&i| &train.examples[i]).collect();
         for shard in micro_batch_shards(&rows, s.batch_size, world) {
             let (tokens, chunks) = micro_batch_extent(shard);
-            (most.0, most.1) = (most.0.max(tokens), most.1.max(chunks));
+            (most.tokens, most.chunks) = (most.tokens.max(tokens), most.chunks.max(chunks));
             if tokens > largest {
-                (largest, most.2) = (tokens, shard.to_vec());
+                (largest, most.largest) = (tokens, shard.to_vec());
             }
         }
     }

@@ -20,7 +20,7 @@ use crate::data::example::Example;
 use crate::distributed::{Collectives, Everywhere, Single, shard};
 use crate::kernels::gated_delta::CHUNK;
 use crate::network::transformer::Transformer;
-use crate::score::{OnCpu, Scorer};
+use crate::score::{OnCpu, Scorer, score_encoded};
 use anyhow::{Result, anyhow, bail};
 use std::borrow::Borrow;
 use std::ops::Range;
@@ -120,16 +120,26 @@ impl Trainer {
 
     /// On a device: its buffers sized now for micro-batches of up to `rows` tokens whose rows start up to
     /// `checkpoints` 16-row chunks in all (the largest this run forms: [`micro_batch_extent`]), then a forward and
-    /// backward pass of `largest` (the run's largest micro-batch) with every token's weight 0 — gradients += 0 — so
-    /// that the backend's scratch grows to what the run needs too: a run too large for the device fails before its
-    /// first step, and no later step allocates. Nothing on the CPU path.
-    pub fn reserve_device(&mut self, rows: usize, checkpoints: usize, largest: &[&Example]) -> Result<()> {
+    /// backward pass of `largest` (the run's largest micro-batch) with every token's weight 0 — gradients += 0 — and
+    /// `eval` (its largest evaluation batch) scored once, so that the backend's scratch grows to what the run needs
+    /// too: a run too large for the device fails before its first step, and no later step or evaluation (a resumed
+    /// run's first comes after steps) allocates. Nothing on the CPU path.
+    pub fn reserve_device(
+        &mut self,
+        rows: usize,
+        checkpoints: usize,
+        largest: &[&Example],
+        eval: &[Example],
+    ) -> Result<()> {
         let Some(d) = &mut self.device else { return Ok(()) };
         d.step.reserve(rows, checkpoints)?;
-        match largest.is_empty() {
-            true => Ok(()),
-            false => d.micro_batch(largest, 0.0, 0.0, self.cfg.seed).map(drop),
+        if !largest.is_empty() {
+            d.micro_batch(largest, 0.0, 0.0, self.cfg.seed)?;
         }
+        if !eval.is_empty() {
+            score_encoded(&mut d.step.scorer(), eval, eval.len(), |_| {})?;
+        }
+        Ok(())
     }
 
     /// Where the steps run, for messages.

@@ -101,6 +101,17 @@ T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
     return out;
 }
 
+// Lane src_lane's value (within this lane's segment of `width` lanes), from the warp's exchange. The kernels call it
+// with every lane of the warp in mask.
+template <typename T>
+T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+    T all[32];
+    emu::warp_exchange(mask, &v, all, sizeof v);
+    const unsigned lane = (emu::thread_idx.x + emu::block_dim.x * (emu::thread_idx.y + emu::block_dim.y *
+                                                                   emu::thread_idx.z)) & 31;
+    return all[lane / width * width + src_lane % width];
+}
+
 // Bit j set when lane j of the warp (among those in mask) passes a true predicate: the lanes' predicates
 // exchanged as the warp's shuffles are.
 inline unsigned __ballot_sync(unsigned mask, int predicate) {
@@ -150,6 +161,7 @@ inline void mma_bf16_16x8x16(float* d, const unsigned* a, const unsigned* b) {
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline float __fmul_rn(float a, float b) { return a * b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 
 inline unsigned __float_as_uint(float v) {
     unsigned u;

@@ -39,27 +39,40 @@ __device__ void store_column(float* s, const float* col, int j, int dk, int dv) 
     }
 }
 
-// One step of the recurrence on the warp's column (s: the lane's rows): s ← a·s; δ = β·(v_j − Σ_i s_i·k_i);
-// s += k·δ; returns δ. k: the row's dk keys.
+// One step of the recurrence on the warp's column (s: the lane's rows): s ← a·s; e = v_j − Σ_i s_i·k_i; δ = β·e;
+// s += k·δ; returns δ, and e in *err. k: the row's dk keys. Each product rounded as replay_step rounds it (no
+// contraction the compiler could choose differently in the two).
 template <int R>
-__device__ float delta_step(float* s, const float* k, float a, float beta, float vj, int dk) {
+__device__ float delta_step(float* s, const float* k, float a, float beta, float vj, int dk, float* err) {
     const int lane = threadIdx.x & 31;
     float kv = 0.f;
 #pragma unroll
     for (int c = 0; c < R; ++c) {
         const int i = lane + 32 * c;
         if (i < dk) {
-            s[c] *= a;
-            kv += s[c] * k[i];
+            s[c] = __fmul_rn(s[c], a);
+            kv = __fmaf_rn(s[c], k[i], kv);
         }
     }
-    const float delta = (vj - warp_sum(kv)) * beta;
+    *err = vj - warp_sum(kv);
+    const float delta = *err * beta;
 #pragma unroll
     for (int c = 0; c < R; ++c) {
         const int i = lane + 32 * c;
-        if (i < dk) s[c] += k[i] * delta;
+        if (i < dk) s[c] = __fmaf_rn(k[i], delta, s[c]);
     }
     return delta;
+}
+
+// delta_step with its δ known (the backward kept it): the same state, without a sum across the lanes.
+template <int R>
+__device__ void replay_step(float* s, const float* k, float a, float delta, int dk) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int c = 0; c < R; ++c) {
+        const int i = lane + 32 * c;
+        if (i < dk) s[c] = __fmaf_rn(k[i], delta, __fmul_rn(s[c], a));
+    }
 }
 
 // Σ_i s_i·q_i over the warp's column: o_j.
@@ -102,7 +115,8 @@ extern "C" __global__ void delta_rule_forward(float* o, float* saved, const floa
             ck += per_state;
         }
         const size_t r = head + t;
-        delta_step<DELTA_PER_LANE>(s, k + r * dk, expf(g[r]), beta[r], v[r * dv + j], dk);
+        float err;
+        delta_step<DELTA_PER_LANE>(s, k + r * dk, expf(g[r]), beta[r], v[r * dv + j], dk, &err);
         const float out = column_dot(s, q + r * dk, dk);
         if ((threadIdx.x & 31) == 0) o[r * dv + j] = out;
     }
@@ -132,7 +146,8 @@ extern "C" __global__ void delta_rule_cached(float* o, float* state, const float
             for (int c = 0; c < DELTA_PER_LANE; ++c) s[c] = 0.f;
         }
         const size_t at = head + r;
-        delta_step<DELTA_PER_LANE>(s, k + at * dk, expf(g[at]), beta[at], v[at * dv + j], dk);
+        float err;
+        delta_step<DELTA_PER_LANE>(s, k + at * dk, expf(g[at]), beta[at], v[at * dv + j], dk, &err);
         const float out = column_dot(s, q + at * dk, dk);
         if ((threadIdx.x & 31) == 0) o[at * dv + j] = out;
     }
@@ -143,11 +158,13 @@ extern "C" __global__ void delta_rule_cached(float* o, float* state, const float
 // it saved: dq, dkey (heads, N, dk), dval (heads, N, dv), dg, dbeta (heads, N) written, as delta_rule_head_backward.
 // The sums over j (dq, dk, dg, dβ) need every column, so one block holds them all: warp w the columns
 // j = w + warps·m, m < DELTA_BWD_COLS, each with its column of ∂L/∂S in registers (zero past the sequence's end).
-// It walks the sequence's chunks backwards, and each chunk's rows; for row t each column's state before t (prev) is
-// recomputed from the chunk's saved state (re-read from global memory: O(CHUNK²) steps per chunk, nothing kept per
-// row), then, with a = e^g and S_t = a·prev + k δᵀ:
+// It walks the sequence's chunks backwards. A first pass over a chunk's rows from its saved state gives each
+// column's δ and e = v − Sᵀk per row, which the warp keeps in a register per column (lane u row c0 + u's δ, lane
+// 16 + u its e). Then for each row t, backwards, each column's state before t (prev) is replayed from the saved
+// state with those δ: O(CHUNK²) steps per chunk as before, but of lane-local multiply-adds, where recomputing δ took
+// a sum across the lanes per step. With a = e^g and S_t = a·prev + k δᵀ:
 //   dq_i = Σ_j S_t[i,j]·do_j;  dS += q doᵀ;  ∂δ_j = Σ_i dS[i,j]·k_i;  dk_i = Σ_j dS[i,j]·δ_j;  dv_j = β·∂δ_j;
-//   dβ = Σ_j ∂δ_j·(v_j − kv_j);  dS += k·dkvᵀ (dkv = −β·∂δ);  dk_i += Σ_j a·prev[i,j]·dkv_j;
+//   dβ = Σ_j ∂δ_j·e_j;  dS += k·dkvᵀ (dkv = −β·∂δ);  dk_i += Σ_j a·prev[i,j]·dkv_j;
 //   dg = a·Σ dS⊙prev (summed in f64 as the CPU sums it, after a lane's R terms of a column in f32);  dS *= a.
 // Each row's sums: a warp's over its columns in column order, then the warps' in warp order through shared
 // memory — the same bits every run. Grid (n_seqs, heads), 32·warps threads, warps ≤ DELTA_BWD_WARPS and
@@ -157,6 +174,7 @@ __device__ void delta_rule_backward_t(float* dq, float* dkey, float* dval, float
                                       const float* q, const float* k, const float* v, const float* g,
                                       const float* beta, const float* saved, const unsigned* seqs, int n_seqs,
                                       int rows, int dk, int dv) {
+    static_assert(2 * DELTA_CHUNK == 32, "a chunk's δ and e per column fill one register of the warp's lanes");
     __shared__ float part_q[DELTA_BWD_WARPS][DELTA_MAX_DK], part_k[DELTA_BWD_WARPS][DELTA_MAX_DK];
     __shared__ float part_beta[DELTA_BWD_WARPS];
     __shared__ double part_g[DELTA_BWD_WARPS];
@@ -173,6 +191,22 @@ __device__ void delta_rule_backward_t(float* dq, float* dkey, float* dval, float
     for (int chunk = (end - start - 1) / DELTA_CHUNK; chunk >= 0; --chunk) {
         const int c0 = start + chunk * DELTA_CHUNK, c1 = min(c0 + DELTA_CHUNK, end);
         const float* ck = first + (size_t)chunk * per_state;
+        float kept[DELTA_BWD_COLS];
+#pragma unroll
+        for (int m = 0; m < DELTA_BWD_COLS; ++m) {
+            const int j = warp + warps * m;
+            kept[m] = 0.f;
+            if (j >= dv) continue;  // the same for the whole warp
+            float s[R];
+            load_column<R>(s, ck, j, dk, dv);
+            for (int u = c0; u < c1; ++u) {
+                const size_t ru = head + u;
+                float err;
+                const float delta = delta_step<R>(s, k + ru * dk, expf(g[ru]), beta[ru], v[ru * dv + j], dk, &err);
+                if (lane == u - c0) kept[m] = delta;
+                if (lane == DELTA_CHUNK + u - c0) kept[m] = err;
+            }
+        }
         for (int t = c1 - 1; t >= c0; --t) {
             const size_t r = head + t;
             const float a = expf(g[r]), b = beta[r];
@@ -194,22 +228,17 @@ __device__ void delta_rule_backward_t(float* dq, float* dkey, float* dval, float
                 load_column<R>(prev, ck, j, dk, dv);
                 for (int u = c0; u < t; ++u) {
                     const size_t ru = head + u;
-                    delta_step<R>(prev, k + ru * dk, expf(g[ru]), beta[ru], v[ru * dv + j], dk);
+                    replay_step<R>(prev, k + ru * dk, expf(g[ru]), __shfl_sync(0xffffffffu, kept[m], u - c0), dk);
                 }
-                float kv = 0.f;
-#pragma unroll
-                for (int c = 0; c < R; ++c) {
-                    const int i = lane + 32 * c;
-                    if (i < dk) kv += a * prev[c] * kt[i];
-                }
-                kv = warp_sum(kv);
-                const float vj = v[r * dv + j], delta = (vj - kv) * b, dout = d_o[r * dv + j];
+                const float delta = __shfl_sync(0xffffffffu, kept[m], t - c0);
+                const float err = __shfl_sync(0xffffffffu, kept[m], DELTA_CHUNK + t - c0);
+                const float dout = d_o[r * dv + j];
                 float ddelta = 0.f;
 #pragma unroll
                 for (int c = 0; c < R; ++c) {
                     const int i = lane + 32 * c;
                     if (i < dk) {
-                        pq[i] += (a * prev[c] + kt[i] * delta) * dout;
+                        pq[i] += __fmaf_rn(kt[i], delta, __fmul_rn(prev[c], a)) * dout;
                         ds[m][c] += qt[i] * dout;
                         ddelta += ds[m][c] * kt[i];
                     }
@@ -217,7 +246,7 @@ __device__ void delta_rule_backward_t(float* dq, float* dkey, float* dval, float
                 ddelta = warp_sum(ddelta);
                 if (lane == 0) dval[r * dv + j] = ddelta * b;
                 const float dkv = -ddelta * b;
-                pb += ddelta * (vj - kv);
+                pb += ddelta * err;
                 // Σ_i dS⊙prev of this column in f32 (R terms), the columns' sums added in f64.
                 float col_g = 0.f;
 #pragma unroll
