@@ -331,7 +331,8 @@ smollm2_model() {
 # on every linear layer), condlm on the device for each COMPUTE (f32, bf16; bf16-f32-attention: bf16 with attention
 # in f32, what the tensor cores' attention gains; bf16-f32-mlp: bf16 with the MLP's activations in f32, what keeping
 # them in bf16 gains) and PyTorch + PEFT for each of f32 and bf16 listed; then full fine-tuning in bf16, condlm
-# `--full` vs PyTorch with f32 master weights under bf16 autocast.
+# `--full` vs PyTorch with f32 master weights under bf16 autocast. Peak GPU memory both ways for PyTorch: nvidia-smi's,
+# as condlm's is measured (its CUDA context and cached blocks included), and its allocator's own peak.
 throughput() {
     local model=$1 steps=$2 batch=$3 c dir mma acts
     shift 3
@@ -347,13 +348,13 @@ throughput() {
     done
     for c in "$@"; do
         [ "$c" = "${c%%-*}" ] || continue
-        "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 16 "$c" || return 1
+        peak_gpu_mib "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 16 "$c" || return 1
     done
     dir="$work/t-$(basename "$model")-full"
     peak_gpu_mib full_run "$dir" "$model" "$steps" "$batch" || return 1
     echo "full fine-tuning, compute bf16:"
     "$py" "$helper" throughput "$dir" "$model" full || return 1
-    "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 0 bf16 full
+    peak_gpu_mib "$py" "$helper" peft "$model" "$work/rows4.jsonl" "$steps" "$batch" 0 bf16 full
 }
 # full_run DIR MODEL STEPS BATCH: condlm full fine-tuning in bf16 on the device (the last lines of its output).
 full_run() {

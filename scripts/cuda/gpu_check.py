@@ -128,7 +128,7 @@ def peft(model_dir, data, steps, batch, rank, dtype, mode="lora"):
     """`mode` lora: LoRA on every linear layer (r = rank, α = 2r, dropout 0.05: gpu_check.sh's condlm runs) of the
     model loaded in `dtype`, as PEFT users run it. `mode` full: every weight trained, f32 master weights, products in bf16 under autocast for bf16 (HF
     Trainer's bf16=True). AdamW, the conditional objective on padded batches; tokens/s over the steps after the
-    first, peak GPU memory."""
+    first, peak GPU memory as its allocator counts it (gpu_check.sh adds nvidia-smi's)."""
     import contextlib, torch, torch.nn.functional as F
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from peft import LoraConfig, get_peft_model
@@ -170,7 +170,7 @@ def peft(model_dir, data, steps, batch, rank, dtype, mode="lora"):
             toks += int(att.sum()); secs += time.time() - t
     engine = f"pytorch full, {'bf16 autocast' if dtype == 'bf16' else 'f32'}" if full else f"pytorch+peft {dtype}"
     print(json.dumps({"engine": engine, "tokens_per_s": toks / secs,
-                      "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None, "last_loss": loss.item(),
+                      "torch_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None, "last_loss": loss.item(),
                       **utilisation(model_dir, toks / secs, full)}))
     return True
 
