@@ -191,6 +191,8 @@ __device__ void delta_rule_backward_t(float* dq, float* dkey, float* dval, float
     for (int chunk = (end - start - 1) / DELTA_CHUNK; chunk >= 0; --chunk) {
         const int c0 = start + chunk * DELTA_CHUNK, c1 = min(c0 + DELTA_CHUNK, end);
         const float* ck = first + (size_t)chunk * per_state;
+        // Lane u: row c0 + u's decay e^g, for every column's passes below.
+        const float chunk_a = lane < c1 - c0 ? expf(g[head + c0 + lane]) : 0.f;
         float kept[DELTA_BWD_COLS];
 #pragma unroll
         for (int m = 0; m < DELTA_BWD_COLS; ++m) {
@@ -202,14 +204,15 @@ __device__ void delta_rule_backward_t(float* dq, float* dkey, float* dval, float
             for (int u = c0; u < c1; ++u) {
                 const size_t ru = head + u;
                 float err;
-                const float delta = delta_step<R>(s, k + ru * dk, expf(g[ru]), beta[ru], v[ru * dv + j], dk, &err);
+                const float a = __shfl_sync(0xffffffffu, chunk_a, u - c0);
+                const float delta = delta_step<R>(s, k + ru * dk, a, beta[ru], v[ru * dv + j], dk, &err);
                 if (lane == u - c0) kept[m] = delta;
                 if (lane == DELTA_CHUNK + u - c0) kept[m] = err;
             }
         }
         for (int t = c1 - 1; t >= c0; --t) {
             const size_t r = head + t;
-            const float a = expf(g[r]), b = beta[r];
+            const float a = __shfl_sync(0xffffffffu, chunk_a, t - c0), b = beta[r];
             const float *qt = q + r * dk, *kt = k + r * dk;
             // This warp's sums of dq_i and dk_i over its columns gather in its row of part_q, part_k (lane l owns
             // the i = l + 32c: no other thread touches them until the barrier), leaving registers to dS.
@@ -227,8 +230,8 @@ __device__ void delta_rule_backward_t(float* dq, float* dkey, float* dval, float
                 float prev[R];
                 load_column<R>(prev, ck, j, dk, dv);
                 for (int u = c0; u < t; ++u) {
-                    const size_t ru = head + u;
-                    replay_step<R>(prev, k + ru * dk, expf(g[ru]), __shfl_sync(0xffffffffu, kept[m], u - c0), dk);
+                    const float au = __shfl_sync(0xffffffffu, chunk_a, u - c0);
+                    replay_step<R>(prev, k + (head + u) * dk, au, __shfl_sync(0xffffffffu, kept[m], u - c0), dk);
                 }
                 const float delta = __shfl_sync(0xffffffffu, kept[m], t - c0);
                 const float err = __shfl_sync(0xffffffffu, kept[m], DELTA_CHUNK + t - c0);
