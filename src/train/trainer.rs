@@ -137,7 +137,7 @@ impl Trainer {
             d.micro_batch(largest, 0.0, 0.0, self.cfg.seed)?;
         }
         if !eval.is_empty() {
-            score_encoded(&mut d.step.scorer(), eval, eval.len(), |_| {})?;
+            score_encoded(d.step.scorer(), eval, eval.len(), |_| {})?;
         }
         Ok(())
     }
