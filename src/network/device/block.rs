@@ -2,7 +2,7 @@
 //! it for the Llama family's layout: x += o(attention(rope(qkv(attn_norm(x))))), then
 //! x += down(act(gate(h)) ⊙ up(h)), h = mlp_norm(x).
 use super::buffers::{GradBufs, LayerBf16, LayerBufs, MlpBf16};
-use super::linear::LinearScratch;
+use super::linear::{Base, LinearScratch};
 use super::weights::{DevBlock, DevNorm, DevTensor, Mlp, SLOT_DOWN, SLOT_GATE, SLOT_O, SLOT_UP};
 use crate::kernels::activation::GateAct;
 use crate::kernels::attention::QkvLayout;
@@ -126,10 +126,12 @@ impl<B: Backend> DevBlock<B> {
         };
         let (dense, mixed) = (MatView::dense(n, d), Values::F32(mixed));
         match &self.post_norms {
-            None => self.o.forward(be, ValuesMut::F32(x), dense, true, mixed, n, l.lora[SLOT_O].as_mut(), s, seed)?,
+            None => {
+                self.o.forward(be, ValuesMut::F32(x), dense, Base::Add, mixed, n, l.lora[SLOT_O].as_mut(), s, seed)?
+            }
             Some((norm, _)) => {
                 let out = ValuesMut::F32(&mut l.attn_out);
-                self.o.forward(be, out, dense, false, mixed, n, l.lora[SLOT_O].as_mut(), s, seed)?;
+                self.o.forward(be, out, dense, Base::Set, mixed, n, l.lora[SLOT_O].as_mut(), s, seed)?;
                 add_normed(be, x, &norm.w, &l.attn_out, &mut l.post1_rstd, &mut s.sublayer, n, d, off, eps)?;
             }
         }
@@ -143,8 +145,9 @@ impl<B: Backend> DevBlock<B> {
                 pre_norm(&self.mlp_norm).forward_bf16(be, &mut b.h2, &mut l.rstd2, x, n, d, off, eps)?;
                 let (h2, m) = (Values::Bf16(&b.h2), &mut b.mlp);
                 let gate = self.gate.as_ref().expect("bf16 activations are a gated MLP's (Weights::bf16_activations)");
-                gate.forward(be, ValuesMut::Bf16(&mut m.gate), ff, false, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
-                self.up.forward(be, ValuesMut::Bf16(&mut m.up), ff, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
+                let (gate_out, up_out) = (ValuesMut::Bf16(&mut m.gate), ValuesMut::Bf16(&mut m.up));
+                gate.forward(be, gate_out, ff, Base::Set, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
+                self.up.forward(be, up_out, ff, Base::Set, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
                 be.glu_forward_bf16(&mut m.act, &m.gate, &m.up, n * f, a.act)?;
                 Values::Bf16(&m.act)
             }
@@ -156,18 +159,18 @@ impl<B: Backend> DevBlock<B> {
                         // gate|up side by side from one linear, split into the buffers the GLU reads.
                         let gate_up = MatView::dense(n, 2 * f);
                         let out = ValuesMut::F32(&mut *wide);
-                        self.up.forward(be, out, gate_up, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
+                        self.up.forward(be, out, gate_up, Base::Set, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
                         be.copy_view(&mut l.gate, ff, wide, MatView::columns(n, 0, f, 2 * f))?;
                         be.copy_view(&mut l.up, ff, wide, MatView::columns(n, f, f, 2 * f))?;
                     }
                     _ => {
                         let out = ValuesMut::F32(&mut l.up);
-                        self.up.forward(be, out, ff, false, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?
+                        self.up.forward(be, out, ff, Base::Set, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?
                     }
                 }
                 if let Some(gate) = &self.gate {
                     let out = ValuesMut::F32(&mut l.gate);
-                    gate.forward(be, out, ff, false, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
+                    gate.forward(be, out, ff, Base::Set, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
                 }
                 match mlp {
                     Mlp::Gelu => be.gelu_forward(&mut l.act, &l.up, n * f)?,
@@ -178,9 +181,9 @@ impl<B: Backend> DevBlock<B> {
         };
         let down_lora = l.lora[SLOT_DOWN].as_mut();
         match &self.post_norms {
-            None => self.down.forward(be, ValuesMut::F32(x), dense, true, act, n, down_lora, s, seed),
+            None => self.down.forward(be, ValuesMut::F32(x), dense, Base::Add, act, n, down_lora, s, seed),
             Some((_, norm)) => {
-                self.down.forward(be, ValuesMut::F32(&mut l.mlp_out), dense, false, act, n, down_lora, s, seed)?;
+                self.down.forward(be, ValuesMut::F32(&mut l.mlp_out), dense, Base::Set, act, n, down_lora, s, seed)?;
                 add_normed(be, x, &norm.w, &l.mlp_out, &mut l.post2_rstd, &mut s.sublayer, n, d, off, eps)
             }
         }
@@ -203,12 +206,18 @@ impl<B: Backend> DevBlock<B> {
             None => Values::F32(&l.h1),
         };
         let (hd, aw) = (lay.head_dim, lay.n_heads * lay.head_dim);
+        if let Some(w) = &self.qkv_stacked {
+            // q|k|v (N, q + k + v) = h1 · [Wq; Wk; Wv]ᵀ, in the columns the loop below adds biases and adapters to
+            let (rows, inp) = self.stacked_shape();
+            let (cols, x) = (MatView::columns(n, 0, rows, lay.row_len), MatView::dense(n, inp));
+            w.product(be, ValuesMut::F32(&mut l.qkv), cols, h1, x, MatView::dense(rows, inp).t(), false)?;
+        }
         let mut col = 0;
         for (slot, lin) in self.qkv.iter().enumerate() {
             if slot == 0 && a.attn_output_gate {
                 // q_proj yields each head's query, then its gate: split into q's columns and the gate's buffer
                 let out = ValuesMut::F32(&mut *wide);
-                lin.forward(be, out, MatView::dense(n, 2 * aw), false, h1, n, l.lora[slot].as_mut(), s, seed)?;
+                lin.forward(be, out, MatView::dense(n, 2 * aw), Base::Set, h1, n, l.lora[slot].as_mut(), s, seed)?;
                 for h in 0..lay.n_heads {
                     let (q, g) = (
                         MatView::columns(n, 2 * h * hd, hd, 2 * aw),
@@ -220,8 +229,10 @@ impl<B: Backend> DevBlock<B> {
                 col += aw;
                 continue;
             }
-            let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
-            lin.forward(be, ValuesMut::F32(&mut l.qkv), view, false, h1, n, l.lora[slot].as_mut(), s, seed)?;
+            let (view, out, lora) =
+                (MatView::columns(n, col, lin.out_dim, lay.row_len), &mut l.qkv, l.lora[slot].as_mut());
+            let base = if self.qkv_stacked.is_some() { Base::Done } else { Base::Set };
+            lin.forward(be, ValuesMut::F32(out), view, base, h1, n, lora, s, seed)?;
             col += lin.out_dim;
         }
         if let Some((qn, kn)) = &self.qk_norm {
@@ -292,30 +303,30 @@ impl<B: Backend> DevBlock<B> {
                 be.round_bf16(&mut g.dy_bf16, dy, n * d)?;
                 let (dact, act) = (ValuesMut::Bf16(&mut dm.act), Values::Bf16(&m.act));
                 let dy = (dmlp_out, Some(&g.dy_bf16));
-                self.down.backward(be, dact, true, dy, dense, act, n, lora(SLOT_DOWN), s)?;
+                self.down.backward(be, dact, Base::Set, dy, dense, act, n, lora(SLOT_DOWN), s)?;
                 let MlpBf16 { gate: dgate, up: dup, act: dact } = dm;
                 be.glu_backward_bf16(dgate, dup, dact, &m.gate, &m.up, n * f, a.act)?;
                 let gate = self.gate.as_mut().expect("bf16 activations are a gated MLP's (Weights::bf16_activations)");
                 let dh = ValuesMut::F32(&mut g.dh);
-                gate.backward(be, dh, true, (Values::Bf16(dgate), None), ff, h2, n, lora(SLOT_GATE), s)?;
+                gate.backward(be, dh, Base::Set, (Values::Bf16(dgate), None), ff, h2, n, lora(SLOT_GATE), s)?;
                 let dh = ValuesMut::F32(&mut g.dh);
-                self.up.backward(be, dh, false, (Values::Bf16(dup), None), ff, h2, n, lora(SLOT_UP), s)?;
+                self.up.backward(be, dh, Base::Add, (Values::Bf16(dup), None), ff, h2, n, lora(SLOT_UP), s)?;
             }
             _ => {
                 let dact = ValuesMut::F32(&mut g.dact);
                 let (dy, act) = ((dmlp_out, None), Values::F32(&l.act));
-                self.down.backward(be, dact, true, dy, dense, act, n, lora(SLOT_DOWN), s)?;
+                self.down.backward(be, dact, Base::Set, dy, dense, act, n, lora(SLOT_DOWN), s)?;
                 let mlp = self.mlp();
                 match mlp {
                     Mlp::Gelu => be.gelu_backward(&mut g.dup, &g.dact, &l.up, n * f)?,
                     _ => be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?,
                 }
                 // dh is set by the first product that writes it (no zeroing), then added to.
-                let mut set = true;
+                let mut set = Base::Set;
                 if let Some(gate) = &mut self.gate {
                     let (dh, dgate) = (ValuesMut::F32(&mut g.dh), Values::F32(&g.dgate));
-                    gate.backward(be, dh, true, (dgate, None), ff, h2, n, lora(SLOT_GATE), s)?;
-                    set = false;
+                    gate.backward(be, dh, Base::Set, (dgate, None), ff, h2, n, lora(SLOT_GATE), s)?;
+                    set = Base::Add;
                 }
                 let dh = ValuesMut::F32(&mut g.dh);
                 match mlp {
@@ -342,7 +353,7 @@ impl<B: Backend> DevBlock<B> {
             let db = l.delta.as_ref().expect("a Gated DeltaNet layer's buffers");
             let gd = g.delta.as_mut().expect("a Gated DeltaNet model's gradient buffers");
             let y = Values::F32(&db.y);
-            self.o.backward(be, ValuesMut::F32(&mut gd.dy), true, dy, dense, y, n, l.lora[SLOT_O].as_ref(), s)?;
+            self.o.backward(be, ValuesMut::F32(&mut gd.dy), Base::Set, dy, dense, y, n, l.lora[SLOT_O].as_ref(), s)?;
             dn.backward(be, &sh, db, gd, a)?;
             // With bf16 activations, the projections' gradients rounded once for their products.
             let p = sh.proj_width();
@@ -354,7 +365,8 @@ impl<B: Backend> DevBlock<B> {
             for (slot, lin) in self.qkv.iter_mut().enumerate() {
                 // dh is set by the first projection's product (no zeroing), then added to.
                 let (view, dh) = (MatView::columns(n, col, lin.out_dim, p), ValuesMut::F32(&mut g.dh));
-                lin.backward(be, dh, slot == 0, dproj, view, h1, n, l.lora[slot].as_ref(), s)?;
+                let base = if slot == 0 { Base::Set } else { Base::Add };
+                lin.backward(be, dh, base, dproj, view, h1, n, l.lora[slot].as_ref(), s)?;
                 col += lin.out_dim;
             }
         } else {
@@ -362,7 +374,7 @@ impl<B: Backend> DevBlock<B> {
             // With Qwen3.5's output gate o_proj read att ⊙ σ(gate): its gradient goes through the gate first.
             let att = Values::F32(if gated { &l.att_gated } else { &l.att });
             let datt = ValuesMut::F32(if gated { &mut g.datt_gated } else { &mut g.datt });
-            self.o.backward(be, datt, true, dy, dense, att, n, l.lora[SLOT_O].as_ref(), s)?;
+            self.o.backward(be, datt, Base::Set, dy, dense, att, n, l.lora[SLOT_O].as_ref(), s)?;
             if gated {
                 let (gate, datt_gated) = (&l.att_gate, &g.datt_gated);
                 be.sigmoid_gate_backward(&mut g.datt, &mut g.datt_gate, datt_gated, &l.att, gate, n * aw)?;
@@ -388,9 +400,16 @@ impl<B: Backend> DevBlock<B> {
                 be.round_bf16(&mut g.dy_bf16, &g.dqkv, n * lay.row_len)?;
             }
             let dqkv = (Values::F32(&g.dqkv), l.bf16.as_ref().map(|_| &g.dy_bf16));
+            if let Some(w) = &self.qkv_stacked {
+                // dh (N, in) = dq|dk|dv · [Wq; Wk; Wv], set (no zeroing); the layers' adapters add their terms
+                let (rows, inp) = self.stacked_shape();
+                let dy = dqkv.1.map_or(dqkv.0, Values::Bf16);
+                let (cols, dh) = (MatView::columns(n, 0, rows, lay.row_len), ValuesMut::F32(&mut g.dh));
+                w.product(be, dh, MatView::dense(n, inp), dy, cols, MatView::dense(rows, inp), false)?;
+            }
             let mut col = 0;
             for (slot, lin) in self.qkv.iter_mut().enumerate() {
-                // dh is set by q's product (no zeroing), then added to.
+                // dh is set by q's product or the stacked one (no zeroing), then added to.
                 let dh = ValuesMut::F32(&mut g.dh);
                 if slot == 0 && gated {
                     // q_proj's gradient: each head's dq, then its gate's
@@ -403,12 +422,27 @@ impl<B: Backend> DevBlock<B> {
                         be.copy_view(wide, gt, &g.datt_gate, MatView::columns(n, h * hd, hd, aw))?;
                     }
                     let dq_gate = (Values::F32(&*wide), None);
-                    lin.backward(be, dh, true, dq_gate, MatView::dense(n, 2 * aw), h1, n, l.lora[slot].as_ref(), s)?;
+                    lin.backward(
+                        be,
+                        dh,
+                        Base::Set,
+                        dq_gate,
+                        MatView::dense(n, 2 * aw),
+                        h1,
+                        n,
+                        l.lora[slot].as_ref(),
+                        s,
+                    )?;
                     col += aw;
                     continue;
                 }
+                let base = match (&self.qkv_stacked, slot) {
+                    (Some(_), _) => Base::Done,
+                    (None, 0) => Base::Set,
+                    (None, _) => Base::Add,
+                };
                 let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
-                lin.backward(be, dh, slot == 0, dqkv, view, h1, n, l.lora[slot].as_ref(), s)?;
+                lin.backward(be, dh, base, dqkv, view, h1, n, l.lora[slot].as_ref(), s)?;
                 col += lin.out_dim;
             }
         }
@@ -416,6 +450,13 @@ impl<B: Backend> DevBlock<B> {
             Some(norm) => norm.backward(be, &mut g.dx, &g.dh, &l.x_in, &l.mean1, &l.rstd1, n, d, off),
             None => be.add(&mut g.dx, &g.dh, n * d),
         }
+    }
+}
+
+impl<B: Backend> DevBlock<B> {
+    /// (q + k + v, in): the shape of the stacked q, k and v weights (`qkv_stacked`).
+    fn stacked_shape(&self) -> (usize, usize) {
+        (self.qkv.iter().map(|l| l.out_dim).sum(), self.qkv[0].in_dim)
     }
 }
 

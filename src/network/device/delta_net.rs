@@ -3,7 +3,7 @@
 //! causal convolution, the recurrence's inputs, the gated delta rule, the gated norm — out_proj is the block's `o`.
 use super::block::{Attend, BlockArgs};
 use super::buffers::{DeltaGradBufs, DeltaLayerBufs};
-use super::linear::{LinearScratch, LoraBufs};
+use super::linear::{Base, LinearScratch, LoraBufs};
 use super::weights::{DevDeltaNet, DevLinear};
 use crate::kernels::backend::{Backend, DeltaBufs, DeltaGrads, DeltaInputsMut, DeltaSaved, MatView, Values, ValuesMut};
 use crate::kernels::gated_delta::DeltaNetShape;
@@ -30,7 +30,7 @@ impl<B: Backend> DevDeltaNet<B> {
         let mut col = 0;
         for (slot, lin) in projections.iter().enumerate() {
             let view = MatView::columns(n, col, lin.out_dim, p);
-            lin.forward(be, ValuesMut::F32(&mut db.proj), view, false, h1, n, lora[slot].as_mut(), s, a.seed)?;
+            lin.forward(be, ValuesMut::F32(&mut db.proj), view, Base::Set, h1, n, lora[slot].as_mut(), s, a.seed)?;
             col += lin.out_dim;
         }
         let mut cached = match attend {

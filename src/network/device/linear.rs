@@ -7,6 +7,18 @@ use crate::kernels::backend::{Backend, MatView, Values, ValuesMut};
 use crate::rng;
 use anyhow::{Result, bail};
 
+/// How a layer meets its base term: x·Wᵀ in the output going forward, dy·W in dx going back.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Base {
+    /// Written first (nothing needs zeroing), then the bias and LoRA's term added.
+    Set,
+    /// Added: after LoRA's term going back.
+    Add,
+    /// Already there: the block's product of a stacked weight (`DevBlock::qkv_stacked`); only the bias and LoRA's
+    /// term are added.
+    Done,
+}
+
 /// What an adapted layer keeps for its backward pass.
 pub struct LoraBufs<B: Backend> {
     /// scale·u, u = dropout(x)·Aᵀ (N, r): the forward's factor, kept scaled for dB. In bf16 (`u_bf16`, `u` empty)
@@ -69,15 +81,16 @@ fn f32_of<B: Backend>(v: Values<'_, B>) -> &B::F32 {
 }
 
 impl<B: Backend> DevLinear<B> {
-    /// out[view] = x·Wᵀ + b + LoRA (or += when `accumulate`); x (N, in), `ov` (N, out) inside `out`.
-    /// `seed`: this layer's dropout seed of the step while training (LoRA dropout on), None at inference.
+    /// out[view] = x·Wᵀ + b + LoRA (+= when `base` is `Add`; only b + LoRA added when `Done`); x (N, in), `ov`
+    /// (N, out) inside `out`. `seed`: this layer's dropout seed of the step while training (LoRA dropout on), None
+    /// at inference.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         be: &B,
         mut out: ValuesMut<B>,
         ov: MatView,
-        accumulate: bool,
+        base: Base,
         x: Values<B>,
         n: usize,
         la: Option<&mut LoraBufs<B>>,
@@ -85,7 +98,10 @@ impl<B: Backend> DevLinear<B> {
         seed: Option<u64>,
     ) -> Result<()> {
         let (inp, outd) = (self.in_dim, self.out_dim);
-        self.w.product(be, out.reborrow(), ov, x, MatView::dense(n, inp), MatView::dense(outd, inp).t(), accumulate)?;
+        if base != Base::Done {
+            let (xv, wv, add) = (MatView::dense(n, inp), MatView::dense(outd, inp).t(), base == Base::Add);
+            self.w.product(be, out.reborrow(), ov, x, xv, wv, add)?;
+        }
         if let Some(b) = &self.b {
             let ValuesMut::F32(o) = &mut out else { panic!("{}: a bias on an output kept in bf16", self.name) };
             be.add_bias(o, ov, &b.w)?;
@@ -117,16 +133,16 @@ impl<B: Backend> DevLinear<B> {
         lora_product(be, out, ov, la.u(bf16_x), nr, b, MatView::dense(outd, r).t(), 1.0, true)
     }
 
-    /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x (dx = when `dx_set`: then nothing
-    /// needs zeroing first); dW, db, dA, dB accumulate when they train, in the CPU's order. dy: the view `dyv`
-    /// (N, out) of `dy`, and `dy_bf16`, a bf16 copy of it the caller rounded once for several layers: the products
-    /// read that copy, the bias's gradient dy; x: the forward's input (N, in).
+    /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x (its base term dy·W as `base` says);
+    /// dW, db, dA, dB accumulate when they train, in the CPU's order. dy: the view `dyv` (N, out) of `dy`, and
+    /// `dy_bf16`, a bf16 copy of it the caller rounded once for several layers: the products read that copy, the
+    /// bias's gradient dy; x: the forward's input (N, in).
     #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
         be: &B,
         mut dx: ValuesMut<B>,
-        dx_set: bool,
+        base: Base,
         (dy, dy_bf16): (Values<B>, Option<&B::Bf16>),
         dyv: MatView,
         x: Values<B>,
@@ -149,7 +165,7 @@ impl<B: Backend> DevLinear<B> {
                 (dy, x) => be.gemm_bf16(ValuesMut::F32(g), gv, dy, dyv.t(), x, ni, 1.0, add)?,
             }
         }
-        if dx_set {
+        if base == Base::Set {
             // dx (N, in) = dy · W, LoRA's term added after
             self.w.product(be, dx.reborrow(), ni, dy, dyv, w, false)?;
         }
@@ -187,7 +203,7 @@ impl<B: Backend> DevLinear<B> {
                 }
             }
         }
-        if dx_set {
+        if base != Base::Add {
             return Ok(());
         }
         // dx (N, in) += dy · W

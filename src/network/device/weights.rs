@@ -167,6 +167,9 @@ pub struct DevBlock<B: Backend> {
     /// projection (OLMo 2/3).
     pub qk_norm: Option<(DevTensor<B>, DevTensor<B>)>,
     pub qkv: Vec<DevLinear<B>>,
+    /// q, k and v's frozen weight matrices stacked ((q + k + v) rows, in) for one product each way, where all
+    /// three are frozen and dense; then `qkv`'s own weights are empty, and the block runs their products.
+    pub qkv_stacked: Option<DevTensor<B>>,
     pub o: DevLinear<B>,
     pub mlp_norm: Option<DevNorm<B>>,
     /// None when fused into `up` (Phi-3).
@@ -230,9 +233,9 @@ enum Keep {
 }
 
 fn upload_as<B: Backend>(be: &B, p: &Param, keep: Keep) -> Result<DevTensor<B>> {
-    let on = |what: &str| format!("{what} {} on {}", p.name, be.name());
     let stored = p.packed.as_ref().filter(|m| keep == Keep::Operand && !p.is_trainable() && be.keeps_packed(m.ty));
     if let Some(m) = stored {
+        let on = |what: &str| format!("{what} {} on {}", p.name, be.name());
         let host = words_of(&m.bytes);
         let mut words = be.alloc_u32(host.len()).with_context(|| on("allocating"))?;
         be.upload_u32(&mut words, &host).with_context(|| on("copying"))?;
@@ -247,31 +250,58 @@ fn upload_as<B: Backend>(be: &B, p: &Param, keep: Keep) -> Result<DevTensor<B>> 
             grad_zero: true,
         });
     }
-    let values = p.values();
+    upload_values(be, &p.name, &p.values(), p.decays(), p.is_trainable(), keep)
+}
+
+/// `values` on the device as a tensor named `name` (f32 values and/or a bf16 copy, as `keep` and the run's compute
+/// say), with a zeroed gradient and moments when it trains.
+fn upload_values<B: Backend>(
+    be: &B,
+    name: &str,
+    values: &[f32],
+    decays: bool,
+    trainable: bool,
+    keep: Keep,
+) -> Result<DevTensor<B>> {
+    let on = |what: &str| format!("{what} {name} on {}", be.name());
     let len = values.len();
     let bf16 = keep != Keep::F32 && compute() == Compute::Bf16;
-    let keep_f32 = !bf16 || keep == Keep::Both || p.is_trainable();
+    let keep_f32 = !bf16 || keep == Keep::Both || trainable;
     let alloc = || be.alloc(len).with_context(|| on("allocating"));
     let mut w = be.alloc(if keep_f32 { len } else { 0 }).with_context(|| on("allocating"))?;
     if keep_f32 {
-        be.upload(&mut w, &values).with_context(|| on("copying"))?;
+        be.upload(&mut w, values).with_context(|| on("copying"))?;
     }
     let copy = bf16.then(|| -> Result<B::Bf16> {
         let mut h = be.alloc_bf16(len).with_context(|| on("allocating the bf16 copy of"))?;
-        be.upload_bf16(&mut h, &values).with_context(|| on("copying"))?;
+        be.upload_bf16(&mut h, values).with_context(|| on("copying"))?;
         Ok(h)
     });
-    let train = p.is_trainable().then(|| -> Result<Grads<B>> { Ok(Grads { g: alloc()?, m: alloc()?, v: alloc()? }) });
+    let train = trainable.then(|| -> Result<Grads<B>> { Ok(Grads { g: alloc()?, m: alloc()?, v: alloc()? }) });
     Ok(DevTensor {
-        name: p.name.clone(),
+        name: name.to_string(),
         len,
-        decays: p.decays(),
+        decays,
         w,
         bf16: copy.transpose()?,
         packed: None,
         train: train.transpose()?,
         grad_zero: true,
     })
+}
+
+/// q, k and v's weight matrices one above the other ((q + k + v) rows, in) when all three are frozen and would be
+/// kept dense: their products are then one GEMM each way, a wider one, instead of three (k's and v's are narrow
+/// under GQA). None otherwise (a weight that trains, or one kept in its GGML blocks).
+fn stack_qkv<B: Backend>(be: &B, qkv: &[Linear]) -> Result<Option<DevTensor<B>>> {
+    let packed = |p: &Param| p.packed.as_ref().is_some_and(|m| be.keeps_packed(m.ty));
+    let in_dim = qkv[0].in_dim;
+    if qkv.len() != 3 || qkv.iter().any(|l| l.w.is_trainable() || packed(&l.w) || l.in_dim != in_dim) {
+        return Ok(None);
+    }
+    let values: Vec<f32> = qkv.iter().flat_map(|l| l.w.values().into_owned()).collect();
+    let name = qkv.iter().map(|l| l.w.name.as_str()).collect::<Vec<_>>().join(" + ");
+    upload_values(be, &name, &values, true, false, Keep::Operand).map(Some)
 }
 
 fn lora<B: Backend>(be: &B, l: &Lora) -> Result<DevLora<B>> {
@@ -289,9 +319,15 @@ fn lora<B: Backend>(be: &B, l: &Lora) -> Result<DevLora<B>> {
 }
 
 fn linear<B: Backend>(be: &B, l: &Linear) -> Result<DevLinear<B>> {
+    linear_with(be, l, upload_as(be, &l.w, Keep::Operand)?)
+}
+
+/// The linear layer `l` with its weight already placed: `w` (its own tensor, or an empty one where the block keeps
+/// it in a stack, `DevBlock::qkv_stacked`).
+fn linear_with<B: Backend>(be: &B, l: &Linear, w: DevTensor<B>) -> Result<DevLinear<B>> {
     Ok(DevLinear {
         name: l.name.clone(),
-        w: upload_as(be, &l.w, Keep::Operand)?,
+        w,
         b: l.b.as_ref().map(|b| upload(be, b)).transpose()?,
         lora: l.lora.as_ref().map(|a| lora(be, a)).transpose()?,
         in_dim: l.in_dim,
@@ -299,7 +335,19 @@ fn linear<B: Backend>(be: &B, l: &Linear) -> Result<DevLinear<B>> {
     })
 }
 
-fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
+/// An empty stand-in for a weight matrix the block keeps in a stack (its name kept for messages).
+fn in_stack<B: Backend>(be: &B, p: &Param) -> Result<DevTensor<B>> {
+    upload_values(be, &p.name, &[], p.decays(), false, Keep::F32)
+}
+
+/// A block on the device; `gated_q`: q_proj gives each head's query and its output gate (Qwen3.5), which rules out
+/// stacking q, k and v.
+fn block<B: Backend>(be: &B, b: &Block, gated_q: bool) -> Result<DevBlock<B>> {
+    let qkv_stacked = if gated_q || b.delta_net.is_some() { None } else { stack_qkv(be, &b.qkv)? };
+    let qkv = match qkv_stacked {
+        Some(_) => b.qkv.iter().map(|l| linear_with(be, l, in_stack(be, &l.w)?)).collect::<Result<_>>()?,
+        None => b.qkv.iter().map(|l| linear(be, l)).collect::<Result<_>>()?,
+    };
     Ok(DevBlock {
         attn_norm: b.attn_norm.as_ref().map(|n| norm(be, n)).transpose()?,
         post_norms: b
@@ -312,7 +360,8 @@ fn block<B: Backend>(be: &B, b: &Block) -> Result<DevBlock<B>> {
             .as_ref()
             .map(|(q, k)| Ok::<_, anyhow::Error>((upload(be, &q.w)?, upload(be, &k.w)?)))
             .transpose()?,
-        qkv: b.qkv.iter().map(|l| linear(be, l)).collect::<Result<_>>()?,
+        qkv,
+        qkv_stacked,
         o: linear(be, &b.o)?,
         mlp_norm: b.mlp_norm.as_ref().map(|n| norm(be, n)).transpose()?,
         gate: b.gate.as_ref().map(|g| linear(be, g)).transpose()?,
@@ -334,7 +383,7 @@ impl<B: Backend> Weights<B> {
     pub fn upload(be: &B, model: &Transformer) -> Result<Self> {
         let mut w = Weights {
             embed: upload_as(be, &model.embed, if model.lm_head.is_some() { Keep::F32 } else { Keep::Both })?,
-            blocks: model.blocks.iter().map(|b| block(be, b)).collect::<Result<_>>()?,
+            blocks: model.blocks.iter().map(|b| block(be, b, model.config.attn_output_gate)).collect::<Result<_>>()?,
             pos_embed: model.pos_embed.as_ref().map(|p| upload(be, p)).transpose()?,
             final_norm: norm(be, &model.final_norm)?,
             lm_head: model.lm_head.as_ref().map(|h| upload_as(be, h, Keep::Operand)).transpose()?,
