@@ -62,6 +62,10 @@
 #
 # Usage: scripts/gpu_check.sh [BINARY [REPORT]]   (defaults: target/gpu/condlm, $OUT/gpu_check.md when $OUT is
 # set, else scripts/gpu_check.md)
+# GPU_CHECK_SECTIONS="KEY ...": only these sections (a rerun after a fix need not spend the device's minutes on what
+# passed): devices (nvidia-smi, --check-kernels and the GEMM peaks), score, quantized, train, generate,
+# smollm2-parity, smollm2-throughput, smollm2-decode, smollm2-q4k, qwen2.5-1.5b, qwen3.5-0.8b, profile, sanitize.
+# Unset: all of them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/gpu/condlm}
@@ -129,6 +133,18 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libcuda\.so'; then
 fi
 
 section() { printf '\n## %s\n\n```\n' "$1" >>"$report.tmp"; }
+# want KEY: whether GPU_CHECK_SECTIONS selects section KEY (unset: every section).
+want() { [ -z "${GPU_CHECK_SECTIONS:-}" ] || [[ " $GPU_CHECK_SECTIONS " == *" $1 "* ]]; }
+# only KEY CMD...: CMD when section KEY is wanted, else a line in the report that it was not selected.
+only() {
+    local key=$1
+    shift
+    if want "$key"; then
+        "$@"
+    else
+        printf '\n## %s\n\nnot selected (GPU_CHECK_SECTIONS=%s)\n' "$key" "$GPU_CHECK_SECTIONS" >>"$report.tmp"
+    fi
+}
 end_section() { printf '```\n' >>"$report.tmp"; }
 
 {
@@ -140,32 +156,35 @@ end_section() { printf '```\n' >>"$report.tmp"; }
     echo "LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-}."
 } >"$report.tmp"
 
-section "nvidia-smi"
-{ timeout 30 nvidia-smi 2>&1 || echo "nvidia-smi failed or is missing"; } >>"$report.tmp"
-end_section
+devices() {
+    section "nvidia-smi"
+    { timeout 30 nvidia-smi 2>&1 || echo "nvidia-smi failed or is missing"; } >>"$report.tmp"
+    end_section
 
-section "condlm info --devices --check-kernels"
-start=$(date +%s%N)
-timeout 120 "$bin" info --devices --check-kernels >>"$report.tmp" 2>&1
-rc=$?
-end_section
-printf '\nexit status %s in %d ms\n' "$rc" $((($(date +%s%N) - start) / 1000000)) >>"$report.tmp"
-[ "$rc" = 0 ] || status=1
-# The measured GEMM peaks (TFLOP/s, bf16 then f32) that model FLOP utilisation is reported against.
-peak_of() { grep -E "^peak .* $1" "$report.tmp" | grep -oE '[0-9.]+ TFLOP/s' | head -1 | cut -d' ' -f1; }
-export GPU_CHECK_PEAKS="bf16=$(peak_of 'bf16 operands') f32=$(peak_of 'f32 \(no TF32\)')"
-# A tensor-core attention kernel that fails its parity (or its run) on this GPU would spoil every bf16 number after
-# it: the rest of the script then runs attention in f32 (CONDLM_CUDA_MMA_ATTENTION=0), and says so, so that one run
-# still measures everything else.
-if grep -E '(parity|speed|backend) .*attention.*FAILED' "$report.tmp" | grep -qE 'tensor cores|bf16|FAILED to run'; then
-    export CONDLM_CUDA_MMA_ATTENTION=0
-    printf '\nWARNING: an attention check above failed: the sections below run with CONDLM_CUDA_MMA_ATTENTION=0 (f32 attention).\n' \
-        >>"$report.tmp"
-fi
-if grep -q '^cuda          unavailable' "$report.tmp"; then
-    printf '\nFAILED: condlm sees no usable GPU here (the cuda line above says why).\n' >>"$report.tmp"
-    status=1
-fi
+    section "condlm info --devices --check-kernels"
+    start=$(date +%s%N)
+    timeout 120 "$bin" info --devices --check-kernels >>"$report.tmp" 2>&1
+    rc=$?
+    end_section
+    printf '\nexit status %s in %d ms\n' "$rc" $((($(date +%s%N) - start) / 1000000)) >>"$report.tmp"
+    [ "$rc" = 0 ] || status=1
+    # The measured GEMM peaks (TFLOP/s, bf16 then f32) that model FLOP utilisation is reported against.
+    peak_of() { grep -E "^peak .* $1" "$report.tmp" | grep -oE '[0-9.]+ TFLOP/s' | head -1 | cut -d' ' -f1; }
+    export GPU_CHECK_PEAKS="bf16=$(peak_of 'bf16 operands') f32=$(peak_of 'f32 \(no TF32\)')"
+    # A tensor-core attention kernel that fails its parity (or its run) on this GPU would spoil every bf16 number
+    # after it: the rest of the script then runs attention in f32 (CONDLM_CUDA_MMA_ATTENTION=0), and says so, so
+    # that one run still measures everything else.
+    if grep -E '(parity|speed|backend) .*attention.*FAILED' "$report.tmp" | grep -qE 'tensor cores|bf16|FAILED to run'; then
+        export CONDLM_CUDA_MMA_ATTENTION=0
+        printf '\nWARNING: an attention check above failed: the sections below run with %s (f32 attention).\n' \
+            CONDLM_CUDA_MMA_ATTENTION=0 >>"$report.tmp"
+    fi
+    if grep -q '^cuda          unavailable' "$report.tmp"; then
+        printf '\nFAILED: condlm sees no usable GPU here (the cuda line above says why).\n' >>"$report.tmp"
+        status=1
+    fi
+}
+only devices devices
 
 # The device path against the CPU path; PyTorch + PEFT beside it. Needs python3 with torch, transformers, peft.
 py=python3
@@ -231,7 +250,7 @@ tiny_scores() {
     done
     return $rc
 }
-run_check "score --device cuda vs cpu (f32; bf16): tiny Llama, Qwen2, Mistral, Qwen3, Gemma 3, Phi-3, Phi-4, GPT-2, Qwen3 \
+only score run_check "score --device cuda vs cpu (f32; bf16): tiny Llama, Qwen2, Mistral, Qwen3, Gemma 3, Phi-3, Phi-4, GPT-2, Qwen3 \
 with YaRN, OLMo 3, Qwen3.5" \
     tiny_scores
 
@@ -262,7 +281,7 @@ tiny_quantized() {
     done
     return $rc
 }
-run_check "score (Q4_0, Q5_1, Q8_0) and generate (Q4_0) --device cuda vs cpu on quantized GGUF bases kept in their \
+only quantized run_check "score (Q4_0, Q5_1, Q8_0) and generate (Q4_0) --device cuda vs cpu on quantized GGUF bases kept in their \
 blocks" tiny_quantized
 
 # train_run DIR DEVICE MODEL DATA STEPS BATCH EXTRA...: a LoRA run on every linear layer.
@@ -298,7 +317,7 @@ tiny_train() {
     echo "tiny Qwen3.5, full fine-tuning:"
     "$py" "$helper" compare-runs "$work/q35-full-$dev" "$work/q35-full-cpu" 1e-4
 }
-run_check "train --device cuda vs cpu: tiny Llama, 6 LoRA steps with dropout; tiny Qwen2, 6 full steps; tiny Qwen3.5, both" \
+only train run_check "train --device cuda vs cpu: tiny Llama, 6 LoRA steps with dropout; tiny Qwen2, 6 full steps; tiny Qwen3.5, both" \
     tiny_train
 
 tiny_generate() {
@@ -318,7 +337,7 @@ tiny_generate() {
     done
     return $rc
 }
-run_check "generate --device cuda vs cpu: greedy and beam search (3 beams), tiny Llama, Qwen2, Mistral, Gemma 3, Phi-3, GPT-2, \
+only generate run_check "generate --device cuda vs cpu: greedy and beam search (3 beams), tiny Llama, Qwen2, Mistral, Gemma 3, Phi-3, GPT-2, \
 OLMo 3, Qwen3.5" \
     tiny_generate
 
@@ -387,10 +406,10 @@ smollm2_parity() {
     echo "bf16 on the device, attention on the tensor cores and MLP activations in bf16, vs bf16 on the CPU (losses):"
     "$py" "$helper" compare-runs "$work/s-$dev-mma" "$work/s-cpu-bf16" 1e-2 losses
 }
-gated 60 "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2; bf16 with tensor-core attention and bf16 MLP activations: losses within 1e-2)" smollm2_parity
+only smollm2-parity gated 60 "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2; bf16 with tensor-core attention and bf16 MLP activations: losses within 1e-2)" smollm2_parity
 
 
-gated 60 "throughput, SmolLM2-135M-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA f32 and bf16, full bf16" smollm2_throughput \
+only smollm2-throughput gated 60 "throughput, SmolLM2-135M-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA f32 and bf16, full bf16" smollm2_throughput \
     "$work/smollm2-135m" "${steps:-30}" 16 f32 bf16 bf16-f32-attention bf16-f32-mlp
 
 # decode_speed MODEL NEW: greedy decoding of one prompt, condlm on the device (decoding steps replayed as CUDA
@@ -423,7 +442,7 @@ decode_speed() {
     done
 }
 smollm2_decode() { smollm2_model && decode_speed "$@"; }
-gated 30 "decode, SmolLM2-135M-shaped: condlm $dev (f32, bf16) vs transformers generate" smollm2_decode \
+only smollm2-decode gated 30 "decode, SmolLM2-135M-shaped: condlm $dev (f32, bf16) vs transformers generate" smollm2_decode \
     "$work/smollm2-135m" "${steps:-128}"
 
 # The SmolLM2-135M shape exported as Q4_K (down_proj's 1536-wide rows in Q4_K, the 576-wide ones in Q5_0 by
@@ -446,12 +465,14 @@ smollm2_quantized() {
             --device "$dev" --compute "$1" --base-dtype "$2" 2>&1 >/dev/null | grep -E '^warning|tokens/s' || return 1
     done
 }
-gated 40 "quantized base on the GPU, SmolLM2-135M-shaped Q4_K: LoRA tokens/s and peak memory (bf16), decode" \
+only smollm2-q4k gated 40 "quantized base on the GPU, SmolLM2-135M-shaped Q4_K: LoRA tokens/s and peak memory (bf16), decode" \
     smollm2_quantized
 
 # The 1.5B-shaped model (saved in bf16: half the bytes to write and read, five loads) only with room for it.
 title="throughput, Qwen2.5-1.5B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16"
-if [ "$(left)" -ge 150 ]; then
+if ! want qwen2.5-1.5b; then
+    only qwen2.5-1.5b
+elif [ "$(left)" -ge 150 ]; then
     qwen() {
         "$py" "$helper" make-model "$work/qwen2.5-1.5b" qwen2.5-1.5b tests/fixtures/tiny-llama bf16 || return 1
         throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8 bf16 bf16-f32-mlp
@@ -463,7 +484,9 @@ fi
 # The Qwen3.5-0.8B-shaped model (24 layers, its 248k vocabulary; saved in bf16) with room left: its Gated DeltaNet's
 # kernels against transformers' own (flash-linear-attention's where installed, else transformers' torch code).
 title="throughput, Qwen3.5-0.8B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16"
-if [ "$(left)" -ge 120 ]; then
+if ! want qwen3.5-0.8b; then
+    only qwen3.5-0.8b
+elif [ "$(left)" -ge 120 ]; then
     qwen35() {
         "$py" "$helper" make-model "$work/qwen3.5-0.8b" qwen3.5-0.8b tests/fixtures/tiny-llama bf16 || return 1
         if "$py" -c 'import fla' 2>/dev/null; then
@@ -490,14 +513,21 @@ profile() {
             "${args[@]}" 2>&1 | sed -n '/^cuda profile/,/^[^ ]/p' || return 1
     done
 }
-if [ "$(left)" -lt 45 ] || [ ! -f "$work/rows4.jsonl" ] || [ ! -f "$work/smollm2-135m/config.json" ]; then
-    skipped "profile (or the throughput section that makes its rows and model did not run)"
+# The 135M shape's model and rows, made here when the throughput section did not run.
+smollm2_profile() {
+    smollm2_model || return 1
+    [ -f "$work/rows4.jsonl" ] || "$py" "$helper" make-data "$work/rows4.jsonl" 512 4 tests/fixtures/train_rows.jsonl
+    profile "$work/smollm2-135m" 16
+}
+if ! want profile; then
+    only profile
+elif [ "$(left)" -lt 45 ]; then
+    skipped "profile"
 elif [ -f "$work/qwen2.5-1.5b/config.json" ] && [ "$(left)" -ge 90 ]; then
     run_check "profile, Qwen2.5-1.5B-shaped: a training step's GPU time by op (LoRA, full; bf16)" profile \
         "$work/qwen2.5-1.5b" 8
 else
-    run_check "profile, SmolLM2-135M-shaped: a training step's GPU time by op (LoRA, full; bf16)" profile \
-        "$work/smollm2-135m" 16
+    run_check "profile, SmolLM2-135M-shaped: a training step's GPU time by op (LoRA, full; bf16)" smollm2_profile
 fi
 # sanitize: NVIDIA's compute-sanitizer (in the machine's CUDA toolkit) over small device runs on tiny Llama — two
 # LoRA steps with --compute bf16 (the tensor-core attention) and in f32, and a greedy generation (decoding graphs)
@@ -538,7 +568,9 @@ sanitize() {
     done
 }
 title="compute-sanitizer memcheck and racecheck: tiny Llama, train (bf16, f32) and generate"
-if [ "$(left)" -ge 120 ] && [ "$dev" = cuda ]; then
+if ! want sanitize; then
+    only sanitize
+elif [ "$(left)" -ge 120 ] && [ "$dev" = cuda ]; then
     run_check "$title" sanitize
 else
     skipped "$title"
