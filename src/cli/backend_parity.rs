@@ -802,20 +802,26 @@ fn copy_within<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
     Ok(())
 }
 
-/// 10 007 values of buffers of 10 100.
+/// 97 rows of an MLP 103 wide (gate and up side by side in each row of gate_up), in buffers longer than that.
 fn glu_on<B: Backend>(b: &B, act: GateAct) -> Result<Outs> {
-    let (n, cap) = (10_007, 10_100);
-    let (gate, upv, dout) =
-        (up(b, &random(cap, 67, 6.0))?, up(b, &random(cap, 68, 2.0))?, up(b, &random(cap, 69, 1.0))?);
+    let (rows, f, cap) = (97, 103, 10_100);
+    let gate_up = up(b, &glu_inputs(rows, f, 2 * cap))?;
+    let dout = up(b, &random(cap, 69, 1.0))?;
     let mut out = up(b, &random(cap, 70, 1.0))?;
-    b.glu_forward(&mut out, &gate, &upv, n, act)?;
-    let (mut dgate, mut dup) = (up(b, &random(cap, 71, 1.0))?, up(b, &random(cap, 72, 1.0))?);
-    b.glu_backward(&mut dgate, &mut dup, &dout, &gate, &upv, n, act)?;
+    b.glu_forward(&mut out, &gate_up, rows, f, act)?;
+    let mut dgate_up = up(b, &random(2 * cap, 71, 1.0))?;
+    b.glu_backward(&mut dgate_up, &dout, &gate_up, rows, f, act)?;
     Ok(vec![
         (format!("glu forward {act:?}"), down(b, &out, cap)?),
-        (format!("glu backward dgate {act:?}"), down(b, &dgate, cap)?),
-        (format!("glu backward dup {act:?}"), down(b, &dup, cap)?),
+        (format!("glu backward dgate|dup {act:?}"), down(b, &dgate_up, 2 * cap)?),
     ])
+}
+
+/// rows of gate (up to ±6) and up (±2) side by side, f each, then values up to `cap` past them.
+fn glu_inputs(rows: usize, f: usize, cap: usize) -> Vec<f32> {
+    let (gate, upv, rest) = (random(rows * f, 67, 6.0), random(rows * f, 68, 2.0), random(cap, 66, 1.0));
+    let rows_of = gate.chunks(f).zip(upv.chunks(f)).flat_map(|(g, u)| g.iter().chain(u));
+    rows_of.chain(&rest[2 * rows * f..]).copied().collect()
 }
 
 /// GPT-2's ungated GELU: 10 007 values of buffers of 10 100.
@@ -1283,17 +1289,16 @@ fn cross_entropy_bf16_on<B: ReadMask>(b: &B, smoothing: f32) -> Result<Outs> {
 
 /// [`glu_on`] on bf16 buffers.
 fn glu_bf16_on<B: ReadMask>(b: &B, act: GateAct) -> Result<Outs> {
-    let (n, cap) = (10_007, 10_100);
-    let (gate, upv, dout) =
-        (up_bf16(b, &random(cap, 67, 6.0))?, up_bf16(b, &random(cap, 68, 2.0))?, up_bf16(b, &random(cap, 69, 1.0))?);
+    let (rows, f, cap) = (97, 103, 10_100);
+    let gate_up = up_bf16(b, &glu_inputs(rows, f, 2 * cap))?;
+    let dout = up_bf16(b, &random(cap, 69, 1.0))?;
     let mut out = up_bf16(b, &random(cap, 70, 1.0))?;
-    b.glu_forward_bf16(&mut out, &gate, &upv, n, act)?;
-    let (mut dgate, mut dup) = (up_bf16(b, &random(cap, 71, 1.0))?, up_bf16(b, &random(cap, 72, 1.0))?);
-    b.glu_backward_bf16(&mut dgate, &mut dup, &dout, &gate, &upv, n, act)?;
+    b.glu_forward_bf16(&mut out, &gate_up, rows, f, act)?;
+    let mut dgate_up = up_bf16(b, &random(2 * cap, 71, 1.0))?;
+    b.glu_backward_bf16(&mut dgate_up, &dout, &gate_up, rows, f, act)?;
     Ok(vec![
         (format!("glu_forward_bf16 {act:?}"), down_bf16(b, &out)?),
-        (format!("glu_backward_bf16 dgate {act:?}"), down_bf16(b, &dgate)?),
-        (format!("glu_backward_bf16 dup {act:?}"), down_bf16(b, &dup)?),
+        (format!("glu_backward_bf16 dgate|dup {act:?}"), down_bf16(b, &dgate_up)?),
     ])
 }
 
@@ -1380,7 +1385,7 @@ fn empty_on<B: Backend>(b: &B) -> Result<Outs> {
     b.scatter_add_rows(&mut y, &x, &ids, 0, 8)?;
     b.add_column_sums(&mut y, &x, MatView { offset: 3, rows: 0, cols: 8, ld: 8, trans: false })?;
     b.embedding_backward(&mut y, &x, &ids, &[], 0, 8)?;
-    b.glu_forward(&mut y, &x, &x, 0, GateAct::Silu)?;
+    b.glu_forward(&mut y, &x, 0, 8, GateAct::Silu)?;
     b.dropout_forward(&mut y, &mut keep, &x, 0, 0.5, 1)?;
     b.cross_entropy_rows(&mut y, &mut b.alloc_f64(4)?, 4, &ids, 0, 8, 1.0, 0.0)?;
     b.gemm(&mut y, MatView::dense(0, 8), &x, MatView::dense(0, 8), &x, MatView::dense(8, 8), false)?;

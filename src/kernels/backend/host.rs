@@ -514,53 +514,56 @@ impl Backend for Host {
         Ok(())
     }
 
-    fn glu_forward(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, n: usize, act: GateAct) -> Result<()> {
-        glu_forward(&mut out[..n], &gate[..n], &up[..n], act);
+    fn glu_forward(&self, out: &mut Vec<f32>, gate_up: &Vec<f32>, rows: usize, f: usize, act: GateAct) -> Result<()> {
+        for (o, gu) in out[..rows * f].chunks_exact_mut(f).zip(gate_up.chunks_exact(2 * f)) {
+            glu_forward(o, &gu[..f], &gu[f..], act);
+        }
         Ok(())
     }
 
     fn glu_backward(
         &self,
-        dgate: &mut Vec<f32>,
-        dup: &mut Vec<f32>,
+        dgate_up: &mut Vec<f32>,
         dout: &Vec<f32>,
-        gate: &Vec<f32>,
-        up: &Vec<f32>,
-        n: usize,
+        gate_up: &Vec<f32>,
+        rows: usize,
+        f: usize,
         act: GateAct,
     ) -> Result<()> {
-        glu_backward(&mut dgate[..n], &mut dup[..n], &dout[..n], &gate[..n], &up[..n], act);
+        let rows_of = dgate_up[..2 * rows * f].chunks_exact_mut(2 * f).zip(dout.chunks_exact(f));
+        for ((dgu, d), gu) in rows_of.zip(gate_up.chunks_exact(2 * f)) {
+            let (dg, du) = dgu.split_at_mut(f);
+            glu_backward(dg, du, d, &gu[..f], &gu[f..], act);
+        }
         Ok(())
     }
 
     fn glu_forward_bf16(
         &self,
         out: &mut Vec<u16>,
-        gate: &Vec<u16>,
-        up: &Vec<u16>,
-        n: usize,
+        gate_up: &Vec<u16>,
+        rows: usize,
+        f: usize,
         act: GateAct,
     ) -> Result<()> {
-        let mut o = vec![0.0; n];
-        glu_forward(&mut o, &widen(&gate[..n]), &widen(&up[..n]), act);
-        round_into(&mut out[..n], &o);
+        let mut o = vec![0.0; rows * f];
+        self.glu_forward(&mut o, &widen(&gate_up[..2 * rows * f]), rows, f, act)?;
+        round_into(&mut out[..rows * f], &o);
         Ok(())
     }
 
     fn glu_backward_bf16(
         &self,
-        dgate: &mut Vec<u16>,
-        dup: &mut Vec<u16>,
+        dgate_up: &mut Vec<u16>,
         dout: &Vec<u16>,
-        gate: &Vec<u16>,
-        up: &Vec<u16>,
-        n: usize,
+        gate_up: &Vec<u16>,
+        rows: usize,
+        f: usize,
         act: GateAct,
     ) -> Result<()> {
-        let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
-        glu_backward(&mut dg, &mut du, &widen(&dout[..n]), &widen(&gate[..n]), &widen(&up[..n]), act);
-        round_into(&mut dgate[..n], &dg);
-        round_into(&mut dup[..n], &du);
+        let (n, mut d) = (rows * f, vec![0.0; 2 * rows * f]);
+        self.glu_backward(&mut d, &widen(&dout[..n]), &widen(&gate_up[..2 * n]), rows, f, act)?;
+        round_into(&mut dgate_up[..2 * n], &d);
         Ok(())
     }
 

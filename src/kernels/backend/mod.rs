@@ -414,39 +414,40 @@ pub trait Backend {
     fn gelu_forward(&self, out: &mut Self::F32, x: &Self::F32, n: usize) -> Result<()>;
     /// As `kernels::activation::gelu_tanh_backward`: dx = (overwritten).
     fn gelu_backward(&self, dx: &mut Self::F32, dout: &Self::F32, x: &Self::F32, n: usize) -> Result<()>;
-    /// As `kernels::activation::glu_forward` on n values.
-    fn glu_forward(&self, out: &mut Self::F32, gate: &Self::F32, up: &Self::F32, n: usize, act: GateAct) -> Result<()>;
+    /// out (rows, f) = act(gate) ⊙ up as `kernels::activation::glu_forward`, from gate and up side by side in
+    /// gate_up (rows, 2·f): each row's gate in columns [0, f), its up in [f, 2f) — what one product with the gate
+    /// and up weights one above the other writes.
+    fn glu_forward(&self, out: &mut Self::F32, gate_up: &Self::F32, rows: usize, f: usize, act: GateAct) -> Result<()>;
     /// [`Self::glu_forward`] on values kept in bf16 (computed in f32, out rounded).
     fn glu_forward_bf16(
         &self,
         out: &mut Self::Bf16,
-        gate: &Self::Bf16,
-        up: &Self::Bf16,
-        n: usize,
+        gate_up: &Self::Bf16,
+        rows: usize,
+        f: usize,
         act: GateAct,
     ) -> Result<()>;
-    /// As `kernels::activation::glu_backward` on n values (dgate, dup written).
+    /// As `kernels::activation::glu_backward`: dgate and dup written side by side in dgate_up (rows, 2·f), as
+    /// gate_up holds gate and up; dout (rows, f).
     #[allow(clippy::too_many_arguments)]
     fn glu_backward(
         &self,
-        dgate: &mut Self::F32,
-        dup: &mut Self::F32,
+        dgate_up: &mut Self::F32,
         dout: &Self::F32,
-        gate: &Self::F32,
-        up: &Self::F32,
-        n: usize,
+        gate_up: &Self::F32,
+        rows: usize,
+        f: usize,
         act: GateAct,
     ) -> Result<()>;
     /// [`Self::glu_backward`] on values kept in bf16 (computed in f32, dgate and dup rounded).
     #[allow(clippy::too_many_arguments)]
     fn glu_backward_bf16(
         &self,
-        dgate: &mut Self::Bf16,
-        dup: &mut Self::Bf16,
+        dgate_up: &mut Self::Bf16,
         dout: &Self::Bf16,
-        gate: &Self::Bf16,
-        up: &Self::Bf16,
-        n: usize,
+        gate_up: &Self::Bf16,
+        rows: usize,
+        f: usize,
         act: GateAct,
     ) -> Result<()>;
     /// out[k] = src[idx[k]] for k < n rows of `dim`.

@@ -995,59 +995,55 @@ impl Backend for Cuda {
     fn glu_forward(
         &self,
         out: &mut CudaSlice<f32>,
-        gate: &CudaSlice<f32>,
-        up: &CudaSlice<f32>,
-        n: usize,
+        gate_up: &CudaSlice<f32>,
+        rows: usize,
+        f: usize,
         act: GateAct,
     ) -> Result<()> {
-        let op = "glu_forward";
-        let (mut o, gate, up) = (pre_mut(out, n, op), pre(gate, n, op), pre(up, n, op));
-        self.ran(op, glu::glu_forward(&self.device, &mut o, &gate, &up, act))
+        let (op, n) = ("glu_forward", rows * f);
+        let (mut o, gate_up) = (pre_mut(out, n, op), pre(gate_up, 2 * n, op));
+        self.ran(op, glu::glu_forward(&self.device, &mut o, &gate_up, f, act))
     }
 
     fn glu_forward_bf16(
         &self,
         out: &mut CudaSlice<u16>,
-        gate: &CudaSlice<u16>,
-        up: &CudaSlice<u16>,
-        n: usize,
+        gate_up: &CudaSlice<u16>,
+        rows: usize,
+        f: usize,
         act: GateAct,
     ) -> Result<()> {
-        let op = "glu_forward_bf16";
-        let (mut o, gate, up) = (pre_mut(out, n, op), pre(gate, n, op), pre(up, n, op));
-        self.ran(op, glu::glu_forward(&self.device, &mut o, &gate, &up, act))
-    }
-
-    fn glu_backward_bf16(
-        &self,
-        dgate: &mut CudaSlice<u16>,
-        dup: &mut CudaSlice<u16>,
-        dout: &CudaSlice<u16>,
-        gate: &CudaSlice<u16>,
-        up: &CudaSlice<u16>,
-        n: usize,
-        act: GateAct,
-    ) -> Result<()> {
-        let op = "glu_backward_bf16";
-        let (mut dg, mut du) = (pre_mut(dgate, n, op), pre_mut(dup, n, op));
-        let (dout, gate, up) = (pre(dout, n, op), pre(gate, n, op), pre(up, n, op));
-        self.ran(op, glu::glu_backward(&self.device, &mut dg, &mut du, &dout, &gate, &up, act))
+        let (op, n) = ("glu_forward_bf16", rows * f);
+        let (mut o, gate_up) = (pre_mut(out, n, op), pre(gate_up, 2 * n, op));
+        self.ran(op, glu::glu_forward(&self.device, &mut o, &gate_up, f, act))
     }
 
     fn glu_backward(
         &self,
-        dgate: &mut CudaSlice<f32>,
-        dup: &mut CudaSlice<f32>,
+        dgate_up: &mut CudaSlice<f32>,
         dout: &CudaSlice<f32>,
-        gate: &CudaSlice<f32>,
-        up: &CudaSlice<f32>,
-        n: usize,
+        gate_up: &CudaSlice<f32>,
+        rows: usize,
+        f: usize,
         act: GateAct,
     ) -> Result<()> {
-        let op = "glu_backward";
-        let (mut dg, mut du) = (pre_mut(dgate, n, op), pre_mut(dup, n, op));
-        let (dout, gate, up) = (pre(dout, n, op), pre(gate, n, op), pre(up, n, op));
-        self.ran(op, glu::glu_backward(&self.device, &mut dg, &mut du, &dout, &gate, &up, act))
+        let (op, n) = ("glu_backward", rows * f);
+        let (mut d, dout, gate_up) = (pre_mut(dgate_up, 2 * n, op), pre(dout, n, op), pre(gate_up, 2 * n, op));
+        self.ran(op, glu::glu_backward(&self.device, &mut d, &dout, &gate_up, f, act))
+    }
+
+    fn glu_backward_bf16(
+        &self,
+        dgate_up: &mut CudaSlice<u16>,
+        dout: &CudaSlice<u16>,
+        gate_up: &CudaSlice<u16>,
+        rows: usize,
+        f: usize,
+        act: GateAct,
+    ) -> Result<()> {
+        let (op, n) = ("glu_backward_bf16", rows * f);
+        let (mut d, dout, gate_up) = (pre_mut(dgate_up, 2 * n, op), pre(dout, n, op), pre(gate_up, 2 * n, op));
+        self.ran(op, glu::glu_backward(&self.device, &mut d, &dout, &gate_up, f, act))
     }
 
     fn gather_rows(

@@ -1,8 +1,8 @@
 //! One block on a device, forward beside backward, as `Transformer::block_forward` / `block_backward` compute
 //! it for the Llama family's layout: x += o(attention(rope(qkv(attn_norm(x))))), then
 //! x += down(act(gate(h)) ⊙ up(h)), h = mlp_norm(x).
-use super::buffers::{GradBufs, LayerBf16, LayerBufs, MlpBf16};
-use super::linear::{Base, LinearScratch};
+use super::buffers::{GradBufs, LayerBf16, LayerBufs};
+use super::linear::{Base, LinearScratch, LoraBufs};
 use super::weights::{DevBlock, DevNorm, DevTensor, Mlp, SLOT_DOWN, SLOT_GATE, SLOT_O, SLOT_UP};
 use crate::kernels::activation::GateAct;
 use crate::kernels::attention::QkvLayout;
@@ -139,42 +139,27 @@ impl<B: Backend> DevBlock<B> {
             be.copy(&mut l.x_mid, x, n * d)?;
         }
 
-        let ff = MatView::dense(n, f);
         let act = match &mut l.bf16 {
             Some(b) => {
                 pre_norm(&self.mlp_norm).forward_bf16(be, &mut b.h2, &mut l.rstd2, x, n, d, off, eps)?;
                 let (h2, m) = (Values::Bf16(&b.h2), &mut b.mlp);
-                let gate = self.gate.as_ref().expect("bf16 activations are a gated MLP's (Weights::bf16_activations)");
-                let (gate_out, up_out) = (ValuesMut::Bf16(&mut m.gate), ValuesMut::Bf16(&mut m.up));
-                gate.forward(be, gate_out, ff, Base::Set, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
-                self.up.forward(be, up_out, ff, Base::Set, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
-                be.glu_forward_bf16(&mut m.act, &m.gate, &m.up, n * f, a.act)?;
+                self.gate_up_forward(be, ValuesMut::Bf16(&mut m.gate_up), h2, n, f, &mut l.lora, s, seed)?;
+                be.glu_forward_bf16(&mut m.act, &m.gate_up, n, f, a.act)?;
                 Values::Bf16(&m.act)
             }
             None => {
                 pre_norm_forward(be, self.mlp_norm.as_ref(), &mut l.h2, &mut l.mean2, &mut l.rstd2, x, n, d, off, eps)?;
-                let (mlp, h2) = (self.mlp(), Values::F32(&l.h2));
-                match mlp {
-                    Mlp::Fused => {
-                        // gate|up side by side from one linear, split into the buffers the GLU reads.
-                        let gate_up = MatView::dense(n, 2 * f);
-                        let out = ValuesMut::F32(&mut *wide);
-                        self.up.forward(be, out, gate_up, Base::Set, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?;
-                        be.copy_view(&mut l.gate, ff, wide, MatView::columns(n, 0, f, 2 * f))?;
-                        be.copy_view(&mut l.up, ff, wide, MatView::columns(n, f, f, 2 * f))?;
+                let h2 = Values::F32(&l.h2);
+                match self.mlp() {
+                    Mlp::Gelu => {
+                        let (out, lora) = (ValuesMut::F32(&mut l.gate_up), l.lora[SLOT_UP].as_mut());
+                        self.up.forward(be, out, MatView::dense(n, f), Base::Set, h2, n, lora, s, seed)?;
+                        be.gelu_forward(&mut l.act, &l.gate_up, n * f)?;
                     }
                     _ => {
-                        let out = ValuesMut::F32(&mut l.up);
-                        self.up.forward(be, out, ff, Base::Set, h2, n, l.lora[SLOT_UP].as_mut(), s, seed)?
+                        self.gate_up_forward(be, ValuesMut::F32(&mut l.gate_up), h2, n, f, &mut l.lora, s, seed)?;
+                        be.glu_forward(&mut l.act, &l.gate_up, n, f, a.act)?;
                     }
-                }
-                if let Some(gate) = &self.gate {
-                    let out = ValuesMut::F32(&mut l.gate);
-                    gate.forward(be, out, ff, Base::Set, h2, n, l.lora[SLOT_GATE].as_mut(), s, seed)?;
-                }
-                match mlp {
-                    Mlp::Gelu => be.gelu_forward(&mut l.act, &l.up, n * f)?,
-                    _ => be.glu_forward(&mut l.act, &l.gate, &l.up, n * f, a.act)?,
                 }
                 Values::F32(&l.act)
             }
@@ -286,7 +271,7 @@ impl<B: Backend> DevBlock<B> {
         a: &BlockArgs<B>,
     ) -> Result<()> {
         let (n, d, f, lay, off) = (a.n, a.hidden, a.ffn, a.layout, a.norm_offset);
-        let (dense, ff) = (MatView::dense(n, d), MatView::dense(n, f));
+        let dense = MatView::dense(n, d);
         // MLP: x_out = x_mid + down(act(gate(h2)) ⊙ up(h2)), h2 = mlp_norm(x_mid)
         let post = self.post_norms.as_mut().map(|(_, norm)| (norm, &l.mlp_out, &l.post2_rstd));
         let dmlp_out = Values::F32(through_post_norm(be, post, &g.dx, &mut g.dsub, n, d, off)?);
@@ -304,39 +289,20 @@ impl<B: Backend> DevBlock<B> {
                 let (dact, act) = (ValuesMut::Bf16(&mut dm.act), Values::Bf16(&m.act));
                 let dy = (dmlp_out, Some(&g.dy_bf16));
                 self.down.backward(be, dact, Base::Set, dy, dense, act, n, lora(SLOT_DOWN), s)?;
-                let MlpBf16 { gate: dgate, up: dup, act: dact } = dm;
-                be.glu_backward_bf16(dgate, dup, dact, &m.gate, &m.up, n * f, a.act)?;
-                let gate = self.gate.as_mut().expect("bf16 activations are a gated MLP's (Weights::bf16_activations)");
-                let dh = ValuesMut::F32(&mut g.dh);
-                gate.backward(be, dh, Base::Set, (Values::Bf16(dgate), None), ff, h2, n, lora(SLOT_GATE), s)?;
-                let dh = ValuesMut::F32(&mut g.dh);
-                self.up.backward(be, dh, Base::Add, (Values::Bf16(dup), None), ff, h2, n, lora(SLOT_UP), s)?;
+                be.glu_backward_bf16(&mut dm.gate_up, &dm.act, &m.gate_up, n, f, a.act)?;
+                self.gate_up_backward(be, &mut g.dh, Values::Bf16(&dm.gate_up), h2, n, f, &l.lora, s)?;
             }
             _ => {
                 let dact = ValuesMut::F32(&mut g.dact);
                 let (dy, act) = ((dmlp_out, None), Values::F32(&l.act));
                 self.down.backward(be, dact, Base::Set, dy, dense, act, n, lora(SLOT_DOWN), s)?;
-                let mlp = self.mlp();
-                match mlp {
-                    Mlp::Gelu => be.gelu_backward(&mut g.dup, &g.dact, &l.up, n * f)?,
-                    _ => be.glu_backward(&mut g.dgate, &mut g.dup, &g.dact, &l.gate, &l.up, n * f, a.act)?,
-                }
-                // dh is set by the first product that writes it (no zeroing), then added to.
-                let mut set = Base::Set;
-                if let Some(gate) = &mut self.gate {
-                    let (dh, dgate) = (ValuesMut::F32(&mut g.dh), Values::F32(&g.dgate));
-                    gate.backward(be, dh, Base::Set, (dgate, None), ff, h2, n, lora(SLOT_GATE), s)?;
-                    set = Base::Add;
-                }
-                let dh = ValuesMut::F32(&mut g.dh);
-                match mlp {
-                    Mlp::Fused => {
-                        be.copy_view(wide, MatView::columns(n, 0, f, 2 * f), &g.dgate, ff)?;
-                        be.copy_view(wide, MatView::columns(n, f, f, 2 * f), &g.dup, ff)?;
-                        let gate_up = MatView::dense(n, 2 * f);
-                        self.up.backward(be, dh, set, (Values::F32(wide), None), gate_up, h2, n, lora(SLOT_UP), s)?;
-                    }
-                    _ => self.up.backward(be, dh, set, (Values::F32(&g.dup), None), ff, h2, n, lora(SLOT_UP), s)?,
+                if self.mlp() == Mlp::Gelu {
+                    be.gelu_backward(&mut g.dgate_up, &g.dact, &l.gate_up, n * f)?;
+                    let (dh, dup) = (ValuesMut::F32(&mut g.dh), (Values::F32(&g.dgate_up), None));
+                    self.up.backward(be, dh, Base::Set, dup, MatView::dense(n, f), h2, n, lora(SLOT_UP), s)?;
+                } else {
+                    be.glu_backward(&mut g.dgate_up, &g.dact, &l.gate_up, n, f, a.act)?;
+                    self.gate_up_backward(be, &mut g.dh, Values::F32(&g.dgate_up), h2, n, f, &l.lora, s)?;
                 }
             }
         }
@@ -457,6 +423,69 @@ impl<B: Backend> DevBlock<B> {
     /// (q + k + v, in): the shape of the stacked q, k and v weights (`qkv_stacked`).
     fn stacked_shape(&self) -> (usize, usize) {
         (self.qkv.iter().map(|l| l.out_dim).sum(), self.qkv[0].in_dim)
+    }
+
+    /// gate|up (N, 2·f) = h2 · [W_gate; W_up]ᵀ + biases and adapters: one product where the two weights are stacked
+    /// (`gate_up_stacked`), else one each into its columns; Phi-3's fused up writes both.
+    #[allow(clippy::too_many_arguments)]
+    fn gate_up_forward(
+        &self,
+        be: &B,
+        mut out: ValuesMut<B>,
+        h2: Values<B>,
+        n: usize,
+        f: usize,
+        lora: &mut [Option<LoraBufs<B>>],
+        s: &mut LinearScratch<B>,
+        seed: Option<u64>,
+    ) -> Result<()> {
+        let both = MatView::dense(n, 2 * f);
+        let Some(gate) = &self.gate else {
+            return self.up.forward(be, out, both, Base::Set, h2, n, lora[SLOT_UP].as_mut(), s, seed);
+        };
+        let base = match &self.gate_up_stacked {
+            Some(w) => {
+                let (x, wv) = (MatView::dense(n, gate.in_dim), MatView::dense(2 * f, gate.in_dim).t());
+                w.product(be, out.reborrow(), both, h2, x, wv, false)?;
+                Base::Done
+            }
+            None => Base::Set,
+        };
+        let (gate_cols, up_cols) = (MatView::columns(n, 0, f, 2 * f), MatView::columns(n, f, f, 2 * f));
+        gate.forward(be, out.reborrow(), gate_cols, base, h2, n, lora[SLOT_GATE].as_mut(), s, seed)?;
+        self.up.forward(be, out, up_cols, base, h2, n, lora[SLOT_UP].as_mut(), s, seed)
+    }
+
+    /// Backward of [`Self::gate_up_forward`]: dh (N, in) = ∂L/∂h2 from dgate|dup (N, 2·f), set (no zeroing); the
+    /// weights' and adapters' gradients as the layers compute them.
+    #[allow(clippy::too_many_arguments)]
+    fn gate_up_backward(
+        &mut self,
+        be: &B,
+        dh: &mut B::F32,
+        dgate_up: Values<B>,
+        h2: Values<B>,
+        n: usize,
+        f: usize,
+        lora: &[Option<LoraBufs<B>>],
+        s: &mut LinearScratch<B>,
+    ) -> Result<()> {
+        let (both, dy) = (MatView::dense(n, 2 * f), (dgate_up, None));
+        let DevBlock { gate, up, gate_up_stacked, .. } = self;
+        let Some(gate) = gate else {
+            return up.backward(be, ValuesMut::F32(dh), Base::Set, dy, both, h2, n, lora[SLOT_UP].as_ref(), s);
+        };
+        let (gate_base, up_base) = match gate_up_stacked {
+            Some(w) => {
+                let (dx, wv) = (MatView::dense(n, gate.in_dim), MatView::dense(2 * f, gate.in_dim));
+                w.product(be, ValuesMut::F32(dh), dx, dgate_up, both, wv, false)?;
+                (Base::Done, Base::Done)
+            }
+            None => (Base::Set, Base::Add),
+        };
+        let (gate_cols, up_cols) = (MatView::columns(n, 0, f, 2 * f), MatView::columns(n, f, f, 2 * f));
+        gate.backward(be, ValuesMut::F32(dh), gate_base, dy, gate_cols, h2, n, lora[SLOT_GATE].as_ref(), s)?;
+        up.backward(be, ValuesMut::F32(dh), up_base, dy, up_cols, h2, n, lora[SLOT_UP].as_ref(), s)
     }
 }
 

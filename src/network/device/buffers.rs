@@ -30,9 +30,10 @@ pub struct LayerBufs<B: Backend> {
     /// Attention's per-(row, head) softmax statistics (N·heads·3), from its forward to its backward (training
     /// only).
     pub att_stats: B::F32,
-    /// gate, up and act(gate)·up (N, ffn); empty when they are kept in bf16 (`bf16`).
-    pub gate: B::F32,
-    pub up: B::F32,
+    /// gate and up side by side (N, 2·ffn: each row's gate, then its up — one product of the stacked weights
+    /// writes both; GPT-2's up alone, (N, ffn)), and act(gate)·up (N, ffn); empty when they are kept in bf16
+    /// (`bf16`).
+    pub gate_up: B::F32,
     pub act: B::F32,
     /// The activations above kept in bf16 instead ([`Weights::bf16_activations`]).
     pub bf16: Option<LayerBf16<B>>,
@@ -142,17 +143,17 @@ impl<B: Backend> DeltaGradBufs<B> {
     }
 }
 
-/// A gated MLP's three (N, ffn) activations — gate, up, act(gate)·up — or their gradients, kept in bf16
-/// ([`Weights::bf16_activations`]).
+/// A gated MLP's activations — gate and up side by side (N, 2·ffn), act(gate)·up (N, ffn) — or their gradients,
+/// kept in bf16 ([`Weights::bf16_activations`]).
 pub struct MlpBf16<B: Backend> {
-    pub gate: B::Bf16,
-    pub up: B::Bf16,
+    pub gate_up: B::Bf16,
     pub act: B::Bf16,
 }
 
 impl<B: Backend> MlpBf16<B> {
+    /// For `n` values of each of the three (N·ffn).
     fn new(be: &B, n: usize) -> Result<Self> {
-        Ok(MlpBf16 { gate: be.alloc_bf16(n)?, up: be.alloc_bf16(n)?, act: be.alloc_bf16(n)? })
+        Ok(MlpBf16 { gate_up: be.alloc_bf16(2 * n)?, act: be.alloc_bf16(n)? })
     }
 }
 
@@ -175,10 +176,10 @@ pub struct GradBufs<B: Backend> {
     pub dh: B::F32,
     pub dqkv: B::F32,
     pub datt: B::F32,
-    pub dgate: B::F32,
-    pub dup: B::F32,
+    /// ∂L/∂(gate and up), side by side as `LayerBufs::gate_up` holds them; ∂L/∂(act(gate)·up) (N, ffn).
+    pub dgate_up: B::F32,
     pub dact: B::F32,
-    /// Their gradients in bf16 (dgate, dup, dact) when the MLP's activations are kept in bf16
+    /// Their gradients in bf16 (dgate|dup, dact) when the MLP's activations are kept in bf16
     /// ([`Weights::bf16_activations`]); the f32 ones empty.
     pub mlp_bf16: Option<MlpBf16<B>>,
     /// With bf16 activations, an f32 gradient rounded once for the bf16 products that read it: down's dy (N, d),
@@ -226,8 +227,8 @@ pub struct Buffers<B: Backend> {
     /// one per row), and how many saved states per head its training buffers hold; empty, 0 without.
     pub delta_seqs: B::U32,
     pub checkpoints: usize,
-    /// A projection's output wider than the buffers its parts go to, or its gradient on the way back: Phi-3's fused
-    /// gate|up (N, 2·ffn), Qwen3.5's q_proj of [query, gate] heads (N, 2·heads·head_dim); empty without.
+    /// A projection's output wider than the buffers its parts go to, or its gradient on the way back: Qwen3.5's
+    /// q_proj of [query, gate] heads (N, 2·heads·head_dim); empty without.
     pub wide: B::F32,
     /// The residual stream (N, d); the final norm's input and output, and its 1/rms (and mean, for a LayerNorm).
     pub x: B::F32,
@@ -307,8 +308,7 @@ impl<B: Backend> Buffers<B> {
                 qkv: size(att, n * qw)?,
                 att: size(att, n * aw)?,
                 att_stats: size(att && training, n * c.num_heads * 3)?,
-                gate: be.alloc(ff)?,
-                up: be.alloc(ff)?,
+                gate_up: be.alloc(2 * ff)?,
                 act: be.alloc(ff)?,
                 bf16: bf16.then(|| layer_bf16(be, n, d, f)).transpose()?,
                 lora,
@@ -335,8 +335,7 @@ impl<B: Backend> Buffers<B> {
                     dh: be.alloc(n * d)?,
                     dqkv: be.alloc(n * qw)?,
                     datt: be.alloc(n * aw)?,
-                    dgate: be.alloc(ff)?,
-                    dup: be.alloc(ff)?,
+                    dgate_up: be.alloc(2 * ff)?,
                     dact: be.alloc(ff)?,
                     mlp_bf16: bf16.then(|| MlpBf16::new(be, n * f)).transpose()?,
                     dy_bf16: be.alloc_bf16(if bf16 { n * d.max(qw).max(pw) } else { 0 })?,
@@ -361,11 +360,7 @@ impl<B: Backend> Buffers<B> {
             rope_rows: be.alloc_u32(if c.longrope.is_some() { n } else { 0 })?,
             delta_seqs: be.alloc_u32(if c.delta_net.is_some() { 3 * n } else { 0 })?,
             checkpoints,
-            wide: be.alloc(match (c.fused_projections(), c.attn_output_gate) {
-                (true, _) => n * 2 * f,
-                (_, true) => n * 2 * aw,
-                _ => 0,
-            })?,
+            wide: be.alloc(if c.attn_output_gate { n * 2 * aw } else { 0 })?,
             x: be.alloc(n * d)?,
             x_final_in: be.alloc(n * d)?,
             hidden: be.alloc(n * d)?,

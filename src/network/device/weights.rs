@@ -175,6 +175,8 @@ pub struct DevBlock<B: Backend> {
     /// None when fused into `up` (Phi-3).
     pub gate: Option<DevLinear<B>>,
     pub up: DevLinear<B>,
+    /// gate's and up's frozen weight matrices stacked ((2·ffn) rows, in), as `qkv_stacked`.
+    pub gate_up_stacked: Option<DevTensor<B>>,
     pub down: DevLinear<B>,
     /// Qwen3.5's Gated DeltaNet in a linear-attention layer: its tensors besides the linears (its four input
     /// projections are `qkv`, its out_proj `o`, as in `network::transformer::Block`).
@@ -290,18 +292,24 @@ fn upload_values<B: Backend>(
     })
 }
 
-/// q, k and v's weight matrices one above the other ((q + k + v) rows, in) when all three are frozen and would be
-/// kept dense: their products are then one GEMM each way, a wider one, instead of three (k's and v's are narrow
-/// under GQA). None otherwise (a weight that trains, or one kept in its GGML blocks).
-fn stack_qkv<B: Backend>(be: &B, qkv: &[Linear]) -> Result<Option<DevTensor<B>>> {
+/// Weight matrices one above the other (their rows in order, in) when every one of them is frozen and would be
+/// kept dense: their products are then one GEMM each way, a wider one, instead of one per matrix (q, k, v: k's and
+/// v's are narrow under GQA; gate and up). None otherwise (a weight that trains, or one kept in its GGML blocks).
+fn stacked<B: Backend>(be: &B, linears: &[&Linear]) -> Result<Option<DevTensor<B>>> {
     let packed = |p: &Param| p.packed.as_ref().is_some_and(|m| be.keeps_packed(m.ty));
-    let in_dim = qkv[0].in_dim;
-    if qkv.len() != 3 || qkv.iter().any(|l| l.w.is_trainable() || packed(&l.w) || l.in_dim != in_dim) {
+    let in_dim = linears[0].in_dim;
+    if linears.iter().any(|l| l.w.is_trainable() || packed(&l.w) || l.in_dim != in_dim) {
         return Ok(None);
     }
-    let values: Vec<f32> = qkv.iter().flat_map(|l| l.w.values().into_owned()).collect();
-    let name = qkv.iter().map(|l| l.w.name.as_str()).collect::<Vec<_>>().join(" + ");
+    let values: Vec<f32> = linears.iter().flat_map(|l| l.w.values().into_owned()).collect();
+    let name = linears.iter().map(|l| l.w.name.as_str()).collect::<Vec<_>>().join(" + ");
     upload_values(be, &name, &values, true, false, Keep::Operand).map(Some)
+}
+
+/// The linear layers `ls` on the device, their weights in `stack` when there is one (then each keeps an empty one).
+fn linears<B: Backend>(be: &B, ls: &[&Linear], stack: &Option<DevTensor<B>>) -> Result<Vec<DevLinear<B>>> {
+    let placed = |l: &Linear| if stack.is_some() { in_stack(be, &l.w) } else { upload_as(be, &l.w, Keep::Operand) };
+    ls.iter().map(|l| linear_with(be, l, placed(l)?)).collect()
 }
 
 fn lora<B: Backend>(be: &B, l: &Lora) -> Result<DevLora<B>> {
@@ -343,11 +351,18 @@ fn in_stack<B: Backend>(be: &B, p: &Param) -> Result<DevTensor<B>> {
 /// A block on the device; `gated_q`: q_proj gives each head's query and its output gate (Qwen3.5), which rules out
 /// stacking q, k and v.
 fn block<B: Backend>(be: &B, b: &Block, gated_q: bool) -> Result<DevBlock<B>> {
-    let qkv_stacked = if gated_q || b.delta_net.is_some() { None } else { stack_qkv(be, &b.qkv)? };
-    let qkv = match qkv_stacked {
-        Some(_) => b.qkv.iter().map(|l| linear_with(be, l, in_stack(be, &l.w)?)).collect::<Result<_>>()?,
-        None => b.qkv.iter().map(|l| linear(be, l)).collect::<Result<_>>()?,
+    let qkv: Vec<&Linear> = b.qkv.iter().collect();
+    let qkv_stacked = match gated_q || b.delta_net.is_some() || qkv.len() != 3 {
+        true => None,
+        false => stacked(be, &qkv)?,
     };
+    let gate_up_stacked = match &b.gate {
+        Some(gate) => stacked(be, &[gate, &b.up])?,
+        None => None,
+    };
+    let mut gate_up =
+        linears(be, &[b.gate.as_ref(), Some(&b.up)].into_iter().flatten().collect::<Vec<_>>(), &gate_up_stacked)?;
+    let up = gate_up.pop().expect("an up projection");
     Ok(DevBlock {
         attn_norm: b.attn_norm.as_ref().map(|n| norm(be, n)).transpose()?,
         post_norms: b
@@ -360,12 +375,13 @@ fn block<B: Backend>(be: &B, b: &Block, gated_q: bool) -> Result<DevBlock<B>> {
             .as_ref()
             .map(|(q, k)| Ok::<_, anyhow::Error>((upload(be, &q.w)?, upload(be, &k.w)?)))
             .transpose()?,
-        qkv,
+        qkv: linears(be, &qkv, &qkv_stacked)?,
         qkv_stacked,
         o: linear(be, &b.o)?,
         mlp_norm: b.mlp_norm.as_ref().map(|n| norm(be, n)).transpose()?,
-        gate: b.gate.as_ref().map(|g| linear(be, g)).transpose()?,
-        up: linear(be, &b.up)?,
+        gate: gate_up.pop(),
+        up,
+        gate_up_stacked,
         down: linear(be, &b.down)?,
         delta_net: b
             .delta_net

@@ -13,41 +13,42 @@ fn act_arg(act: GateAct) -> i32 {
     }
 }
 
-/// out = act(gate) ⊙ up. All of one length, f32 or bf16 ([`Elem`]).
+/// out (rows, f) = act(gate) ⊙ up, gate and up side by side in gate_up (rows, 2·f): each row's gate in columns
+/// [0, f), its up in [f, 2f). f32 or bf16 ([`Elem`]).
 pub fn glu_forward<T: Elem>(
     d: &Device,
     out: &mut CudaViewMut<T>,
-    gate: &CudaView<T>,
-    up: &CudaView<T>,
+    gate_up: &CudaView<T>,
+    f: usize,
     act: GateAct,
 ) -> Result<(), DriverError> {
     let n = out.len();
-    assert!(gate.len() == n && up.len() == n, "glu_forward: shapes");
+    assert!(f > 0 && n % f == 0 && gate_up.len() == 2 * n, "glu_forward: shapes");
     let act = act_arg(act);
     let name = if T::BF16 { "glu_forward_bf16" } else { "glu_forward" };
     let mut b = d.stream.launch_builder(d.function(name));
-    b.arg(out).arg(gate).arg(up).arg(&n).arg(&act);
-    // SAFETY: element-wise over n values of slices of length n.
+    b.arg(out).arg(gate_up).arg(&n).arg(&f).arg(&act);
+    // SAFETY: element-wise over the n values of out; gate_up holds 2n.
     unsafe { b.launch(elementwise(n)) }.map(drop)
 }
 
-/// dgate = dout ⊙ up ⊙ act'(gate), dup = dout ⊙ act(gate) (overwritten). All of one length, f32 or bf16.
+/// dgate = dout ⊙ up ⊙ act'(gate), dup = dout ⊙ act(gate), written side by side in dgate_up (rows, 2·f) as gate_up
+/// holds gate and up; dout (rows, f). f32 or bf16.
 pub fn glu_backward<T: Elem>(
     d: &Device,
-    dgate: &mut CudaViewMut<T>,
-    dup: &mut CudaViewMut<T>,
+    dgate_up: &mut CudaViewMut<T>,
     dout: &CudaView<T>,
-    gate: &CudaView<T>,
-    up: &CudaView<T>,
+    gate_up: &CudaView<T>,
+    f: usize,
     act: GateAct,
 ) -> Result<(), DriverError> {
     let n = dout.len();
-    assert!(dgate.len() == n && dup.len() == n && gate.len() == n && up.len() == n, "glu_backward: shapes");
+    assert!(f > 0 && n % f == 0 && dgate_up.len() == 2 * n && gate_up.len() == 2 * n, "glu_backward: shapes");
     let act = act_arg(act);
     let name = if T::BF16 { "glu_backward_bf16" } else { "glu_backward" };
     let mut b = d.stream.launch_builder(d.function(name));
-    b.arg(dgate).arg(dup).arg(dout).arg(gate).arg(up).arg(&n).arg(&act);
-    // SAFETY: element-wise over n values of slices of length n.
+    b.arg(dgate_up).arg(dout).arg(gate_up).arg(&n).arg(&f).arg(&act);
+    // SAFETY: element-wise over the n values of dout; gate_up and dgate_up hold 2n.
     unsafe { b.launch(elementwise(n)) }.map(drop)
 }
 
