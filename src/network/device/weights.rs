@@ -331,7 +331,7 @@ fn linear<B: Backend>(be: &B, l: &Linear) -> Result<DevLinear<B>> {
 }
 
 /// The linear layer `l` with its weight already placed: `w` (its own tensor, or an empty one where the block keeps
-/// it in a stack, `DevBlock::qkv_stacked`).
+/// it in a stack, `DevBlock::qkv_stacked` or `gate_up_stacked`).
 fn linear_with<B: Backend>(be: &B, l: &Linear, w: DevTensor<B>) -> Result<DevLinear<B>> {
     Ok(DevLinear {
         name: l.name.clone(),
@@ -352,17 +352,13 @@ fn in_stack<B: Backend>(be: &B, p: &Param) -> Result<DevTensor<B>> {
 /// stacking q, k and v.
 fn block<B: Backend>(be: &B, b: &Block, gated_q: bool) -> Result<DevBlock<B>> {
     let qkv: Vec<&Linear> = b.qkv.iter().collect();
-    let qkv_stacked = match gated_q || b.delta_net.is_some() || qkv.len() != 3 {
-        true => None,
-        false => stacked(be, &qkv)?,
-    };
+    let stack_qkv = !gated_q && b.delta_net.is_none() && qkv.len() == 3;
+    let qkv_stacked = if stack_qkv { stacked(be, &qkv)? } else { None };
     let gate_up_stacked = match &b.gate {
         Some(gate) => stacked(be, &[gate, &b.up])?,
         None => None,
     };
-    let mut gate_up =
-        linears(be, &[b.gate.as_ref(), Some(&b.up)].into_iter().flatten().collect::<Vec<_>>(), &gate_up_stacked)?;
-    let up = gate_up.pop().expect("an up projection");
+    let gate_or_up = |l: &Linear| linears(be, &[l], &gate_up_stacked).map(|mut one| one.remove(0));
     Ok(DevBlock {
         attn_norm: b.attn_norm.as_ref().map(|n| norm(be, n)).transpose()?,
         post_norms: b
@@ -379,8 +375,8 @@ fn block<B: Backend>(be: &B, b: &Block, gated_q: bool) -> Result<DevBlock<B>> {
         qkv_stacked,
         o: linear(be, &b.o)?,
         mlp_norm: b.mlp_norm.as_ref().map(|n| norm(be, n)).transpose()?,
-        gate: gate_up.pop(),
-        up,
+        gate: b.gate.as_ref().map(gate_or_up).transpose()?,
+        up: gate_or_up(&b.up)?,
         gate_up_stacked,
         down: linear(be, &b.down)?,
         delta_net: b

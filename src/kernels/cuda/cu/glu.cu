@@ -23,51 +23,49 @@ __device__ float act_derivative(int act, float g) {
 }
 
 // The gated MLP's gate and up side by side: gate_up (rows, 2·f), each row's gate in columns [0, f), its up in
-// [f, 2f) — one product writes both. Value i of the (rows, f) activation (row i / f, column i % f) reads gate at
-// i + (i / f)·f and up f after it.
-__device__ size_t gate_at(size_t i, size_t f) {
-    return i + (i / f) * f;
-}
+// [f, 2f) — one product writes both; the activation and its gradient (rows, f). A 2-D grid striding over rows (y)
+// and columns (x), as to_bf16's: no division per value.
 
-// out = act(gate) ⊙ up over n = rows·f values. T: float, or unsigned short for values kept in bf16 (computed in
-// f32, out rounded).
+// out = act(gate) ⊙ up. T: float, or unsigned short for values kept in bf16 (computed in f32, out rounded).
 template <typename T>
-__device__ void glu_forward_t(T* out, const T* gate_up, size_t n, size_t f, int act) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const size_t g = gate_at(i, f);
-        store(out, i, act_value(act, load(gate_up, g)) * load(gate_up, g + f));
-    }
+__device__ void glu_forward_t(T* out, const T* gate_up, int rows, int f, int act) {
+    for (size_t row = blockIdx.y; row < (size_t)rows; row += gridDim.y)
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < f; c += gridDim.x * blockDim.x) {
+            const size_t g = 2 * row * f + c;
+            store(out, row * f + c, act_value(act, load(gate_up, g)) * load(gate_up, g + f));
+        }
 }
 
 // dgate = dout ⊙ up ⊙ act'(gate),  dup = dout ⊙ act(gate), written side by side in dgate_up as gate_up holds them.
 // T as glu_forward_t's.
 template <typename T>
-__device__ void glu_backward_t(T* dgate_up, const T* dout, const T* gate_up, size_t n, size_t f, int act) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        const size_t gi = gate_at(i, f);
-        const float d = load(dout, i), g = load(gate_up, gi);
-        store(dgate_up, gi, d * load(gate_up, gi + f) * act_derivative(act, g));
-        store(dgate_up, gi + f, d * act_value(act, g));
-    }
+__device__ void glu_backward_t(T* dgate_up, const T* dout, const T* gate_up, int rows, int f, int act) {
+    for (size_t row = blockIdx.y; row < (size_t)rows; row += gridDim.y)
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < f; c += gridDim.x * blockDim.x) {
+            const size_t g = 2 * row * f + c;
+            const float d = load(dout, row * f + c), gv = load(gate_up, g);
+            store(dgate_up, g, d * load(gate_up, g + f) * act_derivative(act, gv));
+            store(dgate_up, g + f, d * act_value(act, gv));
+        }
 }
 
-extern "C" __global__ void glu_forward(float* out, const float* gate_up, size_t n, size_t f, int act) {
-    glu_forward_t(out, gate_up, n, f, act);
+extern "C" __global__ void glu_forward(float* out, const float* gate_up, int rows, int f, int act) {
+    glu_forward_t(out, gate_up, rows, f, act);
 }
 
-extern "C" __global__ void glu_forward_bf16(unsigned short* out, const unsigned short* gate_up, size_t n, size_t f,
+extern "C" __global__ void glu_forward_bf16(unsigned short* out, const unsigned short* gate_up, int rows, int f,
                                             int act) {
-    glu_forward_t(out, gate_up, n, f, act);
+    glu_forward_t(out, gate_up, rows, f, act);
 }
 
-extern "C" __global__ void glu_backward(float* dgate_up, const float* dout, const float* gate_up, size_t n, size_t f,
+extern "C" __global__ void glu_backward(float* dgate_up, const float* dout, const float* gate_up, int rows, int f,
                                         int act) {
-    glu_backward_t(dgate_up, dout, gate_up, n, f, act);
+    glu_backward_t(dgate_up, dout, gate_up, rows, f, act);
 }
 
 extern "C" __global__ void glu_backward_bf16(unsigned short* dgate_up, const unsigned short* dout,
-                                             const unsigned short* gate_up, size_t n, size_t f, int act) {
-    glu_backward_t(dgate_up, dout, gate_up, n, f, act);
+                                             const unsigned short* gate_up, int rows, int f, int act) {
+    glu_backward_t(dgate_up, dout, gate_up, rows, f, act);
 }
 
 // out = gelu(x) (GPT-2's MLP).

@@ -1,6 +1,6 @@
 //! The MLP activations on the GPU (glu.cu), as `kernels::activation`'s glu_forward / glu_backward and
 //! gelu_tanh_forward / gelu_tanh_backward, and Qwen3.5's attention output gate (sigmoid_gate_forward / _backward).
-use super::{Elem, elementwise};
+use super::{Elem, by_rows, elementwise};
 use crate::kernels::activation::GateAct;
 use crate::kernels::cuda::device::Device;
 use cudarc::driver::{CudaView, CudaViewMut, DriverError, PushKernelArg};
@@ -22,14 +22,14 @@ pub fn glu_forward<T: Elem>(
     f: usize,
     act: GateAct,
 ) -> Result<(), DriverError> {
-    let n = out.len();
-    assert!(f > 0 && n % f == 0 && gate_up.len() == 2 * n, "glu_forward: shapes");
-    let act = act_arg(act);
+    let (rows, act) = (glu_rows(out.len(), f, gate_up.len()), act_arg(act));
     let name = if T::BF16 { "glu_forward_bf16" } else { "glu_forward" };
     let mut b = d.stream.launch_builder(d.function(name));
-    b.arg(out).arg(gate_up).arg(&n).arg(&f).arg(&act);
-    // SAFETY: element-wise over the n values of out; gate_up holds 2n.
-    unsafe { b.launch(elementwise(n)) }.map(drop)
+    let [r, fi] = [rows, f].map(|x| x as i32);
+    b.arg(out).arg(gate_up).arg(&r).arg(&fi).arg(&act);
+    // SAFETY: (row, c) of (rows, f) reads gate_up[2·row·f + c] and [.. + f] < 2·rows·f = its length, and writes
+    // out[row·f + c] < rows·f = its length (both checked by glu_rows).
+    unsafe { b.launch(by_rows(rows, f)) }.map(drop)
 }
 
 /// dgate = dout ⊙ up ⊙ act'(gate), dup = dout ⊙ act(gate), written side by side in dgate_up (rows, 2·f) as gate_up
@@ -42,14 +42,21 @@ pub fn glu_backward<T: Elem>(
     f: usize,
     act: GateAct,
 ) -> Result<(), DriverError> {
-    let n = dout.len();
-    assert!(f > 0 && n % f == 0 && dgate_up.len() == 2 * n && gate_up.len() == 2 * n, "glu_backward: shapes");
-    let act = act_arg(act);
+    let rows = glu_rows(dout.len(), f, gate_up.len());
+    assert_eq!(dgate_up.len(), gate_up.len(), "glu_backward: shapes");
     let name = if T::BF16 { "glu_backward_bf16" } else { "glu_backward" };
     let mut b = d.stream.launch_builder(d.function(name));
-    b.arg(dgate_up).arg(dout).arg(gate_up).arg(&n).arg(&f).arg(&act);
-    // SAFETY: element-wise over the n values of dout; gate_up and dgate_up hold 2n.
-    unsafe { b.launch(elementwise(n)) }.map(drop)
+    let [r, fi, act] = [rows as i32, f as i32, act_arg(act)];
+    b.arg(dgate_up).arg(dout).arg(gate_up).arg(&r).arg(&fi).arg(&act);
+    // SAFETY: as glu_forward's, dgate_up of gate_up's length.
+    unsafe { b.launch(by_rows(rows, f)) }.map(drop)
+}
+
+/// The rows of a GLU over `n` = rows·f values whose gate|up holds `both` = 2n; panics on other shapes.
+fn glu_rows(n: usize, f: usize, both: usize) -> usize {
+    assert!(f > 0 && n.is_multiple_of(f) && both == 2 * n, "glu: {n} values of rows {f} wide, gate|up of {both}");
+    assert!(n / f <= i32::MAX as usize && f <= i32::MAX as usize, "glu: {n} values too many for one launch");
+    n / f
 }
 
 /// out = gelu(x) (the tanh approximation; GPT-2's MLP). Both of one length.
