@@ -66,7 +66,13 @@ impl<B: Backend> BlockArgs<'_, B> {
     fn rope(&self, be: &B, backward: bool, buf: &mut B::F32) -> Result<()> {
         let Some((table, rows)) = self.rope else { return Ok(()) };
         let l = &self.layout;
-        for (col, heads) in [(l.q_col, l.n_heads), (l.k_col, l.n_kv_heads)] {
+        // q's and k's heads rotate alike: where k's follow q's in the row (q|k|v), one launch turns both.
+        let (q, k) = ((l.q_col, l.n_heads), (l.k_col, l.n_kv_heads));
+        let spans = match l.k_col == l.q_col + l.n_heads * l.head_dim {
+            true => [Some((l.q_col, l.n_heads + l.n_kv_heads)), None],
+            false => [Some(q), Some(k)],
+        };
+        for (col, heads) in spans.into_iter().flatten() {
             be.rope(backward, buf, self.n, RopeCols { row_len: l.row_len, col, heads }, rows, table)?;
         }
         Ok(())
