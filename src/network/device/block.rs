@@ -67,10 +67,10 @@ impl<B: Backend> BlockArgs<'_, B> {
         let Some((table, rows)) = self.rope else { return Ok(()) };
         let l = &self.layout;
         // q's and k's heads rotate alike: where k's follow q's in the row (q|k|v), one launch turns both.
-        let (q, k) = ((l.q_col, l.n_heads), (l.k_col, l.n_kv_heads));
-        let spans = match l.k_col == l.q_col + l.n_heads * l.head_dim {
-            true => [Some((l.q_col, l.n_heads + l.n_kv_heads)), None],
-            false => [Some(q), Some(k)],
+        let spans = if l.k_col == l.q_col + l.n_heads * l.head_dim {
+            [Some((l.q_col, l.n_heads + l.n_kv_heads)), None]
+        } else {
+            [Some((l.q_col, l.n_heads)), Some((l.k_col, l.n_kv_heads))]
         };
         for (col, heads) in spans.into_iter().flatten() {
             be.rope(backward, buf, self.n, RopeCols { row_len: l.row_len, col, heads }, rows, table)?;
@@ -220,10 +220,9 @@ impl<B: Backend> DevBlock<B> {
                 col += aw;
                 continue;
             }
-            let (view, out, lora) =
-                (MatView::columns(n, col, lin.out_dim, lay.row_len), &mut l.qkv, l.lora[slot].as_mut());
+            let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
             let base = if self.qkv_stacked.is_some() { Base::Done } else { Base::Set };
-            lin.forward(be, ValuesMut::F32(out), view, base, h1, n, lora, s, seed)?;
+            lin.forward(be, ValuesMut::F32(&mut l.qkv), view, base, h1, n, l.lora[slot].as_mut(), s, seed)?;
             col += lin.out_dim;
         }
         if let Some((qn, kn)) = &self.qk_norm {

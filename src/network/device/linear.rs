@@ -14,8 +14,8 @@ pub enum Base {
     Set,
     /// Added: after LoRA's term going back.
     Add,
-    /// Already there: the block's product of a stacked weight (`DevBlock::qkv_stacked`); only the bias and LoRA's
-    /// term are added.
+    /// Already there: the block's product of a stacked weight (`DevBlock::qkv_stacked`, `gate_up_stacked`); only
+    /// the bias and LoRA's term are added.
     Done,
 }
 
