@@ -65,22 +65,16 @@ fn bf16_losses_are_the_same_bits_for_any_thread_count() {
 /// every step of full fine-tuning — giving the same losses up to summation order, and not the f32 ones.
 #[test]
 fn the_device_path_computes_bf16_as_the_cpu_path() {
-    // The device path sums some products in another order than the CPU path (full fine-tuning's weight gradients;
-    // the input gradient of stacked frozen projections, one product over q|k|v or gate|up), so its gradients differ
-    // by f32 rounding; where such a value is then rounded to bf16 (a product's operand, or a weight's bf16 copy)
-    // and lands across a rounding boundary, it moves by 2⁻⁸ relative, and the losses by up to ~1e-3 by step 6 at
-    // this learning rate. f32 products would put them as far from the CPU's bf16 run as the device's own f32 run
-    // is: so the device's bf16 losses must also be much nearer the CPU's bf16 losses than its f32 ones.
-    let worst = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| ((x - y) / x).abs()).fold(0.0, f64::max);
-    for (what, extra) in [("LoRA", &[][..]), ("full", &["--full"][..])] {
+    // Full fine-tuning's weight gradients are summed in another order on the device path (f32 losses differ by
+    // ~1e-8 after a step); a weight that moves across a bf16 rounding boundary turns that into ~1e-4 by step 6 at
+    // this learning rate. LoRA's frozen base has no such boundary to cross.
+    for (what, extra, tol) in [("LoRA", &[][..], 1e-5), ("full", &["--full"][..], 1e-3)] {
         let on = |compute: &str, device: &[&str]| train(compute, "2", &[extra, device].concat());
-        let (cpu, dev, dev_f32) =
-            (on("bf16", &[]), on("bf16", &["--device", "reference"]), on("f32", &["--device", "reference"]));
-        agree(&dev_f32, &dev, &format!("{what}: device path, bf16 vs f32"));
-        let (to_cpu, to_f32) = (worst(&cpu.0, &dev.0), worst(&dev_f32.0, &dev.0));
-        assert!(to_cpu < 1e-3, "{what}: bf16 losses: device path {:?} vs CPU {:?}", dev.0, cpu.0);
-        assert!(to_cpu < to_f32 / 3.0, "{what}: bf16 losses {to_cpu:e} from the CPU's bf16 run, {to_f32:e} from f32");
-        assert!(((cpu.1 - dev.1) / cpu.1).abs() < 1e-3, "{what}: eval NLL {} vs {}", dev.1, cpu.1);
+        let (cpu, dev) = (on("bf16", &[]), on("bf16", &["--device", "reference"]));
+        agree(&on("f32", &["--device", "reference"]), &dev, &format!("{what}: device path, bf16 vs f32"));
+        let worst = cpu.0.iter().zip(&dev.0).map(|(a, b)| ((a - b) / a).abs()).fold(0.0, f64::max);
+        assert!(worst < tol, "{what}: bf16 losses: device path {:?} vs CPU {:?}", dev.0, cpu.0);
+        assert!(((cpu.1 - dev.1) / cpu.1).abs() < tol, "{what}: eval NLL {} vs {}", dev.1, cpu.1);
     }
 }
 

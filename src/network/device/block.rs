@@ -293,18 +293,18 @@ impl<B: Backend> DevBlock<B> {
                 be.round_bf16(&mut g.dy_bf16, dy, n * d)?;
                 let (dact, act) = (ValuesMut::Bf16(&mut dm.act), Values::Bf16(&m.act));
                 let dy = (dmlp_out, Some(&g.dy_bf16));
-                self.down.backward(be, dact, Base::Set, dy, dense, act, n, lora(SLOT_DOWN), s)?;
+                self.down.backward(be, dact, Base::Set, None, dy, dense, act, n, lora(SLOT_DOWN), s)?;
                 be.glu_backward_bf16(&mut dm.gate_up, &dm.act, &m.gate_up, n, f, a.act)?;
                 self.gate_up_backward(be, &mut g.dh, Values::Bf16(&dm.gate_up), h2, n, f, &l.lora, s)?;
             }
             _ => {
                 let dact = ValuesMut::F32(&mut g.dact);
                 let (dy, act) = ((dmlp_out, None), Values::F32(&l.act));
-                self.down.backward(be, dact, Base::Set, dy, dense, act, n, lora(SLOT_DOWN), s)?;
+                self.down.backward(be, dact, Base::Set, None, dy, dense, act, n, lora(SLOT_DOWN), s)?;
                 if self.mlp() == Mlp::Gelu {
                     be.gelu_backward(&mut g.dgate_up, &g.dact, &l.gate_up, n * f)?;
                     let (dh, dup) = (ValuesMut::F32(&mut g.dh), (Values::F32(&g.dgate_up), None));
-                    self.up.backward(be, dh, Base::Set, dup, MatView::dense(n, f), h2, n, lora(SLOT_UP), s)?;
+                    self.up.backward(be, dh, Base::Set, None, dup, MatView::dense(n, f), h2, n, lora(SLOT_UP), s)?;
                 } else {
                     be.glu_backward(&mut g.dgate_up, &g.dact, &l.gate_up, n, f, a.act)?;
                     self.gate_up_backward(be, &mut g.dh, Values::F32(&g.dgate_up), h2, n, f, &l.lora, s)?;
@@ -324,7 +324,18 @@ impl<B: Backend> DevBlock<B> {
             let db = l.delta.as_ref().expect("a Gated DeltaNet layer's buffers");
             let gd = g.delta.as_mut().expect("a Gated DeltaNet model's gradient buffers");
             let y = Values::F32(&db.y);
-            self.o.backward(be, ValuesMut::F32(&mut gd.dy), Base::Set, dy, dense, y, n, l.lora[SLOT_O].as_ref(), s)?;
+            self.o.backward(
+                be,
+                ValuesMut::F32(&mut gd.dy),
+                Base::Set,
+                None,
+                dy,
+                dense,
+                y,
+                n,
+                l.lora[SLOT_O].as_ref(),
+                s,
+            )?;
             dn.backward(be, &sh, db, gd, a)?;
             // With bf16 activations, the projections' gradients rounded once for their products.
             let p = sh.proj_width();
@@ -337,7 +348,7 @@ impl<B: Backend> DevBlock<B> {
                 // dh is set by the first projection's product (no zeroing), then added to.
                 let (view, dh) = (MatView::columns(n, col, lin.out_dim, p), ValuesMut::F32(&mut g.dh));
                 let base = if slot == 0 { Base::Set } else { Base::Add };
-                lin.backward(be, dh, base, dproj, view, h1, n, l.lora[slot].as_ref(), s)?;
+                lin.backward(be, dh, base, None, dproj, view, h1, n, l.lora[slot].as_ref(), s)?;
                 col += lin.out_dim;
             }
         } else {
@@ -345,7 +356,7 @@ impl<B: Backend> DevBlock<B> {
             // With Qwen3.5's output gate o_proj read att ⊙ σ(gate): its gradient goes through the gate first.
             let att = Values::F32(if gated { &l.att_gated } else { &l.att });
             let datt = ValuesMut::F32(if gated { &mut g.datt_gated } else { &mut g.datt });
-            self.o.backward(be, datt, Base::Set, dy, dense, att, n, l.lora[SLOT_O].as_ref(), s)?;
+            self.o.backward(be, datt, Base::Set, None, dy, dense, att, n, l.lora[SLOT_O].as_ref(), s)?;
             if gated {
                 let (gate, datt_gated) = (&l.att_gate, &g.datt_gated);
                 be.sigmoid_gate_backward(&mut g.datt, &mut g.datt_gate, datt_gated, &l.att, gate, n * aw)?;
@@ -371,16 +382,9 @@ impl<B: Backend> DevBlock<B> {
                 be.round_bf16(&mut g.dy_bf16, &g.dqkv, n * lay.row_len)?;
             }
             let dqkv = (Values::F32(&g.dqkv), l.bf16.as_ref().map(|_| &g.dy_bf16));
-            if let Some(w) = &self.qkv_stacked {
-                // dh (N, in) = dq|dk|dv · [Wq; Wk; Wv], set (no zeroing); the layers' adapters add their terms
-                let (rows, inp) = self.stacked_shape();
-                let dy = dqkv.1.map_or(dqkv.0, Values::Bf16);
-                let (cols, dh) = (MatView::columns(n, 0, rows, lay.row_len), ValuesMut::F32(&mut g.dh));
-                w.product(be, dh, MatView::dense(n, inp), dy, cols, MatView::dense(rows, inp), false)?;
-            }
             let mut col = 0;
             for (slot, lin) in self.qkv.iter_mut().enumerate() {
-                // dh is set by q's product or the stacked one (no zeroing), then added to.
+                // dh is set by q's product (no zeroing), then added to.
                 let dh = ValuesMut::F32(&mut g.dh);
                 if slot == 0 && gated {
                     // q_proj's gradient: each head's dq, then its gate's
@@ -392,28 +396,15 @@ impl<B: Backend> DevBlock<B> {
                         be.copy_view(wide, q, &g.dqkv, MatView::columns(n, lay.q_col + h * hd, hd, lay.row_len))?;
                         be.copy_view(wide, gt, &g.datt_gate, MatView::columns(n, h * hd, hd, aw))?;
                     }
-                    let dq_gate = (Values::F32(&*wide), None);
-                    lin.backward(
-                        be,
-                        dh,
-                        Base::Set,
-                        dq_gate,
-                        MatView::dense(n, 2 * aw),
-                        h1,
-                        n,
-                        l.lora[slot].as_ref(),
-                        s,
-                    )?;
+                    let (dq_gate, both) = ((Values::F32(&*wide), None), MatView::dense(n, 2 * aw));
+                    lin.backward(be, dh, Base::Set, None, dq_gate, both, h1, n, l.lora[slot].as_ref(), s)?;
                     col += aw;
                     continue;
                 }
-                let base = match (&self.qkv_stacked, slot) {
-                    (Some(_), _) => Base::Done,
-                    (None, 0) => Base::Set,
-                    (None, _) => Base::Add,
-                };
+                // a stacked weight's rows are this layer's own: dh sums as without the stack
+                let (base, stack) = (if slot == 0 { Base::Set } else { Base::Add }, self.qkv_stacked.as_ref());
                 let view = MatView::columns(n, col, lin.out_dim, lay.row_len);
-                lin.backward(be, dh, base, dqkv, view, h1, n, l.lora[slot].as_ref(), s)?;
+                lin.backward(be, dh, base, stack.map(|t| (t, col)), dqkv, view, h1, n, l.lora[slot].as_ref(), s)?;
                 col += lin.out_dim;
             }
         }
@@ -461,8 +452,9 @@ impl<B: Backend> DevBlock<B> {
         self.up.forward(be, out, up_cols, base, h2, n, lora[SLOT_UP].as_mut(), s, seed)
     }
 
-    /// Backward of [`Self::gate_up_forward`]: dh (N, in) = ∂L/∂h2 from dgate|dup (N, 2·f), set (no zeroing); the
-    /// weights' and adapters' gradients as the layers compute them.
+    /// Backward of [`Self::gate_up_forward`]: dh (N, in) = ∂L/∂h2 from dgate|dup (N, 2·f), set (no zeroing) by
+    /// gate's product, then added to by up's — each its own product, a stacked weight's rows included, so that dh
+    /// sums as without the stack; the weights' and adapters' gradients as the layers compute them.
     #[allow(clippy::too_many_arguments)]
     fn gate_up_backward(
         &mut self,
@@ -478,19 +470,13 @@ impl<B: Backend> DevBlock<B> {
         let (both, dy) = (MatView::dense(n, 2 * f), (dgate_up, None));
         let DevBlock { gate, up, gate_up_stacked, .. } = self;
         let Some(gate) = gate else {
-            return up.backward(be, ValuesMut::F32(dh), Base::Set, dy, both, h2, n, lora[SLOT_UP].as_ref(), s);
-        };
-        let (gate_base, up_base) = match gate_up_stacked {
-            Some(w) => {
-                let (dx, wv) = (MatView::dense(n, gate.in_dim), MatView::dense(2 * f, gate.in_dim));
-                w.product(be, ValuesMut::F32(dh), dx, dgate_up, both, wv, false)?;
-                (Base::Done, Base::Done)
-            }
-            None => (Base::Set, Base::Add),
+            return up.backward(be, ValuesMut::F32(dh), Base::Set, None, dy, both, h2, n, lora[SLOT_UP].as_ref(), s);
         };
         let (gate_cols, up_cols) = (MatView::columns(n, 0, f, 2 * f), MatView::columns(n, f, f, 2 * f));
-        gate.backward(be, ValuesMut::F32(dh), gate_base, dy, gate_cols, h2, n, lora[SLOT_GATE].as_ref(), s)?;
-        up.backward(be, ValuesMut::F32(dh), up_base, dy, up_cols, h2, n, lora[SLOT_UP].as_ref(), s)
+        let (gate_rows, up_rows) = (gate_up_stacked.as_ref().map(|t| (t, 0)), gate_up_stacked.as_ref().map(|t| (t, f)));
+        let (dg, du) = (lora[SLOT_GATE].as_ref(), lora[SLOT_UP].as_ref());
+        gate.backward(be, ValuesMut::F32(dh), Base::Set, gate_rows, dy, gate_cols, h2, n, dg, s)?;
+        up.backward(be, ValuesMut::F32(dh), Base::Add, up_rows, dy, up_cols, h2, n, du, s)
     }
 }
 

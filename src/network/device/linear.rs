@@ -2,7 +2,7 @@
 //! the CPU: y (+)= x·Wᵀ + b + scale·(dropout(x)·Aᵀ)·Bᵀ. Each of W, b, A, B accumulates a gradient when it trains.
 //! Its input and output may be kept in bf16 (the MLP's activations under `Backend::bf16_activations`): then every
 //! product that reads or writes one is a bf16 product, LoRA's included, as PEFT computes a bf16 model's.
-use super::weights::DevLinear;
+use super::weights::{DevLinear, DevTensor};
 use crate::kernels::backend::{Backend, MatView, Values, ValuesMut};
 use crate::rng;
 use anyhow::{Result, bail};
@@ -14,8 +14,8 @@ pub enum Base {
     Set,
     /// Added: after LoRA's term going back.
     Add,
-    /// Already there: the block's product of a stacked weight (`DevBlock::qkv_stacked`, `gate_up_stacked`); only
-    /// the bias and LoRA's term are added.
+    /// Already there (forward only): the block's one product of a stacked weight (`DevBlock::qkv_stacked`,
+    /// `gate_up_stacked`); only the bias and LoRA's term are added.
     Done,
 }
 
@@ -133,8 +133,10 @@ impl<B: Backend> DevLinear<B> {
         lora_product(be, out, ov, la.u(bf16_x), nr, b, MatView::dense(outd, r).t(), 1.0, true)
     }
 
-    /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x (its base term dy·W as `base` says);
-    /// dW, db, dA, dB accumulate when they train, in the CPU's order. dy: the view `dyv` (N, out) of `dy`, and
+    /// Backward of [`Self::forward`] (after a training forward): dx += ∂L/∂x (its base term dy·W as `base` says:
+    /// `Set` or `Add`); dW, db, dA, dB accumulate when they train, in the CPU's order. `stack`: the block's stacked
+    /// weight holding W and W's first row in it, for a layer whose own weight is empty — its product is still this
+    /// layer's own, so dx sums as without the stack, in the CPU's order. dy: the view `dyv` (N, out) of `dy`, and
     /// `dy_bf16`, a bf16 copy of it the caller rounded once for several layers: the products read that copy, the
     /// bias's gradient dy; x: the forward's input (N, in).
     #[allow(clippy::too_many_arguments)]
@@ -143,6 +145,7 @@ impl<B: Backend> DevLinear<B> {
         be: &B,
         mut dx: ValuesMut<B>,
         base: Base,
+        stack: Option<(&DevTensor<B>, usize)>,
         (dy, dy_bf16): (Values<B>, Option<&B::Bf16>),
         dyv: MatView,
         x: Values<B>,
@@ -155,7 +158,7 @@ impl<B: Backend> DevLinear<B> {
         }
         let dy = dy_bf16.map_or(dy, Values::Bf16);
         let (inp, outd) = (self.in_dim, self.out_dim);
-        let (ni, w) = (MatView::dense(n, inp), MatView::dense(outd, inp));
+        let ni = MatView::dense(n, inp);
         let add = !std::mem::replace(&mut self.w.grad_zero, false);
         if let Some(g) = self.w.grad() {
             // dW (out, in) += dyᵀ · x (written when it is known to be zero)
@@ -165,9 +168,14 @@ impl<B: Backend> DevLinear<B> {
                 (dy, x) => be.gemm_bf16(ValuesMut::F32(g), gv, dy, dyv.t(), x, ni, 1.0, add)?,
             }
         }
+        // W (out, in): this layer's own, or its rows of the stack
+        let (wt, w) = match stack {
+            Some((t, row)) => (t, MatView { offset: row * inp, ..MatView::dense(outd, inp) }),
+            None => (&self.w, MatView::dense(outd, inp)),
+        };
         if base == Base::Set {
             // dx (N, in) = dy · W, LoRA's term added after
-            self.w.product(be, dx.reborrow(), ni, dy, dyv, w, false)?;
+            wt.product(be, dx.reborrow(), ni, dy, dyv, w, false)?;
         }
         if let Some(lora) = &mut self.lora {
             let Some(la) = la else { bail!("{}: an adapter without its buffers on {}", self.name, be.name()) };
@@ -207,6 +215,6 @@ impl<B: Backend> DevLinear<B> {
             return Ok(());
         }
         // dx (N, in) += dy · W
-        self.w.product(be, dx, ni, dy, dyv, w, true)
+        wt.product(be, dx, ni, dy, dyv, w, true)
     }
 }
