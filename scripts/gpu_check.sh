@@ -25,6 +25,9 @@
 #     and "speed" lines: attention forward and backward over 16 × 300 rows at SmolLM2-135M's, Qwen2.5-1.5B's and
 #     Gemma 3 270M's heads, f32 kernels vs bf16 on the tensor cores (ms, TFLOP/s).
 #     The script fails if any of that fails.
+#   - `condlm info MODEL --check-device cuda` on the tiny fixtures of every family: issue 15's acceptance on whole
+#     models — logits vs the CPU path (f32 1e-5, bf16 2e-2), KV decoding vs the full forward pass, greedy ids, and
+#     one step's LoRA and full gradients (1e-4);
 #   - `score --device cuda` vs `--device cpu` on the tiny fixtures of every family (per-token log-probs, relative
 #     error ≤ 1e-5; `--compute bf16` on the device ≤ 2e-2 of the CPU's f32), a 6-step LoRA run with dropout on tiny Llama (losses, eval NLLs ≤ 1e-4, adapter),
 #     6 steps of full fine-tuning on tiny Qwen2, and both on tiny Qwen3.5 (Gated DeltaNet, gated attention);
@@ -63,7 +66,7 @@
 # Usage: scripts/gpu_check.sh [BINARY [REPORT]]   (defaults: target/gpu/condlm, $OUT/gpu_check.md when $OUT is
 # set, else scripts/gpu_check.md)
 # GPU_CHECK_SECTIONS="KEY ...": only these sections (a rerun after a fix need not spend the device's minutes on what
-# passed): devices (nvidia-smi, --check-kernels and the GEMM peaks), score, quantized, train, generate,
+# passed): devices (nvidia-smi, --check-kernels and the GEMM peaks), model, score, quantized, train, generate,
 # smollm2-parity, smollm2-throughput, smollm2-decode, smollm2-q4k, qwen2.5-1.5b, qwen3.5-0.8b, profile, sanitize.
 # Unset: all of them.
 set -uo pipefail
@@ -231,6 +234,24 @@ peak_gpu_mib() {
     echo "peak GPU memory above idle: $((peak - ${base:-0})) MiB (nvidia-smi, sampled every 0.2 s)"
     return $rc
 }
+
+# Issue 15's acceptance on whole models (`condlm info MODEL --check-device`, cli/check_device.rs): logits vs the CPU
+# path (f32 within 1e-5, max |Δ|/max |cpu|; --compute bf16 within 2e-2, ‖Δ‖/‖cpu‖, against the CPU's f32), KV-cache
+# decoding vs the device's full forward pass (1e-5), greedy ids (equal), and one step's LoRA (dropout 0.1) and full
+# fine-tuning gradients vs the CPU path's in f32 (worst tensor within 1e-4).
+tiny_models() {
+    local m rc=0
+    for m in tiny-llama tiny-qwen2 tiny-mistral tiny-qwen3 tiny-gemma3 tiny-phi3 tiny-phi4 tiny-gpt2 tiny-qwen3-yarn \
+        tiny-olmo3 tiny-qwen35; do
+        echo "$m:"
+        "$bin" info "tests/fixtures/$m" --check-device "$dev" | grep -E '^model [a-z]' || rc=1
+    done
+    return $rc
+}
+only model run_check "info MODEL --check-device cuda: logits (f32, bf16), KV decoding vs full forward, greedy ids, LoRA and \
+full gradients vs the CPU path; tiny Llama, Qwen2, Mistral, Qwen3, Gemma 3, Phi-3, Phi-4, GPT-2, Qwen3 with YaRN, OLMo 3, \
+Qwen3.5" \
+    tiny_models
 
 # Per-token log-probs on the device against the CPU's f32: within 1e-5 in f32, within 2e-2 under --compute bf16
 # (issue 15's tolerances).

@@ -70,6 +70,19 @@ fn kernels_a_driver_refuses_as_ptx_load_as_machine_code() {
     assert!(!t.contains("FAILED"), "{t}");
 }
 
+/// A whole model on the emulated GPU against the CPU path (`info MODEL --check-device cuda`): logits in f32 and
+/// bf16 (the tensor cores' attention, bf16 activations), KV decoding against the full forward pass, greedy ids, LoRA
+/// and full gradients — every line OK, on Gemma 3 (sliding layers, GeGLU, post norms) and Qwen3.5.
+#[test]
+fn a_whole_model_on_the_device_passes_its_check() {
+    for m in ["tiny-gemma3", "tiny-qwen35"] {
+        let t = condlm(&["info", fixture(m).to_str().unwrap(), "--check-device", "cuda"]);
+        let lines: Vec<&str> = t.lines().filter(|l| l.starts_with("model cuda:0 ")).collect();
+        assert_eq!(lines.len(), 8, "{m}: one line per comparison:\n{t}");
+        assert!(lines.iter().all(|l| l.ends_with(" OK")), "{m}:\n{t}");
+    }
+}
+
 /// Per-token log-probs: the device's f32 within 1e-5 of the CPU's; its `--compute bf16` (bf16 weight products and
 /// attention on the tensor cores) within the acceptance's bf16 tolerance, 2e-2, of the CPU's f32.
 #[test]

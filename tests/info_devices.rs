@@ -47,3 +47,31 @@ fn info_needs_a_model_unless_devices() {
     assert!(!ok, "--tensors without a model must be refused");
     assert!(err.contains("<MODEL>"), "{err}");
 }
+
+/// `info MODEL --check-device reference`: the device path (on the CPU's kernels) against the CPU path on a whole
+/// model — logits (f32, bf16), KV decoding against the full forward pass, greedy ids, LoRA and full gradients —
+/// one OK line each, on a Llama and on the Gated DeltaNet of Qwen3.5. The CPU path is refused as the device.
+#[test]
+fn check_device_compares_a_whole_model_with_the_cpu_path() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+    for m in ["tiny-llama", "tiny-qwen35"] {
+        let model = format!("{fixtures}/{m}");
+        let (ok, out, err) = condlm(&["info", &model, "--check-device", "reference"]);
+        assert!(ok, "{m}: {out}\n{err}");
+        let lines: Vec<&str> = out.lines().filter(|l| l.starts_with("model reference ")).collect();
+        assert_eq!(lines.len(), 8, "{m}: one line per comparison:\n{out}");
+        assert!(lines.iter().all(|l| l.ends_with(" OK")), "{m}:\n{out}");
+        for what in
+            ["logits, f32", "logits, --compute bf16", "KV decoding", "greedy ids", "LoRA gradients", "full gradients"]
+        {
+            assert!(lines.iter().any(|l| l.contains(what)), "{m}: no {what} line:\n{out}");
+        }
+    }
+    let (ok, _, err) = condlm(&["info", &format!("{fixtures}/tiny-llama"), "--check-device", "cpu"]);
+    assert!(!ok && err.contains("name one (cuda, cuda:N or reference)"), "{err}");
+    if !cfg!(feature = "cuda") {
+        let (ok, out, err) = condlm(&["info", &format!("{fixtures}/tiny-llama"), "--check-device", "cuda"]);
+        assert!(!ok && err.contains("built without CUDA"), "{err}");
+        assert!(!out.contains("model cuda"), "refused before any comparison:\n{out}");
+    }
+}

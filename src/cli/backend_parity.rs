@@ -7,7 +7,8 @@
 //!
 //! Every check is generic over the backend, so the test below runs them with `Host` on both sides: that checks
 //! the scenarios themselves (shapes, prefixes) without a GPU.
-use super::kernel_parity::{Check, Compared, attention_layouts, compare, random, run_checks, seq_starts};
+use super::comparisons::{Check, Compared, DIFFERING, REL, compare, run_checks};
+use super::kernel_parity::{attention_layouts, random, seq_starts};
 use anyhow::Result;
 use condlm::formats::gguf::quantize::quantize;
 use condlm::kernels::activation::GateAct;
@@ -201,7 +202,7 @@ fn sum_squares<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
         let (c, g) = (cpu_sums[slot], gpu_read[slot]);
         let err = if (g - c).is_nan() { f64::INFINITY } else { (g - c).abs() / c.abs().max(f64::MIN_POSITIVE) };
         // The squares are exact in f64; only the order of the sums differs.
-        all.push(Compared { name: format!("sum_squares {n}/100100 (f64)"), err, tol: 1e-12 });
+        all.push(Compared { name: format!("sum_squares {n}/100100 (f64)"), measure: REL, err, tol: 1e-12 });
     }
     Ok(())
 }
@@ -1178,7 +1179,12 @@ fn dropout<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()> {
         compare_outs(all, &cpu, &gpu, 0.0);
         let differ =
             cpu_mask.iter().zip(&gpu_mask).filter(|(c, g)| c != g).count() + cpu_mask.len().abs_diff(gpu_mask.len());
-        all.push(Compared { name: format!("dropout mask {n} (words differing)"), err: differ as f64, tol: 0.0 });
+        all.push(Compared {
+            name: format!("dropout mask {n} (words)"),
+            measure: DIFFERING,
+            err: differ as f64,
+            tol: 0.0,
+        });
     }
     // The product summed in another order than the reference's GEMM: within kernel_parity's f32 tolerance.
     // Shapes of one chunk of rows and of du's columns, and of several of each with partial last ones.
@@ -1250,7 +1256,8 @@ fn bf16_activations<B: ReadMask>(dev: &B, all: &mut Vec<Compared>) -> Result<()>
         }
         let differ = cpu_mask.iter().zip(&gpu_mask).filter(|(c, g)| c != g).count();
         all.push(Compared {
-            name: format!("dropout_forward_bf16 mask {shape:?} (words differing)"),
+            name: format!("dropout_forward_bf16 mask {shape:?} (words)"),
+            measure: DIFFERING,
             err: differ as f64,
             tol: 0.0,
         });
@@ -1367,7 +1374,12 @@ fn adamw_bf16_copy<B: ReadMask>(b: &B) -> Result<Compared> {
     b.adamw(&mut [t], 1.0, &AdamWScalars::new(&AdamWConfig::default(), 1e-2, 1))?;
     let (w, h) = (down(b, &w, n)?, b.read_bf16(&h)?);
     let wrong = (0..cap).filter(|&i| h[i] != if i < n { condlm::kernels::bf16::round(w[i]) } else { 0 }).count();
-    Ok(Compared { name: format!("adamw's bf16 copy {n}/{cap} (values off)"), err: wrong as f64, tol: 0.0 })
+    Ok(Compared {
+        name: format!("adamw's bf16 copy {n}/{cap} (values)"),
+        measure: DIFFERING,
+        err: wrong as f64,
+        tol: 0.0,
+    })
 }
 
 /// Every op on zero rows or values leaves its buffers as they are (and launches nothing that could fail).

@@ -30,6 +30,12 @@ pub struct InfoArgs {
     /// random inputs, reporting each; fails (exit 1) if any does not compile, load or agree [default: off].
     #[arg(long, requires = "devices")]
     check_kernels: bool,
+    /// Run the model on DEVICE (cuda, cuda:N, or reference: the device path on the CPU's kernels) beside the CPU
+    /// path on the same rows and compare, one line each: logits in f32 and under --compute bf16, KV-cache decoding
+    /// against the full forward pass, greedy ids, and one step's LoRA (rank 4 on every linear layer, dropout 0.1) and full
+    /// fine-tuning gradients in f32; fails (exit 1) if any is off its tolerance [default: off].
+    #[arg(long, value_name = "DEVICE", requires = "model")]
+    check_device: Option<condlm::network::device::Placement>,
 }
 
 pub fn run(a: InfoArgs) -> Result<()> {
@@ -114,6 +120,10 @@ pub fn run(a: InfoArgs) -> Result<()> {
         for (n, shape, ty) in &rows {
             out!("  {n:50} {ty:6} {shape:?}");
         }
+    }
+    if let Some(device) = a.check_device {
+        out!();
+        super::check_device::run(model, device)?;
     }
     Ok(())
 }

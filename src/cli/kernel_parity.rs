@@ -1,6 +1,7 @@
 //! The CUDA kernels against the CPU kernels they mirror, on one GPU (`info --devices --check-kernels`): small
 //! random inputs (odd sizes, so that partial blocks run), each output compared as max |GPU − CPU| / max |CPU|.
 //! The tolerances allow for FMA contraction, another summation order and CUDA's own exp/tanh/sqrt.
+use super::comparisons::{Check, Compared, REL, compare, run_checks};
 use anyhow::Result;
 use condlm::kernels::activation::{GateAct, glu_backward as cpu_glu_backward, glu_forward as cpu_glu_forward};
 use condlm::kernels::adamw::{AdamWConfig, AdamWScalars, adamw_step as cpu_adamw_step};
@@ -27,16 +28,6 @@ use condlm::kernels::packed::MatrixRef;
 use condlm::kernels::rope::{RopeTable, rope_backward, rope_forward};
 use condlm::rng::uniform;
 
-/// One comparison: its name, the normalized error and the tolerance.
-pub(super) struct Compared {
-    pub name: String,
-    pub err: f64,
-    pub tol: f64,
-}
-
-/// A check of some ops on `D`: pushes its comparisons as it makes them.
-pub(super) type Check<D> = fn(&D, &mut Vec<Compared>) -> Result<()>;
-
 /// Runs every comparison on `d`, printing one line each as its op finishes (an op that fails to run is a line
 /// too, and the others still run); returns how many failed.
 pub fn run(d: &Device) -> Result<usize> {
@@ -50,27 +41,6 @@ pub fn run(d: &Device) -> Result<usize> {
         ("adamw", adamw),
     ];
     run_checks(&format!("parity cuda:{}", d.gpu.ordinal), d, &checks)
-}
-
-/// Runs `checks` on `d`, one line per comparison after `label`, and one per check that fails to run (the
-/// others still run); returns how many failed.
-pub(super) fn run_checks<D>(label: &str, d: &D, checks: &[(&str, Check<D>)]) -> Result<usize> {
-    let mut failed = 0;
-    for (op, check) in checks {
-        let mut done = vec![];
-        let result = check(d, &mut done);
-        for c in &done {
-            let ok = c.err <= c.tol;
-            failed += usize::from(!ok);
-            let verdict = if ok { "OK" } else { "FAILED" };
-            out!("{label} {:38} max |Δ|/max |cpu| {:.1e} (tol {:.0e}) {verdict}", c.name, c.err, c.tol);
-        }
-        if let Err(e) = result {
-            out!("{label} {op} FAILED to run: {e:#}");
-            failed += 1;
-        }
-    }
-    Ok(failed)
 }
 
 /// A packed batch's seq_start of sequences of these lengths: each row's first row of its sequence.
@@ -89,15 +59,6 @@ pub(super) fn seq_starts(lengths: &[usize]) -> Vec<u32> {
 /// `n` values uniform in [−scale, scale) from stream `stream`.
 pub(super) fn random(n: usize, stream: u64, scale: f32) -> Vec<f32> {
     (0..n as u64).map(|i| ((uniform(15, stream, i) * 2.0 - 1.0) as f32) * scale).collect()
-}
-
-pub(super) fn compare(all: &mut Vec<Compared>, name: &str, gpu: &[f32], cpu: &[f32], tol: f64) {
-    assert_eq!(gpu.len(), cpu.len(), "{name}: lengths");
-    // A NaN on either side counts as an infinite error (f64::max alone would drop it).
-    let err =
-        gpu.iter().zip(cpu).map(|(g, c)| (g - c).abs() as f64).map(|e| if e.is_nan() { f64::INFINITY } else { e });
-    let scale = cpu.iter().map(|c| c.abs() as f64).fold(f64::MIN_POSITIVE, f64::max);
-    all.push(Compared { name: name.into(), err: err.fold(0.0, f64::max) / scale, tol });
 }
 
 /// cuBLAS's x·Wᵀ against `matmul` (f32) and `gemm_bf16` (bf16 operands, the same rounded bits on both sides:
@@ -362,7 +323,12 @@ fn cross_entropy(d: &Device, all: &mut Vec<Compared>) -> Result<()> {
         cross_entropy_rows(d, &mut glogits.as_view_mut(), &mut gloss.as_view_mut(), &gtargets, weight, smoothing)?;
         let gpu_loss: f64 = s.clone_dtoh(&gloss)?.iter().sum();
         let rel = ((gpu_loss - loss) / loss).abs();
-        all.push(Compared { name: format!("cross_entropy_rows loss (ε {smoothing})"), err: rel, tol: 1e-6 });
+        all.push(Compared {
+            name: format!("cross_entropy_rows loss (ε {smoothing})"),
+            measure: REL,
+            err: rel,
+            tol: 1e-6,
+        });
         compare(all, &format!("cross_entropy_rows dlogits (ε {smoothing})"), &s.clone_dtoh(&glogits)?, &dlogits, 1e-6);
     }
     Ok(())

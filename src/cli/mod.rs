@@ -14,8 +14,10 @@ macro_rules! out {
 pub mod attention_speed;
 #[cfg(feature = "cuda")]
 pub mod backend_parity;
+pub mod check_device;
 #[cfg(feature = "cuda")]
 pub mod check_kernels;
+pub mod comparisons;
 pub mod demo;
 pub mod device;
 pub mod devices;

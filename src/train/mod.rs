@@ -10,6 +10,7 @@ pub mod objective;
 pub mod on_device;
 pub mod optim;
 pub mod output_dir;
+pub mod parity;
 pub mod plot;
 pub mod run;
 pub mod schedule;
