@@ -404,6 +404,9 @@ full_run() {
 smollm2_throughput() { smollm2_model && throughput "$@"; }
 smollm2_parity() {
     smollm2_model || return 1
+    # The whole-model comparisons at these shapes (cuBLAS's products over 576 and 1 536 features, 30 layers).
+    echo "smollm2-135m:"
+    "$bin" info "$work/smollm2-135m" --check-device "$dev" | grep -E '^model [a-z]' || return 1
     "$py" "$helper" make-data "$work/rows1.jsonl" 320 1 tests/fixtures/train_rows.jsonl || return 1
     for d in cpu "$dev"; do
         train_run "$work/s-$d" "$d" "$work/smollm2-135m" "$work/rows1.jsonl" "${steps:-20}" 8 --eval-fraction 0 ||
@@ -427,7 +430,7 @@ smollm2_parity() {
     echo "bf16 on the device, attention on the tensor cores and MLP activations in bf16, vs bf16 on the CPU (losses):"
     "$py" "$helper" compare-runs "$work/s-$dev-mma" "$work/s-cpu-bf16" 1e-2 losses
 }
-only smollm2-parity gated 60 "SmolLM2-135M-shaped model: 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2; bf16 with tensor-core attention and bf16 MLP activations: losses within 1e-2)" smollm2_parity
+only smollm2-parity gated 60 "SmolLM2-135M-shaped model: --check-device; 20 LoRA steps, cuda vs cpu (f32 within 1e-4, bf16 within 1e-2; bf16 with tensor-core attention and bf16 MLP activations: losses within 1e-2)" smollm2_parity
 
 
 only smollm2-throughput gated 60 "throughput, SmolLM2-135M-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA f32 and bf16, full bf16" smollm2_throughput \
@@ -598,6 +601,15 @@ else
 fi
 rm -rf "$work"
 
+# The acceptance at a glance, read off the sections (gpu_check.py summary), before the first of them.
+summary=$(mktemp)
+if { echo "## Summary"; echo; "$py" "$helper" summary "$report.tmp"; } >"$summary" 2>&1; then
+    awk -v f="$summary" '/^## / && !done { while ((getline l < f) > 0) print l; print ""; done = 1 } { print }' \
+        "$report.tmp" >"$report.tmp.2" && mv "$report.tmp.2" "$report.tmp"
+else
+    { echo; echo "## Summary"; echo; echo "the summary failed:"; cat "$summary"; } >>"$report.tmp"
+fi
+rm -f "$summary"
 mv "$report.tmp" "$report"
 cat "$report"
 echo "gpu_check: wrote $report (status $status)"

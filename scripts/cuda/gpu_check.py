@@ -13,10 +13,12 @@
                                                          and its model FLOP utilisation (GPU_CHECK_PEAKS)
   gpu_check.py compare-generations A.jsonl B.jsonl       the generations of two `condlm generate --data` runs: equal
   gpu_check.py hf-generate MODEL_DIR PROMPT NEW DTYPE    transformers' greedy `generate` on cuda:0: decode tokens/s
+  gpu_check.py summary REPORT.md                         issue 15's acceptance read off the report's sections: a
+                                                         table of criterion, measured, target and verdict
 
 Every comparison prints one line per quantity and exits 1 when one is outside its tolerance.
 """
-import json, math, os, sys, time
+import json, math, os, re, sys, time
 
 
 def rows(path):
@@ -250,6 +252,148 @@ def throughput(d, model_dir, full=False):
     return True
 
 
+def sections(report):
+    """The report's sections as (title, body lines)."""
+    out, title, body = [], None, []
+    for line in open(report).read().splitlines():
+        if line.startswith("## "):
+            if title is not None:
+                out.append((title, body))
+            title, body = line[3:], []
+        elif title is not None:
+            body.append(line)
+    if title is not None:
+        out.append((title, body))
+    return out
+
+
+CHECK_LINE = re.compile(r"^model \S+ (.+?)\s+(max \|Δ\|/max \|cpu\||‖Δ‖/‖cpu‖|\|Δ\|/\|cpu\||differing) (\S+) "
+                        r"\(tol (\S+)\) (OK|FAILED)$")
+CHECK_KINDS = ["logits, f32", "logits, --compute bf16", "KV decoding", "greedy ids", "LoRA loss", "LoRA gradients",
+               "full loss", "full gradients"]
+
+
+def model_checks(body):
+    """`info MODEL --check-device` lines: per kind of comparison, the worst error over the models, its tolerance,
+    how many lines and how many failed; the models' count, and comparisons that failed to run."""
+    kinds, models = {}, sum(1 for l in body if re.match(r"^tiny-\S+:$", l))
+    for line in body:
+        m = CHECK_LINE.match(line)
+        if not m:
+            continue
+        kind = next((k for k in CHECK_KINDS if m.group(1).startswith(k)), m.group(1))
+        worst, tol, n, bad = kinds.get(kind, (0.0, float(m.group(4)), 0, 0))
+        kinds[kind] = (max(worst, float(m.group(3))), tol, n + 1, bad + (m.group(5) == "FAILED"))
+    return kinds, models, sum("FAILED to run" in l for l in body)
+
+
+def throughput_entries(body):
+    """The throughput sections' runs in order: condlm's (its label line, tokens/s, MFU) and PyTorch's (engine,
+    tokens/s), each with its peak GPU memory line (condlm's printed before its label, PyTorch's after its JSON)."""
+    entries, peak, label = [], None, None
+    for line in body:
+        m = re.match(r"^peak GPU memory above idle: (-?\d+) MiB", line)
+        if m:
+            if entries and entries[-1]["engine"] != "condlm" and entries[-1]["peak"] is None:
+                entries[-1]["peak"] = int(m.group(1))
+            else:
+                peak = int(m.group(1))
+        elif line.endswith(":") and ("compute" in line):
+            label = line[:-1]
+        elif line.startswith("{") and '"engine"' in line:
+            r = json.loads(line)
+            if r["engine"] == "condlm":
+                entries.append({"engine": "condlm", "label": label, "tps": r["tokens_per_s"],
+                                "mfu": r.get("mfu_vs_bf16_peak"), "peak": peak})
+                peak = None
+            else:
+                entries.append({"engine": r["engine"], "tps": r["tokens_per_s"], "peak": None})
+    return entries
+
+
+def fmt(x, unit=""):
+    return "—" if x is None else (f"{x:.3g}{unit}" if isinstance(x, float) else f"{x}{unit}")
+
+
+def summary(report):
+    """Issue 15's acceptance read off the report: one row per criterion (measured, target, verdict), for a reader
+    with minutes to spare. It reads; the sections themselves decide the script's status."""
+    rows, ran = [], []
+    for title, body in sections(report):
+        done = [re.match(r"^exit status (\d+) in (\d+ m?s)$", l) for l in body]
+        done = next((m for m in done if m), None)
+        short = title if len(title) <= 72 else title[:71] + "…"
+        if done:
+            ran.append((short, f"exit status {done.group(1)} in {done.group(2)}", "pass" if done.group(1) == "0" else "FAIL"))
+        elif any(l.startswith("skipped:") for l in body):
+            ran.append((short, next(l for l in body if l.startswith("skipped:")), "—"))
+        if title.startswith("condlm info --devices --check-kernels"):
+            ok = sum(bool(re.match(r"^(parity|backend) .* OK$", l)) for l in body)
+            bad = sum(bool(re.match(r"^(parity|backend|peak|speed) .*FAILED", l)) for l in body)
+            rows.append(("kernels and backend ops vs the CPU's (--check-kernels)", f"{ok} OK, {bad} FAILED", "all OK",
+                         "pass" if ok and not bad else "FAIL"))
+        elif title.startswith("info MODEL --check-device"):
+            kinds, models, broken = model_checks(body)
+            for kind in CHECK_KINDS:
+                if kind not in kinds:
+                    rows.append((f"tiny models: {kind}", "no line", "—", "FAIL"))
+                    continue
+                worst, tol, n, bad = kinds[kind]
+                verdict = "pass" if bad == 0 and n == models and not broken else "FAIL"
+                rows.append((f"tiny models ({models}): {kind}", f"worst {worst:.1e} ({bad} of {n} off)", f"≤ {tol:g}",
+                             verdict))
+        elif title.startswith("SmolLM2-135M-shaped model:"):
+            kinds, _, broken = model_checks(body)
+            for kind, (worst, tol, n, bad) in kinds.items():
+                rows.append((f"SmolLM2-135M shape: {kind}", f"{worst:.1e}", f"≤ {tol:g}",
+                             "pass" if bad == 0 and not broken else "FAIL"))
+            runs = ["f32", "bf16 (f32 attention and activations)", "bf16 (tensor cores, bf16 activations)"]
+            losses = [l for l in body if l.startswith("loss:")]
+            for name, line in zip(runs, losses):
+                m = re.search(r"(\d+) values.*worst relative difference (\S+) \(tolerance (\S+)\)", line)
+                if m:
+                    ok = float(m.group(2)) <= float(m.group(3))
+                    rows.append((f"SmolLM2-135M shape, {m.group(1)} LoRA steps' losses vs the CPU, {name}",
+                                 f"{float(m.group(2)):.1e}", f"≤ {m.group(3)}", "pass" if ok else "FAIL"))
+        elif title.startswith("throughput,") or title.startswith("quantized base on the GPU"):
+            shape = title.split(",")[1].strip().split(":")[0] if title.startswith("throughput,") else "SmolLM2 Q4_K"
+            e = throughput_entries(body)
+            torch = {x["engine"]: x for x in e if x["engine"] != "condlm"}
+            pairs = {"LoRA, compute f32": ("pytorch+peft f32", None), "LoRA, compute bf16": ("pytorch+peft bf16", 1.5),
+                     "full fine-tuning, compute bf16": ("pytorch full, bf16 autocast", 1.5)}
+            for x in (x for x in e if x["engine"] == "condlm"):
+                base, target = pairs.get(x["label"], (None, None))
+                ref = torch.get(base)
+                ratio = x["tps"] / ref["tps"] if ref and ref["tps"] else None
+                measured = f"{x['tps']:.0f} tokens/s"
+                if ref:
+                    measured += f" vs {ref['tps']:.0f}: ×{ratio:.2f}; peak {fmt(x['peak'], ' MiB')} vs {fmt(ref['peak'], ' MiB')}"
+                if x["mfu"] is not None:
+                    measured += f"; MFU {100 * x['mfu']:.1f} %"
+                verdict = "—" if target is None or ratio is None else ("pass" if ratio >= target else "below")
+                rows.append((f"{shape}: {x['label']} vs {base or 'condlm alone'}", measured,
+                             f"≥ {target}×" if target else "—", verdict))
+        elif title.startswith("decode,"):
+            text = "\n".join(body)
+            ours = [float(v) for v in re.findall(r"decode ([\d.]+) tokens/s", text)]
+            hf = [json.loads(l) for l in body if l.startswith("{") and "transformers generate" in l]
+            if len(ours) >= 3 and len(hf) >= 2:
+                for name, mine, theirs in (("f32, CUDA graphs", ours[0], hf[0]), ("bf16", ours[2], hf[1])):
+                    t = theirs["decode_tokens_per_s"]
+                    rows.append((f"decode tokens/s, SmolLM2-135M shape, {name} vs transformers' generate",
+                                 f"{mine:.0f} vs {t:.0f}: ×{mine / t:.2f}", "reported", "—"))
+    print("| section | result | verdict |")
+    print("|---|---|---|")
+    for r in ran:
+        print("| " + " | ".join(r) + " |")
+    print()
+    print("| criterion | measured | target | verdict |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print("| " + " | ".join(r) + " |")
+    return True
+
+
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     ok = {
@@ -261,5 +405,6 @@ if __name__ == "__main__":
         "throughput": lambda: throughput(args[0], args[1], args[2:] == ["full"]),
         "compare-generations": lambda: compare_generations(args[0], args[1]),
         "hf-generate": lambda: hf_generate(args[0], args[1], int(args[2]), args[3]),
+        "summary": lambda: summary(args[0]),
     }[cmd]()
     sys.exit(0 if ok else 1)

@@ -1,8 +1,9 @@
 //! `condlm info MODEL --check-device DEVICE`: the model on a device beside the CPU path on the same rows — issue
 //! 15's acceptance on a whole model rather than op by op (`--check-kernels`): logits in f32 and under `--compute
 //! bf16`, KV-cache decoding against the full forward pass, greedy ids, and one step's LoRA (with dropout) and
-//! full fine-tuning gradients. One line per comparison, as `--check-kernels` prints them (max |Δ| / max |cpu| against a
-//! tolerance); fails if any is off.
+//! full fine-tuning gradients. One line per comparison, as `--check-kernels` prints them (the error, how it is
+//! measured, the tolerance); fails if any is off. The measures and tolerances are the README's "Issue 15's
+//! acceptance is checked on whole models" decision.
 use super::comparisons::{
     Check, Compared, DIFFERING, MAX_REL, NORM_REL, REL, compare, max_rel_err, norm_rel_err, run_checks,
 };
