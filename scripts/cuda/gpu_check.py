@@ -370,9 +370,14 @@ def summary(report):
                     measured += f" vs {ref['tps']:.0f}: ×{ratio:.2f}; peak {fmt(x['peak'], ' MiB')} vs {fmt(ref['peak'], ' MiB')}"
                 if x["mfu"] is not None:
                     measured += f"; MFU {100 * x['mfu']:.1f} %"
-                verdict = "—" if target is None or ratio is None else ("pass" if ratio >= target else "below")
-                rows.append((f"{shape}: {x['label']} vs {base or 'condlm alone'}", measured,
-                             f"≥ {target}×" if target else "—", verdict))
+                if target is None:
+                    verdict = "—"
+                elif ratio is None:
+                    verdict = "no PyTorch number"
+                else:
+                    verdict = "pass" if ratio >= target else "below"
+                name = f"{shape}: condlm {x['label']}" + (f" vs {base}" if base else "")
+                rows.append((name, measured, f"≥ {target}×" if target else "—", verdict))
         elif title.startswith("decode,"):
             text = "\n".join(body)
             ours = [float(v) for v in re.findall(r"decode ([\d.]+) tokens/s", text)]
