@@ -51,7 +51,9 @@
 #     fine-tuning in bf16 on the 1.5B shape (the
 #     135M one when the 1.5B was skipped); compute-sanitizer (memcheck, racecheck; skipped where it does not support
 #     the runtime, as on gVisor) over 2 LoRA steps (bf16, f32) and a generation on tiny Llama.
-# scripts/cuda/gpu_check.py does the comparisons and PEFT's side. The whole script must stay under 8 minutes: one
+# The report opens with a summary (gpu_check.py summary): each section's exit status, then issue 15's acceptance
+# criteria read off the sections — measured, target, verdict; the ratios to PyTorch's tokens/s, peak memory and
+# model FLOP utilisation side by side. scripts/cuda/gpu_check.py does the comparisons and PEFT's side. The whole script must stay under 8 minutes: one
 # budget (GPU_CHECK_BUDGET, 450 s) gates the later sections; a run stopped at the device tool's timeout still returns
 # what it wrote ($OUT/gpu_check.md.tmp).
 #
