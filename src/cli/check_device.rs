@@ -143,8 +143,8 @@ fn greedy(s: &Subject, out: &mut Vec<Compared>) -> Result<()> {
     Ok(())
 }
 
-/// One step's loss and gradients of `trained` (already uploaded as `dev`) on the device against the CPU path's:
-/// the loss, and the gradient of the trainable tensor that is furthest off.
+/// One step on the same rows on the device (`dev`, uploaded from a model like `cpu`) and on the CPU path (`cpu`):
+/// the losses, and the gradient of the trainable tensor furthest off, read back into `copy` (another such model).
 fn gradients<B: Backend>(
     mut dev: DeviceModel<B>,
     mut cpu: Transformer,
