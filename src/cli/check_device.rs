@@ -8,7 +8,6 @@ use super::comparisons::{
     Check, Compared, DIFFERING, MAX_REL, NORM_REL, REL, compare, max_rel_err, norm_rel_err, run_checks,
 };
 use anyhow::{Result, bail};
-use condlm::data::example::Example;
 use condlm::formats::load::load_model_as;
 use condlm::formats::weights::BaseDtype;
 use condlm::generate::decoder::Decoder;
@@ -153,7 +152,7 @@ fn gradients<B: Backend>(
     tol: f64,
     out: &mut Vec<Compared>,
 ) -> Result<()> {
-    let rows: Vec<Example> = probe_rows(cpu.config.vocab_size as u32);
+    let rows = probe_rows(cpu.config.vocab_size as u32);
     let want_loss = cpu_step(&mut cpu, &rows, 5, 0.0)?;
     let loss = device_step(&mut dev, &rows, 5, 0.0)?;
     out.push(Compared {
@@ -172,8 +171,9 @@ fn gradients<B: Backend>(
         .zip(&want)
         .map(|((n, g), (_, w))| (n, max_rel_err(g, w)))
         .fold((&want[0].0, 0.0), |worst, (n, e)| if e > worst.1 { (n, e) } else { worst });
+    let worst = if err > 0.0 { format!("worst {name}") } else { "all equal".into() };
     out.push(Compared {
-        name: format!("{what} gradients of {} tensors, worst {name}", want.len()),
+        name: format!("{what} gradients of {} tensors, {worst}", want.len()),
         measure: MAX_REL,
         err,
         tol,
