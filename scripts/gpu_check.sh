@@ -46,7 +46,9 @@
 #   - decode tokens/s of `generate --device cuda` (with and without CUDA graphs) vs transformers' `generate` (f32,
 #     bf16) on the SmolLM2-135M shape, and prefill tokens/s of a ≈ 1 000-token prompt;
 #   - then, while the budget allows (each skipped section says so): LoRA and full throughput in bf16 on a
-#     Qwen2.5-1.5B-shaped model (saved in bf16), and on a Qwen3.5-0.8B-shaped one (Gated DeltaNet layers); where a
+#     Qwen2.5-1.5B-shaped model (saved in bf16; an acceptance row, so it runs before the next one, which is not),
+#     LoRA on the SmolLM2-135M shape exported as Q4_K (the base kept in its blocks) and decoding from it, LoRA and
+#     full throughput on a Qwen3.5-0.8B-shaped model (Gated DeltaNet layers); where a
 #     training step's GPU time goes, op by op (CONDLM_CUDA_PROFILE=1: an event after every op), for LoRA and full
 #     fine-tuning in bf16 on the 1.5B shape (the
 #     135M one when the 1.5B was skipped); compute-sanitizer (memcheck, racecheck; skipped where it does not support
@@ -69,7 +71,7 @@
 # set, else scripts/gpu_check.md)
 # GPU_CHECK_SECTIONS="KEY ...": only these sections (a rerun after a fix need not spend the device's minutes on what
 # passed): devices (nvidia-smi, --check-kernels and the GEMM peaks), model, score, quantized, train, generate,
-# smollm2-parity, smollm2-throughput, smollm2-decode, smollm2-q4k, qwen2.5-1.5b, qwen3.5-0.8b, profile, sanitize.
+# smollm2-parity, smollm2-throughput, smollm2-decode, qwen2.5-1.5b, smollm2-q4k, qwen3.5-0.8b, profile, sanitize.
 # Unset: all of them.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -471,6 +473,19 @@ smollm2_decode() { smollm2_model && decode_speed "$@"; }
 only smollm2-decode gated 30 "decode, SmolLM2-135M-shaped: condlm $dev (f32, bf16) vs transformers generate" smollm2_decode \
     "$work/smollm2-135m" "${steps:-128}"
 
+# The 1.5B-shaped model (saved in bf16: half the bytes to write and read, five loads) only with room for it.
+title="throughput, Qwen2.5-1.5B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16"
+if ! want qwen2.5-1.5b; then
+    only qwen2.5-1.5b
+elif [ "$(left)" -ge 150 ]; then
+    qwen() {
+        "$py" "$helper" make-model "$work/qwen2.5-1.5b" qwen2.5-1.5b tests/fixtures/tiny-llama bf16 || return 1
+        throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8 bf16 bf16-f32-mlp
+    }
+    run_check "$title" qwen
+else
+    skipped "$title"
+fi
 # The SmolLM2-135M shape exported as Q4_K (down_proj's 1536-wide rows in Q4_K, the 576-wide ones in Q5_0 by
 # llama.cpp's fallback), kept in its blocks on the GPU (a training step's products decode the matrix for cuBLAS, a
 # decoding step's read the blocks themselves: packed_gemv): LoRA tokens/s and peak GPU memory in bf16 beside the
@@ -494,19 +509,6 @@ smollm2_quantized() {
 only smollm2-q4k gated 40 "quantized base on the GPU, SmolLM2-135M-shaped Q4_K: LoRA tokens/s and peak memory (bf16), decode" \
     smollm2_quantized
 
-# The 1.5B-shaped model (saved in bf16: half the bytes to write and read, five loads) only with room for it.
-title="throughput, Qwen2.5-1.5B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16"
-if ! want qwen2.5-1.5b; then
-    only qwen2.5-1.5b
-elif [ "$(left)" -ge 150 ]; then
-    qwen() {
-        "$py" "$helper" make-model "$work/qwen2.5-1.5b" qwen2.5-1.5b tests/fixtures/tiny-llama bf16 || return 1
-        throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8 bf16 bf16-f32-mlp
-    }
-    run_check "$title" qwen
-else
-    skipped "$title"
-fi
 # The Qwen3.5-0.8B-shaped model (24 layers, its 248k vocabulary; saved in bf16) with room left: its Gated DeltaNet's
 # kernels against transformers' own (flash-linear-attention's where installed, else transformers' torch code).
 title="throughput, Qwen3.5-0.8B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16"
