@@ -106,11 +106,19 @@ def make_model(out, shape, tokenizer_dir, dtype="f32"):
         "qwen3_5": ("Qwen3_5TextConfig", "Qwen3_5ForCausalLM"),
     }[arch]
     cfg_cls, model_cls = getattr(transformers, cfg_cls), getattr(transformers, model_cls)
+    cfg = cfg_cls(**s, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
-    model = model_cls(cfg_cls(**s, bos_token_id=1, eos_token_id=2, pad_token_id=0))
+    # Initialised on the GPU: random init of a 1.5B model takes ~45 s on 2 CPU cores, a second or two there. Not
+    # tried there before: on failure, said, on the CPU.
+    try:
+        with torch.device(os.environ.get("GPU_CHECK_TORCH_DEVICE", "cuda")):
+            model = model_cls(cfg)
+    except Exception as e:
+        print(f"make-model: init on the GPU failed ({e}); on the CPU instead")
+        model = model_cls(cfg)
     if dtype == "bf16":  # half the bytes to write and read: a 1.5B model is 6 GB in f32
         model = model.to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
+    model.to("cpu").save_pretrained(out, safe_serialization=True)
     for f in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy(os.path.join(tokenizer_dir, f), out)
     print(f"{shape}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters in {out}")
