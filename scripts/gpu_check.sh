@@ -453,9 +453,7 @@ decode_speed() {
     echo "--compute bf16:"
     "$bin" generate --model "$1" --prompt "$prompt" --max-new-tokens "$2" --ignore-eos --device "$dev" \
         --compute bf16 2>&1 >/dev/null | grep -E '^warning|tokens/s' || return 1
-    for dt in f32 bf16; do
-        "$py" "$helper" hf-generate "$1" "$prompt" "$2" "$dt" || return 1
-    done
+    "$py" "$helper" hf-generate "$1" "$prompt" "$2" f32,bf16 || return 1
     # A long prompt (the one above 40 times, ≈ 1 000 tokens): prefill tokens/s, condlm's attention on the prompt's
     # own rows (the tiled kernel) vs transformers'.
     local long
@@ -465,9 +463,7 @@ decode_speed() {
         "$bin" generate --model "$1" --prompt "$long" --max-new-tokens 8 --ignore-eos --device "$dev" --compute "$c" \
             2>&1 >/dev/null | grep -E '^warning|tokens/s' || return 1
     done
-    for c in f32 bf16; do
-        "$py" "$helper" hf-generate "$1" "$long" 8 "$c" || return 1
-    done
+    "$py" "$helper" hf-generate "$1" "$long" 8 f32,bf16
 }
 smollm2_decode() { smollm2_model && decode_speed "$@"; }
 only smollm2-decode gated 30 "decode, SmolLM2-135M-shaped: condlm $dev (f32, bf16) vs transformers generate" smollm2_decode \

@@ -12,7 +12,8 @@
   gpu_check.py throughput DIR MODEL_DIR [full]           tokens/s of a `condlm train` run (its steps after the first)
                                                          and its model FLOP utilisation (GPU_CHECK_PEAKS)
   gpu_check.py compare-generations A.jsonl B.jsonl       the generations of two `condlm generate --data` runs: equal
-  gpu_check.py hf-generate MODEL_DIR PROMPT NEW DTYPE    transformers' greedy `generate` on cuda:0: decode tokens/s
+  gpu_check.py hf-generate MODEL_DIR PROMPT NEW DTYPES   transformers' greedy `generate` on cuda:0, in each of
+                                                         DTYPES (f32,bf16): prefill and decode tokens/s
   gpu_check.py summary REPORT.md                         issue 15's acceptance read off the report's sections: a
                                                          table of criterion, measured, target and verdict
 
@@ -192,29 +193,32 @@ def compare_generations(a, b):
     return len(ra) == len(rb) and same == len(rb)
 
 
-def hf_generate(model_dir, prompt, new, dtype):
-    """Greedy decoding with the KV cache, batch 1, as `condlm generate --prompt` runs it; prefill excluded."""
+def hf_generate(model_dir, prompt, new, dtypes):
+    """Greedy decoding with the KV cache, batch 1, as `condlm generate --prompt` runs it; prefill excluded. One JSON
+    line per dtype of `dtypes` (comma-separated), in one process: importing torch and transformers costs seconds."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     torch.backends.cuda.matmul.allow_tf32 = False
     dev = os.environ.get("GPU_CHECK_TORCH_DEVICE", "cuda")
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    dt = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).to(dev).eval()
     ids = torch.tensor([tok.encode(prompt, add_special_tokens=False)], device=dev)
-    with torch.no_grad():
-        model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up
-        sync(); t = time.time()
-        model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
-        sync(); prefill = time.time() - t
-        t = time.time()
-        out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
-        sync(); total = time.time() - t
-    made = out.shape[1] - ids.shape[1]
-    print(json.dumps({"engine": f"transformers generate {dtype}", "prompt_tokens": ids.shape[1], "new_tokens": made,
-                      "prefill_tokens_per_s": ids.shape[1] / max(prefill, 1e-9),
-                      "decode_tokens_per_s": (made - 1) / max(total - prefill, 1e-9)}))
+    for dtype in dtypes.split(","):
+        dt = {"f32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dt).to(dev).eval()
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up
+            sync(); t = time.time()
+            model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=False)
+            sync(); prefill = time.time() - t
+            t = time.time()
+            out = model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+            sync(); total = time.time() - t
+        made = out.shape[1] - ids.shape[1]
+        print(json.dumps({"engine": f"transformers generate {dtype}", "prompt_tokens": ids.shape[1],
+                          "new_tokens": made, "prefill_tokens_per_s": ids.shape[1] / max(prefill, 1e-9),
+                          "decode_tokens_per_s": (made - 1) / max(total - prefill, 1e-9)}), flush=True)
+        del model
     return True
 
 
