@@ -163,7 +163,7 @@ def peft(model_dir, data, steps, batch, rank, dtype, mode="lora"):
         enc.append((x + y, [-100] * len(x) + y))
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    toks, secs = 0, 0.0
+    toks, positions, secs = 0, 0, 0.0
     for s in range(steps + 1):
         b = [enc[(s * batch + k) % len(enc)] for k in range(batch)]
         L = max(len(i) for i, _ in b)
@@ -178,9 +178,11 @@ def peft(model_dir, data, steps, batch, rank, dtype, mode="lora"):
         loss.backward(); opt.step(); opt.zero_grad()
         sync()
         if s > 0:
-            toks += int(att.sum()); secs += time.time() - t
+            toks += int(att.sum()); positions += batch * L; secs += time.time() - t
     engine = f"pytorch full, {'bf16 autocast' if dtype == 'bf16' else 'f32'}" if full else f"pytorch+peft {dtype}"
-    print(json.dumps({"engine": engine, "tokens_per_s": toks / secs,
+    # tokens/s counts real tokens, as condlm's does; the batches are padded to their longest row (condlm packs rows
+    # without padding): real_token_fraction says how much of PyTorch's work that padding is.
+    print(json.dumps({"engine": engine, "tokens_per_s": toks / secs, "real_token_fraction": toks / positions,
                       "torch_max_allocated_mib": torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None, "last_loss": loss.item(),
                       **utilisation(model_dir, toks / secs, full)}))
     return True
@@ -319,7 +321,8 @@ def throughput_entries(body):
                                 "mfu": r.get("mfu_vs_bf16_peak"), "peak": peak})
                 peak = None
             else:
-                entries.append({"engine": r["engine"], "tps": r["tokens_per_s"], "peak": None})
+                entries.append({"engine": r["engine"], "tps": r["tokens_per_s"], "peak": None,
+                                "real": r.get("real_token_fraction")})
     return entries
 
 
@@ -382,6 +385,8 @@ def summary(report):
                     measured += f" vs {ref['tps']:.0f}: ×{ratio:.2f}; peak {fmt(x['peak'], ' MiB')} vs {fmt(ref['peak'], ' MiB')}"
                 if x["mfu"] is not None:
                     measured += f"; MFU {100 * x['mfu']:.1f} %"
+                if ref and ref.get("real") is not None:
+                    measured += f"; PyTorch's padded batches {100 * ref['real']:.0f} % real tokens"
                 if target is None:
                     verdict = "—"
                 elif ratio is None:
