@@ -41,7 +41,8 @@
 #   - throughput on the SmolLM2-135M shape: `condlm train --device cuda` LoRA (f32, bf16, and bf16 with attention or
 #     the MLP's activations in f32 — what the tensor-core attention and the bf16 activations gain) vs PyTorch + PEFT
 #     (f32 without TF32, bf16), and full fine-tuning in bf16 vs PyTorch under bf16 autocast, on the same rows and
-#     batches: tokens/s, peak GPU memory and model FLOP utilisation (the weight products' FLOPs per token times
+#     batch size (condlm shuffles them, PyTorch takes them in order; PyTorch pads each batch to its longest row, condlm
+#     packs rows): tokens/s of real tokens, peak GPU memory and model FLOP utilisation (the weight products' FLOPs per token times
 #     tokens/s, against the peaks --check-kernels measured);
 #   - decode tokens/s of `generate --device cuda` (with and without CUDA graphs) vs transformers' `generate` (f32,
 #     bf16) on the SmolLM2-135M shape, and prefill tokens/s of a ≈ 1 000-token prompt;
@@ -371,7 +372,7 @@ smollm2_model() {
     [ -f "$work/smollm2-135m/config.json" ] ||
         "$py" "$helper" make-model "$work/smollm2-135m" smollm2-135m tests/fixtures/tiny-llama
 }
-# throughput MODEL STEPS BATCH COMPUTE...: on rows four completions long, the same batches on both sides: LoRA (r 16
+# throughput MODEL STEPS BATCH COMPUTE...: on rows four completions long, batches of BATCH rows on both sides: LoRA (r 16
 # on every linear layer), condlm on the device for each COMPUTE (f32, bf16; bf16-f32-attention: bf16 with attention
 # in f32, what the tensor cores' attention gains; bf16-f32-mlp: bf16 with the MLP's activations in f32, what keeping
 # them in bf16 gains) and PyTorch + PEFT for each of f32 and bf16 listed; then full fine-tuning in bf16, condlm
