@@ -462,6 +462,30 @@ fn training_steps_after_the_first_allocate_nothing_and_wait_twice() {
     }
 }
 
+/// metrics.jsonl's `device_wait_s`: the seconds a step's host waited for the device in its reads. The emulator runs
+/// work as it is queued, so its waits are near 0 (as a GPU's when the host's launches bound a step); with each
+/// synchronize made to take 50 ms (a GPU still busy), a step's two reads (loss, gradient norm) wait ≥ 0.1 s of the
+/// step's time. The CPU path writes no such field.
+#[test]
+fn a_step_tells_how_long_the_host_waited_for_the_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let waits = |d: &Path| -> Vec<(f64, f64)> {
+        let rows = jsonl(&d.join("metrics.jsonl"));
+        let steps = rows.iter().filter(|r| r["step_s"].is_f64());
+        steps.map(|r| (r["device_wait_s"].as_f64().unwrap_or(f64::NAN), r["step_s"].as_f64().unwrap())).collect()
+    };
+    let (idle, busy, cpu) = (dir.path().join("idle"), dir.path().join("busy"), dir.path().join("cpu"));
+    train(&idle, "tiny-llama", "cuda", &["--eval-fraction", "0"]);
+    train_with(&busy, "tiny-llama", "cuda", &["--eval-fraction", "0"], &[("CUDA_EMULATOR_SYNC_MS", "50")]);
+    train(&cpu, "tiny-llama", "cpu", &["--eval-fraction", "0"]);
+    let (idle, busy) = (waits(&idle), waits(&busy));
+    assert_eq!((idle.len(), busy.len()), (3, 3), "{idle:?} {busy:?}");
+    assert!(idle.iter().all(|&(w, s)| (0.0..0.05).contains(&w) && w < s), "{idle:?}");
+    assert!(busy.iter().all(|&(w, s)| w >= 0.1 && w <= s), "{busy:?}");
+    let cpu_rows = jsonl(&cpu.join("metrics.jsonl"));
+    assert!(cpu_rows.iter().any(|r| r["step_s"].is_f64()) && cpu_rows.iter().all(|r| r.get("device_wait_s").is_none()));
+}
+
 /// A run's device buffers are sized before its first step for the largest micro-batch it will form, so a run too
 /// large for the device fails at once, saying why, not at the step that first forms that batch: rows of 4 to 70
 /// tokens in shuffled order, an emulated GPU with memory between the peaks of a 1-step run and of a 6-step one; the

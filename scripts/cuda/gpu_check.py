@@ -9,8 +9,9 @@
   gpu_check.py peft MODEL_DIR DATA STEPS BATCH RANK DTYPE [full]
                                                          PyTorch + PEFT LoRA (all linear layers) on cuda:0, or
                                                          with `full` PyTorch full fine-tuning (bf16: autocast)
-  gpu_check.py throughput DIR MODEL_DIR [full]           tokens/s of a `condlm train` run (its steps after the first)
-                                                         and its model FLOP utilisation (GPU_CHECK_PEAKS)
+  gpu_check.py throughput DIR MODEL_DIR [full]           tokens/s of a `condlm train` run (its steps after the first),
+                                                         its model FLOP utilisation (GPU_CHECK_PEAKS) and the share
+                                                         of its time the host waited for the GPU
   gpu_check.py compare-generations A.jsonl B.jsonl       the generations of two `condlm generate --data` runs: equal
   gpu_check.py hf-generate MODEL_DIR PROMPT NEW DTYPES   transformers' greedy `generate` on cuda:0, in each of
                                                          DTYPES (f32,bf16): prefill and decode tokens/s
@@ -261,8 +262,12 @@ def throughput(d, model_dir, full=False):
     m = rows(os.path.join(d, "metrics.jsonl"))
     steps = [r for r in m if r.get("tokens_per_s") is not None][1:]
     toks, secs = sum(r["tokens"] for r in steps), sum(r["step_s"] for r in steps)
+    # The share of the steps' time the host waited for the GPU in its reads: near 1 the GPU bounds the steps, near 0
+    # the host's launches do (the GPU idles between them).
+    waited = [r.get("device_wait_s") for r in steps]
+    wait_share = sum(waited) / secs if waited and None not in waited else None
     print(json.dumps({"engine": "condlm", "dir": d, "steps": len(steps), "tokens_per_s": toks / secs,
-                      **utilisation(model_dir, toks / secs, full)}))
+                      "host_wait_share": wait_share, **utilisation(model_dir, toks / secs, full)}))
     return True
 
 
@@ -318,7 +323,7 @@ def throughput_entries(body):
             r = json.loads(line)
             if r["engine"] == "condlm":
                 entries.append({"engine": "condlm", "label": label, "tps": r["tokens_per_s"],
-                                "mfu": r.get("mfu_vs_bf16_peak"), "peak": peak})
+                                "mfu": r.get("mfu_vs_bf16_peak"), "peak": peak, "wait": r.get("host_wait_share")})
                 peak = None
             else:
                 entries.append({"engine": r["engine"], "tps": r["tokens_per_s"], "peak": None,
@@ -385,6 +390,8 @@ def summary(report):
                     measured += f" vs {ref['tps']:.0f}: ×{ratio:.2f}; peak {fmt(x['peak'], ' MiB')} vs {fmt(ref['peak'], ' MiB')}"
                 if x["mfu"] is not None:
                     measured += f"; MFU {100 * x['mfu']:.1f} %"
+                if x.get("wait") is not None:
+                    measured += f"; host waiting for the GPU {100 * x['wait']:.0f} % of the steps' time"
                 if ref and ref.get("real") is not None:
                     measured += f"; PyTorch's padded batches {100 * ref['real']:.0f} % real tokens"
                 if target is None:

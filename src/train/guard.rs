@@ -95,7 +95,7 @@ mod tests {
     use super::*;
 
     fn stats(loss: f64, grad_norm: f64) -> StepStats {
-        StepStats { loss, y_tokens: 10, tokens: 20, grad_norm, lr: 1e-3, comm_s: 0.0, wait_s: 0.0 }
+        StepStats { loss, y_tokens: 10, tokens: 20, grad_norm, lr: 1e-3, comm_s: 0.0, wait_s: 0.0, device_wait_s: None }
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub trait DeviceStep {
     fn set_state(&mut self, model: &mut Transformer, moments: &[Moments]) -> Result<()>;
     /// Scoring rows on the device with the current weights (evaluation during training).
     fn scorer(&mut self) -> &mut dyn Scorer;
+    /// Seconds the host has waited for the device in reads so far (`Backend::waited_s`).
+    fn waited_s(&self) -> f64;
 }
 
 impl<B: Backend> DeviceStep for DeviceModel<B> {
@@ -102,6 +104,10 @@ impl<B: Backend> DeviceStep for DeviceModel<B> {
 
     fn scorer(&mut self) -> &mut dyn Scorer {
         self
+    }
+
+    fn waited_s(&self) -> f64 {
+        DeviceModel::waited_s(self)
     }
 }
 

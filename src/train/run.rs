@@ -904,11 +904,15 @@ impl StepLoop<'_> {
             }
             let (done, tps) = (step + 1, p.tokens as f64 / p.train_secs);
             if let Some(m) = &mut metrics {
-                m.log(serde_json::json!({
+                let mut row = serde_json::json!({
                     "step": done, "epoch": plan.epoch_of(done), "loss": st.loss, "lr": st.lr,
                     "grad_norm": st.grad_norm, "tokens": st.tokens, "y_tokens": st.y_tokens,
                     "step_s": step_s, "tokens_per_s": tps, "comm_s": st.comm_s, "wait_s": st.wait_s,
-                }))?;
+                });
+                if let Some(w) = st.device_wait_s {
+                    row["device_wait_s"] = w.into();
+                }
+                m.log(row)?;
             }
             if let Some(g) = &mut guard {
                 // From the summed loss and gradient norm: every rank stops at the same step.

@@ -59,6 +59,10 @@ pub struct StepStats {
     /// Seconds this rank waited for the slowest rank to finish its micro-batches (a barrier before the sums when
     /// they are not overlapped; 0 otherwise).
     pub wait_s: f64,
+    /// On a device (`--device cuda`): seconds the host waited for it in the step's reads (the loss, the gradient
+    /// norm). Near the step's time, the device bounds the step; near 0, the host's launches do (the device waits
+    /// for them). None on the CPU.
+    pub device_wait_s: Option<f64>,
 }
 
 /// Trainable tensors, their moments and the step counter — everything a checkpoint needs
@@ -224,6 +228,7 @@ impl Trainer {
         }
         let lr =
             self.cfg.lr * lr_factor(self.cfg.schedule, self.step as usize, self.cfg.warmup_steps, self.cfg.total_steps);
+        let waited_before = self.device.as_ref().map(|d| d.step.waited_s());
         let (multi, overlap) = (world.size() > 1, self.sums.options.overlap);
         if multi && self.device.is_none() {
             self.sums.begin(&mut self.model);
@@ -274,7 +279,8 @@ impl Trainer {
         self.broadcast_parts(world);
         comm_s += t0.elapsed().as_secs_f64();
         let tokens = rows.iter().map(|e| e.borrow().ids.len()).sum();
-        Ok(StepStats { loss: loss / y_tokens as f64, y_tokens, tokens, grad_norm, lr, comm_s, wait_s })
+        let device_wait_s = waited_before.zip(self.device.as_ref()).map(|(w, d)| d.step.waited_s() - w);
+        Ok(StepStats { loss: loss / y_tokens as f64, y_tokens, tokens, grad_norm, lr, comm_s, wait_s, device_wait_s })
     }
 
     /// Forward and backward of this rank's shard of every micro-batch, each y token's loss weighted by

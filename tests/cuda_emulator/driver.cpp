@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <sys/mman.h>
+#include <thread>
 #include <unistd.h>
 
 using CUresult = int;
@@ -194,10 +195,18 @@ CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
     return kSuccess;
 }
 
+// CUDA_EMULATOR_SYNC_MS=N: each synchronize takes N ms, as on a GPU still busy with the work queued before (here
+// it ran at once): what a host's measured wait for the device sees.
+const int sync_ms = [] {
+    const char* v = getenv("CUDA_EMULATOR_SYNC_MS");
+    return v ? atoi(v) : 0;
+}();
+
 CUresult cuStreamSynchronize(Handle) {
     std::lock_guard<std::recursive_mutex> g(lock);
     if (CUresult r = emu::refused_in_capture("cuStreamSynchronize")) return r;
     emu::count("synchronize");
+    if (sync_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sync_ms));
     return kSuccess;
 }
 CUresult cuEventCreate(Handle* e, unsigned) {

@@ -135,6 +135,10 @@ pub trait Backend {
     /// dst = src[..dst.len()], after everything queued before.
     fn download(&self, src: &Self::F32, dst: &mut [f32]) -> Result<()>;
     fn download_f64(&self, src: &Self::F64, dst: &mut [f64]) -> Result<()>;
+    /// Seconds the host has waited in the reads for the device to finish what came before, since the backend was
+    /// made (0 where nothing runs asynchronously). Beside a training step's time it says what bounds the step: the
+    /// device (long waits) or the host's launches (the device idle between them: short waits).
+    fn waited_s(&self) -> f64;
 
     /// x[..n] = 0.
     fn zero(&self, x: &mut Self::F32, n: usize) -> Result<()>;

@@ -35,10 +35,10 @@ use crate::kernels::rope::RopeTable;
 use anyhow::{Context, Result, anyhow, bail};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode, CUstreamCaptureStatus};
 use cudarc::driver::{
-    CudaGraph, CudaSlice, CudaView, CudaViewMut, DevicePtr, DeviceRepr, DriverError, ValidAsZeroBits,
+    CudaGraph, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DeviceRepr, DriverError, ValidAsZeroBits,
 };
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// A RoPE table on the device: cos and sin, (rows, half) each, as `RopeTable` made them on the host.
 pub struct CudaRope {
@@ -94,6 +94,8 @@ pub struct Cuda {
     /// A capture is under way: scratch must not grow (on a GPU with memory pools the allocation would become part
     /// of the graph, and the old scratch's free would fail).
     capturing: AtomicBool,
+    /// Nanoseconds the host has waited in the reads for the GPU to finish what came before ([`Backend::waited_s`]).
+    waited_ns: AtomicU64,
 }
 
 /// Where `gemm_packed` decodes a matrix kept in GGML blocks for cuBLAS: f32, or bf16 under `--compute bf16`
@@ -277,7 +279,17 @@ impl Cuda {
             bf16_activations,
             profile,
             capturing,
+            waited_ns: AtomicU64::new(0),
         })
+    }
+
+    /// A read: `copy` queued on the stream, then a wait for it and everything before, counted in
+    /// [`Backend::waited_s`] (a copy into pageable memory already waits for the work queued before it).
+    fn read(&self, op: &str, copy: impl FnOnce(&Arc<CudaStream>) -> Result<(), DriverError>) -> Result<()> {
+        let (t0, s) = (std::time::Instant::now(), &self.device.stream);
+        let r = copy(s).and_then(|()| s.synchronize());
+        self.waited_ns.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.ran(op, r)
     }
 
     /// Attention's precision under the run's `--compute`: bf16 operands on the tensor cores with `--compute bf16`
@@ -515,18 +527,18 @@ impl Backend for Cuda {
         if dst.is_empty() {
             return Ok(());
         }
-        let s = &self.device.stream;
-        self.ran("download", s.memcpy_dtoh(&pre(src, dst.len(), "download"), dst))?;
-        self.ran("download", s.synchronize())
+        self.read("download", |s| s.memcpy_dtoh(&pre(src, dst.len(), "download"), dst))
     }
 
     fn download_f64(&self, src: &CudaSlice<f64>, dst: &mut [f64]) -> Result<()> {
         if dst.is_empty() {
             return Ok(());
         }
-        let s = &self.device.stream;
-        self.ran("download_f64", s.memcpy_dtoh(&pre(src, dst.len(), "download_f64"), dst))?;
-        self.ran("download_f64", s.synchronize())
+        self.read("download_f64", |s| s.memcpy_dtoh(&pre(src, dst.len(), "download_f64"), dst))
+    }
+
+    fn waited_s(&self) -> f64 {
+        self.waited_ns.load(Ordering::Relaxed) as f64 * 1e-9
     }
 
     fn zero(&self, x: &mut CudaSlice<f32>, n: usize) -> Result<()> {

@@ -714,6 +714,11 @@ impl<B: Backend> DeviceModel<B> {
         self.backend.name()
     }
 
+    /// Seconds the host has waited for the device in reads so far (`Backend::waited_s`).
+    pub fn waited_s(&self) -> f64 {
+        self.backend.waited_s()
+    }
+
     /// AdamW's moments (m, v) of every trainable tensor, in parameter order.
     pub fn moments(&self) -> Result<Vec<(Vec<f32>, Vec<f32>)>> {
         let mut out = vec![];
