@@ -155,7 +155,8 @@ def peft(model_dir, data, steps, batch, rank, dtype, mode="lora"):
         model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.05, target_modules="all-linear"))
     model.train()  # from_pretrained returns eval mode, where dropout does nothing; HF's Trainer calls train() too
     autocast = (lambda: torch.autocast(device_type=dev, dtype=dt)) if full and dtype == "bf16" else contextlib.nullcontext
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    # Fused on the GPU, as HF's Trainer defaults to with torch ≥ 2.8 ("adamw_torch_fused").
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=dev == "cuda")
     eos = tok.eos_token_id if tok.eos_token_id is not None else 2
     enc = []
     for r in rows(data):
