@@ -472,18 +472,11 @@ only smollm2-decode gated 30 "decode, SmolLM2-135M-shaped: condlm $dev (f32, bf1
     "$work/smollm2-135m" "${steps:-128}"
 
 # The 1.5B-shaped model (saved in bf16: half the bytes to write and read, five loads) only with room for it.
-title="throughput, Qwen2.5-1.5B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16"
-if ! want qwen2.5-1.5b; then
-    only qwen2.5-1.5b
-elif [ "$(left)" -ge 150 ]; then
-    qwen() {
-        "$py" "$helper" make-model "$work/qwen2.5-1.5b" qwen2.5-1.5b tests/fixtures/tiny-llama bf16 || return 1
-        throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8 bf16 bf16-f32-mlp
-    }
-    run_check "$title" qwen
-else
-    skipped "$title"
-fi
+qwen() {
+    "$py" "$helper" make-model "$work/qwen2.5-1.5b" qwen2.5-1.5b tests/fixtures/tiny-llama bf16 || return 1
+    throughput "$work/qwen2.5-1.5b" "${steps:-10}" 8 bf16 bf16-f32-mlp
+}
+only qwen2.5-1.5b gated 150 "throughput, Qwen2.5-1.5B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16" qwen
 # The SmolLM2-135M shape exported as Q4_K (down_proj's 1536-wide rows in Q4_K, the 576-wide ones in Q5_0 by
 # llama.cpp's fallback), kept in its blocks on the GPU (a training step's products decode the matrix for cuBLAS, a
 # decoding step's read the blocks themselves: packed_gemv): LoRA tokens/s and peak GPU memory in bf16 beside the
@@ -509,23 +502,16 @@ only smollm2-q4k gated 40 "quantized base on the GPU, SmolLM2-135M-shaped Q4_K: 
 
 # The Qwen3.5-0.8B-shaped model (24 layers, its 248k vocabulary; saved in bf16) with room left: its Gated DeltaNet's
 # kernels against transformers' own (flash-linear-attention's where installed, else transformers' torch code).
-title="throughput, Qwen3.5-0.8B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16"
-if ! want qwen3.5-0.8b; then
-    only qwen3.5-0.8b
-elif [ "$(left)" -ge 120 ]; then
-    qwen35() {
-        "$py" "$helper" make-model "$work/qwen3.5-0.8b" qwen3.5-0.8b tests/fixtures/tiny-llama bf16 || return 1
-        if "$py" -c 'import fla' 2>/dev/null; then
-            echo "PyTorch's Gated DeltaNet: flash-linear-attention's kernels"
-        else
-            echo "PyTorch's Gated DeltaNet: transformers' torch code (flash-linear-attention is not installed)"
-        fi
-        throughput "$work/qwen3.5-0.8b" "${steps:-10}" 8 bf16
-    }
-    run_check "$title" qwen35
-else
-    skipped "$title"
-fi
+qwen35() {
+    "$py" "$helper" make-model "$work/qwen3.5-0.8b" qwen3.5-0.8b tests/fixtures/tiny-llama bf16 || return 1
+    if "$py" -c 'import fla' 2>/dev/null; then
+        echo "PyTorch's Gated DeltaNet: flash-linear-attention's kernels"
+    else
+        echo "PyTorch's Gated DeltaNet: transformers' torch code (flash-linear-attention is not installed)"
+    fi
+    throughput "$work/qwen3.5-0.8b" "${steps:-10}" 8 bf16
+}
+only qwen3.5-0.8b gated 120 "throughput, Qwen3.5-0.8B-shaped: condlm $dev vs PyTorch (+ PEFT): LoRA bf16, full bf16" qwen35
 # profile MODEL BATCH: where a training step's GPU time goes (CONDLM_CUDA_PROFILE: each op's share, the GPU's
 # waits for the host included) — 4 steps in bf16 of LoRA and of full fine-tuning on the throughput runs' rows.
 profile() {
