@@ -44,7 +44,8 @@
 #     batch size (condlm shuffles them, PyTorch takes them in order; PyTorch pads each batch to its longest row, condlm
 #     packs rows): tokens/s of real tokens, peak GPU memory, model FLOP utilisation (the weight products' FLOPs per
 #     token times tokens/s, against the peaks --check-kernels measured) and, for condlm, the share of its steps' time
-#     the host waited for the GPU (metrics.jsonl's device_wait_s: near 0, its launches bound the steps);
+#     the host waited for the GPU (metrics.jsonl's device_wait_s: near 0, its launches bound the steps; a lower bound
+#     of the GPU's share, as a launch blocks uncounted once the GPU's queue is full);
 #   - decode tokens/s of `generate --device cuda` (with and without CUDA graphs) vs transformers' `generate` (f32,
 #     bf16) on the SmolLM2-135M shape, and prefill tokens/s of a ≈ 1 000-token prompt;
 #   - then, while the budget allows (each skipped section says so): LoRA and full throughput in bf16 on a

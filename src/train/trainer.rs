@@ -59,9 +59,9 @@ pub struct StepStats {
     /// Seconds this rank waited for the slowest rank to finish its micro-batches (a barrier before the sums when
     /// they are not overlapped; 0 otherwise).
     pub wait_s: f64,
-    /// On a device (`--device cuda`): seconds the host waited for it in the step's reads (the loss, the gradient
-    /// norm). Near the step's time, the device bounds the step; near 0, the host's launches do (the device waits
-    /// for them). None on the CPU.
+    /// On a device: seconds the host waited for it in the step's reads (each micro-batch's loss, the gradient
+    /// norm, gradients summed through the host); near 0, the host's launches bound the step (`Backend::waited_s`).
+    /// 0 on the reference backend, None on the CPU path.
     pub device_wait_s: Option<f64>,
 }
 

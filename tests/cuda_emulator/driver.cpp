@@ -203,9 +203,12 @@ const int sync_ms = [] {
 }();
 
 CUresult cuStreamSynchronize(Handle) {
-    std::lock_guard<std::recursive_mutex> g(lock);
-    if (CUresult r = emu::refused_in_capture("cuStreamSynchronize")) return r;
-    emu::count("synchronize");
+    {
+        std::lock_guard<std::recursive_mutex> g(lock);
+        if (CUresult r = emu::refused_in_capture("cuStreamSynchronize")) return r;
+        emu::count("synchronize");
+    }
+    // Outside the lock: a busy GPU keeps other threads' calls going.
     if (sync_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(sync_ms));
     return kSuccess;
 }

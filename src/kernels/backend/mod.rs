@@ -136,8 +136,9 @@ pub trait Backend {
     fn download(&self, src: &Self::F32, dst: &mut [f32]) -> Result<()>;
     fn download_f64(&self, src: &Self::F64, dst: &mut [f64]) -> Result<()>;
     /// Seconds the host has waited in the reads for the device to finish what came before, since the backend was
-    /// made (0 where nothing runs asynchronously). Beside a training step's time it says what bounds the step: the
-    /// device (long waits) or the host's launches (the device idle between them: short waits).
+    /// made (0 where nothing runs asynchronously). Beside a training step's time: near 0, the host's launches bound
+    /// the step (the device idles between them); a larger share, the device was behind — a lower bound of that, as
+    /// a launch blocks uncounted once the device's queue is full.
     fn waited_s(&self) -> f64;
 
     /// x[..n] = 0.
