@@ -9,7 +9,8 @@ Workloads: `train` (LoRA all-linear r16 and full fine-tuning, batch 8, 10 steps:
 counts optimizer steps only), `score` (100 rows: rows/s of the whole process) and `generate` (one prompt, up to 128
 new tokens, greedy: the prefill and decode rates it reports). Reports the median of each and the ratio B / A.
 """
-import argparse, json, os, platform, re, statistics, subprocess, tempfile, time
+import argparse, json, os, re, statistics, subprocess, tempfile, time
+import machine  # bench/machine.py: the machine line of the report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 p = argparse.ArgumentParser()
@@ -46,8 +47,11 @@ def train(bin, full):
 
 
 def score(bin):
-    secs, _ = run([bin, "--threads", str(a.threads), "score", "--model", a.gguf, "--data", rows,
-                   "--out", os.path.join(tmp, "scores.jsonl")])
+    # condlm refuses to replace an earlier --out; older binaries know no --overwrite, so start each run without one.
+    out = os.path.join(tmp, "scores.jsonl")
+    if os.path.exists(out):
+        os.remove(out)
+    secs, _ = run([bin, "--threads", str(a.threads), "score", "--model", a.gguf, "--data", rows, "--out", out])
     return 100 / secs
 
 
@@ -63,13 +67,10 @@ WORK = [("train LoRA all-linear r16, tokens/s", lambda b: train(b, False)),
         ("generate prefill, tokens/s", lambda b: generate(b, "prefill")),
         ("generate decode (≤ 128 tokens, greedy), tokens/s", lambda b: generate(b, "decode"))]
 
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
-simd = " ".join(f for f in flags if f.startswith(("avx", "fma")) or "vnni" in f or "bf16" in f)
 lines = ["# condlm A/B: two binaries side by side", "",
          f"Command: `python3 bench/ab.py --a {a.a} --b {a.b} --gguf {os.path.basename(a.gguf)} --threads {a.threads} "
          f"--reps {a.reps}`  ",
-         f"Machine: {cpu}, {os.cpu_count()} logical CPUs ({simd}); load average before: {os.getloadavg()[0]:.1f}.  ",
+         f"Machine: {machine.describe()}; load average before: {os.getloadavg()[0]:.1f}.  ",
          "Runs alternate A, B, A, B, …; medians.", "",
          "| workload | A | B | B / A | runs A | runs B |", "|---|---|---|---|---|---|"]
 for name, f in WORK:

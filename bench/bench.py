@@ -11,7 +11,8 @@ Writes bench/results.md (the table) and refreshes bench/score_bench.md and bench
 
 Usage: python3 bench/bench.py --gguf PATH [--threads 2] [--steps 20] [--batch 8]
 """
-import argparse, json, os, platform, re, subprocess, sys, tempfile
+import argparse, json, os, re, subprocess, sys, tempfile
+import machine  # bench/machine.py: the machine line of the report
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,13 +64,6 @@ def side_bench(script, extra):
     return open(out).read()
 
 
-def cpu_name():
-    for l in open("/proc/cpuinfo"):
-        if l.startswith("model name"):
-            return l.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 load_before = os.getloadavg()
 train = [train_row(*r) for r in RUNS]
 score_md = side_bench("score_bench.py", ["--threads", str(a.threads), "--reps", "3"])
@@ -83,7 +77,7 @@ lines = [
     "# condlm vs PyTorch+PEFT / transformers: side-by-side benchmark\n",
     f"Command: `bash bench/run.sh` (= `python3 bench/bench.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --threads {a.threads} "
     f"--steps {a.steps} --batch {a.batch}` after fetching).  ",
-    f"Machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {a.threads} threads for every engine; "
+    f"Machine: {machine.describe()}, {a.threads} threads for every engine; "
     f"torch {torch.__version__}, transformers {__import__('transformers').__version__}, peft {__import__('peft').__version__}.  ",
     f"Load average before / after: {load_before[0]:.1f} / {load_after[0]:.1f} (1 min). One run, engines alternating; "
     "the ratios are the result, absolute numbers move with the machine.\n",

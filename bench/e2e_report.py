@@ -12,7 +12,8 @@ condlm generates with its own adapter through `condlm generate`; PEFT's model ge
 Usage: python3 bench/e2e_report.py [--gguf PATH] [--epochs 2] [--threads 2]
 Needs: torch, transformers, peft, gguf (bash bench/run.sh fetches them into ~/.cache/condlm/bench-venv); cargo build --release
 """
-import argparse, json, math, os, random, resource, shutil, subprocess, sys, tempfile, time, platform
+import argparse, json, math, os, random, resource, shutil, subprocess, sys, tempfile, time
+import machine  # bench/machine.py: the machine line of the report
 import torch, torch.nn.functional as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,7 +191,7 @@ n_steps = steps_per_epoch * a.epochs
 text = f"""# E2E with SmolLM2-135M-Instruct: LoRA in condlm vs PyTorch+PEFT, beam-search BLEU / ROUGE-L
 
 Command: `python3 bench/e2e_report.py --epochs {a.epochs} --threads {a.threads}`  
-Machine: {platform.machine()}, {os.cpu_count()} logical CPUs, {a.threads} threads each; torch {torch.__version__},
+Machine: {machine.describe()}, {a.threads} threads each; torch {torch.__version__},
 transformers {__import__('transformers').__version__}, peft {__import__('peft').__version__}. Load average at the end: {os.getloadavg()[0]:.1f}.  
 Data: ../shared/data/e2e_nlg.jsonl split by prompt: {len(prompts) - len(test_prompts)} train prompts ({len(train)} rows) /
 {len(test_prompts)} test prompts ({len(test)} rows, {len(test) / len(test_prompts):.1f} references each).  

@@ -12,7 +12,8 @@ Usage: python3 bench/generate_bench.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf [-
        [--new-tokens 128] [--prefill-rows 12] [--bin target/release/condlm]
 Needs: pip install torch transformers gguf; cargo build --release
 """
-import argparse, json, os, platform, re, statistics, subprocess, time
+import argparse, json, os, re, statistics, subprocess, time
+import machine  # bench/machine.py: the machine line of the report
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
@@ -100,7 +101,7 @@ tables = [measure(int(t)) for t in a.threads.split(",")]
 text = f"""# `condlm generate` vs transformers `generate`: single-stream speed
 
 Command: `python3 bench/generate_bench.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --threads {a.threads} --reps {a.reps} --new-tokens {a.new_tokens} --prefill-rows {a.prefill_rows}`
-Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}, transformers
+Machine: {machine.describe()}; torch {torch.__version__}, transformers
 {__import__('transformers').__version__} (its default sdpa attention). Other jobs may share the machine (load averages below):
 the runs alternate between the engines so such noise hits both alike, and the ratios are the meaningful part.
 Model: SmolLM2-135M-Instruct Q4_1 GGUF, dequantized to f32 by both (≈ 540 MB of weights read per decode step).

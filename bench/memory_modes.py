@@ -15,22 +15,13 @@ import sys
 import tempfile
 import time
 
+import machine  # bench/machine.py: the machine line of the report
+
 MODES = [
     ("LoRA, base stored (default)", ["--base-dtype", "stored"]),
     ("LoRA, base stored + --checkpoint-activations", ["--base-dtype", "stored", "--checkpoint-activations"]),
     ("LoRA, base f32", ["--base-dtype", "f32"]),
 ]
-
-
-def cpu():
-    name, flags = "unknown CPU", []
-    for line in open("/proc/cpuinfo"):
-        if line.startswith("model name") and name == "unknown CPU":
-            name = line.split(":", 1)[1].strip()
-        if line.startswith("flags") and not flags:
-            flags = line.split(":", 1)[1].split()
-    wanted = ["avx2", "fma", "avx512f", "avx512bw", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16"]
-    return name, [f for f in wanted if f in flags]
 
 
 def main():
@@ -68,12 +59,11 @@ def main():
         rows.append((label, rss / 1e9, plan_b / 1e9, (plan_b - rss) / rss * 100, loss.group(1), loss.group(2),
                      loss.group(3), wall, plan.group(2), losses))
         print(rows[-1], flush=True)
-    name, flags = cpu()
     size = os.path.getsize(a.model) / 1e9
     lines = [
         "# condlm train: peak RSS by way of keeping the base, against the memory plan",
         "",
-        f"Machine: {name}, {os.cpu_count()} logical CPUs, flags {' '.join(flags)}; {a.threads} threads; load average "
+        f"Machine: {machine.describe()}; {a.threads} threads; load average "
         f"{os.getloadavg()[0]:.2f} at the end.",
         f"Model: {os.path.basename(a.model)} ({size:.2f} GB file); data: {os.path.basename(a.data)}; {a.steps} steps, "
         f"batch {a.batch_size}, LoRA r 16 on all linear layers, a checkpoint every step and the adapter written.",

@@ -11,7 +11,8 @@ steps; peak RSS is each process's own. Writes bench/qwen35_train.md.
 
 Usage: python3 bench/qwen35_train.py target/release/condlm [--layers 8] [--steps 10] [--threads 2]
 """
-import argparse, json, os, platform, resource, shutil, subprocess, sys, tempfile, time
+import argparse, json, os, resource, shutil, subprocess, sys, tempfile, time
+import machine  # bench/machine.py: the machine line of the report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 p = argparse.ArgumentParser()
@@ -79,16 +80,13 @@ steps = [json.loads(l) for l in open(os.path.join(run_dir, "metrics.jsonl")) if 
 timed = steps[1:]
 c_tps = sum(s["tokens"] for s in timed) / sum(s["step_s"] for s in timed)
 
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-flags = next((l.split(":", 1)[1].split() for l in open("/proc/cpuinfo") if l.startswith("flags")), [])
-simd = " ".join(f for f in flags if f.startswith(("avx", "amx", "fma")))
 ratio = c_tps / torch_sum["tokens_per_s"]
 lines = [
     "# Qwen3.5-shaped LoRA fine-tuning: condlm vs PyTorch + PEFT (CPU)", "",
     f"`python3 bench/qwen35_train.py {' '.join(sys.argv[1:])}` — {a.layers} layers ({sum(1 for i in range(a.layers) if (i + 1) % 4)} "
     f"Gated DeltaNet, {a.layers // 4} attention), Qwen3.5-0.8B's widths, random weights; LoRA r=16 on every linear "
     f"layer; {a.steps} timed steps of {a.batch} E2E rows after one warm-up; {a.threads} threads.", "",
-    f"CPU: {cpu}; {os.cpu_count()} logical CPUs; {simd}", f"torch {torch.__version__}", "",
+    f"CPU: {machine.describe()}", f"torch {torch.__version__}", "",
     "| | tokens/s | peak RSS (MiB) | process wall (s) |", "|---|---|---|---|",
     f"| PyTorch + PEFT (peft_bench.py) | {torch_sum['tokens_per_s']:.0f} | {torch_sum['peak_rss_mib']:.0f} | {t_wall:.1f} |",
     f"| condlm train | {c_tps:.0f} | {c_rss:.0f} | {c_wall:.1f} |", "",

@@ -5,7 +5,8 @@ second of scoring, model loading excluded; both batch B rows (transformers pads,
 Usage: python3 bench/score_bench.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf [--rows 100] [--batch 8] [--threads 2] [--reps 3]
 Needs: pip install torch transformers gguf; cargo build --release
 """
-import argparse, json, os, re, subprocess, sys, tempfile, time, platform, statistics
+import argparse, json, os, re, subprocess, tempfile, time, statistics
+import machine  # bench/machine.py: the machine line of the report
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -62,7 +63,7 @@ tm, cm = statistics.median(t), statistics.median(c)
 text = f"""# `condlm score` vs transformers forward
 
 Command: `python3 bench/score_bench.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --rows {a.rows} --batch {a.batch} --threads {a.threads} --reps {a.reps}`
-Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}; {a.threads} threads each.
+Machine: {machine.describe()}; torch {torch.__version__}; {a.threads} threads each.
 Model: SmolLM2-135M-Instruct Q4_1 GGUF (dequantized to f32 by both). Rows: first {a.rows} of e2e_nlg.jsonl, {n_tokens} tokens, batches of {a.batch}.
 
 | engine | tokens/s (median of {a.reps}) | runs |
