@@ -6,27 +6,16 @@ import os, platform
 SIMD = ("avx", "fma", "amx", "f16c")
 
 
-def cpu_flags():
-    """The SIMD flags of /proc/cpuinfo's first processor (empty where there is no /proc/cpuinfo)."""
+def cpuinfo(key):
+    """The value of /proc/cpuinfo's first `key` line, or None (no such line, or no /proc/cpuinfo)."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                return [f for f in line.split(":", 1)[1].split() if f.startswith(SIMD) or "vnni" in f or "bf16" in f]
+        return next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith(key)), None)
     except OSError:
-        pass
-    return []
-
-
-def cpu_name():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return None
 
 
 def describe():
     """'AMD EPYC, 2 logical CPUs (fma avx avx2 avx512f …)'."""
-    return f"{cpu_name()}, {os.cpu_count()} logical CPUs ({' '.join(cpu_flags())})"
+    name = cpuinfo("model name") or platform.processor() or platform.machine()
+    flags = [f for f in (cpuinfo("flags") or "").split() if f.startswith(SIMD) or "vnni" in f or "bf16" in f]
+    return f"{name}, {os.cpu_count()} logical CPUs ({' '.join(flags)})"
