@@ -28,7 +28,9 @@ pub fn open_weights(files: &ModelFiles) -> Result<(Config, Weights)> {
         ModelFiles::Gguf(path) => {
             let file = GgufFile::open(path)?;
             let config = config_from_gguf(&file, path)?;
+            let block_count = format!("{}.block_count", config.architecture);
             let weights = Weights::Gguf {
+                stored_blocks: file.opt_usize(&block_count)?.unwrap_or(config.num_layers),
                 arch: config.architecture.clone(),
                 num_heads: config.num_heads,
                 num_kv_heads: config.num_kv_heads,

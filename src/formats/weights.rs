@@ -26,6 +26,8 @@ pub enum Weights {
         num_kv_heads: usize,
         /// The model's layers (a file may hold more: Qwen3.5's multi-token-prediction block after them).
         num_layers: usize,
+        /// The file's `block_count`: the model's layers plus any multi-token-prediction blocks.
+        stored_blocks: usize,
         delta_net: Option<DeltaNetShape>,
     },
 }
@@ -49,10 +51,12 @@ impl Weights {
     pub fn hf_names(&self) -> Result<Vec<String>> {
         match self {
             Weights::Safetensors { files, .. } => Ok(files.names().map(str::to_owned).collect()),
-            Weights::Gguf { file, path, arch, num_layers, .. } => file
+            Weights::Gguf { file, path, arch, num_layers, stored_blocks, .. } => file
                 .tensors
                 .iter()
-                .filter(|t| !ROPE_TENSORS.contains(&t.name.as_str()) && !past_layers(&t.name, *num_layers))
+                .filter(|t| {
+                    !ROPE_TENSORS.contains(&t.name.as_str()) && !in_mtp_blocks(&t.name, *num_layers, *stored_blocks)
+                })
                 .map(|t| {
                     gguf_to_hf(&t.name, arch).ok_or_else(|| {
                         anyhow::anyhow!(
@@ -404,11 +408,12 @@ pub fn gguf_adds_one(gguf_name: &str, arch: &str) -> bool {
     }
 }
 
-/// Whether `gguf_name` belongs to a block past the model's `layers` (Qwen3.5's multi-token-prediction block, which
-/// llama.cpp's converter appends and condlm does not use).
-fn past_layers(gguf_name: &str, layers: usize) -> bool {
+/// Whether `gguf_name` belongs to a block in `layers..stored_blocks` (Qwen3.5's multi-token-prediction block, which
+/// llama.cpp's converter appends and condlm does not use). A block past `block_count` is not skipped: it is an
+/// unknown tensor, so a file whose `block_count` was lowered is refused rather than run as a shallower model.
+fn in_mtp_blocks(gguf_name: &str, layers: usize, stored_blocks: usize) -> bool {
     let block = gguf_name.strip_prefix("blk.").and_then(|r| r.split_once('.')).and_then(|(n, _)| n.parse().ok());
-    block.is_some_and(|b: usize| b >= layers)
+    block.is_some_and(|b: usize| (layers..stored_blocks).contains(&b))
 }
 
 #[cfg(test)]
