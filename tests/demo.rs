@@ -101,6 +101,15 @@ fn demo_replaces_its_own_earlier_run_but_no_other_folder() {
     // Same seed, same thread count: the same run.
     assert_eq!(std::fs::read(dir.join("samples.jsonl")).unwrap(), first);
 
+    // A file the user added to the earlier run's folder is not deleted with it: the demo refuses, naming it.
+    std::fs::write(dir.join("my-notes.txt"), "keep me").unwrap();
+    let refused = demo(&dir);
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("my-notes.txt") && err.contains("--output-dir"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("my-notes.txt")).unwrap(), "keep me");
+    assert_eq!(std::fs::read(dir.join("samples.jsonl")).unwrap(), first);
+
     let other = tmp.path().join("precious");
     std::fs::create_dir_all(&other).unwrap();
     std::fs::write(other.join("notes.txt"), "keep me").unwrap();

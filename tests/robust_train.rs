@@ -1,5 +1,5 @@
 //! `condlm train` as a hostile or unlucky user meets it: --overwrite never destroys an earlier run before the new
-//! one has a checkpoint, divergence and collapse fail loudly, signals leave a checkpoint, resume refuses changed
+//! one has its result, divergence and collapse fail loudly, signals leave a checkpoint, resume refuses changed
 //! data and drops stale metrics, and every flag is checked with its allowed range. Tiny fixtures throughout.
 mod common;
 use common::{copy_fixture, fixture};
@@ -111,6 +111,50 @@ fn overwrite_with_bad_input_keeps_the_earlier_run() {
     // A divergence before the new run's first checkpoint puts the earlier run back.
     train(&out, &["--overwrite", "--lr", "1e6", "--max-steps", "8"]).fails_with(&["collapsed", "is back"]);
     assert_kept(&out, &before);
+}
+
+/// A new run that fails after checkpoints of its own (here a NaN at step 2, after step 1's checkpoint) still puts
+/// the earlier run back; its checkpoints move to a failed-run folder the error names.
+#[test]
+fn overwrite_that_fails_after_a_checkpoint_puts_the_earlier_run_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let before = finished_run(&out);
+    let r = train(&out, &["--overwrite", "--lr", "1e30", "--save-every", "1", "--max-steps", "5"]);
+    r.fails_with(&["is back", "failed-run-"]);
+    assert_kept(&out, &before);
+    let failed: Vec<PathBuf> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("failed-run-"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{}", r.stderr);
+    assert!(failed[0].join("checkpoints/step-0000001").is_dir(), "the failed run's checkpoint is kept");
+}
+
+/// A new run stopped to be resumed leaves the earlier run set aside (its `--resume` carries it on); the earlier run
+/// goes only when the resumed run writes its result.
+#[test]
+fn overwrite_keeps_the_earlier_run_aside_until_a_resumed_run_finishes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let before = finished_run(&out);
+    let r = train(&out, &["--overwrite", "--seed", "7", "--stop-after-steps", "2"]);
+    assert!(r.ok() && r.stderr.contains("stays in"), "{}", r.stderr);
+    let aside = |out: &Path| -> Vec<PathBuf> {
+        let names = std::fs::read_dir(out).unwrap().flatten().map(|e| e.path());
+        names.filter(|p| p.file_name().unwrap().to_string_lossy().starts_with(".condlm-replaced-")).collect()
+    };
+    let kept = aside(&out);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(read(&kept[0].join("adapter/adapter_model.safetensors")), before.0, "the earlier adapter is intact");
+    // A fresh start is refused and says both ways out; the resume finishes and only then drops the earlier run.
+    train(&out, &["--overwrite"]).fails_with(&["--resume", "move its contents back"]);
+    let r = condlm(&["train", "--resume", &s(&out)]);
+    assert!(r.ok(), "{}", r.stderr);
+    assert!(aside(&out).is_empty() && out.join("adapter/adapter_model.safetensors").is_file());
+    assert_ne!(read(&out.join("adapter/adapter_model.safetensors")), before.0);
 }
 
 #[test]

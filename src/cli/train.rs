@@ -28,8 +28,9 @@ pub struct TrainArgs {
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Start afresh in an --output-dir that holds an earlier run. Everything is checked and loaded first; the
-    /// earlier run's files are set aside, deleted once the new run writes its first checkpoint, and put back
-    /// if it fails before that [default: off: an --output-dir holding a run is an error].
+    /// earlier run's files are set aside, deleted once the new run has written its result (an interrupted run's
+    /// --resume carries them on), and put back if it fails [default: off: an --output-dir holding a run is an
+    /// error].
     #[arg(long)]
     overwrite: bool,
     /// With --resume: continue although the data files changed since the run started (recorded in

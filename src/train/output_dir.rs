@@ -1,8 +1,10 @@
 //! A training run's output folder over its life. A fresh run never mixes with an earlier one: without
 //! `--overwrite` it refuses a folder that holds a run's files; with it, the earlier run is first *set aside*
-//! (renamed into a hidden sibling inside the folder), deleted once the new run has written its first
-//! checkpoint, and moved back if the new run fails before that. Nothing an earlier run made is deleted
-//! before the new result exists, and no input of the run may live inside what would be replaced.
+//! (renamed into a hidden sibling inside the folder) and deleted only once the new run has written its result
+//! (adapter/ or model/). A new run that stops to be resumed (a signal, `--stop-after-steps`, a crash) leaves it set
+//! aside, and `--resume` carries it on to that point; a new run that fails puts it back (its own checkpoints, if it
+//! has any, moved to a visible `failed-run-*` folder beside it). Nothing an earlier run made is deleted before the
+//! new result exists, and no input of the run may live inside what would be replaced.
 use super::checkpoint;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -10,8 +12,11 @@ use std::path::{Path, PathBuf};
 /// What a run writes into its output folder; these, and nothing else, are replaced by `--overwrite`.
 pub const RUN_FILES: [&str; 5] = ["checkpoints", "adapter", "model", "metrics.jsonl", "loss.png"];
 
-/// Prefix of the hidden folder holding an earlier run while a `--overwrite` run has no checkpoint yet.
+/// Prefix of the hidden folder holding an earlier run while a `--overwrite` run has no result yet.
 const ASIDE_PREFIX: &str = ".condlm-replaced-";
+
+/// Prefix of the folder a failed `--overwrite` run's checkpoints are moved to when the earlier run comes back.
+const FAILED_PREFIX: &str = "failed-run-";
 
 /// The run files present in `out`.
 fn present(out: &Path) -> Vec<PathBuf> {
@@ -35,13 +40,25 @@ pub fn check(out: &Path, resuming: bool, overwrite: bool, inputs: &[&Path]) -> R
         bail!("--output-dir {}: exists and is not a folder; choose another --output-dir", out.display());
     }
     if let Some(aside) = leftover_aside(out) {
-        bail!(
-            "{} holds {}, an earlier run that an interrupted --overwrite set aside; move its contents back into {} \
-             to keep that run, or delete it, then run again",
-            out.display(),
-            aside.display(),
-            out.display()
-        );
+        let new_run = !checkpoint::list(out).is_empty();
+        if !(resuming && new_run) {
+            let what = if new_run {
+                format!(
+                    "continue the new run with --resume {} (the earlier run is deleted once it finishes), or keep \
+                     the earlier run: delete the new run's files ({}) and move its contents back into {}",
+                    out.display(),
+                    RUN_FILES.join(", "),
+                    out.display()
+                )
+            } else {
+                format!("move its contents back into {} to keep that run, or delete it, then run again", out.display())
+            };
+            bail!(
+                "{} holds {}, an earlier run that an interrupted --overwrite set aside; {what}",
+                out.display(),
+                aside.display()
+            );
+        }
     }
     if resuming {
         return Ok(());
@@ -59,8 +76,8 @@ pub fn check(out: &Path, resuming: bool, overwrite: bool, inputs: &[&Path]) -> R
             format!("continue it with --resume {}, ", out.display())
         };
         bail!(
-            "{} already holds a training run ({}); {hint}replace it with --overwrite (kept until the new run's first \
-             checkpoint), or choose another --output-dir",
+            "{} already holds a training run ({}); {hint}replace it with --overwrite (kept until the new run has \
+             written its result), or choose another --output-dir",
             out.display(),
             names.join(", ")
         );
@@ -83,8 +100,8 @@ pub fn check(out: &Path, resuming: bool, overwrite: bool, inputs: &[&Path]) -> R
     Ok(())
 }
 
-/// An earlier run moved aside by `--overwrite`, until the new run either writes its first checkpoint
-/// ([`SetAside::discard`]) or fails ([`SetAside::restore`]).
+/// An earlier run moved aside by `--overwrite`, until the new run either writes its result ([`SetAside::discard`])
+/// or fails ([`SetAside::restore`]).
 pub struct SetAside {
     out: PathBuf,
     aside: PathBuf,
@@ -107,24 +124,49 @@ impl SetAside {
         Ok(Some(SetAside { out: out.to_path_buf(), aside }))
     }
 
-    /// The new run has a checkpoint: the earlier run goes.
+    /// The earlier run an interrupted `--overwrite` run left set aside in `out`, which its `--resume` carries on.
+    pub fn adopt(out: &Path) -> Option<SetAside> {
+        leftover_aside(out).map(|aside| SetAside { out: out.to_path_buf(), aside })
+    }
+
+    /// The hidden folder holding the earlier run.
+    pub fn path(&self) -> &Path {
+        &self.aside
+    }
+
+    /// The new run has written its result: the earlier run goes.
     pub fn discard(self) -> Result<()> {
         std::fs::remove_dir_all(&self.aside)
             .with_context(|| format!("cannot remove the replaced run in {}", self.aside.display()))
     }
 
-    /// The new run failed before its first checkpoint: its partial files go and the earlier run comes back.
-    pub fn restore(self) -> Result<()> {
-        for p in present(&self.out) {
-            let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-            removed.with_context(|| format!("cannot remove {}", p.display()))?;
-        }
+    /// The new run failed: the earlier run comes back. The failed run's files go, unless it wrote checkpoints:
+    /// then they move to a `failed-run-*` folder in `out`, returned, for the user to look at or delete.
+    pub fn restore(self) -> Result<Option<PathBuf>> {
+        let failed = present(&self.out);
+        let kept = if checkpoint::list(&self.out).is_empty() {
+            for p in failed {
+                let removed = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                removed.with_context(|| format!("cannot remove {}", p.display()))?;
+            }
+            None
+        } else {
+            let to = self.out.join(format!("{FAILED_PREFIX}{}", std::process::id()));
+            std::fs::create_dir(&to).with_context(|| format!("cannot create {}", to.display()))?;
+            for p in failed {
+                let dest = to.join(p.file_name().expect("run files have names"));
+                std::fs::rename(&p, &dest)
+                    .with_context(|| format!("cannot move {} to {}", p.display(), to.display()))?;
+            }
+            Some(to)
+        };
         for entry in std::fs::read_dir(&self.aside).with_context(|| format!("cannot list {}", self.aside.display()))? {
             let from = entry?.path();
             let to = self.out.join(from.file_name().expect("entries have names"));
             std::fs::rename(&from, &to).with_context(|| format!("cannot move {} back", from.display()))?;
         }
-        std::fs::remove_dir(&self.aside).with_context(|| format!("cannot remove {}", self.aside.display()))
+        std::fs::remove_dir(&self.aside).with_context(|| format!("cannot remove {}", self.aside.display()))?;
+        Ok(kept)
     }
 }
 
@@ -167,11 +209,25 @@ mod tests {
         assert!(err.contains("interrupted --overwrite"), "{err}");
         std::fs::write(dir.path().join("metrics.jsonl"), "new\n").unwrap();
         std::fs::write(dir.path().join("loss.png"), "new").unwrap();
-        aside.restore().unwrap();
+        assert_eq!(aside.restore().unwrap(), None, "no checkpoint: nothing of the failed run is kept");
         assert!(!dir.path().join("loss.png").exists(), "the failed run's files go");
         assert_eq!(std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap(), "{\"step\":1}\n");
         assert!(dir.path().join("adapter/adapter_config.json").is_file());
         assert!(leftover_aside(dir.path()).is_none());
+
+        // A new run with checkpoints of its own: resumable while the earlier run stays aside, and if it fails its
+        // checkpoints move to a failed-run folder as the earlier run comes back.
+        let aside = SetAside::take(dir.path()).unwrap().unwrap();
+        std::fs::create_dir_all(dir.path().join("checkpoints/step-0000002")).unwrap();
+        let err = check(dir.path(), false, true, &[]).unwrap_err().to_string();
+        assert!(err.contains("--resume") && err.contains("move its contents back"), "{err}");
+        check(dir.path(), true, false, &[]).unwrap();
+        drop(aside);
+        let aside = SetAside::adopt(dir.path()).expect("the leftover run is found");
+        let failed = aside.restore().unwrap().expect("the failed run's checkpoints are kept");
+        assert!(failed.join("checkpoints/step-0000002").is_dir() && !dir.path().join("checkpoints").exists());
+        assert!(dir.path().join("adapter/adapter_config.json").is_file());
+        std::fs::remove_dir_all(failed).unwrap();
 
         SetAside::take(dir.path()).unwrap().unwrap().discard().unwrap();
         assert!(present(dir.path()).is_empty() && leftover_aside(dir.path()).is_none());

@@ -95,7 +95,7 @@ pub struct RunOptions {
     pub resume: Option<PathBuf>,
     /// End this invocation after that many steps with a checkpoint, as an interruption would.
     pub stop_after: Option<u64>,
-    /// Replace an earlier run in the output folder (set aside until the first checkpoint).
+    /// Replace an earlier run in the output folder (set aside until the new run has written its result).
     pub overwrite: bool,
     /// On resume, continue although the data files changed since the run started.
     pub accept_changed_data: bool,
@@ -279,7 +279,7 @@ fn read_curves(dir: &Path) -> (Curve, Curve) {
 }
 
 /// Runs (or, with `opts.resume`, continues) a training run. Everything is loaded and checked before the output
-/// folder is touched; an earlier run replaced by `opts.overwrite` is kept until the first checkpoint.
+/// folder is touched; an earlier run replaced by `opts.overwrite` is kept until the new result is written.
 pub fn train(s: TrainSettings, opts: &RunOptions) -> Result<RunSummary> {
     train_on(&Single, s, opts)
 }
@@ -482,7 +482,11 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
     }
     let interrupt = Interrupt::install()?;
-    let mut aside = if opts.overwrite && root { SetAside::take(&out)? } else { None };
+    let aside = match root {
+        true if opts.overwrite => SetAside::take(&out)?,
+        true if opts.resume.is_some() => SetAside::adopt(&out),
+        _ => None,
+    };
     let steps = StepLoop {
         world,
         s: &s,
@@ -496,34 +500,44 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         model_fingerprint: &model_fingerprint,
         data_changed,
     };
-    let progress = match steps.run(&mut trainer, best_eval, &mut aside) {
+    let progress = match steps.run(&mut trainer, best_eval) {
         Ok(p) => p,
         Err(e) => return Err(failed(world, e, &out, aside)),
     };
     let ending = progress.ending;
-    trainer.sync_to_host()?;
+    if let Err(e) = trainer.sync_to_host() {
+        return Err(failed(world, e, &out, aside));
+    }
+    // A result that cannot be written (a full disk, say) fails with the run's last checkpoint kept, from which
+    // `--resume` writes it; an earlier run it replaces stays set aside until then.
+    let resume_hint =
+        || format!("the run's last checkpoint is kept: write its result with condlm train --resume {}", out.display());
     let output = match ending {
         _ if !root => out.clone(),
         Ending::Finished if s.full => {
-            save_hf_folder(
-                &output,
-                &trainer.model,
-                &tokenizer,
-                &files,
-                // a full fine-tune's weights are the base's values moved: an export needs to know their grid
-                Some(TrainedOn {
-                    quantized_base: TrainedOn::quantized_matrices(&files)?,
-                    ..trained_on(&train_set.stats, &model_fingerprint)
-                }),
-            )?;
+            let trained = TrainedOn {
+                quantized_base: TrainedOn::quantized_matrices(&files)?,
+                ..trained_on(&train_set.stats, &model_fingerprint)
+            };
+            // a full fine-tune's weights are the base's values moved: an export needs to know their grid
+            save_hf_folder(&output, &trainer.model, &tokenizer, &files, Some(trained)).with_context(resume_hint)?;
             output
         }
         Ending::Finished => {
-            save_adapter(&output, &trainer.model, &lcfg, &s.model, trained_on(&train_set.stats, &model_fingerprint))?;
+            let trained = trained_on(&train_set.stats, &model_fingerprint);
+            save_adapter(&output, &trainer.model, &lcfg, &s.model, trained).with_context(resume_hint)?;
             output
         }
         _ => checkpoint::list(&out).pop().map_or(out.clone(), |c| c.1),
     };
+    match (ending, aside) {
+        (Ending::Finished, Some(a)) => a.discard()?,
+        (_, Some(a)) => eprintln!(
+            "note: the earlier run this one replaces stays in {} until this run has written its result",
+            a.path().display()
+        ),
+        _ => {}
+    }
     let (train_curve, eval_curve) = if root { read_curves(&out) } else { Default::default() };
     if !train_curve.is_empty() {
         plot_losses(&out.join("loss.png"), &format!("condlm: {}", s.model), &train_curve, &eval_curve)?;
@@ -569,12 +583,18 @@ fn failed(world: &dyn Collectives, e: anyhow::Error, out: &Path, aside: Option<S
     JobFailed(format!("error: {e:#}")).into()
 }
 
-/// A run that failed mid-way: puts back an earlier run it replaced (when it has no checkpoint of its own yet)
+/// A run that failed mid-way: puts back an earlier run it replaced (its own checkpoints, if any, moved beside it)
 /// and says what is kept.
 fn after_failure(e: anyhow::Error, out: &Path, aside: Option<SetAside>) -> anyhow::Error {
     let kept = match (aside, checkpoint::list(out).pop()) {
         (Some(a), _) => match a.restore() {
-            Ok(()) => format!("the run wrote no checkpoint; the earlier run in {} is back", out.display()),
+            Ok(None) => format!("the run wrote no checkpoint; the earlier run in {} is back", out.display()),
+            Ok(Some(failed)) => format!(
+                "the earlier run in {} is back; this run's checkpoints and metrics are in {} (delete it when no \
+                 longer wanted)",
+                out.display(),
+                failed.display()
+            ),
             Err(r) => format!("the earlier run could not be put back: {r:#}"),
         },
         (None, Some((step, dir))) => {
@@ -840,13 +860,8 @@ impl StepLoop<'_> {
         }
     }
 
-    /// Takes the steps; the first checkpoint written discards the earlier run `aside` replaced.
-    fn run(
-        mut self,
-        trainer: &mut Trainer,
-        mut best_eval: Option<(f64, u64)>,
-        aside: &mut Option<SetAside>,
-    ) -> Result<Progress> {
+    /// Takes the steps.
+    fn run(mut self, trainer: &mut Trainer, mut best_eval: Option<(f64, u64)>) -> Result<Progress> {
         let (s, plan, mut guard) = (self.s, self.plan, self.guard.take());
         let (start_step, total) = (trainer.step, plan.total_steps as u64);
         let root = self.world.is_root();
@@ -979,9 +994,6 @@ impl StepLoop<'_> {
                         model_fingerprint: self.model_fingerprint,
                     };
                     checkpoint::save(&s.output_dir, step, &state, &run)?;
-                    if let Some(a) = aside.take() {
-                        a.discard()?;
-                    }
                     if let Some(g) = gathered {
                         trainer.keep_own_parts(g);
                     }

@@ -34,6 +34,11 @@ use std::time::Instant;
 /// Marker and results file of a demo folder; a folder holding it may be replaced by the next demo run.
 pub const DEMO_JSON: &str = "demo.json";
 
+/// Everything a demo run writes at the top of its folder: an earlier run is replaced only when the folder holds
+/// nothing else, so a file the user put there is never deleted with it.
+const DEMO_ENTRIES: [&str; 8] =
+    [DEMO_JSON, "checkpoints", "data", "init-model", "loss.png", "metrics.jsonl", "model", "samples.jsonl"];
+
 /// Everything that sizes a demo run.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preset {
@@ -110,8 +115,8 @@ impl DemoReport {
     }
 }
 
-/// Creates the output folder. An earlier demo run there (and nothing else) is renamed to a hidden sibling,
-/// returned so it can be deleted once the new run has finished, or put back if it fails.
+/// Creates the output folder. An earlier demo run there (and nothing else: see [`DEMO_ENTRIES`]) is renamed to a
+/// hidden sibling, returned so it can be deleted once the new run has finished, or put back if it fails.
 fn prepare_output(dir: &Path) -> Result<Option<PathBuf>> {
     let mut earlier = None;
     if dir.exists() {
@@ -126,6 +131,17 @@ fn prepare_output(dir: &Path) -> Result<Option<PathBuf>> {
                      choose another --output-dir",
                     dir.display()
                 );
+            }
+            for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+                let name = entry.with_context(|| format!("cannot list {}", dir.display()))?.file_name();
+                if !DEMO_ENTRIES.iter().any(|e| name == *e) {
+                    bail!(
+                        "{}: holds an earlier demo run and also \"{}\", which the demo did not write; the earlier \
+                         run is replaced only as a whole, so move that out first or choose another --output-dir",
+                        dir.display(),
+                        name.to_string_lossy()
+                    );
+                }
             }
             let name = dir.file_name().map_or("demo".into(), |n| n.to_string_lossy().into_owned());
             let aside = dir.with_file_name(format!(".{name}.replaced-{}", std::process::id()));
