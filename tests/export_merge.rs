@@ -7,7 +7,7 @@
 //! - bad input: an adapter for another base, an unwritable or occupied `--out` → a clear error and
 //!   no output folder.
 mod common;
-use common::{fixture, load_f32_tensors, max_abs_diff, reference_sequences};
+use common::{copy_dir, fixture, load_f32_tensors, max_abs_diff, reference_sequences, save_f32_tensors};
 use condlm::formats::hf_export::save_hf_folder;
 use condlm::formats::load::{LoadedModel, load_model};
 use condlm::formats::peft::load_adapter;
@@ -284,6 +284,37 @@ fn adapter_for_another_base_is_refused_without_output() {
     let (ok, err) = merge(&fixture("tiny-llama"), &tmp.path().join("no-such-adapter"), &out, &[]);
     assert!(!ok && err.contains("no-such-adapter"), "{err}");
     assert!(entries(tmp.path()).is_empty());
+}
+
+/// An adapter finite on its own whose merged weights overflow (lora_alpha 1e30, one lora_B scaled by 1e20) is
+/// refused by merge and by export-gguf (to f32, which would store the infinities) naming the weight; nothing is
+/// written.
+#[test]
+fn a_merge_that_overflows_is_refused_naming_the_weight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adapter = tmp.path().join("huge-alpha");
+    copy_dir(&fixture("interop/tiny-llama-condlm-adapter"), &adapter);
+    let cfg_path = adapter.join("adapter_config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["lora_alpha"] = serde_json::json!(1e30);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let weights = adapter.join("adapter_model.safetensors");
+    let mut tensors = load_f32_tensors(&weights);
+    let b = "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight";
+    tensors.get_mut(b).expect("the adapter has this tensor").1.iter_mut().for_each(|v| *v *= 1e20);
+    save_f32_tensors(&weights, &tensors);
+    let out = tmp.path().join("merged");
+    let (ok, err) = merge(&fixture("tiny-llama"), &adapter, &out, &[]);
+    let named = "model.layers.1.mlp.down_proj.weight is";
+    assert!(!ok && err.contains(named) && err.contains("after merging"), "{err}");
+    assert!(!out.exists());
+    let gguf = tmp.path().join("merged.gguf");
+    let (base, a, o) = (fixture("tiny-llama"), adapter.to_str().unwrap(), gguf.to_str().unwrap());
+    let (ok, err) =
+        condlm(&["export-gguf", "--model", base.to_str().unwrap(), "--adapter", a, "--out", o, "--type", "f32"]);
+    assert!(!ok && err.contains("after merging"), "{err}");
+    assert!(!gguf.exists());
+    assert_eq!(entries(tmp.path()), ["huge-alpha"], "nothing else is left behind");
 }
 
 #[test]

@@ -137,7 +137,7 @@ pub fn run(a: ExportGgufArgs) -> Result<()> {
     } else {
         if cfg.is_some() {
             warn_if_requantized(m.model.blocks[0].qkv[0].w.dtype(), ty);
-            adapters::merge(&mut m.model);
+            adapters::merge(&mut m.model)?;
         } else if let Some(base) = TrainedOn::of_model(&m.files, None)?.and_then(|t| t.quantized_base) {
             warn_if_fine_tune_rounded(base, ty);
         }

@@ -52,7 +52,7 @@ pub fn run(a: MergeArgs) -> Result<()> {
     check_out_dir(&a.out, a.force, &[m.files.path()])?;
     let cfg = a.adapter.apply(&a.model, &mut m)?.context("--adapter is required")?.lora;
     let adapted = m.model.blocks.iter().flat_map(|b| b.linears()).filter(|l| l.lora.is_some()).count();
-    adapters::merge(&mut m.model);
+    adapters::merge(&mut m.model)?;
     let trained_on = TrainedOn::read(adapter)?;
     save_hf_folder(&a.out, &m.model, &m.tokenizer, &m.files, trained_on)
         .with_context(|| format!("cannot write the merged model to {}", a.out.display()))?;

@@ -55,14 +55,26 @@ pub fn set_full_finetune(model: &mut Transformer, freeze_embeddings: bool) {
 }
 
 /// Folds every adapter into its base weight (W += (α/r)·B·A) and removes it: the model then
-/// computes exactly what the adapted model computed, with plain linear layers.
-pub fn merge(model: &mut Transformer) {
+/// computes exactly what the adapted model computed, with plain linear layers. A merged weight that is not finite
+/// (an adapter with huge values or scale: finite on its own, overflowing in the product) is an error naming it, so
+/// no command writes a model every loader then refuses.
+pub fn merge(model: &mut Transformer) -> Result<()> {
     for lin in model.blocks.iter_mut().flat_map(|b| b.linears_mut()) {
         if let Some(l) = lin.lora.take() {
             lin.w.unpack();
             for (w, d) in lin.w.data.iter_mut().zip(l.delta()) {
                 *w += d;
             }
+            if let Some(i) = lin.w.data.iter().position(|v| !v.is_finite()) {
+                bail!(
+                    "{}.weight is {} at element {i} after merging its LoRA adapter (scale {}); the adapter's values \
+                     or lora_alpha are too large for a model: check that it trained without diverging",
+                    lin.name,
+                    lin.w.data[i],
+                    l.scale
+                );
+            }
         }
     }
+    Ok(())
 }
