@@ -43,6 +43,23 @@ impl Totals {
     pub fn perplexity(&self) -> f64 {
         self.nll_per_token().exp()
     }
+
+    /// The totals of a finished `score` or `eval`, refused when the perplexity overflows f64 (NLL/token above
+    /// ln(f64::MAX) ≈ 709.8): every log-prob is finite, but a model that far off is broken, and "perplexity inf"
+    /// (JSON null) with exit 0 would pass for a result.
+    pub fn checked(self) -> Result<Self> {
+        if !self.perplexity().is_finite() {
+            bail!(
+                "NLL/token is {:.1} over {} y tokens, so the perplexity exp(NLL/token) overflows: the model gives y \
+                 tokens a probability near e^-{:.0} on average, which no working model does; check the model's \
+                 weights and the adapter (a norm or scale far out of range)",
+                self.nll_per_token(),
+                self.tokens,
+                self.nll_per_token()
+            );
+        }
+        Ok(self)
+    }
 }
 
 /// Every row of `data` (any format [`load_dataset`] reads, with the field names of `opts`) encoded whole.

@@ -367,14 +367,21 @@ fn a_partial_needs_resume_output_and_a_finished_file_needs_overwrite() {
     }
 }
 
-/// tiny-llama copied into `dir` with one NaN in its final norm's gain, so that every logit is NaN.
-fn nan_llama(dir: &Path) -> PathBuf {
-    let model = copy_fixture("tiny-llama", &dir.join("nan-llama"));
+/// tiny-llama copied into `dir/name` with its final norm's gains (f32) changed by `edit`.
+fn llama_with_final_norm(dir: &Path, name: &str, edit: impl Fn(&mut [f32])) -> PathBuf {
+    let model = copy_fixture("tiny-llama", &dir.join(name));
     let w = model.join("model.safetensors");
     let bytes = std::fs::read(&w).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut norm = st.tensor("model.norm.weight").unwrap().data().to_vec();
-    norm[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let mut gains: Vec<f32> = st
+        .tensor("model.norm.weight")
+        .unwrap()
+        .data()
+        .chunks(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    edit(&mut gains);
+    let norm: Vec<u8> = gains.iter().flat_map(|g| g.to_le_bytes()).collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = st
         .tensors()
         .into_iter()
@@ -388,6 +395,25 @@ fn nan_llama(dir: &Path) -> PathBuf {
         .collect();
     std::fs::write(&w, safetensors::serialize(views, None).unwrap()).unwrap();
     model
+}
+
+/// tiny-llama with one NaN in its final norm's gain, so that every logit is NaN.
+fn nan_llama(dir: &Path) -> PathBuf {
+    llama_with_final_norm(dir, "nan-llama", |g| g[0] = f32::NAN)
+}
+
+/// A model whose log-probs are all finite but so low (final norm gains ×1e5: NLL/token in the hundreds of
+/// thousands) that the perplexity overflows: score and eval fail rather than report "perplexity inf" with exit 0.
+#[test]
+fn a_perplexity_that_overflows_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = llama_with_final_norm(tmp.path(), "huge-norm", |g| g.iter_mut().for_each(|v| *v *= 1e5));
+    let data = fixture("score_rows.jsonl");
+    let (ok, stdout, err) = condlm(&["eval", "--model", s(&model), "--data", s(&data)]);
+    assert!(!ok && err.contains("perplexity exp(NLL/token) overflows") && stdout.is_empty(), "{err}");
+    let out = tmp.path().join("scores.jsonl");
+    let (ok, _, err) = condlm(&["score", "--model", s(&model), "--data", s(&data), "--out", s(&out)]);
+    assert!(!ok && err.contains("overflows"), "{err}");
 }
 
 #[test]

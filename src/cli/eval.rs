@@ -55,7 +55,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let ds = load_rows_cut_x(&data, &m.tokenizer, &opts)?;
     let mut scorer = a.device.scorer(&m.model)?;
     let lps = score_encoded(&mut *scorer, &ds.examples, a.batch, |_| {}).map_err(|e| name_row(e, &ds.sources))?;
-    let t = Totals::of(&row_scores(&lps));
+    let t = Totals::of(&row_scores(&lps)).checked()?;
     out!(
         "{}",
         serde_json::json!({"rows": ds.examples.len(), "tokens": t.tokens, "nll": t.nll_per_token(), "perplexity": t.perplexity()})

@@ -98,7 +98,7 @@ pub fn run(a: ScoreArgs) -> Result<()> {
     writer.finish()?;
     bar.finish_and_clear();
     let secs = start.elapsed().as_secs_f64();
-    let t = Totals::of(&scores);
+    let t = Totals::of(&scores).checked()?;
     let total_tokens: usize = ds.examples[resumed..].iter().map(|e| e.ids.len()).sum();
     eprintln!(
         "scored {} rows, {} y tokens: NLL/token {:.4}, perplexity {:.3} ({:.0} tokens/s)",
