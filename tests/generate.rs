@@ -534,6 +534,39 @@ fn cli_streams_a_prompt_and_generates_for_rows() {
     }
 }
 
+/// A large negative --length-penalty drives normalised scores below transformers' −1e9 placeholder
+/// (`sum · L^4`); the search must still run to a real hypothesis (here the length limit, with --ignore-eos) rather
+/// than stop early and report the running beam as "length".
+#[test]
+fn beam_search_with_a_large_negative_length_penalty_ends_at_a_real_hypothesis() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = dir.path().join("rows.jsonl");
+    std::fs::write(&rows, "{\"prompt\": \"hi\"}\n").unwrap();
+    let dst = dir.path().join("gen.jsonl");
+    let model = fixture("tiny-llama");
+    let out = condlm_cli(&[
+        "generate",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        rows.to_str().unwrap(),
+        "--out",
+        dst.to_str().unwrap(),
+        "--num-beams",
+        "3",
+        "--length-penalty",
+        "-4",
+        "--max-new-tokens",
+        "100",
+        "--ignore-eos",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let row: Value = serde_json::from_str(std::fs::read_to_string(&dst).unwrap().trim()).unwrap();
+    assert_eq!(row["new_tokens"], 100, "{row}");
+    assert_eq!(row["finish_reason"], "length");
+    assert!(row["score"].as_f64().unwrap() < -1e9, "the regime under test: {row}");
+}
+
 #[test]
 fn cli_chat_renders_the_template_like_transformers() {
     let exp: Value =

@@ -19,7 +19,11 @@
 //!   `early_stopping` true, or every kept continuation finished (the length limit).
 //! - The result is the best hypothesis: its tokens, including the stop token that ended it.
 //!
-//! Scores are f32 like transformers'; ties between equal scores go to the lower (beam, token) index.
+//! Scores are f32 like transformers'; ties between equal scores go to the lower (beam, token) index. Where
+//! transformers uses −1e9 as a stand-in for −∞ (an empty hypothesis slot in the heuristic, a finished continuation
+//! among the running ones), condlm uses −∞: the two agree while every score stays above −1e9, and a search whose
+//! scores fall below it (a large negative length_penalty: `sum · L^|lp|`) still ends at a real hypothesis rather
+//! than stopping early on transformers' placeholder.
 use super::sampling::{Scratch, log_softmax, no_repeat_ngram, repetition_penalty};
 
 /// transformers' `early_stopping`: true (stop once `num_beams` hypotheses exist), false (the default: stop
@@ -39,9 +43,6 @@ pub struct BeamParams {
     pub length_penalty: f64,
     pub early_stopping: EarlyStopping,
 }
-
-/// The penalty used by transformers for "a very bad score".
-const NEG: f32 = -1.0e9;
 
 #[derive(Clone, Copy, Debug)]
 struct Candidate {
@@ -174,8 +175,8 @@ impl BeamSearch {
             let denom = (gen_len as f64).powf(self.p.length_penalty) as f32;
             for c in self.cands.iter().take(nb).filter(|c| c.finished) {
                 let score = c.score / denom;
-                if score.is_nan() || score <= NEG {
-                    continue; // transformers ranks these below its placeholders: never a hypothesis
+                if score.is_nan() || score == f32::NEG_INFINITY {
+                    continue;
                 }
                 let at = self.hyps.partition_point(|h| h.0 >= score);
                 if at < nb {
@@ -187,7 +188,7 @@ impl BeamSearch {
             }
         }
         // e. next running beams: the best num_beams after finished ones are pushed down by −1e9.
-        let masked = |c: &Candidate| if c.finished { c.score + NEG } else { c.score };
+        let masked = |c: &Candidate| if c.finished { f32::NEG_INFINITY } else { c.score };
         self.order.clear();
         self.order.extend(0..self.cands.len());
         let cands = &self.cands;
@@ -212,7 +213,7 @@ impl BeamSearch {
         };
         let best = self.scores[0] / (l as f64).powf(self.p.length_penalty) as f32;
         let all_full = self.hyps.len() == nb;
-        let worst = if all_full { self.hyps[nb - 1].0 } else { NEG };
+        let worst = if all_full { self.hyps[nb - 1].0 } else { f32::NEG_INFINITY };
         self.heuristic_unsatisfied &= best > worst;
         let all_finished = self.cands.iter().all(|c| c.finished);
         self.done =
@@ -220,7 +221,7 @@ impl BeamSearch {
     }
 
     /// The best hypothesis: (score, generated tokens including the stop token). Falls back to the best running
-    /// beam if no hypothesis exists (not reachable with transformers' rules, kept for safety).
+    /// beam if no hypothesis exists (reached only when every continuation scored −∞).
     pub fn best(&self) -> (f32, &[u32]) {
         match self.hyps.first() {
             Some((s, ids)) => (*s, ids),
