@@ -93,6 +93,26 @@ fn prompt_rows(dir: &Path) -> PathBuf {
     rows
 }
 
+/// An --out that is an input (the data file, a file of the model folder) is refused even with --overwrite, before
+/// anything is written: the input stays as it was.
+#[test]
+fn an_out_that_is_an_input_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("rows.jsonl");
+    std::fs::copy(fixture("score_rows.jsonl"), &data).unwrap();
+    let model = copy_fixture("tiny-llama", &tmp.path().join("model"));
+    let before = std::fs::read(&data).unwrap();
+    let (ok, _, err) = condlm(&["score", "--model", s(&model), "--data", s(&data), "--out", s(&data), "--overwrite"]);
+    assert!(!ok && err.contains("is an input of this command"), "{err}");
+    assert_eq!(std::fs::read(&data).unwrap(), before);
+    let tok = model.join("tokenizer.json");
+    let tok_before = std::fs::read(&tok).unwrap();
+    let rows = prompt_rows(tmp.path());
+    let (ok, _, err) = condlm(&["generate", "--model", s(&model), "--data", s(&rows), "--out", s(&tok), "--overwrite"]);
+    assert!(!ok && err.contains("is an input of this command"), "{err}");
+    assert_eq!(std::fs::read(&tok).unwrap(), tok_before);
+}
+
 #[test]
 fn generate_out_without_data_is_refused() {
     // --out writes the rows of --data; with --prompt it used to be ignored (exit 0, no file).

@@ -17,6 +17,7 @@ use condlm::formats::resolve::ModelFiles;
 use condlm::formats::trained_on::TrainedOn;
 use condlm::kernels::dequant::GgmlType;
 use condlm::network::adapters;
+use condlm::output::check_not_an_input;
 use condlm::progress;
 use std::path::{Path, PathBuf};
 
@@ -215,13 +216,8 @@ fn warn_if_fine_tune_rounded(base: GgmlType, ty: GgmlType) {
 
 /// Refuses an --out (or Modelfile) that exists without --overwrite, and an --out that is an input.
 fn check_out(a: &ExportGgufArgs, modelfile_path: &Path) -> Result<()> {
-    let same = |p: &Path| match (a.out.canonicalize(), p.canonicalize()) {
-        (Ok(x), Ok(y)) => x.starts_with(y),
-        _ => false,
-    };
-    if same(Path::new(&a.model)) || a.adapter.adapter.as_deref().is_some_and(same) {
-        bail!("--out {} is an input of this export (the model or the adapter); write elsewhere", a.out.display());
-    }
+    let inputs: Vec<&Path> = [Path::new(&a.model)].into_iter().chain(a.adapter.adapter.as_deref()).collect();
+    check_not_an_input(&a.out, &inputs)?;
     if a.out.is_dir() {
         bail!(
             "--out {} is a folder; give the GGUF file to write, e.g. {}/model.gguf",

@@ -14,6 +14,7 @@ use condlm::generate::{
 };
 use condlm::kernels::compute::Compute;
 use condlm::network::transformer::Transformer;
+use condlm::output::check_not_an_input;
 use condlm::output::fingerprint::{Fingerprint, row_hash};
 use condlm::output::rows::{Destination, RowWriter, prepare};
 use condlm::progress;
@@ -21,7 +22,7 @@ use condlm::tokenizer::TextTokenizer;
 use condlm::train::memory::{DecodePlan, available_bytes};
 use serde_json::Value;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Generate y from x. The prompt is encoded exactly as training encodes x (the tokenizer's BOS if it adds one,
@@ -153,6 +154,11 @@ pub fn run(a: GenerateArgs) -> Result<()> {
         bail!("--out writes the rows of --data; with --prompt the generation streams to stdout (redirect it: > FILE)");
     }
     let mut opts = options(&a)?;
+    if let (Some(out), Some(data)) = (&a.out, &a.data) {
+        let inputs: Vec<&Path> =
+            [Path::new(&a.model), Path::new(data)].into_iter().chain(a.adapter.adapter.as_deref()).collect();
+        check_not_an_input(out, &inputs)?;
+    }
     let out = a.data.is_some().then(|| prepare(a.out.as_deref(), a.overwrite, a.resume_output)).transpose()?;
     let data =
         a.data.as_deref().map(|d| resolve_data(d, a.data_format, a.split.as_deref(), EVAL_SPLITS)).transpose()?;

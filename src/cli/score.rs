@@ -9,12 +9,13 @@ use condlm::data::dataset::Dataset;
 use condlm::data::example::Example;
 use condlm::data::source::EVAL_SPLITS;
 use condlm::formats::load::load_model_as;
+use condlm::output::check_not_an_input;
 use condlm::output::fingerprint::{Fingerprint, row_hash};
 use condlm::output::rows::prepare;
 use condlm::progress;
 use condlm::score::{RowScore, Totals, load_rows, name_row, score_batches};
 use serde_json::Value;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Score every row: log P(y + EOS | x) per row (natural log), then NLL/token and perplexity. Rows are read as
 /// `eval` and `train` read them (prompt/completion, Alpaca or chat; JSONL, a JSON array, Parquet, CSV or TSV),
@@ -62,6 +63,11 @@ pub struct ScoreArgs {
 pub fn run(a: ScoreArgs) -> Result<()> {
     if a.batch == 0 {
         bail!("--batch must be at least 1 (rows per forward pass)");
+    }
+    if let Some(out) = &a.out {
+        let inputs: Vec<&Path> =
+            [Path::new(&a.model), Path::new(&a.data.data)].into_iter().chain(a.adapter.adapter.as_deref()).collect();
+        check_not_an_input(out, &inputs)?;
     }
     let out = prepare(a.out.as_deref(), a.overwrite, a.resume_output)?;
     a.device.check_compute(a.compute.get())?;

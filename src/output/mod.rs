@@ -52,6 +52,16 @@ pub fn remove_partial_outputs_on_signal() -> Result<()> {
     Ok(())
 }
 
+/// Refuses an output `out` that is, or lies inside, one of `inputs` (the model, the data, the adapter), before
+/// anything is written: with --overwrite it would destroy what the command reads.
+pub fn check_not_an_input(out: &Path, inputs: &[&Path]) -> Result<()> {
+    let Ok(out_c) = out.canonicalize() else { return Ok(()) };
+    if let Some(input) = inputs.iter().find(|i| i.canonicalize().is_ok_and(|i| out_c.starts_with(i))) {
+        bail!("--out {} is an input of this command ({}); write elsewhere", out.display(), input.display());
+    }
+    Ok(())
+}
+
 /// Writes `bytes` to `path` through a temporary sibling file renamed into place.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |w| Ok(w.write_all(bytes)?))
@@ -64,7 +74,8 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Resul
     if !dir.is_dir() {
         bail!("cannot write {}: folder {} does not exist; create it first", path.display(), dir.display());
     }
-    let tmp = shared(&mut tempfile::Builder::new(), 0o666)
+    // Named for condlm: a file a SIGKILL leaves behind says whose it is.
+    let tmp = shared(tempfile::Builder::new().prefix(".condlm-tmp-"), 0o666)
         .tempfile_in(dir)
         .with_context(|| format!("cannot write {}: folder {} is not writable", path.display(), dir.display()))?;
     let _listed = BeingWritten::new(tmp.path());
