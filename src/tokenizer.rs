@@ -123,19 +123,28 @@ impl TextTokenizer {
         } else {
             serde_json::Value::Null
         };
-        let token_id = |key: &str| -> Option<u32> {
-            let v = cfg.get(key)?;
-            let s = v.as_str().or_else(|| v.get("content")?.as_str())?;
-            inner.token_to_id(s)
+        // A token named but missing from the vocabulary is an error: falling back to config.json's id would train
+        // and score another EOS than the one the tokenizer config names.
+        let token_id = |key: &str| -> Result<Option<u32>> {
+            let Some(v) = cfg.get(key) else { return Ok(None) };
+            let Some(s) = v.as_str().or_else(|| v.get("content")?.as_str()) else { return Ok(None) };
+            match inner.token_to_id(s) {
+                Some(id) => Ok(Some(id)),
+                None => bail!(
+                    "{}: {key} {s:?} is not in tokenizer.json's vocabulary; correct it (or remove the key to use \
+                     config.json's id)",
+                    cfg_path.display()
+                ),
+            }
         };
-        let eos_id = token_id("eos_token").or(config_eos).with_context(|| {
+        let eos_id = token_id("eos_token")?.or(config_eos).with_context(|| {
             format!(
                 "{}: no eos_token in tokenizer_config.json or config.json; the model could not learn to stop",
                 dir.display()
             )
         })?;
         let bos_to_force = match cfg.get("add_bos_token").and_then(|v| v.as_bool()) {
-            Some(true) => token_id("bos_token"),
+            Some(true) => token_id("bos_token")?,
             _ => None,
         };
         let chat_template = match cfg.get("chat_template") {
@@ -149,7 +158,8 @@ impl TextTokenizer {
                 path.exists().then(|| input::read_to_string(&path, "chat template")).transpose()?
             }
         };
-        let bos_token = token_id("bos_token").and_then(|id| inner.id_to_token(id));
+        // Only the chat template reads this one (as text): a name outside the vocabulary leaves it unset there.
+        let bos_token = token_id("bos_token").ok().flatten().and_then(|id| inner.id_to_token(id));
         Ok(TextTokenizer { bos_token, ..Self::new(inner, eos_id, bos_to_force, chat_template)? })
     }
 

@@ -76,6 +76,20 @@ fn unknown_and_missing_tensors_are_named() {
     assert!(err.contains("unknown tensor \"model.layers.0.self_attn.q_norm.weight\""), "{err}");
 }
 
+/// An eos_token that is not in the vocabulary is an error naming the file and the token, not a silent fallback to
+/// config.json's id (which would train and score another EOS).
+#[test]
+fn an_eos_token_outside_the_vocabulary_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("tiny-llama"), tmp.path());
+    let cfg_path = tmp.path().join("tokenizer_config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["eos_token"] = "<|nope|>".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let err = score_err(tmp.path(), &fixture("score_rows.jsonl"));
+    assert!(err.contains("tokenizer_config.json") && err.contains("eos_token \"<|nope|>\""), "{err}");
+}
+
 #[test]
 fn bad_jsonl_lines_are_named() {
     let tmp = tempfile::tempdir().unwrap();
