@@ -157,6 +157,20 @@ fn overwrite_keeps_the_earlier_run_aside_until_a_resumed_run_finishes() {
     assert_ne!(read(&out.join("adapter/adapter_model.safetensors")), before.0);
 }
 
+/// Flags that contradict each other are refused before anything loads; LoRA flags given to a --full run are named
+/// as ignored.
+#[test]
+fn conflicting_flags_are_refused_or_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let data = s(&fixture("train_rows.jsonl"));
+    train(&out, &["--eval-data", &data, "--eval-fraction", "0.2"]).fails_with(&["--eval-fraction", "--eval-data"]);
+    train(&out, &["--prompt-field", "completion"]).fails_with(&["--prompt-field", "--completion-field"]);
+    assert!(!out.exists(), "nothing is written for a refused run");
+    let r = train(&out, &["--full", "--max-steps", "1"]);
+    assert!(r.ok() && r.stderr.contains("warning: --lora-r set, but --full"), "{}", r.stderr);
+}
+
 #[test]
 fn overwrite_replaces_the_run_once_the_new_one_succeeds() {
     let tmp = tempfile::tempdir().unwrap();

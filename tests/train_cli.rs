@@ -159,8 +159,11 @@ fn full_finetuning_writes_an_hf_folder_that_scores_as_the_run_reported() {
     let out = tmp.path().join("full");
     // Evaluate on the training rows themselves, so `condlm eval` of the same file reproduces the run's numbers.
     let data = fixture("train_rows.jsonl");
-    let (ok, err) =
-        condlm(&train_args(out.to_str().unwrap(), "1e-3", &["--full", "--eval-data", data.to_str().unwrap()]));
+    let (ok, err) = condlm(&train_args(
+        out.to_str().unwrap(),
+        "1e-3",
+        &["--full", "--eval-data", data.to_str().unwrap(), "--eval-fraction", "0"],
+    ));
     assert!(ok, "{err}");
     let (_, eval) = curves(&out);
     let (first, last) = (eval.first().unwrap(), eval.last().unwrap());

@@ -716,6 +716,10 @@ fn settings_and_state(
         None => (s.with_absolute_paths()?, None),
     };
     s.validate()?;
+    let ignored = s.lora_settings_ignored();
+    if resumed.is_none() && !ignored.is_empty() {
+        eprintln!("warning: {} set, but --full trains every weight and no adapter: ignored", ignored.join(", "));
+    }
     Ok((s, resumed))
 }
 
