@@ -78,9 +78,50 @@ pub fn describe(groups: &BTreeMap<String, Vec<String>>) -> String {
     format!("splits present:\n{}", groups.iter().map(line).collect::<Vec<_>>().join("\n"))
 }
 
+/// The shard numbering of a file name `…-NNNNN-of-TTTTT…`: (the name before the number, number, total).
+fn shard_of(rel: &str) -> Option<(&str, usize, usize)> {
+    let (before, after) = rel.rsplit_once("-of-")?;
+    let (stem, index) = before.rsplit_once('-')?;
+    let total: String = after.chars().take_while(char::is_ascii_digit).collect();
+    Some((stem, index.parse().ok()?, total.parse().ok()?))
+}
+
+/// Refuses a split whose shards (`train-00000-of-00003.parquet`, …) are not all there: reading the ones present
+/// would train or score on part of the data without a word.
+fn check_shards(split: &str, files: &[String]) -> Result<()> {
+    let mut sets: BTreeMap<(&str, usize), Vec<usize>> = BTreeMap::new();
+    for (stem, index, total) in files.iter().filter_map(|f| shard_of(f)) {
+        sets.entry((stem, total)).or_default().push(index);
+    }
+    for ((stem, total), present) in sets {
+        let missing: Vec<String> =
+            (0..total).filter(|i| !present.contains(i)).map(|i| format!("{stem}-{i:05}-of-{total:05}")).collect();
+        if !missing.is_empty() {
+            bail!(
+                "split \"{split}\" has {} of its {total} shards: missing {}; download the rest (or pass the files \
+                 you want as --data)",
+                total - missing.len(),
+                missing.join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The split to read: `requested` (`--split`), else the first of `defaults` that is present. A bare split name
-/// also matches `config/split` when exactly one configuration has it. Returns (split name, files).
+/// also matches `config/split` when exactly one configuration has it; its shards must all be there. Returns
+/// (split name, files).
 pub fn choose<'a>(
+    groups: &'a BTreeMap<String, Vec<String>>,
+    requested: Option<&str>,
+    defaults: &[&str],
+) -> Result<(&'a str, &'a [String])> {
+    let (split, files) = choose_split(groups, requested, defaults)?;
+    check_shards(split, files)?;
+    Ok((split, files))
+}
+
+fn choose_split<'a>(
     groups: &'a BTreeMap<String, Vec<String>>,
     requested: Option<&str>,
     defaults: &[&str],
@@ -155,5 +196,14 @@ mod tests {
         assert_eq!(g["train"], ["alpaca_data.json"]);
         let g = groups(&["data/train_sft-00000-of-00001.parquet", "data/test_sft-00000-of-00001.parquet"]);
         assert!(g.contains_key("train_sft") && g.contains_key("test_sft"));
+    }
+
+    #[test]
+    fn a_split_missing_shards_is_refused_naming_them() {
+        let g = groups(&["data/train-00000-of-00003.parquet", "data/train-00002-of-00003-a1b2.parquet"]);
+        let e = choose(&g, Some("train"), &[]).unwrap_err().to_string();
+        assert!(e.contains("2 of its 3 shards") && e.contains("missing data/train-00001-of-00003"), "{e}");
+        let g = groups(&["train-00000-of-00002.jsonl", "train-00001-of-00002.jsonl", "test-0.jsonl"]);
+        assert_eq!(choose(&g, None, &["train"]).unwrap().1.len(), 2);
     }
 }
