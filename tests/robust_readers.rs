@@ -139,6 +139,9 @@ fn gguf_tensor_extents_are_checked_against_type_dims_and_file() {
     // A type condlm cannot dequantize.
     let err = Gguf::header(1, 0).tensor("w", &[1], 1000, 0).data(64).err();
     assert_names(&err, &["hostile.gguf", "tensor 'w' has GGML type 1000"]);
+    // Two tensors sharing bytes: 16 F32 values (64 bytes) at 0 and another tensor at 32.
+    let err = Gguf::header(2, 0).tensor("a", &[16], 0, 0).tensor("b", &[8], 0, 32).data(128).err();
+    assert_names(&err, &["hostile.gguf", "tensors 'a'", "'b'", "overlap"]);
 }
 
 /// A two-token byte-level BPE vocabulary ("a", "b"), whose `*_token_id`s and merges the tests then break.

@@ -624,6 +624,24 @@ fn check_tensors(
         }
         tensors.push(info);
     }
+    // Each tensor owns its bytes: two that share some read each other's data (a damaged or hand-edited index).
+    let mut by_offset: Vec<&GgufTensorInfo> = tensors.iter().collect();
+    by_offset.sort_by_key(|t| t.offset);
+    for pair in by_offset.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let a_end = a.offset + a.n_bytes().expect("checked above");
+        if a_end > b.offset && b.n_bytes() != Some(0) {
+            return Err(format!(
+                "the data of tensors '{}' (data offset {}, {} bytes) and '{}' (data offset {}) overlap; \
+                 {CORRUPT_HINT}",
+                a.name,
+                a.offset,
+                a_end - a.offset,
+                b.name,
+                b.offset
+            ));
+        }
+    }
     Ok(tensors)
 }
 
