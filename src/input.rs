@@ -44,13 +44,24 @@ pub fn open_regular(path: &Path, what: &str) -> Result<File> {
     File::open(path).with_context(|| format!("cannot open {what} {}", path.display()))
 }
 
-/// The whole of a regular UTF-8 text file (see [`open_regular`]).
+/// The whole of a regular UTF-8 text file (see [`open_regular`]); bytes that are not UTF-8 are an error naming
+/// their line.
 pub fn read_to_string(path: &Path, what: &str) -> Result<String> {
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     open_regular(path, what)?
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read {what} {} (it must be UTF-8 text)", path.display()))?;
-    Ok(text)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read {what} {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = 1 + good.iter().filter(|&&b| b == b'\n').count();
+        let column = 1 + good.iter().rev().take_while(|&&b| b != b'\n').count();
+        let byte = e.as_bytes()[good.len()];
+        anyhow::anyhow!(
+            "{}:{line}: {what} is not UTF-8 text (byte 0x{byte:02x} at byte {column} of the line); save the file as \
+             UTF-8",
+            path.display()
+        )
+    })
 }
 
 /// The bytes of a file: memory-mapped when read from disk, owned when they were already in memory (tests, fuzzing).
@@ -82,4 +93,20 @@ pub fn map(path: &Path, what: &str) -> Result<FileBytes> {
     // process while it is open; readers bounds-check every access against the length of the map taken here.
     let mmap = unsafe { Mmap::map(&file) }.with_context(|| format!("cannot memory-map {what} {}", path.display()))?;
     Ok(FileBytes::Mapped(mmap))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_that_is_not_utf8_is_named_by_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.jsonl");
+        std::fs::write(&path, b"{\"a\": 1}\n{\"a\": \"caf\xe9\"}\n").unwrap();
+        let e = read_to_string(&path, "data file").unwrap_err().to_string();
+        assert!(e.contains("rows.jsonl:2:") && e.contains("byte 0xe9 at byte 11 of the line"), "{e}");
+        std::fs::write(&path, "{\"a\": \"café\"}\n").unwrap();
+        assert_eq!(read_to_string(&path, "data file").unwrap(), "{\"a\": \"café\"}\n");
+    }
 }
