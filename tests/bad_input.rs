@@ -90,6 +90,17 @@ fn an_eos_token_outside_the_vocabulary_is_named() {
     assert!(err.contains("tokenizer_config.json") && err.contains("eos_token \"<|nope|>\""), "{err}");
 }
 
+/// A thread count far above the cores (a typo: 4096 threads stall the math for minutes) is refused at once.
+#[test]
+fn absurd_thread_counts_are_refused() {
+    let out = Command::new(env!("CARGO_BIN_EXE_condlm"))
+        .args(["--threads", "100000", "score", "--model", "/nonexistent", "--data", "/nonexistent"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--threads 100000 is far more than"), "{err}");
+}
+
 #[test]
 fn bad_jsonl_lines_are_named() {
     let tmp = tempfile::tempdir().unwrap();

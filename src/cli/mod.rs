@@ -250,9 +250,15 @@ pub fn flag_value(v: impl clap::ValueEnum) -> serde_json::Value {
 
 /// Sizes rayon's global pool (which the GEMMs and kernels share).
 pub fn init_threads(threads: Option<usize>) -> Result<()> {
-    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let n = threads.unwrap_or(cores);
     if n == 0 {
         anyhow::bail!("--threads must be at least 1");
+    }
+    // Far more threads than cores only slow the math down (thousands of them stall it for minutes): a typo.
+    let most = (8 * cores).max(64);
+    if n > most {
+        anyhow::bail!("--threads {n} is far more than this machine's {cores} cores (at most {most}); use {cores}");
     }
     rayon::ThreadPoolBuilder::new().num_threads(n).build_global()?;
     Ok(())
