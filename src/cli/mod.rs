@@ -81,8 +81,10 @@ pub struct ComputeArgs {
     /// the base linears of a block-quantized GGUF meet activations rounded to 8 bits in integer products, as
     /// llama.cpp computes; faster on K-quants, about 0.015 nats a token off f32). LoRA's own products, attention,
     /// norms and the optimizer stay f32. On the CPU, a forward pass of 16 rows or fewer (a batch that small)
-    /// takes the f32 matrix-vector kernels whatever the compute: bf16 results then depend on --batch-size within
-    /// bf16's rounding [default: f32].
+    /// takes the matrix-vector kernels: f32 ones under bf16, so bf16 results depend on --batch-size within bf16's
+    /// rounding; integer ones under int8, while longer passes take the integer GEMM (K-quants) or f32 (other
+    /// blocks), so int8 results depend on --batch-size and on which rows share a pass. For scores that do not,
+    /// use f32 [default: f32].
     #[arg(long, value_enum)]
     pub compute: Option<Compute>,
 }
