@@ -255,6 +255,23 @@ fn tokenizer_pre_names_a_pre_tokenizer_llama_cpp_knows_and_the_tokenizer_uses() 
     assert!(ok && pre_of(&out) == "gpt-2", "{err}");
 }
 
+/// A ChatML template that writes a default system turn into a conversation without one (SmolLM2's does) gets it as
+/// the Modelfile's SYSTEM, so Ollama prompts as training did.
+#[test]
+fn the_modelfile_carries_the_templates_default_system_message() {
+    let scratch = out_dir("default-system");
+    let d = scratch.path();
+    let model = d.join("model");
+    common::copy_dir(&fixture("tiny-qwen2"), &model);
+    let path = model.join("chat_template.jinja");
+    let chatml = std::fs::read_to_string(&path).unwrap();
+    let system = "{% if messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a tiny test model.<|im_end|>\n' }}{% endif %}";
+    std::fs::write(&path, format!("{system}{chatml}")).unwrap();
+    export(&["--model", p(&model), "--out", p(&d.join("m.gguf")), "--modelfile"]);
+    let mf = std::fs::read_to_string(d.join("Modelfile")).unwrap();
+    assert!(mf.contains("SYSTEM \"\"\"You are a tiny test model.\"\"\"\n") && mf.contains("range .Messages"), "{mf}");
+}
+
 #[test]
 fn the_modelfile_presents_prompts_as_training_did() {
     // tiny-llama has a ChatML chat template; an adapter trained on its prompt/completion rows must get raw prompts.

@@ -4,6 +4,7 @@
 use super::AdapterArgs;
 use anyhow::{Result, bail};
 use clap::{Args, ValueEnum};
+use condlm::data::chat::{ChatTemplate, GenerationPrompt};
 use condlm::data::records::ALPACA_PROMPT_NO_INPUT;
 use condlm::formats::gguf::export::{
     ExportTensor, gguf_arch, model_metadata, model_tensors, type_counts, write_export,
@@ -19,6 +20,7 @@ use condlm::kernels::dequant::GgmlType;
 use condlm::network::adapters;
 use condlm::output::check_not_an_input;
 use condlm::progress;
+use condlm::tokenizer::TextTokenizer;
 use std::path::{Path, PathBuf};
 
 /// Write a model as a GGUF file for llama.cpp / Ollama / LM Studio: --model with --adapter merged in (or a full
@@ -163,7 +165,8 @@ pub fn run(a: ExportGgufArgs) -> Result<()> {
         let file_name = a.out.file_name().unwrap_or_default().to_string_lossy();
         let trained_on = TrainedOn::of_model(&m.files, a.adapter.adapter.as_deref())?;
         let template = m.tokenizer.chat_template.as_deref();
-        let text = modelfile(&file_name, template, &eos, trained_on, ALPACA_PROMPT_NO_INPUT);
+        let system = default_system(&m.tokenizer)?;
+        let text = modelfile(&file_name, template, system.as_deref(), &eos, trained_on, ALPACA_PROMPT_NO_INPUT);
         condlm::output::write_atomic(&modelfile_path, text.as_bytes())?;
     }
     let bytes = std::fs::metadata(&a.out).map(|md| md.len()).unwrap_or(0);
@@ -212,6 +215,16 @@ fn warn_if_fine_tune_rounded(base: GgmlType, ty: GgmlType) {
              Q8_0, 0.35 as Q4_0 or Q5_0). Prefer --type f32"
         );
     }
+}
+
+/// The system message a ChatML chat template writes into a conversation that has none (SmolLM2's "You are a
+/// helpful AI assistant named SmolLM…"): its rendering of one user turn, when that starts with a system turn.
+fn default_system(tok: &TextTokenizer) -> Result<Option<String>> {
+    let Some(template) = ChatTemplate::for_tokenizer(tok)? else { return Ok(None) };
+    let user = minijinja::Value::from_pairs([("role", "user"), ("content", "?")]);
+    let Ok(text) = template.render(&[user], None, GenerationPrompt::Omit) else { return Ok(None) };
+    let system = text.strip_prefix("<|im_start|>system\n").and_then(|rest| rest.split_once("<|im_end|>"));
+    Ok(system.map(|(s, _)| s.to_string()))
 }
 
 /// Refuses an --out (or Modelfile) that exists without --overwrite, and an --out that is an input.

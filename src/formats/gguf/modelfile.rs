@@ -17,10 +17,13 @@ const CHATML: &str =
 const RAW: &str = "{{ .Prompt }}";
 
 /// The Modelfile text for `gguf_file` (a name relative to the Modelfile's folder); `alpaca_prompt` is the prompt of
-/// Alpaca rows without input, `{instruction}` where the instruction goes (`data::records`).
+/// Alpaca rows without input, `{instruction}` where the instruction goes (`data::records`); `default_system` the
+/// system message the chat template writes into a conversation that has none (SmolLM2's), which the Go twin of a
+/// ChatML template gets as the Modelfile's SYSTEM (Ollama adds it to a conversation without one).
 pub fn modelfile(
     gguf_file: &str,
     chat_template: Option<&str>,
+    default_system: Option<&str>,
     eos_token: &str,
     trained_on: Option<TrainedOn>,
     alpaca_prompt: &str,
@@ -40,6 +43,10 @@ pub fn modelfile(
         )),
         (_, Some(t)) if t.contains("<|im_start|>") && t.contains("<|im_end|>") => {
             out.push_str(&format!("TEMPLATE \"\"\"{CHATML}\"\"\"\n"));
+            if let Some(system) = default_system {
+                out.push_str("# the chat template's system message for a conversation that brings none\n");
+                out.push_str(&format!("SYSTEM \"\"\"{system}\"\"\"\n"));
+            }
             stops.push("<|im_end|>".into());
         }
         (_, Some(_)) => {
@@ -66,18 +73,21 @@ mod tests {
 
     #[test]
     fn chatml_becomes_a_go_template() {
-        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", None, ALPACA);
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), None, "<|im_end|>", None, ALPACA);
         assert!(m.contains("FROM ./m.gguf\n"), "{m}");
         assert!(m.contains("TEMPLATE \"\"\"{{- range .Messages }}<|im_start|>{{ .Role }}\n"), "{m}");
         assert_eq!(m.matches("PARAMETER stop \"<|im_end|>\"").count(), 1, "{m}");
+        assert!(!m.contains("SYSTEM"), "{m}");
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), Some("You are SmolLM."), "<|im_end|>", None, ALPACA);
+        assert!(m.contains("SYSTEM \"\"\"You are SmolLM.\"\"\"\n"), "{m}");
     }
 
     #[test]
     fn no_template_means_raw_prompts_and_eos_stops() {
-        let m = modelfile("m.gguf", None, "</s>", None, ALPACA);
+        let m = modelfile("m.gguf", None, None, "</s>", None, ALPACA);
         assert!(m.contains("TEMPLATE \"\"\"{{ .Prompt }}\"\"\""), "{m}");
         assert!(m.contains("PARAMETER stop \"</s>\""), "{m}");
-        let m = modelfile("m.gguf", Some("{% for m in messages %}[INST]{% endfor %}"), "</s>", None, ALPACA);
+        let m = modelfile("m.gguf", Some("{% for m in messages %}[INST]{% endfor %}"), None, "</s>", None, ALPACA);
         assert!(!m.contains("TEMPLATE \"\"\"") && m.contains("tokenizer.chat_template"), "{m}");
     }
 
@@ -85,14 +95,14 @@ mod tests {
     fn the_template_follows_what_training_saw() {
         let on = |pairs, alpaca, chats| Some(TrainedOn { pairs, alpaca, chats, ..Default::default() });
         // An adapter of a ChatML model trained on prompt/completion rows: raw prompts, EOS stops.
-        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", on(true, false, false), ALPACA);
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), None, "<|im_end|>", on(true, false, false), ALPACA);
         assert!(m.contains("TEMPLATE \"\"\"{{ .Prompt }}\"\"\"") && m.contains("prompt/completion rows"), "{m}");
         assert!(!m.contains("range .Messages"), "{m}");
-        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|endoftext|>", on(false, true, false), ALPACA);
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), None, "<|endoftext|>", on(false, true, false), ALPACA);
         assert!(m.contains("### Instruction:\n{{ .Prompt }}\n\n### Response:\n\"\"\""), "{m}");
         assert!(m.contains("PARAMETER stop \"<|endoftext|>\"") && !m.contains("<|im_end|>"), "{m}");
         // Chats among the rows: the chat template.
-        let m = modelfile("m.gguf", Some(CHATML_JINJA), "<|im_end|>", on(true, false, true), ALPACA);
+        let m = modelfile("m.gguf", Some(CHATML_JINJA), None, "<|im_end|>", on(true, false, true), ALPACA);
         assert!(m.contains("range .Messages"), "{m}");
     }
 }
