@@ -158,6 +158,9 @@ impl TextTokenizer {
                 path.exists().then(|| input::read_to_string(&path, "chat template")).transpose()?
             }
         };
+        // An empty template is none, as transformers reads it: chat rows then get "no chat template", not rows
+        // rendered to nothing.
+        let chat_template = chat_template.filter(|t| !t.trim().is_empty());
         // Only the chat template reads this one (as text): a name outside the vocabulary leaves it unset there.
         let bos_token = token_id("bos_token").ok().flatten().and_then(|id| inner.id_to_token(id));
         Ok(TextTokenizer { bos_token, ..Self::new(inner, eos_id, bos_to_force, chat_template)? })

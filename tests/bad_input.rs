@@ -90,6 +90,23 @@ fn an_eos_token_outside_the_vocabulary_is_named() {
     assert!(err.contains("tokenizer_config.json") && err.contains("eos_token \"<|nope|>\""), "{err}");
 }
 
+/// An empty chat_template is no template (as transformers reads it): chat rows are refused saying so, not rendered
+/// to nothing and reported as rows without y tokens.
+#[test]
+fn an_empty_chat_template_is_no_template() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("tiny-llama"), tmp.path());
+    let cfg_path = tmp.path().join("tokenizer_config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["chat_template"] = "".into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let rows = tmp.path().join("chat.jsonl");
+    let chat = r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}"#;
+    std::fs::write(&rows, format!("{chat}\n")).unwrap();
+    let err = score_err(tmp.path(), &rows);
+    assert!(err.contains("chat.jsonl:1") && err.contains("has no chat template"), "{err}");
+}
+
 /// A thread count far above the cores (a typo: 4096 threads stall the math for minutes) is refused at once.
 #[test]
 fn absurd_thread_counts_are_refused() {
