@@ -402,6 +402,17 @@ fn vocab_from_copies_the_base_gguf_vocabulary_when_it_is_the_models() {
     for (k, v) in theirs.metadata.iter().filter(|(k, _)| k.starts_with("tokenizer.")) {
         assert_eq!(ours.get(k), Some(v), "{k}");
     }
+    // but the model's own chat template, which it was trained with, over the vocabulary source's (or its lack)
+    let templated = copy_fixture("tiny-llama31", &dir.path().join("templated"));
+    let cfg_path = templated.join("tokenizer_config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    let template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}";
+    cfg["chat_template"] = template.into();
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let (ok, err) = export(&["--model", p(&templated), "--out", p(&out), "--vocab-from", p(&base), "--overwrite"]);
+    assert!(ok, "{err}");
+    let ours = GgufFile::open(&out).unwrap();
+    assert_eq!(ours.get("tokenizer.chat_template"), Some(&MetaValue::Str(template.into())));
     // another vocabulary: another size, or the same size with two tokens swapped
     // a LoRA adapter GGUF is no vocabulary
     let lora = dir.path().join("lora.gguf");

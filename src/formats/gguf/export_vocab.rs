@@ -172,12 +172,18 @@ pub fn tokenizer_metadata(
         ModelFiles::Gguf(path) => {
             let g = GgufFile::open(path)?;
             let own = g.get("tokenizer.ggml.pre").and_then(MetaValue::as_str).map(str::to_string);
-            let m = g
+            let mut m: Metadata = g
                 .metadata
                 .iter()
                 .filter(|(k, _)| k.starts_with("tokenizer."))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect();
+            // The model's own chat template (the one it was trained with) over the vocabulary source's, which a
+            // base GGUF often lacks.
+            if let Some(t) = &tok.chat_template {
+                m.retain(|(k, _)| k != "tokenizer.chat_template");
+                m.push(("tokenizer.chat_template".into(), MetaValue::Str(t.clone())));
+            }
             (m, own)
         }
         ModelFiles::HfDir(dir) => from_hf(dir, tok, config, pre)?,
