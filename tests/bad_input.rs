@@ -76,16 +76,22 @@ fn unknown_and_missing_tensors_are_named() {
     assert!(err.contains("unknown tensor \"model.layers.0.self_attn.q_norm.weight\""), "{err}");
 }
 
-/// An eos_token that is not in the vocabulary is an error naming the file and the token, not a silent fallback to
-/// config.json's id (which would train and score another EOS).
-#[test]
-fn an_eos_token_outside_the_vocabulary_is_named() {
+/// tiny-llama in a temporary folder with `key` of its tokenizer_config.json set to `value`.
+fn tiny_llama_with_tokenizer_config(key: &str, value: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();
     copy_dir(&fixture("tiny-llama"), tmp.path());
     let cfg_path = tmp.path().join("tokenizer_config.json");
     let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["eos_token"] = "<|nope|>".into();
+    cfg[key] = value.into();
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    tmp
+}
+
+/// An eos_token that is not in the vocabulary is an error naming the file and the token, not a silent fallback to
+/// config.json's id (which would train and score another EOS).
+#[test]
+fn an_eos_token_outside_the_vocabulary_is_named() {
+    let tmp = tiny_llama_with_tokenizer_config("eos_token", "<|nope|>");
     let err = score_err(tmp.path(), &fixture("score_rows.jsonl"));
     assert!(err.contains("tokenizer_config.json") && err.contains("eos_token \"<|nope|>\""), "{err}");
 }
@@ -94,12 +100,7 @@ fn an_eos_token_outside_the_vocabulary_is_named() {
 /// to nothing and reported as rows without y tokens.
 #[test]
 fn an_empty_chat_template_is_no_template() {
-    let tmp = tempfile::tempdir().unwrap();
-    copy_dir(&fixture("tiny-llama"), tmp.path());
-    let cfg_path = tmp.path().join("tokenizer_config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
-    cfg["chat_template"] = "".into();
-    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let tmp = tiny_llama_with_tokenizer_config("chat_template", "");
     let rows = tmp.path().join("chat.jsonl");
     let chat = r#"{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}"#;
     std::fs::write(&rows, format!("{chat}\n")).unwrap();
