@@ -157,6 +157,27 @@ fn overwrite_keeps_the_earlier_run_aside_until_a_resumed_run_finishes() {
     assert_ne!(read(&out.join("adapter/adapter_model.safetensors")), before.0);
 }
 
+/// `--dry-run` loads no weights, yet refuses a config whose layer count or vocabulary the tensors contradict (from
+/// the headers), as the real run would.
+#[test]
+fn a_dry_run_checks_the_config_against_the_tensors() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (key, value, words) in [
+        ("num_hidden_layers", 3, &["no tensor of layer 2", "config.json"][..]),
+        ("num_hidden_layers", 1, &["\"model.layers.1.", "is of layer 1"][..]),
+        ("vocab_size", 500, &["embedding has 384 rows", "500"][..]),
+    ] {
+        let model = copy_fixture("tiny-llama", &tmp.path().join(format!("{key}-{value}")));
+        let cfg_path = model.join("config.json");
+        let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+        cfg[key] = value.into();
+        std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+        let out = tmp.path().join("run");
+        train(&out, &["--model", &s(&model), "--dry-run"]).fails_with(words);
+        assert!(!out.exists());
+    }
+}
+
 /// Flags that contradict each other are refused before anything loads; LoRA flags given to a --full run are named
 /// as ignored.
 #[test]

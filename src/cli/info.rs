@@ -48,6 +48,9 @@ pub fn run(a: InfoArgs) -> Result<()> {
     }
     let files = resolve(model)?;
     let (c, weights) = open_weights(&files)?;
+    if let Err(e) = weights.check_layout(&c) {
+        eprintln!("warning: {e:#}; the sizes below are the config's, and loading this model will fail");
+    }
     let tok = load_tokenizer(&files, &c, &weights)?;
     out!("model         {}", files.path().display());
     out!("architecture  {} ({:?} family)", c.architecture, c.family);

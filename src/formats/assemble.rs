@@ -292,15 +292,12 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
     };
     let unused = |n: &&String| !t.used.contains(*n) && !is_ignorable(n) && !c.is_kept_as_is(n);
     if let Some(extra) = names.iter().find(unused) {
-        let config = match weights {
-            Weights::Safetensors { .. } => "config.json",
-            Weights::Gguf { .. } => "the GGUF metadata (block_count, sizes)",
-        };
         bail!(
             "{}: unknown tensor \"{extra}\" — the {} code path would ignore it and compute a different model; \
-             check that {config} matches the weights",
+             check that {} matches the weights",
             weights.path().display(),
-            c.architecture
+            c.architecture,
+            weights.config_source()
         );
     }
     let mut model = model;

@@ -6,11 +6,11 @@ use super::safetensors_files::SafetensorsFiles;
 use crate::kernels::dequant::GgmlType;
 use crate::kernels::packed::PackedMatrix;
 use crate::kernels::weight_bytes::SharedBytes;
-use crate::network::config::DeltaNetShape;
+use crate::network::config::{Config, DeltaNetShape, Family};
 use anyhow::{Result, bail};
 use safetensors::Dtype;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 pub enum Weights {
@@ -44,6 +44,70 @@ impl Weights {
         match self {
             Weights::Safetensors { dir, .. } => dir,
             Weights::Gguf { path, .. } => path,
+        }
+    }
+
+    /// Where the checkpoint's config comes from, for messages that ask to check it against the tensors.
+    pub fn config_source(&self) -> &'static str {
+        match self {
+            Weights::Safetensors { .. } => "config.json",
+            Weights::Gguf { .. } => "the GGUF metadata (block_count, sizes)",
+        }
+    }
+
+    /// The config's layer count and vocabulary checked against the tensors' names and the embedding's rows, from
+    /// the headers alone: what `train --dry-run` and `info`, which load no weights, can check (loading checks
+    /// every tensor).
+    pub fn check_layout(&self, c: &Config) -> Result<()> {
+        let (path, source) = (self.path().display(), self.config_source());
+        let layer_of = |n: &str| -> Option<usize> {
+            let rest = match c.family {
+                Family::Gpt2 => n.strip_prefix("transformer.h.").or_else(|| n.strip_prefix("h.")),
+                Family::Llama => n.strip_prefix(c.text_prefix()).and_then(|r| r.strip_prefix(".layers.")),
+            }?;
+            rest.split('.').next()?.parse().ok()
+        };
+        let names = self.hf_names()?;
+        let mut layers = BTreeSet::new();
+        for (name, layer) in names.iter().filter_map(|n| Some((n, layer_of(n)?))) {
+            if layer >= c.num_layers {
+                bail!(
+                    "{path}: tensor \"{name}\" is of layer {layer}, but the model has {} layers; check that {source} \
+                     matches the weights",
+                    c.num_layers
+                );
+            }
+            layers.insert(layer);
+        }
+        if let Some(missing) = (0..c.num_layers).find(|l| !layers.contains(l)) {
+            bail!(
+                "{path}: the model has {} layers, but no tensor of layer {missing}; check that {source} matches the \
+                 weights",
+                c.num_layers
+            );
+        }
+        let embed = match c.family {
+            Family::Gpt2 => names.iter().find(|n| *n == "transformer.wte.weight" || *n == "wte.weight"),
+            Family::Llama => {
+                let e = format!("{}.embed_tokens.weight", c.text_prefix());
+                names.iter().find(|n| **n == e)
+            }
+        };
+        if let Some(rows) = embed.and_then(|e| self.rows(e))
+            && rows != c.vocab_size
+        {
+            bail!("{path}: the embedding has {rows} rows, but the vocabulary {} tokens; check {source}", c.vocab_size);
+        }
+        Ok(())
+    }
+
+    /// The first dimension of `hf_name` in its HF shape, from the header.
+    fn rows(&self, hf_name: &str) -> Option<usize> {
+        match self {
+            Weights::Safetensors { files, .. } => files.raw(hf_name).and_then(|(_, shape, _)| shape.first().copied()),
+            Weights::Gguf { file, arch, .. } => {
+                file.tensor(&hf_to_gguf(hf_name, arch)?)?.dims.last().map(|&d| d as usize)
+            }
         }
     }
 

@@ -375,6 +375,7 @@ fn load(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) -> Result<
         }
     };
     if opts.dry_run {
+        opened.weights.check_layout(&opened.config)?;
         if root {
             let by_type: Vec<String> = kept.iter().map(|(ty, b)| format!("{ty} {:.2}", gib(*b))).collect();
             eprintln!("weights as kept (GiB): {}", by_type.join(", "));
