@@ -542,29 +542,32 @@ fn beam_search_with_a_large_negative_length_penalty_ends_at_a_real_hypothesis() 
     let dir = tempfile::tempdir().unwrap();
     let rows = dir.path().join("rows.jsonl");
     std::fs::write(&rows, "{\"prompt\": \"hi\"}\n").unwrap();
-    let dst = dir.path().join("gen.jsonl");
     let model = fixture("tiny-llama");
-    let out = condlm_cli(&[
-        "generate",
-        "--model",
-        model.to_str().unwrap(),
-        "--data",
-        rows.to_str().unwrap(),
-        "--out",
-        dst.to_str().unwrap(),
-        "--num-beams",
-        "3",
-        "--length-penalty",
-        "-4",
-        "--max-new-tokens",
-        "100",
-        "--ignore-eos",
-    ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let row: Value = serde_json::from_str(std::fs::read_to_string(&dst).unwrap().trim()).unwrap();
-    assert_eq!(row["new_tokens"], 100, "{row}");
-    assert_eq!(row["finish_reason"], "length");
-    assert!(row["score"].as_f64().unwrap() < -1e9, "the regime under test: {row}");
+    // −40: `sum · 100^40` is far outside f32's range as well.
+    for (lp, below) in [("-4", -1e9), ("-40", -1e80)] {
+        let dst = dir.path().join(format!("gen{lp}.jsonl"));
+        let out = condlm_cli(&[
+            "generate",
+            "--model",
+            model.to_str().unwrap(),
+            "--data",
+            rows.to_str().unwrap(),
+            "--out",
+            dst.to_str().unwrap(),
+            "--num-beams",
+            "3",
+            "--length-penalty",
+            lp,
+            "--max-new-tokens",
+            "100",
+            "--ignore-eos",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let row: Value = serde_json::from_str(std::fs::read_to_string(&dst).unwrap().trim()).unwrap();
+        assert_eq!(row["new_tokens"], 100, "{row}");
+        assert_eq!(row["finish_reason"], "length");
+        assert!(row["score"].as_f64().unwrap() < below, "the regime under test: {row}");
+    }
 }
 
 #[test]

@@ -178,18 +178,13 @@ fn a_dry_run_checks_the_config_against_the_tensors() {
     }
 }
 
-/// Flags that contradict each other are refused before anything loads; LoRA flags given to a --full run are named
-/// as ignored.
+/// A prompt field equal to the completion field (y given y) is refused before anything loads.
 #[test]
-fn conflicting_flags_are_refused_or_named() {
+fn the_same_field_for_x_and_y_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let data = s(&fixture("train_rows.jsonl"));
-    train(&out, &["--eval-data", &data, "--eval-fraction", "0.2"]).fails_with(&["--eval-fraction", "--eval-data"]);
     train(&out, &["--prompt-field", "completion"]).fails_with(&["--prompt-field", "--completion-field"]);
     assert!(!out.exists(), "nothing is written for a refused run");
-    let r = train(&out, &["--full", "--max-steps", "1"]);
-    assert!(r.ok() && r.stderr.contains("warning: --lora-r set, but --full"), "{}", r.stderr);
 }
 
 #[test]

@@ -19,7 +19,8 @@
 //!   `early_stopping` true, or every kept continuation finished (the length limit).
 //! - The result is the best hypothesis: its tokens, including the stop token that ended it.
 //!
-//! Scores are f32 like transformers'; ties between equal scores go to the lower (beam, token) index. Where
+//! Running scores are f32 like transformers'; hypothesis scores (normalised by the length) f64, which a large
+//! negative length_penalty needs; ties between equal scores go to the lower (beam, token) index. Where
 //! transformers uses −1e9 as a stand-in for −∞ (an empty hypothesis slot in the heuristic, a finished continuation
 //! among the running ones), condlm uses −∞: the two agree while every score stays above −1e9, and a search whose
 //! scores fall below it (a large negative length_penalty: `sum · L^|lp|`) still ends at a real hypothesis rather
@@ -64,7 +65,9 @@ pub struct BeamSearch {
     next: Vec<Vec<u32>>,
     scores: Vec<f32>,
     /// Hypotheses (score, generated tokens), best first, at most num_beams.
-    hyps: Vec<(f32, Vec<u32>)>,
+    /// Finished hypotheses, best first, with their normalised scores in f64: `sum · L^|lp|` of a negative
+    /// length_penalty leaves f32's range.
+    hyps: Vec<(f64, Vec<u32>)>,
     heuristic_unsatisfied: bool,
     cands: Vec<Candidate>,
     order: Vec<usize>,
@@ -172,10 +175,10 @@ impl BeamSearch {
         // f. (uses the state of the previous step) new hypotheses from the first num_beams candidates.
         let full = self.hyps.len() == nb && self.p.early_stopping == EarlyStopping::True;
         if !full && self.heuristic_unsatisfied {
-            let denom = (gen_len as f64).powf(self.p.length_penalty) as f32;
+            let denom = (gen_len as f64).powf(self.p.length_penalty);
             for c in self.cands.iter().take(nb).filter(|c| c.finished) {
-                let score = c.score / denom;
-                if score.is_nan() || score == f32::NEG_INFINITY {
+                let score = c.score as f64 / denom;
+                if score.is_nan() || score == f64::NEG_INFINITY {
                     continue;
                 }
                 let at = self.hyps.partition_point(|h| h.0 >= score);
@@ -211,9 +214,9 @@ impl BeamSearch {
         } else {
             generated
         };
-        let best = self.scores[0] / (l as f64).powf(self.p.length_penalty) as f32;
+        let best = self.scores[0] as f64 / (l as f64).powf(self.p.length_penalty);
         let all_full = self.hyps.len() == nb;
-        let worst = if all_full { self.hyps[nb - 1].0 } else { f32::NEG_INFINITY };
+        let worst = if all_full { self.hyps[nb - 1].0 } else { f64::NEG_INFINITY };
         self.heuristic_unsatisfied &= best > worst;
         let all_finished = self.cands.iter().all(|c| c.finished);
         self.done =
@@ -222,10 +225,10 @@ impl BeamSearch {
 
     /// The best hypothesis: (score, generated tokens including the stop token). Falls back to the best running
     /// beam if no hypothesis exists (reached only when every continuation scored −∞).
-    pub fn best(&self) -> (f32, &[u32]) {
+    pub fn best(&self) -> (f64, &[u32]) {
         match self.hyps.first() {
             Some((s, ids)) => (*s, ids),
-            None => (self.scores[0], &self.seqs[0][self.prompt_len..]),
+            None => (self.scores[0] as f64, &self.seqs[0][self.prompt_len..]),
         }
     }
 }

@@ -181,7 +181,7 @@ pub struct Generation {
     pub text: String,
     pub finish: Finish,
     /// Beam search: the hypothesis score `sum_logprobs / len ** length_penalty`; otherwise None.
-    pub score: Option<f32>,
+    pub score: Option<f64>,
 }
 
 /// The prompt as training encodes x: `tokenizer.prefix + enc(prompt)`. An empty prompt is an error unless the

@@ -23,13 +23,37 @@ fn present(out: &Path) -> Vec<PathBuf> {
     RUN_FILES.iter().map(|n| out.join(n)).filter(|p| p.exists()).collect()
 }
 
-/// An earlier run left set aside by an interrupted `--overwrite`, if any.
+/// An earlier run left set aside by an interrupted `--overwrite`, if any. An empty one (its contents moved back
+/// by hand, as the error suggests) is no run: it is removed.
 fn leftover_aside(out: &Path) -> Option<PathBuf> {
-    std::fs::read_dir(out)
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(ASIDE_PREFIX)) && p.is_dir())
+    let aside =
+        std::fs::read_dir(out).ok()?.flatten().map(|e| e.path()).find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(ASIDE_PREFIX)) && p.is_dir()
+        })?;
+    let empty = std::fs::read_dir(&aside).is_ok_and(|mut d| d.next().is_none());
+    if empty && std::fs::remove_dir(&aside).is_ok() {
+        return None;
+    }
+    Some(aside)
+}
+
+/// A folder in `out` named `prefix` and this process's id, with a counter when that name is taken (a container's
+/// process ids repeat).
+fn unique_dir(out: &Path, prefix: &str) -> Result<PathBuf> {
+    for n in 0.. {
+        let name = if n == 0 {
+            format!("{prefix}{}", std::process::id())
+        } else {
+            format!("{prefix}{}-{n}", std::process::id())
+        };
+        let dir = out.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+        }
+    }
+    unreachable!("some counter is free")
 }
 
 /// Checks, before anything is loaded, that a run may write into `out`: a resumed run continues its own
@@ -115,8 +139,7 @@ impl SetAside {
         if existing.is_empty() {
             return Ok(None);
         }
-        let aside = out.join(format!("{ASIDE_PREFIX}{}", std::process::id()));
-        std::fs::create_dir(&aside).with_context(|| format!("cannot create {}", aside.display()))?;
+        let aside = unique_dir(out, ASIDE_PREFIX)?;
         for p in existing {
             let to = aside.join(p.file_name().expect("run files have names"));
             std::fs::rename(&p, &to).with_context(|| format!("cannot move {} to {}", p.display(), to.display()))?;
@@ -134,10 +157,16 @@ impl SetAside {
         &self.aside
     }
 
-    /// The new run has written its result: the earlier run goes.
-    pub fn discard(self) -> Result<()> {
-        std::fs::remove_dir_all(&self.aside)
-            .with_context(|| format!("cannot remove the replaced run in {}", self.aside.display()))
+    /// The new run has written its result: the earlier run goes. A failure to delete it is a warning (the new
+    /// result stands), and a later `--resume` deletes it.
+    pub fn discard(self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.aside) {
+            eprintln!(
+                "warning: cannot remove the replaced run in {}: {e}; delete it, or run --resume {} again",
+                self.aside.display(),
+                self.out.display()
+            );
+        }
     }
 
     /// The new run failed: the earlier run comes back. The failed run's files go, unless it wrote checkpoints:
@@ -151,8 +180,7 @@ impl SetAside {
             }
             None
         } else {
-            let to = self.out.join(format!("{FAILED_PREFIX}{}", std::process::id()));
-            std::fs::create_dir(&to).with_context(|| format!("cannot create {}", to.display()))?;
+            let to = unique_dir(&self.out, FAILED_PREFIX)?;
             for p in failed {
                 let dest = to.join(p.file_name().expect("run files have names"));
                 std::fs::rename(&p, &dest)
@@ -229,7 +257,15 @@ mod tests {
         assert!(dir.path().join("adapter/adapter_config.json").is_file());
         std::fs::remove_dir_all(failed).unwrap();
 
-        SetAside::take(dir.path()).unwrap().unwrap().discard().unwrap();
+        SetAside::take(dir.path()).unwrap().unwrap().discard();
+        // An emptied set-aside folder (its contents moved back by hand) is no run, and goes.
+        std::fs::create_dir(dir.path().join(format!("{ASIDE_PREFIX}9"))).unwrap();
+        assert!(leftover_aside(dir.path()).is_none() && !dir.path().join(format!("{ASIDE_PREFIX}9")).exists());
+        // A taken name gets a counter.
+        let (a, b) = (unique_dir(dir.path(), FAILED_PREFIX).unwrap(), unique_dir(dir.path(), FAILED_PREFIX).unwrap());
+        assert_ne!(a, b);
+        std::fs::remove_dir(a).unwrap();
+        std::fs::remove_dir(b).unwrap();
         assert!(present(dir.path()).is_empty() && leftover_aside(dir.path()).is_none());
         assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "mine");
     }

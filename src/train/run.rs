@@ -476,6 +476,10 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     }
     let output = out.join(if s.full { "model" } else { "adapter" });
     if trainer.step >= plan.total_steps as u64 && output.exists() {
+        // An earlier run this one replaced, left behind by a kill between the result and its deletion, goes now.
+        if let Some(a) = SetAside::adopt(&out).filter(|_| root) {
+            a.discard();
+        }
         return Ok(RunSummary { steps: trainer.step, ..RunSummary::nothing(Ending::AlreadyFinished, output) });
     }
 
@@ -532,7 +536,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         _ => checkpoint::list(&out).pop().map_or(out.clone(), |c| c.1),
     };
     match (ending, aside) {
-        (Ending::Finished, Some(a)) => a.discard()?,
+        (Ending::Finished, Some(a)) => a.discard(),
         (_, Some(a)) => eprintln!(
             "note: the earlier run this one replaces stays in {} until this run has written its result",
             a.path().display()
@@ -717,9 +721,8 @@ fn settings_and_state(
         None => (s.with_absolute_paths()?, None),
     };
     s.validate()?;
-    let ignored = s.lora_settings_ignored();
-    if resumed.is_none() && !ignored.is_empty() {
-        eprintln!("warning: {} set, but --full trains every weight and no adapter: ignored", ignored.join(", "));
+    if resumed.is_none() {
+        s.check_new_run()?;
     }
     Ok((s, resumed))
 }

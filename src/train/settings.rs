@@ -151,21 +151,16 @@ impl TrainSettings {
         Ok((data, eval.transpose()?))
     }
 
-    /// The LoRA settings that differ from their defaults in a `--full` run, which trains no adapter: they have
-    /// no effect, and a user who set them may have meant a LoRA run.
-    pub fn lora_settings_ignored(&self) -> Vec<&'static str> {
-        let d = TrainSettings::default();
-        let differs = [
-            ("--lora-r", self.lora_r != d.lora_r),
-            ("--lora-alpha", self.lora_alpha != d.lora_alpha),
-            ("--lora-dropout", self.lora_dropout != d.lora_dropout),
-            ("--lora-targets", self.lora_targets != d.lora_targets),
-            ("--rslora", self.rslora != d.rslora),
-        ];
-        if !self.full {
-            return vec![];
+    /// What a new run (not one resumed, whose settings were accepted when it started) must not combine.
+    pub fn check_new_run(&self) -> Result<()> {
+        if self.prompt_field == self.completion_field {
+            bail!(
+                "--prompt-field and --completion-field are both \"{}\": x and y would be the same text; name two \
+                 different fields",
+                self.prompt_field
+            );
         }
-        differs.into_iter().filter(|(_, differs)| *differs).map(|(flag, _)| flag).collect()
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -178,20 +173,7 @@ impl TrainSettings {
         if self.eval_split.is_some() && self.eval_data.is_none() {
             bail!("--eval-split names a split of --eval-data; pass --eval-data too (or drop --eval-split)");
         }
-        if self.eval_data.is_some() && self.eval_fraction > 0.0 {
-            bail!(
-                "--eval-fraction {} holds out rows of --data for evaluation, and --eval-data gives the evaluation rows; \
-                 pass one of them",
-                self.eval_fraction
-            );
-        }
-        if self.prompt_field == self.completion_field {
-            bail!(
-                "--prompt-field and --completion-field are both \"{}\": x and y would be the same text; name two \
-                 different fields",
-                self.prompt_field
-            );
-        }
+
         let positive = [("batch-size", self.batch_size), ("grad-accum", self.grad_accum), ("max-len", self.max_len)];
         for (name, v) in positive {
             if v == 0 {
