@@ -103,14 +103,18 @@ fn an_out_that_is_an_input_is_refused() {
     let model = copy_fixture("tiny-llama", &tmp.path().join("model"));
     let before = std::fs::read(&data).unwrap();
     let (ok, _, err) = condlm(&["score", "--model", s(&model), "--data", s(&data), "--out", s(&data), "--overwrite"]);
-    assert!(!ok && err.contains("is an input of this command"), "{err}");
+    assert!(!ok && err.contains("an input of this command"), "{err}");
     assert_eq!(std::fs::read(&data).unwrap(), before);
     let tok = model.join("tokenizer.json");
     let tok_before = std::fs::read(&tok).unwrap();
     let rows = prompt_rows(tmp.path());
     let (ok, _, err) = condlm(&["generate", "--model", s(&model), "--data", s(&rows), "--out", s(&tok), "--overwrite"]);
-    assert!(!ok && err.contains("is an input of this command"), "{err}");
+    assert!(!ok && err.contains("an input of this command"), "{err}");
     assert_eq!(std::fs::read(&tok).unwrap(), tok_before);
+    // A new file inside an input folder is refused as well, from the first run (not only once it exists).
+    let (ok, _, err) =
+        condlm(&["generate", "--model", s(&model), "--data", s(&rows), "--out", s(&model.join("gen.jsonl"))]);
+    assert!(!ok && err.contains("lies inside") && !model.join("gen.jsonl").exists(), "{err}");
 }
 
 #[test]

@@ -165,7 +165,7 @@ pub fn run(a: ExportGgufArgs) -> Result<()> {
         let file_name = a.out.file_name().unwrap_or_default().to_string_lossy();
         let trained_on = TrainedOn::of_model(&m.files, a.adapter.adapter.as_deref())?;
         let template = m.tokenizer.chat_template.as_deref();
-        let system = default_system(&m.tokenizer)?;
+        let system = default_system(&m.tokenizer);
         let text = modelfile(&file_name, template, system.as_deref(), &eos, trained_on, ALPACA_PROMPT_NO_INPUT);
         condlm::output::write_atomic(&modelfile_path, text.as_bytes())?;
     }
@@ -219,12 +219,16 @@ fn warn_if_fine_tune_rounded(base: GgmlType, ty: GgmlType) {
 
 /// The system message a ChatML chat template writes into a conversation that has none (SmolLM2's "You are a
 /// helpful AI assistant named SmolLM…"): its rendering of one user turn, when that starts with a system turn.
-fn default_system(tok: &TextTokenizer) -> Result<Option<String>> {
-    let Some(template) = ChatTemplate::for_tokenizer(tok)? else { return Ok(None) };
+/// Any other template, or one that does not render, has none here (the export does not depend on it).
+fn default_system(tok: &TextTokenizer) -> Option<String> {
+    if !tok.chat_template.as_deref()?.contains("<|im_start|>") {
+        return None;
+    }
+    let template = ChatTemplate::for_tokenizer(tok).ok()??;
     let user = minijinja::Value::from_pairs([("role", "user"), ("content", "?")]);
-    let Ok(text) = template.render(&[user], None, GenerationPrompt::Omit) else { return Ok(None) };
-    let system = text.strip_prefix("<|im_start|>system\n").and_then(|rest| rest.split_once("<|im_end|>"));
-    Ok(system.map(|(s, _)| s.to_string()))
+    let text = template.render(&[user], None, GenerationPrompt::Omit).ok()?;
+    let (system, _) = text.strip_prefix("<|im_start|>system\n")?.split_once("<|im_end|>")?;
+    Some(system.to_string())
 }
 
 /// Refuses an --out (or Modelfile) that exists without --overwrite, and an --out that is an input.

@@ -55,9 +55,16 @@ pub fn remove_partial_outputs_on_signal() -> Result<()> {
 /// Refuses an output `out` that is, or lies inside, one of `inputs` (the model, the data, the adapter), before
 /// anything is written: with --overwrite it would destroy what the command reads.
 pub fn check_not_an_input(out: &Path, inputs: &[&Path]) -> Result<()> {
-    let Ok(out_c) = out.canonicalize() else { return Ok(()) };
+    // The same answer whether `out` exists yet or not: its folder resolved, its name joined.
+    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let (Ok(dir), Some(name)) = (parent.canonicalize(), out.file_name()) else { return Ok(()) };
+    let out_c = dir.join(name);
     if let Some(input) = inputs.iter().find(|i| i.canonicalize().is_ok_and(|i| out_c.starts_with(i))) {
-        bail!("--out {} is an input of this command ({}); write elsewhere", out.display(), input.display());
+        bail!(
+            "--out {} is, or lies inside, an input of this command ({}); write elsewhere",
+            out.display(),
+            input.display()
+        );
     }
     Ok(())
 }
