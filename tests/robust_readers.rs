@@ -142,6 +142,10 @@ fn gguf_tensor_extents_are_checked_against_type_dims_and_file() {
     // Two tensors sharing bytes: 16 F32 values (64 bytes) at 0 and another tensor at 32.
     let err = Gguf::header(2, 0).tensor("a", &[16], 0, 0).tensor("b", &[8], 0, 32).data(128).err();
     assert_names(&err, &["hostile.gguf", "tensors 'a'", "'b'", "overlap"]);
+    // A zero-size tensor between them hides nothing.
+    let err =
+        Gguf::header(3, 0).tensor("a", &[32], 0, 0).tensor("z", &[0], 0, 64).tensor("b", &[8], 0, 96).data(256).err();
+    assert_names(&err, &["hostile.gguf", "tensors 'a'", "'b'", "overlap"]);
 }
 
 /// A two-token byte-level BPE vocabulary ("a", "b"), whose `*_token_id`s and merges the tests then break.

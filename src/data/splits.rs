@@ -94,8 +94,15 @@ fn check_shards(split: &str, files: &[String]) -> Result<()> {
         sets.entry((stem, total)).or_default().push(index);
     }
     for ((stem, total), present) in sets {
-        let missing: Vec<String> =
-            (0..total).filter(|i| !present.contains(i)).map(|i| format!("{stem}-{i:05}-of-{total:05}")).collect();
+        // Numbered from 0 (the hub's way) or from 1; a total far beyond the files is no shard numbering.
+        let first = usize::from(present.contains(&total) && !present.contains(&0));
+        if total > 16 * files.len().max(64) {
+            continue;
+        }
+        let missing: Vec<String> = (first..total + first)
+            .filter(|i| !present.contains(i))
+            .map(|i| format!("{stem}-{i:05}-of-{total:05}"))
+            .collect();
         if !missing.is_empty() {
             bail!(
                 "split \"{split}\" has {} of its {total} shards: missing {}; download the rest (or pass the files \
@@ -205,5 +212,10 @@ mod tests {
         assert!(e.contains("2 of its 3 shards") && e.contains("missing data/train-00001-of-00003"), "{e}");
         let g = groups(&["train-00000-of-00002.jsonl", "train-00001-of-00002.jsonl", "test-0.jsonl"]);
         assert_eq!(choose(&g, None, &["train"]).unwrap().1.len(), 2);
+        // numbered from 1, whole; and a number after -of- far beyond the files is no shard set
+        let g = groups(&["train-1-of-2.jsonl", "train-2-of-2.jsonl"]);
+        assert_eq!(choose(&g, None, &["train"]).unwrap().1.len(), 2);
+        let g = groups(&["train-0-of-300000000.jsonl"]);
+        assert_eq!(choose(&g, None, &["train"]).unwrap().1.len(), 1);
     }
 }

@@ -54,7 +54,8 @@ pub fn load_tokenizer(files: &ModelFiles, config: &Config, weights: &Weights) ->
             let eos = vocab.eos_id.or(config.eos_token_ids.first().copied()).with_context(|| {
                 format!("{}: no tokenizer.ggml.eos_token_id; the model could not learn to stop", path.display())
             })?;
-            let template = file.opt_str("tokenizer.chat_template")?.map(str::to_owned);
+            // an empty template is none, as for an HF folder
+            let template = file.opt_str("tokenizer.chat_template")?.filter(|t| !t.trim().is_empty()).map(str::to_owned);
             let bos_token = vocab.bos_id.and_then(|id| inner.id_to_token(id));
             let mut tok = TextTokenizer::new(inner, eos, None, template)?;
             tok.bos_token = bos_token;

@@ -134,7 +134,9 @@ fn prepare_output(dir: &Path) -> Result<Option<PathBuf>> {
             }
             for entry in std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
                 let name = entry.with_context(|| format!("cannot list {}", dir.display()))?.file_name();
-                if !DEMO_ENTRIES.iter().any(|e| name == *e) {
+                // condlm's own temporary files, which a killed demo may leave, go with the folder
+                let temporary = name.to_str().is_some_and(|n| n.starts_with(".condlm-"));
+                if !temporary && !DEMO_ENTRIES.iter().any(|e| name == *e) {
                     bail!(
                         "{}: holds an earlier demo run and also \"{}\", which the demo did not write; the earlier \
                          run is replaced only as a whole, so move that out first or choose another --output-dir",

@@ -625,21 +625,20 @@ fn check_tensors(
         tensors.push(info);
     }
     // Each tensor owns its bytes: two that share some read each other's data (a damaged or hand-edited index).
-    let mut by_offset: Vec<&GgufTensorInfo> = tensors.iter().collect();
-    by_offset.sort_by_key(|t| t.offset);
-    for pair in by_offset.windows(2) {
-        let (a, b) = (pair[0], pair[1]);
-        let a_end = a.offset + a.n_bytes().expect("checked above");
-        if a_end > b.offset && b.n_bytes() != Some(0) {
+    let mut by_offset: Vec<(&GgufTensorInfo, u64)> =
+        tensors.iter().map(|t| (t, t.n_bytes().expect("checked above"))).filter(|(_, n)| *n > 0).collect();
+    by_offset.sort_by_key(|(t, _)| t.offset);
+    let mut reach: Option<(&GgufTensorInfo, u64)> = None; // the tensor whose data ends furthest so far, and its end
+    for (t, n) in by_offset {
+        if let Some((a, end)) = reach.filter(|(_, end)| t.offset < *end) {
             return Err(format!(
-                "the data of tensors '{}' (data offset {}, {} bytes) and '{}' (data offset {}) overlap; \
+                "the data of tensors '{}' (data offset {}, up to {end}) and '{}' (data offset {}) overlap; \
                  {CORRUPT_HINT}",
-                a.name,
-                a.offset,
-                a_end - a.offset,
-                b.name,
-                b.offset
+                a.name, a.offset, t.name, t.offset
             ));
+        }
+        if reach.is_none_or(|(_, end)| t.offset + n > end) {
+            reach = Some((t, t.offset + n));
         }
     }
     Ok(tensors)
