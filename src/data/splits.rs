@@ -94,11 +94,11 @@ fn check_shards(split: &str, files: &[String]) -> Result<()> {
         sets.entry((stem, total)).or_default().push(index);
     }
     for ((stem, total), present) in sets {
-        // Numbered from 0 (the hub's way) or from 1; a total far beyond the files is no shard numbering.
-        let first = usize::from(present.contains(&total) && !present.contains(&0));
+        // A total far beyond the files is no shard numbering; shards count from 0 (the hub's way) or from 1.
         if total > 16 * files.len().max(64) {
             continue;
         }
+        let first = usize::from(present.contains(&total) && !present.contains(&0));
         let missing: Vec<String> = (first..total + first)
             .filter(|i| !present.contains(i))
             .map(|i| format!("{stem}-{i:05}-of-{total:05}"))

@@ -56,6 +56,15 @@ fn unique_dir(out: &Path, prefix: &str) -> Result<PathBuf> {
     unreachable!("some counter is free")
 }
 
+/// Moves `files` into folder `to` (renames only).
+fn move_into(files: Vec<PathBuf>, to: &Path) -> Result<()> {
+    for p in files {
+        let dest = to.join(p.file_name().expect("run files have names"));
+        std::fs::rename(&p, &dest).with_context(|| format!("cannot move {} to {}", p.display(), to.display()))?;
+    }
+    Ok(())
+}
+
 /// Checks, before anything is loaded, that a run may write into `out`: a resumed run continues its own
 /// files; a fresh one needs a folder without a run's files, or `overwrite`, and none of `inputs` (model,
 /// data, config paths) may lie inside the files `overwrite` would replace.
@@ -140,10 +149,7 @@ impl SetAside {
             return Ok(None);
         }
         let aside = unique_dir(out, ASIDE_PREFIX)?;
-        for p in existing {
-            let to = aside.join(p.file_name().expect("run files have names"));
-            std::fs::rename(&p, &to).with_context(|| format!("cannot move {} to {}", p.display(), to.display()))?;
-        }
+        move_into(existing, &aside)?;
         Ok(Some(SetAside { out: out.to_path_buf(), aside }))
     }
 
@@ -181,11 +187,7 @@ impl SetAside {
             None
         } else {
             let to = unique_dir(&self.out, FAILED_PREFIX)?;
-            for p in failed {
-                let dest = to.join(p.file_name().expect("run files have names"));
-                std::fs::rename(&p, &dest)
-                    .with_context(|| format!("cannot move {} to {}", p.display(), to.display()))?;
-            }
+            move_into(failed, &to)?;
             Some(to)
         };
         for entry in std::fs::read_dir(&self.aside).with_context(|| format!("cannot list {}", self.aside.display()))? {

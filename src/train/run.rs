@@ -477,7 +477,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     let output = out.join(if s.full { "model" } else { "adapter" });
     if trainer.step >= plan.total_steps as u64 && output.exists() {
         // An earlier run this one replaced, left behind by a kill between the result and its deletion, goes now.
-        if let Some(a) = SetAside::adopt(&out).filter(|_| root) {
+        if root && let Some(a) = SetAside::adopt(&out) {
             a.discard();
         }
         return Ok(RunSummary { steps: trainer.step, ..RunSummary::nothing(Ending::AlreadyFinished, output) });
@@ -510,13 +510,11 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         Err(e) => return Err(failed(world, e, &out, aside)),
     };
     let ending = progress.ending;
-    if let Err(e) = trainer.sync_to_host() {
-        return Err(failed(world, e, &out, aside));
-    }
     // A result that cannot be written (a full disk, say) fails with the run's last checkpoint kept, from which
     // `--resume` writes it; an earlier run it replaces stays set aside until then.
     let resume_hint =
         || format!("the run's last checkpoint is kept: write its result with condlm train --resume {}", out.display());
+    trainer.sync_to_host().with_context(resume_hint)?;
     let output = match ending {
         _ if !root => out.clone(),
         Ending::Finished if s.full => {
