@@ -223,3 +223,42 @@ fn adapters_and_run_folders_given_in_the_wrong_place_say_what_to_pass() {
     let (ok, err) = condlm(&["score", "--model", m, "--adapter", bin.to_str().unwrap(), "--data", r]);
     assert!(!ok && err.contains("only adapter_model.bin") && err.contains("safe_serialization=True"), "{err}");
 }
+
+/// A tied model (tie_word_embeddings) that also stores lm_head.weight uses the embedding, as transformers does; a
+/// stored head that is not a copy of the embedding is named in a warning, since the config may be the mistake.
+#[test]
+fn a_tied_model_storing_a_different_output_layer_gets_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::copy_fixture("tiny-llama", &tmp.path().join("model"));
+    let rows = fixture("score_rows.jsonl");
+    let score = |model: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_condlm"))
+            .args(["score", "--threads", "1", "--model", model.to_str().unwrap(), "--data", rows.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (tied_scores, quiet) = score(&model);
+    assert!(!quiet.contains("warning"), "{quiet}");
+
+    let weights = model.join("model.safetensors");
+    let mut tensors = common::load_f32_tensors(&weights);
+    let embed = tensors["model.embed_tokens.weight"].clone();
+    tensors.insert("lm_head.weight".into(), embed.clone());
+    common::save_f32_tensors(&weights, &tensors);
+    let (scores, err) = score(&model);
+    assert!(!err.contains("warning"), "a stored copy of the embedding is no news: {err}");
+    assert_eq!(scores, tied_scores);
+
+    let (shape, values) = embed;
+    let other: Vec<f32> = values.chunks_exact(shape[1]).rev().flatten().copied().collect();
+    tensors.insert("lm_head.weight".into(), (shape, other));
+    common::save_f32_tensors(&weights, &tensors);
+    let (scores, err) = score(&model);
+    assert!(
+        err.contains("warning") && err.contains("lm_head.weight") && err.contains("\"tie_word_embeddings\": false"),
+        "{err}"
+    );
+    assert_eq!(scores, tied_scores, "the tied head is used, as transformers uses it");
+}

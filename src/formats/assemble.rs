@@ -255,11 +255,12 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                     delta_net: None,
                 });
             }
+            let embed = t.matrix_param(&format!("{}.embed_tokens.weight", c.text_prefix()), v, d)?;
             Transformer {
-                embed: t.matrix_param(&format!("{}.embed_tokens.weight", c.text_prefix()), v, d)?,
+                lm_head: lm_head(&mut t, c, &embed)?,
+                embed,
                 pos_embed: None,
                 final_norm: t.norm(&format!("{}.norm", c.text_prefix()), d, Bias::Without)?,
-                lm_head: lm_head(&mut t, c)?,
                 blocks,
                 config: config.clone(),
             }
@@ -280,11 +281,12 @@ pub fn load_transformer(config: Config, weights: &Weights, base: BaseDtype) -> R
                     down: t.linear(&format!("{p}.mlp.c_proj"), f, d, Bias::With)?,
                 });
             }
+            let embed = t.matrix_param("transformer.wte.weight", v, d)?;
             Transformer {
-                embed: t.matrix_param("transformer.wte.weight", v, d)?,
+                lm_head: lm_head(&mut t, c, &embed)?,
+                embed,
                 pos_embed: Some(t.param("transformer.wpe.weight", &[c.max_positions, d])?),
                 final_norm: t.norm("transformer.ln_f", d, Bias::With)?,
-                lm_head: lm_head(&mut t, c)?,
                 blocks,
                 config: config.clone(),
             }
@@ -335,13 +337,40 @@ fn delta_net_block(t: &mut Taker, c: &Config, s: &DeltaNetShape, p: &str) -> Res
     })
 }
 
-/// The untied output matrix; a tied model may still store a copy, which is consumed and ignored.
-fn lm_head(t: &mut Taker, c: &Config) -> Result<Option<Param>> {
-    let shape = [c.vocab_size, c.hidden_size];
-    if c.tie_embeddings {
-        t.maybe("lm_head.weight", &shape)?;
-        Ok(None)
-    } else {
-        t.matrix_param("lm_head.weight", c.vocab_size, c.hidden_size).map(Some)
+/// The untied output matrix. A tied model may still store a copy, which is consumed and ignored, as transformers
+/// ties it; a stored matrix that is not a copy of the embedding gets a warning (the config may be wrong). (A GGUF
+/// is tied exactly when it stores no output matrix.)
+fn lm_head(t: &mut Taker, c: &Config, embed: &Param) -> Result<Option<Param>> {
+    if !c.tie_embeddings {
+        return t.matrix_param("lm_head.weight", c.vocab_size, c.hidden_size).map(Some);
     }
+    if let Some(stored) = t.maybe("lm_head.weight", &[c.vocab_size, c.hidden_size])?
+        && !copies_up_to_rounding(&stored, embed)
+    {
+        eprintln!(
+            "warning: {}: the config ties the output layer to the embedding (tie_word_embeddings), so the stored {} \
+             is ignored, as transformers ignores it, but it differs from the embedding; if it is the model's output \
+             layer, set \"tie_word_embeddings\": false in config.json",
+            t.weights.path().display(),
+            t.file_name("lm_head.weight"),
+        );
+    }
+    Ok(None)
+}
+
+/// Whether `stored` holds `embed`'s values up to the rounding of a quantized copy: a relative RMS difference under
+/// 0.25 (two quantizations of one matrix differ by a few percent, unrelated matrices by about √2). Row by row, so
+/// a packed embedding is never dequantized whole.
+fn copies_up_to_rounding(stored: &[f32], embed: &Param) -> bool {
+    let m = embed.matrix();
+    let mut row = vec![0.0; m.cols()];
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (r, s) in stored.chunks_exact(m.cols()).enumerate() {
+        m.row(r, &mut row);
+        for (a, b) in s.iter().zip(&row) {
+            diff += f64::from(a - b).powi(2);
+            norm += f64::from(*b).powi(2);
+        }
+    }
+    diff <= 0.0625 * norm
 }

@@ -30,6 +30,10 @@ pub struct CheckpointMeta {
     /// The base model's fingerprint (`model_fingerprint`), so a resume notices another model.
     #[serde(default)]
     pub model_fingerprint: Option<String>,
+    /// The token of the earlier run this run set aside with `--overwrite` (`output_dir::SetAside`), so that
+    /// `--resume` carries on only the folder this run set aside.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// What a checkpoint records about its run besides the trainer's state.
@@ -38,6 +42,7 @@ pub struct RunRecord<'a> {
     pub best_eval: Option<(f64, u64)>,
     pub data_sha256: &'a str,
     pub model_fingerprint: &'a str,
+    pub replaces: Option<&'a str>,
 }
 
 pub fn checkpoints_dir(output_dir: &Path) -> PathBuf {
@@ -67,6 +72,7 @@ pub fn save(output_dir: &Path, step: u64, tensors: &[(&str, &[f32], &Moments)], 
         best_eval: run.best_eval,
         data_sha256: Some(run.data_sha256.to_string()),
         model_fingerprint: Some(run.model_fingerprint.to_string()),
+        replaces: run.replaces.map(str::to_string),
     };
     let dir = step_dir(output_dir, step);
     write_dir_atomic_with(&dir, |tmp| {
@@ -158,6 +164,11 @@ pub fn load(path: &Path) -> Result<(CheckpointMeta, TrainState)> {
 pub fn settings_of(path: &Path) -> Option<TrainSettings> {
     let dir = if path.join(STATE_JSON).is_file() { path.to_path_buf() } else { list(path).pop()?.1 };
     read_meta(&dir).ok().map(|m| m.settings)
+}
+
+/// The token of the earlier run that the run of `output_dir`'s latest checkpoint set aside, if any.
+pub fn replaces(output_dir: &Path) -> Option<String> {
+    read_meta(&list(output_dir).pop()?.1).ok()?.replaces
 }
 
 fn read_meta(dir: &Path) -> Result<CheckpointMeta> {

@@ -5,6 +5,11 @@
 //! aside, and `--resume` carries it on to that point; a new run that fails puts it back (its own checkpoints, if it
 //! has any, moved to a visible `failed-run-*` folder beside it). Nothing an earlier run made is deleted before the
 //! new result exists, and no input of the run may live inside what would be replaced.
+//!
+//! The set-aside folder holds a random token, written before anything moves into it, and every checkpoint of the
+//! run that set it aside records that token: `--resume` carries on a set-aside folder only when the output
+//! folder's latest checkpoint names it. A kill among the renames of setting aside or of putting back leaves
+//! folders that do not match, which are never deleted: the user is told to move the earlier run back.
 use super::checkpoint;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
@@ -18,23 +23,49 @@ const ASIDE_PREFIX: &str = ".condlm-replaced-";
 /// Prefix of the folder a failed `--overwrite` run's checkpoints are moved to when the earlier run comes back.
 const FAILED_PREFIX: &str = "failed-run-";
 
+/// The file in a set-aside folder holding its token.
+const TOKEN_FILE: &str = ".condlm-token";
+
 /// The run files present in `out`.
 fn present(out: &Path) -> Vec<PathBuf> {
     RUN_FILES.iter().map(|n| out.join(n)).filter(|p| p.exists()).collect()
 }
 
 /// An earlier run left set aside by an interrupted `--overwrite`, if any. An empty one (its contents moved back
-/// by hand, as the error suggests) is no run: it is removed.
+/// by hand, as the error suggests, or none moved in yet) is no run: it is removed.
 fn leftover_aside(out: &Path) -> Option<PathBuf> {
     let aside =
         std::fs::read_dir(out).ok()?.flatten().map(|e| e.path()).find(|p| {
             p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(ASIDE_PREFIX)) && p.is_dir()
         })?;
-    let empty = std::fs::read_dir(&aside).is_ok_and(|mut d| d.next().is_none());
-    if empty && std::fs::remove_dir(&aside).is_ok() {
+    let empty = std::fs::read_dir(&aside).is_ok_and(|d| d.flatten().all(|e| e.file_name() == TOKEN_FILE));
+    if empty && remove_emptied(&aside).is_ok() {
         return None;
     }
     Some(aside)
+}
+
+/// Removes a set-aside folder that holds nothing but its token.
+fn remove_emptied(aside: &Path) -> Result<()> {
+    match std::fs::remove_file(aside.join(TOKEN_FILE)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("cannot remove {}", aside.join(TOKEN_FILE).display()));
+        }
+        _ => {}
+    }
+    std::fs::remove_dir(aside).with_context(|| format!("cannot remove {}", aside.display()))
+}
+
+/// Whether `aside` is the folder that the run of `out`'s latest checkpoint set aside (their tokens match).
+fn set_aside_by_latest(out: &Path, aside: &Path) -> Option<String> {
+    let token = std::fs::read_to_string(aside.join(TOKEN_FILE)).ok()?;
+    (checkpoint::replaces(out)? == token).then_some(token)
+}
+
+/// A token no other set-aside folder has had: process id and time.
+fn new_token() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}", std::process::id())
 }
 
 /// A folder in `out` named `prefix` and this process's id, with a counter when that name is taken (a container's
@@ -73,7 +104,7 @@ pub fn check(out: &Path, resuming: bool, overwrite: bool, inputs: &[&Path]) -> R
         bail!("--output-dir {}: exists and is not a folder; choose another --output-dir", out.display());
     }
     if let Some(aside) = leftover_aside(out) {
-        let new_run = !checkpoint::list(out).is_empty();
+        let new_run = set_aside_by_latest(out, &aside).is_some();
         if !(resuming && new_run) {
             let what = if new_run {
                 format!(
@@ -138,6 +169,7 @@ pub fn check(out: &Path, resuming: bool, overwrite: bool, inputs: &[&Path]) -> R
 pub struct SetAside {
     out: PathBuf,
     aside: PathBuf,
+    token: String,
 }
 
 impl SetAside {
@@ -149,13 +181,24 @@ impl SetAside {
             return Ok(None);
         }
         let aside = unique_dir(out, ASIDE_PREFIX)?;
+        let token = new_token();
+        let token_file = aside.join(TOKEN_FILE);
+        std::fs::write(&token_file, &token).with_context(|| format!("cannot write {}", token_file.display()))?;
         move_into(existing, &aside)?;
-        Ok(Some(SetAside { out: out.to_path_buf(), aside }))
+        Ok(Some(SetAside { out: out.to_path_buf(), aside, token }))
     }
 
-    /// The earlier run an interrupted `--overwrite` run left set aside in `out`, which its `--resume` carries on.
+    /// The earlier run that the interrupted `--overwrite` run of `out`'s latest checkpoint set aside, which its
+    /// `--resume` carries on. None when there is none, or when the set-aside folder is not that run's.
     pub fn adopt(out: &Path) -> Option<SetAside> {
-        leftover_aside(out).map(|aside| SetAside { out: out.to_path_buf(), aside })
+        let aside = leftover_aside(out)?;
+        let token = set_aside_by_latest(out, &aside)?;
+        Some(SetAside { out: out.to_path_buf(), aside, token })
+    }
+
+    /// The token the new run's checkpoints record.
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     /// The hidden folder holding the earlier run.
@@ -192,10 +235,13 @@ impl SetAside {
         };
         for entry in std::fs::read_dir(&self.aside).with_context(|| format!("cannot list {}", self.aside.display()))? {
             let from = entry?.path();
-            let to = self.out.join(from.file_name().expect("entries have names"));
-            std::fs::rename(&from, &to).with_context(|| format!("cannot move {} back", from.display()))?;
+            let name = from.file_name().expect("entries have names");
+            if name != TOKEN_FILE {
+                std::fs::rename(&from, self.out.join(name))
+                    .with_context(|| format!("cannot move {} back", from.display()))?;
+            }
         }
-        std::fs::remove_dir(&self.aside).with_context(|| format!("cannot remove {}", self.aside.display()))?;
+        remove_emptied(&self.aside)?;
         Ok(kept)
     }
 }
@@ -230,6 +276,20 @@ mod tests {
         check(dir.path(), false, true, &[&dir.path().join("notes.txt")]).unwrap();
     }
 
+    /// Writes the checkpoint of `step` in `out`, recording `replaces`.
+    fn checkpoint_at(out: &Path, step: u64, replaces: Option<&str>) {
+        let settings = crate::train::settings::TrainSettings::default();
+        let run = checkpoint::RunRecord {
+            settings: &settings,
+            best_eval: None,
+            data_sha256: "",
+            model_fingerprint: "",
+            replaces,
+        };
+        let moments = crate::train::optim::Moments::zeros(1);
+        checkpoint::save(out, step, &[("w", &[0.0], &moments)], &run).unwrap();
+    }
+
     #[test]
     fn set_aside_restores_or_discards_and_leaves_other_files() {
         let dir = run_folder();
@@ -248,7 +308,7 @@ mod tests {
         // A new run with checkpoints of its own: resumable while the earlier run stays aside, and if it fails its
         // checkpoints move to a failed-run folder as the earlier run comes back.
         let aside = SetAside::take(dir.path()).unwrap().unwrap();
-        std::fs::create_dir_all(dir.path().join("checkpoints/step-0000002")).unwrap();
+        checkpoint_at(dir.path(), 2, Some(aside.token()));
         let err = check(dir.path(), false, true, &[]).unwrap_err().to_string();
         assert!(err.contains("--resume") && err.contains("move its contents back"), "{err}");
         check(dir.path(), true, false, &[]).unwrap();
@@ -258,6 +318,7 @@ mod tests {
         assert!(failed.join("checkpoints/step-0000002").is_dir() && !dir.path().join("checkpoints").exists());
         assert!(dir.path().join("adapter/adapter_config.json").is_file());
         std::fs::remove_dir_all(failed).unwrap();
+        assert!(leftover_aside(dir.path()).is_none(), "the token file does not keep the folder");
 
         SetAside::take(dir.path()).unwrap().unwrap().discard();
         // An emptied set-aside folder (its contents moved back by hand) is no run, and goes.
@@ -270,5 +331,26 @@ mod tests {
         std::fs::remove_dir(b).unwrap();
         assert!(present(dir.path()).is_empty() && leftover_aside(dir.path()).is_none());
         assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "mine");
+    }
+
+    /// A kill while the earlier run moves back leaves its checkpoints in the output folder and the rest set aside.
+    /// Those checkpoints do not name the set-aside folder: `--resume` must not carry it on (its end would delete
+    /// the earlier run's result), and the user is told to move the rest back.
+    #[test]
+    fn resume_carries_on_only_the_folder_its_own_run_set_aside() {
+        let dir = run_folder();
+        checkpoint_at(dir.path(), 5, None);
+        let aside = SetAside::take(dir.path()).unwrap().unwrap();
+        checkpoint_at(dir.path(), 1, Some(aside.token()));
+        // The earlier run's checkpoints came back, its adapter and metrics not yet; the failed run's went.
+        std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
+        std::fs::rename(aside.path().join("checkpoints"), dir.path().join("checkpoints")).unwrap();
+        assert!(SetAside::adopt(dir.path()).is_none(), "the checkpoints are the earlier run's");
+        let err = check(dir.path(), true, false, &[]).unwrap_err().to_string();
+        assert!(err.contains("move its contents back") && !err.contains("continue the new run"), "{err}");
+        assert!(aside.path().join("adapter/adapter_config.json").is_file(), "nothing is deleted");
+        // A checkpoint written with another run's token is no match either.
+        checkpoint_at(dir.path(), 6, Some("another run"));
+        assert!(SetAside::adopt(dir.path()).is_none());
     }
 }

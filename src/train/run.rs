@@ -492,6 +492,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         true if opts.resume.is_some() => SetAside::adopt(&out),
         _ => None,
     };
+    let replaces = aside.as_ref().map(|a| a.token().to_string());
     let steps = StepLoop {
         world,
         s: &s,
@@ -503,6 +504,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         guard: opts.divergence_guard.then(|| Guard::new(vocab, s.lr)),
         data_sha256: &data_sha256,
         model_fingerprint: &model_fingerprint,
+        replaces: replaces.as_deref(),
         data_changed,
     };
     let progress = match steps.run(&mut trainer, best_eval) {
@@ -840,6 +842,8 @@ struct StepLoop<'a> {
     guard: Option<Guard>,
     data_sha256: &'a str,
     model_fingerprint: &'a str,
+    /// The token of the earlier run this one set aside with `--overwrite`, which its checkpoints record.
+    replaces: Option<&'a str>,
     /// A resumed run continues on data that changed (`--accept-changed-data`): logged once.
     data_changed: bool,
 }
@@ -998,6 +1002,7 @@ impl StepLoop<'_> {
                         best_eval,
                         data_sha256: self.data_sha256,
                         model_fingerprint: self.model_fingerprint,
+                        replaces: self.replaces,
                     };
                     checkpoint::save(&s.output_dir, step, &state, &run)?;
                     if let Some(g) = gathered {
