@@ -89,8 +89,8 @@ pub fn load_rows_cut_x(data: impl Into<DataSource>, tok: &TextTokenizer, opts: &
     if let Some((n, source)) = dropped.chain(cut).find(|(n, _)| *n > 0) {
         bail!(
             "{source}: its completion does not fit in {} tokens ({n} of its target tokens would be cut, even with \
-             the prompt cut from the left); scores are only given for whole completions: raise --max-len (up to \
-             the model's context window) or shorten the row",
+             the prompt cut from the left); scores are only given for whole completions: raise --max-len if it is \
+             below the model's context window, or shorten the row",
             opts.max_len
         );
     }

@@ -122,6 +122,12 @@ fn generate_out_without_data_is_refused() {
     // --out writes the rows of --data; with --prompt it used to be ignored (exit 0, no file).
     let (ok, _, err) = condlm(&["generate", "--model", "/nonexistent/model", "--prompt", "hi", "--out", "g.jsonl"]);
     assert!(!ok && err.contains("--out writes the rows of --data"), "{err}");
+    // So were --ids and --split, whose `requires = "data"` clap drops beside --prompt.
+    for flag in [&["--ids"][..], &["--split", "test"]] {
+        let (ok, _, err) =
+            condlm(&[&["generate", "--model", "/nonexistent/model", "--prompt", "hi"][..], flag].concat());
+        assert!(!ok && err.contains(&format!("{} applies to the rows of --data", flag[0])), "{err}");
+    }
 }
 
 #[test]

@@ -52,7 +52,7 @@ pub struct GenerateArgs {
     /// The prompt x; its continuation is streamed to stdout as it is generated [default: none; give it or --data].
     #[arg(long, conflicts_with = "data", required_unless_present = "data")]
     prompt: Option<String>,
-    /// Rows to continue (a data file: JSONL, Parquet, CSV or TSV; a dataset folder; or a hub dataset id
+    /// Rows to continue (a data file: JSONL, JSON array, Parquet, CSV or TSV; a dataset folder; or a hub dataset id
     /// org/name), each from the ids training puts before its completion: a string "prompt"; a chat's "messages"
     /// before its last assistant turn (or all of them when the chat ends in a user or tool turn) and a "prompt"
     /// list of messages (TRL's conversational format), with the chat template's generation prompt; an Alpaca
@@ -152,6 +152,12 @@ pub fn run(a: GenerateArgs) -> Result<()> {
     // Flags and the output file are checked before the model loads: a mistake costs nothing.
     if a.data.is_none() && a.out.is_some() {
         bail!("--out writes the rows of --data; with --prompt the generation streams to stdout (redirect it: > FILE)");
+    }
+    // clap drops a `requires = "data"` when --prompt, which conflicts with --data, is given.
+    for (flag, given) in [("--ids", a.ids), ("--split", a.split.is_some())] {
+        if a.data.is_none() && given {
+            bail!("{flag} applies to the rows of --data; with --prompt leave it out");
+        }
     }
     let mut opts = options(&a)?;
     if let (Some(out), Some(data)) = (&a.out, &a.data) {

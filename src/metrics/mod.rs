@@ -135,7 +135,9 @@ pub fn pair(hyps: &[TextRow], refs: &[TextRow], hyp_path: &Path, ref_path: &Path
                 continue;
             }
             bail!(
-                "{}:{}: prompt already has a different hypothesis at line {}; give one hypothesis per prompt",
+                "{}:{}: prompt already has a different hypothesis at line {}; give one hypothesis per prompt (a \
+                 prompt repeated in generate's --data gets one output per row: sampled outputs differ, greedy or \
+                 beam search ones do not)",
                 hyp_path.display(),
                 h.line,
                 first.line

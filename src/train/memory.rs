@@ -90,7 +90,7 @@ impl MemoryPlan {
             String::new()
         };
         format!(
-            "≈ {:.2} GiB (weights {:.2}, optimizer state {:.2}{acts})",
+            "≈ {:.2} GiB (weights and runtime {:.2}, optimizer state {:.2}{acts})",
             gib(self.total()),
             gib(self.weights),
             gib(self.optimizer)
@@ -160,11 +160,12 @@ impl DecodePlan {
     pub fn describe(&self) -> String {
         let gib = |b: usize| b as f64 / GIB;
         format!(
-            "≈ {:.2} GiB (weights {:.2}, KV cache {:.2} for {} sequences × {} positions, logits {:.2})",
+            "≈ {:.2} GiB (weights and runtime {:.2}, KV cache {:.2} for {} sequence{} × {} positions, logits {:.2})",
             gib(self.total()),
             gib(self.weights),
             gib(self.kv_cache),
             self.slots,
+            if self.slots == 1 { "" } else { "s" },
             self.capacity,
             gib(self.logits)
         )

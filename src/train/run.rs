@@ -174,6 +174,9 @@ fn load_data(
     max_positions: usize,
     describe: bool,
 ) -> Result<(Dataset, Option<Dataset>)> {
+    if describe && s.max_len > max_positions {
+        eprintln!("note: --max-len {} is above the model's context window; using {max_positions}", s.max_len);
+    }
     let opts = DataOptions {
         prompt_field: s.prompt_field.clone(),
         completion_field: s.completion_field.clone(),

@@ -336,12 +336,13 @@ fn train_model(o: &DemoOptions, task: &Task, init: &InitModel) -> Result<Trained
     };
     eprintln!(
         "training: full fine-tuning, loss on y only — {} steps × {} rows, AdamW lr {:.0e} (warmup {}, cosine), \
-         {} threads",
+         {} thread{}",
         p.steps,
         p.batch_size,
         p.lr,
         p.warmup_steps,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        if rayon::current_num_threads() == 1 { "" } else { "s" }
     );
     let t_train = Instant::now();
     let summary = train(settings, &condlm::train::run::RunOptions::default())?;
