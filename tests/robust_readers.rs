@@ -220,6 +220,20 @@ fn a_shard_index_cannot_point_outside_the_checkpoint_folder() {
     assert_names(&err, &["model.safetensors.index.json", "\"../../etc/passwd\" is not a plain file name"]);
 }
 
+#[test]
+fn a_tensor_stored_in_two_shards_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = common::copy_fixture("tiny-llama-sharded", tmp.path());
+    let first = dir.join("model-00001-of-00003.safetensors");
+    let last = dir.join("model-00003-of-00003.safetensors");
+    let mut tensors = common::load_f32_tensors(&last);
+    let (name, t) = common::load_f32_tensors(&first).into_iter().next().unwrap();
+    tensors.insert(name.clone(), t);
+    common::save_f32_tensors(&last, &tensors);
+    let err = format!("{:#}", SafetensorsFiles::open(&dir).err().expect("a tensor in two shards"));
+    assert_names(&err, &[&name, "stored twice", "model-00001-of-00003", "model-00003-of-00003"]);
+}
+
 /// Runs condlm with `args`, killing it if it has not finished within 60 s (a regression that blocks on a FIFO
 /// or reads /dev/zero forever must fail the test, not hang it); returns (success, stderr).
 fn condlm_bounded(args: &[&str]) -> (bool, String) {

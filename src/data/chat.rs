@@ -184,7 +184,11 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
         None => None,
         Some(v) if v.is_none() => None,
         Some(v) => match (v.as_i64(), v.as_str()) {
-            (Some(n), _) => Some(" ".repeat(n.max(0) as usize)),
+            // Python would print any width; beyond this a template is broken, not formatting.
+            (Some(n), _) if n <= 64 => Some(" ".repeat(n.max(0) as usize)),
+            (Some(n), _) => {
+                return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: indent {n} is over 64")));
+            }
             (_, Some(s)) => Some(s.to_string()),
             _ => return Err(Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an int or a string")),
         },
@@ -480,6 +484,13 @@ mod tests {
         .unwrap();
         let err = t.render(&[], None, GenerationPrompt::Add).unwrap_err();
         assert!(format!("{err:#}").contains("fuel"), "{err:#}");
+    }
+
+    #[test]
+    fn a_huge_tojson_indent_is_an_error() {
+        let t = ChatTemplate::new("{{ messages|tojson(indent=100000000000) }}", "", "").unwrap();
+        let err = t.render(&[], None, GenerationPrompt::Add).unwrap_err();
+        assert!(format!("{err:#}").contains("indent 100000000000 is over 64"), "{err:#}");
     }
 
     #[test]

@@ -224,8 +224,9 @@ pub fn encode_rows(rows: &[Row], tok: &TextTokenizer, max_len: usize) -> Result<
             ds.info.push(info);
         }
     }
-    if ds.examples.is_empty() {
-        let first = &ds.dropped[0].source;
+    if ds.examples.is_empty()
+        && let Some(first) = ds.dropped.first().map(|d| &d.source)
+    {
         bail!(
             "none of the {} rows has a y token left after truncation to max_len {max_len} (first: {first}); \
              raise max_len",

@@ -49,23 +49,31 @@ impl SafetensorsFiles {
             let bytes = input::map(&path, "safetensors weights file")?;
             shards.push(Shard::read(path, bytes)?);
         }
-        Ok(Self::of_shards(shards))
+        Self::of_shards(shards)
     }
 
     /// One safetensors file's bytes (what [`SafetensorsFiles::open`] does with each memory-mapped shard); `path`
     /// names the file in errors.
     pub fn from_bytes(path: &Path, bytes: FileBytes) -> Result<Self> {
-        Ok(Self::of_shards(vec![Shard::read(path.to_path_buf(), bytes)?]))
+        Self::of_shards(vec![Shard::read(path.to_path_buf(), bytes)?])
     }
 
-    fn of_shards(shards: Vec<Shard>) -> Self {
+    /// The shards with every tensor name indexed; a name in two shards is an error (which copy is meant?).
+    fn of_shards(shards: Vec<Shard>) -> Result<Self> {
         let mut index = HashMap::new();
         for (i, shard) in shards.iter().enumerate() {
             for name in shard.meta.tensors().keys() {
-                index.insert(name.clone(), i);
+                if let Some(first) = index.insert(name.clone(), i) {
+                    bail!(
+                        "tensor {name} is stored twice, in {} and in {}; the checkpoint's shards overlap: \
+                         remove the stray file",
+                        shards[first].path.display(),
+                        shard.path.display()
+                    );
+                }
             }
         }
-        SafetensorsFiles { shards, index }
+        Ok(SafetensorsFiles { shards, index })
     }
 
     pub fn contains(&self, name: &str) -> bool {

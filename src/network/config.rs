@@ -454,11 +454,13 @@ fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<O
     }
 }
 
-/// Token ids in config.json are a number, a list of numbers, or null.
+/// Token ids in config.json are a number, a list of numbers, or null; an id beyond u32 (no vocabulary has one)
+/// becomes u32::MAX, which the vocabulary check then refuses, instead of wrapping onto a real token.
 fn token_ids(v: &Option<serde_json::Value>) -> Vec<u32> {
+    let id = |x: u64| u32::try_from(x).unwrap_or(u32::MAX);
     match v {
-        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(serde_json::Value::Number(n)) => n.as_u64().map(|x| vec![id(x)]).unwrap_or_default(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(id).collect(),
         _ => vec![],
     }
 }

@@ -83,11 +83,6 @@ impl Param {
     pub fn dtype(&self) -> GgmlType {
         self.packed.as_ref().map_or(GgmlType::F32, |p| p.ty)
     }
-
-    /// Bytes the values take in memory.
-    pub fn stored_bytes(&self) -> usize {
-        self.packed.as_ref().map_or(self.data.len() * 4, |p| p.bytes.len())
-    }
 }
 
 fn dense_or_packed<'a>(shape: &[usize], data: &'a [f32], packed: Option<&'a PackedMatrix>) -> MatrixRef<'a> {

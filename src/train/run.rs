@@ -231,7 +231,13 @@ impl Metrics {
     fn open(dir: &Path, resumed_at: Option<u64>) -> Result<Self> {
         let path = dir.join("metrics.jsonl");
         if let Some(step) = resumed_at {
-            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            // Missing is an empty log; unreadable is an error, since the file is rewritten below.
+            let text = match std::fs::read_to_string(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                read => read.with_context(|| {
+                    format!("cannot read {} to continue its rows; repair or move it, then resume", path.display())
+                })?,
+            };
             let kept: String = text
                 .lines()
                 .filter(|l| {

@@ -146,11 +146,6 @@ impl Trainer {
         Ok(())
     }
 
-    /// Where the steps run, for messages.
-    pub fn device_name(&self) -> Option<String> {
-        self.device.as_ref().map(|d| d.step.name())
-    }
-
     /// What scores rows with the current weights: the device's model when training on one, else the CPU path.
     pub fn scorer(&mut self) -> Box<dyn Scorer + '_> {
         match &mut self.device {

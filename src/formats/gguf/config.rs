@@ -160,13 +160,7 @@ pub fn config_from_gguf(g: &GgufFile, path: &Path) -> Result<Config> {
         linear_layers,
         delta_net,
         rope_sections: match g.get(&key("rope.dimension_sections")) {
-            Some(MetaValue::Array(v)) if qwen35 => {
-                let mut sections: Vec<usize> = v.iter().filter_map(|x| x.as_i64()).map(|x| x as usize).collect();
-                while sections.last() == Some(&0) {
-                    sections.pop();
-                }
-                sections
-            }
+            Some(MetaValue::Array(v)) if qwen35 => rope_sections(v, &key("rope.dimension_sections"))?,
             _ => vec![],
         },
         attn_output_gate: qwen35,
@@ -361,4 +355,17 @@ fn longrope(
         None => (1.0 + scale.ln() / (original as f64).ln()).sqrt() as f32,
     };
     Ok(Some(LongRope { short_factor, long_factor, original_max_positions: original, attention_factor }))
+}
+
+/// Qwen3.5's `rope.dimension_sections`: whole numbers ≥ 0, trailing zeros dropped.
+fn rope_sections(v: &[MetaValue], key: &str) -> Result<Vec<usize>> {
+    let mut sections = v
+        .iter()
+        .map(|x| x.as_i64().and_then(|n| usize::try_from(n).ok()))
+        .collect::<Option<Vec<usize>>>()
+        .with_context(|| format!("{key} holds a value that is not a whole number ≥ 0: the GGUF metadata is damaged"))?;
+    while sections.last() == Some(&0) {
+        sections.pop();
+    }
+    Ok(sections)
 }
