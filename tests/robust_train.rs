@@ -379,6 +379,34 @@ fn a_damaged_latest_checkpoint_names_the_intact_earlier_one() {
     std::fs::write(&earlier, safetensors::serialize(views, None).unwrap()).unwrap();
     let r = condlm(&["train", "--resume", &s(earlier.parent().unwrap())]);
     r.fails_with(&["non-finite", &tensors[0].0]);
+
+    // A checkpoint folder without its state.json (a kill while an older pruner deleted it) is named as damaged.
+    std::fs::remove_file(out.join("checkpoints/step-0000002/state.json")).unwrap();
+    condlm(&["train", "--resume", &s(&out.join("checkpoints/step-0000002"))]).fails_with(&[
+        "step-0000002",
+        "damaged checkpoint",
+        "state.json is missing",
+    ]);
+    // Pruning leaves no temporary behind.
+    let names: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|n| n.starts_with("step-")), "{names:?}");
+}
+
+/// `--resume` of a folder that has a run's files but no checkpoint (stopped before its first) or only a run set
+/// aside by an interrupted `--overwrite` says what the folder holds and what to do, not "no checkpoints".
+#[test]
+fn resume_without_a_checkpoint_says_what_the_folder_holds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("metrics.jsonl"), "{\"step\":1}\n").unwrap();
+    condlm(&["train", "--resume", &s(&out)]).fails_with(&["already holds a training run", "--overwrite"]);
+    std::fs::create_dir_all(out.join(".condlm-replaced-1")).unwrap();
+    std::fs::rename(out.join("metrics.jsonl"), out.join(".condlm-replaced-1/metrics.jsonl")).unwrap();
+    condlm(&["train", "--resume", &s(&out)]).fails_with(&[".condlm-replaced-1", "move its contents back"]);
 }
 
 #[test]

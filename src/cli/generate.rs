@@ -72,7 +72,8 @@ pub struct GenerateArgs {
     /// interrupted run leaves the partial: see --resume-output) [default: stdout, each row as it finishes].
     #[arg(long, requires = "data")]
     out: Option<PathBuf>,
-    /// Replace an existing --out file (and discard its .partial) [default: off: an existing file is an error].
+    /// Replace an existing --out file (and, without --resume-output, discard its .partial) [default: off: an
+    /// existing file is an error].
     #[arg(long, requires = "out")]
     overwrite: bool,
     /// Continue an interrupted run: keep the rows of --out's .partial, generate the rest. The partial must have

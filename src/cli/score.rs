@@ -32,7 +32,8 @@ pub struct ScoreArgs {
     /// row is scored (an interrupted run leaves the partial: see --resume-output) [default: stdout].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Replace an existing --out file (and discard its .partial) [default: off: an existing file is an error].
+    /// Replace an existing --out file (and, without --resume-output, discard its .partial) [default: off: an
+    /// existing file is an error].
     #[arg(long, requires = "out")]
     overwrite: bool,
     /// Continue an interrupted run: keep the rows of --out's .partial, score the rest. The partial must have been

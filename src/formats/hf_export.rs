@@ -516,6 +516,7 @@ pub fn check_out_dir(dir: &Path, force: bool, protected: &[&Path]) -> Result<()>
     if dir.as_os_str().is_empty() {
         bail!("the output folder path is empty");
     }
+    crate::output::check_no_interrupted_replacement(dir)?;
     if !dir.exists() {
         return Ok(());
     }
@@ -536,19 +537,20 @@ pub fn check_out_dir(dir: &Path, force: bool, protected: &[&Path]) -> Result<()>
     }
     let entries: Vec<std::fs::DirEntry> =
         std::fs::read_dir(dir).and_then(|d| d.collect()).with_context(|| format!("cannot list {}", dir.display()))?;
-    if !entries.is_empty() && !force {
-        bail!(
-            "{}: the folder exists and is not empty; its contents would be replaced — pass --force to allow that, \
-             or choose another --out",
-            dir.display()
-        );
-    }
+    // Foreign files first: --force would not help, so it is not suggested.
     if let Some(other) = entries.iter().find(|e| !is_model_folder_file(e)) {
         bail!(
             "{}: the folder holds {}, which is not part of a model folder; --force replaces only an earlier model \
              folder (as merge writes it). Choose another --out, or empty the folder yourself",
             dir.display(),
             other.file_name().to_string_lossy()
+        );
+    }
+    if !entries.is_empty() && !force {
+        bail!(
+            "{}: the folder exists and is not empty; its contents would be replaced — pass --force to allow that, \
+             or choose another --out",
+            dir.display()
         );
     }
     Ok(())

@@ -1,4 +1,7 @@
-//! Output files are written whole or not at all: to a temporary sibling, then renamed. Row-by-row results
+//! Output files are written whole or not at all: to a temporary sibling, flushed to disk, then renamed; a folder
+//! replaces an earlier one by an atomic exchange where the file system has one (Linux), so the output's name always
+//! holds a whole output. Temporaries are named after their output (`.condlm-tmp-NAME-…`): a write that finishes
+//! deletes those an earlier, killed write of the same output left. Row-by-row results
 //! (JSONL that grows while a job runs, kept when it is interrupted) are [`rows`]; what such rows depend on, checked
 //! when a run continues them, is a [`fingerprint::Fingerprint`].
 pub mod fingerprint;
@@ -81,16 +84,98 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Resul
     if !dir.is_dir() {
         bail!("cannot write {}: folder {} does not exist; create it first", path.display(), dir.display());
     }
-    // Named for condlm: a file a SIGKILL leaves behind says whose it is.
-    let tmp = shared(tempfile::Builder::new().prefix(".condlm-tmp-"), 0o666)
+    // Named for condlm and the output: a file a SIGKILL leaves behind says whose it is.
+    let tmp = shared(tempfile::Builder::new().prefix(&temp_prefix(TMP, path)), 0o666)
         .tempfile_in(dir)
         .with_context(|| format!("cannot write {}: folder {} is not writable", path.display(), dir.display()))?;
     let _listed = BeingWritten::new(tmp.path());
     let mut w = std::io::BufWriter::with_capacity(1 << 20, tmp.as_file());
     fill(&mut w).with_context(|| format!("cannot write {}", path.display()))?;
     w.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error()))?;
+    tmp.as_file().sync_all().with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path).map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    remove_leftovers(path);
     Ok(())
+}
+
+/// Prefix of a file or folder being written, until it is renamed to its output's name.
+const TMP: &str = "tmp";
+/// Prefix of an earlier output folder moved aside while the new one takes its name (where no exchange exists).
+const OLD: &str = "old";
+
+/// `.condlm-KIND-NAME-` for the output `path` (its name shortened to keep within file-name limits).
+fn temp_prefix(kind: &str, path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let short: String = name.chars().take(80).collect();
+    format!(".condlm-{kind}-{short}-")
+}
+
+/// The siblings of `path` named `.condlm-KIND-NAME-…`: what writes of it left.
+fn temp_siblings(kind: &str, path: &Path) -> Vec<PathBuf> {
+    let prefix = temp_prefix(kind, path);
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
+    entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path()).collect()
+}
+
+/// Deletes what killed writes of `path` left beside it, now that `path` holds a whole output: partial or
+/// complete temporaries, never anything the output's name held. Best effort: a leftover that stays is harmless.
+fn remove_leftovers(path: &Path) {
+    for p in temp_siblings(TMP, path) {
+        let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+    }
+}
+
+/// Refuses to write `path` while an earlier version of it sits aside from an interrupted replacement (a kill
+/// between its two renames, on a file system without an atomic exchange): the name is free, but the user's
+/// output is not gone, and a new one must not silently take its place.
+pub fn check_no_interrupted_replacement(path: &Path) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(old) = temp_siblings(OLD, path).first() {
+        bail!(
+            "{} is missing, but {} holds its earlier version, moved aside by an interrupted replacement; move it \
+             back to {} (or delete it), then run again",
+            path.display(),
+            old.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Flushes every file under `dir` to disk, then the folder itself.
+fn sync_tree(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            sync_tree(&entry.path())?;
+        } else {
+            std::fs::File::open(entry.path())?.sync_all()?;
+        }
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Swaps the names of two paths in one step (Linux's `renameat2(RENAME_EXCHANGE)`); Err where the system or file
+/// system has no such call, and the caller falls back to two renames.
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
+        let (a, b) = (c(a)?, c(b)?);
+        // SAFETY: two NUL-terminated paths that outlive the call; no memory is shared with the kernel after it.
+        let r =
+            unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+        if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (a, b);
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
 }
 
 /// A temporary file or folder made as other programs make theirs — `mode` (0o666, 0o777) less the umask — rather
@@ -142,12 +227,14 @@ pub fn write_files(tmp: &Path, dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<
 pub fn write_dir_atomic_with(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
-    let tmp = shared(tempfile::Builder::new().prefix(".condlm-tmp-"), 0o777)
+    check_no_interrupted_replacement(dir)?;
+    let tmp = shared(tempfile::Builder::new().prefix(&temp_prefix(TMP, dir)), 0o777)
         .tempdir_in(parent)
         .with_context(|| format!("cannot write {}: folder {} is not writable", dir.display(), parent.display()))?;
     let listed = BeingWritten::new(tmp.path());
     fill(tmp.path())?;
     share_files(tmp.path()).with_context(|| format!("cannot write {}", dir.display()))?;
+    sync_tree(tmp.path()).with_context(|| format!("cannot write {}", dir.display()))?;
     // Complete from here: an interruption leaves it (and the earlier output) rather than deleting either.
     drop(listed);
     let tmp_path = tmp.keep();
@@ -155,13 +242,19 @@ pub fn write_dir_atomic_with(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>)
         anyhow::anyhow!("cannot move the output into {} ({e}); it is complete in {}", dir.display(), tmp_path.display())
     };
     if !dir.exists() {
-        return std::fs::rename(&tmp_path, dir).map_err(moved);
+        std::fs::rename(&tmp_path, dir).map_err(moved)?;
+    } else if exchange(&tmp_path, dir).is_ok() {
+        // The new output took the name in one step; the earlier one is now the temporary, deleted below.
+    } else {
+        // The earlier output moves aside, the new one in: a kill between the two leaves the name free and the
+        // earlier output aside, which the next write of it refuses to pass over (`check_no_interrupted_replacement`).
+        let aside = tempfile::Builder::new().prefix(&temp_prefix(OLD, dir)).tempdir_in(parent).map_err(moved)?.keep();
+        std::fs::rename(dir, &aside).map_err(moved)?;
+        std::fs::rename(&tmp_path, dir).map_err(moved)?;
+        std::fs::remove_dir_all(&aside).with_context(|| format!("cannot remove the earlier {}", aside.display()))?;
     }
-    // The earlier output moves aside, the new one in, then the earlier one goes: at no moment is neither there.
-    let aside = tempfile::Builder::new().prefix(".condlm-old-").tempdir_in(parent).map_err(moved)?.keep();
-    std::fs::rename(dir, &aside).map_err(moved)?;
-    std::fs::rename(&tmp_path, dir).map_err(moved)?;
-    std::fs::remove_dir_all(&aside).with_context(|| format!("cannot remove the earlier {}", aside.display()))
+    remove_leftovers(dir);
+    Ok(())
 }
 
 #[cfg(test)]
@@ -187,6 +280,36 @@ mod replace_tests {
         assert!(!out.join("b").exists(), "the earlier folder's files are gone with it");
         let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["out"]);
+    }
+
+    /// What killed writes left — a partial temporary of a file, a complete temporary folder — goes when a write of
+    /// the same output finishes; another output's temporaries stay. An earlier version left aside by a kill between
+    /// two renames blocks the next write of its output until the user moves it back.
+    #[test]
+    fn leftovers_of_killed_writes_go_and_an_output_left_aside_blocks() {
+        let d = tempfile::tempdir().unwrap();
+        let (file, dir) = (d.path().join("m.gguf"), d.path().join("model"));
+        let stale = [
+            temp_prefix(TMP, &file) + "a1",
+            temp_prefix(TMP, &dir) + "b2",
+            temp_prefix(TMP, &d.path().join("x")) + "c3",
+        ];
+        std::fs::write(d.path().join(&stale[0]), b"part").unwrap();
+        std::fs::create_dir(d.path().join(&stale[1])).unwrap();
+        std::fs::write(d.path().join(&stale[2]), b"other").unwrap();
+        write_atomic(&file, b"x").unwrap();
+        write_dir_atomic(&dir, &[("a", b"1".to_vec())]).unwrap();
+        write_dir_atomic(&dir, &[("a", b"2".to_vec())]).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
+        assert_eq!(names, [stale[2].as_str(), "m.gguf", "model"]);
+        assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"2");
+
+        let old = d.path().join(temp_prefix(OLD, &dir) + "d4");
+        std::fs::rename(&dir, &old).unwrap();
+        let e = write_dir_atomic(&dir, &[("a", b"3".to_vec())]).unwrap_err().to_string();
+        assert!(e.contains("holds its earlier version") && e.contains("move it back"), "{e}");
+        assert_eq!(std::fs::read(old.join("a")).unwrap(), b"2", "the earlier output is untouched");
     }
 
     #[test]

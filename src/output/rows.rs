@@ -148,7 +148,8 @@ pub fn prepare(out: Option<&Path>, overwrite: bool, resume: bool) -> Result<Dest
             partial.display()
         );
     }
-    if path.exists() && !overwrite {
+    // A partial beside an existing file is an interrupted --overwrite of it: continuing it replaces the file.
+    if path.exists() && !overwrite && !(resume && partial.exists()) {
         bail!("{} already exists: pass --overwrite to replace it, or choose another --out", path.display());
     }
     if resume && has_rows(&partial)? {
@@ -399,6 +400,27 @@ mod tests {
         let e = prepare(Some(&out), false, false).err().unwrap().to_string();
         assert!(e.contains("already exists") && e.contains("--overwrite"), "{e}");
         assert!(prepare(Some(&out), true, false).is_ok());
+    }
+
+    /// A run that --overwrite an existing file and was interrupted leaves the file and a partial: --resume-output
+    /// alone continues it (as the message says), and the finished rows replace the file.
+    #[test]
+    fn an_interrupted_overwrite_resumes_without_overwrite_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out.jsonl");
+        std::fs::write(&out, "old\n").unwrap();
+        interrupted(&out, &fingerprint(4, 7), 2);
+        let e = prepare(Some(&out), false, false).err().unwrap().to_string();
+        assert!(e.contains("--resume-output"), "{e}");
+        let (mut w, done) =
+            prepare(Some(&out), false, true).unwrap().open(&fingerprint(4, 7), &sources(4), check).unwrap();
+        assert_eq!(done, vec![0, 1]);
+        for r in &rows(4)[2..] {
+            w.push(r).unwrap();
+        }
+        w.finish().unwrap();
+        let want: String = rows(4).iter().map(|r| format!("{r}\n")).collect();
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), want);
     }
 
     #[test]

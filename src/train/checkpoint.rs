@@ -125,7 +125,14 @@ fn prune(output_dir: &Path, keep: usize, best_step: Option<u64>) -> Result<()> {
     let n = all.len();
     for (step, dir) in all.into_iter().take(n.saturating_sub(keep)) {
         if Some(step) != best_step {
-            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove old checkpoint {}", dir.display()))?;
+            // Renamed first: a kill while deleting leaves a temporary (removed by the next run), not a damaged
+            // checkpoint under a checkpoint's name.
+            let doomed = checkpoints_dir(output_dir).join(format!(".condlm-tmp-pruned-step-{step:07}"));
+            let _ = std::fs::remove_dir_all(&doomed);
+            std::fs::rename(&dir, &doomed)
+                .with_context(|| format!("cannot remove old checkpoint {}", dir.display()))?;
+            std::fs::remove_dir_all(&doomed)
+                .with_context(|| format!("cannot remove old checkpoint {}", doomed.display()))?;
         }
     }
     Ok(())
@@ -144,6 +151,15 @@ pub fn run_folder(path: &Path) -> PathBuf {
 pub fn load(path: &Path) -> Result<(CheckpointMeta, TrainState)> {
     if path.join(STATE_JSON).is_file() {
         return load_dir(path);
+    }
+    if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")) && path.is_dir() {
+        let run = path.parent().and_then(Path::parent).unwrap_or(path);
+        bail!(
+            "{}: damaged checkpoint ({STATE_JSON} is missing, as a kill while it was deleted leaves it); resume from \
+             another one, or from the run folder {} (its latest checkpoint)",
+            path.display(),
+            run.display()
+        );
     }
     let mut all = list(path);
     let Some((_, latest)) = all.pop() else {

@@ -20,6 +20,10 @@ pub const RUN_FILES: [&str; 5] = ["checkpoints", "adapter", "model", "metrics.js
 /// Prefix of the hidden folder holding an earlier run while a `--overwrite` run has no result yet.
 const ASIDE_PREFIX: &str = ".condlm-replaced-";
 
+/// Prefix of what condlm writes and then renames (`output`), or deletes after renaming (a replaced run, pruned
+/// checkpoints): anything so named in a run folder or its checkpoints/ is a killed process's leftover.
+const TEMP_PREFIX: &str = ".condlm-tmp-";
+
 /// Prefix of the folder a failed `--overwrite` run's checkpoints are moved to when the earlier run comes back.
 const FAILED_PREFIX: &str = "failed-run-";
 
@@ -96,13 +100,30 @@ fn move_into(files: Vec<PathBuf>, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Deletes what killed condlm processes left in the run folder `out` and its checkpoints/ (temporaries, partial
+/// or complete but never renamed into place, and folders renamed to be deleted), and checkpoints/ when that
+/// leaves it empty: so that moving a set-aside run back into `out` works.
+fn remove_leftovers(out: &Path) {
+    let checkpoints = checkpoint::checkpoints_dir(out);
+    for dir in [out, &checkpoints] {
+        let Ok(entries) = std::fs::read_dir(dir) else { continue };
+        for p in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX)) {
+            let p = p.path();
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        }
+    }
+    let _ = std::fs::remove_dir(&checkpoints); // only when empty
+}
+
 /// Checks, before anything is loaded, that a run may write into `out`: a resumed run continues its own
 /// files; a fresh one needs a folder without a run's files, or `overwrite`, and none of `inputs` (model,
-/// data, config paths) may lie inside the files `overwrite` would replace.
+/// data, config paths) may lie inside the files `overwrite` would replace. Killed runs' temporaries are deleted
+/// first; nothing else is changed.
 pub fn check(out: &Path, resuming: bool, overwrite: bool, inputs: &[&Path]) -> Result<()> {
     if out.exists() && !out.is_dir() {
         bail!("--output-dir {}: exists and is not a folder; choose another --output-dir", out.display());
     }
+    remove_leftovers(out);
     if let Some(aside) = leftover_aside(out) {
         let new_run = set_aside_by_latest(out, &aside).is_some();
         if !(resuming && new_run) {
@@ -209,10 +230,16 @@ impl SetAside {
     /// The new run has written its result: the earlier run goes. A failure to delete it is a warning (the new
     /// result stands), and a later `--resume` deletes it.
     pub fn discard(self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.aside) {
+        // Renamed first: a kill while deleting leaves a temporary (removed by the next run), not a half-deleted run
+        // that looks set aside.
+        let doomed = self.out.join(format!("{TEMP_PREFIX}replaced-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&doomed);
+        let gone = std::fs::rename(&self.aside, &doomed).and_then(|()| std::fs::remove_dir_all(&doomed));
+        if let Err(e) = gone {
+            let left = if self.aside.exists() { &self.aside } else { &doomed };
             eprintln!(
                 "warning: cannot remove the replaced run in {}: {e}; delete it, or run --resume {} again",
-                self.aside.display(),
+                left.display(),
                 self.out.display()
             );
         }
@@ -352,5 +379,34 @@ mod tests {
         // A checkpoint written with another run's token is no match either.
         checkpoint_at(dir.path(), 6, Some("another run"));
         assert!(SetAside::adopt(dir.path()).is_none());
+    }
+
+    /// A kill during the new run's first checkpoint leaves only a temporary in checkpoints/; a kill while the
+    /// replaced run is deleted leaves a renamed temporary. Neither is a run: the next check removes them, and
+    /// moving the set-aside run back then works as the error says.
+    #[test]
+    fn killed_writes_leave_nothing_that_blocks_putting_the_earlier_run_back() {
+        let dir = run_folder();
+        checkpoint_at(dir.path(), 5, None);
+        let aside = SetAside::take(dir.path()).unwrap().unwrap();
+        let partial = checkpoint::checkpoints_dir(dir.path()).join(".condlm-tmp-step-0000001-x");
+        std::fs::create_dir_all(&partial).unwrap();
+        std::fs::write(partial.join("state.safetensors"), b"part").unwrap();
+        std::fs::create_dir_all(dir.path().join(".condlm-tmp-replaced-7/adapter")).unwrap();
+        let err = check(dir.path(), true, false, &[]).unwrap_err().to_string();
+        assert!(err.contains("move its contents back"), "{err}");
+        assert!(!dir.path().join("checkpoints").exists() && !dir.path().join(".condlm-tmp-replaced-7").exists());
+        for e in std::fs::read_dir(aside.path()).unwrap().flatten().filter(|e| e.file_name() != TOKEN_FILE) {
+            std::fs::rename(e.path(), dir.path().join(e.file_name())).unwrap();
+        }
+        check(dir.path(), false, true, &[]).unwrap();
+        assert!(leftover_aside(dir.path()).is_none(), "the emptied folder goes");
+        assert_eq!(checkpoint::list(dir.path()).len(), 1, "the earlier run's checkpoint is back");
+
+        // discard leaves nothing behind
+        let aside = SetAside::take(dir.path()).unwrap().unwrap();
+        aside.discard();
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["notes.txt"]);
     }
 }

@@ -708,6 +708,10 @@ fn settings_and_state(
 ) -> Result<(TrainSettings, Option<(checkpoint::CheckpointMeta, TrainState)>)> {
     let (s, resumed) = match &opts.resume {
         Some(p) => {
+            if p.is_dir() && checkpoint::list(p).is_empty() && checkpoint::run_folder(p) == *p {
+                // A run folder with no checkpoint: what it holds, if anything, says what to do instead.
+                output_dir::check(p, false, false, &[])?;
+            }
             let (meta, state) = checkpoint::load(p)?;
             let mut s = meta.settings.clone();
             // The run goes on in the folder --resume named, wherever it was started from.
