@@ -202,8 +202,8 @@ impl PackedMatrix {
         });
     }
 
-    /// dx (N, cols) (+)= dy (N, rows) · W, bit-identical to [`matmul`] on the dequantized matrix: the panels are
-    /// the GEMM's own depth blocks.
+    /// dx (N, cols) (+)= dy (N, rows) · W, bit-identical to [`crate::kernels::matmul::matmul`] on the dequantized
+    /// matrix: the panels are the GEMM's own depth blocks.
     pub fn matmul_dx(&self, dx: MatMut, dy: Mat, accumulate: bool) {
         assert!(dy.cols == self.rows && dx.cols == self.cols, "PackedMatrix::matmul_dx: shape mismatch");
         let kc = depth_block(self.rows);

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-/// Whether [`dot_row`] handles weights of `ty` (the block-quantized types).
+/// Whether [`dot_rows`] handles weights of `ty` (the block-quantized types).
 pub fn supports(ty: GgmlType) -> bool {
     ty.block_size() > 1
 }

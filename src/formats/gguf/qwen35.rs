@@ -79,7 +79,7 @@ fn reorders(s: &DeltaNetShape) -> bool {
 }
 
 /// The row order (row i of the result is row `order[i]` of the source) of a matrix whose value-head reorder is
-/// over rows; `None` when it has none or it is over columns (see [`column_reorder`]).
+/// over rows; `None` when it has none or it is over columns (see [`reorders_columns`]).
 pub fn row_order(hf_name: &str, s: &DeltaNetShape, rows: usize, dir: Direction) -> Option<Vec<usize>> {
     match by_head(hf_name, s)? {
         ByHead::Rows { from, width } if reorders(s) => {
