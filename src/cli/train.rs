@@ -146,7 +146,8 @@ pub struct TrainArgs {
     /// Micro-batches per optimizer step [default: 1].
     #[arg(long)]
     grad_accum: Option<usize>,
-    /// Longest row in tokens; x is cut from the left first, y only if it alone is too long [default: 1024].
+    /// Longest row in tokens, at most the model's context window (a larger value is lowered to it, with a note); x
+    /// is cut from the left first, y only if it alone is too long [default: 1024].
     #[arg(long)]
     max_len: Option<usize>,
     /// AdamW decoupled weight decay on matrices (not biases or norms) [default: 0].
@@ -164,7 +165,9 @@ pub struct TrainArgs {
     /// Evaluate every N steps and after the last; 0 = at the end of each epoch [default: 0].
     #[arg(long)]
     eval_every: Option<usize>,
-    /// Checkpoint every N steps; 0 = only at the end [default: 100].
+    /// Checkpoint every N steps; 0 = only at the end. Besides these, a checkpoint is written after an evaluation
+    /// that improves the best eval loss (kept as the best), and when the run stops early (a signal,
+    /// --stop-after-steps) [default: 100].
     #[arg(long)]
     save_every: Option<usize>,
     /// Checkpoints kept besides the best one by eval loss [default: 2].
