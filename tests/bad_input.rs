@@ -207,6 +207,10 @@ fn adapters_and_run_folders_given_in_the_wrong_place_say_what_to_pass() {
     assert!(err.contains("a LoRA adapter in llama.cpp's format") && err.contains("--lora"), "{err}");
     let (ok, err) = condlm(&["score", "--model", m, "--adapter", lora.to_str().unwrap(), "--data", r]);
     assert!(!ok && err.contains("a GGUF file; condlm reads adapters as PEFT folders"), "{err}");
+    // The adapter's weights file instead of its folder: the folder is named.
+    let weights = adapter.join("adapter_model.safetensors");
+    let (ok, err) = condlm(&["score", "--model", m, "--adapter", weights.to_str().unwrap(), "--data", r]);
+    assert!(!ok && err.contains(&format!("pass the folder, {}", adapter.display())), "{err}");
     // A run folder: the adapter (or the full fine-tune's model) inside it.
     let run = tmp.path().join("run");
     copy_dir(&adapter, &run.join("adapter"));

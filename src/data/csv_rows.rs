@@ -24,6 +24,16 @@ pub fn for_each_row(path: &Path, delimiter: u8, mut row: impl FnMut(String, &str
     let line_of = |p: Option<&csv::Position>| p.map_or(0, |p| lines.borrow_mut().line_at(p.byte()));
     let headers =
         reader.headers().map_err(|e| describe(&name.to_string(), &csv::StringRecord::new(), e, line_of))?.clone();
+    // One column whose name holds the other delimiter: the file is the other kind.
+    if let [only] = &headers.iter().collect::<Vec<_>>()[..] {
+        let (other, kind, flag) = if delimiter == b',' { ('\t', "tab", "tsv") } else { (',', "comma", "csv") };
+        if only.contains(other) {
+            bail!(
+                "{name}:1: the header is one column, {only:?}, with {kind}s inside: the file is {kind}-separated; \
+                 pass --data-format {flag} (or name it .{flag})"
+            );
+        }
+    }
     for (i, h) in headers.iter().enumerate() {
         if headers.iter().take(i).any(|earlier| earlier == h) {
             bail!("{name}:1: column \"{h}\" appears twice in the header; rename one");
@@ -191,5 +201,17 @@ mod tests {
         assert_eq!(lines_of("prompt,completion\ra,b\rc,d\r"), ["2", "3"]);
         assert_eq!(lines_of("prompt,completion\n\n\na,b\n\nc,d"), ["4", "6"]);
         assert_eq!(lines_of("prompt,completion\r\n\"a\r\nx\",b\r\nc,d\r\n"), ["2", "4"]);
+    }
+
+    #[test]
+    fn a_file_of_the_other_delimiter_is_named_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rows.csv");
+        std::fs::write(&path, "prompt\tcompletion\na\tb\n").unwrap();
+        let e = for_each_row(&path, b',', |_, _| Ok(())).unwrap_err().to_string();
+        assert!(e.contains("rows.csv:1") && e.contains("tab-separated") && e.contains("--data-format tsv"), "{e}");
+        std::fs::write(&path, "prompt,completion\na,b\n").unwrap();
+        let e = for_each_row(&path, b'\t', |_, _| Ok(())).unwrap_err().to_string();
+        assert!(e.contains("comma-separated") && e.contains("--data-format csv"), "{e}");
     }
 }

@@ -336,6 +336,18 @@ pub fn read_adapter_config(dir: &Path) -> Result<AdapterConfig> {
             dir.display()
         );
     }
+    if dir.is_file() {
+        let folder = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        bail!(
+            "{}: a file; an adapter is a PEFT folder (adapter_config.json beside adapter_model.safetensors): pass \
+             the folder{}",
+            dir.display(),
+            match folder.join("adapter_config.json").is_file() {
+                true => format!(", {}", folder.display()),
+                false => String::new(),
+            }
+        );
+    }
     if !dir.join("adapter_config.json").exists() && dir.join("adapter/adapter_config.json").is_file() {
         bail!(
             "{}: no adapter_config.json here, but an adapter in {}: a `condlm train` run folder; pass that",
@@ -520,8 +532,8 @@ pub fn save_adapter(
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model,
         "r": cfg.rank,
-        "lora_alpha": cfg.alpha,
-        "lora_dropout": cfg.dropout,
+        "lora_alpha": decimal(cfg.alpha),
+        "lora_dropout": decimal(cfg.dropout),
         "target_modules": target_modules,
         "bias": "none",
         "fan_in_fan_out": model.config.family == Family::Gpt2,
@@ -539,6 +551,12 @@ pub fn save_adapter(
             (trained_on::FILE, trained_on.file_bytes()),
         ],
     )
+}
+
+/// `x` as the shortest decimal that reads back as it (0.05, not 0.05000000074505806: the f32 widened), as Python
+/// writes the float a user gave.
+fn decimal(x: f32) -> serde_json::Value {
+    x.to_string().parse::<f64>().map_or(serde_json::Value::Null, serde_json::Value::from)
 }
 
 /// Loads a PEFT adapter folder into `model` (its config, then `attach_adapter`).
@@ -715,6 +733,13 @@ fn model_name(spec: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floats_are_written_as_the_user_gave_them() {
+        assert_eq!(serde_json::to_string(&decimal(0.05)).unwrap(), "0.05");
+        assert_eq!(serde_json::to_string(&decimal(32.0)).unwrap(), "32.0");
+        assert_eq!(serde_json::to_string(&decimal(0.1)).unwrap(), "0.1");
+    }
 
     /// The config of these keys, read from a temp folder.
     fn config(json: &str) -> Result<AdapterConfig> {
