@@ -83,9 +83,13 @@ fn configs_read_the_family_features() {
         "RoPE base 1000000 (sliding layers: 10000)",
         "GeGLU (tanh GELU) MLP, 4 RMSNorms per block",
         "head dim 32, per-head q/k RMSNorm",
+        "architecture  Gemma3ForCausalLM (computed by the Llama-family block)",
     ] {
         assert!(out.contains(line), "info lacks {line:?}:\n{out}");
     }
+    // --chat-template prints the template itself.
+    let (ok, out, err) = condlm(&["info", fixture("tiny-llama").to_str().unwrap(), "--chat-template"]);
+    assert!(ok && out.contains("chat template:\n{% for message in messages %}"), "{err}{out}");
     let p = model("tiny-phi3");
     assert!(p.config.fused_projections() && p.config.rotary_dim == 16 && p.config.longrope.is_none());
     let names: Vec<&str> = p.blocks[0].linears().map(|l| l.name.as_str()).collect();

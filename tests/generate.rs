@@ -725,7 +725,7 @@ fn cli_int8_compute_generates_and_prints_the_memory_plan() {
         let out = condlm_cli(&[&args[..], &["--compute", compute, "--ignore-eos"]].concat());
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "--compute {compute}: {err}");
-        assert!(err.contains("KV cache") && err.contains("1 sequences ×"), "{err}");
+        assert!(err.contains("KV cache") && err.contains("1 sequence ×"), "{err}");
         assert!(err.contains("+ 6 new tokens"), "{err}");
     };
     run("int8");

@@ -20,6 +20,10 @@ pub struct InfoArgs {
     /// Also list every tensor with its shape and type [default: off].
     #[arg(long, requires = "model")]
     tensors: bool,
+    /// Also print the chat template (the Jinja text chat rows and `generate --chat` are rendered with) [default:
+    /// off].
+    #[arg(long, requires = "model")]
+    chat_template: bool,
     /// List the compute devices: the CPU (model, SIMD extensions, the kernels picked) and the CUDA GPUs (name,
     /// memory, compute capability, driver version), or why CUDA is unavailable; before the model's description
     /// when a model is given too [default: off].
@@ -53,7 +57,12 @@ pub fn run(a: InfoArgs) -> Result<()> {
     }
     let tok = load_tokenizer(&files, &c, &weights)?;
     out!("model         {}", files.path().display());
-    out!("architecture  {} ({:?} family)", c.architecture, c.family);
+    let family = format!("{:?}", c.family);
+    let code_path = match c.architecture.to_lowercase().contains(&family.to_lowercase()) {
+        true => String::new(),
+        false => format!(" (computed by the {family}-family block)"),
+    };
+    out!("architecture  {}{code_path}", c.architecture);
     out!("layers        {}", c.num_layers);
     out!("hidden        {} (intermediate {})", c.hidden_size, c.intermediate_size);
     let qk_norm = match (c.qk_norm, c.qk_norm_whole) {
@@ -122,6 +131,12 @@ pub fn run(a: InfoArgs) -> Result<()> {
     if a.tensors {
         for (n, shape, ty) in &rows {
             out!("  {n:50} {ty:6} {shape:?}");
+        }
+    }
+    if a.chat_template {
+        match &tok.chat_template {
+            Some(t) => out!("chat template:\n{t}"),
+            None => out!("chat template: none"),
         }
     }
     if let Some(device) = a.check_device {
