@@ -85,7 +85,7 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Resul
         bail!("cannot write {}: folder {} does not exist; create it first", path.display(), dir.display());
     }
     // Named for condlm and the output: a file a SIGKILL leaves behind says whose it is.
-    let tmp = shared(tempfile::Builder::new().prefix(&temp_prefix(TMP, path)), 0o666)
+    let tmp = shared(tempfile::Builder::new().prefix(&temp_prefix(TMP, path)).rand_bytes(SUFFIX_LEN), 0o666)
         .tempfile_in(dir)
         .with_context(|| format!("cannot write {}: folder {} is not writable", path.display(), dir.display()))?;
     let _listed = BeingWritten::new(tmp.path());
@@ -103,19 +103,28 @@ const TMP: &str = "tmp";
 /// Prefix of an earlier output folder moved aside while the new one takes its name (where no exchange exists).
 const OLD: &str = "old";
 
-/// `.condlm-KIND-NAME-` for the output `path` (its name shortened to keep within file-name limits).
+/// `.condlm-KIND-NAME-` for the output `path` (its name shortened to keep within file-name limits); tempfile
+/// adds [`SUFFIX_LEN`] random letters and digits.
 fn temp_prefix(kind: &str, path: &Path) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let short: String = name.chars().take(80).collect();
+    let short: String = name.chars().take(200).collect();
     format!(".condlm-{kind}-{short}-")
 }
 
-/// The siblings of `path` named `.condlm-KIND-NAME-…`: what writes of it left.
+/// The length of tempfile's random suffix.
+const SUFFIX_LEN: usize = 6;
+
+/// The siblings of `path` named `.condlm-KIND-NAME-` + a random suffix: what writes of it left. The suffix must
+/// be exactly tempfile's, so another output's temporaries (`model-2`'s beside `model`'s) never match.
 fn temp_siblings(kind: &str, path: &Path) -> Vec<PathBuf> {
     let prefix = temp_prefix(kind, path);
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let Ok(entries) = std::fs::read_dir(dir) else { return vec![] };
-    entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).map(|e| e.path()).collect()
+    let ours = |name: &str| {
+        name.strip_prefix(&prefix)
+            .is_some_and(|s| s.len() == SUFFIX_LEN && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+    };
+    entries.flatten().filter(|e| ours(&e.file_name().to_string_lossy())).map(|e| e.path()).collect()
 }
 
 /// Deletes what killed writes of `path` left beside it, now that `path` holds a whole output: partial or
@@ -228,7 +237,7 @@ pub fn write_dir_atomic_with(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>)
     let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("cannot create folder {}", parent.display()))?;
     check_no_interrupted_replacement(dir)?;
-    let tmp = shared(tempfile::Builder::new().prefix(&temp_prefix(TMP, dir)), 0o777)
+    let tmp = shared(tempfile::Builder::new().prefix(&temp_prefix(TMP, dir)).rand_bytes(SUFFIX_LEN), 0o777)
         .tempdir_in(parent)
         .with_context(|| format!("cannot write {}: folder {} is not writable", dir.display(), parent.display()))?;
     let listed = BeingWritten::new(tmp.path());
@@ -248,7 +257,12 @@ pub fn write_dir_atomic_with(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>)
     } else {
         // The earlier output moves aside, the new one in: a kill between the two leaves the name free and the
         // earlier output aside, which the next write of it refuses to pass over (`check_no_interrupted_replacement`).
-        let aside = tempfile::Builder::new().prefix(&temp_prefix(OLD, dir)).tempdir_in(parent).map_err(moved)?.keep();
+        let aside = tempfile::Builder::new()
+            .prefix(&temp_prefix(OLD, dir))
+            .rand_bytes(SUFFIX_LEN)
+            .tempdir_in(parent)
+            .map_err(moved)?
+            .keep();
         std::fs::rename(dir, &aside).map_err(moved)?;
         std::fs::rename(&tmp_path, dir).map_err(moved)?;
         std::fs::remove_dir_all(&aside).with_context(|| format!("cannot remove the earlier {}", aside.display()))?;
@@ -290,9 +304,9 @@ mod replace_tests {
         let d = tempfile::tempdir().unwrap();
         let (file, dir) = (d.path().join("m.gguf"), d.path().join("model"));
         let stale = [
-            temp_prefix(TMP, &file) + "a1",
-            temp_prefix(TMP, &dir) + "b2",
-            temp_prefix(TMP, &d.path().join("x")) + "c3",
+            temp_prefix(TMP, &file) + "a1b2c3",
+            temp_prefix(TMP, &dir) + "d4e5f6",
+            temp_prefix(TMP, &d.path().join("model-2")) + "g7h8i9",
         ];
         std::fs::write(d.path().join(&stale[0]), b"part").unwrap();
         std::fs::create_dir(d.path().join(&stale[1])).unwrap();
@@ -305,7 +319,7 @@ mod replace_tests {
         assert_eq!(names, [stale[2].as_str(), "m.gguf", "model"]);
         assert_eq!(std::fs::read(dir.join("a")).unwrap(), b"2");
 
-        let old = d.path().join(temp_prefix(OLD, &dir) + "d4");
+        let old = d.path().join(temp_prefix(OLD, &dir) + "j0k1l2");
         std::fs::rename(&dir, &old).unwrap();
         let e = write_dir_atomic(&dir, &[("a", b"3".to_vec())]).unwrap_err().to_string();
         assert!(e.contains("holds its earlier version") && e.contains("move it back"), "{e}");

@@ -105,11 +105,17 @@ fn move_into(files: Vec<PathBuf>, to: &Path) -> Result<()> {
 /// leaves it empty: so that moving a set-aside run back into `out` works.
 fn remove_leftovers(out: &Path) {
     let checkpoints = checkpoint::checkpoints_dir(out);
-    for dir in [out, &checkpoints] {
+    // Only what a run writes: another command's temporaries (a `score --out` into this folder) are not ours.
+    let run_files: Vec<&str> = RUN_FILES.iter().copied().chain(["replaced"]).collect();
+    for (dir, names) in [(out, &run_files[..]), (&checkpoints, &["step", "pruned"][..])] {
         let Ok(entries) = std::fs::read_dir(dir) else { continue };
-        for p in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX)) {
-            let p = p.path();
-            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(TEMP_PREFIX) else { continue };
+            if names.iter().any(|n| rest.starts_with(&format!("{n}-"))) {
+                let p = e.path();
+                let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            }
         }
     }
     let _ = std::fs::remove_dir(&checkpoints); // only when empty
@@ -393,7 +399,11 @@ mod tests {
         std::fs::create_dir_all(&partial).unwrap();
         std::fs::write(partial.join("state.safetensors"), b"part").unwrap();
         std::fs::create_dir_all(dir.path().join(".condlm-tmp-replaced-7/adapter")).unwrap();
+        let foreign = dir.path().join(".condlm-tmp-scores.jsonl-a1b2c3");
+        std::fs::write(&foreign, "another command's").unwrap();
         let err = check(dir.path(), true, false, &[]).unwrap_err().to_string();
+        assert!(foreign.exists(), "only a run's own temporaries go");
+        std::fs::remove_file(&foreign).unwrap();
         assert!(err.contains("move its contents back"), "{err}");
         assert!(!dir.path().join("checkpoints").exists() && !dir.path().join(".condlm-tmp-replaced-7").exists());
         for e in std::fs::read_dir(aside.path()).unwrap().flatten().filter(|e| e.file_name() != TOKEN_FILE) {
