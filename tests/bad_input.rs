@@ -266,3 +266,16 @@ fn a_tied_model_storing_a_different_output_layer_gets_a_warning() {
     );
     assert_eq!(scores, tied_scores, "the tied head is used, as transformers uses it");
 }
+
+/// A zero or absurd size in config.json names its key (and the GGUF one), not an internal label.
+#[test]
+fn a_bad_size_in_the_config_names_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = common::copy_fixture("tiny-llama", &tmp.path().join("model"));
+    let path = model.join("config.json");
+    let mut config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    config["num_key_value_heads"] = 0.into();
+    std::fs::write(&path, config.to_string()).unwrap();
+    let err = score_err(&model, &fixture("score_rows.jsonl"));
+    assert!(err.contains("config.json") && err.contains("num_key_value_heads") && err.contains("is 0"), "{err}");
+}

@@ -768,15 +768,24 @@ impl Config {
 
     /// Checks the shape relations the kernels rely on.
     pub fn validate(&self) -> Result<()> {
+        // Named by their keys in config.json and in a GGUF's metadata.
+        const HIDDEN: &str = "hidden size (hidden_size; GGUF: embedding_length)";
+        const FFN: &str = "intermediate size (intermediate_size; GGUF: feed_forward_length)";
+        const LAYERS: &str = "layers (num_hidden_layers; GGUF: block_count)";
+        const HEADS: &str = "attention heads (num_attention_heads; GGUF: attention.head_count)";
+        const KV_HEADS: &str = "key/value heads (num_key_value_heads; GGUF: attention.head_count_kv)";
+        const HEAD_DIM: &str = "head dim (head_dim; GGUF: attention.key_length)";
+        const VOCAB: &str = "vocab size (vocab_size; GGUF: the token list)";
+        const POSITIONS: &str = "max positions (max_position_embeddings; GGUF: context_length)";
         let nonzero = [
-            ("hidden size", self.hidden_size),
-            ("intermediate size", self.intermediate_size),
-            ("layers", self.num_layers),
-            ("attention heads", self.num_heads),
-            ("key/value heads", self.num_kv_heads),
-            ("head dim", self.head_dim),
-            ("vocab size", self.vocab_size),
-            ("max positions", self.max_positions),
+            (HIDDEN, self.hidden_size),
+            (FFN, self.intermediate_size),
+            (LAYERS, self.num_layers),
+            (HEADS, self.num_heads),
+            (KV_HEADS, self.num_kv_heads),
+            (HEAD_DIM, self.head_dim),
+            (VOCAB, self.vocab_size),
+            (POSITIONS, self.max_positions),
         ];
         for (what, v) in nonzero {
             if v == 0 {
@@ -786,13 +795,13 @@ impl Config {
         // Far above any real model, and low enough that products of dimensions (parameter counts, buffer sizes)
         // cannot overflow: a damaged or hostile config fails here, not in an allocation.
         let limits = [
-            ("hidden size", self.hidden_size, 1 << 20),
-            ("intermediate size", self.intermediate_size, 1 << 22),
-            ("layers", self.num_layers, 1 << 12),
-            ("attention heads", self.num_heads, 1 << 16),
-            ("head dim", self.head_dim, 1 << 16),
-            ("vocab size", self.vocab_size, 1 << 24),
-            ("max positions", self.max_positions, 1 << 26),
+            (HIDDEN, self.hidden_size, 1 << 20),
+            (FFN, self.intermediate_size, 1 << 22),
+            (LAYERS, self.num_layers, 1 << 12),
+            (HEADS, self.num_heads, 1 << 16),
+            (HEAD_DIM, self.head_dim, 1 << 16),
+            (VOCAB, self.vocab_size, 1 << 24),
+            (POSITIONS, self.max_positions, 1 << 26),
         ];
         for (what, v, max) in limits {
             if v > max {
