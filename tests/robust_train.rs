@@ -36,6 +36,18 @@ fn condlm(args: &[&str]) -> Run {
     finish(Command::new(env!("CARGO_BIN_EXE_condlm")).args(args).args(["--threads", "1"]).output().unwrap())
 }
 
+/// [`condlm`] run from the folder `dir`.
+fn condlm_in(dir: &Path, args: &[&str]) -> Run {
+    finish(
+        Command::new(env!("CARGO_BIN_EXE_condlm"))
+            .current_dir(dir)
+            .args(args)
+            .args(["--threads", "1"])
+            .output()
+            .unwrap(),
+    )
+}
+
 fn s(p: &Path) -> String {
     p.to_str().unwrap().to_string()
 }
@@ -288,6 +300,32 @@ fn interrupted_run(out: &Path, signal: &str) -> Run {
     finish(child.wait_with_output().unwrap())
 }
 
+/// A second `train` in the folder of a running one is refused before it touches anything, whatever its flags.
+#[cfg(unix)]
+#[test]
+fn a_run_folder_in_use_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let args = train_cmd(&out, &["--max-steps", "100000"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_condlm"))
+        .args(&args)
+        .args(["--threads", "1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|t| t.contains("\"loss\"")) {
+        assert!(start.elapsed() < Duration::from_secs(120), "the run never took a step");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let second = train(&out, &["--overwrite"]);
+    let resumed = condlm(&["train", "--resume", &s(&out)]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    second.fails_with(&["in use by another condlm train"]);
+    resumed.fails_with(&["in use by another condlm train"]);
+}
+
 #[test]
 fn sigint_and_sigterm_write_a_checkpoint_and_the_run_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -387,12 +425,24 @@ fn a_damaged_latest_checkpoint_names_the_intact_earlier_one() {
         "damaged checkpoint",
         "state.json is missing",
     ]);
-    // Pruning leaves no temporary behind.
-    let names: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
+    // From inside the checkpoints folder, the run folder named is the real one.
+    let r = condlm_in(&out.join("checkpoints"), &["train", "--resume", "step-0000002"]);
+    r.fails_with(&["damaged checkpoint", &format!("run folder {}", out.display())]);
+}
+
+#[test]
+fn pruning_leaves_only_the_checkpoints_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let r = train(&out, &["--max-steps", "5", "--save-every", "1", "--keep-last", "2"]);
+    assert!(r.ok(), "{}", r.stderr);
+    let mut names: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
-    assert!(names.iter().all(|n| n.starts_with("step-")), "{names:?}");
+    names.sort();
+    // 4 and 5 are the last two; the best by eval loss is kept too, when it is another.
+    assert!(names.ends_with(&["step-0000004".into(), "step-0000005".into()]) && names.len() <= 3, "{names:?}");
 }
 
 /// `--resume` of a folder that has a run's files but no checkpoint (stopped before its first) or only a run set

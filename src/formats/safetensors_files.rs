@@ -65,8 +65,8 @@ impl SafetensorsFiles {
             for name in shard.meta.tensors().keys() {
                 if let Some(first) = index.insert(name.clone(), i) {
                     bail!(
-                        "tensor {name} is stored twice, in {} and in {}; the checkpoint's shards overlap: \
-                         remove the stray file",
+                        "tensor {name} is stored twice, in {} and in {}; which copy is the model's is not known: \
+                         save the checkpoint again (transformers' save_pretrained stores each tensor once)",
                         shards[first].path.display(),
                         shard.path.display()
                     );

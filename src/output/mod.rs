@@ -94,6 +94,7 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Resul
     w.into_inner().map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error()))?;
     tmp.as_file().sync_all().with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path).map_err(|e| anyhow::anyhow!("cannot write {}: {}", path.display(), e.error))?;
+    sync_folder(dir);
     remove_leftovers(path);
     Ok(())
 }
@@ -103,11 +104,19 @@ const TMP: &str = "tmp";
 /// Prefix of an earlier output folder moved aside while the new one takes its name (where no exchange exists).
 const OLD: &str = "old";
 
-/// `.condlm-KIND-NAME-` for the output `path` (its name shortened to keep within file-name limits); tempfile
-/// adds [`SUFFIX_LEN`] random letters and digits.
+/// `.condlm-KIND-NAME-` for the output `path`; tempfile adds [`SUFFIX_LEN`] random letters and digits. A name
+/// too long for that to fit in a file name (255 bytes) is cut and followed by a hash of the whole name, so two long
+/// names that share a beginning still differ.
 fn temp_prefix(kind: &str, path: &Path) -> String {
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let short: String = name.chars().take(200).collect();
+    let short = if name.len() <= 200 {
+        name
+    } else {
+        let cut = (0..=150).rev().find(|&i| name.is_char_boundary(i)).unwrap_or(0);
+        // FNV-1a: stable across runs and builds, unlike std's hasher.
+        let hash = name.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+        format!("{}~{hash:016x}", &name[..cut])
+    };
     format!(".condlm-{kind}-{short}-")
 }
 
@@ -154,17 +163,34 @@ pub fn check_no_interrupted_replacement(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Flushes every file under `dir` to disk, then the folder itself.
+/// Flushes every file under `dir` to disk, then the folder itself (Unix; elsewhere the file system's own order
+/// is all there is: Windows cannot flush a file opened to read or open a folder at all).
 fn sync_tree(dir: &Path) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            sync_tree(&entry.path())?;
-        } else {
-            std::fs::File::open(entry.path())?.sync_all()?;
+    #[cfg(unix)]
+    {
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                sync_tree(&entry.path())?;
+            } else {
+                std::fs::File::open(entry.path())?.sync_all()?;
+            }
         }
+        std::fs::File::open(dir)?.sync_all()?;
     }
-    std::fs::File::open(dir)?.sync_all()
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Flushes folder `dir`'s entries (a rename into it) to disk, best effort: the output is already complete.
+fn sync_folder(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
 }
 
 /// Swaps the names of two paths in one step (Linux's `renameat2(RENAME_EXCHANGE)`); Err where the system or file
@@ -175,9 +201,18 @@ fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
         use std::os::unix::ffi::OsStrExt;
         let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other);
         let (a, b) = (c(a)?, c(b)?);
+        // Through syscall(2): glibc has a wrapper only from 2.28 on, and an older one must still link.
         // SAFETY: two NUL-terminated paths that outlive the call; no memory is shared with the kernel after it.
-        let r =
-            unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_renameat2,
+                libc::AT_FDCWD,
+                a.as_ptr(),
+                libc::AT_FDCWD,
+                b.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
         if r == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
     }
     #[cfg(not(target_os = "linux"))]
@@ -267,6 +302,7 @@ pub fn write_dir_atomic_with(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>)
         std::fs::rename(&tmp_path, dir).map_err(moved)?;
         std::fs::remove_dir_all(&aside).with_context(|| format!("cannot remove the earlier {}", aside.display()))?;
     }
+    sync_folder(parent);
     remove_leftovers(dir);
     Ok(())
 }
@@ -324,6 +360,20 @@ mod replace_tests {
         let e = write_dir_atomic(&dir, &[("a", b"3".to_vec())]).unwrap_err().to_string();
         assert!(e.contains("holds its earlier version") && e.contains("move it back"), "{e}");
         assert_eq!(std::fs::read(old.join("a")).unwrap(), b"2", "the earlier output is untouched");
+    }
+
+    /// Long names (in bytes: 80 CJK characters are 240) fit in a file name, and two that share their first 200
+    /// bytes still get different temporaries.
+    #[test]
+    fn long_output_names_are_written_and_kept_apart() {
+        let d = tempfile::tempdir().unwrap();
+        let long = "模".repeat(80);
+        write_dir_atomic(&d.path().join(&long), &[("a", b"1".to_vec())]).unwrap();
+        write_dir_atomic(&d.path().join(&long), &[("a", b"2".to_vec())]).unwrap();
+        assert_eq!(std::fs::read(d.path().join(&long).join("a")).unwrap(), b"2");
+        let (a, b) = (d.path().join(long.clone() + "a"), d.path().join(long.clone() + "b"));
+        assert_ne!(temp_prefix(TMP, &a), temp_prefix(TMP, &b));
+        assert!(temp_prefix(TMP, &a).len() + SUFFIX_LEN <= 255);
     }
 
     #[test]

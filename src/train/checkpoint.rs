@@ -153,7 +153,8 @@ pub fn load(path: &Path) -> Result<(CheckpointMeta, TrainState)> {
         return load_dir(path);
     }
     if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")) && path.is_dir() {
-        let run = path.parent().and_then(Path::parent).unwrap_or(path);
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let run = absolute.parent().and_then(Path::parent).unwrap_or(&absolute).to_path_buf();
         bail!(
             "{}: damaged checkpoint ({STATE_JSON} is missing, as a kill while it was deleted leaves it); resume from \
              another one, or from the run folder {} (its latest checkpoint)",

@@ -30,6 +30,42 @@ const FAILED_PREFIX: &str = "failed-run-";
 /// The file in a set-aside folder holding its token.
 const TOKEN_FILE: &str = ".condlm-token";
 
+/// Run folders this process holds the lock of, with the open folders that hold it (until the process ends).
+static LOCKED: std::sync::Mutex<Vec<(PathBuf, std::fs::File)>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes the lock of run folder `out` for the rest of this process, if it exists: Unix `flock` on the folder
+/// itself (no file is made; the kernel drops it when the process ends, however it ends; a file system without
+/// locks gets none). A folder another `train` holds is refused: two runs in one folder would write the same
+/// checkpoints, and cleaning up one's temporaries would break the other's writes.
+pub fn lock(out: &Path) -> Result<()> {
+    if !cfg!(unix) || !out.is_dir() {
+        return Ok(());
+    }
+    let key = out.canonicalize().unwrap_or_else(|_| out.to_path_buf());
+    let mut locked = LOCKED.lock().unwrap_or_else(|e| e.into_inner());
+    if locked.iter().any(|(p, _)| *p == key) {
+        return Ok(());
+    }
+    let folder = std::fs::File::open(out).with_context(|| format!("cannot open {} to lock it", out.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock on a descriptor this function owns; no memory is passed.
+        if unsafe { libc::flock(folder.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                bail!(
+                    "{} is in use by another condlm train; wait for it to end or stop it, or choose another \
+                     --output-dir",
+                    out.display()
+                );
+            }
+        }
+    }
+    locked.push((key, folder));
+    Ok(())
+}
+
 /// The run files present in `out`.
 fn present(out: &Path) -> Vec<PathBuf> {
     RUN_FILES.iter().map(|n| out.join(n)).filter(|p| p.exists()).collect()
@@ -60,10 +96,18 @@ fn remove_emptied(aside: &Path) -> Result<()> {
     std::fs::remove_dir(aside).with_context(|| format!("cannot remove {}", aside.display()))
 }
 
-/// Whether `aside` is the folder that the run of `out`'s latest checkpoint set aside (their tokens match).
+/// Whether `aside` is the folder that the run of `out`'s latest checkpoint set aside (their tokens match): its
+/// token, or "" for a folder an older condlm set aside (no token file, and a latest checkpoint that records none:
+/// this version writes the token before it moves anything, so its own such folders are empty and removed).
 fn set_aside_by_latest(out: &Path, aside: &Path) -> Option<String> {
-    let token = std::fs::read_to_string(aside.join(TOKEN_FILE)).ok()?;
-    (checkpoint::replaces(out)? == token).then_some(token)
+    match std::fs::read_to_string(aside.join(TOKEN_FILE)) {
+        Ok(token) => (checkpoint::replaces(out)? == token).then_some(token),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let older = !checkpoint::list(out).is_empty() && checkpoint::replaces(out).is_none();
+            older.then(String::new)
+        }
+        Err(_) => None,
+    }
 }
 
 /// A token no other set-aside folder has had: process id and time.
@@ -123,12 +167,13 @@ fn remove_leftovers(out: &Path) {
 
 /// Checks, before anything is loaded, that a run may write into `out`: a resumed run continues its own
 /// files; a fresh one needs a folder without a run's files, or `overwrite`, and none of `inputs` (model,
-/// data, config paths) may lie inside the files `overwrite` would replace. Killed runs' temporaries are deleted
-/// first; nothing else is changed.
+/// data, config paths) may lie inside the files `overwrite` would replace. The folder is locked for this process
+/// ([`lock`]), then killed runs' temporaries are deleted; nothing else is changed.
 pub fn check(out: &Path, resuming: bool, overwrite: bool, inputs: &[&Path]) -> Result<()> {
     if out.exists() && !out.is_dir() {
         bail!("--output-dir {}: exists and is not a folder; choose another --output-dir", out.display());
     }
+    lock(out)?;
     remove_leftovers(out);
     if let Some(aside) = leftover_aside(out) {
         let new_run = set_aside_by_latest(out, &aside).is_some();
@@ -223,9 +268,9 @@ impl SetAside {
         Some(SetAside { out: out.to_path_buf(), aside, token })
     }
 
-    /// The token the new run's checkpoints record.
-    pub fn token(&self) -> &str {
-        &self.token
+    /// The token the new run's checkpoints record (none for a folder an older condlm set aside).
+    pub fn token(&self) -> Option<&str> {
+        Some(self.token.as_str()).filter(|t| !t.is_empty())
     }
 
     /// The hidden folder holding the earlier run.
@@ -341,7 +386,7 @@ mod tests {
         // A new run with checkpoints of its own: resumable while the earlier run stays aside, and if it fails its
         // checkpoints move to a failed-run folder as the earlier run comes back.
         let aside = SetAside::take(dir.path()).unwrap().unwrap();
-        checkpoint_at(dir.path(), 2, Some(aside.token()));
+        checkpoint_at(dir.path(), 2, aside.token());
         let err = check(dir.path(), false, true, &[]).unwrap_err().to_string();
         assert!(err.contains("--resume") && err.contains("move its contents back"), "{err}");
         check(dir.path(), true, false, &[]).unwrap();
@@ -374,7 +419,7 @@ mod tests {
         let dir = run_folder();
         checkpoint_at(dir.path(), 5, None);
         let aside = SetAside::take(dir.path()).unwrap().unwrap();
-        checkpoint_at(dir.path(), 1, Some(aside.token()));
+        checkpoint_at(dir.path(), 1, aside.token());
         // The earlier run's checkpoints came back, its adapter and metrics not yet; the failed run's went.
         std::fs::remove_dir_all(dir.path().join("checkpoints")).unwrap();
         std::fs::rename(aside.path().join("checkpoints"), dir.path().join("checkpoints")).unwrap();
@@ -416,7 +461,8 @@ mod tests {
         // discard leaves nothing behind
         let aside = SetAside::take(dir.path()).unwrap().unwrap();
         aside.discard();
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        names.sort();
         assert_eq!(names, ["notes.txt"]);
     }
 }

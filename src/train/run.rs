@@ -319,11 +319,11 @@ struct LoadedRun {
 }
 
 /// Loads and checks everything a rank needs before its run starts, without a collective (so that a rank that fails
-/// here cannot leave the others waiting: [`agree`] follows). Rank 0 only reads the output folder, to refuse one
-/// the run may not write; nothing is written yet.
+/// here cannot leave the others waiting: [`agree`] follows). Rank 0 only locks the output folder and reads it, to
+/// refuse one the run may not write, deleting nothing but killed runs' temporaries (`output_dir::check`).
 fn load(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) -> Result<Loaded> {
     let root = world.is_root();
-    let (s, resumed) = settings_and_state(s, opts)?;
+    let (s, resumed) = settings_and_state(s, opts, root)?;
     let sources = s.data_sources()?;
     let out = s.output_dir.clone();
     let inputs: Vec<&Path> =
@@ -494,6 +494,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
 
     if root {
         std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
+        output_dir::lock(&out)?;
     }
     let interrupt = Interrupt::install()?;
     let aside = match root {
@@ -501,7 +502,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         true if opts.resume.is_some() => SetAside::adopt(&out),
         _ => None,
     };
-    let replaces = aside.as_ref().map(|a| a.token().to_string());
+    let replaces = aside.as_ref().and_then(|a| a.token()).map(str::to_string);
     let steps = StepLoop {
         world,
         s: &s,
@@ -705,10 +706,11 @@ fn check_same_model(model: &Path, then: Option<&str>, now: &str) -> Result<()> {
 fn settings_and_state(
     s: TrainSettings,
     opts: &RunOptions,
+    root: bool,
 ) -> Result<(TrainSettings, Option<(checkpoint::CheckpointMeta, TrainState)>)> {
     let (s, resumed) = match &opts.resume {
         Some(p) => {
-            if p.is_dir() && checkpoint::list(p).is_empty() && checkpoint::run_folder(p) == *p {
+            if root && p.is_dir() && checkpoint::list(p).is_empty() && checkpoint::run_folder(p) == *p {
                 // A run folder with no checkpoint: what it holds, if anything, says what to do instead.
                 output_dir::check(p, false, false, &[])?;
             }

@@ -235,8 +235,13 @@ fn from_hf(
         *slot = Some((text.to_string(), ty));
         Ok(())
     };
-    for (text, id) in model["vocab"].as_object().context("tokenizer.json: model.vocab is not an object")? {
-        put(id.as_u64().context("tokenizer.json: a vocabulary id is not a number")?, text, token_type::NORMAL)?;
+    let file = dir.join("tokenizer.json");
+    let vocab =
+        model["vocab"].as_object().with_context(|| format!("{}: model.vocab is not an object", file.display()))?;
+    for (text, id) in vocab {
+        let id =
+            id.as_u64().with_context(|| format!("{}: the id of token {text:?} is not a number", file.display()))?;
+        put(id, text, token_type::NORMAL)?;
     }
     for t in json["added_tokens"].as_array().into_iter().flatten() {
         let special = t["special"].as_bool().unwrap_or(false);
