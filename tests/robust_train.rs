@@ -281,8 +281,9 @@ fn a_finished_run_that_got_worse_exits_non_zero_unless_allowed() {
 }
 
 /// Starts a long run, sends `signal` once it has taken a step, and returns the ended process's result.
-fn interrupted_run(out: &Path, signal: &str) -> Run {
-    let args = train_cmd(out, &["--max-steps", "400"]);
+/// A `train` of `max_steps` steps into `out`, started and returned once it has logged a step.
+fn running(out: &Path, max_steps: &str) -> std::process::Child {
+    let args = train_cmd(out, &["--max-steps", max_steps]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_condlm"))
         .args(&args)
         .args(["--threads", "1"])
@@ -295,6 +296,11 @@ fn interrupted_run(out: &Path, signal: &str) -> Run {
         assert!(child.try_wait().unwrap().is_none(), "the run ended before it could be interrupted");
         std::thread::sleep(Duration::from_millis(5));
     }
+    child
+}
+
+fn interrupted_run(out: &Path, signal: &str) -> Run {
+    let child = running(out, "400");
     let status = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
     assert!(status.success());
     finish(child.wait_with_output().unwrap())
@@ -306,18 +312,7 @@ fn interrupted_run(out: &Path, signal: &str) -> Run {
 fn a_run_folder_in_use_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("run");
-    let args = train_cmd(&out, &["--max-steps", "100000"]);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_condlm"))
-        .args(&args)
-        .args(["--threads", "1"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !std::fs::read_to_string(out.join("metrics.jsonl")).is_ok_and(|t| t.contains("\"loss\"")) {
-        assert!(start.elapsed() < Duration::from_secs(120), "the run never took a step");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut child = running(&out, "100000");
     let second = train(&out, &["--overwrite"]);
     let resumed = condlm(&["train", "--resume", &s(&out)]);
     child.kill().unwrap();

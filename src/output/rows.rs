@@ -365,6 +365,21 @@ mod tests {
         w.flush().unwrap();
     }
 
+    /// Resumes the partial of `out` (rows 0 and 1 done) with `fp`, writes rows 2 and 3, finishes, and checks that
+    /// FILE holds the four rows.
+    fn resume_and_finish(out: &Path, fp: &Fingerprint) {
+        let dest = prepare(Some(out), false, true).unwrap();
+        dest.check_settings(fp).unwrap();
+        let (mut w, done) = dest.open(fp, &sources(4), check).unwrap();
+        assert_eq!(done, vec![0, 1]);
+        for r in &rows(4)[2..] {
+            w.push(r).unwrap();
+        }
+        w.finish().unwrap();
+        let want: String = rows(4).iter().map(|r| format!("{r}\n")).collect();
+        assert_eq!(std::fs::read_to_string(out).unwrap(), want);
+    }
+
     #[test]
     fn a_resumed_partial_drops_its_torn_line_and_ends_as_the_whole_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -385,17 +400,8 @@ mod tests {
         assert!(!out.exists());
         let e = prepare(Some(&out), false, false).err().unwrap().to_string();
         assert!(e.contains("out.jsonl.partial") && e.contains("--resume-output"), "{e}");
-        let dest = prepare(Some(&out), false, true).unwrap();
-        dest.check_settings(&fp).unwrap();
-        let (mut w, done) = dest.open(&fp, &sources(4), check).unwrap();
-        assert_eq!(done, vec![0, 1]);
-        for r in &rows(4)[2..] {
-            w.push(r).unwrap();
-        }
-        w.finish().unwrap();
+        resume_and_finish(&out, &fp);
         // FILE holds the rows only; the fingerprint is gone with the partial.
-        let want: String = rows(4).iter().map(|r| format!("{r}\n")).collect();
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), want);
         assert!(!partial.exists() && !fingerprint_path(&out).exists());
         let e = prepare(Some(&out), false, false).err().unwrap().to_string();
         assert!(e.contains("already exists") && e.contains("--overwrite"), "{e}");
@@ -412,15 +418,7 @@ mod tests {
         interrupted(&out, &fingerprint(4, 7), 2);
         let e = prepare(Some(&out), false, false).err().unwrap().to_string();
         assert!(e.contains("--resume-output"), "{e}");
-        let (mut w, done) =
-            prepare(Some(&out), false, true).unwrap().open(&fingerprint(4, 7), &sources(4), check).unwrap();
-        assert_eq!(done, vec![0, 1]);
-        for r in &rows(4)[2..] {
-            w.push(r).unwrap();
-        }
-        w.finish().unwrap();
-        let want: String = rows(4).iter().map(|r| format!("{r}\n")).collect();
-        assert_eq!(std::fs::read_to_string(&out).unwrap(), want);
+        resume_and_finish(&out, &fingerprint(4, 7));
     }
 
     #[test]
