@@ -391,8 +391,8 @@ fn a_damaged_latest_checkpoint_names_the_intact_earlier_one() {
     let r = train(&out, &["--max-steps", "6", "--save-every", "2", "--keep-last", "3", "--stop-after-steps", "6"]);
     assert!(r.ok(), "{}", r.stderr);
     let latest = out.join("checkpoints/step-0000006/state.safetensors");
-    let bytes = read(&latest);
-    std::fs::write(&latest, &bytes[..bytes.len() / 2]).unwrap();
+    let latest_bytes = read(&latest);
+    std::fs::write(&latest, &latest_bytes[..latest_bytes.len() / 2]).unwrap();
     condlm(&["train", "--resume", &s(&out)]).fails_with(&["step-0000006", "damaged", "--resume", "step-0000004"]);
 
     // A non-finite value in a checkpoint tensor is named.
@@ -422,7 +422,11 @@ fn a_damaged_latest_checkpoint_names_the_intact_earlier_one() {
     ]);
     // From inside the checkpoints folder, the run folder named is the real one.
     let r = condlm_in(&out.join("checkpoints"), &["train", "--resume", "step-0000002"]);
-    r.fails_with(&["damaged checkpoint", &format!("run folder {}", out.display())]);
+    r.fails_with(&["damaged checkpoint", &format!("no checkpoint of {} is intact", out.display())]);
+    // With an intact one, that one is named.
+    std::fs::write(&latest, &latest_bytes).unwrap();
+    let r = condlm_in(&out.join("checkpoints"), &["train", "--resume", "step-0000002"]);
+    r.fails_with(&["damaged checkpoint", &format!("--resume {}", out.join("checkpoints/step-0000006").display())]);
 }
 
 #[test]

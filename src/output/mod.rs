@@ -137,9 +137,10 @@ fn temp_siblings(kind: &str, path: &Path) -> Vec<PathBuf> {
 }
 
 /// Deletes what killed writes of `path` left beside it, now that `path` holds a whole output: partial or
-/// complete temporaries, never anything the output's name held. Best effort: a leftover that stays is harmless.
+/// complete temporaries, and earlier versions a kill left aside after the new one took the name. Best effort: a
+/// leftover that stays is harmless.
 fn remove_leftovers(path: &Path) {
-    for p in temp_siblings(TMP, path) {
+    for p in temp_siblings(TMP, path).into_iter().chain(temp_siblings(OLD, path)) {
         let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
     }
 }
@@ -360,6 +361,13 @@ mod replace_tests {
         let e = write_dir_atomic(&dir, &[("a", b"3".to_vec())]).unwrap_err().to_string();
         assert!(e.contains("holds its earlier version") && e.contains("move it back"), "{e}");
         assert_eq!(std::fs::read(old.join("a")).unwrap(), b"2", "the earlier output is untouched");
+        // Moved back, the output is written again; an earlier version left beside a present output (a kill while
+        // it was deleted) goes with the write.
+        std::fs::rename(&old, &dir).unwrap();
+        let stale_old = d.path().join(temp_prefix(OLD, &dir) + "m3n4o5");
+        std::fs::create_dir(&stale_old).unwrap();
+        write_dir_atomic(&dir, &[("a", b"3".to_vec())]).unwrap();
+        assert!(!stale_old.exists());
     }
 
     /// Long names (in bytes: 80 CJK characters are 240) fit in a file name, and two that share their first 200

@@ -155,11 +155,15 @@ pub fn load(path: &Path) -> Result<(CheckpointMeta, TrainState)> {
     if path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("step-")) && path.is_dir() {
         let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
         let run = absolute.parent().and_then(Path::parent).unwrap_or(&absolute).to_path_buf();
+        let intact = list(&run).into_iter().rev().find(|(_, d)| load_dir(d).is_ok());
         bail!(
-            "{}: damaged checkpoint ({STATE_JSON} is missing, as a kill while it was deleted leaves it); resume from \
-             another one, or from the run folder {} (its latest checkpoint)",
+            "{}: damaged checkpoint ({STATE_JSON} is missing, as a kill while it was deleted leaves it); {}",
             path.display(),
-            run.display()
+            match intact {
+                Some((_, d)) =>
+                    format!("the newest intact one is {}: continue from it with --resume {}", d.display(), d.display()),
+                None => format!("no checkpoint of {} is intact", run.display()),
+            }
         );
     }
     let mut all = list(path);
