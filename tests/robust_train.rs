@@ -321,6 +321,21 @@ fn a_run_folder_in_use_is_refused() {
     resumed.fails_with(&["in use by another condlm train"]);
 }
 
+/// A second Ctrl-C ends the run at once, still saying how to continue it.
+#[cfg(unix)]
+#[test]
+fn a_second_sigint_stops_at_once_and_says_how_to_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("run");
+    let child = running(&out, "100000");
+    for _ in 0..2 {
+        assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    }
+    let r = finish(child.wait_with_output().unwrap());
+    assert_eq!(r.code, Some(130), "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("condlm train --resume {}", out.display())), "{}", r.stderr);
+}
+
 #[test]
 fn sigint_and_sigterm_write_a_checkpoint_and_the_run_resumes_exactly() {
     let tmp = tempfile::tempdir().unwrap();
@@ -360,10 +375,13 @@ fn resume_drops_metrics_rows_past_the_checkpoint_and_knows_a_finished_run() {
     assert!(r.ok(), "{}", r.stderr);
     assert_eq!(metric_steps(&out).0, vec![1, 2, 3, 4, 5, 6]);
     let adapter = read(&out.join("adapter/adapter_model.safetensors"));
+    // A kill after the result but before the plot: the finished run's --resume draws it.
+    std::fs::remove_file(out.join("loss.png")).unwrap();
     let r = condlm(&["train", "--resume", &s(&out)]);
     assert!(r.ok() && r.stderr.contains("already finished"), "{}", r.stderr);
     assert!(!r.stderr.contains("NaN"), "{}", r.stderr);
     assert_eq!(read(&out.join("adapter/adapter_model.safetensors")), adapter);
+    assert!(out.join("loss.png").is_file());
 }
 
 #[test]

@@ -38,12 +38,19 @@ pub struct Interrupt {
 }
 
 impl Interrupt {
-    pub fn install() -> Result<Self> {
+    /// Installs the handlers; `resume` is the command that continues the run, which a second signal prints as it
+    /// ends the process.
+    pub fn install(resume: &str) -> Result<Self> {
         let (int, term, any) = (Arc::default(), Arc::default(), Arc::<AtomicBool>::default());
+        // Made now: a signal handler may not allocate.
+        let said: &'static [u8] =
+            format!("\nstopped at once (a second signal); continue from the last checkpoint with: {resume}\n")
+                .into_bytes()
+                .leak();
         for (sig, flag) in [(SIGINT, &int), (SIGTERM, &term)] {
             let code = if sig == SIGINT { Signal::Int } else { Signal::Term }.exit_code();
             // Order matters: the shutdown checks `any` before this signal sets it.
-            signal_hook::flag::register_conditional_shutdown(sig, code, Arc::clone(&any))?;
+            shutdown_on_second(sig, code, Arc::clone(&any), said)?;
             signal_hook::flag::register(sig, Arc::clone(&any))?;
             signal_hook::flag::register(sig, Arc::clone(flag))?;
         }
@@ -60,6 +67,30 @@ impl Interrupt {
             None
         }
     }
+}
+
+/// On signal `sig` after `armed` is set: `said` to stderr, then the process ends with `code` at once.
+fn shutdown_on_second(sig: i32, code: i32, armed: Arc<AtomicBool>, said: &'static [u8]) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let action = move || {
+            if armed.load(Ordering::SeqCst) {
+                // SAFETY: write(2) and _exit(2) are async-signal-safe; `said` is a static buffer.
+                unsafe {
+                    libc::write(2, said.as_ptr().cast(), said.len());
+                    libc::_exit(code);
+                }
+            }
+        };
+        // SAFETY: the action only loads an atomic and calls the two async-signal-safe functions above.
+        unsafe { signal_hook::low_level::register(sig, action) }?;
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = said;
+        signal_hook::flag::register_conditional_shutdown(sig, code, armed)?;
+    }
+    Ok(())
 }
 
 impl Drop for Interrupt {

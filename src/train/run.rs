@@ -485,9 +485,14 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
     }
     let output = out.join(if s.full { "model" } else { "adapter" });
     if trainer.step >= plan.total_steps as u64 && output.exists() {
-        // An earlier run this one replaced, left behind by a kill between the result and its deletion, goes now.
+        // An earlier run this one replaced, left behind by a kill between the result and its deletion, goes now;
+        // the plot, drawn after that deletion, is drawn if it is missing.
         if root && let Some(a) = SetAside::adopt(&out) {
             a.discard();
+        }
+        let (train_curve, eval_curve) = if root { read_curves(&out) } else { Default::default() };
+        if !train_curve.is_empty() && !out.join("loss.png").exists() {
+            plot_losses(&out.join("loss.png"), &format!("condlm: {}", s.model), &train_curve, &eval_curve)?;
         }
         return Ok(RunSummary { steps: trainer.step, ..RunSummary::nothing(Ending::AlreadyFinished, output) });
     }
@@ -496,7 +501,7 @@ pub fn train_on(world: &dyn Collectives, s: TrainSettings, opts: &RunOptions) ->
         std::fs::create_dir_all(&out).with_context(|| format!("cannot create output folder {}", out.display()))?;
         output_dir::lock(&out)?;
     }
-    let interrupt = Interrupt::install()?;
+    let interrupt = Interrupt::install(&format!("condlm train --resume {}", out.display()))?;
     let aside = match root {
         true if opts.overwrite => SetAside::take(&out)?,
         true if opts.resume.is_some() => SetAside::adopt(&out),
