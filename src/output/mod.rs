@@ -101,6 +101,8 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Resul
 
 /// Prefix of a file or folder being written, until it is renamed to its output's name.
 const TMP: &str = "tmp";
+/// What every temporary's name starts with ([`temp_prefix`] of [`TMP`], and [`delete_folder`]'s).
+pub const TEMP_PREFIX: &str = ".condlm-tmp-";
 /// Prefix of an earlier output folder moved aside while the new one takes its name (where no exchange exists).
 const OLD: &str = "old";
 
@@ -143,6 +145,17 @@ fn remove_leftovers(path: &Path) {
     for p in temp_siblings(TMP, path).into_iter().chain(temp_siblings(OLD, path)) {
         let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
     }
+}
+
+/// Deletes folder `dir` by renaming it to `.condlm-tmp-TAG` beside it first: a kill while deleting then leaves a
+/// temporary, which the next run removes, not a half-deleted folder under its real name. Err names the folder
+/// still there.
+pub fn delete_folder(dir: &Path, tag: &str) -> Result<(), (PathBuf, std::io::Error)> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let doomed = parent.join(format!("{TEMP_PREFIX}{tag}"));
+    let _ = std::fs::remove_dir_all(&doomed); // a leftover of the same name
+    std::fs::rename(dir, &doomed).map_err(|e| (dir.to_path_buf(), e))?;
+    std::fs::remove_dir_all(&doomed).map_err(|e| (doomed, e))
 }
 
 /// Refuses to write `path` while an earlier version of it sits aside from an interrupted replacement (a kill

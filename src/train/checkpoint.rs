@@ -125,14 +125,9 @@ fn prune(output_dir: &Path, keep: usize, best_step: Option<u64>) -> Result<()> {
     let n = all.len();
     for (step, dir) in all.into_iter().take(n.saturating_sub(keep)) {
         if Some(step) != best_step {
-            // Renamed first: a kill while deleting leaves a temporary (removed by the next run), not a damaged
-            // checkpoint under a checkpoint's name.
-            let doomed = checkpoints_dir(output_dir).join(format!(".condlm-tmp-pruned-step-{step:07}"));
-            let _ = std::fs::remove_dir_all(&doomed);
-            std::fs::rename(&dir, &doomed)
-                .with_context(|| format!("cannot remove old checkpoint {}", dir.display()))?;
-            std::fs::remove_dir_all(&doomed)
-                .with_context(|| format!("cannot remove old checkpoint {}", doomed.display()))?;
+            // Never a damaged checkpoint under a checkpoint's name, even if killed while deleting.
+            crate::output::delete_folder(&dir, &format!("pruned-step-{step:07}"))
+                .map_err(|(left, e)| anyhow::anyhow!("cannot remove old checkpoint {}: {e}", left.display()))?;
         }
     }
     Ok(())

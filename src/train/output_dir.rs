@@ -11,6 +11,7 @@
 //! folder's latest checkpoint names it. A kill among the renames of setting aside or of putting back leaves
 //! folders that do not match, which are never deleted: the user is told to move the earlier run back.
 use super::checkpoint;
+use crate::output::TEMP_PREFIX;
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
@@ -19,10 +20,6 @@ pub const RUN_FILES: [&str; 5] = ["checkpoints", "adapter", "model", "metrics.js
 
 /// Prefix of the hidden folder holding an earlier run while a `--overwrite` run has no result yet.
 const ASIDE_PREFIX: &str = ".condlm-replaced-";
-
-/// Prefix of what condlm writes and then renames (`output`), or deletes after renaming (a replaced run, pruned
-/// checkpoints): anything so named in a run folder or its checkpoints/ is a killed process's leftover.
-const TEMP_PREFIX: &str = ".condlm-tmp-";
 
 /// Prefix of the folder a failed `--overwrite` run's checkpoints are moved to when the earlier run comes back.
 const FAILED_PREFIX: &str = "failed-run-";
@@ -281,13 +278,8 @@ impl SetAside {
     /// The new run has written its result: the earlier run goes. A failure to delete it is a warning (the new
     /// result stands), and a later `--resume` deletes it.
     pub fn discard(self) {
-        // Renamed first: a kill while deleting leaves a temporary (removed by the next run), not a half-deleted run
-        // that looks set aside.
-        let doomed = self.out.join(format!("{TEMP_PREFIX}replaced-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&doomed);
-        let gone = std::fs::rename(&self.aside, &doomed).and_then(|()| std::fs::remove_dir_all(&doomed));
-        if let Err(e) = gone {
-            let left = if self.aside.exists() { &self.aside } else { &doomed };
+        // Never a half-deleted run that looks set aside, even if killed while deleting.
+        if let Err((left, e)) = crate::output::delete_folder(&self.aside, &format!("replaced-{}", std::process::id())) {
             eprintln!(
                 "warning: cannot remove the replaced run in {}: {e}; delete it, or run --resume {} again",
                 left.display(),
